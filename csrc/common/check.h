@@ -1,0 +1,40 @@
+// Input checks shared by every op. Each raises a Python ValueError whose message names the argument.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#define MOM_CHECK(cond, ...) TORCH_CHECK_VALUE(cond, __VA_ARGS__)
+
+// CHECK_SHAPE(x, B, T, H, D): exact shape.
+#define CHECK_SHAPE(x, ...)                                                                     \
+  TORCH_CHECK_VALUE((x).sizes() == at::IntArrayRef({__VA_ARGS__}), #x " must have shape (",    \
+                    at::IntArrayRef({__VA_ARGS__}), "), got ", (x).sizes())
+
+#define CHECK_DIM(x, n) TORCH_CHECK_VALUE((x).dim() == (n), #x " must have ", n, " dims, got shape ", (x).sizes())
+
+#define CHECK_DEVICE(x, ref)                                                                    \
+  TORCH_CHECK_VALUE((x).device() == (ref).device(), #x " must be on ", (ref).device(), " like " #ref \
+                    ", got ", (x).device())
+
+#define CHECK_DTYPE(x, dt) \
+  TORCH_CHECK_VALUE((x).scalar_type() == (dt), #x " must have dtype ", dt, ", got ", (x).scalar_type())
+
+#define CHECK_SAME_DTYPE(x, ref) \
+  TORCH_CHECK_VALUE((x).scalar_type() == (ref).scalar_type(), #x " must have the dtype of " #ref " (", \
+                    (ref).scalar_type(), "), got ", (x).scalar_type())
+
+#define CHECK_FLOATING(x)                                                                            \
+  TORCH_CHECK_VALUE((x).scalar_type() == at::kFloat || (x).scalar_type() == at::kHalf ||             \
+                        (x).scalar_type() == at::kBFloat16,                                          \
+                    #x " must be float32, float16 or bfloat16, got ", (x).scalar_type())
+
+#define CHECK_INDEX(x) \
+  TORCH_CHECK_VALUE((x).scalar_type() == at::kInt || (x).scalar_type() == at::kLong, \
+                    #x " must be int32 or int64, got ", (x).scalar_type())
+
+#define CHECK_CONTIGUOUS(x) TORCH_CHECK_VALUE((x).is_contiguous(), #x " must be contiguous")
+
+// The last dim must be dense (stride 1), other strides are free.
+#define CHECK_LAST_DIM_CONTIGUOUS(x) \
+  TORCH_CHECK_VALUE((x).stride(-1) == 1, #x " must have a contiguous last dim, got strides ", (x).strides())

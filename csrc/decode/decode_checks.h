@@ -1,0 +1,52 @@
+// Argument checks of mom_decode_step, shared by the CPU and CUDA implementations.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include "common/check.h"
+
+namespace mom_ops {
+
+struct DecodeDims {
+  int64_t tokens, slots, heads_qk, heads_v, dim_k, dim_v, pool;
+};
+
+inline DecodeDims check_decode_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
+                                    const at::Tensor& beta, const at::Tensor& weights, const at::Tensor& slots,
+                                    const at::Tensor& state_pool, bool state_v_first) {
+  CHECK_DIM(q, 3);
+  CHECK_DIM(k, 4);
+  CHECK_DIM(v, 4);
+  CHECK_FLOATING(q);
+  CHECK_SAME_DTYPE(k, q);
+  CHECK_SAME_DTYPE(v, q);
+  CHECK_FLOATING(g);
+  CHECK_FLOATING(beta);
+  DecodeDims d{q.size(0), k.size(1), q.size(1), v.size(2), q.size(2), v.size(3), state_pool.size(0)};
+  CHECK_SHAPE(k, d.tokens, d.slots, d.heads_qk, d.dim_k);
+  TORCH_CHECK_VALUE(v.size(0) == d.tokens && v.size(1) == d.slots, "v must have shape (", d.tokens, ", ", d.slots,
+                    ", HV, V), got ", v.sizes());
+  TORCH_CHECK_VALUE(d.heads_qk > 0 && d.heads_v % d.heads_qk == 0, "the number of value heads (", d.heads_v,
+                    ") must be a multiple of the number of q/k heads (", d.heads_qk, ")");
+  CHECK_SHAPE(g, d.tokens, d.slots, d.heads_v);
+  CHECK_SHAPE(beta, d.tokens, d.slots, d.heads_v);
+  CHECK_SHAPE(weights, d.tokens, d.slots);
+  CHECK_DTYPE(weights, at::kFloat);
+  CHECK_SHAPE(slots, d.tokens, d.slots);
+  CHECK_INDEX(slots);
+  CHECK_DIM(state_pool, 4);
+  CHECK_DTYPE(state_pool, at::kFloat);
+  CHECK_CONTIGUOUS(state_pool);
+  if (state_v_first) {
+    CHECK_SHAPE(state_pool, d.pool, d.heads_v, d.dim_v, d.dim_k);
+  } else {
+    CHECK_SHAPE(state_pool, d.pool, d.heads_v, d.dim_k, d.dim_v);
+  }
+  for (const at::Tensor* t : {&k, &v, &g, &beta, &weights, &slots, &state_pool}) {
+    TORCH_CHECK_VALUE(t->device() == q.device(), "all mom_decode_step tensors must be on ", q.device(), ", got ",
+                      t->device());
+  }
+  return d;
+}
+
+}  // namespace mom_ops

@@ -1,0 +1,67 @@
+// Argument checks of the gated-delta-rule ops, shared by the CPU and CUDA implementations.
+// Messages follow fla's chunk_gated_delta_rule where it has one.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include "common/check.h"
+#include "common/cu_seqlens.h"
+
+namespace mom_ops {
+
+// Sizes of one scan call. Tokens are rows of the flattened [B * T] axis; sequence i covers rows
+// [i * T, (i + 1) * T) without cu_seqlens, [cu[i], cu[i + 1]) with it (then B == 1).
+struct GdnDims {
+  int64_t batch, seqlen, heads_qk, heads_v, dim_k, dim_v, num_seqs;
+};
+
+inline GdnDims check_gdn_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
+                              const at::Tensor& beta, const std::optional<at::Tensor>& initial_state,
+                              bool state_v_first, const std::optional<at::Tensor>& cu_seqlens,
+                              const std::optional<at::Tensor>& chunk_indices) {
+  CHECK_DIM(q, 4);
+  CHECK_DIM(v, 4);
+  CHECK_FLOATING(q);
+  CHECK_SAME_DTYPE(k, q);
+  CHECK_SAME_DTYPE(v, q);
+  CHECK_FLOATING(g);
+  CHECK_FLOATING(beta);
+  GdnDims d{q.size(0), q.size(1), q.size(2), v.size(2), q.size(3), v.size(3), q.size(0)};
+  CHECK_SHAPE(k, d.batch, d.seqlen, d.heads_qk, d.dim_k);
+  TORCH_CHECK_VALUE(v.size(0) == d.batch && v.size(1) == d.seqlen, "v must have shape (", d.batch, ", ", d.seqlen,
+                    ", HV, V) like q, got ", v.sizes());
+  TORCH_CHECK_VALUE(d.heads_qk > 0 && d.heads_v % d.heads_qk == 0, "the number of value heads (", d.heads_v,
+                    ") must be a multiple of the number of q/k heads (", d.heads_qk, ")");
+  CHECK_SHAPE(g, d.batch, d.seqlen, d.heads_v);
+  CHECK_SHAPE(beta, d.batch, d.seqlen, d.heads_v);
+  for (const at::Tensor* t : {&k, &v, &g, &beta}) {
+    TORCH_CHECK_VALUE(t->device() == q.device(), "q, k, v, g and beta must be on one device, got ", q.device(),
+                      " and ", t->device());
+  }
+  if (cu_seqlens.has_value()) {
+    TORCH_CHECK_VALUE(d.batch == 1, "The batch size is expected to be 1 rather than ", d.batch,
+                      " when using `cu_seqlens`. Please flatten variable-length inputs before processing.");
+    check_cu_seqlens(*cu_seqlens, q, d.seqlen, "cu_seqlens", /*allow_tail=*/true);
+    d.num_seqs = cu_seqlens->size(0) - 1;
+  }
+  if (initial_state.has_value()) {
+    const at::Tensor& h0 = *initial_state;
+    CHECK_DTYPE(h0, at::kFloat);
+    CHECK_DEVICE(h0, q);
+    if (state_v_first) {
+      CHECK_SHAPE(h0, d.num_seqs, d.heads_v, d.dim_v, d.dim_k);
+    } else {
+      CHECK_SHAPE(h0, d.num_seqs, d.heads_v, d.dim_k, d.dim_v);
+    }
+  }
+  if (chunk_indices.has_value()) {
+    TORCH_CHECK_VALUE(cu_seqlens.has_value(), "chunk_indices needs cu_seqlens");
+    TORCH_CHECK_VALUE(chunk_indices->dim() == 2 && chunk_indices->size(1) == 2,
+                      "chunk_indices must have shape (num_chunks, 2), got ", chunk_indices->sizes());
+    CHECK_INDEX(*chunk_indices);
+    CHECK_DEVICE(*chunk_indices, q);
+  }
+  return d;
+}
+
+}  // namespace mom_ops

@@ -1,0 +1,85 @@
+// The mom_ops operator library: one schema per op. Each family registers its CPU and CUDA kernels with
+// TORCH_LIBRARY_IMPL in its own folder; Python adds fake kernels and autograd (mom_ops/_ops.py).
+//
+// Conventions shared by the schemas (see DESIGN.md §1-2):
+//   N tokens, M memories, k = topk slots per token, R = N*k rows of the packed memory-major stream.
+//   dst_row[N, k]  int32: row of pair (n, j) in the packed stream, -1 if the token routes nowhere.
+//   src_pair[R]    int32: pair index n*k + j of a packed row, -1 for unused rows at the end.
+//   Scan tensors are sequence-first [B, T, H, D]; states fp32 [N, HV, K, V] ([N, HV, V, K] if state_v_first).
+//   An optional output that was not asked for is returned as an empty tensor.
+
+#include <Python.h>
+#include <torch/library.h>
+
+namespace mom_ops {
+void add_build_info(PyObject* module);  // build_info.cpp
+}
+
+extern "C" {
+// The ops register through static initialisers when the library loads; the module itself only carries
+// build_info(). Importing mom_ops._C from Python is what loads the library.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  PyObject* module = PyModule_Create(&module_def);
+  if (module != nullptr) mom_ops::add_build_info(module);
+  return module;
+}
+}
+
+TORCH_LIBRARY(mom_ops, m) {
+  // ---- routing ----
+  // router_logits [N, M] -> softmax (fp32) -> top-k -> renormalised weights, and the memory-major plan.
+  // Tokens belong to sequence b: n // (N / batch_size), or by cu_seqlens [B+1] when given.
+  m.def(
+      "route(Tensor router_logits, int topk, int batch_size, Tensor? cu_seqlens, Tensor? token_mask, "
+      "int chunk_size) -> (Tensor weights, Tensor memory_ids, Tensor dst_row, Tensor src_pair, "
+      "Tensor seg_cu_seqlens, Tensor chunk_indices)");
+  // Both index maps of the plan travel with each op (one is the op's, the other its backward's).
+  // y[r] = x[src_pair[r] // k] (0 for unused rows).                  x [N, D] -> y [R, D]
+  m.def("permute(Tensor x, Tensor dst_row, Tensor src_pair) -> Tensor");
+  // x[n] = sum_j w[n, j] * y[dst_row[n, j]] (w = 1 when weights is None). y [R, D] -> x [N, D]
+  m.def("unpermute(Tensor y, Tensor dst_row, Tensor src_pair, Tensor? weights) -> Tensor");
+  // grad_y[r] = w[p] * grad_x[p // k];  grad_weights[p] = <grad_x[p // k], y[r]>  (p = src_pair[r])
+  m.def(
+      "unpermute_backward(Tensor grad_x, Tensor y, Tensor dst_row, Tensor src_pair, Tensor? weights, "
+      "bool need_grad_weights) -> (Tensor grad_y, Tensor grad_weights)");
+
+  // ---- gated delta rule scan ----
+  // q, k [B, T, H, K]; v [B, T, HV, V]; g, beta [B, T, HV]; -> o [B, T, HV, V], final_state (fp32).
+  m.def(
+      "chunk_gated_delta_rule_fwd(Tensor q, Tensor k, Tensor v, Tensor g, Tensor beta, float scale, "
+      "Tensor? initial_state, bool output_final_state, bool use_qk_l2norm, bool state_v_first, "
+      "Tensor? cu_seqlens, Tensor? chunk_indices) -> (Tensor o, Tensor final_state)");
+  m.def(
+      "chunk_gated_delta_rule_bwd(Tensor q, Tensor k, Tensor v, Tensor g, Tensor beta, float scale, "
+      "Tensor? initial_state, Tensor grad_o, Tensor? grad_final_state, bool use_qk_l2norm, bool state_v_first, "
+      "Tensor? cu_seqlens, Tensor? chunk_indices) -> (Tensor dq, Tensor dk, Tensor dv, Tensor dg, Tensor dbeta, "
+      "Tensor dh0)");
+  // Token-by-token form for short inputs (decode, speculative steps); forward only.
+  m.def(
+      "fused_recurrent_gated_delta_rule_fwd(Tensor q, Tensor k, Tensor v, Tensor g, Tensor beta, float scale, "
+      "Tensor? initial_state, bool output_final_state, bool use_qk_l2norm, bool state_v_first, "
+      "Tensor? cu_seqlens) -> (Tensor o, Tensor final_state)");
+
+  // ---- readout ----
+  // out[n, h] = norm(sum_j w[n, j] * o_routed[dst_row[n, j], h] + shared[n, h]); norm = gated RMSNorm
+  // rmsnorm(o) * norm_weight * silu(gate) when norm_weight is given (gate optional).
+  // o_routed [R, H, V], shared/gate/out [N, H, V], norm_weight [V], weights fp32 [N, k].
+  m.def(
+      "memory_mix_fwd(Tensor o_routed, Tensor dst_row, Tensor src_pair, Tensor weights, Tensor? shared, "
+      "Tensor? norm_weight, Tensor? gate, float eps) -> Tensor");
+  m.def(
+      "memory_mix_bwd(Tensor grad_out, Tensor o_routed, Tensor dst_row, Tensor src_pair, Tensor weights, "
+      "Tensor? shared, Tensor? norm_weight, Tensor? gate, float eps) -> (Tensor grad_o_routed, "
+      "Tensor grad_weights, Tensor grad_shared, Tensor grad_norm_weight, Tensor grad_gate)");
+
+  // ---- decode ----
+  // One token per row n and J memory slots (routed + shared): for each j with slots[n, j] >= 0 the pool state
+  // S = state_pool[slots[n, j]] takes one gated-delta step with k[n, j], v[n, j], g[n, j], beta[n, j] (in place),
+  // and out[n] = sum_j weights[n, j] * scale * S^T q[n].
+  // q [N, H, K]; k [N, J, H, K]; v [N, J, HV, V]; g, beta [N, J, HV]; weights [N, J] fp32; slots [N, J] int;
+  // state_pool [P, HV, K, V] fp32 ([P, HV, V, K] if state_v_first) -> out [N, HV, V].
+  m.def(
+      "mom_decode_step(Tensor q, Tensor k, Tensor v, Tensor g, Tensor beta, Tensor weights, Tensor slots, "
+      "Tensor(a!) state_pool, float scale, bool use_qk_l2norm, bool state_v_first) -> Tensor");
+}

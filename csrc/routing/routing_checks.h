@@ -1,0 +1,64 @@
+// Argument checks of the routing ops, shared by the CPU and CUDA implementations.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include "common/check.h"
+#include "common/cu_seqlens.h"
+
+namespace mom_ops {
+
+inline void check_route_args(const at::Tensor& router_logits, int64_t topk, int64_t batch_size,
+                             const std::optional<at::Tensor>& cu_seqlens, const std::optional<at::Tensor>& token_mask,
+                             int64_t chunk_size) {
+  CHECK_DIM(router_logits, 2);
+  CHECK_FLOATING(router_logits);
+  const int64_t num_tokens = router_logits.size(0), num_memories = router_logits.size(1);
+  TORCH_CHECK_VALUE(num_memories >= 1, "router_logits must have at least one memory column");
+  TORCH_CHECK_VALUE(topk >= 1 && topk <= num_memories, "topk must be in [1, num_memories=", num_memories,
+                    "], got ", topk);
+  TORCH_CHECK_VALUE(batch_size >= 1, "batch_size must be >= 1, got ", batch_size);
+  TORCH_CHECK_VALUE(chunk_size >= 1, "chunk_size must be >= 1, got ", chunk_size);
+  TORCH_CHECK_VALUE(num_tokens * topk < (int64_t(1) << 31), "router_logits has too many tokens (", num_tokens,
+                    " x topk ", topk, " rows must fit in int32)");
+  if (cu_seqlens.has_value()) {
+    check_cu_seqlens(*cu_seqlens, router_logits, num_tokens);
+    TORCH_CHECK_VALUE(cu_seqlens->size(0) == batch_size + 1, "cu_seqlens must have batch_size + 1 = ",
+                      batch_size + 1, " entries, got ", cu_seqlens->size(0));
+  } else {
+    TORCH_CHECK_VALUE(num_tokens % batch_size == 0, "router_logits rows (", num_tokens,
+                      ") must be a multiple of batch_size (", batch_size, ") when cu_seqlens is None");
+  }
+  if (token_mask.has_value()) {
+    CHECK_SHAPE(*token_mask, num_tokens);
+    CHECK_DTYPE(*token_mask, at::kBool);
+    CHECK_DEVICE(*token_mask, router_logits);
+  }
+}
+
+// The plan's two index maps: dst_row [N, k] and src_pair [N * k], int32, on ref's device.
+inline void check_plan_maps(const at::Tensor& dst_row, const at::Tensor& src_pair, const at::Tensor& ref) {
+  CHECK_DIM(dst_row, 2);
+  CHECK_DTYPE(dst_row, at::kInt);
+  CHECK_DEVICE(dst_row, ref);
+  CHECK_CONTIGUOUS(dst_row);
+  CHECK_SHAPE(src_pair, dst_row.numel());
+  CHECK_DTYPE(src_pair, at::kInt);
+  CHECK_DEVICE(src_pair, ref);
+  CHECK_CONTIGUOUS(src_pair);
+}
+
+inline void check_weights(const at::Tensor& weights, const at::Tensor& dst_row_like, const at::Tensor& ref) {
+  TORCH_CHECK_VALUE(weights.sizes() == dst_row_like.sizes(), "weights must have shape ", dst_row_like.sizes(),
+                    " (tokens, topk), got ", weights.sizes());
+  CHECK_DTYPE(weights, at::kFloat);
+  CHECK_DEVICE(weights, ref);
+  CHECK_CONTIGUOUS(weights);
+}
+
+// Upper bound on the number of chunks over all segments: sum ceil(L_s / C) <= floor(R / C) + S.
+inline int64_t max_chunks(int64_t rows, int64_t segments, int64_t chunk_size) {
+  return rows / chunk_size + segments;
+}
+
+}  // namespace mom_ops

@@ -1,0 +1,224 @@
+// CPU implementations of the routing ops: plain loops, the semantics every other implementation matches.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "routing/routing_checks.h"
+
+namespace mom_ops {
+namespace {
+
+// Softmax of one row with the rules the CUDA kernel follows for infinities:
+// max == +inf -> uniform over the +inf entries; max == -inf (all -inf) -> uniform over all.
+void softmax_row(const float* logit, int64_t m_count, float* prob) {
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int64_t m = 0; m < m_count; ++m) mx = std::max(mx, logit[m]);
+  if (std::isinf(mx)) {
+    int64_t hits = 0;
+    for (int64_t m = 0; m < m_count; ++m) hits += (logit[m] == mx);
+    for (int64_t m = 0; m < m_count; ++m) prob[m] = (logit[m] == mx) ? 1.f / float(hits) : 0.f;
+    return;
+  }
+  float sum = 0.f;
+  for (int64_t m = 0; m < m_count; ++m) {
+    prob[m] = std::exp(logit[m] - mx);
+    sum += prob[m];
+  }
+  for (int64_t m = 0; m < m_count; ++m) prob[m] /= sum;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> route_cpu(
+    const at::Tensor& router_logits, int64_t topk, int64_t batch_size, const std::optional<at::Tensor>& cu_seqlens,
+    const std::optional<at::Tensor>& token_mask, int64_t chunk_size) {
+  check_route_args(router_logits, topk, batch_size, cu_seqlens, token_mask, chunk_size);
+  const int64_t num_tokens = router_logits.size(0), num_memories = router_logits.size(1);
+  const at::Tensor logits = router_logits.to(at::kFloat).contiguous();
+  TORCH_CHECK_VALUE(!logits.isnan().any().item<bool>(), "router_logits contains NaN");
+
+  // Sequence of each token.
+  std::vector<int64_t> seq_of(num_tokens);
+  if (cu_seqlens.has_value()) {
+    const at::Tensor cu = cu_seqlens->to(at::kLong).contiguous();
+    const int64_t* c = cu.data_ptr<int64_t>();
+    for (int64_t b = 0; b < batch_size; ++b)
+      for (int64_t n = c[b]; n < c[b + 1]; ++n) seq_of[n] = b;
+  } else {
+    const int64_t seq_len = num_tokens / batch_size;
+    for (int64_t n = 0; n < num_tokens; ++n) seq_of[n] = n / seq_len;
+  }
+  const bool* mask = nullptr;
+  at::Tensor mask_c;
+  if (token_mask.has_value()) {
+    mask_c = token_mask->contiguous();
+    mask = mask_c.data_ptr<bool>();
+  }
+
+  const int64_t num_segments = num_memories * batch_size, num_rows = num_tokens * topk;
+  const auto i32 = logits.options().dtype(at::kInt);
+  at::Tensor weights = at::zeros({num_tokens, topk}, logits.options());
+  at::Tensor memory_ids = at::full({num_tokens, topk}, -1, i32);
+  at::Tensor dst_row = at::full({num_tokens, topk}, -1, i32);
+  at::Tensor src_pair = at::full({num_rows}, -1, i32);
+  at::Tensor seg_cu = at::zeros({num_segments + 1}, i32);
+  at::Tensor chunk_indices = at::full({max_chunks(num_rows, num_segments, chunk_size), 2}, -1, i32);
+  float* w = weights.data_ptr<float>();
+  int32_t* ids = memory_ids.data_ptr<int32_t>();
+
+  // Router: softmax -> top-k (ties to the lower memory index) -> renormalise.
+  std::vector<float> prob(num_memories);
+  std::vector<int64_t> count(num_segments, 0);
+  for (int64_t n = 0; n < num_tokens; ++n) {
+    if (mask != nullptr && !mask[n]) continue;
+    softmax_row(logits.data_ptr<float>() + n * num_memories, num_memories, prob.data());
+    float kept = 0.f;
+    for (int64_t j = 0; j < topk; ++j) {
+      int64_t best = -1;
+      for (int64_t m = 0; m < num_memories; ++m) {
+        bool taken = false;
+        for (int64_t i = 0; i < j; ++i) taken |= (ids[n * topk + i] == m);
+        if (!taken && (best < 0 || prob[m] > prob[best])) best = m;
+      }
+      ids[n * topk + j] = int32_t(best);
+      w[n * topk + j] = prob[best];
+      kept += prob[best];
+    }
+    for (int64_t j = 0; j < topk; ++j) {
+      w[n * topk + j] /= kept;
+      count[ids[n * topk + j] * batch_size + seq_of[n]] += 1;
+    }
+  }
+
+  // Plan: counting sort by segment s = m * B + b, tokens in time order inside a segment.
+  int32_t* cu = seg_cu.data_ptr<int32_t>();
+  for (int64_t s = 0; s < num_segments; ++s) cu[s + 1] = cu[s] + int32_t(count[s]);
+  std::vector<int64_t> cursor(cu, cu + num_segments);
+  int32_t* row = dst_row.data_ptr<int32_t>();
+  int32_t* pair = src_pair.data_ptr<int32_t>();
+  for (int64_t n = 0; n < num_tokens; ++n) {
+    if (ids[n * topk] < 0) continue;
+    for (int64_t j = 0; j < topk; ++j) {
+      const int64_t r = cursor[ids[n * topk + j] * batch_size + seq_of[n]]++;
+      row[n * topk + j] = int32_t(r);
+      pair[r] = int32_t(n * topk + j);
+    }
+  }
+  int32_t* chunk = chunk_indices.data_ptr<int32_t>();
+  int64_t c = 0;
+  for (int64_t s = 0; s < num_segments; ++s) {
+    for (int64_t i = 0; i * chunk_size < cu[s + 1] - cu[s]; ++i, ++c) {
+      chunk[2 * c] = int32_t(s);
+      chunk[2 * c + 1] = int32_t(i);
+    }
+  }
+  return {weights, memory_ids, dst_row, src_pair, seg_cu, chunk_indices};
+}
+
+at::Tensor permute_cpu(const at::Tensor& x, const at::Tensor& dst_row, const at::Tensor& src_pair) {
+  CHECK_DIM(x, 2);
+  CHECK_FLOATING(x);
+  check_plan_maps(dst_row, src_pair, x);
+  TORCH_CHECK_VALUE(x.size(0) == dst_row.size(0), "x must have one row per token of the plan (", dst_row.size(0),
+                    "), got ", x.size(0));
+  const int64_t topk = dst_row.size(1);
+  const at::Tensor xc = x.contiguous();
+  at::Tensor y = at::empty({src_pair.size(0), x.size(1)}, x.options());
+  const int64_t dim = x.size(1);
+  const int32_t* pair = src_pair.data_ptr<int32_t>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "permute_cpu", [&] {
+    const scalar_t* in = xc.data_ptr<scalar_t>();
+    scalar_t* out = y.data_ptr<scalar_t>();
+    for (int64_t r = 0; r < y.size(0); ++r) {
+      const int64_t p = pair[r];
+      for (int64_t d = 0; d < dim; ++d) out[r * dim + d] = p < 0 ? scalar_t(0) : in[(p / topk) * dim + d];
+    }
+  });
+  return y;
+}
+
+at::Tensor unpermute_cpu(const at::Tensor& y, const at::Tensor& dst_row, const at::Tensor& src_pair,
+                         const std::optional<at::Tensor>& weights) {
+  CHECK_DIM(y, 2);
+  CHECK_FLOATING(y);
+  check_plan_maps(dst_row, src_pair, y);
+  TORCH_CHECK_VALUE(y.size(0) == dst_row.numel(), "y must have dst_row.numel() = ", dst_row.numel(),
+                    " rows (tokens * topk), got ", y.size(0));
+  if (weights.has_value()) check_weights(*weights, dst_row, y);
+  const int64_t num_tokens = dst_row.size(0), topk = dst_row.size(1), dim = y.size(1);
+  const at::Tensor yc = y.contiguous();
+  at::Tensor x = at::empty({num_tokens, dim}, y.options());
+  const int32_t* row = dst_row.data_ptr<int32_t>();
+  const float* w = weights.has_value() ? weights->data_ptr<float>() : nullptr;
+  std::vector<float> acc(dim);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "unpermute_cpu", [&] {
+    const scalar_t* in = yc.data_ptr<scalar_t>();
+    scalar_t* out = x.data_ptr<scalar_t>();
+    for (int64_t n = 0; n < num_tokens; ++n) {
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int64_t j = 0; j < topk; ++j) {
+        const int64_t r = row[n * topk + j];
+        if (r < 0) continue;
+        const float wj = w != nullptr ? w[n * topk + j] : 1.f;
+        for (int64_t d = 0; d < dim; ++d) acc[d] += wj * float(in[r * dim + d]);
+      }
+      for (int64_t d = 0; d < dim; ++d) out[n * dim + d] = scalar_t(acc[d]);
+    }
+  });
+  return x;
+}
+
+std::tuple<at::Tensor, at::Tensor> unpermute_backward_cpu(const at::Tensor& grad_x, const at::Tensor& y,
+                                                          const at::Tensor& dst_row, const at::Tensor& src_pair,
+                                                          const std::optional<at::Tensor>& weights,
+                                                          bool need_grad_weights) {
+  CHECK_DIM(y, 2);
+  CHECK_FLOATING(y);
+  check_plan_maps(dst_row, src_pair, y);
+  const int64_t num_tokens = dst_row.size(0), topk = dst_row.size(1), dim = y.size(1);
+  CHECK_SHAPE(grad_x, num_tokens, dim);
+  CHECK_SAME_DTYPE(grad_x, y);
+  TORCH_CHECK_VALUE(y.size(0) == dst_row.numel(), "y must have dst_row.numel() = ", dst_row.numel(),
+                    " rows (tokens * topk), got ", y.size(0));
+  if (weights.has_value()) check_weights(*weights, dst_row, y);
+  const at::Tensor gx = grad_x.contiguous(), yc = y.contiguous();
+  at::Tensor grad_y = at::empty_like(yc);
+  at::Tensor grad_w = need_grad_weights ? at::zeros({num_tokens, topk}, y.options().dtype(at::kFloat))
+                                        : at::empty({0}, y.options().dtype(at::kFloat));
+  const int32_t* pair = src_pair.data_ptr<int32_t>();
+  const float* w = weights.has_value() ? weights->data_ptr<float>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "unpermute_backward_cpu", [&] {
+    const scalar_t* g = gx.data_ptr<scalar_t>();
+    const scalar_t* in = yc.data_ptr<scalar_t>();
+    scalar_t* gy = grad_y.data_ptr<scalar_t>();
+    for (int64_t r = 0; r < y.size(0); ++r) {
+      const int64_t p = pair[r];
+      if (p < 0) {
+        for (int64_t d = 0; d < dim; ++d) gy[r * dim + d] = scalar_t(0);
+        continue;
+      }
+      const int64_t n = p / topk;
+      const float wp = w != nullptr ? w[p] : 1.f;
+      float dot = 0.f;
+      for (int64_t d = 0; d < dim; ++d) {
+        gy[r * dim + d] = scalar_t(wp * float(g[n * dim + d]));
+        dot += float(g[n * dim + d]) * float(in[r * dim + d]);
+      }
+      if (need_grad_weights) grad_w.data_ptr<float>()[p] = dot;
+    }
+  });
+  return {grad_y, grad_w};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mom_ops, CPU, m) {
+  m.impl("route", &route_cpu);
+  m.impl("permute", &permute_cpu);
+  m.impl("unpermute", &unpermute_cpu);
+  m.impl("unpermute_backward", &unpermute_backward_cpu);
+}
+
+}  // namespace mom_ops

@@ -1,0 +1,91 @@
+"""Fake (meta) kernels: output shapes and dtypes of every op, for torch.compile and FakeTensor tracing."""
+
+from __future__ import annotations
+
+import torch
+from torch.library import register_fake
+
+
+def _empty(*shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    return like.new_empty(shape, dtype=dtype if dtype is not None else like.dtype)
+
+
+@register_fake("mom_ops::route")
+def _route_fake(router_logits, topk, batch_size, cu_seqlens, token_mask, chunk_size):
+    n, m = router_logits.shape
+    rows, segments = n * topk, m * batch_size
+    return (
+        _empty(n, topk, like=router_logits, dtype=torch.float32),
+        _empty(n, topk, like=router_logits, dtype=torch.int32),
+        _empty(n, topk, like=router_logits, dtype=torch.int32),
+        _empty(rows, like=router_logits, dtype=torch.int32),
+        _empty(segments + 1, like=router_logits, dtype=torch.int32),
+        _empty(rows // chunk_size + segments, 2, like=router_logits, dtype=torch.int32),
+    )
+
+
+@register_fake("mom_ops::permute")
+def _permute_fake(x, dst_row, src_pair):
+    return _empty(src_pair.shape[0], x.shape[1], like=x)
+
+
+@register_fake("mom_ops::unpermute")
+def _unpermute_fake(y, dst_row, src_pair, weights):
+    return _empty(dst_row.shape[0], y.shape[1], like=y)
+
+
+@register_fake("mom_ops::unpermute_backward")
+def _unpermute_backward_fake(grad_x, y, dst_row, src_pair, weights, need_grad_weights):
+    grad_w = _empty(*(dst_row.shape if need_grad_weights else (0,)), like=y, dtype=torch.float32)
+    return torch.empty_like(y), grad_w
+
+
+def _state_shape(q, v, initial_state, state_v_first, cu_seqlens):
+    n = q.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    hv, dk, dv = v.shape[2], q.shape[3], v.shape[3]
+    return (n, hv, dv, dk) if state_v_first else (n, hv, dk, dv)
+
+
+@register_fake("mom_ops::chunk_gated_delta_rule_fwd")
+def _gdn_fwd_fake(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm, state_v_first,
+                  cu_seqlens, chunk_indices):
+    o = _empty(*v.shape, like=q)
+    shape = _state_shape(q, v, initial_state, state_v_first, cu_seqlens) if output_final_state else (0,)
+    return o, _empty(*shape, like=q, dtype=torch.float32)
+
+
+@register_fake("mom_ops::fused_recurrent_gated_delta_rule_fwd")
+def _fused_recurrent_fake(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm,
+                          state_v_first, cu_seqlens):
+    return _gdn_fwd_fake(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm, state_v_first,
+                         cu_seqlens, None)
+
+
+@register_fake("mom_ops::chunk_gated_delta_rule_bwd")
+def _gdn_bwd_fake(q, k, v, g, beta, scale, initial_state, grad_o, grad_final_state, use_qk_l2norm, state_v_first,
+                  cu_seqlens, chunk_indices):
+    dh0 = torch.empty_like(initial_state) if initial_state is not None else _empty(0, like=q, dtype=torch.float32)
+    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(g),
+            torch.empty_like(beta), dh0)
+
+
+@register_fake("mom_ops::memory_mix_fwd")
+def _memory_mix_fwd_fake(o_routed, dst_row, src_pair, weights, shared, norm_weight, gate, eps):
+    return _empty(dst_row.shape[0], o_routed.shape[1], o_routed.shape[2], like=o_routed)
+
+
+@register_fake("mom_ops::memory_mix_bwd")
+def _memory_mix_bwd_fake(grad_out, o_routed, dst_row, src_pair, weights, shared, norm_weight, gate, eps):
+    none = _empty(0, like=o_routed, dtype=torch.float32)
+    return (
+        torch.empty_like(o_routed),
+        torch.empty_like(weights),
+        torch.empty_like(shared) if shared is not None else none,
+        torch.empty_like(norm_weight) if norm_weight is not None else none,
+        torch.empty_like(gate) if gate is not None else none,
+    )
+
+
+@register_fake("mom_ops::mom_decode_step")
+def _mom_decode_step_fake(q, k, v, g, beta, weights, slots, state_pool, scale, use_qk_l2norm, state_v_first):
+    return _empty(q.shape[0], v.shape[2], v.shape[3], like=q)

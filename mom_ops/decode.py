@@ -1,0 +1,59 @@
+"""Decoding: token-by-token gated delta rule (fla's fused_recurrent signature) and the one-launch MoM step."""
+
+from __future__ import annotations
+
+import torch
+
+from mom_ops.gdn import check_scan_args
+
+
+def fused_recurrent_gated_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    use_qk_l2norm_in_kernel: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Recurrent (token-by-token) gated delta rule for short inputs; forward only. Shapes as
+    `mom_ops.chunk_gated_delta_rule`. Returns o [B, T, HV, V] in v's dtype and the fp32 final state."""
+    state_v_first = check_scan_args(q, k, v, initial_state, cu_seqlens, kwargs, allow_chunk_size=False)
+    if scale is None:
+        scale = k.shape[-1] ** -0.5
+    o, final_state = torch.ops.mom_ops.fused_recurrent_gated_delta_rule_fwd(
+        q, k, v, g, beta, float(scale), initial_state, output_final_state, use_qk_l2norm_in_kernel, state_v_first,
+        cu_seqlens,
+    )
+    return o, (final_state if output_final_state else None)
+
+
+def mom_decode_step(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    weights: torch.Tensor,
+    slots: torch.Tensor,
+    state_pool: torch.Tensor,
+    scale: float | None = None,
+    use_qk_l2norm_in_kernel: bool = False,
+    state_v_first: bool = False,
+) -> torch.Tensor:
+    """One decode step of N tokens over J memory slots each (routed memories + shared), states in a pool.
+
+    q: [N, H, K]; k: [N, J, H, K]; v: [N, J, HV, V]; g, beta: [N, J, HV]; weights: fp32 [N, J] (1 for the
+    shared slot); slots: int [N, J] pool rows (negative = skip); state_pool: fp32 [P, HV, K, V]
+    ([P, HV, V, K] with state_v_first), updated in place. Returns out [N, HV, V] = sum_j w_j * scale * S_j^T q.
+    Pool rows must not repeat within one call.
+    """
+    if scale is None:
+        scale = k.shape[-1] ** -0.5
+    return torch.ops.mom_ops.mom_decode_step(
+        q, k, v, g, beta, weights, slots, state_pool, float(scale), use_qk_l2norm_in_kernel, state_v_first
+    )

@@ -1,0 +1,105 @@
+"""Chunked gated delta rule scan (fla's `chunk_gated_delta_rule` signature), with autograd."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+
+def check_scan_args(q, k, v, initial_state, cu_seqlens, kwargs, allow_chunk_size: bool) -> bool:
+    """fla's argument checks, with fla's messages; returns state_v_first after the deprecated alias."""
+    state_v_first = kwargs.pop("state_v_first", False)
+    if "transpose_state_layout" in kwargs:
+        if state_v_first:
+            raise ValueError("Cannot pass both `state_v_first` and the deprecated `transpose_state_layout`.")
+        warnings.warn("`transpose_state_layout` is deprecated and renamed to `state_v_first`.", DeprecationWarning)
+        state_v_first = kwargs.pop("transpose_state_layout")
+    if "head_first" in kwargs:
+        raise DeprecationWarning("head_first has been removed. Inputs must be in `[B, T, H, ...]` format.")
+    if allow_chunk_size:
+        chunk_size = kwargs.pop("chunk_size", 64)
+        if chunk_size != 64:
+            raise ValueError(f"`chunk_size` must be 64 for mom_ops' Gated Delta Rule, got {chunk_size}.")
+    if kwargs:
+        raise TypeError(f"unexpected keyword arguments: {sorted(kwargs)}")
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"q, k, v must be [B, T, H, D], got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if q.shape[2] != k.shape[2]:
+        raise ValueError(
+            f"q and k must have the same number of heads, but got q.shape[2]={q.shape[2]} and k.shape[2]={k.shape[2]}"
+        )
+    H, HV = q.shape[2], v.shape[2]
+    if HV % H != 0:
+        raise ValueError(
+            f"For GVA, num_v_heads (HV={HV}) must be evenly divisible by num_heads (H={H}), but got HV % H = {HV % H}"
+        )
+    if cu_seqlens is not None:
+        if q.shape[0] != 1:
+            raise ValueError(
+                f"The batch size is expected to be 1 rather than {q.shape[0]} when using `cu_seqlens`."
+                "Please flatten variable-length inputs before processing."
+            )
+        if initial_state is not None and initial_state.shape[0] != len(cu_seqlens) - 1:
+            raise ValueError(
+                "The number of initial states is expected to be equal to the number of input sequences, "
+                f"i.e., {len(cu_seqlens) - 1} rather than {initial_state.shape[0]}."
+            )
+    return state_v_first
+
+
+def chunk_gated_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    use_qk_l2norm_in_kernel: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+    chunk_indices: torch.Tensor | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Gated delta rule over [B, T] (or varlen with cu_seqlens), chunked form.
+
+    q, k: [B, T, H, K]; v: [B, T, HV, V] (HV a multiple of H: grouped value heads); g: [B, T, HV] per-step log
+    decay (<= 0); beta: [B, T, HV]; initial_state: fp32 [N, HV, K, V] ([N, HV, V, K] with state_v_first=True);
+    cu_seqlens: [N+1] (then B == 1); scale defaults to K ** -0.5.
+    Returns o [B, T, HV, V] in q's dtype and the fp32 final state (None unless output_final_state).
+    Differentiable w.r.t. q, k, v, g, beta and initial_state.
+    """
+    state_v_first = check_scan_args(q, k, v, initial_state, cu_seqlens, kwargs, allow_chunk_size=True)
+    if scale is None:
+        scale = k.shape[-1] ** -0.5
+    o, final_state = torch.ops.mom_ops.chunk_gated_delta_rule_fwd(
+        q, k, v, g, beta, float(scale), initial_state, output_final_state, use_qk_l2norm_in_kernel, state_v_first,
+        cu_seqlens, chunk_indices,
+    )
+    return o, (final_state if output_final_state else None)
+
+
+def _setup(ctx, inputs, output):
+    q, k, v, g, beta, scale, h0, _, use_l2norm, state_v_first, cu_seqlens, chunk_indices = inputs
+    ctx.scale, ctx.use_l2norm, ctx.state_v_first = scale, use_l2norm, state_v_first
+    ctx.save_for_backward(q, k, v, g, beta, h0, cu_seqlens, chunk_indices)
+
+
+def _backward(ctx, grad_o, grad_final_state):
+    q, k, v, g, beta, h0, cu_seqlens, chunk_indices = ctx.saved_tensors
+    if grad_final_state is not None and grad_final_state.numel() == 0:
+        grad_final_state = None
+    if grad_o is None:
+        grad_o = torch.zeros_like(v)
+    dq, dk, dv, dg, dbeta, dh0 = torch.ops.mom_ops.chunk_gated_delta_rule_bwd(
+        q, k, v, g, beta, ctx.scale, h0, grad_o.contiguous(), grad_final_state, ctx.use_l2norm, ctx.state_v_first,
+        cu_seqlens, chunk_indices,
+    )
+    need = ctx.needs_input_grad
+    pick = lambda i, t: t if need[i] else None  # noqa: E731
+    return (pick(0, dq), pick(1, dk), pick(2, dv), pick(3, dg), pick(4, dbeta), None,
+            pick(6, dh0) if h0 is not None else None, None, None, None, None, None)
+
+
+torch.library.register_autograd("mom_ops::chunk_gated_delta_rule_fwd", _backward, setup_context=_setup)

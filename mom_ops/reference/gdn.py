@@ -1,0 +1,92 @@
+"""Reference gated delta rule (DESIGN.md §1): the per-token recurrence and the chunked form, fp32."""
+
+from __future__ import annotations
+
+import torch
+
+
+def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    return x * torch.rsqrt(x.square().sum(-1, keepdim=True) + eps)
+
+
+def _prepare(q, k, v, g, beta, scale, initial_state, use_qk_l2norm, state_v_first, cu_seqlens):
+    """fp32 inputs with q, k repeated over the value heads of their group; the sequences as (batch, start, end);
+    the initial states as [N, HV, K, V]."""
+    B, T, H, K = q.shape
+    HV, V = v.shape[2], v.shape[3]
+    q, k, v, g, beta = (x.float() for x in (q, k, v, g, beta))
+    if use_qk_l2norm:
+        q, k = l2norm(q), l2norm(k)
+    q, k = q.repeat_interleave(HV // H, dim=2), k.repeat_interleave(HV // H, dim=2)
+    if cu_seqlens is None:
+        seqs = [(b, 0, T) for b in range(B)]
+    else:
+        cu = cu_seqlens.tolist()
+        seqs = [(0, cu[i], cu[i + 1]) for i in range(len(cu) - 1)]
+    if initial_state is None:
+        h0 = q.new_zeros(len(seqs), HV, K, V)
+    else:
+        h0 = initial_state.float().transpose(-1, -2) if state_v_first else initial_state.float()
+    scale = K**-0.5 if scale is None else scale
+    return q, k, v, g, beta, scale, seqs, h0
+
+
+def _finish(o, dtype, states, output_final_state, state_v_first):
+    ht = None
+    if output_final_state:
+        ht = torch.stack(states)
+        ht = ht.transpose(-1, -2).contiguous() if state_v_first else ht
+    return o.to(dtype), ht
+
+
+def recurrent_gated_delta_rule_ref(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
+                                   use_qk_l2norm_in_kernel=False, state_v_first=False, cu_seqlens=None):
+    """Token by token: S = exp(g) S; u = beta (v - S^T k); S = S + k u^T; o = scale S^T q.
+    Shapes as mom_ops.chunk_gated_delta_rule; rows outside every sequence give o = 0."""
+    dtype = q.dtype
+    q, k, v, g, beta, scale, seqs, h0 = _prepare(q, k, v, g, beta, scale, initial_state, use_qk_l2norm_in_kernel,
+                                                 state_v_first, cu_seqlens)
+    o = torch.zeros_like(v)
+    states = []
+    for i, (b, start, end) in enumerate(seqs):
+        S = h0[i]  # [HV, K, V]
+        for t in range(start, end):
+            S = S * g[b, t].exp()[:, None, None]
+            u = beta[b, t][:, None] * (v[b, t] - torch.einsum("hkv,hk->hv", S, k[b, t]))
+            S = S + k[b, t][:, :, None] * u[:, None, :]
+            o[b, t] = scale * torch.einsum("hkv,hk->hv", S, q[b, t])
+        states.append(S)
+    return _finish(o, dtype, states, output_final_state, state_v_first)
+
+
+def chunk_gated_delta_rule_ref(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
+                               use_qk_l2norm_in_kernel=False, state_v_first=False, cu_seqlens=None, chunk_size=64):
+    """The chunked form of DESIGN.md §1, chunk by chunk inside each sequence (the last chunk partial)."""
+    dtype = q.dtype
+    q, k, v, g, beta, scale, seqs, h0 = _prepare(q, k, v, g, beta, scale, initial_state, use_qk_l2norm_in_kernel,
+                                                 state_v_first, cu_seqlens)
+    o = torch.zeros_like(v)
+    states = []
+    for i, (b, start, end) in enumerate(seqs):
+        S = h0[i]  # [HV, K, V]
+        for c in range(start, end, chunk_size):
+            sl = slice(c, min(c + chunk_size, end))
+            # per head: Q, K [HV, L, K]; Vc [HV, L, V]; G, bc [HV, L]
+            Q, Kc, Vc = (x[b, sl].transpose(0, 1) for x in (q, k, v))
+            G, bc = g[b, sl].t().cumsum(-1), beta[b, sl].t()
+            L = G.shape[-1]
+            diff = G[:, :, None] - G[:, None, :]  # G_i - G_j
+            lower = torch.ones(L, L, dtype=torch.bool).tril(-1)
+            decay_strict = torch.where(lower, diff, -torch.inf).exp()
+            decay_incl = torch.where(lower | torch.eye(L, dtype=torch.bool), diff, -torch.inf).exp()
+            A = bc[:, :, None] * (Kc @ Kc.transpose(-1, -2)) * decay_strict
+            Tinv = torch.linalg.inv(torch.eye(L) + A)
+            W = Tinv @ (bc[..., None] * G.exp()[..., None] * Kc)
+            U = Tinv @ (bc[..., None] * Vc)
+            Vnew = U - W @ S
+            O = scale * (G.exp()[..., None] * (Q @ S) + ((Q @ Kc.transpose(-1, -2)) * decay_incl) @ Vnew)
+            o[b, sl] = O.transpose(0, 1)
+            G_last = G[:, -1:]
+            S = G_last.exp()[..., None] * S + Kc.transpose(-1, -2) @ ((G_last - G).exp()[..., None] * Vnew)
+        states.append(S)
+    return _finish(o, dtype, states, output_final_state, state_v_first)

@@ -1,0 +1,154 @@
+"""Routing: top-k router, memory-major permutation plan, permute / unpermute (with autograd)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+CHUNK_SIZE = 64
+
+
+@dataclass
+class RoutingPlan:
+    """Where every (token, slot) pair goes in the packed memory-major stream. All tensors live on the device
+    of the logits and have static shapes (no host sync to build or use them).
+
+    N tokens, M memories, k = topk, B sequences, R = N * k packed rows, S = M * B segments (s = m * B + b).
+      weights        [N, k] fp32   renormalised top-k router weights (0 for masked tokens)
+      memory_ids     [N, k] int32  chosen memories, by decreasing weight (-1 for masked tokens)
+      dst_row        [N, k] int32  packed row of each pair (-1 for masked tokens)
+      src_pair       [R]    int32  pair n * k + j of each packed row (-1 for rows past the last segment)
+      cu_seqlens     [S+1]  int32  segment boundaries in the packed stream; cu_seqlens[-1] = routed rows
+      chunk_indices  [R // chunk_size + S, 2] int32  (segment, chunk) of every chunk, padded with -1
+    """
+
+    weights: torch.Tensor
+    memory_ids: torch.Tensor
+    dst_row: torch.Tensor
+    src_pair: torch.Tensor
+    cu_seqlens: torch.Tensor
+    chunk_indices: torch.Tensor
+    num_memories: int
+    batch_size: int
+
+    @property
+    def topk(self) -> int:
+        return self.dst_row.shape[1]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.dst_row.shape[0]
+
+    @property
+    def num_rows(self) -> int:
+        return self.src_pair.shape[0]
+
+
+def route(
+    router_logits: torch.Tensor,
+    topk: int,
+    *,
+    batch_size: int | None = None,
+    cu_seqlens: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    chunk_size: int = CHUNK_SIZE,
+) -> RoutingPlan:
+    """Route tokens to their top-k memories and build the packed memory-major plan.
+
+    router_logits: [B, T, M] (padded batch), [1, N, M] or [N, M] (packed, with cu_seqlens [B+1]).
+    mask: optional bool [B, T] / [N]; False tokens route nowhere (attention padding).
+    Weights are softmax(logits) over M in fp32, top-k (ties to the lower index), renormalised to sum 1;
+    they are differentiable w.r.t. the logits. NaN logits raise ValueError on CPU; on CUDA they give NaN
+    weights (a sync-free check is impossible), or a ValueError when MOM_OPS_CHECK_NAN=1.
+    """
+    if router_logits.dim() not in (2, 3):
+        raise ValueError(f"router_logits must be [B, T, M] or [N, M], got shape {tuple(router_logits.shape)}")
+    if router_logits.dim() == 3:
+        if cu_seqlens is not None and router_logits.shape[0] != 1:
+            raise ValueError(f"router_logits must have batch 1 with cu_seqlens, got {router_logits.shape[0]}")
+        if cu_seqlens is None and batch_size is None:
+            batch_size = router_logits.shape[0]
+    if cu_seqlens is not None:
+        if batch_size is not None and batch_size != cu_seqlens.shape[0] - 1:
+            raise ValueError(f"batch_size={batch_size} disagrees with cu_seqlens ({cu_seqlens.shape[0] - 1} sequences)")
+        batch_size = cu_seqlens.shape[0] - 1
+    if batch_size is None:
+        raise ValueError("route needs batch_size or cu_seqlens for [N, M] router_logits")
+    logits = router_logits.reshape(-1, router_logits.shape[-1])
+    if mask is not None:
+        mask = mask.reshape(-1)
+    if logits.is_cuda and os.environ.get("MOM_OPS_CHECK_NAN") == "1" and torch.isnan(logits).any():
+        raise ValueError("router_logits contains NaN")
+    outs = torch.ops.mom_ops.route(logits, topk, batch_size, cu_seqlens, mask, chunk_size)
+    return RoutingPlan(*outs, num_memories=logits.shape[-1], batch_size=batch_size)
+
+
+def permute(x: torch.Tensor, plan: RoutingPlan) -> torch.Tensor:
+    """Gather token rows into the packed stream: x [N, ...] -> y [R, ...], y[r] = x[src_pair[r] // k]."""
+    if x.shape[0] != plan.num_tokens:
+        raise ValueError(f"x must have {plan.num_tokens} rows (the plan's tokens), got {x.shape[0]}")
+    y = torch.ops.mom_ops.permute(x.reshape(x.shape[0], -1), plan.dst_row, plan.src_pair)
+    return y.view(plan.num_rows, *x.shape[1:])
+
+
+def unpermute(y: torch.Tensor, plan: RoutingPlan, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Sum the k copies back into token order: y [R, ...] -> x [N, ...], x[n] = sum_j w[n, j] y[dst_row[n, j]].
+
+    weights: optional fp32 [N, k] (e.g. plan.weights); differentiable."""
+    if y.shape[0] != plan.num_rows:
+        raise ValueError(f"y must have {plan.num_rows} rows (the plan's packed rows), got {y.shape[0]}")
+    x = torch.ops.mom_ops.unpermute(y.reshape(y.shape[0], -1), plan.dst_row, plan.src_pair, weights)
+    return x.view(plan.num_tokens, *y.shape[1:])
+
+
+# ---- autograd ----
+
+
+def _route_setup(ctx, inputs, output):
+    ctx.logits_dtype = inputs[0].dtype
+    ctx.num_memories = inputs[0].shape[1]
+    ctx.save_for_backward(output[0], output[1])
+
+
+def _route_backward(ctx, grad_weights, *_):
+    # w = softmax over the kept logits, so dl_i = w_i (dw_i - sum_j w_j dw_j) for kept i, 0 elsewhere.
+    weights, memory_ids = ctx.saved_tensors
+    grad_logits = None
+    if ctx.needs_input_grad[0] and grad_weights is not None:
+        g = grad_weights.float()
+        kept = weights * (g - (weights * g).sum(-1, keepdim=True))
+        kept = torch.where(memory_ids >= 0, kept, torch.zeros_like(kept))
+        grad_logits = torch.zeros(weights.shape[0], ctx.num_memories, device=weights.device, dtype=torch.float32)
+        grad_logits.scatter_add_(1, memory_ids.clamp_min(0).long(), kept)
+        grad_logits = grad_logits.to(ctx.logits_dtype)
+    return grad_logits, None, None, None, None, None
+
+
+def _permute_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[1], inputs[2])
+
+
+def _permute_backward(ctx, grad_y):
+    dst_row, src_pair = ctx.saved_tensors
+    return torch.ops.mom_ops.unpermute(grad_y.contiguous(), dst_row, src_pair, None), None, None
+
+
+def _unpermute_setup(ctx, inputs, output):
+    y, dst_row, src_pair, weights = inputs
+    ctx.save_for_backward(y, dst_row, src_pair, weights)
+
+
+def _unpermute_backward(ctx, grad_x):
+    y, dst_row, src_pair, weights = ctx.saved_tensors
+    need_w = weights is not None and ctx.needs_input_grad[3]
+    grad_y, grad_w = torch.ops.mom_ops.unpermute_backward(
+        grad_x.contiguous(), y, dst_row, src_pair, weights, need_w
+    )
+    return grad_y, None, None, grad_w if need_w else None
+
+
+torch.library.register_autograd("mom_ops::route", _route_backward, setup_context=_route_setup)
+torch.library.register_autograd("mom_ops::permute", _permute_backward, setup_context=_permute_setup)
+torch.library.register_autograd("mom_ops::unpermute", _unpermute_backward, setup_context=_unpermute_setup)
