@@ -24,10 +24,16 @@
   TORCH_CHECK_VALUE((x).scalar_type() == (ref).scalar_type(), #x " must have the dtype of " #ref " (", \
                     (ref).scalar_type(), "), got ", (x).scalar_type())
 
+// float64 is accepted by the CPU kernels (for gradcheck); CUDA kernels add CHECK_CUDA_FLOATING.
 #define CHECK_FLOATING(x)                                                                            \
   TORCH_CHECK_VALUE((x).scalar_type() == at::kFloat || (x).scalar_type() == at::kHalf ||             \
+                        (x).scalar_type() == at::kBFloat16 || (x).scalar_type() == at::kDouble,      \
+                    #x " must be a floating-point tensor, got ", (x).scalar_type())
+
+#define CHECK_CUDA_FLOATING(x)                                                                       \
+  TORCH_CHECK_VALUE((x).scalar_type() == at::kFloat || (x).scalar_type() == at::kHalf ||             \
                         (x).scalar_type() == at::kBFloat16,                                          \
-                    #x " must be float32, float16 or bfloat16, got ", (x).scalar_type())
+                    #x " must be float32, float16 or bfloat16 on CUDA, got ", (x).scalar_type())
 
 #define CHECK_INDEX(x) \
   TORCH_CHECK_VALUE((x).scalar_type() == at::kInt || (x).scalar_type() == at::kLong, \

@@ -46,13 +46,14 @@ inline GdnDims check_gdn_args(const at::Tensor& q, const at::Tensor& k, const at
   }
   if (initial_state.has_value()) {
     const at::Tensor& h0 = *initial_state;
-    CHECK_DTYPE(h0, at::kFloat);
-    CHECK_DEVICE(h0, q);
-    if (state_v_first) {
-      CHECK_SHAPE(h0, d.num_seqs, d.heads_v, d.dim_v, d.dim_k);
-    } else {
-      CHECK_SHAPE(h0, d.num_seqs, d.heads_v, d.dim_k, d.dim_v);
-    }
+    TORCH_CHECK_VALUE(h0.scalar_type() == at::kFloat || (h0.scalar_type() == at::kDouble && q.scalar_type() == at::kDouble),
+                      "initial_state must be float32 (float64 only with float64 inputs), got ", h0.scalar_type());
+    TORCH_CHECK_VALUE(h0.device() == q.device(), "initial_state must be on ", q.device(), ", got ", h0.device());
+    const std::vector<int64_t> expected = {d.num_seqs, d.heads_v, state_v_first ? d.dim_v : d.dim_k,
+                                           state_v_first ? d.dim_k : d.dim_v};
+    TORCH_CHECK_VALUE(h0.sizes() == at::IntArrayRef(expected), "initial_state must have shape ",
+                      at::IntArrayRef(expected), state_v_first ? " (N, HV, V, K)" : " (N, HV, K, V)", ", got ",
+                      h0.sizes());
   }
   if (chunk_indices.has_value()) {
     TORCH_CHECK_VALUE(cu_seqlens.has_value(), "chunk_indices needs cu_seqlens");

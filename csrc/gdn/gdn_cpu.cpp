@@ -2,9 +2,12 @@
 // Per (sequence, value head), with state S [K, V]:
 //   S' = exp(g_t) S;  u = beta_t (v_t - S'^T k_t);  S = S' + k_t u^T;  o_t = scale S^T q_t.
 // The backward keeps S at every 64th step and recomputes the states of one block at a time.
+// Math runs in fp32, or fp64 for fp64 inputs (so gradcheck can check the backward exactly).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include "common/cpu_math.h"
 
 #include <cmath>
 #include <vector>
@@ -14,7 +17,7 @@
 namespace mom_ops {
 namespace {
 
-constexpr float kL2NormEps = 1e-6f;
+constexpr double kL2NormEps = 1e-6;
 constexpr int64_t kCheckpointEvery = 64;
 
 // Token rows [begin, end) of every sequence on the flattened [B * T] axis.
@@ -40,36 +43,40 @@ at::Tensor l2norm_last_dim(const at::Tensor& x) { return x * at::rsqrt(x.square(
 ScanInputs load_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
                        const at::Tensor& beta, bool use_qk_l2norm, const GdnDims& d) {
   const int64_t rows = d.batch * d.seqlen;
+  const at::ScalarType t = cpu_math_type(q);
   ScanInputs in;
-  in.q = q.to(at::kFloat).reshape({rows, d.heads_qk, d.dim_k});
-  in.k = k.to(at::kFloat).reshape({rows, d.heads_qk, d.dim_k});
+  in.q = q.to(t).reshape({rows, d.heads_qk, d.dim_k});
+  in.k = k.to(t).reshape({rows, d.heads_qk, d.dim_k});
   if (use_qk_l2norm) {
     in.q = l2norm_last_dim(in.q);
     in.k = l2norm_last_dim(in.k);
   }
   in.q = in.q.contiguous();
   in.k = in.k.contiguous();
-  in.v = v.to(at::kFloat).reshape({rows, d.heads_v, d.dim_v}).contiguous();
-  in.g = g.to(at::kFloat).reshape({rows, d.heads_v}).contiguous();
-  in.beta = beta.to(at::kFloat).reshape({rows, d.heads_v}).contiguous();
+  in.v = v.to(t).reshape({rows, d.heads_v, d.dim_v}).contiguous();
+  in.g = g.to(t).reshape({rows, d.heads_v}).contiguous();
+  in.beta = beta.to(t).reshape({rows, d.heads_v}).contiguous();
   return in;
 }
 
 // Copies one [K, V] state in or out of a state tensor in either layout.
-void load_state(const float* src, bool v_first, int64_t dk, int64_t dv, float* S) {
+template <typename T>
+void load_state(const T* src, bool v_first, int64_t dk, int64_t dv, T* S) {
   for (int64_t i = 0; i < dk; ++i)
     for (int64_t j = 0; j < dv; ++j) S[i * dv + j] = v_first ? src[j * dk + i] : src[i * dv + j];
 }
-void store_state(const float* S, bool v_first, int64_t dk, int64_t dv, float* dst) {
+template <typename T>
+void store_state(const T* S, bool v_first, int64_t dk, int64_t dv, T* dst) {
   for (int64_t i = 0; i < dk; ++i)
     for (int64_t j = 0; j < dv; ++j) (v_first ? dst[j * dk + i] : dst[i * dv + j]) = S[i * dv + j];
 }
 
-// One step S <- S' + k u^T; returns nothing, leaves S' (decayed state) in Sd and u in u when given.
-void step(float* S, const float* kt, const float* vt, float decay, float beta, int64_t dk, int64_t dv, float* u) {
+// One step in place: S <- exp(g) S, u = beta (v - S^T k), S <- S + k u^T.
+template <typename T>
+void step(T* S, const T* kt, const T* vt, T decay, T beta, int64_t dk, int64_t dv, T* u) {
   for (int64_t i = 0; i < dk * dv; ++i) S[i] *= decay;
   for (int64_t j = 0; j < dv; ++j) {
-    float pred = 0.f;
+    T pred = 0;
     for (int64_t i = 0; i < dk; ++i) pred += S[i * dv + j] * kt[i];
     u[j] = beta * (vt[j] - pred);
   }
@@ -87,37 +94,40 @@ std::tuple<at::Tensor, at::Tensor> gdn_fwd_cpu(const at::Tensor& q, const at::Te
   const ScanInputs in = load_inputs(q, k, v, g, beta, use_qk_l2norm, d);
   const auto seqs = sequence_rows(d, cu_seqlens);
   const int64_t dk = d.dim_k, dv = d.dim_v, group = d.heads_v / d.heads_qk;
-  at::Tensor o = at::zeros({d.batch * d.seqlen, d.heads_v, dv}, q.options().dtype(at::kFloat));
+  const at::ScalarType math = cpu_math_type(q);
+  at::Tensor o = at::zeros({d.batch * d.seqlen, d.heads_v, dv}, q.options().dtype(math));
   std::vector<int64_t> state_shape = {d.num_seqs, d.heads_v, state_v_first ? dv : dk, state_v_first ? dk : dv};
   at::Tensor ht = output_final_state ? at::empty(state_shape, o.options()) : at::empty({0}, o.options());
-  const at::Tensor h0 = initial_state.has_value() ? initial_state->contiguous() : at::Tensor();
-
-  at::parallel_for(0, d.num_seqs * d.heads_v, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> S(dk * dv), u(dv);
-    for (int64_t job = begin; job < end; ++job) {
-      const int64_t seq = job / d.heads_v, hv = job % d.heads_v, h = hv / group;
-      const int64_t state_off = job * dk * dv;
-      if (h0.defined()) {
-        load_state(h0.data_ptr<float>() + state_off, state_v_first, dk, dv, S.data());
-      } else {
-        std::fill(S.begin(), S.end(), 0.f);
-      }
-      for (int64_t t = seqs[seq].first; t < seqs[seq].second; ++t) {
-        const float* qt = in.q.data_ptr<float>() + (t * d.heads_qk + h) * dk;
-        const float* kt = in.k.data_ptr<float>() + (t * d.heads_qk + h) * dk;
-        const float* vt = in.v.data_ptr<float>() + (t * d.heads_v + hv) * dv;
-        const float gt = in.g.data_ptr<float>()[t * d.heads_v + hv];
-        const float bt = in.beta.data_ptr<float>()[t * d.heads_v + hv];
-        step(S.data(), kt, vt, std::exp(gt), bt, dk, dv, u.data());
-        float* ot = o.data_ptr<float>() + (t * d.heads_v + hv) * dv;
-        for (int64_t j = 0; j < dv; ++j) {
-          float acc = 0.f;
-          for (int64_t i = 0; i < dk; ++i) acc += S[i * dv + j] * qt[i];
-          ot[j] = float(scale) * acc;
+  const at::Tensor h0 = initial_state.has_value() ? initial_state->to(math).contiguous() : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(math, "gdn_fwd_cpu", [&] {
+    using T = scalar_t;
+    at::parallel_for(0, d.num_seqs * d.heads_v, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> S(dk * dv), u(dv);
+      for (int64_t job = begin; job < end; ++job) {
+        const int64_t seq = job / d.heads_v, hv = job % d.heads_v, h = hv / group;
+        const int64_t state_off = job * dk * dv;
+        if (h0.defined()) {
+          load_state(h0.data_ptr<T>() + state_off, state_v_first, dk, dv, S.data());
+        } else {
+          std::fill(S.begin(), S.end(), T(0));
         }
+        for (int64_t t = seqs[seq].first; t < seqs[seq].second; ++t) {
+          const T* qt = in.q.data_ptr<T>() + (t * d.heads_qk + h) * dk;
+          const T* kt = in.k.data_ptr<T>() + (t * d.heads_qk + h) * dk;
+          const T* vt = in.v.data_ptr<T>() + (t * d.heads_v + hv) * dv;
+          const T gt = in.g.data_ptr<T>()[t * d.heads_v + hv];
+          const T bt = in.beta.data_ptr<T>()[t * d.heads_v + hv];
+          step(S.data(), kt, vt, std::exp(gt), bt, dk, dv, u.data());
+          T* ot = o.data_ptr<T>() + (t * d.heads_v + hv) * dv;
+          for (int64_t j = 0; j < dv; ++j) {
+            T acc = T(0);
+            for (int64_t i = 0; i < dk; ++i) acc += S[i * dv + j] * qt[i];
+            ot[j] = T(scale) * acc;
+          }
+        }
+        if (output_final_state) store_state(S.data(), state_v_first, dk, dv, ht.data_ptr<T>() + state_off);
       }
-      if (output_final_state) store_state(S.data(), state_v_first, dk, dv, ht.data_ptr<float>() + state_off);
-    }
+    });
   });
   return {o.reshape({d.batch, d.seqlen, d.heads_v, dv}).to(q.scalar_type()), ht};
 }
@@ -145,116 +155,120 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   }
   const ScanInputs in = load_inputs(q, k, v, g, beta, use_qk_l2norm, d);
   const auto seqs = sequence_rows(d, cu_seqlens);
-  const at::Tensor dout = grad_o.to(at::kFloat).reshape({rows, d.heads_v, dv}).contiguous();
-  const at::Tensor h0 = initial_state.has_value() ? initial_state->contiguous() : at::Tensor();
-  const at::Tensor dht = grad_final_state.has_value() ? grad_final_state->to(at::kFloat).contiguous() : at::Tensor();
+  const at::ScalarType math = cpu_math_type(q);
+  const at::Tensor dout = grad_o.to(math).reshape({rows, d.heads_v, dv}).contiguous();
+  const at::Tensor h0 = initial_state.has_value() ? initial_state->to(math).contiguous() : at::Tensor();
+  const at::Tensor dht = grad_final_state.has_value() ? grad_final_state->to(math).contiguous() : at::Tensor();
 
-  const auto f32 = q.options().dtype(at::kFloat);
-  at::Tensor dq = at::zeros({rows, d.heads_qk, dk}, f32), dk_ = at::zeros({rows, d.heads_qk, dk}, f32);
-  at::Tensor dv_ = at::zeros({rows, d.heads_v, dv}, f32), dg = at::zeros({rows, d.heads_v}, f32);
-  at::Tensor db = at::zeros({rows, d.heads_v}, f32);
-  at::Tensor dh0 = h0.defined() ? at::empty(state_shape, f32) : at::empty({0}, f32);
+  const auto opts = q.options().dtype(math);
+  at::Tensor dq = at::zeros({rows, d.heads_qk, dk}, opts), dk_ = at::zeros({rows, d.heads_qk, dk}, opts);
+  at::Tensor dv_ = at::zeros({rows, d.heads_v, dv}, opts), dg = at::zeros({rows, d.heads_v}, opts);
+  at::Tensor db = at::zeros({rows, d.heads_v}, opts);
+  at::Tensor dh0 = h0.defined() ? at::empty(state_shape, opts) : at::empty({0}, opts);
 
-  // One job per (sequence, q/k head): the value heads of a group add into the same dq, dk rows.
-  at::parallel_for(0, d.num_seqs * d.heads_qk, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> S(dk * dv), dS(dk * dv), Sd(dk * dv), u(dv), du(dv), dpred(dv), block;
-    for (int64_t job = begin; job < end; ++job) {
-      const int64_t seq = job / d.heads_qk, h = job % d.heads_qk;
-      const int64_t t0 = seqs[seq].first, t1 = std::max(seqs[seq].second, t0);
-      for (int64_t hv = h * group; hv < (h + 1) * group; ++hv) {
-        const int64_t state_off = (seq * d.heads_v + hv) * dk * dv;
-        auto q_at = [&](int64_t t) { return in.q.data_ptr<float>() + (t * d.heads_qk + h) * dk; };
-        auto k_at = [&](int64_t t) { return in.k.data_ptr<float>() + (t * d.heads_qk + h) * dk; };
-        auto v_at = [&](int64_t t) { return in.v.data_ptr<float>() + (t * d.heads_v + hv) * dv; };
-        auto g_at = [&](int64_t t) { return in.g.data_ptr<float>()[t * d.heads_v + hv]; };
-        auto b_at = [&](int64_t t) { return in.beta.data_ptr<float>()[t * d.heads_v + hv]; };
-        // Forward pass keeping the state before every block of kCheckpointEvery steps.
-        const int64_t num_blocks = (t1 - t0 + kCheckpointEvery - 1) / kCheckpointEvery;
-        std::vector<float> checkpoints(num_blocks * dk * dv);
-        if (h0.defined()) {
-          load_state(h0.data_ptr<float>() + state_off, state_v_first, dk, dv, S.data());
-        } else {
-          std::fill(S.begin(), S.end(), 0.f);
-        }
-        for (int64_t t = t0; t < t1; ++t) {
-          if ((t - t0) % kCheckpointEvery == 0)
-            std::copy(S.begin(), S.end(), checkpoints.begin() + (t - t0) / kCheckpointEvery * dk * dv);
-          step(S.data(), k_at(t), v_at(t), std::exp(g_at(t)), b_at(t), dk, dv, u.data());
-        }
-        if (dht.defined()) {
-          load_state(dht.data_ptr<float>() + state_off, state_v_first, dk, dv, dS.data());
-        } else {
-          std::fill(dS.begin(), dS.end(), 0.f);
-        }
-        for (int64_t blk = num_blocks - 1; blk >= 0; --blk) {
-          const int64_t b0 = t0 + blk * kCheckpointEvery, b1 = std::min(b0 + kCheckpointEvery, t1);
-          // block[i] = state after step b0 + i - 1 (block[0] = state before the block).
-          block.assign((b1 - b0 + 1) * dk * dv, 0.f);
-          std::copy(checkpoints.begin() + blk * dk * dv, checkpoints.begin() + (blk + 1) * dk * dv, block.begin());
-          for (int64_t t = b0; t < b1; ++t) {
-            float* next = block.data() + (t - b0 + 1) * dk * dv;
-            std::copy(next - dk * dv, next, next);
-            step(next, k_at(t), v_at(t), std::exp(g_at(t)), b_at(t), dk, dv, u.data());
+  AT_DISPATCH_FLOATING_TYPES(math, "gdn_bwd_cpu", [&] {
+    using T = scalar_t;
+    // One job per (sequence, q/k head): the value heads of a group add into the same dq, dk rows.
+    at::parallel_for(0, d.num_seqs * d.heads_qk, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> S(dk * dv), dS(dk * dv), Sd(dk * dv), u(dv), du(dv), dpred(dv), block;
+      for (int64_t job = begin; job < end; ++job) {
+        const int64_t seq = job / d.heads_qk, h = job % d.heads_qk;
+        const int64_t t0 = seqs[seq].first, t1 = std::max(seqs[seq].second, t0);
+        for (int64_t hv = h * group; hv < (h + 1) * group; ++hv) {
+          const int64_t state_off = (seq * d.heads_v + hv) * dk * dv;
+          auto q_at = [&](int64_t t) { return in.q.data_ptr<T>() + (t * d.heads_qk + h) * dk; };
+          auto k_at = [&](int64_t t) { return in.k.data_ptr<T>() + (t * d.heads_qk + h) * dk; };
+          auto v_at = [&](int64_t t) { return in.v.data_ptr<T>() + (t * d.heads_v + hv) * dv; };
+          auto g_at = [&](int64_t t) { return in.g.data_ptr<T>()[t * d.heads_v + hv]; };
+          auto b_at = [&](int64_t t) { return in.beta.data_ptr<T>()[t * d.heads_v + hv]; };
+          // Forward pass keeping the state before every block of kCheckpointEvery steps.
+          const int64_t num_blocks = (t1 - t0 + kCheckpointEvery - 1) / kCheckpointEvery;
+          std::vector<T> checkpoints(num_blocks * dk * dv);
+          if (h0.defined()) {
+            load_state(h0.data_ptr<T>() + state_off, state_v_first, dk, dv, S.data());
+          } else {
+            std::fill(S.begin(), S.end(), T(0));
           }
-          for (int64_t t = b1 - 1; t >= b0; --t) {
-            const float* prev = block.data() + (t - b0) * dk * dv;
-            const float* cur = prev + dk * dv;
-            const float* qt = q_at(t);
-            const float* kt = k_at(t);
-            const float* vt = v_at(t);
-            const float* dot = dout.data_ptr<float>() + (t * d.heads_v + hv) * dv;
-            const float decay = std::exp(g_at(t)), bt = b_at(t);
-            float* dqt = dq.data_ptr<float>() + (t * d.heads_qk + h) * dk;
-            float* dkt = dk_.data_ptr<float>() + (t * d.heads_qk + h) * dk;
-            float* dvt = dv_.data_ptr<float>() + (t * d.heads_v + hv) * dv;
-            // o = scale S^T q: dS += scale q do^T; dq += scale S do.
-            for (int64_t i = 0; i < dk; ++i) {
-              float acc = 0.f;
-              for (int64_t j = 0; j < dv; ++j) {
-                dS[i * dv + j] += float(scale) * qt[i] * dot[j];
-                acc += cur[i * dv + j] * dot[j];
-              }
-              dqt[i] += float(scale) * acc;
+          for (int64_t t = t0; t < t1; ++t) {
+            if ((t - t0) % kCheckpointEvery == 0)
+              std::copy(S.begin(), S.end(), checkpoints.begin() + (t - t0) / kCheckpointEvery * dk * dv);
+            step(S.data(), k_at(t), v_at(t), std::exp(g_at(t)), b_at(t), dk, dv, u.data());
+          }
+          if (dht.defined()) {
+            load_state(dht.data_ptr<T>() + state_off, state_v_first, dk, dv, dS.data());
+          } else {
+            std::fill(dS.begin(), dS.end(), T(0));
+          }
+          for (int64_t blk = num_blocks - 1; blk >= 0; --blk) {
+            const int64_t b0 = t0 + blk * kCheckpointEvery, b1 = std::min(b0 + kCheckpointEvery, t1);
+            // block[i] = state after step b0 + i - 1 (block[0] = state before the block).
+            block.assign((b1 - b0 + 1) * dk * dv, T(0));
+            std::copy(checkpoints.begin() + blk * dk * dv, checkpoints.begin() + (blk + 1) * dk * dv, block.begin());
+            for (int64_t t = b0; t < b1; ++t) {
+              T* next = block.data() + (t - b0 + 1) * dk * dv;
+              std::copy(next - dk * dv, next, next);
+              step(next, k_at(t), v_at(t), std::exp(g_at(t)), b_at(t), dk, dv, u.data());
             }
-            // Recompute S' and u of this step.
-            for (int64_t i = 0; i < dk * dv; ++i) Sd[i] = decay * prev[i];
-            float dbeta = 0.f;
-            for (int64_t j = 0; j < dv; ++j) {
-              float pred = 0.f, dkv = 0.f;
+            for (int64_t t = b1 - 1; t >= b0; --t) {
+              const T* prev = block.data() + (t - b0) * dk * dv;
+              const T* cur = prev + dk * dv;
+              const T* qt = q_at(t);
+              const T* kt = k_at(t);
+              const T* vt = v_at(t);
+              const T* dot = dout.data_ptr<T>() + (t * d.heads_v + hv) * dv;
+              const T decay = std::exp(g_at(t)), bt = b_at(t);
+              T* dqt = dq.data_ptr<T>() + (t * d.heads_qk + h) * dk;
+              T* dkt = dk_.data_ptr<T>() + (t * d.heads_qk + h) * dk;
+              T* dvt = dv_.data_ptr<T>() + (t * d.heads_v + hv) * dv;
+              // o = scale S^T q: dS += scale q do^T; dq += scale S do.
               for (int64_t i = 0; i < dk; ++i) {
-                pred += Sd[i * dv + j] * kt[i];
-                dkv += dS[i * dv + j] * kt[i];
+                T acc = T(0);
+                for (int64_t j = 0; j < dv; ++j) {
+                  dS[i * dv + j] += T(scale) * qt[i] * dot[j];
+                  acc += cur[i * dv + j] * dot[j];
+                }
+                dqt[i] += T(scale) * acc;
               }
-              u[j] = bt * (vt[j] - pred);
-              du[j] = dkv;                 // S = S' + k u^T: du = dS^T k
-              dvt[j] += bt * du[j];        // u = beta (v - pred)
-              dbeta += du[j] * (vt[j] - pred);
-              dpred[j] = -bt * du[j];
-            }
-            db.data_ptr<float>()[t * d.heads_v + hv] = dbeta;
-            // dk = dS u + S' dpred; dS' = dS + k dpred^T; dg = <S', dS'>; dS_prev = decay dS'.
-            float dgt = 0.f;
-            for (int64_t i = 0; i < dk; ++i) {
-              float acc = 0.f;
+              // Recompute S' and u of this step.
+              for (int64_t i = 0; i < dk * dv; ++i) Sd[i] = decay * prev[i];
+              T dbeta = T(0);
               for (int64_t j = 0; j < dv; ++j) {
-                acc += dS[i * dv + j] * u[j] + Sd[i * dv + j] * dpred[j];
-                const float dSd = dS[i * dv + j] + kt[i] * dpred[j];
-                dgt += Sd[i * dv + j] * dSd;
-                dS[i * dv + j] = decay * dSd;
+                T pred = T(0), dkv = T(0);
+                for (int64_t i = 0; i < dk; ++i) {
+                  pred += Sd[i * dv + j] * kt[i];
+                  dkv += dS[i * dv + j] * kt[i];
+                }
+                u[j] = bt * (vt[j] - pred);
+                du[j] = dkv;                 // S = S' + k u^T: du = dS^T k
+                dvt[j] += bt * du[j];        // u = beta (v - pred)
+                dbeta += du[j] * (vt[j] - pred);
+                dpred[j] = -bt * du[j];
               }
-              dkt[i] += acc;
+              db.data_ptr<T>()[t * d.heads_v + hv] = dbeta;
+              // dk = dS u + S' dpred; dS' = dS + k dpred^T; dg = <S', dS'>; dS_prev = decay dS'.
+              T dgt = T(0);
+              for (int64_t i = 0; i < dk; ++i) {
+                T acc = T(0);
+                for (int64_t j = 0; j < dv; ++j) {
+                  acc += dS[i * dv + j] * u[j] + Sd[i * dv + j] * dpred[j];
+                  const T dSd = dS[i * dv + j] + kt[i] * dpred[j];
+                  dgt += Sd[i * dv + j] * dSd;
+                  dS[i * dv + j] = decay * dSd;
+                }
+                dkt[i] += acc;
+              }
+              dg.data_ptr<T>()[t * d.heads_v + hv] = dgt;
             }
-            dg.data_ptr<float>()[t * d.heads_v + hv] = dgt;
           }
+          if (h0.defined()) store_state(dS.data(), state_v_first, dk, dv, dh0.data_ptr<T>() + state_off);
         }
-        if (h0.defined()) store_state(dS.data(), state_v_first, dk, dv, dh0.data_ptr<float>() + state_off);
       }
-    }
-  });
+    });
 
+  });
   if (use_qk_l2norm) {
-    dq = l2norm_backward(q.to(at::kFloat).reshape({rows, d.heads_qk, dk}), dq);
-    dk_ = l2norm_backward(k.to(at::kFloat).reshape({rows, d.heads_qk, dk}), dk_);
+    dq = l2norm_backward(q.to(math).reshape({rows, d.heads_qk, dk}), dq);
+    dk_ = l2norm_backward(k.to(math).reshape({rows, d.heads_qk, dk}), dk_);
   }
   return {dq.reshape(q.sizes()).to(q.scalar_type()),     dk_.reshape(k.sizes()).to(k.scalar_type()),
           dv_.reshape(v.sizes()).to(v.scalar_type()),    dg.reshape(g.sizes()).to(g.scalar_type()),

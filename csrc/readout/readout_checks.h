@@ -23,9 +23,7 @@ inline MixDims check_memory_mix_args(const at::Tensor& o_routed, const at::Tenso
   const MixDims d{dst_row.size(0), dst_row.size(1), o_routed.size(1), o_routed.size(2)};
   TORCH_CHECK_VALUE(o_routed.size(0) == d.tokens * d.topk, "o_routed must have tokens * topk = ", d.tokens * d.topk,
                     " rows (the plan's packed stream), got ", o_routed.size(0));
-  CHECK_SHAPE(weights, d.tokens, d.topk);
-  CHECK_DTYPE(weights, at::kFloat);
-  CHECK_DEVICE(weights, o_routed);
+  check_weights(weights, dst_row, o_routed);
   if (shared.has_value()) {
     CHECK_SHAPE(*shared, d.tokens, d.heads, d.dim_v);
     CHECK_SAME_DTYPE(*shared, o_routed);

@@ -4,6 +4,8 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "common/cpu_math.h"
+
 #include "readout/readout_checks.h"
 
 namespace mom_ops {
@@ -12,13 +14,14 @@ namespace {
 // Gathered routed rows [N, k, H, V] in fp32 (zeros where dst_row < 0) and the mixed o [N, H, V].
 std::pair<at::Tensor, at::Tensor> gather_and_mix(const at::Tensor& o_routed, const at::Tensor& dst_row,
                                                  const at::Tensor& weights, const std::optional<at::Tensor>& shared) {
+  const at::ScalarType math = cpu_math_type(o_routed);
   const at::Tensor valid = dst_row.ge(0);
   const at::Tensor rows = at::where(valid, dst_row, at::zeros_like(dst_row)).to(at::kLong);
-  at::Tensor gathered = o_routed.to(at::kFloat).index_select(0, rows.flatten());
+  at::Tensor gathered = o_routed.to(math).index_select(0, rows.flatten());
   gathered = gathered.view({dst_row.size(0), dst_row.size(1), o_routed.size(1), o_routed.size(2)});
-  gathered = gathered * valid.to(at::kFloat).view({dst_row.size(0), dst_row.size(1), 1, 1});
-  at::Tensor o = (gathered * weights.unsqueeze(-1).unsqueeze(-1)).sum(1);
-  if (shared.has_value()) o = o + shared->to(at::kFloat);
+  gathered = gathered * valid.to(math).view({dst_row.size(0), dst_row.size(1), 1, 1});
+  at::Tensor o = (gathered * weights.to(math).unsqueeze(-1).unsqueeze(-1)).sum(1);
+  if (shared.has_value()) o = o + shared->to(math);
   return {gathered, o};
 }
 
@@ -29,8 +32,8 @@ at::Tensor memory_mix_fwd_cpu(const at::Tensor& o_routed, const at::Tensor& dst_
   check_memory_mix_args(o_routed, dst_row, src_pair, weights, shared, norm_weight, gate, eps);
   at::Tensor o = gather_and_mix(o_routed, dst_row, weights, shared).second;
   if (norm_weight.has_value()) {
-    o = o * at::rsqrt(o.square().mean(-1, true) + eps) * norm_weight->to(at::kFloat);
-    if (gate.has_value()) o = o * at::silu(gate->to(at::kFloat));
+    o = o * at::rsqrt(o.square().mean(-1, true) + eps) * norm_weight->to(o.scalar_type());
+    if (gate.has_value()) o = o * at::silu(gate->to(o.scalar_type()));
   }
   return o.to(o_routed.scalar_type());
 }
@@ -42,15 +45,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_mi
   const MixDims d = check_memory_mix_args(o_routed, dst_row, src_pair, weights, shared, norm_weight, gate, eps);
   CHECK_SHAPE(grad_out, d.tokens, d.heads, d.dim_v);
   const auto [gathered, o] = gather_and_mix(o_routed, dst_row, weights, shared);
-  const at::Tensor dy = grad_out.to(at::kFloat);
+  const at::Tensor dy = grad_out.to(o.scalar_type());
   const at::Tensor empty = at::empty({0}, o.options());
   at::Tensor do_ = dy, grad_norm_weight = empty, grad_gate = empty;
   if (norm_weight.has_value()) {
     const at::Tensor rstd = at::rsqrt(o.square().mean(-1, true) + eps);
-    const at::Tensor xhat = o * rstd, w = norm_weight->to(at::kFloat);
+    const at::Tensor xhat = o * rstd, w = norm_weight->to(o.scalar_type());
     at::Tensor act = at::ones_like(xhat);
     if (gate.has_value()) {
-      const at::Tensor z = gate->to(at::kFloat), s = at::sigmoid(z);
+      const at::Tensor z = gate->to(o.scalar_type()), s = at::sigmoid(z);
       act = z * s;
       grad_gate = (dy * xhat * w * s * (1 + z * (1 - s))).to(gate->scalar_type());
     }
@@ -62,9 +65,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_mi
   const at::Tensor valid = src_pair.ge(0);
   const at::Tensor pairs = at::where(valid, src_pair, at::zeros_like(src_pair)).to(at::kLong);
   const at::Tensor token = at::floor_divide(pairs, d.topk);
-  const at::Tensor row_scale = weights.flatten().index_select(0, pairs) * valid.to(at::kFloat);
+  const at::Tensor row_scale = weights.to(o.scalar_type()).flatten().index_select(0, pairs) * valid.to(o.scalar_type());
   const at::Tensor grad_o_routed = do_.index_select(0, token) * row_scale.view({-1, 1, 1});
-  const at::Tensor grad_weights = (gathered * do_.unsqueeze(1)).sum({2, 3});
+  const at::Tensor grad_weights = (gathered * do_.unsqueeze(1)).sum({2, 3}).to(weights.scalar_type());
   const at::Tensor grad_shared = shared.has_value() ? do_.to(shared->scalar_type()) : empty;
   return {grad_o_routed.to(o_routed.scalar_type()), grad_weights, grad_shared, grad_norm_weight, grad_gate};
 }

@@ -48,10 +48,13 @@ inline void check_plan_maps(const at::Tensor& dst_row, const at::Tensor& src_pai
   CHECK_CONTIGUOUS(src_pair);
 }
 
+// Router weights [N, k]: fp32, or fp64 with fp64 data (CPU gradcheck).
 inline void check_weights(const at::Tensor& weights, const at::Tensor& dst_row_like, const at::Tensor& ref) {
   TORCH_CHECK_VALUE(weights.sizes() == dst_row_like.sizes(), "weights must have shape ", dst_row_like.sizes(),
                     " (tokens, topk), got ", weights.sizes());
-  CHECK_DTYPE(weights, at::kFloat);
+  TORCH_CHECK_VALUE(weights.scalar_type() == at::kFloat ||
+                        (weights.scalar_type() == at::kDouble && ref.scalar_type() == at::kDouble),
+                    "weights must be float32, got ", weights.scalar_type());
   CHECK_DEVICE(weights, ref);
   CHECK_CONTIGUOUS(weights);
 }

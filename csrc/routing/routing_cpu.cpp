@@ -1,12 +1,14 @@
 // CPU implementations of the routing ops: plain loops, the semantics every other implementation matches.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <torch/library.h>
 
 #include <cmath>
 #include <limits>
 #include <vector>
 
+#include "common/cpu_math.h"
 #include "routing/routing_checks.h"
 
 namespace mom_ops {
@@ -151,18 +153,20 @@ at::Tensor unpermute_cpu(const at::Tensor& y, const at::Tensor& dst_row, const a
   const at::Tensor yc = y.contiguous();
   at::Tensor x = at::empty({num_tokens, dim}, y.options());
   const int32_t* row = dst_row.data_ptr<int32_t>();
-  const float* w = weights.has_value() ? weights->data_ptr<float>() : nullptr;
-  std::vector<float> acc(dim);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "unpermute_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;  // fp32, or fp64 for fp64 data
+    const at::Tensor wc = weights.has_value() ? weights->to(c10::CppTypeToScalarType<acc_t>::value) : at::Tensor();
+    const acc_t* w = wc.defined() ? wc.data_ptr<acc_t>() : nullptr;
+    std::vector<acc_t> acc(dim);
     const scalar_t* in = yc.data_ptr<scalar_t>();
     scalar_t* out = x.data_ptr<scalar_t>();
     for (int64_t n = 0; n < num_tokens; ++n) {
-      std::fill(acc.begin(), acc.end(), 0.f);
+      std::fill(acc.begin(), acc.end(), acc_t(0));
       for (int64_t j = 0; j < topk; ++j) {
         const int64_t r = row[n * topk + j];
         if (r < 0) continue;
-        const float wj = w != nullptr ? w[n * topk + j] : 1.f;
-        for (int64_t d = 0; d < dim; ++d) acc[d] += wj * float(in[r * dim + d]);
+        const acc_t wj = w != nullptr ? w[n * topk + j] : acc_t(1);
+        for (int64_t d = 0; d < dim; ++d) acc[d] += wj * acc_t(in[r * dim + d]);
       }
       for (int64_t d = 0; d < dim; ++d) out[n * dim + d] = scalar_t(acc[d]);
     }
@@ -185,11 +189,13 @@ std::tuple<at::Tensor, at::Tensor> unpermute_backward_cpu(const at::Tensor& grad
   if (weights.has_value()) check_weights(*weights, dst_row, y);
   const at::Tensor gx = grad_x.contiguous(), yc = y.contiguous();
   at::Tensor grad_y = at::empty_like(yc);
-  at::Tensor grad_w = need_grad_weights ? at::zeros({num_tokens, topk}, y.options().dtype(at::kFloat))
-                                        : at::empty({0}, y.options().dtype(at::kFloat));
+  const auto w_opts = y.options().dtype(cpu_math_type(y));
+  at::Tensor grad_w = need_grad_weights ? at::zeros({num_tokens, topk}, w_opts) : at::empty({0}, w_opts);
   const int32_t* pair = src_pair.data_ptr<int32_t>();
-  const float* w = weights.has_value() ? weights->data_ptr<float>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "unpermute_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const at::Tensor wc = weights.has_value() ? weights->to(w_opts.dtype()) : at::Tensor();
+    const acc_t* w = wc.defined() ? wc.data_ptr<acc_t>() : nullptr;
     const scalar_t* g = gx.data_ptr<scalar_t>();
     const scalar_t* in = yc.data_ptr<scalar_t>();
     scalar_t* gy = grad_y.data_ptr<scalar_t>();
@@ -200,13 +206,13 @@ std::tuple<at::Tensor, at::Tensor> unpermute_backward_cpu(const at::Tensor& grad
         continue;
       }
       const int64_t n = p / topk;
-      const float wp = w != nullptr ? w[p] : 1.f;
-      float dot = 0.f;
+      const acc_t wp = w != nullptr ? w[p] : acc_t(1);
+      acc_t dot = 0;
       for (int64_t d = 0; d < dim; ++d) {
-        gy[r * dim + d] = scalar_t(wp * float(g[n * dim + d]));
-        dot += float(g[n * dim + d]) * float(in[r * dim + d]);
+        gy[r * dim + d] = scalar_t(wp * acc_t(g[n * dim + d]));
+        dot += acc_t(g[n * dim + d]) * acc_t(in[r * dim + d]);
       }
-      if (need_grad_weights) grad_w.data_ptr<float>()[p] = dot;
+      if (need_grad_weights) grad_w.data_ptr<acc_t>()[p] = dot;
     }
   });
   return {grad_y, grad_w};

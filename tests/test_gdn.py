@@ -1,0 +1,146 @@
+"""chunk_gated_delta_rule (+ fused_recurrent) against the naive recurrence: values, gradients, opcheck, errors."""
+
+import pytest
+import torch
+
+import mom_ops
+from mom_ops.reference import chunk_gated_delta_rule_ref, recurrent_gated_delta_rule_ref
+from tests.helpers import cu_from_lengths, device_param, gdn_inputs, need_kernel, rel_rms
+
+# (B, T, H, HV, K, V, lengths, decay, beta_range, h0, state_v_first)
+CPU_CASES = [
+    (2, 65, 2, 2, 16, 16, None, "normal", (0, 1), True, False),
+    (1, 100, 1, 2, 16, 32, [1, 15, 0, 63, 21], "strong", (0, 1), True, True),  # GVA, varlen, empty segment
+    (1, 64, 2, 2, 32, 16, [64], "zero", (0.0, 0.02), False, False),  # g = 0, beta near 0
+    (3, 15, 2, 4, 16, 16, None, "normal", (0.98, 1.0), True, False),  # beta near 1
+]
+
+
+def _run(fn, inp, lengths, state_v_first, **kw):
+    cu = None if lengths is None else cu_from_lengths(lengths).to(inp["q"].device)
+    return fn(**inp, cu_seqlens=cu, output_final_state=True, use_qk_l2norm_in_kernel=True,
+              state_v_first=state_v_first, **kw)
+
+
+@pytest.mark.parametrize("case", CPU_CASES)
+def test_cpu_forward_matches_recurrence(case):
+    B, T, H, HV, K, V, lengths, decay, beta_range, h0, vf = case
+    n = B if lengths is None else len(lengths)
+    inp = gdn_inputs(B, T, H, K, V, HV=HV, decay=decay, beta_range=beta_range, h0=h0, n_seqs=n)
+    if h0 and vf:
+        inp["initial_state"] = inp["initial_state"].transpose(-1, -2).contiguous()
+    o, ht = _run(mom_ops.chunk_gated_delta_rule, inp, lengths, vf)
+    o_ref, ht_ref = _run(recurrent_gated_delta_rule_ref, inp, lengths, vf)
+    o_chunk, ht_chunk = _run(chunk_gated_delta_rule_ref, inp, lengths, vf)
+    assert rel_rms(o, o_ref) < 1e-5 and rel_rms(ht, ht_ref) < 1e-5
+    assert rel_rms(o_chunk, o_ref) < 1e-4 and rel_rms(ht_chunk, ht_ref) < 1e-4  # the two references agree
+    o_rec, ht_rec = _run(mom_ops.fused_recurrent_gated_delta_rule, inp, lengths, vf)
+    assert torch.equal(o_rec, o) and torch.equal(ht_rec, ht)
+
+
+def test_cpu_forward_head_dim_256():
+    inp = gdn_inputs(1, 70, 1, 256, 256, h0=True)
+    o, ht = mom_ops.chunk_gated_delta_rule(**inp, output_final_state=True, use_qk_l2norm_in_kernel=True)
+    o_ref, ht_ref = recurrent_gated_delta_rule_ref(**inp, output_final_state=True, use_qk_l2norm_in_kernel=True)
+    assert rel_rms(o, o_ref) < 1e-5 and rel_rms(ht, ht_ref) < 1e-5
+
+
+@pytest.mark.parametrize("case", CPU_CASES)
+def test_cpu_backward_matches_autograd_of_recurrence(case):
+    B, T, H, HV, K, V, lengths, decay, beta_range, h0, vf = case
+    n = B if lengths is None else len(lengths)
+    inp = gdn_inputs(B, T, H, K, V, HV=HV, decay=decay, beta_range=beta_range, h0=h0, n_seqs=n, seed=1)
+    if h0 and vf:
+        inp["initial_state"] = inp["initial_state"].transpose(-1, -2).contiguous()
+    grads = {}
+    for name, fn in (("ours", mom_ops.chunk_gated_delta_rule), ("ref", recurrent_gated_delta_rule_ref)):
+        leaves = {key: t.detach().clone().requires_grad_(True) for key, t in inp.items()}
+        o, ht = _run(fn, leaves, lengths, vf)
+        gen = torch.Generator().manual_seed(2)
+        loss = (o * torch.randn(o.shape, generator=gen)).sum() + (ht * torch.randn(ht.shape, generator=gen)).sum()
+        loss.backward()
+        grads[name] = {key: t.grad for key, t in leaves.items()}
+    for key in inp:
+        assert rel_rms(grads["ours"][key], grads["ref"][key]) < 1e-4, key
+
+
+def test_gradcheck_fp64():
+    inp = gdn_inputs(1, 10, 1, 4, 3, HV=2, h0=True, n_seqs=3)
+    inp = {key: t.double().requires_grad_(True) for key, t in inp.items()}
+    cu = cu_from_lengths([3, 0, 7])
+
+    def f(q, k, v, g, beta, initial_state):
+        o, ht = mom_ops.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=initial_state, output_final_state=True,
+                                               use_qk_l2norm_in_kernel=True, cu_seqlens=cu)
+        return o, ht
+
+    assert torch.autograd.gradcheck(f, tuple(inp.values()))
+
+
+def test_gdn_opcheck():
+    inp = gdn_inputs(1, 20, 2, 8, 8, h0=True, n_seqs=2)
+    cu = cu_from_lengths([5, 15])
+    args = (inp["q"], inp["k"], inp["v"], inp["g"], inp["beta"], 0.3, inp["initial_state"], True, True, False, cu, None)
+    args = tuple(a.requires_grad_(True) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+    torch.library.opcheck(torch.ops.mom_ops.chunk_gated_delta_rule_fwd.default, args)
+    do = torch.randn_like(inp["v"])
+    bwd_args = (*[a.detach() if isinstance(a, torch.Tensor) else a for a in args[:7]], do, None, True, False, cu, None)
+    torch.library.opcheck(torch.ops.mom_ops.chunk_gated_delta_rule_bwd.default, bwd_args)
+    torch.library.opcheck(torch.ops.mom_ops.fused_recurrent_gated_delta_rule_fwd.default,
+                          tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args[:11]))
+
+
+def _bad(**override):
+    inp = gdn_inputs(1, 8, 2, 4, 4)
+    kw = dict(inp, **override)
+    return kw
+
+
+@pytest.mark.parametrize(
+    "override, error, match",
+    [
+        (dict(k=torch.randn(1, 8, 3, 4)), ValueError, "q and k must have the same number of heads"),
+        (dict(v=torch.randn(1, 8, 3, 4)), ValueError, "must be evenly divisible"),
+        (dict(cu_seqlens=torch.tensor([0, 8], dtype=torch.int32), q=torch.randn(2, 8, 2, 4),
+              k=torch.randn(2, 8, 2, 4)), ValueError, "The batch size is expected to be 1"),
+        (dict(cu_seqlens=torch.tensor([0, 8], dtype=torch.int32), initial_state=torch.zeros(2, 2, 4, 4)),
+         ValueError, "The number of initial states"),
+        (dict(cu_seqlens=torch.tensor([0, 9], dtype=torch.int32)), ValueError, r"cu_seqlens\[-1\] must be <="),
+        (dict(cu_seqlens=torch.tensor([0, 5, 3, 8], dtype=torch.int32)), ValueError, "non-decreasing"),
+        (dict(g=torch.randn(1, 8, 3)), ValueError, "g must have shape"),
+        (dict(beta=torch.rand(1, 7, 2)), ValueError, "beta must have shape"),
+        (dict(v=torch.randn(1, 8, 2, 4, dtype=torch.float16)), ValueError, "v must have the dtype of q"),
+        (dict(initial_state=torch.zeros(1, 2, 4, 4, dtype=torch.float16)), ValueError, "initial_state must be float32"),
+        (dict(initial_state=torch.zeros(1, 2, 4, 5)), ValueError, "initial_state must have shape"),
+        (dict(q=torch.randint(0, 2, (1, 8, 2, 4))), ValueError, "q must be a floating-point"),
+        (dict(head_first=False), DeprecationWarning, "head_first has been removed"),
+        (dict(chunk_size=32), ValueError, "chunk_size"),
+    ],
+)
+def test_bad_input(override, error, match):
+    with pytest.raises(error, match=match):
+        mom_ops.chunk_gated_delta_rule(**_bad(**override))
+
+
+# ---- GPU: the CUDA kernels of #4 / #5 against the fp32 recurrence ----
+
+GPU_CASES = [
+    # (B, T, H, HV, D, lengths, decay, beta_range, h0)
+    (2, 1000, 2, 2, 64, None, "normal", (0, 1), True),
+    (1, 1000, 2, 4, 128, [1, 15, 0, 63, 65, 856], "strong", (0, 1), True),
+    (1, 300, 1, 1, 256, [100, 0, 200], "zero", (0.0, 0.02), False),
+    (1, 300, 2, 2, 128, [299, 1], "normal", (0.98, 1.0), True),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", GPU_CASES)
+def test_gpu_forward(case, dtype):
+    need_kernel("chunk_gated_delta_rule_fwd", "cuda")
+    B, T, H, HV, D, lengths, decay, beta_range, h0 = case
+    n = B if lengths is None else len(lengths)
+    inp = gdn_inputs(B, T, H, D, D, HV=HV, dtype=dtype, decay=decay, beta_range=beta_range, h0=h0, n_seqs=n)
+    o_ref, ht_ref = _run(recurrent_gated_delta_rule_ref, inp, lengths, False)
+    o, ht = _run(mom_ops.chunk_gated_delta_rule, {key: t.cuda() for key, t in inp.items()}, lengths, False)
+    assert rel_rms(o, o_ref) < 5e-3 and rel_rms(ht, ht_ref) < 5e-3

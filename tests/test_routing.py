@@ -1,0 +1,160 @@
+"""route / permute / unpermute against the naive reference, autograd, opcheck, bad input."""
+
+import pytest
+import torch
+
+import mom_ops
+from mom_ops.reference import permute_ref, route_ref, router_ref, unpermute_ref
+from tests.helpers import cu_from_lengths, device_param, need_kernel, rel_rms
+
+ROUTE_CASES = [
+    # (num_tokens, M, topk, batch, lengths or None, masked)
+    (1, 4, 2, 1, None, False),
+    (64, 4, 2, 2, None, False),
+    (130, 4, 1, 1, None, False),
+    (200, 8, 3, 4, None, True),
+    (100, 4, 2, 5, [0, 15, 1, 63, 21], False),  # empty and length-1 sequences
+    (129, 64, 8, 3, [65, 0, 64], True),
+    (48, 4, 4, 2, None, False),  # topk == M
+]
+
+
+def _route_inputs(n, m, b, lengths, masked, seed, device):
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, m, generator=gen)
+    cu = cu_from_lengths(lengths) if lengths is not None else None
+    mask = torch.rand(n, generator=gen) > 0.2 if masked else None
+    to = lambda t: None if t is None else t.to(device)  # noqa: E731
+    return to(logits), to(cu), to(mask)
+
+
+@pytest.mark.parametrize("device", device_param())
+@pytest.mark.parametrize("case", ROUTE_CASES)
+def test_route_matches_reference(device, case):
+    need_kernel("route", device)
+    n, m, k, b, lengths, masked = case
+    logits, cu, mask = _route_inputs(n, m, b, lengths, masked, seed=n, device=device)
+    plan = mom_ops.route(logits, k, batch_size=b, cu_seqlens=cu, mask=mask)
+    ref = route_ref(logits.cpu(), k, b, None if cu is None else cu.cpu(), None if mask is None else mask.cpu())
+    names = ["weights", "memory_ids", "dst_row", "src_pair", "cu_seqlens", "chunk_indices"]
+    for name, expected in zip(names, ref):
+        got = getattr(plan, name).cpu()
+        if name == "weights":
+            torch.testing.assert_close(got, expected, rtol=2**-22, atol=1e-7)  # within ~1 ulp of fp32 softmax
+        else:
+            assert torch.equal(got, expected.to(got.dtype)), name
+
+
+@pytest.mark.parametrize("device", device_param())
+def test_route_ties_and_infinities(device):
+    need_kernel("route", device)
+    inf = float("inf")
+    logits = torch.tensor([[1.0, 1.0, 1.0, 1.0], [0.0, inf, 2.0, inf], [-inf, -inf, -inf, -inf], [-inf, 0.0, -inf, 1.0]])
+    plan = mom_ops.route(logits.to(device), 2, batch_size=1)
+    assert plan.memory_ids.cpu().tolist() == [[0, 1], [1, 3], [0, 1], [3, 1]]
+    w = plan.weights.cpu()
+    torch.testing.assert_close(w[:3], torch.full((3, 2), 0.5))
+    torch.testing.assert_close(w[3], router_ref(logits[3:], 2)[0][0])
+
+
+def test_route_nan_is_an_error():
+    logits = torch.randn(8, 4)
+    logits[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="router_logits contains NaN"):
+        mom_ops.route(logits, 2, batch_size=1)
+
+
+def test_route_gradient_matches_reference():
+    logits = torch.randn(40, 6, dtype=torch.float32, requires_grad=True)
+    plan = mom_ops.route(logits, 3, batch_size=2)
+    gw = torch.randn_like(plan.weights)
+    (grad,) = torch.autograd.grad((plan.weights * gw).sum(), logits)
+    ref_logits = logits.detach().clone().requires_grad_(True)
+    w_ref, _ = router_ref(ref_logits, 3)
+    (grad_ref,) = torch.autograd.grad((w_ref * gw).sum(), ref_logits)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", device_param())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_permute_unpermute_match_reference(device, dtype):
+    need_kernel("permute", device)
+    logits, cu, mask = _route_inputs(150, 4, 3, [40, 0, 110], True, seed=1, device=device)
+    plan = mom_ops.route(logits, 2, cu_seqlens=cu, mask=mask)
+    x = torch.randn(150, 72, device=device).to(dtype)
+    y = mom_ops.permute(x, plan)
+    assert torch.equal(y.cpu(), permute_ref(x.cpu(), plan.src_pair.cpu(), 2))
+    back = mom_ops.unpermute(y, plan, plan.weights)
+    ref = unpermute_ref(y.cpu(), plan.dst_row.cpu(), plan.weights.cpu())
+    assert rel_rms(back, ref) < (1e-6 if dtype == torch.float32 else 4e-3)
+    # unit weights and the identity: unpermute(permute(x)) == k * x for routed tokens
+    ones = mom_ops.unpermute(mom_ops.permute(x.float(), plan), plan)
+    routed = plan.dst_row[:, 0] >= 0
+    torch.testing.assert_close(ones[routed], 2 * x.float()[routed])
+
+
+def _plan(n=30, m=4, k=2, b=2, dtype=torch.float64):
+    logits = torch.randn(n, m)
+    return mom_ops.route(logits, k, batch_size=b)
+
+
+def test_permute_unpermute_gradcheck():
+    plan = _plan()
+    x = torch.randn(30, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: mom_ops.permute(x, plan), (x,))
+    y = torch.randn(60, 5, dtype=torch.float64, requires_grad=True)
+    w = plan.weights.double().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda y, w: mom_ops.unpermute(y, plan, w), (y, w))
+
+
+def test_routing_opcheck():
+    logits = torch.randn(30, 4)
+    cu = cu_from_lengths([10, 0, 20])
+    torch.library.opcheck(torch.ops.mom_ops.route.default, (logits, 2, 3, cu, None, 64))
+    plan = mom_ops.route(logits, 2, cu_seqlens=cu)
+    x = torch.randn(30, 8, requires_grad=True)
+    torch.library.opcheck(torch.ops.mom_ops.permute.default, (x, plan.dst_row, plan.src_pair))
+    y = torch.randn(60, 8, requires_grad=True)
+    w = plan.weights.clone().requires_grad_(True)
+    torch.library.opcheck(torch.ops.mom_ops.unpermute.default, (y, plan.dst_row, plan.src_pair, w))
+    torch.library.opcheck(
+        torch.ops.mom_ops.unpermute_backward.default, (torch.randn(30, 8), y.detach(), plan.dst_row, plan.src_pair, w.detach(), True)
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(topk=0), "topk must be in"),
+        (dict(topk=5), "topk must be in"),
+        (dict(logits=torch.randint(0, 3, (8, 4))), "router_logits must be a floating-point"),
+        (dict(batch_size=3), "must be a multiple of batch_size"),
+        (dict(cu_seqlens=torch.tensor([0, 3, 2, 8], dtype=torch.int32)), "cu_seqlens must be non-decreasing"),
+        (dict(cu_seqlens=torch.tensor([0, 3, 7], dtype=torch.int32)), r"cu_seqlens\[-1\] must equal"),
+        (dict(cu_seqlens=torch.tensor([1, 3, 8], dtype=torch.int32)), r"cu_seqlens\[0\] must be 0"),
+        (dict(cu_seqlens=torch.tensor([0, 3, 8], dtype=torch.float32)), "cu_seqlens must be int32 or int64"),
+        (dict(mask=torch.ones(7, dtype=torch.bool)), "token_mask must have shape"),
+        (dict(mask=torch.ones(8)), "token_mask must have dtype"),
+    ],
+)
+def test_route_bad_input(kwargs, match):
+    logits = kwargs.pop("logits", torch.randn(8, 4))
+    topk = kwargs.pop("topk", 2)
+    if "cu_seqlens" not in kwargs:
+        kwargs.setdefault("batch_size", 2)
+    with pytest.raises(ValueError, match=match):
+        mom_ops.route(logits, topk, **kwargs)
+
+
+def test_permute_bad_input():
+    plan = _plan()
+    with pytest.raises(ValueError, match="x must have 30 rows"):
+        mom_ops.permute(torch.randn(29, 4), plan)
+    with pytest.raises(ValueError, match="y must have 60 rows"):
+        mom_ops.unpermute(torch.randn(59, 4), plan)
+    with pytest.raises(ValueError, match="weights must have shape"):
+        mom_ops.unpermute(torch.randn(60, 4), plan, torch.ones(30, 3))
+    with pytest.raises(ValueError, match="weights must be float32"):
+        mom_ops.unpermute(torch.randn(60, 4), plan, torch.ones(30, 2, dtype=torch.float16))
+    with pytest.raises(ValueError, match="src_pair must have dtype"):
+        torch.ops.mom_ops.permute(torch.randn(30, 4), plan.dst_row, plan.src_pair.long())
