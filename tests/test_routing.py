@@ -158,3 +158,111 @@ def test_permute_bad_input():
         mom_ops.unpermute(torch.randn(60, 4), plan, torch.ones(30, 2, dtype=torch.float16))
     with pytest.raises(ValueError, match="src_pair must have dtype"):
         torch.ops.mom_ops.permute(torch.randn(30, 4), plan.dst_row, plan.src_pair.long())
+
+
+# ---- Triton reference (CPU: interpreter with fp32; GPU: compiled) ----
+
+
+@pytest.mark.parametrize("device", device_param())
+@pytest.mark.parametrize("case", ROUTE_CASES[:6])
+def test_triton_route_matches_reference(device, case):
+    from triton_ref import routing as tr
+
+    n, m, k, b, lengths, masked = case
+    logits, cu, mask = _route_inputs(n, m, b, lengths, masked, seed=n, device=device)
+    plan = tr.route(logits, k, batch_size=b, cu_seqlens=cu, mask=mask)
+    ref = route_ref(logits.cpu(), k, b, None if cu is None else cu.cpu(), None if mask is None else mask.cpu())
+    names = ["weights", "memory_ids", "dst_row", "src_pair", "cu_seqlens", "chunk_indices"]
+    for name, expected in zip(names, ref):
+        got = getattr(plan, name).cpu()
+        if name == "weights":
+            torch.testing.assert_close(got, expected, rtol=2**-21, atol=1e-7)
+        else:
+            assert torch.equal(got, expected.to(got.dtype)), name
+
+
+@pytest.mark.parametrize("device", device_param())
+def test_triton_permute_unpermute(device):
+    from triton_ref import routing as tr
+
+    logits, cu, mask = _route_inputs(90, 4, 3, [40, 0, 50], True, seed=1, device=device)
+    plan = mom_ops.route(logits.cpu(), 2, cu_seqlens=cu.cpu(), mask=mask.cpu())
+    plan = type(plan)(*(getattr(plan, f).to(device) for f in
+                        ("weights", "memory_ids", "dst_row", "src_pair", "cu_seqlens", "chunk_indices")),
+                      plan.num_memories, plan.batch_size)
+    x = torch.randn(90, 40, device=device)
+    y = tr.permute(x, plan)
+    assert torch.equal(y.cpu(), permute_ref(x.cpu(), plan.src_pair.cpu(), 2))
+    back = tr.unpermute(y, plan, plan.weights)
+    assert rel_rms(back, unpermute_ref(y.cpu(), plan.dst_row.cpu(), plan.weights.cpu())) < 1e-6
+
+
+# ---- GPU only: large shapes, no host sync, CUDA graphs ----
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n, m, k, b, varlen", [(16384, 4, 2, 8, False), (5000, 64, 8, 7, True), (1025, 3, 3, 1, False)])
+def test_gpu_route_large_matches_reference(n, m, k, b, varlen):
+    need_kernel("route", "cuda")
+    gen = torch.Generator().manual_seed(n)
+    logits = torch.randn(n, m, generator=gen).to(torch.bfloat16)
+    cu = None
+    if varlen:
+        from tests.helpers import random_cu_seqlens
+
+        cu = random_cu_seqlens(n, b, generator=gen)
+    mask = torch.rand(n, generator=gen) > 0.1
+    plan = mom_ops.route(logits.cuda(), k, batch_size=b, cu_seqlens=None if cu is None else cu.cuda(), mask=mask.cuda())
+    ref = route_ref(logits, k, b, cu, mask)
+    for name, expected in zip(["weights", "memory_ids", "dst_row", "src_pair", "cu_seqlens", "chunk_indices"], ref):
+        got = getattr(plan, name).cpu()
+        if name == "weights":
+            torch.testing.assert_close(got, expected, rtol=2**-21, atol=1e-7)
+        else:
+            assert torch.equal(got, expected.to(got.dtype)), name
+
+
+@pytest.mark.gpu
+def test_gpu_routing_has_no_host_sync_and_replays_in_a_graph():
+    need_kernel("route", "cuda")
+    N, M, K, B, D = 4096, 4, 2, 4, 256
+    logits = torch.randn(N, M, device="cuda")
+    x = torch.randn(N, D, device="cuda", dtype=torch.bfloat16)
+
+    def step():
+        plan = mom_ops.route(logits, K, batch_size=B)
+        y = mom_ops.permute(x, plan)
+        return plan, y, mom_ops.unpermute(y, plan, plan.weights)
+
+    step()  # warm up (allocator, module load)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        plan, y, back = step()
+    for seed in range(3):
+        logits.copy_(torch.randn(N, M, generator=torch.Generator().manual_seed(seed)))
+        graph.replay()
+        ref = route_ref(logits.cpu(), K, B)
+        assert torch.equal(plan.dst_row.cpu(), ref[2]) and torch.equal(plan.cu_seqlens.cpu(), ref[4])
+        assert torch.equal(y.cpu(), permute_ref(x.cpu(), ref[3], K))
+
+
+@pytest.mark.gpu
+def test_gpu_unpermute_backward_matches_cpu():
+    need_kernel("unpermute_backward", "cuda")
+    logits, cu, mask = _route_inputs(300, 4, 3, [100, 0, 200], True, seed=5, device="cpu")
+    plan_cpu = mom_ops.route(logits, 2, cu_seqlens=cu, mask=mask)
+    plan_gpu = mom_ops.route(logits.cuda(), 2, cu_seqlens=cu.cuda(), mask=mask.cuda())
+    y = torch.randn(600, 24)
+    w = plan_cpu.weights.clone().requires_grad_(True)
+    yg, wg = y.clone().requires_grad_(True), plan_gpu.weights.clone().requires_grad_(True)
+    y.requires_grad_(True)
+    gx = torch.randn(300, 24)
+    mom_ops.unpermute(y, plan_cpu, w).backward(gx)
+    mom_ops.unpermute(yg.cuda(), plan_gpu, wg).backward(gx.cuda())
+    assert rel_rms(yg.grad, y.grad) < 1e-6 and rel_rms(wg.grad, w.grad) < 1e-5

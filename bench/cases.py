@@ -1,0 +1,237 @@
+"""The benchmark registry: every (op, case) with its modes and providers, in the names of DESIGN.md §6.
+
+A case's `build(provider, mode)` returns a `Bench` (a zero-argument callable and the bytes it must move at
+least: every input read once, every output written once) or None when the provider cannot run it here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+import mom_ops
+
+PROVIDERS = ("mom_ops", "triton_ref", "naive", "fla")
+
+
+@dataclass
+class Bench:
+    fn: Callable[[], object]
+    nbytes: int | None
+
+
+@dataclass
+class Case:
+    op: str
+    name: str
+    modes: tuple[str, ...]
+    build: Callable[[str, str], Bench | None]
+
+
+def nbytes(*tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def has_cuda_kernel(op: str) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"mom_ops::{op}", "CUDA")
+
+
+def has_module(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def triton_ref_fn(module: str, name: str):
+    """A function of triton_ref.<module>, or None while that family has no Triton reference yet."""
+    if not has_module(f"triton_ref.{module}"):
+        return None
+    return getattr(importlib.import_module(f"triton_ref.{module}"), name, None)
+
+
+# ---------------------------------------------------------------- routing
+
+
+def _route_case(tokens, memories, topk, batch):
+    def build(provider, mode):
+        logits = torch.randn(tokens, memories, device="cuda", dtype=torch.bfloat16)
+        plan = mom_ops.route(logits, topk, batch_size=batch)
+        out_bytes = nbytes(plan.weights, plan.memory_ids, plan.dst_row, plan.src_pair, plan.cu_seqlens,
+                           plan.chunk_indices)
+        if provider == "mom_ops" and has_cuda_kernel("route"):
+            return Bench(lambda: mom_ops.route(logits, topk, batch_size=batch), nbytes(logits) + out_bytes)
+        if provider == "triton_ref" and (fn := triton_ref_fn("routing", "route")) is not None:
+            return Bench(lambda: fn(logits, topk, batch_size=batch), nbytes(logits) + out_bytes)
+        if provider == "naive":  # the torch-op chain fla uses: softmax, topk, renormalise, sort, bincount
+            seq = torch.arange(tokens, device="cuda") // (tokens // batch)
+
+            def naive():
+                w, ids = torch.softmax(logits.float(), -1).topk(topk, -1)
+                w = w / w.sum(-1, keepdim=True)
+                seg = (ids * batch + seq[:, None]).flatten()
+                order = torch.sort(seg, stable=True).indices
+                counts = torch.bincount(seg, minlength=memories * batch)
+                return w, order, torch.cumsum(counts, 0)
+
+            return Bench(naive, nbytes(logits) + out_bytes)
+        return None
+
+    return Case("route", f"route_T{tokens}_M{memories}_k{topk}_B{batch}", ("fwd",), build)
+
+
+def _permute_case(tokens, dim, topk, inverse):
+    def build(provider, mode):
+        plan = mom_ops.route(torch.randn(tokens, 4, device="cuda"), topk, batch_size=1)
+        x = torch.randn(tokens, dim, device="cuda", dtype=torch.bfloat16)
+        y = torch.randn(tokens * topk, dim, device="cuda", dtype=torch.bfloat16)
+        moved = nbytes(x) + nbytes(y) + nbytes(plan.src_pair if not inverse else plan.dst_row)
+        if inverse:
+            moved += nbytes(plan.weights)
+        op = "unpermute" if inverse else "permute"
+        if provider == "mom_ops" and has_cuda_kernel(op):
+            if inverse:
+                return Bench(lambda: mom_ops.unpermute(y, plan, plan.weights), moved)
+            return Bench(lambda: mom_ops.permute(x, plan), moved)
+        if provider == "triton_ref" and (fn := triton_ref_fn("routing", op)) is not None:
+            if inverse:
+                return Bench(lambda: fn(y, plan, plan.weights), moved)
+            return Bench(lambda: fn(x, plan), moved)
+        if provider == "naive":
+            rows = plan.dst_row.long()
+            tok = (plan.src_pair.long() // topk).clamp_min(0)
+            if inverse:
+                return Bench(lambda: (y[rows].float() * plan.weights[..., None]).sum(1).to(y.dtype), moved)
+            return Bench(lambda: x.index_select(0, tok), moved)
+        return None
+
+    name = "unpermute" if inverse else "permute"
+    return Case(name, f"{name}_T{tokens}_D{dim}_k{topk}", ("fwd",), build)
+
+
+# ---------------------------------------------------------------- readout
+
+
+def _memory_mix_case(tokens, heads, dim_v, topk):
+    def build(provider, mode):
+        plan = mom_ops.route(torch.randn(tokens, 4, device="cuda"), topk, batch_size=1)
+        bf = dict(device="cuda", dtype=torch.bfloat16)
+        o_routed = torch.randn(tokens * topk, heads, dim_v, **bf)
+        shared, gate = torch.randn(tokens, heads, dim_v, **bf), torch.randn(tokens, heads, dim_v, **bf)
+        norm_w = torch.ones(dim_v, device="cuda")
+        weights = plan.weights
+        inputs = [o_routed, shared, gate, norm_w, weights, plan.dst_row]
+        if mode == "bwd":
+            for t in (o_routed, shared, gate, norm_w):
+                t.requires_grad_(True)
+            weights = weights.clone().requires_grad_(True)
+        fwd_bytes = nbytes(*inputs) + nbytes(shared)  # + the output, the size of shared
+        bwd_bytes = nbytes(*inputs) + nbytes(shared) + nbytes(*inputs[:5]) + nbytes(plan.src_pair)
+
+        def runner(fn):
+            if mode == "fwd":
+                return Bench(lambda: fn(o_routed, plan, weights, shared, norm_w, gate), fwd_bytes)
+            out = fn(o_routed, plan, weights, shared, norm_w, gate)
+            dy = torch.randn_like(out)
+            return Bench(lambda: torch.autograd.grad(out, (o_routed, weights, shared, norm_w, gate), dy,
+                                                     retain_graph=True), bwd_bytes)
+
+        if provider == "mom_ops" and has_cuda_kernel("memory_mix_fwd") and has_cuda_kernel("memory_mix_bwd"):
+            return runner(mom_ops.memory_mix)
+        if provider == "triton_ref" and (fn := triton_ref_fn("readout", "memory_mix")) is not None:
+            return runner(fn)
+        if provider == "naive":
+            def naive(o_routed, plan, weights, shared, norm_w, gate):
+                rows = plan.dst_row.long()
+                o = (o_routed[rows].float() * weights[..., None, None]).sum(1) + shared.float()
+                o = o * torch.rsqrt(o.square().mean(-1, keepdim=True) + 1e-6) * norm_w * F.silu(gate.float())
+                return o.to(o_routed.dtype)
+
+            return runner(naive)
+        return None
+
+    return Case("memory_mix", f"memory_mix_T{tokens}_H{heads}_V{dim_v}_k{topk}", ("fwd", "bwd"), build)
+
+
+# ---------------------------------------------------------------- gdn scan
+
+
+def _gdn_inputs(T, H, D, n):
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    bf = dict(device="cuda", dtype=torch.bfloat16)
+    q, k, v = (torch.randn(1, T, H, D, generator=gen, **bf) for _ in range(3))
+    g = F.logsigmoid(torch.randn(1, T, H, device="cuda", generator=gen))
+    beta = torch.rand(1, T, H, device="cuda", generator=gen).to(torch.bfloat16)
+    cuts = torch.randperm(T - 1, device="cuda", generator=gen)[: n - 1].sort().values + 1
+    cu = torch.cat([cuts.new_zeros(1), cuts, cuts.new_full((1,), T)]).to(torch.int32)
+    return dict(q=q, k=k, v=v, g=g, beta=beta), cu
+
+
+def _gdn_case(T, H, D, n):
+    def build(provider, mode):
+        inp, cu = _gdn_inputs(T, H, D, n)
+        if provider == "mom_ops" and has_cuda_kernel("chunk_gated_delta_rule_fwd"):
+            fn = mom_ops.chunk_gated_delta_rule
+            if mode == "fwdbwd" and not has_cuda_kernel("chunk_gated_delta_rule_bwd"):
+                return None
+        elif provider == "triton_ref" and (fn := triton_ref_fn("gdn", "chunk_gated_delta_rule")) is not None:
+            pass
+        elif provider == "fla" and has_module("fla"):
+            from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fn
+        else:
+            return None
+        out_bytes = nbytes(inp["v"])  # o has v's shape and dtype
+        if mode == "fwd":
+            return Bench(lambda: fn(**inp, cu_seqlens=cu, use_qk_l2norm_in_kernel=True), nbytes(*inp.values()) + out_bytes)
+        leaves = {key: t.detach().clone().requires_grad_(True) for key, t in inp.items()}
+        do = torch.randn_like(inp["v"])
+
+        def fwdbwd():
+            o, _ = fn(**leaves, cu_seqlens=cu, use_qk_l2norm_in_kernel=True)
+            return torch.autograd.grad(o, tuple(leaves.values()), do)
+
+        # fwd + bwd at the least: read the inputs and do, write o and a gradient per input.
+        return Bench(fwdbwd, 2 * nbytes(*inp.values()) + 2 * out_bytes)
+
+    return Case("chunk_gated_delta_rule", f"gdn_T{T}_H{H}_D{D}_n{n}", ("fwd", "fwdbwd"), build)
+
+
+# ---------------------------------------------------------------- decode
+
+
+def _decode_case(N, H, D):
+    def build(provider, mode):
+        bf = dict(device="cuda", dtype=torch.bfloat16)
+        q, k, v = torch.randn(N, H, D, **bf), torch.randn(N, 1, H, D, **bf), torch.randn(N, 1, H, D, **bf)
+        g = F.logsigmoid(torch.randn(N, 1, H, device="cuda"))
+        beta = torch.rand(N, 1, H, device="cuda")
+        pool = torch.randn(N, H, D, D, device="cuda") * 0.1
+        state_bytes = 2 * nbytes(pool)  # the bar counts state bytes read + written
+        if provider == "mom_ops" and has_cuda_kernel("mom_decode_step"):
+            slots = torch.arange(N, device="cuda", dtype=torch.int32)[:, None]
+            w = torch.ones(N, 1, device="cuda")
+            return Bench(lambda: mom_ops.mom_decode_step(q, k, v, g, beta, w, slots, pool,
+                                                         use_qk_l2norm_in_kernel=True), state_bytes)
+        if provider == "fla" and has_module("fla"):
+            from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule as fn
+
+            # N sequences of one token: [B=N, T=1, H, D]
+            return Bench(lambda: fn(q[:, None], k, v, g, beta, initial_state=pool, output_final_state=True,
+                                    use_qk_l2norm_in_kernel=True), state_bytes)
+        return None
+
+    return Case("mom_decode_step", f"decode_N{N}_H{H}_D{D}", ("step",), build)
+
+
+CASES: list[Case] = [
+    _route_case(16384, 4, 2, 8),
+    _permute_case(32768, 2048, 2, inverse=False),
+    _permute_case(32768, 2048, 2, inverse=True),
+    _memory_mix_case(16384, 4, 256, 2),
+    _gdn_case(32768, 16, 128, 32),
+    _gdn_case(32768, 16, 128, 1),
+    _gdn_case(32768, 4, 256, 32),
+    _decode_case(256, 16, 128),
+    _decode_case(768, 4, 256),
+]

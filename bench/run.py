@@ -1,0 +1,132 @@
+"""Run the benchmark registry on a GPU and write bench/results/<gpu>.json (DESIGN.md §6) and PNG plots.
+
+    python -m bench.run [--only gdn,route] [--out bench/results/h100.json] [--plots bench/results/plots]
+
+Clock health comes first: a device copy and a bf16 matmul. Runs below 2.8 TB/s or 650 TFLOP/s are flagged
+(`healthy: false` in the file) and should be discarded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+
+import torch
+import triton.testing
+
+from bench.cases import CASES, PROVIDERS
+
+MIN_COPY_TBPS, MIN_MATMUL_TFLOPS = 2.8, 650.0
+
+
+def time_ms(fn) -> float:
+    """Median ms over repeated runs, timed with CUDA events (triton.testing.do_bench)."""
+    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def clock_health() -> tuple[float, float]:
+    """(copy TB/s counting read + write, bf16 matmul TFLOP/s) on this device now."""
+    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    copy_tbps = 2 * src.numel() / (time_ms(lambda: dst.copy_(src)) * 1e-3) / 1e12
+    n = 8192
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    tflops = 2 * n**3 / (time_ms(lambda: a @ b) * 1e-3) / 1e12
+    return copy_tbps, tflops
+
+
+def git_commit() -> str:
+    if os.environ.get("MOM_OPS_COMMIT"):
+        return os.environ["MOM_OPS_COMMIT"]
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True, stderr=subprocess.DEVNULL).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run(only: list[str] | None) -> list[dict]:
+    records = []
+    for case in CASES:
+        if only and not any(key in case.name or key == case.op for key in only):
+            continue
+        for mode in case.modes:
+            for provider in PROVIDERS:
+                try:
+                    bench = case.build(provider, mode)
+                    if bench is None:
+                        continue
+                    torch.cuda.reset_peak_memory_stats()
+                    ms = time_ms(bench.fn)
+                    peak = torch.cuda.max_memory_allocated() / 1e9
+                except Exception as e:  # a provider failing must not stop the others
+                    print(f"  {case.name} {mode} {provider}: FAILED {type(e).__name__}: {e}", file=sys.stderr)
+                    continue
+                gbps = bench.nbytes / (ms * 1e-3) / 1e9 if bench.nbytes else None
+                records.append(dict(op=case.op, case=case.name, provider=provider, mode=mode, ms=round(ms, 5),
+                                    gbps=None if gbps is None else round(gbps, 1), peak_gb=round(peak, 3)))
+                print(f"  {case.name:34s} {mode:7s} {provider:10s} {ms:9.4f} ms"
+                      + (f" {gbps:8.1f} GB/s" if gbps else ""), flush=True)
+    return records
+
+
+def plot(records: list[dict], folder: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(folder, exist_ok=True)
+    for op in sorted({r["op"] for r in records}):
+        rows = [r for r in records if r["op"] == op]
+        labels = sorted({(r["case"], r["mode"]) for r in rows})
+        providers = [p for p in PROVIDERS if any(r["provider"] == p for r in rows)]
+        fig, ax = plt.subplots(figsize=(max(4, 2 + 1.6 * len(labels)), 3.5))
+        width = 0.8 / max(len(providers), 1)
+        for i, p in enumerate(providers):
+            ms = [next((r["ms"] for r in rows if (r["case"], r["mode"]) == lab and r["provider"] == p), 0)
+                  for lab in labels]
+            ax.bar([x + i * width for x in range(len(labels))], ms, width, label=p)
+        ax.set_xticks([x + width * (len(providers) - 1) / 2 for x in range(len(labels))])
+        ax.set_xticklabels([f"{c}\n{m}" for c, m in labels], fontsize=7)
+        ax.set_ylabel("ms (lower is better)")
+        ax.set_title(op)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(os.path.join(folder, f"{op}.png"), dpi=110)
+        plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="", help="comma-separated case-name fragments or op names")
+    parser.add_argument("--out", default="bench/results/h100.json")
+    parser.add_argument("--plots", default="bench/results/plots")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("bench.run needs a CUDA device")
+    copy_tbps, tflops = clock_health()
+    healthy = copy_tbps >= MIN_COPY_TBPS and tflops >= MIN_MATMUL_TFLOPS
+    print(f"clock health: copy {copy_tbps:.2f} TB/s, bf16 matmul {tflops:.0f} TFLOP/s -> "
+          f"{'healthy' if healthy else 'UNHEALTHY: discard these timings'}", flush=True)
+    records = run([s for s in args.only.split(",") if s])
+    result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, commit=git_commit(),
+                  date=datetime.date.today().isoformat(), copy_tbps=round(copy_tbps, 3),
+                  matmul_tflops=round(tflops, 1), healthy=healthy, records=records)
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    if args.plots and records:
+        plot(records, args.plots)
+    print(f"\n{'case':34s} {'mode':7s} {'provider':10s} {'ms':>9s} {'GB/s':>8s}")
+    for r in records:
+        print(f"{r['case']:34s} {r['mode']:7s} {r['provider']:10s} {r['ms']:9.4f} {r['gbps'] or '':>8}")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

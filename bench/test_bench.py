@@ -1,0 +1,22 @@
+"""pytest-benchmark over the same registry: `pytest bench/ --benchmark-only` (needs a CUDA device)."""
+
+import pytest
+import torch
+
+from bench.cases import CASES, PROVIDERS
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="benchmarks need a CUDA device")
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("case, mode", [(c, m) for c in CASES for m in c.modes], ids=lambda x: getattr(x, "name", x))
+def test_bench(benchmark, case, mode, provider):
+    bench = case.build(provider, mode)
+    if bench is None:
+        pytest.skip(f"{provider} cannot run {case.name} {mode} here")
+
+    def run():
+        bench.fn()
+        torch.cuda.synchronize()
+
+    benchmark(run)

@@ -1,0 +1,341 @@
+// Routing kernels: the top-k router, the memory-major plan (a stable counting sort), permute / unpermute.
+// Torch-free: each kernel takes a POD params struct filled by routing_cuda.cu.
+//
+// The plan needs no sort by (segment, time): tokens are ordered by sequence then time, so ordering pairs by
+// (memory, token) is the memory-major / batch / time order of DESIGN.md §1. The row of pair (n, m) is
+//   row = sum_{m' < m} total[m'] + #{tokens before n that chose m},
+// an exclusive scan over tokens per memory, done in tiles: the router kernel counts each tile's pairs per
+// memory, the plan kernel adds the counts of earlier tiles and ranks the tile's tokens with warp ballots.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace mom_ops {
+
+constexpr int kRouteTile = 512;  // tokens per CTA in the router and plan kernels (one per thread)
+
+struct RouteParams {
+  const void* logits;         // [N, M] bf16 / fp16 / fp32, contiguous
+  const bool* mask;           // [N] or nullptr
+  const void* cu_in;          // [B + 1] int32 / int64, or nullptr: sequences of seqlen tokens
+  bool cu_in_is_int64;
+  int num_tokens, num_memories, topk, batch, seqlen, chunk_size, num_tiles, max_chunks;
+  float* weights;             // [N, k]
+  int* memory_ids;            // [N, k]
+  int* dst_row;               // [N, k]
+  int* src_pair;              // [N * k]
+  int* seg_cu;                // [M * B + 1]
+  int* chunk_indices;         // [max_chunks, 2]
+  int* tile_counts;           // workspace [num_tiles, M]
+  int* chunk_offsets;         // workspace [M * B + 1]
+};
+
+template <typename T>
+__device__ __forceinline__ float to_float(T x) {
+  return static_cast<float>(x);
+}
+
+__device__ __forceinline__ int64_t load_index(const void* p, bool is_int64, int64_t i) {
+  return is_int64 ? static_cast<const int64_t*>(p)[i] : static_cast<const int*>(p)[i];
+}
+
+// First sequence b whose start is >= n (sequence starts: cu_in[b], or b * seqlen).
+__device__ __forceinline__ int first_sequence_at_or_after(const RouteParams& p, int64_t n) {
+  if (p.cu_in == nullptr) return p.seqlen > 0 ? int((n + p.seqlen - 1) / p.seqlen) : p.batch;
+  int lo = 0, hi = p.batch;  // search cu_in[0, B)
+  while (lo < hi) {
+    const int mid = (lo + hi) / 2;
+    if (load_index(p.cu_in, p.cu_in_is_int64, mid) < n) lo = mid + 1; else hi = mid;
+  }
+  return lo;
+}
+
+__device__ __forceinline__ int64_t sequence_start(const RouteParams& p, int b) {
+  return p.cu_in == nullptr ? int64_t(b) * p.seqlen : load_index(p.cu_in, p.cu_in_is_int64, b);
+}
+
+// Router: softmax (fp32) -> top-k (ties to the lower index) -> renormalise; counts the tile's pairs per memory.
+// Infinite max: uniform over the entries equal to it. NaN anywhere in a row: NaN weights (ids 0..k-1).
+template <typename T>
+__global__ void __launch_bounds__(kRouteTile) router_kernel(RouteParams p) {
+  __shared__ int s_count[64];
+  const int tid = threadIdx.x;
+  if (tid < p.num_memories) s_count[tid] = 0;
+  __syncthreads();
+  const int64_t n = int64_t(blockIdx.x) * kRouteTile + tid;
+  const int M = p.num_memories, K = p.topk;
+  if (n < p.num_tokens) {
+    const T* row = static_cast<const T*>(p.logits) + n * M;
+    if (p.mask != nullptr && !p.mask[n]) {
+      for (int j = 0; j < K; ++j) {
+        p.weights[n * K + j] = 0.f;
+        p.memory_ids[n * K + j] = -1;
+      }
+    } else {
+      float mx = -INFINITY;
+      bool has_nan = false;
+      for (int m = 0; m < M; ++m) {
+        const float l = to_float(row[m]);
+        has_nan |= isnan(l);
+        mx = fmaxf(mx, l);
+      }
+      const bool inf_max = isinf(mx);
+      float sum = 0.f;
+      for (int m = 0; m < M; ++m) {
+        const float l = to_float(row[m]);
+        sum += inf_max ? float(l == mx) : expf(l - mx);
+      }
+      auto prob = [&](int m) {
+        const float l = to_float(row[m]);
+        return inf_max ? float(l == mx) / sum : expf(l - mx) / sum;
+      };
+      uint64_t taken = 0;
+      float kept = 0.f;
+      for (int j = 0; j < K; ++j) {
+        int best = -1;
+        float best_p = 0.f;
+        for (int m = 0; m < M; ++m) {
+          if ((taken >> m) & 1) continue;
+          const float pm = prob(m);
+          if (best < 0 || pm > best_p) {
+            best = m;
+            best_p = pm;
+          }
+        }
+        taken |= uint64_t(1) << best;
+        p.memory_ids[n * K + j] = best;
+        p.weights[n * K + j] = best_p;
+        kept += best_p;
+        atomicAdd(&s_count[best], 1);
+      }
+      for (int j = 0; j < K; ++j) p.weights[n * K + j] = has_nan ? NAN : p.weights[n * K + j] / kept;
+    }
+  }
+  __syncthreads();
+  if (tid < M) p.tile_counts[int64_t(blockIdx.x) * M + tid] = s_count[tid];
+}
+
+// Plan: rows of the tile's pairs, the segment starts of the sequences that begin in the tile, -1 in unused rows.
+__global__ void __launch_bounds__(kRouteTile) plan_kernel(RouteParams p) {
+  constexpr int kWarps = kRouteTile / 32;
+  __shared__ int s_tile_base[64], s_total[64], s_mem_base[65], s_warp[kWarps];
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, tile = blockIdx.x;
+  const int M = p.num_memories, K = p.topk, B = p.batch;
+  if (tid < M) s_tile_base[tid] = s_total[tid] = 0;
+  __syncthreads();
+  for (int i = tid; i < p.num_tiles * M; i += kRouteTile) {
+    const int c = p.tile_counts[i];
+    if (i / M < tile) atomicAdd(&s_tile_base[i % M], c);
+    atomicAdd(&s_total[i % M], c);
+  }
+  __syncthreads();
+  if (tid == 0) {
+    s_mem_base[0] = 0;
+    for (int m = 0; m < M; ++m) s_mem_base[m + 1] = s_mem_base[m] + s_total[m];
+  }
+  __syncthreads();
+
+  const int64_t n = int64_t(tile) * kRouteTile + tid;
+  const bool in_range = n < p.num_tokens;
+  uint64_t chosen = 0;
+  if (in_range) {
+    for (int j = 0; j < K; ++j) {
+      const int m = p.memory_ids[n * K + j];
+      if (m >= 0) chosen |= uint64_t(1) << m;
+    }
+  }
+  // Sequences [b_begin, b_end) start at token n (several when some are empty).
+  int b_begin = 0, b_end = 0;
+  if (in_range) {
+    b_begin = first_sequence_at_or_after(p, n);
+    b_end = b_begin;
+    while (b_end < B && sequence_start(p, b_end) == n) ++b_end;
+  }
+  for (int m = 0; m < M; ++m) {
+    const bool flag = (chosen >> m) & 1;
+    const unsigned ballot = __ballot_sync(0xffffffffu, flag);
+    if (lane == 0) s_warp[warp] = __popc(ballot);
+    __syncthreads();
+    int before = __popc(ballot & ((1u << lane) - 1u));
+    for (int w = 0; w < warp; ++w) before += s_warp[w];
+    const int row = s_mem_base[m] + s_tile_base[m] + before;  // = cu of segment (m, b) when n starts b
+    if (flag) {
+      int j = 0;
+      while (p.memory_ids[n * K + j] != m) ++j;
+      p.dst_row[n * K + j] = row;
+      p.src_pair[row] = int(n * K + j);
+    }
+    for (int b = b_begin; b < b_end; ++b) p.seg_cu[m * B + b] = row;
+    __syncthreads();  // s_warp is reused by the next memory
+  }
+  const int routed = s_mem_base[M];
+  if (tile == 0) {
+    // Sequences that start at N (empty ones at the end) and the closing entry.
+    for (int b = first_sequence_at_or_after(p, p.num_tokens) + tid; b < B; b += kRouteTile)
+      for (int m = 0; m < M; ++m) p.seg_cu[m * B + b] = s_mem_base[m + 1];
+    if (tid == 0) p.seg_cu[M * B] = routed;
+  }
+  // Rows past the routed ones (masked tokens) hold no pair: this tile clears its share of them.
+  const int64_t rows_lo = max(int64_t(tile) * kRouteTile * K, int64_t(routed));
+  const int64_t rows_hi = min(int64_t(tile + 1) * kRouteTile * K, int64_t(p.num_tokens) * K);
+  for (int64_t r = rows_lo + tid; r < rows_hi; r += kRouteTile) p.src_pair[r] = -1;
+}
+
+// Chunk table: (segment, chunk) for every chunk of every segment in order, -1 padding. One CTA.
+template <int kThreads>
+__global__ void __launch_bounds__(kThreads) chunk_table_kernel(RouteParams p) {
+  __shared__ int s_scan[kThreads];
+  __shared__ int s_carry;
+  const int tid = threadIdx.x, S = p.num_memories * p.batch, C = p.chunk_size;
+  if (tid == 0) s_carry = 0;
+  __syncthreads();
+  // chunk_offsets[s] = chunks of segments before s (block-wide inclusive scan, kThreads segments at a time).
+  for (int base = 0; base < S; base += kThreads) {
+    const int s = base + tid;
+    const int chunks = s < S ? (p.seg_cu[s + 1] - p.seg_cu[s] + C - 1) / C : 0;
+    s_scan[tid] = chunks;
+    __syncthreads();
+    for (int off = 1; off < kThreads; off *= 2) {
+      const int add = tid >= off ? s_scan[tid - off] : 0;
+      __syncthreads();
+      s_scan[tid] += add;
+      __syncthreads();
+    }
+    if (s < S) p.chunk_offsets[s + 1] = s_carry + s_scan[tid];
+    __syncthreads();
+    if (tid == kThreads - 1) s_carry += s_scan[tid];
+    __syncthreads();
+  }
+  if (tid == 0) p.chunk_offsets[0] = 0;
+  __syncthreads();  // makes the global chunk_offsets visible to the block
+  const int total = p.chunk_offsets[S];
+  for (int c = tid; c < p.max_chunks; c += kThreads) {
+    int seg = -1, idx = -1;
+    if (c < total) {
+      int lo = 0, hi = S - 1;  // last segment whose first chunk is <= c
+      while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (p.chunk_offsets[mid] <= c) lo = mid; else hi = mid - 1;
+      }
+      seg = lo;
+      idx = c - p.chunk_offsets[lo];
+    }
+    p.chunk_indices[2 * c] = seg;
+    p.chunk_indices[2 * c + 1] = idx;
+  }
+}
+
+// ---------------------------------------------------------------- permute / unpermute
+
+struct PermuteParams {
+  const void* in;        // permute: x [N, D]; unpermute: y [R, D]; unpermute_bwd: grad_x [N, D]
+  const void* other;     // unpermute_bwd: y [R, D]
+  void* out;             // permute: y [R, D]; unpermute: x [N, D]; unpermute_bwd: grad_y [R, D]
+  const int* dst_row;    // [N, k]
+  const int* src_pair;   // [R]
+  const float* weights;  // [N, k] or nullptr
+  float* grad_weights;   // [N, k] or nullptr (unpermute_bwd)
+  int64_t num_tokens, num_rows, dim;  // dim in elements
+  int topk;
+};
+
+// kVec elements per access: 16 bytes when dim and the pointers allow it, else 1.
+template <typename T, int kVec>
+struct alignas(sizeof(T) * kVec) Vec {
+  T v[kVec];
+};
+
+// y[r] = x[src_pair[r] // k]: one warp per row.
+template <typename T, int kVec>
+__global__ void permute_kernel(PermuteParams p) {
+  using V = Vec<T, kVec>;
+  const int64_t r = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (r >= p.num_rows) return;
+  const int pair = p.src_pair[r];
+  const int64_t vecs = p.dim / kVec;
+  V* out = reinterpret_cast<V*>(static_cast<T*>(p.out) + r * p.dim);
+  if (pair < 0 || pair >= p.num_tokens * p.topk) {
+    V zero;
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) zero.v[i] = T(0.f);
+    for (int64_t i = lane; i < vecs; i += 32) out[i] = zero;
+    return;
+  }
+  const V* in = reinterpret_cast<const V*>(static_cast<const T*>(p.in) + int64_t(pair / p.topk) * p.dim);
+#pragma unroll 4
+  for (int64_t i = lane; i < vecs; i += 32) out[i] = in[i];
+}
+
+// x[n] = sum_j w[n, j] y[dst_row[n, j]] in fp32: one warp per token.
+template <typename T, int kVec>
+__global__ void unpermute_kernel(PermuteParams p) {
+  using V = Vec<T, kVec>;
+  const int64_t n = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (n >= p.num_tokens) return;
+  const int64_t vecs = p.dim / kVec;
+  const T* y = static_cast<const T*>(p.in);
+  V* out = reinterpret_cast<V*>(static_cast<T*>(p.out) + n * p.dim);
+#pragma unroll 2
+  for (int64_t i = lane; i < vecs; i += 32) {
+    float acc[kVec] = {};
+    for (int j = 0; j < p.topk; ++j) {
+      const int r = p.dst_row[n * p.topk + j];
+      if (r < 0 || r >= p.num_rows) continue;
+      const float w = p.weights != nullptr ? p.weights[n * p.topk + j] : 1.f;
+      const V val = reinterpret_cast<const V*>(y + int64_t(r) * p.dim)[i];
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) acc[e] += w * to_float(val.v[e]);
+    }
+    V res;
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) res.v[e] = T(acc[e]);
+    out[i] = res;
+  }
+}
+
+// grad_y[r] = w[p] grad_x[p // k]; grad_weights[p] = <grad_x[p // k], y[r]>: one warp per row.
+template <typename T, int kVec>
+__global__ void unpermute_backward_kernel(PermuteParams p) {
+  using V = Vec<T, kVec>;
+  const int64_t r = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (r >= p.num_rows) return;
+  const int pair = p.src_pair[r];
+  const int64_t vecs = p.dim / kVec;
+  V* grad_y = reinterpret_cast<V*>(static_cast<T*>(p.out) + r * p.dim);
+  if (pair < 0 || pair >= p.num_tokens * p.topk) {
+    V zero;
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) zero.v[i] = T(0.f);
+    for (int64_t i = lane; i < vecs; i += 32) grad_y[i] = zero;
+    return;
+  }
+  const float w = p.weights != nullptr ? p.weights[pair] : 1.f;
+  const V* gx = reinterpret_cast<const V*>(static_cast<const T*>(p.in) + int64_t(pair / p.topk) * p.dim);
+  const V* y = reinterpret_cast<const V*>(static_cast<const T*>(p.other) + r * p.dim);
+  float dot = 0.f;
+#pragma unroll 2
+  for (int64_t i = lane; i < vecs; i += 32) {
+    const V g = gx[i];
+    V res;
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) res.v[e] = T(w * to_float(g.v[e]));
+    grad_y[i] = res;
+    if (p.grad_weights != nullptr) {
+      const V yv = y[i];
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) dot += to_float(g.v[e]) * to_float(yv.v[e]);
+    }
+  }
+  if (p.grad_weights != nullptr) {
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, off);
+    if (lane == 0) p.grad_weights[pair] = dot;
+  }
+}
+
+}  // namespace mom_ops

@@ -1,0 +1,130 @@
+"""Triton reference for routing: router kernel, permute and unpermute kernels; the plan's counting sort in
+sync-free torch ops (a cumsum over the one-hot choices). Same outputs as mom_ops.route / permute / unpermute.
+Runs under TRITON_INTERPRET=1 on the CPU (fp32/fp16 only there: bf16 is wrong in the interpreter)."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from mom_ops.routing import RoutingPlan
+
+
+@triton.jit
+def _router_kernel(logits_ptr, mask_ptr, weights_ptr, ids_ptr, N, M: tl.constexpr, K: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_MASK: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.arange(0, BLOCK_M)
+    in_row = rows < N
+    valid = in_row[:, None] & (cols[None, :] < M)
+    x = tl.load(logits_ptr + rows[:, None] * M + cols[None, :], mask=valid, other=float("-inf")).to(tl.float32)
+    mx = tl.max(x, axis=1)
+    inf_max = (mx == float("inf")) | (mx == float("-inf"))
+    e = tl.where(inf_max[:, None], (x == mx[:, None]).to(tl.float32), tl.exp(x - mx[:, None]))
+    e = tl.where(valid, e, 0.0)
+    p = e / tl.sum(e, axis=1)[:, None]
+    p = tl.where(valid, p, -1.0)  # padding columns are never picked
+    kept = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for j in tl.static_range(K):
+        best = tl.argmax(p, axis=1, tie_break_left=True)
+        best_p = tl.max(p, axis=1)
+        kept += best_p
+        tl.store(ids_ptr + rows * K + j, best, mask=in_row)
+        tl.store(weights_ptr + rows * K + j, best_p, mask=in_row)
+        p = tl.where(cols[None, :] == best[:, None], -2.0, p)
+    keep = in_row
+    if HAS_MASK:
+        keep = tl.load(mask_ptr + rows, mask=in_row, other=0) != 0
+    for j in tl.static_range(K):
+        w = tl.load(weights_ptr + rows * K + j, mask=in_row, other=0.0)
+        tl.store(weights_ptr + rows * K + j, tl.where(keep, w / kept, 0.0), mask=in_row)
+        i = tl.load(ids_ptr + rows * K + j, mask=in_row, other=0)
+        tl.store(ids_ptr + rows * K + j, tl.where(keep, i, -1), mask=in_row)
+
+
+def route(router_logits: torch.Tensor, topk: int, *, batch_size: int | None = None,
+          cu_seqlens: torch.Tensor | None = None, mask: torch.Tensor | None = None, chunk_size: int = 64) -> RoutingPlan:
+    logits = router_logits.reshape(-1, router_logits.shape[-1]).contiguous()
+    N, M = logits.shape
+    B = cu_seqlens.shape[0] - 1 if cu_seqlens is not None else (batch_size or router_logits.shape[0])
+    dev = logits.device
+    weights = torch.empty(N, topk, device=dev, dtype=torch.float32)
+    ids = torch.empty(N, topk, device=dev, dtype=torch.int32)
+    mask_flat = mask.reshape(-1).contiguous() if mask is not None else None
+    BLOCK_N = 64
+    _router_kernel[(triton.cdiv(max(N, 1), BLOCK_N),)](
+        logits, mask_flat if mask_flat is not None else logits, weights, ids, N, M, topk,
+        BLOCK_M=triton.next_power_of_2(M), BLOCK_N=BLOCK_N, HAS_MASK=mask_flat is not None)
+    # Counting sort by (memory, token): row = sum_{m' < m} total[m'] + #{earlier tokens that chose m}.
+    onehot = torch.zeros(N + 1, M, device=dev, dtype=torch.int32)
+    valid = ids >= 0
+    onehot[1:].scatter_add_(1, ids.clamp_min(0).long(), valid.to(torch.int32))
+    prefix = onehot.cumsum(0, dtype=torch.int32)  # prefix[n, m] = tokens before n that chose m
+    total = prefix[-1]
+    mem_base = torch.cumsum(total, 0, dtype=torch.int32) - total
+    rows = mem_base[ids.clamp_min(0).long()] + prefix[:-1].gather(1, ids.clamp_min(0).long())
+    dst_row = torch.where(valid, rows, -1).to(torch.int32)
+    # Masked pairs scatter into a dump slot at index R, cut off afterwards (no boolean indexing: no sync).
+    pairs = torch.arange(N * topk, device=dev, dtype=torch.int32)
+    target = torch.where(valid.flatten(), dst_row.flatten().long(), N * topk)
+    src_pair = torch.full((N * topk + 1,), -1, device=dev, dtype=torch.int32).scatter_(0, target, pairs)[:-1]
+    starts = cu_seqlens.long()[:-1] if cu_seqlens is not None else torch.arange(B, device=dev) * (N // B)
+    seg_cu = (mem_base[:, None] + prefix[starts].t()).flatten()  # segment s = m * B + b
+    seg_cu = torch.cat([seg_cu, total.sum().view(1)]).to(torch.int32)
+    lengths = seg_cu[1:] - seg_cu[:-1]
+    chunks = (lengths + chunk_size - 1) // chunk_size
+    first = torch.cumsum(chunks, 0) - chunks
+    max_chunks = N * topk // chunk_size + M * B
+    slot = torch.arange(max_chunks, device=dev)
+    seg = torch.searchsorted(first + chunks, slot, right=True)  # first segment whose chunks end after slot
+    in_use = slot < chunks.sum()
+    seg_c = seg.clamp_max(M * B - 1)
+    chunk_indices = torch.stack([torch.where(in_use, seg_c, -1), torch.where(in_use, slot - first[seg_c], -1)], 1)
+    return RoutingPlan(weights, ids, dst_row, src_pair, seg_cu, chunk_indices.to(torch.int32), M, B)
+
+
+@triton.jit
+def _permute_kernel(x_ptr, src_pair_ptr, y_ptr, R, D, K: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    pair = tl.load(src_pair_ptr + rows, mask=rows < R, other=-1)
+    tok = tl.where(pair >= 0, pair // K, 0).to(tl.int64)
+    m = (rows < R)[:, None] & (cols < D)[None, :]
+    x = tl.load(x_ptr + tok[:, None] * D + cols[None, :], mask=m & (pair >= 0)[:, None], other=0.0)
+    tl.store(y_ptr + rows.to(tl.int64)[:, None] * D + cols[None, :], x, mask=m)
+
+
+def permute(x: torch.Tensor, plan: RoutingPlan) -> torch.Tensor:
+    x2 = x.reshape(x.shape[0], -1).contiguous()
+    R, D = plan.num_rows, x2.shape[1]
+    y = torch.empty(R, D, device=x.device, dtype=x.dtype)
+    grid = (triton.cdiv(max(R, 1), 16), triton.cdiv(D, 256))
+    _permute_kernel[grid](x2, plan.src_pair, y, R, D, plan.topk, BLOCK_R=16, BLOCK_D=256)
+    return y.view(R, *x.shape[1:])
+
+
+@triton.jit
+def _unpermute_kernel(y_ptr, dst_row_ptr, w_ptr, x_ptr, N, D, K: tl.constexpr, HAS_W: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    toks = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    m = (toks < N)[:, None] & (cols < D)[None, :]
+    acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    for j in tl.static_range(K):
+        r = tl.load(dst_row_ptr + toks * K + j, mask=toks < N, other=-1)
+        w = tl.load(w_ptr + toks * K + j, mask=toks < N, other=0.0) if HAS_W else 1.0
+        val = tl.load(y_ptr + tl.where(r >= 0, r, 0).to(tl.int64)[:, None] * D + cols[None, :],
+                      mask=m & (r >= 0)[:, None], other=0.0).to(tl.float32)
+        acc += w[:, None] * val if HAS_W else val
+    tl.store(x_ptr + toks.to(tl.int64)[:, None] * D + cols[None, :], acc.to(x_ptr.dtype.element_ty), mask=m)
+
+
+def unpermute(y: torch.Tensor, plan: RoutingPlan, weights: torch.Tensor | None = None) -> torch.Tensor:
+    y2 = y.reshape(y.shape[0], -1).contiguous()
+    N, D = plan.num_tokens, y2.shape[1]
+    x = torch.empty(N, D, device=y.device, dtype=y.dtype)
+    grid = (triton.cdiv(max(N, 1), 16), triton.cdiv(D, 256))
+    _unpermute_kernel[grid](y2, plan.dst_row, weights if weights is not None else y2, x, N, D, plan.topk,
+                            HAS_W=weights is not None, BLOCK_N=16, BLOCK_D=256)
+    return x.view(N, *y.shape[1:])
