@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# On a GPU machine: install carried wheels, build mom_ops, run the GPU tests and the benchmarks, check clocks.
+# Logs and results go to $OUT (or ./gpu_out). One command, well under 10 minutes:
+#   bash scripts/gpu_check.sh [pytest -k expression] [bench --only list]
+# Env: MOM_OPS_COMMIT (recorded in the results), SKIP_TESTS=1, SKIP_BENCH=1, MAX_JOBS.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-$PWD/gpu_out}"
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}" MAX_JOBS="${MAX_JOBS:-16}"
+TEST_FILTER="${1:-}"
+BENCH_ONLY="${2:-}"
+status=0
+
+# 1. Wheels the machine lacks (nvidia-cutlass, fla, tilelang...), from every .whl*/ folder carried along.
+site=/tmp/mom_ops_site
+if ls .whl*/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl*/*.whl \
+    >"$OUT/wheels.log" 2>&1 || { echo "wheel install failed (see wheels.log)"; status=1; }
+  export PYTHONPATH="$site:${PYTHONPATH:-}"
+fi
+
+# 2. Build in place (the binary must be built here: other machines have another torch).
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv >"$OUT/gpu.txt" 2>&1
+start=$(date +%s)
+if ! python3 setup.py build_ext --inplace >"$OUT/build.log" 2>&1; then
+  echo "BUILD FAILED"; grep -E "error" "$OUT/build.log" | head -40; exit 1
+fi
+echo "build: $(( $(date +%s) - start )) s"
+python3 -c "import mom_ops, json; print(json.dumps(mom_ops.build_info()))" | tee "$OUT/build_info.json"
+
+# 3. GPU tests (and the CPU ones: they are quick).
+if [ "${SKIP_TESTS:-0}" != 1 ]; then
+  python3 -m pytest tests -q -x --tb=short ${TEST_FILTER:+-k "$TEST_FILTER"} -p no:cacheprovider \
+    >"$OUT/tests.log" 2>&1 || status=1
+  tail -n 15 "$OUT/tests.log"
+fi
+
+# 4. Benchmarks (clock health first; results + plots under $OUT).
+if [ "${SKIP_BENCH:-0}" != 1 ]; then
+  python3 -m bench.run --out "$OUT/h100.json" --plots "$OUT" ${BENCH_ONLY:+--only "$BENCH_ONLY"} \
+    2>"$OUT/bench.err" | tee "$OUT/bench.log" || status=1
+  tail -n 20 "$OUT/bench.err"
+fi
+exit $status
