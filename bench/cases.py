@@ -22,6 +22,7 @@ PROVIDERS = ("mom_ops", "triton_ref", "naive", "fla")
 class Bench:
     fn: Callable[[], object]
     nbytes: int | None
+    graph: bool = False  # time CUDA-graph replays (launch-bound ops whose use is graph-captured)
 
 
 @dataclass
@@ -61,9 +62,9 @@ def _route_case(tokens, memories, topk, batch):
         out_bytes = nbytes(plan.weights, plan.memory_ids, plan.dst_row, plan.src_pair, plan.cu_seqlens,
                            plan.chunk_indices)
         if provider == "mom_ops" and has_cuda_kernel("route"):
-            return Bench(lambda: mom_ops.route(logits, topk, batch_size=batch), nbytes(logits) + out_bytes)
+            return Bench(lambda: mom_ops.route(logits, topk, batch_size=batch), nbytes(logits) + out_bytes, graph=True)
         if provider == "triton_ref" and (fn := triton_ref_fn("routing", "route")) is not None:
-            return Bench(lambda: fn(logits, topk, batch_size=batch), nbytes(logits) + out_bytes)
+            return Bench(lambda: fn(logits, topk, batch_size=batch), nbytes(logits) + out_bytes, graph=True)
         if provider == "naive":  # the torch-op chain fla uses: softmax, topk, renormalise, sort, bincount
             seq = torch.arange(tokens, device="cuda") // (tokens // batch)
 

@@ -28,6 +28,16 @@ def time_ms(fn) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
+def time_graph_ms(fn) -> float:
+    """Median ms of a CUDA-graph replay of fn (no launch overhead: for ops used inside captured graphs)."""
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return time_ms(graph.replay)
+
+
 def clock_health() -> tuple[float, float]:
     """(copy TB/s counting read + write, bf16 matmul TFLOP/s) on this device now."""
     src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
@@ -61,14 +71,15 @@ def run(only: list[str] | None) -> list[dict]:
                     if bench is None:
                         continue
                     torch.cuda.reset_peak_memory_stats()
-                    ms = time_ms(bench.fn)
+                    ms = time_graph_ms(bench.fn) if bench.graph else time_ms(bench.fn)
                     peak = torch.cuda.max_memory_allocated() / 1e9
                 except Exception as e:  # a provider failing must not stop the others
                     print(f"  {case.name} {mode} {provider}: FAILED {type(e).__name__}: {e}", file=sys.stderr)
                     continue
                 gbps = bench.nbytes / (ms * 1e-3) / 1e9 if bench.nbytes else None
                 records.append(dict(op=case.op, case=case.name, provider=provider, mode=mode, ms=round(ms, 5),
-                                    gbps=None if gbps is None else round(gbps, 1), peak_gb=round(peak, 3)))
+                                    gbps=None if gbps is None else round(gbps, 1), peak_gb=round(peak, 3),
+                                    timing="graph" if bench.graph else "launch"))
                 print(f"  {case.name:34s} {mode:7s} {provider:10s} {ms:9.4f} ms"
                       + (f" {gbps:8.1f} GB/s" if gbps else ""), flush=True)
     return records

@@ -20,6 +20,10 @@ if ls .whl*/*.whl >/dev/null 2>&1; then
   export PYTHONPATH="$site:${PYTHONPATH:-}"
 fi
 
+# The image's /opt/gcc wrapper links libstdc++ statically into extensions, and a C++ exception thrown from
+# such a module (every argument check) crashes the process. Link with the system GCC, the one torch was built with.
+if [ -x /usr/bin/g++ ]; then export CC=/usr/bin/gcc CXX=/usr/bin/g++; fi
+
 # 2. Build in place (the binary must be built here: other machines have another torch).
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv >"$OUT/gpu.txt" 2>&1
 start=$(date +%s)
@@ -28,18 +32,22 @@ if ! python3 setup.py build_ext --inplace >"$OUT/build.log" 2>&1; then
 fi
 echo "build: $(( $(date +%s) - start )) s"
 python3 -c "import mom_ops, json; print(json.dumps(mom_ops.build_info()))" | tee "$OUT/build_info.json"
+ldd mom_ops/_C*.so | grep -q libstdc++ || echo "WARNING: mom_ops._C does not link libstdc++ dynamically"
 
 # 3. GPU tests (and the CPU ones: they are quick).
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
-  python3 -m pytest tests -q -x --tb=short ${TEST_FILTER:+-k "$TEST_FILTER"} -p no:cacheprovider \
+  python3 -m pytest tests -v -x --tb=short ${TEST_FILTER:+-k "$TEST_FILTER"} -p no:cacheprovider \
     >"$OUT/tests.log" 2>&1 || status=1
-  tail -n 15 "$OUT/tests.log"
+  grep -E "PASSED|SKIPPED|FAILED|ERROR" "$OUT/tests.log" | grep -v "::test_.*\[.*cpu.*\] PASSED" | tail -n 40
+  tail -n 5 "$OUT/tests.log"
 fi
 
 # 4. Benchmarks (clock health first; results + plots under $OUT).
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
-  python3 -m bench.run --out "$OUT/h100.json" --plots "$OUT" ${BENCH_ONLY:+--only "$BENCH_ONLY"} \
+  python3 -m bench.run --out "$OUT/h100.json" --plots "$OUT/plots" ${BENCH_ONLY:+--only "$BENCH_ONLY"} \
     2>"$OUT/bench.err" | tee "$OUT/bench.log" || status=1
   tail -n 20 "$OUT/bench.err"
 fi
+# The device tool returns at most 8 files: keep the main ones loose, pack the rest.
+tar -czf "$OUT/extra.tar.gz" -C "$OUT" --remove-files $(cd "$OUT" && ls -d plots wheels.log gpu.txt bench.err 2>/dev/null)
 exit $status

@@ -57,7 +57,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_mi
       act = z * s;
       grad_gate = (dy * xhat * w * s * (1 + z * (1 - s))).to(gate->scalar_type());
     }
-    grad_norm_weight = (dy * xhat * act).sum({0, 1}).to(norm_weight->scalar_type());
+    grad_norm_weight = (dy * xhat * act).sum(at::IntArrayRef{0, 1}).to(norm_weight->scalar_type());
     const at::Tensor dxhat = dy * w * act;
     do_ = rstd * (dxhat - xhat * (dxhat * xhat).mean(-1, true));
   }
@@ -67,7 +67,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_mi
   const at::Tensor token = at::floor_divide(pairs, d.topk);
   const at::Tensor row_scale = weights.to(o.scalar_type()).flatten().index_select(0, pairs) * valid.to(o.scalar_type());
   const at::Tensor grad_o_routed = do_.index_select(0, token) * row_scale.view({-1, 1, 1});
-  const at::Tensor grad_weights = (gathered * do_.unsqueeze(1)).sum({2, 3}).to(weights.scalar_type());
+  const at::Tensor grad_weights = (gathered * do_.unsqueeze(1)).sum(at::IntArrayRef{2, 3}).to(weights.scalar_type());
   const at::Tensor grad_shared = shared.has_value() ? do_.to(shared->scalar_type()) : empty;
   return {grad_o_routed.to(o_routed.scalar_type()), grad_weights, grad_shared, grad_norm_weight, grad_gate};
 }

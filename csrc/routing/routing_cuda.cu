@@ -130,7 +130,7 @@ at::Tensor permute_cuda(const at::Tensor& x, const at::Tensor& dst_row, const at
   PermuteParams p = plan_params(dst_row, src_pair, x.size(1));
   p.in = xc.data_ptr();
   p.out = y.data_ptr();
-  launch_rows<PermuteLaunch>(xc, p.num_rows, p);
+  launch_rows<PermuteLaunch>(xc, std::max(p.num_rows, p.num_tokens), p);
   return y;
 }
 

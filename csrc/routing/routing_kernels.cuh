@@ -12,6 +12,8 @@
 
 #include <cstdint>
 
+#include "common/vec.cuh"
+
 namespace mom_ops {
 
 constexpr int kRouteTile = 512;  // tokens per CTA in the router and plan kernels (one per thread)
@@ -31,11 +33,6 @@ struct RouteParams {
   int* tile_counts;           // workspace [num_tiles, M]
   int* chunk_offsets;         // workspace [M * B + 1]
 };
-
-template <typename T>
-__device__ __forceinline__ float to_float(T x) {
-  return static_cast<float>(x);
-}
 
 __device__ __forceinline__ int64_t load_index(const void* p, bool is_int64, int64_t i) {
   return is_int64 ? static_cast<const int64_t*>(p)[i] : static_cast<const int*>(p)[i];
@@ -241,32 +238,36 @@ struct PermuteParams {
   int topk;
 };
 
-// kVec elements per access: 16 bytes when dim and the pointers allow it, else 1.
-template <typename T, int kVec>
-struct alignas(sizeof(T) * kVec) Vec {
-  T v[kVec];
-};
-
-// y[r] = x[src_pair[r] // k]: one warp per row.
+// y[dst_row[n, j]] = x[n]: warp w reads token w's row once and writes its k copies (so x is read once), and
+// zeroes row w when that row holds no pair. Launch max(N, R) warps.
 template <typename T, int kVec>
 __global__ void permute_kernel(PermuteParams p) {
   using V = Vec<T, kVec>;
-  const int64_t r = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int64_t w = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
-  if (r >= p.num_rows) return;
-  const int pair = p.src_pair[r];
   const int64_t vecs = p.dim / kVec;
-  V* out = reinterpret_cast<V*>(static_cast<T*>(p.out) + r * p.dim);
-  if (pair < 0 || pair >= p.num_tokens * p.topk) {
-    V zero;
-#pragma unroll
-    for (int i = 0; i < kVec; ++i) zero.v[i] = T(0.f);
-    for (int64_t i = lane; i < vecs; i += 32) out[i] = zero;
-    return;
+  if (w < p.num_tokens) {
+    const V* in = reinterpret_cast<const V*>(static_cast<const T*>(p.in) + w * p.dim);
+    V* out = static_cast<V*>(p.out);
+#pragma unroll 2
+    for (int64_t i = lane; i < vecs; i += 32) {
+      const V val = in[i];
+      for (int j = 0; j < p.topk; ++j) {
+        const int r = p.dst_row[w * p.topk + j];
+        if (r >= 0 && r < p.num_rows) out[int64_t(r) * vecs + i] = val;
+      }
+    }
   }
-  const V* in = reinterpret_cast<const V*>(static_cast<const T*>(p.in) + int64_t(pair / p.topk) * p.dim);
-#pragma unroll 4
-  for (int64_t i = lane; i < vecs; i += 32) out[i] = in[i];
+  if (w < p.num_rows) {
+    const int pair = p.src_pair[w];
+    if (pair < 0 || pair >= p.num_tokens * p.topk) {
+      V zero;
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) zero.v[e] = T(0.f);
+      V* out = reinterpret_cast<V*>(static_cast<T*>(p.out) + w * p.dim);
+      for (int64_t i = lane; i < vecs; i += 32) out[i] = zero;
+    }
+  }
 }
 
 // x[n] = sum_j w[n, j] y[dst_row[n, j]] in fp32: one warp per token.

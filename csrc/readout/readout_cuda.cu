@@ -1,0 +1,145 @@
+// CUDA bindings of memory_mix (fwd, bwd). No host sync; the norm-weight gradient is a fixed-order sum.
+#include <ATen/core/Tensor.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/sum.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "common/static_switch.h"
+#include "readout/readout_checks.h"
+#include "readout/readout_kernels.cuh"
+
+namespace mom_ops {
+namespace {
+
+struct MixInputs {
+  at::Tensor o_routed, weights, shared, norm_weight, gate;
+};
+
+// Checks the CUDA-only limits and makes contiguous copies where needed.
+MixInputs prepare(const at::Tensor& o_routed, const at::Tensor& dst_row, const at::Tensor& src_pair,
+                  const at::Tensor& weights, const std::optional<at::Tensor>& shared,
+                  const std::optional<at::Tensor>& norm_weight, const std::optional<at::Tensor>& gate, double eps) {
+  const MixDims d = check_memory_mix_args(o_routed, dst_row, src_pair, weights, shared, norm_weight, gate, eps);
+  CHECK_CUDA_FLOATING(o_routed);
+  const int vec = 16 / int(o_routed.element_size());
+  TORCH_CHECK_VALUE(d.dim_v % vec == 0 && d.dim_v <= 128 * vec, "memory_mix on CUDA needs V a multiple of ", vec,
+                    " and at most ", 128 * vec, " for ", o_routed.scalar_type(), ", got V = ", d.dim_v);
+  TORCH_CHECK_VALUE(d.heads >= 1 && d.heads <= 32, "memory_mix on CUDA supports 1 to 32 heads, got ", d.heads);
+  if (gate.has_value()) CHECK_SAME_DTYPE(*gate, o_routed);
+  MixInputs in;
+  in.o_routed = o_routed.contiguous();
+  in.weights = weights.contiguous();
+  if (shared.has_value()) in.shared = shared->contiguous();
+  if (norm_weight.has_value()) in.norm_weight = norm_weight->to(at::kFloat).contiguous();
+  if (gate.has_value()) in.gate = gate->contiguous();
+  return in;
+}
+
+MixParams make_params(const MixInputs& in, const at::Tensor& dst_row, const at::Tensor& src_pair, double eps) {
+  MixParams p{};
+  p.o_routed = in.o_routed.data_ptr();
+  p.dst_row = dst_row.data_ptr<int>();
+  p.src_pair = src_pair.data_ptr<int>();
+  p.weights = in.weights.data_ptr<float>();
+  p.shared = in.shared.defined() ? in.shared.data_ptr() : nullptr;
+  p.norm_weight = in.norm_weight.defined() ? in.norm_weight.data_ptr<float>() : nullptr;
+  p.gate = in.gate.defined() ? in.gate.data_ptr() : nullptr;
+  p.num_tokens = dst_row.size(0);
+  p.num_rows = src_pair.size(0);
+  p.topk = int(dst_row.size(1));
+  p.heads = int(in.o_routed.size(1));
+  p.dim_v = int(in.o_routed.size(2));
+  p.eps = float(eps);
+  return p;
+}
+
+// Calls fn.template operator()<T, kVec, kVecsPerLane>() for the input dtype and V.
+template <typename Fn>
+void dispatch_mix(const at::Tensor& o_routed, int dim_v, Fn&& fn) {
+  FLOAT_SWITCH(o_routed.scalar_type(), elem_t, [&] {
+    constexpr int kVec = 16 / sizeof(elem_t);
+    if (dim_v <= 32 * kVec) {
+      fn.template operator()<elem_t, kVec, 1>();
+    } else if (dim_v <= 64 * kVec) {
+      fn.template operator()<elem_t, kVec, 2>();
+    } else {
+      fn.template operator()<elem_t, kVec, 4>();
+    }
+  });
+}
+
+int grid_size(int64_t tokens, int heads) {
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int ctas_per_sm = std::max(1, 64 / heads);  // ~64 warps per SM
+  return int(std::max<int64_t>(1, std::min<int64_t>(tokens, int64_t(sms) * ctas_per_sm)));
+}
+
+at::Tensor memory_mix_fwd_cuda(const at::Tensor& o_routed, const at::Tensor& dst_row, const at::Tensor& src_pair,
+                               const at::Tensor& weights, const std::optional<at::Tensor>& shared,
+                               const std::optional<at::Tensor>& norm_weight, const std::optional<at::Tensor>& gate,
+                               double eps) {
+  const MixInputs in = prepare(o_routed, dst_row, src_pair, weights, shared, norm_weight, gate, eps);
+  c10::cuda::CUDAGuard guard(o_routed.device());
+  at::Tensor out = at::empty({dst_row.size(0), o_routed.size(1), o_routed.size(2)}, o_routed.options());
+  MixParams p = make_params(in, dst_row, src_pair, eps);
+  p.out = out.data_ptr();
+  if (p.num_tokens == 0) return out;
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  dispatch_mix(in.o_routed, p.dim_v, [&]<typename T, int kVec, int kVecsPerLane>() {
+    memory_mix_fwd_kernel<T, kVec, kVecsPerLane><<<grid_size(p.num_tokens, p.heads), 32 * p.heads, 0, stream>>>(p);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_mix_bwd_cuda(
+    const at::Tensor& grad_out, const at::Tensor& o_routed, const at::Tensor& dst_row, const at::Tensor& src_pair,
+    const at::Tensor& weights, const std::optional<at::Tensor>& shared, const std::optional<at::Tensor>& norm_weight,
+    const std::optional<at::Tensor>& gate, double eps) {
+  const MixInputs in = prepare(o_routed, dst_row, src_pair, weights, shared, norm_weight, gate, eps);
+  CHECK_SHAPE(grad_out, dst_row.size(0), o_routed.size(1), o_routed.size(2));
+  CHECK_SAME_DTYPE(grad_out, o_routed);
+  CHECK_DEVICE(grad_out, o_routed);
+  c10::cuda::CUDAGuard guard(o_routed.device());
+  const at::Tensor dy = grad_out.contiguous();
+  const auto f32 = o_routed.options().dtype(at::kFloat);
+  const at::Tensor none = at::empty({0}, f32);
+  MixParams p = make_params(in, dst_row, src_pair, eps);
+  const int grid = grid_size(p.num_tokens, p.heads);
+  at::Tensor grad_o_routed = at::empty_like(in.o_routed);
+  at::Tensor grad_weights = at::empty(dst_row.sizes(), f32);
+  at::Tensor grad_shared = shared.has_value() ? at::empty_like(in.shared) : none;
+  at::Tensor grad_gate = gate.has_value() ? at::empty_like(in.gate) : none;
+  at::Tensor norm_partial = norm_weight.has_value() ? at::empty({grid, p.dim_v}, f32) : none;
+  p.grad_out = dy.data_ptr();
+  p.grad_o_routed = grad_o_routed.data_ptr();
+  p.grad_weights = grad_weights.data_ptr<float>();
+  p.grad_shared = shared.has_value() ? grad_shared.data_ptr() : nullptr;
+  p.grad_gate = gate.has_value() ? grad_gate.data_ptr() : nullptr;
+  p.grad_norm_partial = norm_weight.has_value() ? norm_partial.data_ptr<float>() : nullptr;
+  const size_t smem = sizeof(float) * size_t(p.heads) * (p.topk + (norm_weight.has_value() ? p.dim_v : 0));
+  TORCH_CHECK_VALUE(smem <= 48 * 1024, "memory_mix backward: heads * (topk + V) = ", smem / 4,
+                    " floats exceed the 48 KB of shared memory");
+  if (p.num_tokens > 0 || p.num_rows > 0) {
+    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    dispatch_mix(in.o_routed, p.dim_v, [&]<typename T, int kVec, int kVecsPerLane>() {
+      memory_mix_bwd_kernel<T, kVec, kVecsPerLane><<<grid, 32 * p.heads, smem, stream>>>(p);
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  at::Tensor grad_norm_weight = none;
+  if (norm_weight.has_value()) grad_norm_weight = norm_partial.sum(0).to(norm_weight->scalar_type());
+  return {grad_o_routed, grad_weights, grad_shared, grad_norm_weight, grad_gate};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mom_ops, CUDA, m) {
+  m.impl("memory_mix_fwd", &memory_mix_fwd_cuda);
+  m.impl("memory_mix_bwd", &memory_mix_bwd_cuda);
+}
+
+}  // namespace mom_ops
