@@ -5,7 +5,7 @@ import torch
 
 import mom_ops
 from mom_ops.reference import mom_decode_step_ref, recurrent_gated_delta_rule_ref
-from tests.helpers import device_param, gdn_inputs, need_kernel, rel_rms
+from tests.helpers import gdn_inputs, need_kernel, rel_rms
 
 
 def _step_inputs(N=5, J=3, H=2, HV=4, K=8, V=8, P=20, seed=0, device="cpu"):
@@ -21,11 +21,9 @@ def _step_inputs(N=5, J=3, H=2, HV=4, K=8, V=8, P=20, seed=0, device="cpu"):
     return {key: t.to(device) for key, t in d.items()}
 
 
-@pytest.mark.parametrize("device", device_param())
 @pytest.mark.parametrize("state_v_first", [False, True])
-def test_decode_step_matches_reference(device, state_v_first):
-    need_kernel("mom_decode_step", device)
-    inp = _step_inputs(device=device)
+def test_decode_step_matches_reference(state_v_first):
+    inp = _step_inputs()
     if state_v_first:
         inp["state_pool"] = inp["state_pool"].transpose(-1, -2).contiguous()
     ref_inp = {key: t.cpu().clone() for key, t in inp.items()}
@@ -84,3 +82,93 @@ def test_decode_bad_input():
         mom_ops.mom_decode_step(**dict(inp, state_pool=inp["state_pool"].double()))
     with pytest.raises(ValueError, match="weights must have shape"):
         mom_ops.mom_decode_step(**dict(inp, weights=inp["weights"][:, :2]))
+
+
+# ---- GPU ----
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("state_v_first", [False, True])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("K, V, H, HV", [(128, 128, 2, 4), (64, 256, 1, 1), (256, 64, 2, 2)])
+def test_gpu_decode_step_matches_reference(state_v_first, dtype, K, V, H, HV):
+    need_kernel("mom_decode_step", "cuda")
+    inp = _step_inputs(N=6, J=3, H=H, HV=HV, K=K, V=V, P=24, seed=K + V)
+    if state_v_first:
+        inp["state_pool"] = inp["state_pool"].transpose(-1, -2).contiguous()
+    for name in ("q", "k", "v"):
+        inp[name] = inp[name].to(dtype)
+    ref_inp = {key: t.clone() for key, t in inp.items()}
+    gpu = {key: t.cuda() for key, t in inp.items()}
+    out = mom_ops.mom_decode_step(**gpu, use_qk_l2norm_in_kernel=True, state_v_first=state_v_first)
+    out_ref = mom_decode_step_ref(**ref_inp, use_qk_l2norm_in_kernel=True, state_v_first=state_v_first)
+    assert rel_rms(out, out_ref) < (1e-5 if dtype == torch.float32 else 5e-3)
+    assert rel_rms(gpu["state_pool"], ref_inp["state_pool"]) < 1e-5
+    untouched = torch.ones(24, dtype=torch.bool)
+    untouched[inp["slots"][inp["slots"] >= 0].long()] = False
+    assert torch.equal(gpu["state_pool"].cpu()[untouched], inp["state_pool"][untouched])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("state_v_first", [False, True])
+@pytest.mark.parametrize("K, V", [(128, 128), (256, 256), (64, 64)])
+def test_gpu_fused_recurrent_matches_recurrence(state_v_first, K, V):
+    need_kernel("fused_recurrent_gated_delta_rule_fwd", "cuda")
+    from tests.helpers import cu_from_lengths
+
+    lengths = [1, 0, 17, 64, 5]
+    inp = gdn_inputs(1, sum(lengths), 2, K, V, HV=4, dtype=torch.bfloat16, h0=True, n_seqs=len(lengths), seed=K)
+    if state_v_first:
+        inp["initial_state"] = inp["initial_state"].transpose(-1, -2).contiguous()
+    cu = cu_from_lengths(lengths)
+    kw = dict(output_final_state=True, use_qk_l2norm_in_kernel=True, state_v_first=state_v_first)
+    o_ref, ht_ref = recurrent_gated_delta_rule_ref(**inp, cu_seqlens=cu, **kw)
+    o, ht = mom_ops.fused_recurrent_gated_delta_rule(**{k: t.cuda() for k, t in inp.items()}, cu_seqlens=cu.cuda(), **kw)
+    assert rel_rms(o, o_ref) < 5e-3 and rel_rms(ht, ht_ref) < 5e-3
+
+
+@pytest.mark.gpu
+def test_gpu_decode_steps_equal_the_scan_and_replay_in_a_graph():
+    """Step 3 memories + a shared one through 40 tokens with routing that changes every step (top-2 of 3), inside
+    a CUDA graph replayed with new inputs and slots; each memory must equal the scan over its tokens."""
+    need_kernel("mom_decode_step", "cuda")
+    T, H, K, V, M = 40, 2, 128, 128, 3
+    inp = gdn_inputs(1, T, H, K, V, dtype=torch.bfloat16, seed=7)
+    gen = torch.Generator().manual_seed(8)
+    choice = torch.stack([torch.randperm(M, generator=gen)[:2] for _ in range(T)])  # [T, 2]
+    pool = torch.zeros(M + 1, H, K, V, device="cuda")  # rows 0..M-1 routed, row M shared
+    static = dict(q=torch.empty(1, H, K), k=torch.empty(1, 3, H, K), v=torch.empty(1, 3, H, V),
+                  g=torch.empty(1, 3, H), beta=torch.empty(1, 3, H), weights=torch.empty(1, 3),
+                  slots=torch.empty(1, 3, dtype=torch.int32))
+    static = {key: t.cuda().to(torch.bfloat16 if key in "qkv" else t.dtype) for key, t in static.items()}
+
+    def fill(t):
+        # the same token for every slot: each memory sees the token's own k, v, g, beta
+        for name in ("k", "v", "g", "beta"):
+            static[name].copy_(inp[name][0, t][None, None].expand_as(static[name]))
+        static["q"].copy_(inp["q"][0, t][None])
+        static["weights"].copy_(torch.tensor([[0.7, 0.3, 1.0]]))
+        static["slots"].copy_(torch.tensor([[int(choice[t, 0]), int(choice[t, 1]), M]], dtype=torch.int32))
+
+    fill(0)
+    mom_ops.mom_decode_step(**static, state_pool=pool.clone(), use_qk_l2norm_in_kernel=True)  # warm up
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = mom_ops.mom_decode_step(**static, state_pool=pool, use_qk_l2norm_in_kernel=True)
+    pool.zero_()
+    outs = []
+    for t in range(T):
+        fill(t)
+        graph.replay()
+        outs.append(out.clone())
+    outs = torch.stack(outs)[:, 0].cpu()  # [T, H, V]
+    expected = torch.zeros(T, H, V)
+    for m in range(M + 1):
+        idx = torch.arange(T) if m == M else (choice == m).any(1).nonzero().flatten()
+        o_ref, ht_ref = recurrent_gated_delta_rule_ref(
+            *(inp[name][:, idx] for name in ("q", "k", "v", "g", "beta")), output_final_state=True,
+            use_qk_l2norm_in_kernel=True)
+        w = 1.0 if m == M else torch.where(choice[idx, 0] == m, 0.7, 0.3)[:, None, None]
+        expected[idx] += w * o_ref[0].float()
+        assert rel_rms(pool[m], ht_ref[0]) < 5e-3
+    assert rel_rms(outs, expected) < 5e-3

@@ -1,0 +1,133 @@
+// CUDA bindings of mom_decode_step and fused_recurrent_gated_delta_rule_fwd. No host sync: bad slots are
+// skipped and bad cu_seqlens are clamped on the device instead of raising.
+#include <ATen/core/Tensor.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "common/static_switch.h"
+#include "decode/decode_checks.h"
+#include "decode/decode_kernels.cuh"
+#include "gdn/gdn_checks.h"
+
+namespace mom_ops {
+namespace {
+
+void check_cuda_dims(int64_t dim_k, int64_t dim_v, const at::Tensor& q) {
+  CHECK_CUDA_FLOATING(q);
+  TORCH_CHECK_VALUE(dim_k == 64 || dim_k == 128 || dim_k == 256, "the CUDA kernel needs K in {64, 128, 256}, got ",
+                    dim_k);
+  TORCH_CHECK_VALUE(dim_v % kDecodeBV == 0 && dim_v <= 1024, "the CUDA kernel needs V a multiple of ", kDecodeBV,
+                    " up to 1024, got ", dim_v);
+}
+
+// Calls fn.template operator()<T, kK, kVFirst>() for the dtype, K and layout.
+template <typename Fn>
+void dispatch_recurrent(const at::Tensor& q, int64_t dim_k, bool v_first, Fn&& fn) {
+  FLOAT_SWITCH(q.scalar_type(), elem_t, [&] {
+    HEADDIM_SWITCH(dim_k, kK, [&] {
+      BOOL_SWITCH(v_first, kVFirst, [&] { fn.template operator()<elem_t, kK, kVFirst>(); });
+    });
+  });
+}
+
+at::Tensor mom_decode_step_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
+                                const at::Tensor& beta, const at::Tensor& weights, const at::Tensor& slots,
+                                at::Tensor& state_pool, double scale, bool use_qk_l2norm, bool state_v_first) {
+  const DecodeDims d = check_decode_args(q, k, v, g, beta, weights, slots, state_pool, state_v_first);
+  check_cuda_dims(d.dim_k, d.dim_v, q);
+  c10::cuda::CUDAGuard guard(q.device());
+  const at::Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
+  const at::Tensor gf = g.to(at::kFloat).contiguous(), bf = beta.to(at::kFloat).contiguous();
+  const at::Tensor wc = weights.contiguous(), sc = slots.contiguous();
+  at::Tensor out = at::empty({d.tokens, d.heads_v, d.dim_v}, q.options());
+  if (d.tokens == 0) return out;
+  TORCH_CHECK_VALUE(d.tokens < 65536 * 1024, "too many tokens for one decode step: ", d.tokens);
+  DecodeParams p{};
+  p.q = qc.data_ptr();
+  p.k = kc.data_ptr();
+  p.v = vc.data_ptr();
+  p.g = gf.data_ptr<float>();
+  p.beta = bf.data_ptr<float>();
+  p.weights = wc.data_ptr<float>();
+  p.slots = sc.data_ptr();
+  p.slots_int64 = sc.scalar_type() == at::kLong;
+  p.pool = state_pool.data_ptr<float>();
+  p.out = out.data_ptr();
+  p.num_tokens = d.tokens;
+  p.pool_rows = d.pool;
+  p.num_slots = int(d.slots);
+  p.heads_qk = int(d.heads_qk);
+  p.heads_v = int(d.heads_v);
+  p.dim_v = int(d.dim_v);
+  p.scale = float(scale);
+  p.l2norm = use_qk_l2norm;
+  const dim3 grid(unsigned(d.dim_v / kDecodeBV), unsigned(d.heads_v), unsigned(d.tokens));
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  dispatch_recurrent(qc, d.dim_k, state_v_first, [&]<typename T, int kK, bool kVFirst>() {
+    mom_decode_step_kernel<T, kK, kVFirst><<<grid, kDecodeThreads, 0, stream>>>(p);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> fused_recurrent_fwd_cuda(const at::Tensor& q, const at::Tensor& k,
+                                                            const at::Tensor& v, const at::Tensor& g,
+                                                            const at::Tensor& beta, double scale,
+                                                            const std::optional<at::Tensor>& initial_state,
+                                                            bool output_final_state, bool use_qk_l2norm,
+                                                            bool state_v_first,
+                                                            const std::optional<at::Tensor>& cu_seqlens) {
+  const GdnDims d = check_gdn_args(q, k, v, g, beta, initial_state, state_v_first, cu_seqlens, std::nullopt);
+  check_cuda_dims(d.dim_k, d.dim_v, q);
+  TORCH_CHECK_VALUE(d.num_seqs < 65536, "fused_recurrent on CUDA supports fewer than 65536 sequences, got ",
+                    d.num_seqs);
+  c10::cuda::CUDAGuard guard(q.device());
+  const at::Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
+  const at::Tensor gf = g.to(at::kFloat).contiguous(), bf = beta.to(at::kFloat).contiguous();
+  const at::Tensor h0 = initial_state.has_value() ? initial_state->contiguous() : at::Tensor();
+  const at::Tensor cu = cu_seqlens.has_value() ? cu_seqlens->contiguous() : at::Tensor();
+  // Rows past the last sequence end keep o = 0.
+  at::Tensor o = cu.defined() ? at::zeros(v.sizes(), v.options()) : at::empty(v.sizes(), v.options());
+  std::vector<int64_t> state_shape = {d.num_seqs, d.heads_v, state_v_first ? d.dim_v : d.dim_k,
+                                      state_v_first ? d.dim_k : d.dim_v};
+  const auto f32 = q.options().dtype(at::kFloat);
+  at::Tensor ht = output_final_state ? at::empty(state_shape, f32) : at::empty({0}, f32);
+  if (d.num_seqs == 0) return {o, ht};
+  RecurrentParams p{};
+  p.q = qc.data_ptr();
+  p.k = kc.data_ptr();
+  p.v = vc.data_ptr();
+  p.g = gf.data_ptr<float>();
+  p.beta = bf.data_ptr<float>();
+  p.initial_state = h0.defined() ? h0.data_ptr<float>() : nullptr;
+  p.final_state = output_final_state ? ht.data_ptr<float>() : nullptr;
+  p.out = o.data_ptr();
+  p.cu_seqlens = cu.defined() ? cu.data_ptr() : nullptr;
+  p.cu_int64 = cu.defined() && cu.scalar_type() == at::kLong;
+  p.seqlen = d.seqlen;
+  p.total_rows = d.batch * d.seqlen;
+  p.heads_qk = int(d.heads_qk);
+  p.heads_v = int(d.heads_v);
+  p.dim_v = int(d.dim_v);
+  p.scale = float(scale);
+  p.l2norm = use_qk_l2norm;
+  const dim3 grid(unsigned(d.dim_v / kDecodeBV), unsigned(d.heads_v), unsigned(d.num_seqs));
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  dispatch_recurrent(qc, d.dim_k, state_v_first, [&]<typename T, int kK, bool kVFirst>() {
+    fused_recurrent_kernel<T, kK, kVFirst><<<grid, kDecodeThreads, 0, stream>>>(p);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {o, ht};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mom_ops, CUDA, m) {
+  m.impl("mom_decode_step", &mom_decode_step_cuda);
+  m.impl("fused_recurrent_gated_delta_rule_fwd", &fused_recurrent_fwd_cuda);
+}
+
+}  // namespace mom_ops

@@ -1,0 +1,278 @@
+// Recurrent gated-delta kernels for decoding: one CTA owns a V-tile of kBV columns of one [K, V] state for one
+// value head and keeps it in registers while it takes one or more steps:
+//   S = exp(g) S;  u = beta (v - S^T k);  S = S + k u^T;  o = scale S^T q.
+// The state is read once and written once (the op is bound by those bytes). Reductions over K go through
+// shared memory in a fixed order, so results are bitwise reproducible.
+//
+// Element ownership: the state tile is a [rows, cols] block of floats with cols contiguous in memory; each thread
+// owns 4 consecutive cols of kRowsPerThread rows. For the [K, V] layout rows are k and cols are v; for the
+// [V, K] layout (state_v_first) rows are v and cols are k. `kgroup` says which partial sum over k a thread's
+// element feeds, so both layouts share the reduction code.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "common/vec.cuh"
+
+namespace mom_ops {
+
+constexpr int kDecodeThreads = 256;
+constexpr int kDecodeBV = 64;  // value columns per CTA
+
+struct DecodeParams {
+  const void* q;          // [N, H, K]
+  const void* k;          // [N, J, H, K]
+  const void* v;          // [N, J, HV, V]
+  const float* g;         // [N, J, HV]
+  const float* beta;      // [N, J, HV]
+  const float* weights;   // [N, J]
+  const void* slots;      // [N, J] int32 / int64
+  bool slots_int64;
+  float* pool;            // [P, HV, K, V] or [P, HV, V, K]
+  void* out;              // [N, HV, V]
+  int64_t num_tokens, pool_rows;
+  int num_slots, heads_qk, heads_v, dim_v;
+  float scale;
+  bool l2norm;
+};
+
+template <int kK, bool kVFirst>
+struct TileLayout {
+  static constexpr int kCols = kVFirst ? kK : kDecodeBV;       // contiguous extent of the tile
+  static constexpr int kRows = kVFirst ? kDecodeBV : kK;
+  static constexpr int kColThreads = kCols / 4;                // threads along a row (float4 each)
+  static constexpr int kRowGroups = kDecodeThreads / kColThreads;
+  static constexpr int kRowsPerThread = kRows / kRowGroups;
+  static constexpr int kKGroups = kVFirst ? kColThreads : kRowGroups;  // partial sums over k per column v
+  static_assert(kRows % kRowGroups == 0, "tile rows must split evenly over the row groups");
+};
+
+// Shared buffers of one CTA.
+template <int kK>
+struct DecodeSmem {
+  float q[kK], k[kK], v[kDecodeBV], u[kDecodeBV], o[kDecodeBV];
+  float red[64 * kDecodeBV];  // partial sums [kgroup][v]; at most K/4 = 64 kgroups
+  float norm[2];
+};
+
+template <typename T>
+__device__ __forceinline__ void load_vector_l2(const T* src, int n, bool l2norm, float scale, float* dst,
+                                               float* red) {
+  const int tid = threadIdx.x;
+  float x = tid < n ? to_float(src[tid]) : 0.f;
+  if (l2norm) {  // x * rsqrt(sum x^2 + 1e-6), block-wide sum in fixed order
+    float sq = x * x;
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) sq += __shfl_xor_sync(0xffffffffu, sq, off);
+    if (tid % 32 == 0) red[tid / 32] = sq;
+    __syncthreads();
+    float total = 0.f;
+    for (int w = 0; w < kDecodeThreads / 32; ++w) total += red[w];
+    x *= rsqrtf(total + 1e-6f);
+    __syncthreads();
+  }
+  if (tid < n) dst[tid] = x * scale;
+}
+
+// This thread's first element in the tile: row r and col c (tile-relative).
+template <int kK, bool kVFirst>
+__device__ __forceinline__ void tile_coords(int& r, int& c) {
+  using L = TileLayout<kK, kVFirst>;
+  r = threadIdx.x / L::kColThreads;
+  c = (threadIdx.x % L::kColThreads) * 4;
+}
+
+// One step on the register tile S (this thread's elements). Needs s.k, s.v (tile) and scale*q in s.q; adds
+// weight * o to s.o. `decay` = exp(g), `beta` scalars.
+template <int kK, bool kVFirst>
+__device__ __forceinline__ void step_tile(float (&S)[TileLayout<kK, kVFirst>::kRowsPerThread][4], float decay,
+                                          float beta, float weight, DecodeSmem<kK>& s) {
+  using L = TileLayout<kK, kVFirst>;
+  const int tid = threadIdx.x;
+  int r, c;
+  tile_coords<kK, kVFirst>(r, c);
+  // k and tile-local v of element (i, e): rows are k or v, cols are v or k.
+  auto kidx = [&](int i, int e) { return kVFirst ? c + e : r + i * L::kRowGroups; };
+  auto vidx = [&](int i, int e) { return kVFirst ? r + i * L::kRowGroups : c + e; };
+  const int kgroup = kVFirst ? (tid % L::kColThreads) : (tid / L::kColThreads);
+
+  // pred[v] = sum_k S'[k, v] k[k] with S' = decay * S.
+  float part[L::kRowsPerThread][4];
+#pragma unroll
+  for (int i = 0; i < L::kRowsPerThread; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      S[i][e] *= decay;
+      part[i][e] = S[i][e] * s.k[kidx(i, e)];
+    }
+  // Reduce the partials of each v inside the thread, then over kgroups in shared memory.
+  if (kVFirst) {
+#pragma unroll
+    for (int i = 0; i < L::kRowsPerThread; ++i)
+      s.red[kgroup * kDecodeBV + vidx(i, 0)] = part[i][0] + part[i][1] + part[i][2] + part[i][3];
+  } else {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      float sum = 0.f;
+#pragma unroll
+      for (int i = 0; i < L::kRowsPerThread; ++i) sum += part[i][e];
+      s.red[kgroup * kDecodeBV + vidx(0, e)] = sum;
+    }
+  }
+  __syncthreads();
+  if (tid < kDecodeBV) {
+    float pred = 0.f;
+    for (int gidx = 0; gidx < L::kKGroups; ++gidx) pred += s.red[gidx * kDecodeBV + tid];
+    s.u[tid] = beta * (s.v[tid] - pred);
+  }
+  __syncthreads();
+  // S = S' + k u^T; o[v] = sum_k S[k, v] (scale q[k]).
+#pragma unroll
+  for (int i = 0; i < L::kRowsPerThread; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      S[i][e] += s.k[kidx(i, e)] * s.u[vidx(i, e)];
+      part[i][e] = S[i][e] * s.q[kidx(i, e)];
+    }
+  if (kVFirst) {
+#pragma unroll
+    for (int i = 0; i < L::kRowsPerThread; ++i)
+      s.red[kgroup * kDecodeBV + vidx(i, 0)] = part[i][0] + part[i][1] + part[i][2] + part[i][3];
+  } else {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      float sum = 0.f;
+#pragma unroll
+      for (int i = 0; i < L::kRowsPerThread; ++i) sum += part[i][e];
+      s.red[kgroup * kDecodeBV + vidx(0, e)] = sum;
+    }
+  }
+  __syncthreads();
+  if (tid < kDecodeBV) {
+    float o = 0.f;
+    for (int gidx = 0; gidx < L::kKGroups; ++gidx) o += s.red[gidx * kDecodeBV + tid];
+    s.o[tid] += weight * o;
+  }
+  __syncthreads();
+}
+
+// Pointer to this thread's first float4 of the V-tile starting at v0 inside one [K, V] (or [V, K]) state.
+template <int kK, bool kVFirst>
+__device__ __forceinline__ float* tile_base(float* state, int dim_v, int v0) {
+  int r, c;
+  tile_coords<kK, kVFirst>(r, c);
+  return kVFirst ? state + int64_t(v0 + r) * kK + c : state + int64_t(r) * dim_v + v0 + c;
+}
+
+template <int kK, bool kVFirst>
+__device__ __forceinline__ void load_tile(const float* base, int row_stride,
+                                          float (&S)[TileLayout<kK, kVFirst>::kRowsPerThread][4]) {
+  using L = TileLayout<kK, kVFirst>;
+#pragma unroll
+  for (int i = 0; i < L::kRowsPerThread; ++i) {
+    const float4 x = *reinterpret_cast<const float4*>(base + int64_t(i) * L::kRowGroups * row_stride);
+    S[i][0] = x.x, S[i][1] = x.y, S[i][2] = x.z, S[i][3] = x.w;
+  }
+}
+
+template <int kK, bool kVFirst>
+__device__ __forceinline__ void store_tile(float* base, int row_stride,
+                                           const float (&S)[TileLayout<kK, kVFirst>::kRowsPerThread][4]) {
+  using L = TileLayout<kK, kVFirst>;
+#pragma unroll
+  for (int i = 0; i < L::kRowsPerThread; ++i)
+    *reinterpret_cast<float4*>(base + int64_t(i) * L::kRowGroups * row_stride) =
+        make_float4(S[i][0], S[i][1], S[i][2], S[i][3]);
+}
+
+// grid: (V / kBV, HV, N). CTA (vt, hv, n) steps the J pool states of token n for head hv, V-tile vt.
+template <typename T, int kK, bool kVFirst>
+__global__ void __launch_bounds__(kDecodeThreads) mom_decode_step_kernel(DecodeParams p) {
+  __shared__ DecodeSmem<kK> s;
+  const int vt = blockIdx.x, hv = blockIdx.y, tid = threadIdx.x;
+  const int64_t n = blockIdx.z;
+  const int h = hv / (p.heads_v / p.heads_qk), v0 = vt * kDecodeBV;
+  if (tid < kDecodeBV) s.o[tid] = 0.f;
+  load_vector_l2(static_cast<const T*>(p.q) + (n * p.heads_qk + h) * kK, kK, p.l2norm, p.scale, s.q, s.red);
+  const int row_stride = kVFirst ? kK : p.dim_v;
+  for (int j = 0; j < p.num_slots; ++j) {
+    const int64_t nj = n * p.num_slots + j;
+    const int64_t slot = p.slots_int64 ? static_cast<const int64_t*>(p.slots)[nj] : static_cast<const int*>(p.slots)[nj];
+    if (slot < 0 || slot >= p.pool_rows) continue;  // padding (out-of-range rows are skipped, never touched)
+    float* state = p.pool + (slot * p.heads_v + hv) * int64_t(kK) * p.dim_v;
+    float* base = tile_base<kK, kVFirst>(state, p.dim_v, v0);
+    float S[TileLayout<kK, kVFirst>::kRowsPerThread][4];
+    load_tile<kK, kVFirst>(base, row_stride, S);  // issued first: the state bytes are the cost
+    __syncthreads();  // the previous step's readers of s.k / s.v are done
+    load_vector_l2(static_cast<const T*>(p.k) + (nj * p.heads_qk + h) * kK, kK, p.l2norm, 1.f, s.k, s.red);
+    if (tid < kDecodeBV) s.v[tid] = to_float(static_cast<const T*>(p.v)[(nj * p.heads_v + hv) * p.dim_v + v0 + tid]);
+    __syncthreads();
+    const float g = p.g[nj * p.heads_v + hv], beta = p.beta[nj * p.heads_v + hv];
+    step_tile<kK, kVFirst>(S, expf(g), beta, p.weights[nj], s);
+    store_tile<kK, kVFirst>(base, row_stride, S);
+  }
+  __syncthreads();
+  if (tid < kDecodeBV) static_cast<T*>(p.out)[(n * p.heads_v + hv) * p.dim_v + v0 + tid] = T(s.o[tid]);
+}
+
+// Token-by-token scan of short sequences (fused_recurrent): grid (V / kBV, HV, num_seqs); the state tile stays in
+// registers from h0 to the final state.
+struct RecurrentParams {
+  const void* q;               // [B*T, H, K]
+  const void* k;               // [B*T, H, K]
+  const void* v;               // [B*T, HV, V]
+  const float* g;              // [B*T, HV]
+  const float* beta;           // [B*T, HV]
+  const float* initial_state;  // [N, HV, K, V] / [N, HV, V, K] or nullptr
+  float* final_state;          // same shape, or nullptr
+  void* out;                   // [B*T, HV, V]
+  const void* cu_seqlens;      // [N+1] or nullptr (then sequence i is rows [i T, (i+1) T))
+  bool cu_int64;
+  int64_t seqlen, total_rows;
+  int heads_qk, heads_v, dim_v;
+  float scale;
+  bool l2norm;
+};
+
+template <typename T, int kK, bool kVFirst>
+__global__ void __launch_bounds__(kDecodeThreads) fused_recurrent_kernel(RecurrentParams p) {
+  __shared__ DecodeSmem<kK> s;
+  const int vt = blockIdx.x, hv = blockIdx.y, tid = threadIdx.x;
+  const int64_t seq = blockIdx.z;
+  const int h = hv / (p.heads_v / p.heads_qk), v0 = vt * kDecodeBV;
+  int64_t bos = seq * p.seqlen, eos = bos + p.seqlen;
+  if (p.cu_seqlens != nullptr) {
+    bos = p.cu_int64 ? static_cast<const int64_t*>(p.cu_seqlens)[seq] : static_cast<const int*>(p.cu_seqlens)[seq];
+    eos = p.cu_int64 ? static_cast<const int64_t*>(p.cu_seqlens)[seq + 1] : static_cast<const int*>(p.cu_seqlens)[seq + 1];
+    bos = max(int64_t(0), min(bos, p.total_rows));  // bad cu_seqlens never read out of bounds
+    eos = max(bos, min(eos, p.total_rows));
+  }
+  const int row_stride = kVFirst ? kK : p.dim_v;
+  const int64_t state_off = (seq * p.heads_v + hv) * int64_t(kK) * p.dim_v;
+  float S[TileLayout<kK, kVFirst>::kRowsPerThread][4];
+  if (p.initial_state != nullptr) {
+    load_tile<kK, kVFirst>(tile_base<kK, kVFirst>(const_cast<float*>(p.initial_state) + state_off, p.dim_v, v0),
+                           row_stride, S);
+  } else {
+#pragma unroll
+    for (int i = 0; i < TileLayout<kK, kVFirst>::kRowsPerThread; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) S[i][e] = 0.f;
+  }
+  for (int64_t t = bos; t < eos; ++t) {
+    __syncthreads();
+    if (tid < kDecodeBV) s.o[tid] = 0.f;
+    load_vector_l2(static_cast<const T*>(p.q) + (t * p.heads_qk + h) * kK, kK, p.l2norm, p.scale, s.q, s.red);
+    load_vector_l2(static_cast<const T*>(p.k) + (t * p.heads_qk + h) * kK, kK, p.l2norm, 1.f, s.k, s.red);
+    if (tid < kDecodeBV) s.v[tid] = to_float(static_cast<const T*>(p.v)[(t * p.heads_v + hv) * p.dim_v + v0 + tid]);
+    __syncthreads();
+    step_tile<kK, kVFirst>(S, expf(p.g[t * p.heads_v + hv]), p.beta[t * p.heads_v + hv], 1.f, s);
+    if (tid < kDecodeBV) static_cast<T*>(p.out)[(t * p.heads_v + hv) * p.dim_v + v0 + tid] = T(s.o[tid]);
+  }
+  if (p.final_state != nullptr)
+    store_tile<kK, kVFirst>(tile_base<kK, kVFirst>(p.final_state + state_off, p.dim_v, v0), row_stride, S);
+}
+
+}  // namespace mom_ops
