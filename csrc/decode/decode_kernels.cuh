@@ -50,11 +50,10 @@ struct TileLayout {
 };
 
 // Shared buffers of one CTA.
-template <int kK>
+template <int kK, bool kVFirst>
 struct DecodeSmem {
   float q[kK], k[kK], v[kDecodeBV], u[kDecodeBV], o[kDecodeBV];
-  float red[64 * kDecodeBV];  // partial sums [kgroup][v]; at most K/4 = 64 kgroups
-  float norm[2];
+  float red[TileLayout<kK, kVFirst>::kKGroups * kDecodeBV];  // partial sums [kgroup][v]
 };
 
 template <typename T>
@@ -84,11 +83,45 @@ __device__ __forceinline__ void tile_coords(int& r, int& c) {
   c = (threadIdx.x % L::kColThreads) * 4;
 }
 
+// s.red[kgroup][v] = sum over this thread's elements of column v of (scale_S * S[k, v]) * x[k]; scales S in place.
+template <int kK, bool kVFirst>
+__device__ __forceinline__ void reduce_tile(float (&S)[TileLayout<kK, kVFirst>::kRowsPerThread][4], const float* x,
+                                            float scale_S, float* red) {
+  using L = TileLayout<kK, kVFirst>;
+  int r, c;
+  tile_coords<kK, kVFirst>(r, c);
+  if (kVFirst) {  // rows are v, cols are k: one sum per row
+    const int kgroup = threadIdx.x % L::kColThreads;
+#pragma unroll
+    for (int i = 0; i < L::kRowsPerThread; ++i) {
+      float sum = 0.f;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        S[i][e] *= scale_S;
+        sum += S[i][e] * x[c + e];
+      }
+      red[kgroup * kDecodeBV + r + i * L::kRowGroups] = sum;
+    }
+  } else {  // rows are k, cols are v: one sum per col
+    const int kgroup = threadIdx.x / L::kColThreads;
+    float sum[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int i = 0; i < L::kRowsPerThread; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        S[i][e] *= scale_S;
+        sum[e] += S[i][e] * x[r + i * L::kRowGroups];
+      }
+#pragma unroll
+    for (int e = 0; e < 4; ++e) red[kgroup * kDecodeBV + c + e] = sum[e];
+  }
+}
+
 // One step on the register tile S (this thread's elements). Needs s.k, s.v (tile) and scale*q in s.q; adds
 // weight * o to s.o. `decay` = exp(g), `beta` scalars.
 template <int kK, bool kVFirst>
 __device__ __forceinline__ void step_tile(float (&S)[TileLayout<kK, kVFirst>::kRowsPerThread][4], float decay,
-                                          float beta, float weight, DecodeSmem<kK>& s) {
+                                          float beta, float weight, DecodeSmem<kK, kVFirst>& s) {
   using L = TileLayout<kK, kVFirst>;
   const int tid = threadIdx.x;
   int r, c;
@@ -96,31 +129,10 @@ __device__ __forceinline__ void step_tile(float (&S)[TileLayout<kK, kVFirst>::kR
   // k and tile-local v of element (i, e): rows are k or v, cols are v or k.
   auto kidx = [&](int i, int e) { return kVFirst ? c + e : r + i * L::kRowGroups; };
   auto vidx = [&](int i, int e) { return kVFirst ? r + i * L::kRowGroups : c + e; };
-  const int kgroup = kVFirst ? (tid % L::kColThreads) : (tid / L::kColThreads);
 
-  // pred[v] = sum_k S'[k, v] k[k] with S' = decay * S.
-  float part[L::kRowsPerThread][4];
-#pragma unroll
-  for (int i = 0; i < L::kRowsPerThread; ++i)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      S[i][e] *= decay;
-      part[i][e] = S[i][e] * s.k[kidx(i, e)];
-    }
-  // Reduce the partials of each v inside the thread, then over kgroups in shared memory.
-  if (kVFirst) {
-#pragma unroll
-    for (int i = 0; i < L::kRowsPerThread; ++i)
-      s.red[kgroup * kDecodeBV + vidx(i, 0)] = part[i][0] + part[i][1] + part[i][2] + part[i][3];
-  } else {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      float sum = 0.f;
-#pragma unroll
-      for (int i = 0; i < L::kRowsPerThread; ++i) sum += part[i][e];
-      s.red[kgroup * kDecodeBV + vidx(0, e)] = sum;
-    }
-  }
+  // pred[v] = sum_k S'[k, v] k[k] with S' = decay * S: partial sums inside the thread, then over kgroups in
+  // shared memory. [K, V] layout: a thread's 4 cols are 4 v's summed over its rows; [V, K]: each row is a v.
+  reduce_tile<kK, kVFirst>(S, s.k, decay, s.red);
   __syncthreads();
   if (tid < kDecodeBV) {
     float pred = 0.f;
@@ -132,23 +144,8 @@ __device__ __forceinline__ void step_tile(float (&S)[TileLayout<kK, kVFirst>::kR
 #pragma unroll
   for (int i = 0; i < L::kRowsPerThread; ++i)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      S[i][e] += s.k[kidx(i, e)] * s.u[vidx(i, e)];
-      part[i][e] = S[i][e] * s.q[kidx(i, e)];
-    }
-  if (kVFirst) {
-#pragma unroll
-    for (int i = 0; i < L::kRowsPerThread; ++i)
-      s.red[kgroup * kDecodeBV + vidx(i, 0)] = part[i][0] + part[i][1] + part[i][2] + part[i][3];
-  } else {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      float sum = 0.f;
-#pragma unroll
-      for (int i = 0; i < L::kRowsPerThread; ++i) sum += part[i][e];
-      s.red[kgroup * kDecodeBV + vidx(0, e)] = sum;
-    }
-  }
+    for (int e = 0; e < 4; ++e) S[i][e] += s.k[kidx(i, e)] * s.u[vidx(i, e)];
+  reduce_tile<kK, kVFirst>(S, s.q, 1.f, s.red);
   __syncthreads();
   if (tid < kDecodeBV) {
     float o = 0.f;
@@ -190,7 +187,7 @@ __device__ __forceinline__ void store_tile(float* base, int row_stride,
 // grid: (V / kBV, HV, N). CTA (vt, hv, n) steps the J pool states of token n for head hv, V-tile vt.
 template <typename T, int kK, bool kVFirst>
 __global__ void __launch_bounds__(kDecodeThreads) mom_decode_step_kernel(DecodeParams p) {
-  __shared__ DecodeSmem<kK> s;
+  __shared__ DecodeSmem<kK, kVFirst> s;
   const int vt = blockIdx.x, hv = blockIdx.y, tid = threadIdx.x;
   const int64_t n = blockIdx.z;
   const int h = hv / (p.heads_v / p.heads_qk), v0 = vt * kDecodeBV;
@@ -238,7 +235,7 @@ struct RecurrentParams {
 
 template <typename T, int kK, bool kVFirst>
 __global__ void __launch_bounds__(kDecodeThreads) fused_recurrent_kernel(RecurrentParams p) {
-  __shared__ DecodeSmem<kK> s;
+  __shared__ DecodeSmem<kK, kVFirst> s;
   const int vt = blockIdx.x, hv = blockIdx.y, tid = threadIdx.x;
   const int64_t seq = blockIdx.z;
   const int h = hv / (p.heads_v / p.heads_qk), v0 = vt * kDecodeBV;

@@ -57,43 +57,66 @@ __device__ __forceinline__ float warp_sum(float x) {
 
 __device__ __forceinline__ float sigmoidf(float z) { return 1.f / (1.f + __expf(-z)); }
 
-// o (fp32, in registers) of token n, head h: the weighted gather of the k routed rows plus shared.
+// Loads one head-row slice (this lane's kVecsPerLane vectors) of a [*, H, V] tensor into fp32 registers; lanes
+// past V get zeros.
+template <typename T, int kVec, int kVecsPerLane>
+__device__ __forceinline__ void load_row(const T* row, int dim_v, int lane, float (&x)[kVecsPerLane][kVec]) {
+#pragma unroll
+  for (int i = 0; i < kVecsPerLane; ++i) {
+    const int c = (lane + 32 * i) * kVec;
+    if (c < dim_v) {
+      load_f32<T, kVec>(row + c, x[i]);
+    } else {
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) x[i][e] = 0.f;
+    }
+  }
+}
+
+constexpr int kMixSlotsInFlight = 2;  // routed rows whose loads are issued together (the bwd assumes 2)
+
+// o (fp32, in registers) of token n, head h: the weighted gather of the k routed rows plus shared. The loads of
+// kMixSlotsInFlight rows and of shared are issued before any use; the first rows stay in `first` for the
+// backward's dot products.
 template <typename T, int kVec, int kVecsPerLane>
 __device__ __forceinline__ void gather_mix(const MixParams& p, int64_t n, int h, int lane,
-                                           float (&o)[kVecsPerLane][kVec]) {
-  const int64_t row_elems = int64_t(p.heads) * p.dim_v;
+                                           float (&o)[kVecsPerLane][kVec],
+                                           float (&first)[kMixSlotsInFlight][kVecsPerLane][kVec]) {
+  const int64_t row_elems = int64_t(p.heads) * p.dim_v, col0 = int64_t(h) * p.dim_v;
+  float sh[kVecsPerLane][kVec];
+  if (p.shared != nullptr) {
+    load_row<T, kVec, kVecsPerLane>(static_cast<const T*>(p.shared) + n * row_elems + col0, p.dim_v, lane, sh);
+  }
 #pragma unroll
   for (int i = 0; i < kVecsPerLane; ++i)
 #pragma unroll
-    for (int e = 0; e < kVec; ++e) o[i][e] = 0.f;
-  for (int j = 0; j < p.topk; ++j) {
-    const int r = p.dst_row[n * p.topk + j];
-    if (r < 0 || r >= p.num_rows) continue;
-    const float w = p.weights[n * p.topk + j];
-    const T* src = static_cast<const T*>(p.o_routed) + r * row_elems + int64_t(h) * p.dim_v;
+    for (int e = 0; e < kVec; ++e) o[i][e] = p.shared != nullptr ? sh[i][e] : 0.f;
+  for (int j0 = 0; j0 < p.topk; j0 += kMixSlotsInFlight) {
+    float x[kMixSlotsInFlight][kVecsPerLane][kVec], w[kMixSlotsInFlight];
 #pragma unroll
-    for (int i = 0; i < kVecsPerLane; ++i) {
-      const int c = (lane + 32 * i) * kVec;
-      if (c < p.dim_v) {
-        float x[kVec];
-        load_f32<T, kVec>(src + c, x);
+    for (int jj = 0; jj < kMixSlotsInFlight; ++jj) {
+      const int j = j0 + jj;
+      const int r = j < p.topk ? p.dst_row[n * p.topk + j] : -1;
+      const bool ok = r >= 0 && r < p.num_rows;
+      w[jj] = ok ? p.weights[n * p.topk + j] : 0.f;
+      if (ok) {
+        load_row<T, kVec, kVecsPerLane>(static_cast<const T*>(p.o_routed) + r * row_elems + col0, p.dim_v, lane, x[jj]);
+      } else {
 #pragma unroll
-        for (int e = 0; e < kVec; ++e) o[i][e] += w * x[e];
+        for (int i = 0; i < kVecsPerLane; ++i)
+#pragma unroll
+          for (int e = 0; e < kVec; ++e) x[jj][i][e] = 0.f;
       }
     }
-  }
-  if (p.shared != nullptr) {
-    const T* src = static_cast<const T*>(p.shared) + n * row_elems + int64_t(h) * p.dim_v;
 #pragma unroll
-    for (int i = 0; i < kVecsPerLane; ++i) {
-      const int c = (lane + 32 * i) * kVec;
-      if (c < p.dim_v) {
-        float x[kVec];
-        load_f32<T, kVec>(src + c, x);
+    for (int jj = 0; jj < kMixSlotsInFlight; ++jj)
 #pragma unroll
-        for (int e = 0; e < kVec; ++e) o[i][e] += x[e];
-      }
-    }
+      for (int i = 0; i < kVecsPerLane; ++i)
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) {
+          o[i][e] += w[jj] * x[jj][i][e];
+          if (j0 == 0) first[jj][i][e] = x[jj][i][e];
+        }
   }
 }
 
@@ -102,9 +125,10 @@ __global__ void memory_mix_fwd_kernel(MixParams p) {
   const int lane = threadIdx.x % 32, h = threadIdx.x / 32;
   const int64_t row_elems = int64_t(p.heads) * p.dim_v;
   for (int64_t n = blockIdx.x; n < p.num_tokens; n += gridDim.x) {
-    float o[kVecsPerLane][kVec];
-    gather_mix<T, kVec, kVecsPerLane>(p, n, h, lane, o);
     const int64_t base = n * row_elems + int64_t(h) * p.dim_v;
+    float o[kVecsPerLane][kVec], unused[kMixSlotsInFlight][kVecsPerLane][kVec], z[kVecsPerLane][kVec];
+    if (p.gate != nullptr) load_row<T, kVec, kVecsPerLane>(static_cast<const T*>(p.gate) + base, p.dim_v, lane, z);
+    gather_mix<T, kVec, kVecsPerLane>(p, n, h, lane, o, unused);
     if (p.norm_weight != nullptr) {
       float ss = 0.f;
 #pragma unroll
@@ -116,11 +140,9 @@ __global__ void memory_mix_fwd_kernel(MixParams p) {
       for (int i = 0; i < kVecsPerLane; ++i) {
         const int c = (lane + 32 * i) * kVec;
         if (c >= p.dim_v) continue;
-        float z[kVec];
-        if (p.gate != nullptr) load_f32<T, kVec>(static_cast<const T*>(p.gate) + base + c, z);
 #pragma unroll
         for (int e = 0; e < kVec; ++e) {
-          const float act = p.gate != nullptr ? z[e] * sigmoidf(z[e]) : 1.f;
+          const float act = p.gate != nullptr ? z[i][e] * sigmoidf(z[i][e]) : 1.f;
           o[i][e] = o[i][e] * rstd * p.norm_weight[c + e] * act;
         }
       }
@@ -144,16 +166,12 @@ __global__ void memory_mix_bwd_kernel(MixParams p) {
   const bool norm = p.norm_weight != nullptr, gated = p.gate != nullptr;
   float dnw[kVecsPerLane][kVec] = {};
   for (int64_t n = blockIdx.x; n < p.num_tokens; n += gridDim.x) {
-    float o[kVecsPerLane][kVec], d[kVecsPerLane][kVec];
-    gather_mix<T, kVec, kVecsPerLane>(p, n, h, lane, o);
     const int64_t base = n * row_elems + int64_t(h) * p.dim_v;
-#pragma unroll
-    for (int i = 0; i < kVecsPerLane; ++i) {
-      const int c = (lane + 32 * i) * kVec;
-#pragma unroll
-      for (int e = 0; e < kVec; ++e) d[i][e] = 0.f;
-      if (c < p.dim_v) load_f32<T, kVec>(static_cast<const T*>(p.grad_out) + base + c, d[i]);
-    }
+    float o[kVecsPerLane][kVec], d[kVecsPerLane][kVec], z[kVecsPerLane][kVec];
+    float first[kMixSlotsInFlight][kVecsPerLane][kVec];
+    load_row<T, kVec, kVecsPerLane>(static_cast<const T*>(p.grad_out) + base, p.dim_v, lane, d);
+    if (gated) load_row<T, kVec, kVecsPerLane>(static_cast<const T*>(p.gate) + base, p.dim_v, lane, z);
+    gather_mix<T, kVec, kVecsPerLane>(p, n, h, lane, o, first);
     if (norm) {
       float ss = 0.f;
 #pragma unroll
@@ -166,13 +184,12 @@ __global__ void memory_mix_bwd_kernel(MixParams p) {
       for (int i = 0; i < kVecsPerLane; ++i) {
         const int c = (lane + 32 * i) * kVec;
         if (c >= p.dim_v) continue;
-        float z[kVec], dz[kVec];
-        if (gated) load_f32<T, kVec>(static_cast<const T*>(p.gate) + base + c, z);
+        float dz[kVec];
 #pragma unroll
         for (int e = 0; e < kVec; ++e) {
           const float xhat = o[i][e] * rstd, w = p.norm_weight[c + e];
-          const float s = gated ? sigmoidf(z[e]) : 1.f, act = gated ? z[e] * s : 1.f;
-          if (gated) dz[e] = d[i][e] * xhat * w * s * (1.f + z[e] * (1.f - s));
+          const float s = gated ? sigmoidf(z[i][e]) : 1.f, act = gated ? z[i][e] * s : 1.f;
+          if (gated) dz[e] = d[i][e] * xhat * w * s * (1.f + z[i][e] * (1.f - s));
           dnw[i][e] += d[i][e] * xhat * act;
           d[i][e] = d[i][e] * w * act;  // dxhat
           dot += d[i][e] * xhat;
@@ -202,7 +219,12 @@ __global__ void memory_mix_bwd_kernel(MixParams p) {
           const int c = (lane + 32 * i) * kVec;
           if (c >= p.dim_v) continue;
           float x[kVec], g[kVec];
-          load_f32<T, kVec>(static_cast<const T*>(p.o_routed) + rbase + c, x);
+          if (j < kMixSlotsInFlight) {  // still in registers from the gather
+#pragma unroll
+            for (int e = 0; e < kVec; ++e) x[e] = j == 0 ? first[0][i][e] : first[1][i][e];
+          } else {
+            load_f32<T, kVec>(static_cast<const T*>(p.o_routed) + rbase + c, x);
+          }
 #pragma unroll
           for (int e = 0; e < kVec; ++e) {
             dot += d[i][e] * x[e];

@@ -66,9 +66,10 @@ __global__ void __launch_bounds__(kRouteTile) router_kernel(RouteParams p) {
   if (n < p.num_tokens) {
     const T* row = static_cast<const T*>(p.logits) + n * M;
     if (p.mask != nullptr && !p.mask[n]) {
-      for (int j = 0; j < K; ++j) {
+      for (int j = 0; j < K; ++j) {  // a masked token routes nowhere
         p.weights[n * K + j] = 0.f;
         p.memory_ids[n * K + j] = -1;
+        p.dst_row[n * K + j] = -1;
       }
     } else {
       float mx = -INFINITY;
