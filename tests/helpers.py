@@ -65,6 +65,11 @@ def device_param():
     return [pytest.param(d, marks=[pytest.mark.gpu] if d == "cuda" else []) for d in DEVICES]
 
 
+def triton_device() -> str:
+    """Where the Triton references run: the GPU when there is one, else the CPU interpreter (TRITON_INTERPRET)."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def need_kernel(op: str, device: str) -> None:
     """Skip when mom_ops has no kernel for op on device (a later issue owns it)."""
     import pytest

@@ -5,7 +5,7 @@ import torch
 
 import mom_ops
 from mom_ops.reference import permute_ref, route_ref, router_ref, unpermute_ref
-from tests.helpers import cu_from_lengths, device_param, need_kernel, rel_rms
+from tests.helpers import cu_from_lengths, device_param, need_kernel, rel_rms, triton_device
 
 ROUTE_CASES = [
     # (num_tokens, M, topk, batch, lengths or None, masked)
@@ -163,11 +163,11 @@ def test_permute_bad_input():
 # ---- Triton reference (CPU: interpreter with fp32; GPU: compiled) ----
 
 
-@pytest.mark.parametrize("device", device_param())
 @pytest.mark.parametrize("case", ROUTE_CASES[:6])
-def test_triton_route_matches_reference(device, case):
+def test_triton_route_matches_reference(case):
     from triton_ref import routing as tr
 
+    device = triton_device()
     n, m, k, b, lengths, masked = case
     logits, cu, mask = _route_inputs(n, m, b, lengths, masked, seed=n, device=device)
     plan = tr.route(logits, k, batch_size=b, cu_seqlens=cu, mask=mask)
@@ -181,10 +181,10 @@ def test_triton_route_matches_reference(device, case):
             assert torch.equal(got, expected.to(got.dtype)), name
 
 
-@pytest.mark.parametrize("device", device_param())
-def test_triton_permute_unpermute(device):
+def test_triton_permute_unpermute():
     from triton_ref import routing as tr
 
+    device = triton_device()
     logits, cu, mask = _route_inputs(90, 4, 3, [40, 0, 50], True, seed=1, device=device)
     plan = mom_ops.route(logits.cpu(), 2, cu_seqlens=cu.cpu(), mask=mask.cpu())
     plan = type(plan)(*(getattr(plan, f).to(device) for f in

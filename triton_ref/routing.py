@@ -25,22 +25,22 @@ def _router_kernel(logits_ptr, mask_ptr, weights_ptr, ids_ptr, N, M: tl.constexp
     e = tl.where(valid, e, 0.0)
     p = e / tl.sum(e, axis=1)[:, None]
     p = tl.where(valid, p, -1.0)  # padding columns are never picked
-    kept = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for j in tl.static_range(K):
-        best = tl.argmax(p, axis=1, tie_break_left=True)
-        best_p = tl.max(p, axis=1)
-        kept += best_p
-        tl.store(ids_ptr + rows * K + j, best, mask=in_row)
-        tl.store(weights_ptr + rows * K + j, best_p, mask=in_row)
-        p = tl.where(cols[None, :] == best[:, None], -2.0, p)
     keep = in_row
     if HAS_MASK:
         keep = tl.load(mask_ptr + rows, mask=in_row, other=0) != 0
+    # Two passes of the same selection: the first sums the kept probabilities, the second writes w / kept
+    # (no read-back of stored values, which other threads of the program may have written).
+    kept = tl.zeros([BLOCK_N], dtype=tl.float32)
+    q = p
     for j in tl.static_range(K):
-        w = tl.load(weights_ptr + rows * K + j, mask=in_row, other=0.0)
-        tl.store(weights_ptr + rows * K + j, tl.where(keep, w / kept, 0.0), mask=in_row)
-        i = tl.load(ids_ptr + rows * K + j, mask=in_row, other=0)
-        tl.store(ids_ptr + rows * K + j, tl.where(keep, i, -1), mask=in_row)
+        kept += tl.max(q, axis=1)
+        q = tl.where(cols[None, :] == tl.argmax(q, axis=1, tie_break_left=True)[:, None], -2.0, q)
+    for j in tl.static_range(K):
+        best = tl.argmax(p, axis=1, tie_break_left=True)
+        w = tl.max(p, axis=1) / kept
+        tl.store(ids_ptr + rows * K + j, tl.where(keep, best, -1), mask=in_row)
+        tl.store(weights_ptr + rows * K + j, tl.where(keep, w, 0.0), mask=in_row)
+        p = tl.where(cols[None, :] == best[:, None], -2.0, p)
 
 
 def route(router_logits: torch.Tensor, topk: int, *, batch_size: int | None = None,
