@@ -214,6 +214,10 @@ def _decode_case(N, H, D):
             w = torch.ones(N, 1, device="cuda")
             return Bench(lambda: mom_ops.mom_decode_step(q, k, v, g, beta, w, slots, pool,
                                                          use_qk_l2norm_in_kernel=True), state_bytes)
+        if provider == "triton_ref" and (fn := triton_ref_fn("decode", "mom_decode_step")) is not None:
+            slots = torch.arange(N, device="cuda", dtype=torch.int32)[:, None]
+            w = torch.ones(N, 1, device="cuda")
+            return Bench(lambda: fn(q, k, v, g, beta, w, slots, pool, use_qk_l2norm_in_kernel=True), state_bytes)
         if provider == "fla" and has_module("fla"):
             from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule as fn
 

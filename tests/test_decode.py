@@ -5,7 +5,7 @@ import torch
 
 import mom_ops
 from mom_ops.reference import mom_decode_step_ref, recurrent_gated_delta_rule_ref
-from tests.helpers import gdn_inputs, need_kernel, rel_rms
+from tests.helpers import gdn_inputs, need_kernel, rel_rms, triton_device
 
 
 def _step_inputs(N=5, J=3, H=2, HV=4, K=8, V=8, P=20, seed=0, device="cpu"):
@@ -172,3 +172,39 @@ def test_gpu_decode_steps_equal_the_scan_and_replay_in_a_graph():
         expected[idx] += w * o_ref[0].float()
         assert rel_rms(pool[m], ht_ref[0]) < 5e-3
     assert rel_rms(outs, expected) < 5e-3
+
+
+# ---- Triton reference (CPU interpreter with fp32, or the GPU) ----
+
+
+@pytest.mark.parametrize("state_v_first", [False, True])
+def test_triton_decode_step_matches_reference(state_v_first):
+    from triton_ref import decode as tr
+
+    device = triton_device()
+    inp = _step_inputs(N=4, J=3, H=1, HV=2, K=16, V=40, P=16, seed=5)
+    if state_v_first:
+        inp["state_pool"] = inp["state_pool"].transpose(-1, -2).contiguous()
+    ref_inp = {key: t.clone() for key, t in inp.items()}
+    dev = {key: t.to(device) for key, t in inp.items()}
+    out = tr.mom_decode_step(**dev, use_qk_l2norm_in_kernel=True, state_v_first=state_v_first)
+    out_ref = mom_decode_step_ref(**ref_inp, use_qk_l2norm_in_kernel=True, state_v_first=state_v_first)
+    assert rel_rms(out, out_ref) < 1e-5 and rel_rms(dev["state_pool"], ref_inp["state_pool"]) < 1e-5
+
+
+@pytest.mark.parametrize("state_v_first", [False, True])
+def test_triton_fused_recurrent_matches_recurrence(state_v_first):
+    from triton_ref import decode as tr
+    from tests.helpers import cu_from_lengths
+
+    device = triton_device()
+    lengths = [3, 0, 9, 1]
+    inp = gdn_inputs(1, sum(lengths), 1, 16, 32, HV=2, h0=True, n_seqs=len(lengths), seed=2)
+    if state_v_first:
+        inp["initial_state"] = inp["initial_state"].transpose(-1, -2).contiguous()
+    cu = cu_from_lengths(lengths)
+    kw = dict(output_final_state=True, use_qk_l2norm_in_kernel=True, state_v_first=state_v_first)
+    o_ref, ht_ref = recurrent_gated_delta_rule_ref(**inp, cu_seqlens=cu, **kw)
+    o, ht = tr.fused_recurrent_gated_delta_rule(**{key: t.to(device) for key, t in inp.items()},
+                                                cu_seqlens=cu.to(device), **kw)
+    assert rel_rms(o, o_ref) < 1e-5 and rel_rms(ht, ht_ref) < 1e-5

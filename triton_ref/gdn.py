@@ -1,0 +1,165 @@
+"""Triton reference for the chunked gated delta rule, forward only. Same outputs as mom_ops.chunk_gated_delta_rule.
+Runs under TRITON_INTERPRET=1 on the CPU (fp32 only there: bf16 is wrong in the interpreter).
+
+Per sequence and value head, with the state S [K, V] in fp32 and chunks of C = 64 rows (G = inclusive cumsum of g
+inside the chunk):
+    A_ij  = beta_i (k_i . k_j) exp(G_i - G_j) for i > j, else 0;   T = (I + A)^-1   (unit lower triangular)
+    W     = T (beta * exp(G) * K);   U = T (beta * V);   V_new = U - W S
+    O     = scale * (exp(G) * (Q S) + [tril(Q K^T) * exp(G_i - G_j)] V_new)     (tril with the diagonal)
+    S    <- exp(G_last) S + K^T (exp(G_last - G) * V_new)
+
+One program per (sequence, value head, block of BV value columns) holds S[:, block] in registers and walks its
+sequence chunk by chunk; the sequence bounds come from cu_seqlens inside the kernel (no host synchronisation).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+CHUNK = 64
+
+
+@triton.jit
+def _l2norm_rows(x, eps: tl.constexpr):
+    """x [C, BK] -> x * rsqrt(sum(x^2) + eps) per row (padding columns are 0 and add nothing)."""
+    return x * tl.rsqrt(tl.sum(x * x, axis=1) + eps)[:, None]
+
+
+@triton.jit
+def _masked_decay(G, keep):
+    """exp(G_i - G_j) [C, C] where keep[i, j], else 0. The exponent is masked before exp, so that pairs with
+    G_i - G_j > 0 (i < j) never overflow to inf (and never meet a 0 to make 0 * inf = NaN)."""
+    return tl.exp(tl.where(keep, G[:, None] - G[None, :], float("-inf")))
+
+
+@triton.jit
+def _unit_lower_inverse(A, C: tl.constexpr):
+    """T = (I + A)^-1 for A [C, C] strictly lower triangular, by forward substitution row by row:
+    T_i = e_i - sum_{j < i} A_ij T_j (rows j >= i of T do not count since A_ij = 0 there)."""
+    rows = tl.arange(0, C)
+    eye = (rows[:, None] == rows[None, :]).to(tl.float32)
+    T = eye  # [C, C]; row 0 is already e_0
+    for i in range(1, C):
+        a_i = tl.sum(tl.where(rows[:, None] == i, A, 0.0), axis=0)  # [C]: row i of A, indexed by column j
+        e_i = (rows == i).to(tl.float32)  # [C]
+        t_i = e_i - tl.sum(a_i[:, None] * T, axis=0)  # [C]: new row i of T
+        T = tl.where(rows[:, None] == i, t_i[None, :], T)
+    return T
+
+
+@triton.jit
+def _gdn_fwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, o_ptr, h0_ptr, ht_ptr, cu_ptr, scale, T,
+                    stride_sk, stride_sv,
+                    H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                    IS_VARLEN: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
+                    USE_L2NORM: tl.constexpr, PRECISION: tl.constexpr):
+    """Grid (N, HV, cdiv(V, BV)). q, k: [rows, H, K]; v, o: [rows, HV, V]; g, beta: [rows, HV] (rows = B * T);
+    h0, ht: [N, HV, *, *] fp32, element (k, v) of one state at k * stride_sk + v * stride_sv."""
+    i_n, i_hv, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_h = i_hv // (HV // H)  # the q/k head of this value head's group
+    if IS_VARLEN:
+        bos = tl.load(cu_ptr + i_n).to(tl.int64)
+        eos = tl.load(cu_ptr + i_n + 1).to(tl.int64)
+    else:
+        bos = i_n.to(tl.int64) * T
+        eos = bos + T
+
+    r = tl.arange(0, C)  # row inside a chunk
+    ck = tl.arange(0, BK)  # key column
+    cv = i_v * BV + tl.arange(0, BV)  # value column
+    mk, mv = ck < K, cv < V
+
+    # State S [BK, BV] in fp32.
+    s_off = (i_n.to(tl.int64) * HV + i_hv) * K * V + ck[:, None] * stride_sk + cv[None, :] * stride_sv
+    s_mask = mk[:, None] & mv[None, :]
+    S = tl.zeros([BK, BV], dtype=tl.float32)
+    if HAS_H0:
+        S = tl.load(h0_ptr + s_off, mask=s_mask, other=0.0).to(tl.float32)
+
+    causal_strict = r[:, None] > r[None, :]  # [C, C]
+    causal_incl = r[:, None] >= r[None, :]
+    for c in range(0, tl.cdiv(eos - bos, C)):
+        rows = bos + c * C + r  # [C] int64 row indices; padding rows are masked off
+        mr = rows < eos
+        # Chunk inputs in fp32 (padding rows and columns read 0, so g = 0 and beta = 0 there).
+        qk_off = rows[:, None] * (H * K) + i_h * K + ck[None, :]
+        m_qk = mr[:, None] & mk[None, :]
+        q = tl.load(q_ptr + qk_off, mask=m_qk, other=0.0).to(tl.float32)  # [C, BK]
+        k = tl.load(k_ptr + qk_off, mask=m_qk, other=0.0).to(tl.float32)  # [C, BK]
+        vo_off = rows[:, None] * (HV * V) + i_hv * V + cv[None, :]
+        m_vo = mr[:, None] & mv[None, :]
+        v = tl.load(v_ptr + vo_off, mask=m_vo, other=0.0).to(tl.float32)  # [C, BV]
+        g = tl.load(g_ptr + rows * HV + i_hv, mask=mr, other=0.0).to(tl.float32)  # [C]
+        beta = tl.load(beta_ptr + rows * HV + i_hv, mask=mr, other=0.0).to(tl.float32)  # [C]
+        if USE_L2NORM:
+            q = _l2norm_rows(q, 1e-6)
+            k = _l2norm_rows(k, 1e-6)
+
+        G = tl.cumsum(g, axis=0)  # [C]; constant over the padding rows (g = 0 there), so G[C-1] = G_last
+        G_last = tl.sum(tl.where(r == C - 1, G, 0.0), axis=0)  # scalar
+        valid = mr[:, None] & mr[None, :]  # [C, C]
+
+        # A [C, C] and T = (I + A)^-1.
+        kk = tl.dot(k, tl.trans(k), input_precision=PRECISION)  # [C, C]
+        A = beta[:, None] * kk * _masked_decay(G, causal_strict & valid)
+        Tinv = _unit_lower_inverse(A, C)
+
+        # W [C, BK], U [C, BV], V_new [C, BV].
+        W = tl.dot(Tinv, (beta * tl.exp(G))[:, None] * k, input_precision=PRECISION)
+        U = tl.dot(Tinv, beta[:, None] * v, input_precision=PRECISION)
+        V_new = U - tl.dot(W, S, input_precision=PRECISION)
+
+        # Output O [C, BV]: inter-chunk part from S, intra-chunk part from V_new.
+        qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * _masked_decay(G, causal_incl & valid)  # [C, C]
+        O = tl.exp(G)[:, None] * tl.dot(q, S, input_precision=PRECISION)
+        O += tl.dot(qk, V_new, input_precision=PRECISION)
+        tl.store(o_ptr + vo_off, (scale * O).to(o_ptr.dtype.element_ty), mask=m_vo)
+
+        # State update: S = exp(G_last) S + K^T (exp(G_last - G) * V_new).
+        v_dec = tl.exp(tl.where(mr, G_last - G, float("-inf")))[:, None] * V_new  # [C, BV]
+        S = tl.exp(G_last) * S + tl.dot(tl.trans(k), v_dec, input_precision=PRECISION)
+
+    if STORE_HT:
+        tl.store(ht_ptr + s_off, S, mask=s_mask)
+
+
+def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
+                           use_qk_l2norm_in_kernel=False, state_v_first=False, cu_seqlens=None):
+    """Forward of mom_ops.chunk_gated_delta_rule (no autograd).
+
+    q, k: [B, T, H, K]; v: [B, T, HV, V] (HV a multiple of H); g, beta: [B, T, HV]; initial_state: fp32
+    [N, HV, K, V] ([N, HV, V, K] with state_v_first); cu_seqlens: [N+1] int32/int64 (then B == 1; rows past
+    cu_seqlens[-1] get o = 0). Returns o [B, T, HV, V] in q's dtype and the fp32 final state (or None).
+    """
+    B, T, H, K = q.shape
+    HV, V = v.shape[2], v.shape[3]
+    assert HV % H == 0, "HV must be a multiple of H"
+    assert cu_seqlens is None or B == 1, "cu_seqlens needs B == 1"
+    N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    scale = K**-0.5 if scale is None else scale
+    q, k, v, g, beta = (x.contiguous() for x in (q, k, v, g, beta))
+
+    o = torch.zeros(B, T, HV, V, device=q.device, dtype=q.dtype)  # rows outside every sequence stay 0
+    state_shape = (N, HV, V, K) if state_v_first else (N, HV, K, V)
+    stride_sk, stride_sv = (1, K) if state_v_first else (V, 1)
+    h0 = None
+    if initial_state is not None:
+        assert tuple(initial_state.shape) == state_shape, f"initial_state must be {state_shape}"
+        h0 = initial_state.float().contiguous()
+    ht = torch.empty(state_shape, device=q.device, dtype=torch.float32) if output_final_state else None
+
+    BK = max(16, triton.next_power_of_2(K))
+    BV = max(16, min(32, triton.next_power_of_2(V)))
+    if N > 0 and HV > 0:
+        grid = (N, HV, triton.cdiv(V, BV))
+        _gdn_fwd_kernel[grid](
+            q, k, v, g, beta, o, h0 if h0 is not None else o, ht if ht is not None else o,
+            cu_seqlens if cu_seqlens is not None else o, float(scale), T, stride_sk, stride_sv,
+            H=H, HV=HV, K=K, V=V, C=CHUNK, BK=BK, BV=BV,
+            IS_VARLEN=cu_seqlens is not None, HAS_H0=h0 is not None, STORE_HT=ht is not None,
+            USE_L2NORM=use_qk_l2norm_in_kernel, PRECISION="ieee",
+            num_warps=4 if BK <= 64 else 8, num_stages=1)
+    return o, ht
