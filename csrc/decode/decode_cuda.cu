@@ -19,22 +19,16 @@ void check_cuda_dims(int64_t dim_k, int64_t dim_v, const at::Tensor& q) {
   CHECK_CUDA_FLOATING(q);
   TORCH_CHECK_VALUE(dim_k == 64 || dim_k == 128 || dim_k == 256, "the CUDA kernel needs K in {64, 128, 256}, got ",
                     dim_k);
-  TORCH_CHECK_VALUE(dim_v % 64 == 0 && dim_v <= 1024, "the CUDA kernel needs V a multiple of 64 up to 1024, got ",
-                    dim_v);
+  TORCH_CHECK_VALUE(dim_v % kDecodeBV == 0 && dim_v <= 1024, "the CUDA kernel needs V a multiple of ", kDecodeBV,
+                    " up to 1024, got ", dim_v);
 }
 
-// Calls fn.template operator()<T, kK, kBV, kVFirst>() for the dtype, K, V-tile and layout: 128-column tiles
-// when K <= 128 and V allows (more bytes per CTA), else 64.
+// Calls fn.template operator()<T, kK, kVFirst>() for the dtype, K and layout.
 template <typename Fn>
-void dispatch_recurrent(const at::Tensor& q, int64_t dim_k, int64_t dim_v, bool v_first, Fn&& fn) {
+void dispatch_recurrent(const at::Tensor& q, int64_t dim_k, bool v_first, Fn&& fn) {
   FLOAT_SWITCH(q.scalar_type(), elem_t, [&] {
     HEADDIM_SWITCH(dim_k, kK, [&] {
-      BOOL_SWITCH(v_first, kVFirst, [&] {
-        if constexpr (kK <= 128) {
-          if (dim_v % 128 == 0) return fn.template operator()<elem_t, kK, 128, kVFirst>();
-        }
-        fn.template operator()<elem_t, kK, 64, kVFirst>();
-      });
+      BOOL_SWITCH(v_first, kVFirst, [&] { fn.template operator()<elem_t, kK, kVFirst>(); });
     });
   });
 }
@@ -70,10 +64,10 @@ at::Tensor mom_decode_step_cuda(const at::Tensor& q, const at::Tensor& k, const 
   p.dim_v = int(d.dim_v);
   p.scale = float(scale);
   p.l2norm = use_qk_l2norm;
+  const dim3 grid(unsigned(d.dim_v / kDecodeBV), unsigned(d.heads_v), unsigned(d.tokens));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  dispatch_recurrent(qc, d.dim_k, d.dim_v, state_v_first, [&]<typename T, int kK, int kBV, bool kVFirst>() {
-    const dim3 grid(unsigned(d.dim_v / kBV), unsigned(d.heads_v), unsigned(d.tokens));
-    mom_decode_step_kernel<T, kK, kBV, kVFirst><<<grid, kDecodeThreads, 0, stream>>>(p);
+  dispatch_recurrent(qc, d.dim_k, state_v_first, [&]<typename T, int kK, bool kVFirst>() {
+    mom_decode_step_kernel<T, kK, kVFirst><<<grid, kDecodeThreads, 0, stream>>>(p);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
@@ -120,10 +114,10 @@ std::tuple<at::Tensor, at::Tensor> fused_recurrent_fwd_cuda(const at::Tensor& q,
   p.dim_v = int(d.dim_v);
   p.scale = float(scale);
   p.l2norm = use_qk_l2norm;
+  const dim3 grid(unsigned(d.dim_v / kDecodeBV), unsigned(d.heads_v), unsigned(d.num_seqs));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  dispatch_recurrent(qc, d.dim_k, d.dim_v, state_v_first, [&]<typename T, int kK, int kBV, bool kVFirst>() {
-    const dim3 grid(unsigned(d.dim_v / kBV), unsigned(d.heads_v), unsigned(d.num_seqs));
-    fused_recurrent_kernel<T, kK, kBV, kVFirst><<<grid, kDecodeThreads, 0, stream>>>(p);
+  dispatch_recurrent(qc, d.dim_k, state_v_first, [&]<typename T, int kK, bool kVFirst>() {
+    fused_recurrent_kernel<T, kK, kVFirst><<<grid, kDecodeThreads, 0, stream>>>(p);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {o, ht};
