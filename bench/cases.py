@@ -176,8 +176,8 @@ def _gdn_case(T, H, D, n):
             fn = mom_ops.chunk_gated_delta_rule
             if mode == "fwdbwd" and not has_cuda_kernel("chunk_gated_delta_rule_bwd"):
                 return None
-        elif provider == "triton_ref" and (fn := triton_ref_fn("gdn", "chunk_gated_delta_rule")) is not None:
-            pass
+        elif provider == "triton_ref" and mode == "fwd" and (fn := triton_ref_fn("gdn", "chunk_gated_delta_rule")):
+            pass  # forward only
         elif provider == "fla" and has_module("fla"):
             from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fn
         else:

@@ -14,8 +14,9 @@ def _empty(*shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> torc
 def _route_fake(router_logits, topk, batch_size, cu_seqlens, token_mask, chunk_size):
     n, m = router_logits.shape
     rows, segments = n * topk, m * batch_size
+    w_dtype = torch.float64 if router_logits.dtype == torch.float64 else torch.float32  # fp64 only on CPU
     return (
-        _empty(n, topk, like=router_logits, dtype=torch.float32),
+        _empty(n, topk, like=router_logits, dtype=w_dtype),
         _empty(n, topk, like=router_logits, dtype=torch.int32),
         _empty(n, topk, like=router_logits, dtype=torch.int32),
         _empty(rows, like=router_logits, dtype=torch.int32),

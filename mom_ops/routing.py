@@ -60,7 +60,7 @@ def route(
     router_logits: [B, T, M] (padded batch), [1, N, M] or [N, M] (packed, with cu_seqlens [B+1]).
     mask: optional bool [B, T] / [N]; False tokens route nowhere (attention padding).
     Weights are softmax(logits) over M in fp32, top-k (ties to the lower index), renormalised to sum 1;
-    they are differentiable w.r.t. the logits. NaN logits raise ValueError on CPU; on CUDA they give NaN
+    they are differentiable w.r.t. the logits (fp64 weights for fp64 logits on CPU). NaN logits raise ValueError on CPU; on CUDA they give NaN
     weights (a sync-free check is impossible), or a ValueError when MOM_OPS_CHECK_NAN=1.
     """
     if router_logits.dim() not in (2, 3):
@@ -117,10 +117,10 @@ def _route_backward(ctx, grad_weights, *_):
     weights, memory_ids = ctx.saved_tensors
     grad_logits = None
     if ctx.needs_input_grad[0] and grad_weights is not None:
-        g = grad_weights.float()
+        g = grad_weights.to(weights.dtype)
         kept = weights * (g - (weights * g).sum(-1, keepdim=True))
         kept = torch.where(memory_ids >= 0, kept, torch.zeros_like(kept))
-        grad_logits = torch.zeros(weights.shape[0], ctx.num_memories, device=weights.device, dtype=torch.float32)
+        grad_logits = torch.zeros(weights.shape[0], ctx.num_memories, device=weights.device, dtype=weights.dtype)
         grad_logits.scatter_add_(1, memory_ids.clamp_min(0).long(), kept)
         grad_logits = grad_logits.to(ctx.logits_dtype)
     return grad_logits, None, None, None, None, None

@@ -64,6 +64,11 @@ def test_route_nan_is_an_error():
         mom_ops.route(logits, 2, batch_size=1)
 
 
+def test_route_gradcheck_fp64():
+    logits = torch.randn(20, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: mom_ops.route(x, 3, batch_size=2).weights, (logits,))
+
+
 def test_route_gradient_matches_reference():
     logits = torch.randn(40, 6, dtype=torch.float32, requires_grad=True)
     plan = mom_ops.route(logits, 3, batch_size=2)

@@ -136,8 +136,10 @@ def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, out
     """
     B, T, H, K = q.shape
     HV, V = v.shape[2], v.shape[3]
-    assert HV % H == 0, "HV must be a multiple of H"
-    assert cu_seqlens is None or B == 1, "cu_seqlens needs B == 1"
+    if HV % H != 0:
+        raise ValueError(f"the number of value heads ({HV}) must be a multiple of the q/k heads ({H})")
+    if cu_seqlens is not None and B != 1:
+        raise ValueError(f"cu_seqlens needs batch size 1, got {B}")
     N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
     scale = K**-0.5 if scale is None else scale
     q, k, v, g, beta = (x.contiguous() for x in (q, k, v, g, beta))
@@ -147,7 +149,8 @@ def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, out
     stride_sk, stride_sv = (1, K) if state_v_first else (V, 1)
     h0 = None
     if initial_state is not None:
-        assert tuple(initial_state.shape) == state_shape, f"initial_state must be {state_shape}"
+        if tuple(initial_state.shape) != state_shape:
+            raise ValueError(f"initial_state must have shape {state_shape}, got {tuple(initial_state.shape)}")
         h0 = initial_state.float().contiguous()
     ht = torch.empty(state_shape, device=q.device, dtype=torch.float32) if output_final_state else None
 

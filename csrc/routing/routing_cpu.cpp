@@ -16,16 +16,17 @@ namespace {
 
 // Softmax of one row with the rules the CUDA kernel follows for infinities:
 // max == +inf -> uniform over the +inf entries; max == -inf (all -inf) -> uniform over all.
-void softmax_row(const float* logit, int64_t m_count, float* prob) {
-  float mx = -std::numeric_limits<float>::infinity();
+template <typename T>
+void softmax_row(const T* logit, int64_t m_count, T* prob) {
+  T mx = -std::numeric_limits<T>::infinity();
   for (int64_t m = 0; m < m_count; ++m) mx = std::max(mx, logit[m]);
   if (std::isinf(mx)) {
     int64_t hits = 0;
     for (int64_t m = 0; m < m_count; ++m) hits += (logit[m] == mx);
-    for (int64_t m = 0; m < m_count; ++m) prob[m] = (logit[m] == mx) ? 1.f / float(hits) : 0.f;
+    for (int64_t m = 0; m < m_count; ++m) prob[m] = (logit[m] == mx) ? T(1) / T(hits) : T(0);
     return;
   }
-  float sum = 0.f;
+  T sum = 0;
   for (int64_t m = 0; m < m_count; ++m) {
     prob[m] = std::exp(logit[m] - mx);
     sum += prob[m];
@@ -38,7 +39,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const std::optional<at::Tensor>& token_mask, int64_t chunk_size) {
   check_route_args(router_logits, topk, batch_size, cu_seqlens, token_mask, chunk_size);
   const int64_t num_tokens = router_logits.size(0), num_memories = router_logits.size(1);
-  const at::Tensor logits = router_logits.to(at::kFloat).contiguous();
+  // fp32 softmax (fp64 for fp64 logits: gradcheck); weights come out in that precision.
+  const at::Tensor logits = router_logits.to(cpu_math_type(router_logits)).contiguous();
   TORCH_CHECK_VALUE(!logits.isnan().any().item<bool>(), "router_logits contains NaN");
 
   // Sequence of each token.
@@ -67,32 +69,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor src_pair = at::full({num_rows}, -1, i32);
   at::Tensor seg_cu = at::zeros({num_segments + 1}, i32);
   at::Tensor chunk_indices = at::full({max_chunks(num_rows, num_segments, chunk_size), 2}, -1, i32);
-  float* w = weights.data_ptr<float>();
   int32_t* ids = memory_ids.data_ptr<int32_t>();
 
   // Router: softmax -> top-k (ties to the lower memory index) -> renormalise.
-  std::vector<float> prob(num_memories);
   std::vector<int64_t> count(num_segments, 0);
-  for (int64_t n = 0; n < num_tokens; ++n) {
-    if (mask != nullptr && !mask[n]) continue;
-    softmax_row(logits.data_ptr<float>() + n * num_memories, num_memories, prob.data());
-    float kept = 0.f;
-    for (int64_t j = 0; j < topk; ++j) {
-      int64_t best = -1;
-      for (int64_t m = 0; m < num_memories; ++m) {
-        bool taken = false;
-        for (int64_t i = 0; i < j; ++i) taken |= (ids[n * topk + i] == m);
-        if (!taken && (best < 0 || prob[m] > prob[best])) best = m;
+  AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "route_cpu", [&] {
+    scalar_t* w = weights.data_ptr<scalar_t>();
+    std::vector<scalar_t> prob(num_memories);
+    for (int64_t n = 0; n < num_tokens; ++n) {
+      if (mask != nullptr && !mask[n]) continue;
+      softmax_row(logits.data_ptr<scalar_t>() + n * num_memories, num_memories, prob.data());
+      scalar_t kept = 0;
+      for (int64_t j = 0; j < topk; ++j) {
+        int64_t best = -1;
+        for (int64_t m = 0; m < num_memories; ++m) {
+          bool taken = false;
+          for (int64_t i = 0; i < j; ++i) taken |= (ids[n * topk + i] == m);
+          if (!taken && (best < 0 || prob[m] > prob[best])) best = m;
+        }
+        ids[n * topk + j] = int32_t(best);
+        w[n * topk + j] = prob[best];
+        kept += prob[best];
       }
-      ids[n * topk + j] = int32_t(best);
-      w[n * topk + j] = prob[best];
-      kept += prob[best];
+      for (int64_t j = 0; j < topk; ++j) {
+        w[n * topk + j] /= kept;
+        count[ids[n * topk + j] * batch_size + seq_of[n]] += 1;
+      }
     }
-    for (int64_t j = 0; j < topk; ++j) {
-      w[n * topk + j] /= kept;
-      count[ids[n * topk + j] * batch_size + seq_of[n]] += 1;
-    }
-  }
+  });
 
   // Plan: counting sort by segment s = m * B + b, tokens in time order inside a segment.
   int32_t* cu = seg_cu.data_ptr<int32_t>();
