@@ -19,6 +19,16 @@ ROUTE_CASES = [
 ]
 
 
+def assert_plan_equal(plan, ref, rtol):
+    """The plan equals route_ref's six outputs: indices exactly, weights to rtol."""
+    for name, expected in zip(["weights", "memory_ids", "dst_row", "src_pair", "cu_seqlens", "chunk_indices"], ref):
+        got = getattr(plan, name).cpu()
+        if name == "weights":
+            torch.testing.assert_close(got, expected, rtol=rtol, atol=1e-7)
+        else:
+            assert torch.equal(got, expected.to(got.dtype)), name
+
+
 def _route_inputs(n, m, b, lengths, masked, seed, device):
     gen = torch.Generator().manual_seed(seed)
     logits = torch.randn(n, m, generator=gen)
@@ -36,13 +46,7 @@ def test_route_matches_reference(device, case):
     logits, cu, mask = _route_inputs(n, m, b, lengths, masked, seed=n, device=device)
     plan = mom_ops.route(logits, k, batch_size=b, cu_seqlens=cu, mask=mask)
     ref = route_ref(logits.cpu(), k, b, None if cu is None else cu.cpu(), None if mask is None else mask.cpu())
-    names = ["weights", "memory_ids", "dst_row", "src_pair", "cu_seqlens", "chunk_indices"]
-    for name, expected in zip(names, ref):
-        got = getattr(plan, name).cpu()
-        if name == "weights":
-            torch.testing.assert_close(got, expected, rtol=2**-22, atol=1e-7)  # within ~1 ulp of fp32 softmax
-        else:
-            assert torch.equal(got, expected.to(got.dtype)), name
+    assert_plan_equal(plan, ref, rtol=2**-22)  # weights within ~1 ulp of fp32 softmax
 
 
 @pytest.mark.parametrize("device", device_param())
@@ -177,13 +181,7 @@ def test_triton_route_matches_reference(case):
     logits, cu, mask = _route_inputs(n, m, b, lengths, masked, seed=n, device=device)
     plan = tr.route(logits, k, batch_size=b, cu_seqlens=cu, mask=mask)
     ref = route_ref(logits.cpu(), k, b, None if cu is None else cu.cpu(), None if mask is None else mask.cpu())
-    names = ["weights", "memory_ids", "dst_row", "src_pair", "cu_seqlens", "chunk_indices"]
-    for name, expected in zip(names, ref):
-        got = getattr(plan, name).cpu()
-        if name == "weights":
-            torch.testing.assert_close(got, expected, rtol=2**-21, atol=1e-7)
-        else:
-            assert torch.equal(got, expected.to(got.dtype)), name
+    assert_plan_equal(plan, ref, rtol=2**-21)
 
 
 def test_triton_permute_unpermute():
@@ -219,12 +217,7 @@ def test_gpu_route_large_matches_reference(n, m, k, b, varlen):
     mask = torch.rand(n, generator=gen) > 0.1
     plan = mom_ops.route(logits.cuda(), k, batch_size=b, cu_seqlens=None if cu is None else cu.cuda(), mask=mask.cuda())
     ref = route_ref(logits, k, b, cu, mask)
-    for name, expected in zip(["weights", "memory_ids", "dst_row", "src_pair", "cu_seqlens", "chunk_indices"], ref):
-        got = getattr(plan, name).cpu()
-        if name == "weights":
-            torch.testing.assert_close(got, expected, rtol=2**-21, atol=1e-7)
-        else:
-            assert torch.equal(got, expected.to(got.dtype)), name
+    assert_plan_equal(plan, ref, rtol=2**-21)
 
 
 @pytest.mark.gpu
