@@ -79,3 +79,15 @@ def test_layer_bad_input():
         layer(torch.randn(2, 5, 32), cu_seqlens=cu_from_lengths([5, 5]))
     with pytest.raises(ValueError, match="topk must be"):
         MoMAttention(hidden_size=32, num_heads=2, head_dim=8, num_memories=2, topk=3)
+
+
+def test_layer_compiles_fullgraph():
+    """Dynamo traces the whole layer (fake kernels, autograd registrations) without graph breaks."""
+    layer, _ = _layer(seed=3)
+    x = torch.randn(2, 9, 32, requires_grad=True)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    out, aux = compiled(x)
+    (out.sum() + aux).backward()
+    ref, aux_ref = layer(x)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(aux, aux_ref)
