@@ -1,4 +1,5 @@
-"""Triton reference for the chunked gated delta rule, forward only. Same outputs as mom_ops.chunk_gated_delta_rule.
+"""Triton reference for the gated delta rule: the chunked forward (same outputs as mom_ops.chunk_gated_delta_rule)
+and a recurrent backward (chunk_gated_delta_rule_bwd, at the end of this file).
 Runs under TRITON_INTERPRET=1 on the CPU (fp32 only there: bf16 is wrong in the interpreter).
 
 Per sequence and value head, with the state S [K, V] in fp32 and chunks of C = 64 rows (G = inclusive cumsum of g
@@ -166,3 +167,153 @@ def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, out
             USE_L2NORM=use_qk_l2norm_in_kernel, PRECISION="ieee",
             num_warps=4 if BK <= 64 else 8, num_stages=1)
     return o, ht
+
+
+# ---------------------------------------------------------------- backward (recurrent form)
+# One program per (sequence, value head, V-block) walks its sequence twice: forward, keeping the state at the
+# start of every 64-step block in a workspace; then backward block by block, recomputing the block's states
+# into a scratch buffer and stepping in reverse:
+#   dS += scale q do^T;  dq = scale S_t do;  du = dS^T k;  dv = beta du;  dbeta = <du, v - S'^T k>;
+#   dpred = -beta du;  dk = dS u + S' dpred;  dS' = dS + k dpred^T;  dg = <S', dS'>;  dS = exp(g) dS'.
+# dq, dk, dg, dbeta are partial sums over the V-block (summed over blocks and GVA heads by the caller).
+
+
+@triton.jit
+def _gdn_bwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, do_ptr, h0_ptr, dht_ptr, cu_ptr, ckpt_ptr, scratch_ptr,
+                    dq_ptr, dk_ptr, dv_ptr, dg_ptr, db_ptr, dh0_ptr, scale, T, ROWS, NB, stride_sk, stride_sv,
+                    H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                    BK: tl.constexpr, BV: tl.constexpr, BLOCK: tl.constexpr,
+                    IS_VARLEN: tl.constexpr, HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr):
+    """Grid (N, HV, NV). q, k: [rows, H, K] (already l2-normalised if asked); v, do: [rows, HV, V];
+    dq, dk: [NV, rows, HV, K] partials; dv: [rows, HV, V]; dg, dbeta: [NV, rows, HV] partials;
+    ckpt: [HV * NV, NB, BK, BV] with NB = rows // BLOCK + N slots: sequence i's blocks start at slot
+    bos // BLOCK + i (no overlap, no host sync to size it); scratch: [programs, BLOCK + 1, BK, BV]."""
+    i_n, i_hv, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    prog = (i_n * HV + i_hv) * tl.num_programs(2) + i_v
+    i_h = i_hv // (HV // H)
+    if IS_VARLEN:
+        bos = tl.load(cu_ptr + i_n).to(tl.int64)
+        eos = tl.load(cu_ptr + i_n + 1).to(tl.int64)
+    else:
+        bos = i_n.to(tl.int64) * T
+        eos = bos + T
+    ck = tl.arange(0, BK)
+    cv = i_v * BV + tl.arange(0, BV)
+    mk, mv = ck < K, cv < V
+    tile = ck[:, None] * BV + tl.arange(0, BV)[None, :]  # offsets of a [BK, BV] tile in the workspaces
+    s_off = (i_n.to(tl.int64) * HV + i_hv) * K * V + ck[:, None] * stride_sk + cv[None, :] * stride_sv
+    s_mask = mk[:, None] & mv[None, :]
+    ckpt = ckpt_ptr + ((i_hv * tl.num_programs(2) + i_v).to(tl.int64) * NB + bos // BLOCK + i_n) * BK * BV
+    scratch = scratch_ptr + prog.to(tl.int64) * (BLOCK + 1) * BK * BV
+
+    # Forward: state at the start of every block.
+    S = tl.zeros([BK, BV], dtype=tl.float32)
+    if HAS_H0:
+        S = tl.load(h0_ptr + s_off, mask=s_mask, other=0.0)
+    for t in range(bos, eos):
+        if (t - bos) % BLOCK == 0:
+            tl.store(ckpt + ((t - bos) // BLOCK) * BK * BV + tile, S)
+        kt = tl.load(k_ptr + (t * H + i_h) * K + ck, mask=mk, other=0.0).to(tl.float32)
+        vt = tl.load(v_ptr + (t * HV + i_hv) * V + cv, mask=mv, other=0.0).to(tl.float32)
+        S = S * tl.exp(tl.load(g_ptr + t * HV + i_hv).to(tl.float32))
+        u = tl.load(beta_ptr + t * HV + i_hv).to(tl.float32) * (vt - tl.sum(S * kt[:, None], axis=0))
+        S = S + kt[:, None] * u[None, :]
+
+    tl.debug_barrier()  # the checkpoints were stored by other threads of this program than those that load them
+    dS = tl.zeros([BK, BV], dtype=tl.float32)
+    if HAS_DHT:
+        dS = tl.load(dht_ptr + s_off, mask=s_mask, other=0.0)
+    nblocks = tl.cdiv(eos - bos, BLOCK)
+    for rb in range(0, nblocks):
+        blk = nblocks - 1 - rb
+        b0 = bos + blk * BLOCK
+        b1 = tl.minimum(b0 + BLOCK, eos)
+        # Recompute the block: scratch[i] = state before step b0 + i.
+        S = tl.load(ckpt + blk * BK * BV + tile)
+        for t in range(b0, b1):
+            tl.store(scratch + (t - b0) * BK * BV + tile, S)
+            kt = tl.load(k_ptr + (t * H + i_h) * K + ck, mask=mk, other=0.0).to(tl.float32)
+            vt = tl.load(v_ptr + (t * HV + i_hv) * V + cv, mask=mv, other=0.0).to(tl.float32)
+            S = S * tl.exp(tl.load(g_ptr + t * HV + i_hv).to(tl.float32))
+            u = tl.load(beta_ptr + t * HV + i_hv).to(tl.float32) * (vt - tl.sum(S * kt[:, None], axis=0))
+            S = S + kt[:, None] * u[None, :]
+        tl.debug_barrier()  # scratch: written above, read below by other threads
+        for rt in range(0, b1 - b0):
+            t = b1 - 1 - rt
+            S_prev = tl.load(scratch + (t - b0) * BK * BV + tile)
+            qt = tl.load(q_ptr + (t * H + i_h) * K + ck, mask=mk, other=0.0).to(tl.float32)
+            kt = tl.load(k_ptr + (t * H + i_h) * K + ck, mask=mk, other=0.0).to(tl.float32)
+            vt = tl.load(v_ptr + (t * HV + i_hv) * V + cv, mask=mv, other=0.0).to(tl.float32)
+            dot = tl.load(do_ptr + (t * HV + i_hv) * V + cv, mask=mv, other=0.0).to(tl.float32)
+            decay = tl.exp(tl.load(g_ptr + t * HV + i_hv).to(tl.float32))
+            bt = tl.load(beta_ptr + t * HV + i_hv).to(tl.float32)
+            Sd = decay * S_prev  # S'
+            resid = vt - tl.sum(Sd * kt[:, None], axis=0)  # v - S'^T k
+            u = bt * resid
+            S_t = Sd + kt[:, None] * u[None, :]
+            dS += scale * qt[:, None] * dot[None, :]
+            dq = scale * tl.sum(S_t * dot[None, :], axis=1)
+            du = tl.sum(dS * kt[:, None], axis=0)
+            dpred = -bt * du
+            dk = tl.sum(dS * u[None, :], axis=1) + tl.sum(Sd * dpred[None, :], axis=1)
+            dSd = dS + kt[:, None] * dpred[None, :]
+            # Partial sums of this V-block: [NV, rows, HV, K] and [NV, rows, HV].
+            qk_part = (i_v.to(tl.int64) * ROWS + t) * HV * K + i_hv * K + ck
+            tl.store(dq_ptr + qk_part, dq, mask=mk)
+            tl.store(dk_ptr + qk_part, dk, mask=mk)
+            gb_part = (i_v.to(tl.int64) * ROWS + t) * HV + i_hv
+            tl.store(dg_ptr + gb_part, tl.sum(tl.sum(Sd * dSd, axis=1), axis=0))
+            tl.store(db_ptr + gb_part, tl.sum(du * resid, axis=0))
+            tl.store(dv_ptr + (t * HV + i_hv) * V + cv, bt * du, mask=mv)
+            dS = decay * dSd
+        tl.debug_barrier()  # the next block overwrites scratch
+    if HAS_H0:
+        tl.store(dh0_ptr + s_off, dS, mask=s_mask)
+
+
+def chunk_gated_delta_rule_bwd(q, k, v, g, beta, scale, initial_state, do, dht, use_qk_l2norm_in_kernel=False,
+                               state_v_first=False, cu_seqlens=None):
+    """Gradients (dq, dk, dv, dg, dbeta, dh0) of chunk_gated_delta_rule; dh0 is None without initial_state."""
+    B, T, H, K = q.shape
+    HV, V = v.shape[2], v.shape[3]
+    N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    rows = B * T
+    qn, kn = q.float(), k.float()
+    if use_qk_l2norm_in_kernel:
+        qn = qn * torch.rsqrt(qn.square().sum(-1, keepdim=True) + 1e-6)
+        kn = kn * torch.rsqrt(kn.square().sum(-1, keepdim=True) + 1e-6)
+    BK = max(16, triton.next_power_of_2(K))
+    BV = max(16, min(32, triton.next_power_of_2(V)))
+    NV = triton.cdiv(V, BV)
+    NB = rows // CHUNK + N  # checkpoint slots per (value head, V-block), see the kernel
+    dev, f32 = q.device, torch.float32
+    programs = N * HV * NV
+    ckpt = torch.empty(HV * NV * NB * BK * BV, device=dev, dtype=f32)
+    scratch = torch.empty(max(programs, 1) * (CHUNK + 1) * BK * BV, device=dev, dtype=f32)
+    dq_part = torch.zeros(NV, rows, HV, K, device=dev, dtype=f32)
+    dk_part = torch.zeros(NV, rows, HV, K, device=dev, dtype=f32)
+    dg_part = torch.zeros(NV, rows, HV, device=dev, dtype=f32)
+    db_part = torch.zeros(NV, rows, HV, device=dev, dtype=f32)
+    dv = torch.zeros(rows, HV, V, device=dev, dtype=f32)
+    stride_sk, stride_sv = (1, K) if state_v_first else (V, 1)
+    h0 = initial_state.float().contiguous() if initial_state is not None else None
+    dh0 = torch.empty_like(h0) if h0 is not None else None
+    if programs > 0:
+        _gdn_bwd_kernel[(N, HV, NV)](
+            qn.contiguous(), kn.contiguous(), v.contiguous(), g.contiguous(), beta.contiguous(), do.contiguous(),
+            h0 if h0 is not None else dv, dht.float().contiguous() if dht is not None else dv,
+            cu_seqlens if cu_seqlens is not None else dv, ckpt, scratch, dq_part, dk_part, dv, dg_part, db_part,
+            dh0 if dh0 is not None else dv, float(scale), T, rows, NB, stride_sk, stride_sv,
+            H=H, HV=HV, K=K, V=V, BK=BK, BV=BV, BLOCK=CHUNK, IS_VARLEN=cu_seqlens is not None,
+            HAS_H0=h0 is not None, HAS_DHT=dht is not None, num_warps=4, num_stages=1)
+    # Sum the V-block partials and the value heads of each q/k head's group; then the l2norm backward.
+    dq = dq_part.sum(0).view(rows, H, HV // H, K).sum(2)
+    dk = dk_part.sum(0).view(rows, H, HV // H, K).sum(2)
+    if use_qk_l2norm_in_kernel:
+        for x, d in ((q, dq), (k, dk)):
+            x = x.float().reshape(rows, H, K)
+            r = torch.rsqrt(x.square().sum(-1, keepdim=True) + 1e-6)
+            y = x * r
+            d.copy_(r * (d - y * (y * d).sum(-1, keepdim=True)))
+    return (dq.view(q.shape).to(q.dtype), dk.view(k.shape).to(k.dtype), dv.view(v.shape).to(v.dtype),
+            dg_part.sum(0).view(g.shape).to(g.dtype), db_part.sum(0).view(beta.shape).to(beta.dtype), dh0)
