@@ -76,8 +76,8 @@ TORCH_LIBRARY(mom_ops, m) {
   // ---- decode ----
   // One token per row n and J memory slots (routed + shared): for each j with slots[n, j] >= 0 the pool state
   // S = state_pool[slots[n, j]] takes one gated-delta step with k[n, j], v[n, j], g[n, j], beta[n, j] (in place),
-  // and out[n] = sum_j weights[n, j] * scale * S^T q[n].
-  // q [N, H, K]; k [N, J, H, K]; v [N, J, HV, V]; g, beta [N, J, HV]; weights [N, J] fp32; slots [N, J] int;
+  // and out[n] = sum_j weights[n, j] * scale * S^T q[n] (q[n, j] when q has a slot axis).
+  // q [N, H, K] or [N, J, H, K]; k [N, J, H, K]; v [N, J, HV, V]; g, beta [N, J, HV]; weights [N, J] fp32; slots [N, J] int;
   // state_pool [P, HV, K, V] fp32 ([P, HV, V, K] if state_v_first) -> out [N, HV, V].
   m.def(
       "mom_decode_step(Tensor q, Tensor k, Tensor v, Tensor g, Tensor beta, Tensor weights, Tensor slots, "

@@ -21,9 +21,12 @@ def _step_inputs(N=5, J=3, H=2, HV=4, K=8, V=8, P=20, seed=0, device="cpu"):
     return {key: t.to(device) for key, t in d.items()}
 
 
+@pytest.mark.parametrize("q_per_slot", [False, True])
 @pytest.mark.parametrize("state_v_first", [False, True])
-def test_decode_step_matches_reference(state_v_first):
+def test_decode_step_matches_reference(state_v_first, q_per_slot):
     inp = _step_inputs()
+    if q_per_slot:
+        inp["q"] = torch.randn(5, 3, 2, 8)
     if state_v_first:
         inp["state_pool"] = inp["state_pool"].transpose(-1, -2).contiguous()
     ref_inp = {key: t.cpu().clone() for key, t in inp.items()}
@@ -78,6 +81,8 @@ def test_decode_bad_input():
     bad["slots"][0, 0] = bad["slots"][0, 1]
     with pytest.raises(ValueError, match="must not repeat"):
         mom_ops.mom_decode_step(**bad)
+    with pytest.raises(ValueError, match="q must have shape"):
+        mom_ops.mom_decode_step(**dict(inp, q=inp["q"][:, :1]))
     with pytest.raises(ValueError, match="state_pool must have dtype"):
         mom_ops.mom_decode_step(**dict(inp, state_pool=inp["state_pool"].double()))
     with pytest.raises(ValueError, match="weights must have shape"):
@@ -88,12 +93,15 @@ def test_decode_bad_input():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("q_per_slot", [False, True])
 @pytest.mark.parametrize("state_v_first", [False, True])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("K, V, H, HV", [(128, 128, 2, 4), (64, 256, 1, 1), (256, 64, 2, 2)])
-def test_gpu_decode_step_matches_reference(state_v_first, dtype, K, V, H, HV):
+def test_gpu_decode_step_matches_reference(state_v_first, dtype, K, V, H, HV, q_per_slot):
     need_kernel("mom_decode_step", "cuda")
     inp = _step_inputs(N=6, J=3, H=H, HV=HV, K=K, V=V, P=24, seed=K + V)
+    if q_per_slot:
+        inp["q"] = torch.randn(6, 3, H, K)
     if state_v_first:
         inp["state_pool"] = inp["state_pool"].transpose(-1, -2).contiguous()
     for name in ("q", "k", "v"):
@@ -177,12 +185,15 @@ def test_gpu_decode_steps_equal_the_scan_and_replay_in_a_graph():
 # ---- Triton reference (CPU interpreter with fp32, or the GPU) ----
 
 
+@pytest.mark.parametrize("q_per_slot", [False, True])
 @pytest.mark.parametrize("state_v_first", [False, True])
-def test_triton_decode_step_matches_reference(state_v_first):
+def test_triton_decode_step_matches_reference(state_v_first, q_per_slot):
     from triton_ref import decode as tr
 
     device = triton_device()
     inp = _step_inputs(N=4, J=3, H=1, HV=2, K=16, V=40, P=16, seed=5)
+    if q_per_slot:
+        inp["q"] = torch.randn(4, 3, 1, 16)
     if state_v_first:
         inp["state_pool"] = inp["state_pool"].transpose(-1, -2).contiguous()
     ref_inp = {key: t.clone() for key, t in inp.items()}

@@ -37,18 +37,23 @@ def _step(S, q, k, v, g, beta):
 
 @triton.jit
 def _decode_kernel(q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, w_ptr, slots_ptr, pool_ptr, out_ptr, P, J, H, HV, K, V,
-                   scale, BK: tl.constexpr, BV: tl.constexpr, L2NORM: tl.constexpr, V_FIRST: tl.constexpr):
+                   scale, BK: tl.constexpr, BV: tl.constexpr, L2NORM: tl.constexpr, V_FIRST: tl.constexpr,
+                   Q_PER_SLOT: tl.constexpr):
     vb, hv, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     h = hv // (HV // H)
     rk = tl.arange(0, BK)
     cv = vb * BV + tl.arange(0, BV)
     km, vm = rk < K, cv < V
-    q = _load_vec(q_ptr + (n * H + h) * K, rk, km, L2NORM) * scale
+    q = tl.zeros([BK], dtype=tl.float32)
+    if not Q_PER_SLOT:  # one query for every slot
+        q = _load_vec(q_ptr + (n * H + h) * K, rk, km, L2NORM) * scale
     acc = tl.zeros([BV], dtype=tl.float32)
     for j in range(J):
         slot = tl.load(slots_ptr + n * J + j).to(tl.int64)
         if (slot >= 0) & (slot < P):
             nj = n * J + j
+            if Q_PER_SLOT:
+                q = _load_vec(q_ptr + (nj * H + h) * K, rk, km, L2NORM) * scale
             k = _load_vec(k_ptr + (nj * H + h) * K, rk, km, L2NORM)
             v = tl.load(v_ptr + (nj * HV + hv) * V + cv, mask=vm, other=0.0).to(tl.float32)
             g = tl.load(g_ptr + nj * HV + hv).to(tl.float32)
@@ -72,7 +77,7 @@ def mom_decode_step(q, k, v, g, beta, weights, slots, state_pool, scale=None, us
             q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), beta.contiguous(), weights.contiguous(),
             slots.contiguous(), state_pool, out, state_pool.shape[0], J, H, HV, K, V,
             K**-0.5 if scale is None else scale, BK=triton.next_power_of_2(K), BV=BV, L2NORM=use_qk_l2norm_in_kernel,
-            V_FIRST=state_v_first)
+            V_FIRST=state_v_first, Q_PER_SLOT=q.dim() == 4)
     return out
 
 

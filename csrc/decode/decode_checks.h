@@ -9,12 +9,12 @@ namespace mom_ops {
 
 struct DecodeDims {
   int64_t tokens, slots, heads_qk, heads_v, dim_k, dim_v, pool;
+  bool q_per_slot;  // q [N, J, H, K] (one query per slot) rather than [N, H, K]
 };
 
 inline DecodeDims check_decode_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
                                     const at::Tensor& beta, const at::Tensor& weights, const at::Tensor& slots,
                                     const at::Tensor& state_pool, bool state_v_first) {
-  CHECK_DIM(q, 3);
   CHECK_DIM(k, 4);
   CHECK_DIM(v, 4);
   CHECK_FLOATING(q);
@@ -22,8 +22,12 @@ inline DecodeDims check_decode_args(const at::Tensor& q, const at::Tensor& k, co
   CHECK_SAME_DTYPE(v, q);
   CHECK_FLOATING(g);
   CHECK_FLOATING(beta);
-  DecodeDims d{q.size(0), k.size(1), q.size(1), v.size(2), q.size(2), v.size(3), state_pool.size(0)};
-  CHECK_SHAPE(k, d.tokens, d.slots, d.heads_qk, d.dim_k);
+  DecodeDims d{k.size(0), k.size(1), k.size(2), v.size(2), k.size(3), v.size(3), state_pool.size(0), q.dim() == 4};
+  if (d.q_per_slot) {
+    CHECK_SHAPE(q, d.tokens, d.slots, d.heads_qk, d.dim_k);
+  } else {
+    CHECK_SHAPE(q, d.tokens, d.heads_qk, d.dim_k);
+  }
   TORCH_CHECK_VALUE(v.size(0) == d.tokens && v.size(1) == d.slots, "v must have shape (", d.tokens, ", ", d.slots,
                     ", HV, V), got ", v.sizes());
   TORCH_CHECK_VALUE(d.heads_qk > 0 && d.heads_v % d.heads_qk == 0, "the number of value heads (", d.heads_v,

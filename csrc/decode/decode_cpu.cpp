@@ -44,7 +44,8 @@ at::Tensor mom_decode_step_cpu(const at::Tensor& q, const at::Tensor& k, const a
       for (int64_t hv = 0; hv < d.heads_v; ++hv) {
         const int64_t h = hv / group;
         float* S = pool + (sl[n * d.slots + s] * d.heads_v + hv) * dk * dv;
-        const float* qt = qf.data_ptr<float>() + (n * d.heads_qk + h) * dk;
+        const int64_t q_row = d.q_per_slot ? n * d.slots + s : n;
+        const float* qt = qf.data_ptr<float>() + (q_row * d.heads_qk + h) * dk;
         const float* kt = kf.data_ptr<float>() + ((n * d.slots + s) * d.heads_qk + h) * dk;
         const float* vt = vf.data_ptr<float>() + ((n * d.slots + s) * d.heads_v + hv) * dv;
         const float decay = std::exp(gf.data_ptr<float>()[(n * d.slots + s) * d.heads_v + hv]);

@@ -64,6 +64,7 @@ at::Tensor mom_decode_step_cuda(const at::Tensor& q, const at::Tensor& k, const 
   p.dim_v = int(d.dim_v);
   p.scale = float(scale);
   p.l2norm = use_qk_l2norm;
+  p.q_per_slot = d.q_per_slot;
   const dim3 grid(unsigned(d.dim_v / kDecodeBV), unsigned(d.heads_v), unsigned(d.tokens));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   dispatch_recurrent(qc, d.dim_k, state_v_first, [&]<typename T, int kK, bool kVFirst>() {

@@ -22,7 +22,7 @@ constexpr int kDecodeThreads = 256;
 constexpr int kDecodeBV = 64;  // value columns per CTA
 
 struct DecodeParams {
-  const void* q;          // [N, H, K]
+  const void* q;          // [N, H, K], or [N, J, H, K] when q_per_slot
   const void* k;          // [N, J, H, K]
   const void* v;          // [N, J, HV, V]
   const float* g;         // [N, J, HV]
@@ -35,7 +35,7 @@ struct DecodeParams {
   int64_t num_tokens, pool_rows;
   int num_slots, heads_qk, heads_v, dim_v;
   float scale;
-  bool l2norm;
+  bool l2norm, q_per_slot;
 };
 
 template <int kK, bool kVFirst>
@@ -192,7 +192,8 @@ __global__ void __launch_bounds__(kDecodeThreads) mom_decode_step_kernel(DecodeP
   const int64_t n = blockIdx.z;
   const int h = hv / (p.heads_v / p.heads_qk), v0 = vt * kDecodeBV;
   if (tid < kDecodeBV) s.o[tid] = 0.f;
-  load_vector_l2(static_cast<const T*>(p.q) + (n * p.heads_qk + h) * kK, kK, p.l2norm, p.scale, s.q, s.red);
+  if (!p.q_per_slot)
+    load_vector_l2(static_cast<const T*>(p.q) + (n * p.heads_qk + h) * kK, kK, p.l2norm, p.scale, s.q, s.red);
   const int row_stride = kVFirst ? kK : p.dim_v;
   for (int j = 0; j < p.num_slots; ++j) {
     const int64_t nj = n * p.num_slots + j;
@@ -202,7 +203,9 @@ __global__ void __launch_bounds__(kDecodeThreads) mom_decode_step_kernel(DecodeP
     float* base = tile_base<kK, kVFirst>(state, p.dim_v, v0);
     float S[TileLayout<kK, kVFirst>::kRowsPerThread][4];
     load_tile<kK, kVFirst>(base, row_stride, S);  // issued first: the state bytes are the cost
-    __syncthreads();  // the previous step's readers of s.k / s.v are done
+    __syncthreads();  // the previous step's readers of s.q / s.k / s.v are done
+    if (p.q_per_slot)
+      load_vector_l2(static_cast<const T*>(p.q) + (nj * p.heads_qk + h) * kK, kK, p.l2norm, p.scale, s.q, s.red);
     load_vector_l2(static_cast<const T*>(p.k) + (nj * p.heads_qk + h) * kK, kK, p.l2norm, 1.f, s.k, s.red);
     if (tid < kDecodeBV) s.v[tid] = to_float(static_cast<const T*>(p.v)[(nj * p.heads_v + hv) * p.dim_v + v0 + tid]);
     __syncthreads();
