@@ -9,6 +9,7 @@ tokens of every sequence, so padding tokens touch no state. No host synchronisat
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -18,31 +19,78 @@ import mom_ops
 from mom_ops.routing import RoutingPlan
 
 
-def segment_causal_conv(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+def segment_causal_conv(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor,
+                        history: torch.Tensor | None = None) -> torch.Tensor:
     """Depthwise causal conv + SiLU inside each segment of a packed stream (no leakage across segments).
 
     x [R, C]; weight [C, W] (weight[:, W-1] multiplies the current row); cu_seqlens [S+1] (rows past
-    cu_seqlens[-1] belong to no segment and give 0). y[r] = silu(sum_i weight[:, W-1-i] * x[r-i]) over the
-    i with r - i inside r's segment.
+    cu_seqlens[-1] belong to no segment and give 0); history [S, W-1, C]: the inputs before each segment
+    (oldest first; zeros when None). y[r] = silu(sum_i weight[:, W-1-i] * x[r-i]), x[r-i] taken from the
+    history when r - i falls before the segment start.
     """
     rows = torch.arange(x.shape[0], device=x.device)
     cu = cu_seqlens.to(rows.dtype)
-    seg = torch.searchsorted(cu, rows, right=True) - 1  # segment of each row
-    start = cu[seg.clamp(0, cu.numel() - 2)]
+    seg = (torch.searchsorted(cu, rows, right=True) - 1).clamp(0, cu.numel() - 2)  # segment of each row
+    start = cu[seg]
     inside = rows < cu[-1]
     width = weight.shape[1]
     y = torch.zeros_like(x, dtype=torch.float32)
     for i in range(width):
         shifted = torch.cat([x.new_zeros(i, x.shape[1]), x[: x.shape[0] - i]]) if i else x
-        keep = (inside & (rows - i >= start)).unsqueeze(1)
-        y = y + torch.where(keep, shifted.float(), 0.0) * weight[:, width - 1 - i].float()
+        src = torch.where((rows - i >= start).unsqueeze(1), shifted.float(), 0.0)
+        if history is not None and i > 0:
+            pos = width - 1 - (start - (rows - i))  # index into the segment's history when r - i < start
+            from_hist = (rows - i < start) & (pos >= 0)
+            hist = history[seg, pos.clamp(0, width - 2)].float()
+            src = torch.where(from_hist.unsqueeze(1), hist, src)
+        y = y + torch.where(inside.unsqueeze(1), src, 0.0) * weight[:, width - 1 - i].float()
     return F.silu(y).to(x.dtype)
+
+
+def segment_conv_tail(x: torch.Tensor, cu_seqlens: torch.Tensor, history: torch.Tensor | None,
+                      width: int) -> torch.Tensor:
+    """The conv history after each segment: the last width-1 inputs of (history, segment rows), oldest first.
+    x [R, C], cu_seqlens [S+1], history [S, W-1, C] or None -> [S, W-1, C]."""
+    cu = cu_seqlens.long()
+    start, length = cu[:-1], cu[1:] - cu[:-1]
+    idx = torch.arange(width - 1, device=x.device)
+    pos = length[:, None] + idx[None, :]  # position in the concatenation (history, rows)
+    from_rows = pos >= width - 1
+    rows = (start[:, None] + pos - (width - 1)).clamp(0, max(x.shape[0] - 1, 0))
+    tail = x[rows] if x.shape[0] > 0 else x.new_zeros(*rows.shape, x.shape[1])
+    old = history[torch.arange(len(start), device=x.device)[:, None], pos.clamp(max=width - 2)] if history is not None \
+        else torch.zeros_like(tail)
+    return torch.where(from_rows.unsqueeze(-1), tail, old.to(tail.dtype))
 
 
 def _shared_plan(num_tokens: int, batch_size: int, cu_seqlens, mask, device) -> RoutingPlan:
     """A one-memory, top-1 plan: packs the valid tokens of each sequence in order (segments = sequences)."""
     logits = torch.zeros(num_tokens, 1, device=device)
     return mom_ops.route(logits, 1, batch_size=batch_size, cu_seqlens=cu_seqlens, mask=mask)
+
+
+@dataclass
+class MoMCache:
+    """Inference state of a MoMAttention layer for B sequences, in pools indexed by row p = m * B + b
+    (routed memory m of sequence b) and M * B + b (the shared memory of sequence b).
+
+    states [P, H, K, V] fp32; conv_q/conv_k/conv_v [P, W-1, C]: the last W-1 raw conv inputs of each pool row
+    (oldest first); seen_tokens [B] int64: tokens each sequence has consumed."""
+
+    states: torch.Tensor
+    conv_q: torch.Tensor
+    conv_k: torch.Tensor
+    conv_v: torch.Tensor
+    seen_tokens: torch.Tensor
+
+    @staticmethod
+    def empty(layer: "MoMAttention", batch_size: int, device, dtype=torch.float32) -> "MoMCache":
+        P = (layer.num_memories + int(layer.shared_memory)) * batch_size
+        W, H = layer.conv_size, layer.num_heads
+        zeros = lambda *shape, dt=dtype: torch.zeros(*shape, device=device, dtype=dt)  # noqa: E731
+        return MoMCache(zeros(P, H, layer.head_dim, layer.head_v_dim, dt=torch.float32),
+                        zeros(P, W - 1, H * layer.head_dim), zeros(P, W - 1, H * layer.head_dim),
+                        zeros(P, W - 1, H * layer.head_v_dim), zeros(batch_size, dt=torch.int64))
 
 
 class MoMAttention(nn.Module):
@@ -118,54 +166,125 @@ class MoMAttention(nn.Module):
                                          right=True) - 1).clamp(0, M * B - 1) // B
         return all_m.gather(1, mem_of_row.view(-1, 1, 1).expand(-1, 1, all_m.shape[-1])).squeeze(1)
 
-    def _memory(self, q, k, v, b, a, cu_seqlens):
-        """Conv, gates and the scan of one packed stream: q, k [R, H*K], v [R, H*V], b, a [R, H] -> o [R, H, V]."""
-        H = self.num_heads
-        q = segment_causal_conv(q, self.q_conv, cu_seqlens).view(1, -1, H, self.head_dim)
-        k = segment_causal_conv(k, self.k_conv, cu_seqlens).view(1, -1, H, self.head_dim)
-        v = segment_causal_conv(v, self.v_conv, cu_seqlens).view(1, -1, H, self.head_v_dim)
-        beta = torch.sigmoid(b.float()).to(q.dtype).unsqueeze(0)
-        g = (-self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias.float())).unsqueeze(0)
-        o, _ = mom_ops.chunk_gated_delta_rule(q, k, v, g, beta, cu_seqlens=cu_seqlens, use_qk_l2norm_in_kernel=True)
+    def _memory(self, q, k, v, b, a, cu_seqlens, cache: MoMCache | None = None, rows: slice | None = None):
+        """Conv, gates and the scan of one packed stream: q, k [R, H*K], v [R, H*V], b, a [R, H] -> o [R, H, V].
+        With a cache, the segments start from cache rows `rows` (states and conv histories), which are then
+        replaced by the segments' final states and histories."""
+        H, W = self.num_heads, self.conv_size
+        hist = (None, None, None) if cache is None else (cache.conv_q[rows], cache.conv_k[rows], cache.conv_v[rows])
+        qc = segment_causal_conv(q, self.q_conv, cu_seqlens, hist[0]).view(1, -1, H, self.head_dim)
+        kc = segment_causal_conv(k, self.k_conv, cu_seqlens, hist[1]).view(1, -1, H, self.head_dim)
+        vc = segment_causal_conv(v, self.v_conv, cu_seqlens, hist[2]).view(1, -1, H, self.head_v_dim)
+        beta = torch.sigmoid(b.float()).to(qc.dtype).unsqueeze(0)
+        g = self._log_decay(a).unsqueeze(0)
+        o, ht = mom_ops.chunk_gated_delta_rule(
+            qc, kc, vc, g, beta, cu_seqlens=cu_seqlens, use_qk_l2norm_in_kernel=True,
+            initial_state=None if cache is None else cache.states[rows], output_final_state=cache is not None)
+        if cache is not None:
+            cache.states[rows] = ht.detach()  # a cache carries no gradient
+            for buf, raw, old in zip((cache.conv_q, cache.conv_k, cache.conv_v), (q, k, v), hist):
+                buf[rows] = segment_conv_tail(raw.detach(), cu_seqlens, old, W).to(buf.dtype)
         return o[0]
 
+    def _log_decay(self, a: torch.Tensor) -> torch.Tensor:
+        """g = -exp(A_log) * softplus(a + dt_bias) in fp32 (per head, shared by every memory)."""
+        return -self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias.float())
+
+    def _aux_loss(self, logits: torch.Tensor, plan: RoutingPlan, mask: torch.Tensor | None) -> torch.Tensor:
+        """Switch-style load balance over valid tokens: f_m = routed rows of m / all rows, P_m = mean probability."""
+        B = plan.batch_size
+        probs = torch.softmax(logits.float(), -1)
+        valid = torch.ones_like(probs[:, 0]) if mask is None else mask.float()
+        rows_per_memory = plan.cu_seqlens[B::B] - plan.cu_seqlens[:-1:B]  # [M]
+        f = rows_per_memory.float() / (valid.sum() * self.topk).clamp_min(1)
+        P = (probs * valid[:, None]).sum(0) / valid.sum().clamp_min(1)
+        return self.aux_loss_scale * self.num_memories * (f * P).sum()
+
+    def _gated_norm(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """rmsnorm(o) * o_norm * silu(g_proj(x)) per head, fp32 math: o [N, H, V], x [N, D]."""
+        o32 = o.float()
+        o32 = o32 * torch.rsqrt(o32.square().mean(-1, keepdim=True) + self.norm_eps) * self.o_norm.float()
+        return (o32 * F.silu(self.g_proj(x).float().view_as(o32))).to(o.dtype)
+
+    @torch.no_grad()
+    def _decode_step(self, x: torch.Tensor, cache: MoMCache) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token per sequence, x [B, 1, D]: every routed memory and the shared one in one mom_decode_step."""
+        B, M, H, W = x.shape[0], self.num_memories, self.num_heads, self.conv_size
+        xf = x[:, 0]
+        logits = self.gate(xf)
+        plan = mom_ops.route(logits, self.topk, batch_size=B)
+        ids, seq = plan.memory_ids.long(), torch.arange(B, device=x.device)
+        pick = lambda all_m: all_m.gather(1, ids[..., None].expand(-1, -1, all_m.shape[-1]))  # noqa: E731
+        proj = lambda w: pick(torch.einsum("bd,mod->bmo", xf, w.to(xf.dtype)))  # noqa: E731  [B, k, out]
+        k_raw, v_raw, b_raw, a_raw = proj(self.k_proj), proj(self.v_proj), proj(self.b_proj), proj(self.a_proj)
+        slots, weights = ids * B + seq[:, None], plan.weights
+        if self.shared_memory:
+            extra = lambda t, lin: torch.cat([t, lin(xf)[:, None]], 1)  # noqa: E731
+            k_raw, v_raw = extra(k_raw, self.shared_k), extra(v_raw, self.shared_v)
+            b_raw, a_raw = extra(b_raw, self.shared_b), extra(a_raw, self.shared_a)
+            slots = torch.cat([slots, (M * B + seq)[:, None]], 1)
+            weights = torch.cat([weights, torch.ones_like(weights[:, :1])], 1)
+        J = slots.shape[1]
+        q_raw = self.q_proj(xf)[:, None].expand(-1, J, -1)
+
+        def conv_step(buf, raw, weight):  # [B, J, C]: one conv step per pool row, history updated in place
+            window = torch.cat([buf[slots], raw[:, :, None].to(buf.dtype)], 2)  # [B, J, W, C]
+            buf[slots] = window[:, :, 1:]
+            return F.silu((window.float() * weight.t().float()).sum(2)).to(raw.dtype)
+
+        q = conv_step(cache.conv_q, q_raw, self.q_conv).view(B, J, H, self.head_dim)
+        k = conv_step(cache.conv_k, k_raw, self.k_conv).view(B, J, H, self.head_dim)
+        v = conv_step(cache.conv_v, v_raw, self.v_conv).view(B, J, H, self.head_v_dim)
+        beta = torch.sigmoid(b_raw.float()).to(q.dtype)
+        o = mom_ops.mom_decode_step(q, k, v, self._log_decay(a_raw), beta, weights, slots.to(torch.int32),
+                                    cache.states, use_qk_l2norm_in_kernel=True)
+        cache.seen_tokens += 1
+        out = self.o_proj(self._gated_norm(o, xf).reshape(B, -1))[:, None]
+        return out, self._aux_loss(logits, plan, None)
+
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                cu_seqlens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                cu_seqlens: torch.Tensor | None = None, cache: MoMCache | None = None, use_cache: bool = False):
+        """Returns (out, aux_loss), or (out, aux_loss, cache) with use_cache. Given a cache, a [B, 1, D] input
+        without mask or cu_seqlens takes the one-launch decode step; anything else is a prefill that starts
+        from the cache's states (chunked prefill) and leaves the final ones in it."""
         if x.dim() != 3 or x.shape[-1] != self.hidden_size:
             raise ValueError(f"x must be [B, T, {self.hidden_size}], got {tuple(x.shape)}")
         if cu_seqlens is not None and (x.shape[0] != 1 or attention_mask is not None):
             raise ValueError("packed input (cu_seqlens) must be [1, N, hidden] without attention_mask")
         B = x.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
+        if cache is not None and cache.seen_tokens.shape[0] != B:
+            raise ValueError(f"cache holds {cache.seen_tokens.shape[0]} sequences, the input has {B}")
+        if use_cache and cache is None:
+            cache = MoMCache.empty(self, B, x.device, x.dtype)
+        if cache is not None and x.shape[1] == 1 and attention_mask is None and cu_seqlens is None:
+            out, aux_loss = self._decode_step(x, cache)
+            return (out, aux_loss, cache) if use_cache else (out, aux_loss)
+
         xf = x.reshape(-1, self.hidden_size)  # [N, D]
         mask = None if attention_mask is None else attention_mask.reshape(-1).bool()
         H, M = self.num_heads, self.num_memories
-
         logits = self.gate(xf)
         plan = mom_ops.route(logits, self.topk, batch_size=B, cu_seqlens=cu_seqlens, mask=mask)
         q_tok = self.q_proj(xf)
         xr = mom_ops.permute(xf, plan)
         o_routed = self._memory(mom_ops.permute(q_tok, plan), self._project_routed(xr, plan, self.k_proj),
                                 self._project_routed(xr, plan, self.v_proj), self._project_routed(xr, plan, self.b_proj),
-                                self._project_routed(xr, plan, self.a_proj), plan.cu_seqlens)
+                                self._project_routed(xr, plan, self.a_proj), plan.cu_seqlens, cache, slice(0, M * B))
+        # The shared memory's stream (and the token counts): the valid tokens of each sequence, in order.
+        sp = _shared_plan(xf.shape[0], B, cu_seqlens, mask, x.device) if self.shared_memory or cache else None
         shared = None
         if self.shared_memory:
-            sp = _shared_plan(xf.shape[0], B, cu_seqlens, mask, x.device)
             xs = mom_ops.permute(xf, sp)
             o_s = self._memory(mom_ops.permute(q_tok, sp), self.shared_k(xs), self.shared_v(xs), self.shared_b(xs),
-                               self.shared_a(xs), sp.cu_seqlens)
+                               self.shared_a(xs), sp.cu_seqlens, cache, slice(M * B, (M + 1) * B))
             shared = mom_ops.unpermute(o_s, sp)  # [N, H, V], zeros for padding tokens
         gate = self.g_proj(xf).view(-1, H, self.head_v_dim)
         o = mom_ops.memory_mix(o_routed, plan, shared=shared, norm_weight=self.o_norm, gate=gate, eps=self.norm_eps)
         out = self.o_proj(o.reshape(o.shape[0], -1)).view_as(x)
-
-        # Switch-style load balance over valid tokens: f_m = routed rows of m / all rows, P_m = mean probability.
-        probs = torch.softmax(logits.float(), -1)
-        valid = torch.ones_like(probs[:, 0]) if mask is None else mask.float()
-        rows_per_memory = plan.cu_seqlens[B::B] - plan.cu_seqlens[:-1:B]  # [M]
-        f = rows_per_memory.float() / (valid.sum() * self.topk).clamp_min(1)
-        P = (probs * valid[:, None]).sum(0) / valid.sum().clamp_min(1)
-        aux_loss = self.aux_loss_scale * M * (f * P).sum()
-        return out, aux_loss
+        aux_loss = self._aux_loss(logits, plan, mask)
+        if cache is not None:
+            cache.seen_tokens += (sp.cu_seqlens[1:] - sp.cu_seqlens[:-1]).to(cache.seen_tokens.dtype)
+        return (out, aux_loss, cache) if use_cache else (out, aux_loss)
 
     def reference_params(self) -> dict[str, torch.Tensor]:
         """The parameters under mom_ops.reference.layer's names (for tests against the naive layer)."""
