@@ -286,6 +286,43 @@ class MoMAttention(nn.Module):
             cache.seen_tokens += (sp.cu_seqlens[1:] - sp.cu_seqlens[:-1]).to(cache.seen_tokens.dtype)
         return (out, aux_loss, cache) if use_cache else (out, aux_loss)
 
+    @classmethod
+    def from_fla(cls, fla_layer: nn.Module) -> "MoMAttention":
+        """A MoMAttention holding the weights of an fla `MomAttention` (fla 0.6), on its device and dtype.
+
+        Differences to fla, by design: the short convs restart in every (sequence, memory) segment in training
+        too (fla's training path lets them run across segments), the aux loss is returned by the layer, and
+        routing ties go to the lower memory index."""
+        for flag, supported in (("use_output_gate", True), ("use_short_conv", True), ("single_kv_proj", False)):
+            if getattr(fla_layer, flag, supported) != supported:
+                raise ValueError(f"from_fla: fla MomAttention with {flag}={not supported} is not supported")
+        if getattr(fla_layer.q_conv1d, "bias", None) is not None:
+            raise ValueError("from_fla: fla MomAttention with conv_bias=True is not supported")
+        head_dim, head_v_dim = fla_layer.head_dim, fla_layer.head_v_dim
+        if head_v_dim % head_dim != 0:
+            raise ValueError(f"from_fla: head_v_dim {head_v_dim} must be a multiple of head_dim {head_dim}")
+        layer = cls(hidden_size=fla_layer.hidden_size, num_heads=fla_layer.num_heads, head_dim=head_dim,
+                    expand_v=head_v_dim // head_dim, num_memories=fla_layer.num_memories, topk=fla_layer.topk,
+                    shared_memory=fla_layer.shared_mem, conv_size=fla_layer.conv_size, norm_eps=fla_layer.o_norm.eps)
+        weight = fla_layer.q_proj.weight
+        layer.to(device=weight.device, dtype=weight.dtype)
+        stack = lambda mods: torch.stack([m.weight for m in mods])  # noqa: E731
+        with torch.no_grad():
+            for ours, theirs in [
+                (layer.gate.weight, fla_layer.gate.weight), (layer.q_proj.weight, fla_layer.q_proj.weight),
+                (layer.k_proj, stack(fla_layer.k_proj)), (layer.v_proj, stack(fla_layer.v_proj)),
+                (layer.b_proj, stack(fla_layer.b_proj)), (layer.a_proj, stack(fla_layer.a_proj)),
+                (layer.q_conv, fla_layer.q_conv1d.weight[:, 0]), (layer.k_conv, fla_layer.k_conv1d.weight[:, 0]),
+                (layer.v_conv, fla_layer.v_conv1d.weight[:, 0]), (layer.A_log, fla_layer.A_log),
+                (layer.dt_bias, fla_layer.dt_bias), (layer.g_proj.weight, fla_layer.g_proj.weight),
+                (layer.o_norm, fla_layer.o_norm.weight), (layer.o_proj.weight, fla_layer.o_proj.weight),
+            ]:
+                ours.copy_(theirs)
+            if layer.shared_memory:
+                for name in ("shared_k", "shared_v", "shared_b", "shared_a"):
+                    getattr(layer, name).weight.copy_(getattr(fla_layer, name).weight)
+        return layer
+
     def reference_params(self) -> dict[str, torch.Tensor]:
         """The parameters under mom_ops.reference.layer's names (for tests against the naive layer)."""
         p = {"gate": self.gate.weight, "q_proj": self.q_proj.weight, "k_proj": self.k_proj, "v_proj": self.v_proj,
