@@ -136,11 +136,27 @@ GPU_CASES = [
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", GPU_CASES)
-def test_gpu_forward(case, dtype):
+def test_gpu_forward(case, dtype, monkeypatch):
     need_kernel("chunk_gated_delta_rule_fwd", "cuda")
+    monkeypatch.setenv("MOM_OPS_EXPERIMENTAL_CUDA_SCAN", "1")
     B, T, H, HV, D, lengths, decay, beta_range, h0 = case
     n = B if lengths is None else len(lengths)
     inp = gdn_inputs(B, T, H, D, D, HV=HV, dtype=dtype, decay=decay, beta_range=beta_range, h0=h0, n_seqs=n)
     o_ref, ht_ref = _run(recurrent_gated_delta_rule_ref, inp, lengths, False)
-    o, ht = _run(mom_ops.chunk_gated_delta_rule, {key: t.cuda() for key, t in inp.items()}, lengths, False)
+    gpu = {key: t.cuda() for key, t in inp.items()}
+    o, ht = _run(mom_ops.chunk_gated_delta_rule, gpu, lengths, False)
     assert rel_rms(o, o_ref) < 5e-3 and rel_rms(ht, ht_ref) < 5e-3
+    # no worse than the Triton reference on the same inputs (with a little slack for rounding order)
+    from triton_ref import gdn as tg
+
+    o_tr, ht_tr = _run(tg.chunk_gated_delta_rule, gpu, lengths, False)
+    assert rel_rms(o, o_ref) <= 1.5 * rel_rms(o_tr, o_ref) + 1e-4
+
+
+@pytest.mark.gpu
+def test_gpu_forward_is_off_without_the_experimental_switch(monkeypatch):
+    need_kernel("chunk_gated_delta_rule_fwd", "cuda")
+    monkeypatch.delenv("MOM_OPS_EXPERIMENTAL_CUDA_SCAN", raising=False)
+    inp = gdn_inputs(1, 64, 1, 64, 64, dtype=torch.bfloat16, device="cuda")
+    with pytest.raises(NotImplementedError, match="MOM_OPS_EXPERIMENTAL_CUDA_SCAN"):
+        mom_ops.chunk_gated_delta_rule(**inp)

@@ -1,0 +1,101 @@
+// CUDA binding of the chunked gated-delta-rule forward (tensor cores). Experimental: the kernel is compiled but
+// has not been run on a GPU yet, so it only runs with MOM_OPS_EXPERIMENTAL_CUDA_SCAN=1 (tests set it);
+// otherwise the op raises NotImplementedError naming the switch.
+#include <ATen/core/Tensor.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "common/static_switch.h"
+#include "gdn/gdn_checks.h"
+#include "gdn/gdn_fwd_kernel.cuh"
+
+namespace mom_ops {
+namespace {
+
+bool experimental_scan_enabled() {
+  const char* flag = std::getenv("MOM_OPS_EXPERIMENTAL_CUDA_SCAN");
+  return flag != nullptr && std::strcmp(flag, "1") == 0;
+}
+
+template <typename T, int kK, int kBV>
+void launch_gdn_fwd(const GdnFwdParams& p, cudaStream_t stream) {
+  using L = GdnSmem<T, kK, kBV>;
+  auto kernel = gdn_fwd_kernel<T, kK, kBV>;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L::kBytes)));
+  const int64_t blocks = int64_t(p.num_seqs) * p.heads_v * p.num_vblocks;
+  TORCH_CHECK(blocks < (int64_t(1) << 31), "too many (sequence, head, V-block) programs: ", blocks);
+  kernel<<<unsigned(blocks), kGdnThreads, L::kBytes, stream>>>(p);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+std::tuple<at::Tensor, at::Tensor> gdn_fwd_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                const at::Tensor& g, const at::Tensor& beta, double scale,
+                                                const std::optional<at::Tensor>& initial_state,
+                                                bool output_final_state, bool use_qk_l2norm, bool state_v_first,
+                                                const std::optional<at::Tensor>& cu_seqlens,
+                                                const std::optional<at::Tensor>& chunk_indices) {
+  const GdnDims d = check_gdn_args(q, k, v, g, beta, initial_state, state_v_first, cu_seqlens, chunk_indices);
+  TORCH_CHECK_NOT_IMPLEMENTED(experimental_scan_enabled(),
+                              "the CUDA chunk_gated_delta_rule forward is experimental (not yet validated on a GPU); "
+                              "set MOM_OPS_EXPERIMENTAL_CUDA_SCAN=1 to run it, or use triton_ref.gdn");
+  TORCH_CHECK_VALUE(q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf,
+                    "the CUDA scan takes bfloat16 or float16 q, k, v, got ", q.scalar_type());
+  TORCH_CHECK_VALUE(d.dim_k == 64 || d.dim_k == 128 || d.dim_k == 256, "the CUDA scan needs K in {64, 128, 256}, got ",
+                    d.dim_k);
+  const int bv = d.dim_k == 256 ? 32 : 64;
+  TORCH_CHECK_VALUE(d.dim_v % bv == 0, "the CUDA scan needs V a multiple of ", bv, " for K = ", d.dim_k, ", got ",
+                    d.dim_v);
+  TORCH_CHECK_VALUE(d.num_seqs * d.heads_v * (d.dim_v / bv) < (int64_t(1) << 31), "too many sequences x heads");
+  c10::cuda::CUDAGuard guard(q.device());
+  const at::Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
+  const at::Tensor gf = g.to(at::kFloat).contiguous(), bf = beta.to(at::kFloat).contiguous();
+  const at::Tensor h0 = initial_state.has_value() ? initial_state->contiguous() : at::Tensor();
+  const at::Tensor cu = cu_seqlens.has_value() ? cu_seqlens->contiguous() : at::Tensor();
+  at::Tensor o = cu.defined() ? at::zeros(v.sizes(), v.options()) : at::empty(v.sizes(), v.options());
+  const std::vector<int64_t> state_shape = {d.num_seqs, d.heads_v, state_v_first ? d.dim_v : d.dim_k,
+                                            state_v_first ? d.dim_k : d.dim_v};
+  const auto f32 = q.options().dtype(at::kFloat);
+  at::Tensor ht = output_final_state ? at::empty(state_shape, f32) : at::empty({0}, f32);
+  if (d.num_seqs == 0 || d.heads_v == 0) return {o, ht};
+
+  GdnFwdParams p{};
+  p.q = qc.data_ptr();
+  p.k = kc.data_ptr();
+  p.v = vc.data_ptr();
+  p.g = gf.data_ptr<float>();
+  p.beta = bf.data_ptr<float>();
+  p.h0 = h0.defined() ? h0.data_ptr<float>() : nullptr;
+  p.ht = output_final_state ? ht.data_ptr<float>() : nullptr;
+  p.o = o.data_ptr();
+  p.cu_seqlens = cu.defined() ? cu.data_ptr() : nullptr;
+  p.cu_int64 = cu.defined() && cu.scalar_type() == at::kLong;
+  p.seqlen = d.seqlen;
+  p.total_rows = d.batch * d.seqlen;
+  p.num_seqs = int(d.num_seqs);
+  p.heads_qk = int(d.heads_qk);
+  p.heads_v = int(d.heads_v);
+  p.dim_v = int(d.dim_v);
+  p.num_vblocks = int(d.dim_v / bv);
+  p.scale = float(scale);
+  p.l2norm = use_qk_l2norm;
+  p.v_first = state_v_first;
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const bool bf16 = q.scalar_type() == at::kBFloat16;
+  BOOL_SWITCH(bf16, kBf16, [&] {
+    using T = std::conditional_t<kBf16, __nv_bfloat16, __half>;
+    HEADDIM_SWITCH(d.dim_k, kK, [&] { launch_gdn_fwd<T, kK, (kK == 256 ? 32 : 64)>(p, stream); });
+  });
+  return {o, ht};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mom_ops, CUDA, m) { m.impl("chunk_gated_delta_rule_fwd", &gdn_fwd_cuda); }
+
+}  // namespace mom_ops
