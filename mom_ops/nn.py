@@ -1,4 +1,5 @@
-"""MoMAttention: the Mixture-of-Memories layer built from mom_ops ops (DESIGN.md §1), training/prefill forward.
+"""MoMAttention: the Mixture-of-Memories layer built from mom_ops ops (DESIGN.md §1): training, (chunked) prefill
+and one-launch decoding with a MoMCache.
 
 Parameters follow fla's MomAttention (Linear weights [out, in]; the per-memory k/v/b/a projections stacked on
 a leading M axis; one short conv each for q, k, v shared by all memories). The routed stream is the plan's
