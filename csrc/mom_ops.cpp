@@ -28,7 +28,8 @@ PyObject* PyInit__C(void) {
 
 TORCH_LIBRARY(mom_ops, m) {
   // ---- routing ----
-  // router_logits [N, M] -> softmax (fp32) -> top-k -> renormalised weights, and the memory-major plan.
+  // router_logits [N, M] -> the k largest logits and the softmax over them (fp64, one rounding to fp32),
+  // and the memory-major plan.
   // Tokens belong to sequence b: n // (N / batch_size), or by cu_seqlens [B+1] when given.
   m.def(
       "route(Tensor router_logits, int topk, int batch_size, Tensor? cu_seqlens, Tensor? token_mask, "

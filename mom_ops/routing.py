@@ -59,9 +59,11 @@ def route(
 
     router_logits: [B, T, M] (padded batch), [1, N, M] or [N, M] (packed, with cu_seqlens [B+1]).
     mask: optional bool [B, T] / [N]; False tokens route nowhere (attention padding).
-    Weights are softmax(logits) over M in fp32, top-k (ties to the lower index), renormalised to sum 1;
-    they are differentiable w.r.t. the logits (fp64 weights for fp64 logits on CPU). NaN logits raise ValueError on CPU; on CUDA they give NaN
-    weights (a sync-free check is impossible), or a ValueError when MOM_OPS_CHECK_NAN=1.
+    Memories are the k largest logits (ties to the lower index), by decreasing logit; weights are the softmax
+    renormalised over them (= softmax of the kept logits), computed in fp64 and rounded once to fp32 (within
+    1 ulp of the exact value); differentiable w.r.t. the logits (fp64 weights for fp64 logits on CPU). NaN
+    logits raise ValueError on CPU; on CUDA they give NaN weights (a sync-free check is impossible), or a
+    ValueError when MOM_OPS_CHECK_NAN=1.
     """
     if router_logits.dim() not in (2, 3):
         raise ValueError(f"router_logits must be [B, T, M] or [N, M], got shape {tuple(router_logits.shape)}")

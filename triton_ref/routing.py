@@ -14,33 +14,37 @@ from mom_ops.routing import RoutingPlan
 @triton.jit
 def _router_kernel(logits_ptr, mask_ptr, weights_ptr, ids_ptr, N, M: tl.constexpr, K: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_MASK: tl.constexpr):
+    """The k largest logits (ties to the lower index); weights = softmax over them in fp64 (see mom_ops.route)."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_M)
     in_row = rows < N
     valid = in_row[:, None] & (cols[None, :] < M)
-    x = tl.load(logits_ptr + rows[:, None] * M + cols[None, :], mask=valid, other=float("-inf")).to(tl.float32)
-    mx = tl.max(x, axis=1)
-    inf_max = (mx == float("inf")) | (mx == float("-inf"))
-    e = tl.where(inf_max[:, None], (x == mx[:, None]).to(tl.float32), tl.exp(x - mx[:, None]))
-    e = tl.where(valid, e, 0.0)
-    p = e / tl.sum(e, axis=1)[:, None]
-    p = tl.where(valid, p, -1.0)  # padding columns are never picked
+    x = tl.load(logits_ptr + rows[:, None] * M + cols[None, :], mask=valid, other=0.0).to(tl.float64)
+    NEG = -1.0e300  # below any logit, -inf included (a finite stand-in keeps argmax well defined)
+    x = tl.where(valid, tl.where(x == float("-inf"), -1.0e299, x), NEG)
     keep = in_row
     if HAS_MASK:
         keep = tl.load(mask_ptr + rows, mask=in_row, other=0) != 0
-    # Two passes of the same selection: the first sums the kept probabilities, the second writes w / kept
-    # (no read-back of stored values, which other threads of the program may have written).
-    kept = tl.zeros([BLOCK_N], dtype=tl.float32)
-    q = p
+    top = tl.max(x, axis=1)  # the first pick's logit
+    top_is_pinf = top == float("inf")
+    top_is_ninf = top == -1.0e299
+    # Two passes of the same selection: the first sums exp(l - top) of the kept logits, the second writes
+    # e / sum (no read-back of stored values, which other threads of the program may have written).
+    total = tl.zeros([BLOCK_N], dtype=tl.float64)
+    y = x
     for j in tl.static_range(K):
-        kept += tl.max(q, axis=1)
-        q = tl.where(cols[None, :] == tl.argmax(q, axis=1, tie_break_left=True)[:, None], -2.0, q)
+        best = tl.argmax(y, axis=1, tie_break_left=True)
+        l = tl.max(y, axis=1)
+        total += tl.where(top_is_pinf, (l == top).to(tl.float64), tl.where(top_is_ninf, 1.0, tl.exp(l - top)))
+        y = tl.where(cols[None, :] == best[:, None], NEG * 10, y)
+    y = x
     for j in tl.static_range(K):
-        best = tl.argmax(p, axis=1, tie_break_left=True)
-        w = tl.max(p, axis=1) / kept
+        best = tl.argmax(y, axis=1, tie_break_left=True)
+        l = tl.max(y, axis=1)
+        e = tl.where(top_is_pinf, (l == top).to(tl.float64), tl.where(top_is_ninf, 1.0, tl.exp(l - top)))
         tl.store(ids_ptr + rows * K + j, tl.where(keep, best, -1), mask=in_row)
-        tl.store(weights_ptr + rows * K + j, tl.where(keep, w, 0.0), mask=in_row)
-        p = tl.where(cols[None, :] == best[:, None], -2.0, p)
+        tl.store(weights_ptr + rows * K + j, tl.where(keep, e / total, 0.0).to(tl.float32), mask=in_row)
+        y = tl.where(cols[None, :] == best[:, None], NEG * 10, y)
 
 
 def route(router_logits: torch.Tensor, topk: int, *, batch_size: int | None = None,

@@ -5,7 +5,6 @@
 #include <torch/library.h>
 
 #include <cmath>
-#include <limits>
 #include <vector>
 
 #include "common/cpu_math.h"
@@ -14,24 +13,19 @@
 namespace mom_ops {
 namespace {
 
-// Softmax of one row with the rules the CUDA kernel follows for infinities:
-// max == +inf -> uniform over the +inf entries; max == -inf (all -inf) -> uniform over all.
+// Weights of the kept logits l[ids[0..k)] (ids[0] the largest): softmax over them in fp64, the rule the CUDA
+// kernel follows too. Infinite top logit: +inf shares the weight among kept +inf entries; all -inf: equal.
 template <typename T>
-void softmax_row(const T* logit, int64_t m_count, T* prob) {
-  T mx = -std::numeric_limits<T>::infinity();
-  for (int64_t m = 0; m < m_count; ++m) mx = std::max(mx, logit[m]);
-  if (std::isinf(mx)) {
-    int64_t hits = 0;
-    for (int64_t m = 0; m < m_count; ++m) hits += (logit[m] == mx);
-    for (int64_t m = 0; m < m_count; ++m) prob[m] = (logit[m] == mx) ? T(1) / T(hits) : T(0);
-    return;
-  }
-  T sum = 0;
-  for (int64_t m = 0; m < m_count; ++m) {
-    prob[m] = std::exp(logit[m] - mx);
-    sum += prob[m];
-  }
-  for (int64_t m = 0; m < m_count; ++m) prob[m] /= sum;
+void kept_weights(const T* logit, const int32_t* ids, int64_t k, T* w) {
+  const double top = double(logit[ids[0]]);
+  auto e_of = [&](int64_t j) {  // exp(l_j - top), with the infinity rules
+    const double l = double(logit[ids[j]]);
+    if (std::isinf(top)) return top > 0 ? double(l == top) : 1.0;
+    return std::exp(l - top);
+  };
+  double sum = 0;
+  for (int64_t j = 0; j < k; ++j) sum += e_of(j);
+  for (int64_t j = 0; j < k; ++j) w[j] = T(e_of(j) / sum);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> route_cpu(
@@ -71,30 +65,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor chunk_indices = at::full({max_chunks(num_rows, num_segments, chunk_size), 2}, -1, i32);
   int32_t* ids = memory_ids.data_ptr<int32_t>();
 
-  // Router: softmax -> top-k (ties to the lower memory index) -> renormalise.
+  // Router: the k largest logits (ties to the lower memory index), weights = softmax over them.
   std::vector<int64_t> count(num_segments, 0);
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "route_cpu", [&] {
     scalar_t* w = weights.data_ptr<scalar_t>();
-    std::vector<scalar_t> prob(num_memories);
     for (int64_t n = 0; n < num_tokens; ++n) {
       if (mask != nullptr && !mask[n]) continue;
-      softmax_row(logits.data_ptr<scalar_t>() + n * num_memories, num_memories, prob.data());
-      scalar_t kept = 0;
+      const scalar_t* l = logits.data_ptr<scalar_t>() + n * num_memories;
       for (int64_t j = 0; j < topk; ++j) {
         int64_t best = -1;
         for (int64_t m = 0; m < num_memories; ++m) {
           bool taken = false;
           for (int64_t i = 0; i < j; ++i) taken |= (ids[n * topk + i] == m);
-          if (!taken && (best < 0 || prob[m] > prob[best])) best = m;
+          if (!taken && (best < 0 || l[m] > l[best])) best = m;
         }
         ids[n * topk + j] = int32_t(best);
-        w[n * topk + j] = prob[best];
-        kept += prob[best];
+        count[best * batch_size + seq_of[n]] += 1;
       }
-      for (int64_t j = 0; j < topk; ++j) {
-        w[n * topk + j] /= kept;
-        count[ids[n * topk + j] * batch_size + seq_of[n]] += 1;
-      }
+      kept_weights(l, ids + n * topk, topk, w + n * topk);
     }
   });
 

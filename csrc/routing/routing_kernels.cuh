@@ -53,8 +53,10 @@ __device__ __forceinline__ int64_t sequence_start(const RouteParams& p, int b) {
   return p.cu_in == nullptr ? int64_t(b) * p.seqlen : load_index(p.cu_in, p.cu_in_is_int64, b);
 }
 
-// Router: softmax (fp32) -> top-k (ties to the lower index) -> renormalise; counts the tile's pairs per memory.
-// Infinite max: uniform over the entries equal to it. NaN anywhere in a row: NaN weights (ids 0..k-1).
+// Router: the k largest logits (ties to the lower index); weights = softmax over them in fp64, rounded once to
+// fp32 (equal to the full fp32-input softmax renormalised over the kept entries, to within 1 ulp). Infinite top
+// logit: +inf shares the weight among the kept +inf entries, all -inf gives equal weights. A NaN anywhere in a
+// row gives NaN weights. Counts the tile's pairs per memory.
 template <typename T>
 __global__ void __launch_bounds__(kRouteTile) router_kernel(RouteParams p) {
   __shared__ int s_count[64];
@@ -72,43 +74,33 @@ __global__ void __launch_bounds__(kRouteTile) router_kernel(RouteParams p) {
         p.dst_row[n * K + j] = -1;
       }
     } else {
-      float mx = -INFINITY;
       bool has_nan = false;
-      for (int m = 0; m < M; ++m) {
-        const float l = to_float(row[m]);
-        has_nan |= isnan(l);
-        mx = fmaxf(mx, l);
-      }
-      const bool inf_max = isinf(mx);
-      float sum = 0.f;
-      for (int m = 0; m < M; ++m) {
-        const float l = to_float(row[m]);
-        sum += inf_max ? float(l == mx) : expf(l - mx);
-      }
-      auto prob = [&](int m) {
-        const float l = to_float(row[m]);
-        return inf_max ? float(l == mx) / sum : expf(l - mx) / sum;
-      };
       uint64_t taken = 0;
-      float kept = 0.f;
       for (int j = 0; j < K; ++j) {
         int best = -1;
-        float best_p = 0.f;
+        float best_l = 0.f;
         for (int m = 0; m < M; ++m) {
           if ((taken >> m) & 1) continue;
-          const float pm = prob(m);
-          if (best < 0 || pm > best_p) {
+          const float l = to_float(row[m]);
+          has_nan |= isnan(l);
+          if (best < 0 || l > best_l) {
             best = m;
-            best_p = pm;
+            best_l = l;
           }
         }
         taken |= uint64_t(1) << best;
         p.memory_ids[n * K + j] = best;
-        p.weights[n * K + j] = best_p;
-        kept += best_p;
         atomicAdd(&s_count[best], 1);
       }
-      for (int j = 0; j < K; ++j) p.weights[n * K + j] = has_nan ? NAN : p.weights[n * K + j] / kept;
+      const double top = to_float(row[p.memory_ids[n * K]]);
+      auto e_of = [&](int j) {  // exp(l_j - top), with the infinity rules
+        const double l = to_float(row[p.memory_ids[n * K + j]]);
+        if (isinf(top)) return top > 0 ? double(l == top) : 1.0;
+        return exp(l - top);
+      };
+      double sum = 0;
+      for (int j = 0; j < K; ++j) sum += e_of(j);
+      for (int j = 0; j < K; ++j) p.weights[n * K + j] = has_nan ? NAN : float(e_of(j) / sum);
     }
   }
   __syncthreads();

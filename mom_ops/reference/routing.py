@@ -6,16 +6,20 @@ import torch
 
 
 def router_ref(logits: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits [N, M] -> (weights fp32 [N, k], memory ids int64 [N, k]): softmax in fp32, top-k by decreasing
-    probability (ties to the lower index), renormalised. Rows whose max is +-inf follow the kernels' rule:
-    uniform over the entries equal to the max."""
-    x = logits.float()
-    mx = x.max(-1, keepdim=True).values
-    at_max = (x == mx).float()
-    probs = torch.where(mx.isinf(), at_max / at_max.sum(-1, keepdim=True), torch.softmax(x, -1))
-    order = torch.sort(probs.detach(), dim=-1, descending=True, stable=True).indices[:, :topk]
-    kept = probs.gather(1, order)
-    return kept / kept.sum(-1, keepdim=True), order
+    """logits [N, M] -> (weights [N, k], memory ids int64 [N, k]).
+
+    The k largest logits (ties to the lower index), by decreasing logit; weights = softmax over the kept
+    logits (= the full softmax renormalised over the kept entries), computed in fp64 and rounded once to fp32
+    (fp64 for fp64 logits). Infinite top logit: +inf shares the weight among the kept +inf entries; all -inf
+    gives equal weights."""
+    x = logits.double()
+    order = torch.sort(x.detach(), dim=-1, descending=True, stable=True).indices[:, :topk]
+    kept = x.gather(1, order)
+    top = kept[:, :1]
+    e = torch.where(top == float("inf"), (kept == top).double(),
+                    torch.where(top == float("-inf"), torch.ones_like(kept), torch.exp(kept - top)))
+    w = e / e.sum(-1, keepdim=True)
+    return w.to(torch.float64 if logits.dtype == torch.float64 else torch.float32), order
 
 
 def plan_ref(memory_ids: torch.Tensor, seq_of: torch.Tensor, num_memories: int, batch_size: int,
