@@ -1,0 +1,68 @@
+"""Every output element is written: run the ops with torch's deterministic mode, which fills each freshly
+allocated tensor with NaN (floats) or the largest integer (ints), so an unwritten row shows up."""
+
+import pytest
+import torch
+
+import mom_ops
+from tests.helpers import cu_from_lengths, device_param, gdn_inputs, need_kernel
+
+
+@pytest.fixture
+def poisoned_allocations():
+    old_mode = torch.are_deterministic_algorithms_enabled()
+    old_fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    yield
+    torch.use_deterministic_algorithms(old_mode)
+    torch.utils.deterministic.fill_uninitialized_memory = old_fill
+
+
+def _assert_written(t: torch.Tensor, name: str):
+    if t.is_floating_point():
+        assert torch.isfinite(t).all(), f"{name} has unwritten (NaN) entries"
+    else:
+        assert (t != torch.iinfo(t.dtype).max).all(), f"{name} has unwritten entries"
+
+
+@pytest.mark.parametrize("device", device_param())
+def test_routing_and_readout_write_every_output(device, poisoned_allocations):
+    need_kernel("route", device)
+    need_kernel("memory_mix_bwd", device)
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(130, 4, generator=gen).to(device)
+    mask = (torch.rand(130, generator=gen) > 0.3).to(device)  # masked tokens leave unused rows at the end
+    cu = cu_from_lengths([60, 0, 70]).to(device)
+    plan = mom_ops.route(logits, 2, cu_seqlens=cu, mask=mask)
+    for name in ("weights", "memory_ids", "dst_row", "src_pair", "cu_seqlens", "chunk_indices"):
+        _assert_written(getattr(plan, name), name)
+    x = torch.randn(130, 24, device=device, requires_grad=True)
+    y = mom_ops.permute(x, plan)
+    _assert_written(y, "permute")
+    w = plan.weights.clone().requires_grad_(True)
+    back = mom_ops.unpermute(y, plan, w)
+    _assert_written(back, "unpermute")
+    back.sum().backward()
+    _assert_written(x.grad, "permute grad")
+    o = torch.randn(260, 2, 8, device=device, requires_grad=True)
+    shared, gate = torch.randn(130, 2, 8, device=device), torch.randn(130, 2, 8, device=device)
+    out = mom_ops.memory_mix(o, plan, w, shared=shared, norm_weight=torch.ones(8, device=device), gate=gate)
+    _assert_written(out, "memory_mix")
+    out.sum().backward()
+    _assert_written(o.grad, "memory_mix grad (incl. unused rows)")
+
+
+@pytest.mark.parametrize("device", device_param())
+def test_scan_writes_every_output(device, poisoned_allocations, monkeypatch):
+    need_kernel("chunk_gated_delta_rule_fwd", device)
+    monkeypatch.setenv("MOM_OPS_EXPERIMENTAL_CUDA_SCAN", "1")
+    D = 64 if device == "cuda" else 16
+    inp = gdn_inputs(1, 150, 2, D, D, dtype=torch.bfloat16 if device == "cuda" else torch.float32, h0=True,
+                     n_seqs=4, device=device)
+    cu = cu_from_lengths([1, 0, 63, 70]).to(device)  # rows 134..149 belong to no sequence: o must be 0 there
+    o, ht = mom_ops.chunk_gated_delta_rule(**inp, cu_seqlens=cu, output_final_state=True,
+                                           use_qk_l2norm_in_kernel=True)
+    _assert_written(o, "o")
+    _assert_written(ht, "final state")
+    assert torch.equal(o[0, 134:].float().cpu(), torch.zeros(16, 2, D))
