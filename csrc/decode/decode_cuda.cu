@@ -3,7 +3,6 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -11,6 +10,7 @@
 #include "decode/decode_checks.h"
 #include "decode/decode_kernels.cuh"
 #include "gdn/gdn_checks.h"
+#include "gdn/scan_io.h"
 
 namespace mom_ops {
 namespace {
@@ -86,42 +86,16 @@ std::tuple<at::Tensor, at::Tensor> fused_recurrent_fwd_cuda(const at::Tensor& q,
   TORCH_CHECK_VALUE(d.num_seqs < 65536, "fused_recurrent on CUDA supports fewer than 65536 sequences, got ",
                     d.num_seqs);
   c10::cuda::CUDAGuard guard(q.device());
-  const at::Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
-  const at::Tensor gf = g.to(at::kFloat).contiguous(), bf = beta.to(at::kFloat).contiguous();
-  const at::Tensor h0 = initial_state.has_value() ? initial_state->contiguous() : at::Tensor();
-  const at::Tensor cu = cu_seqlens.has_value() ? cu_seqlens->contiguous() : at::Tensor();
-  // Rows past the last sequence end keep o = 0.
-  at::Tensor o = cu.defined() ? at::zeros(v.sizes(), v.options()) : at::empty(v.sizes(), v.options());
-  std::vector<int64_t> state_shape = {d.num_seqs, d.heads_v, state_v_first ? d.dim_v : d.dim_k,
-                                      state_v_first ? d.dim_k : d.dim_v};
-  const auto f32 = q.options().dtype(at::kFloat);
-  at::Tensor ht = output_final_state ? at::empty(state_shape, f32) : at::empty({0}, f32);
-  if (d.num_seqs == 0) return {o, ht};
-  RecurrentParams p{};
-  p.q = qc.data_ptr();
-  p.k = kc.data_ptr();
-  p.v = vc.data_ptr();
-  p.g = gf.data_ptr<float>();
-  p.beta = bf.data_ptr<float>();
-  p.initial_state = h0.defined() ? h0.data_ptr<float>() : nullptr;
-  p.final_state = output_final_state ? ht.data_ptr<float>() : nullptr;
-  p.out = o.data_ptr();
-  p.cu_seqlens = cu.defined() ? cu.data_ptr() : nullptr;
-  p.cu_int64 = cu.defined() && cu.scalar_type() == at::kLong;
-  p.seqlen = d.seqlen;
-  p.total_rows = d.batch * d.seqlen;
-  p.heads_qk = int(d.heads_qk);
-  p.heads_v = int(d.heads_v);
-  p.dim_v = int(d.dim_v);
-  p.scale = float(scale);
-  p.l2norm = use_qk_l2norm;
+  ScanIO io = prepare_scan_io(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm, state_v_first,
+                              cu_seqlens, d);
+  if (d.num_seqs == 0) return {io.o, io.ht};
   const dim3 grid(unsigned(d.dim_v / kDecodeBV), unsigned(d.heads_v), unsigned(d.num_seqs));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  dispatch_recurrent(qc, d.dim_k, state_v_first, [&]<typename T, int kK, bool kVFirst>() {
-    fused_recurrent_kernel<T, kK, kVFirst><<<grid, kDecodeThreads, 0, stream>>>(p);
+  dispatch_recurrent(io.q, d.dim_k, state_v_first, [&]<typename T, int kK, bool kVFirst>() {
+    fused_recurrent_kernel<T, kK, kVFirst><<<grid, kDecodeThreads, 0, stream>>>(io.params);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {o, ht};
+  return {io.o, io.ht};
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 #include <cstdint>
 
 #include "common/vec.cuh"
+#include "gdn/scan_params.h"
 
 namespace mom_ops {
 
@@ -219,41 +220,19 @@ __global__ void __launch_bounds__(kDecodeThreads) mom_decode_step_kernel(DecodeP
 
 // Token-by-token scan of short sequences (fused_recurrent): grid (V / kBV, HV, num_seqs); the state tile stays in
 // registers from h0 to the final state.
-struct RecurrentParams {
-  const void* q;               // [B*T, H, K]
-  const void* k;               // [B*T, H, K]
-  const void* v;               // [B*T, HV, V]
-  const float* g;              // [B*T, HV]
-  const float* beta;           // [B*T, HV]
-  const float* initial_state;  // [N, HV, K, V] / [N, HV, V, K] or nullptr
-  float* final_state;          // same shape, or nullptr
-  void* out;                   // [B*T, HV, V]
-  const void* cu_seqlens;      // [N+1] or nullptr (then sequence i is rows [i T, (i+1) T))
-  bool cu_int64;
-  int64_t seqlen, total_rows;
-  int heads_qk, heads_v, dim_v;
-  float scale;
-  bool l2norm;
-};
-
 template <typename T, int kK, bool kVFirst>
-__global__ void __launch_bounds__(kDecodeThreads) fused_recurrent_kernel(RecurrentParams p) {
+__global__ void __launch_bounds__(kDecodeThreads) fused_recurrent_kernel(ScanParams p) {
   __shared__ DecodeSmem<kK, kVFirst> s;
   const int vt = blockIdx.x, hv = blockIdx.y, tid = threadIdx.x;
   const int64_t seq = blockIdx.z;
   const int h = hv / (p.heads_v / p.heads_qk), v0 = vt * kDecodeBV;
-  int64_t bos = seq * p.seqlen, eos = bos + p.seqlen;
-  if (p.cu_seqlens != nullptr) {
-    bos = p.cu_int64 ? static_cast<const int64_t*>(p.cu_seqlens)[seq] : static_cast<const int*>(p.cu_seqlens)[seq];
-    eos = p.cu_int64 ? static_cast<const int64_t*>(p.cu_seqlens)[seq + 1] : static_cast<const int*>(p.cu_seqlens)[seq + 1];
-    bos = max(int64_t(0), min(bos, p.total_rows));  // bad cu_seqlens never read out of bounds
-    eos = max(bos, min(eos, p.total_rows));
-  }
+  int64_t bos, eos;
+  sequence_bounds(p, seq, bos, eos);
   const int row_stride = kVFirst ? kK : p.dim_v;
   const int64_t state_off = (seq * p.heads_v + hv) * int64_t(kK) * p.dim_v;
   float S[TileLayout<kK, kVFirst>::kRowsPerThread][4];
-  if (p.initial_state != nullptr) {
-    load_tile<kK, kVFirst>(tile_base<kK, kVFirst>(const_cast<float*>(p.initial_state) + state_off, p.dim_v, v0),
+  if (p.h0 != nullptr) {
+    load_tile<kK, kVFirst>(tile_base<kK, kVFirst>(const_cast<float*>(p.h0) + state_off, p.dim_v, v0),
                            row_stride, S);
   } else {
 #pragma unroll
@@ -269,10 +248,10 @@ __global__ void __launch_bounds__(kDecodeThreads) fused_recurrent_kernel(Recurre
     if (tid < kDecodeBV) s.v[tid] = to_float(static_cast<const T*>(p.v)[(t * p.heads_v + hv) * p.dim_v + v0 + tid]);
     __syncthreads();
     step_tile<kK, kVFirst>(S, expf(p.g[t * p.heads_v + hv]), p.beta[t * p.heads_v + hv], 1.f, s);
-    if (tid < kDecodeBV) static_cast<T*>(p.out)[(t * p.heads_v + hv) * p.dim_v + v0 + tid] = T(s.o[tid]);
+    if (tid < kDecodeBV) static_cast<T*>(p.o)[(t * p.heads_v + hv) * p.dim_v + v0 + tid] = T(s.o[tid]);
   }
-  if (p.final_state != nullptr)
-    store_tile<kK, kVFirst>(tile_base<kK, kVFirst>(p.final_state + state_off, p.dim_v, v0), row_stride, S);
+  if (p.ht != nullptr)
+    store_tile<kK, kVFirst>(tile_base<kK, kVFirst>(p.ht + state_off, p.dim_v, v0), row_stride, S);
 }
 
 }  // namespace mom_ops

@@ -3,8 +3,6 @@
 // otherwise the op raises NotImplementedError naming the switch.
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -14,6 +12,7 @@
 #include "common/static_switch.h"
 #include "gdn/gdn_checks.h"
 #include "gdn/gdn_fwd_kernel.cuh"
+#include "gdn/scan_io.h"
 
 namespace mom_ops {
 namespace {
@@ -53,37 +52,12 @@ std::tuple<at::Tensor, at::Tensor> gdn_fwd_cuda(const at::Tensor& q, const at::T
                     d.dim_v);
   TORCH_CHECK_VALUE(d.num_seqs * d.heads_v * (d.dim_v / bv) < (int64_t(1) << 31), "too many sequences x heads");
   c10::cuda::CUDAGuard guard(q.device());
-  const at::Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
-  const at::Tensor gf = g.to(at::kFloat).contiguous(), bf = beta.to(at::kFloat).contiguous();
-  const at::Tensor h0 = initial_state.has_value() ? initial_state->contiguous() : at::Tensor();
-  const at::Tensor cu = cu_seqlens.has_value() ? cu_seqlens->contiguous() : at::Tensor();
-  at::Tensor o = cu.defined() ? at::zeros(v.sizes(), v.options()) : at::empty(v.sizes(), v.options());
-  const std::vector<int64_t> state_shape = {d.num_seqs, d.heads_v, state_v_first ? d.dim_v : d.dim_k,
-                                            state_v_first ? d.dim_k : d.dim_v};
-  const auto f32 = q.options().dtype(at::kFloat);
-  at::Tensor ht = output_final_state ? at::empty(state_shape, f32) : at::empty({0}, f32);
-  if (d.num_seqs == 0 || d.heads_v == 0) return {o, ht};
-
+  ScanIO io = prepare_scan_io(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm, state_v_first,
+                              cu_seqlens, d);
+  if (d.num_seqs == 0 || d.heads_v == 0) return {io.o, io.ht};
   GdnFwdParams p{};
-  p.q = qc.data_ptr();
-  p.k = kc.data_ptr();
-  p.v = vc.data_ptr();
-  p.g = gf.data_ptr<float>();
-  p.beta = bf.data_ptr<float>();
-  p.h0 = h0.defined() ? h0.data_ptr<float>() : nullptr;
-  p.ht = output_final_state ? ht.data_ptr<float>() : nullptr;
-  p.o = o.data_ptr();
-  p.cu_seqlens = cu.defined() ? cu.data_ptr() : nullptr;
-  p.cu_int64 = cu.defined() && cu.scalar_type() == at::kLong;
-  p.seqlen = d.seqlen;
-  p.total_rows = d.batch * d.seqlen;
-  p.num_seqs = int(d.num_seqs);
-  p.heads_qk = int(d.heads_qk);
-  p.heads_v = int(d.heads_v);
-  p.dim_v = int(d.dim_v);
+  static_cast<ScanParams&>(p) = io.params;
   p.num_vblocks = int(d.dim_v / bv);
-  p.scale = float(scale);
-  p.l2norm = use_qk_l2norm;
   p.v_first = state_v_first;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const bool bf16 = q.scalar_type() == at::kBFloat16;
@@ -91,7 +65,7 @@ std::tuple<at::Tensor, at::Tensor> gdn_fwd_cuda(const at::Tensor& q, const at::T
     using T = std::conditional_t<kBf16, __nv_bfloat16, __half>;
     HEADDIM_SWITCH(d.dim_k, kK, [&] { launch_gdn_fwd<T, kK, (kK == 256 ? 32 : 64)>(p, stream); });
   });
-  return {o, ht};
+  return {io.o, io.ht};
 }
 
 }  // namespace

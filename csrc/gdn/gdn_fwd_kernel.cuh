@@ -16,27 +16,16 @@
 #include <cstdint>
 
 #include "common/mma.cuh"
+#include "gdn/scan_params.h"
 
 namespace mom_ops {
 
 constexpr int kGdnChunk = 64;
 constexpr int kGdnThreads = 128;  // 4 warps; warp w owns chunk rows 16w .. 16w + 15
 
-struct GdnFwdParams {
-  const void* q;         // [rows, H, K]
-  const void* k;         // [rows, H, K]
-  const void* v;         // [rows, HV, V]
-  const float* g;        // [rows, HV] log decay
-  const float* beta;     // [rows, HV]
-  const float* h0;       // [N, HV, K, V] ([N, HV, V, K] if v_first) or nullptr
-  float* ht;             // same, or nullptr
-  void* o;               // [rows, HV, V]
-  const void* cu_seqlens;  // [N + 1] int32 / int64, or nullptr (sequence i = rows [i T, (i+1) T))
-  bool cu_int64;
-  int64_t seqlen, total_rows;
-  int num_seqs, heads_qk, heads_v, dim_v, num_vblocks;
-  float scale;
-  bool l2norm, v_first;
+struct GdnFwdParams : ScanParams {
+  int num_vblocks;  // V / kBV
+  bool v_first;     // states are [N, HV, V, K]
 };
 
 // Shared-memory layout (element offsets); rows padded by 8 16-bit elements against bank conflicts.
@@ -92,14 +81,8 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_fwd_kernel(GdnFwdParams p)
   const int hv = (blockIdx.x / p.num_vblocks) % p.heads_v;
   const int seq = blockIdx.x / (p.num_vblocks * p.heads_v);
   const int h = hv / (p.heads_v / p.heads_qk), v0 = vb * kBV;
-  int64_t bos = int64_t(seq) * p.seqlen, eos = bos + p.seqlen;
-  if (p.cu_seqlens != nullptr) {
-    auto cu = [&](int i) {
-      return p.cu_int64 ? static_cast<const int64_t*>(p.cu_seqlens)[i] : int64_t(static_cast<const int*>(p.cu_seqlens)[i]);
-    };
-    bos = max(int64_t(0), min(cu(seq), p.total_rows));  // bad cu_seqlens never read out of bounds
-    eos = max(bos, min(cu(seq + 1), p.total_rows));
-  }
+  int64_t bos, eos;
+  sequence_bounds(p, seq, bos, eos);
   const T* q = static_cast<const T*>(p.q);
   const T* k = static_cast<const T*>(p.k);
   const T* v = static_cast<const T*>(p.v);
@@ -109,29 +92,22 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_fwd_kernel(GdnFwdParams p)
   // State fragments: warp w holds state rows (k) [kMTiles * 16 * w, ...), all kBV columns.
   // S[mt][nt][e]: k = (warp * kMTiles + mt) * 16 + g8 (+8 for e >= 2), v = nt * 8 + 2 t4 (+1 for odd e).
   float S[kMTiles][kNTiles][4];
-  auto state_index = [&](int kk, int vv) -> int64_t {  // element (k, v0 + vv) of this head's state
-    return p.v_first ? int64_t(v0 + vv) * kK + kk : int64_t(kk) * p.dim_v + v0 + vv;
-  };
-#pragma unroll
-  for (int mt = 0; mt < kMTiles; ++mt)
-#pragma unroll
-    for (int nt = 0; nt < kNTiles; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int kk = (warp * kMTiles + mt) * 16 + g8 + (e >= 2 ? 8 : 0), vv = nt * 8 + 2 * t4 + (e & 1);
-        S[mt][nt][e] = p.h0 != nullptr ? p.h0[state_off + state_index(kk, vv)] : 0.f;
-      }
-  // S^T in 16 bits for the W S and Q S products.
-  auto publish_state = [&]() {
+  auto for_each_state = [&](auto&& fn) {  // fn(element, k, v - v0)
 #pragma unroll
     for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
       for (int nt = 0; nt < kNTiles; ++nt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int kk = (warp * kMTiles + mt) * 16 + g8 + (e >= 2 ? 8 : 0), vv = nt * 8 + 2 * t4 + (e & 1);
-          sS[vv * L::kLdK + kk] = from_f32<T>(S[mt][nt][e]);
-        }
+        for (int e = 0; e < 4; ++e)
+          fn(S[mt][nt][e], (warp * kMTiles + mt) * 16 + g8 + (e >= 2 ? 8 : 0), nt * 8 + 2 * t4 + (e & 1));
+  };
+  auto state_index = [&](int kk, int vv) -> int64_t {  // element (k, v0 + vv) of this head's state
+    return state_off + (p.v_first ? int64_t(v0 + vv) * kK + kk : int64_t(kk) * p.dim_v + v0 + vv);
+  };
+  for_each_state([&](float& x, int kk, int vv) { x = p.h0 != nullptr ? p.h0[state_index(kk, vv)] : 0.f; });
+  // S^T in 16 bits for the W S and Q S products.
+  auto publish_state = [&]() {
+    for_each_state([&](float& x, int kk, int vv) { sS[vv * L::kLdK + kk] = from_f32<T>(x); });
   };
   publish_state();
 
@@ -368,17 +344,7 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_fwd_kernel(GdnFwdParams p)
     __syncthreads();
   }
 
-  if (p.ht != nullptr) {
-#pragma unroll
-    for (int mt = 0; mt < kMTiles; ++mt)
-#pragma unroll
-      for (int nt = 0; nt < kNTiles; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int kk = (warp * kMTiles + mt) * 16 + g8 + (e >= 2 ? 8 : 0), vv = nt * 8 + 2 * t4 + (e & 1);
-          p.ht[state_off + state_index(kk, vv)] = S[mt][nt][e];
-        }
-  }
+  if (p.ht != nullptr) for_each_state([&](float& x, int kk, int vv) { p.ht[state_index(kk, vv)] = x; });
 }
 
 }  // namespace mom_ops

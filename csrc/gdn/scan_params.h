@@ -1,0 +1,42 @@
+// What every scan kernel (chunked forward, token-by-token recurrent) takes, and the host side that checks and
+// prepares it: contiguous inputs, g and beta in fp32, o (zeros for rows outside every sequence) and the
+// final state. Torch-free on the device side; the host helper uses ATen.
+#pragma once
+
+#include <cstdint>
+
+namespace mom_ops {
+
+struct ScanParams {
+  const void* q;           // [rows, H, K]
+  const void* k;           // [rows, H, K]
+  const void* v;           // [rows, HV, V]
+  const float* g;          // [rows, HV] log decay
+  const float* beta;       // [rows, HV]
+  const float* h0;         // [N, HV, K, V] ([N, HV, V, K] with state_v_first) or nullptr
+  float* ht;               // same, or nullptr
+  void* o;                 // [rows, HV, V]
+  const void* cu_seqlens;  // [N + 1] int32 / int64, or nullptr: sequence i is rows [i T, (i + 1) T)
+  bool cu_int64;
+  int64_t seqlen, total_rows;
+  int num_seqs, heads_qk, heads_v, dim_v;
+  float scale;
+  bool l2norm;
+};
+
+#ifdef __CUDACC__
+// Rows [bos, eos) of sequence seq; bad cu_seqlens are clamped so that nothing is read out of bounds.
+__device__ __forceinline__ void sequence_bounds(const ScanParams& p, int64_t seq, int64_t& bos, int64_t& eos) {
+  bos = seq * p.seqlen;
+  eos = bos + p.seqlen;
+  if (p.cu_seqlens != nullptr) {
+    auto cu = [&](int64_t i) {
+      return p.cu_int64 ? static_cast<const int64_t*>(p.cu_seqlens)[i] : int64_t(static_cast<const int*>(p.cu_seqlens)[i]);
+    };
+    bos = max(int64_t(0), min(cu(seq), p.total_rows));
+    eos = max(bos, min(cu(seq + 1), p.total_rows));
+  }
+}
+#endif
+
+}  // namespace mom_ops
