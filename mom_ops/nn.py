@@ -64,6 +64,21 @@ def segment_conv_tail(x: torch.Tensor, cu_seqlens: torch.Tensor, history: torch.
     return torch.where(from_rows.unsqueeze(-1), tail, old.to(tail.dtype))
 
 
+@torch.no_grad()
+def init_decay_(A_log: torch.Tensor, dt_bias: torch.Tensor) -> None:
+    """fla's gated-delta decay initialisation: A ~ U(1, 16), dt ~ logU(1e-3, 0.1), dt_bias = softplus^-1(dt)."""
+    A_log.copy_(torch.empty_like(A_log).uniform_(1, 16).log())
+    dt = torch.exp(torch.rand_like(dt_bias) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp_min(1e-4)
+    dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+
+@torch.no_grad()
+def init_short_conv_(weight: torch.Tensor) -> None:
+    """Depthwise conv weights [C, W] ~ U(-1/sqrt(W), 1/sqrt(W)) (nn.Conv1d's default for one input channel)."""
+    bound = 1 / math.sqrt(weight.shape[1])
+    weight.uniform_(-bound, bound)
+
+
 def _shared_plan(num_tokens: int, batch_size: int, cu_seqlens, mask, device) -> RoutingPlan:
     """A one-memory, top-1 plan: packs the valid tokens of each sequence in order (segments = sequences)."""
     logits = torch.zeros(num_tokens, 1, device=device)
@@ -148,11 +163,8 @@ class MoMAttention(nn.Module):
             for lin in (self.shared_k, self.shared_v, self.shared_b, self.shared_a):
                 nn.init.xavier_uniform_(lin.weight, gain=gain)
         for w in (self.q_conv, self.k_conv, self.v_conv):
-            nn.init.uniform_(w, -1 / math.sqrt(self.conv_size), 1 / math.sqrt(self.conv_size))
-        self.A_log.copy_(torch.empty_like(self.A_log).uniform_(1, 16).log())
-        dt = torch.exp(torch.rand_like(self.dt_bias) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
-        dt = dt.clamp_min(1e-4)
-        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+            init_short_conv_(w)
+        init_decay_(self.A_log, self.dt_bias)
         self.o_norm.fill_(1.0)
 
     def _project_routed(self, xr: torch.Tensor, plan: RoutingPlan, weight: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,240 @@
+"""Multi-query associative recall (MQAR) with mom_ops: MoM vs a single gated-delta memory vs softmax attention.
+
+A sequence lists P key-value token pairs, then queries keys from it; the model must produce each queried key's
+value (Zoology / "simple linear attention" setting; our own generator). Each model is a small LM: embedding,
+`layers` blocks of (RMSNorm, mixer, residual, RMSNorm, MLP, residual), RMSNorm, LM head. Mixers:
+  mom   mom_ops.nn.MoMAttention (M memories, top-k, shared memory)
+  gdn   one gated-delta memory through mom_ops.chunk_gated_delta_rule, heads chosen so its state equals MoM's
+        activated state ((topk + shared) memories)
+  attn  causal scaled_dot_product_attention
+
+    python -m bench.mqar            # the full study on a GPU (writes bench/results/mqar.json and a PNG)
+    python -m bench.mqar --tiny     # a CPU-sized run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import mom_ops
+from mom_ops.nn import MoMAttention, init_decay_, init_short_conv_, segment_causal_conv
+
+
+@dataclass
+class MQARConfig:
+    vocab: int = 8192
+    seq_len: int = 256
+    num_pairs: int = 16
+    train_examples: int = 20000
+    eval_examples: int = 1000
+    d_model: int = 128
+    layers: int = 2
+    heads: int = 2
+    head_dim: int = 64
+    memories: int = 4
+    topk: int = 2
+    steps: int = 1000
+    batch: int = 64
+    lr: float = 3e-3
+    seed: int = 0
+    mixers: list = field(default_factory=lambda: ["mom", "gdn", "attn"])
+
+
+def make_mqar(n: int, seq_len: int, num_pairs: int, vocab: int, generator: torch.Generator):
+    """n examples -> (tokens [n, seq_len], labels [n, seq_len] with -100 where nothing is asked).
+    Keys come from the lower half of the vocabulary, values from the upper half; after the 2P pair tokens, the
+    keys are queried again in random order at random later positions (label = the key's value at the position
+    of the query)."""
+    half = vocab // 2
+    tokens = torch.randint(1, half, (n, seq_len), generator=generator)  # filler: random keys-vocab noise
+    labels = torch.full((n, seq_len), -100)
+    for i in range(n):
+        keys = torch.randperm(half - 1, generator=generator)[:num_pairs] + 1
+        values = torch.randint(half, vocab, (num_pairs,), generator=generator)
+        tokens[i, 0 : 2 * num_pairs : 2] = keys
+        tokens[i, 1 : 2 * num_pairs : 2] = values
+        slots = torch.randperm(seq_len - 2 * num_pairs, generator=generator)[:num_pairs].sort().values + 2 * num_pairs
+        order = torch.randperm(num_pairs, generator=generator)
+        tokens[i, slots] = keys[order]
+        labels[i, slots] = values[order]
+    return tokens, labels
+
+
+class GatedDeltaNet(nn.Module):
+    """One gated-delta memory (the gdn baseline): q, k, v, beta, a projections, causal conv, mom_ops scan."""
+
+    def __init__(self, d_model: int, heads: int, head_dim: int):
+        super().__init__()
+        self.heads, self.head_dim = heads, head_dim
+        inner = heads * head_dim
+        self.qkv = nn.Linear(d_model, 3 * inner, bias=False)
+        self.ba = nn.Linear(d_model, 2 * heads, bias=False)
+        self.conv = nn.Parameter(torch.empty(3 * inner, 4))
+        self.A_log, self.dt_bias = nn.Parameter(torch.empty(heads)), nn.Parameter(torch.empty(heads))
+        self.out = nn.Linear(inner, d_model, bias=False)
+        # The same initialisation as MoMAttention's, so that neither model is tuned more than the other.
+        for lin in (self.qkv, self.ba, self.out):
+            nn.init.xavier_uniform_(lin.weight, gain=2**-2.5)
+        init_short_conv_(self.conv)
+        init_decay_(self.A_log, self.dt_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        cu = torch.arange(0, (B + 1) * T, T, device=x.device, dtype=torch.int32)
+        qkv = segment_causal_conv(self.qkv(x).reshape(B * T, -1), self.conv, cu)
+        q, k, v = qkv.view(1, B * T, 3, self.heads, self.head_dim).unbind(2)
+        b, a = self.ba(x).reshape(1, B * T, 2, self.heads).unbind(2)
+        g = -self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias)
+        o, _ = mom_ops.chunk_gated_delta_rule(q, k, v, g, torch.sigmoid(b), cu_seqlens=cu,
+                                              use_qk_l2norm_in_kernel=True)
+        return self.out(o.reshape(B, T, -1))
+
+
+class Attention(nn.Module):
+    def __init__(self, d_model: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.out = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out(o.transpose(1, 2).reshape(B, T, D))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: MQARConfig, mixer: str):
+        super().__init__()
+        self.norm1, self.norm2 = nn.RMSNorm(cfg.d_model), nn.RMSNorm(cfg.d_model)
+        if mixer == "mom":
+            self.mixer = MoMAttention(cfg.d_model, cfg.heads, cfg.head_dim, num_memories=cfg.memories,
+                                      topk=cfg.topk, shared_memory=True)
+        elif mixer == "gdn":  # the state of MoM's activated memories: (topk + 1) x heads
+            self.mixer = GatedDeltaNet(cfg.d_model, (cfg.topk + 1) * cfg.heads, cfg.head_dim)
+        else:
+            self.mixer = Attention(cfg.d_model, cfg.heads)
+        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, 4 * cfg.d_model), nn.GELU(), nn.Linear(4 * cfg.d_model, cfg.d_model))
+
+    def forward(self, x):
+        out = self.mixer(self.norm1(x))
+        aux = 0.0
+        if isinstance(out, tuple):
+            out, aux = out
+        x = x + out
+        return x + self.mlp(self.norm2(x)), aux
+
+
+class LM(nn.Module):
+    def __init__(self, cfg: MQARConfig, mixer: str):
+        super().__init__()
+        self.embed = nn.Embedding(cfg.vocab, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg, mixer) for _ in range(cfg.layers))
+        self.norm = nn.RMSNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab, bias=False)
+
+    def forward(self, tokens):
+        x, aux = self.embed(tokens), 0.0
+        for block in self.blocks:
+            x, a = block(x)
+            aux = aux + a
+        return self.head(self.norm(x)), aux
+
+
+def evaluate(model, tokens, labels, batch, autocast) -> float:
+    model.eval()
+    hits = total = 0
+    with torch.no_grad(), autocast:
+        for i in range(0, len(tokens), batch):
+            logits, _ = model(tokens[i : i + batch])
+            asked = labels[i : i + batch] != -100
+            hits += (logits.argmax(-1)[asked] == labels[i : i + batch][asked]).sum().item()
+            total += asked.sum().item()
+    model.train()
+    return hits / max(total, 1)
+
+
+def train_one(cfg: MQARConfig, mixer: str, data, device) -> dict:
+    torch.manual_seed(cfg.seed)
+    model = LM(cfg, mixer).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
+    (xtr, ytr), (xev, yev) = data
+    gen = torch.Generator().manual_seed(cfg.seed)
+    losses = []
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.synchronize()
+    start = time.time()
+    for step in range(cfg.steps):
+        idx = torch.randint(0, len(xtr), (cfg.batch,), generator=gen)
+        with autocast:
+            logits, aux = model(xtr[idx].to(device))
+            loss = F.cross_entropy(logits.float().flatten(0, 1), ytr[idx].to(device).flatten(), ignore_index=-100)
+        (loss + aux).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.time() - start
+    acc = evaluate(model, xev.to(device), yev.to(device), cfg.batch, autocast)
+    return dict(mixer=mixer, num_pairs=cfg.num_pairs, seq_len=cfg.seq_len, accuracy=acc,
+                first_loss=sum(losses[:10]) / min(10, len(losses)), final_loss=sum(losses[-10:]) / min(10, len(losses)),
+                tokens_per_s=cfg.steps * cfg.batch * cfg.seq_len / seconds,
+                peak_gb=torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None)
+
+
+def run(cfg: MQARConfig, settings: list[tuple[int, int]], device: str) -> list[dict]:
+    results = []
+    for seq_len, num_pairs in settings:
+        c = MQARConfig(**{**asdict(cfg), "seq_len": seq_len, "num_pairs": num_pairs})
+        gen = torch.Generator().manual_seed(c.seed)
+        data = (make_mqar(c.train_examples, seq_len, num_pairs, c.vocab, gen),
+                make_mqar(c.eval_examples, seq_len, num_pairs, c.vocab, gen))  # held out: drawn after training data
+        for mixer in c.mixers:
+            r = train_one(c, mixer, data, device)
+            results.append(r)
+            print(f"  T={seq_len:4d} pairs={num_pairs:3d} {mixer:5s} acc {r['accuracy']:.3f} "
+                  f"loss {r['first_loss']:.2f} -> {r['final_loss']:.2f}  {r['tokens_per_s']:.0f} tok/s", flush=True)
+    return results
+
+
+def tiny_config() -> tuple[MQARConfig, list[tuple[int, int]]]:
+    """A CPU-sized study (about a minute on 2 cores): 32-token sequences with 4 pairs, 64-token vocabulary."""
+    cfg = MQARConfig(vocab=64, train_examples=2000, eval_examples=200, d_model=64, heads=2, head_dim=16,
+                     steps=400, batch=32, lr=3e-3)
+    return cfg, [(32, 4)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="a CPU-sized configuration")
+    parser.add_argument("--out", default="bench/results/mqar.json")
+    args = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.tiny:
+        cfg, settings = tiny_config()
+    else:
+        cfg = MQARConfig()
+        settings = [(256, 16), (256, 32), (512, 32), (512, 64)]
+    results = run(cfg, settings, device)
+    with open(args.out, "w") as f:
+        json.dump(dict(config=asdict(cfg), device=device, results=results), f, indent=1)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
