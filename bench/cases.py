@@ -229,6 +229,43 @@ def _decode_case(N, H, D):
     return Case("mom_decode_step", f"decode_N{N}_H{H}_D{D}", ("step",), build)
 
 
+# ---------------------------------------------------------------- layer
+
+
+def _layer_case(batch, seqlen, hidden, heads, head_dim, memories, topk, name):
+    def build(provider, mode):
+        if provider == "mom_ops":
+            if not (has_cuda_kernel("chunk_gated_delta_rule_fwd") and has_cuda_kernel("chunk_gated_delta_rule_bwd")):
+                return None
+            from mom_ops.nn import MoMAttention
+
+            layer = MoMAttention(hidden, heads, head_dim, num_memories=memories, topk=topk, shared_memory=True)
+        elif provider == "fla" and has_module("fla"):
+            from fla.layers.mom import MomAttention
+
+            layer = MomAttention(hidden_size=hidden, head_dim=head_dim, num_heads=heads, expand_v=1,
+                                 num_memories=memories, topk=topk, shared_mem=True, norm_eps=1e-6)
+        else:
+            return None
+        layer = layer.to(device="cuda", dtype=torch.bfloat16)
+        x = torch.randn(batch, seqlen, hidden, device="cuda", dtype=torch.bfloat16, requires_grad=mode == "fwdbwd")
+        if mode == "fwd":
+            def fwd():
+                with torch.no_grad():
+                    return layer(x)[0]
+
+            return Bench(fwd, None)
+        dy = torch.randn(batch, seqlen, hidden, device="cuda", dtype=torch.bfloat16)
+
+        def fwdbwd():
+            out = layer(x)[0]
+            out.backward(dy)
+
+        return Bench(fwdbwd, None)
+
+    return Case("layer", name, ("fwd", "fwdbwd"), build)
+
+
 CASES: list[Case] = [
     _route_case(16384, 4, 2, 8),
     _permute_case(32768, 2048, 2, inverse=False),
@@ -239,4 +276,5 @@ CASES: list[Case] = [
     _gdn_case(32768, 4, 256, 32),
     _decode_case(256, 16, 128),
     _decode_case(768, 4, 256),
+    _layer_case(8, 2048, 1024, 4, 256, 4, 2, "layer_340M_B8_T2048"),
 ]
