@@ -23,6 +23,18 @@ CHUNK = 64
 
 
 @triton.jit
+def _sequence_bounds(cu_ptr, i_n, T, IS_VARLEN: tl.constexpr):
+    """Rows [bos, eos) of sequence i_n: from cu_seqlens, or [i_n T, (i_n + 1) T)."""
+    if IS_VARLEN:
+        bos = tl.load(cu_ptr + i_n).to(tl.int64)
+        eos = tl.load(cu_ptr + i_n + 1).to(tl.int64)
+    else:
+        bos = i_n.to(tl.int64) * T
+        eos = bos + T
+    return bos, eos
+
+
+@triton.jit
 def _l2norm_rows(x, eps: tl.constexpr):
     """x [C, BK] -> x * rsqrt(sum(x^2) + eps) per row (padding columns are 0 and add nothing)."""
     return x * tl.rsqrt(tl.sum(x * x, axis=1) + eps)[:, None]
@@ -61,12 +73,7 @@ def _gdn_fwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, o_ptr, h0_ptr, ht_ptr,
     h0, ht: [N, HV, *, *] fp32, element (k, v) of one state at k * stride_sk + v * stride_sv."""
     i_n, i_hv, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_h = i_hv // (HV // H)  # the q/k head of this value head's group
-    if IS_VARLEN:
-        bos = tl.load(cu_ptr + i_n).to(tl.int64)
-        eos = tl.load(cu_ptr + i_n + 1).to(tl.int64)
-    else:
-        bos = i_n.to(tl.int64) * T
-        eos = bos + T
+    bos, eos = _sequence_bounds(cu_ptr, i_n, T, IS_VARLEN)
 
     r = tl.arange(0, C)  # row inside a chunk
     ck = tl.arange(0, BK)  # key column
@@ -191,12 +198,7 @@ def _gdn_bwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, do_ptr, h0_ptr, dht_pt
     i_n, i_hv, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     prog = (i_n * HV + i_hv) * tl.num_programs(2) + i_v
     i_h = i_hv // (HV // H)
-    if IS_VARLEN:
-        bos = tl.load(cu_ptr + i_n).to(tl.int64)
-        eos = tl.load(cu_ptr + i_n + 1).to(tl.int64)
-    else:
-        bos = i_n.to(tl.int64) * T
-        eos = bos + T
+    bos, eos = _sequence_bounds(cu_ptr, i_n, T, IS_VARLEN)
     ck = tl.arange(0, BK)
     cv = i_v * BV + tl.arange(0, BV)
     mk, mv = ck < K, cv < V

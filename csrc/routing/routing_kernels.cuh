@@ -231,6 +231,15 @@ struct PermuteParams {
   int topk;
 };
 
+// Zeroes one row of `vecs` kVec-vectors with the lanes of a warp.
+template <typename T, int kVec>
+__device__ __forceinline__ void zero_row(T* row, int64_t vecs, int lane) {
+  Vec<T, kVec> zero;
+#pragma unroll
+  for (int e = 0; e < kVec; ++e) zero.v[e] = T(0.f);
+  for (int64_t i = lane; i < vecs; i += 32) reinterpret_cast<Vec<T, kVec>*>(row)[i] = zero;
+}
+
 // y[dst_row[n, j]] = x[n]: warp w reads token w's row once and writes its k copies (so x is read once), and
 // zeroes row w when that row holds no pair. Launch max(N, R) warps.
 template <typename T, int kVec>
@@ -253,13 +262,7 @@ __global__ void permute_kernel(PermuteParams p) {
   }
   if (w < p.num_rows) {
     const int pair = p.src_pair[w];
-    if (pair < 0 || pair >= p.num_tokens * p.topk) {
-      V zero;
-#pragma unroll
-      for (int e = 0; e < kVec; ++e) zero.v[e] = T(0.f);
-      V* out = reinterpret_cast<V*>(static_cast<T*>(p.out) + w * p.dim);
-      for (int64_t i = lane; i < vecs; i += 32) out[i] = zero;
-    }
+    if (pair < 0 || pair >= p.num_tokens * p.topk) zero_row<T, kVec>(static_cast<T*>(p.out) + w * p.dim, vecs, lane);
   }
 }
 
@@ -302,10 +305,7 @@ __global__ void unpermute_backward_kernel(PermuteParams p) {
   const int64_t vecs = p.dim / kVec;
   V* grad_y = reinterpret_cast<V*>(static_cast<T*>(p.out) + r * p.dim);
   if (pair < 0 || pair >= p.num_tokens * p.topk) {
-    V zero;
-#pragma unroll
-    for (int i = 0; i < kVec; ++i) zero.v[i] = T(0.f);
-    for (int64_t i = lane; i < vecs; i += 32) grad_y[i] = zero;
+    zero_row<T, kVec>(static_cast<T*>(p.out) + r * p.dim, vecs, lane);
     return;
   }
   const float w = p.weights != nullptr ? p.weights[pair] : 1.f;
