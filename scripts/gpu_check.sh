@@ -38,7 +38,7 @@ ldd mom_ops/_C*.so | grep -q libstdc++ || echo "WARNING: mom_ops._C does not lin
 
 # 3. GPU tests (and the CPU ones: they are quick).
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
-  python3 -m pytest tests -v -x --tb=short ${TEST_FILTER:+-k "$TEST_FILTER"} -p no:cacheprovider \
+  python3 -m pytest tests -v --maxfail="${MAXFAIL:-25}" --tb=short ${TEST_FILTER:+-k "$TEST_FILTER"} -p no:cacheprovider \
     >"$OUT/tests.log" 2>&1 || status=1
   grep -E "PASSED|SKIPPED|FAILED|ERROR" "$OUT/tests.log" | grep -v "::test_.*\[.*cpu.*\] PASSED" | tail -n 40
   tail -n 5 "$OUT/tests.log"
