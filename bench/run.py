@@ -1,7 +1,11 @@
 """Run the benchmark registry on a GPU and write bench/results/<gpu>.json (DESIGN.md §6) and PNG plots.
 
-    python -m bench.run [--only gdn,route] [--out bench/results/h100.json] [--plots bench/results/plots]
+    python -m bench.run [--only gdn,route] [--providers mom_ops,fla] [--merge] [--out bench/results/h100.json]
+                        [--plots bench/results/plots]
 
+Every record names the commit it was measured at. With --merge the records of this run replace those of the
+same (case, provider, mode) in --out and the others are kept (each with its own commit); the file's top-level
+commit, date and clocks are this run's.
 Clock health comes first: a device copy and a bf16 matmul. Runs below 2.8 TB/s or 650 TFLOP/s are flagged
 (`healthy: false` in the file) and should be discarded.
 """
@@ -59,13 +63,15 @@ def git_commit() -> str:
         return "unknown"
 
 
-def run(only: list[str] | None) -> list[dict]:
-    records = []
+def run(only: list[str] | None, providers: list[str] | None) -> list[dict]:
+    records, commit = [], git_commit()
     for case in CASES:
         if only and not any(key in case.name or key == case.op for key in only):
             continue
         for mode in case.modes:
             for provider in PROVIDERS:
+                if providers and provider not in providers:
+                    continue
                 try:
                     bench = case.build(provider, mode)
                     if bench is None:
@@ -79,7 +85,7 @@ def run(only: list[str] | None) -> list[dict]:
                 gbps = bench.nbytes / (ms * 1e-3) / 1e9 if bench.nbytes else None
                 records.append(dict(op=case.op, case=case.name, provider=provider, mode=mode, ms=round(ms, 5),
                                     gbps=None if gbps is None else round(gbps, 1), peak_gb=round(peak, 3),
-                                    timing="graph" if bench.graph else "launch"))
+                                    timing="graph" if bench.graph else "launch", commit=commit))
                 print(f"  {case.name:34s} {mode:7s} {provider:10s} {ms:9.4f} ms"
                       + (f" {gbps:8.1f} GB/s" if gbps else ""), flush=True)
     return records
@@ -115,6 +121,8 @@ def plot(records: list[dict], folder: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="", help="comma-separated case-name fragments or op names")
+    parser.add_argument("--providers", default="", help="comma-separated providers (default: all)")
+    parser.add_argument("--merge", action="store_true", help="keep the records of --out that this run does not redo")
     parser.add_argument("--out", default="bench/results/h100.json")
     parser.add_argument("--plots", default="bench/results/plots")
     args = parser.parse_args()
@@ -125,7 +133,14 @@ def main() -> None:
     healthy = copy_tbps >= MIN_COPY_TBPS and tflops >= MIN_MATMUL_TFLOPS
     print(f"clock health: copy {copy_tbps:.2f} TB/s, bf16 matmul {tflops:.0f} TFLOP/s -> "
           f"{'healthy' if healthy else 'UNHEALTHY: discard these timings'}", flush=True)
-    records = run([s for s in args.only.split(",") if s])
+    records = run([s for s in args.only.split(",") if s], [s for s in args.providers.split(",") if s])
+    if args.merge and os.path.exists(args.out):
+        redone = {(r["case"], r["provider"], r["mode"]) for r in records}
+        with open(args.out) as f:
+            old = json.load(f)
+        kept = [dict(r, commit=r.get("commit", old.get("commit"))) for r in old["records"]
+                if (r["case"], r["provider"], r["mode"]) not in redone]
+        records = kept + records
     result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, commit=git_commit(),
                   date=datetime.date.today().isoformat(), copy_tbps=round(copy_tbps, 3),
                   matmul_tflops=round(tflops, 1), healthy=healthy, records=records)

@@ -2,7 +2,8 @@
 # On a GPU machine: install carried wheels, build mom_ops, run the GPU tests and the benchmarks, check clocks.
 # Logs and results go to $OUT (or ./gpu_out). One command, well under 10 minutes:
 #   bash scripts/gpu_check.sh [pytest -k expression] [bench --only list]
-# Env: MOM_OPS_COMMIT (recorded in the results), SKIP_TESTS=1, SKIP_BENCH=1, MAX_JOBS.
+# Env: MOM_OPS_COMMIT (recorded in the results), SKIP_TESTS=1, SKIP_BENCH=1, MAX_JOBS, BENCH_PROVIDERS
+# (comma list), BENCH_MERGE=1 (start from bench/results/h100.json and redo only the selected records).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu_out}"
@@ -46,7 +47,9 @@ fi
 
 # 4. Benchmarks (clock health first; results + plots under $OUT).
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
+  [ "${BENCH_MERGE:-0}" = 1 ] && cp bench/results/h100.json "$OUT/h100.json"
   python3 -m bench.run --out "$OUT/h100.json" --plots "$OUT/plots" ${BENCH_ONLY:+--only "$BENCH_ONLY"} \
+    ${BENCH_PROVIDERS:+--providers "$BENCH_PROVIDERS"} $([ "${BENCH_MERGE:-0}" = 1 ] && echo --merge) \
     2>"$OUT/bench.err" | tee "$OUT/bench.log" || status=1
   tail -n 20 "$OUT/bench.err"
 fi
