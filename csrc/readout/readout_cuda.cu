@@ -120,9 +120,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_mi
   p.grad_shared = shared.has_value() ? grad_shared.data_ptr() : nullptr;
   p.grad_gate = gate.has_value() ? grad_gate.data_ptr() : nullptr;
   p.grad_norm_partial = norm_weight.has_value() ? norm_partial.data_ptr<float>() : nullptr;
-  // d_w partials for up to 2 tokens per warp, d_norm_weight partials per head.
-  const size_t smem = sizeof(float) * size_t(p.heads) * (2 * p.topk + (norm_weight.has_value() ? p.dim_v : 0));
-  TORCH_CHECK_VALUE(smem <= 48 * 1024, "memory_mix backward: heads * (2 topk + V) = ", smem / 4,
+  const size_t smem = sizeof(float) * size_t(p.heads) * (p.topk + (norm_weight.has_value() ? p.dim_v : 0));
+  TORCH_CHECK_VALUE(smem <= 48 * 1024, "memory_mix backward: heads * (topk + V) = ", smem / 4,
                     " floats exceed the 48 KB of shared memory");
   if (p.num_tokens > 0 || p.num_rows > 0) {
     const cudaStream_t stream = at::cuda::getCurrentCUDAStream();

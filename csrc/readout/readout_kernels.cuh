@@ -1,6 +1,5 @@
-// memory_mix kernels: a CTA takes 1 or 2 tokens at a time (grid-stride), one warp per head; each lane keeps
-// kVecsPerLane 16-byte vectors of the head's V values in fp32 registers, so a row is read once and written once.
-// All loads of a step (routed rows, shared, gate, grad) are issued before the first arithmetic.
+// memory_mix kernels: one CTA per token (grid-stride), one warp per head; each lane keeps kVecsPerLane 16-byte
+// vectors of the head's V values in fp32 registers, so a row is read once and written once.
 //   fwd: o = sum_j w_j o_routed[row_j, h] + shared[n, h];  out = o * rstd * norm_w * silu(gate)
 //   bwd: the same gather again, then the RMSNorm/gate backward, d_o_routed[row_j, h] = w_j do,
 //        d_w[n, j] = sum_h <do, o_routed[row_j, h]>, d_norm_w partial sums per CTA (summed by the caller).
@@ -76,245 +75,184 @@ __device__ __forceinline__ void load_row(const T* row, int dim_v, int lane, floa
 
 constexpr int kMixSlotsInFlight = 2;  // routed rows whose loads are issued together (the bwd assumes 2)
 
-// Tokens a warp works on at once: their loads are all in flight before the first use (registers allow 2 at
-// V <= 32 vectors per head-row).
-template <int kVecsPerLane>
-constexpr int mix_tokens_per_warp() {
-  return kVecsPerLane == 1 ? 2 : 1;
-}
-
-// What one (token, head) reads before any arithmetic: the first routed rows with their weights, and shared.
-template <int kVec, int kVecsPerLane>
-struct MixLoads {
-  float x[kMixSlotsInFlight][kVecsPerLane][kVec];
-  float w[kMixSlotsInFlight];
-  float sh[kVecsPerLane][kVec];  // zeros without shared
-};
-
-template <int kVec, int kVecsPerLane>
-__device__ __forceinline__ void zero(float (&x)[kVecsPerLane][kVec]) {
-#pragma unroll
-  for (int i = 0; i < kVecsPerLane; ++i)
-#pragma unroll
-    for (int e = 0; e < kVec; ++e) x[i][e] = 0.f;
-}
-
+// o (fp32, in registers) of token n, head h: the weighted gather of the k routed rows plus shared. The loads of
+// kMixSlotsInFlight rows and of shared are issued before any use; the first rows stay in `first` for the
+// backward's dot products.
 template <typename T, int kVec, int kVecsPerLane>
-__device__ __forceinline__ void issue_mix_loads(const MixParams& p, int64_t n, int h, int lane,
-                                                MixLoads<kVec, kVecsPerLane>& L) {
+__device__ __forceinline__ void gather_mix(const MixParams& p, int64_t n, int h, int lane,
+                                           float (&o)[kVecsPerLane][kVec],
+                                           float (&first)[kMixSlotsInFlight][kVecsPerLane][kVec]) {
   const int64_t row_elems = int64_t(p.heads) * p.dim_v, col0 = int64_t(h) * p.dim_v;
-#pragma unroll
-  for (int jj = 0; jj < kMixSlotsInFlight; ++jj) {
-    const int r = jj < p.topk ? p.dst_row[n * p.topk + jj] : -1;
-    const bool ok = r >= 0 && r < p.num_rows;
-    L.w[jj] = ok ? p.weights[n * p.topk + jj] : 0.f;
-    if (ok) {
-      load_row<T, kVec, kVecsPerLane>(static_cast<const T*>(p.o_routed) + r * row_elems + col0, p.dim_v, lane, L.x[jj]);
-    } else {
-      zero(L.x[jj]);
-    }
-  }
+  float sh[kVecsPerLane][kVec];
   if (p.shared != nullptr) {
-    load_row<T, kVec, kVecsPerLane>(static_cast<const T*>(p.shared) + n * row_elems + col0, p.dim_v, lane, L.sh);
-  } else {
-    zero(L.sh);
+    load_row<T, kVec, kVecsPerLane>(static_cast<const T*>(p.shared) + n * row_elems + col0, p.dim_v, lane, sh);
   }
-}
-
-// o = shared + sum_j w_j o_routed[row_j, h] in fp32; slots past the first kMixSlotsInFlight are loaded here.
-template <typename T, int kVec, int kVecsPerLane>
-__device__ __forceinline__ void finish_mix(const MixParams& p, int64_t n, int h, int lane,
-                                           const MixLoads<kVec, kVecsPerLane>& L, float (&o)[kVecsPerLane][kVec]) {
-  const int64_t row_elems = int64_t(p.heads) * p.dim_v, col0 = int64_t(h) * p.dim_v;
 #pragma unroll
   for (int i = 0; i < kVecsPerLane; ++i)
 #pragma unroll
-    for (int e = 0; e < kVec; ++e) {
-      o[i][e] = L.sh[i][e];
+    for (int e = 0; e < kVec; ++e) o[i][e] = p.shared != nullptr ? sh[i][e] : 0.f;
+  for (int j0 = 0; j0 < p.topk; j0 += kMixSlotsInFlight) {
+    float x[kMixSlotsInFlight][kVecsPerLane][kVec], w[kMixSlotsInFlight];
 #pragma unroll
-      for (int jj = 0; jj < kMixSlotsInFlight; ++jj) o[i][e] += L.w[jj] * L.x[jj][i][e];
+    for (int jj = 0; jj < kMixSlotsInFlight; ++jj) {
+      const int j = j0 + jj;
+      const int r = j < p.topk ? p.dst_row[n * p.topk + j] : -1;
+      const bool ok = r >= 0 && r < p.num_rows;
+      w[jj] = ok ? p.weights[n * p.topk + j] : 0.f;
+      if (ok) {
+        load_row<T, kVec, kVecsPerLane>(static_cast<const T*>(p.o_routed) + r * row_elems + col0, p.dim_v, lane, x[jj]);
+      } else {
+#pragma unroll
+        for (int i = 0; i < kVecsPerLane; ++i)
+#pragma unroll
+          for (int e = 0; e < kVec; ++e) x[jj][i][e] = 0.f;
+      }
     }
-  for (int j = kMixSlotsInFlight; j < p.topk; ++j) {
-    const int r = p.dst_row[n * p.topk + j];
-    if (r < 0 || r >= p.num_rows) continue;
-    const float w = p.weights[n * p.topk + j];
-    float x[kVecsPerLane][kVec];
-    load_row<T, kVec, kVecsPerLane>(static_cast<const T*>(p.o_routed) + r * row_elems + col0, p.dim_v, lane, x);
 #pragma unroll
-    for (int i = 0; i < kVecsPerLane; ++i)
+    for (int jj = 0; jj < kMixSlotsInFlight; ++jj)
 #pragma unroll
-      for (int e = 0; e < kVec; ++e) o[i][e] += w * x[i][e];
+      for (int i = 0; i < kVecsPerLane; ++i)
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) {
+          o[i][e] += w[jj] * x[jj][i][e];
+          if (j0 == 0) first[jj][i][e] = x[jj][i][e];
+        }
   }
 }
 
 template <typename T, int kVec, int kVecsPerLane>
 __global__ void memory_mix_fwd_kernel(MixParams p) {
-  constexpr int kTok = mix_tokens_per_warp<kVecsPerLane>();
   const int lane = threadIdx.x % 32, h = threadIdx.x / 32;
   const int64_t row_elems = int64_t(p.heads) * p.dim_v;
-  for (int64_t n0 = int64_t(blockIdx.x) * kTok; n0 < p.num_tokens; n0 += int64_t(gridDim.x) * kTok) {
-    MixLoads<kVec, kVecsPerLane> L[kTok];
-    float z[kTok][kVecsPerLane][kVec];
+  for (int64_t n = blockIdx.x; n < p.num_tokens; n += gridDim.x) {
+    const int64_t base = n * row_elems + int64_t(h) * p.dim_v;
+    float o[kVecsPerLane][kVec], unused[kMixSlotsInFlight][kVecsPerLane][kVec], z[kVecsPerLane][kVec];
+    if (p.gate != nullptr) load_row<T, kVec, kVecsPerLane>(static_cast<const T*>(p.gate) + base, p.dim_v, lane, z);
+    gather_mix<T, kVec, kVecsPerLane>(p, n, h, lane, o, unused);
+    if (p.norm_weight != nullptr) {
+      float ss = 0.f;
 #pragma unroll
-    for (int t = 0; t < kTok; ++t) {
-      const int64_t n = n0 + t;
-      if (n >= p.num_tokens) break;
-      if (p.gate != nullptr)
-        load_row<T, kVec, kVecsPerLane>(static_cast<const T*>(p.gate) + n * row_elems + int64_t(h) * p.dim_v, p.dim_v,
-                                        lane, z[t]);
-      issue_mix_loads<T, kVec, kVecsPerLane>(p, n, h, lane, L[t]);
-    }
+      for (int i = 0; i < kVecsPerLane; ++i)
 #pragma unroll
-    for (int t = 0; t < kTok; ++t) {
-      const int64_t n = n0 + t;
-      if (n >= p.num_tokens) break;
-      const int64_t base = n * row_elems + int64_t(h) * p.dim_v;
-      float o[kVecsPerLane][kVec];
-      finish_mix<T, kVec, kVecsPerLane>(p, n, h, lane, L[t], o);
-      if (p.norm_weight != nullptr) {
-        float ss = 0.f;
-#pragma unroll
-        for (int i = 0; i < kVecsPerLane; ++i)
-#pragma unroll
-          for (int e = 0; e < kVec; ++e) ss += o[i][e] * o[i][e];  // lanes past V hold zeros
-        const float rstd = rsqrtf(warp_sum(ss) / p.dim_v + p.eps);
-#pragma unroll
-        for (int i = 0; i < kVecsPerLane; ++i) {
-          const int c = (lane + 32 * i) * kVec;
-          if (c >= p.dim_v) continue;
-#pragma unroll
-          for (int e = 0; e < kVec; ++e) {
-            const float act = p.gate != nullptr ? z[t][i][e] * sigmoidf(z[t][i][e]) : 1.f;
-            o[i][e] = o[i][e] * rstd * p.norm_weight[c + e] * act;
-          }
-        }
-      }
+        for (int e = 0; e < kVec; ++e) ss += o[i][e] * o[i][e];  // lanes past V hold zeros
+      const float rstd = rsqrtf(warp_sum(ss) / p.dim_v + p.eps);
 #pragma unroll
       for (int i = 0; i < kVecsPerLane; ++i) {
         const int c = (lane + 32 * i) * kVec;
-        if (c < p.dim_v) store_f32<T, kVec>(static_cast<T*>(p.out) + base + c, o[i]);
+        if (c >= p.dim_v) continue;
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) {
+          const float act = p.gate != nullptr ? z[i][e] * sigmoidf(z[i][e]) : 1.f;
+          o[i][e] = o[i][e] * rstd * p.norm_weight[c + e] * act;
+        }
       }
+    }
+#pragma unroll
+    for (int i = 0; i < kVecsPerLane; ++i) {
+      const int c = (lane + 32 * i) * kVec;
+      if (c < p.dim_v) store_f32<T, kVec>(static_cast<T*>(p.out) + base + c, o[i]);
     }
   }
 }
 
-// Dynamic shared memory: kTok * heads * topk floats (d_w per head) + heads * V floats (d_norm_w per head).
+// Dynamic shared memory: heads * topk floats (d_w per head) + heads * V floats (d_norm_w per head).
 template <typename T, int kVec, int kVecsPerLane>
 __global__ void memory_mix_bwd_kernel(MixParams p) {
-  constexpr int kTok = mix_tokens_per_warp<kVecsPerLane>();
   extern __shared__ float smem[];
-  float* s_dw = smem;                                // [kTok, heads, topk]
-  float* s_dnw = smem + kTok * p.heads * p.topk;     // [heads, V]
+  float* s_dw = smem;                          // [heads, topk]
+  float* s_dnw = smem + p.heads * p.topk;      // [heads, V]
   const int lane = threadIdx.x % 32, h = threadIdx.x / 32;
   const int64_t row_elems = int64_t(p.heads) * p.dim_v;
   const bool norm = p.norm_weight != nullptr, gated = p.gate != nullptr;
   float dnw[kVecsPerLane][kVec] = {};
-  for (int64_t n0 = int64_t(blockIdx.x) * kTok; n0 < p.num_tokens; n0 += int64_t(gridDim.x) * kTok) {
-    MixLoads<kVec, kVecsPerLane> L[kTok];
-    float dy[kTok][kVecsPerLane][kVec], z[kTok][kVecsPerLane][kVec];
+  for (int64_t n = blockIdx.x; n < p.num_tokens; n += gridDim.x) {
+    const int64_t base = n * row_elems + int64_t(h) * p.dim_v;
+    float o[kVecsPerLane][kVec], d[kVecsPerLane][kVec], z[kVecsPerLane][kVec];
+    float first[kMixSlotsInFlight][kVecsPerLane][kVec];
+    load_row<T, kVec, kVecsPerLane>(static_cast<const T*>(p.grad_out) + base, p.dim_v, lane, d);
+    if (gated) load_row<T, kVec, kVecsPerLane>(static_cast<const T*>(p.gate) + base, p.dim_v, lane, z);
+    gather_mix<T, kVec, kVecsPerLane>(p, n, h, lane, o, first);
+    if (norm) {
+      float ss = 0.f;
 #pragma unroll
-    for (int t = 0; t < kTok; ++t) {
-      const int64_t n = n0 + t;
-      if (n >= p.num_tokens) break;
-      const int64_t base = n * row_elems + int64_t(h) * p.dim_v;
-      load_row<T, kVec, kVecsPerLane>(static_cast<const T*>(p.grad_out) + base, p.dim_v, lane, dy[t]);
-      if (gated) load_row<T, kVec, kVecsPerLane>(static_cast<const T*>(p.gate) + base, p.dim_v, lane, z[t]);
-      issue_mix_loads<T, kVec, kVecsPerLane>(p, n, h, lane, L[t]);
+      for (int i = 0; i < kVecsPerLane; ++i)
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) ss += o[i][e] * o[i][e];
+      const float rstd = rsqrtf(warp_sum(ss) / p.dim_v + p.eps);
+      float dot = 0.f;  // <dxhat, xhat>
+#pragma unroll
+      for (int i = 0; i < kVecsPerLane; ++i) {
+        const int c = (lane + 32 * i) * kVec;
+        if (c >= p.dim_v) continue;
+        float dz[kVec];
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) {
+          const float xhat = o[i][e] * rstd, w = p.norm_weight[c + e];
+          const float s = gated ? sigmoidf(z[i][e]) : 1.f, act = gated ? z[i][e] * s : 1.f;
+          if (gated) dz[e] = d[i][e] * xhat * w * s * (1.f + z[i][e] * (1.f - s));
+          dnw[i][e] += d[i][e] * xhat * act;
+          d[i][e] = d[i][e] * w * act;  // dxhat
+          dot += d[i][e] * xhat;
+          o[i][e] = xhat;
+        }
+        if (gated) store_f32<T, kVec>(static_cast<T*>(p.grad_gate) + base + c, dz);
+      }
+      const float mean_dot = warp_sum(dot) / p.dim_v;
+#pragma unroll
+      for (int i = 0; i < kVecsPerLane; ++i)
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) d[i][e] = rstd * (d[i][e] - o[i][e] * mean_dot);  // do
     }
 #pragma unroll
-    for (int t = 0; t < kTok; ++t) {
-      const int64_t n = n0 + t;
-      if (n >= p.num_tokens) break;
-      const int64_t base = n * row_elems + int64_t(h) * p.dim_v;
-      float o[kVecsPerLane][kVec];
-      float (&d)[kVecsPerLane][kVec] = dy[t];
-      finish_mix<T, kVec, kVecsPerLane>(p, n, h, lane, L[t], o);
-      if (norm) {
-        float ss = 0.f;
-#pragma unroll
-        for (int i = 0; i < kVecsPerLane; ++i)
-#pragma unroll
-          for (int e = 0; e < kVec; ++e) ss += o[i][e] * o[i][e];
-        const float rstd = rsqrtf(warp_sum(ss) / p.dim_v + p.eps);
-        float dot = 0.f;  // <dxhat, xhat>
+    for (int i = 0; i < kVecsPerLane; ++i) {
+      const int c = (lane + 32 * i) * kVec;
+      if (c < p.dim_v && p.grad_shared != nullptr) store_f32<T, kVec>(static_cast<T*>(p.grad_shared) + base + c, d[i]);
+    }
+    for (int j = 0; j < p.topk; ++j) {
+      const int r = p.dst_row[n * p.topk + j];
+      float dot = 0.f;
+      if (r >= 0 && r < p.num_rows) {
+        const float w = p.weights[n * p.topk + j];
+        const int64_t rbase = r * row_elems + int64_t(h) * p.dim_v;
 #pragma unroll
         for (int i = 0; i < kVecsPerLane; ++i) {
           const int c = (lane + 32 * i) * kVec;
           if (c >= p.dim_v) continue;
-          float dz[kVec];
+          float x[kVec], g[kVec];
+          if (j < kMixSlotsInFlight) {  // still in registers from the gather
+#pragma unroll
+            for (int e = 0; e < kVec; ++e) x[e] = j == 0 ? first[0][i][e] : first[1][i][e];
+          } else {
+            load_f32<T, kVec>(static_cast<const T*>(p.o_routed) + rbase + c, x);
+          }
 #pragma unroll
           for (int e = 0; e < kVec; ++e) {
-            const float xhat = o[i][e] * rstd, w = p.norm_weight[c + e];
-            const float s = gated ? sigmoidf(z[t][i][e]) : 1.f, act = gated ? z[t][i][e] * s : 1.f;
-            if (gated) dz[e] = d[i][e] * xhat * w * s * (1.f + z[t][i][e] * (1.f - s));
-            dnw[i][e] += d[i][e] * xhat * act;
-            d[i][e] = d[i][e] * w * act;  // dxhat
-            dot += d[i][e] * xhat;
-            o[i][e] = xhat;
+            dot += d[i][e] * x[e];
+            g[e] = w * d[i][e];
           }
-          if (gated) store_f32<T, kVec>(static_cast<T*>(p.grad_gate) + base + c, dz);
+          store_f32<T, kVec>(static_cast<T*>(p.grad_o_routed) + rbase + c, g);
         }
-        const float mean_dot = warp_sum(dot) / p.dim_v;
-#pragma unroll
-        for (int i = 0; i < kVecsPerLane; ++i)
-#pragma unroll
-          for (int e = 0; e < kVec; ++e) d[i][e] = rstd * (d[i][e] - o[i][e] * mean_dot);  // do
       }
+      dot = warp_sum(dot);
+      if (lane == 0) s_dw[h * p.topk + j] = dot;
+    }
+    // Rows k*n .. k*n+k-1 that hold no pair get a zero gradient (each row is owned by exactly one CTA step).
+    for (int j = 0; j < p.topk; ++j) {
+      const int64_t r = n * p.topk + j;
+      if (r < p.num_rows && p.src_pair[r] < 0) {
+        float zero[kVec] = {};
 #pragma unroll
-      for (int i = 0; i < kVecsPerLane; ++i) {
-        const int c = (lane + 32 * i) * kVec;
-        if (c < p.dim_v && p.grad_shared != nullptr)
-          store_f32<T, kVec>(static_cast<T*>(p.grad_shared) + base + c, d[i]);
-      }
-      for (int j = 0; j < p.topk; ++j) {
-        const int r = p.dst_row[n * p.topk + j];
-        float dot = 0.f;
-        if (r >= 0 && r < p.num_rows) {
-          const float w = p.weights[n * p.topk + j];
-          const int64_t rbase = r * row_elems + int64_t(h) * p.dim_v;
-#pragma unroll
-          for (int i = 0; i < kVecsPerLane; ++i) {
-            const int c = (lane + 32 * i) * kVec;
-            if (c >= p.dim_v) continue;
-            float x[kVec], g[kVec];
-            if (j < kMixSlotsInFlight) {  // still in registers from the gather
-#pragma unroll
-              for (int e = 0; e < kVec; ++e) x[e] = j == 0 ? L[t].x[0][i][e] : L[t].x[1][i][e];
-            } else {
-              load_f32<T, kVec>(static_cast<const T*>(p.o_routed) + rbase + c, x);
-            }
-#pragma unroll
-            for (int e = 0; e < kVec; ++e) {
-              dot += d[i][e] * x[e];
-              g[e] = w * d[i][e];
-            }
-            store_f32<T, kVec>(static_cast<T*>(p.grad_o_routed) + rbase + c, g);
-          }
-        }
-        dot = warp_sum(dot);
-        if (lane == 0) s_dw[(t * p.heads + h) * p.topk + j] = dot;
-      }
-      // Rows k*n .. k*n+k-1 that hold no pair get a zero gradient (each row is owned by exactly one token).
-      for (int j = 0; j < p.topk; ++j) {
-        const int64_t r = n * p.topk + j;
-        if (r < p.num_rows && p.src_pair[r] < 0) {
-          float zero_row[kVec] = {};
-#pragma unroll
-          for (int i = 0; i < kVecsPerLane; ++i) {
-            const int c = (lane + 32 * i) * kVec;
-            if (c < p.dim_v)
-              store_f32<T, kVec>(static_cast<T*>(p.grad_o_routed) + r * row_elems + int64_t(h) * p.dim_v + c, zero_row);
-          }
+        for (int i = 0; i < kVecsPerLane; ++i) {
+          const int c = (lane + 32 * i) * kVec;
+          if (c < p.dim_v) store_f32<T, kVec>(static_cast<T*>(p.grad_o_routed) + r * row_elems + int64_t(h) * p.dim_v + c, zero);
         }
       }
     }
     __syncthreads();
-    for (int idx = threadIdx.x; idx < kTok * p.topk; idx += blockDim.x) {
-      const int t = idx / p.topk, j = idx % p.topk;
-      if (n0 + t >= p.num_tokens) continue;
+    for (int j = threadIdx.x; j < p.topk; j += blockDim.x) {
       float sum = 0.f;
-      for (int hh = 0; hh < p.heads; ++hh) sum += s_dw[(t * p.heads + hh) * p.topk + j];
-      p.grad_weights[(n0 + t) * p.topk + j] = sum;
+      for (int hh = 0; hh < p.heads; ++hh) sum += s_dw[hh * p.topk + j];
+      p.grad_weights[n * p.topk + j] = sum;
     }
     __syncthreads();
   }
