@@ -27,6 +27,8 @@ void launch_gdn_fwd(const GdnFwdParams& p, cudaStream_t stream) {
   using L = GdnSmem<T, kK, kBV>;
   auto kernel = gdn_fwd_kernel<T, kK, kBV>;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L::kBytes)));
+  // All of the unified L1/shared memory as shared memory: two CTAs per SM fit at K <= 128.
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
   const int64_t blocks = int64_t(p.num_seqs) * p.heads_v * p.num_vblocks;
   TORCH_CHECK(blocks < (int64_t(1) << 31), "too many (sequence, head, V-block) programs: ", blocks);
   kernel<<<unsigned(blocks), kGdnThreads, L::kBytes, stream>>>(p);

@@ -1,55 +1,54 @@
 // Chunked gated-delta-rule forward on tensor cores (mma.sync m16n8k16, bf16/fp16 operands, fp32 accumulate).
-// One CTA (4 warps) owns (sequence, value head, V-block of kBV columns) and walks the sequence in chunks of 64
+// One CTA (8 warps) owns (sequence, value head, V-block of kBV columns) and walks the sequence in chunks of 64
 // rows with the state S [K, kBV] in fp32 registers; nothing but o and the final state leaves the chip.
-// Per chunk (DESIGN.md §1, chunked form; G = cumsum g inside the chunk):
-//   A  = (K K^T) * beta_i exp(G_i - G_j) (i > j),     QK = (Q K^T) * exp(G_i - G_j) (i >= j)
-//   T  = (I + A)^-1 (forward substitution, one column per thread)
-//   W  = T diag(beta e^G) K,   U = T diag(beta) V,   V_new = U - W S
-//   O  = scale (e^G * (Q S) + QK V_new)
-//   S <- e^{G_last} S + K^T (e^{G_last - G} * V_new)
-// S is an mma operand in 16 bits (as in fla); everything else that feeds a sum is fp32.
-// Status: compiled, not yet run on a GPU (see csrc/gdn/NOTES.md); registered behind MOM_OPS_EXPERIMENTAL_CUDA_SCAN.
+// Per chunk (DESIGN.md §1, chunked form; G = cumsum g inside the chunk; rq, rk = the l2norm factors of the
+// q and k rows, or 1; they are applied in fp32 to the products, so the normalised q and k are never rounded):
+//   A  = (K K^T) * beta_i rk_i rk_j exp(G_i - G_j) (i > j),   QK = (Q K^T) * rq_i rk_j exp(G_i - G_j) (i >= j)
+//   T  = (I + A)^-1 (16x16 diagonal blocks by substitution, then the off-diagonal blocks, all fp32)
+//   W  = T diag(beta e^G rk) K,   U = T diag(beta) V,   V_new = U - W S
+//   O  = scale (rq e^G * (Q S) + QK V_new)
+//   S <- e^{G_last} S + K^T (rk e^{G_last - G} * V_new)
+// 16-bit mma operands: T diag(..), W, S, QK, V_new (as in fla); every sum accumulates in fp32.
+// Status: registered behind MOM_OPS_EXPERIMENTAL_CUDA_SCAN until its GPU tests pass (csrc/gdn/NOTES.md).
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <cstdint>
 
+#include "common/cp_async.cuh"
 #include "common/mma.cuh"
 #include "gdn/scan_params.h"
 
 namespace mom_ops {
 
 constexpr int kGdnChunk = 64;
-constexpr int kGdnThreads = 128;  // 4 warps; warp w owns chunk rows 16w .. 16w + 15
+constexpr int kGdnThreads = 256;  // 8 warps; warp w works on chunk rows 16 (w % 4) .. and column half w / 4
 
 struct GdnFwdParams : ScanParams {
   int num_vblocks;  // V / kBV
   bool v_first;     // states are [N, HV, V, K]
 };
 
-// Shared-memory layout (element offsets); rows padded by 8 16-bit elements against bank conflicts.
+// Shared memory (byte offsets). 16-bit rows are padded by 8 elements and fp32 rows by 1 against bank
+// conflicts. Regions whose lives do not overlap within a chunk share memory (marked "|").
 template <typename T, int kK, int kBV>
 struct GdnSmem {
-  static constexpr int kLdK = kK + 8, kLdV = kBV + 8, kLdC = kGdnChunk + 8, kLdA = kGdnChunk + 4;
-  static constexpr int kQ = 0;                            // T [64][kLdK]  q (l2-normalised)
-  static constexpr int kKey = kQ + kGdnChunk * kLdK;      // T [64][kLdK]  k (l2-normalised)
-  static constexpr int kW = kKey + kGdnChunk * kLdK;      // T [64][kLdK]  W
-  static constexpr int kS = kW + kGdnChunk * kLdK;        // T [kBV][kLdK] S^T (B operand, n-major)
-  static constexpr int kV = kS + kBV * kLdK;              // T [64][kLdV]  v
-  static constexpr int kVn = kV + kGdnChunk * kLdV;       // T [64][kLdV]  V_new
-  static constexpr int kVd = kVn + kGdnChunk * kLdV;      // T [64][kLdV]  e^{G_last - G} V_new
-  static constexpr int kTw = kVd + kGdnChunk * kLdV;      // T [64][kLdC]  T diag(beta e^G)
-  static constexpr int kTu = kTw + kGdnChunk * kLdC;      // T [64][kLdC]  T diag(beta)
-  static constexpr int kQK = kTu + kGdnChunk * kLdC;      // T [64][kLdC]  masked, decayed Q K^T
-  static constexpr int kHalfEnd = kQK + kGdnChunk * kLdC;
-  // fp32 part, after the 16-bit part (aligned to 16 bytes)
-  static constexpr int kF32Begin = ((kHalfEnd * int(sizeof(T)) + 15) / 16) * 16 / 4;  // in floats
-  static constexpr int kA = 0;                            // f32 [64][kLdA]
-  static constexpr int kG = kA + kGdnChunk * kLdA;        // f32 [64] G (cumsum)
-  static constexpr int kBeta = kG + kGdnChunk;            // f32 [64]
-  static constexpr int kF32End = kBeta + kGdnChunk;
-  static constexpr size_t kBytes = size_t(kF32Begin + kF32End) * 4;
+  static constexpr int C = kGdnChunk;
+  static constexpr int kLdK = kK + 8, kLdV = kBV + 8, kLdC = C + 8, kLdF = C + 1;
+  static constexpr int bytes16(int rows, int ld) { return rows * ld * 2; }
+  static constexpr int max_(int a, int b) { return a > b ? a : b; }
+  static constexpr int kQ = 0;                                              // q [64][kLdK] (raw)
+  static constexpr int kKey = kQ + bytes16(C, kLdK);                        // k [64][kLdK] (raw)
+  static constexpr int kV = kKey + bytes16(C, kLdK);                        // v | rk e^{G_last-G} V_new [64][kLdV]
+  static constexpr int kS = kV + bytes16(C, kLdV);                          // S^T [kBV][kLdK] (16-bit copy)
+  static constexpr int kW = kS + bytes16(kBV, kLdK);                        // A f32 [64][kLdF] | W [64][kLdK]
+  static constexpr int kVn = kW + max_(bytes16(C, kLdK), C * kLdF * 4);     // T f32 [64][kLdF] | V_new [64][kLdV]
+  static constexpr int kTw = kVn + max_(bytes16(C, kLdV), C * kLdF * 4);    // T diag(beta e^G rk) | X f32 | QK
+  static constexpr int kTu = kTw + bytes16(C, kLdC);                        // T diag(beta) [64][kLdC]  | X f32
+  static constexpr int kVec = kTu + bytes16(C, kLdC);                       // f32 G, beta, rq, rk [64] each
+  static constexpr int kBytes = kVec + 4 * C * 4;
+  static_assert(2 * bytes16(C, kLdC) >= 3 * 256 * 4, "the T-solve scratch must fit in the Tw and Tu regions");
 };
 
 template <typename T>
@@ -63,20 +62,73 @@ __device__ __forceinline__ void store2(T* dst, float x, float y) {
   *reinterpret_cast<uint32_t*>(dst) = pack2<T>(x, y);
 }
 
+// T = (I + A)^-1 for the strictly lower 64x64 A (fp32, row stride kLdF), by 16x16 blocks, all 256 threads.
+// X (3 x 256 floats) is scratch. Ends with a barrier; T is then complete (zeros above the diagonal).
+template <int kLdF>
+__device__ __forceinline__ void invert_unit_lower_64(const float* A, float* Tm, float* X, int tid) {
+  // Diagonal blocks: thread (b, c) substitutes column c of block b.
+  if (tid < 64) {
+    const int b = tid / 16, c = tid % 16, r0 = 16 * b;
+    float t[16];
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      float acc = (i == c) ? 1.f : 0.f;
+#pragma unroll
+      for (int m = 0; m < i; ++m) acc -= A[(r0 + i) * kLdF + r0 + m] * t[m];
+      t[i] = acc;
+      Tm[(r0 + i) * kLdF + r0 + c] = acc;
+    }
+  }
+  __syncthreads();
+  // Off-diagonal blocks, one block diagonal d at a time: X_ij = sum_{m=j..i-1} A_im T_mj, T_ij = -T_ii X_ij.
+#pragma unroll
+  for (int d = 1; d < 4; ++d) {
+    const int c = tid % 16, r = (tid / 16) % 16;
+    for (int j = 0; j + d < 4; ++j) {  // tid < 256 covers one block per j
+      const int i = j + d;
+      float acc = 0.f;
+      for (int m = 16 * j; m < 16 * i; ++m) acc += A[(16 * i + r) * kLdF + m] * Tm[m * kLdF + 16 * j + c];
+      X[j * 256 + r * 16 + c] = acc;
+    }
+    __syncthreads();
+    for (int j = 0; j + d < 4; ++j) {
+      const int i = j + d;
+      float acc = 0.f;
+#pragma unroll
+      for (int m = 0; m < 16; ++m) acc -= Tm[(16 * i + r) * kLdF + 16 * i + m] * X[j * 256 + m * 16 + c];
+      Tm[(16 * i + r) * kLdF + 16 * j + c] = acc;
+      Tm[(16 * j + r) * kLdF + 16 * i + c] = 0.f;  // above the diagonal
+    }
+    __syncthreads();
+  }
+}
+
 template <typename T, int kK, int kBV>
-__global__ void __launch_bounds__(kGdnThreads, 1) gdn_fwd_kernel(GdnFwdParams p) {
+__global__ void __launch_bounds__(kGdnThreads, kK <= 128 ? 2 : 1) gdn_fwd_kernel(GdnFwdParams p) {
   using L = GdnSmem<T, kK, kBV>;
-  constexpr int C = kGdnChunk;
-  constexpr int kMTiles = kK / 16 / 4;  // state rows (k) per warp, in 16-row tiles
-  constexpr int kNTiles = kBV / 8;      // state columns (v), in 8-column tiles
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* sh = reinterpret_cast<T*>(smem_raw);
-  float* sf = reinterpret_cast<float*>(smem_raw) + L::kF32Begin;
-  T *sQ = sh + L::kQ, *sK = sh + L::kKey, *sW = sh + L::kW, *sS = sh + L::kS, *sV = sh + L::kV;
-  T *sVn = sh + L::kVn, *sVd = sh + L::kVd, *sTw = sh + L::kTw, *sTu = sh + L::kTu, *sQK = sh + L::kQK;
-  float *sA = sf + L::kA, *sG = sf + L::kG, *sBeta = sf + L::kBeta;
+  constexpr int C = kGdnChunk, kLdK = L::kLdK, kLdV = L::kLdV, kLdC = L::kLdC, kLdF = L::kLdF;
+  // State tiles: kWarpsM x kWarpsN warps, each kMT 16-row tiles (k) x kNT 8-column tiles (v).
+  constexpr int kWarpsM = kK / 16 < 8 ? kK / 16 : 8, kWarpsN = 8 / kWarpsM;
+  constexpr int kMT = kK / 16 / kWarpsM, kNT = kBV / 8 / kWarpsN;
+  constexpr int kHalfV = kBV / 2, kNTo = kHalfV / 8;  // per-warp output columns (v) in the row phases
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* sQ = reinterpret_cast<T*>(smem + L::kQ);
+  T* sK = reinterpret_cast<T*>(smem + L::kKey);
+  T* sV = reinterpret_cast<T*>(smem + L::kV);  // later V_d = rk e^{G_last - G} V_new
+  T* sS = reinterpret_cast<T*>(smem + L::kS);
+  float* sA = reinterpret_cast<float*>(smem + L::kW);
+  T* sW = reinterpret_cast<T*>(smem + L::kW);
+  float* sT = reinterpret_cast<float*>(smem + L::kVn);
+  T* sVn = reinterpret_cast<T*>(smem + L::kVn);
+  T* sTw = reinterpret_cast<T*>(smem + L::kTw);
+  T* sQK = sTw;  // after W is done
+  T* sTu = reinterpret_cast<T*>(smem + L::kTu);
+  float* sX = reinterpret_cast<float*>(smem + L::kTw);  // T-solve scratch, before Tw and Tu are written
+  float* sG = reinterpret_cast<float*>(smem + L::kVec);
+  float *sBeta = sG + C, *sRq = sBeta + C, *sRk = sRq + C;
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g8 = lane / 4, t4 = lane % 4;
+  const int rt = warp % 4, ch = warp / 4, r0 = 16 * rt;  // row tile and column half of the row phases
   const int vb = blockIdx.x % p.num_vblocks;
   const int hv = (blockIdx.x / p.num_vblocks) % p.heads_v;
   const int seq = blockIdx.x / (p.num_vblocks * p.heads_v);
@@ -89,253 +141,261 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_fwd_kernel(GdnFwdParams p)
   T* o = static_cast<T*>(p.o);
   const int64_t state_off = (int64_t(seq) * p.heads_v + hv) * int64_t(kK) * p.dim_v;
 
-  // State fragments: warp w holds state rows (k) [kMTiles * 16 * w, ...), all kBV columns.
-  // S[mt][nt][e]: k = (warp * kMTiles + mt) * 16 + g8 (+8 for e >= 2), v = nt * 8 + 2 t4 (+1 for odd e).
-  float S[kMTiles][kNTiles][4];
+  // S[mt][nt][e]: k = (wm * kMT + mt) * 16 + g8 (+8 for e >= 2), v = (wn * kNT + nt) * 8 + 2 t4 (+1 for odd e).
+  const int wm = warp % kWarpsM, wn = warp / kWarpsM;
+  float S[kMT][kNT][4];
   auto for_each_state = [&](auto&& fn) {  // fn(element, k, v - v0)
 #pragma unroll
-    for (int mt = 0; mt < kMTiles; ++mt)
+    for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
-      for (int nt = 0; nt < kNTiles; ++nt)
+      for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e)
-          fn(S[mt][nt][e], (warp * kMTiles + mt) * 16 + g8 + (e >= 2 ? 8 : 0), nt * 8 + 2 * t4 + (e & 1));
+          fn(S[mt][nt][e], (wm * kMT + mt) * 16 + g8 + (e >= 2 ? 8 : 0), (wn * kNT + nt) * 8 + 2 * t4 + (e & 1));
   };
   auto state_index = [&](int kk, int vv) -> int64_t {  // element (k, v0 + vv) of this head's state
     return state_off + (p.v_first ? int64_t(v0 + vv) * kK + kk : int64_t(kk) * p.dim_v + v0 + vv);
   };
   for_each_state([&](float& x, int kk, int vv) { x = p.h0 != nullptr ? p.h0[state_index(kk, vv)] : 0.f; });
-  // S^T in 16 bits for the W S and Q S products.
-  auto publish_state = [&]() {
-    for_each_state([&](float& x, int kk, int vv) { sS[vv * L::kLdK + kk] = from_f32<T>(x); });
+  auto publish_state = [&]() {  // S^T in 16 bits: the B operand of W S and Q S
+    for_each_state([&](float& x, int kk, int vv) { sS[vv * kLdK + kk] = from_f32<T>(x); });
   };
   publish_state();
 
   for (int64_t c0 = bos; c0 < eos; c0 += C) {
     const int len = int(min(int64_t(C), eos - c0));
-    // (a) Load q, k [64, K], v [64, kBV], g, beta; rows past len are zero (g = beta = 0 there).
+    // (a) q, k [64, K], v [64, kBV] -> shared memory (zeros past len), g and beta (0 past len).
     for (int idx = tid; idx < C * (kK / 8); idx += kGdnThreads) {
       const int r = idx / (kK / 8), c = (idx % (kK / 8)) * 8;
-      uint4 qv = make_uint4(0, 0, 0, 0), kv = qv;
-      if (r < len) {
-        const int64_t src = ((c0 + r) * p.heads_qk + h) * kK + c;
-        qv = *reinterpret_cast<const uint4*>(q + src);
-        kv = *reinterpret_cast<const uint4*>(k + src);
-      }
-      *reinterpret_cast<uint4*>(sQ + r * L::kLdK + c) = qv;
-      *reinterpret_cast<uint4*>(sK + r * L::kLdK + c) = kv;
+      const int64_t src = ((c0 + min(r, len - 1)) * p.heads_qk + h) * kK + c;
+      cp_async16(sQ + r * kLdK + c, q + src, r < len);
+      cp_async16(sK + r * kLdK + c, k + src, r < len);
     }
     for (int idx = tid; idx < C * (kBV / 8); idx += kGdnThreads) {
       const int r = idx / (kBV / 8), c = (idx % (kBV / 8)) * 8;
-      uint4 vv = make_uint4(0, 0, 0, 0);
-      if (r < len) vv = *reinterpret_cast<const uint4*>(v + ((c0 + r) * p.heads_v + hv) * p.dim_v + v0 + c);
-      *reinterpret_cast<uint4*>(sV + r * L::kLdV + c) = vv;
+      cp_async16(sV + r * kLdV + c, v + ((c0 + min(r, len - 1)) * p.heads_v + hv) * p.dim_v + v0 + c, r < len);
     }
+    cp_async_commit();
     if (tid < C) {
       sG[tid] = tid < len ? p.g[(c0 + tid) * p.heads_v + hv] : 0.f;
       sBeta[tid] = tid < len ? p.beta[(c0 + tid) * p.heads_v + hv] : 0.f;
     }
+    cp_async_wait<0>();
     __syncthreads();
-    // l2norm of q and k rows (warp w: rows 16w..16w+15), and G = cumsum(g) (warp 0).
-    if (p.l2norm) {
-      for (int idx = warp * 32; idx < warp * 32 + 32; ++idx) {  // 16 rows of q, then of k
-        T* row = (idx % 2 == 0 ? sQ : sK) + (idx / 2) * L::kLdK;
-        {
-          float ss = 0.f;
-          for (int c = lane; c < kK; c += 32) ss += to_f32<T>(row[c]) * to_f32<T>(row[c]);
+
+    // (b) l2norm factors (two threads per q or k row), G = cumsum(g) (warp 0 afterwards).
+    {
+      const int row = tid / 2, half = tid % 2;
+      const T* src = (row < C ? sQ + row * kLdK : sK + (row - C) * kLdK) + half * (kK / 2);
+      float ss = 0.f;
 #pragma unroll
-          for (int off = 16; off > 0; off /= 2) ss += __shfl_xor_sync(0xffffffffu, ss, off);
-          const float inv = rsqrtf(ss + 1e-6f);
-          for (int c = lane; c < kK; c += 32) row[c] = from_f32<T>(to_f32<T>(row[c]) * inv);
-        }
+      for (int c = 0; c < kK / 2; c += 8) {
+        const uint4 raw = *reinterpret_cast<const uint4*>(src + c);
+        const T* x = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) ss += to_f32<T>(x[e]) * to_f32<T>(x[e]);
       }
+      ss += __shfl_xor_sync(0xffffffffu, ss, 1);
+      if (half == 0) (row < C ? sRq : sRk)[row % C] = p.l2norm ? rsqrtf(ss + 1e-6f) : 1.f;
     }
     if (warp == 0) {
-      float a = sG[2 * lane], b = sG[2 * lane + 1];
-      float pair = a + b, incl = pair;
+      const float a = sG[2 * lane], b = sG[2 * lane + 1], pair = a + b;
+      float incl = pair;
 #pragma unroll
       for (int off = 1; off < 32; off *= 2) {
         const float up = __shfl_up_sync(0xffffffffu, incl, off);
         if (lane >= off) incl += up;
       }
       const float excl = incl - pair;
+      __syncwarp();
       sG[2 * lane] = excl + a;
       sG[2 * lane + 1] = excl + pair;
     }
     __syncthreads();
     const float G_last = sG[C - 1];
 
-    // (c) A = K K^T and QK = Q K^T for rows 16w.. (all 64 columns), masked and decayed.
+    // (c) Warps of column half 0: A rows r0.. (all 64 columns) -> sA (fp32). Half 1: QK rows r0.., kept in
+    // registers as 16-bit A-operand fragments until sQK is free.
+    uint32_t qk_frag[C / 16][4];
     {
-      float acc_a[8][4] = {}, acc_q[8][4] = {};
+      float acc[8][4] = {};
+      const T* lhs = (ch == 0 ? sK : sQ) + r0 * kLdK;
 #pragma unroll
       for (int kk = 0; kk < kK; kk += 16) {
-        uint32_t ak[4], aq[4];
-        load_a(ak, sK + (warp * 16) * L::kLdK + kk, L::kLdK, lane);
-        load_a(aq, sQ + (warp * 16) * L::kLdK + kk, L::kLdK, lane);
+        uint32_t a[4];
+        load_a(a, lhs + kk, kLdK, lane);
 #pragma unroll
         for (int nt = 0; nt < 8; ++nt) {
           uint32_t b[2];
-          load_b(b, sK + (nt * 8) * L::kLdK + kk, L::kLdK, lane);  // B[kk][j] = K[j][kk]: n-major storage
-          mma_16816<T>(acc_a[nt], ak, b);
-          mma_16816<T>(acc_q[nt], aq, b);
+          load_b(b, sK + (nt * 8) * kLdK + kk, kLdK, lane);  // B[kk][j] = K[j][kk]: n-major storage
+          mma_16816<T>(acc[nt], a, b);
         }
       }
+      const int i0 = r0 + g8, i1 = i0 + 8;
+      const float G0 = sG[i0], G1 = sG[i1];
+      const float f0 = ch == 0 ? sBeta[i0] * sRk[i0] : sRq[i0], f1 = ch == 0 ? sBeta[i1] * sRk[i1] : sRq[i1];
 #pragma unroll
-      for (int nt = 0; nt < 8; ++nt)
+      for (int nt = 0; nt < 8; ++nt) {
+        float x[4];
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int i = warp * 16 + g8 + (e >= 2 ? 8 : 0), j = nt * 8 + 2 * t4 + (e & 1);
-          const bool ok = i < len && j < len;
-          const float decay = (ok && i >= j) ? __expf(sG[i] - sG[j]) : 0.f;
-          sA[i * L::kLdA + j] = (i > j) ? sBeta[i] * decay * acc_a[nt][e] : 0.f;
-          sQK[i * L::kLdC + j] = from_f32<T>(decay * acc_q[nt][e]);
+          const int i = e < 2 ? i0 : i1, j = nt * 8 + 2 * t4 + (e & 1);
+          const bool keep = ch == 0 ? i > j : i >= j;
+          x[e] = keep ? (e < 2 ? f0 : f1) * sRk[j] * __expf((e < 2 ? G0 : G1) - sG[j]) * acc[nt][e] : 0.f;
         }
-    }
-    __syncthreads();
-
-    // (d) T = (I + A)^-1, one column per thread; T diag(beta e^G) and T diag(beta) in 16 bits.
-    if (tid < C) {
-      const int j = tid;
-      float col[C];
-#pragma unroll
-      for (int i = 0; i < C; ++i) {
-        float acc = (i == j) ? 1.f : 0.f;
-#pragma unroll
-        for (int m = 0; m < i; ++m) acc -= sA[i * L::kLdA + m] * col[m];
-        col[i] = acc;
-      }
-      const float bu = sBeta[j], bw = bu * __expf(sG[j]);
-#pragma unroll
-      for (int i = 0; i < C; ++i) {
-        sTw[i * L::kLdC + j] = from_f32<T>(col[i] * bw);
-        sTu[i * L::kLdC + j] = from_f32<T>(col[i] * bu);
+        if (ch == 0) {
+          sA[i0 * kLdF + nt * 8 + 2 * t4] = x[0], sA[i0 * kLdF + nt * 8 + 2 * t4 + 1] = x[1];
+          sA[i1 * kLdF + nt * 8 + 2 * t4] = x[2], sA[i1 * kLdF + nt * 8 + 2 * t4 + 1] = x[3];
+        } else {  // accumulator (16 x 8 tile nt) -> half of the A fragment of k-step nt / 2
+          qk_frag[nt / 2][(nt % 2) * 2 + 0] = pack2<T>(x[0], x[1]);
+          qk_frag[nt / 2][(nt % 2) * 2 + 1] = pack2<T>(x[2], x[3]);
+        }
       }
     }
     __syncthreads();
 
-    // (e) W = Tw K (rows 16w.., 64 columns at a time) -> sW; U = Tu V; V_new = U - W S.
-    const int r0 = warp * 16;
+    // (d) T = (I + A)^-1 (fp32), then T diag(beta e^G rk) and T diag(beta) in 16 bits.
+    invert_unit_lower_64<kLdF>(sA, sT, sX, tid);
+    for (int idx = tid; idx < C * C / 2; idx += kGdnThreads) {
+      const int i = idx / (C / 2), j = (idx % (C / 2)) * 2;
+      const float t0 = sT[i * kLdF + j], t1 = sT[i * kLdF + j + 1];
+      const float u0 = sBeta[j], u1 = sBeta[j + 1];
+      store2<T>(sTu + i * kLdC + j, t0 * u0, t1 * u1);
+      store2<T>(sTw + i * kLdC + j, t0 * u0 * __expf(sG[j]) * sRk[j], t1 * u1 * __expf(sG[j + 1]) * sRk[j + 1]);
+    }
+    __syncthreads();
+
+    // (e) W = Tw K (rows r0.., columns of half ch) -> sW; U = Tu V (rows r0.., v columns of half ch).
 #pragma unroll
-    for (int n0 = 0; n0 < kK; n0 += 64) {
-      float acc[8][4] = {};
+    for (int n0 = ch * (kK / 2); n0 < (ch + 1) * (kK / 2); n0 += 64) {
+      constexpr int kNW = (kK / 2 < 64 ? kK / 2 : 64) / 8;
+      float acc[kNW][4] = {};
 #pragma unroll
       for (int kk = 0; kk < C; kk += 16) {
         uint32_t a[4];
-        load_a(a, sTw + r0 * L::kLdC + kk, L::kLdC, lane);
+        load_a(a, sTw + r0 * kLdC + kk, kLdC, lane);
 #pragma unroll
-        for (int nt = 0; nt < 8; ++nt) {
-          if (n0 + nt * 8 >= kK) break;
+        for (int nt = 0; nt < kNW; ++nt) {
           uint32_t b[2];
-          load_b_trans(b, sK + kk * L::kLdK + n0 + nt * 8, L::kLdK, lane);  // B[m][c] = K[m][c]: k-major
+          load_b_trans(b, sK + kk * kLdK + n0 + nt * 8, kLdK, lane);  // B[m][c] = K[m][c]: k-major
           mma_16816<T>(acc[nt], a, b);
         }
       }
 #pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-        if (n0 + nt * 8 >= kK) break;
+      for (int nt = 0; nt < kNW; ++nt) {
         const int c = n0 + nt * 8 + 2 * t4;
-        store2<T>(sW + (r0 + g8) * L::kLdK + c, acc[nt][0], acc[nt][1]);
-        store2<T>(sW + (r0 + g8 + 8) * L::kLdK + c, acc[nt][2], acc[nt][3]);
+        store2<T>(sW + (r0 + g8) * kLdK + c, acc[nt][0], acc[nt][1]);
+        store2<T>(sW + (r0 + g8 + 8) * kLdK + c, acc[nt][2], acc[nt][3]);
       }
     }
-    __syncwarp();
-    float vnew[kNTiles][4] = {};
+    const int vc0 = ch * kHalfV;  // first v column (within the block) of this warp's output tiles
+    float vnew[kNTo][4] = {};
 #pragma unroll
     for (int kk = 0; kk < C; kk += 16) {  // U = Tu V
       uint32_t a[4];
-      load_a(a, sTu + r0 * L::kLdC + kk, L::kLdC, lane);
+      load_a(a, sTu + r0 * kLdC + kk, kLdC, lane);
 #pragma unroll
-      for (int nt = 0; nt < kNTiles; ++nt) {
+      for (int nt = 0; nt < kNTo; ++nt) {
         uint32_t b[2];
-        load_b_trans(b, sV + kk * L::kLdV + nt * 8, L::kLdV, lane);
+        load_b_trans(b, sV + kk * kLdV + vc0 + nt * 8, kLdV, lane);
         mma_16816<T>(vnew[nt], a, b);
       }
     }
-    {
-      float ws[kNTiles][4] = {};
+    __syncthreads();  // W complete; Tw, Tu and v are free
+
+    if (ch == 1) {  // QK -> sQK (the Tw region)
 #pragma unroll
-      for (int kk = 0; kk < kK; kk += 16) {  // W S
+      for (int ks = 0; ks < C / 16; ++ks) {
+        T* dst = sQK + (r0 + g8) * kLdC + ks * 16 + 2 * t4;
+        *reinterpret_cast<uint32_t*>(dst) = qk_frag[ks][0];
+        *reinterpret_cast<uint32_t*>(dst + 8 * kLdC) = qk_frag[ks][1];
+        *reinterpret_cast<uint32_t*>(dst + 8) = qk_frag[ks][2];
+        *reinterpret_cast<uint32_t*>(dst + 8 * kLdC + 8) = qk_frag[ks][3];
+      }
+    }
+    {  // V_new = U - W S -> sVn; rk e^{G_last - G} V_new -> sV
+      float ws[kNTo][4] = {};
+#pragma unroll
+      for (int kk = 0; kk < kK; kk += 16) {
         uint32_t a[4];
-        load_a(a, sW + r0 * L::kLdK + kk, L::kLdK, lane);
+        load_a(a, sW + r0 * kLdK + kk, kLdK, lane);
 #pragma unroll
-        for (int nt = 0; nt < kNTiles; ++nt) {
+        for (int nt = 0; nt < kNTo; ++nt) {
           uint32_t b[2];
-          load_b(b, sS + (nt * 8) * L::kLdK + kk, L::kLdK, lane);  // B[kk][v] = S[kk][v] = sS[v][kk]
+          load_b(b, sS + (vc0 + nt * 8) * kLdK + kk, kLdK, lane);  // B[kk][v] = S[kk][v] = sS[v][kk]
           mma_16816<T>(ws[nt], a, b);
         }
       }
+      const int i0 = r0 + g8, i1 = i0 + 8;
+      const float d0 = sRk[i0] * __expf(G_last - sG[i0]), d1 = sRk[i1] * __expf(G_last - sG[i1]);
 #pragma unroll
-      for (int nt = 0; nt < kNTiles; ++nt) {
-        const int c = nt * 8 + 2 * t4, i0 = r0 + g8, i1 = r0 + g8 + 8;
+      for (int nt = 0; nt < kNTo; ++nt) {
+        const int c = vc0 + nt * 8 + 2 * t4;
 #pragma unroll
         for (int e = 0; e < 4; ++e) vnew[nt][e] -= ws[nt][e];
-        store2<T>(sVn + i0 * L::kLdV + c, vnew[nt][0], vnew[nt][1]);
-        store2<T>(sVn + i1 * L::kLdV + c, vnew[nt][2], vnew[nt][3]);
-        const float d0 = __expf(G_last - sG[i0]), d1 = __expf(G_last - sG[i1]);
-        store2<T>(sVd + i0 * L::kLdV + c, d0 * vnew[nt][0], d0 * vnew[nt][1]);
-        store2<T>(sVd + i1 * L::kLdV + c, d1 * vnew[nt][2], d1 * vnew[nt][3]);
+        store2<T>(sVn + i0 * kLdV + c, vnew[nt][0], vnew[nt][1]);
+        store2<T>(sVn + i1 * kLdV + c, vnew[nt][2], vnew[nt][3]);
+        store2<T>(sV + i0 * kLdV + c, d0 * vnew[nt][0], d0 * vnew[nt][1]);
+        store2<T>(sV + i1 * kLdV + c, d1 * vnew[nt][2], d1 * vnew[nt][3]);
       }
     }
     __syncthreads();
 
-    // (f) O = scale (e^G (Q S) + QK V_new) for rows 16w.. -> global.
+    // (f) O = scale (rq e^G (Q S) + QK V_new), rows r0.., v columns of half ch -> global.
     {
-      float acc[kNTiles][4] = {};
+      float acc[kNTo][4] = {};
 #pragma unroll
       for (int kk = 0; kk < kK; kk += 16) {
         uint32_t a[4];
-        load_a(a, sQ + r0 * L::kLdK + kk, L::kLdK, lane);
+        load_a(a, sQ + r0 * kLdK + kk, kLdK, lane);
 #pragma unroll
-        for (int nt = 0; nt < kNTiles; ++nt) {
+        for (int nt = 0; nt < kNTo; ++nt) {
           uint32_t b[2];
-          load_b(b, sS + (nt * 8) * L::kLdK + kk, L::kLdK, lane);
+          load_b(b, sS + (vc0 + nt * 8) * kLdK + kk, kLdK, lane);
           mma_16816<T>(acc[nt], a, b);
         }
       }
-      const float e0 = __expf(sG[r0 + g8]), e1 = __expf(sG[r0 + g8 + 8]);
+      const int i0 = r0 + g8, i1 = i0 + 8;
+      const float e0 = sRq[i0] * __expf(sG[i0]), e1 = sRq[i1] * __expf(sG[i1]);
 #pragma unroll
-      for (int nt = 0; nt < kNTiles; ++nt) {
-        acc[nt][0] *= e0, acc[nt][1] *= e0, acc[nt][2] *= e1, acc[nt][3] *= e1;
-      }
+      for (int nt = 0; nt < kNTo; ++nt) acc[nt][0] *= e0, acc[nt][1] *= e0, acc[nt][2] *= e1, acc[nt][3] *= e1;
 #pragma unroll
       for (int kk = 0; kk < C; kk += 16) {
         uint32_t a[4];
-        load_a(a, sQK + r0 * L::kLdC + kk, L::kLdC, lane);
+        load_a(a, sQK + r0 * kLdC + kk, kLdC, lane);
 #pragma unroll
-        for (int nt = 0; nt < kNTiles; ++nt) {
+        for (int nt = 0; nt < kNTo; ++nt) {
           uint32_t b[2];
-          load_b_trans(b, sVn + kk * L::kLdV + nt * 8, L::kLdV, lane);
+          load_b_trans(b, sVn + kk * kLdV + vc0 + nt * 8, kLdV, lane);
           mma_16816<T>(acc[nt], a, b);
         }
       }
 #pragma unroll
-      for (int nt = 0; nt < kNTiles; ++nt) {
-        const int c = v0 + nt * 8 + 2 * t4;
-        const int i0 = r0 + g8, i1 = r0 + g8 + 8;
+      for (int nt = 0; nt < kNTo; ++nt) {
+        const int c = v0 + vc0 + nt * 8 + 2 * t4;
         if (i0 < len) store2<T>(o + ((c0 + i0) * p.heads_v + hv) * p.dim_v + c, p.scale * acc[nt][0], p.scale * acc[nt][1]);
         if (i1 < len) store2<T>(o + ((c0 + i1) * p.heads_v + hv) * p.dim_v + c, p.scale * acc[nt][2], p.scale * acc[nt][3]);
       }
     }
     __syncthreads();  // every warp is done reading sS before it changes
 
-    // (g) S = e^{G_last} S + K^T Vd (warp w: state rows of its m-tiles).
+    // (g) S = e^{G_last} S + K^T V_d on this warp's state tiles.
     const float eg = __expf(G_last);
 #pragma unroll
-    for (int mt = 0; mt < kMTiles; ++mt) {
-      const int m0 = (warp * kMTiles + mt) * 16;
+    for (int mt = 0; mt < kMT; ++mt) {
+      const int m0 = (wm * kMT + mt) * 16;
 #pragma unroll
-      for (int nt = 0; nt < kNTiles; ++nt)
+      for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) S[mt][nt][e] *= eg;
 #pragma unroll
       for (int kk = 0; kk < C; kk += 16) {
         uint32_t a[4];
-        load_a_trans(a, sK + kk * L::kLdK + m0, L::kLdK, lane);  // A[c][i] = K[i][c]: stored k-major
+        load_a_trans(a, sK + kk * kLdK + m0, kLdK, lane);  // A[c][i] = K[i][c]: stored k-major
 #pragma unroll
-        for (int nt = 0; nt < kNTiles; ++nt) {
+        for (int nt = 0; nt < kNT; ++nt) {
           uint32_t b[2];
-          load_b_trans(b, sVd + kk * L::kLdV + nt * 8, L::kLdV, lane);
+          load_b_trans(b, sV + kk * kLdV + (wn * kNT + nt) * 8, kLdV, lane);
           mma_16816<T>(S[mt][nt], a, b);
         }
       }
