@@ -11,6 +11,7 @@
 #include "decode/decode_kernels.cuh"
 #include "gdn/gdn_checks.h"
 #include "gdn/scan_io.h"
+#include "gdn/scan_prologue.cuh"
 
 namespace mom_ops {
 namespace {
@@ -88,9 +89,10 @@ std::tuple<at::Tensor, at::Tensor> fused_recurrent_fwd_cuda(const at::Tensor& q,
   c10::cuda::CUDAGuard guard(q.device());
   ScanIO io = prepare_scan_io(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm, state_v_first,
                               cu_seqlens, d);
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  zero_rows_past_end(io, stream);
   if (d.num_seqs == 0) return {io.o, io.ht};
   const dim3 grid(unsigned(d.dim_v / kDecodeBV), unsigned(d.heads_v), unsigned(d.num_seqs));
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   dispatch_recurrent(io.q, d.dim_k, state_v_first, [&]<typename T, int kK, bool kVFirst>() {
     fused_recurrent_kernel<T, kK, kVFirst><<<grid, kDecodeThreads, 0, stream>>>(io.params);
   });

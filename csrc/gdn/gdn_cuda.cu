@@ -13,6 +13,7 @@
 #include "gdn/gdn_checks.h"
 #include "gdn/gdn_fwd_kernel.cuh"
 #include "gdn/scan_io.h"
+#include "gdn/scan_prologue.cuh"
 
 namespace mom_ops {
 namespace {
@@ -56,12 +57,15 @@ std::tuple<at::Tensor, at::Tensor> gdn_fwd_cuda(const at::Tensor& q, const at::T
   c10::cuda::CUDAGuard guard(q.device());
   ScanIO io = prepare_scan_io(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm, state_v_first,
                               cu_seqlens, d);
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  zero_rows_past_end(io, stream);
   if (d.num_seqs == 0 || d.heads_v == 0) return {io.o, io.ht};
+  const at::Tensor order = longest_first_order(io, stream);
   GdnFwdParams p{};
   static_cast<ScanParams&>(p) = io.params;
   p.num_vblocks = int(d.dim_v / bv);
   p.v_first = state_v_first;
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  p.seq_order = order.defined() ? order.data_ptr<int>() : nullptr;
   const bool bf16 = q.scalar_type() == at::kBFloat16;
   BOOL_SWITCH(bf16, kBf16, [&] {
     using T = std::conditional_t<kBf16, __nv_bfloat16, __half>;

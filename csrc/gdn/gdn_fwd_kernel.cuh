@@ -26,28 +26,45 @@ constexpr int kGdnChunk = 64;
 constexpr int kGdnThreads = 256;  // 8 warps; warp w works on chunk rows 16 (w % 4) .. and column half w / 4
 
 struct GdnFwdParams : ScanParams {
-  int num_vblocks;  // V / kBV
-  bool v_first;     // states are [N, HV, V, K]
+  int num_vblocks;         // V / kBV
+  bool v_first;            // states are [N, HV, V, K]
+  const int* seq_order;    // [N] sequences longest first (scan_prologue.cuh), or nullptr: index order
+#ifdef MOM_OPS_GDN_PROFILE
+  unsigned long long* phase_cycles;  // [kGdnPhases]: cycles per phase summed over CTAs (scripts/gdn_phases.cu)
+#endif
 };
+
+// Phase timing for scripts/gdn_phases.cu: thread 0 reads the clock after each barrier.
+#ifdef MOM_OPS_GDN_PROFILE
+constexpr int kGdnPhases = 9;
+#define GDN_PHASE(i)                     \
+  if (tid == 0) {                         \
+    const long long now = clock64();      \
+    phase_cycles[i] += now - phase_start; \
+    phase_start = now;                    \
+  }
+#else
+#define GDN_PHASE(i)
+#endif
 
 // Shared memory (byte offsets). 16-bit rows are padded by 8 elements and fp32 rows by 1 against bank
 // conflicts. Regions whose lives do not overlap within a chunk share memory (marked "|").
 template <typename T, int kK, int kBV>
 struct GdnSmem {
   static constexpr int C = kGdnChunk;
-  static constexpr int kLdK = kK + 8, kLdV = kBV + 8, kLdC = C + 8, kLdF = C + 1;
+  static constexpr int kLdK = kK + 8, kLdV = kBV + 8, kLdC = C + 8, kLdA = C + 4, kLdT = C + 1;
   static constexpr int bytes16(int rows, int ld) { return rows * ld * 2; }
   static constexpr int max_(int a, int b) { return a > b ? a : b; }
   static constexpr int kQ = 0;                                              // q [64][kLdK] (raw)
   static constexpr int kKey = kQ + bytes16(C, kLdK);                        // k [64][kLdK] (raw)
   static constexpr int kV = kKey + bytes16(C, kLdK);                        // v | rk e^{G_last-G} V_new [64][kLdV]
   static constexpr int kS = kV + bytes16(C, kLdV);                          // S^T [kBV][kLdK] (16-bit copy)
-  static constexpr int kW = kS + bytes16(kBV, kLdK);                        // A f32 [64][kLdF] | W [64][kLdK]
-  static constexpr int kVn = kW + max_(bytes16(C, kLdK), C * kLdF * 4);     // T f32 [64][kLdF] | V_new [64][kLdV]
-  static constexpr int kTw = kVn + max_(bytes16(C, kLdV), C * kLdF * 4);    // T diag(beta e^G rk) | X f32 | QK
+  static constexpr int kW = kS + bytes16(kBV, kLdK);                        // A f32 [64][kLdA] | W [64][kLdK]
+  static constexpr int kVn = kW + max_(bytes16(C, kLdK), C * kLdA * 4);     // T f32 [64][kLdT] | V_new [64][kLdV]
+  static constexpr int kTw = kVn + max_(bytes16(C, kLdV), C * kLdT * 4);    // T diag(beta e^G rk) | X f32 | QK
   static constexpr int kTu = kTw + bytes16(C, kLdC);                        // T diag(beta) [64][kLdC]  | X f32
-  static constexpr int kVec = kTu + bytes16(C, kLdC);                       // f32 G, beta, rq, rk [64] each
-  static constexpr int kBytes = kVec + 4 * C * 4;
+  static constexpr int kVec = kTu + bytes16(C, kLdC);  // f32 [64] each: G, beta, rq, rk, beta e^G rk
+  static constexpr int kBytes = kVec + 5 * C * 4;
   static_assert(2 * bytes16(C, kLdC) >= 3 * 256 * 4, "the T-solve scratch must fit in the Tw and Tu regions");
 };
 
@@ -62,42 +79,61 @@ __device__ __forceinline__ void store2(T* dst, float x, float y) {
   *reinterpret_cast<uint32_t*>(dst) = pack2<T>(x, y);
 }
 
-// T = (I + A)^-1 for the strictly lower 64x64 A (fp32, row stride kLdF), by 16x16 blocks, all 256 threads.
-// X (3 x 256 floats) is scratch. Ends with a barrier; T is then complete (zeros above the diagonal).
-template <int kLdF>
+// T = (I + A)^-1 for the strictly lower 64x64 A (fp32; row stride kLdA, a multiple of 4, so rows load as
+// float4; zeros on and above the diagonal) into Tm (row stride kLdT), by 16x16 blocks, all 256 threads.
+// X (3 x 256 floats) is scratch. Every sum has a fixed length (the zeros of A make up the rest) and four
+// partial sums, so the loops unroll and the FMA chains stay short. Ends with a barrier.
+template <int kLdA, int kLdT>
 __device__ __forceinline__ void invert_unit_lower_64(const float* A, float* Tm, float* X, int tid) {
-  // Diagonal blocks: thread (b, c) substitutes column c of block b.
+  // Diagonal blocks: thread (b, c) substitutes column c of block b: t_i = [i == c] - sum_m A_im t_m.
   if (tid < 64) {
     const int b = tid / 16, c = tid % 16, r0 = 16 * b;
     float t[16];
 #pragma unroll
-    for (int i = 0; i < 16; ++i) {
-      float acc = (i == c) ? 1.f : 0.f;
+    for (int i = 0; i < 16; ++i) t[i] = 0.f;
 #pragma unroll
-      for (int m = 0; m < i; ++m) acc -= A[(r0 + i) * kLdF + r0 + m] * t[m];
-      t[i] = acc;
-      Tm[(r0 + i) * kLdF + r0 + c] = acc;
+    for (int i = 0; i < 16; ++i) {
+      const float4* row = reinterpret_cast<const float4*>(A + (r0 + i) * kLdA + r0);
+      float part[4] = {i == c ? 1.f : 0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int m4 = 0; m4 < (i + 3) / 4; ++m4) {  // A_im = 0 for m >= i
+        const float4 a = row[m4];
+        part[0] -= a.x * t[4 * m4], part[1] -= a.y * t[4 * m4 + 1];
+        part[2] -= a.z * t[4 * m4 + 2], part[3] -= a.w * t[4 * m4 + 3];
+      }
+      t[i] = (part[0] + part[1]) + (part[2] + part[3]);
     }
+#pragma unroll
+    for (int i = 0; i < 16; ++i) Tm[(r0 + i) * kLdT + r0 + c] = t[i];
   }
   __syncthreads();
   // Off-diagonal blocks, one block diagonal d at a time: X_ij = sum_{m=j..i-1} A_im T_mj, T_ij = -T_ii X_ij.
+  const int c = tid % 16, r = tid / 16;  // element (r, c) of every block
 #pragma unroll
   for (int d = 1; d < 4; ++d) {
-    const int c = tid % 16, r = (tid / 16) % 16;
-    for (int j = 0; j + d < 4; ++j) {  // tid < 256 covers one block per j
-      const int i = j + d;
-      float acc = 0.f;
-      for (int m = 16 * j; m < 16 * i; ++m) acc += A[(16 * i + r) * kLdF + m] * Tm[m * kLdF + 16 * j + c];
-      X[j * 256 + r * 16 + c] = acc;
-    }
-    __syncthreads();
+#pragma unroll
     for (int j = 0; j + d < 4; ++j) {
       const int i = j + d;
-      float acc = 0.f;
+      const float4* row = reinterpret_cast<const float4*>(A + (16 * i + r) * kLdA + 16 * j);
+      float part[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-      for (int m = 0; m < 16; ++m) acc -= Tm[(16 * i + r) * kLdF + 16 * i + m] * X[j * 256 + m * 16 + c];
-      Tm[(16 * i + r) * kLdF + 16 * j + c] = acc;
-      Tm[(16 * j + r) * kLdF + 16 * i + c] = 0.f;  // above the diagonal
+      for (int m4 = 0; m4 < 4 * d; ++m4) {
+        const float4 a = row[m4];
+        const float* tcol = Tm + (16 * j + 4 * m4) * kLdT + 16 * j + c;
+        part[0] += a.x * tcol[0], part[1] += a.y * tcol[kLdT];
+        part[2] += a.z * tcol[2 * kLdT], part[3] += a.w * tcol[3 * kLdT];
+      }
+      X[j * 256 + r * 16 + c] = (part[0] + part[1]) + (part[2] + part[3]);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j + d < 4; ++j) {
+      const int i = j + d;
+      float part[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int m = 0; m < 16; ++m) part[m % 4] -= Tm[(16 * i + r) * kLdT + 16 * i + m] * X[j * 256 + m * 16 + c];
+      Tm[(16 * i + r) * kLdT + 16 * j + c] = (part[0] + part[1]) + (part[2] + part[3]);
+      Tm[(16 * j + r) * kLdT + 16 * i + c] = 0.f;  // above the diagonal
     }
     __syncthreads();
   }
@@ -106,7 +142,7 @@ __device__ __forceinline__ void invert_unit_lower_64(const float* A, float* Tm, 
 template <typename T, int kK, int kBV>
 __global__ void __launch_bounds__(kGdnThreads, kK <= 128 ? 2 : 1) gdn_fwd_kernel(GdnFwdParams p) {
   using L = GdnSmem<T, kK, kBV>;
-  constexpr int C = kGdnChunk, kLdK = L::kLdK, kLdV = L::kLdV, kLdC = L::kLdC, kLdF = L::kLdF;
+  constexpr int C = kGdnChunk, kLdK = L::kLdK, kLdV = L::kLdV, kLdC = L::kLdC, kLdA = L::kLdA, kLdT = L::kLdT;
   // State tiles: kWarpsM x kWarpsN warps, each kMT 16-row tiles (k) x kNT 8-column tiles (v).
   constexpr int kWarpsM = kK / 16 < 8 ? kK / 16 : 8, kWarpsN = 8 / kWarpsM;
   constexpr int kMT = kK / 16 / kWarpsM, kNT = kBV / 8 / kWarpsN;
@@ -125,13 +161,14 @@ __global__ void __launch_bounds__(kGdnThreads, kK <= 128 ? 2 : 1) gdn_fwd_kernel
   T* sTu = reinterpret_cast<T*>(smem + L::kTu);
   float* sX = reinterpret_cast<float*>(smem + L::kTw);  // T-solve scratch, before Tw and Tu are written
   float* sG = reinterpret_cast<float*>(smem + L::kVec);
-  float *sBeta = sG + C, *sRq = sBeta + C, *sRk = sRq + C;
+  float *sBeta = sG + C, *sRq = sBeta + C, *sRk = sRq + C, *sColW = sRk + C;
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g8 = lane / 4, t4 = lane % 4;
   const int rt = warp % 4, ch = warp / 4, r0 = 16 * rt;  // row tile and column half of the row phases
   const int vb = blockIdx.x % p.num_vblocks;
   const int hv = (blockIdx.x / p.num_vblocks) % p.heads_v;
-  const int seq = blockIdx.x / (p.num_vblocks * p.heads_v);
+  const int rank = blockIdx.x / (p.num_vblocks * p.heads_v);
+  const int seq = p.seq_order != nullptr ? p.seq_order[rank] : rank;
   const int h = hv / (p.heads_v / p.heads_qk), v0 = vb * kBV;
   int64_t bos, eos;
   sequence_bounds(p, seq, bos, eos);
@@ -161,6 +198,9 @@ __global__ void __launch_bounds__(kGdnThreads, kK <= 128 ? 2 : 1) gdn_fwd_kernel
     for_each_state([&](float& x, int kk, int vv) { sS[vv * kLdK + kk] = from_f32<T>(x); });
   };
   publish_state();
+#ifdef MOM_OPS_GDN_PROFILE
+  long long phase_cycles[kGdnPhases] = {}, phase_start = clock64();
+#endif
 
   for (int64_t c0 = bos; c0 < eos; c0 += C) {
     const int len = int(min(int64_t(C), eos - c0));
@@ -182,6 +222,7 @@ __global__ void __launch_bounds__(kGdnThreads, kK <= 128 ? 2 : 1) gdn_fwd_kernel
     }
     cp_async_wait<0>();
     __syncthreads();
+    GDN_PHASE(0);
 
     // (b) l2norm factors (two threads per q or k row), G = cumsum(g) (warp 0 afterwards).
     {
@@ -213,10 +254,12 @@ __global__ void __launch_bounds__(kGdnThreads, kK <= 128 ? 2 : 1) gdn_fwd_kernel
     }
     __syncthreads();
     const float G_last = sG[C - 1];
+    GDN_PHASE(1);
 
     // (c) Warps of column half 0: A rows r0.. (all 64 columns) -> sA (fp32). Half 1: QK rows r0.., kept in
     // registers as 16-bit A-operand fragments until sQK is free.
     uint32_t qk_frag[C / 16][4];
+    if (tid < C) sColW[tid] = sBeta[tid] * __expf(sG[tid]) * sRk[tid];  // column factor of T in W (read in (d))
     {
       float acc[8][4] = {};
       const T* lhs = (ch == 0 ? sK : sQ) + r0 * kLdK;
@@ -244,8 +287,8 @@ __global__ void __launch_bounds__(kGdnThreads, kK <= 128 ? 2 : 1) gdn_fwd_kernel
           x[e] = keep ? (e < 2 ? f0 : f1) * sRk[j] * __expf((e < 2 ? G0 : G1) - sG[j]) * acc[nt][e] : 0.f;
         }
         if (ch == 0) {
-          sA[i0 * kLdF + nt * 8 + 2 * t4] = x[0], sA[i0 * kLdF + nt * 8 + 2 * t4 + 1] = x[1];
-          sA[i1 * kLdF + nt * 8 + 2 * t4] = x[2], sA[i1 * kLdF + nt * 8 + 2 * t4 + 1] = x[3];
+          *reinterpret_cast<float2*>(sA + i0 * kLdA + nt * 8 + 2 * t4) = make_float2(x[0], x[1]);
+          *reinterpret_cast<float2*>(sA + i1 * kLdA + nt * 8 + 2 * t4) = make_float2(x[2], x[3]);
         } else {  // accumulator (16 x 8 tile nt) -> half of the A fragment of k-step nt / 2
           qk_frag[nt / 2][(nt % 2) * 2 + 0] = pack2<T>(x[0], x[1]);
           qk_frag[nt / 2][(nt % 2) * 2 + 1] = pack2<T>(x[2], x[3]);
@@ -253,17 +296,19 @@ __global__ void __launch_bounds__(kGdnThreads, kK <= 128 ? 2 : 1) gdn_fwd_kernel
       }
     }
     __syncthreads();
+    GDN_PHASE(2);
 
     // (d) T = (I + A)^-1 (fp32), then T diag(beta e^G rk) and T diag(beta) in 16 bits.
-    invert_unit_lower_64<kLdF>(sA, sT, sX, tid);
+    invert_unit_lower_64<kLdA, kLdT>(sA, sT, sX, tid);
+    GDN_PHASE(3);
     for (int idx = tid; idx < C * C / 2; idx += kGdnThreads) {
       const int i = idx / (C / 2), j = (idx % (C / 2)) * 2;
-      const float t0 = sT[i * kLdF + j], t1 = sT[i * kLdF + j + 1];
-      const float u0 = sBeta[j], u1 = sBeta[j + 1];
-      store2<T>(sTu + i * kLdC + j, t0 * u0, t1 * u1);
-      store2<T>(sTw + i * kLdC + j, t0 * u0 * __expf(sG[j]) * sRk[j], t1 * u1 * __expf(sG[j + 1]) * sRk[j + 1]);
+      const float t0 = sT[i * kLdT + j], t1 = sT[i * kLdT + j + 1];
+      store2<T>(sTu + i * kLdC + j, t0 * sBeta[j], t1 * sBeta[j + 1]);
+      store2<T>(sTw + i * kLdC + j, t0 * sColW[j], t1 * sColW[j + 1]);
     }
     __syncthreads();
+    GDN_PHASE(4);
 
     // (e) W = Tw K (rows r0.., columns of half ch) -> sW; U = Tu V (rows r0.., v columns of half ch).
 #pragma unroll
@@ -302,6 +347,7 @@ __global__ void __launch_bounds__(kGdnThreads, kK <= 128 ? 2 : 1) gdn_fwd_kernel
       }
     }
     __syncthreads();  // W complete; Tw, Tu and v are free
+    GDN_PHASE(5);
 
     if (ch == 1) {  // QK -> sQK (the Tw region)
 #pragma unroll
@@ -340,6 +386,7 @@ __global__ void __launch_bounds__(kGdnThreads, kK <= 128 ? 2 : 1) gdn_fwd_kernel
       }
     }
     __syncthreads();
+    GDN_PHASE(6);
 
     // (f) O = scale (rq e^G (Q S) + QK V_new), rows r0.., v columns of half ch -> global.
     {
@@ -378,6 +425,7 @@ __global__ void __launch_bounds__(kGdnThreads, kK <= 128 ? 2 : 1) gdn_fwd_kernel
       }
     }
     __syncthreads();  // every warp is done reading sS before it changes
+    GDN_PHASE(7);
 
     // (g) S = e^{G_last} S + K^T V_d on this warp's state tiles.
     const float eg = __expf(G_last);
@@ -402,7 +450,12 @@ __global__ void __launch_bounds__(kGdnThreads, kK <= 128 ? 2 : 1) gdn_fwd_kernel
     }
     publish_state();
     __syncthreads();
+    GDN_PHASE(8);
   }
+#ifdef MOM_OPS_GDN_PROFILE
+  if (tid == 0)
+    for (int i = 0; i < kGdnPhases; ++i) atomicAdd(p.phase_cycles + i, (unsigned long long)phase_cycles[i]);
+#endif
 
   if (p.ht != nullptr) for_each_state([&](float& x, int kk, int vv) { p.ht[state_index(kk, vv)] = x; });
 }

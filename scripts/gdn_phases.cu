@@ -1,0 +1,88 @@
+// Where a chunk of the CUDA GDN forward spends its time: builds the kernel with MOM_OPS_GDN_PROFILE (thread 0
+// reads the clock after each barrier) and prints cycles per phase per chunk, for the benchmark shapes.
+//   nvcc -O3 -std=c++17 -arch=sm_90a --expt-relaxed-constexpr -Icsrc -DMOM_OPS_GDN_PROFILE \
+//        scripts/gdn_phases.cu -o /tmp/gdn_phases && /tmp/gdn_phases
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdio>
+#include <vector>
+
+#include "gdn/gdn_fwd_kernel.cuh"
+
+using namespace mom_ops;
+using bf16 = __nv_bfloat16;
+
+__global__ void fill(bf16* x, int64_t n, uint32_t seed) {  // uniform(-1.7, 1.7): variance ~1
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    uint32_t h = uint32_t(i) * 2654435761u ^ seed;
+    h ^= h >> 15, h *= 2246822519u, h ^= h >> 13;
+    x[i] = __float2bfloat16((h & 0xffffff) / float(1 << 24) * 3.4f - 1.7f);
+  }
+}
+__global__ void fill_gates(float* g, float* beta, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    g[i] = -0.05f - 1.0f * ((i * 7919) % 97) / 97.f;
+    beta[i] = ((i * 104729) % 89) / 89.f;
+  }
+}
+
+template <int kK, int kBV>
+void run(int T, int H, int n) {
+  const int D = kK;
+  bf16 *q, *k, *v, *o;
+  float *g, *beta;
+  int* cu;
+  unsigned long long* cycles;
+  cudaMalloc(&q, sizeof(bf16) * T * H * D), cudaMalloc(&k, sizeof(bf16) * T * H * D);
+  cudaMalloc(&v, sizeof(bf16) * T * H * D), cudaMalloc(&o, sizeof(bf16) * T * H * D);
+  cudaMalloc(&g, sizeof(float) * T * H), cudaMalloc(&beta, sizeof(float) * T * H);
+  cudaMalloc(&cu, sizeof(int) * (n + 1)), cudaMalloc(&cycles, sizeof(unsigned long long) * kGdnPhases);
+  fill<<<1024, 256>>>(q, int64_t(T) * H * D, 1), fill<<<1024, 256>>>(k, int64_t(T) * H * D, 2);
+  fill<<<1024, 256>>>(v, int64_t(T) * H * D, 3), fill_gates<<<1024, 256>>>(g, beta, int64_t(T) * H);
+  std::vector<int> cuh(n + 1);
+  for (int i = 0; i <= n; ++i) cuh[i] = int(int64_t(T) * i / n);
+  cudaMemcpy(cu, cuh.data(), sizeof(int) * (n + 1), cudaMemcpyHostToDevice);
+  GdnFwdParams p{};
+  p.q = q, p.k = k, p.v = v, p.g = g, p.beta = beta, p.o = o, p.cu_seqlens = cu, p.cu_int64 = false;
+  p.seqlen = T, p.total_rows = T, p.num_seqs = n, p.heads_qk = H, p.heads_v = H, p.dim_v = D;
+  p.scale = 1.f / sqrtf(float(D)), p.l2norm = true, p.num_vblocks = D / kBV, p.v_first = false;
+  p.phase_cycles = cycles;
+  using L = GdnSmem<bf16, kK, kBV>;
+  auto kernel = gdn_fwd_kernel<bf16, kK, kBV>;
+  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L::kBytes));
+  cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100);
+  int per_sm = 0;
+  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kGdnThreads, L::kBytes);
+  const int blocks = n * H * (D / kBV);
+  cudaEvent_t t0, t1;
+  cudaEventCreate(&t0), cudaEventCreate(&t1);
+  for (int rep = 0; rep < 3; ++rep) {
+    cudaMemset(cycles, 0, sizeof(unsigned long long) * kGdnPhases);
+    cudaEventRecord(t0);
+    kernel<<<blocks, kGdnThreads, L::kBytes>>>(p);
+    cudaEventRecord(t1);
+    cudaEventSynchronize(t1);
+  }
+  float ms = 0;
+  cudaEventElapsedTime(&ms, t0, t1);
+  unsigned long long c[kGdnPhases];
+  cudaMemcpy(c, cycles, sizeof(c), cudaMemcpyDeviceToHost);
+  const double chunk_steps = double(blocks) * ((T / n + 63) / 64);
+  double total = 0;
+  for (int i = 0; i < kGdnPhases; ++i) total += c[i] / chunk_steps;
+  printf("T=%d H=%d D=%d n=%d: %.3f ms (%s), %d CTAs of %d B smem, %d CTA/SM; cycles per chunk %.0f:", T, H, D, n,
+         ms, cudaGetErrorString(cudaGetLastError()), blocks, int(L::kBytes), per_sm, total);
+  const char* names[kGdnPhases] = {"load", "norm+cumsum", "A,QK", "T solve", "Tw,Tu", "W,U", "WS,Vn", "O", "state"};
+  for (int i = 0; i < kGdnPhases; ++i) printf(" %s %.0f", names[i], c[i] / chunk_steps);
+  printf("\n");
+  cudaFree(q), cudaFree(k), cudaFree(v), cudaFree(o), cudaFree(g), cudaFree(beta), cudaFree(cu), cudaFree(cycles);
+}
+
+int main() {
+  run<128, 64>(32768, 16, 32);
+  run<128, 64>(32768, 16, 1);
+  run<256, 32>(32768, 4, 32);
+  run<64, 64>(32768, 16, 32);
+  return 0;
+}
