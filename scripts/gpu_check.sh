@@ -9,8 +9,6 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu_out}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}" MAX_JOBS="${MAX_JOBS:-16}"
-# Benchmark the experimental CUDA scan too (its tests turn it on themselves).
-export MOM_OPS_EXPERIMENTAL_CUDA_SCAN="${MOM_OPS_EXPERIMENTAL_CUDA_SCAN:-1}"
 TEST_FILTER="${1:-}"
 BENCH_ONLY="${2:-}"
 status=0

@@ -136,9 +136,8 @@ GPU_CASES = [
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", GPU_CASES)
-def test_gpu_forward(case, dtype, monkeypatch):
+def test_gpu_forward(case, dtype):
     need_kernel("chunk_gated_delta_rule_fwd", "cuda")
-    monkeypatch.setenv("MOM_OPS_EXPERIMENTAL_CUDA_SCAN", "1")
     B, T, H, HV, D, lengths, decay, beta_range, h0 = case
     n = B if lengths is None else len(lengths)
     inp = gdn_inputs(B, T, H, D, D, HV=HV, dtype=dtype, decay=decay, beta_range=beta_range, h0=h0, n_seqs=n)
@@ -154,9 +153,14 @@ def test_gpu_forward(case, dtype, monkeypatch):
 
 
 @pytest.mark.gpu
-def test_gpu_forward_is_off_without_the_experimental_switch(monkeypatch):
+@pytest.mark.parametrize("D", [64, 128, 256])
+def test_gpu_forward_state_layouts_agree(D):
+    """state_v_first=True ([N, HV, V, K] states) gives the same o and the transposed final state."""
     need_kernel("chunk_gated_delta_rule_fwd", "cuda")
-    monkeypatch.delenv("MOM_OPS_EXPERIMENTAL_CUDA_SCAN", raising=False)
-    inp = gdn_inputs(1, 64, 1, 64, 64, dtype=torch.bfloat16, device="cuda")
-    with pytest.raises(NotImplementedError, match="MOM_OPS_EXPERIMENTAL_CUDA_SCAN"):
-        mom_ops.chunk_gated_delta_rule(**inp)
+    lengths = [70, 0, 129, 1]
+    inp = gdn_inputs(1, 200, 2, D, D, HV=4, dtype=torch.bfloat16, h0=True, n_seqs=len(lengths), device="cuda")
+    o, ht = _run(mom_ops.chunk_gated_delta_rule, inp, lengths, False)
+    inp["initial_state"] = inp["initial_state"].transpose(-1, -2).contiguous()
+    o_vf, ht_vf = _run(mom_ops.chunk_gated_delta_rule, inp, lengths, True)
+    assert torch.equal(o, o_vf)
+    assert torch.equal(ht, ht_vf.transpose(-1, -2))

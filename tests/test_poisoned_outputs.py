@@ -54,9 +54,8 @@ def test_routing_and_readout_write_every_output(device, poisoned_allocations):
 
 
 @pytest.mark.parametrize("device", device_param())
-def test_scan_writes_every_output(device, poisoned_allocations, monkeypatch):
+def test_scan_writes_every_output(device, poisoned_allocations):
     need_kernel("chunk_gated_delta_rule_fwd", device)
-    monkeypatch.setenv("MOM_OPS_EXPERIMENTAL_CUDA_SCAN", "1")
     D = 64 if device == "cuda" else 16
     inp = gdn_inputs(1, 150, 2, D, D, dtype=torch.bfloat16 if device == "cuda" else torch.float32, h0=True,
                      n_seqs=4, device=device)

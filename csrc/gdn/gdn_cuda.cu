@@ -1,13 +1,9 @@
-// CUDA binding of the chunked gated-delta-rule forward (tensor cores). Experimental: the kernel is compiled but
-// has not been run on a GPU yet, so it only runs with MOM_OPS_EXPERIMENTAL_CUDA_SCAN=1 (tests set it);
-// otherwise the op raises NotImplementedError naming the switch.
+// CUDA binding of the chunked gated-delta-rule forward (tensor cores): checks, the prologue launches (row
+// zeroing, longest-first order) and the kernel dispatch over dtype and head dim.
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
-
-#include <cstdlib>
-#include <cstring>
 
 #include "common/static_switch.h"
 #include "gdn/gdn_checks.h"
@@ -17,11 +13,6 @@
 
 namespace mom_ops {
 namespace {
-
-bool experimental_scan_enabled() {
-  const char* flag = std::getenv("MOM_OPS_EXPERIMENTAL_CUDA_SCAN");
-  return flag != nullptr && std::strcmp(flag, "1") == 0;
-}
 
 template <typename T, int kK, int kBV>
 void launch_gdn_fwd(const GdnFwdParams& p, cudaStream_t stream) {
@@ -43,9 +34,6 @@ std::tuple<at::Tensor, at::Tensor> gdn_fwd_cuda(const at::Tensor& q, const at::T
                                                 const std::optional<at::Tensor>& cu_seqlens,
                                                 const std::optional<at::Tensor>& chunk_indices) {
   const GdnDims d = check_gdn_args(q, k, v, g, beta, initial_state, state_v_first, cu_seqlens, chunk_indices);
-  TORCH_CHECK_NOT_IMPLEMENTED(experimental_scan_enabled(),
-                              "the CUDA chunk_gated_delta_rule forward is experimental (not yet validated on a GPU); "
-                              "set MOM_OPS_EXPERIMENTAL_CUDA_SCAN=1 to run it, or use triton_ref.gdn");
   TORCH_CHECK_VALUE(q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf,
                     "the CUDA scan takes bfloat16 or float16 q, k, v, got ", q.scalar_type());
   TORCH_CHECK_VALUE(d.dim_k == 64 || d.dim_k == 128 || d.dim_k == 256, "the CUDA scan needs K in {64, 128, 256}, got ",

@@ -9,7 +9,7 @@
 //   O  = scale (rq e^G * (Q S) + QK V_new)
 //   S <- e^{G_last} S + K^T (rk e^{G_last - G} * V_new)
 // 16-bit mma operands: T diag(..), W, S, QK, V_new (as in fla); every sum accumulates in fp32.
-// Status: registered behind MOM_OPS_EXPERIMENTAL_CUDA_SCAN until its GPU tests pass (csrc/gdn/NOTES.md).
+// Status and measurements: csrc/gdn/NOTES.md.
 #pragma once
 
 #include <cuda_runtime.h>
