@@ -229,6 +229,34 @@ def _decode_case(N, H, D):
     return Case("mom_decode_step", f"decode_N{N}_H{H}_D{D}", ("step",), build)
 
 
+def _decode_graph_case(B, H, D, M, topk):
+    """A whole MoM decode step for B sequences as one CUDA-graph replay: route the B router rows, build the
+    slots (topk routed memories + the shared one), update the pooled states and mix (mom_decode_step)."""
+
+    def build(provider, mode):
+        if provider != "mom_ops" or not has_cuda_kernel("mom_decode_step"):
+            return None
+        J, bf = topk + 1, dict(device="cuda", dtype=torch.bfloat16)
+        logits = torch.randn(B, M, device="cuda")
+        q, k, v = (torch.randn(B, J, H, D, **bf) for _ in range(3))
+        g = F.logsigmoid(torch.randn(B, J, H, device="cuda"))
+        beta = torch.rand(B, J, H, device="cuda")
+        pool = torch.randn(B * M + B, H, D, D, device="cuda") * 0.1  # routed rows b * M + m, then shared rows
+        seq = torch.arange(B, device="cuda")[:, None]
+        ones = torch.ones(B, 1, device="cuda")
+
+        def step():
+            plan = mom_ops.route(logits, topk, batch_size=B)
+            slots = torch.cat([seq * M + plan.memory_ids, B * M + seq], 1).int()
+            return mom_ops.mom_decode_step(q, k, v, g, beta, torch.cat([plan.weights, ones], 1), slots, pool,
+                                           use_qk_l2norm_in_kernel=True)
+
+        state_bytes = 2 * B * J * H * D * D * 4  # each touched fp32 state read and written once
+        return Bench(step, state_bytes, graph=True)
+
+    return Case("mom_decode_step", f"decode_graph_B{B}_H{H}_D{D}_M{M}_k{topk}", ("step",), build)
+
+
 # ---------------------------------------------------------------- layer
 
 
@@ -276,5 +304,6 @@ CASES: list[Case] = [
     _gdn_case(32768, 4, 256, 32),
     _decode_case(256, 16, 128),
     _decode_case(768, 4, 256),
+    _decode_graph_case(64, 4, 256, 4, 2),
     _layer_case(8, 2048, 1024, 4, 256, 4, 2, "layer_340M_B8_T2048"),
 ]
