@@ -1,6 +1,7 @@
-// Where a chunk of the CUDA GDN forward spends its time: builds the kernel with MOM_OPS_GDN_PROFILE (thread 0
-// reads the clock after each barrier) and prints cycles per phase per chunk, for the benchmark shapes.
-//   nvcc -O3 -std=c++17 -arch=sm_90a --expt-relaxed-constexpr -Icsrc -DMOM_OPS_GDN_PROFILE \
+// Where a chunk of the CUDA GDN forward spends its time: with MOM_OPS_GDN_PROFILE (thread 0 reads the clock
+// after each barrier) it prints cycles per phase per chunk, for the benchmark shapes (equal cuts); without it,
+// only the kernel times. -DMOM_OPS_GDN_CTAS_PER_SM=1 builds the K <= 128 kernels for one CTA per SM.
+//   nvcc -O3 -std=c++17 -arch=sm_90a --expt-relaxed-constexpr -Icsrc [-DMOM_OPS_GDN_PROFILE] \
 //        scripts/gdn_phases.cu -o /tmp/gdn_phases && /tmp/gdn_phases
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -12,6 +13,11 @@
 
 using namespace mom_ops;
 using bf16 = __nv_bfloat16;
+#ifdef MOM_OPS_GDN_PROFILE
+constexpr int kPhases = kGdnPhases;
+#else
+constexpr int kPhases = 1;
+#endif
 
 __global__ void fill(bf16* x, int64_t n, uint32_t seed) {  // uniform(-1.7, 1.7): variance ~1
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
@@ -37,7 +43,7 @@ void run(int T, int H, int n) {
   cudaMalloc(&q, sizeof(bf16) * T * H * D), cudaMalloc(&k, sizeof(bf16) * T * H * D);
   cudaMalloc(&v, sizeof(bf16) * T * H * D), cudaMalloc(&o, sizeof(bf16) * T * H * D);
   cudaMalloc(&g, sizeof(float) * T * H), cudaMalloc(&beta, sizeof(float) * T * H);
-  cudaMalloc(&cu, sizeof(int) * (n + 1)), cudaMalloc(&cycles, sizeof(unsigned long long) * kGdnPhases);
+  cudaMalloc(&cu, sizeof(int) * (n + 1)), cudaMalloc(&cycles, sizeof(unsigned long long) * kPhases);
   fill<<<1024, 256>>>(q, int64_t(T) * H * D, 1), fill<<<1024, 256>>>(k, int64_t(T) * H * D, 2);
   fill<<<1024, 256>>>(v, int64_t(T) * H * D, 3), fill_gates<<<1024, 256>>>(g, beta, int64_t(T) * H);
   std::vector<int> cuh(n + 1);
@@ -47,7 +53,9 @@ void run(int T, int H, int n) {
   p.q = q, p.k = k, p.v = v, p.g = g, p.beta = beta, p.o = o, p.cu_seqlens = cu, p.cu_int64 = false;
   p.seqlen = T, p.total_rows = T, p.num_seqs = n, p.heads_qk = H, p.heads_v = H, p.dim_v = D;
   p.scale = 1.f / sqrtf(float(D)), p.l2norm = true, p.num_vblocks = D / kBV, p.v_first = false;
+#ifdef MOM_OPS_GDN_PROFILE
   p.phase_cycles = cycles;
+#endif
   using L = GdnSmem<bf16, kK, kBV>;
   auto kernel = gdn_fwd_kernel<bf16, kK, kBV>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L::kBytes));
@@ -58,7 +66,7 @@ void run(int T, int H, int n) {
   cudaEvent_t t0, t1;
   cudaEventCreate(&t0), cudaEventCreate(&t1);
   for (int rep = 0; rep < 3; ++rep) {
-    cudaMemset(cycles, 0, sizeof(unsigned long long) * kGdnPhases);
+    cudaMemset(cycles, 0, sizeof(unsigned long long) * kPhases);
     cudaEventRecord(t0);
     kernel<<<blocks, kGdnThreads, L::kBytes>>>(p);
     cudaEventRecord(t1);
@@ -66,15 +74,17 @@ void run(int T, int H, int n) {
   }
   float ms = 0;
   cudaEventElapsedTime(&ms, t0, t1);
-  unsigned long long c[kGdnPhases];
+  unsigned long long c[kPhases];
   cudaMemcpy(c, cycles, sizeof(c), cudaMemcpyDeviceToHost);
   const double chunk_steps = double(blocks) * ((T / n + 63) / 64);
   double total = 0;
-  for (int i = 0; i < kGdnPhases; ++i) total += c[i] / chunk_steps;
+  for (int i = 0; i < kPhases; ++i) total += c[i] / chunk_steps;
   printf("T=%d H=%d D=%d n=%d: %.3f ms (%s), %d CTAs of %d B smem, %d CTA/SM; cycles per chunk %.0f:", T, H, D, n,
          ms, cudaGetErrorString(cudaGetLastError()), blocks, int(L::kBytes), per_sm, total);
-  const char* names[kGdnPhases] = {"load", "norm+cumsum", "A,QK", "T solve", "Tw,Tu", "W,U", "WS,Vn", "O", "state"};
-  for (int i = 0; i < kGdnPhases; ++i) printf(" %s %.0f", names[i], c[i] / chunk_steps);
+#ifdef MOM_OPS_GDN_PROFILE
+  const char* names[kPhases] = {"load", "norm+cumsum", "A,QK", "T solve", "Tw,Tu", "W,U", "WS,Vn", "O", "state"};
+  for (int i = 0; i < kPhases; ++i) printf(" %s %.0f", names[i], c[i] / chunk_steps);
+#endif
   printf("\n");
   cudaFree(q), cudaFree(k), cudaFree(v), cudaFree(o), cudaFree(g), cudaFree(beta), cudaFree(cu), cudaFree(cycles);
 }
@@ -84,5 +94,6 @@ int main() {
   run<128, 64>(32768, 16, 1);
   run<256, 32>(32768, 4, 32);
   run<64, 64>(32768, 16, 32);
+  run<128, 32>(32768, 16, 32);  // a narrower V-block: more CTAs, the chunk-local work repeated 4x
   return 0;
 }

@@ -139,8 +139,14 @@ __device__ __forceinline__ void invert_unit_lower_64(const float* A, float* Tm, 
   }
 }
 
+// CTAs per SM the registers are capped for at K <= 128 (2 fit in shared memory; scripts/gdn_phases.cu tries 1).
+#ifndef MOM_OPS_GDN_CTAS_PER_SM
+#define MOM_OPS_GDN_CTAS_PER_SM 2
+#endif
+
 template <typename T, int kK, int kBV>
-__global__ void __launch_bounds__(kGdnThreads, kK <= 128 ? 2 : 1) gdn_fwd_kernel(GdnFwdParams p) {
+__global__ void __launch_bounds__(kGdnThreads, kK <= 128 ? MOM_OPS_GDN_CTAS_PER_SM : 1)
+    gdn_fwd_kernel(GdnFwdParams p) {
   using L = GdnSmem<T, kK, kBV>;
   constexpr int C = kGdnChunk, kLdK = L::kLdK, kLdV = L::kLdV, kLdC = L::kLdC, kLdA = L::kLdA, kLdT = L::kLdT;
   // State tiles: kWarpsM x kWarpsN warps, each kMT 16-row tiles (k) x kNT 8-column tiles (v).
