@@ -15,6 +15,7 @@ except ImportError as e:  # pragma: no cover - only hit on a broken install
     ) from e
 
 from mom_ops import _fake  # noqa: F401,E402  (fake kernels for torch.compile / meta tensors)
+from mom_ops import _interim_cuda_backward  # noqa: F401,E402  (Triton scan backward on CUDA until #5)
 from mom_ops.decode import fused_recurrent_gated_delta_rule, mom_decode_step  # noqa: E402
 from mom_ops.gdn import chunk_gated_delta_rule  # noqa: E402
 from mom_ops.readout import memory_mix  # noqa: E402
@@ -32,6 +33,8 @@ def build_info() -> dict:
             key for key in ("CPU", "CUDA") if torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key)
         ]
     info["kernels"] = kernels
+    if _interim_cuda_backward.INTERIM_TRITON_BACKWARD:
+        info["interim"] = {"chunk_gated_delta_rule_bwd": "CUDA key served by the Triton reference (issue #5)"}
     return info
 
 
