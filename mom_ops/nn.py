@@ -171,7 +171,9 @@ class MoMAttention(nn.Module):
         """Rows of memory m times weight[m]^T: xr [R, D], weight [M, out, D] -> [R, out]. Grouped GEMM over the
         memory-major segments on CUDA; elsewhere every memory's projection and a per-row select (sync-free)."""
         M, B = self.num_memories, plan.batch_size
-        if xr.is_cuda and hasattr(torch, "_grouped_mm") and xr.dtype == torch.bfloat16:
+        # torch._grouped_mm needs 16-byte row strides: out and D multiples of 8 (the b, a projections are not).
+        aligned = weight.shape[1] % 8 == 0 and weight.shape[2] % 8 == 0
+        if xr.is_cuda and hasattr(torch, "_grouped_mm") and xr.dtype == torch.bfloat16 and aligned:
             ends = plan.cu_seqlens[B::B].to(torch.int32)  # [M] row end of each memory's segments
             return torch._grouped_mm(xr, weight.transpose(1, 2).to(xr.dtype), offs=ends)
         all_m = torch.einsum("rd,mod->rmo", xr, weight.to(xr.dtype))  # [R, M, out]
