@@ -1,4 +1,5 @@
-"""Reference gated delta rule (DESIGN.md §1): the per-token recurrence and the chunked form, fp32."""
+"""Reference gated delta rule (DESIGN.md §1): the per-token recurrence and the chunked form, in fp32 (fp64 for
+fp64 inputs, so autograd through them checks hand-written backwards)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 
 def _prepare(q, k, v, g, beta, scale, initial_state, use_qk_l2norm, state_v_first, cu_seqlens):
-    """fp32 inputs with q, k repeated over the value heads of their group; the sequences as (batch, start, end);
-    the initial states as [N, HV, K, V]."""
+    """fp32 (fp64) inputs with q, k repeated over the value heads of their group; the sequences as (batch, start,
+    end); the initial states as [N, HV, K, V]."""
     B, T, H, K = q.shape
     HV, V = v.shape[2], v.shape[3]
-    q, k, v, g, beta = (x.float() for x in (q, k, v, g, beta))
+    ct = torch.float64 if q.dtype == torch.float64 else torch.float32
+    q, k, v, g, beta = (x.to(ct) for x in (q, k, v, g, beta))
     if use_qk_l2norm:
         q, k = l2norm(q), l2norm(k)
     q, k = q.repeat_interleave(HV // H, dim=2), k.repeat_interleave(HV // H, dim=2)
@@ -26,7 +28,7 @@ def _prepare(q, k, v, g, beta, scale, initial_state, use_qk_l2norm, state_v_firs
     if initial_state is None:
         h0 = q.new_zeros(len(seqs), HV, K, V)
     else:
-        h0 = initial_state.float().transpose(-1, -2) if state_v_first else initial_state.float()
+        h0 = initial_state.to(ct).transpose(-1, -2) if state_v_first else initial_state.to(ct)
     scale = K**-0.5 if scale is None else scale
     return q, k, v, g, beta, scale, seqs, h0
 
@@ -80,7 +82,7 @@ def chunk_gated_delta_rule_ref(q, k, v, g, beta, scale=None, initial_state=None,
             decay_strict = torch.where(lower, diff, -torch.inf).exp()
             decay_incl = torch.where(lower | torch.eye(L, dtype=torch.bool), diff, -torch.inf).exp()
             A = bc[:, :, None] * (Kc @ Kc.transpose(-1, -2)) * decay_strict
-            Tinv = torch.linalg.inv(torch.eye(L) + A)
+            Tinv = torch.linalg.inv(torch.eye(L, dtype=A.dtype) + A)
             W = Tinv @ (bc[..., None] * G.exp()[..., None] * Kc)
             U = Tinv @ (bc[..., None] * Vc)
             Vnew = U - W @ S

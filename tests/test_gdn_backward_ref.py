@@ -1,0 +1,43 @@
+"""The hand-written chunked backward (mom_ops.reference.gdn_backward, the formulas of #5's kernel) against
+autograd through the per-token recurrence, in fp64."""
+
+import pytest
+import torch
+
+from mom_ops.reference import recurrent_gated_delta_rule_ref
+from mom_ops.reference.gdn_backward import chunk_gated_delta_rule_bwd_ref
+from tests.helpers import cu_from_lengths, gdn_inputs, rel_rms
+
+CASES = [
+    # (B, T, H, HV, K, V, lengths, decay, h0, dht, l2norm, v_first, chunk)
+    (2, 37, 2, 2, 8, 6, None, "normal", True, True, True, False, 16),
+    (1, 90, 1, 2, 6, 8, [1, 0, 33, 40, 16], "strong", True, True, False, False, 16),
+    (1, 70, 2, 4, 8, 8, [70], "zero", False, False, True, True, 64),
+    (2, 20, 1, 1, 4, 4, None, "normal", False, True, False, True, 8),
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_chunked_backward_matches_autograd_of_recurrence(case):
+    B, T, H, HV, K, V, lengths, decay, h0, dht, l2norm, v_first, chunk = case
+    n = B if lengths is None else len(lengths)
+    inp = gdn_inputs(B, T, H, K, V, HV=HV, dtype=torch.float64, decay=decay, h0=h0, n_seqs=n)
+    inp = {key: t.double() for key, t in inp.items()}
+    if h0 and v_first:
+        inp["initial_state"] = inp["initial_state"].transpose(-1, -2).contiguous()
+    cu = None if lengths is None else cu_from_lengths(lengths)
+    scale = K**-0.5
+    do = torch.randn(B, T, HV, V, dtype=torch.float64)
+    d_ht = torch.randn(n, HV, *((V, K) if v_first else (K, V)), dtype=torch.float64) if dht else None
+
+    leaves = {key: t.clone().requires_grad_(True) for key, t in inp.items()}
+    o, ht = recurrent_gated_delta_rule_ref(**leaves, scale=scale, output_final_state=True,
+                                           use_qk_l2norm_in_kernel=l2norm, state_v_first=v_first, cu_seqlens=cu)
+    torch.autograd.backward((o, ht) if dht else (o,), (do, d_ht) if dht else (do,))
+    got = chunk_gated_delta_rule_bwd_ref(inp["q"], inp["k"], inp["v"], inp["g"], inp["beta"], scale,
+                                         inp.get("initial_state"), do, d_ht, l2norm, v_first, cu, chunk_size=chunk)
+    for name, value in zip(["q", "k", "v", "g", "beta", "initial_state"], got):
+        if name not in leaves:
+            assert value is None
+            continue
+        assert rel_rms(value, leaves[name].grad) < 1e-9, name
