@@ -1,4 +1,5 @@
-"""triton_ref.gdn (the Triton chunked gated delta rule, forward) against the naive fp32 recurrence.
+"""triton_ref.gdn (the Triton chunked gated delta rule: forward, recurrent backward) and triton_ref.gdn_chunked_bwd
+(the chunked backward) against the naive fp32 recurrence and its autograd.
 On the CPU it runs in the Triton interpreter, in fp32 only (bf16 is wrong there)."""
 
 import pytest
@@ -76,9 +77,12 @@ def test_triton_gdn_gpu_bf16():
     assert rel_rms(o, o_ref) < 5e-3 and rel_rms(ht, ht_ref) < 5e-3
 
 
+@pytest.mark.parametrize("impl", ["gdn", "gdn_chunked_bwd"])  # the recurrent and the chunked backward
 @pytest.mark.parametrize("case", CASES)
-def test_triton_gdn_backward_matches_autograd_of_recurrence(case):
-    from triton_ref import gdn as tg
+def test_triton_gdn_backward_matches_autograd_of_recurrence(case, impl):
+    import importlib
+
+    tg = importlib.import_module(f"triton_ref.{impl}")
 
     device = triton_device()
     B, T, H, HV, K, V, lengths, decay, beta_range, h0, vf, l2norm = case
