@@ -273,6 +273,21 @@ def _gdn_bwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, do_ptr, h0_ptr, dht_pt
         tl.store(dh0_ptr + s_off, dS, mask=s_mask)
 
 
+def normalised_fp32(x: torch.Tensor, use_l2norm: bool) -> torch.Tensor:
+    """x in fp32, l2-normalised over the last dim (eps 1e-6, as in the kernels) when use_l2norm."""
+    x = x.float()
+    return x * torch.rsqrt(x.square().sum(-1, keepdim=True) + 1e-6) if use_l2norm else x
+
+
+def l2norm_backward_(x: torch.Tensor, d: torch.Tensor) -> None:
+    """d (the gradient w.r.t. y = l2norm(x), shaped like x or flattened to d's shape) becomes the gradient w.r.t.
+    x, in place: dx = r (dy - y (y . dy)) with r = (|x|^2 + eps)^-1/2."""
+    x = x.float().reshape(d.shape)
+    r = torch.rsqrt(x.square().sum(-1, keepdim=True) + 1e-6)
+    y = x * r
+    d.copy_(r * (d - y * (y * d).sum(-1, keepdim=True)))
+
+
 def chunk_gated_delta_rule_bwd(q, k, v, g, beta, scale, initial_state, do, dht, use_qk_l2norm_in_kernel=False,
                                state_v_first=False, cu_seqlens=None):
     """Gradients (dq, dk, dv, dg, dbeta, dh0) of chunk_gated_delta_rule; dh0 is None without initial_state."""
@@ -280,10 +295,7 @@ def chunk_gated_delta_rule_bwd(q, k, v, g, beta, scale, initial_state, do, dht, 
     HV, V = v.shape[2], v.shape[3]
     N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
     rows = B * T
-    qn, kn = q.float(), k.float()
-    if use_qk_l2norm_in_kernel:
-        qn = qn * torch.rsqrt(qn.square().sum(-1, keepdim=True) + 1e-6)
-        kn = kn * torch.rsqrt(kn.square().sum(-1, keepdim=True) + 1e-6)
+    qn, kn = normalised_fp32(q, use_qk_l2norm_in_kernel), normalised_fp32(k, use_qk_l2norm_in_kernel)
     BK = max(16, triton.next_power_of_2(K))
     BV = max(16, min(32, triton.next_power_of_2(V)))
     NV = triton.cdiv(V, BV)
@@ -312,10 +324,7 @@ def chunk_gated_delta_rule_bwd(q, k, v, g, beta, scale, initial_state, do, dht, 
     dq = dq_part.sum(0).view(rows, H, HV // H, K).sum(2)
     dk = dk_part.sum(0).view(rows, H, HV // H, K).sum(2)
     if use_qk_l2norm_in_kernel:
-        for x, d in ((q, dq), (k, dk)):
-            x = x.float().reshape(rows, H, K)
-            r = torch.rsqrt(x.square().sum(-1, keepdim=True) + 1e-6)
-            y = x * r
-            d.copy_(r * (d - y * (y * d).sum(-1, keepdim=True)))
+        l2norm_backward_(q, dq)
+        l2norm_backward_(k, dk)
     return (dq.view(q.shape).to(q.dtype), dk.view(k.shape).to(k.dtype), dv.view(v.shape).to(v.dtype),
             dg_part.sum(0).view(g.shape).to(g.dtype), db_part.sum(0).view(beta.shape).to(beta.dtype), dh0)

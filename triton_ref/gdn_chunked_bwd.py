@@ -12,7 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from triton_ref.gdn import CHUNK, _masked_decay, _sequence_bounds, _unit_lower_inverse
+from triton_ref.gdn import (CHUNK, _masked_decay, _sequence_bounds, _unit_lower_inverse, l2norm_backward_,
+                            normalised_fp32)
 
 
 @triton.jit
@@ -169,10 +170,7 @@ def chunk_gated_delta_rule_bwd(q, k, v, g, beta, scale, initial_state, do, dht, 
     HV, V = v.shape[2], v.shape[3]
     N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
     rows = B * T
-    qn, kn = q.float(), k.float()
-    if use_qk_l2norm_in_kernel:
-        qn = qn * torch.rsqrt(qn.square().sum(-1, keepdim=True) + 1e-6)
-        kn = kn * torch.rsqrt(kn.square().sum(-1, keepdim=True) + 1e-6)
+    qn, kn = normalised_fp32(q, use_qk_l2norm_in_kernel), normalised_fp32(k, use_qk_l2norm_in_kernel)
     rep = HV // H
     qn = qn.reshape(rows, H, K).repeat_interleave(rep, dim=1).contiguous()
     kn = kn.reshape(rows, H, K).repeat_interleave(rep, dim=1).contiguous()
@@ -196,11 +194,8 @@ def chunk_gated_delta_rule_bwd(q, k, v, g, beta, scale, initial_state, do, dht, 
             HAS_DHT=dht is not None, PRECISION="ieee", num_warps=8, num_stages=1)
     dq = dq.view(rows, H, rep, K).sum(2)
     dk = dk.view(rows, H, rep, K).sum(2)
-    if use_qk_l2norm_in_kernel:  # y = x r:  dx = r (dy - y (y . dy))
-        for x, d in ((q, dq), (k, dk)):
-            x = x.float().reshape(rows, H, K)
-            r = torch.rsqrt(x.square().sum(-1, keepdim=True) + 1e-6)
-            y = x * r
-            d.copy_(r * (d - y * (y * d).sum(-1, keepdim=True)))
+    if use_qk_l2norm_in_kernel:
+        l2norm_backward_(q, dq)
+        l2norm_backward_(k, dk)
     return (dq.view(q.shape).to(q.dtype), dk.view(k.shape).to(k.dtype), dv.view(v.shape).to(v.dtype),
             dg.view(g.shape).to(g.dtype), db.view(beta.shape).to(beta.dtype), dh0)
