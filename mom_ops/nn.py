@@ -109,8 +109,9 @@ class MoMCache:
                         zeros(P, W - 1, H * layer.head_v_dim), zeros(batch_size, dt=torch.int64))
 
 
-# torch._grouped_mm for the routed projections: off until the GPU layer tests pass with it (they failed on the
-# H100 with it on; the einsum path computes every memory's projection and selects, M times the flops).
+# torch._grouped_mm for the routed projections: off. On the H100 (torch 2.11) the GPU layer tests failed with
+# it on (NaN and wrong projections, also with 16-byte-aligned rows only); the einsum path below passes them but
+# computes every memory's projection and selects (M times the flops). A grouped GEMM of our own is #8's.
 USE_GROUPED_MM = False
 
 
@@ -173,8 +174,8 @@ class MoMAttention(nn.Module):
         self.o_norm.fill_(1.0)
 
     def _project_routed(self, xr: torch.Tensor, plan: RoutingPlan, weight: torch.Tensor) -> torch.Tensor:
-        """Rows of memory m times weight[m]^T: xr [R, D], weight [M, out, D] -> [R, out]. Grouped GEMM over the
-        memory-major segments on CUDA; elsewhere every memory's projection and a per-row select (sync-free)."""
+        """Rows of memory m times weight[m]^T: xr [R, D], weight [M, out, D] -> [R, out]: every memory's
+        projection and a per-row select (sync-free), or torch._grouped_mm with USE_GROUPED_MM."""
         M, B = self.num_memories, plan.batch_size
         # torch._grouped_mm needs 16-byte row strides: out and D multiples of 8 (the b, a projections are not).
         aligned = weight.shape[1] % 8 == 0 and weight.shape[2] % 8 == 0
