@@ -1,0 +1,129 @@
+"""Grouped linear over the memory-major routed stream, without a host sync: y[r] = x[r] @ weight[m(r)]^T where row
+r belongs to memory m(r) (rows [cu[m B], cu[(m + 1) B]) of the plan's cu_seqlens). Triton kernels (tl.dot):
+forward and dx share one kernel (weight read transposed or not), dweight sums each memory's rows in a fixed order
+(deterministic). MoMAttention uses it on CUDA when mom_ops.nn.USE_TRITON_GROUPED_LINEAR is set (not yet run on a
+GPU: tested in the Triton interpreter only).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+BM, BN, BK = 64, 64, 32  # row tile, output-column tile, reduction tile
+
+
+@triton.jit
+def _memory_of_tile(cu_ptr, t, B: tl.constexpr, M: tl.constexpr, BLOCK_M: tl.constexpr):
+    """(memory, first row, end row) of row tile t, tiles numbered memory by memory; memory = M past the last."""
+    first_tile = 0
+    mem, row0, row_end = M, 0, 0
+    for m in range(M):
+        start = tl.load(cu_ptr + m * B).to(tl.int64)
+        end = tl.load(cu_ptr + (m + 1) * B).to(tl.int64)
+        n_tiles = tl.cdiv(end - start, BLOCK_M)
+        hit = (t >= first_tile) & (t < first_tile + n_tiles)
+        mem = tl.where(hit, m, mem)
+        row0 = tl.where(hit, start + (t - first_tile) * BLOCK_M, row0)
+        row_end = tl.where(hit, end, row_end)
+        first_tile += n_tiles
+    return mem, row0, row_end
+
+
+@triton.jit
+def _grouped_rows_kernel(x_ptr, w_ptr, y_ptr, cu_ptr, N_IN, N_OUT, stride_wm, stride_wo, stride_wi,
+                         B: tl.constexpr, M: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                         BLOCK_K: tl.constexpr):
+    """y [R, N_OUT] = x [R, N_IN] @ w[m]^T per row tile; w[m][o][i] at m * stride_wm + o * stride_wo + i * stride_wi
+    (so dx = dy @ w[m] is the same kernel with the two weight strides swapped)."""
+    t, n = tl.program_id(0), tl.program_id(1)
+    mem, row0, row_end = _memory_of_tile(cu_ptr, t, B, M, BLOCK_M)
+    if mem < M:
+        rows = row0 + tl.arange(0, BLOCK_M)
+        cols = n * BLOCK_N + tl.arange(0, BLOCK_N)
+        mr, mc = rows < row_end, cols < N_OUT
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for k0 in range(0, N_IN, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            mk = ks < N_IN
+            a = tl.load(x_ptr + rows[:, None] * N_IN + ks[None, :], mask=mr[:, None] & mk[None, :], other=0.0)
+            w = tl.load(w_ptr + mem * stride_wm + cols[None, :] * stride_wo + ks[:, None] * stride_wi,
+                        mask=mk[:, None] & mc[None, :], other=0.0)  # [BLOCK_K, BLOCK_N] = w[m]^T tile
+            acc += tl.dot(a, w)
+        tl.store(y_ptr + rows[:, None] * N_OUT + cols[None, :], acc.to(y_ptr.dtype.element_ty),
+                 mask=mr[:, None] & mc[None, :])
+
+
+@triton.jit
+def _grouped_weight_grad_kernel(x_ptr, dy_ptr, dw_ptr, cu_ptr, N_IN, N_OUT, B: tl.constexpr,
+                                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """dw[m] [N_OUT, N_IN] = dy_m^T x_m over memory m's rows, in row order. Grid (M, out tiles, in tiles)."""
+    m, n, kb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    start = tl.load(cu_ptr + m * B).to(tl.int64)
+    end = tl.load(cu_ptr + (m + 1) * B).to(tl.int64)
+    cols = n * BLOCK_N + tl.arange(0, BLOCK_N)
+    ks = kb * BLOCK_K + tl.arange(0, BLOCK_K)
+    mc, mk = cols < N_OUT, ks < N_IN
+    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    for r0 in range(start, end, BLOCK_M):
+        rows = r0 + tl.arange(0, BLOCK_M)
+        mr = rows < end
+        dy = tl.load(dy_ptr + rows[:, None] * N_OUT + cols[None, :], mask=mr[:, None] & mc[None, :], other=0.0)
+        x = tl.load(x_ptr + rows[:, None] * N_IN + ks[None, :], mask=mr[:, None] & mk[None, :], other=0.0)
+        acc += tl.dot(tl.trans(dy), x)
+    tl.store(dw_ptr + m * N_OUT * N_IN + cols[:, None] * N_IN + ks[None, :], acc.to(dw_ptr.dtype.element_ty),
+             mask=mc[:, None] & mk[None, :])
+
+
+def _rows(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor, batch_size: int, transpose_w: bool):
+    M, n_out, n_in = weight.shape
+    if transpose_w:  # dx = dy @ w[m]: output columns are w's input dim
+        n_out, n_in = n_in, n_out
+        strides = (weight.stride(0), weight.stride(2), weight.stride(1))
+    else:
+        strides = (weight.stride(0), weight.stride(1), weight.stride(2))
+    R = x.shape[0]
+    y = torch.zeros(R, n_out, device=x.device, dtype=x.dtype)  # rows past cu[-1] (none in a plan) stay 0
+    tiles = triton.cdiv(R, BM) + M  # an upper bound of the tiles of all memories
+    if R > 0 and n_out > 0:
+        _grouped_rows_kernel[(tiles, triton.cdiv(n_out, BN))](
+            x.contiguous(), weight, y, cu_seqlens, n_in, n_out, *strides,
+            B=batch_size, M=M, BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK)
+    return y
+
+
+class _GroupedLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, cu_seqlens, batch_size):
+        ctx.weight_dtype = weight.dtype
+        weight = weight.to(x.dtype).contiguous()
+        ctx.save_for_backward(x, weight, cu_seqlens)
+        ctx.batch_size = batch_size
+        return _rows(x, weight, cu_seqlens, batch_size, transpose_w=False)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, cu_seqlens = ctx.saved_tensors
+        dy = dy.contiguous()
+        dx = _rows(dy, weight, cu_seqlens, ctx.batch_size, transpose_w=True) if ctx.needs_input_grad[0] else None
+        dw = None
+        if ctx.needs_input_grad[1]:
+            M, n_out, n_in = weight.shape
+            dw = torch.empty(M, n_out, n_in, device=x.device, dtype=torch.float32)
+            _grouped_weight_grad_kernel[(M, triton.cdiv(n_out, BN), triton.cdiv(n_in, BK))](
+                x.contiguous(), dy, dw, cu_seqlens, n_in, n_out, B=ctx.batch_size, BLOCK_M=BM, BLOCK_N=BN,
+                BLOCK_K=BK)
+            dw = dw.to(ctx.weight_dtype)
+        return dx, dw, None, None
+
+
+def grouped_linear(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """x [R, D] in memory-major order, weight [M, out, D], cu_seqlens [M * batch_size + 1] (the plan's) ->
+    y [R, out] with y[r] = x[r] @ weight[m]^T for the memory m of row r. Differentiable in x and weight."""
+    if weight.dim() != 3 or x.dim() != 2 or x.shape[1] != weight.shape[2]:
+        raise ValueError(f"x must be [R, D] and weight [M, out, D], got {tuple(x.shape)}, {tuple(weight.shape)}")
+    if cu_seqlens.shape[0] != weight.shape[0] * batch_size + 1:
+        raise ValueError(f"cu_seqlens must have M * batch_size + 1 = {weight.shape[0] * batch_size + 1} entries, "
+                         f"got {cu_seqlens.shape[0]}")
+    return _GroupedLinear.apply(x, weight, cu_seqlens, batch_size)
