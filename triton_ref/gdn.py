@@ -48,17 +48,17 @@ def _masked_decay(G, keep):
 
 
 @triton.jit
-def _unit_lower_inverse(A, C: tl.constexpr):
-    """T = (I + A)^-1 for A [C, C] strictly lower triangular, by forward substitution row by row:
-    T_i = e_i - sum_{j < i} A_ij T_j (rows j >= i of T do not count since A_ij = 0 there)."""
+def _unit_lower_inverse(A, C: tl.constexpr, PRECISION: tl.constexpr):
+    """T = (I + A)^-1 for A [C, C] strictly lower triangular (so N = -A is nilpotent, N^C = 0), by doubling:
+    T = (I + N)(I + N^2)(I + N^4)...(I + N^(C/2)) = sum_{j < C} N^j, i.e. log2(C) - 1 squarings and as many
+    products (10 matrix products at C = 64 instead of C - 1 dependent row updates)."""
     rows = tl.arange(0, C)
     eye = (rows[:, None] == rows[None, :]).to(tl.float32)
-    T = eye  # [C, C]; row 0 is already e_0
-    for i in range(1, C):
-        a_i = tl.sum(tl.where(rows[:, None] == i, A, 0.0), axis=0)  # [C]: row i of A, indexed by column j
-        e_i = (rows == i).to(tl.float32)  # [C]
-        t_i = e_i - tl.sum(a_i[:, None] * T, axis=0)  # [C]: new row i of T
-        T = tl.where(rows[:, None] == i, t_i[None, :], T)
+    P = -A  # N^(2^i)
+    T = eye + P
+    for _ in tl.static_range(1, C.bit_length() - 1):  # factors (I + N^2), ..., (I + N^(C/2))
+        P = tl.dot(P, P, input_precision=PRECISION)
+        T = T + tl.dot(T, P, input_precision=PRECISION)
     return T
 
 
@@ -113,7 +113,7 @@ def _gdn_fwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, o_ptr, h0_ptr, ht_ptr,
         # A [C, C] and T = (I + A)^-1.
         kk = tl.dot(k, tl.trans(k), input_precision=PRECISION)  # [C, C]
         A = beta[:, None] * kk * _masked_decay(G, causal_strict & valid)
-        Tinv = _unit_lower_inverse(A, C)
+        Tinv = _unit_lower_inverse(A, C, PRECISION)
 
         # W [C, BK], U [C, BV], V_new [C, BV].
         W = tl.dot(Tinv, (beta * tl.exp(G))[:, None] * k, input_precision=PRECISION)

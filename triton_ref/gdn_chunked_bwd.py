@@ -62,7 +62,7 @@ def _gdn_chunked_bwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, do_ptr, h0_ptr
         G_last = tl.sum(tl.where(r == C - 1, G, 0.0), axis=0)
         valid = mr[:, None] & mr[None, :]
         A = beta[:, None] * _dot(k, tl.trans(k), PRECISION) * _masked_decay(G, strict & valid)
-        Tm = _unit_lower_inverse(A, C)
+        Tm = _unit_lower_inverse(A, C, PRECISION)
         W = _dot(Tm, (beta * tl.exp(G))[:, None] * k, PRECISION)
         Vn = _dot(Tm, beta[:, None] * v, PRECISION) - _dot(W, S, PRECISION)
         d_end = tl.exp(tl.where(mr, G_last - G, float("-inf")))
@@ -98,7 +98,7 @@ def _gdn_chunked_bwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, do_ptr, h0_ptr
         gamma_l = _masked_decay(G, incl & valid)
         KK = _dot(k, tl.trans(k), PRECISION)
         A = beta[:, None] * KK * gamma_s
-        Tm = _unit_lower_inverse(A, C)
+        Tm = _unit_lower_inverse(A, C, PRECISION)
         eG = tl.exp(G)
         Kb = (beta * eG)[:, None] * k
         Vb = beta[:, None] * v
