@@ -47,8 +47,9 @@ constexpr int kGdnPhases = 9;
 #define GDN_PHASE(i)
 #endif
 
-// Shared memory (byte offsets). 16-bit rows are padded by 8 elements and fp32 rows by 1 against bank
-// conflicts. Regions whose lives do not overlap within a chunk share memory (marked "|").
+// Shared memory (byte offsets). 16-bit rows are padded by 8 elements against bank conflicts; A's fp32 rows by 4
+// (16-byte aligned, read as float4), T's by 1. Regions whose lives do not overlap within a chunk share memory
+// (marked "|").
 template <typename T, int kK, int kBV>
 struct GdnSmem {
   static constexpr int C = kGdnChunk;
