@@ -266,6 +266,8 @@ def _layer_case(batch, seqlen, hidden, heads, head_dim, memories, topk, name):
         if provider == "mom_ops":
             if not (has_cuda_kernel("chunk_gated_delta_rule_fwd") and has_cuda_kernel("chunk_gated_delta_rule_bwd")):
                 return None
+            if mode == "fwdbwd" and mom_ops._interim_cuda_backward.INTERIM_TRITON_BACKWARD:
+                return None  # not timed while the scan backward is the interim Triton one
             from mom_ops.nn import MoMAttention
 
             layer = MoMAttention(hidden, heads, head_dim, num_memories=memories, topk=topk, shared_memory=True)
