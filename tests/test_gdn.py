@@ -189,3 +189,33 @@ def test_gpu_backward_matches_cpu(D, lengths, h0):
     got = grads(inp, "cuda", torch.bfloat16)
     for key in ref:
         assert rel_rms(got[key], ref[key]) < 2e-2, key
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("K, V, H, HV, dtype", [(128, 512, 1, 2, torch.bfloat16), (64, 256, 2, 2, torch.float16),
+                                                (256, 64, 1, 1, torch.bfloat16)])
+def test_gpu_forward_other_head_dims(K, V, H, HV, dtype):
+    """K != V, several V-blocks per head, GVA: against the fp32 recurrence."""
+    need_kernel("chunk_gated_delta_rule_fwd", "cuda")
+    lengths = [130, 0, 64, 7]
+    inp = gdn_inputs(1, sum(lengths), H, K, V, HV=HV, dtype=dtype, h0=True, n_seqs=len(lengths))
+    o_ref, ht_ref = _run(recurrent_gated_delta_rule_ref, inp, lengths, False)
+    o, ht = _run(mom_ops.chunk_gated_delta_rule, {key: t.cuda() for key, t in inp.items()}, lengths, False)
+    assert rel_rms(o, o_ref) < 5e-3 and rel_rms(ht, ht_ref) < 5e-3
+
+
+@pytest.mark.gpu
+def test_gpu_forward_more_than_65535_ctas():
+    """70000 one-token sequences (70000 CTAs in x): equal to the token-by-token CUDA kernel, run on two halves
+    (it takes fewer than 65536 sequences per call)."""
+    need_kernel("chunk_gated_delta_rule_fwd", "cuda")
+    n, half = 70000, 35000
+    inp = gdn_inputs(1, n, 1, 64, 64, dtype=torch.bfloat16, device="cuda")
+    kw = dict(output_final_state=True, use_qk_l2norm_in_kernel=True)
+    o, ht = mom_ops.chunk_gated_delta_rule(**inp, cu_seqlens=torch.arange(n + 1, device="cuda"), **kw)
+    parts = [mom_ops.fused_recurrent_gated_delta_rule(**{key: t[:, s:s + half] for key, t in inp.items()},
+                                                      cu_seqlens=torch.arange(half + 1, device="cuda"), **kw)
+             for s in (0, half)]
+    o_ref = torch.cat([p[0] for p in parts], 1)
+    ht_ref = torch.cat([p[1] for p in parts], 0)
+    assert rel_rms(o, o_ref) < 5e-3 and rel_rms(ht, ht_ref) < 5e-3
