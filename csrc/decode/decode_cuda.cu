@@ -6,6 +6,9 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <cstring>
+
 #include "common/static_switch.h"
 #include "decode/decode_checks.h"
 #include "decode/decode_kernels.cuh"
@@ -24,12 +27,25 @@ void check_cuda_dims(int64_t dim_k, int64_t dim_v, const at::Tensor& q) {
                     " up to 1024, got ", dim_v);
 }
 
-// Calls fn.template operator()<T, kK, kVFirst>() for the dtype, K and layout.
+// V-tile width: 64 columns, or 128 (twice the state bytes per CTA for the same fixed costs) when
+// MOM_OPS_DECODE_TILE=128, K <= 128 and V % 128 == 0 — a tuning switch until both are timed on the H100.
+int decode_tile_width(int64_t dim_k, int64_t dim_v) {
+  const char* env = std::getenv("MOM_OPS_DECODE_TILE");
+  const bool wide = env != nullptr && std::strcmp(env, "128") == 0;
+  return wide && dim_k <= 128 && dim_v % 128 == 0 ? 128 : kDecodeBV;
+}
+
+// Calls fn.template operator()<T, kK, kBV, kVFirst>() for the dtype, K, tile width and layout.
 template <typename Fn>
-void dispatch_recurrent(const at::Tensor& q, int64_t dim_k, bool v_first, Fn&& fn) {
+void dispatch_recurrent(const at::Tensor& q, int64_t dim_k, int tile_width, bool v_first, Fn&& fn) {
   FLOAT_SWITCH(q.scalar_type(), elem_t, [&] {
     HEADDIM_SWITCH(dim_k, kK, [&] {
-      BOOL_SWITCH(v_first, kVFirst, [&] { fn.template operator()<elem_t, kK, kVFirst>(); });
+      BOOL_SWITCH(v_first, kVFirst, [&] {
+        if constexpr (kK <= 128) {
+          if (tile_width == 128) return fn.template operator()<elem_t, kK, 128, kVFirst>();
+        }
+        fn.template operator()<elem_t, kK, kDecodeBV, kVFirst>();
+      });
     });
   });
 }
@@ -66,10 +82,11 @@ at::Tensor mom_decode_step_cuda(const at::Tensor& q, const at::Tensor& k, const 
   p.scale = float(scale);
   p.l2norm = use_qk_l2norm;
   p.q_per_slot = d.q_per_slot;
-  const dim3 grid(unsigned(d.dim_v / kDecodeBV), unsigned(d.heads_v), unsigned(d.tokens));
+  const int tile = decode_tile_width(d.dim_k, d.dim_v);
+  const dim3 grid(unsigned(d.dim_v / tile), unsigned(d.heads_v), unsigned(d.tokens));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  dispatch_recurrent(qc, d.dim_k, state_v_first, [&]<typename T, int kK, bool kVFirst>() {
-    mom_decode_step_kernel<T, kK, kVFirst><<<grid, kDecodeThreads, 0, stream>>>(p);
+  dispatch_recurrent(qc, d.dim_k, tile, state_v_first, [&]<typename T, int kK, int kBV, bool kVFirst>() {
+    mom_decode_step_kernel<T, kK, kBV, kVFirst><<<grid, kDecodeThreads, 0, stream>>>(p);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
@@ -92,9 +109,10 @@ std::tuple<at::Tensor, at::Tensor> fused_recurrent_fwd_cuda(const at::Tensor& q,
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   zero_rows_past_end(io, stream);
   if (d.num_seqs == 0) return {io.o, io.ht};
-  const dim3 grid(unsigned(d.dim_v / kDecodeBV), unsigned(d.heads_v), unsigned(d.num_seqs));
-  dispatch_recurrent(io.q, d.dim_k, state_v_first, [&]<typename T, int kK, bool kVFirst>() {
-    fused_recurrent_kernel<T, kK, kVFirst><<<grid, kDecodeThreads, 0, stream>>>(io.params);
+  const int tile = decode_tile_width(d.dim_k, d.dim_v);
+  const dim3 grid(unsigned(d.dim_v / tile), unsigned(d.heads_v), unsigned(d.num_seqs));
+  dispatch_recurrent(io.q, d.dim_k, tile, state_v_first, [&]<typename T, int kK, int kBV, bool kVFirst>() {
+    fused_recurrent_kernel<T, kK, kBV, kVFirst><<<grid, kDecodeThreads, 0, stream>>>(io.params);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {io.o, io.ht};
