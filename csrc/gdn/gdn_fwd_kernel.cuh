@@ -270,17 +270,7 @@ __global__ void __launch_bounds__(kGdnThreads, kK <= 128 ? MOM_OPS_GDN_CTAS_PER_
     {
       float acc[8][4] = {};
       const T* lhs = (ch == 0 ? sK : sQ) + r0 * kLdK;
-#pragma unroll
-      for (int kk = 0; kk < kK; kk += 16) {
-        uint32_t a[4];
-        load_a(a, lhs + kk, kLdK, lane);
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt) {
-          uint32_t b[2];
-          load_b(b, sK + (nt * 8) * kLdK + kk, kLdK, lane);  // B[kk][j] = K[j][kk]: n-major storage
-          mma_16816<T>(acc[nt], a, b);
-        }
-      }
+      mma_rows<T, kK / 16, 8, false>(acc, lhs, kLdK, sK, kLdK, lane);  // B[kk][j] = K[j][kk]: n-major
       const int i0 = r0 + g8, i1 = i0 + 8;
       const float G0 = sG[i0], G1 = sG[i1];
       const float f0 = ch == 0 ? sBeta[i0] * sRk[i0] : sRq[i0], f1 = ch == 0 ? sBeta[i1] * sRk[i1] : sRq[i1];
@@ -322,17 +312,7 @@ __global__ void __launch_bounds__(kGdnThreads, kK <= 128 ? MOM_OPS_GDN_CTAS_PER_
     for (int n0 = ch * (kK / 2); n0 < (ch + 1) * (kK / 2); n0 += 64) {
       constexpr int kNW = (kK / 2 < 64 ? kK / 2 : 64) / 8;
       float acc[kNW][4] = {};
-#pragma unroll
-      for (int kk = 0; kk < C; kk += 16) {
-        uint32_t a[4];
-        load_a(a, sTw + r0 * kLdC + kk, kLdC, lane);
-#pragma unroll
-        for (int nt = 0; nt < kNW; ++nt) {
-          uint32_t b[2];
-          load_b_trans(b, sK + kk * kLdK + n0 + nt * 8, kLdK, lane);  // B[m][c] = K[m][c]: k-major
-          mma_16816<T>(acc[nt], a, b);
-        }
-      }
+      mma_rows<T, C / 16, kNW, true>(acc, sTw + r0 * kLdC, kLdC, sK + n0, kLdK, lane);  // B[m][c] = K[m][c]
 #pragma unroll
       for (int nt = 0; nt < kNW; ++nt) {
         const int c = n0 + nt * 8 + 2 * t4;
@@ -342,17 +322,7 @@ __global__ void __launch_bounds__(kGdnThreads, kK <= 128 ? MOM_OPS_GDN_CTAS_PER_
     }
     const int vc0 = ch * kHalfV;  // first v column (within the block) of this warp's output tiles
     float vnew[kNTo][4] = {};
-#pragma unroll
-    for (int kk = 0; kk < C; kk += 16) {  // U = Tu V
-      uint32_t a[4];
-      load_a(a, sTu + r0 * kLdC + kk, kLdC, lane);
-#pragma unroll
-      for (int nt = 0; nt < kNTo; ++nt) {
-        uint32_t b[2];
-        load_b_trans(b, sV + kk * kLdV + vc0 + nt * 8, kLdV, lane);
-        mma_16816<T>(vnew[nt], a, b);
-      }
-    }
+    mma_rows<T, C / 16, kNTo, true>(vnew, sTu + r0 * kLdC, kLdC, sV + vc0, kLdV, lane);  // U = Tu V
     __syncthreads();  // W complete; Tw, Tu and v are free
     GDN_PHASE(5);
 
@@ -367,18 +337,8 @@ __global__ void __launch_bounds__(kGdnThreads, kK <= 128 ? MOM_OPS_GDN_CTAS_PER_
       }
     }
     {  // V_new = U - W S -> sVn; rk e^{G_last - G} V_new -> sV
-      float ws[kNTo][4] = {};
-#pragma unroll
-      for (int kk = 0; kk < kK; kk += 16) {
-        uint32_t a[4];
-        load_a(a, sW + r0 * kLdK + kk, kLdK, lane);
-#pragma unroll
-        for (int nt = 0; nt < kNTo; ++nt) {
-          uint32_t b[2];
-          load_b(b, sS + (vc0 + nt * 8) * kLdK + kk, kLdK, lane);  // B[kk][v] = S[kk][v] = sS[v][kk]
-          mma_16816<T>(ws[nt], a, b);
-        }
-      }
+      float ws[kNTo][4] = {};  // B[kk][v] = S[kk][v] = sS[v][kk]: n-major
+      mma_rows<T, kK / 16, kNTo, false>(ws, sW + r0 * kLdK, kLdK, sS + vc0 * kLdK, kLdK, lane);
       const int i0 = r0 + g8, i1 = i0 + 8;
       const float d0 = sRk[i0] * __expf(G_last - sG[i0]), d1 = sRk[i1] * __expf(G_last - sG[i1]);
 #pragma unroll
@@ -398,32 +358,12 @@ __global__ void __launch_bounds__(kGdnThreads, kK <= 128 ? MOM_OPS_GDN_CTAS_PER_
     // (f) O = scale (rq e^G (Q S) + QK V_new), rows r0.., v columns of half ch -> global.
     {
       float acc[kNTo][4] = {};
-#pragma unroll
-      for (int kk = 0; kk < kK; kk += 16) {
-        uint32_t a[4];
-        load_a(a, sQ + r0 * kLdK + kk, kLdK, lane);
-#pragma unroll
-        for (int nt = 0; nt < kNTo; ++nt) {
-          uint32_t b[2];
-          load_b(b, sS + (vc0 + nt * 8) * kLdK + kk, kLdK, lane);
-          mma_16816<T>(acc[nt], a, b);
-        }
-      }
+      mma_rows<T, kK / 16, kNTo, false>(acc, sQ + r0 * kLdK, kLdK, sS + vc0 * kLdK, kLdK, lane);
       const int i0 = r0 + g8, i1 = i0 + 8;
       const float e0 = sRq[i0] * __expf(sG[i0]), e1 = sRq[i1] * __expf(sG[i1]);
 #pragma unroll
       for (int nt = 0; nt < kNTo; ++nt) acc[nt][0] *= e0, acc[nt][1] *= e0, acc[nt][2] *= e1, acc[nt][3] *= e1;
-#pragma unroll
-      for (int kk = 0; kk < C; kk += 16) {
-        uint32_t a[4];
-        load_a(a, sQK + r0 * kLdC + kk, kLdC, lane);
-#pragma unroll
-        for (int nt = 0; nt < kNTo; ++nt) {
-          uint32_t b[2];
-          load_b_trans(b, sVn + kk * kLdV + vc0 + nt * 8, kLdV, lane);
-          mma_16816<T>(acc[nt], a, b);
-        }
-      }
+      mma_rows<T, C / 16, kNTo, true>(acc, sQK + r0 * kLdC, kLdC, sVn + vc0, kLdV, lane);
 #pragma unroll
       for (int nt = 0; nt < kNTo; ++nt) {
         const int c = v0 + vc0 + nt * 8 + 2 * t4;
