@@ -5,6 +5,8 @@ Registered only when no compiled CUDA backward is present and Triton imports."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 
 OP = "mom_ops::chunk_gated_delta_rule_bwd"
@@ -26,9 +28,7 @@ def register() -> bool:
     """Registers the Triton backward for CUDA tensors; returns whether it did."""
     if torch._C._dispatch_has_kernel_for_dispatch_key(OP, "CUDA"):
         return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("triton") is None:  # checked without importing it: no start-up cost
         return False
     torch.library.impl(OP, "CUDA")(_triton_backward)
     return True
