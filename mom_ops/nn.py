@@ -109,12 +109,11 @@ class MoMCache:
                         zeros(P, W - 1, H * layer.head_v_dim), zeros(batch_size, dt=torch.int64))
 
 
-# torch._grouped_mm for the routed projections: off. On the H100 (torch 2.11) the GPU layer tests failed with
-# it on (NaN and wrong projections, also with 16-byte-aligned rows only); the einsum path below passes them but
-# computes every memory's projection and selects (M times the flops). A grouped GEMM of our own is #8's.
-USE_GROUPED_MM = False
-# mom_ops.grouped_linear (Triton, no wasted flops) for the routed projections on CUDA: off until it has run on a
-# GPU (tests/test_grouped_linear.py runs there too) and been timed in the layer benchmark.
+# Routed projections: torch._grouped_mm is not used: on the H100 (torch 2.11) the GPU layer tests failed with it
+# (NaN and wrong projections, also with 16-byte-aligned rows only). The einsum path passes them but computes
+# every memory's projection and selects (M times the flops). mom_ops.grouped_linear (Triton, no wasted flops)
+# takes over on CUDA with this flag, once it has run on a GPU (tests/test_grouped_linear.py runs there too) and
+# been timed in the layer benchmark.
 USE_TRITON_GROUPED_LINEAR = False
 
 
@@ -178,17 +177,12 @@ class MoMAttention(nn.Module):
 
     def _project_routed(self, xr: torch.Tensor, plan: RoutingPlan, weight: torch.Tensor) -> torch.Tensor:
         """Rows of memory m times weight[m]^T: xr [R, D], weight [M, out, D] -> [R, out]: every memory's
-        projection and a per-row select (sync-free), or a grouped GEMM (USE_TRITON_GROUPED_LINEAR, USE_GROUPED_MM)."""
+        projection and a per-row select (sync-free), or the Triton grouped GEMM (USE_TRITON_GROUPED_LINEAR)."""
         M, B = self.num_memories, plan.batch_size
         if USE_TRITON_GROUPED_LINEAR and xr.is_cuda:
             from mom_ops.grouped_linear import grouped_linear
 
             return grouped_linear(xr, weight, plan.cu_seqlens, B)
-        # torch._grouped_mm needs 16-byte row strides: out and D multiples of 8 (the b, a projections are not).
-        aligned = weight.shape[1] % 8 == 0 and weight.shape[2] % 8 == 0
-        if USE_GROUPED_MM and xr.is_cuda and hasattr(torch, "_grouped_mm") and xr.dtype == torch.bfloat16 and aligned:
-            ends = plan.cu_seqlens[B::B].to(torch.int32)  # [M] row end of each memory's segments
-            return torch._grouped_mm(xr, weight.transpose(1, 2).to(xr.dtype), offs=ends)
         all_m = torch.einsum("rd,mod->rmo", xr, weight.to(xr.dtype))  # [R, M, out]
         mem_of_row = (torch.searchsorted(plan.cu_seqlens, torch.arange(xr.shape[0], device=xr.device),
                                          right=True) - 1).clamp(0, M * B - 1) // B
