@@ -34,7 +34,7 @@ def _memory_of_tile(cu_ptr, t, B: tl.constexpr, M: tl.constexpr, BLOCK_M: tl.con
 @triton.jit
 def _grouped_rows_kernel(x_ptr, w_ptr, y_ptr, cu_ptr, N_IN, N_OUT, stride_wm, stride_wo, stride_wi,
                          B: tl.constexpr, M: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                         BLOCK_K: tl.constexpr):
+                         BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
     """y [R, N_OUT] = x [R, N_IN] @ w[m]^T per row tile; w[m][o][i] at m * stride_wm + o * stride_wo + i * stride_wi
     (so dx = dy @ w[m] is the same kernel with the two weight strides swapped)."""
     t, n = tl.program_id(0), tl.program_id(1)
@@ -50,14 +50,15 @@ def _grouped_rows_kernel(x_ptr, w_ptr, y_ptr, cu_ptr, N_IN, N_OUT, stride_wm, st
             a = tl.load(x_ptr + rows[:, None] * N_IN + ks[None, :], mask=mr[:, None] & mk[None, :], other=0.0)
             w = tl.load(w_ptr + mem * stride_wm + cols[None, :] * stride_wo + ks[:, None] * stride_wi,
                         mask=mk[:, None] & mc[None, :], other=0.0)  # [BLOCK_K, BLOCK_N] = w[m]^T tile
-            acc += tl.dot(a, w)
+            acc += tl.dot(a, w, input_precision=PRECISION)
         tl.store(y_ptr + rows[:, None] * N_OUT + cols[None, :], acc.to(y_ptr.dtype.element_ty),
                  mask=mr[:, None] & mc[None, :])
 
 
 @triton.jit
 def _grouped_weight_grad_kernel(x_ptr, dy_ptr, dw_ptr, cu_ptr, N_IN, N_OUT, B: tl.constexpr,
-                                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                                PRECISION: tl.constexpr):
     """dw[m] [N_OUT, N_IN] = dy_m^T x_m over memory m's rows, in row order. Grid (M, out tiles, in tiles)."""
     m, n, kb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     start = tl.load(cu_ptr + m * B).to(tl.int64)
@@ -71,9 +72,14 @@ def _grouped_weight_grad_kernel(x_ptr, dy_ptr, dw_ptr, cu_ptr, N_IN, N_OUT, B: t
         mr = rows < end
         dy = tl.load(dy_ptr + rows[:, None] * N_OUT + cols[None, :], mask=mr[:, None] & mc[None, :], other=0.0)
         x = tl.load(x_ptr + rows[:, None] * N_IN + ks[None, :], mask=mr[:, None] & mk[None, :], other=0.0)
-        acc += tl.dot(tl.trans(dy), x)
+        acc += tl.dot(tl.trans(dy), x, input_precision=PRECISION)
     tl.store(dw_ptr + m * N_OUT * N_IN + cols[:, None] * N_IN + ks[None, :], acc.to(dw_ptr.dtype.element_ty),
              mask=mc[:, None] & mk[None, :])
+
+
+def _precision(x: torch.Tensor) -> str:
+    """fp32 inputs get fp32 products (torch's default for fp32 matmuls); tl.dot would use TF32 on the GPU."""
+    return "ieee" if x.dtype == torch.float32 else "tf32"
 
 
 def _rows(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor, batch_size: int, transpose_w: bool):
@@ -89,7 +95,7 @@ def _rows(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor, batch
     if R > 0 and n_out > 0:
         _grouped_rows_kernel[(tiles, triton.cdiv(n_out, BN))](
             x.contiguous(), weight, y, cu_seqlens, n_in, n_out, *strides,
-            B=batch_size, M=M, BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK)
+            B=batch_size, M=M, BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, PRECISION=_precision(x))
     return y
 
 
@@ -113,7 +119,7 @@ class _GroupedLinear(torch.autograd.Function):
             dw = torch.empty(M, n_out, n_in, device=x.device, dtype=torch.float32)
             _grouped_weight_grad_kernel[(M, triton.cdiv(n_out, BN), triton.cdiv(n_in, BK))](
                 x.contiguous(), dy, dw, cu_seqlens, n_in, n_out, B=ctx.batch_size, BLOCK_M=BM, BLOCK_N=BN,
-                BLOCK_K=BK)
+                BLOCK_K=BK, PRECISION=_precision(x))
             dw = dw.to(ctx.weight_dtype)
         return dx, dw, None, None
 

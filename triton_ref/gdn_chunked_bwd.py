@@ -191,7 +191,8 @@ def chunk_gated_delta_rule_bwd(q, k, v, g, beta, scale, initial_state, do, dht, 
             cu_seqlens if cu_seqlens is not None else dv, ckpt, dq, dk, dv, dg, db,
             dh0 if dh0 is not None else dv, float(scale), T, NB, stride_sk, stride_sv,
             HV=HV, K=K, V=V, C=CHUNK, BK=BK, BV=BV, IS_VARLEN=cu_seqlens is not None, HAS_H0=h0 is not None,
-            HAS_DHT=dht is not None, PRECISION="ieee", num_warps=8, num_stages=1)
+            HAS_DHT=dht is not None, PRECISION="ieee" if q.device.type == "cpu" else "tf32x3", num_warps=8,
+            num_stages=1)
     dq = dq.view(rows, H, rep, K).sum(2)
     dk = dk.view(rows, H, rep, K).sum(2)
     if use_qk_l2norm_in_kernel:

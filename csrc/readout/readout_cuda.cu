@@ -4,8 +4,12 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/sum.h>
+#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
+
+#include <cstdlib>
+#include <string>
 
 #include "common/static_switch.h"
 #include "readout/readout_checks.h"
@@ -56,25 +60,41 @@ MixParams make_params(const MixInputs& in, const at::Tensor& dst_row, const at::
   return p;
 }
 
-// Calls fn.template operator()<T, kVec, kVecsPerLane>() for the input dtype and V.
+// Calls fn.template operator()<T, kVec, kVecsPerLane, kPrefetch>() for the input dtype and V. The next item's rows
+// are prefetched where the registers allow it (kVecsPerLane <= 2) unless MOM_OPS_MIX_PREFETCH=0 (a tuning switch
+// until both are timed on the H100).
 template <typename Fn>
 void dispatch_mix(const at::Tensor& o_routed, int dim_v, Fn&& fn) {
+  const char* env = std::getenv("MOM_OPS_MIX_PREFETCH");
+  const bool prefetch = env == nullptr || std::string(env) != "0";
   FLOAT_SWITCH(o_routed.scalar_type(), elem_t, [&] {
     constexpr int kVec = 16 / sizeof(elem_t);
     if (dim_v <= 32 * kVec) {
-      fn.template operator()<elem_t, kVec, 1>();
+      if (prefetch) {
+        fn.template operator()<elem_t, kVec, 1, true>();
+      } else {
+        fn.template operator()<elem_t, kVec, 1, false>();
+      }
     } else if (dim_v <= 64 * kVec) {
-      fn.template operator()<elem_t, kVec, 2>();
+      if (prefetch) {
+        fn.template operator()<elem_t, kVec, 2, true>();
+      } else {
+        fn.template operator()<elem_t, kVec, 2, false>();
+      }
     } else {
-      fn.template operator()<elem_t, kVec, 4>();
+      fn.template operator()<elem_t, kVec, 4, false>();
     }
   });
 }
 
-int grid_size(int64_t tokens, int heads) {
+// A grid that fills every SM once at the kernel's occupancy (warps then stride over the items: no second wave).
+template <typename Kernel>
+int grid_size(Kernel kernel, size_t smem, int64_t items) {
+  int ctas_per_sm = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas_per_sm, kernel, kMixWarps * 32, smem));
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int ctas_per_sm = std::max(1, 64 / heads);  // ~64 warps per SM
-  return int(std::max<int64_t>(1, std::min<int64_t>(tokens, int64_t(sms) * ctas_per_sm)));
+  const int64_t needed = (items + kMixWarps - 1) / kMixWarps;
+  return int(std::max<int64_t>(1, std::min<int64_t>(needed, int64_t(sms) * std::max(1, ctas_per_sm))));
 }
 
 at::Tensor memory_mix_fwd_cuda(const at::Tensor& o_routed, const at::Tensor& dst_row, const at::Tensor& src_pair,
@@ -88,8 +108,9 @@ at::Tensor memory_mix_fwd_cuda(const at::Tensor& o_routed, const at::Tensor& dst
   p.out = out.data_ptr();
   if (p.num_tokens == 0) return out;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  dispatch_mix(in.o_routed, p.dim_v, [&]<typename T, int kVec, int kVecsPerLane>() {
-    memory_mix_fwd_kernel<T, kVec, kVecsPerLane><<<grid_size(p.num_tokens, p.heads), 32 * p.heads, 0, stream>>>(p);
+  dispatch_mix(in.o_routed, p.dim_v, [&]<typename T, int kVec, int kVecsPerLane, bool kPrefetch>() {
+    const auto kernel = memory_mix_fwd_kernel<T, kVec, kVecsPerLane, kPrefetch>;
+    kernel<<<grid_size(kernel, 0, p.num_tokens * p.heads), kMixWarps * 32, 0, stream>>>(p);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
@@ -108,28 +129,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_mi
   const auto f32 = o_routed.options().dtype(at::kFloat);
   const at::Tensor none = at::empty({0}, f32);
   MixParams p = make_params(in, dst_row, src_pair, eps);
-  const int grid = grid_size(p.num_tokens, p.heads);
   at::Tensor grad_o_routed = at::empty_like(in.o_routed);
-  at::Tensor grad_weights = at::empty(dst_row.sizes(), f32);
+  at::Tensor grad_w_partial = at::empty({dst_row.size(0), dst_row.size(1), p.heads}, f32);  // summed over heads
   at::Tensor grad_shared = shared.has_value() ? at::empty_like(in.shared) : none;
   at::Tensor grad_gate = gate.has_value() ? at::empty_like(in.gate) : none;
-  at::Tensor norm_partial = norm_weight.has_value() ? at::empty({grid, p.dim_v}, f32) : none;
   p.grad_out = dy.data_ptr();
   p.grad_o_routed = grad_o_routed.data_ptr();
-  p.grad_weights = grad_weights.data_ptr<float>();
+  p.grad_w_partial = grad_w_partial.data_ptr<float>();
   p.grad_shared = shared.has_value() ? grad_shared.data_ptr() : nullptr;
   p.grad_gate = gate.has_value() ? grad_gate.data_ptr() : nullptr;
-  p.grad_norm_partial = norm_weight.has_value() ? norm_partial.data_ptr<float>() : nullptr;
-  const size_t smem = sizeof(float) * size_t(p.heads) * (p.topk + (norm_weight.has_value() ? p.dim_v : 0));
-  TORCH_CHECK_VALUE(smem <= 48 * 1024, "memory_mix backward: heads * (topk + V) = ", smem / 4,
-                    " floats exceed the 48 KB of shared memory");
-  if (p.num_tokens > 0 || p.num_rows > 0) {
+  const size_t smem = norm_weight.has_value() ? sizeof(float) * kMixWarps * size_t(p.dim_v) : 0;
+  at::Tensor norm_partial = none;
+  if (p.num_tokens > 0) {
     const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-    dispatch_mix(in.o_routed, p.dim_v, [&]<typename T, int kVec, int kVecsPerLane>() {
-      memory_mix_bwd_kernel<T, kVec, kVecsPerLane><<<grid, 32 * p.heads, smem, stream>>>(p);
+    dispatch_mix(in.o_routed, p.dim_v, [&]<typename T, int kVec, int kVecsPerLane, bool kPrefetch>() {
+      const auto kernel = memory_mix_bwd_kernel<T, kVec, kVecsPerLane, kPrefetch>;
+      const int grid = grid_size(kernel, smem, p.num_tokens * p.heads);
+      if (norm_weight.has_value()) norm_partial = at::empty({grid, p.dim_v}, f32);
+      p.grad_norm_partial = norm_weight.has_value() ? norm_partial.data_ptr<float>() : nullptr;
+      kernel<<<grid, kMixWarps * 32, smem, stream>>>(p);
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+  } else if (norm_weight.has_value()) {
+    norm_partial = at::zeros({1, p.dim_v}, f32);
   }
+  const at::Tensor grad_weights = grad_w_partial.sum(-1);
   at::Tensor grad_norm_weight = none;
   if (norm_weight.has_value()) grad_norm_weight = norm_partial.sum(0).to(norm_weight->scalar_type());
   return {grad_o_routed, grad_weights, grad_shared, grad_norm_weight, grad_gate};

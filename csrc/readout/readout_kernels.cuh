@@ -1,8 +1,12 @@
-// memory_mix kernels: one CTA per token (grid-stride), one warp per head; each lane keeps kVecsPerLane 16-byte
-// vectors of the head's V values in fp32 registers, so a row is read once and written once.
+// memory_mix kernels. Work item = one (token, head); each warp walks items n * H + h with a grid stride, and each
+// lane keeps kVecsPerLane 16-byte vectors of the head's V values, so every row is read once and written once.
 //   fwd: o = sum_j w_j o_routed[row_j, h] + shared[n, h];  out = o * rstd * norm_w * silu(gate)
 //   bwd: the same gather again, then the RMSNorm/gate backward, d_o_routed[row_j, h] = w_j do,
-//        d_w[n, j] = sum_h <do, o_routed[row_j, h]>, d_norm_w partial sums per CTA (summed by the caller).
+//        d_w partial [n, j, h] = <do, o_routed[row_j, h]> (summed over h by the caller),
+//        d_norm_w partial sums per CTA (summed by the caller).
+// Latency: the plan indices (dst_row, weights) of a warp's next item are loaded one item ahead, and with
+// kPrefetch the next item's rows too (raw 16-byte vectors, converted when used), so a warp always has the next
+// item's loads in flight while it reduces and stores the current one.
 // Deterministic: no atomics on floats; every sum has a fixed order.
 #pragma once
 
@@ -15,7 +19,7 @@
 namespace mom_ops {
 
 struct MixParams {
-  const void* o_routed;      // [R, H, V]
+  const void* o_routed;      // [R, H, V], R = N * k
   const int* dst_row;        // [N, k]
   const int* src_pair;       // [R]
   const float* weights;      // [N, k]
@@ -25,7 +29,7 @@ struct MixParams {
   void* out;                 // fwd: [N, H, V]
   const void* grad_out;      // bwd: [N, H, V]
   void* grad_o_routed;       // bwd: [R, H, V]
-  float* grad_weights;       // bwd: [N, k]
+  float* grad_w_partial;     // bwd: [N, k, H]
   void* grad_shared;         // bwd: [N, H, V] or nullptr
   void* grad_gate;           // bwd: [N, H, V] or nullptr
   float* grad_norm_partial;  // bwd: [gridDim.x, V] or nullptr
@@ -34,11 +38,45 @@ struct MixParams {
   float eps;
 };
 
-template <typename T, int kVec>
-__device__ __forceinline__ void load_f32(const T* src, float (&dst)[kVec]) {
-  const Vec<T, kVec> v = *reinterpret_cast<const Vec<T, kVec>*>(src);
+constexpr int kMixWarps = 8;          // warps per CTA (each on its own items)
+// CTAs per SM the register budget is sized for (__launch_bounds__): 3 x 8 warps at <= 80 registers for the fwd,
+// 2 x 8 at <= 128 for the bwd, when a lane holds one vector per row (no spills; with the prefetch each warp keeps
+// ~2 KB in flight, 32+ KB per SM); wider rows get the whole register file.
+template <int kVecsPerLane>
+constexpr int kMixFwdMinCtas = kVecsPerLane == 1 ? 3 : 1;
+template <int kVecsPerLane>
+constexpr int kMixBwdMinCtas = kVecsPerLane == 1 ? 2 : 1;
+constexpr int kMixSlotsInFlight = 2;  // routed rows per item whose indices and loads are issued ahead
+static_assert(kMixSlotsInFlight == 2, "memory_mix_bwd_kernel picks the in-register rows of slots 0 and 1 by name");
+
+// One head-row slice of a lane: kVecsPerLane raw 16-byte vectors (zeros past V).
+template <typename T, int kVec, int kVecsPerLane>
+struct LaneRow {
+  Vec<T, kVec> v[kVecsPerLane];
+
+  __device__ __forceinline__ float at(int i, int e) const { return to_float(v[i].v[e]); }
+};
+
+template <typename T, int kVec, int kVecsPerLane>
+__device__ __forceinline__ void load_lane_row(const T* row, int dim_v, int lane, LaneRow<T, kVec, kVecsPerLane>& x) {
 #pragma unroll
-  for (int e = 0; e < kVec; ++e) dst[e] = to_float(v.v[e]);
+  for (int i = 0; i < kVecsPerLane; ++i) {
+    const int c = (lane + 32 * i) * kVec;
+    if (c < dim_v) {
+      x.v[i] = *reinterpret_cast<const Vec<T, kVec>*>(row + c);
+    } else {
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) x.v[i].v[e] = T(0.f);
+    }
+  }
+}
+
+template <typename T, int kVec, int kVecsPerLane>
+__device__ __forceinline__ void zero_lane_row(LaneRow<T, kVec, kVecsPerLane>& x) {
+#pragma unroll
+  for (int i = 0; i < kVecsPerLane; ++i)
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) x.v[i].v[e] = T(0.f);
 }
 
 template <typename T, int kVec>
@@ -57,78 +95,123 @@ __device__ __forceinline__ float warp_sum(float x) {
 
 __device__ __forceinline__ float sigmoidf(float z) { return 1.f / (1.f + __expf(-z)); }
 
-// Loads one head-row slice (this lane's kVecsPerLane vectors) of a [*, H, V] tensor into fp32 registers; lanes
-// past V get zeros.
+// Token n's first kMixSlotsInFlight routed rows (-1: none) and their weights (0 where there is no row).
+struct SlotRefs {
+  int64_t row[kMixSlotsInFlight];
+  float w[kMixSlotsInFlight];
+};
+
+__device__ __forceinline__ int64_t routed_row(const MixParams& p, int64_t n, int j) {
+  const int r = p.dst_row[n * p.topk + j];
+  return r >= 0 && r < p.num_rows ? r : -1;
+}
+
+__device__ __forceinline__ SlotRefs load_slot_refs(const MixParams& p, int64_t n) {
+  SlotRefs s;
+  int r[kMixSlotsInFlight];
+  float w[kMixSlotsInFlight];
+#pragma unroll
+  for (int j = 0; j < kMixSlotsInFlight; ++j) {  // index and weight loads are independent: issue all first
+    const bool ok = n < p.num_tokens && j < p.topk;
+    r[j] = ok ? p.dst_row[n * p.topk + j] : -1;
+    w[j] = ok ? p.weights[n * p.topk + j] : 0.f;
+  }
+#pragma unroll
+  for (int j = 0; j < kMixSlotsInFlight; ++j) {
+    const bool ok = r[j] >= 0 && r[j] < p.num_rows;
+    s.row[j] = ok ? r[j] : -1;
+    s.w[j] = ok ? w[j] : 0.f;
+  }
+  return s;
+}
+
+// Everything one item reads before its reductions (raw vectors): shared, gate, grad_out and the first rows.
 template <typename T, int kVec, int kVecsPerLane>
-__device__ __forceinline__ void load_row(const T* row, int dim_v, int lane, float (&x)[kVecsPerLane][kVec]) {
+struct ItemLoads {
+  SlotRefs refs;
+  LaneRow<T, kVec, kVecsPerLane> shared, gate, dy, rows[kMixSlotsInFlight];
+};
+
+// Issues the loads of item (n, h) with the plan indices in refs (dy only for the backward).
+template <typename T, int kVec, int kVecsPerLane, bool kBackward>
+__device__ __forceinline__ void issue_item_loads(const MixParams& p, int64_t n, int h, int lane, const SlotRefs& refs,
+                                                 ItemLoads<T, kVec, kVecsPerLane>& x) {
+  const int64_t row_elems = int64_t(p.heads) * p.dim_v, col0 = int64_t(h) * p.dim_v;
+  const int64_t base = n * row_elems + col0;
+  x.refs = refs;
+  if (n >= p.num_tokens) return;
+  if (p.shared != nullptr) load_lane_row(static_cast<const T*>(p.shared) + base, p.dim_v, lane, x.shared);
+  if (p.gate != nullptr) load_lane_row(static_cast<const T*>(p.gate) + base, p.dim_v, lane, x.gate);
+  if (kBackward) load_lane_row(static_cast<const T*>(p.grad_out) + base, p.dim_v, lane, x.dy);
 #pragma unroll
-  for (int i = 0; i < kVecsPerLane; ++i) {
-    const int c = (lane + 32 * i) * kVec;
-    if (c < dim_v) {
-      load_f32<T, kVec>(row + c, x[i]);
+  for (int j = 0; j < kMixSlotsInFlight; ++j) {
+    if (refs.row[j] >= 0) {
+      load_lane_row(static_cast<const T*>(p.o_routed) + refs.row[j] * row_elems + col0, p.dim_v, lane, x.rows[j]);
     } else {
-#pragma unroll
-      for (int e = 0; e < kVec; ++e) x[i][e] = 0.f;
+      zero_lane_row(x.rows[j]);
     }
   }
 }
 
-constexpr int kMixSlotsInFlight = 2;  // routed rows whose loads are issued together (the bwd assumes 2)
-
-// o (fp32, in registers) of token n, head h: the weighted gather of the k routed rows plus shared. The loads of
-// kMixSlotsInFlight rows and of shared are issued before any use; the first rows stay in `first` for the
-// backward's dot products.
+// o (fp32) of the item: shared + the weighted rows; slots past kMixSlotsInFlight are loaded here.
 template <typename T, int kVec, int kVecsPerLane>
-__device__ __forceinline__ void gather_mix(const MixParams& p, int64_t n, int h, int lane,
-                                           float (&o)[kVecsPerLane][kVec],
-                                           float (&first)[kMixSlotsInFlight][kVecsPerLane][kVec]) {
-  const int64_t row_elems = int64_t(p.heads) * p.dim_v, col0 = int64_t(h) * p.dim_v;
-  float sh[kVecsPerLane][kVec];
-  if (p.shared != nullptr) {
-    load_row<T, kVec, kVecsPerLane>(static_cast<const T*>(p.shared) + n * row_elems + col0, p.dim_v, lane, sh);
-  }
+__device__ __forceinline__ void mix_item(const MixParams& p, int64_t n, int h, int lane,
+                                         const ItemLoads<T, kVec, kVecsPerLane>& x, float (&o)[kVecsPerLane][kVec]) {
 #pragma unroll
   for (int i = 0; i < kVecsPerLane; ++i)
 #pragma unroll
-    for (int e = 0; e < kVec; ++e) o[i][e] = p.shared != nullptr ? sh[i][e] : 0.f;
-  for (int j0 = 0; j0 < p.topk; j0 += kMixSlotsInFlight) {
-    float x[kMixSlotsInFlight][kVecsPerLane][kVec], w[kMixSlotsInFlight];
+    for (int e = 0; e < kVec; ++e) {
+      float acc = p.shared != nullptr ? x.shared.at(i, e) : 0.f;
 #pragma unroll
-    for (int jj = 0; jj < kMixSlotsInFlight; ++jj) {
-      const int j = j0 + jj;
-      const int r = j < p.topk ? p.dst_row[n * p.topk + j] : -1;
-      const bool ok = r >= 0 && r < p.num_rows;
-      w[jj] = ok ? p.weights[n * p.topk + j] : 0.f;
-      if (ok) {
-        load_row<T, kVec, kVecsPerLane>(static_cast<const T*>(p.o_routed) + r * row_elems + col0, p.dim_v, lane, x[jj]);
-      } else {
-#pragma unroll
-        for (int i = 0; i < kVecsPerLane; ++i)
-#pragma unroll
-          for (int e = 0; e < kVec; ++e) x[jj][i][e] = 0.f;
-      }
+      for (int j = 0; j < kMixSlotsInFlight; ++j) acc += x.refs.w[j] * x.rows[j].at(i, e);
+      o[i][e] = acc;
     }
+  for (int j = kMixSlotsInFlight; j < p.topk; ++j) {
+    const int64_t r = routed_row(p, n, j);
+    if (r < 0) continue;
+    const float w = p.weights[n * p.topk + j];
+    LaneRow<T, kVec, kVecsPerLane> row;
+    load_lane_row(static_cast<const T*>(p.o_routed) + (r * p.heads + h) * p.dim_v, p.dim_v, lane, row);
 #pragma unroll
-    for (int jj = 0; jj < kMixSlotsInFlight; ++jj)
+    for (int i = 0; i < kVecsPerLane; ++i)
 #pragma unroll
-      for (int i = 0; i < kVecsPerLane; ++i)
-#pragma unroll
-        for (int e = 0; e < kVec; ++e) {
-          o[i][e] += w[jj] * x[jj][i][e];
-          if (j0 == 0) first[jj][i][e] = x[jj][i][e];
-        }
+      for (int e = 0; e < kVec; ++e) o[i][e] += w * row.at(i, e);
   }
 }
 
-template <typename T, int kVec, int kVecsPerLane>
-__global__ void memory_mix_fwd_kernel(MixParams p) {
-  const int lane = threadIdx.x % 32, h = threadIdx.x / 32;
+// The norm weights of columns c .. c + kVec (read through L1 each item: registers are the scarce resource here).
+template <int kVec>
+__device__ __forceinline__ void load_norm_weight(const MixParams& p, int c, float (&nw)[kVec]) {
+#pragma unroll
+  for (int e = 0; e < kVec; ++e) nw[e] = c + e < p.dim_v ? __ldg(p.norm_weight + c + e) : 0.f;
+}
+
+template <typename T, int kVec, int kVecsPerLane, bool kPrefetch>
+__global__ void __launch_bounds__(kMixWarps * 32, kMixFwdMinCtas<kVecsPerLane>) memory_mix_fwd_kernel(MixParams p) {
+  const int lane = threadIdx.x % 32;
+  const int64_t items = p.num_tokens * p.heads, stride = int64_t(gridDim.x) * kMixWarps;
   const int64_t row_elems = int64_t(p.heads) * p.dim_v;
-  for (int64_t n = blockIdx.x; n < p.num_tokens; n += gridDim.x) {
-    const int64_t base = n * row_elems + int64_t(h) * p.dim_v;
-    float o[kVecsPerLane][kVec], unused[kMixSlotsInFlight][kVecsPerLane][kVec], z[kVecsPerLane][kVec];
-    if (p.gate != nullptr) load_row<T, kVec, kVecsPerLane>(static_cast<const T*>(p.gate) + base, p.dim_v, lane, z);
-    gather_mix<T, kVec, kVecsPerLane>(p, n, h, lane, o, unused);
+  int64_t item = int64_t(blockIdx.x) * kMixWarps + threadIdx.x / 32;
+  ItemLoads<T, kVec, kVecsPerLane> cur, next;
+  SlotRefs refs = load_slot_refs(p, item / p.heads);
+  if (kPrefetch) {
+    issue_item_loads<T, kVec, kVecsPerLane, false>(p, item / p.heads, int(item % p.heads), lane, refs, next);
+    refs = load_slot_refs(p, (item + stride) / p.heads);
+  }
+  for (; item < items; item += stride) {
+    const int64_t n = item / p.heads;
+    const int h = int(item % p.heads);
+    if (kPrefetch) {  // this item's loads were issued one item ago; issue the next item's now
+      cur = next;
+      const int64_t ahead = item + stride;
+      issue_item_loads<T, kVec, kVecsPerLane, false>(p, ahead / p.heads, int(ahead % p.heads), lane, refs, next);
+      refs = load_slot_refs(p, (ahead + stride) / p.heads);
+    } else {
+      issue_item_loads<T, kVec, kVecsPerLane, false>(p, n, h, lane, refs, cur);
+      refs = load_slot_refs(p, (item + stride) / p.heads);
+    }
+    float o[kVecsPerLane][kVec];
+    mix_item(p, n, h, lane, cur, o);
     if (p.norm_weight != nullptr) {
       float ss = 0.f;
 #pragma unroll
@@ -138,40 +221,65 @@ __global__ void memory_mix_fwd_kernel(MixParams p) {
       const float rstd = rsqrtf(warp_sum(ss) / p.dim_v + p.eps);
 #pragma unroll
       for (int i = 0; i < kVecsPerLane; ++i) {
-        const int c = (lane + 32 * i) * kVec;
-        if (c >= p.dim_v) continue;
+        float nw[kVec];
+        load_norm_weight(p, (lane + 32 * i) * kVec, nw);
 #pragma unroll
         for (int e = 0; e < kVec; ++e) {
-          const float act = p.gate != nullptr ? z[i][e] * sigmoidf(z[i][e]) : 1.f;
-          o[i][e] = o[i][e] * rstd * p.norm_weight[c + e] * act;
+          const float z = cur.gate.at(i, e);
+          const float act = p.gate != nullptr ? z * sigmoidf(z) : 1.f;
+          o[i][e] = o[i][e] * rstd * nw[e] * act;
         }
       }
     }
+    T* out = static_cast<T*>(p.out) + n * row_elems + int64_t(h) * p.dim_v;
 #pragma unroll
     for (int i = 0; i < kVecsPerLane; ++i) {
       const int c = (lane + 32 * i) * kVec;
-      if (c < p.dim_v) store_f32<T, kVec>(static_cast<T*>(p.out) + base + c, o[i]);
+      if (c < p.dim_v) store_f32<T, kVec>(out + c, o[i]);
     }
   }
 }
 
-// Dynamic shared memory: heads * topk floats (d_w per head) + heads * V floats (d_norm_w per head).
-template <typename T, int kVec, int kVecsPerLane>
-__global__ void memory_mix_bwd_kernel(MixParams p) {
-  extern __shared__ float smem[];
-  float* s_dw = smem;                          // [heads, topk]
-  float* s_dnw = smem + p.heads * p.topk;      // [heads, V]
-  const int lane = threadIdx.x % 32, h = threadIdx.x / 32;
+// Dynamic shared memory: kMixWarps * V floats, each warp's running d_norm_w sums (a lane owns its columns; summed in
+// warp order at the end).
+template <typename T, int kVec, int kVecsPerLane, bool kPrefetch>
+__global__ void __launch_bounds__(kMixWarps * 32, kMixBwdMinCtas<kVecsPerLane>) memory_mix_bwd_kernel(MixParams p) {
+  extern __shared__ float s_dnw[];  // [kMixWarps, V]
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t items = p.num_tokens * p.heads, stride = int64_t(gridDim.x) * kMixWarps;
   const int64_t row_elems = int64_t(p.heads) * p.dim_v;
   const bool norm = p.norm_weight != nullptr, gated = p.gate != nullptr;
-  float dnw[kVecsPerLane][kVec] = {};
-  for (int64_t n = blockIdx.x; n < p.num_tokens; n += gridDim.x) {
+  float* my_dnw = s_dnw + warp * p.dim_v;
+  if (norm) {
+    for (int c = lane; c < p.dim_v; c += 32) my_dnw[c] = 0.f;
+    __syncwarp();
+  }
+  int64_t item = int64_t(blockIdx.x) * kMixWarps + warp;
+  ItemLoads<T, kVec, kVecsPerLane> cur, next;
+  SlotRefs refs = load_slot_refs(p, item / p.heads);
+  if (kPrefetch) {
+    issue_item_loads<T, kVec, kVecsPerLane, true>(p, item / p.heads, int(item % p.heads), lane, refs, next);
+    refs = load_slot_refs(p, (item + stride) / p.heads);
+  }
+  for (; item < items; item += stride) {
+    const int64_t n = item / p.heads;
+    const int h = int(item % p.heads);
+    if (kPrefetch) {
+      cur = next;
+      const int64_t ahead = item + stride;
+      issue_item_loads<T, kVec, kVecsPerLane, true>(p, ahead / p.heads, int(ahead % p.heads), lane, refs, next);
+      refs = load_slot_refs(p, (ahead + stride) / p.heads);
+    } else {
+      issue_item_loads<T, kVec, kVecsPerLane, true>(p, n, h, lane, refs, cur);
+      refs = load_slot_refs(p, (item + stride) / p.heads);
+    }
     const int64_t base = n * row_elems + int64_t(h) * p.dim_v;
-    float o[kVecsPerLane][kVec], d[kVecsPerLane][kVec], z[kVecsPerLane][kVec];
-    float first[kMixSlotsInFlight][kVecsPerLane][kVec];
-    load_row<T, kVec, kVecsPerLane>(static_cast<const T*>(p.grad_out) + base, p.dim_v, lane, d);
-    if (gated) load_row<T, kVec, kVecsPerLane>(static_cast<const T*>(p.gate) + base, p.dim_v, lane, z);
-    gather_mix<T, kVec, kVecsPerLane>(p, n, h, lane, o, first);
+    float o[kVecsPerLane][kVec], d[kVecsPerLane][kVec];
+    mix_item(p, n, h, lane, cur, o);
+#pragma unroll
+    for (int i = 0; i < kVecsPerLane; ++i)
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) d[i][e] = cur.dy.at(i, e);
     if (norm) {
       float ss = 0.f;
 #pragma unroll
@@ -183,19 +291,19 @@ __global__ void memory_mix_bwd_kernel(MixParams p) {
 #pragma unroll
       for (int i = 0; i < kVecsPerLane; ++i) {
         const int c = (lane + 32 * i) * kVec;
-        if (c >= p.dim_v) continue;
-        float dz[kVec];
+        float dz[kVec], nw[kVec];
+        load_norm_weight(p, c, nw);
 #pragma unroll
         for (int e = 0; e < kVec; ++e) {
-          const float xhat = o[i][e] * rstd, w = p.norm_weight[c + e];
-          const float s = gated ? sigmoidf(z[i][e]) : 1.f, act = gated ? z[i][e] * s : 1.f;
-          if (gated) dz[e] = d[i][e] * xhat * w * s * (1.f + z[i][e] * (1.f - s));
-          dnw[i][e] += d[i][e] * xhat * act;
-          d[i][e] = d[i][e] * w * act;  // dxhat
+          const float z = cur.gate.at(i, e), xhat = o[i][e] * rstd;
+          const float s = gated ? sigmoidf(z) : 1.f, act = gated ? z * s : 1.f;
+          dz[e] = d[i][e] * xhat * nw[e] * s * (1.f + z * (1.f - s));
+          if (c + e < p.dim_v) my_dnw[c + e] += d[i][e] * xhat * act;
+          d[i][e] = d[i][e] * nw[e] * act;  // dxhat
           dot += d[i][e] * xhat;
           o[i][e] = xhat;
         }
-        if (gated) store_f32<T, kVec>(static_cast<T*>(p.grad_gate) + base + c, dz);
+        if (gated && c < p.dim_v) store_f32<T, kVec>(static_cast<T*>(p.grad_gate) + base + c, dz);
       }
       const float mean_dot = warp_sum(dot) / p.dim_v;
 #pragma unroll
@@ -209,37 +317,35 @@ __global__ void memory_mix_bwd_kernel(MixParams p) {
       if (c < p.dim_v && p.grad_shared != nullptr) store_f32<T, kVec>(static_cast<T*>(p.grad_shared) + base + c, d[i]);
     }
     for (int j = 0; j < p.topk; ++j) {
-      const int r = p.dst_row[n * p.topk + j];
+      // slots 0 and 1 by name: a runtime index into the register arrays would put them on the stack
+      const int64_t r = j == 0 ? cur.refs.row[0] : j == 1 ? cur.refs.row[1] : routed_row(p, n, j);
       float dot = 0.f;
-      if (r >= 0 && r < p.num_rows) {
-        const float w = p.weights[n * p.topk + j];
+      if (r >= 0) {
+        const float w = j == 0 ? cur.refs.w[0] : j == 1 ? cur.refs.w[1] : p.weights[n * p.topk + j];
         const int64_t rbase = r * row_elems + int64_t(h) * p.dim_v;
+        LaneRow<T, kVec, kVecsPerLane> extra;
+        if (j >= kMixSlotsInFlight) load_lane_row(static_cast<const T*>(p.o_routed) + rbase, p.dim_v, lane, extra);
 #pragma unroll
         for (int i = 0; i < kVecsPerLane; ++i) {
           const int c = (lane + 32 * i) * kVec;
-          if (c >= p.dim_v) continue;
-          float x[kVec], g[kVec];
-          if (j < kMixSlotsInFlight) {  // still in registers from the gather
-#pragma unroll
-            for (int e = 0; e < kVec; ++e) x[e] = j == 0 ? first[0][i][e] : first[1][i][e];
-          } else {
-            load_f32<T, kVec>(static_cast<const T*>(p.o_routed) + rbase + c, x);
-          }
+          float g[kVec];
 #pragma unroll
           for (int e = 0; e < kVec; ++e) {
-            dot += d[i][e] * x[e];
+            // rows of the first slots are still in registers from the gather
+            const float x = j == 0 ? cur.rows[0].at(i, e) : j == 1 ? cur.rows[1].at(i, e) : extra.at(i, e);
+            dot += d[i][e] * x;
             g[e] = w * d[i][e];
           }
-          store_f32<T, kVec>(static_cast<T*>(p.grad_o_routed) + rbase + c, g);
+          if (c < p.dim_v) store_f32<T, kVec>(static_cast<T*>(p.grad_o_routed) + rbase + c, g);
         }
       }
       dot = warp_sum(dot);
-      if (lane == 0) s_dw[h * p.topk + j] = dot;
+      if (lane == 0) p.grad_w_partial[(n * p.topk + j) * p.heads + h] = dot;
     }
-    // Rows k*n .. k*n+k-1 that hold no pair get a zero gradient (each row is owned by exactly one CTA step).
+    // Rows n*k .. n*k+k-1 that hold no pair get a zero gradient (R = N * k: each row is owned by one token).
     for (int j = 0; j < p.topk; ++j) {
       const int64_t r = n * p.topk + j;
-      if (r < p.num_rows && p.src_pair[r] < 0) {
+      if (p.src_pair[r] < 0) {
         float zero[kVec] = {};
 #pragma unroll
         for (int i = 0; i < kVecsPerLane; ++i) {
@@ -248,26 +354,12 @@ __global__ void memory_mix_bwd_kernel(MixParams p) {
         }
       }
     }
-    __syncthreads();
-    for (int j = threadIdx.x; j < p.topk; j += blockDim.x) {
-      float sum = 0.f;
-      for (int hh = 0; hh < p.heads; ++hh) sum += s_dw[hh * p.topk + j];
-      p.grad_weights[n * p.topk + j] = sum;
-    }
-    __syncthreads();
   }
   if (norm) {
-#pragma unroll
-    for (int i = 0; i < kVecsPerLane; ++i) {
-      const int c = (lane + 32 * i) * kVec;
-      if (c < p.dim_v)
-#pragma unroll
-        for (int e = 0; e < kVec; ++e) s_dnw[h * p.dim_v + c + e] = dnw[i][e];
-    }
     __syncthreads();
     for (int c = threadIdx.x; c < p.dim_v; c += blockDim.x) {
       float sum = 0.f;
-      for (int hh = 0; hh < p.heads; ++hh) sum += s_dnw[hh * p.dim_v + c];
+      for (int w = 0; w < kMixWarps; ++w) sum += s_dnw[w * p.dim_v + c];
       p.grad_norm_partial[int64_t(blockIdx.x) * p.dim_v + c] = sum;
     }
   }
