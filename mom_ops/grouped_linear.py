@@ -17,8 +17,9 @@ BM, BN, BK = 64, 64, 32  # row tile, output-column tile, reduction tile
 @triton.jit
 def _memory_of_tile(cu_ptr, t, B: tl.constexpr, M: tl.constexpr, BLOCK_M: tl.constexpr):
     """(memory, first row, end row) of row tile t, tiles numbered memory by memory; memory = M past the last."""
-    first_tile = 0
-    mem, row0, row_end = M, 0, 0
+    first_tile = tl.full([], 0, tl.int64)  # int64 from the start: loop-carried types must not change
+    mem = tl.full([], M, tl.int32)
+    row0, row_end = tl.full([], 0, tl.int64), tl.full([], 0, tl.int64)
     for m in range(M):
         start = tl.load(cu_ptr + m * B).to(tl.int64)
         end = tl.load(cu_ptr + (m + 1) * B).to(tl.int64)

@@ -97,7 +97,7 @@ def test_decode_bad_input():
 @pytest.mark.parametrize("state_v_first", [False, True])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("K, V, H, HV", [(128, 128, 2, 4), (64, 256, 1, 1), (256, 64, 2, 2)])
-@pytest.mark.parametrize("tile", ["64", "128"])  # MOM_OPS_DECODE_TILE (128 applies where K <= 128)
+@pytest.mark.parametrize("tile", ["64", "auto"])  # MOM_OPS_DECODE_TILE (auto: 128 where K <= 128)
 def test_gpu_decode_step_matches_reference(state_v_first, dtype, K, V, H, HV, q_per_slot, tile, monkeypatch):
     monkeypatch.setenv("MOM_OPS_DECODE_TILE", tile)
     need_kernel("mom_decode_step", "cuda")
@@ -122,7 +122,7 @@ def test_gpu_decode_step_matches_reference(state_v_first, dtype, K, V, H, HV, q_
 @pytest.mark.gpu
 @pytest.mark.parametrize("state_v_first", [False, True])
 @pytest.mark.parametrize("K, V", [(128, 128), (256, 256), (64, 64), (64, 128)])
-@pytest.mark.parametrize("tile", ["64", "128"])
+@pytest.mark.parametrize("tile", ["64", "auto"])
 def test_gpu_fused_recurrent_matches_recurrence(state_v_first, K, V, tile, monkeypatch):
     monkeypatch.setenv("MOM_OPS_DECODE_TILE", tile)
     need_kernel("fused_recurrent_gated_delta_rule_fwd", "cuda")

@@ -85,6 +85,8 @@ def test_triton_gdn_backward_matches_autograd_of_recurrence(case, impl):
     tg = importlib.import_module(f"triton_ref.{impl}")
 
     device = triton_device()
+    if impl == "gdn_chunked_bwd" and device == "cuda":
+        pytest.skip("the chunked Triton backward does not compile in reasonable time on the GPU (module docstring)")
     B, T, H, HV, K, V, lengths, decay, beta_range, h0, vf, l2norm = case
     inp = _inputs(case, seed=4)
     cu = None if lengths is None else cu_from_lengths(lengths)

@@ -20,7 +20,7 @@
 namespace mom_ops {
 
 constexpr int kDecodeThreads = 256;
-constexpr int kDecodeBV = 64;  // value columns per CTA by default (kBV); 128 with MOM_OPS_DECODE_TILE=128
+constexpr int kDecodeBV = 64;  // value columns per CTA (kBV) where 128 does not apply (decode_tile_width)
 
 struct DecodeParams {
   const void* q;          // [N, H, K], or [N, J, H, K] when q_per_slot

@@ -1,0 +1,14 @@
+"""Runs one bench case once (after a warm-up) so that `ncu` can profile its kernels:
+    ncu --kernel-name regex:<name> --launch-skip 1 --launch-count 1 python3 scripts/ncu_case.py <case> <mode>"""
+import sys
+
+import torch
+
+from bench.cases import CASES
+
+name, mode = sys.argv[1], sys.argv[2]
+case = next(c for c in CASES if c.name == name)
+bench = case.build("mom_ops", mode)
+for _ in range(2):
+    bench.fn()
+torch.cuda.synchronize()
