@@ -87,14 +87,16 @@ void dispatch_mix(const at::Tensor& o_routed, int dim_v, Fn&& fn) {
   });
 }
 
-// A grid that fills every SM once at the kernel's occupancy (warps then stride over the items: no second wave).
+// A grid that fills every SM once at the kernel's occupancy (warps then stride over the tokens: no second wave),
+// with at least `heads` warps (each warp keeps one head).
 template <typename Kernel>
-int grid_size(Kernel kernel, size_t smem, int64_t items) {
+int grid_size(Kernel kernel, size_t smem, int64_t tokens, int heads) {
   int ctas_per_sm = 0;
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas_per_sm, kernel, kMixWarps * 32, smem));
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t needed = (items + kMixWarps - 1) / kMixWarps;
-  return int(std::max<int64_t>(1, std::min<int64_t>(needed, int64_t(sms) * std::max(1, ctas_per_sm))));
+  const int64_t needed = (tokens * heads + kMixWarps - 1) / kMixWarps;
+  const int64_t min_grid = (heads + kMixWarps - 1) / kMixWarps;
+  return int(std::max<int64_t>(min_grid, std::min<int64_t>(needed, int64_t(sms) * std::max(1, ctas_per_sm))));
 }
 
 at::Tensor memory_mix_fwd_cuda(const at::Tensor& o_routed, const at::Tensor& dst_row, const at::Tensor& src_pair,
@@ -110,7 +112,7 @@ at::Tensor memory_mix_fwd_cuda(const at::Tensor& o_routed, const at::Tensor& dst
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   dispatch_mix(in.o_routed, p.dim_v, [&]<typename T, int kVec, int kVecsPerLane, bool kPrefetch>() {
     const auto kernel = memory_mix_fwd_kernel<T, kVec, kVecsPerLane, kPrefetch>;
-    kernel<<<grid_size(kernel, 0, p.num_tokens * p.heads), kMixWarps * 32, 0, stream>>>(p);
+    kernel<<<grid_size(kernel, 0, p.num_tokens, p.heads), kMixWarps * 32, 0, stream>>>(p);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
@@ -144,7 +146,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_mi
     const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
     dispatch_mix(in.o_routed, p.dim_v, [&]<typename T, int kVec, int kVecsPerLane, bool kPrefetch>() {
       const auto kernel = memory_mix_bwd_kernel<T, kVec, kVecsPerLane, kPrefetch>;
-      const int grid = grid_size(kernel, smem, p.num_tokens * p.heads);
+      const int grid = grid_size(kernel, smem, p.num_tokens, p.heads);
       if (norm_weight.has_value()) norm_partial = at::empty({grid, p.dim_v}, f32);
       p.grad_norm_partial = norm_weight.has_value() ? norm_partial.data_ptr<float>() : nullptr;
       kernel<<<grid, kMixWarps * 32, smem, stream>>>(p);

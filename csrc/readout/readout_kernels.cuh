@@ -1,4 +1,5 @@
-// memory_mix kernels. Work item = one (token, head); each warp walks items n * H + h with a grid stride, and each
+// memory_mix kernels. Work item = one (token, head); each warp keeps one head h and walks the tokens with a grid
+// stride (no integer division in the loop: ncu showed 64-bit divisions dominating the instruction count), and each
 // lane keeps kVecsPerLane 16-byte vectors of the head's V values, so every row is read once and written once.
 //   fwd: o = sum_j w_j o_routed[row_j, h] + shared[n, h];  out = o * rstd * norm_w * silu(gate)
 //   bwd: the same gather again, then the RMSNorm/gate backward, d_o_routed[row_j, h] = w_j do,
@@ -49,12 +50,12 @@ constexpr int kMixBwdMinCtas = kVecsPerLane == 1 ? 2 : 1;
 constexpr int kMixSlotsInFlight = 2;  // routed rows per item whose indices and loads are issued ahead
 static_assert(kMixSlotsInFlight == 2, "memory_mix_bwd_kernel picks the in-register rows of slots 0 and 1 by name");
 
-// One head-row slice of a lane: kVecsPerLane raw 16-byte vectors (zeros past V).
+// One head-row slice of a lane: kVecsPerLane raw 16-byte vectors (zeros past V), unpacked when used.
 template <typename T, int kVec, int kVecsPerLane>
 struct LaneRow {
-  Vec<T, kVec> v[kVecsPerLane];
+  uint4 v[kVecsPerLane];
 
-  __device__ __forceinline__ float at(int i, int e) const { return to_float(v[i].v[e]); }
+  __device__ __forceinline__ float at(int i, int e) const { return unpack_element<T>(v[i], e); }
 };
 
 template <typename T, int kVec, int kVecsPerLane>
@@ -62,29 +63,19 @@ __device__ __forceinline__ void load_lane_row(const T* row, int dim_v, int lane,
 #pragma unroll
   for (int i = 0; i < kVecsPerLane; ++i) {
     const int c = (lane + 32 * i) * kVec;
-    if (c < dim_v) {
-      x.v[i] = *reinterpret_cast<const Vec<T, kVec>*>(row + c);
-    } else {
-#pragma unroll
-      for (int e = 0; e < kVec; ++e) x.v[i].v[e] = T(0.f);
-    }
+    x.v[i] = c < dim_v ? *reinterpret_cast<const uint4*>(row + c) : make_uint4(0u, 0u, 0u, 0u);
   }
 }
 
 template <typename T, int kVec, int kVecsPerLane>
 __device__ __forceinline__ void zero_lane_row(LaneRow<T, kVec, kVecsPerLane>& x) {
 #pragma unroll
-  for (int i = 0; i < kVecsPerLane; ++i)
-#pragma unroll
-    for (int e = 0; e < kVec; ++e) x.v[i].v[e] = T(0.f);
+  for (int i = 0; i < kVecsPerLane; ++i) x.v[i] = make_uint4(0u, 0u, 0u, 0u);
 }
 
 template <typename T, int kVec>
 __device__ __forceinline__ void store_f32(T* dst, const float (&src)[kVec]) {
-  Vec<T, kVec> v;
-#pragma unroll
-  for (int e = 0; e < kVec; ++e) v.v[e] = T(src[e]);
-  *reinterpret_cast<Vec<T, kVec>*>(dst) = v;
+  *reinterpret_cast<uint4*>(dst) = pack_elements<T, kVec>(src);
 }
 
 __device__ __forceinline__ float warp_sum(float x) {
@@ -93,7 +84,21 @@ __device__ __forceinline__ float warp_sum(float x) {
   return x;
 }
 
-__device__ __forceinline__ float sigmoidf(float z) { return 1.f / (1.f + __expf(-z)); }
+__device__ __forceinline__ float sigmoidf(float z) { return __fdividef(1.f, 1.f + __expf(-z)); }
+
+// A warp's items: head h of tokens n0, n0 + step, ... where step = (warps in the grid) / H, so the few warps past
+// step * H get none (n0 = num_tokens); the grid has at least H warps.
+struct WarpWalk {
+  int h;
+  int64_t n0, step;
+};
+
+__device__ __forceinline__ WarpWalk warp_walk(const MixParams& p) {
+  const int warp_id = int(blockIdx.x) * kMixWarps + int(threadIdx.x) / 32;
+  const int step = int(gridDim.x) * kMixWarps / p.heads;
+  const int n0 = warp_id / p.heads;
+  return {warp_id % p.heads, n0 < step ? int64_t(n0) : p.num_tokens, int64_t(step)};
+}
 
 // Token n's first kMixSlotsInFlight routed rows (-1: none) and their weights (0 where there is no row).
 struct SlotRefs {
@@ -189,26 +194,23 @@ __device__ __forceinline__ void load_norm_weight(const MixParams& p, int c, floa
 template <typename T, int kVec, int kVecsPerLane, bool kPrefetch>
 __global__ void __launch_bounds__(kMixWarps * 32, kMixFwdMinCtas<kVecsPerLane>) memory_mix_fwd_kernel(MixParams p) {
   const int lane = threadIdx.x % 32;
-  const int64_t items = p.num_tokens * p.heads, stride = int64_t(gridDim.x) * kMixWarps;
   const int64_t row_elems = int64_t(p.heads) * p.dim_v;
-  int64_t item = int64_t(blockIdx.x) * kMixWarps + threadIdx.x / 32;
+  const WarpWalk walk = warp_walk(p);
+  const int h = walk.h;
   ItemLoads<T, kVec, kVecsPerLane> cur, next;
-  SlotRefs refs = load_slot_refs(p, item / p.heads);
+  SlotRefs refs = load_slot_refs(p, walk.n0);
   if (kPrefetch) {
-    issue_item_loads<T, kVec, kVecsPerLane, false>(p, item / p.heads, int(item % p.heads), lane, refs, next);
-    refs = load_slot_refs(p, (item + stride) / p.heads);
+    issue_item_loads<T, kVec, kVecsPerLane, false>(p, walk.n0, h, lane, refs, next);
+    refs = load_slot_refs(p, walk.n0 + walk.step);
   }
-  for (; item < items; item += stride) {
-    const int64_t n = item / p.heads;
-    const int h = int(item % p.heads);
+  for (int64_t n = walk.n0; n < p.num_tokens; n += walk.step) {
     if (kPrefetch) {  // this item's loads were issued one item ago; issue the next item's now
       cur = next;
-      const int64_t ahead = item + stride;
-      issue_item_loads<T, kVec, kVecsPerLane, false>(p, ahead / p.heads, int(ahead % p.heads), lane, refs, next);
-      refs = load_slot_refs(p, (ahead + stride) / p.heads);
+      issue_item_loads<T, kVec, kVecsPerLane, false>(p, n + walk.step, h, lane, refs, next);
+      refs = load_slot_refs(p, n + 2 * walk.step);
     } else {
       issue_item_loads<T, kVec, kVecsPerLane, false>(p, n, h, lane, refs, cur);
-      refs = load_slot_refs(p, (item + stride) / p.heads);
+      refs = load_slot_refs(p, n + walk.step);
     }
     float o[kVecsPerLane][kVec];
     mix_item(p, n, h, lane, cur, o);
@@ -246,7 +248,6 @@ template <typename T, int kVec, int kVecsPerLane, bool kPrefetch>
 __global__ void __launch_bounds__(kMixWarps * 32, kMixBwdMinCtas<kVecsPerLane>) memory_mix_bwd_kernel(MixParams p) {
   extern __shared__ float s_dnw[];  // [kMixWarps, V]
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int64_t items = p.num_tokens * p.heads, stride = int64_t(gridDim.x) * kMixWarps;
   const int64_t row_elems = int64_t(p.heads) * p.dim_v;
   const bool norm = p.norm_weight != nullptr, gated = p.gate != nullptr;
   float* my_dnw = s_dnw + warp * p.dim_v;
@@ -254,24 +255,22 @@ __global__ void __launch_bounds__(kMixWarps * 32, kMixBwdMinCtas<kVecsPerLane>) 
     for (int c = lane; c < p.dim_v; c += 32) my_dnw[c] = 0.f;
     __syncwarp();
   }
-  int64_t item = int64_t(blockIdx.x) * kMixWarps + warp;
+  const WarpWalk walk = warp_walk(p);
+  const int h = walk.h;
   ItemLoads<T, kVec, kVecsPerLane> cur, next;
-  SlotRefs refs = load_slot_refs(p, item / p.heads);
+  SlotRefs refs = load_slot_refs(p, walk.n0);
   if (kPrefetch) {
-    issue_item_loads<T, kVec, kVecsPerLane, true>(p, item / p.heads, int(item % p.heads), lane, refs, next);
-    refs = load_slot_refs(p, (item + stride) / p.heads);
+    issue_item_loads<T, kVec, kVecsPerLane, true>(p, walk.n0, h, lane, refs, next);
+    refs = load_slot_refs(p, walk.n0 + walk.step);
   }
-  for (; item < items; item += stride) {
-    const int64_t n = item / p.heads;
-    const int h = int(item % p.heads);
+  for (int64_t n = walk.n0; n < p.num_tokens; n += walk.step) {
     if (kPrefetch) {
       cur = next;
-      const int64_t ahead = item + stride;
-      issue_item_loads<T, kVec, kVecsPerLane, true>(p, ahead / p.heads, int(ahead % p.heads), lane, refs, next);
-      refs = load_slot_refs(p, (ahead + stride) / p.heads);
+      issue_item_loads<T, kVec, kVecsPerLane, true>(p, n + walk.step, h, lane, refs, next);
+      refs = load_slot_refs(p, n + 2 * walk.step);
     } else {
       issue_item_loads<T, kVec, kVecsPerLane, true>(p, n, h, lane, refs, cur);
-      refs = load_slot_refs(p, (item + stride) / p.heads);
+      refs = load_slot_refs(p, n + walk.step);
     }
     const int64_t base = n * row_elems + int64_t(h) * p.dim_v;
     float o[kVecsPerLane][kVec], d[kVecsPerLane][kVec];
