@@ -1,6 +1,9 @@
 """Times MoMAttention (the bench's layer_340M_B8_T2048 configuration) with and without the Triton grouped GEMM for
 the routed projections: python3 scripts/layer_timing.py [fwd|fwdbwd]"""
+import os
 import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # the repo root
 
 import torch
 import triton.testing

@@ -1,6 +1,9 @@
 """Runs one bench case once (after a warm-up) so that `ncu` can profile its kernels:
     ncu --kernel-name regex:<name> --launch-skip 1 --launch-count 1 python3 scripts/ncu_case.py <case> <mode>"""
+import os
 import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # the repo root
 
 import torch
 

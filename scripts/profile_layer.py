@@ -1,6 +1,9 @@
 """Where MoMAttention's time goes (the bench's layer_340M_B8_T2048 configuration): torch.profiler table of the
 GPU kernels of a few forward calls, sorted by total CUDA time. python3 scripts/profile_layer.py [rows]"""
+import os
 import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # the repo root
 
 import torch
 from torch.profiler import ProfilerActivity, profile

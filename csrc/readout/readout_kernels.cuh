@@ -50,7 +50,8 @@ constexpr int kMixBwdMinCtas = kVecsPerLane == 1 ? 2 : 1;
 constexpr int kMixSlotsInFlight = 2;  // routed rows per item whose indices and loads are issued ahead
 static_assert(kMixSlotsInFlight == 2, "memory_mix_bwd_kernel picks the in-register rows of slots 0 and 1 by name");
 
-// One head-row slice of a lane: kVecsPerLane raw 16-byte vectors (zeros past V), unpacked when used.
+// One head-row slice of a lane: kVecsPerLane raw 16-byte vectors (zeros past V), unpacked when used. Loaded with
+// the streaming hint (__ldcs): every byte is read once.
 template <typename T, int kVec, int kVecsPerLane>
 struct LaneRow {
   uint4 v[kVecsPerLane];
@@ -63,7 +64,7 @@ __device__ __forceinline__ void load_lane_row(const T* row, int dim_v, int lane,
 #pragma unroll
   for (int i = 0; i < kVecsPerLane; ++i) {
     const int c = (lane + 32 * i) * kVec;
-    x.v[i] = c < dim_v ? *reinterpret_cast<const uint4*>(row + c) : make_uint4(0u, 0u, 0u, 0u);
+    x.v[i] = c < dim_v ? __ldcs(reinterpret_cast<const uint4*>(row + c)) : make_uint4(0u, 0u, 0u, 0u);
   }
 }
 
@@ -75,7 +76,7 @@ __device__ __forceinline__ void zero_lane_row(LaneRow<T, kVec, kVecsPerLane>& x)
 
 template <typename T, int kVec>
 __device__ __forceinline__ void store_f32(T* dst, const float (&src)[kVec]) {
-  *reinterpret_cast<uint4*>(dst) = pack_elements<T, kVec>(src);
+  __stcs(reinterpret_cast<uint4*>(dst), pack_elements<T, kVec>(src));  // streaming: written once, not re-read
 }
 
 __device__ __forceinline__ float warp_sum(float x) {
@@ -100,10 +101,13 @@ __device__ __forceinline__ WarpWalk warp_walk(const MixParams& p) {
   return {warp_id % p.heads, n0 < step ? int64_t(n0) : p.num_tokens, int64_t(step)};
 }
 
-// Token n's first kMixSlotsInFlight routed rows (-1: none) and their weights (0 where there is no row).
+// Token n's first kMixSlotsInFlight routed rows (-1: none) and their weights (0 where there is no row); for the
+// backward also which of the token's own packed rows n*k + j hold no pair (their gradient is zeroed), so that no
+// dependent load stalls the warp at the end of an item.
 struct SlotRefs {
   int64_t row[kMixSlotsInFlight];
   float w[kMixSlotsInFlight];
+  bool empty[kMixSlotsInFlight];
 };
 
 __device__ __forceinline__ int64_t routed_row(const MixParams& p, int64_t n, int j) {
@@ -111,21 +115,24 @@ __device__ __forceinline__ int64_t routed_row(const MixParams& p, int64_t n, int
   return r >= 0 && r < p.num_rows ? r : -1;
 }
 
+template <bool kBackward>
 __device__ __forceinline__ SlotRefs load_slot_refs(const MixParams& p, int64_t n) {
   SlotRefs s;
-  int r[kMixSlotsInFlight];
+  int r[kMixSlotsInFlight], src[kMixSlotsInFlight];
   float w[kMixSlotsInFlight];
 #pragma unroll
-  for (int j = 0; j < kMixSlotsInFlight; ++j) {  // index and weight loads are independent: issue all first
+  for (int j = 0; j < kMixSlotsInFlight; ++j) {  // independent loads: issue all first
     const bool ok = n < p.num_tokens && j < p.topk;
     r[j] = ok ? p.dst_row[n * p.topk + j] : -1;
     w[j] = ok ? p.weights[n * p.topk + j] : 0.f;
+    src[j] = kBackward && ok ? p.src_pair[n * p.topk + j] : 0;
   }
 #pragma unroll
   for (int j = 0; j < kMixSlotsInFlight; ++j) {
     const bool ok = r[j] >= 0 && r[j] < p.num_rows;
     s.row[j] = ok ? r[j] : -1;
     s.w[j] = ok ? w[j] : 0.f;
+    s.empty[j] = src[j] < 0;
   }
   return s;
 }
@@ -198,19 +205,19 @@ __global__ void __launch_bounds__(kMixWarps * 32, kMixFwdMinCtas<kVecsPerLane>) 
   const WarpWalk walk = warp_walk(p);
   const int h = walk.h;
   ItemLoads<T, kVec, kVecsPerLane> cur, next;
-  SlotRefs refs = load_slot_refs(p, walk.n0);
+  SlotRefs refs = load_slot_refs<false>(p, walk.n0);
   if (kPrefetch) {
     issue_item_loads<T, kVec, kVecsPerLane, false>(p, walk.n0, h, lane, refs, next);
-    refs = load_slot_refs(p, walk.n0 + walk.step);
+    refs = load_slot_refs<false>(p, walk.n0 + walk.step);
   }
   for (int64_t n = walk.n0; n < p.num_tokens; n += walk.step) {
     if (kPrefetch) {  // this item's loads were issued one item ago; issue the next item's now
       cur = next;
       issue_item_loads<T, kVec, kVecsPerLane, false>(p, n + walk.step, h, lane, refs, next);
-      refs = load_slot_refs(p, n + 2 * walk.step);
+      refs = load_slot_refs<false>(p, n + 2 * walk.step);
     } else {
       issue_item_loads<T, kVec, kVecsPerLane, false>(p, n, h, lane, refs, cur);
-      refs = load_slot_refs(p, n + walk.step);
+      refs = load_slot_refs<false>(p, n + walk.step);
     }
     float o[kVecsPerLane][kVec];
     mix_item(p, n, h, lane, cur, o);
@@ -258,19 +265,19 @@ __global__ void __launch_bounds__(kMixWarps * 32, kMixBwdMinCtas<kVecsPerLane>) 
   const WarpWalk walk = warp_walk(p);
   const int h = walk.h;
   ItemLoads<T, kVec, kVecsPerLane> cur, next;
-  SlotRefs refs = load_slot_refs(p, walk.n0);
+  SlotRefs refs = load_slot_refs<true>(p, walk.n0);
   if (kPrefetch) {
     issue_item_loads<T, kVec, kVecsPerLane, true>(p, walk.n0, h, lane, refs, next);
-    refs = load_slot_refs(p, walk.n0 + walk.step);
+    refs = load_slot_refs<true>(p, walk.n0 + walk.step);
   }
   for (int64_t n = walk.n0; n < p.num_tokens; n += walk.step) {
     if (kPrefetch) {
       cur = next;
       issue_item_loads<T, kVec, kVecsPerLane, true>(p, n + walk.step, h, lane, refs, next);
-      refs = load_slot_refs(p, n + 2 * walk.step);
+      refs = load_slot_refs<true>(p, n + 2 * walk.step);
     } else {
       issue_item_loads<T, kVec, kVecsPerLane, true>(p, n, h, lane, refs, cur);
-      refs = load_slot_refs(p, n + walk.step);
+      refs = load_slot_refs<true>(p, n + walk.step);
     }
     const int64_t base = n * row_elems + int64_t(h) * p.dim_v;
     float o[kVecsPerLane][kVec], d[kVecsPerLane][kVec];
@@ -344,7 +351,8 @@ __global__ void __launch_bounds__(kMixWarps * 32, kMixBwdMinCtas<kVecsPerLane>) 
     // Rows n*k .. n*k+k-1 that hold no pair get a zero gradient (R = N * k: each row is owned by one token).
     for (int j = 0; j < p.topk; ++j) {
       const int64_t r = n * p.topk + j;
-      if (p.src_pair[r] < 0) {
+      const bool empty = j == 0 ? cur.refs.empty[0] : j == 1 ? cur.refs.empty[1] : p.src_pair[r] < 0;
+      if (empty) {
         float zero[kVec] = {};
 #pragma unroll
         for (int i = 0; i < kVecsPerLane; ++i) {
