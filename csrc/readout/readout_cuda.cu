@@ -37,10 +37,7 @@ MixInputs prepare(const at::Tensor& o_routed, const at::Tensor& dst_row, const a
   in.o_routed = o_routed.contiguous();
   in.weights = weights.contiguous();
   if (shared.has_value()) in.shared = shared->contiguous();
-  if (norm_weight.has_value()) {  // fp32, contiguous and 16-byte aligned (the kernels read it as float4)
-    in.norm_weight = norm_weight->to(at::kFloat).contiguous();
-    if (reinterpret_cast<uintptr_t>(in.norm_weight.data_ptr()) % 16 != 0) in.norm_weight = in.norm_weight.clone();
-  }
+  if (norm_weight.has_value()) in.norm_weight = norm_weight->to(at::kFloat).contiguous();
   if (gate.has_value()) in.gate = gate->contiguous();
   return in;
 }

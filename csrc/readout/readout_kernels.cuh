@@ -40,15 +40,15 @@ struct MixParams {
 };
 
 constexpr int kMixWarps = 8;          // warps per CTA (each on its own items)
-// CTAs per SM the register budget is sized for (__launch_bounds__): 4 x 8 warps at <= 64 registers for the fwd,
-// 2 x 8 at <= 128 for the bwd, when a lane holds one vector per row (no spills in bf16/fp16; with the prefetch each
-// warp keeps ~2 KB in flight, 32+ KB per SM); wider rows get the whole register file.
+// CTAs per SM the register budget is sized for (__launch_bounds__): 3 x 8 warps at <= 80 registers for the fwd,
+// 2 x 8 at <= 128 for the bwd, when a lane holds one vector per row (no spills; with the prefetch each warp keeps
+// ~2 KB in flight, 32+ KB per SM); wider rows get the whole register file.
 template <int kVecsPerLane>
-constexpr int kMixFwdMinCtas = kVecsPerLane == 1 ? 4 : 1;
+constexpr int kMixFwdMinCtas = kVecsPerLane == 1 ? 3 : 1;
 template <int kVecsPerLane>
 constexpr int kMixBwdMinCtas = kVecsPerLane == 1 ? 2 : 1;
 constexpr int kMixSlotsInFlight = 2;  // routed rows per item whose indices and loads are issued ahead
-static_assert(kMixSlotsInFlight == 2, "memory_mix_bwd_kernel handles the in-register slots 0 and 1 by name");
+static_assert(kMixSlotsInFlight == 2, "memory_mix_bwd_kernel picks the in-register rows of slots 0 and 1 by name");
 
 // One head-row slice of a lane: kVecsPerLane raw 16-byte vectors (zeros past V), unpacked when used. Loaded with
 // the streaming hint (__ldcs): every byte is read once.
@@ -191,24 +191,11 @@ __device__ __forceinline__ void mix_item(const MixParams& p, int64_t n, int h, i
   }
 }
 
-// The norm weights of columns c .. c + kVec (0 past V), as float4 loads through L1 each item (registers are the
-// scarce resource here). norm_weight is 16-byte aligned (the binding makes sure) and V % kVec == 0.
+// The norm weights of columns c .. c + kVec (read through L1 each item: registers are the scarce resource here).
 template <int kVec>
 __device__ __forceinline__ void load_norm_weight(const MixParams& p, int c, float (&nw)[kVec]) {
 #pragma unroll
-  for (int e = 0; e < kVec; e += 4) {
-    const float4 w = c < p.dim_v ? __ldg(reinterpret_cast<const float4*>(p.norm_weight + c + e)) : make_float4(0.f, 0.f, 0.f, 0.f);
-    nw[e] = w.x, nw[e + 1] = w.y, nw[e + 2] = w.z, nw[e + 3] = w.w;
-  }
-}
-
-// Two warp sums with their shuffles interleaved (half the latency of two warp_sum calls).
-__device__ __forceinline__ void warp_sum2(float& a, float& b) {
-#pragma unroll
-  for (int off = 16; off > 0; off /= 2) {
-    const float ta = __shfl_xor_sync(0xffffffffu, a, off), tb = __shfl_xor_sync(0xffffffffu, b, off);
-    a += ta, b += tb;
-  }
+  for (int e = 0; e < kVec; ++e) nw[e] = c + e < p.dim_v ? __ldg(p.norm_weight + c + e) : 0.f;
 }
 
 template <typename T, int kVec, int kVecsPerLane, bool kPrefetch>
@@ -310,26 +297,17 @@ __global__ void __launch_bounds__(kMixWarps * 32, kMixBwdMinCtas<kVecsPerLane>) 
 #pragma unroll
       for (int i = 0; i < kVecsPerLane; ++i) {
         const int c = (lane + 32 * i) * kVec;
-        float dz[kVec], nw[kVec], dnw[kVec];
+        float dz[kVec], nw[kVec];
         load_norm_weight(p, c, nw);
 #pragma unroll
         for (int e = 0; e < kVec; ++e) {
           const float z = cur.gate.at(i, e), xhat = o[i][e] * rstd;
           const float s = gated ? sigmoidf(z) : 1.f, act = gated ? z * s : 1.f;
           dz[e] = d[i][e] * xhat * nw[e] * s * (1.f + z * (1.f - s));
-          dnw[e] = d[i][e] * xhat * act;
+          if (c + e < p.dim_v) my_dnw[c + e] += d[i][e] * xhat * act;
           d[i][e] = d[i][e] * nw[e] * act;  // dxhat
           dot += d[i][e] * xhat;
           o[i][e] = xhat;
-        }
-        if (c < p.dim_v) {  // this lane's columns of the warp's running d_norm_w (16-byte aligned: V % kVec == 0)
-#pragma unroll
-          for (int e = 0; e < kVec; e += 4) {
-            float4* acc = reinterpret_cast<float4*>(my_dnw + c + e);
-            float4 a = *acc;
-            a.x += dnw[e], a.y += dnw[e + 1], a.z += dnw[e + 2], a.w += dnw[e + 3];
-            *acc = a;
-          }
         }
         if (gated && c < p.dim_v) store_f32<T, kVec>(static_cast<T*>(p.grad_gate) + base + c, dz);
       }
@@ -344,45 +322,24 @@ __global__ void __launch_bounds__(kMixWarps * 32, kMixBwdMinCtas<kVecsPerLane>) 
       const int c = (lane + 32 * i) * kVec;
       if (c < p.dim_v && p.grad_shared != nullptr) store_f32<T, kVec>(static_cast<T*>(p.grad_shared) + base + c, d[i]);
     }
-    {  // slots 0 and 1: rows still in registers from the gather (zeros where there is no row, so dot = 0 there)
-      float dot0 = 0.f, dot1 = 0.f;
-#pragma unroll
-      for (int i = 0; i < kVecsPerLane; ++i) {
-        const int c = (lane + 32 * i) * kVec;
-        float g0[kVec], g1[kVec];
-#pragma unroll
-        for (int e = 0; e < kVec; ++e) {
-          dot0 += d[i][e] * cur.rows[0].at(i, e);
-          dot1 += d[i][e] * cur.rows[1].at(i, e);
-          g0[e] = cur.refs.w[0] * d[i][e];
-          g1[e] = cur.refs.w[1] * d[i][e];
-        }
-        if (c < p.dim_v && cur.refs.row[0] >= 0)
-          store_f32<T, kVec>(static_cast<T*>(p.grad_o_routed) + cur.refs.row[0] * row_elems + int64_t(h) * p.dim_v + c, g0);
-        if (c < p.dim_v && cur.refs.row[1] >= 0)
-          store_f32<T, kVec>(static_cast<T*>(p.grad_o_routed) + cur.refs.row[1] * row_elems + int64_t(h) * p.dim_v + c, g1);
-      }
-      warp_sum2(dot0, dot1);
-      if (lane == 0) {
-        p.grad_w_partial[(n * p.topk) * p.heads + h] = dot0;
-        if (p.topk > 1) p.grad_w_partial[(n * p.topk + 1) * p.heads + h] = dot1;
-      }
-    }
-    for (int j = kMixSlotsInFlight; j < p.topk; ++j) {  // further slots: load the row again
-      const int64_t r = routed_row(p, n, j);
+    for (int j = 0; j < p.topk; ++j) {
+      // slots 0 and 1 by name: a runtime index into the register arrays would put them on the stack
+      const int64_t r = j == 0 ? cur.refs.row[0] : j == 1 ? cur.refs.row[1] : routed_row(p, n, j);
       float dot = 0.f;
       if (r >= 0) {
-        const float w = p.weights[n * p.topk + j];
+        const float w = j == 0 ? cur.refs.w[0] : j == 1 ? cur.refs.w[1] : p.weights[n * p.topk + j];
         const int64_t rbase = r * row_elems + int64_t(h) * p.dim_v;
-        LaneRow<T, kVec, kVecsPerLane> x;
-        load_lane_row(static_cast<const T*>(p.o_routed) + rbase, p.dim_v, lane, x);
+        LaneRow<T, kVec, kVecsPerLane> extra;
+        if (j >= kMixSlotsInFlight) load_lane_row(static_cast<const T*>(p.o_routed) + rbase, p.dim_v, lane, extra);
 #pragma unroll
         for (int i = 0; i < kVecsPerLane; ++i) {
           const int c = (lane + 32 * i) * kVec;
           float g[kVec];
 #pragma unroll
           for (int e = 0; e < kVec; ++e) {
-            dot += d[i][e] * x.at(i, e);
+            // rows of the first slots are still in registers from the gather
+            const float x = j == 0 ? cur.rows[0].at(i, e) : j == 1 ? cur.rows[1].at(i, e) : extra.at(i, e);
+            dot += d[i][e] * x;
             g[e] = w * d[i][e];
           }
           if (c < p.dim_v) store_f32<T, kVec>(static_cast<T*>(p.grad_o_routed) + rbase + c, g);
