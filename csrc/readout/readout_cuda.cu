@@ -8,9 +8,6 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include <cstdlib>
-#include <string>
-
 #include "common/static_switch.h"
 #include "readout/readout_checks.h"
 #include "readout/readout_kernels.cuh"
@@ -61,26 +58,16 @@ MixParams make_params(const MixInputs& in, const at::Tensor& dst_row, const at::
 }
 
 // Calls fn.template operator()<T, kVec, kVecsPerLane, kPrefetch>() for the input dtype and V. The next item's rows
-// are prefetched where the registers allow it (kVecsPerLane <= 2) unless MOM_OPS_MIX_PREFETCH=0 (a tuning switch
-// until both are timed on the H100).
+// are prefetched where the registers allow it (kVecsPerLane <= 2): on the H100 that took the bwd from 443 to 213 us
+// and the fwd from 70 to 68 us (memory_mix_T16384_H4_V256_k2, commit db740fa).
 template <typename Fn>
 void dispatch_mix(const at::Tensor& o_routed, int dim_v, Fn&& fn) {
-  const char* env = std::getenv("MOM_OPS_MIX_PREFETCH");
-  const bool prefetch = env == nullptr || std::string(env) != "0";
   FLOAT_SWITCH(o_routed.scalar_type(), elem_t, [&] {
     constexpr int kVec = 16 / sizeof(elem_t);
     if (dim_v <= 32 * kVec) {
-      if (prefetch) {
-        fn.template operator()<elem_t, kVec, 1, true>();
-      } else {
-        fn.template operator()<elem_t, kVec, 1, false>();
-      }
+      fn.template operator()<elem_t, kVec, 1, true>();
     } else if (dim_v <= 64 * kVec) {
-      if (prefetch) {
-        fn.template operator()<elem_t, kVec, 2, true>();
-      } else {
-        fn.template operator()<elem_t, kVec, 2, false>();
-      }
+      fn.template operator()<elem_t, kVec, 2, true>();
     } else {
       fn.template operator()<elem_t, kVec, 4, false>();
     }
