@@ -130,13 +130,15 @@ def _memory_mix_case(tokens, heads, dim_v, topk):
         fwd_bytes = nbytes(*inputs) + nbytes(shared)  # + the output, the size of shared
         bwd_bytes = nbytes(*inputs) + nbytes(shared) + nbytes(*inputs[:5]) + nbytes(plan.src_pair)
 
+        # Graph replays: the bar is the kernels' bandwidth. Launched one by one, the bwd's CPU path (autograd engine,
+        # Python backward, five allocations) is longer than its kernels and varied 142-229 us between machines.
         def runner(fn):
             if mode == "fwd":
-                return Bench(lambda: fn(o_routed, plan, weights, shared, norm_w, gate), fwd_bytes)
+                return Bench(lambda: fn(o_routed, plan, weights, shared, norm_w, gate), fwd_bytes, graph=True)
             out = fn(o_routed, plan, weights, shared, norm_w, gate)
             dy = torch.randn_like(out)
             return Bench(lambda: torch.autograd.grad(out, (o_routed, weights, shared, norm_w, gate), dy,
-                                                     retain_graph=True), bwd_bytes)
+                                                     retain_graph=True), bwd_bytes, graph=True)
 
         if provider == "mom_ops" and has_cuda_kernel("memory_mix_fwd") and has_cuda_kernel("memory_mix_bwd"):
             return runner(mom_ops.memory_mix)
