@@ -130,18 +130,23 @@ def _memory_mix_case(tokens, heads, dim_v, topk):
         fwd_bytes = nbytes(*inputs) + nbytes(shared)  # + the output, the size of shared
         bwd_bytes = nbytes(*inputs) + nbytes(shared) + nbytes(*inputs[:5]) + nbytes(plan.src_pair)
 
-        # Graph replays: the bar is the kernels' bandwidth. Launched one by one, the bwd's CPU path (autograd engine,
-        # Python backward, five allocations) is longer than its kernels and varied 142-229 us between machines.
-        def runner(fn):
+        def runner(fn, graph=False):
             if mode == "fwd":
-                return Bench(lambda: fn(o_routed, plan, weights, shared, norm_w, gate), fwd_bytes, graph=True)
+                return Bench(lambda: fn(o_routed, plan, weights, shared, norm_w, gate), fwd_bytes, graph=graph)
             out = fn(o_routed, plan, weights, shared, norm_w, gate)
             dy = torch.randn_like(out)
             return Bench(lambda: torch.autograd.grad(out, (o_routed, weights, shared, norm_w, gate), dy,
-                                                     retain_graph=True), bwd_bytes, graph=True)
+                                                     retain_graph=True), bwd_bytes)
 
         if provider == "mom_ops" and has_cuda_kernel("memory_mix_fwd") and has_cuda_kernel("memory_mix_bwd"):
-            return runner(mom_ops.memory_mix)
+            # CUDA-graph replays of the ops (the bar is the kernels' bandwidth): launched one by one through
+            # autograd, the bwd's CPU path outran its kernels (142-229 us between machines on the same code).
+            if mode == "fwd":
+                return runner(mom_ops.memory_mix, graph=True)
+            dy = torch.randn(tokens, heads, dim_v, **bf)
+            args = (dy, o_routed.detach(), plan.dst_row, plan.src_pair, weights.detach(), shared.detach(),
+                    norm_w.detach(), gate.detach(), 1e-6)
+            return Bench(lambda: torch.ops.mom_ops.memory_mix_bwd(*args), bwd_bytes, graph=True)
         if provider == "triton_ref" and (fn := triton_ref_fn("readout", "memory_mix")) is not None:
             return runner(fn)
         if provider == "naive":
