@@ -165,6 +165,34 @@ __device__ __forceinline__ void issue_item_loads(const MixParams& p, int64_t n, 
   }
 }
 
+// A warp's walk over its items with the loads issued ahead: the plan indices two items ahead and, with
+// kPrefetch, the next item's rows one item ahead. start() before the loop; next_item(n) at the top of each
+// iteration makes `cur` hold token n's loads.
+template <typename T, int kVec, int kVecsPerLane, bool kBackward, bool kPrefetch>
+struct ItemPipeline {
+  ItemLoads<T, kVec, kVecsPerLane> cur, next;
+  SlotRefs refs;
+
+  __device__ __forceinline__ void start(const MixParams& p, const WarpWalk& walk, int lane) {
+    refs = load_slot_refs<kBackward>(p, walk.n0);
+    if (kPrefetch) {
+      issue_item_loads<T, kVec, kVecsPerLane, kBackward>(p, walk.n0, walk.h, lane, refs, next);
+      refs = load_slot_refs<kBackward>(p, walk.n0 + walk.step);
+    }
+  }
+
+  __device__ __forceinline__ void next_item(const MixParams& p, const WarpWalk& walk, int lane, int64_t n) {
+    if (kPrefetch) {  // this item's loads were issued one item ago; issue the next item's now
+      cur = next;
+      issue_item_loads<T, kVec, kVecsPerLane, kBackward>(p, n + walk.step, walk.h, lane, refs, next);
+      refs = load_slot_refs<kBackward>(p, n + 2 * walk.step);
+    } else {
+      issue_item_loads<T, kVec, kVecsPerLane, kBackward>(p, n, walk.h, lane, refs, cur);
+      refs = load_slot_refs<kBackward>(p, n + walk.step);
+    }
+  }
+};
+
 // o (fp32) of the item: shared + the weighted rows; slots past kMixSlotsInFlight are loaded here.
 template <typename T, int kVec, int kVecsPerLane>
 __device__ __forceinline__ void mix_item(const MixParams& p, int64_t n, int h, int lane,
@@ -204,21 +232,11 @@ __global__ void __launch_bounds__(kMixWarps * 32, kMixFwdMinCtas<kVecsPerLane>) 
   const int64_t row_elems = int64_t(p.heads) * p.dim_v;
   const WarpWalk walk = warp_walk(p);
   const int h = walk.h;
-  ItemLoads<T, kVec, kVecsPerLane> cur, next;
-  SlotRefs refs = load_slot_refs<false>(p, walk.n0);
-  if (kPrefetch) {
-    issue_item_loads<T, kVec, kVecsPerLane, false>(p, walk.n0, h, lane, refs, next);
-    refs = load_slot_refs<false>(p, walk.n0 + walk.step);
-  }
+  ItemPipeline<T, kVec, kVecsPerLane, false, kPrefetch> pipe;
+  pipe.start(p, walk, lane);
   for (int64_t n = walk.n0; n < p.num_tokens; n += walk.step) {
-    if (kPrefetch) {  // this item's loads were issued one item ago; issue the next item's now
-      cur = next;
-      issue_item_loads<T, kVec, kVecsPerLane, false>(p, n + walk.step, h, lane, refs, next);
-      refs = load_slot_refs<false>(p, n + 2 * walk.step);
-    } else {
-      issue_item_loads<T, kVec, kVecsPerLane, false>(p, n, h, lane, refs, cur);
-      refs = load_slot_refs<false>(p, n + walk.step);
-    }
+    pipe.next_item(p, walk, lane, n);
+    const ItemLoads<T, kVec, kVecsPerLane>& cur = pipe.cur;
     float o[kVecsPerLane][kVec];
     mix_item(p, n, h, lane, cur, o);
     if (p.norm_weight != nullptr) {
@@ -264,21 +282,11 @@ __global__ void __launch_bounds__(kMixWarps * 32, kMixBwdMinCtas<kVecsPerLane>) 
   }
   const WarpWalk walk = warp_walk(p);
   const int h = walk.h;
-  ItemLoads<T, kVec, kVecsPerLane> cur, next;
-  SlotRefs refs = load_slot_refs<true>(p, walk.n0);
-  if (kPrefetch) {
-    issue_item_loads<T, kVec, kVecsPerLane, true>(p, walk.n0, h, lane, refs, next);
-    refs = load_slot_refs<true>(p, walk.n0 + walk.step);
-  }
+  ItemPipeline<T, kVec, kVecsPerLane, true, kPrefetch> pipe;
+  pipe.start(p, walk, lane);
   for (int64_t n = walk.n0; n < p.num_tokens; n += walk.step) {
-    if (kPrefetch) {
-      cur = next;
-      issue_item_loads<T, kVec, kVecsPerLane, true>(p, n + walk.step, h, lane, refs, next);
-      refs = load_slot_refs<true>(p, n + 2 * walk.step);
-    } else {
-      issue_item_loads<T, kVec, kVecsPerLane, true>(p, n, h, lane, refs, cur);
-      refs = load_slot_refs<true>(p, n + walk.step);
-    }
+    pipe.next_item(p, walk, lane, n);
+    const ItemLoads<T, kVec, kVecsPerLane>& cur = pipe.cur;
     const int64_t base = n * row_elems + int64_t(h) * p.dim_v;
     float o[kVecsPerLane][kVec], d[kVecsPerLane][kVec];
     mix_item(p, n, h, lane, cur, o);
