@@ -86,23 +86,53 @@ def test_memory_mix_bad_input():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("k, m, V", [(2, 4, 256), (1, 4, 64), (8, 64, 512), (3, 5, 136)])
-def test_gpu_memory_mix_backward_matches_reference(dtype, k, m, V):
+@pytest.mark.parametrize("k, m, V, variant", [(2, 4, 256, "gated"), (1, 4, 64, "gated"), (8, 64, 512, "gated"),
+                                              (3, 5, 136, "gated"), (2, 4, 256, "plain"), (3, 5, 64, "shared"),
+                                              (2, 4, None, "norm")])
+def test_gpu_memory_mix_backward_matches_reference(dtype, k, m, V, variant):
     need_kernel("memory_mix_bwd", "cuda")
+    V = V or 128 * (16 // dtype.itemsize)  # None: the widest V the CUDA kernels take (4 vectors per lane)
     plan, o_routed, shared, norm_w, gate = _setup(n=300, m=m, k=k, b=3, H=4, V=V, dtype=dtype, device="cuda", seed=k)
-    args = [o_routed, plan.weights, shared, norm_w, gate]
+    args = [o_routed, plan.weights, shared if variant != "plain" else None,
+            norm_w if variant in ("norm", "gated") else None, gate if variant == "gated" else None]
     dy = torch.randn(300, 4, V, device="cuda").to(dtype)
     outs = []
     for _ in range(2):  # twice: the backward must be bitwise deterministic
-        leaves = [a.detach().clone().requires_grad_(True) for a in args]
+        leaves = [None if a is None else a.detach().clone().requires_grad_(True) for a in args]
         (mom_ops.memory_mix(leaves[0], plan, *leaves[1:]).float() * dy.float()).sum().backward()
-        outs.append([t.grad for t in leaves])
+        outs.append([t.grad for t in leaves if t is not None])
     for a, b in zip(*outs):
         assert torch.equal(a, b)
-    refs = [a.detach().float().cpu().requires_grad_(True) for a in args]
+    refs = [None if a is None else a.detach().float().cpu().requires_grad_(True) for a in args]
     (memory_mix_ref(refs[0], plan.dst_row.cpu(), *refs[1:]) * dy.float().cpu()).sum().backward()
-    for got, ref in zip(outs[0], refs):
+    for got, ref in zip(outs[0], [r for r in refs if r is not None]):
         assert rel_rms(got, ref.grad) < (1e-5 if dtype == torch.float32 else 5e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_memory_mix_accepts_unaligned_views(dtype):
+    """Inputs that are views starting off a 16-byte boundary (the kernels read 16-byte vectors) give the same
+    results as aligned copies."""
+    need_kernel("memory_mix_bwd", "cuda")
+    plan, o_routed, shared, norm_w, gate = _setup(n=64, H=2, V=64, dtype=dtype, device="cuda")
+
+    def off_by_one(t):  # the same values, one element past an aligned allocation
+        buf = torch.empty(t.numel() + 1, device=t.device, dtype=t.dtype)
+        view = buf[1:].view_as(t)
+        view.copy_(t)
+        return view
+
+    aligned = [o_routed, plan.weights, shared, norm_w, gate]
+    dy = torch.randn_like(shared)
+    results = []
+    for args in (aligned, [off_by_one(a) for a in aligned]):
+        leaves = [a.detach().requires_grad_(True) for a in args]
+        out = mom_ops.memory_mix(leaves[0], plan, *leaves[1:])
+        out.backward(off_by_one(dy) if args is not aligned else dy)
+        results.append([out] + [a.grad for a in leaves])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.gpu

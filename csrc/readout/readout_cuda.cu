@@ -19,6 +19,13 @@ struct MixInputs {
   at::Tensor o_routed, weights, shared, norm_weight, gate;
 };
 
+// The kernels read whole 16-byte vectors: a contiguous tensor whose data starts 16-byte aligned, else a copy (a
+// view with a storage offset, e.g. a slice of a larger buffer, may start anywhere).
+at::Tensor contiguous_aligned16(const at::Tensor& t) {
+  const at::Tensor c = t.contiguous();
+  return reinterpret_cast<uintptr_t>(c.data_ptr()) % 16 == 0 ? c : c.clone();
+}
+
 // Checks the CUDA-only limits and makes contiguous copies where needed.
 MixInputs prepare(const at::Tensor& o_routed, const at::Tensor& dst_row, const at::Tensor& src_pair,
                   const at::Tensor& weights, const std::optional<at::Tensor>& shared,
@@ -31,11 +38,11 @@ MixInputs prepare(const at::Tensor& o_routed, const at::Tensor& dst_row, const a
   TORCH_CHECK_VALUE(d.heads >= 1 && d.heads <= 32, "memory_mix on CUDA supports 1 to 32 heads, got ", d.heads);
   if (gate.has_value()) CHECK_SAME_DTYPE(*gate, o_routed);
   MixInputs in;
-  in.o_routed = o_routed.contiguous();
+  in.o_routed = contiguous_aligned16(o_routed);
   in.weights = weights.contiguous();
-  if (shared.has_value()) in.shared = shared->contiguous();
-  if (norm_weight.has_value()) in.norm_weight = norm_weight->to(at::kFloat).contiguous();
-  if (gate.has_value()) in.gate = gate->contiguous();
+  if (shared.has_value()) in.shared = contiguous_aligned16(*shared);
+  if (norm_weight.has_value()) in.norm_weight = contiguous_aligned16(norm_weight->to(at::kFloat));
+  if (gate.has_value()) in.gate = contiguous_aligned16(*gate);
   return in;
 }
 
@@ -54,35 +61,45 @@ MixParams make_params(const MixInputs& in, const at::Tensor& dst_row, const at::
   p.heads = int(in.o_routed.size(1));
   p.dim_v = int(in.o_routed.size(2));
   p.eps = float(eps);
+  p.inv_dim_v = 1.f / float(p.dim_v);
   return p;
 }
 
-// Calls fn.template operator()<T, kVec, kVecsPerLane, kPrefetch>() for the input dtype and V. The next item's rows
-// are prefetched where the registers allow it (kVecsPerLane <= 2): on the H100 that took the bwd from 443 to 213 us
-// and the fwd from 70 to 68 us (memory_mix_T16384_H4_V256_k2, commit db740fa).
+// Calls fn.template operator()<T, kVec, kVecsPerLane, kPrefetch, kTopk>() for the input dtype, V and topk. The next
+// item's rows are prefetched where the registers allow it (kVecsPerLane <= 2): on the H100 that took the bwd from
+// 443 to 213 us and the fwd from 70 to 68 us (memory_mix_T16384_H4_V256_k2, commit db740fa). topk == 2 (MoM's
+// usual top-2) gets kernels with the slot loops unrolled (kTopk = 2), other topk the general ones (kTopk = 0).
 template <typename Fn>
-void dispatch_mix(const at::Tensor& o_routed, int dim_v, Fn&& fn) {
+void dispatch_mix(const at::Tensor& o_routed, int dim_v, int topk, Fn&& fn) {
   FLOAT_SWITCH(o_routed.scalar_type(), elem_t, [&] {
     constexpr int kVec = 16 / sizeof(elem_t);
     if (dim_v <= 32 * kVec) {
-      fn.template operator()<elem_t, kVec, 1, true>();
+      if (topk == 2) {
+        fn.template operator()<elem_t, kVec, 1, true, 2>();
+      } else {
+        fn.template operator()<elem_t, kVec, 1, true, 0>();
+      }
     } else if (dim_v <= 64 * kVec) {
-      fn.template operator()<elem_t, kVec, 2, true>();
+      if (topk == 2) {
+        fn.template operator()<elem_t, kVec, 2, true, 2>();
+      } else {
+        fn.template operator()<elem_t, kVec, 2, true, 0>();
+      }
     } else {
-      fn.template operator()<elem_t, kVec, 4, false>();
+      fn.template operator()<elem_t, kVec, 4, false, 0>();
     }
   });
 }
 
-// A grid that fills every SM once at the kernel's occupancy (warps then stride over the tokens: no second wave),
-// with at least `heads` warps (each warp keeps one head).
+// A grid that fills every SM once at the kernel's occupancy (warps then stride over their items: no second wave),
+// with at least `min_warps` warps (the fwd's warps each keep one head: H of them).
 template <typename Kernel>
-int grid_size(Kernel kernel, size_t smem, int64_t tokens, int heads) {
+int grid_size(Kernel kernel, size_t smem, int64_t warps_needed, int min_warps) {
   int ctas_per_sm = 0;
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas_per_sm, kernel, kMixWarps * 32, smem));
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t needed = (tokens * heads + kMixWarps - 1) / kMixWarps;
-  const int64_t min_grid = (heads + kMixWarps - 1) / kMixWarps;
+  const int64_t needed = (warps_needed + kMixWarps - 1) / kMixWarps;
+  const int64_t min_grid = (min_warps + kMixWarps - 1) / kMixWarps;
   return int(std::max<int64_t>(min_grid, std::min<int64_t>(needed, int64_t(sms) * std::max(1, ctas_per_sm))));
 }
 
@@ -97,9 +114,9 @@ at::Tensor memory_mix_fwd_cuda(const at::Tensor& o_routed, const at::Tensor& dst
   p.out = out.data_ptr();
   if (p.num_tokens == 0) return out;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  dispatch_mix(in.o_routed, p.dim_v, [&]<typename T, int kVec, int kVecsPerLane, bool kPrefetch>() {
-    const auto kernel = memory_mix_fwd_kernel<T, kVec, kVecsPerLane, kPrefetch>;
-    kernel<<<grid_size(kernel, 0, p.num_tokens, p.heads), kMixWarps * 32, 0, stream>>>(p);
+  dispatch_mix(in.o_routed, p.dim_v, p.topk, [&]<typename T, int kVec, int kVecsPerLane, bool kPrefetch, int kTopk>() {
+    const auto kernel = memory_mix_fwd_kernel<T, kVec, kVecsPerLane, kPrefetch, kTopk>;
+    kernel<<<grid_size(kernel, 0, p.num_tokens * p.heads, p.heads), kMixWarps * 32, 0, stream>>>(p);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
@@ -114,26 +131,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_mi
   CHECK_SAME_DTYPE(grad_out, o_routed);
   CHECK_DEVICE(grad_out, o_routed);
   c10::cuda::CUDAGuard guard(o_routed.device());
-  const at::Tensor dy = grad_out.contiguous();
+  const at::Tensor dy = contiguous_aligned16(grad_out);
   const auto f32 = o_routed.options().dtype(at::kFloat);
   const at::Tensor none = at::empty({0}, f32);
   MixParams p = make_params(in, dst_row, src_pair, eps);
   at::Tensor grad_o_routed = at::empty_like(in.o_routed);
-  at::Tensor grad_w_partial = at::empty({dst_row.size(0), dst_row.size(1), p.heads}, f32);  // summed over heads
+  at::Tensor grad_weights = at::empty({dst_row.size(0), dst_row.size(1)}, f32);
   at::Tensor grad_shared = shared.has_value() ? at::empty_like(in.shared) : none;
   at::Tensor grad_gate = gate.has_value() ? at::empty_like(in.gate) : none;
   p.grad_out = dy.data_ptr();
   p.grad_o_routed = grad_o_routed.data_ptr();
-  p.grad_w_partial = grad_w_partial.data_ptr<float>();
+  p.grad_weights = grad_weights.data_ptr<float>();
   p.grad_shared = shared.has_value() ? grad_shared.data_ptr() : nullptr;
   p.grad_gate = gate.has_value() ? grad_gate.data_ptr() : nullptr;
-  const size_t smem = norm_weight.has_value() ? sizeof(float) * kMixWarps * size_t(p.dim_v) : 0;
   at::Tensor norm_partial = none;
   if (p.num_tokens > 0) {
     const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-    dispatch_mix(in.o_routed, p.dim_v, [&]<typename T, int kVec, int kVecsPerLane, bool kPrefetch>() {
-      const auto kernel = memory_mix_bwd_kernel<T, kVec, kVecsPerLane, kPrefetch>;
-      const int grid = grid_size(kernel, smem, p.num_tokens, p.heads);
+    dispatch_mix(in.o_routed, p.dim_v, p.topk, [&]<typename T, int kVec, int kVecsPerLane, bool kPrefetch, int kTopk>() {
+      const auto kernel = memory_mix_bwd_kernel<T, kVec, kVecsPerLane, kPrefetch, kTopk>;
+      const size_t smem = sizeof(float) * kMixWarps *
+                          ((norm_weight.has_value() ? kMixNormSlotsPerWarp<kVec, kVecsPerLane> : 0) + p.topk);
+      const int grid = grid_size(kernel, smem, p.num_tokens, 1);  // a warp per token at a time
       if (norm_weight.has_value()) norm_partial = at::empty({grid, p.dim_v}, f32);
       p.grad_norm_partial = norm_weight.has_value() ? norm_partial.data_ptr<float>() : nullptr;
       kernel<<<grid, kMixWarps * 32, smem, stream>>>(p);
@@ -142,7 +160,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_mi
   } else if (norm_weight.has_value()) {
     norm_partial = at::zeros({1, p.dim_v}, f32);
   }
-  const at::Tensor grad_weights = grad_w_partial.sum(-1);
   at::Tensor grad_norm_weight = none;
   if (norm_weight.has_value()) grad_norm_weight = norm_partial.sum(0).to(norm_weight->scalar_type());
   return {grad_o_routed, grad_weights, grad_shared, grad_norm_weight, grad_gate};

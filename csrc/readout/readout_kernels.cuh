@@ -1,10 +1,10 @@
-// memory_mix kernels. Work item = one (token, head); each warp keeps one head h and walks the tokens with a grid
-// stride (no integer division in the loop: ncu showed 64-bit divisions dominating the instruction count), and each
-// lane keeps kVecsPerLane 16-byte vectors of the head's V values, so every row is read once and written once.
+// memory_mix kernels. Work item = one (token, head); warps walk their items with a grid stride (no integer division
+// in the loop: ncu showed 64-bit divisions dominating the instruction count): in the fwd a warp keeps one head, in
+// the bwd it takes every head of its tokens in turn. Each lane keeps kVecsPerLane 16-byte vectors of the head's V
+// values, so every row is read once and written once.
 //   fwd: o = sum_j w_j o_routed[row_j, h] + shared[n, h];  out = o * rstd * norm_w * silu(gate)
 //   bwd: the same gather again, then the RMSNorm/gate backward, d_o_routed[row_j, h] = w_j do,
-//        d_w partial [n, j, h] = <do, o_routed[row_j, h]> (summed over h by the caller),
-//        d_norm_w partial sums per CTA (summed by the caller).
+//        d_w[n, j] = sum_h <do, o_routed[row_j, h]>, d_norm_w partial sums per CTA (summed by the caller).
 // Latency: the plan indices (dst_row, weights) of a warp's next item are loaded one item ahead, and with
 // kPrefetch the next item's rows too (raw 16-byte vectors, converted when used), so a warp always has the next
 // item's loads in flight while it reduces and stores the current one.
@@ -30,13 +30,13 @@ struct MixParams {
   void* out;                 // fwd: [N, H, V]
   const void* grad_out;      // bwd: [N, H, V]
   void* grad_o_routed;       // bwd: [R, H, V]
-  float* grad_w_partial;     // bwd: [N, k, H]
+  float* grad_weights;       // bwd: [N, k]
   void* grad_shared;         // bwd: [N, H, V] or nullptr
   void* grad_gate;           // bwd: [N, H, V] or nullptr
   float* grad_norm_partial;  // bwd: [gridDim.x, V] or nullptr
   int64_t num_tokens, num_rows;
   int topk, heads, dim_v;
-  float eps;
+  float eps, inv_dim_v;  // 1 / dim_v
 };
 
 constexpr int kMixWarps = 8;          // warps per CTA (each on its own items)
@@ -49,6 +49,14 @@ template <int kVecsPerLane>
 constexpr int kMixBwdMinCtas = kVecsPerLane == 1 ? 2 : 1;
 constexpr int kMixSlotsInFlight = 2;  // routed rows per item whose indices and loads are issued ahead
 static_assert(kMixSlotsInFlight == 2, "memory_mix_bwd_kernel picks the in-register rows of slots 0 and 1 by name");
+
+// kTopk = 0: any topk (slots past kMixSlotsInFlight are loaded when used); kTopk > 0: topk == kTopk <=
+// kMixSlotsInFlight, so every loop over the slots is unrolled and the extra-slot paths are compiled out.
+template <int kTopk>
+__device__ __forceinline__ int topk_of(const MixParams& p) {
+  static_assert(kTopk <= kMixSlotsInFlight, "a fixed topk must fit the in-register slots");
+  return kTopk > 0 ? kTopk : p.topk;
+}
 
 // One head-row slice of a lane: kVecsPerLane raw 16-byte vectors (zeros past V), unpacked when used. Loaded with
 // the streaming hint (__ldcs): every byte is read once.
@@ -85,20 +93,53 @@ __device__ __forceinline__ float warp_sum(float x) {
   return x;
 }
 
-__device__ __forceinline__ float sigmoidf(float z) { return __fdividef(1.f, 1.f + __expf(-z)); }
+// 1 / (1 + 2^(-z log2 e)) with the approximate ex2 and rcp, flushing denormals (__expf's denormal handling cost
+// ~4 extra instructions per element). Relative error ~1e-7, far below the bf16/fp16 rounding of the outputs.
+__device__ __forceinline__ float sigmoidf(float z) {
+  float e, r;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(z * -1.4426950408889634f));
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(1.f + e));
+  return r;
+}
 
-// A warp's items: head h of tokens n0, n0 + step, ... where step = (warps in the grid) / H, so the few warps past
-// step * H get none (n0 = num_tokens); the grid has at least H warps.
-struct WarpWalk {
+// A work item: head h of token n.
+struct MixItem {
+  int64_t n;
   int h;
-  int64_t n0, step;
 };
 
-__device__ __forceinline__ WarpWalk warp_walk(const MixParams& p) {
+// The fwd's walk: a warp keeps head h and takes tokens n0, n0 + step, ... where step = (warps in the grid) / H, so
+// the few warps past step * H get none (n0 = num_tokens); the grid has at least H warps. A lane's columns and head
+// never change, so the items need no division.
+struct HeadWalk {
+  MixItem first;
+  int64_t step;
+
+  __device__ __forceinline__ MixItem after(const MixItem& it) const { return {it.n + step, it.h}; }
+};
+
+__device__ __forceinline__ HeadWalk head_walk(const MixParams& p) {
   const int warp_id = int(blockIdx.x) * kMixWarps + int(threadIdx.x) / 32;
   const int step = int(gridDim.x) * kMixWarps / p.heads;
   const int n0 = warp_id / p.heads;
-  return {warp_id % p.heads, n0 < step ? int64_t(n0) : p.num_tokens, int64_t(step)};
+  return {{n0 < step ? int64_t(n0) : p.num_tokens, warp_id % p.heads}, int64_t(step)};
+}
+
+// The bwd's walk: a warp takes whole tokens n0, n0 + step, ... (step = warps in the grid) and every head of each in
+// turn, so it sums d_w over the heads itself (no [N, k, H] partials to add up afterwards).
+struct TokenWalk {
+  MixItem first;
+  int64_t step;
+  int heads;
+
+  __device__ __forceinline__ MixItem after(const MixItem& it) const {
+    return it.h + 1 < heads ? MixItem{it.n, it.h + 1} : MixItem{it.n + step, 0};
+  }
+};
+
+__device__ __forceinline__ TokenWalk token_walk(const MixParams& p) {
+  const int warp_id = int(blockIdx.x) * kMixWarps + int(threadIdx.x) / 32;
+  return {{int64_t(warp_id), 0}, int64_t(gridDim.x) * kMixWarps, p.heads};
 }
 
 // Token n's first kMixSlotsInFlight routed rows (-1: none) and their weights (0 where there is no row); for the
@@ -111,21 +152,22 @@ struct SlotRefs {
 };
 
 __device__ __forceinline__ int64_t routed_row(const MixParams& p, int64_t n, int j) {
-  const int r = p.dst_row[n * p.topk + j];
+  const int r = p.dst_row[n * p.topk + j];  // only for the slots past kMixSlotsInFlight (kTopk = 0)
   return r >= 0 && r < p.num_rows ? r : -1;
 }
 
-template <bool kBackward>
+template <bool kBackward, int kTopk>
 __device__ __forceinline__ SlotRefs load_slot_refs(const MixParams& p, int64_t n) {
+  const int topk = topk_of<kTopk>(p);
   SlotRefs s;
   int r[kMixSlotsInFlight], src[kMixSlotsInFlight];
   float w[kMixSlotsInFlight];
 #pragma unroll
   for (int j = 0; j < kMixSlotsInFlight; ++j) {  // independent loads: issue all first
-    const bool ok = n < p.num_tokens && j < p.topk;
-    r[j] = ok ? p.dst_row[n * p.topk + j] : -1;
-    w[j] = ok ? p.weights[n * p.topk + j] : 0.f;
-    src[j] = kBackward && ok ? p.src_pair[n * p.topk + j] : 0;
+    const bool ok = n < p.num_tokens && j < topk;
+    r[j] = ok ? p.dst_row[n * topk + j] : -1;
+    w[j] = ok ? p.weights[n * topk + j] : 0.f;
+    src[j] = kBackward && ok ? p.src_pair[n * topk + j] : 0;
   }
 #pragma unroll
   for (int j = 0; j < kMixSlotsInFlight; ++j) {
@@ -166,35 +208,36 @@ __device__ __forceinline__ void issue_item_loads(const MixParams& p, int64_t n, 
 }
 
 // A warp's walk over its items with the loads issued ahead: the plan indices two items ahead and, with
-// kPrefetch, the next item's rows one item ahead. start() before the loop; next_item(n) at the top of each
-// iteration makes `cur` hold token n's loads.
-template <typename T, int kVec, int kVecsPerLane, bool kBackward, bool kPrefetch>
+// kPrefetch, the next item's rows one item ahead. start() before the loop; next_item(it) at the top of each
+// iteration makes `cur` hold item it's loads.
+template <typename T, int kVec, int kVecsPerLane, bool kBackward, bool kPrefetch, int kTopk, typename Walk>
 struct ItemPipeline {
   ItemLoads<T, kVec, kVecsPerLane> cur, next;
   SlotRefs refs;
 
-  __device__ __forceinline__ void start(const MixParams& p, const WarpWalk& walk, int lane) {
-    refs = load_slot_refs<kBackward>(p, walk.n0);
+  __device__ __forceinline__ void start(const MixParams& p, const Walk& walk, int lane) {
+    refs = load_slot_refs<kBackward, kTopk>(p, walk.first.n);
     if (kPrefetch) {
-      issue_item_loads<T, kVec, kVecsPerLane, kBackward>(p, walk.n0, walk.h, lane, refs, next);
-      refs = load_slot_refs<kBackward>(p, walk.n0 + walk.step);
+      issue_item_loads<T, kVec, kVecsPerLane, kBackward>(p, walk.first.n, walk.first.h, lane, refs, next);
+      refs = load_slot_refs<kBackward, kTopk>(p, walk.after(walk.first).n);
     }
   }
 
-  __device__ __forceinline__ void next_item(const MixParams& p, const WarpWalk& walk, int lane, int64_t n) {
+  __device__ __forceinline__ void next_item(const MixParams& p, const Walk& walk, int lane, const MixItem& it) {
+    const MixItem it1 = walk.after(it);
     if (kPrefetch) {  // this item's loads were issued one item ago; issue the next item's now
       cur = next;
-      issue_item_loads<T, kVec, kVecsPerLane, kBackward>(p, n + walk.step, walk.h, lane, refs, next);
-      refs = load_slot_refs<kBackward>(p, n + 2 * walk.step);
+      issue_item_loads<T, kVec, kVecsPerLane, kBackward>(p, it1.n, it1.h, lane, refs, next);
+      refs = load_slot_refs<kBackward, kTopk>(p, walk.after(it1).n);
     } else {
-      issue_item_loads<T, kVec, kVecsPerLane, kBackward>(p, n, walk.h, lane, refs, cur);
-      refs = load_slot_refs<kBackward>(p, n + walk.step);
+      issue_item_loads<T, kVec, kVecsPerLane, kBackward>(p, it.n, it.h, lane, refs, cur);
+      refs = load_slot_refs<kBackward, kTopk>(p, it1.n);
     }
   }
 };
 
 // o (fp32) of the item: shared + the weighted rows; slots past kMixSlotsInFlight are loaded here.
-template <typename T, int kVec, int kVecsPerLane>
+template <typename T, int kVec, int kVecsPerLane, int kTopk>
 __device__ __forceinline__ void mix_item(const MixParams& p, int64_t n, int h, int lane,
                                          const ItemLoads<T, kVec, kVecsPerLane>& x, float (&o)[kVecsPerLane][kVec]) {
 #pragma unroll
@@ -206,7 +249,7 @@ __device__ __forceinline__ void mix_item(const MixParams& p, int64_t n, int h, i
       for (int j = 0; j < kMixSlotsInFlight; ++j) acc += x.refs.w[j] * x.rows[j].at(i, e);
       o[i][e] = acc;
     }
-  for (int j = kMixSlotsInFlight; j < p.topk; ++j) {
+  for (int j = kMixSlotsInFlight; j < topk_of<kTopk>(p); ++j) {
     const int64_t r = routed_row(p, n, j);
     if (r < 0) continue;
     const float w = p.weights[n * p.topk + j];
@@ -219,37 +262,66 @@ __device__ __forceinline__ void mix_item(const MixParams& p, int64_t n, int h, i
   }
 }
 
-// The norm weights of columns c .. c + kVec (read through L1 each item: registers are the scarce resource here).
+// The norm weights of a lane's vector i, columns (lane + 32 i) * kVec + e, as 16-byte loads (V is a multiple of
+// kVec and norm_weight is 16-byte aligned: the binding makes sure).
 template <int kVec>
-__device__ __forceinline__ void load_norm_weight(const MixParams& p, int c, float (&nw)[kVec]) {
+__device__ __forceinline__ void load_norm_weight(const MixParams& p, int lane, int i, float (&w)[kVec]) {
+  const int c = (lane + 32 * i) * kVec;
 #pragma unroll
-  for (int e = 0; e < kVec; ++e) nw[e] = c + e < p.dim_v ? __ldg(p.norm_weight + c + e) : 0.f;
+  for (int q = 0; q < kVec / 4; ++q) {
+    const float4 f = c < p.dim_v ? __ldg(reinterpret_cast<const float4*>(p.norm_weight + c) + q)
+                                 : make_float4(0.f, 0.f, 0.f, 0.f);
+    w[4 * q] = f.x, w[4 * q + 1] = f.y, w[4 * q + 2] = f.z, w[4 * q + 3] = f.w;
+  }
 }
 
-template <typename T, int kVec, int kVecsPerLane, bool kPrefetch>
+// A lane's norm weights. With one vector per lane they stay in registers for the whole kernel (a warp's lane
+// columns never change); wider rows load them where used (L1 hits), as registers are short there.
+template <int kVec, int kVecsPerLane>
+struct LaneNormWeight {
+  static constexpr bool kHoisted = kVecsPerLane == 1;
+  float held[kVec];
+
+  __device__ __forceinline__ void init(const MixParams& p, int lane) {
+    if (kHoisted && p.norm_weight != nullptr) load_norm_weight(p, lane, 0, held);
+  }
+  __device__ __forceinline__ void get(const MixParams& p, int lane, int i, float (&w)[kVec]) const {
+    if (kHoisted) {
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) w[e] = held[e];
+    } else {
+      load_norm_weight(p, lane, i, w);
+    }
+  }
+};
+
+template <typename T, int kVec, int kVecsPerLane, bool kPrefetch, int kTopk>
 __global__ void __launch_bounds__(kMixWarps * 32, kMixFwdMinCtas<kVecsPerLane>) memory_mix_fwd_kernel(MixParams p) {
   const int lane = threadIdx.x % 32;
   const int64_t row_elems = int64_t(p.heads) * p.dim_v;
-  const WarpWalk walk = warp_walk(p);
-  const int h = walk.h;
-  ItemPipeline<T, kVec, kVecsPerLane, false, kPrefetch> pipe;
+  const HeadWalk walk = head_walk(p);
+  const int h = walk.first.h;
+  LaneNormWeight<kVec, kVecsPerLane> norm_w;
+  norm_w.init(p, lane);
+  ItemPipeline<T, kVec, kVecsPerLane, false, kPrefetch, kTopk, HeadWalk> pipe;
   pipe.start(p, walk, lane);
-  for (int64_t n = walk.n0; n < p.num_tokens; n += walk.step) {
-    pipe.next_item(p, walk, lane, n);
+  for (MixItem it = walk.first; it.n < p.num_tokens; it = walk.after(it)) {
+    const int64_t n = it.n;
+    pipe.next_item(p, walk, lane, it);
     const ItemLoads<T, kVec, kVecsPerLane>& cur = pipe.cur;
     float o[kVecsPerLane][kVec];
-    mix_item(p, n, h, lane, cur, o);
+    mix_item<T, kVec, kVecsPerLane, kTopk>(p, n, h, lane, cur, o);
     if (p.norm_weight != nullptr) {
       float ss = 0.f;
 #pragma unroll
       for (int i = 0; i < kVecsPerLane; ++i)
 #pragma unroll
         for (int e = 0; e < kVec; ++e) ss += o[i][e] * o[i][e];  // lanes past V hold zeros
-      const float rstd = rsqrtf(warp_sum(ss) / p.dim_v + p.eps);
+      const float rstd = rsqrtf(warp_sum(ss) * p.inv_dim_v + p.eps);
 #pragma unroll
       for (int i = 0; i < kVecsPerLane; ++i) {
         float nw[kVec];
-        load_norm_weight(p, (lane + 32 * i) * kVec, nw);
+        norm_w.get(p, lane, i, nw);
 #pragma unroll
         for (int e = 0; e < kVec; ++e) {
           const float z = cur.gate.at(i, e);
@@ -267,73 +339,104 @@ __global__ void __launch_bounds__(kMixWarps * 32, kMixFwdMinCtas<kVecsPerLane>) 
   }
 }
 
-// Dynamic shared memory: kMixWarps * V floats, each warp's running d_norm_w sums (a lane owns its columns; summed in
-// warp order at the end).
-template <typename T, int kVec, int kVecsPerLane, bool kPrefetch>
+// Sums each of the N values over the warp. The N butterflies are independent, so their shuffles overlap: one
+// reduction's latency instead of N in a row.
+template <int N>
+__device__ __forceinline__ void warp_sum_all(float (&x)[N]) {
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2)
+#pragma unroll
+    for (int i = 0; i < N; ++i) x[i] += __shfl_xor_sync(0xffffffffu, x[i], off);
+}
+
+// Per-warp running d_norm_w sums in shared memory, element (i, e) of a lane at [(i * kVec + e) * 32 + lane]: a
+// lane's kVec columns are adjacent in V, so indexing by column would put 32 / kVec lanes on one bank.
+template <int kVec, int kVecsPerLane>
+constexpr int kMixNormSlotsPerWarp = kVecsPerLane * kVec * 32;
+
+// Backward of one item with norm: with g = dy * norm_w * act (the gradient of xhat = o * rstd), RMSNorm's backward
+// is do = rstd * g - rstd^2 * mean(g * xhat) * o, so <do, row_j> = rstd <g, row_j> - b <o, row_j>. All dot
+// products (<o, o>, <g, o>, <g, row_j>, <o, row_j> for the in-register slots) come from one pass over the item
+// and one batched warp reduction: one reduction latency per item instead of four dependent ones.
+// d_w[n, j] = sum over heads of <do, row_j>: lane 0 of the warp that owns token n adds the heads up in order in a
+// per-warp shared-memory slot (the token walk gives a warp every head of its tokens).
+// Dynamic shared memory: kMixWarps * (kMixNormSlotsPerWarp (when norm_weight is given) + topk) floats.
+template <typename T, int kVec, int kVecsPerLane, bool kPrefetch, int kTopk>
 __global__ void __launch_bounds__(kMixWarps * 32, kMixBwdMinCtas<kVecsPerLane>) memory_mix_bwd_kernel(MixParams p) {
-  extern __shared__ float s_dnw[];  // [kMixWarps, V]
+  constexpr int kSlots = kMixNormSlotsPerWarp<kVec, kVecsPerLane>;
+  extern __shared__ float s_bwd[];  // [kMixWarps, kSlots] d_norm_w sums (with norm), then [kMixWarps, topk] d_w sums
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int64_t row_elems = int64_t(p.heads) * p.dim_v;
   const bool norm = p.norm_weight != nullptr, gated = p.gate != nullptr;
-  float* my_dnw = s_dnw + warp * p.dim_v;
+  const int topk = topk_of<kTopk>(p);
+  float* s_dnw = s_bwd;
+  float* my_dnw = s_dnw + warp * kSlots + lane;  // element (i, e) at my_dnw[(i * kVec + e) * 32]
+  float* my_dw = s_bwd + (norm ? kMixWarps * kSlots : 0) + warp * topk;  // [topk], lane 0 only
   if (norm) {
-    for (int c = lane; c < p.dim_v; c += 32) my_dnw[c] = 0.f;
-    __syncwarp();
+#pragma unroll
+    for (int s = 0; s < kVecsPerLane * kVec; ++s) my_dnw[s * 32] = 0.f;
   }
-  const WarpWalk walk = warp_walk(p);
-  const int h = walk.h;
-  ItemPipeline<T, kVec, kVecsPerLane, true, kPrefetch> pipe;
+  const TokenWalk walk = token_walk(p);
+  LaneNormWeight<kVec, kVecsPerLane> norm_w;
+  norm_w.init(p, lane);
+  ItemPipeline<T, kVec, kVecsPerLane, true, kPrefetch, kTopk, TokenWalk> pipe;
   pipe.start(p, walk, lane);
-  for (int64_t n = walk.n0; n < p.num_tokens; n += walk.step) {
-    pipe.next_item(p, walk, lane, n);
+  for (MixItem it = walk.first; it.n < p.num_tokens; it = walk.after(it)) {
+    const int64_t n = it.n;
+    const int h = it.h;
+    pipe.next_item(p, walk, lane, it);
     const ItemLoads<T, kVec, kVecsPerLane>& cur = pipe.cur;
     const int64_t base = n * row_elems + int64_t(h) * p.dim_v;
-    float o[kVecsPerLane][kVec], d[kVecsPerLane][kVec];
-    mix_item(p, n, h, lane, cur, o);
+    float o[kVecsPerLane][kVec], g[kVecsPerLane][kVec];
+    mix_item<T, kVec, kVecsPerLane, kTopk>(p, n, h, lane, cur, o);
+    // Pass 1: g and the partial dot products [<o,o>, <g,o>, <g,row_0>, <o,row_0>, <g,row_1>, <o,row_1>].
+    float dots[2 + 2 * kMixSlotsInFlight] = {};
 #pragma unroll
-    for (int i = 0; i < kVecsPerLane; ++i)
+    for (int i = 0; i < kVecsPerLane; ++i) {
+      float nw[kVec];
+      if (norm) norm_w.get(p, lane, i, nw);
 #pragma unroll
-      for (int e = 0; e < kVec; ++e) d[i][e] = cur.dy.at(i, e);
-    if (norm) {
-      float ss = 0.f;
+      for (int e = 0; e < kVec; ++e) {
+        const float z = cur.gate.at(i, e), act = norm && gated ? z * sigmoidf(z) : 1.f;
+        g[i][e] = norm ? cur.dy.at(i, e) * nw[e] * act : cur.dy.at(i, e);
+        dots[0] += o[i][e] * o[i][e];
+        dots[1] += g[i][e] * o[i][e];
 #pragma unroll
-      for (int i = 0; i < kVecsPerLane; ++i)
-#pragma unroll
-        for (int e = 0; e < kVec; ++e) ss += o[i][e] * o[i][e];
-      const float rstd = rsqrtf(warp_sum(ss) / p.dim_v + p.eps);
-      float dot = 0.f;  // <dxhat, xhat>
-#pragma unroll
-      for (int i = 0; i < kVecsPerLane; ++i) {
-        const int c = (lane + 32 * i) * kVec;
-        float dz[kVec], nw[kVec];
-        load_norm_weight(p, c, nw);
-#pragma unroll
-        for (int e = 0; e < kVec; ++e) {
-          const float z = cur.gate.at(i, e), xhat = o[i][e] * rstd;
-          const float s = gated ? sigmoidf(z) : 1.f, act = gated ? z * s : 1.f;
-          dz[e] = d[i][e] * xhat * nw[e] * s * (1.f + z * (1.f - s));
-          if (c + e < p.dim_v) my_dnw[c + e] += d[i][e] * xhat * act;
-          d[i][e] = d[i][e] * nw[e] * act;  // dxhat
-          dot += d[i][e] * xhat;
-          o[i][e] = xhat;
+        for (int j = 0; j < kMixSlotsInFlight; ++j) {
+          dots[2 + 2 * j] += g[i][e] * cur.rows[j].at(i, e);
+          dots[3 + 2 * j] += o[i][e] * cur.rows[j].at(i, e);
         }
-        if (gated && c < p.dim_v) store_f32<T, kVec>(static_cast<T*>(p.grad_gate) + base + c, dz);
       }
-      const float mean_dot = warp_sum(dot) / p.dim_v;
-#pragma unroll
-      for (int i = 0; i < kVecsPerLane; ++i)
-#pragma unroll
-        for (int e = 0; e < kVec; ++e) d[i][e] = rstd * (d[i][e] - o[i][e] * mean_dot);  // do
     }
+    warp_sum_all(dots);
+    // do = a g - b o (a = 1, b = 0 without norm)
+    const float rstd = norm ? rsqrtf(dots[0] * p.inv_dim_v + p.eps) : 1.f;
+    const float a = rstd, b = norm ? rstd * rstd * rstd * dots[1] * p.inv_dim_v : 0.f;
+    // Pass 2: d_gate, d_norm_w, do (kept in g), d_shared.
 #pragma unroll
     for (int i = 0; i < kVecsPerLane; ++i) {
       const int c = (lane + 32 * i) * kVec;
-      if (c < p.dim_v && p.grad_shared != nullptr) store_f32<T, kVec>(static_cast<T*>(p.grad_shared) + base + c, d[i]);
+      if (norm) {
+        float dz[kVec], nw[kVec];
+        norm_w.get(p, lane, i, nw);
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) {
+          const float z = cur.gate.at(i, e), dy = cur.dy.at(i, e), xhat = o[i][e] * rstd;
+          const float s = gated ? sigmoidf(z) : 1.f, act = gated ? z * s : 1.f;
+          dz[e] = dy * xhat * nw[e] * s * (1.f + z * (1.f - s));
+          my_dnw[(i * kVec + e) * 32] += dy * xhat * act;  // zero past V: dy is zero there
+        }
+        if (gated && c < p.dim_v) store_f32<T, kVec>(static_cast<T*>(p.grad_gate) + base + c, dz);
+      }
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) g[i][e] = a * g[i][e] - b * o[i][e];
+      if (c < p.dim_v && p.grad_shared != nullptr) store_f32<T, kVec>(static_cast<T*>(p.grad_shared) + base + c, g[i]);
     }
-    for (int j = 0; j < p.topk; ++j) {
+    // d_o_routed rows (w_j do) and d_w partials; slots past kMixSlotsInFlight load their row here.
+    for (int j = 0; j < topk; ++j) {
       // slots 0 and 1 by name: a runtime index into the register arrays would put them on the stack
       const int64_t r = j == 0 ? cur.refs.row[0] : j == 1 ? cur.refs.row[1] : routed_row(p, n, j);
-      float dot = 0.f;
+      float dot = j == 0 ? a * dots[2] - b * dots[3] : j == 1 ? a * dots[4] - b * dots[5] : 0.f;
       if (r >= 0) {
         const float w = j == 0 ? cur.refs.w[0] : j == 1 ? cur.refs.w[1] : p.weights[n * p.topk + j];
         const int64_t rbase = r * row_elems + int64_t(h) * p.dim_v;
@@ -342,23 +445,28 @@ __global__ void __launch_bounds__(kMixWarps * 32, kMixBwdMinCtas<kVecsPerLane>) 
 #pragma unroll
         for (int i = 0; i < kVecsPerLane; ++i) {
           const int c = (lane + 32 * i) * kVec;
-          float g[kVec];
+          float gr[kVec];
 #pragma unroll
           for (int e = 0; e < kVec; ++e) {
-            // rows of the first slots are still in registers from the gather
-            const float x = j == 0 ? cur.rows[0].at(i, e) : j == 1 ? cur.rows[1].at(i, e) : extra.at(i, e);
-            dot += d[i][e] * x;
-            g[e] = w * d[i][e];
+            if (j >= kMixSlotsInFlight) dot += g[i][e] * extra.at(i, e);
+            gr[e] = w * g[i][e];
           }
-          if (c < p.dim_v) store_f32<T, kVec>(static_cast<T*>(p.grad_o_routed) + rbase + c, g);
+          if (c < p.dim_v) store_f32<T, kVec>(static_cast<T*>(p.grad_o_routed) + rbase + c, gr);
         }
       }
-      dot = warp_sum(dot);
-      if (lane == 0) p.grad_w_partial[(n * p.topk + j) * p.heads + h] = dot;
+      if (j >= kMixSlotsInFlight) dot = warp_sum(dot);
+      if (lane == 0) {  // heads in order 0 .. H-1: a fixed summation order
+        const float sum = h == 0 ? dot : my_dw[j] + dot;
+        if (h + 1 == p.heads) {
+          p.grad_weights[n * topk + j] = sum;
+        } else {
+          my_dw[j] = sum;
+        }
+      }
     }
     // Rows n*k .. n*k+k-1 that hold no pair get a zero gradient (R = N * k: each row is owned by one token).
-    for (int j = 0; j < p.topk; ++j) {
-      const int64_t r = n * p.topk + j;
+    for (int j = 0; j < topk; ++j) {
+      const int64_t r = n * topk + j;
       const bool empty = j == 0 ? cur.refs.empty[0] : j == 1 ? cur.refs.empty[1] : p.src_pair[r] < 0;
       if (empty) {
         float zero[kVec] = {};
@@ -372,9 +480,11 @@ __global__ void __launch_bounds__(kMixWarps * 32, kMixBwdMinCtas<kVecsPerLane>) 
   }
   if (norm) {
     __syncthreads();
-    for (int c = threadIdx.x; c < p.dim_v; c += blockDim.x) {
+    for (int s = threadIdx.x; s < kSlots; s += blockDim.x) {  // s = (i * kVec + e) * 32 + lane
+      const int ln = s % 32, e = (s / 32) % kVec, i = s / (32 * kVec), c = (ln + 32 * i) * kVec + e;
+      if (c >= p.dim_v) continue;
       float sum = 0.f;
-      for (int w = 0; w < kMixWarps; ++w) sum += s_dnw[w * p.dim_v + c];
+      for (int w = 0; w < kMixWarps; ++w) sum += s_dnw[w * kSlots + s];
       p.grad_norm_partial[int64_t(blockIdx.x) * p.dim_v + c] = sum;
     }
   }
