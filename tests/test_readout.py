@@ -93,6 +93,8 @@ def test_gpu_memory_mix_backward_matches_reference(dtype, k, m, V, variant):
     need_kernel("memory_mix_bwd", "cuda")
     V = V or 128 * (16 // dtype.itemsize)  # None: the widest V the CUDA kernels take (4 vectors per lane)
     plan, o_routed, shared, norm_w, gate = _setup(n=300, m=m, k=k, b=3, H=4, V=V, dtype=dtype, device="cuda", seed=k)
+    if variant == "norm":
+        norm_w = norm_w.to(dtype)  # the gradient is written in norm_weight's dtype
     args = [o_routed, plan.weights, shared if variant != "plain" else None,
             norm_w if variant in ("norm", "gated") else None, gate if variant == "gated" else None]
     dy = torch.randn(300, 4, V, device="cuda").to(dtype)

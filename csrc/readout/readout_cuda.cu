@@ -3,11 +3,11 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "common/column_sum.cuh"
 #include "common/static_switch.h"
 #include "readout/readout_checks.h"
 #include "readout/readout_kernels.cuh"
@@ -144,7 +144,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_mi
   p.grad_weights = grad_weights.data_ptr<float>();
   p.grad_shared = shared.has_value() ? grad_shared.data_ptr() : nullptr;
   p.grad_gate = gate.has_value() ? grad_gate.data_ptr() : nullptr;
-  at::Tensor norm_partial = none;
+  at::Tensor norm_partial = none, grad_norm_weight = none;
   if (p.num_tokens > 0) {
     const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
     dispatch_mix(in.o_routed, p.dim_v, p.topk, [&]<typename T, int kVec, int kVecsPerLane, bool kPrefetch, int kTopk>() {
@@ -160,8 +160,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_mi
   } else if (norm_weight.has_value()) {
     norm_partial = at::zeros({1, p.dim_v}, f32);
   }
-  at::Tensor grad_norm_weight = none;
-  if (norm_weight.has_value()) grad_norm_weight = norm_partial.sum(0).to(norm_weight->scalar_type());
+  if (norm_weight.has_value()) {  // sum of the per-CTA partials, written in norm_weight's dtype
+    const at::ScalarType out_dtype = norm_weight->scalar_type();
+    const bool direct = out_dtype == at::kFloat || out_dtype == at::kHalf || out_dtype == at::kBFloat16;
+    grad_norm_weight = at::empty({p.dim_v}, norm_weight->options().dtype(direct ? out_dtype : at::kFloat));
+    const int grid = (p.dim_v + 31) / 32;
+    FLOAT_SWITCH(grad_norm_weight.scalar_type(), out_t, [&] {
+      column_sum_kernel<out_t><<<grid, kColumnSumWarps * 32, 0, at::cuda::getCurrentCUDAStream()>>>(
+          norm_partial.data_ptr<float>(), norm_partial.size(0), p.dim_v, grad_norm_weight.data_ptr<out_t>());
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (!direct) grad_norm_weight = grad_norm_weight.to(out_dtype);
+  }
   return {grad_o_routed, grad_weights, grad_shared, grad_norm_weight, grad_gate};
 }
 
