@@ -35,6 +35,30 @@ def test_memory_mix_matches_reference(device, dtype, variant):
     assert rel_rms(out, ref) < (1e-6 if dtype == torch.float32 else 2e-3)
 
 
+@pytest.mark.parametrize("device", device_param())
+def test_memory_mix_zero_routing_weights(device):
+    """Tokens whose routing weight is exactly 0 (and a token whose every weight is 0): the row adds nothing, its
+    o_routed gradient is 0, and the weight still gets its gradient <do, row>."""
+    need_kernel("memory_mix_bwd", device)
+    plan, o_routed, shared, norm_w, gate = _setup(n=48, H=2, V=64, device=device)
+    weights = plan.weights.clone()
+    weights[::3, 0] = 0.0
+    weights[1] = 0.0
+    args = [o_routed, weights, shared, norm_w, gate]
+    ours = [a.detach().clone().requires_grad_(True) for a in args]
+    refs = [a.detach().cpu().clone().requires_grad_(True) for a in args]
+    dy = torch.randn(48, 2, 64)
+    out = mom_ops.memory_mix(ours[0], plan, *ours[1:])
+    ref = memory_mix_ref(refs[0], plan.dst_row.cpu(), *refs[1:])
+    assert rel_rms(out, ref) < 1e-5
+    (out * dy.to(device)).sum().backward()
+    (ref * dy).sum().backward()
+    for a, b in zip(ours, refs):
+        assert rel_rms(a.grad, b.grad) < 1e-5
+    rows = plan.dst_row[1].long()
+    assert torch.all(ours[0].grad[rows[rows >= 0]] == 0)
+
+
 def test_memory_mix_gradcheck():
     plan, o_routed, shared, norm_w, gate = _setup(n=12, H=2, V=4, dtype=torch.float64)
     args = [o_routed, plan.weights.double(), shared, norm_w.double(), gate]
