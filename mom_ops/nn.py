@@ -179,18 +179,28 @@ class MoMAttention(nn.Module):
         init_decay_(self.A_log, self.dt_bias)
         self.o_norm.fill_(1.0)
 
-    def _project_routed(self, xr: torch.Tensor, plan: RoutingPlan, weight: torch.Tensor) -> torch.Tensor:
-        """Rows of memory m times weight[m]^T: xr [R, D], weight [M, out, D] -> [R, out]: every memory's
-        projection and a per-row select (sync-free), or the Triton grouped GEMM (USE_TRITON_GROUPED_LINEAR)."""
-        M, B = self.num_memories, plan.batch_size
-        if USE_TRITON_GROUPED_LINEAR and xr.is_cuda:
+    def _project_routed(self, xf: torch.Tensor, plan: RoutingPlan) -> list[torch.Tensor]:
+        """k, v, b, a of the packed routed rows: xf [N, D] -> [R, H*K], [R, H*V], [R, H], [R, H].
+
+        One GEMM gives every token's projections under all M memories ([N, M * C], C = H*K + H*V + 2H), then one
+        gather (mom_ops.permute on a (token, memory)-row plan) picks row (n, m) for each packed row: M / k times
+        the routed rows' flops but on N tokens, not on R = N k rows (the earlier per-row einsum did M x on R rows
+        and wrote [R, M, out]). Or the Triton grouped GEMM on the permuted rows (USE_TRITON_GROUPED_LINEAR)."""
+        M, B, k, N = self.num_memories, plan.batch_size, plan.topk, xf.shape[0]
+        weights = (self.k_proj, self.v_proj, self.b_proj, self.a_proj)
+        sizes = [w.shape[1] for w in weights]
+        if USE_TRITON_GROUPED_LINEAR and xf.is_cuda:
             from mom_ops.grouped_linear import grouped_linear
 
-            return grouped_linear(xr, weight, plan.cu_seqlens, B)
-        all_m = torch.einsum("rd,mod->rmo", xr, weight.to(xr.dtype))  # [R, M, out]
-        mem_of_row = (torch.searchsorted(plan.cu_seqlens, torch.arange(xr.shape[0], device=xr.device),
-                                         right=True) - 1).clamp(0, M * B - 1) // B
-        return all_m.gather(1, mem_of_row.view(-1, 1, 1).expand(-1, 1, all_m.shape[-1])).squeeze(1)
+            xr = mom_ops.permute(xf, plan)
+            return [grouped_linear(xr, w, plan.cu_seqlens, B) for w in weights]
+        w_all = torch.cat(weights, dim=1).to(xf.dtype)  # [M, C, D]
+        table = (xf @ w_all.reshape(-1, w_all.shape[-1]).t()).view(N * M, -1)  # row n * M + m: token n, memory m
+        # Packed row r = pair n * k + j reads table row n * M + memory_ids[n, j]; rows past the last segment read
+        # row 0: the conv and the scan ignore them and give them zero gradients.
+        pair = plan.src_pair.long().clamp_min(0)
+        rows = table[(pair // k) * M + plan.memory_ids.reshape(-1).long().clamp_min(0)[pair]]  # [R, C]
+        return list(rows.split(sizes, dim=1))
 
     def _memory(self, q, k, v, b, a, cu_seqlens, cache: MoMCache | None = None, rows: slice | None = None):
         """Conv, gates and the scan of one packed stream: q, k [R, H*K], v [R, H*V], b, a [R, H] -> o [R, H, V].
@@ -292,10 +302,8 @@ class MoMAttention(nn.Module):
         logits = self.gate(xf)
         plan = mom_ops.route(logits, self.topk, batch_size=B, cu_seqlens=cu_seqlens, mask=mask)
         q_tok = self.q_proj(xf)
-        xr = mom_ops.permute(xf, plan)
-        o_routed = self._memory(mom_ops.permute(q_tok, plan), self._project_routed(xr, plan, self.k_proj),
-                                self._project_routed(xr, plan, self.v_proj), self._project_routed(xr, plan, self.b_proj),
-                                self._project_routed(xr, plan, self.a_proj), plan.cu_seqlens, cache, slice(0, M * B))
+        o_routed = self._memory(mom_ops.permute(q_tok, plan), *self._project_routed(xf, plan), plan.cu_seqlens, cache,
+                                slice(0, M * B))
         # The shared memory's stream (and the token counts): the valid tokens of each sequence, in order.
         sp = _shared_plan(xf.shape[0], B, cu_seqlens, mask, x.device) if self.shared_memory or cache else None
         shared = None

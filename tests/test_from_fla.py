@@ -37,17 +37,24 @@ def test_from_fla_rejects_unsupported_configs():
 
 @pytest.mark.gpu
 def test_gpu_from_fla_matches_fla_in_eval_mode():
-    """fla is correct in eval mode (per-segment conv); outputs and input gradients must agree there."""
+    """fla is correct in eval mode (per-segment conv). Both layers run in bf16 (our CUDA scan takes bf16/fp16);
+    the reference is our layer in fp32 on the CPU with the same weights. fla's distance to it shows the two
+    layers compute the same function; ours must be no further from it than fla (x1.5 + 1e-3 of slack)."""
     need_kernel("chunk_gated_delta_rule_fwd", "cuda")
     need_kernel("chunk_gated_delta_rule_bwd", "cuda")
     fla_layer = _fla_layer(hidden_size=256, head_dim=64, num_heads=4).cuda()
+    ref_layer = MoMAttention.from_fla(fla_layer).eval().cpu()
+    fla_layer = fla_layer.to(torch.bfloat16)
     ours = MoMAttention.from_fla(fla_layer).eval()
-    x = torch.randn(2, 300, 256, device="cuda")
-    xs = [x.clone().requires_grad_(True) for _ in range(2)]
-    out_fla = fla_layer(xs[0])[0]
-    out_ours, _ = ours(xs[1])
-    assert rel_rms(out_ours, out_fla) < 5e-3
-    dy = torch.randn_like(out_fla)
-    out_fla.backward(dy)
-    out_ours.backward(dy)
-    assert rel_rms(xs[1].grad, xs[0].grad) < 1e-2
+    x = torch.randn(2, 300, 256)
+    dy = torch.randn(2, 300, 256)
+    xs = [x.clone().requires_grad_(True)] + [x.to("cuda", torch.bfloat16).requires_grad_(True) for _ in range(2)]
+    outs = [ref_layer(xs[0])[0], fla_layer(xs[1])[0], ours(xs[2])[0]]
+    for out in outs:
+        out.backward(dy.to(out.device, out.dtype))
+    err_out = [rel_rms(o.float().cpu(), outs[0]) for o in outs[1:]]
+    err_dx = [rel_rms(t.grad.float().cpu(), xs[0].grad) for t in xs[1:]]
+    print(f"vs fp32 reference: out fla {err_out[0]:.2e} ours {err_out[1]:.2e}; dx fla {err_dx[0]:.2e} ours {err_dx[1]:.2e}")
+    assert err_out[0] < 3e-2 and err_dx[0] < 5e-2  # fla computes the same function
+    assert err_out[1] < 1.5 * err_out[0] + 1e-3
+    assert err_dx[1] < 1.5 * err_dx[0] + 1e-3
