@@ -192,11 +192,14 @@ def test_gpu_backward_matches_cpu(D, lengths, h0):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("value_blocks", ["narrow", "wide"])
 @pytest.mark.parametrize("K, V, H, HV, dtype", [(128, 512, 1, 2, torch.bfloat16), (64, 256, 2, 2, torch.float16),
-                                                (256, 64, 1, 1, torch.bfloat16)])
-def test_gpu_forward_other_head_dims(K, V, H, HV, dtype):
-    """K != V, several V-blocks per head, GVA: against the fp32 recurrence."""
+                                                (256, 64, 1, 1, torch.bfloat16), (256, 256, 2, 2, torch.float16)])
+def test_gpu_forward_other_head_dims(K, V, H, HV, dtype, value_blocks, monkeypatch):
+    """K != V, several V-blocks per head, GVA: against the fp32 recurrence, with both V-block widths of the
+    kernel (the launch picks wide blocks only for large grids, so small tests force them)."""
     need_kernel("chunk_gated_delta_rule_fwd", "cuda")
+    monkeypatch.setenv("MOM_OPS_GDN_BV", value_blocks)
     lengths = [130, 0, 64, 7]
     inp = gdn_inputs(1, sum(lengths), H, K, V, HV=HV, dtype=dtype, h0=True, n_seqs=len(lengths))
     o_ref, ht_ref = _run(recurrent_gated_delta_rule_ref, inp, lengths, False)

@@ -5,6 +5,9 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <string>
+
 #include "common/static_switch.h"
 #include "gdn/gdn_checks.h"
 #include "gdn/gdn_fwd_kernel.cuh"
@@ -13,6 +16,24 @@
 
 namespace mom_ops {
 namespace {
+
+// Columns of V per CTA. The state tile S [K, BV] lives in registers and every V-block repeats the chunk-local
+// work (A, T, W, U), so wide blocks (128 at K = 128, 64 at K = 256) repeat half as much; narrow ones (64, 32) give
+// twice the CTAs. Wide wherever narrow blocks would need more than one wave (H100: n32 D128 1.157 -> 0.930 ms,
+// n32 D256 1.620 -> 0.943 ms), narrow for few long chains (n1 D128: 6.38 narrow, 6.62 wide).
+// MOM_OPS_GDN_BV=wide|narrow overrides (experiments).
+int gdn_value_block(int64_t dim_k, int64_t dim_v, int64_t num_seqs, int64_t heads_v) {
+  const int narrow = dim_k == 256 ? 32 : 64;
+  if (dim_k < 128 || dim_v % (2 * narrow) != 0) return narrow;
+  if (const char* env = std::getenv("MOM_OPS_GDN_BV")) {
+    if (std::string(env) == "wide") return 2 * narrow;
+    if (std::string(env) == "narrow") return narrow;
+  }
+  const int64_t narrow_ctas = num_seqs * heads_v * (dim_v / narrow);
+  const int narrow_ctas_per_sm = dim_k == 256 ? 1 : 2;
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  return narrow_ctas > int64_t(sms) * narrow_ctas_per_sm ? 2 * narrow : narrow;
+}
 
 template <typename T, int kK, int kBV>
 void launch_gdn_fwd(const GdnFwdParams& p, cudaStream_t stream) {
@@ -38,7 +59,7 @@ std::tuple<at::Tensor, at::Tensor> gdn_fwd_cuda(const at::Tensor& q, const at::T
                     "the CUDA scan takes bfloat16 or float16 q, k, v, got ", q.scalar_type());
   TORCH_CHECK_VALUE(d.dim_k == 64 || d.dim_k == 128 || d.dim_k == 256, "the CUDA scan needs K in {64, 128, 256}, got ",
                     d.dim_k);
-  const int bv = d.dim_k == 256 ? 32 : 64;
+  const int bv = gdn_value_block(d.dim_k, d.dim_v, d.num_seqs, d.heads_v);
   TORCH_CHECK_VALUE(d.dim_v % bv == 0, "the CUDA scan needs V a multiple of ", bv, " for K = ", d.dim_k, ", got ",
                     d.dim_v);
   TORCH_CHECK_VALUE(d.num_seqs * d.heads_v * (d.dim_v / bv) < (int64_t(1) << 31), "too many sequences x heads");
@@ -57,7 +78,18 @@ std::tuple<at::Tensor, at::Tensor> gdn_fwd_cuda(const at::Tensor& q, const at::T
   const bool bf16 = q.scalar_type() == at::kBFloat16;
   BOOL_SWITCH(bf16, kBf16, [&] {
     using T = std::conditional_t<kBf16, __nv_bfloat16, __half>;
-    HEADDIM_SWITCH(d.dim_k, kK, [&] { launch_gdn_fwd<T, kK, (kK == 256 ? 32 : 64)>(p, stream); });
+    HEADDIM_SWITCH(d.dim_k, kK, [&] {
+      if constexpr (kK == 64) {
+        launch_gdn_fwd<T, kK, 64>(p, stream);
+      } else {
+        constexpr int kNarrow = kK == 256 ? 32 : 64;
+        if (bv == 2 * kNarrow) {
+          launch_gdn_fwd<T, kK, 2 * kNarrow>(p, stream);
+        } else {
+          launch_gdn_fwd<T, kK, kNarrow>(p, stream);
+        }
+      }
+    });
   });
   return {io.o, io.ht};
 }

@@ -145,9 +145,12 @@ __device__ __forceinline__ void invert_unit_lower_64(const float* A, float* Tm, 
 #define MOM_OPS_GDN_CTAS_PER_SM 2
 #endif
 
+// Two CTAs per SM where two fit in shared memory (K <= 128 with 64-column V-blocks), else one.
 template <typename T, int kK, int kBV>
-__global__ void __launch_bounds__(kGdnThreads, kK <= 128 ? MOM_OPS_GDN_CTAS_PER_SM : 1)
-    gdn_fwd_kernel(GdnFwdParams p) {
+constexpr int kGdnCtasPerSm = 2 * GdnSmem<T, kK, kBV>::kBytes <= 227 * 1024 ? MOM_OPS_GDN_CTAS_PER_SM : 1;
+
+template <typename T, int kK, int kBV>
+__global__ void __launch_bounds__(kGdnThreads, kGdnCtasPerSm<T, kK, kBV>) gdn_fwd_kernel(GdnFwdParams p) {
   using L = GdnSmem<T, kK, kBV>;
   constexpr int C = kGdnChunk, kLdK = L::kLdK, kLdV = L::kLdV, kLdC = L::kLdC, kLdA = L::kLdA, kLdT = L::kLdT;
   // State tiles: kWarpsM x kWarpsN warps, each kMT 16-row tiles (k) x kNT 8-column tiles (v).
