@@ -111,6 +111,37 @@ def _permute_case(tokens, dim, topk, inverse):
     return Case(name, f"{name}_T{tokens}_D{dim}_k{topk}", ("fwd",), build)
 
 
+# ---------------------------------------------------------------- conv
+
+
+def _conv_case(rows, channels, width, segments):
+    """The layer's short conv on one routed stream: bf16 [rows, channels], `segments` random segments."""
+    def build(provider, mode):
+        from mom_ops.reference import segment_conv_torch
+
+        gen = torch.Generator().manual_seed(0)
+        cuts = torch.randint(0, rows + 1, (segments - 1,), generator=gen).sort().values
+        cu = torch.cat([torch.tensor([0]), cuts, torch.tensor([rows])]).to("cuda", torch.int32)
+        x = torch.randn(rows, channels, device="cuda", dtype=torch.bfloat16)
+        w = torch.randn(channels, width, device="cuda", dtype=torch.bfloat16) / width**0.5
+        dy = torch.randn_like(x)
+        moved = (2 if mode == "fwd" else 3) * nbytes(x)  # fwd: x in, y out; bwd: dy and x in, dx out
+        if provider == "mom_ops" and has_cuda_kernel("segment_conv_fwd") and has_cuda_kernel("segment_conv_bwd"):
+            if mode == "fwd":
+                return Bench(lambda: torch.ops.mom_ops.segment_conv_fwd(x, w, cu, None, True), moved, graph=True)
+            return Bench(lambda: torch.ops.mom_ops.segment_conv_bwd(dy, x, w, cu, None, True), moved, graph=True)
+        if provider == "naive":
+            if mode == "fwd":
+                return Bench(lambda: segment_conv_torch(x, w, cu), moved)
+            xg = x.clone().requires_grad_(True)
+            wg = w.clone().requires_grad_(True)
+            out = segment_conv_torch(xg, wg, cu)
+            return Bench(lambda: torch.autograd.grad(out, (xg, wg), dy, retain_graph=True), moved)
+        return None
+
+    return Case("segment_conv", f"segment_conv_R{rows}_C{channels}_W{width}", ("fwd", "bwd"), build)
+
+
 # ---------------------------------------------------------------- readout
 
 
@@ -309,6 +340,7 @@ CASES: list[Case] = [
     _permute_case(32768, 2048, 2, inverse=False),
     _permute_case(32768, 2048, 2, inverse=True),
     _memory_mix_case(16384, 4, 256, 2),
+    _conv_case(32768, 1024, 4, 32),
     _gdn_case(32768, 16, 128, 32),
     _gdn_case(32768, 16, 128, 1),
     _gdn_case(32768, 4, 256, 32),

@@ -74,6 +74,16 @@ TORCH_LIBRARY(mom_ops, m) {
       "Tensor? shared, Tensor? norm_weight, Tensor? gate, float eps) -> (Tensor grad_o_routed, "
       "Tensor grad_weights, Tensor grad_shared, Tensor grad_norm_weight, Tensor grad_gate)");
 
+  // ---- conv ----
+  // Depthwise causal conv (+ SiLU when activation) inside each segment of a packed stream, never across segments:
+  // y[r] = act(sum_i weight[c, W-1-i] * x(r - i)), x(r - i) = x[r - i] while r - i is in r's segment s, else
+  // history[s, W-1-(start_s - (r - i))] (zeros when history is None). Rows past cu_seqlens[-1] give y = 0.
+  // x [R, C], weight [C, W] (1 <= W <= 8), cu_seqlens [S+1], history [S, W-1, C].
+  m.def("segment_conv_fwd(Tensor x, Tensor weight, Tensor cu_seqlens, Tensor? history, bool activation) -> Tensor");
+  m.def(
+      "segment_conv_bwd(Tensor grad_y, Tensor x, Tensor weight, Tensor cu_seqlens, Tensor? history, "
+      "bool activation) -> (Tensor grad_x, Tensor grad_weight, Tensor grad_history)");
+
   // ---- decode ----
   // One token per row n and J memory slots (routed + shared): for each j with slots[n, j] >= 0 the pool state
   // S = state_pool[slots[n, j]] takes one gated-delta step with k[n, j], v[n, j], g[n, j], beta[n, j] (in place),

@@ -87,6 +87,17 @@ def _memory_mix_bwd_fake(grad_out, o_routed, dst_row, src_pair, weights, shared,
     )
 
 
+@register_fake("mom_ops::segment_conv_fwd")
+def _segment_conv_fwd_fake(x, weight, cu_seqlens, history, activation):
+    return torch.empty_like(x)
+
+
+@register_fake("mom_ops::segment_conv_bwd")
+def _segment_conv_bwd_fake(grad_y, x, weight, cu_seqlens, history, activation):
+    return (torch.empty_like(x), torch.empty_like(weight),
+            torch.empty_like(history) if history is not None else _empty(0, like=x, dtype=torch.float32))
+
+
 @register_fake("mom_ops::mom_decode_step")
 def _mom_decode_step_fake(q, k, v, g, beta, weights, slots, state_pool, scale, use_qk_l2norm, state_v_first):
     return _empty(q.shape[0], v.shape[2], v.shape[3], like=q)

@@ -22,34 +22,9 @@ from mom_ops.routing import RoutingPlan
 
 def segment_causal_conv(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor,
                         history: torch.Tensor | None = None) -> torch.Tensor:
-    """Depthwise causal conv + SiLU inside each segment of a packed stream (no leakage across segments).
-
-    x [R, C]; weight [C, W] (weight[:, W-1] multiplies the current row); cu_seqlens [S+1] (rows past
-    cu_seqlens[-1] belong to no segment and give 0); history [S, W-1, C]: the inputs before each segment
-    (oldest first; zeros when None). y[r] = silu(sum_i weight[:, W-1-i] * x[r-i]), x[r-i] taken from the
-    history when r - i falls before the segment start.
-    """
-    # Each segment is copied into a padded stream behind its W-1 history rows (zeros without history), so one
-    # depthwise conv1d over the padded stream never mixes segments. No host sync: all sizes are static.
-    R, C = x.shape
-    width, S = weight.shape[1], cu_seqlens.numel() - 1
-    if R == 0 or S == 0:
-        return torch.zeros_like(x)
-    rows = torch.arange(R, device=x.device)
-    cu = cu_seqlens.long()
-    seg = (torch.searchsorted(cu, rows, right=True) - 1).clamp(0, S - 1)  # segment of each row
-    dest = rows + (width - 1) * (seg + 1)  # row r's place in the padded stream (rows past cu[-1] go last)
-    padded = x.new_zeros(R + (width - 1) * S, C)
-    if history is not None and width > 1:
-        slots = cu[:-1, None] + (width - 1) * torch.arange(S, device=x.device)[:, None] \
-            + torch.arange(width - 1, device=x.device)[None, :]  # [S, W-1]: the rows before each segment
-        padded = padded.index_put((slots.reshape(-1),), history.reshape(-1, C).to(x.dtype))
-    padded = padded.index_put((dest,), x)
-    # conv1d is a cross-correlation: with W-1 rows of left padding, output t = sum_j weight[:, j] * in[t - (W-1-j)]
-    y = F.conv1d(padded.t().unsqueeze(0), weight.to(x.dtype).unsqueeze(1), groups=C, padding=width - 1)
-    y = y[0, :, : padded.shape[0]].t()[dest]
-    inside = (rows < cu[-1]).unsqueeze(1)  # rows past cu_seqlens[-1] belong to no segment: 0
-    return torch.where(inside, F.silu(y.float()), 0.0).to(x.dtype)
+    """Depthwise causal conv + SiLU inside each segment of a packed stream (mom_ops.segment_conv): x [R, C],
+    weight [C, W], cu_seqlens [S+1], history [S, W-1, C] or None -> [R, C]."""
+    return mom_ops.segment_conv(x, weight, cu_seqlens, history)
 
 
 def segment_conv_tail(x: torch.Tensor, cu_seqlens: torch.Tensor, history: torch.Tensor | None,

@@ -1,6 +1,7 @@
 """Naive fp32 PyTorch references: the ground truth every kernel is tested against. Short and obviously right,
 not fast. One file per op family."""
 
+from mom_ops.reference.conv import segment_conv_ref, segment_conv_torch
 from mom_ops.reference.decode import mom_decode_step_ref
 from mom_ops.reference.gdn import chunk_gated_delta_rule_ref, l2norm, recurrent_gated_delta_rule_ref
 from mom_ops.reference.gdn_backward import chunk_gated_delta_rule_bwd_ref
@@ -23,5 +24,7 @@ __all__ = [
     "recurrent_gated_delta_rule_ref",
     "route_ref",
     "router_ref",
+    "segment_conv_ref",
+    "segment_conv_torch",
     "unpermute_ref",
 ]

@@ -1,0 +1,163 @@
+"""segment_conv (per-segment causal depthwise conv + SiLU) against the naive reference: values, gradients,
+history, rows past the last segment, errors, determinism."""
+
+import pytest
+import torch
+
+import mom_ops
+from mom_ops.reference import segment_conv_ref
+from tests.helpers import cu_from_lengths, device_param, need_kernel, poison_, rel_rms
+
+LENGTHS = [0, 1, 2, 3, 5, 64, 100, 0, 7]
+
+
+def _inputs(lengths, C, W, history, dtype, device, tail=3, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    cu = cu_from_lengths(lengths)
+    R = int(cu[-1]) + tail  # rows past the last segment
+    x = torch.randn(R, C, generator=gen).to(device, dtype)
+    w = (torch.randn(C, W, generator=gen) / W**0.5).to(device)
+    h = torch.randn(len(lengths), W - 1, C, generator=gen).to(device, dtype) if history else None
+    return x, w, cu.to(device), h
+
+
+@pytest.mark.parametrize("device", device_param())
+@pytest.mark.parametrize("W", [1, 2, 3, 4, 6])
+@pytest.mark.parametrize("history", [False, True])
+@pytest.mark.parametrize("activation", [True, False])
+def test_segment_conv_matches_reference(device, W, history, activation):
+    need_kernel("segment_conv_fwd", device)
+    x, w, cu, h = _inputs(LENGTHS, 16, W, history, torch.float32, device)
+    y = mom_ops.segment_conv(x, w, cu, h, activation)
+    ref = segment_conv_ref(x.cpu(), w.cpu(), cu.cpu(), None if h is None else h.cpu(), activation)
+    assert rel_rms(y, ref) < 1e-6
+    assert torch.all(y[int(cu[-1]):] == 0)
+
+
+@pytest.mark.parametrize("device", device_param())
+@pytest.mark.parametrize("W", [2, 4, 8])
+@pytest.mark.parametrize("history", [False, True])
+def test_segment_conv_grads_match_reference(device, W, history):
+    need_kernel("segment_conv_bwd", device)
+    x, w, cu, h = _inputs(LENGTHS, 16, W, history, torch.float32, device)
+    args = [x, w] + ([h] if history else [])
+    ours = [a.detach().clone().requires_grad_(True) for a in args]
+    refs = [a.detach().cpu().clone().requires_grad_(True) for a in args]
+    dy = torch.randn(x.shape)
+    out = mom_ops.segment_conv(ours[0], ours[1], cu, ours[2] if history else None)
+    ref = segment_conv_ref(refs[0], refs[1], cu.cpu(), refs[2] if history else None)
+    (out * dy.to(device)).sum().backward()
+    (ref * dy).sum().backward()
+    for a, b in zip(ours, refs):
+        assert rel_rms(a.grad, b.grad) < 1e-5
+    assert torch.all(ours[0].grad[int(cu[-1]):] == 0)
+
+
+def test_segment_conv_gradcheck():
+    x, w, cu, h = _inputs([0, 3, 1, 6], 4, 3, True, torch.float64, "cpu", tail=2)
+    args = tuple(a.double().requires_grad_(True) for a in (x, w, h))
+    assert torch.autograd.gradcheck(lambda x, w, h: mom_ops.segment_conv(x, w, cu, h), args)
+
+
+def test_segment_conv_opcheck():
+    x, w, cu, h = _inputs([3, 0, 5], 8, 4, True, torch.float32, "cpu")
+    torch.library.opcheck(torch.ops.mom_ops.segment_conv_fwd.default,
+                          (x.requires_grad_(True), w.requires_grad_(True), cu, h.requires_grad_(True), True))
+    torch.library.opcheck(torch.ops.mom_ops.segment_conv_bwd.default,
+                          (torch.randn_like(x), x.detach(), w.detach(), cu, h.detach(), True))
+
+
+def test_segment_conv_bad_input():
+    x, w, cu, h = _inputs([3, 5], 8, 4, True, torch.float32, "cpu")
+    with pytest.raises(ValueError, match="x must be"):
+        mom_ops.segment_conv(x[0], w, cu)
+    with pytest.raises(ValueError, match="weight must have shape"):
+        mom_ops.segment_conv(x, w[:4], cu)
+    with pytest.raises(ValueError, match="width W"):
+        mom_ops.segment_conv(x, torch.randn(8, 9), cu)
+    with pytest.raises(ValueError, match="history must have shape"):
+        mom_ops.segment_conv(x, w, cu, h[:, :2])
+    with pytest.raises(ValueError, match="cu_seqlens must be non-decreasing"):
+        mom_ops.segment_conv(x, w, torch.tensor([0, 5, 3]))
+    with pytest.raises(ValueError, match="cu_seqlens\\[-1\\] must be <="):
+        mom_ops.segment_conv(x, w, torch.tensor([0, 3, 20]))
+    with pytest.raises(ValueError, match="cu_seqlens must be int32 or int64"):
+        mom_ops.segment_conv(x, w, cu.float())
+    with pytest.raises(ValueError, match="x must be a floating-point"):
+        mom_ops.segment_conv(x.int(), w, cu)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("C, W, history", [(1024, 4, False), (1024, 4, True), (36, 3, True), (260, 8, True)])
+def test_gpu_segment_conv_large(dtype, C, W, history):
+    """Many segments (some empty) over ~20k rows, rows past the end, every output poisoned first; bitwise
+    reproducible gradients."""
+    need_kernel("segment_conv_bwd", "cuda")
+    gen = torch.Generator().manual_seed(1)
+    lengths = torch.randint(0, 700, (40,), generator=gen).tolist()
+    lengths[3] = 0
+    x, w, cu, h = _inputs(lengths, C, W, history, dtype, "cuda", tail=37)
+    args = [x, w] + ([h] if history else [])
+    dy = torch.randn(x.shape, generator=gen).to("cuda", dtype)
+    grads = []
+    for _ in range(2):
+        leaves = [a.detach().clone().requires_grad_(True) for a in args]
+        out = mom_ops.segment_conv(leaves[0], leaves[1], cu, leaves[2] if history else None)
+        out.backward(dy)
+        grads.append([t.grad for t in leaves])
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+    refs = [a.detach().cpu().float().requires_grad_(True) for a in args]
+    ref = segment_conv_ref(refs[0], refs[1], cu.cpu(), refs[2] if history else None)
+    (ref * dy.cpu().float()).sum().backward()
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    assert rel_rms(out, ref) < tol
+    for got, r in zip(grads[0], refs):
+        assert rel_rms(got, r.grad) < tol
+
+
+@pytest.mark.gpu
+def test_gpu_segment_conv_writes_every_row():
+    need_kernel("segment_conv_bwd", "cuda")
+    x, w, cu, h = _inputs(LENGTHS, 64, 4, True, torch.bfloat16, "cuda", tail=70)
+    y = mom_ops.segment_conv(x, w, cu, h)
+    assert torch.isfinite(y).all() and torch.all(y[int(cu[-1]):] == 0)
+    gx, gw, gh = torch.ops.mom_ops.segment_conv_bwd(poison_(torch.empty_like(y)).fill_(1.0), x, w, cu, h, True)
+    assert torch.isfinite(gx).all() and torch.isfinite(gw).all() and torch.isfinite(gh).all()
+    assert torch.all(gx[int(cu[-1]):] == 0)
+
+
+@pytest.mark.gpu
+def test_gpu_segment_conv_rejects_odd_channels():
+    need_kernel("segment_conv_fwd", "cuda")
+    x, w, cu, _ = _inputs([3, 4], 6, 4, False, torch.bfloat16, "cuda")
+    with pytest.raises(ValueError, match="multiple of 4"):
+        mom_ops.segment_conv(x, w, cu)
+
+
+def test_segment_conv_torch_matches_reference():
+    """The vectorised torch version (the bench's naive provider) is the same op."""
+    from mom_ops.reference import segment_conv_torch
+
+    x, w, cu, h = _inputs(LENGTHS, 16, 4, True, torch.float32, "cpu")
+    assert rel_rms(segment_conv_torch(x, w, cu, h), segment_conv_ref(x, w, cu, h)) < 1e-6
+
+
+@pytest.mark.parametrize("W, history", [(4, True), (3, False), (1, False)])
+def test_triton_segment_conv_matches_reference(W, history):
+    """The Triton reference (CPU interpreter in CI, the GPU on the device), fwd and bwd."""
+    from triton_ref import conv as tc
+    from tests.helpers import triton_device
+
+    device = triton_device()
+    x, w, cu, h = _inputs([0, 1, 2, 5, 19, 0, 3], 8, W, history, torch.float32, device, tail=2)
+    ref_args = [a.detach().cpu().clone().requires_grad_(True) for a in ([x, w] + ([h] if history else []))]
+    ref = segment_conv_ref(ref_args[0], ref_args[1], cu.cpu(), ref_args[2] if history else None)
+    assert rel_rms(tc.segment_conv(x, w, cu, h), ref) < 1e-6
+    dy = torch.randn(x.shape)
+    (ref * dy).sum().backward()
+    dx, dw, dh = tc.segment_conv_backward(dy.to(device), x, w, cu, h)
+    assert rel_rms(dx, ref_args[0].grad) < 1e-5 and rel_rms(dw, ref_args[1].grad) < 1e-5
+    if history:
+        assert rel_rms(dh, ref_args[2].grad) < 1e-5
