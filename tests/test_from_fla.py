@@ -1,5 +1,7 @@
 """MoMAttention.from_fla: fla's MomAttention weights in our layer (skipped where fla is not installed)."""
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -42,6 +44,10 @@ def test_gpu_from_fla_matches_fla_in_eval_mode():
     layers compute the same function; ours must be no further from it than fla (x1.5 + 1e-3 of slack)."""
     need_kernel("chunk_gated_delta_rule_fwd", "cuda")
     need_kernel("chunk_gated_delta_rule_bwd", "cuda")
+    if torch.cuda.get_device_capability() >= (9, 0) and importlib.util.find_spec("tilelang") is None:
+        # fla 0.6's gated backward raises for Triton 3.4-3.7.0 on Hopper without tilelang (its issue #640; seen
+        # in the bench). On the H100 this test also did not finish in the 10-minute device run (cause not isolated)
+        pytest.skip("fla's backward needs tilelang on Hopper with this Triton (fla issue #640)")
     fla_layer = _fla_layer(hidden_size=256, head_dim=64, num_heads=4).cuda()
     ref_layer = MoMAttention.from_fla(fla_layer).eval().cpu()
     fla_layer = fla_layer.to(torch.bfloat16)
