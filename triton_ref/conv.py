@@ -39,15 +39,22 @@ def _pre(x_ptr, hist_ptr, w_ptr, rows, cols, start, seg, inside, cmask, C, W: tl
 
 
 @triton.jit
-def _fwd_kernel(x_ptr, hist_ptr, w_ptr, start_ptr, seg_ptr, y_ptr, R, C, total_ptr, W: tl.constexpr,
-                HAS_HIST: tl.constexpr, ACT: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
+def _block(start_ptr, seg_ptr, total_ptr, R, C, BR: tl.constexpr, BC: tl.constexpr):
+    """This program's rows and channels, their masks, which rows lie in a segment, and each row's segment and
+    segment start."""
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
     cols = tl.program_id(1) * BC + tl.arange(0, BC)
     rmask, cmask = rows < R, cols < C
     total = tl.load(total_ptr)  # cu_seqlens[-1], read on the device (no host sync)
-    inside = rows < total
     start = tl.load(start_ptr + rows, mask=rmask, other=0)
     seg = tl.load(seg_ptr + rows, mask=rmask, other=0)
+    return rows, cols, rmask, cmask, rows < total, start, seg
+
+
+@triton.jit
+def _fwd_kernel(x_ptr, hist_ptr, w_ptr, start_ptr, seg_ptr, y_ptr, R, C, total_ptr, W: tl.constexpr,
+                HAS_HIST: tl.constexpr, ACT: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
+    rows, cols, rmask, cmask, inside, start, seg = _block(start_ptr, seg_ptr, total_ptr, R, C, BR, BC)
     acc = _pre(x_ptr, hist_ptr, w_ptr, rows, cols, start, seg, inside, cmask, C, W, HAS_HIST)
     if ACT:
         acc = acc / (1.0 + tl.exp(-acc))
@@ -59,13 +66,7 @@ def _fwd_kernel(x_ptr, hist_ptr, w_ptr, start_ptr, seg_ptr, y_ptr, R, C, total_p
 @triton.jit
 def _dpre_kernel(x_ptr, hist_ptr, w_ptr, start_ptr, seg_ptr, dy_ptr, dpre_ptr, R, C, total_ptr, W: tl.constexpr,
                  HAS_HIST: tl.constexpr, ACT: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
-    rows = tl.program_id(0) * BR + tl.arange(0, BR)
-    cols = tl.program_id(1) * BC + tl.arange(0, BC)
-    rmask, cmask = rows < R, cols < C
-    total = tl.load(total_ptr)  # cu_seqlens[-1], read on the device (no host sync)
-    inside = rows < total
-    start = tl.load(start_ptr + rows, mask=rmask, other=0)
-    seg = tl.load(seg_ptr + rows, mask=rmask, other=0)
+    rows, cols, rmask, cmask, inside, start, seg = _block(start_ptr, seg_ptr, total_ptr, R, C, BR, BC)
     offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
     m = rmask[:, None] & cmask[None, :]
     d = tl.load(dy_ptr + offs, mask=m & inside[:, None], other=0.0).to(tl.float32)
@@ -79,13 +80,7 @@ def _dpre_kernel(x_ptr, hist_ptr, w_ptr, start_ptr, seg_ptr, dy_ptr, dpre_ptr, R
 @triton.jit
 def _dx_kernel(x_ptr, hist_ptr, w_ptr, start_ptr, seg_ptr, dpre_ptr, dx_ptr, dw_part_ptr, R, C, total_ptr,
                W: tl.constexpr, HAS_HIST: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
-    rows = tl.program_id(0) * BR + tl.arange(0, BR)
-    cols = tl.program_id(1) * BC + tl.arange(0, BC)
-    rmask, cmask = rows < R, cols < C
-    total = tl.load(total_ptr)  # cu_seqlens[-1], read on the device (no host sync)
-    inside = rows < total
-    start = tl.load(start_ptr + rows, mask=rmask, other=0)
-    seg = tl.load(seg_ptr + rows, mask=rmask, other=0)
+    rows, cols, rmask, cmask, inside, start, seg = _block(start_ptr, seg_ptr, total_ptr, R, C, BR, BC)
     dpre = tl.load(dpre_ptr + rows.to(tl.int64)[:, None] * C + cols[None, :],
                    mask=rmask[:, None] & cmask[None, :], other=0.0)
     dx = tl.zeros((BR, BC), dtype=tl.float32)
@@ -94,7 +89,7 @@ def _dx_kernel(x_ptr, hist_ptr, w_ptr, start_ptr, seg_ptr, dpre_ptr, dx_ptr, dw_
         # dx[r] += w[W-1-i] dpre[r + i] while r + i is in r's segment
         dst = rows + i
         dseg = tl.load(seg_ptr + dst, mask=dst < R, other=-1)
-        same = (dst < total) & (dseg == seg) & inside
+        same = (dst < tl.load(total_ptr)) & (dseg == seg) & inside
         later = tl.load(dpre_ptr + tl.minimum(dst, R - 1).to(tl.int64)[:, None] * C + cols[None, :],
                         mask=same[:, None] & cmask[None, :], other=0.0)
         dx += wi[None, :] * later
