@@ -158,9 +158,10 @@ class MoMAttention(nn.Module):
         """k, v, b, a of the packed routed rows: xf [N, D] -> [R, H*K], [R, H*V], [R, H], [R, H].
 
         One GEMM gives every token's projections under all M memories ([N, M * C], C = H*K + H*V + 2H), then one
-        gather (mom_ops.permute on a (token, memory)-row plan) picks row (n, m) for each packed row: M / k times
-        the routed rows' flops but on N tokens, not on R = N k rows (the earlier per-row einsum did M x on R rows
-        and wrote [R, M, out]). Or the Triton grouped GEMM on the permuted rows (USE_TRITON_GROUPED_LINEAR)."""
+        row gather picks row (n, m) for each packed row: M / k times the routed rows' flops, on N tokens rather
+        than R = N k rows (the earlier per-row einsum did M x on R rows and wrote [R, M, out]). The four results
+        are column slices of one [R, C] tensor (the conv makes contiguous copies). Or the Triton grouped GEMM on
+        the permuted rows (USE_TRITON_GROUPED_LINEAR)."""
         M, B, k, N = self.num_memories, plan.batch_size, plan.topk, xf.shape[0]
         weights = (self.k_proj, self.v_proj, self.b_proj, self.a_proj)
         sizes = [w.shape[1] for w in weights]

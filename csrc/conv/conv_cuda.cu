@@ -8,6 +8,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "common/aligned.h"
 #include "common/column_sum.cuh"
 #include "common/static_switch.h"
 #include "conv/conv_checks.h"
@@ -15,12 +16,6 @@
 
 namespace mom_ops {
 namespace {
-
-// Contiguous and 16-byte aligned (the kernels read 8- or 16-byte vectors), in dtype.
-at::Tensor vector_ready(const at::Tensor& t, at::ScalarType dtype) {
-  const at::Tensor c = t.to(dtype).contiguous();
-  return reinterpret_cast<uintptr_t>(c.data_ptr()) % 16 == 0 ? c : c.clone();
-}
 
 struct ConvInputs {
   at::Tensor x, weight, cu, history;  // weight [C, kW] fp32 zero-padded on the old side; cu int64
@@ -34,11 +29,11 @@ ConvInputs prepare(const at::Tensor& x, const at::Tensor& weight, const at::Tens
                     "multiple of ", kConvChannels, ", got ", d.channels);
   ConvInputs in;
   in.kw = d.width <= 4 ? 4 : 8;
-  in.x = vector_ready(x, x.scalar_type());
+  in.x = contiguous_aligned16(x);
   in.weight = at::zeros({d.channels, in.kw}, x.options().dtype(at::kFloat));
   in.weight.narrow(1, in.kw - d.width, d.width).copy_(weight);
   in.cu = cu_seqlens.to(at::kLong).contiguous();
-  if (history.has_value() && d.width > 1) in.history = vector_ready(*history, x.scalar_type());
+  if (history.has_value() && d.width > 1) in.history = contiguous_aligned16(history->to(x.scalar_type()));
   return in;
 }
 
@@ -100,7 +95,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_conv_bwd_cuda(const at::T
   CHECK_DEVICE(grad_y, x);
   c10::cuda::CUDAGuard guard(x.device());
   const ConvInputs in = prepare(x, weight, cu_seqlens, history, d);
-  const at::Tensor dy = vector_ready(grad_y, x.scalar_type());
+  const at::Tensor dy = contiguous_aligned16(grad_y.to(x.scalar_type()));
   at::Tensor grad_x = at::empty_like(in.x);
   at::Tensor grad_history = history.has_value() ? at::zeros({d.segments, d.width - 1, d.channels}, in.x.options())
                                                 : at::empty({0}, x.options().dtype(at::kFloat));

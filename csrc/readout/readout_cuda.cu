@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "common/aligned.h"
 #include "common/column_sum.cuh"
 #include "common/static_switch.h"
 #include "readout/readout_checks.h"
@@ -18,13 +19,6 @@ namespace {
 struct MixInputs {
   at::Tensor o_routed, weights, shared, norm_weight, gate;
 };
-
-// The kernels read whole 16-byte vectors: a contiguous tensor whose data starts 16-byte aligned, else a copy (a
-// view with a storage offset, e.g. a slice of a larger buffer, may start anywhere).
-at::Tensor contiguous_aligned16(const at::Tensor& t) {
-  const at::Tensor c = t.contiguous();
-  return reinterpret_cast<uintptr_t>(c.data_ptr()) % 16 == 0 ? c : c.clone();
-}
 
 // Checks the CUDA-only limits and makes contiguous copies where needed.
 MixInputs prepare(const at::Tensor& o_routed, const at::Tensor& dst_row, const at::Tensor& src_pair,
