@@ -181,3 +181,50 @@ def test_gpu_prefill_then_decode_matches_full_forward():
             step, _, cache = layer_gpu(x[:, t:t + 1], cache=cache, use_cache=True)
             steps.append(step)
     _assert_tokens_close(torch.cat(steps, 1), full)
+
+
+@pytest.mark.gpu
+def test_gpu_layer_has_no_host_sync():
+    """Forward and backward of a padded batch under torch.cuda.set_sync_debug_mode("error") (issue #8)."""
+    need_kernel("chunk_gated_delta_rule_bwd", "cuda")
+    _, layer_gpu = _gpu_layer_pair(seed=8)
+    x = torch.randn(2, 70, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    mask = torch.ones(2, 70, device="cuda", dtype=torch.bool)
+    mask[1, 50:] = False
+    out, aux = layer_gpu(x, attention_mask=mask)  # warm-up: kernels compile and load outside the check
+    (out.float().sum() + aux).backward()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out, aux = layer_gpu(x, attention_mask=mask)
+        (out.float().sum() + aux).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
+
+
+@pytest.mark.gpu
+def test_gpu_decode_step_replays_in_a_cuda_graph():
+    """One decode step captured in a CUDA graph and replayed equals the same step run eagerly (issue #8)."""
+    _, layer_gpu = _gpu_layer_pair(seed=9)
+    x = torch.randn(3, 20, 128, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        _, _, cache = layer_gpu(x[:, :16], use_cache=True)
+        eager_cache, graph_cache = copy.deepcopy(cache), copy.deepcopy(cache)
+        static_x = x[:, 16:17].clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graphs asks
+            layer_gpu(static_x, cache=copy.deepcopy(cache))
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out, _ = layer_gpu(static_x, cache=graph_cache)
+        for t in range(16, 20):  # replay step by step on new tokens; eager on its own cache copy
+            static_x.copy_(x[:, t:t + 1])
+            graph.replay()
+            eager_out, _ = layer_gpu(x[:, t:t + 1], cache=eager_cache)
+            torch.cuda.synchronize()
+            assert torch.equal(static_out, eager_out)
+        assert torch.equal(graph_cache.states, eager_cache.states)
+        assert torch.equal(graph_cache.seen_tokens, eager_cache.seen_tokens)
