@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 import mom_ops
 
-PROVIDERS = ("mom_ops", "triton_ref", "naive", "fla")
+PROVIDERS = ("mom_ops", "triton_ref", "naive", "fla", "sdpa")  # sdpa: a softmax-attention layer (layer cases)
 
 
 @dataclass
@@ -299,6 +299,20 @@ def _decode_graph_case(B, H, D, M, topk):
 # ---------------------------------------------------------------- layer
 
 
+class _SdpaLayer(torch.nn.Module):
+    """The Transformer alternative at the same hidden size: causal softmax attention (128-dim heads, PyTorch's
+    scaled_dot_product_attention), returning (out,) like the MoM layers."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        from bench.mqar import Attention
+
+        self.attention = Attention(hidden, hidden // 128)
+
+    def forward(self, x):
+        return (self.attention(x),)
+
+
 def _layer_case(batch, seqlen, hidden, heads, head_dim, memories, topk, name):
     def build(provider, mode):
         if provider == "mom_ops":
@@ -314,6 +328,8 @@ def _layer_case(batch, seqlen, hidden, heads, head_dim, memories, topk, name):
 
             layer = MomAttention(hidden_size=hidden, head_dim=head_dim, num_heads=heads, expand_v=1,
                                  num_memories=memories, topk=topk, shared_mem=True, norm_eps=1e-6)
+        elif provider == "sdpa":
+            layer = _SdpaLayer(hidden)
         else:
             return None
         layer = layer.to(device="cuda", dtype=torch.bfloat16)
@@ -348,4 +364,6 @@ CASES: list[Case] = [
     _decode_case(768, 4, 256),
     _decode_graph_case(64, 4, 256, 4, 2),
     _layer_case(8, 2048, 1024, 4, 256, 4, 2, "layer_340M_B8_T2048"),
+    _layer_case(2, 8192, 1024, 4, 256, 4, 2, "layer_340M_B2_T8192"),
+    _layer_case(1, 32768, 1024, 4, 256, 4, 2, "layer_340M_B1_T32768"),
 ]
