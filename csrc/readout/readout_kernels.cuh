@@ -5,8 +5,8 @@
 //   fwd: o = sum_j w_j o_routed[row_j, h] + shared[n, h];  out = o * rstd * norm_w * silu(gate)
 //   bwd: the same gather again, then the RMSNorm/gate backward, d_o_routed[row_j, h] = w_j do,
 //        d_w[n, j] = sum_h <do, o_routed[row_j, h]>, d_norm_w partial sums per CTA (summed by the caller).
-// Latency: the plan indices (dst_row, weights) of a warp's next item are loaded one item ahead, and with
-// kPrefetch the next item's rows too (raw 16-byte vectors, converted when used), so a warp always has the next
+// Latency: the plan indices (dst_row, weights) of a warp's items are loaded two items ahead, and with kPrefetch
+// the next item's rows one item ahead (raw 16-byte vectors, converted when used), so a warp always has the next
 // item's loads in flight while it reduces and stores the current one.
 // Deterministic: no atomics on floats; every sum has a fixed order.
 #pragma once
