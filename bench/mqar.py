@@ -186,10 +186,11 @@ def train_one(cfg: MQARConfig, mixer: str, data, device) -> dict:
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        losses.append(loss.detach())  # read back once at the end: a .item() per step would sync every step
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.time() - start
+    losses = torch.stack(losses).float().tolist()
     acc = evaluate(model, xev.to(device), yev.to(device), cfg.batch, autocast)
     return dict(mixer=mixer, num_pairs=cfg.num_pairs, seq_len=cfg.seq_len, accuracy=acc,
                 first_loss=sum(losses[:10]) / min(10, len(losses)), final_loss=sum(losses[-10:]) / min(10, len(losses)),
