@@ -48,3 +48,19 @@
       TORCH_CHECK_VALUE(false, "head dim must be 64, 128 or 256, got ", HEADDIM); \
     }                                                                            \
   }()
+
+// WIDTH_SWITCH(w, kW, [&] { ... }) for the short-conv widths 1..8 (segment_conv).
+#define WIDTH_SWITCH(WIDTH, CONST_NAME, ...)                                         \
+  [&] {                                                                              \
+    switch (WIDTH) {                                                                 \
+      case 1: { constexpr static int CONST_NAME = 1; return __VA_ARGS__(); }         \
+      case 2: { constexpr static int CONST_NAME = 2; return __VA_ARGS__(); }         \
+      case 3: { constexpr static int CONST_NAME = 3; return __VA_ARGS__(); }         \
+      case 4: { constexpr static int CONST_NAME = 4; return __VA_ARGS__(); }         \
+      case 5: { constexpr static int CONST_NAME = 5; return __VA_ARGS__(); }         \
+      case 6: { constexpr static int CONST_NAME = 6; return __VA_ARGS__(); }         \
+      case 7: { constexpr static int CONST_NAME = 7; return __VA_ARGS__(); }         \
+      case 8: { constexpr static int CONST_NAME = 8; return __VA_ARGS__(); }         \
+      default: TORCH_CHECK_VALUE(false, "conv width must be in [1, 8], got ", WIDTH); \
+    }                                                                                \
+  }()

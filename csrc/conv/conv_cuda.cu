@@ -3,12 +3,10 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "common/aligned.h"
 #include "common/column_sum.cuh"
 #include "common/static_switch.h"
 #include "conv/conv_checks.h"
@@ -17,114 +15,125 @@
 namespace mom_ops {
 namespace {
 
+// The small inputs as the kernels read them: weight and history in fp32, contiguous; cu_seqlens contiguous.
 struct ConvInputs {
-  at::Tensor x, weight, cu, history;  // weight [C, kW] fp32 zero-padded on the old side; cu int64
-  int kw;
+  at::Tensor weight, history, cu;
 };
 
 ConvInputs prepare(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& cu_seqlens,
                    const std::optional<at::Tensor>& history, const ConvDims& d) {
   CHECK_CUDA_FLOATING(x);
-  TORCH_CHECK_VALUE(d.channels % kConvChannels == 0, "segment_conv on CUDA needs the channels (x.shape[1]) to be a "
-                    "multiple of ", kConvChannels, ", got ", d.channels);
+  TORCH_CHECK_VALUE(d.channels < (int64_t(1) << 31) / kConvMaxWidth, "x has too many channels for CUDA: ", d.channels);
+  TORCH_CHECK_VALUE(d.segments < (int64_t(1) << 31) - 1, "cu_seqlens has too many segments for CUDA: ", d.segments);
   ConvInputs in;
-  in.kw = d.width <= 4 ? 4 : 8;
-  in.x = contiguous_aligned16(x);
-  in.weight = at::zeros({d.channels, in.kw}, x.options().dtype(at::kFloat));
-  in.weight.narrow(1, in.kw - d.width, d.width).copy_(weight);
-  in.cu = cu_seqlens.to(at::kLong).contiguous();
-  if (history.has_value() && d.width > 1) in.history = contiguous_aligned16(history->to(x.scalar_type()));
+  in.weight = weight.to(at::kFloat).contiguous();
+  if (history.has_value()) in.history = history->to(at::kFloat).contiguous();
+  in.cu = cu_seqlens.contiguous();
   return in;
 }
 
-ConvParams make_params(const ConvInputs& in, const ConvDims& d, bool activation) {
+// Rows may have any stride; the channels must be dense.
+at::Tensor dense_rows(const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
+
+ConvParams make_params(const at::Tensor& x, const ConvInputs& in, const ConvDims& d, bool activation) {
   ConvParams p{};
-  p.x = in.x.data_ptr();
+  p.x = x.data_ptr();
   p.weight = in.weight.data_ptr<float>();
-  p.cu = in.cu.data_ptr<int64_t>();
-  p.history = in.history.defined() ? in.history.data_ptr() : nullptr;
+  p.history = in.history.defined() ? in.history.data_ptr<float>() : nullptr;
+  p.cu_seqlens = in.cu.data_ptr();
+  p.cu_int64 = in.cu.scalar_type() == at::kLong;
   p.rows = d.rows;
-  p.channels = d.channels;
+  p.x_row_stride = x.stride(0);
+  p.channels = int(d.channels);
   p.segments = int(d.segments);
-  p.width = int(d.width);
   p.activation = activation;
   return p;
 }
 
-dim3 conv_grid(const ConvDims& d) {
-  const int64_t vecs = d.channels / kConvChannels, tiles = (d.rows + kConvRows - 1) / kConvRows;
-  return dim3(unsigned((vecs + kConvVecsX - 1) / kConvVecsX), unsigned((tiles + kConvTilesY - 1) / kConvTilesY));
-}
-
+// Calls fn.template operator()<T, kVec, kW>() for x's dtype and the width: kConvVec channels per thread (8- or
+// 16-byte accesses) when C and every row pointer allow them (rows stride elements apart), single elements otherwise.
 template <typename Fn>
-void dispatch_conv(at::ScalarType dtype, int kw, Fn&& fn) {
-  FLOAT_SWITCH(dtype, elem_t, [&] {
-    if (kw == 4) {
-      fn.template operator()<elem_t, 4>();
-    } else {
-      fn.template operator()<elem_t, 8>();
+void dispatch_conv(const at::Tensor& x, const ConvDims& d, std::initializer_list<const at::Tensor*> row_tensors,
+                   Fn&& fn) {
+  FLOAT_SWITCH(x.scalar_type(), elem_t, [&] {
+    constexpr int kBytes = kConvVec * sizeof(elem_t);
+    bool aligned = d.channels % kConvVec == 0;
+    for (const at::Tensor* t : row_tensors) {
+      aligned = aligned && reinterpret_cast<uintptr_t>(t->data_ptr()) % kBytes == 0 && t->stride(0) % kConvVec == 0;
     }
+    BOOL_SWITCH(aligned, kAligned, [&] {
+      WIDTH_SWITCH(d.width, kW, [&] { fn.template operator()<elem_t, kAligned ? kConvVec : 1, kW>(); });
+    });
   });
 }
 
-at::Tensor segment_conv_fwd_cuda(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& cu_seqlens,
+// CTAs of kConvWarps runs (x) times 32 vectors of kVec channels (y).
+dim3 conv_grid(const ConvDims& d, int vec) {
+  const int64_t runs = (d.rows + kConvRows - 1) / kConvRows;
+  const int64_t tiles = (d.channels + 32 * vec - 1) / (32 * vec);
+  TORCH_CHECK_VALUE(tiles <= 65535, "x has too many channels for CUDA: ", d.channels);
+  return dim3(unsigned((runs + kConvWarps - 1) / kConvWarps), unsigned(tiles));
+}
+
+at::Tensor segment_conv_fwd_cuda(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& cu_seqlens,
                                  const std::optional<at::Tensor>& history, bool activation) {
-  const ConvDims d = check_segment_conv_args(x, weight, cu_seqlens, history);
-  c10::cuda::CUDAGuard guard(x.device());
-  const ConvInputs in = prepare(x, weight, cu_seqlens, history, d);
-  at::Tensor y = at::empty_like(in.x);
+  const ConvDims d = check_segment_conv_args(x_in, weight, cu_seqlens, history);
+  c10::cuda::CUDAGuard guard(x_in.device());
+  const ConvInputs in = prepare(x_in, weight, cu_seqlens, history, d);
+  const at::Tensor x = dense_rows(x_in);
+  at::Tensor y = at::empty({d.rows, d.channels}, x.options());
   if (d.rows == 0 || d.channels == 0) return y;
-  ConvParams p = make_params(in, d, activation);
+  ConvParams p = make_params(x, in, d, activation);
   p.y = y.data_ptr();
-  const dim3 grid = conv_grid(d), block(kConvVecsX, kConvTilesY);
-  TORCH_CHECK(grid.y <= 65535u, "segment_conv: too many rows for one launch: ", d.rows);
-  dispatch_conv(x.scalar_type(), in.kw, [&]<typename T, int kW>() {
-    segment_conv_fwd_kernel<T, kW><<<grid, block, 0, at::cuda::getCurrentCUDAStream()>>>(p);
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  dispatch_conv(x, d, {&x, &y}, [&]<typename T, int kVec, int kW>() {
+    segment_conv_fwd_kernel<T, kVec, kW><<<conv_grid(d, kVec), kConvThreads, 0, stream>>>(p);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_conv_bwd_cuda(const at::Tensor& grad_y, const at::Tensor& x,
-                                                                    const at::Tensor& weight,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_conv_bwd_cuda(const at::Tensor& grad_y_in,
+                                                                    const at::Tensor& x_in, const at::Tensor& weight,
                                                                     const at::Tensor& cu_seqlens,
                                                                     const std::optional<at::Tensor>& history,
                                                                     bool activation) {
-  const ConvDims d = check_segment_conv_args(x, weight, cu_seqlens, history);
-  CHECK_SHAPE(grad_y, d.rows, d.channels);
-  CHECK_DEVICE(grad_y, x);
-  c10::cuda::CUDAGuard guard(x.device());
-  const ConvInputs in = prepare(x, weight, cu_seqlens, history, d);
-  const at::Tensor dy = contiguous_aligned16(grad_y.to(x.scalar_type()));
-  at::Tensor grad_x = at::empty_like(in.x);
-  at::Tensor grad_history = history.has_value() ? at::zeros({d.segments, d.width - 1, d.channels}, in.x.options())
-                                                : at::empty({0}, x.options().dtype(at::kFloat));
-  const dim3 grid = conv_grid(d), block(kConvVecsX, kConvTilesY);
-  TORCH_CHECK(grid.y <= 65535u, "segment_conv: too many rows for one launch: ", d.rows);
-  at::Tensor partial = at::zeros({std::max<int64_t>(grid.y, 1), d.channels, in.kw}, x.options().dtype(at::kFloat));
+  const ConvDims d = check_segment_conv_args(x_in, weight, cu_seqlens, history);
+  CHECK_SHAPE(grad_y_in, d.rows, d.channels);
+  CHECK_DEVICE(grad_y_in, x_in);
+  c10::cuda::CUDAGuard guard(x_in.device());
+  const ConvInputs in = prepare(x_in, weight, cu_seqlens, history, d);
+  const at::Tensor x = dense_rows(x_in), grad_y = dense_rows(grad_y_in.to(x_in.scalar_type()));
+  const auto f32 = x.options().dtype(at::kFloat);
+  at::Tensor grad_x = at::empty({d.rows, d.channels}, x.options());
+  // Every slot of a non-empty segment is written by the kernel; empty segments keep these zeros.
+  at::Tensor grad_history = history.has_value() ? at::zeros({d.segments, d.width - 1, d.channels}, f32)
+                                                : at::empty({0}, f32);
+  at::Tensor partial = at::zeros({1, d.channels, d.width}, f32);  // replaced by the launch's [grid.x, C, W]
   if (d.rows > 0 && d.channels > 0) {
-    ConvParams p = make_params(in, d, activation);
-    p.grad_y = dy.data_ptr();
+    ConvParams p = make_params(x, in, d, activation);
+    p.grad_y = grad_y.data_ptr();
+    p.grad_y_row_stride = grad_y.stride(0);
     p.grad_x = grad_x.data_ptr();
-    p.grad_history = history.has_value() && d.width > 1 ? grad_history.data_ptr() : nullptr;
-    p.grad_w_partial = partial.data_ptr<float>();
-    dispatch_conv(x.scalar_type(), in.kw, [&]<typename T, int kW>() {
-      segment_conv_bwd_kernel<T, kW><<<grid, block, 0, at::cuda::getCurrentCUDAStream()>>>(p);
+    p.grad_history = history.has_value() ? grad_history.data_ptr<float>() : nullptr;
+    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    dispatch_conv(x, d, {&x, &grad_y, &grad_x}, [&]<typename T, int kVec, int kW>() {
+      const dim3 grid = conv_grid(d, kVec);
+      partial = at::empty({int64_t(grid.x), d.channels, d.width}, f32);  // every entry written
+      p.grad_w_partial = partial.data_ptr<float>();
+      segment_conv_bwd_kernel<T, kVec, kW><<<grid, kConvThreads, 0, stream>>>(p);
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  at::Tensor grad_w_padded = at::empty({d.channels, in.kw}, x.options().dtype(at::kFloat));
+  at::Tensor grad_w = at::empty({d.channels, d.width}, f32);
   if (d.channels > 0) {
-    const int64_t cols = d.channels * in.kw;
+    const int64_t cols = d.channels * d.width;
     column_sum_kernel<float><<<unsigned((cols + 31) / 32), kColumnSumWarps * 32, 0, at::cuda::getCurrentCUDAStream()>>>(
-        partial.data_ptr<float>(), partial.size(0), cols, grad_w_padded.data_ptr<float>());
+        partial.data_ptr<float>(), partial.size(0), cols, grad_w.data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  const at::Tensor grad_weight = grad_w_padded.narrow(1, in.kw - d.width, d.width).to(weight.scalar_type());
-  if (history.has_value() && grad_history.scalar_type() != history->scalar_type()) {
-    grad_history = grad_history.to(history->scalar_type());
-  }
-  return {grad_x, grad_weight, grad_history};
+  if (history.has_value()) grad_history = grad_history.to(history->scalar_type());
+  return {grad_x, grad_w.to(weight.scalar_type()), grad_history};
 }
 
 }  // namespace

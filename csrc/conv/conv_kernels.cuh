@@ -1,12 +1,19 @@
 // segment_conv kernels: depthwise causal conv (+ SiLU) inside each segment of a packed stream.
-// A thread owns 4 channels (one 8- or 16-byte vector) of a tile of consecutive rows and slides a window of the last
-// kW inputs down the tile in registers, so every input row is read about once (plus kW - 1 rows of overlap per tile).
-// Widths W < kW run as kW taps whose oldest weights are zero (the binding pads weight to [C, kW]), so one kernel per
-// kW in {4, 8} serves W = 1..8. Segment bounds come from cu_seqlens (clamped into [0, R]: bad values give wrong rows,
-// never out-of-bounds reads); a tile finds its first segment by binary search and walks on from there.
-//   fwd: y[r] = act(pre[r]), pre[r] = sum_i w[kW-1-i] x(r - i)
-//   bwd (rows in reverse): dpre[r] = dy[r] act'(pre[r]); dx[r] = sum_i w[kW-1-i] dpre[r + i] (same segment);
-//        d_history from the first rows of each segment; dw partials per CTA (fixed-order sums, no atomics).
+//   fwd: pre[r] = sum_k w[:, k] in(r - (W-1) + k),  y[r] = silu(pre[r])   (in(j): x[j] inside r's segment, else
+//        history[s, j - start + W - 1] or 0)
+//   bwd: dpre = grad_y * silu'(pre);  grad_x[j] = sum_k w[:, k] dpre[j + W-1-k] (rows of j's segment),
+//        grad_history = the same sums for the W-1 virtual rows before each segment,
+//        grad_w[:, k] = sum_r dpre[r] in(r - (W-1) + k)  (per-CTA partials, summed by the caller).
+// Bandwidth-bound. Each thread owns kVec = 4 channels (16 bytes of fp32, 8 of bf16/fp16; kVec = 1 when C or
+// the pointers do not allow vectors) and a run of kConvRows consecutive rows: a warp is 32 consecutive vectors of
+// one run (coalesced rows), a CTA kConvWarps runs of the same 32 vectors. (With 8 bf16 channels per thread the
+// kernels needed 151 (fwd) and 205 (bwd) registers at W = 4: one CTA per SM.) The thread finds the segment of its
+// first row by a binary search of cu_seqlens and walks its rows keeping the W-1 previous inputs in registers (a
+// sliding window), reloading the window from the history when a segment starts inside its run. Rows are loaded
+// a chunk at a time (independent loads in flight) before they are used. The bwd walks W-1 rows past its run
+// (their dpre feed its last rows' grad_x) and keeps W pending gradient sums (the virtual rows r-W+1 .. r),
+// emitting the oldest at each row and all of them at a segment's end.
+// Deterministic: no atomics; every sum has a fixed order.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -14,262 +21,368 @@
 #include <cstdint>
 #include <type_traits>
 
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
+#include "common/vec.cuh"
 
 namespace mom_ops {
 
-constexpr int kConvChannels = 4;     // channels per thread
-constexpr int kConvRows = 64;        // rows per tile
-constexpr int kConvVecsX = 64;       // threads of a CTA along the channels
-constexpr int kConvTilesY = 4;       // tiles of a CTA along the rows (the bwd adds their dw partials in shared memory)
-
 struct ConvParams {
-  const void* x;         // [R, C]
-  const float* weight;   // [C, kW] fp32, zero-padded on the old side
-  const int64_t* cu;     // [S+1]
-  const void* history;   // [S, W-1, C] (x's dtype) or nullptr
-  void* y;               // fwd: [R, C]
-  const void* grad_y;    // bwd: [R, C]
-  void* grad_x;          // bwd: [R, C]
-  void* grad_history;    // bwd: [S, W-1, C] (x's dtype, zeroed by the caller) or nullptr
-  float* grad_w_partial; // bwd: [gridDim.y, C, kW]
-  int64_t rows, channels;
-  int segments, width;   // width: the real W (history rows = W - 1)
-  bool activation;
+  const void* x;            // [R, C], rows x_row_stride elements apart
+  const float* weight;      // [C, W] fp32
+  const float* history;     // [S, W-1, C] fp32, or nullptr (zeros)
+  const void* cu_seqlens;   // [S+1] int32 / int64
+  void* y;                  // fwd: [R, C] contiguous
+  const void* grad_y;       // bwd: [R, C], rows grad_y_row_stride elements apart
+  void* grad_x;             // bwd: [R, C] contiguous
+  float* grad_history;      // bwd: [S, W-1, C] fp32 zero-filled by the caller (empty segments keep 0), or nullptr
+  float* grad_w_partial;    // bwd: [gridDim.x, C, W]
+  int64_t rows, x_row_stride, grad_y_row_stride;
+  int channels, segments;
+  bool cu_int64, activation;
 };
 
-template <typename T>
-__device__ __forceinline__ void load4(const T* p, float (&f)[kConvChannels]) {
-  if constexpr (std::is_same_v<T, float>) {
-    const float4 v = *reinterpret_cast<const float4*>(p);
-    f[0] = v.x, f[1] = v.y, f[2] = v.z, f[3] = v.w;
+constexpr int kConvVec = 4;     // channels per thread on the vector path
+constexpr int kConvWarps = 8;   // runs per CTA (one per warp)
+constexpr int kConvRows = 32;   // rows per run (per thread)
+constexpr int kConvThreads = kConvWarps * 32;
+constexpr int kConvFwdChunk = 8;  // rows whose loads are issued together
+constexpr int kConvBwdChunk = 4;  // (x and grad_y: twice the registers per row)
+
+// kVec elements of T as loaded: kVec * sizeof(T) bytes (16 for fp32, 8 for bf16/fp16 with kVec = 4), or one
+// element on the scalar path. Unpacked to fp32 by the common 16-byte helpers (unused words are zeros).
+template <typename T, int kVec>
+struct ConvPacket {
+  static constexpr int kBytes = kVec * int(sizeof(T));
+  static_assert(kVec == 1 || kBytes == 8 || kBytes == 16, "ConvPacket: one element, 8 or 16 bytes");
+  using Storage = std::conditional_t<kVec == 1, T, std::conditional_t<kBytes == 16, uint4, uint2>>;
+  Storage v;
+
+  __device__ __forceinline__ void load(const T* p) { v = *reinterpret_cast<const Storage*>(p); }
+  __device__ __forceinline__ void zero() {
+    if constexpr (kVec == 1) {
+      v = T(0.f);
+    } else {
+      v = Storage{};
+    }
+  }
+  __device__ __forceinline__ float at(int e) const {
+    if constexpr (kVec == 1) {
+      return to_float(v);
+    } else if constexpr (kBytes == 16) {
+      return unpack_element<T>(v, e);
+    } else {
+      return unpack_element<T>(make_uint4(v.x, v.y, 0u, 0u), e);
+    }
+  }
+};
+
+template <typename T, int kVec>
+__device__ __forceinline__ void conv_store(T* p, const float (&v)[kVec]) {
+  constexpr int kBytes = kVec * int(sizeof(T));
+  if constexpr (kVec == 1) {
+    *p = T(v[0]);
+  } else if constexpr (kBytes == 16) {
+    __stcs(reinterpret_cast<uint4*>(p), pack_elements<T, kVec>(v));  // streaming: written once
   } else {
-    const uint2 v = *reinterpret_cast<const uint2*>(p);
-    const T* e = reinterpret_cast<const T*>(&v);
+    float padded[2 * kVec] = {};  // the first 8 bytes of a 16-byte pack
 #pragma unroll
-    for (int i = 0; i < kConvChannels; ++i) f[i] = static_cast<float>(e[i]);
+    for (int e = 0; e < kVec; ++e) padded[e] = v[e];
+    const uint4 u = pack_elements<T, 2 * kVec>(padded);
+    __stcs(reinterpret_cast<uint2*>(p), make_uint2(u.x, u.y));
   }
 }
 
-template <typename T>
-__device__ __forceinline__ void store4(T* p, const float (&f)[kConvChannels]) {
-  if constexpr (std::is_same_v<T, float>) {
-    *reinterpret_cast<float4*>(p) = make_float4(f[0], f[1], f[2], f[3]);
-  } else {
-    uint2 v;
-    T* e = reinterpret_cast<T*>(&v);
+// cu_seqlens[i] clamped to [0, R]: bad values never lead out of bounds.
+__device__ __forceinline__ int64_t conv_cu(const ConvParams& p, int i) {
+  const int64_t v = p.cu_int64 ? static_cast<const int64_t*>(p.cu_seqlens)[i]
+                               : int64_t(static_cast<const int*>(p.cu_seqlens)[i]);
+  return v < 0 ? 0 : (v > p.rows ? p.rows : v);
+}
+
+// The segment s of a row: rows [a, b). s == S (segments) for rows past cu_seqlens[-1]; then b never ends.
+struct ConvSegment {
+  int s;
+  int64_t a, b;
+};
+
+constexpr int64_t kConvNoEnd = INT64_MAX;
+
+// The segment holding row r: the last s with cu[s] <= r (skips empty segments), by binary search.
+__device__ __forceinline__ ConvSegment conv_find_segment(const ConvParams& p, int64_t r) {
+  int lo = 0, hi = p.segments + 1;  // cu[lo] <= r (cu[0] = 0) and (hi == S + 1 or cu[hi] > r)
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) / 2;
+    if (conv_cu(p, mid) <= r) {
+      lo = mid;
+    } else {
+      hi = mid;
+    }
+  }
+  if (lo >= p.segments) return {p.segments, r, kConvNoEnd};
+  const int64_t a = conv_cu(p, lo);
+  return {lo, a < r ? a : r, conv_cu(p, lo + 1)};
+}
+
+// The segment after `seg` that holds row r (>= seg.b): skips the segments that end at or before r.
+__device__ __forceinline__ ConvSegment conv_next_segment(const ConvParams& p, const ConvSegment& seg, int64_t r) {
+  int s = seg.s + 1;
+  while (s < p.segments && conv_cu(p, s + 1) <= r) ++s;
+  if (s >= p.segments) return {p.segments, r, kConvNoEnd};
+  const int64_t a = conv_cu(p, s);
+  return {s, a < r ? a : r, conv_cu(p, s + 1)};
+}
+
+// The window of row r: win[k] = in(r - (W-1) + k) for k < W-1 (x rows of the segment, else history or 0).
+template <typename T, int kVec, int kW>
+__device__ __forceinline__ void conv_fill_window(const ConvParams& p, const T* x, int64_t c0, const ConvSegment& seg,
+                                                 int64_t r, float (&win)[kW > 1 ? kW - 1 : 1][kVec]) {
 #pragma unroll
-    for (int i = 0; i < kConvChannels; ++i) e[i] = static_cast<T>(f[i]);
-    *reinterpret_cast<uint2*>(p) = v;
+  for (int k = 0; k < kW - 1; ++k) {
+    const int64_t j = r - (kW - 1) + k;
+    if (j >= seg.a) {
+      ConvPacket<T, kVec> v;
+      v.load(x + j * p.x_row_stride);
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) win[k][e] = v.at(e);
+    } else if (p.history != nullptr) {
+      const float* h = p.history + (int64_t(seg.s) * (kW - 1) + (j - seg.a + kW - 1)) * p.channels + c0;
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) win[k][e] = h[e];
+    } else {
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) win[k][e] = 0.f;
+    }
+  }
+}
+
+// Rows base .. base + kChunk - 1 of a [R, C] tensor (zeros at and past `end`): independent loads, all in flight.
+template <typename T, int kVec, int kChunk>
+__device__ __forceinline__ void conv_load_chunk(const T* src, int64_t row_stride, int64_t base, int64_t end,
+                                                ConvPacket<T, kVec> (&in)[kChunk]) {
+#pragma unroll
+  for (int i = 0; i < kChunk; ++i) {
+    if (base + i < end) {
+      in[i].load(src + (base + i) * row_stride);
+    } else {
+      in[i].zero();
+    }
+  }
+}
+
+// The thread's kVec channels of weight [C, W], fp32.
+template <int kVec, int kW>
+__device__ __forceinline__ void conv_load_weight(const ConvParams& p, int64_t c0, float (&w)[kW][kVec]) {
+#pragma unroll
+  for (int e = 0; e < kVec; ++e)
+#pragma unroll
+    for (int k = 0; k < kW; ++k) w[k][e] = __ldg(p.weight + (c0 + e) * kW + k);
+}
+
+// pre = sum_k w[k] in(r - (W-1) + k), oldest input first (the CPU kernel's order).
+template <int kVec, int kW>
+__device__ __forceinline__ float conv_pre(const float (&w)[kW][kVec], const float (&win)[kW > 1 ? kW - 1 : 1][kVec],
+                                          float xr, int e) {
+  float acc = 0.f;
+#pragma unroll
+  for (int k = 0; k < kW - 1; ++k) acc = fmaf(w[k][e], win[k][e], acc);
+  return fmaf(w[kW - 1][e], xr, acc);
+}
+
+template <int kVec, int kW>
+__device__ __forceinline__ void conv_shift_window(float (&win)[kW > 1 ? kW - 1 : 1][kVec], const float (&xr)[kVec]) {
+  if constexpr (kW > 1) {
+#pragma unroll
+    for (int k = 0; k < kW - 2; ++k)
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) win[k][e] = win[k + 1][e];
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) win[kW - 2][e] = xr[e];
   }
 }
 
 __device__ __forceinline__ float conv_sigmoid(float z) { return 1.f / (1.f + __expf(-z)); }
 
-// Segment bounds, clamped into [0, rows].
-struct ConvSegment {
-  int s;
-  int64_t start, end;
+template <typename T, int kVec, int kW>
+__global__ void __launch_bounds__(kConvThreads) segment_conv_fwd_kernel(ConvParams p) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t c0 = (int64_t(blockIdx.y) * 32 + lane) * kVec;
+  const int64_t r0 = (int64_t(blockIdx.x) * kConvWarps + warp) * kConvRows;
+  if (c0 >= p.channels || r0 >= p.rows) return;
+  const int64_t r1 = r0 + kConvRows < p.rows ? r0 + kConvRows : p.rows;
+  const T* x = static_cast<const T*>(p.x) + c0;
+  T* y = static_cast<T*>(p.y) + c0;
+  float w[kW][kVec], win[kW > 1 ? kW - 1 : 1][kVec];
+  conv_load_weight<kVec, kW>(p, c0, w);
+  ConvPacket<T, kVec> in[kConvFwdChunk];
+  conv_load_chunk(x, p.x_row_stride, r0, r1, in);  // the first rows' loads overlap the search's
+  ConvSegment seg = conv_find_segment(p, r0);
+  if (seg.s < p.segments) conv_fill_window<T, kVec, kW>(p, x, c0, seg, r0, win);
+  for (int64_t base = r0; base < r1; base += kConvFwdChunk) {
+    if (base > r0) conv_load_chunk(x, p.x_row_stride, base, r1, in);
+#pragma unroll
+    for (int i = 0; i < kConvFwdChunk; ++i) {
+      const int64_t r = base + i;
+      if (r >= r1) break;
+      if (r >= seg.b) {  // a new segment starts at r: its window comes from the history
+        seg = conv_next_segment(p, seg, r);
+        if (seg.s < p.segments) conv_fill_window<T, kVec, kW>(p, x, c0, seg, r, win);
+      }
+      float out[kVec], xr[kVec];
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) xr[e] = in[i].at(e);
+      if (seg.s < p.segments) {
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) {
+          const float pre = conv_pre<kVec, kW>(w, win, xr[e], e);
+          out[e] = p.activation ? pre * conv_sigmoid(pre) : pre;
+        }
+        conv_shift_window<kVec, kW>(win, xr);
+      } else {
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) out[e] = 0.f;  // past cu_seqlens[-1]
+      }
+      conv_store<T, kVec>(y + r * p.channels, out);
+    }
+  }
+}
+
+// The rows a bwd thread writes: grad_x of rows [r0, r1), grad_history of the segments that start in [r0, r1).
+struct ConvOwned {
+  int64_t r0, r1;
 };
 
-__device__ __forceinline__ int64_t conv_cu(const ConvParams& p, int i) {
-  const int64_t v = p.cu[i];
-  return v < 0 ? 0 : (v > p.rows ? p.rows : v);
-}
-
-__device__ __forceinline__ ConvSegment conv_segment(const ConvParams& p, int s) {
-  return {s, conv_cu(p, s), conv_cu(p, s + 1)};
-}
-
-// The segment holding row r (< cu[S]): the last s with cu[s] <= r.
-__device__ __forceinline__ ConvSegment find_segment(const ConvParams& p, int64_t r) {
-  int lo = 0, hi = p.segments - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (conv_cu(p, mid) <= r) lo = mid; else hi = mid - 1;
-  }
-  return conv_segment(p, lo);
-}
-
-// x(src) for a row of segment seg: the row itself inside the segment, else a history row (or 0).
-template <typename T>
-__device__ __forceinline__ void load_source(const ConvParams& p, const ConvSegment& seg, int64_t src, int64_t c0,
-                                            float (&f)[kConvChannels]) {
-  const int64_t back = seg.start - src;  // > 0: before the segment start
-  if (back <= 0) {
-    load4(static_cast<const T*>(p.x) + src * p.channels + c0, f);
-  } else if (p.history != nullptr && back <= p.width - 1) {
-    const int64_t h = (int64_t(seg.s) * (p.width - 1) + (p.width - 1 - back)) * p.channels + c0;
-    load4(static_cast<const T*>(p.history) + h, f);
-  } else {
+// Emits the finished gradient g of virtual row j of segment seg: grad_x[j] (j >= seg.a) or grad_history[s, t].
+template <typename T, int kVec, int kW>
+__device__ __forceinline__ void conv_emit(const ConvParams& p, const ConvOwned& own, const ConvSegment& seg, int64_t c0,
+                                          int64_t j, const float (&g)[kVec]) {
+  if (j >= seg.a) {
+    if (j >= own.r0 && j < own.r1) conv_store<T, kVec>(static_cast<T*>(p.grad_x) + j * p.channels + c0, g);
+  } else if (p.grad_history != nullptr && seg.a >= own.r0 && seg.a < own.r1) {
+    float* h = p.grad_history + (int64_t(seg.s) * (kW - 1) + (j - seg.a + kW - 1)) * p.channels + c0;
 #pragma unroll
-    for (int e = 0; e < kConvChannels; ++e) f[e] = 0.f;
+    for (int e = 0; e < kVec; ++e) h[e] = g[e];
   }
 }
 
-template <int kW>
-__device__ __forceinline__ void load_weights(const ConvParams& p, int64_t c0, float (&w)[kW][kConvChannels]) {
+// At the end b of a segment the pending sums acc[k] (virtual rows b - (W-1) + k, k < W-1) are complete.
+template <typename T, int kVec, int kW>
+__device__ __forceinline__ void conv_flush(const ConvParams& p, const ConvOwned& own, const ConvSegment& seg,
+                                           int64_t c0, const float (&acc)[kW][kVec]) {
 #pragma unroll
-  for (int e = 0; e < kConvChannels; ++e)
-#pragma unroll
-    for (int j = 0; j < kW; ++j) w[j][e] = p.weight[(c0 + e) * kW + j];
+  for (int k = 0; k < kW - 1; ++k) conv_emit<T, kVec, kW>(p, own, seg, c0, seg.b - (kW - 1) + k, acc[k]);
 }
 
-// Grid: (ceil(C / 4 / kConvVecsX), ceil(R / kConvRows / kConvTilesY)), block (kConvVecsX, kConvTilesY).
-template <typename T, int kW>
-__global__ void __launch_bounds__(kConvVecsX * kConvTilesY) segment_conv_fwd_kernel(ConvParams p) {
-  const int64_t c0 = (int64_t(blockIdx.x) * kConvVecsX + threadIdx.x) * kConvChannels;
-  const int64_t r0 = (int64_t(blockIdx.y) * kConvTilesY + threadIdx.y) * kConvRows;
-  if (c0 >= p.channels || r0 >= p.rows) return;
-  const int64_t r_end = min(r0 + kConvRows, p.rows), total = conv_cu(p, p.segments);
-  T* y = static_cast<T*>(p.y);
-  float w[kW][kConvChannels], win[kW][kConvChannels];  // win[i] = x(r - i)
-  load_weights<kW>(p, c0, w);
-  ConvSegment seg{};
-  if (r0 < total) {
-    seg = find_segment(p, r0);
+template <typename T, int kVec, int kW>
+__global__ void __launch_bounds__(kConvThreads) segment_conv_bwd_kernel(ConvParams p) {
+  __shared__ float s_gw[32][kW * kVec + 1];  // the CTA's grad_w sums per lane (+1: no bank conflicts)
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t c0 = (int64_t(blockIdx.y) * 32 + lane) * kVec;
+  const int64_t r0 = (int64_t(blockIdx.x) * kConvWarps + warp) * kConvRows;
+  float gw[kW][kVec];  // this thread's grad_w sums over its rows
 #pragma unroll
-    for (int i = 1; i < kW; ++i) load_source<T>(p, seg, r0 - i, c0, win[i]);
-  }
-  for (int64_t r = r0; r < r_end; ++r) {
-    float out[kConvChannels] = {};
-    if (r < total) {
-      if (r >= seg.end) {  // the next non-empty segment starts at r: its window comes from its history
-        while (r >= seg.end && seg.s + 1 < p.segments) seg = conv_segment(p, seg.s + 1);
+  for (int k = 0; k < kW; ++k)
 #pragma unroll
-        for (int i = 1; i < kW; ++i) load_source<T>(p, seg, r - i, c0, win[i]);
-      }
-      load4(static_cast<const T*>(p.x) + r * p.channels + c0, win[0]);
+    for (int e = 0; e < kVec; ++e) gw[k][e] = 0.f;
+
+  if (c0 < p.channels && r0 < p.rows) {  // no early return: the CTA meets at barriers below
+    const ConvOwned own{r0, r0 + kConvRows < p.rows ? r0 + kConvRows : p.rows};
+    // dpre of the W-1 rows past the run feed the run's last grad_x rows.
+    const int64_t walk_end = own.r1 + (kW - 1) < p.rows ? own.r1 + (kW - 1) : p.rows;
+    const T* x = static_cast<const T*>(p.x) + c0;
+    const T* gy = static_cast<const T*>(p.grad_y) + c0;
+    float w[kW][kVec], win[kW > 1 ? kW - 1 : 1][kVec];
+    float acc[kW][kVec];  // acc[k]: pending grad of virtual row r - (W-1) + k; acc[W-1] (row r's) starts at 0
 #pragma unroll
-      for (int e = 0; e < kConvChannels; ++e) {
-        float acc = 0.f;
+    for (int k = 0; k < kW; ++k)
 #pragma unroll
-        for (int i = 0; i < kW; ++i) acc += w[kW - 1 - i][e] * win[i][e];
-        out[e] = p.activation ? acc * conv_sigmoid(acc) : acc;
+      for (int e = 0; e < kVec; ++e) acc[k][e] = 0.f;
+    conv_load_weight<kVec, kW>(p, c0, w);
+    ConvPacket<T, kVec> in[kConvBwdChunk], din[kConvBwdChunk];
+    conv_load_chunk(x, p.x_row_stride, r0, walk_end, in);  // the first rows' loads overlap the search's
+    conv_load_chunk(gy, p.grad_y_row_stride, r0, walk_end, din);
+    ConvSegment seg = conv_find_segment(p, r0);
+    if (seg.s < p.segments) conv_fill_window<T, kVec, kW>(p, x, c0, seg, r0, win);
+    bool live = true;
+    for (int64_t base = r0; base < walk_end && live; base += kConvBwdChunk) {
+      if (base > r0) {
+        conv_load_chunk(x, p.x_row_stride, base, walk_end, in);
+        conv_load_chunk(gy, p.grad_y_row_stride, base, walk_end, din);
       }
 #pragma unroll
-      for (int i = kW - 1; i > 0; --i)
-#pragma unroll
-        for (int e = 0; e < kConvChannels; ++e) win[i][e] = win[i - 1][e];
-    }
-    store4(y + r * p.channels + c0, out);
-  }
-}
-
-// dpre of row rr of segment seg (0 past the segment end): recomputes pre[rr] from x.
-template <typename T, int kW>
-__device__ __forceinline__ void conv_dpre_at(const ConvParams& p, const ConvSegment& seg, int64_t rr, int64_t c0,
-                                             const float (&w)[kW][kConvChannels], float (&d)[kConvChannels]) {
-#pragma unroll
-  for (int e = 0; e < kConvChannels; ++e) d[e] = 0.f;
-  if (rr >= seg.end) return;
-  float pre[kConvChannels] = {}, dy[kConvChannels], xs[kConvChannels];
-#pragma unroll
-  for (int i = 0; i < kW; ++i) {
-    load_source<T>(p, seg, rr - i, c0, xs);
-#pragma unroll
-    for (int e = 0; e < kConvChannels; ++e) pre[e] += w[kW - 1 - i][e] * xs[e];
-  }
-  load4(static_cast<const T*>(p.grad_y) + rr * p.channels + c0, dy);
-#pragma unroll
-  for (int e = 0; e < kConvChannels; ++e) {
-    const float s = conv_sigmoid(pre[e]);
-    d[e] = p.activation ? dy[e] * s * (1.f + pre[e] * (1.f - s)) : dy[e];
-  }
-}
-
-// Same grid and block as the fwd. Dynamic shared memory: none; static: the tiles' dw partials.
-template <typename T, int kW>
-__global__ void __launch_bounds__(kConvVecsX * kConvTilesY) segment_conv_bwd_kernel(ConvParams p) {
-  __shared__ float s_dw[kConvTilesY][kConvVecsX][kW * kConvChannels + 1];
-  const int64_t c0 = (int64_t(blockIdx.x) * kConvVecsX + threadIdx.x) * kConvChannels;
-  const int64_t r0 = (int64_t(blockIdx.y) * kConvTilesY + threadIdx.y) * kConvRows;
-  const bool active = c0 < p.channels;
-  float dw[kW][kConvChannels] = {};
-  if (active && r0 < p.rows) {
-    const int64_t r_last = min(r0 + kConvRows, p.rows) - 1, total = conv_cu(p, p.segments);
-    T* gx = static_cast<T*>(p.grad_x);
-    const float zero[kConvChannels] = {};
-    for (int64_t r = max(r0, total); r <= r_last; ++r) store4(gx + r * p.channels + c0, zero);  // no segment: 0
-    const int64_t r_hi = min(r_last, total - 1);
-    if (r_hi >= r0) {
-      float w[kW][kConvChannels], xwin[kW][kConvChannels], dwin[kW][kConvChannels];  // x(r - i), dpre(r + i)
-      load_weights<kW>(p, c0, w);
-      ConvSegment seg = find_segment(p, r_hi);
-#pragma unroll
-      for (int i = 0; i < kW; ++i) load_source<T>(p, seg, r_hi - i, c0, xwin[i]);
-#pragma unroll
-      for (int j = 1; j < kW; ++j) conv_dpre_at<T, kW>(p, seg, r_hi + j, c0, w, dwin[j]);
-      for (int64_t r = r_hi; r >= r0; --r) {
-        if (r < seg.start) {  // into the previous non-empty segment, at its last row
-          while (r < seg.start && seg.s > 0) seg = conv_segment(p, seg.s - 1);
-#pragma unroll
-          for (int i = 0; i < kW; ++i) load_source<T>(p, seg, r - i, c0, xwin[i]);
-#pragma unroll
-          for (int j = 1; j < kW; ++j)
-#pragma unroll
-            for (int e = 0; e < kConvChannels; ++e) dwin[j][e] = 0.f;
-        }
-        float dy[kConvChannels], gxr[kConvChannels];
-        load4(static_cast<const T*>(p.grad_y) + r * p.channels + c0, dy);
-#pragma unroll
-        for (int e = 0; e < kConvChannels; ++e) {
-          float pre = 0.f;
-#pragma unroll
-          for (int i = 0; i < kW; ++i) pre += w[kW - 1 - i][e] * xwin[i][e];
-          const float s = conv_sigmoid(pre);
-          dwin[0][e] = p.activation ? dy[e] * s * (1.f + pre * (1.f - s)) : dy[e];
-          float g = 0.f;
-#pragma unroll
-          for (int i = 0; i < kW; ++i) {
-            dw[kW - 1 - i][e] += dwin[0][e] * xwin[i][e];
-            g += w[kW - 1 - i][e] * dwin[i][e];
+      for (int i = 0; i < kConvBwdChunk; ++i) {
+        const int64_t r = base + i;
+        if (r >= walk_end || !live) break;
+        if (r >= seg.b) {  // seg ended at seg.b <= r: its pending sums are complete
+          if (seg.s < p.segments) conv_flush<T, kVec, kW>(p, own, seg, c0, acc);
+          if (r >= own.r1) {  // past the run: nothing more of ours
+            live = false;
+            break;
           }
-          gxr[e] = g;
+          seg = conv_next_segment(p, seg, r);
+          if (seg.s < p.segments) conv_fill_window<T, kVec, kW>(p, x, c0, seg, r, win);
+#pragma unroll
+          for (int k = 0; k < kW; ++k)
+#pragma unroll
+            for (int e = 0; e < kVec; ++e) acc[k][e] = 0.f;  // the history rows' sums start here
         }
-        store4(gx + r * p.channels + c0, gxr);
-        if (r == seg.start && p.grad_history != nullptr) {
-          // history row h is source start - (W-1) + h: it feeds rows start + j through tap i = j + W-1-h
-          for (int h = 0; h < p.width - 1; ++h) {
-            float gh[kConvChannels] = {};
-#pragma unroll
-            for (int j = 0; j < kW; ++j) {
-              const int i = j + p.width - 1 - h;
-              if (i < kW) {
-#pragma unroll
-                for (int e = 0; e < kConvChannels; ++e) gh[e] += w[kW - 1 - i][e] * dwin[j][e];
-              }
-            }
-            store4(static_cast<T*>(p.grad_history) + (int64_t(seg.s) * (p.width - 1) + h) * p.channels + c0, gh);
+        if (seg.s >= p.segments) {  // past cu_seqlens[-1]: zero grad, and no later row is in a segment
+          if (r >= own.r1) {
+            live = false;
+            break;
           }
+          float zero[kVec];
+#pragma unroll
+          for (int e = 0; e < kVec; ++e) zero[e] = 0.f;
+          conv_store<T, kVec>(static_cast<T*>(p.grad_x) + r * p.channels + c0, zero);
+          continue;
         }
-        // slide to row r - 1
+        float xr[kVec];
 #pragma unroll
-        for (int i = kW - 1; i > 0; --i)
+        for (int e = 0; e < kVec; ++e) {
+          xr[e] = in[i].at(e);
+          const float pre = conv_pre<kVec, kW>(w, win, xr[e], e);
+          float dp = din[i].at(e);
+          if (p.activation) {
+            const float sig = conv_sigmoid(pre);
+            dp *= sig * (1.f + pre * (1.f - sig));
+          }
+          if (r < own.r1) {  // grad_w counts each row once: in the run that owns it
 #pragma unroll
-          for (int e = 0; e < kConvChannels; ++e) dwin[i][e] = dwin[i - 1][e];
+            for (int k = 0; k < kW - 1; ++k) gw[k][e] = fmaf(dp, win[k][e], gw[k][e]);
+            gw[kW - 1][e] = fmaf(dp, xr[e], gw[kW - 1][e]);
+          }
 #pragma unroll
-        for (int i = 0; i + 1 < kW; ++i)
+          for (int k = 0; k < kW; ++k) acc[k][e] = fmaf(w[k][e], dp, acc[k][e]);
+        }
+        conv_emit<T, kVec, kW>(p, own, seg, c0, r - (kW - 1), acc[0]);  // its last term was row r's
 #pragma unroll
-          for (int e = 0; e < kConvChannels; ++e) xwin[i][e] = xwin[i + 1][e];
-        if (r - 1 >= r0) load_source<T>(p, seg, r - 1 - (kW - 1), c0, xwin[kW - 1]);
+        for (int k = 0; k < kW - 1; ++k)
+#pragma unroll
+          for (int e = 0; e < kVec; ++e) acc[k][e] = acc[k + 1][e];
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) acc[kW - 1][e] = 0.f;
+        conv_shift_window<kVec, kW>(win, xr);
       }
     }
+    // The walk stopped at walk_end: a segment ending exactly there still has its pending sums.
+    if (live && seg.s < p.segments && seg.b <= walk_end) conv_flush<T, kVec, kW>(p, own, seg, c0, acc);
   }
-  // dw: the CTA's tiles in order, then one partial row per CTA column block.
+
+  // grad_w partial of this CTA: the warps' sums added in warp order (fixed order: deterministic).
+  for (int wi = 0; wi < kConvWarps; ++wi) {
+    if (warp == wi) {
 #pragma unroll
-  for (int j = 0; j < kW; ++j)
+      for (int k = 0; k < kW; ++k)
 #pragma unroll
-    for (int e = 0; e < kConvChannels; ++e) s_dw[threadIdx.y][threadIdx.x][j * kConvChannels + e] = dw[j][e];
-  __syncthreads();
-  if (threadIdx.y == 0 && active) {
-    for (int j = 0; j < kW; ++j)
-      for (int e = 0; e < kConvChannels; ++e) {
-        float sum = 0.f;
-        for (int t = 0; t < kConvTilesY; ++t) sum += s_dw[t][threadIdx.x][j * kConvChannels + e];
-        p.grad_w_partial[(int64_t(blockIdx.y) * p.channels + c0 + e) * kW + j] = sum;
-      }
+        for (int e = 0; e < kVec; ++e) s_gw[lane][k * kVec + e] = (wi == 0 ? 0.f : s_gw[lane][k * kVec + e]) + gw[k][e];
+    }
+    __syncthreads();
+  }
+  // partial [gridDim.x, C, W]: the tile's 32 * kVec channels are consecutive, so i walks memory in order.
+  const int64_t tile_c0 = int64_t(blockIdx.y) * 32 * kVec;
+  float* out = p.grad_w_partial + (int64_t(blockIdx.x) * p.channels + tile_c0) * kW;
+  for (int i = threadIdx.x; i < 32 * kVec * kW; i += kConvThreads) {
+    const int l = i / (kVec * kW), e = i / kW % kVec, k = i % kW;
+    if (tile_c0 + l * kVec + e < p.channels) out[i] = s_gw[l][k * kVec + e];
   }
 }
 
