@@ -7,6 +7,7 @@ import torch
 import mom_ops
 from mom_ops.reference import segment_conv_ref
 from tests.helpers import cu_from_lengths, device_param, need_kernel, poison_, rel_rms
+from tests.test_poisoned_outputs import poisoned_allocations  # noqa: F401  (fixture: NaN-filled allocations)
 
 LENGTHS = [0, 1, 2, 3, 5, 64, 100, 0, 7]
 
@@ -128,12 +129,85 @@ def test_gpu_segment_conv_writes_every_row():
     assert torch.all(gx[int(cu[-1]):] == 0)
 
 
+def _gpu_fwd_bwd(x, w, cu, h, activation=True, seed=3):
+    """The CUDA op's y and gradients against the fp32 reference on the same (low-precision) inputs; rel. RMS."""
+    gen = torch.Generator().manual_seed(seed)
+    args = [x, w] + ([h] if h is not None else [])
+    dy = torch.randn(x.shape, generator=gen).to(x.device, x.dtype)
+    leaves = [a.detach().clone().requires_grad_(True) for a in args]
+    out = mom_ops.segment_conv(leaves[0], leaves[1], cu, leaves[2] if h is not None else None, activation)
+    out.backward(dy)
+    refs = [a.detach().cpu().float().requires_grad_(True) for a in args]
+    ref = segment_conv_ref(refs[0], refs[1], cu.cpu(), refs[2] if h is not None else None, activation)
+    if ref.grad_fn is not None:
+        (ref * dy.cpu().float()).sum().backward()
+    end = int(cu[-1])
+    assert torch.all(out[end:] == 0) and torch.all(leaves[0].grad[end:] == 0)
+    errs = [rel_rms(out, ref)]
+    for got, r in zip(leaves, refs):
+        if r.grad is not None and r.grad.norm() > 0:
+            errs.append(rel_rms(got.grad, r.grad))
+    return max(errs)
+
+
 @pytest.mark.gpu
-def test_gpu_segment_conv_rejects_odd_channels():
+@pytest.mark.parametrize("C", [6, 37])
+def test_gpu_segment_conv_odd_channels(C, poisoned_allocations):  # noqa: F811
+    """C % 4 != 0: one channel per thread."""
     need_kernel("segment_conv_fwd", "cuda")
-    x, w, cu, _ = _inputs([3, 4], 6, 4, False, torch.bfloat16, "cuda")
-    with pytest.raises(ValueError, match="multiple of 4"):
-        mom_ops.segment_conv(x, w, cu)
+    x, w, cu, h = _inputs(LENGTHS, C, 4, True, torch.bfloat16, "cuda")
+    assert _gpu_fwd_bwd(x, w, cu, h) < 1e-2
+
+
+@pytest.mark.gpu
+def test_gpu_segment_conv_strided_and_misaligned_rows(poisoned_allocations):  # noqa: F811
+    """A column slice of a wider tensor (row stride 3C: vectors) and one shifted by an element (single elements);
+    fp32 weight and history with bf16 x (the layer's cache); int64 cu_seqlens."""
+    need_kernel("segment_conv_fwd", "cuda")
+    x, w, cu, h = _inputs(LENGTHS, 256, 4, True, torch.bfloat16, "cuda")
+    wide = torch.cat([x, x, x], 1)
+    cu64 = cu.long()
+    assert _gpu_fwd_bwd(wide[:, 256:512], w, cu64, h) < 1e-2
+    assert _gpu_fwd_bwd(wide[:, 1:257], w, cu64, h) < 1e-2
+    assert _gpu_fwd_bwd(x, w, cu, h.float()) < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("W", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize("lengths, tail", [([1] * 50 + [0, 33, 31, 32], 40), ([0, 0, 0], 2), ([300], 0)])
+def test_gpu_segment_conv_segmentations(W, lengths, tail, poisoned_allocations):  # noqa: F811
+    """Runs of 32 rows crossing many segment ends (incl. 1-row and empty segments), only empty segments, one."""
+    need_kernel("segment_conv_bwd", "cuda")
+    for activation in (True, False):
+        x, w, cu, h = _inputs(lengths, 64, W, True, torch.bfloat16, "cuda", tail=tail)
+        assert _gpu_fwd_bwd(x, w, cu, h, activation) < 1e-2
+
+
+@pytest.mark.gpu
+def test_gpu_segment_conv_50k_rows(poisoned_allocations):  # noqa: F811
+    """~50k rows x 1024 channels against the vectorised torch version in fp32 on the GPU (the per-row reference
+    loop would take minutes); bitwise reproducible gradients."""
+    from mom_ops.reference import segment_conv_torch
+
+    need_kernel("segment_conv_bwd", "cuda")
+    gen = torch.Generator().manual_seed(5)
+    lengths = torch.randint(0, 3000, (33,), generator=gen).tolist()
+    x, w, cu, h = _inputs(lengths, 1024, 4, True, torch.bfloat16, "cuda", tail=100)
+    dy = torch.randn(x.shape, generator=gen).to("cuda", torch.bfloat16)
+    runs = []
+    for _ in range(2):
+        leaves = [a.detach().clone().requires_grad_(True) for a in (x, w, h)]
+        out = mom_ops.segment_conv(*leaves[:2], cu, leaves[2])
+        out.backward(dy)
+        runs.append([out] + [t.grad for t in leaves])
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+    refs = [a.detach().float().requires_grad_(True) for a in (x, w, h)]
+    ref = segment_conv_torch(refs[0], refs[1], cu, refs[2])
+    (ref * dy.float()).sum().backward()
+    assert torch.all(runs[0][0][int(cu[-1]):] == 0)
+    for got, r in zip(runs[0], [ref] + [t.grad for t in refs]):
+        assert rel_rms(got, r) < 1e-2
 
 
 def test_segment_conv_torch_matches_reference():
