@@ -11,11 +11,11 @@
 #include "common/static_switch.h"
 #include "gdn/gdn_checks.h"
 #include "gdn/gdn_fwd_kernel.cuh"
+#include "gdn/gdn_fwd_launch.h"
 #include "gdn/scan_io.h"
 #include "gdn/scan_prologue.cuh"
 
 namespace mom_ops {
-namespace {
 
 // Columns of V per CTA. The state tile S [K, BV] lives in registers and every V-block repeats the chunk-local
 // work (A, T, W, U), so wide blocks (128 at K = 128, 64 at K = 256) repeat half as much; narrow ones (64, 32) give
@@ -35,6 +35,8 @@ int gdn_value_block(int64_t dim_k, int64_t dim_v, int64_t num_seqs, int64_t head
   return narrow_ctas > int64_t(sms) * narrow_ctas_per_sm ? 2 * narrow : narrow;
 }
 
+namespace {
+
 template <typename T, int kK, int kBV>
 void launch_gdn_fwd(const GdnFwdParams& p, cudaStream_t stream) {
   using L = GdnSmem<T, kK, kBV>;
@@ -47,6 +49,29 @@ void launch_gdn_fwd(const GdnFwdParams& p, cudaStream_t stream) {
   kernel<<<unsigned(blocks), kGdnThreads, L::kBytes, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
+
+}  // namespace
+
+// The forward kernel for (dtype, K, value block); also the backward's rerun (gdn_bwd_cuda.cu).
+void run_gdn_fwd(const GdnFwdParams& p, bool bf16, int dim_k, int bv, cudaStream_t stream) {
+  BOOL_SWITCH(bf16, kBf16, [&] {
+    using T = std::conditional_t<kBf16, __nv_bfloat16, __half>;
+    HEADDIM_SWITCH(dim_k, kK, [&] {
+      if constexpr (kK == 64) {
+        launch_gdn_fwd<T, kK, 64>(p, stream);
+      } else {
+        constexpr int kNarrow = kK == 256 ? 32 : 64;
+        if (bv == 2 * kNarrow) {
+          launch_gdn_fwd<T, kK, 2 * kNarrow>(p, stream);
+        } else {
+          launch_gdn_fwd<T, kK, kNarrow>(p, stream);
+        }
+      }
+    });
+  });
+}
+
+namespace {
 
 std::tuple<at::Tensor, at::Tensor> gdn_fwd_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                 const at::Tensor& g, const at::Tensor& beta, double scale,
@@ -75,22 +100,7 @@ std::tuple<at::Tensor, at::Tensor> gdn_fwd_cuda(const at::Tensor& q, const at::T
   p.num_vblocks = int(d.dim_v / bv);
   p.v_first = state_v_first;
   p.seq_order = order.defined() ? order.data_ptr<int>() : nullptr;
-  const bool bf16 = q.scalar_type() == at::kBFloat16;
-  BOOL_SWITCH(bf16, kBf16, [&] {
-    using T = std::conditional_t<kBf16, __nv_bfloat16, __half>;
-    HEADDIM_SWITCH(d.dim_k, kK, [&] {
-      if constexpr (kK == 64) {
-        launch_gdn_fwd<T, kK, 64>(p, stream);
-      } else {
-        constexpr int kNarrow = kK == 256 ? 32 : 64;
-        if (bv == 2 * kNarrow) {
-          launch_gdn_fwd<T, kK, 2 * kNarrow>(p, stream);
-        } else {
-          launch_gdn_fwd<T, kK, kNarrow>(p, stream);
-        }
-      }
-    });
-  });
+  run_gdn_fwd(p, q.scalar_type() == at::kBFloat16, int(d.dim_k), bv, stream);
   return {io.o, io.ht};
 }
 

@@ -29,6 +29,10 @@ struct GdnFwdParams : ScanParams {
   int num_vblocks;         // V / kBV
   bool v_first;            // states are [N, HV, V, K]
   const int* seq_order;    // [N] sequences longest first (scan_prologue.cuh), or nullptr: index order
+  // What the backward (#5) reads, written when not nullptr (16-bit, the input dtype; slots: chunk_slot below):
+  void* save_s0;           // [slots, HV, K, V] the state at the start of every chunk
+  void* save_w;            // [rows, HV, K] W = T diag(beta e^G rk) K (the normalised keys' W), by V-block 0
+  void* save_vn;           // [rows, HV, V] V_new = U - W S
 #ifdef MOM_OPS_GDN_PROFILE
   unsigned long long* phase_cycles;  // [kGdnPhases]: cycles per phase summed over CTAs (scripts/gdn_phases.cu)
 #endif
@@ -84,8 +88,10 @@ __device__ __forceinline__ void store2(T* dst, float x, float y) {
 // float4; zeros on and above the diagonal) into Tm (row stride kLdT), by 16x16 blocks, all 256 threads.
 // X (3 x 256 floats) is scratch. Every sum has a fixed length (the zeros of A make up the rest) and four
 // partial sums, so the loops unroll and the FMA chains stay short. Ends with a barrier.
-template <int kLdA, int kLdT>
-__device__ __forceinline__ void invert_unit_lower_64(const float* A, float* Tm, float* X, int tid) {
+// With kScaleRows, A's row i is multiplied by row_scale[i] as it is read (the backward keeps A / beta).
+template <int kLdA, int kLdT, bool kScaleRows = false>
+__device__ __forceinline__ void invert_unit_lower_64(const float* A, float* Tm, float* X, int tid,
+                                                     const float* row_scale = nullptr) {
   // Diagonal blocks: thread (b, c) substitutes column c of block b: t_i = [i == c] - sum_m A_im t_m.
   if (tid < 64) {
     const int b = tid / 16, c = tid % 16, r0 = 16 * b;
@@ -95,10 +101,12 @@ __device__ __forceinline__ void invert_unit_lower_64(const float* A, float* Tm, 
 #pragma unroll
     for (int i = 0; i < 16; ++i) {
       const float4* row = reinterpret_cast<const float4*>(A + (r0 + i) * kLdA + r0);
+      const float rs = kScaleRows ? row_scale[r0 + i] : 1.f;
       float part[4] = {i == c ? 1.f : 0.f, 0.f, 0.f, 0.f};
 #pragma unroll
       for (int m4 = 0; m4 < (i + 3) / 4; ++m4) {  // A_im = 0 for m >= i
-        const float4 a = row[m4];
+        float4 a = row[m4];
+        if (kScaleRows) a.x *= rs, a.y *= rs, a.z *= rs, a.w *= rs;
         part[0] -= a.x * t[4 * m4], part[1] -= a.y * t[4 * m4 + 1];
         part[2] -= a.z * t[4 * m4 + 2], part[3] -= a.w * t[4 * m4 + 3];
       }
@@ -116,10 +124,12 @@ __device__ __forceinline__ void invert_unit_lower_64(const float* A, float* Tm, 
     for (int j = 0; j + d < 4; ++j) {
       const int i = j + d;
       const float4* row = reinterpret_cast<const float4*>(A + (16 * i + r) * kLdA + 16 * j);
+      const float rs = kScaleRows ? row_scale[16 * i + r] : 1.f;
       float part[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
       for (int m4 = 0; m4 < 4 * d; ++m4) {
-        const float4 a = row[m4];
+        float4 a = row[m4];
+        if (kScaleRows) a.x *= rs, a.y *= rs, a.z *= rs, a.w *= rs;
         const float* tcol = Tm + (16 * j + 4 * m4) * kLdT + 16 * j + c;
         part[0] += a.x * tcol[0], part[1] += a.y * tcol[kLdT];
         part[2] += a.z * tcol[2 * kLdT], part[3] += a.w * tcol[3 * kLdT];
@@ -214,6 +224,19 @@ __global__ void __launch_bounds__(kGdnThreads, kGdnCtasPerSm<T, kK, kBV>) gdn_fw
 
   for (int64_t c0 = bos; c0 < eos; c0 += C) {
     const int len = int(min(int64_t(C), eos - c0));
+    if (p.save_s0 != nullptr) {  // S0 of this chunk, (k, v) pairs as 32-bit stores
+      T* dst = static_cast<T*>(p.save_s0) +
+               ((chunk_slot(p, seq, bos) + (c0 - bos) / C) * p.heads_v + hv) * int64_t(kK) * p.dim_v + v0;
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; e += 2) {
+            const int kk = (wm * kMT + mt) * 16 + g8 + (e >= 2 ? 8 : 0), vv = (wn * kNT + nt) * 8 + 2 * t4;
+            store2<T>(dst + int64_t(kk) * p.dim_v + vv, S[mt][nt][e], S[mt][nt][e + 1]);
+          }
+    }
     // (a) q, k [64, K], v [64, kBV] -> shared memory (zeros past len), g and beta (0 past len).
     for (int idx = tid; idx < C * (kK / 8); idx += kGdnThreads) {
       const int r = idx / (kK / 8), c = (idx % (kK / 8)) * 8;
@@ -357,9 +380,24 @@ __global__ void __launch_bounds__(kGdnThreads, kGdnCtasPerSm<T, kK, kBV>) gdn_fw
     }
     __syncthreads();
     GDN_PHASE(6);
+    if (p.save_vn != nullptr) {  // V_new rows of this V-block; W (all K columns) from V-block 0
+      for (int idx = tid; idx < len * (kBV / 8); idx += kGdnThreads) {
+        const int r = idx / (kBV / 8), c = (idx % (kBV / 8)) * 8;
+        *reinterpret_cast<uint4*>(static_cast<T*>(p.save_vn) + ((c0 + r) * p.heads_v + hv) * p.dim_v + v0 + c) =
+            *reinterpret_cast<const uint4*>(sVn + r * kLdV + c);
+      }
+      if (vb == 0) {
+        for (int idx = tid; idx < len * (kK / 8); idx += kGdnThreads) {
+          const int r = idx / (kK / 8), c = (idx % (kK / 8)) * 8;
+          *reinterpret_cast<uint4*>(static_cast<T*>(p.save_w) + ((c0 + r) * p.heads_v + hv) * kK + c) =
+              *reinterpret_cast<const uint4*>(sW + r * kLdK + c);
+        }
+      }
+    }
 
-    // (f) O = scale (rq e^G (Q S) + QK V_new), rows r0.., v columns of half ch -> global.
-    {
+    // (f) O = scale (rq e^G (Q S) + QK V_new), rows r0.., v columns of half ch -> global (the backward's rerun
+    // passes no o).
+    if (o != nullptr) {
       float acc[kNTo][4] = {};
       mma_rows<T, kK / 16, kNTo, false>(acc, sQ + r0 * kLdK, kLdK, sS + vc0 * kLdK, kLdK, lane);
       const int i0 = r0 + g8, i1 = i0 + 8;

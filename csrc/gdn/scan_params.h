@@ -37,6 +37,13 @@ __device__ __forceinline__ void sequence_bounds(const ScanParams& p, int64_t seq
     eos = max(bos, min(cu(seq + 1), p.total_rows));
   }
 }
+
+// First chunk slot of the sequence starting at row bos: slots [bos / 64 + seq, .. + its chunks) never overlap
+// between sequences, and all fit in chunk_slots() slots.
+__device__ __forceinline__ int64_t chunk_slot(const ScanParams&, int64_t seq, int64_t bos) { return bos / 64 + seq; }
 #endif
+
+// Slots for per-chunk tensors (states at chunk starts): rows / 64 + N + 1 covers every chunk_slot.
+inline int64_t chunk_slots(int64_t total_rows, int64_t num_seqs) { return total_rows / 64 + num_seqs + 1; }
 
 }  // namespace mom_ops

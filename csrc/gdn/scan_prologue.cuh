@@ -46,15 +46,20 @@ static __global__ void zero_rows_past_end_kernel(ScanParams p, int64_t row_bytes
     o[i] = 0;
 }
 
-// o (allocated empty by prepare_scan_io) = 0 on the rows no sequence covers.
-inline void zero_rows_past_end(ScanIO& io, cudaStream_t stream) {
-  if (io.params.num_seqs == 0) {
-    io.o.zero_();
-  } else if (io.params.cu_seqlens != nullptr && io.o.numel() > 0) {
-    zero_rows_past_end_kernel<<<132, 256, 0, stream>>>(io.params, io.o.nbytes() / io.params.total_rows);
+// rows_tensor ([total_rows, ...], allocated empty) = 0 on the rows no sequence covers.
+inline void zero_rows_past_end(const ScanParams& params, at::Tensor& rows_tensor, cudaStream_t stream) {
+  if (params.num_seqs == 0) {
+    rows_tensor.zero_();
+  } else if (params.cu_seqlens != nullptr && rows_tensor.numel() > 0) {
+    ScanParams p = params;
+    p.o = rows_tensor.data_ptr();
+    zero_rows_past_end_kernel<<<132, 256, 0, stream>>>(p, rows_tensor.nbytes() / p.total_rows);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
+
+// o (allocated empty by prepare_scan_io) = 0 on the rows no sequence covers.
+inline void zero_rows_past_end(ScanIO& io, cudaStream_t stream) { zero_rows_past_end(io.params, io.o, stream); }
 
 // Workspace [N] int32 with the sequences longest first, or an undefined tensor (then index order).
 inline at::Tensor longest_first_order(const ScanIO& io, cudaStream_t stream) {

@@ -1,0 +1,220 @@
+// Backward of the chunked gated-delta scan, part 1 of 2: the state-gradient chain. One CTA (8 warps) owns
+// (sequence, value head, V-block of kBV columns) and walks the chunks in reverse with dS [K, kBV] in fp32
+// registers (dS = dL/d state at the chunk end; dht or 0 at the last chunk). Per chunk it writes dS (16-bit) to
+// the chunk's slot for the grads kernel, then (mom_ops/reference/gdn_backward.py, scale folded into P and dO):
+//   P   = scale rq_i rk_j e^{G_i - G_j} (q_i . k_j)   (i >= j, raw q, k rows)
+//   dVn = rk_i e^{G_L - G_i} (K dS)_i + (P^T dO)_i
+//   dS <- e^{G_L} dS + Q^T diag(scale rq e^G) dO - W^T dVn
+// W comes from the forward rerun (saved, 16-bit). The chunk's other gradients need only dS, the saved S0, W and
+// V_new, so they run chunk-parallel afterwards (gdn_bwd_grads_kernel.cuh). At the end dS = dh0.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "common/cp_async.cuh"
+#include "common/mma.cuh"
+#include "gdn/chunk_prologue.cuh"
+#include "gdn/gdn_bwd_params.h"
+#include "gdn/gdn_fwd_kernel.cuh"
+
+namespace mom_ops {
+
+// Shared memory (byte offsets); 16-bit rows padded by 8 elements against bank conflicts.
+template <typename T, int kK, int kBV>
+struct GdnChainSmem {
+  static constexpr int C = kGdnChunk;
+  static constexpr int kLdK = kK + 8, kLdV = kBV + 8, kLdC = C + 8;
+  static constexpr int bytes16(int rows, int ld) { return rows * ld * 2; }
+  static constexpr int kQ = 0;                               // q [64][kLdK] (raw)
+  static constexpr int kKey = kQ + bytes16(C, kLdK);         // k [64][kLdK] (raw)
+  static constexpr int kW = kKey + bytes16(C, kLdK);         // W [64][kLdK] (saved)
+  static constexpr int kDo = kW + bytes16(C, kLdK);          // dO [64][kLdV]
+  static constexpr int kDoq = kDo + bytes16(C, kLdV);        // diag(scale rq e^G) dO [64][kLdV]
+  static constexpr int kDvn = kDoq + bytes16(C, kLdV);       // -dVn [64][kLdV]
+  static constexpr int kS = kDvn + bytes16(C, kLdV);         // dS^T [kBV][kLdK] (16-bit copy)
+  static constexpr int kP = kS + bytes16(kBV, kLdK);         // P [64][kLdC]
+  static constexpr int kVec = kP + bytes16(C, kLdC);         // f32 [64] each: G, rq, rk
+  static constexpr int kBytes = kVec + 3 * C * 4;
+};
+
+template <typename T, int kK, int kBV>
+constexpr int kChainCtasPerSm = 2 * GdnChainSmem<T, kK, kBV>::kBytes <= 227 * 1024 ? 2 : 1;
+
+template <typename T, int kK, int kBV>
+__global__ void __launch_bounds__(kGdnThreads, kChainCtasPerSm<T, kK, kBV>) gdn_bwd_chain_kernel(GdnBwdParams p) {
+  using L = GdnChainSmem<T, kK, kBV>;
+  constexpr int C = kGdnChunk, kLdK = L::kLdK, kLdV = L::kLdV, kLdC = L::kLdC;
+  // dS tiles as the forward's S: kWarpsM x kWarpsN warps, each kMT 16-row tiles (k) x kNT 8-column tiles (v).
+  constexpr int kWarpsM = kK / 16 < 8 ? kK / 16 : 8, kWarpsN = 8 / kWarpsM;
+  constexpr int kMT = kK / 16 / kWarpsM, kNT = kBV / 8 / kWarpsN;
+  constexpr int kHalfV = kBV / 2, kNTo = kHalfV / 8;  // per-warp dVn columns
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* sQ = reinterpret_cast<T*>(smem + L::kQ);
+  T* sK = reinterpret_cast<T*>(smem + L::kKey);
+  T* sW = reinterpret_cast<T*>(smem + L::kW);
+  T* sDo = reinterpret_cast<T*>(smem + L::kDo);
+  T* sDoq = reinterpret_cast<T*>(smem + L::kDoq);
+  T* sDvn = reinterpret_cast<T*>(smem + L::kDvn);
+  T* sS = reinterpret_cast<T*>(smem + L::kS);
+  T* sP = reinterpret_cast<T*>(smem + L::kP);
+  float* sG = reinterpret_cast<float*>(smem + L::kVec);
+  float *sRq = sG + C, *sRk = sRq + C;
+
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g8 = lane / 4, t4 = lane % 4;
+  const int rt = warp % 4, ch = warp / 4, r0 = 16 * rt;
+  const int vb = blockIdx.x % p.num_vblocks;
+  const int hv = (blockIdx.x / p.num_vblocks) % p.heads_v;
+  const int rank = blockIdx.x / (p.num_vblocks * p.heads_v);
+  const int seq = p.seq_order != nullptr ? p.seq_order[rank] : rank;
+  const int h = hv / (p.heads_v / p.heads_qk), v0 = vb * kBV;
+  int64_t bos, eos;
+  sequence_bounds(p, seq, bos, eos);
+  const int64_t num_chunks = (eos - bos + C - 1) / C, slot0 = chunk_slot(p, seq, bos);
+  const T* q = static_cast<const T*>(p.q);
+  const T* k = static_cast<const T*>(p.k);
+  const T* w = static_cast<const T*>(p.w);
+  const T* dout = static_cast<const T*>(p.dout);
+  const int64_t state_off = (int64_t(seq) * p.heads_v + hv) * int64_t(kK) * p.dim_v;
+
+  const int wm = warp % kWarpsM, wn = warp / kWarpsM;
+  float dS[kMT][kNT][4];
+  auto for_each_state = [&](auto&& fn) {  // fn(element, k, v - v0)
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          fn(dS[mt][nt][e], (wm * kMT + mt) * 16 + g8 + (e >= 2 ? 8 : 0), (wn * kNT + nt) * 8 + 2 * t4 + (e & 1));
+  };
+  auto state_index = [&](int kk, int vv) -> int64_t {
+    return state_off + (p.v_first ? int64_t(v0 + vv) * kK + kk : int64_t(kk) * p.dim_v + v0 + vv);
+  };
+  for_each_state([&](float& x, int kk, int vv) { x = p.dht != nullptr ? p.dht[state_index(kk, vv)] : 0.f; });
+  auto publish_state = [&]() {  // dS^T in 16 bits: the B operand of K dS
+    for_each_state([&](float& x, int kk, int vv) { sS[vv * kLdK + kk] = from_f32<T>(x); });
+  };
+  publish_state();
+
+  for (int64_t ci = num_chunks - 1; ci >= 0; --ci) {
+    const int64_t c0 = bos + ci * C;
+    const int len = int(min(int64_t(C), eos - c0));
+    // (a) q, k, W [64, K], dO [64, kBV] -> shared memory (zeros past len), g; dS -> the chunk's slot.
+    for (int idx = tid; idx < C * (kK / 8); idx += kGdnThreads) {
+      const int r = idx / (kK / 8), c = (idx % (kK / 8)) * 8;
+      const int64_t row = c0 + min(r, len - 1);
+      cp_async16(sQ + r * kLdK + c, q + (row * p.heads_qk + h) * kK + c, r < len);
+      cp_async16(sK + r * kLdK + c, k + (row * p.heads_qk + h) * kK + c, r < len);
+      cp_async16(sW + r * kLdK + c, w + (row * p.heads_v + hv) * kK + c, r < len);
+    }
+    for (int idx = tid; idx < C * (kBV / 8); idx += kGdnThreads) {
+      const int r = idx / (kBV / 8), c = (idx % (kBV / 8)) * 8;
+      cp_async16(sDo + r * kLdV + c, dout + ((c0 + min(r, len - 1)) * p.heads_v + hv) * p.dim_v + v0 + c, r < len);
+    }
+    cp_async_commit();
+    if (tid < C) sG[tid] = tid < len ? p.g[(c0 + tid) * p.heads_v + hv] : 0.f;
+    {
+      T* dst = static_cast<T*>(p.ds1) + ((slot0 + ci) * p.heads_v + hv) * int64_t(kK) * p.dim_v + v0;
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; e += 2) {
+            const int kk = (wm * kMT + mt) * 16 + g8 + (e >= 2 ? 8 : 0), vv = (wn * kNT + nt) * 8 + 2 * t4;
+            store2<T>(dst + int64_t(kk) * p.dim_v + vv, dS[mt][nt][e], dS[mt][nt][e + 1]);
+          }
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+
+    // (b) l2norm factors, G = cumsum(g).
+    chunk_norms_and_cumsum<T, kK, kLdK>(sQ, sK, sG, sRq, sRk, p.l2norm, tid);
+    __syncthreads();
+    const float G_last = sG[C - 1];
+
+    // (c) P rows r0.., columns 32 ch.. -> sP; diag(scale rq e^G) dO -> sDoq.
+    {
+      float acc[4][4] = {};
+      mma_rows<T, kK / 16, 4, false>(acc, sQ + r0 * kLdK, kLdK, sK + 32 * ch * kLdK, kLdK, lane);
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; e += 2) {
+          const int i = r0 + g8 + (e >= 2 ? 8 : 0), j = 32 * ch + nt * 8 + 2 * t4;
+          const float f = p.scale * sRq[i], Gi = sG[i];
+          const float x0 = i >= j ? f * sRk[j] * __expf(Gi - sG[j]) * acc[nt][e] : 0.f;
+          const float x1 = i >= j + 1 ? f * sRk[j + 1] * __expf(Gi - sG[j + 1]) * acc[nt][e + 1] : 0.f;
+          store2<T>(sP + i * kLdC + j, x0, x1);
+        }
+    }
+    for (int idx = tid; idx < C * kBV / 2; idx += kGdnThreads) {
+      const int r = idx / (kBV / 2), c = (idx % (kBV / 2)) * 2;
+      const float f = p.scale * sRq[r] * __expf(sG[r]);
+      store2<T>(sDoq + r * kLdV + c, f * to_f32<T>(sDo[r * kLdV + c]), f * to_f32<T>(sDo[r * kLdV + c + 1]));
+    }
+    __syncthreads();
+
+    // (d) dVn rows r0.., v columns of half ch: rk e^{G_L - G} (K dS) + P^T dO -> -dVn in sDvn.
+    {
+      const int vc0 = ch * kHalfV;
+      float acc[kNTo][4] = {};
+      mma_rows<T, kK / 16, kNTo, false>(acc, sK + r0 * kLdK, kLdK, sS + vc0 * kLdK, kLdK, lane);
+      const int i0 = r0 + g8, i1 = i0 + 8;
+      const float d0 = sRk[i0] * __expf(G_last - sG[i0]), d1 = sRk[i1] * __expf(G_last - sG[i1]);
+#pragma unroll
+      for (int nt = 0; nt < kNTo; ++nt) acc[nt][0] *= d0, acc[nt][1] *= d0, acc[nt][2] *= d1, acc[nt][3] *= d1;
+#pragma unroll
+      for (int ks = 0; ks < C / 16; ++ks) {
+        uint32_t a[4];
+        load_a_trans(a, sP + ks * 16 * kLdC + r0, kLdC, lane);  // A[i][j] = P[j][i]
+#pragma unroll
+        for (int nt = 0; nt < kNTo; ++nt) {
+          uint32_t b[2];
+          load_b_trans(b, sDo + ks * 16 * kLdV + vc0 + nt * 8, kLdV, lane);
+          mma_16816<T>(acc[nt], a, b);
+        }
+      }
+#pragma unroll
+      for (int nt = 0; nt < kNTo; ++nt) {
+        const int c = vc0 + nt * 8 + 2 * t4;
+        store2<T>(sDvn + i0 * kLdV + c, -acc[nt][0], -acc[nt][1]);
+        store2<T>(sDvn + i1 * kLdV + c, -acc[nt][2], -acc[nt][3]);
+      }
+    }
+    __syncthreads();
+
+    // (e) dS = e^{G_L} dS + Q^T Doq + W^T (-dVn) on this warp's tiles.
+    const float eg = __expf(G_last);
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) {
+      const int m0 = (wm * kMT + mt) * 16;
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dS[mt][nt][e] *= eg;
+#pragma unroll
+      for (int kk = 0; kk < C; kk += 16) {
+        uint32_t aq[4], aw[4];
+        load_a_trans(aq, sQ + kk * kLdK + m0, kLdK, lane);  // A[c][i] = Q[i][c]
+        load_a_trans(aw, sW + kk * kLdK + m0, kLdK, lane);
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) {
+          uint32_t b[2];
+          load_b_trans(b, sDoq + kk * kLdV + (wn * kNT + nt) * 8, kLdV, lane);
+          mma_16816<T>(dS[mt][nt], aq, b);
+          load_b_trans(b, sDvn + kk * kLdV + (wn * kNT + nt) * 8, kLdV, lane);
+          mma_16816<T>(dS[mt][nt], aw, b);
+        }
+      }
+    }
+    publish_state();
+    __syncthreads();
+  }
+
+  if (p.dh0 != nullptr) for_each_state([&](float& x, int kk, int vv) { p.dh0[state_index(kk, vv)] = x; });
+}
+
+}  // namespace mom_ops

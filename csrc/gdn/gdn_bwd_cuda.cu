@@ -1,0 +1,136 @@
+// CUDA binding of the chunked gated-delta-rule backward (issue #5): checks, then three launches on tensor cores:
+//  1. the forward kernel again, saving S0 of every chunk, W and V_new (16-bit; o is not written);
+//  2. the state-gradient chain in reverse (gdn_bwd_chain_kernel.cuh): dS1 of every chunk, dh0;
+//  3. every chunk's gradients in parallel (gdn_bwd_grads_kernel.cuh): dq, dk, dv, dg, dbeta.
+// With HV > H (GVA) the grads kernel writes dq, dk per value head in fp32 and the group sum and the l2norm
+// backward run here in torch. Design, count and measurements: csrc/gdn/NOTES.md.
+#include <ATen/core/Tensor.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros_like.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "gdn/gdn_bwd_launch.h"
+#include "gdn/gdn_checks.h"
+#include "gdn/gdn_fwd_launch.h"
+#include "gdn/scan_io.h"
+#include "gdn/scan_prologue.cuh"
+
+namespace mom_ops {
+namespace {
+
+// dx of y = x / sqrt(|x|^2 + 1e-6) (rows of the last dim), fp32.
+at::Tensor l2norm_backward(const at::Tensor& x, const at::Tensor& dy) {
+  const at::Tensor r = x.square().sum(-1, true).add(1e-6).rsqrt();
+  const at::Tensor y = x.mul(r);
+  return r.mul(dy.sub(y.mul(y.mul(dy).sum(-1, true))));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gdn_bwd_cuda(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g, const at::Tensor& beta,
+    double scale, const std::optional<at::Tensor>& initial_state, const at::Tensor& grad_o,
+    const std::optional<at::Tensor>& grad_final_state, bool use_qk_l2norm, bool state_v_first,
+    const std::optional<at::Tensor>& cu_seqlens, const std::optional<at::Tensor>& chunk_indices) {
+  const GdnDims d = check_gdn_args(q, k, v, g, beta, initial_state, state_v_first, cu_seqlens, chunk_indices);
+  TORCH_CHECK_VALUE(q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf,
+                    "the CUDA scan takes bfloat16 or float16 q, k, v, got ", q.scalar_type());
+  TORCH_CHECK_VALUE(d.dim_k == 64 || d.dim_k == 128 || d.dim_k == 256,
+                    "the CUDA scan needs K in {64, 128, 256}, got ", d.dim_k);
+  const int bwd_bv = gdn_bwd_value_block(d.dim_k);
+  const int fwd_bv = gdn_value_block(d.dim_k, d.dim_v, d.num_seqs, d.heads_v);
+  TORCH_CHECK_VALUE(d.dim_v % bwd_bv == 0 && d.dim_v % fwd_bv == 0, "the CUDA scan backward needs V a multiple of ",
+                    bwd_bv, " for K = ", d.dim_k, ", got ", d.dim_v);
+  TORCH_CHECK_VALUE(grad_o.sizes() == v.sizes(), "grad_o must have the shape of v ", v.sizes(), ", got ",
+                    grad_o.sizes());
+  TORCH_CHECK_VALUE(grad_o.device() == q.device(), "grad_o must be on ", q.device(), ", got ", grad_o.device());
+  const std::vector<int64_t> state_shape = {d.num_seqs, d.heads_v, state_v_first ? d.dim_v : d.dim_k,
+                                            state_v_first ? d.dim_k : d.dim_v};
+  if (grad_final_state.has_value()) {
+    TORCH_CHECK_VALUE(grad_final_state->sizes() == at::IntArrayRef(state_shape), "grad_final_state must have shape ",
+                      at::IntArrayRef(state_shape), ", got ", grad_final_state->sizes());
+    TORCH_CHECK_VALUE(grad_final_state->device() == q.device(), "grad_final_state must be on ", q.device());
+  }
+  c10::cuda::CUDAGuard guard(q.device());
+  ScanIO io = prepare_scan_io(q, k, v, g, beta, scale, initial_state, /*output_final_state=*/false, use_qk_l2norm,
+                              state_v_first, cu_seqlens, d);
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const int64_t rows = d.batch * d.seqlen, slots = chunk_slots(rows, d.num_seqs);
+  const bool gva = d.heads_v != d.heads_qk;
+  const auto opts = q.options(), f32 = q.options().dtype(at::kFloat);
+  const at::Tensor dout = grad_o.to(q.scalar_type()).contiguous();
+  const at::Tensor dht = grad_final_state.has_value() ? grad_final_state->to(at::kFloat).contiguous() : at::Tensor();
+
+  at::Tensor dq = gva ? at::empty({rows, d.heads_v, d.dim_k}, f32) : at::empty(q.sizes(), opts);
+  at::Tensor dk = gva ? at::empty({rows, d.heads_v, d.dim_k}, f32) : at::empty(k.sizes(), opts);
+  at::Tensor dv = at::empty(v.sizes(), opts);
+  at::Tensor dg = at::empty({rows, d.heads_v}, f32), dbeta = at::empty({rows, d.heads_v}, f32);
+  at::Tensor dh0 = io.h0.defined() ? at::empty(state_shape, f32) : at::empty({0}, f32);
+  for (at::Tensor* t : {&dq, &dk, &dv, &dg, &dbeta}) zero_rows_past_end(io.params, *t, stream);
+
+  if (d.num_seqs > 0 && d.heads_v > 0 && rows > 0) {
+    const bool bf16 = q.scalar_type() == at::kBFloat16;
+    const at::Tensor order = longest_first_order(io, stream);
+    const at::Tensor s0 = at::empty({slots, d.heads_v, d.dim_k, d.dim_v}, opts);
+    const at::Tensor ds1 = at::empty({slots, d.heads_v, d.dim_k, d.dim_v}, opts);
+    const at::Tensor w = at::empty({rows, d.heads_v, d.dim_k}, opts);
+    const at::Tensor vn = at::empty({rows, d.heads_v, d.dim_v}, opts);
+
+    GdnFwdParams fp{};
+    static_cast<ScanParams&>(fp) = io.params;
+    fp.o = nullptr;
+    fp.ht = nullptr;
+    fp.num_vblocks = int(d.dim_v / fwd_bv);
+    fp.v_first = state_v_first;
+    fp.seq_order = order.defined() ? order.data_ptr<int>() : nullptr;
+    fp.save_s0 = s0.data_ptr();
+    fp.save_w = w.data_ptr();
+    fp.save_vn = vn.data_ptr();
+    run_gdn_fwd(fp, bf16, int(d.dim_k), fwd_bv, stream);
+
+    GdnBwdParams bp{};
+    static_cast<ScanParams&>(bp) = io.params;
+    bp.o = nullptr;
+    bp.dout = dout.data_ptr();
+    bp.dht = dht.defined() ? dht.data_ptr<float>() : nullptr;
+    bp.dh0 = io.h0.defined() ? dh0.data_ptr<float>() : nullptr;
+    bp.s0 = s0.data_ptr();
+    bp.w = w.data_ptr();
+    bp.vn = vn.data_ptr();
+    bp.ds1 = ds1.data_ptr();
+    bp.num_vblocks = int(d.dim_v / bwd_bv);
+    bp.v_first = state_v_first;
+    bp.seq_order = fp.seq_order;
+    bp.dq = dq.data_ptr();
+    bp.dk = dk.data_ptr();
+    bp.dqk_per_value_head = gva;
+    bp.dv = dv.data_ptr();
+    bp.dg = dg.data_ptr<float>();
+    bp.dbeta = dbeta.data_ptr<float>();
+    run_gdn_bwd_chain(bp, bf16, int(d.dim_k), stream);
+    run_gdn_bwd_grads(bp, bf16, int(d.dim_k), slots, stream);
+  } else if (io.h0.defined()) {
+    dh0.copy_(grad_final_state.has_value() ? dht : at::zeros_like(dh0));
+  }
+
+  if (gva) {  // sum over the value heads of each q/k head, then the l2norm backward, in fp32
+    const int64_t group = d.heads_v / d.heads_qk;
+    dq = dq.view({rows, d.heads_qk, group, d.dim_k}).sum(2);
+    dk = dk.view({rows, d.heads_qk, group, d.dim_k}).sum(2);
+    if (use_qk_l2norm) {
+      dq = l2norm_backward(io.q.view({rows, d.heads_qk, d.dim_k}).to(at::kFloat), dq);
+      dk = l2norm_backward(io.k.view({rows, d.heads_qk, d.dim_k}).to(at::kFloat), dk);
+    }
+    dq = dq.to(q.scalar_type()).view(q.sizes());
+    dk = dk.to(q.scalar_type()).view(k.sizes());
+  }
+  return {dq, dk, dv, dg.view(g.sizes()).to(g.scalar_type()), dbeta.view(beta.sizes()).to(beta.scalar_type()), dh0};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mom_ops, CUDA, m) { m.impl("chunk_gated_delta_rule_bwd", &gdn_bwd_cuda); }
+
+}  // namespace mom_ops

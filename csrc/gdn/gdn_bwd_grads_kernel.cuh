@@ -1,0 +1,499 @@
+// Backward of the chunked gated-delta scan, part 2 of 2: every chunk's gradients, all chunks in parallel. One
+// CTA (8 warps) owns (chunk slot, value head); it reads the chunk's q, k, v, g, beta, dO, the saved S0, W's
+// sibling V_new and the chain kernel's dS1 (gdn_bwd_chain_kernel.cuh), recomputes G, the l2norm factors, A, T, P,
+// and walks V in blocks of kBV columns. The formulas are mom_ops/reference/gdn_backward.py's, regrouped so that
+// every V-block adds into a few accumulators (Kn = diag(rk) K raw, Qn = diag(rq) Q raw; dO carries no scale):
+//   kdS = K dS1, M = K S0                          (per V-block, raw K)
+//   dVn = rk e^{G_L - G} kdS + scale P^T dO,  dVb = T^T dVn,  dv = beta dVb
+//   Z   = beta (V - e^G rk M)                      (so that dT = dVn Vb^T + dW Kb^T = sum over V of dVn Z^T)
+//   X1 += dO S0^T,  dKn += diag(e^{G_L - G}) Vn dS1^T - diag(beta e^G) dVb S0^T,  dP += dO Vn^T,  dT += dVn Z^T
+//   row sums: c = rk e^{G_L - G} sum(kdS Vn), kdKb = -rk sum(dVb M), sum(V dVb); sum(S0 dS1)
+// then, once per chunk: dQK = scale dP Γ (i >= j), dA = -(T^T dT T^T) (i > j), dKK = dA beta Γ,
+//   dQn = scale e^G X1 + dQK Kn,  dKn += (dKK + dKK^T) Kn + dQK^T Qn,
+//   dG = rowsum - colsum of (scale dP P + dA A) + beta e^G kdKb - c + scale e^G (Qn . X1) (+ the last row's
+//   e^{G_L} sum(S0 dS1) + sum c),  dg = reverse cumsum(dG),  dbeta = sum(V dVb) + e^G kdKb + sum_j dA A / beta.
+// Every sum has a fixed order (no atomics): two runs are bitwise equal.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "common/cp_async.cuh"
+#include "common/mma.cuh"
+#include "gdn/chunk_prologue.cuh"
+#include "gdn/gdn_bwd_params.h"
+#include "gdn/gdn_fwd_kernel.cuh"
+
+namespace mom_ops {
+
+// Shared memory (byte offsets). The per-V-block tiles and, after the V loop, the chunk-end tiles share one region.
+template <typename T, int kK, int kBV>
+struct GdnGradsSmem {
+  static constexpr int C = kGdnChunk;
+  static constexpr int kLdK = kK + 8, kLdV = kBV + 8, kLdC = C + 8, kLdA = C + 4, kLdT = C + 1;
+  static constexpr int bytes16(int rows, int ld) { return rows * ld * 2; }
+  static constexpr int max_(int a, int b) { return a > b ? a : b; }
+  static constexpr int kQ = 0;                                  // q [64][kLdK] raw
+  static constexpr int kKey = kQ + bytes16(C, kLdK);            // k [64][kLdK] raw
+  static constexpr int kAraw = kKey + bytes16(C, kLdK);         // f32 [64][kLdA]: rk_i rk_j Γ (k_i . k_j), i > j
+  static constexpr int kTf = kAraw + C * kLdA * 4;              // f32 [64][kLdT]: T | dKK
+  static constexpr int kT16 = kTf + C * kLdT * 4;               // T [64][kLdC]
+  static constexpr int kP = kT16 + bytes16(C, kLdC);            // P (no scale) [64][kLdC]
+  static constexpr int kPf = kP + bytes16(C, kLdC);             // P in fp32 [64][kLdA] (for dG: E = dP P)
+  static constexpr int kRegion = kPf + C * kLdA * 4;
+  // V-block tiles: [64][kLdV] each, then S0, dS1 [kK][kLdV]
+  static constexpr int kDo = kRegion, kV = kDo + bytes16(C, kLdV), kVn = kV + bytes16(C, kLdV);
+  static constexpr int kDvn = kVn + bytes16(C, kLdV), kZ = kDvn + bytes16(C, kLdV);
+  static constexpr int kDvbS = kZ + bytes16(C, kLdV), kVnD = kDvbS + bytes16(C, kLdV);
+  static constexpr int kS0 = kVnD + bytes16(C, kLdV), kDs1 = kS0 + bytes16(kK, kLdV);
+  static constexpr int kRegionEndV = kDs1 + bytes16(kK, kLdV);
+  // chunk-end tiles [64][kLdC]: dT, Y = T^T dT, (dKK + dKK^T) diag(rk), dQK diag(rk), dQK rq_i
+  static constexpr int kDt = kRegion, kY = kDt + bytes16(C, kLdC), kSym = kY + bytes16(C, kLdC);
+  static constexpr int kDqkRk = kSym + bytes16(C, kLdC), kDqkRq = kDqkRk + bytes16(C, kLdC);
+  static constexpr int kRegionEndC = kDqkRq + bytes16(C, kLdC);
+  static constexpr int kVec = max_(kRegionEndV, kRegionEndC);
+  // f32: G, beta, rq, rk, e^{G_L - G} [64] each; row partials [kRows][2][64]; column partials [4][64]; dG, c [64];
+  // per-warp sums [8]
+  static constexpr int kRows = 7;
+  static constexpr int kBytes = kVec + (5 * C + kRows * 2 * C + 4 * C + 2 * C + 8) * 4;
+  static_assert(kRegionEndV - kRegion >= 3 * 256 * 4, "the T-solve scratch lives in the V-block region");
+};
+
+// Row partial sums, sRow[quantity][column half][row].
+enum GradsRow { kRowE = 0, kRowBeta, kRowC, kRowDvbM, kRowQX1, kRowQdQ, kRowKdK };
+
+template <typename T, int kK, int kBV>
+__global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdParams p) {
+  using L = GdnGradsSmem<T, kK, kBV>;
+  constexpr int C = kGdnChunk, kLdK = L::kLdK, kLdV = L::kLdV, kLdC = L::kLdC, kLdA = L::kLdA, kLdT = L::kLdT;
+  constexpr int kHalfK = kK / 2, kNK = kHalfK / 8;   // per-warp columns of the [64, K] accumulators
+  constexpr int kHalfV = kBV / 2, kNV = kHalfV / 8;  // per-warp columns of the [64, kBV] products
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* sQ = reinterpret_cast<T*>(smem + L::kQ);
+  T* sK = reinterpret_cast<T*>(smem + L::kKey);
+  float* sAraw = reinterpret_cast<float*>(smem + L::kAraw);
+  float* sTf = reinterpret_cast<float*>(smem + L::kTf);
+  float* sDkk = sTf;  // after T16 is written
+  T* sT16 = reinterpret_cast<T*>(smem + L::kT16);
+  T* sP = reinterpret_cast<T*>(smem + L::kP);
+  float* sPf = reinterpret_cast<float*>(smem + L::kPf);
+  float* sX = reinterpret_cast<float*>(smem + L::kRegion);  // T-solve scratch
+  T* sDo = reinterpret_cast<T*>(smem + L::kDo);
+  T* sV = reinterpret_cast<T*>(smem + L::kV);
+  T* sVn = reinterpret_cast<T*>(smem + L::kVn);
+  T* sDvn = reinterpret_cast<T*>(smem + L::kDvn);
+  T* sZ = reinterpret_cast<T*>(smem + L::kZ);
+  T* sDvbS = reinterpret_cast<T*>(smem + L::kDvbS);
+  T* sVnD = reinterpret_cast<T*>(smem + L::kVnD);
+  T* sS0 = reinterpret_cast<T*>(smem + L::kS0);
+  T* sDs1 = reinterpret_cast<T*>(smem + L::kDs1);
+  T* sDt = reinterpret_cast<T*>(smem + L::kDt);
+  T* sY = reinterpret_cast<T*>(smem + L::kY);
+  T* sSym = reinterpret_cast<T*>(smem + L::kSym);
+  T* sDqkRk = reinterpret_cast<T*>(smem + L::kDqkRk);
+  T* sDqkRq = reinterpret_cast<T*>(smem + L::kDqkRq);
+  float* sG = reinterpret_cast<float*>(smem + L::kVec);
+  float *sBeta = sG + C, *sRq = sBeta + C, *sRk = sRq + C, *sDend = sRk + C;
+  float* sRow = sDend + C;               // [kRows][2][64]
+  float* sCol = sRow + L::kRows * 2 * C;  // [4][64]
+  float *sDG = sCol + 4 * C, *sC = sDG + C, *sWarp = sC + C;
+
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g8 = lane / 4, t4 = lane % 4;
+  const int rt = warp % 4, ch = warp / 4, r0 = 16 * rt, i0 = r0 + g8, i1 = i0 + 8;
+  const int hv = blockIdx.x % p.heads_v, h = hv / (p.heads_v / p.heads_qk);
+  const int64_t slot = blockIdx.x / p.heads_v;
+  // slot -> (sequence, chunk): the last sequence whose first slot is <= slot (first slots increase).
+  int lo = 0, hi = p.num_seqs - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    int64_t b, e;
+    sequence_bounds(p, mid, b, e);
+    if (chunk_slot(p, mid, b) <= slot) lo = mid; else hi = mid - 1;
+  }
+  int64_t bos, eos;
+  sequence_bounds(p, lo, bos, eos);
+  const int64_t chunk = slot - chunk_slot(p, lo, bos);
+  if (chunk < 0 || bos + chunk * C >= eos) return;  // a slot no chunk uses
+  const int64_t c0 = bos + chunk * C;
+  const int len = int(min(int64_t(C), eos - c0));
+  const T* q = static_cast<const T*>(p.q);
+  const T* k = static_cast<const T*>(p.k);
+  const T* v = static_cast<const T*>(p.v);
+  const T* vn = static_cast<const T*>(p.vn);
+  const T* dout = static_cast<const T*>(p.dout);
+  const int64_t state_base = (slot * p.heads_v + hv) * int64_t(kK) * p.dim_v;
+
+  // (a) q, k -> shared memory, g, beta; l2norm factors, G, e^{G_L - G}.
+  for (int idx = tid; idx < C * (kK / 8); idx += kGdnThreads) {
+    const int r = idx / (kK / 8), c = (idx % (kK / 8)) * 8;
+    const int64_t src = ((c0 + min(r, len - 1)) * p.heads_qk + h) * kK + c;
+    cp_async16(sQ + r * kLdK + c, q + src, r < len);
+    cp_async16(sK + r * kLdK + c, k + src, r < len);
+  }
+  cp_async_commit();
+  if (tid < C) {
+    sG[tid] = tid < len ? p.g[(c0 + tid) * p.heads_v + hv] : 0.f;
+    sBeta[tid] = tid < len ? p.beta[(c0 + tid) * p.heads_v + hv] : 0.f;
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+  chunk_norms_and_cumsum<T, kK, kLdK>(sQ, sK, sG, sRq, sRk, p.l2norm, tid);
+  __syncthreads();
+  const float G_last = sG[C - 1];
+  if (tid < C) sDend[tid] = __expf(G_last - sG[tid]);
+
+  // (b) Column half 0: A / beta rows r0.. -> sAraw (fp32). Half 1: P rows r0.. -> sP (16-bit, no scale).
+  {
+    float acc[8][4] = {};
+    mma_rows<T, kK / 16, 8, false>(acc, (ch == 0 ? sK : sQ) + r0 * kLdK, kLdK, sK, kLdK, lane);
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; e += 2) {
+        const int i = e < 2 ? i0 : i1, j = nt * 8 + 2 * t4;
+        const float f = ch == 0 ? sRk[i] : sRq[i], Gi = sG[i];
+        const bool keep0 = ch == 0 ? i > j : i >= j, keep1 = ch == 0 ? i > j + 1 : i >= j + 1;
+        const float x0 = keep0 ? f * sRk[j] * __expf(Gi - sG[j]) * acc[nt][e] : 0.f;
+        const float x1 = keep1 ? f * sRk[j + 1] * __expf(Gi - sG[j + 1]) * acc[nt][e + 1] : 0.f;
+        if (ch == 0) {
+          *reinterpret_cast<float2*>(sAraw + i * kLdA + j) = make_float2(x0, x1);
+        } else {
+          store2<T>(sP + i * kLdC + j, x0, x1);
+          *reinterpret_cast<float2*>(sPf + i * kLdA + j) = make_float2(x0, x1);
+        }
+      }
+  }
+  __syncthreads();
+
+  // (c) T = (I + diag(beta) Araw)^-1 (fp32), then a 16-bit copy.
+  invert_unit_lower_64<kLdA, kLdT, true>(sAraw, sTf, sX, tid, sBeta);
+  for (int idx = tid; idx < C * C / 2; idx += kGdnThreads) {
+    const int i = idx / (C / 2), j = (idx % (C / 2)) * 2;
+    store2<T>(sT16 + i * kLdC + j, sTf[i * kLdT + j], sTf[i * kLdT + j + 1]);
+  }
+  __syncthreads();
+
+  // (d) The V-blocks.
+  float X1[kNK][4] = {}, dKn[kNK][4] = {}, dP[4][4] = {}, dT[4][4] = {};
+  float part_c[2] = {}, part_vdvb[2] = {}, part_dvbm[2] = {}, sum_sds = 0.f;
+  const int vc0 = ch * kHalfV;
+  for (int v0 = 0; v0 < p.dim_v; v0 += kBV) {
+    for (int idx = tid; idx < C * (kBV / 8); idx += kGdnThreads) {
+      const int r = idx / (kBV / 8), c = (idx % (kBV / 8)) * 8;
+      const int64_t src = ((c0 + min(r, len - 1)) * p.heads_v + hv) * p.dim_v + v0 + c;
+      cp_async16(sDo + r * kLdV + c, dout + src, r < len);
+      cp_async16(sV + r * kLdV + c, v + src, r < len);
+      cp_async16(sVn + r * kLdV + c, vn + src, r < len);
+    }
+    for (int idx = tid; idx < kK * (kBV / 8); idx += kGdnThreads) {
+      const int r = idx / (kBV / 8), c = (idx % (kBV / 8)) * 8;
+      const int64_t src = state_base + int64_t(r) * p.dim_v + v0 + c;
+      cp_async16(sS0 + r * kLdV + c, static_cast<const T*>(p.s0) + src, true);
+      cp_async16(sDs1 + r * kLdV + c, static_cast<const T*>(p.ds1) + src, true);
+    }
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+
+    // kdS, M, P^T dO on rows r0.., columns vc0..; then dVn, Z, d_end Vn -> shared memory.
+    float kds[kNV][4] = {}, m[kNV][4] = {}, pt[kNV][4] = {};
+    mma_rows<T, kK / 16, kNV, true>(kds, sK + r0 * kLdK, kLdK, sDs1 + vc0, kLdV, lane);
+    mma_rows<T, kK / 16, kNV, true>(m, sK + r0 * kLdK, kLdK, sS0 + vc0, kLdV, lane);
+#pragma unroll
+    for (int ks = 0; ks < C / 16; ++ks) {
+      uint32_t a[4];
+      load_a_trans(a, sP + ks * 16 * kLdC + r0, kLdC, lane);  // A[i][j] = P[j][i]
+#pragma unroll
+      for (int nt = 0; nt < kNV; ++nt) {
+        uint32_t b[2];
+        load_b_trans(b, sDo + ks * 16 * kLdV + vc0 + nt * 8, kLdV, lane);
+        mma_16816<T>(pt[nt], a, b);
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < kNV; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; e += 2) {
+        const int i = e < 2 ? i0 : i1, r = e / 2, c = vc0 + nt * 8 + 2 * t4;
+        const float de = sDend[i] * sRk[i], eGrk = __expf(sG[i]) * sRk[i], b = sBeta[i];
+        float dvn[2], z[2], vnd[2];
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const float vn_f = to_f32<T>(sVn[i * kLdV + c + u]), v_f = to_f32<T>(sV[i * kLdV + c + u]);
+          dvn[u] = de * kds[nt][e + u] + p.scale * pt[nt][e + u];
+          part_c[r] += kds[nt][e + u] * vn_f;
+          z[u] = b * (v_f - eGrk * m[nt][e + u]);
+          vnd[u] = sDend[i] * vn_f;
+        }
+        store2<T>(sDvn + i * kLdV + c, dvn[0], dvn[1]);
+        store2<T>(sZ + i * kLdV + c, z[0], z[1]);
+        store2<T>(sVnD + i * kLdV + c, vnd[0], vnd[1]);
+      }
+    __syncthreads();
+
+    // dVb = T^T dVn -> dv, row sums, -beta e^G dVb -> sDvbS; the accumulators that need only the tiles above.
+    {
+      float dvb[kNV][4] = {};
+#pragma unroll
+      for (int ks = 0; ks < C / 16; ++ks) {
+        uint32_t a[4];
+        load_a_trans(a, sT16 + ks * 16 * kLdC + r0, kLdC, lane);  // A[i][j] = T[j][i]
+#pragma unroll
+        for (int nt = 0; nt < kNV; ++nt) {
+          uint32_t b[2];
+          load_b_trans(b, sDvn + ks * 16 * kLdV + vc0 + nt * 8, kLdV, lane);
+          mma_16816<T>(dvb[nt], a, b);
+        }
+      }
+      T* dv = static_cast<T*>(p.dv);
+#pragma unroll
+      for (int nt = 0; nt < kNV; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; e += 2) {
+          const int i = e < 2 ? i0 : i1, r = e / 2, c = vc0 + nt * 8 + 2 * t4;
+          const float b = sBeta[i], f = -b * __expf(sG[i]);
+#pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            part_vdvb[r] += to_f32<T>(sV[i * kLdV + c + u]) * dvb[nt][e + u];
+            part_dvbm[r] += dvb[nt][e + u] * m[nt][e + u];
+          }
+          if (i < len) store2<T>(dv + ((c0 + i) * p.heads_v + hv) * p.dim_v + v0 + c, b * dvb[nt][e], b * dvb[nt][e + 1]);
+          store2<T>(sDvbS + i * kLdV + c, f * dvb[nt][e], f * dvb[nt][e + 1]);
+        }
+    }
+    mma_rows<T, kBV / 16, 4, false>(dP, sDo + r0 * kLdV, kLdV, sVn + 32 * ch * kLdV, kLdV, lane);
+    mma_rows<T, kBV / 16, 4, false>(dT, sDvn + r0 * kLdV, kLdV, sZ + 32 * ch * kLdV, kLdV, lane);
+    mma_rows<T, kBV / 16, kNK, false>(X1, sDo + r0 * kLdV, kLdV, sS0 + ch * kHalfK * kLdV, kLdV, lane);
+    mma_rows<T, kBV / 16, kNK, false>(dKn, sVnD + r0 * kLdV, kLdV, sDs1 + ch * kHalfK * kLdV, kLdV, lane);
+    for (int idx = tid; idx < kK * kBV / 2; idx += kGdnThreads) {
+      const int r = idx / (kBV / 2), c = (idx % (kBV / 2)) * 2;
+      sum_sds += to_f32<T>(sS0[r * kLdV + c]) * to_f32<T>(sDs1[r * kLdV + c]) +
+                 to_f32<T>(sS0[r * kLdV + c + 1]) * to_f32<T>(sDs1[r * kLdV + c + 1]);
+    }
+    __syncthreads();
+    mma_rows<T, kBV / 16, kNK, false>(dKn, sDvbS + r0 * kLdV, kLdV, sS0 + ch * kHalfK * kLdV, kLdV, lane);
+    __syncthreads();
+  }
+
+  // (e) dP -> dQK (16-bit tiles), E = scale dP P; dT -> 16 bits.
+  float part_e[2] = {}, col_e[4][2] = {};
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; e += 2) {
+      const int i = e < 2 ? i0 : i1, r = e / 2, j = 32 * ch + nt * 8 + 2 * t4;
+      float rk_[2], rq_[2];
+#pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const bool lower = i >= j + u;  // Γ overflows above the diagonal under strong decay: never touch it there
+        const float dp = lower ? p.scale * dP[nt][e + u] : 0.f;
+        const float dqk = lower ? dp * __expf(sG[i] - sG[j + u]) : 0.f;
+        const float ee = dp * sPf[i * kLdA + j + u];
+        part_e[r] += ee;
+        col_e[nt][u] += ee;
+        rk_[u] = dqk * sRk[j + u];
+        rq_[u] = dqk * sRq[i];
+      }
+      store2<T>(sDqkRk + i * kLdC + j, rk_[0], rk_[1]);
+      store2<T>(sDqkRq + i * kLdC + j, rq_[0], rq_[1]);
+      store2<T>(sDt + i * kLdC + j, dT[nt][e], dT[nt][e + 1]);
+    }
+  __syncthreads();
+  // Y = T^T dT -> sY
+  {
+    float acc[4][4] = {};
+#pragma unroll
+    for (int ks = 0; ks < C / 16; ++ks) {
+      uint32_t a[4];
+      load_a_trans(a, sT16 + ks * 16 * kLdC + r0, kLdC, lane);
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        uint32_t b[2];
+        load_b_trans(b, sDt + ks * 16 * kLdC + 32 * ch + nt * 8, kLdC, lane);
+        mma_16816<T>(acc[nt], a, b);
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+      const int j = 32 * ch + nt * 8 + 2 * t4;
+      store2<T>(sY + i0 * kLdC + j, acc[nt][0], acc[nt][1]);
+      store2<T>(sY + i1 * kLdC + j, acc[nt][2], acc[nt][3]);
+    }
+  }
+  __syncthreads();
+  // dA = -(Y T^T) on i > j: dbeta and dG terms, dKK = dA beta Γ -> sDkk (fp32).
+  float part_da[2] = {};
+  {
+    float acc[4][4] = {};
+    mma_rows<T, C / 16, 4, false>(acc, sY + r0 * kLdC, kLdC, sT16 + 32 * ch * kLdC, kLdC, lane);  // B[m][j] = T[j][m]
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = e < 2 ? i0 : i1, r = e / 2, j = 32 * ch + nt * 8 + 2 * t4 + (e & 1);
+        const float da = i > j ? -acc[nt][e] : 0.f, araw = sAraw[i * kLdA + j];
+        part_da[r] += da * araw;
+        const float e2 = da * sBeta[i] * araw;
+        part_e[r] += e2;
+        col_e[nt][e & 1] += e2;
+        sDkk[i * kLdT + j] = i > j ? da * sBeta[i] * __expf(sG[i] - sG[j]) : 0.f;
+      }
+  }
+  // Row partials: over the 4 lanes of a row (fixed order), then per column half in sRow.
+  auto row_partial = [&](int quantity, const float (&part)[2]) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float x = part[r];
+      x += __shfl_xor_sync(0xffffffffu, x, 1);
+      x += __shfl_xor_sync(0xffffffffu, x, 2);
+      if (t4 == 0) sRow[(quantity * 2 + ch) * C + (r == 0 ? i0 : i1)] = x;
+    }
+  };
+  {
+    float part_qx[2] = {};
+#pragma unroll
+    for (int nt = 0; nt < kNK; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = e < 2 ? i0 : i1, c = ch * kHalfK + nt * 8 + 2 * t4 + (e & 1);
+        part_qx[e / 2] += to_f32<T>(sQ[i * kLdK + c]) * X1[nt][e];
+      }
+    const float beta_part[2] = {part_vdvb[0] + part_da[0], part_vdvb[1] + part_da[1]};
+    row_partial(kRowE, part_e);
+    row_partial(kRowBeta, beta_part);
+    row_partial(kRowC, part_c);
+    row_partial(kRowDvbM, part_dvbm);
+    row_partial(kRowQX1, part_qx);
+  }
+  // Column sums of E: over the 8 row groups of the warp, then per row tile in sCol.
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+      float x = col_e[nt][u];
+      x += __shfl_xor_sync(0xffffffffu, x, 4);
+      x += __shfl_xor_sync(0xffffffffu, x, 8);
+      x += __shfl_xor_sync(0xffffffffu, x, 16);
+      if (g8 == 0) sCol[rt * C + 32 * ch + nt * 8 + 2 * t4 + u] = x;
+    }
+  {
+    float x = sum_sds;
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) x += __shfl_xor_sync(0xffffffffu, x, off);
+    if (lane == 0) sWarp[warp] = x;
+  }
+  __syncthreads();
+  // (dKK + dKK^T) diag(rk) -> sSym
+  for (int idx = tid; idx < C * C / 2; idx += kGdnThreads) {
+    const int i = idx / (C / 2), j = (idx % (C / 2)) * 2;
+    store2<T>(sSym + i * kLdC + j, (sDkk[i * kLdT + j] + sDkk[j * kLdT + i]) * sRk[j],
+              (sDkk[i * kLdT + j + 1] + sDkk[(j + 1) * kLdT + i]) * sRk[j + 1]);
+  }
+  // dG and dbeta of row tid (before the cumsum); c -> sC.
+  if (tid < C) {
+    const int i = tid;
+    auto row = [&](int quantity) { return sRow[(quantity * 2) * C + i] + sRow[(quantity * 2 + 1) * C + i]; };
+    const float eG = __expf(sG[i]);
+    const float kdkb = -sRk[i] * row(kRowDvbM);
+    const float c = sDend[i] * sRk[i] * row(kRowC);
+    const float col = (sCol[i] + sCol[C + i]) + (sCol[2 * C + i] + sCol[3 * C + i]);
+    sDG[i] = row(kRowE) - col + sBeta[i] * eG * kdkb - c + p.scale * eG * sRq[i] * row(kRowQX1);
+    sC[i] = c;
+    if (i < len) p.dbeta[(c0 + i) * p.heads_v + hv] = row(kRowBeta) + eG * kdkb;
+  }
+  __syncthreads();
+
+  // (f) dg = reverse cumsum of dG, the last row adding e^{G_L} sum(S0 dS1) + sum(c) (warp 0);
+  // dQn = scale e^G X1 + dQK Kn,  dKn += (dKK + dKK^T) Kn + dQK^T Qn.
+  if (warp == 0) {
+    float cs = sC[2 * lane] + sC[2 * lane + 1];
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) cs += __shfl_xor_sync(0xffffffffu, cs, off);
+    float sds = 0.f;
+#pragma unroll
+    for (int w = 0; w < 8; ++w) sds += sWarp[w];
+    const float a = sDG[2 * lane], b = sDG[2 * lane + 1] + (lane == 31 ? __expf(G_last) * sds + cs : 0.f);
+    const float pair = a + b;
+    float incl = pair;  // sum of the pairs lane.. 31
+#pragma unroll
+    for (int off = 1; off < 32; off *= 2) {
+      const float down = __shfl_down_sync(0xffffffffu, incl, off);
+      if (lane + off < 32) incl += down;
+    }
+    if (2 * lane < len) p.dg[(c0 + 2 * lane) * p.heads_v + hv] = incl;
+    if (2 * lane + 1 < len) p.dg[(c0 + 2 * lane + 1) * p.heads_v + hv] = incl - a;
+  }
+  {
+    const float f0 = p.scale * __expf(sG[i0]), f1 = p.scale * __expf(sG[i1]);
+#pragma unroll
+    for (int nt = 0; nt < kNK; ++nt) X1[nt][0] *= f0, X1[nt][1] *= f0, X1[nt][2] *= f1, X1[nt][3] *= f1;
+  }
+  mma_rows<T, C / 16, kNK, true>(X1, sDqkRk + r0 * kLdC, kLdC, sK + ch * kHalfK, kLdK, lane);
+  mma_rows<T, C / 16, kNK, true>(dKn, sSym + r0 * kLdC, kLdC, sK + ch * kHalfK, kLdK, lane);
+#pragma unroll
+  for (int ks = 0; ks < C / 16; ++ks) {
+    uint32_t a[4];
+    load_a_trans(a, sDqkRq + ks * 16 * kLdC + r0, kLdC, lane);  // A[j][i] = dQK_ij rq_i
+#pragma unroll
+    for (int nt = 0; nt < kNK; ++nt) {
+      uint32_t b[2];
+      load_b_trans(b, sQ + ks * 16 * kLdK + ch * kHalfK + nt * 8, kLdK, lane);
+      mma_16816<T>(dKn[nt], a, b);
+    }
+  }
+
+  // (g) dq, dk rows: the l2norm backward dx = r dy - r^3 x (x . dy) (x raw) in the input dtype, or fp32 per value
+  // head for the host to sum over the group.
+  if (p.dqk_per_value_head) {
+#pragma unroll
+    for (int nt = 0; nt < kNK; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; e += 2) {
+        const int i = e < 2 ? i0 : i1, c = ch * kHalfK + nt * 8 + 2 * t4;
+        if (i >= len) continue;
+        const int64_t off = ((c0 + i) * p.heads_v + hv) * kK + c;
+        *reinterpret_cast<float2*>(static_cast<float*>(p.dq) + off) = make_float2(X1[nt][e], X1[nt][e + 1]);
+        *reinterpret_cast<float2*>(static_cast<float*>(p.dk) + off) = make_float2(dKn[nt][e], dKn[nt][e + 1]);
+      }
+    return;
+  }
+  if (p.l2norm) {
+    float part_q[2] = {}, part_k[2] = {};
+#pragma unroll
+    for (int nt = 0; nt < kNK; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = e < 2 ? i0 : i1, c = ch * kHalfK + nt * 8 + 2 * t4 + (e & 1);
+        part_q[e / 2] += to_f32<T>(sQ[i * kLdK + c]) * X1[nt][e];
+        part_k[e / 2] += to_f32<T>(sK[i * kLdK + c]) * dKn[nt][e];
+      }
+    row_partial(kRowQdQ, part_q);
+    row_partial(kRowKdK, part_k);
+  }
+  __syncthreads();
+  T* dq = static_cast<T*>(p.dq);
+  T* dk = static_cast<T*>(p.dk);
+#pragma unroll
+  for (int e = 0; e < 4; e += 2) {
+    const int i = e < 2 ? i0 : i1;
+    if (i >= len) continue;
+    float aq = 1.f, bq = 0.f, ak = 1.f, bk = 0.f;  // dx = a dy - b x
+    if (p.l2norm) {
+      const float rq = sRq[i], rk = sRk[i];
+      aq = rq, bq = rq * rq * rq * (sRow[(kRowQdQ * 2) * C + i] + sRow[(kRowQdQ * 2 + 1) * C + i]);
+      ak = rk, bk = rk * rk * rk * (sRow[(kRowKdK * 2) * C + i] + sRow[(kRowKdK * 2 + 1) * C + i]);
+    }
+#pragma unroll
+    for (int nt = 0; nt < kNK; ++nt) {
+      const int c = ch * kHalfK + nt * 8 + 2 * t4;
+      const int64_t off = ((c0 + i) * p.heads_qk + h) * kK + c;
+      store2<T>(dq + off, aq * X1[nt][e] - bq * to_f32<T>(sQ[i * kLdK + c]),
+                aq * X1[nt][e + 1] - bq * to_f32<T>(sQ[i * kLdK + c + 1]));
+      store2<T>(dk + off, ak * dKn[nt][e] - bk * to_f32<T>(sK[i * kLdK + c]),
+                ak * dKn[nt][e + 1] - bk * to_f32<T>(sK[i * kLdK + c + 1]));
+    }
+  }
+}
+
+}  // namespace mom_ops

@@ -1,0 +1,32 @@
+// What the two backward kernels of the chunked scan take (gdn_bwd_chain_kernel.cuh, gdn_bwd_grads_kernel.cuh):
+// the forward's inputs (ScanParams), the upstream gradients, the tensors the forward rerun saved (16-bit, the input
+// dtype: chunk-start states S0 by slot, W and V_new by row) and the gradient outputs.
+#pragma once
+
+#include "gdn/scan_params.h"
+
+namespace mom_ops {
+
+struct GdnBwdParams : ScanParams {
+  const void* dout;        // [rows, HV, V] dL/do
+  const float* dht;        // [N, HV, K, V] ([N, HV, V, K] with v_first) dL/d final state, or nullptr
+  float* dh0;              // same shape: dL/d initial state, or nullptr
+  const void* s0;          // [slots, HV, K, V] state at every chunk start (chunk_slot)
+  const void* w;           // [rows, HV, K] W = T diag(beta e^G rk) K
+  const void* vn;          // [rows, HV, V] V_new
+  void* ds1;               // [slots, HV, K, V] dL/d state at every chunk end (written by the chain kernel)
+  int num_vblocks;         // chain kernel: V / BV
+  bool v_first;
+  const int* seq_order;    // chain kernel: sequences longest first, or nullptr
+  // Gradient outputs of the grads kernel. dq, dk: [rows, H, K] in the input dtype with the l2norm backward
+  // applied when HV == H; else fp32 [rows, HV, K] w.r.t. the normalised q, k per value head (the host sums the
+  // group and applies the l2norm backward).
+  void* dq;
+  void* dk;
+  bool dqk_per_value_head;
+  void* dv;                // [rows, HV, V] input dtype
+  float* dg;               // [rows, HV]
+  float* dbeta;            // [rows, HV]
+};
+
+}  // namespace mom_ops

@@ -1,0 +1,19 @@
+// The chunked forward's launch, shared by the forward binding (gdn_cuda.cu, where it is defined) and the
+// backward's rerun of the forward with saves (gdn_bwd_cuda.cu).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "gdn/gdn_fwd_kernel.cuh"
+
+namespace mom_ops {
+
+// Columns of V per forward CTA for this problem (64 or 128 at K <= 128, 32 or 64 at K = 256).
+int gdn_value_block(int64_t dim_k, int64_t dim_v, int64_t num_seqs, int64_t heads_v);
+
+// Launches gdn_fwd_kernel<bf16 ? bf16 : fp16, dim_k, bv> on p.num_seqs x p.heads_v x p.num_vblocks CTAs.
+void run_gdn_fwd(const GdnFwdParams& p, bool bf16, int dim_k, int bv, cudaStream_t stream);
+
+}  // namespace mom_ops
