@@ -73,10 +73,13 @@ def chunk_gated_delta_rule(
     state_v_first = check_scan_args(q, k, v, initial_state, cu_seqlens, kwargs, allow_chunk_size=True)
     if scale is None:
         scale = k.shape[-1] ** -0.5
-    o, final_state = torch.ops.mom_ops.chunk_gated_delta_rule_fwd(
-        q, k, v, g, beta, float(scale), initial_state, output_final_state, use_qk_l2norm_in_kernel, state_v_first,
-        cu_seqlens, chunk_indices,
-    )
+    args = (q, k, v, g, beta, float(scale), initial_state, output_final_state, use_qk_l2norm_in_kernel,
+            state_v_first, cu_seqlens, chunk_indices)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, g, beta, initial_state)):
+        # training: the forward also keeps what the backward reads (chunk-start states, W, V_new on CUDA)
+        o, final_state, *_ = torch.ops.mom_ops.chunk_gated_delta_rule_fwd_train(*args)
+    else:
+        o, final_state = torch.ops.mom_ops.chunk_gated_delta_rule_fwd(*args)
     return o, (final_state if output_final_state else None)
 
 
@@ -86,15 +89,23 @@ def _setup(ctx, inputs, output):
     ctx.save_for_backward(q, k, v, g, beta, h0, cu_seqlens, chunk_indices)
 
 
-def _backward(ctx, grad_o, grad_final_state):
-    q, k, v, g, beta, h0, cu_seqlens, chunk_indices = ctx.saved_tensors
+def _setup_train(ctx, inputs, output):
+    """As _setup, and the training forward's chunk_states, w, v_new (not differentiable) for the backward."""
+    q, k, v, g, beta, scale, h0, _, use_l2norm, state_v_first, cu_seqlens, chunk_indices = inputs
+    ctx.scale, ctx.use_l2norm, ctx.state_v_first = scale, use_l2norm, state_v_first
+    ctx.mark_non_differentiable(*output[2:])
+    ctx.save_for_backward(q, k, v, g, beta, h0, cu_seqlens, chunk_indices, *output[2:])
+
+
+def _backward(ctx, grad_o, grad_final_state, *_grad_saved):
+    q, k, v, g, beta, h0, cu_seqlens, chunk_indices, *saved = ctx.saved_tensors
     if grad_final_state is not None and grad_final_state.numel() == 0:
         grad_final_state = None
     if grad_o is None:
         grad_o = torch.zeros_like(v)
     dq, dk, dv, dg, dbeta, dh0 = torch.ops.mom_ops.chunk_gated_delta_rule_bwd(
         q, k, v, g, beta, ctx.scale, h0, grad_o.contiguous(), grad_final_state, ctx.use_l2norm, ctx.state_v_first,
-        cu_seqlens, chunk_indices,
+        cu_seqlens, chunk_indices, *saved,
     )
     need = ctx.needs_input_grad
     pick = lambda i, t: t if need[i] else None  # noqa: E731
@@ -103,3 +114,4 @@ def _backward(ctx, grad_o, grad_final_state):
 
 
 torch.library.register_autograd("mom_ops::chunk_gated_delta_rule_fwd", _backward, setup_context=_setup)
+torch.library.register_autograd("mom_ops::chunk_gated_delta_rule_fwd_train", _backward, setup_context=_setup_train)

@@ -9,19 +9,37 @@
 
 namespace mom_ops {
 
-void run_gdn_bwd_chain(const GdnBwdParams& p, bool bf16, int dim_k, cudaStream_t stream) {
+namespace {
+
+template <typename T, int kK, int kBV>
+void launch_chain(const GdnBwdParams& p, cudaStream_t stream) {
+  using L = GdnChainSmem<T, kK, kBV>;
+  static_assert(L::kBytes <= 227 * 1024, "shared memory of the chain kernel");
+  auto kernel = gdn_bwd_chain_kernel<T, kK, kBV>;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L::kBytes)));
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
+  const int64_t blocks = int64_t(p.num_seqs) * p.heads_v * p.num_vblocks;
+  TORCH_CHECK(blocks < (int64_t(1) << 31), "too many (sequence, head, V-block) programs: ", blocks);
+  kernel<<<unsigned(blocks), kGdnThreads, L::kBytes, stream>>>(p);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+// bv: the forward's choice (gdn_value_block): narrow (64, 32 at K = 256) or wide (twice that) blocks; wide ones
+// repeat the chunk-local loads and P half as often, narrow ones give more chains for few sequences.
+void run_gdn_bwd_chain(const GdnBwdParams& p, bool bf16, int dim_k, int bv, cudaStream_t stream) {
   BOOL_SWITCH(bf16, kBf16, [&] {
     using T = std::conditional_t<kBf16, __nv_bfloat16, __half>;
     HEADDIM_SWITCH(dim_k, kK, [&] {
-      constexpr int kBV = kK == 256 ? 32 : 64;
-      using L = GdnChainSmem<T, kK, kBV>;
-      auto kernel = gdn_bwd_chain_kernel<T, kK, kBV>;
-      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L::kBytes)));
-      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
-      const int64_t blocks = int64_t(p.num_seqs) * p.heads_v * p.num_vblocks;
-      TORCH_CHECK(blocks < (int64_t(1) << 31), "too many (sequence, head, V-block) programs: ", blocks);
-      kernel<<<unsigned(blocks), kGdnThreads, L::kBytes, stream>>>(p);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      constexpr int kNarrow = kK == 256 ? 32 : 64;
+      if constexpr (kK == 64) {
+        launch_chain<T, kK, kNarrow>(p, stream);
+      } else if (bv == 2 * kNarrow) {
+        launch_chain<T, kK, 2 * kNarrow>(p, stream);
+      } else {
+        launch_chain<T, kK, kNarrow>(p, stream);
+      }
     });
   });
 }

@@ -1,5 +1,6 @@
 // CUDA binding of the chunked gated-delta-rule backward (issue #5): checks, then three launches on tensor cores:
-//  1. the forward kernel again, saving S0 of every chunk, W and V_new (16-bit; o is not written);
+//  1. unless chunk_gated_delta_rule_fwd_train saved them: the forward kernel again, saving S0 of every chunk, W
+//     and V_new (16-bit; o is not written);
 //  2. the state-gradient chain in reverse (gdn_bwd_chain_kernel.cuh): dS1 of every chunk, dh0;
 //  3. every chunk's gradients in parallel (gdn_bwd_grads_kernel.cuh): dq, dk, dv, dg, dbeta.
 // With HV > H (GVA) the grads kernel writes dq, dk per value head in fp32 and the group sum and the l2norm
@@ -29,11 +30,23 @@ at::Tensor l2norm_backward(const at::Tensor& x, const at::Tensor& dy) {
   return r.mul(dy.sub(y.mul(y.mul(dy).sum(-1, true))));
 }
 
+// A tensor saved by the training forward: the expected shape, q's dtype and device, contiguous.
+at::Tensor checked_saved(const at::Tensor& t, const char* name, const std::vector<int64_t>& shape,
+                         const at::Tensor& q) {
+  TORCH_CHECK_VALUE(t.sizes() == at::IntArrayRef(shape), name, " must have shape ", at::IntArrayRef(shape),
+                    " (as chunk_gated_delta_rule_fwd_train returns it), got ", t.sizes());
+  TORCH_CHECK_VALUE(t.scalar_type() == q.scalar_type() && t.device() == q.device(), name, " must be ",
+                    q.scalar_type(), " on ", q.device(), ", got ", t.scalar_type(), " on ", t.device());
+  return t.contiguous();
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gdn_bwd_cuda(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g, const at::Tensor& beta,
     double scale, const std::optional<at::Tensor>& initial_state, const at::Tensor& grad_o,
     const std::optional<at::Tensor>& grad_final_state, bool use_qk_l2norm, bool state_v_first,
-    const std::optional<at::Tensor>& cu_seqlens, const std::optional<at::Tensor>& chunk_indices) {
+    const std::optional<at::Tensor>& cu_seqlens, const std::optional<at::Tensor>& chunk_indices,
+    const std::optional<at::Tensor>& chunk_states, const std::optional<at::Tensor>& saved_w,
+    const std::optional<at::Tensor>& saved_v_new) {
   const GdnDims d = check_gdn_args(q, k, v, g, beta, initial_state, state_v_first, cu_seqlens, chunk_indices);
   TORCH_CHECK_VALUE(q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf,
                     "the CUDA scan takes bfloat16 or float16 q, k, v, got ", q.scalar_type());
@@ -53,6 +66,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                       at::IntArrayRef(state_shape), ", got ", grad_final_state->sizes());
     TORCH_CHECK_VALUE(grad_final_state->device() == q.device(), "grad_final_state must be on ", q.device());
   }
+  const bool have_saved = chunk_states.has_value() && chunk_states->numel() > 0;
+  TORCH_CHECK_VALUE(!have_saved || (saved_w.has_value() && saved_v_new.has_value()),
+                    "chunk_states, w and v_new come together (from chunk_gated_delta_rule_fwd_train)");
   c10::cuda::CUDAGuard guard(q.device());
   ScanIO io = prepare_scan_io(q, k, v, g, beta, scale, initial_state, /*output_final_state=*/false, use_qk_l2norm,
                               state_v_first, cu_seqlens, d);
@@ -73,22 +89,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   if (d.num_seqs > 0 && d.heads_v > 0 && rows > 0) {
     const bool bf16 = q.scalar_type() == at::kBFloat16;
     const at::Tensor order = longest_first_order(io, stream);
-    const at::Tensor s0 = at::empty({slots, d.heads_v, d.dim_k, d.dim_v}, opts);
-    const at::Tensor ds1 = at::empty({slots, d.heads_v, d.dim_k, d.dim_v}, opts);
-    const at::Tensor w = at::empty({rows, d.heads_v, d.dim_k}, opts);
-    const at::Tensor vn = at::empty({rows, d.heads_v, d.dim_v}, opts);
-
-    GdnFwdParams fp{};
-    static_cast<ScanParams&>(fp) = io.params;
-    fp.o = nullptr;
-    fp.ht = nullptr;
-    fp.num_vblocks = int(d.dim_v / fwd_bv);
-    fp.v_first = state_v_first;
-    fp.seq_order = order.defined() ? order.data_ptr<int>() : nullptr;
-    fp.save_s0 = s0.data_ptr();
-    fp.save_w = w.data_ptr();
-    fp.save_vn = vn.data_ptr();
-    run_gdn_fwd(fp, bf16, int(d.dim_k), fwd_bv, stream);
+    const std::vector<int64_t> s0_shape = {slots, d.heads_v, d.dim_k, d.dim_v};
+    const at::Tensor ds1 = at::empty(s0_shape, opts);
+    at::Tensor s0, w, vn;
+    if (have_saved) {  // from chunk_gated_delta_rule_fwd_train
+      s0 = checked_saved(*chunk_states, "chunk_states", s0_shape, q);
+      w = checked_saved(*saved_w, "w", {rows, d.heads_v, d.dim_k}, q);
+      vn = checked_saved(*saved_v_new, "v_new", {rows, d.heads_v, d.dim_v}, q);
+    } else {  // rerun the forward, saving
+      s0 = at::empty(s0_shape, opts);
+      w = at::empty({rows, d.heads_v, d.dim_k}, opts);
+      vn = at::empty({rows, d.heads_v, d.dim_v}, opts);
+      GdnFwdParams fp{};
+      static_cast<ScanParams&>(fp) = io.params;
+      fp.o = nullptr;
+      fp.ht = nullptr;
+      fp.num_vblocks = int(d.dim_v / fwd_bv);
+      fp.v_first = state_v_first;
+      fp.seq_order = order.defined() ? order.data_ptr<int>() : nullptr;
+      fp.save_s0 = s0.data_ptr();
+      fp.save_w = w.data_ptr();
+      fp.save_vn = vn.data_ptr();
+      run_gdn_fwd(fp, bf16, int(d.dim_k), fwd_bv, stream);
+    }
 
     GdnBwdParams bp{};
     static_cast<ScanParams&>(bp) = io.params;
@@ -100,16 +123,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     bp.w = w.data_ptr();
     bp.vn = vn.data_ptr();
     bp.ds1 = ds1.data_ptr();
-    bp.num_vblocks = int(d.dim_v / bwd_bv);
+    bp.num_vblocks = int(d.dim_v / fwd_bv);  // the chain's value blocks are the forward's
     bp.v_first = state_v_first;
-    bp.seq_order = fp.seq_order;
+    bp.seq_order = order.defined() ? order.data_ptr<int>() : nullptr;
     bp.dq = dq.data_ptr();
     bp.dk = dk.data_ptr();
     bp.dqk_per_value_head = gva;
     bp.dv = dv.data_ptr();
     bp.dg = dg.data_ptr<float>();
     bp.dbeta = dbeta.data_ptr<float>();
-    run_gdn_bwd_chain(bp, bf16, int(d.dim_k), stream);
+    run_gdn_bwd_chain(bp, bf16, int(d.dim_k), fwd_bv, stream);
     run_gdn_bwd_grads(bp, bf16, int(d.dim_k), slots, stream);
   } else if (io.h0.defined()) {
     dh0.copy_(grad_final_state.has_value() ? dht : at::zeros_like(dh0));

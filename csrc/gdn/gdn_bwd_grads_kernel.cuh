@@ -40,8 +40,8 @@ struct GdnGradsSmem {
   static constexpr int kTf = kAraw + C * kLdA * 4;              // f32 [64][kLdT]: T | dKK
   static constexpr int kT16 = kTf + C * kLdT * 4;               // T [64][kLdC]
   static constexpr int kP = kT16 + bytes16(C, kLdC);            // P (no scale) [64][kLdC]
-  static constexpr int kPf = kP + bytes16(C, kLdC);             // P in fp32 [64][kLdA] (for dG: E = dP P)
-  static constexpr int kRegion = kPf + C * kLdA * 4;
+  static constexpr int kX = kP + bytes16(C, kLdC);              // f32 3 x 256: T-solve scratch
+  static constexpr int kRegion = kX + 3 * 256 * 4;
   // V-block tiles: [64][kLdV] each, then S0, dS1 [kK][kLdV]
   static constexpr int kDo = kRegion, kV = kDo + bytes16(C, kLdV), kVn = kV + bytes16(C, kLdV);
   static constexpr int kDvn = kVn + bytes16(C, kLdV), kZ = kDvn + bytes16(C, kLdV);
@@ -57,7 +57,6 @@ struct GdnGradsSmem {
   // per-warp sums [8]
   static constexpr int kRows = 7;
   static constexpr int kBytes = kVec + (5 * C + kRows * 2 * C + 4 * C + 2 * C + 8) * 4;
-  static_assert(kRegionEndV - kRegion >= 3 * 256 * 4, "the T-solve scratch lives in the V-block region");
 };
 
 // Row partial sums, sRow[quantity][column half][row].
@@ -77,8 +76,7 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
   float* sDkk = sTf;  // after T16 is written
   T* sT16 = reinterpret_cast<T*>(smem + L::kT16);
   T* sP = reinterpret_cast<T*>(smem + L::kP);
-  float* sPf = reinterpret_cast<float*>(smem + L::kPf);
-  float* sX = reinterpret_cast<float*>(smem + L::kRegion);  // T-solve scratch
+  float* sX = reinterpret_cast<float*>(smem + L::kX);
   T* sDo = reinterpret_cast<T*>(smem + L::kDo);
   T* sV = reinterpret_cast<T*>(smem + L::kV);
   T* sVn = reinterpret_cast<T*>(smem + L::kVn);
@@ -124,7 +122,26 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
   const T* dout = static_cast<const T*>(p.dout);
   const int64_t state_base = (slot * p.heads_v + hv) * int64_t(kK) * p.dim_v;
 
-  // (a) q, k -> shared memory, g, beta; l2norm factors, G, e^{G_L - G}.
+  // The V-block tiles at column v0: dO, v, V_new rows (zeros past len), S0 and dS1 of the slot.
+  auto load_vblock = [&](int v0) {
+    for (int idx = tid; idx < C * (kBV / 8); idx += kGdnThreads) {
+      const int r = idx / (kBV / 8), c = (idx % (kBV / 8)) * 8;
+      const int64_t src = ((c0 + min(r, len - 1)) * p.heads_v + hv) * p.dim_v + v0 + c;
+      cp_async16(sDo + r * kLdV + c, dout + src, r < len);
+      cp_async16(sV + r * kLdV + c, v + src, r < len);
+      cp_async16(sVn + r * kLdV + c, vn + src, r < len);
+    }
+    for (int idx = tid; idx < kK * (kBV / 8); idx += kGdnThreads) {
+      const int r = idx / (kBV / 8), c = (idx % (kBV / 8)) * 8;
+      const int64_t src = state_base + int64_t(r) * p.dim_v + v0 + c;
+      cp_async16(sS0 + r * kLdV + c, static_cast<const T*>(p.s0) + src, true);
+      cp_async16(sDs1 + r * kLdV + c, static_cast<const T*>(p.ds1) + src, true);
+    }
+    cp_async_commit();
+  };
+
+  // (a) q, k -> shared memory, g, beta (the first V-block's tiles load meanwhile, until (d)); l2norm factors, G,
+  // e^{G_L - G}.
   for (int idx = tid; idx < C * (kK / 8); idx += kGdnThreads) {
     const int r = idx / (kK / 8), c = (idx % (kK / 8)) * 8;
     const int64_t src = ((c0 + min(r, len - 1)) * p.heads_qk + h) * kK + c;
@@ -132,11 +149,12 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
     cp_async16(sK + r * kLdK + c, k + src, r < len);
   }
   cp_async_commit();
+  load_vblock(0);
   if (tid < C) {
     sG[tid] = tid < len ? p.g[(c0 + tid) * p.heads_v + hv] : 0.f;
     sBeta[tid] = tid < len ? p.beta[(c0 + tid) * p.heads_v + hv] : 0.f;
   }
-  cp_async_wait<0>();
+  cp_async_wait<1>();
   __syncthreads();
   chunk_norms_and_cumsum<T, kK, kLdK>(sQ, sK, sG, sRq, sRk, p.l2norm, tid);
   __syncthreads();
@@ -160,7 +178,6 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
           *reinterpret_cast<float2*>(sAraw + i * kLdA + j) = make_float2(x0, x1);
         } else {
           store2<T>(sP + i * kLdC + j, x0, x1);
-          *reinterpret_cast<float2*>(sPf + i * kLdA + j) = make_float2(x0, x1);
         }
       }
   }
@@ -179,20 +196,7 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
   float part_c[2] = {}, part_vdvb[2] = {}, part_dvbm[2] = {}, sum_sds = 0.f;
   const int vc0 = ch * kHalfV;
   for (int v0 = 0; v0 < p.dim_v; v0 += kBV) {
-    for (int idx = tid; idx < C * (kBV / 8); idx += kGdnThreads) {
-      const int r = idx / (kBV / 8), c = (idx % (kBV / 8)) * 8;
-      const int64_t src = ((c0 + min(r, len - 1)) * p.heads_v + hv) * p.dim_v + v0 + c;
-      cp_async16(sDo + r * kLdV + c, dout + src, r < len);
-      cp_async16(sV + r * kLdV + c, v + src, r < len);
-      cp_async16(sVn + r * kLdV + c, vn + src, r < len);
-    }
-    for (int idx = tid; idx < kK * (kBV / 8); idx += kGdnThreads) {
-      const int r = idx / (kBV / 8), c = (idx % (kBV / 8)) * 8;
-      const int64_t src = state_base + int64_t(r) * p.dim_v + v0 + c;
-      cp_async16(sS0 + r * kLdV + c, static_cast<const T*>(p.s0) + src, true);
-      cp_async16(sDs1 + r * kLdV + c, static_cast<const T*>(p.ds1) + src, true);
-    }
-    cp_async_commit();
+    if (v0 > 0) load_vblock(v0);
     cp_async_wait<0>();
     __syncthreads();
 
@@ -289,7 +293,7 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
         const bool lower = i >= j + u;  // Γ overflows above the diagonal under strong decay: never touch it there
         const float dp = lower ? p.scale * dP[nt][e + u] : 0.f;
         const float dqk = lower ? dp * __expf(sG[i] - sG[j + u]) : 0.f;
-        const float ee = dp * sPf[i * kLdA + j + u];
+        const float ee = dp * to_f32<T>(sP[i * kLdC + j + u]);
         part_e[r] += ee;
         col_e[nt][u] += ee;
         rk_[u] = dqk * sRk[j + u];

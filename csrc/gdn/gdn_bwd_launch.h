@@ -8,11 +8,12 @@
 
 namespace mom_ops {
 
-// Value-block width of both backward kernels: 64 at K <= 128, 32 at K = 256.
+// Value-block width of the grads kernel: 64 at K <= 128, 32 at K = 256.
 inline int gdn_bwd_value_block(int64_t dim_k) { return dim_k == 256 ? 32 : 64; }
 
-// gdn_bwd_chain_kernel on p.num_seqs x p.heads_v x p.num_vblocks CTAs.
-void run_gdn_bwd_chain(const GdnBwdParams& p, bool bf16, int dim_k, cudaStream_t stream);
+// gdn_bwd_chain_kernel with value blocks of bv columns (gdn_value_block's choice; 64 only at K = 64) on
+// p.num_seqs x p.heads_v x p.num_vblocks CTAs.
+void run_gdn_bwd_chain(const GdnBwdParams& p, bool bf16, int dim_k, int bv, cudaStream_t stream);
 
 // gdn_bwd_grads_kernel on num_slots x p.heads_v CTAs.
 void run_gdn_bwd_grads(const GdnBwdParams& p, bool bf16, int dim_k, int64_t num_slots, cudaStream_t stream);

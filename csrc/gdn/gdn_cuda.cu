@@ -73,12 +73,18 @@ void run_gdn_fwd(const GdnFwdParams& p, bool bf16, int dim_k, int bv, cudaStream
 
 namespace {
 
-std::tuple<at::Tensor, at::Tensor> gdn_fwd_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                                const at::Tensor& g, const at::Tensor& beta, double scale,
-                                                const std::optional<at::Tensor>& initial_state,
-                                                bool output_final_state, bool use_qk_l2norm, bool state_v_first,
-                                                const std::optional<at::Tensor>& cu_seqlens,
-                                                const std::optional<at::Tensor>& chunk_indices) {
+// The forward; with `saved` (the training forward) it also writes what the backward reads: the state at every
+// chunk start, W and V_new (16-bit).
+struct GdnSaved {
+  at::Tensor chunk_states, w, v_new;
+};
+
+std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                               const at::Tensor& g, const at::Tensor& beta, double scale,
+                                               const std::optional<at::Tensor>& initial_state,
+                                               bool output_final_state, bool use_qk_l2norm, bool state_v_first,
+                                               const std::optional<at::Tensor>& cu_seqlens,
+                                               const std::optional<at::Tensor>& chunk_indices, GdnSaved* saved) {
   const GdnDims d = check_gdn_args(q, k, v, g, beta, initial_state, state_v_first, cu_seqlens, chunk_indices);
   TORCH_CHECK_VALUE(q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf,
                     "the CUDA scan takes bfloat16 or float16 q, k, v, got ", q.scalar_type());
@@ -92,6 +98,12 @@ std::tuple<at::Tensor, at::Tensor> gdn_fwd_cuda(const at::Tensor& q, const at::T
   ScanIO io = prepare_scan_io(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm, state_v_first,
                               cu_seqlens, d);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const int64_t rows = d.batch * d.seqlen;
+  if (saved != nullptr) {
+    saved->chunk_states = at::empty({chunk_slots(rows, d.num_seqs), d.heads_v, d.dim_k, d.dim_v}, q.options());
+    saved->w = at::empty({rows, d.heads_v, d.dim_k}, q.options());
+    saved->v_new = at::empty({rows, d.heads_v, d.dim_v}, q.options());
+  }
   zero_rows_past_end(io, stream);
   if (d.num_seqs == 0 || d.heads_v == 0) return {io.o, io.ht};
   const at::Tensor order = longest_first_order(io, stream);
@@ -100,12 +112,40 @@ std::tuple<at::Tensor, at::Tensor> gdn_fwd_cuda(const at::Tensor& q, const at::T
   p.num_vblocks = int(d.dim_v / bv);
   p.v_first = state_v_first;
   p.seq_order = order.defined() ? order.data_ptr<int>() : nullptr;
+  if (saved != nullptr) {
+    p.save_s0 = saved->chunk_states.data_ptr();
+    p.save_w = saved->w.data_ptr();
+    p.save_vn = saved->v_new.data_ptr();
+  }
   run_gdn_fwd(p, q.scalar_type() == at::kBFloat16, int(d.dim_k), bv, stream);
   return {io.o, io.ht};
 }
 
+std::tuple<at::Tensor, at::Tensor> gdn_fwd_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                const at::Tensor& g, const at::Tensor& beta, double scale,
+                                                const std::optional<at::Tensor>& initial_state,
+                                                bool output_final_state, bool use_qk_l2norm, bool state_v_first,
+                                                const std::optional<at::Tensor>& cu_seqlens,
+                                                const std::optional<at::Tensor>& chunk_indices) {
+  return run_forward(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm, state_v_first,
+                     cu_seqlens, chunk_indices, nullptr);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gdn_fwd_train_cuda(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g, const at::Tensor& beta,
+    double scale, const std::optional<at::Tensor>& initial_state, bool output_final_state, bool use_qk_l2norm,
+    bool state_v_first, const std::optional<at::Tensor>& cu_seqlens, const std::optional<at::Tensor>& chunk_indices) {
+  GdnSaved saved;
+  auto [o, ht] = run_forward(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm,
+                             state_v_first, cu_seqlens, chunk_indices, &saved);
+  return {o, ht, saved.chunk_states, saved.w, saved.v_new};
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mom_ops, CUDA, m) { m.impl("chunk_gated_delta_rule_fwd", &gdn_fwd_cuda); }
+TORCH_LIBRARY_IMPL(mom_ops, CUDA, m) {
+  m.impl("chunk_gated_delta_rule_fwd", &gdn_fwd_cuda);
+  m.impl("chunk_gated_delta_rule_fwd_train", &gdn_fwd_train_cuda);
+}
 
 }  // namespace mom_ops
