@@ -86,8 +86,21 @@ def test_gdn_opcheck():
     do = torch.randn_like(inp["v"])
     bwd_args = (*[a.detach() if isinstance(a, torch.Tensor) else a for a in args[:7]], do, None, True, False, cu, None)
     torch.library.opcheck(torch.ops.mom_ops.chunk_gated_delta_rule_bwd.default, bwd_args)
+    torch.library.opcheck(torch.ops.mom_ops.chunk_gated_delta_rule_fwd_train.default, args)
     torch.library.opcheck(torch.ops.mom_ops.fused_recurrent_gated_delta_rule_fwd.default,
                           tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args[:11]))
+
+
+def test_training_forward_is_the_forward_plus_saved_tensors():
+    """mom_ops.chunk_gated_delta_rule takes the training op when an input needs a gradient; its o and final state
+    equal the plain forward's, and on the CPU it saves nothing (the CPU backward recomputes)."""
+    inp = gdn_inputs(1, 20, 2, 8, 8, h0=True, n_seqs=2)
+    args = (inp["q"], inp["k"], inp["v"], inp["g"], inp["beta"], 0.3, inp["initial_state"], True, True, False,
+            cu_from_lengths([5, 15]), None)
+    o, ht = torch.ops.mom_ops.chunk_gated_delta_rule_fwd(*args)
+    o_t, ht_t, chunk_states, w, v_new = torch.ops.mom_ops.chunk_gated_delta_rule_fwd_train(*args)
+    assert torch.equal(o, o_t) and torch.equal(ht, ht_t)
+    assert chunk_states.numel() == w.numel() == v_new.numel() == 0
 
 
 def _bad(**override):
