@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# compute-sanitizer memcheck and racecheck on the CUDA scan forward + backward for one small varlen case (issue #5).
+# On a GPU machine after the build (scripts/gpu_check.sh): bash scripts/gdn_bwd_sanitize.sh > $OUT/sanitize.log
+set -uo pipefail
+cd "$(dirname "$0")/.."
+SAN="${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer"
+case_py='
+import torch, mom_ops
+from tests.helpers import cu_from_lengths, gdn_inputs
+for D, HV in ((64, 4), (128, 2)):
+    lengths = [70, 0, 129, 1]
+    inp = gdn_inputs(1, sum(lengths) + 5, 2, D, D, HV=HV, dtype=torch.bfloat16, h0=True, n_seqs=len(lengths),
+                     device="cuda")
+    leaves = {k: t.detach().requires_grad_(True) for k, t in inp.items()}
+    o, ht = mom_ops.chunk_gated_delta_rule(**leaves, output_final_state=True, use_qk_l2norm_in_kernel=True,
+                                           cu_seqlens=cu_from_lengths(lengths).cuda())
+    torch.autograd.backward((o, ht), (torch.randn_like(o), torch.randn_like(ht)))
+torch.cuda.synchronize()
+print("case done")
+'
+for tool in memcheck racecheck; do
+  echo "== $tool"
+  PYTHONPATH=. "$SAN" --tool "$tool" --error-exitcode 3 --kernel-name regex:gdn python3 -c "$case_py" 2>&1 | tail -n 15
+  echo "exit: ${PIPESTATUS[0]}"
+done
