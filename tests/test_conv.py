@@ -7,7 +7,6 @@ import torch
 import mom_ops
 from mom_ops.reference import segment_conv_ref
 from tests.helpers import cu_from_lengths, device_param, need_kernel, poison_, rel_rms
-from tests.test_poisoned_outputs import poisoned_allocations  # noqa: F401  (fixture: NaN-filled allocations)
 
 LENGTHS = [0, 1, 2, 3, 5, 64, 100, 0, 7]
 
@@ -152,7 +151,7 @@ def _gpu_fwd_bwd(x, w, cu, h, activation=True, seed=3):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("C", [6, 37])
-def test_gpu_segment_conv_odd_channels(C, poisoned_allocations):  # noqa: F811
+def test_gpu_segment_conv_odd_channels(C, poisoned_allocations):
     """C % 4 != 0: one channel per thread."""
     need_kernel("segment_conv_fwd", "cuda")
     x, w, cu, h = _inputs(LENGTHS, C, 4, True, torch.bfloat16, "cuda")
@@ -160,7 +159,7 @@ def test_gpu_segment_conv_odd_channels(C, poisoned_allocations):  # noqa: F811
 
 
 @pytest.mark.gpu
-def test_gpu_segment_conv_strided_and_misaligned_rows(poisoned_allocations):  # noqa: F811
+def test_gpu_segment_conv_strided_and_misaligned_rows(poisoned_allocations):
     """A column slice of a wider tensor (row stride 3C: vectors) and one shifted by an element (single elements);
     fp32 weight and history with bf16 x (the layer's cache); int64 cu_seqlens."""
     need_kernel("segment_conv_fwd", "cuda")
@@ -175,7 +174,7 @@ def test_gpu_segment_conv_strided_and_misaligned_rows(poisoned_allocations):  # 
 @pytest.mark.gpu
 @pytest.mark.parametrize("W", [1, 2, 3, 5, 8])
 @pytest.mark.parametrize("lengths, tail", [([1] * 50 + [0, 33, 31, 32], 40), ([0, 0, 0], 2), ([300], 0)])
-def test_gpu_segment_conv_segmentations(W, lengths, tail, poisoned_allocations):  # noqa: F811
+def test_gpu_segment_conv_segmentations(W, lengths, tail, poisoned_allocations):
     """Runs of 32 rows crossing many segment ends (incl. 1-row and empty segments), only empty segments, one."""
     need_kernel("segment_conv_bwd", "cuda")
     for activation in (True, False):
@@ -184,7 +183,7 @@ def test_gpu_segment_conv_segmentations(W, lengths, tail, poisoned_allocations):
 
 
 @pytest.mark.gpu
-def test_gpu_segment_conv_50k_rows(poisoned_allocations):  # noqa: F811
+def test_gpu_segment_conv_50k_rows(poisoned_allocations):
     """~50k rows x 1024 channels against the vectorised torch version in fp32 on the GPU (the per-row reference
     loop would take minutes); bitwise reproducible gradients."""
     from mom_ops.reference import segment_conv_torch

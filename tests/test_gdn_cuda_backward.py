@@ -259,18 +259,6 @@ def test_saved_forward_gives_the_rerun_gradients():
 
 # ---- 4. rows past the last segment ----
 
-@pytest.fixture
-def poisoned_allocations():
-    """torch's deterministic mode fills every fresh allocation with NaN, so an unwritten gradient row shows."""
-    old_mode = torch.are_deterministic_algorithms_enabled()
-    old_fill = torch.utils.deterministic.fill_uninitialized_memory
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.utils.deterministic.fill_uninitialized_memory = True
-    yield
-    torch.use_deterministic_algorithms(old_mode)
-    torch.utils.deterministic.fill_uninitialized_memory = old_fill
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("cu_dtype", [torch.int32, torch.int64])
 def test_rows_past_last_segment_get_zero_gradients(cu_dtype, poisoned_allocations):

@@ -8,17 +8,6 @@ import mom_ops
 from tests.helpers import cu_from_lengths, device_param, gdn_inputs, need_kernel
 
 
-@pytest.fixture
-def poisoned_allocations():
-    old_mode = torch.are_deterministic_algorithms_enabled()
-    old_fill = torch.utils.deterministic.fill_uninitialized_memory
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.utils.deterministic.fill_uninitialized_memory = True
-    yield
-    torch.use_deterministic_algorithms(old_mode)
-    torch.utils.deterministic.fill_uninitialized_memory = old_fill
-
-
 def _assert_written(t: torch.Tensor, name: str):
     if t.is_floating_point():
         assert torch.isfinite(t).all(), f"{name} has unwritten (NaN) entries"

@@ -1,4 +1,4 @@
-// The per-chunk prologue both backward kernels share with the forward's: the l2norm factors of the chunk's q and
+// The per-chunk prologue of the forward and both backward kernels: the l2norm factors of the chunk's q and
 // k rows (raw rows in shared memory; rq, rk = 1 / |x| or 1 without l2norm) and G = cumsum(g) in place.
 // All 256 threads; ends without a barrier (the caller syncs).
 #pragma once

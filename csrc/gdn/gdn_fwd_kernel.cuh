@@ -18,6 +18,7 @@
 
 #include "common/cp_async.cuh"
 #include "common/mma.cuh"
+#include "gdn/chunk_prologue.cuh"
 #include "gdn/scan_params.h"
 
 namespace mom_ops {
@@ -257,34 +258,8 @@ __global__ void __launch_bounds__(kGdnThreads, kGdnCtasPerSm<T, kK, kBV>) gdn_fw
     __syncthreads();
     GDN_PHASE(0);
 
-    // (b) l2norm factors (two threads per q or k row), G = cumsum(g) (warp 0 afterwards).
-    {
-      const int row = tid / 2, half = tid % 2;
-      const T* src = (row < C ? sQ + row * kLdK : sK + (row - C) * kLdK) + half * (kK / 2);
-      float ss = 0.f;
-#pragma unroll
-      for (int c = 0; c < kK / 2; c += 8) {
-        const uint4 raw = *reinterpret_cast<const uint4*>(src + c);
-        const T* x = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-        for (int e = 0; e < 8; ++e) ss += to_f32<T>(x[e]) * to_f32<T>(x[e]);
-      }
-      ss += __shfl_xor_sync(0xffffffffu, ss, 1);
-      if (half == 0) (row < C ? sRq : sRk)[row % C] = p.l2norm ? rsqrtf(ss + 1e-6f) : 1.f;
-    }
-    if (warp == 0) {
-      const float a = sG[2 * lane], b = sG[2 * lane + 1], pair = a + b;
-      float incl = pair;
-#pragma unroll
-      for (int off = 1; off < 32; off *= 2) {
-        const float up = __shfl_up_sync(0xffffffffu, incl, off);
-        if (lane >= off) incl += up;
-      }
-      const float excl = incl - pair;
-      __syncwarp();
-      sG[2 * lane] = excl + a;
-      sG[2 * lane + 1] = excl + pair;
-    }
+    // (b) l2norm factors, G = cumsum(g).
+    chunk_norms_and_cumsum<T, kK, kLdK>(sQ, sK, sG, sRq, sRk, p.l2norm, tid);
     __syncthreads();
     const float G_last = sG[C - 1];
     GDN_PHASE(1);
