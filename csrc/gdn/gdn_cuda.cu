@@ -40,7 +40,7 @@ namespace {
 template <typename T, int kK, int kBV>
 void launch_gdn_fwd(const GdnFwdParams& p, cudaStream_t stream) {
   using L = GdnSmem<T, kK, kBV>;
-  auto kernel = gdn_fwd_kernel<T, kK, kBV>;
+  auto kernel = p.save_s0 != nullptr ? gdn_fwd_kernel<T, kK, kBV, true> : gdn_fwd_kernel<T, kK, kBV, false>;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L::kBytes)));
   // All of the unified L1/shared memory as shared memory: two CTAs per SM fit at K <= 128.
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100));

@@ -30,7 +30,7 @@ struct GdnFwdParams : ScanParams {
   int num_vblocks;         // V / kBV
   bool v_first;            // states are [N, HV, V, K]
   const int* seq_order;    // [N] sequences longest first (scan_prologue.cuh), or nullptr: index order
-  // What the backward (#5) reads, written when not nullptr (16-bit, the input dtype; slots: chunk_slot below):
+  // What the backward (#5) reads, written by the kSave kernels (16-bit, the input dtype; slots: chunk_slot):
   void* save_s0;           // [slots, HV, K, V] the state at the start of every chunk
   void* save_w;            // [rows, HV, K] W = T diag(beta e^G rk) K (the normalised keys' W), by V-block 0
   void* save_vn;           // [rows, HV, V] V_new = U - W S
@@ -160,7 +160,9 @@ __device__ __forceinline__ void invert_unit_lower_64(const float* A, float* Tm, 
 template <typename T, int kK, int kBV>
 constexpr int kGdnCtasPerSm = 2 * GdnSmem<T, kK, kBV>::kBytes <= 227 * 1024 ? MOM_OPS_GDN_CTAS_PER_SM : 1;
 
-template <typename T, int kK, int kBV>
+// kSave: the training forward, which also writes p.save_s0, p.save_w, p.save_vn (a template flag so that the
+// inference forward carries none of their registers).
+template <typename T, int kK, int kBV, bool kSave = false>
 __global__ void __launch_bounds__(kGdnThreads, kGdnCtasPerSm<T, kK, kBV>) gdn_fwd_kernel(GdnFwdParams p) {
   using L = GdnSmem<T, kK, kBV>;
   constexpr int C = kGdnChunk, kLdK = L::kLdK, kLdV = L::kLdV, kLdC = L::kLdC, kLdA = L::kLdA, kLdT = L::kLdT;
@@ -225,7 +227,7 @@ __global__ void __launch_bounds__(kGdnThreads, kGdnCtasPerSm<T, kK, kBV>) gdn_fw
 
   for (int64_t c0 = bos; c0 < eos; c0 += C) {
     const int len = int(min(int64_t(C), eos - c0));
-    if (p.save_s0 != nullptr) {  // S0 of this chunk, (k, v) pairs as 32-bit stores
+    if constexpr (kSave) {  // S0 of this chunk, (k, v) pairs as 32-bit stores
       T* dst = static_cast<T*>(p.save_s0) +
                ((chunk_slot(p, seq, bos) + (c0 - bos) / C) * p.heads_v + hv) * int64_t(kK) * p.dim_v + v0;
 #pragma unroll
@@ -355,7 +357,7 @@ __global__ void __launch_bounds__(kGdnThreads, kGdnCtasPerSm<T, kK, kBV>) gdn_fw
     }
     __syncthreads();
     GDN_PHASE(6);
-    if (p.save_vn != nullptr) {  // V_new rows of this V-block; W (all K columns) from V-block 0
+    if constexpr (kSave) {  // V_new rows of this V-block; W (all K columns) from V-block 0
       for (int idx = tid; idx < len * (kBV / 8); idx += kGdnThreads) {
         const int r = idx / (kBV / 8), c = (idx % (kBV / 8)) * 8;
         *reinterpret_cast<uint4*>(static_cast<T*>(p.save_vn) + ((c0 + r) * p.heads_v + hv) * p.dim_v + v0 + c) =
