@@ -54,15 +54,17 @@ TORCH_LIBRARY(mom_ops, m) {
   m.def(
       "chunk_gated_delta_rule_bwd(Tensor q, Tensor k, Tensor v, Tensor g, Tensor beta, float scale, "
       "Tensor? initial_state, Tensor grad_o, Tensor? grad_final_state, bool use_qk_l2norm, bool state_v_first, "
-      "Tensor? cu_seqlens, Tensor? chunk_indices, Tensor? chunk_states=None, Tensor? w=None, Tensor? v_new=None) "
+      "Tensor? cu_seqlens, Tensor? chunk_indices, Tensor? chunk_states=None, Tensor? w=None, Tensor? v_new=None, "
+      "Tensor? t=None) "
       "-> (Tensor dq, Tensor dk, Tensor dv, Tensor dg, Tensor dbeta, Tensor dh0)");
   // The forward for training: also returns what the backward reads (CUDA: chunk_states [rows // 64 + N + 1, HV, K,
-  // V], w [B * T, HV, K], v_new [B * T, HV, V] in q's dtype; CPU: empty tensors, its backward recomputes).
+  // V], w [B * T, HV, K], v_new [B * T, HV, V], t [B * T, HV, 64] (the rows of each chunk's (I + A)^-1) in q's
+  // dtype; CPU: empty tensors, its backward recomputes).
   m.def(
       "chunk_gated_delta_rule_fwd_train(Tensor q, Tensor k, Tensor v, Tensor g, Tensor beta, float scale, "
       "Tensor? initial_state, bool output_final_state, bool use_qk_l2norm, bool state_v_first, "
       "Tensor? cu_seqlens, Tensor? chunk_indices) -> (Tensor o, Tensor final_state, Tensor chunk_states, Tensor w, "
-      "Tensor v_new)");
+      "Tensor v_new, Tensor t)");
   // Token-by-token form for short inputs (decode, speculative steps); forward only.
   m.def(
       "fused_recurrent_gated_delta_rule_fwd(Tensor q, Tensor k, Tensor v, Tensor g, Tensor beta, float scale, "

@@ -68,16 +68,16 @@ def _gdn_fwd_train_fake(q, k, v, g, beta, scale, initial_state, output_final_sta
     o, final_state = _gdn_fwd_fake(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm,
                                    state_v_first, cu_seqlens, chunk_indices)
     if q.device.type != "cuda":  # the CPU backward saves nothing
-        return o, final_state, _empty(0, like=q), _empty(0, like=q), _empty(0, like=q)
+        return o, final_state, _empty(0, like=q), _empty(0, like=q), _empty(0, like=q), _empty(0, like=q)
     rows, n = q.shape[0] * q.shape[1], (q.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1)
     hv, dk, dv = v.shape[2], q.shape[3], v.shape[3]
     return (o, final_state, _empty(rows // 64 + n + 1, hv, dk, dv, like=q), _empty(rows, hv, dk, like=q),
-            _empty(rows, hv, dv, like=q))
+            _empty(rows, hv, dv, like=q), _empty(rows, hv, 64, like=q))
 
 
 @register_fake("mom_ops::chunk_gated_delta_rule_bwd")
 def _gdn_bwd_fake(q, k, v, g, beta, scale, initial_state, grad_o, grad_final_state, use_qk_l2norm, state_v_first,
-                  cu_seqlens, chunk_indices, chunk_states=None, w=None, v_new=None):
+                  cu_seqlens, chunk_indices, chunk_states=None, w=None, v_new=None, t=None):
     dh0 = torch.empty_like(initial_state) if initial_state is not None else _empty(0, like=q, dtype=torch.float32)
     return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(g),
             torch.empty_like(beta), dh0)

@@ -13,7 +13,7 @@ OP = "mom_ops::chunk_gated_delta_rule_bwd"
 
 
 def _triton_backward(q, k, v, g, beta, scale, initial_state, grad_o, grad_final_state, use_qk_l2norm, state_v_first,
-                     cu_seqlens, chunk_indices, chunk_states=None, w=None, v_new=None):
+                     cu_seqlens, chunk_indices, chunk_states=None, w=None, v_new=None, t=None):
     from triton_ref.gdn import chunk_gated_delta_rule_bwd
 
     dq, dk, dv, dg, dbeta, dh0 = chunk_gated_delta_rule_bwd(

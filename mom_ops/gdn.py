@@ -76,7 +76,7 @@ def chunk_gated_delta_rule(
     args = (q, k, v, g, beta, float(scale), initial_state, output_final_state, use_qk_l2norm_in_kernel,
             state_v_first, cu_seqlens, chunk_indices)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, g, beta, initial_state)):
-        # training: the forward also keeps what the backward reads (chunk-start states, W, V_new on CUDA)
+        # training: the forward also keeps what the backward reads (chunk-start states, W, V_new, T on CUDA)
         o, final_state, *_ = torch.ops.mom_ops.chunk_gated_delta_rule_fwd_train(*args)
     else:
         o, final_state = torch.ops.mom_ops.chunk_gated_delta_rule_fwd(*args)
@@ -90,7 +90,7 @@ def _setup(ctx, inputs, output):
 
 
 def _setup_train(ctx, inputs, output):
-    """As _setup, and the training forward's chunk_states, w, v_new (not differentiable) for the backward."""
+    """As _setup, and the training forward's chunk_states, w, v_new, t (not differentiable) for the backward."""
     q, k, v, g, beta, scale, h0, _, use_l2norm, state_v_first, cu_seqlens, chunk_indices = inputs
     ctx.scale, ctx.use_l2norm, ctx.state_v_first = scale, use_l2norm, state_v_first
     ctx.mark_non_differentiable(*output[2:])

@@ -244,15 +244,15 @@ def test_backward_with_chunk_indices_equals_without():
 
 @pytest.mark.gpu
 def test_saved_forward_gives_the_rerun_gradients():
-    """The backward op with the training forward's chunk_states, w, v_new (the autograd path) is bitwise equal
-    to the backward op that reruns the forward to get them."""
+    """The backward op with the training forward's chunk_states, w, v_new, t (the autograd path) is bitwise
+    equal to the backward op that reruns the forward to get them."""
     need_kernel("chunk_gated_delta_rule_fwd_train", "cuda")
     name = "d128_varlen_gva_strong"
     args = _op_args(name, torch.bfloat16)
     fwd_args = (*args[:7], CASES[name].dht, args[9], args[10], args[11], None)
-    _, _, chunk_states, w, v_new = torch.ops.mom_ops.chunk_gated_delta_rule_fwd_train(*fwd_args)
+    _, _, *saved_tensors = torch.ops.mom_ops.chunk_gated_delta_rule_fwd_train(*fwd_args)
     rerun = torch.ops.mom_ops.chunk_gated_delta_rule_bwd(*args)
-    saved = torch.ops.mom_ops.chunk_gated_delta_rule_bwd(*args, chunk_states, w, v_new)
+    saved = torch.ops.mom_ops.chunk_gated_delta_rule_bwd(*args, *saved_tensors)
     for key, a, b in zip(NAMES, rerun, saved):
         assert torch.equal(a, b), key
 

@@ -1,6 +1,6 @@
 // CUDA binding of the chunked gated-delta-rule backward (issue #5): checks, then three launches on tensor cores:
-//  1. unless chunk_gated_delta_rule_fwd_train saved them: the forward kernel again, saving S0 of every chunk, W
-//     and V_new (16-bit; o is not written);
+//  1. unless chunk_gated_delta_rule_fwd_train saved them: the forward kernel again, saving S0 of every chunk, W,
+//     V_new and T (16-bit; o is not written);
 //  2. the state-gradient chain in reverse (gdn_bwd_chain_kernel.cuh): dS1 of every chunk, dh0;
 //  3. every chunk's gradients in parallel (gdn_bwd_grads_kernel.cuh): dq, dk, dv, dg, dbeta.
 // With HV > H (GVA) the grads kernel writes dq, dk per value head in fp32 and the group sum and the l2norm
@@ -46,7 +46,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const std::optional<at::Tensor>& grad_final_state, bool use_qk_l2norm, bool state_v_first,
     const std::optional<at::Tensor>& cu_seqlens, const std::optional<at::Tensor>& chunk_indices,
     const std::optional<at::Tensor>& chunk_states, const std::optional<at::Tensor>& saved_w,
-    const std::optional<at::Tensor>& saved_v_new) {
+    const std::optional<at::Tensor>& saved_v_new, const std::optional<at::Tensor>& saved_t) {
   const GdnDims d = check_gdn_args(q, k, v, g, beta, initial_state, state_v_first, cu_seqlens, chunk_indices);
   TORCH_CHECK_VALUE(q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf,
                     "the CUDA scan takes bfloat16 or float16 q, k, v, got ", q.scalar_type());
@@ -67,8 +67,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     TORCH_CHECK_VALUE(grad_final_state->device() == q.device(), "grad_final_state must be on ", q.device());
   }
   const bool have_saved = chunk_states.has_value() && chunk_states->numel() > 0;
-  TORCH_CHECK_VALUE(!have_saved || (saved_w.has_value() && saved_v_new.has_value()),
-                    "chunk_states, w and v_new come together (from chunk_gated_delta_rule_fwd_train)");
+  TORCH_CHECK_VALUE(!have_saved || (saved_w.has_value() && saved_v_new.has_value() && saved_t.has_value()),
+                    "chunk_states, w, v_new and t come together (from chunk_gated_delta_rule_fwd_train)");
   c10::cuda::CUDAGuard guard(q.device());
   ScanIO io = prepare_scan_io(q, k, v, g, beta, scale, initial_state, /*output_final_state=*/false, use_qk_l2norm,
                               state_v_first, cu_seqlens, d);
@@ -91,15 +91,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor order = longest_first_order(io, stream);
     const std::vector<int64_t> s0_shape = {slots, d.heads_v, d.dim_k, d.dim_v};
     const at::Tensor ds1 = at::empty(s0_shape, opts);
-    at::Tensor s0, w, vn;
+    at::Tensor s0, w, vn, t;
     if (have_saved) {  // from chunk_gated_delta_rule_fwd_train
       s0 = checked_saved(*chunk_states, "chunk_states", s0_shape, q);
       w = checked_saved(*saved_w, "w", {rows, d.heads_v, d.dim_k}, q);
       vn = checked_saved(*saved_v_new, "v_new", {rows, d.heads_v, d.dim_v}, q);
+      t = checked_saved(*saved_t, "t", {rows, d.heads_v, kGdnChunk}, q);
     } else {  // rerun the forward, saving
       s0 = at::empty(s0_shape, opts);
       w = at::empty({rows, d.heads_v, d.dim_k}, opts);
       vn = at::empty({rows, d.heads_v, d.dim_v}, opts);
+      t = at::empty({rows, d.heads_v, kGdnChunk}, opts);
       GdnFwdParams fp{};
       static_cast<ScanParams&>(fp) = io.params;
       fp.o = nullptr;
@@ -110,6 +112,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       fp.save_s0 = s0.data_ptr();
       fp.save_w = w.data_ptr();
       fp.save_vn = vn.data_ptr();
+      fp.save_t = t.data_ptr();
       run_gdn_fwd(fp, bf16, int(d.dim_k), fwd_bv, stream);
     }
 
@@ -122,6 +125,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     bp.s0 = s0.data_ptr();
     bp.w = w.data_ptr();
     bp.vn = vn.data_ptr();
+    bp.t = t.data_ptr();
     bp.ds1 = ds1.data_ptr();
     bp.num_vblocks = int(d.dim_v / fwd_bv);  // the chain's value blocks are the forward's
     bp.v_first = state_v_first;

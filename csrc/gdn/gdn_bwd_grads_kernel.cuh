@@ -1,7 +1,7 @@
 // Backward of the chunked gated-delta scan, part 2 of 2: every chunk's gradients, all chunks in parallel. One
-// CTA (8 warps) owns (chunk slot, value head); it reads the chunk's q, k, v, g, beta, dO, the saved S0, W's
-// sibling V_new and the chain kernel's dS1 (gdn_bwd_chain_kernel.cuh), recomputes G, the l2norm factors, A, T, P,
-// and walks V in blocks of kBV columns. The formulas are mom_ops/reference/gdn_backward.py's, regrouped so that
+// CTA (8 warps) owns (chunk slot, value head); it reads the chunk's q, k, v, g, beta, dO, the saved S0, V_new and
+// T (the forward's (I + A)^-1) and the chain kernel's dS1 (gdn_bwd_chain_kernel.cuh), recomputes G, the l2norm
+// factors, A and P, and walks V in blocks of kBV columns. The formulas are mom_ops/reference/gdn_backward.py's, regrouped so that
 // every V-block adds into a few accumulators (Kn = diag(rk) K raw, Qn = diag(rq) Q raw; dO carries no scale):
 //   kdS = K dS1, M = K S0                          (per V-block, raw K)
 //   dVn = rk e^{G_L - G} kdS + scale P^T dO,  dVb = T^T dVn,  dv = beta dVb
@@ -37,11 +37,10 @@ struct GdnGradsSmem {
   static constexpr int kQ = 0;                                  // q [64][kLdK] raw
   static constexpr int kKey = kQ + bytes16(C, kLdK);            // k [64][kLdK] raw
   static constexpr int kAraw = kKey + bytes16(C, kLdK);         // f32 [64][kLdA]: rk_i rk_j Γ (k_i . k_j), i > j
-  static constexpr int kTf = kAraw + C * kLdA * 4;              // f32 [64][kLdT]: T | dKK
-  static constexpr int kT16 = kTf + C * kLdT * 4;               // T [64][kLdC]
+  static constexpr int kDkk = kAraw + C * kLdA * 4;             // f32 [64][kLdT]: dKK
+  static constexpr int kT16 = kDkk + C * kLdT * 4;              // T [64][kLdC] (saved by the forward)
   static constexpr int kP = kT16 + bytes16(C, kLdC);            // P (no scale) [64][kLdC]
-  static constexpr int kX = kP + bytes16(C, kLdC);              // f32 3 x 256: T-solve scratch
-  static constexpr int kRegion = kX + 3 * 256 * 4;
+  static constexpr int kRegion = kP + bytes16(C, kLdC);
   // V-block tiles: [64][kLdV] each, then S0, dS1 [kK][kLdV]
   static constexpr int kDo = kRegion, kV = kDo + bytes16(C, kLdV), kVn = kV + bytes16(C, kLdV);
   static constexpr int kDvn = kVn + bytes16(C, kLdV), kZ = kDvn + bytes16(C, kLdV);
@@ -72,11 +71,9 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
   T* sQ = reinterpret_cast<T*>(smem + L::kQ);
   T* sK = reinterpret_cast<T*>(smem + L::kKey);
   float* sAraw = reinterpret_cast<float*>(smem + L::kAraw);
-  float* sTf = reinterpret_cast<float*>(smem + L::kTf);
-  float* sDkk = sTf;  // after T16 is written
+  float* sDkk = reinterpret_cast<float*>(smem + L::kDkk);
   T* sT16 = reinterpret_cast<T*>(smem + L::kT16);
   T* sP = reinterpret_cast<T*>(smem + L::kP);
-  float* sX = reinterpret_cast<float*>(smem + L::kX);
   T* sDo = reinterpret_cast<T*>(smem + L::kDo);
   T* sV = reinterpret_cast<T*>(smem + L::kV);
   T* sVn = reinterpret_cast<T*>(smem + L::kVn);
@@ -140,13 +137,19 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
     cp_async_commit();
   };
 
-  // (a) q, k -> shared memory, g, beta (the first V-block's tiles load meanwhile, until (d)); l2norm factors, G,
+  // (a) q, k, T -> shared memory (T rows past len: zeros, which acts as the identity rows there since every dVn,
+  // dT row past len is 0), g, beta (the first V-block's tiles load meanwhile, until (d)); l2norm factors, G,
   // e^{G_L - G}.
   for (int idx = tid; idx < C * (kK / 8); idx += kGdnThreads) {
     const int r = idx / (kK / 8), c = (idx % (kK / 8)) * 8;
     const int64_t src = ((c0 + min(r, len - 1)) * p.heads_qk + h) * kK + c;
     cp_async16(sQ + r * kLdK + c, q + src, r < len);
     cp_async16(sK + r * kLdK + c, k + src, r < len);
+  }
+  for (int idx = tid; idx < C * (C / 8); idx += kGdnThreads) {
+    const int r = idx / (C / 8), c = (idx % (C / 8)) * 8;
+    cp_async16(sT16 + r * kLdC + c, static_cast<const T*>(p.t) + ((c0 + min(r, len - 1)) * p.heads_v + hv) * C + c,
+               r < len);
   }
   cp_async_commit();
   load_vblock(0);
@@ -183,15 +186,7 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
   }
   __syncthreads();
 
-  // (c) T = (I + diag(beta) Araw)^-1 (fp32), then a 16-bit copy.
-  invert_unit_lower_64<kLdA, kLdT, true>(sAraw, sTf, sX, tid, sBeta);
-  for (int idx = tid; idx < C * C / 2; idx += kGdnThreads) {
-    const int i = idx / (C / 2), j = (idx % (C / 2)) * 2;
-    store2<T>(sT16 + i * kLdC + j, sTf[i * kLdT + j], sTf[i * kLdT + j + 1]);
-  }
-  __syncthreads();
-
-  // (d) The V-blocks.
+  // (c) The V-blocks.
   float X1[kNK][4] = {}, dKn[kNK][4] = {}, dP[4][4] = {}, dT[4][4] = {};
   float part_c[2] = {}, part_vdvb[2] = {}, part_dvbm[2] = {}, sum_sds = 0.f;
   const int vc0 = ch * kHalfV;
@@ -280,7 +275,7 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
     __syncthreads();
   }
 
-  // (e) dP -> dQK (16-bit tiles), E = scale dP P; dT -> 16 bits.
+  // (d) dP -> dQK (16-bit tiles), E = scale dP P; dT -> 16 bits.
   float part_e[2] = {}, col_e[4][2] = {};
 #pragma unroll
   for (int nt = 0; nt < 4; ++nt)
@@ -408,7 +403,7 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
   }
   __syncthreads();
 
-  // (f) dg = reverse cumsum of dG, the last row adding e^{G_L} sum(S0 dS1) + sum(c) (warp 0);
+  // (e) dg = reverse cumsum of dG, the last row adding e^{G_L} sum(S0 dS1) + sum(c) (warp 0);
   // dQn = scale e^G X1 + dQK Kn,  dKn += (dKK + dKK^T) Kn + dQK^T Qn.
   if (warp == 0) {
     float cs = sC[2 * lane] + sC[2 * lane + 1];
@@ -447,7 +442,7 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
     }
   }
 
-  // (g) dq, dk rows: the l2norm backward dx = r dy - r^3 x (x . dy) (x raw) in the input dtype, or fp32 per value
+  // (f) dq, dk rows: the l2norm backward dx = r dy - r^3 x (x . dy) (x raw) in the input dtype, or fp32 per value
   // head for the host to sum over the group.
   if (p.dqk_per_value_head) {
 #pragma unroll

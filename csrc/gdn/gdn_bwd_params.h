@@ -1,6 +1,6 @@
 // What the two backward kernels of the chunked scan take (gdn_bwd_chain_kernel.cuh, gdn_bwd_grads_kernel.cuh):
 // the forward's inputs (ScanParams), the upstream gradients, the tensors the forward rerun saved (16-bit, the input
-// dtype: chunk-start states S0 by slot, W and V_new by row) and the gradient outputs.
+// dtype: chunk-start states S0 by slot, W, V_new and T by row) and the gradient outputs.
 #pragma once
 
 #include "gdn/scan_params.h"
@@ -14,6 +14,7 @@ struct GdnBwdParams : ScanParams {
   const void* s0;          // [slots, HV, K, V] state at every chunk start (chunk_slot)
   const void* w;           // [rows, HV, K] W = T diag(beta e^G rk) K
   const void* vn;          // [rows, HV, V] V_new
+  const void* t;           // [rows, HV, 64] T = (I + A)^-1 of each chunk, row by row
   void* ds1;               // [slots, HV, K, V] dL/d state at every chunk end (written by the chain kernel)
   int num_vblocks;         // chain kernel: V / BV
   bool v_first;

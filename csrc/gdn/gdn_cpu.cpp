@@ -145,7 +145,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const std::optional<at::Tensor>& grad_final_state, bool use_qk_l2norm, bool state_v_first,
     const std::optional<at::Tensor>& cu_seqlens, const std::optional<at::Tensor>& chunk_indices,
     const std::optional<at::Tensor>& /*chunk_states*/, const std::optional<at::Tensor>& /*w*/,
-    const std::optional<at::Tensor>& /*v_new*/) {  // the CPU backward recomputes what the CUDA one saves
+    const std::optional<at::Tensor>& /*v_new*/,
+    const std::optional<at::Tensor>& /*t*/) {  // the CPU backward recomputes what the CUDA one saves
   const GdnDims d = check_gdn_args(q, k, v, g, beta, initial_state, state_v_first, cu_seqlens, chunk_indices);
   TORCH_CHECK_VALUE(grad_o.sizes() == v.sizes(), "grad_o must have the shape of v ", v.sizes(), ", got ",
                     grad_o.sizes());
@@ -289,13 +290,13 @@ std::tuple<at::Tensor, at::Tensor> fused_recurrent_fwd_cpu(const at::Tensor& q, 
 }
 
 // The training forward on the CPU: nothing to save (the CPU backward recomputes the states).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gdn_fwd_train_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gdn_fwd_train_cpu(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g, const at::Tensor& beta,
     double scale, const std::optional<at::Tensor>& initial_state, bool output_final_state, bool use_qk_l2norm,
     bool state_v_first, const std::optional<at::Tensor>& cu_seqlens, const std::optional<at::Tensor>& chunk_indices) {
   auto [o, ht] = gdn_fwd_cpu(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm,
                              state_v_first, cu_seqlens, chunk_indices);
-  return {o, ht, q.new_empty({0}), q.new_empty({0}), q.new_empty({0})};
+  return {o, ht, q.new_empty({0}), q.new_empty({0}), q.new_empty({0}), q.new_empty({0})};
 }
 
 }  // namespace

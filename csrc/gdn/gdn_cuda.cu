@@ -74,9 +74,9 @@ void run_gdn_fwd(const GdnFwdParams& p, bool bf16, int dim_k, int bv, cudaStream
 namespace {
 
 // The forward; with `saved` (the training forward) it also writes what the backward reads: the state at every
-// chunk start, W and V_new (16-bit).
+// chunk start, W, V_new and T (16-bit).
 struct GdnSaved {
-  at::Tensor chunk_states, w, v_new;
+  at::Tensor chunk_states, w, v_new, t;
 };
 
 std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -103,6 +103,7 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Te
     saved->chunk_states = at::empty({chunk_slots(rows, d.num_seqs), d.heads_v, d.dim_k, d.dim_v}, q.options());
     saved->w = at::empty({rows, d.heads_v, d.dim_k}, q.options());
     saved->v_new = at::empty({rows, d.heads_v, d.dim_v}, q.options());
+    saved->t = at::empty({rows, d.heads_v, kGdnChunk}, q.options());
   }
   zero_rows_past_end(io, stream);
   if (d.num_seqs == 0 || d.heads_v == 0) return {io.o, io.ht};
@@ -116,6 +117,7 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Te
     p.save_s0 = saved->chunk_states.data_ptr();
     p.save_w = saved->w.data_ptr();
     p.save_vn = saved->v_new.data_ptr();
+    p.save_t = saved->t.data_ptr();
   }
   run_gdn_fwd(p, q.scalar_type() == at::kBFloat16, int(d.dim_k), bv, stream);
   return {io.o, io.ht};
@@ -131,14 +133,14 @@ std::tuple<at::Tensor, at::Tensor> gdn_fwd_cuda(const at::Tensor& q, const at::T
                      cu_seqlens, chunk_indices, nullptr);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gdn_fwd_train_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gdn_fwd_train_cuda(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g, const at::Tensor& beta,
     double scale, const std::optional<at::Tensor>& initial_state, bool output_final_state, bool use_qk_l2norm,
     bool state_v_first, const std::optional<at::Tensor>& cu_seqlens, const std::optional<at::Tensor>& chunk_indices) {
   GdnSaved saved;
   auto [o, ht] = run_forward(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm,
                              state_v_first, cu_seqlens, chunk_indices, &saved);
-  return {o, ht, saved.chunk_states, saved.w, saved.v_new};
+  return {o, ht, saved.chunk_states, saved.w, saved.v_new, saved.t};
 }
 
 }  // namespace

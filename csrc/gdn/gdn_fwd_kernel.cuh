@@ -34,6 +34,7 @@ struct GdnFwdParams : ScanParams {
   void* save_s0;           // [slots, HV, K, V] the state at the start of every chunk
   void* save_w;            // [rows, HV, K] W = T diag(beta e^G rk) K (the normalised keys' W), by V-block 0
   void* save_vn;           // [rows, HV, V] V_new = U - W S
+  void* save_t;            // [rows, HV, 64] the chunk's T = (I + A)^-1, row by row, by V-block 0
 #ifdef MOM_OPS_GDN_PROFILE
   unsigned long long* phase_cycles;  // [kGdnPhases]: cycles per phase summed over CTAs (scripts/gdn_phases.cu)
 #endif
@@ -89,10 +90,8 @@ __device__ __forceinline__ void store2(T* dst, float x, float y) {
 // float4; zeros on and above the diagonal) into Tm (row stride kLdT), by 16x16 blocks, all 256 threads.
 // X (3 x 256 floats) is scratch. Every sum has a fixed length (the zeros of A make up the rest) and four
 // partial sums, so the loops unroll and the FMA chains stay short. Ends with a barrier.
-// With kScaleRows, A's row i is multiplied by row_scale[i] as it is read (the backward keeps A / beta).
-template <int kLdA, int kLdT, bool kScaleRows = false>
-__device__ __forceinline__ void invert_unit_lower_64(const float* A, float* Tm, float* X, int tid,
-                                                     const float* row_scale = nullptr) {
+template <int kLdA, int kLdT>
+__device__ __forceinline__ void invert_unit_lower_64(const float* A, float* Tm, float* X, int tid) {
   // Diagonal blocks: thread (b, c) substitutes column c of block b: t_i = [i == c] - sum_m A_im t_m.
   if (tid < 64) {
     const int b = tid / 16, c = tid % 16, r0 = 16 * b;
@@ -102,12 +101,10 @@ __device__ __forceinline__ void invert_unit_lower_64(const float* A, float* Tm, 
 #pragma unroll
     for (int i = 0; i < 16; ++i) {
       const float4* row = reinterpret_cast<const float4*>(A + (r0 + i) * kLdA + r0);
-      const float rs = kScaleRows ? row_scale[r0 + i] : 1.f;
       float part[4] = {i == c ? 1.f : 0.f, 0.f, 0.f, 0.f};
 #pragma unroll
       for (int m4 = 0; m4 < (i + 3) / 4; ++m4) {  // A_im = 0 for m >= i
-        float4 a = row[m4];
-        if (kScaleRows) a.x *= rs, a.y *= rs, a.z *= rs, a.w *= rs;
+        const float4 a = row[m4];
         part[0] -= a.x * t[4 * m4], part[1] -= a.y * t[4 * m4 + 1];
         part[2] -= a.z * t[4 * m4 + 2], part[3] -= a.w * t[4 * m4 + 3];
       }
@@ -125,12 +122,10 @@ __device__ __forceinline__ void invert_unit_lower_64(const float* A, float* Tm, 
     for (int j = 0; j + d < 4; ++j) {
       const int i = j + d;
       const float4* row = reinterpret_cast<const float4*>(A + (16 * i + r) * kLdA + 16 * j);
-      const float rs = kScaleRows ? row_scale[16 * i + r] : 1.f;
       float part[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
       for (int m4 = 0; m4 < 4 * d; ++m4) {
-        float4 a = row[m4];
-        if (kScaleRows) a.x *= rs, a.y *= rs, a.z *= rs, a.w *= rs;
+        const float4 a = row[m4];
         const float* tcol = Tm + (16 * j + 4 * m4) * kLdT + 16 * j + c;
         part[0] += a.x * tcol[0], part[1] += a.y * tcol[kLdT];
         part[2] += a.z * tcol[2 * kLdT], part[3] += a.w * tcol[3 * kLdT];
@@ -306,6 +301,9 @@ __global__ void __launch_bounds__(kGdnThreads, kGdnCtasPerSm<T, kK, kBV>) gdn_fw
       const float t0 = sT[i * kLdT + j], t1 = sT[i * kLdT + j + 1];
       store2<T>(sTu + i * kLdC + j, t0 * sBeta[j], t1 * sBeta[j + 1]);
       store2<T>(sTw + i * kLdC + j, t0 * sColW[j], t1 * sColW[j + 1]);
+      if constexpr (kSave) {
+        if (vb == 0 && i < len) store2<T>(static_cast<T*>(p.save_t) + ((c0 + i) * p.heads_v + hv) * C + j, t0, t1);
+      }
     }
     __syncthreads();
     GDN_PHASE(4);
