@@ -1,11 +1,10 @@
 // Launch of the backward's state-gradient chain (gdn_bwd_chain_kernel.cuh) over dtype and head dim.
-#include <c10/cuda/CUDAException.h>
-
 #include <type_traits>
 
 #include "common/static_switch.h"
 #include "gdn/gdn_bwd_chain_kernel.cuh"
 #include "gdn/gdn_bwd_launch.h"
+#include "gdn/scan_launch.cuh"
 
 namespace mom_ops {
 
@@ -15,13 +14,8 @@ template <typename T, int kK, int kBV>
 void launch_chain(const GdnBwdParams& p, cudaStream_t stream) {
   using L = GdnChainSmem<T, kK, kBV>;
   static_assert(L::kBytes <= 227 * 1024, "shared memory of the chain kernel");
-  auto kernel = gdn_bwd_chain_kernel<T, kK, kBV>;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L::kBytes)));
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
-  const int64_t blocks = int64_t(p.num_seqs) * p.heads_v * p.num_vblocks;
-  TORCH_CHECK(blocks < (int64_t(1) << 31), "too many (sequence, head, V-block) programs: ", blocks);
-  kernel<<<unsigned(blocks), kGdnThreads, L::kBytes, stream>>>(p);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_scan_kernel(gdn_bwd_chain_kernel<T, kK, kBV>, p, int64_t(p.num_seqs) * p.heads_v * p.num_vblocks,
+                     kGdnThreads, L::kBytes, stream, "(sequence, head, V-block)");
 }
 
 }  // namespace

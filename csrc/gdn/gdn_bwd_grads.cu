@@ -1,11 +1,10 @@
 // Launch of the backward's chunk-parallel gradients (gdn_bwd_grads_kernel.cuh) over dtype and head dim.
-#include <c10/cuda/CUDAException.h>
-
 #include <type_traits>
 
 #include "common/static_switch.h"
 #include "gdn/gdn_bwd_grads_kernel.cuh"
 #include "gdn/gdn_bwd_launch.h"
+#include "gdn/scan_launch.cuh"
 
 namespace mom_ops {
 
@@ -16,13 +15,8 @@ void run_gdn_bwd_grads(const GdnBwdParams& p, bool bf16, int dim_k, int64_t num_
       constexpr int kBV = kK == 256 ? 32 : 64;
       using L = GdnGradsSmem<T, kK, kBV>;
       static_assert(L::kBytes <= 227 * 1024, "shared memory of the grads kernel");
-      auto kernel = gdn_bwd_grads_kernel<T, kK, kBV>;
-      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L::kBytes)));
-      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
-      const int64_t blocks = num_slots * p.heads_v;
-      TORCH_CHECK(blocks < (int64_t(1) << 31), "too many (chunk, head) programs: ", blocks);
-      kernel<<<unsigned(blocks), kGdnThreads, L::kBytes, stream>>>(p);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_scan_kernel(gdn_bwd_grads_kernel<T, kK, kBV>, p, num_slots * p.heads_v, kGdnThreads, L::kBytes, stream,
+                         "(chunk, head)");
     });
   });
 }

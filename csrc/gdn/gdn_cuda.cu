@@ -13,6 +13,7 @@
 #include "gdn/gdn_fwd_kernel.cuh"
 #include "gdn/gdn_fwd_launch.h"
 #include "gdn/scan_io.h"
+#include "gdn/scan_launch.cuh"
 #include "gdn/scan_prologue.cuh"
 
 namespace mom_ops {
@@ -41,13 +42,9 @@ template <typename T, int kK, int kBV>
 void launch_gdn_fwd(const GdnFwdParams& p, cudaStream_t stream) {
   using L = GdnSmem<T, kK, kBV>;
   auto kernel = p.save_s0 != nullptr ? gdn_fwd_kernel<T, kK, kBV, true> : gdn_fwd_kernel<T, kK, kBV, false>;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L::kBytes)));
-  // All of the unified L1/shared memory as shared memory: two CTAs per SM fit at K <= 128.
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
-  const int64_t blocks = int64_t(p.num_seqs) * p.heads_v * p.num_vblocks;
-  TORCH_CHECK(blocks < (int64_t(1) << 31), "too many (sequence, head, V-block) programs: ", blocks);
-  kernel<<<unsigned(blocks), kGdnThreads, L::kBytes, stream>>>(p);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  // (two CTAs per SM fit in shared memory at K <= 128 with 64-column blocks)
+  launch_scan_kernel(kernel, p, int64_t(p.num_seqs) * p.heads_v * p.num_vblocks, kGdnThreads, L::kBytes, stream,
+                     "(sequence, head, V-block)");
 }
 
 }  // namespace

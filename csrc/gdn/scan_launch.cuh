@@ -1,0 +1,24 @@
+// Launch of a scan kernel with a large dynamic shared-memory footprint on a 1-D grid (one idea shared by the
+// forward, the backward chain and the backward grads launches).
+#pragma once
+
+#include <c10/cuda/CUDAException.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace mom_ops {
+
+// kernel<<<blocks, threads, smem_bytes, stream>>>(params) with all of the unified L1 / shared memory as shared
+// memory and the opt-in for more than 48 KB; `programs` names the grid's unit in the error past 2^31 - 1 CTAs.
+template <typename Params>
+void launch_scan_kernel(void (*kernel)(Params), const Params& params, int64_t blocks, int threads, int smem_bytes,
+                        cudaStream_t stream, const char* programs) {
+  TORCH_CHECK(blocks < (int64_t(1) << 31), "too many ", programs, " programs: ", blocks);
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
+  kernel<<<unsigned(blocks), threads, smem_bytes, stream>>>(params);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace mom_ops
