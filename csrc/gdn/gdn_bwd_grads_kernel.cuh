@@ -138,7 +138,7 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
   };
 
   // (a) q, k, T -> shared memory (T rows past len: zeros, which acts as the identity rows there since every dVn,
-  // dT row past len is 0), g, beta (the first V-block's tiles load meanwhile, until (d)); l2norm factors, G,
+  // dT row past len is 0), g, beta (the first V-block's tiles load meanwhile, until (c)); l2norm factors, G,
   // e^{G_L - G}.
   for (int idx = tid; idx < C * (kK / 8); idx += kGdnThreads) {
     const int r = idx / (kK / 8), c = (idx % (kK / 8)) * 8;
