@@ -116,4 +116,16 @@ __device__ __forceinline__ float to_f32<__half>(__half x) {
   return __half2float(x);
 }
 
+// Two floats as one 32-bit pair of 16-bit values (x in the low half), and its store.
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float x, float y) {
+  T a = from_f32<T>(x), b = from_f32<T>(y);
+  return uint32_t(*reinterpret_cast<uint16_t*>(&a)) | (uint32_t(*reinterpret_cast<uint16_t*>(&b)) << 16);
+}
+
+template <typename T>
+__device__ __forceinline__ void store2(T* dst, float x, float y) {
+  *reinterpret_cast<uint32_t*>(dst) = pack2<T>(x, y);
+}
+
 }  // namespace mom_ops

@@ -75,17 +75,6 @@ struct GdnSmem {
   static_assert(2 * bytes16(C, kLdC) >= 3 * 256 * 4, "the T-solve scratch must fit in the Tw and Tu regions");
 };
 
-template <typename T>
-__device__ __forceinline__ uint32_t pack2(float x, float y) {
-  T a = from_f32<T>(x), b = from_f32<T>(y);
-  return uint32_t(*reinterpret_cast<uint16_t*>(&a)) | (uint32_t(*reinterpret_cast<uint16_t*>(&b)) << 16);
-}
-
-template <typename T>
-__device__ __forceinline__ void store2(T* dst, float x, float y) {
-  *reinterpret_cast<uint32_t*>(dst) = pack2<T>(x, y);
-}
-
 // T = (I + A)^-1 for the strictly lower 64x64 A (fp32; row stride kLdA, a multiple of 4, so rows load as
 // float4; zeros on and above the diagonal) into Tm (row stride kLdT), by 16x16 blocks, all 256 threads.
 // X (3 x 256 floats) is scratch. Every sum has a fixed length (the zeros of A make up the rest) and four
