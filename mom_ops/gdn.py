@@ -84,17 +84,13 @@ def chunk_gated_delta_rule(
 
 
 def _setup(ctx, inputs, output):
+    """Saves the inputs, and the training forward's chunk_states, w, v_new, t (outputs past o and final_state; not
+    differentiable) for the backward."""
     q, k, v, g, beta, scale, h0, _, use_l2norm, state_v_first, cu_seqlens, chunk_indices = inputs
     ctx.scale, ctx.use_l2norm, ctx.state_v_first = scale, use_l2norm, state_v_first
-    ctx.save_for_backward(q, k, v, g, beta, h0, cu_seqlens, chunk_indices)
-
-
-def _setup_train(ctx, inputs, output):
-    """As _setup, and the training forward's chunk_states, w, v_new, t (not differentiable) for the backward."""
-    q, k, v, g, beta, scale, h0, _, use_l2norm, state_v_first, cu_seqlens, chunk_indices = inputs
-    ctx.scale, ctx.use_l2norm, ctx.state_v_first = scale, use_l2norm, state_v_first
-    ctx.mark_non_differentiable(*output[2:])
-    ctx.save_for_backward(q, k, v, g, beta, h0, cu_seqlens, chunk_indices, *output[2:])
+    saved_forward = tuple(output[2:])
+    ctx.mark_non_differentiable(*saved_forward)
+    ctx.save_for_backward(q, k, v, g, beta, h0, cu_seqlens, chunk_indices, *saved_forward)
 
 
 def _backward(ctx, grad_o, grad_final_state, *_grad_saved):
@@ -114,4 +110,4 @@ def _backward(ctx, grad_o, grad_final_state, *_grad_saved):
 
 
 torch.library.register_autograd("mom_ops::chunk_gated_delta_rule_fwd", _backward, setup_context=_setup)
-torch.library.register_autograd("mom_ops::chunk_gated_delta_rule_fwd_train", _backward, setup_context=_setup_train)
+torch.library.register_autograd("mom_ops::chunk_gated_delta_rule_fwd_train", _backward, setup_context=_setup)

@@ -71,7 +71,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                     "chunk_states, w, v_new and t come together (from chunk_gated_delta_rule_fwd_train)");
   c10::cuda::CUDAGuard guard(q.device());
   ScanIO io = prepare_scan_io(q, k, v, g, beta, scale, initial_state, /*output_final_state=*/false, use_qk_l2norm,
-                              state_v_first, cu_seqlens, d);
+                              state_v_first, cu_seqlens, d, /*need_o=*/false);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const int64_t rows = d.batch * d.seqlen, slots = chunk_slots(rows, d.num_seqs);
   const bool gva = d.heads_v != d.heads_qk;
@@ -104,8 +104,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       t = at::empty({rows, d.heads_v, kGdnChunk}, opts);
       GdnFwdParams fp{};
       static_cast<ScanParams&>(fp) = io.params;
-      fp.o = nullptr;
-      fp.ht = nullptr;
       fp.num_vblocks = int(d.dim_v / fwd_bv);
       fp.v_first = state_v_first;
       fp.seq_order = order.defined() ? order.data_ptr<int>() : nullptr;
@@ -118,7 +116,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
     GdnBwdParams bp{};
     static_cast<ScanParams&>(bp) = io.params;
-    bp.o = nullptr;
     bp.dout = dout.data_ptr();
     bp.dht = dht.defined() ? dht.data_ptr<float>() : nullptr;
     bp.dh0 = io.h0.defined() ? dh0.data_ptr<float>() : nullptr;

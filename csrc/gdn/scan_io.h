@@ -21,7 +21,7 @@ struct ScanIO {
 inline ScanIO prepare_scan_io(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
                               const at::Tensor& beta, double scale, const std::optional<at::Tensor>& initial_state,
                               bool output_final_state, bool use_qk_l2norm, bool state_v_first,
-                              const std::optional<at::Tensor>& cu_seqlens, const GdnDims& d) {
+                              const std::optional<at::Tensor>& cu_seqlens, const GdnDims& d, bool need_o = true) {
   ScanIO io;
   io.q = q.contiguous();
   io.k = k.contiguous();
@@ -31,7 +31,7 @@ inline ScanIO prepare_scan_io(const at::Tensor& q, const at::Tensor& k, const at
   if (initial_state.has_value()) io.h0 = initial_state->contiguous();
   if (cu_seqlens.has_value()) io.cu = cu_seqlens->contiguous();
   // Rows past the last sequence end must read 0: the caller zeroes them (zero_rows_past_end_kernel).
-  io.o = at::empty(v.sizes(), v.options());
+  if (need_o) io.o = at::empty(v.sizes(), v.options());  // the backward's forward rerun writes no o
   const std::vector<int64_t> state_shape = {d.num_seqs, d.heads_v, state_v_first ? d.dim_v : d.dim_k,
                                             state_v_first ? d.dim_k : d.dim_v};
   const auto f32 = q.options().dtype(at::kFloat);
@@ -45,7 +45,7 @@ inline ScanIO prepare_scan_io(const at::Tensor& q, const at::Tensor& k, const at
   p.beta = io.beta.data_ptr<float>();
   p.h0 = io.h0.defined() ? io.h0.data_ptr<float>() : nullptr;
   p.ht = output_final_state ? io.ht.data_ptr<float>() : nullptr;
-  p.o = io.o.data_ptr();
+  p.o = need_o ? io.o.data_ptr() : nullptr;
   p.cu_seqlens = io.cu.defined() ? io.cu.data_ptr() : nullptr;
   p.cu_int64 = io.cu.defined() && io.cu.scalar_type() == at::kLong;
   p.seqlen = d.seqlen;
