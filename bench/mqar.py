@@ -213,6 +213,43 @@ def run(cfg: MQARConfig, settings: list[tuple[int, int]], device: str) -> list[d
     return results
 
 
+def print_table(results: list[dict]) -> None:
+    print(f"{'T':>5s} {'pairs':>5s} {'mixer':6s} {'accuracy':>8s} {'final loss':>10s} {'tokens/s':>10s} {'peak GB':>8s}")
+    for r in results:
+        peak = f"{r['peak_gb']:.2f}" if r["peak_gb"] is not None else "-"
+        print(f"{r['seq_len']:5d} {r['num_pairs']:5d} {r['mixer']:6s} {r['accuracy']:8.3f} {r['final_loss']:10.3f} "
+              f"{r['tokens_per_s']:10.0f} {peak:>8s}")
+
+
+def plot(results: list[dict], path: str) -> None:
+    """Held-out accuracy vs number of key-value pairs: one line per (mixer, sequence length)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for mixer, color in zip(("mom", "gdn", "attn"), ("tab:red", "tab:blue", "tab:gray")):
+        for seq_len, style in zip(sorted({r["seq_len"] for r in results}), ("-o", "--s", ":^")):
+            rows = sorted((r for r in results if r["mixer"] == mixer and r["seq_len"] == seq_len),
+                          key=lambda r: r["num_pairs"])
+            if rows:
+                ax.plot([r["num_pairs"] for r in rows], [r["accuracy"] for r in rows], style, color=color,
+                        label=f"{mixer} T={seq_len}")
+    pairs = sorted({r["num_pairs"] for r in results})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(pairs, [str(p) for p in pairs])
+    ax.minorticks_off()
+    ax.set_xlabel("key-value pairs")
+    ax.set_ylabel("held-out accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("MQAR")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def tiny_config() -> tuple[MQARConfig, list[tuple[int, int]]]:
     """A CPU-sized study (about a minute on 2 cores): 32-token sequences with 4 pairs, 64-token vocabulary."""
     cfg = MQARConfig(vocab=64, train_examples=2000, eval_examples=200, d_model=64, heads=2, head_dim=16,
@@ -224,17 +261,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="a CPU-sized configuration")
     parser.add_argument("--out", default="bench/results/mqar.json")
+    parser.add_argument("--plot", default="bench/results/plots/mqar.png", help="'' for none")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per model (default: the config's)")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.tiny:
         cfg, settings = tiny_config()
     else:
         cfg = MQARConfig()
-        settings = [(256, 16), (256, 32), (512, 32), (512, 64)]
+        settings = [(T, P) for T in (256, 512) for P in (16, 32, 64)]
+    if args.steps is not None:
+        cfg.steps = args.steps
+    start = time.time()
     results = run(cfg, settings, device)
+    print_table(results)
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     with open(args.out, "w") as f:
-        json.dump(dict(config=asdict(cfg), device=device, results=results), f, indent=1)
-    print(f"wrote {args.out}")
+        json.dump(dict(config=asdict(cfg), settings=settings, device=name, torch=torch.__version__,
+                       seconds=round(time.time() - start, 1), results=results), f, indent=1)
+    print(f"wrote {args.out} ({time.time() - start:.0f} s in all)")
+    if args.plot:
+        plot(results, args.plot)
+        print(f"wrote {args.plot}")
 
 
 if __name__ == "__main__":
