@@ -198,7 +198,8 @@ def train_one(cfg: MQARConfig, mixer: str, data, device) -> dict:
                 peak_gb=torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None)
 
 
-def run(cfg: MQARConfig, settings: list[tuple[int, int]], device: str) -> list[dict]:
+def run(cfg: MQARConfig, settings: list[tuple[int, int]], device: str, on_result=None) -> list[dict]:
+    """Train every mixer on every (seq_len, num_pairs); on_result(results) after each model (partial saves)."""
     results = []
     for seq_len, num_pairs in settings:
         c = MQARConfig(**{**asdict(cfg), "seq_len": seq_len, "num_pairs": num_pairs})
@@ -210,6 +211,8 @@ def run(cfg: MQARConfig, settings: list[tuple[int, int]], device: str) -> list[d
             results.append(r)
             print(f"  T={seq_len:4d} pairs={num_pairs:3d} {mixer:5s} acc {r['accuracy']:.3f} "
                   f"loss {r['first_loss']:.2f} -> {r['final_loss']:.2f}  {r['tokens_per_s']:.0f} tok/s", flush=True)
+            if on_result is not None:
+                on_result(results)
     return results
 
 
@@ -273,17 +276,21 @@ def main() -> None:
     if args.steps is not None:
         cfg.steps = args.steps
     start = time.time()
-    results = run(cfg, settings, device)
-    print_table(results)
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    with open(args.out, "w") as f:
-        json.dump(dict(config=asdict(cfg), settings=settings, device=name, torch=torch.__version__,
-                       seconds=round(time.time() - start, 1), results=results), f, indent=1)
+
+    def save(results: list[dict]) -> None:
+        # Written after every model, so a run cut short still leaves what it measured.
+        with open(args.out, "w") as f:
+            json.dump(dict(config=asdict(cfg), settings=settings, device=name, torch=torch.__version__,
+                           seconds=round(time.time() - start, 1), complete=len(results) == len(settings) * len(cfg.mixers),
+                           results=results), f, indent=1)
+
+    results = run(cfg, settings, device, on_result=save)
+    print_table(results)
     print(f"wrote {args.out} ({time.time() - start:.0f} s in all)")
     if args.plot:
         plot(results, args.plot)
         print(f"wrote {args.plot}")
-
 
 if __name__ == "__main__":
     main()
