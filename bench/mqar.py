@@ -42,7 +42,7 @@ class MQARConfig:
     memories: int = 4
     topk: int = 2
     steps: int = 1000
-    batch: int = 64
+    batch: int = 128
     lr: float = 3e-3
     seed: int = 0
     mixers: list = field(default_factory=lambda: ["mom", "gdn", "attn"])
@@ -98,7 +98,19 @@ class GatedDeltaNet(nn.Module):
         return self.out(o.reshape(B, T, -1))
 
 
+def rotary(x: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+    """Rotary position embedding of x [B, H, T, D] (pairs (i, i + D/2) rotated by position x frequency)."""
+    T, D = x.shape[-2], x.shape[-1]
+    freq = base ** (-torch.arange(0, D // 2, device=x.device, dtype=torch.float32) / (D // 2))
+    angle = torch.arange(T, device=x.device, dtype=torch.float32)[:, None] * freq  # [T, D/2]
+    cos, sin = angle.cos(), angle.sin()
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).to(x.dtype)
+
+
 class Attention(nn.Module):
+    """Causal softmax attention with rotary positions (the recurrent mixers get order from their scan and conv)."""
+
     def __init__(self, d_model: int, heads: int):
         super().__init__()
         self.heads = heads
@@ -108,7 +120,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-        o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        o = F.scaled_dot_product_attention(rotary(q), rotary(k), v, is_causal=True)
         return self.out(o.transpose(1, 2).reshape(B, T, D))
 
 
@@ -141,6 +153,8 @@ class LM(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, mixer) for _ in range(cfg.layers))
         self.norm = nn.RMSNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab, bias=False)
+        self.head.weight = self.embed.weight  # tied: answering is copying a value token seen in context
+        nn.init.normal_(self.embed.weight, std=0.02)  # small, as the tied head's logits are x . embedding
 
     def forward(self, tokens):
         x, aux = self.embed(tokens), 0.0
