@@ -134,6 +134,7 @@ def main() -> None:
     print(f"clock health: copy {copy_tbps:.2f} TB/s, bf16 matmul {tflops:.0f} TFLOP/s -> "
           f"{'healthy' if healthy else 'UNHEALTHY: discard these timings'}", flush=True)
     records = run([s for s in args.only.split(",") if s], [s for s in args.providers.split(",") if s])
+    note = None
     if args.merge and os.path.exists(args.out):
         redone = {(r["case"], r["provider"], r["mode"]) for r in records}
         with open(args.out) as f:
@@ -141,9 +142,12 @@ def main() -> None:
         kept = [dict(r, commit=r.get("commit", old.get("commit"))) for r in old["records"]
                 if (r["case"], r["provider"], r["mode"]) not in redone]
         records = kept + records
+        note = old.get("note")  # written by hand: a merge keeps it
     result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, commit=git_commit(),
                   date=datetime.date.today().isoformat(), copy_tbps=round(copy_tbps, 3),
                   matmul_tflops=round(tflops, 1), healthy=healthy, records=records)
+    if note is not None:
+        result["note"] = note
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)

@@ -20,6 +20,6 @@ print("case done")
 '
 for tool in memcheck racecheck; do
   echo "== $tool"
-  PYTHONPATH=. "$SAN" --tool "$tool" --error-exitcode 3 --kernel-name regex:gdn python3 -c "$case_py" 2>&1 | tail -n 15
+  PYTHONPATH=".:${PYTHONPATH:-}" "$SAN" --tool "$tool" --error-exitcode 3 --kernel-name kns=gdn python3 -c "$case_py" 2>&1 | tail -n 15
   echo "exit: ${PIPESTATUS[0]}"
 done
