@@ -12,6 +12,8 @@
 //   dQn = scale e^G X1 + dQK Kn,  dKn += (dKK + dKK^T) Kn + dQK^T Qn,
 //   dG = rowsum - colsum of (scale dP P + dA A) + beta e^G kdKb - c + scale e^G (Qn . X1) (+ the last row's
 //   e^{G_L} sum(S0 dS1) + sum c),  dg = reverse cumsum(dG),  dbeta = sum(V dVb) + e^G kdKb + sum_j dA A / beta.
+// The first chunk's S0 (= h0) and the last chunk's dS1 (= dht) are fp32 inputs: for K <= 128 every product with
+// them runs on hi + lo 16-bit tiles ("exact ends", see GdnGradsSmem).
 // Every sum has a fixed order (no atomics): two runs are bitwise equal.
 #pragma once
 
@@ -55,7 +57,14 @@ struct GdnGradsSmem {
   // f32: G, beta, rq, rk, e^{G_L - G} [64] each; row partials [kRows][2][64]; column partials [4][64]; dG, c [64];
   // per-warp sums [8]
   static constexpr int kRows = 7;
-  static constexpr int kBytes = kVec + (5 * C + kRows * 2 * C + 4 * C + 2 * C + 8) * 4;
+  static constexpr int kLo = kVec + (5 * C + kRows * 2 * C + 4 * C + 2 * C + 8) * 4;
+  // "Exact ends": the first chunk's S0 is h0 and the last chunk's dS1 is dht, both fp32 inputs. Their products run
+  // on hi + lo 16-bit pairs (S0lo, dS1lo [kK][kLdV]), as rounding them to 16 bits alone gives dg errors ~1e-2
+  // under strong decay (NOTES.md). The two lo tiles fit beside the rest for K <= 128 only; K = 256 rounds them.
+  static constexpr bool kExactEnds = kK <= 128;
+  static constexpr int kS0lo = kExactEnds ? kLo : kS0;
+  static constexpr int kDs1lo = kExactEnds ? kLo + bytes16(kK, kLdV) : kDs1;
+  static constexpr int kBytes = kExactEnds ? kLo + 2 * bytes16(kK, kLdV) : kLo;
 };
 
 // Row partial sums, sRow[quantity][column half][row].
@@ -83,6 +92,8 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
   T* sVnD = reinterpret_cast<T*>(smem + L::kVnD);
   T* sS0 = reinterpret_cast<T*>(smem + L::kS0);
   T* sDs1 = reinterpret_cast<T*>(smem + L::kDs1);
+  T* sS0lo = reinterpret_cast<T*>(smem + L::kS0lo);
+  T* sDs1lo = reinterpret_cast<T*>(smem + L::kDs1lo);
   T* sDt = reinterpret_cast<T*>(smem + L::kDt);
   T* sY = reinterpret_cast<T*>(smem + L::kY);
   T* sSym = reinterpret_cast<T*>(smem + L::kSym);
@@ -118,6 +129,25 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
   const T* vn = static_cast<const T*>(p.vn);
   const T* dout = static_cast<const T*>(p.dout);
   const int64_t state_base = (slot * p.heads_v + hv) * int64_t(kK) * p.dim_v;
+  // This chunk's S0 = h0 (first) or dS1 = dht (last) in fp32: their tiles are hi + lo pairs (block-uniform flags).
+  const bool first = L::kExactEnds && chunk == 0 && p.h0 != nullptr;
+  const bool last = L::kExactEnds && c0 + C >= eos && p.dht != nullptr;
+  const int64_t input_state_base = (int64_t(lo) * p.heads_v + hv) * int64_t(kK) * p.dim_v;  // h0, dht of the sequence
+
+  // hi, lo [kK][kBV] tiles of the fp32 state src (h0 or dht) at columns v0.. (plain stores, read after a barrier).
+  auto split_state = [&](T* hi, T* lo_part, const float* src, int v0) {
+    for (int idx = tid; idx < kK * (kBV / 2); idx += kGdnThreads) {
+      const int r = idx / (kBV / 2), c = (idx % (kBV / 2)) * 2;
+      float x[2], x_hi[2];
+#pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        x[u] = src[input_state_base + (p.v_first ? int64_t(v0 + c + u) * kK + r : int64_t(r) * p.dim_v + v0 + c + u)];
+        x_hi[u] = to_f32<T>(from_f32<T>(x[u]));
+      }
+      store2<T>(hi + r * kLdV + c, x_hi[0], x_hi[1]);
+      store2<T>(lo_part + r * kLdV + c, x[0] - x_hi[0], x[1] - x_hi[1]);
+    }
+  };
 
   // The V-block tiles at column v0: dO, v, V_new rows (zeros past len), S0 and dS1 of the slot.
   auto load_vblock = [&](int v0) {
@@ -131,10 +161,12 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
     for (int idx = tid; idx < kK * (kBV / 8); idx += kGdnThreads) {
       const int r = idx / (kBV / 8), c = (idx % (kBV / 8)) * 8;
       const int64_t src = state_base + int64_t(r) * p.dim_v + v0 + c;
-      cp_async16(sS0 + r * kLdV + c, static_cast<const T*>(p.s0) + src, true);
-      cp_async16(sDs1 + r * kLdV + c, static_cast<const T*>(p.ds1) + src, true);
+      if (!first) cp_async16(sS0 + r * kLdV + c, static_cast<const T*>(p.s0) + src, true);
+      if (!last) cp_async16(sDs1 + r * kLdV + c, static_cast<const T*>(p.ds1) + src, true);
     }
     cp_async_commit();
+    if (first) split_state(sS0, sS0lo, p.h0, v0);
+    if (last) split_state(sDs1, sDs1lo, p.dht, v0);
   };
 
   // (a) q, k, T -> shared memory (T rows past len: zeros, which acts as the identity rows there since every dVn,
@@ -198,7 +230,9 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
     // kdS, M, P^T dO on rows r0.., columns vc0..; then dVn, Z, d_end Vn -> shared memory.
     float kds[kNV][4] = {}, m[kNV][4] = {}, pt[kNV][4] = {};
     mma_rows<T, kK / 16, kNV, true>(kds, sK + r0 * kLdK, kLdK, sDs1 + vc0, kLdV, lane);
+    if (last) mma_rows<T, kK / 16, kNV, true>(kds, sK + r0 * kLdK, kLdK, sDs1lo + vc0, kLdV, lane);
     mma_rows<T, kK / 16, kNV, true>(m, sK + r0 * kLdK, kLdK, sS0 + vc0, kLdV, lane);
+    if (first) mma_rows<T, kK / 16, kNV, true>(m, sK + r0 * kLdK, kLdK, sS0lo + vc0, kLdV, lane);
 #pragma unroll
     for (int ks = 0; ks < C / 16; ++ks) {
       uint32_t a[4];
@@ -264,14 +298,18 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
     mma_rows<T, kBV / 16, 4, false>(dP, sDo + r0 * kLdV, kLdV, sVn + 32 * ch * kLdV, kLdV, lane);
     mma_rows<T, kBV / 16, 4, false>(dT, sDvn + r0 * kLdV, kLdV, sZ + 32 * ch * kLdV, kLdV, lane);
     mma_rows<T, kBV / 16, kNK, false>(X1, sDo + r0 * kLdV, kLdV, sS0 + ch * kHalfK * kLdV, kLdV, lane);
+    if (first) mma_rows<T, kBV / 16, kNK, false>(X1, sDo + r0 * kLdV, kLdV, sS0lo + ch * kHalfK * kLdV, kLdV, lane);
     mma_rows<T, kBV / 16, kNK, false>(dKn, sVnD + r0 * kLdV, kLdV, sDs1 + ch * kHalfK * kLdV, kLdV, lane);
-    for (int idx = tid; idx < kK * kBV / 2; idx += kGdnThreads) {
-      const int r = idx / (kBV / 2), c = (idx % (kBV / 2)) * 2;
-      sum_sds += to_f32<T>(sS0[r * kLdV + c]) * to_f32<T>(sDs1[r * kLdV + c]) +
-                 to_f32<T>(sS0[r * kLdV + c + 1]) * to_f32<T>(sDs1[r * kLdV + c + 1]);
+    if (last) mma_rows<T, kBV / 16, kNK, false>(dKn, sVnD + r0 * kLdV, kLdV, sDs1lo + ch * kHalfK * kLdV, kLdV, lane);
+    for (int idx = tid; idx < kK * kBV; idx += kGdnThreads) {
+      const int r = idx / kBV, c = idx % kBV;
+      const float s0 = to_f32<T>(sS0[r * kLdV + c]) + (first ? to_f32<T>(sS0lo[r * kLdV + c]) : 0.f);
+      const float ds1 = to_f32<T>(sDs1[r * kLdV + c]) + (last ? to_f32<T>(sDs1lo[r * kLdV + c]) : 0.f);
+      sum_sds += s0 * ds1;
     }
     __syncthreads();
     mma_rows<T, kBV / 16, kNK, false>(dKn, sDvbS + r0 * kLdV, kLdV, sS0 + ch * kHalfK * kLdV, kLdV, lane);
+    if (first) mma_rows<T, kBV / 16, kNK, false>(dKn, sDvbS + r0 * kLdV, kLdV, sS0lo + ch * kHalfK * kLdV, kLdV, lane);
     __syncthreads();
   }
 
