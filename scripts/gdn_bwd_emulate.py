@@ -6,9 +6,11 @@ on a regime of tests/test_gdn_cuda_backward.py, rounding to bf16 only at the poi
 backward (mom_ops.reference.chunk_gated_delta_rule_bwd_ref):
     PYTHONPATH=. python scripts/gdn_bwd_emulate.py [regime] [point ...]
 Points: fwd (the forward's internal operands: Tw, Tu, S, V_d), S0, W, Vn (the stores; S0_M, S0_X1, S0_sds round S0
-in one use only; S0_sds_h0 rounds h0 in the first chunk's sum(S0 dS1), which the kernel reads in fp32;
-dS1_sds_dht the same for dht in the last chunk's), ch_dS, ch_P, ch_dOq, ch_dVn
+in one use only; without S0_sds_h0 the first chunk's sum(S0 dS1) reads h0 unrounded, without dS1_sds_dht the last
+chunk's reads dht unrounded: name both to replay the kernel before hilo_ends), ch_dS, ch_P, ch_dOq, ch_dVn
 (the chain's operands), dS1 (its store), P, T, dVn, Z, VnD, dVbS, dT, Y (the grads kernel's operands).
+Variants (not points): exact_ends (h0, dht in fp64 in every use of the first / last chunk), hilo_ends (as hi + lo
+bf16 pairs there: what the grads kernel does for K <= 128).
 """
 
 from __future__ import annotations
@@ -23,6 +25,12 @@ from tests.test_gdn_cuda_backward import CASES, _inputs
 
 POINTS = ["fwd", "S0", "S0_M", "S0_X1", "S0_sds", "W", "Vn", "ch_dS", "ch_P", "ch_dOq", "ch_dVn", "dS1", "P", "T", "dVn", "Z", "VnD", "dVbS",
           "dT", "Y"]
+
+
+def hi_lo(x: torch.Tensor) -> torch.Tensor:
+    """x as the kernel holds an fp32 input in two bf16 tiles: hi = bf16(x), lo = bf16(x - hi)."""
+    hi = x.to(torch.bfloat16).double()
+    return hi + (x - hi).to(torch.bfloat16).double()
 
 
 def emulate(name: str, rounded: set[str]):
@@ -86,11 +94,17 @@ def emulate(name: str, rounded: set[str]):
                 Kr, Qr, Vc, dO, rk, rq, G, bt, eG, dend = (x[key] for key in
                                                            ("Kr", "Qr", "Vc", "dO", "rk", "rq", "G", "bt", "eG", "dend"))
                 S0s, dS1s, Vns = x["S0s"], x["dS1s"], x["Vns"]
+                first, last = t0 == start, t1 == end
                 if "exact_ends" in rounded:  # h0 and dht unrounded in every use of the first / last chunk
-                    S0s = x["S0x"] if t0 == start else S0s
-                    dS1s = x["dS1x"] if t1 == end else dS1s
+                    S0s = x["S0x"] if first else S0s
+                    dS1s = x["dS1x"] if last else dS1s
+                hilo = "hilo_ends" in rounded  # the kernel for K <= 128: h0 / dht as hi + lo bf16 pairs there
+                if hilo:
+                    S0s = hi_lo(x["S0x"]) if first else S0s
+                    dS1s = hi_lo(x["dS1x"]) if last else dS1s
+                RS0 = (lambda key, y: y) if hilo and first else R  # noqa: E731  (no further rounding of the pair)
                 T16, P16 = R("T", x["T"]), R("P", x["P"])
-                kds, M = Kr @ dS1s, Kr @ R("S0_M", S0s)
+                kds, M = Kr @ dS1s, Kr @ RS0("S0_M", S0s)
                 dVn = R("dVn", (dend * rk)[:, None] * kds + scale * (P16.t() @ dO))
                 c_part = (kds * Vns).sum(-1)
                 Z = R("Z", bt[:, None] * (Vc - (eG * rk)[:, None] * M))
@@ -99,13 +113,15 @@ def emulate(name: str, rounded: set[str]):
                 vdvb, dvbm = (Vc * dvb).sum(-1), (dvb * M).sum(-1)
                 dP = dO @ Vns.t()
                 dT = R("dT", dVn @ Z.t())
-                X1 = dO @ R("S0_X1", S0s).t()
+                X1 = dO @ RS0("S0_X1", S0s).t()
                 # the kernel reads h0 (fp32) for the first chunk's sum; S0_sds_h0 emulates the stored copy instead
                 # and dht for the last chunk's (dS1_sds_dht emulates the stored copy instead)
-                first, last = t0 == start, t1 == end
-                sds = ((R("S0_sds_h0", x["S0x"]) if first else R("S0_sds", S0s))
-                       * (R("dS1_sds_dht", R("dS1", x["dS1x"])) if last and "dS1_sds_dht" in rounded
-                          else x["dS1x"] if last else dS1s)).sum()
+                if hilo:
+                    sds = ((S0s if first else R("S0_sds", S0s)) * dS1s).sum()
+                else:
+                    sds = ((R("S0_sds_h0", x["S0x"]) if first else R("S0_sds", S0s))
+                           * (R("dS1_sds_dht", R("dS1", x["dS1x"])) if last and "dS1_sds_dht" in rounded
+                              else x["dS1x"] if last else dS1s)).sum()
                 dp = torch.where(x["lower"], scale * dP, 0.0)
                 E = dp * P16
                 Y = R("Y", T16.t() @ dT)
