@@ -10,6 +10,7 @@ value (Zoology / "simple linear attention" setting; our own generator). Each mod
 
     python -m bench.mqar            # the full study on a GPU (writes bench/results/mqar.json and a PNG)
     python -m bench.mqar --tiny     # a CPU-sized run
+    python -m bench.mqar --settings 256x16 --seed 1 --out /tmp/mqar_seed1.json --plot ''   # one setting, seed 1
 """
 
 from __future__ import annotations
@@ -280,6 +281,9 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results/mqar.json")
     parser.add_argument("--plot", default="bench/results/plots/mqar.png", help="'' for none")
     parser.add_argument("--steps", type=int, default=None, help="training steps per model (default: the config's)")
+    parser.add_argument("--seed", type=int, default=None, help="data and initialisation seed (default: the config's)")
+    parser.add_argument("--settings", default="", help="comma list of TxP (sequence length x pairs), e.g. 256x16")
+    parser.add_argument("--mixers", default="", help="comma list of mom, gdn, attn (default: all three)")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.tiny:
@@ -289,6 +293,15 @@ def main() -> None:
         settings = [(T, P) for T in (256, 512) for P in (16, 32, 64)]
     if args.steps is not None:
         cfg.steps = args.steps
+    if args.seed is not None:
+        cfg.seed = args.seed
+    if args.settings:
+        settings = [tuple(int(x) for x in item.split("x")) for item in args.settings.split(",")]
+    if args.mixers:
+        cfg.mixers = args.mixers.split(",")
+        unknown = set(cfg.mixers) - {"mom", "gdn", "attn"}
+        if unknown:
+            parser.error(f"--mixers: unknown {sorted(unknown)}")
     start = time.time()
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
 
