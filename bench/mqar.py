@@ -308,9 +308,9 @@ def main() -> None:
     def save(results: list[dict]) -> None:
         # Written after every model, so a run cut short still leaves what it measured.
         with open(args.out, "w") as f:
+            complete = len(results) == len(settings) * len(cfg.mixers)
             json.dump(dict(config=asdict(cfg), settings=settings, device=name, torch=torch.__version__,
-                           seconds=round(time.time() - start, 1), complete=len(results) == len(settings) * len(cfg.mixers),
-                           results=results), f, indent=1)
+                           seconds=round(time.time() - start, 1), complete=complete, results=results), f, indent=1)
 
     results = run(cfg, settings, device, on_result=save)
     print_table(results)
@@ -318,6 +318,7 @@ def main() -> None:
     if args.plot:
         plot(results, args.plot)
         print(f"wrote {args.plot}")
+
 
 if __name__ == "__main__":
     main()
