@@ -32,6 +32,21 @@ def fused_recurrent_gated_delta_rule(
     return o, (final_state if output_final_state else None)
 
 
+def _no_backward(name: str, use: str):
+    def backward(ctx, *grads):
+        raise RuntimeError(f"mom_ops.{name} has no backward (it is an inference op): {use}")
+
+    return backward
+
+
+# Without these, autograd would give the inputs a None gradient with only a warning.
+torch.library.register_autograd(
+    "mom_ops::fused_recurrent_gated_delta_rule_fwd",
+    _no_backward("fused_recurrent_gated_delta_rule", "train with mom_ops.chunk_gated_delta_rule"),
+    setup_context=lambda ctx, inputs, output: None,
+)
+
+
 def mom_decode_step(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -52,6 +67,11 @@ def mom_decode_step(
     ([P, HV, V, K] with state_v_first), updated in place. Returns out [N, HV, V] = sum_j w_j * scale * S_j^T q_j.
     Pool rows must not repeat within one call.
     """
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, g, beta, weights, state_pool)):
+        raise ValueError("mom_decode_step has no backward and updates state_pool in place: call it under "
+                         "torch.no_grad() or torch.inference_mode()")
+    if k.dim() == 0 or k.shape[-1] == 0:
+        raise ValueError(f"k must have a head dim K >= 1, got shape {tuple(k.shape)}")
     if scale is None:
         scale = k.shape[-1] ** -0.5
     return torch.ops.mom_ops.mom_decode_step(

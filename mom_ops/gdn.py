@@ -30,6 +30,8 @@ def check_scan_args(q, k, v, initial_state, cu_seqlens, kwargs, allow_chunk_size
             f"q and k must have the same number of heads, but got q.shape[2]={q.shape[2]} and k.shape[2]={k.shape[2]}"
         )
     H, HV = q.shape[2], v.shape[2]
+    if H == 0 or q.shape[3] == 0:
+        raise ValueError(f"q, k must have H >= 1 heads of dim K >= 1, got shape {tuple(q.shape)}")
     if HV % H != 0:
         raise ValueError(
             f"For GVA, num_v_heads (HV={HV}) must be evenly divisible by num_heads (H={H}), but got HV % H = {HV % H}"
@@ -66,7 +68,9 @@ def chunk_gated_delta_rule(
 
     q, k: [B, T, H, K]; v: [B, T, HV, V] (HV a multiple of H: grouped value heads); g: [B, T, HV] per-step log
     decay (<= 0); beta: [B, T, HV]; initial_state: fp32 [N, HV, K, V] ([N, HV, V, K] with state_v_first=True);
-    cu_seqlens: [N+1] (then B == 1); scale defaults to K ** -0.5.
+    cu_seqlens: [N+1] (then B == 1); rows past cu_seqlens[-1] belong to no sequence: their o and gradients are 0
+    (MoM's packed stream ends in such rows). chunk_indices: accepted for fla's signature; the kernels derive the
+    chunks from cu_seqlens and do not read it. scale defaults to K ** -0.5.
     Returns o [B, T, HV, V] in q's dtype and the fp32 final state (None unless output_final_state).
     Differentiable w.r.t. q, k, v, g, beta and initial_state.
     """

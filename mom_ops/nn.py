@@ -87,6 +87,18 @@ class MoMCache:
                         zeros(P, W - 1, H * layer.head_dim), zeros(P, W - 1, H * layer.head_dim),
                         zeros(P, W - 1, H * layer.head_v_dim), zeros(batch_size, dt=torch.int64))
 
+    def check_fits(self, layer: "MoMAttention", batch_size: int) -> None:
+        """ValueError unless this cache was made for `layer`'s sizes and batch_size sequences."""
+        P = (layer.num_memories + int(layer.shared_memory)) * batch_size
+        W, H, K, V = layer.conv_size, layer.num_heads, layer.head_dim, layer.head_v_dim
+        expected = dict(states=(P, H, K, V), conv_q=(P, W - 1, H * K), conv_k=(P, W - 1, H * K),
+                        conv_v=(P, W - 1, H * V), seen_tokens=(batch_size,))
+        for name, shape in expected.items():
+            got = tuple(getattr(self, name).shape)
+            if got != shape:
+                raise ValueError(f"cache.{name} has shape {got}, but this layer with {batch_size} sequences needs "
+                                 f"{shape}: was the cache made by MoMCache.empty for another layer or batch?")
+
 
 # Routed projections: torch._grouped_mm is not used: on the H100 (torch 2.11) the GPU layer tests failed with it
 # (NaN and wrong projections, also with 16-byte-aligned rows only). The einsum path passes them but computes
@@ -108,8 +120,14 @@ class MoMAttention(nn.Module):
                  num_memories: int = 4, topk: int = 2, shared_memory: bool = True, conv_size: int = 4,
                  norm_eps: float = 1e-6, aux_loss_scale: float = 0.01):
         super().__init__()
+        for name, value in (("hidden_size", hidden_size), ("num_heads", num_heads), ("head_dim", head_dim),
+                            ("expand_v", expand_v), ("num_memories", num_memories)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
         if not 1 <= topk <= num_memories:
             raise ValueError(f"topk must be in [1, num_memories={num_memories}], got {topk}")
+        if not 1 <= conv_size <= 8:
+            raise ValueError(f"conv_size must be in [1, 8] (the conv kernel's widths), got {conv_size}")
         self.hidden_size, self.num_heads, self.head_dim = hidden_size, num_heads, head_dim
         self.head_v_dim = head_dim * expand_v
         self.num_memories, self.topk, self.shared_memory = num_memories, topk, shared_memory
@@ -171,7 +189,7 @@ class MoMAttention(nn.Module):
             xr = mom_ops.permute(xf, plan)
             return [grouped_linear(xr, w, plan.cu_seqlens, B) for w in weights]
         w_all = torch.cat(weights, dim=1).to(xf.dtype)  # [M, C, D]
-        table = (xf @ w_all.reshape(-1, w_all.shape[-1]).t()).view(N * M, -1)  # row n * M + m: token n, memory m
+        table = (xf @ w_all.reshape(-1, w_all.shape[-1]).t()).view(N * M, sum(sizes))  # row n * M + m: token n, memory m
         # Packed row r = pair n * k + j reads table row n * M + memory_ids[n, j]; rows past the last segment read
         # row 0: the conv and the scan ignore them and give them zero gradients.
         pair = plan.src_pair.long().clamp_min(0)
@@ -263,9 +281,15 @@ class MoMAttention(nn.Module):
             raise ValueError(f"x must be [B, T, {self.hidden_size}], got {tuple(x.shape)}")
         if cu_seqlens is not None and (x.shape[0] != 1 or attention_mask is not None):
             raise ValueError("packed input (cu_seqlens) must be [1, N, hidden] without attention_mask")
+        if attention_mask is not None and attention_mask.shape != x.shape[:2]:
+            raise ValueError(f"attention_mask must be [B, T] = {tuple(x.shape[:2])}, got {tuple(attention_mask.shape)}")
+        if cu_seqlens is not None and (cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 2):
+            raise ValueError(f"cu_seqlens must be 1-D [B+1] with B >= 1, got shape {tuple(cu_seqlens.shape)}")
         B = x.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
         if cache is not None and cache.seen_tokens.shape[0] != B:
             raise ValueError(f"cache holds {cache.seen_tokens.shape[0]} sequences, the input has {B}")
+        if cache is not None:
+            cache.check_fits(self, B)
         if use_cache and cache is None:
             cache = MoMCache.empty(self, B, x.device, x.dtype)
         if cache is not None and x.shape[1] == 1 and attention_mask is None and cu_seqlens is None:
@@ -290,7 +314,7 @@ class MoMAttention(nn.Module):
             shared = mom_ops.unpermute(o_s, sp)  # [N, H, V], zeros for padding tokens
         gate = self.g_proj(xf).view(-1, H, self.head_v_dim)
         o = mom_ops.memory_mix(o_routed, plan, shared=shared, norm_weight=self.o_norm, gate=gate, eps=self.norm_eps)
-        out = self.o_proj(o.reshape(o.shape[0], -1)).view_as(x)
+        out = self.o_proj(o.reshape(o.shape[0], H * self.head_v_dim)).view_as(x)
         aux_loss = self._aux_loss(logits, plan, mask)
         if cache is not None:
             cache.seen_tokens += (sp.cu_seqlens[1:] - sp.cu_seqlens[:-1]).to(cache.seen_tokens.dtype)

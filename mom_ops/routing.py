@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -67,12 +68,22 @@ def route(
     """
     if router_logits.dim() not in (2, 3):
         raise ValueError(f"router_logits must be [B, T, M] or [N, M], got shape {tuple(router_logits.shape)}")
+    if mask is not None and mask.dtype != torch.bool:
+        raise ValueError(f"mask must be torch.bool (True = token), got {mask.dtype}")
+    if mask is not None and mask.shape != router_logits.shape[:-1]:
+        raise ValueError(f"mask must have shape {tuple(router_logits.shape[:-1])} (router_logits without M), "
+                         f"got {tuple(mask.shape)}")
     if router_logits.dim() == 3:
         if cu_seqlens is not None and router_logits.shape[0] != 1:
             raise ValueError(f"router_logits must have batch 1 with cu_seqlens, got {router_logits.shape[0]}")
         if cu_seqlens is None and batch_size is None:
             batch_size = router_logits.shape[0]
+        elif cu_seqlens is None and batch_size != router_logits.shape[0]:
+            raise ValueError(f"batch_size={batch_size} disagrees with router_logits [B, T, M] (B = "
+                             f"{router_logits.shape[0]})")
     if cu_seqlens is not None:
+        if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 2:
+            raise ValueError(f"cu_seqlens must be 1-D [B+1] with B >= 1, got shape {tuple(cu_seqlens.shape)}")
         if batch_size is not None and batch_size != cu_seqlens.shape[0] - 1:
             raise ValueError(f"batch_size={batch_size} disagrees with cu_seqlens ({cu_seqlens.shape[0] - 1} sequences)")
         batch_size = cu_seqlens.shape[0] - 1
@@ -89,9 +100,9 @@ def route(
 
 def permute(x: torch.Tensor, plan: RoutingPlan) -> torch.Tensor:
     """Gather token rows into the packed stream: x [N, ...] -> y [R, ...], y[r] = x[src_pair[r] // k]."""
-    if x.shape[0] != plan.num_tokens:
-        raise ValueError(f"x must have {plan.num_tokens} rows (the plan's tokens), got {x.shape[0]}")
-    y = torch.ops.mom_ops.permute(x.reshape(x.shape[0], -1), plan.dst_row, plan.src_pair)
+    if x.dim() == 0 or x.shape[0] != plan.num_tokens:
+        raise ValueError(f"x must have {plan.num_tokens} rows (the plan's tokens), got shape {tuple(x.shape)}")
+    y = torch.ops.mom_ops.permute(x.reshape(x.shape[0], math.prod(x.shape[1:])), plan.dst_row, plan.src_pair)
     return y.view(plan.num_rows, *x.shape[1:])
 
 
@@ -99,9 +110,10 @@ def unpermute(y: torch.Tensor, plan: RoutingPlan, weights: torch.Tensor | None =
     """Sum the k copies back into token order: y [R, ...] -> x [N, ...], x[n] = sum_j w[n, j] y[dst_row[n, j]].
 
     weights: optional fp32 [N, k] (e.g. plan.weights); differentiable."""
-    if y.shape[0] != plan.num_rows:
-        raise ValueError(f"y must have {plan.num_rows} rows (the plan's packed rows), got {y.shape[0]}")
-    x = torch.ops.mom_ops.unpermute(y.reshape(y.shape[0], -1), plan.dst_row, plan.src_pair, weights)
+    if y.dim() == 0 or y.shape[0] != plan.num_rows:
+        raise ValueError(f"y must have {plan.num_rows} rows (the plan's packed rows), got shape {tuple(y.shape)}")
+    x = torch.ops.mom_ops.unpermute(y.reshape(y.shape[0], math.prod(y.shape[1:])), plan.dst_row, plan.src_pair,
+                                    weights)
     return x.view(plan.num_tokens, *y.shape[1:])
 
 

@@ -159,8 +159,8 @@ def test_routing_opcheck():
         (dict(cu_seqlens=torch.tensor([0, 3, 7], dtype=torch.int32)), r"cu_seqlens\[-1\] must equal"),
         (dict(cu_seqlens=torch.tensor([1, 3, 8], dtype=torch.int32)), r"cu_seqlens\[0\] must be 0"),
         (dict(cu_seqlens=torch.tensor([0, 3, 8], dtype=torch.float32)), "cu_seqlens must be int32 or int64"),
-        (dict(mask=torch.ones(7, dtype=torch.bool)), "token_mask must have shape"),
-        (dict(mask=torch.ones(8)), "token_mask must have dtype"),
+        (dict(mask=torch.ones(7, dtype=torch.bool)), "mask must have shape"),
+        (dict(mask=torch.ones(8)), "mask must be torch.bool"),
     ],
 )
 def test_route_bad_input(kwargs, match):

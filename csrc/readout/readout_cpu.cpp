@@ -30,6 +30,7 @@ at::Tensor memory_mix_fwd_cpu(const at::Tensor& o_routed, const at::Tensor& dst_
                               const std::optional<at::Tensor>& norm_weight, const std::optional<at::Tensor>& gate,
                               double eps) {
   check_memory_mix_args(o_routed, dst_row, src_pair, weights, shared, norm_weight, gate, eps);
+  check_plan_map_values(dst_row, src_pair, o_routed.size(0));
   at::Tensor o = gather_and_mix(o_routed, dst_row, weights, shared).second;
   if (norm_weight.has_value()) {
     o = o * at::rsqrt(o.square().mean(-1, true) + eps) * norm_weight->to(o.scalar_type());
@@ -43,6 +44,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_mi
     const at::Tensor& weights, const std::optional<at::Tensor>& shared, const std::optional<at::Tensor>& norm_weight,
     const std::optional<at::Tensor>& gate, double eps) {
   const MixDims d = check_memory_mix_args(o_routed, dst_row, src_pair, weights, shared, norm_weight, gate, eps);
+  check_plan_map_values(dst_row, src_pair, o_routed.size(0));
   CHECK_SHAPE(grad_out, d.tokens, d.heads, d.dim_v);
   const auto [gathered, o] = gather_and_mix(o_routed, dst_row, weights, shared);
   const at::Tensor dy = grad_out.to(o.scalar_type());

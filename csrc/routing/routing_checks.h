@@ -48,6 +48,19 @@ inline void check_plan_maps(const at::Tensor& dst_row, const at::Tensor& src_pai
   CHECK_CONTIGUOUS(src_pair);
 }
 
+// CPU only (reads the maps; on CUDA that would be a host sync, so the kernels trust the plan as torch's index ops
+// do): every dst_row entry is -1 or a row < num_rows, every src_pair entry is -1 or a pair < dst_row.numel().
+inline void check_plan_map_values(const at::Tensor& dst_row, const at::Tensor& src_pair, int64_t num_rows) {
+  const int32_t* row = dst_row.data_ptr<int32_t>();
+  for (int64_t i = 0; i < dst_row.numel(); ++i)
+    TORCH_CHECK_VALUE(row[i] >= -1 && row[i] < num_rows, "dst_row[", i / dst_row.size(1), ", ", i % dst_row.size(1),
+                      "] = ", row[i], " is out of range: must be -1 or a row in [0, ", num_rows, ")");
+  const int32_t* pair = src_pair.data_ptr<int32_t>();
+  for (int64_t i = 0; i < src_pair.numel(); ++i)
+    TORCH_CHECK_VALUE(pair[i] >= -1 && pair[i] < dst_row.numel(), "src_pair[", i, "] = ", pair[i],
+                      " is out of range: must be -1 or a (token, slot) pair in [0, ", dst_row.numel(), ")");
+}
+
 // Router weights [N, k]: fp32, or fp64 with fp64 data (CPU gradcheck).
 inline void check_weights(const at::Tensor& weights, const at::Tensor& dst_row_like, const at::Tensor& ref) {
   TORCH_CHECK_VALUE(weights.sizes() == dst_row_like.sizes(), "weights must have shape ", dst_row_like.sizes(),

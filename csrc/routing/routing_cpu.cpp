@@ -117,6 +117,7 @@ at::Tensor permute_cpu(const at::Tensor& x, const at::Tensor& dst_row, const at:
   check_plan_maps(dst_row, src_pair, x);
   TORCH_CHECK_VALUE(x.size(0) == dst_row.size(0), "x must have one row per token of the plan (", dst_row.size(0),
                     "), got ", x.size(0));
+  check_plan_map_values(dst_row, src_pair, src_pair.size(0));
   const int64_t topk = dst_row.size(1);
   const at::Tensor xc = x.contiguous();
   at::Tensor y = at::empty({src_pair.size(0), x.size(1)}, x.options());
@@ -140,6 +141,7 @@ at::Tensor unpermute_cpu(const at::Tensor& y, const at::Tensor& dst_row, const a
   check_plan_maps(dst_row, src_pair, y);
   TORCH_CHECK_VALUE(y.size(0) == dst_row.numel(), "y must have dst_row.numel() = ", dst_row.numel(),
                     " rows (tokens * topk), got ", y.size(0));
+  check_plan_map_values(dst_row, src_pair, y.size(0));
   if (weights.has_value()) check_weights(*weights, dst_row, y);
   const int64_t num_tokens = dst_row.size(0), topk = dst_row.size(1), dim = y.size(1);
   const at::Tensor yc = y.contiguous();
@@ -178,6 +180,7 @@ std::tuple<at::Tensor, at::Tensor> unpermute_backward_cpu(const at::Tensor& grad
   CHECK_SAME_DTYPE(grad_x, y);
   TORCH_CHECK_VALUE(y.size(0) == dst_row.numel(), "y must have dst_row.numel() = ", dst_row.numel(),
                     " rows (tokens * topk), got ", y.size(0));
+  check_plan_map_values(dst_row, src_pair, y.size(0));
   if (weights.has_value()) check_weights(*weights, dst_row, y);
   const at::Tensor gx = grad_x.contiguous(), yc = y.contiguous();
   at::Tensor grad_y = at::empty_like(yc);
