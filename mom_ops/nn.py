@@ -189,7 +189,8 @@ class MoMAttention(nn.Module):
             xr = mom_ops.permute(xf, plan)
             return [grouped_linear(xr, w, plan.cu_seqlens, B) for w in weights]
         w_all = torch.cat(weights, dim=1).to(xf.dtype)  # [M, C, D]
-        table = (xf @ w_all.reshape(-1, w_all.shape[-1]).t()).view(N * M, sum(sizes))  # row n * M + m: token n, memory m
+        # row n * M + m: token n, memory m
+        table = (xf @ w_all.reshape(-1, w_all.shape[-1]).t()).view(N * M, sum(sizes))
         # Packed row r = pair n * k + j reads table row n * M + memory_ids[n, j]; rows past the last segment read
         # row 0: the conv and the scan ignore them and give them zero gradients.
         pair = plan.src_pair.long().clamp_min(0)

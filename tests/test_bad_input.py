@@ -67,7 +67,8 @@ def test_permute_of_zero_tokens():
 def test_scan_rejects_zero_heads_or_head_dim():
     g, beta = torch.zeros(1, 5, 2), torch.ones(1, 5, 2)
     with pytest.raises(ValueError, match="H >= 1 heads of dim K >= 1"):
-        mom_ops.chunk_gated_delta_rule(torch.randn(1, 5, 2, 0), torch.randn(1, 5, 2, 0), torch.randn(1, 5, 2, 4), g, beta)
+        mom_ops.chunk_gated_delta_rule(torch.randn(1, 5, 2, 0), torch.randn(1, 5, 2, 0), torch.randn(1, 5, 2, 4), g,
+                                       beta)
     with pytest.raises(ValueError, match="H >= 1 heads of dim K >= 1"):
         mom_ops.fused_recurrent_gated_delta_rule(torch.randn(1, 5, 0, 4), torch.randn(1, 5, 0, 4),
                                                  torch.randn(1, 5, 2, 4), g, beta)
