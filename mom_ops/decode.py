@@ -65,8 +65,8 @@ def mom_decode_step(
     q: [N, H, K], or [N, J, H, K] for one query per slot (MoM: q is convolved per memory); k: [N, J, H, K];
     v: [N, J, HV, V]; g, beta: [N, J, HV]; weights: fp32 [N, J] (1 for the shared slot); slots: int [N, J] pool
     rows (negative = skip); state_pool: fp32 [P, HV, K, V] ([P, HV, V, K] with state_v_first), updated in place.
-    Inference only: no backward (inputs must not need a gradient). Returns out [N, HV, V] = sum_j w_j * scale * S_j^T q_j.
-    Pool rows must not repeat within one call.
+    Returns out [N, HV, V] = sum_j w_j * scale * S_j^T q_j. Pool rows must not repeat within one call. Inference
+    only: no backward (inputs must not need a gradient).
     """
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, g, beta, weights, state_pool)):
         raise ValueError("mom_decode_step has no backward and updates state_pool in place: call it under "
