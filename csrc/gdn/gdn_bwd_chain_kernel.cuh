@@ -90,7 +90,7 @@ __global__ void __launch_bounds__(kGdnThreads, kChainCtasPerSm<T, kK, kBV>) gdn_
           fn(dS[mt][nt][e], (wm * kMT + mt) * 16 + g8 + (e >= 2 ? 8 : 0), (wn * kNT + nt) * 8 + 2 * t4 + (e & 1));
   };
   auto state_index = [&](int kk, int vv) -> int64_t {
-    return state_off + (p.v_first ? int64_t(v0 + vv) * kK + kk : int64_t(kk) * p.dim_v + v0 + vv);
+    return state_off + state_elem(p.v_first, kK, p.dim_v, kk, v0, vv);
   };
   for_each_state([&](float& x, int kk, int vv) { x = p.dht != nullptr ? p.dht[state_index(kk, vv)] : 0.f; });
   auto publish_state = [&]() {  // dS^T in 16 bits: the B operand of K dS

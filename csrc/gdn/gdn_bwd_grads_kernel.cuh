@@ -141,7 +141,7 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
       float x[2], x_hi[2];
 #pragma unroll
       for (int u = 0; u < 2; ++u) {
-        x[u] = src[input_state_base + (p.v_first ? int64_t(v0 + c + u) * kK + r : int64_t(r) * p.dim_v + v0 + c + u)];
+        x[u] = src[input_state_base + state_elem(p.v_first, kK, p.dim_v, r, v0, c + u)];
         x_hi[u] = to_f32<T>(from_f32<T>(x[u]));
       }
       store2<T>(hi + r * kLdV + c, x_hi[0], x_hi[1]);
@@ -301,11 +301,14 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
     if (first) mma_rows<T, kBV / 16, kNK, false>(X1, sDo + r0 * kLdV, kLdV, sS0lo + ch * kHalfK * kLdV, kLdV, lane);
     mma_rows<T, kBV / 16, kNK, false>(dKn, sVnD + r0 * kLdV, kLdV, sDs1 + ch * kHalfK * kLdV, kLdV, lane);
     if (last) mma_rows<T, kBV / 16, kNK, false>(dKn, sVnD + r0 * kLdV, kLdV, sDs1lo + ch * kHalfK * kLdV, kLdV, lane);
-    for (int idx = tid; idx < kK * kBV; idx += kGdnThreads) {
-      const int r = idx / kBV, c = idx % kBV;
-      const float s0 = to_f32<T>(sS0[r * kLdV + c]) + (first ? to_f32<T>(sS0lo[r * kLdV + c]) : 0.f);
-      const float ds1 = to_f32<T>(sDs1[r * kLdV + c]) + (last ? to_f32<T>(sDs1lo[r * kLdV + c]) : 0.f);
-      sum_sds += s0 * ds1;
+    for (int idx = tid; idx < kK * kBV / 2; idx += kGdnThreads) {  // element pairs, as the tiles are stored
+      const int e0 = (idx / (kBV / 2)) * kLdV + (idx % (kBV / 2)) * 2;
+#pragma unroll
+      for (int e = e0; e < e0 + 2; ++e) {
+        const float s0 = to_f32<T>(sS0[e]) + (first ? to_f32<T>(sS0lo[e]) : 0.f);
+        const float ds1 = to_f32<T>(sDs1[e]) + (last ? to_f32<T>(sDs1lo[e]) : 0.f);
+        sum_sds += s0 * ds1;
+      }
     }
     __syncthreads();
     mma_rows<T, kBV / 16, kNK, false>(dKn, sDvbS + r0 * kLdV, kLdV, sS0 + ch * kHalfK * kLdV, kLdV, lane);

@@ -25,6 +25,11 @@ struct ScanParams {
 };
 
 #ifdef __CUDACC__
+// Offset of element (k, v0 + vv) in one head's fp32 state (h0, ht, dht): [K, V], or [V, K] with state_v_first.
+__device__ __forceinline__ int64_t state_elem(bool v_first, int dim_k, int dim_v, int k, int v0, int vv) {
+  return v_first ? int64_t(v0 + vv) * dim_k + k : int64_t(k) * dim_v + v0 + vv;
+}
+
 // Rows [bos, eos) of sequence seq; bad cu_seqlens are clamped so that nothing is read out of bounds.
 __device__ __forceinline__ void sequence_bounds(const ScanParams& p, int64_t seq, int64_t& bos, int64_t& eos) {
   bos = seq * p.seqlen;
