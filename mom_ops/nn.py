@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import mom_ops
-from mom_ops.routing import RoutingPlan
+from mom_ops.routing import RoutingPlan, check_cu_seqlens_shape
 
 
 def segment_causal_conv(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor,
@@ -284,8 +284,8 @@ class MoMAttention(nn.Module):
             raise ValueError("packed input (cu_seqlens) must be [1, N, hidden] without attention_mask")
         if attention_mask is not None and attention_mask.shape != x.shape[:2]:
             raise ValueError(f"attention_mask must be [B, T] = {tuple(x.shape[:2])}, got {tuple(attention_mask.shape)}")
-        if cu_seqlens is not None and (cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 2):
-            raise ValueError(f"cu_seqlens must be 1-D [B+1] with B >= 1, got shape {tuple(cu_seqlens.shape)}")
+        if cu_seqlens is not None:
+            check_cu_seqlens_shape(cu_seqlens)
         B = x.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
         if cache is not None and cache.seen_tokens.shape[0] != B:
             raise ValueError(f"cache holds {cache.seen_tokens.shape[0]} sequences, the input has {B}")

@@ -47,6 +47,12 @@ class RoutingPlan:
         return self.src_pair.shape[0]
 
 
+def check_cu_seqlens_shape(cu_seqlens: torch.Tensor) -> None:
+    """cu_seqlens must be [B+1] with B >= 1 (its values are checked by the ops)."""
+    if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 2:
+        raise ValueError(f"cu_seqlens must be 1-D [B+1] with B >= 1, got shape {tuple(cu_seqlens.shape)}")
+
+
 def route(
     router_logits: torch.Tensor,
     topk: int,
@@ -82,8 +88,7 @@ def route(
             raise ValueError(f"batch_size={batch_size} disagrees with router_logits [B, T, M] (B = "
                              f"{router_logits.shape[0]})")
     if cu_seqlens is not None:
-        if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 2:
-            raise ValueError(f"cu_seqlens must be 1-D [B+1] with B >= 1, got shape {tuple(cu_seqlens.shape)}")
+        check_cu_seqlens_shape(cu_seqlens)
         if batch_size is not None and batch_size != cu_seqlens.shape[0] - 1:
             raise ValueError(f"batch_size={batch_size} disagrees with cu_seqlens ({cu_seqlens.shape[0] - 1} sequences)")
         batch_size = cu_seqlens.shape[0] - 1
