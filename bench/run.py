@@ -63,7 +63,9 @@ def git_commit() -> str:
         return "unknown"
 
 
-def run(only: list[str] | None, providers: list[str] | None) -> list[dict]:
+def run(only: list[str] | None, providers: list[str] | None, on_record=None) -> list[dict]:
+    """Times the selected (case, mode, provider) triples; on_record(records) after each one (the caller saves, so
+    a run cut short keeps what it measured)."""
     records, commit = [], git_commit()
     for case in CASES:
         if only and not any(key in case.name or key == case.op for key in only):
@@ -88,6 +90,8 @@ def run(only: list[str] | None, providers: list[str] | None) -> list[dict]:
                                     timing="graph" if bench.graph else "launch", commit=commit))
                 print(f"  {case.name:34s} {mode:7s} {provider:10s} {ms:9.4f} ms"
                       + (f" {gbps:8.1f} GB/s" if gbps else ""), flush=True)
+                if on_record is not None:
+                    on_record(records)
     return records
 
 
@@ -133,24 +137,28 @@ def main() -> None:
     healthy = copy_tbps >= MIN_COPY_TBPS and tflops >= MIN_MATMUL_TFLOPS
     print(f"clock health: copy {copy_tbps:.2f} TB/s, bf16 matmul {tflops:.0f} TFLOP/s -> "
           f"{'healthy' if healthy else 'UNHEALTHY: discard these timings'}", flush=True)
-    records = run([s for s in args.only.split(",") if s], [s for s in args.providers.split(",") if s])
-    note = None
-    if args.merge and os.path.exists(args.out):
-        redone = {(r["case"], r["provider"], r["mode"]) for r in records}
-        with open(args.out) as f:
-            old = json.load(f)
-        kept = [dict(r, commit=r.get("commit", old.get("commit"))) for r in old["records"]
-                if (r["case"], r["provider"], r["mode"]) not in redone]
-        records = kept + records
-        note = old.get("note")  # written by hand: a merge keeps it
-    result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, commit=git_commit(),
-                  date=datetime.date.today().isoformat(), copy_tbps=round(copy_tbps, 3),
-                  matmul_tflops=round(tflops, 1), healthy=healthy, records=records)
-    if note is not None:
-        result["note"] = note
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+    def save(new_records: list[dict]) -> list[dict]:
+        """Writes args.out: the new records (plus, with --merge, the old ones they do not redo); returns them all."""
+        records, note = new_records, None
+        if args.merge and os.path.exists(args.out):
+            redone = {(r["case"], r["provider"], r["mode"]) for r in new_records}
+            with open(args.out) as f:
+                old = json.load(f)
+            kept = [dict(r, commit=r.get("commit", old.get("commit"))) for r in old["records"]
+                    if (r["case"], r["provider"], r["mode"]) not in redone]
+            records = kept + new_records
+            note = old.get("note")  # written by hand: a merge keeps it
+        result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, commit=git_commit(),
+                      date=datetime.date.today().isoformat(), copy_tbps=round(copy_tbps, 3),
+                      matmul_tflops=round(tflops, 1), healthy=healthy, records=records)
+        if note is not None:
+            result["note"] = note
+        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+        return records
+
+    records = save(run([s for s in args.only.split(",") if s], [s for s in args.providers.split(",") if s], save))
     if args.plots and records:
         plot(records, args.plots)
     print(f"\n{'case':34s} {'mode':7s} {'provider':10s} {'ms':>9s} {'GB/s':>8s}")

@@ -1,8 +1,12 @@
 """Grouped linear over the memory-major routed stream, without a host sync: y[r] = x[r] @ weight[m(r)]^T where row
-r belongs to memory m(r) (rows [cu[m B], cu[(m + 1) B]) of the plan's cu_seqlens). Triton kernels (tl.dot):
-forward and dx share one kernel (weight read transposed or not), dweight sums each memory's rows in a fixed order
-(deterministic). MoMAttention uses it on CUDA when mom_ops.nn.USE_TRITON_GROUPED_LINEAR is set (not yet run on a
-GPU: tested in the Triton interpreter only).
+r belongs to memory m(r) (rows [cu[m B], cu[(m + 1) B]) of the plan's cu_seqlens).
+
+Two implementations:
+- `grouped_mm_linear`: torch._grouped_mm (CUTLASS grouped GEMM on sm90+, bf16), with its own autograd formulas.
+  What MoMAttention uses on such GPUs (`grouped_mm_supported`).
+- `grouped_linear`: Triton kernels (tl.dot): forward and dx share one kernel (weight read transposed or not),
+  dweight sums each memory's rows in a fixed order (deterministic). Runs anywhere Triton does (the interpreter on
+  the CPU); MoMAttention uses it on CUDA when mom_ops.nn.USE_TRITON_GROUPED_LINEAR is set.
 """
 
 from __future__ import annotations
@@ -134,3 +138,61 @@ def grouped_linear(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tens
         raise ValueError(f"cu_seqlens must have M * batch_size + 1 = {weight.shape[0] * batch_size + 1} entries, "
                          f"got {cu_seqlens.shape[0]}")
     return _GroupedLinear.apply(x, weight, cu_seqlens, batch_size)
+
+
+# ---------------------------------------------------------------- torch._grouped_mm
+
+
+def grouped_mm_supported(x: torch.Tensor) -> bool:
+    """torch._grouped_mm exists and runs x's dtype on x's device (bf16 on sm90 and later)."""
+    return (x.is_cuda and x.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm")
+            and torch.cuda.get_device_capability(x.device) >= (9, 0))
+
+
+def _group_ends(cu_seqlens: torch.Tensor, batch_size: int, rows: int) -> torch.Tensor:
+    """int32 [M + 1]: the row end of each memory's segments, then `rows`: group M (a zero weight) holds the rows past
+    cu_seqlens[-1], so every output row is written (torch._grouped_mm leaves rows past its last offset unset)."""
+    ends = cu_seqlens[batch_size::batch_size].to(torch.int32)
+    return torch.cat([ends, ends.new_full((1,), rows)])
+
+
+class _GroupedMM(torch.autograd.Function):
+    """y = x @ w[g]^T per row group; w_t [G, D, out] is the weight transposed (the layout torch._grouped_mm takes),
+    ends int32 [G] the groups' row ends (the last one = x.shape[0])."""
+
+    @staticmethod
+    def forward(ctx, x, w_t, ends):
+        ctx.save_for_backward(x, w_t, ends)
+        return torch._grouped_mm(x, w_t, offs=ends)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w_t, ends = ctx.saved_tensors
+        dy = dy.contiguous()
+        dx = torch._grouped_mm(dy, w_t.transpose(1, 2), offs=ends) if ctx.needs_input_grad[0] else None
+        dw_t = None
+        if ctx.needs_input_grad[1]:
+            # dw_t[g] = x_g^T dy_g: a grouped GEMM along the reduction dimension (the 2-D x 2-D form). A group
+            # without rows is set to 0 here rather than trusting the GEMM to write an empty sum.
+            dw_t = torch._grouped_mm(x.t(), dy, offs=ends)
+            starts = torch.cat([ends.new_zeros(1), ends[:-1]])
+            dw_t = dw_t.masked_fill((ends <= starts)[:, None, None], 0)
+        return dx, dw_t, None
+
+
+def grouped_mm_linear(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor,
+                      batch_size: int) -> torch.Tensor:
+    """grouped_linear's contract on torch._grouped_mm: x [R, D] bf16, weight [M, out, D], cu_seqlens [M * B + 1]
+    -> y [R, out] (rows past cu_seqlens[-1] are 0). out and D are padded to multiples of 8 (16-byte rows)."""
+    if weight.dim() != 3 or x.dim() != 2 or x.shape[1] != weight.shape[2]:
+        raise ValueError(f"x must be [R, D] and weight [M, out, D], got {tuple(x.shape)}, {tuple(weight.shape)}")
+    if cu_seqlens.shape[0] != weight.shape[0] * batch_size + 1:
+        raise ValueError(f"cu_seqlens must have M * batch_size + 1 = {weight.shape[0] * batch_size + 1} entries, "
+                         f"got {cu_seqlens.shape[0]}")
+    M, n_out, D = weight.shape
+    pad_out, pad_in = -n_out % 8, -D % 8
+    # [M + 1, out', D']: the extra memory is all zeros (rows past the last segment); padding columns are zeros too.
+    w = torch.nn.functional.pad(weight.to(x.dtype), (0, pad_in, 0, pad_out, 0, 1))
+    xp = torch.nn.functional.pad(x, (0, pad_in)) if pad_in else x.contiguous()
+    y = _GroupedMM.apply(xp, w.transpose(1, 2), _group_ends(cu_seqlens, batch_size, x.shape[0]))
+    return y[:, :n_out] if pad_out else y

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import mom_ops
+from mom_ops.grouped_linear import grouped_linear, grouped_mm_linear, grouped_mm_supported
 from mom_ops.routing import RoutingPlan, check_cu_seqlens_shape
 
 
@@ -100,11 +101,11 @@ class MoMCache:
                                  f"{shape}: was the cache made by MoMCache.empty for another layer or batch?")
 
 
-# Routed projections: torch._grouped_mm is not used: on the H100 (torch 2.11) the GPU layer tests failed with it
-# (NaN and wrong projections, also with 16-byte-aligned rows only). The einsum path passes them but computes
-# every memory's projection and selects (M times the flops). mom_ops.grouped_linear (Triton, no wasted flops)
-# takes over on CUDA with this flag, once it has run on a GPU (tests/test_grouped_linear.py runs there too) and
-# been timed in the layer benchmark.
+# Routed projections: on GPUs where torch._grouped_mm runs bf16 (sm90+), one grouped GEMM over the permuted rows
+# (mom_ops.grouped_linear.grouped_mm_linear). An earlier try (on the H100, torch 2.11) gave NaN because the grouped
+# GEMM leaves rows past its last offset unset, and the routed stream of a masked batch has such rows: the grouped_mm
+# path gives them a zero weight group. Elsewhere: every memory's projection of every token and a row gather (M / k
+# times the flops), or the Triton grouped GEMM with this flag.
 USE_TRITON_GROUPED_LINEAR = False
 
 
@@ -172,23 +173,37 @@ class MoMAttention(nn.Module):
         init_decay_(self.A_log, self.dt_bias)
         self.o_norm.fill_(1.0)
 
+    def _project_tokens(self, xf: torch.Tensor) -> list[torch.Tensor]:
+        """Every token-level projection from one GEMM: xf [N, D] -> q [N, H*K], output gate [N, H*V], (shared k, v,
+        b, a: [N, H*K], [N, H*V], [N, H], [N, H] with shared_memory), router logits [N, M]: column slices of one
+        [N, C] product (one dx GEMM and no gradient sums over x in the backward; consumers read the slices in place
+        or copy them)."""
+        mods = [self.q_proj, self.g_proj]
+        if self.shared_memory:
+            mods += [self.shared_k, self.shared_v, self.shared_b, self.shared_a]
+        mods.append(self.gate)  # last: the wide slices before it start at 16-byte aligned columns
+        y = xf @ torch.cat([m.weight for m in mods]).to(xf.dtype).t()
+        return list(y.split([m.weight.shape[0] for m in mods], dim=1))
+
     def _project_routed(self, xf: torch.Tensor, plan: RoutingPlan) -> list[torch.Tensor]:
         """k, v, b, a of the packed routed rows: xf [N, D] -> [R, H*K], [R, H*V], [R, H], [R, H].
 
         One GEMM gives every token's projections under all M memories ([N, M * C], C = H*K + H*V + 2H), then one
         row gather picks row (n, m) for each packed row: M / k times the routed rows' flops, on N tokens rather
         than R = N k rows (the earlier per-row einsum did M x on R rows and wrote [R, M, out]). The four results
-        are column slices of one [R, C] tensor (the conv makes contiguous copies). Or the Triton grouped GEMM on
-        the permuted rows (USE_TRITON_GROUPED_LINEAR)."""
+        are column slices of one [R, C] tensor (the conv reads them in place). Where torch._grouped_mm runs, one
+        grouped GEMM on the permuted rows instead (no wasted flops, no gather); or the Triton grouped GEMM
+        (USE_TRITON_GROUPED_LINEAR)."""
         M, B, k, N = self.num_memories, plan.batch_size, plan.topk, xf.shape[0]
         weights = (self.k_proj, self.v_proj, self.b_proj, self.a_proj)
         sizes = [w.shape[1] for w in weights]
         if USE_TRITON_GROUPED_LINEAR and xf.is_cuda:
-            from mom_ops.grouped_linear import grouped_linear
-
             xr = mom_ops.permute(xf, plan)
             return [grouped_linear(xr, w, plan.cu_seqlens, B) for w in weights]
         w_all = torch.cat(weights, dim=1).to(xf.dtype)  # [M, C, D]
+        if grouped_mm_supported(xf):
+            rows = grouped_mm_linear(mom_ops.permute(xf, plan), w_all, plan.cu_seqlens, B)  # [R, C]
+            return list(rows.split(sizes, dim=1))
         # row n * M + m: token n, memory m
         table = (xf @ w_all.reshape(-1, w_all.shape[-1]).t()).view(N * M, sum(sizes))
         # Packed row r = pair n * k + j reads table row n * M + memory_ids[n, j]; rows past the last segment read
@@ -215,7 +230,7 @@ class MoMAttention(nn.Module):
             cache.states[rows] = ht.detach()  # a cache carries no gradient
             for buf, raw, old in zip((cache.conv_q, cache.conv_k, cache.conv_v), (q, k, v), hist):
                 buf[rows] = segment_conv_tail(raw.detach(), cu_seqlens, old, W).to(buf.dtype)
-        return o[0]
+        return o.squeeze(0)  # a view (o[0]'s backward would zero-fill and copy the whole gradient)
 
     def _log_decay(self, a: torch.Tensor) -> torch.Tensor:
         """g = -exp(A_log) * softplus(a + dt_bias) in fp32 (per head, shared by every memory)."""
@@ -300,20 +315,20 @@ class MoMAttention(nn.Module):
         xf = x.reshape(-1, self.hidden_size)  # [N, D]
         mask = None if attention_mask is None else attention_mask.reshape(-1).bool()
         H, M = self.num_heads, self.num_memories
-        logits = self.gate(xf)
+        q_tok, gate, *shared_kvba, logits = self._project_tokens(xf)
         plan = mom_ops.route(logits, self.topk, batch_size=B, cu_seqlens=cu_seqlens, mask=mask)
-        q_tok = self.q_proj(xf)
         o_routed = self._memory(mom_ops.permute(q_tok, plan), *self._project_routed(xf, plan), plan.cu_seqlens, cache,
                                 slice(0, M * B))
         # The shared memory's stream (and the token counts): the valid tokens of each sequence, in order.
         sp = _shared_plan(xf.shape[0], B, cu_seqlens, mask, x.device) if self.shared_memory or cache else None
         shared = None
         if self.shared_memory:
-            xs = mom_ops.permute(xf, sp)
-            o_s = self._memory(mom_ops.permute(q_tok, sp), self.shared_k(xs), self.shared_v(xs), self.shared_b(xs),
-                               self.shared_a(xs), sp.cu_seqlens, cache, slice(M * B, (M + 1) * B))
-            shared = mom_ops.unpermute(o_s, sp)  # [N, H, V], zeros for padding tokens
-        gate = self.g_proj(xf).view(-1, H, self.head_v_dim)
+            # Without a mask or cu_seqlens the shared stream is every token in order: its permutes are identities.
+            identity = mask is None and cu_seqlens is None
+            q_s, k_s, v_s, b_s, a_s = [t if identity else mom_ops.permute(t, sp) for t in (q_tok, *shared_kvba)]
+            o_s = self._memory(q_s, k_s, v_s, b_s, a_s, sp.cu_seqlens, cache, slice(M * B, (M + 1) * B))
+            shared = o_s if identity else mom_ops.unpermute(o_s, sp)  # [N, H, V], zeros for padding tokens
+        gate = gate.view(-1, H, self.head_v_dim)
         o = mom_ops.memory_mix(o_routed, plan, shared=shared, norm_weight=self.o_norm, gate=gate, eps=self.norm_eps)
         out = self.o_proj(o.reshape(o.shape[0], H * self.head_v_dim)).view_as(x)
         aux_loss = self._aux_loss(logits, plan, mask)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import mom_ops
-from mom_ops.grouped_linear import grouped_linear
+from mom_ops.grouped_linear import grouped_linear, grouped_mm_linear, grouped_mm_supported
 from tests.helpers import cu_from_lengths, rel_rms, triton_device
 
 
@@ -41,3 +41,30 @@ def test_grouped_linear_bad_input():
         grouped_linear(torch.randn(4, 3), torch.randn(2, 5, 4), torch.tensor([0, 2, 4]), 1)
     with pytest.raises(ValueError, match="cu_seqlens must have"):
         grouped_linear(torch.randn(4, 3), torch.randn(2, 5, 3), torch.tensor([0, 4]), 1)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("lengths, extra_rows, O", [([40, 0, 77, 3, 0, 129], 0, 80), ([0, 0, 5, 60, 31, 0], 9, 20)])
+def test_grouped_mm_linear_matches_select_reference(lengths, extra_rows, O):
+    """torch._grouped_mm path (bf16, sm90+): memories without rows, rows past the last segment (must come out 0),
+    an output width that is not a multiple of 8."""
+    if not grouped_mm_supported(torch.empty(0, device="cuda", dtype=torch.bfloat16)):
+        pytest.skip("torch._grouped_mm with bf16 needs an sm90+ GPU")
+    M, B, D = 3, 2, 64
+    gen = torch.Generator().manual_seed(1)
+    cu = cu_from_lengths(lengths).long()
+    R = int(cu[-1]) + extra_rows
+    x = torch.randn(R, D, generator=gen).bfloat16().float()
+    weight = (0.1 * torch.randn(M, O, D, generator=gen)).bfloat16().float()
+    dy = torch.randn(R, O, generator=gen).bfloat16().float()
+    x.requires_grad_(True)
+    weight.requires_grad_(True)
+    ref = _select_reference(x, weight, cu, B) * (torch.arange(R) < cu[-1])[:, None]
+    gx_ref, gw_ref = torch.autograd.grad(ref, (x, weight), dy)
+    xd = x.detach().to("cuda", torch.bfloat16).requires_grad_(True)
+    wd = weight.detach().to("cuda", torch.bfloat16).requires_grad_(True)
+    y = grouped_mm_linear(xd, wd, cu.cuda(), B)
+    gx, gw = torch.autograd.grad(y, (xd, wd), dy.to("cuda", torch.bfloat16))
+    assert (y[int(cu[-1]):] == 0).all() and torch.isfinite(gw).all()
+    for got, want in ((y, ref), (gx, gx_ref), (gw, gw_ref)):
+        assert rel_rms(got.float().cpu(), want) < 1e-2
