@@ -63,7 +63,8 @@ def git_commit() -> str:
         return "unknown"
 
 
-def run(only: list[str] | None, providers: list[str] | None, on_record=None) -> list[dict]:
+def run(only: list[str] | None, providers: list[str] | None, on_record=None,
+        modes: list[str] | None = None) -> list[dict]:
     """Times the selected (case, mode, provider) triples; on_record(records) after each one (the caller saves, so
     a run cut short keeps what it measured)."""
     records, commit = [], git_commit()
@@ -71,6 +72,8 @@ def run(only: list[str] | None, providers: list[str] | None, on_record=None) -> 
         if only and not any(key in case.name or key == case.op for key in only):
             continue
         for mode in case.modes:
+            if modes and mode not in modes:
+                continue
             for provider in PROVIDERS:
                 if providers and provider not in providers:
                     continue
@@ -126,6 +129,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="", help="comma-separated case-name fragments or op names")
     parser.add_argument("--providers", default="", help="comma-separated providers (default: all)")
+    parser.add_argument("--modes", default="", help="comma-separated modes (default: all of each case)")
     parser.add_argument("--merge", action="store_true", help="keep the records of --out that this run does not redo")
     parser.add_argument("--out", default="bench/results/h100.json")
     parser.add_argument("--plots", default="bench/results/plots")
@@ -158,7 +162,8 @@ def main() -> None:
             json.dump(result, f, indent=1)
         return records
 
-    records = save(run([s for s in args.only.split(",") if s], [s for s in args.providers.split(",") if s], save))
+    records = save(run([s for s in args.only.split(",") if s], [s for s in args.providers.split(",") if s], save,
+                       [s for s in args.modes.split(",") if s]))
     if args.plots and records:
         plot(records, args.plots)
     print(f"\n{'case':34s} {'mode':7s} {'provider':10s} {'ms':>9s} {'GB/s':>8s}")

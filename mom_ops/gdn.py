@@ -92,6 +92,9 @@ def _setup(ctx, inputs, output):
     differentiable) for the backward."""
     q, k, v, g, beta, scale, h0, _, use_l2norm, state_v_first, cu_seqlens, chunk_indices = inputs
     ctx.scale, ctx.use_l2norm, ctx.state_v_first = scale, use_l2norm, state_v_first
+    # Outputs without a gradient come to the backward as None, not as zero tensors (autograd would otherwise fill
+    # zeros the size of every saved chunk state, ~0.2 ms per layer step).
+    ctx.set_materialize_grads(False)
     saved_forward = tuple(output[2:])
     ctx.mark_non_differentiable(*saved_forward)
     ctx.save_for_backward(q, k, v, g, beta, h0, cu_seqlens, chunk_indices, *saved_forward)

@@ -59,12 +59,6 @@ def init_short_conv_(weight: torch.Tensor) -> None:
     weight.uniform_(-bound, bound)
 
 
-def _shared_plan(num_tokens: int, batch_size: int, cu_seqlens, mask, device) -> RoutingPlan:
-    """A one-memory, top-1 plan: packs the valid tokens of each sequence in order (segments = sequences)."""
-    logits = torch.zeros(num_tokens, 1, device=device)
-    return mom_ops.route(logits, 1, batch_size=batch_size, cu_seqlens=cu_seqlens, mask=mask)
-
-
 @dataclass
 class MoMCache:
     """Inference state of a MoMAttention layer for B sequences, in pools indexed by row p = m * B + b
@@ -174,33 +168,49 @@ class MoMAttention(nn.Module):
         self.o_norm.fill_(1.0)
 
     def _project_tokens(self, xf: torch.Tensor) -> list[torch.Tensor]:
-        """Every token-level projection from one GEMM: xf [N, D] -> q [N, H*K], output gate [N, H*V], (shared k, v,
-        b, a: [N, H*K], [N, H*V], [N, H], [N, H] with shared_memory), router logits [N, M]: column slices of one
-        [N, C] product (one dx GEMM and no gradient sums over x in the backward; consumers read the slices in place
-        or copy them)."""
-        mods = [self.q_proj, self.g_proj]
+        """The token-level projections from one GEMM: xf [N, D] -> q [N, H*K], output gate [N, H*V], router logits
+        [N, M]: column slices of one [N, C] product (one dx GEMM, no gradient sums over x in the backward). C is
+        padded to a multiple of 8 with zero weight rows: cuBLAS takes its fast kernels only for 16-byte row strides."""
+        mods = (self.q_proj, self.g_proj, self.gate)  # the gate last: q and g start at 16-byte aligned columns
+        sizes = [m.weight.shape[0] for m in mods]
+        w = torch.cat([m.weight for m in mods]).to(xf.dtype)
+        pad = -sum(sizes) % 8
+        y = xf @ F.pad(w, (0, 0, 0, pad)).t()
+        return list(y.split(sizes + [pad], dim=1))[:3]
+
+    def _stream_plan(self, logits: torch.Tensor, plan: RoutingPlan, cu_seqlens, mask) -> RoutingPlan:
+        """The plan of the scanned stream: the routed plan, or with shared_memory one more memory (index M) that
+        every valid token chooses. Routing [logits, max + 1] to the top k + 1 gives exactly that: pair 0 of each
+        token is memory M, pairs 1..k are the routed plan's pairs in its order (the same logits, the same ties).
+        Its segments m * B + b are the cache's pool rows, the shared ones last; its weights are not used."""
+        if not self.shared_memory:
+            return plan
+        lf = logits.detach().float()
+        lf = torch.cat([lf, lf.max(-1, keepdim=True).values + 1], -1)
+        return mom_ops.route(lf, self.topk + 1, batch_size=plan.batch_size, cu_seqlens=cu_seqlens, mask=mask)
+
+    def _stream_weights(self) -> list[torch.Tensor]:
+        """k, v, b, a projection weights per stream memory: [M', out, D] each (M' = M + 1 with the shared one)."""
+        weights = [self.k_proj, self.v_proj, self.b_proj, self.a_proj]
         if self.shared_memory:
-            mods += [self.shared_k, self.shared_v, self.shared_b, self.shared_a]
-        mods.append(self.gate)  # last: the wide slices before it start at 16-byte aligned columns
-        y = xf @ torch.cat([m.weight for m in mods]).to(xf.dtype).t()
-        return list(y.split([m.weight.shape[0] for m in mods], dim=1))
+            shared = (self.shared_k, self.shared_v, self.shared_b, self.shared_a)
+            weights = [torch.cat([w, lin.weight[None]]) for w, lin in zip(weights, shared)]
+        return weights
 
-    def _project_routed(self, xf: torch.Tensor, plan: RoutingPlan) -> list[torch.Tensor]:
-        """k, v, b, a of the packed routed rows: xf [N, D] -> [R, H*K], [R, H*V], [R, H], [R, H].
-
-        One GEMM gives every token's projections under all M memories ([N, M * C], C = H*K + H*V + 2H), then one
-        row gather picks row (n, m) for each packed row: M / k times the routed rows' flops, on N tokens rather
-        than R = N k rows (the earlier per-row einsum did M x on R rows and wrote [R, M, out]). The four results
-        are column slices of one [R, C] tensor (the conv reads them in place). Where torch._grouped_mm runs, one
-        grouped GEMM on the permuted rows instead (no wasted flops, no gather); or the Triton grouped GEMM
-        (USE_TRITON_GROUPED_LINEAR)."""
-        M, B, k, N = self.num_memories, plan.batch_size, plan.topk, xf.shape[0]
-        weights = (self.k_proj, self.v_proj, self.b_proj, self.a_proj)
+    def _project_stream(self, xf: torch.Tensor, plan: RoutingPlan) -> list[torch.Tensor]:
+        """k, v, b, a of the stream's packed rows: xf [N, D] -> [R, H*K], [R, H*V], [R, H], [R, H], from one
+        grouped GEMM over the permuted rows where torch._grouped_mm runs (no wasted flops). Elsewhere one GEMM
+        gives every token's projections under all M' memories ([N, M' * C], C = H*K + H*V + 2H) and one row gather
+        picks row (n, m) for each packed row (M' / k' times the flops); or the Triton grouped GEMM
+        (USE_TRITON_GROUPED_LINEAR). The results are column slices of one [R, C] tensor (the conv reads them in
+        place)."""
+        M, B, k, N = plan.num_memories, plan.batch_size, plan.topk, xf.shape[0]
+        weights = self._stream_weights()
         sizes = [w.shape[1] for w in weights]
         if USE_TRITON_GROUPED_LINEAR and xf.is_cuda:
             xr = mom_ops.permute(xf, plan)
             return [grouped_linear(xr, w, plan.cu_seqlens, B) for w in weights]
-        w_all = torch.cat(weights, dim=1).to(xf.dtype)  # [M, C, D]
+        w_all = torch.cat(weights, dim=1).to(xf.dtype)  # [M', C, D]
         if grouped_mm_supported(xf):
             rows = grouped_mm_linear(mom_ops.permute(xf, plan), w_all, plan.cu_seqlens, B)  # [R, C]
             return list(rows.split(sizes, dim=1))
@@ -314,26 +324,24 @@ class MoMAttention(nn.Module):
 
         xf = x.reshape(-1, self.hidden_size)  # [N, D]
         mask = None if attention_mask is None else attention_mask.reshape(-1).bool()
-        H, M = self.num_heads, self.num_memories
-        q_tok, gate, *shared_kvba, logits = self._project_tokens(xf)
+        H = self.num_heads
+        q_tok, gate, logits = self._project_tokens(xf)
         plan = mom_ops.route(logits, self.topk, batch_size=B, cu_seqlens=cu_seqlens, mask=mask)
-        o_routed = self._memory(mom_ops.permute(q_tok, plan), *self._project_routed(xf, plan), plan.cu_seqlens, cache,
-                                slice(0, M * B))
-        # The shared memory's stream (and the token counts): the valid tokens of each sequence, in order.
-        sp = _shared_plan(xf.shape[0], B, cu_seqlens, mask, x.device) if self.shared_memory or cache else None
-        shared = None
-        if self.shared_memory:
-            # Without a mask or cu_seqlens the shared stream is every token in order: its permutes are identities.
-            identity = mask is None and cu_seqlens is None
-            q_s, k_s, v_s, b_s, a_s = [t if identity else mom_ops.permute(t, sp) for t in (q_tok, *shared_kvba)]
-            o_s = self._memory(q_s, k_s, v_s, b_s, a_s, sp.cu_seqlens, cache, slice(M * B, (M + 1) * B))
-            shared = o_s if identity else mom_ops.unpermute(o_s, sp)  # [N, H, V], zeros for padding tokens
-        gate = gate.view(-1, H, self.head_v_dim)
-        o = mom_ops.memory_mix(o_routed, plan, shared=shared, norm_weight=self.o_norm, gate=gate, eps=self.norm_eps)
+        # One stream for the routed memories and the shared one: one permute, one grouped GEMM, one conv per
+        # input and one scan launch, with the shared memory's long segments running beside the routed ones.
+        stream = self._stream_plan(logits, plan, cu_seqlens, mask)
+        o_stream = self._memory(mom_ops.permute(q_tok, stream), *self._project_stream(xf, stream),
+                                stream.cu_seqlens, cache, slice(0, stream.num_memories * B))
+        weights = plan.weights
+        if self.shared_memory:  # the stream's pair 0 is the shared memory, with weight 1
+            weights = torch.cat([torch.ones_like(weights[:, :1]), weights], 1)
+        gate = gate.contiguous().view(-1, H, self.head_v_dim)  # copied once here, not in memory_mix's fwd and bwd
+        o = mom_ops.memory_mix(o_stream, stream, weights=weights, norm_weight=self.o_norm, gate=gate, eps=self.norm_eps)
         out = self.o_proj(o.reshape(o.shape[0], H * self.head_v_dim)).view_as(x)
         aux_loss = self._aux_loss(logits, plan, mask)
-        if cache is not None:
-            cache.seen_tokens += (sp.cu_seqlens[1:] - sp.cu_seqlens[:-1]).to(cache.seen_tokens.dtype)
+        if cache is not None:  # every valid token has k routed rows
+            rows = (plan.cu_seqlens[1:] - plan.cu_seqlens[:-1]).view(self.num_memories, B).sum(0)
+            cache.seen_tokens += (rows // self.topk).to(cache.seen_tokens.dtype)
         return (out, aux_loss, cache) if use_cache else (out, aux_loss)
 
     @classmethod

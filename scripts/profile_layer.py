@@ -1,6 +1,7 @@
 """Where MoMAttention's time goes (the bench's layer_340M_B8_T2048 configuration): torch.profiler table of the
 GPU kernels of a few calls, sorted by total CUDA time, then the kernel time of each op under its callers (which
-autograd node or module op launched each fill, copy, add). python3 scripts/profile_layer.py [fwd|fwdbwd] [rows]"""
+autograd node or module op launched each fill, copy, add).
+    python3 scripts/profile_layer.py [fwd|fwdbwd] [rows] [batch] [seqlen]"""
 import os
 import sys
 
@@ -13,8 +14,10 @@ import mom_ops.nn as nn
 
 mode = sys.argv[1] if len(sys.argv) > 1 else "fwd"
 rows = int(sys.argv[2]) if len(sys.argv) > 2 else 25
+batch = int(sys.argv[3]) if len(sys.argv) > 3 else 8
+seqlen = int(sys.argv[4]) if len(sys.argv) > 4 else 2048
 layer = nn.MoMAttention(1024, 4, 256, num_memories=4, topk=2, shared_memory=True).to("cuda", torch.bfloat16)
-x = torch.randn(8, 2048, 1024, device="cuda", dtype=torch.bfloat16, requires_grad=mode == "fwdbwd")
+x = torch.randn(batch, seqlen, 1024, device="cuda", dtype=torch.bfloat16, requires_grad=mode == "fwdbwd")
 dy = torch.randn_like(x)
 
 
@@ -35,7 +38,7 @@ with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
     for _ in range(calls):
         step()
     torch.cuda.synchronize()
-print(f"layer_340M_B8_T2048 {mode}, {calls} calls")
+print(f"layer_340M_B{batch}_T{seqlen} {mode}, {calls} calls")
 print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=70))
 
 # Kernel time per (op, its callers): the chain of enclosing CPU ops, innermost first.

@@ -7,8 +7,6 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include <cstdlib>
-
 #include "common/column_sum.cuh"
 #include "common/static_switch.h"
 #include "conv/conv_checks.h"
@@ -49,8 +47,6 @@ ConvParams make_params(const at::Tensor& x, const ConvInputs& in, const ConvDims
   p.channels = int(d.channels);
   p.segments = int(d.segments);
   p.activation = activation;
-  static const bool rows_first = std::getenv("MOM_OPS_CONV_ROWS_FIRST") != nullptr;  // A/B switch, temporary
-  p.tile_fastest = !rows_first;
   return p;
 }
 

@@ -34,11 +34,10 @@ struct ConvParams {
   const void* grad_y;       // bwd: [R, C], rows grad_y_row_stride elements apart
   void* grad_x;             // bwd: [R, C] contiguous
   float* grad_history;      // bwd: [S, W-1, C] fp32 zero-filled by the caller (empty segments keep 0), or nullptr
-  float* grad_w_partial;    // bwd: [run blocks = gridDim.x, C, W]
+  float* grad_w_partial;    // bwd: [gridDim.x, C, W]
   int64_t rows, x_row_stride, grad_y_row_stride;
   int channels, segments;
   bool cu_int64, activation;
-  bool tile_fastest;        // CTA numbering: channel tile varies fastest (conv_cta)
 };
 
 constexpr int kConvVec = 4;     // channels per thread on the vector path
@@ -200,28 +199,13 @@ __device__ __forceinline__ void conv_shift_window(float (&win)[kW > 1 ? kW - 1 :
   }
 }
 
-// The (run block, channel tile) of this CTA; grid = (run blocks, channel tiles). CTAs start in launch order,
-// blockIdx.x fastest; with tile_fastest the linear launch index is renumbered so that the channel tile varies
-// fastest: co-resident CTAs then read and write whole rows (contiguous memory) rather than one 256-byte column
-// slice of many rows.
-struct ConvCta {
-  int64_t run_block, tile;
-};
-
-__device__ __forceinline__ ConvCta conv_cta(const ConvParams& p) {
-  if (!p.tile_fastest) return {blockIdx.x, blockIdx.y};
-  const int64_t linear = int64_t(blockIdx.y) * gridDim.x + blockIdx.x;
-  return {linear / gridDim.y, linear % gridDim.y};
-}
-
 __device__ __forceinline__ float conv_sigmoid(float z) { return 1.f / (1.f + __expf(-z)); }
 
 template <typename T, int kVec, int kW>
 __global__ void __launch_bounds__(kConvThreads) segment_conv_fwd_kernel(ConvParams p) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const ConvCta cta = conv_cta(p);
-  const int64_t c0 = (cta.tile * 32 + lane) * kVec;
-  const int64_t r0 = (cta.run_block * kConvWarps + warp) * kConvRows;
+  const int64_t c0 = (int64_t(blockIdx.y) * 32 + lane) * kVec;
+  const int64_t r0 = (int64_t(blockIdx.x) * kConvWarps + warp) * kConvRows;
   if (c0 >= p.channels || r0 >= p.rows) return;
   const int64_t r1 = r0 + kConvRows < p.rows ? r0 + kConvRows : p.rows;
   const T* x = static_cast<const T*>(p.x) + c0;
@@ -291,9 +275,8 @@ template <typename T, int kVec, int kW>
 __global__ void __launch_bounds__(kConvThreads) segment_conv_bwd_kernel(ConvParams p) {
   __shared__ float s_gw[32][kW * kVec + 1];  // the CTA's grad_w sums per lane (+1: no bank conflicts)
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const ConvCta cta = conv_cta(p);
-  const int64_t c0 = (cta.tile * 32 + lane) * kVec;
-  const int64_t r0 = (cta.run_block * kConvWarps + warp) * kConvRows;
+  const int64_t c0 = (int64_t(blockIdx.y) * 32 + lane) * kVec;
+  const int64_t r0 = (int64_t(blockIdx.x) * kConvWarps + warp) * kConvRows;
   float gw[kW][kVec];  // this thread's grad_w sums over its rows
 #pragma unroll
   for (int k = 0; k < kW; ++k)
@@ -394,9 +377,9 @@ __global__ void __launch_bounds__(kConvThreads) segment_conv_bwd_kernel(ConvPara
     }
     __syncthreads();
   }
-  // partial [run blocks, C, W]: the tile's 32 * kVec channels are consecutive, so i walks memory in order.
-  const int64_t tile_c0 = cta.tile * 32 * kVec;
-  float* out = p.grad_w_partial + (cta.run_block * p.channels + tile_c0) * kW;
+  // partial [gridDim.x, C, W]: the tile's 32 * kVec channels are consecutive, so i walks memory in order.
+  const int64_t tile_c0 = int64_t(blockIdx.y) * 32 * kVec;
+  float* out = p.grad_w_partial + (int64_t(blockIdx.x) * p.channels + tile_c0) * kW;
   for (int i = threadIdx.x; i < 32 * kVec * kW; i += kConvThreads) {
     const int l = i / (kVec * kW), e = i / kW % kVec, k = i % kW;
     if (tile_c0 + l * kVec + e < p.channels) out[i] = s_gw[l][k * kVec + e];

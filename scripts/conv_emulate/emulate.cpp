@@ -40,7 +40,6 @@ ConvParams params(const at::Tensor& x, const at::Tensor& w, const at::Tensor& cu
   p.channels = int(x.size(1));
   p.segments = int(cu.size(0) - 1);
   p.activation = act;
-  p.tile_fastest = true;  // conv_cuda.cu's numbering
   return p;
 }
 
