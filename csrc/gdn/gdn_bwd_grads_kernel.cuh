@@ -109,14 +109,7 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
   const int rt = warp % 4, ch = warp / 4, r0 = 16 * rt, i0 = r0 + g8, i1 = i0 + 8;
   const int hv = blockIdx.x % p.heads_v, h = hv / (p.heads_v / p.heads_qk);
   const int64_t slot = blockIdx.x / p.heads_v;
-  // slot -> (sequence, chunk): the last sequence whose first slot is <= slot (first slots increase).
-  int lo = 0, hi = p.num_seqs - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    int64_t b, e;
-    sequence_bounds(p, mid, b, e);
-    if (chunk_slot(p, mid, b) <= slot) lo = mid; else hi = mid - 1;
-  }
+  const int lo = slot_sequence(p, slot);  // slot -> (sequence lo, chunk)
   int64_t bos, eos;
   sequence_bounds(p, lo, bos, eos);
   const int64_t chunk = slot - chunk_slot(p, lo, bos);

@@ -70,6 +70,13 @@ void run_gdn_fwd(const GdnFwdParams& p, bool bf16, int dim_k, int bv, cudaStream
 
 namespace {
 
+// MOM_OPS_GDN_SPLIT=1 runs the split forward (gdn_split_kernels.cuh) instead of the fused kernel. Experimental:
+// off by default until it has run on a GPU (NOTES.md).
+bool split_forward_requested() {
+  const char* env = std::getenv("MOM_OPS_GDN_SPLIT");
+  return env != nullptr && std::string(env) == "1";
+}
+
 // The forward; with `saved` (the training forward) it also writes what the backward reads: the state at every
 // chunk start, W, V_new and T (16-bit).
 struct GdnSaved {
@@ -115,6 +122,26 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Te
     p.save_w = saved->w.data_ptr();
     p.save_vn = saved->v_new.data_ptr();
     p.save_t = saved->t.data_ptr();
+  }
+  if (split_forward_requested()) {
+    TORCH_CHECK_VALUE(d.dim_v % kSplitBV == 0, "the split CUDA forward needs V a multiple of ", kSplitBV, ", got ",
+                      d.dim_v);
+    const int64_t slots = chunk_slots(rows, d.num_seqs);
+    GdnSplitParams sp{};
+    static_cast<GdnFwdParams&>(sp) = p;
+    // Without `saved` (inference), what the backward would keep is workspace here.
+    const at::Tensor s0 = saved != nullptr ? saved->chunk_states
+                                           : at::empty({slots, d.heads_v, d.dim_k, d.dim_v}, q.options());
+    const at::Tensor w = saved != nullptr ? saved->w : at::empty({rows, d.heads_v, d.dim_k}, q.options());
+    const at::Tensor vn = saved != nullptr ? saved->v_new : at::empty({rows, d.heads_v, d.dim_v}, q.options());
+    const at::Tensor u = at::empty({rows, d.heads_v, d.dim_v}, q.options().dtype(at::kFloat));
+    sp.save_s0 = s0.data_ptr();
+    sp.save_w = w.data_ptr();
+    sp.save_vn = vn.data_ptr();
+    sp.save_t = saved != nullptr ? saved->t.data_ptr() : nullptr;
+    sp.u = u.data_ptr<float>();
+    run_gdn_fwd_split(sp, q.scalar_type() == at::kBFloat16, int(d.dim_k), slots, stream);
+    return {io.o, io.ht};
   }
   run_gdn_fwd(p, q.scalar_type() == at::kBFloat16, int(d.dim_k), bv, stream);
   return {io.o, io.ht};

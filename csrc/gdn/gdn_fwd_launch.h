@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "gdn/gdn_fwd_kernel.cuh"
+#include "gdn/gdn_split_kernels.cuh"
 
 namespace mom_ops {
 
@@ -15,5 +16,9 @@ int gdn_value_block(int64_t dim_k, int64_t dim_v, int64_t num_seqs, int64_t head
 
 // Launches gdn_fwd_kernel<bf16 ? bf16 : fp16, dim_k, bv> on p.num_seqs x p.heads_v x p.num_vblocks CTAs.
 void run_gdn_fwd(const GdnFwdParams& p, bool bf16, int dim_k, int bv, cudaStream_t stream);
+
+// The split forward (gdn_split_kernels.cuh): prep on num_slots x p.heads_v CTAs, the chain on p.num_seqs x
+// p.heads_v x V / 64, the outputs on num_slots x p.heads_v x V / 64. p.save_w, save_vn, save_s0 and u are required.
+void run_gdn_fwd_split(const GdnSplitParams& p, bool bf16, int dim_k, int64_t num_slots, cudaStream_t stream);
 
 }  // namespace mom_ops

@@ -46,6 +46,18 @@ __device__ __forceinline__ void sequence_bounds(const ScanParams& p, int64_t seq
 // First chunk slot of the sequence starting at row bos: slots [bos / 64 + seq, .. + its chunks) never overlap
 // between sequences, and all fit in chunk_slots() slots.
 __device__ __forceinline__ int64_t chunk_slot(const ScanParams&, int64_t seq, int64_t bos) { return bos / 64 + seq; }
+
+// The sequence of chunk slot `slot`: the last one whose first slot is <= slot (first slots increase).
+__device__ __forceinline__ int slot_sequence(const ScanParams& p, int64_t slot) {
+  int lo = 0, hi = p.num_seqs - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    int64_t b, e;
+    sequence_bounds(p, mid, b, e);
+    if (chunk_slot(p, mid, b) <= slot) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
 #endif
 
 // Slots for per-chunk tensors (states at chunk starts): rows / 64 + N + 1 covers every chunk_slot.

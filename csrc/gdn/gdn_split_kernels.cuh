@@ -1,0 +1,455 @@
+// Split forward of the chunked gated-delta scan: three launches for few, long sequences, where the fused kernel
+// (gdn_fwd_kernel.cuh) is bound by its chain, since every chunk runs all of its chunk-local work in series
+// (NOTES.md: ~28k cycles per chunk, 512 chunks in a row at n1). Here the chunk-local work runs for all chunks at
+// once and the chain keeps only the two products that read the state:
+//   1. gdn_prep_kernel, CTA per (chunk slot, value head): G, rk, A, T = (I + A)^-1,
+//        W = T diag(beta e^G rk) K -> w [rows, HV, K] (16-bit),  U = T diag(beta) V -> u [rows, HV, V] (fp32),
+//        and T -> t [rows, HV, 64] for the backward when asked.
+//   2. gdn_chain_kernel, CTA per (sequence, value head, V-block of 64), the state S [K, 64] fp32 in registers;
+//        per chunk: S -> s0 (the chunk state, 16-bit), V_new = U - W S -> vn (16-bit),
+//        S <- e^{G_last} S + K^T (rk e^{G_last - G} V_new); the next chunk's W, K, U load while this one computes.
+//   3. gdn_output_kernel, CTA per (chunk slot, value head, V-block of 64):
+//        O = scale (rq e^G (Q S0) + QK V_new),  QK = (Q K^T) rq_i rk_j e^{G_i - G_j} (i >= j).
+// s0, w, vn and t are exactly what the training forward saves for the backward (gdn_bwd_cuda.cu). Roundings: the
+// fused kernel's (16-bit T diag(..), W, S, QK, V_new operands), U kept in fp32. Status: csrc/gdn/NOTES.md.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "common/cp_async.cuh"
+#include "common/mma.cuh"
+#include "gdn/chunk_prologue.cuh"
+#include "gdn/gdn_fwd_kernel.cuh"
+#include "gdn/scan_params.h"
+
+namespace mom_ops {
+
+constexpr int kSplitBV = 64;  // value columns per chain / output CTA
+
+struct GdnSplitParams : GdnFwdParams {
+  float* u;  // [rows, HV, V] fp32 workspace: U = T diag(beta) V (save_w, save_vn, save_s0 are required here)
+};
+
+// ---------------------------------------------------------------- 1. chunk-local terms
+
+template <typename T, int kK>
+struct GdnPrepSmem {
+  static constexpr int C = kGdnChunk;
+  static constexpr int kLdK = kK + 8, kLdV = kSplitBV + 8, kLdC = C + 8, kLdA = C + 4, kLdT = C + 1;
+  static constexpr int bytes16(int rows, int ld) { return rows * ld * 2; }
+  static constexpr int kKey = 0;                                // k [64][kLdK] raw
+  static constexpr int kV = kKey + bytes16(C, kLdK);            // v [64][kLdV], one 64-column block at a time
+  static constexpr int kA = kV + bytes16(C, kLdV);              // A f32 [64][kLdA]
+  static constexpr int kT = kA + C * kLdA * 4;                  // T f32 [64][kLdT]
+  static constexpr int kTw = kT + C * kLdT * 4;                 // T diag(beta e^G rk) [64][kLdC] | T-solve scratch
+  static constexpr int kTu = kTw + bytes16(C, kLdC);            // T diag(beta) [64][kLdC]       | T-solve scratch
+  static constexpr int kVec = kTu + bytes16(C, kLdC);           // f32 [64] each: G, beta, rk, beta e^G rk, (rq)
+  static constexpr int kBytes = kVec + 5 * C * 4;
+  static_assert(2 * bytes16(C, kLdC) >= 3 * 256 * 4, "the T-solve scratch must fit in the Tw and Tu regions");
+};
+
+// Slot -> its chunk (sequence, rows [bos, eos), first row c0, rows len); false for a slot no chunk uses.
+__device__ __forceinline__ bool split_slot_chunk(const ScanParams& p, int64_t slot, int& seq, int64_t& bos,
+                                                 int64_t& eos, int64_t& c0, int& len) {
+  seq = slot_sequence(p, slot);
+  sequence_bounds(p, seq, bos, eos);
+  const int64_t chunk = slot - chunk_slot(p, seq, bos);
+  c0 = bos + chunk * kGdnChunk;
+  if (chunk < 0 || c0 >= eos) return false;
+  len = int(min(int64_t(kGdnChunk), eos - c0));
+  return true;
+}
+
+template <typename T, int kK>
+__global__ void __launch_bounds__(kGdnThreads) gdn_prep_kernel(GdnSplitParams p) {
+  using L = GdnPrepSmem<T, kK>;
+  constexpr int C = kGdnChunk, BV = kSplitBV, kLdK = L::kLdK, kLdV = L::kLdV, kLdC = L::kLdC;
+  constexpr int kNTo = BV / 2 / 8;  // per-warp output column tiles (of one 64-column block)
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* sK = reinterpret_cast<T*>(smem + L::kKey);
+  T* sV = reinterpret_cast<T*>(smem + L::kV);
+  float* sA = reinterpret_cast<float*>(smem + L::kA);
+  float* sT = reinterpret_cast<float*>(smem + L::kT);
+  T* sTw = reinterpret_cast<T*>(smem + L::kTw);
+  T* sTu = reinterpret_cast<T*>(smem + L::kTu);
+  float* sX = reinterpret_cast<float*>(smem + L::kTw);
+  float* sG = reinterpret_cast<float*>(smem + L::kVec);
+  float *sBeta = sG + C, *sRk = sBeta + C, *sColW = sRk + C, *sRq = sColW + C;  // sRq: unused norms of k again
+
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g8 = lane / 4, t4 = lane % 4;
+  const int rt = warp % 4, ch = warp / 4, r0 = 16 * rt, i0 = r0 + g8, i1 = i0 + 8;
+  const int hv = blockIdx.x % p.heads_v, h = hv / (p.heads_v / p.heads_qk);
+  int seq, len;
+  int64_t bos, eos, c0;
+  if (!split_slot_chunk(p, blockIdx.x / p.heads_v, seq, bos, eos, c0, len)) return;
+  const T* k = static_cast<const T*>(p.k);
+  const T* v = static_cast<const T*>(p.v);
+
+  auto load_vblock = [&](int v0) {  // v rows (zeros past len), columns v0 .. v0 + 63
+    for (int idx = tid; idx < C * (BV / 8); idx += kGdnThreads) {
+      const int r = idx / (BV / 8), c = (idx % (BV / 8)) * 8;
+      cp_async16(sV + r * kLdV + c, v + ((c0 + min(r, len - 1)) * p.heads_v + hv) * p.dim_v + v0 + c, r < len);
+    }
+    cp_async_commit();
+  };
+  for (int idx = tid; idx < C * (kK / 8); idx += kGdnThreads) {
+    const int r = idx / (kK / 8), c = (idx % (kK / 8)) * 8;
+    cp_async16(sK + r * kLdK + c, k + ((c0 + min(r, len - 1)) * p.heads_qk + h) * kK + c, r < len);
+  }
+  cp_async_commit();
+  load_vblock(0);
+  if (tid < C) {
+    sG[tid] = tid < len ? p.g[(c0 + tid) * p.heads_v + hv] : 0.f;
+    sBeta[tid] = tid < len ? p.beta[(c0 + tid) * p.heads_v + hv] : 0.f;
+  }
+  cp_async_wait<1>();  // k
+  __syncthreads();
+  chunk_norms_and_cumsum<T, kK, kLdK>(sK, sK, sG, sRq, sRk, p.l2norm, tid);
+  __syncthreads();
+
+  // A = (K K^T) beta_i rk_i rk_j e^{G_i - G_j} (i > j): rows r0.., columns of half ch -> sA (fp32).
+  if (tid < C) sColW[tid] = sBeta[tid] * __expf(sG[tid]) * sRk[tid];
+  {
+    float acc[4][4] = {};
+    mma_rows<T, kK / 16, 4, false>(acc, sK + r0 * kLdK, kLdK, sK + ch * 32 * kLdK, kLdK, lane);
+    const float f0 = sBeta[i0] * sRk[i0], f1 = sBeta[i1] * sRk[i1], G0 = sG[i0], G1 = sG[i1];
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+      const int j = ch * 32 + nt * 8 + 2 * t4;
+      float x[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = e < 2 ? i0 : i1, jj = j + (e & 1);
+        x[e] = i > jj ? (e < 2 ? f0 : f1) * sRk[jj] * __expf((e < 2 ? G0 : G1) - sG[jj]) * acc[nt][e] : 0.f;
+      }
+      *reinterpret_cast<float2*>(sA + i0 * L::kLdA + j) = make_float2(x[0], x[1]);
+      *reinterpret_cast<float2*>(sA + i1 * L::kLdA + j) = make_float2(x[2], x[3]);
+    }
+  }
+  __syncthreads();
+
+  // T = (I + A)^-1 (fp32), then T diag(beta e^G rk) and T diag(beta) in 16 bits (and T for the backward).
+  invert_unit_lower_64<L::kLdA, L::kLdT>(sA, sT, sX, tid);
+  for (int idx = tid; idx < C * C / 2; idx += kGdnThreads) {
+    const int i = idx / (C / 2), j = (idx % (C / 2)) * 2;
+    const float t0 = sT[i * L::kLdT + j], t1 = sT[i * L::kLdT + j + 1];
+    store2<T>(sTu + i * kLdC + j, t0 * sBeta[j], t1 * sBeta[j + 1]);
+    store2<T>(sTw + i * kLdC + j, t0 * sColW[j], t1 * sColW[j + 1]);
+    if (p.save_t != nullptr && i < len) store2<T>(static_cast<T*>(p.save_t) + ((c0 + i) * p.heads_v + hv) * C + j, t0, t1);
+  }
+  __syncthreads();
+
+  // W = Tw K: rows r0.., columns of half ch -> global (rows < len).
+  T* w = static_cast<T*>(p.save_w);
+#pragma unroll
+  for (int n0 = ch * (kK / 2); n0 < (ch + 1) * (kK / 2); n0 += 64) {
+    constexpr int kNW = (kK / 2 < 64 ? kK / 2 : 64) / 8;
+    float acc[kNW][4] = {};
+    mma_rows<T, C / 16, kNW, true>(acc, sTw + r0 * kLdC, kLdC, sK + n0, kLdK, lane);  // B[m][c] = K[m][c]
+#pragma unroll
+    for (int nt = 0; nt < kNW; ++nt) {
+      const int c = n0 + nt * 8 + 2 * t4;
+      if (i0 < len) store2<T>(w + ((c0 + i0) * p.heads_v + hv) * kK + c, acc[nt][0], acc[nt][1]);
+      if (i1 < len) store2<T>(w + ((c0 + i1) * p.heads_v + hv) * kK + c, acc[nt][2], acc[nt][3]);
+    }
+  }
+
+  // U = Tu V, one 64-column block of V at a time -> global fp32 (rows < len).
+  for (int v0 = 0; v0 < p.dim_v; v0 += BV) {
+    if (v0 > 0) {
+      __syncthreads();  // every warp is done with the previous block's v
+      load_vblock(v0);
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+    const int vc0 = ch * (BV / 2);
+    float acc[kNTo][4] = {};
+    mma_rows<T, C / 16, kNTo, true>(acc, sTu + r0 * kLdC, kLdC, sV + vc0, kLdV, lane);
+#pragma unroll
+    for (int nt = 0; nt < kNTo; ++nt) {
+      const int c = v0 + vc0 + nt * 8 + 2 * t4;
+      if (i0 < len) *reinterpret_cast<float2*>(p.u + ((c0 + i0) * p.heads_v + hv) * p.dim_v + c) =
+          make_float2(acc[nt][0], acc[nt][1]);
+      if (i1 < len) *reinterpret_cast<float2*>(p.u + ((c0 + i1) * p.heads_v + hv) * p.dim_v + c) =
+          make_float2(acc[nt][2], acc[nt][3]);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- 2. the state chain
+
+template <typename T, int kK>
+struct GdnChainFwdSmem {
+  static constexpr int C = kGdnChunk;
+  static constexpr int kLdK = kK + 8, kLdV = kSplitBV + 8, kLdU = kSplitBV + 4;
+  static constexpr int bytes16(int rows, int ld) { return rows * ld * 2; }
+  // Two stages (chunk c and c + 1) of: W, K [64][kLdK] 16-bit, U [64][kLdU] fp32, g -> G [64] fp32.
+  static constexpr int kStageW = 0, kStageK = bytes16(C, kLdK), kStageU = 2 * bytes16(C, kLdK);
+  static constexpr int kStageG = kStageU + C * kLdU * 4;
+  static constexpr int kStage = kStageG + C * 4;
+  static constexpr int kS = 2 * kStage;                       // S^T [64][kLdK] (16-bit copy)
+  static constexpr int kVd = kS + bytes16(kSplitBV, kLdK);    // rk e^{G_last - G} V_new [64][kLdV]
+  static constexpr int kVec = kVd + bytes16(C, kLdV);         // f32 [64] each: rk, (rq)
+  static constexpr int kBytes = kVec + 2 * C * 4;
+};
+
+template <typename T, int kK>
+__global__ void __launch_bounds__(kGdnThreads, 1) gdn_chain_kernel(GdnSplitParams p) {
+  using L = GdnChainFwdSmem<T, kK>;
+  constexpr int C = kGdnChunk, BV = kSplitBV, kLdK = L::kLdK, kLdV = L::kLdV, kLdU = L::kLdU;
+  constexpr int kWarpsM = kK / 16 < 8 ? kK / 16 : 8, kWarpsN = 8 / kWarpsM;
+  constexpr int kMT = kK / 16 / kWarpsM, kNT = BV / 8 / kWarpsN;
+  constexpr int kNTo = BV / 2 / 8;
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* sS = reinterpret_cast<T*>(smem + L::kS);
+  T* sVd = reinterpret_cast<T*>(smem + L::kVd);
+  float* sRk = reinterpret_cast<float*>(smem + L::kVec);
+  float* sRq = sRk + C;
+  auto stage_w = [&](int s) { return reinterpret_cast<T*>(smem + s * L::kStage + L::kStageW); };
+  auto stage_k = [&](int s) { return reinterpret_cast<T*>(smem + s * L::kStage + L::kStageK); };
+  auto stage_u = [&](int s) { return reinterpret_cast<float*>(smem + s * L::kStage + L::kStageU); };
+  auto stage_g = [&](int s) { return reinterpret_cast<float*>(smem + s * L::kStage + L::kStageG); };
+
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g8 = lane / 4, t4 = lane % 4;
+  const int rt = warp % 4, ch = warp / 4, r0 = 16 * rt, i0 = r0 + g8, i1 = i0 + 8;
+  const int num_vblocks = p.dim_v / BV;
+  const int vb = blockIdx.x % num_vblocks;
+  const int hv = (blockIdx.x / num_vblocks) % p.heads_v;
+  const int rank = blockIdx.x / (num_vblocks * p.heads_v);
+  const int seq = p.seq_order != nullptr ? p.seq_order[rank] : rank;
+  const int h = hv / (p.heads_v / p.heads_qk), v0 = vb * BV;
+  int64_t bos, eos;
+  sequence_bounds(p, seq, bos, eos);
+  const T* k = static_cast<const T*>(p.k);
+  const T* w = static_cast<const T*>(p.save_w);
+  T* vn = static_cast<T*>(p.save_vn);
+  const int64_t state_off = (int64_t(seq) * p.heads_v + hv) * int64_t(kK) * p.dim_v;
+
+  // S[mt][nt][e]: k = (wm * kMT + mt) * 16 + g8 (+8 for e >= 2), v = (wn * kNT + nt) * 8 + 2 t4 (+1 for odd e).
+  const int wm = warp % kWarpsM, wn = warp / kWarpsM;
+  float S[kMT][kNT][4];
+  auto for_each_state = [&](auto&& fn) {  // fn(element, k, v - v0)
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          fn(S[mt][nt][e], (wm * kMT + mt) * 16 + g8 + (e >= 2 ? 8 : 0), (wn * kNT + nt) * 8 + 2 * t4 + (e & 1));
+  };
+  auto state_index = [&](int kk, int vv) -> int64_t {
+    return state_off + state_elem(p.v_first, kK, p.dim_v, kk, v0, vv);
+  };
+  for_each_state([&](float& x, int kk, int vv) { x = p.h0 != nullptr ? p.h0[state_index(kk, vv)] : 0.f; });
+
+  // Chunk c0's W, K (zeros past the sequence), U rows (zeros) into stage s; its g values come back in a register
+  // (thread tid < 64 holds row tid) and are written to the stage by the caller.
+  auto load_chunk = [&](int s, int64_t c0) -> float {
+    const int len = int(min(int64_t(C), eos - c0));
+    T *dw = stage_w(s), *dk = stage_k(s);
+    float* du = stage_u(s);
+    for (int idx = tid; idx < C * (kK / 8); idx += kGdnThreads) {
+      const int r = idx / (kK / 8), c = (idx % (kK / 8)) * 8;
+      const int64_t row = c0 + min(r, len - 1);
+      cp_async16(dw + r * kLdK + c, w + (row * p.heads_v + hv) * kK + c, r < len);
+      cp_async16(dk + r * kLdK + c, k + (row * p.heads_qk + h) * kK + c, r < len);
+    }
+    for (int idx = tid; idx < C * (BV / 4); idx += kGdnThreads) {
+      const int r = idx / (BV / 4), c = (idx % (BV / 4)) * 4;
+      cp_async16(du + r * kLdU + c, p.u + ((c0 + min(r, len - 1)) * p.heads_v + hv) * p.dim_v + v0 + c, r < len);
+    }
+    cp_async_commit();
+    return tid < len ? p.g[(c0 + tid) * p.heads_v + hv] : 0.f;
+  };
+
+  if (bos < eos) {
+    const float g0 = load_chunk(0, bos);
+    if (tid < C) stage_g(0)[tid] = g0;
+  }
+  int stage = 0;
+  for (int64_t c0 = bos; c0 < eos; c0 += C, stage ^= 1) {
+    const int len = int(min(int64_t(C), eos - c0));
+    const bool more = c0 + C < eos;
+    float g_next = 0.f;
+    if (more) g_next = load_chunk(stage ^ 1, c0 + C);  // stage ^ 1 was last read before the previous barrier
+    // S0 of this chunk -> global ((k, v) pairs as 32-bit stores) and, as S^T in 16 bits, the B operand of W S.
+    {
+      T* dst = static_cast<T*>(p.save_s0) +
+               ((chunk_slot(p, seq, bos) + (c0 - bos) / C) * p.heads_v + hv) * int64_t(kK) * p.dim_v + v0;
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; e += 2) {
+            const int kk = (wm * kMT + mt) * 16 + g8 + (e >= 2 ? 8 : 0), vv = (wn * kNT + nt) * 8 + 2 * t4;
+            store2<T>(dst + int64_t(kk) * p.dim_v + vv, S[mt][nt][e], S[mt][nt][e + 1]);
+            sS[vv * kLdK + kk] = from_f32<T>(S[mt][nt][e]);
+            sS[(vv + 1) * kLdK + kk] = from_f32<T>(S[mt][nt][e + 1]);
+          }
+    }
+    if (more) cp_async_wait<1>(); else cp_async_wait<0>();  // this chunk's W, K, U
+    __syncthreads();
+    T *sW = stage_w(stage), *sK = stage_k(stage);
+    const float* sU = stage_u(stage);
+    float* sG = stage_g(stage);
+    chunk_norms_and_cumsum<T, kK, kLdK>(sK, sK, sG, sRq, sRk, p.l2norm, tid);
+    __syncthreads();
+    const float G_last = sG[C - 1];
+
+    // V_new = U - W S (rows r0.., columns of half ch) -> global; rk e^{G_last - G} V_new -> sVd.
+    {
+      const int vc0 = ch * (BV / 2);
+      float ws[kNTo][4] = {};
+      mma_rows<T, kK / 16, kNTo, false>(ws, sW + r0 * kLdK, kLdK, sS + vc0 * kLdK, kLdK, lane);
+      const float d0 = sRk[i0] * __expf(G_last - sG[i0]), d1 = sRk[i1] * __expf(G_last - sG[i1]);
+#pragma unroll
+      for (int nt = 0; nt < kNTo; ++nt) {
+        const int c = vc0 + nt * 8 + 2 * t4;
+        const float2 u0 = *reinterpret_cast<const float2*>(sU + i0 * kLdU + c);
+        const float2 u1 = *reinterpret_cast<const float2*>(sU + i1 * kLdU + c);
+        const float x0 = u0.x - ws[nt][0], x1 = u0.y - ws[nt][1], x2 = u1.x - ws[nt][2], x3 = u1.y - ws[nt][3];
+        if (i0 < len) store2<T>(vn + ((c0 + i0) * p.heads_v + hv) * p.dim_v + v0 + c, x0, x1);
+        if (i1 < len) store2<T>(vn + ((c0 + i1) * p.heads_v + hv) * p.dim_v + v0 + c, x2, x3);
+        store2<T>(sVd + i0 * kLdV + c, d0 * x0, d0 * x1);
+        store2<T>(sVd + i1 * kLdV + c, d1 * x2, d1 * x3);
+      }
+    }
+    __syncthreads();
+
+    // S = e^{G_last} S + K^T V_d on this warp's state tiles.
+    const float eg = __expf(G_last);
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) {
+      const int m0 = (wm * kMT + mt) * 16;
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) S[mt][nt][e] *= eg;
+#pragma unroll
+      for (int kk = 0; kk < C; kk += 16) {
+        uint32_t a[4];
+        load_a_trans(a, sK + kk * kLdK + m0, kLdK, lane);  // A[c][i] = K[i][c]: stored k-major
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) {
+          uint32_t b[2];
+          load_b_trans(b, sVd + kk * kLdV + (wn * kNT + nt) * 8, kLdV, lane);
+          mma_16816<T>(S[mt][nt], a, b);
+        }
+      }
+    }
+    if (more && tid < C) stage_g(stage ^ 1)[tid] = g_next;
+    __syncthreads();  // this stage, sS and sVd are free for the next chunk
+  }
+  if (p.ht != nullptr) for_each_state([&](float& x, int kk, int vv) { p.ht[state_index(kk, vv)] = x; });
+}
+
+// ---------------------------------------------------------------- 3. outputs
+
+template <typename T, int kK>
+struct GdnOutputSmem {
+  static constexpr int C = kGdnChunk;
+  static constexpr int kLdK = kK + 8, kLdV = kSplitBV + 8;
+  static constexpr int bytes16(int rows, int ld) { return rows * ld * 2; }
+  static constexpr int kQ = 0;                                // q [64][kLdK] raw
+  static constexpr int kKey = kQ + bytes16(C, kLdK);          // k [64][kLdK] raw
+  static constexpr int kS0 = kKey + bytes16(C, kLdK);         // S0 [kK][kLdV] (k-major rows of the chunk state)
+  static constexpr int kVn = kS0 + bytes16(kK, kLdV);         // V_new [64][kLdV]
+  static constexpr int kVec = kVn + bytes16(C, kLdV);         // f32 [64] each: G, rq, rk
+  static constexpr int kBytes = kVec + 3 * C * 4;
+};
+
+template <typename T, int kK>
+__global__ void __launch_bounds__(kGdnThreads) gdn_output_kernel(GdnSplitParams p) {
+  using L = GdnOutputSmem<T, kK>;
+  constexpr int C = kGdnChunk, BV = kSplitBV, kLdK = L::kLdK, kLdV = L::kLdV;
+  constexpr int kNTo = BV / 2 / 8;
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* sQ = reinterpret_cast<T*>(smem + L::kQ);
+  T* sK = reinterpret_cast<T*>(smem + L::kKey);
+  T* sS0 = reinterpret_cast<T*>(smem + L::kS0);
+  T* sVn = reinterpret_cast<T*>(smem + L::kVn);
+  float* sG = reinterpret_cast<float*>(smem + L::kVec);
+  float *sRq = sG + C, *sRk = sRq + C;
+
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g8 = lane / 4, t4 = lane % 4;
+  const int rt = warp % 4, ch = warp / 4, r0 = 16 * rt, i0 = r0 + g8, i1 = i0 + 8;
+  const int num_vblocks = p.dim_v / BV;
+  const int vb = blockIdx.x % num_vblocks, v0 = vb * BV;
+  const int hv = (blockIdx.x / num_vblocks) % p.heads_v, h = hv / (p.heads_v / p.heads_qk);
+  const int64_t slot = blockIdx.x / (int64_t(num_vblocks) * p.heads_v);
+  int seq, len;
+  int64_t bos, eos, c0;
+  if (!split_slot_chunk(p, slot, seq, bos, eos, c0, len)) return;
+  const T* q = static_cast<const T*>(p.q);
+  const T* k = static_cast<const T*>(p.k);
+  const T* s0 = static_cast<const T*>(p.save_s0) + (slot * p.heads_v + hv) * int64_t(kK) * p.dim_v + v0;
+  const T* vn = static_cast<const T*>(p.save_vn);
+  T* o = static_cast<T*>(p.o);
+
+  for (int idx = tid; idx < C * (kK / 8); idx += kGdnThreads) {
+    const int r = idx / (kK / 8), c = (idx % (kK / 8)) * 8;
+    const int64_t src = ((c0 + min(r, len - 1)) * p.heads_qk + h) * kK + c;
+    cp_async16(sQ + r * kLdK + c, q + src, r < len);
+    cp_async16(sK + r * kLdK + c, k + src, r < len);
+  }
+  for (int idx = tid; idx < kK * (BV / 8); idx += kGdnThreads) {
+    const int r = idx / (BV / 8), c = (idx % (BV / 8)) * 8;
+    cp_async16(sS0 + r * kLdV + c, s0 + int64_t(r) * p.dim_v + c, true);
+  }
+  for (int idx = tid; idx < C * (BV / 8); idx += kGdnThreads) {
+    const int r = idx / (BV / 8), c = (idx % (BV / 8)) * 8;
+    cp_async16(sVn + r * kLdV + c, vn + ((c0 + min(r, len - 1)) * p.heads_v + hv) * p.dim_v + v0 + c, r < len);
+  }
+  cp_async_commit();
+  if (tid < C) sG[tid] = tid < len ? p.g[(c0 + tid) * p.heads_v + hv] : 0.f;
+  cp_async_wait<0>();
+  __syncthreads();
+  chunk_norms_and_cumsum<T, kK, kLdK>(sQ, sK, sG, sRq, sRk, p.l2norm, tid);
+  __syncthreads();
+
+  // QK rows r0.. (all 64 columns; each warp computes its own), masked and scaled, as 16-bit A fragments.
+  uint32_t qk_frag[C / 16][4];
+  {
+    float acc[8][4] = {};
+    mma_rows<T, kK / 16, 8, false>(acc, sQ + r0 * kLdK, kLdK, sK, kLdK, lane);  // B[kk][j] = K[j][kk]
+    const float G0 = sG[i0], G1 = sG[i1], f0 = sRq[i0], f1 = sRq[i1];
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      float x[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = e < 2 ? i0 : i1, j = nt * 8 + 2 * t4 + (e & 1);
+        x[e] = i >= j ? (e < 2 ? f0 : f1) * sRk[j] * __expf((e < 2 ? G0 : G1) - sG[j]) * acc[nt][e] : 0.f;
+      }
+      qk_frag[nt / 2][(nt % 2) * 2 + 0] = pack2<T>(x[0], x[1]);
+      qk_frag[nt / 2][(nt % 2) * 2 + 1] = pack2<T>(x[2], x[3]);
+    }
+  }
+
+  // O = scale (rq e^G (Q S0) + QK V_new): rows r0.., columns of half ch.
+  const int vc0 = ch * (BV / 2);
+  float acc[kNTo][4] = {};
+  mma_rows<T, kK / 16, kNTo, true>(acc, sQ + r0 * kLdK, kLdK, sS0 + vc0, kLdV, lane);  // B[kk][v] = S0[kk][v]
+  const float e0 = sRq[i0] * __expf(sG[i0]), e1 = sRq[i1] * __expf(sG[i1]);
+#pragma unroll
+  for (int nt = 0; nt < kNTo; ++nt) acc[nt][0] *= e0, acc[nt][1] *= e0, acc[nt][2] *= e1, acc[nt][3] *= e1;
+#pragma unroll
+  for (int ks = 0; ks < C / 16; ++ks)
+#pragma unroll
+    for (int nt = 0; nt < kNTo; ++nt) {
+      uint32_t b[2];
+      load_b_trans(b, sVn + ks * 16 * kLdV + vc0 + nt * 8, kLdV, lane);  // B[j][v] = V_new[j][v]
+      mma_16816<T>(acc[nt], qk_frag[ks], b);
+    }
+#pragma unroll
+  for (int nt = 0; nt < kNTo; ++nt) {
+    const int c = v0 + vc0 + nt * 8 + 2 * t4;
+    if (i0 < len) store2<T>(o + ((c0 + i0) * p.heads_v + hv) * p.dim_v + c, p.scale * acc[nt][0], p.scale * acc[nt][1]);
+    if (i1 < len) store2<T>(o + ((c0 + i1) * p.heads_v + hv) * p.dim_v + c, p.scale * acc[nt][2], p.scale * acc[nt][3]);
+  }
+}
+
+}  // namespace mom_ops

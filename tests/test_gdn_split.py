@@ -1,0 +1,79 @@
+"""The split CUDA forward (csrc/gdn/gdn_split_kernels.cuh: chunk-local terms, state chain, outputs; on with
+MOM_OPS_GDN_SPLIT=1) against the fp32 recurrence and against the fused forward, and the backward fed by its saved
+tensors. GPU only."""
+
+import pytest
+import torch
+
+import mom_ops
+from mom_ops.reference import recurrent_gated_delta_rule_ref
+from tests.helpers import gdn_inputs, need_kernel, rel_rms
+from tests.test_gdn import GPU_CASES, _run
+
+
+def _both(inp, lengths, monkeypatch, state_v_first=False):
+    """(o, ht) of the split forward, then of the fused one, on CUDA copies of inp."""
+    gpu = {key: t.cuda() for key, t in inp.items()}
+    monkeypatch.setenv("MOM_OPS_GDN_SPLIT", "1")
+    split = _run(mom_ops.chunk_gated_delta_rule, gpu, lengths, state_v_first)
+    monkeypatch.delenv("MOM_OPS_GDN_SPLIT")
+    fused = _run(mom_ops.chunk_gated_delta_rule, gpu, lengths, state_v_first)
+    return split, fused
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", GPU_CASES)
+def test_split_forward_matches_recurrence_and_fused(case, dtype, monkeypatch):
+    need_kernel("chunk_gated_delta_rule_fwd", "cuda")
+    B, T, H, HV, D, lengths, decay, beta_range, h0 = case
+    n = B if lengths is None else len(lengths)
+    inp = gdn_inputs(B, T, H, D, D, HV=HV, dtype=dtype, decay=decay, beta_range=beta_range, h0=h0, n_seqs=n)
+    o_ref, ht_ref = _run(recurrent_gated_delta_rule_ref, inp, lengths, False)
+    (o, ht), (o_fused, ht_fused) = _both(inp, lengths, monkeypatch)
+    assert rel_rms(o, o_ref) < 5e-3 and rel_rms(ht, ht_ref) < 5e-3
+    assert rel_rms(o, o_fused) < 3e-3 and rel_rms(ht, ht_fused) < 3e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("K, V, H, HV, dtype", [(128, 512, 1, 2, torch.bfloat16), (64, 256, 2, 2, torch.float16),
+                                                (256, 64, 1, 1, torch.bfloat16), (256, 256, 2, 2, torch.float16)])
+@pytest.mark.parametrize("state_v_first", [False, True])
+def test_split_forward_other_head_dims(K, V, H, HV, dtype, state_v_first, monkeypatch):
+    """K != V, several V-blocks per head, GVA, both state layouts, short and empty segments."""
+    need_kernel("chunk_gated_delta_rule_fwd", "cuda")
+    lengths = [130, 0, 64, 7, 1]
+    inp = gdn_inputs(1, sum(lengths), H, K, V, HV=HV, dtype=dtype, h0=True, n_seqs=len(lengths))
+    o_ref, ht_ref = _run(recurrent_gated_delta_rule_ref, inp, lengths, False)
+    if state_v_first:
+        inp["initial_state"] = inp["initial_state"].transpose(-1, -2).contiguous()
+    (o, ht), _ = _both(inp, lengths, monkeypatch, state_v_first)
+    if state_v_first:
+        ht = ht.transpose(-1, -2)
+    assert rel_rms(o, o_ref) < 5e-3 and rel_rms(ht, ht_ref) < 5e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("D, lengths", [(128, [300, 0, 65, 1]), (256, [200, 64])])
+def test_split_training_forward_gives_the_fused_gradients(D, lengths, monkeypatch):
+    """The backward reads the split forward's saved chunk states, W, V_new and T: the gradients must be those of
+    the fused forward's saves (up to rounding)."""
+    need_kernel("chunk_gated_delta_rule_bwd", "cuda")
+    n = len(lengths)
+    inp = gdn_inputs(1, sum(lengths), 2, D, D, HV=4, dtype=torch.bfloat16, decay="strong", h0=True, n_seqs=n)
+    do = torch.randn(1, sum(lengths), 4, D, device="cuda", dtype=torch.bfloat16)
+    dht = torch.randn(n, 4, D, D, device="cuda")
+
+    def grads():
+        leaves = {key: t.cuda().detach().requires_grad_(True) for key, t in inp.items()}
+        o, ht = _run(mom_ops.chunk_gated_delta_rule, leaves, lengths, False)
+        torch.autograd.backward((o, ht), (do, dht))
+        return {key: t.grad.float() for key, t in leaves.items()}
+
+    monkeypatch.setenv("MOM_OPS_GDN_SPLIT", "1")
+    split = grads()
+    monkeypatch.delenv("MOM_OPS_GDN_SPLIT")
+    fused = grads()
+    for key in fused:
+        assert torch.isfinite(split[key]).all(), key
+        assert rel_rms(split[key], fused[key]) < 5e-3, (key, rel_rms(split[key], fused[key]))
