@@ -144,9 +144,10 @@ def grouped_linear(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tens
 
 
 def grouped_mm_supported(x: torch.Tensor) -> bool:
-    """torch._grouped_mm exists and runs x's dtype on x's device (bf16 on sm90 and later)."""
+    """torch._grouped_mm exists and runs x's dtype on x's device (bf16 on sm90 and later). (get_device_properties,
+    not get_device_capability: torch.compile folds the former to a constant.)"""
     return (x.is_cuda and x.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm")
-            and torch.cuda.get_device_capability(x.device) >= (9, 0))
+            and torch.cuda.get_device_properties(x.device).major >= 9)
 
 
 def _group_ends(cu_seqlens: torch.Tensor, batch_size: int, rows: int) -> torch.Tensor:
