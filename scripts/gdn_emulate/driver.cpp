@@ -1,0 +1,298 @@
+// CPU emulation of gdn_fwd_kernel (kSave) vs the split forward (prep, chain, output), plus an fp64 recurrence.
+// Built per (KK, KBV, BF16) by run.sh. Args: H HV V l2norm v_first cu_int64 order(0/1/2/3) eager(0/1) tail lengths...
+// lengths: one entry "B:T" means no cu_seqlens (B sequences of T rows).
+#include <cuda_runtime.h>
+namespace mom_ops { alignas(4096) unsigned char smem[240 * 1024]; }
+constexpr size_t kSmemMax = 240 * 1024;
+#define __CUDACC__
+#include "gdn/scan_params.h"
+#undef __CUDACC__
+#include "gdn/gdn_fwd_kernel.cuh"
+#include "gdn/gdn_split_kernels.cuh"
+#include <string>
+
+using namespace mom_ops;
+#if BF16
+using T = c10::BFloat16;
+#else
+using T = c10::Half;
+#endif
+constexpr int kK = KK, kBV = KBV;
+
+// ---- launcher
+static std::function<void()> g_call;
+static void tramp() { g_call(); emu::g_cur->done = true; }
+static std::vector<emu::Fiber> g_fibers(256);
+static uint64_t g_seed = getenv("EMU_SEED") ? std::atoll(getenv("EMU_SEED")) : 1;
+template <class P>
+void launch(void (*kernel)(P), const P& p, int64_t blocks, int smem_bytes) {
+  if (size_t(smem_bytes) > kSmemMax) EMU_FAIL("smem %d too big", smem_bytes);
+  const size_t prot = (size_t(smem_bytes) + 4095) / 4096 * 4096;
+  mprotect(smem, kSmemMax, PROT_READ | PROT_WRITE);
+  if (prot < kSmemMax) mprotect(smem + prot, kSmemMax - prot, PROT_NONE);
+  emu::g_smem_lo = smem, emu::g_smem_hi = smem + smem_bytes;
+  std::mt19937 rng(g_seed++);
+  for (auto& f : g_fibers)
+    if (!f.stack) f.stack = static_cast<char*>(std::malloc(512 * 1024));
+  for (int64_t b = 0; b < blocks; ++b) {
+    std::memset(smem, 0xFF, prot);
+    emu::g_block = emu::Dim3{unsigned(b), 0, 0};
+    for (auto& w : emu::g_warps) w.bar = emu::Bar{32};
+    emu::g_cta_bar = emu::Bar{256};
+    g_call = [&] { kernel(p); };
+    for (int t = 0; t < 256; ++t) {
+      auto& f = g_fibers[t];
+      f.done = false, f.open.clear(), f.groups.clear();
+      f.tid = emu::Dim3{unsigned(t), 0, 0};
+      getcontext(&f.ctx);
+      f.ctx.uc_stack.ss_sp = f.stack, f.ctx.uc_stack.ss_size = 512 * 1024, f.ctx.uc_link = &emu::g_sched;
+      makecontext(&f.ctx, tramp, 0);
+    }
+    std::vector<int> order(256);
+    std::iota(order.begin(), order.end(), 0);
+    if (emu::g_order == 1) std::reverse(order.begin(), order.end());
+    int live = 256;
+    float speed[8];
+    std::uniform_real_distribution<float> u01(0.f, 1.f);
+    for (auto& x : speed) x = 0.05f + 0.95f * u01(rng);
+    bool full = true;
+    while (live > 0) {
+      if (emu::g_order >= 2) std::shuffle(order.begin(), order.end(), rng);
+      bool run_warp[8];
+      for (int w = 0; w < 8; ++w) run_warp[w] = full || emu::g_order != 3 || u01(rng) < speed[w];
+      const uint64_t prog = emu::g_progress;
+      int fin = 0;
+      for (int i : order) {
+        auto& f = g_fibers[i];
+        if (f.done || !run_warp[i / 32]) continue;
+        emu::g_cur = &f;
+        swapcontext(&emu::g_sched, &f.ctx);
+        if (f.done) --live, ++fin;
+      }
+      const bool stuck = live > 0 && fin == 0 && emu::g_progress == prog;
+      if (!full || !stuck) { full = stuck; continue; }
+      if (stuck) EMU_FAIL("deadlock in block %lld (%d threads left)", (long long)b, live);
+    }
+    if (emu::g_cta_bar.arrived != 0) EMU_FAIL("block %lld ended with %d threads in a barrier", (long long)b, emu::g_cta_bar.arrived);
+    for (auto& f : g_fibers)
+      if (!f.open.empty() || !f.groups.empty()) EMU_FAIL("block %lld: thread %u ended with cp.async pending", (long long)b, f.tid.x);
+  }
+  mprotect(smem, kSmemMax, PROT_READ | PROT_WRITE);
+}
+
+// ---- guarded global buffers
+struct Buf {
+  char* data = nullptr;
+  size_t bytes = 0;
+  template <class X> X* as() const { return reinterpret_cast<X*>(data); }
+};
+static Buf galloc(size_t bytes) {
+  const size_t rb = (bytes + 15) / 16 * 16;
+  const size_t pages = (rb + 4095) / 4096 + 2;
+  char* base = static_cast<char*>(mmap(nullptr, pages * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  std::memset(base, 0xFF, pages * 4096);
+  mprotect(base + (pages - 1) * 4096, 4096, PROT_NONE);
+  Buf b{base + (pages - 1) * 4096 - rb, bytes};
+  emu::g_global_ranges.push_back({b.data, b.data + bytes});
+  return b;
+}
+static void poison(Buf& b) { std::memset(b.data, 0xFF, b.bytes); }
+
+static float f16(T x) { return static_cast<float>(x); }
+static bool is_poison16(const T* p) { uint16_t u; std::memcpy(&u, p, 2); return u == 0xFFFF; }
+static bool is_poison32(const float* p) { uint32_t u; std::memcpy(&u, p, 4); return u == 0xFFFFFFFFu; }
+
+int main(int argc, char** argv) {
+  if (argc < 11) { std::fprintf(stderr, "args\n"); return 2; }
+  const int H = std::atoi(argv[1]), HV = std::atoi(argv[2]), V = std::atoi(argv[3]);
+  const bool l2norm = std::atoi(argv[4]), v_first = std::atoi(argv[5]), cu64 = std::atoi(argv[6]);
+  const int order_mode = std::atoi(argv[7]);
+  const bool eager = std::atoi(argv[8]);
+  const int tail = std::atoi(argv[9]);
+  std::vector<int64_t> lengths;
+  int64_t B = 1, Tlen = 0;
+  bool use_cu = true;
+  std::string first = argv[10];
+  if (first.find(':') != std::string::npos) {
+    use_cu = false;
+    B = std::stoll(first.substr(0, first.find(':')));
+    Tlen = std::stoll(first.substr(first.find(':') + 1));
+    for (int i = 0; i < B; ++i) lengths.push_back(Tlen);
+  } else {
+    for (int i = 10; i < argc; ++i) lengths.push_back(std::atoll(argv[i]));
+  }
+  const int N = int(lengths.size());
+  std::vector<int64_t> cu(N + 1, 0);
+  for (int i = 0; i < N; ++i) cu[i + 1] = cu[i] + lengths[i];
+  const int64_t rows = use_cu ? cu[N] + tail : B * Tlen;
+  if (use_cu) Tlen = rows;
+  std::printf("K=%d BV=%d %s H=%d HV=%d V=%d l2=%d vfirst=%d cu=%s rows=%lld N=%d order=%d eager=%d\n", kK, kBV,
+              BF16 ? "bf16" : "fp16", H, HV, V, int(l2norm), int(v_first), use_cu ? (cu64 ? "i64" : "i32") : "none",
+              (long long)rows, N, order_mode, int(eager));
+
+  std::mt19937 rng(1234);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  std::uniform_real_distribution<float> ud(0.f, 1.f);
+  Buf q = galloc(rows * H * kK * 2), k = galloc(rows * H * kK * 2), v = galloc(rows * HV * V * 2);
+  Buf g = galloc(rows * HV * 4), beta = galloc(rows * HV * 4), h0 = galloc(size_t(N) * HV * kK * V * 4);
+  const float kscale = l2norm ? 1.f : 1.f / std::sqrt(float(kK));
+  for (int64_t i = 0; i < rows * H * kK; ++i) q.as<T>()[i] = T(nd(rng) * kscale), k.as<T>()[i] = T(nd(rng) * kscale);
+  for (int64_t i = 0; i < rows * HV * V; ++i) v.as<T>()[i] = T(nd(rng));
+  for (int64_t i = 0; i < rows * HV; ++i) g.as<float>()[i] = -0.02f - 0.3f * ud(rng), beta.as<float>()[i] = 0.05f + 0.9f * ud(rng);
+  const bool noh0 = getenv("EMU_NOH0") != nullptr;
+  for (int64_t i = 0; i < int64_t(N) * HV * kK * V; ++i) h0.as<float>()[i] = noh0 ? 0.f : 0.3f * nd(rng);
+  Buf cub = galloc((N + 1) * (cu64 ? 8 : 4));
+  for (int i = 0; i <= N; ++i) {
+    if (cu64) cub.as<int64_t>()[i] = cu[i]; else cub.as<int>()[i] = int(cu[i]);
+  }
+  Buf order = galloc(N * 4);
+  bool use_order = use_cu && N > 1;
+  {
+    for (int s = 0; s < N; ++s) {
+      int rank = 0;
+      for (int t = 0; t < N; ++t) rank += lengths[t] > lengths[s] || (lengths[t] == lengths[s] && t < s);
+      order.as<int>()[rank] = s;
+    }
+  }
+  const int64_t slots = chunk_slots(rows, N);
+  auto mk = [&](Buf& o, Buf& ht, Buf& s0, Buf& w, Buf& vn, Buf& t) {
+    o = galloc(rows * HV * V * 2), ht = galloc(size_t(N) * HV * kK * V * 4), s0 = galloc(slots * HV * kK * V * 2);
+    w = galloc(rows * HV * kK * 2), vn = galloc(rows * HV * V * 2), t = galloc(rows * HV * 64 * 2);
+  };
+  Buf o1, ht1, s01, w1, vn1, t1, o2, ht2, s02, w2, vn2, t2;
+  mk(o1, ht1, s01, w1, vn1, t1);
+  mk(o2, ht2, s02, w2, vn2, t2);
+  Buf u = galloc(rows * HV * V * 4);
+
+  GdnFwdParams p{};
+  p.q = q.data, p.k = k.data, p.v = v.data, p.g = g.as<float>(), p.beta = beta.as<float>(), p.h0 = noh0 ? nullptr : h0.as<float>();
+  p.cu_seqlens = use_cu ? cub.data : nullptr, p.cu_int64 = cu64;
+  p.seqlen = use_cu ? rows : Tlen, p.total_rows = rows, p.num_seqs = N, p.heads_qk = H, p.heads_v = HV, p.dim_v = V;
+  p.scale = 1.f / std::sqrt(float(kK)), p.l2norm = l2norm;
+  p.num_vblocks = V / kBV, p.v_first = v_first, p.seq_order = use_order ? order.as<int>() : nullptr;
+
+  // fused (always forward order, lazy copies)
+  emu::g_order = 0, emu::g_eager = false;
+  {
+    GdnFwdParams f = p;
+    f.o = o1.data, f.ht = ht1.as<float>(), f.save_s0 = s01.data, f.save_w = w1.data, f.save_vn = vn1.data, f.save_t = t1.data;
+    launch(gdn_fwd_kernel<T, kK, kBV, true>, f, int64_t(N) * HV * (V / kBV), GdnSmem<T, kK, kBV>::kBytes);
+  }
+  emu::g_order = order_mode, emu::g_eager = eager;
+  {
+    GdnSplitParams sp{};
+    static_cast<GdnFwdParams&>(sp) = p;
+    sp.o = o2.data, sp.ht = ht2.as<float>(), sp.save_s0 = s02.data, sp.save_w = w2.data, sp.save_vn = vn2.data;
+    sp.save_t = t2.data, sp.u = u.as<float>();
+    const int64_t vb = V / kSplitBV;
+    launch(gdn_prep_kernel<T, kK>, sp, slots * HV, GdnPrepSmem<T, kK>::kBytes);
+    launch(gdn_chain_kernel<T, kK>, sp, int64_t(N) * HV * vb, GdnChainFwdSmem<T, kK>::kBytes);
+    launch(gdn_output_kernel<T, kK>, sp, slots * HV * vb, GdnOutputSmem<T, kK>::kBytes);
+  }
+
+  // ---- compare
+  std::vector<char> in_seq(rows, 0);
+  for (int s = 0; s < N; ++s) for (int64_t r = cu[s]; r < cu[s + 1]; ++r) in_seq[r] = 1;
+  int fails = 0;
+  auto cmp16 = [&](const char* name, const Buf& a, const Buf& b, int64_t per_row) {
+    int64_t mism = 0, nan = 0, written_outside = 0; double maxd = 0;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < per_row; ++j) {
+        const T* x = a.as<T>() + r * per_row + j; const T* y = b.as<T>() + r * per_row + j;
+        if (!in_seq[r]) { if (!is_poison16(y)) ++written_outside; continue; }
+        if (std::isnan(f16(*x)) || std::isnan(f16(*y))) { ++nan; continue; }
+        uint16_t ux, uy; std::memcpy(&ux, x, 2); std::memcpy(&uy, y, 2);
+        if (ux != uy) ++mism, maxd = std::max(maxd, double(std::fabs(f16(*x) - f16(*y))));
+      }
+    std::printf("  %-6s fused vs split: %lld bit mismatches (max |d| %.3g), %lld NaN, %lld written outside sequences\n",
+                name, (long long)mism, maxd, (long long)nan, (long long)written_outside);
+    fails += (mism != 0) + (nan != 0) + (written_outside != 0);
+  };
+  cmp16("o", o1, o2, HV * V);
+  cmp16("w", w1, w2, HV * kK);
+  cmp16("vn", vn1, vn2, HV * V);
+  cmp16("t", t1, t2, HV * 64);
+  {
+    int64_t mism = 0, nan = 0; double maxd = 0;
+    for (int s = 0; s < N; ++s)
+      for (int64_t c0 = cu[s]; c0 < cu[s + 1]; c0 += 64) {
+        const int64_t slot = cu[s] / 64 + s + (c0 - cu[s]) / 64;
+        for (int64_t i = 0; i < HV * kK * V; ++i) {
+          const T* x = s01.as<T>() + slot * HV * kK * V + i; const T* y = s02.as<T>() + slot * HV * kK * V + i;
+          if (std::isnan(f16(*x)) || std::isnan(f16(*y))) { ++nan; continue; }
+          uint16_t ux, uy; std::memcpy(&ux, x, 2); std::memcpy(&uy, y, 2);
+          if (ux != uy) ++mism, maxd = std::max(maxd, double(std::fabs(f16(*x) - f16(*y))));
+        }
+      }
+    std::printf("  s0     fused vs split: %lld bit mismatches (max |d| %.3g), %lld NaN\n", (long long)mism, maxd, (long long)nan);
+    fails += (mism != 0) + (nan != 0);
+  }
+  {
+    int64_t mism = 0, nan = 0; double maxd = 0;
+    for (int64_t i = 0; i < int64_t(N) * HV * kK * V; ++i) {
+      const float x = ht1.as<float>()[i], y = ht2.as<float>()[i];
+      if (std::isnan(x) || std::isnan(y)) { ++nan; continue; }
+      if (std::memcmp(&x, &y, 4) != 0) ++mism, maxd = std::max(maxd, double(std::fabs(x - y)));
+    }
+    std::printf("  ht     fused vs split: %lld bit mismatches (max |d| %.3g), %lld NaN\n", (long long)mism, maxd, (long long)nan);
+    fails += (mism != 0) + (nan != 0);
+  }
+  {  // u written only inside sequences
+    int64_t outside = 0, nan_inside = 0;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < HV * V; ++j) {
+        const float* x = u.as<float>() + r * HV * V + j;
+        if (!in_seq[r]) outside += !is_poison32(x); else nan_inside += std::isnan(*x);
+      }
+    std::printf("  u      written outside sequences: %lld, NaN inside: %lld\n", (long long)outside, (long long)nan_inside);
+    fails += (outside != 0) + (nan_inside != 0);
+  }
+  // ---- fp64 recurrence
+  {
+    double num_o = 0, den_o = 0, num_h = 0, den_h = 0, num_of = 0;
+    const int grp = HV / H;
+    for (int s = 0; s < N; ++s)
+      for (int hv = 0; hv < HV; ++hv) {
+        const int h = hv / grp;
+        std::vector<double> S(size_t(kK) * V);
+        auto sidx = [&](int kk, int vv) -> int64_t {
+          return (int64_t(s) * HV + hv) * kK * V + (v_first ? int64_t(vv) * kK + kk : int64_t(kk) * V + vv);
+        };
+        for (int kk = 0; kk < kK; ++kk) for (int vv = 0; vv < V; ++vv) S[kk * V + vv] = h0.as<float>()[sidx(kk, vv)];
+        for (int64_t r = cu[s]; r < cu[s + 1]; ++r) {
+          std::vector<double> kn(kK), qn(kK);
+          double sk = 0, sq = 0;
+          for (int i = 0; i < kK; ++i) {
+            kn[i] = f16(k.as<T>()[(r * H + h) * kK + i]), qn[i] = f16(q.as<T>()[(r * H + h) * kK + i]);
+            sk += kn[i] * kn[i], sq += qn[i] * qn[i];
+          }
+          if (l2norm) for (int i = 0; i < kK; ++i) kn[i] /= std::sqrt(sk + 1e-6), qn[i] /= std::sqrt(sq + 1e-6);
+          const double eg = std::exp(double(g.as<float>()[r * HV + hv])), bt = beta.as<float>()[r * HV + hv];
+          for (auto& x : S) x *= eg;
+          for (int vv = 0; vv < V; ++vv) {
+            double sk2 = 0;
+            for (int i = 0; i < kK; ++i) sk2 += S[i * V + vv] * kn[i];
+            const double uu = bt * (f16(v.as<T>()[(r * HV + hv) * V + vv]) - sk2);
+            for (int i = 0; i < kK; ++i) S[i * V + vv] += kn[i] * uu;
+          }
+          for (int vv = 0; vv < V; ++vv) {
+            double oo = 0;
+            for (int i = 0; i < kK; ++i) oo += S[i * V + vv] * qn[i];
+            oo *= p.scale;
+            const double of = f16(o1.as<T>()[(r * HV + hv) * V + vv]), os = f16(o2.as<T>()[(r * HV + hv) * V + vv]);
+            num_o += (os - oo) * (os - oo), num_of += (of - oo) * (of - oo), den_o += oo * oo;
+          }
+        }
+        for (int kk = 0; kk < kK; ++kk) for (int vv = 0; vv < V; ++vv) {
+          const double ref = S[kk * V + vv], x = ht2.as<float>()[sidx(kk, vv)];
+          num_h += (x - ref) * (x - ref), den_h += ref * ref;
+        }
+      }
+    const double ro = std::sqrt(num_o / std::max(den_o, 1e-300)), rof = std::sqrt(num_of / std::max(den_o, 1e-300));
+    const double rh = std::sqrt(num_h / std::max(den_h, 1e-300));
+    std::printf("  vs fp64 recurrence: o split %.2e, o fused %.2e, ht split %.2e\n", ro, rof, rh);
+    fails += !(ro < 2e-2) + !(rh < 2e-2);
+  }
+  std::printf("%s\n", fails ? "FAIL" : "OK");
+  return fails ? 1 : 0;
+}

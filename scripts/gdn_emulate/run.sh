@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# CPU emulation of the gdn forward kernels: the fused gdn_fwd_kernel (with its saves) and the split forward
+# (gdn_split_kernels.cuh) run on the CPU through the host shim (shim/: one ucontext fiber per CUDA thread, ldmatrix and
+# mma.sync m16n8k16 from the PTX fragment layouts, cp.async alignment and bounds checks, NaN-poisoned shared and
+# global memory with guard pages, deadlock and divergent-collective checks, optional random warp speeds). driver.cpp
+# compares o, ht and the four saved tensors of the two paths bit for bit and both against an fp64 recurrence.
+# For checking kernel edits without a GPU; it says nothing about speed, registers or the bindings.
+#   bash scripts/gdn_emulate/run.sh      (from the repository root, with .venv; ~1 min to build, a few to run)
+set -euo pipefail
+cd "$(dirname "$0")"
+PY="${PYTHON:-../../.venv/bin/python}"
+TORCH_INC=$("$PY" -c "import torch.utils.cpp_extension as c; print(' '.join('-I' + p for p in c.include_paths()))" 2>/dev/null)
+BIN="${TMPDIR:-/tmp}/mom_ops_gdn_emulate"
+mkdir -p "$BIN"
+# (K, fused V-block) pairs the fused launch uses, bf16 (1) and fp16 (0); the type-punning of the kernels needs
+# -fno-strict-aliasing on the host.
+for kb in 64_64 128_64 128_128 256_32 256_64; do
+  for bf in 1 0; do
+    g++ -std=c++20 -O2 -fno-strict-aliasing -DKK="${kb%_*}" -DKBV="${kb#*_}" -DBF16=$bf -Ishim -I../../csrc $TORCH_INC \
+      driver.cpp -o "$BIN/emu_${kb}_$bf" &
+  done
+done
+wait
+failed=0
+# Args: H HV V l2norm v_first cu_int64 order(0 forward, 1 reverse, 2 random, 3 random warp speeds) eager_copies
+#       rows_past_the_end lengths... ("B:T" = no cu_seqlens, B sequences of T rows)
+run() {
+  local out
+  if out=$("$BIN/$@" 2>&1) && [ "$(echo "$out" | tail -1)" = OK ]; then echo "ok: $*"; else echo "FAIL: $*"; echo "$out"; failed=1; fi
+}
+for bf in 1 0; do
+  run emu_64_64_$bf 1 2 128 1 0 0 0 0 5 130 0 64 7 1
+  run emu_64_64_$bf 2 2 256 0 1 1 1 1 0 300 0 65 1
+  run emu_64_64_$bf 2 4 64 1 1 0 2 0 0 2:150
+  run emu_128_64_$bf 1 2 128 1 0 0 2 1 3 200 64
+  run emu_128_64_$bf 2 2 192 0 1 1 0 0 0 0 0 70 1
+  run emu_128_128_$bf 2 4 128 1 1 0 1 0 7 300 0 65 1
+  run emu_128_128_$bf 1 1 256 1 0 1 0 1 0 3:64
+  run emu_256_64_$bf 1 1 64 1 0 0 2 1 0 130 0 64 7 1
+  run emu_256_64_$bf 2 2 128 1 1 1 1 0 2 200 64
+  run emu_256_32_$bf 1 2 64 0 0 0 0 0 0 150 1
+done
+for seed in 11 22; do  # random warp speeds: barriers that are missing show up here
+  export EMU_SEED=$seed
+  run emu_64_64_1 1 2 128 1 0 0 3 1 5 130 0 64 7 1
+  run emu_128_64_0 1 2 128 1 0 0 3 0 3 200 64
+  run emu_256_64_1 1 1 64 1 0 1 3 1 0 130 0 64 7 1
+done
+exit $failed
