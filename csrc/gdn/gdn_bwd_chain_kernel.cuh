@@ -46,9 +46,8 @@ template <typename T, int kK, int kBV>
 __global__ void __launch_bounds__(kGdnThreads, kChainCtasPerSm<T, kK, kBV>) gdn_bwd_chain_kernel(GdnBwdParams p) {
   using L = GdnChainSmem<T, kK, kBV>;
   constexpr int C = kGdnChunk, kLdK = L::kLdK, kLdV = L::kLdV, kLdC = L::kLdC;
-  // dS tiles as the forward's S: kWarpsM x kWarpsN warps, each kMT 16-row tiles (k) x kNT 8-column tiles (v).
-  constexpr int kWarpsM = kK / 16 < 8 ? kK / 16 : 8, kWarpsN = 8 / kWarpsM;
-  constexpr int kMT = kK / 16 / kWarpsM, kNT = kBV / 8 / kWarpsN;
+  using ST = StateTile<kK, kBV>;  // dS's register tiles, as the forward's S
+  constexpr int kMT = ST::kMT, kNT = ST::kNT;
   constexpr int kHalfV = kBV / 2, kNTo = kHalfV / 8;  // per-warp dVn columns
   extern __shared__ __align__(16) unsigned char smem[];
   T* sQ = reinterpret_cast<T*>(smem + L::kQ);
@@ -78,17 +77,9 @@ __global__ void __launch_bounds__(kGdnThreads, kChainCtasPerSm<T, kK, kBV>) gdn_
   const T* dout = static_cast<const T*>(p.dout);
   const int64_t state_off = (int64_t(seq) * p.heads_v + hv) * int64_t(kK) * p.dim_v;
 
-  const int wm = warp % kWarpsM, wn = warp / kWarpsM;
+  const int wm = warp % ST::kWarpsM, wn = warp / ST::kWarpsM;
   float dS[kMT][kNT][4];
-  auto for_each_state = [&](auto&& fn) {  // fn(element, k, v - v0)
-#pragma unroll
-    for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          fn(dS[mt][nt][e], (wm * kMT + mt) * 16 + g8 + (e >= 2 ? 8 : 0), (wn * kNT + nt) * 8 + 2 * t4 + (e & 1));
-  };
+  auto for_each_state = [&](auto&& fn) { ST::for_each(dS, warp, lane, fn); };  // fn(element, k, v - v0)
   auto state_index = [&](int kk, int vv) -> int64_t {
     return state_off + state_elem(p.v_first, kK, p.dim_v, kk, v0, vv);
   };
@@ -115,18 +106,8 @@ __global__ void __launch_bounds__(kGdnThreads, kChainCtasPerSm<T, kK, kBV>) gdn_
     }
     cp_async_commit();
     if (tid < C) sG[tid] = tid < len ? p.g[(c0 + tid) * p.heads_v + hv] : 0.f;
-    {
-      T* dst = static_cast<T*>(p.ds1) + ((slot0 + ci) * p.heads_v + hv) * int64_t(kK) * p.dim_v + v0;
-#pragma unroll
-      for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-          for (int e = 0; e < 4; e += 2) {
-            const int kk = (wm * kMT + mt) * 16 + g8 + (e >= 2 ? 8 : 0), vv = (wn * kNT + nt) * 8 + 2 * t4;
-            store2<T>(dst + int64_t(kk) * p.dim_v + vv, dS[mt][nt][e], dS[mt][nt][e + 1]);
-          }
-    }
+    ST::store(static_cast<T*>(p.ds1) + ((slot0 + ci) * p.heads_v + hv) * int64_t(kK) * p.dim_v + v0, p.dim_v, dS,
+              warp, lane);
     cp_async_wait<0>();
     __syncthreads();
 

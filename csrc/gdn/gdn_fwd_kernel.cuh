@@ -20,6 +20,7 @@
 #include "common/mma.cuh"
 #include "gdn/chunk_prologue.cuh"
 #include "gdn/scan_params.h"
+#include "gdn/state_tile.cuh"
 
 namespace mom_ops {
 
@@ -150,9 +151,8 @@ template <typename T, int kK, int kBV, bool kSave = false>
 __global__ void __launch_bounds__(kGdnThreads, kGdnCtasPerSm<T, kK, kBV>) gdn_fwd_kernel(GdnFwdParams p) {
   using L = GdnSmem<T, kK, kBV>;
   constexpr int C = kGdnChunk, kLdK = L::kLdK, kLdV = L::kLdV, kLdC = L::kLdC, kLdA = L::kLdA, kLdT = L::kLdT;
-  // State tiles: kWarpsM x kWarpsN warps, each kMT 16-row tiles (k) x kNT 8-column tiles (v).
-  constexpr int kWarpsM = kK / 16 < 8 ? kK / 16 : 8, kWarpsN = 8 / kWarpsM;
-  constexpr int kMT = kK / 16 / kWarpsM, kNT = kBV / 8 / kWarpsN;
+  using ST = StateTile<kK, kBV>;  // the state's register tiles
+  constexpr int kMT = ST::kMT, kNT = ST::kNT;
   constexpr int kHalfV = kBV / 2, kNTo = kHalfV / 8;  // per-warp output columns (v) in the row phases
   extern __shared__ __align__(16) unsigned char smem[];
   T* sQ = reinterpret_cast<T*>(smem + L::kQ);
@@ -185,18 +185,9 @@ __global__ void __launch_bounds__(kGdnThreads, kGdnCtasPerSm<T, kK, kBV>) gdn_fw
   T* o = static_cast<T*>(p.o);
   const int64_t state_off = (int64_t(seq) * p.heads_v + hv) * int64_t(kK) * p.dim_v;
 
-  // S[mt][nt][e]: k = (wm * kMT + mt) * 16 + g8 (+8 for e >= 2), v = (wn * kNT + nt) * 8 + 2 t4 (+1 for odd e).
-  const int wm = warp % kWarpsM, wn = warp / kWarpsM;
+  const int wm = warp % ST::kWarpsM, wn = warp / ST::kWarpsM;
   float S[kMT][kNT][4];
-  auto for_each_state = [&](auto&& fn) {  // fn(element, k, v - v0)
-#pragma unroll
-    for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          fn(S[mt][nt][e], (wm * kMT + mt) * 16 + g8 + (e >= 2 ? 8 : 0), (wn * kNT + nt) * 8 + 2 * t4 + (e & 1));
-  };
+  auto for_each_state = [&](auto&& fn) { ST::for_each(S, warp, lane, fn); };  // fn(element, k, v - v0)
   auto state_index = [&](int kk, int vv) -> int64_t {  // element (k, v0 + vv) of this head's state
     return state_off + state_elem(p.v_first, kK, p.dim_v, kk, v0, vv);
   };
@@ -211,18 +202,10 @@ __global__ void __launch_bounds__(kGdnThreads, kGdnCtasPerSm<T, kK, kBV>) gdn_fw
 
   for (int64_t c0 = bos; c0 < eos; c0 += C) {
     const int len = int(min(int64_t(C), eos - c0));
-    if constexpr (kSave) {  // S0 of this chunk, (k, v) pairs as 32-bit stores
-      T* dst = static_cast<T*>(p.save_s0) +
-               ((chunk_slot(p, seq, bos) + (c0 - bos) / C) * p.heads_v + hv) * int64_t(kK) * p.dim_v + v0;
-#pragma unroll
-      for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-          for (int e = 0; e < 4; e += 2) {
-            const int kk = (wm * kMT + mt) * 16 + g8 + (e >= 2 ? 8 : 0), vv = (wn * kNT + nt) * 8 + 2 * t4;
-            store2<T>(dst + int64_t(kk) * p.dim_v + vv, S[mt][nt][e], S[mt][nt][e + 1]);
-          }
+    if constexpr (kSave) {  // S0 of this chunk
+      ST::store(static_cast<T*>(p.save_s0) +
+                    ((chunk_slot(p, seq, bos) + (c0 - bos) / C) * p.heads_v + hv) * int64_t(kK) * p.dim_v + v0,
+                p.dim_v, S, warp, lane);
     }
     // (a) q, k [64, K], v [64, kBV] -> shared memory (zeros past len), g and beta (0 past len).
     for (int idx = tid; idx < C * (kK / 8); idx += kGdnThreads) {

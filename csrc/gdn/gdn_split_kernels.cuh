@@ -199,9 +199,8 @@ template <typename T, int kK>
 __global__ void __launch_bounds__(kGdnThreads, 1) gdn_chain_kernel(GdnSplitParams p) {
   using L = GdnChainFwdSmem<T, kK>;
   constexpr int C = kGdnChunk, BV = kSplitBV, kLdK = L::kLdK, kLdV = L::kLdV, kLdU = L::kLdU;
-  constexpr int kWarpsM = kK / 16 < 8 ? kK / 16 : 8, kWarpsN = 8 / kWarpsM;
-  constexpr int kMT = kK / 16 / kWarpsM, kNT = BV / 8 / kWarpsN;
-  constexpr int kNTo = BV / 2 / 8;
+  using ST = StateTile<kK, BV>;  // the state's register tiles
+  constexpr int kMT = ST::kMT, kNT = ST::kNT, kNTo = BV / 2 / 8;
   extern __shared__ __align__(16) unsigned char smem[];
   T* sS = reinterpret_cast<T*>(smem + L::kS);
   T* sVd = reinterpret_cast<T*>(smem + L::kVd);
@@ -227,18 +226,9 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_chain_kernel(GdnSplitParam
   T* vn = static_cast<T*>(p.save_vn);
   const int64_t state_off = (int64_t(seq) * p.heads_v + hv) * int64_t(kK) * p.dim_v;
 
-  // S[mt][nt][e]: k = (wm * kMT + mt) * 16 + g8 (+8 for e >= 2), v = (wn * kNT + nt) * 8 + 2 t4 (+1 for odd e).
-  const int wm = warp % kWarpsM, wn = warp / kWarpsM;
+  const int wm = warp % ST::kWarpsM, wn = warp / ST::kWarpsM;
   float S[kMT][kNT][4];
-  auto for_each_state = [&](auto&& fn) {  // fn(element, k, v - v0)
-#pragma unroll
-    for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          fn(S[mt][nt][e], (wm * kMT + mt) * 16 + g8 + (e >= 2 ? 8 : 0), (wn * kNT + nt) * 8 + 2 * t4 + (e & 1));
-  };
+  auto for_each_state = [&](auto&& fn) { ST::for_each(S, warp, lane, fn); };  // fn(element, k, v - v0)
   auto state_index = [&](int kk, int vv) -> int64_t {
     return state_off + state_elem(p.v_first, kK, p.dim_v, kk, v0, vv);
   };
@@ -274,22 +264,11 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_chain_kernel(GdnSplitParam
     const bool more = c0 + C < eos;
     float g_next = 0.f;
     if (more) g_next = load_chunk(stage ^ 1, c0 + C);  // stage ^ 1 was last read before the previous barrier
-    // S0 of this chunk -> global ((k, v) pairs as 32-bit stores) and, as S^T in 16 bits, the B operand of W S.
-    {
-      T* dst = static_cast<T*>(p.save_s0) +
-               ((chunk_slot(p, seq, bos) + (c0 - bos) / C) * p.heads_v + hv) * int64_t(kK) * p.dim_v + v0;
-#pragma unroll
-      for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-          for (int e = 0; e < 4; e += 2) {
-            const int kk = (wm * kMT + mt) * 16 + g8 + (e >= 2 ? 8 : 0), vv = (wn * kNT + nt) * 8 + 2 * t4;
-            store2<T>(dst + int64_t(kk) * p.dim_v + vv, S[mt][nt][e], S[mt][nt][e + 1]);
-            sS[vv * kLdK + kk] = from_f32<T>(S[mt][nt][e]);
-            sS[(vv + 1) * kLdK + kk] = from_f32<T>(S[mt][nt][e + 1]);
-          }
-    }
+    // S0 of this chunk -> global and, as S^T in 16 bits, the B operand of W S.
+    ST::store(static_cast<T*>(p.save_s0) +
+                  ((chunk_slot(p, seq, bos) + (c0 - bos) / C) * p.heads_v + hv) * int64_t(kK) * p.dim_v + v0,
+              p.dim_v, S, warp, lane);
+    for_each_state([&](float& x, int kk, int vv) { sS[vv * kLdK + kk] = from_f32<T>(x); });
     if (more) cp_async_wait<1>(); else cp_async_wait<0>();  // this chunk's W, K, U
     __syncthreads();
     T *sW = stage_w(stage), *sK = stage_k(stage);

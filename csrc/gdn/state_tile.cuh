@@ -1,0 +1,48 @@
+// The fp32 state (or state gradient) [kK, kBV] that a CTA of 8 warps keeps in mma.sync accumulators while it walks
+// a sequence: the forward (gdn_fwd_kernel.cuh), the split forward's chain (gdn_split_kernels.cuh) and the backward
+// chain (gdn_bwd_chain_kernel.cuh). kWarpsM x kWarpsN warps, each kMT 16-row (k) x kNT 8-column (v) tiles; with
+// wm = warp % kWarpsM, wn = warp / kWarpsM, g = lane / 4, t = lane % 4, element e of tile (mt, nt) is
+//   k = (wm kMT + mt) 16 + g (+8 for e >= 2),   v = (wn kNT + nt) 8 + 2t (+1 for odd e)   (v within the V-block).
+#pragma once
+
+#include <cstdint>
+
+#include "common/mma.cuh"
+
+namespace mom_ops {
+
+template <int kK, int kBV>
+struct StateTile {
+  static constexpr int kWarpsM = kK / 16 < 8 ? kK / 16 : 8, kWarpsN = 8 / kWarpsM;
+  static constexpr int kMT = kK / 16 / kWarpsM, kNT = kBV / 8 / kWarpsN;
+
+  // fn(element, k, v) for each of this thread's elements of s.
+  template <typename Fn>
+  __device__ __forceinline__ static void for_each(float (&s)[kMT][kNT][4], int warp, int lane, Fn&& fn) {
+    const int wm = warp % kWarpsM, wn = warp / kWarpsM, g8 = lane / 4, t4 = lane % 4;
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          fn(s[mt][nt][e], (wm * kMT + mt) * 16 + g8 + (e >= 2 ? 8 : 0), (wn * kNT + nt) * 8 + 2 * t4 + (e & 1));
+  }
+
+  // s in 16 bits to dst[k * ld + v] ((v, v + 1) pairs as 32-bit stores): the chunk states the kernels save.
+  template <typename T>
+  __device__ __forceinline__ static void store(T* dst, int64_t ld, const float (&s)[kMT][kNT][4], int warp, int lane) {
+    const int wm = warp % kWarpsM, wn = warp / kWarpsM, g8 = lane / 4, t4 = lane % 4;
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; e += 2) {
+          const int kk = (wm * kMT + mt) * 16 + g8 + (e >= 2 ? 8 : 0), vv = (wn * kNT + nt) * 8 + 2 * t4;
+          store2<T>(dst + int64_t(kk) * ld + vv, s[mt][nt][e], s[mt][nt][e + 1]);
+        }
+  }
+};
+
+}  // namespace mom_ops
