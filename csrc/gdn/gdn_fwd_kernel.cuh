@@ -185,7 +185,6 @@ __global__ void __launch_bounds__(kGdnThreads, kGdnCtasPerSm<T, kK, kBV>) gdn_fw
   T* o = static_cast<T*>(p.o);
   const int64_t state_off = (int64_t(seq) * p.heads_v + hv) * int64_t(kK) * p.dim_v;
 
-  const int wm = warp % ST::kWarpsM, wn = warp / ST::kWarpsM;
   float S[kMT][kNT][4];
   auto for_each_state = [&](auto&& fn) { ST::for_each(S, warp, lane, fn); };  // fn(element, k, v - v0)
   auto state_index = [&](int kk, int vv) -> int64_t {  // element (k, v0 + vv) of this head's state
@@ -363,26 +362,7 @@ __global__ void __launch_bounds__(kGdnThreads, kGdnCtasPerSm<T, kK, kBV>) gdn_fw
     GDN_PHASE(7);
 
     // (g) S = e^{G_last} S + K^T V_d on this warp's state tiles.
-    const float eg = __expf(G_last);
-#pragma unroll
-    for (int mt = 0; mt < kMT; ++mt) {
-      const int m0 = (wm * kMT + mt) * 16;
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) S[mt][nt][e] *= eg;
-#pragma unroll
-      for (int kk = 0; kk < C; kk += 16) {
-        uint32_t a[4];
-        load_a_trans(a, sK + kk * kLdK + m0, kLdK, lane);  // A[c][i] = K[i][c]: stored k-major
-#pragma unroll
-        for (int nt = 0; nt < kNT; ++nt) {
-          uint32_t b[2];
-          load_b_trans(b, sV + kk * kLdV + (wn * kNT + nt) * 8, kLdV, lane);
-          mma_16816<T>(S[mt][nt], a, b);
-        }
-      }
-    }
+    ST::decay_add_atb(S, __expf(G_last), sK, kLdK, sV, kLdV, warp, lane);
     publish_state();
     __syncthreads();
     GDN_PHASE(8);

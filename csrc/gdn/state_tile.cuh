@@ -29,6 +29,33 @@ struct StateTile {
           fn(s[mt][nt][e], (wm * kMT + mt) * 16 + g8 + (e >= 2 ? 8 : 0), (wn * kNT + nt) * 8 + 2 * t4 + (e & 1));
   }
 
+  // s[k][v] = decay s[k][v] + sum over the chunk's 64 rows c of a[c][k] b[c][v]: the state update K^T V_d. a, b
+  // 16-bit row-major in shared memory (a[c * lda + k], b[c * ldb + v]).
+  template <typename T>
+  __device__ __forceinline__ static void decay_add_atb(float (&s)[kMT][kNT][4], float decay, const T* a, int lda,
+                                                       const T* b, int ldb, int warp, int lane) {
+    const int wm = warp % kWarpsM, wn = warp / kWarpsM;
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) {
+      const int m0 = (wm * kMT + mt) * 16;
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[mt][nt][e] *= decay;
+#pragma unroll
+      for (int kk = 0; kk < 64; kk += 16) {
+        uint32_t af[4];
+        load_a_trans(af, a + kk * lda + m0, lda, lane);  // A[k][c] = a[c][k]: stored c-major
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) {
+          uint32_t bf[2];
+          load_b_trans(bf, b + kk * ldb + (wn * kNT + nt) * 8, ldb, lane);
+          mma_16816<T>(s[mt][nt], af, bf);
+        }
+      }
+    }
+  }
+
   // s in 16 bits to dst[k * ld + v] ((v, v + 1) pairs as 32-bit stores): the chunk states the kernels save.
   template <typename T>
   __device__ __forceinline__ static void store(T* dst, int64_t ld, const float (&s)[kMT][kNT][4], int warp, int lane) {
