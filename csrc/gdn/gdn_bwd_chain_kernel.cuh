@@ -63,26 +63,19 @@ __global__ void __launch_bounds__(kGdnThreads, kChainCtasPerSm<T, kK, kBV>) gdn_
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g8 = lane / 4, t4 = lane % 4;
   const int rt = warp % 4, ch = warp / 4, r0 = 16 * rt;
-  const int vb = blockIdx.x % p.num_vblocks;
-  const int hv = (blockIdx.x / p.num_vblocks) % p.heads_v;
-  const int rank = blockIdx.x / (p.num_vblocks * p.heads_v);
-  const int seq = p.seq_order != nullptr ? p.seq_order[rank] : rank;
-  const int h = hv / (p.heads_v / p.heads_qk), v0 = vb * kBV;
-  int64_t bos, eos;
-  sequence_bounds(p, seq, bos, eos);
+  const ChainCta cta = chain_cta(p, p.seq_order, p.num_vblocks, kBV, kK);
+  const int seq = cta.seq, hv = cta.hv, h = cta.h, v0 = cta.v0;
+  const int64_t bos = cta.bos, eos = cta.eos;
   const int64_t num_chunks = (eos - bos + C - 1) / C, slot0 = chunk_slot(p, seq, bos);
   const T* q = static_cast<const T*>(p.q);
   const T* k = static_cast<const T*>(p.k);
   const T* w = static_cast<const T*>(p.w);
   const T* dout = static_cast<const T*>(p.dout);
-  const int64_t state_off = (int64_t(seq) * p.heads_v + hv) * int64_t(kK) * p.dim_v;
 
   const int wm = warp % ST::kWarpsM, wn = warp / ST::kWarpsM;
   float dS[kMT][kNT][4];
   auto for_each_state = [&](auto&& fn) { ST::for_each(dS, warp, lane, fn); };  // fn(element, k, v - v0)
-  auto state_index = [&](int kk, int vv) -> int64_t {
-    return state_off + state_elem(p.v_first, kK, p.dim_v, kk, v0, vv);
-  };
+  auto state_index = [&](int kk, int vv) { return cta.state_index(p.v_first, kK, p.dim_v, kk, vv); };
   for_each_state([&](float& x, int kk, int vv) { x = p.dht != nullptr ? p.dht[state_index(kk, vv)] : 0.f; });
   auto publish_state = [&]() {  // dS^T in 16 bits: the B operand of K dS
     for_each_state([&](float& x, int kk, int vv) { sS[vv * kLdK + kk] = from_f32<T>(x); });

@@ -213,24 +213,16 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_chain_kernel(GdnSplitParam
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g8 = lane / 4, t4 = lane % 4;
   const int rt = warp % 4, ch = warp / 4, r0 = 16 * rt, i0 = r0 + g8, i1 = i0 + 8;
-  const int num_vblocks = p.dim_v / BV;
-  const int vb = blockIdx.x % num_vblocks;
-  const int hv = (blockIdx.x / num_vblocks) % p.heads_v;
-  const int rank = blockIdx.x / (num_vblocks * p.heads_v);
-  const int seq = p.seq_order != nullptr ? p.seq_order[rank] : rank;
-  const int h = hv / (p.heads_v / p.heads_qk), v0 = vb * BV;
-  int64_t bos, eos;
-  sequence_bounds(p, seq, bos, eos);
+  const ChainCta cta = chain_cta(p, p.seq_order, p.dim_v / BV, BV, kK);
+  const int seq = cta.seq, hv = cta.hv, h = cta.h, v0 = cta.v0;
+  const int64_t bos = cta.bos, eos = cta.eos;
   const T* k = static_cast<const T*>(p.k);
   const T* w = static_cast<const T*>(p.save_w);
   T* vn = static_cast<T*>(p.save_vn);
-  const int64_t state_off = (int64_t(seq) * p.heads_v + hv) * int64_t(kK) * p.dim_v;
 
   float S[kMT][kNT][4];
   auto for_each_state = [&](auto&& fn) { ST::for_each(S, warp, lane, fn); };  // fn(element, k, v - v0)
-  auto state_index = [&](int kk, int vv) -> int64_t {
-    return state_off + state_elem(p.v_first, kK, p.dim_v, kk, v0, vv);
-  };
+  auto state_index = [&](int kk, int vv) { return cta.state_index(p.v_first, kK, p.dim_v, kk, vv); };
   for_each_state([&](float& x, int kk, int vv) { x = p.h0 != nullptr ? p.h0[state_index(kk, vv)] : 0.f; });
 
   // Chunk c0's W, K (zeros past the sequence), U rows (zeros) into stage s; its g values come back in a register

@@ -43,6 +43,33 @@ __device__ __forceinline__ void sequence_bounds(const ScanParams& p, int64_t seq
   }
 }
 
+// What a chain CTA (forward, split chain, backward chain: blockIdx.x = (rank, value head, V-block)) owns: sequence
+// seq_order[rank] (longest first) or rank with rows [bos, eos), value head hv (q/k head h), V-block vb of bv columns
+// from v0, and its [K, bv] block of the [N, HV, K, V] fp32 states (h0, ht, dht, dh0) at state_index.
+struct ChainCta {
+  int seq, hv, h, vb, v0;
+  int64_t bos, eos, state_off;
+
+  // Offset of element (k, v0 + vv) (state_elem's layouts).
+  __device__ __forceinline__ int64_t state_index(bool v_first, int dim_k, int dim_v, int k, int vv) const {
+    return state_off + state_elem(v_first, dim_k, dim_v, k, v0, vv);
+  }
+};
+
+__device__ __forceinline__ ChainCta chain_cta(const ScanParams& p, const int* seq_order, int num_vblocks, int bv,
+                                              int dim_k) {
+  ChainCta c;
+  c.vb = blockIdx.x % num_vblocks;
+  c.hv = (blockIdx.x / num_vblocks) % p.heads_v;
+  const int rank = blockIdx.x / (num_vblocks * p.heads_v);
+  c.seq = seq_order != nullptr ? seq_order[rank] : rank;
+  c.h = c.hv / (p.heads_v / p.heads_qk);
+  c.v0 = c.vb * bv;
+  sequence_bounds(p, c.seq, c.bos, c.eos);
+  c.state_off = (int64_t(c.seq) * p.heads_v + c.hv) * int64_t(dim_k) * p.dim_v;
+  return c;
+}
+
 // First chunk slot of the sequence starting at row bos: slots [bos / 64 + seq, .. + its chunks) never overlap
 // between sequences, and all fit in chunk_slots() slots.
 __device__ __forceinline__ int64_t chunk_slot(const ScanParams&, int64_t seq, int64_t bos) { return bos / 64 + seq; }
