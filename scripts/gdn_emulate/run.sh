@@ -5,6 +5,7 @@
 # global memory with guard pages, deadlock and divergent-collective checks, optional random warp speeds). driver.cpp
 # compares o, ht and the four saved tensors of the two paths bit for bit and both against an fp64 recurrence.
 # For checking kernel edits without a GPU; it says nothing about speed, registers or the bindings.
+# The backward kernels: run_bwd.sh.
 #   bash scripts/gdn_emulate/run.sh      (from the repository root, with .venv; ~1 min to build, a few to run)
 set -euo pipefail
 cd "$(dirname "$0")"

@@ -116,3 +116,7 @@ inline float __shfl_up_sync(unsigned, float v, int d) {
   auto& w = emu::warp(); const int l = emu::lane();
   w.f[l] = v; emu::enter(w, 200 + d); const float r = l >= d ? w.f[l - d] : v; emu::leave(w); return r;
 }
+inline float __shfl_down_sync(unsigned, float v, int d) {
+  auto& w = emu::warp(); const int l = emu::lane();
+  w.f[l] = v; emu::enter(w, 300 + d); const float r = l + d < 32 ? w.f[l + d] : v; emu::leave(w); return r;
+}

@@ -1,0 +1,87 @@
+// Host side of the emulator shared by the forward and backward drivers: the CTA launcher (256 fibers per block,
+// forward / reverse / random / random-warp-speed schedules, deadlock and pending cp.async checks), the block's
+// shared memory (NaN-poisoned, guard pages past the requested size) and guarded, NaN-poisoned global buffers.
+#pragma once
+#include <cuda_runtime.h>
+// The kernels' `extern __shared__ smem[]` (declared in namespace mom_ops) resolves to this array.
+namespace mom_ops { alignas(4096) unsigned char smem[240 * 1024]; }
+constexpr size_t kSmemMax = 240 * 1024;
+
+// ---- launcher
+static std::function<void()> g_call;
+static void tramp() { g_call(); emu::g_cur->done = true; }
+static std::vector<emu::Fiber> g_fibers(256);
+static uint64_t g_seed = getenv("EMU_SEED") ? std::atoll(getenv("EMU_SEED")) : 1;
+template <class P>
+void launch(void (*kernel)(P), const P& p, int64_t blocks, int smem_bytes) {
+  if (size_t(smem_bytes) > kSmemMax) EMU_FAIL("smem %d too big", smem_bytes);
+  const size_t prot = (size_t(smem_bytes) + 4095) / 4096 * 4096;
+  mprotect(mom_ops::smem, kSmemMax, PROT_READ | PROT_WRITE);
+  if (prot < kSmemMax) mprotect(mom_ops::smem + prot, kSmemMax - prot, PROT_NONE);
+  emu::g_smem_lo = mom_ops::smem, emu::g_smem_hi = mom_ops::smem + smem_bytes;
+  std::mt19937 rng(g_seed++);
+  for (auto& f : g_fibers)
+    if (!f.stack) f.stack = static_cast<char*>(std::malloc(512 * 1024));
+  for (int64_t b = 0; b < blocks; ++b) {
+    std::memset(mom_ops::smem, 0xFF, prot);
+    emu::g_block = emu::Dim3{unsigned(b), 0, 0};
+    for (auto& w : emu::g_warps) w.bar = emu::Bar{32};
+    emu::g_cta_bar = emu::Bar{256};
+    g_call = [&] { kernel(p); };
+    for (int t = 0; t < 256; ++t) {
+      auto& f = g_fibers[t];
+      f.done = false, f.open.clear(), f.groups.clear();
+      f.tid = emu::Dim3{unsigned(t), 0, 0};
+      getcontext(&f.ctx);
+      f.ctx.uc_stack.ss_sp = f.stack, f.ctx.uc_stack.ss_size = 512 * 1024, f.ctx.uc_link = &emu::g_sched;
+      makecontext(&f.ctx, tramp, 0);
+    }
+    std::vector<int> order(256);
+    std::iota(order.begin(), order.end(), 0);
+    if (emu::g_order == 1) std::reverse(order.begin(), order.end());
+    int live = 256;
+    float speed[8];
+    std::uniform_real_distribution<float> u01(0.f, 1.f);
+    for (auto& x : speed) x = 0.05f + 0.95f * u01(rng);
+    bool full = true;
+    while (live > 0) {
+      if (emu::g_order >= 2) std::shuffle(order.begin(), order.end(), rng);
+      bool run_warp[8];
+      for (int w = 0; w < 8; ++w) run_warp[w] = full || emu::g_order != 3 || u01(rng) < speed[w];
+      const uint64_t prog = emu::g_progress;
+      int fin = 0;
+      for (int i : order) {
+        auto& f = g_fibers[i];
+        if (f.done || !run_warp[i / 32]) continue;
+        emu::g_cur = &f;
+        swapcontext(&emu::g_sched, &f.ctx);
+        if (f.done) --live, ++fin;
+      }
+      const bool stuck = live > 0 && fin == 0 && emu::g_progress == prog;
+      if (!full || !stuck) { full = stuck; continue; }
+      if (stuck) EMU_FAIL("deadlock in block %lld (%d threads left)", (long long)b, live);
+    }
+    if (emu::g_cta_bar.arrived != 0) EMU_FAIL("block %lld ended with %d threads in a barrier", (long long)b, emu::g_cta_bar.arrived);
+    for (auto& f : g_fibers)
+      if (!f.open.empty() || !f.groups.empty()) EMU_FAIL("block %lld: thread %u ended with cp.async pending", (long long)b, f.tid.x);
+  }
+  mprotect(mom_ops::smem, kSmemMax, PROT_READ | PROT_WRITE);
+}
+
+// ---- guarded global buffers
+struct Buf {
+  char* data = nullptr;
+  size_t bytes = 0;
+  template <class X> X* as() const { return reinterpret_cast<X*>(data); }
+};
+static Buf galloc(size_t bytes) {
+  const size_t rb = (bytes + 15) / 16 * 16;
+  const size_t pages = (rb + 4095) / 4096 + 2;
+  char* base = static_cast<char*>(mmap(nullptr, pages * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  std::memset(base, 0xFF, pages * 4096);
+  mprotect(base + (pages - 1) * 4096, 4096, PROT_NONE);
+  Buf b{base + (pages - 1) * 4096 - rb, bytes};
+  emu::g_global_ranges.push_back({b.data, b.data + bytes});
+  return b;
+}
+static void poison(Buf& b) { std::memset(b.data, 0xFF, b.bytes); }

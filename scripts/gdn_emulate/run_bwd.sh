@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# CPU emulation of the gdn backward kernels (gdn_bwd_chain_kernel, gdn_bwd_grads_kernel) through the host shim of
+# run.sh: bwd_driver.cpp reruns the fused forward with its saves, runs the two kernels as gdn_bwd_cuda.cu launches
+# them, checks coverage (sequence rows written and finite, other rows untouched) and, under a non-default schedule,
+# bitwise equality with a forward-order run; compare_bwd.py then checks the gradients against mom_ops's CPU backward
+# in fp64 (relative RMS under the GPU tests' bars).
+#   bash scripts/gdn_emulate/run_bwd.sh      (from the repository root, with .venv and the CPU build of mom_ops)
+set -euo pipefail
+cd "$(dirname "$0")"
+PY="${PYTHON:-../../.venv/bin/python}"
+TORCH_INC=$("$PY" -c "import torch.utils.cpp_extension as c; print(' '.join('-I' + p for p in c.include_paths()))" 2>/dev/null)
+BIN="${TMPDIR:-/tmp}/mom_ops_gdn_emulate"
+OUT="$BIN/bwd_out"
+mkdir -p "$BIN" "$OUT"
+# (K, forward V-block) pairs of the chain launch (run_gdn_bwd_chain); the grads kernel's block follows from K.
+for kb in 64_64 128_64 128_128 256_32 256_64; do
+  for bf in 1 0; do
+    g++ -std=c++20 -O2 -fno-strict-aliasing -DKK="${kb%_*}" -DKBV="${kb#*_}" -DBF16=$bf -Ishim -I../../csrc $TORCH_INC \
+      bwd_driver.cpp -o "$BIN/emu_bwd_${kb}_$bf" &
+  done
+done
+wait
+failed=0
+# Args: H HV V l2norm v_first cu_int64 order(0 forward, 1 reverse, 2 random, 3 random warp speeds) eager_copies
+#       rows_past_the_end h0 dht lengths... ("B:T" = no cu_seqlens, B sequences of T rows)
+n=0
+run() {
+  local bin=$1 out dir="$OUT/case$n"
+  shift
+  n=$((n + 1))
+  rm -rf "$dir" && mkdir -p "$dir"
+  set -- "${@:1:11}" "$dir" "${@:12}"
+  if out=$("$BIN/$bin" "$@" 2>&1 && PYTHONPATH=../.. "$PY" compare_bwd.py "$dir" 2>&1) && [ "$(echo "$out" | tail -1)" = OK ]; then
+    echo "ok: $bin $*"; echo "$out" | grep "relative RMS"
+  else
+    echo "FAIL: $bin $*"; echo "$out"; failed=1
+  fi
+}
+# varlen with an empty and a 1-row segment, h0 and dht; GVA (HV = 2H) and HV == H with l2norm
+run emu_bwd_64_64_1   1 2 128 1 0 0 0 0 5 1 1 130 0 64 1
+run emu_bwd_64_64_1   2 2 128 1 1 1 2 1 0 1 1 100 1 0 70
+run emu_bwd_64_64_1   2 4 64  0 0 0 3 0 0 0 0 2:150
+run emu_bwd_128_64_1  1 2 128 1 0 0 3 0 3 1 1 200 0 1 64
+run emu_bwd_128_64_1  2 2 192 1 0 1 1 0 0 1 1 1 0 129
+run emu_bwd_128_128_1 2 2 128 1 1 0 2 1 7 1 1 150 0 1 65
+run emu_bwd_128_128_1 1 1 256 0 0 1 0 0 0 1 0 3:64
+run emu_bwd_256_32_1  1 1 64  1 0 0 2 1 3 1 1 130 0 64 1
+run emu_bwd_256_32_1  1 2 64  1 1 1 3 0 0 1 1 0 1 100
+run emu_bwd_256_64_1  1 2 128 1 0 0 1 0 2 1 1 200 1 0 64
+run emu_bwd_256_64_1  2 2 128 1 1 1 0 0 0 0 1 70 1
+# fp16
+run emu_bwd_64_64_0   1 2 128 1 0 0 2 0 5 1 1 130 0 64 1
+run emu_bwd_128_64_0  2 2 128 1 1 1 3 1 0 1 1 100 1 0 70
+run emu_bwd_256_32_0  1 1 64  1 0 0 0 0 0 1 1 129 1
+exit $failed
