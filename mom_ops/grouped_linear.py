@@ -129,14 +129,19 @@ class _GroupedLinear(torch.autograd.Function):
         return dx, dw, None, None
 
 
-def grouped_linear(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """x [R, D] in memory-major order, weight [M, out, D], cu_seqlens [M * batch_size + 1] (the plan's) ->
-    y [R, out] with y[r] = x[r] @ weight[m]^T for the memory m of row r. Differentiable in x and weight."""
+def _check_args(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor, batch_size: int) -> None:
+    """x [R, D], weight [M, out, D], cu_seqlens [M * batch_size + 1], or a ValueError naming what disagrees."""
     if weight.dim() != 3 or x.dim() != 2 or x.shape[1] != weight.shape[2]:
         raise ValueError(f"x must be [R, D] and weight [M, out, D], got {tuple(x.shape)}, {tuple(weight.shape)}")
     if cu_seqlens.shape[0] != weight.shape[0] * batch_size + 1:
         raise ValueError(f"cu_seqlens must have M * batch_size + 1 = {weight.shape[0] * batch_size + 1} entries, "
                          f"got {cu_seqlens.shape[0]}")
+
+
+def grouped_linear(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """x [R, D] in memory-major order, weight [M, out, D], cu_seqlens [M * batch_size + 1] (the plan's) ->
+    y [R, out] with y[r] = x[r] @ weight[m]^T for the memory m of row r. Differentiable in x and weight."""
+    _check_args(x, weight, cu_seqlens, batch_size)
     return _GroupedLinear.apply(x, weight, cu_seqlens, batch_size)
 
 
@@ -177,7 +182,7 @@ class _GroupedMM(torch.autograd.Function):
             # without rows is set to 0 here rather than trusting the GEMM to write an empty sum.
             dw_t = torch._grouped_mm(x.t(), dy, offs=ends)
             starts = torch.cat([ends.new_zeros(1), ends[:-1]])
-            dw_t = dw_t.masked_fill((ends <= starts)[:, None, None], 0)
+            dw_t.masked_fill_((ends <= starts)[:, None, None], 0)
         return dx, dw_t, None
 
 
@@ -185,11 +190,7 @@ def grouped_mm_linear(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.T
                       batch_size: int) -> torch.Tensor:
     """grouped_linear's contract on torch._grouped_mm: x [R, D] bf16, weight [M, out, D], cu_seqlens [M * B + 1]
     -> y [R, out] (rows past cu_seqlens[-1] are 0). out and D are padded to multiples of 8 (16-byte rows)."""
-    if weight.dim() != 3 or x.dim() != 2 or x.shape[1] != weight.shape[2]:
-        raise ValueError(f"x must be [R, D] and weight [M, out, D], got {tuple(x.shape)}, {tuple(weight.shape)}")
-    if cu_seqlens.shape[0] != weight.shape[0] * batch_size + 1:
-        raise ValueError(f"cu_seqlens must have M * batch_size + 1 = {weight.shape[0] * batch_size + 1} entries, "
-                         f"got {cu_seqlens.shape[0]}")
+    _check_args(x, weight, cu_seqlens, batch_size)
     M, n_out, D = weight.shape
     pad_out, pad_in = -n_out % 8, -D % 8
     # [M + 1, out', D']: the extra memory is all zeros (rows past the last segment); padding columns are zeros too.
