@@ -81,6 +81,17 @@ bool split_forward_requested() {
 // chunk start, W, V_new and T (16-bit).
 struct GdnSaved {
   at::Tensor chunk_states, w, v_new, t;
+
+  // Empty tensors for a forward over `rows` rows (t only when with_t: the split forward's inference workspace
+  // needs the other three).
+  static GdnSaved empty(const at::Tensor& q, const GdnDims& d, int64_t rows, bool with_t) {
+    GdnSaved s;
+    s.chunk_states = at::empty({chunk_slots(rows, d.num_seqs), d.heads_v, d.dim_k, d.dim_v}, q.options());
+    s.w = at::empty({rows, d.heads_v, d.dim_k}, q.options());
+    s.v_new = at::empty({rows, d.heads_v, d.dim_v}, q.options());
+    if (with_t) s.t = at::empty({rows, d.heads_v, kGdnChunk}, q.options());
+    return s;
+  }
 };
 
 std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -103,12 +114,7 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Te
                               cu_seqlens, d);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const int64_t rows = d.batch * d.seqlen;
-  if (saved != nullptr) {
-    saved->chunk_states = at::empty({chunk_slots(rows, d.num_seqs), d.heads_v, d.dim_k, d.dim_v}, q.options());
-    saved->w = at::empty({rows, d.heads_v, d.dim_k}, q.options());
-    saved->v_new = at::empty({rows, d.heads_v, d.dim_v}, q.options());
-    saved->t = at::empty({rows, d.heads_v, kGdnChunk}, q.options());
-  }
+  if (saved != nullptr) *saved = GdnSaved::empty(q, d, rows, true);
   zero_rows_past_end(io, stream);
   if (d.num_seqs == 0 || d.heads_v == 0) return {io.o, io.ht};
   const at::Tensor order = longest_first_order(io, stream);
@@ -126,21 +132,17 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Te
   if (split_forward_requested()) {
     TORCH_CHECK_VALUE(d.dim_v % kSplitBV == 0, "the split CUDA forward needs V a multiple of ", kSplitBV, ", got ",
                       d.dim_v);
-    const int64_t slots = chunk_slots(rows, d.num_seqs);
     GdnSplitParams sp{};
     static_cast<GdnFwdParams&>(sp) = p;
     // Without `saved` (inference), what the backward would keep is workspace here.
-    const at::Tensor s0 = saved != nullptr ? saved->chunk_states
-                                           : at::empty({slots, d.heads_v, d.dim_k, d.dim_v}, q.options());
-    const at::Tensor w = saved != nullptr ? saved->w : at::empty({rows, d.heads_v, d.dim_k}, q.options());
-    const at::Tensor vn = saved != nullptr ? saved->v_new : at::empty({rows, d.heads_v, d.dim_v}, q.options());
+    const GdnSaved work = saved != nullptr ? *saved : GdnSaved::empty(q, d, rows, false);
     const at::Tensor u = at::empty({rows, d.heads_v, d.dim_v}, q.options().dtype(at::kFloat));
-    sp.save_s0 = s0.data_ptr();
-    sp.save_w = w.data_ptr();
-    sp.save_vn = vn.data_ptr();
-    sp.save_t = saved != nullptr ? saved->t.data_ptr() : nullptr;
+    sp.save_s0 = work.chunk_states.data_ptr();
+    sp.save_w = work.w.data_ptr();
+    sp.save_vn = work.v_new.data_ptr();
+    sp.save_t = work.t.defined() ? work.t.data_ptr() : nullptr;
     sp.u = u.data_ptr<float>();
-    run_gdn_fwd_split(sp, q.scalar_type() == at::kBFloat16, int(d.dim_k), slots, stream);
+    run_gdn_fwd_split(sp, q.scalar_type() == at::kBFloat16, int(d.dim_k), chunk_slots(rows, d.num_seqs), stream);
     return {io.o, io.ht};
   }
   run_gdn_fwd(p, q.scalar_type() == at::kBFloat16, int(d.dim_k), bv, stream);

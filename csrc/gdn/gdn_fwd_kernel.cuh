@@ -136,6 +136,39 @@ __device__ __forceinline__ void invert_unit_lower_64(const float* A, float* Tm, 
   }
 }
 
+// From the fp32 T (row stride kLdT): Tu = T diag(beta), Tw = T diag(col_w) in 16 bits (row stride kLdC), all 256
+// threads; save_t(i, j, t0, t1) sees T's elements (i, j), (i, j + 1) for the backward's copy.
+template <typename T, int kLdT, int kLdC, typename SaveT>
+__device__ __forceinline__ void scale_t_columns(const float* sT, const float* beta, const float* col_w, T* tu, T* tw,
+                                                int tid, SaveT&& save_t) {
+  constexpr int C = kGdnChunk;
+  for (int idx = tid; idx < C * C / 2; idx += kGdnThreads) {
+    const int i = idx / (C / 2), j = (idx % (C / 2)) * 2;
+    const float t0 = sT[i * kLdT + j], t1 = sT[i * kLdT + j + 1];
+    store2<T>(tu + i * kLdC + j, t0 * beta[j], t1 * beta[j + 1]);
+    store2<T>(tw + i * kLdC + j, t0 * col_w[j], t1 * col_w[j + 1]);
+    save_t(i, j, t0, t1);
+  }
+}
+
+// W = Tw K for the warp's 16 rows r0.. and column half ch: store(row, column, w0, w1) takes each pair of columns.
+template <typename T, int kK, int kLdC, int kLdK, typename Store>
+__device__ __forceinline__ void w_rows(const T* tw, const T* key, int r0, int ch, int lane, Store&& store) {
+  constexpr int kNW = (kK / 2 < 64 ? kK / 2 : 64) / 8;
+  const int g8 = lane / 4, t4 = lane % 4;
+#pragma unroll
+  for (int n0 = ch * (kK / 2); n0 < (ch + 1) * (kK / 2); n0 += 64) {
+    float acc[kNW][4] = {};
+    mma_rows<T, kGdnChunk / 16, kNW, true>(acc, tw + r0 * kLdC, kLdC, key + n0, kLdK, lane);  // B[m][c] = K[m][c]
+#pragma unroll
+    for (int nt = 0; nt < kNW; ++nt) {
+      const int c = n0 + nt * 8 + 2 * t4;
+      store(r0 + g8, c, acc[nt][0], acc[nt][1]);
+      store(r0 + g8 + 8, c, acc[nt][2], acc[nt][3]);
+    }
+  }
+}
+
 // CTAs per SM the registers are capped for at K <= 128 (2 fit in shared memory; scripts/gdn_phases.cu tries 1).
 #ifndef MOM_OPS_GDN_CTAS_PER_SM
 #define MOM_OPS_GDN_CTAS_PER_SM 2
@@ -260,31 +293,17 @@ __global__ void __launch_bounds__(kGdnThreads, kGdnCtasPerSm<T, kK, kBV>) gdn_fw
     // (d) T = (I + A)^-1 (fp32), then T diag(beta e^G rk) and T diag(beta) in 16 bits.
     invert_unit_lower_64<kLdA, kLdT>(sA, sT, sX, tid);
     GDN_PHASE(3);
-    for (int idx = tid; idx < C * C / 2; idx += kGdnThreads) {
-      const int i = idx / (C / 2), j = (idx % (C / 2)) * 2;
-      const float t0 = sT[i * kLdT + j], t1 = sT[i * kLdT + j + 1];
-      store2<T>(sTu + i * kLdC + j, t0 * sBeta[j], t1 * sBeta[j + 1]);
-      store2<T>(sTw + i * kLdC + j, t0 * sColW[j], t1 * sColW[j + 1]);
+    scale_t_columns<T, kLdT, kLdC>(sT, sBeta, sColW, sTu, sTw, tid, [&](int i, int j, float t0, float t1) {
       if constexpr (kSave) {
         if (vb == 0 && i < len) store2<T>(static_cast<T*>(p.save_t) + ((c0 + i) * p.heads_v + hv) * C + j, t0, t1);
       }
-    }
+    });
     __syncthreads();
     GDN_PHASE(4);
 
     // (e) W = Tw K (rows r0.., columns of half ch) -> sW; U = Tu V (rows r0.., v columns of half ch).
-#pragma unroll
-    for (int n0 = ch * (kK / 2); n0 < (ch + 1) * (kK / 2); n0 += 64) {
-      constexpr int kNW = (kK / 2 < 64 ? kK / 2 : 64) / 8;
-      float acc[kNW][4] = {};
-      mma_rows<T, C / 16, kNW, true>(acc, sTw + r0 * kLdC, kLdC, sK + n0, kLdK, lane);  // B[m][c] = K[m][c]
-#pragma unroll
-      for (int nt = 0; nt < kNW; ++nt) {
-        const int c = n0 + nt * 8 + 2 * t4;
-        store2<T>(sW + (r0 + g8) * kLdK + c, acc[nt][0], acc[nt][1]);
-        store2<T>(sW + (r0 + g8 + 8) * kLdK + c, acc[nt][2], acc[nt][3]);
-      }
-    }
+    w_rows<T, kK, kLdC, kLdK>(sTw, sK, r0, ch, lane,
+                              [&](int i, int c, float w0, float w1) { store2<T>(sW + i * kLdK + c, w0, w1); });
     const int vc0 = ch * kHalfV;  // first v column (within the block) of this warp's output tiles
     float vnew[kNTo][4] = {};
     mma_rows<T, C / 16, kNTo, true>(vnew, sTu + r0 * kLdC, kLdC, sV + vc0, kLdV, lane);  // U = Tu V

@@ -132,29 +132,16 @@ __global__ void __launch_bounds__(kGdnThreads) gdn_prep_kernel(GdnSplitParams p)
 
   // T = (I + A)^-1 (fp32), then T diag(beta e^G rk) and T diag(beta) in 16 bits (and T for the backward).
   invert_unit_lower_64<L::kLdA, L::kLdT>(sA, sT, sX, tid);
-  for (int idx = tid; idx < C * C / 2; idx += kGdnThreads) {
-    const int i = idx / (C / 2), j = (idx % (C / 2)) * 2;
-    const float t0 = sT[i * L::kLdT + j], t1 = sT[i * L::kLdT + j + 1];
-    store2<T>(sTu + i * kLdC + j, t0 * sBeta[j], t1 * sBeta[j + 1]);
-    store2<T>(sTw + i * kLdC + j, t0 * sColW[j], t1 * sColW[j + 1]);
+  scale_t_columns<T, L::kLdT, kLdC>(sT, sBeta, sColW, sTu, sTw, tid, [&](int i, int j, float t0, float t1) {
     if (p.save_t != nullptr && i < len) store2<T>(static_cast<T*>(p.save_t) + ((c0 + i) * p.heads_v + hv) * C + j, t0, t1);
-  }
+  });
   __syncthreads();
 
   // W = Tw K: rows r0.., columns of half ch -> global (rows < len).
   T* w = static_cast<T*>(p.save_w);
-#pragma unroll
-  for (int n0 = ch * (kK / 2); n0 < (ch + 1) * (kK / 2); n0 += 64) {
-    constexpr int kNW = (kK / 2 < 64 ? kK / 2 : 64) / 8;
-    float acc[kNW][4] = {};
-    mma_rows<T, C / 16, kNW, true>(acc, sTw + r0 * kLdC, kLdC, sK + n0, kLdK, lane);  // B[m][c] = K[m][c]
-#pragma unroll
-    for (int nt = 0; nt < kNW; ++nt) {
-      const int c = n0 + nt * 8 + 2 * t4;
-      if (i0 < len) store2<T>(w + ((c0 + i0) * p.heads_v + hv) * kK + c, acc[nt][0], acc[nt][1]);
-      if (i1 < len) store2<T>(w + ((c0 + i1) * p.heads_v + hv) * kK + c, acc[nt][2], acc[nt][3]);
-    }
-  }
+  w_rows<T, kK, kLdC, kLdK>(sTw, sK, r0, ch, lane, [&](int i, int c, float w0, float w1) {
+    if (i < len) store2<T>(w + ((c0 + i) * p.heads_v + hv) * kK + c, w0, w1);
+  });
 
   // U = Tu V, one 64-column block of V at a time -> global fp32 (rows < len).
   for (int v0 = 0; v0 < p.dim_v; v0 += BV) {
