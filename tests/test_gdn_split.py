@@ -1,5 +1,5 @@
-"""The split CUDA forward (csrc/gdn/gdn_split_kernels.cuh: chunk-local terms, state chain, outputs; on with
-MOM_OPS_GDN_SPLIT=1) against the fp32 recurrence and against the fused forward, and the backward fed by its saved
+"""The split CUDA forward (csrc/gdn/gdn_split_kernels.cuh: chunk-local terms, state chain, outputs; forced with
+MOM_OPS_GDN_SPLIT=1, the fused one with 0) against the fp32 recurrence and against the fused forward, and the backward fed by its saved
 tensors. GPU only."""
 
 import pytest
@@ -16,7 +16,7 @@ def _both(inp, lengths, monkeypatch, state_v_first=False):
     gpu = {key: t.cuda() for key, t in inp.items()}
     monkeypatch.setenv("MOM_OPS_GDN_SPLIT", "1")
     split = _run(mom_ops.chunk_gated_delta_rule, gpu, lengths, state_v_first)
-    monkeypatch.delenv("MOM_OPS_GDN_SPLIT")
+    monkeypatch.setenv("MOM_OPS_GDN_SPLIT", "0")
     fused = _run(mom_ops.chunk_gated_delta_rule, gpu, lengths, state_v_first)
     return split, fused
 
@@ -72,7 +72,7 @@ def test_split_training_forward_gives_the_fused_gradients(D, lengths, monkeypatc
 
     monkeypatch.setenv("MOM_OPS_GDN_SPLIT", "1")
     split = grads()
-    monkeypatch.delenv("MOM_OPS_GDN_SPLIT")
+    monkeypatch.setenv("MOM_OPS_GDN_SPLIT", "0")
     fused = grads()
     for key in fused:
         assert torch.isfinite(split[key]).all(), key

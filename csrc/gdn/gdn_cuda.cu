@@ -70,11 +70,22 @@ void run_gdn_fwd(const GdnFwdParams& p, bool bf16, int dim_k, int bv, cudaStream
 
 namespace {
 
-// MOM_OPS_GDN_SPLIT=1 runs the split forward (gdn_split_kernels.cuh) instead of the fused kernel. Experimental:
-// off by default until it has run on a GPU (NOTES.md).
-bool split_forward_requested() {
-  const char* env = std::getenv("MOM_OPS_GDN_SPLIT");
-  return env != nullptr && std::string(env) == "1";
+// The split forward (gdn_split_kernels.cuh: chunk-local terms for all chunks at once, then only the two state
+// products per chunk in series, then the outputs) instead of the fused kernel: where the fused grid leaves most
+// SMs idle (few long sequences: each fused CTA runs all its chunk-local work in series) and at K = 256 (fused
+// V-blocks of 32 or 64 repeat the chunk-local work 4-8 times). H200, T = 32768: n1 D128 fwd 6.75 -> 2.20 ms,
+// n32 D256 0.98 -> 0.87 (fwd+bwd 3.03 -> 2.69), but n32 D128 0.95 fused vs 1.33 split (NOTES.md).
+// MOM_OPS_GDN_SPLIT=1 / 0 forces the split / fused forward (tests, experiments).
+bool use_split_forward(const GdnDims& d, int bv) {
+  if (d.dim_v % kSplitBV != 0) return false;
+  if (const char* env = std::getenv("MOM_OPS_GDN_SPLIT")) {
+    if (std::string(env) == "1") return true;
+    if (std::string(env) == "0") return false;
+  }
+  if (d.dim_k == 256) return true;
+  const int64_t fused_ctas = d.num_seqs * d.heads_v * (d.dim_v / bv);
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  return fused_ctas < 2 * int64_t(sms);
 }
 
 // The forward; with `saved` (the training forward) it also writes what the backward reads: the state at every
@@ -129,19 +140,20 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Te
     p.save_vn = saved->v_new.data_ptr();
     p.save_t = saved->t.data_ptr();
   }
-  if (split_forward_requested()) {
-    TORCH_CHECK_VALUE(d.dim_v % kSplitBV == 0, "the split CUDA forward needs V a multiple of ", kSplitBV, ", got ",
-                      d.dim_v);
+  if (use_split_forward(d, bv)) {
     GdnSplitParams sp{};
     static_cast<GdnFwdParams&>(sp) = p;
     // Without `saved` (inference), what the backward would keep is workspace here.
     const GdnSaved work = saved != nullptr ? *saved : GdnSaved::empty(q, d, rows, false);
     const at::Tensor u = at::empty({rows, d.heads_v, d.dim_v}, q.options().dtype(at::kFloat));
+    const at::Tensor g_rk =
+        at::empty({chunk_slots(rows, d.num_seqs), d.heads_v, 2, kGdnChunk}, q.options().dtype(at::kFloat));
     sp.save_s0 = work.chunk_states.data_ptr();
     sp.save_w = work.w.data_ptr();
     sp.save_vn = work.v_new.data_ptr();
     sp.save_t = work.t.defined() ? work.t.data_ptr() : nullptr;
     sp.u = u.data_ptr<float>();
+    sp.g_rk = g_rk.data_ptr<float>();
     run_gdn_fwd_split(sp, q.scalar_type() == at::kBFloat16, int(d.dim_k), chunk_slots(rows, d.num_seqs), stream);
     return {io.o, io.ht};
   }

@@ -2,7 +2,7 @@
 // (gdn_fwd_kernel.cuh) is bound by its chain, since every chunk runs all of its chunk-local work in series
 // (NOTES.md: ~28k cycles per chunk, 512 chunks in a row at n1). Here the chunk-local work runs for all chunks at
 // once and the chain keeps only the two products that read the state:
-//   1. gdn_prep_kernel, CTA per (chunk slot, value head): G, rk, A, T = (I + A)^-1,
+//   1. gdn_prep_kernel, CTA per (chunk slot, value head): G, rk -> g_rk, A, T = (I + A)^-1,
 //        W = T diag(beta e^G rk) K -> w [rows, HV, K] (16-bit),  U = T diag(beta) V -> u [rows, HV, V] (fp32),
 //        and T -> t [rows, HV, 64] for the backward when asked.
 //   2. gdn_chain_kernel, CTA per (sequence, value head, V-block of 64), the state S [K, 64] fp32 in registers;
@@ -29,7 +29,8 @@ namespace mom_ops {
 constexpr int kSplitBV = 64;  // value columns per chain / output CTA
 
 struct GdnSplitParams : GdnFwdParams {
-  float* u;  // [rows, HV, V] fp32 workspace: U = T diag(beta) V (save_w, save_vn, save_s0 are required here)
+  float* u;     // [rows, HV, V] fp32 workspace: U = T diag(beta) V (save_w, save_vn, save_s0 are required here)
+  float* g_rk;  // [slots, HV, 2, 64] fp32 workspace: each chunk's G = cumsum(g) then rk (16-byte aligned runs)
 };
 
 // ---------------------------------------------------------------- 1. chunk-local terms
@@ -108,6 +109,8 @@ __global__ void __launch_bounds__(kGdnThreads) gdn_prep_kernel(GdnSplitParams p)
   __syncthreads();
   chunk_norms_and_cumsum<T, kK, kLdK>(sK, sK, sG, sRq, sRk, p.l2norm, tid);
   __syncthreads();
+  // G and rk for the chain (all 64 rows: past len, G stays G[len - 1] and the zero rows' rk is finite).
+  if (tid < 2 * C) p.g_rk[(blockIdx.x * int64_t(2) + tid / C) * C + tid % C] = tid < C ? sG[tid] : sRk[tid - C];
 
   // A = (K K^T) beta_i rk_i rk_j e^{G_i - G_j} (i > j): rows r0.., columns of half ch -> sA (fp32).
   if (tid < C) sColW[tid] = sBeta[tid] * __expf(sG[tid]) * sRk[tid];
@@ -172,16 +175,18 @@ struct GdnChainFwdSmem {
   static constexpr int C = kGdnChunk;
   static constexpr int kLdK = kK + 8, kLdV = kSplitBV + 8, kLdU = kSplitBV + 4;
   static constexpr int bytes16(int rows, int ld) { return rows * ld * 2; }
-  // Two stages (chunk c and c + 1) of: W, K [64][kLdK] 16-bit, U [64][kLdU] fp32, g -> G [64] fp32.
+  // Two stages (chunk c and c + 1) of: W, K [64][kLdK] 16-bit, U [64][kLdU] fp32, G and rk [64] fp32 each.
   static constexpr int kStageW = 0, kStageK = bytes16(C, kLdK), kStageU = 2 * bytes16(C, kLdK);
   static constexpr int kStageG = kStageU + C * kLdU * 4;
-  static constexpr int kStage = kStageG + C * 4;
-  static constexpr int kS = 2 * kStage;                       // S^T [64][kLdK] (16-bit copy)
-  static constexpr int kVd = kS + bytes16(kSplitBV, kLdK);    // rk e^{G_last - G} V_new [64][kLdV]
-  static constexpr int kVec = kVd + bytes16(C, kLdV);         // f32 [64] each: rk, (rq)
-  static constexpr int kBytes = kVec + 2 * C * 4;
+  static constexpr int kStage = kStageG + 2 * C * 4;
+  static constexpr int kS = 2 * kStage;                       // S [kK][kLdV] in 16 bits: W S's B operand and s0
+  static constexpr int kVd = kS + bytes16(kK, kLdV);          // rk e^{G_last - G} V_new [64][kLdV]
+  static constexpr int kBytes = kVd + bytes16(C, kLdV);
 };
 
+// Per chunk, two barriers: (1) this chunk's stage has landed and S is in sS; the next chunk's loads go out (its
+// stage was last read before this barrier). (2) V_new is in sVd and s0 has been copied out; then the state update,
+// while the next chunk's S -> sS may start (sS has no reader after (2)).
 template <typename T, int kK>
 __global__ void __launch_bounds__(kGdnThreads, 1) gdn_chain_kernel(GdnSplitParams p) {
   using L = GdnChainFwdSmem<T, kK>;
@@ -191,97 +196,105 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_chain_kernel(GdnSplitParam
   extern __shared__ __align__(16) unsigned char smem[];
   T* sS = reinterpret_cast<T*>(smem + L::kS);
   T* sVd = reinterpret_cast<T*>(smem + L::kVd);
-  float* sRk = reinterpret_cast<float*>(smem + L::kVec);
-  float* sRq = sRk + C;
   auto stage_w = [&](int s) { return reinterpret_cast<T*>(smem + s * L::kStage + L::kStageW); };
   auto stage_k = [&](int s) { return reinterpret_cast<T*>(smem + s * L::kStage + L::kStageK); };
   auto stage_u = [&](int s) { return reinterpret_cast<float*>(smem + s * L::kStage + L::kStageU); };
-  auto stage_g = [&](int s) { return reinterpret_cast<float*>(smem + s * L::kStage + L::kStageG); };
+  auto stage_g = [&](int s) { return reinterpret_cast<float*>(smem + s * L::kStage + L::kStageG); };  // G, rk
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g8 = lane / 4, t4 = lane % 4;
   const int rt = warp % 4, ch = warp / 4, r0 = 16 * rt, i0 = r0 + g8, i1 = i0 + 8;
   const ChainCta cta = chain_cta(p, p.seq_order, p.dim_v / BV, BV, kK);
   const int seq = cta.seq, hv = cta.hv, h = cta.h, v0 = cta.v0;
-  const int64_t bos = cta.bos, eos = cta.eos;
+  const int64_t bos = cta.bos, eos = cta.eos, slot0 = chunk_slot(p, seq, bos);
   const T* k = static_cast<const T*>(p.k);
   const T* w = static_cast<const T*>(p.save_w);
   T* vn = static_cast<T*>(p.save_vn);
+  // This CTA's columns of the state at chunk slot0 + c: s0 + c * slot_stride, rows of p.dim_v.
+  T* s0 = static_cast<T*>(p.save_s0) + (slot0 * p.heads_v + hv) * int64_t(kK) * p.dim_v + v0;
+  const int64_t slot_stride = int64_t(p.heads_v) * kK * p.dim_v;
 
   float S[kMT][kNT][4];
-  auto for_each_state = [&](auto&& fn) { ST::for_each(S, warp, lane, fn); };  // fn(element, k, v - v0)
   auto state_index = [&](int kk, int vv) { return cta.state_index(p.v_first, kK, p.dim_v, kk, vv); };
-  for_each_state([&](float& x, int kk, int vv) { x = p.h0 != nullptr ? p.h0[state_index(kk, vv)] : 0.f; });
+  ST::for_each(S, warp, lane, [&](float& x, int kk, int vv) {
+    x = p.h0 != nullptr ? p.h0[state_index(kk, vv)] : 0.f;
+  });
 
-  // Chunk c0's W, K (zeros past the sequence), U rows (zeros) into stage s; its g values come back in a register
-  // (thread tid < 64 holds row tid) and are written to the stage by the caller.
-  auto load_chunk = [&](int s, int64_t c0) -> float {
+  // Chunk slot0 + c (rows from c0) -> stage s: W, K, U (zero rows past the sequence), G and rk; one commit group.
+  // Thread tid copies piece j of W and K: row r_wk + j kRowsWK, 8 values from col_wk; of U: row r_u + j kRowsU,
+  // 4 floats from col_u. A piece past the sequence is zero-filled from (unread) row c0, which exists.
+  constexpr int kRowsWK = kGdnThreads / (kK / 8), kRowsU = kGdnThreads / (BV / 4);
+  const int r_wk = tid / (kK / 8), col_wk = (tid % (kK / 8)) * 8, r_u = tid / (BV / 4), col_u = (tid % (BV / 4)) * 4;
+  const int64_t w_row = int64_t(p.heads_v) * kK, k_row = int64_t(p.heads_qk) * kK, u_row = int64_t(p.heads_v) * p.dim_v;
+  const T* w_col = w + (hv * kK + col_wk);  // row 0 of this thread's columns
+  const T* k_col = k + (h * kK + col_wk);
+  const float* u_col = p.u + (hv * p.dim_v + v0 + col_u);
+  auto load_chunk = [&](int s, int64_t c0, int64_t c) {
     const int len = int(min(int64_t(C), eos - c0));
-    T *dw = stage_w(s), *dk = stage_k(s);
-    float* du = stage_u(s);
-    for (int idx = tid; idx < C * (kK / 8); idx += kGdnThreads) {
-      const int r = idx / (kK / 8), c = (idx % (kK / 8)) * 8;
-      const int64_t row = c0 + min(r, len - 1);
-      cp_async16(dw + r * kLdK + c, w + (row * p.heads_v + hv) * kK + c, r < len);
-      cp_async16(dk + r * kLdK + c, k + (row * p.heads_qk + h) * kK + c, r < len);
+    T* dw = stage_w(s) + r_wk * kLdK + col_wk;
+    T* dk = stage_k(s) + r_wk * kLdK + col_wk;
+    float* du = stage_u(s) + r_u * kLdU + col_u;
+    const T *w0 = w_col + c0 * w_row, *k0 = k_col + c0 * k_row;
+    const float* u0 = u_col + c0 * u_row;
+    const T *wr = w0 + r_wk * w_row, *kr = k0 + r_wk * k_row;
+    const float* ur = u0 + r_u * u_row;
+#pragma unroll
+    for (int j = 0; j < C / kRowsWK; ++j) {
+      const bool valid = r_wk + j * kRowsWK < len;
+      cp_async16(dw + j * kRowsWK * kLdK, valid ? wr + j * kRowsWK * w_row : w0, valid);
+      cp_async16(dk + j * kRowsWK * kLdK, valid ? kr + j * kRowsWK * k_row : k0, valid);
     }
-    for (int idx = tid; idx < C * (BV / 4); idx += kGdnThreads) {
-      const int r = idx / (BV / 4), c = (idx % (BV / 4)) * 4;
-      cp_async16(du + r * kLdU + c, p.u + ((c0 + min(r, len - 1)) * p.heads_v + hv) * p.dim_v + v0 + c, r < len);
+#pragma unroll
+    for (int j = 0; j < C / kRowsU; ++j) {
+      const bool valid = r_u + j * kRowsU < len;
+      cp_async16(du + j * kRowsU * kLdU, valid ? ur + j * kRowsU * u_row : u0, valid);
     }
+    if (tid < 2 * C / 4) cp_async16(stage_g(s) + 4 * tid, p.g_rk + ((slot0 + c) * p.heads_v + hv) * 2 * C + 4 * tid, true);
     cp_async_commit();
-    return tid < len ? p.g[(c0 + tid) * p.heads_v + hv] : 0.f;
   };
 
-  if (bos < eos) {
-    const float g0 = load_chunk(0, bos);
-    if (tid < C) stage_g(0)[tid] = g0;
-  }
+  if (bos < eos) load_chunk(0, bos, 0);
   int stage = 0;
-  for (int64_t c0 = bos; c0 < eos; c0 += C, stage ^= 1) {
+  for (int64_t c0 = bos, c = 0; c0 < eos; c0 += C, ++c, stage ^= 1) {
     const int len = int(min(int64_t(C), eos - c0));
-    const bool more = c0 + C < eos;
-    float g_next = 0.f;
-    if (more) g_next = load_chunk(stage ^ 1, c0 + C);  // stage ^ 1 was last read before the previous barrier
-    // S0 of this chunk -> global and, as S^T in 16 bits, the B operand of W S.
-    ST::store(static_cast<T*>(p.save_s0) +
-                  ((chunk_slot(p, seq, bos) + (c0 - bos) / C) * p.heads_v + hv) * int64_t(kK) * p.dim_v + v0,
-              p.dim_v, S, warp, lane);
-    for_each_state([&](float& x, int kk, int vv) { sS[vv * kLdK + kk] = from_f32<T>(x); });
-    if (more) cp_async_wait<1>(); else cp_async_wait<0>();  // this chunk's W, K, U
-    __syncthreads();
-    T *sW = stage_w(stage), *sK = stage_k(stage);
+    ST::store(sS, kLdV, S, warp, lane);  // S in 16 bits (the saved chunk state's rounding)
+    cp_async_wait<0>();                  // this chunk's stage
+    __syncthreads();                     // (1)
+    if (c0 + C < eos) load_chunk(stage ^ 1, c0 + C, c + 1);
+    const T *sW = stage_w(stage), *sK = stage_k(stage);
     const float* sU = stage_u(stage);
-    float* sG = stage_g(stage);
-    chunk_norms_and_cumsum<T, kK, kLdK>(sK, sK, sG, sRq, sRk, p.l2norm, tid);
-    __syncthreads();
-    const float G_last = sG[C - 1];
+    const float *sG = stage_g(stage), *sRk = sG + C;
+    const float G_last = sG[C - 1], decay = __expf(G_last);
 
     // V_new = U - W S (rows r0.., columns of half ch) -> global; rk e^{G_last - G} V_new -> sVd.
     {
       const int vc0 = ch * (BV / 2);
       float ws[kNTo][4] = {};
-      mma_rows<T, kK / 16, kNTo, false>(ws, sW + r0 * kLdK, kLdK, sS + vc0 * kLdK, kLdK, lane);
+      mma_rows<T, kK / 16, kNTo, true>(ws, sW + r0 * kLdK, kLdK, sS + vc0, kLdV, lane);  // B[kk][v] = S[kk][v]
       const float d0 = sRk[i0] * __expf(G_last - sG[i0]), d1 = sRk[i1] * __expf(G_last - sG[i1]);
 #pragma unroll
       for (int nt = 0; nt < kNTo; ++nt) {
-        const int c = vc0 + nt * 8 + 2 * t4;
-        const float2 u0 = *reinterpret_cast<const float2*>(sU + i0 * kLdU + c);
-        const float2 u1 = *reinterpret_cast<const float2*>(sU + i1 * kLdU + c);
+        const int col = vc0 + nt * 8 + 2 * t4;
+        const float2 u0 = *reinterpret_cast<const float2*>(sU + i0 * kLdU + col);
+        const float2 u1 = *reinterpret_cast<const float2*>(sU + i1 * kLdU + col);
         const float x0 = u0.x - ws[nt][0], x1 = u0.y - ws[nt][1], x2 = u1.x - ws[nt][2], x3 = u1.y - ws[nt][3];
-        if (i0 < len) store2<T>(vn + ((c0 + i0) * p.heads_v + hv) * p.dim_v + v0 + c, x0, x1);
-        if (i1 < len) store2<T>(vn + ((c0 + i1) * p.heads_v + hv) * p.dim_v + v0 + c, x2, x3);
-        store2<T>(sVd + i0 * kLdV + c, d0 * x0, d0 * x1);
-        store2<T>(sVd + i1 * kLdV + c, d1 * x2, d1 * x3);
+        if (i0 < len) store2<T>(vn + ((c0 + i0) * p.heads_v + hv) * p.dim_v + v0 + col, x0, x1);
+        if (i1 < len) store2<T>(vn + ((c0 + i1) * p.heads_v + hv) * p.dim_v + v0 + col, x2, x3);
+        store2<T>(sVd + i0 * kLdV + col, d0 * x0, d0 * x1);
+        store2<T>(sVd + i1 * kLdV + col, d1 * x2, d1 * x3);
       }
     }
-    __syncthreads();
+    // This chunk's state S0 (sS) -> s0, 16 bytes at a time.
+    T* s0c = s0 + c * slot_stride;
+    for (int idx = tid; idx < kK * (BV / 8); idx += kGdnThreads) {
+      const int r = idx / (BV / 8), col = (idx % (BV / 8)) * 8;
+      *reinterpret_cast<uint4*>(s0c + int64_t(r) * p.dim_v + col) = *reinterpret_cast<const uint4*>(sS + r * kLdV + col);
+    }
+    __syncthreads();  // (2)
 
     // S = e^{G_last} S + K^T V_d on this warp's state tiles.
-    ST::decay_add_atb(S, __expf(G_last), sK, kLdK, sVd, kLdV, warp, lane);
-    if (more && tid < C) stage_g(stage ^ 1)[tid] = g_next;
-    __syncthreads();  // this stage, sS and sVd are free for the next chunk
+    ST::decay_add_atb(S, decay, sK, kLdK, sVd, kLdV, warp, lane);
   }
-  if (p.ht != nullptr) for_each_state([&](float& x, int kk, int vv) { p.ht[state_index(kk, vv)] = x; });
+  if (p.ht != nullptr) ST::for_each(S, warp, lane, [&](float& x, int kk, int vv) { p.ht[state_index(kk, vv)] = x; });
 }
 
 // ---------------------------------------------------------------- 3. outputs

@@ -82,6 +82,7 @@ int main(int argc, char** argv) {
   mk(o1, ht1, s01, w1, vn1, t1);
   mk(o2, ht2, s02, w2, vn2, t2);
   Buf u = galloc(rows * HV * V * 4);
+  Buf g_rk = galloc(slots * HV * 2 * 64 * 4);
 
   GdnFwdParams p{};
   p.q = q.data, p.k = k.data, p.v = v.data, p.g = g.as<float>(), p.beta = beta.as<float>(), p.h0 = noh0 ? nullptr : h0.as<float>();
@@ -102,7 +103,7 @@ int main(int argc, char** argv) {
     GdnSplitParams sp{};
     static_cast<GdnFwdParams&>(sp) = p;
     sp.o = o2.data, sp.ht = ht2.as<float>(), sp.save_s0 = s02.data, sp.save_w = w2.data, sp.save_vn = vn2.data;
-    sp.save_t = t2.data, sp.u = u.as<float>();
+    sp.save_t = t2.data, sp.u = u.as<float>(), sp.g_rk = g_rk.as<float>();
     const int64_t vb = V / kSplitBV;
     launch(gdn_prep_kernel<T, kK>, sp, slots * HV, GdnPrepSmem<T, kK>::kBytes);
     launch(gdn_chain_kernel<T, kK>, sp, int64_t(N) * HV * vb, GdnChainFwdSmem<T, kK>::kBytes);
