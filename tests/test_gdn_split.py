@@ -77,3 +77,27 @@ def test_split_training_forward_gives_the_fused_gradients(D, lengths, monkeypatc
     for key in fused:
         assert torch.isfinite(split[key]).all(), key
         assert rel_rms(split[key], fused[key]) < 5e-3, (key, rel_rms(split[key], fused[key]))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("K, V, lengths", [(128, 128, [300, 0, 65, 1]), (64, 192, [200, 64]), (128, 64, [1000])])
+def test_split_backward_chain_gives_the_chain_kernels_gradients(K, V, lengths, monkeypatch):
+    """MOM_OPS_GDN_BWD_SPLIT=1 (chunk-local P^T dO and diag(..) dO first, then the chain; K <= 128) against the
+    one-kernel chain: the same gradients up to the order of one fp32 sum (dVn's two terms) before 16-bit rounding."""
+    need_kernel("chunk_gated_delta_rule_bwd", "cuda")
+    n = len(lengths)
+    inp = gdn_inputs(1, sum(lengths), 2, K, V, HV=4, dtype=torch.bfloat16, decay="strong", h0=True, n_seqs=n)
+    do = torch.randn(1, sum(lengths), 4, V, device="cuda", dtype=torch.bfloat16)
+    dht = torch.randn(n, 4, K, V, device="cuda")
+
+    def grads(split):
+        monkeypatch.setenv("MOM_OPS_GDN_BWD_SPLIT", split)
+        leaves = {key: t.cuda().detach().requires_grad_(True) for key, t in inp.items()}
+        o, ht = _run(mom_ops.chunk_gated_delta_rule, leaves, lengths, False)
+        torch.autograd.backward((o, ht), (do, dht))
+        return {key: t.grad.float() for key, t in leaves.items()}
+
+    split, chain = grads("1"), grads("0")
+    for key in chain:
+        assert torch.isfinite(split[key]).all(), key
+        assert rel_rms(split[key], chain[key]) < 3e-3, (key, rel_rms(split[key], chain[key]))

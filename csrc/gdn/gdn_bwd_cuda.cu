@@ -12,6 +12,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "gdn/gdn_bwd_launch.h"
@@ -38,6 +40,15 @@ at::Tensor checked_saved(const at::Tensor& t, const char* name, const std::vecto
   TORCH_CHECK_VALUE(t.scalar_type() == q.scalar_type() && t.device() == q.device(), name, " must be ",
                     q.scalar_type(), " on ", q.device(), ", got ", t.scalar_type(), " on ", t.device());
   return t.contiguous();
+}
+
+// The split backward chain (gdn_bwd_split_kernels.cuh: P^T dO and diag(scale rq e^G) dO for all chunks at once,
+// then per chunk only the products that read dS), for few long sequences. Off unless MOM_OPS_GDN_BWD_SPLIT=1 until
+// it has been timed on a GPU (NOTES.md); K <= 128, V a multiple of 64.
+bool use_split_backward_chain(const GdnDims& d) {
+  if (d.dim_k > 128 || d.dim_v % 64 != 0) return false;
+  const char* env = std::getenv("MOM_OPS_GDN_BWD_SPLIT");
+  return env != nullptr && std::string(env) == "1";
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gdn_bwd_cuda(
@@ -133,7 +144,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     bp.dv = dv.data_ptr();
     bp.dg = dg.data_ptr<float>();
     bp.dbeta = dbeta.data_ptr<float>();
-    run_gdn_bwd_chain(bp, bf16, int(d.dim_k), fwd_bv, stream);
+    if (use_split_backward_chain(d)) {
+      GdnBwdSplitParams sbp{};
+      static_cast<GdnBwdParams&>(sbp) = bp;
+      const at::Tensor pdo = at::empty({rows, d.heads_v, d.dim_v}, f32);
+      const at::Tensor doq = at::empty({rows, d.heads_v, d.dim_v}, opts);
+      const at::Tensor g_rk = at::empty({slots, d.heads_v, 2, kGdnChunk}, f32);
+      sbp.pdo = pdo.data_ptr<float>();
+      sbp.doq = doq.data_ptr();
+      sbp.g_rk = g_rk.data_ptr<float>();
+      run_gdn_bwd_chain_split(sbp, bf16, int(d.dim_k), slots, stream);
+    } else {
+      run_gdn_bwd_chain(bp, bf16, int(d.dim_k), fwd_bv, stream);
+    }
     run_gdn_bwd_grads(bp, bf16, int(d.dim_k), slots, stream);
   } else if (io.h0.defined()) {
     dh0.copy_(grad_final_state.has_value() ? dht : at::zeros_like(dh0));

@@ -15,6 +15,11 @@ inline int gdn_bwd_value_block(int64_t dim_k) { return dim_k == 256 ? 32 : 64; }
 // p.num_seqs x p.heads_v x p.num_vblocks CTAs.
 void run_gdn_bwd_chain(const GdnBwdParams& p, bool bf16, int dim_k, int bv, cudaStream_t stream);
 
+// The split chain (gdn_bwd_split_kernels.cuh; K <= 128, V % 64 == 0): its prep kernel on num_slots x p.heads_v CTAs,
+// then the chain on p.num_seqs x p.heads_v x V / 64; writes what run_gdn_bwd_chain writes (ds1, dh0).
+void run_gdn_bwd_chain_split(const GdnBwdSplitParams& p, bool bf16, int dim_k, int64_t num_slots,
+                             cudaStream_t stream);
+
 // gdn_bwd_grads_kernel on num_slots x p.heads_v CTAs.
 void run_gdn_bwd_grads(const GdnBwdParams& p, bool bf16, int dim_k, int64_t num_slots, cudaStream_t stream);
 

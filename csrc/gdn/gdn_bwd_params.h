@@ -30,4 +30,11 @@ struct GdnBwdParams : ScanParams {
   float* dbeta;            // [rows, HV]
 };
 
+// The split chain's (gdn_bwd_split_kernels.cuh) chunk-local terms, written by its prep kernel.
+struct GdnBwdSplitParams : GdnBwdParams {
+  float* pdo;   // [rows, HV, V] fp32 workspace: P^T dO
+  void* doq;    // [rows, HV, V] 16-bit workspace: diag(scale rq e^G) dO
+  float* g_rk;  // [slots, HV, 2, 64] fp32 workspace: each chunk's G = cumsum(g), then rk
+};
+
 }  // namespace mom_ops

@@ -14,6 +14,9 @@
 #include "gdn/gdn_fwd_kernel.cuh"
 #include "gdn/gdn_bwd_chain_kernel.cuh"
 #include "gdn/gdn_bwd_grads_kernel.cuh"
+#if KK <= 128
+#include "gdn/gdn_bwd_split_kernels.cuh"
+#endif
 #include <string>
 
 using namespace mom_ops;
@@ -128,7 +131,12 @@ int main(int argc, char** argv) {
     launch(gdn_fwd_kernel<T, kK, kBV, true>, fp, int64_t(N) * HV * (V / kBV), GdnSmem<T, kK, kBV>::kBytes);
   }
 
-  // ---- backward: chain then grads, into fresh poisoned buffers
+  // ---- backward: chain (EMU_BWD_SPLIT=1: the split chain's prep and chain kernels, K <= 128) then grads, into
+  // fresh poisoned buffers
+  const bool split_chain = kK <= 128 && std::getenv("EMU_BWD_SPLIT") != nullptr && std::string(std::getenv("EMU_BWD_SPLIT")) == "1";
+  if (split_chain && V % 64 != 0) EMU_FAIL("the split chain needs V a multiple of 64, got %d", V);
+  if (split_chain) std::printf("  split backward chain\n");
+  Buf pdo = galloc(rows * HV * V * 4), doq = galloc(rows * HV * V * 2), g_rk = galloc(slots * HV * 2 * 64 * 4);
   auto run_bwd = [&](int mode, bool eager_copies) {
     Grads r;
     const size_t qk_bytes = gva ? rows * HV * kK * 4 : rows * H * kK * 2;
@@ -143,7 +151,18 @@ int main(int argc, char** argv) {
     bp.dq = r.dq.data, bp.dk = r.dk.data, bp.dqk_per_value_head = gva, bp.dv = r.dv.data;
     bp.dg = r.dg.as<float>(), bp.dbeta = r.dbeta.as<float>();
     emu::g_order = mode, emu::g_eager = eager_copies;
-    launch(gdn_bwd_chain_kernel<T, kK, kBV>, bp, int64_t(N) * HV * (V / kBV), GdnChainSmem<T, kK, kBV>::kBytes);
+    if (split_chain) {
+#if KK <= 128
+      GdnBwdSplitParams sb{};
+      static_cast<GdnBwdParams&>(sb) = bp;
+      sb.pdo = pdo.as<float>(), sb.doq = doq.data, sb.g_rk = g_rk.as<float>();
+      launch(gdn_bwd_prep_kernel<T, kK>, sb, slots * HV, GdnBwdPrepSmem<T, kK>::kBytes);
+      launch(gdn_bwd_chain_split_kernel<T, kK>, sb, int64_t(N) * HV * (V / kSplitBV),
+             GdnBwdChainSplitSmem<T, kK>::kBytes);
+#endif
+    } else {
+      launch(gdn_bwd_chain_kernel<T, kK, kBV>, bp, int64_t(N) * HV * (V / kBV), GdnChainSmem<T, kK, kBV>::kBytes);
+    }
     launch(gdn_bwd_grads_kernel<T, kK, kGradsBV>, bp, slots * HV, GdnGradsSmem<T, kK, kGradsBV>::kBytes);
     return r;
   };

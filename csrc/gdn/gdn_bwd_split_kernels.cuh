@@ -1,0 +1,305 @@
+// Split state-gradient chain of the gated-delta backward, for few long sequences (the forward's split, for the
+// backward; gdn_bwd_chain_kernel.cuh is the one-kernel chain). Of the chain's per-chunk work only two products read
+// dS; the rest is chunk-local and runs for all chunks at once first:
+//   1. gdn_bwd_prep_kernel, CTA per (chunk slot, value head): G, rk -> g_rk, and for every 64 value columns
+//        P^T dO -> pdo (fp32),  diag(scale rq e^G) dO -> doq (16-bit),
+//      P = scale rq_i rk_j e^{G_i - G_j} (q_i . k_j) (i >= j), as in the chain kernel.
+//   2. gdn_bwd_chain_split_kernel, CTA per (sequence, value head, 64 value columns), dS [K, 64] fp32 in registers,
+//      chunks in reverse, the next one's q, k, W, doq, pdo, G, rk loading while this one computes:
+//        dS -> ds1 (16-bit), dVn = rk_i e^{G_L - G_i} (K dS)_i + pdo_i,  dS <- e^{G_L} dS + Q^T doq - W^T dVn.
+// ds1 and dh0 are what the chain kernel writes, so the grads kernel runs unchanged after it. Roundings: the chain
+// kernel's 16-bit P, dO, doq, dS, dVn operands; dVn's two terms are summed in fp32 in another order (not bitwise
+// equal to the chain kernel). K <= 128 (two stages of q, k, W do not fit in shared memory at K = 256).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "common/cp_async.cuh"
+#include "common/mma.cuh"
+#include "gdn/chunk_prologue.cuh"
+#include "gdn/gdn_bwd_params.h"
+#include "gdn/gdn_fwd_kernel.cuh"
+#include "gdn/gdn_split_kernels.cuh"
+#include "gdn/state_tile.cuh"
+
+namespace mom_ops {
+
+// ---------------------------------------------------------------- 1. chunk-local terms
+
+template <typename T, int kK>
+struct GdnBwdPrepSmem {
+  static constexpr int C = kGdnChunk;
+  static constexpr int kLdK = kK + 8, kLdV = kSplitBV + 8, kLdC = C + 8;
+  static constexpr int bytes16(int rows, int ld) { return rows * ld * 2; }
+  static constexpr int kQ = 0;                           // q [64][kLdK] raw
+  static constexpr int kKey = kQ + bytes16(C, kLdK);     // k [64][kLdK] raw
+  static constexpr int kDo = kKey + bytes16(C, kLdK);    // dO [64][kLdV], one 64-column block at a time
+  static constexpr int kP = kDo + bytes16(C, kLdV);      // P [64][kLdC]
+  static constexpr int kVec = kP + bytes16(C, kLdC);     // f32 [64] each: G, rq, rk
+  static constexpr int kBytes = kVec + 3 * C * 4;
+};
+
+template <typename T, int kK>
+__global__ void __launch_bounds__(kGdnThreads) gdn_bwd_prep_kernel(GdnBwdSplitParams p) {
+  using L = GdnBwdPrepSmem<T, kK>;
+  constexpr int C = kGdnChunk, BV = kSplitBV, kLdK = L::kLdK, kLdV = L::kLdV, kLdC = L::kLdC;
+  constexpr int kNTo = BV / 2 / 8;  // per-warp output column tiles of a 64-column block
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* sQ = reinterpret_cast<T*>(smem + L::kQ);
+  T* sK = reinterpret_cast<T*>(smem + L::kKey);
+  T* sDo = reinterpret_cast<T*>(smem + L::kDo);
+  T* sP = reinterpret_cast<T*>(smem + L::kP);
+  float* sG = reinterpret_cast<float*>(smem + L::kVec);
+  float *sRq = sG + C, *sRk = sRq + C;
+
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g8 = lane / 4, t4 = lane % 4;
+  const int rt = warp % 4, ch = warp / 4, r0 = 16 * rt, i0 = r0 + g8, i1 = i0 + 8;
+  const int hv = blockIdx.x % p.heads_v, h = hv / (p.heads_v / p.heads_qk);
+  int seq, len;
+  int64_t bos, eos, c0;
+  if (!split_slot_chunk(p, blockIdx.x / p.heads_v, seq, bos, eos, c0, len)) return;
+  const T* q = static_cast<const T*>(p.q);
+  const T* k = static_cast<const T*>(p.k);
+  const T* dout = static_cast<const T*>(p.dout);
+  T* doq = static_cast<T*>(p.doq);
+
+  auto load_do = [&](int v0) {  // dO rows (zeros past len), columns v0 .. v0 + 63
+    for (int idx = tid; idx < C * (BV / 8); idx += kGdnThreads) {
+      const int r = idx / (BV / 8), c = (idx % (BV / 8)) * 8;
+      cp_async16(sDo + r * kLdV + c, dout + ((c0 + min(r, len - 1)) * p.heads_v + hv) * p.dim_v + v0 + c, r < len);
+    }
+    cp_async_commit();
+  };
+  for (int idx = tid; idx < C * (kK / 8); idx += kGdnThreads) {
+    const int r = idx / (kK / 8), c = (idx % (kK / 8)) * 8;
+    const int64_t src = ((c0 + min(r, len - 1)) * p.heads_qk + h) * kK + c;
+    cp_async16(sQ + r * kLdK + c, q + src, r < len);
+    cp_async16(sK + r * kLdK + c, k + src, r < len);
+  }
+  cp_async_commit();
+  load_do(0);
+  if (tid < C) sG[tid] = tid < len ? p.g[(c0 + tid) * p.heads_v + hv] : 0.f;
+  cp_async_wait<1>();  // q, k
+  __syncthreads();
+  chunk_norms_and_cumsum<T, kK, kLdK>(sQ, sK, sG, sRq, sRk, p.l2norm, tid);
+  __syncthreads();
+  // G and rk for the chain (all 64 rows: past len, G stays G[len - 1] and the zero rows' rk is finite).
+  if (tid < 2 * C) p.g_rk[(blockIdx.x * int64_t(2) + tid / C) * C + tid % C] = tid < C ? sG[tid] : sRk[tid - C];
+
+  // P rows r0.., columns 32 ch.. -> sP (the chain kernel's (c)).
+  {
+    float acc[4][4] = {};
+    mma_rows<T, kK / 16, 4, false>(acc, sQ + r0 * kLdK, kLdK, sK + 32 * ch * kLdK, kLdK, lane);
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; e += 2) {
+        const int i = r0 + g8 + (e >= 2 ? 8 : 0), j = 32 * ch + nt * 8 + 2 * t4;
+        const float f = p.scale * sRq[i], Gi = sG[i];
+        const float x0 = i >= j ? f * sRk[j] * __expf(Gi - sG[j]) * acc[nt][e] : 0.f;
+        const float x1 = i >= j + 1 ? f * sRk[j + 1] * __expf(Gi - sG[j + 1]) * acc[nt][e + 1] : 0.f;
+        store2<T>(sP + i * kLdC + j, x0, x1);
+      }
+  }
+
+  // Per 64 value columns: doq rows -> global; P^T dO rows r0.., columns of half ch -> global fp32.
+  const float f0 = p.scale * sRq[i0] * __expf(sG[i0]), f1 = p.scale * sRq[i1] * __expf(sG[i1]);
+  for (int v0 = 0; v0 < p.dim_v; v0 += BV) {
+    if (v0 > 0) {
+      __syncthreads();  // every warp is done with the previous block's dO
+      load_do(v0);
+    }
+    cp_async_wait<0>();
+    __syncthreads();  // dO (and, the first time, sP)
+    const int vc0 = ch * (BV / 2);
+    float acc[kNTo][4] = {};
+#pragma unroll
+    for (int ks = 0; ks < C / 16; ++ks) {
+      uint32_t a[4];
+      load_a_trans(a, sP + ks * 16 * kLdC + r0, kLdC, lane);  // A[i][j] = P[j][i]
+#pragma unroll
+      for (int nt = 0; nt < kNTo; ++nt) {
+        uint32_t b[2];
+        load_b_trans(b, sDo + ks * 16 * kLdV + vc0 + nt * 8, kLdV, lane);
+        mma_16816<T>(acc[nt], a, b);
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < kNTo; ++nt) {
+      const int c = vc0 + nt * 8 + 2 * t4;
+      const int64_t o0 = ((c0 + i0) * p.heads_v + hv) * p.dim_v + v0 + c, o1 = ((c0 + i1) * p.heads_v + hv) * p.dim_v + v0 + c;
+      if (i0 < len) {
+        *reinterpret_cast<float2*>(p.pdo + o0) = make_float2(acc[nt][0], acc[nt][1]);
+        store2<T>(doq + o0, f0 * to_f32<T>(sDo[i0 * kLdV + c]), f0 * to_f32<T>(sDo[i0 * kLdV + c + 1]));
+      }
+      if (i1 < len) {
+        *reinterpret_cast<float2*>(p.pdo + o1) = make_float2(acc[nt][2], acc[nt][3]);
+        store2<T>(doq + o1, f1 * to_f32<T>(sDo[i1 * kLdV + c]), f1 * to_f32<T>(sDo[i1 * kLdV + c + 1]));
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- 2. the state-gradient chain
+
+template <typename T, int kK>
+struct GdnBwdChainSplitSmem {
+  static constexpr int C = kGdnChunk;
+  static constexpr int kLdK = kK + 8, kLdV = kSplitBV + 8, kLdU = kSplitBV + 4;
+  static constexpr int bytes16(int rows, int ld) { return rows * ld * 2; }
+  // Two stages (chunk c and c - 1) of: q, k, W [64][kLdK], doq [64][kLdV] 16-bit, pdo [64][kLdU] fp32, G and rk [64].
+  static constexpr int kStageQ = 0, kStageK = bytes16(C, kLdK), kStageW = 2 * bytes16(C, kLdK);
+  static constexpr int kStageDoq = 3 * bytes16(C, kLdK);
+  static constexpr int kStagePdo = kStageDoq + bytes16(C, kLdV);
+  static constexpr int kStageG = kStagePdo + C * kLdU * 4;
+  static constexpr int kStage = kStageG + 2 * C * 4;
+  static constexpr int kS = 2 * kStage;                   // dS [kK][kLdV] in 16 bits: K dS's B operand and ds1
+  static constexpr int kDvn = kS + bytes16(kK, kLdV);     // -dVn [64][kLdV]
+  static constexpr int kBytes = kDvn + bytes16(C, kLdV);
+};
+
+// Per chunk, two barriers, as the forward's split chain: (1) this chunk's stage has landed and dS is in sS; the
+// previous chunk's loads go out. (2) -dVn is in sDvn and ds1 has been copied out; then the dS update.
+template <typename T, int kK>
+__global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_chain_split_kernel(GdnBwdSplitParams p) {
+  static_assert(kK <= 128, "two stages of q, k, W fit in shared memory for K <= 128");
+  using L = GdnBwdChainSplitSmem<T, kK>;
+  constexpr int C = kGdnChunk, BV = kSplitBV, kLdK = L::kLdK, kLdV = L::kLdV, kLdU = L::kLdU;
+  using ST = StateTile<kK, BV>;  // dS's register tiles
+  constexpr int kMT = ST::kMT, kNT = ST::kNT, kNTo = BV / 2 / 8;
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* sS = reinterpret_cast<T*>(smem + L::kS);
+  T* sDvn = reinterpret_cast<T*>(smem + L::kDvn);
+  auto stage16 = [&](int s, int off) { return reinterpret_cast<T*>(smem + s * L::kStage + off); };
+  auto stage_pdo = [&](int s) { return reinterpret_cast<float*>(smem + s * L::kStage + L::kStagePdo); };
+  auto stage_g = [&](int s) { return reinterpret_cast<float*>(smem + s * L::kStage + L::kStageG); };  // G, rk
+
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g8 = lane / 4, t4 = lane % 4;
+  const int rt = warp % 4, ch = warp / 4, r0 = 16 * rt, i0 = r0 + g8, i1 = i0 + 8;
+  const ChainCta cta = chain_cta(p, p.seq_order, p.dim_v / BV, BV, kK);
+  const int seq = cta.seq, hv = cta.hv, h = cta.h, v0 = cta.v0;
+  const int64_t bos = cta.bos, eos = cta.eos, slot0 = chunk_slot(p, seq, bos);
+  const int64_t num_chunks = (eos - bos + C - 1) / C;
+  // This CTA's columns of dS at the end of chunk slot0 + c: ds1 + c * slot_stride, rows of p.dim_v.
+  T* ds1 = static_cast<T*>(p.ds1) + (slot0 * p.heads_v + hv) * int64_t(kK) * p.dim_v + v0;
+  const int64_t slot_stride = int64_t(p.heads_v) * kK * p.dim_v;
+
+  float dS[kMT][kNT][4];
+  auto state_index = [&](int kk, int vv) { return cta.state_index(p.v_first, kK, p.dim_v, kk, vv); };
+  ST::for_each(dS, warp, lane, [&](float& x, int kk, int vv) {
+    x = p.dht != nullptr ? p.dht[state_index(kk, vv)] : 0.f;
+  });
+
+  // Chunk slot0 + c (rows from c0) -> stage s: q, k, W, doq, pdo (zero rows past the sequence), G and rk. Thread tid
+  // copies piece j of q, k, W: row r_k + j kRowsK, 8 values from col_k; of doq: row r_v + j kRowsV, 8 values from
+  // col_v; of pdo: row r_u + j kRowsU, 4 floats from col_u. A piece past the sequence is zero-filled from (unread)
+  // row c0, which exists.
+  constexpr int kRowsK = kGdnThreads / (kK / 8), kRowsV = kGdnThreads / (BV / 8), kRowsU = kGdnThreads / (BV / 4);
+  const int r_k = tid / (kK / 8), col_k = (tid % (kK / 8)) * 8;
+  const int r_v = tid / (BV / 8), col_v = (tid % (BV / 8)) * 8, r_u = tid / (BV / 4), col_u = (tid % (BV / 4)) * 4;
+  const int64_t qk_row = int64_t(p.heads_qk) * kK, w_row = int64_t(p.heads_v) * kK, v_row = int64_t(p.heads_v) * p.dim_v;
+  const T* q_col = static_cast<const T*>(p.q) + (h * kK + col_k);
+  const T* k_col = static_cast<const T*>(p.k) + (h * kK + col_k);
+  const T* w_col = static_cast<const T*>(p.w) + (hv * kK + col_k);
+  const T* doq_col = static_cast<const T*>(p.doq) + (hv * p.dim_v + v0 + col_v);
+  const float* pdo_col = p.pdo + (hv * p.dim_v + v0 + col_u);
+  auto load_chunk = [&](int s, int64_t c) {
+    const int64_t c0 = bos + c * C;
+    const int len = int(min(int64_t(C), eos - c0));
+    T* to_q = stage16(s, L::kStageQ) + r_k * kLdK + col_k;
+    T* to_k = stage16(s, L::kStageK) + r_k * kLdK + col_k;
+    T* to_w = stage16(s, L::kStageW) + r_k * kLdK + col_k;
+    T* to_doq = stage16(s, L::kStageDoq) + r_v * kLdV + col_v;
+    float* to_pdo = stage_pdo(s) + r_u * kLdU + col_u;
+    const T *q0 = q_col + c0 * qk_row, *k0 = k_col + c0 * qk_row, *w0 = w_col + c0 * w_row;
+    const T* doq0 = doq_col + c0 * v_row;
+    const float* pdo0 = pdo_col + c0 * v_row;
+#pragma unroll
+    for (int j = 0; j < C / kRowsK; ++j) {
+      const int r = r_k + j * kRowsK;
+      const bool valid = r < len;
+      cp_async16(to_q + j * kRowsK * kLdK, valid ? q0 + r * qk_row : q0, valid);
+      cp_async16(to_k + j * kRowsK * kLdK, valid ? k0 + r * qk_row : k0, valid);
+      cp_async16(to_w + j * kRowsK * kLdK, valid ? w0 + r * w_row : w0, valid);
+    }
+#pragma unroll
+    for (int j = 0; j < C / kRowsV; ++j) {
+      const int r = r_v + j * kRowsV;
+      cp_async16(to_doq + j * kRowsV * kLdV, r < len ? doq0 + r * v_row : doq0, r < len);
+    }
+#pragma unroll
+    for (int j = 0; j < C / kRowsU; ++j) {
+      const int r = r_u + j * kRowsU;
+      cp_async16(to_pdo + j * kRowsU * kLdU, r < len ? pdo0 + r * v_row : pdo0, r < len);
+    }
+    if (tid < 2 * C / 4) cp_async16(stage_g(s) + 4 * tid, p.g_rk + ((slot0 + c) * p.heads_v + hv) * 2 * C + 4 * tid, true);
+    cp_async_commit();
+  };
+
+  if (num_chunks > 0) load_chunk((num_chunks - 1) % 2, num_chunks - 1);
+  for (int64_t c = num_chunks - 1; c >= 0; --c) {
+    const int stage = int(c % 2);
+    ST::store(sS, kLdV, dS, warp, lane);  // dS at this chunk's end in 16 bits (ds1's rounding)
+    cp_async_wait<0>();                   // this chunk's stage
+    __syncthreads();                      // (1)
+    if (c > 0) load_chunk(stage ^ 1, c - 1);
+    const T *sQ = stage16(stage, L::kStageQ), *sK = stage16(stage, L::kStageK), *sW = stage16(stage, L::kStageW);
+    const T* sDoq = stage16(stage, L::kStageDoq);
+    const float* sPdo = stage_pdo(stage);
+    const float *sG = stage_g(stage), *sRk = sG + C;
+    const float G_last = sG[C - 1], decay = __expf(G_last);
+
+    // dVn rows r0.., columns of half ch: rk e^{G_L - G} (K dS) + P^T dO -> -dVn in sDvn.
+    {
+      const int vc0 = ch * (BV / 2);
+      float acc[kNTo][4] = {};
+      mma_rows<T, kK / 16, kNTo, true>(acc, sK + r0 * kLdK, kLdK, sS + vc0, kLdV, lane);  // B[kk][v] = dS[kk][v]
+      const float d0 = sRk[i0] * __expf(G_last - sG[i0]), d1 = sRk[i1] * __expf(G_last - sG[i1]);
+#pragma unroll
+      for (int nt = 0; nt < kNTo; ++nt) {
+        const int col = vc0 + nt * 8 + 2 * t4;
+        const float2 x0 = *reinterpret_cast<const float2*>(sPdo + i0 * kLdU + col);
+        const float2 x1 = *reinterpret_cast<const float2*>(sPdo + i1 * kLdU + col);
+        store2<T>(sDvn + i0 * kLdV + col, -(d0 * acc[nt][0] + x0.x), -(d0 * acc[nt][1] + x0.y));
+        store2<T>(sDvn + i1 * kLdV + col, -(d1 * acc[nt][2] + x1.x), -(d1 * acc[nt][3] + x1.y));
+      }
+    }
+    // dS at this chunk's end (sS) -> ds1, 16 bytes at a time.
+    T* ds1c = ds1 + c * slot_stride;
+    for (int idx = tid; idx < kK * (BV / 8); idx += kGdnThreads) {
+      const int r = idx / (BV / 8), col = (idx % (BV / 8)) * 8;
+      *reinterpret_cast<uint4*>(ds1c + int64_t(r) * p.dim_v + col) = *reinterpret_cast<const uint4*>(sS + r * kLdV + col);
+    }
+    __syncthreads();  // (2)
+
+    // dS = e^{G_L} dS + Q^T doq + W^T (-dVn) on this warp's tiles.
+    const int wm = warp % ST::kWarpsM, wn = warp / ST::kWarpsM;
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) {
+      const int m0 = (wm * kMT + mt) * 16;
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dS[mt][nt][e] *= decay;
+#pragma unroll
+      for (int kk = 0; kk < C; kk += 16) {
+        uint32_t aq[4], aw[4];
+        load_a_trans(aq, sQ + kk * kLdK + m0, kLdK, lane);  // A[i][c] = Q[c][i]
+        load_a_trans(aw, sW + kk * kLdK + m0, kLdK, lane);
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) {
+          uint32_t b[2];
+          load_b_trans(b, sDoq + kk * kLdV + (wn * kNT + nt) * 8, kLdV, lane);
+          mma_16816<T>(dS[mt][nt], aq, b);
+          load_b_trans(b, sDvn + kk * kLdV + (wn * kNT + nt) * 8, kLdV, lane);
+          mma_16816<T>(dS[mt][nt], aw, b);
+        }
+      }
+    }
+  }
+  if (p.dh0 != nullptr) ST::for_each(dS, warp, lane, [&](float& x, int kk, int vv) { p.dh0[state_index(kk, vv)] = x; });
+}
+
+}  // namespace mom_ops
