@@ -18,7 +18,9 @@ int gdn_value_block(int64_t dim_k, int64_t dim_v, int64_t num_seqs, int64_t head
 void run_gdn_fwd(const GdnFwdParams& p, bool bf16, int dim_k, int bv, cudaStream_t stream);
 
 // The split forward (gdn_split_kernels.cuh): prep on num_slots x p.heads_v CTAs, the chain on p.num_seqs x
-// p.heads_v x V / 64, the outputs on num_slots x p.heads_v x V / 64. p.save_w, save_vn, save_s0 and u are required.
-void run_gdn_fwd_split(const GdnSplitParams& p, bool bf16, int dim_k, int64_t num_slots, cudaStream_t stream);
+// p.heads_v x V / 64, the outputs on num_slots x p.heads_v x V / 64. p.save_w, save_vn, save_s0, u and g_rk are
+// required. bulk_loads: the chain's loads as bulk copies by one warp (else cp.async by all threads).
+void run_gdn_fwd_split(const GdnSplitParams& p, bool bf16, int dim_k, int64_t num_slots, bool bulk_loads,
+                       cudaStream_t stream);
 
 }  // namespace mom_ops

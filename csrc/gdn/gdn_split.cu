@@ -8,7 +8,8 @@
 
 namespace mom_ops {
 
-void run_gdn_fwd_split(const GdnSplitParams& p, bool bf16, int dim_k, int64_t num_slots, cudaStream_t stream) {
+void run_gdn_fwd_split(const GdnSplitParams& p, bool bf16, int dim_k, int64_t num_slots, bool bulk_loads,
+                       cudaStream_t stream) {
   BOOL_SWITCH(bf16, kBf16, [&] {
     using T = std::conditional_t<kBf16, __nv_bfloat16, __half>;
     HEADDIM_SWITCH(dim_k, kK, [&] {
@@ -19,8 +20,9 @@ void run_gdn_fwd_split(const GdnSplitParams& p, bool bf16, int dim_k, int64_t nu
       const int64_t vblocks = p.dim_v / kSplitBV;
       launch_scan_kernel(gdn_prep_kernel<T, kK>, p, num_slots * p.heads_v, kGdnThreads, Prep::kBytes, stream,
                          "(chunk, head)");
-      launch_scan_kernel(gdn_chain_kernel<T, kK>, p, int64_t(p.num_seqs) * p.heads_v * vblocks, kGdnThreads,
-                         Chain::kBytes, stream, "(sequence, head, V-block)");
+      launch_scan_kernel(bulk_loads ? gdn_chain_kernel<T, kK, true> : gdn_chain_kernel<T, kK, false>, p,
+                         int64_t(p.num_seqs) * p.heads_v * vblocks, kGdnThreads, Chain::kBytes, stream,
+                         "(sequence, head, V-block)");
       launch_scan_kernel(gdn_output_kernel<T, kK>, p, num_slots * p.heads_v * vblocks, kGdnThreads, Out::kBytes,
                          stream, "(chunk, head, V-block)");
     });

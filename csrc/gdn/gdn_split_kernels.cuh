@@ -18,6 +18,7 @@
 
 #include <cstdint>
 
+#include "common/bulk_copy.cuh"
 #include "common/cp_async.cuh"
 #include "common/mma.cuh"
 #include "gdn/chunk_prologue.cuh"
@@ -181,13 +182,15 @@ struct GdnChainFwdSmem {
   static constexpr int kStage = kStageG + 2 * C * 4;
   static constexpr int kS = 2 * kStage;                       // S [kK][kLdV] in 16 bits: W S's B operand and s0
   static constexpr int kVd = kS + bytes16(kK, kLdV);          // rk e^{G_last - G} V_new [64][kLdV]
-  static constexpr int kBytes = kVd + bytes16(C, kLdV);
+  static constexpr int kBar = kVd + bytes16(C, kLdV);         // one mbarrier per stage (bulk loads)
+  static constexpr int kBytes = kBar + 2 * 8;
 };
 
 // Per chunk, two barriers: (1) this chunk's stage has landed and S is in sS; the next chunk's loads go out (its
 // stage was last read before this barrier). (2) V_new is in sVd and s0 has been copied out; then the state update,
-// while the next chunk's S -> sS may start (sS has no reader after (2)).
-template <typename T, int kK>
+// while the next chunk's S -> sS may start (sS has no reader after (2)). kBulk: the loads are bulk copies of whole
+// rows by warp 0 (the other warps issue none), else cp.async by all threads (NOTES.md: which is faster).
+template <typename T, int kK, bool kBulk>
 __global__ void __launch_bounds__(kGdnThreads, 1) gdn_chain_kernel(GdnSplitParams p) {
   using L = GdnChainFwdSmem<T, kK>;
   constexpr int C = kGdnChunk, BV = kSplitBV, kLdK = L::kLdK, kLdV = L::kLdV, kLdU = L::kLdU;
@@ -196,6 +199,7 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_chain_kernel(GdnSplitParam
   extern __shared__ __align__(16) unsigned char smem[];
   T* sS = reinterpret_cast<T*>(smem + L::kS);
   T* sVd = reinterpret_cast<T*>(smem + L::kVd);
+  uint64_t* sBar = reinterpret_cast<uint64_t*>(smem + L::kBar);
   auto stage_w = [&](int s) { return reinterpret_cast<T*>(smem + s * L::kStage + L::kStageW); };
   auto stage_k = [&](int s) { return reinterpret_cast<T*>(smem + s * L::kStage + L::kStageK); };
   auto stage_u = [&](int s) { return reinterpret_cast<float*>(smem + s * L::kStage + L::kStageU); };
@@ -219,46 +223,89 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_chain_kernel(GdnSplitParam
     x = p.h0 != nullptr ? p.h0[state_index(kk, vv)] : 0.f;
   });
 
-  // Chunk slot0 + c (rows from c0) -> stage s: W, K, U (zero rows past the sequence), G and rk; one commit group.
-  // Thread tid copies piece j of W and K: row r_wk + j kRowsWK, 8 values from col_wk; of U: row r_u + j kRowsU,
-  // 4 floats from col_u. A piece past the sequence is zero-filled from (unread) row c0, which exists.
+  // Chunk slot0 + c (rows from c0) -> stage s: W, K, U (zero rows past the sequence), G and rk.
+  //  kBulk: warp 0 copies the rows in the sequence with bulk copies counted on the stage's mbarrier; rows past the
+  //    sequence (a last, short chunk) are zeroed by all threads.
+  //  else: all threads, cp.async, one commit group. Thread tid copies piece j of W and K: row r_wk + j kRowsWK, 8
+  //    values from col_wk; of U: row r_u + j kRowsU, 4 floats from col_u. A piece past the sequence is zero-filled
+  //    from (unread) row c0, which exists.
   constexpr int kRowsWK = kGdnThreads / (kK / 8), kRowsU = kGdnThreads / (BV / 4);
   const int r_wk = tid / (kK / 8), col_wk = (tid % (kK / 8)) * 8, r_u = tid / (BV / 4), col_u = (tid % (BV / 4)) * 4;
   const int64_t w_row = int64_t(p.heads_v) * kK, k_row = int64_t(p.heads_qk) * kK, u_row = int64_t(p.heads_v) * p.dim_v;
-  const T* w_col = w + (hv * kK + col_wk);  // row 0 of this thread's columns
+  const T* w_col = w + (hv * kK + col_wk);  // row 0 of this thread's columns (cp.async)
   const T* k_col = k + (h * kK + col_wk);
   const float* u_col = p.u + (hv * p.dim_v + v0 + col_u);
   auto load_chunk = [&](int s, int64_t c0, int64_t c) {
     const int len = int(min(int64_t(C), eos - c0));
-    T* dw = stage_w(s) + r_wk * kLdK + col_wk;
-    T* dk = stage_k(s) + r_wk * kLdK + col_wk;
-    float* du = stage_u(s) + r_u * kLdU + col_u;
-    const T *w0 = w_col + c0 * w_row, *k0 = k_col + c0 * k_row;
-    const float* u0 = u_col + c0 * u_row;
-    const T *wr = w0 + r_wk * w_row, *kr = k0 + r_wk * k_row;
-    const float* ur = u0 + r_u * u_row;
+    const float* g_rk = p.g_rk + ((slot0 + c) * p.heads_v + hv) * 2 * C;
+    if constexpr (kBulk) {
+      if (warp == 0) {
+        uint64_t* bar = sBar + s;
+        if (lane == 0) mbarrier_arrive_expect_tx(bar, uint32_t(len) * (2 * kK * sizeof(T) + BV * 4) + 2 * C * 4);
+        __syncwarp();
+        for (int r = lane; r < len; r += 32) {
+          const int64_t row = c0 + r;
+          bulk_copy_g2s(stage_w(s) + r * kLdK, w + row * w_row + hv * kK, kK * sizeof(T), bar);
+          bulk_copy_g2s(stage_k(s) + r * kLdK, k + row * k_row + h * kK, kK * sizeof(T), bar);
+          bulk_copy_g2s(stage_u(s) + r * kLdU, p.u + row * u_row + hv * p.dim_v + v0, BV * 4, bar);
+        }
+        if (lane == 0) bulk_copy_g2s(stage_g(s), g_rk, 2 * C * 4, bar);
+      }
+      if (len < C) {
+        const uint4 zero = make_uint4(0, 0, 0, 0);
+        for (int idx = tid; idx < (C - len) * (kK / 8); idx += kGdnThreads) {
+          const int r = len + idx / (kK / 8), col = (idx % (kK / 8)) * 8;
+          *reinterpret_cast<uint4*>(stage_w(s) + r * kLdK + col) = zero;
+          *reinterpret_cast<uint4*>(stage_k(s) + r * kLdK + col) = zero;
+        }
+        for (int idx = tid; idx < (C - len) * (BV / 4); idx += kGdnThreads) {
+          const int r = len + idx / (BV / 4), col = (idx % (BV / 4)) * 4;
+          *reinterpret_cast<uint4*>(stage_u(s) + r * kLdU + col) = zero;
+        }
+      }
+    } else {
+      T* dw = stage_w(s) + r_wk * kLdK + col_wk;
+      T* dk = stage_k(s) + r_wk * kLdK + col_wk;
+      float* du = stage_u(s) + r_u * kLdU + col_u;
+      const T *w0 = w_col + c0 * w_row, *k0 = k_col + c0 * k_row;
+      const float* u0 = u_col + c0 * u_row;
+      const T *wr = w0 + r_wk * w_row, *kr = k0 + r_wk * k_row;
+      const float* ur = u0 + r_u * u_row;
 #pragma unroll
-    for (int j = 0; j < C / kRowsWK; ++j) {
-      const bool valid = r_wk + j * kRowsWK < len;
-      cp_async16(dw + j * kRowsWK * kLdK, valid ? wr + j * kRowsWK * w_row : w0, valid);
-      cp_async16(dk + j * kRowsWK * kLdK, valid ? kr + j * kRowsWK * k_row : k0, valid);
-    }
+      for (int j = 0; j < C / kRowsWK; ++j) {
+        const bool valid = r_wk + j * kRowsWK < len;
+        cp_async16(dw + j * kRowsWK * kLdK, valid ? wr + j * kRowsWK * w_row : w0, valid);
+        cp_async16(dk + j * kRowsWK * kLdK, valid ? kr + j * kRowsWK * k_row : k0, valid);
+      }
 #pragma unroll
-    for (int j = 0; j < C / kRowsU; ++j) {
-      const bool valid = r_u + j * kRowsU < len;
-      cp_async16(du + j * kRowsU * kLdU, valid ? ur + j * kRowsU * u_row : u0, valid);
+      for (int j = 0; j < C / kRowsU; ++j) {
+        const bool valid = r_u + j * kRowsU < len;
+        cp_async16(du + j * kRowsU * kLdU, valid ? ur + j * kRowsU * u_row : u0, valid);
+      }
+      if (tid < 2 * C / 4) cp_async16(stage_g(s) + 4 * tid, g_rk + 4 * tid, true);
+      cp_async_commit();
     }
-    if (tid < 2 * C / 4) cp_async16(stage_g(s) + 4 * tid, p.g_rk + ((slot0 + c) * p.heads_v + hv) * 2 * C + 4 * tid, true);
-    cp_async_commit();
   };
 
+  if constexpr (kBulk) {
+    if (tid == 0) {
+      mbarrier_init(sBar);
+      mbarrier_init(sBar + 1);
+      mbarrier_init_fence();
+    }
+    __syncthreads();
+  }
   if (bos < eos) load_chunk(0, bos, 0);
   int stage = 0;
   for (int64_t c0 = bos, c = 0; c0 < eos; c0 += C, ++c, stage ^= 1) {
     const int len = int(min(int64_t(C), eos - c0));
-    ST::store(sS, kLdV, S, warp, lane);  // S in 16 bits (the saved chunk state's rounding)
-    cp_async_wait<0>();                  // this chunk's stage
-    __syncthreads();                     // (1)
+    ST::store(sS, kLdV, S, warp, lane);                 // S in 16 bits (the saved chunk state's rounding)
+    if constexpr (kBulk) {
+      mbarrier_wait(sBar + stage, uint32_t(c >> 1) & 1u);  // this chunk's stage (its barrier's (c / 2)-th phase)
+    } else {
+      cp_async_wait<0>();  // this chunk's stage
+    }
+    __syncthreads();  // (1)
     if (c0 + C < eos) load_chunk(stage ^ 1, c0 + C, c + 1);
     const T *sW = stage_w(stage), *sK = stage_k(stage);
     const float* sU = stage_u(stage);

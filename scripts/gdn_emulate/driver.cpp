@@ -106,7 +106,13 @@ int main(int argc, char** argv) {
     sp.save_t = t2.data, sp.u = u.as<float>(), sp.g_rk = g_rk.as<float>();
     const int64_t vb = V / kSplitBV;
     launch(gdn_prep_kernel<T, kK>, sp, slots * HV, GdnPrepSmem<T, kK>::kBytes);
-    launch(gdn_chain_kernel<T, kK>, sp, int64_t(N) * HV * vb, GdnChainFwdSmem<T, kK>::kBytes);
+    const char* bulk = std::getenv("EMU_CHAIN_BULK");  // 1: the chain's bulk-copy loads
+    if (bulk != nullptr && std::string(bulk) == "1") {
+      std::printf("  chain with bulk-copy loads\n");
+      launch(gdn_chain_kernel<T, kK, true>, sp, int64_t(N) * HV * vb, GdnChainFwdSmem<T, kK>::kBytes);
+    } else {
+      launch(gdn_chain_kernel<T, kK, false>, sp, int64_t(N) * HV * vb, GdnChainFwdSmem<T, kK>::kBytes);
+    }
     launch(gdn_output_kernel<T, kK>, sp, slots * HV * vb, GdnOutputSmem<T, kK>::kBytes);
   }
 

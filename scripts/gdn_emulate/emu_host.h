@@ -64,6 +64,9 @@ void launch(void (*kernel)(P), const P& p, int64_t blocks, int smem_bytes) {
     if (emu::g_cta_bar.arrived != 0) EMU_FAIL("block %lld ended with %d threads in a barrier", (long long)b, emu::g_cta_bar.arrived);
     for (auto& f : g_fibers)
       if (!f.open.empty() || !f.groups.empty()) EMU_FAIL("block %lld: thread %u ended with cp.async pending", (long long)b, f.tid.x);
+    for (auto& [bar, mb] : emu::g_mbarriers)
+      if (!mb.copies.empty() || mb.tx != 0 || mb.pending != 1) EMU_FAIL("block %lld: mbarrier %p ended with copies or arrivals pending", (long long)b, bar);
+    emu::g_mbarriers.clear();
   }
   mprotect(mom_ops::smem, kSmemMax, PROT_READ | PROT_WRITE);
 }

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <deque>
 #include <functional>
+#include <map>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -101,6 +102,35 @@ inline void do_copy(const Copy& c) {
   if (c.valid) std::memcpy(c.dst, c.src, 16); else std::memset(c.dst, 0, 16);
 }
 template <class T> inline float bits_to_f(uint16_t u) { T t; std::memcpy(&t, &u, 2); return static_cast<float>(t); }
+
+// mbarriers of common/bulk_copy.cuh (per block: checked and cleared when it ends)
+struct MBarrier {
+  int64_t tx = 0;           // bytes still expected by the current phase
+  int pending = 1;          // arrivals still expected by the current phase
+  uint32_t phase = 0;       // completed phases
+  std::vector<std::pair<std::pair<void*, const void*>, uint32_t>> copies;  // (dst, src), bytes: not yet landed
+};
+inline std::map<const void*, MBarrier> g_mbarriers;
+inline MBarrier& mbarrier(const void* bar) {
+  auto it = g_mbarriers.find(bar);
+  if (it == g_mbarriers.end()) EMU_FAIL("mbarrier %p used before init", bar);
+  return it->second;
+}
+inline void mbarrier_try_complete(MBarrier& b) {
+  if (b.tx < 0) EMU_FAIL("mbarrier: more bytes arrived than expected");
+  if (b.pending == 0 && b.tx == 0 && b.copies.empty()) {
+    ++b.phase;
+    b.pending = 1;
+    ++g_progress;
+  }
+}
+inline void mbarrier_land(MBarrier& b) {
+  for (auto& c : b.copies) {
+    std::memcpy(c.first.first, c.first.second, c.second);
+    b.tx -= c.second;
+  }
+  b.copies.clear();
+}
 }  // namespace emu
 
 #define threadIdx (::emu::g_cur->tid)
