@@ -94,6 +94,23 @@ __device__ __forceinline__ void mma_rows(float (&acc)[kNT][4], const T* a, int l
   }
 }
 
+// acc[nt] += A (16 x 16 kSteps) times B (16 kSteps x 8 kNT), A stored transposed (element (m, k) at a[k * lda + m]:
+// the rows of the storage are A's columns) and B stored k-major (element (k, n) at b[k * ldb + n]).
+template <typename T, int kSteps, int kNT>
+__device__ __forceinline__ void mma_rows_at(float (&acc)[kNT][4], const T* a, int lda, const T* b, int ldb, int lane) {
+#pragma unroll
+  for (int ks = 0; ks < kSteps; ++ks) {
+    uint32_t af[4];
+    load_a_trans(af, a + ks * 16 * lda, lda, lane);
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt) {
+      uint32_t bf[2];
+      load_b_trans(bf, b + ks * 16 * ldb + nt * 8, ldb, lane);
+      mma_16816<T>(acc[nt], af, bf);
+    }
+  }
+}
+
 template <typename T>
 __device__ __forceinline__ T from_f32(float x);
 template <>

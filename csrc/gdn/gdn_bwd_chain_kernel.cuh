@@ -72,7 +72,6 @@ __global__ void __launch_bounds__(kGdnThreads, kChainCtasPerSm<T, kK, kBV>) gdn_
   const T* w = static_cast<const T*>(p.w);
   const T* dout = static_cast<const T*>(p.dout);
 
-  const int wm = warp % ST::kWarpsM, wn = warp / ST::kWarpsM;
   float dS[kMT][kNT][4];
   auto for_each_state = [&](auto&& fn) { ST::for_each(dS, warp, lane, fn); };  // fn(element, k, v - v0)
   auto state_index = [&](int kk, int vv) { return cta.state_index(p.v_first, kK, p.dim_v, kk, vv); };
@@ -140,17 +139,7 @@ __global__ void __launch_bounds__(kGdnThreads, kChainCtasPerSm<T, kK, kBV>) gdn_
       const float d0 = sRk[i0] * __expf(G_last - sG[i0]), d1 = sRk[i1] * __expf(G_last - sG[i1]);
 #pragma unroll
       for (int nt = 0; nt < kNTo; ++nt) acc[nt][0] *= d0, acc[nt][1] *= d0, acc[nt][2] *= d1, acc[nt][3] *= d1;
-#pragma unroll
-      for (int ks = 0; ks < C / 16; ++ks) {
-        uint32_t a[4];
-        load_a_trans(a, sP + ks * 16 * kLdC + r0, kLdC, lane);  // A[i][j] = P[j][i]
-#pragma unroll
-        for (int nt = 0; nt < kNTo; ++nt) {
-          uint32_t b[2];
-          load_b_trans(b, sDo + ks * 16 * kLdV + vc0 + nt * 8, kLdV, lane);
-          mma_16816<T>(acc[nt], a, b);
-        }
-      }
+      mma_rows_at<T, C / 16, kNTo>(acc, sP + r0, kLdC, sDo + vc0, kLdV, lane);  // P^T dO
 #pragma unroll
       for (int nt = 0; nt < kNTo; ++nt) {
         const int c = vc0 + nt * 8 + 2 * t4;
@@ -161,29 +150,7 @@ __global__ void __launch_bounds__(kGdnThreads, kChainCtasPerSm<T, kK, kBV>) gdn_
     __syncthreads();
 
     // (e) dS = e^{G_L} dS + Q^T Doq + W^T (-dVn) on this warp's tiles.
-    const float eg = __expf(G_last);
-#pragma unroll
-    for (int mt = 0; mt < kMT; ++mt) {
-      const int m0 = (wm * kMT + mt) * 16;
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) dS[mt][nt][e] *= eg;
-#pragma unroll
-      for (int kk = 0; kk < C; kk += 16) {
-        uint32_t aq[4], aw[4];
-        load_a_trans(aq, sQ + kk * kLdK + m0, kLdK, lane);  // A[c][i] = Q[i][c]
-        load_a_trans(aw, sW + kk * kLdK + m0, kLdK, lane);
-#pragma unroll
-        for (int nt = 0; nt < kNT; ++nt) {
-          uint32_t b[2];
-          load_b_trans(b, sDoq + kk * kLdV + (wn * kNT + nt) * 8, kLdV, lane);
-          mma_16816<T>(dS[mt][nt], aq, b);
-          load_b_trans(b, sDvn + kk * kLdV + (wn * kNT + nt) * 8, kLdV, lane);
-          mma_16816<T>(dS[mt][nt], aw, b);
-        }
-      }
-    }
+    ST::decay_add_atb2(dS, __expf(G_last), sQ, sW, kLdK, sDoq, sDvn, kLdV, warp, lane);
     publish_state();
     __syncthreads();
   }

@@ -226,17 +226,7 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
     if (last) mma_rows<T, kK / 16, kNV, true>(kds, sK + r0 * kLdK, kLdK, sDs1lo + vc0, kLdV, lane);
     mma_rows<T, kK / 16, kNV, true>(m, sK + r0 * kLdK, kLdK, sS0 + vc0, kLdV, lane);
     if (first) mma_rows<T, kK / 16, kNV, true>(m, sK + r0 * kLdK, kLdK, sS0lo + vc0, kLdV, lane);
-#pragma unroll
-    for (int ks = 0; ks < C / 16; ++ks) {
-      uint32_t a[4];
-      load_a_trans(a, sP + ks * 16 * kLdC + r0, kLdC, lane);  // A[i][j] = P[j][i]
-#pragma unroll
-      for (int nt = 0; nt < kNV; ++nt) {
-        uint32_t b[2];
-        load_b_trans(b, sDo + ks * 16 * kLdV + vc0 + nt * 8, kLdV, lane);
-        mma_16816<T>(pt[nt], a, b);
-      }
-    }
+    mma_rows_at<T, C / 16, kNV>(pt, sP + r0, kLdC, sDo + vc0, kLdV, lane);  // P^T dO
 #pragma unroll
     for (int nt = 0; nt < kNV; ++nt)
 #pragma unroll
@@ -261,17 +251,7 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
     // dVb = T^T dVn -> dv, row sums, -beta e^G dVb -> sDvbS; the accumulators that need only the tiles above.
     {
       float dvb[kNV][4] = {};
-#pragma unroll
-      for (int ks = 0; ks < C / 16; ++ks) {
-        uint32_t a[4];
-        load_a_trans(a, sT16 + ks * 16 * kLdC + r0, kLdC, lane);  // A[i][j] = T[j][i]
-#pragma unroll
-        for (int nt = 0; nt < kNV; ++nt) {
-          uint32_t b[2];
-          load_b_trans(b, sDvn + ks * 16 * kLdV + vc0 + nt * 8, kLdV, lane);
-          mma_16816<T>(dvb[nt], a, b);
-        }
-      }
+      mma_rows_at<T, C / 16, kNV>(dvb, sT16 + r0, kLdC, sDvn + vc0, kLdV, lane);  // T^T dVn
       T* dv = static_cast<T*>(p.dv);
 #pragma unroll
       for (int nt = 0; nt < kNV; ++nt)
@@ -336,17 +316,7 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
   // Y = T^T dT -> sY
   {
     float acc[4][4] = {};
-#pragma unroll
-    for (int ks = 0; ks < C / 16; ++ks) {
-      uint32_t a[4];
-      load_a_trans(a, sT16 + ks * 16 * kLdC + r0, kLdC, lane);
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
-        uint32_t b[2];
-        load_b_trans(b, sDt + ks * 16 * kLdC + 32 * ch + nt * 8, kLdC, lane);
-        mma_16816<T>(acc[nt], a, b);
-      }
-    }
+    mma_rows_at<T, C / 16, 4>(acc, sT16 + r0, kLdC, sDt + 32 * ch, kLdC, lane);
 #pragma unroll
     for (int nt = 0; nt < 4; ++nt) {
       const int j = 32 * ch + nt * 8 + 2 * t4;
@@ -464,17 +434,7 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
   }
   mma_rows<T, C / 16, kNK, true>(X1, sDqkRk + r0 * kLdC, kLdC, sK + ch * kHalfK, kLdK, lane);
   mma_rows<T, C / 16, kNK, true>(dKn, sSym + r0 * kLdC, kLdC, sK + ch * kHalfK, kLdK, lane);
-#pragma unroll
-  for (int ks = 0; ks < C / 16; ++ks) {
-    uint32_t a[4];
-    load_a_trans(a, sDqkRq + ks * 16 * kLdC + r0, kLdC, lane);  // A[j][i] = dQK_ij rq_i
-#pragma unroll
-    for (int nt = 0; nt < kNK; ++nt) {
-      uint32_t b[2];
-      load_b_trans(b, sQ + ks * 16 * kLdK + ch * kHalfK + nt * 8, kLdK, lane);
-      mma_16816<T>(dKn[nt], a, b);
-    }
-  }
+  mma_rows_at<T, C / 16, kNK>(dKn, sDqkRq + r0, kLdC, sQ + ch * kHalfK, kLdK, lane);  // A[j][i] = dQK_ij rq_i
 
   // (f) dq, dk rows: the l2norm backward dx = r dy - r^3 x (x . dy) (x raw) in the input dtype, or fp32 per value
   // head for the host to sum over the group.

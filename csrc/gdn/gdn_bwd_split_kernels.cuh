@@ -115,17 +115,7 @@ __global__ void __launch_bounds__(kGdnThreads) gdn_bwd_prep_kernel(GdnBwdSplitPa
     __syncthreads();  // dO (and, the first time, sP)
     const int vc0 = ch * (BV / 2);
     float acc[kNTo][4] = {};
-#pragma unroll
-    for (int ks = 0; ks < C / 16; ++ks) {
-      uint32_t a[4];
-      load_a_trans(a, sP + ks * 16 * kLdC + r0, kLdC, lane);  // A[i][j] = P[j][i]
-#pragma unroll
-      for (int nt = 0; nt < kNTo; ++nt) {
-        uint32_t b[2];
-        load_b_trans(b, sDo + ks * 16 * kLdV + vc0 + nt * 8, kLdV, lane);
-        mma_16816<T>(acc[nt], a, b);
-      }
-    }
+    mma_rows_at<T, C / 16, kNTo>(acc, sP + r0, kLdC, sDo + vc0, kLdV, lane);  // P^T dO
 #pragma unroll
     for (int nt = 0; nt < kNTo; ++nt) {
       const int c = vc0 + nt * 8 + 2 * t4;
@@ -275,29 +265,7 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_chain_split_kernel(Gdn
     __syncthreads();  // (2)
 
     // dS = e^{G_L} dS + Q^T doq + W^T (-dVn) on this warp's tiles.
-    const int wm = warp % ST::kWarpsM, wn = warp / ST::kWarpsM;
-#pragma unroll
-    for (int mt = 0; mt < kMT; ++mt) {
-      const int m0 = (wm * kMT + mt) * 16;
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) dS[mt][nt][e] *= decay;
-#pragma unroll
-      for (int kk = 0; kk < C; kk += 16) {
-        uint32_t aq[4], aw[4];
-        load_a_trans(aq, sQ + kk * kLdK + m0, kLdK, lane);  // A[i][c] = Q[c][i]
-        load_a_trans(aw, sW + kk * kLdK + m0, kLdK, lane);
-#pragma unroll
-        for (int nt = 0; nt < kNT; ++nt) {
-          uint32_t b[2];
-          load_b_trans(b, sDoq + kk * kLdV + (wn * kNT + nt) * 8, kLdV, lane);
-          mma_16816<T>(dS[mt][nt], aq, b);
-          load_b_trans(b, sDvn + kk * kLdV + (wn * kNT + nt) * 8, kLdV, lane);
-          mma_16816<T>(dS[mt][nt], aw, b);
-        }
-      }
-    }
+    ST::decay_add_atb2(dS, decay, sQ, sW, kLdK, sDoq, sDvn, kLdV, warp, lane);
   }
   if (p.dh0 != nullptr) ST::for_each(dS, warp, lane, [&](float& x, int kk, int vv) { p.dh0[state_index(kk, vv)] = x; });
 }

@@ -56,6 +56,37 @@ struct StateTile {
     }
   }
 
+  // s[k][v] = decay s[k][v] + sum over the chunk's 64 rows c of (a1[c][k] b1[c][v] + a2[c][k] b2[c][v]), the two
+  // products interleaved per 16 rows and 8 columns: the backward's dS update (Q^T doq + W^T (-dVn)).
+  template <typename T>
+  __device__ __forceinline__ static void decay_add_atb2(float (&s)[kMT][kNT][4], float decay, const T* a1, const T* a2,
+                                                        int lda, const T* b1, const T* b2, int ldb, int warp,
+                                                        int lane) {
+    const int wm = warp % kWarpsM, wn = warp / kWarpsM;
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) {
+      const int m0 = (wm * kMT + mt) * 16;
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[mt][nt][e] *= decay;
+#pragma unroll
+      for (int kk = 0; kk < 64; kk += 16) {
+        uint32_t af1[4], af2[4];
+        load_a_trans(af1, a1 + kk * lda + m0, lda, lane);
+        load_a_trans(af2, a2 + kk * lda + m0, lda, lane);
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) {
+          uint32_t bf[2];
+          load_b_trans(bf, b1 + kk * ldb + (wn * kNT + nt) * 8, ldb, lane);
+          mma_16816<T>(s[mt][nt], af1, bf);
+          load_b_trans(bf, b2 + kk * ldb + (wn * kNT + nt) * 8, ldb, lane);
+          mma_16816<T>(s[mt][nt], af2, bf);
+        }
+      }
+    }
+  }
+
   // s in 16 bits to dst[k * ld + v] ((v, v + 1) pairs as 32-bit stores): the chunk states the kernels save.
   template <typename T>
   __device__ __forceinline__ static void store(T* dst, int64_t ld, const float (&s)[kMT][kNT][4], int warp, int lane) {
