@@ -43,4 +43,25 @@ __device__ __forceinline__ void chunk_norms_and_cumsum(const T* sQ, const T* sK,
   }
 }
 
+// The backward's P = scale rq_i rk_j e^{G_i - G_j} (q_i . k_j) for i >= j (else 0) in 16 bits, after
+// chunk_norms_and_cumsum: rows r0 .. r0 + 15, columns 32 ch .. 32 ch + 31 of sP [64][kLdC] (raw q, k rows in
+// shared memory). Each of the 8 warps (r0 = 16 (warp % 4), ch = warp / 4) writes its own tile; no barrier.
+template <typename T, int kK, int kLdK, int kLdC>
+__device__ __forceinline__ void causal_p_rows(const T* sQ, const T* sK, const float* sG, const float* sRq,
+                                              const float* sRk, float scale, T* sP, int r0, int ch, int lane) {
+  const int g8 = lane / 4, t4 = lane % 4;
+  float acc[4][4] = {};
+  mma_rows<T, kK / 16, 4, false>(acc, sQ + r0 * kLdK, kLdK, sK + 32 * ch * kLdK, kLdK, lane);
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; e += 2) {
+      const int i = r0 + g8 + (e >= 2 ? 8 : 0), j = 32 * ch + nt * 8 + 2 * t4;
+      const float f = scale * sRq[i], Gi = sG[i];
+      const float x0 = i >= j ? f * sRk[j] * __expf(Gi - sG[j]) * acc[nt][e] : 0.f;
+      const float x1 = i >= j + 1 ? f * sRk[j + 1] * __expf(Gi - sG[j + 1]) * acc[nt][e + 1] : 0.f;
+      store2<T>(sP + i * kLdC + j, x0, x1);
+    }
+}
+
 }  // namespace mom_ops

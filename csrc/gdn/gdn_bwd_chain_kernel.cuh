@@ -109,20 +109,7 @@ __global__ void __launch_bounds__(kGdnThreads, kChainCtasPerSm<T, kK, kBV>) gdn_
     const float G_last = sG[C - 1];
 
     // (c) P rows r0.., columns 32 ch.. -> sP; diag(scale rq e^G) dO -> sDoq.
-    {
-      float acc[4][4] = {};
-      mma_rows<T, kK / 16, 4, false>(acc, sQ + r0 * kLdK, kLdK, sK + 32 * ch * kLdK, kLdK, lane);
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; e += 2) {
-          const int i = r0 + g8 + (e >= 2 ? 8 : 0), j = 32 * ch + nt * 8 + 2 * t4;
-          const float f = p.scale * sRq[i], Gi = sG[i];
-          const float x0 = i >= j ? f * sRk[j] * __expf(Gi - sG[j]) * acc[nt][e] : 0.f;
-          const float x1 = i >= j + 1 ? f * sRk[j + 1] * __expf(Gi - sG[j + 1]) * acc[nt][e + 1] : 0.f;
-          store2<T>(sP + i * kLdC + j, x0, x1);
-        }
-    }
+    causal_p_rows<T, kK, kLdK, kLdC>(sQ, sK, sG, sRq, sRk, p.scale, sP, r0, ch, lane);
     for (int idx = tid; idx < C * kBV / 2; idx += kGdnThreads) {
       const int r = idx / (kBV / 2), c = (idx % (kBV / 2)) * 2;
       const float f = p.scale * sRq[r] * __expf(sG[r]);

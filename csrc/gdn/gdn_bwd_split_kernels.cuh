@@ -88,21 +88,7 @@ __global__ void __launch_bounds__(kGdnThreads) gdn_bwd_prep_kernel(GdnBwdSplitPa
   // G and rk for the chain (all 64 rows: past len, G stays G[len - 1] and the zero rows' rk is finite).
   if (tid < 2 * C) p.g_rk[(blockIdx.x * int64_t(2) + tid / C) * C + tid % C] = tid < C ? sG[tid] : sRk[tid - C];
 
-  // P rows r0.., columns 32 ch.. -> sP (the chain kernel's (c)).
-  {
-    float acc[4][4] = {};
-    mma_rows<T, kK / 16, 4, false>(acc, sQ + r0 * kLdK, kLdK, sK + 32 * ch * kLdK, kLdK, lane);
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; e += 2) {
-        const int i = r0 + g8 + (e >= 2 ? 8 : 0), j = 32 * ch + nt * 8 + 2 * t4;
-        const float f = p.scale * sRq[i], Gi = sG[i];
-        const float x0 = i >= j ? f * sRk[j] * __expf(Gi - sG[j]) * acc[nt][e] : 0.f;
-        const float x1 = i >= j + 1 ? f * sRk[j + 1] * __expf(Gi - sG[j + 1]) * acc[nt][e + 1] : 0.f;
-        store2<T>(sP + i * kLdC + j, x0, x1);
-      }
-  }
+  causal_p_rows<T, kK, kLdK, kLdC>(sQ, sK, sG, sRq, sRk, p.scale, sP, r0, ch, lane);
 
   // Per 64 value columns: doq rows -> global; P^T dO rows r0.., columns of half ch -> global fp32.
   const float f0 = p.scale * sRq[i0] * __expf(sG[i0]), f1 = p.scale * sRq[i1] * __expf(sG[i1]);
