@@ -2,7 +2,7 @@
 # On a GPU machine: install carried wheels, build mom_ops, run the GPU tests and the benchmarks, check clocks.
 # Logs and results go to $OUT (or ./gpu_out). One command, well under 10 minutes:
 #   bash scripts/gpu_check.sh [pytest -k expression] [bench --only list]
-# Env: MOM_OPS_COMMIT (recorded in the results), SKIP_TESTS=1, SKIP_BENCH=1, MAX_JOBS, BENCH_PROVIDERS
+# Env: MOM_OPS_COMMIT (recorded in the results), SKIP_TESTS=1, SKIP_BENCH=1, TEST_TIMEOUT, MAX_JOBS, BENCH_PROVIDERS
 # (comma list), BENCH_MERGE=1 (start from bench/results/h100.json and redo only the selected records).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -37,7 +37,10 @@ ldd mom_ops/_C*.so | grep -q libstdc++ || echo "WARNING: mom_ops._C does not lin
 
 # 3. GPU tests (and the CPU ones: they are quick).
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
-  python3 -m pytest tests -v --maxfail="${MAXFAIL:-25}" --tb=short ${TEST_FILTER:+-k "$TEST_FILTER"} -p no:cacheprovider \
+  # A time limit (TEST_TIMEOUT s) and a stack dump of any test that runs over 120 s, so that a hang costs minutes,
+  # not the device session; tests.log is written as the tests run and keeps the slowest ten.
+  timeout -s INT "${TEST_TIMEOUT:-420}" python3 -m pytest tests -v --maxfail="${MAXFAIL:-25}" --tb=short \
+    ${TEST_FILTER:+-k "$TEST_FILTER"} -p no:cacheprovider -o faulthandler_timeout=120 --durations=10 \
     >"$OUT/tests.log" 2>&1 || status=1
   grep -E "PASSED|SKIPPED|FAILED|ERROR" "$OUT/tests.log" | grep -v "::test_.*\[.*cpu.*\] PASSED" | tail -n 40
   tail -n 5 "$OUT/tests.log"
