@@ -153,7 +153,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       sbp.pdo = pdo.data_ptr<float>();
       sbp.doq = doq.data_ptr();
       sbp.g_rk = g_rk.data_ptr<float>();
-      run_gdn_bwd_chain_split(sbp, bf16, int(d.dim_k), slots, stream);
+      const char* bulk = std::getenv("MOM_OPS_GDN_BULK");  // bulk-copy loads, as the forward's chain
+      run_gdn_bwd_chain_split(sbp, bf16, int(d.dim_k), slots, bulk != nullptr && std::string(bulk) == "1", stream);
     } else {
       run_gdn_bwd_chain(bp, bf16, int(d.dim_k), fwd_bv, stream);
     }

@@ -16,6 +16,7 @@
 
 #include <cstdint>
 
+#include "common/bulk_copy.cuh"
 #include "common/cp_async.cuh"
 #include "common/mma.cuh"
 #include "gdn/chunk_prologue.cuh"
@@ -133,12 +134,14 @@ struct GdnBwdChainSplitSmem {
   static constexpr int kStage = kStageG + 2 * C * 4;
   static constexpr int kS = 2 * kStage;                   // dS [kK][kLdV] in 16 bits: K dS's B operand and ds1
   static constexpr int kDvn = kS + bytes16(kK, kLdV);     // -dVn [64][kLdV]
-  static constexpr int kBytes = kDvn + bytes16(C, kLdV);
+  static constexpr int kBar = kDvn + bytes16(C, kLdV);    // one mbarrier per stage (bulk loads)
+  static constexpr int kBytes = kBar + 2 * 8;
 };
 
 // Per chunk, two barriers, as the forward's split chain: (1) this chunk's stage has landed and dS is in sS; the
-// previous chunk's loads go out. (2) -dVn is in sDvn and ds1 has been copied out; then the dS update.
-template <typename T, int kK>
+// previous chunk's loads go out. (2) -dVn is in sDvn and ds1 has been copied out; then the dS update. kBulk: the
+// loads are bulk copies of whole rows by warp 0, else cp.async by all threads (as the forward's chain).
+template <typename T, int kK, bool kBulk>
 __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_chain_split_kernel(GdnBwdSplitParams p) {
   static_assert(kK <= 128, "two stages of q, k, W fit in shared memory for K <= 128");
   using L = GdnBwdChainSplitSmem<T, kK>;
@@ -148,6 +151,7 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_chain_split_kernel(Gdn
   extern __shared__ __align__(16) unsigned char smem[];
   T* sS = reinterpret_cast<T*>(smem + L::kS);
   T* sDvn = reinterpret_cast<T*>(smem + L::kDvn);
+  uint64_t* sBar = reinterpret_cast<uint64_t*>(smem + L::kBar);
   auto stage16 = [&](int s, int off) { return reinterpret_cast<T*>(smem + s * L::kStage + off); };
   auto stage_pdo = [&](int s) { return reinterpret_cast<float*>(smem + s * L::kStage + L::kStagePdo); };
   auto stage_g = [&](int s) { return reinterpret_cast<float*>(smem + s * L::kStage + L::kStageG); };  // G, rk
@@ -168,22 +172,53 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_chain_split_kernel(Gdn
     x = p.dht != nullptr ? p.dht[state_index(kk, vv)] : 0.f;
   });
 
-  // Chunk slot0 + c (rows from c0) -> stage s: q, k, W, doq, pdo (zero rows past the sequence), G and rk. Thread tid
-  // copies piece j of q, k, W: row r_k + j kRowsK, 8 values from col_k; of doq: row r_v + j kRowsV, 8 values from
-  // col_v; of pdo: row r_u + j kRowsU, 4 floats from col_u. A piece past the sequence is zero-filled from (unread)
-  // row c0, which exists.
+  // Chunk slot0 + c (rows from c0) -> stage s: q, k, W, doq, pdo (zero rows past the sequence), G and rk.
+  //  kBulk: warp 0 copies the rows in the sequence with bulk copies counted on the stage's mbarrier; rows past the
+  //    sequence (the last, short chunk) are zeroed by all threads.
+  //  else: all threads, cp.async, one commit group. Thread tid copies piece j of q, k, W: row r_k + j kRowsK, 8
+  //    values from col_k; of doq: row r_v + j kRowsV, 8 values from col_v; of pdo: row r_u + j kRowsU, 4 floats from
+  //    col_u. A piece past the sequence is zero-filled from (unread) row c0, which exists.
   constexpr int kRowsK = kGdnThreads / (kK / 8), kRowsV = kGdnThreads / (BV / 8), kRowsU = kGdnThreads / (BV / 4);
   const int r_k = tid / (kK / 8), col_k = (tid % (kK / 8)) * 8;
   const int r_v = tid / (BV / 8), col_v = (tid % (BV / 8)) * 8, r_u = tid / (BV / 4), col_u = (tid % (BV / 4)) * 4;
   const int64_t qk_row = int64_t(p.heads_qk) * kK, w_row = int64_t(p.heads_v) * kK, v_row = int64_t(p.heads_v) * p.dim_v;
-  const T* q_col = static_cast<const T*>(p.q) + (h * kK + col_k);
-  const T* k_col = static_cast<const T*>(p.k) + (h * kK + col_k);
-  const T* w_col = static_cast<const T*>(p.w) + (hv * kK + col_k);
-  const T* doq_col = static_cast<const T*>(p.doq) + (hv * p.dim_v + v0 + col_v);
-  const float* pdo_col = p.pdo + (hv * p.dim_v + v0 + col_u);
+  // Row 0 of this CTA's columns, then of this thread's (cp.async).
+  const T* q_row0 = static_cast<const T*>(p.q) + h * kK;
+  const T* k_row0 = static_cast<const T*>(p.k) + h * kK;
+  const T* w_row0 = static_cast<const T*>(p.w) + hv * kK;
+  const T* doq_row0 = static_cast<const T*>(p.doq) + (hv * p.dim_v + v0);
+  const float* pdo_row0 = p.pdo + (hv * p.dim_v + v0);
+  const T *q_col = q_row0 + col_k, *k_col = k_row0 + col_k, *w_col = w_row0 + col_k, *doq_col = doq_row0 + col_v;
+  const float* pdo_col = pdo_row0 + col_u;
   auto load_chunk = [&](int s, int64_t c) {
     const int64_t c0 = bos + c * C;
     const int len = int(min(int64_t(C), eos - c0));
+    const float* g_rk = p.g_rk + ((slot0 + c) * p.heads_v + hv) * 2 * C;
+    if constexpr (kBulk) {
+      if (warp == 0) {
+        uint64_t* bar = sBar + s;
+        const uint32_t row_bytes = 3 * kK * sizeof(T) + BV * (sizeof(T) + 4);  // q, k, W, doq, pdo
+        if (lane == 0) mbarrier_arrive_expect_tx(bar, uint32_t(len) * row_bytes + 2 * C * 4);
+        __syncwarp();
+        for (int r = lane; r < len; r += 32) {
+          const int64_t row = c0 + r;
+          bulk_copy_g2s(stage16(s, L::kStageQ) + r * kLdK, q_row0 + row * qk_row, kK * sizeof(T), bar);
+          bulk_copy_g2s(stage16(s, L::kStageK) + r * kLdK, k_row0 + row * qk_row, kK * sizeof(T), bar);
+          bulk_copy_g2s(stage16(s, L::kStageW) + r * kLdK, w_row0 + row * w_row, kK * sizeof(T), bar);
+          bulk_copy_g2s(stage16(s, L::kStageDoq) + r * kLdV, doq_row0 + row * v_row, BV * sizeof(T), bar);
+          bulk_copy_g2s(stage_pdo(s) + r * kLdU, pdo_row0 + row * v_row, BV * 4, bar);
+        }
+        if (lane == 0) bulk_copy_g2s(stage_g(s), g_rk, 2 * C * 4, bar);
+      }
+      if (len < C) {
+        zero_tile_rows<kGdnThreads>(stage16(s, L::kStageQ), kLdK * sizeof(T), kK * sizeof(T), len, tid);
+        zero_tile_rows<kGdnThreads>(stage16(s, L::kStageK), kLdK * sizeof(T), kK * sizeof(T), len, tid);
+        zero_tile_rows<kGdnThreads>(stage16(s, L::kStageW), kLdK * sizeof(T), kK * sizeof(T), len, tid);
+        zero_tile_rows<kGdnThreads>(stage16(s, L::kStageDoq), kLdV * sizeof(T), BV * sizeof(T), len, tid);
+        zero_tile_rows<kGdnThreads>(stage_pdo(s), kLdU * 4, BV * 4, len, tid);
+      }
+      return;
+    }
     T* to_q = stage16(s, L::kStageQ) + r_k * kLdK + col_k;
     T* to_k = stage16(s, L::kStageK) + r_k * kLdK + col_k;
     T* to_w = stage16(s, L::kStageW) + r_k * kLdK + col_k;
@@ -210,16 +245,28 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_chain_split_kernel(Gdn
       const int r = r_u + j * kRowsU;
       cp_async16(to_pdo + j * kRowsU * kLdU, r < len ? pdo0 + r * v_row : pdo0, r < len);
     }
-    if (tid < 2 * C / 4) cp_async16(stage_g(s) + 4 * tid, p.g_rk + ((slot0 + c) * p.heads_v + hv) * 2 * C + 4 * tid, true);
+    if (tid < 2 * C / 4) cp_async16(stage_g(s) + 4 * tid, g_rk + 4 * tid, true);
     cp_async_commit();
   };
 
+  if constexpr (kBulk) {
+    if (tid == 0) {
+      mbarrier_init(sBar);
+      mbarrier_init(sBar + 1);
+      mbarrier_init_fence();
+    }
+    __syncthreads();
+  }
   if (num_chunks > 0) load_chunk((num_chunks - 1) % 2, num_chunks - 1);
   for (int64_t c = num_chunks - 1; c >= 0; --c) {
     const int stage = int(c % 2);
     ST::store(sS, kLdV, dS, warp, lane);  // dS at this chunk's end in 16 bits (ds1's rounding)
-    cp_async_wait<0>();                   // this chunk's stage
-    __syncthreads();                      // (1)
+    if constexpr (kBulk) {  // this chunk's stage: its barrier's ((num_chunks - 1 - c) / 2)-th phase
+      mbarrier_wait(sBar + stage, uint32_t((num_chunks - 1 - c) >> 1) & 1u);
+    } else {
+      cp_async_wait<0>();  // this chunk's stage
+    }
+    __syncthreads();  // (1)
     if (c > 0) load_chunk(stage ^ 1, c - 1);
     const T *sQ = stage16(stage, L::kStageQ), *sK = stage16(stage, L::kStageK), *sW = stage16(stage, L::kStageW);
     const T* sDoq = stage16(stage, L::kStageDoq);

@@ -73,8 +73,8 @@ namespace {
 // The split forward (gdn_split_kernels.cuh: chunk-local terms for all chunks at once, then only the two state
 // products per chunk in series, then the outputs) instead of the fused kernel: where the fused grid leaves most
 // SMs idle (few long sequences: each fused CTA runs all its chunk-local work in series) and at K = 256 (fused
-// V-blocks of 32 or 64 repeat the chunk-local work 4-8 times). H200, T = 32768: n1 D128 fwd 6.75 -> 2.20 ms,
-// n32 D256 0.98 -> 0.87 (fwd+bwd 3.03 -> 2.69), but n32 D128 0.95 fused vs 1.33 split (NOTES.md).
+// V-blocks of 32 or 64 repeat the chunk-local work 4-8 times). H200, T = 32768: n1 D128 fwd 6.75 -> 2.22 ms,
+// n32 D256 0.975 -> 0.869 (fwd+bwd 3.03 -> 2.69), but n32 D128 0.94 fused vs 1.33 split (NOTES.md).
 // MOM_OPS_GDN_SPLIT=1 / 0 forces the split / fused forward (tests, experiments).
 bool use_split_forward(const GdnDims& d, int bv) {
   if (d.dim_v % kSplitBV != 0) return false;

@@ -252,16 +252,9 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_chain_kernel(GdnSplitParam
         if (lane == 0) bulk_copy_g2s(stage_g(s), g_rk, 2 * C * 4, bar);
       }
       if (len < C) {
-        const uint4 zero = make_uint4(0, 0, 0, 0);
-        for (int idx = tid; idx < (C - len) * (kK / 8); idx += kGdnThreads) {
-          const int r = len + idx / (kK / 8), col = (idx % (kK / 8)) * 8;
-          *reinterpret_cast<uint4*>(stage_w(s) + r * kLdK + col) = zero;
-          *reinterpret_cast<uint4*>(stage_k(s) + r * kLdK + col) = zero;
-        }
-        for (int idx = tid; idx < (C - len) * (BV / 4); idx += kGdnThreads) {
-          const int r = len + idx / (BV / 4), col = (idx % (BV / 4)) * 4;
-          *reinterpret_cast<uint4*>(stage_u(s) + r * kLdU + col) = zero;
-        }
+        zero_tile_rows<kGdnThreads>(stage_w(s), kLdK * sizeof(T), kK * sizeof(T), len, tid);
+        zero_tile_rows<kGdnThreads>(stage_k(s), kLdK * sizeof(T), kK * sizeof(T), len, tid);
+        zero_tile_rows<kGdnThreads>(stage_u(s), kLdU * 4, BV * 4, len, tid);
       }
     } else {
       T* dw = stage_w(s) + r_wk * kLdK + col_wk;
