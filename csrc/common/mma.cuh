@@ -73,44 +73,6 @@ __device__ __forceinline__ void mma_16816<__half>(float (&d)[4], const uint32_t 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
-// acc[nt] += A (16 x 16 kSteps: row-major at a, row stride lda) times B (16 kSteps x 8 kNT): B stored k-major
-// (element (k, n) at b[k * ldb + n]) when kBKMajor, else n-major (at b[n * ldb + k]).
-template <typename T, int kSteps, int kNT, bool kBKMajor>
-__device__ __forceinline__ void mma_rows(float (&acc)[kNT][4], const T* a, int lda, const T* b, int ldb, int lane) {
-#pragma unroll
-  for (int ks = 0; ks < kSteps; ++ks) {
-    uint32_t af[4];
-    load_a(af, a + ks * 16, lda, lane);
-#pragma unroll
-    for (int nt = 0; nt < kNT; ++nt) {
-      uint32_t bf[2];
-      if constexpr (kBKMajor) {
-        load_b_trans(bf, b + ks * 16 * ldb + nt * 8, ldb, lane);
-      } else {
-        load_b(bf, b + nt * 8 * ldb + ks * 16, ldb, lane);
-      }
-      mma_16816<T>(acc[nt], af, bf);
-    }
-  }
-}
-
-// acc[nt] += A (16 x 16 kSteps) times B (16 kSteps x 8 kNT), A stored transposed (element (m, k) at a[k * lda + m]:
-// the rows of the storage are A's columns) and B stored k-major (element (k, n) at b[k * ldb + n]).
-template <typename T, int kSteps, int kNT>
-__device__ __forceinline__ void mma_rows_at(float (&acc)[kNT][4], const T* a, int lda, const T* b, int ldb, int lane) {
-#pragma unroll
-  for (int ks = 0; ks < kSteps; ++ks) {
-    uint32_t af[4];
-    load_a_trans(af, a + ks * 16 * lda, lda, lane);
-#pragma unroll
-    for (int nt = 0; nt < kNT; ++nt) {
-      uint32_t bf[2];
-      load_b_trans(bf, b + ks * 16 * ldb + nt * 8, ldb, lane);
-      mma_16816<T>(acc[nt], af, bf);
-    }
-  }
-}
-
 template <typename T>
 __device__ __forceinline__ T from_f32(float x);
 template <>
@@ -146,3 +108,5 @@ __device__ __forceinline__ void store2(T* dst, float x, float y) {
 }
 
 }  // namespace mom_ops
+
+#include "common/mma_rows.cuh"

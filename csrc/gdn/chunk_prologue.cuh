@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "common/cp_async.cuh"
 #include "common/mma.cuh"
 
 namespace mom_ops {
@@ -40,6 +41,19 @@ __device__ __forceinline__ void chunk_norms_and_cumsum(const T* sQ, const T* sK,
     __syncwarp();
     sG[2 * lane] = excl + a;
     sG[2 * lane + 1] = excl + pair;
+  }
+}
+
+// cp.async of the chunk's q and k rows c0 .. c0 + 63 of head h (rows [rows, heads_qk, kK]) into sQ, sK [64][kLdK],
+// rows past len zero-filled; all kThreads threads, no commit.
+template <typename T, int kK, int kLdK, int kThreads>
+__device__ __forceinline__ void load_chunk_qk(T* sQ, T* sK, const T* q, const T* k, int64_t c0, int len,
+                                              int heads_qk, int h, int tid) {
+  for (int idx = tid; idx < 64 * (kK / 8); idx += kThreads) {
+    const int r = idx / (kK / 8), c = (idx % (kK / 8)) * 8;
+    const int64_t src = ((c0 + min(r, len - 1)) * heads_qk + h) * kK + c;
+    cp_async16(sQ + r * kLdK + c, q + src, r < len);
+    cp_async16(sK + r * kLdK + c, k + src, r < len);
   }
 }
 

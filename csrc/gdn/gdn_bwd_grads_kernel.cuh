@@ -165,12 +165,7 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
   // (a) q, k, T -> shared memory (T rows past len: zeros, which acts as the identity rows there since every dVn,
   // dT row past len is 0), g, beta (the first V-block's tiles load meanwhile, until (c)); l2norm factors, G,
   // e^{G_L - G}.
-  for (int idx = tid; idx < C * (kK / 8); idx += kGdnThreads) {
-    const int r = idx / (kK / 8), c = (idx % (kK / 8)) * 8;
-    const int64_t src = ((c0 + min(r, len - 1)) * p.heads_qk + h) * kK + c;
-    cp_async16(sQ + r * kLdK + c, q + src, r < len);
-    cp_async16(sK + r * kLdK + c, k + src, r < len);
-  }
+  load_chunk_qk<T, kK, kLdK, kGdnThreads>(sQ, sK, q, k, c0, len, p.heads_qk, h, tid);
   for (int idx = tid; idx < C * (C / 8); idx += kGdnThreads) {
     const int r = idx / (C / 8), c = (idx % (C / 8)) * 8;
     cp_async16(sT16 + r * kLdC + c, static_cast<const T*>(p.t) + ((c0 + min(r, len - 1)) * p.heads_v + hv) * C + c,

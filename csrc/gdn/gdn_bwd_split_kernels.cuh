@@ -73,12 +73,7 @@ __global__ void __launch_bounds__(kGdnThreads) gdn_bwd_prep_kernel(GdnBwdSplitPa
     }
     cp_async_commit();
   };
-  for (int idx = tid; idx < C * (kK / 8); idx += kGdnThreads) {
-    const int r = idx / (kK / 8), c = (idx % (kK / 8)) * 8;
-    const int64_t src = ((c0 + min(r, len - 1)) * p.heads_qk + h) * kK + c;
-    cp_async16(sQ + r * kLdK + c, q + src, r < len);
-    cp_async16(sK + r * kLdK + c, k + src, r < len);
-  }
+  load_chunk_qk<T, kK, kLdK, kGdnThreads>(sQ, sK, q, k, c0, len, p.heads_qk, h, tid);
   cp_async_commit();
   load_do(0);
   if (tid < C) sG[tid] = tid < len ? p.g[(c0 + tid) * p.heads_v + hv] : 0.f;

@@ -233,12 +233,7 @@ __global__ void __launch_bounds__(kGdnThreads, kGdnCtasPerSm<T, kK, kBV>) gdn_fw
                 p.dim_v, S, warp, lane);
     }
     // (a) q, k [64, K], v [64, kBV] -> shared memory (zeros past len), g and beta (0 past len).
-    for (int idx = tid; idx < C * (kK / 8); idx += kGdnThreads) {
-      const int r = idx / (kK / 8), c = (idx % (kK / 8)) * 8;
-      const int64_t src = ((c0 + min(r, len - 1)) * p.heads_qk + h) * kK + c;
-      cp_async16(sQ + r * kLdK + c, q + src, r < len);
-      cp_async16(sK + r * kLdK + c, k + src, r < len);
-    }
+    load_chunk_qk<T, kK, kLdK, kGdnThreads>(sQ, sK, q, k, c0, len, p.heads_qk, h, tid);
     for (int idx = tid; idx < C * (kBV / 8); idx += kGdnThreads) {
       const int r = idx / (kBV / 8), c = (idx % (kBV / 8)) * 8;
       cp_async16(sV + r * kLdV + c, v + ((c0 + min(r, len - 1)) * p.heads_v + hv) * p.dim_v + v0 + c, r < len);

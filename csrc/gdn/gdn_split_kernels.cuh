@@ -380,12 +380,7 @@ __global__ void __launch_bounds__(kGdnThreads) gdn_output_kernel(GdnSplitParams 
   const T* vn = static_cast<const T*>(p.save_vn);
   T* o = static_cast<T*>(p.o);
 
-  for (int idx = tid; idx < C * (kK / 8); idx += kGdnThreads) {
-    const int r = idx / (kK / 8), c = (idx % (kK / 8)) * 8;
-    const int64_t src = ((c0 + min(r, len - 1)) * p.heads_qk + h) * kK + c;
-    cp_async16(sQ + r * kLdK + c, q + src, r < len);
-    cp_async16(sK + r * kLdK + c, k + src, r < len);
-  }
+  load_chunk_qk<T, kK, kLdK, kGdnThreads>(sQ, sK, q, k, c0, len, p.heads_qk, h, tid);
   for (int idx = tid; idx < kK * (BV / 8); idx += kGdnThreads) {
     const int r = idx / (BV / 8), c = (idx % (BV / 8)) * 8;
     cp_async16(sS0 + r * kLdV + c, s0 + int64_t(r) * p.dim_v + c, true);

@@ -60,23 +60,11 @@ int main(int argc, char** argv) {
   const int tail = std::atoi(argv[9]);
   const bool use_h0 = std::atoi(argv[10]), use_dht = std::atoi(argv[11]);
   g_outdir = argv[12];
-  std::vector<int64_t> lengths;
-  int64_t B = 1, Tlen = 0;
-  bool use_cu = true;
-  const std::string first = argv[13];
-  if (first.find(':') != std::string::npos) {
-    use_cu = false;
-    B = std::stoll(first.substr(0, first.find(':')));
-    Tlen = std::stoll(first.substr(first.find(':') + 1));
-    for (int i = 0; i < B; ++i) lengths.push_back(Tlen);
-  } else {
-    for (int i = 13; i < argc; ++i) lengths.push_back(std::atoll(argv[i]));
-  }
-  const int N = int(lengths.size());
-  std::vector<int64_t> cu(N + 1, 0);
-  for (int i = 0; i < N; ++i) cu[i + 1] = cu[i] + lengths[i];
-  const int64_t rows = use_cu ? cu[N] + tail : B * Tlen;
-  if (use_cu) Tlen = rows;
+  const Segments seg = parse_segments(argc, argv, 13, tail);
+  const std::vector<int64_t>& cu = seg.cu;
+  const int64_t B = seg.B, Tlen = seg.Tlen, rows = seg.rows;
+  const bool use_cu = seg.use_cu;
+  const int N = seg.N;
   const bool gva = HV != H;
   std::printf("bwd K=%d BV=%d gradsBV=%d %s H=%d HV=%d V=%d l2=%d vfirst=%d cu=%s rows=%lld N=%d order=%d eager=%d "
               "h0=%d dht=%d\n", kK, kBV, kGradsBV, BF16 ? "bf16" : "fp16", H, HV, V, int(l2norm), int(v_first),
@@ -99,17 +87,9 @@ int main(int argc, char** argv) {
   for (int64_t i = 0; i < state_elems; ++i) h0.as<float>()[i] = 0.3f * nd(rng);
   for (int64_t i = 0; i < rows * HV * V; ++i) dout.as<T>()[i] = T(nd(rng));
   for (int64_t i = 0; i < state_elems; ++i) dht.as<float>()[i] = 0.3f * nd(rng);
-  Buf cub = galloc((N + 1) * (cu64 ? 8 : 4));
-  for (int i = 0; i <= N; ++i) {
-    if (cu64) cub.as<int64_t>()[i] = cu[i]; else cub.as<int>()[i] = int(cu[i]);
-  }
-  Buf order = galloc(std::max(N, 1) * 4);  // longest first, as longest_first_order
+  Buf cub = cu_buffer(seg, cu64);
+  Buf order = longest_first(seg);  // longest first, as longest_first_order
   const bool use_order = use_cu && N > 1;
-  for (int s = 0; s < N; ++s) {
-    int rank = 0;
-    for (int t = 0; t < N; ++t) rank += lengths[t] > lengths[s] || (lengths[t] == lengths[s] && t < s);
-    order.as<int>()[rank] = s;
-  }
   const int64_t slots = chunk_slots(rows, N);
 
   ScanParams sp{};

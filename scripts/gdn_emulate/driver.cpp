@@ -28,23 +28,11 @@ int main(int argc, char** argv) {
   const int order_mode = std::atoi(argv[7]);
   const bool eager = std::atoi(argv[8]);
   const int tail = std::atoi(argv[9]);
-  std::vector<int64_t> lengths;
-  int64_t B = 1, Tlen = 0;
-  bool use_cu = true;
-  std::string first = argv[10];
-  if (first.find(':') != std::string::npos) {
-    use_cu = false;
-    B = std::stoll(first.substr(0, first.find(':')));
-    Tlen = std::stoll(first.substr(first.find(':') + 1));
-    for (int i = 0; i < B; ++i) lengths.push_back(Tlen);
-  } else {
-    for (int i = 10; i < argc; ++i) lengths.push_back(std::atoll(argv[i]));
-  }
-  const int N = int(lengths.size());
-  std::vector<int64_t> cu(N + 1, 0);
-  for (int i = 0; i < N; ++i) cu[i + 1] = cu[i] + lengths[i];
-  const int64_t rows = use_cu ? cu[N] + tail : B * Tlen;
-  if (use_cu) Tlen = rows;
+  const Segments seg = parse_segments(argc, argv, 10, tail);
+  const std::vector<int64_t>& cu = seg.cu;
+  const int64_t Tlen = seg.Tlen, rows = seg.rows;
+  const bool use_cu = seg.use_cu;
+  const int N = seg.N;
   std::printf("K=%d BV=%d %s H=%d HV=%d V=%d l2=%d vfirst=%d cu=%s rows=%lld N=%d order=%d eager=%d\n", kK, kBV,
               BF16 ? "bf16" : "fp16", H, HV, V, int(l2norm), int(v_first), use_cu ? (cu64 ? "i64" : "i32") : "none",
               (long long)rows, N, order_mode, int(eager));
@@ -60,19 +48,9 @@ int main(int argc, char** argv) {
   for (int64_t i = 0; i < rows * HV; ++i) g.as<float>()[i] = -0.02f - 0.3f * ud(rng), beta.as<float>()[i] = 0.05f + 0.9f * ud(rng);
   const bool noh0 = getenv("EMU_NOH0") != nullptr;
   for (int64_t i = 0; i < int64_t(N) * HV * kK * V; ++i) h0.as<float>()[i] = noh0 ? 0.f : 0.3f * nd(rng);
-  Buf cub = galloc((N + 1) * (cu64 ? 8 : 4));
-  for (int i = 0; i <= N; ++i) {
-    if (cu64) cub.as<int64_t>()[i] = cu[i]; else cub.as<int>()[i] = int(cu[i]);
-  }
-  Buf order = galloc(N * 4);
-  bool use_order = use_cu && N > 1;
-  {
-    for (int s = 0; s < N; ++s) {
-      int rank = 0;
-      for (int t = 0; t < N; ++t) rank += lengths[t] > lengths[s] || (lengths[t] == lengths[s] && t < s);
-      order.as<int>()[rank] = s;
-    }
-  }
+  Buf cub = cu_buffer(seg, cu64);
+  Buf order = longest_first(seg);
+  const bool use_order = use_cu && N > 1;
   const int64_t slots = chunk_slots(rows, N);
   auto mk = [&](Buf& o, Buf& ht, Buf& s0, Buf& w, Buf& vn, Buf& t) {
     o = galloc(rows * HV * V * 2), ht = galloc(size_t(N) * HV * kK * V * 4), s0 = galloc(slots * HV * kK * V * 2);

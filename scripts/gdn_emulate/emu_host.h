@@ -1,8 +1,11 @@
 // Host side of the emulator shared by the forward and backward drivers: the CTA launcher (256 fibers per block,
 // forward / reverse / random / random-warp-speed schedules, deadlock and pending cp.async checks), the block's
-// shared memory (NaN-poisoned, guard pages past the requested size) and guarded, NaN-poisoned global buffers.
+// shared memory (NaN-poisoned, guard pages past the requested size), guarded, NaN-poisoned global buffers and the
+// drivers' segments (lengths, cu_seqlens, longest-first order).
 #pragma once
 #include <cuda_runtime.h>
+#include <string>
+#include <vector>
 // The kernels' `extern __shared__ smem[]` (declared in namespace mom_ops) resolves to this array.
 namespace mom_ops { alignas(4096) unsigned char smem[240 * 1024]; }
 constexpr size_t kSmemMax = 240 * 1024;
@@ -88,3 +91,49 @@ static Buf galloc(size_t bytes) {
   return b;
 }
 static void poison(Buf& b) { std::memset(b.data, 0xFF, b.bytes); }
+
+// ---- the drivers' segments
+// From argv[first..]: one "B:T" (no cu_seqlens: B sequences of T rows) or the segment lengths (cu_seqlens, with
+// `tail` rows past the last segment).
+struct Segments {
+  std::vector<int64_t> lengths, cu;  // cu: the N + 1 offsets
+  int64_t B = 1, Tlen = 0, rows = 0;  // with cu_seqlens, Tlen = rows
+  bool use_cu = true;
+  int N = 0;
+};
+static Segments parse_segments(int argc, char** argv, int first, int tail) {
+  Segments s;
+  const std::string arg = argv[first];
+  if (arg.find(':') != std::string::npos) {
+    s.use_cu = false;
+    s.B = std::stoll(arg.substr(0, arg.find(':')));
+    s.Tlen = std::stoll(arg.substr(arg.find(':') + 1));
+    for (int i = 0; i < s.B; ++i) s.lengths.push_back(s.Tlen);
+  } else {
+    for (int i = first; i < argc; ++i) s.lengths.push_back(std::atoll(argv[i]));
+  }
+  s.N = int(s.lengths.size());
+  s.cu.assign(s.N + 1, 0);
+  for (int i = 0; i < s.N; ++i) s.cu[i + 1] = s.cu[i] + s.lengths[i];
+  s.rows = s.use_cu ? s.cu[s.N] + tail : s.B * s.Tlen;
+  if (s.use_cu) s.Tlen = s.rows;
+  return s;
+}
+// cu_seqlens (int64 or int32) in a guarded buffer.
+static Buf cu_buffer(const Segments& s, bool cu64) {
+  Buf b = galloc((s.N + 1) * (cu64 ? 8 : 4));
+  for (int i = 0; i <= s.N; ++i) {
+    if (cu64) b.as<int64_t>()[i] = s.cu[i]; else b.as<int>()[i] = int(s.cu[i]);
+  }
+  return b;
+}
+// The sequences longest first (ties by index), as longest_first_order.
+static Buf longest_first(const Segments& s) {
+  Buf b = galloc(std::max(s.N, 1) * 4);
+  for (int i = 0; i < s.N; ++i) {
+    int rank = 0;
+    for (int j = 0; j < s.N; ++j) rank += s.lengths[j] > s.lengths[i] || (s.lengths[j] == s.lengths[i] && j < i);
+    b.as<int>()[rank] = i;
+  }
+  return b;
+}

@@ -13,15 +13,8 @@ PY="${PYTHON:-../../.venv/bin/python}"
 TORCH_INC=$("$PY" -c "import torch.utils.cpp_extension as c; print(' '.join('-I' + p for p in c.include_paths()))" 2>/dev/null)
 BIN="${TMPDIR:-/tmp}/mom_ops_gdn_emulate"
 mkdir -p "$BIN"
-# (K, fused V-block) pairs the fused launch uses, bf16 (1) and fp16 (0); the type-punning of the kernels needs
-# -fno-strict-aliasing on the host.
-for kb in 64_64 128_64 128_128 256_32 256_64; do
-  for bf in 1 0; do
-    g++ -std=c++20 -O2 -fno-strict-aliasing -DKK="${kb%_*}" -DKBV="${kb#*_}" -DBF16=$bf -Ishim -I../../csrc $TORCH_INC \
-      driver.cpp -o "$BIN/emu_${kb}_$bf" &
-  done
-done
-wait
+source build.sh
+build_drivers driver.cpp emu
 failed=0
 # Args: H HV V l2norm v_first cu_int64 order(0 forward, 1 reverse, 2 random, 3 random warp speeds) eager_copies
 #       rows_past_the_end lengths... ("B:T" = no cu_seqlens, B sequences of T rows)

@@ -13,14 +13,8 @@ TORCH_INC=$("$PY" -c "import torch.utils.cpp_extension as c; print(' '.join('-I'
 BIN="${TMPDIR:-/tmp}/mom_ops_gdn_emulate"
 OUT="$BIN/bwd_out"
 mkdir -p "$BIN" "$OUT"
-# (K, forward V-block) pairs of the chain launch (run_gdn_bwd_chain); the grads kernel's block follows from K.
-for kb in 64_64 128_64 128_128 256_32 256_64; do
-  for bf in 1 0; do
-    g++ -std=c++20 -O2 -fno-strict-aliasing -DKK="${kb%_*}" -DKBV="${kb#*_}" -DBF16=$bf -Ishim -I../../csrc $TORCH_INC \
-      bwd_driver.cpp -o "$BIN/emu_bwd_${kb}_$bf" &
-  done
-done
-wait
+source build.sh
+build_drivers bwd_driver.cpp emu_bwd
 failed=0
 # Args: H HV V l2norm v_first cu_int64 order(0 forward, 1 reverse, 2 random, 3 random warp speeds) eager_copies
 #       rows_past_the_end h0 dht lengths... ("B:T" = no cu_seqlens, B sequences of T rows)

@@ -72,24 +72,6 @@ template <typename T> inline void mma_16816(float (&d)[4], const uint32_t (&a)[4
   emu::leave(w);
 }
 
-// Verbatim from csrc/common/mma.cuh.
-template <typename T, int kSteps, int kNT, bool kBKMajor>
-inline void mma_rows(float (&acc)[kNT][4], const T* a, int lda, const T* b, int ldb, int lane) {
-  for (int ks = 0; ks < kSteps; ++ks) {
-    uint32_t af[4];
-    load_a(af, a + ks * 16, lda, lane);
-    for (int nt = 0; nt < kNT; ++nt) {
-      uint32_t bf[2];
-      if constexpr (kBKMajor) {
-        load_b_trans(bf, b + ks * 16 * ldb + nt * 8, ldb, lane);
-      } else {
-        load_b(bf, b + nt * 8 * ldb + ks * 16, ldb, lane);
-      }
-      mma_16816<T>(acc[nt], af, bf);
-    }
-  }
-}
-
 template <typename T> inline T from_f32(float x) { return T(x); }  // c10 conversions round to nearest even
 template <typename T> inline float to_f32(T x) { return static_cast<float>(x); }
 template <typename T> inline uint32_t pack2(float x, float y) {
@@ -102,3 +84,5 @@ template <typename T> inline void store2(T* dst, float x, float y) {
   *reinterpret_cast<uint32_t*>(dst) = pack2<T>(x, y);
 }
 }  // namespace mom_ops
+
+#include "common/mma_rows.cuh"  // csrc's, on the shim's fragments
