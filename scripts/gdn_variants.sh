@@ -10,8 +10,11 @@ mkdir -p "$OUT/variants"
 ONLY="${1:-gdn_T32768}"
 export PYTHONPATH="/tmp/mom_ops_site:.:${PYTHONPATH:-}"
 # name:environment (MOM_OPS_GDN_SPLIT=0 is the fused forward everywhere, for reference)
-settings=("default:" "bulk:MOM_OPS_GDN_BULK=1" "bwd_split:MOM_OPS_GDN_BWD_SPLIT=1"
-          "bulk+bwd_split:MOM_OPS_GDN_BULK=1 MOM_OPS_GDN_BWD_SPLIT=1" "fused:MOM_OPS_GDN_SPLIT=0")
+# VARIANTS="name:ENV=1 ENV2=0;name2:..." replaces the list.
+settings=("default:" "chain_bv16:MOM_OPS_GDN_CHAIN_BV=16" "chain_bv32:MOM_OPS_GDN_CHAIN_BV=32"
+          "chain_bv64:MOM_OPS_GDN_CHAIN_BV=64" "bwd_chain:MOM_OPS_GDN_BWD_SPLIT=0"
+          "fused:MOM_OPS_GDN_SPLIT=0 MOM_OPS_GDN_BWD_SPLIT=0")
+[ -n "${VARIANTS:-}" ] && IFS=';' read -ra settings <<<"$VARIANTS"
 for setting in "${settings[@]}"; do
   name=${setting%%:*}
   # shellcheck disable=SC2086  # the variables are words on purpose

@@ -101,3 +101,29 @@ def test_split_backward_chain_gives_the_chain_kernels_gradients(K, V, lengths, m
     for key in chain:
         assert torch.isfinite(split[key]).all(), key
         assert rel_rms(split[key], chain[key]) < 3e-3, (key, rel_rms(split[key], chain[key]))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("K, V, lengths", [(128, 128, [300, 0, 65, 1]), (64, 192, [200, 64]), (256, 64, [130, 7])])
+@pytest.mark.parametrize("narrow", ["16", "32"])
+def test_split_chains_narrow_value_blocks_are_bitwise_equal(K, V, lengths, narrow, monkeypatch):
+    """MOM_OPS_GDN_CHAIN_BV=16 / 32 (the split chains' V-blocks for few sequences) against 64: each element of the state
+    and of its gradient sums the same products in the same order either way, so outputs and gradients are bitwise
+    equal (the backward's split chain only at K <= 128)."""
+    need_kernel("chunk_gated_delta_rule_bwd", "cuda")
+    n = len(lengths)
+    inp = gdn_inputs(1, sum(lengths), 2, K, V, HV=4, dtype=torch.bfloat16, decay="strong", h0=True, n_seqs=n)
+    do = torch.randn(1, sum(lengths), 4, V, device="cuda", dtype=torch.bfloat16)
+    dht = torch.randn(n, 4, K, V, device="cuda")
+    monkeypatch.setenv("MOM_OPS_GDN_SPLIT", "1")
+    monkeypatch.setenv("MOM_OPS_GDN_BWD_SPLIT", "1" if K <= 128 else "0")
+
+    def run(chain_bv):
+        monkeypatch.setenv("MOM_OPS_GDN_CHAIN_BV", chain_bv)
+        leaves = {key: t.cuda().detach().requires_grad_(True) for key, t in inp.items()}
+        o, ht = _run(mom_ops.chunk_gated_delta_rule, leaves, lengths, False)
+        torch.autograd.backward((o, ht), (do, dht))
+        return [o, ht] + [leaves[key].grad for key in sorted(leaves)]
+
+    for got, want in zip(run(narrow), run("64")):
+        assert torch.equal(got, want)

@@ -57,17 +57,6 @@ __device__ __forceinline__ void load_chunk_qk(T* sQ, T* sK, const T* q, const T*
   }
 }
 
-// Zeroes rows [first, 64) of a shared-memory tile of 64 rows (row pitch ld_bytes; row_bytes, both multiples of 16),
-// all kThreads threads: the rows past a sequence's end that the bulk copies of a short last chunk leave out.
-template <int kThreads>
-__device__ __forceinline__ void zero_tile_rows(void* tile, int ld_bytes, int row_bytes, int first, int tid) {
-  const int per_row = row_bytes / 16;
-  for (int idx = tid; idx < (64 - first) * per_row; idx += kThreads) {
-    const int r = first + idx / per_row, c = idx % per_row;
-    *reinterpret_cast<uint4*>(static_cast<unsigned char*>(tile) + r * ld_bytes + c * 16) = make_uint4(0, 0, 0, 0);
-  }
-}
-
 // The backward's P = scale rq_i rk_j e^{G_i - G_j} (q_i . k_j) for i >= j (else 0) in 16 bits, after
 // chunk_norms_and_cumsum: rows r0 .. r0 + 15, columns 32 ch .. 32 ch + 31 of sP [64][kLdC] (raw q, k rows in
 // shared memory). Each of the 8 warps (r0 = 16 (warp % 4), ch = warp / 4) writes its own tile; no barrier.

@@ -19,18 +19,28 @@ void launch_chain(const GdnBwdParams& p, cudaStream_t stream) {
                      kGdnThreads, L::kBytes, stream, "(sequence, head, V-block)");
 }
 
+template <typename T, int kK, int kBV>
+void launch_chain_split_kernel(const GdnBwdSplitParams& p, cudaStream_t stream) {
+  using Chain = GdnBwdChainSplitSmem<T, kK, kBV>;
+  static_assert(Chain::kBytes <= 227 * 1024, "shared memory of the split backward chain");
+  launch_scan_kernel(gdn_bwd_chain_split_kernel<T, kK, kBV>, p, int64_t(p.num_seqs) * p.heads_v * (p.dim_v / kBV),
+                     ChainStages::kThreads, Chain::kBytes, stream, "(sequence, head, V-block)");
+}
+
 // The split chain's two launches; K <= 128 only (the caller checks).
 template <typename T, int kK>
-void launch_chain_split(const GdnBwdSplitParams& p, int64_t num_slots, bool bulk_loads, cudaStream_t stream) {
+void launch_chain_split(const GdnBwdSplitParams& p, int64_t num_slots, int chain_bv, cudaStream_t stream) {
   if constexpr (kK <= 128) {
     using Prep = GdnBwdPrepSmem<T, kK>;
-    using Chain = GdnBwdChainSplitSmem<T, kK>;
-    static_assert(Chain::kBytes <= 227 * 1024, "shared memory of the split backward chain");
     launch_scan_kernel(gdn_bwd_prep_kernel<T, kK>, p, num_slots * p.heads_v, kGdnThreads, Prep::kBytes, stream,
                        "(chunk, head)");
-    launch_scan_kernel(bulk_loads ? gdn_bwd_chain_split_kernel<T, kK, true> : gdn_bwd_chain_split_kernel<T, kK, false>,
-                       p, int64_t(p.num_seqs) * p.heads_v * (p.dim_v / kSplitBV), kGdnThreads, Chain::kBytes, stream,
-                       "(sequence, head, V-block)");
+    if (chain_bv == 16) {
+      launch_chain_split_kernel<T, kK, 16>(p, stream);
+    } else if (chain_bv == 32) {
+      launch_chain_split_kernel<T, kK, 32>(p, stream);
+    } else {
+      launch_chain_split_kernel<T, kK, 64>(p, stream);
+    }
   } else {
     TORCH_CHECK(false, "the split backward chain takes K <= 128, got ", kK);
   }
@@ -56,11 +66,11 @@ void run_gdn_bwd_chain(const GdnBwdParams& p, bool bf16, int dim_k, int bv, cuda
   });
 }
 
-void run_gdn_bwd_chain_split(const GdnBwdSplitParams& p, bool bf16, int dim_k, int64_t num_slots, bool bulk_loads,
+void run_gdn_bwd_chain_split(const GdnBwdSplitParams& p, bool bf16, int dim_k, int64_t num_slots, int chain_bv,
                              cudaStream_t stream) {
   BOOL_SWITCH(bf16, kBf16, [&] {
     using T = std::conditional_t<kBf16, __nv_bfloat16, __half>;
-    HEADDIM_SWITCH(dim_k, kK, [&] { launch_chain_split<T, kK>(p, num_slots, bulk_loads, stream); });
+    HEADDIM_SWITCH(dim_k, kK, [&] { launch_chain_split<T, kK>(p, num_slots, chain_bv, stream); });
   });
 }
 

@@ -43,12 +43,17 @@ at::Tensor checked_saved(const at::Tensor& t, const char* name, const std::vecto
 }
 
 // The split backward chain (gdn_bwd_split_kernels.cuh: P^T dO and diag(scale rq e^G) dO for all chunks at once,
-// then per chunk only the products that read dS), for few long sequences. Off unless MOM_OPS_GDN_BWD_SPLIT=1 until
-// it has been timed on a GPU (NOTES.md); K <= 128, V a multiple of 64.
-bool use_split_backward_chain(const GdnDims& d) {
+// then per chunk only the products that read dS) instead of the chain kernel where the chain kernel's grid is under
+// two waves (few long sequences), as the forward's split; K <= 128, V a multiple of 64. H200, T = 32768, fwd+bwd:
+// n1 D128 7.38 -> 5.86 ms, n32 D128 3.70 chain kernel vs 3.74 split (NOTES.md). MOM_OPS_GDN_BWD_SPLIT=1 / 0 forces.
+bool use_split_backward_chain(const GdnDims& d, int fwd_bv) {
   if (d.dim_k > 128 || d.dim_v % 64 != 0) return false;
-  const char* env = std::getenv("MOM_OPS_GDN_BWD_SPLIT");
-  return env != nullptr && std::string(env) == "1";
+  if (const char* env = std::getenv("MOM_OPS_GDN_BWD_SPLIT")) {
+    if (std::string(env) == "1") return true;
+    if (std::string(env) == "0") return false;
+  }
+  const int64_t chain_ctas = d.num_seqs * d.heads_v * (d.dim_v / fwd_bv);
+  return chain_ctas < 2 * int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gdn_bwd_cuda(
@@ -144,7 +149,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     bp.dv = dv.data_ptr();
     bp.dg = dg.data_ptr<float>();
     bp.dbeta = dbeta.data_ptr<float>();
-    if (use_split_backward_chain(d)) {
+    if (use_split_backward_chain(d, fwd_bv)) {
       GdnBwdSplitParams sbp{};
       static_cast<GdnBwdParams&>(sbp) = bp;
       const at::Tensor pdo = at::empty({rows, d.heads_v, d.dim_v}, f32);
@@ -153,8 +158,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       sbp.pdo = pdo.data_ptr<float>();
       sbp.doq = doq.data_ptr();
       sbp.g_rk = g_rk.data_ptr<float>();
-      const char* bulk = std::getenv("MOM_OPS_GDN_BULK");  // bulk-copy loads, as the forward's chain
-      run_gdn_bwd_chain_split(sbp, bf16, int(d.dim_k), slots, bulk != nullptr && std::string(bulk) == "1", stream);
+      run_gdn_bwd_chain_split(sbp, bf16, int(d.dim_k), slots, split_chain_value_block(d.num_seqs, d.heads_v, d.dim_v),
+                              stream);
     } else {
       run_gdn_bwd_chain(bp, bf16, int(d.dim_k), fwd_bv, stream);
     }

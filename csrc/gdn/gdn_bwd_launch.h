@@ -16,9 +16,9 @@ inline int gdn_bwd_value_block(int64_t dim_k) { return dim_k == 256 ? 32 : 64; }
 void run_gdn_bwd_chain(const GdnBwdParams& p, bool bf16, int dim_k, int bv, cudaStream_t stream);
 
 // The split chain (gdn_bwd_split_kernels.cuh; K <= 128, V % 64 == 0): its prep kernel on num_slots x p.heads_v CTAs,
-// then the chain on p.num_seqs x p.heads_v x V / 64; writes what run_gdn_bwd_chain writes (ds1, dh0).
-// bulk_loads: the chain's loads as bulk copies by one warp (else cp.async by all threads).
-void run_gdn_bwd_chain_split(const GdnBwdSplitParams& p, bool bf16, int dim_k, int64_t num_slots, bool bulk_loads,
+// then the chain on p.num_seqs x p.heads_v x V / chain_bv (16, 32 or 64: split_chain_value_block); writes what
+// run_gdn_bwd_chain writes (ds1, dh0).
+void run_gdn_bwd_chain_split(const GdnBwdSplitParams& p, bool bf16, int dim_k, int64_t num_slots, int chain_bv,
                              cudaStream_t stream);
 
 // gdn_bwd_grads_kernel on num_slots x p.heads_v CTAs.

@@ -4,8 +4,9 @@
 //   1. gdn_bwd_prep_kernel, CTA per (chunk slot, value head): G, rk -> g_rk, and for every 64 value columns
 //        P^T dO -> pdo (fp32),  diag(scale rq e^G) dO -> doq (16-bit),
 //      P = scale rq_i rk_j e^{G_i - G_j} (q_i . k_j) (i >= j), as in the chain kernel.
-//   2. gdn_bwd_chain_split_kernel, CTA per (sequence, value head, 64 value columns), dS [K, 64] fp32 in registers,
-//      chunks in reverse, the next one's q, k, W, doq, pdo, G, rk loading while this one computes:
+//   2. gdn_bwd_chain_split_kernel, CTA per (sequence, value head, 64, 32 or 16 value columns), dS [K, BV] fp32 in the
+//      registers of 8 compute warps, chunks in reverse, a load warp bringing the next one's q, k, W, doq, pdo, G,
+//      rk while this one computes (chain_stages.cuh):
 //        dS -> ds1 (16-bit), dVn = rk_i e^{G_L - G_i} (K dS)_i + pdo_i,  dS <- e^{G_L} dS + Q^T doq - W^T dVn.
 // ds1 and dh0 are what the chain kernel writes, so the grads kernel runs unchanged after it. Roundings: the chain
 // kernel's 16-bit P, dO, doq, dS, dVn operands; dVn's two terms are summed in fp32 in another order (not bitwise
@@ -16,9 +17,9 @@
 
 #include <cstdint>
 
-#include "common/bulk_copy.cuh"
 #include "common/cp_async.cuh"
 #include "common/mma.cuh"
+#include "gdn/chain_stages.cuh"
 #include "gdn/chunk_prologue.cuh"
 #include "gdn/gdn_bwd_params.h"
 #include "gdn/gdn_fwd_kernel.cuh"
@@ -116,10 +117,10 @@ __global__ void __launch_bounds__(kGdnThreads) gdn_bwd_prep_kernel(GdnBwdSplitPa
 
 // ---------------------------------------------------------------- 2. the state-gradient chain
 
-template <typename T, int kK>
+template <typename T, int kK, int kBV>
 struct GdnBwdChainSplitSmem {
   static constexpr int C = kGdnChunk;
-  static constexpr int kLdK = kK + 8, kLdV = kSplitBV + 8, kLdU = kSplitBV + 4;
+  static constexpr int kLdK = kK + 8, kLdV = kBV + 8, kLdU = kBV + 4;
   static constexpr int bytes16(int rows, int ld) { return rows * ld * 2; }
   // Two stages (chunk c and c - 1) of: q, k, W [64][kLdK], doq [64][kLdV] 16-bit, pdo [64][kLdU] fp32, G and rk [64].
   static constexpr int kStageQ = 0, kStageK = bytes16(C, kLdK), kStageW = 2 * bytes16(C, kLdK);
@@ -129,34 +130,56 @@ struct GdnBwdChainSplitSmem {
   static constexpr int kStage = kStageG + 2 * C * 4;
   static constexpr int kS = 2 * kStage;                   // dS [kK][kLdV] in 16 bits: K dS's B operand and ds1
   static constexpr int kDvn = kS + bytes16(kK, kLdV);     // -dVn [64][kLdV]
-  static constexpr int kBar = kDvn + bytes16(C, kLdV);    // one mbarrier per stage (bulk loads)
-  static constexpr int kBytes = kBar + 2 * 8;
+  static constexpr int kBytes = kDvn + bytes16(C, kLdV);
 };
 
-// Per chunk, two barriers, as the forward's split chain: (1) this chunk's stage has landed and dS is in sS; the
-// previous chunk's loads go out. (2) -dVn is in sDvn and ds1 has been copied out; then the dS update. kBulk: the
-// loads are bulk copies of whole rows by warp 0, else cp.async by all threads (as the forward's chain).
-template <typename T, int kK, bool kBulk>
-__global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_chain_split_kernel(GdnBwdSplitParams p) {
+// Per chunk (in reverse), as the forward's split chain: (1) = full (ChainStages): this chunk's stage has landed and
+// dS is in sS. (2) = compute_sync: -dVn is in sDvn and ds1 has been copied out; then the dS update, after which the
+// stage goes back to the load warps. kBV: 64, or 32 or 16 for few chains (split_chain_value_block).
+template <typename T, int kK, int kBV>
+__global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_kernel(GdnBwdSplitParams p) {
   static_assert(kK <= 128, "two stages of q, k, W fit in shared memory for K <= 128");
-  using L = GdnBwdChainSplitSmem<T, kK>;
-  constexpr int C = kGdnChunk, BV = kSplitBV, kLdK = L::kLdK, kLdV = L::kLdV, kLdU = L::kLdU;
+  using L = GdnBwdChainSplitSmem<T, kK, kBV>;
+  constexpr int C = kGdnChunk, BV = kBV, kLdK = L::kLdK, kLdV = L::kLdV, kLdU = L::kLdU;
   using ST = StateTile<kK, BV>;  // dS's register tiles
   constexpr int kMT = ST::kMT, kNT = ST::kNT, kNTo = BV / 2 / 8;
   extern __shared__ __align__(16) unsigned char smem[];
   T* sS = reinterpret_cast<T*>(smem + L::kS);
   T* sDvn = reinterpret_cast<T*>(smem + L::kDvn);
-  uint64_t* sBar = reinterpret_cast<uint64_t*>(smem + L::kBar);
   auto stage16 = [&](int s, int off) { return reinterpret_cast<T*>(smem + s * L::kStage + off); };
   auto stage_pdo = [&](int s) { return reinterpret_cast<float*>(smem + s * L::kStage + L::kStagePdo); };
   auto stage_g = [&](int s) { return reinterpret_cast<float*>(smem + s * L::kStage + L::kStageG); };  // G, rk
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g8 = lane / 4, t4 = lane % 4;
-  const int rt = warp % 4, ch = warp / 4, r0 = 16 * rt, i0 = r0 + g8, i1 = i0 + 8;
   const ChainCta cta = chain_cta(p, p.seq_order, p.dim_v / BV, BV, kK);
   const int seq = cta.seq, hv = cta.hv, h = cta.h, v0 = cta.v0;
   const int64_t bos = cta.bos, eos = cta.eos, slot0 = chunk_slot(p, seq, bos);
   const int64_t num_chunks = (eos - bos + C - 1) / C;
+
+  // Step i walks chunk c = num_chunks - 1 - i (the last one first).
+  if (ChainStages::is_load_warp(tid)) {  // q, k, W, doq, pdo (zero rows past the sequence), G and rk
+    const int ltid = tid - ChainStages::kComputeThreads;
+    const int64_t qk_ld = int64_t(p.heads_qk) * kK, w_ld = int64_t(p.heads_v) * kK, v_ld = int64_t(p.heads_v) * p.dim_v;
+    const T* q = static_cast<const T*>(p.q) + h * kK;
+    const T* k = static_cast<const T*>(p.k) + h * kK;
+    const T* w = static_cast<const T*>(p.w) + hv * kK;
+    const T* doq = static_cast<const T*>(p.doq) + (hv * p.dim_v + v0);
+    const float* pdo = p.pdo + (hv * p.dim_v + v0);
+    ChainStages::produce(num_chunks, [&](int s, int64_t i) {
+      const int64_t c = num_chunks - 1 - i, c0 = bos + c * C;
+      const int len = int(min(int64_t(C), eos - c0));
+      load_rows<kK * sizeof(T)>(stage16(s, L::kStageQ), kLdK, q + c0 * qk_ld, qk_ld, len, ltid);
+      load_rows<kK * sizeof(T)>(stage16(s, L::kStageK), kLdK, k + c0 * qk_ld, qk_ld, len, ltid);
+      load_rows<kK * sizeof(T)>(stage16(s, L::kStageW), kLdK, w + c0 * w_ld, w_ld, len, ltid);
+      load_rows<BV * sizeof(T)>(stage16(s, L::kStageDoq), kLdV, doq + c0 * v_ld, v_ld, len, ltid);
+      load_rows<BV * 4>(stage_pdo(s), kLdU, pdo + c0 * v_ld, v_ld, len, ltid);
+      const float* g_rk = p.g_rk + ((slot0 + c) * p.heads_v + hv) * 2 * C;
+      if (ltid < 2 * C / 4) cp_async16(stage_g(s) + 4 * ltid, g_rk + 4 * ltid, true);  // 2 C floats
+    });
+    return;
+  }
+
+  const int rt = warp % 4, ch = warp / 4, r0 = 16 * rt, i0 = r0 + g8, i1 = i0 + 8;
   // This CTA's columns of dS at the end of chunk slot0 + c: ds1 + c * slot_stride, rows of p.dim_v.
   T* ds1 = static_cast<T*>(p.ds1) + (slot0 * p.heads_v + hv) * int64_t(kK) * p.dim_v + v0;
   const int64_t slot_stride = int64_t(p.heads_v) * kK * p.dim_v;
@@ -167,102 +190,11 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_chain_split_kernel(Gdn
     x = p.dht != nullptr ? p.dht[state_index(kk, vv)] : 0.f;
   });
 
-  // Chunk slot0 + c (rows from c0) -> stage s: q, k, W, doq, pdo (zero rows past the sequence), G and rk.
-  //  kBulk: warp 0 copies the rows in the sequence with bulk copies counted on the stage's mbarrier; rows past the
-  //    sequence (the last, short chunk) are zeroed by all threads.
-  //  else: all threads, cp.async, one commit group. Thread tid copies piece j of q, k, W: row r_k + j kRowsK, 8
-  //    values from col_k; of doq: row r_v + j kRowsV, 8 values from col_v; of pdo: row r_u + j kRowsU, 4 floats from
-  //    col_u. A piece past the sequence is zero-filled from (unread) row c0, which exists.
-  constexpr int kRowsK = kGdnThreads / (kK / 8), kRowsV = kGdnThreads / (BV / 8), kRowsU = kGdnThreads / (BV / 4);
-  const int r_k = tid / (kK / 8), col_k = (tid % (kK / 8)) * 8;
-  const int r_v = tid / (BV / 8), col_v = (tid % (BV / 8)) * 8, r_u = tid / (BV / 4), col_u = (tid % (BV / 4)) * 4;
-  const int64_t qk_row = int64_t(p.heads_qk) * kK, w_row = int64_t(p.heads_v) * kK, v_row = int64_t(p.heads_v) * p.dim_v;
-  // Row 0 of this CTA's columns, then of this thread's (cp.async).
-  const T* q_row0 = static_cast<const T*>(p.q) + h * kK;
-  const T* k_row0 = static_cast<const T*>(p.k) + h * kK;
-  const T* w_row0 = static_cast<const T*>(p.w) + hv * kK;
-  const T* doq_row0 = static_cast<const T*>(p.doq) + (hv * p.dim_v + v0);
-  const float* pdo_row0 = p.pdo + (hv * p.dim_v + v0);
-  const T *q_col = q_row0 + col_k, *k_col = k_row0 + col_k, *w_col = w_row0 + col_k, *doq_col = doq_row0 + col_v;
-  const float* pdo_col = pdo_row0 + col_u;
-  auto load_chunk = [&](int s, int64_t c) {
-    const int64_t c0 = bos + c * C;
-    const int len = int(min(int64_t(C), eos - c0));
-    const float* g_rk = p.g_rk + ((slot0 + c) * p.heads_v + hv) * 2 * C;
-    if constexpr (kBulk) {
-      if (warp == 0) {
-        uint64_t* bar = sBar + s;
-        const uint32_t row_bytes = 3 * kK * sizeof(T) + BV * (sizeof(T) + 4);  // q, k, W, doq, pdo
-        if (lane == 0) mbarrier_arrive_expect_tx(bar, uint32_t(len) * row_bytes + 2 * C * 4);
-        __syncwarp();
-        for (int r = lane; r < len; r += 32) {
-          const int64_t row = c0 + r;
-          bulk_copy_g2s(stage16(s, L::kStageQ) + r * kLdK, q_row0 + row * qk_row, kK * sizeof(T), bar);
-          bulk_copy_g2s(stage16(s, L::kStageK) + r * kLdK, k_row0 + row * qk_row, kK * sizeof(T), bar);
-          bulk_copy_g2s(stage16(s, L::kStageW) + r * kLdK, w_row0 + row * w_row, kK * sizeof(T), bar);
-          bulk_copy_g2s(stage16(s, L::kStageDoq) + r * kLdV, doq_row0 + row * v_row, BV * sizeof(T), bar);
-          bulk_copy_g2s(stage_pdo(s) + r * kLdU, pdo_row0 + row * v_row, BV * 4, bar);
-        }
-        if (lane == 0) bulk_copy_g2s(stage_g(s), g_rk, 2 * C * 4, bar);
-      }
-      if (len < C) {
-        zero_tile_rows<kGdnThreads>(stage16(s, L::kStageQ), kLdK * sizeof(T), kK * sizeof(T), len, tid);
-        zero_tile_rows<kGdnThreads>(stage16(s, L::kStageK), kLdK * sizeof(T), kK * sizeof(T), len, tid);
-        zero_tile_rows<kGdnThreads>(stage16(s, L::kStageW), kLdK * sizeof(T), kK * sizeof(T), len, tid);
-        zero_tile_rows<kGdnThreads>(stage16(s, L::kStageDoq), kLdV * sizeof(T), BV * sizeof(T), len, tid);
-        zero_tile_rows<kGdnThreads>(stage_pdo(s), kLdU * 4, BV * 4, len, tid);
-      }
-      return;
-    }
-    T* to_q = stage16(s, L::kStageQ) + r_k * kLdK + col_k;
-    T* to_k = stage16(s, L::kStageK) + r_k * kLdK + col_k;
-    T* to_w = stage16(s, L::kStageW) + r_k * kLdK + col_k;
-    T* to_doq = stage16(s, L::kStageDoq) + r_v * kLdV + col_v;
-    float* to_pdo = stage_pdo(s) + r_u * kLdU + col_u;
-    const T *q0 = q_col + c0 * qk_row, *k0 = k_col + c0 * qk_row, *w0 = w_col + c0 * w_row;
-    const T* doq0 = doq_col + c0 * v_row;
-    const float* pdo0 = pdo_col + c0 * v_row;
-#pragma unroll
-    for (int j = 0; j < C / kRowsK; ++j) {
-      const int r = r_k + j * kRowsK;
-      const bool valid = r < len;
-      cp_async16(to_q + j * kRowsK * kLdK, valid ? q0 + r * qk_row : q0, valid);
-      cp_async16(to_k + j * kRowsK * kLdK, valid ? k0 + r * qk_row : k0, valid);
-      cp_async16(to_w + j * kRowsK * kLdK, valid ? w0 + r * w_row : w0, valid);
-    }
-#pragma unroll
-    for (int j = 0; j < C / kRowsV; ++j) {
-      const int r = r_v + j * kRowsV;
-      cp_async16(to_doq + j * kRowsV * kLdV, r < len ? doq0 + r * v_row : doq0, r < len);
-    }
-#pragma unroll
-    for (int j = 0; j < C / kRowsU; ++j) {
-      const int r = r_u + j * kRowsU;
-      cp_async16(to_pdo + j * kRowsU * kLdU, r < len ? pdo0 + r * v_row : pdo0, r < len);
-    }
-    if (tid < 2 * C / 4) cp_async16(stage_g(s) + 4 * tid, g_rk + 4 * tid, true);
-    cp_async_commit();
-  };
-
-  if constexpr (kBulk) {
-    if (tid == 0) {
-      mbarrier_init(sBar);
-      mbarrier_init(sBar + 1);
-      mbarrier_init_fence();
-    }
-    __syncthreads();
-  }
-  if (num_chunks > 0) load_chunk((num_chunks - 1) % 2, num_chunks - 1);
-  for (int64_t c = num_chunks - 1; c >= 0; --c) {
-    const int stage = int(c % 2);
+  for (int64_t i = 0; i < num_chunks; ++i) {
+    const int64_t c = num_chunks - 1 - i;
+    const int stage = int(i % 2);
     ST::store(sS, kLdV, dS, warp, lane);  // dS at this chunk's end in 16 bits (ds1's rounding)
-    if constexpr (kBulk) {  // this chunk's stage: its barrier's ((num_chunks - 1 - c) / 2)-th phase
-      mbarrier_wait(sBar + stage, uint32_t((num_chunks - 1 - c) >> 1) & 1u);
-    } else {
-      cp_async_wait<0>();  // this chunk's stage
-    }
-    __syncthreads();  // (1)
-    if (c > 0) load_chunk(stage ^ 1, c - 1);
+    ChainStages::wait_full(i);            // (1)
     const T *sQ = stage16(stage, L::kStageQ), *sK = stage16(stage, L::kStageK), *sW = stage16(stage, L::kStageW);
     const T* sDoq = stage16(stage, L::kStageDoq);
     const float* sPdo = stage_pdo(stage);
@@ -290,10 +222,11 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_chain_split_kernel(Gdn
       const int r = idx / (BV / 8), col = (idx % (BV / 8)) * 8;
       *reinterpret_cast<uint4*>(ds1c + int64_t(r) * p.dim_v + col) = *reinterpret_cast<const uint4*>(sS + r * kLdV + col);
     }
-    __syncthreads();  // (2)
+    ChainStages::compute_sync();  // (2)
 
-    // dS = e^{G_L} dS + Q^T doq + W^T (-dVn) on this warp's tiles.
+    // dS = e^{G_L} dS + Q^T doq + W^T (-dVn) on this warp's tiles; then the stage is free.
     ST::decay_add_atb2(dS, decay, sQ, sW, kLdK, sDoq, sDvn, kLdV, warp, lane);
+    ChainStages::release(i, num_chunks);
   }
   if (p.dh0 != nullptr) ST::for_each(dS, warp, lane, [&](float& x, int kk, int vv) { p.dh0[state_index(kk, vv)] = x; });
 }

@@ -154,10 +154,8 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Te
     sp.save_t = work.t.defined() ? work.t.data_ptr() : nullptr;
     sp.u = u.data_ptr<float>();
     sp.g_rk = g_rk.data_ptr<float>();
-    // The chain's loads as bulk copies by one warp: MOM_OPS_GDN_BULK=1, until timed against cp.async (NOTES.md).
-    const char* bulk = std::getenv("MOM_OPS_GDN_BULK");
     run_gdn_fwd_split(sp, q.scalar_type() == at::kBFloat16, int(d.dim_k), chunk_slots(rows, d.num_seqs),
-                      bulk != nullptr && std::string(bulk) == "1", stream);
+                      split_chain_value_block(d.num_seqs, d.heads_v, d.dim_v), stream);
     return {io.o, io.ht};
   }
   run_gdn_fwd(p, q.scalar_type() == at::kBFloat16, int(d.dim_k), bv, stream);

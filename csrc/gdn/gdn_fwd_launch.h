@@ -17,10 +17,14 @@ int gdn_value_block(int64_t dim_k, int64_t dim_v, int64_t num_seqs, int64_t head
 // Launches gdn_fwd_kernel<bf16 ? bf16 : fp16, dim_k, bv> on p.num_seqs x p.heads_v x p.num_vblocks CTAs.
 void run_gdn_fwd(const GdnFwdParams& p, bool bf16, int dim_k, int bv, cudaStream_t stream);
 
+// V-block width of the split chains (forward and backward): 64, halved (to 32, then 16) while the chains still fit
+// in one wave (few, long sequences); MOM_OPS_GDN_CHAIN_BV=16 / 32 / 64 forces it.
+int split_chain_value_block(int64_t num_seqs, int64_t heads_v, int64_t dim_v);
+
 // The split forward (gdn_split_kernels.cuh): prep on num_slots x p.heads_v CTAs, the chain on p.num_seqs x
-// p.heads_v x V / 64, the outputs on num_slots x p.heads_v x V / 64. p.save_w, save_vn, save_s0, u and g_rk are
-// required. bulk_loads: the chain's loads as bulk copies by one warp (else cp.async by all threads).
-void run_gdn_fwd_split(const GdnSplitParams& p, bool bf16, int dim_k, int64_t num_slots, bool bulk_loads,
+// p.heads_v x V / chain_bv (split_chain_value_block), the outputs on num_slots x p.heads_v x V / 64. p.save_w,
+// save_vn, save_s0, u and g_rk are required.
+void run_gdn_fwd_split(const GdnSplitParams& p, bool bf16, int dim_k, int64_t num_slots, int chain_bv,
                        cudaStream_t stream);
 
 }  // namespace mom_ops

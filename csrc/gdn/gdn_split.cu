@@ -1,4 +1,8 @@
 // Launches of the split forward (gdn_split_kernels.cuh): chunk-local terms, the state chain, the outputs.
+#include <ATen/cuda/CUDAContext.h>
+
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 
 #include "common/static_switch.h"
@@ -8,23 +12,47 @@
 
 namespace mom_ops {
 
-void run_gdn_fwd_split(const GdnSplitParams& p, bool bf16, int dim_k, int64_t num_slots, bool bulk_loads,
+int split_chain_value_block(int64_t num_seqs, int64_t heads_v, int64_t dim_v) {
+  if (const char* env = std::getenv("MOM_OPS_GDN_CHAIN_BV")) {
+    for (const int bv : {16, 32, 64})
+      if (std::string(env) == std::to_string(bv)) return bv;
+  }
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  int bv = kSplitBV;
+  while (bv > 16 && num_seqs * heads_v * (dim_v / (bv / 2)) <= sms) bv /= 2;
+  return bv;
+}
+
+namespace {
+
+template <typename T, int kK, int kBV>
+void launch_chain(const GdnSplitParams& p, cudaStream_t stream) {
+  using Chain = GdnChainFwdSmem<T, kK, kBV>;
+  static_assert(Chain::kBytes <= 227 * 1024, "shared memory of the split forward's chain kernel");
+  launch_scan_kernel(gdn_chain_kernel<T, kK, kBV>, p, int64_t(p.num_seqs) * p.heads_v * (p.dim_v / kBV),
+                     ChainStages::kThreads, Chain::kBytes, stream, "(sequence, head, V-block)");
+}
+
+}  // namespace
+
+void run_gdn_fwd_split(const GdnSplitParams& p, bool bf16, int dim_k, int64_t num_slots, int chain_bv,
                        cudaStream_t stream) {
   BOOL_SWITCH(bf16, kBf16, [&] {
     using T = std::conditional_t<kBf16, __nv_bfloat16, __half>;
     HEADDIM_SWITCH(dim_k, kK, [&] {
       using Prep = GdnPrepSmem<T, kK>;
-      using Chain = GdnChainFwdSmem<T, kK>;
       using Out = GdnOutputSmem<T, kK>;
-      static_assert(Chain::kBytes <= 227 * 1024, "shared memory of the split forward's chain kernel");
-      const int64_t vblocks = p.dim_v / kSplitBV;
       launch_scan_kernel(gdn_prep_kernel<T, kK>, p, num_slots * p.heads_v, kGdnThreads, Prep::kBytes, stream,
                          "(chunk, head)");
-      launch_scan_kernel(bulk_loads ? gdn_chain_kernel<T, kK, true> : gdn_chain_kernel<T, kK, false>, p,
-                         int64_t(p.num_seqs) * p.heads_v * vblocks, kGdnThreads, Chain::kBytes, stream,
-                         "(sequence, head, V-block)");
-      launch_scan_kernel(gdn_output_kernel<T, kK>, p, num_slots * p.heads_v * vblocks, kGdnThreads, Out::kBytes,
-                         stream, "(chunk, head, V-block)");
+      if (chain_bv == 16) {
+        launch_chain<T, kK, 16>(p, stream);
+      } else if (chain_bv == 32) {
+        launch_chain<T, kK, 32>(p, stream);
+      } else {
+        launch_chain<T, kK, 64>(p, stream);
+      }
+      launch_scan_kernel(gdn_output_kernel<T, kK>, p, num_slots * p.heads_v * (p.dim_v / kSplitBV), kGdnThreads,
+                         Out::kBytes, stream, "(chunk, head, V-block)");
     });
   });
 }

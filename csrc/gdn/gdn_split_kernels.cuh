@@ -5,9 +5,10 @@
 //   1. gdn_prep_kernel, CTA per (chunk slot, value head): G, rk -> g_rk, A, T = (I + A)^-1,
 //        W = T diag(beta e^G rk) K -> w [rows, HV, K] (16-bit),  U = T diag(beta) V -> u [rows, HV, V] (fp32),
 //        and T -> t [rows, HV, 64] for the backward when asked.
-//   2. gdn_chain_kernel, CTA per (sequence, value head, V-block of 64), the state S [K, 64] fp32 in registers;
-//        per chunk: S -> s0 (the chunk state, 16-bit), V_new = U - W S -> vn (16-bit),
-//        S <- e^{G_last} S + K^T (rk e^{G_last - G} V_new); the next chunk's W, K, U load while this one computes.
+//   2. gdn_chain_kernel, CTA per (sequence, value head, V-block of 64, 32 or 16 columns), the state S [K, BV] fp32 in
+//        the registers of 8 compute warps; per chunk: S -> s0 (the chunk state, 16-bit), V_new = U - W S -> vn
+//        (16-bit), S <- e^{G_last} S + K^T (rk e^{G_last - G} V_new); a load warp brings the next chunk's W, K, U
+//        while this one computes (chain_stages.cuh).
 //   3. gdn_output_kernel, CTA per (chunk slot, value head, V-block of 64):
 //        O = scale (rq e^G (Q S0) + QK V_new),  QK = (Q K^T) rq_i rk_j e^{G_i - G_j} (i >= j).
 // s0, w, vn and t are exactly what the training forward saves for the backward (gdn_bwd_cuda.cu). Roundings: the
@@ -18,9 +19,9 @@
 
 #include <cstdint>
 
-#include "common/bulk_copy.cuh"
 #include "common/cp_async.cuh"
 #include "common/mma.cuh"
+#include "gdn/chain_stages.cuh"
 #include "gdn/chunk_prologue.cuh"
 #include "gdn/gdn_fwd_kernel.cuh"
 #include "gdn/scan_params.h"
@@ -171,10 +172,10 @@ __global__ void __launch_bounds__(kGdnThreads) gdn_prep_kernel(GdnSplitParams p)
 
 // ---------------------------------------------------------------- 2. the state chain
 
-template <typename T, int kK>
+template <typename T, int kK, int kBV>
 struct GdnChainFwdSmem {
   static constexpr int C = kGdnChunk;
-  static constexpr int kLdK = kK + 8, kLdV = kSplitBV + 8, kLdU = kSplitBV + 4;
+  static constexpr int kLdK = kK + 8, kLdV = kBV + 8, kLdU = kBV + 4;
   static constexpr int bytes16(int rows, int ld) { return rows * ld * 2; }
   // Two stages (chunk c and c + 1) of: W, K [64][kLdK] 16-bit, U [64][kLdU] fp32, G and rk [64] fp32 each.
   static constexpr int kStageW = 0, kStageK = bytes16(C, kLdK), kStageU = 2 * bytes16(C, kLdK);
@@ -182,36 +183,55 @@ struct GdnChainFwdSmem {
   static constexpr int kStage = kStageG + 2 * C * 4;
   static constexpr int kS = 2 * kStage;                       // S [kK][kLdV] in 16 bits: W S's B operand and s0
   static constexpr int kVd = kS + bytes16(kK, kLdV);          // rk e^{G_last - G} V_new [64][kLdV]
-  static constexpr int kBar = kVd + bytes16(C, kLdV);         // one mbarrier per stage (bulk loads)
-  static constexpr int kBytes = kBar + 2 * 8;
+  static constexpr int kBytes = kVd + bytes16(C, kLdV);
 };
 
-// Per chunk, two barriers: (1) this chunk's stage has landed and S is in sS; the next chunk's loads go out (its
-// stage was last read before this barrier). (2) V_new is in sVd and s0 has been copied out; then the state update,
-// while the next chunk's S -> sS may start (sS has no reader after (2)). kBulk: the loads are bulk copies of whole
-// rows by warp 0 (the other warps issue none), else cp.async by all threads (NOTES.md: which is faster).
-template <typename T, int kK, bool kBulk>
-__global__ void __launch_bounds__(kGdnThreads, 1) gdn_chain_kernel(GdnSplitParams p) {
-  using L = GdnChainFwdSmem<T, kK>;
-  constexpr int C = kGdnChunk, BV = kSplitBV, kLdK = L::kLdK, kLdV = L::kLdV, kLdU = L::kLdU;
+// The chain's V-block width kBV: 64, or 32 or 16 where 64-column chains would leave most SMs idle (one long
+// sequence: 2 or 4 times the chains, each with 1/2 or 1/4 of the products per chunk; the chains of one head read the
+// same W and K, mostly from L2). split_chain_value_block (gdn_split.cu) picks it.
+
+// Per chunk, after the load warp's full(stage) (ChainStages): (1) = full: this chunk's stage has landed and S is in
+// sS. (2) = compute_sync: V_new is in sVd and s0 has been copied out; then the state update (sS has no reader after
+// (2), so the next chunk's S -> sS may start), after which the stage goes back to the load warp.
+template <typename T, int kK, int kBV>
+__global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_chain_kernel(GdnSplitParams p) {
+  using L = GdnChainFwdSmem<T, kK, kBV>;
+  constexpr int C = kGdnChunk, BV = kBV, kLdK = L::kLdK, kLdV = L::kLdV, kLdU = L::kLdU;
   using ST = StateTile<kK, BV>;  // the state's register tiles
   constexpr int kMT = ST::kMT, kNT = ST::kNT, kNTo = BV / 2 / 8;
   extern __shared__ __align__(16) unsigned char smem[];
   T* sS = reinterpret_cast<T*>(smem + L::kS);
   T* sVd = reinterpret_cast<T*>(smem + L::kVd);
-  uint64_t* sBar = reinterpret_cast<uint64_t*>(smem + L::kBar);
   auto stage_w = [&](int s) { return reinterpret_cast<T*>(smem + s * L::kStage + L::kStageW); };
   auto stage_k = [&](int s) { return reinterpret_cast<T*>(smem + s * L::kStage + L::kStageK); };
   auto stage_u = [&](int s) { return reinterpret_cast<float*>(smem + s * L::kStage + L::kStageU); };
   auto stage_g = [&](int s) { return reinterpret_cast<float*>(smem + s * L::kStage + L::kStageG); };  // G, rk
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g8 = lane / 4, t4 = lane % 4;
-  const int rt = warp % 4, ch = warp / 4, r0 = 16 * rt, i0 = r0 + g8, i1 = i0 + 8;
   const ChainCta cta = chain_cta(p, p.seq_order, p.dim_v / BV, BV, kK);
   const int seq = cta.seq, hv = cta.hv, h = cta.h, v0 = cta.v0;
   const int64_t bos = cta.bos, eos = cta.eos, slot0 = chunk_slot(p, seq, bos);
-  const T* k = static_cast<const T*>(p.k);
-  const T* w = static_cast<const T*>(p.save_w);
+  const int64_t num_chunks = (eos - bos + C - 1) / C;
+
+  if (ChainStages::is_load_warp(tid)) {  // chunk i -> stage s: W, K, U (zero rows past the sequence), G and rk
+    const int ltid = tid - ChainStages::kComputeThreads;
+    const int64_t w_ld = int64_t(p.heads_v) * kK, k_ld = int64_t(p.heads_qk) * kK, u_ld = int64_t(p.heads_v) * p.dim_v;
+    const T* w = static_cast<const T*>(p.save_w) + hv * kK;
+    const T* k = static_cast<const T*>(p.k) + h * kK;
+    const float* u = p.u + (hv * p.dim_v + v0);
+    ChainStages::produce(num_chunks, [&](int s, int64_t i) {
+      const int64_t c0 = bos + i * C;
+      const int len = int(min(int64_t(C), eos - c0));
+      load_rows<kK * sizeof(T)>(stage_w(s), kLdK, w + c0 * w_ld, w_ld, len, ltid);
+      load_rows<kK * sizeof(T)>(stage_k(s), kLdK, k + c0 * k_ld, k_ld, len, ltid);
+      load_rows<BV * 4>(stage_u(s), kLdU, u + c0 * u_ld, u_ld, len, ltid);
+      const float* g_rk = p.g_rk + ((slot0 + i) * p.heads_v + hv) * 2 * C;
+      if (ltid < 2 * C / 4) cp_async16(stage_g(s) + 4 * ltid, g_rk + 4 * ltid, true);  // 2 C floats
+    });
+    return;
+  }
+
+  const int rt = warp % 4, ch = warp / 4, r0 = 16 * rt, i0 = r0 + g8, i1 = i0 + 8;
   T* vn = static_cast<T*>(p.save_vn);
   // This CTA's columns of the state at chunk slot0 + c: s0 + c * slot_stride, rows of p.dim_v.
   T* s0 = static_cast<T*>(p.save_s0) + (slot0 * p.heads_v + hv) * int64_t(kK) * p.dim_v + v0;
@@ -223,83 +243,11 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_chain_kernel(GdnSplitParam
     x = p.h0 != nullptr ? p.h0[state_index(kk, vv)] : 0.f;
   });
 
-  // Chunk slot0 + c (rows from c0) -> stage s: W, K, U (zero rows past the sequence), G and rk.
-  //  kBulk: warp 0 copies the rows in the sequence with bulk copies counted on the stage's mbarrier; rows past the
-  //    sequence (a last, short chunk) are zeroed by all threads.
-  //  else: all threads, cp.async, one commit group. Thread tid copies piece j of W and K: row r_wk + j kRowsWK, 8
-  //    values from col_wk; of U: row r_u + j kRowsU, 4 floats from col_u. A piece past the sequence is zero-filled
-  //    from (unread) row c0, which exists.
-  constexpr int kRowsWK = kGdnThreads / (kK / 8), kRowsU = kGdnThreads / (BV / 4);
-  const int r_wk = tid / (kK / 8), col_wk = (tid % (kK / 8)) * 8, r_u = tid / (BV / 4), col_u = (tid % (BV / 4)) * 4;
-  const int64_t w_row = int64_t(p.heads_v) * kK, k_row = int64_t(p.heads_qk) * kK, u_row = int64_t(p.heads_v) * p.dim_v;
-  const T* w_col = w + (hv * kK + col_wk);  // row 0 of this thread's columns (cp.async)
-  const T* k_col = k + (h * kK + col_wk);
-  const float* u_col = p.u + (hv * p.dim_v + v0 + col_u);
-  auto load_chunk = [&](int s, int64_t c0, int64_t c) {
-    const int len = int(min(int64_t(C), eos - c0));
-    const float* g_rk = p.g_rk + ((slot0 + c) * p.heads_v + hv) * 2 * C;
-    if constexpr (kBulk) {
-      if (warp == 0) {
-        uint64_t* bar = sBar + s;
-        if (lane == 0) mbarrier_arrive_expect_tx(bar, uint32_t(len) * (2 * kK * sizeof(T) + BV * 4) + 2 * C * 4);
-        __syncwarp();
-        for (int r = lane; r < len; r += 32) {
-          const int64_t row = c0 + r;
-          bulk_copy_g2s(stage_w(s) + r * kLdK, w + row * w_row + hv * kK, kK * sizeof(T), bar);
-          bulk_copy_g2s(stage_k(s) + r * kLdK, k + row * k_row + h * kK, kK * sizeof(T), bar);
-          bulk_copy_g2s(stage_u(s) + r * kLdU, p.u + row * u_row + hv * p.dim_v + v0, BV * 4, bar);
-        }
-        if (lane == 0) bulk_copy_g2s(stage_g(s), g_rk, 2 * C * 4, bar);
-      }
-      if (len < C) {
-        zero_tile_rows<kGdnThreads>(stage_w(s), kLdK * sizeof(T), kK * sizeof(T), len, tid);
-        zero_tile_rows<kGdnThreads>(stage_k(s), kLdK * sizeof(T), kK * sizeof(T), len, tid);
-        zero_tile_rows<kGdnThreads>(stage_u(s), kLdU * 4, BV * 4, len, tid);
-      }
-    } else {
-      T* dw = stage_w(s) + r_wk * kLdK + col_wk;
-      T* dk = stage_k(s) + r_wk * kLdK + col_wk;
-      float* du = stage_u(s) + r_u * kLdU + col_u;
-      const T *w0 = w_col + c0 * w_row, *k0 = k_col + c0 * k_row;
-      const float* u0 = u_col + c0 * u_row;
-      const T *wr = w0 + r_wk * w_row, *kr = k0 + r_wk * k_row;
-      const float* ur = u0 + r_u * u_row;
-#pragma unroll
-      for (int j = 0; j < C / kRowsWK; ++j) {
-        const bool valid = r_wk + j * kRowsWK < len;
-        cp_async16(dw + j * kRowsWK * kLdK, valid ? wr + j * kRowsWK * w_row : w0, valid);
-        cp_async16(dk + j * kRowsWK * kLdK, valid ? kr + j * kRowsWK * k_row : k0, valid);
-      }
-#pragma unroll
-      for (int j = 0; j < C / kRowsU; ++j) {
-        const bool valid = r_u + j * kRowsU < len;
-        cp_async16(du + j * kRowsU * kLdU, valid ? ur + j * kRowsU * u_row : u0, valid);
-      }
-      if (tid < 2 * C / 4) cp_async16(stage_g(s) + 4 * tid, g_rk + 4 * tid, true);
-      cp_async_commit();
-    }
-  };
-
-  if constexpr (kBulk) {
-    if (tid == 0) {
-      mbarrier_init(sBar);
-      mbarrier_init(sBar + 1);
-      mbarrier_init_fence();
-    }
-    __syncthreads();
-  }
-  if (bos < eos) load_chunk(0, bos, 0);
-  int stage = 0;
-  for (int64_t c0 = bos, c = 0; c0 < eos; c0 += C, ++c, stage ^= 1) {
-    const int len = int(min(int64_t(C), eos - c0));
-    ST::store(sS, kLdV, S, warp, lane);                 // S in 16 bits (the saved chunk state's rounding)
-    if constexpr (kBulk) {
-      mbarrier_wait(sBar + stage, uint32_t(c >> 1) & 1u);  // this chunk's stage (its barrier's (c / 2)-th phase)
-    } else {
-      cp_async_wait<0>();  // this chunk's stage
-    }
-    __syncthreads();  // (1)
-    if (c0 + C < eos) load_chunk(stage ^ 1, c0 + C, c + 1);
+  for (int64_t c = 0; c < num_chunks; ++c) {
+    const int64_t c0 = bos + c * C;
+    const int len = int(min(int64_t(C), eos - c0)), stage = int(c % 2);
+    ST::store(sS, kLdV, S, warp, lane);  // S in 16 bits (the saved chunk state's rounding)
+    ChainStages::wait_full(c);           // (1)
     const T *sW = stage_w(stage), *sK = stage_k(stage);
     const float* sU = stage_u(stage);
     const float *sG = stage_g(stage), *sRk = sG + C;
@@ -329,10 +277,11 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_chain_kernel(GdnSplitParam
       const int r = idx / (BV / 8), col = (idx % (BV / 8)) * 8;
       *reinterpret_cast<uint4*>(s0c + int64_t(r) * p.dim_v + col) = *reinterpret_cast<const uint4*>(sS + r * kLdV + col);
     }
-    __syncthreads();  // (2)
+    ChainStages::compute_sync();  // (2)
 
-    // S = e^{G_last} S + K^T V_d on this warp's state tiles.
+    // S = e^{G_last} S + K^T V_d on this warp's state tiles; then the stage is free.
     ST::decay_add_atb(S, decay, sK, kLdK, sVd, kLdV, warp, lane);
+    ChainStages::release(c, num_chunks);
   }
   if (p.ht != nullptr) ST::for_each(S, warp, lane, [&](float& x, int kk, int vv) { p.ht[state_index(kk, vv)] = x; });
 }

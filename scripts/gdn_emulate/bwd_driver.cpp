@@ -137,14 +137,15 @@ int main(int argc, char** argv) {
       static_cast<GdnBwdParams&>(sb) = bp;
       sb.pdo = pdo.as<float>(), sb.doq = doq.data, sb.g_rk = g_rk.as<float>();
       launch(gdn_bwd_prep_kernel<T, kK>, sb, slots * HV, GdnBwdPrepSmem<T, kK>::kBytes);
-      const char* bulk = std::getenv("EMU_CHAIN_BULK");  // 1: the chain's bulk-copy loads
-      if (bulk != nullptr && std::string(bulk) == "1") {
-        launch(gdn_bwd_chain_split_kernel<T, kK, true>, sb, int64_t(N) * HV * (V / kSplitBV),
-               GdnBwdChainSplitSmem<T, kK>::kBytes);
-      } else {
-        launch(gdn_bwd_chain_split_kernel<T, kK, false>, sb, int64_t(N) * HV * (V / kSplitBV),
-               GdnBwdChainSplitSmem<T, kK>::kBytes);
-      }
+      auto chain = [&](auto bv) {
+        constexpr int kChainBV = decltype(bv)::value;
+        launch(gdn_bwd_chain_split_kernel<T, kK, kChainBV>, sb, int64_t(N) * HV * (V / kChainBV),
+               GdnBwdChainSplitSmem<T, kK, kChainBV>::kBytes, ChainStages::kThreads);
+      };
+      const int chain_bv = emu_chain_bv();
+      if (chain_bv == 16) chain(std::integral_constant<int, 16>());
+      else if (chain_bv == 32) chain(std::integral_constant<int, 32>());
+      else chain(std::integral_constant<int, 64>());
 #endif
     } else {
       launch(gdn_bwd_chain_kernel<T, kK, kBV>, bp, int64_t(N) * HV * (V / kBV), GdnChainSmem<T, kK, kBV>::kBytes);

@@ -84,13 +84,16 @@ int main(int argc, char** argv) {
     sp.save_t = t2.data, sp.u = u.as<float>(), sp.g_rk = g_rk.as<float>();
     const int64_t vb = V / kSplitBV;
     launch(gdn_prep_kernel<T, kK>, sp, slots * HV, GdnPrepSmem<T, kK>::kBytes);
-    const char* bulk = std::getenv("EMU_CHAIN_BULK");  // 1: the chain's bulk-copy loads
-    if (bulk != nullptr && std::string(bulk) == "1") {
-      std::printf("  chain with bulk-copy loads\n");
-      launch(gdn_chain_kernel<T, kK, true>, sp, int64_t(N) * HV * vb, GdnChainFwdSmem<T, kK>::kBytes);
-    } else {
-      launch(gdn_chain_kernel<T, kK, false>, sp, int64_t(N) * HV * vb, GdnChainFwdSmem<T, kK>::kBytes);
-    }
+    auto chain = [&](auto bv) {
+      constexpr int kChainBV = decltype(bv)::value;
+      std::printf("  chain with %d-column V-blocks\n", kChainBV);
+      launch(gdn_chain_kernel<T, kK, kChainBV>, sp, int64_t(N) * HV * (V / kChainBV),
+             GdnChainFwdSmem<T, kK, kChainBV>::kBytes, ChainStages::kThreads);
+    };
+    const int chain_bv = emu_chain_bv();
+    if (chain_bv == 16) chain(std::integral_constant<int, 16>());
+    else if (chain_bv == 32) chain(std::integral_constant<int, 32>());
+    else chain(std::integral_constant<int, 64>());
     launch(gdn_output_kernel<T, kK>, sp, slots * HV * vb, GdnOutputSmem<T, kK>::kBytes);
   }
 

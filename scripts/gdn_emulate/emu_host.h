@@ -1,4 +1,4 @@
-// Host side of the emulator shared by the forward and backward drivers: the CTA launcher (256 fibers per block,
+// Host side of the emulator shared by the forward and backward drivers: the CTA launcher (a fiber per thread,
 // forward / reverse / random / random-warp-speed schedules, deadlock and pending cp.async checks), the block's
 // shared memory (NaN-poisoned, guard pages past the requested size), guarded, NaN-poisoned global buffers and the
 // drivers' segments (lengths, cu_seqlens, longest-first order).
@@ -13,11 +13,13 @@ constexpr size_t kSmemMax = 240 * 1024;
 // ---- launcher
 static std::function<void()> g_call;
 static void tramp() { g_call(); emu::g_cur->done = true; }
-static std::vector<emu::Fiber> g_fibers(256);
+static std::vector<emu::Fiber> g_fibers(512);
 static uint64_t g_seed = getenv("EMU_SEED") ? std::atoll(getenv("EMU_SEED")) : 1;
 template <class P>
-void launch(void (*kernel)(P), const P& p, int64_t blocks, int smem_bytes) {
+void launch(void (*kernel)(P), const P& p, int64_t blocks, int smem_bytes, int threads = 256) {
   if (size_t(smem_bytes) > kSmemMax) EMU_FAIL("smem %d too big", smem_bytes);
+  if (threads % 32 != 0 || threads > int(g_fibers.size())) EMU_FAIL("%d threads per block", threads);
+  const int warps = threads / 32;
   const size_t prot = (size_t(smem_bytes) + 4095) / 4096 * 4096;
   mprotect(mom_ops::smem, kSmemMax, PROT_READ | PROT_WRITE);
   if (prot < kSmemMax) mprotect(mom_ops::smem + prot, kSmemMax - prot, PROT_NONE);
@@ -29,9 +31,10 @@ void launch(void (*kernel)(P), const P& p, int64_t blocks, int smem_bytes) {
     std::memset(mom_ops::smem, 0xFF, prot);
     emu::g_block = emu::Dim3{unsigned(b), 0, 0};
     for (auto& w : emu::g_warps) w.bar = emu::Bar{32};
-    emu::g_cta_bar = emu::Bar{256};
+    emu::g_cta_bar = emu::Bar{threads};
+    for (auto& nb : emu::g_named) nb = emu::Bar{0};
     g_call = [&] { kernel(p); };
-    for (int t = 0; t < 256; ++t) {
+    for (int t = 0; t < threads; ++t) {
       auto& f = g_fibers[t];
       f.done = false, f.open.clear(), f.groups.clear();
       f.tid = emu::Dim3{unsigned(t), 0, 0};
@@ -39,18 +42,18 @@ void launch(void (*kernel)(P), const P& p, int64_t blocks, int smem_bytes) {
       f.ctx.uc_stack.ss_sp = f.stack, f.ctx.uc_stack.ss_size = 512 * 1024, f.ctx.uc_link = &emu::g_sched;
       makecontext(&f.ctx, tramp, 0);
     }
-    std::vector<int> order(256);
+    std::vector<int> order(threads);
     std::iota(order.begin(), order.end(), 0);
     if (emu::g_order == 1) std::reverse(order.begin(), order.end());
-    int live = 256;
-    float speed[8];
+    int live = threads;
+    float speed[16];
     std::uniform_real_distribution<float> u01(0.f, 1.f);
     for (auto& x : speed) x = 0.05f + 0.95f * u01(rng);
     bool full = true;
     while (live > 0) {
       if (emu::g_order >= 2) std::shuffle(order.begin(), order.end(), rng);
-      bool run_warp[8];
-      for (int w = 0; w < 8; ++w) run_warp[w] = full || emu::g_order != 3 || u01(rng) < speed[w];
+      bool run_warp[16];
+      for (int w = 0; w < warps; ++w) run_warp[w] = full || emu::g_order != 3 || u01(rng) < speed[w];
       const uint64_t prog = emu::g_progress;
       int fin = 0;
       for (int i : order) {
@@ -65,13 +68,18 @@ void launch(void (*kernel)(P), const P& p, int64_t blocks, int smem_bytes) {
       if (stuck) EMU_FAIL("deadlock in block %lld (%d threads left)", (long long)b, live);
     }
     if (emu::g_cta_bar.arrived != 0) EMU_FAIL("block %lld ended with %d threads in a barrier", (long long)b, emu::g_cta_bar.arrived);
-    for (auto& f : g_fibers)
-      if (!f.open.empty() || !f.groups.empty()) EMU_FAIL("block %lld: thread %u ended with cp.async pending", (long long)b, f.tid.x);
-    for (auto& [bar, mb] : emu::g_mbarriers)
-      if (!mb.copies.empty() || mb.tx != 0 || mb.pending != 1) EMU_FAIL("block %lld: mbarrier %p ended with copies or arrivals pending", (long long)b, bar);
-    emu::g_mbarriers.clear();
+    for (int id = 1; id < 16; ++id)
+      if (emu::g_named[id].arrived != 0) EMU_FAIL("block %lld ended with %d arrivals at named barrier %d", (long long)b, emu::g_named[id].arrived, id);
+    for (int t = 0; t < threads; ++t)
+      if (!g_fibers[t].open.empty() || !g_fibers[t].groups.empty()) EMU_FAIL("block %lld: thread %d ended with cp.async pending", (long long)b, t);
   }
   mprotect(mom_ops::smem, kSmemMax, PROT_READ | PROT_WRITE);
+}
+
+// EMU_CHAIN_BV=16 / 32: the split chains with narrow V-blocks (as for few sequences), else 64 columns.
+inline int emu_chain_bv() {
+  const char* bv = std::getenv("EMU_CHAIN_BV");
+  return bv == nullptr ? 64 : std::atoi(bv);
 }
 
 // ---- guarded global buffers

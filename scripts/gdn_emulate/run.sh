@@ -5,7 +5,7 @@
 # global memory with guard pages, deadlock and divergent-collective checks, optional random warp speeds). driver.cpp
 # compares o, ht and the four saved tensors of the two paths bit for bit and both against an fp64 recurrence.
 # For checking kernel edits without a GPU; it says nothing about speed, registers or the bindings.
-# EMU_CHAIN_BULK=1 runs the chain with its bulk-copy loads. The backward kernels: run_bwd.sh.
+# EMU_CHAIN_BV=32 / 16 runs the chain with narrow V-blocks. The backward kernels: run_bwd.sh.
 #   bash scripts/gdn_emulate/run.sh      (from the repository root, with .venv; ~1 min to build, a few to run)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -40,9 +40,8 @@ for seed in 11 22; do  # random warp speeds: barriers that are missing show up h
   run emu_128_64_0 1 2 128 1 0 0 3 0 3 200 64
   run emu_256_64_1 1 1 64 1 0 1 3 1 0 130 0 64 7 1
 done
-export EMU_CHAIN_BULK=1  # the chain's bulk-copy loads (mbarriers; copies land at the first wait, or eagerly)
-for seed in 11 22; do
-  export EMU_SEED=$seed
+for seed in 11 22; do  # the chain's narrow V-blocks (for few sequences)
+  export EMU_SEED=$seed EMU_CHAIN_BV=$((seed == 11 ? 32 : 16))
   run emu_64_64_1 1 2 128 1 0 0 3 1 5 130 0 64 7 1
   run emu_128_64_0 2 2 192 0 1 1 3 0 0 0 0 70 1
   run emu_128_128_1 1 1 256 1 0 1 2 1 0 3:64

@@ -55,10 +55,11 @@ run emu_bwd_128_64_1  1 2 128 1 0 0 3 0 3 1 1 200 0 1 64
 run emu_bwd_128_64_1  2 2 192 1 0 1 1 0 0 1 1 1 0 129
 run emu_bwd_128_128_1 2 2 128 1 1 0 2 1 7 1 1 150 0 1 65
 run emu_bwd_128_64_0  2 2 128 1 1 1 3 1 0 1 1 100 1 0 70
-# ... with its bulk-copy loads (mbarriers; copies land at the first wait, or eagerly)
-export EMU_CHAIN_BULK=1
+# ... with its narrow V-blocks (for few sequences)
+export EMU_CHAIN_BV=32
 run emu_bwd_64_64_1   1 2 128 1 0 0 3 1 5 1 1 130 0 64 1
 run emu_bwd_128_64_1  2 2 192 1 0 1 2 0 0 1 1 1 0 129
+export EMU_CHAIN_BV=16
 run emu_bwd_128_128_1 2 2 128 1 1 0 3 1 7 1 1 150 0 1 65
 run emu_bwd_128_64_0  1 2 128 1 0 0 1 0 3 1 1 200 0 1 64
 exit $failed

@@ -77,7 +77,7 @@ struct Warp {
   uint32_t a[32][4], b[32][2];
   float f[32];
 };
-inline Warp g_warps[8];
+inline Warp g_warps[16];
 inline Bar g_cta_bar{256};
 inline int lane() { return g_cur->tid.x % 32; }
 inline Warp& warp() { return g_warps[g_cur->tid.x / 32]; }
@@ -103,33 +103,23 @@ inline void do_copy(const Copy& c) {
 }
 template <class T> inline float bits_to_f(uint16_t u) { T t; std::memcpy(&t, &u, 2); return static_cast<float>(t); }
 
-// mbarriers of common/bulk_copy.cuh (per block: checked and cleared when it ends)
-struct MBarrier {
-  int64_t tx = 0;           // bytes still expected by the current phase
-  int pending = 1;          // arrivals still expected by the current phase
-  uint32_t phase = 0;       // completed phases
-  std::vector<std::pair<std::pair<void*, const void*>, uint32_t>> copies;  // (dst, src), bytes: not yet landed
-};
-inline std::map<const void*, MBarrier> g_mbarriers;
-inline MBarrier& mbarrier(const void* bar) {
-  auto it = g_mbarriers.find(bar);
-  if (it == g_mbarriers.end()) EMU_FAIL("mbarrier %p used before init", bar);
-  return it->second;
-}
-inline void mbarrier_try_complete(MBarrier& b) {
-  if (b.tx < 0) EMU_FAIL("mbarrier: more bytes arrived than expected");
-  if (b.pending == 0 && b.tx == 0 && b.copies.empty()) {
-    ++b.phase;
-    b.pending = 1;
+// Named barriers of common/named_barrier.cuh (ids 1-15; 0 is __syncthreads), counted per thread. An arrival that
+// would complete a generation releases the threads waiting in it, as bar.arrive / bar.sync do.
+inline Bar g_named[16];
+inline void named_barrier(int id, int count, bool wait) {
+  if (id <= 0 || id >= 16 || count <= 0 || count % 32 != 0) EMU_FAIL("named barrier %d with count %d", id, count);
+  Bar& b = g_named[id];
+  if (b.arrived == 0) b.count = count;
+  else if (b.count != count) EMU_FAIL("named barrier %d: count %d while %d is pending", id, count, b.count);
+  const uint64_t g = b.gen;
+  if (++b.arrived == b.count) {
+    b.arrived = 0;
+    ++b.gen;
     ++g_progress;
+    yield();
+  } else if (wait) {
+    while (b.gen == g) yield();
   }
-}
-inline void mbarrier_land(MBarrier& b) {
-  for (auto& c : b.copies) {
-    std::memcpy(c.first.first, c.first.second, c.second);
-    b.tx -= c.second;
-  }
-  b.copies.clear();
 }
 }  // namespace emu
 

@@ -1,0 +1,67 @@
+// The load pipeline of the split chains (gdn_split_kernels.cuh, gdn_bwd_split_kernels.cuh): a chain walks its
+// chunks in series, and each chunk's operands (W, K, U ... : ~48 KB at K = 128) must be in shared memory when the
+// previous chunk's state update ends. Four load warps fill two stages with cp.async, chunk i into stage i % 2,
+// while the 8 compute warps work on chunk i - 1; the compute warps issue no copies (with every thread issuing its
+// share, the copies' address arithmetic and issue were ~30% of the forward chain's chunk, NOTES.md). Four load warps,
+// not one: each SM sub-partition then runs one load warp next to two compute warps, and the register cap is the same
+// (9 or 12 warps both put 3 warps on a sub-partition: 168 registers each). Named barriers:
+//   full(s):  the load warps arrive when their copies of stage s have landed; the compute warps sync on it;
+//   empty(s): the compute warps arrive when they are done reading stage s; the load warps sync before refilling it;
+//   compute:  the 8 compute warps among themselves.
+#pragma once
+
+#include <cstdint>
+
+#include "common/cp_async.cuh"
+#include "common/named_barrier.cuh"
+#include "gdn/gdn_fwd_kernel.cuh"
+
+namespace mom_ops {
+
+struct ChainStages {
+  static constexpr int kComputeThreads = kGdnThreads, kLoadThreads = 128;  // 8 compute warps, then 4 load warps
+  static constexpr int kThreads = kComputeThreads + kLoadThreads;
+  static constexpr int kFull = 1, kEmpty = 3, kCompute = 5;  // barrier ids (0: __syncthreads)
+
+  __device__ __forceinline__ static bool is_load_warp(int tid) { return tid >= kComputeThreads; }
+
+  // The load warps: load(stage, i) issues chunk i's copies (this thread's share), for i = 0 .. num_chunks - 1.
+  template <typename Load>
+  __device__ __forceinline__ static void produce(int64_t num_chunks, Load&& load) {
+    for (int64_t i = 0; i < num_chunks; ++i) {
+      const int s = int(i % 2);
+      if (i >= 2) named_bar_sync(kEmpty + s, kThreads);  // chunk i - 2 is done with stage s
+      load(s, i);
+      cp_async_commit();
+      cp_async_wait<0>();
+      named_bar_arrive(kFull + s, kThreads);
+    }
+  }
+  // The compute warps, chunk i: wait until its stage has landed (also a barrier among the compute warps: what they
+  // wrote to shared memory before it is visible to all of them after it) ...
+  __device__ __forceinline__ static void wait_full(int64_t i) { named_bar_sync(kFull + int(i % 2), kThreads); }
+  // ... and hand its stage back once no compute warp reads it any more.
+  __device__ __forceinline__ static void release(int64_t i, int64_t num_chunks) {
+    if (i + 2 < num_chunks) named_bar_arrive(kEmpty + int(i % 2), kThreads);
+  }
+  __device__ __forceinline__ static void compute_sync() { named_bar_sync(kCompute, kComputeThreads); }
+};
+
+// Rows [0, len) of a 64-row tile from global memory (row r at src + r * src_ld elements, kRowBytes from each) to
+// dst (dst_ld elements per row), zeros for rows [len, 64); by the load warps' threads (ltid in [0, kLoadThreads)),
+// in 16-byte cp.async pieces.
+template <int kRowBytes, typename E>
+__device__ __forceinline__ void load_rows(E* dst, int dst_ld, const E* src, int64_t src_ld, int len, int ltid) {
+  constexpr int kPieces = kRowBytes / 16, kRowsPerPass = ChainStages::kLoadThreads / kPieces;
+  constexpr int kPerPiece = 16 / int(sizeof(E));
+  static_assert(kRowBytes % 16 == 0 && ChainStages::kLoadThreads % kPieces == 0, "a pass copies whole rows");
+  const int r = ltid / kPieces, col = (ltid % kPieces) * kPerPiece;
+#pragma unroll
+  for (int r0 = 0; r0 < kGdnChunk; r0 += kRowsPerPass) {
+    const int row = r0 + r;
+    const bool valid = row < len;  // else zero-filled from row 0, which exists (len >= 1), unread
+    cp_async16(dst + row * dst_ld + col, src + (valid ? row : 0) * src_ld + col, valid);
+  }
+}
+
+}  // namespace mom_ops
