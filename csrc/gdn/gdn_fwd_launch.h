@@ -22,8 +22,8 @@ void run_gdn_fwd(const GdnFwdParams& p, bool bf16, int dim_k, int bv, cudaStream
 int split_chain_value_block(int64_t num_seqs, int64_t heads_v, int64_t dim_v);
 
 // The split forward (gdn_split_kernels.cuh): prep on num_slots x p.heads_v CTAs, the chain on p.num_seqs x
-// p.heads_v x V / chain_bv (split_chain_value_block), the outputs on num_slots x p.heads_v x V / 64. p.save_w,
-// save_vn, save_s0, u and g_rk are required.
+// p.heads_v x V / chain_bv (split_chain_value_block), the outputs on num_slots x p.heads_v x V / 128 (or / 64,
+// gdn_output_value_block). p.save_w, save_vn, save_s0, u and g_rk are required.
 void run_gdn_fwd_split(const GdnSplitParams& p, bool bf16, int dim_k, int64_t num_slots, int chain_bv,
                        cudaStream_t stream);
 

@@ -33,6 +33,12 @@ void launch_chain(const GdnSplitParams& p, cudaStream_t stream) {
                      ChainStages::kThreads, Chain::kBytes, stream, "(sequence, head, V-block)");
 }
 
+template <typename T, int kK, int kBV>
+void launch_output(const GdnSplitParams& p, int64_t num_slots, cudaStream_t stream) {
+  launch_scan_kernel(gdn_output_kernel<T, kK, kBV>, p, num_slots * p.heads_v * (p.dim_v / kBV), kGdnThreads,
+                     GdnOutputSmem<T, kK, kBV>::kBytes, stream, "(chunk, head, V-block)");
+}
+
 }  // namespace
 
 void run_gdn_fwd_split(const GdnSplitParams& p, bool bf16, int dim_k, int64_t num_slots, int chain_bv,
@@ -41,7 +47,6 @@ void run_gdn_fwd_split(const GdnSplitParams& p, bool bf16, int dim_k, int64_t nu
     using T = std::conditional_t<kBf16, __nv_bfloat16, __half>;
     HEADDIM_SWITCH(dim_k, kK, [&] {
       using Prep = GdnPrepSmem<T, kK>;
-      using Out = GdnOutputSmem<T, kK>;
       launch_scan_kernel(gdn_prep_kernel<T, kK>, p, num_slots * p.heads_v, kGdnThreads, Prep::kBytes, stream,
                          "(chunk, head)");
       if (chain_bv == 16) {
@@ -51,8 +56,11 @@ void run_gdn_fwd_split(const GdnSplitParams& p, bool bf16, int dim_k, int64_t nu
       } else {
         launch_chain<T, kK, 64>(p, stream);
       }
-      launch_scan_kernel(gdn_output_kernel<T, kK>, p, num_slots * p.heads_v * (p.dim_v / kSplitBV), kGdnThreads,
-                         Out::kBytes, stream, "(chunk, head, V-block)");
+      if (gdn_output_value_block(p.dim_v) == 128) {
+        launch_output<T, kK, 128>(p, num_slots, stream);
+      } else {
+        launch_output<T, kK, 64>(p, num_slots, stream);
+      }
     });
   });
 }

@@ -9,7 +9,7 @@
 //        the registers of 8 compute warps; per chunk: S -> s0 (the chunk state, 16-bit), V_new = U - W S -> vn
 //        (16-bit), S <- e^{G_last} S + K^T (rk e^{G_last - G} V_new); a load warp brings the next chunk's W, K, U
 //        while this one computes (chain_stages.cuh).
-//   3. gdn_output_kernel, CTA per (chunk slot, value head, V-block of 64):
+//   3. gdn_output_kernel, CTA per (chunk slot, value head, V-block of 128, or 64 where V is not a multiple of 128):
 //        O = scale (rq e^G (Q S0) + QK V_new),  QK = (Q K^T) rq_i rk_j e^{G_i - G_j} (i >= j).
 // s0, w, vn and t are exactly what the training forward saves for the backward (gdn_bwd_cuda.cu). Roundings: the
 // fused kernel's (16-bit T diag(..), W, S, QK, V_new operands), U kept in fp32. Status: csrc/gdn/NOTES.md.
@@ -288,10 +288,15 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_chain_kernel(Gdn
 
 // ---------------------------------------------------------------- 3. outputs
 
-template <typename T, int kK>
+// The output kernel's V-block width kBV: 128 where V is a multiple of 128, else 64. Every V-block CTA of a chunk loads
+// q and k and forms QK again, so the wider block saves a quarter of the kernel's loads and a fifth of its products
+// at V = 128 (one CTA per chunk and head) for 2 CTAs per SM instead of 3 at K = 128.
+inline int gdn_output_value_block(int64_t dim_v) { return dim_v % 128 == 0 ? 128 : 64; }
+
+template <typename T, int kK, int kBV>
 struct GdnOutputSmem {
   static constexpr int C = kGdnChunk;
-  static constexpr int kLdK = kK + 8, kLdV = kSplitBV + 8;
+  static constexpr int kLdK = kK + 8, kLdV = kBV + 8;
   static constexpr int bytes16(int rows, int ld) { return rows * ld * 2; }
   static constexpr int kQ = 0;                                // q [64][kLdK] raw
   static constexpr int kKey = kQ + bytes16(C, kLdK);          // k [64][kLdK] raw
@@ -301,10 +306,10 @@ struct GdnOutputSmem {
   static constexpr int kBytes = kVec + 3 * C * 4;
 };
 
-template <typename T, int kK>
+template <typename T, int kK, int kBV>
 __global__ void __launch_bounds__(kGdnThreads) gdn_output_kernel(GdnSplitParams p) {
-  using L = GdnOutputSmem<T, kK>;
-  constexpr int C = kGdnChunk, BV = kSplitBV, kLdK = L::kLdK, kLdV = L::kLdV;
+  using L = GdnOutputSmem<T, kK, kBV>;
+  constexpr int C = kGdnChunk, BV = kBV, kLdK = L::kLdK, kLdV = L::kLdV;
   constexpr int kNTo = BV / 2 / 8;
   extern __shared__ __align__(16) unsigned char smem[];
   T* sQ = reinterpret_cast<T*>(smem + L::kQ);
