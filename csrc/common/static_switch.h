@@ -64,3 +64,14 @@
       default: TORCH_CHECK_VALUE(false, "conv width must be in [1, 8], got ", WIDTH); \
     }                                                                                \
   }()
+
+// CHAIN_BV_SWITCH(bv, kBV, [&] { ... }) for the split chains' V-block widths (split_chain_value_block).
+#define CHAIN_BV_SWITCH(BV, CONST_NAME, ...)                                          \
+  [&] {                                                                               \
+    switch (BV) {                                                                     \
+      case 16: { constexpr static int CONST_NAME = 16; return __VA_ARGS__(); }        \
+      case 32: { constexpr static int CONST_NAME = 32; return __VA_ARGS__(); }        \
+      case 64: { constexpr static int CONST_NAME = 64; return __VA_ARGS__(); }        \
+      default: TORCH_CHECK(false, "split chain V-block must be 16, 32 or 64, got ", BV); \
+    }                                                                                 \
+  }()

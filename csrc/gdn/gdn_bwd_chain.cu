@@ -34,13 +34,7 @@ void launch_chain_split(const GdnBwdSplitParams& p, int64_t num_slots, int chain
     using Prep = GdnBwdPrepSmem<T, kK>;
     launch_scan_kernel(gdn_bwd_prep_kernel<T, kK>, p, num_slots * p.heads_v, kGdnThreads, Prep::kBytes, stream,
                        "(chunk, head)");
-    if (chain_bv == 16) {
-      launch_chain_split_kernel<T, kK, 16>(p, stream);
-    } else if (chain_bv == 32) {
-      launch_chain_split_kernel<T, kK, 32>(p, stream);
-    } else {
-      launch_chain_split_kernel<T, kK, 64>(p, stream);
-    }
+    CHAIN_BV_SWITCH(chain_bv, kBV, [&] { launch_chain_split_kernel<T, kK, kBV>(p, stream); });
   } else {
     TORCH_CHECK(false, "the split backward chain takes K <= 128, got ", kK);
   }
