@@ -45,7 +45,8 @@ at::Tensor checked_saved(const at::Tensor& t, const char* name, const std::vecto
 // The split backward chain (gdn_bwd_split_kernels.cuh: P^T dO and diag(scale rq e^G) dO for all chunks at once,
 // then per chunk only the products that read dS) instead of the chain kernel where the chain kernel's grid is under
 // two waves (few long sequences), as the forward's split; K <= 128, V a multiple of 64. H200, T = 32768, fwd+bwd:
-// n1 D128 7.38 -> 5.86 ms, n32 D128 3.70 chain kernel vs 3.74 split (NOTES.md). MOM_OPS_GDN_BWD_SPLIT=1 / 0 forces.
+// n1 D128 7.38 -> 4.42 ms (with the load warps and narrow chains), n32 D128 3.70 chain kernel vs 3.74 split
+// (NOTES.md). MOM_OPS_GDN_BWD_SPLIT=1 / 0 forces.
 bool use_split_backward_chain(const GdnDims& d, int fwd_bv) {
   if (d.dim_k > 128 || d.dim_v % 64 != 0) return false;
   if (const char* env = std::getenv("MOM_OPS_GDN_BWD_SPLIT")) {
