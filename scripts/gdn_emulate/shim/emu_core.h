@@ -104,7 +104,9 @@ inline void do_copy(const Copy& c) {
 template <class T> inline float bits_to_f(uint16_t u) { T t; std::memcpy(&t, &u, 2); return static_cast<float>(t); }
 
 // Named barriers of common/named_barrier.cuh (ids 1-15; 0 is __syncthreads), counted per thread. An arrival that
-// would complete a generation releases the threads waiting in it, as bar.arrive / bar.sync do.
+// would complete a generation releases the threads waiting in it, as bar.arrive / bar.sync do. Every arrival yields,
+// so that the threads released may run before the arriving thread's next instruction (an arrive issued before the
+// thread's cp.async copies have landed is then caught: the copies land at its wait_group).
 inline Bar g_named[16];
 inline void named_barrier(int id, int count, bool wait) {
   if (id <= 0 || id >= 16 || count <= 0 || count % 32 != 0) EMU_FAIL("named barrier %d with count %d", id, count);
@@ -119,6 +121,8 @@ inline void named_barrier(int id, int count, bool wait) {
     yield();
   } else if (wait) {
     while (b.gen == g) yield();
+  } else {
+    yield();
   }
 }
 }  // namespace emu
