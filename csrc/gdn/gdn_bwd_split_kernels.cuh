@@ -216,12 +216,7 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_
         store2<T>(sDvn + i1 * kLdV + col, -(d1 * acc[nt][2] + x1.x), -(d1 * acc[nt][3] + x1.y));
       }
     }
-    // dS at this chunk's end (sS) -> ds1, 16 bytes at a time.
-    T* ds1c = ds1 + c * slot_stride;
-    for (int idx = tid; idx < kK * (BV / 8); idx += kGdnThreads) {
-      const int r = idx / (BV / 8), col = (idx % (BV / 8)) * 8;
-      *reinterpret_cast<uint4*>(ds1c + int64_t(r) * p.dim_v + col) = *reinterpret_cast<const uint4*>(sS + r * kLdV + col);
-    }
+    store_state_tile<kK, BV>(ds1 + c * slot_stride, p.dim_v, sS, kLdV, tid);  // dS at this chunk's end -> ds1
     ChainStages::compute_sync();  // (2)
 
     // dS = e^{G_L} dS + Q^T doq + W^T (-dVn) on this warp's tiles; then the stage is free.

@@ -271,12 +271,7 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_chain_kernel(Gdn
         store2<T>(sVd + i1 * kLdV + col, d1 * x2, d1 * x3);
       }
     }
-    // This chunk's state S0 (sS) -> s0, 16 bytes at a time.
-    T* s0c = s0 + c * slot_stride;
-    for (int idx = tid; idx < kK * (BV / 8); idx += kGdnThreads) {
-      const int r = idx / (BV / 8), col = (idx % (BV / 8)) * 8;
-      *reinterpret_cast<uint4*>(s0c + int64_t(r) * p.dim_v + col) = *reinterpret_cast<const uint4*>(sS + r * kLdV + col);
-    }
+    store_state_tile<kK, BV>(s0 + c * slot_stride, p.dim_v, sS, kLdV, tid);  // this chunk's state S0 -> s0
     ChainStages::compute_sync();  // (2)
 
     // S = e^{G_last} S + K^T V_d on this warp's state tiles; then the stage is free.

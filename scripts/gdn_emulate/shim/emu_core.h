@@ -59,17 +59,22 @@ inline std::vector<std::pair<const char*, const char*>> g_global_ranges;  // val
 inline void yield() { swapcontext(&g_cur->ctx, &g_sched); }
 
 struct Bar { int count; int arrived = 0; uint64_t gen = 0; };
-inline void bar_wait(Bar& b) {
+// One arrival at b: the arrival that completes a generation releases the waiting threads; the others wait for that
+// (wait) or go on after a yield (bar.arrive: the released threads may run before the arriving thread's next step).
+inline void bar_arrive(Bar& b, bool wait) {
   const uint64_t g = b.gen;
   if (++b.arrived == b.count) {
     b.arrived = 0;
     ++b.gen;
     ++g_progress;
     yield();
-  } else {
+  } else if (wait) {
     while (b.gen == g) yield();
+  } else {
+    yield();
   }
 }
+inline void bar_wait(Bar& b) { bar_arrive(b, true); }
 struct Warp {
   Bar bar{32};
   int kind[32];
@@ -103,27 +108,16 @@ inline void do_copy(const Copy& c) {
 }
 template <class T> inline float bits_to_f(uint16_t u) { T t; std::memcpy(&t, &u, 2); return static_cast<float>(t); }
 
-// Named barriers of common/named_barrier.cuh (ids 1-15; 0 is __syncthreads), counted per thread. An arrival that
-// would complete a generation releases the threads waiting in it, as bar.arrive / bar.sync do. Every arrival yields,
-// so that the threads released may run before the arriving thread's next instruction (an arrive issued before the
-// thread's cp.async copies have landed is then caught: the copies land at its wait_group).
+// Named barriers of common/named_barrier.cuh (ids 1-15; 0 is __syncthreads), counted per thread, as bar.sync (wait)
+// and bar.arrive do. Every arrival yields (bar_arrive), so an arrive issued before the thread's cp.async copies have
+// landed is caught: the copies land at its wait_group.
 inline Bar g_named[16];
 inline void named_barrier(int id, int count, bool wait) {
   if (id <= 0 || id >= 16 || count <= 0 || count % 32 != 0) EMU_FAIL("named barrier %d with count %d", id, count);
   Bar& b = g_named[id];
   if (b.arrived == 0) b.count = count;
   else if (b.count != count) EMU_FAIL("named barrier %d: count %d while %d is pending", id, count, b.count);
-  const uint64_t g = b.gen;
-  if (++b.arrived == b.count) {
-    b.arrived = 0;
-    ++b.gen;
-    ++g_progress;
-    yield();
-  } else if (wait) {
-    while (b.gen == g) yield();
-  } else {
-    yield();
-  }
+  bar_arrive(b, wait);
 }
 }  // namespace emu
 
