@@ -30,9 +30,9 @@
 namespace mom_ops {
 
 // Shared memory (byte offsets). The per-V-block tiles and, after the V loop, the chunk-end tiles share one region.
-template <typename T, int kK, int kBV>
+template <typename T, int kK, int kBV, int kWarps>
 struct GdnGradsSmem {
-  static constexpr int C = kGdnChunk;
+  static constexpr int C = kGdnChunk, kColGroups = kWarps / 4;
   static constexpr int kLdK = kK + 8, kLdV = kBV + 8, kLdC = C + 8, kLdA = C + 4, kLdT = C + 1;
   static constexpr int bytes16(int rows, int ld) { return rows * ld * 2; }
   static constexpr int max_(int a, int b) { return a > b ? a : b; }
@@ -53,11 +53,14 @@ struct GdnGradsSmem {
   static constexpr int kDt = kRegion, kY = kDt + bytes16(C, kLdC), kSym = kY + bytes16(C, kLdC);
   static constexpr int kDqkRk = kSym + bytes16(C, kLdC), kDqkRq = kDqkRk + bytes16(C, kLdC);
   static constexpr int kRegionEndC = kDqkRq + bytes16(C, kLdC);
-  static constexpr int kVec = max_(kRegionEndV, kRegionEndC);
-  // f32: G, beta, rq, rk, e^{G_L - G} [64] each; row partials [kRows][2][64]; column partials [4][64]; dG, c [64];
-  // per-warp sums [8]
+  // f32 partial sums of the chunk-end phases, after the chunk-end tiles: rows [kRows][kColGroups][64], columns
+  // [4 row tiles][64]
   static constexpr int kRows = 7;
-  static constexpr int kLo = kVec + (5 * C + kRows * 2 * C + 4 * C + 2 * C + 8) * 4;
+  static constexpr int kRowSums = kRegionEndC, kColSums = kRowSums + kRows * kColGroups * C * 4;
+  static_assert(kColSums + 4 * C * 4 <= kRegionEndV, "partial sums fit in the V-block region");
+  // f32: G, beta, rq, rk, e^{G_L - G} [64] each; dG, c [64]; per-warp sums [kWarps]
+  static constexpr int kVec = max_(kRegionEndV, kRegionEndC);
+  static constexpr int kLo = kVec + (5 * C + 2 * C + kWarps) * 4;
   // "Exact ends": the first chunk's S0 is h0 and the last chunk's dS1 is dht, both fp32 inputs. Their products run
   // on hi + lo 16-bit pairs (S0lo, dS1lo [kK][kLdV]), as rounding them to 16 bits alone gives dg errors ~1e-2
   // under strong decay (NOTES.md). The two lo tiles fit beside the rest for K <= 128 only; K = 256 rounds them.
@@ -67,15 +70,20 @@ struct GdnGradsSmem {
   static constexpr int kBytes = kExactEnds ? kLo + 2 * bytes16(kK, kLdV) : kLo;
 };
 
-// Row partial sums, sRow[quantity][column half][row].
+// Row partial sums, sRow[quantity][column group][row].
 enum GradsRow { kRowE = 0, kRowBeta, kRowC, kRowDvbM, kRowQX1, kRowQdQ, kRowKdK };
 
-template <typename T, int kK, int kBV>
-__global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdParams p) {
-  using L = GdnGradsSmem<T, kK, kBV>;
+// kWarps = 4 row tiles of 16 rows x kWarps / 4 column groups: warp w owns rows 16 (w % 4) .. of every [64, n]
+// product and the column group w / 4 of its n columns.
+template <typename T, int kK, int kBV, int kWarps>
+__global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdParams p) {
+  using L = GdnGradsSmem<T, kK, kBV, kWarps>;
   constexpr int C = kGdnChunk, kLdK = L::kLdK, kLdV = L::kLdV, kLdC = L::kLdC, kLdA = L::kLdA, kLdT = L::kLdT;
-  constexpr int kHalfK = kK / 2, kNK = kHalfK / 8;   // per-warp columns of the [64, K] accumulators
-  constexpr int kHalfV = kBV / 2, kNV = kHalfV / 8;  // per-warp columns of the [64, kBV] products
+  constexpr int kThreads = kWarps * 32, kGroups = L::kColGroups;
+  constexpr int kColsK = kK / kGroups, kNK = kColsK / 8;  // per-warp columns of the [64, K] accumulators
+  constexpr int kColsV = kBV / kGroups, kNV = kColsV / 8;  // per-warp columns of the [64, kBV] products
+  constexpr int kColsC = C / kGroups, kNC = kColsC / 8;    // per-warp columns of the [64, 64] products
+  static_assert(kNV >= 1 && kNC >= 1, "column groups of at least 8 columns");
   extern __shared__ __align__(16) unsigned char smem[];
   T* sQ = reinterpret_cast<T*>(smem + L::kQ);
   T* sK = reinterpret_cast<T*>(smem + L::kKey);
@@ -99,14 +107,14 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
   T* sSym = reinterpret_cast<T*>(smem + L::kSym);
   T* sDqkRk = reinterpret_cast<T*>(smem + L::kDqkRk);
   T* sDqkRq = reinterpret_cast<T*>(smem + L::kDqkRq);
+  float* sRow = reinterpret_cast<float*>(smem + L::kRowSums);  // [kRows][kGroups][64], chunk-end phases only
+  float* sCol = reinterpret_cast<float*>(smem + L::kColSums);  // [4][64], chunk-end phases only
   float* sG = reinterpret_cast<float*>(smem + L::kVec);
   float *sBeta = sG + C, *sRq = sBeta + C, *sRk = sRq + C, *sDend = sRk + C;
-  float* sRow = sDend + C;               // [kRows][2][64]
-  float* sCol = sRow + L::kRows * 2 * C;  // [4][64]
-  float *sDG = sCol + 4 * C, *sC = sDG + C, *sWarp = sC + C;
+  float *sDG = sDend + C, *sC = sDG + C, *sWarp = sC + C;
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g8 = lane / 4, t4 = lane % 4;
-  const int rt = warp % 4, ch = warp / 4, r0 = 16 * rt, i0 = r0 + g8, i1 = i0 + 8;
+  const int rt = warp % 4, cg = warp / 4, r0 = 16 * rt, i0 = r0 + g8, i1 = i0 + 8;
   const int hv = blockIdx.x % p.heads_v, h = hv / (p.heads_v / p.heads_qk);
   const int64_t slot = blockIdx.x / p.heads_v;
   const int lo = slot_sequence(p, slot);  // slot -> (sequence lo, chunk)
@@ -129,7 +137,7 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
 
   // hi, lo [kK][kBV] tiles of the fp32 state src (h0 or dht) at columns v0.. (plain stores, read after a barrier).
   auto split_state = [&](T* hi, T* lo_part, const float* src, int v0) {
-    for (int idx = tid; idx < kK * (kBV / 2); idx += kGdnThreads) {
+    for (int idx = tid; idx < kK * (kBV / 2); idx += kThreads) {
       const int r = idx / (kBV / 2), c = (idx % (kBV / 2)) * 2;
       float x[2], x_hi[2];
 #pragma unroll
@@ -144,14 +152,14 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
 
   // The V-block tiles at column v0: dO, v, V_new rows (zeros past len), S0 and dS1 of the slot.
   auto load_vblock = [&](int v0) {
-    for (int idx = tid; idx < C * (kBV / 8); idx += kGdnThreads) {
+    for (int idx = tid; idx < C * (kBV / 8); idx += kThreads) {
       const int r = idx / (kBV / 8), c = (idx % (kBV / 8)) * 8;
       const int64_t src = ((c0 + min(r, len - 1)) * p.heads_v + hv) * p.dim_v + v0 + c;
       cp_async16(sDo + r * kLdV + c, dout + src, r < len);
       cp_async16(sV + r * kLdV + c, v + src, r < len);
       cp_async16(sVn + r * kLdV + c, vn + src, r < len);
     }
-    for (int idx = tid; idx < kK * (kBV / 8); idx += kGdnThreads) {
+    for (int idx = tid; idx < kK * (kBV / 8); idx += kThreads) {
       const int r = idx / (kBV / 8), c = (idx % (kBV / 8)) * 8;
       const int64_t src = state_base + int64_t(r) * p.dim_v + v0 + c;
       if (!first) cp_async16(sS0 + r * kLdV + c, static_cast<const T*>(p.s0) + src, true);
@@ -165,8 +173,8 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
   // (a) q, k, T -> shared memory (T rows past len: zeros, which acts as the identity rows there since every dVn,
   // dT row past len is 0), g, beta (the first V-block's tiles load meanwhile, until (c)); l2norm factors, G,
   // e^{G_L - G}.
-  load_chunk_qk<T, kK, kLdK, kGdnThreads>(sQ, sK, q, k, c0, len, p.heads_qk, h, tid);
-  for (int idx = tid; idx < C * (C / 8); idx += kGdnThreads) {
+  load_chunk_qk<T, kK, kLdK, kThreads>(sQ, sK, q, k, c0, len, p.heads_qk, h, tid);
+  for (int idx = tid; idx < C * (C / 8); idx += kThreads) {
     const int r = idx / (C / 8), c = (idx % (C / 8)) * 8;
     cp_async16(sT16 + r * kLdC + c, static_cast<const T*>(p.t) + ((c0 + min(r, len - 1)) * p.heads_v + hv) * C + c,
                r < len);
@@ -179,25 +187,29 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
   }
   cp_async_wait<1>();
   __syncthreads();
-  chunk_norms_and_cumsum<T, kK, kLdK>(sQ, sK, sG, sRq, sRk, p.l2norm, tid);
+  if (tid < kGdnThreads) chunk_norms_and_cumsum<T, kK, kLdK>(sQ, sK, sG, sRq, sRk, p.l2norm, tid);  // its 256 threads
   __syncthreads();
   const float G_last = sG[C - 1];
   if (tid < C) sDend[tid] = __expf(G_last - sG[tid]);
 
-  // (b) Column half 0: A / beta rows r0.. -> sAraw (fp32). Half 1: P rows r0.. -> sP (16-bit, no scale).
+  // (b) The first half of the column groups: A / beta rows r0.. -> sAraw (fp32); the second: P rows r0.. -> sP
+  // (16-bit, no scale). Each group of a half takes 64 / (kGroups / 2) of the 64 columns.
   {
-    float acc[8][4] = {};
-    mma_rows<T, kK / 16, 8, false>(acc, (ch == 0 ? sK : sQ) + r0 * kLdK, kLdK, sK, kLdK, lane);
+    constexpr int kHalfGroups = kGroups / 2, kNB = 8 / kHalfGroups;
+    const bool is_a = cg < kHalfGroups;
+    const int j0 = (cg % kHalfGroups) * 8 * kNB;
+    float acc[kNB][4] = {};
+    mma_rows<T, kK / 16, kNB, false>(acc, (is_a ? sK : sQ) + r0 * kLdK, kLdK, sK + j0 * kLdK, kLdK, lane);
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
+    for (int nt = 0; nt < kNB; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; e += 2) {
-        const int i = e < 2 ? i0 : i1, j = nt * 8 + 2 * t4;
-        const float f = ch == 0 ? sRk[i] : sRq[i], Gi = sG[i];
-        const bool keep0 = ch == 0 ? i > j : i >= j, keep1 = ch == 0 ? i > j + 1 : i >= j + 1;
+        const int i = e < 2 ? i0 : i1, j = j0 + nt * 8 + 2 * t4;
+        const float f = is_a ? sRk[i] : sRq[i], Gi = sG[i];
+        const bool keep0 = is_a ? i > j : i >= j, keep1 = is_a ? i > j + 1 : i >= j + 1;
         const float x0 = keep0 ? f * sRk[j] * __expf(Gi - sG[j]) * acc[nt][e] : 0.f;
         const float x1 = keep1 ? f * sRk[j + 1] * __expf(Gi - sG[j + 1]) * acc[nt][e + 1] : 0.f;
-        if (ch == 0) {
+        if (is_a) {
           *reinterpret_cast<float2*>(sAraw + i * kLdA + j) = make_float2(x0, x1);
         } else {
           store2<T>(sP + i * kLdC + j, x0, x1);
@@ -207,9 +219,9 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
   __syncthreads();
 
   // (c) The V-blocks.
-  float X1[kNK][4] = {}, dKn[kNK][4] = {}, dP[4][4] = {}, dT[4][4] = {};
+  float X1[kNK][4] = {}, dKn[kNK][4] = {}, dP[kNC][4] = {}, dT[kNC][4] = {};
   float part_c[2] = {}, part_vdvb[2] = {}, part_dvbm[2] = {}, sum_sds = 0.f;
-  const int vc0 = ch * kHalfV;
+  const int vc0 = cg * kColsV, kc0 = cg * kColsK, cc0 = cg * kColsC;  // this warp's first V, K and chunk column
   for (int v0 = 0; v0 < p.dim_v; v0 += kBV) {
     if (v0 > 0) load_vblock(v0);
     cp_async_wait<0>();
@@ -263,13 +275,13 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
           store2<T>(sDvbS + i * kLdV + c, f * dvb[nt][e], f * dvb[nt][e + 1]);
         }
     }
-    mma_rows<T, kBV / 16, 4, false>(dP, sDo + r0 * kLdV, kLdV, sVn + 32 * ch * kLdV, kLdV, lane);
-    mma_rows<T, kBV / 16, 4, false>(dT, sDvn + r0 * kLdV, kLdV, sZ + 32 * ch * kLdV, kLdV, lane);
-    mma_rows<T, kBV / 16, kNK, false>(X1, sDo + r0 * kLdV, kLdV, sS0 + ch * kHalfK * kLdV, kLdV, lane);
-    if (first) mma_rows<T, kBV / 16, kNK, false>(X1, sDo + r0 * kLdV, kLdV, sS0lo + ch * kHalfK * kLdV, kLdV, lane);
-    mma_rows<T, kBV / 16, kNK, false>(dKn, sVnD + r0 * kLdV, kLdV, sDs1 + ch * kHalfK * kLdV, kLdV, lane);
-    if (last) mma_rows<T, kBV / 16, kNK, false>(dKn, sVnD + r0 * kLdV, kLdV, sDs1lo + ch * kHalfK * kLdV, kLdV, lane);
-    for (int idx = tid; idx < kK * kBV / 2; idx += kGdnThreads) {  // element pairs, as the tiles are stored
+    mma_rows<T, kBV / 16, kNC, false>(dP, sDo + r0 * kLdV, kLdV, sVn + cc0 * kLdV, kLdV, lane);
+    mma_rows<T, kBV / 16, kNC, false>(dT, sDvn + r0 * kLdV, kLdV, sZ + cc0 * kLdV, kLdV, lane);
+    mma_rows<T, kBV / 16, kNK, false>(X1, sDo + r0 * kLdV, kLdV, sS0 + kc0 * kLdV, kLdV, lane);
+    if (first) mma_rows<T, kBV / 16, kNK, false>(X1, sDo + r0 * kLdV, kLdV, sS0lo + kc0 * kLdV, kLdV, lane);
+    mma_rows<T, kBV / 16, kNK, false>(dKn, sVnD + r0 * kLdV, kLdV, sDs1 + kc0 * kLdV, kLdV, lane);
+    if (last) mma_rows<T, kBV / 16, kNK, false>(dKn, sVnD + r0 * kLdV, kLdV, sDs1lo + kc0 * kLdV, kLdV, lane);
+    for (int idx = tid; idx < kK * kBV / 2; idx += kThreads) {  // element pairs, as the tiles are stored
       const int e0 = (idx / (kBV / 2)) * kLdV + (idx % (kBV / 2)) * 2;
 #pragma unroll
       for (int e = e0; e < e0 + 2; ++e) {
@@ -279,18 +291,18 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
       }
     }
     __syncthreads();
-    mma_rows<T, kBV / 16, kNK, false>(dKn, sDvbS + r0 * kLdV, kLdV, sS0 + ch * kHalfK * kLdV, kLdV, lane);
-    if (first) mma_rows<T, kBV / 16, kNK, false>(dKn, sDvbS + r0 * kLdV, kLdV, sS0lo + ch * kHalfK * kLdV, kLdV, lane);
+    mma_rows<T, kBV / 16, kNK, false>(dKn, sDvbS + r0 * kLdV, kLdV, sS0 + kc0 * kLdV, kLdV, lane);
+    if (first) mma_rows<T, kBV / 16, kNK, false>(dKn, sDvbS + r0 * kLdV, kLdV, sS0lo + kc0 * kLdV, kLdV, lane);
     __syncthreads();
   }
 
   // (d) dP -> dQK (16-bit tiles), E = scale dP P; dT -> 16 bits.
-  float part_e[2] = {}, col_e[4][2] = {};
+  float part_e[2] = {}, col_e[kNC][2] = {};
 #pragma unroll
-  for (int nt = 0; nt < 4; ++nt)
+  for (int nt = 0; nt < kNC; ++nt)
 #pragma unroll
     for (int e = 0; e < 4; e += 2) {
-      const int i = e < 2 ? i0 : i1, r = e / 2, j = 32 * ch + nt * 8 + 2 * t4;
+      const int i = e < 2 ? i0 : i1, r = e / 2, j = cc0 + nt * 8 + 2 * t4;
       float rk_[2], rq_[2];
 #pragma unroll
       for (int u = 0; u < 2; ++u) {
@@ -310,11 +322,11 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
   __syncthreads();
   // Y = T^T dT -> sY
   {
-    float acc[4][4] = {};
-    mma_rows_at<T, C / 16, 4>(acc, sT16 + r0, kLdC, sDt + 32 * ch, kLdC, lane);
+    float acc[kNC][4] = {};
+    mma_rows_at<T, C / 16, kNC>(acc, sT16 + r0, kLdC, sDt + cc0, kLdC, lane);
 #pragma unroll
-    for (int nt = 0; nt < 4; ++nt) {
-      const int j = 32 * ch + nt * 8 + 2 * t4;
+    for (int nt = 0; nt < kNC; ++nt) {
+      const int j = cc0 + nt * 8 + 2 * t4;
       store2<T>(sY + i0 * kLdC + j, acc[nt][0], acc[nt][1]);
       store2<T>(sY + i1 * kLdC + j, acc[nt][2], acc[nt][3]);
     }
@@ -323,13 +335,13 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
   // dA = -(Y T^T) on i > j: dbeta and dG terms, dKK = dA beta Γ -> sDkk (fp32).
   float part_da[2] = {};
   {
-    float acc[4][4] = {};
-    mma_rows<T, C / 16, 4, false>(acc, sY + r0 * kLdC, kLdC, sT16 + 32 * ch * kLdC, kLdC, lane);  // B[m][j] = T[j][m]
+    float acc[kNC][4] = {};
+    mma_rows<T, C / 16, kNC, false>(acc, sY + r0 * kLdC, kLdC, sT16 + cc0 * kLdC, kLdC, lane);  // B[m][j] = T[j][m]
 #pragma unroll
-    for (int nt = 0; nt < 4; ++nt)
+    for (int nt = 0; nt < kNC; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int i = e < 2 ? i0 : i1, r = e / 2, j = 32 * ch + nt * 8 + 2 * t4 + (e & 1);
+        const int i = e < 2 ? i0 : i1, r = e / 2, j = cc0 + nt * 8 + 2 * t4 + (e & 1);
         const float da = i > j ? -acc[nt][e] : 0.f, araw = sAraw[i * kLdA + j];
         part_da[r] += da * araw;
         const float e2 = da * sBeta[i] * araw;
@@ -338,15 +350,21 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
         sDkk[i * kLdT + j] = i > j ? da * sBeta[i] * __expf(sG[i] - sG[j]) : 0.f;
       }
   }
-  // Row partials: over the 4 lanes of a row (fixed order), then per column half in sRow.
+  // Row partials: over the 4 lanes of a row (fixed order), then per column group in sRow.
   auto row_partial = [&](int quantity, const float (&part)[2]) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       float x = part[r];
       x += __shfl_xor_sync(0xffffffffu, x, 1);
       x += __shfl_xor_sync(0xffffffffu, x, 2);
-      if (t4 == 0) sRow[(quantity * 2 + ch) * C + (r == 0 ? i0 : i1)] = x;
+      if (t4 == 0) sRow[(quantity * kGroups + cg) * C + (r == 0 ? i0 : i1)] = x;
     }
+  };
+  auto row_sum = [&](int quantity, int i) {  // over the column groups, in order
+    float x = 0.f;
+#pragma unroll
+    for (int group = 0; group < kGroups; ++group) x += sRow[(quantity * kGroups + group) * C + i];
+    return x;
   };
   {
     float part_qx[2] = {};
@@ -354,7 +372,7 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
     for (int nt = 0; nt < kNK; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int i = e < 2 ? i0 : i1, c = ch * kHalfK + nt * 8 + 2 * t4 + (e & 1);
+        const int i = e < 2 ? i0 : i1, c = kc0 + nt * 8 + 2 * t4 + (e & 1);
         part_qx[e / 2] += to_f32<T>(sQ[i * kLdK + c]) * X1[nt][e];
       }
     const float beta_part[2] = {part_vdvb[0] + part_da[0], part_vdvb[1] + part_da[1]};
@@ -366,14 +384,14 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
   }
   // Column sums of E: over the 8 row groups of the warp, then per row tile in sCol.
 #pragma unroll
-  for (int nt = 0; nt < 4; ++nt)
+  for (int nt = 0; nt < kNC; ++nt)
 #pragma unroll
     for (int u = 0; u < 2; ++u) {
       float x = col_e[nt][u];
       x += __shfl_xor_sync(0xffffffffu, x, 4);
       x += __shfl_xor_sync(0xffffffffu, x, 8);
       x += __shfl_xor_sync(0xffffffffu, x, 16);
-      if (g8 == 0) sCol[rt * C + 32 * ch + nt * 8 + 2 * t4 + u] = x;
+      if (g8 == 0) sCol[rt * C + cc0 + nt * 8 + 2 * t4 + u] = x;
     }
   {
     float x = sum_sds;
@@ -383,7 +401,7 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
   }
   __syncthreads();
   // (dKK + dKK^T) diag(rk) -> sSym
-  for (int idx = tid; idx < C * C / 2; idx += kGdnThreads) {
+  for (int idx = tid; idx < C * C / 2; idx += kThreads) {
     const int i = idx / (C / 2), j = (idx % (C / 2)) * 2;
     store2<T>(sSym + i * kLdC + j, (sDkk[i * kLdT + j] + sDkk[j * kLdT + i]) * sRk[j],
               (sDkk[i * kLdT + j + 1] + sDkk[(j + 1) * kLdT + i]) * sRk[j + 1]);
@@ -391,7 +409,7 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
   // dG and dbeta of row tid (before the cumsum); c -> sC.
   if (tid < C) {
     const int i = tid;
-    auto row = [&](int quantity) { return sRow[(quantity * 2) * C + i] + sRow[(quantity * 2 + 1) * C + i]; };
+    auto row = [&](int quantity) { return row_sum(quantity, i); };
     const float eG = __expf(sG[i]);
     const float kdkb = -sRk[i] * row(kRowDvbM);
     const float c = sDend[i] * sRk[i] * row(kRowC);
@@ -410,7 +428,7 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
     for (int off = 16; off > 0; off /= 2) cs += __shfl_xor_sync(0xffffffffu, cs, off);
     float sds = 0.f;
 #pragma unroll
-    for (int w = 0; w < 8; ++w) sds += sWarp[w];
+    for (int w = 0; w < kWarps; ++w) sds += sWarp[w];
     const float a = sDG[2 * lane], b = sDG[2 * lane + 1] + (lane == 31 ? __expf(G_last) * sds + cs : 0.f);
     const float pair = a + b;
     float incl = pair;  // sum of the pairs lane.. 31
@@ -427,9 +445,9 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
 #pragma unroll
     for (int nt = 0; nt < kNK; ++nt) X1[nt][0] *= f0, X1[nt][1] *= f0, X1[nt][2] *= f1, X1[nt][3] *= f1;
   }
-  mma_rows<T, C / 16, kNK, true>(X1, sDqkRk + r0 * kLdC, kLdC, sK + ch * kHalfK, kLdK, lane);
-  mma_rows<T, C / 16, kNK, true>(dKn, sSym + r0 * kLdC, kLdC, sK + ch * kHalfK, kLdK, lane);
-  mma_rows_at<T, C / 16, kNK>(dKn, sDqkRq + r0, kLdC, sQ + ch * kHalfK, kLdK, lane);  // A[j][i] = dQK_ij rq_i
+  mma_rows<T, C / 16, kNK, true>(X1, sDqkRk + r0 * kLdC, kLdC, sK + kc0, kLdK, lane);
+  mma_rows<T, C / 16, kNK, true>(dKn, sSym + r0 * kLdC, kLdC, sK + kc0, kLdK, lane);
+  mma_rows_at<T, C / 16, kNK>(dKn, sDqkRq + r0, kLdC, sQ + kc0, kLdK, lane);  // A[j][i] = dQK_ij rq_i
 
   // (f) dq, dk rows: the l2norm backward dx = r dy - r^3 x (x . dy) (x raw) in the input dtype, or fp32 per value
   // head for the host to sum over the group.
@@ -438,7 +456,7 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
     for (int nt = 0; nt < kNK; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; e += 2) {
-        const int i = e < 2 ? i0 : i1, c = ch * kHalfK + nt * 8 + 2 * t4;
+        const int i = e < 2 ? i0 : i1, c = kc0 + nt * 8 + 2 * t4;
         if (i >= len) continue;
         const int64_t off = ((c0 + i) * p.heads_v + hv) * kK + c;
         *reinterpret_cast<float2*>(static_cast<float*>(p.dq) + off) = make_float2(X1[nt][e], X1[nt][e + 1]);
@@ -452,7 +470,7 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
     for (int nt = 0; nt < kNK; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int i = e < 2 ? i0 : i1, c = ch * kHalfK + nt * 8 + 2 * t4 + (e & 1);
+        const int i = e < 2 ? i0 : i1, c = kc0 + nt * 8 + 2 * t4 + (e & 1);
         part_q[e / 2] += to_f32<T>(sQ[i * kLdK + c]) * X1[nt][e];
         part_k[e / 2] += to_f32<T>(sK[i * kLdK + c]) * dKn[nt][e];
       }
@@ -469,12 +487,12 @@ __global__ void __launch_bounds__(kGdnThreads, 1) gdn_bwd_grads_kernel(GdnBwdPar
     float aq = 1.f, bq = 0.f, ak = 1.f, bk = 0.f;  // dx = a dy - b x
     if (p.l2norm) {
       const float rq = sRq[i], rk = sRk[i];
-      aq = rq, bq = rq * rq * rq * (sRow[(kRowQdQ * 2) * C + i] + sRow[(kRowQdQ * 2 + 1) * C + i]);
-      ak = rk, bk = rk * rk * rk * (sRow[(kRowKdK * 2) * C + i] + sRow[(kRowKdK * 2 + 1) * C + i]);
+      aq = rq, bq = rq * rq * rq * row_sum(kRowQdQ, i);
+      ak = rk, bk = rk * rk * rk * row_sum(kRowKdK, i);
     }
 #pragma unroll
     for (int nt = 0; nt < kNK; ++nt) {
-      const int c = ch * kHalfK + nt * 8 + 2 * t4;
+      const int c = kc0 + nt * 8 + 2 * t4;
       const int64_t off = ((c0 + i) * p.heads_qk + h) * kK + c;
       store2<T>(dq + off, aq * X1[nt][e] - bq * to_f32<T>(sQ[i * kLdK + c]),
                 aq * X1[nt][e + 1] - bq * to_f32<T>(sQ[i * kLdK + c + 1]));
