@@ -26,6 +26,7 @@ namespace mom_ops {
 
 constexpr int kGdnChunk = 64;
 constexpr int kGdnThreads = 256;  // 8 warps; warp w works on chunk rows 16 (w % 4) .. and column half w / 4
+constexpr int kTSolveScratch = 8 * 16 * 8;  // floats of invert_unit_lower_64's scratch: [16][8] per warp
 
 struct GdnFwdParams : ScanParams {
   int num_vblocks;         // V / kBV
@@ -73,16 +74,17 @@ struct GdnSmem {
   static constexpr int kTu = kTw + bytes16(C, kLdC);                        // T diag(beta) [64][kLdC]  | X f32
   static constexpr int kVec = kTu + bytes16(C, kLdC);  // f32 [64] each: G, beta, rq, rk, beta e^G rk
   static constexpr int kBytes = kVec + 5 * C * 4;
-  static_assert(2 * bytes16(C, kLdC) >= 3 * 256 * 4, "the T-solve scratch must fit in the Tw and Tu regions");
+  static_assert(2 * bytes16(C, kLdC) >= kTSolveScratch * 4, "the T-solve scratch must fit in the Tw and Tu regions");
 };
 
 // T = (I + A)^-1 for the strictly lower 64x64 A (fp32; row stride kLdA, a multiple of 4, so rows load as
 // float4; zeros on and above the diagonal) into Tm (row stride kLdT), by 16x16 blocks, all 256 threads.
-// X (3 x 256 floats) is scratch. Every sum has a fixed length (the zeros of A make up the rest) and four
-// partial sums, so the loops unroll and the FMA chains stay short. Ends with a barrier.
+// X (kTSolveScratch floats) is scratch. Ends with a barrier.
 template <int kLdA, int kLdT>
 __device__ __forceinline__ void invert_unit_lower_64(const float* A, float* Tm, float* X, int tid) {
-  // Diagonal blocks: thread (b, c) substitutes column c of block b: t_i = [i == c] - sum_m A_im t_m.
+  // Diagonal blocks: thread (b, c) substitutes column c of block b: t_i = [i == c] - sum_m A_im t_m. Every sum has a
+  // fixed length (the zeros of A make up the rest) and four partial sums, so the loops unroll and the FMA chains
+  // stay short.
   if (tid < 64) {
     const int b = tid / 16, c = tid % 16, r0 = 16 * b;
     float t[16];
@@ -104,33 +106,41 @@ __device__ __forceinline__ void invert_unit_lower_64(const float* A, float* Tm, 
     for (int i = 0; i < 16; ++i) Tm[(r0 + i) * kLdT + r0 + c] = t[i];
   }
   __syncthreads();
-  // Off-diagonal blocks, one block diagonal d at a time: X_ij = sum_{m=j..i-1} A_im T_mj, T_ij = -T_ii X_ij.
-  const int c = tid % 16, r = tid / 16;  // element (r, c) of every block
+  // Off-diagonal blocks, one block diagonal d at a time, on the tensor cores in fp32-like 3xTF32 (mma_1688_f32):
+  // warp w < 2 (4 - d) owns the 8 columns n0 = 16 j + 8 (w % 2).. of block (i, j) = (j + d, j), j = w / 2:
+  // X = sum_{m = 16 j}^{16 i - 1} A[16 i.., m] T[m, n0..] (16 x 8), then T_ij = -T_ii X. X passes from the C to the
+  // B fragment layout through the warp's scratch tile.
+  const int warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  float* Xw = X + warp * 128;  // [16][8]
 #pragma unroll
   for (int d = 1; d < 4; ++d) {
+    if (warp < 2 * (4 - d)) {
+      const int j = warp / 2, i = j + d, r = 16 * i, n0 = 16 * j + 8 * (warp % 2);
+      float x[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-    for (int j = 0; j + d < 4; ++j) {
-      const int i = j + d;
-      const float4* row = reinterpret_cast<const float4*>(A + (16 * i + r) * kLdA + 16 * j);
-      float part[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-      for (int m4 = 0; m4 < 4 * d; ++m4) {
-        const float4 a = row[m4];
-        const float* tcol = Tm + (16 * j + 4 * m4) * kLdT + 16 * j + c;
-        part[0] += a.x * tcol[0], part[1] += a.y * tcol[kLdT];
-        part[2] += a.z * tcol[2 * kLdT], part[3] += a.w * tcol[3 * kLdT];
+      for (int m = 0; m < 16 * d; m += 8) {
+        const float* a_row = A + (r + g) * kLdA + 16 * j + m + t;
+        const float a[4] = {a_row[0], a_row[8 * kLdA], a_row[4], a_row[8 * kLdA + 4]};
+        const float b[2] = {Tm[(16 * j + m + t) * kLdT + n0 + g], Tm[(16 * j + m + t + 4) * kLdT + n0 + g]};
+        mma_1688_f32(x, a, b);
       }
-      X[j * 256 + r * 16 + c] = (part[0] + part[1]) + (part[2] + part[3]);
-    }
-    __syncthreads();
+      *reinterpret_cast<float2*>(Xw + g * 8 + 2 * t) = make_float2(x[0], x[1]);
+      *reinterpret_cast<float2*>(Xw + (g + 8) * 8 + 2 * t) = make_float2(x[2], x[3]);
+      __syncwarp();
+      float y[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-    for (int j = 0; j + d < 4; ++j) {
-      const int i = j + d;
-      float part[4] = {0.f, 0.f, 0.f, 0.f};
+      for (int m = 0; m < 16; m += 8) {
+        const float* t_row = Tm + (r + g) * kLdT + r + m + t;
+        const float a[4] = {t_row[0], t_row[8 * kLdT], t_row[4], t_row[8 * kLdT + 4]};
+        const float b[2] = {Xw[(m + t) * 8 + g], Xw[(m + t + 4) * 8 + g]};
+        mma_1688_f32(y, a, b);
+      }
 #pragma unroll
-      for (int m = 0; m < 16; ++m) part[m % 4] -= Tm[(16 * i + r) * kLdT + 16 * i + m] * X[j * 256 + m * 16 + c];
-      Tm[(16 * i + r) * kLdT + 16 * j + c] = (part[0] + part[1]) + (part[2] + part[3]);
-      Tm[(16 * j + r) * kLdT + 16 * i + c] = 0.f;  // above the diagonal
+      for (int e = 0; e < 4; ++e) {
+        const int row = g + (e < 2 ? 0 : 8), col = 2 * t + (e & 1);
+        Tm[(r + row) * kLdT + n0 + col] = -y[e];
+        Tm[(16 * j + row) * kLdT + r + 8 * (warp % 2) + col] = 0.f;  // above the diagonal
+      }
     }
     __syncthreads();
   }

@@ -50,7 +50,7 @@ struct GdnPrepSmem {
   static constexpr int kTu = kTw + bytes16(C, kLdC);            // T diag(beta) [64][kLdC]       | T-solve scratch
   static constexpr int kVec = kTu + bytes16(C, kLdC);           // f32 [64] each: G, beta, rk, beta e^G rk, (rq)
   static constexpr int kBytes = kVec + 5 * C * 4;
-  static_assert(2 * bytes16(C, kLdC) >= 3 * 256 * 4, "the T-solve scratch must fit in the Tw and Tu regions");
+  static_assert(2 * bytes16(C, kLdC) >= kTSolveScratch * 4, "the T-solve scratch must fit in the Tw and Tu regions");
 };
 
 // Slot -> its chunk (sequence, rows [bos, eos), first row c0, rows len); false for a slot no chunk uses.

@@ -1,4 +1,4 @@
-// Shim of csrc/common/mma.cuh: ldmatrix and mma.sync m16n8k16 emulated per warp from the PTX fragment layouts.
+// Shim of csrc/common/mma.cuh: ldmatrix, mma.sync m16n8k16 and m16n8k8 (tf32) emulated per warp from the PTX fragment layouts.
 #pragma once
 #include <cuda_runtime.h>
 #include <cstdint>
@@ -72,6 +72,35 @@ template <typename T> inline void mma_16816(float (&d)[4], const uint32_t (&a)[4
   emu::leave(w);
 }
 
+// cvt.rna.tf32.f32: 10 mantissa bits, to nearest, ties away from zero (finite inputs).
+inline uint32_t to_tf32(float x) {
+  uint32_t u; std::memcpy(&u, &x, 4);
+  return (u + 0x1000u) & 0xffffe000u;
+}
+inline float __uint_as_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
+// PTX m16n8k8 .tf32: a0 (g, t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4); b0 (k t, n g), b1 (k t+4, n g); C as above.
+inline void mma_1688_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  auto& w = emu::warp(); const int l = emu::lane();
+  for (int i = 0; i < 4; ++i) w.a[l][i] = a[i];
+  w.b[l][0] = b[0], w.b[l][1] = b[1];
+  emu::enter(w, 2);
+  float A[16][8], B[8][8];
+  for (int L = 0; L < 32; ++L) {
+    const int g = L / 4, t = L % 4;
+    A[g][t] = __uint_as_float(w.a[L][0]), A[g + 8][t] = __uint_as_float(w.a[L][1]);
+    A[g][t + 4] = __uint_as_float(w.a[L][2]), A[g + 8][t + 4] = __uint_as_float(w.a[L][3]);
+    B[t][g] = __uint_as_float(w.b[L][0]), B[t + 4][g] = __uint_as_float(w.b[L][1]);
+  }
+  const int g = l / 4, t = l % 4;
+  const int rows[4] = {g, g, g + 8, g + 8}, cols[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
+  for (int e = 0; e < 4; ++e) {
+    double s = d[e];
+    for (int k = 0; k < 8; ++k) s += double(A[rows[e]][k]) * double(B[k][cols[e]]);
+    d[e] = float(s);
+  }
+  emu::leave(w);
+}
+
 template <typename T> inline T from_f32(float x) { return T(x); }  // c10 conversions round to nearest even
 template <typename T> inline float to_f32(T x) { return static_cast<float>(x); }
 template <typename T> inline uint32_t pack2(float x, float y) {
@@ -86,3 +115,4 @@ template <typename T> inline void store2(T* dst, float x, float y) {
 }  // namespace mom_ops
 
 #include "common/mma_rows.cuh"  // csrc's, on the shim's fragments
+#include "common/mma_f32.cuh"  // csrc's, on the shim's tf32 mma
