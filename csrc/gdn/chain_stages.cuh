@@ -1,10 +1,13 @@
 // The load pipeline of the split chains (gdn_split_kernels.cuh, gdn_bwd_split_kernels.cuh): a chain walks its
-// chunks in series, and each chunk's operands (W, K, U ... : ~48 KB at K = 128) must be in shared memory when the
-// previous chunk's state update ends. Four load warps fill two stages with cp.async, chunk i into stage i % 2,
-// while the 8 compute warps work on chunk i - 1; the compute warps issue no copies (with every thread issuing its
-// share, the copies' address arithmetic and issue were ~30% of the forward chain's chunk, NOTES.md). Four load warps,
-// not one: each SM sub-partition then runs one load warp next to two compute warps, and the register cap is the same
-// (9 or 12 warps both put 3 warps on a sub-partition: 168 registers each). Named barriers:
+// chunks in series, and each chunk's operands (W, K, U ... : ~40-60 KB at K = 128) must be in shared memory when the
+// previous chunk's state update ends. Four load warps fill kStages stages (2 to 4, as many as fit: chain_stage_count)
+// with cp.async, chunk i into stage i % kStages, while the 8 compute warps work on earlier chunks; the compute warps
+// issue no copies (with every thread issuing its share, the copies' address arithmetic and issue were ~30% of the
+// forward chain's chunk, NOTES.md). The load warps keep kStages - 1 chunks' copies in flight: with one (two stages,
+// each chunk's copies landed before the next one's were issued) a chunk cost a whole L2 / HBM round trip, ~2.1k of
+// the forward chain's ~2.1k cycles per chunk (ncu, n1 D128). Four load warps, not one: each SM sub-partition then
+// runs one load warp next to two compute warps, and the register cap is the same (9 or 12 warps both put 3 warps on
+// a sub-partition: 168 registers each). Named barriers:
 //   full(s):  the load warps arrive when their copies of stage s have landed; the compute warps sync on it;
 //   empty(s): the compute warps arrive when they are done reading stage s; the load warps sync before refilling it;
 //   compute:  the 8 compute warps among themselves.
@@ -21,31 +24,52 @@ namespace mom_ops {
 struct ChainStages {
   static constexpr int kComputeThreads = kGdnThreads, kLoadThreads = 128;  // 8 compute warps, then 4 load warps
   static constexpr int kThreads = kComputeThreads + kLoadThreads;
-  static constexpr int kFull = 1, kEmpty = 3, kCompute = 5;  // barrier ids (0: __syncthreads)
+  static constexpr int kMaxStages = 4;
+  static constexpr int kFull = 1, kEmpty = kFull + kMaxStages, kCompute = kEmpty + kMaxStages;  // barrier ids 1-9
 
   __device__ __forceinline__ static bool is_load_warp(int tid) { return tid >= kComputeThreads; }
 
-  // The load warps: load(stage, i) issues chunk i's copies (this thread's share), for i = 0 .. num_chunks - 1.
-  template <typename Load>
+  // The load warps: load(stage, i) issues chunk i's copies (this thread's share), for i = 0 .. num_chunks - 1. Chunk
+  // i - kLag is handed over once chunk i's copies are issued: issuing chunk i waits for chunk i - kStages to free its
+  // stage, and with kLag = kStages - 2 that chunk is done before the compute warps need chunk i - kLag.
+  template <int kStages, typename Load>
   __device__ __forceinline__ static void produce(int64_t num_chunks, Load&& load) {
+    static_assert(kStages >= 2 && kStages <= kMaxStages, "2 to 4 stages");
+    constexpr int kLag = kStages - 2;
     for (int64_t i = 0; i < num_chunks; ++i) {
-      const int s = int(i % 2);
-      if (i >= 2) named_bar_sync(kEmpty + s, kThreads);  // chunk i - 2 is done with stage s
+      const int s = int(i % kStages);
+      if (i >= kStages) named_bar_sync(kEmpty + s, kThreads);  // chunk i - kStages is done with stage s
       load(s, i);
       cp_async_commit();
-      cp_async_wait<0>();
-      named_bar_arrive(kFull + s, kThreads);
+      if (i >= kLag) {
+        cp_async_wait<kLag>();  // chunk i - kLag's copies have landed
+        named_bar_arrive(kFull + int((i - kLag) % kStages), kThreads);
+      }
+    }
+    cp_async_wait<0>();
+    for (int64_t i = num_chunks > kLag ? num_chunks - kLag : 0; i < num_chunks; ++i) {
+      named_bar_arrive(kFull + int(i % kStages), kThreads);
     }
   }
   // The compute warps, chunk i: wait until its stage has landed (also a barrier among the compute warps: what they
   // wrote to shared memory before it is visible to all of them after it) ...
-  __device__ __forceinline__ static void wait_full(int64_t i) { named_bar_sync(kFull + int(i % 2), kThreads); }
-  // ... and hand its stage back once no compute warp reads it any more.
+  template <int kStages>
+  __device__ __forceinline__ static void wait_full(int64_t i) { named_bar_sync(kFull + int(i % kStages), kThreads); }
+  // ... and hand its stage back once no compute warp reads it any more (unless no later chunk will fill it).
+  template <int kStages>
   __device__ __forceinline__ static void release(int64_t i, int64_t num_chunks) {
-    if (i + 2 < num_chunks) named_bar_arrive(kEmpty + int(i % 2), kThreads);
+    if (i + kStages < num_chunks) named_bar_arrive(kEmpty + int(i % kStages), kThreads);
   }
   __device__ __forceinline__ static void compute_sync() { named_bar_sync(kCompute, kComputeThreads); }
 };
+
+// Stages of stage_bytes each that fit beside other_bytes of shared memory (227 KB per CTA): 4, 3 or 2.
+constexpr int chain_stage_count(int stage_bytes, int other_bytes) {
+  for (int stages = ChainStages::kMaxStages; stages > 2; --stages) {
+    if (stages * stage_bytes + other_bytes <= 227 * 1024) return stages;
+  }
+  return 2;
+}
 
 // Rows [0, len) of a 64-row tile from global memory (row r at src + r * src_ld elements, kRowBytes from each) to
 // dst (dst_ld elements per row), zeros for rows [len, 64); by the load warps' threads (ltid in [0, kLoadThreads)),

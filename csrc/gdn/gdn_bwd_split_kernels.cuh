@@ -122,13 +122,16 @@ struct GdnBwdChainSplitSmem {
   static constexpr int C = kGdnChunk;
   static constexpr int kLdK = kK + 8, kLdV = kBV + 8, kLdU = kBV + 4;
   static constexpr int bytes16(int rows, int ld) { return rows * ld * 2; }
-  // Two stages (chunk c and c - 1) of: q, k, W [64][kLdK], doq [64][kLdV] 16-bit, pdo [64][kLdU] fp32, G and rk [64].
+  // kStages stages (chunks c, c - 1, ...) of: q, k, W [64][kLdK], doq [64][kLdV] 16-bit, pdo [64][kLdU] fp32, G and
+  // rk [64].
   static constexpr int kStageQ = 0, kStageK = bytes16(C, kLdK), kStageW = 2 * bytes16(C, kLdK);
   static constexpr int kStageDoq = 3 * bytes16(C, kLdK);
   static constexpr int kStagePdo = kStageDoq + bytes16(C, kLdV);
   static constexpr int kStageG = kStagePdo + C * kLdU * 4;
   static constexpr int kStage = kStageG + 2 * C * 4;
-  static constexpr int kS = 2 * kStage;                   // dS [kK][kLdV] in 16 bits: K dS's B operand and ds1
+  static constexpr int kOther = bytes16(kK, kLdV) + bytes16(C, kLdV);  // sS and sDvn
+  static constexpr int kStages = chain_stage_count(kStage, kOther);
+  static constexpr int kS = kStages * kStage;             // dS [kK][kLdV] in 16 bits: K dS's B operand and ds1
   static constexpr int kDvn = kS + bytes16(kK, kLdV);     // -dVn [64][kLdV]
   static constexpr int kBytes = kDvn + bytes16(C, kLdV);
 };
@@ -165,7 +168,7 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_
     const T* w = static_cast<const T*>(p.w) + hv * kK;
     const T* doq = static_cast<const T*>(p.doq) + (hv * p.dim_v + v0);
     const float* pdo = p.pdo + (hv * p.dim_v + v0);
-    ChainStages::produce(num_chunks, [&](int s, int64_t i) {
+    ChainStages::produce<L::kStages>(num_chunks, [&](int s, int64_t i) {
       const int64_t c = num_chunks - 1 - i, c0 = bos + c * C;
       const int len = int(min(int64_t(C), eos - c0));
       load_rows<kK * sizeof(T)>(stage16(s, L::kStageQ), kLdK, q + c0 * qk_ld, qk_ld, len, ltid);
@@ -192,9 +195,9 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_
 
   for (int64_t i = 0; i < num_chunks; ++i) {
     const int64_t c = num_chunks - 1 - i;
-    const int stage = int(i % 2);
+    const int stage = int(i % L::kStages);
     ST::store(sS, kLdV, dS, warp, lane);  // dS at this chunk's end in 16 bits (ds1's rounding)
-    ChainStages::wait_full(i);            // (1)
+    ChainStages::wait_full<L::kStages>(i);  // (1)
     const T *sQ = stage16(stage, L::kStageQ), *sK = stage16(stage, L::kStageK), *sW = stage16(stage, L::kStageW);
     const T* sDoq = stage16(stage, L::kStageDoq);
     const float* sPdo = stage_pdo(stage);
@@ -221,7 +224,7 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_
 
     // dS = e^{G_L} dS + Q^T doq + W^T (-dVn) on this warp's tiles; then the stage is free.
     ST::decay_add_atb2(dS, decay, sQ, sW, kLdK, sDoq, sDvn, kLdV, warp, lane);
-    ChainStages::release(i, num_chunks);
+    ChainStages::release<L::kStages>(i, num_chunks);
   }
   if (p.dh0 != nullptr) ST::for_each(dS, warp, lane, [&](float& x, int kk, int vv) { p.dh0[state_index(kk, vv)] = x; });
 }

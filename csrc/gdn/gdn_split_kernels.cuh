@@ -177,11 +177,13 @@ struct GdnChainFwdSmem {
   static constexpr int C = kGdnChunk;
   static constexpr int kLdK = kK + 8, kLdV = kBV + 8, kLdU = kBV + 4;
   static constexpr int bytes16(int rows, int ld) { return rows * ld * 2; }
-  // Two stages (chunk c and c + 1) of: W, K [64][kLdK] 16-bit, U [64][kLdU] fp32, G and rk [64] fp32 each.
+  // kStages stages (chunks c, c + 1, ...) of: W, K [64][kLdK] 16-bit, U [64][kLdU] fp32, G and rk [64] fp32 each.
   static constexpr int kStageW = 0, kStageK = bytes16(C, kLdK), kStageU = 2 * bytes16(C, kLdK);
   static constexpr int kStageG = kStageU + C * kLdU * 4;
   static constexpr int kStage = kStageG + 2 * C * 4;
-  static constexpr int kS = 2 * kStage;                       // S [kK][kLdV] in 16 bits: W S's B operand and s0
+  static constexpr int kOther = bytes16(kK, kLdV) + bytes16(C, kLdV);  // sS and sVd
+  static constexpr int kStages = chain_stage_count(kStage, kOther);
+  static constexpr int kS = kStages * kStage;                 // S [kK][kLdV] in 16 bits: W S's B operand and s0
   static constexpr int kVd = kS + bytes16(kK, kLdV);          // rk e^{G_last - G} V_new [64][kLdV]
   static constexpr int kBytes = kVd + bytes16(C, kLdV);
 };
@@ -219,7 +221,7 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_chain_kernel(Gdn
     const T* w = static_cast<const T*>(p.save_w) + hv * kK;
     const T* k = static_cast<const T*>(p.k) + h * kK;
     const float* u = p.u + (hv * p.dim_v + v0);
-    ChainStages::produce(num_chunks, [&](int s, int64_t i) {
+    ChainStages::produce<L::kStages>(num_chunks, [&](int s, int64_t i) {
       const int64_t c0 = bos + i * C;
       const int len = int(min(int64_t(C), eos - c0));
       load_rows<kK * sizeof(T)>(stage_w(s), kLdK, w + c0 * w_ld, w_ld, len, ltid);
@@ -245,9 +247,9 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_chain_kernel(Gdn
 
   for (int64_t c = 0; c < num_chunks; ++c) {
     const int64_t c0 = bos + c * C;
-    const int len = int(min(int64_t(C), eos - c0)), stage = int(c % 2);
+    const int len = int(min(int64_t(C), eos - c0)), stage = int(c % L::kStages);
     ST::store(sS, kLdV, S, warp, lane);  // S in 16 bits (the saved chunk state's rounding)
-    ChainStages::wait_full(c);           // (1)
+    ChainStages::wait_full<L::kStages>(c);  // (1)
     const T *sW = stage_w(stage), *sK = stage_k(stage);
     const float* sU = stage_u(stage);
     const float *sG = stage_g(stage), *sRk = sG + C;
@@ -276,7 +278,7 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_chain_kernel(Gdn
 
     // S = e^{G_last} S + K^T V_d on this warp's state tiles; then the stage is free.
     ST::decay_add_atb(S, decay, sK, kLdK, sVd, kLdV, warp, lane);
-    ChainStages::release(c, num_chunks);
+    ChainStages::release<L::kStages>(c, num_chunks);
   }
   if (p.ht != nullptr) ST::for_each(S, warp, lane, [&](float& x, int kk, int vv) { p.ht[state_index(kk, vv)] = x; });
 }
