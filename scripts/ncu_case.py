@@ -1,5 +1,6 @@
 """Runs one bench case once (after a warm-up) so that `ncu` can profile its kernels:
-    ncu --kernel-name regex:<name> --launch-skip 1 --launch-count 1 python3 scripts/ncu_case.py <case> <mode>"""
+    ncu --kernel-name regex:<name> --launch-skip 1 --launch-count 1 python3 scripts/ncu_case.py <case> <mode>
+With `--set full --import-source yes -o report`, scripts/ncu_phases.py splits the kernel's samples by barrier phase."""
 import os
 import sys
 
