@@ -124,6 +124,29 @@ __device__ __forceinline__ void store2(T* dst, float x, float y) {
   *reinterpret_cast<uint32_t*>(dst) = pack2<T>(x, y);
 }
 
+// A 32-bit pair of 16-bit values as floats (the low half first).
+template <typename T>
+__device__ __forceinline__ float2 unpack2(uint32_t u) {
+  const uint16_t lo = uint16_t(u & 0xffffu), hi = uint16_t(u >> 16);
+  return make_float2(to_f32<T>(*reinterpret_cast<const T*>(&lo)), to_f32<T>(*reinterpret_cast<const T*>(&hi)));
+}
+
+// The 2 (4-byte aligned) or 8 (16-byte aligned) 16-bit values at src as floats, one load.
+template <typename T>
+__device__ __forceinline__ float2 load2(const T* src) {
+  return unpack2<T>(*reinterpret_cast<const uint32_t*>(src));
+}
+template <typename T>
+__device__ __forceinline__ void load8(const T* src, float (&x)[8]) {
+  const uint4 u = *reinterpret_cast<const uint4*>(src);
+  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = unpack2<T>(w[i]);
+    x[2 * i] = f.x, x[2 * i + 1] = f.y;
+  }
+}
+
 }  // namespace mom_ops
 
 #include "common/mma_rows.cuh"

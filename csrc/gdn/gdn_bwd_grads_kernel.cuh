@@ -39,8 +39,7 @@ struct GdnGradsSmem {
   static constexpr int kQ = 0;                                  // q [64][kLdK] raw
   static constexpr int kKey = kQ + bytes16(C, kLdK);            // k [64][kLdK] raw
   static constexpr int kAraw = kKey + bytes16(C, kLdK);         // f32 [64][kLdA]: rk_i rk_j Γ (k_i . k_j), i > j
-  static constexpr int kDkk = kAraw + C * kLdA * 4;             // f32 [64][kLdT]: dKK
-  static constexpr int kT16 = kDkk + C * kLdT * 4;              // T [64][kLdC] (saved by the forward)
+  static constexpr int kT16 = kAraw + C * kLdA * 4;             // T [64][kLdC] (saved by the forward)
   static constexpr int kP = kT16 + bytes16(C, kLdC);            // P (no scale) [64][kLdC]
   static constexpr int kRegion = kP + bytes16(C, kLdC);
   // V-block tiles: [64][kLdV] each, then S0, dS1 [kK][kLdV]
@@ -53,17 +52,19 @@ struct GdnGradsSmem {
   static constexpr int kDt = kRegion, kY = kDt + bytes16(C, kLdC), kSym = kY + bytes16(C, kLdC);
   static constexpr int kDqkRk = kSym + bytes16(C, kLdC), kDqkRq = kDqkRk + bytes16(C, kLdC);
   static constexpr int kRegionEndC = kDqkRq + bytes16(C, kLdC);
-  // f32 partial sums of the chunk-end phases, after the chunk-end tiles: rows [kRows][kColGroups][64], columns
-  // [4 row tiles][64]
+  // f32 tiles of the chunk-end phases, after the chunk-end tiles: partial sums of rows [kRows][kColGroups][64] and
+  // columns [4 row tiles][64]; dKK [64][kLdT]
   static constexpr int kRows = 7;
   static constexpr int kRowSums = kRegionEndC, kColSums = kRowSums + kRows * kColGroups * C * 4;
-  static_assert(kColSums + 4 * C * 4 <= kRegionEndV, "partial sums fit in the V-block region");
+  static constexpr int kDkk = kColSums + 4 * C * 4;
+  static_assert(kDkk + C * kLdT * 4 <= kRegionEndV, "the chunk-end tiles fit in the V-block region");
   // f32: G, beta, rq, rk, e^{G_L - G} [64] each; dG, c [64]; per-warp sums [kWarps]
   static constexpr int kVec = max_(kRegionEndV, kRegionEndC);
   static constexpr int kLo = kVec + (5 * C + 2 * C + kWarps) * 4;
   // "Exact ends": the first chunk's S0 is h0 and the last chunk's dS1 is dht, both fp32 inputs. Their products run
   // on hi + lo 16-bit pairs (S0lo, dS1lo [kK][kLdV]), as rounding them to 16 bits alone gives dg errors ~1e-2
-  // under strong decay (NOTES.md). The two lo tiles fit beside the rest for K <= 128 only; K = 256 rounds them.
+  // under strong decay (NOTES.md). K = 256 has the room (since dKK moved to the chunk-end region) but not the
+  // registers: its kernel would spill 24 bytes, so it rounds them.
   static constexpr bool kExactEnds = kK <= 128;
   static constexpr int kS0lo = kExactEnds ? kLo : kS0;
   static constexpr int kDs1lo = kExactEnds ? kLo + bytes16(kK, kLdV) : kDs1;
@@ -241,9 +242,10 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
         const int i = e < 2 ? i0 : i1, r = e / 2, c = vc0 + nt * 8 + 2 * t4;
         const float de = sDend[i] * sRk[i], eGrk = __expf(sG[i]) * sRk[i], b = sBeta[i];
         float dvn[2], z[2], vnd[2];
+        const float2 vn2 = load2<T>(sVn + i * kLdV + c), v2 = load2<T>(sV + i * kLdV + c);
 #pragma unroll
         for (int u = 0; u < 2; ++u) {
-          const float vn_f = to_f32<T>(sVn[i * kLdV + c + u]), v_f = to_f32<T>(sV[i * kLdV + c + u]);
+          const float vn_f = u == 0 ? vn2.x : vn2.y, v_f = u == 0 ? v2.x : v2.y;
           dvn[u] = de * kds[nt][e + u] + p.scale * pt[nt][e + u];
           part_c[r] += kds[nt][e + u] * vn_f;
           z[u] = b * (v_f - eGrk * m[nt][e + u]);
@@ -266,9 +268,10 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
         for (int e = 0; e < 4; e += 2) {
           const int i = e < 2 ? i0 : i1, r = e / 2, c = vc0 + nt * 8 + 2 * t4;
           const float b = sBeta[i], f = -b * __expf(sG[i]);
+          const float2 v2 = load2<T>(sV + i * kLdV + c);
 #pragma unroll
           for (int u = 0; u < 2; ++u) {
-            part_vdvb[r] += to_f32<T>(sV[i * kLdV + c + u]) * dvb[nt][e + u];
+            part_vdvb[r] += (u == 0 ? v2.x : v2.y) * dvb[nt][e + u];
             part_dvbm[r] += dvb[nt][e + u] * m[nt][e + u];
           }
           if (i < len) store2<T>(dv + ((c0 + i) * p.heads_v + hv) * p.dim_v + v0 + c, b * dvb[nt][e], b * dvb[nt][e + 1]);
@@ -281,14 +284,23 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
     if (first) mma_rows<T, kBV / 16, kNK, false>(X1, sDo + r0 * kLdV, kLdV, sS0lo + kc0 * kLdV, kLdV, lane);
     mma_rows<T, kBV / 16, kNK, false>(dKn, sVnD + r0 * kLdV, kLdV, sDs1 + kc0 * kLdV, kLdV, lane);
     if (last) mma_rows<T, kBV / 16, kNK, false>(dKn, sVnD + r0 * kLdV, kLdV, sDs1lo + kc0 * kLdV, kLdV, lane);
-    for (int idx = tid; idx < kK * kBV / 2; idx += kThreads) {  // element pairs, as the tiles are stored
-      const int e0 = (idx / (kBV / 2)) * kLdV + (idx % (kBV / 2)) * 2;
+    for (int idx = tid; idx < kK * kBV / 8; idx += kThreads) {  // 8 elements (16 bytes) at a time
+      const int e0 = (idx / (kBV / 8)) * kLdV + (idx % (kBV / 8)) * 8;
+      float s0[8], ds1[8], lo[8];
+      load8<T>(sS0 + e0, s0);
+      load8<T>(sDs1 + e0, ds1);
+      if (first) {
+        load8<T>(sS0lo + e0, lo);
 #pragma unroll
-      for (int e = e0; e < e0 + 2; ++e) {
-        const float s0 = to_f32<T>(sS0[e]) + (first ? to_f32<T>(sS0lo[e]) : 0.f);
-        const float ds1 = to_f32<T>(sDs1[e]) + (last ? to_f32<T>(sDs1lo[e]) : 0.f);
-        sum_sds += s0 * ds1;
+        for (int e = 0; e < 8; ++e) s0[e] += lo[e];
       }
+      if (last) {
+        load8<T>(sDs1lo + e0, lo);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) ds1[e] += lo[e];
+      }
+#pragma unroll
+      for (int e = 0; e < 8; ++e) sum_sds += s0[e] * ds1[e];
     }
     __syncthreads();
     mma_rows<T, kBV / 16, kNK, false>(dKn, sDvbS + r0 * kLdV, kLdV, sS0 + kc0 * kLdV, kLdV, lane);
@@ -304,12 +316,13 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
     for (int e = 0; e < 4; e += 2) {
       const int i = e < 2 ? i0 : i1, r = e / 2, j = cc0 + nt * 8 + 2 * t4;
       float rk_[2], rq_[2];
+      const float2 p2 = load2<T>(sP + i * kLdC + j);
 #pragma unroll
       for (int u = 0; u < 2; ++u) {
         const bool lower = i >= j + u;  // Γ overflows above the diagonal under strong decay: never touch it there
         const float dp = lower ? p.scale * dP[nt][e + u] : 0.f;
         const float dqk = lower ? dp * __expf(sG[i] - sG[j + u]) : 0.f;
-        const float ee = dp * to_f32<T>(sP[i * kLdC + j + u]);
+        const float ee = dp * (u == 0 ? p2.x : p2.y);
         part_e[r] += ee;
         col_e[nt][u] += ee;
         rk_[u] = dqk * sRk[j + u];
@@ -371,9 +384,10 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
 #pragma unroll
     for (int nt = 0; nt < kNK; ++nt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int i = e < 2 ? i0 : i1, c = kc0 + nt * 8 + 2 * t4 + (e & 1);
-        part_qx[e / 2] += to_f32<T>(sQ[i * kLdK + c]) * X1[nt][e];
+      for (int e = 0; e < 4; e += 2) {
+        const int i = e < 2 ? i0 : i1, c = kc0 + nt * 8 + 2 * t4;
+        const float2 q2 = load2<T>(sQ + i * kLdK + c);
+        part_qx[e / 2] += q2.x * X1[nt][e] + q2.y * X1[nt][e + 1];
       }
     const float beta_part[2] = {part_vdvb[0] + part_da[0], part_vdvb[1] + part_da[1]};
     row_partial(kRowE, part_e);
@@ -469,10 +483,11 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
 #pragma unroll
     for (int nt = 0; nt < kNK; ++nt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int i = e < 2 ? i0 : i1, c = kc0 + nt * 8 + 2 * t4 + (e & 1);
-        part_q[e / 2] += to_f32<T>(sQ[i * kLdK + c]) * X1[nt][e];
-        part_k[e / 2] += to_f32<T>(sK[i * kLdK + c]) * dKn[nt][e];
+      for (int e = 0; e < 4; e += 2) {
+        const int i = e < 2 ? i0 : i1, c = kc0 + nt * 8 + 2 * t4;
+        const float2 q2 = load2<T>(sQ + i * kLdK + c), k2 = load2<T>(sK + i * kLdK + c);
+        part_q[e / 2] += q2.x * X1[nt][e] + q2.y * X1[nt][e + 1];
+        part_k[e / 2] += k2.x * dKn[nt][e] + k2.y * dKn[nt][e + 1];
       }
     row_partial(kRowQdQ, part_q);
     row_partial(kRowKdK, part_k);
@@ -494,10 +509,9 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
     for (int nt = 0; nt < kNK; ++nt) {
       const int c = kc0 + nt * 8 + 2 * t4;
       const int64_t off = ((c0 + i) * p.heads_qk + h) * kK + c;
-      store2<T>(dq + off, aq * X1[nt][e] - bq * to_f32<T>(sQ[i * kLdK + c]),
-                aq * X1[nt][e + 1] - bq * to_f32<T>(sQ[i * kLdK + c + 1]));
-      store2<T>(dk + off, ak * dKn[nt][e] - bk * to_f32<T>(sK[i * kLdK + c]),
-                ak * dKn[nt][e + 1] - bk * to_f32<T>(sK[i * kLdK + c + 1]));
+      const float2 q2 = load2<T>(sQ + i * kLdK + c), k2 = load2<T>(sK + i * kLdK + c);
+      store2<T>(dq + off, aq * X1[nt][e] - bq * q2.x, aq * X1[nt][e + 1] - bq * q2.y);
+      store2<T>(dk + off, ak * dKn[nt][e] - bk * k2.x, ak * dKn[nt][e + 1] - bk * k2.y);
     }
   }
 }

@@ -43,6 +43,17 @@ template <typename T> inline void load_b_trans(uint32_t (&b)[2], const T* tile, 
   const T* p = tile + (lane % 16) * stride;
   detail::ldmatrix(2, true, p, b);
 }
+// This lane's C fragment (c0 (g, 2t), c1 (g, 2t+1), c2 (g+8, 2t), c3 (g+8, 2t+1)) of d += A B, summed in double.
+template <int kK>
+inline void accumulate_lane(float (&d)[4], const float (&A)[16][kK], const float (&B)[kK][8], int lane) {
+  const int g = lane / 4, t = lane % 4;
+  const int rows[4] = {g, g, g + 8, g + 8}, cols[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
+  for (int e = 0; e < 4; ++e) {
+    double s = d[e];
+    for (int k = 0; k < kK; ++k) s += double(A[rows[e]][k]) * double(B[k][cols[e]]);
+    d[e] = float(s);
+  }
+}
 // PTX m16n8k16 .row.col: a0 (g, 2t..), a1 (g+8, 2t..), a2 (g, 2t+8..), a3 (g+8, 2t+8..); b0 (k 2t.., n g),
 // b1 (k 2t+8.., n g); c0 (g, 2t), c1 (g, 2t+1), c2 (g+8, 2t), c3 (g+8, 2t+1).
 template <typename T> inline void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
@@ -62,13 +73,7 @@ template <typename T> inline void mma_16816(float (&d)[4], const uint32_t (&a)[4
     B[2 * t][g] = lo(w.b[L][0]), B[2 * t + 1][g] = hi(w.b[L][0]);
     B[2 * t + 8][g] = lo(w.b[L][1]), B[2 * t + 9][g] = hi(w.b[L][1]);
   }
-  const int g = l / 4, t = l % 4;
-  const int rows[4] = {g, g, g + 8, g + 8}, cols[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
-  for (int e = 0; e < 4; ++e) {
-    double s = d[e];
-    for (int k = 0; k < 16; ++k) s += double(A[rows[e]][k]) * double(B[k][cols[e]]);
-    d[e] = float(s);
-  }
+  accumulate_lane(d, A, B, l);
   emu::leave(w);
 }
 
@@ -91,13 +96,7 @@ inline void mma_1688_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t 
     A[g][t + 4] = __uint_as_float(w.a[L][2]), A[g + 8][t + 4] = __uint_as_float(w.a[L][3]);
     B[t][g] = __uint_as_float(w.b[L][0]), B[t + 4][g] = __uint_as_float(w.b[L][1]);
   }
-  const int g = l / 4, t = l % 4;
-  const int rows[4] = {g, g, g + 8, g + 8}, cols[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
-  for (int e = 0; e < 4; ++e) {
-    double s = d[e];
-    for (int k = 0; k < 8; ++k) s += double(A[rows[e]][k]) * double(B[k][cols[e]]);
-    d[e] = float(s);
-  }
+  accumulate_lane(d, A, B, l);
   emu::leave(w);
 }
 
@@ -107,6 +106,14 @@ template <typename T> inline uint32_t pack2(float x, float y) {
   T a = from_f32<T>(x), b = from_f32<T>(y);
   uint16_t ua, ub; std::memcpy(&ua, &a, 2); std::memcpy(&ub, &b, 2);
   return uint32_t(ua) | (uint32_t(ub) << 16);
+}
+template <typename T> inline float2 load2(const T* src) {
+  if (reinterpret_cast<uintptr_t>(src) % 4 != 0) EMU_FAIL("load2 misaligned %p", (const void*)src);
+  return make_float2(to_f32<T>(src[0]), to_f32<T>(src[1]));
+}
+template <typename T> inline void load8(const T* src, float (&x)[8]) {
+  if (reinterpret_cast<uintptr_t>(src) % 16 != 0) EMU_FAIL("load8 misaligned %p", (const void*)src);
+  for (int i = 0; i < 8; ++i) x[i] = to_f32<T>(src[i]);
 }
 template <typename T> inline void store2(T* dst, float x, float y) {
   if (reinterpret_cast<uintptr_t>(dst) % 4 != 0) EMU_FAIL("store2 misaligned %p", (void*)dst);
