@@ -5,7 +5,7 @@
 //        P^T dO -> pdo (fp32),  diag(scale rq e^G) dO -> doq (16-bit),
 //      P = scale rq_i rk_j e^{G_i - G_j} (q_i . k_j) (i >= j), as in the chain kernel.
 //   2. gdn_bwd_chain_split_kernel, CTA per (sequence, value head, 64, 32 or 16 value columns), dS [K, BV] fp32 in the
-//      registers of 8 compute warps, chunks in reverse, a load warp bringing the next one's q, k, W, doq, pdo, G,
+//      registers of 8 compute warps, chunks in reverse, load warps bringing the next ones' q, k, W, doq, pdo, G,
 //      rk while this one computes (chain_stages.cuh):
 //        dS -> ds1 (16-bit), dVn = rk_i e^{G_L - G_i} (K dS)_i + pdo_i,  dS <- e^{G_L} dS + Q^T doq - W^T dVn.
 // ds1 and dh0 are what the chain kernel writes, so the grads kernel runs unchanged after it. Roundings: the chain

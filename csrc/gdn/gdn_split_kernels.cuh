@@ -7,7 +7,7 @@
 //        and T -> t [rows, HV, 64] for the backward when asked.
 //   2. gdn_chain_kernel, CTA per (sequence, value head, V-block of 64, 32 or 16 columns), the state S [K, BV] fp32 in
 //        the registers of 8 compute warps; per chunk: S -> s0 (the chunk state, 16-bit), V_new = U - W S -> vn
-//        (16-bit), S <- e^{G_last} S + K^T (rk e^{G_last - G} V_new); a load warp brings the next chunk's W, K, U
+//        (16-bit), S <- e^{G_last} S + K^T (rk e^{G_last - G} V_new); load warps bring the next chunks' W, K, U
 //        while this one computes (chain_stages.cuh).
 //   3. gdn_output_kernel, CTA per (chunk slot, value head, V-block of 128, or 64 where V is not a multiple of 128):
 //        O = scale (rq e^G (Q S0) + QK V_new),  QK = (Q K^T) rq_i rk_j e^{G_i - G_j} (i >= j).
