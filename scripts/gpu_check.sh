@@ -3,7 +3,8 @@
 # Logs and results go to $OUT (or ./gpu_out). One command, well under 10 minutes:
 #   bash scripts/gpu_check.sh [pytest -k expression] [bench --only list]
 # Env: MOM_OPS_COMMIT (recorded in the results), SKIP_TESTS=1, SKIP_BENCH=1, TEST_TIMEOUT, MAX_JOBS, BENCH_PROVIDERS
-# (comma list), BENCH_MERGE=1 (start from bench/results/h100.json and redo only the selected records).
+# and BENCH_MODES (comma lists), BENCH_MERGE=1 (start from this GPU's bench/results file and redo only the selected
+# records).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu_out}"
@@ -46,12 +47,19 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
   tail -n 5 "$OUT/tests.log"
 fi
 
-# 4. Benchmarks (clock health first; results + plots under $OUT).
+# 4. Benchmarks (clock health first; results + plots under $OUT), into the results file of this GPU: h100.json on
+# an H100, h200.json on an H200 (bench/results/ keeps one file per GPU kind; the H100 one carries the issue bars).
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
-  [ "${BENCH_MERGE:-0}" = 1 ] && cp bench/results/h100.json "$OUT/h100.json"
-  python3 -m bench.run --out "$OUT/h100.json" --plots "$OUT/plots" ${BENCH_ONLY:+--only "$BENCH_ONLY"} \
-    ${BENCH_PROVIDERS:+--providers "$BENCH_PROVIDERS"} $([ "${BENCH_MERGE:-0}" = 1 ] && echo --merge) \
-    2>"$OUT/bench.err" | tee "$OUT/bench.log" || status=1
+  gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
+  case "$gpu_name" in
+    *H200*) results=h200.json ;;
+    *H100*) results=h100.json ;;
+    *) results=$(echo "${gpu_name:-unknown}" | tr 'A-Z ' 'a-z_' | tr -cd 'a-z0-9_').json ;;
+  esac
+  [ "${BENCH_MERGE:-0}" = 1 ] && [ -f "bench/results/$results" ] && cp "bench/results/$results" "$OUT/$results"
+  python3 -m bench.run --out "$OUT/$results" --plots "$OUT/plots" ${BENCH_ONLY:+--only "$BENCH_ONLY"} \
+    ${BENCH_PROVIDERS:+--providers "$BENCH_PROVIDERS"} ${BENCH_MODES:+--modes "$BENCH_MODES"} \
+    $([ "${BENCH_MERGE:-0}" = 1 ] && echo --merge) 2>"$OUT/bench.err" | tee "$OUT/bench.log" || status=1
   tail -n 20 "$OUT/bench.err"
 fi
 # The device tool returns at most 8 files: keep the main ones loose, pack the rest.
