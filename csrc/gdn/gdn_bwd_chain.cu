@@ -14,7 +14,7 @@ namespace {
 template <typename T, int kK, int kBV>
 void launch_chain(const GdnBwdParams& p, cudaStream_t stream) {
   using L = GdnChainSmem<T, kK, kBV>;
-  static_assert(L::kBytes <= 227 * 1024, "shared memory of the chain kernel");
+  static_assert(L::kBytes <= kSmemPerCta, "shared memory of the chain kernel");
   launch_scan_kernel(gdn_bwd_chain_kernel<T, kK, kBV>, p, int64_t(p.num_seqs) * p.heads_v * p.num_vblocks,
                      kGdnThreads, L::kBytes, stream, "(sequence, head, V-block)");
 }
@@ -22,7 +22,7 @@ void launch_chain(const GdnBwdParams& p, cudaStream_t stream) {
 template <typename T, int kK, int kBV>
 void launch_chain_split_kernel(const GdnBwdSplitParams& p, cudaStream_t stream) {
   using Chain = GdnBwdChainSplitSmem<T, kK, kBV>;
-  static_assert(Chain::kBytes <= 227 * 1024, "shared memory of the split backward chain");
+  static_assert(Chain::kBytes <= kSmemPerCta, "shared memory of the split backward chain");
   launch_scan_kernel(gdn_bwd_chain_split_kernel<T, kK, kBV>, p, int64_t(p.num_seqs) * p.heads_v * (p.dim_v / kBV),
                      ChainStages::kThreads, Chain::kBytes, stream, "(sequence, head, V-block)");
 }

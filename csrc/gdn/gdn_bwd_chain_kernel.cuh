@@ -40,7 +40,7 @@ struct GdnChainSmem {
 };
 
 template <typename T, int kK, int kBV>
-constexpr int kChainCtasPerSm = 2 * GdnChainSmem<T, kK, kBV>::kBytes <= 227 * 1024 ? 2 : 1;
+constexpr int kChainCtasPerSm = 2 * GdnChainSmem<T, kK, kBV>::kBytes <= kSmemPerCta ? 2 : 1;
 
 template <typename T, int kK, int kBV>
 __global__ void __launch_bounds__(kGdnThreads, kChainCtasPerSm<T, kK, kBV>) gdn_bwd_chain_kernel(GdnBwdParams p) {

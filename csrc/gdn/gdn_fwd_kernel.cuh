@@ -27,6 +27,7 @@ namespace mom_ops {
 constexpr int kGdnChunk = 64;
 constexpr int kGdnThreads = 256;  // 8 warps; warp w works on chunk rows 16 (w % 4) .. and column half w / 4
 constexpr int kTSolveScratch = 8 * 16 * 8;  // floats of invert_unit_lower_64's scratch: [16][8] per warp
+constexpr int kSmemPerCta = 227 * 1024;  // the most shared memory one CTA may opt in to on sm_90
 
 struct GdnFwdParams : ScanParams {
   int num_vblocks;         // V / kBV
@@ -186,7 +187,7 @@ __device__ __forceinline__ void w_rows(const T* tw, const T* key, int r0, int ch
 
 // Two CTAs per SM where two fit in shared memory (K <= 128 with 64-column V-blocks), else one.
 template <typename T, int kK, int kBV>
-constexpr int kGdnCtasPerSm = 2 * GdnSmem<T, kK, kBV>::kBytes <= 227 * 1024 ? MOM_OPS_GDN_CTAS_PER_SM : 1;
+constexpr int kGdnCtasPerSm = 2 * GdnSmem<T, kK, kBV>::kBytes <= kSmemPerCta ? MOM_OPS_GDN_CTAS_PER_SM : 1;
 
 // kSave: the training forward, which also writes p.save_s0, p.save_w, p.save_vn (a template flag so that the
 // inference forward carries none of their registers).

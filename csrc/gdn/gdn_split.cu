@@ -28,7 +28,7 @@ namespace {
 template <typename T, int kK, int kBV>
 void launch_chain(const GdnSplitParams& p, cudaStream_t stream) {
   using Chain = GdnChainFwdSmem<T, kK, kBV>;
-  static_assert(Chain::kBytes <= 227 * 1024, "shared memory of the split forward's chain kernel");
+  static_assert(Chain::kBytes <= kSmemPerCta, "shared memory of the split forward's chain kernel");
   launch_scan_kernel(gdn_chain_kernel<T, kK, kBV>, p, int64_t(p.num_seqs) * p.heads_v * (p.dim_v / kBV),
                      ChainStages::kThreads, Chain::kBytes, stream, "(sequence, head, V-block)");
 }
