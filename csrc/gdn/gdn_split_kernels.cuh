@@ -18,6 +18,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 
 #include "common/cp_async.cuh"
 #include "common/mma.cuh"
@@ -37,20 +39,26 @@ struct GdnSplitParams : GdnFwdParams {
 
 // ---------------------------------------------------------------- 1. chunk-local terms
 
+// Prep's shared memory, aliased by lifetime so that three CTAs fit on an SM at K <= 128 (72.5 KB; two at K = 256):
+// the kernel is a chain of short latency-bound phases, so more CTAs per SM are what hide them (ncu at 2 CTAs per SM:
+// issue slots 35% busy, DRAM 25%). A and the T-solve scratch die with the solve; Tw and Tu take their place.
 template <typename T, int kK>
 struct GdnPrepSmem {
-  static constexpr int C = kGdnChunk;
-  static constexpr int kLdK = kK + 8, kLdV = kSplitBV + 8, kLdC = C + 8, kLdA = C + 4, kLdT = C + 1;
+  static constexpr int C = kGdnChunk, kVB = 128;  // v in blocks of 128 columns (64 where V = 64)
+  static constexpr int kLdK = kK + 8, kLdV = kVB + 8, kLdC = C + 8, kLdA = C + 4, kLdT = C + 1;
   static constexpr int bytes16(int rows, int ld) { return rows * ld * 2; }
+  static constexpr int max_(int a, int b) { return a > b ? a : b; }
   static constexpr int kKey = 0;                                // k [64][kLdK] raw
-  static constexpr int kV = kKey + bytes16(C, kLdK);            // v [64][kLdV], one 64-column block at a time
-  static constexpr int kA = kV + bytes16(C, kLdV);              // A f32 [64][kLdA]
-  static constexpr int kT = kA + C * kLdA * 4;                  // T f32 [64][kLdT]
-  static constexpr int kTw = kT + C * kLdT * 4;                 // T diag(beta e^G rk) [64][kLdC] | T-solve scratch
-  static constexpr int kTu = kTw + bytes16(C, kLdC);            // T diag(beta) [64][kLdC]       | T-solve scratch
-  static constexpr int kVec = kTu + bytes16(C, kLdC);           // f32 [64] each: G, beta, rk, beta e^G rk, (rq)
-  static constexpr int kBytes = kVec + 5 * C * 4;
-  static_assert(2 * bytes16(C, kLdC) >= kTSolveScratch * 4, "the T-solve scratch must fit in the Tw and Tu regions");
+  static constexpr int kV = kKey + bytes16(C, kLdK);            // v [64][kLdV], one block of columns at a time
+  static constexpr int kT = kV + bytes16(C, kLdV);              // T f32 [64][kLdT]
+  static constexpr int kA = kT + C * kLdT * 4;                  // A f32 [64][kLdA], T-solve scratch | Tw, Tu
+  static constexpr int kX = kA + C * kLdA * 4;
+  static constexpr int kTw = kA;                                // T diag(beta e^G rk) [64][kLdC]
+  static constexpr int kTu = kTw + bytes16(C, kLdC);            // T diag(beta) [64][kLdC]
+  static constexpr int kVec = kA + max_(C * kLdA * 4 + kTSolveScratch * 4, 2 * bytes16(C, kLdC));
+  static constexpr int kBytes = kVec + 5 * C * 4;               // f32 [64] each: G, beta, rk, beta e^G rk, (rq)
+  static constexpr int kCtasPerSm = kK <= 128 ? 3 : 2;
+  static_assert(kCtasPerSm * (kBytes + 1024) <= 228 * 1024, "prep's CTAs per SM must fit in shared memory");
 };
 
 // Slot -> its chunk (sequence, rows [bos, eos), first row c0, rows len); false for a slot no chunk uses.
@@ -66,10 +74,10 @@ __device__ __forceinline__ bool split_slot_chunk(const ScanParams& p, int64_t sl
 }
 
 template <typename T, int kK>
-__global__ void __launch_bounds__(kGdnThreads) gdn_prep_kernel(GdnSplitParams p) {
+__global__ void __launch_bounds__(kGdnThreads, GdnPrepSmem<T, kK>::kCtasPerSm) gdn_prep_kernel(GdnSplitParams p) {
   using L = GdnPrepSmem<T, kK>;
-  constexpr int C = kGdnChunk, BV = kSplitBV, kLdK = L::kLdK, kLdV = L::kLdV, kLdC = L::kLdC;
-  constexpr int kNTo = BV / 2 / 8;  // per-warp output column tiles (of one 64-column block)
+  constexpr int C = kGdnChunk, BV = L::kVB, kLdK = L::kLdK, kLdV = L::kLdV, kLdC = L::kLdC;
+  constexpr int kNTo = BV / 2 / 8;  // per-warp output column tiles (of one block of columns)
   extern __shared__ __align__(16) unsigned char smem[];
   T* sK = reinterpret_cast<T*>(smem + L::kKey);
   T* sV = reinterpret_cast<T*>(smem + L::kV);
@@ -77,7 +85,7 @@ __global__ void __launch_bounds__(kGdnThreads) gdn_prep_kernel(GdnSplitParams p)
   float* sT = reinterpret_cast<float*>(smem + L::kT);
   T* sTw = reinterpret_cast<T*>(smem + L::kTw);
   T* sTu = reinterpret_cast<T*>(smem + L::kTu);
-  float* sX = reinterpret_cast<float*>(smem + L::kTw);
+  float* sX = reinterpret_cast<float*>(smem + L::kX);
   float* sG = reinterpret_cast<float*>(smem + L::kVec);
   float *sBeta = sG + C, *sRk = sBeta + C, *sColW = sRk + C, *sRq = sColW + C;  // sRq: unused norms of k again
 
@@ -90,9 +98,11 @@ __global__ void __launch_bounds__(kGdnThreads) gdn_prep_kernel(GdnSplitParams p)
   const T* k = static_cast<const T*>(p.k);
   const T* v = static_cast<const T*>(p.v);
 
-  auto load_vblock = [&](int v0) {  // v rows (zeros past len), columns v0 .. v0 + 63
-    for (int idx = tid; idx < C * (BV / 8); idx += kGdnThreads) {
-      const int r = idx / (BV / 8), c = (idx % (BV / 8)) * 8;
+  auto block_cols = [&](int v0) { return min(BV, p.dim_v - v0); };  // 128, or 64 in a last block (V % 64 == 0)
+  auto load_vblock = [&](int v0) {  // v rows (zeros past len), columns v0 .. v0 + block_cols(v0) - 1
+    const int cols = block_cols(v0);
+    for (int idx = tid; idx < C * (cols / 8); idx += kGdnThreads) {
+      const int r = idx / (cols / 8), c = (idx % (cols / 8)) * 8;
       cp_async16(sV + r * kLdV + c, v + ((c0 + min(r, len - 1)) * p.heads_v + hv) * p.dim_v + v0 + c, r < len);
     }
     cp_async_commit();
@@ -148,7 +158,7 @@ __global__ void __launch_bounds__(kGdnThreads) gdn_prep_kernel(GdnSplitParams p)
     if (i < len) store2<T>(w + ((c0 + i) * p.heads_v + hv) * kK + c, w0, w1);
   });
 
-  // U = Tu V, one 64-column block of V at a time -> global fp32 (rows < len).
+  // U = Tu V, one block of V's columns at a time -> global fp32 (rows < len).
   for (int v0 = 0; v0 < p.dim_v; v0 += BV) {
     if (v0 > 0) {
       __syncthreads();  // every warp is done with the previous block's v
@@ -157,6 +167,7 @@ __global__ void __launch_bounds__(kGdnThreads) gdn_prep_kernel(GdnSplitParams p)
     cp_async_wait<0>();
     __syncthreads();
     const int vc0 = ch * (BV / 2);
+    if (vc0 >= block_cols(v0)) continue;  // a 64-column block: the second column half has none
     float acc[kNTo][4] = {};
     mma_rows<T, C / 16, kNTo, true>(acc, sTu + r0 * kLdC, kLdC, sV + vc0, kLdV, lane);
 #pragma unroll
@@ -285,26 +296,40 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_chain_kernel(Gdn
 
 // ---------------------------------------------------------------- 3. outputs
 
-// The output kernel's V-block width kBV: 128 where V is a multiple of 128, else 64. Every V-block CTA of a chunk loads
-// q and k and forms QK again, so the wider block saves a quarter of the kernel's loads and a fifth of its products
-// at V = 128 (one CTA per chunk and head) for 2 CTAs per SM instead of 3 at K = 128.
-inline int gdn_output_value_block(int64_t dim_v) { return dim_v % 128 == 0 ? 128 : 64; }
+// The output kernel's V-block width kBV: 128 where V is a multiple of 128 and K <= 128, else 64. Every V-block CTA of a
+// chunk loads q and k and forms QK again, so the wider block saves a quarter of the kernel's loads and a fifth of its
+// products at V = 128 (one CTA per chunk and head); at K = 256 the 128-column S0 tile (68 KB) would leave one CTA per
+// SM, and the kernel's phases are latency-bound, so 64 columns (two CTAs per SM) win there.
+// MOM_OPS_GDN_OUTPUT_BV=64 / 128 forces a width (where V allows it), for measurements.
+inline int gdn_output_value_block(int64_t dim_k, int64_t dim_v) {
+  if (const char* env = std::getenv("MOM_OPS_GDN_OUTPUT_BV")) {
+    if (std::string(env) == "64") return 64;
+    if (std::string(env) == "128" && dim_v % 128 == 0) return 128;
+  }
+  return dim_v % 128 == 0 && dim_k <= 128 ? 128 : 64;
+}
 
+// v_new is loaded into k's region once QK is formed (the two are never live together), which takes the kernel from
+// two CTAs per SM to three at K = 128.
 template <typename T, int kK, int kBV>
 struct GdnOutputSmem {
   static constexpr int C = kGdnChunk;
   static constexpr int kLdK = kK + 8, kLdV = kBV + 8;
   static constexpr int bytes16(int rows, int ld) { return rows * ld * 2; }
-  static constexpr int kQ = 0;                                // q [64][kLdK] raw
-  static constexpr int kKey = kQ + bytes16(C, kLdK);          // k [64][kLdK] raw
-  static constexpr int kS0 = kKey + bytes16(C, kLdK);         // S0 [kK][kLdV] (k-major rows of the chunk state)
-  static constexpr int kVn = kS0 + bytes16(kK, kLdV);         // V_new [64][kLdV]
-  static constexpr int kVec = kVn + bytes16(C, kLdV);         // f32 [64] each: G, rq, rk
+  static constexpr int max_(int a, int b) { return a > b ? a : b; }
+  static constexpr int kQ = 0;                                        // q [64][kLdK] raw
+  static constexpr int kKey = kQ + bytes16(C, kLdK);                  // k [64][kLdK] raw | V_new [64][kLdV]
+  static constexpr int kVn = kKey;
+  static constexpr int kS0 = kKey + max_(bytes16(C, kLdK), bytes16(C, kLdV));  // S0 [kK][kLdV] (k-major rows)
+  static constexpr int kVec = kS0 + bytes16(kK, kLdV);                // f32 [64] each: G, rq, rk
   static constexpr int kBytes = kVec + 3 * C * 4;
+  static constexpr int kFit = 228 * 1024 / (kBytes + 1024);           // CTAs per SM that shared memory allows
+  static constexpr int kCtasPerSm = kFit < 3 ? kFit : 3;              // (3: <= 85 registers per thread)
 };
 
 template <typename T, int kK, int kBV>
-__global__ void __launch_bounds__(kGdnThreads) gdn_output_kernel(GdnSplitParams p) {
+__global__ void __launch_bounds__(kGdnThreads, GdnOutputSmem<T, kK, kBV>::kCtasPerSm)
+    gdn_output_kernel(GdnSplitParams p) {
   using L = GdnOutputSmem<T, kK, kBV>;
   constexpr int C = kGdnChunk, BV = kBV, kLdK = L::kLdK, kLdV = L::kLdV;
   constexpr int kNTo = BV / 2 / 8;
@@ -332,17 +357,14 @@ __global__ void __launch_bounds__(kGdnThreads) gdn_output_kernel(GdnSplitParams 
   T* o = static_cast<T*>(p.o);
 
   load_chunk_qk<T, kK, kLdK, kGdnThreads>(sQ, sK, q, k, c0, len, p.heads_qk, h, tid);
+  cp_async_commit();
   for (int idx = tid; idx < kK * (BV / 8); idx += kGdnThreads) {
     const int r = idx / (BV / 8), c = (idx % (BV / 8)) * 8;
     cp_async16(sS0 + r * kLdV + c, s0 + int64_t(r) * p.dim_v + c, true);
   }
-  for (int idx = tid; idx < C * (BV / 8); idx += kGdnThreads) {
-    const int r = idx / (BV / 8), c = (idx % (BV / 8)) * 8;
-    cp_async16(sVn + r * kLdV + c, vn + ((c0 + min(r, len - 1)) * p.heads_v + hv) * p.dim_v + v0 + c, r < len);
-  }
   cp_async_commit();
   if (tid < C) sG[tid] = tid < len ? p.g[(c0 + tid) * p.heads_v + hv] : 0.f;
-  cp_async_wait<0>();
+  cp_async_wait<1>();  // q, k
   __syncthreads();
   chunk_norms_and_cumsum<T, kK, kLdK>(sQ, sK, sG, sRq, sRk, p.l2norm, tid);
   __syncthreads();
@@ -365,6 +387,14 @@ __global__ void __launch_bounds__(kGdnThreads) gdn_output_kernel(GdnSplitParams 
       qk_frag[nt / 2][(nt % 2) * 2 + 1] = pack2<T>(x[2], x[3]);
     }
   }
+  __syncthreads();  // k has no reader left: V_new goes into its region while Q S0 runs
+  for (int idx = tid; idx < C * (BV / 8); idx += kGdnThreads) {
+    const int r = idx / (BV / 8), c = (idx % (BV / 8)) * 8;
+    cp_async16(sVn + r * kLdV + c, vn + ((c0 + min(r, len - 1)) * p.heads_v + hv) * p.dim_v + v0 + c, r < len);
+  }
+  cp_async_commit();
+  cp_async_wait<1>();  // S0
+  __syncthreads();
 
   // O = scale (rq e^G (Q S0) + QK V_new): rows r0.., columns of half ch.
   const int vc0 = ch * (BV / 2);
@@ -373,6 +403,8 @@ __global__ void __launch_bounds__(kGdnThreads) gdn_output_kernel(GdnSplitParams 
   const float e0 = sRq[i0] * __expf(sG[i0]), e1 = sRq[i1] * __expf(sG[i1]);
 #pragma unroll
   for (int nt = 0; nt < kNTo; ++nt) acc[nt][0] *= e0, acc[nt][1] *= e0, acc[nt][2] *= e1, acc[nt][3] *= e1;
+  cp_async_wait<0>();  // V_new
+  __syncthreads();
 #pragma unroll
   for (int ks = 0; ks < C / 16; ++ks)
 #pragma unroll
