@@ -72,17 +72,19 @@ namespace {
 
 // The split forward (gdn_split_kernels.cuh: chunk-local terms for all chunks at once, then only the two state
 // products per chunk in series, then the outputs) instead of the fused kernel: where the fused grid leaves most
-// SMs idle (few long sequences: each fused CTA runs all its chunk-local work in series) and at K = 256 (fused
-// V-blocks of 32 or 64 repeat the chunk-local work 4-8 times). H200, T = 32768: n1 D128 fwd 6.75 -> 2.22 ms,
-// n32 D256 0.975 -> 0.869 (fwd+bwd 3.03 -> 2.69), but n32 D128 0.94 fused vs 1.33 split (NOTES.md).
+// SMs idle (few long sequences: each fused CTA runs all its chunk-local work in series), at K = 256 (fused
+// V-blocks of 32 or 64 repeat the chunk-local work 4-8 times) and in the training forward (`training`), where the
+// fused kernel's stores of the saves cost more than the split's passes (H200, n32 D128 fwd+bwd 3.60 -> 3.43 ms; the
+// split's saves are its own intermediates). H200, T = 32768: n1 D128 fwd 6.75 -> 1.23 ms, n32 D256 0.975 -> 0.856,
+// but n32 D128 inference 0.94 fused vs 1.03 split (NOTES.md).
 // MOM_OPS_GDN_SPLIT=1 / 0 forces the split / fused forward (tests, experiments).
-bool use_split_forward(const GdnDims& d, int bv) {
+bool use_split_forward(const GdnDims& d, int bv, bool training) {
   if (d.dim_v % kSplitBV != 0) return false;
   if (const char* env = std::getenv("MOM_OPS_GDN_SPLIT")) {
     if (std::string(env) == "1") return true;
     if (std::string(env) == "0") return false;
   }
-  if (d.dim_k == 256) return true;
+  if (d.dim_k == 256 || training) return true;
   const int64_t fused_ctas = d.num_seqs * d.heads_v * (d.dim_v / bv);
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   return fused_ctas < 2 * int64_t(sms);
@@ -140,7 +142,7 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Te
     p.save_vn = saved->v_new.data_ptr();
     p.save_t = saved->t.data_ptr();
   }
-  if (use_split_forward(d, bv)) {
+  if (use_split_forward(d, bv, saved != nullptr)) {
     GdnSplitParams sp{};
     static_cast<GdnFwdParams&>(sp) = p;
     // Without `saved` (inference), what the backward would keep is workspace here.

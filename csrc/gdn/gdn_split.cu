@@ -50,7 +50,7 @@ void run_gdn_fwd_split(const GdnSplitParams& p, bool bf16, int dim_k, int64_t nu
       launch_scan_kernel(gdn_prep_kernel<T, kK>, p, num_slots * p.heads_v, kGdnThreads, Prep::kBytes, stream,
                          "(chunk, head)");
       CHAIN_BV_SWITCH(chain_bv, kBV, [&] { launch_chain<T, kK, kBV>(p, stream); });
-      if (gdn_output_value_block(dim_k, p.dim_v) == 128) {
+      if (gdn_output_value_block(p.dim_v) == 128) {
         launch_output<T, kK, 128>(p, num_slots, stream);
       } else {
         launch_output<T, kK, 64>(p, num_slots, stream);

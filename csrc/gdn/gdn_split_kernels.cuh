@@ -296,17 +296,16 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_chain_kernel(Gdn
 
 // ---------------------------------------------------------------- 3. outputs
 
-// The output kernel's V-block width kBV: 128 where V is a multiple of 128 and K <= 128, else 64. Every V-block CTA of a
-// chunk loads q and k and forms QK again, so the wider block saves a quarter of the kernel's loads and a fifth of its
-// products at V = 128 (one CTA per chunk and head); at K = 256 the 128-column S0 tile (68 KB) would leave one CTA per
-// SM, and the kernel's phases are latency-bound, so 64 columns (two CTAs per SM) win there.
-// MOM_OPS_GDN_OUTPUT_BV=64 / 128 forces a width (where V allows it), for measurements.
-inline int gdn_output_value_block(int64_t dim_k, int64_t dim_v) {
+// The output kernel's V-block width kBV: 128 where V is a multiple of 128, else 64. Every V-block CTA of a chunk loads
+// q and k and forms QK again, so the wider block saves a quarter of the kernel's loads and a fifth of its products
+// at V = 128 (one CTA per chunk and head). At K = 256 that costs CTAs per SM (one instead of two) and still wins
+// (H200, n32 D256: output 0.38 vs 0.41 ms). MOM_OPS_GDN_OUTPUT_BV=64 / 128 forces a width (where V allows it).
+inline int gdn_output_value_block(int64_t dim_v) {
   if (const char* env = std::getenv("MOM_OPS_GDN_OUTPUT_BV")) {
     if (std::string(env) == "64") return 64;
     if (std::string(env) == "128" && dim_v % 128 == 0) return 128;
   }
-  return dim_v % 128 == 0 && dim_k <= 128 ? 128 : 64;
+  return dim_v % 128 == 0 ? 128 : 64;
 }
 
 // v_new is loaded into k's region once QK is formed (the two are never live together), which takes the kernel from

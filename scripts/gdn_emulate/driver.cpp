@@ -94,7 +94,7 @@ int main(int argc, char** argv) {
     if (chain_bv == 16) chain(std::integral_constant<int, 16>());
     else if (chain_bv == 32) chain(std::integral_constant<int, 32>());
     else chain(std::integral_constant<int, 64>());
-    if (gdn_output_value_block(kK, V) == 128) {
+    if (gdn_output_value_block(V) == 128) {
       launch(gdn_output_kernel<T, kK, 128>, sp, slots * HV * (V / 128), GdnOutputSmem<T, kK, 128>::kBytes);
     } else {
       launch(gdn_output_kernel<T, kK, 64>, sp, slots * HV * vb, GdnOutputSmem<T, kK, 64>::kBytes);
