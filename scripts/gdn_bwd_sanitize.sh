@@ -5,9 +5,13 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 SAN="${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer"
 case_py='
-import torch, mom_ops
+import os, torch, mom_ops
 from tests.helpers import cu_from_lengths, gdn_inputs
-for D, HV in ((64, 4), (128, 2)):
+# The last setting forces the fused forward with 128-column V-blocks (and so the backward chain kernel at that width):
+# the two kernels that double-buffer their loads (kPrefetch), training and inference.
+for D, HV, env in ((64, 4, {}), (128, 2, {}), (128, 2, {"MOM_OPS_GDN_SPLIT": "0", "MOM_OPS_GDN_BV": "wide"})):
+    os.environ.pop("MOM_OPS_GDN_SPLIT", None), os.environ.pop("MOM_OPS_GDN_BV", None)
+    os.environ.update(env)
     lengths = [70, 0, 129, 1]
     inp = gdn_inputs(1, sum(lengths) + 5, 2, D, D, HV=HV, dtype=torch.bfloat16, h0=True, n_seqs=len(lengths),
                      device="cuda")
@@ -15,6 +19,8 @@ for D, HV in ((64, 4), (128, 2)):
     o, ht = mom_ops.chunk_gated_delta_rule(**leaves, output_final_state=True, use_qk_l2norm_in_kernel=True,
                                            cu_seqlens=cu_from_lengths(lengths).cuda())
     torch.autograd.backward((o, ht), (torch.randn_like(o), torch.randn_like(ht)))
+    with torch.no_grad():
+        mom_ops.chunk_gated_delta_rule(**inp, use_qk_l2norm_in_kernel=True, cu_seqlens=cu_from_lengths(lengths).cuda())
 torch.cuda.synchronize()
 print("case done")
 '

@@ -54,11 +54,15 @@ def test_split_forward_other_head_dims(K, V, H, HV, dtype, state_v_first, monkey
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("D, lengths", [(128, [300, 0, 65, 1]), (256, [200, 64])])
-def test_split_training_forward_gives_the_fused_gradients(D, lengths, monkeypatch):
+@pytest.mark.parametrize("D, lengths, value_blocks", [(128, [300, 0, 65, 1], None), (128, [300, 0, 65, 1], "wide"),
+                                                       (256, [200, 64], None)])
+def test_split_training_forward_gives_the_fused_gradients(D, lengths, value_blocks, monkeypatch):
     """The backward reads the split forward's saved chunk states, W, V_new and T: the gradients must be those of
-    the fused forward's saves (up to rounding)."""
+    the fused forward's saves (up to rounding). "wide": 128-column fused forward and backward chain, the kernels that
+    double-buffer their loads."""
     need_kernel("chunk_gated_delta_rule_bwd", "cuda")
+    if value_blocks is not None:
+        monkeypatch.setenv("MOM_OPS_GDN_BV", value_blocks)
     n = len(lengths)
     inp = gdn_inputs(1, sum(lengths), 2, D, D, HV=4, dtype=torch.bfloat16, decay="strong", h0=True, n_seqs=n)
     do = torch.randn(1, sum(lengths), 4, D, device="cuda", dtype=torch.bfloat16)

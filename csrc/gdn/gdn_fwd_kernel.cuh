@@ -74,7 +74,13 @@ struct GdnSmem {
   static constexpr int kTw = kVn + max_(bytes16(C, kLdV), C * kLdT * 4);    // T diag(beta e^G rk) | X f32 | QK
   static constexpr int kTu = kTw + bytes16(C, kLdC);                        // T diag(beta) [64][kLdC]  | X f32
   static constexpr int kVec = kTu + bytes16(C, kLdC);  // f32 [64] each: G, beta, rq, rk, beta e^G rk
-  static constexpr int kBytes = kVec + 5 * C * 4;
+  static constexpr int kOneBuffer = kVec + 5 * C * 4;
+  // Where the layout leaves one CTA per SM anyway and room is left (K = 128 with 128-column V-blocks: 138 + 51 KB),
+  // a second q, k, v buffer: the next chunk's loads land while this one computes (kPrefetch).
+  static constexpr int kSecondBuffer = 2 * bytes16(C, kLdK) + bytes16(C, kLdV);
+  static constexpr bool kPrefetch = 2 * kOneBuffer > kSmemPerCta && kOneBuffer + kSecondBuffer <= kSmemPerCta;
+  static constexpr int kQ2 = kOneBuffer, kKey2 = kQ2 + bytes16(C, kLdK), kV2 = kKey2 + bytes16(C, kLdK);
+  static constexpr int kBytes = kPrefetch ? kOneBuffer + kSecondBuffer : kOneBuffer;
   static_assert(2 * bytes16(C, kLdC) >= kTSolveScratch * 4, "the T-solve scratch must fit in the Tw and Tu regions");
 };
 
@@ -199,9 +205,10 @@ __global__ void __launch_bounds__(kGdnThreads, kGdnCtasPerSm<T, kK, kBV>) gdn_fw
   constexpr int kMT = ST::kMT, kNT = ST::kNT;
   constexpr int kHalfV = kBV / 2, kNTo = kHalfV / 8;  // per-warp output columns (v) in the row phases
   extern __shared__ __align__(16) unsigned char smem[];
-  T* sQ = reinterpret_cast<T*>(smem + L::kQ);
-  T* sK = reinterpret_cast<T*>(smem + L::kKey);
-  T* sV = reinterpret_cast<T*>(smem + L::kV);  // later V_d = rk e^{G_last - G} V_new
+  // q, k, v buffers: chunk i uses buffer i % 2 with kPrefetch, else buffer 0.
+  auto buffer_q = [&](int b) { return reinterpret_cast<T*>(smem + (b ? L::kQ2 : L::kQ)); };
+  auto buffer_k = [&](int b) { return reinterpret_cast<T*>(smem + (b ? L::kKey2 : L::kKey)); };
+  auto buffer_v = [&](int b) { return reinterpret_cast<T*>(smem + (b ? L::kV2 : L::kV)); };
   T* sS = reinterpret_cast<T*>(smem + L::kS);
   float* sA = reinterpret_cast<float*>(smem + L::kW);
   T* sW = reinterpret_cast<T*>(smem + L::kW);
@@ -236,25 +243,53 @@ __global__ void __launch_bounds__(kGdnThreads, kGdnCtasPerSm<T, kK, kBV>) gdn_fw
   long long phase_cycles[kGdnPhases] = {}, phase_start = clock64();
 #endif
 
-  for (int64_t c0 = bos; c0 < eos; c0 += C) {
+  // (a) q, k [64, K], v [64, kBV] of the chunk at row c0 -> buffer b (zeros past the sequence), one commit group;
+  // g and beta (0 past the sequence) -> registers of threads < 64.
+  auto load_chunk = [&](int64_t c0, int b, float& g_row, float& beta_row) {
     const int len = int(min(int64_t(C), eos - c0));
-    if constexpr (kSave) {  // S0 of this chunk
-      ST::store(static_cast<T*>(p.save_s0) +
-                    ((chunk_slot(p, seq, bos) + (c0 - bos) / C) * p.heads_v + hv) * int64_t(kK) * p.dim_v + v0,
-                p.dim_v, S, warp, lane);
-    }
-    // (a) q, k [64, K], v [64, kBV] -> shared memory (zeros past len), g and beta (0 past len).
-    load_chunk_qk<T, kK, kLdK, kGdnThreads>(sQ, sK, q, k, c0, len, p.heads_qk, h, tid);
+    load_chunk_qk<T, kK, kLdK, kGdnThreads>(buffer_q(b), buffer_k(b), q, k, c0, len, p.heads_qk, h, tid);
+    T* sV = buffer_v(b);
     for (int idx = tid; idx < C * (kBV / 8); idx += kGdnThreads) {
       const int r = idx / (kBV / 8), c = (idx % (kBV / 8)) * 8;
       cp_async16(sV + r * kLdV + c, v + ((c0 + min(r, len - 1)) * p.heads_v + hv) * p.dim_v + v0 + c, r < len);
     }
     cp_async_commit();
     if (tid < C) {
-      sG[tid] = tid < len ? p.g[(c0 + tid) * p.heads_v + hv] : 0.f;
-      sBeta[tid] = tid < len ? p.beta[(c0 + tid) * p.heads_v + hv] : 0.f;
+      g_row = tid < len ? p.g[(c0 + tid) * p.heads_v + hv] : 0.f;
+      beta_row = tid < len ? p.beta[(c0 + tid) * p.heads_v + hv] : 0.f;
     }
-    cp_async_wait<0>();
+  };
+  float g_row = 0.f, beta_row = 0.f;  // this chunk's (thread tid < 64: row tid)
+  if constexpr (L::kPrefetch) {
+    if (bos < eos) load_chunk(bos, 0, g_row, beta_row);
+  }
+
+  for (int64_t c0 = bos; c0 < eos; c0 += C) {
+    const int len = int(min(int64_t(C), eos - c0));
+    const int buf = L::kPrefetch ? int(((c0 - bos) / C) % 2) : 0;
+    T* sQ = buffer_q(buf);
+    T* sK = buffer_k(buf);
+    T* sV = buffer_v(buf);  // later V_d = rk e^{G_last - G} V_new
+    if constexpr (kSave) {  // S0 of this chunk
+      ST::store(static_cast<T*>(p.save_s0) +
+                    ((chunk_slot(p, seq, bos) + (c0 - bos) / C) * p.heads_v + hv) * int64_t(kK) * p.dim_v + v0,
+                p.dim_v, S, warp, lane);
+    }
+    // (a) This chunk's q, k, v, g, beta; with kPrefetch they were requested one chunk ago, and the next chunk's go
+    // into the other buffer now (its last readers were the previous chunk's, before its closing barrier).
+    if constexpr (L::kPrefetch) {
+      if (tid < C) sG[tid] = g_row, sBeta[tid] = beta_row;
+      if (c0 + C < eos) {
+        load_chunk(c0 + C, buf ^ 1, g_row, beta_row);
+        cp_async_wait<1>();  // all but the newest group: this chunk's
+      } else {
+        cp_async_wait<0>();
+      }
+    } else {
+      load_chunk(c0, 0, g_row, beta_row);
+      if (tid < C) sG[tid] = g_row, sBeta[tid] = beta_row;
+      cp_async_wait<0>();
+    }
     __syncthreads();
     GDN_PHASE(0);
 
