@@ -8,7 +8,7 @@ case_py='
 import os, torch, mom_ops
 from tests.helpers import cu_from_lengths, gdn_inputs
 # The last setting forces the fused forward with 128-column V-blocks (and so the backward chain kernel at that width):
-# the two kernels that double-buffer their loads (kPrefetch), training and inference.
+# the forward kernel that double-buffers its loads (kPrefetch), training and inference.
 for D, HV, env in ((64, 4, {}), (128, 2, {}), (128, 2, {"MOM_OPS_GDN_SPLIT": "0", "MOM_OPS_GDN_BV": "wide"})):
     os.environ.pop("MOM_OPS_GDN_SPLIT", None), os.environ.pop("MOM_OPS_GDN_BV", None)
     os.environ.update(env)

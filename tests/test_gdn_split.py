@@ -58,8 +58,8 @@ def test_split_forward_other_head_dims(K, V, H, HV, dtype, state_v_first, monkey
                                                        (256, [200, 64], None)])
 def test_split_training_forward_gives_the_fused_gradients(D, lengths, value_blocks, monkeypatch):
     """The backward reads the split forward's saved chunk states, W, V_new and T: the gradients must be those of
-    the fused forward's saves (up to rounding). "wide": 128-column fused forward and backward chain, the kernels that
-    double-buffer their loads."""
+    the fused forward's saves (up to rounding). "wide": 128-column fused forward and backward chain (the forward
+    double-buffers its loads at that width)."""
     need_kernel("chunk_gated_delta_rule_bwd", "cuda")
     if value_blocks is not None:
         monkeypatch.setenv("MOM_OPS_GDN_BV", value_blocks)

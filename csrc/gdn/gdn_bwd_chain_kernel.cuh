@@ -36,14 +36,7 @@ struct GdnChainSmem {
   static constexpr int kS = kDvn + bytes16(C, kLdV);         // dS^T [kBV][kLdK] (16-bit copy)
   static constexpr int kP = kS + bytes16(kBV, kLdK);         // P [64][kLdC]
   static constexpr int kVec = kP + bytes16(C, kLdC);         // f32 [64] each: G, rq, rk
-  static constexpr int kOneBuffer = kVec + 3 * C * 4;
-  // Where the layout leaves one CTA per SM anyway and room is left (K = 128 with 128-column V-blocks: 146 + 68 KB),
-  // a second q, k, W, dO buffer: the next chunk's loads land while this one computes (kPrefetch).
-  static constexpr int kSecondBuffer = 3 * bytes16(C, kLdK) + bytes16(C, kLdV);
-  static constexpr bool kPrefetch = 2 * kOneBuffer > kSmemPerCta && kOneBuffer + kSecondBuffer <= kSmemPerCta;
-  static constexpr int kQ2 = kOneBuffer, kKey2 = kQ2 + bytes16(C, kLdK), kW2 = kKey2 + bytes16(C, kLdK);
-  static constexpr int kDo2 = kW2 + bytes16(C, kLdK);
-  static constexpr int kBytes = kPrefetch ? kOneBuffer + kSecondBuffer : kOneBuffer;
+  static constexpr int kBytes = kVec + 3 * C * 4;
 };
 
 template <typename T, int kK, int kBV>
@@ -57,8 +50,10 @@ __global__ void __launch_bounds__(kGdnThreads, kChainCtasPerSm<T, kK, kBV>) gdn_
   constexpr int kMT = ST::kMT, kNT = ST::kNT;
   constexpr int kHalfV = kBV / 2, kNTo = kHalfV / 8;  // per-warp dVn columns
   extern __shared__ __align__(16) unsigned char smem[];
-  // q, k, W, dO buffers: the i-th chunk walked uses buffer i % 2 with kPrefetch, else buffer 0.
-  auto buffer = [&](int b, int first, int second) { return reinterpret_cast<T*>(smem + (b ? second : first)); };
+  T* sQ = reinterpret_cast<T*>(smem + L::kQ);
+  T* sK = reinterpret_cast<T*>(smem + L::kKey);
+  T* sW = reinterpret_cast<T*>(smem + L::kW);
+  T* sDo = reinterpret_cast<T*>(smem + L::kDo);
   T* sDoq = reinterpret_cast<T*>(smem + L::kDoq);
   T* sDvn = reinterpret_cast<T*>(smem + L::kDvn);
   T* sS = reinterpret_cast<T*>(smem + L::kS);
@@ -86,15 +81,10 @@ __global__ void __launch_bounds__(kGdnThreads, kChainCtasPerSm<T, kK, kBV>) gdn_
   };
   publish_state();
 
-  // (a) q, k, W [64, K], dO [64, kBV] of chunk ci -> buffer b (zeros past the sequence), one commit group; g (0 past
-  // the sequence) -> a register of threads < 64.
-  auto load_chunk = [&](int64_t ci, int b, float& g_row) {
+  for (int64_t ci = num_chunks - 1; ci >= 0; --ci) {
     const int64_t c0 = bos + ci * C;
     const int len = int(min(int64_t(C), eos - c0));
-    T* sQ = buffer(b, L::kQ, L::kQ2);
-    T* sK = buffer(b, L::kKey, L::kKey2);
-    T* sW = buffer(b, L::kW, L::kW2);
-    T* sDo = buffer(b, L::kDo, L::kDo2);
+    // (a) q, k, W [64, K], dO [64, kBV] -> shared memory (zeros past len), g; dS -> the chunk's slot.
     for (int idx = tid; idx < C * (kK / 8); idx += kGdnThreads) {
       const int r = idx / (kK / 8), c = (idx % (kK / 8)) * 8;
       const int64_t row = c0 + min(r, len - 1);
@@ -107,38 +97,10 @@ __global__ void __launch_bounds__(kGdnThreads, kChainCtasPerSm<T, kK, kBV>) gdn_
       cp_async16(sDo + r * kLdV + c, dout + ((c0 + min(r, len - 1)) * p.heads_v + hv) * p.dim_v + v0 + c, r < len);
     }
     cp_async_commit();
-    if (tid < C) g_row = tid < len ? p.g[(c0 + tid) * p.heads_v + hv] : 0.f;
-  };
-  float g_row = 0.f;  // this chunk's (thread tid < 64: row tid)
-  if constexpr (L::kPrefetch) {
-    if (num_chunks > 0) load_chunk(num_chunks - 1, 0, g_row);
-  }
-
-  for (int64_t ci = num_chunks - 1; ci >= 0; --ci) {
-    const int64_t c0 = bos + ci * C;
-    const int len = int(min(int64_t(C), eos - c0));
-    const int buf = L::kPrefetch ? int((num_chunks - 1 - ci) % 2) : 0;
-    const T* sQ = buffer(buf, L::kQ, L::kQ2);
-    const T* sK = buffer(buf, L::kKey, L::kKey2);
-    const T* sW = buffer(buf, L::kW, L::kW2);
-    const T* sDo = buffer(buf, L::kDo, L::kDo2);
-    // This chunk's q, k, W, dO, g; with kPrefetch they were requested one chunk ago, and the next chunk's (ci - 1) go
-    // into the other buffer now (its last readers were the previous chunk's, before its closing barrier).
-    if constexpr (L::kPrefetch) {
-      if (tid < C) sG[tid] = g_row;
-      if (ci > 0) load_chunk(ci - 1, buf ^ 1, g_row);
-    } else {
-      load_chunk(ci, 0, g_row);
-      if (tid < C) sG[tid] = g_row;
-    }
-    // dS -> the chunk's slot.
+    if (tid < C) sG[tid] = tid < len ? p.g[(c0 + tid) * p.heads_v + hv] : 0.f;
     ST::store(static_cast<T*>(p.ds1) + ((slot0 + ci) * p.heads_v + hv) * int64_t(kK) * p.dim_v + v0, p.dim_v, dS,
               warp, lane);
-    if (L::kPrefetch && ci > 0) {
-      cp_async_wait<1>();  // all but the newest group: this chunk's
-    } else {
-      cp_async_wait<0>();
-    }
+    cp_async_wait<0>();
     __syncthreads();
 
     // (b) l2norm factors, G = cumsum(g).
