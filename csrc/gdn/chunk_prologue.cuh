@@ -10,6 +10,23 @@
 
 namespace mom_ops {
 
+// rsqrt(|row|^2 + 1e-6) (or 1 without l2norm) of a 16-bit row of kK elements, by the two lanes (half = lane % 2) of a
+// lane pair; both lanes get it.
+template <typename T, int kK>
+__device__ __forceinline__ float row_norm_factor(const T* row, int half, bool l2norm) {
+  const T* src = row + half * (kK / 2);
+  float ss = 0.f;
+#pragma unroll
+  for (int c = 0; c < kK / 2; c += 8) {
+    const uint4 raw = *reinterpret_cast<const uint4*>(src + c);
+    const T* x = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) ss += to_f32<T>(x[e]) * to_f32<T>(x[e]);
+  }
+  ss += __shfl_xor_sync(0xffffffffu, ss, 1);
+  return l2norm ? rsqrtf(ss + 1e-6f) : 1.f;
+}
+
 template <typename T, int kK, int kLdK>
 __device__ __forceinline__ void chunk_norms_and_cumsum(const T* sQ, const T* sK, float* sG, float* sRq, float* sRk,
                                                        bool l2norm, int tid) {
@@ -17,17 +34,8 @@ __device__ __forceinline__ void chunk_norms_and_cumsum(const T* sQ, const T* sK,
   const int lane = tid % 32, warp = tid / 32;
   {  // two threads per q or k row
     const int row = tid / 2, half = tid % 2;
-    const T* src = (row < C ? sQ + row * kLdK : sK + (row - C) * kLdK) + half * (kK / 2);
-    float ss = 0.f;
-#pragma unroll
-    for (int c = 0; c < kK / 2; c += 8) {
-      const uint4 raw = *reinterpret_cast<const uint4*>(src + c);
-      const T* x = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) ss += to_f32<T>(x[e]) * to_f32<T>(x[e]);
-    }
-    ss += __shfl_xor_sync(0xffffffffu, ss, 1);
-    if (half == 0) (row < C ? sRq : sRk)[row % C] = l2norm ? rsqrtf(ss + 1e-6f) : 1.f;
+    const float r = row_norm_factor<T, kK>(row < C ? sQ + row * kLdK : sK + (row - C) * kLdK, half, l2norm);
+    if (half == 0) (row < C ? sRq : sRk)[row % C] = r;
   }
   if (warp == 0) {  // inclusive scan, two rows per lane
     const float a = sG[2 * lane], b = sG[2 * lane + 1], pair = a + b;
@@ -41,6 +49,16 @@ __device__ __forceinline__ void chunk_norms_and_cumsum(const T* sQ, const T* sK,
     __syncwarp();
     sG[2 * lane] = excl + a;
     sG[2 * lane + 1] = excl + pair;
+  }
+}
+
+// The l2norm factors of the chunk's q rows alone (as chunk_norms_and_cumsum computes them), threads 0 .. 127; no
+// barrier. For kernels that read G and rk from the split forward's g_rk.
+template <typename T, int kK, int kLdK>
+__device__ __forceinline__ void chunk_q_norms(const T* sQ, float* sRq, bool l2norm, int tid) {
+  if (tid < 128) {
+    const float r = row_norm_factor<T, kK>(sQ + (tid / 2) * kLdK, tid % 2, l2norm);
+    if (tid % 2 == 0) sRq[tid / 2] = r;
   }
 }
 

@@ -10,7 +10,7 @@
 //        (16-bit), S <- e^{G_last} S + K^T (rk e^{G_last - G} V_new); load warps bring the next chunks' W, K, U
 //        while this one computes (chain_stages.cuh).
 //   3. gdn_output_kernel, CTA per (chunk slot, value head, V-block of 128, or 64 where V is not a multiple of 128):
-//        O = scale (rq e^G (Q S0) + QK V_new),  QK = (Q K^T) rq_i rk_j e^{G_i - G_j} (i >= j).
+//        O = scale (rq e^G (Q S0) + QK V_new),  QK = (Q K^T) rq_i rk_j e^{G_i - G_j} (i >= j), G and rk from g_rk.
 // s0, w, vn and t are exactly what the training forward saves for the backward (gdn_bwd_cuda.cu). Roundings: the
 // fused kernel's (16-bit T diag(..), W, S, QK, V_new operands), U kept in fp32. Status: csrc/gdn/NOTES.md.
 #pragma once
@@ -44,7 +44,7 @@ struct GdnSplitParams : GdnFwdParams {
 // issue slots 35% busy, DRAM 25%). A and the T-solve scratch die with the solve; Tw and Tu take their place.
 template <typename T, int kK>
 struct GdnPrepSmem {
-  static constexpr int C = kGdnChunk, kVB = 128;  // v in blocks of 128 columns (64 where V = 64)
+  static constexpr int C = kGdnChunk, kVB = 128;  // v in blocks of 128 columns (a last block may have 64)
   static constexpr int kLdK = kK + 8, kLdV = kVB + 8, kLdC = C + 8, kLdA = C + 4, kLdT = C + 1;
   static constexpr int bytes16(int rows, int ld) { return rows * ld * 2; }
   static constexpr int max_(int a, int b) { return a > b ? a : b; }
@@ -320,7 +320,7 @@ struct GdnOutputSmem {
   static constexpr int kKey = kQ + bytes16(C, kLdK);                  // k [64][kLdK] raw | V_new [64][kLdV]
   static constexpr int kVn = kKey;
   static constexpr int kS0 = kKey + max_(bytes16(C, kLdK), bytes16(C, kLdV));  // S0 [kK][kLdV] (k-major rows)
-  static constexpr int kVec = kS0 + bytes16(kK, kLdV);                // f32 [64] each: G, rq, rk
+  static constexpr int kVec = kS0 + bytes16(kK, kLdV);                // f32 [64] each: G, rk (prep's g_rk), rq
   static constexpr int kBytes = kVec + 3 * C * 4;
   static constexpr int kFit = 228 * 1024 / (kBytes + 1024);           // CTAs per SM that shared memory allows
   static constexpr int kCtasPerSm = kFit < 3 ? kFit : 3;              // (3: <= 85 registers per thread)
@@ -338,7 +338,7 @@ __global__ void __launch_bounds__(kGdnThreads, GdnOutputSmem<T, kK, kBV>::kCtasP
   T* sS0 = reinterpret_cast<T*>(smem + L::kS0);
   T* sVn = reinterpret_cast<T*>(smem + L::kVn);
   float* sG = reinterpret_cast<float*>(smem + L::kVec);
-  float *sRq = sG + C, *sRk = sRq + C;
+  float *sRk = sG + C, *sRq = sRk + C;
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g8 = lane / 4, t4 = lane % 4;
   const int rt = warp % 4, ch = warp / 4, r0 = 16 * rt, i0 = r0 + g8, i1 = i0 + 8;
@@ -355,17 +355,18 @@ __global__ void __launch_bounds__(kGdnThreads, GdnOutputSmem<T, kK, kBV>::kCtasP
   const T* vn = static_cast<const T*>(p.save_vn);
   T* o = static_cast<T*>(p.o);
 
+  // q, k and prep's G, rk of the chunk (the same values the fused kernel computes), then S0.
   load_chunk_qk<T, kK, kLdK, kGdnThreads>(sQ, sK, q, k, c0, len, p.heads_qk, h, tid);
+  if (tid < 2 * C / 4) cp_async16(sG + 4 * tid, p.g_rk + (slot * p.heads_v + hv) * 2 * C + 4 * tid, true);
   cp_async_commit();
   for (int idx = tid; idx < kK * (BV / 8); idx += kGdnThreads) {
     const int r = idx / (BV / 8), c = (idx % (BV / 8)) * 8;
     cp_async16(sS0 + r * kLdV + c, s0 + int64_t(r) * p.dim_v + c, true);
   }
   cp_async_commit();
-  if (tid < C) sG[tid] = tid < len ? p.g[(c0 + tid) * p.heads_v + hv] : 0.f;
-  cp_async_wait<1>();  // q, k
+  cp_async_wait<1>();  // q, k, G, rk
   __syncthreads();
-  chunk_norms_and_cumsum<T, kK, kLdK>(sQ, sK, sG, sRq, sRk, p.l2norm, tid);
+  chunk_q_norms<T, kK, kLdK>(sQ, sRq, p.l2norm, tid);
   __syncthreads();
 
   // QK rows r0.. (all 64 columns; each warp computes its own), masked and scaled, as 16-bit A fragments.
