@@ -10,7 +10,8 @@ from tests.helpers import cu_from_lengths, gdn_inputs
 # The last setting forces the fused forward with 128-column V-blocks (and so the backward chain kernel at that width):
 # the forward kernel that double-buffers its loads (kPrefetch), training and inference.
 for D, HV, env in ((64, 4, {}), (128, 2, {}), (128, 2, {"MOM_OPS_GDN_SPLIT": "0", "MOM_OPS_GDN_BV": "wide"})):
-    os.environ.pop("MOM_OPS_GDN_SPLIT", None), os.environ.pop("MOM_OPS_GDN_BV", None)
+    for name in ("MOM_OPS_GDN_SPLIT", "MOM_OPS_GDN_BV"):
+        os.environ.pop(name, None)
     os.environ.update(env)
     lengths = [70, 0, 129, 1]
     inp = gdn_inputs(1, sum(lengths) + 5, 2, D, D, HV=HV, dtype=torch.bfloat16, h0=True, n_seqs=len(lengths),
