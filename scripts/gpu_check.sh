@@ -62,6 +62,7 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
     $([ "${BENCH_MERGE:-0}" = 1 ] && echo --merge) 2>"$OUT/bench.err" | tee "$OUT/bench.log" || status=1
   tail -n 20 "$OUT/bench.err"
 fi
-# The device tool returns at most 8 files: keep the main ones loose, pack the rest.
-tar -czf "$OUT/extra.tar.gz" -C "$OUT" --remove-files $(cd "$OUT" && ls -d plots wheels.log gpu.txt bench.err 2>/dev/null)
+# The device tool returns at most 8 files: keep the main ones loose (tests.log, bench.log, the results file), pack the
+# rest (a failed build exits above and leaves build.log loose).
+tar -czf "$OUT/extra.tar.gz" -C "$OUT" --remove-files $(cd "$OUT" && ls -d plots wheels.log gpu.txt bench.err build.log build_info.json 2>/dev/null)
 exit $status
