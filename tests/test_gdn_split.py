@@ -36,6 +36,22 @@ def test_split_forward_matches_recurrence_and_fused(case, dtype, monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fused_wide_forward_matches_recurrence_and_split(dtype, monkeypatch):
+    """The inference forward with 128-column V-blocks at K = 128 (the fused kernel that double-buffers its loads: the
+    launch picks that width only for large grids) against the recurrence and the split forward; sequences of several
+    chunks, so both buffers are used, and an empty and a 1-row one."""
+    need_kernel("chunk_gated_delta_rule_fwd", "cuda")
+    monkeypatch.setenv("MOM_OPS_GDN_BV", "wide")
+    lengths = [300, 0, 193, 1]
+    inp = gdn_inputs(1, sum(lengths), 2, 128, 128, HV=4, dtype=dtype, decay="strong", h0=True, n_seqs=len(lengths))
+    o_ref, ht_ref = _run(recurrent_gated_delta_rule_ref, inp, lengths, False)
+    (o_split, ht_split), (o, ht) = _both(inp, lengths, monkeypatch)
+    assert rel_rms(o, o_ref) < 5e-3 and rel_rms(ht, ht_ref) < 5e-3
+    assert rel_rms(o, o_split) < 3e-3 and rel_rms(ht, ht_split) < 3e-3
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("K, V, H, HV, dtype", [(128, 512, 1, 2, torch.bfloat16), (64, 256, 2, 2, torch.float16),
                                                 (256, 64, 1, 1, torch.bfloat16), (256, 256, 2, 2, torch.float16)])
 @pytest.mark.parametrize("state_v_first", [False, True])
