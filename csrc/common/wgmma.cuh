@@ -1,0 +1,71 @@
+// Warpgroup MMA (sm_90a wgmma.mma_async) on 16-bit operands in shared memory, fp32 accumulation, for tiles stored in
+// the 128-byte swizzle: rows of 64 16-bit elements (128 bytes), 8-row atoms of 1 KB, the 16-byte chunk c of row r at
+// chunk c ^ (r % 8) (sw128_index). One such tile serves as either operand role:
+//   K-major  (A [m][k], B [n][k] stored by rows of k):    element (mn, k) at row mn, column k
+//   MN-major (A [k][m], B [k][n] stored by rows of m / n): element (mn, k) at row k,  column mn
+// with MN <= 64 per instruction (one atom wide), so the descriptor needs only the 1 KB stride between 8-row atoms.
+// Accumulators (m64nN): warp w of the warpgroup holds rows 16 w .. 16 w + 15; per n8 tile j, d[4 j .. 4 j + 3] are
+// the mma.sync C fragment ((g, 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1), g = lane / 4, t = lane % 4).
+// Order: st.shared writes -> fence_async_smem() -> wgmma_fence() -> wgmma_* ... -> wgmma_commit() -> wgmma_wait<n>().
+// Status: not yet used by a kernel; scripts/wgmma_probe checks these layouts on the GPU and in the CPU emulator.
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include "common/mma.cuh"
+
+namespace mom_ops {
+
+// Element index of (row r, column c) in a 128-byte-swizzled 16-bit tile (its base 1024-byte aligned).
+__host__ __device__ constexpr int sw128_index(int r, int c) { return r * 64 + ((((c >> 3) ^ (r & 7)) << 3) | (c & 7)); }
+
+// Descriptor of the operand whose (row 0, column 0) is at p: 128-byte swizzle, 1 KB between 8-row atoms (SBO),
+// LBO unused (1). p may sit 32 * s bytes into a row (k-step s of a K-major operand: the swizzle applies to the
+// address bits, so the hardware finds the chunks) or 1 KB * j into the tile (rows 8 j..).
+__device__ __forceinline__ uint64_t sw128_desc(const void* p) {
+  const uint64_t addr = smem_addr(p);
+  return ((addr & 0x3FFFF) >> 4) | (uint64_t(1) << 16) | (uint64_t(1024 >> 4) << 32) | (uint64_t(1) << 62);
+}
+
+// Generic-proxy shared-memory writes (st.shared, cp.async landed) made visible to the async proxy that wgmma reads.
+__device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int kPending>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
+}
+
+#define MOM_OPS_WGMMA_D8(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), \
+                            "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
+
+// d (+)= A B, m64n64k16: d has 32 floats per thread; accumulate = false overwrites d. kTransA / kTransB: the operand
+// is MN-major (see above).
+template <typename T, bool kTransA, bool kTransB>
+__device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], uint64_t desc_a, uint64_t desc_b, bool accumulate) {
+  static_assert(sizeof(T) == 2, "16-bit operands");
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+        "%32, %33, p, 1, 1, %35, %36;\n}\n"
+        : MOM_OPS_WGMMA_D8(0), MOM_OPS_WGMMA_D8(8), MOM_OPS_WGMMA_D8(16), MOM_OPS_WGMMA_D8(24)
+        : "l"(desc_a), "l"(desc_b), "r"(int(accumulate)), "n"(int(kTransA)), "n"(int(kTransB)));
+  } else {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+        "%32, %33, p, 1, 1, %35, %36;\n}\n"
+        : MOM_OPS_WGMMA_D8(0), MOM_OPS_WGMMA_D8(8), MOM_OPS_WGMMA_D8(16), MOM_OPS_WGMMA_D8(24)
+        : "l"(desc_a), "l"(desc_b), "r"(int(accumulate)), "n"(int(kTransA)), "n"(int(kTransB)));
+  }
+}
+
+#undef MOM_OPS_WGMMA_D8
+
+}  // namespace mom_ops

@@ -1,0 +1,89 @@
+// Shim of csrc/common/wgmma.cuh: every thread computes its own accumulators from shared memory when the group holding
+// the wgmma completes (wgmma_wait), so reading them earlier sees the old values, as on the GPU. Operands are read
+// through the address function the descriptors stand for (csrc/common/wgmma.cuh), with the 128-byte swizzle applied
+// to the byte offset from the start of shared memory (bits 4-6 ^= bits 7-9; tiles 1024-byte aligned):
+//   K-major  (mn, k): start + (mn / 8) SBO + (mn % 8) 128 + 2 k
+//   MN-major (mn, k): start + (k / 8) SBO + (k % 8) 128 + 2 mn
+// scripts/wgmma_probe checks these against the GPU.
+#pragma once
+#include <cuda_runtime.h>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <vector>
+#include "common/mma.cuh"
+namespace mom_ops {
+
+constexpr int sw128_index(int r, int c) { return r * 64 + ((((c >> 3) ^ (r & 7)) << 3) | (c & 7)); }
+
+inline uint64_t sw128_desc(const void* p) {
+  const auto* c = static_cast<const unsigned char*>(p);
+  if (c < emu::g_smem_lo || c >= emu::g_smem_hi) EMU_FAIL("wgmma descriptor of %p: not in shared memory", p);
+  const uint64_t addr = uint64_t(c - emu::g_smem_lo);
+  if (addr % 16 != 0) EMU_FAIL("wgmma descriptor of %p: not 16-byte aligned", p);
+  return ((addr & 0x3FFFF) >> 4) | (uint64_t(1) << 16) | (uint64_t(1024 >> 4) << 32) | (uint64_t(1) << 62);
+}
+
+namespace detail {
+struct WgmmaOp {
+  float* d;
+  uint64_t desc_a, desc_b;
+  bool trans_a, trans_b, accumulate;
+  float (*to_float)(uint16_t);
+};
+struct WgmmaState {
+  std::vector<WgmmaOp> open;
+  std::deque<std::vector<WgmmaOp>> groups;
+};
+inline std::map<const emu::Fiber*, WgmmaState> g_wgmma;
+
+// Element (mn, k) of the operand described by desc (MN-major when trans).
+inline float wgmma_operand(uint64_t desc, bool trans, int mn, int k, float (*to_float)(uint16_t)) {
+  if ((desc >> 62) != 1) EMU_FAIL("wgmma descriptor: only the 128-byte swizzle is emulated");
+  const uint64_t start = (desc & 0x3FFF) << 4, sbo = ((desc >> 32) & 0x3FFF) << 4;
+  const uint64_t byte = trans ? start + (k / 8) * sbo + (k % 8) * 128 + 2 * mn
+                              : start + (mn / 8) * sbo + (mn % 8) * 128 + 2 * k;
+  const uint64_t phys = byte ^ (((byte >> 7) & 7) << 4);
+  const unsigned char* at = emu::g_smem_lo + phys;
+  if (!emu::in_smem(at, 2)) EMU_FAIL("wgmma operand (%d, %d) at byte %llu outside shared memory", mn, k, (unsigned long long)phys);
+  uint16_t u;
+  std::memcpy(&u, at, 2);
+  return to_float(u);
+}
+
+// This thread's 32 accumulators of d (+)= A B, m64n64k16.
+inline void wgmma_run(const WgmmaOp& op) {
+  const int warp_rank = int(emu::g_cur->tid.x / 32) % 4, l = int(emu::g_cur->tid.x % 32), g = l / 4, t = l % 4;
+  for (int j = 0; j < 8; ++j)
+    for (int e = 0; e < 4; ++e) {
+      const int m = 16 * warp_rank + g + (e >= 2 ? 8 : 0), n = 8 * j + 2 * t + (e & 1);
+      double s = op.accumulate ? op.d[4 * j + e] : 0.0;
+      for (int k = 0; k < 16; ++k)
+        s += double(wgmma_operand(op.desc_a, op.trans_a, m, k, op.to_float)) *
+             double(wgmma_operand(op.desc_b, op.trans_b, n, k, op.to_float));
+      op.d[4 * j + e] = float(s);
+    }
+}
+}  // namespace detail
+
+inline void fence_async_smem() {}
+inline void wgmma_fence() {}
+inline void wgmma_commit() {
+  auto& st = detail::g_wgmma[emu::g_cur];
+  st.groups.push_back(std::move(st.open));
+  st.open.clear();
+}
+template <int kPending> inline void wgmma_wait() {
+  auto& st = detail::g_wgmma[emu::g_cur];
+  if (!st.open.empty()) EMU_FAIL("wgmma_wait with uncommitted wgmma");
+  while (int(st.groups.size()) > kPending) {
+    for (const auto& op : st.groups.front()) detail::wgmma_run(op);
+    st.groups.pop_front();
+  }
+}
+template <typename T, bool kTransA, bool kTransB>
+inline void wgmma_m64n64k16(float (&d)[32], uint64_t desc_a, uint64_t desc_b, bool accumulate) {
+  detail::g_wgmma[emu::g_cur].open.push_back(
+      {d, desc_a, desc_b, kTransA, kTransB, accumulate, [](uint16_t u) { return emu::bits_to_f<T>(u); }});
+}
+}  // namespace mom_ops
