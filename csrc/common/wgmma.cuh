@@ -39,6 +39,16 @@ __device__ __forceinline__ void wgmma_wait() {
 
 #define MOM_OPS_WGMMA_D8(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), \
                             "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
+// The instruction for 16-bit operand type ab ("bf16" or "f16").
+#define MOM_OPS_WGMMA_M64N64K16(ab)                                                                      \
+  asm volatile(                                                                                          \
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                                        \
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32." ab "." ab " "                                         \
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                          \
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "               \
+      "%32, %33, p, 1, 1, %35, %36;\n}\n"                                                                 \
+      : MOM_OPS_WGMMA_D8(0), MOM_OPS_WGMMA_D8(8), MOM_OPS_WGMMA_D8(16), MOM_OPS_WGMMA_D8(24)            \
+      : "l"(desc_a), "l"(desc_b), "r"(int(accumulate)), "n"(int(kTransA)), "n"(int(kTransB)))
 
 // d (+)= A B, m64n64k16: d has 32 floats per thread; accumulate = false overwrites d. kTransA / kTransB: the operand
 // is MN-major (see above).
@@ -46,26 +56,13 @@ template <typename T, bool kTransA, bool kTransB>
 __device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], uint64_t desc_a, uint64_t desc_b, bool accumulate) {
   static_assert(sizeof(T) == 2, "16-bit operands");
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-        "%32, %33, p, 1, 1, %35, %36;\n}\n"
-        : MOM_OPS_WGMMA_D8(0), MOM_OPS_WGMMA_D8(8), MOM_OPS_WGMMA_D8(16), MOM_OPS_WGMMA_D8(24)
-        : "l"(desc_a), "l"(desc_b), "r"(int(accumulate)), "n"(int(kTransA)), "n"(int(kTransB)));
+    MOM_OPS_WGMMA_M64N64K16("bf16");
   } else {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-        "%32, %33, p, 1, 1, %35, %36;\n}\n"
-        : MOM_OPS_WGMMA_D8(0), MOM_OPS_WGMMA_D8(8), MOM_OPS_WGMMA_D8(16), MOM_OPS_WGMMA_D8(24)
-        : "l"(desc_a), "l"(desc_b), "r"(int(accumulate)), "n"(int(kTransA)), "n"(int(kTransB)));
+    MOM_OPS_WGMMA_M64N64K16("f16");
   }
 }
 
+#undef MOM_OPS_WGMMA_M64N64K16
 #undef MOM_OPS_WGMMA_D8
 
 }  // namespace mom_ops
