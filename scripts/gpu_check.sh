@@ -2,7 +2,7 @@
 # On a GPU machine: install carried wheels, build mom_ops, run the GPU tests and the benchmarks, check clocks.
 # Logs and results go to $OUT (or ./gpu_out). One command, well under 10 minutes:
 #   bash scripts/gpu_check.sh [pytest -k expression] [bench --only list]
-# Env: MOM_OPS_COMMIT (recorded in the results), SKIP_TESTS=1, SKIP_BENCH=1, TEST_TIMEOUT, MAX_JOBS, BENCH_PROVIDERS
+# Env: MOM_OPS_COMMIT (recorded in the results), SKIP_TESTS=1, SKIP_BENCH=1, SKIP_PROBE=1, TEST_TIMEOUT, MAX_JOBS, BENCH_PROVIDERS
 # and BENCH_MODES (comma lists), BENCH_MERGE=1 (start from this GPU's bench/results file and redo only the selected
 # records).
 set -uo pipefail
@@ -35,6 +35,13 @@ fi
 echo "build: $(( $(date +%s) - start )) s"
 python3 -c "import mom_ops, json; print(json.dumps(mom_ops.build_info()))" | tee "$OUT/build_info.json"
 ldd mom_ops/_C*.so | grep -q libstdc++ || echo "WARNING: mom_ops._C does not link libstdc++ dynamically"
+
+# 2b. The wgmma layout probe (scripts/wgmma_probe/probe.cu: common/wgmma.cuh against a host reference; ~15 s).
+if [ "${SKIP_PROBE:-0}" != 1 ]; then
+  { "$CUDA_HOME/bin/nvcc" -std=c++17 -gencode arch=compute_90a,code=sm_90a -Icsrc scripts/wgmma_probe/probe.cu \
+      -o /tmp/wgmma_probe && /tmp/wgmma_probe; } >"$OUT/wgmma_probe.log" 2>&1
+  echo "wgmma probe: $(tail -n 1 "$OUT/wgmma_probe.log")"
+fi
 
 # 3. GPU tests (and the CPU ones: they are quick).
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
