@@ -2,9 +2,9 @@
 # On a GPU machine: install carried wheels, build mom_ops, run the GPU tests and the benchmarks, check clocks.
 # Logs and results go to $OUT (or ./gpu_out). One command, well under 10 minutes:
 #   bash scripts/gpu_check.sh [pytest -k expression] [bench --only list]
-# Env: MOM_OPS_COMMIT (recorded in the results), SKIP_TESTS=1, SKIP_BENCH=1, SKIP_PROBE=1, TEST_TIMEOUT, MAX_JOBS, BENCH_PROVIDERS
-# and BENCH_MODES (comma lists), BENCH_MERGE=1 (start from this GPU's bench/results file and redo only the selected
-# records).
+# Env: MOM_OPS_COMMIT (recorded in the results), SKIP_TESTS=1, SKIP_BENCH=1, SKIP_PROBE=1, TEST_TIMEOUT, MAX_JOBS,
+# BENCH_PROVIDERS and BENCH_MODES (comma lists), BENCH_MERGE=1 (start from this GPU's bench/results file and redo
+# only the selected records).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu_out}"
