@@ -1,6 +1,6 @@
 // Warpgroup MMA (sm_90a wgmma.mma_async) on 16-bit operands in shared memory, fp32 accumulation, for tiles stored in
 // the 128-byte swizzle: rows of 64 16-bit elements (128 bytes), 8-row atoms of 1 KB, the 16-byte chunk c of row r at
-// chunk c ^ (r % 8) (sw128_index). One such tile serves as either operand role:
+// chunk c ^ (r % 8) (common/sw128_layout.h). One such tile serves as either operand role:
 //   K-major  (A [m][k], B [n][k] stored by rows of k):    element (mn, k) at row mn, column k
 //   MN-major (A [k][m], B [k][n] stored by rows of m / n): element (mn, k) at row k,  column mn
 // with MN <= 64 per instruction (one atom wide), so the descriptor needs only the 1 KB stride between 8-row atoms.
@@ -14,18 +14,15 @@
 #include <type_traits>
 
 #include "common/mma.cuh"
+#include "common/sw128_layout.h"
 
 namespace mom_ops {
-
-// Element index of (row r, column c) in a 128-byte-swizzled 16-bit tile (its base 1024-byte aligned).
-__host__ __device__ constexpr int sw128_index(int r, int c) { return r * 64 + ((((c >> 3) ^ (r & 7)) << 3) | (c & 7)); }
 
 // Descriptor of the operand whose (row 0, column 0) is at p: 128-byte swizzle, 1 KB between 8-row atoms (SBO),
 // LBO unused (1). p may sit 32 * s bytes into a row (k-step s of a K-major operand: the swizzle applies to the
 // address bits, so the hardware finds the chunks) or 1 KB * j into the tile (rows 8 j..).
 __device__ __forceinline__ uint64_t sw128_desc(const void* p) {
-  const uint64_t addr = smem_addr(p);
-  return ((addr & 0x3FFFF) >> 4) | (uint64_t(1) << 16) | (uint64_t(1024 >> 4) << 32) | (uint64_t(1) << 62);
+  return sw128_desc_bits(smem_addr(p));
 }
 
 // Generic-proxy shared-memory writes (st.shared, cp.async landed) made visible to the async proxy that wgmma reads.

@@ -28,6 +28,13 @@ constexpr int kGdnChunk = 64;
 constexpr int kGdnThreads = 256;  // 8 warps; warp w works on chunk rows 16 (w % 4) .. and column half w / 4
 constexpr int kTSolveScratch = 8 * 16 * 8;  // floats of invert_unit_lower_64's scratch: [16][8] per warp
 constexpr int kSmemPerCta = 227 * 1024;  // the most shared memory one CTA may opt in to on sm_90
+constexpr int kSmemPerSm = 228 * 1024;   // an SM's shared memory, of which every resident CTA also reserves 1 KB
+
+// CTAs of smem_bytes each that fit on an SM by shared memory, at most cap (the bound the registers set).
+constexpr int ctas_per_sm_by_smem(int smem_bytes, int cap) {
+  const int fit = kSmemPerSm / (smem_bytes + 1024);
+  return fit < cap ? fit : cap;
+}
 
 struct GdnFwdParams : ScanParams {
   int num_vblocks;         // V / kBV

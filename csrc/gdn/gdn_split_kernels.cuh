@@ -57,8 +57,8 @@ struct GdnPrepSmem {
   static constexpr int kTu = kTw + bytes16(C, kLdC);            // T diag(beta) [64][kLdC]
   static constexpr int kVec = kA + max_(C * kLdA * 4 + kTSolveScratch * 4, 2 * bytes16(C, kLdC));
   static constexpr int kBytes = kVec + 5 * C * 4;               // f32 [64] each: G, beta, rk, beta e^G rk, (rq)
-  static constexpr int kCtasPerSm = kK <= 128 ? 3 : 2;
-  static_assert(kCtasPerSm * (kBytes + 1024) <= 228 * 1024, "prep's CTAs per SM must fit in shared memory");
+  static constexpr int kCtasPerSm = ctas_per_sm_by_smem(kBytes, 3);  // (3: <= 85 registers per thread)
+  static_assert(kK > 128 || kCtasPerSm == 3, "three prep CTAs per SM at K <= 128");
 };
 
 // Slot -> its chunk (sequence, rows [bos, eos), first row c0, rows len); false for a slot no chunk uses.
@@ -322,8 +322,7 @@ struct GdnOutputSmem {
   static constexpr int kS0 = kKey + max_(bytes16(C, kLdK), bytes16(C, kLdV));  // S0 [kK][kLdV] (k-major rows)
   static constexpr int kVec = kS0 + bytes16(kK, kLdV);                // f32 [64] each: G, rk (prep's g_rk), rq
   static constexpr int kBytes = kVec + 3 * C * 4;
-  static constexpr int kFit = 228 * 1024 / (kBytes + 1024);           // CTAs per SM that shared memory allows
-  static constexpr int kCtasPerSm = kFit < 3 ? kFit : 3;              // (3: <= 85 registers per thread)
+  static constexpr int kCtasPerSm = ctas_per_sm_by_smem(kBytes, 3);  // (3: <= 85 registers per thread)
 };
 
 template <typename T, int kK, int kBV>

@@ -54,13 +54,18 @@ inline void accumulate_lane(float (&d)[4], const float (&A)[16][kK], const float
     d[e] = float(s);
   }
 }
-// PTX m16n8k16 .row.col: a0 (g, 2t..), a1 (g+8, 2t..), a2 (g, 2t+8..), a3 (g+8, 2t+8..); b0 (k 2t.., n g),
-// b1 (k 2t+8.., n g); c0 (g, 2t), c1 (g, 2t+1), c2 (g+8, 2t), c3 (g+8, 2t+1).
-template <typename T> inline void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+// This lane's A and B fragment registers to the warp, then the warp's rendezvous (collective `kind`).
+inline emu::Warp& share_fragments(const uint32_t (&a)[4], const uint32_t (&b)[2], int kind) {
   auto& w = emu::warp(); const int l = emu::lane();
   for (int i = 0; i < 4; ++i) w.a[l][i] = a[i];
   w.b[l][0] = b[0], w.b[l][1] = b[1];
-  emu::enter(w, 1);
+  emu::enter(w, kind);
+  return w;
+}
+// PTX m16n8k16 .row.col: a0 (g, 2t..), a1 (g+8, 2t..), a2 (g, 2t+8..), a3 (g+8, 2t+8..); b0 (k 2t.., n g),
+// b1 (k 2t+8.., n g); c0 (g, 2t), c1 (g, 2t+1), c2 (g+8, 2t), c3 (g+8, 2t+1).
+template <typename T> inline void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  auto& w = share_fragments(a, b, 1);
   float A[16][16], B[16][8];
   for (int L = 0; L < 32; ++L) {
     const int g = L / 4, t = L % 4;
@@ -73,7 +78,7 @@ template <typename T> inline void mma_16816(float (&d)[4], const uint32_t (&a)[4
     B[2 * t][g] = lo(w.b[L][0]), B[2 * t + 1][g] = hi(w.b[L][0]);
     B[2 * t + 8][g] = lo(w.b[L][1]), B[2 * t + 9][g] = hi(w.b[L][1]);
   }
-  accumulate_lane(d, A, B, l);
+  accumulate_lane(d, A, B, emu::lane());
   emu::leave(w);
 }
 
@@ -85,10 +90,7 @@ inline uint32_t to_tf32(float x) {
 inline float __uint_as_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
 // PTX m16n8k8 .tf32: a0 (g, t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4); b0 (k t, n g), b1 (k t+4, n g); C as above.
 inline void mma_1688_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-  auto& w = emu::warp(); const int l = emu::lane();
-  for (int i = 0; i < 4; ++i) w.a[l][i] = a[i];
-  w.b[l][0] = b[0], w.b[l][1] = b[1];
-  emu::enter(w, 2);
+  auto& w = share_fragments(a, b, 2);
   float A[16][8], B[8][8];
   for (int L = 0; L < 32; ++L) {
     const int g = L / 4, t = L % 4;
@@ -96,7 +98,7 @@ inline void mma_1688_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t 
     A[g][t + 4] = __uint_as_float(w.a[L][2]), A[g + 8][t + 4] = __uint_as_float(w.a[L][3]);
     B[t][g] = __uint_as_float(w.b[L][0]), B[t + 4][g] = __uint_as_float(w.b[L][1]);
   }
-  accumulate_lane(d, A, B, l);
+  accumulate_lane(d, A, B, emu::lane());
   emu::leave(w);
 }
 

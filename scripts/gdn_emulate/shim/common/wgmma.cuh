@@ -12,16 +12,15 @@
 #include <map>
 #include <vector>
 #include "common/mma.cuh"
+#include "common/sw128_layout.h"  // csrc's
 namespace mom_ops {
-
-constexpr int sw128_index(int r, int c) { return r * 64 + ((((c >> 3) ^ (r & 7)) << 3) | (c & 7)); }
 
 inline uint64_t sw128_desc(const void* p) {
   const auto* c = static_cast<const unsigned char*>(p);
   if (c < emu::g_smem_lo || c >= emu::g_smem_hi) EMU_FAIL("wgmma descriptor of %p: not in shared memory", p);
   const uint64_t addr = uint64_t(c - emu::g_smem_lo);
   if (addr % 16 != 0) EMU_FAIL("wgmma descriptor of %p: not 16-byte aligned", p);
-  return ((addr & 0x3FFFF) >> 4) | (uint64_t(1) << 16) | (uint64_t(1024 >> 4) << 32) | (uint64_t(1) << 62);
+  return sw128_desc_bits(addr);
 }
 
 namespace detail {
