@@ -4,10 +4,11 @@
 //   K-major  (A [m][k], B [n][k] stored by rows of k):    element (mn, k) at row mn, column k
 //   MN-major (A [k][m], B [k][n] stored by rows of m / n): element (mn, k) at row k,  column mn
 // with MN <= 64 per instruction (one atom wide), so the descriptor needs only the 1 KB stride between 8-row atoms.
-// Accumulators (m64nN): warp w of the warpgroup holds rows 16 w .. 16 w + 15; per n8 tile j, d[4 j .. 4 j + 3] are
+// An n32 B operand may start at column 32 of an MN-major tile (64 bytes into the row) or at row 32 of a K-major one.
+// Accumulators (m64nN): warp w of the warpgroup holds rows 16 w .. 16 w + 15; per n8 tile j, d[j][0 .. 3] are
 // the mma.sync C fragment ((g, 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1), g = lane / 4, t = lane % 4).
 // Order: st.shared writes -> fence_async_smem() -> wgmma_fence() -> wgmma_* ... -> wgmma_commit() -> wgmma_wait<n>().
-// Status: not yet used by a kernel; scripts/wgmma_probe checks these layouts on the GPU and in the CPU emulator.
+// scripts/wgmma_probe checks these layouts on the GPU and in the CPU emulator.
 #pragma once
 
 #include <cstdint>
@@ -34,32 +35,50 @@ __device__ __forceinline__ void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
 }
 
-#define MOM_OPS_WGMMA_D8(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), \
-                            "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
-// The instruction for 16-bit operand type ab ("bf16" or "f16").
-#define MOM_OPS_WGMMA_M64N64K16(ab)                                                                      \
-  asm volatile(                                                                                          \
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                                        \
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32." ab "." ab " "                                         \
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                          \
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "               \
-      "%32, %33, p, 1, 1, %35, %36;\n}\n"                                                                 \
-      : MOM_OPS_WGMMA_D8(0), MOM_OPS_WGMMA_D8(8), MOM_OPS_WGMMA_D8(16), MOM_OPS_WGMMA_D8(24)            \
-      : "l"(desc_a), "l"(desc_b), "r"(int(accumulate)), "n"(int(kTransA)), "n"(int(kTransB)))
+#define MOM_OPS_WGMMA_D4(j) "+f"(d[j][0]), "+f"(d[j][1]), "+f"(d[j][2]), "+f"(d[j][3])
+#define MOM_OPS_WGMMA_D16 MOM_OPS_WGMMA_D4(0), MOM_OPS_WGMMA_D4(1), MOM_OPS_WGMMA_D4(2), MOM_OPS_WGMMA_D4(3)
+#define MOM_OPS_WGMMA_D32 MOM_OPS_WGMMA_D16, MOM_OPS_WGMMA_D4(4), MOM_OPS_WGMMA_D4(5), MOM_OPS_WGMMA_D4(6), \
+                          MOM_OPS_WGMMA_D4(7)
+#define MOM_OPS_WGMMA_IN "l"(desc_a), "l"(desc_b), "r"(int(accumulate)), "n"(int(kTransA)), "n"(int(kTransB))
+// m64n32k16 / m64n64k16 for 16-bit operand type ab ("bf16" or "f16").
+#define MOM_OPS_WGMMA_N32(ab)                                                                              \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"                                              \
+               "wgmma.mma_async.sync.aligned.m64n32k16.f32." ab "." ab " "                                  \
+               "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "                 \
+               "%16, %17, p, 1, 1, %19, %20;\n}\n"                                                         \
+               : MOM_OPS_WGMMA_D16 : MOM_OPS_WGMMA_IN)
+#define MOM_OPS_WGMMA_N64(ab)                                                                              \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                              \
+               "wgmma.mma_async.sync.aligned.m64n64k16.f32." ab "." ab " "                                  \
+               "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                  \
+               "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "       \
+               "%32, %33, p, 1, 1, %35, %36;\n}\n"                                                         \
+               : MOM_OPS_WGMMA_D32 : MOM_OPS_WGMMA_IN)
 
-// d (+)= A B, m64n64k16: d has 32 floats per thread; accumulate = false overwrites d. kTransA / kTransB: the operand
-// is MN-major (see above).
-template <typename T, bool kTransA, bool kTransB>
-__device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], uint64_t desc_a, uint64_t desc_b, bool accumulate) {
+// d (+)= A B, m64 x kN x k16 (kN = 32 or 64): d[j] is the accumulator fragment of n8 tile j (see above); accumulate
+// = false overwrites d. kTransA / kTransB: the operand is MN-major.
+template <typename T, int kN, bool kTransA, bool kTransB>
+__device__ __forceinline__ void wgmma_m64k16(float (&d)[kN / 8][4], uint64_t desc_a, uint64_t desc_b,
+                                             bool accumulate) {
   static_assert(sizeof(T) == 2, "16-bit operands");
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    MOM_OPS_WGMMA_M64N64K16("bf16");
+  static_assert(kN == 32 || kN == 64, "n32 or n64");
+  constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
+  if constexpr (kN == 32 && kBf16) {
+    MOM_OPS_WGMMA_N32("bf16");
+  } else if constexpr (kN == 32) {
+    MOM_OPS_WGMMA_N32("f16");
+  } else if constexpr (kBf16) {
+    MOM_OPS_WGMMA_N64("bf16");
   } else {
-    MOM_OPS_WGMMA_M64N64K16("f16");
+    MOM_OPS_WGMMA_N64("f16");
   }
 }
 
-#undef MOM_OPS_WGMMA_M64N64K16
-#undef MOM_OPS_WGMMA_D8
+#undef MOM_OPS_WGMMA_N64
+#undef MOM_OPS_WGMMA_N32
+#undef MOM_OPS_WGMMA_IN
+#undef MOM_OPS_WGMMA_D32
+#undef MOM_OPS_WGMMA_D16
+#undef MOM_OPS_WGMMA_D4
 
 }  // namespace mom_ops

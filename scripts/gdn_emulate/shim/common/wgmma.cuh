@@ -25,7 +25,8 @@ inline uint64_t sw128_desc(const void* p) {
 
 namespace detail {
 struct WgmmaOp {
-  float* d;
+  float* d;  // [n_tiles][4]
+  int n_tiles;
   uint64_t desc_a, desc_b;
   bool trans_a, trans_b, accumulate;
   float (*to_float)(uint16_t);
@@ -50,10 +51,10 @@ inline float wgmma_operand(uint64_t desc, bool trans, int mn, int k, float (*to_
   return to_float(u);
 }
 
-// This thread's 32 accumulators of d (+)= A B, m64n64k16.
+// This thread's accumulators of d (+)= A B, m64 x (8 n_tiles) x k16.
 inline void wgmma_run(const WgmmaOp& op) {
   const int warp_rank = int(emu::g_cur->tid.x / 32) % 4, l = int(emu::g_cur->tid.x % 32), g = l / 4, t = l % 4;
-  for (int j = 0; j < 8; ++j)
+  for (int j = 0; j < op.n_tiles; ++j)
     for (int e = 0; e < 4; ++e) {
       const int m = 16 * warp_rank + g + (e >= 2 ? 8 : 0), n = 8 * j + 2 * t + (e & 1);
       double s = op.accumulate ? op.d[4 * j + e] : 0.0;
@@ -80,9 +81,10 @@ template <int kPending> inline void wgmma_wait() {
     st.groups.pop_front();
   }
 }
-template <typename T, bool kTransA, bool kTransB>
-inline void wgmma_m64n64k16(float (&d)[32], uint64_t desc_a, uint64_t desc_b, bool accumulate) {
+template <typename T, int kN, bool kTransA, bool kTransB>
+inline void wgmma_m64k16(float (&d)[kN / 8][4], uint64_t desc_a, uint64_t desc_b, bool accumulate) {
+  static_assert(kN == 32 || kN == 64, "n32 or n64");
   detail::g_wgmma[emu::g_cur].open.push_back(
-      {d, desc_a, desc_b, kTransA, kTransB, accumulate, [](uint16_t u) { return emu::bits_to_f<T>(u); }});
+      {&d[0][0], kN / 8, desc_a, desc_b, kTransA, kTransB, accumulate, [](uint16_t u) { return emu::bits_to_f<T>(u); }});
 }
 }  // namespace mom_ops
