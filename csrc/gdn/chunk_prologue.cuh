@@ -1,5 +1,6 @@
 // The per-chunk prologue of the forward and both backward kernels: the l2norm factors of the chunk's q and
-// k rows (raw rows in shared memory; rq, rk = 1 / |x| or 1 without l2norm) and G = cumsum(g) in place.
+// k rows (raw rows in shared memory, padded or swizzled: common/tile_layout.h; rq, rk = 1 / |x| or 1 without
+// l2norm) and G = cumsum(g) in place.
 // All 256 threads; ends without a barrier (the caller syncs).
 #pragma once
 
@@ -7,18 +8,18 @@
 
 #include "common/cp_async.cuh"
 #include "common/mma.cuh"
+#include "common/tile_layout.h"
 
 namespace mom_ops {
 
-// rsqrt(|row|^2 + 1e-6) (or 1 without l2norm) of a 16-bit row of kK elements, by the two lanes (half = lane % 2) of a
-// lane pair; both lanes get it.
-template <typename T, int kK>
-__device__ __forceinline__ float row_norm_factor(const T* row, int half, bool l2norm) {
-  const T* src = row + half * (kK / 2);
+// rsqrt(|row|^2 + 1e-6) (or 1 without l2norm) of row r (kK 16-bit elements) of a tile laid out as Rows
+// (common/tile_layout.h), by the two lanes (half = lane % 2) of a lane pair; both lanes get it.
+template <typename T, int kK, typename Rows>
+__device__ __forceinline__ float row_norm_factor(const T* tile, int r, int half, bool l2norm) {
   float ss = 0.f;
 #pragma unroll
   for (int c = 0; c < kK / 2; c += 8) {
-    const uint4 raw = *reinterpret_cast<const uint4*>(src + c);
+    const uint4 raw = *reinterpret_cast<const uint4*>(tile + Rows::at(r, half * (kK / 2) + c));
     const T* x = reinterpret_cast<const T*>(&raw);
 #pragma unroll
     for (int e = 0; e < 8; ++e) ss += to_f32<T>(x[e]) * to_f32<T>(x[e]);
@@ -27,14 +28,14 @@ __device__ __forceinline__ float row_norm_factor(const T* row, int half, bool l2
   return l2norm ? rsqrtf(ss + 1e-6f) : 1.f;
 }
 
-template <typename T, int kK, int kLdK>
+template <typename T, int kK, typename Rows>
 __device__ __forceinline__ void chunk_norms_and_cumsum(const T* sQ, const T* sK, float* sG, float* sRq, float* sRk,
                                                        bool l2norm, int tid) {
   constexpr int C = 64;
   const int lane = tid % 32, warp = tid / 32;
   {  // two threads per q or k row
     const int row = tid / 2, half = tid % 2;
-    const float r = row_norm_factor<T, kK>(row < C ? sQ + row * kLdK : sK + (row - C) * kLdK, half, l2norm);
+    const float r = row_norm_factor<T, kK, Rows>(row < C ? sQ : sK, row % C, half, l2norm);
     if (half == 0) (row < C ? sRq : sRk)[row % C] = r;
   }
   if (warp == 0) {  // inclusive scan, two rows per lane
@@ -54,24 +55,24 @@ __device__ __forceinline__ void chunk_norms_and_cumsum(const T* sQ, const T* sK,
 
 // The l2norm factors of the chunk's q rows alone (as chunk_norms_and_cumsum computes them), threads 0 .. 127; no
 // barrier. For kernels that read G and rk from the split forward's g_rk.
-template <typename T, int kK, int kLdK>
+template <typename T, int kK, typename Rows>
 __device__ __forceinline__ void chunk_q_norms(const T* sQ, float* sRq, bool l2norm, int tid) {
   if (tid < 128) {
-    const float r = row_norm_factor<T, kK>(sQ + (tid / 2) * kLdK, tid % 2, l2norm);
+    const float r = row_norm_factor<T, kK, Rows>(sQ, tid / 2, tid % 2, l2norm);
     if (tid % 2 == 0) sRq[tid / 2] = r;
   }
 }
 
-// cp.async of the chunk's q and k rows c0 .. c0 + 63 of head h (rows [rows, heads_qk, kK]) into sQ, sK [64][kLdK],
-// rows past len zero-filled; all kThreads threads, no commit.
-template <typename T, int kK, int kLdK, int kThreads>
+// cp.async of the chunk's q and k rows c0 .. c0 + 63 of head h (rows [rows, heads_qk, kK]) into sQ, sK [64][kK]
+// laid out as Rows, rows past len zero-filled; all kThreads threads, no commit.
+template <typename T, int kK, typename Rows, int kThreads>
 __device__ __forceinline__ void load_chunk_qk(T* sQ, T* sK, const T* q, const T* k, int64_t c0, int len,
                                               int heads_qk, int h, int tid) {
   for (int idx = tid; idx < 64 * (kK / 8); idx += kThreads) {
     const int r = idx / (kK / 8), c = (idx % (kK / 8)) * 8;
     const int64_t src = ((c0 + min(r, len - 1)) * heads_qk + h) * kK + c;
-    cp_async16(sQ + r * kLdK + c, q + src, r < len);
-    cp_async16(sK + r * kLdK + c, k + src, r < len);
+    cp_async16(sQ + Rows::at(r, c), q + src, r < len);
+    cp_async16(sK + Rows::at(r, c), k + src, r < len);
   }
 }
 

@@ -104,7 +104,7 @@ __global__ void __launch_bounds__(kGdnThreads, kChainCtasPerSm<T, kK, kBV>) gdn_
     __syncthreads();
 
     // (b) l2norm factors, G = cumsum(g).
-    chunk_norms_and_cumsum<T, kK, kLdK>(sQ, sK, sG, sRq, sRk, p.l2norm, tid);
+    chunk_norms_and_cumsum<T, kK, PaddedRows<kLdK>>(sQ, sK, sG, sRq, sRk, p.l2norm, tid);
     __syncthreads();
     const float G_last = sG[C - 1];
 

@@ -20,9 +20,13 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "common/cp_async.cuh"
 #include "common/mma.cuh"
+#include "common/tile_layout.h"
+#include "common/wgmma.cuh"
+#include "common/wgmma_steps.cuh"
 #include "gdn/chunk_prologue.cuh"
 #include "gdn/gdn_bwd_params.h"
 #include "gdn/gdn_fwd_kernel.cuh"
@@ -30,28 +34,37 @@
 namespace mom_ops {
 
 // Shared memory (byte offsets). The per-V-block tiles and, after the V loop, the chunk-end tiles share one region.
+// kWgmma (K <= 128: 64-column V-blocks, 8 warps = 2 warpgroups): every 16-bit tile in wgmma's 128-byte-swizzled
+// 64-column slabs (Rows = Sw128Slabs), the products on wgmma; else padded rows and mma.sync (K = 256).
 template <typename T, int kK, int kBV, int kWarps>
 struct GdnGradsSmem {
   static constexpr int C = kGdnChunk, kColGroups = kWarps / 4;
+  static constexpr bool kWgmma = kK <= 128 && kBV == 64 && kWarps == 8;
   static constexpr int kLdK = kK + 8, kLdV = kBV + 8, kLdC = C + 8, kLdA = C + 4, kLdT = C + 1;
-  static constexpr int bytes16(int rows, int ld) { return rows * ld * 2; }
+  // Element (r, c) of the q, k tiles (RowsK), the V-block tiles and S0, dS1 (RowsV), the [64][64] tiles (RowsC).
+  using RowsK = std::conditional_t<kWgmma, Sw128Slabs<C>, PaddedRows<kLdK>>;
+  using RowsV = std::conditional_t<kWgmma, Sw128Slabs<C>, PaddedRows<kLdV>>;
+  using RowsC = std::conditional_t<kWgmma, Sw128Slabs<C>, PaddedRows<kLdC>>;
+  // Bytes of a 16-bit tile of rows x cols (padded rows: ld = cols + 8).
+  static constexpr int bytes16(int rows, int cols) { return rows * (kWgmma ? cols : cols + 8) * 2; }
   static constexpr int max_(int a, int b) { return a > b ? a : b; }
-  static constexpr int kQ = 0;                                  // q [64][kLdK] raw
-  static constexpr int kKey = kQ + bytes16(C, kLdK);            // k [64][kLdK] raw
-  static constexpr int kAraw = kKey + bytes16(C, kLdK);         // f32 [64][kLdA]: rk_i rk_j Γ (k_i . k_j), i > j
-  static constexpr int kT16 = kAraw + C * kLdA * 4;             // T [64][kLdC] (saved by the forward)
-  static constexpr int kP = kT16 + bytes16(C, kLdC);            // P (no scale) [64][kLdC]
-  static constexpr int kRegion = kP + bytes16(C, kLdC);
-  // V-block tiles: [64][kLdV] each, then S0, dS1 [kK][kLdV]
-  static constexpr int kDo = kRegion, kV = kDo + bytes16(C, kLdV), kVn = kV + bytes16(C, kLdV);
-  static constexpr int kDvn = kVn + bytes16(C, kLdV), kZ = kDvn + bytes16(C, kLdV);
-  static constexpr int kDvbS = kZ + bytes16(C, kLdV), kVnD = kDvbS + bytes16(C, kLdV);
-  static constexpr int kS0 = kVnD + bytes16(C, kLdV), kDs1 = kS0 + bytes16(kK, kLdV);
-  static constexpr int kRegionEndV = kDs1 + bytes16(kK, kLdV);
-  // chunk-end tiles [64][kLdC]: dT, Y = T^T dT, (dKK + dKK^T) diag(rk), dQK diag(rk), dQK rq_i
-  static constexpr int kDt = kRegion, kY = kDt + bytes16(C, kLdC), kSym = kY + bytes16(C, kLdC);
-  static constexpr int kDqkRk = kSym + bytes16(C, kLdC), kDqkRq = kDqkRk + bytes16(C, kLdC);
-  static constexpr int kRegionEndC = kDqkRq + bytes16(C, kLdC);
+  static constexpr int align1k(int x) { return (x + 1023) / 1024 * 1024; }
+  static constexpr int kQ = 0;                                  // q [64][kK] raw
+  static constexpr int kKey = kQ + bytes16(C, kK);              // k [64][kK] raw
+  static constexpr int kAraw = kKey + bytes16(C, kK);           // f32 [64][kLdA]: rk_i rk_j Γ (k_i . k_j), i > j
+  static constexpr int kT16 = kAraw + C * kLdA * 4;             // T [64][64] (saved by the forward)
+  static constexpr int kP = kT16 + bytes16(C, C);               // P (no scale) [64][64]
+  static constexpr int kRegion = kP + bytes16(C, C);
+  // V-block tiles: [64][kBV] each, then S0, dS1 [kK][kBV]
+  static constexpr int kDo = kRegion, kV = kDo + bytes16(C, kBV), kVn = kV + bytes16(C, kBV);
+  static constexpr int kDvn = kVn + bytes16(C, kBV), kZ = kDvn + bytes16(C, kBV);
+  static constexpr int kDvbS = kZ + bytes16(C, kBV), kVnD = kDvbS + bytes16(C, kBV);
+  static constexpr int kS0 = kVnD + bytes16(C, kBV), kDs1 = kS0 + bytes16(kK, kBV);
+  static constexpr int kRegionEndV = kDs1 + bytes16(kK, kBV);
+  // chunk-end tiles [64][64]: dT, Y = T^T dT, (dKK + dKK^T) diag(rk), dQK diag(rk), dQK rq_i
+  static constexpr int kDt = kRegion, kY = kDt + bytes16(C, C), kSym = kY + bytes16(C, C);
+  static constexpr int kDqkRk = kSym + bytes16(C, C), kDqkRq = kDqkRk + bytes16(C, C);
+  static constexpr int kRegionEndC = kDqkRq + bytes16(C, C);
   // f32 tiles of the chunk-end phases, after the chunk-end tiles: partial sums of rows [kRows][kColGroups][64] and
   // columns [4 row tiles][64]; dKK [64][kLdT]
   static constexpr int kRows = 7;
@@ -60,32 +73,40 @@ struct GdnGradsSmem {
   static_assert(kDkk + C * kLdT * 4 <= kRegionEndV, "the chunk-end tiles fit in the V-block region");
   // f32: G, beta, rq, rk, e^{G_L - G} [64] each; dG, c [64]; per-warp sums [kWarps]
   static constexpr int kVec = max_(kRegionEndV, kRegionEndC);
-  static constexpr int kLo = kVec + (5 * C + 2 * C + kWarps) * 4;
+  static constexpr int kLo = align1k(kVec + (5 * C + 2 * C + kWarps) * 4);
   // "Exact ends": the first chunk's S0 is h0 and the last chunk's dS1 is dht, both fp32 inputs. Their products run
-  // on hi + lo 16-bit pairs (S0lo, dS1lo [kK][kLdV]), as rounding them to 16 bits alone gives dg errors ~1e-2
+  // on hi + lo 16-bit pairs (S0lo, dS1lo [kK][kBV]), as rounding them to 16 bits alone gives dg errors ~1e-2
   // under strong decay (NOTES.md). K = 256 has the room (since dKK moved to the chunk-end region) but not the
   // registers: its kernel would spill 24 bytes, so it rounds them.
   static constexpr bool kExactEnds = kK <= 128;
   static constexpr int kS0lo = kExactEnds ? kLo : kS0;
-  static constexpr int kDs1lo = kExactEnds ? kLo + bytes16(kK, kLdV) : kDs1;
-  static constexpr int kBytes = kExactEnds ? kLo + 2 * bytes16(kK, kLdV) : kLo;
+  static constexpr int kDs1lo = kExactEnds ? kLo + bytes16(kK, kBV) : kDs1;
+  static constexpr int kBytes = kExactEnds ? kLo + 2 * bytes16(kK, kBV) : kLo;
+  // wgmma's swizzle repeats every 1 KB: every 16-bit tile starts on a 1 KB boundary (the fp32 A is 17 KB).
+  static_assert(!kWgmma || (kAraw % 1024 == 0 && kT16 % 1024 == 0 && kRegion % 1024 == 0 && kLo % 1024 == 0),
+                "1 KB-aligned tiles");
 };
 
 // Row partial sums, sRow[quantity][column group][row].
 enum GradsRow { kRowE = 0, kRowBeta, kRowC, kRowDvbM, kRowQX1, kRowQdQ, kRowKdK };
 
 // kWarps = 4 row tiles of 16 rows x kWarps / 4 column groups: warp w owns rows 16 (w % 4) .. of every [64, n]
-// product and the column group w / 4 of its n columns.
+// product and the column group w / 4 of its n columns. With wgmma (L::kWgmma) a column group is a warpgroup, whose
+// m64 accumulators hold exactly those rows in the mma.sync layout, so the epilogues are the same for both.
 template <typename T, int kK, int kBV, int kWarps>
 __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdParams p) {
   using L = GdnGradsSmem<T, kK, kBV, kWarps>;
+  using RowsK = typename L::RowsK;
+  using RowsV = typename L::RowsV;
+  using RowsC = typename L::RowsC;
+  constexpr bool kWg = L::kWgmma;
   constexpr int C = kGdnChunk, kLdK = L::kLdK, kLdV = L::kLdV, kLdC = L::kLdC, kLdA = L::kLdA, kLdT = L::kLdT;
   constexpr int kThreads = kWarps * 32, kGroups = L::kColGroups;
   constexpr int kColsK = kK / kGroups, kNK = kColsK / 8;  // per-warp columns of the [64, K] accumulators
   constexpr int kColsV = kBV / kGroups, kNV = kColsV / 8;  // per-warp columns of the [64, kBV] products
   constexpr int kColsC = C / kGroups, kNC = kColsC / 8;    // per-warp columns of the [64, 64] products
   static_assert(kNV >= 1 && kNC >= 1, "column groups of at least 8 columns");
-  extern __shared__ __align__(16) unsigned char smem[];
+  extern __shared__ __align__(1024) unsigned char smem[];
   T* sQ = reinterpret_cast<T*>(smem + L::kQ);
   T* sK = reinterpret_cast<T*>(smem + L::kKey);
   float* sAraw = reinterpret_cast<float*>(smem + L::kAraw);
@@ -116,6 +137,9 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g8 = lane / 4, t4 = lane % 4;
   const int rt = warp % 4, cg = warp / 4, r0 = 16 * rt, i0 = r0 + g8, i1 = i0 + 8;
+  // wgmma operands of a swizzled tile x (wgmma_k_steps): K-major from row `row`, MN-major from column `col`.
+  auto kmajor = [](const T* x, int row) { return [=](int s) { return x + RowsK::at(row, 16 * s); }; };
+  auto mnmajor = [](const T* x, int col) { return [=](int s) { return x + RowsK::at(16 * s, col); }; };
   const int hv = blockIdx.x % p.heads_v, h = hv / (p.heads_v / p.heads_qk);
   const int64_t slot = blockIdx.x / p.heads_v;
   const int lo = slot_sequence(p, slot);  // slot -> (sequence lo, chunk)
@@ -146,8 +170,8 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
         x[u] = src[input_state_base + state_elem(p.v_first, kK, p.dim_v, r, v0, c + u)];
         x_hi[u] = to_f32<T>(from_f32<T>(x[u]));
       }
-      store2<T>(hi + r * kLdV + c, x_hi[0], x_hi[1]);
-      store2<T>(lo_part + r * kLdV + c, x[0] - x_hi[0], x[1] - x_hi[1]);
+      store2<T>(hi + RowsV::at(r, c), x_hi[0], x_hi[1]);
+      store2<T>(lo_part + RowsV::at(r, c), x[0] - x_hi[0], x[1] - x_hi[1]);
     }
   };
 
@@ -156,15 +180,15 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
     for (int idx = tid; idx < C * (kBV / 8); idx += kThreads) {
       const int r = idx / (kBV / 8), c = (idx % (kBV / 8)) * 8;
       const int64_t src = ((c0 + min(r, len - 1)) * p.heads_v + hv) * p.dim_v + v0 + c;
-      cp_async16(sDo + r * kLdV + c, dout + src, r < len);
-      cp_async16(sV + r * kLdV + c, v + src, r < len);
-      cp_async16(sVn + r * kLdV + c, vn + src, r < len);
+      cp_async16(sDo + RowsV::at(r, c), dout + src, r < len);
+      cp_async16(sV + RowsV::at(r, c), v + src, r < len);
+      cp_async16(sVn + RowsV::at(r, c), vn + src, r < len);
     }
     for (int idx = tid; idx < kK * (kBV / 8); idx += kThreads) {
       const int r = idx / (kBV / 8), c = (idx % (kBV / 8)) * 8;
       const int64_t src = state_base + int64_t(r) * p.dim_v + v0 + c;
-      if (!first) cp_async16(sS0 + r * kLdV + c, static_cast<const T*>(p.s0) + src, true);
-      if (!last) cp_async16(sDs1 + r * kLdV + c, static_cast<const T*>(p.ds1) + src, true);
+      if (!first) cp_async16(sS0 + RowsV::at(r, c), static_cast<const T*>(p.s0) + src, true);
+      if (!last) cp_async16(sDs1 + RowsV::at(r, c), static_cast<const T*>(p.ds1) + src, true);
     }
     cp_async_commit();
     if (first) split_state(sS0, sS0lo, p.h0, v0);
@@ -174,10 +198,10 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
   // (a) q, k, T -> shared memory (T rows past len: zeros, which acts as the identity rows there since every dVn,
   // dT row past len is 0), g, beta (the first V-block's tiles load meanwhile, until (c)); l2norm factors, G,
   // e^{G_L - G}.
-  load_chunk_qk<T, kK, kLdK, kThreads>(sQ, sK, q, k, c0, len, p.heads_qk, h, tid);
+  load_chunk_qk<T, kK, RowsK, kThreads>(sQ, sK, q, k, c0, len, p.heads_qk, h, tid);
   for (int idx = tid; idx < C * (C / 8); idx += kThreads) {
     const int r = idx / (C / 8), c = (idx % (C / 8)) * 8;
-    cp_async16(sT16 + r * kLdC + c, static_cast<const T*>(p.t) + ((c0 + min(r, len - 1)) * p.heads_v + hv) * C + c,
+    cp_async16(sT16 + RowsC::at(r, c), static_cast<const T*>(p.t) + ((c0 + min(r, len - 1)) * p.heads_v + hv) * C + c,
                r < len);
   }
   cp_async_commit();
@@ -187,8 +211,9 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
     sBeta[tid] = tid < len ? p.beta[(c0 + tid) * p.heads_v + hv] : 0.f;
   }
   cp_async_wait<1>();
+  fence_async_smem();  // cp.async lands through the generic proxy; wgmma reads through the async one
   __syncthreads();
-  if (tid < kGdnThreads) chunk_norms_and_cumsum<T, kK, kLdK>(sQ, sK, sG, sRq, sRk, p.l2norm, tid);  // its 256 threads
+  if (tid < kGdnThreads) chunk_norms_and_cumsum<T, kK, RowsK>(sQ, sK, sG, sRq, sRk, p.l2norm, tid);  // its 256 threads
   __syncthreads();
   const float G_last = sG[C - 1];
   if (tid < C) sDend[tid] = __expf(G_last - sG[tid]);
@@ -200,7 +225,15 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
     const bool is_a = cg < kHalfGroups;
     const int j0 = (cg % kHalfGroups) * 8 * kNB;
     float acc[kNB][4] = {};
-    mma_rows<T, kK / 16, kNB, false>(acc, (is_a ? sK : sQ) + r0 * kLdK, kLdK, sK + j0 * kLdK, kLdK, lane);
+    if constexpr (kWg) {  // one warpgroup per product: A / beta (K K^T), P (Q K^T)
+      static_assert(kNB == 8, "n64");
+      wgmma_fence();
+      wgmma_k_steps<T, 64, false, false, kK / 16>(acc, kmajor(is_a ? sK : sQ, 0), kmajor(sK, 0), false);
+      wgmma_commit();
+      wgmma_wait<0>();
+    } else {
+      mma_rows<T, kK / 16, kNB, false>(acc, (is_a ? sK : sQ) + r0 * kLdK, kLdK, sK + j0 * kLdK, kLdK, lane);
+    }
 #pragma unroll
     for (int nt = 0; nt < kNB; ++nt)
 #pragma unroll
@@ -213,10 +246,11 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
         if (is_a) {
           *reinterpret_cast<float2*>(sAraw + i * kLdA + j) = make_float2(x0, x1);
         } else {
-          store2<T>(sP + i * kLdC + j, x0, x1);
+          store2<T>(sP + RowsC::at(i, j), x0, x1);
         }
       }
   }
+  fence_async_smem();
   __syncthreads();
 
   // (c) The V-blocks.
@@ -226,15 +260,27 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
   for (int v0 = 0; v0 < p.dim_v; v0 += kBV) {
     if (v0 > 0) load_vblock(v0);
     cp_async_wait<0>();
+    fence_async_smem();
     __syncthreads();
 
     // kdS, M, P^T dO on rows r0.., columns vc0..; then dVn, Z, d_end Vn -> shared memory.
     float kds[kNV][4] = {}, m[kNV][4] = {}, pt[kNV][4] = {};
-    mma_rows<T, kK / 16, kNV, true>(kds, sK + r0 * kLdK, kLdK, sDs1 + vc0, kLdV, lane);
-    if (last) mma_rows<T, kK / 16, kNV, true>(kds, sK + r0 * kLdK, kLdK, sDs1lo + vc0, kLdV, lane);
-    mma_rows<T, kK / 16, kNV, true>(m, sK + r0 * kLdK, kLdK, sS0 + vc0, kLdV, lane);
-    if (first) mma_rows<T, kK / 16, kNV, true>(m, sK + r0 * kLdK, kLdK, sS0lo + vc0, kLdV, lane);
-    mma_rows_at<T, C / 16, kNV>(pt, sP + r0, kLdC, sDo + vc0, kLdV, lane);  // P^T dO
+    if constexpr (kWg) {
+      wgmma_fence();
+      wgmma_k_steps<T, kColsV, false, true, kK / 16>(kds, kmajor(sK, 0), mnmajor(sDs1, vc0), false);
+      if (last) wgmma_k_steps<T, kColsV, false, true, kK / 16>(kds, kmajor(sK, 0), mnmajor(sDs1lo, vc0), true);
+      wgmma_k_steps<T, kColsV, false, true, kK / 16>(m, kmajor(sK, 0), mnmajor(sS0, vc0), false);
+      if (first) wgmma_k_steps<T, kColsV, false, true, kK / 16>(m, kmajor(sK, 0), mnmajor(sS0lo, vc0), true);
+      wgmma_k_steps<T, kColsV, true, true, C / 16>(pt, mnmajor(sP, 0), mnmajor(sDo, vc0), false);  // P^T dO
+      wgmma_commit();
+      wgmma_wait<0>();
+    } else {
+      mma_rows<T, kK / 16, kNV, true>(kds, sK + r0 * kLdK, kLdK, sDs1 + vc0, kLdV, lane);
+      if (last) mma_rows<T, kK / 16, kNV, true>(kds, sK + r0 * kLdK, kLdK, sDs1lo + vc0, kLdV, lane);
+      mma_rows<T, kK / 16, kNV, true>(m, sK + r0 * kLdK, kLdK, sS0 + vc0, kLdV, lane);
+      if (first) mma_rows<T, kK / 16, kNV, true>(m, sK + r0 * kLdK, kLdK, sS0lo + vc0, kLdV, lane);
+      mma_rows_at<T, C / 16, kNV>(pt, sP + r0, kLdC, sDo + vc0, kLdV, lane);  // P^T dO
+    }
 #pragma unroll
     for (int nt = 0; nt < kNV; ++nt)
 #pragma unroll
@@ -242,7 +288,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
         const int i = e < 2 ? i0 : i1, r = e / 2, c = vc0 + nt * 8 + 2 * t4;
         const float de = sDend[i] * sRk[i], eGrk = __expf(sG[i]) * sRk[i], b = sBeta[i];
         float dvn[2], z[2], vnd[2];
-        const float2 vn2 = load2<T>(sVn + i * kLdV + c), v2 = load2<T>(sV + i * kLdV + c);
+        const float2 vn2 = load2<T>(sVn + RowsV::at(i, c)), v2 = load2<T>(sV + RowsV::at(i, c));
 #pragma unroll
         for (int u = 0; u < 2; ++u) {
           const float vn_f = u == 0 ? vn2.x : vn2.y, v_f = u == 0 ? v2.x : v2.y;
@@ -251,16 +297,24 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
           z[u] = b * (v_f - eGrk * m[nt][e + u]);
           vnd[u] = sDend[i] * vn_f;
         }
-        store2<T>(sDvn + i * kLdV + c, dvn[0], dvn[1]);
-        store2<T>(sZ + i * kLdV + c, z[0], z[1]);
-        store2<T>(sVnD + i * kLdV + c, vnd[0], vnd[1]);
+        store2<T>(sDvn + RowsV::at(i, c), dvn[0], dvn[1]);
+        store2<T>(sZ + RowsV::at(i, c), z[0], z[1]);
+        store2<T>(sVnD + RowsV::at(i, c), vnd[0], vnd[1]);
       }
+    fence_async_smem();
     __syncthreads();
 
     // dVb = T^T dVn -> dv, row sums, -beta e^G dVb -> sDvbS; the accumulators that need only the tiles above.
     {
       float dvb[kNV][4] = {};
-      mma_rows_at<T, C / 16, kNV>(dvb, sT16 + r0, kLdC, sDvn + vc0, kLdV, lane);  // T^T dVn
+      if constexpr (kWg) {
+        wgmma_fence();
+        wgmma_k_steps<T, kColsV, true, true, C / 16>(dvb, mnmajor(sT16, 0), mnmajor(sDvn, vc0), false);  // T^T dVn
+        wgmma_commit();
+        wgmma_wait<0>();
+      } else {
+        mma_rows_at<T, C / 16, kNV>(dvb, sT16 + r0, kLdC, sDvn + vc0, kLdV, lane);  // T^T dVn
+      }
       T* dv = static_cast<T*>(p.dv);
 #pragma unroll
       for (int nt = 0; nt < kNV; ++nt)
@@ -268,24 +322,35 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
         for (int e = 0; e < 4; e += 2) {
           const int i = e < 2 ? i0 : i1, r = e / 2, c = vc0 + nt * 8 + 2 * t4;
           const float b = sBeta[i], f = -b * __expf(sG[i]);
-          const float2 v2 = load2<T>(sV + i * kLdV + c);
+          const float2 v2 = load2<T>(sV + RowsV::at(i, c));
 #pragma unroll
           for (int u = 0; u < 2; ++u) {
             part_vdvb[r] += (u == 0 ? v2.x : v2.y) * dvb[nt][e + u];
             part_dvbm[r] += dvb[nt][e + u] * m[nt][e + u];
           }
           if (i < len) store2<T>(dv + ((c0 + i) * p.heads_v + hv) * p.dim_v + v0 + c, b * dvb[nt][e], b * dvb[nt][e + 1]);
-          store2<T>(sDvbS + i * kLdV + c, f * dvb[nt][e], f * dvb[nt][e + 1]);
+          store2<T>(sDvbS + RowsV::at(i, c), f * dvb[nt][e], f * dvb[nt][e + 1]);
         }
     }
-    mma_rows<T, kBV / 16, kNC, false>(dP, sDo + r0 * kLdV, kLdV, sVn + cc0 * kLdV, kLdV, lane);
-    mma_rows<T, kBV / 16, kNC, false>(dT, sDvn + r0 * kLdV, kLdV, sZ + cc0 * kLdV, kLdV, lane);
-    mma_rows<T, kBV / 16, kNK, false>(X1, sDo + r0 * kLdV, kLdV, sS0 + kc0 * kLdV, kLdV, lane);
-    if (first) mma_rows<T, kBV / 16, kNK, false>(X1, sDo + r0 * kLdV, kLdV, sS0lo + kc0 * kLdV, kLdV, lane);
-    mma_rows<T, kBV / 16, kNK, false>(dKn, sVnD + r0 * kLdV, kLdV, sDs1 + kc0 * kLdV, kLdV, lane);
-    if (last) mma_rows<T, kBV / 16, kNK, false>(dKn, sVnD + r0 * kLdV, kLdV, sDs1lo + kc0 * kLdV, kLdV, lane);
+    if constexpr (kWg) {  // issued here, waited for after the sum(S0 dS1) below, which overlaps them
+      wgmma_fence();
+      wgmma_k_steps<T, kColsC, false, false, kBV / 16>(dP, kmajor(sDo, 0), kmajor(sVn, cc0), true);
+      wgmma_k_steps<T, kColsC, false, false, kBV / 16>(dT, kmajor(sDvn, 0), kmajor(sZ, cc0), true);
+      wgmma_k_steps<T, kColsK, false, false, kBV / 16>(X1, kmajor(sDo, 0), kmajor(sS0, kc0), true);
+      if (first) wgmma_k_steps<T, kColsK, false, false, kBV / 16>(X1, kmajor(sDo, 0), kmajor(sS0lo, kc0), true);
+      wgmma_k_steps<T, kColsK, false, false, kBV / 16>(dKn, kmajor(sVnD, 0), kmajor(sDs1, kc0), true);
+      if (last) wgmma_k_steps<T, kColsK, false, false, kBV / 16>(dKn, kmajor(sVnD, 0), kmajor(sDs1lo, kc0), true);
+      wgmma_commit();
+    } else {
+      mma_rows<T, kBV / 16, kNC, false>(dP, sDo + r0 * kLdV, kLdV, sVn + cc0 * kLdV, kLdV, lane);
+      mma_rows<T, kBV / 16, kNC, false>(dT, sDvn + r0 * kLdV, kLdV, sZ + cc0 * kLdV, kLdV, lane);
+      mma_rows<T, kBV / 16, kNK, false>(X1, sDo + r0 * kLdV, kLdV, sS0 + kc0 * kLdV, kLdV, lane);
+      if (first) mma_rows<T, kBV / 16, kNK, false>(X1, sDo + r0 * kLdV, kLdV, sS0lo + kc0 * kLdV, kLdV, lane);
+      mma_rows<T, kBV / 16, kNK, false>(dKn, sVnD + r0 * kLdV, kLdV, sDs1 + kc0 * kLdV, kLdV, lane);
+      if (last) mma_rows<T, kBV / 16, kNK, false>(dKn, sVnD + r0 * kLdV, kLdV, sDs1lo + kc0 * kLdV, kLdV, lane);
+    }
     for (int idx = tid; idx < kK * kBV / 8; idx += kThreads) {  // 8 elements (16 bytes) at a time
-      const int e0 = (idx / (kBV / 8)) * kLdV + (idx % (kBV / 8)) * 8;
+      const int e0 = RowsV::at(idx / (kBV / 8), (idx % (kBV / 8)) * 8);
       float s0[8], ds1[8], lo[8];
       load8<T>(sS0 + e0, s0);
       load8<T>(sDs1 + e0, ds1);
@@ -302,9 +367,21 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
 #pragma unroll
       for (int e = 0; e < 8; ++e) sum_sds += s0[e] * ds1[e];
     }
+    if constexpr (kWg) {
+      wgmma_wait<0>();
+      fence_async_smem();  // sDvbS
+    }
     __syncthreads();
-    mma_rows<T, kBV / 16, kNK, false>(dKn, sDvbS + r0 * kLdV, kLdV, sS0 + kc0 * kLdV, kLdV, lane);
-    if (first) mma_rows<T, kBV / 16, kNK, false>(dKn, sDvbS + r0 * kLdV, kLdV, sS0lo + kc0 * kLdV, kLdV, lane);
+    if constexpr (kWg) {
+      wgmma_fence();
+      wgmma_k_steps<T, kColsK, false, false, kBV / 16>(dKn, kmajor(sDvbS, 0), kmajor(sS0, kc0), true);
+      if (first) wgmma_k_steps<T, kColsK, false, false, kBV / 16>(dKn, kmajor(sDvbS, 0), kmajor(sS0lo, kc0), true);
+      wgmma_commit();
+      wgmma_wait<0>();
+    } else {
+      mma_rows<T, kBV / 16, kNK, false>(dKn, sDvbS + r0 * kLdV, kLdV, sS0 + kc0 * kLdV, kLdV, lane);
+      if (first) mma_rows<T, kBV / 16, kNK, false>(dKn, sDvbS + r0 * kLdV, kLdV, sS0lo + kc0 * kLdV, kLdV, lane);
+    }
     __syncthreads();
   }
 
@@ -316,7 +393,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
     for (int e = 0; e < 4; e += 2) {
       const int i = e < 2 ? i0 : i1, r = e / 2, j = cc0 + nt * 8 + 2 * t4;
       float rk_[2], rq_[2];
-      const float2 p2 = load2<T>(sP + i * kLdC + j);
+      const float2 p2 = load2<T>(sP + RowsC::at(i, j));
 #pragma unroll
       for (int u = 0; u < 2; ++u) {
         const bool lower = i >= j + u;  // Γ overflows above the diagonal under strong decay: never touch it there
@@ -328,28 +405,44 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
         rk_[u] = dqk * sRk[j + u];
         rq_[u] = dqk * sRq[i];
       }
-      store2<T>(sDqkRk + i * kLdC + j, rk_[0], rk_[1]);
-      store2<T>(sDqkRq + i * kLdC + j, rq_[0], rq_[1]);
-      store2<T>(sDt + i * kLdC + j, dT[nt][e], dT[nt][e + 1]);
+      store2<T>(sDqkRk + RowsC::at(i, j), rk_[0], rk_[1]);
+      store2<T>(sDqkRq + RowsC::at(i, j), rq_[0], rq_[1]);
+      store2<T>(sDt + RowsC::at(i, j), dT[nt][e], dT[nt][e + 1]);
     }
+  fence_async_smem();
   __syncthreads();
   // Y = T^T dT -> sY
   {
     float acc[kNC][4] = {};
-    mma_rows_at<T, C / 16, kNC>(acc, sT16 + r0, kLdC, sDt + cc0, kLdC, lane);
+    if constexpr (kWg) {
+      wgmma_fence();
+      wgmma_k_steps<T, kColsC, true, true, C / 16>(acc, mnmajor(sT16, 0), mnmajor(sDt, cc0), false);
+      wgmma_commit();
+      wgmma_wait<0>();
+    } else {
+      mma_rows_at<T, C / 16, kNC>(acc, sT16 + r0, kLdC, sDt + cc0, kLdC, lane);
+    }
 #pragma unroll
     for (int nt = 0; nt < kNC; ++nt) {
       const int j = cc0 + nt * 8 + 2 * t4;
-      store2<T>(sY + i0 * kLdC + j, acc[nt][0], acc[nt][1]);
-      store2<T>(sY + i1 * kLdC + j, acc[nt][2], acc[nt][3]);
+      store2<T>(sY + RowsC::at(i0, j), acc[nt][0], acc[nt][1]);
+      store2<T>(sY + RowsC::at(i1, j), acc[nt][2], acc[nt][3]);
     }
   }
+  fence_async_smem();
   __syncthreads();
   // dA = -(Y T^T) on i > j: dbeta and dG terms, dKK = dA beta Γ -> sDkk (fp32).
   float part_da[2] = {};
   {
     float acc[kNC][4] = {};
-    mma_rows<T, C / 16, kNC, false>(acc, sY + r0 * kLdC, kLdC, sT16 + cc0 * kLdC, kLdC, lane);  // B[m][j] = T[j][m]
+    if constexpr (kWg) {
+      wgmma_fence();
+      wgmma_k_steps<T, kColsC, false, false, C / 16>(acc, kmajor(sY, 0), kmajor(sT16, cc0), false);
+      wgmma_commit();
+      wgmma_wait<0>();
+    } else {
+      mma_rows<T, C / 16, kNC, false>(acc, sY + r0 * kLdC, kLdC, sT16 + cc0 * kLdC, kLdC, lane);  // B[m][j] = T[j][m]
+    }
 #pragma unroll
     for (int nt = 0; nt < kNC; ++nt)
 #pragma unroll
@@ -386,7 +479,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
 #pragma unroll
       for (int e = 0; e < 4; e += 2) {
         const int i = e < 2 ? i0 : i1, c = kc0 + nt * 8 + 2 * t4;
-        const float2 q2 = load2<T>(sQ + i * kLdK + c);
+        const float2 q2 = load2<T>(sQ + RowsK::at(i, c));
         part_qx[e / 2] += q2.x * X1[nt][e] + q2.y * X1[nt][e + 1];
       }
     const float beta_part[2] = {part_vdvb[0] + part_da[0], part_vdvb[1] + part_da[1]};
@@ -417,7 +510,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
   // (dKK + dKK^T) diag(rk) -> sSym
   for (int idx = tid; idx < C * C / 2; idx += kThreads) {
     const int i = idx / (C / 2), j = (idx % (C / 2)) * 2;
-    store2<T>(sSym + i * kLdC + j, (sDkk[i * kLdT + j] + sDkk[j * kLdT + i]) * sRk[j],
+    store2<T>(sSym + RowsC::at(i, j), (sDkk[i * kLdT + j] + sDkk[j * kLdT + i]) * sRk[j],
               (sDkk[i * kLdT + j + 1] + sDkk[(j + 1) * kLdT + i]) * sRk[j + 1]);
   }
   // dG and dbeta of row tid (before the cumsum); c -> sC.
@@ -432,6 +525,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
     sC[i] = c;
     if (i < len) p.dbeta[(c0 + i) * p.heads_v + hv] = row(kRowBeta) + eG * kdkb;
   }
+  fence_async_smem();  // sSym
   __syncthreads();
 
   // (e) dg = reverse cumsum of dG, the last row adding e^{G_L} sum(S0 dS1) + sum(c) (warp 0);
@@ -459,9 +553,18 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
 #pragma unroll
     for (int nt = 0; nt < kNK; ++nt) X1[nt][0] *= f0, X1[nt][1] *= f0, X1[nt][2] *= f1, X1[nt][3] *= f1;
   }
-  mma_rows<T, C / 16, kNK, true>(X1, sDqkRk + r0 * kLdC, kLdC, sK + kc0, kLdK, lane);
-  mma_rows<T, C / 16, kNK, true>(dKn, sSym + r0 * kLdC, kLdC, sK + kc0, kLdK, lane);
-  mma_rows_at<T, C / 16, kNK>(dKn, sDqkRq + r0, kLdC, sQ + kc0, kLdK, lane);  // A[j][i] = dQK_ij rq_i
+  if constexpr (kWg) {
+    wgmma_fence();
+    wgmma_k_steps<T, kColsK, false, true, C / 16>(X1, kmajor(sDqkRk, 0), mnmajor(sK, kc0), true);
+    wgmma_k_steps<T, kColsK, false, true, C / 16>(dKn, kmajor(sSym, 0), mnmajor(sK, kc0), true);
+    wgmma_k_steps<T, kColsK, true, true, C / 16>(dKn, mnmajor(sDqkRq, 0), mnmajor(sQ, kc0), true);  // A[j][i]
+    wgmma_commit();
+    wgmma_wait<0>();
+  } else {
+    mma_rows<T, C / 16, kNK, true>(X1, sDqkRk + r0 * kLdC, kLdC, sK + kc0, kLdK, lane);
+    mma_rows<T, C / 16, kNK, true>(dKn, sSym + r0 * kLdC, kLdC, sK + kc0, kLdK, lane);
+    mma_rows_at<T, C / 16, kNK>(dKn, sDqkRq + r0, kLdC, sQ + kc0, kLdK, lane);  // A[j][i] = dQK_ij rq_i
+  }
 
   // (f) dq, dk rows: the l2norm backward dx = r dy - r^3 x (x . dy) (x raw) in the input dtype, or fp32 per value
   // head for the host to sum over the group.
@@ -485,7 +588,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
 #pragma unroll
       for (int e = 0; e < 4; e += 2) {
         const int i = e < 2 ? i0 : i1, c = kc0 + nt * 8 + 2 * t4;
-        const float2 q2 = load2<T>(sQ + i * kLdK + c), k2 = load2<T>(sK + i * kLdK + c);
+        const float2 q2 = load2<T>(sQ + RowsK::at(i, c)), k2 = load2<T>(sK + RowsK::at(i, c));
         part_q[e / 2] += q2.x * X1[nt][e] + q2.y * X1[nt][e + 1];
         part_k[e / 2] += k2.x * dKn[nt][e] + k2.y * dKn[nt][e + 1];
       }
@@ -509,7 +612,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
     for (int nt = 0; nt < kNK; ++nt) {
       const int c = kc0 + nt * 8 + 2 * t4;
       const int64_t off = ((c0 + i) * p.heads_qk + h) * kK + c;
-      const float2 q2 = load2<T>(sQ + i * kLdK + c), k2 = load2<T>(sK + i * kLdK + c);
+      const float2 q2 = load2<T>(sQ + RowsK::at(i, c)), k2 = load2<T>(sK + RowsK::at(i, c));
       store2<T>(dq + off, aq * X1[nt][e] - bq * q2.x, aq * X1[nt][e + 1] - bq * q2.y);
       store2<T>(dk + off, ak * dKn[nt][e] - bk * k2.x, ak * dKn[nt][e + 1] - bk * k2.y);
     }

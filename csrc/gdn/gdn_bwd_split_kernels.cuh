@@ -74,13 +74,13 @@ __global__ void __launch_bounds__(kGdnThreads) gdn_bwd_prep_kernel(GdnBwdSplitPa
     }
     cp_async_commit();
   };
-  load_chunk_qk<T, kK, kLdK, kGdnThreads>(sQ, sK, q, k, c0, len, p.heads_qk, h, tid);
+  load_chunk_qk<T, kK, PaddedRows<kLdK>, kGdnThreads>(sQ, sK, q, k, c0, len, p.heads_qk, h, tid);
   cp_async_commit();
   load_do(0);
   if (tid < C) sG[tid] = tid < len ? p.g[(c0 + tid) * p.heads_v + hv] : 0.f;
   cp_async_wait<1>();  // q, k
   __syncthreads();
-  chunk_norms_and_cumsum<T, kK, kLdK>(sQ, sK, sG, sRq, sRk, p.l2norm, tid);
+  chunk_norms_and_cumsum<T, kK, PaddedRows<kLdK>>(sQ, sK, sG, sRq, sRk, p.l2norm, tid);
   __syncthreads();
   // G and rk for the chain (all 64 rows: past len, G stays G[len - 1] and the zero rows' rk is finite).
   if (tid < 2 * C) p.g_rk[(blockIdx.x * int64_t(2) + tid / C) * C + tid % C] = tid < C ? sG[tid] : sRk[tid - C];

@@ -254,7 +254,7 @@ __global__ void __launch_bounds__(kGdnThreads, kGdnCtasPerSm<T, kK, kBV>) gdn_fw
   // g and beta (0 past the sequence) -> registers of threads < 64.
   auto load_chunk = [&](int64_t c0, int b, float& g_row, float& beta_row) {
     const int len = int(min(int64_t(C), eos - c0));
-    load_chunk_qk<T, kK, kLdK, kGdnThreads>(buffer_q(b), buffer_k(b), q, k, c0, len, p.heads_qk, h, tid);
+    load_chunk_qk<T, kK, PaddedRows<kLdK>, kGdnThreads>(buffer_q(b), buffer_k(b), q, k, c0, len, p.heads_qk, h, tid);
     T* sV = buffer_v(b);
     for (int idx = tid; idx < C * (kBV / 8); idx += kGdnThreads) {
       const int r = idx / (kBV / 8), c = (idx % (kBV / 8)) * 8;
@@ -301,7 +301,7 @@ __global__ void __launch_bounds__(kGdnThreads, kGdnCtasPerSm<T, kK, kBV>) gdn_fw
     GDN_PHASE(0);
 
     // (b) l2norm factors, G = cumsum(g).
-    chunk_norms_and_cumsum<T, kK, kLdK>(sQ, sK, sG, sRq, sRk, p.l2norm, tid);
+    chunk_norms_and_cumsum<T, kK, PaddedRows<kLdK>>(sQ, sK, sG, sRq, sRk, p.l2norm, tid);
     __syncthreads();
     const float G_last = sG[C - 1];
     GDN_PHASE(1);

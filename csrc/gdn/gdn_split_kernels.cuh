@@ -119,7 +119,7 @@ __global__ void __launch_bounds__(kGdnThreads, GdnPrepSmem<T, kK>::kCtasPerSm) g
   }
   cp_async_wait<1>();  // k
   __syncthreads();
-  chunk_norms_and_cumsum<T, kK, kLdK>(sK, sK, sG, sRq, sRk, p.l2norm, tid);
+  chunk_norms_and_cumsum<T, kK, PaddedRows<kLdK>>(sK, sK, sG, sRq, sRk, p.l2norm, tid);
   __syncthreads();
   // G and rk for the chain (all 64 rows: past len, G stays G[len - 1] and the zero rows' rk is finite).
   if (tid < 2 * C) p.g_rk[(blockIdx.x * int64_t(2) + tid / C) * C + tid % C] = tid < C ? sG[tid] : sRk[tid - C];
@@ -355,7 +355,7 @@ __global__ void __launch_bounds__(kGdnThreads, GdnOutputSmem<T, kK, kBV>::kCtasP
   T* o = static_cast<T*>(p.o);
 
   // q, k and prep's G, rk of the chunk (the same values the fused kernel computes), then S0.
-  load_chunk_qk<T, kK, kLdK, kGdnThreads>(sQ, sK, q, k, c0, len, p.heads_qk, h, tid);
+  load_chunk_qk<T, kK, PaddedRows<kLdK>, kGdnThreads>(sQ, sK, q, k, c0, len, p.heads_qk, h, tid);
   if (tid < 2 * C / 4) cp_async16(sG + 4 * tid, p.g_rk + (slot * p.heads_v + hv) * 2 * C + 4 * tid, true);
   cp_async_commit();
   for (int idx = tid; idx < kK * (BV / 8); idx += kGdnThreads) {
@@ -365,7 +365,7 @@ __global__ void __launch_bounds__(kGdnThreads, GdnOutputSmem<T, kK, kBV>::kCtasP
   cp_async_commit();
   cp_async_wait<1>();  // q, k, G, rk
   __syncthreads();
-  chunk_q_norms<T, kK, kLdK>(sQ, sRq, p.l2norm, tid);
+  chunk_q_norms<T, kK, PaddedRows<kLdK>>(sQ, sRq, p.l2norm, tid);
   __syncthreads();
 
   // QK rows r0.. (all 64 columns; each warp computes its own), masked and scaled, as 16-bit A fragments.

@@ -1,0 +1,19 @@
+// A product over several k-steps of wgmma (common/wgmma.cuh), operands given by where each k-step starts. Kept apart
+// from wgmma.cuh so that the CPU emulator's shim of wgmma.cuh (scripts/gdn_emulate) uses this file as it is.
+#pragma once
+
+#include <cstdint>
+
+namespace mom_ops {
+
+// acc (+)= A B, m64 x kN x (16 kSteps), accumulate = false overwrites acc. a_at(s), b_at(s): the operands' elements
+// (row 0, k-step s) in 128-byte-swizzled tiles, i.e. the start of each k-step's descriptor (a K-major operand:
+// (row 0, column 16 s); an MN-major one: (row 16 s, column 0)). No fence, commit or wait: the caller groups products.
+template <typename T, int kN, bool kTransA, bool kTransB, int kSteps, typename FA, typename FB>
+__device__ __forceinline__ void wgmma_k_steps(float (&acc)[kN / 8][4], FA a_at, FB b_at, bool accumulate) {
+#pragma unroll
+  for (int s = 0; s < kSteps; ++s)
+    wgmma_m64k16<T, kN, kTransA, kTransB>(acc, sw128_desc(a_at(s)), sw128_desc(b_at(s)), accumulate || s > 0);
+}
+
+}  // namespace mom_ops
