@@ -40,7 +40,7 @@ template <typename T, int kK, int kBV, int kWarps>
 struct GdnGradsSmem {
   static constexpr int C = kGdnChunk, kColGroups = kWarps / 4;
   static constexpr bool kWgmma = kK <= 128 && kBV == 64 && kWarps == 8;
-  static constexpr int kLdK = kK + 8, kLdV = kBV + 8, kLdC = C + 8, kLdA = C + 4, kLdT = C + 1;
+  static constexpr int kLdK = kK + 8, kLdV = kBV + 8, kLdC = C + 8, kLdT = C + 1;
   // Element (r, c) of the q, k tiles (RowsK), the V-block tiles and S0, dS1 (RowsV), the [64][64] tiles (RowsC).
   using RowsK = std::conditional_t<kWgmma, Sw128Slabs<C>, PaddedRows<kLdK>>;
   using RowsV = std::conditional_t<kWgmma, Sw128Slabs<C>, PaddedRows<kLdV>>;
@@ -51,16 +51,17 @@ struct GdnGradsSmem {
   static constexpr int align1k(int x) { return (x + 1023) / 1024 * 1024; }
   static constexpr int kQ = 0;                                  // q [64][kK] raw
   static constexpr int kKey = kQ + bytes16(C, kK);              // k [64][kK] raw
-  static constexpr int kAraw = kKey + bytes16(C, kK);           // f32 [64][kLdA]: rk_i rk_j Γ (k_i . k_j), i > j
-  static constexpr int kT16 = kAraw + C * kLdA * 4;             // T [64][64] (saved by the forward)
+  static constexpr int kT16 = kKey + bytes16(C, kK);            // T [64][64] (saved by the forward)
   static constexpr int kP = kT16 + bytes16(C, C);               // P (no scale) [64][64]
   static constexpr int kRegion = kP + bytes16(C, C);
-  // V-block tiles: [64][kBV] each, then S0, dS1 [kK][kBV]
-  static constexpr int kDo = kRegion, kV = kDo + bytes16(C, kBV), kVn = kV + bytes16(C, kBV);
-  static constexpr int kDvn = kVn + bytes16(C, kBV), kZ = kDvn + bytes16(C, kBV);
+  // V-block tiles: the computed ones, dVn, Z, DvbS, VnD [64][kBV], then the loaded ones in kBuffers buffers (the next
+  // V-block's loads run during the current one): dO, v, V_new [64][kBV], S0, dS1 [kK][kBV] (offsets in a buffer).
+  static constexpr int kDvn = kRegion, kZ = kDvn + bytes16(C, kBV);
   static constexpr int kDvbS = kZ + bytes16(C, kBV), kVnD = kDvbS + bytes16(C, kBV);
-  static constexpr int kS0 = kVnD + bytes16(C, kBV), kDs1 = kS0 + bytes16(kK, kBV);
-  static constexpr int kRegionEndV = kDs1 + bytes16(kK, kBV);
+  static constexpr int kLoad = kVnD + bytes16(C, kBV);
+  static constexpr int kDo = 0, kV = kDo + bytes16(C, kBV), kVn = kV + bytes16(C, kBV);
+  static constexpr int kS0 = kVn + bytes16(C, kBV), kDs1 = kS0 + bytes16(kK, kBV);
+  static constexpr int kLoadBytes = kDs1 + bytes16(kK, kBV);
   // chunk-end tiles [64][64]: dT, Y = T^T dT, (dKK + dKK^T) diag(rk), dQK diag(rk), dQK rq_i
   static constexpr int kDt = kRegion, kY = kDt + bytes16(C, C), kSym = kY + bytes16(C, C);
   static constexpr int kDqkRk = kSym + bytes16(C, C), kDqkRq = kDqkRk + bytes16(C, C);
@@ -70,20 +71,22 @@ struct GdnGradsSmem {
   static constexpr int kRows = 7;
   static constexpr int kRowSums = kRegionEndC, kColSums = kRowSums + kRows * kColGroups * C * 4;
   static constexpr int kDkk = kColSums + 4 * C * 4;
-  static_assert(kDkk + C * kLdT * 4 <= kRegionEndV, "the chunk-end tiles fit in the V-block region");
-  // f32: G, beta, rq, rk, e^{G_L - G} [64] each; dG, c [64]; per-warp sums [kWarps]
-  static constexpr int kVec = max_(kRegionEndV, kRegionEndC);
-  static constexpr int kLo = align1k(kVec + (5 * C + 2 * C + kWarps) * 4);
+  static_assert(kDkk + C * kLdT * 4 <= kLoad + kLoadBytes, "the chunk-end tiles fit in the V-block region");
   // "Exact ends": the first chunk's S0 is h0 and the last chunk's dS1 is dht, both fp32 inputs. Their products run
-  // on hi + lo 16-bit pairs (S0lo, dS1lo [kK][kBV]), as rounding them to 16 bits alone gives dg errors ~1e-2
-  // under strong decay (NOTES.md). K = 256 has the room (since dKK moved to the chunk-end region) but not the
-  // registers: its kernel would spill 24 bytes, so it rounds them.
+  // on hi + lo 16-bit pairs (S0lo, dS1lo [kK][kBV], after the f32 vectors), as rounding them to 16 bits alone gives
+  // dg errors ~1e-2 under strong decay (NOTES.md). K = 256 has the room but not the registers: its kernel would
+  // spill 24 bytes, so it rounds them.
   static constexpr bool kExactEnds = kK <= 128;
-  static constexpr int kS0lo = kExactEnds ? kLo : kS0;
-  static constexpr int kDs1lo = kExactEnds ? kLo + bytes16(kK, kBV) : kDs1;
-  static constexpr int kBytes = kExactEnds ? kLo + 2 * bytes16(kK, kBV) : kLo;
-  // wgmma's swizzle repeats every 1 KB: every 16-bit tile starts on a 1 KB boundary (the fp32 A is 17 KB).
-  static_assert(!kWgmma || (kAraw % 1024 == 0 && kT16 % 1024 == 0 && kRegion % 1024 == 0 && kLo % 1024 == 0),
+  // After the V-block region: f32 G, beta, rq, rk, e^{G_L - G} [64] each; dG, c [64]; per-warp sums [kWarps]; then
+  // the lo tiles. Two load buffers where they fit.
+  static constexpr int kTail = align1k((5 * C + 2 * C + kWarps) * 4) + (kExactEnds ? 2 * bytes16(kK, kBV) : 0);
+  static constexpr int kBuffers = kLoad + 2 * kLoadBytes + kTail <= kSmemPerCta ? 2 : 1;
+  static constexpr int kVec = max_(kLoad + kBuffers * kLoadBytes, kRegionEndC);
+  static constexpr int kLo = align1k(kVec + (5 * C + 2 * C + kWarps) * 4);
+  static constexpr int kS0lo = kLo, kDs1lo = kLo + bytes16(kK, kBV);  // used only with kExactEnds
+  static constexpr int kBytes = kExactEnds ? kLo + 2 * bytes16(kK, kBV) : kVec + (5 * C + 2 * C + kWarps) * 4;
+  // wgmma's swizzle repeats every 1 KB: every 16-bit tile starts on a 1 KB boundary.
+  static_assert(!kWgmma || (kRegion % 1024 == 0 && kLoad % 1024 == 0 && kLoadBytes % 1024 == 0 && kVec % 1024 == 0),
                 "1 KB-aligned tiles");
 };
 
@@ -100,7 +103,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
   using RowsV = typename L::RowsV;
   using RowsC = typename L::RowsC;
   constexpr bool kWg = L::kWgmma;
-  constexpr int C = kGdnChunk, kLdK = L::kLdK, kLdV = L::kLdV, kLdC = L::kLdC, kLdA = L::kLdA, kLdT = L::kLdT;
+  constexpr int C = kGdnChunk, kLdK = L::kLdK, kLdV = L::kLdV, kLdC = L::kLdC, kLdT = L::kLdT;
   constexpr int kThreads = kWarps * 32, kGroups = L::kColGroups;
   constexpr int kColsK = kK / kGroups, kNK = kColsK / 8;  // per-warp columns of the [64, K] accumulators
   constexpr int kColsV = kBV / kGroups, kNV = kColsV / 8;  // per-warp columns of the [64, kBV] products
@@ -109,19 +112,15 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
   extern __shared__ __align__(1024) unsigned char smem[];
   T* sQ = reinterpret_cast<T*>(smem + L::kQ);
   T* sK = reinterpret_cast<T*>(smem + L::kKey);
-  float* sAraw = reinterpret_cast<float*>(smem + L::kAraw);
   float* sDkk = reinterpret_cast<float*>(smem + L::kDkk);
   T* sT16 = reinterpret_cast<T*>(smem + L::kT16);
   T* sP = reinterpret_cast<T*>(smem + L::kP);
-  T* sDo = reinterpret_cast<T*>(smem + L::kDo);
-  T* sV = reinterpret_cast<T*>(smem + L::kV);
-  T* sVn = reinterpret_cast<T*>(smem + L::kVn);
+  // the loaded V-block tile at offset `off` of buffer `buf`
+  auto vtile = [&](int buf, int off) { return reinterpret_cast<T*>(smem + L::kLoad + buf * L::kLoadBytes + off); };
   T* sDvn = reinterpret_cast<T*>(smem + L::kDvn);
   T* sZ = reinterpret_cast<T*>(smem + L::kZ);
   T* sDvbS = reinterpret_cast<T*>(smem + L::kDvbS);
   T* sVnD = reinterpret_cast<T*>(smem + L::kVnD);
-  T* sS0 = reinterpret_cast<T*>(smem + L::kS0);
-  T* sDs1 = reinterpret_cast<T*>(smem + L::kDs1);
   T* sS0lo = reinterpret_cast<T*>(smem + L::kS0lo);
   T* sDs1lo = reinterpret_cast<T*>(smem + L::kDs1lo);
   T* sDt = reinterpret_cast<T*>(smem + L::kDt);
@@ -175,24 +174,23 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
     }
   };
 
-  // The V-block tiles at column v0: dO, v, V_new rows (zeros past len), S0 and dS1 of the slot.
-  auto load_vblock = [&](int v0) {
+  // cp.async (one commit group) of the V-block tiles at column v0 into load buffer buf: dO, v, V_new rows (zeros
+  // past len), S0 and dS1 of the slot (except an S0 = h0 or dS1 = dht, which split_state writes).
+  auto load_vblock = [&](int v0, int buf) {
     for (int idx = tid; idx < C * (kBV / 8); idx += kThreads) {
       const int r = idx / (kBV / 8), c = (idx % (kBV / 8)) * 8;
       const int64_t src = ((c0 + min(r, len - 1)) * p.heads_v + hv) * p.dim_v + v0 + c;
-      cp_async16(sDo + RowsV::at(r, c), dout + src, r < len);
-      cp_async16(sV + RowsV::at(r, c), v + src, r < len);
-      cp_async16(sVn + RowsV::at(r, c), vn + src, r < len);
+      cp_async16(vtile(buf, L::kDo) + RowsV::at(r, c), dout + src, r < len);
+      cp_async16(vtile(buf, L::kV) + RowsV::at(r, c), v + src, r < len);
+      cp_async16(vtile(buf, L::kVn) + RowsV::at(r, c), vn + src, r < len);
     }
     for (int idx = tid; idx < kK * (kBV / 8); idx += kThreads) {
       const int r = idx / (kBV / 8), c = (idx % (kBV / 8)) * 8;
       const int64_t src = state_base + int64_t(r) * p.dim_v + v0 + c;
-      if (!first) cp_async16(sS0 + RowsV::at(r, c), static_cast<const T*>(p.s0) + src, true);
-      if (!last) cp_async16(sDs1 + RowsV::at(r, c), static_cast<const T*>(p.ds1) + src, true);
+      if (!first) cp_async16(vtile(buf, L::kS0) + RowsV::at(r, c), static_cast<const T*>(p.s0) + src, true);
+      if (!last) cp_async16(vtile(buf, L::kDs1) + RowsV::at(r, c), static_cast<const T*>(p.ds1) + src, true);
     }
     cp_async_commit();
-    if (first) split_state(sS0, sS0lo, p.h0, v0);
-    if (last) split_state(sDs1, sDs1lo, p.dht, v0);
   };
 
   // (a) q, k, T -> shared memory (T rows past len: zeros, which acts as the identity rows there since every dVn,
@@ -205,7 +203,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
                r < len);
   }
   cp_async_commit();
-  load_vblock(0);
+  load_vblock(0, 0);
   if (tid < C) {
     sG[tid] = tid < len ? p.g[(c0 + tid) * p.heads_v + hv] : 0.f;
     sBeta[tid] = tid < len ? p.beta[(c0 + tid) * p.heads_v + hv] : 0.f;
@@ -218,52 +216,57 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
   const float G_last = sG[C - 1];
   if (tid < C) sDend[tid] = __expf(G_last - sG[tid]);
 
-  // (b) The first half of the column groups: A / beta rows r0.. -> sAraw (fp32); the second: P rows r0.. -> sP
-  // (16-bit, no scale). Each group of a half takes 64 / (kGroups / 2) of the 64 columns.
+  // (b) P rows r0.., columns cc0.. -> sP (16-bit, no scale). (A / beta = K K^T is recomputed into registers where
+  // the chunk end needs it, which leaves shared memory for the second load buffer.)
+  const int vc0 = cg * kColsV, kc0 = cg * kColsK, cc0 = cg * kColsC;  // this warp's first V, K and chunk column
   {
-    constexpr int kHalfGroups = kGroups / 2, kNB = 8 / kHalfGroups;
-    const bool is_a = cg < kHalfGroups;
-    const int j0 = (cg % kHalfGroups) * 8 * kNB;
-    float acc[kNB][4] = {};
-    if constexpr (kWg) {  // one warpgroup per product: A / beta (K K^T), P (Q K^T)
-      static_assert(kNB == 8, "n64");
+    float acc[kNC][4] = {};
+    if constexpr (kWg) {
       wgmma_fence();
-      wgmma_k_steps<T, 64, false, false, kK / 16>(acc, kmajor(is_a ? sK : sQ, 0), kmajor(sK, 0), false);
+      wgmma_k_steps<T, kColsC, false, false, kK / 16>(acc, kmajor(sQ, 0), kmajor(sK, cc0), false);
       wgmma_commit();
       wgmma_wait<0>();
     } else {
-      mma_rows<T, kK / 16, kNB, false>(acc, (is_a ? sK : sQ) + r0 * kLdK, kLdK, sK + j0 * kLdK, kLdK, lane);
+      mma_rows<T, kK / 16, kNC, false>(acc, sQ + r0 * kLdK, kLdK, sK + cc0 * kLdK, kLdK, lane);
     }
 #pragma unroll
-    for (int nt = 0; nt < kNB; ++nt)
+    for (int nt = 0; nt < kNC; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; e += 2) {
-        const int i = e < 2 ? i0 : i1, j = j0 + nt * 8 + 2 * t4;
-        const float f = is_a ? sRk[i] : sRq[i], Gi = sG[i];
-        const bool keep0 = is_a ? i > j : i >= j, keep1 = is_a ? i > j + 1 : i >= j + 1;
-        const float x0 = keep0 ? f * sRk[j] * __expf(Gi - sG[j]) * acc[nt][e] : 0.f;
-        const float x1 = keep1 ? f * sRk[j + 1] * __expf(Gi - sG[j + 1]) * acc[nt][e + 1] : 0.f;
-        if (is_a) {
-          *reinterpret_cast<float2*>(sAraw + i * kLdA + j) = make_float2(x0, x1);
-        } else {
-          store2<T>(sP + RowsC::at(i, j), x0, x1);
-        }
+        const int i = e < 2 ? i0 : i1, j = cc0 + nt * 8 + 2 * t4;
+        const float f = sRq[i], Gi = sG[i];
+        const float x0 = i >= j ? f * sRk[j] * __expf(Gi - sG[j]) * acc[nt][e] : 0.f;
+        const float x1 = i >= j + 1 ? f * sRk[j + 1] * __expf(Gi - sG[j + 1]) * acc[nt][e + 1] : 0.f;
+        store2<T>(sP + RowsC::at(i, j), x0, x1);
       }
   }
   fence_async_smem();
   __syncthreads();
 
-  // (c) The V-blocks.
+  // (c) The V-blocks; the next one's tiles load into the other buffer (kBuffers = 2) during the current one.
   float X1[kNK][4] = {}, dKn[kNK][4] = {}, dP[kNC][4] = {}, dT[kNC][4] = {};
   float part_c[2] = {}, part_vdvb[2] = {}, part_dvbm[2] = {}, sum_sds = 0.f;
-  const int vc0 = cg * kColsV, kc0 = cg * kColsK, cc0 = cg * kColsC;  // this warp's first V, K and chunk column
-  for (int v0 = 0; v0 < p.dim_v; v0 += kBV) {
-    if (v0 > 0) load_vblock(v0);
-    cp_async_wait<0>();
+  for (int v0 = 0, buf = 0; v0 < p.dim_v; v0 += kBV, buf = (buf + 1) % L::kBuffers) {
+    const bool prefetch = L::kBuffers == 2 && v0 + kBV < p.dim_v;
+    if (L::kBuffers == 1 && v0 > 0) load_vblock(v0, 0);
+    if (prefetch) load_vblock(v0 + kBV, buf ^ 1);  // its buffer's last reader was the previous V-block
+    T* sDo = vtile(buf, L::kDo);
+    T* sV = vtile(buf, L::kV);
+    T* sVn = vtile(buf, L::kVn);
+    T* sS0 = vtile(buf, L::kS0);
+    T* sDs1 = vtile(buf, L::kDs1);
+    if (first) split_state(sS0, sS0lo, p.h0, v0);
+    if (last) split_state(sDs1, sDs1lo, p.dht, v0);
+    if (prefetch) {
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
     fence_async_smem();
     __syncthreads();
 
-    // kdS, M, P^T dO on rows r0.., columns vc0..; then dVn, Z, d_end Vn -> shared memory.
+    // kdS, M, P^T dO on rows r0.., columns vc0..; then dVn, Z, d_end Vn -> shared memory. (wgmma: dP += dO Vn^T
+    // and X1 += dO S0^T, which need only the loaded tiles, run meanwhile as a second group.)
     float kds[kNV][4] = {}, m[kNV][4] = {}, pt[kNV][4] = {};
     if constexpr (kWg) {
       wgmma_fence();
@@ -273,7 +276,11 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
       if (first) wgmma_k_steps<T, kColsV, false, true, kK / 16>(m, kmajor(sK, 0), mnmajor(sS0lo, vc0), true);
       wgmma_k_steps<T, kColsV, true, true, C / 16>(pt, mnmajor(sP, 0), mnmajor(sDo, vc0), false);  // P^T dO
       wgmma_commit();
-      wgmma_wait<0>();
+      wgmma_k_steps<T, kColsC, false, false, kBV / 16>(dP, kmajor(sDo, 0), kmajor(sVn, cc0), true);
+      wgmma_k_steps<T, kColsK, false, false, kBV / 16>(X1, kmajor(sDo, 0), kmajor(sS0, kc0), true);
+      if (first) wgmma_k_steps<T, kColsK, false, false, kBV / 16>(X1, kmajor(sDo, 0), kmajor(sS0lo, kc0), true);
+      wgmma_commit();
+      wgmma_wait<1>();
     } else {
       mma_rows<T, kK / 16, kNV, true>(kds, sK + r0 * kLdK, kLdK, sDs1 + vc0, kLdV, lane);
       if (last) mma_rows<T, kK / 16, kNV, true>(kds, sK + r0 * kLdK, kLdK, sDs1lo + vc0, kLdV, lane);
@@ -307,11 +314,15 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
     // dVb = T^T dVn -> dv, row sums, -beta e^G dVb -> sDvbS; the accumulators that need only the tiles above.
     {
       float dvb[kNV][4] = {};
-      if constexpr (kWg) {
+      if constexpr (kWg) {  // and dT += dVn Z^T, dKn += VnD dS1^T as a second group, waited for after the epilogue
         wgmma_fence();
         wgmma_k_steps<T, kColsV, true, true, C / 16>(dvb, mnmajor(sT16, 0), mnmajor(sDvn, vc0), false);  // T^T dVn
         wgmma_commit();
-        wgmma_wait<0>();
+        wgmma_k_steps<T, kColsC, false, false, kBV / 16>(dT, kmajor(sDvn, 0), kmajor(sZ, cc0), true);
+        wgmma_k_steps<T, kColsK, false, false, kBV / 16>(dKn, kmajor(sVnD, 0), kmajor(sDs1, kc0), true);
+        if (last) wgmma_k_steps<T, kColsK, false, false, kBV / 16>(dKn, kmajor(sVnD, 0), kmajor(sDs1lo, kc0), true);
+        wgmma_commit();
+        wgmma_wait<1>();
       } else {
         mma_rows_at<T, C / 16, kNV>(dvb, sT16 + r0, kLdC, sDvn + vc0, kLdV, lane);  // T^T dVn
       }
@@ -332,14 +343,13 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
           store2<T>(sDvbS + RowsV::at(i, c), f * dvb[nt][e], f * dvb[nt][e + 1]);
         }
     }
-    if constexpr (kWg) {  // issued here, waited for after the sum(S0 dS1) below, which overlaps them
-      wgmma_fence();
-      wgmma_k_steps<T, kColsC, false, false, kBV / 16>(dP, kmajor(sDo, 0), kmajor(sVn, cc0), true);
-      wgmma_k_steps<T, kColsC, false, false, kBV / 16>(dT, kmajor(sDvn, 0), kmajor(sZ, cc0), true);
-      wgmma_k_steps<T, kColsK, false, false, kBV / 16>(X1, kmajor(sDo, 0), kmajor(sS0, kc0), true);
-      if (first) wgmma_k_steps<T, kColsK, false, false, kBV / 16>(X1, kmajor(sDo, 0), kmajor(sS0lo, kc0), true);
-      wgmma_k_steps<T, kColsK, false, false, kBV / 16>(dKn, kmajor(sVnD, 0), kmajor(sDs1, kc0), true);
-      if (last) wgmma_k_steps<T, kColsK, false, false, kBV / 16>(dKn, kmajor(sVnD, 0), kmajor(sDs1lo, kc0), true);
+    if constexpr (kWg) {
+      wgmma_wait<0>();
+      fence_async_smem();  // sDvbS
+      __syncthreads();
+      wgmma_fence();  // dKn += DvbS S0^T, overlapping sum(S0 dS1) below
+      wgmma_k_steps<T, kColsK, false, false, kBV / 16>(dKn, kmajor(sDvbS, 0), kmajor(sS0, kc0), true);
+      if (first) wgmma_k_steps<T, kColsK, false, false, kBV / 16>(dKn, kmajor(sDvbS, 0), kmajor(sS0lo, kc0), true);
       wgmma_commit();
     } else {
       mma_rows<T, kBV / 16, kNC, false>(dP, sDo + r0 * kLdV, kLdV, sVn + cc0 * kLdV, kLdV, lane);
@@ -369,16 +379,8 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
     }
     if constexpr (kWg) {
       wgmma_wait<0>();
-      fence_async_smem();  // sDvbS
-    }
-    __syncthreads();
-    if constexpr (kWg) {
-      wgmma_fence();
-      wgmma_k_steps<T, kColsK, false, false, kBV / 16>(dKn, kmajor(sDvbS, 0), kmajor(sS0, kc0), true);
-      if (first) wgmma_k_steps<T, kColsK, false, false, kBV / 16>(dKn, kmajor(sDvbS, 0), kmajor(sS0lo, kc0), true);
-      wgmma_commit();
-      wgmma_wait<0>();
     } else {
+      __syncthreads();
       mma_rows<T, kBV / 16, kNK, false>(dKn, sDvbS + r0 * kLdV, kLdV, sS0 + kc0 * kLdV, kLdV, lane);
       if (first) mma_rows<T, kBV / 16, kNK, false>(dKn, sDvbS + r0 * kLdV, kLdV, sS0lo + kc0 * kLdV, kLdV, lane);
     }
@@ -431,29 +433,33 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
   }
   fence_async_smem();
   __syncthreads();
-  // dA = -(Y T^T) on i > j: dbeta and dG terms, dKK = dA beta Γ -> sDkk (fp32).
+  // dA = -(Y T^T) on i > j: dbeta and dG terms with A / beta = rk_i rk_j Γ (k_i . k_j), dKK = dA beta Γ -> sDkk
+  // (fp32).
   float part_da[2] = {};
   {
-    float acc[kNC][4] = {};
+    float acc[kNC][4] = {}, kkt[kNC][4] = {};  // Y T^T, K K^T on rows r0.., columns cc0..
     if constexpr (kWg) {
       wgmma_fence();
       wgmma_k_steps<T, kColsC, false, false, C / 16>(acc, kmajor(sY, 0), kmajor(sT16, cc0), false);
+      wgmma_k_steps<T, kColsC, false, false, kK / 16>(kkt, kmajor(sK, 0), kmajor(sK, cc0), false);
       wgmma_commit();
       wgmma_wait<0>();
     } else {
       mma_rows<T, C / 16, kNC, false>(acc, sY + r0 * kLdC, kLdC, sT16 + cc0 * kLdC, kLdC, lane);  // B[m][j] = T[j][m]
+      mma_rows<T, kK / 16, kNC, false>(kkt, sK + r0 * kLdK, kLdK, sK + cc0 * kLdK, kLdK, lane);
     }
 #pragma unroll
     for (int nt = 0; nt < kNC; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int i = e < 2 ? i0 : i1, r = e / 2, j = cc0 + nt * 8 + 2 * t4 + (e & 1);
-        const float da = i > j ? -acc[nt][e] : 0.f, araw = sAraw[i * kLdA + j];
+        const float gamma = i > j ? __expf(sG[i] - sG[j]) : 0.f;  // (Γ overflows above the diagonal)
+        const float da = i > j ? -acc[nt][e] : 0.f, araw = sRk[i] * sRk[j] * gamma * kkt[nt][e];
         part_da[r] += da * araw;
         const float e2 = da * sBeta[i] * araw;
         part_e[r] += e2;
         col_e[nt][e & 1] += e2;
-        sDkk[i * kLdT + j] = i > j ? da * sBeta[i] * __expf(sG[i] - sG[j]) : 0.f;
+        sDkk[i * kLdT + j] = da * sBeta[i] * gamma;
       }
   }
   // Row partials: over the 4 lanes of a row (fixed order), then per column group in sRow.
