@@ -411,6 +411,21 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
       store2<T>(sDqkRq + RowsC::at(i, j), rq_[0], rq_[1]);
       store2<T>(sDt + RowsC::at(i, j), dT[nt][e], dT[nt][e + 1]);
     }
+  // Qn . X1 per row (before X1 gets the dQK term), then X1 <- scale e^G X1.
+  float part_qx[2] = {};
+  {
+#pragma unroll
+    for (int nt = 0; nt < kNK; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; e += 2) {
+        const int i = e < 2 ? i0 : i1, c = kc0 + nt * 8 + 2 * t4;
+        const float2 q2 = load2<T>(sQ + RowsK::at(i, c));
+        part_qx[e / 2] += q2.x * X1[nt][e] + q2.y * X1[nt][e + 1];
+      }
+    const float f0 = p.scale * __expf(sG[i0]), f1 = p.scale * __expf(sG[i1]);
+#pragma unroll
+    for (int nt = 0; nt < kNK; ++nt) X1[nt][0] *= f0, X1[nt][1] *= f0, X1[nt][2] *= f1, X1[nt][3] *= f1;
+  }
   fence_async_smem();
   __syncthreads();
   // Y = T^T dT -> sY
@@ -443,7 +458,11 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
       wgmma_k_steps<T, kColsC, false, false, C / 16>(acc, kmajor(sY, 0), kmajor(sT16, cc0), false);
       wgmma_k_steps<T, kColsC, false, false, kK / 16>(kkt, kmajor(sK, 0), kmajor(sK, cc0), false);
       wgmma_commit();
-      wgmma_wait<0>();
+      // dQn += dQK Kn and dKn += dQK^T Qn need only (d)'s tiles: a second group, running until (e)
+      wgmma_k_steps<T, kColsK, false, true, C / 16>(X1, kmajor(sDqkRk, 0), mnmajor(sK, kc0), true);
+      wgmma_k_steps<T, kColsK, true, true, C / 16>(dKn, mnmajor(sDqkRq, 0), mnmajor(sQ, kc0), true);  // A[j][i]
+      wgmma_commit();
+      wgmma_wait<1>();
     } else {
       mma_rows<T, C / 16, kNC, false>(acc, sY + r0 * kLdC, kLdC, sT16 + cc0 * kLdC, kLdC, lane);  // B[m][j] = T[j][m]
       mma_rows<T, kK / 16, kNC, false>(kkt, sK + r0 * kLdK, kLdK, sK + cc0 * kLdK, kLdK, lane);
@@ -479,15 +498,6 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
     return x;
   };
   {
-    float part_qx[2] = {};
-#pragma unroll
-    for (int nt = 0; nt < kNK; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; e += 2) {
-        const int i = e < 2 ? i0 : i1, c = kc0 + nt * 8 + 2 * t4;
-        const float2 q2 = load2<T>(sQ + RowsK::at(i, c));
-        part_qx[e / 2] += q2.x * X1[nt][e] + q2.y * X1[nt][e + 1];
-      }
     const float beta_part[2] = {part_vdvb[0] + part_da[0], part_vdvb[1] + part_da[1]};
     row_partial(kRowE, part_e);
     row_partial(kRowBeta, beta_part);
@@ -554,16 +564,9 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
     if (2 * lane < len) p.dg[(c0 + 2 * lane) * p.heads_v + hv] = incl;
     if (2 * lane + 1 < len) p.dg[(c0 + 2 * lane + 1) * p.heads_v + hv] = incl - a;
   }
-  {
-    const float f0 = p.scale * __expf(sG[i0]), f1 = p.scale * __expf(sG[i1]);
-#pragma unroll
-    for (int nt = 0; nt < kNK; ++nt) X1[nt][0] *= f0, X1[nt][1] *= f0, X1[nt][2] *= f1, X1[nt][3] *= f1;
-  }
-  if constexpr (kWg) {
+  if constexpr (kWg) {  // (the dQK terms went out with dA's products)
     wgmma_fence();
-    wgmma_k_steps<T, kColsK, false, true, C / 16>(X1, kmajor(sDqkRk, 0), mnmajor(sK, kc0), true);
     wgmma_k_steps<T, kColsK, false, true, C / 16>(dKn, kmajor(sSym, 0), mnmajor(sK, kc0), true);
-    wgmma_k_steps<T, kColsK, true, true, C / 16>(dKn, mnmajor(sDqkRq, 0), mnmajor(sQ, kc0), true);  // A[j][i]
     wgmma_commit();
     wgmma_wait<0>();
   } else {
