@@ -54,7 +54,7 @@ struct GdnGradsSmem {
   static constexpr int kT16 = kKey + bytes16(C, kK);            // T [64][64] (saved by the forward)
   static constexpr int kP = kT16 + bytes16(C, C);               // P (no scale) [64][64]
   static constexpr int kRegion = kP + bytes16(C, C);
-  // V-block tiles: the computed ones, dVn, Z, DvbS, VnD [64][kBV], then the loaded ones in kBuffers buffers (the next
+  // V-block tiles: the computed ones, dVn, Z, DvbS, VnD [64][kBV], then the loaded ones in two buffers (the next
   // V-block's loads run during the current one): dO, v, V_new [64][kBV], S0, dS1 [kK][kBV] (offsets in a buffer).
   static constexpr int kDvn = kRegion, kZ = kDvn + bytes16(C, kBV);
   static constexpr int kDvbS = kZ + bytes16(C, kBV), kVnD = kDvbS + bytes16(C, kBV);
@@ -71,17 +71,15 @@ struct GdnGradsSmem {
   static constexpr int kRows = 7;
   static constexpr int kRowSums = kRegionEndC, kColSums = kRowSums + kRows * kColGroups * C * 4;
   static constexpr int kDkk = kColSums + 4 * C * 4;
-  static_assert(kDkk + C * kLdT * 4 <= kLoad + kLoadBytes, "the chunk-end tiles fit in the V-block region");
+  static_assert(kDkk + C * kLdT * 4 <= kLoad + 2 * kLoadBytes, "the chunk-end tiles fit in the V-block region");
   // "Exact ends": the first chunk's S0 is h0 and the last chunk's dS1 is dht, both fp32 inputs. Their products run
   // on hi + lo 16-bit pairs (S0lo, dS1lo [kK][kBV], after the f32 vectors), as rounding them to 16 bits alone gives
   // dg errors ~1e-2 under strong decay (NOTES.md). K = 256 has the room but not the registers: its kernel would
   // spill 24 bytes, so it rounds them.
   static constexpr bool kExactEnds = kK <= 128;
   // After the V-block region: f32 G, beta, rq, rk, e^{G_L - G} [64] each; dG, c [64]; per-warp sums [kWarps]; then
-  // the lo tiles. Two load buffers where they fit.
-  static constexpr int kTail = align1k((5 * C + 2 * C + kWarps) * 4) + (kExactEnds ? 2 * bytes16(kK, kBV) : 0);
-  static constexpr int kBuffers = kLoad + 2 * kLoadBytes + kTail <= kSmemPerCta ? 2 : 1;
-  static constexpr int kVec = max_(kLoad + kBuffers * kLoadBytes, kRegionEndC);
+  // the lo tiles. (162 / 226 / 216 KB at K = 64 / 128 / 256.)
+  static constexpr int kVec = max_(kLoad + 2 * kLoadBytes, kRegionEndC);
   static constexpr int kLo = align1k(kVec + (5 * C + 2 * C + kWarps) * 4);
   static constexpr int kS0lo = kLo, kDs1lo = kLo + bytes16(kK, kBV);  // used only with kExactEnds
   static constexpr int kBytes = kExactEnds ? kLo + 2 * bytes16(kK, kBV) : kVec + (5 * C + 2 * C + kWarps) * 4;
@@ -243,12 +241,11 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
   fence_async_smem();
   __syncthreads();
 
-  // (c) The V-blocks; the next one's tiles load into the other buffer (kBuffers = 2) during the current one.
+  // (c) The V-blocks; the next one's tiles load into the other buffer during the current one.
   float X1[kNK][4] = {}, dKn[kNK][4] = {}, dP[kNC][4] = {}, dT[kNC][4] = {};
   float part_c[2] = {}, part_vdvb[2] = {}, part_dvbm[2] = {}, sum_sds = 0.f;
-  for (int v0 = 0, buf = 0; v0 < p.dim_v; v0 += kBV, buf = (buf + 1) % L::kBuffers) {
-    const bool prefetch = L::kBuffers == 2 && v0 + kBV < p.dim_v;
-    if (L::kBuffers == 1 && v0 > 0) load_vblock(v0, 0);
+  for (int v0 = 0, buf = 0; v0 < p.dim_v; v0 += kBV, buf = (buf + 1) % 2) {
+    const bool prefetch = v0 + kBV < p.dim_v;
     if (prefetch) load_vblock(v0 + kBV, buf ^ 1);  // its buffer's last reader was the previous V-block
     T* sDo = vtile(buf, L::kDo);
     T* sV = vtile(buf, L::kV);
