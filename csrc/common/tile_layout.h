@@ -8,7 +8,6 @@ namespace mom_ops {
 // Rows of kLd elements (the tile's columns plus padding against bank conflicts), what ldmatrix / mma.sync read.
 template <int kLd>
 struct PaddedRows {
-  static constexpr bool kSwizzled = false;
   static __host__ __device__ constexpr int at(int r, int c) { return r * kLd + c; }
 };
 
@@ -16,7 +15,6 @@ struct PaddedRows {
 // operand layout (common/wgmma.cuh). Tiles of at most 64 columns are one slab of any row count.
 template <int kSlabRows>
 struct Sw128Slabs {
-  static constexpr bool kSwizzled = true;
   static __host__ __device__ constexpr int at(int r, int c) {
     return (c / 64) * (kSlabRows * 64) + sw128_index(r, c % 64);
   }

@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include "common/wgmma.cuh"
+
 namespace mom_ops {
 
 // acc (+)= A B, m64 x kN x (16 kSteps), accumulate = false overwrites acc. a_at(s), b_at(s): the operands' elements
