@@ -1,7 +1,7 @@
 """Where a kernel's time goes, phase by phase: reads the SASS source page of an ncu report (profiled with
 `--set full --import-source yes`, e.g. through scripts/ncu_case.py) and cuts the kernel at every barrier (BAR.*) and
 EXIT, in SASS order. Per phase: share of the warp-state samples, instructions executed, shared-memory wavefronts and
-HMMA per CTA, the top stall reasons and the opcodes that hold the most samples.
+tensor-core instructions per CTA (HMMA, HGMMA), the top stall reasons and the opcodes that hold the most samples.
     ncu -i report.ncu-rep --page source --csv --print-source sass > report_sass.csv
     python3 scripts/ncu_phases.py report_sass.csv <CTAs in the grid> [min share, default 0.005]"""
 import csv
@@ -39,7 +39,7 @@ def main(path, ctas, min_share):
         phase["samples"] += number(r[samples])
         phase["executed"] += number(r[executed])
         phase["wavefronts"] += number(r[wavefronts])
-        if op.startswith("HMMA"):
+        if op.startswith(("HMMA", "HGMMA")):
             phase["hmma"] += number(r[executed])
         base = op.split(".")[0]
         phase["ops"][base] = phase["ops"].get(base, 0.0) + number(r[samples])
@@ -52,7 +52,7 @@ def main(path, ctas, min_share):
     phase["end"], phase["label"] = len(lines) - 1, "(end)"
     phases.append(phase)
 
-    print(f"{'SASS lines':>13s} {'ends at':18s} {'share':>6s} {'instr/CTA':>9s} {'wavefr/CTA':>10s} {'HMMA/CTA':>8s}"
+    print(f"{'SASS lines':>13s} {'ends at':18s} {'share':>6s} {'instr/CTA':>9s} {'wavefr/CTA':>10s} {'MMA/CTA':>8s}"
           "  top stalls | top opcodes (share of all samples)")
     for p in phases:
         if p["samples"] < min_share * total:

@@ -34,6 +34,10 @@ for bf in 1 0; do
   run emu_256_64_$bf 2 2 128 1 1 1 1 0 2 200 64
   run emu_256_32_$bf 1 2 64 0 0 0 0 0 0 150 1
 done
+# 70 sequences (empty and 1-row ones among them): the chunk-slot search (slot_sequence) takes two rounds
+pattern=(0 1 5 64 65 17 130)
+many=$(for i in $(seq 0 69); do echo -n "${pattern[i % 7]} "; done)
+run emu_64_64_1 1 1 64 1 0 0 2 0 3 $many
 for seed in 11 22; do  # random warp speeds: barriers that are missing show up here
   export EMU_SEED=$seed
   run emu_64_64_1 1 2 128 1 0 0 3 1 5 130 0 64 7 1

@@ -44,6 +44,10 @@ run emu_bwd_256_32_1  1 1 64  1 0 0 2 1 3 1 1 130 0 64 1
 run emu_bwd_256_32_1  1 2 64  1 1 1 3 0 0 1 1 0 1 100
 run emu_bwd_256_64_1  1 2 128 1 0 0 1 0 2 1 1 200 1 0 64
 run emu_bwd_256_64_1  2 2 128 1 1 1 0 0 0 0 1 70 1
+# 70 sequences (empty and 1-row ones among them): the chunk-slot search (slot_sequence) takes two rounds
+pattern=(0 1 5 64 65 17 130)
+many=$(for i in $(seq 0 69); do echo -n "${pattern[i % 7]} "; done)
+run emu_bwd_64_64_1   1 1 64  1 0 0 2 0 3 1 1 $many
 # fp16
 run emu_bwd_64_64_0   1 2 128 1 0 0 2 0 5 1 1 130 0 64 1
 run emu_bwd_128_64_0  2 2 128 1 1 1 3 1 0 1 1 100 1 0 70

@@ -134,6 +134,13 @@ inline float __shfl_up_sync(unsigned, float v, int d) {
   auto& w = emu::warp(); const int l = emu::lane();
   w.f[l] = v; emu::enter(w, 200 + d); const float r = l >= d ? w.f[l - d] : v; emu::leave(w); return r;
 }
+inline unsigned __ballot_sync(unsigned, int pred) {
+  auto& w = emu::warp(); const int l = emu::lane();
+  w.f[l] = pred ? 1.f : 0.f; emu::enter(w, 400); unsigned r = 0;
+  for (int i = 0; i < 32; ++i) r |= w.f[i] != 0.f ? 1u << i : 0u;
+  emu::leave(w); return r;
+}
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
 inline float __shfl_down_sync(unsigned, float v, int d) {
   auto& w = emu::warp(); const int l = emu::lane();
   w.f[l] = v; emu::enter(w, 300 + d); const float r = l + d < 32 ? w.f[l + d] : v; emu::leave(w); return r;
