@@ -4,7 +4,8 @@
 #   bash scripts/gpu_check.sh [pytest -k expression] [bench --only list]
 # Env: MOM_OPS_COMMIT (recorded in the results), SKIP_TESTS=1, SKIP_BENCH=1, SKIP_PROBE=1, TEST_TIMEOUT, MAX_JOBS,
 # BENCH_PROVIDERS and BENCH_MODES (comma lists), BENCH_MERGE=1 (start from this GPU's bench/results file and redo
-# only the selected records).
+# only the selected records), PROFILE_CASES ("case:mode ...": each case's mom_ops kernels and their times, from
+# scripts/profile_case.py, printed after the benchmarks), SANITIZE=1 (scripts/gdn_bwd_sanitize.sh -> sanitize.log).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu_out}"
@@ -68,6 +69,16 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
     ${BENCH_PROVIDERS:+--providers "$BENCH_PROVIDERS"} ${BENCH_MODES:+--modes "$BENCH_MODES"} \
     $([ "${BENCH_MERGE:-0}" = 1 ] && echo --merge) 2>"$OUT/bench.err" | tee "$OUT/bench.log" || status=1
   tail -n 20 "$OUT/bench.err"
+fi
+# 5. Kernel times of chosen cases; compute-sanitizer on the scan.
+for case_mode in ${PROFILE_CASES:-}; do
+  echo "== ${case_mode}"
+  python3 scripts/profile_case.py "${case_mode%%:*}" "${case_mode##*:}" 2>&1 | grep -E "mom_ops::|Self CUDA time total" \
+    | cut -c1-60,100-
+done
+if [ "${SANITIZE:-0}" = 1 ]; then
+  timeout 300 bash scripts/gdn_bwd_sanitize.sh >"$OUT/sanitize.log" 2>&1 || status=1
+  grep -E "SUMMARY|exit" "$OUT/sanitize.log"
 fi
 # The device tool returns at most 8 files: keep the main ones loose (tests.log, bench.log, the results file), pack the
 # rest (a failed build exits above and leaves build.log loose).
