@@ -602,12 +602,11 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
     row_partial(kRowKdK, part_k);
   }
   __syncthreads();
-  T* dq = static_cast<T*>(p.dq);
-  T* dk = static_cast<T*>(p.dk);
+  // dq, dk rows into sQ, sK in place (each element replaces the q or k element it reads; no other thread reads it),
+  // then to global memory in 16-byte chunks (the fragments' own stores would be 4 bytes each).
 #pragma unroll
   for (int e = 0; e < 4; e += 2) {
     const int i = e < 2 ? i0 : i1;
-    if (i >= len) continue;
     float aq = 1.f, bq = 0.f, ak = 1.f, bk = 0.f;  // dx = a dy - b x
     if (p.l2norm) {
       const float rq = sRq[i], rk = sRk[i];
@@ -616,12 +615,20 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
     }
 #pragma unroll
     for (int nt = 0; nt < kNK; ++nt) {
-      const int c = kc0 + nt * 8 + 2 * t4;
-      const int64_t off = ((c0 + i) * p.heads_qk + h) * kK + c;
-      const float2 q2 = load2<T>(sQ + RowsK::at(i, c)), k2 = load2<T>(sK + RowsK::at(i, c));
-      store2<T>(dq + off, aq * X1[nt][e] - bq * q2.x, aq * X1[nt][e + 1] - bq * q2.y);
-      store2<T>(dk + off, ak * dKn[nt][e] - bk * k2.x, ak * dKn[nt][e + 1] - bk * k2.y);
+      const int at = RowsK::at(i, kc0 + nt * 8 + 2 * t4);
+      const float2 q2 = load2<T>(sQ + at), k2 = load2<T>(sK + at);
+      store2<T>(sQ + at, aq * X1[nt][e] - bq * q2.x, aq * X1[nt][e + 1] - bq * q2.y);
+      store2<T>(sK + at, ak * dKn[nt][e] - bk * k2.x, ak * dKn[nt][e + 1] - bk * k2.y);
     }
+  }
+  __syncthreads();
+  T* dq = static_cast<T*>(p.dq);
+  T* dk = static_cast<T*>(p.dk);
+  for (int idx = tid; idx < len * (kK / 8); idx += kThreads) {
+    const int r = idx / (kK / 8), c = (idx % (kK / 8)) * 8;
+    const int64_t off = ((c0 + r) * p.heads_qk + h) * kK + c;
+    *reinterpret_cast<uint4*>(dq + off) = *reinterpret_cast<const uint4*>(sQ + RowsK::at(r, c));
+    *reinterpret_cast<uint4*>(dk + off) = *reinterpret_cast<const uint4*>(sK + RowsK::at(r, c));
   }
 }
 
