@@ -2,10 +2,11 @@
 # On a GPU machine: install carried wheels, build mom_ops, run the GPU tests and the benchmarks, check clocks.
 # Logs and results go to $OUT (or ./gpu_out). One command, well under 10 minutes:
 #   bash scripts/gpu_check.sh [pytest -k expression] [bench --only list]
-# Env: MOM_OPS_COMMIT (recorded in the results), SKIP_TESTS=1, SKIP_BENCH=1, SKIP_PROBE=1, TEST_TIMEOUT, MAX_JOBS,
-# BENCH_PROVIDERS and BENCH_MODES (comma lists), BENCH_MERGE=1 (start from this GPU's bench/results file and redo
-# only the selected records), PROFILE_CASES ("case:mode ...": each case's mom_ops kernels and their times, from
-# scripts/profile_case.py, printed after the benchmarks), SANITIZE=1 (scripts/gdn_bwd_sanitize.sh -> sanitize.log).
+# Env: MOM_OPS_COMMIT (recorded in the results), SKIP_TESTS=1, SKIP_BENCH=1, SKIP_PROBE=1 (the wgmma and TMA
+# probes), TEST_TIMEOUT, MAX_JOBS, BENCH_PROVIDERS and BENCH_MODES (comma lists), BENCH_MERGE=1 (start from this GPU's
+# bench/results file and redo only the selected records), PROFILE_CASES ("case:mode ...": each case's mom_ops kernels
+# and their times, from scripts/profile_case.py, printed after the benchmarks), SANITIZE=1
+# (scripts/gdn_bwd_sanitize.sh -> sanitize.log).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu_out}"
@@ -37,11 +38,14 @@ echo "build: $(( $(date +%s) - start )) s"
 python3 -c "import mom_ops, json; print(json.dumps(mom_ops.build_info()))" | tee "$OUT/build_info.json"
 ldd mom_ops/_C*.so | grep -q libstdc++ || echo "WARNING: mom_ops._C does not link libstdc++ dynamically"
 
-# 2b. The wgmma layout probe (scripts/wgmma_probe/probe.cu: common/wgmma.cuh against a host reference; ~15 s).
+# 2b. The layout probes against host references (~15 s each): scripts/wgmma_probe/probe.cu (common/wgmma.cuh) and
+# scripts/tma_probe/probe.cu (common/tma.cuh); both logs in probes.log.
 if [ "${SKIP_PROBE:-0}" != 1 ]; then
-  { "$CUDA_HOME/bin/nvcc" -std=c++17 -gencode arch=compute_90a,code=sm_90a -Icsrc scripts/wgmma_probe/probe.cu \
-      -o /tmp/wgmma_probe && /tmp/wgmma_probe; } >"$OUT/wgmma_probe.log" 2>&1
-  echo "wgmma probe: $(tail -n 1 "$OUT/wgmma_probe.log")"
+  for probe in wgmma tma; do
+    { echo "== $probe"; "$CUDA_HOME/bin/nvcc" -std=c++17 -gencode arch=compute_90a,code=sm_90a -Icsrc \
+        "scripts/${probe}_probe/probe.cu" -o "/tmp/${probe}_probe" && "/tmp/${probe}_probe"; } >>"$OUT/probes.log" 2>&1
+    echo "$probe probe: $(tail -n 1 "$OUT/probes.log")"
+  done
 fi
 
 # 3. GPU tests (and the CPU ones: they are quick).
