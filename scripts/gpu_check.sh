@@ -77,8 +77,8 @@ fi
 # 5. Kernel times of chosen cases; compute-sanitizer on the scan.
 for case_mode in ${PROFILE_CASES:-}; do
   echo "== ${case_mode}"
-  python3 scripts/profile_case.py "${case_mode%%:*}" "${case_mode##*:}" 2>&1 | grep -E "mom_ops::|Self CUDA time total" \
-    | cut -c1-60,100-
+  python3 scripts/profile_case.py "${case_mode%%:*}" "${case_mode##*:}" 2>&1 \
+    | grep -E "mom_ops::|Self CUDA time total" | cut -c1-60,100-
 done
 if [ "${SANITIZE:-0}" = 1 ]; then
   timeout 300 bash scripts/gdn_bwd_sanitize.sh >"$OUT/sanitize.log" 2>&1 || status=1

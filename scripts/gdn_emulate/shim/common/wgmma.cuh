@@ -85,6 +85,7 @@ template <typename T, int kN, bool kTransA, bool kTransB>
 inline void wgmma_m64k16(float (&d)[kN / 8][4], uint64_t desc_a, uint64_t desc_b, bool accumulate) {
   static_assert(kN == 32 || kN == 64, "n32 or n64");
   detail::g_wgmma[emu::g_cur].open.push_back(
-      {&d[0][0], kN / 8, desc_a, desc_b, kTransA, kTransB, accumulate, [](uint16_t u) { return emu::bits_to_f<T>(u); }});
+      {&d[0][0], kN / 8, desc_a, desc_b, kTransA, kTransB, accumulate,
+       [](uint16_t u) { return emu::bits_to_f<T>(u); }});
 }
 }  // namespace mom_ops
