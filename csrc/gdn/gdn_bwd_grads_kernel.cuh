@@ -47,7 +47,6 @@ struct GdnGradsSmem {
   using RowsC = std::conditional_t<kWgmma, Sw128Slabs<C>, PaddedRows<kLdC>>;
   // Bytes of a 16-bit tile of rows x cols (padded rows: ld = cols + 8).
   static constexpr int bytes16(int rows, int cols) { return rows * (kWgmma ? cols : cols + 8) * 2; }
-  static constexpr int max_(int a, int b) { return a > b ? a : b; }
   static constexpr int align1k(int x) { return (x + 1023) / 1024 * 1024; }
   static constexpr int kQ = 0;                                  // q [64][kK] raw
   static constexpr int kKey = kQ + bytes16(C, kK);              // k [64][kK] raw
@@ -79,7 +78,7 @@ struct GdnGradsSmem {
   static constexpr bool kExactEnds = kK <= 128;
   // After the V-block region: f32 G, beta, rq, rk, e^{G_L - G} [64] each; dG, c [64]; per-warp sums [kWarps]; then
   // the lo tiles. (162 / 226 / 216 KB at K = 64 / 128 / 256.)
-  static constexpr int kVec = max_(kLoad + 2 * kLoadBytes, kRegionEndC);
+  static constexpr int kVec = max_int(kLoad + 2 * kLoadBytes, kRegionEndC);
   static constexpr int kLo = align1k(kVec + (5 * C + 2 * C + kWarps) * 4);
   static constexpr int kS0lo = kLo, kDs1lo = kLo + bytes16(kK, kBV);  // used only with kExactEnds
   static constexpr int kBytes = kExactEnds ? kLo + 2 * bytes16(kK, kBV) : kVec + (5 * C + 2 * C + kWarps) * 4;
@@ -135,8 +134,9 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g8 = lane / 4, t4 = lane % 4;
   const int rt = warp % 4, cg = warp / 4, r0 = 16 * rt, i0 = r0 + g8, i1 = i0 + 8;
   // wgmma operands of a swizzled tile x (wgmma_k_steps): K-major from row `row`, MN-major from column `col`.
-  auto kmajor = [](const T* x, int row) { return [=](int s) { return x + RowsK::at(row, 16 * s); }; };
-  auto mnmajor = [](const T* x, int col) { return [=](int s) { return x + RowsK::at(16 * s, col); }; };
+  using Sw = Sw128Slabs<C>;
+  auto kmajor = [](const T* x, int row) { return [=](int s) { return x + Sw::at(row, 16 * s); }; };
+  auto mnmajor = [](const T* x, int col) { return [=](int s) { return x + Sw::at(16 * s, col); }; };
   const int hv = blockIdx.x % p.heads_v, h = hv / (p.heads_v / p.heads_qk);
   const int64_t slot = blockIdx.x / p.heads_v;
   const int lo = slot_sequence(p, slot);  // slot -> (sequence lo, chunk)

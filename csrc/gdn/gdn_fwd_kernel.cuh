@@ -30,6 +30,8 @@ constexpr int kTSolveScratch = 8 * 16 * 8;  // floats of invert_unit_lower_64's 
 constexpr int kSmemPerCta = 227 * 1024;  // the most shared memory one CTA may opt in to on sm_90
 constexpr int kSmemPerSm = 228 * 1024;   // an SM's shared memory, of which every resident CTA also reserves 1 KB
 
+constexpr int max_int(int a, int b) { return a > b ? a : b; }  // for shared-memory layouts
+
 // CTAs of smem_bytes each that fit on an SM by shared memory, at most cap (the bound the registers set).
 constexpr int ctas_per_sm_by_smem(int smem_bytes, int cap) {
   const int fit = kSmemPerSm / (smem_bytes + 1024);
@@ -71,14 +73,13 @@ struct GdnSmem {
   static constexpr int C = kGdnChunk;
   static constexpr int kLdK = kK + 8, kLdV = kBV + 8, kLdC = C + 8, kLdA = C + 4, kLdT = C + 1;
   static constexpr int bytes16(int rows, int ld) { return rows * ld * 2; }
-  static constexpr int max_(int a, int b) { return a > b ? a : b; }
   static constexpr int kQ = 0;                                              // q [64][kLdK] (raw)
   static constexpr int kKey = kQ + bytes16(C, kLdK);                        // k [64][kLdK] (raw)
   static constexpr int kV = kKey + bytes16(C, kLdK);                        // v | rk e^{G_last-G} V_new [64][kLdV]
   static constexpr int kS = kV + bytes16(C, kLdV);                          // S^T [kBV][kLdK] (16-bit copy)
   static constexpr int kW = kS + bytes16(kBV, kLdK);                        // A f32 [64][kLdA] | W [64][kLdK]
-  static constexpr int kVn = kW + max_(bytes16(C, kLdK), C * kLdA * 4);     // T f32 [64][kLdT] | V_new [64][kLdV]
-  static constexpr int kTw = kVn + max_(bytes16(C, kLdV), C * kLdT * 4);    // T diag(beta e^G rk) | X f32 | QK
+  static constexpr int kVn = kW + max_int(bytes16(C, kLdK), C * kLdA * 4);  // T f32 [64][kLdT] | V_new [64][kLdV]
+  static constexpr int kTw = kVn + max_int(bytes16(C, kLdV), C * kLdT * 4); // T diag(beta e^G rk) | X f32 | QK
   static constexpr int kTu = kTw + bytes16(C, kLdC);                        // T diag(beta) [64][kLdC]  | X f32
   static constexpr int kVec = kTu + bytes16(C, kLdC);  // f32 [64] each: G, beta, rq, rk, beta e^G rk
   static constexpr int kOneBuffer = kVec + 5 * C * 4;

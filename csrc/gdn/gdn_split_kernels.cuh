@@ -47,7 +47,6 @@ struct GdnPrepSmem {
   static constexpr int C = kGdnChunk, kVB = 128;  // v in blocks of 128 columns (a last block may have 64)
   static constexpr int kLdK = kK + 8, kLdV = kVB + 8, kLdC = C + 8, kLdA = C + 4, kLdT = C + 1;
   static constexpr int bytes16(int rows, int ld) { return rows * ld * 2; }
-  static constexpr int max_(int a, int b) { return a > b ? a : b; }
   static constexpr int kKey = 0;                                // k [64][kLdK] raw
   static constexpr int kV = kKey + bytes16(C, kLdK);            // v [64][kLdV], one block of columns at a time
   static constexpr int kT = kV + bytes16(C, kLdV);              // T f32 [64][kLdT]
@@ -55,7 +54,7 @@ struct GdnPrepSmem {
   static constexpr int kX = kA + C * kLdA * 4;
   static constexpr int kTw = kA;                                // T diag(beta e^G rk) [64][kLdC]
   static constexpr int kTu = kTw + bytes16(C, kLdC);            // T diag(beta) [64][kLdC]
-  static constexpr int kVec = kA + max_(C * kLdA * 4 + kTSolveScratch * 4, 2 * bytes16(C, kLdC));
+  static constexpr int kVec = kA + max_int(C * kLdA * 4 + kTSolveScratch * 4, 2 * bytes16(C, kLdC));
   static constexpr int kBytes = kVec + 5 * C * 4;               // f32 [64] each: G, beta, rk, beta e^G rk, (rq)
   static constexpr int kCtasPerSm = ctas_per_sm_by_smem(kBytes, 3);  // (3: <= 85 registers per thread)
   static_assert(kK > 128 || kCtasPerSm == 3, "three prep CTAs per SM at K <= 128");
@@ -315,11 +314,10 @@ struct GdnOutputSmem {
   static constexpr int C = kGdnChunk;
   static constexpr int kLdK = kK + 8, kLdV = kBV + 8;
   static constexpr int bytes16(int rows, int ld) { return rows * ld * 2; }
-  static constexpr int max_(int a, int b) { return a > b ? a : b; }
   static constexpr int kQ = 0;                                        // q [64][kLdK] raw
   static constexpr int kKey = kQ + bytes16(C, kLdK);                  // k [64][kLdK] raw | V_new [64][kLdV]
   static constexpr int kVn = kKey;
-  static constexpr int kS0 = kKey + max_(bytes16(C, kLdK), bytes16(C, kLdV));  // S0 [kK][kLdV] (k-major rows)
+  static constexpr int kS0 = kKey + max_int(bytes16(C, kLdK), bytes16(C, kLdV));  // S0 [kK][kLdV] (k-major rows)
   static constexpr int kVec = kS0 + bytes16(kK, kLdV);                // f32 [64] each: G, rk (prep's g_rk), rq
   static constexpr int kBytes = kVec + 3 * C * 4;
   static constexpr int kCtasPerSm = ctas_per_sm_by_smem(kBytes, 3);  // (3: <= 85 registers per thread)
