@@ -74,6 +74,33 @@ __device__ __forceinline__ void wgmma_m64k16(float (&d)[kN / 8][4], uint64_t des
   }
 }
 
+// The A operand from registers ("RS"): a[4] holds the warp's 16 rows of the m64 x k16 A tile in the mma.sync A
+// fragment layout ((g, 2t..), (g + 8, 2t..), (g, 2t + 8..), (g + 8, 2t + 8..), two 16-bit elements per register),
+// so an accumulator's n8 tiles 2 s, 2 s + 1 turned to 16 bits (acc_to_a) are k-step s of the next product's A.
+#define MOM_OPS_WGMMA_RS_IN \
+  "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(int(accumulate)), "n"(int(kTransB))
+#define MOM_OPS_WGMMA_RS_N64(ab)                                                                           \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                                              \
+               "wgmma.mma_async.sync.aligned.m64n64k16.f32." ab "." ab " "                                  \
+               "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                  \
+               "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "       \
+               "{%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"                                           \
+               : MOM_OPS_WGMMA_D32 : MOM_OPS_WGMMA_RS_IN)
+
+// d (+)= A B, m64 x n64 x k16, A from registers (above), B from shared memory (MN-major when kTransB).
+template <typename T, bool kTransB>
+__device__ __forceinline__ void wgmma_m64n64k16_rs(float (&d)[8][4], const uint32_t (&a)[4], uint64_t desc_b,
+                                                   bool accumulate) {
+  static_assert(sizeof(T) == 2, "16-bit operands");
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    MOM_OPS_WGMMA_RS_N64("bf16");
+  } else {
+    MOM_OPS_WGMMA_RS_N64("f16");
+  }
+}
+
+#undef MOM_OPS_WGMMA_RS_N64
+#undef MOM_OPS_WGMMA_RS_IN
 #undef MOM_OPS_WGMMA_N64
 #undef MOM_OPS_WGMMA_N32
 #undef MOM_OPS_WGMMA_IN

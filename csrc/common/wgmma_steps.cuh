@@ -18,4 +18,17 @@ __device__ __forceinline__ void wgmma_k_steps(float (&acc)[kN / 8][4], FA a_at, 
     wgmma_m64k16<T, kN, kTransA, kTransB>(acc, sw128_desc(a_at(s)), sw128_desc(b_at(s)), accumulate || s > 0);
 }
 
+// k-step s of an A operand from the accumulator acc of an m64 x n product (n8 tiles 2 s, 2 s + 1), each element
+// times col_scale(column) (the column within the tile), in 16 bits.
+template <typename T, int kTiles, typename Scale>
+__device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&acc)[kTiles][4], int s, int t4,
+                                         Scale&& col_scale) {
+  const int c0 = 16 * s + 2 * t4, c1 = c0 + 8;
+  const float f00 = col_scale(c0), f01 = col_scale(c0 + 1), f10 = col_scale(c1), f11 = col_scale(c1 + 1);
+  a[0] = pack2<T>(f00 * acc[2 * s][0], f01 * acc[2 * s][1]);
+  a[1] = pack2<T>(f00 * acc[2 * s][2], f01 * acc[2 * s][3]);
+  a[2] = pack2<T>(f10 * acc[2 * s + 1][0], f11 * acc[2 * s + 1][1]);
+  a[3] = pack2<T>(f10 * acc[2 * s + 1][2], f11 * acc[2 * s + 1][3]);
+}
+
 }  // namespace mom_ops

@@ -90,6 +90,14 @@ bool use_split_forward(const GdnDims& d, int bv, bool training) {
   return fused_ctas < 2 * int64_t(sms);
 }
 
+// The warp-specialised forward (gdn_fwd_ws_kernel.cuh) instead of the fused one, where the split forward is not
+// taken: inference at K = 128 with V a multiple of 128 (NOTES.md). MOM_OPS_GDN_WS=0 keeps the fused kernel.
+bool use_warp_specialised_forward(const GdnDims& d, bool training) {
+  if (training || d.dim_k != 128 || d.dim_v % 128 != 0) return false;
+  const char* env = std::getenv("MOM_OPS_GDN_WS");
+  return env == nullptr || std::string(env) != "0";
+}
+
 // The forward; with `saved` (the training forward) it also writes what the backward reads: the state at every
 // chunk start, W, V_new and T (16-bit).
 struct GdnSaved {
@@ -158,6 +166,11 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Te
     sp.g_rk = g_rk.data_ptr<float>();
     run_gdn_fwd_split(sp, q.scalar_type() == at::kBFloat16, int(d.dim_k), chunk_slots(rows, d.num_seqs),
                       split_chain_value_block(d.num_seqs, d.heads_v, d.dim_v), stream);
+    return {io.o, io.ht};
+  }
+  if (use_warp_specialised_forward(d, saved != nullptr)) {
+    p.num_vblocks = int(d.dim_v / 128);
+    run_gdn_fwd_ws(p, q.scalar_type() == at::kBFloat16, stream);
     return {io.o, io.ht};
   }
   run_gdn_fwd(p, q.scalar_type() == at::kBFloat16, int(d.dim_k), bv, stream);

@@ -93,10 +93,10 @@ struct GdnSmem {
 };
 
 // T = (I + A)^-1 for the strictly lower 64x64 A (fp32; row stride kLdA, a multiple of 4, so rows load as
-// float4; zeros on and above the diagonal) into Tm (row stride kLdT), by 16x16 blocks, all 256 threads.
-// X (kTSolveScratch floats) is scratch. Ends with a barrier.
-template <int kLdA, int kLdT>
-__device__ __forceinline__ void invert_unit_lower_64(const float* A, float* Tm, float* X, int tid) {
+// float4; zeros on and above the diagonal) into Tm (row stride kLdT), by 16x16 blocks, threads 0 .. 32 kWarps - 1
+// (kWarps >= 2), sync() a barrier of exactly those threads. X (128 floats per warp) is scratch. Ends with sync().
+template <int kLdA, int kLdT, int kWarps, typename Sync>
+__device__ __forceinline__ void invert_unit_lower_64_by(const float* A, float* Tm, float* X, int tid, Sync&& sync) {
   // Diagonal blocks: thread (b, c) substitutes column c of block b: t_i = [i == c] - sum_m A_im t_m. Every sum has a
   // fixed length (the zeros of A make up the rest) and four partial sums, so the loops unroll and the FMA chains
   // stay short.
@@ -120,17 +120,18 @@ __device__ __forceinline__ void invert_unit_lower_64(const float* A, float* Tm, 
 #pragma unroll
     for (int i = 0; i < 16; ++i) Tm[(r0 + i) * kLdT + r0 + c] = t[i];
   }
-  __syncthreads();
+  sync();
   // Off-diagonal blocks, one block diagonal d at a time, on the tensor cores in fp32-like 3xTF32 (mma_1688_f32):
-  // warp w < 2 (4 - d) owns the 8 columns n0 = 16 j + 8 (w % 2).. of block (i, j) = (j + d, j), j = w / 2:
+  // item w < 2 (4 - d) (warp w, and w + kWarps.. where there are fewer warps than items) owns the 8 columns
+  // n0 = 16 j + 8 (w % 2).. of block (i, j) = (j + d, j), j = w / 2:
   // X = sum_{m = 16 j}^{16 i - 1} A[16 i.., m] T[m, n0..] (16 x 8), then T_ij = -T_ii X. X passes from the C to the
   // B fragment layout through the warp's scratch tile.
   const int warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   float* Xw = X + warp * 128;  // [16][8]
 #pragma unroll
   for (int d = 1; d < 4; ++d) {
-    if (warp < 2 * (4 - d)) {
-      const int j = warp / 2, i = j + d, r = 16 * i, n0 = 16 * j + 8 * (warp % 2);
+    for (int w = warp; w < 2 * (4 - d); w += kWarps) {
+      const int j = w / 2, i = j + d, r = 16 * i, n0 = 16 * j + 8 * (w % 2);
       float x[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
       for (int m = 0; m < 16 * d; m += 8) {
@@ -154,11 +155,18 @@ __device__ __forceinline__ void invert_unit_lower_64(const float* A, float* Tm, 
       for (int e = 0; e < 4; ++e) {
         const int row = g + (e < 2 ? 0 : 8), col = 2 * t + (e & 1);
         Tm[(r + row) * kLdT + n0 + col] = -y[e];
-        Tm[(16 * j + row) * kLdT + r + 8 * (warp % 2) + col] = 0.f;  // above the diagonal
+        Tm[(16 * j + row) * kLdT + r + 8 * (w % 2) + col] = 0.f;  // above the diagonal
       }
+      if constexpr (kWarps < 6) __syncwarp();  // Xw is rewritten by the warp's next item
     }
-    __syncthreads();
+    sync();
   }
+}
+
+// The same by all 256 threads of a CTA (X: kTSolveScratch floats).
+template <int kLdA, int kLdT>
+__device__ __forceinline__ void invert_unit_lower_64(const float* A, float* Tm, float* X, int tid) {
+  invert_unit_lower_64_by<kLdA, kLdT, 8>(A, Tm, X, tid, [] { __syncthreads(); });
 }
 
 // From the fp32 T (row stride kLdT): Tu = T diag(beta), Tw = T diag(col_w) in 16 bits (row stride kLdC), all 256

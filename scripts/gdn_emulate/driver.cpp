@@ -7,6 +7,9 @@
 #undef __CUDACC__
 #include "gdn/gdn_fwd_kernel.cuh"
 #include "gdn/gdn_split_kernels.cuh"
+#if KK == 128 && KBV == 128
+#include "gdn/gdn_fwd_ws_kernel.cuh"
+#endif
 #include <string>
 
 using namespace mom_ops;
@@ -158,9 +161,33 @@ int main(int argc, char** argv) {
     std::printf("  u      written outside sequences: %lld, NaN inside: %lld\n", (long long)outside, (long long)nan_inside);
     fails += (outside != 0) + (nan_inside != 0);
   }
+  // ---- the warp-specialised inference forward (K = 128, V % 128 == 0): o and ht vs the fused kernel's (close, not
+  // bitwise: it rounds other intermediates) and vs the fp64 recurrence below
+  Buf o3 = galloc(rows * HV * V * 2), ht3 = galloc(size_t(N) * HV * kK * V * 4);
+  bool ws_ran = false;
+#if KK == 128 && KBV == 128
+  if (V % 128 == 0) {
+    GdnFwdParams f = p;
+    f.o = o3.data, f.ht = ht3.as<float>(), f.num_vblocks = V / 128;
+    launch(gdn_fwd_ws_kernel<T>, f, int64_t(N) * HV * (V / 128), GdnWsSmem<T>::kBytes, kGdnWsThreads);
+    ws_ran = true;
+    int64_t outside = 0, nan = 0;
+    double num = 0, den = 0;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < HV * V; ++j) {
+        const T* x = o1.as<T>() + r * HV * V + j; const T* y = o3.as<T>() + r * HV * V + j;
+        if (!in_seq[r]) { outside += !is_poison16(y); continue; }
+        if (std::isnan(f16(*y))) { ++nan; continue; }
+        num += double(f16(*x) - f16(*y)) * (f16(*x) - f16(*y)), den += double(f16(*x)) * f16(*x);
+      }
+    std::printf("  o      ws vs fused: rel %.2e, %lld NaN, %lld written outside sequences\n",
+                std::sqrt(num / std::max(den, 1e-300)), (long long)nan, (long long)outside);
+    fails += (nan != 0) + (outside != 0) + !(std::sqrt(num / std::max(den, 1e-300)) < 1e-2);
+  }
+#endif
   // ---- fp64 recurrence
   {
-    double num_o = 0, den_o = 0, num_h = 0, den_h = 0, num_of = 0;
+    double num_o = 0, den_o = 0, num_h = 0, den_h = 0, num_of = 0, num_ow = 0, num_hw = 0;
     const int grp = HV / H;
     for (int s = 0; s < N; ++s)
       for (int hv = 0; hv < HV; ++hv) {
@@ -192,17 +219,27 @@ int main(int argc, char** argv) {
             oo *= p.scale;
             const double of = f16(o1.as<T>()[(r * HV + hv) * V + vv]), os = f16(o2.as<T>()[(r * HV + hv) * V + vv]);
             num_o += (os - oo) * (os - oo), num_of += (of - oo) * (of - oo), den_o += oo * oo;
+            if (ws_ran) {
+              const double ow = f16(o3.as<T>()[(r * HV + hv) * V + vv]);
+              num_ow += (ow - oo) * (ow - oo);
+            }
           }
         }
         for (int kk = 0; kk < kK; ++kk) for (int vv = 0; vv < V; ++vv) {
           const double ref = S[kk * V + vv], x = ht2.as<float>()[sidx(kk, vv)];
           num_h += (x - ref) * (x - ref), den_h += ref * ref;
+          if (ws_ran) num_hw += (ht3.as<float>()[sidx(kk, vv)] - ref) * (ht3.as<float>()[sidx(kk, vv)] - ref);
         }
       }
     const double ro = std::sqrt(num_o / std::max(den_o, 1e-300)), rof = std::sqrt(num_of / std::max(den_o, 1e-300));
     const double rh = std::sqrt(num_h / std::max(den_h, 1e-300));
     std::printf("  vs fp64 recurrence: o split %.2e, o fused %.2e, ht split %.2e\n", ro, rof, rh);
     fails += !(ro < 2e-2) + !(rh < 2e-2);
+    if (ws_ran) {
+      const double row = std::sqrt(num_ow / std::max(den_o, 1e-300)), rhw = std::sqrt(num_hw / std::max(den_h, 1e-300));
+      std::printf("  vs fp64 recurrence: o ws %.2e, ht ws %.2e\n", row, rhw);
+      fails += !(row < 2e-2) + !(rhw < 2e-2);
+    }
   }
   std::printf("%s\n", fails ? "FAIL" : "OK");
   return fails ? 1 : 0;

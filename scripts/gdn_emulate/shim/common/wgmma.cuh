@@ -24,18 +24,27 @@ inline uint64_t sw128_desc(const void* p) {
 }
 
 namespace detail {
+// A from registers (wgmma_m64n64k16_rs): every thread of the warpgroup deposits its fragment into the op's shared
+// table at issue; a thread computing its accumulators waits (yields) until all 128 have.
+struct RegA {
+  float a[64][16];
+  int deposits = 0, done = 0;
+};
 struct WgmmaOp {
   float* d;  // [n_tiles][4]
   int n_tiles;
   uint64_t desc_a, desc_b;
   bool trans_a, trans_b, accumulate;
   float (*to_float)(uint16_t);
+  RegA* reg_a = nullptr;
 };
 struct WgmmaState {
   std::vector<WgmmaOp> open;
   std::deque<std::vector<WgmmaOp>> groups;
+  uint64_t rs_issued = 0;  // register-A ops this thread has issued
 };
 inline std::map<const emu::Fiber*, WgmmaState> g_wgmma;
+inline std::map<std::pair<int, uint64_t>, RegA> g_reg_a;  // (warpgroup, op number) -> table
 
 // Element (mn, k) of the operand described by desc (MN-major when trans).
 inline float wgmma_operand(uint64_t desc, bool trans, int mn, int k, float (*to_float)(uint16_t)) {
@@ -59,7 +68,7 @@ inline void wgmma_run(const WgmmaOp& op) {
       const int m = 16 * warp_rank + g + (e >= 2 ? 8 : 0), n = 8 * j + 2 * t + (e & 1);
       double s = op.accumulate ? op.d[4 * j + e] : 0.0;
       for (int k = 0; k < 16; ++k)
-        s += double(wgmma_operand(op.desc_a, op.trans_a, m, k, op.to_float)) *
+        s += double(op.reg_a ? op.reg_a->a[m][k] : wgmma_operand(op.desc_a, op.trans_a, m, k, op.to_float)) *
              double(wgmma_operand(op.desc_b, op.trans_b, n, k, op.to_float));
       op.d[4 * j + e] = float(s);
     }
@@ -77,7 +86,16 @@ template <int kPending> inline void wgmma_wait() {
   auto& st = detail::g_wgmma[emu::g_cur];
   if (!st.open.empty()) EMU_FAIL("wgmma_wait with uncommitted wgmma");
   while (int(st.groups.size()) > kPending) {
-    for (const auto& op : st.groups.front()) detail::wgmma_run(op);
+    for (const auto& op : st.groups.front()) {
+      if (op.reg_a) {
+        while (op.reg_a->deposits < 128) emu::yield();
+      }
+      detail::wgmma_run(op);
+      if (op.reg_a && ++op.reg_a->done == 128) {
+        for (auto it = detail::g_reg_a.begin(); it != detail::g_reg_a.end(); ++it)
+          if (&it->second == op.reg_a) { detail::g_reg_a.erase(it); break; }
+      }
+    }
     st.groups.pop_front();
   }
 }
@@ -87,5 +105,21 @@ inline void wgmma_m64k16(float (&d)[kN / 8][4], uint64_t desc_a, uint64_t desc_b
   detail::g_wgmma[emu::g_cur].open.push_back(
       {&d[0][0], kN / 8, desc_a, desc_b, kTransA, kTransB, accumulate,
        [](uint16_t u) { return emu::bits_to_f<T>(u); }});
+}
+template <typename T, bool kTransB>
+inline void wgmma_m64n64k16_rs(float (&d)[8][4], const uint32_t (&a)[4], uint64_t desc_b, bool accumulate) {
+  auto& st = detail::g_wgmma[emu::g_cur];
+  const int tid = int(emu::g_cur->tid.x), warp_rank = (tid / 32) % 4, l = tid % 32, g = l / 4, t = l % 4;
+  detail::RegA& ra = detail::g_reg_a[{tid / 128, st.rs_issued++}];
+  const int m0 = 16 * warp_rank + g;
+  const int rows[4] = {m0, m0 + 8, m0, m0 + 8}, cols[4] = {2 * t, 2 * t, 2 * t + 8, 2 * t + 8};
+  for (int r = 0; r < 4; ++r) {
+    ra.a[rows[r]][cols[r]] = emu::bits_to_f<T>(uint16_t(a[r] & 0xFFFF));
+    ra.a[rows[r]][cols[r] + 1] = emu::bits_to_f<T>(uint16_t(a[r] >> 16));
+  }
+  ++ra.deposits;
+  ++emu::g_progress;  // threads yielding in wgmma_wait for the deposits are not stuck
+  st.open.push_back({&d[0][0], 8, 0, desc_b, false, kTransB, accumulate,
+                     [](uint16_t u) { return emu::bits_to_f<T>(u); }, &ra});
 }
 }  // namespace mom_ops

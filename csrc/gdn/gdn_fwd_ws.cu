@@ -1,0 +1,22 @@
+// Launch of the warp-specialised inference forward (gdn_fwd_ws_kernel.cuh): K = 128, V a multiple of 128.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <type_traits>
+
+#include "common/static_switch.h"
+#include "gdn/gdn_fwd_launch.h"
+#include "gdn/gdn_fwd_ws_kernel.cuh"
+#include "gdn/scan_launch.cuh"
+
+namespace mom_ops {
+
+void run_gdn_fwd_ws(const GdnFwdParams& p, bool bf16, cudaStream_t stream) {
+  BOOL_SWITCH(bf16, kBf16, [&] {
+    using T = std::conditional_t<kBf16, __nv_bfloat16, __half>;
+    launch_scan_kernel(gdn_fwd_ws_kernel<T>, p, int64_t(p.num_seqs) * p.heads_v * p.num_vblocks, kGdnWsThreads,
+                       GdnWsSmem<T>::kBytes, stream, "(sequence, head, V-block)");
+  });
+}
+
+}  // namespace mom_ops

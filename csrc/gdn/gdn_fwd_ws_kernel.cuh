@@ -1,0 +1,304 @@
+// Warp-specialised chunked gated-delta-rule forward for inference (o and the final state; no saves), K = 128 and V a
+// multiple of 128, on sm_90a wgmma. One CTA (3 warpgroups) owns (sequence, value head, 128 value columns). The chunk-local work
+// that never reads the state runs on warpgroup 0 ("aux") one chunk ahead of warpgroups 1 and 2 ("state"), which
+// keep the state transposed, S^T [v][k] in fp32 wgmma accumulators (warpgroup 1 + w: v rows 64 w ..), and do only
+// the products that read it. Two stages of shared memory pass chunks from aux to state (FlashInfer's structure).
+// Per chunk (G = cumsum g, rq / rk the l2norm factors, Kn = diag(rk) K, as in gdn_fwd_kernel.cuh):
+//   aux:   A = (K K^T) * beta_i rk_i rk_j e^{G_i - G_j} (i > j),  QKm = (Q K^T) * rq_i rk_j e^{G_i - G_j} (i >= j),
+//          T = (I + A)^-1,  Tb = T diag(beta)
+//   state: X^T     = -(S^T K^T) diag(rk e^G)
+//          V_new^T = V^T Tb^T + X^T Tb^T            (V_new = T diag(beta) (V - diag(rk e^G) K S) = U - W S)
+//          O^T     = (S^T Q^T) diag(rq e^G) + V_new^T QKm^T,   o = scale O
+//          S^T    <- e^{G_last} S^T + (V_new^T diag(rk e^{G_last - G})) K
+// gdn_fwd_kernel.cuh's W S regrouped: the 16-bit operands are S, X, Tb, QKm, V_new and V_d (W is never formed).
+// Status and measurements: csrc/gdn/NOTES.md.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "common/cp_async.cuh"
+#include "common/mma.cuh"
+#include "common/named_barrier.cuh"
+#include "common/setmaxnreg.cuh"
+#include "common/tile_layout.h"
+#include "common/wgmma.cuh"
+#include "common/wgmma_steps.cuh"
+#include "gdn/chunk_prologue.cuh"
+#include "gdn/gdn_fwd_kernel.cuh"
+
+namespace mom_ops {
+
+constexpr int kGdnWsThreads = 384;  // warpgroup 0: aux; 1, 2: state
+// Registers per thread after the reallocation: 128 x 136 + 256 x 188 = the SM's 64K (the launch gives 168 each;
+// ptxas: no spills, no serialised wgmma; 112 / 200 spilled in aux, 80 / 216 serialised its wgmma).
+constexpr int kWsAuxRegs = 136, kWsStateRegs = 188;
+
+// Named barriers: 1 aux, 2 + w state warpgroup w, 4 + s stage s full (aux arrives, state syncs), 6 + s stage s
+// empty (state arrives, aux syncs).
+constexpr int kWsBarAux = 1, kWsBarState = 2, kWsBarFull = 4, kWsBarEmpty = 6;
+
+// Shared memory (byte offsets; every 16-bit tile in wgmma's 128-byte-swizzled 64-column slabs, on a 1 KB boundary).
+template <typename T>
+struct GdnWsSmem {
+  static constexpr int C = kGdnChunk;
+  static constexpr int kTile = C * 128 * 2;  // [64][128] 16-bit: two slabs
+  static constexpr int kSquare = C * C * 2;  // [64][64] 16-bit: one slab
+  // A stage, written by aux, read by state:
+  static constexpr int kQ = 0, kKey = kTile, kV = 2 * kTile;  // q, k, v rows (raw); v's slab w later o's columns
+  static constexpr int kTb = 3 * kTile, kQK = kTb + kSquare;  // Tb [i][j], QKm [i][j]
+  static constexpr int kVec = kQK + kSquare;                  // f32 [64] each: rk e^G, rq e^G, rk e^{G_last - G}; e^{G_last}
+  static constexpr int kStage = (kVec + 4 * C * 4 + 1023) / 1024 * 1024;
+  static constexpr int kSt = 2 * kStage;                      // S^T [128 v][128 k] 16-bit (Sw128Slabs<128>)
+  // aux only:
+  static constexpr int kLdA = C + 4, kLdT = C + 1;
+  static constexpr int kA = kSt + 128 * 128 * 2;  // A f32 [64][kLdA]
+  static constexpr int kT = kA + C * kLdA * 4;     // T f32 [64][kLdT]
+  static constexpr int kX = kT + C * kLdT * 4;     // T-solve scratch, 128 floats per warp
+  static constexpr int kAuxVec = kX + 4 * 128 * 4; // f32 [64] each: G, beta, rq, rk
+  static constexpr int kBytes = kAuxVec + 4 * C * 4;
+  static_assert(kX % 16 == 0 && kBytes <= kSmemPerCta, "layout");
+};
+
+template <typename T>
+__global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdParams p) {
+  using L = GdnWsSmem<T>;
+  constexpr int C = kGdnChunk, kK = 128, kV = 128;
+  using Sw = Sw128Slabs<C>;      // the stage's tiles
+  using SwS = Sw128Slabs<128>;   // S^T
+  extern __shared__ __align__(1024) unsigned char smem[];
+  auto stage = [&](int s) { return smem + s * L::kStage; };
+  auto tile = [&](int s, int off) { return reinterpret_cast<T*>(stage(s) + off); };
+  auto vec = [&](int s) { return reinterpret_cast<float*>(stage(s) + L::kVec); };  // f, eq, d, e^{G_last}
+  T* sSt = reinterpret_cast<T*>(smem + L::kSt);
+  auto kmajor = [](const T* x, int row) { return [=](int s) { return x + Sw::at(row, 16 * s); }; };
+  auto mnmajor = [](const T* x, int col) { return [=](int s) { return x + Sw::at(16 * s, col); }; };
+
+  const int tid = threadIdx.x, lane = tid % 32, g8 = lane / 4, t4 = lane % 4;
+  const ChainCta cta = chain_cta(p, p.seq_order, p.num_vblocks, kV, kK);
+  const int hv = cta.hv, h = cta.h, v0 = cta.v0;
+  const int64_t bos = cta.bos, eos = cta.eos;
+  const int num_chunks = int((eos - bos + C - 1) / C);
+
+  if (tid < 128) {  // ---------------------------------------------------------------- aux: chunk-local work
+    setmaxnreg_dec<kWsAuxRegs>();
+    const int warp = tid / 32, r0 = 16 * warp;
+    float* sA = reinterpret_cast<float*>(smem + L::kA);
+    float* sT = reinterpret_cast<float*>(smem + L::kT);
+    float* sX = reinterpret_cast<float*>(smem + L::kX);
+    float* sG = reinterpret_cast<float*>(smem + L::kAuxVec);
+    float *sBeta = sG + C, *sRq = sBeta + C, *sRk = sRq + C;
+    auto aux_sync = [] { named_bar_sync(kWsBarAux, 128); };
+    const T* q = static_cast<const T*>(p.q);
+    const T* k = static_cast<const T*>(p.k);
+    const T* v = static_cast<const T*>(p.v);
+    for (int c = 0; c < num_chunks; ++c) {
+      const int s = c % 2;
+      const int64_t c0 = bos + int64_t(c) * C;
+      const int len = int(min(int64_t(C), eos - c0));
+      T* sQ = tile(s, L::kQ);
+      T* sK = tile(s, L::kKey);
+      T* sV = tile(s, L::kV);
+      if (c >= 2) named_bar_sync(kWsBarEmpty + s, kGdnWsThreads);  // the state warpgroups are done with chunk c - 2
+      // q, k, v rows (zeros past the sequence); g, beta of rows 2 lane, 2 lane + 1 into warp 0's registers.
+      load_chunk_qk<T, kK, Sw, 128>(sQ, sK, q, k, c0, len, p.heads_qk, h, tid);
+      for (int idx = tid; idx < C * (kV / 8); idx += 128) {
+        const int r = idx / (kV / 8), col = (idx % (kV / 8)) * 8;
+        cp_async16(sV + Sw::at(r, col), v + ((c0 + min(r, len - 1)) * p.heads_v + hv) * p.dim_v + v0 + col, r < len);
+      }
+      cp_async_commit();
+      float g2[2] = {0.f, 0.f}, beta2[2] = {0.f, 0.f};
+      if (warp == 0) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int r = 2 * lane + e;
+          if (r < len) g2[e] = p.g[(c0 + r) * p.heads_v + hv], beta2[e] = p.beta[(c0 + r) * p.heads_v + hv];
+        }
+      }
+      cp_async_wait<0>();
+      fence_async_smem();  // cp.async lands through the generic proxy; wgmma reads through the async one
+      aux_sync();          // the loads are in; every aux thread is done with chunk c - 1's scratch
+      if (warp == 0) {  // G = cumsum g (two rows per lane), beta
+        const float pair = g2[0] + g2[1];
+        float incl = pair;
+#pragma unroll
+        for (int off = 1; off < 32; off *= 2) {
+          const float up = __shfl_up_sync(0xffffffffu, incl, off);
+          if (lane >= off) incl += up;
+        }
+        sG[2 * lane] = incl - pair + g2[0];
+        sG[2 * lane + 1] = incl;
+        sBeta[2 * lane] = beta2[0];
+        sBeta[2 * lane + 1] = beta2[1];
+      }
+      {  // l2norm factors: two threads per row, q rows then k rows
+        const float rq = row_norm_factor<T, kK, Sw>(sQ, tid / 2, tid % 2, p.l2norm);
+        const float rk = row_norm_factor<T, kK, Sw>(sK, tid / 2, tid % 2, p.l2norm);
+        if (tid % 2 == 0) sRq[tid / 2] = rq, sRk[tid / 2] = rk;
+      }
+      // K K^T and Q K^T (one commit group) while the factors land.
+      float kk[8][4], qk[8][4];
+      wgmma_fence();
+      wgmma_k_steps<T, 64, false, false, kK / 16>(kk, kmajor(sK, 0), kmajor(sK, 0), false);
+      wgmma_k_steps<T, 64, false, false, kK / 16>(qk, kmajor(sQ, 0), kmajor(sK, 0), false);
+      wgmma_commit();
+      aux_sync();  // G, beta, rq, rk
+      float* vs = vec(s);
+      if (tid < C) {
+        const float G = sG[tid], G_last = sG[C - 1];
+        vs[tid] = sRk[tid] * __expf(G);                   // f: X's column factor
+        vs[C + tid] = sRq[tid] * __expf(G);               // eq: Q S's column factor
+        vs[2 * C + tid] = sRk[tid] * __expf(G_last - G);  // d: V_d's column factor
+        vs[3 * C + tid] = __expf(G_last);
+      }
+      wgmma_wait<0>();
+      {  // A -> sA (fp32), QKm -> stage (16-bit); warp rows r0 + g8 (+8), columns 8 n + 2 t4 (+1)
+        T* sQK = tile(s, L::kQK);
+        const int i0 = r0 + g8, i1 = i0 + 8;
+        const float G0 = sG[i0], G1 = sG[i1];
+        const float a0 = sBeta[i0] * sRk[i0], a1 = sBeta[i1] * sRk[i1], q0 = sRq[i0], q1 = sRq[i1];
+#pragma unroll
+        for (int n = 0; n < 8; ++n) {
+          const int j = 8 * n + 2 * t4;
+          const float e00 = sRk[j] * __expf(G0 - sG[j]), e01 = sRk[j + 1] * __expf(G0 - sG[j + 1]);
+          const float e10 = sRk[j] * __expf(G1 - sG[j]), e11 = sRk[j + 1] * __expf(G1 - sG[j + 1]);
+          *reinterpret_cast<float2*>(sA + i0 * L::kLdA + j) =
+              make_float2(i0 > j ? a0 * e00 * kk[n][0] : 0.f, i0 > j + 1 ? a0 * e01 * kk[n][1] : 0.f);
+          *reinterpret_cast<float2*>(sA + i1 * L::kLdA + j) =
+              make_float2(i1 > j ? a1 * e10 * kk[n][2] : 0.f, i1 > j + 1 ? a1 * e11 * kk[n][3] : 0.f);
+          store2<T>(sQK + Sw::at(i0, j), i0 >= j ? q0 * e00 * qk[n][0] : 0.f, i0 >= j + 1 ? q0 * e01 * qk[n][1] : 0.f);
+          store2<T>(sQK + Sw::at(i1, j), i1 >= j ? q1 * e10 * qk[n][2] : 0.f, i1 >= j + 1 ? q1 * e11 * qk[n][3] : 0.f);
+        }
+      }
+      aux_sync();  // A complete
+      invert_unit_lower_64_by<L::kLdA, L::kLdT, 4>(sA, sT, sX, tid, aux_sync);
+      {  // Tb = T diag(beta) -> stage (16-bit)
+        T* sTb = tile(s, L::kTb);
+        for (int idx = tid; idx < C * C / 2; idx += 128) {
+          const int i = idx / (C / 2), j = (idx % (C / 2)) * 2;
+          store2<T>(sTb + Sw::at(i, j), sT[i * L::kLdT + j] * sBeta[j], sT[i * L::kLdT + j + 1] * sBeta[j + 1]);
+        }
+      }
+      fence_async_smem();
+      named_bar_arrive(kWsBarFull + s, kGdnWsThreads);
+    }
+    return;
+  }
+
+  // ---------------------------------------------------------------------------------------- state warpgroups
+  setmaxnreg_inc<kWsStateRegs>();
+  const int wg = tid / 128 - 1, wtid = tid % 128, wr = wtid / 32;  // v rows 64 wg + 16 wr + g8 (+8)
+  const int vrow0 = 64 * wg + 16 * wr + g8;
+  auto wg_sync = [&] { named_bar_sync(kWsBarState + wg, 128); };
+  // S^T: two m64 x n64 accumulators (k columns 64 kc ..): St[kc][n][e] at v = vrow0 (+8 for e >= 2),
+  // k = 64 kc + 8 n + 2 t4 (+1 for odd e).
+  float St[2][8][4];
+  auto for_each_state = [&](auto&& fn) {  // fn(element, k, v)
+#pragma unroll
+    for (int kc = 0; kc < 2; ++kc)
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) fn(St[kc][n][e], 64 * kc + 8 * n + 2 * t4 + (e & 1), vrow0 + (e >= 2 ? 8 : 0));
+  };
+  auto state_index = [&](int kk, int vv) { return cta.state_index(p.v_first, kK, p.dim_v, kk, vv); };
+  for_each_state([&](float& x, int kk, int vv) { x = p.h0 != nullptr ? p.h0[state_index(kk, vv)] : 0.f; });
+  auto publish_state = [&]() {  // S^T in 16 bits: the A operand of S^T K^T and S^T Q^T
+#pragma unroll
+    for (int kc = 0; kc < 2; ++kc)
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+        const int kk = 64 * kc + 8 * n + 2 * t4;
+        store2<T>(sSt + SwS::at(vrow0, kk), St[kc][n][0], St[kc][n][1]);
+        store2<T>(sSt + SwS::at(vrow0 + 8, kk), St[kc][n][2], St[kc][n][3]);
+      }
+    fence_async_smem();
+  };
+  publish_state();
+  wg_sync();
+  T* o = static_cast<T*>(p.o);
+  auto a_st = [&](int s) { return sSt + SwS::at(64 * wg, 16 * s); };  // S^T rows 64 wg.., k-step s
+  for (int c = 0; c < num_chunks; ++c) {
+    const int s = c % 2;
+    const int64_t c0 = bos + int64_t(c) * C;
+    const int len = int(min(int64_t(C), eos - c0));
+    T* sQ = tile(s, L::kQ);
+    T* sK = tile(s, L::kKey);
+    T* sV = tile(s, L::kV);
+    const T* sTb = tile(s, L::kTb);
+    const T* sQK = tile(s, L::kQK);
+    const float* vs = vec(s);
+    named_bar_sync(kWsBarFull + s, kGdnWsThreads);
+
+    // (1) S^T K^T and S^T Q^T (the old state).
+    float sk[8][4], ot[8][4];
+    wgmma_fence();
+    wgmma_k_steps<T, 64, false, false, kK / 16>(sk, a_st, kmajor(sK, 0), false);
+    wgmma_k_steps<T, 64, false, false, kK / 16>(ot, a_st, kmajor(sQ, 0), false);
+    wgmma_commit();
+    wgmma_wait<0>();
+    // (2) V_new^T = V^T Tb^T + X^T Tb^T, X^T = -(S^T K^T) diag(f).
+    float vn[8][4];
+    uint32_t xa[4][4];
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) acc_to_a<T>(xa[ks], sk, ks, t4, [&](int j) { return -vs[j]; });
+    wgmma_fence();
+    wgmma_k_steps<T, 64, true, false, C / 16>(vn, mnmajor(sV, 64 * wg), kmajor(sTb, 0), false);
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) wgmma_m64n64k16_rs<T, false>(vn, xa[ks], sw128_desc(sTb + Sw::at(0, 16 * ks)), true);
+    wgmma_commit();
+#pragma unroll
+    for (int n = 0; n < 8; ++n) {  // O^T's columns i times eq_i
+      const int i = 8 * n + 2 * t4;
+      const float e0 = vs[C + i], e1 = vs[C + i + 1];
+      ot[n][0] *= e0, ot[n][1] *= e1, ot[n][2] *= e0, ot[n][3] *= e1;
+    }
+    wgmma_wait<0>();
+    // (3) O^T += V_new^T QKm^T; S^T = e^{G_last} S^T + V_d^T K.
+    uint32_t na[4][4], da[4][4];
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) {
+      acc_to_a<T>(na[ks], vn, ks, t4, [](int) { return 1.f; });
+      acc_to_a<T>(da[ks], vn, ks, t4, [&](int j) { return vs[2 * C + j]; });
+    }
+    const float decay = vs[3 * C];
+#pragma unroll
+    for (int kc = 0; kc < 2; ++kc)
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) St[kc][n][e] *= decay;
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) wgmma_m64n64k16_rs<T, false>(ot, na[ks], sw128_desc(sQK + Sw::at(0, 16 * ks)), true);
+#pragma unroll
+    for (int kc = 0; kc < 2; ++kc)
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks)  // B[n = k][kdim = r] = K[r][k]: MN-major, k columns 64 kc..
+        wgmma_m64n64k16_rs<T, true>(St[kc], da[ks], sw128_desc(sK + Sw::at(16 * ks, 64 * kc)), true);
+    wgmma_commit();
+    wgmma_wait<0>();
+    // (4) o = scale O: O^T -> v's slab wg (its last reader was (2)), then 16-byte rows to global.
+#pragma unroll
+    for (int n = 0; n < 8; ++n) {
+      const int i = 8 * n + 2 * t4, vv = vrow0;  // o tile [64][128]: row i, column vv (slab wg)
+      sV[Sw::at(i, vv)] = from_f32<T>(p.scale * ot[n][0]);
+      sV[Sw::at(i + 1, vv)] = from_f32<T>(p.scale * ot[n][1]);
+      sV[Sw::at(i, vv + 8)] = from_f32<T>(p.scale * ot[n][2]);
+      sV[Sw::at(i + 1, vv + 8)] = from_f32<T>(p.scale * ot[n][3]);
+    }
+    publish_state();
+    wg_sync();  // o tile and S^T complete
+    for (int idx = wtid; idx < C * 8; idx += 128) {  // 64 rows x 8 chunks of 16 bytes (columns 64 wg ..)
+      const int r = idx / 8, col = 64 * wg + (idx % 8) * 8;
+      if (r < len)
+        *reinterpret_cast<uint4*>(o + ((c0 + r) * p.heads_v + hv) * p.dim_v + v0 + col) =
+            *reinterpret_cast<const uint4*>(sV + Sw::at(r, col));
+    }
+    if (c + 2 < num_chunks) named_bar_arrive(kWsBarEmpty + s, kGdnWsThreads);
+  }
+  if (p.ht != nullptr) for_each_state([&](float& x, int kk, int vv) { p.ht[state_index(kk, vv)] = x; });
+}
+
+}  // namespace mom_ops

@@ -1,0 +1,69 @@
+"""The warp-specialised CUDA inference forward (csrc/gdn/gdn_fwd_ws_kernel.cuh: K = 128, V a multiple of 128, taken
+where the split forward is not; MOM_OPS_GDN_WS=0 keeps the fused kernel) against the fp32 recurrence and the fused
+forward. GPU only."""
+
+import pytest
+import torch
+
+import mom_ops
+from mom_ops.reference import recurrent_gated_delta_rule_ref
+from tests.helpers import gdn_inputs, need_kernel, rel_rms
+from tests.test_gdn import GPU_CASES, _run
+
+
+def _ws_and_fused(inp, lengths, monkeypatch, state_v_first=False):
+    """(o, ht) of the warp-specialised forward, then of the fused one, on CUDA copies of inp."""
+    gpu = {key: t.cuda() for key, t in inp.items()}
+    monkeypatch.setenv("MOM_OPS_GDN_SPLIT", "0")
+    monkeypatch.setenv("MOM_OPS_GDN_WS", "1")
+    ws = _run(mom_ops.chunk_gated_delta_rule, gpu, lengths, state_v_first)
+    monkeypatch.setenv("MOM_OPS_GDN_WS", "0")
+    fused = _run(mom_ops.chunk_gated_delta_rule, gpu, lengths, state_v_first)
+    return ws, fused
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", [c for c in GPU_CASES if c[4] == 128])
+def test_ws_forward_matches_recurrence_and_fused(case, dtype, monkeypatch):
+    need_kernel("chunk_gated_delta_rule_fwd", "cuda")
+    B, T, H, HV, D, lengths, decay, beta_range, h0 = case
+    n = B if lengths is None else len(lengths)
+    inp = gdn_inputs(B, T, H, D, D, HV=HV, dtype=dtype, decay=decay, beta_range=beta_range, h0=h0, n_seqs=n)
+    o_ref, ht_ref = _run(recurrent_gated_delta_rule_ref, inp, lengths, False)
+    (o, ht), (o_fused, ht_fused) = _ws_and_fused(inp, lengths, monkeypatch)
+    assert rel_rms(o, o_ref) < 5e-3 and rel_rms(ht, ht_ref) < 5e-3
+    assert rel_rms(o, o_fused) < 3e-3 and rel_rms(ht, ht_fused) < 3e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("V, H, HV, dtype, state_v_first", [(256, 1, 2, torch.bfloat16, False),
+                                                            (128, 2, 4, torch.float16, True),
+                                                            (384, 2, 2, torch.bfloat16, True)])
+def test_ws_forward_value_blocks_layouts_short_segments(V, H, HV, dtype, state_v_first, monkeypatch):
+    """Several 128-column V-blocks per head, GVA, both state layouts, short, empty and multi-chunk segments, no
+    cu_seqlens past the last segment's end (rows there are zero)."""
+    need_kernel("chunk_gated_delta_rule_fwd", "cuda")
+    lengths = [130, 0, 64, 7, 1, 260]
+    inp = gdn_inputs(1, sum(lengths) + 5, H, 128, V, HV=HV, dtype=dtype, h0=True, n_seqs=len(lengths))
+    o_ref, ht_ref = _run(recurrent_gated_delta_rule_ref, inp, lengths, False)
+    if state_v_first:
+        inp["initial_state"] = inp["initial_state"].transpose(-1, -2).contiguous()
+    (o, ht), _ = _ws_and_fused(inp, lengths, monkeypatch, state_v_first)
+    if state_v_first:
+        ht = ht.transpose(-1, -2)
+    assert rel_rms(o, o_ref) < 5e-3 and rel_rms(ht, ht_ref) < 5e-3
+    assert torch.all(o[:, sum(lengths):] == 0)
+
+
+@pytest.mark.gpu
+def test_ws_forward_nan_stays_in_its_segment(monkeypatch):
+    """A NaN in one segment's v poisons that segment's outputs, not its neighbours' (rows past a segment's end are
+    zero-filled in shared memory, never read from the next segment)."""
+    need_kernel("chunk_gated_delta_rule_fwd", "cuda")
+    lengths = [100, 90]
+    inp = gdn_inputs(1, sum(lengths), 2, 128, 128, HV=2, dtype=torch.bfloat16, h0=True, n_seqs=2)
+    inp["v"][0, 120] = float("nan")
+    (o, ht), _ = _ws_and_fused(inp, lengths, monkeypatch)
+    assert torch.isfinite(o[:, :100]).all() and torch.isfinite(ht[0]).all()
+    assert torch.isnan(o[:, 120:]).any() and torch.isnan(ht[1]).any()
