@@ -32,9 +32,10 @@ namespace mom_ops {
 
 constexpr int kGdnWsThreads = 384;  // warpgroup 0: aux; 1, 2: state
 // Registers per thread after the reallocation (multiples of 8; aux may only lower the launch's 168, state only
-// raise it): 128 x 160 + 256 x 176 = the SM's 64K. ptxas: 212 B of spills (hoisted shared-memory addresses in the
-// state warpgroups); 128 / 192 spilled 376 B, 168 / 168 serialised the state's wgmma.
-constexpr int kWsAuxRegs = 160, kWsStateRegs = 176;
+// raise it). The pool is what the launch gave the CTA, 384 x 168: 128 x 152 + 256 x 176 = 64512 exactly (asking for
+// more hangs the state warpgroups in setmaxnreg.inc: 160 / 176 did on the H200). ptxas: 228 B of spills (hoisted
+// shared-memory addresses in the state warpgroups); 168 / 168 serialised the state's wgmma.
+constexpr int kWsAuxRegs = 152, kWsStateRegs = 176;
 
 // Named barriers: 1 aux, 2 + w state warpgroup w, 4 + s stage s full (aux arrives, state syncs), 6 + s stage s
 // empty (state arrives, aux syncs).
