@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# compute-sanitizer memcheck and racecheck on the CUDA scan forward + backward for one small varlen case (issue #5).
+# compute-sanitizer memcheck and racecheck on the CUDA scan forward + backward for one small varlen case (issues #4, #5).
 # On a GPU machine after the build (scripts/gpu_check.sh): bash scripts/gdn_bwd_sanitize.sh > $OUT/sanitize.log
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -7,10 +7,13 @@ SAN="${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer"
 case_py='
 import os, torch, mom_ops
 from tests.helpers import cu_from_lengths, gdn_inputs
-# The last setting forces the fused forward with 128-column V-blocks (and so the backward chain kernel at that width):
-# the forward kernel that double-buffers its loads (kPrefetch), training and inference.
-for D, HV, env in ((64, 4, {}), (128, 2, {}), (128, 2, {"MOM_OPS_GDN_SPLIT": "0", "MOM_OPS_GDN_BV": "wide"})):
-    for name in ("MOM_OPS_GDN_SPLIT", "MOM_OPS_GDN_BV"):
+# The third setting forces the fused forward with 128-column V-blocks (and so the backward chain kernel at that
+# width): the forward kernel that double-buffers its loads (kPrefetch), training and inference; the last one the
+# warp-specialised forward (gdn_fwd_ws_kernel.cuh), training (with its saves) and inference.
+for D, HV, env in ((64, 4, {}), (128, 2, {}), (128, 2, {"MOM_OPS_GDN_SPLIT": "0", "MOM_OPS_GDN_BV": "wide",
+                                                         "MOM_OPS_GDN_WS": "0"}),
+                   (128, 2, {"MOM_OPS_GDN_SPLIT": "0", "MOM_OPS_GDN_WS_TRAIN": "1"})):
+    for name in ("MOM_OPS_GDN_SPLIT", "MOM_OPS_GDN_BV", "MOM_OPS_GDN_WS", "MOM_OPS_GDN_WS_TRAIN"):
         os.environ.pop(name, None)
     os.environ.update(env)
     lengths = [70, 0, 129, 1]

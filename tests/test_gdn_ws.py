@@ -67,3 +67,34 @@ def test_ws_forward_nan_stays_in_its_segment(monkeypatch):
     (o, ht), _ = _ws_and_fused(inp, lengths, monkeypatch)
     assert torch.isfinite(o[:, :100]).all() and torch.isfinite(ht[0]).all()
     assert torch.isnan(o[:, 120:]).any() and torch.isnan(ht[1]).any()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("V, lengths", [(128, [300, 0, 65, 1]), (256, [200, 64])])
+def test_ws_training_forward_gives_the_split_gradients(V, lengths, monkeypatch):
+    """MOM_OPS_GDN_WS_TRAIN=1: the training forward on the warp-specialised kernel, whose saves (chunk states, W,
+    V_new, T) the backward reads: the gradients must be the split forward's (up to rounding), and o, ht the inference
+    kernel's bit for bit."""
+    need_kernel("chunk_gated_delta_rule_bwd", "cuda")
+    n = len(lengths)
+    inp = gdn_inputs(1, sum(lengths), 2, 128, V, HV=4, dtype=torch.bfloat16, decay="strong", h0=True, n_seqs=n)
+    do = torch.randn(1, sum(lengths), 4, V, device="cuda", dtype=torch.bfloat16)
+    dht = torch.randn(n, 4, 128, V, device="cuda")
+
+    def run():
+        leaves = {key: t.cuda().detach().requires_grad_(True) for key, t in inp.items()}
+        o, ht = _run(mom_ops.chunk_gated_delta_rule, leaves, lengths, False)
+        torch.autograd.backward((o, ht), (do, dht))
+        return o.detach(), ht.detach(), {key: t.grad.float() for key, t in leaves.items()}
+
+    monkeypatch.setenv("MOM_OPS_GDN_SPLIT", "1")
+    _, _, split = run()
+    monkeypatch.setenv("MOM_OPS_GDN_SPLIT", "0")
+    monkeypatch.setenv("MOM_OPS_GDN_WS_TRAIN", "1")
+    o, ht, ws = run()
+    for key in split:
+        assert torch.isfinite(ws[key]).all(), key
+        assert rel_rms(ws[key], split[key]) < 5e-3, (key, rel_rms(ws[key], split[key]))
+    with torch.no_grad():
+        o_inf, ht_inf = _run(mom_ops.chunk_gated_delta_rule, {key: t.cuda() for key, t in inp.items()}, lengths, False)
+    assert torch.equal(o, o_inf) and torch.equal(ht, ht_inf)

@@ -90,12 +90,17 @@ bool use_split_forward(const GdnDims& d, int bv, bool training) {
   return fused_ctas < 2 * int64_t(sms);
 }
 
-// The warp-specialised forward (gdn_fwd_ws_kernel.cuh) instead of the fused one, where the split forward is not
-// taken: inference at K = 128 with V a multiple of 128 (NOTES.md). MOM_OPS_GDN_WS=0 keeps the fused kernel.
-bool use_warp_specialised_forward(const GdnDims& d, bool training) {
-  if (training || d.dim_k != 128 || d.dim_v % 128 != 0) return false;
+// The warp-specialised forward (gdn_fwd_ws_kernel.cuh) at K = 128 with V a multiple of 128 where the inference
+// forward would not take the split (large grids): for inference (H200 n32 D128 0.909 -> 0.558 ms, NOTES.md) and,
+// with MOM_OPS_GDN_WS_TRAIN=1, for the training forward too (its saves: not yet measured, so off by default; the
+// split forward otherwise). MOM_OPS_GDN_WS=0 keeps the fused / split kernels.
+bool use_warp_specialised_forward(const GdnDims& d, int bv, bool training) {
+  if (d.dim_k != 128 || d.dim_v % 128 != 0) return false;
   const char* env = std::getenv("MOM_OPS_GDN_WS");
-  return env == nullptr || std::string(env) != "0";
+  if (env != nullptr && std::string(env) == "0") return false;
+  const char* train_env = std::getenv("MOM_OPS_GDN_WS_TRAIN");
+  if (training && (train_env == nullptr || std::string(train_env) != "1")) return false;
+  return !use_split_forward(d, bv, false);
 }
 
 // The forward; with `saved` (the training forward) it also writes what the backward reads: the state at every
@@ -150,6 +155,11 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Te
     p.save_vn = saved->v_new.data_ptr();
     p.save_t = saved->t.data_ptr();
   }
+  if (use_warp_specialised_forward(d, bv, saved != nullptr)) {
+    p.num_vblocks = int(d.dim_v / 128);
+    run_gdn_fwd_ws(p, q.scalar_type() == at::kBFloat16, stream);
+    return {io.o, io.ht};
+  }
   if (use_split_forward(d, bv, saved != nullptr)) {
     GdnSplitParams sp{};
     static_cast<GdnFwdParams&>(sp) = p;
@@ -166,11 +176,6 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Te
     sp.g_rk = g_rk.data_ptr<float>();
     run_gdn_fwd_split(sp, q.scalar_type() == at::kBFloat16, int(d.dim_k), chunk_slots(rows, d.num_seqs),
                       split_chain_value_block(d.num_seqs, d.heads_v, d.dim_v), stream);
-    return {io.o, io.ht};
-  }
-  if (use_warp_specialised_forward(d, saved != nullptr)) {
-    p.num_vblocks = int(d.dim_v / 128);
-    run_gdn_fwd_ws(p, q.scalar_type() == at::kBFloat16, stream);
     return {io.o, io.ht};
   }
   run_gdn_fwd(p, q.scalar_type() == at::kBFloat16, int(d.dim_k), bv, stream);

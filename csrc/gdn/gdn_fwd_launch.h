@@ -17,8 +17,8 @@ int gdn_value_block(int64_t dim_k, int64_t dim_v, int64_t num_seqs, int64_t head
 // Launches gdn_fwd_kernel<bf16 ? bf16 : fp16, dim_k, bv> on p.num_seqs x p.heads_v x p.num_vblocks CTAs.
 void run_gdn_fwd(const GdnFwdParams& p, bool bf16, int dim_k, int bv, cudaStream_t stream);
 
-// The warp-specialised inference forward (gdn_fwd_ws_kernel.cuh: K = 128, V % 128 == 0, no saves) on p.num_seqs x
-// p.heads_v x p.num_vblocks CTAs (p.num_vblocks = V / 128).
+// The warp-specialised forward (gdn_fwd_ws_kernel.cuh: K = 128, V % 128 == 0; the saves too when p.save_s0 is set)
+// on p.num_seqs x p.heads_v x p.num_vblocks CTAs (p.num_vblocks = V / 128).
 void run_gdn_fwd_ws(const GdnFwdParams& p, bool bf16, cudaStream_t stream);
 
 // V-block width of the split chains (forward and backward): 64, halved (to 32, then 16) while the chains still fit

@@ -1,4 +1,5 @@
-// Launch of the warp-specialised inference forward (gdn_fwd_ws_kernel.cuh): K = 128, V a multiple of 128.
+// Launch of the warp-specialised forward (gdn_fwd_ws_kernel.cuh): K = 128, V a multiple of 128; with p.save_s0 (the
+// training forward) the variant that also writes the saves.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -14,8 +15,14 @@ namespace mom_ops {
 void run_gdn_fwd_ws(const GdnFwdParams& p, bool bf16, cudaStream_t stream) {
   BOOL_SWITCH(bf16, kBf16, [&] {
     using T = std::conditional_t<kBf16, __nv_bfloat16, __half>;
-    launch_scan_kernel(gdn_fwd_ws_kernel<T>, p, int64_t(p.num_seqs) * p.heads_v * p.num_vblocks, kGdnWsThreads,
-                       GdnWsSmem<T>::kBytes, stream, "(sequence, head, V-block)");
+    const int64_t blocks = int64_t(p.num_seqs) * p.heads_v * p.num_vblocks;
+    if (p.save_s0 != nullptr) {
+      launch_scan_kernel(gdn_fwd_ws_kernel<T, true>, p, blocks, kGdnWsThreads, GdnWsSmem<T, true>::kBytes, stream,
+                         "(sequence, head, V-block)");
+    } else {
+      launch_scan_kernel(gdn_fwd_ws_kernel<T, false>, p, blocks, kGdnWsThreads, GdnWsSmem<T, false>::kBytes, stream,
+                         "(sequence, head, V-block)");
+    }
   });
 }
 

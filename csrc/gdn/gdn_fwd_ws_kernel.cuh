@@ -1,5 +1,5 @@
-// Warp-specialised chunked gated-delta-rule forward for inference (o and the final state; no saves), K = 128 and V a
-// multiple of 128, on sm_90a wgmma. One CTA (3 warpgroups) owns (sequence, value head, 128 value columns). The chunk-local work
+// Warp-specialised chunked gated-delta-rule forward (o and the final state; with kSave also what the backward reads),
+// K = 128 and V a multiple of 128, on sm_90a wgmma. One CTA (3 warpgroups) owns (sequence, value head, 128 value columns). The chunk-local work
 // that never reads the state runs on warpgroup 0 ("aux") one chunk ahead of warpgroups 1 and 2 ("state"), which
 // keep the state transposed, S^T [v][k] in fp32 wgmma accumulators (warpgroup 1 + w: v rows 64 w ..), and do only
 // the products that read it. Two stages of shared memory pass chunks from aux to state (FlashInfer's structure).
@@ -10,7 +10,9 @@
 //          V_new^T = V^T Tb^T + X^T Tb^T            (V_new = T diag(beta) (V - diag(rk e^G) K S) = U - W S)
 //          O^T     = (S^T Q^T) diag(rq e^G) + V_new^T QKm^T,   o = scale O
 //          S^T    <- e^{G_last} S^T + (V_new^T diag(rk e^{G_last - G})) K
-// gdn_fwd_kernel.cuh's W S regrouped: the 16-bit operands are S, X, Tb, QKm, V_new and V_d (W is never formed).
+// gdn_fwd_kernel.cuh's W S regrouped: the 16-bit operands are S, X, Tb, QKm, V_new and V_d (W is formed only for
+// the saves: with kSave, aux also computes W = Tb diag(rk e^G) K and writes it and T (V-block 0), the state
+// warpgroups write S at the chunk start and V_new, as gdn_fwd_kernel.cuh's kSave does).
 // Status and measurements: csrc/gdn/NOTES.md.
 #pragma once
 
@@ -42,7 +44,7 @@ constexpr int kWsAuxRegs = 152, kWsStateRegs = 176;
 constexpr int kWsBarAux = 1, kWsBarState = 2, kWsBarFull = 4, kWsBarEmpty = 6;
 
 // Shared memory (byte offsets; every 16-bit tile in wgmma's 128-byte-swizzled 64-column slabs, on a 1 KB boundary).
-template <typename T>
+template <typename T, bool kSave>
 struct GdnWsSmem {
   static constexpr int C = kGdnChunk;
   static constexpr int kTile = C * 128 * 2;  // [64][128] 16-bit: two slabs
@@ -55,17 +57,20 @@ struct GdnWsSmem {
   static constexpr int kSt = 2 * kStage;                      // S^T [128 v][128 k] 16-bit (Sw128Slabs<128>)
   // aux only:
   static constexpr int kLdA = C + 4, kLdT = C + 1;
-  static constexpr int kA = kSt + 128 * 128 * 2;  // A f32 [64][kLdA]
+  static constexpr int kA = kSt + 128 * 128 * 2;  // A f32 [64][kLdA] | (kSave) Tw = Tb diag(rk e^G) 16-bit
   static constexpr int kT = kA + C * kLdA * 4;     // T f32 [64][kLdT]
   static constexpr int kX = kT + C * kLdT * 4;     // T-solve scratch, 128 floats per warp
   static constexpr int kAuxVec = kX + 4 * 128 * 4; // f32 [64] each: G, beta, rq, rk
-  static constexpr int kBytes = kAuxVec + 4 * C * 4;
+  // state, kSave only: V_new [64 r][64 v] 16-bit per state warpgroup, copied out with o
+  static constexpr int kVnOut = (kAuxVec + 4 * C * 4 + 1023) / 1024 * 1024;
+  static constexpr int kBytes = kSave ? kVnOut + 2 * kSquare : kAuxVec + 4 * C * 4;
   static_assert(kX % 16 == 0 && kBytes <= kSmemPerCta, "layout");
 };
 
-template <typename T>
+// kSave: the training forward, which also writes p.save_s0, save_w, save_vn, save_t (layouts: GdnFwdParams).
+template <typename T, bool kSave = false>
 __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdParams p) {
-  using L = GdnWsSmem<T>;
+  using L = GdnWsSmem<T, kSave>;
   constexpr int C = kGdnChunk, kK = 128, kV = 128;
   using Sw = Sw128Slabs<C>;      // the stage's tiles
   using SwS = Sw128Slabs<128>;   // S^T
@@ -79,7 +84,7 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
 
   const int tid = threadIdx.x, lane = tid % 32, g8 = lane / 4, t4 = lane % 4;
   const ChainCta cta = chain_cta(p, p.seq_order, p.num_vblocks, kV, kK);
-  const int hv = cta.hv, h = cta.h, v0 = cta.v0;
+  const int hv = cta.hv, h = cta.h, v0 = cta.v0, vb = cta.vb;
   const int64_t bos = cta.bos, eos = cta.eos;
   const int num_chunks = int((eos - bos + C - 1) / C);
 
@@ -175,15 +180,48 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
       }
       aux_sync();  // A complete
       invert_unit_lower_64_by<L::kLdA, L::kLdT, 4>(sA, sT, sX, tid, aux_sync);
-      {  // Tb = T diag(beta) -> stage (16-bit)
+      {  // Tb = T diag(beta) -> stage (16-bit); with the saves T -> save_t and Tw = Tb diag(f) -> sA's region
         T* sTb = tile(s, L::kTb);
+        T* sTw = reinterpret_cast<T*>(sA);
+        const float* f = vec(s);
         for (int idx = tid; idx < C * C / 2; idx += 128) {
           const int i = idx / (C / 2), j = (idx % (C / 2)) * 2;
-          store2<T>(sTb + Sw::at(i, j), sT[i * L::kLdT + j] * sBeta[j], sT[i * L::kLdT + j + 1] * sBeta[j + 1]);
+          const float t0 = sT[i * L::kLdT + j], t1 = sT[i * L::kLdT + j + 1];
+          const float b0 = t0 * sBeta[j], b1 = t1 * sBeta[j + 1];
+          store2<T>(sTb + Sw::at(i, j), b0, b1);
+          if constexpr (kSave) {
+            if (vb == 0) {
+              store2<T>(sTw + Sw::at(i, j), b0 * f[j], b1 * f[j + 1]);
+              if (i < len) store2<T>(static_cast<T*>(p.save_t) + ((c0 + i) * p.heads_v + hv) * C + j, t0, t1);
+            }
+          }
         }
       }
       fence_async_smem();
       named_bar_arrive(kWsBarFull + s, kGdnWsThreads);
+      if constexpr (kSave) {  // W = Tw K (the normalised keys' W), rows < len -> save_w, by V-block 0
+        if (vb == 0) {
+          aux_sync();  // Tw complete
+          const T* sTw = reinterpret_cast<const T*>(sA);
+          float w[2][8][4];
+          wgmma_fence();
+#pragma unroll
+          for (int kc = 0; kc < 2; ++kc)  // B[n = k][kdim = j] = K[j][k]: MN-major, k columns 64 kc..
+            wgmma_k_steps<T, 64, false, true, C / 16>(w[kc], kmajor(sTw, 0), mnmajor(sK, 64 * kc), false);
+          wgmma_commit();
+          wgmma_wait<0>();
+          const int i0 = r0 + g8, i1 = i0 + 8;
+          T* save_w = static_cast<T*>(p.save_w);
+#pragma unroll
+          for (int kc = 0; kc < 2; ++kc)
+#pragma unroll
+            for (int n = 0; n < 8; ++n) {
+              const int kk = 64 * kc + 8 * n + 2 * t4;
+              if (i0 < len) store2<T>(save_w + ((c0 + i0) * p.heads_v + hv) * kK + kk, w[kc][n][0], w[kc][n][1]);
+              if (i1 < len) store2<T>(save_w + ((c0 + i1) * p.heads_v + hv) * kK + kk, w[kc][n][2], w[kc][n][3]);
+            }
+        }
+      }
     }
     return;
   }
@@ -220,6 +258,7 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
   publish_state();
   wg_sync();
   T* o = static_cast<T*>(p.o);
+  T* sVnOut = reinterpret_cast<T*>(smem + L::kVnOut + wg * L::kSquare);
   auto a_st = [&](int s) { return sSt + SwS::at(64 * wg, 16 * s); };  // S^T rows 64 wg.., k-step s
   for (int c = 0; c < num_chunks; ++c) {
     const int s = c % 2;
@@ -239,6 +278,17 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
     wgmma_k_steps<T, 64, false, false, kK / 16>(sk, a_st, kmajor(sK, 0), false);
     wgmma_k_steps<T, 64, false, false, kK / 16>(ot, a_st, kmajor(sQ, 0), false);
     wgmma_commit();
+    if constexpr (kSave) {  // S at the chunk start ([K, V] 16-bit) from S^T's shared copy: 8 v per 16-byte chunk
+      T* s0 = static_cast<T*>(p.save_s0) +
+              ((chunk_slot(p, cta.seq, bos) + c) * p.heads_v + hv) * int64_t(kK) * p.dim_v + v0 + 64 * wg;
+      for (int idx = wtid; idx < kK * 8; idx += 128) {
+        const int kk = idx / 8, vv = (idx % 8) * 8;  // k row, first of 8 v columns (within the warpgroup's 64)
+        alignas(16) T x[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) x[e] = sSt[SwS::at(64 * wg + vv + e, kk)];
+        *reinterpret_cast<uint4*>(s0 + int64_t(kk) * p.dim_v + vv) = *reinterpret_cast<const uint4*>(x);
+      }
+    }
     wgmma_wait<0>();
     // (2) V_new^T = V^T Tb^T + X^T Tb^T, X^T = -(S^T K^T) diag(f).
     float vn[8][4];
@@ -257,6 +307,18 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
       ot[n][0] *= e0, ot[n][1] *= e1, ot[n][2] *= e0, ot[n][3] *= e1;
     }
     wgmma_wait<0>();
+    if constexpr (kSave) {  // V_new -> this warpgroup's out tile, copied out with o in (4) (its last readers, the
+      // previous chunk's, were before the full barrier)
+      const int vv = vrow0 - 64 * wg;
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+        const int r = 8 * n + 2 * t4;
+        sVnOut[Sw::at(r, vv)] = from_f32<T>(vn[n][0]);
+        sVnOut[Sw::at(r + 1, vv)] = from_f32<T>(vn[n][1]);
+        sVnOut[Sw::at(r, vv + 8)] = from_f32<T>(vn[n][2]);
+        sVnOut[Sw::at(r + 1, vv + 8)] = from_f32<T>(vn[n][3]);
+      }
+    }
     // (3) O^T += V_new^T QKm^T; S^T = e^{G_last} S^T + V_d^T K.
     uint32_t na[4][4], da[4][4];
 #pragma unroll
@@ -294,9 +356,14 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
     wg_sync();  // o tile and S^T complete
     for (int idx = wtid; idx < C * 8; idx += 128) {  // 64 rows x 8 chunks of 16 bytes (columns 64 wg ..)
       const int r = idx / 8, col = 64 * wg + (idx % 8) * 8;
-      if (r < len)
-        *reinterpret_cast<uint4*>(o + ((c0 + r) * p.heads_v + hv) * p.dim_v + v0 + col) =
-            *reinterpret_cast<const uint4*>(sV + Sw::at(r, col));
+      if (r < len) {
+        if (o != nullptr)
+          *reinterpret_cast<uint4*>(o + ((c0 + r) * p.heads_v + hv) * p.dim_v + v0 + col) =
+              *reinterpret_cast<const uint4*>(sV + Sw::at(r, col));
+        if constexpr (kSave)
+          *reinterpret_cast<uint4*>(static_cast<T*>(p.save_vn) + ((c0 + r) * p.heads_v + hv) * p.dim_v + v0 + col) =
+              *reinterpret_cast<const uint4*>(sVnOut + Sw::at(r, col - 64 * wg));
+      }
     }
     if (c + 2 < num_chunks) named_bar_arrive(kWsBarEmpty + s, kGdnWsThreads);
   }

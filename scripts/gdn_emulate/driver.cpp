@@ -169,7 +169,7 @@ int main(int argc, char** argv) {
   if (V % 128 == 0) {
     GdnFwdParams f = p;
     f.o = o3.data, f.ht = ht3.as<float>(), f.num_vblocks = V / 128;
-    launch(gdn_fwd_ws_kernel<T>, f, int64_t(N) * HV * (V / 128), GdnWsSmem<T>::kBytes, kGdnWsThreads);
+    launch(gdn_fwd_ws_kernel<T>, f, int64_t(N) * HV * (V / 128), GdnWsSmem<T, false>::kBytes, kGdnWsThreads);
     ws_ran = true;
     int64_t outside = 0, nan = 0;
     double num = 0, den = 0;
@@ -183,6 +183,51 @@ int main(int argc, char** argv) {
     std::printf("  o      ws vs fused: rel %.2e, %lld NaN, %lld written outside sequences\n",
                 std::sqrt(num / std::max(den, 1e-300)), (long long)nan, (long long)outside);
     fails += (nan != 0) + (outside != 0) + !(std::sqrt(num / std::max(den, 1e-300)) < 1e-2);
+    // The training variant: o and ht bit-identical to the inference one, its saves close to the fused kernel's.
+    Buf o4, ht4, s04, w4, vn4, t4;
+    mk(o4, ht4, s04, w4, vn4, t4);
+    GdnFwdParams fs = f;
+    fs.o = o4.data, fs.ht = ht4.as<float>(), fs.save_s0 = s04.data, fs.save_w = w4.data, fs.save_vn = vn4.data;
+    fs.save_t = t4.data;
+    launch(gdn_fwd_ws_kernel<T, true>, fs, int64_t(N) * HV * (V / 128), GdnWsSmem<T, true>::kBytes, kGdnWsThreads);
+    const bool same = std::memcmp(o3.data, o4.data, size_t(rows) * HV * V * 2) == 0 &&
+                      std::memcmp(ht3.data, ht4.data, size_t(N) * HV * kK * V * 4) == 0;
+    std::printf("  o, ht  ws training vs ws inference: %s\n", same ? "bit-identical" : "DIFFER");
+    fails += !same;
+    auto close16 = [&](const char* name, const Buf& a, const Buf& b, int64_t per_row, double tol) {
+      int64_t outside = 0, nan = 0;
+      double nm = 0, dn = 0;
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t j = 0; j < per_row; ++j) {
+          const T* x = a.as<T>() + r * per_row + j; const T* y = b.as<T>() + r * per_row + j;
+          if (!in_seq[r]) { outside += !is_poison16(y); continue; }
+          if (std::isnan(f16(*y))) { ++nan; continue; }
+          nm += double(f16(*x) - f16(*y)) * (f16(*x) - f16(*y)), dn += double(f16(*x)) * f16(*x);
+        }
+      const double rel = std::sqrt(nm / std::max(dn, 1e-300));
+      std::printf("  %-6s ws training vs fused: rel %.2e, %lld NaN, %lld written outside sequences\n", name, rel,
+                  (long long)nan, (long long)outside);
+      fails += (nan != 0) + (outside != 0) + !(rel < tol);
+    };
+    close16("w", w1, w4, HV * kK, 1e-2);
+    close16("vn", vn1, vn4, HV * V, 1e-2);
+    close16("t", t1, t4, HV * 64, 1e-2);
+    {  // S at every chunk start
+      int64_t nan = 0;
+      double nm = 0, dn = 0;
+      for (int s = 0; s < N; ++s)
+        for (int64_t c0 = cu[s]; c0 < cu[s + 1]; c0 += 64) {
+          const int64_t slot = cu[s] / 64 + s + (c0 - cu[s]) / 64;
+          for (int64_t i = 0; i < HV * kK * V; ++i) {
+            const T* x = s01.as<T>() + slot * HV * kK * V + i; const T* y = s04.as<T>() + slot * HV * kK * V + i;
+            if (std::isnan(f16(*y))) { ++nan; continue; }
+            nm += double(f16(*x) - f16(*y)) * (f16(*x) - f16(*y)), dn += double(f16(*x)) * f16(*x);
+          }
+        }
+      const double rel = std::sqrt(nm / std::max(dn, 1e-300));
+      std::printf("  s0     ws training vs fused: rel %.2e, %lld NaN\n", rel, (long long)nan);
+      fails += (nan != 0) + !(rel < 1e-2);
+    }
   }
 #endif
   // ---- fp64 recurrence
