@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# compute-sanitizer memcheck and racecheck on the CUDA scan forward + backward for one small varlen case (issues #4, #5).
+# compute-sanitizer memcheck and racecheck on the CUDA scan forward + backward, one small varlen case (issues #4, #5).
 # On a GPU machine after the build (scripts/gpu_check.sh): bash scripts/gdn_bwd_sanitize.sh > $OUT/sanitize.log
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -1,8 +1,8 @@
 // Warp-specialised chunked gated-delta-rule forward (o and the final state; with kSave also what the backward reads),
-// K = 128 and V a multiple of 128, on sm_90a wgmma. One CTA (3 warpgroups) owns (sequence, value head, 128 value columns). The chunk-local work
-// that never reads the state runs on warpgroup 0 ("aux") one chunk ahead of warpgroups 1 and 2 ("state"), which
-// keep the state transposed, S^T [v][k] in fp32 wgmma accumulators (warpgroup 1 + w: v rows 64 w ..), and do only
-// the products that read it. Two stages of shared memory pass chunks from aux to state (FlashInfer's structure).
+// K = 128 and V a multiple of 128, on sm_90a wgmma. One CTA (3 warpgroups) owns (sequence, value head, 128 value
+// columns). The chunk-local work that never reads the state runs on warpgroup 0 ("aux") one chunk ahead of
+// warpgroups 1 and 2 ("state"), which keep the state transposed, S^T [v][k] in fp32 wgmma accumulators (warpgroup
+// 1 + w: v rows 64 w ..), and do only the products that read it. Two stages of shared memory pass chunks from aux to state (FlashInfer's structure).
 // Per chunk (G = cumsum g, rq / rk the l2norm factors, Kn = diag(rk) K, as in gdn_fwd_kernel.cuh):
 //   aux:   A = (K K^T) * beta_i rk_i rk_j e^{G_i - G_j} (i > j),  QKm = (Q K^T) * rq_i rk_j e^{G_i - G_j} (i >= j),
 //          T = (I + A)^-1,  Tb = T diag(beta)
@@ -52,7 +52,7 @@ struct GdnWsSmem {
   // A stage, written by aux, read by state:
   static constexpr int kQ = 0, kKey = kTile, kV = 2 * kTile;  // q, k, v rows (raw); v's slab w later o's columns
   static constexpr int kTb = 3 * kTile, kQK = kTb + kSquare;  // Tb [i][j], QKm [i][j]
-  static constexpr int kVec = kQK + kSquare;                  // f32 [64] each: rk e^G, rq e^G, rk e^{G_last - G}; e^{G_last}
+  static constexpr int kVec = kQK + kSquare;  // f32 [64] each: rk e^G, rq e^G, rk e^{G_last - G}; e^{G_last}
   static constexpr int kStage = (kVec + 4 * C * 4 + 1023) / 1024 * 1024;
   static constexpr int kSt = 2 * kStage;                      // S^T [128 v][128 k] 16-bit (Sw128Slabs<128>)
   // aux only:
