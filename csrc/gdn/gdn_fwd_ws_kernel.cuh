@@ -2,7 +2,8 @@
 // K = 128 and V a multiple of 128, on sm_90a wgmma. One CTA (3 warpgroups) owns (sequence, value head, 128 value
 // columns). The chunk-local work that never reads the state runs on warpgroup 0 ("aux") one chunk ahead of
 // warpgroups 1 and 2 ("state"), which keep the state transposed, S^T [v][k] in fp32 wgmma accumulators (warpgroup
-// 1 + w: v rows 64 w ..), and do only the products that read it. Two stages of shared memory pass chunks from aux to state (FlashInfer's structure).
+// 1 + w: v rows 64 w ..), and do only the products that read it. Two stages of shared memory pass chunks from aux
+// to state (FlashInfer's structure).
 // Per chunk (G = cumsum g, rq / rk the l2norm factors, Kn = diag(rk) K, as in gdn_fwd_kernel.cuh):
 //   aux:   A = (K K^T) * beta_i rk_i rk_j e^{G_i - G_j} (i > j),  QKm = (Q K^T) * rq_i rk_j e^{G_i - G_j} (i >= j),
 //          T = (I + A)^-1,  Tb = T diag(beta)
