@@ -88,6 +88,14 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
   const int hv = cta.hv, h = cta.h, v0 = cta.v0, vb = cta.vb;
   const int64_t bos = cta.bos, eos = cta.eos;
   const int num_chunks = int((eos - bos + C - 1) / C);
+  struct ChunkRows {
+    int64_t c0;  // first row
+    int len;     // rows in the sequence (<= 64)
+  };
+  auto chunk_rows = [&](int c) {
+    const int64_t c0 = bos + int64_t(c) * C;
+    return ChunkRows{c0, int(min(int64_t(C), eos - c0))};
+  };
 
   if (tid < 128) {  // ---------------------------------------------------------------- aux: chunk-local work
     setmaxnreg_dec<kWsAuxRegs>();
@@ -101,29 +109,38 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
     const T* q = static_cast<const T*>(p.q);
     const T* k = static_cast<const T*>(p.k);
     const T* v = static_cast<const T*>(p.v);
-    for (int c = 0; c < num_chunks; ++c) {
-      const int s = c % 2;
-      const int64_t c0 = bos + int64_t(c) * C;
-      const int len = int(min(int64_t(C), eos - c0));
-      T* sQ = tile(s, L::kQ);
-      T* sK = tile(s, L::kKey);
-      T* sV = tile(s, L::kV);
-      if (c >= 2) named_bar_sync(kWsBarEmpty + s, kGdnWsThreads);  // the state warpgroups are done with chunk c - 2
-      // q, k, v rows (zeros past the sequence); g, beta of rows 2 lane, 2 lane + 1 into warp 0's registers.
-      load_chunk_qk<T, kK, Sw, 128>(sQ, sK, q, k, c0, len, p.heads_qk, h, tid);
+    // q, k, v rows of chunk c (zeros past the sequence) -> stage c % 2, one commit group; g, beta of its rows
+    // 2 lane, 2 lane + 1 into warp 0's g2, beta2. Chunk c + 1's go out in the middle of chunk c (after the T solve),
+    // once the state warpgroups are done with chunk c - 1: the copies land behind the rest of chunk c's work.
+    float g2[2], beta2[2];
+    auto issue_loads = [&](int c) {
+      const ChunkRows rows = chunk_rows(c);
+      const int64_t c0 = rows.c0;
+      const int len = rows.len;
+      load_chunk_qk<T, kK, Sw, 128>(tile(c % 2, L::kQ), tile(c % 2, L::kKey), q, k, c0, len, p.heads_qk, h, tid);
+      T* sV = tile(c % 2, L::kV);
       for (int idx = tid; idx < C * (kV / 8); idx += 128) {
         const int r = idx / (kV / 8), col = (idx % (kV / 8)) * 8;
         cp_async16(sV + Sw::at(r, col), v + ((c0 + min(r, len - 1)) * p.heads_v + hv) * p.dim_v + v0 + col, r < len);
       }
       cp_async_commit();
-      float g2[2] = {0.f, 0.f}, beta2[2] = {0.f, 0.f};
       if (warp == 0) {
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           const int r = 2 * lane + e;
-          if (r < len) g2[e] = p.g[(c0 + r) * p.heads_v + hv], beta2[e] = p.beta[(c0 + r) * p.heads_v + hv];
+          g2[e] = r < len ? p.g[(c0 + r) * p.heads_v + hv] : 0.f;
+          beta2[e] = r < len ? p.beta[(c0 + r) * p.heads_v + hv] : 0.f;
         }
       }
+    };
+    if (num_chunks > 0) issue_loads(0);
+    for (int c = 0; c < num_chunks; ++c) {
+      const int s = c % 2;
+      const ChunkRows rows = chunk_rows(c);
+      const int64_t c0 = rows.c0;
+      const int len = rows.len;
+      T* sQ = tile(s, L::kQ);
+      T* sK = tile(s, L::kKey);
       cp_async_wait<0>();
       fence_async_smem();  // cp.async lands through the generic proxy; wgmma reads through the async one
       aux_sync();          // the loads are in; every aux thread is done with chunk c - 1's scratch
@@ -181,6 +198,10 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
       }
       aux_sync();  // A complete
       invert_unit_lower_64_by<L::kLdA, L::kLdT, 4>(sA, sT, sX, tid, aux_sync);
+      if (c + 1 < num_chunks) {  // the next chunk's loads, into the stage the state warpgroups free after chunk c - 1
+        if (c + 1 >= 2) named_bar_sync(kWsBarEmpty + (c + 1) % 2, kGdnWsThreads);
+        issue_loads(c + 1);
+      }
       {  // Tb = T diag(beta) -> stage (16-bit); with the saves T -> save_t and Tw = Tb diag(f) -> sA's region
         T* sTb = tile(s, L::kTb);
         T* sTw = reinterpret_cast<T*>(sA);
@@ -263,8 +284,9 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
   auto a_st = [&](int s) { return sSt + SwS::at(64 * wg, 16 * s); };  // S^T rows 64 wg.., k-step s
   for (int c = 0; c < num_chunks; ++c) {
     const int s = c % 2;
-    const int64_t c0 = bos + int64_t(c) * C;
-    const int len = int(min(int64_t(C), eos - c0));
+    const ChunkRows rows = chunk_rows(c);
+    const int64_t c0 = rows.c0;
+    const int len = rows.len;
     T* sQ = tile(s, L::kQ);
     T* sK = tile(s, L::kKey);
     T* sV = tile(s, L::kV);

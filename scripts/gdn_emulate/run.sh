@@ -3,7 +3,8 @@
 # (gdn_split_kernels.cuh) run on the CPU through the host shim (shim/: one ucontext fiber per CUDA thread, ldmatrix and
 # mma.sync m16n8k16 from the PTX fragment layouts, cp.async alignment and bounds checks, NaN-poisoned shared and
 # global memory with guard pages, deadlock and divergent-collective checks, optional random warp speeds). driver.cpp
-# compares o, ht and the four saved tensors of the two paths bit for bit and both against an fp64 recurrence.
+# compares o, ht and the four saved tensors of the two paths bit for bit and both against an fp64 recurrence; at K = 128
+# with V % 128 == 0 it also runs the warp-specialised forward (gdn_fwd_ws_kernel.cuh), inference and training.
 # For checking kernel edits without a GPU; it says nothing about speed, registers or the bindings.
 # EMU_CHAIN_BV=32 / 16 runs the chain with narrow V-blocks. The backward kernels: run_bwd.sh.
 #   bash scripts/gdn_emulate/run.sh      (from the repository root, with .venv; ~1 min to build, a few to run)
@@ -43,6 +44,7 @@ for seed in 11 22; do  # random warp speeds: barriers that are missing show up h
   run emu_64_64_1 1 2 128 1 0 0 3 1 5 130 0 64 7 1
   run emu_128_64_0 1 2 128 1 0 0 3 0 3 200 64
   run emu_256_64_1 1 1 64 1 0 1 3 1 0 130 0 64 7 1
+  run emu_128_128_1 1 1 128 1 0 0 3 0 0 5 0 64 7 1 129 260  # the ws forward's stages and prefetch, several chunks
 done
 for seed in 11 22; do  # the chain's narrow V-blocks (for few sequences)
   export EMU_SEED=$seed EMU_CHAIN_BV=$((seed == 11 ? 32 : 16))
