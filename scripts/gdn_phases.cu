@@ -1,8 +1,9 @@
-// Where a chunk of the CUDA GDN forward spends its time: with MOM_OPS_GDN_PROFILE (thread 0 reads the clock
-// after each barrier) it prints cycles per phase per chunk, for the benchmark shapes (equal cuts); without it,
-// only the kernel times. -DMOM_OPS_GDN_CTAS_PER_SM=1 builds the K <= 128 kernels for one CTA per SM.
-//   nvcc -O3 -std=c++17 -arch=sm_90a --expt-relaxed-constexpr -Icsrc [-DMOM_OPS_GDN_PROFILE] \
-//        scripts/gdn_phases.cu -o /tmp/gdn_phases && /tmp/gdn_phases
+// Where a chunk of the CUDA GDN forward (the fused kernel; the warp-specialised one's two timelines) spends its
+// time: with MOM_OPS_GDN_PROFILE (a thread reads the clock after each barrier) it prints cycles per phase per chunk,
+// for the benchmark shapes (equal cuts); without it, only the kernel times. -DMOM_OPS_GDN_CTAS_PER_SM=1 builds the
+// K <= 128 fused kernels for one CTA per SM.
+//   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a --expt-relaxed-constexpr -Icsrc \
+//        [-DMOM_OPS_GDN_PROFILE] scripts/gdn_phases.cu -o /tmp/gdn_phases && /tmp/gdn_phases
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -10,11 +11,12 @@
 #include <vector>
 
 #include "gdn/gdn_fwd_kernel.cuh"
+#include "gdn/gdn_fwd_ws_kernel.cuh"
 
 using namespace mom_ops;
 using bf16 = __nv_bfloat16;
 #ifdef MOM_OPS_GDN_PROFILE
-constexpr int kPhases = kGdnPhases;
+constexpr int kPhases = kGdnPhases > kGdnWsPhases ? kGdnPhases : kGdnWsPhases;
 #else
 constexpr int kPhases = 1;
 #endif
@@ -33,7 +35,9 @@ __global__ void fill_gates(float* g, float* beta, int64_t n) {
   }
 }
 
-template <int kK, int kBV>
+// kWs: the warp-specialised forward (gdn_fwd_ws_kernel.cuh, K = 128, 128-column V-blocks): its aux phases (0-4) and
+// its state phases (5-9) are two timelines of the same chunks.
+template <int kK, int kBV, bool kWs = false>
 void run(int T, int H, int n) {
   const int D = kK;
   bf16 *q, *k, *v, *o;
@@ -56,19 +60,21 @@ void run(int T, int H, int n) {
 #ifdef MOM_OPS_GDN_PROFILE
   p.phase_cycles = cycles;
 #endif
-  using L = GdnSmem<bf16, kK, kBV>;
-  auto kernel = gdn_fwd_kernel<bf16, kK, kBV>;
-  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L::kBytes));
+  static_assert(!kWs || (kK == 128 && kBV == 128), "the ws kernel: K = 128, 128-column V-blocks");
+  const int smem = kWs ? GdnWsSmem<bf16, false>::kBytes : GdnSmem<bf16, kK, kBV>::kBytes;
+  const int threads = kWs ? kGdnWsThreads : kGdnThreads;
+  auto kernel = kWs ? gdn_fwd_ws_kernel<bf16, false> : gdn_fwd_kernel<bf16, kK, kBV>;
+  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100);
   int per_sm = 0;
-  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kGdnThreads, L::kBytes);
+  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem);
   const int blocks = n * H * (D / kBV);
   cudaEvent_t t0, t1;
   cudaEventCreate(&t0), cudaEventCreate(&t1);
   for (int rep = 0; rep < 3; ++rep) {
     cudaMemset(cycles, 0, sizeof(unsigned long long) * kPhases);
     cudaEventRecord(t0);
-    kernel<<<blocks, kGdnThreads, L::kBytes>>>(p);
+    kernel<<<blocks, threads, smem>>>(p);
     cudaEventRecord(t1);
     cudaEventSynchronize(t1);
   }
@@ -77,19 +83,28 @@ void run(int T, int H, int n) {
   unsigned long long c[kPhases];
   cudaMemcpy(c, cycles, sizeof(c), cudaMemcpyDeviceToHost);
   const double chunk_steps = double(blocks) * ((T / n + 63) / 64);
-  double total = 0;
-  for (int i = 0; i < kPhases; ++i) total += c[i] / chunk_steps;
-  printf("T=%d H=%d D=%d n=%d: %.3f ms (%s), %d CTAs of %d B smem, %d CTA/SM; cycles per chunk %.0f:", T, H, D, n,
-         ms, cudaGetErrorString(cudaGetLastError()), blocks, int(L::kBytes), per_sm, total);
 #ifdef MOM_OPS_GDN_PROFILE
-  const char* names[kPhases] = {"load", "norm+cumsum", "A,QK", "T solve", "Tw,Tu", "W,U", "WS,Vn", "O", "state"};
-  for (int i = 0; i < kPhases; ++i) printf(" %s %.0f", names[i], c[i] / chunk_steps);
+  const int phases = kWs ? kGdnWsPhases / 2 : kGdnPhases;  // one timeline
+#else
+  const int phases = kPhases;
+#endif
+  double total = 0;
+  for (int i = 0; i < phases; ++i) total += c[i] / chunk_steps;
+  printf("%sT=%d H=%d D=%d n=%d: %.3f ms (%s), %d CTAs of %d B smem, %d CTA/SM; cycles per chunk %.0f:", kWs ? "ws " : "",
+         T, H, D, n, ms, cudaGetErrorString(cudaGetLastError()), blocks, smem, per_sm, total);
+#ifdef MOM_OPS_GDN_PROFILE
+  const char* names[kGdnPhases] = {"load", "norm+cumsum", "A,QK", "T solve", "Tw,Tu", "W,U", "WS,Vn", "O", "state"};
+  const char* ws_names[kGdnWsPhases] = {"aux: loads in", "norms+KK^T+A", "T solve", "next loads", "Tb+handover",
+                                        "state: wait", "S^T K^T, S^T Q^T", "V_new", "O, S update", "o out"};
+  for (int i = 0; i < (kWs ? kGdnWsPhases : kGdnPhases); ++i)
+    printf(" | %s %.0f", kWs ? ws_names[i] : names[i], c[i] / chunk_steps);
 #endif
   printf("\n");
   cudaFree(q), cudaFree(k), cudaFree(v), cudaFree(o), cudaFree(g), cudaFree(beta), cudaFree(cu), cudaFree(cycles);
 }
 
 int main() {
+  run<128, 128, true>(32768, 16, 32);  // the launch's choice at n32 D128 inference
   run<128, 128>(32768, 16, 32);  // the launch's choice at n32 D128 (one CTA per SM, double-buffered loads)
   run<128, 64>(32768, 16, 32);
   run<128, 64>(32768, 16, 1);

@@ -68,6 +68,21 @@ struct GdnWsSmem {
   static_assert(kX % 16 == 0 && kBytes <= kSmemPerCta, "layout");
 };
 
+// Phase timing for scripts/gdn_ws_phases.cu (with MOM_OPS_GDN_PROFILE): aux's thread 0 and the first state
+// warpgroup's thread 0 read the clock after each phase; p.phase_cycles gets the sums over CTAs, kGdnWsPhases of them
+// (aux 0-4, state 5-9).
+constexpr int kGdnWsPhases = 10;
+#ifdef MOM_OPS_GDN_PROFILE
+#define GDN_WS_PHASE(i)                      \
+  if (timer) {                               \
+    const long long now = clock64();         \
+    ws_cycles[i] += now - ws_start;          \
+    ws_start = now;                          \
+  }
+#else
+#define GDN_WS_PHASE(i)
+#endif
+
 // kSave: the training forward, which also writes p.save_s0, save_w, save_vn, save_t (layouts: GdnFwdParams).
 template <typename T, bool kSave = false>
 __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdParams p) {
@@ -88,6 +103,16 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
   const int hv = cta.hv, h = cta.h, v0 = cta.v0, vb = cta.vb;
   const int64_t bos = cta.bos, eos = cta.eos;
   const int num_chunks = int((eos - bos + C - 1) / C);
+#ifdef MOM_OPS_GDN_PROFILE
+  const bool timer = tid == 0 || tid == 128;
+  long long ws_cycles[kGdnWsPhases] = {}, ws_start = clock64();
+  auto flush_cycles = [&] {
+    if (timer)
+      for (int i = 0; i < kGdnWsPhases; ++i) atomicAdd(p.phase_cycles + i, (unsigned long long)ws_cycles[i]);
+  };
+#else
+  auto flush_cycles = [] {};
+#endif
   struct ChunkRows {
     int64_t c0;  // first row
     int len;     // rows in the sequence (<= 64)
@@ -144,6 +169,7 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
       cp_async_wait<0>();
       fence_async_smem();  // cp.async lands through the generic proxy; wgmma reads through the async one
       aux_sync();          // the loads are in; every aux thread is done with chunk c - 1's scratch
+      GDN_WS_PHASE(0);
       if (warp == 0) {  // G = cumsum g (two rows per lane), beta
         const float pair = g2[0] + g2[1];
         float incl = pair;
@@ -197,11 +223,14 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
         }
       }
       aux_sync();  // A complete
+      GDN_WS_PHASE(1);
       invert_unit_lower_64_by<L::kLdA, L::kLdT, 4>(sA, sT, sX, tid, aux_sync);
+      GDN_WS_PHASE(2);
       if (c + 1 < num_chunks) {  // the next chunk's loads, into the stage the state warpgroups free after chunk c - 1
         if (c + 1 >= 2) named_bar_sync(kWsBarEmpty + (c + 1) % 2, kGdnWsThreads);
         issue_loads(c + 1);
       }
+      GDN_WS_PHASE(3);
       {  // Tb = T diag(beta) -> stage (16-bit); with the saves T -> save_t and Tw = Tb diag(f) -> sA's region
         T* sTb = tile(s, L::kTb);
         T* sTw = reinterpret_cast<T*>(sA);
@@ -244,7 +273,9 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
             }
         }
       }
+      GDN_WS_PHASE(4);
     }
+    flush_cycles();
     return;
   }
 
@@ -294,6 +325,7 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
     const T* sQK = tile(s, L::kQK);
     const float* vs = vec(s);
     named_bar_sync(kWsBarFull + s, kGdnWsThreads);
+    GDN_WS_PHASE(5);
 
     // (1) S^T K^T and S^T Q^T (the old state).
     float sk[8][4], ot[8][4];
@@ -313,6 +345,7 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
       }
     }
     wgmma_wait<0>();
+    GDN_WS_PHASE(6);
     // (2) V_new^T = V^T Tb^T + X^T Tb^T, X^T = -(S^T K^T) diag(f).
     float vn[8][4];
     uint32_t xa[4][4];
@@ -342,6 +375,7 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
         sVnOut[Sw::at(r + 1, vv + 8)] = from_f32<T>(vn[n][3]);
       }
     }
+    GDN_WS_PHASE(7);
     // (3) O^T += V_new^T QKm^T; S^T = e^{G_last} S^T + V_d^T K.
     uint32_t na[4][4], da[4][4];
 #pragma unroll
@@ -366,6 +400,7 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
         wgmma_m64n64k16_rs<T, true>(St[kc], da[ks], sw128_desc(sK + Sw::at(16 * ks, 64 * kc)), true);
     wgmma_commit();
     wgmma_wait<0>();
+    GDN_WS_PHASE(8);
     // (4) o = scale O: O^T -> v's slab wg (its last reader was (2)), then 16-byte rows to global.
 #pragma unroll
     for (int n = 0; n < 8; ++n) {
@@ -389,8 +424,12 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
       }
     }
     if (c + 2 < num_chunks) named_bar_arrive(kWsBarEmpty + s, kGdnWsThreads);
+    GDN_WS_PHASE(9);
   }
+  flush_cycles();
   if (p.ht != nullptr) for_each_state([&](float& x, int kk, int vv) { p.ht[state_index(kk, vv)] = x; });
 }
+
+#undef GDN_WS_PHASE
 
 }  // namespace mom_ops
