@@ -90,8 +90,8 @@ void run(int T, int H, int n) {
 #endif
   double total = 0;
   for (int i = 0; i < phases; ++i) total += c[i] / chunk_steps;
-  printf("%sT=%d H=%d D=%d n=%d: %.3f ms (%s), %d CTAs of %d B smem, %d CTA/SM; cycles per chunk %.0f:", kWs ? "ws " : "",
-         T, H, D, n, ms, cudaGetErrorString(cudaGetLastError()), blocks, smem, per_sm, total);
+  printf("%sT=%d H=%d D=%d n=%d: %.3f ms (%s), %d CTAs of %d B smem, %d CTA/SM; cycles per chunk %.0f:",
+         kWs ? "ws " : "", T, H, D, n, ms, cudaGetErrorString(cudaGetLastError()), blocks, smem, per_sm, total);
 #ifdef MOM_OPS_GDN_PROFILE
   const char* names[kGdnPhases] = {"load", "norm+cumsum", "A,QK", "T solve", "Tw,Tu", "W,U", "WS,Vn", "O", "state"};
   const char* ws_names[kGdnWsPhases] = {"aux: loads in", "norms+KK^T+A", "T solve", "next loads", "Tb+handover",
