@@ -65,7 +65,8 @@ __device__ void probe_product_rs(const Elem* a, const Elem* sb, float* d, int ti
   const int warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   float a_acc[8][4];  // a as if it were an m64n64 accumulator: tile j, element e at (16 warp + g (+8), 8 j + 2 t (+1))
   for (int j = 0; j < 8; ++j)
-    for (int e = 0; e < 4; ++e) a_acc[j][e] = float(a[(16 * warp + g + (e >= 2 ? 8 : 0)) * 64 + 8 * j + 2 * t + (e & 1)]);
+    for (int e = 0; e < 4; ++e)
+      a_acc[j][e] = float(a[(16 * warp + g + (e >= 2 ? 8 : 0)) * 64 + 8 * j + 2 * t + (e & 1)]);
   uint32_t frag[4][4];
   for (int ks = 0; ks < 4; ++ks) acc_to_a<Elem>(frag[ks], a_acc, ks, t, [](int) { return 1.f; });
   float acc[8][4];
