@@ -98,3 +98,13 @@ def test_ws_training_forward_gives_the_split_gradients(V, lengths, monkeypatch):
     with torch.no_grad():
         o_inf, ht_inf = _run(mom_ops.chunk_gated_delta_rule, {key: t.cuda() for key, t in inp.items()}, lengths, False)
     assert torch.equal(o, o_inf) and torch.equal(ht, ht_inf)
+
+
+@pytest.mark.gpu
+def test_ws_forward_more_than_65535_ctas(monkeypatch):
+    """70000 one-token sequences (70000 CTAs in x, one row each): equal to the fused kernel's outputs."""
+    need_kernel("chunk_gated_delta_rule_fwd", "cuda")
+    n = 70000
+    inp = gdn_inputs(1, n, 1, 128, 128, dtype=torch.bfloat16, device="cuda")
+    (o, ht), (o_fused, ht_fused) = _ws_and_fused(inp, [1] * n, monkeypatch)
+    assert rel_rms(o, o_fused) < 3e-3 and rel_rms(ht, ht_fused) < 3e-3
