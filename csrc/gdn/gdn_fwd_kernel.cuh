@@ -130,7 +130,7 @@ __device__ __forceinline__ void invert_unit_lower_64_by(const float* A, float* T
   float* Xw = X + warp * 128;  // [16][8]
 #pragma unroll
   for (int d = 1; d < 4; ++d) {
-    for (int w = warp; w < 2 * (4 - d); w += kWarps) {
+    auto item = [&](int w) {
       const int j = w / 2, i = j + d, r = 16 * i, n0 = 16 * j + 8 * (w % 2);
       float x[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
@@ -157,7 +157,14 @@ __device__ __forceinline__ void invert_unit_lower_64_by(const float* A, float* T
         Tm[(r + row) * kLdT + n0 + col] = -y[e];
         Tm[(16 * j + row) * kLdT + r + 8 * (w % 2) + col] = 0.f;  // above the diagonal
       }
-      if constexpr (kWarps < 6) __syncwarp();  // Xw is rewritten by the warp's next item
+    };
+    if constexpr (kWarps >= 6) {  // one item per warp at most
+      if (warp < 2 * (4 - d)) item(warp);
+    } else {
+      for (int w = warp; w < 2 * (4 - d); w += kWarps) {
+        item(w);
+        __syncwarp();  // Xw is rewritten by the warp's next item
+      }
     }
     sync();
   }
