@@ -108,3 +108,26 @@ def test_ws_forward_more_than_65535_ctas(monkeypatch):
     inp = gdn_inputs(1, n, 1, 128, 128, dtype=torch.bfloat16, device="cuda")
     (o, ht), (o_fused, ht_fused) = _ws_and_fused(inp, [1] * n, monkeypatch)
     assert rel_rms(o, o_fused) < 3e-3 and rel_rms(ht, ht_fused) < 3e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("split", ["0", "1"])
+def test_forward_takes_views_at_odd_offsets(split, monkeypatch):
+    """q, k, v as contiguous views two bytes into their storage (the kernels read them in 16-byte copies): the same
+    outputs as from aligned tensors, on the warp-specialised (split = 0) and the split forward."""
+    need_kernel("chunk_gated_delta_rule_fwd", "cuda")
+    monkeypatch.setenv("MOM_OPS_GDN_SPLIT", split)
+    lengths = [100, 90]
+    inp = {key: t.cuda() for key, t in gdn_inputs(1, 190, 2, 128, 128, HV=2, dtype=torch.bfloat16, h0=True,
+                                                    n_seqs=2).items()}
+
+    def at_odd_offset(t):
+        view = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)[1:].view(t.shape)
+        view.copy_(t)
+        return view
+
+    o, ht = _run(mom_ops.chunk_gated_delta_rule, inp, lengths, False)
+    shifted = dict(inp, q=at_odd_offset(inp["q"]), k=at_odd_offset(inp["k"]), v=at_odd_offset(inp["v"]))
+    assert shifted["q"].data_ptr() % 16 != 0 and shifted["q"].is_contiguous()
+    o2, ht2 = _run(mom_ops.chunk_gated_delta_rule, shifted, lengths, False)
+    assert torch.equal(o, o2) and torch.equal(ht, ht2)

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "common/aligned.h"
 #include "gdn/gdn_bwd_launch.h"
 #include "gdn/gdn_checks.h"
 #include "gdn/gdn_fwd_launch.h"
@@ -39,7 +40,7 @@ at::Tensor checked_saved(const at::Tensor& t, const char* name, const std::vecto
                     " (as chunk_gated_delta_rule_fwd_train returns it), got ", t.sizes());
   TORCH_CHECK_VALUE(t.scalar_type() == q.scalar_type() && t.device() == q.device(), name, " must be ",
                     q.scalar_type(), " on ", q.device(), ", got ", t.scalar_type(), " on ", t.device());
-  return t.contiguous();
+  return contiguous_aligned16(t);  // read in 16-byte copies
 }
 
 // The split backward chain (gdn_bwd_split_kernels.cuh: P^T dO and diag(scale rq e^G) dO for all chunks at once,
@@ -93,7 +94,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const int64_t rows = d.batch * d.seqlen, slots = chunk_slots(rows, d.num_seqs);
   const bool gva = d.heads_v != d.heads_qk;
   const auto opts = q.options(), f32 = q.options().dtype(at::kFloat);
-  const at::Tensor dout = grad_o.to(q.scalar_type()).contiguous();
+  const at::Tensor dout = contiguous_aligned16(grad_o.to(q.scalar_type()));  // read in 16-byte copies
   const at::Tensor dht = grad_final_state.has_value() ? grad_final_state->to(at::kFloat).contiguous() : at::Tensor();
 
   at::Tensor dq = gva ? at::empty({rows, d.heads_v, d.dim_k}, f32) : at::empty(q.sizes(), opts);

@@ -7,6 +7,7 @@
 
 #include <vector>
 
+#include "common/aligned.h"
 #include "gdn/gdn_checks.h"
 #include "gdn/scan_params.h"
 
@@ -23,9 +24,10 @@ inline ScanIO prepare_scan_io(const at::Tensor& q, const at::Tensor& k, const at
                               bool output_final_state, bool use_qk_l2norm, bool state_v_first,
                               const std::optional<at::Tensor>& cu_seqlens, const GdnDims& d, bool need_o = true) {
   ScanIO io;
-  io.q = q.contiguous();
-  io.k = k.contiguous();
-  io.v = v.contiguous();
+  // q, k, v are read in 16-byte cp.async copies: a contiguous view at an odd storage offset is copied.
+  io.q = contiguous_aligned16(q);
+  io.k = contiguous_aligned16(k);
+  io.v = contiguous_aligned16(v);
   io.g = g.to(at::kFloat).contiguous();
   io.beta = beta.to(at::kFloat).contiguous();
   if (initial_state.has_value()) io.h0 = initial_state->contiguous();
