@@ -18,6 +18,16 @@ __device__ __forceinline__ void wgmma_k_steps(float (&acc)[kN / 8][4], FA a_at, 
     wgmma_m64k16<T, kN, kTransA, kTransB>(acc, sw128_desc(a_at(s)), sw128_desc(b_at(s)), accumulate || s > 0);
 }
 
+// The same with A from registers (wgmma_m64n64k16_rs), m64 x n64 x (16 kSteps): a[s] is k-step s's fragment
+// (acc_to_a), b_at(s) as above.
+template <typename T, bool kTransB, int kSteps, typename FB>
+__device__ __forceinline__ void wgmma_rs_k_steps(float (&acc)[8][4], const uint32_t (&a)[kSteps][4], FB b_at,
+                                                 bool accumulate) {
+#pragma unroll
+  for (int s = 0; s < kSteps; ++s)
+    wgmma_m64n64k16_rs<T, kTransB>(acc, a[s], sw128_desc(b_at(s)), accumulate || s > 0);
+}
+
 // k-step s of an A operand from the accumulator acc of an m64 x n product (n8 tiles 2 s, 2 s + 1), each element
 // times col_scale(column) (the column within the tile), in 16 bits.
 template <typename T, int kTiles, typename Scale>

@@ -355,8 +355,7 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
     for (int ks = 0; ks < 4; ++ks) acc_to_a<T>(xa[ks], sk, ks, t4, [&](int j) { return -vs[j]; });
     wgmma_fence();
     wgmma_k_steps<T, 64, true, false, C / 16>(vn, mnmajor(sV, 64 * wg), kmajor(sTb, 0), false);
-#pragma unroll
-    for (int ks = 0; ks < 4; ++ks) wgmma_m64n64k16_rs<T, false>(vn, xa[ks], sw128_desc(sTb + Sw::at(0, 16 * ks)), true);
+    wgmma_rs_k_steps<T, false, C / 16>(vn, xa, kmajor(sTb, 0), true);
     wgmma_commit();
 #pragma unroll
     for (int n = 0; n < 8; ++n) {  // O^T's columns i times eq_i
@@ -393,13 +392,10 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
 #pragma unroll
         for (int e = 0; e < 4; ++e) St[kc][n][e] *= decay;
     wgmma_fence();
+    wgmma_rs_k_steps<T, false, C / 16>(ot, na, kmajor(sQK, 0), true);
 #pragma unroll
-    for (int ks = 0; ks < 4; ++ks) wgmma_m64n64k16_rs<T, false>(ot, na[ks], sw128_desc(sQK + Sw::at(0, 16 * ks)), true);
-#pragma unroll
-    for (int kc = 0; kc < 2; ++kc)
-#pragma unroll
-      for (int ks = 0; ks < 4; ++ks)  // B[n = k][kdim = r] = K[r][k]: MN-major, k columns 64 kc..
-        wgmma_m64n64k16_rs<T, true>(St[kc], da[ks], sw128_desc(sK + Sw::at(16 * ks, 64 * kc)), true);
+    for (int kc = 0; kc < 2; ++kc)  // B[n = k][kdim = r] = K[r][k]: MN-major, k columns 64 kc..
+      wgmma_rs_k_steps<T, true, C / 16>(St[kc], da, mnmajor(sK, 64 * kc), true);
     wgmma_commit();
     wgmma_wait<0>();
     GDN_WS_PHASE(8);

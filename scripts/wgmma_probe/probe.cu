@@ -58,7 +58,7 @@ __device__ void probe_product(const Elem* sa, const Elem* sb, float* d, int n0, 
     }
 }
 
-// The same with A from registers (wgmma_m64n64k16_rs): each thread's fragments of A (m, k) = a[m][k] built the way
+// The same with A from registers (wgmma_rs_k_steps): each thread's fragments of A (m, k) = a[m][k] built the way
 // the kernels build them, from an accumulator-layout tile (acc_to_a on a [64][64] "accumulator" holding a).
 template <bool kTransB>
 __device__ void probe_product_rs(const Elem* a, const Elem* sb, float* d, int tid) {
@@ -71,9 +71,8 @@ __device__ void probe_product_rs(const Elem* a, const Elem* sb, float* d, int ti
   for (int ks = 0; ks < 4; ++ks) acc_to_a<Elem>(frag[ks], a_acc, ks, t, [](int) { return 1.f; });
   float acc[8][4];
   wgmma_fence();
-  for (int ks = 0; ks < 4; ++ks)
-    wgmma_m64n64k16_rs<Elem, kTransB>(acc, frag[ks], sw128_desc(kTransB ? sb + sw128_index(16 * ks, 0)
-                                                                          : sb + sw128_index(0, 16 * ks)), ks > 0);
+  wgmma_rs_k_steps<Elem, kTransB, 4>(
+      acc, frag, [&](int ks) { return kTransB ? sb + sw128_index(16 * ks, 0) : sb + sw128_index(0, 16 * ks); }, false);
   wgmma_commit();
   wgmma_wait<0>();
   for (int j = 0; j < 8; ++j)
