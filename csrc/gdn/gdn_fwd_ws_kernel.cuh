@@ -25,6 +25,7 @@
 #include "common/mma.cuh"
 #include "common/named_barrier.cuh"
 #include "common/setmaxnreg.cuh"
+#include "common/stmatrix.cuh"
 #include "common/tile_layout.h"
 #include "common/wgmma.cuh"
 #include "common/wgmma_steps.cuh"
@@ -36,8 +37,9 @@ namespace mom_ops {
 constexpr int kGdnWsThreads = 384;  // warpgroup 0: aux; 1, 2: state
 // Registers per thread after the reallocation (multiples of 8; aux may only lower the launch's 168, state only
 // raise it). The pool is what the launch gave the CTA, 384 x 168: 128 x 152 + 256 x 176 = 64512 exactly (asking for
-// more hangs the state warpgroups in setmaxnreg.inc: 160 / 176 did on the H200). ptxas: 228 B of spills (hoisted
-// shared-memory addresses in the state warpgroups); 168 / 168 serialised the state's wgmma.
+// more hangs the state warpgroups in setmaxnreg.inc: 160 / 176 did on the H200). ptxas: 104 B of spills (hoisted
+// stmatrix addresses, 12 reloads per chunk in the state warpgroups; 272 B before stmatrix); 168 / 168 serialised
+// the state's wgmma; 136 / 184 leaves the state 4 reloads but spills 236 B in aux's A / QKm formation.
 constexpr int kWsAuxRegs = 152, kWsStateRegs = 176;
 
 // Named barriers: 1 aux, 2 + w state warpgroup w, 4 + s stage s full (aux arrives, state syncs), 6 + s stage s
@@ -135,8 +137,9 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
     const T* k = static_cast<const T*>(p.k);
     const T* v = static_cast<const T*>(p.v);
     // q, k, v rows of chunk c (zeros past the sequence) -> stage c % 2, one commit group; g, beta of its rows
-    // 2 lane, 2 lane + 1 into warp 0's g2, beta2. Chunk c + 1's go out in the middle of chunk c (after the T solve),
-    // once the state warpgroups are done with chunk c - 1: the copies land behind the rest of chunk c's work.
+    // 2 lane, 2 lane + 1 into warp 0's g2, beta2. Chunk c + 1's go out once chunk c is handed over and the state
+    // warpgroups are done with chunk c - 1. (Issuing them right after chunk c's T solve, 06fad99, made the handover
+    // of chunk c wait for the state's chunk c - 1: n32 D128 0.558 -> 0.619 ms on the H200.)
     float g2[2], beta2[2];
     auto issue_loads = [&](int c) {
       const ChunkRows rows = chunk_rows(c);
@@ -226,11 +229,6 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
       GDN_WS_PHASE(1);
       invert_unit_lower_64_by<L::kLdA, L::kLdT, 4>(sA, sT, sX, tid, aux_sync);
       GDN_WS_PHASE(2);
-      if (c + 1 < num_chunks) {  // the next chunk's loads, into the stage the state warpgroups free after chunk c - 1
-        if (c + 1 >= 2) named_bar_sync(kWsBarEmpty + (c + 1) % 2, kGdnWsThreads);
-        issue_loads(c + 1);
-      }
-      GDN_WS_PHASE(3);
       {  // Tb = T diag(beta) -> stage (16-bit); with the saves T -> save_t and Tw = Tb diag(f) -> sA's region
         T* sTb = tile(s, L::kTb);
         T* sTw = reinterpret_cast<T*>(sA);
@@ -273,6 +271,11 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
             }
         }
       }
+      GDN_WS_PHASE(3);
+      if (c + 1 < num_chunks) {  // the next chunk's loads, into the stage the state warpgroups free after chunk c - 1
+        if (c + 1 >= 2) named_bar_sync(kWsBarEmpty + (c + 1) % 2, kGdnWsThreads);
+        issue_loads(c + 1);
+      }
       GDN_WS_PHASE(4);
     }
     flush_cycles();
@@ -297,16 +300,31 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
   };
   auto state_index = [&](int kk, int vv) { return cta.state_index(p.v_first, kK, p.dim_v, kk, vv); };
   for_each_state([&](float& x, int kk, int vv) { x = p.h0 != nullptr ? p.h0[state_index(kk, vv)] : 0.f; });
-  auto publish_state = [&]() {  // S^T in 16 bits: the A operand of S^T K^T and S^T Q^T
+  // Accumulator fragments -> 16-bit tiles by stmatrix (acc_to_a packs n8 tiles 2 j, 2 j + 1 as matrices m = 0..3:
+  // tile 2 j + m / 2, rows 8 (m % 2) ..); lane 8 m + r addresses row r of matrix m, its v row is vm + r.
+  const int mat = lane / 8, mrow = lane % 8;
+  const int vm = 64 * wg + 16 * wr + 8 * (mat % 2);
+  T* st_row = sSt + (vm + mrow) * 64;  // the start of the row this lane addresses (its 16-byte chunks swizzle by mrow)
+  auto publish_state = [&]() {  // S^T in 16 bits, [v][k]: the A operand of S^T K^T and S^T Q^T
 #pragma unroll
     for (int kc = 0; kc < 2; ++kc)
 #pragma unroll
-      for (int n = 0; n < 8; ++n) {
-        const int kk = 64 * kc + 8 * n + 2 * t4;
-        store2<T>(sSt + SwS::at(vrow0, kk), St[kc][n][0], St[kc][n][1]);
-        store2<T>(sSt + SwS::at(vrow0 + 8, kk), St[kc][n][2], St[kc][n][3]);
+      for (int j = 0; j < 4; ++j) {  // SwS::at(vm + mrow, 64 kc + 16 j + 8 (mat / 2)), kc's slab an immediate offset
+        uint32_t x[4];
+        acc_to_a<T>(x, St[kc], j, t4, [](int) { return 1.f; });
+        store_matrix_x4(x, st_row + kc * SwS::at(0, 64) + (((2 * j + mat / 2) ^ mrow) << 3));
       }
     fence_async_smem();
+  };
+  // An m64 x n64 accumulator [v][i] (v rows of this warpgroup) times scale -> the 16-bit tile [i][v], transposed by
+  // stmatrix: matrix m's row r is i = 16 j + 8 (m / 2) + r, its 8 columns start at v column v_col0 + 16 wr + 8 (m % 2).
+  auto store_transposed = [&](const float (&acc)[8][4], T* tile, int v_col0, float scale) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      uint32_t x[4];
+      acc_to_a<T>(x, acc, j, t4, [=](int) { return scale; });
+      store_matrix_x4_trans(x, tile + Sw::at(16 * j + 8 * (mat / 2) + mrow, v_col0 + 16 * wr + 8 * (mat % 2)));
+    }
   };
   publish_state();
   wg_sync();
@@ -364,18 +382,9 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
       ot[n][0] *= e0, ot[n][1] *= e1, ot[n][2] *= e0, ot[n][3] *= e1;
     }
     wgmma_wait<0>();
-    if constexpr (kSave) {  // V_new -> this warpgroup's out tile, copied out with o in (4) (its last readers, the
-      // previous chunk's, were before the full barrier)
-      const int vv = vrow0 - 64 * wg;
-#pragma unroll
-      for (int n = 0; n < 8; ++n) {
-        const int r = 8 * n + 2 * t4;
-        sVnOut[Sw::at(r, vv)] = from_f32<T>(vn[n][0]);
-        sVnOut[Sw::at(r + 1, vv)] = from_f32<T>(vn[n][1]);
-        sVnOut[Sw::at(r, vv + 8)] = from_f32<T>(vn[n][2]);
-        sVnOut[Sw::at(r + 1, vv + 8)] = from_f32<T>(vn[n][3]);
-      }
-    }
+    // V_new -> this warpgroup's out tile [r][v], copied out with o in (4) (its last readers, the previous chunk's,
+    // were before the full barrier)
+    if constexpr (kSave) store_transposed(vn, sVnOut, 0, 1.f);
     GDN_WS_PHASE(7);
     // (3) O^T += V_new^T QKm^T; S^T = e^{G_last} S^T + V_d^T K.
     uint32_t na[4][4], da[4][4];
@@ -399,15 +408,8 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
     wgmma_commit();
     wgmma_wait<0>();
     GDN_WS_PHASE(8);
-    // (4) o = scale O: O^T -> v's slab wg (its last reader was (2)), then 16-byte rows to global.
-#pragma unroll
-    for (int n = 0; n < 8; ++n) {
-      const int i = 8 * n + 2 * t4, vv = vrow0;  // o tile [64][128]: row i, column vv (slab wg)
-      sV[Sw::at(i, vv)] = from_f32<T>(p.scale * ot[n][0]);
-      sV[Sw::at(i + 1, vv)] = from_f32<T>(p.scale * ot[n][1]);
-      sV[Sw::at(i, vv + 8)] = from_f32<T>(p.scale * ot[n][2]);
-      sV[Sw::at(i + 1, vv + 8)] = from_f32<T>(p.scale * ot[n][3]);
-    }
+    // (4) o = scale O: O^T -> the o tile [i][v] in v's slab wg (its last reader was (2)), then 16-byte rows to global.
+    store_transposed(ot, sV, 64 * wg, p.scale);
     publish_state();
     wg_sync();  // o tile and S^T complete
     for (int idx = wtid; idx < C * 8; idx += 128) {  // 64 rows x 8 chunks of 16 bytes (columns 64 wg ..)
