@@ -141,23 +141,33 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
     // warpgroups are done with chunk c - 1. (Issuing them right after chunk c's T solve, 06fad99, made the handover
     // of chunk c wait for the state's chunk c - 1: n32 D128 0.558 -> 0.619 ms on the H200.)
     float g2[2], beta2[2];
+    // Thread tid copies the 16-byte column chunk tid % 16 of rows tid / 16 + 8 i (i < 8) of each tile: one address
+    // computation per tile, then constant steps (the copies were ~28 instructions each with per-copy index math).
+    const int load_row = tid / 16, load_col = (tid % 16) * 8;
+    const int64_t qk_step = int64_t(8) * p.heads_qk * kK, v_step = int64_t(8) * p.heads_v * p.dim_v;
     auto issue_loads = [&](int c) {
       const ChunkRows rows = chunk_rows(c);
-      const int64_t c0 = rows.c0;
-      const int len = rows.len;
-      load_chunk_qk<T, kK, Sw, 128>(tile(c % 2, L::kQ), tile(c % 2, L::kKey), q, k, c0, len, p.heads_qk, h, tid);
-      T* sV = tile(c % 2, L::kV);
-      for (int idx = tid; idx < C * (kV / 8); idx += 128) {
-        const int r = idx / (kV / 8), col = (idx % (kV / 8)) * 8;
-        cp_async16(sV + Sw::at(r, col), v + ((c0 + min(r, len - 1)) * p.heads_v + hv) * p.dim_v + v0 + col, r < len);
+      const int64_t row = rows.c0 + load_row;
+      const T* q_src = q + (row * p.heads_qk + h) * kK + load_col;
+      const T* k_src = k + (row * p.heads_qk + h) * kK + load_col;
+      const T* v_src = v + (row * p.heads_v + hv) * p.dim_v + v0 + load_col;
+      const int dst = Sw::at(load_row, load_col);  // row load_row + 8 i: dst + 8 i rows (the same swizzle)
+      T *sQ = tile(c % 2, L::kQ) + dst, *sK = tile(c % 2, L::kKey) + dst, *sV = tile(c % 2, L::kV) + dst;
+#pragma unroll
+      for (int i = 0; i < C / 8; ++i) {  // rows past the sequence: zero fill, the source (then the base) not read
+        const bool valid = load_row + 8 * i < rows.len;
+        cp_async16(sQ + 8 * i * 64, valid ? q_src : q, valid);
+        cp_async16(sK + 8 * i * 64, valid ? k_src : k, valid);
+        cp_async16(sV + 8 * i * 64, valid ? v_src : v, valid);
+        q_src += qk_step, k_src += qk_step, v_src += v_step;
       }
       cp_async_commit();
       if (warp == 0) {
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           const int r = 2 * lane + e;
-          g2[e] = r < len ? p.g[(c0 + r) * p.heads_v + hv] : 0.f;
-          beta2[e] = r < len ? p.beta[(c0 + r) * p.heads_v + hv] : 0.f;
+          g2[e] = r < rows.len ? p.g[(rows.c0 + r) * p.heads_v + hv] : 0.f;
+          beta2[e] = r < rows.len ? p.beta[(rows.c0 + r) * p.heads_v + hv] : 0.f;
         }
       }
     };
@@ -229,19 +239,32 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
       GDN_WS_PHASE(1);
       invert_unit_lower_64_by<L::kLdA, L::kLdT, 4>(sA, sT, sX, tid, aux_sync);
       GDN_WS_PHASE(2);
-      {  // Tb = T diag(beta) -> stage (16-bit); with the saves T -> save_t and Tw = Tb diag(f) -> sA's region
+      {  // Tb = T diag(beta) -> stage (16-bit); with the saves T -> save_t and Tw = Tb diag(f) -> sA's region.
+        // Thread tid: row tid / 2, 8-column groups 2 m + tid % 2 (m < 4), one 16-byte store per group and tile.
         T* sTb = tile(s, L::kTb);
         T* sTw = reinterpret_cast<T*>(sA);
         const float* f = vec(s);
-        for (int idx = tid; idx < C * C / 2; idx += 128) {
-          const int i = idx / (C / 2), j = (idx % (C / 2)) * 2;
-          const float t0 = sT[i * L::kLdT + j], t1 = sT[i * L::kLdT + j + 1];
-          const float b0 = t0 * sBeta[j], b1 = t1 * sBeta[j + 1];
-          store2<T>(sTb + Sw::at(i, j), b0, b1);
+        const int i = tid / 2;
+#pragma unroll
+        for (int m = 0; m < 4; ++m) {
+          const int j = 8 * (2 * m + tid % 2);
+          float t8[8], b8[8];
+#pragma unroll
+          for (int e = 0; e < 8; ++e) t8[e] = sT[i * L::kLdT + j + e], b8[e] = t8[e] * sBeta[j + e];
+          uint4 tb;
+          tb.x = pack2<T>(b8[0], b8[1]), tb.y = pack2<T>(b8[2], b8[3]);
+          tb.z = pack2<T>(b8[4], b8[5]), tb.w = pack2<T>(b8[6], b8[7]);
+          *reinterpret_cast<uint4*>(sTb + Sw::at(i, j)) = tb;
           if constexpr (kSave) {
             if (vb == 0) {
-              store2<T>(sTw + Sw::at(i, j), b0 * f[j], b1 * f[j + 1]);
-              if (i < len) store2<T>(static_cast<T*>(p.save_t) + ((c0 + i) * p.heads_v + hv) * C + j, t0, t1);
+              uint4 tw, t16;
+              tw.x = pack2<T>(b8[0] * f[j], b8[1] * f[j + 1]), tw.y = pack2<T>(b8[2] * f[j + 2], b8[3] * f[j + 3]);
+              tw.z = pack2<T>(b8[4] * f[j + 4], b8[5] * f[j + 5]), tw.w = pack2<T>(b8[6] * f[j + 6], b8[7] * f[j + 7]);
+              *reinterpret_cast<uint4*>(sTw + Sw::at(i, j)) = tw;
+              t16.x = pack2<T>(t8[0], t8[1]), t16.y = pack2<T>(t8[2], t8[3]);
+              t16.z = pack2<T>(t8[4], t8[5]), t16.w = pack2<T>(t8[6], t8[7]);
+              T* save_t = static_cast<T*>(p.save_t) + ((c0 + i) * p.heads_v + hv) * C + j;
+              if (i < len) *reinterpret_cast<uint4*>(save_t) = t16;
             }
           }
         }
