@@ -72,9 +72,9 @@ def test_ws_forward_nan_stays_in_its_segment(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.parametrize("V, lengths", [(128, [300, 0, 65, 1]), (256, [200, 64])])
 def test_ws_training_forward_gives_the_split_gradients(V, lengths, monkeypatch):
-    """MOM_OPS_GDN_WS_TRAIN=1: the training forward on the warp-specialised kernel, whose saves (chunk states, W,
-    V_new, T) the backward reads: the gradients must be the split forward's (up to rounding), and o, ht the inference
-    kernel's bit for bit."""
+    """The training forward on the warp-specialised kernel (the default where the inference forward takes it;
+    MOM_OPS_GDN_WS_TRAIN=1 asks for it explicitly here), whose saves (chunk states, W, V_new, T) the backward reads:
+    the gradients must be the split forward's (up to rounding), and o, ht the inference kernel's bit for bit."""
     need_kernel("chunk_gated_delta_rule_bwd", "cuda")
     n = len(lengths)
     inp = gdn_inputs(1, sum(lengths), 2, 128, V, HV=4, dtype=torch.bfloat16, decay="strong", h0=True, n_seqs=n)

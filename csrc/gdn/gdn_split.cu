@@ -7,6 +7,7 @@
 
 #include "common/static_switch.h"
 #include "gdn/gdn_fwd_launch.h"
+#include "gdn/gdn_output_wgmma_kernel.cuh"
 #include "gdn/gdn_split_kernels.cuh"
 #include "gdn/scan_launch.cuh"
 
@@ -35,6 +36,13 @@ void launch_chain(const GdnSplitParams& p, cudaStream_t stream) {
 
 template <typename T, int kK, int kBV>
 void launch_output(const GdnSplitParams& p, int64_t num_slots, cudaStream_t stream) {
+  if constexpr (kBV == 128) {
+    if (gdn_output_on_wgmma()) {
+      launch_scan_kernel(gdn_output_wgmma_kernel<T, kK>, p, num_slots * p.heads_v * (p.dim_v / 128),
+                         kGdnOutputWgThreads, GdnOutputWgSmem<T, kK>::kBytes, stream, "(chunk, head, V-block)");
+      return;
+    }
+  }
   launch_scan_kernel(gdn_output_kernel<T, kK, kBV>, p, num_slots * p.heads_v * (p.dim_v / kBV), kGdnThreads,
                      GdnOutputSmem<T, kK, kBV>::kBytes, stream, "(chunk, head, V-block)");
 }

@@ -10,7 +10,8 @@
 //        (16-bit), S <- e^{G_last} S + K^T (rk e^{G_last - G} V_new); load warps bring the next chunks' W, K, U
 //        while this one computes (chain_stages.cuh).
 //   3. gdn_output_kernel, CTA per (chunk slot, value head, V-block of 128, or 64 where V is not a multiple of 128):
-//        O = scale (rq e^G (Q S0) + QK V_new),  QK = (Q K^T) rq_i rk_j e^{G_i - G_j} (i >= j), G and rk from g_rk.
+//        O = scale (rq e^G (Q S0) + QK V_new),  QK = (Q K^T) rq_i rk_j e^{G_i - G_j} (i >= j), G and rk from g_rk;
+//        where V is a multiple of 128, gdn_output_wgmma_kernel.cuh's version of it on wgmma (gdn_split.cu).
 // s0, w, vn and t are exactly what the training forward saves for the backward (gdn_bwd_cuda.cu). Roundings: the
 // fused kernel's (16-bit T diag(..), W, S, QK, V_new operands), U kept in fp32. Status: csrc/gdn/NOTES.md.
 #pragma once

@@ -7,6 +7,7 @@
 #undef __CUDACC__
 #include "gdn/gdn_fwd_kernel.cuh"
 #include "gdn/gdn_split_kernels.cuh"
+#include "gdn/gdn_output_wgmma_kernel.cuh"
 #if KK == 128 && KBV == 128
 #include "gdn/gdn_fwd_ws_kernel.cuh"
 #endif
@@ -97,7 +98,10 @@ int main(int argc, char** argv) {
     if (chain_bv == 16) chain(std::integral_constant<int, 16>());
     else if (chain_bv == 32) chain(std::integral_constant<int, 32>());
     else chain(std::integral_constant<int, 64>());
-    if (gdn_output_value_block(V) == 128) {
+    if (gdn_output_value_block(V) == 128 && gdn_output_on_wgmma()) {
+      launch(gdn_output_wgmma_kernel<T, kK>, sp, slots * HV * (V / 128), GdnOutputWgSmem<T, kK>::kBytes,
+             kGdnOutputWgThreads);
+    } else if (gdn_output_value_block(V) == 128) {
       launch(gdn_output_kernel<T, kK, 128>, sp, slots * HV * (V / 128), GdnOutputSmem<T, kK, 128>::kBytes);
     } else {
       launch(gdn_output_kernel<T, kK, 64>, sp, slots * HV * vb, GdnOutputSmem<T, kK, 64>::kBytes);

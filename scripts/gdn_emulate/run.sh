@@ -45,6 +45,7 @@ for seed in 11 22; do  # random warp speeds: barriers that are missing show up h
   run emu_128_64_0 1 2 128 1 0 0 3 0 3 200 64
   run emu_256_64_1 1 1 64 1 0 1 3 1 0 130 0 64 7 1
   run emu_128_128_1 1 1 128 1 0 0 3 0 0 5 0 64 7 1 129 260  # the ws forward's stages and prefetch, several chunks
+  run emu_256_64_1 1 1 128 1 0 1 3 1 0 130 0 64 7 1  # the wgmma output kernel (V % 128 == 0): S0 in two parts
 done
 for seed in 11 22; do  # the chain's narrow V-blocks (for few sequences)
   export EMU_SEED=$seed EMU_CHAIN_BV=$((seed == 11 ? 32 : 16))
