@@ -12,7 +12,9 @@ PYTHONPATH=".:${PYTHONPATH:-}" timeout 240 "$NCU" --set full --import-source yes
   --launch-skip 1 --launch-count 1 -f -o "$report" python3 scripts/ncu_case.py "$case_name" "$mode" >"$out.ncu.log" 2>&1
 "$NCU" -i "$report.ncu-rep" --page source --csv --print-source sass >"$report.csv" 2>>"$out.ncu.log"
 {
-  "$NCU" -i "$report.ncu-rep" --page details --csv 2>/dev/null | grep -E '"(Duration|Registers Per Thread|Achieved Occupancy|Compute \(SM\) Throughput|Memory Throughput|L1/TEX Hit Rate|Issue Slots Busy|Local Memory Spilling Requests)"'
+  headline='Duration|Registers Per Thread|Achieved Occupancy|Compute \(SM\) Throughput|Memory Throughput'
+  headline+='|L1/TEX Hit Rate|Issue Slots Busy|Local Memory Spilling Requests'
+  "$NCU" -i "$report.ncu-rep" --page details --csv 2>/dev/null | grep -E "\"($headline)\""
   python3 scripts/ncu_phases.py "$report.csv" "$ctas" 0.005
 } >"$out.txt" 2>&1
 tail -n 4 "$out.ncu.log" >>"$out.txt"
