@@ -66,34 +66,26 @@ __global__ void __launch_bounds__(kGdnOutputWgThreads, GdnOutputWgSmem<T, kK>::k
   float *sRk = sG + C, *sRq = sRk + C;
 
   const int tid = threadIdx.x, wg = tid / 128, wr = (tid % 128) / 32, lane = tid % 32, g8 = lane / 4, t4 = lane % 4;
-  const int num_vblocks = p.dim_v / BV;
-  const int vb = blockIdx.x % num_vblocks, v0 = vb * BV;
-  const int hv = (blockIdx.x / num_vblocks) % p.heads_v, h = hv / (p.heads_v / p.heads_qk);
-  const int64_t slot = blockIdx.x / (int64_t(num_vblocks) * p.heads_v);
-  int seq, len;
-  int64_t bos, eos, c0;
-  if (!split_slot_chunk(p, slot, seq, bos, eos, c0, len)) return;
-  const T* q = static_cast<const T*>(p.q);
-  const T* k = static_cast<const T*>(p.k);
-  const T* s0 = static_cast<const T*>(p.save_s0) + (slot * p.heads_v + hv) * int64_t(kK) * p.dim_v + v0;
-  const T* vn = static_cast<const T*>(p.save_vn);
-  T* o = static_cast<T*>(p.o);
+  OutputCta<T> cta;
+  if (!output_cta(p, BV, kK, cta)) return;
+  const int v0 = cta.v0, hv = cta.hv, h = cta.h, len = cta.len;
+  const int64_t slot = cta.slot, c0 = cta.c0;
 
   // Commit groups: (0) q, k, G, rk; (1) S0 rows 0 ..; (2) V_new; at K = 256 (3) S0 rows 128 .. once k is free.
-  load_chunk_qk<T, kK, Sw, kThreads>(sQ, sK, q, k, c0, len, p.heads_qk, h, tid);
+  load_chunk_qk<T, kK, Sw, kThreads>(sQ, sK, cta.q, cta.k, c0, len, p.heads_qk, h, tid);
   if (tid < 2 * C / 4) cp_async16(sG + 4 * tid, p.g_rk + (slot * p.heads_v + hv) * 2 * C + 4 * tid, true);
   cp_async_commit();
   auto load_s0_rows = [&](T* dst, int row0) {
     for (int idx = tid; idx < kS0Rows * (BV / 8); idx += kThreads) {
       const int r = idx / (BV / 8), c = (idx % (BV / 8)) * 8;
-      cp_async16(dst + SwS0::at(r, c), s0 + int64_t(row0 + r) * p.dim_v + c, true);
+      cp_async16(dst + SwS0::at(r, c), cta.s0 + int64_t(row0 + r) * p.dim_v + c, true);
     }
     cp_async_commit();
   };
   load_s0_rows(sS0, 0);
   for (int idx = tid; idx < C * (BV / 8); idx += kThreads) {
     const int r = idx / (BV / 8), c = (idx % (BV / 8)) * 8;
-    cp_async16(sVn + Sw::at(r, c), vn + ((c0 + min(r, len - 1)) * p.heads_v + hv) * p.dim_v + v0 + c, r < len);
+    cp_async16(sVn + Sw::at(r, c), cta.vn + ((c0 + min(r, len - 1)) * p.heads_v + hv) * p.dim_v + v0 + c, r < len);
   }
   cp_async_commit();
   cp_async_wait<2>();  // q, k, G, rk
@@ -174,7 +166,7 @@ __global__ void __launch_bounds__(kGdnOutputWgThreads, GdnOutputWgSmem<T, kK>::k
   for (int idx = tid % 128; idx < C * 8; idx += 128) {  // 64 rows x 8 chunks of 16 bytes (columns 64 wg ..)
     const int r = idx / 8, col = 64 * wg + (idx % 8) * 8;
     if (r < len)
-      *reinterpret_cast<uint4*>(o + ((c0 + r) * p.heads_v + hv) * p.dim_v + v0 + col) =
+      *reinterpret_cast<uint4*>(cta.o + ((c0 + r) * p.heads_v + hv) * p.dim_v + v0 + col) =
           *reinterpret_cast<const uint4*>(sVn + Sw::at(r, col));
   }
 }

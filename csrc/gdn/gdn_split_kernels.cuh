@@ -296,6 +296,27 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_chain_kernel(Gdn
 
 // ---------------------------------------------------------------- 3. outputs
 
+// An output CTA's work (gdn_output_kernel and gdn_output_wgmma_kernel.cuh): blockIdx.x -> (chunk slot, value head,
+// V-block of bv columns), the slot's chunk (rows c0 .. c0 + len) and its inputs; false for a slot no chunk uses.
+template <typename T>
+struct OutputCta {
+  int vb, v0, hv, h, seq, len;
+  int64_t slot, bos, eos, c0;
+  const T *q, *k, *s0, *vn;  // s0: the chunk's state at the V-block's first column
+  T* o;
+};
+template <typename T>
+__device__ __forceinline__ bool output_cta(const GdnSplitParams& p, int bv, int dim_k, OutputCta<T>& c) {
+  const int num_vblocks = p.dim_v / bv;
+  c.vb = blockIdx.x % num_vblocks, c.v0 = c.vb * bv;
+  c.hv = (blockIdx.x / num_vblocks) % p.heads_v, c.h = c.hv / (p.heads_v / p.heads_qk);
+  c.slot = blockIdx.x / (int64_t(num_vblocks) * p.heads_v);
+  c.q = static_cast<const T*>(p.q), c.k = static_cast<const T*>(p.k), c.vn = static_cast<const T*>(p.save_vn);
+  c.s0 = static_cast<const T*>(p.save_s0) + (c.slot * p.heads_v + c.hv) * int64_t(dim_k) * p.dim_v + c.v0;
+  c.o = static_cast<T*>(p.o);
+  return split_slot_chunk(p, c.slot, c.seq, c.bos, c.eos, c.c0, c.len);
+}
+
 // The output kernel's V-block width kBV: 128 where V is a multiple of 128, else 64. Every V-block CTA of a chunk loads
 // q and k and forms QK again, so the wider block saves a quarter of the kernel's loads and a fifth of its products
 // at V = 128 (one CTA per chunk and head). At K = 256 that costs CTAs per SM (one instead of two) and still wins
@@ -340,26 +361,18 @@ __global__ void __launch_bounds__(kGdnThreads, GdnOutputSmem<T, kK, kBV>::kCtasP
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g8 = lane / 4, t4 = lane % 4;
   const int rt = warp % 4, ch = warp / 4, r0 = 16 * rt, i0 = r0 + g8, i1 = i0 + 8;
-  const int num_vblocks = p.dim_v / BV;
-  const int vb = blockIdx.x % num_vblocks, v0 = vb * BV;
-  const int hv = (blockIdx.x / num_vblocks) % p.heads_v, h = hv / (p.heads_v / p.heads_qk);
-  const int64_t slot = blockIdx.x / (int64_t(num_vblocks) * p.heads_v);
-  int seq, len;
-  int64_t bos, eos, c0;
-  if (!split_slot_chunk(p, slot, seq, bos, eos, c0, len)) return;
-  const T* q = static_cast<const T*>(p.q);
-  const T* k = static_cast<const T*>(p.k);
-  const T* s0 = static_cast<const T*>(p.save_s0) + (slot * p.heads_v + hv) * int64_t(kK) * p.dim_v + v0;
-  const T* vn = static_cast<const T*>(p.save_vn);
-  T* o = static_cast<T*>(p.o);
+  OutputCta<T> cta;
+  if (!output_cta(p, BV, kK, cta)) return;
+  const int v0 = cta.v0, hv = cta.hv, h = cta.h, len = cta.len;
+  const int64_t slot = cta.slot, c0 = cta.c0;
 
   // q, k and prep's G, rk of the chunk (the same values the fused kernel computes), then S0.
-  load_chunk_qk<T, kK, PaddedRows<kLdK>, kGdnThreads>(sQ, sK, q, k, c0, len, p.heads_qk, h, tid);
+  load_chunk_qk<T, kK, PaddedRows<kLdK>, kGdnThreads>(sQ, sK, cta.q, cta.k, c0, len, p.heads_qk, h, tid);
   if (tid < 2 * C / 4) cp_async16(sG + 4 * tid, p.g_rk + (slot * p.heads_v + hv) * 2 * C + 4 * tid, true);
   cp_async_commit();
   for (int idx = tid; idx < kK * (BV / 8); idx += kGdnThreads) {
     const int r = idx / (BV / 8), c = (idx % (BV / 8)) * 8;
-    cp_async16(sS0 + r * kLdV + c, s0 + int64_t(r) * p.dim_v + c, true);
+    cp_async16(sS0 + r * kLdV + c, cta.s0 + int64_t(r) * p.dim_v + c, true);
   }
   cp_async_commit();
   cp_async_wait<1>();  // q, k, G, rk
@@ -388,7 +401,7 @@ __global__ void __launch_bounds__(kGdnThreads, GdnOutputSmem<T, kK, kBV>::kCtasP
   __syncthreads();  // k has no reader left: V_new goes into its region while Q S0 runs
   for (int idx = tid; idx < C * (BV / 8); idx += kGdnThreads) {
     const int r = idx / (BV / 8), c = (idx % (BV / 8)) * 8;
-    cp_async16(sVn + r * kLdV + c, vn + ((c0 + min(r, len - 1)) * p.heads_v + hv) * p.dim_v + v0 + c, r < len);
+    cp_async16(sVn + r * kLdV + c, cta.vn + ((c0 + min(r, len - 1)) * p.heads_v + hv) * p.dim_v + v0 + c, r < len);
   }
   cp_async_commit();
   cp_async_wait<1>();  // S0
@@ -414,8 +427,9 @@ __global__ void __launch_bounds__(kGdnThreads, GdnOutputSmem<T, kK, kBV>::kCtasP
 #pragma unroll
   for (int nt = 0; nt < kNTo; ++nt) {
     const int c = v0 + vc0 + nt * 8 + 2 * t4;
-    if (i0 < len) store2<T>(o + ((c0 + i0) * p.heads_v + hv) * p.dim_v + c, p.scale * acc[nt][0], p.scale * acc[nt][1]);
-    if (i1 < len) store2<T>(o + ((c0 + i1) * p.heads_v + hv) * p.dim_v + c, p.scale * acc[nt][2], p.scale * acc[nt][3]);
+    T* o = cta.o + (c0 * p.heads_v + hv) * p.dim_v + c;  // row c0, this column pair
+    if (i0 < len) store2<T>(o + int64_t(i0) * p.heads_v * p.dim_v, p.scale * acc[nt][0], p.scale * acc[nt][1]);
+    if (i1 < len) store2<T>(o + int64_t(i1) * p.heads_v * p.dim_v, p.scale * acc[nt][2], p.scale * acc[nt][3]);
   }
 }
 
