@@ -147,3 +147,21 @@ def test_split_chains_narrow_value_blocks_are_bitwise_equal(K, V, lengths, narro
 
     for got, want in zip(run(narrow), run("64")):
         assert torch.equal(got, want)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("K, V, HV", [(64, 128, 2), (128, 256, 4), (256, 256, 2)])
+def test_split_output_kernels_agree(K, V, HV, monkeypatch):
+    """The split forward's 128-column output kernel on wgmma (the default where V % 128 == 0) against the mma.sync one
+    (MOM_OPS_GDN_OUTPUT_WGMMA=0): the same products in k-steps of 16 and the same 16-bit QKm, so o agrees to fp32
+    summation order (the CPU emulator has them bit for bit); ht comes from the chain and is identical."""
+    need_kernel("chunk_gated_delta_rule_fwd", "cuda")
+    monkeypatch.setenv("MOM_OPS_GDN_SPLIT", "1")
+    lengths = [300, 0, 65, 1, 129]
+    inp = {key: t.cuda() for key, t in gdn_inputs(1, sum(lengths), 2, K, V, HV=HV, dtype=torch.bfloat16, h0=True,
+                                                    n_seqs=len(lengths)).items()}
+    o, ht = _run(mom_ops.chunk_gated_delta_rule, inp, lengths, False)
+    monkeypatch.setenv("MOM_OPS_GDN_OUTPUT_WGMMA", "0")
+    o_mma, ht_mma = _run(mom_ops.chunk_gated_delta_rule, inp, lengths, False)
+    assert torch.isfinite(o).all() and torch.equal(ht, ht_mma)
+    assert rel_rms(o, o_mma) < 1e-3, rel_rms(o, o_mma)
