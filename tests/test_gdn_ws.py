@@ -1,6 +1,6 @@
-"""The warp-specialised CUDA inference forward (csrc/gdn/gdn_fwd_ws_kernel.cuh: K = 128, V a multiple of 128, taken
-where the split forward is not; MOM_OPS_GDN_WS=0 keeps the fused kernel) against the fp32 recurrence and the fused
-forward. GPU only."""
+"""The warp-specialised CUDA forward (csrc/gdn/gdn_fwd_ws_kernel.cuh: K = 128, V a multiple of 128, taken where the
+split forward is not, for inference and training; MOM_OPS_GDN_WS=0 keeps the fused kernel) against the fp32 recurrence
+and the fused forward. GPU only."""
 
 import pytest
 import torch
