@@ -35,6 +35,16 @@ __device__ __forceinline__ void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
 }
 
+// After wgmma_wait: ties the accumulators to this point, so that the compiler cannot move a read of them above the
+// wait (whose asm names no registers; ptxas then serialises the wgmma, C7514). CUTLASS's warpgroup_fence_operand.
+template <int kTiles>
+__device__ __forceinline__ void wgmma_fence_acc(float (&d)[kTiles][4]) {
+#pragma unroll
+  for (int j = 0; j < kTiles; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(d[j][e])::"memory");
+}
+
 #define MOM_OPS_WGMMA_D4(j) "+f"(d[j][0]), "+f"(d[j][1]), "+f"(d[j][2]), "+f"(d[j][3])
 #define MOM_OPS_WGMMA_D16 MOM_OPS_WGMMA_D4(0), MOM_OPS_WGMMA_D4(1), MOM_OPS_WGMMA_D4(2), MOM_OPS_WGMMA_D4(3)
 #define MOM_OPS_WGMMA_D32 MOM_OPS_WGMMA_D16, MOM_OPS_WGMMA_D4(4), MOM_OPS_WGMMA_D4(5), MOM_OPS_WGMMA_D4(6), \

@@ -37,9 +37,9 @@ namespace mom_ops {
 constexpr int kGdnWsThreads = 384;  // warpgroup 0: aux; 1, 2: state
 // Registers per thread after the reallocation (multiples of 8; aux may only lower the launch's 168, state only
 // raise it). The pool is what the launch gave the CTA, 384 x 168: 128 x 152 + 256 x 176 = 64512 exactly (asking for
-// more hangs the state warpgroups in setmaxnreg.inc: 160 / 176 did on the H200). ptxas: 104 B of spills (hoisted
-// stmatrix addresses, 12 reloads per chunk in the state warpgroups; 272 B before stmatrix); 168 / 168 serialised
-// the state's wgmma; 136 / 184 leaves the state 4 reloads but spills 236 B in aux's A / QKm formation.
+// more hangs the state warpgroups in setmaxnreg.inc: 160 / 176 did on the H200). ptxas: 60 B of spills (hoisted
+// stmatrix addresses, 12 reloads per chunk in the state warpgroups, 2 in aux; 272 B before stmatrix); 168 / 168
+// serialised the state's wgmma; 136 / 184 leaves the state 4 reloads but spills 236 B in aux's A / QKm formation.
 constexpr int kWsAuxRegs = 152, kWsStateRegs = 176;
 
 // Named barriers: 1 aux, 2 + w state warpgroup w, 4 + s stage s full (aux arrives, state syncs), 6 + s stage s
@@ -196,17 +196,37 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
         sBeta[2 * lane] = beta2[0];
         sBeta[2 * lane + 1] = beta2[1];
       }
-      {  // l2norm factors: two threads per row, q rows then k rows
+      {  // q's l2norm factors, two threads per row (k's come from K K^T's diagonal). Before the products: with their
+        // 64 accumulators live, the pass spilled (512 B) and ptxas serialised the wgmma.
         const float rq = row_norm_factor<T, kK, Sw>(sQ, tid / 2, tid % 2, p.l2norm);
-        const float rk = row_norm_factor<T, kK, Sw>(sK, tid / 2, tid % 2, p.l2norm);
-        if (tid % 2 == 0) sRq[tid / 2] = rq, sRk[tid / 2] = rk;
+        if (tid % 2 == 0) sRq[tid / 2] = rq;
       }
-      // K K^T and Q K^T (one commit group) while the factors land.
       float kk[8][4], qk[8][4];
       wgmma_fence();
       wgmma_k_steps<T, 64, false, false, kK / 16>(kk, kmajor(sK, 0), kmajor(sK, 0), false);
       wgmma_k_steps<T, 64, false, false, kK / 16>(qk, kmajor(sQ, 0), kmajor(sK, 0), false);
       wgmma_commit();
+      wgmma_wait<0>();
+      wgmma_fence_acc(kk);
+      wgmma_fence_acc(qk);
+      {  // rk_i = rsqrt(|k_i|^2 + 1e-6): (i, i) of K K^T sits in n8 tile 2 warp (+1), lane t4 = g8 / 2, column g8 % 2
+        // Picked by bit masks: as selects, the compiler turned kk into a local-memory array (and 0 / 1 weights would
+        // let a NaN of a later row reach an earlier one).
+        uint32_t b0 = 0, b1 = 0;
+#pragma unroll
+        for (int n = 0; n < 8; n += 2)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const uint32_t mask = (n == 2 * warp && e == g8 % 2) ? ~0u : 0u;
+            b0 |= __float_as_uint(kk[n][e]) & mask;
+            b1 |= __float_as_uint(kk[n + 1][2 + e]) & mask;
+          }
+        const float d0 = __uint_as_float(b0), d1 = __uint_as_float(b1);
+        if (t4 == g8 / 2) {
+          sRk[r0 + g8] = p.l2norm ? rsqrtf(d0 + 1e-6f) : 1.f;
+          sRk[r0 + g8 + 8] = p.l2norm ? rsqrtf(d1 + 1e-6f) : 1.f;
+        }
+      }
       aux_sync();  // G, beta, rq, rk
       float* vs = vec(s);
       if (tid < C) {
@@ -216,7 +236,6 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
         vs[2 * C + tid] = sRk[tid] * __expf(G_last - G);  // d: V_d's column factor
         vs[3 * C + tid] = __expf(G_last);
       }
-      wgmma_wait<0>();
       {  // A -> sA (fp32), QKm -> stage (16-bit); warp rows r0 + g8 (+8), columns 8 n + 2 t4 (+1)
         T* sQK = tile(s, L::kQK);
         const int i0 = r0 + g8, i1 = i0 + 8;

@@ -33,6 +33,8 @@ template <class A> inline A min(A a, A b) { return b < a ? b : a; }
 template <class A> inline A max(A a, A b) { return a < b ? b : a; }
 inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
 inline float __expf(float x) { return std::exp(x); }
+inline uint32_t __float_as_uint(float x) { uint32_t u; std::memcpy(&u, &x, 4); return u; }
+inline float __uint_as_float(uint32_t u) { float x; std::memcpy(&x, &u, 4); return x; }
 
 #define EMU_FAIL(...) do { std::fprintf(stderr, "EMU FAIL: " __VA_ARGS__); std::fprintf(stderr, "\n"); std::abort(); } while (0)
 

@@ -77,6 +77,7 @@ inline void wgmma_run(const WgmmaOp& op) {
 
 inline void fence_async_smem() {}
 inline void wgmma_fence() {}
+template <int kTiles> inline void wgmma_fence_acc(float (&)[kTiles][4]) {}
 inline void wgmma_commit() {
   auto& st = detail::g_wgmma[emu::g_cur];
   st.groups.push_back(std::move(st.open));
