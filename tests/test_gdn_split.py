@@ -165,3 +165,33 @@ def test_split_output_kernels_agree(K, V, HV, monkeypatch):
     o_mma, ht_mma = _run(mom_ops.chunk_gated_delta_rule, inp, lengths, False)
     assert torch.isfinite(o).all() and torch.equal(ht, ht_mma)
     assert rel_rms(o, o_mma) < 1e-3, rel_rms(o, o_mma)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("K, V, lengths", [(128, 128, [2000]), (128, 256, [300, 0, 65, 1]), (256, 256, [700, 7]),
+                                           (64, 192, [500])])
+def test_split_outputs_beside_the_chain_are_the_same(K, V, lengths, monkeypatch):
+    """MOM_OPS_GDN_OVERLAP=1 (the output kernel launched beside the chain, taking each chunk once the chain's counters
+    say its S0 and V_new are written; one long sequence takes the chain with fewer load stages): the same kernels and
+    sums, so o and ht are bitwise those of the launches one after another, inference and training (the saves too)."""
+    need_kernel("chunk_gated_delta_rule_bwd", "cuda")
+    monkeypatch.setenv("MOM_OPS_GDN_SPLIT", "1")
+    n = len(lengths)
+    inp = gdn_inputs(1, sum(lengths), 2, K, V, HV=2, dtype=torch.bfloat16, h0=True, n_seqs=n)
+    do = torch.randn(1, sum(lengths), 2, V, device="cuda", dtype=torch.bfloat16)
+
+    def run():
+        gpu = {key: t.cuda() for key, t in inp.items()}
+        with torch.no_grad():
+            o_inf, ht_inf = _run(mom_ops.chunk_gated_delta_rule, gpu, lengths, False)
+        leaves = {key: t.detach().requires_grad_(True) for key, t in gpu.items()}
+        o, ht = _run(mom_ops.chunk_gated_delta_rule, leaves, lengths, False)
+        torch.autograd.backward(o, do)
+        return [o_inf, ht_inf, o.detach(), ht.detach()] + [t.grad for t in leaves.values()]
+
+    monkeypatch.setenv("MOM_OPS_GDN_OVERLAP", "0")
+    apart = run()
+    monkeypatch.setenv("MOM_OPS_GDN_OVERLAP", "1")
+    beside = run()
+    for x, y in zip(apart, beside):
+        assert torch.equal(x, y)

@@ -63,10 +63,10 @@ struct ChainStages {
   __device__ __forceinline__ static void compute_sync() { named_bar_sync(kCompute, kComputeThreads); }
 };
 
-// Stages of stage_bytes each that fit beside other_bytes of shared memory (kSmemPerCta): 4, 3 or 2.
-constexpr int chain_stage_count(int stage_bytes, int other_bytes) {
+// Stages of stage_bytes each that fit beside other_bytes within budget bytes of shared memory: 4, 3 or 2.
+constexpr int chain_stage_count(int stage_bytes, int other_bytes, int budget = kSmemPerCta) {
   for (int stages = ChainStages::kMaxStages; stages > 2; --stages) {
-    if (stages * stage_bytes + other_bytes <= kSmemPerCta) return stages;
+    if (stages * stage_bytes + other_bytes <= budget) return stages;
   }
   return 2;
 }

@@ -174,8 +174,17 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Te
     sp.save_t = work.t.defined() ? work.t.data_ptr() : nullptr;
     sp.u = u.data_ptr<float>();
     sp.g_rk = g_rk.data_ptr<float>();
-    run_gdn_fwd_split(sp, q.scalar_type() == at::kBFloat16, int(d.dim_k), chunk_slots(rows, d.num_seqs),
-                      split_chain_value_block(d.num_seqs, d.heads_v, d.dim_v), stream);
+    const int64_t slots = chunk_slots(rows, d.num_seqs);
+    const int chain_bv = split_chain_value_block(d.num_seqs, d.heads_v, d.dim_v);
+    at::Tensor counters;  // the outputs beside the chain: [slots, HV] chunk counters, then the chains' (prep zeroes)
+    if (gdn_split_overlap()) {
+      counters = at::empty({slots * d.heads_v + 1}, q.options().dtype(at::kInt));
+      sp.chunk_ready = counters.data_ptr<int>();
+      sp.chains_done = sp.chunk_ready + slots * d.heads_v;
+      sp.chain_ctas_per_head = int(d.dim_v / chain_bv);
+      sp.chain_ctas = int(d.num_seqs * d.heads_v * (d.dim_v / chain_bv));
+    }
+    run_gdn_fwd_split(sp, q.scalar_type() == at::kBFloat16, int(d.dim_k), slots, chain_bv, stream);
     return {io.o, io.ht};
   }
   run_gdn_fwd(p, q.scalar_type() == at::kBFloat16, int(d.dim_k), bv, stream);

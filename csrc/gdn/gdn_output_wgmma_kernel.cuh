@@ -75,6 +75,7 @@ __global__ void __launch_bounds__(kGdnOutputWgThreads, GdnOutputWgSmem<T, kK>::k
   load_chunk_qk<T, kK, Sw, kThreads>(sQ, sK, cta.q, cta.k, c0, len, p.heads_qk, h, tid);
   if (tid < 2 * C / 4) cp_async16(sG + 4 * tid, p.g_rk + (slot * p.heads_v + hv) * 2 * C + 4 * tid, true);
   cp_async_commit();
+  wait_for_chunk(p, slot, hv);  // S0 and V_new come from the chain
   auto load_s0_rows = [&](T* dst, int row0) {
     for (int idx = tid; idx < kS0Rows * (BV / 8); idx += kThreads) {
       const int r = idx / (BV / 8), c = (idx % (BV / 8)) * 8;

@@ -23,6 +23,7 @@
 #include <string>
 
 #include "common/cp_async.cuh"
+#include "common/grid_dependency.cuh"
 #include "common/mma.cuh"
 #include "gdn/chain_stages.cuh"
 #include "gdn/chunk_prologue.cuh"
@@ -36,7 +37,20 @@ constexpr int kSplitBV = 64;  // value columns per chain / output CTA
 struct GdnSplitParams : GdnFwdParams {
   float* u;     // [rows, HV, V] fp32 workspace: U = T diag(beta) V (save_w, save_vn, save_s0 are required here)
   float* g_rk;  // [slots, HV, 2, 64] fp32 workspace: each chunk's G = cumsum(g) then rk (16-byte aligned runs)
+  // The outputs beside the chain (gdn_split_overlap()): chunk_ready [slots, HV] counts the chain CTAs (of the head)
+  // done with the chunk's S0 and V_new; chains_done counts the chain CTAs done with everything (ht included). Both
+  // zeroed by prep; nullptr: the output kernel runs after the chain.
+  int* chunk_ready;
+  int* chains_done;
+  int chain_ctas_per_head, chain_ctas;
 };
+
+// MOM_OPS_GDN_OVERLAP=1: the output kernel starts while the chain runs (programmatic dependent launch) and takes each
+// chunk once the chain has written its S0 and V_new. Off by default until measured (NOTES.md).
+inline bool gdn_split_overlap() {
+  const char* env = std::getenv("MOM_OPS_GDN_OVERLAP");
+  return env != nullptr && std::string(env) == "1";
+}
 
 // ---------------------------------------------------------------- 1. chunk-local terms
 
@@ -92,6 +106,10 @@ __global__ void __launch_bounds__(kGdnThreads, GdnPrepSmem<T, kK>::kCtasPerSm) g
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g8 = lane / 4, t4 = lane % 4;
   const int rt = warp % 4, ch = warp / 4, r0 = 16 * rt, i0 = r0 + g8, i1 = i0 + 8;
   const int hv = blockIdx.x % p.heads_v, h = hv / (p.heads_v / p.heads_qk);
+  if (p.chunk_ready != nullptr && tid == 0) {  // the chain raises them after this kernel (stream order)
+    p.chunk_ready[blockIdx.x] = 0;
+    if (blockIdx.x == 0) *p.chains_done = 0;
+  }
   int seq, len;
   int64_t bos, eos, c0;
   if (!split_slot_chunk(p, blockIdx.x / p.heads_v, seq, bos, eos, c0, len)) return;
@@ -183,7 +201,8 @@ __global__ void __launch_bounds__(kGdnThreads, GdnPrepSmem<T, kK>::kCtasPerSm) g
 
 // ---------------------------------------------------------------- 2. the state chain
 
-template <typename T, int kK, int kBV>
+// kBudget: the shared memory the chain may take (less than a CTA's most where an output CTA should fit beside it).
+template <typename T, int kK, int kBV, int kBudget = kSmemPerCta>
 struct GdnChainFwdSmem {
   static constexpr int C = kGdnChunk;
   static constexpr int kLdK = kK + 8, kLdV = kBV + 8, kLdU = kBV + 4;
@@ -193,7 +212,7 @@ struct GdnChainFwdSmem {
   static constexpr int kStageG = kStageU + C * kLdU * 4;
   static constexpr int kStage = kStageG + 2 * C * 4;
   static constexpr int kOther = bytes16(kK, kLdV) + bytes16(C, kLdV);  // sS and sVd
-  static constexpr int kStages = chain_stage_count(kStage, kOther);
+  static constexpr int kStages = chain_stage_count(kStage, kOther, kBudget);
   static constexpr int kS = kStages * kStage;                 // S [kK][kLdV] in 16 bits: W S's B operand and s0
   static constexpr int kVd = kS + bytes16(kK, kLdV);          // rk e^{G_last - G} V_new [64][kLdV]
   static constexpr int kBytes = kVd + bytes16(C, kLdV);
@@ -206,9 +225,12 @@ struct GdnChainFwdSmem {
 // Per chunk, after the load warp's full(stage) (ChainStages): (1) = full: this chunk's stage has landed and S is in
 // sS. (2) = compute_sync: V_new is in sVd and s0 has been copied out; then the state update (sS has no reader after
 // (2), so the next chunk's S -> sS may start), after which the stage goes back to the load warp.
-template <typename T, int kK, int kBV>
-__global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_chain_kernel(GdnSplitParams p) {
-  using L = GdnChainFwdSmem<T, kK, kBV>;
+// Beside an output CTA (kBudget < kSmemPerCta) also at most 104 registers: 384 x 104 + the output kernel's 256 x 96
+// fit the SM's 64 K registers.
+template <typename T, int kK, int kBV, int kBudget = kSmemPerCta>
+__global__ void __launch_bounds__(ChainStages::kThreads, 1) __maxnreg__(kBudget < kSmemPerCta ? 104 : 168)
+    gdn_chain_kernel(GdnSplitParams p) {
+  using L = GdnChainFwdSmem<T, kK, kBV, kBudget>;
   constexpr int C = kGdnChunk, BV = kBV, kLdK = L::kLdK, kLdV = L::kLdV, kLdU = L::kLdU;
   using ST = StateTile<kK, BV>;  // the state's register tiles
   constexpr int kMT = ST::kMT, kNT = ST::kNT, kNTo = BV / 2 / 8;
@@ -225,6 +247,12 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_chain_kernel(Gdn
   const int seq = cta.seq, hv = cta.hv, h = cta.h, v0 = cta.v0;
   const int64_t bos = cta.bos, eos = cta.eos, slot0 = chunk_slot(p, seq, bos);
   const int64_t num_chunks = (eos - bos + C - 1) / C;
+  if (p.chunk_ready != nullptr) launch_dependents();  // the output kernel may start (gdn_split_overlap)
+  // Chunk c's S0 and V_new are out (every compute thread's stores precede barrier (2) of chunk c): one thread
+  // raises its counter, one chunk later so that the fence finds the stores long done.
+  auto chunk_done = [&](int64_t c) {
+    if (p.chunk_ready != nullptr && tid == 0) release_add(p.chunk_ready + (slot0 + c) * p.heads_v + hv);
+  };
 
   if (ChainStages::is_load_warp(tid)) {  // chunk i -> stage s: W, K, U (zero rows past the sequence), G and rk
     const int ltid = tid - ChainStages::kComputeThreads;
@@ -261,6 +289,7 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_chain_kernel(Gdn
     const int len = int(min(int64_t(C), eos - c0)), stage = int(c % L::kStages);
     ST::store(sS, kLdV, S, warp, lane);  // S in 16 bits (the saved chunk state's rounding)
     ChainStages::wait_full<L::kStages>(c);  // (1)
+    if (c > 0) chunk_done(c - 1);
     const T *sW = stage_w(stage), *sK = stage_k(stage);
     const float* sU = stage_u(stage);
     const float *sG = stage_g(stage), *sRk = sG + C;
@@ -292,6 +321,11 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_chain_kernel(Gdn
     ChainStages::release<L::kStages>(c, num_chunks);
   }
   if (p.ht != nullptr) ST::for_each(S, warp, lane, [&](float& x, int kk, int vv) { p.ht[state_index(kk, vv)] = x; });
+  if (p.chunk_ready != nullptr) {  // the last chunk and the whole chain (ht) after every compute thread's stores
+    ChainStages::compute_sync();
+    if (num_chunks > 0) chunk_done(num_chunks - 1);
+    if (tid == 0) release_add(p.chains_done);
+  }
 }
 
 // ---------------------------------------------------------------- 3. outputs
@@ -305,8 +339,12 @@ struct OutputCta {
   const T *q, *k, *s0, *vn;  // s0: the chunk's state at the V-block's first column
   T* o;
 };
+// Beside the chain (gdn_split_overlap), the grid's last CTA also waits for every chain CTA, so that the output kernel
+// ends after the chain's last writes (ht included) and whatever follows it in the stream sees them.
 template <typename T>
 __device__ __forceinline__ bool output_cta(const GdnSplitParams& p, int bv, int dim_k, OutputCta<T>& c) {
+  if (p.chunk_ready != nullptr && blockIdx.x == gridDim.x - 1 && threadIdx.x == 0)
+    acquire_wait(p.chains_done, p.chain_ctas);
   const int num_vblocks = p.dim_v / bv;
   c.vb = blockIdx.x % num_vblocks, c.v0 = c.vb * bv;
   c.hv = (blockIdx.x / num_vblocks) % p.heads_v, c.h = c.hv / (p.heads_v / p.heads_qk);
@@ -315,6 +353,14 @@ __device__ __forceinline__ bool output_cta(const GdnSplitParams& p, int bv, int 
   c.s0 = static_cast<const T*>(p.save_s0) + (c.slot * p.heads_v + c.hv) * int64_t(dim_k) * p.dim_v + c.v0;
   c.o = static_cast<T*>(p.o);
   return split_slot_chunk(p, c.slot, c.seq, c.bos, c.eos, c.c0, c.len);
+}
+
+// Beside the chain: until the chain CTAs of this head have written the chunk's S0 and V_new (all threads; ends with a
+// barrier, after which their loads see those writes). Nothing to wait for otherwise.
+__device__ __forceinline__ void wait_for_chunk(const GdnSplitParams& p, int64_t slot, int hv) {
+  if (p.chunk_ready == nullptr) return;
+  if (threadIdx.x == 0) acquire_wait(p.chunk_ready + slot * p.heads_v + hv, p.chain_ctas_per_head);
+  __syncthreads();
 }
 
 // The output kernel's V-block width kBV: 128 where V is a multiple of 128, else 64. Every V-block CTA of a chunk loads
@@ -370,6 +416,7 @@ __global__ void __launch_bounds__(kGdnThreads, GdnOutputSmem<T, kK, kBV>::kCtasP
   load_chunk_qk<T, kK, PaddedRows<kLdK>, kGdnThreads>(sQ, sK, cta.q, cta.k, c0, len, p.heads_qk, h, tid);
   if (tid < 2 * C / 4) cp_async16(sG + 4 * tid, p.g_rk + (slot * p.heads_v + hv) * 2 * C + 4 * tid, true);
   cp_async_commit();
+  wait_for_chunk(p, slot, hv);  // S0 and V_new come from the chain
   for (int idx = tid; idx < kK * (BV / 8); idx += kGdnThreads) {
     const int r = idx / (BV / 8), c = (idx % (BV / 8)) * 8;
     cp_async16(sS0 + r * kLdV + c, cta.s0 + int64_t(r) * p.dim_v + c, true);

@@ -11,14 +11,30 @@ namespace mom_ops {
 
 // kernel<<<blocks, threads, smem_bytes, stream>>>(params) with all of the unified L1 / shared memory as shared
 // memory and the opt-in for more than 48 KB; `programs` names the grid's unit in the error past 2^31 - 1 CTAs.
+// overlap_previous: a programmatic dependent launch (common/grid_dependency.cuh), which may start once every CTA of the
+// stream's previous kernel has called launch_dependents().
 template <typename Params>
 void launch_scan_kernel(void (*kernel)(Params), const Params& params, int64_t blocks, int threads, int smem_bytes,
-                        cudaStream_t stream, const char* programs) {
+                        cudaStream_t stream, const char* programs, bool overlap_previous = false) {
   TORCH_CHECK(blocks < (int64_t(1) << 31), "too many ", programs, " programs: ", blocks);
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
-  kernel<<<unsigned(blocks), threads, smem_bytes, stream>>>(params);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (!overlap_previous) {
+    kernel<<<unsigned(blocks), threads, smem_bytes, stream>>>(params);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return;
+  }
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(unsigned(blocks));
+  config.blockDim = dim3(unsigned(threads));
+  config.dynamicSmemBytes = size_t(smem_bytes);
+  config.stream = stream;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, params));
 }
 
 }  // namespace mom_ops

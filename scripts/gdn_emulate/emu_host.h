@@ -27,6 +27,7 @@ void launch(void (*kernel)(P), const P& p, int64_t blocks, int smem_bytes, int t
   std::mt19937 rng(g_seed++);
   for (auto& f : g_fibers)
     if (!f.stack) f.stack = static_cast<char*>(std::malloc(512 * 1024));
+  emu::g_grid = emu::Dim3{unsigned(blocks), 1, 1};
   for (int64_t b = 0; b < blocks; ++b) {
     std::memset(mom_ops::smem, 0xFF, prot);
     emu::g_block = emu::Dim3{unsigned(b), 0, 0};

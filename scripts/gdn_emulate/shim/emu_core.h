@@ -21,6 +21,7 @@
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
+#define __maxnreg__(...)
 #define __shared__
 #define __align__(n)
 
@@ -52,6 +53,7 @@ struct Fiber {
 inline Fiber* g_cur = nullptr;
 inline ucontext_t g_sched;
 inline Dim3 g_block;
+inline Dim3 g_grid;
 inline int g_order = 0;     // 0 forward, 1 reverse, 2 random per round
 inline bool g_eager = false;  // cp.async copies at issue (else at wait_group)
 inline unsigned char* g_smem_lo = nullptr;
@@ -125,6 +127,7 @@ inline void named_barrier(int id, int count, bool wait) {
 
 #define threadIdx (::emu::g_cur->tid)
 #define blockIdx (::emu::g_block)
+#define gridDim (::emu::g_grid)
 
 inline void __syncthreads() { emu::bar_wait(emu::g_cta_bar); }
 inline void __syncwarp(unsigned = 0xffffffffu) { auto& w = emu::warp(); emu::enter(w, 3); emu::leave(w); }
