@@ -15,7 +15,8 @@ for D, HV, env in ((64, 4, {}), (128, 2, {}), (128, 2, {"MOM_OPS_GDN_SPLIT": "0"
                                                          "MOM_OPS_GDN_WS": "0"}),
                    (128, 2, {"MOM_OPS_GDN_SPLIT": "0", "MOM_OPS_GDN_WS_TRAIN": "1"}),
                    (128, 2, {"MOM_OPS_GDN_SPLIT": "1", "MOM_OPS_GDN_OVERLAP": "1"})):
-    for name in ("MOM_OPS_GDN_SPLIT", "MOM_OPS_GDN_BV", "MOM_OPS_GDN_WS", "MOM_OPS_GDN_WS_TRAIN", "MOM_OPS_GDN_OVERLAP"):
+    for name in ("MOM_OPS_GDN_SPLIT", "MOM_OPS_GDN_BV", "MOM_OPS_GDN_WS", "MOM_OPS_GDN_WS_TRAIN",
+                 "MOM_OPS_GDN_OVERLAP"):
         os.environ.pop(name, None)
     os.environ.update(env)
     lengths = [70, 0, 129, 1]
