@@ -55,4 +55,11 @@ for seed in 11 22; do  # the chain's narrow V-blocks (for few sequences)
   run emu_256_64_1 1 1 64 1 0 1 3 0 0 130 0 64 7 1
   run emu_256_32_0 1 2 64 0 0 0 1 1 0 150 1
 done
+# MOM_OPS_GDN_OVERLAP=1: the output kernel beside the chain, through the chain's counters (a wait that would block
+# fails in the emulator, which runs the kernels one after another)
+export MOM_OPS_GDN_OVERLAP=1 EMU_SEED=33 EMU_CHAIN_BV=16
+run emu_128_128_1 1 1 256 1 0 1 2 1 0 3:64
+run emu_256_64_0 1 2 128 1 0 0 3 1 5 130 0 64 7 1
+run emu_64_64_1 2 2 192 1 1 1 1 0 0 300 0 65 1
+unset MOM_OPS_GDN_OVERLAP EMU_SEED EMU_CHAIN_BV
 exit $failed
