@@ -6,26 +6,33 @@
 // behind a counter the second kernel waited for.
 #pragma once
 
+#include <cstdint>
+
 namespace mom_ops {
 
 __device__ __forceinline__ void launch_dependents() {
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 }
 
-// counter += 1 after every write that precedes the caller in this CTA's barrier order (cumulative release).
+// counter += 1 after every write that precedes the caller in this CTA's barrier order (a cumulative release: fence
+// acq_rel at gpu scope, then a relaxed reduction; lighter than __threadfence's fence.sc).
 __device__ __forceinline__ void release_add(int* counter) {
-  __threadfence();
-  atomicAdd(counter, 1);
+  asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
+  asm volatile("red.relaxed.gpu.global.add.s32 [%0], 1;\n" ::"l"(counter) : "memory");
 }
 
 // Returns once counter >= target (acquire: the writes released before it are visible to this CTA after the caller's
-// next barrier). Traps after ~17 s rather than hanging.
+// next barrier). Traps after 60 s of waiting (by the global timer) rather than hanging.
 __device__ __forceinline__ void acquire_wait(const int* counter, int target) {
-  for (long long spin = 0;; ++spin) {
+  uint64_t start = 0;
+  for (bool first = true;; first = false) {
     int value;
     asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(value) : "l"(counter) : "memory");
     if (value >= target) return;
-    if (spin > (1ll << 26)) __trap();
+    uint64_t now;
+    asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(now));
+    if (first) start = now;
+    if (now - start > 60ull * 1000 * 1000 * 1000) __trap();
     __nanosleep(256);
   }
 }

@@ -49,6 +49,18 @@ struct GdnOutputWgSmem {
   static_assert(kK <= 128 || kS0Rows * kBV * 2 <= kTileQK, "S0's second part fits k's region");
 };
 
+// The chain's shared memory that leaves room for one of these CTAs on its SM (gdn_chain_beside_output_kernel), and
+// whether a chain of kBV columns fits in it (K <= 128 at 16 columns; K = 256 needs 161 KB for its two stages).
+template <typename T, int kK>
+constexpr int chain_budget_beside_output() {
+  return kSmemPerSm - 2 * 1024 - GdnOutputWgSmem<T, kK>::kBytes;
+}
+template <typename T, int kK, int kBV>
+constexpr bool chain_fits_beside_output() {
+  return kBV == 16 && GdnChainFwdSmem<T, kK, kBV, chain_budget_beside_output<T, kK>()>::kBytes <=
+                          chain_budget_beside_output<T, kK>();
+}
+
 template <typename T, int kK>
 __global__ void __launch_bounds__(kGdnOutputWgThreads, GdnOutputWgSmem<T, kK>::kCtasPerSm)
     gdn_output_wgmma_kernel(GdnSplitParams p) {

@@ -26,12 +26,23 @@ int split_chain_value_block(int64_t num_seqs, int64_t heads_v, int64_t dim_v) {
 
 namespace {
 
-template <typename T, int kK, int kBV, int kBudget>
+// With the outputs beside it (p.chunk_ready set), a 16-column chain that fits beside an output CTA takes the variant
+// with less shared memory and registers.
+template <typename T, int kK, int kBV>
 void launch_chain(const GdnSplitParams& p, cudaStream_t stream) {
-  using Chain = GdnChainFwdSmem<T, kK, kBV, kBudget>;
+  const int64_t blocks = int64_t(p.num_seqs) * p.heads_v * (p.dim_v / kBV);
+  if constexpr (chain_fits_beside_output<T, kK, kBV>()) {
+    if (p.chunk_ready != nullptr) {
+      constexpr int kBudget = chain_budget_beside_output<T, kK>();
+      launch_scan_kernel(gdn_chain_beside_output_kernel<T, kK, kBV, kBudget>, p, blocks, ChainStages::kThreads,
+                         GdnChainFwdSmem<T, kK, kBV, kBudget>::kBytes, stream, "(sequence, head, V-block)");
+      return;
+    }
+  }
+  using Chain = GdnChainFwdSmem<T, kK, kBV, kSmemPerCta>;
   static_assert(Chain::kBytes <= kSmemPerCta, "shared memory of the split forward's chain kernel");
-  launch_scan_kernel(gdn_chain_kernel<T, kK, kBV, kBudget>, p, int64_t(p.num_seqs) * p.heads_v * (p.dim_v / kBV),
-                     ChainStages::kThreads, Chain::kBytes, stream, "(sequence, head, V-block)");
+  launch_scan_kernel(gdn_chain_kernel<T, kK, kBV>, p, blocks, ChainStages::kThreads, Chain::kBytes, stream,
+                     "(sequence, head, V-block)");
 }
 
 // Beside the chain (p.chunk_ready set), a programmatic dependent launch.
@@ -60,15 +71,7 @@ void run_gdn_fwd_split(const GdnSplitParams& p, bool bf16, int dim_k, int64_t nu
       using Prep = GdnPrepSmem<T, kK>;
       launch_scan_kernel(gdn_prep_kernel<T, kK>, p, num_slots * p.heads_v, kGdnThreads, Prep::kBytes, stream,
                          "(chunk, head)");
-      CHAIN_BV_SWITCH(chain_bv, kBV, [&] {
-        // With the outputs beside the chain, the 16-column chains (one long sequence: fewer chains than SMs) leave
-        // room for an output CTA on their SM (K = 128: 3 load stages instead of 4).
-        constexpr int kBesideOutput = kSmemPerSm - 2 * 1024 - GdnOutputWgSmem<T, kK>::kBytes;
-        if constexpr (kBV == 16) {
-          if (p.chunk_ready != nullptr) return launch_chain<T, kK, kBV, kBesideOutput>(p, stream);
-        }
-        launch_chain<T, kK, kBV, kSmemPerCta>(p, stream);
-      });
+      CHAIN_BV_SWITCH(chain_bv, kBV, [&] { launch_chain<T, kK, kBV>(p, stream); });
       if (gdn_output_value_block(p.dim_v) == 128) {
         launch_output<T, kK, 128>(p, num_slots, stream);
       } else {

@@ -225,11 +225,9 @@ struct GdnChainFwdSmem {
 // Per chunk, after the load warp's full(stage) (ChainStages): (1) = full: this chunk's stage has landed and S is in
 // sS. (2) = compute_sync: V_new is in sVd and s0 has been copied out; then the state update (sS has no reader after
 // (2), so the next chunk's S -> sS may start), after which the stage goes back to the load warp.
-// Beside an output CTA (kBudget < kSmemPerCta) also at most 104 registers: 384 x 104 + the output kernel's 256 x 96
-// fit the SM's 64 K registers.
-template <typename T, int kK, int kBV, int kBudget = kSmemPerCta>
-__global__ void __launch_bounds__(ChainStages::kThreads, 1) __maxnreg__(kBudget < kSmemPerCta ? 104 : 168)
-    gdn_chain_kernel(GdnSplitParams p) {
+// The chain's body; kernels: gdn_chain_kernel and gdn_chain_beside_output_kernel below.
+template <typename T, int kK, int kBV, int kBudget>
+__device__ __forceinline__ void gdn_chain(const GdnSplitParams& p) {
   using L = GdnChainFwdSmem<T, kK, kBV, kBudget>;
   constexpr int C = kGdnChunk, BV = kBV, kLdK = L::kLdK, kLdV = L::kLdV, kLdU = L::kLdU;
   using ST = StateTile<kK, BV>;  // the state's register tiles
@@ -326,6 +324,20 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) __maxnreg__(kBudget 
     if (num_chunks > 0) chunk_done(num_chunks - 1);
     if (tid == 0) release_add(p.chains_done);
   }
+}
+
+template <typename T, int kK, int kBV>
+__global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_chain_kernel(GdnSplitParams p) {
+  gdn_chain<T, kK, kBV, kSmemPerCta>(p);
+}
+
+// With the outputs beside the chain (gdn_split_overlap) at 16-column V-blocks: kBudget bytes of shared memory and at
+// most 104 registers, so that an output CTA fits on the SM too (384 x 104 + 256 x 96 registers; the output kernel's
+// 89 registers are allocated as 96: if it grows past 96 the two no longer share an SM). __maxnreg__ in place of
+// __launch_bounds__ (the two may not be combined).
+template <typename T, int kK, int kBV, int kBudget>
+__global__ void __maxnreg__(104) gdn_chain_beside_output_kernel(GdnSplitParams p) {
+  gdn_chain<T, kK, kBV, kBudget>(p);
 }
 
 // ---------------------------------------------------------------- 3. outputs

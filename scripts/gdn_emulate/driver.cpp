@@ -96,6 +96,16 @@ int main(int argc, char** argv) {
     launch(gdn_prep_kernel<T, kK>, sp, slots * HV, GdnPrepSmem<T, kK>::kBytes);
     auto chain = [&](auto bv) {
       constexpr int kChainBV = decltype(bv)::value;
+      if constexpr (chain_fits_beside_output<T, kK, kChainBV>()) {  // as gdn_split.cu's launch_chain
+        if (sp.chunk_ready != nullptr) {
+          constexpr int kBudget = chain_budget_beside_output<T, kK>();
+          using L = GdnChainFwdSmem<T, kK, kChainBV, kBudget>;
+          std::printf("  chain with %d-column V-blocks, %d stages (beside the outputs)\n", kChainBV, L::kStages);
+          launch(gdn_chain_beside_output_kernel<T, kK, kChainBV, kBudget>, sp, int64_t(N) * HV * (V / kChainBV),
+                 L::kBytes, ChainStages::kThreads);
+          return;
+        }
+      }
       std::printf("  chain with %d-column V-blocks\n", kChainBV);
       launch(gdn_chain_kernel<T, kK, kChainBV>, sp, int64_t(N) * HV * (V / kChainBV),
              GdnChainFwdSmem<T, kK, kChainBV>::kBytes, ChainStages::kThreads);
