@@ -6,9 +6,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include <cstdlib>
-#include <cstring>
-
+#include "common/env_flag.h"
 #include "common/static_switch.h"
 #include "decode/decode_checks.h"
 #include "decode/decode_kernels.cuh"
@@ -30,8 +28,7 @@ void check_cuda_dims(int64_t dim_k, int64_t dim_v, const at::Tensor& q) {
 // V-tile width: 128 columns where K <= 128 and V % 128 == 0 (twice the state bytes per CTA for the same fixed
 // costs: decode_N256_H16_D128 2.43 -> 2.75 TB/s on the H100), else 64. MOM_OPS_DECODE_TILE=64 forces 64 (tests).
 int decode_tile_width(int64_t dim_k, int64_t dim_v) {
-  const char* env = std::getenv("MOM_OPS_DECODE_TILE");
-  const bool narrow = env != nullptr && std::strcmp(env, "64") == 0;
+  const bool narrow = env_is("MOM_OPS_DECODE_TILE", "64");
   return !narrow && dim_k <= 128 && dim_v % 128 == 0 ? 128 : kDecodeBV;
 }
 

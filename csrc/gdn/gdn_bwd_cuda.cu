@@ -12,11 +12,10 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include <cstdlib>
-#include <string>
 #include <vector>
 
 #include "common/aligned.h"
+#include "common/env_flag.h"
 #include "gdn/gdn_bwd_launch.h"
 #include "gdn/gdn_checks.h"
 #include "gdn/gdn_fwd_launch.h"
@@ -50,10 +49,8 @@ at::Tensor checked_saved(const at::Tensor& t, const char* name, const std::vecto
 // (NOTES.md). MOM_OPS_GDN_BWD_SPLIT=1 / 0 forces.
 bool use_split_backward_chain(const GdnDims& d, int fwd_bv) {
   if (d.dim_k > 128 || d.dim_v % 64 != 0) return false;
-  if (const char* env = std::getenv("MOM_OPS_GDN_BWD_SPLIT")) {
-    if (std::string(env) == "1") return true;
-    if (std::string(env) == "0") return false;
-  }
+  if (env_is("MOM_OPS_GDN_BWD_SPLIT", "1")) return true;
+  if (env_is("MOM_OPS_GDN_BWD_SPLIT", "0")) return false;
   const int64_t chain_ctas = d.num_seqs * d.heads_v * (d.dim_v / fwd_bv);
   return chain_ctas < 2 * int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
 }

@@ -5,9 +5,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include <cstdlib>
-#include <string>
-
+#include "common/env_flag.h"
 #include "common/static_switch.h"
 #include "gdn/gdn_checks.h"
 #include "gdn/gdn_fwd_kernel.cuh"
@@ -26,10 +24,8 @@ namespace mom_ops {
 int gdn_value_block(int64_t dim_k, int64_t dim_v, int64_t num_seqs, int64_t heads_v) {
   const int narrow = dim_k == 256 ? 32 : 64;
   if (dim_k < 128 || dim_v % (2 * narrow) != 0) return narrow;
-  if (const char* env = std::getenv("MOM_OPS_GDN_BV")) {
-    if (std::string(env) == "wide") return 2 * narrow;
-    if (std::string(env) == "narrow") return narrow;
-  }
+  if (env_is("MOM_OPS_GDN_BV", "wide")) return 2 * narrow;
+  if (env_is("MOM_OPS_GDN_BV", "narrow")) return narrow;
   const int64_t narrow_ctas = num_seqs * heads_v * (dim_v / narrow);
   const int narrow_ctas_per_sm = dim_k == 256 ? 1 : 2;
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
@@ -80,10 +76,8 @@ namespace {
 // MOM_OPS_GDN_SPLIT=1 / 0 forces the split / fused forward (tests, experiments).
 bool use_split_forward(const GdnDims& d, int bv, bool training) {
   if (d.dim_v % kSplitBV != 0) return false;
-  if (const char* env = std::getenv("MOM_OPS_GDN_SPLIT")) {
-    if (std::string(env) == "1") return true;
-    if (std::string(env) == "0") return false;
-  }
+  if (env_is("MOM_OPS_GDN_SPLIT", "1")) return true;
+  if (env_is("MOM_OPS_GDN_SPLIT", "0")) return false;
   if (d.dim_k == 256 || training) return true;
   const int64_t fused_ctas = d.num_seqs * d.heads_v * (d.dim_v / bv);
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
@@ -96,10 +90,8 @@ bool use_split_forward(const GdnDims& d, int bv, bool training) {
 // MOM_OPS_GDN_WS=0 keeps the fused / split kernels; MOM_OPS_GDN_WS_TRAIN=0 the split for the training forward only.
 bool use_warp_specialised_forward(const GdnDims& d, int bv, bool training) {
   if (d.dim_k != 128 || d.dim_v % 128 != 0) return false;
-  const char* env = std::getenv("MOM_OPS_GDN_WS");
-  if (env != nullptr && std::string(env) == "0") return false;
-  const char* train_env = std::getenv("MOM_OPS_GDN_WS_TRAIN");
-  if (training && train_env != nullptr && std::string(train_env) == "0") return false;
+  if (env_is("MOM_OPS_GDN_WS", "0")) return false;
+  if (training && env_is("MOM_OPS_GDN_WS_TRAIN", "0")) return false;
   return !use_split_forward(d, bv, false);
 }
 

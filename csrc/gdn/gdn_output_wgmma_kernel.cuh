@@ -11,10 +11,9 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <cstdlib>
-#include <string>
 
 #include "common/cp_async.cuh"
+#include "common/env_flag.h"
 #include "common/named_barrier.cuh"
 #include "common/stmatrix.cuh"
 #include "common/tile_layout.h"
@@ -29,8 +28,7 @@ constexpr int kGdnOutputWgThreads = 256;
 
 // Where the output V-block is 128 columns: this kernel, unless MOM_OPS_GDN_OUTPUT_WGMMA=0 (gdn_output_kernel).
 inline bool gdn_output_on_wgmma() {
-  const char* env = std::getenv("MOM_OPS_GDN_OUTPUT_WGMMA");
-  return env == nullptr || std::string(env) != "0";
+  return !env_is("MOM_OPS_GDN_OUTPUT_WGMMA", "0");
 }
 
 // Shared memory (byte offsets, every tile on a 1 KB boundary).

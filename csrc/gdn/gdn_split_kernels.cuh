@@ -19,10 +19,9 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <cstdlib>
-#include <string>
 
 #include "common/cp_async.cuh"
+#include "common/env_flag.h"
 #include "common/grid_dependency.cuh"
 #include "common/mma.cuh"
 #include "gdn/chain_stages.cuh"
@@ -48,8 +47,7 @@ struct GdnSplitParams : GdnFwdParams {
 // MOM_OPS_GDN_OVERLAP=1: the output kernel starts while the chain runs (programmatic dependent launch) and takes each
 // chunk once the chain has written its S0 and V_new. Off by default until measured (NOTES.md).
 inline bool gdn_split_overlap() {
-  const char* env = std::getenv("MOM_OPS_GDN_OVERLAP");
-  return env != nullptr && std::string(env) == "1";
+  return env_is("MOM_OPS_GDN_OVERLAP", "1");
 }
 
 // ---------------------------------------------------------------- 1. chunk-local terms
@@ -346,7 +344,7 @@ __global__ void __maxnreg__(104) gdn_chain_beside_output_kernel(GdnSplitParams p
 // V-block of bv columns), the slot's chunk (rows c0 .. c0 + len) and its inputs; false for a slot no chunk uses.
 template <typename T>
 struct OutputCta {
-  int vb, v0, hv, h, seq, len;
+  int v0, hv, h, seq, len;
   int64_t slot, bos, eos, c0;
   const T *q, *k, *s0, *vn;  // s0: the chunk's state at the V-block's first column
   T* o;
@@ -358,7 +356,7 @@ __device__ __forceinline__ bool output_cta(const GdnSplitParams& p, int bv, int 
   if (p.chunk_ready != nullptr && blockIdx.x == gridDim.x - 1 && threadIdx.x == 0)
     acquire_wait(p.chains_done, p.chain_ctas);
   const int num_vblocks = p.dim_v / bv;
-  c.vb = blockIdx.x % num_vblocks, c.v0 = c.vb * bv;
+  c.v0 = int(blockIdx.x % num_vblocks) * bv;
   c.hv = (blockIdx.x / num_vblocks) % p.heads_v, c.h = c.hv / (p.heads_v / p.heads_qk);
   c.slot = blockIdx.x / (int64_t(num_vblocks) * p.heads_v);
   c.q = static_cast<const T*>(p.q), c.k = static_cast<const T*>(p.k), c.vn = static_cast<const T*>(p.save_vn);
@@ -380,10 +378,8 @@ __device__ __forceinline__ void wait_for_chunk(const GdnSplitParams& p, int64_t 
 // at V = 128 (one CTA per chunk and head). At K = 256 that costs CTAs per SM (one instead of two) and still wins
 // (H200, n32 D256: output 0.38 vs 0.41 ms). MOM_OPS_GDN_OUTPUT_BV=64 / 128 forces a width (where V allows it).
 inline int gdn_output_value_block(int64_t dim_v) {
-  if (const char* env = std::getenv("MOM_OPS_GDN_OUTPUT_BV")) {
-    if (std::string(env) == "64") return 64;
-    if (std::string(env) == "128" && dim_v % 128 == 0) return 128;
-  }
+  if (env_is("MOM_OPS_GDN_OUTPUT_BV", "64")) return 64;
+  if (env_is("MOM_OPS_GDN_OUTPUT_BV", "128") && dim_v % 128 == 0) return 128;
   return dim_v % 128 == 0 ? 128 : 64;
 }
 
