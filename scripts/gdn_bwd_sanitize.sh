@@ -7,16 +7,19 @@ SAN="${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer"
 case_py='
 import os, torch, mom_ops
 from tests.helpers import cu_from_lengths, gdn_inputs
-# The third setting forces the fused forward with 128-column V-blocks (and so the backward chain kernel at that
-# width): the forward kernel that double-buffers its loads (kPrefetch), training and inference; the fourth the
-# warp-specialised forward (gdn_fwd_ws_kernel.cuh), training (with its saves) and inference; the last the split
-# forward with its output kernel beside the chain (MOM_OPS_GDN_OVERLAP: counters between the two kernels).
-for D, HV, env in ((64, 4, {}), (128, 2, {}), (128, 2, {"MOM_OPS_GDN_SPLIT": "0", "MOM_OPS_GDN_BV": "wide",
-                                                         "MOM_OPS_GDN_WS": "0"}),
-                   (128, 2, {"MOM_OPS_GDN_SPLIT": "0", "MOM_OPS_GDN_WS_TRAIN": "1"}),
+# The third setting forces the fused forward with 128-column V-blocks and the backward chain kernel at that
+# width: the forward kernel that double-buffers its loads (kPrefetch), training and inference; the fourth the
+# warp-specialised forward (gdn_fwd_ws_kernel.cuh), training (with its saves) and inference, and the
+# warp-specialised backward chain (gdn_bwd_chain_ws_kernel.cuh); the last the split forward with its output kernel
+# beside the chain (MOM_OPS_GDN_OVERLAP: counters between the two kernels). Small cases like this one take the split
+# backward chain unless MOM_OPS_GDN_BWD_SPLIT=0.
+for D, HV, env in ((64, 4, {}), (128, 2, {}),
+                   (128, 2, {"MOM_OPS_GDN_SPLIT": "0", "MOM_OPS_GDN_BV": "wide", "MOM_OPS_GDN_WS": "0",
+                             "MOM_OPS_GDN_BWD_SPLIT": "0", "MOM_OPS_GDN_BWD_WS": "0"}),
+                   (128, 2, {"MOM_OPS_GDN_SPLIT": "0", "MOM_OPS_GDN_WS_TRAIN": "1", "MOM_OPS_GDN_BWD_SPLIT": "0"}),
                    (128, 2, {"MOM_OPS_GDN_SPLIT": "1", "MOM_OPS_GDN_OVERLAP": "1"})):
     for name in ("MOM_OPS_GDN_SPLIT", "MOM_OPS_GDN_BV", "MOM_OPS_GDN_WS", "MOM_OPS_GDN_WS_TRAIN",
-                 "MOM_OPS_GDN_OVERLAP"):
+                 "MOM_OPS_GDN_OVERLAP", "MOM_OPS_GDN_BWD_SPLIT", "MOM_OPS_GDN_BWD_WS"):
         os.environ.pop(name, None)
     os.environ.update(env)
     lengths = [70, 0, 129, 1]

@@ -290,3 +290,24 @@ def test_only_requested_gradients(requires):
         if key not in requires:
             assert got[key] is None, f"{key}.grad should stay None"
     _assert_close_to_reference(got, _reference_grads(name, torch.bfloat16), keys=requires)
+
+
+# ---- 6. the backward's state-gradient chains ----
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["d128_varlen_gva_strong", "k128_v256", "d128_beta1", "d128_no_l2norm"])
+def test_warp_specialised_chain_against_the_reference_and_the_chain_kernel(name, monkeypatch):
+    """K = 128: the warp-specialised chain (gdn_bwd_chain_ws_kernel, what many sequences get) under the bars, and
+    close to the chain kernel (MOM_OPS_GDN_BWD_WS=0) on the same inputs. Small cases take the split chain by
+    default (few sequences), so MOM_OPS_GDN_BWD_SPLIT=0 forces the others."""
+    need_kernel(OP, "cuda")
+    monkeypatch.setenv("MOM_OPS_GDN_BWD_SPLIT", "0")
+    ws = _ours_op(name, torch.bfloat16)
+    monkeypatch.setenv("MOM_OPS_GDN_BWD_WS", "0")
+    chain = _ours_op(name, torch.bfloat16)
+    ref = _reference_grads(name, torch.bfloat16)
+    got = {key: t.float().cpu() for key, t in zip(NAMES, ws)}
+    _assert_close_to_reference(got, ref)
+    for key, a, b in zip(NAMES, ws, chain):
+        if key in ref:
+            assert rel_rms(a.float().cpu(), b.float().cpu()) < BARS[key] / 2, key

@@ -3,6 +3,7 @@
 
 #include "common/static_switch.h"
 #include "gdn/gdn_bwd_chain_kernel.cuh"
+#include "gdn/gdn_bwd_chain_ws_kernel.cuh"
 #include "gdn/gdn_bwd_launch.h"
 #include "gdn/gdn_bwd_split_kernels.cuh"
 #include "gdn/scan_launch.cuh"
@@ -57,6 +58,14 @@ void run_gdn_bwd_chain(const GdnBwdParams& p, bool bf16, int dim_k, int bv, cuda
         launch_chain<T, kK, kNarrow>(p, stream);
       }
     });
+  });
+}
+
+void run_gdn_bwd_chain_ws(const GdnBwdParams& p, bool bf16, cudaStream_t stream) {
+  BOOL_SWITCH(bf16, kBf16, [&] {
+    using T = std::conditional_t<kBf16, __nv_bfloat16, __half>;
+    launch_scan_kernel(gdn_bwd_chain_ws_kernel<T>, p, int64_t(p.num_seqs) * p.heads_v * p.num_vblocks, kBwdWsThreads,
+                       GdnBwdWsSmem<T>::kBytes, stream, "(sequence, head, V-block)");
   });
 }
 

@@ -1,7 +1,8 @@
 // CUDA binding of the chunked gated-delta-rule backward (issue #5): checks, then three launches on tensor cores:
 //  1. unless chunk_gated_delta_rule_fwd_train saved them: the forward kernel again, saving S0 of every chunk, W,
 //     V_new and T (16-bit; o is not written);
-//  2. the state-gradient chain in reverse (gdn_bwd_chain_kernel.cuh): dS1 of every chunk, dh0;
+//  2. the state-gradient chain in reverse (gdn_bwd_chain_kernel.cuh; gdn_bwd_chain_ws_kernel.cuh at K = 128): dS1
+//     of every chunk, dh0;
 //  3. every chunk's gradients in parallel (gdn_bwd_grads_kernel.cuh): dq, dk, dv, dg, dbeta.
 // With HV > H (GVA) the grads kernel writes dq, dk per value head in fp32 and the group sum and the l2norm
 // backward run here in torch. Design, count and measurements: csrc/gdn/NOTES.md.
@@ -53,6 +54,12 @@ bool use_split_backward_chain(const GdnDims& d, int fwd_bv) {
   if (env_is("MOM_OPS_GDN_BWD_SPLIT", "0")) return false;
   const int64_t chain_ctas = d.num_seqs * d.heads_v * (d.dim_v / fwd_bv);
   return chain_ctas < 2 * int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+}
+
+// The warp-specialised chain (gdn_bwd_chain_ws_kernel.cuh) where it applies: K = 128, V a multiple of 128 (and
+// not the split chain's few long sequences). MOM_OPS_GDN_BWD_WS=0 keeps the chain kernel.
+bool use_warp_specialised_backward_chain(const GdnDims& d) {
+  return d.dim_k == 128 && d.dim_v % 128 == 0 && !env_is("MOM_OPS_GDN_BWD_WS", "0");
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gdn_bwd_cuda(
@@ -159,6 +166,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       sbp.g_rk = g_rk.data_ptr<float>();
       run_gdn_bwd_chain_split(sbp, bf16, int(d.dim_k), slots, split_chain_value_block(d.num_seqs, d.heads_v, d.dim_v),
                               stream);
+    } else if (use_warp_specialised_backward_chain(d)) {
+      bp.num_vblocks = int(d.dim_v / 128);
+      run_gdn_bwd_chain_ws(bp, bf16, stream);
     } else {
       run_gdn_bwd_chain(bp, bf16, int(d.dim_k), fwd_bv, stream);
     }

@@ -13,6 +13,7 @@
 #undef __CUDACC__
 #include "gdn/gdn_fwd_kernel.cuh"
 #include "gdn/gdn_bwd_chain_kernel.cuh"
+#include "gdn/gdn_bwd_chain_ws_kernel.cuh"
 #include "gdn/gdn_bwd_grads_kernel.cuh"
 #if KK <= 128
 #include "gdn/gdn_bwd_split_kernels.cuh"
@@ -116,6 +117,10 @@ int main(int argc, char** argv) {
   const bool split_chain = kK <= 128 && std::getenv("EMU_BWD_SPLIT") != nullptr && std::string(std::getenv("EMU_BWD_SPLIT")) == "1";
   if (split_chain && V % 64 != 0) EMU_FAIL("the split chain needs V a multiple of 64, got %d", V);
   if (split_chain) std::printf("  split backward chain\n");
+  // EMU_BWD_WS=1: the warp-specialised chain (K = 128, V a multiple of 128)
+  const bool ws_chain = std::getenv("EMU_BWD_WS") != nullptr && std::string(std::getenv("EMU_BWD_WS")) == "1";
+  if (ws_chain && (kK != 128 || V % 128 != 0)) EMU_FAIL("the ws chain needs K = 128 and V a multiple of 128");
+  if (ws_chain) std::printf("  warp-specialised backward chain\n");
   Buf pdo = galloc(rows * HV * V * 4), doq = galloc(rows * HV * V * 2), g_rk = galloc(slots * HV * 2 * 64 * 4);
   auto run_bwd = [&](int mode, bool eager_copies) {
     Grads r;
@@ -147,6 +152,10 @@ int main(int argc, char** argv) {
       else if (chain_bv == 32) chain(std::integral_constant<int, 32>());
       else chain(std::integral_constant<int, 64>());
 #endif
+    } else if (ws_chain) {
+      GdnBwdParams wp = bp;
+      wp.num_vblocks = V / 128;
+      launch(gdn_bwd_chain_ws_kernel<T>, wp, int64_t(N) * HV * (V / 128), GdnBwdWsSmem<T>::kBytes, kBwdWsThreads);
     } else {
       launch(gdn_bwd_chain_kernel<T, kK, kBV>, bp, int64_t(N) * HV * (V / kBV), GdnChainSmem<T, kK, kBV>::kBytes);
     }

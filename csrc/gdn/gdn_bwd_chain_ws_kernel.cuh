@@ -1,0 +1,307 @@
+// Warp-specialised state-gradient chain of the backward (what gdn_bwd_chain_kernel.cuh computes: dS1 of every chunk
+// and dh0), K = 128 and V a multiple of 128, on sm_90a wgmma. One CTA (3 warpgroups) owns (sequence, value head,
+// 128 value columns) and walks the chunks in reverse. Warpgroup 0 ("aux") does the chunk-local work one chunk ahead
+// of warpgroups 1 and 2 ("state"), which keep dS^T [v][k] in fp32 wgmma accumulators (warpgroup 1 + w: v rows
+// 64 w ..), as the forward's gdn_fwd_ws_kernel.cuh keeps S^T. Per chunk (G, rq, rk as in the chain kernel):
+//   aux:   P  = scale rq_i rk_j e^{G_i - G_j} (q_i . k_j)  (i >= j),   Qs = diag(scale rq e^G) Q   (16-bit, to the stage)
+//          d  = rk e^{G_L - G},  e^{G_L}
+//   state: dS1 (the chunk end's dS) -> its slot, from dS^T's 16-bit shared copy
+//          dVn^T = (dS^T K^T) diag(d) + dO^T P
+//          dS^T <- e^{G_L} dS^T + dO^T Qs - dVn^T W
+// The loads (q, k, W, dO) and everything aux computes never wait for the state; the state warpgroups run four
+// products per chunk. Status and measurements: csrc/gdn/NOTES.md.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "common/cp_async.cuh"
+#include "common/mma.cuh"
+#include "common/named_barrier.cuh"
+#include "common/stmatrix.cuh"
+#include "common/tile_layout.h"
+#include "common/wgmma.cuh"
+#include "common/wgmma_steps.cuh"
+#include "gdn/chunk_prologue.cuh"
+#include "gdn/gdn_bwd_params.h"
+#include "gdn/gdn_fwd_kernel.cuh"
+
+namespace mom_ops {
+
+constexpr int kBwdWsThreads = 384;  // warpgroup 0: aux; 1, 2: state
+
+// Named barriers: 1 aux, 2 + w state warpgroup w, 4 + s stage s full (aux arrives, state syncs), 6 + s stage s
+// empty (state arrives, aux syncs).
+constexpr int kBwdWsBarAux = 1, kBwdWsBarState = 2, kBwdWsBarFull = 4, kBwdWsBarEmpty = 6;
+
+// Shared memory (byte offsets; every 16-bit tile in wgmma's 128-byte-swizzled 64-column slabs, on a 1 KB boundary).
+template <typename T>
+struct GdnBwdWsSmem {
+  static constexpr int C = kGdnChunk;
+  static constexpr int kTile = C * 128 * 2;  // [64][128] 16-bit: two slabs
+  // A stage, written by aux, read by state:
+  static constexpr int kQs = 0, kKey = kTile, kW = 2 * kTile, kDo = 3 * kTile;  // Qs (q raw until P), k, W, dO
+  static constexpr int kP = 4 * kTile;                                          // P [j][i] 16-bit, one slab
+  static constexpr int kVec = kP + C * C * 2;                                   // f32 [64] d, then e^{G_L}
+  static constexpr int kStage = (kVec + 2 * C * 4 + 1023) / 1024 * 1024;
+  static constexpr int kSt = 2 * kStage;  // dS^T [128 v][128 k] 16-bit (Sw128Slabs<128>)
+  static constexpr int kAuxVec = kSt + 128 * 128 * 2;  // aux only, f32 [64] each: G, rq, rk
+  static constexpr int kBytes = kAuxVec + 3 * C * 4;
+  static_assert(kBytes <= kSmemPerCta, "layout");
+};
+
+template <typename T>
+__global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnBwdParams p) {
+  using L = GdnBwdWsSmem<T>;
+  constexpr int C = kGdnChunk, kK = 128, kV = 128;
+  using Sw = Sw128Slabs<C>;     // the stage's tiles
+  using SwS = Sw128Slabs<128>;  // dS^T
+  extern __shared__ __align__(1024) unsigned char smem[];
+  auto stage = [&](int s) { return smem + s * L::kStage; };
+  auto tile = [&](int s, int off) { return reinterpret_cast<T*>(stage(s) + off); };
+  auto vec = [&](int s) { return reinterpret_cast<float*>(stage(s) + L::kVec); };  // d, e^{G_L}
+  T* sSt = reinterpret_cast<T*>(smem + L::kSt);
+  auto kmajor = [](const T* x, int row) { return [=](int s) { return x + Sw::at(row, 16 * s); }; };
+  auto mnmajor = [](const T* x, int col) { return [=](int s) { return x + Sw::at(16 * s, col); }; };
+
+  const int tid = threadIdx.x, lane = tid % 32, g8 = lane / 4, t4 = lane % 4;
+  const ChainCta cta = chain_cta(p, p.seq_order, p.num_vblocks, kV, kK);
+  const int hv = cta.hv, h = cta.h, v0 = cta.v0;
+  const int64_t bos = cta.bos, eos = cta.eos;
+  const int num_chunks = int((eos - bos + C - 1) / C);
+  struct ChunkRows {
+    int64_t c0;  // first row
+    int len;     // rows in the sequence (<= 64)
+  };
+  // Iteration it handles chunk num_chunks - 1 - it (reverse order), in stage it % 2.
+  auto chunk_rows = [&](int it) {
+    const int64_t c0 = bos + int64_t(num_chunks - 1 - it) * C;
+    return ChunkRows{c0, int(min(int64_t(C), eos - c0))};
+  };
+
+  if (tid < 128) {  // ---------------------------------------------------------------- aux: chunk-local work
+    const int warp = tid / 32, r0 = 16 * warp;
+    float* sG = reinterpret_cast<float*>(smem + L::kAuxVec);
+    float *sRq = sG + C, *sRk = sRq + C;
+    auto aux_sync = [] { named_bar_sync(kBwdWsBarAux, 128); };
+    const T* q = static_cast<const T*>(p.q);
+    const T* k = static_cast<const T*>(p.k);
+    const T* w = static_cast<const T*>(p.w);
+    const T* dout = static_cast<const T*>(p.dout);
+    // q, k, W, dO rows of iteration it (zeros past the sequence) -> its stage, one commit group; g of rows 2 lane,
+    // 2 lane + 1 into warp 0's g2. Thread tid copies the 16-byte column chunk tid % 16 of rows tid / 16 + 8 i.
+    float g2[2];
+    const int load_row = tid / 16, load_col = (tid % 16) * 8;
+    const int64_t qk_step = int64_t(8) * p.heads_qk * kK, w_step = int64_t(8) * p.heads_v * kK;
+    const int64_t v_step = int64_t(8) * p.heads_v * p.dim_v;
+    auto issue_loads = [&](int it) {
+      const ChunkRows rows = chunk_rows(it);
+      const int64_t row = rows.c0 + load_row;
+      const T* q_src = q + (row * p.heads_qk + h) * kK + load_col;
+      const T* k_src = k + (row * p.heads_qk + h) * kK + load_col;
+      const T* w_src = w + (row * p.heads_v + hv) * kK + load_col;
+      const T* do_src = dout + (row * p.heads_v + hv) * p.dim_v + v0 + load_col;
+      const int s = it % 2, dst = Sw::at(load_row, load_col);  // row load_row + 8 i: dst + 8 i rows
+      T *sQ = tile(s, L::kQs) + dst, *sK = tile(s, L::kKey) + dst, *sW = tile(s, L::kW) + dst;
+      T* sDo = tile(s, L::kDo) + dst;
+#pragma unroll
+      for (int i = 0; i < C / 8; ++i) {  // rows past the sequence: zero fill, the source (then the base) not read
+        const bool valid = load_row + 8 * i < rows.len;
+        cp_async16(sQ + 8 * i * 64, valid ? q_src : q, valid);
+        cp_async16(sK + 8 * i * 64, valid ? k_src : k, valid);
+        cp_async16(sW + 8 * i * 64, valid ? w_src : w, valid);
+        cp_async16(sDo + 8 * i * 64, valid ? do_src : dout, valid);
+        q_src += qk_step, k_src += qk_step, w_src += w_step, do_src += v_step;
+      }
+      cp_async_commit();
+      if (warp == 0) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int r = 2 * lane + e;
+          g2[e] = r < rows.len ? p.g[(rows.c0 + r) * p.heads_v + hv] : 0.f;
+        }
+      }
+    };
+    if (num_chunks > 0) issue_loads(0);
+    for (int it = 0; it < num_chunks; ++it) {
+      const int s = it % 2;
+      T* sQ = tile(s, L::kQs);
+      T* sK = tile(s, L::kKey);
+      T* sP = tile(s, L::kP);
+      float* vs = vec(s);
+      cp_async_wait<0>();
+      fence_async_smem();  // cp.async lands through the generic proxy; wgmma reads through the async one
+      aux_sync();          // the loads are in; every aux thread is done with the previous chunk's vectors
+      if (warp == 0) {     // G = cumsum g (two rows per lane)
+        const float pair = g2[0] + g2[1];
+        float incl = pair;
+#pragma unroll
+        for (int off = 1; off < 32; off *= 2) {
+          const float up = __shfl_up_sync(0xffffffffu, incl, off);
+          if (lane >= off) incl += up;
+        }
+        sG[2 * lane] = incl - pair + g2[0];
+        sG[2 * lane + 1] = incl;
+      }
+      {  // l2norm factors, two threads per row: q rows, then k rows
+        const float rq = row_norm_factor<T, kK, Sw>(sQ, tid / 2, tid % 2, p.l2norm);
+        const float rk = row_norm_factor<T, kK, Sw>(sK, tid / 2, tid % 2, p.l2norm);
+        if (tid % 2 == 0) sRq[tid / 2] = rq, sRk[tid / 2] = rk;
+      }
+      float qk[8][4];
+      wgmma_fence();
+      wgmma_k_steps<T, 64, false, false, kK / 16>(qk, kmajor(sQ, 0), kmajor(sK, 0), false);
+      wgmma_commit();
+      aux_sync();  // G, rq, rk
+      if (tid < C) {
+        const float G_last = sG[C - 1];
+        vs[tid] = sRk[tid] * __expf(G_last - sG[tid]);  // d: the column factor of dS^T K^T
+        if (tid == 0) vs[C] = __expf(G_last);
+      }
+      wgmma_wait<0>();
+      wgmma_fence_acc(qk);
+      {  // P rows i -> the stage's P tile [i][j] (16-bit); warp rows r0 + g8 (+8), columns 8 n + 2 t4 (+1)
+        const int i0 = r0 + g8, i1 = i0 + 8;
+        const float G0 = sG[i0], G1 = sG[i1];
+        const float q0 = p.scale * sRq[i0], q1 = p.scale * sRq[i1];
+#pragma unroll
+        for (int n = 0; n < 8; ++n) {
+          const int j = 8 * n + 2 * t4;
+          const float e00 = sRk[j] * __expf(G0 - sG[j]), e01 = sRk[j + 1] * __expf(G0 - sG[j + 1]);
+          const float e10 = sRk[j] * __expf(G1 - sG[j]), e11 = sRk[j + 1] * __expf(G1 - sG[j + 1]);
+          store2<T>(sP + Sw::at(i0, j), i0 >= j ? q0 * e00 * qk[n][0] : 0.f, i0 >= j + 1 ? q0 * e01 * qk[n][1] : 0.f);
+          store2<T>(sP + Sw::at(i1, j), i1 >= j ? q1 * e10 * qk[n][2] : 0.f, i1 >= j + 1 ? q1 * e11 * qk[n][3] : 0.f);
+        }
+      }
+      aux_sync();  // every warp's share of Q K^T is done reading q
+      {  // Qs = diag(scale rq e^G) Q in place: thread tid scales row tid / 2, columns 64 (tid % 2) .. in 16-byte rows
+        const int i = tid / 2;
+        const float f = p.scale * sRq[i] * __expf(sG[i]);
+#pragma unroll
+        for (int m = 0; m < 8; ++m) {
+          uint4* x = reinterpret_cast<uint4*>(sQ + Sw::at(i, 64 * (tid % 2) + 8 * m));
+          const uint4 raw = *x;
+          const T* in = reinterpret_cast<const T*>(&raw);
+          uint4 out;
+          uint32_t* u = reinterpret_cast<uint32_t*>(&out);
+#pragma unroll
+          for (int e = 0; e < 4; ++e) u[e] = pack2<T>(f * to_f32<T>(in[2 * e]), f * to_f32<T>(in[2 * e + 1]));
+          *x = out;
+        }
+      }
+      fence_async_smem();
+      named_bar_arrive(kBwdWsBarFull + s, kBwdWsThreads);
+      if (it + 1 < num_chunks) {  // the next chunk's loads, into the stage the state frees after iteration it - 1
+        if (it + 1 >= 2) named_bar_sync(kBwdWsBarEmpty + (it + 1) % 2, kBwdWsThreads);
+        issue_loads(it + 1);
+      }
+    }
+    return;
+  }
+
+  // ---------------------------------------------------------------------------------------- state warpgroups
+  const int wg = tid / 128 - 1, wtid = tid % 128, wr = wtid / 32;  // v rows 64 wg + 16 wr + g8 (+8)
+  const int vrow0 = 64 * wg + 16 * wr + g8;
+  auto wg_sync = [&] { named_bar_sync(kBwdWsBarState + wg, 128); };
+  // dS^T: two m64 x n64 accumulators (k columns 64 kc ..): St[kc][n][e] at v = vrow0 (+8 for e >= 2),
+  // k = 64 kc + 8 n + 2 t4 (+1 for odd e).
+  float St[2][8][4];
+  auto for_each_state = [&](auto&& fn) {  // fn(element, k, v)
+#pragma unroll
+    for (int kc = 0; kc < 2; ++kc)
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) fn(St[kc][n][e], 64 * kc + 8 * n + 2 * t4 + (e & 1), vrow0 + (e >= 2 ? 8 : 0));
+  };
+  auto state_index = [&](int kk, int vv) { return cta.state_index(p.v_first, kK, p.dim_v, kk, vv); };
+  for_each_state([&](float& x, int kk, int vv) { x = p.dht != nullptr ? p.dht[state_index(kk, vv)] : 0.f; });
+  // dS^T in 16 bits by stmatrix (as the forward's publish_state): lane 8 m + r addresses row r of matrix m.
+  const int mat = lane / 8, mrow = lane % 8;
+  const int vm = 64 * wg + 16 * wr + 8 * (mat % 2);
+  T* st_row = sSt + (vm + mrow) * 64;
+  auto publish_state = [&]() {  // dS^T [v][k]: the A operand of dS^T K^T
+#pragma unroll
+    for (int kc = 0; kc < 2; ++kc)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        uint32_t x[4];
+        acc_to_a<T>(x, St[kc], j, t4, [](int) { return 1.f; });
+        store_matrix_x4(x, st_row + kc * SwS::at(0, 64) + (((2 * j + mat / 2) ^ mrow) << 3));
+      }
+    fence_async_smem();
+  };
+  publish_state();
+  wg_sync();
+  const int64_t slot0 = chunk_slot(p, cta.seq, bos);
+  auto a_st = [&](int s) { return sSt + SwS::at(64 * wg, 16 * s); };  // dS^T rows 64 wg.., k-step s
+  for (int it = 0; it < num_chunks; ++it) {
+    const int s = it % 2, ci = num_chunks - 1 - it;
+    const T* sQs = tile(s, L::kQs);
+    const T* sK = tile(s, L::kKey);
+    const T* sW = tile(s, L::kW);
+    const T* sDo = tile(s, L::kDo);
+    const T* sP = tile(s, L::kP);
+    const float* vs = vec(s);
+    named_bar_sync(kBwdWsBarFull + s, kBwdWsThreads);
+
+    // (1) dS^T K^T (the chunk end's dS), then dS^T = e^{G_L} dS^T + dO^T Qs as a second group.
+    float dvn[8][4];
+    const float decay = vs[C];
+#pragma unroll
+    for (int kc = 0; kc < 2; ++kc)
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) St[kc][n][e] *= decay;
+    wgmma_fence();
+    wgmma_k_steps<T, 64, false, false, kK / 16>(dvn, a_st, kmajor(sK, 0), false);
+    wgmma_commit();
+#pragma unroll
+    for (int kc = 0; kc < 2; ++kc)  // A[v][i] = dO[i][v]: MN-major; B[n = k][kdim = i] = Qs[i][k]: MN-major
+      wgmma_k_steps<T, 64, true, true, C / 16>(St[kc], mnmajor(sDo, 64 * wg), mnmajor(sQs, 64 * kc), true);
+    wgmma_commit();
+    {  // dS1 ([K, V] 16-bit) -> the chunk's slot from dS^T's shared copy: 8 v per 16-byte chunk; each warp copies the
+      // 16 rows it publishes itself, so no other warp's publish_state can overtake the reads
+      T* ds1 = static_cast<T*>(p.ds1) + ((slot0 + ci) * p.heads_v + hv) * int64_t(kK) * p.dim_v + v0 + 64 * wg;
+      for (int idx = lane; idx < 2 * kK; idx += 32) {
+        const int kk = idx / 2, vv = 16 * wr + (idx % 2) * 8;  // k row, first of 8 v columns (of the warpgroup's 64)
+        alignas(16) T x[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) x[e] = sSt[SwS::at(64 * wg + vv + e, kk)];
+        *reinterpret_cast<uint4*>(ds1 + int64_t(kk) * p.dim_v + vv) = *reinterpret_cast<const uint4*>(x);
+      }
+      __syncwarp();
+    }
+    wgmma_wait<1>();
+    wgmma_fence_acc(dvn);
+    // (2) dVn^T = (dS^T K^T) diag(d) + dO^T P: B[n = i][kdim = j] = P[j][i], MN-major.
+#pragma unroll
+    for (int n = 0; n < 8; ++n) {
+      const int i = 8 * n + 2 * t4;
+      const float d0 = vs[i], d1 = vs[i + 1];
+      dvn[n][0] *= d0, dvn[n][1] *= d1, dvn[n][2] *= d0, dvn[n][3] *= d1;
+    }
+    wgmma_fence();
+    wgmma_k_steps<T, 64, true, true, C / 16>(dvn, mnmajor(sDo, 64 * wg), mnmajor(sP, 0), true);
+    wgmma_commit();
+    wgmma_wait<0>();
+    // (3) dS^T -= dVn^T W: A = -dVn^T from registers, B[n = k][kdim = i] = W[i][k], MN-major.
+    uint32_t na[4][4];
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) acc_to_a<T>(na[ks], dvn, ks, t4, [](int) { return -1.f; });
+    wgmma_fence();
+#pragma unroll
+    for (int kc = 0; kc < 2; ++kc) wgmma_rs_k_steps<T, true, C / 16>(St[kc], na, mnmajor(sW, 64 * kc), true);
+    wgmma_commit();
+    wgmma_wait<0>();
+    // (4) the new dS^T's 16-bit copy; the stage is free.
+    publish_state();
+    wg_sync();
+    if (it + 2 < num_chunks) named_bar_arrive(kBwdWsBarEmpty + s, kBwdWsThreads);
+  }
+  if (p.dh0 != nullptr) for_each_state([&](float& x, int kk, int vv) { p.dh0[state_index(kk, vv)] = x; });
+}
+
+}  // namespace mom_ops
