@@ -36,8 +36,8 @@ __global__ void fill_gates(float* g, float* beta, int64_t n) {
 }
 
 // kWs: the warp-specialised forward (gdn_fwd_ws_kernel.cuh, K = 128, 128-column V-blocks): its aux phases (0-4) and
-// its state phases (5-9) are two timelines of the same chunks.
-template <int kK, int kBV, bool kWs = false>
+// its state phases (5-9) are two timelines of the same chunks; kSave: its training variant (with the saves).
+template <int kK, int kBV, bool kWs = false, bool kSave = false>
 void run(int T, int H, int n) {
   const int D = kK;
   bf16 *q, *k, *v, *o;
@@ -61,9 +61,17 @@ void run(int T, int H, int n) {
   p.phase_cycles = cycles;
 #endif
   static_assert(!kWs || (kK == 128 && kBV == 128), "the ws kernel: K = 128, 128-column V-blocks");
-  const int smem = kWs ? GdnWsSmem<bf16, false>::kBytes : GdnSmem<bf16, kK, kBV>::kBytes;
+  static_assert(!kSave || kWs, "the saves: the ws kernel only here");
+  void *save_s0 = nullptr, *save_w = nullptr, *save_vn = nullptr, *save_t = nullptr;
+  if (kSave) {
+    const int64_t slots = T / 64 + n + 1;
+    cudaMalloc(&save_s0, sizeof(bf16) * slots * H * D * D), cudaMalloc(&save_w, sizeof(bf16) * T * H * D);
+    cudaMalloc(&save_vn, sizeof(bf16) * T * H * D), cudaMalloc(&save_t, sizeof(bf16) * T * H * 64);
+    p.save_s0 = save_s0, p.save_w = save_w, p.save_vn = save_vn, p.save_t = save_t;
+  }
+  const int smem = kWs ? GdnWsSmem<bf16, kSave>::kBytes : GdnSmem<bf16, kK, kBV>::kBytes;
   const int threads = kWs ? kGdnWsThreads : kGdnThreads;
-  auto kernel = kWs ? gdn_fwd_ws_kernel<bf16, false> : gdn_fwd_kernel<bf16, kK, kBV>;
+  auto kernel = kWs ? gdn_fwd_ws_kernel<bf16, kSave> : gdn_fwd_kernel<bf16, kK, kBV>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100);
   int per_sm = 0;
@@ -90,21 +98,23 @@ void run(int T, int H, int n) {
 #endif
   double total = 0;
   for (int i = 0; i < phases; ++i) total += c[i] / chunk_steps;
-  printf("%sT=%d H=%d D=%d n=%d: %.3f ms (%s), %d CTAs of %d B smem, %d CTA/SM; cycles per chunk %.0f:",
-         kWs ? "ws " : "", T, H, D, n, ms, cudaGetErrorString(cudaGetLastError()), blocks, smem, per_sm, total);
+  printf("%s%sT=%d H=%d D=%d n=%d: %.3f ms (%s), %d CTAs of %d B smem, %d CTA/SM; cycles per chunk %.0f:",
+         kWs ? "ws " : "", kSave ? "training " : "", T, H, D, n, ms, cudaGetErrorString(cudaGetLastError()), blocks, smem, per_sm, total);
 #ifdef MOM_OPS_GDN_PROFILE
   const char* names[kGdnPhases] = {"load", "norm+cumsum", "A,QK", "T solve", "Tw,Tu", "W,U", "WS,Vn", "O", "state"};
-  const char* ws_names[kGdnWsPhases] = {"aux: loads in", "norms+KK^T+A", "T solve", "next loads", "Tb+handover",
+  const char* ws_names[kGdnWsPhases] = {"aux: loads in", "norms+KK^T+A", "T solve", "Tb, handover (+W)", "next loads",
                                         "state: wait", "S^T K^T, S^T Q^T", "V_new", "O, S update", "o out"};
   for (int i = 0; i < (kWs ? kGdnWsPhases : kGdnPhases); ++i)
     printf(" | %s %.0f", kWs ? ws_names[i] : names[i], c[i] / chunk_steps);
 #endif
   printf("\n");
   cudaFree(q), cudaFree(k), cudaFree(v), cudaFree(o), cudaFree(g), cudaFree(beta), cudaFree(cu), cudaFree(cycles);
+  cudaFree(save_s0), cudaFree(save_w), cudaFree(save_vn), cudaFree(save_t);
 }
 
 int main() {
   run<128, 128, true>(32768, 16, 32);  // the launch's choice at n32 D128 inference
+  run<128, 128, true, true>(32768, 16, 32);  // ... and training
   run<128, 128>(32768, 16, 32);  // the launch's choice at n32 D128 (one CTA per SM, double-buffered loads)
   run<128, 64>(32768, 16, 32);
   run<128, 64>(32768, 16, 1);
