@@ -169,7 +169,7 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Te
     const int64_t slots = chunk_slots(rows, d.num_seqs);
     const int chain_bv = split_chain_value_block(d.num_seqs, d.heads_v, d.dim_v);
     at::Tensor counters;  // the outputs beside the chain: [slots, HV] chunk counters, then the chains' (prep zeroes)
-    if (gdn_split_overlap()) {
+    if (gdn_split_overlap(d.dim_k, chain_bv)) {
       counters = at::empty({slots * d.heads_v + 1}, q.options().dtype(at::kInt));
       sp.chunk_ready = counters.data_ptr<int>();
       sp.chains_done = sp.chunk_ready + slots * d.heads_v;

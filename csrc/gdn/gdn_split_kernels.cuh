@@ -36,7 +36,7 @@ constexpr int kSplitBV = 64;  // value columns per chain / output CTA
 struct GdnSplitParams : GdnFwdParams {
   float* u;     // [rows, HV, V] fp32 workspace: U = T diag(beta) V (save_w, save_vn, save_s0 are required here)
   float* g_rk;  // [slots, HV, 2, 64] fp32 workspace: each chunk's G = cumsum(g) then rk (16-byte aligned runs)
-  // The outputs beside the chain (gdn_split_overlap()): chunk_ready [slots, HV] counts the chain CTAs (of the head)
+  // The outputs beside the chain (gdn_split_overlap): chunk_ready [slots, HV] counts the chain CTAs (of the head)
   // done with the chunk's S0 and V_new; chains_done counts the chain CTAs done with everything (ht included). Both
   // zeroed by prep; nullptr: the output kernel runs after the chain.
   int* chunk_ready;
@@ -44,10 +44,14 @@ struct GdnSplitParams : GdnFwdParams {
   int chain_ctas_per_head, chain_ctas;
 };
 
-// MOM_OPS_GDN_OVERLAP=1: the output kernel starts while the chain runs (programmatic dependent launch) and takes each
-// chunk once the chain has written its S0 and V_new. Off by default until measured (NOTES.md).
-inline bool gdn_split_overlap() {
-  return env_is("MOM_OPS_GDN_OVERLAP", "1");
+// The output kernel starts while the chain runs (programmatic dependent launch) and takes each chunk once the chain
+// has written its S0 and V_new. On by default where measured to win: K = 128 with 16-column chains, whose variant
+// beside the output kernel fits (n1 D128 fwd 1.186 -> 1.156 ms on the H200; at K = 256 the chain keeps its full
+// budget and the outputs only wait: 0.622 -> 0.626). MOM_OPS_GDN_OVERLAP=1 / 0 forces it on / off.
+inline bool gdn_split_overlap(int64_t dim_k, int chain_bv) {
+  if (env_is("MOM_OPS_GDN_OVERLAP", "1")) return true;
+  if (env_is("MOM_OPS_GDN_OVERLAP", "0")) return false;
+  return dim_k == 128 && chain_bv == 16;
 }
 
 // ---------------------------------------------------------------- 1. chunk-local terms

@@ -87,8 +87,8 @@ int main(int argc, char** argv) {
     sp.o = o2.data, sp.ht = ht2.as<float>(), sp.save_s0 = s02.data, sp.save_w = w2.data, sp.save_vn = vn2.data;
     sp.save_t = t2.data, sp.u = u.as<float>(), sp.g_rk = g_rk.as<float>();
     const int64_t vb = V / kSplitBV;
-    Buf counters;  // MOM_OPS_GDN_OVERLAP=1: the chain's counters (prep zeroes them), waited on by the output kernel
-    if (gdn_split_overlap()) {
+    Buf counters;  // the chain's counters (prep zeroes them), waited on by the output kernel, as gdn_cuda.cu decides
+    if (gdn_split_overlap(kK, emu_chain_bv())) {
       counters = galloc((slots * HV + 1) * 4);
       sp.chunk_ready = counters.as<int>(), sp.chains_done = sp.chunk_ready + slots * HV;
       sp.chain_ctas_per_head = V / emu_chain_bv(), sp.chain_ctas = N * HV * (V / emu_chain_bv());
