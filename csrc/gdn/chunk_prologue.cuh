@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "common/copy_rows.cuh"
 #include "common/cp_async.cuh"
 #include "common/mma.cuh"
 #include "common/tile_layout.h"
@@ -68,12 +69,9 @@ __device__ __forceinline__ void chunk_q_norms(const T* sQ, float* sRq, bool l2no
 template <typename T, int kK, typename Rows, int kThreads>
 __device__ __forceinline__ void load_chunk_qk(T* sQ, T* sK, const T* q, const T* k, int64_t c0, int len,
                                               int heads_qk, int h, int tid) {
-  for (int idx = tid; idx < 64 * (kK / 8); idx += kThreads) {
-    const int r = idx / (kK / 8), c = (idx % (kK / 8)) * 8;
-    const int64_t src = ((c0 + min(r, len - 1)) * heads_qk + h) * kK + c;
-    cp_async16(sQ + Rows::at(r, c), q + src, r < len);
-    cp_async16(sK + Rows::at(r, c), k + src, r < len);
-  }
+  const int64_t row0 = (c0 * heads_qk + h) * kK, stride = int64_t(heads_qk) * kK;
+  copy_rows_async<64, kK, Rows, kThreads>(sQ, q + row0, stride, len, tid);
+  copy_rows_async<64, kK, Rows, kThreads>(sK, k + row0, stride, len, tid);
 }
 
 // The backward's P = scale rq_i rk_j e^{G_i - G_j} (q_i . k_j) for i >= j (else 0) in 16 bits, after

@@ -174,20 +174,17 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
 
   // cp.async (one commit group) of the V-block tiles at column v0 into load buffer buf: dO, v, V_new rows (zeros
   // past len), S0 and dS1 of the slot (except an S0 = h0 or dS1 = dht, which split_state writes).
+  const int64_t row_v0 = (c0 * p.heads_v + hv) * p.dim_v, row_v_stride = int64_t(p.heads_v) * p.dim_v;
   auto load_vblock = [&](int v0, int buf) {
-    for (int idx = tid; idx < C * (kBV / 8); idx += kThreads) {
-      const int r = idx / (kBV / 8), c = (idx % (kBV / 8)) * 8;
-      const int64_t src = ((c0 + min(r, len - 1)) * p.heads_v + hv) * p.dim_v + v0 + c;
-      cp_async16(vtile(buf, L::kDo) + RowsV::at(r, c), dout + src, r < len);
-      cp_async16(vtile(buf, L::kV) + RowsV::at(r, c), v + src, r < len);
-      cp_async16(vtile(buf, L::kVn) + RowsV::at(r, c), vn + src, r < len);
-    }
-    for (int idx = tid; idx < kK * (kBV / 8); idx += kThreads) {
-      const int r = idx / (kBV / 8), c = (idx % (kBV / 8)) * 8;
-      const int64_t src = state_base + int64_t(r) * p.dim_v + v0 + c;
-      if (!first) cp_async16(vtile(buf, L::kS0) + RowsV::at(r, c), static_cast<const T*>(p.s0) + src, true);
-      if (!last) cp_async16(vtile(buf, L::kDs1) + RowsV::at(r, c), static_cast<const T*>(p.ds1) + src, true);
-    }
+    copy_rows_async<C, kBV, RowsV, kThreads>(vtile(buf, L::kDo), dout + row_v0 + v0, row_v_stride, len, tid);
+    copy_rows_async<C, kBV, RowsV, kThreads>(vtile(buf, L::kV), v + row_v0 + v0, row_v_stride, len, tid);
+    copy_rows_async<C, kBV, RowsV, kThreads>(vtile(buf, L::kVn), vn + row_v0 + v0, row_v_stride, len, tid);
+    if (!first)
+      copy_rows_async<kK, kBV, RowsV, kThreads>(vtile(buf, L::kS0), static_cast<const T*>(p.s0) + state_base + v0,
+                                                p.dim_v, kK, tid);
+    if (!last)
+      copy_rows_async<kK, kBV, RowsV, kThreads>(vtile(buf, L::kDs1), static_cast<const T*>(p.ds1) + state_base + v0,
+                                                p.dim_v, kK, tid);
     cp_async_commit();
   };
 
@@ -195,11 +192,8 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
   // dT row past len is 0), g, beta (the first V-block's tiles load meanwhile, until (c)); l2norm factors, G,
   // e^{G_L - G}.
   load_chunk_qk<T, kK, RowsK, kThreads>(sQ, sK, q, k, c0, len, p.heads_qk, h, tid);
-  for (int idx = tid; idx < C * (C / 8); idx += kThreads) {
-    const int r = idx / (C / 8), c = (idx % (C / 8)) * 8;
-    cp_async16(sT16 + RowsC::at(r, c), static_cast<const T*>(p.t) + ((c0 + min(r, len - 1)) * p.heads_v + hv) * C + c,
-               r < len);
-  }
+  copy_rows_async<C, C, RowsC, kThreads>(sT16, static_cast<const T*>(p.t) + (c0 * p.heads_v + hv) * C,
+                                         int64_t(p.heads_v) * C, len, tid);
   cp_async_commit();
   load_vblock(0, 0);
   if (tid < C) {
