@@ -19,6 +19,7 @@
 #include "common/tile_layout.h"
 #include "common/wgmma.cuh"
 #include "common/wgmma_steps.cuh"
+#include "common/copy_rows.cuh"
 #include "gdn/chunk_prologue.cuh"
 #include "gdn/gdn_split_kernels.cuh"
 
@@ -87,17 +88,12 @@ __global__ void __launch_bounds__(kGdnOutputWgThreads, GdnOutputWgSmem<T, kK>::k
   cp_async_commit();
   wait_for_chunk(p, slot, hv);  // S0 and V_new come from the chain
   auto load_s0_rows = [&](T* dst, int row0) {
-    for (int idx = tid; idx < kS0Rows * (BV / 8); idx += kThreads) {
-      const int r = idx / (BV / 8), c = (idx % (BV / 8)) * 8;
-      cp_async16(dst + SwS0::at(r, c), cta.s0 + int64_t(row0 + r) * p.dim_v + c, true);
-    }
+    copy_rows_async<kS0Rows, BV, SwS0, kThreads>(dst, cta.s0 + int64_t(row0) * p.dim_v, p.dim_v, kS0Rows, tid);
     cp_async_commit();
   };
   load_s0_rows(sS0, 0);
-  for (int idx = tid; idx < C * (BV / 8); idx += kThreads) {
-    const int r = idx / (BV / 8), c = (idx % (BV / 8)) * 8;
-    cp_async16(sVn + Sw::at(r, c), cta.vn + ((c0 + min(r, len - 1)) * p.heads_v + hv) * p.dim_v + v0 + c, r < len);
-  }
+  copy_rows_async<C, BV, Sw, kThreads>(sVn, cta.vn + (c0 * p.heads_v + hv) * p.dim_v + v0,
+                                       int64_t(p.heads_v) * p.dim_v, len, tid);
   cp_async_commit();
   cp_async_wait<2>();  // q, k, G, rk
   fence_async_smem();  // cp.async lands through the generic proxy; wgmma reads through the async one

@@ -25,6 +25,7 @@
 #include "common/grid_dependency.cuh"
 #include "common/mma.cuh"
 #include "gdn/chain_stages.cuh"
+#include "common/copy_rows.cuh"
 #include "gdn/chunk_prologue.cuh"
 #include "gdn/gdn_fwd_kernel.cuh"
 #include "gdn/scan_params.h"
@@ -127,10 +128,8 @@ __global__ void __launch_bounds__(kGdnThreads, GdnPrepSmem<T, kK>::kCtasPerSm) g
     }
     cp_async_commit();
   };
-  for (int idx = tid; idx < C * (kK / 8); idx += kGdnThreads) {
-    const int r = idx / (kK / 8), c = (idx % (kK / 8)) * 8;
-    cp_async16(sK + r * kLdK + c, k + ((c0 + min(r, len - 1)) * p.heads_qk + h) * kK + c, r < len);
-  }
+  copy_rows_async<C, kK, PaddedRows<kLdK>, kGdnThreads>(sK, k + (c0 * p.heads_qk + h) * kK, int64_t(p.heads_qk) * kK,
+                                                        len, tid);
   cp_async_commit();
   load_vblock(0);
   if (tid < C) {
