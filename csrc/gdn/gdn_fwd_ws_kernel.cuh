@@ -293,24 +293,34 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
       if constexpr (kSave) {  // W = Tw K (the normalised keys' W), rows < len -> save_w, by V-block 0
         if (vb == 0) {
           aux_sync();  // Tw complete
-          const T* sTw = reinterpret_cast<const T*>(sA);
+          T* sW = reinterpret_cast<T*>(sA);  // Tw, then W [64][128] (two slabs) once the product is done
           float w[2][8][4];
           wgmma_fence();
 #pragma unroll
           for (int kc = 0; kc < 2; ++kc)  // B[n = k][kdim = j] = K[j][k]: MN-major, k columns 64 kc..
-            wgmma_k_steps<T, 64, false, true, C / 16>(w[kc], kmajor(sTw, 0), mnmajor(sK, 64 * kc), false);
+            wgmma_k_steps<T, 64, false, true, C / 16>(w[kc], kmajor(sW, 0), mnmajor(sK, 64 * kc), false);
           wgmma_commit();
           wgmma_wait<0>();
-          const int i0 = r0 + g8, i1 = i0 + 8;
-          T* save_w = static_cast<T*>(p.save_w);
+          aux_sync();  // every warp's product is done reading Tw
+          // W's fragments -> sW by stmatrix (lane 8 m + r addresses row 16 warp + 8 (m % 2) + r, 16-byte chunk
+          // 2 j + m / 2 of slab kc), then rows < len to save_w in 16-byte rows (one address per thread, as the loads).
+          const int wrow = r0 + 8 * ((lane / 8) % 2) + lane % 8;
 #pragma unroll
           for (int kc = 0; kc < 2; ++kc)
 #pragma unroll
-            for (int n = 0; n < 8; ++n) {
-              const int kk = 64 * kc + 8 * n + 2 * t4;
-              if (i0 < len) store2<T>(save_w + ((c0 + i0) * p.heads_v + hv) * kK + kk, w[kc][n][0], w[kc][n][1]);
-              if (i1 < len) store2<T>(save_w + ((c0 + i1) * p.heads_v + hv) * kK + kk, w[kc][n][2], w[kc][n][3]);
+            for (int j = 0; j < 4; ++j) {
+              uint32_t x[4];
+              acc_to_a<T>(x, w[kc], j, t4, [](int) { return 1.f; });
+              store_matrix_x4(x, sW + kc * Sw::at(0, 64) + Sw::at(wrow, 8 * (2 * j + lane / 16)));
             }
+          aux_sync();
+          T* dst = static_cast<T*>(p.save_w) + ((c0 + load_row) * p.heads_v + hv) * kK + load_col;
+          const T* src = sW + Sw::at(load_row, load_col);
+#pragma unroll
+          for (int i = 0; i < C / 8; ++i)
+            if (load_row + 8 * i < len)
+              *reinterpret_cast<uint4*>(dst + 8 * i * int64_t(p.heads_v) * kK) =
+                  *reinterpret_cast<const uint4*>(src + 8 * i * 64);
         }
       }
       GDN_WS_PHASE(3);
