@@ -5,7 +5,7 @@
 // 64 w ..), as the forward's gdn_fwd_ws_kernel.cuh keeps S^T. Per chunk (G, rq, rk as in the chain kernel):
 //   aux:   P  = scale rq_i rk_j e^{G_i - G_j} (q_i . k_j)  (i >= j),   Qs = diag(scale rq e^G) Q   (16-bit, to the stage)
 //          d  = rk e^{G_L - G},  e^{G_L}
-//   state: dS1 (the chunk end's dS) -> its slot, from dS^T's 16-bit shared copy
+//   state: dS1 (the chunk end's dS) -> its slot (ws_state_rows.cuh)
 //          dVn^T = (dS^T K^T) diag(d) + dO^T P
 //          dS^T <- e^{G_L} dS^T + dO^T Qs - dVn^T W
 // The loads (q, k, W, dO) and everything aux computes never wait for the state; the state warpgroups run four
@@ -26,6 +26,7 @@
 #include "gdn/chunk_prologue.cuh"
 #include "gdn/gdn_bwd_params.h"
 #include "gdn/gdn_fwd_kernel.cuh"
+#include "gdn/ws_state_rows.cuh"
 
 namespace mom_ops {
 
@@ -46,7 +47,8 @@ struct GdnBwdWsSmem {
   static constexpr int kVec = kP + C * C * 2;                                   // f32 [64] d, then e^{G_L}
   static constexpr int kStage = (kVec + 2 * C * 4 + 1023) / 1024 * 1024;
   static constexpr int kSt = 2 * kStage;  // dS^T [128 v][128 k] 16-bit (Sw128Slabs<128>)
-  static constexpr int kAuxVec = kSt + 128 * 128 * 2;  // aux only, f32 [64] each: G, rq, rk
+  static constexpr int kRowsOut = kSt + 128 * 128 * 2;  // state only: [64][64] 16-bit per warpgroup (ds1's rows)
+  static constexpr int kAuxVec = kRowsOut + 2 * C * C * 2;  // aux only, f32 [64] each: G, rq, rk
   static constexpr int kBytes = kAuxVec + 3 * C * 4;
   static_assert(kBytes <= kSmemPerCta, "layout");
 };
@@ -235,6 +237,7 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
   publish_state();
   wg_sync();
   const int64_t slot0 = chunk_slot(p, cta.seq, bos);
+  T* sRowsOut = reinterpret_cast<T*>(smem + L::kRowsOut) + wg * C * C;
   auto a_st = [&](int s) { return sSt + SwS::at(64 * wg, 16 * s); };  // dS^T rows 64 wg.., k-step s
   for (int it = 0; it < num_chunks; ++it) {
     const int s = it % 2, ci = num_chunks - 1 - it;
@@ -246,7 +249,13 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
     const float* vs = vec(s);
     named_bar_sync(kBwdWsBarFull + s, kBwdWsThreads);
 
-    // (1) dS^T K^T (the chunk end's dS), then dS^T = e^{G_L} dS^T + dO^T Qs as a second group.
+    // (0) dS1 (the chunk end's dS, [K, V] 16-bit) -> the chunk's slot from the accumulators. Before the products:
+    // between them ptxas waited for the first before reading dS^T's registers.
+    store_state_rows<T>(St, sRowsOut,
+                        static_cast<T*>(p.ds1) + ((slot0 + ci) * p.heads_v + hv) * int64_t(kK) * p.dim_v + v0 + 64 * wg,
+                        p.dim_v, lane, wr);
+    // (1) dS^T K^T from dS^T's shared copy, then dS^T = e^{G_L} dS^T + dO^T Qs as a second group (the decay before
+    // the first product: between them ptxas waited for it before writing dS^T's registers).
     float dvn[8][4];
     const float decay = vs[C];
 #pragma unroll
@@ -262,18 +271,6 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
     for (int kc = 0; kc < 2; ++kc)  // A[v][i] = dO[i][v]: MN-major; B[n = k][kdim = i] = Qs[i][k]: MN-major
       wgmma_k_steps<T, 64, true, true, C / 16>(St[kc], mnmajor(sDo, 64 * wg), mnmajor(sQs, 64 * kc), true);
     wgmma_commit();
-    {  // dS1 ([K, V] 16-bit) -> the chunk's slot from dS^T's shared copy: 8 v per 16-byte chunk; each warp copies the
-      // 16 rows it publishes itself, so no other warp's publish_state can overtake the reads
-      T* ds1 = static_cast<T*>(p.ds1) + ((slot0 + ci) * p.heads_v + hv) * int64_t(kK) * p.dim_v + v0 + 64 * wg;
-      for (int idx = lane; idx < 2 * kK; idx += 32) {
-        const int kk = idx / 2, vv = 16 * wr + (idx % 2) * 8;  // k row, first of 8 v columns (of the warpgroup's 64)
-        alignas(16) T x[8];
-#pragma unroll
-        for (int e = 0; e < 8; ++e) x[e] = sSt[SwS::at(64 * wg + vv + e, kk)];
-        *reinterpret_cast<uint4*>(ds1 + int64_t(kk) * p.dim_v + vv) = *reinterpret_cast<const uint4*>(x);
-      }
-      __syncwarp();
-    }
     wgmma_wait<1>();
     wgmma_fence_acc(dvn);
     // (2) dVn^T = (dS^T K^T) diag(d) + dO^T P: B[n = i][kdim = j] = P[j][i], MN-major.

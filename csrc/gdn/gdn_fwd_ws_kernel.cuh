@@ -31,6 +31,7 @@
 #include "common/wgmma_steps.cuh"
 #include "gdn/chunk_prologue.cuh"
 #include "gdn/gdn_fwd_kernel.cuh"
+#include "gdn/ws_state_rows.cuh"
 
 namespace mom_ops {
 
@@ -397,25 +398,19 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
     named_bar_sync(kWsBarFull + s, kGdnWsThreads);
     GDN_WS_PHASE(5);
 
+    if constexpr (kSave) {  // S at the chunk start ([K, V] 16-bit) from the accumulators, through the V_new tile
+      // (free until (2): the previous chunk's readers of it all passed this chunk's full barrier). Before the products:
+      // beside their accumulators it spilled (104 B), and ptxas waited for them before reading St.
+      T* s0 = static_cast<T*>(p.save_s0) +
+              ((chunk_slot(p, cta.seq, bos) + c) * p.heads_v + hv) * int64_t(kK) * p.dim_v + v0 + 64 * wg;
+      store_state_rows<T>(St, sVnOut, s0, p.dim_v, lane, wr);
+    }
     // (1) S^T K^T and S^T Q^T (the old state).
     float sk[8][4], ot[8][4];
     wgmma_fence();
     wgmma_k_steps<T, 64, false, false, kK / 16>(sk, a_st, kmajor(sK, 0), false);
     wgmma_k_steps<T, 64, false, false, kK / 16>(ot, a_st, kmajor(sQ, 0), false);
     wgmma_commit();
-    if constexpr (kSave) {  // S at the chunk start ([K, V] 16-bit) from S^T's shared copy: 8 v per 16-byte chunk;
-      // each warp copies the 16 S^T rows it publishes itself, so no other warp's publish_state can overtake the reads
-      T* s0 = static_cast<T*>(p.save_s0) +
-              ((chunk_slot(p, cta.seq, bos) + c) * p.heads_v + hv) * int64_t(kK) * p.dim_v + v0 + 64 * wg;
-      for (int idx = lane; idx < 2 * kK; idx += 32) {
-        const int kk = idx / 2, vv = 16 * wr + (idx % 2) * 8;  // k row, first of 8 v columns (of the warpgroup's 64)
-        alignas(16) T x[8];
-#pragma unroll
-        for (int e = 0; e < 8; ++e) x[e] = sSt[SwS::at(64 * wg + vv + e, kk)];
-        *reinterpret_cast<uint4*>(s0 + int64_t(kk) * p.dim_v + vv) = *reinterpret_cast<const uint4*>(x);
-      }
-      __syncwarp();
-    }
     wgmma_wait<0>();
     GDN_WS_PHASE(6);
     // (2) V_new^T = V^T Tb^T + X^T Tb^T, X^T = -(S^T K^T) diag(f).
