@@ -26,7 +26,7 @@
 #include "gdn/chunk_prologue.cuh"
 #include "gdn/gdn_bwd_params.h"
 #include "gdn/gdn_fwd_kernel.cuh"
-#include "gdn/ws_state_rows.cuh"
+#include "gdn/ws_state.cuh"
 
 namespace mom_ops {
 
@@ -209,31 +209,11 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
   // dS^T: two m64 x n64 accumulators (k columns 64 kc ..): St[kc][n][e] at v = vrow0 (+8 for e >= 2),
   // k = 64 kc + 8 n + 2 t4 (+1 for odd e).
   float St[2][8][4];
-  auto for_each_state = [&](auto&& fn) {  // fn(element, k, v)
-#pragma unroll
-    for (int kc = 0; kc < 2; ++kc)
-#pragma unroll
-      for (int n = 0; n < 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) fn(St[kc][n][e], 64 * kc + 8 * n + 2 * t4 + (e & 1), vrow0 + (e >= 2 ? 8 : 0));
-  };
+  auto for_each_state = [&](auto&& fn) { for_each_ws_state(St, vrow0, t4, fn); };  // fn(element, k, v)
   auto state_index = [&](int kk, int vv) { return cta.state_index(p.v_first, kK, p.dim_v, kk, vv); };
   for_each_state([&](float& x, int kk, int vv) { x = p.dht != nullptr ? p.dht[state_index(kk, vv)] : 0.f; });
-  // dS^T in 16 bits by stmatrix (as the forward's publish_state): lane 8 m + r addresses row r of matrix m.
-  const int mat = lane / 8, mrow = lane % 8;
-  const int vm = 64 * wg + 16 * wr + 8 * (mat % 2);
-  T* st_row = sSt + (vm + mrow) * 64;
-  auto publish_state = [&]() {  // dS^T [v][k]: the A operand of dS^T K^T
-#pragma unroll
-    for (int kc = 0; kc < 2; ++kc)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        uint32_t x[4];
-        acc_to_a<T>(x, St[kc], j, t4, [](int) { return 1.f; });
-        store_matrix_x4(x, st_row + kc * SwS::at(0, 64) + (((2 * j + mat / 2) ^ mrow) << 3));
-      }
-    fence_async_smem();
-  };
+  T* st_row = ws_state_copy_row(sSt, wg, wr, lane);
+  auto publish_state = [&]() { publish_ws_state(St, st_row, lane); };  // the A operand of the products with it
   publish_state();
   wg_sync();
   const int64_t slot0 = chunk_slot(p, cta.seq, bos);

@@ -31,7 +31,7 @@
 #include "common/wgmma_steps.cuh"
 #include "gdn/chunk_prologue.cuh"
 #include "gdn/gdn_fwd_kernel.cuh"
-#include "gdn/ws_state_rows.cuh"
+#include "gdn/ws_state.cuh"
 
 namespace mom_ops {
 
@@ -343,32 +343,13 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
   // S^T: two m64 x n64 accumulators (k columns 64 kc ..): St[kc][n][e] at v = vrow0 (+8 for e >= 2),
   // k = 64 kc + 8 n + 2 t4 (+1 for odd e).
   float St[2][8][4];
-  auto for_each_state = [&](auto&& fn) {  // fn(element, k, v)
-#pragma unroll
-    for (int kc = 0; kc < 2; ++kc)
-#pragma unroll
-      for (int n = 0; n < 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) fn(St[kc][n][e], 64 * kc + 8 * n + 2 * t4 + (e & 1), vrow0 + (e >= 2 ? 8 : 0));
-  };
+  auto for_each_state = [&](auto&& fn) { for_each_ws_state(St, vrow0, t4, fn); };  // fn(element, k, v)
   auto state_index = [&](int kk, int vv) { return cta.state_index(p.v_first, kK, p.dim_v, kk, vv); };
   for_each_state([&](float& x, int kk, int vv) { x = p.h0 != nullptr ? p.h0[state_index(kk, vv)] : 0.f; });
-  // Accumulator fragments -> 16-bit tiles by stmatrix (acc_to_a packs n8 tiles 2 j, 2 j + 1 as matrices m = 0..3:
-  // tile 2 j + m / 2, rows 8 (m % 2) ..); lane 8 m + r addresses row r of matrix m, its v row is vm + r.
+  T* st_row = ws_state_copy_row(sSt, wg, wr, lane);
+  auto publish_state = [&]() { publish_ws_state(St, st_row, lane); };  // the A operand of the products with it
+  // stmatrix lane 8 m + r addresses row r of matrix m (acc_to_a's matrices m = 0..3).
   const int mat = lane / 8, mrow = lane % 8;
-  const int vm = 64 * wg + 16 * wr + 8 * (mat % 2);
-  T* st_row = sSt + (vm + mrow) * 64;  // the start of the row this lane addresses (its 16-byte chunks swizzle by mrow)
-  auto publish_state = [&]() {  // S^T in 16 bits, [v][k]: the A operand of S^T K^T and S^T Q^T
-#pragma unroll
-    for (int kc = 0; kc < 2; ++kc)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {  // SwS::at(vm + mrow, 64 kc + 16 j + 8 (mat / 2)), kc's slab an immediate offset
-        uint32_t x[4];
-        acc_to_a<T>(x, St[kc], j, t4, [](int) { return 1.f; });
-        store_matrix_x4(x, st_row + kc * SwS::at(0, 64) + (((2 * j + mat / 2) ^ mrow) << 3));
-      }
-    fence_async_smem();
-  };
   // An m64 x n64 accumulator [v][i] (v rows of this warpgroup) times scale -> the 16-bit tile [i][v], transposed by
   // stmatrix: matrix m's row r is i = 16 j + 8 (m / 2) + r, its 8 columns start at v column v_col0 + 16 wr + 8 (m % 2).
   auto store_transposed = [&](const float (&acc)[8][4], T* tile, int v_col0, float scale) {
