@@ -19,7 +19,6 @@
 #include "common/cp_async.cuh"
 #include "common/mma.cuh"
 #include "common/named_barrier.cuh"
-#include "common/stmatrix.cuh"
 #include "common/tile_layout.h"
 #include "common/wgmma.cuh"
 #include "common/wgmma_steps.cuh"

@@ -22,12 +22,12 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "common/copy_rows.cuh"
 #include "common/cp_async.cuh"
 #include "common/mma.cuh"
 #include "common/tile_layout.h"
 #include "common/wgmma.cuh"
 #include "common/wgmma_steps.cuh"
-#include "common/copy_rows.cuh"
 #include "gdn/chunk_prologue.cuh"
 #include "gdn/gdn_bwd_params.h"
 #include "gdn/gdn_fwd_kernel.cuh"

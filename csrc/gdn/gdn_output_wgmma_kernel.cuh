@@ -12,6 +12,7 @@
 
 #include <cstdint>
 
+#include "common/copy_rows.cuh"
 #include "common/cp_async.cuh"
 #include "common/env_flag.h"
 #include "common/named_barrier.cuh"
@@ -19,7 +20,6 @@
 #include "common/tile_layout.h"
 #include "common/wgmma.cuh"
 #include "common/wgmma_steps.cuh"
-#include "common/copy_rows.cuh"
 #include "gdn/chunk_prologue.cuh"
 #include "gdn/gdn_split_kernels.cuh"
 

@@ -20,12 +20,12 @@
 
 #include <cstdint>
 
+#include "common/copy_rows.cuh"
 #include "common/cp_async.cuh"
 #include "common/env_flag.h"
 #include "common/grid_dependency.cuh"
 #include "common/mma.cuh"
 #include "gdn/chain_stages.cuh"
-#include "common/copy_rows.cuh"
 #include "gdn/chunk_prologue.cuh"
 #include "gdn/gdn_fwd_kernel.cuh"
 #include "gdn/scan_params.h"
