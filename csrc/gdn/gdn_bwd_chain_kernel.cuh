@@ -13,6 +13,7 @@
 
 #include <cstdint>
 
+#include "common/copy_rows.cuh"
 #include "common/cp_async.cuh"
 #include "common/mma.cuh"
 #include "gdn/chunk_prologue.cuh"
@@ -85,17 +86,11 @@ __global__ void __launch_bounds__(kGdnThreads, kChainCtasPerSm<T, kK, kBV>) gdn_
     const int64_t c0 = bos + ci * C;
     const int len = int(min(int64_t(C), eos - c0));
     // (a) q, k, W [64, K], dO [64, kBV] -> shared memory (zeros past len), g; dS -> the chunk's slot.
-    for (int idx = tid; idx < C * (kK / 8); idx += kGdnThreads) {
-      const int r = idx / (kK / 8), c = (idx % (kK / 8)) * 8;
-      const int64_t row = c0 + min(r, len - 1);
-      cp_async16(sQ + r * kLdK + c, q + (row * p.heads_qk + h) * kK + c, r < len);
-      cp_async16(sK + r * kLdK + c, k + (row * p.heads_qk + h) * kK + c, r < len);
-      cp_async16(sW + r * kLdK + c, w + (row * p.heads_v + hv) * kK + c, r < len);
-    }
-    for (int idx = tid; idx < C * (kBV / 8); idx += kGdnThreads) {
-      const int r = idx / (kBV / 8), c = (idx % (kBV / 8)) * 8;
-      cp_async16(sDo + r * kLdV + c, dout + ((c0 + min(r, len - 1)) * p.heads_v + hv) * p.dim_v + v0 + c, r < len);
-    }
+    load_chunk_qk<T, kK, PaddedRows<kLdK>, kGdnThreads>(sQ, sK, q, k, c0, len, p.heads_qk, h, tid);
+    copy_rows_async<C, kK, PaddedRows<kLdK>, kGdnThreads>(sW, w + (c0 * p.heads_v + hv) * kK, int64_t(p.heads_v) * kK,
+                                                          len, tid);
+    copy_rows_async<C, kBV, PaddedRows<kLdV>, kGdnThreads>(sDo, dout + (c0 * p.heads_v + hv) * p.dim_v + v0,
+                                                           int64_t(p.heads_v) * p.dim_v, len, tid);
     cp_async_commit();
     if (tid < C) sG[tid] = tid < len ? p.g[(c0 + tid) * p.heads_v + hv] : 0.f;
     ST::store(static_cast<T*>(p.ds1) + ((slot0 + ci) * p.heads_v + hv) * int64_t(kK) * p.dim_v + v0, p.dim_v, dS,

@@ -17,6 +17,7 @@
 
 #include <cstdint>
 
+#include "common/copy_rows.cuh"
 #include "common/cp_async.cuh"
 #include "common/mma.cuh"
 #include "gdn/chain_stages.cuh"
@@ -68,10 +69,8 @@ __global__ void __launch_bounds__(kGdnThreads) gdn_bwd_prep_kernel(GdnBwdSplitPa
   T* doq = static_cast<T*>(p.doq);
 
   auto load_do = [&](int v0) {  // dO rows (zeros past len), columns v0 .. v0 + 63
-    for (int idx = tid; idx < C * (BV / 8); idx += kGdnThreads) {
-      const int r = idx / (BV / 8), c = (idx % (BV / 8)) * 8;
-      cp_async16(sDo + r * kLdV + c, dout + ((c0 + min(r, len - 1)) * p.heads_v + hv) * p.dim_v + v0 + c, r < len);
-    }
+    copy_rows_async<C, BV, PaddedRows<kLdV>, kGdnThreads>(sDo, dout + (c0 * p.heads_v + hv) * p.dim_v + v0,
+                                                          int64_t(p.heads_v) * p.dim_v, len, tid);
     cp_async_commit();
   };
   load_chunk_qk<T, kK, PaddedRows<kLdK>, kGdnThreads>(sQ, sK, q, k, c0, len, p.heads_qk, h, tid);
