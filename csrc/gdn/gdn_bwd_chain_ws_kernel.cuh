@@ -5,10 +5,10 @@
 // 64 w ..), as the forward's gdn_fwd_ws_kernel.cuh keeps S^T. Per chunk (G, rq, rk as in the chain kernel):
 //   aux:   P  = scale rq_i rk_j e^{G_i - G_j} (q_i . k_j)  (i >= j),   Qs = diag(scale rq e^G) Q   (16-bit, to the stage)
 //          d  = rk e^{G_L - G},  e^{G_L}
-//   state: dS1 (the chunk end's dS) -> its slot (ws_state_rows.cuh)
+//   state: dS1 (the chunk end's dS) -> its slot (ws_state.cuh)
 //          dVn^T = (dS^T K^T) diag(d) + dO^T P
 //          dS^T <- e^{G_L} dS^T + dO^T Qs - dVn^T W
-// The loads (q, k, W, dO) and everything aux computes never wait for the state; the state warpgroups run four
+// Aux never reads the state (it waits for the state warpgroups only to reuse a stage); the state warpgroups run four
 // products per chunk. Status and measurements: csrc/gdn/NOTES.md.
 #pragma once
 
