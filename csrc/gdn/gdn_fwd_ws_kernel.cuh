@@ -303,17 +303,8 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
           wgmma_commit();
           wgmma_wait<0>();
           aux_sync();  // every warp's product is done reading Tw
-          // W's fragments -> sW by stmatrix (lane 8 m + r addresses row 16 warp + 8 (m % 2) + r, 16-byte chunk
-          // 2 j + m / 2 of slab kc), then rows < len to save_w in 16-byte rows (one address per thread, as the loads).
-          const int wrow = r0 + 8 * ((lane / 8) % 2) + lane % 8;
-#pragma unroll
-          for (int kc = 0; kc < 2; ++kc)
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-              uint32_t x[4];
-              acc_to_a<T>(x, w[kc], j, t4, [](int) { return 1.f; });
-              store_matrix_x4(x, sW + kc * Sw::at(0, 64) + Sw::at(wrow, 8 * (2 * j + lane / 16)));
-            }
+          // W -> sW (rows 16 warp ..), then rows < len to save_w in 16-byte rows (one address per thread, as the loads).
+          store_acc_rows_sw128<C>(w, sW + (r0 + 8 * ((lane / 8) % 2) + lane % 8) * 64, lane);
           aux_sync();
           T* dst = static_cast<T*>(p.save_w) + ((c0 + load_row) * p.heads_v + hv) * kK + load_col;
           const T* src = sW + Sw::at(load_row, load_col);

@@ -31,19 +31,27 @@ __device__ __forceinline__ T* ws_state_copy_row(T* copy, int wg, int wr, int lan
   return copy + (64 * wg + 16 * wr + 8 * ((lane / 8) % 2) + lane % 8) * 64;
 }
 
-// st -> the 16-bit copy by stmatrix (acc_to_a packs n8 tiles 2 j, 2 j + 1 as matrices m = 0..3: 16-byte chunk
-// 2 j + m / 2 of the row, swizzled by the row's low bits = lane % 8; k column slab kc an immediate offset).
-template <typename T>
-__device__ __forceinline__ void publish_ws_state(const float (&st)[2][8][4], T* copy_row, int lane) {
+// Two m64 x n64 accumulators (columns 64 kc ..) -> 16-bit rows of a tile in 64-column slabs of kSlabRows rows
+// (Sw128Slabs), by stmatrix: acc_to_a packs n8 tiles 2 j, 2 j + 1 as matrices m = 0..3, lane 8 m + r writes row r of
+// matrix m, whose start is row (tile + that row's index * 64, the index 16 w + 8 (m % 2) + r for warp w's rows); its
+// 16-byte chunk 2 j + m / 2 swizzles by the row's low bits = lane % 8, and slab kc is an immediate offset.
+template <int kSlabRows, typename T>
+__device__ __forceinline__ void store_acc_rows_sw128(const float (&acc)[2][8][4], T* row, int lane) {
   const int t4 = lane % 4, mat = lane / 8, mrow = lane % 8;
 #pragma unroll
   for (int kc = 0; kc < 2; ++kc)
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       uint32_t x[4];
-      acc_to_a<T>(x, st[kc], j, t4, [](int) { return 1.f; });
-      store_matrix_x4(x, copy_row + kc * Sw128Slabs<128>::at(0, 64) + (((2 * j + mat / 2) ^ mrow) << 3));
+      acc_to_a<T>(x, acc[kc], j, t4, [](int) { return 1.f; });
+      store_matrix_x4(x, row + kc * Sw128Slabs<kSlabRows>::at(0, 64) + (((2 * j + mat / 2) ^ mrow) << 3));
     }
+}
+
+// st -> its 16-bit copy ([v][k], Sw128Slabs<128>), then the fence that lets wgmma read it.
+template <typename T>
+__device__ __forceinline__ void publish_ws_state(const float (&st)[2][8][4], T* copy_row, int lane) {
+  store_acc_rows_sw128<128>(st, copy_row, lane);
   fence_async_smem();
 }
 
