@@ -4,13 +4,14 @@
 //   bwd: dpre = grad_y * silu'(pre);  grad_x[j] = sum_k w[:, k] dpre[j + W-1-k] (rows of j's segment),
 //        grad_history = the same sums for the W-1 virtual rows before each segment,
 //        grad_w[:, k] = sum_r dpre[r] in(r - (W-1) + k)  (per-CTA partials, summed by the caller).
-// Bandwidth-bound. Each thread owns kVec = 4 channels (16 bytes of fp32, 8 of bf16/fp16; kVec = 1 when C or
+// Meant to be bandwidth-bound; v2 was issue-bound instead (ncu: SM 53% busy, DRAM 21%), so a chunk of rows that
+// lies inside one segment and the run takes a path without per-row checks. Each thread owns kVec = 4 channels (16 bytes of fp32, 8 of bf16/fp16; kVec = 1 when C or
 // the pointers do not allow vectors) and a run of kConvRows consecutive rows: a warp is 32 consecutive vectors of
 // one run (coalesced rows), a CTA kConvWarps runs of the same 32 vectors. (With 8 bf16 channels per thread the
 // kernels needed 151 (fwd) and 205 (bwd) registers at W = 4: one CTA per SM.) The thread finds the segment of its
 // first row by a binary search of cu_seqlens and walks its rows keeping the W-1 previous inputs in registers (a
 // sliding window), reloading the window from the history when a segment starts inside its run. Rows are loaded
-// a chunk at a time (independent loads in flight) before they are used. The bwd walks W-1 rows past its run
+// a chunk at a time (independent loads in flight), the next chunk's while this one is walked. The bwd walks W-1 rows past its run
 // (their dpre feed its last rows' grad_x) and keeps W pending gradient sums (the virtual rows r-W+1 .. r),
 // emitting the oldest at each row and all of them at a segment's end.
 // Deterministic: no atomics; every sum has a fixed order.
@@ -40,12 +41,28 @@ struct ConvParams {
   bool cu_int64, activation;
 };
 
-constexpr int kConvVec = 4;     // channels per thread on the vector path
-constexpr int kConvWarps = 8;   // runs per CTA (one per warp)
-constexpr int kConvRows = 32;   // rows per run (per thread)
+// The MOM_OPS_CONV_* macros exist for scripts/conv_variants.cu (timing other shapes); the build uses the defaults.
+#ifndef MOM_OPS_CONV_VEC
+#define MOM_OPS_CONV_VEC 4
+#endif
+#ifndef MOM_OPS_CONV_WARPS
+#define MOM_OPS_CONV_WARPS 8
+#endif
+#ifndef MOM_OPS_CONV_ROWS
+#define MOM_OPS_CONV_ROWS 32
+#endif
+#ifndef MOM_OPS_CONV_FWD_CHUNK
+#define MOM_OPS_CONV_FWD_CHUNK 8
+#endif
+#ifndef MOM_OPS_CONV_BWD_CHUNK
+#define MOM_OPS_CONV_BWD_CHUNK 4
+#endif
+constexpr int kConvVec = MOM_OPS_CONV_VEC;      // channels per thread on the vector path
+constexpr int kConvWarps = MOM_OPS_CONV_WARPS;  // runs per CTA (one per warp)
+constexpr int kConvRows = MOM_OPS_CONV_ROWS;    // rows per run (per thread)
 constexpr int kConvThreads = kConvWarps * 32;
-constexpr int kConvFwdChunk = 8;  // rows whose loads are issued together
-constexpr int kConvBwdChunk = 4;  // (x and grad_y: twice the registers per row)
+constexpr int kConvFwdChunk = MOM_OPS_CONV_FWD_CHUNK;  // rows whose loads are issued together
+constexpr int kConvBwdChunk = MOM_OPS_CONV_BWD_CHUNK;  // (x and grad_y: twice the registers per row)
 
 // kVec elements of T as loaded: kVec * sizeof(T) bytes (16 for fp32, 8 for bf16/fp16 with kVec = 4), or one
 // element on the scalar path. Unpacked to fp32 by the common 16-byte helpers (unused words are zeros).
@@ -168,6 +185,13 @@ __device__ __forceinline__ void conv_load_chunk(const T* src, int64_t row_stride
   }
 }
 
+// dst = src, packet by packet (the double-buffered walks hand the next chunk over; register moves).
+template <typename T, int kVec, int kChunk>
+__device__ __forceinline__ void conv_copy_chunk(const ConvPacket<T, kVec> (&src)[kChunk], ConvPacket<T, kVec> (&dst)[kChunk]) {
+#pragma unroll
+  for (int i = 0; i < kChunk; ++i) dst[i] = src[i];
+}
+
 // The thread's kVec channels of weight [C, W], fp32.
 template <int kVec, int kW>
 __device__ __forceinline__ void conv_load_weight(const ConvParams& p, int64_t c0, float (&w)[kW][kVec]) {
@@ -199,7 +223,32 @@ __device__ __forceinline__ void conv_shift_window(float (&win)[kW > 1 ? kW - 1 :
   }
 }
 
-__device__ __forceinline__ float conv_sigmoid(float z) { return 1.f / (1.f + __expf(-z)); }
+// sigmoid with the approximate reciprocal (2 ulp): an IEEE division is a ~10-instruction call, and this kernel is
+// limited by instruction issue, not bandwidth. 1 + e^-z = inf (z < -88) gives 0, as it should.
+__device__ __forceinline__ float conv_sigmoid(float z) { return __fdividef(1.f, 1.f + __expf(-z)); }
+
+// One row of the forward walk inside a segment: y = silu(pre) (or pre), then the window moves on by xr.
+template <typename T, int kVec, int kW, bool kActivation>
+__device__ __forceinline__ void conv_fwd_row(const float (&w)[kW][kVec], float (&win)[kW > 1 ? kW - 1 : 1][kVec],
+                                             const ConvPacket<T, kVec>& in, T* y_row) {
+  float out[kVec], xr[kVec];
+#pragma unroll
+  for (int e = 0; e < kVec; ++e) {
+    xr[e] = in.at(e);
+    const float pre = conv_pre<kVec, kW>(w, win, xr[e], e);
+    out[e] = kActivation ? pre * conv_sigmoid(pre) : pre;
+  }
+  conv_shift_window<kVec, kW>(win, xr);
+  conv_store<T, kVec>(y_row, out);
+}
+
+// The rows of a chunk that lies inside one segment and the run: no per-row checks (the common case).
+template <typename T, int kVec, int kW, int kChunk, bool kActivation>
+__device__ __forceinline__ void conv_fwd_chunk(const float (&w)[kW][kVec], float (&win)[kW > 1 ? kW - 1 : 1][kVec],
+                                               const ConvPacket<T, kVec> (&in)[kChunk], T* y_row, int64_t row_stride) {
+#pragma unroll
+  for (int i = 0; i < kChunk; ++i) conv_fwd_row<T, kVec, kW, kActivation>(w, win, in[i], y_row + i * row_stride);
+}
 
 template <typename T, int kVec, int kW>
 __global__ void __launch_bounds__(kConvThreads) segment_conv_fwd_kernel(ConvParams p) {
@@ -212,36 +261,96 @@ __global__ void __launch_bounds__(kConvThreads) segment_conv_fwd_kernel(ConvPara
   T* y = static_cast<T*>(p.y) + c0;
   float w[kW][kVec], win[kW > 1 ? kW - 1 : 1][kVec];
   conv_load_weight<kVec, kW>(p, c0, w);
-  ConvPacket<T, kVec> in[kConvFwdChunk];
+  // Two chunks of rows in registers: the next chunk's loads are in flight while this one is walked.
+  ConvPacket<T, kVec> in[kConvFwdChunk], next[kConvFwdChunk];
   conv_load_chunk(x, p.x_row_stride, r0, r1, in);  // the first rows' loads overlap the search's
   ConvSegment seg = conv_find_segment(p, r0);
   if (seg.s < p.segments) conv_fill_window<T, kVec, kW>(p, x, c0, seg, r0, win);
   for (int64_t base = r0; base < r1; base += kConvFwdChunk) {
-    if (base > r0) conv_load_chunk(x, p.x_row_stride, base, r1, in);
+    if (base > r0) conv_copy_chunk(next, in);
+    if (base + kConvFwdChunk < r1) conv_load_chunk(x, p.x_row_stride, base + kConvFwdChunk, r1, next);
+    if (seg.s < p.segments && base + kConvFwdChunk <= seg.b && base + kConvFwdChunk <= r1) {
+      if (p.activation) {
+        conv_fwd_chunk<T, kVec, kW, kConvFwdChunk, true>(w, win, in, y + base * p.channels, p.channels);
+      } else {
+        conv_fwd_chunk<T, kVec, kW, kConvFwdChunk, false>(w, win, in, y + base * p.channels, p.channels);
+      }
+      continue;
+    }
 #pragma unroll
-    for (int i = 0; i < kConvFwdChunk; ++i) {
+    for (int i = 0; i < kConvFwdChunk; ++i) {  // a chunk with a segment start, the run's end or cu_seqlens[-1]
       const int64_t r = base + i;
       if (r >= r1) break;
       if (r >= seg.b) {  // a new segment starts at r: its window comes from the history
         seg = conv_next_segment(p, seg, r);
         if (seg.s < p.segments) conv_fill_window<T, kVec, kW>(p, x, c0, seg, r, win);
       }
-      float out[kVec], xr[kVec];
+      if (seg.s >= p.segments) {  // past cu_seqlens[-1]
+        float zero[kVec];
 #pragma unroll
-      for (int e = 0; e < kVec; ++e) xr[e] = in[i].at(e);
-      if (seg.s < p.segments) {
-#pragma unroll
-        for (int e = 0; e < kVec; ++e) {
-          const float pre = conv_pre<kVec, kW>(w, win, xr[e], e);
-          out[e] = p.activation ? pre * conv_sigmoid(pre) : pre;
-        }
-        conv_shift_window<kVec, kW>(win, xr);
+        for (int e = 0; e < kVec; ++e) zero[e] = 0.f;
+        conv_store<T, kVec>(y + r * p.channels, zero);
+      } else if (p.activation) {
+        conv_fwd_row<T, kVec, kW, true>(w, win, in[i], y + r * p.channels);
       } else {
-#pragma unroll
-        for (int e = 0; e < kVec; ++e) out[e] = 0.f;  // past cu_seqlens[-1]
+        conv_fwd_row<T, kVec, kW, false>(w, win, in[i], y + r * p.channels);
       }
-      conv_store<T, kVec>(y + r * p.channels, out);
     }
+  }
+}
+
+// One row of the backward walk inside a segment: dpre = grad_y * silu'(pre) goes into the pending sums acc and, for
+// a row the thread owns, the grad_w sums; the window moves on. acc[0] is then complete: the caller emits it and
+// shifts acc (conv_shift_acc).
+template <typename T, int kVec, int kW, bool kActivation>
+__device__ __forceinline__ void conv_bwd_row(const float (&w)[kW][kVec], float (&win)[kW > 1 ? kW - 1 : 1][kVec],
+                                             float (&acc)[kW][kVec], float (&gw)[kW][kVec],
+                                             const ConvPacket<T, kVec>& in, const ConvPacket<T, kVec>& din,
+                                             bool owned) {
+  float xr[kVec];
+#pragma unroll
+  for (int e = 0; e < kVec; ++e) {
+    xr[e] = in.at(e);
+    const float pre = conv_pre<kVec, kW>(w, win, xr[e], e);
+    float dp = din.at(e);
+    if constexpr (kActivation) {
+      const float sig = conv_sigmoid(pre);
+      dp *= sig * (1.f + pre * (1.f - sig));
+    }
+    if (owned) {  // grad_w counts each row once: in the run that owns it
+#pragma unroll
+      for (int k = 0; k < kW - 1; ++k) gw[k][e] = fmaf(dp, win[k][e], gw[k][e]);
+      gw[kW - 1][e] = fmaf(dp, xr[e], gw[kW - 1][e]);
+    }
+#pragma unroll
+    for (int k = 0; k < kW; ++k) acc[k][e] = fmaf(w[k][e], dp, acc[k][e]);
+  }
+  conv_shift_window<kVec, kW>(win, xr);
+}
+
+template <int kVec, int kW>
+__device__ __forceinline__ void conv_shift_acc(float (&acc)[kW][kVec]) {
+#pragma unroll
+  for (int k = 0; k < kW - 1; ++k)
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) acc[k][e] = acc[k + 1][e];
+#pragma unroll
+  for (int e = 0; e < kVec; ++e) acc[kW - 1][e] = 0.f;
+}
+
+// The rows of a chunk inside one segment, all owned, whose finished rows r - (W-1) are all the thread's grad_x rows
+// of that segment: no per-row checks (the common case). gx_row: grad_x's row base - (W-1) at the thread's channels.
+template <typename T, int kVec, int kW, int kChunk, bool kActivation>
+__device__ __forceinline__ void conv_bwd_chunk(const float (&w)[kW][kVec], float (&win)[kW > 1 ? kW - 1 : 1][kVec],
+                                               float (&acc)[kW][kVec], float (&gw)[kW][kVec],
+                                               const ConvPacket<T, kVec> (&in)[kChunk],
+                                               const ConvPacket<T, kVec> (&din)[kChunk], T* gx_row,
+                                               int64_t row_stride) {
+#pragma unroll
+  for (int i = 0; i < kChunk; ++i) {
+    conv_bwd_row<T, kVec, kW, kActivation>(w, win, acc, gw, in[i], din[i], true);
+    conv_store<T, kVec>(gx_row + i * row_stride, acc[0]);
+    conv_shift_acc<kVec, kW>(acc);
   }
 }
 
@@ -272,7 +381,7 @@ __device__ __forceinline__ void conv_flush(const ConvParams& p, const ConvOwned&
 }
 
 template <typename T, int kVec, int kW>
-__global__ void __launch_bounds__(kConvThreads) segment_conv_bwd_kernel(ConvParams p) {
+__global__ void __launch_bounds__(kConvThreads, kW <= 4 ? 2 : 1) segment_conv_bwd_kernel(ConvParams p) {
   __shared__ float s_gw[32][kW * kVec + 1];  // the CTA's grad_w sums per lane (+1: no bank conflicts)
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int64_t c0 = (int64_t(blockIdx.y) * 32 + lane) * kVec;
@@ -296,7 +405,8 @@ __global__ void __launch_bounds__(kConvThreads) segment_conv_bwd_kernel(ConvPara
 #pragma unroll
       for (int e = 0; e < kVec; ++e) acc[k][e] = 0.f;
     conv_load_weight<kVec, kW>(p, c0, w);
-    ConvPacket<T, kVec> in[kConvBwdChunk], din[kConvBwdChunk];
+    // Two chunks of x and grad_y rows in registers: the next chunk's loads fly while this one is walked.
+    ConvPacket<T, kVec> in[kConvBwdChunk], din[kConvBwdChunk], next_in[kConvBwdChunk], next_din[kConvBwdChunk];
     conv_load_chunk(x, p.x_row_stride, r0, walk_end, in);  // the first rows' loads overlap the search's
     conv_load_chunk(gy, p.grad_y_row_stride, r0, walk_end, din);
     ConvSegment seg = conv_find_segment(p, r0);
@@ -304,11 +414,25 @@ __global__ void __launch_bounds__(kConvThreads) segment_conv_bwd_kernel(ConvPara
     bool live = true;
     for (int64_t base = r0; base < walk_end && live; base += kConvBwdChunk) {
       if (base > r0) {
-        conv_load_chunk(x, p.x_row_stride, base, walk_end, in);
-        conv_load_chunk(gy, p.grad_y_row_stride, base, walk_end, din);
+        conv_copy_chunk(next_in, in);
+        conv_copy_chunk(next_din, din);
+      }
+      if (base + kConvBwdChunk < walk_end) {
+        conv_load_chunk(x, p.x_row_stride, base + kConvBwdChunk, walk_end, next_in);
+        conv_load_chunk(gy, p.grad_y_row_stride, base + kConvBwdChunk, walk_end, next_din);
+      }
+      if (seg.s < p.segments && base + kConvBwdChunk <= seg.b && base + kConvBwdChunk <= own.r1 &&
+          base - (kW - 1) >= seg.a && base - (kW - 1) >= own.r0) {
+        T* gx_row = static_cast<T*>(p.grad_x) + (base - (kW - 1)) * p.channels + c0;
+        if (p.activation) {
+          conv_bwd_chunk<T, kVec, kW, kConvBwdChunk, true>(w, win, acc, gw, in, din, gx_row, p.channels);
+        } else {
+          conv_bwd_chunk<T, kVec, kW, kConvBwdChunk, false>(w, win, acc, gw, in, din, gx_row, p.channels);
+        }
+        continue;
       }
 #pragma unroll
-      for (int i = 0; i < kConvBwdChunk; ++i) {
+      for (int i = 0; i < kConvBwdChunk; ++i) {  // a chunk with a segment boundary or the run's first / last rows
         const int64_t r = base + i;
         if (r >= walk_end || !live) break;
         if (r >= seg.b) {  // seg ended at seg.b <= r: its pending sums are complete
@@ -335,32 +459,13 @@ __global__ void __launch_bounds__(kConvThreads) segment_conv_bwd_kernel(ConvPara
           conv_store<T, kVec>(static_cast<T*>(p.grad_x) + r * p.channels + c0, zero);
           continue;
         }
-        float xr[kVec];
-#pragma unroll
-        for (int e = 0; e < kVec; ++e) {
-          xr[e] = in[i].at(e);
-          const float pre = conv_pre<kVec, kW>(w, win, xr[e], e);
-          float dp = din[i].at(e);
-          if (p.activation) {
-            const float sig = conv_sigmoid(pre);
-            dp *= sig * (1.f + pre * (1.f - sig));
-          }
-          if (r < own.r1) {  // grad_w counts each row once: in the run that owns it
-#pragma unroll
-            for (int k = 0; k < kW - 1; ++k) gw[k][e] = fmaf(dp, win[k][e], gw[k][e]);
-            gw[kW - 1][e] = fmaf(dp, xr[e], gw[kW - 1][e]);
-          }
-#pragma unroll
-          for (int k = 0; k < kW; ++k) acc[k][e] = fmaf(w[k][e], dp, acc[k][e]);
+        if (p.activation) {
+          conv_bwd_row<T, kVec, kW, true>(w, win, acc, gw, in[i], din[i], r < own.r1);
+        } else {
+          conv_bwd_row<T, kVec, kW, false>(w, win, acc, gw, in[i], din[i], r < own.r1);
         }
         conv_emit<T, kVec, kW>(p, own, seg, c0, r - (kW - 1), acc[0]);  // its last term was row r's
-#pragma unroll
-        for (int k = 0; k < kW - 1; ++k)
-#pragma unroll
-          for (int e = 0; e < kVec; ++e) acc[k][e] = acc[k + 1][e];
-#pragma unroll
-        for (int e = 0; e < kVec; ++e) acc[kW - 1][e] = 0.f;
-        conv_shift_window<kVec, kW>(win, xr);
+        conv_shift_acc<kVec, kW>(acc);
       }
     }
     // The walk stopped at walk_end: a segment ending exactly there still has its pending sums.

@@ -1,0 +1,105 @@
+// Times segment_conv's CUDA kernels (csrc/conv/conv_kernels.cuh) at the bench shape, R 32768 x C 1024, W 4, bf16,
+// 32 segments, for one setting of the MOM_OPS_CONV_* shape macros, beside a plain 16-byte copy of the same bytes
+// (what the GPU's memory can do at this size). scripts/conv_variants.sh builds and runs several settings:
+//   nvcc -std=c++20 -O3 -gencode arch=compute_90a,code=sm_90a --expt-relaxed-constexpr -Icsrc <torch includes>
+//        [-DMOM_OPS_CONV_ROWS=64 ...] scripts/conv_variants.cu -o /tmp/cv && /tmp/cv
+#include <cuda_runtime.h>
+
+#include <cstdio>
+#include <vector>
+
+#include "conv/conv_kernels.cuh"
+
+using namespace mom_ops;
+using bf16 = c10::BFloat16;
+
+#define CHECK(x)                                                                         \
+  do {                                                                                   \
+    cudaError_t e = (x);                                                                 \
+    if (e != cudaSuccess) {                                                              \
+      std::printf("%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e));              \
+      return 1;                                                                          \
+    }                                                                                    \
+  } while (0)
+
+__global__ void fill_kernel(bf16* p, int64_t n, uint32_t seed) {  // small pseudo-random values
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const uint32_t h = (uint32_t(i) ^ seed) * 2654435761u;
+    p[i] = bf16(float(h >> 8) / float(1 << 24) - 0.5f);
+  }
+}
+
+__global__ void copy_kernel(const uint4* src, uint4* dst, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    __stcs(dst + i, __ldcs(src + i));
+  }
+}
+
+template <typename F>
+float time_us(F launch, int reps) {
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  for (int i = 0; i < 3; ++i) launch();
+  cudaEventRecord(a);
+  for (int i = 0; i < reps; ++i) launch();
+  cudaEventRecord(b);
+  cudaEventSynchronize(b);
+  float ms = 0.f;
+  cudaEventElapsedTime(&ms, a, b);
+  return 1000.f * ms / reps;
+}
+
+int main() {
+  const int64_t R = 32768, C = 1024;
+  constexpr int W = 4, S = 32;
+  const int64_t n = R * C;
+  bf16 *x, *gy, *y, *gx;
+  float *w, *partial;
+  int* cu;
+  CHECK(cudaMalloc(&x, n * 2));
+  CHECK(cudaMalloc(&gy, n * 2));
+  CHECK(cudaMalloc(&y, n * 2));
+  CHECK(cudaMalloc(&gx, n * 2));
+  CHECK(cudaMalloc(&w, C * W * 4));
+  CHECK(cudaMalloc(&cu, (S + 1) * 4));
+  fill_kernel<<<1024, 256>>>(x, n, 1u);
+  fill_kernel<<<1024, 256>>>(gy, n, 2u);
+  std::vector<float> hw(C * W, 0.25f);
+  CHECK(cudaMemcpy(w, hw.data(), hw.size() * 4, cudaMemcpyHostToDevice));
+  std::vector<int> hcu(S + 1);
+  for (int s = 0; s <= S; ++s) hcu[s] = int(R * s / S) - (s > 0 && s < S ? 37 * (s % 5) : 0);  // uneven cuts
+  CHECK(cudaMemcpy(cu, hcu.data(), hcu.size() * 4, cudaMemcpyHostToDevice));
+
+  const int64_t runs = (R + kConvRows - 1) / kConvRows;
+  const dim3 grid(unsigned((runs + kConvWarps - 1) / kConvWarps), unsigned(C / (32 * kConvVec)));
+  CHECK(cudaMalloc(&partial, int64_t(grid.x) * C * W * 4));
+  ConvParams p{};
+  p.x = x;
+  p.weight = w;
+  p.cu_seqlens = cu;
+  p.y = y;
+  p.grad_y = gy;
+  p.grad_x = gx;
+  p.grad_w_partial = partial;
+  p.rows = R;
+  p.x_row_stride = C;
+  p.grad_y_row_stride = C;
+  p.channels = int(C);
+  p.segments = S;
+  p.activation = true;
+
+  const float fwd = time_us([&] { segment_conv_fwd_kernel<bf16, kConvVec, W><<<grid, kConvThreads>>>(p); }, 50);
+  const float bwd = time_us([&] { segment_conv_bwd_kernel<bf16, kConvVec, W><<<grid, kConvThreads>>>(p); }, 50);
+  const float copy = time_us(
+      [&] { copy_kernel<<<132 * 8, 256>>>(reinterpret_cast<const uint4*>(x), reinterpret_cast<uint4*>(y), n / 8); },
+      50);
+  CHECK(cudaGetLastError());
+  CHECK(cudaDeviceSynchronize());
+  const double mb = double(n) * 2 / 1e6;  // one [R, C] bf16 tensor
+  std::printf("vec %d warps %d rows %d chunks %d/%d grid %ux%u: fwd %.1f us %.0f GB/s | bwd %.1f us %.0f GB/s | "
+              "copy %.1f us %.0f GB/s\n",
+              kConvVec, kConvWarps, kConvRows, kConvFwdChunk, kConvBwdChunk, grid.x, grid.y, fwd, 2 * mb / fwd * 1e3,
+              bwd, 3 * mb / bwd * 1e3, copy, 2 * mb / copy * 1e3);
+  return 0;
+}

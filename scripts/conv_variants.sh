@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# segment_conv kernel shapes, timed at the bench shape by scripts/conv_variants.cu (on a GPU machine), and ncu's
+# headline of the default shape. Each line: "name: -D flags".
+#   bash scripts/conv_variants.sh [out dir]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-/tmp}
+TI=$(python3 -c "import torch.utils.cpp_extension as c; print(' '.join('-I'+p for p in c.include_paths()))")
+NVCC="${CUDA_HOME:-/usr/local/cuda}/bin/nvcc"
+variants=(
+  "default:"
+  "rows64:-DMOM_OPS_CONV_ROWS=64"
+  "rows128:-DMOM_OPS_CONV_ROWS=128"
+  "warps4:-DMOM_OPS_CONV_WARPS=4"
+  "chunk16:-DMOM_OPS_CONV_FWD_CHUNK=16 -DMOM_OPS_CONV_BWD_CHUNK=8"
+  "vec8_warps4_rows64:-DMOM_OPS_CONV_VEC=8 -DMOM_OPS_CONV_WARPS=4 -DMOM_OPS_CONV_ROWS=64"
+)
+for v in "${variants[@]}"; do
+  name=${v%%:*}
+  "$NVCC" -std=c++20 -O3 -gencode arch=compute_90a,code=sm_90a --expt-relaxed-constexpr -Icsrc $TI ${v#*:} \
+    -Xptxas -v scripts/conv_variants.cu -o "/tmp/cv_$name" >"/tmp/cv_$name.log" 2>&1 &
+done
+wait
+for v in "${variants[@]}"; do
+  name=${v%%:*}
+  regs=$(grep -A2 "Compiling entry.*segment_conv" "/tmp/cv_$name.log" | grep -oE "Used [0-9]+ registers|[0-9]+ bytes spill stores" | tr '\n' ' ')
+  echo "== $name ($regs)"
+  [ -x "/tmp/cv_$name" ] && "/tmp/cv_$name" || grep -i error "/tmp/cv_$name.log" | head -5
+done
+NCU="${CUDA_HOME:-/usr/local/cuda}/bin/ncu"
+for k in fwd bwd; do
+  timeout 120 "$NCU" --kernel-name "regex:segment_conv_$k" --launch-skip 2 --launch-count 1 --section SpeedOfLight \
+    --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats \
+    /tmp/cv_default >"$out/ncu_conv_$k.txt" 2>&1
+done
