@@ -9,7 +9,7 @@ TI=$(python3 -c "import torch.utils.cpp_extension as c; print(' '.join('-I'+p fo
 NVCC="${CUDA_HOME:-/usr/local/cuda}/bin/nvcc"
 variants=(
   "default:"
-  "rows64:-DMOM_OPS_CONV_ROWS=64"
+  "rows32:-DMOM_OPS_CONV_ROWS=32"
   "rows128:-DMOM_OPS_CONV_ROWS=128"
   "warps4:-DMOM_OPS_CONV_WARPS=4"
   "chunk16:-DMOM_OPS_CONV_FWD_CHUNK=16 -DMOM_OPS_CONV_BWD_CHUNK=8"

@@ -49,7 +49,7 @@ struct ConvParams {
 #define MOM_OPS_CONV_WARPS 8
 #endif
 #ifndef MOM_OPS_CONV_ROWS
-#define MOM_OPS_CONV_ROWS 32
+#define MOM_OPS_CONV_ROWS 64
 #endif
 #ifndef MOM_OPS_CONV_FWD_CHUNK
 #define MOM_OPS_CONV_FWD_CHUNK 8
