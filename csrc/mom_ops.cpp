@@ -92,6 +92,11 @@ TORCH_LIBRARY(mom_ops, m) {
   m.def(
       "segment_conv_bwd(Tensor grad_y, Tensor x, Tensor weight, Tensor cu_seqlens, Tensor? history, "
       "bool activation) -> (Tensor grad_x, Tensor grad_weight, Tensor grad_history)");
+  // The bwd with grad_x written into a given [R, C] tensor (x's dtype, dense channels, rows any stride apart: a
+  // column slice of one gradient for several inputs, which saves the concatenation autograd would do).
+  m.def(
+      "segment_conv_bwd_into(Tensor grad_y, Tensor x, Tensor weight, Tensor cu_seqlens, Tensor? history, "
+      "bool activation, Tensor(a!) grad_x) -> (Tensor grad_weight, Tensor grad_history)");
 
   // ---- decode ----
   // One token per row n and J memory slots (routed + shared): for each j with slots[n, j] >= 0 the pool state

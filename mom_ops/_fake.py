@@ -111,6 +111,12 @@ def _segment_conv_bwd_fake(grad_y, x, weight, cu_seqlens, history, activation):
             torch.empty_like(history) if history is not None else _empty(0, like=x, dtype=torch.float32))
 
 
+@register_fake("mom_ops::segment_conv_bwd_into")
+def _segment_conv_bwd_into_fake(grad_y, x, weight, cu_seqlens, history, activation, grad_x):
+    return (torch.empty_like(weight),
+            torch.empty_like(history) if history is not None else _empty(0, like=x, dtype=torch.float32))
+
+
 @register_fake("mom_ops::mom_decode_step")
 def _mom_decode_step_fake(q, k, v, g, beta, weights, slots, state_pool, scale, use_qk_l2norm, state_v_first):
     return _empty(q.shape[0], v.shape[2], v.shape[3], like=q)

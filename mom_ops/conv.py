@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 
@@ -38,3 +40,64 @@ def _backward(ctx, grad_y):
 
 
 torch.library.register_autograd("mom_ops::segment_conv_fwd", _backward, setup_context=_setup)
+
+
+class _SegmentConvColumns(torch.autograd.Function):
+    """segment_conv_columns' autograd: inputs (x, cu_seqlens, n, weight_0 .. weight_{n-1}, history_0 ..)."""
+
+    @staticmethod
+    def forward(ctx, x, cu_seqlens, n, *weights_and_histories):
+        weights, histories = weights_and_histories[:n], weights_and_histories[n:]
+        ends = list(itertools.accumulate(w.shape[0] for w in weights))  # column ends of the slices
+        starts = [0] + ends[:-1]
+        outs = [torch.ops.mom_ops.segment_conv_fwd(x[:, a:b], w, cu_seqlens, h, True)
+                for a, b, w, h in zip(starts, ends, weights, histories)]
+        ctx.n, ctx.starts, ctx.ends = n, starts, ends
+        ctx.save_for_backward(x, cu_seqlens, *weights_and_histories)
+        return (*outs, x[:, ends[-1]:].clone())
+
+    @staticmethod
+    def backward(ctx, *grads):
+        x, cu_seqlens, *weights_and_histories = ctx.saved_tensors
+        n = ctx.n
+        weights, histories = weights_and_histories[:n], weights_and_histories[n:]
+        grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device)  # every column written below
+        grad_weights, grad_histories = [None] * n, [None] * n
+        for i, (a, b, w, h) in enumerate(zip(ctx.starts, ctx.ends, weights, histories)):
+            if grads[i] is None:
+                grad_x[:, a:b].zero_()
+                continue
+            grad_weights[i], grad_h = torch.ops.mom_ops.segment_conv_bwd_into(
+                grads[i], x[:, a:b], w, cu_seqlens, h, True, grad_x[:, a:b])
+            grad_histories[i] = grad_h if h is not None else None
+        rest = grad_x[:, ctx.ends[-1]:]
+        if grads[n] is None:
+            rest.zero_()
+        else:
+            rest.copy_(grads[n])
+        need = ctx.needs_input_grad
+        grad_weights = [g if need[3 + i] else None for i, g in enumerate(grad_weights)]
+        grad_histories = [g if need[3 + n + i] else None for i, g in enumerate(grad_histories)]
+        return (grad_x if need[0] else None, None, None, *grad_weights, *grad_histories)
+
+
+def segment_conv_columns(x: torch.Tensor, weights: list[torch.Tensor], cu_seqlens: torch.Tensor,
+                         histories: list[torch.Tensor | None] | None = None) -> list[torch.Tensor]:
+    """segment_conv (with SiLU) of consecutive leading column slices of one packed tensor, the columns after them
+    passed through: x [R, C]; slice i has weights[i].shape[0] columns, weight weights[i] and history histories[i]
+    (None: zeros). Returns [conv of slice 0, ..., conv of slice n-1, the remaining columns (a copy)].
+
+    The values of segment_conv on each slice of x.split(...); the difference is the backward: the slices' grad_x go
+    straight into one [R, C] gradient (segment_conv_bwd_into), where autograd's split would concatenate separate
+    gradients (an extra write and read of all of x; the MoM layer's k | v | b | a projection rows)."""
+    if x.dim() != 2:
+        raise ValueError(f"x must be [R, C], got shape {tuple(x.shape)}")
+    if not weights:
+        raise ValueError("weights must name at least one column slice")
+    histories = list(histories) if histories is not None else [None] * len(weights)
+    if len(histories) != len(weights):
+        raise ValueError(f"histories must have one entry per weight ({len(weights)}), got {len(histories)}")
+    width = sum(w.shape[0] for w in weights)
+    if width > x.shape[1]:
+        raise ValueError(f"the weights' channels ({width}) exceed x's columns ({x.shape[1]})")
+    return list(_SegmentConvColumns.apply(x, cu_seqlens, len(weights), *weights, *histories))

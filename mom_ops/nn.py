@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import mom_ops
+from mom_ops.conv import segment_conv_columns
 from mom_ops.grouped_linear import grouped_linear, grouped_mm_linear, grouped_mm_supported
 from mom_ops.routing import RoutingPlan, check_cu_seqlens_shape
 
@@ -197,49 +198,46 @@ class MoMAttention(nn.Module):
             weights = [torch.cat([w, lin.weight[None]]) for w, lin in zip(weights, shared)]
         return weights
 
-    def _project_stream(self, xf: torch.Tensor, plan: RoutingPlan) -> list[torch.Tensor]:
-        """k, v, b, a of the stream's packed rows: xf [N, D] -> [R, H*K], [R, H*V], [R, H], [R, H], from one
-        grouped GEMM over the permuted rows where torch._grouped_mm runs (no wasted flops). Elsewhere one GEMM
-        gives every token's projections under all M' memories ([N, M' * C], C = H*K + H*V + 2H) and one row gather
-        picks row (n, m) for each packed row (M' / k' times the flops); or the Triton grouped GEMM
-        (USE_TRITON_GROUPED_LINEAR). The results are column slices of one [R, C] tensor (the conv reads them in
-        place)."""
+    def _project_stream(self, xf: torch.Tensor, plan: RoutingPlan) -> torch.Tensor:
+        """The stream's packed rows of k | v | b | a: xf [N, D] -> [R, H*K + H*V + 2H] (column slices in that order),
+        from one grouped GEMM over the permuted rows where torch._grouped_mm runs (no wasted flops). Elsewhere one
+        GEMM gives every token's projections under all M' memories ([N, M' * C]) and one row gather picks row (n, m)
+        for each packed row (M' / k' times the flops); or the Triton grouped GEMM (USE_TRITON_GROUPED_LINEAR)."""
         M, B, k, N = plan.num_memories, plan.batch_size, plan.topk, xf.shape[0]
         weights = self._stream_weights()
-        sizes = [w.shape[1] for w in weights]
         if USE_TRITON_GROUPED_LINEAR and xf.is_cuda:
             xr = mom_ops.permute(xf, plan)
-            return [grouped_linear(xr, w, plan.cu_seqlens, B) for w in weights]
+            return torch.cat([grouped_linear(xr, w, plan.cu_seqlens, B) for w in weights], 1)
         w_all = torch.cat(weights, dim=1).to(xf.dtype)  # [M', C, D]
         if grouped_mm_supported(xf):
-            rows = grouped_mm_linear(mom_ops.permute(xf, plan), w_all, plan.cu_seqlens, B)  # [R, C]
-            return list(rows.split(sizes, dim=1))
+            return grouped_mm_linear(mom_ops.permute(xf, plan), w_all, plan.cu_seqlens, B)  # [R, C]
         # row n * M + m: token n, memory m
-        table = (xf @ w_all.reshape(-1, w_all.shape[-1]).t()).view(N * M, sum(sizes))
+        table = (xf @ w_all.reshape(-1, w_all.shape[-1]).t()).view(N * M, w_all.shape[1])
         # Packed row r = pair n * k + j reads table row n * M + memory_ids[n, j]; rows past the last segment read
         # row 0: the conv and the scan ignore them and give them zero gradients.
         pair = plan.src_pair.long().clamp_min(0)
-        rows = table[(pair // k) * M + plan.memory_ids.reshape(-1).long().clamp_min(0)[pair]]  # [R, C]
-        return list(rows.split(sizes, dim=1))
+        return table[(pair // k) * M + plan.memory_ids.reshape(-1).long().clamp_min(0)[pair]]  # [R, C]
 
-    def _memory(self, q, k, v, b, a, cu_seqlens, cache: MoMCache | None = None, rows: slice | None = None):
-        """Conv, gates and the scan of one packed stream: q, k [R, H*K], v [R, H*V], b, a [R, H] -> o [R, H, V].
-        With a cache, the segments start from cache rows `rows` (states and conv histories), which are then
-        replaced by the segments' final states and histories."""
-        H, W = self.num_heads, self.conv_size
+    def _memory(self, q, proj, cu_seqlens, cache: MoMCache | None = None, rows: slice | None = None):
+        """Conv, gates and the scan of one packed stream: q [R, H*K] and proj [R, H*K + H*V + 2H] (k | v | b | a)
+        -> o [R, H, V]. k and v are conv'd in place in proj's columns (segment_conv_columns: one gradient for
+        proj, no concatenation in the backward). With a cache, the segments start from cache rows `rows` (states
+        and conv histories), which are then replaced by the segments' final states and histories."""
+        H, W, K, V = self.num_heads, self.conv_size, self.head_dim, self.head_v_dim
         hist = (None, None, None) if cache is None else (cache.conv_q[rows], cache.conv_k[rows], cache.conv_v[rows])
-        qc = segment_causal_conv(q, self.q_conv, cu_seqlens, hist[0]).view(1, -1, H, self.head_dim)
-        kc = segment_causal_conv(k, self.k_conv, cu_seqlens, hist[1]).view(1, -1, H, self.head_dim)
-        vc = segment_causal_conv(v, self.v_conv, cu_seqlens, hist[2]).view(1, -1, H, self.head_v_dim)
-        beta = torch.sigmoid(b.float()).to(qc.dtype).unsqueeze(0)
-        g = self._log_decay(a).unsqueeze(0)
+        qc = segment_causal_conv(q, self.q_conv, cu_seqlens, hist[0]).view(1, -1, H, K)
+        kc, vc, ba = segment_conv_columns(proj, [self.k_conv, self.v_conv], cu_seqlens, hist[1:])
+        kc, vc = kc.view(1, -1, H, K), vc.view(1, -1, H, V)
+        beta = torch.sigmoid(ba[:, :H].float()).to(qc.dtype).unsqueeze(0)
+        g = self._log_decay(ba[:, H:]).unsqueeze(0)
         o, ht = mom_ops.chunk_gated_delta_rule(
             qc, kc, vc, g, beta, cu_seqlens=cu_seqlens, use_qk_l2norm_in_kernel=True,
             initial_state=None if cache is None else cache.states[rows], output_final_state=cache is not None)
         if cache is not None:
             cache.states[rows] = ht.detach()  # a cache carries no gradient
-            for buf, raw, old in zip((cache.conv_q, cache.conv_k, cache.conv_v), (q, k, v), hist):
-                buf[rows] = segment_conv_tail(raw.detach(), cu_seqlens, old, W).to(buf.dtype)
+            raw = (q, proj[:, :H * K], proj[:, H * K:H * (K + V)])
+            for buf, x, old in zip((cache.conv_q, cache.conv_k, cache.conv_v), raw, hist):
+                buf[rows] = segment_conv_tail(x.detach(), cu_seqlens, old, W).to(buf.dtype)
         return o.squeeze(0)  # a view (o[0]'s backward would zero-fill and copy the whole gradient)
 
     def _log_decay(self, a: torch.Tensor) -> torch.Tensor:
@@ -330,7 +328,7 @@ class MoMAttention(nn.Module):
         # One stream for the routed memories and the shared one: one permute, one grouped GEMM, one conv per
         # input and one scan launch, with the shared memory's long segments running beside the routed ones.
         stream = self._stream_plan(logits, plan, cu_seqlens, mask)
-        o_stream = self._memory(mom_ops.permute(q_tok, stream), *self._project_stream(xf, stream),
+        o_stream = self._memory(mom_ops.permute(q_tok, stream), self._project_stream(xf, stream),
                                 stream.cu_seqlens, cache, slice(0, stream.num_memories * B))
         weights = plan.weights
         if self.shared_memory:  # the stream's pair 0 is the shared memory, with weight 1

@@ -67,6 +67,75 @@ def test_segment_conv_opcheck():
                           (torch.randn_like(x), x.detach(), w.detach(), cu, h.detach(), True))
 
 
+@pytest.mark.parametrize("device", device_param())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_segment_conv_bwd_into_a_column_slice(device, dtype):
+    """segment_conv_bwd_into writes segment_conv_bwd's grad_x into a column slice of a wider buffer (vector-aligned
+    at column 8, single elements at column 1) and nothing beside it; grad_weight and grad_history are the same."""
+    need_kernel("segment_conv_bwd", device)
+    x, w, cu, h = _inputs(LENGTHS + [70], 64, 4, True, dtype, device, tail=5)
+    dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(2)).to(device, dtype)
+    grad_x, grad_w, grad_h = torch.ops.mom_ops.segment_conv_bwd(dy, x, w, cu, h, True)
+    for col in (8, 1):
+        wide = torch.full((x.shape[0], 80), float("nan"), device=device, dtype=dtype)
+        gw, gh = torch.ops.mom_ops.segment_conv_bwd_into(dy, x, w, cu, h, True, wide[:, col:col + 64])
+        assert torch.equal(wide[:, col:col + 64], grad_x) and torch.equal(gw, grad_w) and torch.equal(gh, grad_h)
+        assert torch.isnan(wide[:, :col]).all() and torch.isnan(wide[:, col + 64:]).all()
+
+
+def test_segment_conv_bwd_into_bad_grad_x():
+    x, w, cu, h = _inputs([3, 5], 8, 4, True, torch.float32, "cpu")
+    dy = torch.randn_like(x)
+    bwd_into = torch.ops.mom_ops.segment_conv_bwd_into
+    with pytest.raises(ValueError, match="grad_x must have shape"):
+        bwd_into(dy, x, w, cu, h, True, torch.empty(x.shape[0], 9))
+    with pytest.raises(ValueError, match="grad_x must have the dtype of x"):
+        bwd_into(dy, x, w, cu, h, True, torch.empty(x.shape, dtype=torch.float64))
+    with pytest.raises(ValueError, match="grad_x must have dense channels"):
+        bwd_into(dy, x, w, cu, h, True, torch.empty(x.shape[1], x.shape[0]).t())
+    torch.library.opcheck(bwd_into.default, (dy, x, w, cu, h, True, torch.empty_like(x)))
+
+
+@pytest.mark.parametrize("device", device_param())
+@pytest.mark.parametrize("history", [False, True])
+def test_segment_conv_columns_matches_split(device, history):
+    """segment_conv_columns (the layer's k | v | b | a rows) gives segment_conv of each slice of x.split and the
+    rest passed through: the same values and the same gradients (x, weights, histories) as autograd of the split."""
+    from mom_ops.conv import segment_conv_columns
+
+    need_kernel("segment_conv_bwd", device)
+    x, w0, cu, h0 = _inputs(LENGTHS, 24, 4, history, torch.float32, device, tail=4, seed=1)
+    _, w1, _, h1 = _inputs(LENGTHS, 16, 4, history, torch.float32, device, tail=4, seed=2)
+    x = torch.cat([x, torch.randn(x.shape[0], 22, device=device)], 1)  # 24 + 16 conv'd columns, 6 passed through
+    leaves = [t for t in (x, w0, w1, h0, h1) if t is not None]
+    ours = [t.detach().clone().requires_grad_(True) for t in leaves]
+    theirs = [t.detach().clone().requires_grad_(True) for t in leaves]
+    hs = (ours[3], ours[4]) if history else None
+    got = segment_conv_columns(ours[0], [ours[1], ours[2]], cu, hs)
+    k, v, rest = theirs[0].split([24, 16, 6], 1)
+    want = [mom_ops.segment_conv(k, theirs[1], cu, theirs[3] if history else None),
+            mom_ops.segment_conv(v, theirs[2], cu, theirs[4] if history else None), rest]
+    dys = [torch.randn_like(t) for t in want]
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+    torch.autograd.backward(got, dys)
+    torch.autograd.backward(want, dys)
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a.grad, b.grad)
+
+
+def test_segment_conv_columns_bad_input():
+    from mom_ops.conv import segment_conv_columns
+
+    x, w, cu, h = _inputs([3, 5], 8, 4, True, torch.float32, "cpu")
+    with pytest.raises(ValueError, match="exceed x's columns"):
+        segment_conv_columns(x, [w, w], cu)
+    with pytest.raises(ValueError, match="histories must have one entry per weight"):
+        segment_conv_columns(x, [w], cu, [h, h])
+    with pytest.raises(ValueError, match="x must be"):
+        segment_conv_columns(x[0], [w], cu)
+
+
 def test_segment_conv_bad_input():
     x, w, cu, h = _inputs([3, 5], 8, 4, True, torch.float32, "cpu")
     with pytest.raises(ValueError, match="x must be"):

@@ -35,4 +35,15 @@ inline ConvDims check_segment_conv_args(const at::Tensor& x, const at::Tensor& w
   return d;
 }
 
+// segment_conv_bwd_into's grad_x: [R, C] in x's dtype, on x's device, with dense channels (rows any stride apart).
+inline void check_conv_grad_x_out(const at::Tensor& grad_x, const at::Tensor& x, const ConvDims& d) {
+  CHECK_SHAPE(grad_x, d.rows, d.channels);
+  CHECK_SAME_DTYPE(grad_x, x);
+  CHECK_DEVICE(grad_x, x);
+  TORCH_CHECK_VALUE(d.channels <= 1 || grad_x.stride(1) == 1, "grad_x must have dense channels (stride(1) == 1), got "
+                    "strides ", grad_x.strides());
+  TORCH_CHECK_VALUE(d.rows <= 1 || grad_x.stride(0) >= d.channels, "grad_x's rows must not overlap (stride(0) >= ",
+                    d.channels, "), got strides ", grad_x.strides());
+}
+
 }  // namespace mom_ops

@@ -132,11 +132,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_conv_bwd_cpu(const at::Te
           history.has_value() ? dh.to(history->scalar_type()) : none};
 }
 
+std::tuple<at::Tensor, at::Tensor> segment_conv_bwd_into_cpu(const at::Tensor& grad_y, const at::Tensor& x,
+                                                            const at::Tensor& weight, const at::Tensor& cu_seqlens,
+                                                            const std::optional<at::Tensor>& history, bool activation,
+                                                            at::Tensor& grad_x) {
+  const ConvDims d = check_segment_conv_args(x, weight, cu_seqlens, history);
+  check_conv_grad_x_out(grad_x, x, d);
+  auto [dx, dw, dh] = segment_conv_bwd_cpu(grad_y, x, weight, cu_seqlens, history, activation);
+  grad_x.copy_(dx);
+  return {dw, dh};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mom_ops, CPU, m) {
   m.impl("segment_conv_fwd", &segment_conv_fwd_cpu);
   m.impl("segment_conv_bwd", &segment_conv_bwd_cpu);
+  m.impl("segment_conv_bwd_into", &segment_conv_bwd_into_cpu);
 }
 
 }  // namespace mom_ops

@@ -93,19 +93,16 @@ at::Tensor segment_conv_fwd_cuda(const at::Tensor& x_in, const at::Tensor& weigh
   return y;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_conv_bwd_cuda(const at::Tensor& grad_y_in,
-                                                                    const at::Tensor& x_in, const at::Tensor& weight,
-                                                                    const at::Tensor& cu_seqlens,
-                                                                    const std::optional<at::Tensor>& history,
-                                                                    bool activation) {
-  const ConvDims d = check_segment_conv_args(x_in, weight, cu_seqlens, history);
+// The bwd into a given grad_x [R, C] (dense channels, any row stride, x's dtype); returns grad_weight, grad_history.
+std::tuple<at::Tensor, at::Tensor> conv_bwd(const at::Tensor& grad_y_in, const at::Tensor& x_in, const at::Tensor& weight,
+                                            const at::Tensor& cu_seqlens, const std::optional<at::Tensor>& history,
+                                            bool activation, const at::Tensor& grad_x, const ConvDims& d) {
   CHECK_SHAPE(grad_y_in, d.rows, d.channels);
   CHECK_DEVICE(grad_y_in, x_in);
   c10::cuda::CUDAGuard guard(x_in.device());
   const ConvInputs in = prepare(x_in, weight, cu_seqlens, history, d);
   const at::Tensor x = dense_rows(x_in), grad_y = dense_rows(grad_y_in.to(x_in.scalar_type()));
   const auto f32 = x.options().dtype(at::kFloat);
-  at::Tensor grad_x = at::empty({d.rows, d.channels}, x.options());
   // Every slot of a non-empty segment is written by the kernel; empty segments keep these zeros.
   at::Tensor grad_history = history.has_value() ? at::zeros({d.segments, d.width - 1, d.channels}, f32)
                                                 : at::empty({0}, f32);
@@ -115,6 +112,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_conv_bwd_cuda(const at::T
     p.grad_y = grad_y.data_ptr();
     p.grad_y_row_stride = grad_y.stride(0);
     p.grad_x = grad_x.data_ptr();
+    p.grad_x_row_stride = grad_x.stride(0);
     p.grad_history = history.has_value() ? grad_history.data_ptr<float>() : nullptr;
     const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
     dispatch_conv(x, d, {&x, &grad_y, &grad_x}, [&]<typename T, int kVec, int kW>() {
@@ -133,7 +131,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_conv_bwd_cuda(const at::T
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   if (history.has_value()) grad_history = grad_history.to(history->scalar_type());
-  return {grad_x, grad_w.to(weight.scalar_type()), grad_history};
+  return {grad_w.to(weight.scalar_type()), grad_history};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_conv_bwd_cuda(const at::Tensor& grad_y, const at::Tensor& x,
+                                                                    const at::Tensor& weight,
+                                                                    const at::Tensor& cu_seqlens,
+                                                                    const std::optional<at::Tensor>& history,
+                                                                    bool activation) {
+  const ConvDims d = check_segment_conv_args(x, weight, cu_seqlens, history);
+  at::Tensor grad_x = at::empty({d.rows, d.channels}, x.options());
+  auto [grad_w, grad_history] = conv_bwd(grad_y, x, weight, cu_seqlens, history, activation, grad_x, d);
+  return {grad_x, grad_w, grad_history};
+}
+
+std::tuple<at::Tensor, at::Tensor> segment_conv_bwd_into_cuda(const at::Tensor& grad_y, const at::Tensor& x,
+                                                             const at::Tensor& weight, const at::Tensor& cu_seqlens,
+                                                             const std::optional<at::Tensor>& history,
+                                                             bool activation, at::Tensor& grad_x) {
+  const ConvDims d = check_segment_conv_args(x, weight, cu_seqlens, history);
+  check_conv_grad_x_out(grad_x, x, d);
+  return conv_bwd(grad_y, x, weight, cu_seqlens, history, activation, grad_x, d);
 }
 
 }  // namespace
@@ -141,6 +159,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_conv_bwd_cuda(const at::T
 TORCH_LIBRARY_IMPL(mom_ops, CUDA, m) {
   m.impl("segment_conv_fwd", &segment_conv_fwd_cuda);
   m.impl("segment_conv_bwd", &segment_conv_bwd_cuda);
+  m.impl("segment_conv_bwd_into", &segment_conv_bwd_into_cuda);
 }
 
 }  // namespace mom_ops

@@ -33,10 +33,11 @@ struct ConvParams {
   const void* cu_seqlens;   // [S+1] int32 / int64
   void* y;                  // fwd: [R, C] contiguous
   const void* grad_y;       // bwd: [R, C], rows grad_y_row_stride elements apart
-  void* grad_x;             // bwd: [R, C] contiguous
+  void* grad_x;             // bwd: [R, C], rows grad_x_row_stride elements apart (a column slice of a wider
+                            // gradient, say)
   float* grad_history;      // bwd: [S, W-1, C] fp32 zero-filled by the caller (empty segments keep 0), or nullptr
   float* grad_w_partial;    // bwd: [gridDim.x, C, W]
-  int64_t rows, x_row_stride, grad_y_row_stride;
+  int64_t rows, x_row_stride, grad_y_row_stride, grad_x_row_stride;
   int channels, segments;
   bool cu_int64, activation;
 };
@@ -364,7 +365,7 @@ template <typename T, int kVec, int kW>
 __device__ __forceinline__ void conv_emit(const ConvParams& p, const ConvOwned& own, const ConvSegment& seg, int64_t c0,
                                           int64_t j, const float (&g)[kVec]) {
   if (j >= seg.a) {
-    if (j >= own.r0 && j < own.r1) conv_store<T, kVec>(static_cast<T*>(p.grad_x) + j * p.channels + c0, g);
+    if (j >= own.r0 && j < own.r1) conv_store<T, kVec>(static_cast<T*>(p.grad_x) + j * p.grad_x_row_stride + c0, g);
   } else if (p.grad_history != nullptr && seg.a >= own.r0 && seg.a < own.r1) {
     float* h = p.grad_history + (int64_t(seg.s) * (kW - 1) + (j - seg.a + kW - 1)) * p.channels + c0;
 #pragma unroll
@@ -423,11 +424,11 @@ __global__ void __launch_bounds__(kConvThreads, kW <= 4 ? 2 : 1) segment_conv_bw
       }
       if (seg.s < p.segments && base + kConvBwdChunk <= seg.b && base + kConvBwdChunk <= own.r1 &&
           base - (kW - 1) >= seg.a && base - (kW - 1) >= own.r0) {
-        T* gx_row = static_cast<T*>(p.grad_x) + (base - (kW - 1)) * p.channels + c0;
+        T* gx_row = static_cast<T*>(p.grad_x) + (base - (kW - 1)) * p.grad_x_row_stride + c0;
         if (p.activation) {
-          conv_bwd_chunk<T, kVec, kW, kConvBwdChunk, true>(w, win, acc, gw, in, din, gx_row, p.channels);
+          conv_bwd_chunk<T, kVec, kW, kConvBwdChunk, true>(w, win, acc, gw, in, din, gx_row, p.grad_x_row_stride);
         } else {
-          conv_bwd_chunk<T, kVec, kW, kConvBwdChunk, false>(w, win, acc, gw, in, din, gx_row, p.channels);
+          conv_bwd_chunk<T, kVec, kW, kConvBwdChunk, false>(w, win, acc, gw, in, din, gx_row, p.grad_x_row_stride);
         }
         continue;
       }
@@ -456,7 +457,7 @@ __global__ void __launch_bounds__(kConvThreads, kW <= 4 ? 2 : 1) segment_conv_bw
           float zero[kVec];
 #pragma unroll
           for (int e = 0; e < kVec; ++e) zero[e] = 0.f;
-          conv_store<T, kVec>(static_cast<T*>(p.grad_x) + r * p.channels + c0, zero);
+          conv_store<T, kVec>(static_cast<T*>(p.grad_x) + r * p.grad_x_row_stride + c0, zero);
           continue;
         }
         if (p.activation) {

@@ -83,13 +83,17 @@ at::Tensor fwd(at::Tensor x, at::Tensor w, at::Tensor cu, at::Tensor h, bool act
 
 std::vector<at::Tensor> bwd(at::Tensor gy, at::Tensor x, at::Tensor w, at::Tensor cu, at::Tensor h, bool act,
                             bool vec) {
-  at::Tensor gx = at::full({x.size(0), x.size(1)}, NAN, x.options());
+  // grad_x is a column slice of a wider NaN buffer (16-byte aligned, rows C + 8 apart): the kernel must write
+  // every row of the slice and nothing beside it (run.py checks both).
+  at::Tensor gx_wide = at::full({x.size(0), x.size(1) + 8}, NAN, x.options());
+  at::Tensor gx = gx_wide.narrow(1, 4, x.size(1));
   const int W = int(w.size(1));
   at::Tensor gh = h.dim() == 3 ? at::zeros_like(h) : at::empty({0}, h.options());
   ConvParams p = params(x, w, cu, h, act);
   p.grad_y = gy.data_ptr();
   p.grad_y_row_stride = gy.stride(0);
   p.grad_x = gx.data_ptr();
+  p.grad_x_row_stride = gx.stride(0);
   p.grad_history = h.dim() == 3 ? gh.data_ptr<float>() : nullptr;
   at::Tensor part;
   dispatch(x, W, vec, [&]<typename T, int kVec, int kW>() {
@@ -98,7 +102,7 @@ std::vector<at::Tensor> bwd(at::Tensor gy, at::Tensor x, at::Tensor w, at::Tenso
     p.grad_w_partial = part.data_ptr<float>();
     launch(segment_conv_bwd_kernel<T, kVec, kW>, g, kConvThreads, p);
   });
-  return {gx, part.sum(0), gh};
+  return {gx, part.sum(0), gh, gx_wide};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

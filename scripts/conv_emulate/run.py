@@ -38,7 +38,8 @@ def rel(a, b):
 
 
 def case(emu, lengths, tail, C, W, hist, act, dtype, vec, stride_pad=0, int64=False, seed=0):
-    """True when the emulated fwd and bwd match the reference (and rows past cu_seqlens[-1] are exactly 0)."""
+    """True when the emulated fwd and bwd match the reference (and rows past cu_seqlens[-1] are exactly 0, and the
+    bwd wrote nothing beside its grad_x slice)."""
     g = torch.Generator().manual_seed(seed)
     cu = torch.tensor([0] + torch.tensor(lengths, dtype=torch.long).cumsum(0).tolist(),
                       dtype=torch.int64 if int64 else torch.int32)
@@ -49,7 +50,8 @@ def case(emu, lengths, tail, C, W, hist, act, dtype, vec, stride_pad=0, int64=Fa
     gy = torch.randn(R, C + stride_pad, generator=g).to(dtype)[:, :C]
     hh = h if h is not None else torch.empty(0)
     y = emu.fwd(x, w, cu, hh, act, vec)
-    gx, gw, gh = emu.bwd(gy, x, w, cu, hh, act, vec)
+    gx, gw, gh, gx_wide = emu.bwd(gy, x, w, cu, hh, act, vec)
+    beside = torch.cat([gx_wide[:, :4], gx_wide[:, 4 + C:]], 1)  # grad_x is a column slice: the rest stays NaN
     leaves = [t.float().clone().requires_grad_(True) for t in (x, w, h) if t is not None]
     y_ref = segment_conv_ref(leaves[0], leaves[1], cu, leaves[2] if h is not None else None, act)
     if y_ref.grad_fn is None:
@@ -61,6 +63,7 @@ def case(emu, lengths, tail, C, W, hist, act, dtype, vec, stride_pad=0, int64=Fa
     errs = [rel(y.float(), y_ref), rel(gx.float(), refs[0]), rel(gw, refs[1])] + ([rel(gh, refs[2])] if hist else [])
     end = int(cu[-1])
     ok = all(e < tol for e in errs) and bool((y[end:] == 0).all()) and bool((gx[end:] == 0).all())
+    ok = ok and bool(torch.isnan(beside).all())
     return ok, errs
 
 
