@@ -16,7 +16,7 @@ except ImportError as e:  # pragma: no cover - only hit on a broken install
 
 from mom_ops import _fake  # noqa: F401,E402  (fake kernels for torch.compile / meta tensors)
 from mom_ops import _interim_cuda_backward  # noqa: F401,E402  (Triton scan backward on CUDA until #5)
-from mom_ops.conv import segment_conv  # noqa: E402
+from mom_ops.conv import segment_conv, segment_conv_columns  # noqa: E402
 from mom_ops.decode import fused_recurrent_gated_delta_rule, mom_decode_step  # noqa: E402
 from mom_ops.gdn import chunk_gated_delta_rule  # noqa: E402
 from mom_ops.readout import memory_mix  # noqa: E402
@@ -49,5 +49,6 @@ __all__ = [
     "permute",
     "route",
     "segment_conv",
+    "segment_conv_columns",
     "unpermute",
 ]

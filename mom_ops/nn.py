@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import nn
 
 import mom_ops
-from mom_ops.conv import segment_conv_columns
 from mom_ops.grouped_linear import grouped_linear, grouped_mm_linear, grouped_mm_supported
 from mom_ops.routing import RoutingPlan, check_cu_seqlens_shape
 
@@ -226,7 +225,7 @@ class MoMAttention(nn.Module):
         H, W, K, V = self.num_heads, self.conv_size, self.head_dim, self.head_v_dim
         hist = (None, None, None) if cache is None else (cache.conv_q[rows], cache.conv_k[rows], cache.conv_v[rows])
         qc = segment_causal_conv(q, self.q_conv, cu_seqlens, hist[0]).view(1, -1, H, K)
-        kc, vc, ba = segment_conv_columns(proj, [self.k_conv, self.v_conv], cu_seqlens, hist[1:])
+        kc, vc, ba = mom_ops.segment_conv_columns(proj, [self.k_conv, self.v_conv], cu_seqlens, hist[1:])
         kc, vc = kc.view(1, -1, H, K), vc.view(1, -1, H, V)
         beta = torch.sigmoid(ba[:, :H].float()).to(qc.dtype).unsqueeze(0)
         g = self._log_decay(ba[:, H:]).unsqueeze(0)

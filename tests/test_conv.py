@@ -101,8 +101,6 @@ def test_segment_conv_bwd_into_bad_grad_x():
 def test_segment_conv_columns_matches_split(device, history):
     """segment_conv_columns (the layer's k | v | b | a rows) gives segment_conv of each slice of x.split and the
     rest passed through: the same values and the same gradients (x, weights, histories) as autograd of the split."""
-    from mom_ops.conv import segment_conv_columns
-
     need_kernel("segment_conv_bwd", device)
     x, w0, cu, h0 = _inputs(LENGTHS, 24, 4, history, torch.float32, device, tail=4, seed=1)
     _, w1, _, h1 = _inputs(LENGTHS, 16, 4, history, torch.float32, device, tail=4, seed=2)
@@ -111,7 +109,7 @@ def test_segment_conv_columns_matches_split(device, history):
     ours = [t.detach().clone().requires_grad_(True) for t in leaves]
     theirs = [t.detach().clone().requires_grad_(True) for t in leaves]
     hs = (ours[3], ours[4]) if history else None
-    got = segment_conv_columns(ours[0], [ours[1], ours[2]], cu, hs)
+    got = mom_ops.segment_conv_columns(ours[0], [ours[1], ours[2]], cu, hs)
     k, v, rest = theirs[0].split([24, 16, 6], 1)
     want = [mom_ops.segment_conv(k, theirs[1], cu, theirs[3] if history else None),
             mom_ops.segment_conv(v, theirs[2], cu, theirs[4] if history else None), rest]
@@ -125,15 +123,13 @@ def test_segment_conv_columns_matches_split(device, history):
 
 
 def test_segment_conv_columns_bad_input():
-    from mom_ops.conv import segment_conv_columns
-
     x, w, cu, h = _inputs([3, 5], 8, 4, True, torch.float32, "cpu")
     with pytest.raises(ValueError, match="exceed x's columns"):
-        segment_conv_columns(x, [w, w], cu)
+        mom_ops.segment_conv_columns(x, [w, w], cu)
     with pytest.raises(ValueError, match="histories must have one entry per weight"):
-        segment_conv_columns(x, [w], cu, [h, h])
+        mom_ops.segment_conv_columns(x, [w], cu, [h, h])
     with pytest.raises(ValueError, match="x must be"):
-        segment_conv_columns(x[0], [w], cu)
+        mom_ops.segment_conv_columns(x[0], [w], cu)
 
 
 def test_segment_conv_bad_input():
