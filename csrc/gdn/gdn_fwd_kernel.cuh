@@ -94,7 +94,7 @@ struct GdnSmem {
 
 // T = (I + A)^-1 for the strictly lower 64x64 A (fp32; row stride kLdA, a multiple of 4, so rows load as
 // float4; zeros on and above the diagonal) into Tm (row stride kLdT), by 16x16 blocks, threads 0 .. 32 kWarps - 1
-// (kWarps >= 2), sync() a barrier of exactly those threads. X (128 floats per warp) is scratch. Ends with sync().
+// (kWarps 4 or >= 6), sync() a barrier of exactly those threads. X (128 floats per warp) is scratch. Ends with sync().
 template <int kLdA, int kLdT, int kWarps, typename Sync>
 __device__ __forceinline__ void invert_unit_lower_64_by(const float* A, float* Tm, float* X, int tid, Sync&& sync) {
   // Diagonal blocks: thread (b, c) substitutes column c of block b: t_i = [i == c] - sum_m A_im t_m. Every sum has a
@@ -121,53 +121,57 @@ __device__ __forceinline__ void invert_unit_lower_64_by(const float* A, float* T
     for (int i = 0; i < 16; ++i) Tm[(r0 + i) * kLdT + r0 + c] = t[i];
   }
   sync();
-  // Off-diagonal blocks, one block diagonal d at a time, on the tensor cores in fp32-like 3xTF32 (mma_1688_f32):
-  // item w < 2 (4 - d) (warp w, and w + kWarps.. where there are fewer warps than items) owns the 8 columns
-  // n0 = 16 j + 8 (w % 2).. of block (i, j) = (j + d, j), j = w / 2:
-  // X = sum_{m = 16 j}^{16 i - 1} A[16 i.., m] T[m, n0..] (16 x 8), then T_ij = -T_ii X. X passes from the C to the
-  // B fragment layout through the warp's scratch tile.
+  // Off-diagonal blocks on the tensor cores in fp32-like 3xTF32 (mma_1688_f32), by column chains: chain (j, h) owns
+  // the 8 columns n0 = 16 j + 8 h and computes the blocks (i, j), i = j + 1 .. 3, top down:
+  // X = sum_{m = 16 j}^{16 i - 1} A[16 i.., m] T[m, n0..] (16 x 8), then T_ij = -T_ii X. Block (i, j) needs only the
+  // diagonal blocks and the chain's own earlier blocks, so a chain runs on one warp with __syncwarp between its items
+  // and the whole solve has one more barrier (the products and their order are those of a diagonal-by-diagonal
+  // sweep: T is the same bit for bit). X passes from the C to the B fragment layout through the warp's scratch tile.
   const int warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   float* Xw = X + warp * 128;  // [16][8]
+  auto item = [&](int j, int h, int i) {
+    const int d = i - j, r = 16 * i, n0 = 16 * j + 8 * h;
+    float x[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-  for (int d = 1; d < 4; ++d) {
-    auto item = [&](int w) {
-      const int j = w / 2, i = j + d, r = 16 * i, n0 = 16 * j + 8 * (w % 2);
-      float x[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-      for (int m = 0; m < 16 * d; m += 8) {
+    for (int m = 0; m < 48; m += 8) {
+      if (m < 16 * d) {
         const float* a_row = A + (r + g) * kLdA + 16 * j + m + t;
         const float a[4] = {a_row[0], a_row[8 * kLdA], a_row[4], a_row[8 * kLdA + 4]};
         const float b[2] = {Tm[(16 * j + m + t) * kLdT + n0 + g], Tm[(16 * j + m + t + 4) * kLdT + n0 + g]};
         mma_1688_f32(x, a, b);
       }
-      *reinterpret_cast<float2*>(Xw + g * 8 + 2 * t) = make_float2(x[0], x[1]);
-      *reinterpret_cast<float2*>(Xw + (g + 8) * 8 + 2 * t) = make_float2(x[2], x[3]);
-      __syncwarp();
-      float y[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-      for (int m = 0; m < 16; m += 8) {
-        const float* t_row = Tm + (r + g) * kLdT + r + m + t;
-        const float a[4] = {t_row[0], t_row[8 * kLdT], t_row[4], t_row[8 * kLdT + 4]};
-        const float b[2] = {Xw[(m + t) * 8 + g], Xw[(m + t + 4) * 8 + g]};
-        mma_1688_f32(y, a, b);
-      }
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int row = g + (e < 2 ? 0 : 8), col = 2 * t + (e & 1);
-        Tm[(r + row) * kLdT + n0 + col] = -y[e];
-        Tm[(16 * j + row) * kLdT + r + 8 * (w % 2) + col] = 0.f;  // above the diagonal
-      }
-    };
-    if constexpr (kWarps >= 6) {  // one item per warp at most
-      if (warp < 2 * (4 - d)) item(warp);
-    } else {
-      for (int w = warp; w < 2 * (4 - d); w += kWarps) {
-        item(w);
-        __syncwarp();  // Xw is rewritten by the warp's next item
-      }
     }
-    sync();
+    *reinterpret_cast<float2*>(Xw + g * 8 + 2 * t) = make_float2(x[0], x[1]);
+    *reinterpret_cast<float2*>(Xw + (g + 8) * 8 + 2 * t) = make_float2(x[2], x[3]);
+    __syncwarp();
+    float y[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int m = 0; m < 16; m += 8) {
+      const float* t_row = Tm + (r + g) * kLdT + r + m + t;
+      const float a[4] = {t_row[0], t_row[8 * kLdT], t_row[4], t_row[8 * kLdT + 4]};
+      const float b[2] = {Xw[(m + t) * 8 + g], Xw[(m + t + 4) * 8 + g]};
+      mma_1688_f32(y, a, b);
+    }
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int row = g + (e < 2 ? 0 : 8), col = 2 * t + (e & 1);
+      Tm[(r + row) * kLdT + n0 + col] = -y[e];
+      Tm[(16 * j + row) * kLdT + r + 8 * h + col] = 0.f;  // above the diagonal
+    }
+    __syncwarp();  // the next item reads this block and rewrites Xw
+  };
+  // The warp's items in order. Chains (j, h) have lengths 3, 3, 2, 2, 1, 1 for j = 0, 1, 2. One warp per chain
+  // (kWarps >= 6: chain (warp / 2, warp % 2)), or on 4 warps 3 items each: chain (0, h) on warps 0, 1, chains (1, h)
+  // then (2, h) on warps 2, 3. One loop, so the item's code is inlined once.
+  static_assert(kWarps == 4 || kWarps >= 6, "invert_unit_lower_64_by: 4 warps, or one warp per chain");
+  const int h = warp % 2;
+  int j = warp / 2, i = j + 1;
+  const int items = kWarps == 4 ? 3 : (warp < 6 ? 3 - warp / 2 : 0);
+  for (int s = 0; s < items; ++s) {
+    item(j, h, i);
+    if (++i == 4) ++j, i = j + 1;  // the next chain of the same h (4 warps: (1, h) -> (2, h))
   }
+  sync();
 }
 
 // The same by all 256 threads of a CTA (X: kTSolveScratch floats).
