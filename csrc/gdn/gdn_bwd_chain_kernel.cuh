@@ -22,26 +22,42 @@
 
 namespace mom_ops {
 
-// Shared memory (byte offsets); 16-bit rows padded by 8 elements against bank conflicts.
-template <typename T, int kK, int kBV>
-struct GdnChainSmem {
+// Shared memory (byte offsets); 16-bit rows padded by 8 elements against bank conflicts. kBuffers (1 or 2) copies of
+// W and dO: with two, chunk c - 1's W and dO load while chunk c is worked on (they are read only in its phases (c)
+// to (e)); q and k have one copy (two do not fit at K = 256).
+template <typename T, int kK, int kBV, int kBuffers>
+struct GdnChainSmemOf {
   static constexpr int C = kGdnChunk;
   static constexpr int kLdK = kK + 8, kLdV = kBV + 8, kLdC = C + 8;
   static constexpr int bytes16(int rows, int ld) { return rows * ld * 2; }
   static constexpr int kQ = 0;                               // q [64][kLdK] (raw)
   static constexpr int kKey = kQ + bytes16(C, kLdK);         // k [64][kLdK] (raw)
-  static constexpr int kW = kKey + bytes16(C, kLdK);         // W [64][kLdK] (saved)
-  static constexpr int kDo = kW + bytes16(C, kLdK);          // dO [64][kLdV]
-  static constexpr int kDoq = kDo + bytes16(C, kLdV);        // diag(scale rq e^G) dO [64][kLdV]
+  static constexpr int kW = kKey + bytes16(C, kLdK);         // W [kBuffers][64][kLdK] (saved)
+  static constexpr int kWBuf = bytes16(C, kLdK);             //   (bytes per buffer)
+  static constexpr int kDo = kW + kBuffers * kWBuf;          // dO [kBuffers][64][kLdV]
+  static constexpr int kDoBuf = bytes16(C, kLdV);
+  static constexpr int kDoq = kDo + kBuffers * kDoBuf;       // diag(scale rq e^G) dO [64][kLdV]
   static constexpr int kDvn = kDoq + bytes16(C, kLdV);       // -dVn [64][kLdV]
   static constexpr int kS = kDvn + bytes16(C, kLdV);         // dS^T [kBV][kLdK] (16-bit copy)
   static constexpr int kP = kS + bytes16(kBV, kLdK);         // P [64][kLdC]
   static constexpr int kVec = kP + bytes16(C, kLdC);         // f32 [64] each: G, rq, rk
   static constexpr int kBytes = kVec + 3 * C * 4;
+  static constexpr int ctas_per_sm() { return 2 * kBytes <= kSmemPerCta ? 2 : 1; }
 };
 
+// Two buffers where they cost no CTA per SM (K = 256: 1 CTA either way), else one.
 template <typename T, int kK, int kBV>
-constexpr int kChainCtasPerSm = 2 * GdnChainSmem<T, kK, kBV>::kBytes <= kSmemPerCta ? 2 : 1;
+constexpr int kChainBuffers =
+    GdnChainSmemOf<T, kK, kBV, 2>::kBytes <= kSmemPerCta &&
+            GdnChainSmemOf<T, kK, kBV, 2>::ctas_per_sm() == GdnChainSmemOf<T, kK, kBV, 1>::ctas_per_sm()
+        ? 2
+        : 1;
+
+template <typename T, int kK, int kBV>
+using GdnChainSmem = GdnChainSmemOf<T, kK, kBV, kChainBuffers<T, kK, kBV>>;
+
+template <typename T, int kK, int kBV>
+constexpr int kChainCtasPerSm = GdnChainSmem<T, kK, kBV>::ctas_per_sm();
 
 template <typename T, int kK, int kBV>
 __global__ void __launch_bounds__(kGdnThreads, kChainCtasPerSm<T, kK, kBV>) gdn_bwd_chain_kernel(GdnBwdParams p) {
@@ -53,8 +69,6 @@ __global__ void __launch_bounds__(kGdnThreads, kChainCtasPerSm<T, kK, kBV>) gdn_
   extern __shared__ __align__(16) unsigned char smem[];
   T* sQ = reinterpret_cast<T*>(smem + L::kQ);
   T* sK = reinterpret_cast<T*>(smem + L::kKey);
-  T* sW = reinterpret_cast<T*>(smem + L::kW);
-  T* sDo = reinterpret_cast<T*>(smem + L::kDo);
   T* sDoq = reinterpret_cast<T*>(smem + L::kDoq);
   T* sDvn = reinterpret_cast<T*>(smem + L::kDvn);
   T* sS = reinterpret_cast<T*>(smem + L::kS);
@@ -82,20 +96,45 @@ __global__ void __launch_bounds__(kGdnThreads, kChainCtasPerSm<T, kK, kBV>) gdn_
   };
   publish_state();
 
-  for (int64_t ci = num_chunks - 1; ci >= 0; --ci) {
+  // W [64, K] and dO [64, kBV] of chunk ci into buffer b (zeros past the sequence's end), as one commit group.
+  auto load_w_do = [&](int64_t ci, int b) {
     const int64_t c0 = bos + ci * C;
     const int len = int(min(int64_t(C), eos - c0));
-    // (a) q, k, W [64, K], dO [64, kBV] -> shared memory (zeros past len), g; dS -> the chunk's slot.
-    load_chunk_qk<T, kK, PaddedRows<kLdK>, kGdnThreads>(sQ, sK, q, k, c0, len, p.heads_qk, h, tid);
+    T* sW = reinterpret_cast<T*>(smem + L::kW + b * L::kWBuf);
+    T* sDo = reinterpret_cast<T*>(smem + L::kDo + b * L::kDoBuf);
     copy_rows_async<C, kK, PaddedRows<kLdK>, kGdnThreads>(sW, w + (c0 * p.heads_v + hv) * kK, int64_t(p.heads_v) * kK,
                                                           len, tid);
     copy_rows_async<C, kBV, PaddedRows<kLdV>, kGdnThreads>(sDo, dout + (c0 * p.heads_v + hv) * p.dim_v + v0,
                                                            int64_t(p.heads_v) * p.dim_v, len, tid);
     cp_async_commit();
+  };
+  constexpr int kBuffers = kChainBuffers<T, kK, kBV>;
+  if (kBuffers == 2 && num_chunks > 0) load_w_do(num_chunks - 1, 0);
+
+  for (int64_t ci = num_chunks - 1; ci >= 0; --ci) {
+    const int64_t c0 = bos + ci * C;
+    const int len = int(min(int64_t(C), eos - c0));
+    const int b = kBuffers == 2 ? int((num_chunks - 1 - ci) & 1) : 0;
+    const T* sW = reinterpret_cast<const T*>(smem + L::kW + b * L::kWBuf);
+    const T* sDo = reinterpret_cast<const T*>(smem + L::kDo + b * L::kDoBuf);
+    // (a) q, k [64, K] -> shared memory (zeros past len), g; W and dO (loaded one chunk ahead with two buffers,
+    // the next chunk's now going out into the other buffer, free since the previous chunk's last barrier); dS -> the
+    // chunk's slot.
+    load_chunk_qk<T, kK, PaddedRows<kLdK>, kGdnThreads>(sQ, sK, q, k, c0, len, p.heads_qk, h, tid);
+    if constexpr (kBuffers == 1) {
+      load_w_do(ci, 0);  // commits q, k, W and dO as one group
+    } else {
+      cp_async_commit();
+      if (ci > 0) load_w_do(ci - 1, b ^ 1);
+    }
     if (tid < C) sG[tid] = tid < len ? p.g[(c0 + tid) * p.heads_v + hv] : 0.f;
     ST::store(static_cast<T*>(p.ds1) + ((slot0 + ci) * p.heads_v + hv) * int64_t(kK) * p.dim_v + v0, p.dim_v, dS,
               warp, lane);
-    cp_async_wait<0>();
+    if (kBuffers == 2 && ci > 0) {
+      cp_async_wait<1>();  // all but the next chunk's W, dO
+    } else {
+      cp_async_wait<0>();
+    }
     __syncthreads();
 
     // (b) l2norm factors, G = cumsum(g).
