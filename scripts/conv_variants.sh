@@ -23,7 +23,8 @@ done
 wait
 for v in "${variants[@]}"; do
   name=${v%%:*}
-  regs=$(grep -A2 "Compiling entry.*segment_conv" "/tmp/cv_$name.log" | grep -oE "Used [0-9]+ registers|[0-9]+ bytes spill stores" | tr '\n' ' ')
+  regs=$(grep -A3 "Compiling entry.*segment_conv" "/tmp/cv_$name.log" \
+    | grep -oE "Used [0-9]+ registers|[0-9]+ bytes spill stores" | tr '\n' ' ')
   echo "== $name ($regs)"
   [ -x "/tmp/cv_$name" ] && "/tmp/cv_$name" || grep -i error "/tmp/cv_$name.log" | head -5
 done

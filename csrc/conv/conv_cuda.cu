@@ -94,9 +94,10 @@ at::Tensor segment_conv_fwd_cuda(const at::Tensor& x_in, const at::Tensor& weigh
 }
 
 // The bwd into a given grad_x [R, C] (dense channels, any row stride, x's dtype); returns grad_weight, grad_history.
-std::tuple<at::Tensor, at::Tensor> conv_bwd(const at::Tensor& grad_y_in, const at::Tensor& x_in, const at::Tensor& weight,
-                                            const at::Tensor& cu_seqlens, const std::optional<at::Tensor>& history,
-                                            bool activation, const at::Tensor& grad_x, const ConvDims& d) {
+std::tuple<at::Tensor, at::Tensor> conv_bwd(const at::Tensor& grad_y_in, const at::Tensor& x_in,
+                                            const at::Tensor& weight, const at::Tensor& cu_seqlens,
+                                            const std::optional<at::Tensor>& history, bool activation,
+                                            const at::Tensor& grad_x, const ConvDims& d) {
   CHECK_SHAPE(grad_y_in, d.rows, d.channels);
   CHECK_DEVICE(grad_y_in, x_in);
   c10::cuda::CUDAGuard guard(x_in.device());

@@ -5,15 +5,16 @@
 //        grad_history = the same sums for the W-1 virtual rows before each segment,
 //        grad_w[:, k] = sum_r dpre[r] in(r - (W-1) + k)  (per-CTA partials, summed by the caller).
 // Meant to be bandwidth-bound; v2 was issue-bound instead (ncu: SM 53% busy, DRAM 21%), so a chunk of rows that
-// lies inside one segment and the run takes a path without per-row checks. Each thread owns kVec = 4 channels (16 bytes of fp32, 8 of bf16/fp16; kVec = 1 when C or
-// the pointers do not allow vectors) and a run of kConvRows consecutive rows: a warp is 32 consecutive vectors of
-// one run (coalesced rows), a CTA kConvWarps runs of the same 32 vectors. (With 8 bf16 channels per thread the
-// kernels needed 151 (fwd) and 205 (bwd) registers at W = 4: one CTA per SM.) The thread finds the segment of its
-// first row by a binary search of cu_seqlens and walks its rows keeping the W-1 previous inputs in registers (a
-// sliding window), reloading the window from the history when a segment starts inside its run. Rows are loaded
-// a chunk at a time (independent loads in flight), the next chunk's while this one is walked. The bwd walks W-1 rows past its run
-// (their dpre feed its last rows' grad_x) and keeps W pending gradient sums (the virtual rows r-W+1 .. r),
-// emitting the oldest at each row and all of them at a segment's end.
+// lies inside one segment and the run takes a path without per-row checks. Each thread owns kVec = 4 channels (16
+// bytes of fp32, 8 of bf16/fp16; kVec = 1 when C or the pointers do not allow vectors) and a run of kConvRows
+// consecutive rows: a warp is 32 consecutive vectors of one run (coalesced rows), a CTA kConvWarps runs of the same
+// 32 vectors. (With 8 bf16 channels per thread the kernels needed 151 (fwd) and 205 (bwd) registers at W = 4: one
+// CTA per SM.) The thread finds the segment of its first row by a binary search of cu_seqlens and walks its rows
+// keeping the W-1 previous inputs in registers (a sliding window), reloading the window from the history when a
+// segment starts inside its run. Rows are loaded a chunk at a time (independent loads in flight), the next chunk's
+// while this one is walked. The bwd walks W-1 rows past its run (their dpre feed its last rows' grad_x) and keeps W
+// pending gradient sums (the virtual rows r-W+1 .. r), emitting the oldest at each row and all of them at a
+// segment's end.
 // Deterministic: no atomics; every sum has a fixed order.
 #pragma once
 
@@ -188,7 +189,8 @@ __device__ __forceinline__ void conv_load_chunk(const T* src, int64_t row_stride
 
 // dst = src, packet by packet (the double-buffered walks hand the next chunk over; register moves).
 template <typename T, int kVec, int kChunk>
-__device__ __forceinline__ void conv_copy_chunk(const ConvPacket<T, kVec> (&src)[kChunk], ConvPacket<T, kVec> (&dst)[kChunk]) {
+__device__ __forceinline__ void conv_copy_chunk(const ConvPacket<T, kVec> (&src)[kChunk],
+                                                ConvPacket<T, kVec> (&dst)[kChunk]) {
 #pragma unroll
   for (int i = 0; i < kChunk; ++i) dst[i] = src[i];
 }
