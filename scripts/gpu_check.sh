@@ -2,7 +2,8 @@
 # On a GPU machine: install carried wheels, build mom_ops, run the GPU tests and the benchmarks, check clocks.
 # Logs and results go to $OUT (or ./gpu_out). One command, well under 10 minutes:
 #   bash scripts/gpu_check.sh [pytest -k expression] [bench --only list]
-# Env: MOM_OPS_COMMIT (recorded in the results), SKIP_TESTS=1, SKIP_BENCH=1, SKIP_PROBE=1 (the wgmma and TMA
+# Env: MOM_OPS_COMMIT (recorded in the results; set it from the checkout that holds the commits, e.g.
+# MOM_OPS_COMMIT=abc1234 in the device command: the device's copy of .git may name an older HEAD), SKIP_TESTS=1, SKIP_BENCH=1, SKIP_PROBE=1 (the wgmma and TMA
 # probes), TEST_TIMEOUT, MAX_JOBS, BENCH_PROVIDERS and BENCH_MODES (comma lists), BENCH_MERGE=1 (start from this GPU's
 # bench/results file and redo only the selected records), PROFILE_CASES ("case:mode ...": each case's mom_ops kernels
 # and their times, from scripts/profile_case.py, printed after the benchmarks), SANITIZE=1
