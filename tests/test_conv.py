@@ -98,19 +98,22 @@ def test_segment_conv_bwd_into_bad_grad_x():
 
 @pytest.mark.parametrize("device", device_param())
 @pytest.mark.parametrize("history", [False, True])
-def test_segment_conv_columns_matches_split(device, history):
+@pytest.mark.parametrize("dtype, widths", [(torch.float32, (24, 16, 6)), (torch.bfloat16, (32, 64, 8))])
+def test_segment_conv_columns_matches_split(device, history, dtype, widths):
     """segment_conv_columns (the layer's k | v | b | a rows) gives segment_conv of each slice of x.split and the
-    rest passed through: the same values and the same gradients (x, weights, histories) as autograd of the split."""
+    rest passed through: the same values and the same gradients (x, weights, histories) as autograd of the split.
+    Rows 46 elements apart take the CUDA kernels' single-element path, 104 apart (bf16) the vector path."""
     need_kernel("segment_conv_bwd", device)
-    x, w0, cu, h0 = _inputs(LENGTHS, 24, 4, history, torch.float32, device, tail=4, seed=1)
-    _, w1, _, h1 = _inputs(LENGTHS, 16, 4, history, torch.float32, device, tail=4, seed=2)
-    x = torch.cat([x, torch.randn(x.shape[0], 22, device=device)], 1)  # 24 + 16 conv'd columns, 6 passed through
+    c0, c1, c2 = widths
+    x, w0, cu, h0 = _inputs(LENGTHS, c0, 4, history, dtype, device, tail=4, seed=1)
+    _, w1, _, h1 = _inputs(LENGTHS, c1, 4, history, dtype, device, tail=4, seed=2)
+    x = torch.cat([x, torch.randn(x.shape[0], c1 + c2, device=device).to(dtype)], 1)  # conv'd, conv'd, passed
     leaves = [t for t in (x, w0, w1, h0, h1) if t is not None]
     ours = [t.detach().clone().requires_grad_(True) for t in leaves]
     theirs = [t.detach().clone().requires_grad_(True) for t in leaves]
     hs = (ours[3], ours[4]) if history else None
     got = mom_ops.segment_conv_columns(ours[0], [ours[1], ours[2]], cu, hs)
-    k, v, rest = theirs[0].split([24, 16, 6], 1)
+    k, v, rest = theirs[0].split([c0, c1, c2], 1)
     want = [mom_ops.segment_conv(k, theirs[1], cu, theirs[3] if history else None),
             mom_ops.segment_conv(v, theirs[2], cu, theirs[4] if history else None), rest]
     dys = [torch.randn_like(t) for t in want]
