@@ -93,6 +93,10 @@ def test_segment_conv_bwd_into_bad_grad_x():
         bwd_into(dy, x, w, cu, h, True, torch.empty(x.shape, dtype=torch.float64))
     with pytest.raises(ValueError, match="grad_x must have dense channels"):
         bwd_into(dy, x, w, cu, h, True, torch.empty(x.shape[1], x.shape[0]).t())
+    with pytest.raises(ValueError, match="grad_x must not share memory with grad_y"):
+        bwd_into(dy, x, w, cu, h, True, dy)
+    with pytest.raises(ValueError, match="grad_x must not share memory with x"):
+        bwd_into(dy, x, w, cu, h, True, x)
     torch.library.opcheck(bwd_into.default, (dy, x, w, cu, h, True, torch.empty_like(x)))
 
 

@@ -1,7 +1,10 @@
 // Argument checks of segment_conv (fwd, bwd), shared by the CPU and CUDA implementations.
 #pragma once
 
+#include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
+
+#include <utility>
 
 #include "common/check.h"
 #include "common/cu_seqlens.h"
@@ -35,8 +38,16 @@ inline ConvDims check_segment_conv_args(const at::Tensor& x, const at::Tensor& w
   return d;
 }
 
-// segment_conv_bwd_into's grad_x: [R, C] in x's dtype, on x's device, with dense channels (rows any stride apart).
-inline void check_conv_grad_x_out(const at::Tensor& grad_x, const at::Tensor& x, const ConvDims& d) {
+// segment_conv_bwd_into's grad_x: [R, C] in x's dtype, on x's device, with dense channels (rows any stride apart),
+// not sharing memory with x or grad_y (the kernel reads them while it writes grad_x; column slices of one buffer
+// that interleave are not detected).
+inline void check_conv_grad_x_out(const at::Tensor& grad_x, const at::Tensor& x, const at::Tensor& grad_y,
+                                  const ConvDims& d) {
+  for (const auto& [input, name] : {std::pair{&x, "x"}, std::pair{&grad_y, "grad_y"}}) {
+    const at::MemOverlapStatus overlap = at::get_overlap_status(grad_x, *input);
+    TORCH_CHECK_VALUE(overlap != at::MemOverlapStatus::Full && overlap != at::MemOverlapStatus::Partial,
+                      "grad_x must not share memory with ", name);
+  }
   CHECK_SHAPE(grad_x, d.rows, d.channels);
   CHECK_SAME_DTYPE(grad_x, x);
   CHECK_DEVICE(grad_x, x);

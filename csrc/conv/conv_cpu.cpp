@@ -137,7 +137,7 @@ std::tuple<at::Tensor, at::Tensor> segment_conv_bwd_into_cpu(const at::Tensor& g
                                                             const std::optional<at::Tensor>& history, bool activation,
                                                             at::Tensor& grad_x) {
   const ConvDims d = check_segment_conv_args(x, weight, cu_seqlens, history);
-  check_conv_grad_x_out(grad_x, x, d);
+  check_conv_grad_x_out(grad_x, x, grad_y, d);
   auto [dx, dw, dh] = segment_conv_bwd_cpu(grad_y, x, weight, cu_seqlens, history, activation);
   grad_x.copy_(dx);
   return {dw, dh};
