@@ -96,7 +96,7 @@ def _memory_mix_bwd_fake(grad_out, o_routed, dst_row, src_pair, weights, shared,
         torch.empty_like(weights),
         torch.empty_like(shared) if shared is not None else none,
         torch.empty_like(norm_weight) if norm_weight is not None else none,
-        torch.empty_like(gate) if gate is not None else none,
+        _empty(*gate.shape, like=gate) if gate is not None else none,  # contiguous, whatever gate's strides
     )
 
 

@@ -332,7 +332,7 @@ class MoMAttention(nn.Module):
         weights = plan.weights
         if self.shared_memory:  # the stream's pair 0 is the shared memory, with weight 1
             weights = torch.cat([torch.ones_like(weights[:, :1]), weights], 1)
-        gate = gate.contiguous().view(-1, H, self.head_v_dim)  # copied once here, not in memory_mix's fwd and bwd
+        gate = gate.view(-1, H, self.head_v_dim)  # a column slice: memory_mix reads it in place
         o = mom_ops.memory_mix(o_stream, stream, weights=weights, norm_weight=self.o_norm, gate=gate, eps=self.norm_eps)
         out = self.o_proj(o.reshape(o.shape[0], H * self.head_v_dim)).view_as(x)
         aux_loss = self._aux_loss(logits, plan, mask)

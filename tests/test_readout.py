@@ -161,6 +161,29 @@ def test_gpu_memory_mix_accepts_unaligned_views(dtype):
         assert torch.equal(a, b)
 
 
+
+@pytest.mark.parametrize("device", device_param())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("offset", [8, 3])
+def test_memory_mix_gate_column_slice(device, dtype, offset):
+    """A gate that is a column slice of a wider [N, C] tensor (the layer's token projections; read in place on CUDA
+    where the slice is 16-byte aligned, copied otherwise) gives the values and gradients of a contiguous gate, and
+    its gradient comes back [N, H, V] contiguous."""
+    need_kernel("memory_mix_bwd", device)
+    plan, o_routed, shared, norm_w, gate = _setup(n=64, H=2, V=64, dtype=dtype, device=device)
+    wide = torch.randn(64, 144, device=device).to(dtype)  # offset 8: an aligned slice; 3: not (copied on CUDA)
+    wide[:, offset:offset + 128] = gate.reshape(64, 128)
+    dy = torch.randn_like(shared)
+    results = []
+    for g in (gate, wide[:, offset:offset + 128].view(64, 2, 64)):
+        leaves = [a.detach().requires_grad_(True) for a in (o_routed, g)]
+        out = mom_ops.memory_mix(leaves[0], plan, plan.weights, shared, norm_w, leaves[1])
+        out.backward(dy)
+        results.append([out, leaves[0].grad, leaves[1].grad])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+    assert results[1][2].is_contiguous()
+
 @pytest.mark.gpu
 def test_gpu_memory_mix_rejects_unaligned_v():
     need_kernel("memory_mix_fwd", "cuda")

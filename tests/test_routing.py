@@ -119,6 +119,22 @@ def test_permute_unpermute_match_reference(device, dtype):
     torch.testing.assert_close(ones[routed], 2 * x.float()[routed])
 
 
+
+@pytest.mark.parametrize("device", device_param())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("cols", [(8, 72), (3, 40), (0, 1)])
+def test_permute_reads_column_slices_in_place(device, dtype, cols):
+    """permute of a column slice (rows farther apart than their width: the CUDA kernel reads them at their stride,
+    vectorised where the slice is 16-byte aligned) equals permute of its contiguous copy; so does an expanded x."""
+    need_kernel("permute", device)
+    logits, cu, mask = _route_inputs(150, 4, 3, [40, 0, 110], True, seed=2, device=device)
+    plan = mom_ops.route(logits, 2, cu_seqlens=cu, mask=mask)
+    wide = torch.randn(150, 96, device=device).to(dtype)
+    x = wide[:, cols[0]:cols[1]]
+    assert torch.equal(mom_ops.permute(x, plan), mom_ops.permute(x.contiguous(), plan))
+    row = wide[:1].expand(150, -1)  # stride(0) == 0
+    assert torch.equal(mom_ops.permute(row, plan), mom_ops.permute(row.contiguous(), plan))
+
 def _plan(n=30, m=4, k=2, b=2, dtype=torch.float64):
     logits = torch.randn(n, m)
     return mom_ops.route(logits, k, batch_size=b)

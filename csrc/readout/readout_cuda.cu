@@ -36,7 +36,15 @@ MixInputs prepare(const at::Tensor& o_routed, const at::Tensor& dst_row, const a
   in.weights = weights.contiguous();
   if (shared.has_value()) in.shared = contiguous_aligned16(*shared);
   if (norm_weight.has_value()) in.norm_weight = contiguous_aligned16(norm_weight->to(at::kFloat));
-  if (gate.has_value()) in.gate = contiguous_aligned16(*gate);
+  if (gate.has_value()) {
+    // The gate is read in place where each row's heads are dense and 16-byte aligned (a column slice of the layer's
+    // token projections); rows may be any multiple of 16 bytes apart.
+    const at::Tensor& z = *gate;
+    const bool in_place = z.stride(2) == 1 && (z.size(1) == 1 || z.stride(1) == d.dim_v) &&
+                          (z.size(0) == 1 || z.stride(0) % vec == 0) &&
+                          reinterpret_cast<uintptr_t>(z.data_ptr()) % 16 == 0;
+    in.gate = in_place ? z : contiguous_aligned16(z);
+  }
   return in;
 }
 
@@ -49,6 +57,7 @@ MixParams make_params(const MixInputs& in, const at::Tensor& dst_row, const at::
   p.shared = in.shared.defined() ? in.shared.data_ptr() : nullptr;
   p.norm_weight = in.norm_weight.defined() ? in.norm_weight.data_ptr<float>() : nullptr;
   p.gate = in.gate.defined() ? in.gate.data_ptr() : nullptr;
+  p.gate_row_stride = in.gate.defined() && in.gate.size(0) > 1 ? in.gate.stride(0) : 0;
   p.num_tokens = dst_row.size(0);
   p.num_rows = src_pair.size(0);
   p.topk = int(dst_row.size(1));
@@ -132,7 +141,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_mi
   at::Tensor grad_o_routed = at::empty_like(in.o_routed);
   at::Tensor grad_weights = at::empty({dst_row.size(0), dst_row.size(1)}, f32);
   at::Tensor grad_shared = shared.has_value() ? at::empty_like(in.shared) : none;
-  at::Tensor grad_gate = gate.has_value() ? at::empty_like(in.gate) : none;
+  // [N, H, V] contiguous whatever the gate's row stride
+  at::Tensor grad_gate = gate.has_value() ? at::empty({p.num_tokens, p.heads, p.dim_v}, in.o_routed.options()) : none;
   p.grad_out = dy.data_ptr();
   p.grad_o_routed = grad_o_routed.data_ptr();
   p.grad_weights = grad_weights.data_ptr<float>();

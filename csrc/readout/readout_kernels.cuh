@@ -26,7 +26,7 @@ struct MixParams {
   const float* weights;      // [N, k]
   const void* shared;        // [N, H, V] or nullptr
   const float* norm_weight;  // [V] fp32, or nullptr
-  const void* gate;          // [N, H, V] or nullptr
+  const void* gate;          // [N, H, V] or nullptr; rows gate_row_stride elements apart (heads dense in a row)
   void* out;                 // fwd: [N, H, V]
   const void* grad_out;      // bwd: [N, H, V]
   void* grad_o_routed;       // bwd: [R, H, V]
@@ -35,6 +35,7 @@ struct MixParams {
   void* grad_gate;           // bwd: [N, H, V] or nullptr
   float* grad_norm_partial;  // bwd: [gridDim.x, V] or nullptr
   int64_t num_tokens, num_rows;
+  int64_t gate_row_stride;  // H * V, or more for a column slice of a wider tensor (the layer's token projections)
   int topk, heads, dim_v;
   float eps, inv_dim_v;  // 1 / dim_v
 };
@@ -195,7 +196,9 @@ __device__ __forceinline__ void issue_item_loads(const MixParams& p, int64_t n, 
   x.refs = refs;
   if (n >= p.num_tokens) return;
   if (p.shared != nullptr) load_lane_row(static_cast<const T*>(p.shared) + base, p.dim_v, lane, x.shared);
-  if (p.gate != nullptr) load_lane_row(static_cast<const T*>(p.gate) + base, p.dim_v, lane, x.gate);
+  if (p.gate != nullptr) {
+    load_lane_row(static_cast<const T*>(p.gate) + n * p.gate_row_stride + col0, p.dim_v, lane, x.gate);
+  }
   if (kBackward) load_lane_row(static_cast<const T*>(p.grad_out) + base, p.dim_v, lane, x.dy);
 #pragma unroll
   for (int j = 0; j < kMixSlotsInFlight; ++j) {

@@ -78,8 +78,8 @@ void launch_rows(const at::Tensor& data, int64_t rows, PermuteParams& p) {
   TORCH_CHECK(blocks < (int64_t(1) << 31), "too many rows for one launch: ", rows);
   FLOAT_SWITCH(data.scalar_type(), elem_t, [&] {
     constexpr int kVec = 16 / sizeof(elem_t);
-    const bool aligned = p.dim % kVec == 0 && reinterpret_cast<uintptr_t>(p.in) % 16 == 0 &&
-                         reinterpret_cast<uintptr_t>(p.out) % 16 == 0 &&
+    const bool aligned = p.dim % kVec == 0 && p.in_row_stride % kVec == 0 &&
+                         reinterpret_cast<uintptr_t>(p.in) % 16 == 0 && reinterpret_cast<uintptr_t>(p.out) % 16 == 0 &&
                          (p.other == nullptr || reinterpret_cast<uintptr_t>(p.other) % 16 == 0);
     BOOL_SWITCH(aligned, kAligned, [&] {
       Launch<elem_t, kAligned ? kVec : 1>::run(blocks, kThreads, stream, p);
@@ -115,6 +115,7 @@ PermuteParams plan_params(const at::Tensor& dst_row, const at::Tensor& src_pair,
   p.topk = int(dst_row.size(1));
   p.num_rows = src_pair.size(0);
   p.dim = dim;
+  p.in_row_stride = dim;
   return p;
 }
 
@@ -125,10 +126,13 @@ at::Tensor permute_cuda(const at::Tensor& x, const at::Tensor& dst_row, const at
   TORCH_CHECK_VALUE(x.size(0) == dst_row.size(0), "x must have one row per token of the plan (", dst_row.size(0),
                     "), got ", x.size(0));
   c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor xc = x.contiguous();
+  // Rows with dense columns are read in place at their stride (a column slice of a wider projection, say; rows are
+  // only read, so any stride(0) will do, 0 included).
+  const at::Tensor xc = x.size(1) <= 1 || x.stride(1) == 1 ? x : x.contiguous();
   at::Tensor y = at::empty({src_pair.size(0), x.size(1)}, x.options());
   PermuteParams p = plan_params(dst_row, src_pair, x.size(1));
   p.in = xc.data_ptr();
+  if (xc.size(0) > 1) p.in_row_stride = xc.stride(0);
   p.out = y.data_ptr();
   launch_rows<PermuteLaunch>(xc, std::max(p.num_rows, p.num_tokens), p);
   return y;

@@ -228,6 +228,7 @@ struct PermuteParams {
   const float* weights;  // [N, k] or nullptr
   float* grad_weights;   // [N, k] or nullptr (unpermute_bwd)
   int64_t num_tokens, num_rows, dim;  // dim in elements
+  int64_t in_row_stride;              // permute: elements between x's rows (a column slice of a wider x: more than dim)
   int topk;
 };
 
@@ -249,7 +250,7 @@ __global__ void permute_kernel(PermuteParams p) {
   const int lane = threadIdx.x % 32;
   const int64_t vecs = p.dim / kVec;
   if (w < p.num_tokens) {
-    const V* in = reinterpret_cast<const V*>(static_cast<const T*>(p.in) + w * p.dim);
+    const V* in = reinterpret_cast<const V*>(static_cast<const T*>(p.in) + w * p.in_row_stride);
     V* out = static_cast<V*>(p.out);
 #pragma unroll 2
     for (int64_t i = lane; i < vecs; i += 32) {
