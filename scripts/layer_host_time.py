@@ -1,6 +1,6 @@
 """Is MoMAttention host-bound? For the bench's layer configurations, the host time to issue one call (the GPU held
-busy by a sleep kernel, so no launch ever waits) and the GPU time of the same calls run back to back (events
-after the sleep: no launch gaps), then a cProfile of the host side of the training step.
+busy by a sleep kernel, so no launch waits) and the GPU time of calls run back to back (events after a sleep: no
+launch gaps), then a cProfile of the host side of the training step.
     python3 scripts/layer_host_time.py [module.py ...]
 Each extra argument is another file defining MoMAttention (an older mom_ops/nn.py, say) to time beside it."""
 import cProfile
@@ -28,19 +28,26 @@ def load(path):
 
 
 def timed(fn, calls=CALLS):
-    """(host ms per call, GPU ms per call): the calls are issued behind a ~0.3 s sleep kernel."""
+    """(host ms per call, GPU ms per call). Host: the median of single calls each issued behind a sleep kernel (one
+    call's launches never fill the launch queue, so none waits). GPU: `calls` calls issued behind one sleep and
+    timed by events around them (back to back on the GPU: no launch gaps)."""
     fn()
     torch.cuda.synchronize()
+    hosts = []
+    for _ in range(calls):
+        torch.cuda._sleep(200_000_000)
+        t = time.perf_counter()
+        fn()
+        hosts.append((time.perf_counter() - t) * 1e3)
+        torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     torch.cuda._sleep(600_000_000)
     start.record()
-    t = time.perf_counter()
     for _ in range(calls):
         fn()
-    host = (time.perf_counter() - t) / calls * 1e3
     end.record()
     torch.cuda.synchronize()
-    return host, start.elapsed_time(end) / calls
+    return sorted(hosts)[len(hosts) // 2], start.elapsed_time(end) / calls
 
 
 def main():
@@ -65,13 +72,13 @@ def main():
                 host, gpu = timed(fn)
                 print(f"B{batch} T{seqlen} {mode:7s} {name:24s} host {host:7.3f} ms  gpu {gpu:7.3f} ms")
             if (batch, seqlen) == CONFIGS[0] and name == "mom_ops.nn":
-                torch.cuda._sleep(2_000_000_000)
                 profiler = cProfile.Profile()
-                profiler.enable()
-                for _ in range(CALLS):
+                for _ in range(CALLS):  # one step at a time behind a sleep, as in timed()
+                    torch.cuda._sleep(200_000_000)
+                    profiler.enable()
                     step()
-                profiler.disable()
-                torch.cuda.synchronize()
+                    profiler.disable()
+                    torch.cuda.synchronize()
                 pstats.Stats(profiler).sort_stats("tottime").print_stats(35)
 
 
