@@ -77,6 +77,7 @@ int main() {
   ConvParams p{};
   p.x = x;
   p.weight = w;
+  p.weight_f32 = true;
   p.cu_seqlens = cu;
   p.y = y;
   p.grad_y = gy;

@@ -15,7 +15,8 @@
 namespace mom_ops {
 namespace {
 
-// The small inputs as the kernels read them: weight and history in fp32, contiguous; cu_seqlens contiguous.
+// The small inputs as the kernels read them: weight contiguous in fp32 or x's dtype (read as is, no cast launch),
+// history in fp32, contiguous; cu_seqlens contiguous.
 struct ConvInputs {
   at::Tensor weight, history, cu;
 };
@@ -26,7 +27,8 @@ ConvInputs prepare(const at::Tensor& x, const at::Tensor& weight, const at::Tens
   TORCH_CHECK_VALUE(d.channels < (int64_t(1) << 31) / kConvMaxWidth, "x has too many channels for CUDA: ", d.channels);
   TORCH_CHECK_VALUE(d.segments < (int64_t(1) << 31) - 1, "cu_seqlens has too many segments for CUDA: ", d.segments);
   ConvInputs in;
-  in.weight = weight.to(at::kFloat).contiguous();
+  const bool as_is = weight.scalar_type() == at::kFloat || weight.scalar_type() == x.scalar_type();
+  in.weight = (as_is ? weight : weight.to(at::kFloat)).contiguous();
   if (history.has_value()) in.history = history->to(at::kFloat).contiguous();
   in.cu = cu_seqlens.contiguous();
   return in;
@@ -38,7 +40,8 @@ at::Tensor dense_rows(const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.co
 ConvParams make_params(const at::Tensor& x, const ConvInputs& in, const ConvDims& d, bool activation) {
   ConvParams p{};
   p.x = x.data_ptr();
-  p.weight = in.weight.data_ptr<float>();
+  p.weight = in.weight.data_ptr();
+  p.weight_f32 = in.weight.scalar_type() == at::kFloat;
   p.history = in.history.defined() ? in.history.data_ptr<float>() : nullptr;
   p.cu_seqlens = in.cu.data_ptr();
   p.cu_int64 = in.cu.scalar_type() == at::kLong;
@@ -107,7 +110,7 @@ std::tuple<at::Tensor, at::Tensor> conv_bwd(const at::Tensor& grad_y_in, const a
   // Every slot of a non-empty segment is written by the kernel; empty segments keep these zeros.
   at::Tensor grad_history = history.has_value() ? at::zeros({d.segments, d.width - 1, d.channels}, f32)
                                                 : at::empty({0}, f32);
-  at::Tensor partial = at::zeros({1, d.channels, d.width}, f32);  // replaced by the launch's [grid.x, C, W]
+  at::Tensor partial;  // [grid.x, C, W] from the launch; one row of zeros when nothing runs
   if (d.rows > 0 && d.channels > 0) {
     ConvParams p = make_params(x, in, d, activation);
     p.grad_y = grad_y.data_ptr();
@@ -123,16 +126,24 @@ std::tuple<at::Tensor, at::Tensor> conv_bwd(const at::Tensor& grad_y_in, const a
       segment_conv_bwd_kernel<T, kVec, kW><<<grid, kConvThreads, 0, stream>>>(p);
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+  } else {
+    partial = at::zeros({1, d.channels, d.width}, f32);
   }
-  at::Tensor grad_w = at::empty({d.channels, d.width}, f32);
+  // The column sums are written in the weight's dtype where the kernel can (no separate cast launch).
+  const at::ScalarType w_dtype = weight.scalar_type();
+  const bool direct = w_dtype == at::kFloat || w_dtype == at::kHalf || w_dtype == at::kBFloat16;
+  at::Tensor grad_w = at::empty({d.channels, d.width}, weight.options().dtype(direct ? w_dtype : at::kFloat));
   if (d.channels > 0) {
     const int64_t cols = d.channels * d.width;
-    column_sum_kernel<float><<<unsigned((cols + 31) / 32), kColumnSumWarps * 32, 0, at::cuda::getCurrentCUDAStream()>>>(
-        partial.data_ptr<float>(), partial.size(0), cols, grad_w.data_ptr<float>());
+    FLOAT_SWITCH(grad_w.scalar_type(), out_t, [&] {
+      column_sum_kernel<out_t><<<unsigned((cols + 31) / 32), kColumnSumWarps * 32, 0,
+                                 at::cuda::getCurrentCUDAStream()>>>(partial.data_ptr<float>(), partial.size(0), cols,
+                                                                     grad_w.data_ptr<out_t>());
+    });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   if (history.has_value()) grad_history = grad_history.to(history->scalar_type());
-  return {grad_w.to(weight.scalar_type()), grad_history};
+  return {direct ? grad_w : grad_w.to(w_dtype), grad_history};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_conv_bwd_cuda(const at::Tensor& grad_y, const at::Tensor& x,

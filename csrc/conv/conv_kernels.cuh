@@ -29,7 +29,7 @@ namespace mom_ops {
 
 struct ConvParams {
   const void* x;            // [R, C], rows x_row_stride elements apart
-  const float* weight;      // [C, W] fp32
+  const void* weight;       // [C, W] contiguous, fp32 (weight_f32) or x's dtype (read as is: no cast launch)
   const float* history;     // [S, W-1, C] fp32, or nullptr (zeros)
   const void* cu_seqlens;   // [S+1] int32 / int64
   void* y;                  // fwd: [R, C] contiguous
@@ -40,7 +40,7 @@ struct ConvParams {
   float* grad_w_partial;    // bwd: [gridDim.x, C, W]
   int64_t rows, x_row_stride, grad_y_row_stride, grad_x_row_stride;
   int channels, segments;
-  bool cu_int64, activation;
+  bool cu_int64, activation, weight_f32;
 };
 
 // The MOM_OPS_CONV_* macros exist for scripts/conv_variants.cu (timing other shapes); the build uses the defaults.
@@ -195,13 +195,18 @@ __device__ __forceinline__ void conv_copy_chunk(const ConvPacket<T, kVec> (&src)
   for (int i = 0; i < kChunk; ++i) dst[i] = src[i];
 }
 
-// The thread's kVec channels of weight [C, W], fp32.
-template <int kVec, int kW>
+// The thread's kVec channels of weight [C, W] in fp32 (stored in fp32 or in x's dtype T).
+template <typename T, int kVec, int kW>
 __device__ __forceinline__ void conv_load_weight(const ConvParams& p, int64_t c0, float (&w)[kW][kVec]) {
+  const float* w32 = static_cast<const float*>(p.weight);
+  const T* wt = static_cast<const T*>(p.weight);
 #pragma unroll
   for (int e = 0; e < kVec; ++e)
 #pragma unroll
-    for (int k = 0; k < kW; ++k) w[k][e] = __ldg(p.weight + (c0 + e) * kW + k);
+    for (int k = 0; k < kW; ++k) {
+      const int64_t i = (c0 + e) * kW + k;
+      w[k][e] = p.weight_f32 ? __ldg(w32 + i) : to_float(wt[i]);
+    }
 }
 
 // pre = sum_k w[k] in(r - (W-1) + k), oldest input first (the CPU kernel's order).
@@ -263,7 +268,7 @@ __global__ void __launch_bounds__(kConvThreads) segment_conv_fwd_kernel(ConvPara
   const T* x = static_cast<const T*>(p.x) + c0;
   T* y = static_cast<T*>(p.y) + c0;
   float w[kW][kVec], win[kW > 1 ? kW - 1 : 1][kVec];
-  conv_load_weight<kVec, kW>(p, c0, w);
+  conv_load_weight<T, kVec, kW>(p, c0, w);
   // Two chunks of rows in registers: the next chunk's loads are in flight while this one is walked.
   ConvPacket<T, kVec> in[kConvFwdChunk], next[kConvFwdChunk];
   conv_load_chunk(x, p.x_row_stride, r0, r1, in);  // the first rows' loads overlap the search's
@@ -407,7 +412,7 @@ __global__ void __launch_bounds__(kConvThreads, kW <= 4 ? 2 : 1) segment_conv_bw
     for (int k = 0; k < kW; ++k)
 #pragma unroll
       for (int e = 0; e < kVec; ++e) acc[k][e] = 0.f;
-    conv_load_weight<kVec, kW>(p, c0, w);
+    conv_load_weight<T, kVec, kW>(p, c0, w);
     // Two chunks of x and grad_y rows in registers: the next chunk's loads fly while this one is walked.
     ConvPacket<T, kVec> in[kConvBwdChunk], din[kConvBwdChunk], next_in[kConvBwdChunk], next_din[kConvBwdChunk];
     conv_load_chunk(x, p.x_row_stride, r0, walk_end, in);  // the first rows' loads overlap the search's

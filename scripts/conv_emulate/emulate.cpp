@@ -31,7 +31,8 @@ void launch(K kernel, dim3e grid, int threads, const ConvParams& p) {
 ConvParams params(const at::Tensor& x, const at::Tensor& w, const at::Tensor& cu, const at::Tensor& h, bool act) {
   ConvParams p{};
   p.x = x.data_ptr();
-  p.weight = w.data_ptr<float>();
+  p.weight = w.data_ptr();  // fp32 or x's dtype, as the binding passes it
+  p.weight_f32 = w.scalar_type() == at::kFloat;
   p.history = h.dim() == 3 ? h.data_ptr<float>() : nullptr;  // [S, W-1, C], or a 1-D placeholder for None
   p.cu_seqlens = cu.data_ptr();
   p.cu_int64 = cu.scalar_type() == at::kLong;
@@ -69,7 +70,7 @@ void dispatch(const at::Tensor& x, int W, bool vec, Fn&& fn) {
   }
 }
 
-// fwd/bwd(x, weight fp32, cu_seqlens, history fp32 or an empty 1-D tensor for None, activation, vec): vec picks the
+// fwd/bwd(x, weight (fp32 or x's dtype), cu_seqlens, history fp32 or an empty 1-D tensor for None, activation, vec): vec picks the
 // 4-channel path (else 1 channel per thread).
 at::Tensor fwd(at::Tensor x, at::Tensor w, at::Tensor cu, at::Tensor h, bool act, bool vec) {
   at::Tensor y = at::full({x.size(0), x.size(1)}, NAN, x.options());

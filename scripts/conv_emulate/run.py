@@ -46,6 +46,8 @@ def case(emu, lengths, tail, C, W, hist, act, dtype, vec, stride_pad=0, int64=Fa
     R, S = int(cu[-1]) + tail, len(lengths)
     x = torch.randn(R, C + stride_pad, generator=g).to(dtype)[:, :C]  # stride_pad > 0: strided rows
     w = torch.randn(C, W, generator=g)
+    if hist:  # weights in x's dtype (read as is) on half the cases, fp32 on the others
+        w = w.to(dtype)
     h = torch.randn(S, W - 1, C, generator=g) if hist else None
     gy = torch.randn(R, C + stride_pad, generator=g).to(dtype)[:, :C]
     hh = h if h is not None else torch.empty(0)
