@@ -161,7 +161,6 @@ def test_gpu_memory_mix_accepts_unaligned_views(dtype):
         assert torch.equal(a, b)
 
 
-
 @pytest.mark.parametrize("device", device_param())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("offset", [8, 3])
@@ -183,6 +182,7 @@ def test_memory_mix_gate_column_slice(device, dtype, offset):
     for a, b in zip(*results):
         assert torch.equal(a, b)
     assert results[1][2].is_contiguous()
+
 
 @pytest.mark.gpu
 def test_gpu_memory_mix_rejects_unaligned_v():

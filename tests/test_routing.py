@@ -119,7 +119,6 @@ def test_permute_unpermute_match_reference(device, dtype):
     torch.testing.assert_close(ones[routed], 2 * x.float()[routed])
 
 
-
 @pytest.mark.parametrize("device", device_param())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("cols", [(8, 72), (3, 40), (0, 1)])
@@ -134,6 +133,7 @@ def test_permute_reads_column_slices_in_place(device, dtype, cols):
     assert torch.equal(mom_ops.permute(x, plan), mom_ops.permute(x.contiguous(), plan))
     row = wide[:1].expand(150, -1)  # stride(0) == 0
     assert torch.equal(mom_ops.permute(row, plan), mom_ops.permute(row.contiguous(), plan))
+
 
 def _plan(n=30, m=4, k=2, b=2, dtype=torch.float64):
     logits = torch.randn(n, m)

@@ -70,8 +70,8 @@ void dispatch(const at::Tensor& x, int W, bool vec, Fn&& fn) {
   }
 }
 
-// fwd/bwd(x, weight (fp32 or x's dtype), cu_seqlens, history fp32 or an empty 1-D tensor for None, activation, vec): vec picks the
-// 4-channel path (else 1 channel per thread).
+// fwd/bwd(x, weight (fp32 or x's dtype), cu_seqlens, history fp32 or an empty 1-D tensor for None, activation,
+// vec): vec picks the 4-channel path (else 1 channel per thread).
 at::Tensor fwd(at::Tensor x, at::Tensor w, at::Tensor cu, at::Tensor h, bool act, bool vec) {
   at::Tensor y = at::full({x.size(0), x.size(1)}, NAN, x.options());
   ConvParams p = params(x, w, cu, h, act);
