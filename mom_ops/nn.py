@@ -247,10 +247,15 @@ class MoMAttention(nn.Module):
         """Switch-style load balance over valid tokens: f_m = routed rows of m / all rows, P_m = mean probability."""
         B = plan.batch_size
         probs = torch.softmax(logits.float(), -1)
-        valid = torch.ones_like(probs[:, 0]) if mask is None else mask.float()
         rows_per_memory = plan.cu_seqlens[B::B] - plan.cu_seqlens[:-1:B]  # [M]
-        f = rows_per_memory.float() / (valid.sum() * self.topk).clamp_min(1)
-        P = (probs * valid[:, None]).sum(0) / valid.sum().clamp_min(1)
+        if mask is None:  # every token is valid: their count is known here (fewer launches than a mask of ones)
+            tokens = probs.shape[0]
+            f = rows_per_memory.float() / max(tokens * self.topk, 1)
+            P = probs.sum(0) / max(tokens, 1)
+        else:
+            valid = mask.float()
+            f = rows_per_memory.float() / (valid.sum() * self.topk).clamp_min(1)
+            P = (probs * valid[:, None]).sum(0) / valid.sum().clamp_min(1)
         return self.aux_loss_scale * self.num_memories * (f * P).sum()
 
     def _gated_norm(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
