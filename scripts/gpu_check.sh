@@ -5,8 +5,9 @@
 # Env: MOM_OPS_COMMIT (recorded in the results; set it from the checkout that holds the commits, e.g.
 # MOM_OPS_COMMIT=abc1234 in the device command: the device's copy of .git may name an older HEAD), SKIP_TESTS=1,
 # SKIP_BENCH=1, SKIP_PROBE=1 (the wgmma and TMA probes), TEST_TIMEOUT, MAX_JOBS, BENCH_PROVIDERS and BENCH_MODES
-# (comma lists), BENCH_MERGE=1 (start from this GPU's bench/results file and redo only the selected records), PROFILE_CASES ("case:mode ...": each case's mom_ops kernels
-# and their times, from scripts/profile_case.py, printed after the benchmarks), SANITIZE=1
+# (comma lists), BENCH_MERGE=1 (start from this GPU's bench/results file and redo only the selected records),
+# PROFILE_CASES ("case:mode ...": each case's mom_ops kernels and their times, from scripts/profile_case.py, printed
+# after the benchmarks), SANITIZE=1
 # (scripts/gdn_bwd_sanitize.sh -> sanitize.log), HOST_TIME=1 (scripts/layer_host_time.py: the layer's host issue
 # time against its GPU time -> host.log). Time fla in a process of its own (BENCH_PROVIDERS=fla, a second call):
 # after fla's layer and its TileLang kernels had run, our layer's fwdbwd read 8.32 ms instead of 6.14 in one process.
