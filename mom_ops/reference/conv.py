@@ -12,15 +12,17 @@ def segment_conv_ref(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Te
     y[r] = act(sum_i weight[:, W-1-i] * x(r - i)) within r's segment (history rows before its start)."""
     R, C = x.shape
     W = weight.shape[1]
-    y = torch.zeros(R, C, dtype=torch.float32, device=x.device)
+    w = weight.float()
     cu = [int(v) for v in cu_seqlens.tolist()]
+    zeros = lambda rows: torch.zeros(rows, C, dtype=torch.float32, device=x.device)  # noqa: E731
+    pieces = [zeros(cu[0])]  # rows before the first segment (none) and past the last one belong to no segment: 0
     for s in range(len(cu) - 1):
         start, end = cu[s], cu[s + 1]
-        past = history[s].float() if history is not None else torch.zeros(W - 1, C, device=x.device)
-        seq = torch.cat([past, x[start:end].float()])  # [W-1 + L, C]
-        for t in range(end - start):
-            window = seq[t: t + W]  # x(r - W + 1) .. x(r)
-            y[start + t] = (window * weight.float().t()).sum(0)
+        past = history[s].float() if history is not None else zeros(W - 1)
+        seq = torch.cat([past, x[start:end].float()])  # [W-1 + L, C]: row t + k is x(r - (W-1) + k) for r = start + t
+        # tap k of every row of the segment at once (pieces, not in-place row writes: autograd stays linear in R)
+        pieces.append(sum(seq[k:k + end - start] * w[:, k] for k in range(W)))
+    y = torch.cat(pieces + [zeros(R - cu[-1])])
     return (F.silu(y) if activation else y).to(x.dtype)
 
 
