@@ -48,7 +48,7 @@ def recurrent_gated_delta_rule_ref(q, k, v, g, beta, scale=None, initial_state=N
     dtype = q.dtype
     q, k, v, g, beta, scale, seqs, h0 = _prepare(q, k, v, g, beta, scale, initial_state, use_qk_l2norm_in_kernel,
                                                  state_v_first, cu_seqlens)
-    o = torch.zeros_like(v)
+    rows = {}  # (b, t) -> o[b, t]: stacked at the end (in-place row writes would make autograd quadratic in T)
     states = []
     for i, (b, start, end) in enumerate(seqs):
         S = h0[i]  # [HV, K, V]
@@ -56,8 +56,12 @@ def recurrent_gated_delta_rule_ref(q, k, v, g, beta, scale=None, initial_state=N
             S = S * g[b, t].exp()[:, None, None]
             u = beta[b, t][:, None] * (v[b, t] - torch.einsum("hkv,hk->hv", S, k[b, t]))
             S = S + k[b, t][:, :, None] * u[:, None, :]
-            o[b, t] = scale * torch.einsum("hkv,hk->hv", S, q[b, t])
+            rows[b, t] = scale * torch.einsum("hkv,hk->hv", S, q[b, t])
         states.append(S)
+    zero = v.new_zeros(v.shape[2:])  # rows outside every sequence
+    B, T = v.shape[:2]
+    o = torch.stack([torch.stack([rows.get((b, t), zero) for t in range(T)]) for b in range(B)]) if B * T else \
+        torch.zeros_like(v)
     return _finish(o, dtype, states, output_final_state, state_v_first)
 
 
