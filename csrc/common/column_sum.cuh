@@ -3,9 +3,14 @@
 // on the H100 for [264, 256] (memory_mix bwd); this takes one round of loads.
 #pragma once
 
+#include <ATen/core/Tensor.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
+
+#include "common/static_switch.h"
 
 namespace mom_ops {
 
@@ -31,6 +36,24 @@ __global__ void __launch_bounds__(kColumnSumWarps * 32)
     for (int w = 0; w < kColumnSumWarps; ++w) sum += warp_sums[w][lane];
     out[c] = static_cast<Out>(sum);
   }
+}
+
+// The column sums of partial (fp32, [rows, ...] read as [rows, cols] with cols = the product of out_shape) as a new
+// tensor of out_shape in out_dtype on partial's device: written by the kernel in that dtype where it can (fp32,
+// fp16, bf16: no separate cast launch), else in fp32 and cast.
+inline at::Tensor column_sums(const at::Tensor& partial, at::IntArrayRef out_shape, at::ScalarType out_dtype) {
+  const bool direct = out_dtype == at::kFloat || out_dtype == at::kHalf || out_dtype == at::kBFloat16;
+  at::Tensor out = at::empty(out_shape, partial.options().dtype(direct ? out_dtype : at::kFloat));
+  const int64_t cols = out.numel();
+  if (cols > 0) {
+    FLOAT_SWITCH(out.scalar_type(), out_t, [&] {
+      column_sum_kernel<out_t><<<unsigned((cols + 31) / 32), kColumnSumWarps * 32, 0,
+                                 at::cuda::getCurrentCUDAStream()>>>(partial.data_ptr<float>(), partial.size(0), cols,
+                                                                     out.data_ptr<out_t>());
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return direct ? out : out.to(out_dtype);
 }
 
 }  // namespace mom_ops

@@ -129,21 +129,9 @@ std::tuple<at::Tensor, at::Tensor> conv_bwd(const at::Tensor& grad_y_in, const a
   } else {
     partial = at::zeros({1, d.channels, d.width}, f32);
   }
-  // The column sums are written in the weight's dtype where the kernel can (no separate cast launch).
-  const at::ScalarType w_dtype = weight.scalar_type();
-  const bool direct = w_dtype == at::kFloat || w_dtype == at::kHalf || w_dtype == at::kBFloat16;
-  at::Tensor grad_w = at::empty({d.channels, d.width}, weight.options().dtype(direct ? w_dtype : at::kFloat));
-  if (d.channels > 0) {
-    const int64_t cols = d.channels * d.width;
-    FLOAT_SWITCH(grad_w.scalar_type(), out_t, [&] {
-      column_sum_kernel<out_t><<<unsigned((cols + 31) / 32), kColumnSumWarps * 32, 0,
-                                 at::cuda::getCurrentCUDAStream()>>>(partial.data_ptr<float>(), partial.size(0), cols,
-                                                                     grad_w.data_ptr<out_t>());
-    });
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
+  at::Tensor grad_w = column_sums(partial, {d.channels, d.width}, weight.scalar_type());
   if (history.has_value()) grad_history = grad_history.to(history->scalar_type());
-  return {direct ? grad_w : grad_w.to(w_dtype), grad_history};
+  return {grad_w, grad_history};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_conv_bwd_cuda(const at::Tensor& grad_y, const at::Tensor& x,

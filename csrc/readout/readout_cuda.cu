@@ -164,17 +164,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_mi
   } else if (norm_weight.has_value()) {
     norm_partial = at::zeros({1, p.dim_v}, f32);
   }
-  if (norm_weight.has_value()) {  // sum of the per-CTA partials, written in norm_weight's dtype
-    const at::ScalarType out_dtype = norm_weight->scalar_type();
-    const bool direct = out_dtype == at::kFloat || out_dtype == at::kHalf || out_dtype == at::kBFloat16;
-    grad_norm_weight = at::empty({p.dim_v}, norm_weight->options().dtype(direct ? out_dtype : at::kFloat));
-    const int grid = (p.dim_v + 31) / 32;
-    FLOAT_SWITCH(grad_norm_weight.scalar_type(), out_t, [&] {
-      column_sum_kernel<out_t><<<grid, kColumnSumWarps * 32, 0, at::cuda::getCurrentCUDAStream()>>>(
-          norm_partial.data_ptr<float>(), norm_partial.size(0), p.dim_v, grad_norm_weight.data_ptr<out_t>());
-    });
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    if (!direct) grad_norm_weight = grad_norm_weight.to(out_dtype);
+  if (norm_weight.has_value()) {  // sum of the per-CTA partials, in norm_weight's dtype
+    grad_norm_weight = column_sums(norm_partial, {p.dim_v}, norm_weight->scalar_type());
   }
   return {grad_o_routed, grad_weights, grad_shared, grad_norm_weight, grad_gate};
 }
