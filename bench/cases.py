@@ -142,6 +142,46 @@ def _conv_case(rows, channels, width, segments):
     return Case("segment_conv", f"segment_conv_R{rows}_C{channels}_W{width}", ("fwd", "bwd"), build)
 
 
+# ---------------------------------------------------------------- gating
+
+
+def _gating_case(rows, heads, row_width):
+    """The layer's gates: b and a as column slices of bf16 projection rows [rows, row_width], bf16 parameters."""
+    def build(provider, mode):
+        proj = torch.randn(rows, row_width, device="cuda", dtype=torch.bfloat16)
+        b, a = proj[:, -2 * heads:-heads], proj[:, -heads:]
+        A_log = torch.rand(heads, device="cuda").mul(2.7).to(torch.bfloat16)
+        dt_bias = torch.randn(heads, device="cuda").sub(4).to(torch.bfloat16)
+        dg = torch.randn(rows, heads, device="cuda")
+        dbeta = torch.randn(rows, heads, device="cuda", dtype=torch.bfloat16)
+        # fwd: a, b in, g (fp32), beta out; bwd: a, b, dg, dbeta in, grad_a, grad_b out
+        moved = rows * heads * (2 + 2 + 4 + 2) if mode == "fwd" else rows * heads * (2 + 2 + 4 + 2 + 2 + 2)
+        if provider == "mom_ops" and has_cuda_kernel("gdn_gating_fwd") and has_cuda_kernel("gdn_gating_bwd"):
+            if mode == "fwd":
+                return Bench(lambda: torch.ops.mom_ops.gdn_gating_fwd(a, b, A_log, dt_bias), moved, graph=True)
+            grad_a, grad_b = torch.empty_like(dbeta), torch.empty_like(dbeta)
+            return Bench(lambda: torch.ops.mom_ops.gdn_gating_bwd(dg, dbeta, a, b, A_log, dt_bias, grad_a, grad_b),
+                         moved, graph=True)
+        if provider == "triton_ref" and (fn := triton_ref_fn("gating", "gdn_gating")) is not None:
+            if mode == "fwd":
+                return Bench(lambda: fn(a, b, A_log, dt_bias), moved)
+            bwd = triton_ref_fn("gating", "gdn_gating_backward")
+            return Bench(lambda: bwd(dg, dbeta, a, b, A_log, dt_bias), moved)
+        if provider == "naive":  # the torch expression the layer used before the op (autograd for bwd)
+            def naive(a, b, A_log, dt_bias):
+                g = -A_log.float().exp() * F.softplus(a.float() + dt_bias.float())
+                return g, torch.sigmoid(b.float()).to(b.dtype)
+
+            if mode == "fwd":
+                return Bench(lambda: naive(a, b, A_log, dt_bias), moved)
+            leaves = [t.detach().clone().requires_grad_(True) for t in (a, b, A_log, dt_bias)]
+            outs = naive(*leaves)
+            return Bench(lambda: torch.autograd.grad(outs, leaves, (dg, dbeta), retain_graph=True), moved)
+        return None
+
+    return Case("gdn_gating", f"gdn_gating_R{rows}_H{heads}", ("fwd", "bwd"), build)
+
+
 # ---------------------------------------------------------------- readout
 
 
@@ -356,6 +396,7 @@ CASES: list[Case] = [
     _permute_case(32768, 2048, 2, inverse=False),
     _permute_case(32768, 2048, 2, inverse=True),
     _memory_mix_case(16384, 4, 256, 2),
+    _gating_case(49152, 4, 2056),
     _conv_case(32768, 1024, 4, 32),
     _gdn_case(32768, 16, 128, 32),
     _gdn_case(32768, 16, 128, 1),

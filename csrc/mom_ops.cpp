@@ -71,6 +71,18 @@ TORCH_LIBRARY(mom_ops, m) {
       "Tensor? initial_state, bool output_final_state, bool use_qk_l2norm, bool state_v_first, "
       "Tensor? cu_seqlens) -> (Tensor o, Tensor final_state)");
 
+  // ---- gating ----
+  // The scan's decay and write strength from raw per-head projections (fla's / vLLM's GDN gating):
+  // g = -exp(A_log) * softplus(a + dt_bias) (softplus passes x > 20 through), beta = sigmoid(b).
+  // a, b [R, H] (rows any stride apart, dense heads), A_log, dt_bias [H] -> g [R, H] fp32 (fp64 for fp64 inputs on
+  // CPU), beta [R, H] in b's dtype.
+  m.def("gdn_gating_fwd(Tensor a, Tensor b, Tensor A_log, Tensor dt_bias) -> (Tensor g, Tensor beta)");
+  // grad_a, grad_b written into given [R, H] tensors (a's dtype, dense heads, rows any stride apart: column slices
+  // of one gradient); returns [grad_A_log, grad_dt_bias] as one [2, H] tensor in A_log's dtype.
+  m.def(
+      "gdn_gating_bwd(Tensor grad_g, Tensor grad_beta, Tensor a, Tensor b, Tensor A_log, Tensor dt_bias, "
+      "Tensor(a!) grad_a, Tensor(b!) grad_b) -> Tensor grad_params");
+
   // ---- readout ----
   // out[n, h] = norm(sum_j w[n, j] * o_routed[dst_row[n, j], h] + shared[n, h]); norm = gated RMSNorm
   // rmsnorm(o) * norm_weight * silu(gate) when norm_weight is given (gate optional).

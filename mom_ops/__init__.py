@@ -18,6 +18,7 @@ from mom_ops import _fake  # noqa: F401,E402  (fake kernels for torch.compile / 
 from mom_ops import _interim_cuda_backward  # noqa: F401,E402  (Triton scan backward on CUDA until #5)
 from mom_ops.conv import segment_conv, segment_conv_columns  # noqa: E402
 from mom_ops.decode import fused_recurrent_gated_delta_rule, mom_decode_step  # noqa: E402
+from mom_ops.gating import gdn_gating  # noqa: E402
 from mom_ops.gdn import chunk_gated_delta_rule  # noqa: E402
 from mom_ops.readout import memory_mix  # noqa: E402
 from mom_ops.routing import RoutingPlan, permute, route, unpermute  # noqa: E402
@@ -44,6 +45,7 @@ __all__ = [
     "build_info",
     "chunk_gated_delta_rule",
     "fused_recurrent_gated_delta_rule",
+    "gdn_gating",
     "memory_mix",
     "mom_decode_step",
     "permute",

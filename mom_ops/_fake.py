@@ -120,3 +120,14 @@ def _segment_conv_bwd_into_fake(grad_y, x, weight, cu_seqlens, history, activati
 @register_fake("mom_ops::mom_decode_step")
 def _mom_decode_step_fake(q, k, v, g, beta, weights, slots, state_pool, scale, use_qk_l2norm, state_v_first):
     return _empty(q.shape[0], v.shape[2], v.shape[3], like=q)
+
+
+@register_fake("mom_ops::gdn_gating_fwd")
+def _gdn_gating_fwd_fake(a, b, A_log, dt_bias):
+    g_dtype = torch.float64 if a.dtype == torch.float64 else torch.float32  # fp64 only on CPU
+    return _empty(*a.shape, like=a, dtype=g_dtype), _empty(*b.shape, like=b)
+
+
+@register_fake("mom_ops::gdn_gating_bwd")
+def _gdn_gating_bwd_fake(grad_g, grad_beta, a, b, A_log, dt_bias, grad_a, grad_b):
+    return _empty(2, A_log.shape[0], like=A_log)

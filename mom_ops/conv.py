@@ -42,19 +42,39 @@ def _backward(ctx, grad_y):
 torch.library.register_autograd("mom_ops::segment_conv_fwd", _backward, setup_context=_setup)
 
 
+def conv_columns_fwd(x: torch.Tensor, cu_seqlens: torch.Tensor, weights, histories) -> list[torch.Tensor]:
+    """segment_conv (with SiLU) of x's consecutive leading column slices, slice i with weights[i].shape[0] columns,
+    read in place: [conv of slice 0, ..., conv of slice n-1]."""
+    ends = list(itertools.accumulate(w.shape[0] for w in weights))
+    return [torch.ops.mom_ops.segment_conv_fwd(x[:, a:b], w, cu_seqlens, h, True)
+            for a, b, w, h in zip([0] + ends[:-1], ends, weights, histories)]
+
+
+def conv_columns_bwd_into(grad_x: torch.Tensor, grads, x: torch.Tensor, cu_seqlens: torch.Tensor, weights,
+                          histories) -> tuple[list, list]:
+    """conv_columns_fwd's backward: each slice's grad_x straight into its columns of grad_x (zeros where its output
+    got no gradient). Returns (grad_weights, grad_histories), None where there is none."""
+    ends = list(itertools.accumulate(w.shape[0] for w in weights))
+    grad_weights, grad_histories = [None] * len(weights), [None] * len(weights)
+    for i, (a, b, w, h) in enumerate(zip([0] + ends[:-1], ends, weights, histories)):
+        if grads[i] is None:
+            grad_x[:, a:b].zero_()
+            continue
+        grad_weights[i], grad_h = torch.ops.mom_ops.segment_conv_bwd_into(
+            grads[i], x[:, a:b], w, cu_seqlens, h, True, grad_x[:, a:b])
+        grad_histories[i] = grad_h if h is not None else None
+    return grad_weights, grad_histories
+
+
 class _SegmentConvColumns(torch.autograd.Function):
     """segment_conv_columns' autograd: inputs (x, cu_seqlens, n, weight_0 .. weight_{n-1}, history_0 ..)."""
 
     @staticmethod
     def forward(ctx, x, cu_seqlens, n, *weights_and_histories):
         weights, histories = weights_and_histories[:n], weights_and_histories[n:]
-        ends = list(itertools.accumulate(w.shape[0] for w in weights))  # column ends of the slices
-        starts = [0] + ends[:-1]
-        outs = [torch.ops.mom_ops.segment_conv_fwd(x[:, a:b], w, cu_seqlens, h, True)
-                for a, b, w, h in zip(starts, ends, weights, histories)]
-        ctx.n, ctx.starts, ctx.ends = n, starts, ends
+        ctx.n, ctx.width = n, sum(w.shape[0] for w in weights)
         ctx.save_for_backward(x, cu_seqlens, *weights_and_histories)
-        return (*outs, x[:, ends[-1]:].clone())
+        return (*conv_columns_fwd(x, cu_seqlens, weights, histories), x[:, ctx.width:].clone())
 
     @staticmethod
     def backward(ctx, *grads):
@@ -62,15 +82,8 @@ class _SegmentConvColumns(torch.autograd.Function):
         n = ctx.n
         weights, histories = weights_and_histories[:n], weights_and_histories[n:]
         grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device)  # every column written below
-        grad_weights, grad_histories = [None] * n, [None] * n
-        for i, (a, b, w, h) in enumerate(zip(ctx.starts, ctx.ends, weights, histories)):
-            if grads[i] is None:
-                grad_x[:, a:b].zero_()
-                continue
-            grad_weights[i], grad_h = torch.ops.mom_ops.segment_conv_bwd_into(
-                grads[i], x[:, a:b], w, cu_seqlens, h, True, grad_x[:, a:b])
-            grad_histories[i] = grad_h if h is not None else None
-        rest = grad_x[:, ctx.ends[-1]:]
+        grad_weights, grad_histories = conv_columns_bwd_into(grad_x, grads, x, cu_seqlens, weights, histories)
+        rest = grad_x[:, ctx.width:]
         if grads[n] is None:
             rest.zero_()
         else:

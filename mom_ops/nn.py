@@ -19,6 +19,7 @@ from torch import nn
 import mom_ops
 from mom_ops.grouped_linear import grouped_linear, grouped_mm_linear, grouped_mm_supported
 from mom_ops.routing import RoutingPlan, check_cu_seqlens_shape
+from mom_ops.scan_inputs import scan_inputs
 
 
 def segment_causal_conv(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor,
@@ -219,18 +220,15 @@ class MoMAttention(nn.Module):
 
     def _memory(self, q, proj, cu_seqlens, cache: MoMCache | None = None, rows: slice | None = None):
         """Conv, gates and the scan of one packed stream: q [R, H*K] and proj [R, H*K + H*V + 2H] (k | v | b | a)
-        -> o [R, H, V]. k and v are conv'd in place in proj's columns (segment_conv_columns: one gradient for
-        proj, no concatenation in the backward). With a cache, the segments start from cache rows `rows` (states
+        -> o [R, H, V]. k, v, g and beta come from proj's columns in place (scan_inputs: the convs and gdn_gating in
+        one node, one gradient for proj, no copy or concatenation in the backward). With a cache, the segments start from cache rows `rows` (states
         and conv histories), which are then replaced by the segments' final states and histories."""
         H, W, K, V = self.num_heads, self.conv_size, self.head_dim, self.head_v_dim
         hist = (None, None, None) if cache is None else (cache.conv_q[rows], cache.conv_k[rows], cache.conv_v[rows])
         qc = segment_causal_conv(q, self.q_conv, cu_seqlens, hist[0]).view(1, -1, H, K)
-        kc, vc, ba = mom_ops.segment_conv_columns(proj, [self.k_conv, self.v_conv], cu_seqlens, hist[1:])
-        kc, vc = kc.view(1, -1, H, K), vc.view(1, -1, H, V)
-        beta = torch.sigmoid(ba[:, :H].float()).to(qc.dtype).unsqueeze(0)
-        g = self._log_decay(ba[:, H:]).unsqueeze(0)
+        kc, vc, g, beta = scan_inputs(proj, cu_seqlens, self.k_conv, self.v_conv, self.A_log, self.dt_bias, *hist[1:])
         o, ht = mom_ops.chunk_gated_delta_rule(
-            qc, kc, vc, g, beta, cu_seqlens=cu_seqlens, use_qk_l2norm_in_kernel=True,
+            qc, kc.view(1, -1, H, K), vc.view(1, -1, H, V), g.unsqueeze(0), beta.unsqueeze(0), cu_seqlens=cu_seqlens, use_qk_l2norm_in_kernel=True,
             initial_state=None if cache is None else cache.states[rows], output_final_state=cache is not None)
         if cache is not None:
             cache.states[rows] = ht.detach()  # a cache carries no gradient
@@ -238,10 +236,6 @@ class MoMAttention(nn.Module):
             for buf, x, old in zip((cache.conv_q, cache.conv_k, cache.conv_v), raw, hist):
                 buf[rows] = segment_conv_tail(x.detach(), cu_seqlens, old, W).to(buf.dtype)
         return o.squeeze(0)  # a view (o[0]'s backward would zero-fill and copy the whole gradient)
-
-    def _log_decay(self, a: torch.Tensor) -> torch.Tensor:
-        """g = -exp(A_log) * softplus(a + dt_bias) in fp32 (per head, shared by every memory)."""
-        return -self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias.float())
 
     def _aux_loss(self, logits: torch.Tensor, plan: RoutingPlan, mask: torch.Tensor | None) -> torch.Tensor:
         """Switch-style load balance over valid tokens: f_m = routed rows of m / all rows, P_m = mean probability."""
@@ -293,8 +287,8 @@ class MoMAttention(nn.Module):
         q = conv_step(cache.conv_q, q_raw, self.q_conv).view(B, J, H, self.head_dim)
         k = conv_step(cache.conv_k, k_raw, self.k_conv).view(B, J, H, self.head_dim)
         v = conv_step(cache.conv_v, v_raw, self.v_conv).view(B, J, H, self.head_v_dim)
-        beta = torch.sigmoid(b_raw.float()).to(q.dtype)
-        o = mom_ops.mom_decode_step(q, k, v, self._log_decay(a_raw), beta, weights, slots.to(torch.int32),
+        g, beta = mom_ops.gdn_gating(a_raw.reshape(-1, H), b_raw.reshape(-1, H), self.A_log, self.dt_bias)
+        o = mom_ops.mom_decode_step(q, k, v, g.view(B, J, H), beta.view(B, J, H), weights, slots.to(torch.int32),
                                     cache.states, use_qk_l2norm_in_kernel=True)
         cache.seen_tokens += 1
         out = self.o_proj(self._gated_norm(o, xf).reshape(B, -1))[:, None]

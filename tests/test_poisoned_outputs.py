@@ -54,3 +54,19 @@ def test_scan_writes_every_output(device, poisoned_allocations):
     _assert_written(o, "o")
     _assert_written(ht, "final state")
     assert torch.equal(o[0, 134:].float().cpu(), torch.zeros(16, 2, D))
+
+
+@pytest.mark.parametrize("device", device_param())
+def test_gating_writes_every_output(device, poisoned_allocations):
+    """gdn_gating over 300 heads (two column tiles on CUDA, the second partly used) and rows that leave the last CTA
+    partly used: g, beta, grad_a, grad_b and the parameter gradients."""
+    need_kernel("gdn_gating_bwd", device)
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(77, 300, generator=gen).to(device).requires_grad_(True) for _ in range(2))
+    A_log, dt_bias = (torch.randn(300, generator=gen).to(device).requires_grad_(True) for _ in range(2))
+    g, beta = mom_ops.gdn_gating(a, b, A_log, dt_bias)
+    _assert_written(g, "g")
+    _assert_written(beta, "beta")
+    torch.autograd.backward([g, beta], [torch.ones_like(g), torch.ones_like(beta)])
+    for name, t in (("grad_a", a.grad), ("grad_b", b.grad), ("grad_A_log", A_log.grad), ("grad_dt_bias", dt_bias.grad)):
+        _assert_written(t, name)

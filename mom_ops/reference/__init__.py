@@ -3,6 +3,7 @@ not fast. One file per op family."""
 
 from mom_ops.reference.conv import segment_conv_ref, segment_conv_torch
 from mom_ops.reference.decode import mom_decode_step_ref
+from mom_ops.reference.gating import gdn_gating_ref
 from mom_ops.reference.gdn import chunk_gated_delta_rule_ref, l2norm, recurrent_gated_delta_rule_ref
 from mom_ops.reference.gdn_backward import chunk_gated_delta_rule_bwd_ref
 from mom_ops.reference.layer import MoMConfig, MoMLayerCache, init_mom_params, mom_layer_ref
@@ -14,6 +15,7 @@ __all__ = [
     "MoMLayerCache",
     "chunk_gated_delta_rule_bwd_ref",
     "chunk_gated_delta_rule_ref",
+    "gdn_gating_ref",
     "init_mom_params",
     "l2norm",
     "memory_mix_ref",
