@@ -1,6 +1,6 @@
 """Is MoMAttention host-bound? For the bench's layer configurations, the host time to issue one call (the GPU held
 busy by a sleep kernel, so no launch waits) and the GPU time of calls run back to back (events after a sleep: no
-launch gaps), then a cProfile of the host side of the training step.
+launch gaps), then a cProfile and a torch.profiler table (self CPU time by op) of the host side of the training step.
     python3 scripts/layer_host_time.py [module.py ...]
 Each extra argument is another file defining MoMAttention (an older mom_ops/nn.py, say) to time beside it."""
 import cProfile
@@ -80,6 +80,16 @@ def main():
                     profiler.disable()
                     torch.cuda.synchronize()
                 pstats.Stats(profiler).sort_stats("tottime").print_stats(35)
+                # The same steps by op: self CPU time per aten / mom_ops op (CPU activity only: the host side).
+                from torch.profiler import ProfilerActivity, profile
+
+                with profile(activities=[ProfilerActivity.CPU]) as prof:
+                    for _ in range(CALLS):
+                        torch.cuda._sleep(200_000_000)
+                        step()
+                        torch.cuda.synchronize()
+                print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30,
+                                                max_name_column_width=60))
 
 
 if __name__ == "__main__":
