@@ -149,6 +149,8 @@ class MoMAttention(nn.Module):
         self.g_proj = nn.Linear(D, value_dim, bias=False)
         self.o_norm = nn.Parameter(torch.ones(self.head_v_dim))
         self.o_proj = nn.Linear(value_dim, D, bias=False)
+        # zero weight rows that pad the token projection's q | g | gate columns to a multiple of 8 (_project_tokens)
+        self.register_buffer("_token_pad_rows", torch.zeros(-(key_dim + value_dim + M) % 8, D), persistent=False)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -174,29 +176,29 @@ class MoMAttention(nn.Module):
         padded to a multiple of 8 with zero weight rows: cuBLAS takes its fast kernels only for 16-byte row strides."""
         mods = (self.q_proj, self.g_proj, self.gate)  # the gate last: q and g start at 16-byte aligned columns
         sizes = [m.weight.shape[0] for m in mods]
-        w = torch.cat([m.weight for m in mods]).to(xf.dtype)
-        pad = -sum(sizes) % 8
-        y = xf @ F.pad(w, (0, 0, 0, pad)).t()
-        return list(y.split(sizes + [pad], dim=1))[:3]
+        w = torch.cat([m.weight for m in mods] + [self._token_pad_rows]).to(xf.dtype)  # one launch, no pad
+        y = xf @ w.t()
+        return list(y.split(sizes + [self._token_pad_rows.shape[0]], dim=1))[:3]
 
     def _stream_plan(self, logits: torch.Tensor, plan: RoutingPlan, cu_seqlens, mask) -> RoutingPlan:
         """The plan of the scanned stream: the routed plan, or with shared_memory one more memory (index M) that
-        every valid token chooses. Routing [logits, max + 1] to the top k + 1 gives exactly that: pair 0 of each
+        every valid token chooses. Routing [logits, +inf] to the top k + 1 gives exactly that: pair 0 of each
         token is memory M, pairs 1..k are the routed plan's pairs in its order (the same logits, the same ties).
         Its segments m * B + b are the cache's pool rows, the shared ones last; its weights are not used."""
         if not self.shared_memory:
             return plan
-        lf = logits.detach().float()
-        lf = torch.cat([lf, lf.max(-1, keepdim=True).values + 1], -1)
+        # +inf beats every logit (route gives a lone +inf the whole weight): one pad instead of a cast, max, add, cat
+        lf = F.pad(logits.detach(), (0, 1), value=float("inf"))
         return mom_ops.route(lf, self.topk + 1, batch_size=plan.batch_size, cu_seqlens=cu_seqlens, mask=mask)
 
-    def _stream_weights(self) -> list[torch.Tensor]:
-        """k, v, b, a projection weights per stream memory: [M', out, D] each (M' = M + 1 with the shared one)."""
-        weights = [self.k_proj, self.v_proj, self.b_proj, self.a_proj]
+    def _stream_weights(self) -> torch.Tensor:
+        """The stream memories' k | v | b | a projection weights as one [M', C, D] tensor (M' = M + 1 with the shared
+        memory last; C = H*K + H*V + 2H): two or three concatenations."""
+        w = torch.cat([self.k_proj, self.v_proj, self.b_proj, self.a_proj], 1)  # [M, C, D]
         if self.shared_memory:
-            shared = (self.shared_k, self.shared_v, self.shared_b, self.shared_a)
-            weights = [torch.cat([w, lin.weight[None]]) for w, lin in zip(weights, shared)]
-        return weights
+            shared = torch.cat([self.shared_k.weight, self.shared_v.weight, self.shared_b.weight, self.shared_a.weight])
+            w = torch.cat([w, shared[None]])
+        return w
 
     def _project_stream(self, xf: torch.Tensor, plan: RoutingPlan) -> torch.Tensor:
         """The stream's packed rows of k | v | b | a: xf [N, D] -> [R, H*K + H*V + 2H] (column slices in that order),
@@ -204,11 +206,9 @@ class MoMAttention(nn.Module):
         GEMM gives every token's projections under all M' memories ([N, M' * C]) and one row gather picks row (n, m)
         for each packed row (M' / k' times the flops); or the Triton grouped GEMM (USE_TRITON_GROUPED_LINEAR)."""
         M, B, k, N = plan.num_memories, plan.batch_size, plan.topk, xf.shape[0]
-        weights = self._stream_weights()
+        w_all = self._stream_weights().to(xf.dtype)  # [M', C, D]
         if USE_TRITON_GROUPED_LINEAR and xf.is_cuda:
-            xr = mom_ops.permute(xf, plan)
-            return torch.cat([grouped_linear(xr, w, plan.cu_seqlens, B) for w in weights], 1)
-        w_all = torch.cat(weights, dim=1).to(xf.dtype)  # [M', C, D]
+            return grouped_linear(mom_ops.permute(xf, plan), w_all, plan.cu_seqlens, B)
         if grouped_mm_supported(xf):
             return grouped_mm_linear(mom_ops.permute(xf, plan), w_all, plan.cu_seqlens, B)  # [R, C]
         # row n * M + m: token n, memory m
@@ -240,16 +240,16 @@ class MoMAttention(nn.Module):
     def _aux_loss(self, logits: torch.Tensor, plan: RoutingPlan, mask: torch.Tensor | None) -> torch.Tensor:
         """Switch-style load balance over valid tokens: f_m = routed rows of m / all rows, P_m = mean probability."""
         B = plan.batch_size
-        probs = torch.softmax(logits.float(), -1)
+        probs = torch.softmax(logits, -1, dtype=torch.float32)
         rows_per_memory = plan.cu_seqlens[B::B] - plan.cu_seqlens[:-1:B]  # [M]
         if mask is None:  # every token is valid: their count is known here (fewer launches than a mask of ones)
             tokens = probs.shape[0]
-            f = rows_per_memory.float() / max(tokens * self.topk, 1)
-            P = probs.sum(0) / max(tokens, 1)
-        else:
-            valid = mask.float()
-            f = rows_per_memory.float() / (valid.sum() * self.topk).clamp_min(1)
-            P = (probs * valid[:, None]).sum(0) / valid.sum().clamp_min(1)
+            # scale M sum_m f_m P_m = <sum_n probs[n], rows_per_memory> scale M / (tokens^2 k): four launches
+            c = self.aux_loss_scale * self.num_memories / (max(tokens * self.topk, 1) * max(tokens, 1))
+            return torch.dot(probs.sum(0), rows_per_memory.float()) * c
+        valid = mask.float()
+        f = rows_per_memory.float() / (valid.sum() * self.topk).clamp_min(1)
+        P = (probs * valid[:, None]).sum(0) / valid.sum().clamp_min(1)
         return self.aux_loss_scale * self.num_memories * (f * P).sum()
 
     def _gated_norm(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

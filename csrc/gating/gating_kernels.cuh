@@ -1,7 +1,8 @@
 // gdn_gating kernels: g = -exp(A_log) * softplus(a + dt_bias) (fp32), beta = sigmoid(b), and their backward.
 // Element-wise over [R, H]; each thread keeps one head column (so exp(A_log) and dt_bias are read once per thread,
 // and the backward's per-head sums stay in registers): a CTA of kGatingThreads threads covers `cols` = min(H, 256)
-// heads of blockIdx.y's column tile and 256 / cols rows per pass, kGatingPasses passes.
+// heads of blockIdx.y's column tile and 256 / cols rows per pass, kGatingPasses passes. Measured (H200, 49152 x 4
+// bf16, graph replay) with 8 passes of load-use-store: fwd 11.9 us, bwd 18.5 us (the Triton reference's fwd 8.3 us).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -13,7 +14,7 @@
 namespace mom_ops {
 
 constexpr int kGatingThreads = 256;
-constexpr int kGatingPasses = 8;
+constexpr int kGatingPasses = 4;  // rows per thread: each loads all of its inputs before any math or store
 constexpr float kGatingSoftplusThreshold = 20.f;  // torch.nn.functional.softplus's default
 
 struct GatingParams {
@@ -66,10 +67,19 @@ __global__ void __launch_bounds__(kGatingThreads) gdn_gating_fwd_kernel(GatingPa
   const T* a = static_cast<const T*>(p.a);
   const T* b = static_cast<const T*>(p.b);
   T* beta = static_cast<T*>(p.beta);
-  for (int64_t r = s.row; r < s.row_end; r += s.row_step) {
-    const float x = to_float(a[r * p.a_row_stride + s.h]) + bias;
-    p.g[r * p.heads + s.h] = decay * gating_softplus(x);
-    beta[r * p.heads + s.h] = static_cast<T>(gating_sigmoid(to_float(b[r * p.b_row_stride + s.h])));
+  float av[kGatingPasses], bv[kGatingPasses];  // all loads in flight at once (latency, not bandwidth, bounds this)
+#pragma unroll
+  for (int i = 0; i < kGatingPasses; ++i) {
+    const int64_t r = s.row + i * s.row_step;
+    av[i] = r < s.row_end ? to_float(a[r * p.a_row_stride + s.h]) : 0.f;
+    bv[i] = r < s.row_end ? to_float(b[r * p.b_row_stride + s.h]) : 0.f;
+  }
+#pragma unroll
+  for (int i = 0; i < kGatingPasses; ++i) {
+    const int64_t r = s.row + i * s.row_step;
+    if (r >= s.row_end) break;
+    p.g[r * p.heads + s.h] = decay * gating_softplus(av[i] + bias);
+    beta[r * p.heads + s.h] = static_cast<T>(gating_sigmoid(bv[i]));
   }
 }
 
@@ -89,16 +99,27 @@ __global__ void __launch_bounds__(kGatingThreads) gdn_gating_bwd_kernel(GatingPa
     const T* grad_beta = static_cast<const T*>(p.grad_beta);
     T* grad_a = static_cast<T*>(p.grad_a);
     T* grad_b = static_cast<T*>(p.grad_b);
-    for (int64_t r = s.row; r < s.row_end; r += s.row_step) {
-      const float x = to_float(a[r * p.a_row_stride + s.h]) + bias;
-      const float dg = p.grad_g[r * p.grad_g_row_stride + s.h];
+    float av[kGatingPasses], bv[kGatingPasses], dgv[kGatingPasses], dbetav[kGatingPasses];
+#pragma unroll
+    for (int i = 0; i < kGatingPasses; ++i) {
+      const int64_t r = s.row + i * s.row_step;
+      const bool in = r < s.row_end;
+      av[i] = in ? to_float(a[r * p.a_row_stride + s.h]) : 0.f;
+      bv[i] = in ? to_float(b[r * p.b_row_stride + s.h]) : 0.f;
+      dgv[i] = in ? p.grad_g[r * p.grad_g_row_stride + s.h] : 0.f;
+      dbetav[i] = in ? to_float(grad_beta[r * p.grad_beta_row_stride + s.h]) : 0.f;
+    }
+#pragma unroll
+    for (int i = 0; i < kGatingPasses; ++i) {
+      const int64_t r = s.row + i * s.row_step;
+      if (r >= s.row_end) break;
+      const float x = av[i] + bias;
       const float dsoftplus = x > kGatingSoftplusThreshold ? 1.f : gating_sigmoid(x);
-      const float da = dg * decay * dsoftplus;
-      const float sb = gating_sigmoid(to_float(b[r * p.b_row_stride + s.h]));
-      const float db = to_float(grad_beta[r * p.grad_beta_row_stride + s.h]) * sb * (1.f - sb);
+      const float da = dgv[i] * decay * dsoftplus;
+      const float sb = gating_sigmoid(bv[i]);
       grad_a[r * p.grad_a_row_stride + s.h] = static_cast<T>(da);
-      grad_b[r * p.grad_b_row_stride + s.h] = static_cast<T>(db);
-      sum_A_log += dg * decay * gating_softplus(x);
+      grad_b[r * p.grad_b_row_stride + s.h] = static_cast<T>(dbetav[i] * sb * (1.f - sb));
+      sum_A_log += dgv[i] * decay * gating_softplus(x);
       sum_dt_bias += da;
     }
   }
