@@ -35,6 +35,11 @@ TORCH_LIBRARY(mom_ops, m) {
       "route(Tensor router_logits, int topk, int batch_size, Tensor? cu_seqlens, Tensor? token_mask, "
       "int chunk_size) -> (Tensor weights, Tensor memory_ids, Tensor dst_row, Tensor src_pair, "
       "Tensor seg_cu_seqlens, Tensor chunk_indices)");
+  // route's backward: w = softmax over the kept logits, so grad_logits[n, m] = w_j (grad_w_j - sum_i w_i grad_w_i)
+  // where m = memory_ids[n, j], 0 for memories not kept (and masked tokens). grad_weights, weights [N, k] fp32
+  // (fp64 on CPU), memory_ids [N, k] int32 -> [N, num_memories] in `dtype` (the logits' dtype).
+  m.def("route_backward(Tensor grad_weights, Tensor weights, Tensor memory_ids, int num_memories, ScalarType dtype) "
+        "-> Tensor");
   // Both index maps of the plan travel with each op (one is the op's, the other its backward's).
   // y[r] = x[src_pair[r] // k] (0 for unused rows).                  x [N, D] -> y [R, D]
   m.def("permute(Tensor x, Tensor dst_row, Tensor src_pair) -> Tensor");

@@ -131,3 +131,8 @@ def _gdn_gating_fwd_fake(a, b, A_log, dt_bias):
 @register_fake("mom_ops::gdn_gating_bwd")
 def _gdn_gating_bwd_fake(grad_g, grad_beta, a, b, A_log, dt_bias, grad_a, grad_b):
     return _empty(2, A_log.shape[0], like=A_log)
+
+
+@register_fake("mom_ops::route_backward")
+def _route_backward_fake(grad_weights, weights, memory_ids, num_memories, dtype):
+    return _empty(weights.shape[0], num_memories, like=weights, dtype=dtype)

@@ -132,16 +132,12 @@ def _route_setup(ctx, inputs, output):
 
 
 def _route_backward(ctx, grad_weights, *_):
-    # w = softmax over the kept logits, so dl_i = w_i (dw_i - sum_j w_j dw_j) for kept i, 0 elsewhere.
+    # w = softmax over the kept logits, so dl_i = w_i (dw_i - sum_j w_j dw_j) for kept i, 0 elsewhere: one launch
     weights, memory_ids = ctx.saved_tensors
     grad_logits = None
     if ctx.needs_input_grad[0] and grad_weights is not None:
-        g = grad_weights.to(weights.dtype)
-        kept = weights * (g - (weights * g).sum(-1, keepdim=True))
-        kept = torch.where(memory_ids >= 0, kept, torch.zeros_like(kept))
-        grad_logits = torch.zeros(weights.shape[0], ctx.num_memories, device=weights.device, dtype=weights.dtype)
-        grad_logits.scatter_add_(1, memory_ids.clamp_min(0).long(), kept)
-        grad_logits = grad_logits.to(ctx.logits_dtype)
+        grad_logits = torch.ops.mom_ops.route_backward(grad_weights.to(weights.dtype), weights, memory_ids,
+                                                       ctx.num_memories, ctx.logits_dtype)
     return grad_logits, None, None, None, None, None
 
 

@@ -102,6 +102,45 @@ def test_route_gradient_matches_reference():
 
 
 @pytest.mark.parametrize("device", device_param())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_route_backward_matches_autograd_of_reference(device, dtype):
+    """route's logits gradient (the route_backward op: one launch) against autograd through router_ref, with masked
+    tokens (no memory: zero gradient), 6 memories and top-3, in the logits' dtype."""
+    need_kernel("route_backward", device)
+    logits, cu, mask = _route_inputs(300, 6, 2, [100, 200], True, seed=5, device=device)
+    logits = logits.to(dtype).requires_grad_(True)
+    plan = mom_ops.route(logits, 3, cu_seqlens=cu, mask=mask)
+    gw = torch.randn(plan.weights.shape, generator=torch.Generator().manual_seed(6))
+    # the weights' gradient reaches route as a column slice (as in the layer, whose weights get a leading column)
+    (grad,) = torch.autograd.grad((torch.cat([torch.ones_like(plan.weights[:, :1]), plan.weights], 1)[:, 1:]
+                                   * gw.to(device)).sum(), logits)
+    ref_logits = logits.detach().cpu().float().requires_grad_(True)
+    w_ref, _ = router_ref(ref_logits, 3)
+    (grad_ref,) = torch.autograd.grad((w_ref * gw * mask.cpu()[:, None]).sum(), ref_logits)
+    assert grad.dtype == dtype and grad.shape == logits.shape
+    torch.testing.assert_close(grad.cpu().float(), grad_ref, rtol=1e-5 if dtype == torch.float32 else 1e-2,
+                               atol=1e-6 if dtype == torch.float32 else 1e-3)
+    assert torch.all(grad[~mask] == 0)
+
+
+def test_route_backward_opcheck_and_bad_input():
+    logits = torch.randn(30, 4)
+    plan = mom_ops.route(logits, 2, batch_size=1)
+    gw = torch.randn_like(plan.weights)
+    torch.library.opcheck(torch.ops.mom_ops.route_backward.default,
+                          (gw, plan.weights, plan.memory_ids, 4, torch.bfloat16))
+    bwd = torch.ops.mom_ops.route_backward
+    with pytest.raises(ValueError, match="num_memories"):
+        bwd(gw, plan.weights, plan.memory_ids, 1, torch.float32)
+    with pytest.raises(ValueError, match="grad_weights must have shape"):
+        bwd(gw[:, :1], plan.weights, plan.memory_ids, 4, torch.float32)
+    with pytest.raises(ValueError, match="memory_ids must have dtype"):
+        bwd(gw, plan.weights, plan.memory_ids.long(), 4, torch.float32)
+    with pytest.raises(ValueError, match="grad_weights must have the dtype of weights"):
+        bwd(gw.double(), plan.weights, plan.memory_ids, 4, torch.float32)
+
+
+@pytest.mark.parametrize("device", device_param())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_permute_unpermute_match_reference(device, dtype):
     need_kernel("permute", device)
@@ -215,6 +254,18 @@ def test_triton_route_matches_reference(case):
     plan = tr.route(logits, k, batch_size=b, cu_seqlens=cu, mask=mask)
     ref = route_ref(logits.cpu(), k, b, None if cu is None else cu.cpu(), None if mask is None else mask.cpu())
     assert_plan_equal(plan, ref)
+
+
+def test_triton_route_backward_matches_op():
+    from triton_ref import routing as tr
+
+    device = triton_device()
+    logits, cu, mask = _route_inputs(200, 5, 2, [80, 120], True, seed=7, device="cpu")
+    plan = mom_ops.route(logits, 3, cu_seqlens=cu, mask=mask)
+    gw = torch.randn_like(plan.weights)
+    want = torch.ops.mom_ops.route_backward(gw, plan.weights, plan.memory_ids, 5, torch.float32)
+    got = tr.route_backward(gw.to(device), plan.weights.to(device), plan.memory_ids.to(device), 5, torch.float32)
+    assert rel_rms(got, want) < 1e-6
 
 
 def test_triton_permute_unpermute():

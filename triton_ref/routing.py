@@ -132,3 +132,37 @@ def unpermute(y: torch.Tensor, plan: RoutingPlan, weights: torch.Tensor | None =
     _unpermute_kernel[grid](y2, plan.dst_row, weights if weights is not None else y2, x, N, D, plan.topk,
                             HAS_W=weights is not None, BLOCK_N=16, BLOCK_D=256)
     return x.view(N, *y.shape[1:])
+
+
+@triton.jit
+def _route_backward_kernel(gw_ptr, w_ptr, ids_ptr, out_ptr, N, M: tl.constexpr, K: tl.constexpr,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """grad_logits[n, ids[n, j]] = w_j (g_j - sum_i w_i g_i) for kept slots, 0 for the other memories."""
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.arange(0, BLOCK_M)
+    in_row = rows < N
+    dot = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for j in tl.static_range(K):
+        w = tl.load(w_ptr + rows * K + j, mask=in_row, other=0.0)
+        dot += w * tl.load(gw_ptr + rows * K + j, mask=in_row, other=0.0)
+    out = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    for j in tl.static_range(K):
+        w = tl.load(w_ptr + rows * K + j, mask=in_row, other=0.0)
+        g = tl.load(gw_ptr + rows * K + j, mask=in_row, other=0.0)
+        m = tl.load(ids_ptr + rows * K + j, mask=in_row, other=-1)
+        out = tl.where(cols[None, :] == m[:, None], (w * (g - dot))[:, None], out)
+    tl.store(out_ptr + rows[:, None] * M + cols[None, :], out.to(out_ptr.dtype.element_ty),
+             mask=in_row[:, None] & (cols[None, :] < M))
+
+
+def route_backward(grad_weights: torch.Tensor, weights: torch.Tensor, memory_ids: torch.Tensor, num_memories: int,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """The logits' gradient of route's weights (torch.ops.mom_ops.route_backward's contract): [N, num_memories]."""
+    N, K = weights.shape
+    out = torch.empty(N, num_memories, device=weights.device, dtype=dtype)
+    if N > 0 and num_memories > 0:
+        BLOCK_N = 64
+        _route_backward_kernel[(triton.cdiv(N, BLOCK_N),)](
+            grad_weights.float().contiguous(), weights.contiguous(), memory_ids.contiguous(), out, N, M=num_memories,
+            K=K, BLOCK_M=triton.next_power_of_2(num_memories), BLOCK_N=BLOCK_N)
+    return out

@@ -72,6 +72,24 @@ inline void check_weights(const at::Tensor& weights, const at::Tensor& dst_row_l
   CHECK_CONTIGUOUS(weights);
 }
 
+// route_backward's inputs: weights and grad_weights [N, k] fp32 (fp64 on CPU), memory_ids [N, k] int32, all on one
+// device, contiguous; k <= num_memories; dtype a floating type.
+inline void check_route_backward_args(const at::Tensor& grad_weights, const at::Tensor& weights,
+                                      const at::Tensor& memory_ids, int64_t num_memories, at::ScalarType dtype) {
+  CHECK_DIM(memory_ids, 2);
+  CHECK_DTYPE(memory_ids, at::kInt);
+  CHECK_CONTIGUOUS(memory_ids);
+  check_weights(weights, memory_ids, weights);
+  CHECK_SHAPE(grad_weights, weights.size(0), weights.size(1));
+  CHECK_SAME_DTYPE(grad_weights, weights);
+  CHECK_DEVICE(grad_weights, weights);
+  CHECK_DEVICE(memory_ids, weights);
+  TORCH_CHECK_VALUE(num_memories >= weights.size(1), "num_memories (", num_memories,
+                    ") must be at least topk = weights.shape[1] (", weights.size(1), ")");
+  TORCH_CHECK_VALUE(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kDouble,
+                    "dtype must be a floating type, got ", dtype);
+}
+
 // Upper bound on the number of chunks over all segments: sum ceil(L_s / C) <= floor(R / C) + S.
 inline int64_t max_chunks(int64_t rows, int64_t segments, int64_t chunk_size) {
   return rows / chunk_size + segments;

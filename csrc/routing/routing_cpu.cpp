@@ -213,6 +213,30 @@ std::tuple<at::Tensor, at::Tensor> unpermute_backward_cpu(const at::Tensor& grad
   return {grad_y, grad_w};
 }
 
+// grad_logits[n, memory_ids[n, j]] = w_j (g_j - sum_i w_i g_i) for kept slots (memory_ids >= 0), 0 elsewhere.
+at::Tensor route_backward_cpu(const at::Tensor& grad_weights, const at::Tensor& weights, const at::Tensor& memory_ids,
+                              int64_t num_memories, at::ScalarType dtype) {
+  check_route_backward_args(grad_weights, weights, memory_ids, num_memories, dtype);
+  const int64_t N = weights.size(0), k = weights.size(1);
+  at::Tensor grad = at::zeros({N, num_memories}, weights.options());
+  const int* ids = memory_ids.data_ptr<int>();
+  const at::Tensor grad_w = grad_weights.contiguous();  // autograd may hand a column slice
+  AT_DISPATCH_FLOATING_TYPES(weights.scalar_type(), "route_backward_cpu", [&] {
+    const scalar_t* w = weights.data_ptr<scalar_t>();
+    const scalar_t* g = grad_w.data_ptr<scalar_t>();
+    scalar_t* out = grad.data_ptr<scalar_t>();
+    for (int64_t n = 0; n < N; ++n) {
+      scalar_t dot = 0;
+      for (int64_t j = 0; j < k; ++j) dot += w[n * k + j] * g[n * k + j];
+      for (int64_t j = 0; j < k; ++j) {
+        const int m = ids[n * k + j];
+        if (m >= 0 && m < num_memories) out[n * num_memories + m] = w[n * k + j] * (g[n * k + j] - dot);
+      }
+    }
+  });
+  return grad.to(dtype);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mom_ops, CPU, m) {
@@ -220,6 +244,7 @@ TORCH_LIBRARY_IMPL(mom_ops, CPU, m) {
   m.impl("permute", &permute_cpu);
   m.impl("unpermute", &unpermute_cpu);
   m.impl("unpermute_backward", &unpermute_backward_cpu);
+  m.impl("route_backward", &route_backward_cpu);
 }
 
 }  // namespace mom_ops

@@ -188,6 +188,28 @@ std::tuple<at::Tensor, at::Tensor> unpermute_backward_cuda(const at::Tensor& gra
   return {grad_y, grad_w};
 }
 
+at::Tensor route_backward_cuda(const at::Tensor& grad_weights, const at::Tensor& weights, const at::Tensor& memory_ids,
+                               int64_t num_memories, at::ScalarType dtype) {
+  check_route_backward_args(grad_weights, weights, memory_ids, num_memories, dtype);
+  CHECK_DTYPE(weights, at::kFloat);
+  TORCH_CHECK_VALUE(dtype != at::kDouble, "dtype must be float32, float16 or bfloat16 on CUDA, got ", dtype);
+  TORCH_CHECK_VALUE(num_memories < (int64_t(1) << 31), "num_memories must fit in int32, got ", num_memories);
+  c10::cuda::CUDAGuard guard(weights.device());
+  const int64_t N = weights.size(0);
+  at::Tensor grad = at::empty({N, num_memories}, weights.options().dtype(dtype));
+  if (grad.numel() == 0) return grad;
+  const at::Tensor g = grad_weights.contiguous();
+  constexpr int kThreads = 256;
+  FLOAT_SWITCH(dtype, T, [&] {
+    route_backward_kernel<T><<<unsigned((N + kThreads - 1) / kThreads), kThreads, 0,
+                               at::cuda::getCurrentCUDAStream()>>>(
+        g.data_ptr<float>(), weights.data_ptr<float>(), memory_ids.data_ptr<int>(), N, int(weights.size(1)),
+        int(num_memories), grad.data_ptr<T>());
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return grad;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mom_ops, CUDA, m) {
@@ -195,6 +217,7 @@ TORCH_LIBRARY_IMPL(mom_ops, CUDA, m) {
   m.impl("permute", &permute_cuda);
   m.impl("unpermute", &unpermute_cuda);
   m.impl("unpermute_backward", &unpermute_backward_cuda);
+  m.impl("route_backward", &route_backward_cuda);
 }
 
 }  // namespace mom_ops
