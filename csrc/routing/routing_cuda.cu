@@ -198,13 +198,16 @@ at::Tensor route_backward_cuda(const at::Tensor& grad_weights, const at::Tensor&
   const int64_t N = weights.size(0);
   at::Tensor grad = at::empty({N, num_memories}, weights.options().dtype(dtype));
   if (grad.numel() == 0) return grad;
-  const at::Tensor g = grad_weights.contiguous();
+  // autograd hands the layer's weights gradient as a column slice: rows any stride apart, read in place
+  const at::Tensor g = grad_weights.size(1) <= 1 || grad_weights.stride(1) == 1 ? grad_weights
+                                                                               : grad_weights.contiguous();
+  const int64_t g_row_stride = g.size(0) > 1 ? g.stride(0) : g.size(1);
   constexpr int kThreads = 256;
   FLOAT_SWITCH(dtype, T, [&] {
     route_backward_kernel<T><<<unsigned((N + kThreads - 1) / kThreads), kThreads, 0,
                                at::cuda::getCurrentCUDAStream()>>>(
-        g.data_ptr<float>(), weights.data_ptr<float>(), memory_ids.data_ptr<int>(), N, int(weights.size(1)),
-        int(num_memories), grad.data_ptr<T>());
+        g.data_ptr<float>(), g_row_stride, weights.data_ptr<float>(), memory_ids.data_ptr<int>(), N,
+        int(weights.size(1)), int(num_memories), grad.data_ptr<T>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return grad;

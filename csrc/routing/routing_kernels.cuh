@@ -336,13 +336,13 @@ __global__ void unpermute_backward_kernel(PermuteParams p) {
 // route's backward, one thread per token: dot = sum_j w_j g_j, then each of the token's num_memories outputs is
 // w_j (g_j - dot) for the kept slot j with memory_ids[n, j] = m, else 0 (masked tokens: all 0).
 template <typename T>
-__global__ void route_backward_kernel(const float* __restrict__ grad_weights, const float* __restrict__ weights,
-                                      const int* __restrict__ memory_ids, int64_t num_tokens, int topk,
-                                      int num_memories, T* __restrict__ grad_logits) {
+__global__ void route_backward_kernel(const float* __restrict__ grad_weights, int64_t grad_row_stride,
+                                      const float* __restrict__ weights, const int* __restrict__ memory_ids,
+                                      int64_t num_tokens, int topk, int num_memories, T* __restrict__ grad_logits) {
   const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (n >= num_tokens) return;
   const float* w = weights + n * topk;
-  const float* g = grad_weights + n * topk;
+  const float* g = grad_weights + n * grad_row_stride;
   const int* ids = memory_ids + n * topk;
   float dot = 0.f;
   for (int j = 0; j < topk; ++j) dot += w[j] * g[j];
