@@ -244,9 +244,11 @@ class MoMAttention(nn.Module):
         rows_per_memory = plan.cu_seqlens[B::B] - plan.cu_seqlens[:-1:B]  # [M]
         if mask is None:  # every token is valid: their count is known here (fewer launches than a mask of ones)
             tokens = probs.shape[0]
-            # scale M sum_m f_m P_m = <sum_n probs[n], rows_per_memory> scale M / (tokens^2 k): four launches
+            # scale M sum_m f_m P_m = <sum_n probs[n], rows_per_memory * scale M / (tokens^2 k)>: the int counts times a
+            # float promote to a float in one launch (.to: a no-op unless the default dtype is not fp32), and the
+            # backward is one product (the counts need no gradient)
             c = self.aux_loss_scale * self.num_memories / (max(tokens * self.topk, 1) * max(tokens, 1))
-            return torch.dot(probs.sum(0), rows_per_memory.float()) * c
+            return torch.dot(probs.sum(0), (rows_per_memory * c).to(probs.dtype))
         valid = mask.float()
         f = rows_per_memory.float() / (valid.sum() * self.topk).clamp_min(1)
         P = (probs * valid[:, None]).sum(0) / valid.sum().clamp_min(1)
