@@ -31,7 +31,8 @@ def gdn_gating_backward(grad_g: torch.Tensor | None, grad_beta: torch.Tensor | N
     if grad_beta is None:
         grad_beta = torch.zeros(b.shape, dtype=b.dtype, device=b.device)
     dense = lambda t: t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()  # noqa: E731
-    grad_params = torch.ops.mom_ops.gdn_gating_bwd(dense(grad_g), dense(grad_beta), a, b, A_log, dt_bias, grad_a, grad_b)
+    grad_params = torch.ops.mom_ops.gdn_gating_bwd(dense(grad_g), dense(grad_beta), a, b, A_log, dt_bias, grad_a,
+                                                   grad_b)
     return grad_params[0], grad_params[1]
 
 

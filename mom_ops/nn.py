@@ -221,14 +221,16 @@ class MoMAttention(nn.Module):
     def _memory(self, q, proj, cu_seqlens, cache: MoMCache | None = None, rows: slice | None = None):
         """Conv, gates and the scan of one packed stream: q [R, H*K] and proj [R, H*K + H*V + 2H] (k | v | b | a)
         -> o [R, H, V]. k, v, g and beta come from proj's columns in place (scan_inputs: the convs and gdn_gating in
-        one node, one gradient for proj, no copy or concatenation in the backward). With a cache, the segments start from cache rows `rows` (states
-        and conv histories), which are then replaced by the segments' final states and histories."""
+        one node, one gradient for proj, no copy or concatenation in the backward). With a cache, the segments start
+        from cache rows `rows` (states and conv histories), which are then replaced by the segments' final states and
+        histories."""
         H, W, K, V = self.num_heads, self.conv_size, self.head_dim, self.head_v_dim
         hist = (None, None, None) if cache is None else (cache.conv_q[rows], cache.conv_k[rows], cache.conv_v[rows])
         qc = segment_causal_conv(q, self.q_conv, cu_seqlens, hist[0]).view(1, -1, H, K)
         kc, vc, g, beta = scan_inputs(proj, cu_seqlens, self.k_conv, self.v_conv, self.A_log, self.dt_bias, *hist[1:])
         o, ht = mom_ops.chunk_gated_delta_rule(
-            qc, kc.view(1, -1, H, K), vc.view(1, -1, H, V), g.unsqueeze(0), beta.unsqueeze(0), cu_seqlens=cu_seqlens, use_qk_l2norm_in_kernel=True,
+            qc, kc.view(1, -1, H, K), vc.view(1, -1, H, V), g.unsqueeze(0), beta.unsqueeze(0), cu_seqlens=cu_seqlens,
+            use_qk_l2norm_in_kernel=True,
             initial_state=None if cache is None else cache.states[rows], output_final_state=cache is not None)
         if cache is not None:
             cache.states[rows] = ht.detach()  # a cache carries no gradient
