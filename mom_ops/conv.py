@@ -6,6 +6,8 @@ import itertools
 
 import torch
 
+from mom_ops._autograd import function_of
+
 
 def segment_conv(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor,
                  history: torch.Tensor | None = None, activation: bool = True) -> torch.Tensor:
@@ -19,7 +21,7 @@ def segment_conv(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor
     """
     if x.dim() != 2:
         raise ValueError(f"x must be [R, C], got shape {tuple(x.shape)}")
-    return torch.ops.mom_ops.segment_conv_fwd(x, weight, cu_seqlens, history, activation)
+    return _SEGMENT_CONV.apply(x, weight, cu_seqlens, history, activation)
 
 
 def _setup(ctx, inputs, output):
@@ -40,6 +42,7 @@ def _backward(ctx, grad_y):
 
 
 torch.library.register_autograd("mom_ops::segment_conv_fwd", _backward, setup_context=_setup)
+_SEGMENT_CONV = function_of(torch.ops.mom_ops.segment_conv_fwd, _setup, _backward)
 
 
 def conv_columns_fwd(x: torch.Tensor, cu_seqlens: torch.Tensor, weights, histories) -> list[torch.Tensor]:

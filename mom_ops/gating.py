@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from mom_ops._autograd import function_of
+
 
 def gdn_gating(a: torch.Tensor, b: torch.Tensor, A_log: torch.Tensor,
                dt_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -17,7 +19,7 @@ def gdn_gating(a: torch.Tensor, b: torch.Tensor, A_log: torch.Tensor,
     """
     if a.dim() != 2:
         raise ValueError(f"a must be [R, H], got shape {tuple(a.shape)}")
-    return torch.ops.mom_ops.gdn_gating_fwd(a, b, A_log, dt_bias)
+    return _GDN_GATING.apply(a, b, A_log, dt_bias)
 
 
 def gdn_gating_backward(grad_g: torch.Tensor | None, grad_beta: torch.Tensor | None, a: torch.Tensor,
@@ -50,3 +52,4 @@ def _backward(ctx, grad_g, grad_beta):
 
 
 torch.library.register_autograd("mom_ops::gdn_gating_fwd", _backward, setup_context=_setup)
+_GDN_GATING = function_of(torch.ops.mom_ops.gdn_gating_fwd, _setup, _backward)

@@ -6,6 +6,8 @@ import warnings
 
 import torch
 
+from mom_ops._autograd import function_of
+
 
 def check_scan_args(q, k, v, initial_state, cu_seqlens, kwargs, allow_chunk_size: bool) -> bool:
     """fla's argument checks, with fla's messages; returns state_v_first after the deprecated alias."""
@@ -81,7 +83,7 @@ def chunk_gated_delta_rule(
             state_v_first, cu_seqlens, chunk_indices)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, g, beta, initial_state)):
         # training: the forward also keeps what the backward reads (chunk-start states, W, V_new, T on CUDA)
-        o, final_state, *_ = torch.ops.mom_ops.chunk_gated_delta_rule_fwd_train(*args)
+        o, final_state, *_ = _FWD_TRAIN.apply(*args)
     else:
         o, final_state = torch.ops.mom_ops.chunk_gated_delta_rule_fwd(*args)
     return o, (final_state if output_final_state else None)
@@ -118,3 +120,4 @@ def _backward(ctx, grad_o, grad_final_state, *_grad_saved):
 
 torch.library.register_autograd("mom_ops::chunk_gated_delta_rule_fwd", _backward, setup_context=_setup)
 torch.library.register_autograd("mom_ops::chunk_gated_delta_rule_fwd_train", _backward, setup_context=_setup)
+_FWD_TRAIN = function_of(torch.ops.mom_ops.chunk_gated_delta_rule_fwd_train, _setup, _backward)

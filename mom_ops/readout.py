@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from mom_ops._autograd import function_of
+
 from mom_ops.routing import RoutingPlan
 
 
@@ -28,9 +30,7 @@ def memory_mix(
         raise ValueError(f"o_routed must be [R, H, V], got shape {tuple(o_routed.shape)}")
     if weights is None:
         weights = plan.weights
-    return torch.ops.mom_ops.memory_mix_fwd(
-        o_routed, plan.dst_row, plan.src_pair, weights, shared, norm_weight, gate, eps
-    )
+    return _MEMORY_MIX.apply(o_routed, plan.dst_row, plan.src_pair, weights, shared, norm_weight, gate, eps)
 
 
 def _setup(ctx, inputs, output):
@@ -58,3 +58,4 @@ def _backward(ctx, grad_out):
 
 
 torch.library.register_autograd("mom_ops::memory_mix_fwd", _backward, setup_context=_setup)
+_MEMORY_MIX = function_of(torch.ops.mom_ops.memory_mix_fwd, _setup, _backward)

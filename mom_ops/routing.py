@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from mom_ops._autograd import function_of
+
 CHUNK_SIZE = 64
 
 
@@ -99,7 +101,7 @@ def route(
         mask = mask.reshape(-1)
     if logits.is_cuda and os.environ.get("MOM_OPS_CHECK_NAN") == "1" and torch.isnan(logits).any():
         raise ValueError("router_logits contains NaN")
-    outs = torch.ops.mom_ops.route(logits, topk, batch_size, cu_seqlens, mask, chunk_size)
+    outs = _ROUTE.apply(logits, topk, batch_size, cu_seqlens, mask, chunk_size)
     return RoutingPlan(*outs, num_memories=logits.shape[-1], batch_size=batch_size)
 
 
@@ -107,7 +109,7 @@ def permute(x: torch.Tensor, plan: RoutingPlan) -> torch.Tensor:
     """Gather token rows into the packed stream: x [N, ...] -> y [R, ...], y[r] = x[src_pair[r] // k]."""
     if x.dim() == 0 or x.shape[0] != plan.num_tokens:
         raise ValueError(f"x must have {plan.num_tokens} rows (the plan's tokens), got shape {tuple(x.shape)}")
-    y = torch.ops.mom_ops.permute(x.reshape(x.shape[0], math.prod(x.shape[1:])), plan.dst_row, plan.src_pair)
+    y = _PERMUTE.apply(x.reshape(x.shape[0], math.prod(x.shape[1:])), plan.dst_row, plan.src_pair)
     return y.view(plan.num_rows, *x.shape[1:])
 
 
@@ -117,8 +119,7 @@ def unpermute(y: torch.Tensor, plan: RoutingPlan, weights: torch.Tensor | None =
     weights: optional fp32 [N, k] (e.g. plan.weights); differentiable."""
     if y.dim() == 0 or y.shape[0] != plan.num_rows:
         raise ValueError(f"y must have {plan.num_rows} rows (the plan's packed rows), got shape {tuple(y.shape)}")
-    x = torch.ops.mom_ops.unpermute(y.reshape(y.shape[0], math.prod(y.shape[1:])), plan.dst_row, plan.src_pair,
-                                    weights)
+    x = _UNPERMUTE.apply(y.reshape(y.shape[0], math.prod(y.shape[1:])), plan.dst_row, plan.src_pair, weights)
     return x.view(plan.num_tokens, *y.shape[1:])
 
 
@@ -167,3 +168,6 @@ def _unpermute_backward(ctx, grad_x):
 torch.library.register_autograd("mom_ops::route", _route_backward, setup_context=_route_setup)
 torch.library.register_autograd("mom_ops::permute", _permute_backward, setup_context=_permute_setup)
 torch.library.register_autograd("mom_ops::unpermute", _unpermute_backward, setup_context=_unpermute_setup)
+_ROUTE = function_of(torch.ops.mom_ops.route, _route_setup, _route_backward)
+_PERMUTE = function_of(torch.ops.mom_ops.permute, _permute_setup, _permute_backward)
+_UNPERMUTE = function_of(torch.ops.mom_ops.unpermute, _unpermute_setup, _unpermute_backward)
