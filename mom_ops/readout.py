@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from mom_ops._autograd import function_of
-
 from mom_ops.routing import RoutingPlan
 
 
