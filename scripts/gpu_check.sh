@@ -12,8 +12,9 @@
 # time against its GPU time -> host.log), GRAPH_STEP=1 (scripts/layer_graph_step.py: the layer's training step as one
 # CUDA-graph replay against the eager step -> graph.log). Test time: tests/test_gdn.py::test_gpu_forward takes 50-95 s
 # per case (its fp32 Triton reference compiles per case; ~10 min for the eight) and fails only its documented Triton
-# clause, so routine runs pass -k "not (test_gpu_forward and case)". Time fla in a process of its own (BENCH_PROVIDERS=fla, a second call):
-# after fla's layer and its TileLang kernels had run, our layer's fwdbwd read 8.32 ms instead of 6.14 in one process.
+# clause, so routine runs pass -k "not (test_gpu_forward and case)". Time fla in a process of its own
+# (BENCH_PROVIDERS=fla, a second call): after fla's layer and its TileLang kernels had run, our layer's fwdbwd read
+# 8.32 ms instead of 6.14 in one process.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu_out}"

@@ -9,6 +9,7 @@
 
 #include "common/column_sum.cuh"
 #include "common/static_switch.h"
+#include "common/strided_rows.h"
 #include "conv/conv_checks.h"
 #include "conv/conv_kernels.cuh"
 
@@ -33,9 +34,6 @@ ConvInputs prepare(const at::Tensor& x, const at::Tensor& weight, const at::Tens
   in.cu = cu_seqlens.contiguous();
   return in;
 }
-
-// Rows may have any stride; the channels must be dense.
-at::Tensor dense_rows(const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
 
 ConvParams make_params(const at::Tensor& x, const ConvInputs& in, const ConvDims& d, bool activation) {
   ConvParams p{};
@@ -83,7 +81,7 @@ at::Tensor segment_conv_fwd_cuda(const at::Tensor& x_in, const at::Tensor& weigh
   const ConvDims d = check_segment_conv_args(x_in, weight, cu_seqlens, history);
   c10::cuda::CUDAGuard guard(x_in.device());
   const ConvInputs in = prepare(x_in, weight, cu_seqlens, history, d);
-  const at::Tensor x = dense_rows(x_in);
+  const at::Tensor x = dense_last_dim(x_in);
   at::Tensor y = at::empty({d.rows, d.channels}, x.options());
   if (d.rows == 0 || d.channels == 0) return y;
   ConvParams p = make_params(x, in, d, activation);
@@ -105,7 +103,7 @@ std::tuple<at::Tensor, at::Tensor> conv_bwd(const at::Tensor& grad_y_in, const a
   CHECK_DEVICE(grad_y_in, x_in);
   c10::cuda::CUDAGuard guard(x_in.device());
   const ConvInputs in = prepare(x_in, weight, cu_seqlens, history, d);
-  const at::Tensor x = dense_rows(x_in), grad_y = dense_rows(grad_y_in.to(x_in.scalar_type()));
+  const at::Tensor x = dense_last_dim(x_in), grad_y = dense_last_dim(grad_y_in.to(x_in.scalar_type()));
   const auto f32 = x.options().dtype(at::kFloat);
   // Every slot of a non-empty segment is written by the kernel; empty segments keep these zeros.
   at::Tensor grad_history = history.has_value() ? at::zeros({d.segments, d.width - 1, d.channels}, f32)

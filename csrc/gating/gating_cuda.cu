@@ -8,14 +8,12 @@
 
 #include "common/column_sum.cuh"
 #include "common/static_switch.h"
+#include "common/strided_rows.h"
 #include "gating/gating_checks.h"
 #include "gating/gating_kernels.cuh"
 
 namespace mom_ops {
 namespace {
-
-// Rows may have any stride; the heads must be dense (a lone head column counts as dense).
-int64_t row_stride(const at::Tensor& t) { return t.size(0) > 1 ? t.stride(0) : t.size(1); }
 
 GatingParams make_params(const at::Tensor& a, const at::Tensor& b, const at::Tensor& A_log,
                          const at::Tensor& dt_bias) {

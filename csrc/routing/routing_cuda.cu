@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include "common/static_switch.h"
+#include "common/strided_rows.h"
 #include "routing/routing_checks.h"
 #include "routing/routing_kernels.cuh"
 
@@ -128,11 +129,11 @@ at::Tensor permute_cuda(const at::Tensor& x, const at::Tensor& dst_row, const at
   c10::cuda::CUDAGuard guard(x.device());
   // Rows with dense columns are read in place at their stride (a column slice of a wider projection, say; rows are
   // only read, so any stride(0) will do, 0 included).
-  const at::Tensor xc = x.size(1) <= 1 || x.stride(1) == 1 ? x : x.contiguous();
+  const at::Tensor xc = dense_last_dim(x);
   at::Tensor y = at::empty({src_pair.size(0), x.size(1)}, x.options());
   PermuteParams p = plan_params(dst_row, src_pair, x.size(1));
   p.in = xc.data_ptr();
-  if (xc.size(0) > 1) p.in_row_stride = xc.stride(0);
+  p.in_row_stride = row_stride(xc);
   p.out = y.data_ptr();
   launch_rows<PermuteLaunch>(xc, std::max(p.num_rows, p.num_tokens), p);
   return y;
@@ -199,14 +200,12 @@ at::Tensor route_backward_cuda(const at::Tensor& grad_weights, const at::Tensor&
   at::Tensor grad = at::empty({N, num_memories}, weights.options().dtype(dtype));
   if (grad.numel() == 0) return grad;
   // autograd hands the layer's weights gradient as a column slice: rows any stride apart, read in place
-  const at::Tensor g = grad_weights.size(1) <= 1 || grad_weights.stride(1) == 1 ? grad_weights
-                                                                               : grad_weights.contiguous();
-  const int64_t g_row_stride = g.size(0) > 1 ? g.stride(0) : g.size(1);
+  const at::Tensor g = dense_last_dim(grad_weights);
   constexpr int kThreads = 256;
   FLOAT_SWITCH(dtype, T, [&] {
     route_backward_kernel<T><<<unsigned((N + kThreads - 1) / kThreads), kThreads, 0,
                                at::cuda::getCurrentCUDAStream()>>>(
-        g.data_ptr<float>(), g_row_stride, weights.data_ptr<float>(), memory_ids.data_ptr<int>(), N,
+        g.data_ptr<float>(), row_stride(g), weights.data_ptr<float>(), memory_ids.data_ptr<int>(), N,
         int(weights.size(1)), int(num_memories), grad.data_ptr<T>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
