@@ -295,13 +295,16 @@ def test_only_requested_gradients(requires):
 # ---- 6. the backward's state-gradient chains ----
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", ["d128_varlen_gva_strong", "k128_v256", "d128_beta1", "d128_no_l2norm"])
+@pytest.mark.parametrize("name", ["d128_varlen_gva_strong", "k128_v256", "d128_beta1", "d128_no_l2norm",
+                                  "d256_gva", "d256_g0_beta0"])
 def test_warp_specialised_chain_against_the_reference_and_the_chain_kernel(name, monkeypatch):
-    """K = 128: the warp-specialised chain (gdn_bwd_chain_ws_kernel, what many sequences get) under the bars, and
-    close to the chain kernel (MOM_OPS_GDN_BWD_WS=0) on the same inputs. Small cases take the split chain by
-    default (few sequences), so MOM_OPS_GDN_BWD_SPLIT=0 forces the others."""
+    """K = 128 and 256: the warp-specialised chain (gdn_bwd_chain_ws_kernel, what many sequences get) under the
+    bars, and close to the chain kernel (MOM_OPS_GDN_BWD_WS=0) on the same inputs. Small cases take the split chain
+    (K = 128) or the chain kernel (K = 256) by default (few sequences), so MOM_OPS_GDN_BWD_SPLIT=0 and
+    MOM_OPS_GDN_BWD_WS=1 force the ws chain."""
     need_kernel(OP, "cuda")
     monkeypatch.setenv("MOM_OPS_GDN_BWD_SPLIT", "0")
+    monkeypatch.setenv("MOM_OPS_GDN_BWD_WS", "1")
     ws = _ours_op(name, torch.bfloat16)
     monkeypatch.setenv("MOM_OPS_GDN_BWD_WS", "0")
     chain = _ours_op(name, torch.bfloat16)

@@ -61,11 +61,15 @@ void run_gdn_bwd_chain(const GdnBwdParams& p, bool bf16, int dim_k, int bv, cuda
   });
 }
 
-void run_gdn_bwd_chain_ws(const GdnBwdParams& p, bool bf16, cudaStream_t stream) {
+void run_gdn_bwd_chain_ws(const GdnBwdParams& p, bool bf16, int dim_k, cudaStream_t stream) {
+  TORCH_CHECK(dim_k == 128 || dim_k == 256, "the warp-specialised backward chain takes K = 128 or 256, got ", dim_k);
   BOOL_SWITCH(bf16, kBf16, [&] {
     using T = std::conditional_t<kBf16, __nv_bfloat16, __half>;
-    launch_scan_kernel(gdn_bwd_chain_ws_kernel<T>, p, int64_t(p.num_seqs) * p.heads_v * p.num_vblocks, kBwdWsThreads,
-                       GdnBwdWsSmem<T>::kBytes, stream, "(sequence, head, V-block)");
+    BOOL_SWITCH(dim_k == 256, kK256, [&] {
+      constexpr int kK = kK256 ? 256 : 128;
+      launch_scan_kernel(gdn_bwd_chain_ws_kernel<T, kK>, p, int64_t(p.num_seqs) * p.heads_v * p.num_vblocks,
+                         kBwdWsThreads, GdnBwdWsSmem<T, kK>::kBytes, stream, "(sequence, head, V-block)");
+    });
   });
 }
 

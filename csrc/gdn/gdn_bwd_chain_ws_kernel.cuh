@@ -1,7 +1,7 @@
 // Warp-specialised state-gradient chain of the backward (what gdn_bwd_chain_kernel.cuh computes: dS1 of every chunk
-// and dh0), K = 128 and V a multiple of 128, on sm_90a wgmma. One CTA (3 warpgroups) owns (sequence, value head,
-// 128 value columns) and walks the chunks in reverse. Warpgroup 0 ("aux") does the chunk-local work one chunk ahead
-// of warpgroups 1 and 2 ("state"), which keep dS^T [v][k] in fp32 wgmma accumulators (warpgroup 1 + w: v rows
+// and dh0), K = 128 or 256 and V a multiple of 128, on sm_90a wgmma. One CTA (3 warpgroups) owns (sequence, value
+// head, 128 value columns) and walks the chunks in reverse. Warpgroup 0 ("aux") does the chunk-local work one chunk
+// ahead of warpgroups 1 and 2 ("state"), which keep dS^T [v][k] in fp32 wgmma accumulators (warpgroup 1 + w: v rows
 // 64 w ..), as the forward's gdn_fwd_ws_kernel.cuh keeps S^T. Per chunk (G, rq, rk as in the chain kernel):
 //   aux:   P  = scale rq_i rk_j e^{G_i - G_j} (q_i . k_j)  (i >= j),   Qs = diag(scale rq e^G) Q   (16-bit, to the stage)
 //          d  = rk e^{G_L - G},  e^{G_L}
@@ -9,16 +9,23 @@
 //          dVn^T = (dS^T K^T) diag(d) + dO^T P
 //          dS^T <- e^{G_L} dS^T + dO^T Qs - dVn^T W
 // Aux never reads the state (it waits for the state warpgroups only to reuse a stage); the state warpgroups run four
-// products per chunk. Status and measurements: csrc/gdn/NOTES.md.
+// products per chunk.
+// K = 128: W is in the stage, and dS^T K^T reads dS^T's 16-bit shared copy.
+// K = 256: dS^T takes 128 registers per state thread, so registers move from aux to the state warpgroups
+// (setmaxnreg); two stages with W do not fit, so W has one buffer that the state warpgroups fill themselves (it is
+// read only by the last product, so its load overlaps the first three); and dS^T K^T takes A from the accumulators
+// (no shared copy). Status and measurements: csrc/gdn/NOTES.md.
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <cstdint>
 
+#include "common/copy_rows.cuh"
 #include "common/cp_async.cuh"
 #include "common/mma.cuh"
 #include "common/named_barrier.cuh"
+#include "common/setmaxnreg.cuh"
 #include "common/tile_layout.h"
 #include "common/wgmma.cuh"
 #include "common/wgmma_steps.cuh"
@@ -32,37 +39,60 @@ namespace mom_ops {
 constexpr int kBwdWsThreads = 384;  // warpgroup 0: aux; 1, 2: state
 
 // Named barriers: 1 aux, 2 + w state warpgroup w, 4 + s stage s full (aux arrives, state syncs), 6 + s stage s
-// empty (state arrives, aux syncs).
-constexpr int kBwdWsBarAux = 1, kBwdWsBarState = 2, kBwdWsBarFull = 4, kBwdWsBarEmpty = 6;
+// empty (state arrives, aux syncs), 8 both state warpgroups (K = 256: their shared W tile).
+constexpr int kBwdWsBarAux = 1, kBwdWsBarState = 2, kBwdWsBarFull = 4, kBwdWsBarEmpty = 6, kBwdWsBarPair = 8;
+
+// K = 256: registers per thread after setmaxnreg. The pool is the launch's 384 x 168 (asking for more hangs). ptxas
+// (nvcc 13.0): state below 208 serialises every wgmma; aux 88 spills 128 B (its load addresses, ~16 reloads per
+// chunk), 72 spills 192 B.
+constexpr int kBwdWsAuxRegs = 88, kBwdWsStateRegs = 208;
+static_assert(kBwdWsAuxRegs + 2 * kBwdWsStateRegs <= 3 * 168, "register pool");
 
 // Shared memory (byte offsets; every 16-bit tile in wgmma's 128-byte-swizzled 64-column slabs, on a 1 KB boundary).
-template <typename T>
+template <typename T, int kK>
 struct GdnBwdWsSmem {
   static constexpr int C = kGdnChunk;
-  static constexpr int kTile = C * 128 * 2;  // [64][128] 16-bit: two slabs
+  static constexpr bool kStageW = kK == 128;  // W in each stage (K = 128) or in one buffer of its own (K = 256)
+  static constexpr int kTileK = C * kK * 2;   // [64][K] 16-bit
+  static constexpr int kTileV = C * 128 * 2;  // [64][128] 16-bit
   // A stage, written by aux, read by state:
-  static constexpr int kQs = 0, kKey = kTile, kW = 2 * kTile, kDo = 3 * kTile;  // Qs (q raw until P), k, W, dO
-  static constexpr int kP = 4 * kTile;                                          // P [j][i] 16-bit, one slab
-  static constexpr int kVec = kP + C * C * 2;                                   // f32 [64] d, then e^{G_L}
+  static constexpr int kQs = 0, kKey = kTileK;             // Qs (q raw until P), k
+  static constexpr int kW = 2 * kTileK;                    // W (K = 128)
+  static constexpr int kDo = kW + (kStageW ? kTileK : 0);  // dO
+  static constexpr int kP = kDo + kTileV;                  // P [j][i] 16-bit, one slab
+  static constexpr int kVec = kP + C * C * 2;              // f32 [64] d, then e^{G_L}
   static constexpr int kStage = (kVec + 2 * C * 4 + 1023) / 1024 * 1024;
-  static constexpr int kSt = 2 * kStage;  // dS^T [128 v][128 k] 16-bit (Sw128Slabs<128>)
-  static constexpr int kRowsOut = kSt + 128 * 128 * 2;  // state only: [64][64] 16-bit per warpgroup (ds1's rows)
+  static constexpr int kSt = 2 * kStage;  // K = 128: dS^T [128 v][128 k] 16-bit (Sw128Slabs<128>)
+  static constexpr int kWOwn = kSt + (kStageW ? 128 * 128 * 2 : 0);     // K = 256: W [64][256]
+  static constexpr int kRowsOut = kWOwn + (kStageW ? 0 : kTileK);       // state only: [64][64] 16-bit per warpgroup
   static constexpr int kAuxVec = kRowsOut + 2 * C * C * 2;  // aux only, f32 [64] each: G, rq, rk
   static constexpr int kBytes = kAuxVec + 3 * C * 4;
+  static_assert(kK == 128 || kK == 256, "K = 128 or 256");
   static_assert(kBytes <= kSmemPerCta, "layout");
 };
 
-template <typename T>
+// Rows of a [64][kCols] tile in 64-column slabs (Sw128Slabs<64>), kCols a multiple of 128, copied in 128-column
+// pieces so that every thread's rows stay 8 apart (copy_rows_async's condition) at 128 threads as well.
+template <int kCols, int kThreads, typename T>
+__device__ __forceinline__ void copy_chunk_tile_async(T* dst, const T* src, int64_t stride, int len, int tid) {
+  static_assert(kCols % 128 == 0, "128-column pieces");
+  using Sw = Sw128Slabs<kGdnChunk>;
+#pragma unroll
+  for (int piece = 0; piece < kCols / 128; ++piece)
+    copy_rows_async<kGdnChunk, 128, Sw, kThreads>(dst + Sw::at(0, 128 * piece), src + 128 * piece, stride, len, tid);
+}
+
+template <typename T, int kK>
 __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnBwdParams p) {
-  using L = GdnBwdWsSmem<T>;
-  constexpr int C = kGdnChunk, kK = 128, kV = 128;
+  using L = GdnBwdWsSmem<T, kK>;
+  constexpr int C = kGdnChunk, kV = 128, kKc = kK / 64;
+  constexpr bool kStageW = L::kStageW;
   using Sw = Sw128Slabs<C>;     // the stage's tiles
-  using SwS = Sw128Slabs<128>;  // dS^T
+  using SwS = Sw128Slabs<128>;  // dS^T (K = 128)
   extern __shared__ __align__(1024) unsigned char smem[];
   auto stage = [&](int s) { return smem + s * L::kStage; };
   auto tile = [&](int s, int off) { return reinterpret_cast<T*>(stage(s) + off); };
   auto vec = [&](int s) { return reinterpret_cast<float*>(stage(s) + L::kVec); };  // d, e^{G_L}
-  T* sSt = reinterpret_cast<T*>(smem + L::kSt);
   auto kmajor = [](const T* x, int row) { return [=](int s) { return x + Sw::at(row, 16 * s); }; };
   auto mnmajor = [](const T* x, int col) { return [=](int s) { return x + Sw::at(16 * s, col); }; };
 
@@ -80,41 +110,32 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
     const int64_t c0 = bos + int64_t(num_chunks - 1 - it) * C;
     return ChunkRows{c0, int(min(int64_t(C), eos - c0))};
   };
+  const T* w = static_cast<const T*>(p.w);
+  const int64_t w_stride = int64_t(p.heads_v) * kK;
 
   if (tid < 128) {  // ---------------------------------------------------------------- aux: chunk-local work
+    if constexpr (!kStageW) setmaxnreg_dec<kBwdWsAuxRegs>();
     const int warp = tid / 32, r0 = 16 * warp;
     float* sG = reinterpret_cast<float*>(smem + L::kAuxVec);
     float *sRq = sG + C, *sRk = sRq + C;
     auto aux_sync = [] { named_bar_sync(kBwdWsBarAux, 128); };
     const T* q = static_cast<const T*>(p.q);
     const T* k = static_cast<const T*>(p.k);
-    const T* w = static_cast<const T*>(p.w);
     const T* dout = static_cast<const T*>(p.dout);
-    // q, k, W, dO rows of iteration it (zeros past the sequence) -> its stage, one commit group; g of rows 2 lane,
-    // 2 lane + 1 into warp 0's g2. Thread tid copies the 16-byte column chunk tid % 16 of rows tid / 16 + 8 i.
+    // q, k, (W,) dO rows of iteration it (zeros past the sequence) -> its stage, one commit group; g of rows 2 lane,
+    // 2 lane + 1 into warp 0's g2.
     float g2[2];
-    const int load_row = tid / 16, load_col = (tid % 16) * 8;
-    const int64_t qk_step = int64_t(8) * p.heads_qk * kK, w_step = int64_t(8) * p.heads_v * kK;
-    const int64_t v_step = int64_t(8) * p.heads_v * p.dim_v;
+    const int64_t qk_stride = int64_t(p.heads_qk) * kK, v_stride = int64_t(p.heads_v) * p.dim_v;
     auto issue_loads = [&](int it) {
       const ChunkRows rows = chunk_rows(it);
-      const int64_t row = rows.c0 + load_row;
-      const T* q_src = q + (row * p.heads_qk + h) * kK + load_col;
-      const T* k_src = k + (row * p.heads_qk + h) * kK + load_col;
-      const T* w_src = w + (row * p.heads_v + hv) * kK + load_col;
-      const T* do_src = dout + (row * p.heads_v + hv) * p.dim_v + v0 + load_col;
-      const int s = it % 2, dst = Sw::at(load_row, load_col);  // row load_row + 8 i: dst + 8 i rows
-      T *sQ = tile(s, L::kQs) + dst, *sK = tile(s, L::kKey) + dst, *sW = tile(s, L::kW) + dst;
-      T* sDo = tile(s, L::kDo) + dst;
-#pragma unroll
-      for (int i = 0; i < C / 8; ++i) {  // rows past the sequence: zero fill, the source (then the base) not read
-        const bool valid = load_row + 8 * i < rows.len;
-        cp_async16(sQ + 8 * i * 64, valid ? q_src : q, valid);
-        cp_async16(sK + 8 * i * 64, valid ? k_src : k, valid);
-        cp_async16(sW + 8 * i * 64, valid ? w_src : w, valid);
-        cp_async16(sDo + 8 * i * 64, valid ? do_src : dout, valid);
-        q_src += qk_step, k_src += qk_step, w_src += w_step, do_src += v_step;
-      }
+      const int s = it % 2;
+      const int64_t qk_row0 = (rows.c0 * p.heads_qk + h) * kK;
+      copy_chunk_tile_async<kK, 128>(tile(s, L::kQs), q + qk_row0, qk_stride, rows.len, tid);
+      copy_chunk_tile_async<kK, 128>(tile(s, L::kKey), k + qk_row0, qk_stride, rows.len, tid);
+      if constexpr (kStageW)
+        copy_chunk_tile_async<kK, 128>(tile(s, L::kW), w + (rows.c0 * p.heads_v + hv) * kK, w_stride, rows.len, tid);
+      copy_chunk_tile_async<kV, 128>(tile(s, L::kDo), dout + (rows.c0 * p.heads_v + hv) * p.dim_v + v0, v_stride,
+                                     rows.len, tid);
       cp_async_commit();
       if (warp == 0) {
 #pragma unroll
@@ -176,12 +197,12 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
         }
       }
       aux_sync();  // every warp's share of Q K^T is done reading q
-      {  // Qs = diag(scale rq e^G) Q in place: thread tid scales row tid / 2, columns 64 (tid % 2) .. in 16-byte rows
+      {  // Qs = diag(scale rq e^G) Q in place: thread tid scales row tid / 2, columns K / 2 (tid % 2) .. in 16-byte rows
         const int i = tid / 2;
         const float f = p.scale * sRq[i] * __expf(sG[i]);
 #pragma unroll
-        for (int m = 0; m < 8; ++m) {
-          uint4* x = reinterpret_cast<uint4*>(sQ + Sw::at(i, 64 * (tid % 2) + 8 * m));
+        for (int m = 0; m < kK / 16; ++m) {
+          uint4* x = reinterpret_cast<uint4*>(sQ + Sw::at(i, (kK / 2) * (tid % 2) + 8 * m));
           const uint4 raw = *x;
           const T* in = reinterpret_cast<const T*>(&raw);
           uint4 out;
@@ -202,19 +223,34 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
   }
 
   // ---------------------------------------------------------------------------------------- state warpgroups
+  if constexpr (!kStageW) setmaxnreg_inc<kBwdWsStateRegs>();
   const int wg = tid / 128 - 1, wtid = tid % 128, wr = wtid / 32;  // v rows 64 wg + 16 wr + g8 (+8)
   const int vrow0 = 64 * wg + 16 * wr + g8;
   auto wg_sync = [&] { named_bar_sync(kBwdWsBarState + wg, 128); };
-  // dS^T: two m64 x n64 accumulators (k columns 64 kc ..): St[kc][n][e] at v = vrow0 (+8 for e >= 2),
+  // dS^T: kKc m64 x n64 accumulators (k columns 64 kc ..): St[kc][n][e] at v = vrow0 (+8 for e >= 2),
   // k = 64 kc + 8 n + 2 t4 (+1 for odd e).
-  float St[2][8][4];
+  float St[kKc][8][4];
   auto for_each_state = [&](auto&& fn) { for_each_ws_state(St, vrow0, t4, fn); };  // fn(element, k, v)
   auto state_index = [&](int kk, int vv) { return cta.state_index(p.v_first, kK, p.dim_v, kk, vv); };
   for_each_state([&](float& x, int kk, int vv) { x = p.dht != nullptr ? p.dht[state_index(kk, vv)] : 0.f; });
+  T* sSt = reinterpret_cast<T*>(smem + L::kSt);
   T* st_row = ws_state_copy_row(sSt, wg, wr, lane);
-  auto publish_state = [&]() { publish_ws_state(St, st_row, lane); };  // the A operand of the products with it
-  publish_state();
-  wg_sync();
+  auto publish_state = [&]() {  // the A operand of dS^T K^T (K = 128)
+    if constexpr (kStageW) publish_ws_state(St, st_row, lane);
+  };
+  T* sWOwn = reinterpret_cast<T*>(smem + L::kWOwn);
+  auto pair_sync = [] { named_bar_sync(kBwdWsBarPair, 256); };
+  auto load_w = [&](int it) {  // K = 256: W rows of iteration it -> the W tile, by both state warpgroups
+    const ChunkRows rows = chunk_rows(it);
+    copy_chunk_tile_async<kK, 256>(sWOwn, w + (rows.c0 * p.heads_v + hv) * kK, w_stride, rows.len, tid - 128);
+    cp_async_commit();
+  };
+  if constexpr (kStageW) {
+    publish_state();
+    wg_sync();
+  } else if (num_chunks > 0) {
+    load_w(0);
+  }
   const int64_t slot0 = chunk_slot(p, cta.seq, bos);
   T* sRowsOut = reinterpret_cast<T*>(smem + L::kRowsOut) + wg * C * C;
   auto a_st = [&](int s) { return sSt + SwS::at(64 * wg, 16 * s); };  // dS^T rows 64 wg.., k-step s
@@ -222,7 +258,7 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
     const int s = it % 2, ci = num_chunks - 1 - it;
     const T* sQs = tile(s, L::kQs);
     const T* sK = tile(s, L::kKey);
-    const T* sW = tile(s, L::kW);
+    const T* sW = kStageW ? tile(s, L::kW) : sWOwn;
     const T* sDo = tile(s, L::kDo);
     const T* sP = tile(s, L::kP);
     const float* vs = vec(s);
@@ -233,21 +269,42 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
     store_state_rows<T>(St, sRowsOut,
                         static_cast<T*>(p.ds1) + ((slot0 + ci) * p.heads_v + hv) * int64_t(kK) * p.dim_v + v0 + 64 * wg,
                         p.dim_v, lane, wr);
-    // (1) dS^T K^T from dS^T's shared copy, then dS^T = e^{G_L} dS^T + dO^T Qs as a second group (the decay before
-    // the first product: between them ptxas waited for it before writing dS^T's registers).
+    // (1) dS^T K^T, then dS^T = e^{G_L} dS^T + dO^T Qs as a second group (the decay before the first product:
+    // between them ptxas waited for it before writing dS^T's registers).
     float dvn[8][4];
     const float decay = vs[C];
+    if constexpr (kStageW) {  // A from dS^T's shared copy
 #pragma unroll
-    for (int kc = 0; kc < 2; ++kc)
+      for (int kc = 0; kc < kKc; ++kc)
 #pragma unroll
-      for (int n = 0; n < 8; ++n)
+        for (int n = 0; n < 8; ++n)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) St[kc][n][e] *= decay;
-    wgmma_fence();
-    wgmma_k_steps<T, 64, false, false, kK / 16>(dvn, a_st, kmajor(sK, 0), false);
-    wgmma_commit();
+          for (int e = 0; e < 4; ++e) St[kc][n][e] *= decay;
+      wgmma_fence();
+      wgmma_k_steps<T, 64, false, false, kK / 16>(dvn, a_st, kmajor(sK, 0), false);
+      wgmma_commit();
+    } else {  // A from the accumulators, 64 k columns (4 k-steps) per group. One register set, each group waited
+      // for before the next conversion: with two sets ptxas serialised every wgmma (registers).
+      uint32_t a[4][4];
 #pragma unroll
-    for (int kc = 0; kc < 2; ++kc)  // A[v][i] = dO[i][v]: MN-major; B[n = k][kdim = i] = Qs[i][k]: MN-major
+      for (int kc = 0; kc < kKc; ++kc) {
+        if (kc > 0) wgmma_wait<0>();
+#pragma unroll
+        for (int ks = 0; ks < 4; ++ks) acc_to_a<T>(a[ks], St[kc], ks, t4, [](int) { return 1.f; });
+        wgmma_fence();
+        wgmma_rs_k_steps<T, false, 4>(dvn, a, [&](int ks) { return sK + Sw::at(0, 64 * kc + 16 * ks); }, kc > 0);
+        wgmma_commit();
+      }
+#pragma unroll
+      for (int kc = 0; kc < kKc; ++kc)
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) St[kc][n][e] *= decay;
+      wgmma_fence();
+    }
+#pragma unroll
+    for (int kc = 0; kc < kKc; ++kc)  // A[v][i] = dO[i][v]: MN-major; B[n = k][kdim = i] = Qs[i][k]: MN-major
       wgmma_k_steps<T, 64, true, true, C / 16>(St[kc], mnmajor(sDo, 64 * wg), mnmajor(sQs, 64 * kc), true);
     wgmma_commit();
     wgmma_wait<1>();
@@ -263,19 +320,29 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
     wgmma_k_steps<T, 64, true, true, C / 16>(dvn, mnmajor(sDo, 64 * wg), mnmajor(sP, 0), true);
     wgmma_commit();
     wgmma_wait<0>();
+    if constexpr (!kStageW) {  // the stage is read no more (W is not in it); W has landed
+      if (it + 2 < num_chunks) named_bar_arrive(kBwdWsBarEmpty + s, kBwdWsThreads);
+      cp_async_wait<0>();
+      fence_async_smem();
+      pair_sync();  // every state thread's share of W
+    }
     // (3) dS^T -= dVn^T W: A = -dVn^T from registers, B[n = k][kdim = i] = W[i][k], MN-major.
     uint32_t na[4][4];
 #pragma unroll
     for (int ks = 0; ks < 4; ++ks) acc_to_a<T>(na[ks], dvn, ks, t4, [](int) { return -1.f; });
     wgmma_fence();
 #pragma unroll
-    for (int kc = 0; kc < 2; ++kc) wgmma_rs_k_steps<T, true, C / 16>(St[kc], na, mnmajor(sW, 64 * kc), true);
+    for (int kc = 0; kc < kKc; ++kc) wgmma_rs_k_steps<T, true, C / 16>(St[kc], na, mnmajor(sW, 64 * kc), true);
     wgmma_commit();
     wgmma_wait<0>();
-    // (4) the new dS^T's 16-bit copy; the stage is free.
-    publish_state();
-    wg_sync();
-    if (it + 2 < num_chunks) named_bar_arrive(kBwdWsBarEmpty + s, kBwdWsThreads);
+    if constexpr (kStageW) {  // (4) the new dS^T's 16-bit copy; the stage is free.
+      publish_state();
+      wg_sync();
+      if (it + 2 < num_chunks) named_bar_arrive(kBwdWsBarEmpty + s, kBwdWsThreads);
+    } else {  // (4) both warpgroups are done with W: the next chunk's goes out
+      pair_sync();
+      if (it + 1 < num_chunks) load_w(it + 1);
+    }
   }
   if (p.dh0 != nullptr) for_each_state([&](float& x, int kk, int vv) { p.dh0[state_index(kk, vv)] = x; });
 }

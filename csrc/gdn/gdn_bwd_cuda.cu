@@ -56,10 +56,15 @@ bool use_split_backward_chain(const GdnDims& d, int fwd_bv) {
   return chain_ctas < 2 * int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
 }
 
-// The warp-specialised chain (gdn_bwd_chain_ws_kernel.cuh) where it applies: K = 128, V a multiple of 128 (and
-// not the split chain's few long sequences). MOM_OPS_GDN_BWD_WS=0 keeps the chain kernel.
+// The warp-specialised chain (gdn_bwd_chain_ws_kernel.cuh) where it applies: K = 128 or 256, V a multiple of 128
+// (and not the split chain's few long sequences). At K = 256 only where its grid fills the GPU: the chain kernel's
+// narrow value blocks (32 columns) give 4x the CTAs for few sequences. MOM_OPS_GDN_BWD_WS=0 keeps the chain kernel,
+// =1 takes the ws chain wherever it applies.
 bool use_warp_specialised_backward_chain(const GdnDims& d) {
-  return d.dim_k == 128 && d.dim_v % 128 == 0 && !env_is("MOM_OPS_GDN_BWD_WS", "0");
+  if ((d.dim_k != 128 && d.dim_k != 256) || d.dim_v % 128 != 0 || env_is("MOM_OPS_GDN_BWD_WS", "0")) return false;
+  if (d.dim_k == 128 || env_is("MOM_OPS_GDN_BWD_WS", "1")) return true;
+  const int64_t ctas = d.num_seqs * d.heads_v * (d.dim_v / 128);
+  return ctas >= int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gdn_bwd_cuda(
@@ -168,7 +173,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                               stream);
     } else if (use_warp_specialised_backward_chain(d)) {
       bp.num_vblocks = int(d.dim_v / 128);
-      run_gdn_bwd_chain_ws(bp, bf16, stream);
+      run_gdn_bwd_chain_ws(bp, bf16, int(d.dim_k), stream);
     } else {
       run_gdn_bwd_chain(bp, bf16, int(d.dim_k), fwd_bv, stream);
     }

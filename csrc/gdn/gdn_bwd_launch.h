@@ -15,9 +15,9 @@ inline int gdn_bwd_value_block(int64_t dim_k) { return dim_k == 256 ? 32 : 64; }
 // p.num_seqs x p.heads_v x p.num_vblocks CTAs.
 void run_gdn_bwd_chain(const GdnBwdParams& p, bool bf16, int dim_k, int bv, cudaStream_t stream);
 
-// The warp-specialised chain (gdn_bwd_chain_ws_kernel.cuh; K = 128, V a multiple of 128) on p.num_seqs x
+// The warp-specialised chain (gdn_bwd_chain_ws_kernel.cuh; K = 128 or 256, V a multiple of 128) on p.num_seqs x
 // p.heads_v x p.num_vblocks CTAs (num_vblocks = V / 128); writes what run_gdn_bwd_chain writes (ds1, dh0).
-void run_gdn_bwd_chain_ws(const GdnBwdParams& p, bool bf16, cudaStream_t stream);
+void run_gdn_bwd_chain_ws(const GdnBwdParams& p, bool bf16, int dim_k, cudaStream_t stream);
 
 // The split chain (gdn_bwd_split_kernels.cuh; K <= 128, V % 64 == 0): its prep kernel on num_slots x p.heads_v CTAs,
 // then the chain on p.num_seqs x p.heads_v x V / chain_bv (16, 32 or 64: split_chain_value_block); writes what

@@ -1,6 +1,7 @@
-// The warp-specialised kernels' state (S^T in the forward, dS^T in the backward chain: [128 v][128 k], fp32 wgmma
-// accumulators, 64 v rows per state warpgroup): its elements, its 16-bit shared copy (the A operand of the products
-// with it), and the saved chunk states written out as 16-bit [k][v] rows (save_s0, ds1).
+// The warp-specialised kernels' state (S^T in the forward, dS^T in the backward chain: [128 v][K k], fp32 wgmma
+// accumulators, 64 v rows per state warpgroup, kKc = K / 64 accumulators of m64 x n64 each): its elements, its 16-bit
+// shared copy (the A operand of the products with it, K = 128), and the saved chunk states written out as 16-bit
+// [k][v] rows (save_s0, ds1).
 #pragma once
 
 #include <cstdint>
@@ -14,10 +15,10 @@ namespace mom_ops {
 
 // fn(element, k, v) over one state warpgroup's accumulators st[kc][n][e]: v = vrow0 (+8 for e >= 2) with
 // vrow0 = 64 wg + 16 wr + g8, k = 64 kc + 8 n + 2 t4 (+1 for odd e).
-template <typename Fn>
-__device__ __forceinline__ void for_each_ws_state(float (&st)[2][8][4], int vrow0, int t4, Fn&& fn) {
+template <int kKc, typename Fn>
+__device__ __forceinline__ void for_each_ws_state(float (&st)[kKc][8][4], int vrow0, int t4, Fn&& fn) {
 #pragma unroll
-  for (int kc = 0; kc < 2; ++kc)
+  for (int kc = 0; kc < kKc; ++kc)
 #pragma unroll
     for (int n = 0; n < 8; ++n)
 #pragma unroll
@@ -55,17 +56,17 @@ __device__ __forceinline__ void publish_ws_state(const float (&st)[2][8][4], T* 
   fence_async_smem();
 }
 
-// st: one state warpgroup's accumulators, st[kc][n][e] at v = 16 wr + g8 (+8 for e >= 2) of its 64 columns and
-// k = 64 kc + 8 n + 2 t4 (+1 for odd e). tile: the warpgroup's [64][64] 16-bit scratch (Sw128Slabs<64>), free on
+// st: one state warpgroup's accumulators, st[kc][n][e] (kc < kKc) at v = 16 wr + g8 (+8 for e >= 2) of its 64
+// columns and k = 64 kc + 8 n + 2 t4 (+1 for odd e). tile: the warpgroup's [64][64] 16-bit scratch (Sw128Slabs<64>), free on
 // entry and free again on return. dst: element (k = 0, the warpgroup's first v column) of the [K, V] rows, ld
 // elements apart. Each warp writes and reads back only its own 16 v columns, so only __syncwarp orders them.
-template <typename T>
-__device__ __forceinline__ void store_state_rows(const float (&st)[2][8][4], T* tile, T* dst, int64_t ld, int lane,
+template <typename T, int kKc>
+__device__ __forceinline__ void store_state_rows(const float (&st)[kKc][8][4], T* tile, T* dst, int64_t ld, int lane,
                                                  int wr) {
   using Sw = Sw128Slabs<64>;
   const int t4 = lane % 4, mat = lane / 8, mrow = lane % 8;
 #pragma unroll
-  for (int kc = 0; kc < 2; ++kc) {
+  for (int kc = 0; kc < kKc; ++kc) {
 #pragma unroll
     for (int j = 0; j < 4; ++j) {  // k rows 16 j + 8 (m / 2) + r of this half, v columns 16 wr + 8 (m % 2) ..
       uint32_t x[4];

@@ -117,9 +117,9 @@ int main(int argc, char** argv) {
   const bool split_chain = kK <= 128 && std::getenv("EMU_BWD_SPLIT") != nullptr && std::string(std::getenv("EMU_BWD_SPLIT")) == "1";
   if (split_chain && V % 64 != 0) EMU_FAIL("the split chain needs V a multiple of 64, got %d", V);
   if (split_chain) std::printf("  split backward chain\n");
-  // EMU_BWD_WS=1: the warp-specialised chain (K = 128, V a multiple of 128)
+  // EMU_BWD_WS=1: the warp-specialised chain (K = 128 or 256, V a multiple of 128)
   const bool ws_chain = std::getenv("EMU_BWD_WS") != nullptr && std::string(std::getenv("EMU_BWD_WS")) == "1";
-  if (ws_chain && (kK != 128 || V % 128 != 0)) EMU_FAIL("the ws chain needs K = 128 and V a multiple of 128");
+  if (ws_chain && ((kK != 128 && kK != 256) || V % 128 != 0)) EMU_FAIL("the ws chain needs K = 128 or 256 and V a multiple of 128");
   if (ws_chain) std::printf("  warp-specialised backward chain\n");
   Buf pdo = galloc(rows * HV * V * 4), doq = galloc(rows * HV * V * 2), g_rk = galloc(slots * HV * 2 * 64 * 4);
   auto run_bwd = [&](int mode, bool eager_copies) {
@@ -155,7 +155,10 @@ int main(int argc, char** argv) {
     } else if (ws_chain) {
       GdnBwdParams wp = bp;
       wp.num_vblocks = V / 128;
-      launch(gdn_bwd_chain_ws_kernel<T>, wp, int64_t(N) * HV * (V / 128), GdnBwdWsSmem<T>::kBytes, kBwdWsThreads);
+#if KK == 128 || KK == 256
+      launch(gdn_bwd_chain_ws_kernel<T, kK>, wp, int64_t(N) * HV * (V / 128), GdnBwdWsSmem<T, kK>::kBytes,
+             kBwdWsThreads);
+#endif
     } else {
       launch(gdn_bwd_chain_kernel<T, kK, kBV>, bp, int64_t(N) * HV * (V / kBV), GdnChainSmem<T, kK, kBV>::kBytes);
     }

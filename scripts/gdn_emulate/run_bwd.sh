@@ -59,6 +59,10 @@ run emu_bwd_128_128_1 1 1 256 0 0 1 0 0 0 1 0 3:64
 run emu_bwd_128_128_1 2 4 128 1 0 0 3 0 3 1 1 200 0 1 64 130
 run emu_bwd_128_128_1 1 2 384 1 0 1 1 1 0 0 1 1 0 129
 run emu_bwd_128_128_0 2 2 128 1 1 0 3 1 0 1 1 100 1 0 70
+# ... at K = 256 (registers A, W in one buffer of its own)
+run emu_bwd_256_64_1  1 2 128 1 0 0 2 1 3 1 1 130 0 64 1
+run emu_bwd_256_64_1  1 1 256 0 1 1 3 0 0 1 1 200 1 129
+run emu_bwd_256_64_0  2 2 128 1 0 0 1 0 0 0 1 70 65
 unset EMU_BWD_WS
 # the split backward chain (K <= 128; V a multiple of 64): the same checks
 export EMU_BWD_SPLIT=1
