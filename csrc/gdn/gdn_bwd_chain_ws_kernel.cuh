@@ -115,7 +115,7 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
 
   if (tid < 128) {  // ---------------------------------------------------------------- aux: chunk-local work
     if constexpr (!kStageW) setmaxnreg_dec<kBwdWsAuxRegs>();
-    const int warp = tid / 32, r0 = 16 * warp;
+    const int warp = tid / 32;
     float* sG = reinterpret_cast<float*>(smem + L::kAuxVec);
     float *sRq = sG + C, *sRk = sRq + C;
     auto aux_sync = [] { named_bar_sync(kBwdWsBarAux, 128); };
@@ -130,12 +130,16 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
       const ChunkRows rows = chunk_rows(it);
       const int s = it % 2;
       const int64_t qk_row0 = (rows.c0 * p.heads_qk + h) * kK;
-      copy_chunk_tile_async<kK, 128>(tile(s, L::kQs), q + qk_row0, qk_stride, rows.len, tid);
-      copy_chunk_tile_async<kK, 128>(tile(s, L::kKey), k + qk_row0, qk_stride, rows.len, tid);
+      // The per-thread addresses are recomputed here from an opaque copy of tid: hoisted out of the chunk loop they
+      // outlived aux's registers at K = 256 and were spilled (reloads from L2 on aux's critical path).
+      int t = tid;
+      asm volatile("" : "+r"(t));
+      copy_chunk_tile_async<kK, 128>(tile(s, L::kQs), q + qk_row0, qk_stride, rows.len, t);
+      copy_chunk_tile_async<kK, 128>(tile(s, L::kKey), k + qk_row0, qk_stride, rows.len, t);
       if constexpr (kStageW)
-        copy_chunk_tile_async<kK, 128>(tile(s, L::kW), w + (rows.c0 * p.heads_v + hv) * kK, w_stride, rows.len, tid);
+        copy_chunk_tile_async<kK, 128>(tile(s, L::kW), w + (rows.c0 * p.heads_v + hv) * kK, w_stride, rows.len, t);
       copy_chunk_tile_async<kV, 128>(tile(s, L::kDo), dout + (rows.c0 * p.heads_v + hv) * p.dim_v + v0, v_stride,
-                                     rows.len, tid);
+                                     rows.len, t);
       cp_async_commit();
       if (warp == 0) {
 #pragma unroll
@@ -155,7 +159,16 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
       cp_async_wait<0>();
       fence_async_smem();  // cp.async lands through the generic proxy; wgmma reads through the async one
       aux_sync();          // the loads are in; every aux thread is done with the previous chunk's vectors
-      if (warp == 0) {     // G = cumsum g (two rows per lane)
+      // The shared-memory addresses below (swizzled rows of q, k, P) derive from an opaque copy of tid, so that they
+      // are computed per chunk instead of hoisted and spilled (as issue_loads' addresses).
+      int t = tid;
+      asm volatile("" : "+r"(t));
+      const int tr0 = 16 * (t / 32), tg8 = (t % 32) / 4, tt4 = t % 4;
+      float qk[8][4];  // Q K^T of the raw rows, on the tensor cores while G and the norms are formed
+      wgmma_fence();
+      wgmma_k_steps<T, 64, false, false, kK / 16>(qk, kmajor(sQ, 0), kmajor(sK, 0), false);
+      wgmma_commit();
+      if (warp == 0) {  // G = cumsum g (two rows per lane)
         const float pair = g2[0] + g2[1];
         float incl = pair;
 #pragma unroll
@@ -167,14 +180,10 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
         sG[2 * lane + 1] = incl;
       }
       {  // l2norm factors, two threads per row: q rows, then k rows
-        const float rq = row_norm_factor<T, kK, Sw>(sQ, tid / 2, tid % 2, p.l2norm);
-        const float rk = row_norm_factor<T, kK, Sw>(sK, tid / 2, tid % 2, p.l2norm);
-        if (tid % 2 == 0) sRq[tid / 2] = rq, sRk[tid / 2] = rk;
+        const float rq = row_norm_factor<T, kK, Sw>(sQ, t / 2, t % 2, p.l2norm);
+        const float rk = row_norm_factor<T, kK, Sw>(sK, t / 2, t % 2, p.l2norm);
+        if (t % 2 == 0) sRq[t / 2] = rq, sRk[t / 2] = rk;
       }
-      float qk[8][4];
-      wgmma_fence();
-      wgmma_k_steps<T, 64, false, false, kK / 16>(qk, kmajor(sQ, 0), kmajor(sK, 0), false);
-      wgmma_commit();
       aux_sync();  // G, rq, rk
       if (tid < C) {
         const float G_last = sG[C - 1];
@@ -184,12 +193,12 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
       wgmma_wait<0>();
       wgmma_fence_acc(qk);
       {  // P rows i -> the stage's P tile [i][j] (16-bit); warp rows r0 + g8 (+8), columns 8 n + 2 t4 (+1)
-        const int i0 = r0 + g8, i1 = i0 + 8;
+        const int i0 = tr0 + tg8, i1 = i0 + 8;
         const float G0 = sG[i0], G1 = sG[i1];
         const float q0 = p.scale * sRq[i0], q1 = p.scale * sRq[i1];
 #pragma unroll
         for (int n = 0; n < 8; ++n) {
-          const int j = 8 * n + 2 * t4;
+          const int j = 8 * n + 2 * tt4;
           const float e00 = sRk[j] * __expf(G0 - sG[j]), e01 = sRk[j + 1] * __expf(G0 - sG[j + 1]);
           const float e10 = sRk[j] * __expf(G1 - sG[j]), e11 = sRk[j + 1] * __expf(G1 - sG[j + 1]);
           store2<T>(sP + Sw::at(i0, j), i0 >= j ? q0 * e00 * qk[n][0] : 0.f, i0 >= j + 1 ? q0 * e01 * qk[n][1] : 0.f);
@@ -198,11 +207,11 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
       }
       aux_sync();  // every warp's share of Q K^T is done reading q
       {  // Qs = diag(scale rq e^G) Q in place: thread tid scales row tid / 2, columns K / 2 (tid % 2) .. in 16-byte rows
-        const int i = tid / 2;
+        const int i = t / 2;
         const float f = p.scale * sRq[i] * __expf(sG[i]);
 #pragma unroll
         for (int m = 0; m < kK / 16; ++m) {
-          uint4* x = reinterpret_cast<uint4*>(sQ + Sw::at(i, (kK / 2) * (tid % 2) + 8 * m));
+          uint4* x = reinterpret_cast<uint4*>(sQ + Sw::at(i, (kK / 2) * (t % 2) + 8 * m));
           const uint4 raw = *x;
           const T* in = reinterpret_cast<const T*>(&raw);
           uint4 out;
