@@ -82,6 +82,23 @@ __device__ __forceinline__ void copy_chunk_tile_async(T* dst, const T* src, int6
     copy_rows_async<kGdnChunk, 128, Sw, kThreads>(dst + Sw::at(0, 128 * piece), src + 128 * piece, stride, len, tid);
 }
 
+// row_norm_factor (chunk_prologue.cuh) with four partial sums: aux runs one warp per scheduler, so nothing hides a
+// K / 2 long chain of dependent FMAs.
+template <typename T, int kK, typename Rows>
+__device__ __forceinline__ float row_norm_factor_4(const T* tile, int r, int half, bool l2norm) {
+  float ss[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+  for (int c = 0; c < kK / 2; c += 8) {
+    const uint4 raw = *reinterpret_cast<const uint4*>(tile + Rows::at(r, half * (kK / 2) + c));
+    const T* x = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) ss[e % 4] += to_f32<T>(x[e]) * to_f32<T>(x[e]);
+  }
+  float sum = (ss[0] + ss[1]) + (ss[2] + ss[3]);
+  sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+  return l2norm ? rsqrtf(sum + 1e-6f) : 1.f;
+}
+
 template <typename T, int kK>
 __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnBwdParams p) {
   using L = GdnBwdWsSmem<T, kK>;
@@ -180,8 +197,8 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
         sG[2 * lane + 1] = incl;
       }
       {  // l2norm factors, two threads per row: q rows, then k rows
-        const float rq = row_norm_factor<T, kK, Sw>(sQ, t / 2, t % 2, p.l2norm);
-        const float rk = row_norm_factor<T, kK, Sw>(sK, t / 2, t % 2, p.l2norm);
+        const float rq = row_norm_factor_4<T, kK, Sw>(sQ, t / 2, t % 2, p.l2norm);
+        const float rk = row_norm_factor_4<T, kK, Sw>(sK, t / 2, t % 2, p.l2norm);
         if (t % 2 == 0) sRq[t / 2] = rq, sRk[t / 2] = rk;
       }
       aux_sync();  // G, rq, rk
