@@ -60,8 +60,8 @@ struct GdnBwdWsSmem {
   static constexpr int kW = 2 * kTileK;                    // W (K = 128)
   static constexpr int kDo = kW + (kStageW ? kTileK : 0);  // dO
   static constexpr int kP = kDo + kTileV;                  // P [j][i] 16-bit, one slab
-  static constexpr int kVec = kP + C * C * 2;              // f32 [64] d, then e^{G_L}
-  static constexpr int kStage = (kVec + 2 * C * 4 + 1023) / 1024 * 1024;
+  static constexpr int kVec = kP + C * C * 2;              // f32 [64] d, e^{G_L}, then [64] Qs's row factors
+  static constexpr int kStage = (kVec + (2 * C + 4) * 4 + 1023) / 1024 * 1024;
   static constexpr int kSt = 2 * kStage;  // K = 128: dS^T [128 v][128 k] 16-bit (Sw128Slabs<128>)
   static constexpr int kWOwn = kSt + (kStageW ? 128 * 128 * 2 : 0);     // K = 256: W [64][256]
   static constexpr int kRowsOut = kWOwn + (kStageW ? 0 : kTileK);       // state only: [64][64] 16-bit per warpgroup
@@ -222,8 +222,10 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
           store2<T>(sP + Sw::at(i1, j), i1 >= j ? q1 * e10 * qk[n][2] : 0.f, i1 >= j + 1 ? q1 * e11 * qk[n][3] : 0.f);
         }
       }
-      aux_sync();  // every warp's share of Q K^T is done reading q
-      {  // Qs = diag(scale rq e^G) Q in place: thread tid scales row tid / 2, columns K / 2 (tid % 2) .. in 16-byte rows
+      if (p.ws_qs_in_state) {  // Qs's row factors for the state warpgroups (MOM_OPS_GDN_BWD_WS_QS=state)
+        if (tid < C) vs[C + 4 + tid] = p.scale * sRq[tid] * __expf(sG[tid]);
+      } else {  // Qs = diag(scale rq e^G) Q in place: thread tid scales row tid / 2, columns K / 2 (tid % 2) ..
+        aux_sync();  // every warp's share of Q K^T is done reading q
         const int i = t / 2;
         const float f = p.scale * sRq[i] * __expf(sG[i]);
 #pragma unroll
@@ -282,13 +284,31 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
   auto a_st = [&](int s) { return sSt + SwS::at(64 * wg, 16 * s); };  // dS^T rows 64 wg.., k-step s
   for (int it = 0; it < num_chunks; ++it) {
     const int s = it % 2, ci = num_chunks - 1 - it;
-    const T* sQs = tile(s, L::kQs);
+    T* sQs = tile(s, L::kQs);
     const T* sK = tile(s, L::kKey);
     const T* sW = kStageW ? tile(s, L::kW) : sWOwn;
     const T* sDo = tile(s, L::kDo);
     const T* sP = tile(s, L::kP);
     const float* vs = vec(s);
     named_bar_sync(kBwdWsBarFull + s, kBwdWsThreads);
+    if (p.ws_qs_in_state) {  // Qs = diag(scale rq e^G) Q in place: row (tid - 128) / 4, a quarter of K, 16-byte rows
+      int t = tid;  // opaque: the addresses are formed here, not hoisted out of the chunk loop (registers)
+      asm volatile("" : "+r"(t));
+      const int i = (t - 128) / 4, c0 = (kK / 4) * (t % 4);
+      const float f = vs[C + 4 + i];
+#pragma unroll
+      for (int m = 0; m < kK / 32; ++m) {
+        uint4* x = reinterpret_cast<uint4*>(sQs + Sw::at(i, c0 + 8 * m));
+        const uint4 raw = *x;
+        const T* in = reinterpret_cast<const T*>(&raw);
+        uint4 out;
+        uint32_t* u = reinterpret_cast<uint32_t*>(&out);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) u[e] = pack2<T>(f * to_f32<T>(in[2 * e]), f * to_f32<T>(in[2 * e + 1]));
+        *x = out;
+      }
+      fence_async_smem();
+    }
 
     // (0) dS1 (the chunk end's dS, [K, V] 16-bit) -> the chunk's slot from the accumulators. Before the products:
     // between them ptxas waited for the first before reading dS^T's registers.
@@ -329,6 +349,7 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
           for (int e = 0; e < 4; ++e) St[kc][n][e] *= decay;
       wgmma_fence();
     }
+    if (p.ws_qs_in_state) pair_sync();  // both warpgroups' rows of Qs
 #pragma unroll
     for (int kc = 0; kc < kKc; ++kc)  // A[v][i] = dO[i][v]: MN-major; B[n = k][kdim = i] = Qs[i][k]: MN-major
       wgmma_k_steps<T, 64, true, true, C / 16>(St[kc], mnmajor(sDo, 64 * wg), mnmajor(sQs, 64 * kc), true);

@@ -173,6 +173,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                               stream);
     } else if (use_warp_specialised_backward_chain(d)) {
       bp.num_vblocks = int(d.dim_v / 128);
+      bp.ws_qs_in_state = env_is("MOM_OPS_GDN_BWD_WS_QS", "state");
       run_gdn_bwd_chain_ws(bp, bf16, int(d.dim_k), stream);
     } else {
       run_gdn_bwd_chain(bp, bf16, int(d.dim_k), fwd_bv, stream);

@@ -155,6 +155,7 @@ int main(int argc, char** argv) {
     } else if (ws_chain) {
       GdnBwdParams wp = bp;
       wp.num_vblocks = V / 128;
+      wp.ws_qs_in_state = std::getenv("EMU_WS_QS") != nullptr && std::string(std::getenv("EMU_WS_QS")) == "state";
 #if KK == 128 || KK == 256
       launch(gdn_bwd_chain_ws_kernel<T, kK>, wp, int64_t(N) * HV * (V / 128), GdnBwdWsSmem<T, kK>::kBytes,
              kBwdWsThreads);
