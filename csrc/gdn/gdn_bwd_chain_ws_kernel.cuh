@@ -3,7 +3,8 @@
 // head, 128 value columns) and walks the chunks in reverse. Warpgroup 0 ("aux") does the chunk-local work one chunk
 // ahead of warpgroups 1 and 2 ("state"), which keep dS^T [v][k] in fp32 wgmma accumulators (warpgroup 1 + w: v rows
 // 64 w ..), as the forward's gdn_fwd_ws_kernel.cuh keeps S^T. Per chunk (G, rq, rk as in the chain kernel):
-//   aux:   P  = scale rq_i rk_j e^{G_i - G_j} (q_i . k_j)  (i >= j),   Qs = diag(scale rq e^G) Q   (16-bit, to the stage)
+//   aux:   P  = scale rq_i rk_j e^{G_i - G_j} (q_i . k_j)  (i >= j),   Qs = diag(scale rq e^G) Q   (16-bit, to the
+//          stage; with p.ws_qs_in_state the state warpgroups scale Qs at the chunk's start from aux's row factors)
 //          d  = rk e^{G_L - G},  e^{G_L}
 //   state: dS1 (the chunk end's dS) -> its slot (ws_state.cuh)
 //          dVn^T = (dS^T K^T) diag(d) + dO^T P
@@ -222,7 +223,7 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
           store2<T>(sP + Sw::at(i1, j), i1 >= j ? q1 * e10 * qk[n][2] : 0.f, i1 >= j + 1 ? q1 * e11 * qk[n][3] : 0.f);
         }
       }
-      if (p.ws_qs_in_state) {  // Qs's row factors for the state warpgroups (MOM_OPS_GDN_BWD_WS_QS=state)
+      if (p.ws_qs_in_state) {  // Qs's row factors for the state warpgroups (p.ws_qs_in_state)
         if (tid < C) vs[C + 4 + tid] = p.scale * sRq[tid] * __expf(sG[tid]);
       } else {  // Qs = diag(scale rq e^G) Q in place: thread tid scales row tid / 2, columns K / 2 (tid % 2) ..
         aux_sync();  // every warp's share of Q K^T is done reading q

@@ -173,7 +173,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                               stream);
     } else if (use_warp_specialised_backward_chain(d)) {
       bp.num_vblocks = int(d.dim_v / 128);
-      bp.ws_qs_in_state = env_is("MOM_OPS_GDN_BWD_WS_QS", "state");
+      // Who scales Qs: the state warpgroups at K = 128, aux at K = 256 (H200, chain kernel time: K = 128 0.339 ->
+      // 0.326 ms with the state warpgroups; K = 256 0.404 vs 0.412 ms). MOM_OPS_GDN_BWD_WS_QS=aux / state forces.
+      bp.ws_qs_in_state =
+          d.dim_k == 128 ? !env_is("MOM_OPS_GDN_BWD_WS_QS", "aux") : env_is("MOM_OPS_GDN_BWD_WS_QS", "state");
       run_gdn_bwd_chain_ws(bp, bf16, int(d.dim_k), stream);
     } else {
       run_gdn_bwd_chain(bp, bf16, int(d.dim_k), fwd_bv, stream);

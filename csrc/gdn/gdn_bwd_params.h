@@ -19,7 +19,7 @@ struct GdnBwdParams : ScanParams {
   int num_vblocks;         // chain kernel: V / BV
   bool v_first;
   const int* seq_order;    // chain kernel: sequences longest first, or nullptr
-  bool ws_qs_in_state;     // ws chain (experiment): the state warpgroups scale Qs instead of aux
+  bool ws_qs_in_state;     // ws chain: the state warpgroups scale Qs (else aux)
   // Gradient outputs of the grads kernel. dq, dk: [rows, H, K] in the input dtype with the l2norm backward
   // applied when HV == H; else fp32 [rows, HV, K] w.r.t. the normalised q, k per value head (the host sums the
   // group and applies the l2norm backward).

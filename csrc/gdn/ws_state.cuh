@@ -57,9 +57,10 @@ __device__ __forceinline__ void publish_ws_state(const float (&st)[2][8][4], T* 
 }
 
 // st: one state warpgroup's accumulators, st[kc][n][e] (kc < kKc) at v = 16 wr + g8 (+8 for e >= 2) of its 64
-// columns and k = 64 kc + 8 n + 2 t4 (+1 for odd e). tile: the warpgroup's [64][64] 16-bit scratch (Sw128Slabs<64>), free on
-// entry and free again on return. dst: element (k = 0, the warpgroup's first v column) of the [K, V] rows, ld
-// elements apart. Each warp writes and reads back only its own 16 v columns, so only __syncwarp orders them.
+// columns and k = 64 kc + 8 n + 2 t4 (+1 for odd e). tile: the warpgroup's [64][64] 16-bit scratch
+// (Sw128Slabs<64>), free on entry and free again on return. dst: element (k = 0, the warpgroup's first v column)
+// of the [K, V] rows, ld elements apart. Each warp writes and reads back only its own 16 v columns, so only
+// __syncwarp orders them.
 template <typename T, int kKc>
 __device__ __forceinline__ void store_state_rows(const float (&st)[kKc][8][4], T* tile, T* dst, int64_t ld, int lane,
                                                  int wr) {
