@@ -100,6 +100,23 @@ __device__ __forceinline__ float row_norm_factor_4(const T* tile, int r, int hal
   return l2norm ? rsqrtf(sum + 1e-6f) : 1.f;
 }
 
+// Qs = diag(scale rq e^G) Q in place, one thread's share: kChunks 16-byte chunks of row i from column c0 of a
+// [64][K] tile (Sw128Slabs<64>), times f.
+template <typename T, int kChunks>
+__device__ __forceinline__ void scale_row_chunks(T* tile, int i, int c0, float f) {
+#pragma unroll
+  for (int m = 0; m < kChunks; ++m) {
+    uint4* x = reinterpret_cast<uint4*>(tile + Sw128Slabs<kGdnChunk>::at(i, c0 + 8 * m));
+    const uint4 raw = *x;
+    const T* in = reinterpret_cast<const T*>(&raw);
+    uint4 out;
+    uint32_t* u = reinterpret_cast<uint32_t*>(&out);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) u[e] = pack2<T>(f * to_f32<T>(in[2 * e]), f * to_f32<T>(in[2 * e + 1]));
+    *x = out;
+  }
+}
+
 template <typename T, int kK>
 __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnBwdParams p) {
   using L = GdnBwdWsSmem<T, kK>;
@@ -228,18 +245,7 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
       } else {  // Qs = diag(scale rq e^G) Q in place: thread tid scales row tid / 2, columns K / 2 (tid % 2) ..
         aux_sync();  // every warp's share of Q K^T is done reading q
         const int i = t / 2;
-        const float f = p.scale * sRq[i] * __expf(sG[i]);
-#pragma unroll
-        for (int m = 0; m < kK / 16; ++m) {
-          uint4* x = reinterpret_cast<uint4*>(sQ + Sw::at(i, (kK / 2) * (t % 2) + 8 * m));
-          const uint4 raw = *x;
-          const T* in = reinterpret_cast<const T*>(&raw);
-          uint4 out;
-          uint32_t* u = reinterpret_cast<uint32_t*>(&out);
-#pragma unroll
-          for (int e = 0; e < 4; ++e) u[e] = pack2<T>(f * to_f32<T>(in[2 * e]), f * to_f32<T>(in[2 * e + 1]));
-          *x = out;
-        }
+        scale_row_chunks<T, kK / 16>(sQ, i, (kK / 2) * (t % 2), p.scale * sRq[i] * __expf(sG[i]));
       }
       fence_async_smem();
       named_bar_arrive(kBwdWsBarFull + s, kBwdWsThreads);
@@ -295,19 +301,8 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
     if (p.ws_qs_in_state) {  // Qs = diag(scale rq e^G) Q in place: row (tid - 128) / 4, a quarter of K, 16-byte rows
       int t = tid;  // opaque: the addresses are formed here, not hoisted out of the chunk loop (registers)
       asm volatile("" : "+r"(t));
-      const int i = (t - 128) / 4, c0 = (kK / 4) * (t % 4);
-      const float f = vs[C + 4 + i];
-#pragma unroll
-      for (int m = 0; m < kK / 32; ++m) {
-        uint4* x = reinterpret_cast<uint4*>(sQs + Sw::at(i, c0 + 8 * m));
-        const uint4 raw = *x;
-        const T* in = reinterpret_cast<const T*>(&raw);
-        uint4 out;
-        uint32_t* u = reinterpret_cast<uint32_t*>(&out);
-#pragma unroll
-        for (int e = 0; e < 4; ++e) u[e] = pack2<T>(f * to_f32<T>(in[2 * e]), f * to_f32<T>(in[2 * e + 1]));
-        *x = out;
-      }
+      const int i = (t - 128) / 4;
+      scale_row_chunks<T, kK / 32>(sQs, i, (kK / 4) * (t % 4), vs[C + 4 + i]);
       fence_async_smem();
     }
 
