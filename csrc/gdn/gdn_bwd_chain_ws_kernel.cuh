@@ -315,13 +315,16 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
     // between them ptxas waited for it before writing dS^T's registers).
     float dvn[8][4];
     const float decay = vs[C];
-    if constexpr (kStageW) {  // A from dS^T's shared copy
+    auto decay_state = [&] {
 #pragma unroll
       for (int kc = 0; kc < kKc; ++kc)
 #pragma unroll
         for (int n = 0; n < 8; ++n)
 #pragma unroll
           for (int e = 0; e < 4; ++e) St[kc][n][e] *= decay;
+    };
+    if constexpr (kStageW) {  // A from dS^T's shared copy
+      decay_state();
       wgmma_fence();
       wgmma_k_steps<T, 64, false, false, kK / 16>(dvn, a_st, kmajor(sK, 0), false);
       wgmma_commit();
@@ -337,12 +340,7 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
         wgmma_rs_k_steps<T, false, 4>(dvn, a, [&](int ks) { return sK + Sw::at(0, 64 * kc + 16 * ks); }, kc > 0);
         wgmma_commit();
       }
-#pragma unroll
-      for (int kc = 0; kc < kKc; ++kc)
-#pragma unroll
-        for (int n = 0; n < 8; ++n)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) St[kc][n][e] *= decay;
+      decay_state();
       wgmma_fence();
     }
     if (p.ws_qs_in_state) pair_sync();  // both warpgroups' rows of Qs
