@@ -227,7 +227,7 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
       }
       wgmma_wait<0>();
       wgmma_fence_acc(qk);
-      {  // P rows i -> the stage's P tile [i][j] (16-bit); warp rows r0 + g8 (+8), columns 8 n + 2 t4 (+1)
+      {  // P rows i -> the stage's P tile [i][j] (16-bit); warp rows tr0 + tg8 (+8), columns 8 n + 2 tt4 (+1)
         const int i0 = tr0 + tg8, i1 = i0 + 8;
         const float G0 = sG[i0], G1 = sG[i1];
         const float q0 = p.scale * sRq[i0], q1 = p.scale * sRq[i1];
@@ -240,7 +240,7 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
           store2<T>(sP + Sw::at(i1, j), i1 >= j ? q1 * e10 * qk[n][2] : 0.f, i1 >= j + 1 ? q1 * e11 * qk[n][3] : 0.f);
         }
       }
-      if (p.ws_qs_in_state) {  // Qs's row factors for the state warpgroups (p.ws_qs_in_state)
+      if (p.ws_qs_in_state) {  // Qs's row factors, for the state warpgroups
         if (tid < C) vs[C + 4 + tid] = p.scale * sRq[tid] * __expf(sG[tid]);
       } else {  // Qs = diag(scale rq e^G) Q in place: thread tid scales row tid / 2, columns K / 2 (tid % 2) ..
         aux_sync();  // every warp's share of Q K^T is done reading q
@@ -311,8 +311,9 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
     store_state_rows<T>(St, sRowsOut,
                         static_cast<T*>(p.ds1) + ((slot0 + ci) * p.heads_v + hv) * int64_t(kK) * p.dim_v + v0 + 64 * wg,
                         p.dim_v, lane, wr);
-    // (1) dS^T K^T, then dS^T = e^{G_L} dS^T + dO^T Qs as a second group (the decay before the first product:
-    // between them ptxas waited for it before writing dS^T's registers).
+    // (1) dS^T K^T, then dS^T = e^{G_L} dS^T + dO^T Qs as a second group (K = 128: the decay before the first
+    // product, between them ptxas waited for it before writing dS^T's registers; K = 256: after, since the first
+    // reads dS^T's registers).
     float dvn[8][4];
     const float decay = vs[C];
     auto decay_state = [&] {

@@ -155,7 +155,8 @@ int main(int argc, char** argv) {
     } else if (ws_chain) {
       GdnBwdParams wp = bp;
       wp.num_vblocks = V / 128;
-      wp.ws_qs_in_state = std::getenv("EMU_WS_QS") != nullptr && std::string(std::getenv("EMU_WS_QS")) == "state";
+      const char* qs = std::getenv("EMU_WS_QS");  // aux / state; default gdn_bwd_cuda.cu's (state at K = 128)
+      wp.ws_qs_in_state = qs != nullptr ? std::string(qs) == "state" : kK == 128;
 #if KK == 128 || KK == 256
       launch(gdn_bwd_chain_ws_kernel<T, kK>, wp, int64_t(N) * HV * (V / 128), GdnBwdWsSmem<T, kK>::kBytes,
              kBwdWsThreads);

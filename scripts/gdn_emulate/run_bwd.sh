@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # CPU emulation of the gdn backward kernels (gdn_bwd_chain_kernel or, with EMU_BWD_SPLIT=1, the split chain of
-# gdn_bwd_split_kernels.cuh, or with EMU_BWD_WS=1 gdn_bwd_chain_ws_kernel; gdn_bwd_grads_kernel) through the host shim of
+# gdn_bwd_split_kernels.cuh, or with EMU_BWD_WS=1 gdn_bwd_chain_ws_kernel, EMU_WS_QS=aux / state choosing who scales
+# its Qs; gdn_bwd_grads_kernel) through the host shim of
 # run.sh: bwd_driver.cpp reruns the fused forward with its saves, runs the two kernels as gdn_bwd_cuda.cu launches
 # them, checks coverage (sequence rows written and finite, other rows untouched) and, under a non-default schedule,
 # bitwise equality with a forward-order run; compare_bwd.py then checks the gradients against mom_ops's CPU backward
@@ -63,6 +64,9 @@ run emu_bwd_128_128_0 2 2 128 1 1 0 3 1 0 1 1 100 1 0 70
 run emu_bwd_256_64_1  1 2 128 1 0 0 2 1 3 1 1 130 0 64 1
 run emu_bwd_256_64_1  1 1 256 0 1 1 3 0 0 1 1 200 1 129
 run emu_bwd_256_64_0  2 2 128 1 0 0 1 0 0 0 1 70 65
+# ... with Qs scaled by the other role than the default (EMU_WS_QS: aux at K = 128, state at K = 256)
+EMU_WS_QS=aux run emu_bwd_128_128_1 2 2 128 1 1 0 2 1 7 1 1 150 0 1 65
+EMU_WS_QS=state run emu_bwd_256_64_1  1 2 128 1 0 0 2 1 3 1 1 130 0 64 1
 unset EMU_BWD_WS
 # the split backward chain (K <= 128; V a multiple of 64): the same checks
 export EMU_BWD_SPLIT=1
