@@ -10,16 +10,23 @@ from tests.helpers import cu_from_lengths, gdn_inputs
 # The third setting forces the fused forward with 128-column V-blocks and the backward chain kernel at that
 # width: the forward kernel that double-buffers its loads (kPrefetch), training and inference; the fourth the
 # warp-specialised forward (gdn_fwd_ws_kernel.cuh), training (with its saves) and inference, and the
-# warp-specialised backward chain (gdn_bwd_chain_ws_kernel.cuh); the last the split forward with its output kernel
-# beside the chain (MOM_OPS_GDN_OVERLAP: counters between the two kernels). Small cases like this one take the split
-# backward chain unless MOM_OPS_GDN_BWD_SPLIT=0.
-for D, HV, env in ((64, 4, {}), (128, 2, {}),
-                   (128, 2, {"MOM_OPS_GDN_SPLIT": "0", "MOM_OPS_GDN_BV": "wide", "MOM_OPS_GDN_WS": "0",
-                             "MOM_OPS_GDN_BWD_SPLIT": "0", "MOM_OPS_GDN_BWD_WS": "0"}),
-                   (128, 2, {"MOM_OPS_GDN_SPLIT": "0", "MOM_OPS_GDN_WS_TRAIN": "1", "MOM_OPS_GDN_BWD_SPLIT": "0"}),
-                   (128, 2, {"MOM_OPS_GDN_SPLIT": "1", "MOM_OPS_GDN_OVERLAP": "1"})):
+# warp-specialised backward chain (gdn_bwd_chain_ws_kernel.cuh); the fifth the split forward with its output kernel
+# beside the chain (MOM_OPS_GDN_OVERLAP: counters between the two kernels); the two after it the warp-specialised
+# backward chain at K = 256 (registers moved by setmaxnreg, W in a buffer of its own), Qs scaled by either role. Small
+# cases like this one take the split backward chain unless MOM_OPS_GDN_BWD_SPLIT=0 (K = 128) and the chain kernel
+# unless MOM_OPS_GDN_BWD_WS=1 (K = 256). SAN_ONLY_D=256 runs only the settings of that head dim.
+configs = ((64, 4, {}), (128, 2, {}),
+           (128, 2, {"MOM_OPS_GDN_SPLIT": "0", "MOM_OPS_GDN_BV": "wide", "MOM_OPS_GDN_WS": "0",
+                     "MOM_OPS_GDN_BWD_SPLIT": "0", "MOM_OPS_GDN_BWD_WS": "0"}),
+           (128, 2, {"MOM_OPS_GDN_SPLIT": "0", "MOM_OPS_GDN_WS_TRAIN": "1", "MOM_OPS_GDN_BWD_SPLIT": "0"}),
+           (128, 2, {"MOM_OPS_GDN_SPLIT": "1", "MOM_OPS_GDN_OVERLAP": "1"}),
+           (256, 2, {"MOM_OPS_GDN_BWD_WS": "1"}),
+           (256, 2, {"MOM_OPS_GDN_BWD_WS": "1", "MOM_OPS_GDN_BWD_WS_QS": "state"}))
+for D, HV, env in configs:
+    if os.environ.get("SAN_ONLY_D", str(D)) != str(D):
+        continue
     for name in ("MOM_OPS_GDN_SPLIT", "MOM_OPS_GDN_BV", "MOM_OPS_GDN_WS", "MOM_OPS_GDN_WS_TRAIN",
-                 "MOM_OPS_GDN_OVERLAP", "MOM_OPS_GDN_BWD_SPLIT", "MOM_OPS_GDN_BWD_WS"):
+                 "MOM_OPS_GDN_OVERLAP", "MOM_OPS_GDN_BWD_SPLIT", "MOM_OPS_GDN_BWD_WS", "MOM_OPS_GDN_BWD_WS_QS"):
         os.environ.pop(name, None)
     os.environ.update(env)
     lengths = [70, 0, 129, 1]
