@@ -44,8 +44,8 @@ constexpr int kBwdWsThreads = 384;  // warpgroup 0: aux; 1, 2: state
 constexpr int kBwdWsBarAux = 1, kBwdWsBarState = 2, kBwdWsBarFull = 4, kBwdWsBarEmpty = 6, kBwdWsBarPair = 8;
 
 // K = 256: registers per thread after setmaxnreg. The pool is the launch's 384 x 168 (asking for more hangs). ptxas
-// (nvcc 13.0): state below 208 serialises every wgmma; aux 88 spills 128 B (its load addresses, ~16 reloads per
-// chunk), 72 spills 192 B.
+// (nvcc 13.0): state below 208 serialises every wgmma; aux fits 88 without spills only since its addresses are formed
+// per chunk (hoisted, they spilled 128 B).
 constexpr int kBwdWsAuxRegs = 88, kBwdWsStateRegs = 208;
 static_assert(kBwdWsAuxRegs + 2 * kBwdWsStateRegs <= 3 * 168, "register pool");
 
