@@ -14,19 +14,27 @@
 namespace mom_ops {
 
 // rsqrt(|row|^2 + 1e-6) (or 1 without l2norm) of row r (kK 16-bit elements) of a tile laid out as Rows
-// (common/tile_layout.h), by the two lanes (half = lane % 2) of a lane pair; both lanes get it.
-template <typename T, int kK, typename Rows>
+// (common/tile_layout.h), by the two lanes (half = lane % 2) of a lane pair; both lanes get it. kSums partial sums
+// (element e into sum e % kSums, added pairwise at the end): more than one where nothing hides a K / 2 long chain of
+// dependent FMAs (the ws backward chain's aux warpgroup, one warp per scheduler); 1 is the plain running sum.
+template <typename T, int kK, typename Rows, int kSums = 1>
 __device__ __forceinline__ float row_norm_factor(const T* tile, int r, int half, bool l2norm) {
-  float ss = 0.f;
+  static_assert(kSums == 1 || kSums == 2 || kSums == 4, "1, 2 or 4 partial sums");
+  float ss[kSums] = {};
 #pragma unroll
   for (int c = 0; c < kK / 2; c += 8) {
     const uint4 raw = *reinterpret_cast<const uint4*>(tile + Rows::at(r, half * (kK / 2) + c));
     const T* x = reinterpret_cast<const T*>(&raw);
 #pragma unroll
-    for (int e = 0; e < 8; ++e) ss += to_f32<T>(x[e]) * to_f32<T>(x[e]);
+    for (int e = 0; e < 8; ++e) ss[e % kSums] += to_f32<T>(x[e]) * to_f32<T>(x[e]);
   }
-  ss += __shfl_xor_sync(0xffffffffu, ss, 1);
-  return l2norm ? rsqrtf(ss + 1e-6f) : 1.f;
+#pragma unroll
+  for (int n = kSums / 2; n >= 1; n /= 2)
+#pragma unroll
+    for (int i = 0; i < n; ++i) ss[i] = ss[2 * i] + ss[2 * i + 1];
+  float sum = ss[0];
+  sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+  return l2norm ? rsqrtf(sum + 1e-6f) : 1.f;
 }
 
 template <typename T, int kK, typename Rows>

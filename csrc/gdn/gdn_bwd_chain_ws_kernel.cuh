@@ -83,21 +83,12 @@ __device__ __forceinline__ void copy_chunk_tile_async(T* dst, const T* src, int6
     copy_rows_async<kGdnChunk, 128, Sw, kThreads>(dst + Sw::at(0, 128 * piece), src + 128 * piece, stride, len, tid);
 }
 
-// row_norm_factor (chunk_prologue.cuh) with four partial sums: aux runs one warp per scheduler, so nothing hides a
-// K / 2 long chain of dependent FMAs.
-template <typename T, int kK, typename Rows>
-__device__ __forceinline__ float row_norm_factor_4(const T* tile, int r, int half, bool l2norm) {
-  float ss[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-  for (int c = 0; c < kK / 2; c += 8) {
-    const uint4 raw = *reinterpret_cast<const uint4*>(tile + Rows::at(r, half * (kK / 2) + c));
-    const T* x = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-    for (int e = 0; e < 8; ++e) ss[e % 4] += to_f32<T>(x[e]) * to_f32<T>(x[e]);
-  }
-  float sum = (ss[0] + ss[1]) + (ss[2] + ss[3]);
-  sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-  return l2norm ? rsqrtf(sum + 1e-6f) : 1.f;
+// x as a value the compiler cannot see through: addresses derived from it are formed where it is taken (per chunk)
+// instead of hoisted out of the chunk loop, where at K = 256 they outlived aux's registers and were spilled (their
+// reloads came from L2 on aux's critical path).
+__device__ __forceinline__ int opaque(int x) {
+  asm volatile("" : "+r"(x));
+  return x;
 }
 
 // Qs = diag(scale rq e^G) Q in place, one thread's share: kChunks 16-byte chunks of row i from column c0 of a
@@ -165,10 +156,7 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
       const ChunkRows rows = chunk_rows(it);
       const int s = it % 2;
       const int64_t qk_row0 = (rows.c0 * p.heads_qk + h) * kK;
-      // The per-thread addresses are recomputed here from an opaque copy of tid: hoisted out of the chunk loop they
-      // outlived aux's registers at K = 256 and were spilled (reloads from L2 on aux's critical path).
-      int t = tid;
-      asm volatile("" : "+r"(t));
+      const int t = opaque(tid);  // the per-thread addresses formed here, per chunk
       copy_chunk_tile_async<kK, 128>(tile(s, L::kQs), q + qk_row0, qk_stride, rows.len, t);
       copy_chunk_tile_async<kK, 128>(tile(s, L::kKey), k + qk_row0, qk_stride, rows.len, t);
       if constexpr (kStageW)
@@ -194,10 +182,7 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
       cp_async_wait<0>();
       fence_async_smem();  // cp.async lands through the generic proxy; wgmma reads through the async one
       aux_sync();          // the loads are in; every aux thread is done with the previous chunk's vectors
-      // The shared-memory addresses below (swizzled rows of q, k, P) derive from an opaque copy of tid, so that they
-      // are computed per chunk instead of hoisted and spilled (as issue_loads' addresses).
-      int t = tid;
-      asm volatile("" : "+r"(t));
+      const int t = opaque(tid);  // the swizzled addresses of q, k, P rows below formed per chunk
       const int tr0 = 16 * (t / 32), tg8 = (t % 32) / 4, tt4 = t % 4;
       float qk[8][4];  // Q K^T of the raw rows, on the tensor cores while G and the norms are formed
       wgmma_fence();
@@ -215,8 +200,8 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
         sG[2 * lane + 1] = incl;
       }
       {  // l2norm factors, two threads per row: q rows, then k rows
-        const float rq = row_norm_factor_4<T, kK, Sw>(sQ, t / 2, t % 2, p.l2norm);
-        const float rk = row_norm_factor_4<T, kK, Sw>(sK, t / 2, t % 2, p.l2norm);
+        const float rq = row_norm_factor<T, kK, Sw, 4>(sQ, t / 2, t % 2, p.l2norm);
+        const float rk = row_norm_factor<T, kK, Sw, 4>(sK, t / 2, t % 2, p.l2norm);
         if (t % 2 == 0) sRq[t / 2] = rq, sRk[t / 2] = rk;
       }
       aux_sync();  // G, rq, rk
@@ -299,8 +284,7 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
     const float* vs = vec(s);
     named_bar_sync(kBwdWsBarFull + s, kBwdWsThreads);
     if (p.ws_qs_in_state) {  // Qs = diag(scale rq e^G) Q in place: row (tid - 128) / 4, a quarter of K, 16-byte rows
-      int t = tid;  // opaque: the addresses are formed here, not hoisted out of the chunk loop (registers)
-      asm volatile("" : "+r"(t));
+      const int t = opaque(tid);  // the addresses formed here, per chunk
       const int i = (t - 128) / 4;
       scale_row_chunks<T, kK / 32>(sQs, i, (kK / 4) * (t % 4), vs[C + 4 + i]);
       fence_async_smem();
