@@ -41,8 +41,11 @@ for D, HV, env in configs:
 torch.cuda.synchronize()
 print("case done")
 '
-for tool in memcheck racecheck; do
+# SAN_TOOLS (default "memcheck racecheck"), SAN_KERNEL (kernel-name substring, default gdn), SAN_LINES (lines of each
+# report kept, default 15; hazards print with device backtraces, which name the kernel).
+for tool in ${SAN_TOOLS:-memcheck racecheck}; do
   echo "== $tool"
-  PYTHONPATH=".:${PYTHONPATH:-}" "$SAN" --tool "$tool" --error-exitcode 3 --kernel-name kns=gdn python3 -c "$case_py" 2>&1 | tail -n 15
+  PYTHONPATH=".:${PYTHONPATH:-}" "$SAN" --tool "$tool" --error-exitcode 3 --show-backtrace device \
+    --kernel-name "kns=${SAN_KERNEL:-gdn}" python3 -c "$case_py" 2>&1 | tail -n "${SAN_LINES:-15}"
   echo "exit: ${PIPESTATUS[0]}"
 done
