@@ -5,6 +5,9 @@
 // among themselves between their reads and the arrive (bit 1). The sums check the hand-over itself.
 //   nvcc -std=c++17 -gencode arch=compute_90a,code=sm_90a -Icsrc scripts/racecheck_probe/probe.cu -o /tmp/race_probe
 //   for v in 0 1 2 3; do compute-sanitizer --tool racecheck /tmp/race_probe $v | tail -n 2; done
+// H200, 2026-12-02: variants 0 and 1 (arrive right after the reads) report 6 hazards with every sum right; 2 and 3
+// report 0. So racecheck flags this hand-over although bar.arrive / bar.sync order it (csrc/gdn/NOTES.md, ws chain
+// at K = 256).
 #include <cuda_runtime.h>
 
 #include <cstdio>
