@@ -78,6 +78,9 @@ CASES.update({  # used by single tests below, not by the regime sweep
     "d128_tail": Case(128, 128, H=2, HV=4, lengths=(1, 15, 0, 63, 65, 100), tail=37),
     "d64_gva_small": Case(64, 64, H=2, HV=4, lengths=(70, 0, 129, 1)),
     "determinism": Case(128, 128, H=2, HV=4, lengths=(700, 0, 300, 24), seed=3),
+    # K = 256 with more narrow chain CTAs (5 x 4 x 8) than SMs: the order kernel picks the chain's width
+    "d256_one_long": Case(256, 256, H=4, HV=4, lengths=(500, 120, 110, 100, 90)),  # narrow finishes first
+    "d256_even": Case(256, 256, H=4, HV=4, lengths=(200, 200, 200, 200, 200)),  # wide finishes first
 })
 
 
@@ -314,3 +317,25 @@ def test_warp_specialised_chain_against_the_reference_and_the_chain_kernel(name,
     for key, a, b in zip(NAMES, ws, chain):
         if key in ref:
             assert rel_rms(a.float().cpu(), b.float().cpu()) < BARS[key] / 2, key
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["d256_one_long", "d256_even"])
+def test_chain_width_chosen_on_the_device(name, monkeypatch):
+    """K = 256, five sequences x 4 heads: 160 narrow chain CTAs, more than the SMs, so the order kernel simulates
+    both widths from the lengths and both chain launches go out, one returning at once
+    (backward_chain_width_choice). Whichever runs, the gradients are under the bars and close to each width forced
+    by MOM_OPS_GDN_BV (which skips the choice)."""
+    need_kernel(OP, "cuda")
+    if torch.cuda.get_device_properties(0).multi_processor_count >= 160:
+        pytest.skip("160 narrow chain CTAs fit in one wave on this GPU: no choice to make")
+    monkeypatch.delenv("MOM_OPS_GDN_BV", raising=False)
+    chosen = _ours_op(name, torch.bfloat16)
+    ref = _reference_grads(name, torch.bfloat16)
+    _assert_close_to_reference({key: t.float().cpu() for key, t in zip(NAMES, chosen)}, ref)
+    for width in ("narrow", "wide"):
+        monkeypatch.setenv("MOM_OPS_GDN_BV", width)
+        forced = _ours_op(name, torch.bfloat16)
+        for key, a, b in zip(NAMES, chosen, forced):
+            if key in ref:
+                assert rel_rms(a.float().cpu(), b.float().cpu()) < BARS[key] / 2, (width, key)

@@ -41,6 +41,11 @@ void launch_chain_split(const GdnBwdSplitParams& p, int64_t num_slots, int chain
   }
 }
 
+// backward_chain_width_choice (gdn_bwd_cuda.cu) simulates one CTA per SM at either width.
+static_assert(kChainCtasPerSm<__nv_bfloat16, 256, 32> == 1 && kChainCtasPerSm<__nv_bfloat16, 256, 64> == 1 &&
+                  kChainCtasPerSm<__half, 256, 32> == 1 && kChainCtasPerSm<__half, 256, 64> == 1,
+              "one chain CTA per SM at K = 256");
+
 }  // namespace
 
 // bv: the forward's choice (gdn_value_block): narrow (64, 32 at K = 256) or wide (twice that) blocks; wide ones

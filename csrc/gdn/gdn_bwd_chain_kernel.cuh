@@ -76,6 +76,7 @@ __global__ void __launch_bounds__(kGdnThreads, kChainCtasPerSm<T, kK, kBV>) gdn_
   float* sG = reinterpret_cast<float*>(smem + L::kVec);
   float *sRq = sG + C, *sRk = sRq + C;
 
+  if (p.chain_width != nullptr && *p.chain_width != p.chain_width_id) return;  // the other width's launch runs
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g8 = lane / 4, t4 = lane % 4;
   const int rt = warp % 4, ch = warp / 4, r0 = 16 * rt;
   const ChainCta cta = chain_cta(p, p.seq_order, p.num_vblocks, kBV, kK);

@@ -13,6 +13,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <vector>
 
 #include "common/aligned.h"
@@ -67,6 +69,27 @@ bool use_warp_specialised_backward_chain(const GdnDims& d) {
   return ctas >= int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
 }
 
+// The chain kernel's V-block width at K = 256 where only the lengths can tell. The forward's rule (gdn_value_block)
+// takes narrow 32-column blocks only where their CTAs fit in one wave, else wide 64-column ones. Past that, narrow
+// blocks still finish first where one long sequence is the tail: the layer at T = 32K (the shared memory's
+// 32K-row segment beside four ~16K-row routed ones), chain 4.90 -> 3.70 ms (H200); with even lengths they need a
+// second wave (five 16K-row sequences: +1.3 ms). There the order kernel simulates both (ChainWidthChoice) and both
+// widths are launched, the one not chosen returning at once. A narrow chunk costs 0.755 of a wide one (measured at
+// T = 32K). MOM_OPS_GDN_BV=narrow / wide forces (gdn_value_block).
+ChainWidthChoice backward_chain_width_choice(const GdnDims& d, const ScanParams& p, int fwd_bv) {
+  ChainWidthChoice c;
+  const int narrow = gdn_bwd_value_block(d.dim_k), sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t ctas_narrow = d.num_seqs * d.heads_v * (d.dim_v / narrow);
+  if (d.dim_k != 256 || fwd_bv != 2 * narrow || p.cu_seqlens == nullptr || d.num_seqs <= 1 ||
+      d.num_seqs > kChoiceMaxSeqs || ctas_narrow > 4 * int64_t(sms) || std::getenv("MOM_OPS_GDN_BV") != nullptr)
+    return c;
+  c.slots = std::min(sms, kChoiceMaxSlots);  // one chain CTA per SM at K = 256 (gdn_bwd_chain.cu checks)
+  c.ctas_narrow = int(d.heads_v * (d.dim_v / narrow));
+  c.ctas_wide = c.ctas_narrow / 2;
+  c.narrow_cost = 0.755f;
+  return c;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gdn_bwd_cuda(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g, const at::Tensor& beta,
     double scale, const std::optional<at::Tensor>& initial_state, const at::Tensor& grad_o,
@@ -115,7 +138,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
   if (d.num_seqs > 0 && d.heads_v > 0 && rows > 0) {
     const bool bf16 = q.scalar_type() == at::kBFloat16;
-    const at::Tensor order = longest_first_order(io, stream);
+    const bool split_chain = use_split_backward_chain(d, fwd_bv);
+    const bool ws_chain = !split_chain && use_warp_specialised_backward_chain(d);
+    const ChainWidthChoice width_choice =
+        split_chain || ws_chain ? ChainWidthChoice{} : backward_chain_width_choice(d, io.params, fwd_bv);
+    const at::Tensor order = longest_first_order(io, stream, width_choice);
     const std::vector<int64_t> s0_shape = {slots, d.heads_v, d.dim_k, d.dim_v};
     const at::Tensor ds1 = at::empty(s0_shape, opts);
     at::Tensor s0, w, vn, t;
@@ -160,7 +187,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     bp.dv = dv.data_ptr();
     bp.dg = dg.data_ptr<float>();
     bp.dbeta = dbeta.data_ptr<float>();
-    if (use_split_backward_chain(d, fwd_bv)) {
+    if (split_chain) {
       GdnBwdSplitParams sbp{};
       static_cast<GdnBwdParams&>(sbp) = bp;
       const at::Tensor pdo = at::empty({rows, d.heads_v, d.dim_v}, f32);
@@ -171,13 +198,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       sbp.g_rk = g_rk.data_ptr<float>();
       run_gdn_bwd_chain_split(sbp, bf16, int(d.dim_k), slots, split_chain_value_block(d.num_seqs, d.heads_v, d.dim_v),
                               stream);
-    } else if (use_warp_specialised_backward_chain(d)) {
+    } else if (ws_chain) {
       bp.num_vblocks = int(d.dim_v / 128);
       // Who scales Qs: the state warpgroups at K = 128, aux at K = 256 (H200, chain kernel time: K = 128 0.339 ->
       // 0.326 ms with the state warpgroups; K = 256 0.404 vs 0.412 ms). MOM_OPS_GDN_BWD_WS_QS=aux / state forces.
       bp.ws_qs_in_state =
           d.dim_k == 128 ? !env_is("MOM_OPS_GDN_BWD_WS_QS", "aux") : env_is("MOM_OPS_GDN_BWD_WS_QS", "state");
       run_gdn_bwd_chain_ws(bp, bf16, int(d.dim_k), stream);
+    } else if (width_choice.slots > 0) {  // both widths; the order kernel's flag (order[N]) lets one run
+      for (const int id : {0, 1}) {
+        GdnBwdParams width_p = bp;
+        const int bv = id == 1 ? fwd_bv / 2 : fwd_bv;
+        width_p.num_vblocks = int(d.dim_v / bv);
+        width_p.chain_width = order.data_ptr<int>() + d.num_seqs;
+        width_p.chain_width_id = id;
+        run_gdn_bwd_chain(width_p, bf16, int(d.dim_k), bv, stream);
+      }
     } else {
       run_gdn_bwd_chain(bp, bf16, int(d.dim_k), fwd_bv, stream);
     }

@@ -19,6 +19,10 @@ struct GdnBwdParams : ScanParams {
   int num_vblocks;         // chain kernel: V / BV
   bool v_first;
   const int* seq_order;    // chain kernel: sequences longest first, or nullptr
+  // chain kernel: where set, the launch runs only if *chain_width == chain_width_id (both widths are launched and
+  // the order kernel's simulation picks one: scan_prologue.cuh's ChainWidthChoice); nullptr: always
+  const int* chain_width;
+  int chain_width_id;
   bool ws_qs_in_state;     // ws chain: the state warpgroups scale Qs (else aux)
   // Gradient outputs of the grads kernel. dq, dk: [rows, H, K] in the input dtype with the l2norm backward
   // applied when HV == H; else fp32 [rows, HV, K] w.r.t. the normalised q, k per value head (the host sums the

@@ -3,6 +3,8 @@
 //   long sequences start in the first wave and the tail is one long chain, not a late wave of them (LPT).
 // - zero_rows_past_end: o = 0 on the rows after cu_seqlens[-1] (no sequence writes them), instead of a memset
 //   of all of o.
+// The order launch can also pick a chain's V-block width from the lengths (ChainWidthChoice), which the host does
+// not see without a sync.
 #pragma once
 
 #include <ATen/cuda/CUDAContext.h>
@@ -18,20 +20,76 @@ namespace mom_ops {
 constexpr int kOrderThreads = 1024;
 constexpr int kOrderMaxSeqs = 8192;  // lengths staged in shared memory; more sequences keep index order
 
-// One CTA; order[rank] = sequence.
-static __global__ void __launch_bounds__(kOrderThreads) longest_first_order_kernel(ScanParams p, int* order) {
+// A chain's choice between narrow and wide V-blocks where only the lengths can tell (narrow: more CTAs than fit at
+// once, wide: fewer). Each width's run is simulated as the block scheduler runs it: CTAs in longest-first order,
+// each on the slot (SM x CTAs per SM) that frees first, a CTA taking chunks x its width's cost per chunk (wide 1).
+// Narrow wins where one long sequence is the tail (the layer's shared memory beside its routed ones), wide where the
+// lengths are even and narrow would need a second wave (NOTES.md, "Backward chain width").
+struct ChainWidthChoice {
+  int slots = 0;           // CTAs that run at once; 0: no choice
+  int ctas_narrow = 0;     // CTAs per sequence (heads x V-blocks) at each width
+  int ctas_wide = 0;
+  float narrow_cost = 1.f; // a narrow CTA's time per chunk over a wide one's
+};
+constexpr int kChoiceMaxSeqs = 64;    // the simulation's sequences (the caller checks)
+constexpr int kChoiceMaxSlots = kOrderThreads / 2;
+
+// Simulates both widths (threads [0, slots): narrow's slots, [512, 512 + slots): wide's) over the lengths in
+// longest-first order; returns 1 for narrow, 0 for wide (in every thread). Ties keep wide.
+static __device__ int choose_chain_width(const int* sorted_len, int n, const ChainWidthChoice& c) {
+  __shared__ float end[2][kChoiceMaxSlots];  // each slot's finish time
+  __shared__ float makespan[2];
+  const int width = threadIdx.x / kChoiceMaxSlots, slot = threadIdx.x % kChoiceMaxSlots;
+  const bool mine = slot < c.slots;
+  const int ctas = width == 0 ? c.ctas_narrow : c.ctas_wide;
+  const float cost = width == 0 ? c.narrow_cost : 1.f;
+  if (mine) end[width][slot] = 0.f;
+  if (threadIdx.x < 2) makespan[threadIdx.x] = 0.f;
+  __syncthreads();
+  for (int i = 0; i < n; ++i) {  // a sequence's CTAs all take d; they go to the slots that free first
+    const float d = float((sorted_len[i] + 63) / 64) * cost;
+    const int rounds = ctas / c.slots, rest = ctas % c.slots;
+    float t = 0.f;
+    int rank = 0;  // slots that free before this one (ties by index)
+    if (mine) {
+      t = end[width][slot];
+      if (rest > 0)
+        for (int u = 0; u < c.slots; ++u) {
+          const float e = end[width][u];
+          rank += e < t || (e == t && u < slot);
+        }
+    }
+    __syncthreads();
+    if (mine) end[width][slot] = t + float(rounds) * d + (rank < rest ? d : 0.f);
+    __syncthreads();
+  }
+  if (mine) atomicMax(reinterpret_cast<int*>(&makespan[width]), __float_as_int(end[width][slot]));  // t >= 0
+  __syncthreads();
+  return makespan[0] < makespan[1] ? 1 : 0;
+}
+
+// One CTA; order[rank] = sequence; with a choice (choice.slots > 0), order[n] = choose_chain_width's answer.
+static __global__ void __launch_bounds__(kOrderThreads)
+    longest_first_order_kernel(ScanParams p, int* order, ChainWidthChoice choice) {
   __shared__ int len[kOrderMaxSeqs];  // lengths clamped to int (only the order matters)
+  __shared__ int sorted_len[kChoiceMaxSeqs];
   const int n = p.num_seqs;
   for (int s = threadIdx.x; s < n; s += kOrderThreads) {
     int64_t bos, eos;
     sequence_bounds(p, s, bos, eos);
-    len[s] = int(min(eos - bos, int64_t(0x7fffffff)));
+    len[s] = int(min(eos - bos, int64_t(0x7fffffff - 63)));
   }
   __syncthreads();
   for (int s = threadIdx.x; s < n; s += kOrderThreads) {
     int rank = 0;
     for (int t = 0; t < n; ++t) rank += len[t] > len[s] || (len[t] == len[s] && t < s);
     order[rank] = s;
+    if (choice.slots > 0 && rank < kChoiceMaxSeqs) sorted_len[rank] = len[s];
+  }
+  if (choice.slots > 0) {  // uniform across the block
+    __syncthreads();
+    const int narrow = choose_chain_width(sorted_len, min(n, kChoiceMaxSeqs), choice);
+    if (threadIdx.x == 0) order[n] = narrow;
   }
 }
 
@@ -61,12 +119,16 @@ inline void zero_rows_past_end(const ScanParams& params, at::Tensor& rows_tensor
 // o (allocated empty by prepare_scan_io) = 0 on the rows no sequence covers.
 inline void zero_rows_past_end(ScanIO& io, cudaStream_t stream) { zero_rows_past_end(io.params, io.o, stream); }
 
-// Workspace [N] int32 with the sequences longest first, or an undefined tensor (then index order).
-inline at::Tensor longest_first_order(const ScanIO& io, cudaStream_t stream) {
+// Workspace [N] int32 with the sequences longest first, or an undefined tensor (then index order). With a choice
+// (the caller checks that it applies: cu_seqlens, 1 < N <= kChoiceMaxSeqs, slots <= kChoiceMaxSlots), [N + 1]: element
+// N is 1 where narrow V-blocks finish first, else 0.
+inline at::Tensor longest_first_order(const ScanIO& io, cudaStream_t stream, const ChainWidthChoice& choice = {}) {
   const int n = io.params.num_seqs;
   if (n <= 1 || n > kOrderMaxSeqs || io.params.cu_seqlens == nullptr) return {};
-  at::Tensor order = at::empty({n}, io.q.options().dtype(at::kInt));
-  longest_first_order_kernel<<<1, kOrderThreads, 0, stream>>>(io.params, order.data_ptr<int>());
+  TORCH_CHECK(choice.slots == 0 || (n <= kChoiceMaxSeqs && choice.slots <= kChoiceMaxSlots),
+              "chain width choice: ", n, " sequences, ", choice.slots, " slots");
+  at::Tensor order = at::empty({n + (choice.slots > 0)}, io.q.options().dtype(at::kInt));
+  longest_first_order_kernel<<<1, kOrderThreads, 0, stream>>>(io.params, order.data_ptr<int>(), choice);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return order;
 }
