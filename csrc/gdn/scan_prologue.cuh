@@ -35,37 +35,45 @@ constexpr int kChoiceMaxSeqs = 64;    // the simulation's sequences (the caller 
 constexpr int kChoiceMaxSlots = kOrderThreads / 2;
 
 // Simulates both widths (threads [0, slots): narrow's slots, [512, 512 + slots): wide's) over the lengths in
-// longest-first order; returns 1 for narrow, 0 for wide (in every thread). Ties keep wide.
+// longest-first order; returns 1 for narrow, 0 for wide (in every thread). Ties keep wide. The slots' finish times
+// are kept sorted: a sequence's CTAs, all of one duration d, go rounds x d to every slot and one more d to the
+// `rest` that free first, so the new times are two sorted runs, merged by each slot's binary search in the other
+// run (a per-slot rank over all slots took ~25 us per call at 10 sequences).
 static __device__ int choose_chain_width(const int* sorted_len, int n, const ChainWidthChoice& c) {
-  __shared__ float end[2][kChoiceMaxSlots];  // each slot's finish time
-  __shared__ float makespan[2];
-  const int width = threadIdx.x / kChoiceMaxSlots, slot = threadIdx.x % kChoiceMaxSlots;
-  const bool mine = slot < c.slots;
+  __shared__ float end[2][kChoiceMaxSlots];  // the slots' finish times, ascending
+  const int width = threadIdx.x / kChoiceMaxSlots, slot = threadIdx.x % kChoiceMaxSlots, slots = c.slots;
+  const bool mine = slot < slots;
   const int ctas = width == 0 ? c.ctas_narrow : c.ctas_wide;
   const float cost = width == 0 ? c.narrow_cost : 1.f;
+  const float* e = end[width];
   if (mine) end[width][slot] = 0.f;
-  if (threadIdx.x < 2) makespan[threadIdx.x] = 0.f;
   __syncthreads();
-  for (int i = 0; i < n; ++i) {  // a sequence's CTAs all take d; they go to the slots that free first
+  for (int i = 0; i < n; ++i) {  // uniform across the block
     const float d = float((sorted_len[i] + 63) / 64) * cost;
-    const int rounds = ctas / c.slots, rest = ctas % c.slots;
+    const int rounds = ctas / slots, rest = ctas % slots;
     float t = 0.f;
-    int rank = 0;  // slots that free before this one (ties by index)
-    if (mine) {
-      t = end[width][slot];
-      if (rest > 0)
-        for (int u = 0; u < c.slots; ++u) {
-          const float e = end[width][u];
-          rank += e < t || (e == t && u < slot);
-        }
+    int pos = slot;
+    if (mine && rest > 0) {
+      t = e[slot];
+      // the first rest slots (run A) get d more: A's element i goes to i + #{B < e_i + d}, B's element j (j >= rest)
+      // to (j - rest) + #{A : e_a + d <= e_j}; both counts by binary search in the other (sorted) run
+      const bool in_a = slot < rest;
+      int lo = in_a ? rest : 0, hi = in_a ? slots : rest;  // first index in [lo, hi) where the test fails
+      while (lo < hi) {
+        const int mid = (lo + hi) / 2;
+        const bool before = in_a ? e[mid] < t + d : e[mid] + d <= t;
+        if (before) lo = mid + 1; else hi = mid;
+      }
+      pos = in_a ? slot + (lo - rest) : (slot - rest) + lo;
+      if (in_a) t += d;
     }
     __syncthreads();
-    if (mine) end[width][slot] = t + float(rounds) * d + (rank < rest ? d : 0.f);
+    if (mine && rest > 0) end[width][pos] = t;
+    __syncthreads();
+    if (mine && rounds > 0) end[width][slot] += float(rounds) * d;  // the order stays
     __syncthreads();
   }
-  if (mine) atomicMax(reinterpret_cast<int*>(&makespan[width]), __float_as_int(end[width][slot]));  // t >= 0
-  __syncthreads();
-  return makespan[0] < makespan[1] ? 1 : 0;
+  return end[0][slots - 1] < end[1][slots - 1] ? 1 : 0;  // the makespans (the last, largest, times)
 }
 
 // One CTA; order[rank] = sequence; with a choice (choice.slots > 0), order[n] = choose_chain_width's answer.
