@@ -195,3 +195,26 @@ def test_split_outputs_beside_the_chain_are_the_same(K, V, lengths, monkeypatch)
     beside = run()
     for x, y in zip(apart, beside):
         assert torch.equal(x, y)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("lengths", [[500, 120, 110, 100, 90], [200, 200, 200, 200, 200]], ids=["one_long", "even"])
+def test_split_chain_width_chosen_on_the_device(lengths, monkeypatch):
+    """K = 256, five sequences x 4 heads: 160 narrow (32-column) split chain CTAs, more than the SMs, so the order
+    kernel simulates both widths from the lengths (narrow for one long sequence, wide for even ones) and both chain
+    launches go out, the one not chosen returning at once (forward_chain_width_choice). Either width gives bitwise
+    the same outputs (test_split_chains_narrow_value_blocks_are_bitwise_equal), so the chosen run equals both forced
+    ones (MOM_OPS_GDN_CHAIN_BV, which skips the choice)."""
+    need_kernel("chunk_gated_delta_rule_fwd", "cuda")
+    if torch.cuda.get_device_properties(0).multi_processor_count >= 160:
+        pytest.skip("160 narrow chain CTAs fit in one wave on this GPU: no choice to make")
+    for name in ("MOM_OPS_GDN_CHAIN_BV", "MOM_OPS_GDN_OVERLAP", "MOM_OPS_GDN_SPLIT"):
+        monkeypatch.delenv(name, raising=False)
+    inp = gdn_inputs(1, sum(lengths), 4, 256, 256, dtype=torch.bfloat16, decay="strong", h0=True, n_seqs=5)
+    gpu = {key: t.cuda() for key, t in inp.items()}
+    chosen = _run(mom_ops.chunk_gated_delta_rule, gpu, lengths, False)
+    for chain_bv in ("32", "64"):
+        monkeypatch.setenv("MOM_OPS_GDN_CHAIN_BV", chain_bv)
+        forced = _run(mom_ops.chunk_gated_delta_rule, gpu, lengths, False)
+        for got, want in zip(chosen, forced):
+            assert torch.equal(got, want), chain_bv

@@ -13,7 +13,6 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <cstdlib>
 #include <vector>
 
@@ -77,17 +76,9 @@ bool use_warp_specialised_backward_chain(const GdnDims& d) {
 // widths are launched, the one not chosen returning at once. A narrow chunk costs 0.755 of a wide one (measured at
 // T = 32K). MOM_OPS_GDN_BV=narrow / wide forces (gdn_value_block).
 ChainWidthChoice backward_chain_width_choice(const GdnDims& d, const ScanParams& p, int fwd_bv) {
-  ChainWidthChoice c;
-  const int narrow = gdn_bwd_value_block(d.dim_k), sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t ctas_narrow = d.num_seqs * d.heads_v * (d.dim_v / narrow);
-  if (d.dim_k != 256 || fwd_bv != 2 * narrow || p.cu_seqlens == nullptr || d.num_seqs <= 1 ||
-      d.num_seqs > kChoiceMaxSeqs || ctas_narrow > 4 * int64_t(sms) || std::getenv("MOM_OPS_GDN_BV") != nullptr)
-    return c;
-  c.slots = std::min(sms, kChoiceMaxSlots);  // one chain CTA per SM at K = 256 (gdn_bwd_chain.cu checks)
-  c.ctas_narrow = int(d.heads_v * (d.dim_v / narrow));
-  c.ctas_wide = c.ctas_narrow / 2;
-  c.narrow_cost = 0.755f;
-  return c;
+  const int narrow = gdn_bwd_value_block(d.dim_k);  // one chain CTA per SM at K = 256 (gdn_bwd_chain.cu checks)
+  if (d.dim_k != 256 || fwd_bv != 2 * narrow || std::getenv("MOM_OPS_GDN_BV") != nullptr) return {};
+  return chain_width_choice(p, d.heads_v * (d.dim_v / narrow), 0.755f);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gdn_bwd_cuda(

@@ -5,6 +5,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+
 #include "common/env_flag.h"
 #include "common/static_switch.h"
 #include "gdn/gdn_checks.h"
@@ -95,6 +97,16 @@ bool use_warp_specialised_forward(const GdnDims& d, int bv, bool training) {
   return !use_split_forward(d, bv, false);
 }
 
+// The split chain's V-block width at K = 256 where only the lengths can tell (as the backward chain's,
+// gdn_bwd_cuda.cu): split_chain_value_block takes 32-column chains only where they fit in one wave, but they also
+// finish first where one long sequence is the tail (H200, layer T = 32K: fwd 4.66 -> 4.00 ms with them forced; five
+// even 16K-row sequences: 1.79 -> 2.00 ms). A narrow chunk costs 0.65 of a wide one (measured there). Not with the
+// outputs beside the chain (their counters count one width's CTAs); MOM_OPS_GDN_CHAIN_BV forces a width.
+ChainWidthChoice forward_chain_width_choice(const GdnDims& d, const ScanParams& p, int chain_bv) {
+  if (d.dim_k != 256 || chain_bv != 64 || std::getenv("MOM_OPS_GDN_CHAIN_BV") != nullptr) return {};
+  return chain_width_choice(p, d.heads_v * (d.dim_v / 32), 0.65f);  // one CTA per SM (gdn_split.cu checks)
+}
+
 // The forward; with `saved` (the training forward) it also writes what the backward reads: the state at every
 // chunk start, W, V_new and T (16-bit).
 struct GdnSaved {
@@ -135,7 +147,13 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Te
   if (saved != nullptr) *saved = GdnSaved::empty(q, d, rows, true);
   zero_rows_past_end(io, stream);
   if (d.num_seqs == 0 || d.heads_v == 0) return {io.o, io.ht};
-  const at::Tensor order = longest_first_order(io, stream);
+  const bool ws = use_warp_specialised_forward(d, bv, saved != nullptr);
+  const bool split = !ws && use_split_forward(d, bv, saved != nullptr);
+  const int chain_bv = split ? split_chain_value_block(d.num_seqs, d.heads_v, d.dim_v) : 0;
+  const bool overlap = split && gdn_split_overlap(d.dim_k, chain_bv);
+  const ChainWidthChoice width_choice =
+      split && !overlap ? forward_chain_width_choice(d, io.params, chain_bv) : ChainWidthChoice{};
+  const at::Tensor order = longest_first_order(io, stream, width_choice);
   GdnFwdParams p{};
   static_cast<ScanParams&>(p) = io.params;
   p.num_vblocks = int(d.dim_v / bv);
@@ -147,12 +165,12 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Te
     p.save_vn = saved->v_new.data_ptr();
     p.save_t = saved->t.data_ptr();
   }
-  if (use_warp_specialised_forward(d, bv, saved != nullptr)) {
+  if (ws) {
     p.num_vblocks = int(d.dim_v / 128);
     run_gdn_fwd_ws(p, q.scalar_type() == at::kBFloat16, stream);
     return {io.o, io.ht};
   }
-  if (use_split_forward(d, bv, saved != nullptr)) {
+  if (split) {
     GdnSplitParams sp{};
     static_cast<GdnFwdParams&>(sp) = p;
     // Without `saved` (inference), what the backward would keep is workspace here.
@@ -167,15 +185,15 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Te
     sp.u = u.data_ptr<float>();
     sp.g_rk = g_rk.data_ptr<float>();
     const int64_t slots = chunk_slots(rows, d.num_seqs);
-    const int chain_bv = split_chain_value_block(d.num_seqs, d.heads_v, d.dim_v);
     at::Tensor counters;  // the outputs beside the chain: [slots, HV] chunk counters, then the chains' (prep zeroes)
-    if (gdn_split_overlap(d.dim_k, chain_bv)) {
+    if (overlap) {
       counters = at::empty({slots * d.heads_v + 1}, q.options().dtype(at::kInt));
       sp.chunk_ready = counters.data_ptr<int>();
       sp.chains_done = sp.chunk_ready + slots * d.heads_v;
       sp.chain_ctas_per_head = int(d.dim_v / chain_bv);
       sp.chain_ctas = int(d.num_seqs * d.heads_v * (d.dim_v / chain_bv));
     }
+    if (width_choice.slots > 0) sp.chain_width = order.data_ptr<int>() + d.num_seqs;  // both widths launched
     run_gdn_fwd_split(sp, q.scalar_type() == at::kBFloat16, int(d.dim_k), slots, chain_bv, stream);
     return {io.o, io.ht};
   }

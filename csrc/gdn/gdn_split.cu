@@ -61,6 +61,11 @@ void launch_output(const GdnSplitParams& p, int64_t num_slots, cudaStream_t stre
                      GdnOutputSmem<T, kK, kBV>::kBytes, stream, "(chunk, head, V-block)", overlap);
 }
 
+// forward_chain_width_choice (gdn_cuda.cu) simulates one chain CTA per SM at either width (K = 256).
+static_assert(2 * GdnChainFwdSmem<__nv_bfloat16, 256, 32, kSmemPerCta>::kBytes > kSmemPerCta &&
+                  2 * GdnChainFwdSmem<__half, 256, 32, kSmemPerCta>::kBytes > kSmemPerCta,
+              "one split chain CTA per SM at K = 256");
+
 }  // namespace
 
 void run_gdn_fwd_split(const GdnSplitParams& p, bool bf16, int dim_k, int64_t num_slots, int chain_bv,
@@ -71,7 +76,15 @@ void run_gdn_fwd_split(const GdnSplitParams& p, bool bf16, int dim_k, int64_t nu
       using Prep = GdnPrepSmem<T, kK>;
       launch_scan_kernel(gdn_prep_kernel<T, kK>, p, num_slots * p.heads_v, kGdnThreads, Prep::kBytes, stream,
                          "(chunk, head)");
-      CHAIN_BV_SWITCH(chain_bv, kBV, [&] { launch_chain<T, kK, kBV>(p, stream); });
+      if (p.chain_width != nullptr) {  // both widths (chain_bv and half of it); the order kernel's flag picks one
+        for (const int id : {0, 1}) {
+          GdnSplitParams width_p = p;
+          width_p.chain_width_id = id;
+          CHAIN_BV_SWITCH(id == 1 ? chain_bv / 2 : chain_bv, kBV, [&] { launch_chain<T, kK, kBV>(width_p, stream); });
+        }
+      } else {
+        CHAIN_BV_SWITCH(chain_bv, kBV, [&] { launch_chain<T, kK, kBV>(p, stream); });
+      }
       if (gdn_output_value_block(p.dim_v) == 128) {
         launch_output<T, kK, 128>(p, num_slots, stream);
       } else {

@@ -43,6 +43,10 @@ struct GdnSplitParams : GdnFwdParams {
   int* chunk_ready;
   int* chains_done;
   int chain_ctas_per_head, chain_ctas;
+  // chain: where set, the launch runs only if *chain_width == chain_width_id (both widths are launched and the order
+  // kernel's simulation picks one: scan_prologue.cuh's ChainWidthChoice; not with chunk_ready); nullptr: always
+  const int* chain_width;
+  int chain_width_id;
 };
 
 // The output kernel starts while the chain runs (programmatic dependent launch) and takes each chunk once the chain
@@ -241,6 +245,7 @@ __device__ __forceinline__ void gdn_chain(const GdnSplitParams& p) {
   auto stage_u = [&](int s) { return reinterpret_cast<float*>(smem + s * L::kStage + L::kStageU); };
   auto stage_g = [&](int s) { return reinterpret_cast<float*>(smem + s * L::kStage + L::kStageG); };  // G, rk
 
+  if (p.chain_width != nullptr && *p.chain_width != p.chain_width_id) return;  // the other width's launch runs
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g8 = lane / 4, t4 = lane % 4;
   const ChainCta cta = chain_cta(p, p.seq_order, p.dim_v / BV, BV, kK);
   const int seq = cta.seq, hv = cta.hv, h = cta.h, v0 = cta.v0;

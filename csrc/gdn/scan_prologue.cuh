@@ -127,9 +127,25 @@ inline void zero_rows_past_end(const ScanParams& params, at::Tensor& rows_tensor
 // o (allocated empty by prepare_scan_io) = 0 on the rows no sequence covers.
 inline void zero_rows_past_end(ScanIO& io, cudaStream_t stream) { zero_rows_past_end(io.params, io.o, stream); }
 
+// The choice for a chain whose narrow V-blocks give ctas_narrow CTAs per sequence (heads x blocks; wide: half) at
+// one CTA per SM, where only the lengths can tell: with cu_seqlens, 2 .. kChoiceMaxSeqs sequences and narrow CTAs
+// more than the SMs but at most four waves; else none (slots 0). narrow_cost: a narrow chunk's time over a wide one's.
+inline ChainWidthChoice chain_width_choice(const ScanParams& p, int64_t ctas_narrow, float narrow_cost) {
+  ChainWidthChoice c;
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t total = p.num_seqs * ctas_narrow;
+  if (p.cu_seqlens == nullptr || p.num_seqs <= 1 || p.num_seqs > kChoiceMaxSeqs || total <= sms ||
+      total > 4 * int64_t(sms) || sms > kChoiceMaxSlots || ctas_narrow % 2 != 0)
+    return c;
+  c.slots = sms;
+  c.ctas_narrow = int(ctas_narrow);
+  c.ctas_wide = int(ctas_narrow / 2);
+  c.narrow_cost = narrow_cost;
+  return c;
+}
+
 // Workspace [N] int32 with the sequences longest first, or an undefined tensor (then index order). With a choice
-// (the caller checks that it applies: cu_seqlens, 1 < N <= kChoiceMaxSeqs, slots <= kChoiceMaxSlots), [N + 1]: element
-// N is 1 where narrow V-blocks finish first, else 0.
+// (chain_width_choice's), [N + 1]: element N is 1 where narrow V-blocks finish first, else 0.
 inline at::Tensor longest_first_order(const ScanIO& io, cudaStream_t stream, const ChainWidthChoice& choice = {}) {
   const int n = io.params.num_seqs;
   if (n <= 1 || n > kOrderMaxSeqs || io.params.cu_seqlens == nullptr) return {};
