@@ -24,7 +24,7 @@ constexpr int kOrderMaxSeqs = 8192;  // lengths staged in shared memory; more se
 // once, wide: fewer). Each width's run is simulated as the block scheduler runs it: CTAs in longest-first order,
 // each on the slot (SM x CTAs per SM) that frees first, a CTA taking chunks x its width's cost per chunk (wide 1).
 // Narrow wins where one long sequence is the tail (the layer's shared memory beside its routed ones), wide where the
-// lengths are even and narrow would need a second wave (NOTES.md, "Backward chain width").
+// lengths are even and narrow would need a second wave (NOTES.md, "Backward chain width chosen on the device").
 struct ChainWidthChoice {
   int slots = 0;           // CTAs that run at once; 0: no choice
   int ctas_narrow = 0;     // CTAs per sequence (heads x V-blocks) at each width
