@@ -303,8 +303,7 @@ def test_only_requested_gradients(requires):
 def test_warp_specialised_chain_against_the_reference_and_the_chain_kernel(name, monkeypatch):
     """K = 128 and 256: the warp-specialised chain (gdn_bwd_chain_ws_kernel, what many sequences get) under the
     bars, and close to the chain kernel (MOM_OPS_GDN_BWD_WS=0) on the same inputs. Small cases take the split chain
-    (K = 128) or the chain kernel (K = 256) by default (few sequences), so MOM_OPS_GDN_BWD_SPLIT=0 and
-    MOM_OPS_GDN_BWD_WS=1 force the ws chain."""
+    by default (few sequences), so MOM_OPS_GDN_BWD_SPLIT=0 and MOM_OPS_GDN_BWD_WS=1 force the ws chain."""
     need_kernel(OP, "cuda")
     monkeypatch.setenv("MOM_OPS_GDN_BWD_SPLIT", "0")
     monkeypatch.setenv("MOM_OPS_GDN_BWD_WS", "1")
@@ -325,11 +324,12 @@ def test_chain_width_chosen_on_the_device(name, monkeypatch):
     """K = 256, five sequences x 4 heads: 160 narrow chain CTAs, more than the SMs, so the order kernel simulates
     both widths from the lengths and both chain launches go out, one returning at once
     (backward_chain_width_choice). Whichever runs, the gradients are under the bars and close to each width forced
-    by MOM_OPS_GDN_BV (which skips the choice)."""
+    by MOM_OPS_GDN_BV (which skips the choice). MOM_OPS_GDN_BWD_SPLIT=0: such cases take the split chain by default."""
     need_kernel(OP, "cuda")
     if torch.cuda.get_device_properties(0).multi_processor_count >= 160:
         pytest.skip("160 narrow chain CTAs fit in one wave on this GPU: no choice to make")
     monkeypatch.delenv("MOM_OPS_GDN_BV", raising=False)
+    monkeypatch.setenv("MOM_OPS_GDN_BWD_SPLIT", "0")
     chosen = _ours_op(name, torch.bfloat16)
     ref = _reference_grads(name, torch.bfloat16)
     _assert_close_to_reference({key: t.float().cpu() for key, t in zip(NAMES, chosen)}, ref)

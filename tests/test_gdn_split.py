@@ -100,10 +100,12 @@ def test_split_training_forward_gives_the_fused_gradients(D, lengths, value_bloc
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("K, V, lengths", [(128, 128, [300, 0, 65, 1]), (64, 192, [200, 64]), (128, 64, [1000])])
+@pytest.mark.parametrize("K, V, lengths", [(128, 128, [300, 0, 65, 1]), (64, 192, [200, 64]), (128, 64, [1000]),
+                                          (256, 128, [300, 0, 65, 1]), (256, 64, [700])])
 def test_split_backward_chain_gives_the_chain_kernels_gradients(K, V, lengths, monkeypatch):
-    """MOM_OPS_GDN_BWD_SPLIT=1 (chunk-local P^T dO and diag(..) dO first, then the chain; K <= 128) against the
-    one-kernel chain: the same gradients up to the order of one fp32 sum (dVn's two terms) before 16-bit rounding."""
+    """MOM_OPS_GDN_BWD_SPLIT=1 (chunk-local P^T dO and diag(..) dO first, then the chain; at K = 256 q in a buffer
+    of its own) against the one-kernel chain: the same gradients up to the order of one fp32 sum (dVn's two terms)
+    before 16-bit rounding."""
     need_kernel("chunk_gated_delta_rule_bwd", "cuda")
     n = len(lengths)
     inp = gdn_inputs(1, sum(lengths), 2, K, V, HV=4, dtype=torch.bfloat16, decay="strong", h0=True, n_seqs=n)
@@ -129,14 +131,14 @@ def test_split_backward_chain_gives_the_chain_kernels_gradients(K, V, lengths, m
 def test_split_chains_narrow_value_blocks_are_bitwise_equal(K, V, lengths, narrow, monkeypatch):
     """MOM_OPS_GDN_CHAIN_BV=16 / 32 (the split chains' V-blocks for few sequences) against 64: each element of the state
     and of its gradient sums the same products in the same order either way, so outputs and gradients are bitwise
-    equal (the backward's split chain only at K <= 128)."""
+    equal (at K = 256 the backward's split chain takes 32 columns for 64)."""
     need_kernel("chunk_gated_delta_rule_bwd", "cuda")
     n = len(lengths)
     inp = gdn_inputs(1, sum(lengths), 2, K, V, HV=4, dtype=torch.bfloat16, decay="strong", h0=True, n_seqs=n)
     do = torch.randn(1, sum(lengths), 4, V, device="cuda", dtype=torch.bfloat16)
     dht = torch.randn(n, 4, K, V, device="cuda")
     monkeypatch.setenv("MOM_OPS_GDN_SPLIT", "1")
-    monkeypatch.setenv("MOM_OPS_GDN_BWD_SPLIT", "1" if K <= 128 else "0")
+    monkeypatch.setenv("MOM_OPS_GDN_BWD_SPLIT", "1")
 
     def run(chain_bv):
         monkeypatch.setenv("MOM_OPS_GDN_CHAIN_BV", chain_bv)

@@ -28,16 +28,19 @@ void launch_chain_split_kernel(const GdnBwdSplitParams& p, cudaStream_t stream) 
                      ChainStages::kThreads, Chain::kBytes, stream, "(sequence, head, V-block)");
 }
 
-// The split chain's two launches; K <= 128 only (the caller checks).
+// The split chain's two launches: prep, then the chain with chain_bv columns (16, 32 or 64; at K = 256 16 or 32, as
+// two stages with 64 columns do not fit in shared memory).
 template <typename T, int kK>
 void launch_chain_split(const GdnBwdSplitParams& p, int64_t num_slots, int chain_bv, cudaStream_t stream) {
-  if constexpr (kK <= 128) {
-    using Prep = GdnBwdPrepSmem<T, kK>;
-    launch_scan_kernel(gdn_bwd_prep_kernel<T, kK>, p, num_slots * p.heads_v, kGdnThreads, Prep::kBytes, stream,
-                       "(chunk, head)");
-    CHAIN_BV_SWITCH(chain_bv, kBV, [&] { launch_chain_split_kernel<T, kK, kBV>(p, stream); });
+  using Prep = GdnBwdPrepSmem<T, kK>;
+  launch_scan_kernel(gdn_bwd_prep_kernel<T, kK>, p, num_slots * p.heads_v, kGdnThreads, Prep::kBytes, stream,
+                     "(chunk, head)");
+  if constexpr (kK == 256) {
+    TORCH_CHECK(chain_bv == 16 || chain_bv == 32, "the split backward chain at K = 256 takes 16 or 32 columns, got ",
+                chain_bv);
+    BOOL_SWITCH(chain_bv == 32, kWide, [&] { launch_chain_split_kernel<T, kK, kWide ? 32 : 16>(p, stream); });
   } else {
-    TORCH_CHECK(false, "the split backward chain takes K <= 128, got ", kK);
+    CHAIN_BV_SWITCH(chain_bv, kBV, [&] { launch_chain_split_kernel<T, kK, kBV>(p, stream); });
   }
 }
 

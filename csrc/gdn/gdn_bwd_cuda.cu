@@ -1,7 +1,8 @@
 // CUDA binding of the chunked gated-delta-rule backward (issue #5): checks, then three launches on tensor cores:
 //  1. unless chunk_gated_delta_rule_fwd_train saved them: the forward kernel again, saving S0 of every chunk, W,
 //     V_new and T (16-bit; o is not written);
-//  2. the state-gradient chain in reverse (gdn_bwd_chain_kernel.cuh; gdn_bwd_chain_ws_kernel.cuh at K = 128): dS1
+//  2. the state-gradient chain in reverse (gdn_bwd_chain_kernel.cuh, gdn_bwd_chain_ws_kernel.cuh or
+//     gdn_bwd_split_kernels.cuh: use_split_backward_chain, use_warp_specialised_backward_chain): dS1
 //     of every chunk, dh0;
 //  3. every chunk's gradients in parallel (gdn_bwd_grads_kernel.cuh): dq, dk, dv, dg, dbeta.
 // With HV > H (GVA) the grads kernel writes dq, dk per value head in fp32 and the group sum and the l2norm
@@ -13,6 +14,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <vector>
 
@@ -44,28 +46,35 @@ at::Tensor checked_saved(const at::Tensor& t, const char* name, const std::vecto
   return contiguous_aligned16(t);  // read in 16-byte copies
 }
 
-// The split backward chain (gdn_bwd_split_kernels.cuh: P^T dO and diag(scale rq e^G) dO for all chunks at once,
-// then per chunk only the products that read dS) instead of the chain kernel where the chain kernel's grid is under
-// two waves (few long sequences), as the forward's split; K <= 128, V a multiple of 64. H200, T = 32768, fwd+bwd:
-// n1 D128 7.38 -> 4.42 ms (with the load warps and narrow chains), n32 D128 3.70 chain kernel vs 3.74 split
-// (NOTES.md). MOM_OPS_GDN_BWD_SPLIT=1 / 0 forces.
-bool use_split_backward_chain(const GdnDims& d, int fwd_bv) {
-  if (d.dim_k > 128 || d.dim_v % 64 != 0) return false;
-  if (env_is("MOM_OPS_GDN_BWD_SPLIT", "1")) return true;
-  if (env_is("MOM_OPS_GDN_BWD_SPLIT", "0")) return false;
-  const int64_t chain_ctas = d.num_seqs * d.heads_v * (d.dim_v / fwd_bv);
-  return chain_ctas < 2 * int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
-}
-
 // The warp-specialised chain (gdn_bwd_chain_ws_kernel.cuh) where it applies: K = 128 or 256, V a multiple of 128
-// (and not the split chain's few long sequences). At K = 256 only where its grid fills the GPU: the chain kernel's
-// narrow value blocks (32 columns) give 4x the CTAs for few sequences. MOM_OPS_GDN_BWD_WS=0 keeps the chain kernel,
-// =1 takes the ws chain wherever it applies.
+// (and not the split chain's few long sequences). At K = 256 only where its grid fills the GPU (else the split chain
+// below). MOM_OPS_GDN_BWD_WS=0 keeps the chain kernel, =1 takes the ws chain wherever it applies.
 bool use_warp_specialised_backward_chain(const GdnDims& d) {
   if ((d.dim_k != 128 && d.dim_k != 256) || d.dim_v % 128 != 0 || env_is("MOM_OPS_GDN_BWD_WS", "0")) return false;
   if (d.dim_k == 128 || env_is("MOM_OPS_GDN_BWD_WS", "1")) return true;
   const int64_t ctas = d.num_seqs * d.heads_v * (d.dim_v / 128);
   return ctas >= int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+}
+
+// The split backward chain (gdn_bwd_split_kernels.cuh: P^T dO and diag(scale rq e^G) dO for all chunks at once,
+// then per chunk only the products that read dS) instead of the chain kernel for few long sequences, as the
+// forward's split; V a multiple of 64. K <= 128: where the chain kernel's grid is under two waves. H200, T = 32768,
+// fwd+bwd: n1 D128 7.38 -> 4.42 ms (with the load warps and narrow chains), n32 D128 3.70 chain kernel vs 3.74 split
+// (NOTES.md). K = 256: wherever the ws chain's grid does not fill the GPU (the layer at T = 8K, 32K), in place of
+// the chain kernel, which forms P and loads q, k in series with every chunk. MOM_OPS_GDN_BWD_SPLIT=1 / 0 forces.
+bool use_split_backward_chain(const GdnDims& d, int fwd_bv) {
+  if (d.dim_v % 64 != 0) return false;
+  if (env_is("MOM_OPS_GDN_BWD_SPLIT", "1")) return true;
+  if (env_is("MOM_OPS_GDN_BWD_SPLIT", "0")) return false;
+  if (d.dim_k == 256) return !use_warp_specialised_backward_chain(d);
+  const int64_t chain_ctas = d.num_seqs * d.heads_v * (d.dim_v / fwd_bv);
+  return chain_ctas < 2 * int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+}
+
+// The split chain's V-block width: the forward's rule (split_chain_value_block), at most 32 at K = 256.
+int backward_split_chain_value_block(const GdnDims& d) {
+  const int bv = split_chain_value_block(d.num_seqs, d.heads_v, d.dim_v);
+  return d.dim_k == 256 ? std::min(bv, 32) : bv;
 }
 
 // The chain kernel's V-block width at K = 256 where only the lengths can tell. The forward's rule (gdn_value_block)
@@ -187,8 +196,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       sbp.pdo = pdo.data_ptr<float>();
       sbp.doq = doq.data_ptr();
       sbp.g_rk = g_rk.data_ptr<float>();
-      run_gdn_bwd_chain_split(sbp, bf16, int(d.dim_k), slots, split_chain_value_block(d.num_seqs, d.heads_v, d.dim_v),
-                              stream);
+      run_gdn_bwd_chain_split(sbp, bf16, int(d.dim_k), slots, backward_split_chain_value_block(d), stream);
     } else if (ws_chain) {
       bp.num_vblocks = int(d.dim_v / 128);
       // Who scales Qs: the state warpgroups at K = 128, aux at K = 256 (H200, chain kernel time: K = 128 0.339 ->

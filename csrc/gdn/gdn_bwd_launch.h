@@ -19,9 +19,9 @@ void run_gdn_bwd_chain(const GdnBwdParams& p, bool bf16, int dim_k, int bv, cuda
 // p.heads_v x p.num_vblocks CTAs (num_vblocks = V / 128); writes what run_gdn_bwd_chain writes (ds1, dh0).
 void run_gdn_bwd_chain_ws(const GdnBwdParams& p, bool bf16, int dim_k, cudaStream_t stream);
 
-// The split chain (gdn_bwd_split_kernels.cuh; K <= 128, V % 64 == 0): its prep kernel on num_slots x p.heads_v CTAs,
-// then the chain on p.num_seqs x p.heads_v x V / chain_bv (16, 32 or 64: split_chain_value_block); writes what
-// run_gdn_bwd_chain writes (ds1, dh0).
+// The split chain (gdn_bwd_split_kernels.cuh; V % 64 == 0): its prep kernel on num_slots x p.heads_v CTAs, then the
+// chain on p.num_seqs x p.heads_v x V / chain_bv (16, 32 or 64: split_chain_value_block; 16 or 32 at K = 256);
+// writes what run_gdn_bwd_chain writes (ds1, dh0).
 void run_gdn_bwd_chain_split(const GdnBwdSplitParams& p, bool bf16, int dim_k, int64_t num_slots, int chain_bv,
                              cudaStream_t stream);
 

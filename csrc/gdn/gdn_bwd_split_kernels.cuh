@@ -10,7 +10,8 @@
 //        dS -> ds1 (16-bit), dVn = rk_i e^{G_L - G_i} (K dS)_i + pdo_i,  dS <- e^{G_L} dS + Q^T doq - W^T dVn.
 // ds1 and dh0 are what the chain kernel writes, so the grads kernel runs unchanged after it. Roundings: the chain
 // kernel's 16-bit P, dO, doq, dS, dVn operands; dVn's two terms are summed in fp32 in another order (not bitwise
-// equal to the chain kernel). K <= 128 (two stages of q, k, W do not fit in shared memory at K = 256).
+// equal to the chain kernel). At K = 256 two stages of q, k and W do not fit in shared memory: q, which only the
+// chunk's last product reads, has one buffer outside the stages there, filled by the compute warps while they form dVn.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -121,18 +122,24 @@ struct GdnBwdChainSplitSmem {
   static constexpr int C = kGdnChunk;
   static constexpr int kLdK = kK + 8, kLdV = kBV + 8, kLdU = kBV + 4;
   static constexpr int bytes16(int rows, int ld) { return rows * ld * 2; }
-  // kStages stages (chunks c, c - 1, ...) of: q, k, W [64][kLdK], doq [64][kLdV] 16-bit, pdo [64][kLdU] fp32, G and
-  // rk [64].
-  static constexpr int kStageQ = 0, kStageK = bytes16(C, kLdK), kStageW = 2 * bytes16(C, kLdK);
-  static constexpr int kStageDoq = 3 * bytes16(C, kLdK);
+  // q in the stages at K <= 128; at K = 256 (two stages of q, k, W and the rest would need 252 KB) in a buffer of
+  // its own, as only the dS update reads it: chunk c's q loads while chunk c's dVn is formed.
+  static constexpr bool kQInStage = kK <= 128;
+  static constexpr int kTileK = bytes16(C, kLdK);  // q, k, W [64][kLdK]
+  // kStages stages (chunks c, c - 1, ...) of: (q,) k, W [64][kLdK], doq [64][kLdV] 16-bit, pdo [64][kLdU] fp32, G
+  // and rk [64].
+  static constexpr int kStageQ = 0, kStageK = kQInStage ? kTileK : 0, kStageW = kStageK + kTileK;
+  static constexpr int kStageDoq = kStageW + kTileK;
   static constexpr int kStagePdo = kStageDoq + bytes16(C, kLdV);
   static constexpr int kStageG = kStagePdo + C * kLdU * 4;
   static constexpr int kStage = kStageG + 2 * C * 4;
-  static constexpr int kOther = bytes16(kK, kLdV) + bytes16(C, kLdV);  // sS and sDvn
+  static constexpr int kQBytes = kQInStage ? 0 : kTileK;
+  static constexpr int kOther = bytes16(kK, kLdV) + bytes16(C, kLdV) + kQBytes;  // sS, sDvn (and sQ)
   static constexpr int kStages = chain_stage_count(kStage, kOther);
   static constexpr int kS = kStages * kStage;             // dS [kK][kLdV] in 16 bits: K dS's B operand and ds1
   static constexpr int kDvn = kS + bytes16(kK, kLdV);     // -dVn [64][kLdV]
-  static constexpr int kBytes = kDvn + bytes16(C, kLdV);
+  static constexpr int kQ = kDvn + bytes16(C, kLdV);      // q [64][kLdK] where not in the stages (K = 256)
+  static constexpr int kBytes = kQ + kQBytes;
 };
 
 // Per chunk (in reverse), as the forward's split chain: (1) = full (ChainStages): this chunk's stage has landed and
@@ -140,14 +147,15 @@ struct GdnBwdChainSplitSmem {
 // stage goes back to the load warps. kBV: 64, or 32 or 16 for few chains (split_chain_value_block).
 template <typename T, int kK, int kBV>
 __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_kernel(GdnBwdSplitParams p) {
-  static_assert(kK <= 128, "two stages of q, k, W fit in shared memory for K <= 128");
   using L = GdnBwdChainSplitSmem<T, kK, kBV>;
+  static_assert(L::kBytes <= kSmemPerCta, "two stages (and q) fit in shared memory");
   constexpr int C = kGdnChunk, BV = kBV, kLdK = L::kLdK, kLdV = L::kLdV, kLdU = L::kLdU;
   using ST = StateTile<kK, BV>;  // dS's register tiles
   constexpr int kMT = ST::kMT, kNT = ST::kNT, kNTo = BV / 2 / 8;
   extern __shared__ __align__(16) unsigned char smem[];
   T* sS = reinterpret_cast<T*>(smem + L::kS);
   T* sDvn = reinterpret_cast<T*>(smem + L::kDvn);
+  T* sQ_own = reinterpret_cast<T*>(smem + L::kQ);  // used where q is not in the stages
   auto stage16 = [&](int s, int off) { return reinterpret_cast<T*>(smem + s * L::kStage + off); };
   auto stage_pdo = [&](int s) { return reinterpret_cast<float*>(smem + s * L::kStage + L::kStagePdo); };
   auto stage_g = [&](int s) { return reinterpret_cast<float*>(smem + s * L::kStage + L::kStageG); };  // G, rk
@@ -170,7 +178,7 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_
     ChainStages::produce<L::kStages>(num_chunks, [&](int s, int64_t i) {
       const int64_t c = num_chunks - 1 - i, c0 = bos + c * C;
       const int len = int(min(int64_t(C), eos - c0));
-      load_rows<kK * sizeof(T)>(stage16(s, L::kStageQ), kLdK, q + c0 * qk_ld, qk_ld, len, ltid);
+      if constexpr (L::kQInStage) load_rows<kK * sizeof(T)>(stage16(s, L::kStageQ), kLdK, q + c0 * qk_ld, qk_ld, len, ltid);
       load_rows<kK * sizeof(T)>(stage16(s, L::kStageK), kLdK, k + c0 * qk_ld, qk_ld, len, ltid);
       load_rows<kK * sizeof(T)>(stage16(s, L::kStageW), kLdK, w + c0 * w_ld, w_ld, len, ltid);
       load_rows<BV * sizeof(T)>(stage16(s, L::kStageDoq), kLdV, doq + c0 * v_ld, v_ld, len, ltid);
@@ -197,7 +205,15 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_
     const int stage = int(i % L::kStages);
     ST::store(sS, kLdV, dS, warp, lane);  // dS at this chunk's end in 16 bits (ds1's rounding)
     ChainStages::wait_full<L::kStages>(i);  // (1)
-    const T *sQ = stage16(stage, L::kStageQ), *sK = stage16(stage, L::kStageK), *sW = stage16(stage, L::kStageW);
+    const T *sK = stage16(stage, L::kStageK), *sW = stage16(stage, L::kStageW);
+    const T* sQ = L::kQInStage ? stage16(stage, L::kStageQ) : sQ_own;
+    if constexpr (!L::kQInStage) {  // every compute warp is past the previous chunk's update, q's last reader
+      const int64_t c0 = bos + c * C;
+      copy_rows_async<C, kK, PaddedRows<kLdK>, ChainStages::kComputeThreads>(
+          sQ_own, static_cast<const T*>(p.q) + (c0 * p.heads_qk + h) * kK, int64_t(p.heads_qk) * kK,
+          int(min(int64_t(C), eos - c0)), tid);
+      cp_async_commit();
+    }
     const T* sDoq = stage16(stage, L::kStageDoq);
     const float* sPdo = stage_pdo(stage);
     const float *sG = stage_g(stage), *sRk = sG + C;
@@ -219,6 +235,7 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_
       }
     }
     store_state_tile<kK, BV>(ds1 + c * slot_stride, p.dim_v, sS, kLdV, tid);  // dS at this chunk's end -> ds1
+    if constexpr (!L::kQInStage) cp_async_wait<0>();  // this thread's share of q (the barrier shows all of it)
     ChainStages::compute_sync();  // (2)
 
     // dS = e^{G_L} dS + Q^T doq + W^T (-dVn) on this warp's tiles; then the stage is free.

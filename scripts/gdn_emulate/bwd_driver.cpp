@@ -15,9 +15,8 @@
 #include "gdn/gdn_bwd_chain_kernel.cuh"
 #include "gdn/gdn_bwd_chain_ws_kernel.cuh"
 #include "gdn/gdn_bwd_grads_kernel.cuh"
-#if KK <= 128
 #include "gdn/gdn_bwd_split_kernels.cuh"
-#endif
+#include <algorithm>
 #include <string>
 
 using namespace mom_ops;
@@ -112,9 +111,9 @@ int main(int argc, char** argv) {
     launch(gdn_fwd_kernel<T, kK, kBV, true>, fp, int64_t(N) * HV * (V / kBV), GdnSmem<T, kK, kBV>::kBytes);
   }
 
-  // ---- backward: chain (EMU_BWD_SPLIT=1: the split chain's prep and chain kernels, K <= 128) then grads, into
-  // fresh poisoned buffers
-  const bool split_chain = kK <= 128 && std::getenv("EMU_BWD_SPLIT") != nullptr && std::string(std::getenv("EMU_BWD_SPLIT")) == "1";
+  // ---- backward: chain (EMU_BWD_SPLIT=1: the split chain's prep and chain kernels; 16 or 32 columns at K = 256)
+  // then grads, into fresh poisoned buffers
+  const bool split_chain = std::getenv("EMU_BWD_SPLIT") != nullptr && std::string(std::getenv("EMU_BWD_SPLIT")) == "1";
   if (split_chain && V % 64 != 0) EMU_FAIL("the split chain needs V a multiple of 64, got %d", V);
   if (split_chain) std::printf("  split backward chain\n");
   // EMU_BWD_WS=1: the warp-specialised chain (K = 128 or 256, V a multiple of 128)
@@ -137,7 +136,6 @@ int main(int argc, char** argv) {
     bp.dg = r.dg.as<float>(), bp.dbeta = r.dbeta.as<float>();
     emu::g_order = mode, emu::g_eager = eager_copies;
     if (split_chain) {
-#if KK <= 128
       GdnBwdSplitParams sb{};
       static_cast<GdnBwdParams&>(sb) = bp;
       sb.pdo = pdo.as<float>(), sb.doq = doq.data, sb.g_rk = g_rk.as<float>();
@@ -147,9 +145,10 @@ int main(int argc, char** argv) {
         launch(gdn_bwd_chain_split_kernel<T, kK, kChainBV>, sb, int64_t(N) * HV * (V / kChainBV),
                GdnBwdChainSplitSmem<T, kK, kChainBV>::kBytes, ChainStages::kThreads);
       };
-      const int chain_bv = emu_chain_bv();
+      const int chain_bv = kK == 256 ? std::min(emu_chain_bv(), 32) : emu_chain_bv();  // as the binding
       if (chain_bv == 16) chain(std::integral_constant<int, 16>());
       else if (chain_bv == 32) chain(std::integral_constant<int, 32>());
+#if KK <= 128
       else chain(std::integral_constant<int, 64>());
 #endif
     } else if (ws_chain) {

@@ -68,7 +68,7 @@ run emu_bwd_256_64_0  2 2 128 1 0 0 1 0 0 0 1 70 65
 EMU_WS_QS=aux run emu_bwd_128_128_1 2 2 128 1 1 0 2 1 7 1 1 150 0 1 65
 EMU_WS_QS=state run emu_bwd_256_64_1  1 2 128 1 0 0 2 1 3 1 1 130 0 64 1
 unset EMU_BWD_WS
-# the split backward chain (K <= 128; V a multiple of 64): the same checks
+# the split backward chain (V a multiple of 64): the same checks
 export EMU_BWD_SPLIT=1
 run emu_bwd_64_64_1   1 2 128 1 0 0 0 0 5 1 1 130 0 64 1
 run emu_bwd_64_64_1   2 4 64  0 0 0 3 0 0 0 0 2:150
@@ -76,6 +76,10 @@ run emu_bwd_128_64_1  1 2 128 1 0 0 3 0 3 1 1 200 0 1 64
 run emu_bwd_128_64_1  2 2 192 1 0 1 1 0 0 1 1 1 0 129
 run emu_bwd_128_128_1 2 2 128 1 1 0 2 1 7 1 1 150 0 1 65
 run emu_bwd_128_64_0  2 2 128 1 1 1 3 1 0 1 1 100 1 0 70
+# ... at K = 256 (32 columns at most; q in a buffer of its own, loaded by the compute warps)
+run emu_bwd_256_32_1  1 2 64  1 0 0 2 1 3 1 1 130 0 64 1
+run emu_bwd_256_64_1  1 1 256 0 1 1 3 0 0 1 1 200 1 129
+run emu_bwd_256_32_0  2 2 128 1 0 0 1 0 0 1 1 70 65
 # ... with its narrow V-blocks (for few sequences)
 export EMU_CHAIN_BV=32
 run emu_bwd_64_64_1   1 2 128 1 0 0 3 1 5 1 1 130 0 64 1
@@ -83,4 +87,5 @@ run emu_bwd_128_64_1  2 2 192 1 0 1 2 0 0 1 1 1 0 129
 export EMU_CHAIN_BV=16
 run emu_bwd_128_128_1 2 2 128 1 1 0 3 1 7 1 1 150 0 1 65
 run emu_bwd_128_64_0  1 2 128 1 0 0 1 0 3 1 1 200 0 1 64
+run emu_bwd_256_64_1  1 2 128 1 1 1 3 1 0 1 1 130 0 64 1
 exit $failed
