@@ -12,16 +12,18 @@ from tests.helpers import cu_from_lengths, gdn_inputs
 # warp-specialised forward (gdn_fwd_ws_kernel.cuh), training (with its saves) and inference, and the
 # warp-specialised backward chain (gdn_bwd_chain_ws_kernel.cuh); the fifth the split forward with its output kernel
 # beside the chain (MOM_OPS_GDN_OVERLAP: counters between the two kernels); the two after it the warp-specialised
-# backward chain at K = 256 (registers moved by setmaxnreg, W in a buffer of its own), Qs scaled by either role. Small
-# cases like this one take the split backward chain unless MOM_OPS_GDN_BWD_SPLIT=0 (K = 128) and the chain kernel
-# unless MOM_OPS_GDN_BWD_WS=1 (K = 256). SAN_ONLY_D=256 runs only the settings of that head dim.
+# backward chain at K = 256 (registers moved by setmaxnreg, W in a buffer of its own), Qs scaled by either role; the
+# last the split backward chain at K = 256 (q in a buffer of its own, its own barriers). Small cases like this one
+# take the split backward chain unless MOM_OPS_GDN_BWD_SPLIT=0, or at K = 256 MOM_OPS_GDN_BWD_WS=1. SAN_ONLY_D=256
+# runs only the settings of that head dim.
 configs = ((64, 4, {}), (128, 2, {}),
            (128, 2, {"MOM_OPS_GDN_SPLIT": "0", "MOM_OPS_GDN_BV": "wide", "MOM_OPS_GDN_WS": "0",
                      "MOM_OPS_GDN_BWD_SPLIT": "0", "MOM_OPS_GDN_BWD_WS": "0"}),
            (128, 2, {"MOM_OPS_GDN_SPLIT": "0", "MOM_OPS_GDN_WS_TRAIN": "1", "MOM_OPS_GDN_BWD_SPLIT": "0"}),
            (128, 2, {"MOM_OPS_GDN_SPLIT": "1", "MOM_OPS_GDN_OVERLAP": "1"}),
            (256, 2, {"MOM_OPS_GDN_BWD_WS": "1"}),
-           (256, 2, {"MOM_OPS_GDN_BWD_WS": "1", "MOM_OPS_GDN_BWD_WS_QS": "state"}))
+           (256, 2, {"MOM_OPS_GDN_BWD_WS": "1", "MOM_OPS_GDN_BWD_WS_QS": "state"}),
+           (256, 2, {}))
 for D, HV, env in configs:
     if os.environ.get("SAN_ONLY_D", str(D)) != str(D):
         continue
