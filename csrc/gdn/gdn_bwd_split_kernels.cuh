@@ -168,6 +168,10 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_
   const int64_t bos = cta.bos, eos = cta.eos, slot0 = chunk_slot(p, seq, bos);
   const int64_t num_chunks = (eos - bos + C - 1) / C;
 
+  // This CTA's columns of dS at the end of chunk slot0 + c: ds1 + c * slot_stride, rows of p.dim_v.
+  T* ds1 = static_cast<T*>(p.ds1) + (slot0 * p.heads_v + hv) * int64_t(kK) * p.dim_v + v0;
+  const int64_t slot_stride = int64_t(p.heads_v) * kK * p.dim_v;
+
   // Step i walks chunk c = num_chunks - 1 - i (the last one first).
   if (ChainStages::is_load_warp(tid)) {  // q, k, W, doq, pdo (zero rows past the sequence), G and rk
     const int ltid = tid - ChainStages::kComputeThreads;
@@ -192,18 +196,25 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_
       ChainStages::produce<L::kStages>(num_chunks, load_stage);
     } else {
       // Two stages, and step i's q into its own buffer once step i - 1's update (its last reader) is done: at step
-      // i + 1's turn, after the empty barrier that says step i - 1 is done. (kQFull: q has landed; kQEmpty: the
-      // last step's q, whose turn never comes.)
+      // i + 1's turn, after the empty barrier that says step i - 1 is done. The compute warps arrive there only once
+      // they have put step i's dS into sS, so the load warps also copy that out to ds1 (steps after the first),
+      // before they say q has landed (the compute warps overwrite sS only after that). kQFull: q has landed (and
+      // ds1 is out of sS); kQEmpty: the last step's turn, which never comes from the loop.
       static_assert(L::kStages == 2, "q's turn is the next stage's");
       auto load_q = [&](int64_t i) {
         const int64_t c0 = bos + (num_chunks - 1 - i) * C;
         load_rows<kK * sizeof(T)>(sQ_own, kLdK, q + c0 * qk_ld, qk_ld, int(min(int64_t(C), eos - c0)), ltid);
         cp_async_commit();
       };
+      auto store_ds1 = [&](int64_t i) {  // step i's dS (in sS) -> ds1 of its chunk
+        store_state_tile<kK, BV, ChainStages::kLoadThreads>(ds1 + (num_chunks - 1 - i) * slot_stride, p.dim_v, sS,
+                                                            kLdV, ltid);
+      };
       for (int64_t i = 0; i < num_chunks; ++i) {
         const int s = int(i % 2);
         if (i >= 2) named_bar_sync(ChainStages::kEmpty + s, ChainStages::kThreads);  // step i - 2 is done
         if (i >= 1) load_q(i - 1);
+        if (i >= 2) store_ds1(i - 1);
         load_stage(s, i);
         cp_async_commit();
         if (i >= 1) {
@@ -216,6 +227,7 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_
       if (num_chunks >= 1) {
         if (num_chunks >= 2) named_bar_sync(kQEmpty, ChainStages::kThreads);  // the step before the last is done
         load_q(num_chunks - 1);
+        if (num_chunks >= 2) store_ds1(num_chunks - 1);
         cp_async_wait<0>();
         named_bar_arrive(kQFull, ChainStages::kThreads);
       }
@@ -224,9 +236,6 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_
   }
 
   const int rt = warp % 4, ch = warp / 4, r0 = 16 * rt, i0 = r0 + g8, i1 = i0 + 8;
-  // This CTA's columns of dS at the end of chunk slot0 + c: ds1 + c * slot_stride, rows of p.dim_v.
-  T* ds1 = static_cast<T*>(p.ds1) + (slot0 * p.heads_v + hv) * int64_t(kK) * p.dim_v + v0;
-  const int64_t slot_stride = int64_t(p.heads_v) * kK * p.dim_v;
 
   float dS[kMT][kNT][4];
   auto state_index = [&](int kk, int vv) { return cta.state_index(p.v_first, kK, p.dim_v, kk, vv); };
@@ -238,6 +247,10 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_
     const int64_t c = num_chunks - 1 - i;
     const int stage = int(i % L::kStages);
     ST::store(sS, kLdV, dS, warp, lane);  // dS at this chunk's end in 16 bits (ds1's rounding)
+    if (!L::kQInStage && i >= 1) {  // step i - 1 is done, and this step's dS is in sS for the load warps
+      if (i + 1 < num_chunks) named_bar_arrive(ChainStages::kEmpty + int((i - 1) % 2), ChainStages::kThreads);
+      if (i + 1 == num_chunks) named_bar_arrive(kQEmpty, ChainStages::kThreads);
+    }
     ChainStages::wait_full<L::kStages>(i);  // (1)
     const T *sK = stage16(stage, L::kStageK), *sW = stage16(stage, L::kStageW);
     const T* sQ = L::kQInStage ? stage16(stage, L::kStageQ) : sQ_own;
@@ -261,7 +274,9 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_
         store2<T>(sDvn + i1 * kLdV + col, -(d1 * acc[nt][2] + x1.x), -(d1 * acc[nt][3] + x1.y));
       }
     }
-    store_state_tile<kK, BV>(ds1 + c * slot_stride, p.dim_v, sS, kLdV, tid);  // dS at this chunk's end -> ds1
+    if (L::kQInStage || i == 0) {  // dS at this chunk's end -> ds1 (at K = 256 the load warps do the later steps)
+      store_state_tile<kK, BV>(ds1 + c * slot_stride, p.dim_v, sS, kLdV, tid);
+    }
     if constexpr (L::kQInStage) {
       ChainStages::compute_sync();  // (2)
     } else {
@@ -270,8 +285,7 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_
 
     // dS = e^{G_L} dS + Q^T doq + W^T (-dVn) on this warp's tiles; then the stage is free.
     ST::decay_add_atb2(dS, decay, sQ, sW, kLdK, sDoq, sDvn, kLdV, warp, lane);
-    ChainStages::release<L::kStages>(i, num_chunks);
-    if (!L::kQInStage && i == num_chunks - 2) named_bar_arrive(kQEmpty, ChainStages::kThreads);
+    if constexpr (L::kQInStage) ChainStages::release<L::kStages>(i, num_chunks);  // else after the next ST::store
   }
   if (p.dh0 != nullptr) ST::for_each(dS, warp, lane, [&](float& x, int kk, int vv) { p.dh0[state_index(kk, vv)] = x; });
 }
