@@ -15,7 +15,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <vector>
 
 #include "common/aligned.h"
@@ -86,7 +85,7 @@ int backward_split_chain_value_block(const GdnDims& d) {
 // T = 32K). MOM_OPS_GDN_BV=narrow / wide forces (gdn_value_block).
 ChainWidthChoice backward_chain_width_choice(const GdnDims& d, const ScanParams& p, int fwd_bv) {
   const int narrow = gdn_bwd_value_block(d.dim_k);  // one chain CTA per SM at K = 256 (gdn_bwd_chain.cu checks)
-  if (d.dim_k != 256 || fwd_bv != 2 * narrow || std::getenv("MOM_OPS_GDN_BV") != nullptr) return {};
+  if (d.dim_k != 256 || fwd_bv != 2 * narrow || gdn_value_block_forced()) return {};
   return chain_width_choice(p, d.heads_v * (d.dim_v / narrow), 0.755f);
 }
 

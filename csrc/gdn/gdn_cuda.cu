@@ -5,7 +5,6 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include <cstdlib>
 
 #include "common/env_flag.h"
 #include "common/static_switch.h"
@@ -23,6 +22,8 @@ namespace mom_ops {
 // twice the CTAs. Wide wherever narrow blocks would need more than one wave (H100: n32 D128 1.157 -> 0.930 ms,
 // n32 D256 1.620 -> 0.943 ms), narrow for few long chains (n1 D128: 6.38 narrow, 6.62 wide).
 // MOM_OPS_GDN_BV=wide|narrow overrides (experiments).
+bool gdn_value_block_forced() { return env_is("MOM_OPS_GDN_BV", "wide") || env_is("MOM_OPS_GDN_BV", "narrow"); }
+
 int gdn_value_block(int64_t dim_k, int64_t dim_v, int64_t num_seqs, int64_t heads_v) {
   const int narrow = dim_k == 256 ? 32 : 64;
   if (dim_k < 128 || dim_v % (2 * narrow) != 0) return narrow;
@@ -103,7 +104,7 @@ bool use_warp_specialised_forward(const GdnDims& d, int bv, bool training) {
 // even 16K-row sequences: 1.79 -> 2.00 ms). A narrow chunk costs 0.65 of a wide one (measured there). Not with the
 // outputs beside the chain (their counters count one width's CTAs); MOM_OPS_GDN_CHAIN_BV forces a width.
 ChainWidthChoice forward_chain_width_choice(const GdnDims& d, const ScanParams& p, int chain_bv) {
-  if (d.dim_k != 256 || chain_bv != 64 || std::getenv("MOM_OPS_GDN_CHAIN_BV") != nullptr) return {};
+  if (d.dim_k != 256 || chain_bv != 64 || forced_split_chain_value_block() != 0) return {};
   return chain_width_choice(p, d.heads_v * (d.dim_v / 32), 0.65f);  // one CTA per SM (gdn_split.cu checks)
 }
 

@@ -13,11 +13,16 @@
 
 namespace mom_ops {
 
-int split_chain_value_block(int64_t num_seqs, int64_t heads_v, int64_t dim_v) {
+int forced_split_chain_value_block() {
   if (const char* env = std::getenv("MOM_OPS_GDN_CHAIN_BV")) {
     for (const int bv : {16, 32, 64})
       if (std::string(env) == std::to_string(bv)) return bv;
   }
+  return 0;
+}
+
+int split_chain_value_block(int64_t num_seqs, int64_t heads_v, int64_t dim_v) {
+  if (const int bv = forced_split_chain_value_block()) return bv;
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   int bv = kSplitBV;
   while (bv > 16 && num_seqs * heads_v * (dim_v / (bv / 2)) <= sms) bv /= 2;
