@@ -13,7 +13,7 @@ from tests.helpers import cu_from_lengths, gdn_inputs
 # warp-specialised backward chain (gdn_bwd_chain_ws_kernel.cuh); the fifth the split forward with its output kernel
 # beside the chain (MOM_OPS_GDN_OVERLAP: counters between the two kernels); the two after it the warp-specialised
 # backward chain at K = 256 (registers moved by setmaxnreg, W in a buffer of its own), Qs scaled by either role; the
-# last the split backward chain at K = 256 (q in a buffer of its own, its own barriers). Small cases like this one
+# last the split backward chain at K = 256 (q in a buffer of its own). Small cases like this one
 # take the split backward chain unless MOM_OPS_GDN_BWD_SPLIT=0, or at K = 256 MOM_OPS_GDN_BWD_WS=1. SAN_ONLY_D=256
 # runs only the settings of that head dim.
 configs = ((64, 4, {}), (128, 2, {}),

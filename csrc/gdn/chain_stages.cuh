@@ -89,10 +89,10 @@ __device__ __forceinline__ void load_rows(E* dst, int dst_ld, const E* src, int6
 }
 
 // The chain's 16-bit state tile sS [kK][lds] (its [kK, kBV] columns) -> dst (rows dst_ld apart), 16 bytes at a time,
-// by kThreads threads (tid in [0, kThreads)): the chunk states (forward) and state gradients (backward) they save.
-template <int kK, int kBV, int kThreads = ChainStages::kComputeThreads, typename T>
+// by the kComputeThreads compute threads: the chunk states (forward) and state gradients (backward) they save.
+template <int kK, int kBV, typename T>
 __device__ __forceinline__ void store_state_tile(T* dst, int dst_ld, const T* sS, int lds, int tid) {
-  for (int idx = tid; idx < kK * (kBV / 8); idx += kThreads) {
+  for (int idx = tid; idx < kK * (kBV / 8); idx += ChainStages::kComputeThreads) {
     const int r = idx / (kBV / 8), col = (idx % (kBV / 8)) * 8;
     *reinterpret_cast<uint4*>(dst + int64_t(r) * dst_ld + col) = *reinterpret_cast<const uint4*>(sS + r * lds + col);
   }

@@ -11,7 +11,7 @@
 // ds1 and dh0 are what the chain kernel writes, so the grads kernel runs unchanged after it. Roundings: the chain
 // kernel's 16-bit P, dO, doq, dS, dVn operands; dVn's two terms are summed in fp32 in another order (not bitwise
 // equal to the chain kernel). At K = 256 two stages of q, k and W do not fit in shared memory: q, which only the
-// chunk's last product reads, has one buffer outside the stages there, filled by the load warps while dVn is formed.
+// chunk's last product reads, has one buffer outside the stages there, filled by the compute warps while they form dVn.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -123,7 +123,7 @@ struct GdnBwdChainSplitSmem {
   static constexpr int kLdK = kK + 8, kLdV = kBV + 8, kLdU = kBV + 4;
   static constexpr int bytes16(int rows, int ld) { return rows * ld * 2; }
   // q in the stages at K <= 128; at K = 256 (two stages of q, k, W and the rest would need 252 KB) in a buffer of
-  // its own, as only the dS update reads it: chunk c's q loads (load warps) while chunk c's dVn is formed.
+  // its own, as only the dS update reads it: chunk c's q loads while chunk c's dVn is formed.
   static constexpr bool kQInStage = kK <= 128;
   static constexpr int kTileK = bytes16(C, kLdK);  // q, k, W [64][kLdK]
   // kStages stages (chunks c, c - 1, ...) of: (q,) k, W [64][kLdK], doq [64][kLdV] 16-bit, pdo [64][kLdU] fp32, G
@@ -143,14 +143,12 @@ struct GdnBwdChainSplitSmem {
 };
 
 // Per chunk (in reverse), as the forward's split chain: (1) = full (ChainStages): this chunk's stage has landed and
-// dS is in sS. (2) = compute_sync (at K = 256 the q barrier, which also says q has landed): -dVn is in sDvn and ds1
-// has been copied out; then the dS update, after which the stage goes back to the load warps. kBV: 64, or 32 or 16
-// for few chains (split_chain_value_block; 32 or 16 at K = 256).
+// dS is in sS. (2) = compute_sync: -dVn is in sDvn and ds1 has been copied out; then the dS update, after which the
+// stage goes back to the load warps. kBV: 64, or 32 or 16 for few chains (split_chain_value_block).
 template <typename T, int kK, int kBV>
 __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_kernel(GdnBwdSplitParams p) {
   using L = GdnBwdChainSplitSmem<T, kK, kBV>;
   static_assert(L::kBytes <= kSmemPerCta, "two stages (and q) fit in shared memory");
-  constexpr int kQFull = ChainStages::kCompute + 1, kQEmpty = kQFull + 1;  // barrier ids (q in its own buffer)
   constexpr int C = kGdnChunk, BV = kBV, kLdK = L::kLdK, kLdV = L::kLdV, kLdU = L::kLdU;
   using ST = StateTile<kK, BV>;  // dS's register tiles
   constexpr int kMT = ST::kMT, kNT = ST::kNT, kNTo = BV / 2 / 8;
@@ -168,10 +166,6 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_
   const int64_t bos = cta.bos, eos = cta.eos, slot0 = chunk_slot(p, seq, bos);
   const int64_t num_chunks = (eos - bos + C - 1) / C;
 
-  // This CTA's columns of dS at the end of chunk slot0 + c: ds1 + c * slot_stride, rows of p.dim_v.
-  T* ds1 = static_cast<T*>(p.ds1) + (slot0 * p.heads_v + hv) * int64_t(kK) * p.dim_v + v0;
-  const int64_t slot_stride = int64_t(p.heads_v) * kK * p.dim_v;
-
   // Step i walks chunk c = num_chunks - 1 - i (the last one first).
   if (ChainStages::is_load_warp(tid)) {  // q, k, W, doq, pdo (zero rows past the sequence), G and rk
     const int ltid = tid - ChainStages::kComputeThreads;
@@ -181,7 +175,7 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_
     const T* w = static_cast<const T*>(p.w) + hv * kK;
     const T* doq = static_cast<const T*>(p.doq) + (hv * p.dim_v + v0);
     const float* pdo = p.pdo + (hv * p.dim_v + v0);
-    auto load_stage = [&](int s, int64_t i) {
+    ChainStages::produce<L::kStages>(num_chunks, [&](int s, int64_t i) {
       const int64_t c = num_chunks - 1 - i, c0 = bos + c * C;
       const int len = int(min(int64_t(C), eos - c0));
       if constexpr (L::kQInStage) load_rows<kK * sizeof(T)>(stage16(s, L::kStageQ), kLdK, q + c0 * qk_ld, qk_ld, len, ltid);
@@ -191,51 +185,14 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_
       load_rows<BV * 4>(stage_pdo(s), kLdU, pdo + c0 * v_ld, v_ld, len, ltid);
       const float* g_rk = p.g_rk + ((slot0 + c) * p.heads_v + hv) * 2 * C;
       if (ltid < 2 * C / 4) cp_async16(stage_g(s) + 4 * ltid, g_rk + 4 * ltid, true);  // 2 C floats
-    };
-    if constexpr (L::kQInStage) {
-      ChainStages::produce<L::kStages>(num_chunks, load_stage);
-    } else {
-      // Two stages, and step i's q into its own buffer once step i - 1's update (its last reader) is done: at step
-      // i + 1's turn, after the empty barrier that says step i - 1 is done. The compute warps arrive there only once
-      // they have put step i's dS into sS, so the load warps also copy that out to ds1 (steps after the first),
-      // before they say q has landed (the compute warps overwrite sS only after that). kQFull: q has landed (and
-      // ds1 is out of sS); kQEmpty: the last step's turn, which never comes from the loop.
-      static_assert(L::kStages == 2, "q's turn is the next stage's");
-      auto load_q = [&](int64_t i) {
-        const int64_t c0 = bos + (num_chunks - 1 - i) * C;
-        load_rows<kK * sizeof(T)>(sQ_own, kLdK, q + c0 * qk_ld, qk_ld, int(min(int64_t(C), eos - c0)), ltid);
-        cp_async_commit();
-      };
-      auto store_ds1 = [&](int64_t i) {  // step i's dS (in sS) -> ds1 of its chunk
-        store_state_tile<kK, BV, ChainStages::kLoadThreads>(ds1 + (num_chunks - 1 - i) * slot_stride, p.dim_v, sS,
-                                                            kLdV, ltid);
-      };
-      for (int64_t i = 0; i < num_chunks; ++i) {
-        const int s = int(i % 2);
-        if (i >= 2) named_bar_sync(ChainStages::kEmpty + s, ChainStages::kThreads);  // step i - 2 is done
-        if (i >= 1) load_q(i - 1);
-        if (i >= 2) store_ds1(i - 1);
-        load_stage(s, i);
-        cp_async_commit();
-        if (i >= 1) {
-          cp_async_wait<1>();  // q of step i - 1
-          named_bar_arrive(kQFull, ChainStages::kThreads);
-        }
-        cp_async_wait<0>();
-        named_bar_arrive(ChainStages::kFull + s, ChainStages::kThreads);
-      }
-      if (num_chunks >= 1) {
-        if (num_chunks >= 2) named_bar_sync(kQEmpty, ChainStages::kThreads);  // the step before the last is done
-        load_q(num_chunks - 1);
-        if (num_chunks >= 2) store_ds1(num_chunks - 1);
-        cp_async_wait<0>();
-        named_bar_arrive(kQFull, ChainStages::kThreads);
-      }
-    }
+    });
     return;
   }
 
   const int rt = warp % 4, ch = warp / 4, r0 = 16 * rt, i0 = r0 + g8, i1 = i0 + 8;
+  // This CTA's columns of dS at the end of chunk slot0 + c: ds1 + c * slot_stride, rows of p.dim_v.
+  T* ds1 = static_cast<T*>(p.ds1) + (slot0 * p.heads_v + hv) * int64_t(kK) * p.dim_v + v0;
+  const int64_t slot_stride = int64_t(p.heads_v) * kK * p.dim_v;
 
   float dS[kMT][kNT][4];
   auto state_index = [&](int kk, int vv) { return cta.state_index(p.v_first, kK, p.dim_v, kk, vv); };
@@ -247,13 +204,16 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_
     const int64_t c = num_chunks - 1 - i;
     const int stage = int(i % L::kStages);
     ST::store(sS, kLdV, dS, warp, lane);  // dS at this chunk's end in 16 bits (ds1's rounding)
-    if (!L::kQInStage && i >= 1) {  // step i - 1 is done, and this step's dS is in sS for the load warps
-      if (i + 1 < num_chunks) named_bar_arrive(ChainStages::kEmpty + int((i - 1) % 2), ChainStages::kThreads);
-      if (i + 1 == num_chunks) named_bar_arrive(kQEmpty, ChainStages::kThreads);
-    }
     ChainStages::wait_full<L::kStages>(i);  // (1)
     const T *sK = stage16(stage, L::kStageK), *sW = stage16(stage, L::kStageW);
     const T* sQ = L::kQInStage ? stage16(stage, L::kStageQ) : sQ_own;
+    if constexpr (!L::kQInStage) {  // every compute warp is past the previous chunk's update, q's last reader
+      const int64_t c0 = bos + c * C;
+      copy_rows_async<C, kK, PaddedRows<kLdK>, ChainStages::kComputeThreads>(
+          sQ_own, static_cast<const T*>(p.q) + (c0 * p.heads_qk + h) * kK, int64_t(p.heads_qk) * kK,
+          int(min(int64_t(C), eos - c0)), tid);
+      cp_async_commit();
+    }
     const T* sDoq = stage16(stage, L::kStageDoq);
     const float* sPdo = stage_pdo(stage);
     const float *sG = stage_g(stage), *sRk = sG + C;
@@ -274,18 +234,13 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_
         store2<T>(sDvn + i1 * kLdV + col, -(d1 * acc[nt][2] + x1.x), -(d1 * acc[nt][3] + x1.y));
       }
     }
-    if (L::kQInStage || i == 0) {  // dS at this chunk's end -> ds1 (at K = 256 the load warps do the later steps)
-      store_state_tile<kK, BV>(ds1 + c * slot_stride, p.dim_v, sS, kLdV, tid);
-    }
-    if constexpr (L::kQInStage) {
-      ChainStages::compute_sync();  // (2)
-    } else {
-      named_bar_sync(kQFull, ChainStages::kThreads);  // (2), and q has landed
-    }
+    store_state_tile<kK, BV>(ds1 + c * slot_stride, p.dim_v, sS, kLdV, tid);  // dS at this chunk's end -> ds1
+    if constexpr (!L::kQInStage) cp_async_wait<0>();  // this thread's share of q (the barrier shows all of it)
+    ChainStages::compute_sync();  // (2)
 
     // dS = e^{G_L} dS + Q^T doq + W^T (-dVn) on this warp's tiles; then the stage is free.
     ST::decay_add_atb2(dS, decay, sQ, sW, kLdK, sDoq, sDvn, kLdV, warp, lane);
-    if constexpr (L::kQInStage) ChainStages::release<L::kStages>(i, num_chunks);  // else after the next ST::store
+    ChainStages::release<L::kStages>(i, num_chunks);
   }
   if (p.dh0 != nullptr) ST::for_each(dS, warp, lane, [&](float& x, int kk, int vv) { p.dh0[state_index(kk, vv)] = x; });
 }
