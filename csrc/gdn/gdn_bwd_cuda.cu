@@ -47,7 +47,8 @@ at::Tensor checked_saved(const at::Tensor& t, const char* name, const std::vecto
 
 // The warp-specialised chain (gdn_bwd_chain_ws_kernel.cuh) where it applies: K = 128 or 256, V a multiple of 128
 // (and not the split chain's few long sequences). At K = 256 only where its grid fills the GPU (else the split chain
-// below). MOM_OPS_GDN_BWD_WS=0 keeps the chain kernel, =1 takes the ws chain wherever it applies.
+// below). MOM_OPS_GDN_BWD_WS=0 leaves the chain kernel (K = 128) or the split chain (K = 256), =1 takes the ws chain
+// wherever it applies.
 bool use_warp_specialised_backward_chain(const GdnDims& d) {
   if ((d.dim_k != 128 && d.dim_k != 256) || d.dim_v % 128 != 0 || env_is("MOM_OPS_GDN_BWD_WS", "0")) return false;
   if (d.dim_k == 128 || env_is("MOM_OPS_GDN_BWD_WS", "1")) return true;

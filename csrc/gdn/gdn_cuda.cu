@@ -5,7 +5,6 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-
 #include "common/env_flag.h"
 #include "common/static_switch.h"
 #include "gdn/gdn_checks.h"
@@ -22,8 +21,6 @@ namespace mom_ops {
 // twice the CTAs. Wide wherever narrow blocks would need more than one wave (H100: n32 D128 1.157 -> 0.930 ms,
 // n32 D256 1.620 -> 0.943 ms), narrow for few long chains (n1 D128: 6.38 narrow, 6.62 wide).
 // MOM_OPS_GDN_BV=wide|narrow overrides (experiments).
-bool gdn_value_block_forced() { return env_is("MOM_OPS_GDN_BV", "wide") || env_is("MOM_OPS_GDN_BV", "narrow"); }
-
 int gdn_value_block(int64_t dim_k, int64_t dim_v, int64_t num_seqs, int64_t heads_v) {
   const int narrow = dim_k == 256 ? 32 : 64;
   if (dim_k < 128 || dim_v % (2 * narrow) != 0) return narrow;
@@ -34,6 +31,8 @@ int gdn_value_block(int64_t dim_k, int64_t dim_v, int64_t num_seqs, int64_t head
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   return narrow_ctas > int64_t(sms) * narrow_ctas_per_sm ? 2 * narrow : narrow;
 }
+
+bool gdn_value_block_forced() { return env_is("MOM_OPS_GDN_BV", "wide") || env_is("MOM_OPS_GDN_BV", "narrow"); }
 
 namespace {
 
