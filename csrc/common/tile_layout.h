@@ -2,6 +2,7 @@
 #pragma once
 
 #include "common/sw128_layout.h"
+#include "common/sw64_layout.h"
 
 namespace mom_ops {
 
@@ -18,6 +19,11 @@ struct Sw128Slabs {
   static __host__ __device__ constexpr int at(int r, int c) {
     return (c / 64) * (kSlabRows * 64) + sw128_index(r, c % 64);
   }
+};
+
+// Rows of 32 columns in the 64-byte swizzle (common/sw64_layout.h): wgmma's operand layout for 32-column tiles.
+struct Sw64Rows {
+  static __host__ __device__ constexpr int at(int r, int c) { return sw64_index(r, c); }
 };
 
 }  // namespace mom_ops

@@ -16,6 +16,7 @@
 
 #include "common/mma.cuh"
 #include "common/sw128_layout.h"
+#include "common/sw64_layout.h"
 
 namespace mom_ops {
 
@@ -24,6 +25,12 @@ namespace mom_ops {
 // address bits, so the hardware finds the chunks) or 1 KB * j into the tile (rows 8 j..).
 __device__ __forceinline__ uint64_t sw128_desc(const void* p) {
   return sw128_desc_bits(smem_addr(p));
+}
+
+// The same for a tile in the 64-byte swizzle (common/sw64_layout.h: 32-column rows, 512 bytes between 8-row atoms),
+// for MN <= 32 per instruction: p may sit 32 * s bytes into a row (K-major k-step s) or 512 * j bytes into the tile.
+__device__ __forceinline__ uint64_t sw64_desc(const void* p) {
+  return sw64_desc_bits(smem_addr(p));
 }
 
 // Generic-proxy shared-memory writes (st.shared, cp.async landed) made visible to the async proxy that wgmma reads.
@@ -46,11 +53,18 @@ __device__ __forceinline__ void wgmma_fence_acc(float (&d)[kTiles][4]) {
 }
 
 #define MOM_OPS_WGMMA_D4(j) "+f"(d[j][0]), "+f"(d[j][1]), "+f"(d[j][2]), "+f"(d[j][3])
+#define MOM_OPS_WGMMA_D8 MOM_OPS_WGMMA_D4(0), MOM_OPS_WGMMA_D4(1)
 #define MOM_OPS_WGMMA_D16 MOM_OPS_WGMMA_D4(0), MOM_OPS_WGMMA_D4(1), MOM_OPS_WGMMA_D4(2), MOM_OPS_WGMMA_D4(3)
 #define MOM_OPS_WGMMA_D32 MOM_OPS_WGMMA_D16, MOM_OPS_WGMMA_D4(4), MOM_OPS_WGMMA_D4(5), MOM_OPS_WGMMA_D4(6), \
                           MOM_OPS_WGMMA_D4(7)
 #define MOM_OPS_WGMMA_IN "l"(desc_a), "l"(desc_b), "r"(int(accumulate)), "n"(int(kTransA)), "n"(int(kTransB))
-// m64n32k16 / m64n64k16 for 16-bit operand type ab ("bf16" or "f16").
+// m64n16k16 / m64n32k16 / m64n64k16 for 16-bit operand type ab ("bf16" or "f16").
+#define MOM_OPS_WGMMA_N16(ab)                                                                              \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"                                              \
+               "wgmma.mma_async.sync.aligned.m64n16k16.f32." ab "." ab " "                                  \
+               "{%0, %1, %2, %3, %4, %5, %6, %7}, "                                                       \
+               "%8, %9, p, 1, 1, %11, %12;\n}\n"                                                          \
+               : MOM_OPS_WGMMA_D8 : MOM_OPS_WGMMA_IN)
 #define MOM_OPS_WGMMA_N32(ab)                                                                              \
   asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"                                              \
                "wgmma.mma_async.sync.aligned.m64n32k16.f32." ab "." ab " "                                  \
@@ -65,15 +79,19 @@ __device__ __forceinline__ void wgmma_fence_acc(float (&d)[kTiles][4]) {
                "%32, %33, p, 1, 1, %35, %36;\n}\n"                                                         \
                : MOM_OPS_WGMMA_D32 : MOM_OPS_WGMMA_IN)
 
-// d (+)= A B, m64 x kN x k16 (kN = 32 or 64): d[j] is the accumulator fragment of n8 tile j (see above); accumulate
+// d (+)= A B, m64 x kN x k16 (kN = 16, 32 or 64): d[j] is the accumulator fragment of n8 tile j (see above); accumulate
 // = false overwrites d. kTransA / kTransB: the operand is MN-major.
 template <typename T, int kN, bool kTransA, bool kTransB>
 __device__ __forceinline__ void wgmma_m64k16(float (&d)[kN / 8][4], uint64_t desc_a, uint64_t desc_b,
                                              bool accumulate) {
   static_assert(sizeof(T) == 2, "16-bit operands");
-  static_assert(kN == 32 || kN == 64, "n32 or n64");
+  static_assert(kN == 16 || kN == 32 || kN == 64, "n16, n32 or n64");
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
-  if constexpr (kN == 32 && kBf16) {
+  if constexpr (kN == 16 && kBf16) {
+    MOM_OPS_WGMMA_N16("bf16");
+  } else if constexpr (kN == 16) {
+    MOM_OPS_WGMMA_N16("f16");
+  } else if constexpr (kN == 32 && kBf16) {
     MOM_OPS_WGMMA_N32("bf16");
   } else if constexpr (kN == 32) {
     MOM_OPS_WGMMA_N32("f16");
@@ -113,9 +131,11 @@ __device__ __forceinline__ void wgmma_m64n64k16_rs(float (&d)[8][4], const uint3
 #undef MOM_OPS_WGMMA_RS_IN
 #undef MOM_OPS_WGMMA_N64
 #undef MOM_OPS_WGMMA_N32
+#undef MOM_OPS_WGMMA_N16
 #undef MOM_OPS_WGMMA_IN
 #undef MOM_OPS_WGMMA_D32
 #undef MOM_OPS_WGMMA_D16
+#undef MOM_OPS_WGMMA_D8
 #undef MOM_OPS_WGMMA_D4
 
 }  // namespace mom_ops

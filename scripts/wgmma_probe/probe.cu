@@ -1,7 +1,9 @@
 // Checks csrc/common/wgmma.cuh: D = A B (64 x 64, K = 64 in four k-steps) with each operand in both roles (K-major and
 // MN-major) read from the same kind of 128-byte-swizzled tile, and with A from registers (the fragments acc_to_a makes
 // of an accumulator), against a host reference in double. Prints one line per role pair and OK / FAIL; the same
-// source runs on the GPU and in the CPU emulator (whose wgmma shim it validates):
+// source runs on the GPU and in the CPU emulator (whose wgmma shim it validates). Then the 64-byte swizzle
+// (common/sw64_layout.h, 32-column tiles): D = A B (64 x 32, K = 32 in two k-steps), A K-major, B K-major or N-major,
+// n32 and n16 at column 16 (16 rows into a K-major B, 32 bytes into an N-major one's rows):
 //   GPU:      nvcc -std=c++17 -gencode arch=compute_90a,code=sm_90a -Icsrc scripts/wgmma_probe/probe.cu \
 //               -o /tmp/wgmma_probe && /tmp/wgmma_probe
 //   emulator: bash scripts/wgmma_probe/run_emulated.sh
@@ -102,7 +104,100 @@ __global__ void __launch_bounds__(128) wgmma_probe_kernel(ProbeParams p) {
   probe_product_rs<true>(p.a, sb, p.d + 9 * 4096, tid);
 }
 
+// The 64-byte swizzle: sa [64 m][32 k], sbk [32 n][32 k] (K-major B), sbn [32 k][32 n] (N-major B), each in
+// sw64_index order; D = A B on columns n0 .. n0 + kN - 1 -> d (row-major [64][32]).
+template <int kN, bool kTransB>
+__device__ void probe_product_sw64(const Elem* sa, const Elem* sb, float* d, int n0, int tid) {
+  float acc[kN / 8][4];
+  for (int j = 0; j < kN / 8; ++j)
+    for (int e = 0; e < 4; ++e) acc[j][e] = -1.f;
+  wgmma_fence();
+  for (int ks = 0; ks < 2; ++ks) {  // K-major: columns 16 ks.. (32 ks bytes in); N-major: rows 16 ks.. (1 KB ks)
+    const uint64_t da = sw64_desc(sa + sw64_index(0, 16 * ks));
+    const uint64_t db = sw64_desc(kTransB ? sb + sw64_index(16 * ks, n0) : sb + sw64_index(n0, 16 * ks));
+    wgmma_m64k16<Elem, kN, false, kTransB>(acc, da, db, ks > 0);
+  }
+  wgmma_commit();
+  wgmma_wait<0>();
+  const int warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  for (int j = 0; j < kN / 8; ++j)
+    for (int e = 0; e < 4; ++e) d[(16 * warp + g + (e >= 2 ? 8 : 0)) * 32 + n0 + 8 * j + 2 * t + (e & 1)] = acc[j][e];
+}
+
+struct ProbeSw64Params {
+  const Elem *a, *bk, *bn;  // [64][32], [32][32], [32][32] row-major
+  float* d;                 // [4][64][32]
+};
+
+__global__ void __launch_bounds__(128) wgmma_probe_sw64_kernel(ProbeSw64Params p) {
+  extern __shared__ __align__(1024) unsigned char smem[];
+  Elem* sa = reinterpret_cast<Elem*>(smem);
+  Elem* sbk = reinterpret_cast<Elem*>(smem + 4096);
+  Elem* sbn = reinterpret_cast<Elem*>(smem + 6144);
+  const int tid = threadIdx.x;
+  for (int idx = tid; idx < 64 * 32; idx += 128) sa[sw64_index(idx / 32, idx % 32)] = p.a[idx];
+  for (int idx = tid; idx < 32 * 32; idx += 128) {
+    sbk[sw64_index(idx / 32, idx % 32)] = p.bk[idx];
+    sbn[sw64_index(idx / 32, idx % 32)] = p.bn[idx];
+  }
+  fence_async_smem();
+  __syncthreads();
+  probe_product_sw64<32, false>(sa, sbk, p.d + 0 * 2048, 0, tid);
+  probe_product_sw64<32, true>(sa, sbn, p.d + 1 * 2048, 0, tid);
+  probe_product_sw64<16, false>(sa, sbk, p.d + 2 * 2048, 16, tid);
+  probe_product_sw64<16, true>(sa, sbn, p.d + 3 * 2048, 16, tid);
+}
+
 }  // namespace mom_ops
+
+// The 64-byte-swizzle products against a host reference; prints one line each, returns whether all match.
+static bool check_sw64(std::mt19937& rng) {
+  using namespace mom_ops;
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  std::vector<Elem> a(2048), bk(1024), bn(1024);
+  std::vector<float> d(4 * 2048);
+  for (auto& x : a) x = Elem(u(rng));
+  for (auto& x : bk) x = Elem(u(rng));
+  for (auto& x : bn) x = Elem(u(rng));
+#ifdef MOM_OPS_EMULATE
+  Buf ga = galloc(2048 * 2), gbk = galloc(1024 * 2), gbn = galloc(1024 * 2), gd = galloc(4 * 2048 * 4);
+  std::memcpy(ga.data, a.data(), 2048 * 2), std::memcpy(gbk.data, bk.data(), 1024 * 2);
+  std::memcpy(gbn.data, bn.data(), 1024 * 2);
+  launch(wgmma_probe_sw64_kernel, ProbeSw64Params{ga.as<Elem>(), gbk.as<Elem>(), gbn.as<Elem>(), gd.as<float>()}, 1,
+         8192, 128);
+  std::memcpy(d.data(), gd.data, 4 * 2048 * 4);
+#else
+  Elem *ga, *gbk, *gbn;
+  float* gd;
+  cudaMalloc(&ga, 2048 * 2), cudaMalloc(&gbk, 1024 * 2), cudaMalloc(&gbn, 1024 * 2), cudaMalloc(&gd, 4 * 2048 * 4);
+  cudaMemcpy(ga, a.data(), 2048 * 2, cudaMemcpyHostToDevice);
+  cudaMemcpy(gbk, bk.data(), 1024 * 2, cudaMemcpyHostToDevice);
+  cudaMemcpy(gbn, bn.data(), 1024 * 2, cudaMemcpyHostToDevice);
+  cudaMemset(gd, 0xFF, 4 * 2048 * 4);
+  wgmma_probe_sw64_kernel<<<1, 128, 8192>>>(ProbeSw64Params{ga, gbk, gbn, gd});
+  const cudaError_t err = cudaDeviceSynchronize();
+  if (err != cudaSuccess) { std::printf("CUDA error (64-byte swizzle): %s\n", cudaGetErrorString(err)); return false; }
+  cudaMemcpy(d.data(), gd, 4 * 2048 * 4, cudaMemcpyDeviceToHost);
+#endif
+  bool ok = true;
+  for (int combo = 0; combo < 4; ++combo) {  // K-major B (k, n) = bk[n][k], N-major B (k, n) = bn[k][n]
+    const bool tb = combo % 2 == 1, n16 = combo >= 2;
+    double worst = 0.0;
+    for (int m = 0; m < 64; ++m)
+      for (int n = n16 ? 16 : 0; n < 32; ++n) {
+        double ref = 0.0;
+        for (int k = 0; k < 32; ++k)
+          ref += double(float(a[m * 32 + k])) * double(float(tb ? bn[k * 32 + n] : bk[n * 32 + k]));
+        const double got = d[combo * 2048 + m * 32 + n];
+        worst = std::isfinite(got) ? std::max(worst, std::abs(got - ref)) : 1e30;
+      }
+    const bool pass = worst < 1e-3;
+    ok = ok && pass;
+    std::printf("64-byte swizzle, %s A K-major, B %s: max |D - ref| = %.3g %s\n", n16 ? "n16 at column 16," : "n32,",
+                tb ? "N-major" : "K-major", worst, pass ? "ok" : "FAIL");
+  }
+  return ok;
+}
 
 int main() {
   using namespace mom_ops;
@@ -151,6 +246,7 @@ int main() {
                 rs ? "from registers" : ta ? "M-major" : "K-major", tb ? "N-major" : "K-major", worst,
                 pass ? "ok" : "FAIL");
   }
+  ok = check_sw64(rng) && ok;
   std::printf("%s\n", ok ? "OK" : "FAIL");
   return ok ? 0 : 1;
 }

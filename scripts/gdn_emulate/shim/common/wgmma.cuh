@@ -4,7 +4,8 @@
 // to the byte offset from the start of shared memory (bits 4-6 ^= bits 7-9; tiles 1024-byte aligned):
 //   K-major  (mn, k): start + (mn / 8) SBO + (mn % 8) 128 + 2 k
 //   MN-major (mn, k): start + (k / 8) SBO + (k % 8) 128 + 2 mn
-// scripts/wgmma_probe checks these against the GPU.
+// or the 64-byte swizzle (descriptor layout type 2: rows of 64 bytes, bits 4-5 ^= bits 7-8; tiles 512-byte aligned),
+// the same with 64 for 128. scripts/wgmma_probe checks these against the GPU.
 #pragma once
 #include <cuda_runtime.h>
 #include <cstdint>
@@ -13,15 +14,18 @@
 #include <vector>
 #include "common/mma.cuh"
 #include "common/sw128_layout.h"  // csrc's
+#include "common/sw64_layout.h"   // csrc's
 namespace mom_ops {
 
-inline uint64_t sw128_desc(const void* p) {
+inline uint64_t smem_offset_for_desc(const void* p) {
   const auto* c = static_cast<const unsigned char*>(p);
   if (c < emu::g_smem_lo || c >= emu::g_smem_hi) EMU_FAIL("wgmma descriptor of %p: not in shared memory", p);
   const uint64_t addr = uint64_t(c - emu::g_smem_lo);
   if (addr % 16 != 0) EMU_FAIL("wgmma descriptor of %p: not 16-byte aligned", p);
-  return sw128_desc_bits(addr);
+  return addr;
 }
+inline uint64_t sw128_desc(const void* p) { return sw128_desc_bits(smem_offset_for_desc(p)); }
+inline uint64_t sw64_desc(const void* p) { return sw64_desc_bits(smem_offset_for_desc(p)); }
 
 namespace detail {
 // A from registers (wgmma_m64n64k16_rs): every thread of the warpgroup deposits its fragment into the op's shared
@@ -48,11 +52,15 @@ inline std::map<std::pair<int, uint64_t>, RegA> g_reg_a;  // (warpgroup, op numb
 
 // Element (mn, k) of the operand described by desc (MN-major when trans).
 inline float wgmma_operand(uint64_t desc, bool trans, int mn, int k, float (*to_float)(uint16_t)) {
-  if ((desc >> 62) != 1) EMU_FAIL("wgmma descriptor: only the 128-byte swizzle is emulated");
+  const uint64_t layout = desc >> 62;  // 1: 128-byte swizzle, 2: 64-byte swizzle
+  if (layout != 1 && layout != 2) EMU_FAIL("wgmma descriptor: only the 128- and 64-byte swizzles are emulated");
+  const uint64_t row = layout == 1 ? 128 : 64, mask = layout == 1 ? 7 : 3;
   const uint64_t start = (desc & 0x3FFF) << 4, sbo = ((desc >> 32) & 0x3FFF) << 4;
-  const uint64_t byte = trans ? start + (k / 8) * sbo + (k % 8) * 128 + 2 * mn
-                              : start + (mn / 8) * sbo + (mn % 8) * 128 + 2 * k;
-  const uint64_t phys = byte ^ (((byte >> 7) & 7) << 4);
+  if (start % row + 2 * uint64_t(trans ? mn : k) + 2 > row)
+    EMU_FAIL("wgmma operand (%d, %d): past the end of its %d-byte swizzled row", mn, k, int(row));
+  const uint64_t byte = trans ? start + (k / 8) * sbo + (k % 8) * row + 2 * mn
+                              : start + (mn / 8) * sbo + (mn % 8) * row + 2 * k;
+  const uint64_t phys = byte ^ (((byte >> 7) & mask) << 4);
   const unsigned char* at = emu::g_smem_lo + phys;
   if (!emu::in_smem(at, 2)) EMU_FAIL("wgmma operand (%d, %d) at byte %llu outside shared memory", mn, k, (unsigned long long)phys);
   uint16_t u;
@@ -102,7 +110,7 @@ template <int kPending> inline void wgmma_wait() {
 }
 template <typename T, int kN, bool kTransA, bool kTransB>
 inline void wgmma_m64k16(float (&d)[kN / 8][4], uint64_t desc_a, uint64_t desc_b, bool accumulate) {
-  static_assert(kN == 32 || kN == 64, "n32 or n64");
+  static_assert(kN == 16 || kN == 32 || kN == 64, "n16, n32 or n64");
   detail::g_wgmma[emu::g_cur].open.push_back(
       {&d[0][0], kN / 8, desc_a, desc_b, kTransA, kTransB, accumulate,
        [](uint16_t u) { return emu::bits_to_f<T>(u); }});
