@@ -36,28 +36,31 @@ struct ProbeParams {
                   // columns 32..63 (columns 0..31 unchecked); then A from registers (K-major a), B K- / N-major
 };
 
-// D = A B with A, B read from the swizzled tiles sa, sb, by m64 x kN instructions on columns n0 .. n0 + kN - 1 of D
-// (an n32 B operand starting at column 32 of an N-major tile, or row 32 of a K-major one); this thread's accumulators
-// -> d (row-major [64][64]).
-template <int kN, bool kTransA, bool kTransB>
-__device__ void probe_product(const Elem* sa, const Elem* sb, float* d, int n0, int tid) {
+// D = A B over kSteps k-steps of operands described by desc_a(ks), desc_b(ks); this thread's accumulators -> d
+// (row-major, ld columns), columns n0 .. n0 + kN - 1.
+template <int kN, bool kTransA, bool kTransB, int kSteps, typename DescA, typename DescB>
+__device__ void probe_product_by(DescA desc_a, DescB desc_b, float* d, int ld, int n0, int tid) {
   float acc[kN / 8][4];
   for (int j = 0; j < kN / 8; ++j)
     for (int e = 0; e < 4; ++e) acc[j][e] = -1.f;  // overwritten by the first k-step (accumulate = false)
   wgmma_fence();
-  for (int ks = 0; ks < 4; ++ks) {  // K-major: columns 16 ks.. (32 ks bytes in); MN-major: rows 16 ks.. (2 KB ks)
-    const uint64_t da = sw128_desc(kTransA ? sa + sw128_index(16 * ks, 0) : sa + sw128_index(0, 16 * ks));
-    const uint64_t db = sw128_desc(kTransB ? sb + sw128_index(16 * ks, n0) : sb + sw128_index(n0, 16 * ks));
-    wgmma_m64k16<Elem, kN, kTransA, kTransB>(acc, da, db, ks > 0);
-  }
+  for (int ks = 0; ks < kSteps; ++ks) wgmma_m64k16<Elem, kN, kTransA, kTransB>(acc, desc_a(ks), desc_b(ks), ks > 0);
   wgmma_commit();
   wgmma_wait<0>();
   const int warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   for (int j = 0; j < kN / 8; ++j)
-    for (int e = 0; e < 4; ++e) {
-      const int m = 16 * warp + g + (e >= 2 ? 8 : 0), n = n0 + 8 * j + 2 * t + (e & 1);
-      d[m * 64 + n] = acc[j][e];
-    }
+    for (int e = 0; e < 4; ++e) d[(16 * warp + g + (e >= 2 ? 8 : 0)) * ld + n0 + 8 * j + 2 * t + (e & 1)] = acc[j][e];
+}
+
+// D = A B with A, B read from the 128-byte-swizzled tiles sa, sb (K = 64 in four k-steps), by m64 x kN instructions
+// on columns n0 .. n0 + kN - 1 of D (an n32 B operand starting at column 32 of an N-major tile, or row 32 of a K-major
+// one) -> d (row-major [64][64]). K-major: columns 16 ks.. (32 ks bytes in); MN-major: rows 16 ks.. (2 KB ks).
+template <int kN, bool kTransA, bool kTransB>
+__device__ void probe_product(const Elem* sa, const Elem* sb, float* d, int n0, int tid) {
+  probe_product_by<kN, kTransA, kTransB, 4>(
+      [&](int ks) { return sw128_desc(kTransA ? sa + sw128_index(16 * ks, 0) : sa + sw128_index(0, 16 * ks)); },
+      [&](int ks) { return sw128_desc(kTransB ? sb + sw128_index(16 * ks, n0) : sb + sw128_index(n0, 16 * ks)); }, d,
+      64, n0, tid);
 }
 
 // The same with A from registers (wgmma_rs_k_steps): each thread's fragments of A (m, k) = a[m][k] built the way
@@ -105,23 +108,14 @@ __global__ void __launch_bounds__(128) wgmma_probe_kernel(ProbeParams p) {
 }
 
 // The 64-byte swizzle: sa [64 m][32 k], sbk [32 n][32 k] (K-major B), sbn [32 k][32 n] (N-major B), each in
-// sw64_index order; D = A B on columns n0 .. n0 + kN - 1 -> d (row-major [64][32]).
+// sw64_index order; D = A B (K = 32 in two k-steps) on columns n0 .. n0 + kN - 1 -> d (row-major [64][32]).
+// K-major: columns 16 ks.. (32 ks bytes in); N-major: rows 16 ks.. (1 KB ks).
 template <int kN, bool kTransB>
 __device__ void probe_product_sw64(const Elem* sa, const Elem* sb, float* d, int n0, int tid) {
-  float acc[kN / 8][4];
-  for (int j = 0; j < kN / 8; ++j)
-    for (int e = 0; e < 4; ++e) acc[j][e] = -1.f;
-  wgmma_fence();
-  for (int ks = 0; ks < 2; ++ks) {  // K-major: columns 16 ks.. (32 ks bytes in); N-major: rows 16 ks.. (1 KB ks)
-    const uint64_t da = sw64_desc(sa + sw64_index(0, 16 * ks));
-    const uint64_t db = sw64_desc(kTransB ? sb + sw64_index(16 * ks, n0) : sb + sw64_index(n0, 16 * ks));
-    wgmma_m64k16<Elem, kN, false, kTransB>(acc, da, db, ks > 0);
-  }
-  wgmma_commit();
-  wgmma_wait<0>();
-  const int warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
-  for (int j = 0; j < kN / 8; ++j)
-    for (int e = 0; e < 4; ++e) d[(16 * warp + g + (e >= 2 ? 8 : 0)) * 32 + n0 + 8 * j + 2 * t + (e & 1)] = acc[j][e];
+  probe_product_by<kN, false, kTransB, 2>(
+      [&](int ks) { return sw64_desc(sa + sw64_index(0, 16 * ks)); },
+      [&](int ks) { return sw64_desc(kTransB ? sb + sw64_index(16 * ks, n0) : sb + sw64_index(n0, 16 * ks)); }, d, 32,
+      n0, tid);
 }
 
 struct ProbeSw64Params {
