@@ -83,7 +83,8 @@ int backward_split_chain_value_block(const GdnDims& d) {
 // 32K-row segment beside four ~16K-row routed ones), chain 4.90 -> 3.70 ms (H200); with even lengths they need a
 // second wave (five 16K-row sequences: +1.3 ms). There the order kernel simulates both (ChainWidthChoice) and both
 // widths are launched, the one not chosen returning at once. A narrow chunk costs 0.755 of a wide one (measured at
-// T = 32K). MOM_OPS_GDN_BV=narrow / wide forces (gdn_value_block).
+// T = 32K). MOM_OPS_GDN_BV=narrow / wide forces (gdn_value_block). Since the split chain took over at K = 256 (few
+// sequences), the chain kernel runs there only with MOM_OPS_GDN_BWD_SPLIT=0.
 ChainWidthChoice backward_chain_width_choice(const GdnDims& d, const ScanParams& p, int fwd_bv) {
   const int narrow = gdn_bwd_value_block(d.dim_k);  // one chain CTA per SM at K = 256 (gdn_bwd_chain.cu checks)
   if (d.dim_k != 256 || fwd_bv != 2 * narrow || gdn_value_block_forced()) return {};
