@@ -35,16 +35,18 @@
 namespace mom_ops {
 
 // Shared memory (byte offsets). The per-V-block tiles and, after the V loop, the chunk-end tiles share one region.
-// kWgmma (K <= 128: 64-column V-blocks, 8 warps = 2 warpgroups): every 16-bit tile in wgmma's 128-byte-swizzled
-// 64-column slabs (Rows = Sw128Slabs), the products on wgmma; else padded rows and mma.sync (K = 256).
+// kWgmma (8 warps = 2 warpgroups; 64-column V-blocks at K <= 128, 32-column ones at K = 256): every 16-bit tile in
+// wgmma's swizzled layouts, the products on wgmma: q, k and the [64][64] tiles in 128-byte-swizzled 64-column slabs
+// (Sw128Slabs), the V-block tiles too at 64 columns, or in the 64-byte swizzle at 32 (Sw64Rows). Else (16 warps:
+// the emulator's EMU_GRADS_WARPS=16) padded rows and mma.sync.
 template <typename T, int kK, int kBV, int kWarps>
 struct GdnGradsSmem {
   static constexpr int C = kGdnChunk, kColGroups = kWarps / 4;
-  static constexpr bool kWgmma = kK <= 128 && kBV == 64 && kWarps == 8;
+  static constexpr bool kWgmma = kWarps == 8 && ((kK <= 128 && kBV == 64) || (kK == 256 && kBV == 32));
   static constexpr int kLdK = kK + 8, kLdV = kBV + 8, kLdC = C + 8, kLdT = C + 1;
   // Element (r, c) of the q, k tiles (RowsK), the V-block tiles and S0, dS1 (RowsV), the [64][64] tiles (RowsC).
   using RowsK = std::conditional_t<kWgmma, Sw128Slabs<C>, PaddedRows<kLdK>>;
-  using RowsV = std::conditional_t<kWgmma, Sw128Slabs<C>, PaddedRows<kLdV>>;
+  using RowsV = std::conditional_t<kWgmma, std::conditional_t<kBV == 32, Sw64Rows, Sw128Slabs<C>>, PaddedRows<kLdV>>;
   using RowsC = std::conditional_t<kWgmma, Sw128Slabs<C>, PaddedRows<kLdC>>;
   // Bytes of a 16-bit tile of rows x cols (padded rows: ld = cols + 8).
   static constexpr int bytes16(int rows, int cols) { return rows * (kWgmma ? cols : cols + 8) * 2; }
@@ -78,7 +80,7 @@ struct GdnGradsSmem {
   // spill 24 bytes, so it rounds them.
   static constexpr bool kExactEnds = kK <= 128;
   // After the V-block region: f32 G, beta, rq, rk, e^{G_L - G} [64] each; dG, c [64]; per-warp sums [kWarps]; then
-  // the lo tiles. (162 / 226 / 216 KB at K = 64 / 128 / 256.)
+  // the lo tiles. (162 / 226 / 186 KB at K = 64 / 128 / 256.)
   static constexpr int kVec = max_int(kLoad + 2 * kLoadBytes, kRegionEndC);
   static constexpr int kLo = align1k(kVec + (5 * C + 2 * C + kWarps) * 4);
   static constexpr int kS0lo = kLo, kDs1lo = kLo + bytes16(kK, kBV);  // used only with kExactEnds
@@ -107,6 +109,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
   constexpr int kColsV = kBV / kGroups, kNV = kColsV / 8;  // per-warp columns of the [64, kBV] products
   constexpr int kColsC = C / kGroups, kNC = kColsC / 8;    // per-warp columns of the [64, 64] products
   static_assert(kNV >= 1 && kNC >= 1, "column groups of at least 8 columns");
+  constexpr bool kDqkEarly = kColsK <= 64;  // wgmma: the dQK products overlap dA's epilogue (see there)
   extern __shared__ __align__(1024) unsigned char smem[];
   T* sQ = reinterpret_cast<T*>(smem + L::kQ);
   T* sK = reinterpret_cast<T*>(smem + L::kKey);
@@ -134,10 +137,23 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g8 = lane / 4, t4 = lane % 4;
   const int rt = warp % 4, cg = warp / 4, r0 = 16 * rt, i0 = r0 + g8, i1 = i0 + 8;
-  // wgmma operands of a swizzled tile x (wgmma_k_steps): K-major from row `row`, MN-major from column `col`.
+  // wgmma operands of a swizzled tile x (wgmma_k_steps): K-major from row `row`, MN-major from column `col`; of q, k
+  // and the [64][64] tiles (128-byte swizzle), and of the V-block tiles (RowsV: the 64-byte swizzle at 32 columns).
+  // The *_n64 forms give n64 piece j of a product wider than 64 (wgmma_k_steps_n64).
   using Sw = Sw128Slabs<C>;
   auto kmajor = [](const T* x, int row) { return [=](int s) { return x + Sw::at(row, 16 * s); }; };
   auto mnmajor = [](const T* x, int col) { return [=](int s) { return x + Sw::at(16 * s, col); }; };
+  auto mnmajor_n64 = [=](const T* x, int col) { return [=](int j) { return mnmajor(x, col + 64 * j); }; };
+  auto vdesc = [](const T* x) {
+    if constexpr (std::is_same_v<RowsV, Sw64Rows>) {
+      return sw64_desc(x);
+    } else {
+      return x;  // wgmma_k_steps takes it for a 128-byte-swizzled tile
+    }
+  };
+  auto kmajor_v = [=](const T* x, int row) { return [=](int s) { return vdesc(x + RowsV::at(row, 16 * s)); }; };
+  auto mnmajor_v = [=](const T* x, int col) { return [=](int s) { return vdesc(x + RowsV::at(16 * s, col)); }; };
+  auto kmajor_v_n64 = [=](const T* x, int row) { return [=](int j) { return kmajor_v(x, row + 64 * j); }; };
   // Shared-memory writes (generic proxy) before wgmma reads them (async proxy); the mma.sync path (K = 256) reads
   // through the generic proxy only, so there it is no fence (ncu: 2% of its samples were on these fences).
   auto proxy_fence = [] {
@@ -267,15 +283,16 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
     float kds[kNV][4] = {}, m[kNV][4] = {}, pt[kNV][4] = {};
     if constexpr (kWg) {
       wgmma_fence();
-      wgmma_k_steps<T, kColsV, false, true, kK / 16>(kds, kmajor(sK, 0), mnmajor(sDs1, vc0), false);
-      if (last) wgmma_k_steps<T, kColsV, false, true, kK / 16>(kds, kmajor(sK, 0), mnmajor(sDs1lo, vc0), true);
-      wgmma_k_steps<T, kColsV, false, true, kK / 16>(m, kmajor(sK, 0), mnmajor(sS0, vc0), false);
-      if (first) wgmma_k_steps<T, kColsV, false, true, kK / 16>(m, kmajor(sK, 0), mnmajor(sS0lo, vc0), true);
-      wgmma_k_steps<T, kColsV, true, true, C / 16>(pt, mnmajor(sP, 0), mnmajor(sDo, vc0), false);  // P^T dO
+      wgmma_k_steps<T, kColsV, false, true, kK / 16>(kds, kmajor(sK, 0), mnmajor_v(sDs1, vc0), false);
+      if (last) wgmma_k_steps<T, kColsV, false, true, kK / 16>(kds, kmajor(sK, 0), mnmajor_v(sDs1lo, vc0), true);
+      wgmma_k_steps<T, kColsV, false, true, kK / 16>(m, kmajor(sK, 0), mnmajor_v(sS0, vc0), false);
+      if (first) wgmma_k_steps<T, kColsV, false, true, kK / 16>(m, kmajor(sK, 0), mnmajor_v(sS0lo, vc0), true);
+      wgmma_k_steps<T, kColsV, true, true, C / 16>(pt, mnmajor(sP, 0), mnmajor_v(sDo, vc0), false);  // P^T dO
       wgmma_commit();
-      wgmma_k_steps<T, kColsC, false, false, kBV / 16>(dP, kmajor(sDo, 0), kmajor(sVn, cc0), true);
-      wgmma_k_steps<T, kColsK, false, false, kBV / 16>(X1, kmajor(sDo, 0), kmajor(sS0, kc0), true);
-      if (first) wgmma_k_steps<T, kColsK, false, false, kBV / 16>(X1, kmajor(sDo, 0), kmajor(sS0lo, kc0), true);
+      wgmma_k_steps<T, kColsC, false, false, kBV / 16>(dP, kmajor_v(sDo, 0), kmajor_v(sVn, cc0), true);
+      wgmma_k_steps_n64<T, kColsK, false, false, kBV / 16>(X1, kmajor_v(sDo, 0), kmajor_v_n64(sS0, kc0), true);
+      if (first)
+        wgmma_k_steps_n64<T, kColsK, false, false, kBV / 16>(X1, kmajor_v(sDo, 0), kmajor_v_n64(sS0lo, kc0), true);
       wgmma_commit();
       wgmma_wait<1>();
     } else {
@@ -313,11 +330,12 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
       float dvb[kNV][4] = {};
       if constexpr (kWg) {  // and dT += dVn Z^T, dKn += VnD dS1^T as a second group, waited for after the epilogue
         wgmma_fence();
-        wgmma_k_steps<T, kColsV, true, true, C / 16>(dvb, mnmajor(sT16, 0), mnmajor(sDvn, vc0), false);  // T^T dVn
+        wgmma_k_steps<T, kColsV, true, true, C / 16>(dvb, mnmajor(sT16, 0), mnmajor_v(sDvn, vc0), false);  // T^T dVn
         wgmma_commit();
-        wgmma_k_steps<T, kColsC, false, false, kBV / 16>(dT, kmajor(sDvn, 0), kmajor(sZ, cc0), true);
-        wgmma_k_steps<T, kColsK, false, false, kBV / 16>(dKn, kmajor(sVnD, 0), kmajor(sDs1, kc0), true);
-        if (last) wgmma_k_steps<T, kColsK, false, false, kBV / 16>(dKn, kmajor(sVnD, 0), kmajor(sDs1lo, kc0), true);
+        wgmma_k_steps<T, kColsC, false, false, kBV / 16>(dT, kmajor_v(sDvn, 0), kmajor_v(sZ, cc0), true);
+        wgmma_k_steps_n64<T, kColsK, false, false, kBV / 16>(dKn, kmajor_v(sVnD, 0), kmajor_v_n64(sDs1, kc0), true);
+        if (last)
+          wgmma_k_steps_n64<T, kColsK, false, false, kBV / 16>(dKn, kmajor_v(sVnD, 0), kmajor_v_n64(sDs1lo, kc0), true);
         wgmma_commit();
         wgmma_wait<1>();
       } else {
@@ -345,8 +363,9 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
       fence_async_smem();  // sDvbS
       __syncthreads();
       wgmma_fence();  // dKn += DvbS S0^T, overlapping sum(S0 dS1) below
-      wgmma_k_steps<T, kColsK, false, false, kBV / 16>(dKn, kmajor(sDvbS, 0), kmajor(sS0, kc0), true);
-      if (first) wgmma_k_steps<T, kColsK, false, false, kBV / 16>(dKn, kmajor(sDvbS, 0), kmajor(sS0lo, kc0), true);
+      wgmma_k_steps_n64<T, kColsK, false, false, kBV / 16>(dKn, kmajor_v(sDvbS, 0), kmajor_v_n64(sS0, kc0), true);
+      if (first)
+        wgmma_k_steps_n64<T, kColsK, false, false, kBV / 16>(dKn, kmajor_v(sDvbS, 0), kmajor_v_n64(sS0lo, kc0), true);
       wgmma_commit();
     } else {
       mma_rows<T, kBV / 16, kNC, false>(dP, sDo + r0 * kLdV, kLdV, sVn + cc0 * kLdV, kLdV, lane);
@@ -455,9 +474,12 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
       wgmma_k_steps<T, kColsC, false, false, C / 16>(acc, kmajor(sY, 0), kmajor(sT16, cc0), false);
       wgmma_k_steps<T, kColsC, false, false, kK / 16>(kkt, kmajor(sK, 0), kmajor(sK, cc0), false);
       wgmma_commit();
-      // dQn += dQK Kn and dKn += dQK^T Qn need only (d)'s tiles: a second group, running until (e)
-      wgmma_k_steps<T, kColsK, false, true, C / 16>(X1, kmajor(sDqkRk, 0), mnmajor(sK, kc0), true);
-      wgmma_k_steps<T, kColsK, true, true, C / 16>(dKn, mnmajor(sDqkRq, 0), mnmajor(sQ, kc0), true);  // A[j][i]
+      // dQn += dQK Kn and dKn += dQK^T Qn need only (d)'s tiles: a second group, running until (e). (At K = 256
+      // they wait for (e): in flight here they made ptxas spill ~270 bytes more.)
+      if constexpr (kDqkEarly) {
+        wgmma_k_steps_n64<T, kColsK, false, true, C / 16>(X1, kmajor(sDqkRk, 0), mnmajor_n64(sK, kc0), true);
+        wgmma_k_steps_n64<T, kColsK, true, true, C / 16>(dKn, mnmajor(sDqkRq, 0), mnmajor_n64(sQ, kc0), true);
+      }
       wgmma_commit();
       wgmma_wait<1>();
     } else {
@@ -561,9 +583,13 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
     if (2 * lane < len) p.dg[(c0 + 2 * lane) * p.heads_v + hv] = incl;
     if (2 * lane + 1 < len) p.dg[(c0 + 2 * lane + 1) * p.heads_v + hv] = incl - a;
   }
-  if constexpr (kWg) {  // (the dQK terms went out with dA's products)
+  if constexpr (kWg) {  // (the dQK terms went out with dA's products where kDqkEarly)
     wgmma_fence();
-    wgmma_k_steps<T, kColsK, false, true, C / 16>(dKn, kmajor(sSym, 0), mnmajor(sK, kc0), true);
+    if constexpr (!kDqkEarly) {
+      wgmma_k_steps_n64<T, kColsK, false, true, C / 16>(X1, kmajor(sDqkRk, 0), mnmajor_n64(sK, kc0), true);
+      wgmma_k_steps_n64<T, kColsK, true, true, C / 16>(dKn, mnmajor(sDqkRq, 0), mnmajor_n64(sQ, kc0), true);
+    }
+    wgmma_k_steps_n64<T, kColsK, false, true, C / 16>(dKn, kmajor(sSym, 0), mnmajor_n64(sK, kc0), true);
     wgmma_commit();
     wgmma_wait<0>();
   } else {
