@@ -119,8 +119,8 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
   auto stage = [&](int s) { return smem + s * L::kStage; };
   auto tile = [&](int s, int off) { return reinterpret_cast<T*>(stage(s) + off); };
   auto vec = [&](int s) { return reinterpret_cast<float*>(stage(s) + L::kVec); };  // d, e^{G_L}
-  auto kmajor = [](const T* x, int row) { return [=](int s) { return x + Sw::at(row, 16 * s); }; };
-  auto mnmajor = [](const T* x, int col) { return [=](int s) { return x + Sw::at(16 * s, col); }; };
+  auto kmajor = [](const T* x, int row) { return kmajor_steps<Sw>(x, row); };
+  auto mnmajor = [](const T* x, int col) { return mnmajor_steps<Sw>(x, col); };
 
   const int tid = threadIdx.x, lane = tid % 32, g8 = lane / 4, t4 = lane % 4;
   const ChainCta cta = chain_cta(p, p.seq_order, p.num_vblocks, kV, kK);
@@ -273,7 +273,7 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
   }
   const int64_t slot0 = chunk_slot(p, cta.seq, bos);
   T* sRowsOut = reinterpret_cast<T*>(smem + L::kRowsOut) + wg * C * C;
-  auto a_st = [&](int s) { return sSt + SwS::at(64 * wg, 16 * s); };  // dS^T rows 64 wg.., k-step s
+  auto a_st = kmajor_steps<SwS>(sSt, 64 * wg);  // dS^T rows 64 wg.., k-step s
   for (int it = 0; it < num_chunks; ++it) {
     const int s = it % 2, ci = num_chunks - 1 - it;
     T* sQs = tile(s, L::kQs);

@@ -135,25 +135,22 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
   float *sBeta = sG + C, *sRq = sBeta + C, *sRk = sRq + C, *sDend = sRk + C;
   float *sDG = sDend + C, *sC = sDG + C, *sWarp = sC + C;
 
-  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g8 = lane / 4, t4 = lane % 4;
+  // warp through a shuffle: the compiler then knows it is warp-uniform and keeps the wgmma descriptors that depend
+  // on it (through cg) in uniform registers
+  const int tid = threadIdx.x, lane = tid % 32, g8 = lane / 4, t4 = lane % 4;
+  const int warp = __shfl_sync(0xffffffffu, tid / 32, 0);
   const int rt = warp % 4, cg = warp / 4, r0 = 16 * rt, i0 = r0 + g8, i1 = i0 + 8;
   // wgmma operands of a swizzled tile x (wgmma_k_steps): K-major from row `row`, MN-major from column `col`; of q, k
-  // and the [64][64] tiles (128-byte swizzle), and of the V-block tiles (RowsV: the 64-byte swizzle at 32 columns).
-  // The *_n64 forms give n64 piece j of a product wider than 64 (wgmma_k_steps_n64).
+  // and the [64][64] tiles (128-byte swizzle), and of the V-block tiles (RowsV, kSwV: the 64-byte swizzle at 32
+  // columns). The *_n64 forms give n64 piece j of a product wider than 64 (wgmma_k_steps_n64).
   using Sw = Sw128Slabs<C>;
-  auto kmajor = [](const T* x, int row) { return [=](int s) { return x + Sw::at(row, 16 * s); }; };
-  auto mnmajor = [](const T* x, int col) { return [=](int s) { return x + Sw::at(16 * s, col); }; };
-  auto mnmajor_n64 = [=](const T* x, int col) { return [=](int j) { return mnmajor(x, col + 64 * j); }; };
-  auto vdesc = [](const T* x) {
-    if constexpr (std::is_same_v<RowsV, Sw64Rows>) {
-      return sw64_desc(x);
-    } else {
-      return x;  // wgmma_k_steps takes it for a 128-byte-swizzled tile
-    }
-  };
-  auto kmajor_v = [=](const T* x, int row) { return [=](int s) { return vdesc(x + RowsV::at(row, 16 * s)); }; };
-  auto mnmajor_v = [=](const T* x, int col) { return [=](int s) { return vdesc(x + RowsV::at(16 * s, col)); }; };
-  auto kmajor_v_n64 = [=](const T* x, int row) { return [=](int j) { return kmajor_v(x, row + 64 * j); }; };
+  constexpr int kSwV = kSwizzleOf<RowsV>;
+  auto kmajor = [](const T* x, int row) { return kmajor_steps<Sw>(x, row); };
+  auto mnmajor = [](const T* x, int col) { return mnmajor_steps<Sw>(x, col); };
+  auto mnmajor_n64 = [](const T* x, int col) { return [=](int j) { return mnmajor_steps<Sw>(x, col + 64 * j); }; };
+  auto kmajor_v = [](const T* x, int row) { return kmajor_steps<RowsV>(x, row); };
+  auto mnmajor_v = [](const T* x, int col) { return mnmajor_steps<RowsV>(x, col); };
+  auto kmajor_v_n64 = [](const T* x, int row) { return [=](int j) { return kmajor_steps<RowsV>(x, row + 64 * j); }; };
   // Shared-memory writes (generic proxy) before wgmma reads them (async proxy); the mma.sync path (K = 256) reads
   // through the generic proxy only, so there it is no fence (ncu: 2% of its samples were on these fences).
   auto proxy_fence = [] {
@@ -233,6 +230,16 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
   // (b) P rows r0.., columns cc0.. -> sP (16-bit, no scale). (A / beta = K K^T is recomputed into registers where
   // the chunk end needs it, which leaves shared memory for the second load buffer.)
   const int vc0 = cg * kColsV, kc0 = cg * kColsK, cc0 = cg * kColsC;  // this warp's first V, K and chunk column
+  // The V-block products that read a state tile (S0, dS1 or their lo parts), on wgmma: acc (+)= K S (columns vc0..),
+  // and acc += A S^T (A a [64][kBV] V-block tile; rows kc0.. of S: the [64][kK] accumulators X1, dKn). (Generic, so
+  // that the mma.sync instances, which never call them, do not instantiate them.)
+  auto k_times_state = [&](auto& acc, const T* state, bool accumulate) {
+    wgmma_k_steps<T, kColsV, false, true, kK / 16, 128, kSwV>(acc, kmajor(sK, 0), mnmajor_v(state, vc0), accumulate);
+  };
+  auto add_times_state_t = [&](auto& acc, const T* a, const T* state) {
+    wgmma_k_steps_n64<T, kColsK, false, false, kBV / 16, kSwV, kSwV>(acc, kmajor_v(a, 0), kmajor_v_n64(state, kc0),
+                                                                     true);
+  };
   {
     float acc[kNC][4] = {};
     if constexpr (kWg) {
@@ -283,16 +290,15 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
     float kds[kNV][4] = {}, m[kNV][4] = {}, pt[kNV][4] = {};
     if constexpr (kWg) {
       wgmma_fence();
-      wgmma_k_steps<T, kColsV, false, true, kK / 16>(kds, kmajor(sK, 0), mnmajor_v(sDs1, vc0), false);
-      if (last) wgmma_k_steps<T, kColsV, false, true, kK / 16>(kds, kmajor(sK, 0), mnmajor_v(sDs1lo, vc0), true);
-      wgmma_k_steps<T, kColsV, false, true, kK / 16>(m, kmajor(sK, 0), mnmajor_v(sS0, vc0), false);
-      if (first) wgmma_k_steps<T, kColsV, false, true, kK / 16>(m, kmajor(sK, 0), mnmajor_v(sS0lo, vc0), true);
-      wgmma_k_steps<T, kColsV, true, true, C / 16>(pt, mnmajor(sP, 0), mnmajor_v(sDo, vc0), false);  // P^T dO
+      k_times_state(kds, sDs1, false);
+      if (last) k_times_state(kds, sDs1lo, true);
+      k_times_state(m, sS0, false);
+      if (first) k_times_state(m, sS0lo, true);
+      wgmma_k_steps<T, kColsV, true, true, C / 16, 128, kSwV>(pt, mnmajor(sP, 0), mnmajor_v(sDo, vc0), false);  // P^T dO
       wgmma_commit();
-      wgmma_k_steps<T, kColsC, false, false, kBV / 16>(dP, kmajor_v(sDo, 0), kmajor_v(sVn, cc0), true);
-      wgmma_k_steps_n64<T, kColsK, false, false, kBV / 16>(X1, kmajor_v(sDo, 0), kmajor_v_n64(sS0, kc0), true);
-      if (first)
-        wgmma_k_steps_n64<T, kColsK, false, false, kBV / 16>(X1, kmajor_v(sDo, 0), kmajor_v_n64(sS0lo, kc0), true);
+      wgmma_k_steps<T, kColsC, false, false, kBV / 16, kSwV, kSwV>(dP, kmajor_v(sDo, 0), kmajor_v(sVn, cc0), true);
+      add_times_state_t(X1, sDo, sS0);
+      if (first) add_times_state_t(X1, sDo, sS0lo);
       wgmma_commit();
       wgmma_wait<1>();
     } else {
@@ -330,12 +336,12 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
       float dvb[kNV][4] = {};
       if constexpr (kWg) {  // and dT += dVn Z^T, dKn += VnD dS1^T as a second group, waited for after the epilogue
         wgmma_fence();
-        wgmma_k_steps<T, kColsV, true, true, C / 16>(dvb, mnmajor(sT16, 0), mnmajor_v(sDvn, vc0), false);  // T^T dVn
+        wgmma_k_steps<T, kColsV, true, true, C / 16, 128, kSwV>(dvb, mnmajor(sT16, 0), mnmajor_v(sDvn, vc0),
+                                                                false);  // T^T dVn
         wgmma_commit();
-        wgmma_k_steps<T, kColsC, false, false, kBV / 16>(dT, kmajor_v(sDvn, 0), kmajor_v(sZ, cc0), true);
-        wgmma_k_steps_n64<T, kColsK, false, false, kBV / 16>(dKn, kmajor_v(sVnD, 0), kmajor_v_n64(sDs1, kc0), true);
-        if (last)
-          wgmma_k_steps_n64<T, kColsK, false, false, kBV / 16>(dKn, kmajor_v(sVnD, 0), kmajor_v_n64(sDs1lo, kc0), true);
+        wgmma_k_steps<T, kColsC, false, false, kBV / 16, kSwV, kSwV>(dT, kmajor_v(sDvn, 0), kmajor_v(sZ, cc0), true);
+        add_times_state_t(dKn, sVnD, sDs1);
+        if (last) add_times_state_t(dKn, sVnD, sDs1lo);
         wgmma_commit();
         wgmma_wait<1>();
       } else {
@@ -363,9 +369,8 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
       fence_async_smem();  // sDvbS
       __syncthreads();
       wgmma_fence();  // dKn += DvbS S0^T, overlapping sum(S0 dS1) below
-      wgmma_k_steps_n64<T, kColsK, false, false, kBV / 16>(dKn, kmajor_v(sDvbS, 0), kmajor_v_n64(sS0, kc0), true);
-      if (first)
-        wgmma_k_steps_n64<T, kColsK, false, false, kBV / 16>(dKn, kmajor_v(sDvbS, 0), kmajor_v_n64(sS0lo, kc0), true);
+      add_times_state_t(dKn, sDvbS, sS0);
+      if (first) add_times_state_t(dKn, sDvbS, sS0lo);
       wgmma_commit();
     } else {
       mma_rows<T, kBV / 16, kNC, false>(dP, sDo + r0 * kLdV, kLdV, sVn + cc0 * kLdV, kLdV, lane);

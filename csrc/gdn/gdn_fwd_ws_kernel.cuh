@@ -98,8 +98,8 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
   auto tile = [&](int s, int off) { return reinterpret_cast<T*>(stage(s) + off); };
   auto vec = [&](int s) { return reinterpret_cast<float*>(stage(s) + L::kVec); };  // f, eq, d, e^{G_last}
   T* sSt = reinterpret_cast<T*>(smem + L::kSt);
-  auto kmajor = [](const T* x, int row) { return [=](int s) { return x + Sw::at(row, 16 * s); }; };
-  auto mnmajor = [](const T* x, int col) { return [=](int s) { return x + Sw::at(16 * s, col); }; };
+  auto kmajor = [](const T* x, int row) { return kmajor_steps<Sw>(x, row); };
+  auto mnmajor = [](const T* x, int col) { return mnmajor_steps<Sw>(x, col); };
 
   const int tid = threadIdx.x, lane = tid % 32, g8 = lane / 4, t4 = lane % 4;
   const ChainCta cta = chain_cta(p, p.seq_order, p.num_vblocks, kV, kK);
@@ -355,7 +355,7 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
   wg_sync();
   T* o = static_cast<T*>(p.o);
   T* sVnOut = reinterpret_cast<T*>(smem + L::kVnOut + wg * L::kSquare);
-  auto a_st = [&](int s) { return sSt + SwS::at(64 * wg, 16 * s); };  // S^T rows 64 wg.., k-step s
+  auto a_st = kmajor_steps<SwS>(sSt, 64 * wg);  // S^T rows 64 wg.., k-step s
   for (int c = 0; c < num_chunks; ++c) {
     const int s = c % 2;
     const ChunkRows rows = chunk_rows(c);

@@ -102,7 +102,7 @@ __global__ void __launch_bounds__(kGdnOutputWgThreads, GdnOutputWgSmem<T, kK>::k
   __syncthreads();
 
   // Q K^T, masked and scaled as gdn_output_kernel does, into 16-bit A fragments (rows 16 wr + g8 (+ 8)).
-  auto kmajor = [](const T* x) { return [=](int s) { return x + Sw::at(0, 16 * s); }; };
+  auto kmajor = [](const T* x) { return kmajor_steps<Sw>(x, 0); };
   uint32_t qk[C / 16][4];
   {
     float acc[8][4];

@@ -146,6 +146,11 @@ inline unsigned __ballot_sync(unsigned, int pred) {
   emu::leave(w); return r;
 }
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
+// broadcast of lane src's int (small ints only: carried as a float, exact below 2^24; the kernels broadcast warp ids)
+inline int __shfl_sync(unsigned, int v, int src) {
+  auto& w = emu::warp(); const int l = emu::lane();
+  w.f[l] = float(v); emu::enter(w, 500 + src); const int r = int(w.f[src]); emu::leave(w); return r;
+}
 inline float __shfl_down_sync(unsigned, float v, int d) {
   auto& w = emu::warp(); const int l = emu::lane();
   w.f[l] = v; emu::enter(w, 300 + d); const float r = l + d < 32 ? w.f[l + d] : v; emu::leave(w); return r;
