@@ -13,12 +13,10 @@ void run_gdn_bwd_grads(const GdnBwdParams& p, bool bf16, int dim_k, int64_t num_
     using T = std::conditional_t<kBf16, __nv_bfloat16, __half>;
     HEADDIM_SWITCH(dim_k, kK, [&] {
       constexpr int kBV = kK == 256 ? 32 : 64;
-      // 8 warps: 16 (4 column groups, 128 registers) measured no faster at K = 128 and slower at K = 256 (spills).
-      constexpr int kWarps = 8;
-      using L = GdnGradsSmem<T, kK, kBV, kWarps>;
+      using L = GdnGradsSmem<T, kK, kBV>;
       static_assert(L::kBytes <= kSmemPerCta, "shared memory of the grads kernel");
-      launch_scan_kernel(gdn_bwd_grads_kernel<T, kK, kBV, kWarps>, p, num_slots * p.heads_v, kWarps * 32, L::kBytes,
-                         stream, "(chunk, head)");
+      launch_scan_kernel(gdn_bwd_grads_kernel<T, kK, kBV>, p, num_slots * p.heads_v, L::kWarps * 32, L::kBytes, stream,
+                         "(chunk, head)");
     });
   });
 }

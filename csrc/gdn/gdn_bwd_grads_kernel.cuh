@@ -35,21 +35,21 @@
 namespace mom_ops {
 
 // Shared memory (byte offsets). The per-V-block tiles and, after the V loop, the chunk-end tiles share one region.
-// kWgmma (8 warps = 2 warpgroups; 64-column V-blocks at K <= 128, 32-column ones at K = 256): every 16-bit tile in
-// wgmma's swizzled layouts, the products on wgmma: q, k and the [64][64] tiles in 128-byte-swizzled 64-column slabs
-// (Sw128Slabs), the V-block tiles too at 64 columns, or in the 64-byte swizzle at 32 (Sw64Rows). Else (16 warps:
-// the emulator's EMU_GRADS_WARPS=16) padded rows and mma.sync.
-template <typename T, int kK, int kBV, int kWarps>
+// 8 warps = 2 warpgroups, 64-column V-blocks at K <= 128, 32-column ones at K = 256; every 16-bit tile in wgmma's
+// swizzled layouts: q, k and the [64][64] tiles in 128-byte-swizzled 64-column slabs (Sw128Slabs), the V-block tiles
+// too at 64 columns, or in the 64-byte swizzle at 32 (Sw64Rows). (Until session 33 K = 256 ran on mma.sync with
+// padded rows; 16 warps with 4 column groups measured no faster at K = 128 and spilled at K = 256.)
+template <typename T, int kK, int kBV>
 struct GdnGradsSmem {
-  static constexpr int C = kGdnChunk, kColGroups = kWarps / 4;
-  static constexpr bool kWgmma = kWarps == 8 && ((kK <= 128 && kBV == 64) || (kK == 256 && kBV == 32));
-  static constexpr int kLdK = kK + 8, kLdV = kBV + 8, kLdC = C + 8, kLdT = C + 1;
+  static constexpr int C = kGdnChunk, kWarps = 8, kColGroups = kWarps / 4;
+  static_assert((kK <= 128 && kBV == 64) || (kK == 256 && kBV == 32), "V-blocks of 64 columns, 32 at K = 256");
+  static constexpr int kLdT = C + 1;
   // Element (r, c) of the q, k tiles (RowsK), the V-block tiles and S0, dS1 (RowsV), the [64][64] tiles (RowsC).
-  using RowsK = std::conditional_t<kWgmma, Sw128Slabs<C>, PaddedRows<kLdK>>;
-  using RowsV = std::conditional_t<kWgmma, std::conditional_t<kBV == 32, Sw64Rows, Sw128Slabs<C>>, PaddedRows<kLdV>>;
-  using RowsC = std::conditional_t<kWgmma, Sw128Slabs<C>, PaddedRows<kLdC>>;
-  // Bytes of a 16-bit tile of rows x cols (padded rows: ld = cols + 8).
-  static constexpr int bytes16(int rows, int cols) { return rows * (kWgmma ? cols : cols + 8) * 2; }
+  using RowsK = Sw128Slabs<C>;
+  using RowsV = std::conditional_t<kBV == 32, Sw64Rows, Sw128Slabs<C>>;
+  using RowsC = Sw128Slabs<C>;
+  // Bytes of a 16-bit tile of rows x cols.
+  static constexpr int bytes16(int rows, int cols) { return rows * cols * 2; }
   static constexpr int align1k(int x) { return (x + 1023) / 1024 * 1024; }
   static constexpr int kQ = 0;                                  // q [64][kK] raw
   static constexpr int kKey = kQ + bytes16(C, kK);              // k [64][kK] raw
@@ -86,30 +86,29 @@ struct GdnGradsSmem {
   static constexpr int kS0lo = kLo, kDs1lo = kLo + bytes16(kK, kBV);  // used only with kExactEnds
   static constexpr int kBytes = kExactEnds ? kLo + 2 * bytes16(kK, kBV) : kVec + (5 * C + 2 * C + kWarps) * 4;
   // wgmma's swizzle repeats every 1 KB: every 16-bit tile starts on a 1 KB boundary.
-  static_assert(!kWgmma || (kRegion % 1024 == 0 && kLoad % 1024 == 0 && kLoadBytes % 1024 == 0 && kVec % 1024 == 0),
+  static_assert(kRegion % 1024 == 0 && kLoad % 1024 == 0 && kLoadBytes % 1024 == 0 && kVec % 1024 == 0,
                 "1 KB-aligned tiles");
 };
 
 // Row partial sums, sRow[quantity][column group][row].
 enum GradsRow { kRowE = 0, kRowBeta, kRowC, kRowDvbM, kRowQX1, kRowQdQ, kRowKdK };
 
-// kWarps = 4 row tiles of 16 rows x kWarps / 4 column groups: warp w owns rows 16 (w % 4) .. of every [64, n]
-// product and the column group w / 4 of its n columns. With wgmma (L::kWgmma) a column group is a warpgroup, whose
-// m64 accumulators hold exactly those rows in the mma.sync layout, so the epilogues are the same for both.
-template <typename T, int kK, int kBV, int kWarps>
-__global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdParams p) {
-  using L = GdnGradsSmem<T, kK, kBV, kWarps>;
+// 8 warps = 4 row tiles of 16 rows x 2 column groups: warp w owns rows 16 (w % 4) .. of every [64, n] product and
+// the column group w / 4 of its n columns. A column group is a warpgroup, whose m64 wgmma accumulators hold exactly
+// those rows (in the mma.sync fragment layout).
+template <typename T, int kK, int kBV>
+__global__ void __launch_bounds__(GdnGradsSmem<T, kK, kBV>::kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdParams p) {
+  using L = GdnGradsSmem<T, kK, kBV>;
   using RowsK = typename L::RowsK;
   using RowsV = typename L::RowsV;
   using RowsC = typename L::RowsC;
-  constexpr bool kWg = L::kWgmma;
-  constexpr int C = kGdnChunk, kLdK = L::kLdK, kLdV = L::kLdV, kLdC = L::kLdC, kLdT = L::kLdT;
+  constexpr int C = kGdnChunk, kLdT = L::kLdT, kWarps = L::kWarps;
   constexpr int kThreads = kWarps * 32, kGroups = L::kColGroups;
   constexpr int kColsK = kK / kGroups, kNK = kColsK / 8;  // per-warp columns of the [64, K] accumulators
   constexpr int kColsV = kBV / kGroups, kNV = kColsV / 8;  // per-warp columns of the [64, kBV] products
   constexpr int kColsC = C / kGroups, kNC = kColsC / 8;    // per-warp columns of the [64, 64] products
   static_assert(kNV >= 1 && kNC >= 1, "column groups of at least 8 columns");
-  constexpr bool kDqkEarly = kColsK <= 64;  // wgmma: the dQK products overlap dA's epilogue (see there)
+  constexpr bool kDqkEarly = kColsK <= 64;  // the dQK products overlap dA's epilogue (see there)
   extern __shared__ __align__(1024) unsigned char smem[];
   T* sQ = reinterpret_cast<T*>(smem + L::kQ);
   T* sK = reinterpret_cast<T*>(smem + L::kKey);
@@ -151,11 +150,6 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
   auto kmajor_v = [](const T* x, int row) { return kmajor_steps<RowsV>(x, row); };
   auto mnmajor_v = [](const T* x, int col) { return mnmajor_steps<RowsV>(x, col); };
   auto kmajor_v_n64 = [](const T* x, int row) { return [=](int j) { return kmajor_steps<RowsV>(x, row + 64 * j); }; };
-  // Shared-memory writes (generic proxy) before wgmma reads them (async proxy); the mma.sync path (K = 256) reads
-  // through the generic proxy only, so there it is no fence (ncu: 2% of its samples were on these fences).
-  auto proxy_fence = [] {
-    if constexpr (kWg) fence_async_smem();
-  };
   const int hv = blockIdx.x % p.heads_v, h = hv / (p.heads_v / p.heads_qk);
   const int64_t slot = blockIdx.x / p.heads_v;
   const int lo = slot_sequence(p, slot);  // slot -> (sequence lo, chunk)
@@ -220,7 +214,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
     sBeta[tid] = tid < len ? p.beta[(c0 + tid) * p.heads_v + hv] : 0.f;
   }
   cp_async_wait<1>();
-  proxy_fence();  // cp.async lands through the generic proxy; wgmma reads through the async one
+  fence_async_smem();  // cp.async lands through the generic proxy; wgmma reads through the async one
   __syncthreads();
   if (tid < kGdnThreads) chunk_norms_and_cumsum<T, kK, RowsK>(sQ, sK, sG, sRq, sRk, p.l2norm, tid);  // its 256 threads
   __syncthreads();
@@ -231,25 +225,20 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
   // the chunk end needs it, which leaves shared memory for the second load buffer.)
   const int vc0 = cg * kColsV, kc0 = cg * kColsK, cc0 = cg * kColsC;  // this warp's first V, K and chunk column
   // The V-block products that read a state tile (S0, dS1 or their lo parts), on wgmma: acc (+)= K S (columns vc0..),
-  // and acc += A S^T (A a [64][kBV] V-block tile; rows kc0.. of S: the [64][kK] accumulators X1, dKn). (Generic, so
-  // that the mma.sync instances, which never call them, do not instantiate them.)
-  auto k_times_state = [&](auto& acc, const T* state, bool accumulate) {
+  // and acc += A S^T (A a [64][kBV] V-block tile; rows kc0.. of S: the [64][kK] accumulators X1, dKn).
+  auto k_times_state = [&](float (&acc)[kNV][4], const T* state, bool accumulate) {
     wgmma_k_steps<T, kColsV, false, true, kK / 16, 128, kSwV>(acc, kmajor(sK, 0), mnmajor_v(state, vc0), accumulate);
   };
-  auto add_times_state_t = [&](auto& acc, const T* a, const T* state) {
+  auto add_times_state_t = [&](float (&acc)[kNK][4], const T* a, const T* state) {
     wgmma_k_steps_n64<T, kColsK, false, false, kBV / 16, kSwV, kSwV>(acc, kmajor_v(a, 0), kmajor_v_n64(state, kc0),
                                                                      true);
   };
   {
     float acc[kNC][4] = {};
-    if constexpr (kWg) {
-      wgmma_fence();
-      wgmma_k_steps<T, kColsC, false, false, kK / 16>(acc, kmajor(sQ, 0), kmajor(sK, cc0), false);
-      wgmma_commit();
-      wgmma_wait<0>();
-    } else {
-      mma_rows<T, kK / 16, kNC, false>(acc, sQ + r0 * kLdK, kLdK, sK + cc0 * kLdK, kLdK, lane);
-    }
+    wgmma_fence();
+    wgmma_k_steps<T, kColsC, false, false, kK / 16>(acc, kmajor(sQ, 0), kmajor(sK, cc0), false);
+    wgmma_commit();
+    wgmma_wait<0>();
 #pragma unroll
     for (int nt = 0; nt < kNC; ++nt)
 #pragma unroll
@@ -261,7 +250,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
         store2<T>(sP + RowsC::at(i, j), x0, x1);
       }
   }
-  proxy_fence();
+  fence_async_smem();
   __syncthreads();
 
   // (c) The V-blocks; the next one's tiles load into the other buffer during the current one.
@@ -282,32 +271,24 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
     } else {
       cp_async_wait<0>();
     }
-    proxy_fence();
+    fence_async_smem();
     __syncthreads();
 
     // kdS, M, P^T dO on rows r0.., columns vc0..; then dVn, Z, d_end Vn -> shared memory. (wgmma: dP += dO Vn^T
     // and X1 += dO S0^T, which need only the loaded tiles, run meanwhile as a second group.)
     float kds[kNV][4] = {}, m[kNV][4] = {}, pt[kNV][4] = {};
-    if constexpr (kWg) {
-      wgmma_fence();
-      k_times_state(kds, sDs1, false);
-      if (last) k_times_state(kds, sDs1lo, true);
-      k_times_state(m, sS0, false);
-      if (first) k_times_state(m, sS0lo, true);
-      wgmma_k_steps<T, kColsV, true, true, C / 16, 128, kSwV>(pt, mnmajor(sP, 0), mnmajor_v(sDo, vc0), false);  // P^T dO
-      wgmma_commit();
-      wgmma_k_steps<T, kColsC, false, false, kBV / 16, kSwV, kSwV>(dP, kmajor_v(sDo, 0), kmajor_v(sVn, cc0), true);
-      add_times_state_t(X1, sDo, sS0);
-      if (first) add_times_state_t(X1, sDo, sS0lo);
-      wgmma_commit();
-      wgmma_wait<1>();
-    } else {
-      mma_rows<T, kK / 16, kNV, true>(kds, sK + r0 * kLdK, kLdK, sDs1 + vc0, kLdV, lane);
-      if (last) mma_rows<T, kK / 16, kNV, true>(kds, sK + r0 * kLdK, kLdK, sDs1lo + vc0, kLdV, lane);
-      mma_rows<T, kK / 16, kNV, true>(m, sK + r0 * kLdK, kLdK, sS0 + vc0, kLdV, lane);
-      if (first) mma_rows<T, kK / 16, kNV, true>(m, sK + r0 * kLdK, kLdK, sS0lo + vc0, kLdV, lane);
-      mma_rows_at<T, C / 16, kNV>(pt, sP + r0, kLdC, sDo + vc0, kLdV, lane);  // P^T dO
-    }
+    wgmma_fence();
+    k_times_state(kds, sDs1, false);
+    if (last) k_times_state(kds, sDs1lo, true);
+    k_times_state(m, sS0, false);
+    if (first) k_times_state(m, sS0lo, true);
+    wgmma_k_steps<T, kColsV, true, true, C / 16, 128, kSwV>(pt, mnmajor(sP, 0), mnmajor_v(sDo, vc0), false);  // P^T dO
+    wgmma_commit();
+    wgmma_k_steps<T, kColsC, false, false, kBV / 16, kSwV, kSwV>(dP, kmajor_v(sDo, 0), kmajor_v(sVn, cc0), true);
+    add_times_state_t(X1, sDo, sS0);
+    if (first) add_times_state_t(X1, sDo, sS0lo);
+    wgmma_commit();
+    wgmma_wait<1>();
 #pragma unroll
     for (int nt = 0; nt < kNV; ++nt)
 #pragma unroll
@@ -328,25 +309,22 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
         store2<T>(sZ + RowsV::at(i, c), z[0], z[1]);
         store2<T>(sVnD + RowsV::at(i, c), vnd[0], vnd[1]);
       }
-    proxy_fence();
+    fence_async_smem();
     __syncthreads();
 
     // dVb = T^T dVn -> dv, row sums, -beta e^G dVb -> sDvbS; the accumulators that need only the tiles above.
     {
       float dvb[kNV][4] = {};
-      if constexpr (kWg) {  // and dT += dVn Z^T, dKn += VnD dS1^T as a second group, waited for after the epilogue
-        wgmma_fence();
-        wgmma_k_steps<T, kColsV, true, true, C / 16, 128, kSwV>(dvb, mnmajor(sT16, 0), mnmajor_v(sDvn, vc0),
-                                                                false);  // T^T dVn
-        wgmma_commit();
-        wgmma_k_steps<T, kColsC, false, false, kBV / 16, kSwV, kSwV>(dT, kmajor_v(sDvn, 0), kmajor_v(sZ, cc0), true);
-        add_times_state_t(dKn, sVnD, sDs1);
-        if (last) add_times_state_t(dKn, sVnD, sDs1lo);
-        wgmma_commit();
-        wgmma_wait<1>();
-      } else {
-        mma_rows_at<T, C / 16, kNV>(dvb, sT16 + r0, kLdC, sDvn + vc0, kLdV, lane);  // T^T dVn
-      }
+      // T^T dVn, then dT += dVn Z^T and dKn += VnD dS1^T as a second group, waited for after the epilogue
+      wgmma_fence();
+      wgmma_k_steps<T, kColsV, true, true, C / 16, 128, kSwV>(dvb, mnmajor(sT16, 0), mnmajor_v(sDvn, vc0),
+                                                              false);  // T^T dVn
+      wgmma_commit();
+      wgmma_k_steps<T, kColsC, false, false, kBV / 16, kSwV, kSwV>(dT, kmajor_v(sDvn, 0), kmajor_v(sZ, cc0), true);
+      add_times_state_t(dKn, sVnD, sDs1);
+      if (last) add_times_state_t(dKn, sVnD, sDs1lo);
+      wgmma_commit();
+      wgmma_wait<1>();
       T* dv = static_cast<T*>(p.dv);
 #pragma unroll
       for (int nt = 0; nt < kNV; ++nt)
@@ -364,22 +342,13 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
           store2<T>(sDvbS + RowsV::at(i, c), f * dvb[nt][e], f * dvb[nt][e + 1]);
         }
     }
-    if constexpr (kWg) {
-      wgmma_wait<0>();
-      fence_async_smem();  // sDvbS
-      __syncthreads();
-      wgmma_fence();  // dKn += DvbS S0^T, overlapping sum(S0 dS1) below
-      add_times_state_t(dKn, sDvbS, sS0);
-      if (first) add_times_state_t(dKn, sDvbS, sS0lo);
-      wgmma_commit();
-    } else {
-      mma_rows<T, kBV / 16, kNC, false>(dP, sDo + r0 * kLdV, kLdV, sVn + cc0 * kLdV, kLdV, lane);
-      mma_rows<T, kBV / 16, kNC, false>(dT, sDvn + r0 * kLdV, kLdV, sZ + cc0 * kLdV, kLdV, lane);
-      mma_rows<T, kBV / 16, kNK, false>(X1, sDo + r0 * kLdV, kLdV, sS0 + kc0 * kLdV, kLdV, lane);
-      if (first) mma_rows<T, kBV / 16, kNK, false>(X1, sDo + r0 * kLdV, kLdV, sS0lo + kc0 * kLdV, kLdV, lane);
-      mma_rows<T, kBV / 16, kNK, false>(dKn, sVnD + r0 * kLdV, kLdV, sDs1 + kc0 * kLdV, kLdV, lane);
-      if (last) mma_rows<T, kBV / 16, kNK, false>(dKn, sVnD + r0 * kLdV, kLdV, sDs1lo + kc0 * kLdV, kLdV, lane);
-    }
+    wgmma_wait<0>();
+    fence_async_smem();  // sDvbS
+    __syncthreads();
+    wgmma_fence();  // dKn += DvbS S0^T, overlapping sum(S0 dS1) below
+    add_times_state_t(dKn, sDvbS, sS0);
+    if (first) add_times_state_t(dKn, sDvbS, sS0lo);
+    wgmma_commit();
     for (int idx = tid; idx < kK * kBV / 8; idx += kThreads) {  // 8 elements (16 bytes) at a time
       const int e0 = RowsV::at(idx / (kBV / 8), (idx % (kBV / 8)) * 8);
       float s0[8], ds1[8], lo[8];
@@ -398,13 +367,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
 #pragma unroll
       for (int e = 0; e < 8; ++e) sum_sds += s0[e] * ds1[e];
     }
-    if constexpr (kWg) {
-      wgmma_wait<0>();
-    } else {
-      __syncthreads();
-      mma_rows<T, kBV / 16, kNK, false>(dKn, sDvbS + r0 * kLdV, kLdV, sS0 + kc0 * kLdV, kLdV, lane);
-      if (first) mma_rows<T, kBV / 16, kNK, false>(dKn, sDvbS + r0 * kLdV, kLdV, sS0lo + kc0 * kLdV, kLdV, lane);
-    }
+    wgmma_wait<0>();
     __syncthreads();
   }
 
@@ -447,19 +410,15 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
 #pragma unroll
     for (int nt = 0; nt < kNK; ++nt) X1[nt][0] *= f0, X1[nt][1] *= f0, X1[nt][2] *= f1, X1[nt][3] *= f1;
   }
-  proxy_fence();
+  fence_async_smem();
   __syncthreads();
   // Y = T^T dT -> sY
   {
     float acc[kNC][4] = {};
-    if constexpr (kWg) {
-      wgmma_fence();
-      wgmma_k_steps<T, kColsC, true, true, C / 16>(acc, mnmajor(sT16, 0), mnmajor(sDt, cc0), false);
-      wgmma_commit();
-      wgmma_wait<0>();
-    } else {
-      mma_rows_at<T, C / 16, kNC>(acc, sT16 + r0, kLdC, sDt + cc0, kLdC, lane);
-    }
+    wgmma_fence();
+    wgmma_k_steps<T, kColsC, true, true, C / 16>(acc, mnmajor(sT16, 0), mnmajor(sDt, cc0), false);
+    wgmma_commit();
+    wgmma_wait<0>();
 #pragma unroll
     for (int nt = 0; nt < kNC; ++nt) {
       const int j = cc0 + nt * 8 + 2 * t4;
@@ -467,30 +426,25 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
       store2<T>(sY + RowsC::at(i1, j), acc[nt][2], acc[nt][3]);
     }
   }
-  proxy_fence();
+  fence_async_smem();
   __syncthreads();
   // dA = -(Y T^T) on i > j: dbeta and dG terms with A / beta = rk_i rk_j Γ (k_i . k_j), dKK = dA beta Γ -> sDkk
   // (fp32).
   float part_da[2] = {};
   {
     float acc[kNC][4] = {}, kkt[kNC][4] = {};  // Y T^T, K K^T on rows r0.., columns cc0..
-    if constexpr (kWg) {
-      wgmma_fence();
-      wgmma_k_steps<T, kColsC, false, false, C / 16>(acc, kmajor(sY, 0), kmajor(sT16, cc0), false);
-      wgmma_k_steps<T, kColsC, false, false, kK / 16>(kkt, kmajor(sK, 0), kmajor(sK, cc0), false);
-      wgmma_commit();
-      // dQn += dQK Kn and dKn += dQK^T Qn need only (d)'s tiles: a second group, running until (e). (At K = 256
-      // they wait for (e): in flight here they made ptxas spill ~270 bytes more.)
-      if constexpr (kDqkEarly) {
-        wgmma_k_steps_n64<T, kColsK, false, true, C / 16>(X1, kmajor(sDqkRk, 0), mnmajor_n64(sK, kc0), true);
-        wgmma_k_steps_n64<T, kColsK, true, true, C / 16>(dKn, mnmajor(sDqkRq, 0), mnmajor_n64(sQ, kc0), true);
-      }
-      wgmma_commit();
-      wgmma_wait<1>();
-    } else {
-      mma_rows<T, C / 16, kNC, false>(acc, sY + r0 * kLdC, kLdC, sT16 + cc0 * kLdC, kLdC, lane);  // B[m][j] = T[j][m]
-      mma_rows<T, kK / 16, kNC, false>(kkt, sK + r0 * kLdK, kLdK, sK + cc0 * kLdK, kLdK, lane);
+    wgmma_fence();
+    wgmma_k_steps<T, kColsC, false, false, C / 16>(acc, kmajor(sY, 0), kmajor(sT16, cc0), false);
+    wgmma_k_steps<T, kColsC, false, false, kK / 16>(kkt, kmajor(sK, 0), kmajor(sK, cc0), false);
+    wgmma_commit();
+    // dQn += dQK Kn and dKn += dQK^T Qn need only (d)'s tiles: a second group, running until (e). (At K = 256
+    // they wait for (e): in flight here they made ptxas spill ~270 bytes more.)
+    if constexpr (kDqkEarly) {
+      wgmma_k_steps_n64<T, kColsK, false, true, C / 16>(X1, kmajor(sDqkRk, 0), mnmajor_n64(sK, kc0), true);
+      wgmma_k_steps_n64<T, kColsK, true, true, C / 16>(dKn, mnmajor(sDqkRq, 0), mnmajor_n64(sQ, kc0), true);
     }
+    wgmma_commit();
+    wgmma_wait<1>();
 #pragma unroll
     for (int nt = 0; nt < kNC; ++nt)
 #pragma unroll
@@ -565,7 +519,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
     sC[i] = c;
     if (i < len) p.dbeta[(c0 + i) * p.heads_v + hv] = row(kRowBeta) + eG * kdkb;
   }
-  proxy_fence();  // sSym
+  fence_async_smem();  // sSym
   __syncthreads();
 
   // (e) dg = reverse cumsum of dG, the last row adding e^{G_L} sum(S0 dS1) + sum(c) (warp 0);
@@ -588,20 +542,15 @@ __global__ void __launch_bounds__(kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdPar
     if (2 * lane < len) p.dg[(c0 + 2 * lane) * p.heads_v + hv] = incl;
     if (2 * lane + 1 < len) p.dg[(c0 + 2 * lane + 1) * p.heads_v + hv] = incl - a;
   }
-  if constexpr (kWg) {  // (the dQK terms went out with dA's products where kDqkEarly)
-    wgmma_fence();
-    if constexpr (!kDqkEarly) {
-      wgmma_k_steps_n64<T, kColsK, false, true, C / 16>(X1, kmajor(sDqkRk, 0), mnmajor_n64(sK, kc0), true);
-      wgmma_k_steps_n64<T, kColsK, true, true, C / 16>(dKn, mnmajor(sDqkRq, 0), mnmajor_n64(sQ, kc0), true);
-    }
-    wgmma_k_steps_n64<T, kColsK, false, true, C / 16>(dKn, kmajor(sSym, 0), mnmajor_n64(sK, kc0), true);
-    wgmma_commit();
-    wgmma_wait<0>();
-  } else {
-    mma_rows<T, C / 16, kNK, true>(X1, sDqkRk + r0 * kLdC, kLdC, sK + kc0, kLdK, lane);
-    mma_rows<T, C / 16, kNK, true>(dKn, sSym + r0 * kLdC, kLdC, sK + kc0, kLdK, lane);
-    mma_rows_at<T, C / 16, kNK>(dKn, sDqkRq + r0, kLdC, sQ + kc0, kLdK, lane);  // A[j][i] = dQK_ij rq_i
+  // (the dQK terms went out with dA's products where kDqkEarly)
+  wgmma_fence();
+  if constexpr (!kDqkEarly) {
+    wgmma_k_steps_n64<T, kColsK, false, true, C / 16>(X1, kmajor(sDqkRk, 0), mnmajor_n64(sK, kc0), true);
+    wgmma_k_steps_n64<T, kColsK, true, true, C / 16>(dKn, mnmajor(sDqkRq, 0), mnmajor_n64(sQ, kc0), true);
   }
+  wgmma_k_steps_n64<T, kColsK, false, true, C / 16>(dKn, kmajor(sSym, 0), mnmajor_n64(sK, kc0), true);
+  wgmma_commit();
+  wgmma_wait<0>();
 
   // (f) dq, dk rows: the l2norm backward dx = r dy - r^3 x (x . dy) (x raw) in the input dtype, or fp32 per value
   // head for the host to sum over the group.

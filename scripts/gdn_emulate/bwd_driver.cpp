@@ -163,15 +163,8 @@ int main(int argc, char** argv) {
     } else {
       launch(gdn_bwd_chain_kernel<T, kK, kBV>, bp, int64_t(N) * HV * (V / kBV), GdnChainSmem<T, kK, kBV>::kBytes);
     }
-    // the grads kernel with 8 warps (the launch's) or, with EMU_GRADS_WARPS=16, 16 (4 column groups)
-    auto grads = [&](auto warps) {
-      constexpr int kWarps = decltype(warps)::value;
-      launch(gdn_bwd_grads_kernel<T, kK, kGradsBV, kWarps>, bp, slots * HV, GdnGradsSmem<T, kK, kGradsBV, kWarps>::kBytes,
-             kWarps * 32);
-    };
-    const char* grads_warps = std::getenv("EMU_GRADS_WARPS");
-    if (grads_warps != nullptr && std::string(grads_warps) == "16") grads(std::integral_constant<int, 16>());
-    else grads(std::integral_constant<int, 8>());
+    launch(gdn_bwd_grads_kernel<T, kK, kGradsBV>, bp, slots * HV, GdnGradsSmem<T, kK, kGradsBV>::kBytes,
+           GdnGradsSmem<T, kK, kGradsBV>::kWarps * 32);
     return r;
   };
   const Grads g1 = run_bwd(0, false);

@@ -5,8 +5,7 @@
 # run.sh: bwd_driver.cpp reruns the fused forward with its saves, runs the two kernels as gdn_bwd_cuda.cu launches
 # them, checks coverage (sequence rows written and finite, other rows untouched) and, under a non-default schedule,
 # bitwise equality with a forward-order run; compare_bwd.py then checks the gradients against mom_ops's CPU backward
-# in fp64 (relative RMS under the GPU tests' bars). EMU_GRADS_WARPS=16 runs the grads kernel with 16 warps (the
-# launch uses 8).
+# in fp64 (relative RMS under the GPU tests' bars).
 #   bash scripts/gdn_emulate/run_bwd.sh      (from the repository root, with .venv and the CPU build of mom_ops)
 set -euo pipefail
 cd "$(dirname "$0")"
