@@ -13,7 +13,8 @@
 //   dG = rowsum - colsum of (scale dP P + dA A) + beta e^G kdKb - c + scale e^G (Qn . X1) (+ the last row's
 //   e^{G_L} sum(S0 dS1) + sum c),  dg = reverse cumsum(dG),  dbeta = sum(V dVb) + e^G kdKb + sum_j dA A / beta.
 // The first chunk's S0 (= h0) and the last chunk's dS1 (= dht) are fp32 inputs: every product with them runs on
-// hi + lo 16-bit tiles ("exact ends", see GdnGradsSmem).
+// hi + lo 16-bit tiles ("exact ends", see GdnGradsSmem; at K = 256 only in the instance launched where h0 or dht is
+// given).
 // Every sum has a fixed order (no atomics): two runs are bitwise equal.
 #pragma once
 
@@ -39,7 +40,7 @@ namespace mom_ops {
 // swizzled layouts: q, k and the [64][64] tiles in 128-byte-swizzled 64-column slabs (Sw128Slabs), the V-block tiles
 // too at 64 columns, or in the 64-byte swizzle at 32 (Sw64Rows). (Until session 33 K = 256 ran on mma.sync with
 // padded rows; 16 warps with 4 column groups measured no faster at K = 128 and spilled at K = 256.)
-template <typename T, int kK, int kBV>
+template <typename T, int kK, int kBV, bool kExactEnds = true>
 struct GdnGradsSmem {
   static constexpr int C = kGdnChunk, kWarps = 8, kColGroups = kWarps / 4;
   static_assert((kK <= 128 && kBV == 64) || (kK == 256 && kBV == 32), "V-blocks of 64 columns, 32 at K = 256");
@@ -76,14 +77,15 @@ struct GdnGradsSmem {
   static_assert(kDkk + C * kLdT * 4 <= kLoad + 2 * kLoadBytes, "the chunk-end tiles fit in the V-block region");
   // "Exact ends": the first chunk's S0 is h0 and the last chunk's dS1 is dht, both fp32 inputs. Their products run
   // on hi + lo 16-bit pairs (S0lo, dS1lo [kK][kBV], after the f32 vectors), as rounding them to 16 bits alone gives
-  // dg errors ~1e-2 under strong decay (NOTES.md). (K = 256 rounded them until session 33: its mma.sync kernel had
-  // no registers left for them.)
+  // dg errors ~1e-2 under strong decay (NOTES.md). At K = 256 the kernel with them was 4-6% slower also where
+  // neither input is given (1.02 -> 1.06-1.09 ms in the layer's T2K step), so there the launch takes the instance
+  // without them (kExactEnds = false: no lo tiles, h0 / dht rounded) unless h0 or dht is given.
   // After the V-block region: f32 G, beta, rq, rk, e^{G_L - G} [64] each; dG, c [64]; per-warp sums [kWarps]; then
-  // the lo tiles. (162 / 226 / 218 KB at K = 64 / 128 / 256.)
+  // the lo tiles. (162 / 226 / 218 KB at K = 64 / 128 / 256; 186 KB at K = 256 without the lo tiles.)
   static constexpr int kVec = max_int(kLoad + 2 * kLoadBytes, kRegionEndC);
   static constexpr int kLo = align1k(kVec + (5 * C + 2 * C + kWarps) * 4);
-  static constexpr int kS0lo = kLo, kDs1lo = kLo + bytes16(kK, kBV);
-  static constexpr int kBytes = kLo + 2 * bytes16(kK, kBV);
+  static constexpr int kS0lo = kLo, kDs1lo = kLo + bytes16(kK, kBV);  // used only with kExactEnds
+  static constexpr int kBytes = kExactEnds ? kLo + 2 * bytes16(kK, kBV) : kVec + (5 * C + 2 * C + kWarps) * 4;
   // wgmma's swizzle repeats every 1 KB: every 16-bit tile starts on a 1 KB boundary.
   static_assert(kRegion % 1024 == 0 && kLoad % 1024 == 0 && kLoadBytes % 1024 == 0 && kVec % 1024 == 0,
                 "1 KB-aligned tiles");
@@ -95,9 +97,9 @@ enum GradsRow { kRowE = 0, kRowBeta, kRowC, kRowDvbM, kRowQX1, kRowQdQ, kRowKdK 
 // 8 warps = 4 row tiles of 16 rows x 2 column groups: warp w owns rows 16 (w % 4) .. of every [64, n] product and
 // the column group w / 4 of its n columns. A column group is a warpgroup, whose m64 wgmma accumulators hold exactly
 // those rows (in the mma.sync fragment layout).
-template <typename T, int kK, int kBV>
+template <typename T, int kK, int kBV, bool kExactEnds>
 __global__ void __launch_bounds__(GdnGradsSmem<T, kK, kBV>::kWarps * 32, 1) gdn_bwd_grads_kernel(GdnBwdParams p) {
-  using L = GdnGradsSmem<T, kK, kBV>;
+  using L = GdnGradsSmem<T, kK, kBV, kExactEnds>;
   using RowsK = typename L::RowsK;
   using RowsV = typename L::RowsV;
   using RowsC = typename L::RowsC;
@@ -165,8 +167,8 @@ __global__ void __launch_bounds__(GdnGradsSmem<T, kK, kBV>::kWarps * 32, 1) gdn_
   const T* dout = static_cast<const T*>(p.dout);
   const int64_t state_base = (slot * p.heads_v + hv) * int64_t(kK) * p.dim_v;
   // This chunk's S0 = h0 (first) or dS1 = dht (last) in fp32: their tiles are hi + lo pairs (block-uniform flags).
-  const bool first = chunk == 0 && p.h0 != nullptr;
-  const bool last = c0 + C >= eos && p.dht != nullptr;
+  const bool first = kExactEnds && chunk == 0 && p.h0 != nullptr;
+  const bool last = kExactEnds && c0 + C >= eos && p.dht != nullptr;
   const int64_t input_state_base = (int64_t(lo) * p.heads_v + hv) * int64_t(kK) * p.dim_v;  // h0, dht of the sequence
 
   // hi, lo [kK][kBV] tiles of the fp32 state src (h0 or dht) at columns v0.. (plain stores, read after a barrier).

@@ -42,6 +42,7 @@ run emu_bwd_128_128_1 2 2 128 1 1 0 2 1 7 1 1 150 0 1 65
 run emu_bwd_128_128_1 1 1 256 0 0 1 0 0 0 1 0 3:64
 run emu_bwd_256_32_1  1 1 64  1 0 0 2 1 3 1 1 130 0 64 1
 run emu_bwd_256_32_1  1 2 64  1 1 1 3 0 0 1 1 0 1 100
+run emu_bwd_256_32_1  1 2 64  1 0 0 2 0 0 0 0 130 0 64 1  # no h0, no dht: the grads instance without exact ends
 run emu_bwd_256_64_1  1 2 128 1 0 0 1 0 2 1 1 200 1 0 64
 run emu_bwd_256_64_1  2 2 128 1 1 1 0 0 0 0 1 70 1
 # 70 sequences (empty and 1-row ones among them): the chunk-slot search (slot_sequence) takes two rounds
