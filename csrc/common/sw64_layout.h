@@ -2,7 +2,7 @@
 // the device code and the CPU emulator's wgmma shim: rows of 32 elements (64 bytes), 8-row atoms of 512 bytes, the
 // 16-byte chunk c of row r at chunk c ^ ((r / 2) % 4) (the byte offset's bits 4-5 ^= bits 7-8), tile bases 512-byte
 // aligned. For tiles whose rows are 64 bytes (a 32-column V-block), where the 128-byte swizzle would need them padded
-// to 128. scripts/wgmma_probe checks it on the GPU (not yet run there: no kernel uses it).
+// to 128: the K = 256 grads kernel's V-block tiles. scripts/wgmma_probe checks it on the GPU.
 #pragma once
 
 #include <cstdint>

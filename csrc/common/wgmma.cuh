@@ -27,8 +27,9 @@ __device__ __forceinline__ uint64_t sw128_desc(const void* p) {
   return sw128_desc_bits(smem_addr(p));
 }
 
-// The same for a tile in the 64-byte swizzle (common/sw64_layout.h: 32-column rows, 512 bytes between 8-row atoms),
-// for MN <= 32 per instruction: p may sit 32 * s bytes into a row (K-major k-step s) or 512 * j bytes into the tile.
+// The same for a tile in the 64-byte swizzle (common/sw64_layout.h: 32-column rows, 512 bytes between 8-row atoms):
+// an MN-major operand at most 32 wide per instruction (one row), a K-major one of any row count (rows step by the
+// 512-byte SBO); p may sit 32 * s bytes into a row (K-major k-step s) or 512 * j bytes into the tile.
 __device__ __forceinline__ uint64_t sw64_desc(const void* p) {
   return sw64_desc_bits(smem_addr(p));
 }
