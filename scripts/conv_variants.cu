@@ -86,6 +86,7 @@ int main() {
   p.rows = R;
   p.x_row_stride = C;
   p.grad_y_row_stride = C;
+  p.grad_x_row_stride = C;  // (unset until session 34: every grad_x row went to row 0, the bwd read 243 us)
   p.channels = int(C);
   p.segments = S;
   p.activation = true;

@@ -9,6 +9,10 @@ TI=$(python3 -c "import torch.utils.cpp_extension as c; print(' '.join('-I'+p fo
 NVCC="${CUDA_HOME:-/usr/local/cuda}/bin/nvcc"
 variants=(
   "default:"
+  "no_prefetch:-DMOM_OPS_CONV_FWD_PREFETCH=0 -DMOM_OPS_CONV_BWD_PREFETCH=0"
+  "prefetch_far:-DMOM_OPS_CONV_FWD_PREFETCH=40 -DMOM_OPS_CONV_BWD_PREFETCH=20"
+  "prefetch_bwd8:-DMOM_OPS_CONV_BWD_PREFETCH=8"
+  "rows128_prefetch_far:-DMOM_OPS_CONV_ROWS=128 -DMOM_OPS_CONV_FWD_PREFETCH=40 -DMOM_OPS_CONV_BWD_PREFETCH=20"
   "rows32:-DMOM_OPS_CONV_ROWS=32"
   "rows128:-DMOM_OPS_CONV_ROWS=128"
   "warps4:-DMOM_OPS_CONV_WARPS=4"

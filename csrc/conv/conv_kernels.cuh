@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "common/prefetch.cuh"
 #include "common/vec.cuh"
 
 namespace mom_ops {
@@ -59,12 +60,24 @@ struct ConvParams {
 #ifndef MOM_OPS_CONV_BWD_CHUNK
 #define MOM_OPS_CONV_BWD_CHUNK 4
 #endif
+#ifndef MOM_OPS_CONV_FWD_PREFETCH
+#define MOM_OPS_CONV_FWD_PREFETCH 24
+#endif
+#ifndef MOM_OPS_CONV_BWD_PREFETCH
+#define MOM_OPS_CONV_BWD_PREFETCH 12
+#endif
 constexpr int kConvVec = MOM_OPS_CONV_VEC;      // channels per thread on the vector path
 constexpr int kConvWarps = MOM_OPS_CONV_WARPS;  // runs per CTA (one per warp)
 constexpr int kConvRows = MOM_OPS_CONV_ROWS;    // rows per run (per thread)
 constexpr int kConvThreads = kConvWarps * 32;
 constexpr int kConvFwdChunk = MOM_OPS_CONV_FWD_CHUNK;  // rows whose loads are issued together
 constexpr int kConvBwdChunk = MOM_OPS_CONV_BWD_CHUNK;  // (x and grad_y: twice the registers per row)
+// Rows ahead of the walk that the vector path prefetches into L2 (0: none). The walks keep only the next chunk's
+// loads in flight (registers), which left the bwd at ~2.4 TB/s; a prefetch holds no register.
+constexpr int kConvFwdPrefetch = MOM_OPS_CONV_FWD_PREFETCH;
+constexpr int kConvBwdPrefetch = MOM_OPS_CONV_BWD_PREFETCH;
+static_assert(kConvFwdPrefetch == 0 || kConvFwdPrefetch >= 2 * kConvFwdChunk, "prefetch past the loaded chunks");
+static_assert(kConvBwdPrefetch == 0 || kConvBwdPrefetch >= 2 * kConvBwdChunk, "prefetch past the loaded chunks");
 
 // kVec elements of T as loaded: kVec * sizeof(T) bytes (16 for fp32, 8 for bf16/fp16 with kVec = 4), or one
 // element on the scalar path. Unpacked to fp32 by the common 16-byte helpers (unused words are zeros).
@@ -109,6 +122,8 @@ __device__ __forceinline__ void conv_store(T* p, const float (&v)[kVec]) {
     __stcs(reinterpret_cast<uint2*>(p), make_uint2(u.x, u.y));
   }
 }
+
+__device__ __forceinline__ int64_t conv_min(int64_t a, int64_t b) { return a < b ? a : b; }
 
 // cu_seqlens[i] clamped to [0, R]: bad values never lead out of bounds.
 __device__ __forceinline__ int64_t conv_cu(const ConvParams& p, int i) {
@@ -195,6 +210,19 @@ __device__ __forceinline__ void conv_copy_chunk(const ConvPacket<T, kVec> (&src)
   for (int i = 0; i < kChunk; ++i) dst[i] = src[i];
 }
 
+// L2 prefetch of rows [lo, hi) of the warp's channel slice of a (and of b when kTensors == 2), one row per lane:
+// lane l prefetches row lo + l % n of tensor l / n, n = 32 / kTensors rows at most. a and b point at the warp's
+// first channel; slice_bytes is the warp's part of a row.
+template <int kTensors, typename T>
+__device__ __forceinline__ void conv_prefetch_rows(const T* a, int64_t a_stride, const T* b, int64_t b_stride,
+                                                   int64_t lo, int64_t hi, int slice_bytes, int lane) {
+  constexpr int n = 32 / kTensors;
+  const int64_t r = lo + lane % n;
+  if (lane < kTensors * n && r < hi) {
+    prefetch_l2_bulk(lane < n ? a + r * a_stride : b + r * b_stride, slice_bytes);
+  }
+}
+
 // The thread's kVec channels of weight [C, W] in fp32 (stored in fp32 or in x's dtype T).
 template <typename T, int kVec, int kW>
 __device__ __forceinline__ void conv_load_weight(const ConvParams& p, int64_t c0, float (&w)[kW][kVec]) {
@@ -272,11 +300,24 @@ __global__ void __launch_bounds__(kConvThreads) segment_conv_fwd_kernel(ConvPara
   // Two chunks of rows in registers: the next chunk's loads are in flight while this one is walked.
   ConvPacket<T, kVec> in[kConvFwdChunk], next[kConvFwdChunk];
   conv_load_chunk(x, p.x_row_stride, r0, r1, in);  // the first rows' loads overlap the search's
+  // the warp's channel slice, for the L2 prefetches (vector path): from lane 0's channels to C
+  constexpr bool kPrefetch = kVec > 1 && kConvFwdPrefetch > 0;
+  const T* x_warp = x - int64_t(lane) * kVec;
+  const int slice_bytes = int(conv_min(32 * kVec, p.channels - (c0 - int64_t(lane) * kVec))) * int(sizeof(T));
+  if constexpr (kPrefetch) {  // the rows between the two loaded chunks and the walk's prefetch distance
+    for (int64_t lo = r0 + 2 * kConvFwdChunk; lo < r0 + kConvFwdPrefetch; lo += 32)
+      conv_prefetch_rows<1>(x_warp, p.x_row_stride, x_warp, 0, lo, conv_min(r1, r0 + kConvFwdPrefetch), slice_bytes,
+                            lane);
+  }
   ConvSegment seg = conv_find_segment(p, r0);
   if (seg.s < p.segments) conv_fill_window<T, kVec, kW>(p, x, c0, seg, r0, win);
   for (int64_t base = r0; base < r1; base += kConvFwdChunk) {
     if (base > r0) conv_copy_chunk(next, in);
     if (base + kConvFwdChunk < r1) conv_load_chunk(x, p.x_row_stride, base + kConvFwdChunk, r1, next);
+    if constexpr (kPrefetch) {
+      const int64_t lo = base + kConvFwdPrefetch;
+      conv_prefetch_rows<1>(x_warp, p.x_row_stride, x_warp, 0, lo, conv_min(r1, lo + kConvFwdChunk), slice_bytes, lane);
+    }
     if (seg.s < p.segments && base + kConvFwdChunk <= seg.b && base + kConvFwdChunk <= r1) {
       if (p.activation) {
         conv_fwd_chunk<T, kVec, kW, kConvFwdChunk, true>(w, win, in, y + base * p.channels, p.channels);
@@ -417,6 +458,16 @@ __global__ void __launch_bounds__(kConvThreads, kW <= 4 ? 2 : 1) segment_conv_bw
     ConvPacket<T, kVec> in[kConvBwdChunk], din[kConvBwdChunk], next_in[kConvBwdChunk], next_din[kConvBwdChunk];
     conv_load_chunk(x, p.x_row_stride, r0, walk_end, in);  // the first rows' loads overlap the search's
     conv_load_chunk(gy, p.grad_y_row_stride, r0, walk_end, din);
+    // the warp's channel slices of x and grad_y, for the L2 prefetches (vector path): from lane 0's channels to C
+    constexpr bool kPrefetch = kVec > 1 && kConvBwdPrefetch > 0;
+    const T* x_warp = x - int64_t(lane) * kVec;
+    const T* gy_warp = gy - int64_t(lane) * kVec;
+    const int slice_bytes = int(conv_min(32 * kVec, p.channels - (c0 - int64_t(lane) * kVec))) * int(sizeof(T));
+    if constexpr (kPrefetch) {  // the rows between the two loaded chunks and the walk's prefetch distance
+      for (int64_t lo = r0 + 2 * kConvBwdChunk; lo < r0 + kConvBwdPrefetch; lo += 16)
+        conv_prefetch_rows<2>(x_warp, p.x_row_stride, gy_warp, p.grad_y_row_stride, lo,
+                              conv_min(walk_end, r0 + kConvBwdPrefetch), slice_bytes, lane);
+    }
     ConvSegment seg = conv_find_segment(p, r0);
     if (seg.s < p.segments) conv_fill_window<T, kVec, kW>(p, x, c0, seg, r0, win);
     bool live = true;
@@ -428,6 +479,11 @@ __global__ void __launch_bounds__(kConvThreads, kW <= 4 ? 2 : 1) segment_conv_bw
       if (base + kConvBwdChunk < walk_end) {
         conv_load_chunk(x, p.x_row_stride, base + kConvBwdChunk, walk_end, next_in);
         conv_load_chunk(gy, p.grad_y_row_stride, base + kConvBwdChunk, walk_end, next_din);
+      }
+      if constexpr (kPrefetch) {
+        const int64_t lo = base + kConvBwdPrefetch;
+        conv_prefetch_rows<2>(x_warp, p.x_row_stride, gy_warp, p.grad_y_row_stride, lo,
+                              conv_min(walk_end, lo + kConvBwdChunk), slice_bytes, lane);
       }
       if (seg.s < p.segments && base + kConvBwdChunk <= seg.b && base + kConvBwdChunk <= own.r1 &&
           base - (kW - 1) >= seg.a && base - (kW - 1) >= own.r0) {
