@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <vector>
 
 #include "conv/conv_kernels.cuh"
@@ -50,8 +51,8 @@ float time_us(F launch, int reps) {
   return 1000.f * ms / reps;
 }
 
-int main() {
-  const int64_t R = 32768, C = 1024;
+int main(int argc, char** argv) {
+  const int64_t R = argc > 1 ? std::atoll(argv[1]) : 32768, C = 1024;  // rows: the layer's streams have 49152 (T2K)
   constexpr int W = 4, S = 32;
   const int64_t n = R * C;
   bf16 *x, *gy, *y, *gx;
@@ -72,8 +73,9 @@ int main() {
   CHECK(cudaMemcpy(cu, hcu.data(), hcu.size() * 4, cudaMemcpyHostToDevice));
 
   const int64_t runs = (R + kConvRows - 1) / kConvRows;
-  const dim3 grid(unsigned((runs + kConvWarps - 1) / kConvWarps), unsigned(C / (32 * kConvVec)));
-  CHECK(cudaMalloc(&partial, int64_t(grid.x) * C * W * 4));
+  const unsigned run_blocks = unsigned((runs + kConvWarps - 1) / kConvWarps);
+  const dim3 grid = conv_grid_of(run_blocks, unsigned(C / (32 * kConvVec)), kConvTilesFirst);
+  CHECK(cudaMalloc(&partial, int64_t(run_blocks) * C * W * 4));
   ConvParams p{};
   p.x = x;
   p.weight = w;
@@ -90,6 +92,7 @@ int main() {
   p.channels = int(C);
   p.segments = S;
   p.activation = true;
+  p.tiles_first = kConvTilesFirst;
 
   const float fwd = time_us([&] { segment_conv_fwd_kernel<bf16, kConvVec, W><<<grid, kConvThreads>>>(p); }, 50);
   const float bwd = time_us([&] { segment_conv_bwd_kernel<bf16, kConvVec, W><<<grid, kConvThreads>>>(p); }, 50);
@@ -99,9 +102,9 @@ int main() {
   CHECK(cudaGetLastError());
   CHECK(cudaDeviceSynchronize());
   const double mb = double(n) * 2 / 1e6;  // one [R, C] bf16 tensor
-  std::printf("vec %d warps %d rows %d chunks %d/%d grid %ux%u: fwd %.1f us %.0f GB/s | bwd %.1f us %.0f GB/s | "
+  std::printf("R %lld vec %d warps %d rows %d chunks %d/%d grid %ux%u: fwd %.1f us %.0f GB/s | bwd %.1f us %.0f GB/s | "
               "copy %.1f us %.0f GB/s\n",
-              kConvVec, kConvWarps, kConvRows, kConvFwdChunk, kConvBwdChunk, grid.x, grid.y, fwd, 2 * mb / fwd * 1e3,
-              bwd, 3 * mb / bwd * 1e3, copy, 2 * mb / copy * 1e3);
+              static_cast<long long>(R), kConvVec, kConvWarps, kConvRows, kConvFwdChunk, kConvBwdChunk, grid.x, grid.y,
+              fwd, 2 * mb / fwd * 1e3, bwd, 3 * mb / bwd * 1e3, copy, 2 * mb / copy * 1e3);
   return 0;
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # segment_conv kernel shapes, timed at the bench shape by scripts/conv_variants.cu (on a GPU machine), and ncu's
 # headline of the default shape. Each line: "name: -D flags".
-#   bash scripts/conv_variants.sh [out dir]
+#   [CONV_ROWS_LIST="32768 49152"] bash scripts/conv_variants.sh [out dir]   (the rows R of each timing)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-/tmp}
@@ -9,15 +9,10 @@ TI=$(python3 -c "import torch.utils.cpp_extension as c; print(' '.join('-I'+p fo
 NVCC="${CUDA_HOME:-/usr/local/cuda}/bin/nvcc"
 variants=(
   "default:"
-  "no_prefetch:-DMOM_OPS_CONV_FWD_PREFETCH=0 -DMOM_OPS_CONV_BWD_PREFETCH=0"
-  "prefetch_far:-DMOM_OPS_CONV_FWD_PREFETCH=40 -DMOM_OPS_CONV_BWD_PREFETCH=20"
-  "prefetch_bwd8:-DMOM_OPS_CONV_BWD_PREFETCH=8"
-  "rows128_prefetch_far:-DMOM_OPS_CONV_ROWS=128 -DMOM_OPS_CONV_FWD_PREFETCH=40 -DMOM_OPS_CONV_BWD_PREFETCH=20"
-  "rows32:-DMOM_OPS_CONV_ROWS=32"
   "rows128:-DMOM_OPS_CONV_ROWS=128"
-  "warps4:-DMOM_OPS_CONV_WARPS=4"
-  "chunk16:-DMOM_OPS_CONV_FWD_CHUNK=16 -DMOM_OPS_CONV_BWD_CHUNK=8"
-  "vec8_warps4_rows64:-DMOM_OPS_CONV_VEC=8 -DMOM_OPS_CONV_WARPS=4 -DMOM_OPS_CONV_ROWS=64"
+  "rows96:-DMOM_OPS_CONV_ROWS=96"
+  "tiles_first:-DMOM_OPS_CONV_TILES_FIRST=1"
+  "tiles_first_rows128:-DMOM_OPS_CONV_TILES_FIRST=1 -DMOM_OPS_CONV_ROWS=128"
 )
 for v in "${variants[@]}"; do
   name=${v%%:*}
@@ -30,7 +25,11 @@ for v in "${variants[@]}"; do
   regs=$(grep -A3 "Compiling entry.*segment_conv" "/tmp/cv_$name.log" \
     | grep -oE "Used [0-9]+ registers|[0-9]+ bytes spill stores" | tr '\n' ' ')
   echo "== $name ($regs)"
-  [ -x "/tmp/cv_$name" ] && "/tmp/cv_$name" || grep -i error "/tmp/cv_$name.log" | head -5
+  if [ -x "/tmp/cv_$name" ]; then
+    for rows in ${CONV_ROWS_LIST:-32768}; do "/tmp/cv_$name" "$rows"; done
+  else
+    grep -i error "/tmp/cv_$name.log" | head -5
+  fi
 done
 NCU="${CUDA_HOME:-/usr/local/cuda}/bin/ncu"
 for k in fwd bwd; do

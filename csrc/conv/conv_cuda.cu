@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include "common/column_sum.cuh"
+#include "common/env_flag.h"
 #include "common/static_switch.h"
 #include "common/strided_rows.h"
 #include "conv/conv_checks.h"
@@ -35,6 +36,15 @@ ConvInputs prepare(const at::Tensor& x, const at::Tensor& weight, const at::Tens
   return in;
 }
 
+// The grid's axes (conv_grid_of): MOM_OPS_CONV_TILES_FIRST=1 / 0 forces them (read once), else kConvTilesFirst;
+// run blocks along y only while they fit there (65535).
+bool conv_tiles_first(const ConvDims& d) {
+  static const bool forced_on = env_is("MOM_OPS_CONV_TILES_FIRST", "1");
+  static const bool forced_off = env_is("MOM_OPS_CONV_TILES_FIRST", "0");
+  const bool first = forced_on || (kConvTilesFirst && !forced_off);
+  return first && (d.rows + kConvRows * kConvWarps - 1) / (kConvRows * kConvWarps) <= 65535;
+}
+
 ConvParams make_params(const at::Tensor& x, const ConvInputs& in, const ConvDims& d, bool activation) {
   ConvParams p{};
   p.x = x.data_ptr();
@@ -48,6 +58,7 @@ ConvParams make_params(const at::Tensor& x, const ConvInputs& in, const ConvDims
   p.channels = int(d.channels);
   p.segments = int(d.segments);
   p.activation = activation;
+  p.tiles_first = conv_tiles_first(d);
   return p;
 }
 
@@ -68,13 +79,21 @@ void dispatch_conv(const at::Tensor& x, const ConvDims& d, std::initializer_list
   });
 }
 
-// CTAs of kConvWarps runs (x) times 32 vectors of kVec channels (y).
-dim3 conv_grid(const ConvDims& d, int vec) {
+// CTAs of kConvWarps runs times 32 vectors of kVec channels (conv_grid_of orders the axes); .x of the result: the run
+// blocks (the rows of the bwd's grad_w partials).
+struct ConvGrid {
+  int64_t run_blocks;
+  dim3 grid;
+};
+ConvGrid conv_grid(const ConvDims& d, int vec, bool tiles_first) {
   const int64_t runs = (d.rows + kConvRows - 1) / kConvRows;
   const int64_t tiles = (d.channels + 32 * vec - 1) / (32 * vec);
-  TORCH_CHECK_VALUE(tiles <= 65535, "x has too many channels for CUDA: ", d.channels);
-  return dim3(unsigned((runs + kConvWarps - 1) / kConvWarps), unsigned(tiles));
+  const int64_t run_blocks = (runs + kConvWarps - 1) / kConvWarps;
+  TORCH_CHECK_VALUE(tiles <= 65535 && (!tiles_first || run_blocks <= 65535),
+                    "x has too many channels or rows for CUDA: ", d.channels, ", ", d.rows);
+  return {run_blocks, conv_grid_of(unsigned(run_blocks), unsigned(tiles), tiles_first)};
 }
+
 
 at::Tensor segment_conv_fwd_cuda(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& cu_seqlens,
                                  const std::optional<at::Tensor>& history, bool activation) {
@@ -88,7 +107,7 @@ at::Tensor segment_conv_fwd_cuda(const at::Tensor& x_in, const at::Tensor& weigh
   p.y = y.data_ptr();
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   dispatch_conv(x, d, {&x, &y}, [&]<typename T, int kVec, int kW>() {
-    segment_conv_fwd_kernel<T, kVec, kW><<<conv_grid(d, kVec), kConvThreads, 0, stream>>>(p);
+    segment_conv_fwd_kernel<T, kVec, kW><<<conv_grid(d, kVec, p.tiles_first).grid, kConvThreads, 0, stream>>>(p);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y;
@@ -108,7 +127,7 @@ std::tuple<at::Tensor, at::Tensor> conv_bwd(const at::Tensor& grad_y_in, const a
   // Every slot of a non-empty segment is written by the kernel; empty segments keep these zeros.
   at::Tensor grad_history = history.has_value() ? at::zeros({d.segments, d.width - 1, d.channels}, f32)
                                                 : at::empty({0}, f32);
-  at::Tensor partial;  // [grid.x, C, W] from the launch; one row of zeros when nothing runs
+  at::Tensor partial;  // [run blocks, C, W] from the launch; one row of zeros when nothing runs
   if (d.rows > 0 && d.channels > 0) {
     ConvParams p = make_params(x, in, d, activation);
     p.grad_y = grad_y.data_ptr();
@@ -118,10 +137,10 @@ std::tuple<at::Tensor, at::Tensor> conv_bwd(const at::Tensor& grad_y_in, const a
     p.grad_history = history.has_value() ? grad_history.data_ptr<float>() : nullptr;
     const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
     dispatch_conv(x, d, {&x, &grad_y, &grad_x}, [&]<typename T, int kVec, int kW>() {
-      const dim3 grid = conv_grid(d, kVec);
-      partial = at::empty({int64_t(grid.x), d.channels, d.width}, f32);  // every entry written
+      const ConvGrid g = conv_grid(d, kVec, p.tiles_first);
+      partial = at::empty({g.run_blocks, d.channels, d.width}, f32);  // every entry written
       p.grad_w_partial = partial.data_ptr<float>();
-      segment_conv_bwd_kernel<T, kVec, kW><<<grid, kConvThreads, 0, stream>>>(p);
+      segment_conv_bwd_kernel<T, kVec, kW><<<g.grid, kConvThreads, 0, stream>>>(p);
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   } else {

@@ -23,7 +23,6 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "common/prefetch.cuh"
 #include "common/vec.cuh"
 
 namespace mom_ops {
@@ -38,11 +37,18 @@ struct ConvParams {
   void* grad_x;             // bwd: [R, C], rows grad_x_row_stride elements apart (a column slice of a wider
                             // gradient, say)
   float* grad_history;      // bwd: [S, W-1, C] fp32 zero-filled by the caller (empty segments keep 0), or nullptr
-  float* grad_w_partial;    // bwd: [gridDim.x, C, W]
+  float* grad_w_partial;    // bwd: [run blocks, C, W]
   int64_t rows, x_row_stride, grad_y_row_stride, grad_x_row_stride;
   int channels, segments;
   bool cu_int64, activation, weight_f32;
+  bool tiles_first;  // the grid's axes (conv_grid_of)
 };
+
+// This CTA's block of runs and channel tile.
+__device__ __forceinline__ int64_t conv_run_block(const ConvParams& p) {
+  return p.tiles_first ? blockIdx.y : blockIdx.x;
+}
+__device__ __forceinline__ int64_t conv_tile(const ConvParams& p) { return p.tiles_first ? blockIdx.x : blockIdx.y; }
 
 // The MOM_OPS_CONV_* macros exist for scripts/conv_variants.cu (timing other shapes); the build uses the defaults.
 #ifndef MOM_OPS_CONV_VEC
@@ -60,11 +66,8 @@ struct ConvParams {
 #ifndef MOM_OPS_CONV_BWD_CHUNK
 #define MOM_OPS_CONV_BWD_CHUNK 4
 #endif
-#ifndef MOM_OPS_CONV_FWD_PREFETCH
-#define MOM_OPS_CONV_FWD_PREFETCH 24
-#endif
-#ifndef MOM_OPS_CONV_BWD_PREFETCH
-#define MOM_OPS_CONV_BWD_PREFETCH 12
+#ifndef MOM_OPS_CONV_TILES_FIRST
+#define MOM_OPS_CONV_TILES_FIRST 0
 #endif
 constexpr int kConvVec = MOM_OPS_CONV_VEC;      // channels per thread on the vector path
 constexpr int kConvWarps = MOM_OPS_CONV_WARPS;  // runs per CTA (one per warp)
@@ -72,12 +75,14 @@ constexpr int kConvRows = MOM_OPS_CONV_ROWS;    // rows per run (per thread)
 constexpr int kConvThreads = kConvWarps * 32;
 constexpr int kConvFwdChunk = MOM_OPS_CONV_FWD_CHUNK;  // rows whose loads are issued together
 constexpr int kConvBwdChunk = MOM_OPS_CONV_BWD_CHUNK;  // (x and grad_y: twice the registers per row)
-// Rows ahead of the walk that the vector path prefetches into L2 (0: none). The walks keep only the next chunk's
-// loads in flight (registers), which left the bwd at ~2.4 TB/s; a prefetch holds no register.
-constexpr int kConvFwdPrefetch = MOM_OPS_CONV_FWD_PREFETCH;
-constexpr int kConvBwdPrefetch = MOM_OPS_CONV_BWD_PREFETCH;
-static_assert(kConvFwdPrefetch == 0 || kConvFwdPrefetch >= 2 * kConvFwdChunk, "prefetch past the loaded chunks");
-static_assert(kConvBwdPrefetch == 0 || kConvBwdPrefetch >= 2 * kConvBwdChunk, "prefetch past the loaded chunks");
+// Grid axes: blocks of kConvWarps runs along x and channel tiles (32 kVec channels) along y, or, with tiles_first
+// (ConvParams; the default kConvTilesFirst), the tiles along x, so that the CTAs the scheduler starts together read
+// whole rows.
+constexpr bool kConvTilesFirst = MOM_OPS_CONV_TILES_FIRST;
+
+__host__ __device__ inline dim3 conv_grid_of(unsigned run_blocks, unsigned tiles, bool tiles_first) {
+  return tiles_first ? dim3(tiles, run_blocks) : dim3(run_blocks, tiles);
+}
 
 // kVec elements of T as loaded: kVec * sizeof(T) bytes (16 for fp32, 8 for bf16/fp16 with kVec = 4), or one
 // element on the scalar path. Unpacked to fp32 by the common 16-byte helpers (unused words are zeros).
@@ -122,8 +127,6 @@ __device__ __forceinline__ void conv_store(T* p, const float (&v)[kVec]) {
     __stcs(reinterpret_cast<uint2*>(p), make_uint2(u.x, u.y));
   }
 }
-
-__device__ __forceinline__ int64_t conv_min(int64_t a, int64_t b) { return a < b ? a : b; }
 
 // cu_seqlens[i] clamped to [0, R]: bad values never lead out of bounds.
 __device__ __forceinline__ int64_t conv_cu(const ConvParams& p, int i) {
@@ -210,19 +213,6 @@ __device__ __forceinline__ void conv_copy_chunk(const ConvPacket<T, kVec> (&src)
   for (int i = 0; i < kChunk; ++i) dst[i] = src[i];
 }
 
-// L2 prefetch of rows [lo, hi) of the warp's channel slice of a (and of b when kTensors == 2), one row per lane:
-// lane l prefetches row lo + l % n of tensor l / n, n = 32 / kTensors rows at most. a and b point at the warp's
-// first channel; slice_bytes is the warp's part of a row.
-template <int kTensors, typename T>
-__device__ __forceinline__ void conv_prefetch_rows(const T* a, int64_t a_stride, const T* b, int64_t b_stride,
-                                                   int64_t lo, int64_t hi, int slice_bytes, int lane) {
-  constexpr int n = 32 / kTensors;
-  const int64_t r = lo + lane % n;
-  if (lane < kTensors * n && r < hi) {
-    prefetch_l2_bulk(lane < n ? a + r * a_stride : b + r * b_stride, slice_bytes);
-  }
-}
-
 // The thread's kVec channels of weight [C, W] in fp32 (stored in fp32 or in x's dtype T).
 template <typename T, int kVec, int kW>
 __device__ __forceinline__ void conv_load_weight(const ConvParams& p, int64_t c0, float (&w)[kW][kVec]) {
@@ -289,8 +279,8 @@ __device__ __forceinline__ void conv_fwd_chunk(const float (&w)[kW][kVec], float
 template <typename T, int kVec, int kW>
 __global__ void __launch_bounds__(kConvThreads) segment_conv_fwd_kernel(ConvParams p) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int64_t c0 = (int64_t(blockIdx.y) * 32 + lane) * kVec;
-  const int64_t r0 = (int64_t(blockIdx.x) * kConvWarps + warp) * kConvRows;
+  const int64_t c0 = (conv_tile(p) * 32 + lane) * kVec;
+  const int64_t r0 = (conv_run_block(p) * kConvWarps + warp) * kConvRows;
   if (c0 >= p.channels || r0 >= p.rows) return;
   const int64_t r1 = r0 + kConvRows < p.rows ? r0 + kConvRows : p.rows;
   const T* x = static_cast<const T*>(p.x) + c0;
@@ -300,24 +290,11 @@ __global__ void __launch_bounds__(kConvThreads) segment_conv_fwd_kernel(ConvPara
   // Two chunks of rows in registers: the next chunk's loads are in flight while this one is walked.
   ConvPacket<T, kVec> in[kConvFwdChunk], next[kConvFwdChunk];
   conv_load_chunk(x, p.x_row_stride, r0, r1, in);  // the first rows' loads overlap the search's
-  // the warp's channel slice, for the L2 prefetches (vector path): from lane 0's channels to C
-  constexpr bool kPrefetch = kVec > 1 && kConvFwdPrefetch > 0;
-  const T* x_warp = x - int64_t(lane) * kVec;
-  const int slice_bytes = int(conv_min(32 * kVec, p.channels - (c0 - int64_t(lane) * kVec))) * int(sizeof(T));
-  if constexpr (kPrefetch) {  // the rows between the two loaded chunks and the walk's prefetch distance
-    for (int64_t lo = r0 + 2 * kConvFwdChunk; lo < r0 + kConvFwdPrefetch; lo += 32)
-      conv_prefetch_rows<1>(x_warp, p.x_row_stride, x_warp, 0, lo, conv_min(r1, r0 + kConvFwdPrefetch), slice_bytes,
-                            lane);
-  }
   ConvSegment seg = conv_find_segment(p, r0);
   if (seg.s < p.segments) conv_fill_window<T, kVec, kW>(p, x, c0, seg, r0, win);
   for (int64_t base = r0; base < r1; base += kConvFwdChunk) {
     if (base > r0) conv_copy_chunk(next, in);
     if (base + kConvFwdChunk < r1) conv_load_chunk(x, p.x_row_stride, base + kConvFwdChunk, r1, next);
-    if constexpr (kPrefetch) {
-      const int64_t lo = base + kConvFwdPrefetch;
-      conv_prefetch_rows<1>(x_warp, p.x_row_stride, x_warp, 0, lo, conv_min(r1, lo + kConvFwdChunk), slice_bytes, lane);
-    }
     if (seg.s < p.segments && base + kConvFwdChunk <= seg.b && base + kConvFwdChunk <= r1) {
       if (p.activation) {
         conv_fwd_chunk<T, kVec, kW, kConvFwdChunk, true>(w, win, in, y + base * p.channels, p.channels);
@@ -433,8 +410,8 @@ template <typename T, int kVec, int kW>
 __global__ void __launch_bounds__(kConvThreads, kW <= 4 ? 2 : 1) segment_conv_bwd_kernel(ConvParams p) {
   __shared__ float s_gw[32][kW * kVec + 1];  // the CTA's grad_w sums per lane (+1: no bank conflicts)
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int64_t c0 = (int64_t(blockIdx.y) * 32 + lane) * kVec;
-  const int64_t r0 = (int64_t(blockIdx.x) * kConvWarps + warp) * kConvRows;
+  const int64_t c0 = (conv_tile(p) * 32 + lane) * kVec;
+  const int64_t r0 = (conv_run_block(p) * kConvWarps + warp) * kConvRows;
   float gw[kW][kVec];  // this thread's grad_w sums over its rows
 #pragma unroll
   for (int k = 0; k < kW; ++k)
@@ -458,16 +435,6 @@ __global__ void __launch_bounds__(kConvThreads, kW <= 4 ? 2 : 1) segment_conv_bw
     ConvPacket<T, kVec> in[kConvBwdChunk], din[kConvBwdChunk], next_in[kConvBwdChunk], next_din[kConvBwdChunk];
     conv_load_chunk(x, p.x_row_stride, r0, walk_end, in);  // the first rows' loads overlap the search's
     conv_load_chunk(gy, p.grad_y_row_stride, r0, walk_end, din);
-    // the warp's channel slices of x and grad_y, for the L2 prefetches (vector path): from lane 0's channels to C
-    constexpr bool kPrefetch = kVec > 1 && kConvBwdPrefetch > 0;
-    const T* x_warp = x - int64_t(lane) * kVec;
-    const T* gy_warp = gy - int64_t(lane) * kVec;
-    const int slice_bytes = int(conv_min(32 * kVec, p.channels - (c0 - int64_t(lane) * kVec))) * int(sizeof(T));
-    if constexpr (kPrefetch) {  // the rows between the two loaded chunks and the walk's prefetch distance
-      for (int64_t lo = r0 + 2 * kConvBwdChunk; lo < r0 + kConvBwdPrefetch; lo += 16)
-        conv_prefetch_rows<2>(x_warp, p.x_row_stride, gy_warp, p.grad_y_row_stride, lo,
-                              conv_min(walk_end, r0 + kConvBwdPrefetch), slice_bytes, lane);
-    }
     ConvSegment seg = conv_find_segment(p, r0);
     if (seg.s < p.segments) conv_fill_window<T, kVec, kW>(p, x, c0, seg, r0, win);
     bool live = true;
@@ -479,11 +446,6 @@ __global__ void __launch_bounds__(kConvThreads, kW <= 4 ? 2 : 1) segment_conv_bw
       if (base + kConvBwdChunk < walk_end) {
         conv_load_chunk(x, p.x_row_stride, base + kConvBwdChunk, walk_end, next_in);
         conv_load_chunk(gy, p.grad_y_row_stride, base + kConvBwdChunk, walk_end, next_din);
-      }
-      if constexpr (kPrefetch) {
-        const int64_t lo = base + kConvBwdPrefetch;
-        conv_prefetch_rows<2>(x_warp, p.x_row_stride, gy_warp, p.grad_y_row_stride, lo,
-                              conv_min(walk_end, lo + kConvBwdChunk), slice_bytes, lane);
       }
       if (seg.s < p.segments && base + kConvBwdChunk <= seg.b && base + kConvBwdChunk <= own.r1 &&
           base - (kW - 1) >= seg.a && base - (kW - 1) >= own.r0) {
@@ -546,9 +508,9 @@ __global__ void __launch_bounds__(kConvThreads, kW <= 4 ? 2 : 1) segment_conv_bw
     }
     __syncthreads();
   }
-  // partial [gridDim.x, C, W]: the tile's 32 * kVec channels are consecutive, so i walks memory in order.
-  const int64_t tile_c0 = int64_t(blockIdx.y) * 32 * kVec;
-  float* out = p.grad_w_partial + (int64_t(blockIdx.x) * p.channels + tile_c0) * kW;
+  // partial [run blocks, C, W]: the tile's 32 * kVec channels are consecutive, so i walks memory in order.
+  const int64_t tile_c0 = conv_tile(p) * 32 * kVec;
+  float* out = p.grad_w_partial + (conv_run_block(p) * p.channels + tile_c0) * kW;
   for (int i = threadIdx.x; i < 32 * kVec * kW; i += kConvThreads) {
     const int l = i / (kVec * kW), e = i / kW % kVec, k = i % kW;
     if (tile_c0 + l * kVec + e < p.channels) out[i] = s_gw[l][k * kVec + e];

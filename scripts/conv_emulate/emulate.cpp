@@ -41,12 +41,19 @@ ConvParams params(const at::Tensor& x, const at::Tensor& w, const at::Tensor& cu
   p.channels = int(x.size(1));
   p.segments = int(cu.size(0) - 1);
   p.activation = act;
+  p.tiles_first = kConvTilesFirst;
   return p;
 }
 
-dim3e grid_of(int64_t R, int64_t C, int vec) {
-  const int64_t runs = (R + kConvRows - 1) / kConvRows;
-  return dim3e{unsigned((runs + kConvWarps - 1) / kConvWarps), unsigned((C + 32 * vec - 1) / (32 * vec)), 1};
+// (conv_cuda.cu's conv_grid) the grid and its run blocks (the bwd's grad_w partial rows)
+struct GridOf {
+  int64_t run_blocks;
+  dim3e grid;
+};
+GridOf grid_of(int64_t R, int64_t C, int vec) {
+  const int64_t runs = (R + kConvRows - 1) / kConvRows, run_blocks = (runs + kConvWarps - 1) / kConvWarps;
+  const unsigned tiles = unsigned((C + 32 * vec - 1) / (32 * vec));
+  return {run_blocks, conv_grid_of(unsigned(run_blocks), tiles, kConvTilesFirst)};
 }
 
 template <typename T, int kVec>
@@ -77,7 +84,7 @@ at::Tensor fwd(at::Tensor x, at::Tensor w, at::Tensor cu, at::Tensor h, bool act
   ConvParams p = params(x, w, cu, h, act);
   p.y = y.data_ptr();
   dispatch(x, int(w.size(1)), vec, [&]<typename T, int kVec, int kW>() {
-    launch(segment_conv_fwd_kernel<T, kVec, kW>, grid_of(x.size(0), x.size(1), kVec), kConvThreads, p);
+    launch(segment_conv_fwd_kernel<T, kVec, kW>, grid_of(x.size(0), x.size(1), kVec).grid, kConvThreads, p);
   });
   return y;
 }
@@ -98,10 +105,10 @@ std::vector<at::Tensor> bwd(at::Tensor gy, at::Tensor x, at::Tensor w, at::Tenso
   p.grad_history = h.dim() == 3 ? gh.data_ptr<float>() : nullptr;
   at::Tensor part;
   dispatch(x, W, vec, [&]<typename T, int kVec, int kW>() {
-    const dim3e g = grid_of(x.size(0), x.size(1), kVec);
-    part = at::full({int64_t(g.x), x.size(1), W}, NAN, x.options().dtype(at::kFloat));
+    const GridOf g = grid_of(x.size(0), x.size(1), kVec);
+    part = at::full({g.run_blocks, x.size(1), W}, NAN, x.options().dtype(at::kFloat));
     p.grad_w_partial = part.data_ptr<float>();
-    launch(segment_conv_bwd_kernel<T, kVec, kW>, g, kConvThreads, p);
+    launch(segment_conv_bwd_kernel<T, kVec, kW>, g.grid, kConvThreads, p);
   });
   return {gx, part.sum(0), gh, gx_wide};
 }

@@ -3,6 +3,7 @@ reference, over widths, dtypes, the vector and scalar paths and awkward segmenta
 without a GPU; it says nothing about speed or about the binding (conv_cuda.cu), whose launch it mirrors.
 
     PYTHONPATH=. python scripts/conv_emulate/run.py      (from the repository root; ~30 s build, ~20 s run)
+    CONV_EMULATE_FLAGS="-DMOM_OPS_CONV_TILES_FIRST=1 ..." for the kernels' MOM_OPS_CONV_* variants
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def build():
     os.makedirs(build_dir, exist_ok=True)
     return cpp_extension.load("conv_emulate", [os.path.join(HERE, "emulate.cpp")],
                               extra_include_paths=[os.path.join(HERE, "shim"), CSRC],  # the shim first
-                              extra_cflags=["-O1", "-std=c++20"], build_directory=build_dir, verbose=False)
+                              extra_cflags=["-O1", "-std=c++20"] + os.environ.get("CONV_EMULATE_FLAGS", "").split(),
+                              build_directory=build_dir, verbose=False)
 
 
 def rel(a, b):

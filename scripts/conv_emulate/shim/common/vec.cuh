@@ -12,6 +12,7 @@
 
 #define __global__
 #define __device__
+#define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __shared__ static
@@ -20,6 +21,7 @@ inline uint4 make_uint4(uint32_t a, uint32_t b, uint32_t c, uint32_t d) { return
 struct uint2 { uint32_t x, y; };
 inline uint2 make_uint2(uint32_t a, uint32_t b) { return {a, b}; }
 struct dim3e { unsigned x = 1, y = 1, z = 1; };
+using dim3 = dim3e;
 inline thread_local dim3e threadIdx, blockIdx;
 inline dim3e gridDim, blockDim;
 inline std::barrier<>* g_barrier = nullptr;
