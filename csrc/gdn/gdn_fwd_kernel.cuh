@@ -195,9 +195,11 @@ __device__ __forceinline__ void scale_t_columns(const float* sT, const float* be
   }
 }
 
-// W = Tw K for the warp's 16 rows r0.. and column half ch: store(row, column, w0, w1) takes each pair of columns.
-template <typename T, int kK, int kLdC, int kLdK, typename Store>
-__device__ __forceinline__ void w_rows(const T* tw, const T* key, int r0, int ch, int lane, Store&& store) {
+// W = Tw K for the warp's 16 rows r0.. and column half ch: store(row, column, w0, w1) takes each pair of columns, in
+// passes of 64 columns (at most); pass_done(n0) follows the stores of the pass from column n0.
+template <typename T, int kK, int kLdC, int kLdK, typename Store, typename PassDone>
+__device__ __forceinline__ void w_rows(const T* tw, const T* key, int r0, int ch, int lane, Store&& store,
+                                       PassDone&& pass_done) {
   constexpr int kNW = (kK / 2 < 64 ? kK / 2 : 64) / 8;
   const int g8 = lane / 4, t4 = lane % 4;
 #pragma unroll
@@ -210,7 +212,12 @@ __device__ __forceinline__ void w_rows(const T* tw, const T* key, int r0, int ch
       store(r0 + g8, c, acc[nt][0], acc[nt][1]);
       store(r0 + g8 + 8, c, acc[nt][2], acc[nt][3]);
     }
+    pass_done(n0);
   }
+}
+template <typename T, int kK, int kLdC, int kLdK, typename Store>
+__device__ __forceinline__ void w_rows(const T* tw, const T* key, int r0, int ch, int lane, Store&& store) {
+  w_rows<T, kK, kLdC, kLdK>(tw, key, r0, ch, lane, store, [](int) {});
 }
 
 // CTAs per SM the registers are capped for at K <= 128 (2 fit in shared memory; scripts/gdn_phases.cu tries 1).

@@ -175,11 +175,40 @@ __global__ void __launch_bounds__(kGdnThreads, GdnPrepSmem<T, kK>::kCtasPerSm) g
   });
   __syncthreads();
 
-  // W = Tw K: rows r0.., columns of half ch -> global (rows < len).
+  // W and U leave through a per-warp staging tile of 16 rows x 128 bytes in T's fp32 region (dead since the scaling):
+  // the fragments go in, then 16-byte rows go out (four per lane), instead of 4- / 8-byte stores per fragment pair
+  // (ncu at K = 256: the stores' lg-throttle stalls were ~20% of the samples). 16-byte chunks XOR-swizzled by row so
+  // that the fragment writes hit distinct banks: chunk ^ (row % 8) for W's 16-bit pairs, chunk ^ 2 (row % 4) for U's
+  // fp32 pairs (64-bit accesses go by half-warps of four rows).
+  unsigned char* stage = smem + L::kT + warp * 2048;  // [16][128 bytes] of this warp
+  // the staged rows r0.. (kChunks 16-byte chunks each) -> dst_row0 + row * dst_row_stride (rows < len)
+  auto stage_rows_out = [&]<int kChunks, bool kWSwizzle>(auto* dst_row0, int64_t dst_row_stride) {
+    constexpr int kElems = 16 / int(sizeof(*dst_row0));
+    __syncwarp();
+#pragma unroll
+    for (int idx = lane; idx < 16 * kChunks; idx += 32) {
+      const int row = idx / kChunks, chunk = idx % kChunks;
+      const int phys = chunk ^ (kWSwizzle ? row % 8 : 2 * (row % 4));
+      if (r0 + row < len) {
+        *reinterpret_cast<uint4*>(dst_row0 + (r0 + row) * dst_row_stride + chunk * kElems) =
+            *reinterpret_cast<const uint4*>(stage + row * 128 + phys * 16);
+      }
+    }
+    __syncwarp();  // the next pass rewrites the tile
+  };
+  static_assert(8 * 2048 <= C * L::kLdT * 4, "the staging tiles fit in T's fp32 region");
+
+  // W = Tw K: rows r0.., columns of half ch -> global (rows < len), in w_rows' passes of kPass columns.
+  constexpr int kPass = kK / 2 < 64 ? kK / 2 : 64;
   T* w = static_cast<T*>(p.save_w);
-  w_rows<T, kK, kLdC, kLdK>(sTw, sK, r0, ch, lane, [&](int i, int c, float w0, float w1) {
-    if (i < len) store2<T>(w + ((c0 + i) * p.heads_v + hv) * kK + c, w0, w1);
-  });
+  T* w_row0 = w + (c0 * p.heads_v + hv) * kK;  // row i: + i * heads_v * kK
+  w_rows<T, kK, kLdC, kLdK>(
+      sTw, sK, r0, ch, lane,
+      [&](int i, int c, float w0, float w1) {
+        const int row = i - r0, chunk = (c % kPass) / 8;
+        store2<T>(reinterpret_cast<T*>(stage + row * 128 + (chunk ^ (row % 8)) * 16) + c % 8, w0, w1);
+      },
+      [&](int n0) { stage_rows_out.template operator()<kPass / 8, true>(w_row0 + n0, int64_t(p.heads_v) * kK); });
 
   // U = Tu V, one block of V's columns at a time -> global fp32 (rows < len).
   for (int v0 = 0; v0 < p.dim_v; v0 += BV) {
@@ -193,13 +222,21 @@ __global__ void __launch_bounds__(kGdnThreads, GdnPrepSmem<T, kK>::kCtasPerSm) g
     if (vc0 >= block_cols(v0)) continue;  // a 64-column block: the second column half has none
     float acc[kNTo][4] = {};
     mma_rows<T, C / 16, kNTo, true>(acc, sTu + r0 * kLdC, kLdC, sV + vc0, kLdV, lane);
+    // through the staging tile, 32 fp32 columns (4 n8 tiles) at a time
+    float* u_row0 = p.u + (c0 * p.heads_v + hv) * p.dim_v + v0 + vc0;  // row i: + i * heads_v * V
 #pragma unroll
-    for (int nt = 0; nt < kNTo; ++nt) {
-      const int c = v0 + vc0 + nt * 8 + 2 * t4;
-      if (i0 < len) *reinterpret_cast<float2*>(p.u + ((c0 + i0) * p.heads_v + hv) * p.dim_v + c) =
-          make_float2(acc[nt][0], acc[nt][1]);
-      if (i1 < len) *reinterpret_cast<float2*>(p.u + ((c0 + i1) * p.heads_v + hv) * p.dim_v + c) =
-          make_float2(acc[nt][2], acc[nt][3]);
+    for (int nt0 = 0; nt0 < kNTo; nt0 += 4) {
+#pragma unroll
+      for (int nt = nt0; nt < nt0 + 4 && nt < kNTo; ++nt) {
+        const int col = (nt - nt0) * 8 + 2 * t4;  // 0 .. 31 in the staged columns
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int row = g8 + 8 * half, phys = (col / 4) ^ (2 * (row % 4));
+          *reinterpret_cast<float2*>(stage + row * 128 + phys * 16 + (col % 4) * 4) =
+              make_float2(acc[nt][2 * half], acc[nt][2 * half + 1]);
+        }
+      }
+      stage_rows_out.template operator()<8, false>(u_row0 + nt0 * 8, int64_t(p.heads_v) * p.dim_v);
     }
   }
 }
