@@ -81,12 +81,8 @@ struct GdnGradsSmem {
   // neither input is given (1.02 -> 1.06-1.09 ms in the layer's T2K step), so there the launch takes the instance
   // without them (kExactEnds = false: no lo tiles, h0 / dht rounded) unless h0 or dht is given.
   // After the V-block region: f32 G, beta, rq, rk, e^{G_L - G} [64] each; dG, c [64]; per-warp sums [kWarps]; then
-  // the lo tiles. (162 / 226 / 226 KB at K = 64 / 128 / 256; 194 KB at K = 256 without the lo tiles.)
-  // K = 256 splits the V-block's first products by role (see the kernel): M in fp32 [64][kBV] for the warpgroup that
-  // takes sum(dVb M), after the V-block region (it lives in the V loop only).
-  static constexpr bool kRoleSplit = kK == 256;
-  static constexpr int kM = kLoad + 2 * kLoadBytes;
-  static constexpr int kVec = max_int(kM + (kRoleSplit ? C * kBV * 4 : 0), kRegionEndC);
+  // the lo tiles. (162 / 226 / 218 KB at K = 64 / 128 / 256; 186 KB at K = 256 without the lo tiles.)
+  static constexpr int kVec = max_int(kLoad + 2 * kLoadBytes, kRegionEndC);
   static constexpr int kLo = align1k(kVec + (5 * C + 2 * C + kWarps) * 4);
   static constexpr int kS0lo = kLo, kDs1lo = kLo + bytes16(kK, kBV);  // used only with kExactEnds
   static constexpr int kBytes = kExactEnds ? kLo + 2 * bytes16(kK, kBV) : kVec + (5 * C + 2 * C + kWarps) * 4;
@@ -258,36 +254,9 @@ __global__ void __launch_bounds__(GdnGradsSmem<T, kK, kBV>::kWarps * 32, 1) gdn_
   fence_async_smem();
   __syncthreads();
 
-  // (c) The V-blocks; the next one's tiles load into the other buffer during the current one. At K = 256 the first
-  // products go by role (L::kRoleSplit): warpgroup 0 forms kdS and P^T dO, warpgroup 1 M, each over the whole
-  // V-block, so that K (their A operand, 32 KB) is read once per product rather than once per warpgroup at n16;
-  // then warpgroup 0 forms dVb = T^T dVn and its epilogue (M through shared memory) while warpgroup 1 adds
-  // sum(S0 dS1).
+  // (c) The V-blocks; the next one's tiles load into the other buffer during the current one.
   float X1[kNK][4] = {}, dKn[kNK][4] = {}, dP[kNC][4] = {}, dT[kNC][4] = {};
   float part_c[2] = {}, part_vdvb[2] = {}, part_dvbm[2] = {}, sum_sds = 0.f;
-  float* sM = reinterpret_cast<float*>(smem + L::kM);  // M [64][kBV] fp32 (kRoleSplit), 8-column groups XOR (i % 4)
-  auto m_at = [](int i, int c) { return i * kBV + (c ^ (8 * (i % 4))); };  // (no bank conflicts in float2 accesses)
-  // sum(S0 dS1) over the V-block's tiles by `threads` threads from thread t, 8 elements (16 bytes) at a time
-  auto add_state_products = [&](const T* sS0, const T* sDs1, int t, int threads) {
-    for (int idx = t; idx < kK * kBV / 8; idx += threads) {
-      const int e0 = RowsV::at(idx / (kBV / 8), (idx % (kBV / 8)) * 8);
-      float s0[8], ds1[8], lo[8];
-      load8<T>(sS0 + e0, s0);
-      load8<T>(sDs1 + e0, ds1);
-      if (first) {
-        load8<T>(sS0lo + e0, lo);
-#pragma unroll
-        for (int e = 0; e < 8; ++e) s0[e] += lo[e];
-      }
-      if (last) {
-        load8<T>(sDs1lo + e0, lo);
-#pragma unroll
-        for (int e = 0; e < 8; ++e) ds1[e] += lo[e];
-      }
-#pragma unroll
-      for (int e = 0; e < 8; ++e) sum_sds += s0[e] * ds1[e];
-    }
-  };
   for (int v0 = 0, buf = 0; v0 < p.dim_v; v0 += kBV, buf = (buf + 1) % 2) {
     const bool prefetch = v0 + kBV < p.dim_v;
     T* sDo = vtile(buf, L::kDo);
@@ -298,156 +267,52 @@ __global__ void __launch_bounds__(GdnGradsSmem<T, kK, kBV>::kWarps * 32, 1) gdn_
     if (first) split_state(sS0, sS0lo, p.h0, v0);
     if (last) split_state(sDs1, sDs1lo, p.dht, v0);
     cp_async_wait<0>();  // this V-block's tiles: the only copies in flight
-    fence_async_smem();  // cp.async lands through the generic proxy; wgmma reads through the async one
+    fence_async_smem();
     __syncthreads();
-    // Every warp is past the previous V-block, the last reader of the other buffer and of the computed tiles.
+    // Every warp is past the previous V-block, the last reader of the other buffer and of the computed tiles (so
+    // the V-block's end needs no barrier of its own).
     if (prefetch) load_vblock(v0 + kBV, buf ^ 1);
 
-    if constexpr (L::kRoleSplit) {
-      // Each warpgroup's products run and are waited for inside its branch: accumulators merged at a branch's end
-      // while a wgmma is in flight make ptxas serialise every wgmma of the kernel (C7515).
-      constexpr int kNB = kBV / 8;  // n8 tiles of the whole V-block
-      float acc[kNB][4] = {}, pt[kNB][4] = {};  // warpgroup 0: kdS, P^T dO, then dVb; warpgroup 1: M
-      auto k_times_block = [&](const T* state, bool accumulate) {  // acc (+)= K S, the whole V-block
-        wgmma_k_steps<T, kBV, false, true, kK / 16, 128, kSwV>(acc, kmajor(sK, 0), mnmajor_v(state, 0), accumulate);
-      };
-      auto dp_x1 = [&] {  // both warpgroups: dP += dO Vn^T, X1 += dO S0^T (their columns), a second group
-        wgmma_k_steps<T, kColsC, false, false, kBV / 16, kSwV, kSwV>(dP, kmajor_v(sDo, 0), kmajor_v(sVn, cc0), true);
-        add_times_state_t(X1, sDo, sS0);
-        if (first) add_times_state_t(X1, sDo, sS0lo);
-        wgmma_commit();
-      };
-      auto dt_dkn = [&] {  // both warpgroups: dT += dVn Z^T, dKn += VnD dS1^T (their columns), a second group
-        wgmma_k_steps<T, kColsC, false, false, kBV / 16, kSwV, kSwV>(dT, kmajor_v(sDvn, 0), kmajor_v(sZ, cc0), true);
-        add_times_state_t(dKn, sVnD, sDs1);
-        if (last) add_times_state_t(dKn, sVnD, sDs1lo);
-        wgmma_commit();
-      };
-      if (cg == 0) {  // kdS, P^T dO -> dVn -> shared memory, c
-        wgmma_fence();
-        k_times_block(sDs1, false);
-        if (last) k_times_block(sDs1lo, true);
-        wgmma_k_steps<T, kBV, true, true, C / 16, 128, kSwV>(pt, mnmajor(sP, 0), mnmajor_v(sDo, 0), false);  // P^T dO
-        wgmma_commit();
-        dp_x1();
-        wgmma_wait<1>();
+    // kdS, M, P^T dO on rows r0.., columns vc0..; then dVn, Z, d_end Vn -> shared memory. (wgmma: dP += dO Vn^T
+    // and X1 += dO S0^T, which need only the loaded tiles, run meanwhile as a second group.)
+    float kds[kNV][4] = {}, m[kNV][4] = {}, pt[kNV][4] = {};
+    wgmma_fence();
+    k_times_state(kds, sDs1, false);
+    if (last) k_times_state(kds, sDs1lo, true);
+    k_times_state(m, sS0, false);
+    if (first) k_times_state(m, sS0lo, true);
+    wgmma_k_steps<T, kColsV, true, true, C / 16, 128, kSwV>(pt, mnmajor(sP, 0), mnmajor_v(sDo, vc0), false);  // P^T dO
+    wgmma_commit();
+    wgmma_k_steps<T, kColsC, false, false, kBV / 16, kSwV, kSwV>(dP, kmajor_v(sDo, 0), kmajor_v(sVn, cc0), true);
+    add_times_state_t(X1, sDo, sS0);
+    if (first) add_times_state_t(X1, sDo, sS0lo);
+    wgmma_commit();
+    wgmma_wait<1>();
 #pragma unroll
-        for (int nt = 0; nt < kNB; ++nt)
+    for (int nt = 0; nt < kNV; ++nt)
 #pragma unroll
-          for (int e = 0; e < 4; e += 2) {
-            const int i = e < 2 ? i0 : i1, r = e / 2, c = nt * 8 + 2 * t4;
-            const float de = sDend[i] * sRk[i];
-            const float2 vn2 = load2<T>(sVn + RowsV::at(i, c));
-            float dvn[2];
+      for (int e = 0; e < 4; e += 2) {
+        const int i = e < 2 ? i0 : i1, r = e / 2, c = vc0 + nt * 8 + 2 * t4;
+        const float de = sDend[i] * sRk[i], eGrk = __expf(sG[i]) * sRk[i], b = sBeta[i];
+        float dvn[2], z[2], vnd[2];
+        const float2 vn2 = load2<T>(sVn + RowsV::at(i, c)), v2 = load2<T>(sV + RowsV::at(i, c));
 #pragma unroll
-            for (int u = 0; u < 2; ++u) {
-              dvn[u] = de * acc[nt][e + u] + p.scale * pt[nt][e + u];
-              part_c[r] += acc[nt][e + u] * (u == 0 ? vn2.x : vn2.y);
-            }
-            store2<T>(sDvn + RowsV::at(i, c), dvn[0], dvn[1]);
-          }
-        wgmma_wait<0>();
-      } else {  // M -> Z, d_end Vn -> shared memory, M -> sM
-        wgmma_fence();
-        k_times_block(sS0, false);
-        if (first) k_times_block(sS0lo, true);
-        wgmma_commit();
-        dp_x1();
-        wgmma_wait<1>();
-#pragma unroll
-        for (int nt = 0; nt < kNB; ++nt)
-#pragma unroll
-          for (int e = 0; e < 4; e += 2) {
-            const int i = e < 2 ? i0 : i1, c = nt * 8 + 2 * t4;
-            const float eGrk = __expf(sG[i]) * sRk[i], b = sBeta[i];
-            const float2 vn2 = load2<T>(sVn + RowsV::at(i, c)), v2 = load2<T>(sV + RowsV::at(i, c));
-            float z[2], vnd[2];
-#pragma unroll
-            for (int u = 0; u < 2; ++u) {
-              z[u] = b * ((u == 0 ? v2.x : v2.y) - eGrk * acc[nt][e + u]);
-              vnd[u] = sDend[i] * (u == 0 ? vn2.x : vn2.y);
-            }
-            store2<T>(sZ + RowsV::at(i, c), z[0], z[1]);
-            store2<T>(sVnD + RowsV::at(i, c), vnd[0], vnd[1]);
-            *reinterpret_cast<float2*>(sM + m_at(i, c)) = make_float2(acc[nt][e], acc[nt][e + 1]);
-          }
-        wgmma_wait<0>();
-      }
-      fence_async_smem();
-      __syncthreads();
-      if (cg == 0) {  // dVb = T^T dVn -> dv, row sums, -beta e^G dVb -> sDvbS
-        wgmma_fence();
-        wgmma_k_steps<T, kBV, true, true, C / 16, 128, kSwV>(acc, mnmajor(sT16, 0), mnmajor_v(sDvn, 0), false);
-        wgmma_commit();
-        dt_dkn();
-        wgmma_wait<1>();
-        T* dv = static_cast<T*>(p.dv);
-#pragma unroll
-        for (int nt = 0; nt < kNB; ++nt)
-#pragma unroll
-          for (int e = 0; e < 4; e += 2) {
-            const int i = e < 2 ? i0 : i1, r = e / 2, c = nt * 8 + 2 * t4;
-            const float b = sBeta[i], f = -b * __expf(sG[i]);
-            const float2 v2 = load2<T>(sV + RowsV::at(i, c));
-            const float2 m2 = *reinterpret_cast<const float2*>(sM + m_at(i, c));
-#pragma unroll
-            for (int u = 0; u < 2; ++u) {
-              part_vdvb[r] += (u == 0 ? v2.x : v2.y) * acc[nt][e + u];
-              part_dvbm[r] += acc[nt][e + u] * (u == 0 ? m2.x : m2.y);
-            }
-            if (i < len) {
-              store2<T>(dv + ((c0 + i) * p.heads_v + hv) * p.dim_v + v0 + c, b * acc[nt][e], b * acc[nt][e + 1]);
-            }
-            store2<T>(sDvbS + RowsV::at(i, c), f * acc[nt][e], f * acc[nt][e + 1]);
-          }
-        wgmma_wait<0>();
-      } else {  // sum(S0 dS1) under dT and dKn
-        wgmma_fence();
-        dt_dkn();
-        add_state_products(sS0, sDs1, tid - 128, 128);
-        wgmma_wait<0>();
-      }
-    } else {
-      // kdS, M, P^T dO on rows r0.., columns vc0..; then dVn, Z, d_end Vn -> shared memory. (dP += dO Vn^T and
-      // X1 += dO S0^T, which need only the loaded tiles, run meanwhile as a second group.)
-      float kds[kNV][4] = {}, m[kNV][4] = {}, pt[kNV][4] = {};
-      wgmma_fence();
-      k_times_state(kds, sDs1, false);
-      if (last) k_times_state(kds, sDs1lo, true);
-      k_times_state(m, sS0, false);
-      if (first) k_times_state(m, sS0lo, true);
-      wgmma_k_steps<T, kColsV, true, true, C / 16, 128, kSwV>(pt, mnmajor(sP, 0), mnmajor_v(sDo, vc0),
-                                                              false);  // P^T dO
-      wgmma_commit();
-      wgmma_k_steps<T, kColsC, false, false, kBV / 16, kSwV, kSwV>(dP, kmajor_v(sDo, 0), kmajor_v(sVn, cc0), true);
-      add_times_state_t(X1, sDo, sS0);
-      if (first) add_times_state_t(X1, sDo, sS0lo);
-      wgmma_commit();
-      wgmma_wait<1>();
-#pragma unroll
-      for (int nt = 0; nt < kNV; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; e += 2) {
-          const int i = e < 2 ? i0 : i1, r = e / 2, c = vc0 + nt * 8 + 2 * t4;
-          const float de = sDend[i] * sRk[i], eGrk = __expf(sG[i]) * sRk[i], b = sBeta[i];
-          float dvn[2], z[2], vnd[2];
-          const float2 vn2 = load2<T>(sVn + RowsV::at(i, c)), v2 = load2<T>(sV + RowsV::at(i, c));
-#pragma unroll
-          for (int u = 0; u < 2; ++u) {
-            const float vn_f = u == 0 ? vn2.x : vn2.y, v_f = u == 0 ? v2.x : v2.y;
-            dvn[u] = de * kds[nt][e + u] + p.scale * pt[nt][e + u];
-            part_c[r] += kds[nt][e + u] * vn_f;
-            z[u] = b * (v_f - eGrk * m[nt][e + u]);
-            vnd[u] = sDend[i] * vn_f;
-          }
-          store2<T>(sDvn + RowsV::at(i, c), dvn[0], dvn[1]);
-          store2<T>(sZ + RowsV::at(i, c), z[0], z[1]);
-          store2<T>(sVnD + RowsV::at(i, c), vnd[0], vnd[1]);
+        for (int u = 0; u < 2; ++u) {
+          const float vn_f = u == 0 ? vn2.x : vn2.y, v_f = u == 0 ? v2.x : v2.y;
+          dvn[u] = de * kds[nt][e + u] + p.scale * pt[nt][e + u];
+          part_c[r] += kds[nt][e + u] * vn_f;
+          z[u] = b * (v_f - eGrk * m[nt][e + u]);
+          vnd[u] = sDend[i] * vn_f;
         }
-      fence_async_smem();
-      __syncthreads();
+        store2<T>(sDvn + RowsV::at(i, c), dvn[0], dvn[1]);
+        store2<T>(sZ + RowsV::at(i, c), z[0], z[1]);
+        store2<T>(sVnD + RowsV::at(i, c), vnd[0], vnd[1]);
+      }
+    fence_async_smem();
+    __syncthreads();
 
-      // dVb = T^T dVn -> dv, row sums, -beta e^G dVb -> sDvbS; the accumulators that need only the tiles above.
+    // dVb = T^T dVn -> dv, row sums, -beta e^G dVb -> sDvbS; the accumulators that need only the tiles above.
+    {
       float dvb[kNV][4] = {};
       // T^T dVn, then dT += dVn Z^T and dKn += VnD dS1^T as a second group, waited for after the epilogue
       wgmma_fence();
@@ -472,23 +337,38 @@ __global__ void __launch_bounds__(GdnGradsSmem<T, kK, kBV>::kWarps * 32, 1) gdn_
             part_vdvb[r] += (u == 0 ? v2.x : v2.y) * dvb[nt][e + u];
             part_dvbm[r] += dvb[nt][e + u] * m[nt][e + u];
           }
-          if (i < len) {
-            store2<T>(dv + ((c0 + i) * p.heads_v + hv) * p.dim_v + v0 + c, b * dvb[nt][e], b * dvb[nt][e + 1]);
-          }
+          if (i < len) store2<T>(dv + ((c0 + i) * p.heads_v + hv) * p.dim_v + v0 + c, b * dvb[nt][e], b * dvb[nt][e + 1]);
           store2<T>(sDvbS + RowsV::at(i, c), f * dvb[nt][e], f * dvb[nt][e + 1]);
         }
     }
     wgmma_wait<0>();
     fence_async_smem();  // sDvbS
     __syncthreads();
-    wgmma_fence();  // dKn += DvbS S0^T, overlapping sum(S0 dS1) below (which warpgroup 1 took above at K = 256)
+    wgmma_fence();  // dKn += DvbS S0^T, overlapping sum(S0 dS1) below
     add_times_state_t(dKn, sDvbS, sS0);
     if (first) add_times_state_t(dKn, sDvbS, sS0lo);
     wgmma_commit();
-    if constexpr (!L::kRoleSplit) add_state_products(sS0, sDs1, tid, kThreads);
+    for (int idx = tid; idx < kK * kBV / 8; idx += kThreads) {  // 8 elements (16 bytes) at a time
+      const int e0 = RowsV::at(idx / (kBV / 8), (idx % (kBV / 8)) * 8);
+      float s0[8], ds1[8], lo[8];
+      load8<T>(sS0 + e0, s0);
+      load8<T>(sDs1 + e0, ds1);
+      if (first) {
+        load8<T>(sS0lo + e0, lo);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) s0[e] += lo[e];
+      }
+      if (last) {
+        load8<T>(sDs1lo + e0, lo);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) ds1[e] += lo[e];
+      }
+#pragma unroll
+      for (int e = 0; e < 8; ++e) sum_sds += s0[e] * ds1[e];
+    }
     wgmma_wait<0>();
-    // The next V-block's top barrier orders the reuse of this one's buffer and computed tiles; split_state's lo tiles
-    // (rewritten at that top) and the chunk end's tiles (over this region) need one here.
+    // split_state's lo tiles (rewritten at the next V-block's top) and the chunk end's tiles (over this region) need
+    // a barrier here.
     if (!prefetch || first || last) __syncthreads();
   }
 
