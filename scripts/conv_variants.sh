@@ -11,8 +11,7 @@ variants=(
   "default:"
   "rows128:-DMOM_OPS_CONV_ROWS=128"
   "rows96:-DMOM_OPS_CONV_ROWS=96"
-  "tiles_first:-DMOM_OPS_CONV_TILES_FIRST=1"
-  "tiles_first_rows128:-DMOM_OPS_CONV_TILES_FIRST=1 -DMOM_OPS_CONV_ROWS=128"
+  "runs_first:-DMOM_OPS_CONV_TILES_FIRST=0"
 )
 for v in "${variants[@]}"; do
   name=${v%%:*}

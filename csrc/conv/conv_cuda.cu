@@ -36,8 +36,8 @@ ConvInputs prepare(const at::Tensor& x, const at::Tensor& weight, const at::Tens
   return in;
 }
 
-// The grid's axes (conv_grid_of): MOM_OPS_CONV_TILES_FIRST=1 / 0 forces them (read once), else kConvTilesFirst;
-// run blocks along y only while they fit there (65535).
+// The grid's axes (conv_grid_of): MOM_OPS_CONV_TILES_FIRST=1 / 0 forces them (read once), else kConvTilesFirst
+// (tiles first); run blocks along y only while they fit there (65535, i.e. up to ~33M rows).
 bool conv_tiles_first(const ConvDims& d) {
   static const bool forced_on = env_is("MOM_OPS_CONV_TILES_FIRST", "1");
   static const bool forced_off = env_is("MOM_OPS_CONV_TILES_FIRST", "0");

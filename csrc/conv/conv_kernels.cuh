@@ -67,7 +67,7 @@ __device__ __forceinline__ int64_t conv_tile(const ConvParams& p) { return p.til
 #define MOM_OPS_CONV_BWD_CHUNK 4
 #endif
 #ifndef MOM_OPS_CONV_TILES_FIRST
-#define MOM_OPS_CONV_TILES_FIRST 0
+#define MOM_OPS_CONV_TILES_FIRST 1
 #endif
 constexpr int kConvVec = MOM_OPS_CONV_VEC;      // channels per thread on the vector path
 constexpr int kConvWarps = MOM_OPS_CONV_WARPS;  // runs per CTA (one per warp)
@@ -75,9 +75,9 @@ constexpr int kConvRows = MOM_OPS_CONV_ROWS;    // rows per run (per thread)
 constexpr int kConvThreads = kConvWarps * 32;
 constexpr int kConvFwdChunk = MOM_OPS_CONV_FWD_CHUNK;  // rows whose loads are issued together
 constexpr int kConvBwdChunk = MOM_OPS_CONV_BWD_CHUNK;  // (x and grad_y: twice the registers per row)
-// Grid axes: blocks of kConvWarps runs along x and channel tiles (32 kVec channels) along y, or, with tiles_first
-// (ConvParams; the default kConvTilesFirst), the tiles along x, so that the CTAs the scheduler starts together read
-// whole rows.
+// Grid axes: channel tiles (32 kVec channels) along x and blocks of kConvWarps runs along y (tiles_first, the
+// default kConvTilesFirst), so that the CTAs the scheduler starts together read whole rows, or the other way round.
+// Measured on the H200 in the layer's T2K step (session 34): fwd 61.7 -> 59.2 us, bwd 126.2 -> 123.9 us per call.
 constexpr bool kConvTilesFirst = MOM_OPS_CONV_TILES_FIRST;
 
 __host__ __device__ inline dim3 conv_grid_of(unsigned run_blocks, unsigned tiles, bool tiles_first) {
