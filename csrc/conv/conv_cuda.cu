@@ -79,8 +79,8 @@ void dispatch_conv(const at::Tensor& x, const ConvDims& d, std::initializer_list
   });
 }
 
-// CTAs of kConvWarps runs times 32 vectors of kVec channels (conv_grid_of orders the axes); .x of the result: the run
-// blocks (the rows of the bwd's grad_w partials).
+// CTAs of kConvWarps runs times 32 vectors of kVec channels (conv_grid_of orders the axes); run_blocks: the rows of
+// the bwd's grad_w partials.
 struct ConvGrid {
   int64_t run_blocks;
   dim3 grid;
@@ -93,7 +93,6 @@ ConvGrid conv_grid(const ConvDims& d, int vec, bool tiles_first) {
                     "x has too many channels or rows for CUDA: ", d.channels, ", ", d.rows);
   return {run_blocks, conv_grid_of(unsigned(run_blocks), unsigned(tiles), tiles_first)};
 }
-
 
 at::Tensor segment_conv_fwd_cuda(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& cu_seqlens,
                                  const std::optional<at::Tensor>& history, bool activation) {
