@@ -3,7 +3,7 @@ reference, over widths, dtypes, the vector and scalar paths and awkward segmenta
 without a GPU; it says nothing about speed or about the binding (conv_cuda.cu), whose launch it mirrors.
 
     PYTHONPATH=. python scripts/conv_emulate/run.py      (from the repository root; ~30 s build, ~20 s run)
-    CONV_EMULATE_FLAGS="-DMOM_OPS_CONV_TILES_FIRST=1 ..." for the kernels' MOM_OPS_CONV_* variants
+    CONV_EMULATE_FLAGS="-DMOM_OPS_CONV_TILES_FIRST=0 ..." for the kernels' MOM_OPS_CONV_* variants
 """
 
 from __future__ import annotations
