@@ -72,8 +72,7 @@ int main(int argc, char** argv) {
   for (int s = 0; s <= S; ++s) hcu[s] = int(R * s / S) - (s > 0 && s < S ? 37 * (s % 5) : 0);  // uneven cuts
   CHECK(cudaMemcpy(cu, hcu.data(), hcu.size() * 4, cudaMemcpyHostToDevice));
 
-  const int64_t runs = (R + kConvRows - 1) / kConvRows;
-  const unsigned run_blocks = unsigned((runs + kConvWarps - 1) / kConvWarps);
+  const unsigned run_blocks = unsigned(conv_run_blocks(R));
   const dim3 grid = conv_grid_of(run_blocks, unsigned(C / (32 * kConvVec)), kConvTilesFirst);
   CHECK(cudaMalloc(&partial, int64_t(run_blocks) * C * W * 4));
   ConvParams p{};

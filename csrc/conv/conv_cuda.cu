@@ -42,7 +42,7 @@ bool conv_tiles_first(const ConvDims& d) {
   static const bool forced_on = env_is("MOM_OPS_CONV_TILES_FIRST", "1");
   static const bool forced_off = env_is("MOM_OPS_CONV_TILES_FIRST", "0");
   const bool first = forced_on || (kConvTilesFirst && !forced_off);
-  return first && (d.rows + kConvRows * kConvWarps - 1) / (kConvRows * kConvWarps) <= 65535;
+  return first && conv_run_blocks(d.rows) <= 65535;
 }
 
 ConvParams make_params(const at::Tensor& x, const ConvInputs& in, const ConvDims& d, bool activation) {
@@ -86,9 +86,7 @@ struct ConvGrid {
   dim3 grid;
 };
 ConvGrid conv_grid(const ConvDims& d, int vec, bool tiles_first) {
-  const int64_t runs = (d.rows + kConvRows - 1) / kConvRows;
-  const int64_t tiles = (d.channels + 32 * vec - 1) / (32 * vec);
-  const int64_t run_blocks = (runs + kConvWarps - 1) / kConvWarps;
+  const int64_t tiles = (d.channels + 32 * vec - 1) / (32 * vec), run_blocks = conv_run_blocks(d.rows);
   TORCH_CHECK_VALUE(tiles <= 65535 && (!tiles_first || run_blocks <= 65535),
                     "x has too many channels or rows for CUDA: ", d.channels, ", ", d.rows);
   return {run_blocks, conv_grid_of(unsigned(run_blocks), unsigned(tiles), tiles_first)};

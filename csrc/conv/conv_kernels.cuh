@@ -80,6 +80,10 @@ constexpr int kConvBwdChunk = MOM_OPS_CONV_BWD_CHUNK;  // (x and grad_y: twice t
 // Measured on the H200 in the layer's T2K step (session 34): fwd 61.7 -> 59.2 us, bwd 126.2 -> 123.9 us per call.
 constexpr bool kConvTilesFirst = MOM_OPS_CONV_TILES_FIRST;
 
+// Blocks of kConvWarps runs of kConvRows rows that cover `rows` rows (one CTA each per channel tile).
+__host__ __device__ constexpr int64_t conv_run_blocks(int64_t rows) {
+  return (rows + int64_t(kConvRows) * kConvWarps - 1) / (int64_t(kConvRows) * kConvWarps);
+}
 __host__ __device__ inline dim3 conv_grid_of(unsigned run_blocks, unsigned tiles, bool tiles_first) {
   return tiles_first ? dim3(tiles, run_blocks) : dim3(run_blocks, tiles);
 }

@@ -17,12 +17,12 @@ void launch_gdn_bwd_grads(const GdnBwdParams& p, int64_t num_slots, cudaStream_t
                      L::kBytes, stream, "(chunk, head)");
 }
 
-// h0 / dht as hi + lo pairs ("exact ends"): always at K <= 128; at K = 256 only where one of them is given (the
-// instance with them is slower there, gdn_bwd_grads_kernel.cuh). A template, so that K <= 128 compiles one instance.
+// h0 / dht as hi + lo pairs ("exact ends") as gdn_grads_exact_ends says (the instance with them is slower at K = 256,
+// gdn_bwd_grads_kernel.cuh). A template, so that K <= 128 compiles one instance.
 template <typename T, int kK>
 void launch_gdn_bwd_grads(const GdnBwdParams& p, int64_t num_slots, cudaStream_t stream) {
   if constexpr (kK == 256) {
-    if (p.h0 == nullptr && p.dht == nullptr) return launch_gdn_bwd_grads<T, kK, false>(p, num_slots, stream);
+    if (!gdn_grads_exact_ends(kK, p)) return launch_gdn_bwd_grads<T, kK, false>(p, num_slots, stream);
   }
   launch_gdn_bwd_grads<T, kK, true>(p, num_slots, stream);
 }

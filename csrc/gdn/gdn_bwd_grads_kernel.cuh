@@ -91,6 +91,12 @@ struct GdnGradsSmem {
                 "1 KB-aligned tiles");
 };
 
+// Whether the launch takes the instance with exact ends (GdnGradsSmem): always at K <= 128, at K = 256 only where h0
+// or dht is given. gdn_bwd_grads.cu and the CPU emulator's driver both choose by it.
+inline bool gdn_grads_exact_ends(int dim_k, const GdnBwdParams& p) {
+  return dim_k <= 128 || p.h0 != nullptr || p.dht != nullptr;
+}
+
 // Row partial sums, sRow[quantity][column group][row].
 enum GradsRow { kRowE = 0, kRowBeta, kRowC, kRowDvbM, kRowQX1, kRowQdQ, kRowKdK };
 

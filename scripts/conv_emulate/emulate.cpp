@@ -51,7 +51,7 @@ struct GridOf {
   dim3e grid;
 };
 GridOf grid_of(int64_t R, int64_t C, int vec) {
-  const int64_t runs = (R + kConvRows - 1) / kConvRows, run_blocks = (runs + kConvWarps - 1) / kConvWarps;
+  const int64_t run_blocks = conv_run_blocks(R);
   const unsigned tiles = unsigned((C + 32 * vec - 1) / (32 * vec));
   return {run_blocks, conv_grid_of(unsigned(run_blocks), tiles, kConvTilesFirst)};
 }

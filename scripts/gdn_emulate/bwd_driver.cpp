@@ -163,15 +163,14 @@ int main(int argc, char** argv) {
     } else {
       launch(gdn_bwd_chain_kernel<T, kK, kBV>, bp, int64_t(N) * HV * (V / kBV), GdnChainSmem<T, kK, kBV>::kBytes);
     }
-    // the grads kernel as gdn_bwd_grads.cu picks it: h0 / dht as hi + lo pairs at K <= 128, and at K = 256 where one
-    // of them is given
+    // the grads kernel as gdn_bwd_grads.cu picks it (gdn_grads_exact_ends)
     auto grads = [&](auto exact_ends) {
       constexpr bool kExactEnds = decltype(exact_ends)::value;
       using GL = GdnGradsSmem<T, kK, kGradsBV, kExactEnds>;
       launch(gdn_bwd_grads_kernel<T, kK, kGradsBV, kExactEnds>, bp, slots * HV, GL::kBytes, GL::kWarps * 32);
     };
-    if (kK == 256 && bp.h0 == nullptr && bp.dht == nullptr) grads(std::false_type());
-    else grads(std::true_type());
+    if (gdn_grads_exact_ends(kK, bp)) grads(std::true_type());
+    else grads(std::false_type());
     return r;
   };
   const Grads g1 = run_bwd(0, false);
