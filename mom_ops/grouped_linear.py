@@ -129,19 +129,19 @@ class _GroupedLinear(torch.autograd.Function):
         return dx, dw, None, None
 
 
-def _check_args(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor, batch_size: int) -> None:
+def _check_args(x: torch.Tensor, weight_shape, cu_seqlens: torch.Tensor, batch_size: int) -> None:
     """x [R, D], weight [M, out, D], cu_seqlens [M * batch_size + 1], or a ValueError naming what disagrees."""
-    if weight.dim() != 3 or x.dim() != 2 or x.shape[1] != weight.shape[2]:
-        raise ValueError(f"x must be [R, D] and weight [M, out, D], got {tuple(x.shape)}, {tuple(weight.shape)}")
-    if cu_seqlens.shape[0] != weight.shape[0] * batch_size + 1:
-        raise ValueError(f"cu_seqlens must have M * batch_size + 1 = {weight.shape[0] * batch_size + 1} entries, "
+    if len(weight_shape) != 3 or x.dim() != 2 or x.shape[1] != weight_shape[2]:
+        raise ValueError(f"x must be [R, D] and weight [M, out, D], got {tuple(x.shape)}, {tuple(weight_shape)}")
+    if cu_seqlens.shape[0] != weight_shape[0] * batch_size + 1:
+        raise ValueError(f"cu_seqlens must have M * batch_size + 1 = {weight_shape[0] * batch_size + 1} entries, "
                          f"got {cu_seqlens.shape[0]}")
 
 
 def grouped_linear(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor, batch_size: int) -> torch.Tensor:
     """x [R, D] in memory-major order, weight [M, out, D], cu_seqlens [M * batch_size + 1] (the plan's) ->
     y [R, out] with y[r] = x[r] @ weight[m]^T for the memory m of row r. Differentiable in x and weight."""
-    _check_args(x, weight, cu_seqlens, batch_size)
+    _check_args(x, weight.shape, cu_seqlens, batch_size)
     return _GroupedLinear.apply(x, weight, cu_seqlens, batch_size)
 
 
@@ -162,9 +162,60 @@ def _group_ends(cu_seqlens: torch.Tensor, batch_size: int, rows: int) -> torch.T
     return torch.cat([ends, ends.new_full((1,), rows)])
 
 
+class _GroupWeights(torch.autograd.Function):
+    """The grouped GEMM's weight [G + 1, out', D'] in x's dtype, written once from its pieces: `layout` places piece
+    i ([g, o, D], or [o, D] for one group) at groups g0.., columns c0..; group G is zeros (the rows past the last
+    segment), out and D are padded with zeros to out' and D' (multiples of 8). The backward hands every piece its
+    slice of the gradient, a view (no concatenation, pad or cast unless a piece's dtype differs)."""
+
+    @staticmethod
+    def forward(ctx, dtype, layout, shape, *pieces):
+        G, n_out, D = shape
+        padded = (G + 1, n_out + (-n_out % 8), D + (-D % 8))
+        pad = padded[1:] != (n_out, D)
+        w = pieces[0].new_zeros(padded, dtype=dtype) if pad else pieces[0].new_empty(padded, dtype=dtype)
+        if not pad:
+            w[G].zero_()
+        for (g0, g, c0, o), piece in zip(layout, pieces):
+            w[g0:g0 + g, c0:c0 + o, :D].copy_(piece.reshape(g, o, D))
+        ctx.layout, ctx.D = layout, D
+        ctx.dtypes = [p.dtype for p in pieces]
+        ctx.ranks = [p.dim() for p in pieces]
+        return w
+
+    @staticmethod
+    def backward(ctx, dw):
+        grads = []
+        for (g0, g, c0, o), dtype, rank in zip(ctx.layout, ctx.dtypes, ctx.ranks):
+            grad = dw[g0:g0 + g, c0:c0 + o, :ctx.D]
+            grads.append((grad[0] if rank == 2 else grad).to(dtype))
+        return (None, None, None, *grads)
+
+
+def _weight_layout(blocks) -> tuple[list[tuple[int, int, int, int]], tuple[int, int, int]]:
+    """Each piece's (first group, groups, first column, columns) and the weight's [G, out, D] from blocks of pieces:
+    a block's pieces ([g, o_i, D] or [o_i, D]) side by side along out, the blocks one after another along G."""
+    layout, G, n_out, D = [], 0, None, blocks[0][0].shape[-1]
+    for block in blocks:
+        c0, g = 0, None
+        for piece in block:
+            pg = piece.shape[0] if piece.dim() == 3 else 1
+            if piece.dim() not in (2, 3) or piece.shape[-1] != D or g not in (None, pg):
+                raise ValueError(f"weight pieces must be [g, out_i, {D}] or [out_i, {D}] with one g per block, "
+                                 f"got {tuple(piece.shape)}")
+            g = pg
+            layout.append((G, g, c0, piece.shape[-2]))
+            c0 += piece.shape[-2]
+        if n_out not in (None, c0):
+            raise ValueError(f"every block of weight pieces must have the same width, got {n_out} and {c0}")
+        n_out, G = c0, G + g
+    return layout, (G, n_out, D)
+
+
 class _GroupedMM(torch.autograd.Function):
     """y = x @ w[g]^T per row group; w_t [G, D, out] is the weight transposed (the layout torch._grouped_mm takes),
-    ends int32 [G] the groups' row ends (the last one = x.shape[0])."""
+    ends int32 [G] the groups' row ends (the last one = x.shape[0]). The last group's weight is a constant (zeros
+    for the rows past the last segment): its gradient is scratch."""
 
     @staticmethod
     def forward(ctx, x, w_t, ends):
@@ -178,23 +229,35 @@ class _GroupedMM(torch.autograd.Function):
         dx = torch._grouped_mm(dy, w_t.transpose(1, 2), offs=ends) if ctx.needs_input_grad[0] else None
         dw_t = None
         if ctx.needs_input_grad[1]:
-            # dw_t[g] = x_g^T dy_g: a grouped GEMM along the reduction dimension (the 2-D x 2-D form). A group
-            # without rows is set to 0 here rather than trusting the GEMM to write an empty sum.
-            dw_t = torch._grouped_mm(x.t(), dy, offs=ends)
-            starts = torch.cat([ends.new_zeros(1), ends[:-1]])
-            dw_t.masked_fill_((ends <= starts)[:, None, None], 0)
+            # dw[g] = dy_g^T x_g: a grouped GEMM along the reduction dimension (the 2-D x 2-D form), [G, out, D],
+            # the weight's own layout, so the parameters' gradients come out with contiguous rows (x_g^T dy_g gives
+            # the transpose, and every gradient add after it read columns). The GEMM leaves a group without rows
+            # unset (no k-step zeroes its accumulators), so those are zeroed: index_fill_ of the empty groups, the
+            # others pointed at the last group, whose gradient is scratch (one pass over G - 1 slabs at most, no
+            # host sync).
+            dw = torch._grouped_mm(dy.t(), x, offs=ends)
+            G = ends.shape[0]
+            empty = ends[:-1] <= torch.nn.functional.pad(ends[:-2], (1, 0))  # [G - 1]
+            groups = torch.arange(G - 1, device=ends.device)
+            dw.index_fill_(0, torch.where(empty, groups, G - 1), 0)
+            dw_t = dw.transpose(1, 2)
         return dx, dw_t, None
 
 
-def grouped_mm_linear(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor,
-                      batch_size: int) -> torch.Tensor:
+def grouped_mm_linear(x: torch.Tensor, weight, cu_seqlens: torch.Tensor, batch_size: int) -> torch.Tensor:
     """grouped_linear's contract on torch._grouped_mm: x [R, D] bf16, weight [M, out, D], cu_seqlens [M * B + 1]
-    -> y [R, out] (rows past cu_seqlens[-1] are 0). out and D are padded to multiples of 8 (16-byte rows)."""
-    _check_args(x, weight, cu_seqlens, batch_size)
-    M, n_out, D = weight.shape
-    pad_out, pad_in = -n_out % 8, -D % 8
+    -> y [R, out] (rows past cu_seqlens[-1] are 0). out and D are padded to multiples of 8 (16-byte rows).
+    weight may also be given as blocks of pieces (a list of lists): each block's pieces ([g, out_i, D] or [out_i, D])
+    side by side along out, the blocks' groups one after another (MoMAttention's routed memories, then the shared
+    one); the GEMM's weight is then written once from them, with no concatenation in the forward or the backward."""
+    if isinstance(weight, torch.Tensor):
+        _check_args(x, weight.shape, cu_seqlens, batch_size)
+    blocks = [[weight]] if isinstance(weight, torch.Tensor) else weight
+    layout, (M, n_out, D) = _weight_layout(blocks)
+    _check_args(x, (M, n_out, D), cu_seqlens, batch_size)
+    pad_in = -D % 8
     # [M + 1, out', D']: the extra memory is all zeros (rows past the last segment); padding columns are zeros too.
-    w = torch.nn.functional.pad(weight.to(x.dtype), (0, pad_in, 0, pad_out, 0, 1))
+    w = _GroupWeights.apply(x.dtype, layout, (M, n_out, D), *[p for block in blocks for p in block])
     xp = torch.nn.functional.pad(x, (0, pad_in)) if pad_in else x.contiguous()
     y = _GroupedMM.apply(xp, w.transpose(1, 2), _group_ends(cu_seqlens, batch_size, x.shape[0]))
-    return y[:, :n_out] if pad_out else y
+    return y[:, :n_out] if -n_out % 8 else y

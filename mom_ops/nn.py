@@ -191,14 +191,18 @@ class MoMAttention(nn.Module):
         lf = F.pad(logits.detach(), (0, 1), value=float("inf"))
         return mom_ops.route(lf, self.topk + 1, batch_size=plan.batch_size, cu_seqlens=cu_seqlens, mask=mask)
 
-    def _stream_weights(self) -> torch.Tensor:
-        """The stream memories' k | v | b | a projection weights as one [M', C, D] tensor (M' = M + 1 with the shared
-        memory last; C = H*K + H*V + 2H): two or three concatenations."""
-        w = torch.cat([self.k_proj, self.v_proj, self.b_proj, self.a_proj], 1)  # [M, C, D]
+    def _stream_weight_blocks(self) -> list[list[torch.Tensor]]:
+        """The stream memories' k | v | b | a projection weights as blocks of pieces (grouped_mm_linear's form): the
+        routed memories' [M, out_i, D] pieces, then the shared memory's [out_i, D] ones."""
+        blocks = [[self.k_proj, self.v_proj, self.b_proj, self.a_proj]]
         if self.shared_memory:
-            shared = torch.cat([self.shared_k.weight, self.shared_v.weight, self.shared_b.weight, self.shared_a.weight])
-            w = torch.cat([w, shared[None]])
-        return w
+            blocks.append([self.shared_k.weight, self.shared_v.weight, self.shared_b.weight, self.shared_a.weight])
+        return blocks
+
+    def _stream_weights(self) -> torch.Tensor:
+        """The same weights as one [M', C, D] tensor (M' = M + 1 with the shared memory last; C = H*K + H*V + 2H)."""
+        blocks = self._stream_weight_blocks()
+        return torch.cat([torch.cat([p if p.dim() == 3 else p[None] for p in block], 1) for block in blocks])
 
     def _project_stream(self, xf: torch.Tensor, plan: RoutingPlan) -> torch.Tensor:
         """The stream's packed rows of k | v | b | a: xf [N, D] -> [R, H*K + H*V + 2H] (column slices in that order),
@@ -206,11 +210,11 @@ class MoMAttention(nn.Module):
         GEMM gives every token's projections under all M' memories ([N, M' * C]) and one row gather picks row (n, m)
         for each packed row (M' / k' times the flops); or the Triton grouped GEMM (USE_TRITON_GROUPED_LINEAR)."""
         M, B, k, N = plan.num_memories, plan.batch_size, plan.topk, xf.shape[0]
+        if grouped_mm_supported(xf) and not USE_TRITON_GROUPED_LINEAR:  # the GEMM's weight written once, in place
+            return grouped_mm_linear(mom_ops.permute(xf, plan), self._stream_weight_blocks(), plan.cu_seqlens, B)
         w_all = self._stream_weights().to(xf.dtype)  # [M', C, D]
         if USE_TRITON_GROUPED_LINEAR and xf.is_cuda:
             return grouped_linear(mom_ops.permute(xf, plan), w_all, plan.cu_seqlens, B)
-        if grouped_mm_supported(xf):
-            return grouped_mm_linear(mom_ops.permute(xf, plan), w_all, plan.cu_seqlens, B)  # [R, C]
         # row n * M + m: token n, memory m
         table = (xf @ w_all.reshape(-1, w_all.shape[-1]).t()).view(N * M, w_all.shape[1])
         # Packed row r = pair n * k + j reads table row n * M + memory_ids[n, j]; rows past the last segment read

@@ -68,3 +68,42 @@ def test_grouped_mm_linear_matches_select_reference(lengths, extra_rows, O):
     assert (y[int(cu[-1]):] == 0).all() and torch.isfinite(gw).all()
     for got, want in ((y, ref), (gx, gx_ref), (gw, gw_ref)):
         assert rel_rms(got.float().cpu(), want) < 1e-2
+
+
+def _cpu_grouped_mm() -> bool:
+    """torch._grouped_mm runs bf16 on the CPU (recent torch versions have a fallback)."""
+    try:
+        torch._grouped_mm(torch.ones(8, 8, dtype=torch.bfloat16), torch.ones(1, 8, 8, dtype=torch.bfloat16),
+                          offs=torch.tensor([8], dtype=torch.int32))
+        return True
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_grouped_mm_linear_weight_blocks(device):
+    """The weight as blocks of pieces (MoMAttention's routed [M, out_i, D] pieces, then the shared [out_i, D] ones)
+    gives the same output and gradients as their concatenation, a memory without rows included (its gradient 0)."""
+    if device == "cpu" and not _cpu_grouped_mm():
+        pytest.skip("this torch has no CPU torch._grouped_mm")
+    if device == "cuda" and not grouped_mm_supported(torch.empty(0, device="cuda", dtype=torch.bfloat16)):
+        pytest.skip("torch._grouped_mm with bf16 needs an sm90+ GPU")
+    M, B, D = 3, 2, 64
+    gen = torch.Generator().manual_seed(2)
+    cu = cu_from_lengths([40, 0, 0, 0, 8, 129, 24, 0]).to(device)  # memory 1 has no rows; the shared one is last
+    R = int(cu[-1]) + 8
+    bf = lambda *shape: torch.randn(*shape, generator=gen).to(device, torch.bfloat16).requires_grad_(True)  # noqa
+    x, k, v, sk, sv = bf(R, D), bf(M, 16, D), bf(M, 24, D), bf(16, D), bf(24, D)
+    y = grouped_mm_linear(x, [[k, v], [sk, sv]], cu, B)
+    dy = torch.randn(y.shape, generator=gen).to(device, torch.bfloat16)
+    grads = torch.autograd.grad(y, (x, k, v, sk, sv), dy)
+    w = torch.cat([torch.cat([k, v], 1), torch.cat([sk, sv])[None]]).detach().requires_grad_(True)
+    x2 = x.detach().requires_grad_(True)
+    y2 = grouped_mm_linear(x2, w, cu, B)
+    gx2, gw = torch.autograd.grad(y2, (x2, w), dy)
+    assert torch.equal(y, y2) and torch.equal(grads[0], gx2)
+    for got, want in zip(grads[1:], (gw[:M, :16], gw[:M, 16:], gw[M, :16], gw[M, 16:])):
+        assert got.shape == want.shape and torch.equal(got, want)
+    assert (gw[1] == 0).all() and (y[int(cu[-1]):] == 0).all()
+    with pytest.raises(ValueError, match="same width"):
+        grouped_mm_linear(x, [[k, v], [sk]], cu, B)
