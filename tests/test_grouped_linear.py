@@ -107,3 +107,17 @@ def test_grouped_mm_linear_weight_blocks(device):
     assert (gw[1] == 0).all() and (y[int(cu[-1]):] == 0).all()
     with pytest.raises(ValueError, match="same width"):
         grouped_mm_linear(x, [[k, v], [sk]], cu, B)
+
+
+def test_zero_empty_groups_kernel():
+    """The Triton kernel behind the grouped GEMM's weight gradient: exactly the groups without rows become 0 (the last
+    group, scratch, and the groups with rows keep their values)."""
+    from mom_ops.grouped_linear import _zero_empty_groups_kernel
+
+    device = triton_device()
+    ends = torch.tensor([0, 5, 5, 9, 9, 9], dtype=torch.int32, device=device)  # groups 0, 2, 4 (and 5) are empty
+    dw = torch.randn(6, 3, 1500, device=device).to(torch.bfloat16)
+    want = dw.clone()
+    want[[0, 2, 4]] = 0
+    _zero_empty_groups_kernel[(5, 2)](dw, ends, 3 * 1500, BLOCK=4096)
+    assert torch.equal(dw, want)
