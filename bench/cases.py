@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 import mom_ops
 
-PROVIDERS = ("mom_ops", "triton_ref", "naive", "fla", "sdpa")  # sdpa: a softmax-attention layer (layer cases)
+# sdpa: a softmax-attention layer (layer cases); permute: mom_ops on a permuted copy (the plan conv case)
+PROVIDERS = ("mom_ops", "triton_ref", "naive", "fla", "sdpa", "permute")
 
 
 @dataclass
@@ -140,6 +141,44 @@ def _conv_case(rows, channels, width, segments):
         return None
 
     return Case("segment_conv", f"segment_conv_R{rows}_C{channels}_W{width}", ("fwd", "bwd"), build)
+
+
+def _conv_plan_case(tokens, channels, width, memories, topk, batch):
+    """The layer's q conv: bf16 token rows [tokens, channels] read through a routing plan's stream (top-k of M, B
+    sequences). Providers: mom_ops (segment_conv with the plan: the rows gathered inside the conv) and permute (the
+    permuted copy, then the conv on it: what the layer does without the fused path)."""
+    def build(provider, mode):
+        if not (has_cuda_kernel("segment_conv_fwd") and has_cuda_kernel("segment_conv_bwd")):
+            return None
+        gen = torch.Generator().manual_seed(0)
+        plan = mom_ops.route(torch.randn(tokens, memories, generator=gen).cuda(), topk, batch_size=batch)
+        x = torch.randn(tokens, channels, device="cuda", dtype=torch.bfloat16)
+        w = torch.randn(channels, width, device="cuda", dtype=torch.bfloat16) / width**0.5
+        dy = torch.randn(plan.num_rows, channels, device="cuda", dtype=torch.bfloat16)
+        maps, cu = (plan.dst_row, plan.src_pair), plan.cu_seqlens
+        rows = plan.num_rows * channels * 2  # one [R, C] bf16 tensor
+        moved = 2 * rows if mode == "fwd" else 3 * rows  # as if the stream rows were read once (fwd: in, out)
+        if provider == "mom_ops":
+            if mode == "fwd":
+                return Bench(lambda: torch.ops.mom_ops.segment_conv_fwd(x, w, cu, None, True, *maps), moved, graph=True)
+
+            def bwd():
+                gx, gw, _ = torch.ops.mom_ops.segment_conv_bwd(dy, x, w, cu, None, True, *maps)
+                return torch.ops.mom_ops.unpermute(gx, *maps, None), gw
+            return Bench(bwd, moved, graph=True)
+        if provider == "permute":
+            if mode == "fwd":
+                return Bench(lambda: torch.ops.mom_ops.segment_conv_fwd(torch.ops.mom_ops.permute(x, *maps), w, cu,
+                                                                        None, True), moved, graph=True)
+
+            def bwd_permuted():
+                gx, gw, _ = torch.ops.mom_ops.segment_conv_bwd(dy, torch.ops.mom_ops.permute(x, *maps), w, cu, None,
+                                                               True)
+                return torch.ops.mom_ops.unpermute(gx, *maps, None), gw
+            return Bench(bwd_permuted, moved, graph=True)
+        return None
+
+    return Case("segment_conv", f"segment_conv_plan_N{tokens}_C{channels}_W{width}_k{topk}", ("fwd", "bwd"), build)
 
 
 # ---------------------------------------------------------------- gating
@@ -398,6 +437,7 @@ CASES: list[Case] = [
     _memory_mix_case(16384, 4, 256, 2),
     _gating_case(49152, 4, 2056),
     _conv_case(32768, 1024, 4, 32),
+    _conv_plan_case(16384, 1024, 4, 5, 3, 8),
     _gdn_case(32768, 16, 128, 32),
     _gdn_case(32768, 16, 128, 1),
     _gdn_case(32768, 4, 256, 32),

@@ -105,10 +105,16 @@ TORCH_LIBRARY(mom_ops, m) {
   // y[r] = act(sum_i weight[c, W-1-i] * x(r - i)), x(r - i) = x[r - i] while r - i is in r's segment s, else
   // history[s, W-1-(start_s - (r - i))] (zeros when history is None). Rows past cu_seqlens[-1] give y = 0.
   // x [R, C], weight [C, W] (1 <= W <= 8), cu_seqlens [S+1], history [S, W-1, C].
-  m.def("segment_conv_fwd(Tensor x, Tensor weight, Tensor cu_seqlens, Tensor? history, bool activation) -> Tensor");
+  // With a routing plan's maps dst_row [N, k] and src_pair [R] (permute's arguments), x is [N, C] and the conv runs
+  // on permute(x) without materialising it: the input of row r is x[src_pair[r] // k] (0 for unused rows); the
+  // bwd's grad_x is then the gradient of those [R, C] rows (unpermute takes it to x's).
+  m.def(
+      "segment_conv_fwd(Tensor x, Tensor weight, Tensor cu_seqlens, Tensor? history, bool activation, "
+      "Tensor? dst_row=None, Tensor? src_pair=None) -> Tensor");
   m.def(
       "segment_conv_bwd(Tensor grad_y, Tensor x, Tensor weight, Tensor cu_seqlens, Tensor? history, "
-      "bool activation) -> (Tensor grad_x, Tensor grad_weight, Tensor grad_history)");
+      "bool activation, Tensor? dst_row=None, Tensor? src_pair=None) -> (Tensor grad_x, Tensor grad_weight, "
+      "Tensor grad_history)");
   // The bwd with grad_x written into a given [R, C] tensor (x's dtype, dense channels, rows any stride apart: a
   // column slice of one gradient for several inputs, which saves the concatenation autograd would do).
   m.def(

@@ -101,13 +101,15 @@ def _memory_mix_bwd_fake(grad_out, o_routed, dst_row, src_pair, weights, shared,
 
 
 @register_fake("mom_ops::segment_conv_fwd")
-def _segment_conv_fwd_fake(x, weight, cu_seqlens, history, activation):
-    return torch.empty_like(x)
+def _segment_conv_fwd_fake(x, weight, cu_seqlens, history, activation, dst_row=None, src_pair=None):
+    rows = x.shape[0] if src_pair is None else src_pair.shape[0]  # with the plan's maps: the stream's rows
+    return _empty(rows, x.shape[1], like=x)
 
 
 @register_fake("mom_ops::segment_conv_bwd")
-def _segment_conv_bwd_fake(grad_y, x, weight, cu_seqlens, history, activation):
-    return (torch.empty_like(x), torch.empty_like(weight),
+def _segment_conv_bwd_fake(grad_y, x, weight, cu_seqlens, history, activation, dst_row=None, src_pair=None):
+    rows = x.shape[0] if src_pair is None else src_pair.shape[0]
+    return (_empty(rows, x.shape[1], like=x), torch.empty_like(weight),
             torch.empty_like(history) if history is not None else _empty(0, like=x, dtype=torch.float32))
 
 

@@ -10,6 +10,7 @@ tokens of every sequence, so padding tokens touch no state. No host synchronisat
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -23,10 +24,11 @@ from mom_ops.scan_inputs import scan_inputs
 
 
 def segment_causal_conv(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor,
-                        history: torch.Tensor | None = None) -> torch.Tensor:
+                        history: torch.Tensor | None = None, plan: RoutingPlan | None = None) -> torch.Tensor:
     """Depthwise causal conv + SiLU inside each segment of a packed stream (mom_ops.segment_conv): x [R, C],
-    weight [C, W], cu_seqlens [S+1], history [S, W-1, C] or None -> [R, C]."""
-    return mom_ops.segment_conv(x, weight, cu_seqlens, history)
+    weight [C, W], cu_seqlens [S+1], history [S, W-1, C] or None -> [R, C]. With a plan, x is [N, C] token rows
+    read through the plan's stream (no permuted copy)."""
+    return mom_ops.segment_conv(x, weight, cu_seqlens, history, plan=plan)
 
 
 def segment_conv_tail(x: torch.Tensor, cu_seqlens: torch.Tensor, history: torch.Tensor | None,
@@ -102,6 +104,11 @@ class MoMCache:
 # path gives them a zero weight group. Elsewhere: every memory's projection of every token and a row gather (M / k
 # times the flops), or the Triton grouped GEMM with this flag.
 USE_TRITON_GROUPED_LINEAR = False
+
+# The q conv reads the token rows of q through the stream plan (segment_conv(..., plan=)) instead of a permuted copy
+# (mom_ops.permute): one [R, H*K] write and read fewer per step and that copy not kept for the backward. Off until
+# timed on a GPU (MOM_OPS_FUSE_Q_PERMUTE=1 turns it on); prefill with a cache keeps the copy (the conv tail reads it).
+FUSE_Q_PERMUTE = os.environ.get("MOM_OPS_FUSE_Q_PERMUTE", "0") == "1"
 
 
 class MoMAttention(nn.Module):
@@ -222,15 +229,16 @@ class MoMAttention(nn.Module):
         pair = plan.src_pair.long().clamp_min(0)
         return table[(pair // k) * M + plan.memory_ids.reshape(-1).long().clamp_min(0)[pair]]  # [R, C]
 
-    def _memory(self, q, proj, cu_seqlens, cache: MoMCache | None = None, rows: slice | None = None):
-        """Conv, gates and the scan of one packed stream: q [R, H*K] and proj [R, H*K + H*V + 2H] (k | v | b | a)
-        -> o [R, H, V]. k, v, g and beta come from proj's columns in place (scan_inputs: the convs and gdn_gating in
-        one node, one gradient for proj, no copy or concatenation in the backward). With a cache, the segments start
-        from cache rows `rows` (states and conv histories), which are then replaced by the segments' final states and
-        histories."""
+    def _memory(self, q, proj, cu_seqlens, cache: MoMCache | None = None, rows: slice | None = None,
+                q_plan: RoutingPlan | None = None):
+        """Conv, gates and the scan of one packed stream: q [R, H*K] (or q_plan's [N, H*K] token rows, read through
+        it) and proj [R, H*K + H*V + 2H] (k | v | b | a) -> o [R, H, V]. k, v, g and beta come from proj's columns in
+        place (scan_inputs: the convs and gdn_gating in one node, one gradient for proj, no copy or concatenation in
+        the backward). With a cache, the segments start from cache rows `rows` (states and conv histories), which are
+        then replaced by the segments' final states and histories."""
         H, W, K, V = self.num_heads, self.conv_size, self.head_dim, self.head_v_dim
         hist = (None, None, None) if cache is None else (cache.conv_q[rows], cache.conv_k[rows], cache.conv_v[rows])
-        qc = segment_causal_conv(q, self.q_conv, cu_seqlens, hist[0]).view(1, -1, H, K)
+        qc = segment_causal_conv(q, self.q_conv, cu_seqlens, hist[0], plan=q_plan).view(1, -1, H, K)
         kc, vc, g, beta = scan_inputs(proj, cu_seqlens, self.k_conv, self.v_conv, self.A_log, self.dt_bias, *hist[1:])
         o, ht = mom_ops.chunk_gated_delta_rule(
             qc, kc.view(1, -1, H, K), vc.view(1, -1, H, V), g.unsqueeze(0), beta.unsqueeze(0), cu_seqlens=cu_seqlens,
@@ -334,8 +342,10 @@ class MoMAttention(nn.Module):
         # One stream for the routed memories and the shared one: one permute, one grouped GEMM, one conv per
         # input and one scan launch, with the shared memory's long segments running beside the routed ones.
         stream = self._stream_plan(logits, plan, cu_seqlens, mask)
-        o_stream = self._memory(mom_ops.permute(q_tok, stream), self._project_stream(xf, stream),
-                                stream.cu_seqlens, cache, slice(0, stream.num_memories * B))
+        fuse_q = FUSE_Q_PERMUTE and cache is None  # (the cache's conv tail reads the permuted q)
+        o_stream = self._memory(q_tok if fuse_q else mom_ops.permute(q_tok, stream), self._project_stream(xf, stream),
+                                stream.cu_seqlens, cache, slice(0, stream.num_memories * B),
+                                q_plan=stream if fuse_q else None)
         weights = plan.weights
         if self.shared_memory:  # the stream's pair 0 is the shared memory, with weight 1
             weights = torch.cat([torch.ones_like(weights[:, :1]), weights], 1)

@@ -6,6 +6,7 @@ import torch
 
 import mom_ops
 from mom_ops.reference import segment_conv_ref
+from mom_ops.reference.routing import permute_ref
 from tests.helpers import cu_from_lengths, device_param, need_kernel, poison_, rel_rms
 
 LENGTHS = [0, 1, 2, 3, 5, 64, 100, 0, 7]
@@ -306,3 +307,60 @@ def test_triton_segment_conv_matches_reference(W, history):
     assert rel_rms(dx, ref_args[0].grad) < 1e-5 and rel_rms(dw, ref_args[1].grad) < 1e-5
     if history:
         assert rel_rms(dh, ref_args[2].grad) < 1e-5
+
+
+def _plan_inputs(N, C, W, B, topk, M, history, dtype, device, mask_every=0, seed=5):
+    """Token rows x [N, C] and a routing plan of N tokens (B sequences, top-k of M; with mask_every > 0 every
+    mask_every-th token is masked: the plan then has unused rows)."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(N, M, generator=gen)
+    mask = None if mask_every == 0 else (torch.arange(N) % mask_every != 0)
+    plan = mom_ops.route(logits.to(device), topk, batch_size=B, mask=None if mask is None else mask.to(device))
+    x = torch.randn(N, C, generator=gen).to(device, dtype)
+    w = (torch.randn(C, W, generator=gen) / W**0.5).to(device)
+    S = plan.cu_seqlens.shape[0] - 1
+    h = torch.randn(S, W - 1, C, generator=gen).to(device, dtype) if history else None
+    return x, w, plan, h
+
+
+@pytest.mark.parametrize("device", device_param())
+@pytest.mark.parametrize("W, history, mask_every", [(4, False, 0), (4, True, 3), (1, False, 0), (7, True, 0)])
+def test_segment_conv_through_a_plan(device, W, history, mask_every):
+    """segment_conv(x, plan=) equals the conv of permute(x, plan), and its gradients equal autograd through the
+    permute (x's gradient unpermuted), unused rows included."""
+    need_kernel("segment_conv_bwd", device)
+    x, w, plan, h = _plan_inputs(96, 16, W, 3, 2, 4, history, torch.float32, device, mask_every)
+    args = [x, w] + ([h] if history else [])
+    ours = [a.detach().clone().requires_grad_(True) for a in args]
+    refs = [a.detach().clone().requires_grad_(True) for a in args]
+    out = mom_ops.segment_conv(ours[0], ours[1], plan.cu_seqlens, ours[2] if history else None, plan=plan)
+    ref = mom_ops.segment_conv(mom_ops.permute(refs[0], plan), refs[1], plan.cu_seqlens,
+                               refs[2] if history else None)
+    assert out.shape == (plan.num_rows, 16) and torch.equal(out, ref)
+    dy = torch.randn(out.shape).to(device)
+    out.backward(dy)
+    ref.backward(dy)
+    for a, b in zip(ours, refs):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-6, atol=1e-6)
+    naive = segment_conv_ref(permute_ref(x.cpu(), plan.src_pair.cpu(), plan.topk), w.cpu(), plan.cu_seqlens.cpu(),
+                             None if h is None else h.cpu())
+    assert rel_rms(out, naive) < 1e-6
+
+
+def test_segment_conv_through_a_plan_opcheck_and_bad_maps():
+    x, w, plan, h = _plan_inputs(40, 8, 4, 2, 2, 4, True, torch.float32, "cpu")
+    maps = (plan.dst_row, plan.src_pair)
+    torch.library.opcheck(torch.ops.mom_ops.segment_conv_fwd.default, (x, w, plan.cu_seqlens, h, True, *maps))
+    dy = torch.randn(plan.num_rows, 8)
+    torch.library.opcheck(torch.ops.mom_ops.segment_conv_bwd.default, (dy, x, w, plan.cu_seqlens, h, True, *maps))
+    op = torch.ops.mom_ops.segment_conv_fwd
+    with pytest.raises(ValueError, match="dst_row and src_pair"):
+        op(x, w, plan.cu_seqlens, h, True, plan.dst_row, None)
+    with pytest.raises(ValueError, match="one row per token of the plan"):
+        op(x[:-1], w, plan.cu_seqlens, h, True, *maps)
+    with pytest.raises(ValueError, match="src_pair must have dtype"):
+        op(x, w, plan.cu_seqlens, h, True, plan.dst_row, plan.src_pair.long())
+    bad = plan.src_pair.clone()
+    bad[3] = 10**6
+    with pytest.raises(ValueError, match="src_pair\\[3\\]"):
+        op(x, w, plan.cu_seqlens, h, True, plan.dst_row, bad)

@@ -6,9 +6,10 @@ import copy
 import pytest
 import torch
 
+import mom_ops.nn
 from mom_ops.nn import MoMAttention, segment_causal_conv
 from mom_ops.reference import MoMConfig, mom_layer_ref
-from tests.helpers import cu_from_lengths, need_kernel, rel_rms
+from tests.helpers import cu_from_lengths, device_param, need_kernel, rel_rms
 
 
 def _layer(shared=True, seed=0):
@@ -71,6 +72,32 @@ def test_layer_gradients_match_reference():
     assert rel_rms(x.grad, x_ref.grad) < 1e-4
     for name, t in layer.reference_params().items():
         assert rel_rms(t.grad, params[name].grad) < 1e-4, name
+
+
+@pytest.mark.parametrize("device", device_param())
+def test_layer_fused_q_permute_matches(device, monkeypatch):
+    """mom_ops.nn.FUSE_Q_PERMUTE (the q conv reading the token rows through the stream plan) gives the same output
+    and gradients as the permuted copy, with padding (unused stream rows)."""
+    need_kernel("segment_conv_bwd", device)
+    if device == "cuda":
+        need_kernel("chunk_gated_delta_rule_bwd", "cuda")
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32  # (the CUDA scan and grouped GEMM: 16-bit)
+    layer, _ = _layer(seed=3)
+    layer = layer.to(device, dtype)
+    x = torch.randn(2, 40, 32).to(device, dtype)
+    mask = torch.ones(2, 40, dtype=torch.bool, device=device)
+    mask[0, :5] = False
+    dy = torch.randn(2, 40, 32).to(device, dtype)
+    results = []
+    for fused in (False, True):
+        monkeypatch.setattr(mom_ops.nn, "FUSE_Q_PERMUTE", fused)
+        layer.zero_grad(set_to_none=True)
+        xg = x.clone().requires_grad_(True)
+        out, aux = layer(xg, attention_mask=mask)
+        ((out * dy).sum() + aux).backward()
+        results.append([out, xg.grad] + [p.grad for p in layer.parameters()])
+    for a, b in zip(*results):  # the same math in the same order: equal up to float noise
+        assert torch.allclose(a.float(), b.float(), rtol=1e-5, atol=1e-6)
 
 
 def test_layer_bad_input():

@@ -8,6 +8,7 @@
 
 #include "common/check.h"
 #include "common/cu_seqlens.h"
+#include "routing/routing_checks.h"
 
 namespace mom_ops {
 
@@ -17,14 +18,30 @@ struct ConvDims {
   int64_t rows, channels, width, segments;
 };
 
+// With the plan's maps (dst_row [N, k], src_pair [R], int32: mom_ops.permute's arguments) the conv reads x [N, C]
+// through them, as if on permute(x): its rows are the stream's R. Both maps or neither.
+inline int64_t conv_rows(const at::Tensor& x, const std::optional<at::Tensor>& dst_row,
+                         const std::optional<at::Tensor>& src_pair) {
+  TORCH_CHECK_VALUE(dst_row.has_value() == src_pair.has_value(), "dst_row and src_pair (the plan's maps) go together: "
+                    "got only ", dst_row.has_value() ? "dst_row" : "src_pair");
+  if (!src_pair.has_value()) return x.size(0);
+  check_plan_maps(*dst_row, *src_pair, x);
+  TORCH_CHECK_VALUE(x.size(0) == dst_row->size(0), "x must have one row per token of the plan (", dst_row->size(0),
+                    "), got ", x.size(0));
+  return src_pair->size(0);
+}
+
 inline ConvDims check_segment_conv_args(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& cu_seqlens,
-                                        const std::optional<at::Tensor>& history) {
+                                        const std::optional<at::Tensor>& history,
+                                        const std::optional<at::Tensor>& dst_row = std::nullopt,
+                                        const std::optional<at::Tensor>& src_pair = std::nullopt) {
   CHECK_DIM(x, 2);
   CHECK_FLOATING(x);
   CHECK_DIM(weight, 2);
   CHECK_FLOATING(weight);
   CHECK_DEVICE(weight, x);
-  const ConvDims d{x.size(0), x.size(1), weight.size(1), cu_seqlens.dim() == 1 ? cu_seqlens.size(0) - 1 : 0};
+  const int64_t rows = conv_rows(x, dst_row, src_pair);
+  const ConvDims d{rows, x.size(1), weight.size(1), cu_seqlens.dim() == 1 ? cu_seqlens.size(0) - 1 : 0};
   TORCH_CHECK_VALUE(weight.size(0) == d.channels, "weight must have shape (", d.channels, ", W) (x has ", d.channels,
                     " channels), got ", weight.sizes());
   TORCH_CHECK_VALUE(d.width >= 1 && d.width <= kConvMaxWidth, "weight's width W = weight.shape[1] must be in [1, ",

@@ -66,9 +66,23 @@ void conv_fwd_loop(const ConvCpu& c, bool activation, at::Tensor& y) {
   }
 }
 
-at::Tensor segment_conv_fwd_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& cu_seqlens,
-                                const std::optional<at::Tensor>& history, bool activation) {
-  check_segment_conv_args(x, weight, cu_seqlens, history);
+// The conv's input rows: x, or with the plan's maps permute(x) (x[src_pair[r] // k], 0 for unused rows), the maps'
+// values checked (the CPU can read them without a sync).
+at::Tensor conv_input_rows(const at::Tensor& x, const std::optional<at::Tensor>& dst_row,
+                           const std::optional<at::Tensor>& src_pair) {
+  if (!src_pair.has_value()) return x;
+  check_plan_map_values(*dst_row, *src_pair, src_pair->size(0));
+  const at::Tensor pair = src_pair->to(at::kLong);
+  const at::Tensor used = pair.ge(0);
+  const at::Tensor rows = x.index_select(0, at::where(used, pair.div(dst_row->size(1), "floor"), 0));
+  return at::where(used.unsqueeze(1), rows, at::zeros({}, x.options()));
+}
+
+at::Tensor segment_conv_fwd_cpu(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& cu_seqlens,
+                                const std::optional<at::Tensor>& history, bool activation,
+                                const std::optional<at::Tensor>& dst_row, const std::optional<at::Tensor>& src_pair) {
+  check_segment_conv_args(x_in, weight, cu_seqlens, history, dst_row, src_pair);
+  const at::Tensor x = conv_input_rows(x_in, dst_row, src_pair);
   const ConvCpu c = prepare(x, weight, cu_seqlens, history);
   at::Tensor y = at::zeros_like(c.x);  // rows past the last segment stay 0
   AT_DISPATCH_FLOATING_TYPES(c.x.scalar_type(), "segment_conv_fwd_cpu", [&] { conv_fwd_loop<scalar_t>(c, activation, y); });
@@ -113,14 +127,17 @@ void conv_bwd_loop(const ConvCpu& c, const at::Tensor& dy_t, bool activation, at
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_conv_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& x,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_conv_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& x_in,
                                                                    const at::Tensor& weight,
                                                                    const at::Tensor& cu_seqlens,
                                                                    const std::optional<at::Tensor>& history,
-                                                                   bool activation) {
-  check_segment_conv_args(x, weight, cu_seqlens, history);
-  CHECK_SHAPE(grad_y, x.size(0), x.size(1));
-  CHECK_DEVICE(grad_y, x);
+                                                                   bool activation,
+                                                                   const std::optional<at::Tensor>& dst_row,
+                                                                   const std::optional<at::Tensor>& src_pair) {
+  const ConvDims d = check_segment_conv_args(x_in, weight, cu_seqlens, history, dst_row, src_pair);
+  CHECK_SHAPE(grad_y, d.rows, d.channels);
+  CHECK_DEVICE(grad_y, x_in);
+  const at::Tensor x = conv_input_rows(x_in, dst_row, src_pair);
   const ConvCpu c = prepare(x, weight, cu_seqlens, history);
   const at::Tensor dy = grad_y.to(c.x.scalar_type()).contiguous();
   at::Tensor dx = at::zeros_like(c.x), dw = at::zeros_like(c.w);
@@ -138,7 +155,8 @@ std::tuple<at::Tensor, at::Tensor> segment_conv_bwd_into_cpu(const at::Tensor& g
                                                             at::Tensor& grad_x) {
   const ConvDims d = check_segment_conv_args(x, weight, cu_seqlens, history);
   check_conv_grad_x_out(grad_x, x, grad_y, d);
-  auto [dx, dw, dh] = segment_conv_bwd_cpu(grad_y, x, weight, cu_seqlens, history, activation);
+  auto [dx, dw, dh] = segment_conv_bwd_cpu(grad_y, x, weight, cu_seqlens, history, activation, std::nullopt,
+                                           std::nullopt);
   grad_x.copy_(dx);
   return {dw, dh};
 }

@@ -45,9 +45,15 @@ bool conv_tiles_first(const ConvDims& d) {
   return first && conv_run_blocks(d.rows) <= 65535;
 }
 
-ConvParams make_params(const at::Tensor& x, const ConvInputs& in, const ConvDims& d, bool activation) {
+ConvParams make_params(const at::Tensor& x, const ConvInputs& in, const ConvDims& d, bool activation,
+                       const std::optional<at::Tensor>& dst_row, const std::optional<at::Tensor>& src_pair) {
   ConvParams p{};
   p.x = x.data_ptr();
+  if (src_pair.has_value()) {  // the conv of permute(x): rows through the plan (checked by conv_rows)
+    p.src_pair = src_pair->data_ptr<int>();
+    p.src_pairs = dst_row->numel();
+    p.topk = int(dst_row->size(1));
+  }
   p.weight = in.weight.data_ptr();
   p.weight_f32 = in.weight.scalar_type() == at::kFloat;
   p.history = in.history.defined() ? in.history.data_ptr<float>() : nullptr;
@@ -93,14 +99,15 @@ ConvGrid conv_grid(const ConvDims& d, int vec, bool tiles_first) {
 }
 
 at::Tensor segment_conv_fwd_cuda(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& cu_seqlens,
-                                 const std::optional<at::Tensor>& history, bool activation) {
-  const ConvDims d = check_segment_conv_args(x_in, weight, cu_seqlens, history);
+                                 const std::optional<at::Tensor>& history, bool activation,
+                                 const std::optional<at::Tensor>& dst_row, const std::optional<at::Tensor>& src_pair) {
+  const ConvDims d = check_segment_conv_args(x_in, weight, cu_seqlens, history, dst_row, src_pair);
   c10::cuda::CUDAGuard guard(x_in.device());
   const ConvInputs in = prepare(x_in, weight, cu_seqlens, history, d);
   const at::Tensor x = dense_last_dim(x_in);
   at::Tensor y = at::empty({d.rows, d.channels}, x.options());
   if (d.rows == 0 || d.channels == 0) return y;
-  ConvParams p = make_params(x, in, d, activation);
+  ConvParams p = make_params(x, in, d, activation, dst_row, src_pair);
   p.y = y.data_ptr();
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   dispatch_conv(x, d, {&x, &y}, [&]<typename T, int kVec, int kW>() {
@@ -114,7 +121,9 @@ at::Tensor segment_conv_fwd_cuda(const at::Tensor& x_in, const at::Tensor& weigh
 std::tuple<at::Tensor, at::Tensor> conv_bwd(const at::Tensor& grad_y_in, const at::Tensor& x_in,
                                             const at::Tensor& weight, const at::Tensor& cu_seqlens,
                                             const std::optional<at::Tensor>& history, bool activation,
-                                            const at::Tensor& grad_x, const ConvDims& d) {
+                                            const at::Tensor& grad_x, const ConvDims& d,
+                                            const std::optional<at::Tensor>& dst_row = std::nullopt,
+                                            const std::optional<at::Tensor>& src_pair = std::nullopt) {
   CHECK_SHAPE(grad_y_in, d.rows, d.channels);
   CHECK_DEVICE(grad_y_in, x_in);
   c10::cuda::CUDAGuard guard(x_in.device());
@@ -126,7 +135,7 @@ std::tuple<at::Tensor, at::Tensor> conv_bwd(const at::Tensor& grad_y_in, const a
                                                 : at::empty({0}, f32);
   at::Tensor partial;  // [run blocks, C, W] from the launch; one row of zeros when nothing runs
   if (d.rows > 0 && d.channels > 0) {
-    ConvParams p = make_params(x, in, d, activation);
+    ConvParams p = make_params(x, in, d, activation, dst_row, src_pair);
     p.grad_y = grad_y.data_ptr();
     p.grad_y_row_stride = grad_y.stride(0);
     p.grad_x = grad_x.data_ptr();
@@ -152,10 +161,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_conv_bwd_cuda(const at::T
                                                                     const at::Tensor& weight,
                                                                     const at::Tensor& cu_seqlens,
                                                                     const std::optional<at::Tensor>& history,
-                                                                    bool activation) {
-  const ConvDims d = check_segment_conv_args(x, weight, cu_seqlens, history);
-  at::Tensor grad_x = at::empty({d.rows, d.channels}, x.options());
-  auto [grad_w, grad_history] = conv_bwd(grad_y, x, weight, cu_seqlens, history, activation, grad_x, d);
+                                                                    bool activation,
+                                                                    const std::optional<at::Tensor>& dst_row,
+                                                                    const std::optional<at::Tensor>& src_pair) {
+  const ConvDims d = check_segment_conv_args(x, weight, cu_seqlens, history, dst_row, src_pair);
+  at::Tensor grad_x = at::empty({d.rows, d.channels}, x.options());  // the conv's input rows (the stream's R)
+  auto [grad_w, grad_history] =
+      conv_bwd(grad_y, x, weight, cu_seqlens, history, activation, grad_x, d, dst_row, src_pair);
   return {grad_x, grad_w, grad_history};
 }
 

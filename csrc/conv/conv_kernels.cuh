@@ -15,6 +15,8 @@
 // while this one is walked. The bwd walks W-1 rows past its run (their dpre feed its last rows' grad_x) and keeps W
 // pending gradient sums (the virtual rows r-W+1 .. r), emitting the oldest at each row and all of them at a
 // segment's end.
+// With a routing plan's src_pair the x rows are read through it (the conv of permute(x) without writing that copy:
+// MoMAttention's q): each warp first puts its rows' x row indices in shared memory (one division per row and warp).
 // Deterministic: no atomics; every sum has a fixed order.
 #pragma once
 
@@ -38,7 +40,13 @@ struct ConvParams {
                             // gradient, say)
   float* grad_history;      // bwd: [S, W-1, C] fp32 zero-filled by the caller (empty segments keep 0), or nullptr
   float* grad_w_partial;    // bwd: [run blocks, C, W]
-  int64_t rows, x_row_stride, grad_y_row_stride, grad_x_row_stride;
+  // nullptr, or [rows] int32: the conv reads x's rows through the plan's map (the conv of permute(x), without
+  // materialising it): stream row r's input is x[src_pair[r] / topk], zeros where src_pair[r] is outside
+  // [0, src_pairs) (mom_ops.permute's rule)
+  const int* src_pair;
+  int64_t src_pairs;  // x's rows times topk
+  int topk;
+  int64_t rows, x_row_stride, grad_y_row_stride, grad_x_row_stride;  // rows: the stream's (src_pair's when given)
   int channels, segments;
   bool cu_int64, activation, weight_f32;
   bool tiles_first;  // the grid's axes (conv_grid_of)
@@ -172,6 +180,24 @@ __device__ __forceinline__ ConvSegment conv_next_segment(const ConvParams& p, co
   return {s, a < r ? a : r, conv_cu(p, s + 1)};
 }
 
+// x's row behind stream row j: j, or through src_pair its token (-1: a zero row).
+__device__ __forceinline__ int64_t conv_x_row(const ConvParams& p, int64_t j) {
+  if (p.src_pair == nullptr) return j;
+  const int pair = p.src_pair[j];
+  return pair >= 0 && pair < p.src_pairs ? pair / p.topk : -1;
+}
+
+// With src_pair, a warp's x rows for its run (and the bwd's W-1 rows past it) in shared memory: row r0 + i of the
+// stream reads x row xrow[i] (one division per row and warp, not per thread and load). Built by all 32 lanes
+// (before any lane leaves); nullptr without src_pair.
+template <int kRows>
+__device__ __forceinline__ const int* conv_x_row_table(const ConvParams& p, int (&table)[kRows], int64_t r0, int lane) {
+  if (p.src_pair == nullptr) return nullptr;
+  for (int i = lane; i < kRows; i += 32) table[i] = r0 + i < p.rows ? int(conv_x_row(p, r0 + i)) : -1;
+  __syncwarp();
+  return table;
+}
+
 // The window of row r: win[k] = in(r - (W-1) + k) for k < W-1 (x rows of the segment, else history or 0).
 template <typename T, int kVec, int kW>
 __device__ __forceinline__ void conv_fill_window(const ConvParams& p, const T* x, int64_t c0, const ConvSegment& seg,
@@ -181,7 +207,12 @@ __device__ __forceinline__ void conv_fill_window(const ConvParams& p, const T* x
     const int64_t j = r - (kW - 1) + k;
     if (j >= seg.a) {
       ConvPacket<T, kVec> v;
-      v.load(x + j * p.x_row_stride);
+      const int64_t xr = conv_x_row(p, j);  // j may lie before the run: not in the warp's row table
+      if (xr >= 0) {
+        v.load(x + xr * p.x_row_stride);
+      } else {
+        v.zero();
+      }
 #pragma unroll
       for (int e = 0; e < kVec; ++e) win[k][e] = v.at(e);
     } else if (p.history != nullptr) {
@@ -203,6 +234,26 @@ __device__ __forceinline__ void conv_load_chunk(const T* src, int64_t row_stride
   for (int i = 0; i < kChunk; ++i) {
     if (base + i < end) {
       in[i].load(src + (base + i) * row_stride);
+    } else {
+      in[i].zero();
+    }
+  }
+}
+
+// x's rows for stream rows base .. base + kChunk - 1: conv_load_chunk, or through the warp's row table (xrow[i]: the
+// x row of stream row r0 + i, -1 for zeros) where the conv reads permute(x).
+template <typename T, int kVec, int kChunk>
+__device__ __forceinline__ void conv_load_x_chunk(const T* x, int64_t row_stride, const int* xrow, int64_t r0,
+                                                  int64_t base, int64_t end, ConvPacket<T, kVec> (&in)[kChunk]) {
+  if (xrow == nullptr) {
+    conv_load_chunk(x, row_stride, base, end, in);
+    return;
+  }
+#pragma unroll
+  for (int i = 0; i < kChunk; ++i) {
+    const int t = base + i < end ? xrow[base + i - r0] : -1;
+    if (t >= 0) {
+      in[i].load(x + t * row_stride);
     } else {
       in[i].zero();
     }
@@ -282,9 +333,11 @@ __device__ __forceinline__ void conv_fwd_chunk(const float (&w)[kW][kVec], float
 
 template <typename T, int kVec, int kW>
 __global__ void __launch_bounds__(kConvThreads) segment_conv_fwd_kernel(ConvParams p) {
+  __shared__ int s_xrow[kConvWarps][kConvRows];  // with src_pair: the warp's x rows
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int64_t c0 = (conv_tile(p) * 32 + lane) * kVec;
   const int64_t r0 = (conv_run_block(p) * kConvWarps + warp) * kConvRows;
+  const int* xrow = conv_x_row_table(p, s_xrow[warp], r0, lane);
   if (c0 >= p.channels || r0 >= p.rows) return;
   const int64_t r1 = r0 + kConvRows < p.rows ? r0 + kConvRows : p.rows;
   const T* x = static_cast<const T*>(p.x) + c0;
@@ -293,12 +346,12 @@ __global__ void __launch_bounds__(kConvThreads) segment_conv_fwd_kernel(ConvPara
   conv_load_weight<T, kVec, kW>(p, c0, w);
   // Two chunks of rows in registers: the next chunk's loads are in flight while this one is walked.
   ConvPacket<T, kVec> in[kConvFwdChunk], next[kConvFwdChunk];
-  conv_load_chunk(x, p.x_row_stride, r0, r1, in);  // the first rows' loads overlap the search's
+  conv_load_x_chunk(x, p.x_row_stride, xrow, r0, r0, r1, in);  // the first rows' loads overlap the search's
   ConvSegment seg = conv_find_segment(p, r0);
   if (seg.s < p.segments) conv_fill_window<T, kVec, kW>(p, x, c0, seg, r0, win);
   for (int64_t base = r0; base < r1; base += kConvFwdChunk) {
     if (base > r0) conv_copy_chunk(next, in);
-    if (base + kConvFwdChunk < r1) conv_load_chunk(x, p.x_row_stride, base + kConvFwdChunk, r1, next);
+    if (base + kConvFwdChunk < r1) conv_load_x_chunk(x, p.x_row_stride, xrow, r0, base + kConvFwdChunk, r1, next);
     if (seg.s < p.segments && base + kConvFwdChunk <= seg.b && base + kConvFwdChunk <= r1) {
       if (p.activation) {
         conv_fwd_chunk<T, kVec, kW, kConvFwdChunk, true>(w, win, in, y + base * p.channels, p.channels);
@@ -413,9 +466,11 @@ __device__ __forceinline__ void conv_flush(const ConvParams& p, const ConvOwned&
 template <typename T, int kVec, int kW>
 __global__ void __launch_bounds__(kConvThreads, kW <= 4 ? 2 : 1) segment_conv_bwd_kernel(ConvParams p) {
   __shared__ float s_gw[32][kW * kVec + 1];  // the CTA's grad_w sums per lane (+1: no bank conflicts)
+  __shared__ int s_xrow[kConvWarps][kConvRows + kW - 1];  // with src_pair: the warp's x rows (run + W-1 past it)
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int64_t c0 = (conv_tile(p) * 32 + lane) * kVec;
   const int64_t r0 = (conv_run_block(p) * kConvWarps + warp) * kConvRows;
+  const int* xrow = conv_x_row_table(p, s_xrow[warp], r0, lane);
   float gw[kW][kVec];  // this thread's grad_w sums over its rows
 #pragma unroll
   for (int k = 0; k < kW; ++k)
@@ -437,7 +492,7 @@ __global__ void __launch_bounds__(kConvThreads, kW <= 4 ? 2 : 1) segment_conv_bw
     conv_load_weight<T, kVec, kW>(p, c0, w);
     // Two chunks of x and grad_y rows in registers: the next chunk's loads fly while this one is walked.
     ConvPacket<T, kVec> in[kConvBwdChunk], din[kConvBwdChunk], next_in[kConvBwdChunk], next_din[kConvBwdChunk];
-    conv_load_chunk(x, p.x_row_stride, r0, walk_end, in);  // the first rows' loads overlap the search's
+    conv_load_x_chunk(x, p.x_row_stride, xrow, r0, r0, walk_end, in);  // the first loads overlap the search's
     conv_load_chunk(gy, p.grad_y_row_stride, r0, walk_end, din);
     ConvSegment seg = conv_find_segment(p, r0);
     if (seg.s < p.segments) conv_fill_window<T, kVec, kW>(p, x, c0, seg, r0, win);
@@ -448,7 +503,7 @@ __global__ void __launch_bounds__(kConvThreads, kW <= 4 ? 2 : 1) segment_conv_bw
         conv_copy_chunk(next_din, din);
       }
       if (base + kConvBwdChunk < walk_end) {
-        conv_load_chunk(x, p.x_row_stride, base + kConvBwdChunk, walk_end, next_in);
+        conv_load_x_chunk(x, p.x_row_stride, xrow, r0, base + kConvBwdChunk, walk_end, next_in);
         conv_load_chunk(gy, p.grad_y_row_stride, base + kConvBwdChunk, walk_end, next_din);
       }
       if (seg.s < p.segments && base + kConvBwdChunk <= seg.b && base + kConvBwdChunk <= own.r1 &&

@@ -28,15 +28,22 @@ void launch(K kernel, dim3e grid, int threads, const ConvParams& p) {
     }
 }
 
-ConvParams params(const at::Tensor& x, const at::Tensor& w, const at::Tensor& cu, const at::Tensor& h, bool act) {
+// src_pair: an empty tensor, or the plan's [R] int32 map (the conv reads x [N, C] through it; topk its k).
+ConvParams params(const at::Tensor& x, const at::Tensor& w, const at::Tensor& cu, const at::Tensor& h, bool act,
+                  const at::Tensor& src_pair, int64_t topk) {
   ConvParams p{};
   p.x = x.data_ptr();
+  if (src_pair.numel() > 0) {
+    p.src_pair = src_pair.data_ptr<int>();
+    p.src_pairs = x.size(0) * topk;
+    p.topk = int(topk);
+  }
   p.weight = w.data_ptr();  // fp32 or x's dtype, as the binding passes it
   p.weight_f32 = w.scalar_type() == at::kFloat;
   p.history = h.dim() == 3 ? h.data_ptr<float>() : nullptr;  // [S, W-1, C], or a 1-D placeholder for None
   p.cu_seqlens = cu.data_ptr();
   p.cu_int64 = cu.scalar_type() == at::kLong;
-  p.rows = x.size(0);
+  p.rows = src_pair.numel() > 0 ? src_pair.size(0) : x.size(0);
   p.x_row_stride = x.stride(0);
   p.channels = int(x.size(1));
   p.segments = int(cu.size(0) - 1);
@@ -78,26 +85,28 @@ void dispatch(const at::Tensor& x, int W, bool vec, Fn&& fn) {
 }
 
 // fwd/bwd(x, weight (fp32 or x's dtype), cu_seqlens, history fp32 or an empty 1-D tensor for None, activation,
-// vec): vec picks the 4-channel path (else 1 channel per thread).
-at::Tensor fwd(at::Tensor x, at::Tensor w, at::Tensor cu, at::Tensor h, bool act, bool vec) {
-  at::Tensor y = at::full({x.size(0), x.size(1)}, NAN, x.options());
-  ConvParams p = params(x, w, cu, h, act);
+// vec, src_pair (empty, or the plan's int32 map: x's rows read through it), topk): vec picks the 4-channel path
+// (else 1 channel per thread). The outputs have the stream's rows.
+at::Tensor fwd(at::Tensor x, at::Tensor w, at::Tensor cu, at::Tensor h, bool act, bool vec, at::Tensor src_pair,
+               int64_t topk) {
+  ConvParams p = params(x, w, cu, h, act, src_pair, topk);
+  at::Tensor y = at::full({p.rows, x.size(1)}, NAN, x.options());
   p.y = y.data_ptr();
   dispatch(x, int(w.size(1)), vec, [&]<typename T, int kVec, int kW>() {
-    launch(segment_conv_fwd_kernel<T, kVec, kW>, grid_of(x.size(0), x.size(1), kVec).grid, kConvThreads, p);
+    launch(segment_conv_fwd_kernel<T, kVec, kW>, grid_of(p.rows, x.size(1), kVec).grid, kConvThreads, p);
   });
   return y;
 }
 
 std::vector<at::Tensor> bwd(at::Tensor gy, at::Tensor x, at::Tensor w, at::Tensor cu, at::Tensor h, bool act,
-                            bool vec) {
+                            bool vec, at::Tensor src_pair, int64_t topk) {
+  ConvParams p = params(x, w, cu, h, act, src_pair, topk);
   // grad_x is a column slice of a wider NaN buffer (16-byte aligned, rows C + 8 apart): the kernel must write
   // every row of the slice and nothing beside it (run.py checks both).
-  at::Tensor gx_wide = at::full({x.size(0), x.size(1) + 8}, NAN, x.options());
+  at::Tensor gx_wide = at::full({p.rows, x.size(1) + 8}, NAN, x.options());
   at::Tensor gx = gx_wide.narrow(1, 4, x.size(1));
   const int W = int(w.size(1));
   at::Tensor gh = h.dim() == 3 ? at::zeros_like(h) : at::empty({0}, h.options());
-  ConvParams p = params(x, w, cu, h, act);
   p.grad_y = gy.data_ptr();
   p.grad_y_row_stride = gy.stride(0);
   p.grad_x = gx.data_ptr();
@@ -105,7 +114,7 @@ std::vector<at::Tensor> bwd(at::Tensor gy, at::Tensor x, at::Tensor w, at::Tenso
   p.grad_history = h.dim() == 3 ? gh.data_ptr<float>() : nullptr;
   at::Tensor part;
   dispatch(x, W, vec, [&]<typename T, int kVec, int kW>() {
-    const GridOf g = grid_of(x.size(0), x.size(1), kVec);
+    const GridOf g = grid_of(p.rows, x.size(1), kVec);
     part = at::full({g.run_blocks, x.size(1), W}, NAN, x.options().dtype(at::kFloat));
     p.grad_w_partial = part.data_ptr<float>();
     launch(segment_conv_bwd_kernel<T, kVec, kW>, g.grid, kConvThreads, p);

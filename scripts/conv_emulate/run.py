@@ -39,23 +39,32 @@ def rel(a, b):
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
-def case(emu, lengths, tail, C, W, hist, act, dtype, vec, stride_pad=0, int64=False, seed=0):
+def case(emu, lengths, tail, C, W, hist, act, dtype, vec, stride_pad=0, int64=False, seed=0, plan_topk=0):
     """True when the emulated fwd and bwd match the reference (and rows past cu_seqlens[-1] are exactly 0, and the
-    bwd wrote nothing beside its grad_x slice)."""
+    bwd wrote nothing beside its grad_x slice). plan_topk > 0: x is a token tensor read through a random plan map
+    src_pair (k = plan_topk, some rows unused or out of range), against the reference on the gathered rows."""
     g = torch.Generator().manual_seed(seed)
     cu = torch.tensor([0] + torch.tensor(lengths, dtype=torch.long).cumsum(0).tolist(),
                       dtype=torch.int64 if int64 else torch.int32)
     R, S = int(cu[-1]) + tail, len(lengths)
-    x = torch.randn(R, C + stride_pad, generator=g).to(dtype)[:, :C]  # stride_pad > 0: strided rows
+    N = max(1, R // 2) if plan_topk else R  # plan: x has N token rows, the stream R rows
+    x = torch.randn(N, C + stride_pad, generator=g).to(dtype)[:, :C]  # stride_pad > 0: strided rows
     w = torch.randn(C, W, generator=g)
     if hist:  # weights in x's dtype (read as is) on half the cases, fp32 on the others
         w = w.to(dtype)
     h = torch.randn(S, W - 1, C, generator=g) if hist else None
     gy = torch.randn(R, C + stride_pad, generator=g).to(dtype)[:, :C]
     hh = h if h is not None else torch.empty(0)
-    y = emu.fwd(x, w, cu, hh, act, vec)
-    gx, gw, gh, gx_wide = emu.bwd(gy, x, w, cu, hh, act, vec)
+    src_pair = torch.empty(0, dtype=torch.int32)
+    if plan_topk:
+        src_pair = torch.randint(-1, N * plan_topk + 3, (R,), generator=g, dtype=torch.int32)  # -1 / past: zeros
+    y = emu.fwd(x, w, cu, hh, act, vec, src_pair, plan_topk)
+    gx, gw, gh, gx_wide = emu.bwd(gy, x, w, cu, hh, act, vec, src_pair, plan_topk)
     beside = torch.cat([gx_wide[:, :4], gx_wide[:, 4 + C:]], 1)  # grad_x is a column slice: the rest stays NaN
+    if plan_topk:  # the reference conv runs on the gathered rows (mom_ops.permute's rule)
+        pair = src_pair.long()
+        used = (pair >= 0) & (pair < N * plan_topk)
+        x = torch.where(used[:, None], x[torch.where(used, pair // plan_topk, 0)], torch.zeros((), dtype=dtype))
     leaves = [t.float().clone().requires_grad_(True) for t in (x, w, h) if t is not None]
     y_ref = segment_conv_ref(leaves[0], leaves[1], cu, leaves[2] if h is not None else None, act)
     if y_ref.grad_fn is None:
@@ -89,7 +98,14 @@ def main() -> int:
              dict(lengths=segmentations[0][0], tail=3, C=16, W=4, hist=True, act=True, dtype=torch.bfloat16, vec=False,
                   stride_pad=3, int64=True),
              dict(lengths=[70, 0, 200], tail=2, C=300, W=4, hist=True, act=True, dtype=torch.float32, vec=True)]
-    for kw in extra:  # strided rows with int64 cu_seqlens; several channel tiles
+    for lengths, tail in segmentations:  # x read through a plan's map (the q conv of MoMAttention's stream)
+        for W, (dtype, vec) in itertools.product([1, 4, 8], paths):
+            C = 40 if vec and dtype == torch.float32 else (24 if vec else 7)
+            extra.append(dict(lengths=lengths, tail=tail, C=C, W=W, hist=W > 1, act=True, dtype=dtype, vec=vec,
+                              plan_topk=3))
+    extra.append(dict(lengths=[70, 0, 200], tail=2, C=300, W=4, hist=True, act=True, dtype=torch.bfloat16, vec=True,
+                      stride_pad=8, plan_topk=2))
+    for kw in extra:  # strided rows with int64 cu_seqlens; several channel tiles; plans
         ok, errs = case(emu, **kw)
         n, fails = n + 1, fails + (not ok)
         if not ok:
