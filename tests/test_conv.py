@@ -364,3 +364,15 @@ def test_segment_conv_through_a_plan_opcheck_and_bad_maps():
     bad[3] = 10**6
     with pytest.raises(ValueError, match="src_pair\\[3\\]"):
         op(x, w, plan.cu_seqlens, h, True, plan.dst_row, bad)
+
+
+def test_triton_segment_conv_through_a_plan():
+    """The Triton reference's plan argument: the conv of the permuted rows."""
+    from tests.helpers import triton_device
+    from triton_ref import conv as tc
+
+    device = triton_device()
+    x, w, plan, h = _plan_inputs(48, 8, 4, 2, 2, 4, True, torch.float32, device, mask_every=5)
+    naive = segment_conv_ref(permute_ref(x.cpu(), plan.src_pair.cpu(), plan.topk), w.cpu(), plan.cu_seqlens.cpu(),
+                             h.cpu())
+    assert rel_rms(tc.segment_conv(x, w, plan.cu_seqlens, h, plan=plan), naive) < 1e-6

@@ -111,9 +111,14 @@ def _row_tables(cu_seqlens: torch.Tensor, R: int, device):
 
 
 def segment_conv(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor,
-                 history: torch.Tensor | None = None, activation: bool = True) -> torch.Tensor:
-    """Forward of mom_ops.segment_conv (same arguments): x [R, C], weight [C, W] -> [R, C]. Not differentiable;
-    segment_conv_backward gives the gradients."""
+                 history: torch.Tensor | None = None, activation: bool = True, plan=None) -> torch.Tensor:
+    """Forward of mom_ops.segment_conv (same arguments): x [R, C], weight [C, W] -> [R, C]; with a routing plan, x is
+    [N, C] and the conv runs on permute(x, plan) (here materialised). Not differentiable; segment_conv_backward gives
+    the gradients (of the permuted rows)."""
+    if plan is not None:
+        from triton_ref.routing import permute
+
+        x = permute(x, plan)
     R, C = x.shape
     W = weight.shape[1]
     cu, seg, start, S = _row_tables(cu_seqlens, R, x.device)
