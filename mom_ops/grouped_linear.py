@@ -237,9 +237,10 @@ def _zero_empty_groups_kernel(dw_ptr, ends_ptr, SLAB, BLOCK: tl.constexpr):
 
 
 def _zero_empty_groups(dw: torch.Tensor, ends: torch.Tensor) -> None:
-    """Zeroes dw [G, out, D]'s groups without rows, except the last (scratch), without a host sync. The grouped GEMM
-    leaves such a group unset (no k-step zeroes its accumulators). On CUDA a Triton kernel whose programs exit at
-    once for a group with rows (~no cost in the usual case; masked_fill_ over all of dw took ~30 us at T2K); under
+    """Zeroes dw [G, out, D]'s groups without rows, except the last (scratch), without a host sync: nothing in
+    torch._grouped_mm's contract says it writes an empty group's sum (its sm100 path rejects empty groups; on the
+    H200 with torch 2.11 it wrote zeros, mom_ops/NOTES.md). On CUDA a Triton kernel whose programs exit at once for
+    a group with rows (~no cost in the usual case; masked_fill_ over all of dw took ~30 us at T2K); under
     torch.compile and on the CPU a masked_fill_."""
     G = ends.shape[0] - 1
     if G == 0:
