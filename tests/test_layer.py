@@ -110,8 +110,11 @@ def test_layer_bad_input():
         MoMAttention(hidden_size=32, num_heads=2, head_dim=8, num_memories=2, topk=3)
 
 
-def test_layer_compiles_fullgraph():
-    """Dynamo traces the whole layer (fake kernels, autograd registrations) without graph breaks."""
+@pytest.mark.parametrize("fuse_q", [False, True])
+def test_layer_compiles_fullgraph(fuse_q, monkeypatch):
+    """Dynamo traces the whole layer (fake kernels, autograd registrations) without graph breaks, with the q conv
+    through the plan too."""
+    monkeypatch.setattr(mom_ops.nn, "FUSE_Q_PERMUTE", fuse_q)
     layer, _ = _layer(seed=3)
     x = torch.randn(2, 9, 32, requires_grad=True)
     compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
