@@ -170,10 +170,10 @@ def _conv_plan_case(tokens, channels, width, memories, topk, batch):
             if mode == "fwd":
                 return Bench(lambda: torch.ops.mom_ops.segment_conv_fwd(torch.ops.mom_ops.permute(x, *maps), w, cu,
                                                                         None, True), moved, graph=True)
+            x_stream = torch.ops.mom_ops.permute(x, *maps)  # the layer keeps the permuted copy for the backward
 
             def bwd_permuted():
-                gx, gw, _ = torch.ops.mom_ops.segment_conv_bwd(dy, torch.ops.mom_ops.permute(x, *maps), w, cu, None,
-                                                               True)
+                gx, gw, _ = torch.ops.mom_ops.segment_conv_bwd(dy, x_stream, w, cu, None, True)
                 return torch.ops.mom_ops.unpermute(gx, *maps, None), gw
             return Bench(bwd_permuted, moved, graph=True)
         return None
