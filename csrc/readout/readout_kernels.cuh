@@ -15,6 +15,7 @@
 
 #include <cstdint>
 
+#include "common/fast_math.cuh"
 #include "common/vec.cuh"
 
 namespace mom_ops {
@@ -92,15 +93,6 @@ __device__ __forceinline__ float warp_sum(float x) {
 #pragma unroll
   for (int off = 16; off > 0; off /= 2) x += __shfl_xor_sync(0xffffffffu, x, off);
   return x;
-}
-
-// 1 / (1 + 2^(-z log2 e)) with the approximate ex2 and rcp, flushing denormals (__expf's denormal handling cost
-// ~4 extra instructions per element). Relative error ~1e-7, far below the bf16/fp16 rounding of the outputs.
-__device__ __forceinline__ float sigmoidf(float z) {
-  float e, r;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(z * -1.4426950408889634f));
-  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(1.f + e));
-  return r;
 }
 
 // A work item: head h of token n.
@@ -328,7 +320,7 @@ __global__ void __launch_bounds__(kMixWarps * 32, kMixFwdMinCtas<kVecsPerLane>) 
 #pragma unroll
         for (int e = 0; e < kVec; ++e) {
           const float z = cur.gate.at(i, e);
-          const float act = p.gate != nullptr ? z * sigmoidf(z) : 1.f;
+          const float act = p.gate != nullptr ? z * fast_sigmoid(z) : 1.f;
           o[i][e] = o[i][e] * rstd * nw[e] * act;
         }
       }
@@ -400,7 +392,7 @@ __global__ void __launch_bounds__(kMixWarps * 32, kMixBwdMinCtas<kVecsPerLane>) 
       if (norm) norm_w.get(p, lane, i, nw);
 #pragma unroll
       for (int e = 0; e < kVec; ++e) {
-        const float z = cur.gate.at(i, e), act = norm && gated ? z * sigmoidf(z) : 1.f;
+        const float z = cur.gate.at(i, e), act = norm && gated ? z * fast_sigmoid(z) : 1.f;
         g[i][e] = norm ? cur.dy.at(i, e) * nw[e] * act : cur.dy.at(i, e);
         dots[0] += o[i][e] * o[i][e];
         dots[1] += g[i][e] * o[i][e];
@@ -425,7 +417,7 @@ __global__ void __launch_bounds__(kMixWarps * 32, kMixBwdMinCtas<kVecsPerLane>) 
 #pragma unroll
         for (int e = 0; e < kVec; ++e) {
           const float z = cur.gate.at(i, e), dy = cur.dy.at(i, e), xhat = o[i][e] * rstd;
-          const float s = gated ? sigmoidf(z) : 1.f, act = gated ? z * s : 1.f;
+          const float s = gated ? fast_sigmoid(z) : 1.f, act = gated ? z * s : 1.f;
           dz[e] = dy * xhat * nw[e] * s * (1.f + z * (1.f - s));
           my_dnw[(i * kVec + e) * 32] += dy * xhat * act;  // zero past V: dy is zero there
         }
