@@ -96,8 +96,9 @@ def test_layer_fused_q_permute_matches(device, monkeypatch):
         out, aux = layer(xg, attention_mask=mask)
         ((out * dy).sum() + aux).backward()
         results.append([out, xg.grad] + [p.grad for p in layer.parameters()])
-    for a, b in zip(*results):  # the same math in the same order: equal up to float noise
-        assert torch.allclose(a.float(), b.float(), rtol=1e-5, atol=1e-6)
+    tol = 1e-6 if dtype == torch.float32 else 2e-3  # the same math in the same order: equal up to rounding noise
+    for a, b in zip(*results):
+        assert rel_rms(a, b) < tol
 
 
 def test_layer_bad_input():
