@@ -25,9 +25,7 @@ inline int64_t conv_rows(const at::Tensor& x, const std::optional<at::Tensor>& d
   TORCH_CHECK_VALUE(dst_row.has_value() == src_pair.has_value(), "dst_row and src_pair (the plan's maps) go together: "
                     "got only ", dst_row.has_value() ? "dst_row" : "src_pair");
   if (!src_pair.has_value()) return x.size(0);
-  check_plan_maps(*dst_row, *src_pair, x);
-  TORCH_CHECK_VALUE(x.size(0) == dst_row->size(0), "x must have one row per token of the plan (", dst_row->size(0),
-                    "), got ", x.size(0));
+  check_plan_tokens(x, *dst_row, *src_pair);
   return src_pair->size(0);
 }
 

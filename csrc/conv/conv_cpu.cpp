@@ -66,16 +66,15 @@ void conv_fwd_loop(const ConvCpu& c, bool activation, at::Tensor& y) {
   }
 }
 
-// The conv's input rows: x, or with the plan's maps permute(x) (x[src_pair[r] // k], 0 for unused rows), the maps'
-// values checked (the CPU can read them without a sync).
+// The conv's input rows: x, or with the plan's maps permute(x) (mom_ops::permute's CPU kernel, which also checks the
+// maps' values).
 at::Tensor conv_input_rows(const at::Tensor& x, const std::optional<at::Tensor>& dst_row,
                            const std::optional<at::Tensor>& src_pair) {
   if (!src_pair.has_value()) return x;
-  check_plan_map_values(*dst_row, *src_pair, src_pair->size(0));
-  const at::Tensor pair = src_pair->to(at::kLong);
-  const at::Tensor used = pair.ge(0);
-  const at::Tensor rows = x.index_select(0, at::where(used, pair.div(dst_row->size(1), "floor"), 0));
-  return at::where(used.unsqueeze(1), rows, at::zeros({}, x.options()));
+  static const auto permute = c10::Dispatcher::singleton()
+                                  .findSchemaOrThrow("mom_ops::permute", "")
+                                  .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+  return permute.call(x, *dst_row, *src_pair);
 }
 
 at::Tensor segment_conv_fwd_cpu(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& cu_seqlens,

@@ -48,6 +48,13 @@ inline void check_plan_maps(const at::Tensor& dst_row, const at::Tensor& src_pai
   CHECK_CONTIGUOUS(src_pair);
 }
 
+// The plan's maps for x [N, D], one row per token of the plan (permute's input).
+inline void check_plan_tokens(const at::Tensor& x, const at::Tensor& dst_row, const at::Tensor& src_pair) {
+  check_plan_maps(dst_row, src_pair, x);
+  TORCH_CHECK_VALUE(x.size(0) == dst_row.size(0), "x must have one row per token of the plan (", dst_row.size(0),
+                    "), got ", x.size(0));
+}
+
 // CPU only (reads the maps; on CUDA that would be a host sync, so the kernels trust the plan as torch's index ops
 // do): every dst_row entry is -1 or a row < num_rows, every src_pair entry is -1 or a pair < dst_row.numel().
 inline void check_plan_map_values(const at::Tensor& dst_row, const at::Tensor& src_pair, int64_t num_rows) {

@@ -114,9 +114,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 at::Tensor permute_cpu(const at::Tensor& x, const at::Tensor& dst_row, const at::Tensor& src_pair) {
   CHECK_DIM(x, 2);
   CHECK_FLOATING(x);
-  check_plan_maps(dst_row, src_pair, x);
-  TORCH_CHECK_VALUE(x.size(0) == dst_row.size(0), "x must have one row per token of the plan (", dst_row.size(0),
-                    "), got ", x.size(0));
+  check_plan_tokens(x, dst_row, src_pair);
   check_plan_map_values(dst_row, src_pair, src_pair.size(0));
   const int64_t topk = dst_row.size(1);
   const at::Tensor xc = x.contiguous();

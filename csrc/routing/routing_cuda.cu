@@ -123,9 +123,7 @@ PermuteParams plan_params(const at::Tensor& dst_row, const at::Tensor& src_pair,
 at::Tensor permute_cuda(const at::Tensor& x, const at::Tensor& dst_row, const at::Tensor& src_pair) {
   CHECK_DIM(x, 2);
   CHECK_CUDA_FLOATING(x);
-  check_plan_maps(dst_row, src_pair, x);
-  TORCH_CHECK_VALUE(x.size(0) == dst_row.size(0), "x must have one row per token of the plan (", dst_row.size(0),
-                    "), got ", x.size(0));
+  check_plan_tokens(x, dst_row, src_pair);
   c10::cuda::CUDAGuard guard(x.device());
   // Rows with dense columns are read in place at their stride (a column slice of a wider projection, say; rows are
   // only read, so any stride(0) will do, 0 included).
