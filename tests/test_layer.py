@@ -81,13 +81,15 @@ def test_layer_fused_q_permute_matches(device, monkeypatch):
     need_kernel("segment_conv_bwd", device)
     if device == "cuda":
         need_kernel("chunk_gated_delta_rule_bwd", "cuda")
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32  # (the CUDA scan and grouped GEMM: 16-bit)
-    layer, _ = _layer(seed=3)
-    layer = layer.to(device, dtype)
-    x = torch.randn(2, 40, 32).to(device, dtype)
+    if device == "cuda":  # the CUDA scan: head_dim 64 and up, 16-bit
+        layer, dtype = _gpu_layer_pair(seed=3)[1], torch.bfloat16
+    else:
+        layer, dtype = _layer(seed=3)[0], torch.float32
+    hidden = layer.hidden_size
+    x = torch.randn(2, 40, hidden).to(device, dtype)
     mask = torch.ones(2, 40, dtype=torch.bool, device=device)
     mask[0, :5] = False
-    dy = torch.randn(2, 40, 32).to(device, dtype)
+    dy = torch.randn(2, 40, hidden).to(device, dtype)
     results = []
     for fused in (False, True):
         monkeypatch.setattr(mom_ops.nn, "FUSE_Q_PERMUTE", fused)
