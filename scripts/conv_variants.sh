@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # segment_conv kernel shapes, timed at the bench shape by scripts/conv_variants.cu (on a GPU machine), and ncu's
 # headline of the default shape. Each line: "name: -D flags".
-#   [CONV_ROWS_LIST="32768 49152"] bash scripts/conv_variants.sh [out dir]   (the rows R of each timing)
+#   [CONV_ROWS_LIST="32768 49152"] [CONV_VARIANTS=...] [NCU_FULL=1] bash scripts/conv_variants.sh [out dir]
+# (CONV_ROWS_LIST: the rows R of each timing; NCU_FULL=1: ncu's full section set, with source-level stall samples)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-/tmp}
@@ -13,6 +14,8 @@ variants=(
   "rows96:-DMOM_OPS_CONV_ROWS=96"
   "runs_first:-DMOM_OPS_CONV_TILES_FIRST=0"
 )
+# CONV_VARIANTS="name:flags;name:flags" replaces the list (keep a "default:" entry: ncu profiles it).
+if [ -n "${CONV_VARIANTS:-}" ]; then IFS=';' read -r -a variants <<<"$CONV_VARIANTS"; fi
 for v in "${variants[@]}"; do
   name=${v%%:*}
   "$NVCC" -std=c++20 -O3 -gencode arch=compute_90a,code=sm_90a --expt-relaxed-constexpr -Icsrc $TI ${v#*:} \
@@ -32,7 +35,13 @@ for v in "${variants[@]}"; do
 done
 NCU="${CUDA_HOME:-/usr/local/cuda}/bin/ncu"
 for k in fwd bwd; do
-  timeout 120 "$NCU" --kernel-name "regex:segment_conv_$k" --launch-skip 2 --launch-count 1 --section SpeedOfLight \
-    --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats \
-    /tmp/cv_default >"$out/ncu_conv_$k.txt" 2>&1
+  if [ "${NCU_FULL:-0}" = 1 ]; then sections=(--set full --import-source yes -o "/tmp/ncu_conv_$k" -f); else
+    sections=(--section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy
+              --section LaunchStats); fi
+  timeout 120 "$NCU" --kernel-name "regex:segment_conv_$k" --launch-skip 2 --launch-count 1 "${sections[@]}" \
+    /tmp/cv_default ${CONV_ROWS_LIST%% *} >"$out/ncu_conv_$k.txt" 2>&1
+  if [ "${NCU_FULL:-0}" = 1 ]; then  # the details page, and the SASS page for scripts/ncu_phases.py
+    "$NCU" -i "/tmp/ncu_conv_$k.ncu-rep" --page details >>"$out/ncu_conv_$k.txt" 2>&1
+    "$NCU" -i "/tmp/ncu_conv_$k.ncu-rep" --page source --csv --print-source sass >"$out/ncu_conv_${k}_sass.csv" 2>&1
+  fi
 done
