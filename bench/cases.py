@@ -224,29 +224,34 @@ def _gating_case(rows, heads, row_width):
 # ---------------------------------------------------------------- readout
 
 
-def _memory_mix_case(tokens, heads, dim_v, topk):
+def _memory_mix_case(tokens, heads, dim_v, topk, with_shared=True):
+    """with_shared=False: MoMAttention's stream, whose shared memory is one of the topk rows (pair 0), not an
+    input of its own."""
     def build(provider, mode):
         plan = mom_ops.route(torch.randn(tokens, 4, device="cuda"), topk, batch_size=1)
         bf = dict(device="cuda", dtype=torch.bfloat16)
         o_routed = torch.randn(tokens * topk, heads, dim_v, **bf)
-        shared, gate = torch.randn(tokens, heads, dim_v, **bf), torch.randn(tokens, heads, dim_v, **bf)
+        shared = torch.randn(tokens, heads, dim_v, **bf) if with_shared else None
+        gate = torch.randn(tokens, heads, dim_v, **bf)
         norm_w = torch.ones(dim_v, device="cuda")
         weights = plan.weights
-        inputs = [o_routed, shared, gate, norm_w, weights, plan.dst_row]
+        inputs = [t for t in (o_routed, shared, gate, norm_w, weights, plan.dst_row) if t is not None]
         if mode == "bwd":
             for t in (o_routed, shared, gate, norm_w):
-                t.requires_grad_(True)
+                if t is not None:
+                    t.requires_grad_(True)
             weights = weights.clone().requires_grad_(True)
-        fwd_bytes = nbytes(*inputs) + nbytes(shared)  # + the output, the size of shared
-        bwd_bytes = nbytes(*inputs) + nbytes(shared) + nbytes(*inputs[:5]) + nbytes(plan.src_pair)
+        # + the output (the size of gate); the bwd reads dy and writes a gradient of every input but dst_row
+        fwd_bytes = nbytes(*inputs) + nbytes(gate)
+        bwd_bytes = nbytes(*inputs) + nbytes(gate) + nbytes(*inputs[:-1]) + nbytes(plan.src_pair)
 
         def runner(fn, graph=False):
             if mode == "fwd":
                 return Bench(lambda: fn(o_routed, plan, weights, shared, norm_w, gate), fwd_bytes, graph=graph)
             out = fn(o_routed, plan, weights, shared, norm_w, gate)
             dy = torch.randn_like(out)
-            return Bench(lambda: torch.autograd.grad(out, (o_routed, weights, shared, norm_w, gate), dy,
-                                                     retain_graph=True), bwd_bytes)
+            leaves = tuple(t for t in (o_routed, weights, shared, norm_w, gate) if t is not None)
+            return Bench(lambda: torch.autograd.grad(out, leaves, dy, retain_graph=True), bwd_bytes)
 
         if provider == "mom_ops" and has_cuda_kernel("memory_mix_fwd") and has_cuda_kernel("memory_mix_bwd"):
             # CUDA-graph replays of the ops (the bar is the kernels' bandwidth): launched one by one through
@@ -254,22 +259,24 @@ def _memory_mix_case(tokens, heads, dim_v, topk):
             if mode == "fwd":
                 return runner(mom_ops.memory_mix, graph=True)
             dy = torch.randn(tokens, heads, dim_v, **bf)
-            args = (dy, o_routed.detach(), plan.dst_row, plan.src_pair, weights.detach(), shared.detach(),
-                    norm_w.detach(), gate.detach(), 1e-6)
+            args = (dy, o_routed.detach(), plan.dst_row, plan.src_pair, weights.detach(),
+                    None if shared is None else shared.detach(), norm_w.detach(), gate.detach(), 1e-6)
             return Bench(lambda: torch.ops.mom_ops.memory_mix_bwd(*args), bwd_bytes, graph=True)
         if provider == "triton_ref" and (fn := triton_ref_fn("readout", "memory_mix")) is not None:
             return runner(fn)
         if provider == "naive":
             def naive(o_routed, plan, weights, shared, norm_w, gate):
                 rows = plan.dst_row.long()
-                o = (o_routed[rows].float() * weights[..., None, None]).sum(1) + shared.float()
+                o = (o_routed[rows].float() * weights[..., None, None]).sum(1)
+                o = o if shared is None else o + shared.float()
                 o = o * torch.rsqrt(o.square().mean(-1, keepdim=True) + 1e-6) * norm_w * F.silu(gate.float())
                 return o.to(o_routed.dtype)
 
             return runner(naive)
         return None
 
-    return Case("memory_mix", f"memory_mix_T{tokens}_H{heads}_V{dim_v}_k{topk}", ("fwd", "bwd"), build)
+    name = f"memory_mix_T{tokens}_H{heads}_V{dim_v}_k{topk}" + ("" if with_shared else "_stream")
+    return Case("memory_mix", name, ("fwd", "bwd"), build)
 
 
 # ---------------------------------------------------------------- gdn scan
@@ -435,6 +442,7 @@ CASES: list[Case] = [
     _permute_case(32768, 2048, 2, inverse=False),
     _permute_case(32768, 2048, 2, inverse=True),
     _memory_mix_case(16384, 4, 256, 2),
+    _memory_mix_case(16384, 4, 256, 3, with_shared=False),  # the layer's T2K stream: shared memory + top-2
     _gating_case(49152, 4, 2056),
     _conv_case(32768, 1024, 4, 32),
     _conv_plan_case(16384, 1024, 4, 5, 3, 8),

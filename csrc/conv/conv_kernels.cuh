@@ -73,7 +73,7 @@ __device__ __forceinline__ int64_t conv_tile(const ConvParams& p) { return p.til
 #define MOM_OPS_CONV_FWD_CHUNK 8
 #endif
 #ifndef MOM_OPS_CONV_BWD_CHUNK
-#define MOM_OPS_CONV_BWD_CHUNK 4
+#define MOM_OPS_CONV_BWD_CHUNK 2
 #endif
 #ifndef MOM_OPS_CONV_TILES_FIRST
 #define MOM_OPS_CONV_TILES_FIRST 1

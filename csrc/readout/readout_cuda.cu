@@ -71,7 +71,9 @@ MixParams make_params(const MixInputs& in, const at::Tensor& dst_row, const at::
 // Calls fn.template operator()<T, kVec, kVecsPerLane, kPrefetch, kTopk>() for the input dtype, V and topk. The next
 // item's rows are prefetched where the registers allow it (kVecsPerLane <= 2): on the H100 that took the bwd from
 // 443 to 213 us and the fwd from 70 to 68 us (memory_mix_T16384_H4_V256_k2, commit db740fa). topk == 2 (MoM's
-// usual top-2) gets kernels with the slot loops unrolled (kTopk = 2), other topk the general ones (kTopk = 0).
+// usual top-2) gets kernels with the slot loops unrolled (kTopk = 2), and with one vector per lane topk == 3 too
+// (MoMAttention's stream: the shared memory + top-2; every slot's row then loads one item ahead); other topk the
+// general ones (kTopk = 0: the slots past two load their indices and rows when used).
 template <typename Fn>
 void dispatch_mix(const at::Tensor& o_routed, int dim_v, int topk, Fn&& fn) {
   FLOAT_SWITCH(o_routed.scalar_type(), elem_t, [&] {
@@ -79,6 +81,8 @@ void dispatch_mix(const at::Tensor& o_routed, int dim_v, int topk, Fn&& fn) {
     if (dim_v <= 32 * kVec) {
       if (topk == 2) {
         fn.template operator()<elem_t, kVec, 1, true, 2>();
+      } else if (topk == 3) {
+        fn.template operator()<elem_t, kVec, 1, true, 3>();
       } else {
         fn.template operator()<elem_t, kVec, 1, true, 0>();
       }

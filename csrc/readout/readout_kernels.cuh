@@ -49,14 +49,16 @@ template <int kVecsPerLane>
 constexpr int kMixFwdMinCtas = kVecsPerLane == 1 ? 3 : 1;
 template <int kVecsPerLane>
 constexpr int kMixBwdMinCtas = kVecsPerLane == 1 ? 2 : 1;
-constexpr int kMixSlotsInFlight = 2;  // routed rows per item whose indices and loads are issued ahead
-static_assert(kMixSlotsInFlight == 2, "memory_mix_bwd_kernel picks the in-register rows of slots 0 and 1 by name");
+// Routed rows per item whose indices and loads are issued ahead (the in-register slots): every slot of a fixed
+// topk (kTopk > 0: 2, or 3 = MoMAttention's shared memory + top-2), the first two of any other (kTopk = 0: slots
+// past them are loaded when used, a dependent load per item and slot).
+template <int kTopk>
+constexpr int kMixSlots = kTopk > 2 ? kTopk : 2;
+constexpr int kMixMaxFixedTopk = 3;
 
-// kTopk = 0: any topk (slots past kMixSlotsInFlight are loaded when used); kTopk > 0: topk == kTopk <=
-// kMixSlotsInFlight, so every loop over the slots is unrolled and the extra-slot paths are compiled out.
 template <int kTopk>
 __device__ __forceinline__ int topk_of(const MixParams& p) {
-  static_assert(kTopk <= kMixSlotsInFlight, "a fixed topk must fit the in-register slots");
+  static_assert(kTopk <= kMixMaxFixedTopk, "a fixed topk must fit the in-register slots");
   return kTopk > 0 ? kTopk : p.topk;
 }
 
@@ -135,35 +137,37 @@ __device__ __forceinline__ TokenWalk token_walk(const MixParams& p) {
   return {{int64_t(warp_id), 0}, int64_t(gridDim.x) * kMixWarps, p.heads};
 }
 
-// Token n's first kMixSlotsInFlight routed rows (-1: none) and their weights (0 where there is no row); for the
+// Token n's first kS routed rows (-1: none) and their weights (0 where there is no row); for the
 // backward also which of the token's own packed rows n*k + j hold no pair (their gradient is zeroed), so that no
 // dependent load stalls the warp at the end of an item.
+template <int kS>
 struct SlotRefs {
-  int64_t row[kMixSlotsInFlight];
-  float w[kMixSlotsInFlight];
-  bool empty[kMixSlotsInFlight];
+  int row[kS];  // (dst_row is int32; 64-bit offsets are formed where a row is read or written)
+  float w[kS];
+  bool empty[kS];
 };
 
 __device__ __forceinline__ int64_t routed_row(const MixParams& p, int64_t n, int j) {
-  const int r = p.dst_row[n * p.topk + j];  // only for the slots past kMixSlotsInFlight (kTopk = 0)
+  const int r = p.dst_row[n * p.topk + j];  // only for the slots past the in-register ones (kTopk = 0)
   return r >= 0 && r < p.num_rows ? r : -1;
 }
 
 template <bool kBackward, int kTopk>
-__device__ __forceinline__ SlotRefs load_slot_refs(const MixParams& p, int64_t n) {
+__device__ __forceinline__ SlotRefs<kMixSlots<kTopk>> load_slot_refs(const MixParams& p, int64_t n) {
+  constexpr int kS = kMixSlots<kTopk>;
   const int topk = topk_of<kTopk>(p);
-  SlotRefs s;
-  int r[kMixSlotsInFlight], src[kMixSlotsInFlight];
-  float w[kMixSlotsInFlight];
+  SlotRefs<kS> s;
+  int r[kS], src[kS];
+  float w[kS];
 #pragma unroll
-  for (int j = 0; j < kMixSlotsInFlight; ++j) {  // independent loads: issue all first
+  for (int j = 0; j < kS; ++j) {  // independent loads: issue all first
     const bool ok = n < p.num_tokens && j < topk;
     r[j] = ok ? p.dst_row[n * topk + j] : -1;
     w[j] = ok ? p.weights[n * topk + j] : 0.f;
     src[j] = kBackward && ok ? p.src_pair[n * topk + j] : 0;
   }
 #pragma unroll
-  for (int j = 0; j < kMixSlotsInFlight; ++j) {
+  for (int j = 0; j < kS; ++j) {
     const bool ok = r[j] >= 0 && r[j] < p.num_rows;
     s.row[j] = ok ? r[j] : -1;
     s.w[j] = ok ? w[j] : 0.f;
@@ -173,16 +177,16 @@ __device__ __forceinline__ SlotRefs load_slot_refs(const MixParams& p, int64_t n
 }
 
 // Everything one item reads before its reductions (raw vectors): shared, gate, grad_out and the first rows.
-template <typename T, int kVec, int kVecsPerLane>
+template <typename T, int kVec, int kVecsPerLane, int kS>
 struct ItemLoads {
-  SlotRefs refs;
-  LaneRow<T, kVec, kVecsPerLane> shared, gate, dy, rows[kMixSlotsInFlight];
+  SlotRefs<kS> refs;
+  LaneRow<T, kVec, kVecsPerLane> shared, gate, dy, rows[kS];
 };
 
 // Issues the loads of item (n, h) with the plan indices in refs (dy only for the backward).
-template <typename T, int kVec, int kVecsPerLane, bool kBackward>
-__device__ __forceinline__ void issue_item_loads(const MixParams& p, int64_t n, int h, int lane, const SlotRefs& refs,
-                                                 ItemLoads<T, kVec, kVecsPerLane>& x) {
+template <typename T, int kVec, int kVecsPerLane, bool kBackward, int kS>
+__device__ __forceinline__ void issue_item_loads(const MixParams& p, int64_t n, int h, int lane,
+                                                 const SlotRefs<kS>& refs, ItemLoads<T, kVec, kVecsPerLane, kS>& x) {
   const int64_t row_elems = int64_t(p.heads) * p.dim_v, col0 = int64_t(h) * p.dim_v;
   const int64_t base = n * row_elems + col0;
   x.refs = refs;
@@ -193,9 +197,10 @@ __device__ __forceinline__ void issue_item_loads(const MixParams& p, int64_t n, 
   }
   if (kBackward) load_lane_row(static_cast<const T*>(p.grad_out) + base, p.dim_v, lane, x.dy);
 #pragma unroll
-  for (int j = 0; j < kMixSlotsInFlight; ++j) {
+  for (int j = 0; j < kS; ++j) {
     if (refs.row[j] >= 0) {
-      load_lane_row(static_cast<const T*>(p.o_routed) + refs.row[j] * row_elems + col0, p.dim_v, lane, x.rows[j]);
+      load_lane_row(static_cast<const T*>(p.o_routed) + int64_t(refs.row[j]) * row_elems + col0, p.dim_v, lane,
+                    x.rows[j]);
     } else {
       zero_lane_row(x.rows[j]);
     }
@@ -207,8 +212,9 @@ __device__ __forceinline__ void issue_item_loads(const MixParams& p, int64_t n, 
 // iteration makes `cur` hold item it's loads.
 template <typename T, int kVec, int kVecsPerLane, bool kBackward, bool kPrefetch, int kTopk, typename Walk>
 struct ItemPipeline {
-  ItemLoads<T, kVec, kVecsPerLane> cur, next;
-  SlotRefs refs;
+  static constexpr int kS = kMixSlots<kTopk>;
+  ItemLoads<T, kVec, kVecsPerLane, kS> cur, next;
+  SlotRefs<kS> refs;
 
   __device__ __forceinline__ void start(const MixParams& p, const Walk& walk, int lane) {
     refs = load_slot_refs<kBackward, kTopk>(p, walk.first.n);
@@ -231,20 +237,22 @@ struct ItemPipeline {
   }
 };
 
-// o (fp32) of the item: shared + the weighted rows; slots past kMixSlotsInFlight are loaded here.
+// o (fp32) of the item: shared + the weighted rows; slots past the in-register ones are loaded here.
 template <typename T, int kVec, int kVecsPerLane, int kTopk>
 __device__ __forceinline__ void mix_item(const MixParams& p, int64_t n, int h, int lane,
-                                         const ItemLoads<T, kVec, kVecsPerLane>& x, float (&o)[kVecsPerLane][kVec]) {
+                                         const ItemLoads<T, kVec, kVecsPerLane, kMixSlots<kTopk>>& x,
+                                         float (&o)[kVecsPerLane][kVec]) {
+  constexpr int kS = kMixSlots<kTopk>;
 #pragma unroll
   for (int i = 0; i < kVecsPerLane; ++i)
 #pragma unroll
     for (int e = 0; e < kVec; ++e) {
       float acc = p.shared != nullptr ? x.shared.at(i, e) : 0.f;
 #pragma unroll
-      for (int j = 0; j < kMixSlotsInFlight; ++j) acc += x.refs.w[j] * x.rows[j].at(i, e);
+      for (int j = 0; j < kS; ++j) acc += x.refs.w[j] * x.rows[j].at(i, e);
       o[i][e] = acc;
     }
-  for (int j = kMixSlotsInFlight; j < topk_of<kTopk>(p); ++j) {
+  for (int j = kS; j < topk_of<kTopk>(p); ++j) {
     const int64_t r = routed_row(p, n, j);
     if (r < 0) continue;
     const float w = p.weights[n * p.topk + j];
@@ -271,10 +279,11 @@ __device__ __forceinline__ void load_norm_weight(const MixParams& p, int lane, i
 }
 
 // A lane's norm weights. With one vector per lane they stay in registers for the whole kernel (a warp's lane
-// columns never change); wider rows load them where used (L1 hits), as registers are short there.
-template <int kVec, int kVecsPerLane>
+// columns never change); wider rows load them where used (L1 hits), as registers are short there, and so does the
+// bwd with three in-register slots (kHoist = false: held, they spilled 16 bytes at its 128 registers).
+template <int kVec, int kVecsPerLane, bool kHoist = true>
 struct LaneNormWeight {
-  static constexpr bool kHoisted = kVecsPerLane == 1;
+  static constexpr bool kHoisted = kHoist && kVecsPerLane == 1;
   float held[kVec];
 
   __device__ __forceinline__ void init(const MixParams& p, int lane) {
@@ -303,7 +312,7 @@ __global__ void __launch_bounds__(kMixWarps * 32, kMixFwdMinCtas<kVecsPerLane>) 
   for (MixItem it = walk.first; it.n < p.num_tokens; it = walk.after(it)) {
     const int64_t n = it.n;
     pipe.next_item(p, walk, lane, it);
-    const ItemLoads<T, kVec, kVecsPerLane>& cur = pipe.cur;
+    const auto& cur = pipe.cur;
     float o[kVecsPerLane][kVec];
     mix_item<T, kVec, kVecsPerLane, kTopk>(p, n, h, lane, cur, o);
     if (p.norm_weight != nullptr) {
@@ -359,6 +368,7 @@ constexpr int kMixNormSlotsPerWarp = kVecsPerLane * kVec * 32;
 template <typename T, int kVec, int kVecsPerLane, bool kPrefetch, int kTopk>
 __global__ void __launch_bounds__(kMixWarps * 32, kMixBwdMinCtas<kVecsPerLane>) memory_mix_bwd_kernel(MixParams p) {
   constexpr int kSlots = kMixNormSlotsPerWarp<kVec, kVecsPerLane>;
+  constexpr int kS = kMixSlots<kTopk>;  // in-register routed slots
   extern __shared__ float s_bwd[];  // [kMixWarps, kSlots] d_norm_w sums (with norm), then [kMixWarps, topk] d_w sums
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int64_t row_elems = int64_t(p.heads) * p.dim_v;
@@ -372,7 +382,7 @@ __global__ void __launch_bounds__(kMixWarps * 32, kMixBwdMinCtas<kVecsPerLane>) 
     for (int s = 0; s < kVecsPerLane * kVec; ++s) my_dnw[s * 32] = 0.f;
   }
   const TokenWalk walk = token_walk(p);
-  LaneNormWeight<kVec, kVecsPerLane> norm_w;
+  LaneNormWeight<kVec, kVecsPerLane, (kS <= 2)> norm_w;
   norm_w.init(p, lane);
   ItemPipeline<T, kVec, kVecsPerLane, true, kPrefetch, kTopk, TokenWalk> pipe;
   pipe.start(p, walk, lane);
@@ -380,12 +390,12 @@ __global__ void __launch_bounds__(kMixWarps * 32, kMixBwdMinCtas<kVecsPerLane>) 
     const int64_t n = it.n;
     const int h = it.h;
     pipe.next_item(p, walk, lane, it);
-    const ItemLoads<T, kVec, kVecsPerLane>& cur = pipe.cur;
+    const auto& cur = pipe.cur;
     const int64_t base = n * row_elems + int64_t(h) * p.dim_v;
     float o[kVecsPerLane][kVec], g[kVecsPerLane][kVec];
     mix_item<T, kVec, kVecsPerLane, kTopk>(p, n, h, lane, cur, o);
-    // Pass 1: g and the partial dot products [<o,o>, <g,o>, <g,row_0>, <o,row_0>, <g,row_1>, <o,row_1>].
-    float dots[2 + 2 * kMixSlotsInFlight] = {};
+    // Pass 1: g and the partial dot products [<o,o>, <g,o>, <g,row_0>, <o,row_0>, <g,row_1>, <o,row_1>, ...].
+    float dots[2 + 2 * kS] = {};
 #pragma unroll
     for (int i = 0; i < kVecsPerLane; ++i) {
       float nw[kVec];
@@ -397,7 +407,7 @@ __global__ void __launch_bounds__(kMixWarps * 32, kMixBwdMinCtas<kVecsPerLane>) 
         dots[0] += o[i][e] * o[i][e];
         dots[1] += g[i][e] * o[i][e];
 #pragma unroll
-        for (int j = 0; j < kMixSlotsInFlight; ++j) {
+        for (int j = 0; j < kS; ++j) {
           dots[2 + 2 * j] += g[i][e] * cur.rows[j].at(i, e);
           dots[3 + 2 * j] += o[i][e] * cur.rows[j].at(i, e);
         }
@@ -427,30 +437,11 @@ __global__ void __launch_bounds__(kMixWarps * 32, kMixBwdMinCtas<kVecsPerLane>) 
       for (int e = 0; e < kVec; ++e) g[i][e] = a * g[i][e] - b * o[i][e];
       if (c < p.dim_v && p.grad_shared != nullptr) store_f32<T, kVec>(static_cast<T*>(p.grad_shared) + base + c, g[i]);
     }
-    // d_o_routed rows (w_j do) and d_w partials; slots past kMixSlotsInFlight load their row here.
-    for (int j = 0; j < topk; ++j) {
-      // slots 0 and 1 by name: a runtime index into the register arrays would put them on the stack
-      const int64_t r = j == 0 ? cur.refs.row[0] : j == 1 ? cur.refs.row[1] : routed_row(p, n, j);
-      float dot = j == 0 ? a * dots[2] - b * dots[3] : j == 1 ? a * dots[4] - b * dots[5] : 0.f;
-      if (r >= 0) {
-        const float w = j == 0 ? cur.refs.w[0] : j == 1 ? cur.refs.w[1] : p.weights[n * p.topk + j];
-        const int64_t rbase = r * row_elems + int64_t(h) * p.dim_v;
-        LaneRow<T, kVec, kVecsPerLane> extra;
-        if (j >= kMixSlotsInFlight) load_lane_row(static_cast<const T*>(p.o_routed) + rbase, p.dim_v, lane, extra);
-#pragma unroll
-        for (int i = 0; i < kVecsPerLane; ++i) {
-          const int c = (lane + 32 * i) * kVec;
-          float gr[kVec];
-#pragma unroll
-          for (int e = 0; e < kVec; ++e) {
-            if (j >= kMixSlotsInFlight) dot += g[i][e] * extra.at(i, e);
-            gr[e] = w * g[i][e];
-          }
-          if (c < p.dim_v) store_f32<T, kVec>(static_cast<T*>(p.grad_o_routed) + rbase + c, gr);
-        }
-      }
-      if (j >= kMixSlotsInFlight) dot = warp_sum(dot);
-      if (lane == 0) {  // heads in order 0 .. H-1: a fixed summation order
+    // d_o_routed rows (w_j do) and d_w partials: the in-register slots (unrolled: their registers are indexed by
+    // constants), then any further slot (kTopk = 0), which loads its row and indices here.
+    // d_w: lane 0 adds the heads 0 .. H-1 in order (a fixed summation order).
+    auto add_dw = [&](int j, float dot) {
+      if (lane == 0) {
         const float sum = h == 0 ? dot : my_dw[j] + dot;
         if (h + 1 == p.heads) {
           p.grad_weights[n * topk + j] = sum;
@@ -458,19 +449,54 @@ __global__ void __launch_bounds__(kMixWarps * 32, kMixBwdMinCtas<kVecsPerLane>) 
           my_dw[j] = sum;
         }
       }
+    };
+    auto store_row = [&](int64_t r, float w) {  // d_o_routed[r, h] = w do
+      const int64_t rbase = r * row_elems + int64_t(h) * p.dim_v;
+#pragma unroll
+      for (int i = 0; i < kVecsPerLane; ++i) {
+        const int c = (lane + 32 * i) * kVec;
+        float gr[kVec];
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) gr[e] = w * g[i][e];
+        if (c < p.dim_v) store_f32<T, kVec>(static_cast<T*>(p.grad_o_routed) + rbase + c, gr);
+      }
+    };
+    auto zero_row = [&](int64_t r) {  // a packed row n*k + j that holds no pair
+      float zero[kVec] = {};
+#pragma unroll
+      for (int i = 0; i < kVecsPerLane; ++i) {
+        const int c = (lane + 32 * i) * kVec;
+        if (c < p.dim_v) store_f32<T, kVec>(static_cast<T*>(p.grad_o_routed) + r * row_elems + int64_t(h) * p.dim_v + c, zero);
+      }
+    };
+#pragma unroll
+    for (int j = 0; j < kS; ++j) {
+      if (j >= topk) break;
+      if (cur.refs.row[j] >= 0) store_row(cur.refs.row[j], cur.refs.w[j]);
+      add_dw(j, a * dots[2 + 2 * j] - b * dots[3 + 2 * j]);
+    }
+    for (int j = kS; j < topk; ++j) {
+      const int64_t r = routed_row(p, n, j);
+      float dot = 0.f;
+      if (r >= 0) {
+        LaneRow<T, kVec, kVecsPerLane> extra;
+        load_lane_row(static_cast<const T*>(p.o_routed) + r * row_elems + int64_t(h) * p.dim_v, p.dim_v, lane, extra);
+#pragma unroll
+        for (int i = 0; i < kVecsPerLane; ++i)
+#pragma unroll
+          for (int e = 0; e < kVec; ++e) dot += g[i][e] * extra.at(i, e);
+        store_row(r, p.weights[n * p.topk + j]);
+      }
+      add_dw(j, warp_sum(dot));
     }
     // Rows n*k .. n*k+k-1 that hold no pair get a zero gradient (R = N * k: each row is owned by one token).
-    for (int j = 0; j < topk; ++j) {
-      const int64_t r = n * topk + j;
-      const bool empty = j == 0 ? cur.refs.empty[0] : j == 1 ? cur.refs.empty[1] : p.src_pair[r] < 0;
-      if (empty) {
-        float zero[kVec] = {};
 #pragma unroll
-        for (int i = 0; i < kVecsPerLane; ++i) {
-          const int c = (lane + 32 * i) * kVec;
-          if (c < p.dim_v) store_f32<T, kVec>(static_cast<T*>(p.grad_o_routed) + r * row_elems + int64_t(h) * p.dim_v + c, zero);
-        }
-      }
+    for (int j = 0; j < kS; ++j) {
+      if (j >= topk) break;
+      if (cur.refs.empty[j]) zero_row(n * topk + j);
+    }
+    for (int j = kS; j < topk; ++j) {
+      if (p.src_pair[n * topk + j] < 0) zero_row(n * topk + j);
     }
   }
   if (norm) {
