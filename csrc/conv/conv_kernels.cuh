@@ -73,7 +73,7 @@ __device__ __forceinline__ int64_t conv_tile(const ConvParams& p) { return p.til
 #define MOM_OPS_CONV_FWD_CHUNK 8
 #endif
 #ifndef MOM_OPS_CONV_BWD_CHUNK
-#define MOM_OPS_CONV_BWD_CHUNK 2
+#define MOM_OPS_CONV_BWD_CHUNK 3
 #endif
 #ifndef MOM_OPS_CONV_TILES_FIRST
 #define MOM_OPS_CONV_TILES_FIRST 1
@@ -83,7 +83,11 @@ constexpr int kConvWarps = MOM_OPS_CONV_WARPS;  // runs per CTA (one per warp)
 constexpr int kConvRows = MOM_OPS_CONV_ROWS;    // rows per run (per thread)
 constexpr int kConvThreads = kConvWarps * 32;
 constexpr int kConvFwdChunk = MOM_OPS_CONV_FWD_CHUNK;  // rows whose loads are issued together
-constexpr int kConvBwdChunk = MOM_OPS_CONV_BWD_CHUNK;  // (x and grad_y: twice the registers per row)
+// bwd: x and grad_y rows, this chunk's and the next one's in registers (4 rows spilled 32 B at bf16's 128 registers
+// and ncu put 35% of the bwd's samples on the spill stores; 3 rows fit; fp32 rows are twice the registers: 2).
+constexpr int kConvBwdChunk = MOM_OPS_CONV_BWD_CHUNK;
+template <typename T>
+constexpr int kConvBwdChunkOf = sizeof(T) >= 4 && kConvBwdChunk > 2 ? 2 : kConvBwdChunk;
 // Grid axes: channel tiles (32 kVec channels) along x and blocks of kConvWarps runs along y (tiles_first, the
 // default kConvTilesFirst), so that the CTAs the scheduler starts together read whole rows, or the other way round.
 // Measured on the H200 in the layer's T2K step (session 34): fwd 61.7 -> 59.2 us, bwd 126.2 -> 123.9 us per call.
@@ -481,6 +485,7 @@ __global__ void __launch_bounds__(kConvThreads, kW <= 4 ? 2 : 1) segment_conv_bw
     for (int e = 0; e < kVec; ++e) gw[k][e] = 0.f;
 
   if (c0 < p.channels && r0 < p.rows) {  // no early return: the CTA meets at barriers below
+    constexpr int kChunk = kConvBwdChunkOf<T>;
     const ConvOwned own{r0, r0 + kConvRows < p.rows ? r0 + kConvRows : p.rows};
     // dpre of the W-1 rows past the run feed the run's last grad_x rows.
     const int64_t walk_end = own.r1 + (kW - 1) < p.rows ? own.r1 + (kW - 1) : p.rows;
@@ -494,33 +499,33 @@ __global__ void __launch_bounds__(kConvThreads, kW <= 4 ? 2 : 1) segment_conv_bw
       for (int e = 0; e < kVec; ++e) acc[k][e] = 0.f;
     conv_load_weight<T, kVec, kW>(p, c0, w);
     // Two chunks of x and grad_y rows in registers: the next chunk's loads fly while this one is walked.
-    ConvPacket<T, kVec> in[kConvBwdChunk], din[kConvBwdChunk], next_in[kConvBwdChunk], next_din[kConvBwdChunk];
+    ConvPacket<T, kVec> in[kChunk], din[kChunk], next_in[kChunk], next_din[kChunk];
     conv_load_x_chunk(x, p.x_row_stride, xrow, r0, r0, walk_end, in);  // the first loads overlap the search's
     conv_load_chunk(gy, p.grad_y_row_stride, r0, walk_end, din);
     ConvSegment seg = conv_find_segment(p, r0);
     if (seg.s < p.segments) conv_fill_window<T, kVec, kW>(p, x, c0, seg, r0, win);
     bool live = true;
-    for (int64_t base = r0; base < walk_end && live; base += kConvBwdChunk) {
+    for (int64_t base = r0; base < walk_end && live; base += kChunk) {
       if (base > r0) {
         conv_copy_chunk(next_in, in);
         conv_copy_chunk(next_din, din);
       }
-      if (base + kConvBwdChunk < walk_end) {
-        conv_load_x_chunk(x, p.x_row_stride, xrow, r0, base + kConvBwdChunk, walk_end, next_in);
-        conv_load_chunk(gy, p.grad_y_row_stride, base + kConvBwdChunk, walk_end, next_din);
+      if (base + kChunk < walk_end) {
+        conv_load_x_chunk(x, p.x_row_stride, xrow, r0, base + kChunk, walk_end, next_in);
+        conv_load_chunk(gy, p.grad_y_row_stride, base + kChunk, walk_end, next_din);
       }
-      if (seg.s < p.segments && base + kConvBwdChunk <= seg.b && base + kConvBwdChunk <= own.r1 &&
+      if (seg.s < p.segments && base + kChunk <= seg.b && base + kChunk <= own.r1 &&
           base - (kW - 1) >= seg.a && base - (kW - 1) >= own.r0) {
         T* gx_row = static_cast<T*>(p.grad_x) + (base - (kW - 1)) * p.grad_x_row_stride + c0;
         if (p.activation) {
-          conv_bwd_chunk<T, kVec, kW, kConvBwdChunk, true>(w, win, acc, gw, in, din, gx_row, p.grad_x_row_stride);
+          conv_bwd_chunk<T, kVec, kW, kChunk, true>(w, win, acc, gw, in, din, gx_row, p.grad_x_row_stride);
         } else {
-          conv_bwd_chunk<T, kVec, kW, kConvBwdChunk, false>(w, win, acc, gw, in, din, gx_row, p.grad_x_row_stride);
+          conv_bwd_chunk<T, kVec, kW, kChunk, false>(w, win, acc, gw, in, din, gx_row, p.grad_x_row_stride);
         }
         continue;
       }
 #pragma unroll
-      for (int i = 0; i < kConvBwdChunk; ++i) {  // a chunk with a segment boundary or the run's first / last rows
+      for (int i = 0; i < kChunk; ++i) {  // a chunk with a segment boundary or the run's first / last rows
         const int64_t r = base + i;
         if (r >= walk_end || !live) break;
         if (r >= seg.b) {  // seg ended at seg.b <= r: its pending sums are complete
