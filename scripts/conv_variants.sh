@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # segment_conv kernel shapes, timed at the bench shape by scripts/conv_variants.cu (on a GPU machine), and ncu's
 # headline of the default shape. Each line: "name: -D flags".
-#   [CONV_ROWS_LIST="32768 49152"] [CONV_VARIANTS=...] [NCU_FULL=1] bash scripts/conv_variants.sh [out dir]
+#   [CONV_ROWS_LIST="32768 49152"] [CONV_VARIANTS=...] [NCU_FULL=1 | NCU=0] bash scripts/conv_variants.sh [out dir]
 # (CONV_ROWS_LIST: the rows R of each timing; NCU_FULL=1: ncu's full section set, with source-level stall samples)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +33,7 @@ for v in "${variants[@]}"; do
     grep -i error "/tmp/cv_$name.log" | head -5
   fi
 done
+[ "${NCU:-1}" = 1 ] || exit 0  # NCU=0: timings only
 NCU="${CUDA_HOME:-/usr/local/cuda}/bin/ncu"
 for k in fwd bwd; do
   if [ "${NCU_FULL:-0}" = 1 ]; then sections=(--set full --import-source yes -o "/tmp/ncu_conv_$k" -f); else
