@@ -109,7 +109,7 @@ def test_memory_mix_bad_input():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("k, m, V, variant", [(2, 4, 256, "gated"), (1, 4, 64, "gated"), (8, 64, 512, "gated"),
                                               (3, 5, 136, "gated"), (2, 4, 256, "plain"), (3, 5, 64, "shared"),
                                               (2, 4, None, "norm")])
