@@ -1,12 +1,16 @@
 // Times segment_conv's CUDA kernels (csrc/conv/conv_kernels.cuh) at the bench shape, R 32768 x C 1024, W 4, bf16,
 // 32 segments, for one setting of the MOM_OPS_CONV_* shape macros, beside a plain 16-byte copy of the same bytes
-// (what the GPU's memory can do at this size). scripts/conv_variants.sh builds and runs several settings:
+// (what the GPU's memory can do at this size). Runs of conv_run_rows' length for the kernels' occupancy (as the
+// binding picks it) or a given one; y and grad_x are checked bitwise against 64-row runs. scripts/conv_variants.sh
+// builds and runs several settings:
 //   nvcc -std=c++20 -O3 -gencode arch=compute_90a,code=sm_90a --expt-relaxed-constexpr -Icsrc <torch includes>
-//        [-DMOM_OPS_CONV_ROWS=64 ...] scripts/conv_variants.cu -o /tmp/cv && /tmp/cv
+//        [-DMOM_OPS_CONV_WARPS=8 ...] scripts/conv_variants.cu -o /tmp/cv && /tmp/cv [rows] [run rows, 0: chosen]
 #include <cuda_runtime.h>
 
 #include <cstdio>
+#include <cstdint>
 #include <cstdlib>
+#include <utility>
 #include <vector>
 
 #include "conv/conv_kernels.cuh"
@@ -53,15 +57,18 @@ float time_us(F launch, int reps) {
 
 int main(int argc, char** argv) {
   const int64_t R = argc > 1 ? std::atoll(argv[1]) : 32768, C = 1024;  // rows: the layer's streams have 49152 (T2K)
+  const int forced_run_rows = argc > 2 ? std::atoi(argv[2]) : 0;
   constexpr int W = 4, S = 32;
   const int64_t n = R * C;
-  bf16 *x, *gy, *y, *gx;
+  bf16 *x, *gy, *y, *gx, *y64, *gx64;
   float *w, *partial;
   int* cu;
   CHECK(cudaMalloc(&x, n * 2));
   CHECK(cudaMalloc(&gy, n * 2));
   CHECK(cudaMalloc(&y, n * 2));
   CHECK(cudaMalloc(&gx, n * 2));
+  CHECK(cudaMalloc(&y64, n * 2));
+  CHECK(cudaMalloc(&gx64, n * 2));
   CHECK(cudaMalloc(&w, C * W * 4));
   CHECK(cudaMalloc(&cu, (S + 1) * 4));
   fill_kernel<<<1024, 256>>>(x, n, 1u);
@@ -72,9 +79,21 @@ int main(int argc, char** argv) {
   for (int s = 0; s <= S; ++s) hcu[s] = int(R * s / S) - (s > 0 && s < S ? 37 * (s % 5) : 0);  // uneven cuts
   CHECK(cudaMemcpy(cu, hcu.data(), hcu.size() * 4, cudaMemcpyHostToDevice));
 
-  const unsigned run_blocks = unsigned(conv_run_blocks(R));
-  const dim3 grid = conv_grid_of(run_blocks, unsigned(C / (32 * kConvVec)), kConvTilesFirst);
-  CHECK(cudaMalloc(&partial, int64_t(run_blocks) * C * W * 4));
+  int sms = 0, fwd_per_sm = 0, bwd_per_sm = 0;
+  CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fwd_per_sm, segment_conv_fwd_kernel<bf16, kConvVec, W>,
+                                                      kConvThreads, 0));
+  CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&bwd_per_sm, segment_conv_bwd_kernel<bf16, kConvVec, W>,
+                                                      kConvThreads, 0));
+  const unsigned tiles = unsigned(C / (32 * kConvVec));
+  auto run_rows_of = [&](int per_sm) {
+    return forced_run_rows > 0 ? forced_run_rows : conv_run_rows(R, tiles, int64_t(sms) * per_sm);
+  };
+  const int fwd_rows = run_rows_of(fwd_per_sm), bwd_rows = run_rows_of(bwd_per_sm);
+  auto grid_of = [&](int run_rows) {
+    return conv_grid_of(unsigned(conv_run_blocks(R, run_rows)), tiles, kConvTilesFirst);
+  };
+  CHECK(cudaMalloc(&partial, conv_run_blocks(R, 1) * C * W * 4));  // enough for any run length
   ConvParams p{};
   p.x = x;
   p.weight = w;
@@ -93,17 +112,37 @@ int main(int argc, char** argv) {
   p.activation = true;
   p.tiles_first = kConvTilesFirst;
 
-  const float fwd = time_us([&] { segment_conv_fwd_kernel<bf16, kConvVec, W><<<grid, kConvThreads>>>(p); }, 50);
-  const float bwd = time_us([&] { segment_conv_bwd_kernel<bf16, kConvVec, W><<<grid, kConvThreads>>>(p); }, 50);
+  // 64-row runs first (the reference outputs), then the timed length
+  p.run_rows = 64;
+  p.y = y64;
+  p.grad_x = gx64;
+  segment_conv_fwd_kernel<bf16, kConvVec, W><<<grid_of(64), kConvThreads>>>(p);
+  segment_conv_bwd_kernel<bf16, kConvVec, W><<<grid_of(64), kConvThreads>>>(p);
+  p.y = y;
+  p.grad_x = gx;
+  p.run_rows = fwd_rows;
+  const float fwd = time_us([&] { segment_conv_fwd_kernel<bf16, kConvVec, W><<<grid_of(fwd_rows), kConvThreads>>>(p); }, 50);
+  p.run_rows = bwd_rows;
+  const float bwd = time_us([&] { segment_conv_bwd_kernel<bf16, kConvVec, W><<<grid_of(bwd_rows), kConvThreads>>>(p); }, 50);
   const float copy = time_us(
       [&] { copy_kernel<<<132 * 8, 256>>>(reinterpret_cast<const uint4*>(x), reinterpret_cast<uint4*>(y), n / 8); },
       50);
   CHECK(cudaGetLastError());
   CHECK(cudaDeviceSynchronize());
+  std::vector<uint16_t> a(n), b(n);
+  int64_t differ = 0;
+  for (auto [u, v] : {std::pair{y, y64}, std::pair{gx, gx64}}) {
+    CHECK(cudaMemcpy(a.data(), u, n * 2, cudaMemcpyDeviceToHost));
+    CHECK(cudaMemcpy(b.data(), v, n * 2, cudaMemcpyDeviceToHost));
+    for (int64_t i = 0; i < n; ++i) differ += a[i] != b[i];
+  }
   const double mb = double(n) * 2 / 1e6;  // one [R, C] bf16 tensor
-  std::printf("R %lld vec %d warps %d rows %d chunks %d/%d grid %ux%u: fwd %.1f us %.0f GB/s | bwd %.1f us %.0f GB/s | "
-              "copy %.1f us %.0f GB/s\n",
-              static_cast<long long>(R), kConvVec, kConvWarps, kConvRows, kConvFwdChunk, kConvBwdChunk, grid.x, grid.y,
-              fwd, 2 * mb / fwd * 1e3, bwd, 3 * mb / bwd * 1e3, copy, 2 * mb / copy * 1e3);
+  std::printf("R %lld vec %d warps %d chunks %d/%d run rows %d/%d (CTAs per SM %d/%d, %lld/%lld CTAs): fwd %.1f us "
+              "%.0f GB/s | bwd %.1f us %.0f GB/s | copy %.1f us %.0f GB/s | y, grad_x vs 64-row runs: %s (%lld differ)\n",
+              static_cast<long long>(R), kConvVec, kConvWarps, kConvFwdChunk, kConvBwdChunk, fwd_rows, bwd_rows,
+              fwd_per_sm, bwd_per_sm, static_cast<long long>(conv_run_blocks(R, fwd_rows) * tiles),
+              static_cast<long long>(conv_run_blocks(R, bwd_rows) * tiles), fwd, 2 * mb / fwd * 1e3, bwd,
+              3 * mb / bwd * 1e3, copy, 2 * mb / copy * 1e3, differ == 0 ? "bitwise" : "DIFFER",
+              static_cast<long long>(differ));
   return 0;
 }

@@ -10,8 +10,7 @@ TI=$(python3 -c "import torch.utils.cpp_extension as c; print(' '.join('-I'+p fo
 NVCC="${CUDA_HOME:-/usr/local/cuda}/bin/nvcc"
 variants=(
   "default:"
-  "rows128:-DMOM_OPS_CONV_ROWS=128"
-  "rows96:-DMOM_OPS_CONV_ROWS=96"
+  "w4b4:-DMOM_OPS_CONV_WARPS=4 -DMOM_OPS_CONV_BWD_CHUNK=4"
   "runs_first:-DMOM_OPS_CONV_TILES_FIRST=0"
 )
 # CONV_VARIANTS="name:flags;name:flags" replaces the list (keep a "default:" entry: ncu profiles it).

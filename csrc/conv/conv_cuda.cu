@@ -5,7 +5,10 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAException.h>
 #include <torch/library.h>
+
+#include <cstdlib>
 
 #include "common/column_sum.cuh"
 #include "common/env_flag.h"
@@ -37,12 +40,22 @@ ConvInputs prepare(const at::Tensor& x, const at::Tensor& weight, const at::Tens
 }
 
 // The grid's axes (conv_grid_of): MOM_OPS_CONV_TILES_FIRST=1 / 0 forces them (read once), else kConvTilesFirst
-// (tiles first); run blocks along y only while they fit there (65535, i.e. up to ~33M rows).
-bool conv_tiles_first(const ConvDims& d) {
+// (tiles first); run blocks along y only while they fit there (65535).
+bool conv_tiles_first(int64_t run_blocks) {
   static const bool forced_on = env_is("MOM_OPS_CONV_TILES_FIRST", "1");
   static const bool forced_off = env_is("MOM_OPS_CONV_TILES_FIRST", "0");
   const bool first = forced_on || (kConvTilesFirst && !forced_off);
-  return first && conv_run_blocks(d.rows) <= 65535;
+  return first && run_blocks <= 65535;
+}
+
+// MOM_OPS_CONV_RUN_ROWS=n (1 .. kConvMaxRunRows, read at each call) forces the rows per run; 0 when unset.
+int conv_forced_run_rows() {
+  const char* env = std::getenv("MOM_OPS_CONV_RUN_ROWS");
+  if (env == nullptr || *env == '\0') return 0;
+  const int n = std::atoi(env);
+  TORCH_CHECK_VALUE(n >= 1 && n <= kConvMaxRunRows, "MOM_OPS_CONV_RUN_ROWS must be in [1, ", kConvMaxRunRows,
+                    "], got '", env, "'");
+  return n;
 }
 
 ConvParams make_params(const at::Tensor& x, const ConvInputs& in, const ConvDims& d, bool activation,
@@ -64,7 +77,6 @@ ConvParams make_params(const at::Tensor& x, const ConvInputs& in, const ConvDims
   p.channels = int(d.channels);
   p.segments = int(d.segments);
   p.activation = activation;
-  p.tiles_first = conv_tiles_first(d);
   return p;
 }
 
@@ -86,16 +98,28 @@ void dispatch_conv(const at::Tensor& x, const ConvDims& d, std::initializer_list
 }
 
 // CTAs of kConvWarps runs times 32 vectors of kVec channels (conv_grid_of orders the axes); run_blocks: the rows of
-// the bwd's grad_w partials.
+// the bwd's grad_w partials. The run length fills whole waves of this kernel's resident CTAs (conv_run_rows), so it
+// depends on the GPU: y and grad_x do not (each row's sums have one order), grad_w's partial sums do.
 struct ConvGrid {
   int64_t run_blocks;
   dim3 grid;
 };
-ConvGrid conv_grid(const ConvDims& d, int vec, bool tiles_first) {
-  const int64_t tiles = (d.channels + 32 * vec - 1) / (32 * vec), run_blocks = conv_run_blocks(d.rows);
-  TORCH_CHECK_VALUE(tiles <= 65535 && (!tiles_first || run_blocks <= 65535),
+template <auto kKernel>
+ConvGrid conv_grid(const ConvDims& d, int vec, ConvParams& p) {
+  static const int ctas_per_sm = [] {  // a property of the instance and the architecture: asked once
+    int n = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kKernel, kConvThreads, 0));
+    return n > 0 ? n : 1;
+  }();
+  const int64_t tiles = (d.channels + 32 * vec - 1) / (32 * vec);
+  const int64_t slots = int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * ctas_per_sm;
+  const int forced = conv_forced_run_rows();
+  p.run_rows = forced > 0 ? forced : conv_run_rows(d.rows, tiles, slots);
+  const int64_t run_blocks = conv_run_blocks(d.rows, p.run_rows);
+  p.tiles_first = conv_tiles_first(run_blocks);
+  TORCH_CHECK_VALUE(tiles <= 65535 && (p.tiles_first || run_blocks < (int64_t(1) << 31)),
                     "x has too many channels or rows for CUDA: ", d.channels, ", ", d.rows);
-  return {run_blocks, conv_grid_of(unsigned(run_blocks), unsigned(tiles), tiles_first)};
+  return {run_blocks, conv_grid_of(unsigned(run_blocks), unsigned(tiles), p.tiles_first)};
 }
 
 at::Tensor segment_conv_fwd_cuda(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& cu_seqlens,
@@ -111,7 +135,9 @@ at::Tensor segment_conv_fwd_cuda(const at::Tensor& x_in, const at::Tensor& weigh
   p.y = y.data_ptr();
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   dispatch_conv(x, d, {&x, &y}, [&]<typename T, int kVec, int kW>() {
-    segment_conv_fwd_kernel<T, kVec, kW><<<conv_grid(d, kVec, p.tiles_first).grid, kConvThreads, 0, stream>>>(p);
+    constexpr auto kernel = segment_conv_fwd_kernel<T, kVec, kW>;
+    const ConvGrid g = conv_grid<kernel>(d, kVec, p);
+    kernel<<<g.grid, kConvThreads, 0, stream>>>(p);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y;
@@ -143,10 +169,11 @@ std::tuple<at::Tensor, at::Tensor> conv_bwd(const at::Tensor& grad_y_in, const a
     p.grad_history = history.has_value() ? grad_history.data_ptr<float>() : nullptr;
     const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
     dispatch_conv(x, d, {&x, &grad_y, &grad_x}, [&]<typename T, int kVec, int kW>() {
-      const ConvGrid g = conv_grid(d, kVec, p.tiles_first);
+      constexpr auto kernel = segment_conv_bwd_kernel<T, kVec, kW>;
+      const ConvGrid g = conv_grid<kernel>(d, kVec, p);
       partial = at::empty({g.run_blocks, d.channels, d.width}, f32);  // every entry written
       p.grad_w_partial = partial.data_ptr<float>();
-      segment_conv_bwd_kernel<T, kVec, kW><<<g.grid, kConvThreads, 0, stream>>>(p);
+      kernel<<<g.grid, kConvThreads, 0, stream>>>(p);
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   } else {

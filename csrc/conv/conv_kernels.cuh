@@ -8,7 +8,8 @@
 // lies inside one segment and the run takes a path without per-row checks. Each thread owns kVec = 4 channels (16
 // bytes of fp32, 8 of bf16/fp16; kVec = 1 when C or the pointers do not allow vectors) and a run of kConvRows
 // consecutive rows: a warp is 32 consecutive vectors of one run (coalesced rows), a CTA kConvWarps runs of the same
-// 32 vectors. (With 8 bf16 channels per thread the kernels needed 151 (fwd) and 205 (bwd) registers at W = 4: one
+// 32 vectors; the run length is a launch parameter (run_rows: conv_run_rows sizes runs so that the CTAs fill whole
+// waves). (With 8 bf16 channels per thread the kernels needed 151 (fwd) and 205 (bwd) registers at W = 4: one
 // CTA per SM.) The thread finds the segment of its first row by a binary search of cu_seqlens and walks its rows
 // keeping the W-1 previous inputs in registers (a sliding window), reloading the window from the history when a
 // segment starts inside its run. Rows are loaded a chunk at a time (independent loads in flight), the next chunk's
@@ -48,6 +49,7 @@ struct ConvParams {
   int64_t src_pairs;  // x's rows times topk
   int topk;
   int64_t rows, x_row_stride, grad_y_row_stride, grad_x_row_stride;  // rows: the stream's (src_pair's when given)
+  int run_rows;  // rows per run (one warp's), 1 .. kConvMaxRunRows (conv_run_rows)
   int channels, segments;
   bool cu_int64, activation, weight_f32;
   bool tiles_first;  // the grid's axes (conv_grid_of)
@@ -66,8 +68,8 @@ __device__ __forceinline__ int64_t conv_tile(const ConvParams& p) { return p.til
 #ifndef MOM_OPS_CONV_WARPS
 #define MOM_OPS_CONV_WARPS 8
 #endif
-#ifndef MOM_OPS_CONV_ROWS
-#define MOM_OPS_CONV_ROWS 64
+#ifndef MOM_OPS_CONV_MAX_RUN_ROWS
+#define MOM_OPS_CONV_MAX_RUN_ROWS 256
 #endif
 #ifndef MOM_OPS_CONV_FWD_CHUNK
 #define MOM_OPS_CONV_FWD_CHUNK 8
@@ -80,7 +82,8 @@ __device__ __forceinline__ int64_t conv_tile(const ConvParams& p) { return p.til
 #endif
 constexpr int kConvVec = MOM_OPS_CONV_VEC;      // channels per thread on the vector path
 constexpr int kConvWarps = MOM_OPS_CONV_WARPS;  // runs per CTA (one per warp)
-constexpr int kConvRows = MOM_OPS_CONV_ROWS;    // rows per run (per thread)
+constexpr int kConvMaxRunRows = MOM_OPS_CONV_MAX_RUN_ROWS;  // the longest run (the warps' row tables' size)
+constexpr int kConvMinRunRows = 32;  // conv_run_rows' shortest: a run re-reads W-1 rows past its end (bwd)
 constexpr int kConvThreads = kConvWarps * 32;
 constexpr int kConvFwdChunk = MOM_OPS_CONV_FWD_CHUNK;  // rows whose loads are issued together
 // bwd: x and grad_y rows, this chunk's and the next one's in registers (4 rows spilled 32 B at bf16's 128 registers
@@ -93,9 +96,21 @@ constexpr int kConvBwdChunkOf = sizeof(T) >= 4 && kConvBwdChunk > 2 ? 2 : kConvB
 // Measured on the H200 in the layer's T2K step (session 34): fwd 61.7 -> 59.2 us, bwd 126.2 -> 123.9 us per call.
 constexpr bool kConvTilesFirst = MOM_OPS_CONV_TILES_FIRST;
 
-// Blocks of kConvWarps runs of kConvRows rows that cover `rows` rows (one CTA each per channel tile).
-__host__ __device__ constexpr int64_t conv_run_blocks(int64_t rows) {
-  return (rows + int64_t(kConvRows) * kConvWarps - 1) / (int64_t(kConvRows) * kConvWarps);
+// Blocks of kConvWarps runs of run_rows rows that cover `rows` rows (one CTA each per channel tile).
+__host__ __device__ constexpr int64_t conv_run_blocks(int64_t rows, int run_rows) {
+  return (rows + int64_t(run_rows) * kConvWarps - 1) / (int64_t(run_rows) * kConvWarps);
+}
+
+// Rows per run for `rows` rows in `tiles` channel tiles on `slots` resident CTAs (SMs x CTAs per SM): the fewest
+// whole waves of CTAs with runs of at most kConvMaxRunRows rows (a multiple of 8, at least kConvMinRunRows). A
+// partly filled last wave costs more than longer runs: H200, bwd at R = 32768 (8 tiles, 264 slots) took 73 us in
+// 64-row runs (1.9 waves) and 65 us in 128-row runs (one wave); csrc/conv/NOTES.md.
+inline int conv_run_rows(int64_t rows, int64_t tiles, int64_t slots) {
+  const int64_t runs_per_wave = (slots / tiles > 1 ? slots / tiles : 1) * kConvWarps;
+  const int64_t waves = (rows + runs_per_wave * kConvMaxRunRows - 1) / (runs_per_wave * kConvMaxRunRows);
+  int64_t run = (rows + waves * runs_per_wave - 1) / (waves * runs_per_wave);
+  run = (run + 7) / 8 * 8;
+  return int(run < kConvMinRunRows ? kConvMinRunRows : (run > kConvMaxRunRows ? kConvMaxRunRows : run));
 }
 __host__ __device__ inline dim3 conv_grid_of(unsigned run_blocks, unsigned tiles, bool tiles_first) {
   return tiles_first ? dim3(tiles, run_blocks) : dim3(run_blocks, tiles);
@@ -192,13 +207,14 @@ __device__ __forceinline__ int64_t conv_x_row(const ConvParams& p, int64_t j) {
   return pair >= 0 && pair < p.src_pairs ? pair / p.topk : -1;
 }
 
-// With src_pair, a warp's x rows for its run (and the bwd's W-1 rows past it) in shared memory: row r0 + i of the
-// stream reads x row xrow[i] (one division per row and warp, not per thread and load). Built by all 32 lanes
-// (before any lane leaves); nullptr without src_pair.
+// With src_pair, a warp's x rows for its run (and the bwd's W-1 rows past it: n rows in all) in shared memory: row
+// r0 + i of the stream reads x row xrow[i] (one division per row and warp, not per thread and load). Built by all 32
+// lanes (before any lane leaves); nullptr without src_pair.
 template <int kRows>
-__device__ __forceinline__ const int* conv_x_row_table(const ConvParams& p, int (&table)[kRows], int64_t r0, int lane) {
+__device__ __forceinline__ const int* conv_x_row_table(const ConvParams& p, int (&table)[kRows], int n, int64_t r0,
+                                                       int lane) {
   if (p.src_pair == nullptr) return nullptr;
-  for (int i = lane; i < kRows; i += 32) table[i] = r0 + i < p.rows ? int(conv_x_row(p, r0 + i)) : -1;
+  for (int i = lane; i < n; i += 32) table[i] = r0 + i < p.rows ? int(conv_x_row(p, r0 + i)) : -1;
   __syncwarp();
   return table;
 }
@@ -340,13 +356,13 @@ __device__ __forceinline__ void conv_fwd_chunk(const float (&w)[kW][kVec], float
 
 template <typename T, int kVec, int kW>
 __global__ void __launch_bounds__(kConvThreads) segment_conv_fwd_kernel(ConvParams p) {
-  __shared__ int s_xrow[kConvWarps][kConvRows];  // with src_pair: the warp's x rows
+  __shared__ int s_xrow[kConvWarps][kConvMaxRunRows];  // with src_pair: the warp's x rows
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int64_t c0 = (conv_tile(p) * 32 + lane) * kVec;
-  const int64_t r0 = (conv_run_block(p) * kConvWarps + warp) * kConvRows;
-  const int* xrow = conv_x_row_table(p, s_xrow[warp], r0, lane);
+  const int64_t r0 = (conv_run_block(p) * kConvWarps + warp) * p.run_rows;
+  const int* xrow = conv_x_row_table(p, s_xrow[warp], p.run_rows, r0, lane);
   if (c0 >= p.channels || r0 >= p.rows) return;
-  const int64_t r1 = r0 + kConvRows < p.rows ? r0 + kConvRows : p.rows;
+  const int64_t r1 = r0 + p.run_rows < p.rows ? r0 + p.run_rows : p.rows;
   const T* x = static_cast<const T*>(p.x) + c0;
   T* y = static_cast<T*>(p.y) + c0;
   float w[kW][kVec], win[kW > 1 ? kW - 1 : 1][kVec];
@@ -473,11 +489,11 @@ __device__ __forceinline__ void conv_flush(const ConvParams& p, const ConvOwned&
 template <typename T, int kVec, int kW>
 __global__ void __launch_bounds__(kConvThreads, kW <= 4 ? 2 : 1) segment_conv_bwd_kernel(ConvParams p) {
   __shared__ float s_gw[32][kW * kVec + 1];  // the CTA's grad_w sums per lane (+1: no bank conflicts)
-  __shared__ int s_xrow[kConvWarps][kConvRows + kW - 1];  // with src_pair: the warp's x rows (run + W-1 past it)
+  __shared__ int s_xrow[kConvWarps][kConvMaxRunRows + kW - 1];  // with src_pair: the warp's x rows (+ W-1 past)
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int64_t c0 = (conv_tile(p) * 32 + lane) * kVec;
-  const int64_t r0 = (conv_run_block(p) * kConvWarps + warp) * kConvRows;
-  const int* xrow = conv_x_row_table(p, s_xrow[warp], r0, lane);
+  const int64_t r0 = (conv_run_block(p) * kConvWarps + warp) * p.run_rows;
+  const int* xrow = conv_x_row_table(p, s_xrow[warp], p.run_rows + kW - 1, r0, lane);
   float gw[kW][kVec];  // this thread's grad_w sums over its rows
 #pragma unroll
   for (int k = 0; k < kW; ++k)
@@ -486,7 +502,7 @@ __global__ void __launch_bounds__(kConvThreads, kW <= 4 ? 2 : 1) segment_conv_bw
 
   if (c0 < p.channels && r0 < p.rows) {  // no early return: the CTA meets at barriers below
     constexpr int kChunk = kConvBwdChunkOf<T>;
-    const ConvOwned own{r0, r0 + kConvRows < p.rows ? r0 + kConvRows : p.rows};
+    const ConvOwned own{r0, r0 + p.run_rows < p.rows ? r0 + p.run_rows : p.rows};
     // dpre of the W-1 rows past the run feed the run's last grad_x rows.
     const int64_t walk_end = own.r1 + (kW - 1) < p.rows ? own.r1 + (kW - 1) : p.rows;
     const T* x = static_cast<const T*>(p.x) + c0;

@@ -1,6 +1,7 @@
 // segment_conv's CUDA kernels (csrc/conv/conv_kernels.cuh) run on the CPU through the host shim: a check of their
 // index logic without a GPU (scripts/conv_emulate/run.py). Not part of the mom_ops build. The launch mirrors
-// conv_cuda.cu: grid (runs / kConvWarps, C / (32 kVec)), kConvThreads threads; outputs start as NaN.
+// conv_cuda.cu: grid (runs / kConvWarps, C / (32 kVec)), kConvThreads threads, runs of run_rows rows (0: chosen by
+// conv_run_rows as on a GPU with 264 resident CTAs); outputs start as NaN.
 #include "common/vec.cuh"
 #include "conv/conv_kernels.cuh"
 #include <torch/extension.h>
@@ -52,14 +53,15 @@ ConvParams params(const at::Tensor& x, const at::Tensor& w, const at::Tensor& cu
   return p;
 }
 
-// (conv_cuda.cu's conv_grid) the grid and its run blocks (the bwd's grad_w partial rows)
+// (conv_cuda.cu's conv_grid) the grid and its run blocks (the bwd's grad_w partial rows); sets p.run_rows.
 struct GridOf {
   int64_t run_blocks;
   dim3e grid;
 };
-GridOf grid_of(int64_t R, int64_t C, int vec) {
-  const int64_t run_blocks = conv_run_blocks(R);
+GridOf grid_of(ConvParams& p, int64_t C, int vec, int64_t run_rows) {
   const unsigned tiles = unsigned((C + 32 * vec - 1) / (32 * vec));
+  p.run_rows = run_rows > 0 ? int(run_rows) : conv_run_rows(p.rows, tiles, 264);
+  const int64_t run_blocks = conv_run_blocks(p.rows, p.run_rows);
   return {run_blocks, conv_grid_of(unsigned(run_blocks), tiles, kConvTilesFirst)};
 }
 
@@ -85,21 +87,22 @@ void dispatch(const at::Tensor& x, int W, bool vec, Fn&& fn) {
 }
 
 // fwd/bwd(x, weight (fp32 or x's dtype), cu_seqlens, history fp32 or an empty 1-D tensor for None, activation,
-// vec, src_pair (empty, or the plan's int32 map: x's rows read through it), topk): vec picks the 4-channel path
-// (else 1 channel per thread). The outputs have the stream's rows.
+// vec, src_pair (empty, or the plan's int32 map: x's rows read through it), topk, run_rows (0: chosen)): vec picks
+// the 4-channel path (else 1 channel per thread). The outputs have the stream's rows.
 at::Tensor fwd(at::Tensor x, at::Tensor w, at::Tensor cu, at::Tensor h, bool act, bool vec, at::Tensor src_pair,
-               int64_t topk) {
+               int64_t topk, int64_t run_rows) {
   ConvParams p = params(x, w, cu, h, act, src_pair, topk);
   at::Tensor y = at::full({p.rows, x.size(1)}, NAN, x.options());
   p.y = y.data_ptr();
   dispatch(x, int(w.size(1)), vec, [&]<typename T, int kVec, int kW>() {
-    launch(segment_conv_fwd_kernel<T, kVec, kW>, grid_of(p.rows, x.size(1), kVec).grid, kConvThreads, p);
+    const GridOf g = grid_of(p, x.size(1), kVec, run_rows);
+    launch(segment_conv_fwd_kernel<T, kVec, kW>, g.grid, kConvThreads, p);
   });
   return y;
 }
 
 std::vector<at::Tensor> bwd(at::Tensor gy, at::Tensor x, at::Tensor w, at::Tensor cu, at::Tensor h, bool act,
-                            bool vec, at::Tensor src_pair, int64_t topk) {
+                            bool vec, at::Tensor src_pair, int64_t topk, int64_t run_rows) {
   ConvParams p = params(x, w, cu, h, act, src_pair, topk);
   // grad_x is a column slice of a wider NaN buffer (16-byte aligned, rows C + 8 apart): the kernel must write
   // every row of the slice and nothing beside it (run.py checks both).
@@ -114,7 +117,7 @@ std::vector<at::Tensor> bwd(at::Tensor gy, at::Tensor x, at::Tensor w, at::Tenso
   p.grad_history = h.dim() == 3 ? gh.data_ptr<float>() : nullptr;
   at::Tensor part;
   dispatch(x, W, vec, [&]<typename T, int kVec, int kW>() {
-    const GridOf g = grid_of(p.rows, x.size(1), kVec);
+    const GridOf g = grid_of(p, x.size(1), kVec, run_rows);
     part = at::full({g.run_blocks, x.size(1), W}, NAN, x.options().dtype(at::kFloat));
     p.grad_w_partial = part.data_ptr<float>();
     launch(segment_conv_bwd_kernel<T, kVec, kW>, g.grid, kConvThreads, p);
