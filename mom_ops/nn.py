@@ -21,6 +21,7 @@ import mom_ops
 from mom_ops.grouped_linear import grouped_linear, grouped_mm_linear, grouped_mm_supported
 from mom_ops.routing import RoutingPlan, check_cu_seqlens_shape
 from mom_ops.scan_inputs import scan_inputs
+from mom_ops.token_projection import token_projection
 
 
 def segment_causal_conv(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor,
@@ -178,15 +179,15 @@ class MoMAttention(nn.Module):
         init_decay_(self.A_log, self.dt_bias)
         self.o_norm.fill_(1.0)
 
-    def _project_tokens(self, xf: torch.Tensor) -> list[torch.Tensor]:
+    def _project_tokens(self, xf: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The token-level projections from one GEMM: xf [N, D] -> q [N, H*K], output gate [N, H*V], router logits
-        [N, M]: column slices of one [N, C] product (one dx GEMM, no gradient sums over x in the backward). C is
-        padded to a multiple of 8 with zero weight rows: cuBLAS takes its fast kernels only for 16-byte row strides."""
+        [N, M] (column slices of one [N, C] product) and xf_alias, which the stream's projection reads instead of xf:
+        token_projection's backward then writes x's whole gradient (no concatenation of the blocks' gradients, no
+        add). C is padded to a multiple of 8 with zero weight rows: cuBLAS takes its fast kernels only for 16-byte row
+        strides."""
         mods = (self.q_proj, self.g_proj, self.gate)  # the gate last: q and g start at 16-byte aligned columns
-        sizes = [m.weight.shape[0] for m in mods]
         w = torch.cat([m.weight for m in mods] + [self._token_pad_rows]).to(xf.dtype)  # one launch, no pad
-        y = xf @ w.t()
-        return list(y.split(sizes + [self._token_pad_rows.shape[0]], dim=1))[:3]
+        return token_projection(xf, w, [m.weight.shape[0] for m in mods])
 
     def _stream_plan(self, logits: torch.Tensor, plan: RoutingPlan, cu_seqlens, mask) -> RoutingPlan:
         """The plan of the scanned stream: the routed plan, or with shared_memory one more memory (index M) that
@@ -338,15 +339,15 @@ class MoMAttention(nn.Module):
         xf = x.reshape(-1, self.hidden_size)  # [N, D]
         mask = None if attention_mask is None else attention_mask.reshape(-1).bool()
         H = self.num_heads
-        q_tok, gate, logits = self._project_tokens(xf)
+        q_tok, gate, logits, x_stream = self._project_tokens(xf)
         plan = mom_ops.route(logits, self.topk, batch_size=B, cu_seqlens=cu_seqlens, mask=mask)
         # One stream for the routed memories and the shared one: one permute, one grouped GEMM, one conv per
         # input and one scan launch, with the shared memory's long segments running beside the routed ones.
         stream = self._stream_plan(logits, plan, cu_seqlens, mask)
         fuse_q = FUSE_Q_PERMUTE and cache is None  # (the cache's conv tail reads the permuted q)
-        o_stream = self._memory(q_tok if fuse_q else mom_ops.permute(q_tok, stream), self._project_stream(xf, stream),
-                                stream.cu_seqlens, cache, slice(0, stream.num_memories * B),
-                                q_plan=stream if fuse_q else None)
+        q_in = q_tok if fuse_q else mom_ops.permute(q_tok, stream)
+        o_stream = self._memory(q_in, self._project_stream(x_stream, stream), stream.cu_seqlens, cache,
+                                slice(0, stream.num_memories * B), q_plan=stream if fuse_q else None)
         weights = plan.weights
         if self.shared_memory:  # the stream's pair 0 is the shared memory, with weight 1
             weights = torch.cat([torch.ones_like(weights[:, :1]), weights], 1)

@@ -1,0 +1,62 @@
+"""token_projection (MoMAttention's q | gate | logits GEMM, one backward node for x's gradient) against autograd of
+the plain split product, with x's other consumer reading x_alias."""
+
+import pytest
+import torch
+
+from mom_ops.token_projection import token_projection
+
+
+def _inputs(dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(37, 24, generator=g, dtype=torch.float64).to(dtype)
+    sizes = [16, 8, 3]
+    weight = torch.cat([torch.randn(sum(sizes), 24, generator=g, dtype=torch.float64), torch.zeros(5, 24,
+                                                                                                  dtype=torch.float64)])
+    return x, weight.to(dtype), sizes
+
+
+def _run(x, weight, sizes, fused, use=(True, True, True), other=True):
+    """A scalar loss over the used blocks and (other) a second consumer of x; gradients of x and weight."""
+    x, weight = x.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+    if fused:
+        *blocks, x_other = token_projection(x, weight, sizes)
+    else:
+        blocks = (x @ weight.t()).split(sizes + [weight.shape[0] - sum(sizes)], 1)[:len(sizes)]
+        x_other = x
+    g = torch.Generator().manual_seed(1)
+    loss = sum((b * torch.randn(b.shape, generator=g, dtype=b.dtype)).sum() for b, u in zip(blocks, use) if u)
+    if other:
+        loss = loss + (x_other.square() * torch.randn(x.shape, generator=g, dtype=x.dtype)).sum()
+    loss.backward()
+    return [b.detach() for b in blocks], x.grad, weight.grad
+
+
+@pytest.mark.parametrize("use", [(True, True, True), (True, False, True), (False, False, True), (False, False, False)])
+@pytest.mark.parametrize("other", [True, False])
+def test_matches_split_product(use, other):
+    if not any(use) and not other:
+        pytest.skip("no gradient at all")
+    x, weight, sizes = _inputs(torch.float64)
+    blocks, dx, dw = _run(x, weight, sizes, True, use, other)
+    blocks_ref, dx_ref, dw_ref = _run(x, weight, sizes, False, use, other)
+    for b, r in zip(blocks, blocks_ref):
+        torch.testing.assert_close(b, r)
+    torch.testing.assert_close(dx, dx_ref)
+    torch.testing.assert_close(dw, dw_ref)
+
+
+def test_blocks_are_views_and_the_alias_is_x():
+    x, weight, sizes = _inputs(torch.float32)
+    *blocks, alias = token_projection(x, weight, sizes)
+    assert [b.shape for b in blocks] == [(37, n) for n in sizes]
+    assert all(b._base is blocks[0]._base for b in blocks)  # column slices of one product, no copies
+    assert alias.data_ptr() == x.data_ptr()
+
+
+def test_rejects_mismatched_shapes():
+    x, weight, sizes = _inputs(torch.float32)
+    with pytest.raises(ValueError, match="token_projection"):
+        token_projection(x, weight[:, :-1], sizes)
+    with pytest.raises(ValueError, match="token_projection"):
+        token_projection(x, weight[:20], sizes)
