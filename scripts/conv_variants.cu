@@ -121,21 +121,23 @@ int main(int argc, char** argv) {
   p.y = y;
   p.grad_x = gx;
   p.run_rows = fwd_rows;
-  const float fwd = time_us([&] { segment_conv_fwd_kernel<bf16, kConvVec, W><<<grid_of(fwd_rows), kConvThreads>>>(p); }, 50);
+  const float fwd =
+      time_us([&] { segment_conv_fwd_kernel<bf16, kConvVec, W><<<grid_of(fwd_rows), kConvThreads>>>(p); }, 50);
   p.run_rows = bwd_rows;
-  const float bwd = time_us([&] { segment_conv_bwd_kernel<bf16, kConvVec, W><<<grid_of(bwd_rows), kConvThreads>>>(p); }, 50);
-  const float copy = time_us(
-      [&] { copy_kernel<<<132 * 8, 256>>>(reinterpret_cast<const uint4*>(x), reinterpret_cast<uint4*>(y), n / 8); },
-      50);
+  const float bwd =
+      time_us([&] { segment_conv_bwd_kernel<bf16, kConvVec, W><<<grid_of(bwd_rows), kConvThreads>>>(p); }, 50);
   CHECK(cudaGetLastError());
   CHECK(cudaDeviceSynchronize());
-  std::vector<uint16_t> a(n), b(n);
+  std::vector<uint16_t> a(n), b(n);  // (before the copy below overwrites y)
   int64_t differ = 0;
   for (auto [u, v] : {std::pair{y, y64}, std::pair{gx, gx64}}) {
     CHECK(cudaMemcpy(a.data(), u, n * 2, cudaMemcpyDeviceToHost));
     CHECK(cudaMemcpy(b.data(), v, n * 2, cudaMemcpyDeviceToHost));
     for (int64_t i = 0; i < n; ++i) differ += a[i] != b[i];
   }
+  const float copy = time_us(
+      [&] { copy_kernel<<<132 * 8, 256>>>(reinterpret_cast<const uint4*>(x), reinterpret_cast<uint4*>(y), n / 8); },
+      50);
   const double mb = double(n) * 2 / 1e6;  // one [R, C] bf16 tensor
   std::printf("R %lld vec %d warps %d chunks %d/%d run rows %d/%d (CTAs per SM %d/%d, %lld/%lld CTAs): fwd %.1f us "
               "%.0f GB/s | bwd %.1f us %.0f GB/s | copy %.1f us %.0f GB/s | y, grad_x vs 64-row runs: %s (%lld differ)\n",

@@ -10,7 +10,7 @@ from mom_ops.token_projection import token_projection
 def _inputs(dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(37, 24, generator=g, dtype=torch.float64).to(dtype)
-    sizes = [16, 8, 3]
+    sizes = [64, 72, 3]  # two GEMM groups: [64], [72 | 3 | padding]
     weight = torch.cat([torch.randn(sum(sizes), 24, generator=g, dtype=torch.float64), torch.zeros(5, 24,
                                                                                                   dtype=torch.float64)])
     return x, weight.to(dtype), sizes
