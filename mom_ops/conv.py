@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from mom_ops._autograd import function_of
+from mom_ops._autograd import below_autograd, function_of
 
 if TYPE_CHECKING:
     from mom_ops.routing import RoutingPlan
@@ -46,7 +46,7 @@ def _backward(ctx, grad_y):
     grad_x, grad_weight, grad_history = torch.ops.mom_ops.segment_conv_bwd(
         grad_y.contiguous(), x, weight, cu_seqlens, history, ctx.activation, dst_row, src_pair)
     if dst_row is not None and need[0]:  # grad_x holds the stream rows' gradients: sum each token's rows
-        grad_x = torch.ops.mom_ops.unpermute(grad_x, dst_row, src_pair, None)
+        grad_x = below_autograd(torch.ops.mom_ops.unpermute, grad_x, dst_row, src_pair, None)
     return (grad_x if need[0] else None, grad_weight if need[1] else None, None,
             grad_history if history is not None and need[3] else None, None, None, None)
 
@@ -59,7 +59,7 @@ def conv_columns_fwd(x: torch.Tensor, cu_seqlens: torch.Tensor, weights, histori
     """segment_conv (with SiLU) of x's consecutive leading column slices, slice i with weights[i].shape[0] columns,
     read in place: [conv of slice 0, ..., conv of slice n-1]."""
     ends = list(itertools.accumulate(w.shape[0] for w in weights))
-    return [torch.ops.mom_ops.segment_conv_fwd(x[:, a:b], w, cu_seqlens, h, True)
+    return [below_autograd(torch.ops.mom_ops.segment_conv_fwd, x[:, a:b], w, cu_seqlens, h, True)
             for a, b, w, h in zip([0] + ends[:-1], ends, weights, histories)]
 
 

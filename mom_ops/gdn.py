@@ -6,7 +6,7 @@ import warnings
 
 import torch
 
-from mom_ops._autograd import function_of
+from mom_ops._autograd import below_autograd, function_of
 
 
 def check_scan_args(q, k, v, initial_state, cu_seqlens, kwargs, allow_chunk_size: bool) -> bool:
@@ -85,7 +85,7 @@ def chunk_gated_delta_rule(
         # training: the forward also keeps what the backward reads (chunk-start states, W, V_new, T on CUDA)
         o, final_state, *_ = _FWD_TRAIN.apply(*args)
     else:
-        o, final_state = torch.ops.mom_ops.chunk_gated_delta_rule_fwd(*args)
+        o, final_state = below_autograd(torch.ops.mom_ops.chunk_gated_delta_rule_fwd, *args)
     return o, (final_state if output_final_state else None)
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mom_ops._autograd import function_of
+from mom_ops._autograd import below_autograd, function_of
 
 CHUNK_SIZE = 64
 
@@ -148,7 +148,7 @@ def _permute_setup(ctx, inputs, output):
 
 def _permute_backward(ctx, grad_y):
     dst_row, src_pair = ctx.saved_tensors
-    return torch.ops.mom_ops.unpermute(grad_y.contiguous(), dst_row, src_pair, None), None, None
+    return below_autograd(torch.ops.mom_ops.unpermute, grad_y.contiguous(), dst_row, src_pair, None), None, None
 
 
 def _unpermute_setup(ctx, inputs, output):

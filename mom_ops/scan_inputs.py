@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from mom_ops._autograd import below_autograd
 from mom_ops.conv import conv_columns_bwd_into, conv_columns_fwd
 from mom_ops.gating import gdn_gating_backward
 
@@ -17,7 +18,7 @@ class _ScanInputs(torch.autograd.Function):
     def forward(ctx, proj, cu_seqlens, k_conv, v_conv, A_log, dt_bias, k_history, v_history):
         k, v = conv_columns_fwd(proj, cu_seqlens, (k_conv, v_conv), (k_history, v_history))
         b, a = _gate_columns(proj, k_conv.shape[0] + v_conv.shape[0])
-        g, beta = torch.ops.mom_ops.gdn_gating_fwd(a, b, A_log, dt_bias)
+        g, beta = below_autograd(torch.ops.mom_ops.gdn_gating_fwd, a, b, A_log, dt_bias)
         ctx.save_for_backward(proj, cu_seqlens, k_conv, v_conv, A_log, dt_bias, k_history, v_history)
         return k, v, g, beta
 

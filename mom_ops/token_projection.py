@@ -57,8 +57,8 @@ class _TokenProjection(torch.autograd.Function):
                 used = n
             w_rows = weight[r0:r0 + used]
             if ctx.needs_input_grad[0]:
-                if dx is None:  # not in place on grad_alias: the incoming gradient is not ours to change
-                    dx = gg @ w_rows if grad_alias is None else torch.addmm(grad_alias, gg, w_rows)
+                if dx is None:  # in place on grad_alias (token_projection's contract): torch.addmm would copy it
+                    dx = gg @ w_rows if grad_alias is None else grad_alias.addmm_(gg, w_rows)
                 else:
                     dx.addmm_(gg, w_rows)
             if ctx.needs_input_grad[1]:
@@ -78,8 +78,10 @@ _NARROW = 64  # blocks narrower than this (columns) share a GEMM with the block 
 
 def token_projection(x: torch.Tensor, weight: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, ...]:
     """x [N, D], weight [C, D] (x's dtype; row blocks of `sizes`, then any zero padding rows) -> (one [N, size_i]
-    column view of x @ weight^T per block, ..., x_alias). Give x's other consumers x_alias instead of x: their
-    gradient then starts dx in this node's backward (one gradient tensor for x, no add)."""
+    column view of x @ weight^T per block, ..., x_alias). Give x's other consumer x_alias instead of x: its gradient
+    then becomes dx in this node's backward, summed into in place (one gradient tensor for x, no add, no copy). So
+    x_alias must have one consumer whose backward hands it a gradient of its own (a fresh tensor, as permute's and a
+    matmul's do), and no hooks or retain_grad."""
     if x.dim() != 2 or weight.dim() != 2 or weight.shape[1] != x.shape[1] or sum(sizes) > weight.shape[0]:
         raise ValueError(f"token_projection: x must be [N, D] and weight [C >= sum(sizes), D], got {tuple(x.shape)}, "
                          f"{tuple(weight.shape)}, sizes {list(sizes)}")
