@@ -3,8 +3,9 @@
 The forward is one GEMM, y = x @ weight^T, whose column blocks (q | output gate | router logits | zero padding) go to
 different consumers. With autograd's split, the backward concatenated the blocks' gradients into one [N, C] tensor
 (53 us per H200 step at T2K) and added the gradient of x's other consumer (the stream's permute) afterwards (23 us).
-Here each block's gradient goes into dx by its own GEMM (dx += dblock @ weight_block), starting from the gradient of
-`x_alias`, an alias of x that the caller hands to that other consumer: no concatenation and no separate add.
+Here the blocks' gradients go into dx by one GEMM per group (dx += dblock @ weight_block; a narrow block shares its
+neighbour's GEMM), starting in place from the gradient of `x_alias`, an alias of x that the caller hands to that
+other consumer: no concatenation of the wide blocks and no separate add (mom_ops/NOTES.md, session 37).
 """
 
 from __future__ import annotations
