@@ -139,8 +139,9 @@ int main(int argc, char** argv) {
       [&] { copy_kernel<<<132 * 8, 256>>>(reinterpret_cast<const uint4*>(x), reinterpret_cast<uint4*>(y), n / 8); },
       50);
   const double mb = double(n) * 2 / 1e6;  // one [R, C] bf16 tensor
-  std::printf("R %lld vec %d warps %d chunks %d/%d run rows %d/%d (CTAs per SM %d/%d, %lld/%lld CTAs): fwd %.1f us "
-              "%.0f GB/s | bwd %.1f us %.0f GB/s | copy %.1f us %.0f GB/s | y, grad_x vs 64-row runs: %s (%lld differ)\n",
+  std::printf("R %lld vec %d warps %d chunks %d/%d run rows %d/%d (CTAs per SM %d/%d, %lld/%lld CTAs): "
+              "fwd %.1f us %.0f GB/s | bwd %.1f us %.0f GB/s | copy %.1f us %.0f GB/s | "
+              "y, grad_x vs 64-row runs: %s (%lld differ)\n",
               static_cast<long long>(R), kConvVec, kConvWarps, kConvFwdChunk, kConvBwdChunk, fwd_rows, bwd_rows,
               fwd_per_sm, bwd_per_sm, static_cast<long long>(conv_run_blocks(R, fwd_rows) * tiles),
               static_cast<long long>(conv_run_blocks(R, bwd_rows) * tiles), fwd, 2 * mb / fwd * 1e3, bwd,

@@ -6,7 +6,7 @@
 //        grad_w[:, k] = sum_r dpre[r] in(r - (W-1) + k)  (per-CTA partials, summed by the caller).
 // Meant to be bandwidth-bound; v2 was issue-bound instead (ncu: SM 53% busy, DRAM 21%), so a chunk of rows that
 // lies inside one segment and the run takes a path without per-row checks. Each thread owns kVec = 4 channels (16
-// bytes of fp32, 8 of bf16/fp16; kVec = 1 when C or the pointers do not allow vectors) and a run of kConvRows
+// bytes of fp32, 8 of bf16/fp16; kVec = 1 when C or the pointers do not allow vectors) and a run of run_rows
 // consecutive rows: a warp is 32 consecutive vectors of one run (coalesced rows), a CTA kConvWarps runs of the same
 // 32 vectors; the run length is a launch parameter (run_rows: conv_run_rows sizes runs so that the CTAs fill whole
 // waves). (With 8 bf16 channels per thread the kernels needed 151 (fwd) and 205 (bwd) registers at W = 4: one
