@@ -191,6 +191,43 @@ def test_gpu_segment_conv_large(dtype, C, W, history):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("plan", [False, True])
+def test_gpu_segment_conv_run_length(plan, monkeypatch):
+    """y and grad_x bit-identical at any forced run length (MOM_OPS_CONV_RUN_ROWS) and the chosen one; grad_w's
+    partial sums follow the runs (close, not equal); a bad value names the variable."""
+    need_kernel("segment_conv_bwd", "cuda")
+    gen = torch.Generator().manual_seed(5)
+    lengths = torch.randint(0, 500, (24,), generator=gen).tolist()
+    tail = 11 + (-(sum(lengths) + 11)) % 3  # R a multiple of k = 3 (a plan has R = N k rows)
+    x, w, cu, h = _inputs(lengths, 256, 4, True, torch.bfloat16, "cuda", tail=tail)
+    dy = torch.randn(x.shape, generator=gen).to("cuda", torch.bfloat16)  # the stream's rows
+    maps = ()
+    if plan:  # x as token rows read through a map of its rows (some unused), as the layer's q conv
+        R, k = x.shape[0], 3
+        tokens = x[: R // k].contiguous()
+        src_pair = torch.randint(-1, tokens.shape[0] * k, (R,), generator=gen, dtype=torch.int32).cuda()
+        dst_row = torch.full((tokens.shape[0], k), -1, dtype=torch.int32, device="cuda")
+        x, maps = tokens, (dst_row, src_pair)
+    outs = {}
+    for run_rows in (None, "1", "37", "64", "256"):
+        if run_rows is None:
+            monkeypatch.delenv("MOM_OPS_CONV_RUN_ROWS", raising=False)
+        else:
+            monkeypatch.setenv("MOM_OPS_CONV_RUN_ROWS", run_rows)
+        y = torch.ops.mom_ops.segment_conv_fwd(x, w, cu, h, True, *maps)
+        gx, gw, gh = torch.ops.mom_ops.segment_conv_bwd(dy, x, w, cu, h, True, *maps)
+        outs[run_rows] = (y, gx, gw, gh)
+    y0, gx0, gw0, gh0 = outs[None]
+    for y, gx, gw, gh in outs.values():
+        assert torch.equal(y, y0) and torch.equal(gx, gx0) and torch.equal(gh, gh0)
+        torch.testing.assert_close(gw, gw0, rtol=2e-2, atol=1e-2)
+    for bad in ("0", "257", "x"):
+        monkeypatch.setenv("MOM_OPS_CONV_RUN_ROWS", bad)
+        with pytest.raises(ValueError, match="MOM_OPS_CONV_RUN_ROWS"):
+            torch.ops.mom_ops.segment_conv_fwd(x, w, cu, h, True, *maps)
+
+
+@pytest.mark.gpu
 def test_gpu_segment_conv_writes_every_row():
     need_kernel("segment_conv_bwd", "cuda")
     x, w, cu, h = _inputs(LENGTHS, 64, 4, True, torch.bfloat16, "cuda", tail=70)
