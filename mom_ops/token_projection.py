@@ -33,23 +33,22 @@ class _TokenProjection(torch.autograd.Function):
         # One GEMM pair (dx += G W_rows, dW_rows = G^T x) per group of blocks. A narrow block joins the block before
         # it, the padding rows the last group: the router's 4 columns as a GEMM of their own cost more than the
         # concatenation of the gate's gradient with them (H200, T2K: 37 + 20 us for K = 4 in cuBLAS).
-        groups = []  # [first row, rows, [(gradient or None, rows)...]]
-        row = 0
+        groups = []  # lists of (gradient or None, rows)
         for g, n in zip(block_grads, ctx.sizes):
             if groups and n < _NARROW:
-                groups[-1][1] += n
-                groups[-1][2].append((g, n))
+                groups[-1].append((g, n))
             else:
-                groups.append([row, n, [(g, n)]])
-            row += n
-        pad = weight.shape[0] - row
-        groups[-1][1] += pad
-        groups[-1][2].append((None, pad))
-        dws = []  # per group: its rows of dW (None: zeros)
-        for r0, n, parts in groups:
+                groups.append([(g, n)])
+        groups[-1].append((None, weight.shape[0] - sum(ctx.sizes)))  # the padding rows
+        dws = []  # per group: its n rows of dW
+        r1 = 0
+        for parts in groups:
+            n = sum(m for _, m in parts)
+            r0, r1 = r1, r1 + n  # the group's weight rows
             has = [g is not None for g, _ in parts]
             if not any(has):
-                dws.append(None)
+                if ctx.needs_input_grad[1]:
+                    dws.append(x.new_zeros(n, x.shape[1]))
                 continue
             if has[0] and not any(has[1:]):  # the first block alone (its own width)
                 gg, used = parts[0][0].to(x.dtype), parts[0][1]
@@ -65,12 +64,10 @@ class _TokenProjection(torch.autograd.Function):
             if ctx.needs_input_grad[1]:
                 d = gg.t() @ x
                 dws.append(d if used == n else torch.cat([d, x.new_zeros(n - used, x.shape[1])]))
-            else:
-                dws.append(None)
         if dx is None:
             dx = grad_alias
-        if ctx.needs_input_grad[1] and any(d is not None for d in dws):
-            dw = torch.cat([x.new_zeros(n, x.shape[1]) if d is None else d for d, (_, n, _) in zip(dws, groups)])
+        if ctx.needs_input_grad[1] and any(g is not None for g in block_grads):
+            dw = torch.cat(dws)
         return dx, dw, None
 
 

@@ -54,6 +54,9 @@ def timed(value, steps=10):
 for r in range(rounds):
     for value in (False, True):
         ms, gb = timed(value)
-        name = (flag if not value else f"{env_name} unset") if env_value else f"{flag}={value}"
+        if env_value:
+            name = f"{env_name} unset" if value else flag
+        else:
+            name = f"{flag}={value}"
         print(f"B{batch} T{seqlen} round {r} {name}: {ms:.3f} ms per fwd+bwd step, peak {gb:.3f} GB",
               flush=True)
