@@ -15,8 +15,9 @@ import torch.nn.functional as F
 
 import mom_ops
 
-# sdpa: a softmax-attention layer (layer cases); permute: mom_ops on a permuted copy (the plan conv case)
-PROVIDERS = ("mom_ops", "triton_ref", "naive", "fla", "sdpa", "permute")
+# sdpa: a softmax-attention layer (layer cases); permute: mom_ops on a permuted copy (the plan conv case);
+# flash_qla: FlashQLA's TileLang scan (gdn cases; needs tilelang, see scripts/gpu_check.sh)
+PROVIDERS = ("mom_ops", "triton_ref", "naive", "fla", "flash_qla", "sdpa", "permute")
 
 
 @dataclass
@@ -305,6 +306,8 @@ def _gdn_case(T, H, D, n):
             pass  # forward only
         elif provider == "fla" and has_module("fla"):
             from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fn
+        elif provider == "flash_qla" and has_module("flash_qla"):
+            from flash_qla import chunk_gated_delta_rule as fn  # its automatic intra-sequence split left on
         else:
             return None
         out_bytes = nbytes(inp["v"])  # o has v's shape and dtype
