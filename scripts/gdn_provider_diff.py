@@ -1,6 +1,7 @@
 """o of each scan provider (mom_ops, fla, flash_qla, where installed) against the fp32 chunked reference, on the
 bench's gdn inputs and on the same inputs with the decay g scaled down (weak decay: FlashQLA splits a sequence
 where the decay has made earlier tokens negligible, so its intra-sequence split is exercised differently there).
+Where flash_qla is installed, fla 0.6's chunk_gated_delta_rule runs it (fla's FlashQLA backend): "fla" is then FlashQLA.
     python3 scripts/gdn_provider_diff.py [decay scale ...]   (default: 1 0.02)"""
 import os
 import sys
@@ -10,7 +11,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch
 
 import mom_ops
-from bench.cases import _gdn_inputs, has_module
+from bench.cases import has_module
+from bench.gdn_inputs import gdn_inputs
 from mom_ops.reference.gdn import chunk_gated_delta_rule_ref
 
 CASES = ((32768, 16, 128, 32), (32768, 16, 128, 1), (32768, 4, 256, 32))  # T, H, D, sequences
@@ -35,9 +37,8 @@ def main():
     scales = [float(s) for s in sys.argv[1:]] or [1.0, 0.02]
     fns = providers()
     for T, H, D, n in CASES:
-        inp, cu = _gdn_inputs(T, H, D, n)
         for s in scales:
-            case = dict(inp, g=inp["g"] * s)
+            case, cu = gdn_inputs(T, H, D, n, s)
             ref, ht_ref = chunk_gated_delta_rule_ref(**{k: t.cpu() for k, t in case.items()}, cu_seqlens=cu.cpu(),
                                                      use_qk_l2norm_in_kernel=True, output_final_state=True)
             line = f"gdn_T{T}_H{H}_D{D}_n{n} g x {s}:"
