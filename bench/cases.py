@@ -7,6 +7,7 @@ least: every input read once, every output written once) or None when the provid
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -16,8 +17,12 @@ import torch.nn.functional as F
 import mom_ops
 from bench.gdn_inputs import gdn_inputs
 
+# fla 0.6 hands chunk_gated_delta_rule to FlashQLA where flash_qla is importable (its "backends"): the fla provider
+# times fla's own kernels, FlashQLA has a provider of its own.
+os.environ.setdefault("FLA_FLASH_QLA", "0")
+
 # sdpa: a softmax-attention layer (layer cases); permute: mom_ops on a permuted copy (the plan conv case);
-# flash_qla: FlashQLA's TileLang scan (gdn cases; needs tilelang, see scripts/gpu_check.sh)
+# flash_qla: FlashQLA's TileLang scan (gdn cases, K = V = 128; needs tilelang, z3-solver and flash_qla: csrc/gdn/NOTES.md)
 PROVIDERS = ("mom_ops", "triton_ref", "naive", "fla", "flash_qla", "sdpa", "permute")
 
 

@@ -1,7 +1,7 @@
 """o of each scan provider (mom_ops, fla, flash_qla, where installed) against the fp32 chunked reference, on the
 bench's gdn inputs and on the same inputs with the decay g scaled down (weak decay: FlashQLA splits a sequence
 where the decay has made earlier tokens negligible, so its intra-sequence split is exercised differently there).
-Where flash_qla is installed, fla 0.6's chunk_gated_delta_rule runs it (fla's FlashQLA backend): "fla" is then FlashQLA.
+fla is fla's own Triton scan: bench.cases sets FLA_FLASH_QLA=0 (fla 0.6 would otherwise hand the call to FlashQLA).
     python3 scripts/gdn_provider_diff.py [decay scale ...]   (default: 1 0.02)"""
 import os
 import sys
