@@ -6,6 +6,7 @@ from mom_ops.reference.decode import mom_decode_step_ref
 from mom_ops.reference.gating import gdn_gating_ref
 from mom_ops.reference.gdn import chunk_gated_delta_rule_ref, l2norm, recurrent_gated_delta_rule_ref
 from mom_ops.reference.gdn_backward import chunk_gated_delta_rule_bwd_ref
+from mom_ops.reference.gdn_pieces import chunk_gated_delta_rule_pieces_ref
 from mom_ops.reference.layer import MoMConfig, MoMLayerCache, init_mom_params, mom_layer_ref
 from mom_ops.reference.readout import memory_mix_ref
 from mom_ops.reference.routing import permute_ref, plan_ref, route_ref, router_ref, unpermute_ref
@@ -14,6 +15,7 @@ __all__ = [
     "MoMConfig",
     "MoMLayerCache",
     "chunk_gated_delta_rule_bwd_ref",
+    "chunk_gated_delta_rule_pieces_ref",
     "chunk_gated_delta_rule_ref",
     "gdn_gating_ref",
     "init_mom_params",

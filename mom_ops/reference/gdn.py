@@ -77,22 +77,30 @@ def chunk_gated_delta_rule_ref(q, k, v, g, beta, scale=None, initial_state=None,
         S = h0[i]  # [HV, K, V]
         for c in range(start, end, chunk_size):
             sl = slice(c, min(c + chunk_size, end))
-            # per head: Q, K [HV, L, K]; Vc [HV, L, V]; G, bc [HV, L]
-            Q, Kc, Vc = (x[b, sl].transpose(0, 1) for x in (q, k, v))
-            G, bc = g[b, sl].t().cumsum(-1), beta[b, sl].t()
-            L = G.shape[-1]
-            diff = G[:, :, None] - G[:, None, :]  # G_i - G_j
-            lower = torch.ones(L, L, dtype=torch.bool).tril(-1)
-            decay_strict = torch.where(lower, diff, -torch.inf).exp()
-            decay_incl = torch.where(lower | torch.eye(L, dtype=torch.bool), diff, -torch.inf).exp()
-            A = bc[:, :, None] * (Kc @ Kc.transpose(-1, -2)) * decay_strict
-            Tinv = torch.linalg.inv(torch.eye(L, dtype=A.dtype) + A)
-            W = Tinv @ (bc[..., None] * G.exp()[..., None] * Kc)
-            U = Tinv @ (bc[..., None] * Vc)
-            Vnew = U - W @ S
-            O = scale * (G.exp()[..., None] * (Q @ S) + ((Q @ Kc.transpose(-1, -2)) * decay_incl) @ Vnew)
-            o[b, sl] = O.transpose(0, 1)
-            G_last = G[:, -1:]
-            S = G_last.exp()[..., None] * S + Kc.transpose(-1, -2) @ ((G_last - G).exp()[..., None] * Vnew)
+            O, S = chunk_step(q[b, sl], k[b, sl], v[b, sl], g[b, sl], beta[b, sl], S, scale)
+            o[b, sl] = O
         states.append(S)
     return _finish(o, dtype, states, output_final_state, state_v_first)
+
+
+def chunk_step(q, k, v, g, beta, S, scale):
+    """One chunk of the chunked form: q, k [L, HV, K], v [L, HV, V], g, beta [L, HV] (fp32, q and k already
+    normalised and repeated over the value heads), S [HV, K, V] the state before the chunk.
+    Returns o [L, HV, V] and the state after the chunk."""
+    # per head: Q, K [HV, L, K]; Vc [HV, L, V]; G, bc [HV, L]
+    Q, Kc, Vc = (x.transpose(0, 1) for x in (q, k, v))
+    G, bc = g.t().cumsum(-1), beta.t()
+    L = G.shape[-1]
+    diff = G[:, :, None] - G[:, None, :]  # G_i - G_j
+    lower = torch.ones(L, L, dtype=torch.bool).tril(-1)
+    decay_strict = torch.where(lower, diff, -torch.inf).exp()
+    decay_incl = torch.where(lower | torch.eye(L, dtype=torch.bool), diff, -torch.inf).exp()
+    A = bc[:, :, None] * (Kc @ Kc.transpose(-1, -2)) * decay_strict
+    Tinv = torch.linalg.inv(torch.eye(L, dtype=A.dtype) + A)
+    W = Tinv @ (bc[..., None] * G.exp()[..., None] * Kc)
+    U = Tinv @ (bc[..., None] * Vc)
+    Vnew = U - W @ S
+    O = scale * (G.exp()[..., None] * (Q @ S) + ((Q @ Kc.transpose(-1, -2)) * decay_incl) @ Vnew)
+    G_last = G[:, -1:]
+    S = G_last.exp()[..., None] * S + Kc.transpose(-1, -2) @ ((G_last - G).exp()[..., None] * Vnew)
+    return O.transpose(0, 1), S
