@@ -1,5 +1,7 @@
-"""The reference of the scan with long sequences cut into pieces (mom_ops/reference/gdn_pieces.py) against the
-chunked reference: where it cuts, the warm-up's missed state is below fp32 rounding; where it may not, it does not."""
+"""Long sequences cut into pieces (csrc/gdn/scan_pieces.cuh). CPU: the rule's fp32 reference
+(mom_ops/reference/gdn_pieces.py) against the chunked reference: where it cuts, the warm-up's missed state is below
+fp32 rounding; where it may not, it does not. GPU: the CUDA forward with MOM_OPS_GDN_PIECES=1 against the kernels it
+is made of, unsplit."""
 
 import math
 
@@ -7,8 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import mom_ops
 from mom_ops.reference.gdn import chunk_gated_delta_rule_ref
 from mom_ops.reference.gdn_pieces import LOG_EPS, chunk_gated_delta_rule_pieces_ref, piece_runs
+from tests.helpers import need_kernel, rel_rms
 
 
 def _inputs(lengths, H=2, K=16, V=8, decay=1.0, seed=0):
@@ -86,3 +90,82 @@ def test_a_cut_without_enough_decay_is_what_the_rule_prevents():
     o, _, plan = chunk_gated_delta_rule_pieces_ref(**inp, **kw, piece_chunks=4, max_warmup_chunks=1, log_eps=0.0)
     assert all(runs is not None for runs in plan.values())
     assert _rel(o, o_ref) > 1e-2
+
+
+# ---------------------------------------------------------------- the CUDA forward in pieces (MOM_OPS_GDN_PIECES=1)
+
+
+def _cuda_inputs(lengths, H, HV, weak_heads=(), seed=0):
+    """bf16 inputs at K = V = 128 on the GPU; the decay is the bench's (logsigmoid(randn), ~-51 per chunk) except on
+    weak_heads, where it is 1000 times slower (so those heads are not cut)."""
+    inp = _inputs(lengths, H=H, K=128, V=128, seed=seed)
+    inp["v"] = torch.randn(1, sum(lengths), HV, 128, generator=torch.Generator().manual_seed(seed + 1))
+    inp["g"] = F.logsigmoid(torch.randn(1, sum(lengths), HV, generator=torch.Generator().manual_seed(seed + 2)))
+    inp["beta"] = torch.rand(1, sum(lengths), HV, generator=torch.Generator().manual_seed(seed + 3))
+    inp["initial_state"] = torch.randn(len(lengths), HV, 128, 128, generator=torch.Generator().manual_seed(seed + 4))
+    for hv in weak_heads:
+        inp["g"][..., hv] *= 1e-3
+    for name in ("q", "k", "v"):
+        inp[name] = inp[name].to(torch.bfloat16)
+    return {name: t.cuda() for name, t in inp.items()}
+
+
+def _forward(inp, monkeypatch, env, **kw):
+    for name in ("MOM_OPS_GDN_PIECES", "MOM_OPS_GDN_SPLIT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    kw = dict(dict(output_final_state=True, use_qk_l2norm_in_kernel=True), **kw)
+    return mom_ops.chunk_gated_delta_rule(**inp, **kw)
+
+
+def _cut(inp, lengths):
+    """{(sequence, head): whether the rule cuts it} for the CUDA forward's pieces (16 chunks, warm-up <= 16)."""
+    g, beta, cut, start = inp["g"][0].cpu(), inp["beta"][0].cpu(), {}, 0
+    for i, n in enumerate(lengths):
+        bounds = list(range(start, start + n, 64)) + [start + n]
+        for hv in range(g.shape[1]):
+            g_chunk = torch.stack([g[a:b, hv].sum() for a, b in zip(bounds, bounds[1:])]) if n else torch.zeros(0)
+            beta_ok = torch.ones(len(bounds) - 1, dtype=torch.bool)
+            cut[i, hv] = n == 0 or piece_runs(g_chunk, beta_ok, 16, 16) is not None
+        start += n
+    return cut
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("lengths, weak_heads", [([4096], ()), ([4096], (1, 2)), ([3000, 0, 1, 700, 1500], (3,))])
+def test_gpu_pieces_match_the_unsplit_kernels(lengths, weak_heads, monkeypatch):
+    """With pieces, the (sequence, head)s the rule cuts come from the warp-specialised kernel run piece by piece
+    (equal to that kernel unsplit up to the missed ~e^-51 state), the others from the split forward (bit for bit);
+    both against the fp32 chunked reference."""
+    need_kernel("chunk_gated_delta_rule_fwd", "cuda")
+    inp = _cuda_inputs(lengths, H=2, HV=4, weak_heads=weak_heads)
+    o, ht = _forward(inp, monkeypatch, {"MOM_OPS_GDN_PIECES": "1"})
+    o_split, ht_split = _forward(inp, monkeypatch, {})  # few long sequences: the split forward
+    o_ws, ht_ws = _forward(inp, monkeypatch, {"MOM_OPS_GDN_SPLIT": "0"})  # K = 128: the ws kernel, unsplit
+    cut, start = _cut(inp, lengths), 0
+    assert not all(cut.values()) if weak_heads else all(cut.values())
+    for i, n in enumerate(lengths):
+        rows = slice(start, start + n)
+        for hv in range(4):
+            if cut[i, hv]:
+                assert rel_rms(o[0, rows, hv], o_ws[0, rows, hv]) < 1e-4 if n else True
+                assert rel_rms(ht[i, hv], ht_ws[i, hv]) < 1e-5
+            else:
+                assert torch.equal(o[0, rows, hv], o_split[0, rows, hv]) and torch.equal(ht[i, hv], ht_split[i, hv])
+        start += n
+    o_ref, ht_ref = chunk_gated_delta_rule_ref(**{name: t.cpu() for name, t in inp.items()},
+                                               cu_seqlens=torch.tensor([0] + lengths).cumsum(0),
+                                               use_qk_l2norm_in_kernel=True, output_final_state=True)
+    assert rel_rms(o, o_ref) < 5e-3 and rel_rms(ht, ht_ref) < 5e-3
+
+
+@pytest.mark.gpu
+def test_gpu_pieces_need_the_in_kernel_norm(monkeypatch):
+    """Without use_qk_l2norm_in_kernel nothing bounds ||k||: no (sequence, head) is cut, the output is the split
+    forward's bit for bit."""
+    need_kernel("chunk_gated_delta_rule_fwd", "cuda")
+    inp = _cuda_inputs([4096], H=2, HV=2)
+    o, ht = _forward(inp, monkeypatch, {"MOM_OPS_GDN_PIECES": "1"}, use_qk_l2norm_in_kernel=False)
+    o_split, ht_split = _forward(inp, monkeypatch, {}, use_qk_l2norm_in_kernel=False)
+    assert torch.equal(o, o_split) and torch.equal(ht, ht_split)

@@ -97,6 +97,15 @@ bool use_warp_specialised_forward(const GdnDims& d, int bv, bool training) {
   return !use_split_forward(d, bv, false);
 }
 
+// Long sequences in pieces (scan_pieces.cuh) for the inference forward where the split would run (few, long
+// sequences) at K = 128, V % 128 == 0 with in-kernel l2norm: the warp-specialised kernel takes every (sequence, head)
+// whose decay allows the cut, the split forward the others. Off until timed on a GPU: MOM_OPS_GDN_PIECES=1 turns it
+// on (NOTES.md, "Against FlashQLA").
+bool use_pieces(const GdnDims& d, bool use_qk_l2norm, bool split, bool training) {
+  return split && !training && use_qk_l2norm && d.dim_k == 128 && d.dim_v % 128 == 0 &&
+         env_is("MOM_OPS_GDN_PIECES", "1");
+}
+
 // The split chain's V-block width at K = 256 where only the lengths can tell (as the backward chain's,
 // gdn_bwd_cuda.cu): split_chain_value_block takes 32-column chains only where they fit in one wave, but they also
 // finish first where one long sequence is the tail (H200, layer T = 32K: fwd 4.66 -> 4.00 ms with them forced; five
@@ -150,7 +159,8 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Te
   const bool ws = use_warp_specialised_forward(d, bv, saved != nullptr);
   const bool split = !ws && use_split_forward(d, bv, saved != nullptr);
   const int chain_bv = split ? split_chain_value_block(d.num_seqs, d.heads_v, d.dim_v) : 0;
-  const bool overlap = split && gdn_split_overlap(d.dim_k, chain_bv);
+  const bool pieces = use_pieces(d, use_qk_l2norm, split, saved != nullptr);
+  const bool overlap = split && !pieces && gdn_split_overlap(d.dim_k, chain_bv);
   const ChainWidthChoice width_choice =
       split && !overlap ? forward_chain_width_choice(d, io.params, chain_bv) : ChainWidthChoice{};
   const at::Tensor order = longest_first_order(io, stream, width_choice);
@@ -169,6 +179,21 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Te
     p.num_vblocks = int(d.dim_v / 128);
     run_gdn_fwd_ws(p, q.scalar_type() == at::kBFloat16, stream);
     return {io.o, io.ht};
+  }
+  at::Tensor piece_plan;  // [N, HV, count] piece starts, then [N, HV] cut flags (scan_pieces.cuh)
+  if (pieces) {
+    const int64_t max_chunks = (rows + kGdnChunk - 1) / kGdnChunk;  // of any one sequence
+    const int count = int((max_chunks + kPieceChunks - 1) / kPieceChunks);
+    const int64_t heads = d.num_seqs * d.heads_v;
+    piece_plan = at::empty({heads * (count + 1)}, q.options().dtype(at::kInt));
+    int* start = piece_plan.data_ptr<int>();
+    p.pieces = ScanPieces{start, start + heads * count, count, kPieceChunks};
+    gdn_piece_plan_kernel<<<unsigned(heads), kPiecePlanWarps * 32, 0, stream>>>(
+        PiecePlanParams{io.params, start, start + heads * count, count, kPieceChunks});
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    GdnFwdParams wp = p;
+    wp.num_vblocks = int(d.dim_v / 128);
+    run_gdn_fwd_ws(wp, q.scalar_type() == at::kBFloat16, stream);  // the cut (sequence, head)s; the split the rest
   }
   if (split) {
     GdnSplitParams sp{};

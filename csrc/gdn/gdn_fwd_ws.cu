@@ -1,8 +1,9 @@
 // Launch of the warp-specialised forward (gdn_fwd_ws_kernel.cuh): K = 128, V a multiple of 128; with p.save_s0 (the
-// training forward) the variant that also writes the saves.
+// training forward) the variant that also writes the saves; with p.pieces.count > 0 (inference) a CTA per piece.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <type_traits>
 
 #include "common/static_switch.h"
@@ -15,13 +16,13 @@ namespace mom_ops {
 void run_gdn_fwd_ws(const GdnFwdParams& p, bool bf16, cudaStream_t stream) {
   BOOL_SWITCH(bf16, kBf16, [&] {
     using T = std::conditional_t<kBf16, __nv_bfloat16, __half>;
-    const int64_t blocks = int64_t(p.num_seqs) * p.heads_v * p.num_vblocks;
+    const int64_t blocks = int64_t(p.num_seqs) * p.heads_v * p.num_vblocks * std::max(p.pieces.count, 1);
     if (p.save_s0 != nullptr) {
       launch_scan_kernel(gdn_fwd_ws_kernel<T, true>, p, blocks, kGdnWsThreads, GdnWsSmem<T, true>::kBytes, stream,
                          "(sequence, head, V-block)");
     } else {
       launch_scan_kernel(gdn_fwd_ws_kernel<T, false>, p, blocks, kGdnWsThreads, GdnWsSmem<T, false>::kBytes, stream,
-                         "(sequence, head, V-block)");
+                         "(sequence, piece, head, V-block)");
     }
   });
 }

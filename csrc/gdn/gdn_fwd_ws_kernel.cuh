@@ -102,10 +102,22 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
   auto mnmajor = [](const T* x, int col) { return mnmajor_steps<Sw>(x, col); };
 
   const int tid = threadIdx.x, lane = tid % 32, g8 = lane / 4, t4 = lane % 4;
-  const ChainCta cta = chain_cta(p, p.seq_order, p.num_vblocks, kV, kK);
+  const ScanPieces& pc = p.pieces;
+  const ChainCta cta = chain_cta(p, p.seq_order, p.num_vblocks, kV, kK, max(pc.count, 1));
   const int hv = cta.hv, h = cta.h, v0 = cta.v0, vb = cta.vb;
   const int64_t bos = cta.bos, eos = cta.eos;
   const int num_chunks = int((eos - bos + C - 1) / C);
+  // The chain runs chunks [c_begin, c_end) and writes o from c_first on (all of them without pieces). A piece
+  // (scan_pieces.cuh) starts from S = 0 at its warm-up's first chunk, or from h0 at the sequence start; the last
+  // piece writes ht. A (sequence, head) not cut is the split forward's; a piece past the sequence has no work.
+  int c_begin = 0, c_first = 0, c_end = num_chunks;
+  if (pc.count > 0) {
+    if (!piece_is_cut(pc, cta.seq, hv, p.heads_v)) return;
+    c_begin = pc.start[(int64_t(cta.seq) * p.heads_v + hv) * pc.count + cta.piece];
+    c_first = cta.piece * pc.chunks;
+    c_end = min(num_chunks, c_first + pc.chunks);
+    if (c_begin < 0 || (cta.piece > 0 && c_first >= num_chunks)) return;  // (piece 0 writes ht = h0 if empty)
+  }
 #ifdef MOM_OPS_GDN_PROFILE
   const bool timer = tid == 0 || tid == 128;
   long long ws_cycles[kGdnWsPhases] = {}, ws_start = clock64();
@@ -172,8 +184,8 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
         }
       }
     };
-    if (num_chunks > 0) issue_loads(0);
-    for (int c = 0; c < num_chunks; ++c) {
+    if (c_end > c_begin) issue_loads(c_begin);
+    for (int c = c_begin; c < c_end; ++c) {
       const int s = c % 2;
       const ChunkRows rows = chunk_rows(c);
       const int64_t c0 = rows.c0;
@@ -316,8 +328,8 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
         }
       }
       GDN_WS_PHASE(3);
-      if (c + 1 < num_chunks) {  // the next chunk's loads, into the stage the state warpgroups free after chunk c - 1
-        if (c + 1 >= 2) named_bar_sync(kWsBarEmpty + (c + 1) % 2, kGdnWsThreads);
+      if (c + 1 < c_end) {  // the next chunk's loads, into the stage the state warpgroups free after chunk c - 1
+        if (c + 1 - c_begin >= 2) named_bar_sync(kWsBarEmpty + (c + 1) % 2, kGdnWsThreads);
         issue_loads(c + 1);
       }
       GDN_WS_PHASE(4);
@@ -336,7 +348,8 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
   float St[2][8][4];
   auto for_each_state = [&](auto&& fn) { for_each_ws_state(St, vrow0, t4, fn); };  // fn(element, k, v)
   auto state_index = [&](int kk, int vv) { return cta.state_index(p.v_first, kK, p.dim_v, kk, vv); };
-  for_each_state([&](float& x, int kk, int vv) { x = p.h0 != nullptr ? p.h0[state_index(kk, vv)] : 0.f; });
+  const bool from_h0 = p.h0 != nullptr && c_begin == 0;
+  for_each_state([&](float& x, int kk, int vv) { x = from_h0 ? p.h0[state_index(kk, vv)] : 0.f; });
   T* st_row = ws_state_copy_row(sSt, wg, wr, lane);
   auto publish_state = [&]() { publish_ws_state(St, st_row, lane); };  // the A operand of the products with it
   // stmatrix lane 8 m + r addresses row r of matrix m (acc_to_a's matrices m = 0..3).
@@ -356,7 +369,7 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
   T* o = static_cast<T*>(p.o);
   T* sVnOut = reinterpret_cast<T*>(smem + L::kVnOut + wg * L::kSquare);
   auto a_st = kmajor_steps<SwS>(sSt, 64 * wg);  // S^T rows 64 wg.., k-step s
-  for (int c = 0; c < num_chunks; ++c) {
+  for (int c = c_begin; c < c_end; ++c) {
     const int s = c % 2;
     const ChunkRows rows = chunk_rows(c);
     const int64_t c0 = rows.c0;
@@ -434,7 +447,7 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
     for (int idx = wtid; idx < C * 8; idx += 128) {  // 64 rows x 8 chunks of 16 bytes (columns 64 wg ..)
       const int r = idx / 8, col = 64 * wg + (idx % 8) * 8;
       if (r < len) {
-        if (o != nullptr)
+        if (o != nullptr && c >= c_first)  // (a piece's warm-up chunks write nothing)
           *reinterpret_cast<uint4*>(o + ((c0 + r) * p.heads_v + hv) * p.dim_v + v0 + col) =
               *reinterpret_cast<const uint4*>(sV + Sw::at(r, col));
         if constexpr (kSave)
@@ -442,11 +455,12 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
               *reinterpret_cast<const uint4*>(sVnOut + Sw::at(r, col - 64 * wg));
       }
     }
-    if (c + 2 < num_chunks) named_bar_arrive(kWsBarEmpty + s, kGdnWsThreads);
+    if (c + 2 < c_end) named_bar_arrive(kWsBarEmpty + s, kGdnWsThreads);
     GDN_WS_PHASE(9);
   }
   flush_cycles();
-  if (p.ht != nullptr) for_each_state([&](float& x, int kk, int vv) { p.ht[state_index(kk, vv)] = x; });
+  if (p.ht != nullptr && c_end == num_chunks)  // (the last piece)
+    for_each_state([&](float& x, int kk, int vv) { p.ht[state_index(kk, vv)] = x; });
 }
 
 #undef GDN_WS_PHASE

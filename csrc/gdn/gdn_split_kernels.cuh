@@ -120,6 +120,7 @@ __global__ void __launch_bounds__(kGdnThreads, GdnPrepSmem<T, kK>::kCtasPerSm) g
   int seq, len;
   int64_t bos, eos, c0;
   if (!split_slot_chunk(p, blockIdx.x / p.heads_v, seq, bos, eos, c0, len)) return;
+  if (piece_is_cut(p.pieces, seq, hv, p.heads_v)) return;  // the warp-specialised kernel's, in pieces
   const T* k = static_cast<const T*>(p.k);
   const T* v = static_cast<const T*>(p.v);
 
@@ -286,6 +287,7 @@ __device__ __forceinline__ void gdn_chain(const GdnSplitParams& p) {
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g8 = lane / 4, t4 = lane % 4;
   const ChainCta cta = chain_cta(p, p.seq_order, p.dim_v / BV, BV, kK);
   const int seq = cta.seq, hv = cta.hv, h = cta.h, v0 = cta.v0;
+  if (piece_is_cut(p.pieces, seq, hv, p.heads_v)) return;  // the warp-specialised kernel's, in pieces
   const int64_t bos = cta.bos, eos = cta.eos, slot0 = chunk_slot(p, seq, bos);
   const int64_t num_chunks = (eos - bos + C - 1) / C;
   if (p.chunk_ready != nullptr) launch_dependents();  // the output kernel may start (gdn_split_overlap)
@@ -407,7 +409,8 @@ __device__ __forceinline__ bool output_cta(const GdnSplitParams& p, int bv, int 
   c.q = static_cast<const T*>(p.q), c.k = static_cast<const T*>(p.k), c.vn = static_cast<const T*>(p.save_vn);
   c.s0 = static_cast<const T*>(p.save_s0) + (c.slot * p.heads_v + c.hv) * int64_t(dim_k) * p.dim_v + c.v0;
   c.o = static_cast<T*>(p.o);
-  return split_slot_chunk(p, c.slot, c.seq, c.bos, c.eos, c.c0, c.len);
+  return split_slot_chunk(p, c.slot, c.seq, c.bos, c.eos, c.c0, c.len) &&
+         !piece_is_cut(p.pieces, c.seq, c.hv, p.heads_v);  // cut: the warp-specialised kernel's, in pieces
 }
 
 // Beside the chain: until the chain CTAs of this head have written the chunk's S0 and V_new (all threads; ends with a

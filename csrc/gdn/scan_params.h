@@ -47,7 +47,7 @@ __device__ __forceinline__ void sequence_bounds(const ScanParams& p, int64_t seq
 // seq_order[rank] (longest first) or rank with rows [bos, eos), value head hv (q/k head h), V-block vb of bv columns
 // from v0, and its [K, bv] block of the [N, HV, K, V] fp32 states (h0, ht, dht, dh0) at state_index.
 struct ChainCta {
-  int seq, hv, h, vb, v0;
+  int seq, hv, h, vb, v0, piece;
   int64_t bos, eos, state_off;
 
   // Offset of element (k, v0 + vv) (state_elem's layouts).
@@ -56,12 +56,14 @@ struct ChainCta {
   }
 };
 
+// With pieces > 1, blockIdx.x = (rank, piece, value head, V-block) (the pieces of a sequence: scan_pieces.cuh).
 __device__ __forceinline__ ChainCta chain_cta(const ScanParams& p, const int* seq_order, int num_vblocks, int bv,
-                                              int dim_k) {
+                                              int dim_k, int pieces = 1) {
   ChainCta c;
   c.vb = blockIdx.x % num_vblocks;
   c.hv = (blockIdx.x / num_vblocks) % p.heads_v;
-  const int rank = blockIdx.x / (num_vblocks * p.heads_v);
+  c.piece = (blockIdx.x / (num_vblocks * p.heads_v)) % pieces;
+  const int rank = blockIdx.x / (num_vblocks * p.heads_v * pieces);
   c.seq = seq_order != nullptr ? seq_order[rank] : rank;
   c.h = c.hv / (p.heads_v / p.heads_qk);
   c.v0 = c.vb * bv;

@@ -81,14 +81,13 @@ int main(int argc, char** argv) {
     launch(gdn_fwd_kernel<T, kK, kBV, true>, f, int64_t(N) * HV * (V / kBV), GdnSmem<T, kK, kBV>::kBytes);
   }
   emu::g_order = order_mode, emu::g_eager = eager;
-  {
-    GdnSplitParams sp{};
-    static_cast<GdnFwdParams&>(sp) = p;
-    sp.o = o2.data, sp.ht = ht2.as<float>(), sp.save_s0 = s02.data, sp.save_w = w2.data, sp.save_vn = vn2.data;
-    sp.save_t = t2.data, sp.u = u.as<float>(), sp.g_rk = g_rk.as<float>();
+  // The split forward (prep, chain, output) as gdn_cuda.cu runs it; overlap: the outputs beside the chain where
+  // gdn_cuda.cu would take it (not with pieces).
+  auto run_split = [&](GdnSplitParams sp, bool overlap) {
+    sp.u = u.as<float>(), sp.g_rk = g_rk.as<float>();
     const int64_t vb = V / kSplitBV;
     Buf counters;  // the chain's counters (prep zeroes them), waited on by the output kernel, as gdn_cuda.cu decides
-    if (gdn_split_overlap(kK, emu_chain_bv())) {
+    if (overlap && gdn_split_overlap(kK, emu_chain_bv())) {
       counters = galloc((slots * HV + 1) * 4);
       sp.chunk_ready = counters.as<int>(), sp.chains_done = sp.chunk_ready + slots * HV;
       sp.chain_ctas_per_head = V / emu_chain_bv(), sp.chain_ctas = N * HV * (V / emu_chain_bv());
@@ -122,6 +121,13 @@ int main(int argc, char** argv) {
     } else {
       launch(gdn_output_kernel<T, kK, 64>, sp, slots * HV * vb, GdnOutputSmem<T, kK, 64>::kBytes);
     }
+  };
+  {
+    GdnSplitParams sp{};
+    static_cast<GdnFwdParams&>(sp) = p;
+    sp.o = o2.data, sp.ht = ht2.as<float>(), sp.save_s0 = s02.data, sp.save_w = w2.data, sp.save_vn = vn2.data;
+    sp.save_t = t2.data;
+    run_split(sp, true);
   }
 
   // ---- compare
@@ -247,6 +253,89 @@ int main(int argc, char** argv) {
       const double rel = std::sqrt(nm / std::max(dn, 1e-300));
       std::printf("  s0     ws training vs fused: rel %.2e, %lld NaN\n", rel, (long long)nan);
       fails += (nan != 0) + !(rel < 1e-2);
+    }
+    if (l2norm) {  // long sequences in pieces (scan_pieces.cuh), as gdn_cuda.cu runs them; pieces of 3 chunks here, so
+      // that warm-ups (2 chunks at this decay) start on both stage parities
+      const int chunks = 3, count = int(((rows + 63) / 64 + chunks - 1) / chunks);
+      Buf plan = galloc(size_t(N) * HV * (count + 1) * 4);
+      int* start = plan.as<int>();
+      int* cut = start + N * HV * count;
+      launch(gdn_piece_plan_kernel, PiecePlanParams{p, start, cut, count, chunks}, int64_t(N) * HV, 0,
+             kPiecePlanWarps * 32);
+      int plan_errors = 0, truncated = 0;
+      for (int s = 0; s < N; ++s)  // the rule again on the host (sums in double)
+        for (int hv = 0; hv < HV; ++hv) {
+          const int nc = int((cu[s + 1] - cu[s] + 63) / 64);
+          bool all = true;
+          for (int piece = 0; piece < count; ++piece) {
+            const int first = piece * chunks;
+            int run = first == 0 ? 0 : first >= nc ? -2 : -1;
+            double total = 0;
+            for (int w = 1; run == -1 && w <= std::min(kPieceMaxWarmup, first); ++w) {
+              bool beta_ok = true;
+              for (int r = 0; r < 64; ++r) {
+                const int64_t row = cu[s] + int64_t(first - w) * 64 + r;
+                total += g.as<float>()[row * HV + hv];
+                const float b = beta.as<float>()[row * HV + hv];
+                beta_ok = beta_ok && b >= 0.f && b <= 2.f;
+              }
+              if (!beta_ok) break;
+              if (total <= kPieceLogEps) run = first - w;
+            }
+            if (run == -1 && first <= kPieceMaxWarmup) run = 0;
+            all = all && run != -1;
+            plan_errors += start[(s * HV + hv) * count + piece] != run;
+            truncated += run > 0;
+          }
+          plan_errors += cut[s * HV + hv] != (all ? 1 : 0);
+          if (hv % 2 == 1) cut[s * HV + hv] = 0;  // odd heads: the split forward's (its kernels skip the others)
+        }
+      std::printf("  pieces plan: %d mismatches vs the host, %d pieces from a warm-up\n", plan_errors, truncated);
+      fails += plan_errors != 0;
+      Buf o5 = galloc(rows * HV * V * 2), ht5 = galloc(size_t(N) * HV * kK * V * 4);
+      Buf s05, w5, vn5, t5, o6, ht6;
+      mk(o6, ht6, s05, w5, vn5, t5);
+      GdnFwdParams fp = f;
+      fp.o = o5.data, fp.ht = ht5.as<float>(), fp.pieces = ScanPieces{start, cut, count, chunks};
+      launch(gdn_fwd_ws_kernel<T>, fp, int64_t(N) * HV * (V / 128) * count, GdnWsSmem<T, false>::kBytes,
+             kGdnWsThreads);
+      GdnSplitParams sp{};
+      static_cast<GdnFwdParams&>(sp) = p;
+      sp.pieces = fp.pieces, sp.o = o5.data, sp.ht = ht5.as<float>();
+      sp.save_s0 = s05.data, sp.save_w = w5.data, sp.save_vn = vn5.data;
+      run_split(sp, false);
+      // cut (sequence, head)s: the ws kernel's (bit-identical where no piece warmed up); the others the split
+      // forward's (bitwise)
+      std::vector<int> seq_of(rows, 0);
+      for (int s = 0; s < N; ++s) for (int64_t r = cu[s]; r < cu[s + 1]; ++r) seq_of[r] = s;
+      int64_t outside = 0, nan = 0, split_mism = 0, ws_mism = 0;
+      double nm = 0, dn = 0;
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t j = 0; j < HV * V; ++j) {
+          const T* y = o5.as<T>() + r * HV * V + j;
+          if (!in_seq[r]) { outside += !is_poison16(y); continue; }
+          if (std::isnan(f16(*y))) { ++nan; continue; }
+          const bool by_ws = cut[seq_of[r] * HV + j / V] != 0;
+          const T* x = (by_ws ? o3 : o2).as<T>() + r * HV * V + j;
+          if (std::memcmp(x, y, 2) != 0) ++(by_ws ? ws_mism : split_mism);
+          nm += double(f16(*x) - f16(*y)) * (f16(*x) - f16(*y)), dn += double(f16(*x)) * f16(*x);
+        }
+      const double rel = std::sqrt(nm / std::max(dn, 1e-300));
+      int64_t ht_split_mism = 0;
+      double hn = 0, hd = 0;
+      for (int64_t i = 0; i < int64_t(N) * HV * kK * V; ++i) {
+        const bool by_ws = cut[i / (int64_t(kK) * V)] != 0;  // [N, HV] flags, [N, HV, K, V] states
+        const float x = (by_ws ? ht3 : ht2).as<float>()[i], y = ht5.as<float>()[i];
+        if (!by_ws) ht_split_mism += std::memcmp(&x, &y, 4) != 0;
+        hn += double(x - y) * (x - y), hd += double(x) * x;
+      }
+      const double rel_ht = std::sqrt(hn / std::max(hd, 1e-300));
+      std::printf("  pieces o vs unsplit: rel %.2e (ws heads %lld, split heads %lld bit mismatches), ht rel %.2e "
+                  "(split heads %lld mismatches), %lld NaN, %lld written outside sequences\n", rel,
+                  (long long)ws_mism, (long long)split_mism, rel_ht, (long long)ht_split_mism, (long long)nan,
+                  (long long)outside);
+      fails += (nan != 0) + (outside != 0) + (split_mism != 0) + (ht_split_mism != 0) + !(rel < 1e-3) +
+               !(rel_ht < 1e-5) + (truncated == 0 && ws_mism != 0);
     }
   }
 #endif

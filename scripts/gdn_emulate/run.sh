@@ -4,7 +4,9 @@
 # mma.sync m16n8k16 from the PTX fragment layouts, cp.async alignment and bounds checks, NaN-poisoned shared and
 # global memory with guard pages, deadlock and divergent-collective checks, optional random warp speeds). driver.cpp
 # compares o, ht and the four saved tensors of the two paths bit for bit and both against an fp64 recurrence; at K = 128
-# with V % 128 == 0 it also runs the warp-specialised forward (gdn_fwd_ws_kernel.cuh), inference and training.
+# with V % 128 == 0 it also runs the warp-specialised forward (gdn_fwd_ws_kernel.cuh), inference and training, and with
+# l2norm the inference forward in pieces of 3 chunks (scan_pieces.cuh: the plan against the host's rule, the odd heads
+# forced onto the split forward).
 # For checking kernel edits without a GPU; it says nothing about speed, registers or the bindings.
 # EMU_CHAIN_BV=32 / 16 runs the chain with narrow V-blocks. The backward kernels: run_bwd.sh.
 #   bash scripts/gdn_emulate/run.sh      (from the repository root, with .venv; ~1 min to build, a few to run)
