@@ -180,16 +180,14 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Te
     run_gdn_fwd_ws(p, q.scalar_type() == at::kBFloat16, stream);
     return {io.o, io.ht};
   }
-  at::Tensor piece_plan;  // [N, HV, count] piece starts, then [N, HV] cut flags (scan_pieces.cuh)
+  at::Tensor piece_plan;  // [piece slots, HV] piece starts, then [N, HV] cut flags (scan_pieces.cuh)
   if (pieces) {
-    const int64_t max_chunks = (rows + kGdnChunk - 1) / kGdnChunk;  // of any one sequence
-    const int count = int((max_chunks + kPieceChunks - 1) / kPieceChunks);
-    const int64_t heads = d.num_seqs * d.heads_v;
-    piece_plan = at::empty({heads * (count + 1)}, q.options().dtype(at::kInt));
+    const int64_t starts = piece_slots(rows, d.num_seqs, kPieceChunks) * d.heads_v, heads = d.num_seqs * d.heads_v;
+    piece_plan = at::empty({starts + heads}, q.options().dtype(at::kInt));
     int* start = piece_plan.data_ptr<int>();
-    p.pieces = ScanPieces{start, start + heads * count, count, kPieceChunks};
+    p.pieces = ScanPieces{start, start + starts, kPieceChunks};
     gdn_piece_plan_kernel<<<unsigned(heads), kPiecePlanWarps * 32, 0, stream>>>(
-        PiecePlanParams{io.params, start, start + heads * count, count, kPieceChunks});
+        PiecePlanParams{io.params, start, start + starts, kPieceChunks});
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     GdnFwdParams wp = p;
     wp.num_vblocks = int(d.dim_v / 128);

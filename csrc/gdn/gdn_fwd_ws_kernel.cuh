@@ -87,8 +87,11 @@ constexpr int kGdnWsPhases = 10;
 #endif
 
 // kSave: the training forward, which also writes p.save_s0, save_w, save_vn, save_t (layouts: GdnFwdParams).
-template <typename T, bool kSave = false>
+// kPieces: the inference forward in pieces (p.pieces, scan_pieces.cuh); an instance of its own, so that the others
+// keep their registers.
+template <typename T, bool kSave = false, bool kPieces = false>
 __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdParams p) {
+  static_assert(!(kSave && kPieces), "pieces are inference only");
   using L = GdnWsSmem<T, kSave>;
   constexpr int C = kGdnChunk, kK = 128, kV = 128;
   using Sw = Sw128Slabs<C>;      // the stage's tiles
@@ -103,20 +106,22 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
 
   const int tid = threadIdx.x, lane = tid % 32, g8 = lane / 4, t4 = lane % 4;
   const ScanPieces& pc = p.pieces;
-  const ChainCta cta = chain_cta(p, p.seq_order, p.num_vblocks, kV, kK, max(pc.count, 1));
+  const int piece_chunks = kPieces ? pc.chunks : 0;
+  const ChainCta cta = chain_cta(p, p.seq_order, p.num_vblocks, kV, kK, piece_chunks);
   const int hv = cta.hv, h = cta.h, v0 = cta.v0, vb = cta.vb;
   const int64_t bos = cta.bos, eos = cta.eos;
   const int num_chunks = int((eos - bos + C - 1) / C);
   // The chain runs chunks [c_begin, c_end) and writes o from c_first on (all of them without pieces). A piece
   // (scan_pieces.cuh) starts from S = 0 at its warm-up's first chunk, or from h0 at the sequence start; the last
-  // piece writes ht. A (sequence, head) not cut is the split forward's; a piece past the sequence has no work.
+  // piece writes ht (an empty sequence's one piece: h0). A (sequence, head) not cut is the split forward's; a piece
+  // slot past the sequence's pieces has no work.
   int c_begin = 0, c_first = 0, c_end = num_chunks;
-  if (pc.count > 0) {
+  if (piece_chunks > 0) {
     if (!piece_is_cut(pc, cta.seq, hv, p.heads_v)) return;
-    c_begin = pc.start[(int64_t(cta.seq) * p.heads_v + hv) * pc.count + cta.piece];
-    c_first = cta.piece * pc.chunks;
-    c_end = min(num_chunks, c_first + pc.chunks);
-    if (c_begin < 0 || (cta.piece > 0 && c_first >= num_chunks)) return;  // (piece 0 writes ht = h0 if empty)
+    if (cta.piece >= max(1, (num_chunks + piece_chunks - 1) / piece_chunks)) return;
+    c_begin = pc.start[int64_t(blockIdx.x / (p.num_vblocks * p.heads_v)) * p.heads_v + hv];
+    c_first = cta.piece * piece_chunks;
+    c_end = min(num_chunks, c_first + piece_chunks);
   }
 #ifdef MOM_OPS_GDN_PROFILE
   const bool timer = tid == 0 || tid == 128;

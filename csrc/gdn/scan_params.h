@@ -56,31 +56,16 @@ struct ChainCta {
   }
 };
 
-// With pieces > 1, blockIdx.x = (rank, piece, value head, V-block) (the pieces of a sequence: scan_pieces.cuh).
-__device__ __forceinline__ ChainCta chain_cta(const ScanParams& p, const int* seq_order, int num_vblocks, int bv,
-                                              int dim_k, int pieces = 1) {
-  ChainCta c;
-  c.vb = blockIdx.x % num_vblocks;
-  c.hv = (blockIdx.x / num_vblocks) % p.heads_v;
-  c.piece = (blockIdx.x / (num_vblocks * p.heads_v)) % pieces;
-  const int rank = blockIdx.x / (num_vblocks * p.heads_v * pieces);
-  c.seq = seq_order != nullptr ? seq_order[rank] : rank;
-  c.h = c.hv / (p.heads_v / p.heads_qk);
-  c.v0 = c.vb * bv;
-  sequence_bounds(p, c.seq, c.bos, c.eos);
-  c.state_off = (int64_t(c.seq) * p.heads_v + c.hv) * int64_t(dim_k) * p.dim_v;
-  return c;
-}
-
 // First chunk slot of the sequence starting at row bos: slots [bos / 64 + seq, .. + its chunks) never overlap
 // between sequences, and all fit in chunk_slots() slots.
 __device__ __forceinline__ int64_t chunk_slot(const ScanParams&, int64_t seq, int64_t bos) { return bos / 64 + seq; }
 
-// The sequence of chunk slot `slot`: the last one whose first slot is <= slot (first slots increase). A 32-ary
+// The sequence of chunk slot `slot` (or of another slot of rows_per_slot rows, as chunk_slot: bos / rows_per_slot +
+// seq): the last one whose first slot is <= slot (first slots increase). A 32-ary
 // search by the calling warp (all 32 lanes, converged; each gets the answer): every round tests 32 evenly spaced
 // sequences at once, so up to 33 sequences take one round of loads (a binary search took a dependent round trip per
 // halving: ~6% of the grads kernel at 32 sequences, ncu).
-__device__ __forceinline__ int slot_sequence(const ScanParams& p, int64_t slot) {
+__device__ __forceinline__ int slot_sequence(const ScanParams& p, int64_t slot, int64_t rows_per_slot = 64) {
   const int lane = threadIdx.x % 32;
   int lo = 0, hi = p.num_seqs - 1;  // the answer is in [lo, hi]
   while (lo < hi) {
@@ -90,13 +75,32 @@ __device__ __forceinline__ int slot_sequence(const ScanParams& p, int64_t slot) 
     if (cand <= hi) {
       int64_t b, e;
       sequence_bounds(p, cand, b, e);
-      holds = chunk_slot(p, cand, b) <= slot;
+      holds = b / rows_per_slot + cand <= slot;  // (chunk_slot at 64 rows per slot)
     }
     const int n = __popc(__ballot_sync(0xffffffffu, holds));  // the candidates that hold are a prefix of the lanes
     lo += step * n;                                            // the last that holds
     hi = min(hi, lo + step - 1);                               // the next one fails (or is past hi)
   }
   return lo;
+}
+
+// blockIdx.x = (rank, value head, V-block). With piece_chunks > 0 (scan_pieces.cuh) rank is a piece slot, slots of
+// 64 piece_chunks rows as chunk_slot's of 64: sequence slot_sequence(rank, 64 piece_chunks) (a warp-collective:
+// every thread of the CTA calls this converged), piece rank - its first piece slot.
+__device__ __forceinline__ ChainCta chain_cta(const ScanParams& p, const int* seq_order, int num_vblocks, int bv,
+                                              int dim_k, int piece_chunks = 0) {
+  ChainCta c;
+  c.vb = blockIdx.x % num_vblocks;
+  c.hv = (blockIdx.x / num_vblocks) % p.heads_v;
+  const int rank = blockIdx.x / (num_vblocks * p.heads_v);
+  const int64_t rows_per_piece = int64_t(64) * piece_chunks;
+  c.seq = piece_chunks > 0 ? slot_sequence(p, rank, rows_per_piece) : seq_order != nullptr ? seq_order[rank] : rank;
+  c.h = c.hv / (p.heads_v / p.heads_qk);
+  c.v0 = c.vb * bv;
+  sequence_bounds(p, c.seq, c.bos, c.eos);
+  c.piece = piece_chunks > 0 ? int(rank - (c.bos / rows_per_piece + c.seq)) : 0;
+  c.state_off = (int64_t(c.seq) * p.heads_v + c.hv) * int64_t(dim_k) * p.dim_v;
+  return c;
 }
 #endif
 

@@ -256,20 +256,20 @@ int main(int argc, char** argv) {
     }
     if (l2norm) {  // long sequences in pieces (scan_pieces.cuh), as gdn_cuda.cu runs them; pieces of 3 chunks here, so
       // that warm-ups (2 chunks at this decay) start on both stage parities
-      const int chunks = 3, count = int(((rows + 63) / 64 + chunks - 1) / chunks);
-      Buf plan = galloc(size_t(N) * HV * (count + 1) * 4);
+      const int chunks = 3;
+      const int64_t slots_p = piece_slots(rows, N, chunks);
+      Buf plan = galloc(size_t(slots_p * HV + N * HV) * 4);
       int* start = plan.as<int>();
-      int* cut = start + N * HV * count;
-      launch(gdn_piece_plan_kernel, PiecePlanParams{p, start, cut, count, chunks}, int64_t(N) * HV, 0,
-             kPiecePlanWarps * 32);
+      int* cut = start + slots_p * HV;
+      launch(gdn_piece_plan_kernel, PiecePlanParams{p, start, cut, chunks}, int64_t(N) * HV, 0, kPiecePlanWarps * 32);
       int plan_errors = 0, truncated = 0;
       for (int s = 0; s < N; ++s)  // the rule again on the host (sums in double)
         for (int hv = 0; hv < HV; ++hv) {
-          const int nc = int((cu[s + 1] - cu[s] + 63) / 64);
+          const int nc = int((cu[s + 1] - cu[s] + 63) / 64), pieces = std::max(1, (nc + chunks - 1) / chunks);
           bool all = true;
-          for (int piece = 0; piece < count; ++piece) {
+          for (int piece = 0; piece < pieces; ++piece) {
             const int first = piece * chunks;
-            int run = first == 0 ? 0 : first >= nc ? -2 : -1;
+            int run = first == 0 ? 0 : -1;
             double total = 0;
             for (int w = 1; run == -1 && w <= std::min(kPieceMaxWarmup, first); ++w) {
               bool beta_ok = true;
@@ -284,7 +284,7 @@ int main(int argc, char** argv) {
             }
             if (run == -1 && first <= kPieceMaxWarmup) run = 0;
             all = all && run != -1;
-            plan_errors += start[(s * HV + hv) * count + piece] != run;
+            plan_errors += start[(cu[s] / (64 * chunks) + s + piece) * HV + hv] != run;
             truncated += run > 0;
           }
           plan_errors += cut[s * HV + hv] != (all ? 1 : 0);
@@ -296,8 +296,8 @@ int main(int argc, char** argv) {
       Buf s05, w5, vn5, t5, o6, ht6;
       mk(o6, ht6, s05, w5, vn5, t5);
       GdnFwdParams fp = f;
-      fp.o = o5.data, fp.ht = ht5.as<float>(), fp.pieces = ScanPieces{start, cut, count, chunks};
-      launch(gdn_fwd_ws_kernel<T>, fp, int64_t(N) * HV * (V / 128) * count, GdnWsSmem<T, false>::kBytes,
+      fp.o = o5.data, fp.ht = ht5.as<float>(), fp.pieces = ScanPieces{start, cut, chunks};
+      launch(gdn_fwd_ws_kernel<T, false, true>, fp, slots_p * HV * (V / 128), GdnWsSmem<T, false>::kBytes,
              kGdnWsThreads);
       GdnSplitParams sp{};
       static_cast<GdnFwdParams&>(sp) = p;

@@ -41,6 +41,10 @@ done
 pattern=(0 1 5 64 65 17 130)
 many=$(for i in $(seq 0 69); do echo -n "${pattern[i % 7]} "; done)
 run emu_64_64_1 1 1 64 1 0 0 2 0 3 $many
+# the same at K = V = 128 with 400-row ones: the forward in pieces finds its sequences by piece slot (two rounds)
+pattern=(0 1 5 64 65 17 130 400)
+many=$(for i in $(seq 0 69); do echo -n "${pattern[i % 8]} "; done)
+run emu_128_128_1 1 2 128 1 0 0 2 0 3 $many
 for seed in 11 22; do  # random warp speeds: barriers that are missing show up here
   export EMU_SEED=$seed
   run emu_64_64_1 1 2 128 1 0 0 3 1 5 130 0 64 7 1
