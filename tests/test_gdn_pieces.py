@@ -120,8 +120,9 @@ def _forward(inp, monkeypatch, env, **kw):
 
 
 def _cut(inp, lengths):
-    """{(sequence, head): whether the rule cuts it} for the CUDA forward's pieces (16 chunks, warm-up <= 16)."""
-    g, beta, cut, start = inp["g"][0].cpu(), inp["beta"][0].cpu(), {}, 0
+    """{(sequence, head): whether the rule cuts it} for the CUDA forward's pieces (16 chunks, warm-up <= 16; beta is
+    in [0, 1) here)."""
+    g, cut, start = inp["g"][0].cpu(), {}, 0
     for i, n in enumerate(lengths):
         bounds = list(range(start, start + n, 64)) + [start + n]
         for hv in range(g.shape[1]):

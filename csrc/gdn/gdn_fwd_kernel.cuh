@@ -48,7 +48,7 @@ struct GdnFwdParams : ScanParams {
   void* save_w;            // [rows, HV, K] W = T diag(beta e^G rk) K (the normalised keys' W), by V-block 0
   void* save_vn;           // [rows, HV, V] V_new = U - W S
   void* save_t;            // [rows, HV, 64] the chunk's T = (I + A)^-1, row by row, by V-block 0
-  ScanPieces pieces;       // inference: long sequences in pieces (gdn_fwd_ws_kernel.cuh; count 0: none)
+  ScanPieces pieces;       // inference: long sequences in pieces (scan_pieces.cuh; chunks 0: none)
 #ifdef MOM_OPS_GDN_PROFILE
   unsigned long long* phase_cycles;  // [kGdnPhases]: cycles per phase summed over CTAs (scripts/gdn_phases.cu)
 #endif
