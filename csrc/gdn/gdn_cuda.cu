@@ -10,6 +10,7 @@
 #include "gdn/gdn_checks.h"
 #include "gdn/gdn_fwd_kernel.cuh"
 #include "gdn/gdn_fwd_launch.h"
+#include "gdn/gdn_piece_plan.cuh"
 #include "gdn/scan_io.h"
 #include "gdn/scan_launch.cuh"
 #include "gdn/scan_prologue.cuh"

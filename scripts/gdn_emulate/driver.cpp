@@ -10,6 +10,7 @@
 #include "gdn/gdn_output_wgmma_kernel.cuh"
 #if KK == 128 && KBV == 128
 #include "gdn/gdn_fwd_ws_kernel.cuh"
+#include "gdn/gdn_piece_plan.cuh"
 #endif
 #include <string>
 
