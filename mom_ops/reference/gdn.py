@@ -10,6 +10,14 @@ def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return x * torch.rsqrt(x.square().sum(-1, keepdim=True) + eps)
 
 
+def sequences(B, T, cu_seqlens):
+    """The sequences as (batch, start, end): each batch row, or cu_seqlens' segments of batch row 0."""
+    if cu_seqlens is None:
+        return [(b, 0, T) for b in range(B)]
+    cu = cu_seqlens.tolist()
+    return [(0, cu[i], cu[i + 1]) for i in range(len(cu) - 1)]
+
+
 def _prepare(q, k, v, g, beta, scale, initial_state, use_qk_l2norm, state_v_first, cu_seqlens):
     """fp32 (fp64) inputs with q, k repeated over the value heads of their group; the sequences as (batch, start,
     end); the initial states as [N, HV, K, V]."""
@@ -20,11 +28,7 @@ def _prepare(q, k, v, g, beta, scale, initial_state, use_qk_l2norm, state_v_firs
     if use_qk_l2norm:
         q, k = l2norm(q), l2norm(k)
     q, k = q.repeat_interleave(HV // H, dim=2), k.repeat_interleave(HV // H, dim=2)
-    if cu_seqlens is None:
-        seqs = [(b, 0, T) for b in range(B)]
-    else:
-        cu = cu_seqlens.tolist()
-        seqs = [(0, cu[i], cu[i + 1]) for i in range(len(cu) - 1)]
+    seqs = sequences(B, T, cu_seqlens)
     if initial_state is None:
         h0 = q.new_zeros(len(seqs), HV, K, V)
     else:
