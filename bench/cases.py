@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import mom_ops
-from bench.gdn_inputs import gdn_inputs
+from bench.gdn_inputs import GDN_CASES, gdn_inputs
 
 # fla 0.6 hands chunk_gated_delta_rule to FlashQLA where flash_qla is importable (its "backends"): the fla provider
 # times fla's own kernels, FlashQLA has a provider of its own.
@@ -448,9 +448,7 @@ CASES: list[Case] = [
     _gating_case(49152, 4, 2056),
     _conv_case(32768, 1024, 4, 32),
     _conv_plan_case(16384, 1024, 4, 5, 3, 8),
-    _gdn_case(32768, 16, 128, 32),
-    _gdn_case(32768, 16, 128, 1),
-    _gdn_case(32768, 4, 256, 32),
+    *(_gdn_case(*shape) for shape in GDN_CASES),
     _decode_case(256, 16, 128),
     _decode_case(768, 4, 256),
     _decode_graph_case(64, 4, 256, 4, 2),

@@ -7,6 +7,10 @@ import torch
 import torch.nn.functional as F
 
 
+# The gdn bench cases (T, H, D, sequences): bench/cases.py, scripts/gdn_provider_diff.py, scripts/flash_qla_time.py
+GDN_CASES = ((32768, 16, 128, 32), (32768, 16, 128, 1), (32768, 4, 256, 32))
+
+
 def gdn_inputs(T: int, H: int, D: int, n: int, decay_scale: float = 1.0):
     """q, k, v [1, T, H, D] bf16, g = decay_scale * logsigmoid(randn) [1, T, H] fp32, beta [1, T, H] bf16 and
     cu_seqlens (int32) of n random-length sequences; seeded, so every provider sees the same inputs. The bench's

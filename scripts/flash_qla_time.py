@@ -14,9 +14,7 @@ import torch
 import triton.testing
 from flash_qla import chunk_gated_delta_rule
 
-from bench.gdn_inputs import gdn_inputs
-
-CASES = ((32768, 16, 128, 1), (32768, 4, 256, 32), (32768, 16, 128, 32))  # T, H, D, sequences
+from bench.gdn_inputs import GDN_CASES, gdn_inputs
 
 
 def nbytes(*tensors):
@@ -27,7 +25,7 @@ def main():
     out = sys.argv[1]
     scales = [float(s) for s in sys.argv[2:]] or [1.0, 0.1, 0.02]
     records = []
-    for T, H, D, n in CASES:
+    for T, H, D, n in GDN_CASES:
         for s in scales:
             inp, cu = gdn_inputs(T, H, D, n, s)
             leaves = {key: t.detach().clone().requires_grad_(True) for key, t in inp.items()}

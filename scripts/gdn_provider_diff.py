@@ -12,10 +12,8 @@ import torch
 
 import mom_ops
 from bench.cases import has_module
-from bench.gdn_inputs import gdn_inputs
+from bench.gdn_inputs import GDN_CASES, gdn_inputs
 from mom_ops.reference.gdn import chunk_gated_delta_rule_ref
-
-CASES = ((32768, 16, 128, 32), (32768, 16, 128, 1), (32768, 4, 256, 32))  # T, H, D, sequences
 
 
 def providers():
@@ -36,7 +34,7 @@ def rel_rms(x, ref):
 def main():
     scales = [float(s) for s in sys.argv[1:]] or [1.0, 0.02]
     fns = providers()
-    for T, H, D, n in CASES:
+    for T, H, D, n in GDN_CASES:
         for s in scales:
             case, cu = gdn_inputs(T, H, D, n, s)
             ref, ht_ref = chunk_gated_delta_rule_ref(**{k: t.cpu() for k, t in case.items()}, cu_seqlens=cu.cpu(),
