@@ -1,4 +1,4 @@
-"""A / B of the inference forward in pieces (MOM_OPS_GDN_PIECES=1, csrc/gdn/scan_pieces.cuh) against the default, in
+"""A / B of the inference forward in pieces (csrc/gdn/scan_pieces.cuh, the default) against MOM_OPS_GDN_PIECES=0, in
 one process, on the bench's n1 D128 inputs at several decays (the cut needs the decay: at g x 0.001 nothing is cut),
 in alternating rounds; also o's relative RMS between the two (the cut is exact to fp32 rounding).
     python3 scripts/gdn_pieces_ab.py [T H n] [decay scale ...]      (default: 32768 16 1, scales 1 0.1 0.02 0.001)"""
@@ -19,10 +19,7 @@ scales = [float(s) for s in args[3:]] or [1.0, 0.1, 0.02, 0.001]
 
 
 def forward(inp, cu, pieces):
-    if pieces:
-        os.environ["MOM_OPS_GDN_PIECES"] = "1"
-    else:
-        os.environ.pop("MOM_OPS_GDN_PIECES", None)
+    os.environ["MOM_OPS_GDN_PIECES"] = "1" if pieces else "0"
     return mom_ops.chunk_gated_delta_rule(**inp, cu_seqlens=cu, use_qk_l2norm_in_kernel=True)[0]
 
 

@@ -1,7 +1,7 @@
 """Long sequences cut into pieces (csrc/gdn/scan_pieces.cuh). CPU: the rule's fp32 reference
 (mom_ops/reference/gdn_pieces.py) against the chunked reference: where it cuts, the warm-up's missed state is below
-fp32 rounding; where it may not, it does not. GPU: the CUDA forward with MOM_OPS_GDN_PIECES=1 against the kernels it
-is made of, unsplit."""
+fp32 rounding; where it may not, it does not. GPU: the CUDA forward (pieces are its default) against the kernels it is
+made of, unsplit."""
 
 import math
 
@@ -92,7 +92,7 @@ def test_a_cut_without_enough_decay_is_what_the_rule_prevents():
     assert _rel(o, o_ref) > 1e-2
 
 
-# ---------------------------------------------------------------- the CUDA forward in pieces (MOM_OPS_GDN_PIECES=1)
+# ---------------------------------------------------------------- the CUDA forward in pieces (off: MOM_OPS_GDN_PIECES=0)
 
 
 def _cuda_inputs(lengths, H, HV, weak_heads=(), seed=0):
@@ -127,8 +127,8 @@ def test_gpu_pieces_match_the_unsplit_kernels(lengths, weak_heads, monkeypatch):
     both against the fp32 chunked reference."""
     need_kernel("chunk_gated_delta_rule_fwd", "cuda")
     inp = _cuda_inputs(lengths, H=2, HV=4, weak_heads=weak_heads)
-    o, ht = _forward(inp, monkeypatch, {"MOM_OPS_GDN_PIECES": "1"})
-    o_split, ht_split = _forward(inp, monkeypatch, {})  # few long sequences: the split forward
+    o, ht = _forward(inp, monkeypatch, {})  # pieces are the default
+    o_split, ht_split = _forward(inp, monkeypatch, {"MOM_OPS_GDN_PIECES": "0"})  # few long sequences: the split
     o_ws, ht_ws = _forward(inp, monkeypatch, {"MOM_OPS_GDN_SPLIT": "0"})  # K = 128: the ws kernel, unsplit
     # {(sequence, head): cut}, by the rule's reference at the CUDA forward's piece size and warm-up bound (16, 16)
     cpu = {name: t.cpu() for name, t in inp.items()}  # (cu_seqlens among them)
@@ -157,6 +157,6 @@ def test_gpu_pieces_need_the_in_kernel_norm(monkeypatch):
     inp = _cuda_inputs([4096], H=2, HV=2)
     for name in ("q", "k"):  # ||k|| ~ 1 without the in-kernel norm (randn rows of 128 overflow the state to NaN)
         inp[name] = (inp[name].float() / 128**0.5).to(torch.bfloat16)
-    o, ht = _forward(inp, monkeypatch, {"MOM_OPS_GDN_PIECES": "1"}, use_qk_l2norm_in_kernel=False)
-    o_split, ht_split = _forward(inp, monkeypatch, {}, use_qk_l2norm_in_kernel=False)
+    o, ht = _forward(inp, monkeypatch, {}, use_qk_l2norm_in_kernel=False)
+    o_split, ht_split = _forward(inp, monkeypatch, {"MOM_OPS_GDN_PIECES": "0"}, use_qk_l2norm_in_kernel=False)
     assert torch.equal(o, o_split) and torch.equal(ht, ht_split)

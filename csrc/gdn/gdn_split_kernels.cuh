@@ -287,7 +287,10 @@ __device__ __forceinline__ void gdn_chain(const GdnSplitParams& p) {
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g8 = lane / 4, t4 = lane % 4;
   const ChainCta cta = chain_cta(p, p.seq_order, p.dim_v / BV, BV, kK);
   const int seq = cta.seq, hv = cta.hv, h = cta.h, v0 = cta.v0;
-  if (piece_is_cut(p.pieces, seq, hv, p.heads_v)) return;  // the warp-specialised kernel's, in pieces
+  if (piece_is_cut(p.pieces, seq, hv, p.heads_v)) {  // the warp-specialised kernel's, in pieces
+    if (p.chunk_ready != nullptr && tid == 0) release_add(p.chains_done);  // the output kernel's last CTA counts it
+    return;
+  }
   const int64_t bos = cta.bos, eos = cta.eos, slot0 = chunk_slot(p, seq, bos);
   const int64_t num_chunks = (eos - bos + C - 1) / C;
   if (p.chunk_ready != nullptr) launch_dependents();  // the output kernel may start (gdn_split_overlap)
