@@ -98,13 +98,12 @@ bool use_warp_specialised_forward(const GdnDims& d, int bv, bool training) {
   return !use_split_forward(d, bv, false);
 }
 
-// Long sequences in pieces (scan_pieces.cuh) for the inference forward where the split would run (few, long
-// sequences) at K = 128, V % 128 == 0 with in-kernel l2norm: the warp-specialised kernel takes every (sequence, head)
-// whose decay allows the cut, the split forward the others (H200, n1 D128 T = 32K: 1.13 -> 0.57 ms at the bench's
-// decay; NOTES.md, "Against FlashQLA"). MOM_OPS_GDN_PIECES=0 turns it off.
-bool use_pieces(const GdnDims& d, bool use_qk_l2norm, bool split, bool training) {
-  return split && !training && use_qk_l2norm && d.dim_k == 128 && d.dim_v % 128 == 0 &&
-         !env_is("MOM_OPS_GDN_PIECES", "0");
+// Long sequences in pieces (scan_pieces.cuh) where the split forward would run (few, long sequences; inference and
+// training) at K = 128, V % 128 == 0 with in-kernel l2norm: the warp-specialised kernel takes every (sequence, head)
+// whose decay allows the cut, the split forward the others (H200, n1 D128 T = 32K inference: 1.13 -> 0.57 ms at the
+// bench's decay; NOTES.md, "Against FlashQLA"). MOM_OPS_GDN_PIECES=0 turns it off.
+bool use_pieces(const GdnDims& d, bool use_qk_l2norm, bool split) {
+  return split && use_qk_l2norm && d.dim_k == 128 && d.dim_v % 128 == 0 && !env_is("MOM_OPS_GDN_PIECES", "0");
 }
 
 // The split chain's V-block width at K = 256 where only the lengths can tell (as the backward chain's,
@@ -160,7 +159,7 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Te
   const bool ws = use_warp_specialised_forward(d, bv, saved != nullptr);
   const bool split = !ws && use_split_forward(d, bv, saved != nullptr);
   const int chain_bv = split ? split_chain_value_block(d.num_seqs, d.heads_v, d.dim_v) : 0;
-  const bool pieces = use_pieces(d, use_qk_l2norm, split, saved != nullptr);
+  const bool pieces = use_pieces(d, use_qk_l2norm, split);
   const bool overlap = split && gdn_split_overlap(d.dim_k, chain_bv);
   const ChainWidthChoice width_choice =
       split && !overlap ? forward_chain_width_choice(d, io.params, chain_bv) : ChainWidthChoice{};

@@ -87,11 +87,10 @@ constexpr int kGdnWsPhases = 10;
 #endif
 
 // kSave: the training forward, which also writes p.save_s0, save_w, save_vn, save_t (layouts: GdnFwdParams).
-// kPieces: the inference forward in pieces (p.pieces, scan_pieces.cuh); an instance of its own, so that the others
-// keep their registers.
+// kPieces: the forward in pieces (p.pieces, scan_pieces.cuh; with kSave the saves of a piece's own chunks, not of its
+// warm-up's); instances of their own, so that the others keep their registers.
 template <typename T, bool kSave = false, bool kPieces = false>
 __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdParams p) {
-  static_assert(!(kSave && kPieces), "pieces are inference only");
   using L = GdnWsSmem<T, kSave>;
   constexpr int C = kGdnChunk, kK = 128, kV = 128;
   using Sw = Sw128Slabs<C>;      // the stage's tiles
@@ -293,7 +292,7 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
           tb.z = pack2<T>(b8[4], b8[5]), tb.w = pack2<T>(b8[6], b8[7]);
           *reinterpret_cast<uint4*>(sTb + Sw::at(i, j)) = tb;
           if constexpr (kSave) {
-            if (vb == 0) {
+            if (vb == 0) {  // (Tw also in a warm-up chunk: W's product reads it)
               uint4 tw, t16;
               tw.x = pack2<T>(b8[0] * f[j], b8[1] * f[j + 1]), tw.y = pack2<T>(b8[2] * f[j + 2], b8[3] * f[j + 3]);
               tw.z = pack2<T>(b8[4] * f[j + 4], b8[5] * f[j + 5]), tw.w = pack2<T>(b8[6] * f[j + 6], b8[7] * f[j + 7]);
@@ -301,7 +300,7 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
               t16.x = pack2<T>(t8[0], t8[1]), t16.y = pack2<T>(t8[2], t8[3]);
               t16.z = pack2<T>(t8[4], t8[5]), t16.w = pack2<T>(t8[6], t8[7]);
               T* save_t = static_cast<T*>(p.save_t) + ((c0 + i) * p.heads_v + hv) * C + j;
-              if (i < len) *reinterpret_cast<uint4*>(save_t) = t16;
+              if (i < len && c >= c_first) *reinterpret_cast<uint4*>(save_t) = t16;
             }
           }
         }
@@ -309,7 +308,7 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
       fence_async_smem();
       named_bar_arrive(kWsBarFull + s, kGdnWsThreads);
       if constexpr (kSave) {  // W = Tw K (the normalised keys' W), rows < len -> save_w, by V-block 0
-        if (vb == 0) {
+        if (vb == 0 && c >= c_first) {  // (uniform: the aux warpgroup's barriers below stay matched)
           aux_sync();  // Tw complete
           T* sW = reinterpret_cast<T*>(sA);  // Tw, then W [64][128] (two slabs) once the product is done
           float w[2][8][4];
@@ -388,9 +387,9 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
     named_bar_sync(kWsBarFull + s, kGdnWsThreads);
     GDN_WS_PHASE(5);
 
-    if constexpr (kSave) {  // S at the chunk start ([K, V] 16-bit) from the accumulators, through the V_new tile
-      // (free until (2): the previous chunk's readers of it all passed this chunk's full barrier). Before the products:
-      // beside their accumulators it spilled (104 B), and ptxas waited for them before reading St.
+    if (kSave && c >= c_first) {  // S at the chunk start ([K, V] 16-bit) from the accumulators, through the V_new
+      // tile (free until (2): the previous chunk's readers of it all passed this chunk's full barrier). Before the
+      // products: beside their accumulators it spilled (104 B), and ptxas waited for them before reading St.
       T* s0 = static_cast<T*>(p.save_s0) +
               ((chunk_slot(p, cta.seq, bos) + c) * p.heads_v + hv) * int64_t(kK) * p.dim_v + v0 + 64 * wg;
       store_state_rows<T>(St, sVnOut, s0, p.dim_v, lane, wr);
@@ -455,7 +454,7 @@ __global__ void __launch_bounds__(kGdnWsThreads, 1) gdn_fwd_ws_kernel(GdnFwdPara
         if (o != nullptr && c >= c_first)  // (a piece's warm-up chunks write nothing)
           *reinterpret_cast<uint4*>(o + ((c0 + r) * p.heads_v + hv) * p.dim_v + v0 + col) =
               *reinterpret_cast<const uint4*>(sV + Sw::at(r, col));
-        if constexpr (kSave)
+        if (kSave && c >= c_first)
           *reinterpret_cast<uint4*>(static_cast<T*>(p.save_vn) + ((c0 + r) * p.heads_v + hv) * p.dim_v + v0 + col) =
               *reinterpret_cast<const uint4*>(sVnOut + Sw::at(r, col - 64 * wg));
       }
