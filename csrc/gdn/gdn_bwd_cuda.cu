@@ -1,6 +1,6 @@
 // CUDA binding of the chunked gated-delta-rule backward (issue #5): checks, then three launches on tensor cores:
-//  1. unless chunk_gated_delta_rule_fwd_train saved them: the forward kernel again, saving S0 of every chunk, W,
-//     V_new and T (16-bit; o is not written);
+//  1. unless chunk_gated_delta_rule_fwd_train saved them: that training forward again (gdn_fwd_train_cuda: the same
+//     kernels, so the same saves), for S0 of every chunk, W, V_new and T (16-bit);
 //  2. the state-gradient chain in reverse (gdn_bwd_chain_kernel.cuh, gdn_bwd_chain_ws_kernel.cuh or
 //     gdn_bwd_split_kernels.cuh: use_split_backward_chain, use_warp_specialised_backward_chain): dS1
 //     of every chunk, dh0;
@@ -15,6 +15,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <tuple>
 #include <vector>
 
 #include "common/aligned.h"
@@ -152,21 +153,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       w = checked_saved(*saved_w, "w", {rows, d.heads_v, d.dim_k}, q);
       vn = checked_saved(*saved_v_new, "v_new", {rows, d.heads_v, d.dim_v}, q);
       t = checked_saved(*saved_t, "t", {rows, d.heads_v, kGdnChunk}, q);
-    } else {  // rerun the forward, saving
-      s0 = at::empty(s0_shape, opts);
-      w = at::empty({rows, d.heads_v, d.dim_k}, opts);
-      vn = at::empty({rows, d.heads_v, d.dim_v}, opts);
-      t = at::empty({rows, d.heads_v, kGdnChunk}, opts);
-      GdnFwdParams fp{};
-      static_cast<ScanParams&>(fp) = io.params;
-      fp.num_vblocks = int(d.dim_v / fwd_bv);
-      fp.v_first = state_v_first;
-      fp.seq_order = order.defined() ? order.data_ptr<int>() : nullptr;
-      fp.save_s0 = s0.data_ptr();
-      fp.save_w = w.data_ptr();
-      fp.save_vn = vn.data_ptr();
-      fp.save_t = t.data_ptr();
-      run_gdn_fwd(fp, bf16, int(d.dim_k), fwd_bv, stream);
+    } else {  // rerun the training forward (the same kernels as the autograd path, so the same saves)
+      std::tie(std::ignore, std::ignore, s0, w, vn, t) =
+          gdn_fwd_train_cuda(q, k, v, g, beta, scale, initial_state, /*output_final_state=*/false, use_qk_l2norm,
+                             state_v_first, cu_seqlens, chunk_indices);
     }
 
     GdnBwdParams bp{};

@@ -234,6 +234,8 @@ std::tuple<at::Tensor, at::Tensor> gdn_fwd_cuda(const at::Tensor& q, const at::T
                      cu_seqlens, chunk_indices, nullptr);
 }
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gdn_fwd_train_cuda(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g, const at::Tensor& beta,
     double scale, const std::optional<at::Tensor>& initial_state, bool output_final_state, bool use_qk_l2norm,
@@ -243,8 +245,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                              state_v_first, cu_seqlens, chunk_indices, &saved);
   return {o, ht, saved.chunk_states, saved.w, saved.v_new, saved.t};
 }
-
-}  // namespace
 
 TORCH_LIBRARY_IMPL(mom_ops, CUDA, m) {
   m.impl("chunk_gated_delta_rule_fwd", &gdn_fwd_cuda);

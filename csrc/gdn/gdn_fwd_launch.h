@@ -1,10 +1,13 @@
-// The chunked forward's launch, shared by the forward binding (gdn_cuda.cu, where it is defined) and the
-// backward's rerun of the forward with saves (gdn_bwd_cuda.cu).
+// The chunked forward's launches (gdn_cuda.cu and the kernels' .cu files) and its training forward, which the
+// backward reruns where the saves were not passed (gdn_bwd_cuda.cu).
 #pragma once
 
+#include <ATen/core/Tensor.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <optional>
+#include <tuple>
 
 #include "gdn/gdn_fwd_kernel.cuh"
 #include "gdn/gdn_split_kernels.cuh"
@@ -36,5 +39,13 @@ int forced_split_chain_value_block();
 // gdn_output_value_block). p.save_w, save_vn, save_s0, u and g_rk are required.
 void run_gdn_fwd_split(const GdnSplitParams& p, bool bf16, int dim_k, int64_t num_slots, int chain_bv,
                        cudaStream_t stream);
+
+// The training forward (chunk_gated_delta_rule_fwd_train's CUDA kernel): o, ht and the saves (chunk states, W,
+// V_new, T) that the backward reads; the backward runs it where they were not passed, so that both give the same
+// gradients bit for bit.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gdn_fwd_train_cuda(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g, const at::Tensor& beta,
+    double scale, const std::optional<at::Tensor>& initial_state, bool output_final_state, bool use_qk_l2norm,
+    bool state_v_first, const std::optional<at::Tensor>& cu_seqlens, const std::optional<at::Tensor>& chunk_indices);
 
 }  // namespace mom_ops

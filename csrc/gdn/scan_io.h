@@ -33,7 +33,7 @@ inline ScanIO prepare_scan_io(const at::Tensor& q, const at::Tensor& k, const at
   if (initial_state.has_value()) io.h0 = initial_state->contiguous();
   if (cu_seqlens.has_value()) io.cu = cu_seqlens->contiguous();
   // Rows past the last sequence end must read 0: the caller zeroes them (zero_rows_past_end_kernel).
-  if (need_o) io.o = at::empty(v.sizes(), v.options());  // the backward's forward rerun writes no o
+  if (need_o) io.o = at::empty(v.sizes(), v.options());  // (the backward needs no o)
   const std::vector<int64_t> state_shape = {d.num_seqs, d.heads_v, state_v_first ? d.dim_v : d.dim_k,
                                             state_v_first ? d.dim_k : d.dim_v};
   const auto f32 = q.options().dtype(at::kFloat);
