@@ -180,14 +180,16 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Te
     run_gdn_fwd_ws(p, q.scalar_type() == at::kBFloat16, stream);
     return {io.o, io.ht};
   }
-  at::Tensor piece_plan;  // [piece slots, HV] piece starts, then [N, HV] cut flags (scan_pieces.cuh)
+  at::Tensor piece_plan;  // [piece slots, HV] piece starts, then [N, HV] missing flags (scan_pieces.cuh)
   if (pieces) {
-    const int64_t starts = piece_slots(rows, d.num_seqs, kPieceChunks) * d.heads_v, heads = d.num_seqs * d.heads_v;
-    piece_plan = at::empty({starts + heads}, q.options().dtype(at::kInt));
+    const int64_t slots_p = piece_slots(rows, d.num_seqs, kPieceChunks), heads = d.num_seqs * d.heads_v;
+    piece_plan = at::empty({slots_p * d.heads_v + heads}, q.options().dtype(at::kInt));
     int* start = piece_plan.data_ptr<int>();
-    p.pieces = ScanPieces{start, start + starts, kPieceChunks};
-    gdn_piece_plan_kernel<<<unsigned(heads), kPiecePlanWarps * 32, 0, stream>>>(
-        PiecePlanParams{io.params, start, start + starts, kPieceChunks});
+    int* missing = start + slots_p * d.heads_v;
+    C10_CUDA_CHECK(cudaMemsetAsync(missing, 0, heads * sizeof(int), stream));
+    p.pieces = ScanPieces{start, missing, kPieceChunks};
+    gdn_piece_plan_kernel<<<unsigned(slots_p), kPiecePlanWarps * 32, 0, stream>>>(
+        PiecePlanParams{io.params, start, missing, kPieceChunks});
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     GdnFwdParams wp = p;
     wp.num_vblocks = int(d.dim_v / 128);

@@ -1,5 +1,6 @@
-// The decision of the inference forward in pieces (scan_pieces.cuh): per (sequence, value head), each piece's first
-// chunk to run (its warm-up's) and whether the (sequence, head) is cut at all. One launch before the scan kernels.
+// The decision of the forward in pieces (scan_pieces.cuh): per (sequence, value head), each piece's first chunk to run
+// (its warm-up's) and whether the (sequence, head) is cut at all. One launch before the scan kernels, after the
+// missing flags were zeroed.
 #pragma once
 
 #include <cstdint>
@@ -13,28 +14,31 @@ constexpr int kPiecePlanWarps = 16;
 
 struct PiecePlanParams {
   ScanParams scan;
-  int* start;  // ScanPieces::start and cut, written here
-  int* cut;
+  int* start;    // ScanPieces::start and missing, written here (missing zeroed before the launch)
+  int* missing;
   int chunks;
 };
 
-// CTA per (sequence, value head); warp w decides pieces w, w + 16, ...: the fewest whole chunks before the piece
-// whose g sum to <= kPieceLogEps with every beta in [0, 2], summed chunk by chunk (lanes: two rows each); then warp
-// 0 reads the pieces back (global writes of the CTA, ordered by the barrier) for the (sequence, head)'s cut flag.
-// A warp loads its piece's whole warm-up window (16 chunks: 64 loads per lane) before it sums, so that a piece costs
-// one memory latency, not 16 (H200 n1 T = 32K: ~55 us with the loads chunk by chunk, 8 warps).
+// CTA per piece slot (as the ws kernel's pieces: sequence slot_sequence(slot), piece slot - its first slot; a slot
+// past the sequence's pieces has no work), all value heads of the piece: warp w decides heads w, w + 16, ...: the
+// fewest whole chunks before the piece whose g sum to <= kPieceLogEps with every beta in [0, 2], summed chunk by
+// chunk (lanes: two rows each); a head with none gets its missing flag. A warp loads the whole warm-up window
+// (16 chunks: 64 loads per lane) before it sums, so a head costs one memory latency, and the warps of a CTA read the
+// same rows (other heads' columns) through L1. (H200 n1 T = 32K: 35 us as a CTA per (sequence, head), 16 CTAs.)
 static __global__ void __launch_bounds__(kPiecePlanWarps * 32) gdn_piece_plan_kernel(PiecePlanParams pp) {
   const ScanParams& p = pp.scan;
   const int chunks = pp.chunks;
-  const int seq = blockIdx.x / p.heads_v, hv = blockIdx.x % p.heads_v;
+  const int64_t rows_per_piece = int64_t(64) * chunks;
+  const int seq = slot_sequence(p, blockIdx.x, rows_per_piece);  // (a warp collective: every thread, converged)
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   int64_t bos, eos;
   sequence_bounds(p, seq, bos, eos);
   const int num_chunks = int((eos - bos + 63) / 64);
   const int pieces = max(1, (num_chunks + chunks - 1) / chunks);  // (an empty sequence's one piece: ht = h0)
-  int* runs = pp.start + (bos / (int64_t(64) * chunks) + seq) * p.heads_v + hv;  // piece j at runs[j * heads_v]
-  for (int piece = warp; piece < pieces; piece += kPiecePlanWarps) {
-    const int first = piece * chunks, window = min(kPieceMaxWarmup, first);  // chunks first - w, w = 1 .. window
+  const int piece = int(blockIdx.x - (bos / rows_per_piece + seq));
+  if (piece >= pieces) return;
+  const int first = piece * chunks, window = min(kPieceMaxWarmup, first);  // chunks first - w, w = 1 .. window
+  for (int hv = warp; hv < p.heads_v; hv += kPiecePlanWarps) {
     float g_sum[kPieceMaxWarmup];  // this lane's two rows of chunk first - 1 - i: g summed, and whether beta fits
     bool beta_ok[kPieceMaxWarmup];
 #pragma unroll
@@ -60,14 +64,10 @@ static __global__ void __launch_bounds__(kPiecePlanWarps * 32) gdn_piece_plan_ke
       if (total <= kPieceLogEps) run = first - 1 - i;
     }
     if (run < 0 && first <= kPieceMaxWarmup) run = 0;  // from the sequence start: exact
-    if (lane == 0) runs[int64_t(piece) * p.heads_v] = run;
-  }
-  __syncthreads();
-  if (warp == 0) {
-    bool missing = !p.l2norm;  // the bound needs ||k|| <= 1
-    for (int piece = lane; piece < pieces; piece += 32) missing = missing || runs[int64_t(piece) * p.heads_v] < 0;
-    const bool cut = __ballot_sync(0xffffffffu, missing) == 0u;  // (every lane: a warp collective)
-    if (lane == 0) pp.cut[blockIdx.x] = cut ? 1 : 0;
+    if (lane == 0) {
+      pp.start[int64_t(blockIdx.x) * p.heads_v + hv] = run;
+      if (run < 0 || !p.l2norm) pp.missing[int64_t(seq) * p.heads_v + hv] = 1;  // (the bound needs ||k|| <= 1)
+    }
   }
 }
 

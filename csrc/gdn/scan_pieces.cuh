@@ -23,10 +23,11 @@ constexpr float kPieceLogEps = -16.635532f;  // ln 2^-24
 // bos / (64 chunks) + s + j, j < max(1, its chunks / chunks rounded up); the slots of two sequences never overlap and
 // all fit in piece_slots(), so the grid is sized from the row count alone (no host sync, no grid per sequence).
 struct ScanPieces {
-  const int* start;  // [piece slots, HV]: the chunk each piece's chain starts at (0: the sequence start, from h0),
-                     // -1 where no warm-up qualifies (then the (sequence, head) is not cut)
-  const int* cut;    // [N, HV]: 1 where the (sequence, head) runs in pieces, 0 where the split forward runs it
-  int chunks;        // chunks per piece; 0: no pieces
+  const int* start;    // [piece slots, HV]: the chunk each piece's chain starts at (0: the sequence start, from
+                       // h0), -1 where no warm-up qualifies (then the (sequence, head) is not cut)
+  const int* missing;  // [N, HV]: 0 where the (sequence, head) runs in pieces, nonzero where the split forward runs
+                       // it (a piece without a warm-up that qualifies, or k not normalised)
+  int chunks;          // chunks per piece; 0: no pieces
 };
 
 inline int64_t piece_slots(int64_t total_rows, int64_t num_seqs, int chunks) {
@@ -35,7 +36,7 @@ inline int64_t piece_slots(int64_t total_rows, int64_t num_seqs, int chunks) {
 
 // Whether (seq, hv) runs in pieces (then the split forward's kernels skip it).
 __device__ __forceinline__ bool piece_is_cut(const ScanPieces& pc, int seq, int hv, int heads_v) {
-  return pc.chunks > 0 && pc.cut[int64_t(seq) * heads_v + hv] != 0;
+  return pc.chunks > 0 && pc.missing[int64_t(seq) * heads_v + hv] == 0;
 }
 
 }  // namespace mom_ops

@@ -261,8 +261,9 @@ int main(int argc, char** argv) {
       const int64_t slots_p = piece_slots(rows, N, chunks);
       Buf plan = galloc(size_t(slots_p * HV + N * HV) * 4);
       int* start = plan.as<int>();
-      int* cut = start + slots_p * HV;
-      launch(gdn_piece_plan_kernel, PiecePlanParams{p, start, cut, chunks}, int64_t(N) * HV, 0, kPiecePlanWarps * 32);
+      int* missing = start + slots_p * HV;
+      std::memset(missing, 0, size_t(N) * HV * 4);  // (gdn_cuda.cu: cudaMemsetAsync)
+      launch(gdn_piece_plan_kernel, PiecePlanParams{p, start, missing, chunks}, slots_p, 0, kPiecePlanWarps * 32);
       int plan_errors = 0, truncated = 0;
       for (int s = 0; s < N; ++s)  // the rule again on the host (sums in double)
         for (int hv = 0; hv < HV; ++hv) {
@@ -288,8 +289,8 @@ int main(int argc, char** argv) {
             plan_errors += start[(cu[s] / (64 * chunks) + s + piece) * HV + hv] != run;
             truncated += run > 0;
           }
-          plan_errors += cut[s * HV + hv] != (all ? 1 : 0);
-          if (hv % 2 == 1) cut[s * HV + hv] = 0;  // odd heads: the split forward's (its kernels skip the others)
+          plan_errors += (missing[s * HV + hv] != 0) != !all;
+          if (hv % 2 == 1) missing[s * HV + hv] = 1;  // odd heads: the split forward's (its kernels skip the others)
         }
       std::printf("  pieces plan: %d mismatches vs the host, %d pieces from a warm-up\n", plan_errors, truncated);
       fails += plan_errors != 0;
@@ -297,7 +298,7 @@ int main(int argc, char** argv) {
       Buf s05, w5, vn5, t5, o6, ht6;
       mk(o6, ht6, s05, w5, vn5, t5);
       GdnFwdParams fp = f;
-      fp.o = o5.data, fp.ht = ht5.as<float>(), fp.pieces = ScanPieces{start, cut, chunks};
+      fp.o = o5.data, fp.ht = ht5.as<float>(), fp.pieces = ScanPieces{start, missing, chunks};
       launch(gdn_fwd_ws_kernel<T, false, true>, fp, slots_p * HV * (V / 128), GdnWsSmem<T, false>::kBytes,
              kGdnWsThreads);
       GdnSplitParams sp{};
@@ -316,7 +317,7 @@ int main(int argc, char** argv) {
           const T* y = o5.as<T>() + r * HV * V + j;
           if (!in_seq[r]) { outside += !is_poison16(y); continue; }
           if (std::isnan(f16(*y))) { ++nan; continue; }
-          const bool by_ws = cut[seq_of[r] * HV + j / V] != 0;
+          const bool by_ws = missing[seq_of[r] * HV + j / V] == 0;
           const T* x = (by_ws ? o3 : o2).as<T>() + r * HV * V + j;
           if (std::memcmp(x, y, 2) != 0) ++(by_ws ? ws_mism : split_mism);
           nm += double(f16(*x) - f16(*y)) * (f16(*x) - f16(*y)), dn += double(f16(*x)) * f16(*x);
@@ -325,7 +326,7 @@ int main(int argc, char** argv) {
       int64_t ht_split_mism = 0;
       double hn = 0, hd = 0;
       for (int64_t i = 0; i < int64_t(N) * HV * kK * V; ++i) {
-        const bool by_ws = cut[i / (int64_t(kK) * V)] != 0;  // [N, HV] flags, [N, HV, K, V] states
+        const bool by_ws = missing[i / (int64_t(kK) * V)] == 0;  // [N, HV] flags, [N, HV, K, V] states
         const float x = (by_ws ? ht3 : ht2).as<float>()[i], y = ht5.as<float>()[i];
         if (!by_ws) ht_split_mism += std::memcmp(&x, &y, 4) != 0;
         hn += double(x - y) * (x - y), hd += double(x) * x;
