@@ -111,7 +111,7 @@ def _cuda_inputs(lengths, H, HV, weak_heads=(), seed=0):
 
 
 def _forward(inp, monkeypatch, env, **kw):
-    for name in ("MOM_OPS_GDN_PIECES", "MOM_OPS_GDN_SPLIT"):
+    for name in ("MOM_OPS_GDN_PIECES", "MOM_OPS_GDN_BWD_PIECES", "MOM_OPS_GDN_SPLIT"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -189,3 +189,28 @@ def test_gpu_pieces_in_training(lengths, weak_heads, monkeypatch):
     for key in grads:
         assert torch.isfinite(grads[key]).all(), key
         assert rel_rms(grads[key], grads_split[key]) < 5e-3, (key, rel_rms(grads[key], grads_split[key]))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("lengths, weak_heads", [([4096], ()), ([4096], (1,)), ([3000, 0, 1, 700, 1500], (3,))])
+def test_gpu_backward_chain_in_pieces(lengths, weak_heads, monkeypatch):
+    """MOM_OPS_GDN_BWD_PIECES=1: the backward's state-gradient chain in pieces (the cut heads' dS from the ws chain,
+    piece by piece, each warmed up from dS = 0 over the chunks after it) gives the gradients of the unsplit chain up
+    to rounding, with h0 and dht."""
+    need_kernel("chunk_gated_delta_rule_bwd", "cuda")
+    inp = _cuda_inputs(lengths, H=2, HV=4, weak_heads=weak_heads)
+    gen = torch.Generator(device="cuda").manual_seed(8)
+    do = torch.randn(inp["v"].shape, device="cuda", dtype=torch.bfloat16, generator=gen)
+    dht = torch.randn(inp["initial_state"].shape, device="cuda", generator=gen)
+
+    def run(bwd_pieces):
+        leaves = {key: t.detach().requires_grad_(t.is_floating_point()) for key, t in inp.items()}
+        o, ht = _forward(leaves, monkeypatch, {"MOM_OPS_GDN_BWD_PIECES": bwd_pieces})
+        torch.autograd.backward((o, ht), (do, dht))
+        return {key: t.grad.float() for key, t in leaves.items() if t.grad is not None}
+
+    grads, grads_unsplit = run("1"), run("0")
+    assert set(grads) == {"q", "k", "v", "g", "beta", "initial_state"}
+    for key in grads:
+        assert torch.isfinite(grads[key]).all(), key
+        assert rel_rms(grads[key], grads_unsplit[key]) < 5e-3, (key, rel_rms(grads[key], grads_unsplit[key]))

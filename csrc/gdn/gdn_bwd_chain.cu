@@ -73,6 +73,13 @@ void run_gdn_bwd_chain_ws(const GdnBwdParams& p, bool bf16, int dim_k, cudaStrea
   TORCH_CHECK(dim_k == 128 || dim_k == 256, "the warp-specialised backward chain takes K = 128 or 256, got ", dim_k);
   BOOL_SWITCH(bf16, kBf16, [&] {
     using T = std::conditional_t<kBf16, __nv_bfloat16, __half>;
+    if (p.pieces.chunks > 0) {  // K = 128 only
+      TORCH_CHECK(dim_k == 128, "the backward chain in pieces takes K = 128, got ", dim_k);
+      const int64_t slots = piece_slots(p.total_rows, p.num_seqs, p.pieces.chunks);
+      launch_scan_kernel(gdn_bwd_chain_ws_kernel<T, 128, true>, p, slots * p.heads_v * p.num_vblocks, kBwdWsThreads,
+                         GdnBwdWsSmem<T, 128>::kBytes, stream, "(piece, head, V-block)");
+      return;
+    }
     BOOL_SWITCH(dim_k == 256, kK256, [&] {
       constexpr int kK = kK256 ? 256 : 128;
       launch_scan_kernel(gdn_bwd_chain_ws_kernel<T, kK>, p, int64_t(p.num_seqs) * p.heads_v * p.num_vblocks,

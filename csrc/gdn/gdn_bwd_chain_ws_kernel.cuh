@@ -33,6 +33,7 @@
 #include "gdn/chunk_prologue.cuh"
 #include "gdn/gdn_bwd_params.h"
 #include "gdn/gdn_fwd_kernel.cuh"
+#include "gdn/scan_pieces.cuh"
 #include "gdn/ws_state.cuh"
 
 namespace mom_ops {
@@ -108,7 +109,10 @@ __device__ __forceinline__ void scale_row_chunks(T* tile, int i, int c0, float f
   }
 }
 
-template <typename T, int kK>
+// kPieces: the chain in pieces (p.pieces, scan_pieces.cuh; K = 128): a CTA per (piece slot, head, V-block) runs from
+// its start (one past the last warm-up chunk) down to the piece's first chunk, from dS = 0 (dht at the sequence's
+// end), and writes dS1 of the piece's own chunks only; the first piece writes dh0.
+template <typename T, int kK, bool kPieces = false>
 __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnBwdParams p) {
   using L = GdnBwdWsSmem<T, kK>;
   constexpr int C = kGdnChunk, kV = 128, kKc = kK / 64;
@@ -123,17 +127,29 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
   auto mnmajor = [](const T* x, int col) { return mnmajor_steps<Sw>(x, col); };
 
   const int tid = threadIdx.x, lane = tid % 32, g8 = lane / 4, t4 = lane % 4;
-  const ChainCta cta = chain_cta(p, p.seq_order, p.num_vblocks, kV, kK);
+  const ScanPieces& pc = p.pieces;
+  const int piece_chunks = kPieces ? pc.chunks : 0;
+  const ChainCta cta = chain_cta(p, p.seq_order, p.num_vblocks, kV, kK, piece_chunks);
   const int hv = cta.hv, h = cta.h, v0 = cta.v0;
   const int64_t bos = cta.bos, eos = cta.eos;
-  const int num_chunks = int((eos - bos + C - 1) / C);
+  const int seq_chunks = int((eos - bos + C - 1) / C);
+  // The chain runs chunks [c_first, c_stop) from the last; dS1 of chunks below c_last (all without pieces).
+  int c_first = 0, c_last = seq_chunks, c_stop = seq_chunks;
+  if (piece_chunks > 0) {
+    if (!piece_is_cut(pc, cta.seq, hv, p.heads_v)) return;  // the split chain's
+    if (cta.piece >= max(1, (seq_chunks + piece_chunks - 1) / piece_chunks)) return;
+    c_stop = pc.start[int64_t(blockIdx.x / (p.num_vblocks * p.heads_v)) * p.heads_v + hv];
+    c_first = cta.piece * piece_chunks;
+    c_last = min(seq_chunks, c_first + piece_chunks);
+  }
+  const int num_chunks = c_stop - c_first;  // iterations
   struct ChunkRows {
     int64_t c0;  // first row
     int len;     // rows in the sequence (<= 64)
   };
-  // Iteration it handles chunk num_chunks - 1 - it (reverse order), in stage it % 2.
+  // Iteration it handles chunk c_stop - 1 - it (reverse order), in stage it % 2.
   auto chunk_rows = [&](int it) {
-    const int64_t c0 = bos + int64_t(num_chunks - 1 - it) * C;
+    const int64_t c0 = bos + int64_t(c_stop - 1 - it) * C;
     return ChunkRows{c0, int(min(int64_t(C), eos - c0))};
   };
   const T* w = static_cast<const T*>(p.w);
@@ -252,7 +268,8 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
   float St[kKc][8][4];
   auto for_each_state = [&](auto&& fn) { for_each_ws_state(St, vrow0, t4, fn); };  // fn(element, k, v)
   auto state_index = [&](int kk, int vv) { return cta.state_index(p.v_first, kK, p.dim_v, kk, vv); };
-  for_each_state([&](float& x, int kk, int vv) { x = p.dht != nullptr ? p.dht[state_index(kk, vv)] : 0.f; });
+  const bool from_dht = p.dht != nullptr && c_stop == seq_chunks;
+  for_each_state([&](float& x, int kk, int vv) { x = from_dht ? p.dht[state_index(kk, vv)] : 0.f; });
   T* sSt = reinterpret_cast<T*>(smem + L::kSt);
   T* st_row = ws_state_copy_row(sSt, wg, wr, lane);
   auto publish_state = [&]() {  // the A operand of dS^T K^T (K = 128)
@@ -275,7 +292,7 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
   T* sRowsOut = reinterpret_cast<T*>(smem + L::kRowsOut) + wg * C * C;
   auto a_st = kmajor_steps<SwS>(sSt, 64 * wg);  // dS^T rows 64 wg.., k-step s
   for (int it = 0; it < num_chunks; ++it) {
-    const int s = it % 2, ci = num_chunks - 1 - it;
+    const int s = it % 2, ci = c_stop - 1 - it;
     T* sQs = tile(s, L::kQs);
     const T* sK = tile(s, L::kKey);
     const T* sW = kStageW ? tile(s, L::kW) : sWOwn;
@@ -292,9 +309,11 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
 
     // (0) dS1 (the chunk end's dS, [K, V] 16-bit) -> the chunk's slot from the accumulators. Before the products:
     // between them ptxas waited for the first before reading dS^T's registers.
-    store_state_rows<T>(St, sRowsOut,
-                        static_cast<T*>(p.ds1) + ((slot0 + ci) * p.heads_v + hv) * int64_t(kK) * p.dim_v + v0 + 64 * wg,
-                        p.dim_v, lane, wr);
+    if (ci < c_last)  // (a piece's warm-up chunks write nothing)
+      store_state_rows<T>(St, sRowsOut,
+                          static_cast<T*>(p.ds1) + ((slot0 + ci) * p.heads_v + hv) * int64_t(kK) * p.dim_v + v0 +
+                              64 * wg,
+                          p.dim_v, lane, wr);
     // (1) dS^T K^T, then dS^T = e^{G_L} dS^T + dO^T Qs as a second group (K = 128: the decay before the first
     // product, between them ptxas waited for it before writing dS^T's registers; K = 256: after, since the first
     // reads dS^T's registers).
@@ -370,7 +389,8 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
       if (it + 1 < num_chunks) load_w(it + 1);
     }
   }
-  if (p.dh0 != nullptr) for_each_state([&](float& x, int kk, int vv) { p.dh0[state_index(kk, vv)] = x; });
+  if (p.dh0 != nullptr && c_first == 0)  // (the first piece)
+    for_each_state([&](float& x, int kk, int vv) { p.dh0[state_index(kk, vv)] = x; });
 }
 
 }  // namespace mom_ops

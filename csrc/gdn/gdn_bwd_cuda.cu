@@ -23,6 +23,7 @@
 #include "gdn/gdn_bwd_launch.h"
 #include "gdn/gdn_checks.h"
 #include "gdn/gdn_fwd_launch.h"
+#include "gdn/gdn_piece_plan.cuh"
 #include "gdn/scan_io.h"
 #include "gdn/scan_prologue.cuh"
 
@@ -70,6 +71,14 @@ bool use_split_backward_chain(const GdnDims& d, int fwd_bv) {
   if (d.dim_k == 256) return !use_warp_specialised_backward_chain(d);
   const int64_t chain_ctas = d.num_seqs * d.heads_v * (d.dim_v / fwd_bv);
   return chain_ctas < 2 * int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+}
+
+// The state-gradient chain in pieces (scan_pieces.cuh) where the split chain runs (few long sequences) at K = 128,
+// V % 128 == 0 with in-kernel l2norm: the ws chain takes every (sequence, head) whose decay allows the cut, piece by
+// piece (each warmed up from dS = 0 over the chunks after it), the split chain the others. Off until timed on a GPU:
+// MOM_OPS_GDN_BWD_PIECES=1 turns it on (NOTES.md, "Against FlashQLA").
+bool use_backward_pieces(const GdnDims& d, bool use_qk_l2norm) {
+  return d.dim_k == 128 && d.dim_v % 128 == 0 && use_qk_l2norm && env_is("MOM_OPS_GDN_BWD_PIECES", "1");
 }
 
 // The split chain's V-block width: the forward's rule (split_chain_value_block), at most 32 at K = 256.
@@ -187,6 +196,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       sbp.pdo = pdo.data_ptr<float>();
       sbp.doq = doq.data_ptr();
       sbp.g_rk = g_rk.data_ptr<float>();
+      at::Tensor piece_plan;  // [piece slots, HV] chain starts, then [N, HV] missing flags (scan_pieces.cuh)
+      if (use_backward_pieces(d, use_qk_l2norm)) {
+        const int64_t slots_p = piece_slots(rows, d.num_seqs, kPieceChunks), heads = d.num_seqs * d.heads_v;
+        piece_plan = at::empty({slots_p * d.heads_v + heads}, opts.dtype(at::kInt));
+        int* start = piece_plan.data_ptr<int>();
+        int* missing = start + slots_p * d.heads_v;
+        C10_CUDA_CHECK(cudaMemsetAsync(missing, 0, heads * sizeof(int), stream));
+        gdn_piece_plan_kernel<<<unsigned(slots_p), kPiecePlanWarps * 32, 0, stream>>>(
+            PiecePlanParams{io.params, start, missing, kPieceChunks, /*backward=*/true});
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        sbp.pieces = ScanPieces{start, missing, kPieceChunks};
+        GdnBwdParams wp = sbp;  // the cut (sequence, head)s; the split chain the rest
+        wp.num_vblocks = int(d.dim_v / 128);
+        wp.ws_qs_in_state = !env_is("MOM_OPS_GDN_BWD_WS_QS", "aux");
+        run_gdn_bwd_chain_ws(wp, bf16, int(d.dim_k), stream);
+      }
       run_gdn_bwd_chain_split(sbp, bf16, int(d.dim_k), slots, backward_split_chain_value_block(d), stream);
     } else if (ws_chain) {
       bp.num_vblocks = int(d.dim_v / 128);

@@ -16,7 +16,8 @@ inline int gdn_bwd_value_block(int64_t dim_k) { return dim_k == 256 ? 32 : 64; }
 void run_gdn_bwd_chain(const GdnBwdParams& p, bool bf16, int dim_k, int bv, cudaStream_t stream);
 
 // The warp-specialised chain (gdn_bwd_chain_ws_kernel.cuh; K = 128 or 256, V a multiple of 128) on p.num_seqs x
-// p.heads_v x p.num_vblocks CTAs (num_vblocks = V / 128); writes what run_gdn_bwd_chain writes (ds1, dh0).
+// p.heads_v x p.num_vblocks CTAs (num_vblocks = V / 128); writes what run_gdn_bwd_chain writes (ds1, dh0). With
+// p.pieces.chunks > 0 (K = 128) a CTA per piece slot instead of per sequence, for the cut heads only.
 void run_gdn_bwd_chain_ws(const GdnBwdParams& p, bool bf16, int dim_k, cudaStream_t stream);
 
 // The split chain (gdn_bwd_split_kernels.cuh; V % 64 == 0): its prep kernel on num_slots x p.heads_v CTAs, then the

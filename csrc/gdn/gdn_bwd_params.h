@@ -4,6 +4,7 @@
 #pragma once
 
 #include "gdn/scan_params.h"
+#include "gdn/scan_pieces.cuh"
 
 namespace mom_ops {
 
@@ -24,6 +25,7 @@ struct GdnBwdParams : ScanParams {
   const int* chain_width;
   int chain_width_id;
   bool ws_qs_in_state;     // ws chain: the state warpgroups scale Qs (else aux)
+  ScanPieces pieces;       // the chain in pieces (scan_pieces.cuh: the ws chain the cut heads, the split the others)
   // Gradient outputs of the grads kernel. dq, dk: [rows, H, K] in the input dtype with the l2norm backward
   // applied when HV == H; else fp32 [rows, HV, K] w.r.t. the normalised q, k per value head (the host sums the
   // group and applies the l2norm backward).

@@ -64,6 +64,7 @@ __global__ void __launch_bounds__(kGdnThreads) gdn_bwd_prep_kernel(GdnBwdSplitPa
   int seq, len;
   int64_t bos, eos, c0;
   if (!split_slot_chunk(p, blockIdx.x / p.heads_v, seq, bos, eos, c0, len)) return;
+  if (piece_is_cut(p.pieces, seq, hv, p.heads_v)) return;  // the ws chain's, in pieces
   const T* q = static_cast<const T*>(p.q);
   const T* k = static_cast<const T*>(p.k);
   const T* dout = static_cast<const T*>(p.dout);
@@ -163,6 +164,7 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g8 = lane / 4, t4 = lane % 4;
   const ChainCta cta = chain_cta(p, p.seq_order, p.dim_v / BV, BV, kK);
   const int seq = cta.seq, hv = cta.hv, h = cta.h, v0 = cta.v0;
+  if (piece_is_cut(p.pieces, seq, hv, p.heads_v)) return;  // the ws chain's, in pieces
   const int64_t bos = cta.bos, eos = cta.eos, slot0 = chunk_slot(p, seq, bos);
   const int64_t num_chunks = (eos - bos + C - 1) / C;
 

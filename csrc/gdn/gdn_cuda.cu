@@ -189,7 +189,7 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Te
     C10_CUDA_CHECK(cudaMemsetAsync(missing, 0, heads * sizeof(int), stream));
     p.pieces = ScanPieces{start, missing, kPieceChunks};
     gdn_piece_plan_kernel<<<unsigned(slots_p), kPiecePlanWarps * 32, 0, stream>>>(
-        PiecePlanParams{io.params, start, missing, kPieceChunks});
+        PiecePlanParams{io.params, start, missing, kPieceChunks, /*backward=*/false});
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     GdnFwdParams wp = p;
     wp.num_vblocks = int(d.dim_v / 128);

@@ -1,11 +1,13 @@
-// Long sequences cut into pieces that run in parallel (inference forward; csrc/gdn/NOTES.md, "Against FlashQLA").
-// A piece of a (sequence, value head) starts its chain a few chunks before its first one from S = 0 instead of the
-// state the previous piece would hand over. The missed part, Phi S with Phi the warm-up's transitions
-// e^{g_t} (I - beta_t k_t k_t^T), has ||Phi|| <= e^{sum g} while every 0 <= beta_t ||k_t||^2 <= 2; so a warm-up
-// qualifies where its summed log-decay is <= ln 2^-24 (below fp32 rounding of the state), beta is in [0, 2] and
-// k is l2-normalised in the kernel. A (sequence, head) is cut only if every piece boundary has such a warm-up of at
-// most kPieceMaxWarmup chunks (or reaches the sequence start, where it runs from h0); the others keep the split
-// forward, whose kernels skip the cut ones. The decision: gdn_piece_plan.cuh; its fp32 reference:
+// Long sequences cut into pieces that run in parallel (the forward, and the backward's state-gradient chain;
+// csrc/gdn/NOTES.md, "Against FlashQLA"). A piece of a (sequence, value head) starts its chain a few chunks before
+// its first one from S = 0 instead of the state the previous piece would hand over. The missed part, Phi S with Phi
+// the warm-up's transitions e^{g_t} (I - beta_t k_t k_t^T), has ||Phi|| <= e^{sum g} while every
+// 0 <= beta_t ||k_t||^2 <= 2; so a warm-up qualifies where its summed log-decay is <= ln 2^-24 (below fp32 rounding
+// of the state), beta is in [0, 2] and k is l2-normalised in the kernel. A (sequence, head) is cut only if every
+// piece boundary has such a warm-up of at most kPieceMaxWarmup chunks (or reaches the sequence start, where it runs
+// from h0); the others keep the split kernels, which skip the cut ones. The backward's chain runs from the end: its
+// pieces warm up over the chunks after them, from dS = 0 (or from dht at the sequence's end); the transposed
+// transitions have the same bound. The decision: gdn_piece_plan.cuh; its fp32 reference (forward):
 // mom_ops/reference/gdn_pieces.py.
 #pragma once
 
@@ -24,7 +26,8 @@ constexpr float kPieceLogEps = -16.635532f;  // ln 2^-24
 // all fit in piece_slots(), so the grid is sized from the row count alone (no host sync, no grid per sequence).
 struct ScanPieces {
   const int* start;    // [piece slots, HV]: the chunk each piece's chain starts at (0: the sequence start, from
-                       // h0), -1 where no warm-up qualifies (then the (sequence, head) is not cut)
+                       // h0); backward: one past the chunk it starts at (the sequence's chunks: from dht); -1
+                       // where no warm-up qualifies (then the (sequence, head) is not cut)
   const int* missing;  // [N, HV]: 0 where the (sequence, head) runs in pieces, nonzero where the split forward runs
                        // it (a piece without a warm-up that qualifies, or k not normalised)
   int chunks;          // chunks per piece; 0: no pieces

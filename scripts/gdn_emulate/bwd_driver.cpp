@@ -16,6 +16,7 @@
 #include "gdn/gdn_bwd_chain_ws_kernel.cuh"
 #include "gdn/gdn_bwd_grads_kernel.cuh"
 #include "gdn/gdn_bwd_split_kernels.cuh"
+#include "gdn/gdn_piece_plan.cuh"
 #include <algorithm>
 #include <string>
 
@@ -121,6 +122,53 @@ int main(int argc, char** argv) {
   if (ws_chain && ((kK != 128 && kK != 256) || V % 128 != 0)) EMU_FAIL("the ws chain needs K = 128 or 256 and V a multiple of 128");
   if (ws_chain) std::printf("  warp-specialised backward chain\n");
   Buf pdo = galloc(rows * HV * V * 4), doq = galloc(rows * HV * V * 2), g_rk = galloc(slots * HV * 2 * 64 * 4);
+  // EMU_BWD_PIECES=<chunks> (with the split chain; K = 128, V % 128 == 0, l2norm): the chain in pieces as
+  // gdn_bwd_cuda.cu runs it (the ws chain the cut heads, piece by piece; odd heads forced onto the split chain), the
+  // plan checked against the rule on the host
+  const int piece_chunks = std::getenv("EMU_BWD_PIECES") != nullptr ? std::atoi(std::getenv("EMU_BWD_PIECES")) : 0;
+  const int64_t slots_p = piece_chunks > 0 ? piece_slots(rows, N, piece_chunks) : 0;
+  Buf plan = galloc(size_t(std::max<int64_t>(1, slots_p * HV + int64_t(N) * HV)) * 4);
+  int* plan_start = plan.as<int>();
+  int* plan_missing = plan_start + slots_p * HV;
+  int plan_fails = 0;
+  if (piece_chunks > 0) {
+    if (!split_chain || kK != 128 || V % 128 != 0 || !l2norm) EMU_FAIL("EMU_BWD_PIECES needs EMU_BWD_SPLIT=1, K = V = 128k, l2norm");
+    std::memset(plan_missing, 0, size_t(N) * HV * 4);  // (gdn_bwd_cuda.cu: cudaMemsetAsync)
+    launch(gdn_piece_plan_kernel, PiecePlanParams{sp, plan_start, plan_missing, piece_chunks, /*backward=*/true},
+           slots_p, 0, kPiecePlanWarps * 32);
+    int truncated = 0, cut = 0;
+    for (int s = 0; s < N; ++s)  // the rule again on the host (sums in double), warm-ups after each piece
+      for (int hv = 0; hv < HV; ++hv) {
+        const int nc = int((cu[s + 1] - cu[s] + 63) / 64), pieces = std::max(1, (nc + piece_chunks - 1) / piece_chunks);
+        bool all = true;
+        for (int piece = 0; piece < pieces; ++piece) {
+          const int last = std::min(nc, (piece + 1) * piece_chunks);
+          int stop = last == nc ? nc : -1;
+          double total = 0;
+          for (int w = 0; stop == -1 && w < std::min(kPieceMaxWarmup, nc - last); ++w) {
+            bool beta_ok = true;
+            for (int r = 0; r < 64; ++r) {
+              const int64_t row = cu[s] + int64_t(last + w) * 64 + r;
+              if (row >= cu[s + 1]) break;
+              total += g.as<float>()[row * HV + hv];
+              const float b = beta.as<float>()[row * HV + hv];
+              beta_ok = beta_ok && b >= 0.f && b <= 2.f;
+            }
+            if (!beta_ok) break;
+            if (total <= kPieceLogEps) stop = last + w + 1;
+          }
+          if (stop == -1 && nc - last <= kPieceMaxWarmup) stop = nc;
+          all = all && stop != -1;
+          plan_fails += plan_start[(cu[s] / (64 * piece_chunks) + s + piece) * HV + hv] != stop;
+          truncated += stop != -1 && stop < nc;
+        }
+        plan_fails += (plan_missing[s * HV + hv] != 0) != !all;
+        if (hv % 2 == 1) plan_missing[s * HV + hv] = 1;  // odd heads: the split chain's
+        cut += plan_missing[s * HV + hv] == 0;
+      }
+    std::printf("  backward pieces of %d chunks: plan %d mismatches vs the host, %d pieces from a warm-up, %d heads cut\n",
+                piece_chunks, plan_fails, truncated, cut);
+  }
   auto run_bwd = [&](int mode, bool eager_copies) {
     Grads r;
     const size_t qk_bytes = gva ? rows * HV * kK * 4 : rows * H * kK * 2;
@@ -139,6 +187,15 @@ int main(int argc, char** argv) {
       GdnBwdSplitParams sb{};
       static_cast<GdnBwdParams&>(sb) = bp;
       sb.pdo = pdo.as<float>(), sb.doq = doq.data, sb.g_rk = g_rk.as<float>();
+#if KK == 128
+      if (piece_chunks > 0) {
+        sb.pieces = ScanPieces{plan_start, plan_missing, piece_chunks};
+        GdnBwdParams wp = sb;
+        wp.num_vblocks = V / 128, wp.ws_qs_in_state = true;
+        launch(gdn_bwd_chain_ws_kernel<T, 128, true>, wp, slots_p * HV * (V / 128), GdnBwdWsSmem<T, 128>::kBytes,
+               kBwdWsThreads);
+      }
+#endif
       launch(gdn_bwd_prep_kernel<T, kK>, sb, slots * HV, GdnBwdPrepSmem<T, kK>::kBytes);
       auto chain = [&](auto bv) {
         constexpr int kChainBV = decltype(bv)::value;
@@ -174,11 +231,11 @@ int main(int argc, char** argv) {
     return r;
   };
   const Grads g1 = run_bwd(0, false);
+  int fails = plan_fails != 0;
 
   // ---- coverage: sequence rows written and finite, the other rows untouched
   std::vector<char> in_seq(rows, 0);
   for (int s = 0; s < N; ++s) for (int64_t r = cu[s]; r < cu[s + 1]; ++r) in_seq[r] = 1;
-  int fails = 0;
   auto coverage = [&](const char* name, const Buf& b, int64_t per_row, int elem_bytes) {
     int64_t bad_inside = 0, written_outside = 0;
     for (int64_t r = 0; r < rows; ++r)
