@@ -194,7 +194,7 @@ def test_gpu_pieces_in_training(lengths, weak_heads, monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.parametrize("lengths, weak_heads", [([4096], ()), ([4096], (1,)), ([3000, 0, 1, 700, 1500], (3,))])
 def test_gpu_backward_chain_in_pieces(lengths, weak_heads, monkeypatch):
-    """MOM_OPS_GDN_BWD_PIECES=1: the backward's state-gradient chain in pieces (the cut heads' dS from the ws chain,
+    """The backward's state-gradient chain in pieces (the default; MOM_OPS_GDN_BWD_PIECES=0 turns it off) (the cut heads' dS from the ws chain,
     piece by piece, each warmed up from dS = 0 over the chunks after it) gives the gradients of the unsplit chain up
     to rounding, with h0 and dht."""
     need_kernel("chunk_gated_delta_rule_bwd", "cuda")

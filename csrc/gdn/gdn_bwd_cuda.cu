@@ -75,10 +75,11 @@ bool use_split_backward_chain(const GdnDims& d, int fwd_bv) {
 
 // The state-gradient chain in pieces (scan_pieces.cuh) where the split chain runs (few long sequences) at K = 128,
 // V % 128 == 0 with in-kernel l2norm: the ws chain takes every (sequence, head) whose decay allows the cut, piece by
-// piece (each warmed up from dS = 0 over the chunks after it), the split chain the others. Off until timed on a GPU:
-// MOM_OPS_GDN_BWD_PIECES=1 turns it on (NOTES.md, "Against FlashQLA").
+// piece (each warmed up from dS = 0 over the chunks after it), the split chain the others. H200, n1 D128 T = 32K,
+// fwd + bwd: 2.970 -> 2.389 ms at the bench's decay, +0.036 ms at g x 0.02 where nothing is cut (NOTES.md,
+// "Against FlashQLA"). MOM_OPS_GDN_BWD_PIECES=0 turns it off.
 bool use_backward_pieces(const GdnDims& d, bool use_qk_l2norm) {
-  return d.dim_k == 128 && d.dim_v % 128 == 0 && use_qk_l2norm && env_is("MOM_OPS_GDN_BWD_PIECES", "1");
+  return d.dim_k == 128 && d.dim_v % 128 == 0 && use_qk_l2norm && !env_is("MOM_OPS_GDN_BWD_PIECES", "0");
 }
 
 // The split chain's V-block width: the forward's rule (split_chain_value_block), at most 32 at K = 256.
