@@ -162,6 +162,26 @@ def test_gpu_pieces_need_the_in_kernel_norm(monkeypatch):
     assert torch.equal(o, o_split) and torch.equal(ht, ht_split)
 
 
+def _gradients(inp, monkeypatch, env, seed):
+    """o, ht and the gradients of every input (fp32) under env, for seeded upstream gradients of o and ht."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    do = torch.randn(inp["v"].shape, device="cuda", dtype=torch.bfloat16, generator=gen)
+    dht = torch.randn(inp["initial_state"].shape, device="cuda", generator=gen)
+    leaves = {key: t.detach().requires_grad_(t.is_floating_point()) for key, t in inp.items()}
+    o, ht = _forward(leaves, monkeypatch, env)
+    torch.autograd.backward((o, ht), (do, dht))
+    grads = {key: t.grad.float() for key, t in leaves.items() if t.grad is not None}
+    assert set(grads) == {"q", "k", "v", "g", "beta", "initial_state"}
+    return o.detach(), ht.detach(), grads
+
+
+def _assert_same_gradients(grads, grads_ref):
+    """Equal up to rounding: the bar of the ws training forward against the split one (test_gdn_ws.py)."""
+    for key in grads:
+        assert torch.isfinite(grads[key]).all(), key
+        assert rel_rms(grads[key], grads_ref[key]) < 5e-3, (key, rel_rms(grads[key], grads_ref[key]))
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("lengths, weak_heads", [([4096], (1,)), ([3000, 0, 1, 700, 1500], (3,))])
 def test_gpu_pieces_in_training(lengths, weak_heads, monkeypatch):
@@ -170,47 +190,22 @@ def test_gpu_pieces_in_training(lengths, weak_heads, monkeypatch):
     saved states differ by the missed ~e^-51 state, below bf16)."""
     need_kernel("chunk_gated_delta_rule_bwd", "cuda")
     inp = _cuda_inputs(lengths, H=2, HV=4, weak_heads=weak_heads)
-    gen = torch.Generator(device="cuda").manual_seed(7)
-    do = torch.randn(inp["v"].shape, device="cuda", dtype=torch.bfloat16, generator=gen)
-    dht = torch.randn(inp["initial_state"].shape, device="cuda", generator=gen)
-
-    def run(env):
-        leaves = {key: t.detach().requires_grad_(t.is_floating_point()) for key, t in inp.items()}
-        o, ht = _forward(leaves, monkeypatch, env)
-        torch.autograd.backward((o, ht), (do, dht))
-        return o.detach(), ht.detach(), {key: t.grad.float() for key, t in leaves.items() if t.grad is not None}
-
-    o, ht, grads = run({})
-    _, _, grads_split = run({"MOM_OPS_GDN_PIECES": "0"})
+    o, ht, grads = _gradients(inp, monkeypatch, {}, seed=7)
+    _, _, grads_split = _gradients(inp, monkeypatch, {"MOM_OPS_GDN_PIECES": "0"}, seed=7)
     with torch.no_grad():
         o_inf, ht_inf = _forward(inp, monkeypatch, {})
     assert torch.equal(o, o_inf) and torch.equal(ht, ht_inf)
-    assert set(grads) == {"q", "k", "v", "g", "beta", "initial_state"}
-    for key in grads:
-        assert torch.isfinite(grads[key]).all(), key
-        assert rel_rms(grads[key], grads_split[key]) < 5e-3, (key, rel_rms(grads[key], grads_split[key]))
+    _assert_same_gradients(grads, grads_split)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("lengths, weak_heads", [([4096], ()), ([4096], (1,)), ([3000, 0, 1, 700, 1500], (3,))])
 def test_gpu_backward_chain_in_pieces(lengths, weak_heads, monkeypatch):
-    """The backward's state-gradient chain in pieces (the default; MOM_OPS_GDN_BWD_PIECES=0 turns it off) (the cut heads' dS from the ws chain,
-    piece by piece, each warmed up from dS = 0 over the chunks after it) gives the gradients of the unsplit chain up
-    to rounding, with h0 and dht."""
+    """The backward's state-gradient chain in pieces (the default; off: MOM_OPS_GDN_BWD_PIECES=0): the cut heads' dS
+    from the ws chain, piece by piece, each warmed up from dS = 0 over the chunks after it, gives the gradients of
+    the unsplit chain up to rounding, with h0 and dht."""
     need_kernel("chunk_gated_delta_rule_bwd", "cuda")
     inp = _cuda_inputs(lengths, H=2, HV=4, weak_heads=weak_heads)
-    gen = torch.Generator(device="cuda").manual_seed(8)
-    do = torch.randn(inp["v"].shape, device="cuda", dtype=torch.bfloat16, generator=gen)
-    dht = torch.randn(inp["initial_state"].shape, device="cuda", generator=gen)
-
-    def run(bwd_pieces):
-        leaves = {key: t.detach().requires_grad_(t.is_floating_point()) for key, t in inp.items()}
-        o, ht = _forward(leaves, monkeypatch, {"MOM_OPS_GDN_BWD_PIECES": bwd_pieces})
-        torch.autograd.backward((o, ht), (do, dht))
-        return {key: t.grad.float() for key, t in leaves.items() if t.grad is not None}
-
-    grads, grads_unsplit = run("1"), run("0")
-    assert set(grads) == {"q", "k", "v", "g", "beta", "initial_state"}
-    for key in grads:
-        assert torch.isfinite(grads[key]).all(), key
-        assert rel_rms(grads[key], grads_unsplit[key]) < 5e-3, (key, rel_rms(grads[key], grads_unsplit[key]))
+    _, _, grads = _gradients(inp, monkeypatch, {"MOM_OPS_GDN_BWD_PIECES": "1"}, seed=8)
+    _, _, grads_unsplit = _gradients(inp, monkeypatch, {"MOM_OPS_GDN_BWD_PIECES": "0"}, seed=8)
+    _assert_same_gradients(grads, grads_unsplit)
