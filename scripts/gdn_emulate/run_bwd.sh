@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CPU emulation of the gdn backward kernels (gdn_bwd_chain_kernel or, with EMU_BWD_SPLIT=1, the split chain of
 # gdn_bwd_split_kernels.cuh, or with EMU_BWD_WS=1 gdn_bwd_chain_ws_kernel, EMU_WS_QS=aux / state choosing who scales
-# its Qs; gdn_bwd_grads_kernel) through the host shim of
+# its Qs, or with EMU_BWD_SPLIT=1 EMU_BWD_PIECES=<chunks> the split chain beside the ws chain in pieces;
+# gdn_bwd_grads_kernel) through the host shim of
 # run.sh: bwd_driver.cpp reruns the fused forward with its saves, runs the two kernels as gdn_bwd_cuda.cu launches
 # them, checks coverage (sequence rows written and finite, other rows untouched) and, under a non-default schedule,
 # bitwise equality with a forward-order run; compare_bwd.py then checks the gradients against mom_ops's CPU backward
@@ -88,4 +89,12 @@ export EMU_CHAIN_BV=16
 run emu_bwd_128_128_1 2 2 128 1 1 0 3 1 7 1 1 150 0 1 65
 run emu_bwd_128_64_0  1 2 128 1 0 0 1 0 3 1 1 200 0 1 64
 run emu_bwd_256_64_1  1 2 128 1 1 1 3 1 0 1 1 130 0 64 1
+# ... with the chain in pieces of 3 chunks (EMU_BWD_PIECES; gdn_bwd_cuda.cu's pieces are 16): the ws chain takes the
+# cut heads, odd heads forced onto the split chain, the plan checked against the host
+unset EMU_CHAIN_BV
+export EMU_BWD_PIECES=3
+run emu_bwd_128_128_1 2 4 128 1 0 0 2 0 3 1 1 500 0 1 700 130
+run emu_bwd_128_128_0 2 2 256 1 1 1 0 1 0 1 0 3:400
+EMU_SEED=7 run emu_bwd_128_128_1 1 2 128 1 0 0 3 0 0 0 1 900 64
+unset EMU_BWD_PIECES
 exit $failed
