@@ -11,8 +11,8 @@
 # (scripts/gdn_bwd_sanitize.sh -> sanitize.log), HOST_TIME=1 (scripts/layer_host_time.py: the layer's host issue
 # time against its GPU time -> host.log), GRAPH_STEP=1 (scripts/layer_graph_step.py: the layer's training step as one
 # CUDA-graph replay against the eager step -> graph.log), AB_FLAGS ("FLAG ...": scripts/layer_flag_ab.py, each
-# mom_ops.nn flag off / on in one process -> ab.log), PIECES_AB=1 (scripts/gdn_pieces_ab.py: the inference forward in
-# pieces against MOM_OPS_GDN_PIECES=0 at n1 D128 and several decays -> pieces_ab.log). Test time: tests/test_gdn.py::test_gpu_forward takes 50-95 s
+# mom_ops.nn flag off / on in one process -> ab.log), PIECES_AB=1 (scripts/gdn_pieces_ab.py: the scan in pieces, forward
+# and forward + backward, each flag 0 / 1 at n1 D128 and several decays -> pieces_ab.log). Test time: tests/test_gdn.py::test_gpu_forward takes 50-95 s
 # per case (its fp32 Triton reference compiles per case; ~10 min for the eight) and fails only its documented Triton
 # clause, so routine runs pass -k "not (test_gpu_forward and case)". Time fla in a process of its own
 # (BENCH_PROVIDERS=fla, a second call): after fla's layer and its TileLang kernels had run, our layer's fwdbwd read

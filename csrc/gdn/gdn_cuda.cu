@@ -100,8 +100,9 @@ bool use_warp_specialised_forward(const GdnDims& d, int bv, bool training) {
 
 // Long sequences in pieces (scan_pieces.cuh) where the split forward would run (few, long sequences; inference and
 // training) at K = 128, V % 128 == 0 with in-kernel l2norm: the warp-specialised kernel takes every (sequence, head)
-// whose decay allows the cut, the split forward the others (H200, n1 D128 T = 32K inference: 1.13 -> 0.57 ms at the
-// bench's decay; NOTES.md, "Against FlashQLA"). MOM_OPS_GDN_PIECES=0 turns it off.
+// whose decay allows the cut, the split forward the others (H200, n1 D128 T = 32K: fwd 1.13 -> 0.58 ms at the
+// bench's decay, fwd + bwd 3.30 -> 2.97, 2.39 with the backward's pieces; NOTES.md, "Against FlashQLA").
+// MOM_OPS_GDN_PIECES=0 turns it off.
 bool use_pieces(const GdnDims& d, bool use_qk_l2norm, bool split) {
   return split && use_qk_l2norm && d.dim_k == 128 && d.dim_v % 128 == 0 && !env_is("MOM_OPS_GDN_PIECES", "0");
 }
