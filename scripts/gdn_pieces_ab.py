@@ -1,7 +1,8 @@
 """A / B of the gdn scan in pieces (csrc/gdn/scan_pieces.cuh) in one process, on the bench's n1 D128 inputs at
 several decays (the cut needs the decay: at g x 0.001 nothing is cut), in alternating rounds: the forward with
-MOM_OPS_GDN_PIECES=0 / 1, and the forward + backward (forward in pieces) with MOM_OPS_GDN_BWD_PIECES=0 / 1; also o's
-relative RMS between the two forwards and the gradients' between the two backwards (exact to fp32 rounding).
+MOM_OPS_GDN_PIECES=0 / 1, the forward + backward (forward in pieces) with MOM_OPS_GDN_BWD_PIECES=0 / 1, and both
+with MOM_OPS_GDN_PIECE_CHUNKS=16 / auto (csrc/gdn/piece_size.h); also o's relative RMS between the two forwards and
+the gradients' between the two backwards (0 or bf16-rounding level: csrc/gdn/NOTES.md).
     python3 scripts/gdn_pieces_ab.py [T H n] [decay scale ...]      (default: 32768 16 1, scales 1 0.1 0.02 0.001)"""
 import os
 import sys
@@ -29,16 +30,17 @@ def forward_backward(leaves, cu, do):
     return o
 
 
-def ab(label, flag, fn):
-    """fn() timed with flag=0 and flag=1 in alternating rounds."""
-    times = {"0": [], "1": []}
+def ab(label, flag, fn, values=("0", "1")):
+    """fn() timed with flag = each of the two values in alternating rounds (the flag unset afterwards)."""
+    times = {value: [] for value in values}
     for _ in range(3):
-        for value in ("0", "1"):
+        for value in values:
             os.environ[flag] = value
             times[value].append(time_ms(fn))
-    os.environ[flag] = "1"
-    rounds = ", ".join(f"{a:.3f}/{b:.3f}" for a, b in zip(times["0"], times["1"]))
-    return f"{label} {flag}=0 {min(times['0']):.4f} ms, =1 {min(times['1']):.4f} ms (rounds {rounds})"
+    os.environ.pop(flag)
+    a, b = values
+    rounds = ", ".join(f"{x:.3f}/{y:.3f}" for x, y in zip(times[a], times[b]))
+    return f"{label} {flag}={a} {min(times[a]):.4f} ms, ={b} {min(times[b]):.4f} ms (rounds {rounds})"
 
 
 def rel(a, b):
@@ -62,5 +64,8 @@ for s in scales:
     grad_rel = max(rel(grads["1"][key], grads["0"][key]) for key in grads["0"])
     leaves = {key: t.detach().requires_grad_(True) for key, t in inp.items()}
     fwdbwd = ab("fwdbwd", "MOM_OPS_GDN_BWD_PIECES", lambda: forward_backward(leaves, cu, do))
-    print(f"gdn_T{T}_H{H}_D128_n{n} g x {s}: {fwd}; {fwdbwd}; o rel {rel(o_on, o_off):.2e}, grads rel <= "
-          f"{grad_rel:.2e}", flush=True)
+    size = "MOM_OPS_GDN_PIECE_CHUNKS"
+    fwd_size = ab("fwd", size, lambda: forward(inp, cu), ("16", "auto"))
+    fwdbwd_size = ab("fwdbwd", size, lambda: forward_backward(leaves, cu, do), ("16", "auto"))
+    print(f"gdn_T{T}_H{H}_D128_n{n} g x {s}: {fwd}; {fwdbwd}; {fwd_size}; {fwdbwd_size}; o rel "
+          f"{rel(o_on, o_off):.2e}, grads rel <= {grad_rel:.2e}", flush=True)

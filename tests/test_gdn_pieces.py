@@ -95,23 +95,23 @@ def test_a_cut_without_enough_decay_is_what_the_rule_prevents():
 # ---------------------------------------------------------------- the CUDA forward in pieces (off: MOM_OPS_GDN_PIECES=0)
 
 
-def _cuda_inputs(lengths, H, HV, weak_heads=(), seed=0):
+def _cuda_inputs(lengths, H, HV, weak_heads=(), seed=0, weak_scale=1e-3):
     """bf16 inputs at K = V = 128 on the GPU; the decay is the bench's (logsigmoid(randn), ~-51 per chunk) except on
-    weak_heads, where it is 1000 times slower (so those heads are not cut)."""
+    weak_heads, where it is scaled by weak_scale (1e-3: so slow that those heads are not cut)."""
     inp = _inputs(lengths, H=H, K=128, V=128, seed=seed)
     inp["v"] = torch.randn(1, sum(lengths), HV, 128, generator=torch.Generator().manual_seed(seed + 1))
     inp["g"] = F.logsigmoid(torch.randn(1, sum(lengths), HV, generator=torch.Generator().manual_seed(seed + 2)))
     inp["beta"] = torch.rand(1, sum(lengths), HV, generator=torch.Generator().manual_seed(seed + 3))
     inp["initial_state"] = torch.randn(len(lengths), HV, 128, 128, generator=torch.Generator().manual_seed(seed + 4))
     for hv in weak_heads:
-        inp["g"][..., hv] *= 1e-3
+        inp["g"][..., hv] *= weak_scale
     for name in ("q", "k", "v"):
         inp[name] = inp[name].to(torch.bfloat16)
     return {name: t.cuda() for name, t in inp.items()}
 
 
 def _forward(inp, monkeypatch, env, **kw):
-    for name in ("MOM_OPS_GDN_PIECES", "MOM_OPS_GDN_BWD_PIECES", "MOM_OPS_GDN_SPLIT"):
+    for name in ("MOM_OPS_GDN_PIECES", "MOM_OPS_GDN_BWD_PIECES", "MOM_OPS_GDN_PIECE_CHUNKS", "MOM_OPS_GDN_SPLIT"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -119,34 +119,50 @@ def _forward(inp, monkeypatch, env, **kw):
     return mom_ops.chunk_gated_delta_rule(**inp, **kw)
 
 
+# (lengths, heads with a slower decay, its scale, MOM_OPS_GDN_PIECE_CHUNKS, whether every head is cut). At g x 0.015
+# (~-0.8 per chunk) a warm-up needs ~22 chunks: past the default bound (16), within 40-chunk pieces' bound (40).
+PIECE_CASES = [([4096], (), 1e-3, None, True), ([4096], (1, 2), 1e-3, None, False),
+               ([3000, 0, 1, 700, 1500], (3,), 1e-3, None, False), ([4096], (1, 2), 0.015, None, False),
+               ([4096], (1, 2), 0.015, "40", True), ([3000, 0, 1, 700, 1500], (3,), 1e-3, "auto", False)]
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("lengths, weak_heads", [([4096], ()), ([4096], (1, 2)), ([3000, 0, 1, 700, 1500], (3,))])
-def test_gpu_pieces_match_the_unsplit_kernels(lengths, weak_heads, monkeypatch):
+@pytest.mark.parametrize("lengths, weak_heads, weak_scale, piece_chunks, all_cut", PIECE_CASES)
+def test_gpu_pieces_match_the_unsplit_kernels(lengths, weak_heads, weak_scale, piece_chunks, all_cut, monkeypatch):
     """With pieces, the (sequence, head)s the rule cuts come from the warp-specialised kernel run piece by piece
-    (equal to that kernel unsplit up to the missed ~e^-51 state), the others from the split forward (bit for bit);
-    both against the fp32 chunked reference."""
+    (equal to that kernel unsplit up to the missed state, below 2^-24, at the bench's decay; at slow decays within the
+    kernels' own bf16 rounding, as far from fp32 as unsplit), the others from the split forward (bit for bit); all
+    against the fp32 chunked reference."""
     need_kernel("chunk_gated_delta_rule_fwd", "cuda")
-    inp = _cuda_inputs(lengths, H=2, HV=4, weak_heads=weak_heads)
-    o, ht = _forward(inp, monkeypatch, {})  # pieces are the default
+    inp = _cuda_inputs(lengths, H=2, HV=4, weak_heads=weak_heads, weak_scale=weak_scale)
+    env = {} if piece_chunks is None else {"MOM_OPS_GDN_PIECE_CHUNKS": piece_chunks}
+    o, ht = _forward(inp, monkeypatch, env)  # pieces are the default
     o_split, ht_split = _forward(inp, monkeypatch, {"MOM_OPS_GDN_PIECES": "0"})  # few long sequences: the split
     o_ws, ht_ws = _forward(inp, monkeypatch, {"MOM_OPS_GDN_SPLIT": "0"})  # K = 128: the ws kernel, unsplit
-    # {(sequence, head): cut}, by the rule's reference at the CUDA forward's piece size and warm-up bound (16, 16)
+    # {(sequence, head): cut}, by the rule's reference at the CUDA forward's piece size and warm-up bound (16, 16 by
+    # default; N, N for a number; auto is 16 at these sizes: csrc/gdn/piece_size.h)
+    size = 16 if piece_chunks in (None, "auto") else int(piece_chunks)
     cpu = {name: t.cpu() for name, t in inp.items()}  # (cu_seqlens among them)
-    cut = {key: runs is not None
-           for key, runs in piece_plan(cpu["g"], cpu["beta"], cpu["cu_seqlens"], True).items()}
+    plan = piece_plan(cpu["g"], cpu["beta"], cpu["cu_seqlens"], True, piece_chunks=size, max_warmup_chunks=size)
+    cut = {key: runs is not None for key, runs in plan.items()}
+    o_ref, ht_ref = chunk_gated_delta_rule_ref(**cpu, use_qk_l2norm_in_kernel=True, output_final_state=True)
+    assert rel_rms(o, o_ref) < 5e-3 and rel_rms(ht, ht_ref) < 5e-3
     start = 0
-    assert not all(cut.values()) if weak_heads else all(cut.values())
+    assert all(cut.values()) == all_cut
     for i, n in enumerate(lengths):
         rows = slice(start, start + n)
         for hv in range(4):
-            if cut[i, hv]:
+            if not cut[i, hv]:
+                assert torch.equal(o[0, rows, hv], o_split[0, rows, hv]) and torch.equal(ht[i, hv], ht_split[i, hv])
+            elif hv in weak_heads:  # a long warm-up: the two runs' bf16 rounding differs (NOTES.md), not their error
+                for x, x_ws, x_ref in ((o[0, rows, hv], o_ws[0, rows, hv], o_ref[0, rows, hv]),
+                                       (ht[i, hv], ht_ws[i, hv], ht_ref[i, hv])):
+                    assert rel_rms(x, x_ws) < 5e-3
+                    assert rel_rms(x, x_ref) <= 1.25 * rel_rms(x_ws, x_ref) + 1e-4
+            else:  # the decay damps the dropped state and the kernels' rounding alike
                 assert rel_rms(o[0, rows, hv], o_ws[0, rows, hv]) < 1e-4
                 assert rel_rms(ht[i, hv], ht_ws[i, hv]) < 1e-5
-            else:
-                assert torch.equal(o[0, rows, hv], o_split[0, rows, hv]) and torch.equal(ht[i, hv], ht_split[i, hv])
         start += n
-    o_ref, ht_ref = chunk_gated_delta_rule_ref(**cpu, use_qk_l2norm_in_kernel=True, output_final_state=True)
-    assert rel_rms(o, o_ref) < 5e-3 and rel_rms(ht, ht_ref) < 5e-3
 
 
 @pytest.mark.gpu

@@ -24,6 +24,7 @@
 #include "gdn/gdn_checks.h"
 #include "gdn/gdn_fwd_launch.h"
 #include "gdn/gdn_piece_plan.cuh"
+#include "gdn/piece_size.h"
 #include "gdn/scan_io.h"
 #include "gdn/scan_prologue.cuh"
 
@@ -199,15 +200,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       sbp.g_rk = g_rk.data_ptr<float>();
       at::Tensor piece_plan;  // [piece slots, HV] chain starts, then [N, HV] missing flags (scan_pieces.cuh)
       if (use_backward_pieces(d, use_qk_l2norm)) {
-        const int64_t slots_p = piece_slots(rows, d.num_seqs, kPieceChunks), heads = d.num_seqs * d.heads_v;
+        const PieceSize size =
+            gdn_piece_size(rows, d.heads_v, d.dim_v / 128, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+        const int64_t slots_p = piece_slots(rows, d.num_seqs, size.chunks), heads = d.num_seqs * d.heads_v;
         piece_plan = at::empty({slots_p * d.heads_v + heads}, opts.dtype(at::kInt));
         int* start = piece_plan.data_ptr<int>();
         int* missing = start + slots_p * d.heads_v;
         C10_CUDA_CHECK(cudaMemsetAsync(missing, 0, heads * sizeof(int), stream));
         gdn_piece_plan_kernel<<<unsigned(slots_p), kPiecePlanWarps * 32, 0, stream>>>(
-            PiecePlanParams{io.params, start, missing, kPieceChunks, /*backward=*/true});
+            PiecePlanParams{io.params, start, missing, size.chunks, size.max_warmup, /*backward=*/true});
         C10_CUDA_KERNEL_LAUNCH_CHECK();
-        sbp.pieces = ScanPieces{start, missing, kPieceChunks};
+        sbp.pieces = ScanPieces{start, missing, size.chunks};
         GdnBwdParams wp = sbp;  // the cut (sequence, head)s; the split chain the rest
         wp.num_vblocks = int(d.dim_v / 128);
         wp.ws_qs_in_state = !env_is("MOM_OPS_GDN_BWD_WS_QS", "aux");

@@ -11,6 +11,7 @@
 #include "gdn/gdn_fwd_kernel.cuh"
 #include "gdn/gdn_fwd_launch.h"
 #include "gdn/gdn_piece_plan.cuh"
+#include "gdn/piece_size.h"
 #include "gdn/scan_io.h"
 #include "gdn/scan_launch.cuh"
 #include "gdn/scan_prologue.cuh"
@@ -183,14 +184,16 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Te
   }
   at::Tensor piece_plan;  // [piece slots, HV] piece starts, then [N, HV] missing flags (scan_pieces.cuh)
   if (pieces) {
-    const int64_t slots_p = piece_slots(rows, d.num_seqs, kPieceChunks), heads = d.num_seqs * d.heads_v;
+    const PieceSize size =
+        gdn_piece_size(rows, d.heads_v, d.dim_v / 128, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+    const int64_t slots_p = piece_slots(rows, d.num_seqs, size.chunks), heads = d.num_seqs * d.heads_v;
     piece_plan = at::empty({slots_p * d.heads_v + heads}, q.options().dtype(at::kInt));
     int* start = piece_plan.data_ptr<int>();
     int* missing = start + slots_p * d.heads_v;
     C10_CUDA_CHECK(cudaMemsetAsync(missing, 0, heads * sizeof(int), stream));
-    p.pieces = ScanPieces{start, missing, kPieceChunks};
+    p.pieces = ScanPieces{start, missing, size.chunks};
     gdn_piece_plan_kernel<<<unsigned(slots_p), kPiecePlanWarps * 32, 0, stream>>>(
-        PiecePlanParams{io.params, start, missing, kPieceChunks, /*backward=*/false});
+        PiecePlanParams{io.params, start, missing, size.chunks, size.max_warmup, /*backward=*/false});
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     GdnFwdParams wp = p;
     wp.num_vblocks = int(d.dim_v / 128);

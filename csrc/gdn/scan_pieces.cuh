@@ -4,8 +4,10 @@
 // the warm-up's transitions e^{g_t} (I - beta_t k_t k_t^T), has ||Phi|| <= e^{sum g} while every
 // 0 <= beta_t ||k_t||^2 <= 2; so a warm-up qualifies where its summed log-decay is <= ln 2^-24 (below fp32 rounding
 // of the state), beta is in [0, 2] and k is l2-normalised in the kernel. A (sequence, head) is cut only if every
-// piece boundary has such a warm-up of at most kPieceMaxWarmup chunks (or reaches the sequence start, where it runs
-// from h0); the others keep the split kernels, which skip the cut ones. The backward's chain runs from the end: its
+// piece boundary has such a warm-up of at most max_warmup chunks (16 by default: piece_size.h; or reaches the sequence
+// start, where it runs from h0); the others keep the split kernels, which skip the cut ones. (The kernels round the
+// state to 16 bits for their products, so where the decay is slow the two runs' roundings differ for a while after
+// the warm-up and their outputs differ at that rounding's level, ~1e-3, not 2^-24; each is as far from fp32.) The backward's chain runs from the end: its
 // pieces warm up over the chunks after them, from dS = 0 (or from dht at the sequence's end); the transposed
 // transitions have the same bound. The decision: gdn_piece_plan.cuh; its fp32 reference (forward):
 // mom_ops/reference/gdn_pieces.py.
@@ -17,8 +19,8 @@
 
 namespace mom_ops {
 
-constexpr int kPieceChunks = 16;     // chunks per piece (the ws kernel's n32 regime: ~16 chunks per sequence)
-constexpr int kPieceMaxWarmup = 16;  // at most one piece's worth of warm-up
+constexpr int kPieceChunks = 16;     // chunks per piece by default (the ws kernel's n32 regime: ~16 per sequence)
+constexpr int kPieceMaxWarmup = 16;  // the warm-ups' default bound: one piece's worth
 constexpr float kPieceLogEps = -16.635532f;  // ln 2^-24
 
 // Pieces are numbered by piece slots, as chunks by chunk slots (scan_params.h): sequence s's pieces take slots

@@ -84,7 +84,10 @@ int main(int argc, char** argv) {
   const float kscale = l2norm ? 1.f : 1.f / std::sqrt(float(kK));
   for (int64_t i = 0; i < rows * H * kK; ++i) q.as<T>()[i] = T(nd(rng) * kscale), k.as<T>()[i] = T(nd(rng) * kscale);
   for (int64_t i = 0; i < rows * HV * V; ++i) v.as<T>()[i] = T(nd(rng));
-  for (int64_t i = 0; i < rows * HV; ++i) g.as<float>()[i] = -0.02f - 0.3f * ud(rng), beta.as<float>()[i] = 0.05f + 0.9f * ud(rng);
+  // EMU_G_SCALE scales g (slower decays: longer warm-ups for the pieces below)
+  const float g_scale = std::getenv("EMU_G_SCALE") != nullptr ? float(std::atof(std::getenv("EMU_G_SCALE"))) : 1.f;
+  for (int64_t i = 0; i < rows * HV; ++i)
+    g.as<float>()[i] = g_scale * (-0.02f - 0.3f * ud(rng)), beta.as<float>()[i] = 0.05f + 0.9f * ud(rng);
   for (int64_t i = 0; i < state_elems; ++i) h0.as<float>()[i] = 0.3f * nd(rng);
   for (int64_t i = 0; i < rows * HV * V; ++i) dout.as<T>()[i] = T(nd(rng));
   for (int64_t i = 0; i < state_elems; ++i) dht.as<float>()[i] = 0.3f * nd(rng);
@@ -126,6 +129,9 @@ int main(int argc, char** argv) {
   // gdn_bwd_cuda.cu runs it (the ws chain the cut heads, piece by piece; odd heads forced onto the split chain), the
   // plan checked against the rule on the host
   const int piece_chunks = std::getenv("EMU_BWD_PIECES") != nullptr ? std::atoi(std::getenv("EMU_BWD_PIECES")) : 0;
+  // EMU_PIECE_WARMUP: the warm-ups' bound (gdn_piece_size; default 16, past 16 the plan loads in batches)
+  const int max_warmup = std::getenv("EMU_PIECE_WARMUP") != nullptr ? std::atoi(std::getenv("EMU_PIECE_WARMUP"))
+                                                                    : kPieceMaxWarmup;
   const int64_t slots_p = piece_chunks > 0 ? piece_slots(rows, N, piece_chunks) : 0;
   Buf plan = galloc(size_t(std::max<int64_t>(1, slots_p * HV + int64_t(N) * HV)) * 4);
   int* plan_start = plan.as<int>();
@@ -134,7 +140,7 @@ int main(int argc, char** argv) {
   if (piece_chunks > 0) {
     if (!split_chain || kK != 128 || V % 128 != 0 || !l2norm) EMU_FAIL("EMU_BWD_PIECES needs EMU_BWD_SPLIT=1, K = V = 128k, l2norm");
     std::memset(plan_missing, 0, size_t(N) * HV * 4);  // (gdn_bwd_cuda.cu: cudaMemsetAsync)
-    launch(gdn_piece_plan_kernel, PiecePlanParams{sp, plan_start, plan_missing, piece_chunks, /*backward=*/true},
+    launch(gdn_piece_plan_kernel, PiecePlanParams{sp, plan_start, plan_missing, piece_chunks, max_warmup, /*backward=*/true},
            slots_p, 0, kPiecePlanWarps * 32);
     int truncated = 0, cut = 0;
     for (int s = 0; s < N; ++s)  // the rule again on the host (sums in double), warm-ups after each piece
@@ -145,7 +151,7 @@ int main(int argc, char** argv) {
           const int last = std::min(nc, (piece + 1) * piece_chunks);
           int stop = last == nc ? nc : -1;
           double total = 0;
-          for (int w = 0; stop == -1 && w < std::min(kPieceMaxWarmup, nc - last); ++w) {
+          for (int w = 0; stop == -1 && w < std::min(max_warmup, nc - last); ++w) {
             bool beta_ok = true;
             for (int r = 0; r < 64; ++r) {
               const int64_t row = cu[s] + int64_t(last + w) * 64 + r;
@@ -157,7 +163,7 @@ int main(int argc, char** argv) {
             if (!beta_ok) break;
             if (total <= kPieceLogEps) stop = last + w + 1;
           }
-          if (stop == -1 && nc - last <= kPieceMaxWarmup) stop = nc;
+          if (stop == -1 && nc - last <= max_warmup) stop = nc;
           all = all && stop != -1;
           plan_fails += plan_start[(cu[s] / (64 * piece_chunks) + s + piece) * HV + hv] != stop;
           truncated += stop != -1 && stop < nc;

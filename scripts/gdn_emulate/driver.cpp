@@ -50,7 +50,10 @@ int main(int argc, char** argv) {
   const float kscale = l2norm ? 1.f : 1.f / std::sqrt(float(kK));
   for (int64_t i = 0; i < rows * H * kK; ++i) q.as<T>()[i] = T(nd(rng) * kscale), k.as<T>()[i] = T(nd(rng) * kscale);
   for (int64_t i = 0; i < rows * HV * V; ++i) v.as<T>()[i] = T(nd(rng));
-  for (int64_t i = 0; i < rows * HV; ++i) g.as<float>()[i] = -0.02f - 0.3f * ud(rng), beta.as<float>()[i] = 0.05f + 0.9f * ud(rng);
+  // EMU_G_SCALE scales g (slower decays: longer warm-ups for the pieces below)
+  const float g_scale = std::getenv("EMU_G_SCALE") != nullptr ? float(std::atof(std::getenv("EMU_G_SCALE"))) : 1.f;
+  for (int64_t i = 0; i < rows * HV; ++i)
+    g.as<float>()[i] = g_scale * (-0.02f - 0.3f * ud(rng)), beta.as<float>()[i] = 0.05f + 0.9f * ud(rng);
   const bool noh0 = getenv("EMU_NOH0") != nullptr;
   for (int64_t i = 0; i < int64_t(N) * HV * kK * V; ++i) h0.as<float>()[i] = noh0 ? 0.f : 0.3f * nd(rng);
   Buf cub = cu_buffer(seg, cu64);
@@ -192,6 +195,9 @@ int main(int argc, char** argv) {
   // bitwise: it rounds other intermediates) and vs the fp64 recurrence below
   Buf o3 = galloc(rows * HV * V * 2), ht3 = galloc(size_t(N) * HV * kK * V * 4);
   bool ws_ran = false;
+  Buf o5 = galloc(rows * HV * V * 2), ht5 = galloc(size_t(N) * HV * kK * V * 4);  // in pieces (l2norm), below
+  bool pieces_ran = false;
+  double pieces_rel = 0, pieces_rel_ht = 0;  // pieces vs unsplit, o and ht
 #if KK == 128 && KBV == 128
   if (V % 128 == 0) {
     GdnFwdParams f = p;
@@ -257,13 +263,16 @@ int main(int argc, char** argv) {
     }
     if (l2norm) {  // long sequences in pieces (scan_pieces.cuh), as gdn_cuda.cu runs them; pieces of 3 chunks here, so
       // that warm-ups (2 chunks at this decay) start on both stage parities
-      const int chunks = 3;
+      // EMU_PIECE_WARMUP: the warm-ups' bound (gdn_piece_size; default 16, past 16 the plan loads in batches)
+      const char* warmup_env = std::getenv("EMU_PIECE_WARMUP");
+      const int chunks = 3, max_warmup = warmup_env != nullptr ? std::atoi(warmup_env) : kPieceMaxWarmup;
       const int64_t slots_p = piece_slots(rows, N, chunks);
       Buf plan = galloc(size_t(slots_p * HV + N * HV) * 4);
       int* start = plan.as<int>();
       int* missing = start + slots_p * HV;
       std::memset(missing, 0, size_t(N) * HV * 4);  // (gdn_cuda.cu: cudaMemsetAsync)
-      launch(gdn_piece_plan_kernel, PiecePlanParams{p, start, missing, chunks, /*backward=*/false}, slots_p, 0, kPiecePlanWarps * 32);
+      launch(gdn_piece_plan_kernel, PiecePlanParams{p, start, missing, chunks, max_warmup, /*backward=*/false}, slots_p,
+             0, kPiecePlanWarps * 32);
       int plan_errors = 0, truncated = 0;
       for (int s = 0; s < N; ++s)  // the rule again on the host (sums in double)
         for (int hv = 0; hv < HV; ++hv) {
@@ -273,7 +282,7 @@ int main(int argc, char** argv) {
             const int first = piece * chunks;
             int run = first == 0 ? 0 : -1;
             double total = 0;
-            for (int w = 1; run == -1 && w <= std::min(kPieceMaxWarmup, first); ++w) {
+            for (int w = 1; run == -1 && w <= std::min(max_warmup, first); ++w) {
               bool beta_ok = true;
               for (int r = 0; r < 64; ++r) {
                 const int64_t row = cu[s] + int64_t(first - w) * 64 + r;
@@ -284,7 +293,7 @@ int main(int argc, char** argv) {
               if (!beta_ok) break;
               if (total <= kPieceLogEps) run = first - w;
             }
-            if (run == -1 && first <= kPieceMaxWarmup) run = 0;
+            if (run == -1 && first <= max_warmup) run = 0;
             all = all && run != -1;
             plan_errors += start[(cu[s] / (64 * chunks) + s + piece) * HV + hv] != run;
             truncated += run > 0;
@@ -294,7 +303,7 @@ int main(int argc, char** argv) {
         }
       std::printf("  pieces plan: %d mismatches vs the host, %d pieces from a warm-up\n", plan_errors, truncated);
       fails += plan_errors != 0;
-      Buf o5 = galloc(rows * HV * V * 2), ht5 = galloc(size_t(N) * HV * kK * V * 4);
+      pieces_ran = true;
       Buf s05, w5, vn5, t5, o6, ht6;
       mk(o6, ht6, s05, w5, vn5, t5);
       GdnFwdParams fp = f;
@@ -336,14 +345,18 @@ int main(int argc, char** argv) {
                   "(split heads %lld mismatches), %lld NaN, %lld written outside sequences\n", rel,
                   (long long)ws_mism, (long long)split_mism, rel_ht, (long long)ht_split_mism, (long long)nan,
                   (long long)outside);
-      fails += (nan != 0) + (outside != 0) + (split_mism != 0) + (ht_split_mism != 0) + !(rel < 1e-3) +
-               !(rel_ht < 1e-5) + (truncated == 0 && ws_mism != 0);
+      // Where a piece warms up, the two trajectories agree to the dropped state (< 2^-24) only while the decay also
+      // damps the kernels' own bf16 rounding (the state's 16-bit copy): at the usual decay (EMU_G_SCALE unset) o, ht
+      // stay within 1e-3 / 1e-5; at slow decays they differ at that rounding's level, checked against fp64 below.
+      pieces_rel = rel, pieces_rel_ht = rel_ht;
+      fails += (nan != 0) + (outside != 0) + (split_mism != 0) + (ht_split_mism != 0) +
+               (truncated == 0 && ws_mism != 0) + (g_scale == 1.f && (!(rel < 1e-3) + !(rel_ht < 1e-5)));
     }
   }
 #endif
   // ---- fp64 recurrence
   {
-    double num_o = 0, den_o = 0, num_h = 0, den_h = 0, num_of = 0, num_ow = 0, num_hw = 0;
+    double num_o = 0, den_o = 0, num_h = 0, den_h = 0, num_of = 0, num_ow = 0, num_hw = 0, num_op = 0, num_hp = 0;
     const int grp = HV / H;
     for (int s = 0; s < N; ++s)
       for (int hv = 0; hv < HV; ++hv) {
@@ -379,12 +392,17 @@ int main(int argc, char** argv) {
               const double ow = f16(o3.as<T>()[(r * HV + hv) * V + vv]);
               num_ow += (ow - oo) * (ow - oo);
             }
+            if (pieces_ran) {
+              const double op = f16(o5.as<T>()[(r * HV + hv) * V + vv]);
+              num_op += (op - oo) * (op - oo);
+            }
           }
         }
         for (int kk = 0; kk < kK; ++kk) for (int vv = 0; vv < V; ++vv) {
           const double ref = S[kk * V + vv], x = ht2.as<float>()[sidx(kk, vv)];
           num_h += (x - ref) * (x - ref), den_h += ref * ref;
           if (ws_ran) num_hw += (ht3.as<float>()[sidx(kk, vv)] - ref) * (ht3.as<float>()[sidx(kk, vv)] - ref);
+          if (pieces_ran) num_hp += (ht5.as<float>()[sidx(kk, vv)] - ref) * (ht5.as<float>()[sidx(kk, vv)] - ref);
         }
       }
     const double ro = std::sqrt(num_o / std::max(den_o, 1e-300)), rof = std::sqrt(num_of / std::max(den_o, 1e-300));
@@ -395,6 +413,12 @@ int main(int argc, char** argv) {
       const double row = std::sqrt(num_ow / std::max(den_o, 1e-300)), rhw = std::sqrt(num_hw / std::max(den_h, 1e-300));
       std::printf("  vs fp64 recurrence: o ws %.2e, ht ws %.2e\n", row, rhw);
       fails += !(row < 2e-2) + !(rhw < 2e-2);
+      if (pieces_ran) {  // in pieces: no further from fp64 than unsplit (the bf16 rounding's level apart)
+        const double rop = std::sqrt(num_op / std::max(den_o, 1e-300)), rhp = std::sqrt(num_hp / std::max(den_h, 1e-300));
+        std::printf("  vs fp64 recurrence: o pieces %.2e, ht pieces %.2e (%.2e, %.2e from unsplit)\n", rop, rhp,
+                    pieces_rel, pieces_rel_ht);
+        fails += !(rop < 1.25 * row + 1e-4) + !(rhp < 1.25 * rhw + 1e-4);
+      }
     }
   }
   std::printf("%s\n", fails ? "FAIL" : "OK");

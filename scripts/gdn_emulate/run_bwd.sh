@@ -96,5 +96,6 @@ export EMU_BWD_PIECES=3
 run emu_bwd_128_128_1 2 4 128 1 0 0 2 0 3 1 1 500 0 1 700 130
 run emu_bwd_128_128_0 2 2 256 1 1 1 0 1 0 1 0 3:400
 EMU_SEED=7 run emu_bwd_128_128_1 1 2 128 1 0 0 3 0 0 0 1 900 64
+EMU_G_SCALE=0.06 EMU_PIECE_WARMUP=40 run emu_bwd_128_128_1 1 1 128 1 0 0 2 0 0 1 1 2000  # ~26-chunk warm-ups
 unset EMU_BWD_PIECES
 exit $failed
