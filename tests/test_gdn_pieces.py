@@ -225,3 +225,13 @@ def test_gpu_backward_chain_in_pieces(lengths, weak_heads, monkeypatch):
     _, _, grads = _gradients(inp, monkeypatch, {"MOM_OPS_GDN_BWD_PIECES": "1"}, seed=8)
     _, _, grads_unsplit = _gradients(inp, monkeypatch, {"MOM_OPS_GDN_BWD_PIECES": "0"}, seed=8)
     _assert_same_gradients(grads, grads_unsplit)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("value", ["0", "-3", "x", "99999999999"])
+def test_gpu_piece_chunks_must_be_auto_or_a_count(value, monkeypatch):
+    """A bad MOM_OPS_GDN_PIECE_CHUNKS is a ValueError naming it, not a silent default or a crash."""
+    need_kernel("chunk_gated_delta_rule_fwd", "cuda")
+    inp = _cuda_inputs([4096], H=2, HV=4)
+    with pytest.raises(ValueError, match="MOM_OPS_GDN_PIECE_CHUNKS"):
+        _forward(inp, monkeypatch, {"MOM_OPS_GDN_PIECE_CHUNKS": value})
