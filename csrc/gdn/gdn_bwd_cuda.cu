@@ -23,8 +23,7 @@
 #include "gdn/gdn_bwd_launch.h"
 #include "gdn/gdn_checks.h"
 #include "gdn/gdn_fwd_launch.h"
-#include "gdn/gdn_piece_plan.cuh"
-#include "gdn/piece_size.h"
+#include "gdn/piece_plan_launch.h"
 #include "gdn/scan_io.h"
 #include "gdn/scan_prologue.cuh"
 
@@ -72,6 +71,12 @@ bool use_split_backward_chain(const GdnDims& d, int fwd_bv) {
   if (d.dim_k == 256) return !use_warp_specialised_backward_chain(d);
   const int64_t chain_ctas = d.num_seqs * d.heads_v * (d.dim_v / fwd_bv);
   return chain_ctas < 2 * int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+}
+
+// Who scales the ws chain's Qs: the state warpgroups at K = 128, aux at K = 256 (H200, chain kernel time: K = 128
+// 0.339 -> 0.326 ms with the state warpgroups; K = 256 0.404 vs 0.412 ms). MOM_OPS_GDN_BWD_WS_QS=aux / state forces.
+bool ws_chain_qs_in_state(const GdnDims& d) {
+  return d.dim_k == 128 ? !env_is("MOM_OPS_GDN_BWD_WS_QS", "aux") : env_is("MOM_OPS_GDN_BWD_WS_QS", "state");
 }
 
 // The state-gradient chain in pieces (scan_pieces.cuh) where the split chain runs (few long sequences) at K = 128,
@@ -198,31 +203,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       sbp.pdo = pdo.data_ptr<float>();
       sbp.doq = doq.data_ptr();
       sbp.g_rk = g_rk.data_ptr<float>();
-      at::Tensor piece_plan;  // [piece slots, HV] chain starts, then [N, HV] missing flags (scan_pieces.cuh)
+      PiecePlan piece_plan;  // (its workspace lives until the kernels are issued)
       if (use_backward_pieces(d, use_qk_l2norm)) {
-        const PieceSize size =
-            gdn_piece_size(rows, d.heads_v, d.dim_v / 128, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
-        const int64_t slots_p = piece_slots(rows, d.num_seqs, size.chunks), heads = d.num_seqs * d.heads_v;
-        piece_plan = at::empty({slots_p * d.heads_v + heads}, opts.dtype(at::kInt));
-        int* start = piece_plan.data_ptr<int>();
-        int* missing = start + slots_p * d.heads_v;
-        C10_CUDA_CHECK(cudaMemsetAsync(missing, 0, heads * sizeof(int), stream));
-        gdn_piece_plan_kernel<<<unsigned(slots_p), kPiecePlanWarps * 32, 0, stream>>>(
-            PiecePlanParams{io.params, start, missing, size.chunks, size.max_warmup, /*backward=*/true});
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        sbp.pieces = ScanPieces{start, missing, size.chunks};
+        piece_plan = launch_piece_plan(io.params, d, rows, /*backward=*/true, opts, stream);
+        sbp.pieces = piece_plan.pieces;
         GdnBwdParams wp = sbp;  // the cut (sequence, head)s; the split chain the rest
         wp.num_vblocks = int(d.dim_v / 128);
-        wp.ws_qs_in_state = !env_is("MOM_OPS_GDN_BWD_WS_QS", "aux");
+        wp.ws_qs_in_state = ws_chain_qs_in_state(d);
         run_gdn_bwd_chain_ws(wp, bf16, int(d.dim_k), stream);
       }
       run_gdn_bwd_chain_split(sbp, bf16, int(d.dim_k), slots, backward_split_chain_value_block(d), stream);
     } else if (ws_chain) {
       bp.num_vblocks = int(d.dim_v / 128);
-      // Who scales Qs: the state warpgroups at K = 128, aux at K = 256 (H200, chain kernel time: K = 128 0.339 ->
-      // 0.326 ms with the state warpgroups; K = 256 0.404 vs 0.412 ms). MOM_OPS_GDN_BWD_WS_QS=aux / state forces.
-      bp.ws_qs_in_state =
-          d.dim_k == 128 ? !env_is("MOM_OPS_GDN_BWD_WS_QS", "aux") : env_is("MOM_OPS_GDN_BWD_WS_QS", "state");
+      bp.ws_qs_in_state = ws_chain_qs_in_state(d);
       run_gdn_bwd_chain_ws(bp, bf16, int(d.dim_k), stream);
     } else if (width_choice.slots > 0) {  // both widths; the order kernel's flag (order[N]) lets one run
       for (const int id : {0, 1}) {

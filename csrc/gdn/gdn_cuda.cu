@@ -10,8 +10,7 @@
 #include "gdn/gdn_checks.h"
 #include "gdn/gdn_fwd_kernel.cuh"
 #include "gdn/gdn_fwd_launch.h"
-#include "gdn/gdn_piece_plan.cuh"
-#include "gdn/piece_size.h"
+#include "gdn/piece_plan_launch.h"
 #include "gdn/scan_io.h"
 #include "gdn/scan_launch.cuh"
 #include "gdn/scan_prologue.cuh"
@@ -182,19 +181,10 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Te
     run_gdn_fwd_ws(p, q.scalar_type() == at::kBFloat16, stream);
     return {io.o, io.ht};
   }
-  at::Tensor piece_plan;  // [piece slots, HV] piece starts, then [N, HV] missing flags (scan_pieces.cuh)
+  PiecePlan piece_plan;  // (its workspace lives until the kernels are issued)
   if (pieces) {
-    const PieceSize size =
-        gdn_piece_size(rows, d.heads_v, d.dim_v / 128, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
-    const int64_t slots_p = piece_slots(rows, d.num_seqs, size.chunks), heads = d.num_seqs * d.heads_v;
-    piece_plan = at::empty({slots_p * d.heads_v + heads}, q.options().dtype(at::kInt));
-    int* start = piece_plan.data_ptr<int>();
-    int* missing = start + slots_p * d.heads_v;
-    C10_CUDA_CHECK(cudaMemsetAsync(missing, 0, heads * sizeof(int), stream));
-    p.pieces = ScanPieces{start, missing, size.chunks};
-    gdn_piece_plan_kernel<<<unsigned(slots_p), kPiecePlanWarps * 32, 0, stream>>>(
-        PiecePlanParams{io.params, start, missing, size.chunks, size.max_warmup, /*backward=*/false});
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    piece_plan = launch_piece_plan(io.params, d, rows, /*backward=*/false, q.options(), stream);
+    p.pieces = piece_plan.pieces;
     GdnFwdParams wp = p;
     wp.num_vblocks = int(d.dim_v / 128);
     run_gdn_fwd_ws(wp, q.scalar_type() == at::kBFloat16, stream);  // the cut (sequence, head)s; the split the rest
