@@ -119,31 +119,46 @@ def _forward(inp, monkeypatch, env, **kw):
     return mom_ops.chunk_gated_delta_rule(**inp, **kw)
 
 
-# (lengths, heads with a slower decay, its scale, MOM_OPS_GDN_PIECE_CHUNKS, whether every head is cut). At g x 0.015
-# (~-0.8 per chunk) a warm-up needs ~22 chunks: past the default bound (16), within 40-chunk pieces' bound (40).
-PIECE_CASES = [([4096], (), 1e-3, None, True), ([4096], (1, 2), 1e-3, None, False),
-               ([3000, 0, 1, 700, 1500], (3,), 1e-3, None, False), ([4096], (1, 2), 0.015, None, False),
-               ([4096], (1, 2), 0.015, "40", True), ([3000, 0, 1, 700, 1500], (3,), 1e-3, "auto", False)]
+# (lengths, value heads, heads with a slower decay, its scale, MOM_OPS_GDN_PIECE_CHUNKS, whether every head is cut).
+# At g x 0.015 (~-0.8 per chunk) a warm-up needs ~22 chunks: past 16-chunk pieces' bound, within 40-chunk pieces'.
+# 40 value heads: the plan decides them in two blocks (32 + 8), the first in passes of 16 warm-up chunks
+# (csrc/gdn/gdn_piece_plan.cuh), so that the slow heads' warm-ups take two passes (8192 rows: the pieces at
+# chunks 80 and 120 cannot reach back to the start).
+PIECE_CASES = [([4096], 4, (), 1e-3, None, True), ([4096], 4, (1, 2), 1e-3, None, False),
+               ([3000, 0, 1, 700, 1500], 4, (3,), 1e-3, None, False), ([4096], 4, (1, 2), 0.015, "16", False),
+               ([4096], 4, (1, 2), 0.015, "40", True), ([3000, 0, 1, 700, 1500], 4, (3,), 1e-3, "auto", False),
+               ([8192], 40, (1, 2, 33), 0.015, "40", True), ([8192], 40, (1, 35), 1e-3, None, False)]
+
+
+def _piece_size(piece_chunks, rows, heads_v):
+    """(chunks per piece, warm-up bound) as csrc/gdn/piece_size.h chooses them at V = 128: N -> (N, N); unset or
+    auto -> pieces that one wave of the ws kernels (a CTA per SM) holds, at least 16 chunks, warm-ups up to 64."""
+    if piece_chunks not in (None, "auto"):
+        return int(piece_chunks), int(piece_chunks)
+    per_head = max(1, torch.cuda.get_device_properties(0).multi_processor_count // heads_v)
+    chunks = max(16, -(-((rows + 63) // 64) // per_head))
+    return chunks, min(chunks, 64)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("lengths, weak_heads, weak_scale, piece_chunks, all_cut", PIECE_CASES)
-def test_gpu_pieces_match_the_unsplit_kernels(lengths, weak_heads, weak_scale, piece_chunks, all_cut, monkeypatch):
+@pytest.mark.parametrize("lengths, heads_v, weak_heads, weak_scale, piece_chunks, all_cut", PIECE_CASES)
+def test_gpu_pieces_match_the_unsplit_kernels(lengths, heads_v, weak_heads, weak_scale, piece_chunks, all_cut,
+                                              monkeypatch):
     """With pieces, the (sequence, head)s the rule cuts come from the warp-specialised kernel run piece by piece
     (equal to that kernel unsplit up to the missed state, below 2^-24, at the bench's decay; at slow decays within the
     kernels' own bf16 rounding, as far from fp32 as unsplit), the others from the split forward (bit for bit); all
     against the fp32 chunked reference."""
     need_kernel("chunk_gated_delta_rule_fwd", "cuda")
-    inp = _cuda_inputs(lengths, H=2, HV=4, weak_heads=weak_heads, weak_scale=weak_scale)
+    inp = _cuda_inputs(lengths, H=2, HV=heads_v, weak_heads=weak_heads, weak_scale=weak_scale)
     env = {} if piece_chunks is None else {"MOM_OPS_GDN_PIECE_CHUNKS": piece_chunks}
     o, ht = _forward(inp, monkeypatch, env)  # pieces are the default
     o_split, ht_split = _forward(inp, monkeypatch, {"MOM_OPS_GDN_PIECES": "0"})  # few long sequences: the split
     o_ws, ht_ws = _forward(inp, monkeypatch, {"MOM_OPS_GDN_SPLIT": "0"})  # K = 128: the ws kernel, unsplit
-    # {(sequence, head): cut}, by the rule's reference at the CUDA forward's piece size and warm-up bound (16, 16 by
-    # default; N, N for a number; auto is 16 at these sizes: csrc/gdn/piece_size.h)
-    size = 16 if piece_chunks in (None, "auto") else int(piece_chunks)
+    # {(sequence, head): cut}, by the rule's reference at the CUDA forward's piece size and warm-up bound
+    chunks, max_warmup = _piece_size(piece_chunks, sum(lengths), heads_v)
     cpu = {name: t.cpu() for name, t in inp.items()}  # (cu_seqlens among them)
-    plan = piece_plan(cpu["g"], cpu["beta"], cpu["cu_seqlens"], True, piece_chunks=size, max_warmup_chunks=size)
+    plan = piece_plan(cpu["g"], cpu["beta"], cpu["cu_seqlens"], True, piece_chunks=chunks,
+                      max_warmup_chunks=max_warmup)
     cut = {key: runs is not None for key, runs in plan.items()}
     o_ref, ht_ref = chunk_gated_delta_rule_ref(**cpu, use_qk_l2norm_in_kernel=True, output_final_state=True)
     assert rel_rms(o, o_ref) < 5e-3 and rel_rms(ht, ht_ref) < 5e-3
@@ -151,7 +166,7 @@ def test_gpu_pieces_match_the_unsplit_kernels(lengths, weak_heads, weak_scale, p
     assert all(cut.values()) == all_cut
     for i, n in enumerate(lengths):
         rows = slice(start, start + n)
-        for hv in range(4):
+        for hv in range(heads_v):
             if not cut[i, hv]:
                 assert torch.equal(o[0, rows, hv], o_split[0, rows, hv]) and torch.equal(ht[i, hv], ht_split[i, hv])
             elif hv in weak_heads:  # a long warm-up: the two runs' bf16 rounding differs (NOTES.md), not their error

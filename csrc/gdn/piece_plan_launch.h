@@ -32,7 +32,7 @@ inline PiecePlan launch_piece_plan(const ScanParams& params, const GdnDims& d, i
   int* start = plan.workspace.data_ptr<int>();
   int* missing = start + slots * d.heads_v;
   C10_CUDA_CHECK(cudaMemsetAsync(missing, 0, heads * sizeof(int), stream));
-  gdn_piece_plan_kernel<<<unsigned(slots), kPiecePlanWarps * 32, 0, stream>>>(
+  gdn_piece_plan_kernel<<<unsigned(slots), kPiecePlanThreads, kPiecePlanSmem, stream>>>(
       PiecePlanParams{params, start, missing, size.chunks, size.max_warmup, backward});
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   plan.pieces = ScanPieces{start, missing, size.chunks};

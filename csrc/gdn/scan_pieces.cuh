@@ -4,7 +4,7 @@
 // the warm-up's transitions e^{g_t} (I - beta_t k_t k_t^T), has ||Phi|| <= e^{sum g} while every
 // 0 <= beta_t ||k_t||^2 <= 2; so a warm-up qualifies where its summed log-decay is <= ln 2^-24 (below fp32 rounding
 // of the state), beta is in [0, 2] and k is l2-normalised in the kernel. A (sequence, head) is cut only if every
-// piece boundary has such a warm-up of at most max_warmup chunks (16 by default: piece_size.h; or reaches the sequence
+// piece boundary has such a warm-up of at most max_warmup chunks (up to 64 by default: piece_size.h; or reaches the sequence
 // start, where it runs from h0); the others keep the split kernels, which skip the cut ones. (The kernels round the
 // state to 16 bits for their products, so where the decay is slow the two runs' roundings differ for a while after
 // the warm-up and their outputs differ at that rounding's level, ~1e-3, not 2^-24; each is as far from fp32.) The backward's chain runs from the end: its
@@ -19,8 +19,8 @@
 
 namespace mom_ops {
 
-constexpr int kPieceChunks = 16;     // chunks per piece by default (the ws kernel's n32 regime: ~16 per sequence)
-constexpr int kPieceMaxWarmup = 16;  // the warm-ups' default bound: one piece's worth
+constexpr int kPieceChunks = 16;     // the fewest chunks per piece (piece_size.h; the ws kernel's n32 regime: ~16)
+constexpr int kPieceMaxWarmup = 16;  // the warm-ups' bound at 16-chunk pieces (the emulator drivers' default)
 constexpr float kPieceLogEps = -16.635532f;  // ln 2^-24
 
 // Pieces are numbered by piece slots, as chunks by chunk slots (scan_params.h): sequence s's pieces take slots

@@ -141,7 +141,7 @@ int main(int argc, char** argv) {
     if (!split_chain || kK != 128 || V % 128 != 0 || !l2norm) EMU_FAIL("EMU_BWD_PIECES needs EMU_BWD_SPLIT=1, K = V = 128k, l2norm");
     std::memset(plan_missing, 0, size_t(N) * HV * 4);  // (gdn_bwd_cuda.cu: cudaMemsetAsync)
     launch(gdn_piece_plan_kernel, PiecePlanParams{sp, plan_start, plan_missing, piece_chunks, max_warmup, /*backward=*/true},
-           slots_p, 0, kPiecePlanWarps * 32);
+           slots_p, kPiecePlanSmem, kPiecePlanThreads);
     int truncated = 0, cut = 0;
     for (int s = 0; s < N; ++s)  // the rule again on the host (sums in double), warm-ups after each piece
       for (int hv = 0; hv < HV; ++hv) {

@@ -272,7 +272,7 @@ int main(int argc, char** argv) {
       int* missing = start + slots_p * HV;
       std::memset(missing, 0, size_t(N) * HV * 4);  // (gdn_cuda.cu: cudaMemsetAsync)
       launch(gdn_piece_plan_kernel, PiecePlanParams{p, start, missing, chunks, max_warmup, /*backward=*/false}, slots_p,
-             0, kPiecePlanWarps * 32);
+             kPiecePlanSmem, kPiecePlanThreads);
       int plan_errors = 0, truncated = 0;
       for (int s = 0; s < N; ++s)  // the rule again on the host (sums in double)
         for (int hv = 0; hv < HV; ++hv) {

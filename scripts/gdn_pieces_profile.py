@@ -1,0 +1,47 @@
+"""Kernel times of the gdn scan in pieces at n1 D128 (bench inputs) for several decays and piece sizes
+(MOM_OPS_GDN_PIECE_CHUNKS): where the plan's cost goes when nothing can be cut.
+    python3 scripts/gdn_pieces_profile.py [scale ...] (default 1 0.02 0.001)"""
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # the repo root
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import mom_ops
+from bench.gdn_inputs import gdn_inputs
+
+scales = [float(s) for s in sys.argv[1:]] or [1.0, 0.02, 0.001]
+
+
+def forward(inp, cu):
+    return mom_ops.chunk_gated_delta_rule(**inp, cu_seqlens=cu, use_qk_l2norm_in_kernel=True)[0]
+
+
+def kernel_times(fn, calls=10):
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    rows = [(e.key, e.device_time_total / calls) for e in prof.key_averages() if e.device_time_total > 0]
+    return sorted(rows, key=lambda r: -r[1])
+
+
+for s in scales:
+    inp, cu = gdn_inputs(32768, 16, 128, 1, s)
+    leaves = {key: t.detach().requires_grad_(True) for key, t in inp.items()}
+    do = torch.randn_like(inp["v"])
+    for size in ("16", "auto"):
+        os.environ["MOM_OPS_GDN_PIECE_CHUNKS"] = size
+        for mode, fn in (("fwd", lambda: forward(inp, cu)), ("fwdbwd", lambda: forward(leaves, cu).backward(do))):
+            rows = kernel_times(fn)
+            total = sum(t for _, t in rows)
+            print(f"g x {s} chunks={size} {mode}: kernels {total:.1f} us per call")
+            for key, t in rows:
+                if t >= 2.0:
+                    print(f"   {t:8.1f} us  {key[:110]}")
+        torch.cuda.synchronize()
