@@ -63,8 +63,7 @@ __global__ void __launch_bounds__(kGdnThreads) gdn_bwd_prep_kernel(GdnBwdSplitPa
   const int hv = blockIdx.x % p.heads_v, h = hv / (p.heads_v / p.heads_qk);
   int seq, len;
   int64_t bos, eos, c0;
-  if (!split_slot_chunk(p, blockIdx.x / p.heads_v, seq, bos, eos, c0, len)) return;
-  if (piece_is_cut(p.pieces, seq, hv, p.heads_v)) return;  // the ws chain's, in pieces
+  if (!split_slot_chunk(p, p.pieces, hv, blockIdx.x / p.heads_v, seq, bos, eos, c0, len)) return;  // (cut: ws chain)
   const T* q = static_cast<const T*>(p.q);
   const T* k = static_cast<const T*>(p.k);
   const T* dout = static_cast<const T*>(p.dout);

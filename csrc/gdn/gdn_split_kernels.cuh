@@ -82,11 +82,16 @@ struct GdnPrepSmem {
   static_assert(kK > 128 || kCtasPerSm == 3, "three prep CTAs per SM at K <= 128");
 };
 
-// Slot -> its chunk (sequence, rows [bos, eos), first row c0, rows len); false for a slot no chunk uses.
-__device__ __forceinline__ bool split_slot_chunk(const ScanParams& p, int64_t slot, int& seq, int64_t& bos,
-                                                 int64_t& eos, int64_t& c0, int& len) {
+// Slot -> its chunk (sequence, rows [bos, eos), first row c0, rows len) for value head hv; false for a slot no chunk
+// uses and where (sequence, hv) is cut into pieces (scan_pieces.cuh: the warp-specialised kernels run it). The cut
+// flag is loaded beside the bounds, so that a cut head's CTA (at n1 with a fast decay, all 8192 of a kernel's CTAs)
+// exits after one load's latency, not two in a row.
+__device__ __forceinline__ bool split_slot_chunk(const ScanParams& p, const ScanPieces& pieces, int hv, int64_t slot,
+                                                 int& seq, int64_t& bos, int64_t& eos, int64_t& c0, int& len) {
   seq = slot_sequence(p, slot);
+  const bool cut = piece_is_cut(pieces, seq, hv, p.heads_v);
   sequence_bounds(p, seq, bos, eos);
+  if (cut) return false;
   const int64_t chunk = slot - chunk_slot(p, seq, bos);
   c0 = bos + chunk * kGdnChunk;
   if (chunk < 0 || c0 >= eos) return false;
@@ -119,8 +124,7 @@ __global__ void __launch_bounds__(kGdnThreads, GdnPrepSmem<T, kK>::kCtasPerSm) g
   }
   int seq, len;
   int64_t bos, eos, c0;
-  if (!split_slot_chunk(p, blockIdx.x / p.heads_v, seq, bos, eos, c0, len)) return;
-  if (piece_is_cut(p.pieces, seq, hv, p.heads_v)) return;  // the warp-specialised kernel's, in pieces
+  if (!split_slot_chunk(p, p.pieces, hv, blockIdx.x / p.heads_v, seq, bos, eos, c0, len)) return;
   const T* k = static_cast<const T*>(p.k);
   const T* v = static_cast<const T*>(p.v);
 
@@ -412,8 +416,7 @@ __device__ __forceinline__ bool output_cta(const GdnSplitParams& p, int bv, int 
   c.q = static_cast<const T*>(p.q), c.k = static_cast<const T*>(p.k), c.vn = static_cast<const T*>(p.save_vn);
   c.s0 = static_cast<const T*>(p.save_s0) + (c.slot * p.heads_v + c.hv) * int64_t(dim_k) * p.dim_v + c.v0;
   c.o = static_cast<T*>(p.o);
-  return split_slot_chunk(p, c.slot, c.seq, c.bos, c.eos, c.c0, c.len) &&
-         !piece_is_cut(p.pieces, c.seq, c.hv, p.heads_v);  // cut: the warp-specialised kernel's, in pieces
+  return split_slot_chunk(p, p.pieces, c.hv, c.slot, c.seq, c.bos, c.eos, c.c0, c.len);
 }
 
 // Beside the chain: until the chain CTAs of this head have written the chunk's S0 and V_new (all threads; ends with a
