@@ -43,11 +43,38 @@ for D, HV, env in configs:
 torch.cuda.synchronize()
 print("case done")
 '
-# SAN_TOOLS (default "memcheck racecheck"), SAN_KERNEL (kernel-name substring, default gdn), SAN_LINES (lines of each
-# report kept, default 15; hazards print with device backtraces, which name the kernel).
-for tool in ${SAN_TOOLS:-memcheck racecheck}; do
-  echo "== $tool"
-  PYTHONPATH=".:${PYTHONPATH:-}" "$SAN" --tool "$tool" --error-exitcode 3 --show-backtrace device \
-    --kernel-name "kns=${SAN_KERNEL:-gdn}" python3 -c "$case_py" 2>&1 | tail -n "${SAN_LINES:-15}"
-  echo "exit: ${PIPESTATUS[0]}"
+# The scan in pieces (csrc/gdn/scan_pieces.cuh) forward and backward, with the plan kernel's passes: 40 value heads
+# (two head blocks, the first in passes of 16 warm-up chunks: csrc/gdn/gdn_piece_plan.cuh), 20-chunk pieces, slow
+# heads whose warm-ups take two passes, one 2600-row sequence beside a short one; the split paths forced, whose cut
+# heads the ws kernels run.
+pieces_py='
+import os, torch, mom_ops
+from tests.helpers import cu_from_lengths, gdn_inputs
+os.environ.update({"MOM_OPS_GDN_PIECE_CHUNKS": "20", "MOM_OPS_GDN_SPLIT": "1", "MOM_OPS_GDN_BWD_SPLIT": "1"})
+lengths = [2600, 70]
+inp = gdn_inputs(1, sum(lengths), 2, 128, 128, HV=40, dtype=torch.bfloat16, h0=True, n_seqs=len(lengths), device="cuda")
+inp["g"][..., [1, 2, 33]] *= 0.015
+leaves = {k: t.detach().requires_grad_(True) for k, t in inp.items()}
+o, ht = mom_ops.chunk_gated_delta_rule(**leaves, output_final_state=True, use_qk_l2norm_in_kernel=True,
+                                       cu_seqlens=cu_from_lengths(lengths).cuda())
+torch.autograd.backward((o, ht), (torch.randn_like(o), torch.randn_like(ht)))
+torch.cuda.synchronize()
+print("case done")
+'
+# SAN_CASES (default "scan pieces"), SAN_TOOLS (default "memcheck racecheck"), SAN_KERNEL (kernel-name substring,
+# default gdn; racecheck on the pieces case checks the plan kernel only, the scan kernels at its size would take
+# minutes), SAN_LINES (lines of each report kept, default 15; hazards print with device backtraces, which name the
+# kernel).
+for case in ${SAN_CASES:-scan pieces}; do
+  for tool in ${SAN_TOOLS:-memcheck racecheck}; do
+    echo "== $case $tool"
+    py=$case_py kernel=${SAN_KERNEL:-gdn}
+    if [ "$case" = pieces ]; then
+      py=$pieces_py
+      [ "$tool" = racecheck ] && kernel=piece_plan
+    fi
+    PYTHONPATH=".:${PYTHONPATH:-}" "$SAN" --tool "$tool" --error-exitcode 3 --show-backtrace device \
+      --kernel-name "kns=$kernel" python3 -c "$py" 2>&1 | tail -n "${SAN_LINES:-15}"
+    echo "exit: ${PIPESTATUS[0]}"
+  done
 done
