@@ -33,8 +33,12 @@ void launch_chain_split_kernel(const GdnBwdSplitParams& p, cudaStream_t stream) 
 template <typename T, int kK>
 void launch_chain_split(const GdnBwdSplitParams& p, int64_t num_slots, int chain_bv, cudaStream_t stream) {
   using Prep = GdnBwdPrepSmem<T, kK>;
-  launch_scan_kernel(gdn_bwd_prep_kernel<T, kK>, p, num_slots * p.heads_v, kGdnThreads, Prep::kBytes, stream,
-                     "(chunk, head)");
+  const bool pieces = p.pieces.chunks > 0;  // (only at K = 128: gdn_bwd_cuda.cu's use_backward_pieces)
+  auto prep = gdn_bwd_prep_kernel<T, kK, false>;
+  if constexpr (kK == 128) prep = pieces ? gdn_bwd_prep_kernel<T, kK, true> : prep;
+  TORCH_INTERNAL_ASSERT(!pieces || kK == 128);
+  launch_split_items_kernel(prep, p, num_slots * p.heads_v, pieces, kGdnThreads, Prep::kBytes, stream,
+                            "(chunk, head)");
   if constexpr (kK == 256) {
     TORCH_CHECK(chain_bv == 16 || chain_bv == 32, "the split backward chain at K = 256 takes 16 or 32 columns, got ",
                 chain_bv);
@@ -90,6 +94,7 @@ void run_gdn_bwd_chain_ws(const GdnBwdParams& p, bool bf16, int dim_k, cudaStrea
 
 void run_gdn_bwd_chain_split(const GdnBwdSplitParams& p, bool bf16, int dim_k, int64_t num_slots, int chain_bv,
                              cudaStream_t stream) {
+  TORCH_INTERNAL_ASSERT(num_slots == chunk_slots(p.total_rows, p.num_seqs));  // (split_slots() in the kernels)
   BOOL_SWITCH(bf16, kBf16, [&] {
     using T = std::conditional_t<kBf16, __nv_bfloat16, __half>;
     HEADDIM_SWITCH(dim_k, kK, [&] { launch_chain_split<T, kK>(p, num_slots, chain_bv, stream); });

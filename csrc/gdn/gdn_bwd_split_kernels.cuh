@@ -45,8 +45,9 @@ struct GdnBwdPrepSmem {
   static constexpr int kBytes = kVec + 3 * C * 4;
 };
 
+// Item (chunk slot, value head) of the backward prep (split_items.cuh).
 template <typename T, int kK>
-__global__ void __launch_bounds__(kGdnThreads) gdn_bwd_prep_kernel(GdnBwdSplitParams p) {
+__device__ __forceinline__ void gdn_bwd_prep_item(const GdnBwdSplitParams& p, int64_t item) {
   using L = GdnBwdPrepSmem<T, kK>;
   constexpr int C = kGdnChunk, BV = kSplitBV, kLdK = L::kLdK, kLdV = L::kLdV, kLdC = L::kLdC;
   constexpr int kNTo = BV / 2 / 8;  // per-warp output column tiles of a 64-column block
@@ -60,10 +61,10 @@ __global__ void __launch_bounds__(kGdnThreads) gdn_bwd_prep_kernel(GdnBwdSplitPa
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g8 = lane / 4, t4 = lane % 4;
   const int rt = warp % 4, ch = warp / 4, r0 = 16 * rt, i0 = r0 + g8, i1 = i0 + 8;
-  const int hv = blockIdx.x % p.heads_v, h = hv / (p.heads_v / p.heads_qk);
+  const int hv = int(item % p.heads_v), h = hv / (p.heads_v / p.heads_qk);
   int seq, len;
   int64_t bos, eos, c0;
-  if (!split_slot_chunk(p, p.pieces, hv, blockIdx.x / p.heads_v, seq, bos, eos, c0, len)) return;  // (cut: ws chain)
+  if (!split_slot_chunk(p, p.pieces, hv, item / p.heads_v, seq, bos, eos, c0, len)) return;  // (cut: the ws chain's)
   const T* q = static_cast<const T*>(p.q);
   const T* k = static_cast<const T*>(p.k);
   const T* dout = static_cast<const T*>(p.dout);
@@ -83,7 +84,7 @@ __global__ void __launch_bounds__(kGdnThreads) gdn_bwd_prep_kernel(GdnBwdSplitPa
   chunk_norms_and_cumsum<T, kK, PaddedRows<kLdK>>(sQ, sK, sG, sRq, sRk, p.l2norm, tid);
   __syncthreads();
   // G and rk for the chain (all 64 rows: past len, G stays G[len - 1] and the zero rows' rk is finite).
-  if (tid < 2 * C) p.g_rk[(blockIdx.x * int64_t(2) + tid / C) * C + tid % C] = tid < C ? sG[tid] : sRk[tid - C];
+  if (tid < 2 * C) p.g_rk[(item * 2 + tid / C) * C + tid % C] = tid < C ? sG[tid] : sRk[tid - C];
 
   causal_p_rows<T, kK, kLdK, kLdC>(sQ, sK, sG, sRq, sRk, p.scale, sP, r0, ch, lane);
 
@@ -113,6 +114,11 @@ __global__ void __launch_bounds__(kGdnThreads) gdn_bwd_prep_kernel(GdnBwdSplitPa
       }
     }
   }
+}
+
+template <typename T, int kK, bool kItems>
+__global__ void __launch_bounds__(kGdnThreads) gdn_bwd_prep_kernel(GdnBwdSplitParams p) {
+  for_each_split_item<kItems>(p, p.pieces, 1, [&](int64_t item) { gdn_bwd_prep_item<T, kK>(p, item); });
 }
 
 // ---------------------------------------------------------------- 2. the state-gradient chain

@@ -61,8 +61,7 @@ constexpr bool chain_fits_beside_output() {
 }
 
 template <typename T, int kK>
-__global__ void __launch_bounds__(kGdnOutputWgThreads, GdnOutputWgSmem<T, kK>::kCtasPerSm)
-    gdn_output_wgmma_kernel(GdnSplitParams p) {
+__device__ __forceinline__ void gdn_output_wgmma_item(const GdnSplitParams& p, int64_t item) {
   using L = GdnOutputWgSmem<T, kK>;
   constexpr int C = kGdnChunk, BV = L::kBV, kS0Rows = L::kS0Rows, kThreads = kGdnOutputWgThreads;
   using Sw = Sw128Slabs<C>;          // q, k, V_new, o
@@ -78,7 +77,7 @@ __global__ void __launch_bounds__(kGdnOutputWgThreads, GdnOutputWgSmem<T, kK>::k
 
   const int tid = threadIdx.x, wg = tid / 128, wr = (tid % 128) / 32, lane = tid % 32, g8 = lane / 4, t4 = lane % 4;
   OutputCta<T> cta;
-  if (!output_cta(p, BV, kK, cta)) return;
+  if (!output_cta(p, item, BV, kK, cta)) return;
   const int v0 = cta.v0, hv = cta.hv, h = cta.h, len = cta.len;
   const int64_t slot = cta.slot, c0 = cta.c0;
 
@@ -176,6 +175,13 @@ __global__ void __launch_bounds__(kGdnOutputWgThreads, GdnOutputWgSmem<T, kK>::k
       *reinterpret_cast<uint4*>(cta.o + ((c0 + r) * p.heads_v + hv) * p.dim_v + v0 + col) =
           *reinterpret_cast<const uint4*>(sVn + Sw::at(r, col));
   }
+}
+
+template <typename T, int kK, bool kItems>
+__global__ void __launch_bounds__(kGdnOutputWgThreads, GdnOutputWgSmem<T, kK>::kCtasPerSm)
+    gdn_output_wgmma_kernel(GdnSplitParams p) {
+  output_items<kItems>(p, GdnOutputWgSmem<T, kK>::kBV,
+                       [&](int64_t item) { gdn_output_wgmma_item<T, kK>(p, item); });
 }
 
 }  // namespace mom_ops

@@ -53,17 +53,21 @@ void launch_chain(const GdnSplitParams& p, cudaStream_t stream) {
 // Beside the chain (p.chunk_ready set), a programmatic dependent launch.
 template <typename T, int kK, int kBV>
 void launch_output(const GdnSplitParams& p, int64_t num_slots, cudaStream_t stream) {
-  const bool overlap = p.chunk_ready != nullptr;
+  const bool overlap = p.chunk_ready != nullptr, pieces = p.pieces.chunks > 0;
+  const char* programs = "(chunk, head, V-block)";
   if constexpr (kBV == 128) {
     if (gdn_output_on_wgmma()) {
-      launch_scan_kernel(gdn_output_wgmma_kernel<T, kK>, p, num_slots * p.heads_v * (p.dim_v / 128),
-                         kGdnOutputWgThreads, GdnOutputWgSmem<T, kK>::kBytes, stream, "(chunk, head, V-block)",
-                         overlap);
+      auto kernel = gdn_output_wgmma_kernel<T, kK, false>;
+      if constexpr (kK == 128) kernel = pieces ? gdn_output_wgmma_kernel<T, kK, true> : kernel;
+      launch_split_items_kernel(kernel, p, num_slots * p.heads_v * (p.dim_v / 128), pieces, kGdnOutputWgThreads,
+                                GdnOutputWgSmem<T, kK>::kBytes, stream, programs, overlap);
       return;
     }
   }
-  launch_scan_kernel(gdn_output_kernel<T, kK, kBV>, p, num_slots * p.heads_v * (p.dim_v / kBV), kGdnThreads,
-                     GdnOutputSmem<T, kK, kBV>::kBytes, stream, "(chunk, head, V-block)", overlap);
+  auto kernel = gdn_output_kernel<T, kK, kBV, false>;
+  if constexpr (kK == 128) kernel = pieces ? gdn_output_kernel<T, kK, kBV, true> : kernel;
+  launch_split_items_kernel(kernel, p, num_slots * p.heads_v * (p.dim_v / kBV), pieces, kGdnThreads,
+                            GdnOutputSmem<T, kK, kBV>::kBytes, stream, programs, overlap);
 }
 
 // forward_chain_width_choice (gdn_cuda.cu) simulates one chain CTA per SM at either width (K = 256).
@@ -75,12 +79,17 @@ static_assert(2 * GdnChainFwdSmem<__nv_bfloat16, 256, 32, kSmemPerCta>::kBytes >
 
 void run_gdn_fwd_split(const GdnSplitParams& p, bool bf16, int dim_k, int64_t num_slots, int chain_bv,
                        cudaStream_t stream) {
+  TORCH_INTERNAL_ASSERT(num_slots == chunk_slots(p.total_rows, p.num_seqs));  // (split_slots() in the kernels)
   BOOL_SWITCH(bf16, kBf16, [&] {
     using T = std::conditional_t<kBf16, __nv_bfloat16, __half>;
     HEADDIM_SWITCH(dim_k, kK, [&] {
       using Prep = GdnPrepSmem<T, kK>;
-      launch_scan_kernel(gdn_prep_kernel<T, kK>, p, num_slots * p.heads_v, kGdnThreads, Prep::kBytes, stream,
-                         "(chunk, head)");
+      const bool pieces = p.pieces.chunks > 0;  // (only at K = 128: gdn_cuda.cu's use_pieces)
+      auto prep = gdn_prep_kernel<T, kK, false>;
+      if constexpr (kK == 128) prep = pieces ? gdn_prep_kernel<T, kK, true> : prep;
+      TORCH_INTERNAL_ASSERT(!pieces || kK == 128);
+      launch_split_items_kernel(prep, p, num_slots * p.heads_v, pieces, kGdnThreads, Prep::kBytes, stream,
+                                "(chunk, head)");
       if (p.chain_width != nullptr) {  // both widths (chain_bv and half of it); the order kernel's flag picks one
         for (const int id : {0, 1}) {
           GdnSplitParams width_p = p;

@@ -29,6 +29,7 @@
 #include "gdn/chunk_prologue.cuh"
 #include "gdn/gdn_fwd_kernel.cuh"
 #include "gdn/scan_params.h"
+#include "gdn/split_items.cuh"
 
 namespace mom_ops {
 
@@ -99,8 +100,9 @@ __device__ __forceinline__ bool split_slot_chunk(const ScanParams& p, const Scan
   return true;
 }
 
+// Item (chunk slot, value head) of prep (split_items.cuh).
 template <typename T, int kK>
-__global__ void __launch_bounds__(kGdnThreads, GdnPrepSmem<T, kK>::kCtasPerSm) gdn_prep_kernel(GdnSplitParams p) {
+__device__ __forceinline__ void gdn_prep_item(const GdnSplitParams& p, int64_t item) {
   using L = GdnPrepSmem<T, kK>;
   constexpr int C = kGdnChunk, BV = L::kVB, kLdK = L::kLdK, kLdV = L::kLdV, kLdC = L::kLdC;
   constexpr int kNTo = BV / 2 / 8;  // per-warp output column tiles (of one block of columns)
@@ -117,14 +119,10 @@ __global__ void __launch_bounds__(kGdnThreads, GdnPrepSmem<T, kK>::kCtasPerSm) g
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g8 = lane / 4, t4 = lane % 4;
   const int rt = warp % 4, ch = warp / 4, r0 = 16 * rt, i0 = r0 + g8, i1 = i0 + 8;
-  const int hv = blockIdx.x % p.heads_v, h = hv / (p.heads_v / p.heads_qk);
-  if (p.chunk_ready != nullptr && tid == 0) {  // the chain raises them after this kernel (stream order)
-    p.chunk_ready[blockIdx.x] = 0;
-    if (blockIdx.x == 0) *p.chains_done = 0;
-  }
+  const int hv = int(item % p.heads_v), h = hv / (p.heads_v / p.heads_qk);
   int seq, len;
   int64_t bos, eos, c0;
-  if (!split_slot_chunk(p, p.pieces, hv, blockIdx.x / p.heads_v, seq, bos, eos, c0, len)) return;
+  if (!split_slot_chunk(p, p.pieces, hv, item / p.heads_v, seq, bos, eos, c0, len)) return;
   const T* k = static_cast<const T*>(p.k);
   const T* v = static_cast<const T*>(p.v);
 
@@ -150,7 +148,7 @@ __global__ void __launch_bounds__(kGdnThreads, GdnPrepSmem<T, kK>::kCtasPerSm) g
   chunk_norms_and_cumsum<T, kK, PaddedRows<kLdK>>(sK, sK, sG, sRq, sRk, p.l2norm, tid);
   __syncthreads();
   // G and rk for the chain (all 64 rows: past len, G stays G[len - 1] and the zero rows' rk is finite).
-  if (tid < 2 * C) p.g_rk[(blockIdx.x * int64_t(2) + tid / C) * C + tid % C] = tid < C ? sG[tid] : sRk[tid - C];
+  if (tid < 2 * C) p.g_rk[(item * 2 + tid / C) * C + tid % C] = tid < C ? sG[tid] : sRk[tid - C];
 
   // A = (K K^T) beta_i rk_i rk_j e^{G_i - G_j} (i > j): rows r0.., columns of half ch -> sA (fp32).
   if (tid < C) sColW[tid] = sBeta[tid] * __expf(sG[tid]) * sRk[tid];
@@ -244,6 +242,17 @@ __global__ void __launch_bounds__(kGdnThreads, GdnPrepSmem<T, kK>::kCtasPerSm) g
       stage_rows_out.template operator()<8, false>(u_row0 + nt0 * 8, int64_t(p.heads_v) * p.dim_v);
     }
   }
+}
+
+// kItems: with pieces, many items per CTA (split_items.cuh).
+template <typename T, int kK, bool kItems>
+__global__ void __launch_bounds__(kGdnThreads, GdnPrepSmem<T, kK>::kCtasPerSm) gdn_prep_kernel(GdnSplitParams p) {
+  if (p.chunk_ready != nullptr) {  // zeroed for every item (cut ones too); the chain raises them after this kernel
+    const int64_t item = blockIdx.x + int64_t(threadIdx.x) * gridDim.x;
+    if (threadIdx.x < kSplitItemsPerCta && item < split_slots(p) * p.heads_v) p.chunk_ready[item] = 0;
+    if (blockIdx.x == 0 && threadIdx.x == 0) *p.chains_done = 0;
+  }
+  for_each_split_item<kItems>(p, p.pieces, 1, [&](int64_t item) { gdn_prep_item<T, kK>(p, item); });
 }
 
 // ---------------------------------------------------------------- 2. the state chain
@@ -394,8 +403,8 @@ __global__ void __maxnreg__(104) gdn_chain_beside_output_kernel(GdnSplitParams p
 
 // ---------------------------------------------------------------- 3. outputs
 
-// An output CTA's work (gdn_output_kernel and gdn_output_wgmma_kernel.cuh): blockIdx.x -> (chunk slot, value head,
-// V-block of bv columns), the slot's chunk (rows c0 .. c0 + len) and its inputs; false for a slot no chunk uses.
+// An output item's work (gdn_output_kernel and gdn_output_wgmma_kernel.cuh): item -> (chunk slot, value head, V-block
+// of bv columns), the slot's chunk (rows c0 .. c0 + len) and its inputs; false for a slot no chunk uses or a cut head.
 template <typename T>
 struct OutputCta {
   int v0, hv, h, seq, len;
@@ -403,20 +412,26 @@ struct OutputCta {
   const T *q, *k, *s0, *vn;  // s0: the chunk's state at the V-block's first column
   T* o;
 };
-// Beside the chain (gdn_split_overlap), the grid's last CTA also waits for every chain CTA, so that the output kernel
-// ends after the chain's last writes (ht included) and whatever follows it in the stream sees them.
 template <typename T>
-__device__ __forceinline__ bool output_cta(const GdnSplitParams& p, int bv, int dim_k, OutputCta<T>& c) {
-  if (p.chunk_ready != nullptr && blockIdx.x == gridDim.x - 1 && threadIdx.x == 0)
-    acquire_wait(p.chains_done, p.chain_ctas);
+__device__ __forceinline__ bool output_cta(const GdnSplitParams& p, int64_t item, int bv, int dim_k, OutputCta<T>& c) {
   const int num_vblocks = p.dim_v / bv;
-  c.v0 = int(blockIdx.x % num_vblocks) * bv;
-  c.hv = (blockIdx.x / num_vblocks) % p.heads_v, c.h = c.hv / (p.heads_v / p.heads_qk);
-  c.slot = blockIdx.x / (int64_t(num_vblocks) * p.heads_v);
+  c.v0 = int(item % num_vblocks) * bv;
+  c.hv = int((item / num_vblocks) % p.heads_v), c.h = c.hv / (p.heads_v / p.heads_qk);
+  c.slot = item / (int64_t(num_vblocks) * p.heads_v);
   c.q = static_cast<const T*>(p.q), c.k = static_cast<const T*>(p.k), c.vn = static_cast<const T*>(p.save_vn);
   c.s0 = static_cast<const T*>(p.save_s0) + (c.slot * p.heads_v + c.hv) * int64_t(dim_k) * p.dim_v + c.v0;
   c.o = static_cast<T*>(p.o);
   return split_slot_chunk(p, p.pieces, c.hv, c.slot, c.seq, c.bos, c.eos, c.c0, c.len);
+}
+
+// An output kernel: item(item) for each of the CTA's items. Beside the chain (gdn_split_overlap) the grid's last CTA
+// then waits for every chain CTA, so that the kernel ends after the chain's last writes (ht included) and whatever
+// follows it in the stream sees them.
+template <bool kItems, class Item>
+__device__ __forceinline__ void output_items(const GdnSplitParams& p, int bv, Item&& item) {
+  for_each_split_item<kItems>(p, p.pieces, p.dim_v / bv, item);
+  if (p.chunk_ready != nullptr && blockIdx.x == gridDim.x - 1 && threadIdx.x == 0)
+    acquire_wait(p.chains_done, p.chain_ctas);
 }
 
 // Beside the chain: until the chain CTAs of this head have written the chunk's S0 and V_new (all threads; ends with a
@@ -454,8 +469,7 @@ struct GdnOutputSmem {
 };
 
 template <typename T, int kK, int kBV>
-__global__ void __launch_bounds__(kGdnThreads, GdnOutputSmem<T, kK, kBV>::kCtasPerSm)
-    gdn_output_kernel(GdnSplitParams p) {
+__device__ __forceinline__ void gdn_output_item(const GdnSplitParams& p, int64_t item) {
   using L = GdnOutputSmem<T, kK, kBV>;
   constexpr int C = kGdnChunk, BV = kBV, kLdK = L::kLdK, kLdV = L::kLdV;
   constexpr int kNTo = BV / 2 / 8;
@@ -470,7 +484,7 @@ __global__ void __launch_bounds__(kGdnThreads, GdnOutputSmem<T, kK, kBV>::kCtasP
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g8 = lane / 4, t4 = lane % 4;
   const int rt = warp % 4, ch = warp / 4, r0 = 16 * rt, i0 = r0 + g8, i1 = i0 + 8;
   OutputCta<T> cta;
-  if (!output_cta(p, BV, kK, cta)) return;
+  if (!output_cta(p, item, BV, kK, cta)) return;
   const int v0 = cta.v0, hv = cta.hv, h = cta.h, len = cta.len;
   const int64_t slot = cta.slot, c0 = cta.c0;
 
@@ -540,6 +554,12 @@ __global__ void __launch_bounds__(kGdnThreads, GdnOutputSmem<T, kK, kBV>::kCtasP
     if (i0 < len) store2<T>(o + int64_t(i0) * p.heads_v * p.dim_v, p.scale * acc[nt][0], p.scale * acc[nt][1]);
     if (i1 < len) store2<T>(o + int64_t(i1) * p.heads_v * p.dim_v, p.scale * acc[nt][2], p.scale * acc[nt][3]);
   }
+}
+
+template <typename T, int kK, int kBV, bool kItems>
+__global__ void __launch_bounds__(kGdnThreads, GdnOutputSmem<T, kK, kBV>::kCtasPerSm)
+    gdn_output_kernel(GdnSplitParams p) {
+  output_items<kItems>(p, kBV, [&](int64_t item) { gdn_output_item<T, kK, kBV>(p, item); });
 }
 
 }  // namespace mom_ops

@@ -202,7 +202,9 @@ int main(int argc, char** argv) {
                kBwdWsThreads);
       }
 #endif
-      launch(gdn_bwd_prep_kernel<T, kK>, sb, slots * HV, GdnBwdPrepSmem<T, kK>::kBytes);
+      const bool items = sb.pieces.chunks > 0;  // many items per CTA (split_items.cuh), here over 2 CTAs where it can
+      launch(items ? gdn_bwd_prep_kernel<T, kK, true> : gdn_bwd_prep_kernel<T, kK, false>, sb,
+             split_item_grid(slots * HV, items, 2), GdnBwdPrepSmem<T, kK>::kBytes);
       auto chain = [&](auto bv) {
         constexpr int kChainBV = decltype(bv)::value;
         launch(gdn_bwd_chain_split_kernel<T, kK, kChainBV>, sb, int64_t(N) * HV * (V / kChainBV),

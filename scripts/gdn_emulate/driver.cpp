@@ -96,7 +96,11 @@ int main(int argc, char** argv) {
       sp.chunk_ready = counters.as<int>(), sp.chains_done = sp.chunk_ready + slots * HV;
       sp.chain_ctas_per_head = V / emu_chain_bv(), sp.chain_ctas = N * HV * (V / emu_chain_bv());
     }
-    launch(gdn_prep_kernel<T, kK>, sp, slots * HV, GdnPrepSmem<T, kK>::kBytes);
+    // With pieces the kernels take many items per CTA (split_items.cuh), here over a grid of 2 CTAs where it can
+    const bool items = sp.pieces.chunks > 0;
+    auto grid = [&](int64_t n) { return split_item_grid(n, items, 2); };
+    launch(items ? gdn_prep_kernel<T, kK, true> : gdn_prep_kernel<T, kK, false>, sp, grid(slots * HV),
+           GdnPrepSmem<T, kK>::kBytes);
     auto chain = [&](auto bv) {
       constexpr int kChainBV = decltype(bv)::value;
       if constexpr (chain_fits_beside_output<T, kK, kChainBV>()) {  // as gdn_split.cu's launch_chain
@@ -118,12 +122,14 @@ int main(int argc, char** argv) {
     else if (chain_bv == 32) chain(std::integral_constant<int, 32>());
     else chain(std::integral_constant<int, 64>());
     if (gdn_output_value_block(V) == 128 && gdn_output_on_wgmma()) {
-      launch(gdn_output_wgmma_kernel<T, kK>, sp, slots * HV * (V / 128), GdnOutputWgSmem<T, kK>::kBytes,
-             kGdnOutputWgThreads);
+      launch(items ? gdn_output_wgmma_kernel<T, kK, true> : gdn_output_wgmma_kernel<T, kK, false>, sp,
+             grid(slots * HV * (V / 128)), GdnOutputWgSmem<T, kK>::kBytes, kGdnOutputWgThreads);
     } else if (gdn_output_value_block(V) == 128) {
-      launch(gdn_output_kernel<T, kK, 128>, sp, slots * HV * (V / 128), GdnOutputSmem<T, kK, 128>::kBytes);
+      launch(items ? gdn_output_kernel<T, kK, 128, true> : gdn_output_kernel<T, kK, 128, false>, sp,
+             grid(slots * HV * (V / 128)), GdnOutputSmem<T, kK, 128>::kBytes);
     } else {
-      launch(gdn_output_kernel<T, kK, 64>, sp, slots * HV * vb, GdnOutputSmem<T, kK, 64>::kBytes);
+      launch(items ? gdn_output_kernel<T, kK, 64, true> : gdn_output_kernel<T, kK, 64, false>, sp, grid(slots * HV * vb),
+             GdnOutputSmem<T, kK, 64>::kBytes);
     }
   };
   {
