@@ -69,7 +69,8 @@ run emu_256_64_0 1 2 128 1 0 0 3 1 5 130 0 64 7 1
 run emu_64_64_1 2 2 192 1 1 1 1 0 0 300 0 65 1
 unset MOM_OPS_GDN_OVERLAP EMU_SEED EMU_CHAIN_BV
 # pieces where the decay is slow (EMU_G_SCALE): warm-ups of ~10 chunks within the default bound (16), and of ~26
-# within a bound of 40 (MOM_OPS_GDN_PIECE_CHUNKS's longer warm-ups: the plan's second batch of loads); there the
+# within a bound of 40 (MOM_OPS_GDN_PIECE_CHUNKS's longer warm-ups; the plan's passes over several batches of
+# chunks need 16+ heads: tests/test_gdn_pieces.py's 40-head cases on the GPU); there the
 # runs' bf16 rounding differs after the warm-up, so the pieces are checked against fp64 (as far from it as unsplit)
 EMU_G_SCALE=0.15 run emu_128_128_1 1 1 128 1 0 0 2 0 0 2000
 EMU_G_SCALE=0.06 EMU_PIECE_WARMUP=40 run emu_128_128_1 1 1 128 1 0 0 2 0 0 2000
