@@ -42,19 +42,20 @@ void launch_scan_kernel(void (*kernel)(Params), const Params& params, int64_t bl
 }
 
 // A split kernel over `items` (chunk slot, value head[, V-block]) items (split_items.cuh): a CTA per item, or with
-// pieces up to 32 per CTA, at least as many CTAs as the device holds at once (the occupancy calculator's count).
+// `many` (the kernel's kItems) up to 32 per CTA, at least as many CTAs as the device holds at once (the occupancy
+// calculator's count).
 template <typename Params>
-void launch_split_items_kernel(void (*kernel)(Params), const Params& params, int64_t items, bool pieces, int threads,
+void launch_split_items_kernel(void (*kernel)(Params), const Params& params, int64_t items, bool many, int threads,
                                int smem_bytes, cudaStream_t stream, const char* programs, bool overlap_previous = false) {
   int64_t resident = 0;
-  if (pieces) {
+  if (many) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
     int per_sm = 0;
     C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem_bytes));
     resident = int64_t(std::max(per_sm, 1)) * at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   }
-  launch_scan_kernel(kernel, params, split_item_grid(items, pieces, resident), threads, smem_bytes, stream, programs,
+  launch_scan_kernel(kernel, params, split_item_grid(items, many, resident), threads, smem_bytes, stream, programs,
                      overlap_previous);
 }
 

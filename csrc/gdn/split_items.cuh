@@ -1,14 +1,18 @@
 // The grid of the split kernels that take one (chunk slot, value head[, V-block]) item each (forward prep and
 // outputs, backward prep) where the scan in pieces runs beside them (scan_pieces.cuh). With a fast decay every head
 // is cut and every one of their CTAs exits at once; but a CTA costs its dispatch even so (H200 n1 T = 32K: 8192 empty
-// CTAs per kernel, 29 us in the wgmma output kernel at two per SM, 17 us in prep at three). With pieces a CTA
-// therefore takes up to 32 items, skipping the cut ones, whose flags its lanes read together; without pieces a CTA
-// takes one item, as before.
+// CTAs per kernel, 29 us in the wgmma output kernel at two per SM, 17 us in prep at three). With
+// MOM_OPS_GDN_SPLIT_ITEMS=1 (and pieces) a CTA takes up to 32 items, skipping the cut ones, whose flags its lanes read
+// together; otherwise a CTA takes one item, as before. Off by default: where nothing is cut it lost (H200 n1 g x
+// 0.001 fwd 1.158 -> 1.391 ms: the output kernel beside the chain fits one CTA per SM there, so half of its
+// statically assigned items waited for the chain's end; the backward prep +21 us at 70 registers instead of 48),
+// though where everything is cut it won (g x 1 fwd 0.538 -> 0.500, fwd + bwd 2.323 -> 2.271; NOTES.md).
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 
+#include "common/env_flag.h"
 #include "gdn/scan_params.h"
 #include "gdn/scan_pieces.cuh"
 
@@ -16,10 +20,15 @@ namespace mom_ops {
 
 constexpr int kSplitItemsPerCta = 32;  // the most a CTA takes: a lane of each warp per item
 
-// Host: CTAs for `items` items: one each without pieces (the kernels' kItems = false); with them (kItems = true) at
-// least one full wave of `resident` CTAs (so that uncut heads keep every SM busy) and at most 32 items per CTA.
-inline int64_t split_item_grid(int64_t items, bool pieces, int64_t resident) {
-  if (!pieces) return items;
+// Host: whether the split kernels take many items per CTA (kItems): with pieces, where MOM_OPS_GDN_SPLIT_ITEMS=1.
+inline bool split_items_on(const ScanPieces& pieces) {
+  return pieces.chunks > 0 && env_is("MOM_OPS_GDN_SPLIT_ITEMS", "1");
+}
+
+// Host: CTAs for `items` items: one each (the kernels' kItems = false); with many (kItems = true) at least one full
+// wave of `resident` CTAs (so that uncut heads keep every SM busy) and at most 32 items per CTA.
+inline int64_t split_item_grid(int64_t items, bool many, int64_t resident) {
+  if (!many) return items;
   return std::min(items, std::max((items + kSplitItemsPerCta - 1) / kSplitItemsPerCta, resident));
 }
 
