@@ -32,7 +32,7 @@ inline int64_t split_item_grid(int64_t items, bool many, int64_t resident) {
   return std::min(items, std::max((items + kSplitItemsPerCta - 1) / kSplitItemsPerCta, resident));
 }
 
-#ifdef __CUDACC__
+// Device side (CUDA units and the emulator only, as scan_pieces.cuh).
 // Chunk slots of the call (chunk_slots() on the host): the split kernels' items are slots x heads (x V-blocks).
 __device__ __forceinline__ int64_t split_slots(const ScanParams& p) { return p.total_rows / 64 + p.num_seqs + 1; }
 
@@ -74,6 +74,5 @@ __device__ __forceinline__ void for_each_split_item(const ScanParams& p, const S
     }
   }
 }
-#endif
 
 }  // namespace mom_ops
