@@ -49,7 +49,7 @@ __device__ __forceinline__ int slot_sequence_thread(const ScanParams& p, int64_t
 }
 
 // body(item) for this CTA's items. kItems false: a CTA per item, item blockIdx.x (a cut one exits in its body; the
-// kernels as they were, for the launches without pieces). kItems true: items blockIdx.x + l gridDim.x (l < 32) whose
+// kernels as they were, launched unless the split items are on). kItems true: items blockIdx.x + l gridDim.x (l < 32) whose
 // (sequence, value head) is not cut, in order, lane l of every warp reading item l's flag (the same ballot in each
 // warp), a barrier after each (the body reuses shared memory). Items are slot-major: value head
 // (item / vblocks) % heads_v, slot item / (vblocks heads_v).
