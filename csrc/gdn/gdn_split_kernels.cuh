@@ -244,7 +244,7 @@ __device__ __forceinline__ void gdn_prep_item(const GdnSplitParams& p, int64_t i
   }
 }
 
-// kItems: with pieces, many items per CTA (split_items.cuh).
+// kItems: many items per CTA (split_items.cuh: with pieces and MOM_OPS_GDN_SPLIT_ITEMS=1).
 template <typename T, int kK, bool kItems>
 __global__ void __launch_bounds__(kGdnThreads, GdnPrepSmem<T, kK>::kCtasPerSm) gdn_prep_kernel(GdnSplitParams p) {
   if (p.chunk_ready != nullptr) {  // zeroed for every item (cut ones too); the chain raises them after this kernel

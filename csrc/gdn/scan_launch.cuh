@@ -46,7 +46,8 @@ void launch_scan_kernel(void (*kernel)(Params), const Params& params, int64_t bl
 // calculator's count).
 template <typename Params>
 void launch_split_items_kernel(void (*kernel)(Params), const Params& params, int64_t items, bool many, int threads,
-                               int smem_bytes, cudaStream_t stream, const char* programs, bool overlap_previous = false) {
+                               int smem_bytes, cudaStream_t stream, const char* programs,
+                               bool overlap_previous = false) {
   int64_t resident = 0;
   if (many) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
