@@ -1,15 +1,15 @@
 // Long sequences cut into pieces that run in parallel (the forward, and the backward's state-gradient chain;
-// csrc/gdn/NOTES.md, "Against FlashQLA"). A piece of a (sequence, value head) starts its chain a few chunks before
-// its first one from S = 0 instead of the state the previous piece would hand over. The missed part, Phi S with Phi
-// the warm-up's transitions e^{g_t} (I - beta_t k_t k_t^T), has ||Phi|| <= e^{sum g} while every
-// 0 <= beta_t ||k_t||^2 <= 2; so a warm-up qualifies where its summed log-decay is <= ln 2^-24 (below fp32 rounding
-// of the state), beta is in [0, 2] and k is l2-normalised in the kernel. A (sequence, head) is cut only if every
-// piece boundary has such a warm-up of at most max_warmup chunks (up to 64 by default: piece_size.h; or reaches the
-// sequence start, where it runs from h0); the others keep the split kernels, which skip the cut ones. (The kernels round the
-// state to 16 bits for their products, so where the decay is slow the two runs' roundings differ for a while after
-// the warm-up and their outputs differ at that rounding's level, ~1e-3, not 2^-24; each is as far from fp32.) The backward's chain runs from the end: its
-// pieces warm up over the chunks after them, from dS = 0 (or from dht at the sequence's end); the transposed
-// transitions have the same bound. The decision: gdn_piece_plan.cuh; its fp32 reference (forward):
+// csrc/gdn/NOTES.md, "Against FlashQLA"). A piece of a (sequence, value head) starts its chain a few chunks before its
+// first one from S = 0 instead of the state the previous piece would hand over. The missed part, Phi S with Phi the
+// warm-up's transitions e^{g_t} (I - beta_t k_t k_t^T), has ||Phi|| <= e^{sum g} while every 0 <= beta_t ||k_t||^2 <=
+// 2; so a warm-up qualifies where its summed log-decay is <= ln 2^-24 (below fp32 rounding of the state), beta is in
+// [0, 2] and k is l2-normalised in the kernel. A (sequence, head) is cut only if every piece boundary has such a
+// warm-up of at most max_warmup chunks (up to 64 by default: piece_size.h; or reaches the sequence start, where it runs
+// from h0); the others keep the split kernels, which skip the cut ones. (The kernels round the state to 16 bits for
+// their products, so where the decay is slow the two runs' roundings differ for a while after the warm-up and their
+// outputs differ at that rounding's level, ~1e-3, not 2^-24; each is as far from fp32.) The backward's chain runs from
+// the end: its pieces warm up over the chunks after them, from dS = 0 (or from dht at the sequence's end); the
+// transposed transitions have the same bound. The decision: gdn_piece_plan.cuh; its fp32 reference (forward):
 // mom_ops/reference/gdn_pieces.py.
 #pragma once
 
