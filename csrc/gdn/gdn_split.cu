@@ -53,21 +53,20 @@ void launch_chain(const GdnSplitParams& p, cudaStream_t stream) {
 // Beside the chain (p.chunk_ready set), a programmatic dependent launch.
 template <typename T, int kK, int kBV>
 void launch_output(const GdnSplitParams& p, int64_t num_slots, cudaStream_t stream) {
-  const bool overlap = p.chunk_ready != nullptr, items = split_items_on(p.pieces);  // (pieces: K = 128 only)
+  const bool overlap = p.chunk_ready != nullptr;
   const char* programs = "(chunk, head, V-block)";
   if constexpr (kBV == 128) {
     if (gdn_output_on_wgmma()) {
-      auto kernel = gdn_output_wgmma_kernel<T, kK, false>;
-      if constexpr (kK == 128) kernel = items ? gdn_output_wgmma_kernel<T, kK, true> : kernel;
-      launch_split_items_kernel(kernel, p, num_slots * p.heads_v * (p.dim_v / 128), items, kGdnOutputWgThreads,
-                                GdnOutputWgSmem<T, kK>::kBytes, stream, programs, overlap);
+      launch_split_items_kernel<kK>(
+          [](auto many) { return gdn_output_wgmma_kernel<T, kK, decltype(many)::value>; }, p,
+          num_slots * p.heads_v * (p.dim_v / 128), kGdnOutputWgThreads, GdnOutputWgSmem<T, kK>::kBytes, stream,
+          programs, overlap);
       return;
     }
   }
-  auto kernel = gdn_output_kernel<T, kK, kBV, false>;
-  if constexpr (kK == 128) kernel = items ? gdn_output_kernel<T, kK, kBV, true> : kernel;
-  launch_split_items_kernel(kernel, p, num_slots * p.heads_v * (p.dim_v / kBV), items, kGdnThreads,
-                            GdnOutputSmem<T, kK, kBV>::kBytes, stream, programs, overlap);
+  launch_split_items_kernel<kK>([](auto many) { return gdn_output_kernel<T, kK, kBV, decltype(many)::value>; }, p,
+                                num_slots * p.heads_v * (p.dim_v / kBV), kGdnThreads,
+                                GdnOutputSmem<T, kK, kBV>::kBytes, stream, programs, overlap);
 }
 
 // forward_chain_width_choice (gdn_cuda.cu) simulates one chain CTA per SM at either width (K = 256).
@@ -84,12 +83,8 @@ void run_gdn_fwd_split(const GdnSplitParams& p, bool bf16, int dim_k, int64_t nu
     using T = std::conditional_t<kBf16, __nv_bfloat16, __half>;
     HEADDIM_SWITCH(dim_k, kK, [&] {
       using Prep = GdnPrepSmem<T, kK>;
-      const bool items = split_items_on(p.pieces);  // (pieces: only at K = 128, gdn_cuda.cu's use_pieces)
-      auto prep = gdn_prep_kernel<T, kK, false>;
-      if constexpr (kK == 128) prep = items ? gdn_prep_kernel<T, kK, true> : prep;
-      TORCH_INTERNAL_ASSERT(!items || kK == 128);
-      launch_split_items_kernel(prep, p, num_slots * p.heads_v, items, kGdnThreads, Prep::kBytes, stream,
-                                "(chunk, head)");
+      launch_split_items_kernel<kK>([](auto many) { return gdn_prep_kernel<T, kK, decltype(many)::value>; }, p,
+                                    num_slots * p.heads_v, kGdnThreads, Prep::kBytes, stream, "(chunk, head)");
       if (p.chain_width != nullptr) {  // both widths (chain_bv and half of it); the order kernel's flag picks one
         for (const int id : {0, 1}) {
           GdnSplitParams width_p = p;

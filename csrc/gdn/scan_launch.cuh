@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "gdn/split_items.cuh"
 
@@ -41,20 +42,28 @@ void launch_scan_kernel(void (*kernel)(Params), const Params& params, int64_t bl
   C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, params));
 }
 
-// A split kernel over `items` (chunk slot, value head[, V-block]) items (split_items.cuh): a CTA per item, or with
-// `many` (the kernel's kItems) up to 32 per CTA, at least as many CTAs as the device holds at once (the occupancy
-// calculator's count).
-template <typename Params>
-void launch_split_items_kernel(void (*kernel)(Params), const Params& params, int64_t items, bool many, int threads,
-                               int smem_bytes, cudaStream_t stream, const char* programs,
-                               bool overlap_previous = false) {
+// A split kernel over `items` (chunk slot, value head[, V-block]) items (split_items.cuh). instance(kItems) names
+// the kernel's instance for std::bool_constant<kItems>: the one-item kernel, or where the split items are on
+// (split_items_on: pieces, which only K = 128 has) the many-items one, launched with up to 32 items per CTA and at
+// least as many CTAs as the device holds at once (the occupancy calculator's count). Only the K = 128 calls
+// instantiate the many-items kernels.
+template <int kK, typename Params, typename Instance>
+void launch_split_items_kernel(Instance instance, const Params& params, int64_t items, int threads, int smem_bytes,
+                               cudaStream_t stream, const char* programs, bool overlap_previous = false) {
+  const bool many = split_items_on(params.pieces);
+  TORCH_INTERNAL_ASSERT(!many || kK == 128, "split items need pieces, which take K = 128, got K = ", kK);
+  auto kernel = instance(std::false_type{});
   int64_t resident = 0;
-  if (many) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
-    int per_sm = 0;
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem_bytes));
-    resident = int64_t(std::max(per_sm, 1)) * at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  if constexpr (kK == 128) {
+    if (many) {
+      kernel = instance(std::true_type{});
+      // (the attributes launch_scan_kernel sets, before the occupancy query: it counts with them)
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes));
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
+      int per_sm = 0;
+      C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem_bytes));
+      resident = int64_t(std::max(per_sm, 1)) * at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+    }
   }
   launch_scan_kernel(kernel, params, split_item_grid(items, many, resident), threads, smem_bytes, stream, programs,
                      overlap_previous);
