@@ -3,7 +3,9 @@ several decays (the cut needs the decay: at g x 0.001 nothing is cut), in altern
 MOM_OPS_GDN_PIECES=0 / 1, the forward + backward (forward in pieces) with MOM_OPS_GDN_BWD_PIECES=0 / 1, and both
 with MOM_OPS_GDN_PIECE_CHUNKS=16 / auto (csrc/gdn/piece_size.h); also o's relative RMS between the two forwards and
 the gradients' between the two backwards (0 or bf16-rounding level: csrc/gdn/NOTES.md).
-    python3 scripts/gdn_pieces_ab.py [T H n] [decay scale ...]      (default: 32768 16 1, scales 1 0.1 0.02 0.001)"""
+    python3 scripts/gdn_pieces_ab.py [T H n] [decay scale ...]      (default: 32768 16 1, scales 1 0.1 0.02 0.001)
+With --flag NAME first, only NAME=0 / 1 for the forward and the forward + backward (pieces as by default), e.g.
+--flag MOM_OPS_GDN_SPLIT_ITEMS."""
 import os
 import sys
 
@@ -16,6 +18,9 @@ from bench.gdn_inputs import gdn_inputs
 from bench.run import time_ms
 
 args = sys.argv[1:]
+only_flag = None
+if args[:1] == ["--flag"]:
+    only_flag, args = args[1], args[2:]
 T, H, n = (int(x) for x in args[:3]) if len(args) >= 3 else (32768, 16, 1)
 scales = [float(s) for s in args[3:]] or [1.0, 0.1, 0.02, 0.001]
 
@@ -50,6 +55,13 @@ def rel(a, b):
 
 for s in scales:
     inp, cu = gdn_inputs(T, H, 128, n, s)
+    if only_flag is not None:
+        do = torch.randn_like(forward(inp, cu))
+        leaves = {key: t.detach().requires_grad_(True) for key, t in inp.items()}
+        fwd = ab("fwd", only_flag, lambda: forward(inp, cu))
+        fwdbwd = ab("fwdbwd", only_flag, lambda: forward_backward(leaves, cu, do))
+        print(f"gdn_T{T}_H{H}_D128_n{n} g x {s}: {fwd}; {fwdbwd}", flush=True)
+        continue
     os.environ["MOM_OPS_GDN_PIECES"] = "0"
     o_off = forward(inp, cu)
     os.environ["MOM_OPS_GDN_PIECES"] = "1"

@@ -12,7 +12,8 @@
 # time against its GPU time -> host.log), GRAPH_STEP=1 (scripts/layer_graph_step.py: the layer's training step as one
 # CUDA-graph replay against the eager step -> graph.log), AB_FLAGS ("FLAG ...": scripts/layer_flag_ab.py, each
 # mom_ops.nn flag off / on in one process -> ab.log), PIECES_AB=1 (scripts/gdn_pieces_ab.py: the scan in pieces, forward
-# and forward + backward, each flag 0 / 1 at n1 D128 and several decays -> pieces_ab.log). Test time: tests/test_gdn.py::test_gpu_forward takes 50-95 s
+# and forward + backward, each flag 0 / 1 at n1 D128 and several decays -> pieces_ab.log; PIECES_AB_FLAG=NAME: only
+# NAME=0 / 1). Test time: tests/test_gdn.py::test_gpu_forward takes 50-95 s
 # per case (its fp32 Triton reference compiles per case; ~10 min for the eight) and fails only its documented Triton
 # clause, so routine runs pass -k "not (test_gpu_forward and case)". Time fla in a process of its own
 # (BENCH_PROVIDERS=fla, a second call): after fla's layer and its TileLang kernels had run, our layer's fwdbwd read
@@ -99,7 +100,8 @@ for flag in ${AB_FLAGS:-}; do  # A / B of mom_ops.nn flags in one process (scrip
 done
 [ -n "${AB_FLAGS:-}" ] && cat "$OUT/ab.log"
 if [ "${PIECES_AB:-0}" = 1 ]; then
-  timeout 200 python3 scripts/gdn_pieces_ab.py >"$OUT/pieces_ab.log" 2>&1 || status=1
+  timeout 200 python3 scripts/gdn_pieces_ab.py ${PIECES_AB_FLAG:+--flag "$PIECES_AB_FLAG"} >"$OUT/pieces_ab.log" 2>&1 \
+    || status=1
   cat "$OUT/pieces_ab.log"
 fi
 if [ "${GRAPH_STEP:-0}" = 1 ]; then

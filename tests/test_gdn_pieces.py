@@ -246,16 +246,17 @@ def test_gpu_backward_chain_in_pieces(lengths, weak_heads, monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.parametrize("lengths, heads_v, weak_heads", [([3000, 0, 1, 700, 1500], 4, (3,)), ([8192], 40, (1, 35))])
 def test_gpu_split_items_change_nothing(lengths, heads_v, weak_heads, monkeypatch):
-    """MOM_OPS_GDN_SPLIT_ITEMS=1 (csrc/gdn/split_items.cuh: the split kernels beside the pieces take many items per CTA,
-    skipping the cut heads) computes every item as one CTA per item does: o, ht and every gradient bit for bit, with
-    uncut heads (weak_heads, g x 1e-3) among the cut ones."""
+    """The split kernels beside the pieces taking many items per CTA from a counter, skipping the cut heads (the
+    default; csrc/gdn/split_items.cuh), compute every item as one CTA per item does (MOM_OPS_GDN_SPLIT_ITEMS=0): o, ht
+    and every gradient bit for bit, with uncut heads (weak_heads, g x 1e-3) among the cut ones."""
     need_kernel("chunk_gated_delta_rule_bwd", "cuda")
     inp = _cuda_inputs(lengths, H=2, HV=heads_v, weak_heads=weak_heads)
-    o, ht, grads = _gradients(inp, monkeypatch, {}, seed=9)
-    o_items, ht_items, grads_items = _gradients(inp, monkeypatch, {"MOM_OPS_GDN_SPLIT_ITEMS": "1"}, seed=9)
+    one, many = {"MOM_OPS_GDN_SPLIT_ITEMS": "0"}, {}
+    o, ht, grads = _gradients(inp, monkeypatch, one, seed=9)
+    o_items, ht_items, grads_items = _gradients(inp, monkeypatch, many, seed=9)
     with torch.no_grad():  # the inference forward (its output kernel beside the chain)
-        o_inf, ht_inf = _forward(inp, monkeypatch, {})
-        o_inf_items, ht_inf_items = _forward(inp, monkeypatch, {"MOM_OPS_GDN_SPLIT_ITEMS": "1"})
+        o_inf, ht_inf = _forward(inp, monkeypatch, one)
+        o_inf_items, ht_inf_items = _forward(inp, monkeypatch, many)
     assert torch.equal(o, o_items) and torch.equal(ht, ht_items)
     assert torch.equal(o_inf, o_inf_items) and torch.equal(ht_inf, ht_inf_items)
     for key in grads:

@@ -244,15 +244,17 @@ __device__ __forceinline__ void gdn_prep_item(const GdnSplitParams& p, int64_t i
   }
 }
 
-// kItems: many items per CTA (split_items.cuh: with pieces and MOM_OPS_GDN_SPLIT_ITEMS=1).
+// kItems: many items per CTA (split_items.cuh: with pieces, unless MOM_OPS_GDN_SPLIT_ITEMS=0).
 template <typename T, int kK, bool kItems>
 __global__ void __launch_bounds__(kGdnThreads, GdnPrepSmem<T, kK>::kCtasPerSm) gdn_prep_kernel(GdnSplitParams p) {
   if (p.chunk_ready != nullptr) {  // zeroed for every item (cut ones too); the chain raises them after this kernel
-    const int64_t item = blockIdx.x + int64_t(threadIdx.x) * gridDim.x;
-    if (threadIdx.x < kSplitItemsPerCta && item < split_slots(p) * p.heads_v) p.chunk_ready[item] = 0;
+    const int64_t items = split_slots(p) * p.heads_v, threads = int64_t(gridDim.x) * kGdnThreads;
+    for (int64_t item = blockIdx.x + int64_t(threadIdx.x) * gridDim.x; item < items; item += threads)
+      p.chunk_ready[item] = 0;
     if (blockIdx.x == 0 && threadIdx.x == 0) *p.chains_done = 0;
   }
-  for_each_split_item<kItems>(p, p.pieces, 1, [&](int64_t item) { gdn_prep_item<T, kK>(p, item); });
+  for_each_split_item<kItems>(p, p.pieces, 1, p.pieces.item_counters + kPrepItems,
+                              [&](int64_t item) { gdn_prep_item<T, kK>(p, item); });
 }
 
 // ---------------------------------------------------------------- 2. the state chain
@@ -429,7 +431,7 @@ __device__ __forceinline__ bool output_cta(const GdnSplitParams& p, int64_t item
 // follows it in the stream sees them.
 template <bool kItems, class Item>
 __device__ __forceinline__ void output_items(const GdnSplitParams& p, int bv, Item&& item) {
-  for_each_split_item<kItems>(p, p.pieces, p.dim_v / bv, item);
+  for_each_split_item<kItems>(p, p.pieces, p.dim_v / bv, p.pieces.item_counters + kOutputItems, item);
   if (p.chunk_ready != nullptr && blockIdx.x == gridDim.x - 1 && threadIdx.x == 0)
     acquire_wait(p.chains_done, p.chain_ctas);
 }

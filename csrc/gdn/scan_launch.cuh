@@ -44,8 +44,8 @@ void launch_scan_kernel(void (*kernel)(Params), const Params& params, int64_t bl
 
 // A split kernel over `items` (chunk slot, value head[, V-block]) items (split_items.cuh). instance(kItems) names
 // the kernel's instance for std::bool_constant<kItems>: the one-item kernel, or where the split items are on
-// (split_items_on: pieces, which only K = 128 has) the many-items one, launched with up to 32 items per CTA and at
-// least as many CTAs as the device holds at once (the occupancy calculator's count). Only the K = 128 calls
+// (split_items_on: pieces, which only K = 128 has) the many-items one, launched with as many CTAs as the device holds
+// at once (the occupancy calculator's count), which claim the items from the plan's counter. Only the K = 128 calls
 // instantiate the many-items kernels.
 template <int kK, typename Params, typename Instance>
 void launch_split_items_kernel(Instance instance, const Params& params, int64_t items, int threads, int smem_bytes,
@@ -65,8 +65,10 @@ void launch_split_items_kernel(Instance instance, const Params& params, int64_t 
       resident = int64_t(std::max(per_sm, 1)) * at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
     }
   }
-  launch_scan_kernel(kernel, params, split_item_grid(items, many, resident), threads, smem_bytes, stream, programs,
-                     overlap_previous);
+  const int64_t grid = split_item_grid(items, many, resident);
+  TORCH_CHECK(!many || items + kSplitItemsPerClaim * grid < (int64_t(1) << 31), "too many ", programs, " items: ",
+              items);  // (the claims' int counter runs past the items by at most a run per CTA)
+  launch_scan_kernel(kernel, params, grid, threads, smem_bytes, stream, programs, overlap_previous);
 }
 
 }  // namespace mom_ops

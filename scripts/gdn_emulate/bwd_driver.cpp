@@ -133,9 +133,10 @@ int main(int argc, char** argv) {
   const int max_warmup = std::getenv("EMU_PIECE_WARMUP") != nullptr ? std::atoi(std::getenv("EMU_PIECE_WARMUP"))
                                                                     : kPieceMaxWarmup;
   const int64_t slots_p = piece_chunks > 0 ? piece_slots(rows, N, piece_chunks) : 0;
-  Buf plan = galloc(size_t(std::max<int64_t>(1, slots_p * HV + int64_t(N) * HV)) * 4);
+  Buf plan = galloc(size_t(slots_p * HV + int64_t(N) * HV + kSplitItemCounters) * 4);
   int* plan_start = plan.as<int>();
   int* plan_missing = plan_start + slots_p * HV;
+  int* plan_counters = plan_missing + int64_t(N) * HV;  // (zeroed before each backward prep)
   int plan_fails = 0;
   if (piece_chunks > 0) {
     if (!split_chain || kK != 128 || V % 128 != 0 || !l2norm) EMU_FAIL("EMU_BWD_PIECES needs EMU_BWD_SPLIT=1, K = V = 128k, l2norm");
@@ -195,7 +196,7 @@ int main(int argc, char** argv) {
       sb.pdo = pdo.as<float>(), sb.doq = doq.data, sb.g_rk = g_rk.as<float>();
 #if KK == 128
       if (piece_chunks > 0) {
-        sb.pieces = ScanPieces{plan_start, plan_missing, piece_chunks};
+        sb.pieces = ScanPieces{plan_start, plan_missing, piece_chunks, plan_counters};
         GdnBwdParams wp = sb;
         wp.num_vblocks = V / 128, wp.ws_qs_in_state = true;
         launch(gdn_bwd_chain_ws_kernel<T, 128, true>, wp, slots_p * HV * (V / 128), GdnBwdWsSmem<T, 128>::kBytes,
@@ -203,6 +204,7 @@ int main(int argc, char** argv) {
       }
 #endif
       const bool items = sb.pieces.chunks > 0;  // many items per CTA (split_items.cuh), here over 2 CTAs where it can
+      if (items) std::memset(plan_counters, 0, kSplitItemCounters * 4);  // (gdn_bwd_cuda.cu: with the flags)
       launch(items ? gdn_bwd_prep_kernel<T, kK, true> : gdn_bwd_prep_kernel<T, kK, false>, sb,
              split_item_grid(slots * HV, items, 2), GdnBwdPrepSmem<T, kK>::kBytes);
       auto chain = [&](auto bv) {

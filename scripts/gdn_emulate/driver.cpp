@@ -98,6 +98,7 @@ int main(int argc, char** argv) {
     }
     // With pieces the kernels take many items per CTA (split_items.cuh), here over a grid of 2 CTAs where it can
     const bool items = sp.pieces.chunks > 0;
+    if (items) std::memset(sp.pieces.item_counters, 0, kSplitItemCounters * 4);  // (gdn_cuda.cu: with the flags)
     auto grid = [&](int64_t n) { return split_item_grid(n, items, 2); };
     launch(items ? gdn_prep_kernel<T, kK, true> : gdn_prep_kernel<T, kK, false>, sp, grid(slots * HV),
            GdnPrepSmem<T, kK>::kBytes);
@@ -273,9 +274,10 @@ int main(int argc, char** argv) {
       const char* warmup_env = std::getenv("EMU_PIECE_WARMUP");
       const int chunks = 3, max_warmup = warmup_env != nullptr ? std::atoi(warmup_env) : kPieceMaxWarmup;
       const int64_t slots_p = piece_slots(rows, N, chunks);
-      Buf plan = galloc(size_t(slots_p * HV + N * HV) * 4);
+      Buf plan = galloc(size_t(slots_p * HV + N * HV + kSplitItemCounters) * 4);
       int* start = plan.as<int>();
       int* missing = start + slots_p * HV;
+      int* item_counters = missing + N * HV;  // (zeroed by run_split)
       std::memset(missing, 0, size_t(N) * HV * 4);  // (gdn_cuda.cu: cudaMemsetAsync)
       launch(gdn_piece_plan_kernel, PiecePlanParams{p, start, missing, chunks, max_warmup, /*backward=*/false}, slots_p,
              kPiecePlanSmem, kPiecePlanThreads);
@@ -313,7 +315,7 @@ int main(int argc, char** argv) {
       Buf s05, w5, vn5, t5, o6, ht6;
       mk(o6, ht6, s05, w5, vn5, t5);
       GdnFwdParams fp = f;
-      fp.o = o5.data, fp.ht = ht5.as<float>(), fp.pieces = ScanPieces{start, missing, chunks};
+      fp.o = o5.data, fp.ht = ht5.as<float>(), fp.pieces = ScanPieces{start, missing, chunks, item_counters};
       launch(gdn_fwd_ws_kernel<T, false, true>, fp, slots_p * HV * (V / 128), GdnWsSmem<T, false>::kBytes,
              kGdnWsThreads);
       GdnSplitParams sp{};

@@ -146,6 +146,8 @@ inline unsigned __ballot_sync(unsigned, int pred) {
   emu::leave(w); return r;
 }
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
+// (fibers switch only at collectives and barriers, so a plain read-modify-write is atomic here)
+inline int atomicAdd(int* address, int value) { const int old = *address; *address = old + value; return old; }
 inline int __ffs(int x) { return __builtin_ffs(x); }
 // broadcast of lane src's int (small ints only: carried as a float, exact below 2^24; the kernels broadcast warp ids)
 inline int __shfl_sync(unsigned, int v, int src) {
