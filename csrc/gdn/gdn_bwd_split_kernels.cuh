@@ -118,7 +118,7 @@ __device__ __forceinline__ void gdn_bwd_prep_item(const GdnBwdSplitParams& p, in
 
 template <typename T, int kK, bool kItems>
 __global__ void __launch_bounds__(kGdnThreads) gdn_bwd_prep_kernel(GdnBwdSplitParams p) {
-  for_each_split_item<kItems>(p, p.pieces, 1, p.pieces.item_counters + kBwdPrepItems,
+  for_each_split_item<kItems>(p, p.pieces, 1, p.pieces.counters + kBwdPrepItems,
                               [&](int64_t item) { gdn_bwd_prep_item<T, kK>(p, item); });
 }
 

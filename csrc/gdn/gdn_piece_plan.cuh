@@ -16,8 +16,9 @@ constexpr int kPlanHeads = 32;  // value heads a CTA decides together (a head bl
 
 struct PiecePlanParams {
   ScanParams scan;
-  int* start;    // ScanPieces::start and missing, written here (missing zeroed before the launch)
+  int* start;        // ScanPieces::start and missing, written here (missing zeroed before the launch)
   int* missing;
+  int* any_missing;  // ScanPieces::counters[kAnyMissing] (zeroed before the launch): 1 once any flag is raised
   int chunks;
   int max_warmup;  // chunks a warm-up may take at most
   bool backward;   // warm-ups after the pieces (the backward's chain), else before them
@@ -116,7 +117,10 @@ static __global__ void __launch_bounds__(kPiecePlanThreads, 1) gdn_piece_plan_ke
       if (run < 0 && window == reach) run = exact;  // the whole way: exact
       const int hv = hb + t;
       pp.start[int64_t(blockIdx.x) * p.heads_v + hv] = run;
-      if (run < 0 || !p.l2norm) pp.missing[int64_t(seq) * p.heads_v + hv] = 1;  // (the bound needs ||k|| <= 1)
+      if (run < 0 || !p.l2norm) {  // (the bound needs ||k|| <= 1)
+        pp.missing[int64_t(seq) * p.heads_v + hv] = 1;
+        *pp.any_missing = 1;
+      }
     }
   }
 }

@@ -253,7 +253,7 @@ __global__ void __launch_bounds__(kGdnThreads, GdnPrepSmem<T, kK>::kCtasPerSm) g
       p.chunk_ready[item] = 0;
     if (blockIdx.x == 0 && threadIdx.x == 0) *p.chains_done = 0;
   }
-  for_each_split_item<kItems>(p, p.pieces, 1, p.pieces.item_counters + kPrepItems,
+  for_each_split_item<kItems>(p, p.pieces, 1, p.pieces.counters + kPrepItems,
                               [&](int64_t item) { gdn_prep_item<T, kK>(p, item); });
 }
 
@@ -431,7 +431,7 @@ __device__ __forceinline__ bool output_cta(const GdnSplitParams& p, int64_t item
 // follows it in the stream sees them.
 template <bool kItems, class Item>
 __device__ __forceinline__ void output_items(const GdnSplitParams& p, int bv, Item&& item) {
-  for_each_split_item<kItems>(p, p.pieces, p.dim_v / bv, p.pieces.item_counters + kOutputItems, item);
+  for_each_split_item<kItems>(p, p.pieces, p.dim_v / bv, p.pieces.counters + kOutputItems, item);
   if (p.chunk_ready != nullptr && blockIdx.x == gridDim.x - 1 && threadIdx.x == 0)
     acquire_wait(p.chains_done, p.chain_ctas);
 }

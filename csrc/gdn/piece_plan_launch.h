@@ -17,7 +17,7 @@
 namespace mom_ops {
 
 struct PiecePlan {
-  at::Tensor workspace;  // [piece slots, HV] chain starts, [N, HV] missing flags, the item counters (int32)
+  at::Tensor workspace;  // [piece slots, HV] chain starts, [N, HV] missing flags, the counters (int32)
   ScanPieces pieces{};   // into workspace
 };
 
@@ -28,15 +28,15 @@ inline PiecePlan launch_piece_plan(const ScanParams& params, const GdnDims& d, i
       gdn_piece_size(rows, d.heads_v, d.dim_v / 128, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
   const int64_t slots = piece_slots(rows, d.num_seqs, size.chunks), heads = d.num_seqs * d.heads_v;
   PiecePlan plan;
-  plan.workspace = at::empty({slots * d.heads_v + heads + kSplitItemCounters}, options.dtype(at::kInt));
+  plan.workspace = at::empty({slots * d.heads_v + heads + kPieceCounters}, options.dtype(at::kInt));
   int* start = plan.workspace.data_ptr<int>();
   int* missing = start + slots * d.heads_v;
-  int* item_counters = missing + heads;
-  C10_CUDA_CHECK(cudaMemsetAsync(missing, 0, (heads + kSplitItemCounters) * sizeof(int), stream));
+  int* counters = missing + heads;
+  C10_CUDA_CHECK(cudaMemsetAsync(missing, 0, (heads + kPieceCounters) * sizeof(int), stream));
   gdn_piece_plan_kernel<<<unsigned(slots), kPiecePlanThreads, kPiecePlanSmem, stream>>>(
-      PiecePlanParams{params, start, missing, size.chunks, size.max_warmup, backward});
+      PiecePlanParams{params, start, missing, counters + kAnyMissing, size.chunks, size.max_warmup, backward});
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  plan.pieces = ScanPieces{start, missing, size.chunks, item_counters};
+  plan.pieces = ScanPieces{start, missing, size.chunks, counters};
   return plan;
 }
 

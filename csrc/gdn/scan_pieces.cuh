@@ -33,12 +33,13 @@ struct ScanPieces {
   const int* missing;  // [N, HV]: 0 where the (sequence, head) runs in pieces, nonzero where the split forward runs
                        // it (a piece without a warm-up that qualifies, or k not normalised)
   int chunks;          // chunks per piece; 0: no pieces
-  int* item_counters;  // [kSplitItemCounters]: the split kernels' next unclaimed item (split_items.cuh), zeroed with
-                       // missing
+  int* counters;       // [kPieceCounters], zeroed with missing (split_items.cuh)
 };
 
-// One counter per split kernel that takes many items per CTA; a plan serves one call, which launches each at most once.
-enum SplitItemCounter : int { kPrepItems = 0, kOutputItems = 1, kBwdPrepItems = 2, kSplitItemCounters = 3 };
+// ScanPieces::counters: whether any (sequence, head) is not cut (the plan raises it with its missing flag), then the
+// next unclaimed item of each split kernel that takes many items per CTA (a plan serves one call, which launches each
+// of them at most once).
+enum PieceCounter : int { kAnyMissing = 0, kPrepItems, kOutputItems, kBwdPrepItems, kPieceCounters };
 
 inline int64_t piece_slots(int64_t total_rows, int64_t num_seqs, int chunks) {
   return total_rows / (int64_t(64) * chunks) + num_seqs + 1;

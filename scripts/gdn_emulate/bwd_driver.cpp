@@ -133,15 +133,17 @@ int main(int argc, char** argv) {
   const int max_warmup = std::getenv("EMU_PIECE_WARMUP") != nullptr ? std::atoi(std::getenv("EMU_PIECE_WARMUP"))
                                                                     : kPieceMaxWarmup;
   const int64_t slots_p = piece_chunks > 0 ? piece_slots(rows, N, piece_chunks) : 0;
-  Buf plan = galloc(size_t(slots_p * HV + int64_t(N) * HV + kSplitItemCounters) * 4);
+  Buf plan = galloc(size_t(slots_p * HV + int64_t(N) * HV + kPieceCounters) * 4);
   int* plan_start = plan.as<int>();
   int* plan_missing = plan_start + slots_p * HV;
-  int* plan_counters = plan_missing + int64_t(N) * HV;  // (zeroed before each backward prep)
+  int* plan_counters = plan_missing + int64_t(N) * HV;  // (the item counters zeroed again before each backward prep)
   int plan_fails = 0;
   if (piece_chunks > 0) {
     if (!split_chain || kK != 128 || V % 128 != 0 || !l2norm) EMU_FAIL("EMU_BWD_PIECES needs EMU_BWD_SPLIT=1, K = V = 128k, l2norm");
-    std::memset(plan_missing, 0, size_t(N) * HV * 4);  // (gdn_bwd_cuda.cu: cudaMemsetAsync)
-    launch(gdn_piece_plan_kernel, PiecePlanParams{sp, plan_start, plan_missing, piece_chunks, max_warmup, /*backward=*/true},
+    std::memset(plan_missing, 0, size_t(N * HV + kPieceCounters) * 4);  // (gdn_bwd_cuda.cu: cudaMemsetAsync)
+    launch(gdn_piece_plan_kernel,
+           PiecePlanParams{sp, plan_start, plan_missing, plan_counters + kAnyMissing, piece_chunks, max_warmup,
+                           /*backward=*/true},
            slots_p, kPiecePlanSmem, kPiecePlanThreads);
     int truncated = 0, cut = 0;
     for (int s = 0; s < N; ++s)  // the rule again on the host (sums in double), warm-ups after each piece
@@ -170,7 +172,7 @@ int main(int argc, char** argv) {
           truncated += stop != -1 && stop < nc;
         }
         plan_fails += (plan_missing[s * HV + hv] != 0) != !all;
-        if (hv % 2 == 1) plan_missing[s * HV + hv] = 1;  // odd heads: the split chain's
+        if (hv % 2 == 1) plan_missing[s * HV + hv] = plan_counters[kAnyMissing] = 1;  // odd heads: the split chain's
         cut += plan_missing[s * HV + hv] == 0;
       }
     std::printf("  backward pieces of %d chunks: plan %d mismatches vs the host, %d pieces from a warm-up, %d heads cut\n",
@@ -204,7 +206,7 @@ int main(int argc, char** argv) {
       }
 #endif
       const bool items = sb.pieces.chunks > 0;  // many items per CTA (split_items.cuh), here over 2 CTAs where it can
-      if (items) std::memset(plan_counters, 0, kSplitItemCounters * 4);  // (gdn_bwd_cuda.cu: with the flags)
+      if (items) plan_counters[kBwdPrepItems] = 0;  // (gdn_bwd_cuda.cu: zeroed with the flags, one backward per plan)
       launch(items ? gdn_bwd_prep_kernel<T, kK, true> : gdn_bwd_prep_kernel<T, kK, false>, sb,
              split_item_grid(slots * HV, items, 2), GdnBwdPrepSmem<T, kK>::kBytes);
       auto chain = [&](auto bv) {

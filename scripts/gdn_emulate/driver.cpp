@@ -98,7 +98,8 @@ int main(int argc, char** argv) {
     }
     // With pieces the kernels take many items per CTA (split_items.cuh), here over a grid of 2 CTAs where it can
     const bool items = sp.pieces.chunks > 0;
-    if (items) std::memset(sp.pieces.item_counters, 0, kSplitItemCounters * 4);  // (gdn_cuda.cu: with the flags)
+    if (items)  // the item counters (gdn_cuda.cu: zeroed with the flags)
+      std::memset(sp.pieces.counters + kPrepItems, 0, (kPieceCounters - kPrepItems) * 4);
     auto grid = [&](int64_t n) { return split_item_grid(n, items, 2); };
     launch(items ? gdn_prep_kernel<T, kK, true> : gdn_prep_kernel<T, kK, false>, sp, grid(slots * HV),
            GdnPrepSmem<T, kK>::kBytes);
@@ -274,13 +275,14 @@ int main(int argc, char** argv) {
       const char* warmup_env = std::getenv("EMU_PIECE_WARMUP");
       const int chunks = 3, max_warmup = warmup_env != nullptr ? std::atoi(warmup_env) : kPieceMaxWarmup;
       const int64_t slots_p = piece_slots(rows, N, chunks);
-      Buf plan = galloc(size_t(slots_p * HV + N * HV + kSplitItemCounters) * 4);
+      Buf plan = galloc(size_t(slots_p * HV + N * HV + kPieceCounters) * 4);
       int* start = plan.as<int>();
       int* missing = start + slots_p * HV;
-      int* item_counters = missing + N * HV;  // (zeroed by run_split)
-      std::memset(missing, 0, size_t(N) * HV * 4);  // (gdn_cuda.cu: cudaMemsetAsync)
-      launch(gdn_piece_plan_kernel, PiecePlanParams{p, start, missing, chunks, max_warmup, /*backward=*/false}, slots_p,
-             kPiecePlanSmem, kPiecePlanThreads);
+      int* counters = missing + N * HV;
+      std::memset(missing, 0, size_t(N * HV + kPieceCounters) * 4);  // (gdn_cuda.cu: cudaMemsetAsync)
+      launch(gdn_piece_plan_kernel,
+             PiecePlanParams{p, start, missing, counters + kAnyMissing, chunks, max_warmup, /*backward=*/false},
+             slots_p, kPiecePlanSmem, kPiecePlanThreads);
       int plan_errors = 0, truncated = 0;
       for (int s = 0; s < N; ++s)  // the rule again on the host (sums in double)
         for (int hv = 0; hv < HV; ++hv) {
@@ -307,7 +309,7 @@ int main(int argc, char** argv) {
             truncated += run > 0;
           }
           plan_errors += (missing[s * HV + hv] != 0) != !all;
-          if (hv % 2 == 1) missing[s * HV + hv] = 1;  // odd heads: the split forward's (its kernels skip the others)
+          if (hv % 2 == 1) missing[s * HV + hv] = counters[kAnyMissing] = 1;  // odd heads: the split forward's
         }
       std::printf("  pieces plan: %d mismatches vs the host, %d pieces from a warm-up\n", plan_errors, truncated);
       fails += plan_errors != 0;
@@ -315,7 +317,7 @@ int main(int argc, char** argv) {
       Buf s05, w5, vn5, t5, o6, ht6;
       mk(o6, ht6, s05, w5, vn5, t5);
       GdnFwdParams fp = f;
-      fp.o = o5.data, fp.ht = ht5.as<float>(), fp.pieces = ScanPieces{start, missing, chunks, item_counters};
+      fp.o = o5.data, fp.ht = ht5.as<float>(), fp.pieces = ScanPieces{start, missing, chunks, counters};
       launch(gdn_fwd_ws_kernel<T, false, true>, fp, slots_p * HV * (V / 128), GdnWsSmem<T, false>::kBytes,
              kGdnWsThreads);
       GdnSplitParams sp{};
