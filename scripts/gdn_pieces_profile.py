@@ -1,6 +1,7 @@
 """Kernel times of the gdn scan in pieces at n1 D128 (bench inputs) for several decays and piece sizes
 (MOM_OPS_GDN_PIECE_CHUNKS): where the plan's cost goes when nothing can be cut.
-    python3 scripts/gdn_pieces_profile.py [scale ...] (default 1 0.02 0.001)"""
+    python3 scripts/gdn_pieces_profile.py [scale ...] (default 1 0.02 0.001)
+With --flag NAME first, NAME=0 / 1 instead of the piece sizes (e.g. --flag MOM_OPS_GDN_SPLIT_ITEMS)."""
 import os
 import sys
 
@@ -12,7 +13,11 @@ from torch.profiler import ProfilerActivity, profile
 import mom_ops
 from bench.gdn_inputs import gdn_inputs
 
-scales = [float(s) for s in sys.argv[1:]] or [1.0, 0.02, 0.001]
+args = sys.argv[1:]
+flag, values = "MOM_OPS_GDN_PIECE_CHUNKS", ("16", "auto")
+if args[:1] == ["--flag"]:
+    flag, values, args = args[1], ("0", "1"), args[2:]
+scales = [float(s) for s in args] or [1.0, 0.02, 0.001]
 
 
 def forward(inp, cu):
@@ -35,13 +40,13 @@ for s in scales:
     inp, cu = gdn_inputs(32768, 16, 128, 1, s)
     leaves = {key: t.detach().requires_grad_(True) for key, t in inp.items()}
     do = torch.randn_like(inp["v"])
-    for size in ("16", "auto"):
-        os.environ["MOM_OPS_GDN_PIECE_CHUNKS"] = size
+    for size in values:
+        os.environ[flag] = size
         fwdbwd = lambda: torch.autograd.grad(forward(leaves, cu), tuple(leaves.values()), do)  # (as the bench)
         for mode, fn in (("fwd", lambda: forward(inp, cu)), ("fwdbwd", fwdbwd)):
             rows = kernel_times(fn)
             total = sum(t for _, t in rows)
-            print(f"g x {s} chunks={size} {mode}: kernels {total:.1f} us per call")
+            print(f"g x {s} {flag}={size} {mode}: kernels {total:.1f} us per call")
             for key, t in rows:
                 if t >= 2.0:
                     print(f"   {t:8.1f} us  {key[:110]}")
