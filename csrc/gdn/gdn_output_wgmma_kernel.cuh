@@ -177,11 +177,26 @@ __device__ __forceinline__ void gdn_output_wgmma_item(const GdnSplitParams& p, i
   }
 }
 
-template <typename T, int kK, bool kItems>
+// A CTA per item.
+template <typename T, int kK>
 __global__ void __launch_bounds__(kGdnOutputWgThreads, GdnOutputWgSmem<T, kK>::kCtasPerSm)
     gdn_output_wgmma_kernel(GdnSplitParams p) {
-  output_items<kItems>(p, GdnOutputWgSmem<T, kK>::kBV,
-                       [&](int64_t item) { gdn_output_wgmma_item<T, kK>(p, item); });
+  output_items<false>(p, GdnOutputWgSmem<T, kK>::kBV, [&](int64_t item) { gdn_output_wgmma_item<T, kK>(p, item); });
+}
+
+// Items claimed from the plan's counter (split_items.cuh; K = 128), within 96 registers so that a CTA fits beside a
+// chain CTA (gdn_chain_beside_output_kernel: 384 x 104 + 256 x 96 registers). Under __launch_bounds__(256, 2) the
+// loop took 128, and beside the chain the outputs ran on the four SMs without a chain CTA (H200 n1, nothing cut: the
+// output kernel ended 200 us after the chain). The item is called out of line: inlined into the loop it spilled 200
+// bytes at 96 registers (the invariants hoisted out of the loop); out of line, 4 bytes, and a 264-byte stack frame
+// for the parameters it takes by reference.
+template <typename T, int kK>
+__device__ __noinline__ void gdn_output_wgmma_item_call(const GdnSplitParams& p, int64_t item) {
+  gdn_output_wgmma_item<T, kK>(p, item);
+}
+template <typename T, int kK>
+__global__ void __maxnreg__(96) gdn_output_wgmma_items_kernel(GdnSplitParams p) {
+  output_items<true>(p, GdnOutputWgSmem<T, kK>::kBV, [&](int64_t item) { gdn_output_wgmma_item_call<T, kK>(p, item); });
 }
 
 }  // namespace mom_ops

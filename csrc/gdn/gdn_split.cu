@@ -58,7 +58,11 @@ void launch_output(const GdnSplitParams& p, int64_t num_slots, cudaStream_t stre
   if constexpr (kBV == 128) {
     if (gdn_output_on_wgmma()) {
       launch_split_items_kernel<kK>(
-          [](auto many) { return gdn_output_wgmma_kernel<T, kK, decltype(many)::value>; }, p,
+          [](auto many) {
+            if constexpr (decltype(many)::value) return gdn_output_wgmma_items_kernel<T, kK>;
+            else return gdn_output_wgmma_kernel<T, kK>;
+          },
+          p,
           num_slots * p.heads_v * (p.dim_v / 128), kGdnOutputWgThreads, GdnOutputWgSmem<T, kK>::kBytes, stream,
           programs, overlap);
       return;

@@ -245,6 +245,12 @@ __device__ __forceinline__ void gdn_prep_item(const GdnSplitParams& p, int64_t i
 }
 
 // kItems: many items per CTA (split_items.cuh: with pieces, unless MOM_OPS_GDN_SPLIT_ITEMS=0).
+// (The items loop calls the item out of line: inlined, its invariants hoisted out of the loop took 112 bytes of
+// spills at the 80 registers of three CTAs per SM; out of line it has the one-item kernel's registers.)
+template <typename T, int kK>
+__device__ __noinline__ void gdn_prep_item_call(const GdnSplitParams& p, int64_t item) {
+  gdn_prep_item<T, kK>(p, item);
+}
 template <typename T, int kK, bool kItems>
 __global__ void __launch_bounds__(kGdnThreads, GdnPrepSmem<T, kK>::kCtasPerSm) gdn_prep_kernel(GdnSplitParams p) {
   if (p.chunk_ready != nullptr) {  // zeroed for every item (cut ones too); the chain raises them after this kernel
@@ -253,8 +259,10 @@ __global__ void __launch_bounds__(kGdnThreads, GdnPrepSmem<T, kK>::kCtasPerSm) g
       p.chunk_ready[item] = 0;
     if (blockIdx.x == 0 && threadIdx.x == 0) *p.chains_done = 0;
   }
-  for_each_split_item<kItems>(p, p.pieces, 1, p.pieces.counters + kPrepItems,
-                              [&](int64_t item) { gdn_prep_item<T, kK>(p, item); });
+  for_each_split_item<kItems>(p, p.pieces, 1, p.pieces.counters + kPrepItems, [&](int64_t item) {
+    if constexpr (kItems) gdn_prep_item_call<T, kK>(p, item);
+    else gdn_prep_item<T, kK>(p, item);
+  });
 }
 
 // ---------------------------------------------------------------- 2. the state chain

@@ -124,7 +124,7 @@ int main(int argc, char** argv) {
     else if (chain_bv == 32) chain(std::integral_constant<int, 32>());
     else chain(std::integral_constant<int, 64>());
     if (gdn_output_value_block(V) == 128 && gdn_output_on_wgmma()) {
-      launch(items ? gdn_output_wgmma_kernel<T, kK, true> : gdn_output_wgmma_kernel<T, kK, false>, sp,
+      launch(items ? gdn_output_wgmma_items_kernel<T, kK> : gdn_output_wgmma_kernel<T, kK>, sp,
              grid(slots * HV * (V / 128)), GdnOutputWgSmem<T, kK>::kBytes, kGdnOutputWgThreads);
     } else if (gdn_output_value_block(V) == 128) {
       launch(items ? gdn_output_kernel<T, kK, 128, true> : gdn_output_kernel<T, kK, 128, false>, sp,
