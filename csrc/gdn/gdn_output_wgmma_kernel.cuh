@@ -195,7 +195,7 @@ __device__ __noinline__ void gdn_output_wgmma_item_call(const GdnSplitParams& p,
   gdn_output_wgmma_item<T, kK>(p, item);
 }
 template <typename T, int kK>
-__global__ void __maxnreg__(96) gdn_output_wgmma_items_kernel(GdnSplitParams p) {
+__global__ void __maxnreg__(96) gdn_output_wgmma_items_kernel(const __grid_constant__ GdnSplitParams p) {
   output_items<true>(p, GdnOutputWgSmem<T, kK>::kBV, [&](int64_t item) { gdn_output_wgmma_item_call<T, kK>(p, item); });
 }
 

@@ -251,8 +251,8 @@ template <typename T, int kK>
 __device__ __noinline__ void gdn_prep_item_call(const GdnSplitParams& p, int64_t item) {
   gdn_prep_item<T, kK>(p, item);
 }
-template <typename T, int kK, bool kItems>
-__global__ void __launch_bounds__(kGdnThreads, GdnPrepSmem<T, kK>::kCtasPerSm) gdn_prep_kernel(GdnSplitParams p) {
+template <typename T, int kK, bool kItems, int kCtas = GdnPrepSmem<T, kK>::kCtasPerSm>
+__global__ void __launch_bounds__(kGdnThreads, kCtas) gdn_prep_kernel(const __grid_constant__ GdnSplitParams p) {
   if (p.chunk_ready != nullptr) {  // zeroed for every item (cut ones too); the chain raises them after this kernel
     const int64_t items = split_slots(p) * p.heads_v, threads = int64_t(gridDim.x) * kGdnThreads;
     for (int64_t item = blockIdx.x + int64_t(threadIdx.x) * gridDim.x; item < items; item += threads)
@@ -260,7 +260,7 @@ __global__ void __launch_bounds__(kGdnThreads, GdnPrepSmem<T, kK>::kCtasPerSm) g
     if (blockIdx.x == 0 && threadIdx.x == 0) *p.chains_done = 0;
   }
   for_each_split_item<kItems>(p, p.pieces, 1, p.pieces.counters + kPrepItems, [&](int64_t item) {
-    if constexpr (kItems) gdn_prep_item_call<T, kK>(p, item);
+    if constexpr (kItems && kCtas > 2) gdn_prep_item_call<T, kK>(p, item);
     else gdn_prep_item<T, kK>(p, item);
   });
 }

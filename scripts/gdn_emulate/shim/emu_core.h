@@ -23,6 +23,7 @@
 #define __noinline__ __attribute__((noinline))
 #define __launch_bounds__(...)
 #define __maxnreg__(...)
+#define __grid_constant__
 #define __shared__
 #define __align__(n)
 
