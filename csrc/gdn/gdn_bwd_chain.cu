@@ -33,8 +33,8 @@ void launch_chain_split_kernel(const GdnBwdSplitParams& p, cudaStream_t stream) 
 template <typename T, int kK>
 void launch_chain_split(const GdnBwdSplitParams& p, int64_t num_slots, int chain_bv, cudaStream_t stream) {
   using Prep = GdnBwdPrepSmem<T, kK>;
-  launch_split_items_kernel<kK>([](auto many) { return gdn_bwd_prep_kernel<T, kK, decltype(many)::value>; }, p,
-                                num_slots * p.heads_v, kGdnThreads, Prep::kBytes, stream, "(chunk, head)");
+  launch_scan_kernel(gdn_bwd_prep_kernel<T, kK>, p, num_slots * p.heads_v, kGdnThreads, Prep::kBytes, stream,
+                     "(chunk, head)");
   if constexpr (kK == 256) {
     TORCH_CHECK(chain_bv == 16 || chain_bv == 32, "the split backward chain at K = 256 takes 16 or 32 columns, got ",
                 chain_bv);

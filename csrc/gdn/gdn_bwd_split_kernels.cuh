@@ -45,7 +45,7 @@ struct GdnBwdPrepSmem {
   static constexpr int kBytes = kVec + 3 * C * 4;
 };
 
-// Item (chunk slot, value head) of the backward prep (split_items.cuh).
+// Item (chunk slot, value head) of the backward prep.
 template <typename T, int kK>
 __device__ __forceinline__ void gdn_bwd_prep_item(const GdnBwdSplitParams& p, int64_t item) {
   using L = GdnBwdPrepSmem<T, kK>;
@@ -116,10 +116,10 @@ __device__ __forceinline__ void gdn_bwd_prep_item(const GdnBwdSplitParams& p, in
   }
 }
 
-template <typename T, int kK, bool kItems>
+// A CTA per item, also with pieces (as the forward's prep: gdn_split_kernels.cuh).
+template <typename T, int kK>
 __global__ void __launch_bounds__(kGdnThreads) gdn_bwd_prep_kernel(GdnBwdSplitParams p) {
-  for_each_split_item<kItems>(p, p.pieces, 1, p.pieces.counters + kBwdPrepItems,
-                              [&](int64_t item) { gdn_bwd_prep_item<T, kK>(p, item); });
+  gdn_bwd_prep_item<T, kK>(p, blockIdx.x);
 }
 
 // ---------------------------------------------------------------- 2. the state-gradient chain

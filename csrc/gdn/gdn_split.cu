@@ -87,13 +87,8 @@ void run_gdn_fwd_split(const GdnSplitParams& p, bool bf16, int dim_k, int64_t nu
     using T = std::conditional_t<kBf16, __nv_bfloat16, __half>;
     HEADDIM_SWITCH(dim_k, kK, [&] {
       using Prep = GdnPrepSmem<T, kK>;
-      if (env_is("MOM_OPS_GDN_PREP_ITEMS_TWO", "1")) {  // (experiment: the items loop inline at two CTAs per SM)
-        launch_split_items_kernel<kK>([](auto many) { return gdn_prep_kernel<T, kK, decltype(many)::value, 2>; }, p,
-                                      num_slots * p.heads_v, kGdnThreads, Prep::kBytes, stream, "(chunk, head)");
-      } else {
-        launch_split_items_kernel<kK>([](auto many) { return gdn_prep_kernel<T, kK, decltype(many)::value>; }, p,
-                                      num_slots * p.heads_v, kGdnThreads, Prep::kBytes, stream, "(chunk, head)");
-      }
+      launch_scan_kernel(gdn_prep_kernel<T, kK>, p, num_slots * p.heads_v, kGdnThreads, Prep::kBytes, stream,
+                         "(chunk, head)");
       if (p.chain_width != nullptr) {  // both widths (chain_bv and half of it); the order kernel's flag picks one
         for (const int id : {0, 1}) {
           GdnSplitParams width_p = p;

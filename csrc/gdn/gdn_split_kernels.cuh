@@ -100,7 +100,7 @@ __device__ __forceinline__ bool split_slot_chunk(const ScanParams& p, const Scan
   return true;
 }
 
-// Item (chunk slot, value head) of prep (split_items.cuh).
+// Item (chunk slot, value head) of prep.
 template <typename T, int kK>
 __device__ __forceinline__ void gdn_prep_item(const GdnSplitParams& p, int64_t item) {
   using L = GdnPrepSmem<T, kK>;
@@ -244,25 +244,18 @@ __device__ __forceinline__ void gdn_prep_item(const GdnSplitParams& p, int64_t i
   }
 }
 
-// kItems: many items per CTA (split_items.cuh: with pieces, unless MOM_OPS_GDN_SPLIT_ITEMS=0).
-// (The items loop calls the item out of line: inlined, its invariants hoisted out of the loop took 112 bytes of
-// spills at the 80 registers of three CTAs per SM; out of line it has the one-item kernel's registers.)
+// A CTA per item, also with pieces: taken from a counter by a CTA per resident slot (split_items.cuh, as the output
+// kernels do), the items ran 8-18% slower where nothing was cut (H200 n1 g x 0.001: 348 -> 375-412 us) for 20 us
+// saved where everything was (csrc/gdn/NOTES.md).
 template <typename T, int kK>
-__device__ __noinline__ void gdn_prep_item_call(const GdnSplitParams& p, int64_t item) {
-  gdn_prep_item<T, kK>(p, item);
-}
-template <typename T, int kK, bool kItems, int kCtas = GdnPrepSmem<T, kK>::kCtasPerSm>
-__global__ void __launch_bounds__(kGdnThreads, kCtas) gdn_prep_kernel(const __grid_constant__ GdnSplitParams p) {
+__global__ void __launch_bounds__(kGdnThreads, GdnPrepSmem<T, kK>::kCtasPerSm) gdn_prep_kernel(GdnSplitParams p) {
   if (p.chunk_ready != nullptr) {  // zeroed for every item (cut ones too); the chain raises them after this kernel
     const int64_t items = split_slots(p) * p.heads_v, threads = int64_t(gridDim.x) * kGdnThreads;
     for (int64_t item = blockIdx.x + int64_t(threadIdx.x) * gridDim.x; item < items; item += threads)
       p.chunk_ready[item] = 0;
     if (blockIdx.x == 0 && threadIdx.x == 0) *p.chains_done = 0;
   }
-  for_each_split_item<kItems>(p, p.pieces, 1, p.pieces.counters + kPrepItems, [&](int64_t item) {
-    if constexpr (kItems && kCtas > 2) gdn_prep_item_call<T, kK>(p, item);
-    else gdn_prep_item<T, kK>(p, item);
-  });
+  gdn_prep_item<T, kK>(p, blockIdx.x);
 }
 
 // ---------------------------------------------------------------- 2. the state chain

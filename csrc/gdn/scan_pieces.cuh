@@ -37,9 +37,8 @@ struct ScanPieces {
 };
 
 // ScanPieces::counters: whether any (sequence, head) is not cut (the plan raises it with its missing flag), then the
-// next unclaimed item of each split kernel that takes many items per CTA (a plan serves one call, which launches each
-// of them at most once).
-enum PieceCounter : int { kAnyMissing = 0, kPrepItems, kOutputItems, kBwdPrepItems, kPieceCounters };
+// output kernel's next unclaimed item (split_items.cuh; a plan serves one call, which launches it at most once).
+enum PieceCounter : int { kAnyMissing = 0, kOutputItems, kPieceCounters };
 
 inline int64_t piece_slots(int64_t total_rows, int64_t num_seqs, int chunks) {
   return total_rows / (int64_t(64) * chunks) + num_seqs + 1;

@@ -136,7 +136,7 @@ int main(int argc, char** argv) {
   Buf plan = galloc(size_t(slots_p * HV + int64_t(N) * HV + kPieceCounters) * 4);
   int* plan_start = plan.as<int>();
   int* plan_missing = plan_start + slots_p * HV;
-  int* plan_counters = plan_missing + int64_t(N) * HV;  // (the item counters zeroed again before each backward prep)
+  int* plan_counters = plan_missing + int64_t(N) * HV;
   int plan_fails = 0;
   if (piece_chunks > 0) {
     if (!split_chain || kK != 128 || V % 128 != 0 || !l2norm) EMU_FAIL("EMU_BWD_PIECES needs EMU_BWD_SPLIT=1, K = V = 128k, l2norm");
@@ -205,10 +205,7 @@ int main(int argc, char** argv) {
                kBwdWsThreads);
       }
 #endif
-      const bool items = sb.pieces.chunks > 0;  // many items per CTA (split_items.cuh), here over 2 CTAs where it can
-      if (items) plan_counters[kBwdPrepItems] = 0;  // (gdn_bwd_cuda.cu: zeroed with the flags, one backward per plan)
-      launch(items ? gdn_bwd_prep_kernel<T, kK, true> : gdn_bwd_prep_kernel<T, kK, false>, sb,
-             split_item_grid(slots * HV, items, 2), GdnBwdPrepSmem<T, kK>::kBytes);
+      launch(gdn_bwd_prep_kernel<T, kK>, sb, slots * HV, GdnBwdPrepSmem<T, kK>::kBytes);
       auto chain = [&](auto bv) {
         constexpr int kChainBV = decltype(bv)::value;
         launch(gdn_bwd_chain_split_kernel<T, kK, kChainBV>, sb, int64_t(N) * HV * (V / kChainBV),

@@ -96,13 +96,11 @@ int main(int argc, char** argv) {
       sp.chunk_ready = counters.as<int>(), sp.chains_done = sp.chunk_ready + slots * HV;
       sp.chain_ctas_per_head = V / emu_chain_bv(), sp.chain_ctas = N * HV * (V / emu_chain_bv());
     }
-    // With pieces the kernels take many items per CTA (split_items.cuh), here over a grid of 2 CTAs where it can
+    // With pieces the output kernels take many items per CTA (split_items.cuh), here over a grid of 2 CTAs
     const bool items = sp.pieces.chunks > 0;
-    if (items)  // the item counters (gdn_cuda.cu: zeroed with the flags)
-      std::memset(sp.pieces.counters + kPrepItems, 0, (kPieceCounters - kPrepItems) * 4);
+    if (items) sp.pieces.counters[kOutputItems] = 0;  // (gdn_cuda.cu: zeroed with the flags)
     auto grid = [&](int64_t n) { return split_item_grid(n, items, 2); };
-    launch(items ? gdn_prep_kernel<T, kK, true> : gdn_prep_kernel<T, kK, false>, sp, grid(slots * HV),
-           GdnPrepSmem<T, kK>::kBytes);
+    launch(gdn_prep_kernel<T, kK>, sp, slots * HV, GdnPrepSmem<T, kK>::kBytes);
     auto chain = [&](auto bv) {
       constexpr int kChainBV = decltype(bv)::value;
       if constexpr (chain_fits_beside_output<T, kK, kChainBV>()) {  // as gdn_split.cu's launch_chain
