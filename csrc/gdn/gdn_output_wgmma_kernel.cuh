@@ -188,8 +188,9 @@ __global__ void __launch_bounds__(kGdnOutputWgThreads, GdnOutputWgSmem<T, kK>::k
 // chain CTA (gdn_chain_beside_output_kernel: 384 x 104 + 256 x 96 registers). Under __launch_bounds__(256, 2) the
 // loop took 128, and beside the chain the outputs ran on the four SMs without a chain CTA (H200 n1, nothing cut: the
 // output kernel ended 200 us after the chain). The item is called out of line: inlined into the loop it spilled 200
-// bytes at 96 registers (the invariants hoisted out of the loop); out of line, 4 bytes, and a 264-byte stack frame
-// for the parameters it takes by reference.
+// bytes at 96 registers (the invariants hoisted out of the loop); out of line none. Its parameters are
+// __grid_constant__, so that the item's reference to them is to the parameter space (without, every thread copied
+// the 264-byte struct to local memory).
 template <typename T, int kK>
 __device__ __noinline__ void gdn_output_wgmma_item_call(const GdnSplitParams& p, int64_t item) {
   gdn_output_wgmma_item<T, kK>(p, item);

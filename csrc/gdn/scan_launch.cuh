@@ -45,7 +45,7 @@ void launch_scan_kernel(void (*kernel)(Params), const Params& params, int64_t bl
 // A split kernel over `items` (chunk slot, value head[, V-block]) items (split_items.cuh). instance(kItems) names
 // the kernel's instance for std::bool_constant<kItems>: the one-item kernel, or where the split items are on
 // (split_items_on: pieces, which only K = 128 has) the many-items one, launched with as many CTAs as the device holds
-// at once (the occupancy calculator's count), which claim the items from the plan's counters. Only the K = 128 calls
+// at once (the occupancy calculator's count), which claim the items from the plan's counter. Only the K = 128 calls
 // instantiate the many-items kernels.
 template <int kK, typename Params, typename Instance>
 void launch_split_items_kernel(Instance instance, const Params& params, int64_t items, int threads, int smem_bytes,
