@@ -152,7 +152,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor dv = at::empty(v.sizes(), opts);
   at::Tensor dg = at::empty({rows, d.heads_v}, f32), dbeta = at::empty({rows, d.heads_v}, f32);
   at::Tensor dh0 = io.h0.defined() ? at::empty(state_shape, f32) : at::empty({0}, f32);
-  for (at::Tensor* t : {&dq, &dk, &dv, &dg, &dbeta}) zero_rows_past_end(io.params, *t, stream);
+  zero_rows_past_end(io.params, {&dq, &dk, &dv, &dg, &dbeta}, stream);
 
   if (d.num_seqs > 0 && d.heads_v > 0 && rows > 0) {
     const bool bf16 = q.scalar_type() == at::kBFloat16;

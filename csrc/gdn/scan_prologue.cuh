@@ -11,6 +11,7 @@
 #include <c10/cuda/CUDAException.h>
 
 #include <cstdint>
+#include <initializer_list>
 
 #include "gdn/scan_io.h"
 #include "gdn/scan_params.h"
@@ -101,31 +102,47 @@ static __global__ void __launch_bounds__(kOrderThreads)
   }
 }
 
-// Grid-stride over the bytes of o past row cu_seqlens[-1] (rows of row_bytes bytes; rarely any).
-static __global__ void zero_rows_past_end_kernel(ScanParams p, int64_t row_bytes) {
+// Up to kRowsPastEndTensors tensors of [total_rows, ...] rows whose rows past cu_seqlens[-1] are zeroed in one launch
+// (the backward's five gradients: five launches of ~1.5 us each before).
+constexpr int kRowsPastEndTensors = 5;
+struct RowsPastEnd {
+  unsigned char* data[kRowsPastEndTensors];
+  int64_t row_bytes[kRowsPastEndTensors];
+};
+
+// Grid-stride over the bytes of tensor blockIdx.y past row cu_seqlens[-1] (rarely any).
+static __global__ void zero_rows_past_end_kernel(ScanParams p, RowsPastEnd t) {
   int64_t bos, end;
   sequence_bounds(p, p.num_seqs - 1, bos, end);
-  unsigned char* o = static_cast<unsigned char*>(p.o);
-  const int64_t total = p.total_rows * row_bytes;
+  unsigned char* data = t.data[blockIdx.y];
+  const int64_t row_bytes = t.row_bytes[blockIdx.y], total = p.total_rows * row_bytes;
   for (int64_t i = end * row_bytes + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x)
-    o[i] = 0;
+    data[i] = 0;
 }
 
-// rows_tensor ([total_rows, ...], allocated empty) = 0 on the rows no sequence covers.
-inline void zero_rows_past_end(const ScanParams& params, at::Tensor& rows_tensor, cudaStream_t stream) {
-  if (params.num_seqs == 0) {
-    rows_tensor.zero_();
-  } else if (params.cu_seqlens != nullptr && rows_tensor.numel() > 0) {
-    ScanParams p = params;
-    p.o = rows_tensor.data_ptr();
-    zero_rows_past_end_kernel<<<132, 256, 0, stream>>>(p, rows_tensor.nbytes() / p.total_rows);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+// Each of `tensors` ([total_rows, ...], allocated empty) = 0 on the rows no sequence covers, in one launch.
+inline void zero_rows_past_end(const ScanParams& params, std::initializer_list<at::Tensor*> tensors,
+                               cudaStream_t stream) {
+  TORCH_INTERNAL_ASSERT(tensors.size() <= kRowsPastEndTensors);
+  RowsPastEnd t{};
+  int count = 0;
+  for (at::Tensor* tensor : tensors) {
+    if (params.num_seqs == 0) {
+      tensor->zero_();
+    } else if (params.cu_seqlens != nullptr && tensor->numel() > 0) {
+      t.data[count] = static_cast<unsigned char*>(tensor->data_ptr());
+      t.row_bytes[count] = int64_t(tensor->nbytes()) / params.total_rows;
+      ++count;
+    }
   }
+  if (count == 0) return;
+  zero_rows_past_end_kernel<<<dim3(132, count), 256, 0, stream>>>(params, t);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 // o (allocated empty by prepare_scan_io) = 0 on the rows no sequence covers.
-inline void zero_rows_past_end(ScanIO& io, cudaStream_t stream) { zero_rows_past_end(io.params, io.o, stream); }
+inline void zero_rows_past_end(ScanIO& io, cudaStream_t stream) { zero_rows_past_end(io.params, {&io.o}, stream); }
 
 // The choice for a chain whose narrow V-blocks give ctas_narrow CTAs per sequence (heads x blocks; wide: half) at
 // one CTA per SM, where only the lengths can tell: with cu_seqlens, 2 .. kChoiceMaxSeqs sequences and narrow CTAs
