@@ -246,9 +246,9 @@ def test_gpu_backward_chain_in_pieces(lengths, weak_heads, monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.parametrize("lengths, heads_v, weak_heads", [([3000, 0, 1, 700, 1500], 4, (3,)), ([8192], 40, (1, 35))])
 def test_gpu_split_items_change_nothing(lengths, heads_v, weak_heads, monkeypatch):
-    """The split kernels beside the pieces taking many items per CTA from a counter, skipping the cut heads (the
-    default; csrc/gdn/split_items.cuh), compute every item as one CTA per item does (MOM_OPS_GDN_SPLIT_ITEMS=0): o, ht
-    and every gradient bit for bit, with uncut heads (weak_heads, g x 1e-3) among the cut ones."""
+    """The split output kernels beside the pieces taking their items from a counter, one per claim (the default;
+    csrc/gdn/split_items.cuh), compute every item as one CTA per item does (MOM_OPS_GDN_SPLIT_ITEMS=0): o, ht and every
+    gradient bit for bit, with uncut heads (weak_heads, g x 1e-3) among the cut ones."""
     need_kernel("chunk_gated_delta_rule_bwd", "cuda")
     inp = _cuda_inputs(lengths, H=2, HV=heads_v, weak_heads=weak_heads)
     one, many = {"MOM_OPS_GDN_SPLIT_ITEMS": "0"}, {}
