@@ -45,9 +45,9 @@ struct GdnBwdPrepSmem {
   static constexpr int kBytes = kVec + 3 * C * 4;
 };
 
-// Item (chunk slot, value head) of the backward prep.
+// A CTA per (chunk slot, value head), also with pieces (as the forward's prep: gdn_split_kernels.cuh).
 template <typename T, int kK>
-__device__ __forceinline__ void gdn_bwd_prep_item(const GdnBwdSplitParams& p, int64_t item) {
+__global__ void __launch_bounds__(kGdnThreads) gdn_bwd_prep_kernel(GdnBwdSplitParams p) {
   using L = GdnBwdPrepSmem<T, kK>;
   constexpr int C = kGdnChunk, BV = kSplitBV, kLdK = L::kLdK, kLdV = L::kLdV, kLdC = L::kLdC;
   constexpr int kNTo = BV / 2 / 8;  // per-warp output column tiles of a 64-column block
@@ -61,6 +61,7 @@ __device__ __forceinline__ void gdn_bwd_prep_item(const GdnBwdSplitParams& p, in
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g8 = lane / 4, t4 = lane % 4;
   const int rt = warp % 4, ch = warp / 4, r0 = 16 * rt, i0 = r0 + g8, i1 = i0 + 8;
+  const int64_t item = blockIdx.x;
   const int hv = int(item % p.heads_v), h = hv / (p.heads_v / p.heads_qk);
   int seq, len;
   int64_t bos, eos, c0;
@@ -114,12 +115,6 @@ __device__ __forceinline__ void gdn_bwd_prep_item(const GdnBwdSplitParams& p, in
       }
     }
   }
-}
-
-// A CTA per item, also with pieces (as the forward's prep: gdn_split_kernels.cuh).
-template <typename T, int kK>
-__global__ void __launch_bounds__(kGdnThreads) gdn_bwd_prep_kernel(GdnBwdSplitParams p) {
-  gdn_bwd_prep_item<T, kK>(p, blockIdx.x);
 }
 
 // ---------------------------------------------------------------- 2. the state-gradient chain

@@ -100,9 +100,11 @@ __device__ __forceinline__ bool split_slot_chunk(const ScanParams& p, const Scan
   return true;
 }
 
-// Item (chunk slot, value head) of prep.
+// A CTA per (chunk slot, value head), also with pieces: taken from a counter by a CTA per resident slot
+// (split_items.cuh, as the output kernels do), the items ran 8-18% slower where nothing was cut (H200 n1 g x 0.001:
+// 348 -> 375-412 us) for 20 us saved where everything was (csrc/gdn/NOTES.md).
 template <typename T, int kK>
-__device__ __forceinline__ void gdn_prep_item(const GdnSplitParams& p, int64_t item) {
+__global__ void __launch_bounds__(kGdnThreads, GdnPrepSmem<T, kK>::kCtasPerSm) gdn_prep_kernel(GdnSplitParams p) {
   using L = GdnPrepSmem<T, kK>;
   constexpr int C = kGdnChunk, BV = L::kVB, kLdK = L::kLdK, kLdV = L::kLdV, kLdC = L::kLdC;
   constexpr int kNTo = BV / 2 / 8;  // per-warp output column tiles (of one block of columns)
@@ -119,7 +121,12 @@ __device__ __forceinline__ void gdn_prep_item(const GdnSplitParams& p, int64_t i
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g8 = lane / 4, t4 = lane % 4;
   const int rt = warp % 4, ch = warp / 4, r0 = 16 * rt, i0 = r0 + g8, i1 = i0 + 8;
+  const int64_t item = blockIdx.x;
   const int hv = int(item % p.heads_v), h = hv / (p.heads_v / p.heads_qk);
+  if (p.chunk_ready != nullptr && tid == 0) {  // zeroed for every item (cut ones too); the chain raises them after
+    p.chunk_ready[item] = 0;                   // this kernel (stream order)
+    if (item == 0) *p.chains_done = 0;
+  }
   int seq, len;
   int64_t bos, eos, c0;
   if (!split_slot_chunk(p, p.pieces, hv, item / p.heads_v, seq, bos, eos, c0, len)) return;
@@ -242,20 +249,6 @@ __device__ __forceinline__ void gdn_prep_item(const GdnSplitParams& p, int64_t i
       stage_rows_out.template operator()<8, false>(u_row0 + nt0 * 8, int64_t(p.heads_v) * p.dim_v);
     }
   }
-}
-
-// A CTA per item, also with pieces: taken from a counter by a CTA per resident slot (split_items.cuh, as the output
-// kernels do), the items ran 8-18% slower where nothing was cut (H200 n1 g x 0.001: 348 -> 375-412 us) for 20 us
-// saved where everything was (csrc/gdn/NOTES.md).
-template <typename T, int kK>
-__global__ void __launch_bounds__(kGdnThreads, GdnPrepSmem<T, kK>::kCtasPerSm) gdn_prep_kernel(GdnSplitParams p) {
-  if (p.chunk_ready != nullptr) {  // zeroed for every item (cut ones too); the chain raises them after this kernel
-    const int64_t items = split_slots(p) * p.heads_v, threads = int64_t(gridDim.x) * kGdnThreads;
-    for (int64_t item = blockIdx.x + int64_t(threadIdx.x) * gridDim.x; item < items; item += threads)
-      p.chunk_ready[item] = 0;
-    if (blockIdx.x == 0 && threadIdx.x == 0) *p.chains_done = 0;
-  }
-  gdn_prep_item<T, kK>(p, blockIdx.x);
 }
 
 // ---------------------------------------------------------------- 2. the state chain
@@ -432,7 +425,7 @@ __device__ __forceinline__ bool output_cta(const GdnSplitParams& p, int64_t item
 // follows it in the stream sees them.
 template <bool kItems, class Item>
 __device__ __forceinline__ void output_items(const GdnSplitParams& p, int bv, Item&& item) {
-  for_each_split_item<kItems>(p, p.pieces, p.dim_v / bv, p.pieces.counters + kOutputItems, item);
+  for_each_split_item<kItems>(p, p.pieces, p.dim_v / bv, item);
   if (p.chunk_ready != nullptr && blockIdx.x == gridDim.x - 1 && threadIdx.x == 0)
     acquire_wait(p.chains_done, p.chain_ctas);
 }

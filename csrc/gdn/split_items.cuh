@@ -36,19 +36,20 @@ __device__ __forceinline__ int64_t split_slots(const ScanParams& p) { return p.t
 
 // body(item) for this CTA's items; a cut item's body exits at once. kItems false: a CTA per item, item blockIdx.x
 // (the kernels as they were, launched unless the split items are on). kItems true: nothing where every (sequence,
-// head) is cut; otherwise the CTA claims items one at a time from *counter (zero before the launch) until none is
-// left. Thread 0 claims the next item as the current one starts (so that the atomic's round trip is under the body;
-// no faster than claiming after it in the one measurement), and hands each claim over in the first 4 bytes of shared
-// memory, between barriers that no body runs between (the bodies use all of it).
+// head) is cut; otherwise the CTA claims items one at a time from the plan's counters[kOutputItems] (zero before the
+// launch) until none is left. Thread 0 claims the next item as the current one starts (so that the atomic's round
+// trip is under the body; no faster than claiming after it in the one measurement), and hands each claim over in the
+// first 4 bytes of shared memory, between barriers that no body runs between (the bodies use all of it).
 template <bool kItems, class Body>
 __device__ __forceinline__ void for_each_split_item(const ScanParams& p, const ScanPieces& pieces, int vblocks,
-                                                    int* counter, Body&& body) {
+                                                    Body&& body) {
   if constexpr (!kItems) {
     body(int64_t(blockIdx.x));
   } else {
     if (pieces.counters[kAnyMissing] == 0) return;  // (written by the plan, an earlier launch)
     extern __shared__ __align__(16) unsigned char smem[];
     int* claim = reinterpret_cast<int*>(smem);
+    int* counter = pieces.counters + kOutputItems;
     const int items = int(split_slots(p) * p.heads_v * vblocks);  // (< 2^31 - the grid: the launch checks)
     int next = threadIdx.x == 0 ? atomicAdd(counter, 1) : 0;  // (thread 0's claims)
 #pragma unroll 1
