@@ -82,6 +82,14 @@ CASES.update({  # used by single tests below, not by the regime sweep
     "d256_one_long": Case(256, 256, H=4, HV=4, lengths=(500, 120, 110, 100, 90)),  # narrow finishes first
     "d256_even": Case(256, 256, H=4, HV=4, lengths=(200, 200, 200, 200, 200)),  # wide finishes first
     "d256_varlen_strong": Case(256, 256, H=1, HV=2, lengths=(65, 1, 130, 0, 64), decay="strong"),
+    # more (chunk slot, value head) items than an H100 / H200 has SMs, so that the grads kernel's CTAs take several
+    # each: GVA with h0 and dht (fp32 dq / dk per value head, exact ends), HV == H without them (the l2norm backward in
+    # the kernel), K = 256 with and without h0 / dht (two instances), K = 64
+    "items_d128_gva": Case(128, 128, H=2, HV=4, lengths=(4000, 0, 2500, 65, 1, 130), seed=5),
+    "items_d128": Case(128, 128, H=4, HV=4, lengths=(3000, 1, 2000, 64), h0=False, dht=False),
+    "items_d256": Case(256, 256, H=2, HV=2, lengths=(3000, 1, 2000, 64), h0=False, dht=False),
+    "items_d256_ends": Case(256, 256, H=2, HV=2, lengths=(3000, 1, 2000, 64)),
+    "items_d64": Case(64, 64, H=2, HV=2, lengths=(5000, 17, 3000)),
 })
 
 
@@ -230,6 +238,22 @@ def test_backward_is_deterministic():
     for key, a, b in zip(NAMES, first, second):
         assert torch.isfinite(a).all(), key
         assert torch.equal(a, b), f"{key} differs between two calls"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["items_d128_gva", "items_d128", "items_d256", "items_d256_ends", "items_d64"])
+def test_grads_items_in_turn_equal_a_cta_per_item(name, monkeypatch):
+    """The grads kernel's CTAs, one per SM, taking their (chunk slot, value head) items in turn with the next item's
+    loads under the current one's end (the default), give every gradient bit for bit as a CTA per item does
+    (MOM_OPS_GDN_GRADS_ITEMS=0)."""
+    need_kernel(OP, "cuda")
+    args = _op_args(name, torch.bfloat16)
+    in_turn = torch.ops.mom_ops.chunk_gated_delta_rule_bwd(*args)
+    monkeypatch.setenv("MOM_OPS_GDN_GRADS_ITEMS", "0")
+    per_item = torch.ops.mom_ops.chunk_gated_delta_rule_bwd(*args)
+    for key, a, b in zip(NAMES, in_turn, per_item):
+        assert torch.isfinite(a).all(), key
+        assert torch.equal(a, b), key
 
 
 @pytest.mark.gpu

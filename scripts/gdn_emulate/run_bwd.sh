@@ -50,6 +50,10 @@ run emu_bwd_256_64_1  2 2 128 1 1 1 0 0 0 0 1 70 1
 pattern=(0 1 5 64 65 17 130)
 many=$(for i in $(seq 0 69); do echo -n "${pattern[i % 7]} "; done)
 run emu_bwd_64_64_1   1 1 64  1 0 0 2 0 3 1 1 $many
+# the grads kernel with a CTA per item (MOM_OPS_GDN_GRADS_ITEMS=0; the other cases run 3 CTAs that take the items
+# in turn)
+EMU_GRADS_GRID=0 run emu_bwd_128_64_1  1 2 128 1 0 0 3 0 3 1 1 200 0 1 64
+EMU_GRADS_GRID=0 run emu_bwd_256_32_1  1 2 64  1 0 0 2 0 0 0 0 130 0 64 1
 # fp16
 run emu_bwd_64_64_0   1 2 128 1 0 0 2 0 5 1 1 130 0 64 1
 run emu_bwd_128_64_0  2 2 128 1 1 1 3 1 0 1 1 100 1 0 70
