@@ -1,6 +1,7 @@
 """Long sequences cut into pieces (csrc/gdn/scan_pieces.cuh). CPU: the rule's fp32 reference
 (mom_ops/reference/gdn_pieces.py) against the chunked reference: where it cuts, the warm-up's missed state is below
-fp32 rounding; where it may not, it does not. GPU: the CUDA forward (pieces are its default) against the kernels it is
+fp32 rounding; where it may not, it does not. The exact cut (mom_ops/reference/gdn_exact_pieces.py: each piece's
+affine map, a serial pass over the pieces) against the chunked reference at any decay. GPU: the CUDA forward (pieces are its default) against the kernels it is
 made of, unsplit."""
 
 import math
@@ -11,6 +12,8 @@ import torch.nn.functional as F
 
 import mom_ops
 from mom_ops.reference.gdn import chunk_gated_delta_rule_ref
+from mom_ops.reference.gdn import _prepare, chunk_step
+from mom_ops.reference.gdn_exact_pieces import chunk_gated_delta_rule_exact_pieces_ref, piece_maps
 from mom_ops.reference.gdn_pieces import LOG_EPS, chunk_gated_delta_rule_pieces_ref, piece_plan, piece_runs
 from tests.helpers import need_kernel, rel_rms
 
@@ -79,6 +82,41 @@ def test_not_cut_without_the_norm_bound():
     o, _, plan = chunk_gated_delta_rule_pieces_ref(**inp, use_qk_l2norm_in_kernel=True, piece_chunks=4,
                                                    max_warmup_chunks=4)
     assert plan[0, 0] is not None and plan[0, 1] is None
+
+
+def test_piece_maps_are_the_pieces_affine_maps():
+    """pass 1 of the exact cut: a piece's chain from any start state S ends at Phi S + L (fp64)."""
+    inp = {key: x.double() for key, x in _inputs([300], K=16, V=8, decay=0.01).items()}
+    q, k, v, g, beta, scale, _, _ = _prepare(inp["q"], inp["k"], inp["v"], inp["g"], inp["beta"], None, None, True,
+                                             False, None)
+    seq = [x[0] for x in (q, k, v, g, beta)]
+    bounds = [0, 64, 128, 192, 256, 300]
+    local, phi = piece_maps(*seq, scale, bounds, (1, 5))  # chunks 1..4, the last one partial
+    S = torch.randn(2, 16, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    S_end = S
+    for c in range(1, 5):
+        sl = slice(bounds[c], bounds[c + 1])
+        _, S_end = chunk_step(*(x[sl] for x in seq), S_end, scale)
+    assert _rel(phi @ S + local, S_end) < 1e-12
+
+
+@pytest.mark.parametrize("decay, l2norm", [(1.0, True), (0.02, True), (0.001, True), (0.001, False), (0.0, True)])
+def test_exact_pieces_match_the_unsplit_scan(decay, l2norm):
+    """The exact cut gives the unsplit scan's o and final state at every decay, also where the warm-up rule cannot
+    cut (slow decay) or has no bound (no in-kernel norm): fp64 to rounding, fp32 to its rounding. Varlen with an
+    empty and a one-row sequence, h0, pieces of 3 chunks."""
+    inp = _inputs([700, 1, 0, 1300], decay=decay)
+    if not l2norm:  # unit rows instead of the in-kernel norm (random rows make the recurrence blow up)
+        inp["q"], inp["k"] = F.normalize(inp["q"], dim=-1), F.normalize(inp["k"], dim=-1)
+    kw = dict(use_qk_l2norm_in_kernel=l2norm, output_final_state=True)
+    if decay <= 0.02 and l2norm:
+        assert piece_plan(inp["g"], inp["beta"], inp["cu_seqlens"], True, 3, 2)[3, 0] is None  # the rule refuses
+    for dtype, tol in ((torch.float64, 1e-13), (torch.float32, 2e-6)):
+        x = {key: (t.to(dtype) if t.is_floating_point() else t) for key, t in inp.items()}
+        o_ref, ht_ref = chunk_gated_delta_rule_ref(**x, **kw)
+        o, ht, starts = chunk_gated_delta_rule_exact_pieces_ref(**x, **kw, piece_chunks=3)
+        assert _rel(o, o_ref) < tol and _rel(ht, ht_ref) < tol, dtype
+        assert [s.shape[0] for s in starts] == [4, 1, 1, 7]  # 11, 1, 0 and 21 chunks in pieces of 3
 
 
 def test_a_cut_without_enough_decay_is_what_the_rule_prevents():
