@@ -13,9 +13,10 @@
 namespace mom_ops {
 
 // CTAs of the grads kernel for `items` items: one per SM, each taking every grid-th item (the next item's loads then
-// run under the current one's chunk end), or with MOM_OPS_GDN_GRADS_ITEMS=0 one per item.
-inline int64_t gdn_grads_grid(int64_t items) {
-  if (env_is("MOM_OPS_GDN_GRADS_ITEMS", "0")) return items;
+// run under the current one's chunk end), or one per item with MOM_OPS_GDN_GRADS_ITEMS=0 or for an instance without
+// room for those loads (kPrefetchNext false: its kernel runs one item).
+inline int64_t gdn_grads_grid(int64_t items, bool prefetch_next) {
+  if (!prefetch_next || env_is("MOM_OPS_GDN_GRADS_ITEMS", "0")) return items;
   return std::min(items, int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount));
 }
 
@@ -26,8 +27,9 @@ void launch_gdn_bwd_grads(const GdnBwdParams& p, int64_t num_slots, cudaStream_t
   static_assert(L::kBytes <= kSmemPerCta, "shared memory of the grads kernel");
   static_assert(2 * (L::kBytes + 1024) > kSmemPerSm, "one CTA per SM (gdn_grads_grid)");
   TORCH_INTERNAL_ASSERT(num_slots == chunk_slots(p.total_rows, p.num_seqs));  // (split_slots() in the kernel)
-  launch_scan_kernel(gdn_bwd_grads_kernel<T, kK, kBV, kExactEnds>, p, gdn_grads_grid(num_slots * p.heads_v),
-                     L::kWarps * 32, L::kBytes, stream, "(chunk, head)");
+  launch_scan_kernel(gdn_bwd_grads_kernel<T, kK, kBV, kExactEnds>, p,
+                     gdn_grads_grid(num_slots * p.heads_v, L::kPrefetchNext), L::kWarps * 32, L::kBytes, stream,
+                     "(chunk, head)");
 }
 
 // h0 / dht as hi + lo pairs ("exact ends") as gdn_grads_exact_ends says (the instance with them is slower at K = 256,

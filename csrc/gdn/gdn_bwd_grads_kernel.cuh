@@ -184,8 +184,9 @@ __global__ void __launch_bounds__(GdnGradsSmem<T, kK, kBV>::kWarps * 32, 1) gdn_
   float *sDG = sDend + C, *sC = sDG + C, *sWarp = sC + C;
 
   // The CTA's items in turn (grads_item_from). Each item's V-blocks alternate between the load buffers from buffer 1,
-  // where (kPrefetchNext) the next item's first V-block and its T load during the item's chunk end, which uses
-  // neither; only q and k (read until the item's end) then load at the next item's start.
+  // where the next item's first V-block and its T load during the item's chunk end, which uses neither; only q and k
+  // (read until the item's end) then load at the next item's start. An instance without room for that
+  // (!kPrefetchNext: K = 256 with the lo tiles) runs one item per CTA (gdn_grads_grid), without the loop.
   static_assert(sizeof(GradsItem) <= 48, "the next item's place in shared memory");
   GradsItem* sNextItem = reinterpret_cast<GradsItem*>(smem + L::kNextItem);
   GradsItem item = grads_item_from(p, blockIdx.x);
@@ -198,7 +199,7 @@ __global__ void __launch_bounds__(GdnGradsSmem<T, kK, kBV>::kWarps * 32, 1) gdn_
     // (bf16 K = 128 cubin 94.7 -> 111.1 KB; 94.7 -> 99.3 with it) and its grads 1.25 -> 1.41 ms at n32 D128 (H200).
     // At K = 256 the range costs spills (12 -> 36 bytes) and was no faster (layer T2K 0.97 / 0.99 ms).
     int tid = threadIdx.x;
-    asm volatile("" : "+r"(tid));
+    if constexpr (L::kPrefetchNext) asm volatile("" : "+r"(tid));
     if constexpr (kK <= 128) __builtin_assume(tid >= 0 && tid < kThreads);
     const int lane = tid % 32, g8 = lane / 4, t4 = lane % 4;
     // warp through a shuffle: the compiler then knows it is warp-uniform and keeps the wgmma descriptors that depend
@@ -282,7 +283,7 @@ __global__ void __launch_bounds__(GdnGradsSmem<T, kK, kBV>::kWarps * 32, 1) gdn_
       sG[tid] = tid < len ? p.g[(c0 + tid) * p.heads_v + hv] : 0.f;
       sBeta[tid] = tid < len ? p.beta[(c0 + tid) * p.heads_v + hv] : 0.f;
     }
-    if (warp == kWarps - 1) {  // (read after the barriers below; rewritten only after the item's last barrier)
+    if (L::kPrefetchNext && warp == kWarps - 1) {  // (read after the barriers below; rewritten after the item's last)
       const GradsItem next = grads_item_from(p, item.index + gridDim.x);
       if (lane == 0) *sNextItem = next;
     }
@@ -702,6 +703,7 @@ __global__ void __launch_bounds__(GdnGradsSmem<T, kK, kBV>::kWarps * 32, 1) gdn_
         *reinterpret_cast<uint4*>(dk + off) = *reinterpret_cast<const uint4*>(sK + RowsK::at(r, c));
       }
     }  // (not dqk_per_value_head)
+    if constexpr (!L::kPrefetchNext) break;
     // The next item writes sQ, sK (read by the stores above) and sNextItem (read here): a barrier first.
     item = *sNextItem;
     prefetched = L::kPrefetchNext;

@@ -52,11 +52,12 @@ struct Grads {
   Buf dq, dk, dv, dg, dbeta, dh0, ds1;
 };
 
-// CTAs of the grads kernel (gdn_grads_grid on the GPU: one per SM, each taking every grid-th item): EMU_GRADS_GRID
-// of them (default 3, so that every CTA runs several items in turn), or with EMU_GRADS_GRID=0 one per item.
-static int64_t grads_grid(int64_t items) {
+// CTAs of the grads kernel (gdn_grads_grid on the GPU: one per SM, each taking every grid-th item, where the
+// instance has room to load the next item early): EMU_GRADS_GRID of them (default 3, so that every CTA runs several
+// items in turn), or with EMU_GRADS_GRID=0 one per item.
+static int64_t grads_grid(int64_t items, bool prefetch_next) {
   const int64_t grid = std::getenv("EMU_GRADS_GRID") != nullptr ? std::atoll(std::getenv("EMU_GRADS_GRID")) : 3;
-  return grid > 0 ? std::min(items, grid) : items;
+  return grid > 0 && prefetch_next ? std::min(items, grid) : items;
 }
 
 int main(int argc, char** argv) {
@@ -240,7 +241,7 @@ int main(int argc, char** argv) {
     auto grads = [&](auto exact_ends) {
       constexpr bool kExactEnds = decltype(exact_ends)::value;
       using GL = GdnGradsSmem<T, kK, kGradsBV, kExactEnds>;
-      launch(gdn_bwd_grads_kernel<T, kK, kGradsBV, kExactEnds>, bp, grads_grid(slots * HV), GL::kBytes,
+      launch(gdn_bwd_grads_kernel<T, kK, kGradsBV, kExactEnds>, bp, grads_grid(slots * HV, GL::kPrefetchNext), GL::kBytes,
              GL::kWarps * 32);
     };
     if (gdn_grads_exact_ends(kK, bp)) grads(std::true_type());

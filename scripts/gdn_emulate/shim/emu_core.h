@@ -24,6 +24,7 @@
 #define __launch_bounds__(...)
 #define __maxnreg__(...)
 #define __grid_constant__
+#define __builtin_assume(x) ((void)0)  // (nvcc / clang: a hint for the optimiser only)
 #define __shared__
 #define __align__(n)
 
