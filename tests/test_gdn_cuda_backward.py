@@ -84,7 +84,7 @@ CASES.update({  # used by single tests below, not by the regime sweep
     "d256_varlen_strong": Case(256, 256, H=1, HV=2, lengths=(65, 1, 130, 0, 64), decay="strong"),
     # more (chunk slot, value head) items than an H100 / H200 has SMs, so that the grads kernel's CTAs take several
     # each: GVA with h0 and dht (fp32 dq / dk per value head, exact ends), HV == H without them (the l2norm backward in
-    # the kernel), K = 256 with and without h0 / dht (two instances), K = 64
+    # the kernel), K = 256 without and with h0 / dht (the latter's instance runs a CTA per item either way), K = 64
     "items_d128_gva": Case(128, 128, H=2, HV=4, lengths=(4000, 0, 2500, 65, 1, 130), seed=5),
     "items_d128": Case(128, 128, H=4, HV=4, lengths=(3000, 1, 2000, 64), h0=False, dht=False),
     "items_d256": Case(256, 256, H=2, HV=2, lengths=(3000, 1, 2000, 64), h0=False, dht=False),

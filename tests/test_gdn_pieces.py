@@ -1,8 +1,8 @@
 """Long sequences cut into pieces (csrc/gdn/scan_pieces.cuh). CPU: the rule's fp32 reference
 (mom_ops/reference/gdn_pieces.py) against the chunked reference: where it cuts, the warm-up's missed state is below
 fp32 rounding; where it may not, it does not. The exact cut (mom_ops/reference/gdn_exact_pieces.py: each piece's
-affine map, a serial pass over the pieces) against the chunked reference at any decay. GPU: the CUDA forward (pieces are its default) against the kernels it is
-made of, unsplit."""
+affine map, a serial pass over the pieces) against the chunked reference at any decay. GPU: the CUDA forward (pieces
+are its default) against the kernels it is made of, unsplit."""
 
 import math
 

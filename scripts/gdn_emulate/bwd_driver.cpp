@@ -241,8 +241,8 @@ int main(int argc, char** argv) {
     auto grads = [&](auto exact_ends) {
       constexpr bool kExactEnds = decltype(exact_ends)::value;
       using GL = GdnGradsSmem<T, kK, kGradsBV, kExactEnds>;
-      launch(gdn_bwd_grads_kernel<T, kK, kGradsBV, kExactEnds>, bp, grads_grid(slots * HV, GL::kPrefetchNext), GL::kBytes,
-             GL::kWarps * 32);
+      launch(gdn_bwd_grads_kernel<T, kK, kGradsBV, kExactEnds>, bp, grads_grid(slots * HV, GL::kPrefetchNext),
+             GL::kBytes, GL::kWarps * 32);
     };
     if (gdn_grads_exact_ends(kK, bp)) grads(std::true_type());
     else grads(std::false_type());
