@@ -706,7 +706,7 @@ __global__ void __launch_bounds__(GdnGradsSmem<T, kK, kBV>::kWarps * 32, 1) gdn_
     if constexpr (!L::kPrefetchNext) break;
     // The next item writes sQ, sK (read by the stores above) and sNextItem (read here): a barrier first.
     item = *sNextItem;
-    prefetched = L::kPrefetchNext;
+    prefetched = true;  // (its first V-block and T: loaded during this item's chunk end)
     __syncthreads();
   }  // items
 }

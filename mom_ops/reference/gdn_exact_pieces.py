@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from mom_ops.reference.gdn import _finish, _prepare, chunk_step
+from mom_ops.reference.gdn_pieces import _chunk_bounds
 
 
 def _pieces(bounds: list[int], piece_chunks: int) -> list[tuple[int, int]]:
@@ -52,7 +53,7 @@ def chunk_gated_delta_rule_exact_pieces_ref(q, k, v, g, beta, scale=None, initia
     o = torch.zeros_like(v)
     states, start_states = [], []
     for i, (b, start, end) in enumerate(seqs):
-        bounds = list(range(start, end, chunk_size)) + [end]
+        bounds = _chunk_bounds(start, end, chunk_size)
         pieces = _pieces(bounds, piece_chunks)
         seq = [x[b] for x in (q, k, v, g, beta)]
         maps = [piece_maps(*seq, scale, bounds, piece) for piece in pieces]  # pass 1 (parallel over pieces)
