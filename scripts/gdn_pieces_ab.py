@@ -5,7 +5,7 @@ with MOM_OPS_GDN_PIECE_CHUNKS=16 / auto (csrc/gdn/piece_size.h); also o's relati
 the gradients' between the two backwards (0 or bf16-rounding level: csrc/gdn/NOTES.md).
     python3 scripts/gdn_pieces_ab.py [T H n] [decay scale ...]      (default: 32768 16 1, scales 1 0.1 0.02 0.001)
 With --flag NAME first, only NAME=0 / 1 for the forward and the forward + backward (pieces as by default), e.g.
---flag MOM_OPS_GDN_SPLIT_ITEMS."""
+--flag MOM_OPS_GDN_SPLIT_ITEMS; --flag NAME=a,b for other values."""
 import os
 import sys
 
@@ -18,9 +18,11 @@ from bench.gdn_inputs import gdn_inputs
 from bench.run import time_ms
 
 args = sys.argv[1:]
-only_flag = None
-if args[:1] == ["--flag"]:
+only_flag, flag_values = None, ("0", "1")
+if args[:1] == ["--flag"]:  # --flag NAME (0 / 1) or --flag NAME=a,b
     only_flag, args = args[1], args[2:]
+    if "=" in only_flag:
+        only_flag, flag_values = only_flag.split("=")[0], tuple(only_flag.split("=")[1].split(","))
 T, H, n = (int(x) for x in args[:3]) if len(args) >= 3 else (32768, 16, 1)
 scales = [float(s) for s in args[3:]] or [1.0, 0.1, 0.02, 0.001]
 
@@ -58,8 +60,8 @@ for s in scales:
     if only_flag is not None:
         do = torch.randn_like(forward(inp, cu))
         leaves = {key: t.detach().requires_grad_(True) for key, t in inp.items()}
-        fwd = ab("fwd", only_flag, lambda: forward(inp, cu))
-        fwdbwd = ab("fwdbwd", only_flag, lambda: forward_backward(leaves, cu, do))
+        fwd = ab("fwd", only_flag, lambda: forward(inp, cu), flag_values)
+        fwdbwd = ab("fwdbwd", only_flag, lambda: forward_backward(leaves, cu, do), flag_values)
         print(f"gdn_T{T}_H{H}_D128_n{n} g x {s}: {fwd}; {fwdbwd}", flush=True)
         continue
     os.environ["MOM_OPS_GDN_PIECES"] = "0"

@@ -1,7 +1,8 @@
 """Kernel times of the gdn scan in pieces at n1 D128 (bench inputs) for several decays and piece sizes
 (MOM_OPS_GDN_PIECE_CHUNKS): where the plan's cost goes when nothing can be cut.
     python3 scripts/gdn_pieces_profile.py [scale ...] (default 1 0.02 0.001)
-With --flag NAME first, NAME=0 / 1 instead of the piece sizes (e.g. --flag MOM_OPS_GDN_SPLIT_ITEMS)."""
+With --flag NAME first, NAME=0 / 1 instead of the piece sizes (e.g. --flag MOM_OPS_GDN_SPLIT_ITEMS); --flag NAME=a,b
+for other values."""
 import os
 import sys
 
@@ -15,8 +16,10 @@ from bench.gdn_inputs import gdn_inputs
 
 args = sys.argv[1:]
 flag, values = "MOM_OPS_GDN_PIECE_CHUNKS", ("16", "auto")
-if args[:1] == ["--flag"]:
+if args[:1] == ["--flag"]:  # --flag NAME (0 / 1) or --flag NAME=a,b
     flag, values, args = args[1], ("0", "1"), args[2:]
+    if "=" in flag:
+        flag, values = flag.split("=")[0], tuple(flag.split("=")[1].split(","))
 scales = [float(s) for s in args] or [1.0, 0.02, 0.001]
 
 

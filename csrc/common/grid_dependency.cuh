@@ -21,6 +21,15 @@ __device__ __forceinline__ void release_add(int* counter) {
   asm volatile("red.relaxed.gpu.global.add.s32 [%0], 1;\n" ::"l"(counter) : "memory");
 }
 
+// counter[i * stride] += 1 for i in [0, n): release_add of n counters behind one fence (the fence is the cost: it
+// stalls the caller's warp until its memory operations are done, and the rest of its CTA at the next barrier).
+__device__ __forceinline__ void release_add_each(int* counter, int64_t stride, int n) {
+  asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
+  for (int i = 0; i < n; ++i) {
+    asm volatile("red.relaxed.gpu.global.add.s32 [%0], 1;\n" ::"l"(counter + i * stride) : "memory");
+  }
+}
+
 // Returns once counter >= target (acquire: the writes released before it are visible to this CTA after the caller's
 // next barrier). Traps after 60 s of waiting (by the global timer) rather than hanging.
 __device__ __forceinline__ void acquire_wait(const int* counter, int target) {

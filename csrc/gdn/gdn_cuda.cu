@@ -5,6 +5,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+
 #include "common/env_flag.h"
 #include "common/static_switch.h"
 #include "gdn/gdn_checks.h"
@@ -36,6 +38,17 @@ int gdn_value_block(int64_t dim_k, int64_t dim_v, int64_t num_seqs, int64_t head
 bool gdn_value_block_forced() { return env_is("MOM_OPS_GDN_BV", "wide") || env_is("MOM_OPS_GDN_BV", "narrow"); }
 
 namespace {
+
+// How many chunks the split chain signals at a time to the outputs beside it (GdnSplitParams::chunks_per_signal):
+// MOM_OPS_GDN_CHUNK_SIGNAL=N (>= 1), default 4.
+int chunks_per_signal() {
+  const char* env = std::getenv("MOM_OPS_GDN_CHUNK_SIGNAL");
+  if (env == nullptr) return 4;
+  const int chunks = std::atoi(env);
+  TORCH_CHECK_VALUE(chunks >= 1 && chunks <= 1024, "MOM_OPS_GDN_CHUNK_SIGNAL must be a number of chunks in [1, 1024], "
+                    "got ", env);
+  return chunks;
+}
 
 template <typename T, int kK, int kBV>
 void launch_gdn_fwd(const GdnFwdParams& p, cudaStream_t stream) {
@@ -211,6 +224,7 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Te
       sp.chains_done = sp.chunk_ready + slots * d.heads_v;
       sp.chain_ctas_per_head = int(d.dim_v / chain_bv);
       sp.chain_ctas = int(d.num_seqs * d.heads_v * (d.dim_v / chain_bv));
+      sp.chunks_per_signal = chunks_per_signal();
     }
     if (width_choice.slots > 0) sp.chain_width = order.data_ptr<int>() + d.num_seqs;  // both widths launched
     run_gdn_fwd_split(sp, q.scalar_type() == at::kBFloat16, int(d.dim_k), slots, chain_bv, stream);

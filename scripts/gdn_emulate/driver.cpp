@@ -95,6 +95,9 @@ int main(int argc, char** argv) {
       counters = galloc((slots * HV + 1) * 4);
       sp.chunk_ready = counters.as<int>(), sp.chains_done = sp.chunk_ready + slots * HV;
       sp.chain_ctas_per_head = V / emu_chain_bv(), sp.chain_ctas = N * HV * (V / emu_chain_bv());
+      // chunks per signal: 3 unless EMU_CHUNK_SIGNAL says (not a divisor of most chunk counts: partial last groups)
+      const char* every = std::getenv("EMU_CHUNK_SIGNAL");
+      sp.chunks_per_signal = every != nullptr ? std::atoi(every) : 3;
     }
     // With pieces the output kernels take many items per CTA (split_items.cuh), here over a grid of 2 CTAs
     const bool items = sp.pieces.chunks > 0;
