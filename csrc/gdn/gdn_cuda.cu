@@ -39,11 +39,11 @@ bool gdn_value_block_forced() { return env_is("MOM_OPS_GDN_BV", "wide") || env_i
 
 namespace {
 
-// How many chunks the split chain signals at a time to the outputs beside it (GdnSplitParams::chunks_per_signal):
-// MOM_OPS_GDN_CHUNK_SIGNAL=N (>= 1), default 4.
+// The most chunks the split chain signals at a time to the outputs beside it (GdnSplitParams::chunks_per_signal):
+// MOM_OPS_GDN_CHUNK_SIGNAL=N (>= 1; 1 signals each chunk), default 16.
 int chunks_per_signal() {
   const char* env = std::getenv("MOM_OPS_GDN_CHUNK_SIGNAL");
-  if (env == nullptr) return 4;
+  if (env == nullptr) return 16;
   const int chunks = std::atoi(env);
   TORCH_CHECK_VALUE(chunks >= 1 && chunks <= 1024, "MOM_OPS_GDN_CHUNK_SIGNAL must be a number of chunks in [1, 1024], "
                     "got ", env);

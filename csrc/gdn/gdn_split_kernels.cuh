@@ -44,7 +44,7 @@ struct GdnSplitParams : GdnFwdParams {
   int* chunk_ready;
   int* chains_done;
   int chain_ctas_per_head, chain_ctas;
-  int chunks_per_signal;  // the chain raises chunk_ready for this many chunks at a time, behind one fence (>= 1)
+  int chunks_per_signal;  // the most chunks the chain raises chunk_ready for at a time, behind one fence (>= 1)
   // chain: where set, the launch runs only if *chain_width == chain_width_id (both widths are launched and the order
   // kernel's simulation picks one: scan_prologue.cuh's ChainWidthChoice; not with chunk_ready); nullptr: always
   const int* chain_width;
@@ -304,15 +304,18 @@ __device__ __forceinline__ void gdn_chain(const GdnSplitParams& p) {
   const int64_t bos = cta.bos, eos = cta.eos, slot0 = chunk_slot(p, seq, bos);
   const int64_t num_chunks = (eos - bos + C - 1) / C;
   if (p.chunk_ready != nullptr) launch_dependents();  // the output kernel may start (gdn_split_overlap)
-  // Chunks [from, to)'s S0 and V_new are out (every compute thread's stores precede barrier (2) of chunk to - 1):
-  // one thread raises their counters behind one fence, every chunks_per_signal chunks and one chunk late. The fence
-  // stalls its warp, and the CTA with it at the next barrier: raised per chunk, ncu at n1 D128 put a third of warp 0's
-  // samples on it.
-  const int64_t every = max(p.chunks_per_signal, 1);
-  auto chunks_done = [&](int64_t from, int64_t to) {
-    if (p.chunk_ready != nullptr && tid == 0 && from < to) {
-      release_add_each(p.chunk_ready + (slot0 + from) * p.heads_v + hv, p.heads_v, int(to - from));
+  // Chunks [signalled, to)'s S0 and V_new are out (every compute thread's stores precede barrier (2) of chunk to - 1):
+  // one thread raises their counters behind one fence, once `every` chunks are out (a 32nd of the chain, at most
+  // chunks_per_signal: the outputs then trail the chain by ~3% at the end) and one chunk late. The fence stalls its
+  // warp, and the CTA with it at the next barrier: raised per chunk, ncu at n1 D128 put a third of warp 0's samples on
+  // it.
+  const int64_t every = min(max(num_chunks / 32, int64_t(1)), int64_t(max(p.chunks_per_signal, 1)));
+  int64_t signalled = 0;
+  auto signal_chunks = [&](int64_t to) {
+    if (p.chunk_ready != nullptr && tid == 0 && signalled < to) {
+      release_add_each(p.chunk_ready + (slot0 + signalled) * p.heads_v + hv, p.heads_v, int(to - signalled));
     }
+    signalled = to;
   };
 
   if (ChainStages::is_load_warp(tid)) {  // chunk i -> stage s: W, K, U (zero rows past the sequence), G and rk
@@ -350,7 +353,7 @@ __device__ __forceinline__ void gdn_chain(const GdnSplitParams& p) {
     const int len = int(min(int64_t(C), eos - c0)), stage = int(c % L::kStages);
     ST::store(sS, kLdV, S, warp, lane);  // S in 16 bits (the saved chunk state's rounding)
     ChainStages::wait_full<L::kStages>(c);  // (1)
-    if (p.chunk_ready != nullptr && c > 0 && c % every == 0) chunks_done(c - every, c);
+    if (c - signalled >= every) signal_chunks(c);
     const T *sW = stage_w(stage), *sK = stage_k(stage);
     const float* sU = stage_u(stage);
     const float *sG = stage_g(stage), *sRk = sG + C;
@@ -384,7 +387,7 @@ __device__ __forceinline__ void gdn_chain(const GdnSplitParams& p) {
   if (p.ht != nullptr) ST::for_each(S, warp, lane, [&](float& x, int kk, int vv) { p.ht[state_index(kk, vv)] = x; });
   if (p.chunk_ready != nullptr) {  // the last chunks and the whole chain (ht) after every compute thread's stores
     ChainStages::compute_sync();
-    chunks_done(num_chunks > 0 ? (num_chunks - 1) / every * every : 0, num_chunks);
+    signal_chunks(num_chunks);
     if (tid == 0) release_add(p.chains_done);
   }
 }
