@@ -171,11 +171,13 @@ def test_split_output_kernels_agree(K, V, HV, monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("K, V, lengths", [(128, 128, [2000]), (128, 256, [300, 0, 65, 1]), (256, 256, [700, 7]),
-                                           (64, 192, [500])])
+                                           (64, 192, [500]), (128, 128, [9000, 4500])])
 def test_split_outputs_beside_the_chain_are_the_same(K, V, lengths, monkeypatch):
     """MOM_OPS_GDN_OVERLAP=1 (the output kernel launched beside the chain, taking each chunk once the chain's counters
     say its S0 and V_new are written; one long sequence takes the chain with fewer load stages): the same kernels and
-    sums, so o and ht are bitwise those of the launches one after another, inference and training (the saves too)."""
+    sums, so o and ht are bitwise those of the launches one after another, inference and training (the saves too),
+    whether the chain signals each chunk (MOM_OPS_GDN_CHUNK_SIGNAL=1) or several at a time (141 and 71 chunks: every
+    4 and 2)."""
     need_kernel("chunk_gated_delta_rule_bwd", "cuda")
     monkeypatch.setenv("MOM_OPS_GDN_SPLIT", "1")
     n = len(lengths)
@@ -194,9 +196,23 @@ def test_split_outputs_beside_the_chain_are_the_same(K, V, lengths, monkeypatch)
     monkeypatch.setenv("MOM_OPS_GDN_OVERLAP", "0")
     apart = run()
     monkeypatch.setenv("MOM_OPS_GDN_OVERLAP", "1")
-    beside = run()
-    for x, y in zip(apart, beside):
-        assert torch.equal(x, y)
+    for signal in ("1", "16"):
+        monkeypatch.setenv("MOM_OPS_GDN_CHUNK_SIGNAL", signal)
+        beside = run()
+        for x, y in zip(apart, beside):
+            assert torch.equal(x, y), signal
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("value", ["0", "x", "4x", "99999999999"])
+def test_chunk_signal_must_be_a_count(value, monkeypatch):
+    """A bad MOM_OPS_GDN_CHUNK_SIGNAL (read where the outputs run beside the chain) is a ValueError naming it."""
+    need_kernel("chunk_gated_delta_rule_fwd", "cuda")
+    for name, setting in (("MOM_OPS_GDN_SPLIT", "1"), ("MOM_OPS_GDN_OVERLAP", "1"), ("MOM_OPS_GDN_CHUNK_SIGNAL", value)):
+        monkeypatch.setenv(name, setting)
+    inp = {key: t.cuda() for key, t in gdn_inputs(1, 300, 2, 128, 128, dtype=torch.bfloat16).items()}
+    with pytest.raises(ValueError, match="MOM_OPS_GDN_CHUNK_SIGNAL"):
+        _run(mom_ops.chunk_gated_delta_rule, inp, [300], False)
 
 
 @pytest.mark.gpu

@@ -44,10 +44,11 @@ namespace {
 int chunks_per_signal() {
   const char* env = std::getenv("MOM_OPS_GDN_CHUNK_SIGNAL");
   if (env == nullptr) return 16;
-  const int chunks = std::atoi(env);
-  TORCH_CHECK_VALUE(chunks >= 1 && chunks <= 1024, "MOM_OPS_GDN_CHUNK_SIGNAL must be a number of chunks in [1, 1024], "
-                    "got ", env);
-  return chunks;
+  char* end = nullptr;
+  const long long chunks = std::strtoll(env, &end, 10);
+  TORCH_CHECK_VALUE(end != env && *end == '\0' && chunks >= 1 && chunks <= 1024,
+                    "MOM_OPS_GDN_CHUNK_SIGNAL must be a number of chunks in [1, 1024], got ", env);
+  return int(chunks);
 }
 
 template <typename T, int kK, int kBV>
