@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import mom_ops
-from bench.gdn_inputs import GDN_CASES, gdn_inputs
+from bench.gdn_inputs import GDN_CASES, GDN_SLOW_CASES, gdn_inputs
 
 # fla 0.6 hands chunk_gated_delta_rule to FlashQLA where flash_qla is importable (its "backends"): the fla provider
 # times fla's own kernels, FlashQLA has a provider of its own.
@@ -289,13 +289,13 @@ def _memory_mix_case(tokens, heads, dim_v, topk, with_shared=True):
 # ---------------------------------------------------------------- gdn scan
 
 
-def _gdn_inputs(T, H, D, n):  # a name of this module: scripts/gdn_time.py swaps it for fixed lengths
-    return gdn_inputs(T, H, D, n)
+def _gdn_inputs(T, H, D, n, decay_scale=1.0):  # a name of this module: scripts/gdn_time.py swaps it for fixed lengths
+    return gdn_inputs(T, H, D, n, decay_scale)
 
 
-def _gdn_case(T, H, D, n):
+def _gdn_case(T, H, D, n, decay_scale=1.0):
     def build(provider, mode):
-        inp, cu = _gdn_inputs(T, H, D, n)
+        inp, cu = _gdn_inputs(T, H, D, n, decay_scale)
         if provider == "mom_ops" and has_cuda_kernel("chunk_gated_delta_rule_fwd"):
             fn = mom_ops.chunk_gated_delta_rule
             if mode == "fwdbwd" and (not has_cuda_kernel("chunk_gated_delta_rule_bwd")
@@ -322,7 +322,8 @@ def _gdn_case(T, H, D, n):
         # fwd + bwd at the least: read the inputs and do, write o and a gradient per input.
         return Bench(fwdbwd, 2 * nbytes(*inp.values()) + 2 * out_bytes)
 
-    return Case("chunk_gated_delta_rule", f"gdn_T{T}_H{H}_D{D}_n{n}", ("fwd", "fwdbwd"), build)
+    name = f"gdn_T{T}_H{H}_D{D}_n{n}" + ("" if decay_scale == 1.0 else "_slow")
+    return Case("chunk_gated_delta_rule", name, ("fwd", "fwdbwd"), build)
 
 
 # ---------------------------------------------------------------- decode
@@ -449,6 +450,7 @@ CASES: list[Case] = [
     _conv_case(32768, 1024, 4, 32),
     _conv_plan_case(16384, 1024, 4, 5, 3, 8),
     *(_gdn_case(*shape) for shape in GDN_CASES),
+    *(_gdn_case(*shape) for shape in GDN_SLOW_CASES),
     _decode_case(256, 16, 128),
     _decode_case(768, 4, 256),
     _decode_graph_case(64, 4, 256, 4, 2),

@@ -9,6 +9,9 @@ import torch.nn.functional as F
 
 # The gdn bench cases (T, H, D, sequences): bench/cases.py, scripts/gdn_provider_diff.py, scripts/flash_qla_time.py
 GDN_CASES = ((32768, 16, 128, 32), (32768, 16, 128, 1), (32768, 4, 256, 32))
+# (T, H, D, n, decay scale): one sequence whose heads forget too slowly for the warm-up cut into pieces (csrc/gdn/
+# NOTES.md, "Exact pieces"), the scan's worst case; case name suffix "_slow"
+GDN_SLOW_CASES = ((32768, 16, 128, 1, 0.001),)
 
 
 def gdn_inputs(T: int, H: int, D: int, n: int, decay_scale: float = 1.0):

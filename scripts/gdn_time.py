@@ -19,8 +19,8 @@ if "," in seqs:  # explicit lengths: the bench inputs, with these cu_seqlens
     assert sum(lengths) == T, f"the lengths sum to {sum(lengths)}, not T = {T}"
     random_inputs = cases._gdn_inputs
 
-    def fixed_inputs(T, H, D, n):
-        inp, _ = random_inputs(T, H, D, n)
+    def fixed_inputs(T, H, D, n, *decay_scale):
+        inp, _ = random_inputs(T, H, D, n, *decay_scale)
         return inp, torch.tensor([0] + lengths, device="cuda").cumsum(0).to(torch.int32)
 
     cases._gdn_inputs = fixed_inputs
