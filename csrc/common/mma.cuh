@@ -16,6 +16,21 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
+// ldmatrix .x4 (.trans) from this lane's row address: lanes 8 i .. 8 i + 7 address the rows of matrix i (for tiles
+// of any layout: mma_rows.cuh's load_a_at, load_a_trans_at).
+template <typename T>
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&a)[4], const T* row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
+               : "r"(smem_addr(row)));
+}
+template <typename T>
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&a)[4], const T* row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
+               : "r"(smem_addr(row)));
+}
+
 // A fragment of the 16x16 tile whose row r starts at tile + r * stride (row-major, m x k).
 template <typename T>
 __device__ __forceinline__ void load_a(uint32_t (&a)[4], const T* tile, int stride, int lane) {

@@ -25,6 +25,7 @@
 #include "common/env_flag.h"
 #include "common/grid_dependency.cuh"
 #include "common/mma.cuh"
+#include "common/tile_layout.h"
 #include "gdn/chain_stages.cuh"
 #include "gdn/chunk_prologue.cuh"
 #include "gdn/gdn_fwd_kernel.cuh"
@@ -258,10 +259,13 @@ __global__ void __launch_bounds__(kGdnThreads, GdnPrepSmem<T, kK>::kCtasPerSm) g
 template <typename T, int kK, int kBV, int kBudget = kSmemPerCta>
 struct GdnChainFwdSmem {
   static constexpr int C = kGdnChunk;
-  static constexpr int kLdK = kK + 8, kLdV = kBV + 8, kLdU = kBV + 4;
+  static constexpr int kLdV = kBV + 8, kLdU = kBV + 4;
   static constexpr int bytes16(int rows, int ld) { return rows * ld * 2; }
-  // kStages stages (chunks c, c + 1, ...) of: W, K [64][kLdK] 16-bit, U [64][kLdU] fp32, G and rk [64] fp32 each.
-  static constexpr int kStageW = 0, kStageK = bytes16(C, kLdK), kStageU = 2 * bytes16(C, kLdK);
+  // W and K [64][kK] 16-bit in 64-column slabs of the 128-byte swizzle (no padding: cp.async writes whole 128-byte
+  // lines, ldmatrix reads without bank conflicts; ncu put the padded rows' cp.async at ~2.6x the ideal wavefronts).
+  using StageRows = Sw128Slabs<C>;
+  // kStages stages (chunks c, c + 1, ...) of: W, K, U [64][kLdU] fp32, G and rk [64] fp32 each.
+  static constexpr int kStageW = 0, kStageK = bytes16(C, kK), kStageU = 2 * bytes16(C, kK);
   static constexpr int kStageG = kStageU + C * kLdU * 4;
   static constexpr int kStage = kStageG + 2 * C * 4;
   static constexpr int kOther = bytes16(kK, kLdV) + bytes16(C, kLdV);  // sS and sVd
@@ -282,7 +286,8 @@ struct GdnChainFwdSmem {
 template <typename T, int kK, int kBV, int kBudget>
 __device__ __forceinline__ void gdn_chain(const GdnSplitParams& p) {
   using L = GdnChainFwdSmem<T, kK, kBV, kBudget>;
-  constexpr int C = kGdnChunk, BV = kBV, kLdK = L::kLdK, kLdV = L::kLdV, kLdU = L::kLdU;
+  constexpr int C = kGdnChunk, BV = kBV, kLdV = L::kLdV, kLdU = L::kLdU;
+  using StageRows = typename L::StageRows;
   using ST = StateTile<kK, BV>;  // the state's register tiles
   constexpr int kMT = ST::kMT, kNT = ST::kNT, kNTo = BV / 2 / 8;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -327,8 +332,13 @@ __device__ __forceinline__ void gdn_chain(const GdnSplitParams& p) {
     ChainStages::produce<L::kStages>(num_chunks, [&](int s, int64_t i) {
       const int64_t c0 = bos + i * C;
       const int len = int(min(int64_t(C), eos - c0));
-      load_rows<kK * sizeof(T)>(stage_w(s), kLdK, w + c0 * w_ld, w_ld, len, ltid);
-      load_rows<kK * sizeof(T)>(stage_k(s), kLdK, k + c0 * k_ld, k_ld, len, ltid);
+      constexpr int kCols = kK < 128 ? kK : 128, kThreads = ChainStages::kLoadThreads;
+#pragma unroll
+      for (int col = 0; col < kK; col += kCols) {  // (at most 128 columns at a time: passes of 8 or more rows)
+        const int at = StageRows::at(0, col);
+        copy_rows_async<C, kCols, StageRows, kThreads>(stage_w(s) + at, w + c0 * w_ld + col, w_ld, len, ltid);
+        copy_rows_async<C, kCols, StageRows, kThreads>(stage_k(s) + at, k + c0 * k_ld + col, k_ld, len, ltid);
+      }
       load_rows<BV * 4>(stage_u(s), kLdU, u + c0 * u_ld, u_ld, len, ltid);
       const float* g_rk = p.g_rk + ((slot0 + i) * p.heads_v + hv) * 2 * C;
       if (ltid < 2 * C / 4) cp_async16(stage_g(s) + 4 * ltid, g_rk + 4 * ltid, true);  // 2 C floats
@@ -363,7 +373,7 @@ __device__ __forceinline__ void gdn_chain(const GdnSplitParams& p) {
     {
       const int vc0 = ch * (BV / 2);
       float ws[kNTo][4] = {};
-      mma_rows<T, kK / 16, kNTo, true>(ws, sW + r0 * kLdK, kLdK, sS + vc0, kLdV, lane);  // B[kk][v] = S[kk][v]
+      mma_rows_sw128<T, kK / 16, kNTo, C>(ws, sW, r0, sS + vc0, kLdV, lane);  // B[kk][v] = S[kk][v]
       const float d0 = sRk[i0] * __expf(G_last - sG[i0]), d1 = sRk[i1] * __expf(G_last - sG[i1]);
 #pragma unroll
       for (int nt = 0; nt < kNTo; ++nt) {
@@ -381,7 +391,7 @@ __device__ __forceinline__ void gdn_chain(const GdnSplitParams& p) {
     ChainStages::compute_sync();  // (2)
 
     // S = e^{G_last} S + K^T V_d on this warp's state tiles; then the stage is free.
-    ST::decay_add_atb(S, decay, sK, kLdK, sVd, kLdV, warp, lane);
+    ST::decay_add_atb_sw128(S, decay, sK, sVd, kLdV, warp, lane);
     ChainStages::release<L::kStages>(c, num_chunks);
   }
   if (p.ht != nullptr) ST::for_each(S, warp, lane, [&](float& x, int kk, int vv) { p.ht[state_index(kk, vv)] = x; });

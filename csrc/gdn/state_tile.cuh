@@ -34,6 +34,24 @@ struct StateTile {
   template <typename T>
   __device__ __forceinline__ static void decay_add_atb(float (&s)[kMT][kNT][4], float decay, const T* a, int lda,
                                                        const T* b, int ldb, int warp, int lane) {
+    decay_add_atb_from<T>(s, decay, [&](uint32_t (&af)[4], int c0, int m0) {
+      load_a_trans(af, a + c0 * lda + m0, lda, lane);  // A[k][c] = a[c][k]: stored c-major
+    }, b, ldb, warp, lane);
+  }
+
+  // The same with a in 64-column slabs of 64 rows in the 128-byte swizzle (Sw128Slabs<64>, common/mma_rows.cuh).
+  template <typename T>
+  __device__ __forceinline__ static void decay_add_atb_sw128(float (&s)[kMT][kNT][4], float decay, const T* a,
+                                                             const T* b, int ldb, int warp, int lane) {
+    decay_add_atb_from<T>(s, decay, [&](uint32_t (&af)[4], int c0, int m0) {
+      load_a_trans_sw128<64>(af, a, c0, m0, lane);
+    }, b, ldb, warp, lane);
+  }
+
+  // Their body: load_a(af, c0, m0) gives the A fragment A[m][c] = a[c0 + c][m0 + m] (16 x 16).
+  template <typename T, typename LoadA>
+  __device__ __forceinline__ static void decay_add_atb_from(float (&s)[kMT][kNT][4], float decay, LoadA&& load_a,
+                                                            const T* b, int ldb, int warp, int lane) {
     const int wm = warp % kWarpsM, wn = warp / kWarpsM;
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt) {
@@ -45,7 +63,7 @@ struct StateTile {
 #pragma unroll
       for (int kk = 0; kk < 64; kk += 16) {
         uint32_t af[4];
-        load_a_trans(af, a + kk * lda + m0, lda, lane);  // A[k][c] = a[c][k]: stored c-major
+        load_a(af, kk, m0);
 #pragma unroll
         for (int nt = 0; nt < kNT; ++nt) {
           uint32_t bf[2];

@@ -27,6 +27,10 @@ inline void ldmatrix(int nmat, bool trans, const void* addr, uint32_t* out) {
 }
 }  // namespace detail
 
+template <typename T> inline void ldmatrix_x4(uint32_t (&a)[4], const T* row) { detail::ldmatrix(4, false, row, a); }
+template <typename T> inline void ldmatrix_x4_trans(uint32_t (&a)[4], const T* row) {
+  detail::ldmatrix(4, true, row, a);
+}
 template <typename T> inline void load_a(uint32_t (&a)[4], const T* tile, int stride, int lane) {
   const T* p = tile + (lane % 16) * stride + (lane / 16) * 8;
   detail::ldmatrix(4, false, p, a);
