@@ -17,7 +17,7 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
 }
 
 // ldmatrix .x4 (.trans) from this lane's row address: lanes 8 i .. 8 i + 7 address the rows of matrix i (for tiles
-// of any layout: mma_rows.cuh's load_a_at, load_a_trans_at).
+// of any layout: mma_rows.cuh's load_a_sw128, load_a_trans_sw128).
 template <typename T>
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&a)[4], const T* row) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"

@@ -48,10 +48,11 @@ struct StateTile {
     }, b, ldb, warp, lane);
   }
 
-  // Their body: load_a(af, c0, m0) gives the A fragment A[m][c] = a[c0 + c][m0 + m] (16 x 16).
-  template <typename T, typename LoadA>
-  __device__ __forceinline__ static void decay_add_atb_from(float (&s)[kMT][kNT][4], float decay, LoadA&& load_a,
-                                                            const T* b, int ldb, int warp, int lane) {
+  // Their body: a_fragment(af, c0, m0) gives the A fragment A[m][c] = a[c0 + c][m0 + m] (16 x 16).
+  template <typename T, typename AFragment>
+  __device__ __forceinline__ static void decay_add_atb_from(float (&s)[kMT][kNT][4], float decay,
+                                                            AFragment&& a_fragment, const T* b, int ldb, int warp,
+                                                            int lane) {
     const int wm = warp % kWarpsM, wn = warp / kWarpsM;
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt) {
@@ -63,7 +64,7 @@ struct StateTile {
 #pragma unroll
       for (int kk = 0; kk < 64; kk += 16) {
         uint32_t af[4];
-        load_a(af, kk, m0);
+        a_fragment(af, kk, m0);
 #pragma unroll
         for (int nt = 0; nt < kNT; ++nt) {
           uint32_t bf[2];
