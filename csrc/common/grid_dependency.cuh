@@ -14,21 +14,19 @@ __device__ __forceinline__ void launch_dependents() {
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 }
 
-// counter += 1 after every write that precedes the caller in this CTA's barrier order (a cumulative release: fence
-// acq_rel at gpu scope, then a relaxed reduction; lighter than __threadfence's fence.sc).
-__device__ __forceinline__ void release_add(int* counter) {
-  asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
-  asm volatile("red.relaxed.gpu.global.add.s32 [%0], 1;\n" ::"l"(counter) : "memory");
-}
-
-// counter[i * stride] += 1 for i in [0, n): release_add of n counters behind one fence (the fence is the cost: it
-// stalls the caller's warp until its memory operations are done, and the rest of its CTA at the next barrier).
+// counter[i * stride] += 1 for i in [0, n) after every write that precedes the caller in this CTA's barrier order (a
+// cumulative release: fence acq_rel at gpu scope, then relaxed reductions; lighter than __threadfence's fence.sc).
+// The fence is the cost: it stalls the caller's warp until its memory operations are done, and the rest of its CTA
+// at the next barrier, so several counters share one.
 __device__ __forceinline__ void release_add_each(int* counter, int64_t stride, int n) {
   asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
   for (int i = 0; i < n; ++i) {
     asm volatile("red.relaxed.gpu.global.add.s32 [%0], 1;\n" ::"l"(counter + i * stride) : "memory");
   }
 }
+
+// counter += 1, the same way.
+__device__ __forceinline__ void release_add(int* counter) { release_add_each(counter, 0, 1); }
 
 // Returns once counter >= target (acquire: the writes released before it are visible to this CTA after the caller's
 // next barrier). Traps after 60 s of waiting (by the global timer) rather than hanging.

@@ -7,14 +7,14 @@
 
 namespace mom_ops {
 
-// acc[nt] += A (16 x 16 kSteps: row-major at a, row stride lda) times B (16 kSteps x 8 kNT): B stored k-major
-// (element (k, n) at b[k * ldb + n]) when kBKMajor, else n-major (at b[n * ldb + k]).
-template <typename T, int kSteps, int kNT, bool kBKMajor>
-__device__ __forceinline__ void mma_rows(float (&acc)[kNT][4], const T* a, int lda, const T* b, int ldb, int lane) {
+// The body of mma_rows and mma_rows_sw128: a_fragment(af, ks) gives A's 16 x 16 block ks (its columns 16 ks ..).
+template <typename T, int kSteps, int kNT, bool kBKMajor, typename AFragment>
+__device__ __forceinline__ void mma_rows_from(float (&acc)[kNT][4], AFragment&& a_fragment, const T* b, int ldb,
+                                              int lane) {
 #pragma unroll
   for (int ks = 0; ks < kSteps; ++ks) {
     uint32_t af[4];
-    load_a(af, a + ks * 16, lda, lane);
+    a_fragment(af, ks);
 #pragma unroll
     for (int nt = 0; nt < kNT; ++nt) {
       uint32_t bf[2];
@@ -26,6 +26,14 @@ __device__ __forceinline__ void mma_rows(float (&acc)[kNT][4], const T* a, int l
       mma_16816<T>(acc[nt], af, bf);
     }
   }
+}
+
+// acc[nt] += A (16 x 16 kSteps: row-major at a, row stride lda) times B (16 kSteps x 8 kNT): B stored k-major
+// (element (k, n) at b[k * ldb + n]) when kBKMajor, else n-major (at b[n * ldb + k]).
+template <typename T, int kSteps, int kNT, bool kBKMajor>
+__device__ __forceinline__ void mma_rows(float (&acc)[kNT][4], const T* a, int lda, const T* b, int ldb, int lane) {
+  mma_rows_from<T, kSteps, kNT, kBKMajor>(
+      acc, [&](uint32_t (&af)[4], int ks) { load_a(af, a + ks * 16, lda, lane); }, b, ldb, lane);
 }
 
 // acc[nt] += A (16 x 16 kSteps) times B (16 kSteps x 8 kNT), A stored transposed (element (m, k) at a[k * lda + m]:
@@ -67,17 +75,8 @@ __device__ __forceinline__ void load_a_trans_sw128(uint32_t (&a)[4], const T* ti
 template <typename T, int kSteps, int kNT, int kSlabRows>
 __device__ __forceinline__ void mma_rows_sw128(float (&acc)[kNT][4], const T* a, int r0, const T* b, int ldb,
                                                int lane) {
-#pragma unroll
-  for (int ks = 0; ks < kSteps; ++ks) {
-    uint32_t af[4];
-    load_a_sw128<kSlabRows>(af, a, r0, ks * 16, lane);
-#pragma unroll
-    for (int nt = 0; nt < kNT; ++nt) {
-      uint32_t bf[2];
-      load_b_trans(bf, b + ks * 16 * ldb + nt * 8, ldb, lane);
-      mma_16816<T>(acc[nt], af, bf);
-    }
-  }
+  mma_rows_from<T, kSteps, kNT, true>(
+      acc, [&](uint32_t (&af)[4], int ks) { load_a_sw128<kSlabRows>(af, a, r0, ks * 16, lane); }, b, ldb, lane);
 }
 
 }  // namespace mom_ops
