@@ -21,6 +21,7 @@
 #include "common/copy_rows.cuh"
 #include "common/cp_async.cuh"
 #include "common/mma.cuh"
+#include "common/tile_layout.h"
 #include "gdn/chain_stages.cuh"
 #include "gdn/chunk_prologue.cuh"
 #include "gdn/gdn_bwd_params.h"
@@ -122,14 +123,15 @@ __global__ void __launch_bounds__(kGdnThreads) gdn_bwd_prep_kernel(GdnBwdSplitPa
 template <typename T, int kK, int kBV>
 struct GdnBwdChainSplitSmem {
   static constexpr int C = kGdnChunk;
-  static constexpr int kLdK = kK + 8, kLdV = kBV + 8, kLdU = kBV + 4;
+  static constexpr int kLdV = kBV + 8, kLdU = kBV + 4;
   static constexpr int bytes16(int rows, int ld) { return rows * ld * 2; }
   // q in the stages at K <= 128; at K = 256 (two stages of q, k, W and the rest would need 252 KB) in a buffer of
   // its own, as only the dS update reads it: chunk c's q loads while chunk c's dVn is formed.
   static constexpr bool kQInStage = kK <= 128;
-  static constexpr int kTileK = bytes16(C, kLdK);  // q, k, W [64][kLdK]
-  // kStages stages (chunks c, c - 1, ...) of: (q,) k, W [64][kLdK], doq [64][kLdV] 16-bit, pdo [64][kLdU] fp32, G
-  // and rk [64].
+  // q, k, W [64][kK] in 64-column slabs of the 128-byte swizzle, as the forward chain's W and K (GdnChainFwdSmem).
+  using KRows = Sw128Slabs<C>;
+  static constexpr int kTileK = bytes16(C, kK);
+  // kStages stages (chunks c, c - 1, ...) of: (q,) k, W, doq [64][kLdV] 16-bit, pdo [64][kLdU] fp32, G and rk [64].
   static constexpr int kStageQ = 0, kStageK = kQInStage ? kTileK : 0, kStageW = kStageK + kTileK;
   static constexpr int kStageDoq = kStageW + kTileK;
   static constexpr int kStagePdo = kStageDoq + bytes16(C, kLdV);
@@ -140,7 +142,7 @@ struct GdnBwdChainSplitSmem {
   static constexpr int kStages = chain_stage_count(kStage, kOther);
   static constexpr int kS = kStages * kStage;             // dS [kK][kLdV] in 16 bits: K dS's B operand and ds1
   static constexpr int kDvn = kS + bytes16(kK, kLdV);     // -dVn [64][kLdV]
-  static constexpr int kQ = kDvn + bytes16(C, kLdV);      // q [64][kLdK] where not in the stages (K = 256)
+  static constexpr int kQ = kDvn + bytes16(C, kLdV);      // q (KRows) where not in the stages (K = 256)
   static constexpr int kBytes = kQ + kQBytes;
 };
 
@@ -151,7 +153,8 @@ template <typename T, int kK, int kBV>
 __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_kernel(GdnBwdSplitParams p) {
   using L = GdnBwdChainSplitSmem<T, kK, kBV>;
   static_assert(L::kBytes <= kSmemPerCta, "two stages (and q) fit in shared memory");
-  constexpr int C = kGdnChunk, BV = kBV, kLdK = L::kLdK, kLdV = L::kLdV, kLdU = L::kLdU;
+  constexpr int C = kGdnChunk, BV = kBV, kLdV = L::kLdV, kLdU = L::kLdU;
+  using KRows = typename L::KRows;
   using ST = StateTile<kK, BV>;  // dS's register tiles
   constexpr int kMT = ST::kMT, kNT = ST::kNT, kNTo = BV / 2 / 8;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -181,9 +184,17 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_
     ChainStages::produce<L::kStages>(num_chunks, [&](int s, int64_t i) {
       const int64_t c = num_chunks - 1 - i, c0 = bos + c * C;
       const int len = int(min(int64_t(C), eos - c0));
-      if constexpr (L::kQInStage) load_rows<kK * sizeof(T)>(stage16(s, L::kStageQ), kLdK, q + c0 * qk_ld, qk_ld, len, ltid);
-      load_rows<kK * sizeof(T)>(stage16(s, L::kStageK), kLdK, k + c0 * qk_ld, qk_ld, len, ltid);
-      load_rows<kK * sizeof(T)>(stage16(s, L::kStageW), kLdK, w + c0 * w_ld, w_ld, len, ltid);
+      constexpr int kCols = kK < 128 ? kK : 128, kThreads = ChainStages::kLoadThreads;
+#pragma unroll
+      for (int col = 0; col < kK; col += kCols) {  // (at most 128 columns at a time: passes of 8 or more rows)
+        const int at = KRows::at(0, col);
+        if constexpr (L::kQInStage) {
+          copy_rows_async<C, kCols, KRows, kThreads>(stage16(s, L::kStageQ) + at, q + c0 * qk_ld + col, qk_ld, len,
+                                                     ltid);
+        }
+        copy_rows_async<C, kCols, KRows, kThreads>(stage16(s, L::kStageK) + at, k + c0 * qk_ld + col, qk_ld, len, ltid);
+        copy_rows_async<C, kCols, KRows, kThreads>(stage16(s, L::kStageW) + at, w + c0 * w_ld + col, w_ld, len, ltid);
+      }
       load_rows<BV * sizeof(T)>(stage16(s, L::kStageDoq), kLdV, doq + c0 * v_ld, v_ld, len, ltid);
       load_rows<BV * 4>(stage_pdo(s), kLdU, pdo + c0 * v_ld, v_ld, len, ltid);
       const float* g_rk = p.g_rk + ((slot0 + c) * p.heads_v + hv) * 2 * C;
@@ -212,7 +223,7 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_
     const T* sQ = L::kQInStage ? stage16(stage, L::kStageQ) : sQ_own;
     if constexpr (!L::kQInStage) {  // every compute warp is past the previous chunk's update, q's last reader
       const int64_t c0 = bos + c * C;
-      copy_rows_async<C, kK, PaddedRows<kLdK>, ChainStages::kComputeThreads>(
+      copy_rows_async<C, kK, KRows, ChainStages::kComputeThreads>(
           sQ_own, static_cast<const T*>(p.q) + (c0 * p.heads_qk + h) * kK, int64_t(p.heads_qk) * kK,
           int(min(int64_t(C), eos - c0)), tid);
       cp_async_commit();
@@ -226,7 +237,7 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_
     {
       const int vc0 = ch * (BV / 2);
       float acc[kNTo][4] = {};
-      mma_rows<T, kK / 16, kNTo, true>(acc, sK + r0 * kLdK, kLdK, sS + vc0, kLdV, lane);  // B[kk][v] = dS[kk][v]
+      mma_rows_sw128<T, kK / 16, kNTo, C>(acc, sK, r0, sS + vc0, kLdV, lane);  // B[kk][v] = dS[kk][v]
       const float d0 = sRk[i0] * __expf(G_last - sG[i0]), d1 = sRk[i1] * __expf(G_last - sG[i1]);
 #pragma unroll
       for (int nt = 0; nt < kNTo; ++nt) {
@@ -242,7 +253,7 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_
     ChainStages::compute_sync();  // (2)
 
     // dS = e^{G_L} dS + Q^T doq + W^T (-dVn) on this warp's tiles; then the stage is free.
-    ST::decay_add_atb2(dS, decay, sQ, sW, kLdK, sDoq, sDvn, kLdV, warp, lane);
+    ST::decay_add_atb2_sw128(dS, decay, sQ, sW, sDoq, sDvn, kLdV, warp, lane);
     ChainStages::release<L::kStages>(i, num_chunks);
   }
   if (p.dh0 != nullptr) ST::for_each(dS, warp, lane, [&](float& x, int kk, int vv) { p.dh0[state_index(kk, vv)] = x; });

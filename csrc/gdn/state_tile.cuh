@@ -81,6 +81,28 @@ struct StateTile {
   __device__ __forceinline__ static void decay_add_atb2(float (&s)[kMT][kNT][4], float decay, const T* a1, const T* a2,
                                                         int lda, const T* b1, const T* b2, int ldb, int warp,
                                                         int lane) {
+    decay_add_atb2_from<T>(
+        s, decay, [&](uint32_t (&af)[4], int c0, int m0) { load_a_trans(af, a1 + c0 * lda + m0, lda, lane); },
+        [&](uint32_t (&af)[4], int c0, int m0) { load_a_trans(af, a2 + c0 * lda + m0, lda, lane); }, b1, b2, ldb, warp,
+        lane);
+  }
+
+  // The same with a1, a2 in 64-column slabs of 64 rows in the 128-byte swizzle (Sw128Slabs<64>, common/mma_rows.cuh).
+  template <typename T>
+  __device__ __forceinline__ static void decay_add_atb2_sw128(float (&s)[kMT][kNT][4], float decay, const T* a1,
+                                                              const T* a2, const T* b1, const T* b2, int ldb, int warp,
+                                                              int lane) {
+    decay_add_atb2_from<T>(
+        s, decay, [&](uint32_t (&af)[4], int c0, int m0) { load_a_trans_sw128<64>(af, a1, c0, m0, lane); },
+        [&](uint32_t (&af)[4], int c0, int m0) { load_a_trans_sw128<64>(af, a2, c0, m0, lane); }, b1, b2, ldb, warp,
+        lane);
+  }
+
+  // Their body (decay_add_atb_from's, with two products interleaved).
+  template <typename T, typename AFragment1, typename AFragment2>
+  __device__ __forceinline__ static void decay_add_atb2_from(float (&s)[kMT][kNT][4], float decay,
+                                                             AFragment1&& a1_fragment, AFragment2&& a2_fragment,
+                                                             const T* b1, const T* b2, int ldb, int warp, int lane) {
     const int wm = warp % kWarpsM, wn = warp / kWarpsM;
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt) {
@@ -92,8 +114,8 @@ struct StateTile {
 #pragma unroll
       for (int kk = 0; kk < 64; kk += 16) {
         uint32_t af1[4], af2[4];
-        load_a_trans(af1, a1 + kk * lda + m0, lda, lane);
-        load_a_trans(af2, a2 + kk * lda + m0, lda, lane);
+        a1_fragment(af1, kk, m0);
+        a2_fragment(af2, kk, m0);
 #pragma unroll
         for (int nt = 0; nt < kNT; ++nt) {
           uint32_t bf[2];
