@@ -17,6 +17,8 @@
 
 #include "common/cp_async.cuh"
 #include "common/named_barrier.cuh"
+#include "common/tile_layout.h"
+#include "common/wgmma.cuh"
 #include "gdn/gdn_fwd_kernel.cuh"
 
 namespace mom_ops {
@@ -32,7 +34,8 @@ struct ChainStages {
   // The load warps: load(stage, i) issues chunk i's copies (this thread's share), for i = 0 .. num_chunks - 1. Chunk
   // i - kLag is handed over once chunk i's copies are issued: issuing chunk i waits for chunk i - kStages to free its
   // stage, and with kLag = kStages - 2 that chunk is done before the compute warps need chunk i - kLag.
-  template <int kStages, typename Load>
+  // kAsyncReaders: the stages are read by wgmma (the async proxy), so the landed copies are fenced before the hand-over.
+  template <int kStages, bool kAsyncReaders = false, typename Load>
   __device__ __forceinline__ static void produce(int64_t num_chunks, Load&& load) {
     static_assert(kStages >= 2 && kStages <= kMaxStages, "2 to 4 stages");
     constexpr int kLag = kStages - 2;
@@ -43,10 +46,12 @@ struct ChainStages {
       cp_async_commit();
       if (i >= kLag) {
         cp_async_wait<kLag>();  // chunk i - kLag's copies have landed
+        if constexpr (kAsyncReaders) fence_async_smem();
         named_bar_arrive(kFull + int((i - kLag) % kStages), kThreads);
       }
     }
     cp_async_wait<0>();
+    if constexpr (kAsyncReaders) fence_async_smem();
     for (int64_t i = num_chunks > kLag ? num_chunks - kLag : 0; i < num_chunks; ++i) {
       named_bar_arrive(kFull + int(i % kStages), kThreads);
     }
@@ -88,13 +93,14 @@ __device__ __forceinline__ void load_rows(E* dst, int dst_ld, const E* src, int6
   }
 }
 
-// The chain's 16-bit state tile sS [kK][lds] (its [kK, kBV] columns) -> dst (rows dst_ld apart), 16 bytes at a time,
-// by the kComputeThreads compute threads: the chunk states (forward) and state gradients (backward) they save.
-template <int kK, int kBV, typename T>
-__device__ __forceinline__ void store_state_tile(T* dst, int dst_ld, const T* sS, int lds, int tid) {
+// The chain's 16-bit state tile sS ([kK, kBV], element (r, c) at Rows::at(r, c): PaddedRows or a wgmma swizzle, which
+// moves whole 16-byte chunks) -> dst (rows dst_ld apart), 16 bytes at a time, by the kComputeThreads compute threads:
+// the chunk states (forward) and state gradients (backward) they save.
+template <int kK, int kBV, typename Rows, typename T>
+__device__ __forceinline__ void store_state_tile(T* dst, int dst_ld, const T* sS, int tid) {
   for (int idx = tid; idx < kK * (kBV / 8); idx += ChainStages::kComputeThreads) {
     const int r = idx / (kBV / 8), col = (idx % (kBV / 8)) * 8;
-    *reinterpret_cast<uint4*>(dst + int64_t(r) * dst_ld + col) = *reinterpret_cast<const uint4*>(sS + r * lds + col);
+    *reinterpret_cast<uint4*>(dst + int64_t(r) * dst_ld + col) = *reinterpret_cast<const uint4*>(sS + Rows::at(r, col));
   }
 }
 

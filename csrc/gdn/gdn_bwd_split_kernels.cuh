@@ -248,7 +248,7 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_
         store2<T>(sDvn + i1 * kLdV + col, -(d1 * acc[nt][2] + x1.x), -(d1 * acc[nt][3] + x1.y));
       }
     }
-    store_state_tile<kK, BV>(ds1 + c * slot_stride, p.dim_v, sS, kLdV, tid);  // dS at this chunk's end -> ds1
+    store_state_tile<kK, BV, PaddedRows<kLdV>>(ds1 + c * slot_stride, p.dim_v, sS, tid);  // dS at this chunk's end -> ds1
     if constexpr (!L::kQInStage) cp_async_wait<0>();  // this thread's share of q (the barrier shows all of it)
     ChainStages::compute_sync();  // (2)
 

@@ -44,6 +44,15 @@ void launch_chain(const GdnSplitParams& p, cudaStream_t stream) {
       return;
     }
   }
+  if constexpr (chain_on_wgmma_fits<kK, kBV>()) {
+    if (gdn_chain_on_wgmma()) {
+      using Chain = GdnChainFwdSmem<T, kK, kBV, kSmemPerCta, true>;
+      static_assert(Chain::kBytes <= kSmemPerCta, "shared memory of the split forward's wgmma chain kernel");
+      launch_scan_kernel(gdn_chain_wgmma_kernel<T, kK, kBV>, p, blocks, ChainStages::kThreads, Chain::kBytes, stream,
+                         "(sequence, head, V-block)");
+      return;
+    }
+  }
   using Chain = GdnChainFwdSmem<T, kK, kBV, kSmemPerCta>;
   static_assert(Chain::kBytes <= kSmemPerCta, "shared memory of the split forward's chain kernel");
   launch_scan_kernel(gdn_chain_kernel<T, kK, kBV>, p, blocks, ChainStages::kThreads, Chain::kBytes, stream,
@@ -75,7 +84,8 @@ void launch_output(const GdnSplitParams& p, int64_t num_slots, cudaStream_t stre
 
 // forward_chain_width_choice (gdn_cuda.cu) simulates one chain CTA per SM at either width (K = 256).
 static_assert(2 * GdnChainFwdSmem<__nv_bfloat16, 256, 32, kSmemPerCta>::kBytes > kSmemPerCta &&
-                  2 * GdnChainFwdSmem<__half, 256, 32, kSmemPerCta>::kBytes > kSmemPerCta,
+                  2 * GdnChainFwdSmem<__half, 256, 32, kSmemPerCta>::kBytes > kSmemPerCta &&
+                  2 * GdnChainFwdSmem<__nv_bfloat16, 256, 32, kSmemPerCta, true>::kBytes > kSmemPerCta,
               "one split chain CTA per SM at K = 256");
 
 }  // namespace

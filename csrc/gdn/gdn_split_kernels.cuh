@@ -19,6 +19,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "common/copy_rows.cuh"
 #include "common/cp_async.cuh"
@@ -31,6 +32,7 @@
 #include "gdn/gdn_fwd_kernel.cuh"
 #include "gdn/scan_params.h"
 #include "gdn/split_items.cuh"
+#include "gdn/wg_state_tile.cuh"
 
 namespace mom_ops {
 
@@ -256,19 +258,25 @@ __global__ void __launch_bounds__(kGdnThreads, GdnPrepSmem<T, kK>::kCtasPerSm) g
 // ---------------------------------------------------------------- 2. the state chain
 
 // kBudget: the shared memory the chain may take (less than a CTA's most where an output CTA should fit beside it).
-template <typename T, int kK, int kBV, int kBudget = kSmemPerCta>
+// kWgmma: the layout of the wgmma chain (WgStateTile): sS and sVd unpadded in wgmma's swizzle, every tile on a 1 KB
+// boundary (the swizzle is applied to address bits).
+template <typename T, int kK, int kBV, int kBudget = kSmemPerCta, bool kWgmma = false>
 struct GdnChainFwdSmem {
   static constexpr int C = kGdnChunk;
-  static constexpr int kLdV = kBV + 8, kLdU = kBV + 4;
+  static constexpr int kLdV = kWgmma ? kBV : kBV + 8, kLdU = kBV + 4;
   static constexpr int bytes16(int rows, int ld) { return rows * ld * 2; }
+  static constexpr int align(int x) { return kWgmma ? (x + 1023) / 1024 * 1024 : x; }
   // W and K [64][kK] 16-bit in 64-column slabs of the 128-byte swizzle (no padding: cp.async writes whole 128-byte
   // lines, ldmatrix reads without bank conflicts; ncu put the padded rows' cp.async at ~2.6x the ideal wavefronts).
   using StageRows = Sw128Slabs<C>;
+  // sS [kK][kLdV] and sVd [64][kLdV]: padded rows (ldmatrix), or wgmma's layout.
+  using SRows = std::conditional_t<kWgmma, WgColumnRows<kBV, kK>, PaddedRows<kLdV>>;
+  using VdRows = std::conditional_t<kWgmma, WgColumnRows<kBV, C>, PaddedRows<kLdV>>;
   // kStages stages (chunks c, c + 1, ...) of: W, K, U [64][kLdU] fp32, G and rk [64] fp32 each.
   static constexpr int kStageW = 0, kStageK = bytes16(C, kK), kStageU = 2 * bytes16(C, kK);
   static constexpr int kStageG = kStageU + C * kLdU * 4;
-  static constexpr int kStage = kStageG + 2 * C * 4;
-  static constexpr int kOther = bytes16(kK, kLdV) + bytes16(C, kLdV);  // sS and sVd
+  static constexpr int kStage = align(kStageG + 2 * C * 4);
+  static constexpr int kOther = bytes16(kK, kLdV) + bytes16(C, kLdV);  // sS and sVd (1 KB multiples when kWgmma)
   static constexpr int kStages = chain_stage_count(kStage, kOther, kBudget);
   static constexpr int kS = kStages * kStage;                 // S [kK][kLdV] in 16 bits: W S's B operand and s0
   static constexpr int kVd = kS + bytes16(kK, kLdV);          // rk e^{G_last - G} V_new [64][kLdV]
@@ -282,15 +290,20 @@ struct GdnChainFwdSmem {
 // Per chunk, after the load warp's full(stage) (ChainStages): (1) = full: this chunk's stage has landed and S is in
 // sS. (2) = compute_sync: V_new is in sVd and s0 has been copied out; then the state update (sS has no reader after
 // (2), so the next chunk's S -> sS may start), after which the stage goes back to the load warp.
-// The chain's body; kernels: gdn_chain_kernel and gdn_chain_beside_output_kernel below.
-template <typename T, int kK, int kBV, int kBudget>
+// The chain's body; kernels: gdn_chain_kernel, gdn_chain_wgmma_kernel and gdn_chain_beside_output_kernel below.
+// kWgmma: the two products on wgmma, the state in WgStateTile's accumulators (W S: each warpgroup an m64 x (kBV / 2)
+// half of V_new over kK / 16 k-steps; the update: each warpgroup its kK / 128 m64 tiles of S over the chunk's 64 rows),
+// sS and sVd in wgmma's swizzle; else mma.sync from ldmatrix (StateTile, padded sS and sVd).
+template <typename T, int kK, int kBV, int kBudget, bool kWgmma = false>
 __device__ __forceinline__ void gdn_chain(const GdnSplitParams& p) {
-  using L = GdnChainFwdSmem<T, kK, kBV, kBudget>;
+  using L = GdnChainFwdSmem<T, kK, kBV, kBudget, kWgmma>;
   constexpr int C = kGdnChunk, BV = kBV, kLdV = L::kLdV, kLdU = L::kLdU;
   using StageRows = typename L::StageRows;
-  using ST = StateTile<kK, BV>;  // the state's register tiles
+  using SRows = typename L::SRows;
+  using VdRows = typename L::VdRows;
+  using ST = std::conditional_t<kWgmma, WgStateTile<kK, BV>, StateTile<kK, BV>>;  // the state's register tiles
   constexpr int kMT = ST::kMT, kNT = ST::kNT, kNTo = BV / 2 / 8;
-  extern __shared__ __align__(16) unsigned char smem[];
+  extern __shared__ __align__(1024) unsigned char smem[];
   T* sS = reinterpret_cast<T*>(smem + L::kS);
   T* sVd = reinterpret_cast<T*>(smem + L::kVd);
   auto stage_w = [&](int s) { return reinterpret_cast<T*>(smem + s * L::kStage + L::kStageW); };
@@ -299,7 +312,10 @@ __device__ __forceinline__ void gdn_chain(const GdnSplitParams& p) {
   auto stage_g = [&](int s) { return reinterpret_cast<float*>(smem + s * L::kStage + L::kStageG); };  // G, rk
 
   if (p.chain_width != nullptr && *p.chain_width != p.chain_width_id) return;  // the other width's launch runs
-  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g8 = lane / 4, t4 = lane % 4;
+  // On wgmma, warp through a shuffle, so that the compiler knows it (and the roles below) to be warp-uniform: with the
+  // roles split by tid, ptxas serialised every wgmma (C7520, the compute warps' path being divergent to it).
+  const int tid = threadIdx.x, lane = tid % 32, warp = kWgmma ? __shfl_sync(0xffffffffu, tid / 32, 0) : tid / 32;
+  const int g8 = lane / 4, t4 = lane % 4;
   const ChainCta cta = chain_cta(p, p.seq_order, p.dim_v / BV, BV, kK);
   const int seq = cta.seq, hv = cta.hv, h = cta.h, v0 = cta.v0;
   if (piece_is_cut(p.pieces, seq, hv, p.heads_v)) {  // the warp-specialised kernel's, in pieces
@@ -323,13 +339,13 @@ __device__ __forceinline__ void gdn_chain(const GdnSplitParams& p) {
     signalled = to;
   };
 
-  if (ChainStages::is_load_warp(tid)) {  // chunk i -> stage s: W, K, U (zero rows past the sequence), G and rk
+  if (ChainStages::is_load_warp(kWgmma ? 32 * warp : tid)) {  // chunk i -> stage s: W, K, U (zero rows past the sequence), G and rk
     const int ltid = tid - ChainStages::kComputeThreads;
     const int64_t w_ld = int64_t(p.heads_v) * kK, k_ld = int64_t(p.heads_qk) * kK, u_ld = int64_t(p.heads_v) * p.dim_v;
     const T* w = static_cast<const T*>(p.save_w) + hv * kK;
     const T* k = static_cast<const T*>(p.k) + h * kK;
     const float* u = p.u + (hv * p.dim_v + v0);
-    ChainStages::produce<L::kStages>(num_chunks, [&](int s, int64_t i) {
+    ChainStages::produce<L::kStages, kWgmma>(num_chunks, [&](int s, int64_t i) {
       const int64_t c0 = bos + i * C;
       const int len = int(min(int64_t(C), eos - c0));
       constexpr int kCols = kK < 128 ? kK : 128, kThreads = ChainStages::kLoadThreads;
@@ -361,7 +377,12 @@ __device__ __forceinline__ void gdn_chain(const GdnSplitParams& p) {
   for (int64_t c = 0; c < num_chunks; ++c) {
     const int64_t c0 = bos + c * C;
     const int len = int(min(int64_t(C), eos - c0)), stage = int(c % L::kStages);
-    ST::store(sS, kLdV, S, warp, lane);  // S in 16 bits (the saved chunk state's rounding)
+    if constexpr (kWgmma) {
+      ST::store(sS, S, warp, lane);  // S in 16 bits (the saved chunk state's rounding)
+      fence_async_smem();            // (read by wgmma after (1))
+    } else {
+      ST::store(sS, kLdV, S, warp, lane);
+    }
     ChainStages::wait_full<L::kStages>(c);  // (1)
     if (c - signalled >= every) signal_chunks(c);
     const T *sW = stage_w(stage), *sK = stage_k(stage);
@@ -373,7 +394,17 @@ __device__ __forceinline__ void gdn_chain(const GdnSplitParams& p) {
     {
       const int vc0 = ch * (BV / 2);
       float ws[kNTo][4] = {};
-      mma_rows_sw128<T, kK / 16, kNTo, C>(ws, sW, r0, sS + vc0, kLdV, lane);  // B[kk][v] = S[kk][v]
+      if constexpr (kWgmma) {  // this warpgroup's m64 x (BV / 2) of W S; the chunk state's copy-out under it
+        wgmma_fence();
+        wgmma_k_steps<T, BV / 2, false, true, kK / 16, 128, ST::kSwizzle>(
+            ws, kmajor_steps<StageRows>(sW, 0), mnmajor_steps<SRows>(sS, vc0), false);
+        wgmma_commit();
+        store_state_tile<kK, BV, SRows>(s0 + c * slot_stride, p.dim_v, sS, tid);  // this chunk's state S0 -> s0
+        wgmma_wait<0>();
+        wgmma_fence_acc(ws);
+      } else {
+        mma_rows_sw128<T, kK / 16, kNTo, C>(ws, sW, r0, sS + vc0, kLdV, lane);  // B[kk][v] = S[kk][v]
+      }
       const float d0 = sRk[i0] * __expf(G_last - sG[i0]), d1 = sRk[i1] * __expf(G_last - sG[i1]);
 #pragma unroll
       for (int nt = 0; nt < kNTo; ++nt) {
@@ -383,15 +414,23 @@ __device__ __forceinline__ void gdn_chain(const GdnSplitParams& p) {
         const float x0 = u0.x - ws[nt][0], x1 = u0.y - ws[nt][1], x2 = u1.x - ws[nt][2], x3 = u1.y - ws[nt][3];
         if (i0 < len) store2<T>(vn + ((c0 + i0) * p.heads_v + hv) * p.dim_v + v0 + col, x0, x1);
         if (i1 < len) store2<T>(vn + ((c0 + i1) * p.heads_v + hv) * p.dim_v + v0 + col, x2, x3);
-        store2<T>(sVd + i0 * kLdV + col, d0 * x0, d0 * x1);
-        store2<T>(sVd + i1 * kLdV + col, d1 * x2, d1 * x3);
+        store2<T>(sVd + VdRows::at(i0, col), d0 * x0, d0 * x1);
+        store2<T>(sVd + VdRows::at(i1, col), d1 * x2, d1 * x3);
       }
     }
-    store_state_tile<kK, BV>(s0 + c * slot_stride, p.dim_v, sS, kLdV, tid);  // this chunk's state S0 -> s0
+    if constexpr (kWgmma) {
+      fence_async_smem();  // sVd, read by wgmma after (2)
+    } else {
+      store_state_tile<kK, BV, SRows>(s0 + c * slot_stride, p.dim_v, sS, tid);  // this chunk's state S0 -> s0
+    }
     ChainStages::compute_sync();  // (2)
 
     // S = e^{G_last} S + K^T V_d on this warp's state tiles; then the stage is free.
-    ST::decay_add_atb_sw128(S, decay, sK, sVd, kLdV, warp, lane);
+    if constexpr (kWgmma) {
+      ST::decay_add_ktv(S, decay, sK, sVd, warp);
+    } else {
+      ST::decay_add_atb_sw128(S, decay, sK, sVd, kLdV, warp, lane);
+    }
     ChainStages::release<L::kStages>(c, num_chunks);
   }
   if (p.ht != nullptr) ST::for_each(S, warp, lane, [&](float& x, int kk, int vv) { p.ht[state_index(kk, vv)] = x; });
@@ -406,6 +445,16 @@ template <typename T, int kK, int kBV>
 __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_chain_kernel(GdnSplitParams p) {
   gdn_chain<T, kK, kBV, kSmemPerCta>(p);
 }
+
+// The same on wgmma (K = 128 / 256, 32- or 64-column V-blocks): gdn_split.cu's launch_chain picks it unless
+// MOM_OPS_GDN_CHAIN_WGMMA=0.
+template <typename T, int kK, int kBV>
+__global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_chain_wgmma_kernel(GdnSplitParams p) {
+  gdn_chain<T, kK, kBV, kSmemPerCta, true>(p);
+}
+template <int kK, int kBV>
+constexpr bool chain_on_wgmma_fits() { return (kK == 128 || kK == 256) && (kBV == 32 || kBV == 64); }
+inline bool gdn_chain_on_wgmma() { return !env_is("MOM_OPS_GDN_CHAIN_WGMMA", "0"); }
 
 // With the outputs beside the chain (gdn_split_overlap) at 16-column V-blocks: kBudget bytes of shared memory and at
 // most 104 registers, so that an output CTA fits on the SM too (384 x 104 + 256 x 96 registers; the output kernel's

@@ -116,6 +116,15 @@ int main(int argc, char** argv) {
           return;
         }
       }
+      if constexpr (chain_on_wgmma_fits<kK, kChainBV>()) {
+        if (gdn_chain_on_wgmma()) {
+          using L = GdnChainFwdSmem<T, kK, kChainBV, kSmemPerCta, true>;
+          std::printf("  chain on wgmma with %d-column V-blocks, %d stages\n", kChainBV, L::kStages);
+          launch(gdn_chain_wgmma_kernel<T, kK, kChainBV>, sp, int64_t(N) * HV * (V / kChainBV), L::kBytes,
+                 ChainStages::kThreads);
+          return;
+        }
+      }
       std::printf("  chain with %d-column V-blocks\n", kChainBV);
       launch(gdn_chain_kernel<T, kK, kChainBV>, sp, int64_t(N) * HV * (V / kChainBV),
              GdnChainFwdSmem<T, kK, kChainBV>::kBytes, ChainStages::kThreads);
