@@ -452,6 +452,9 @@ template <typename T, int kK, int kBV>
 __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_chain_wgmma_kernel(GdnSplitParams p) {
   gdn_chain<T, kK, kBV, kSmemPerCta, true>(p);
 }
+template <int kK, int kBV>
+constexpr bool chain_on_wgmma_fits() { return (kK == 128 || kK == 256) && (kBV == 32 || kBV == 64); }
+inline bool gdn_chain_on_wgmma() { return !env_is("MOM_OPS_GDN_CHAIN_WGMMA", "0"); }
 
 // With the outputs beside the chain (gdn_split_overlap) at 16-column V-blocks: kBudget bytes of shared memory and at
 // most 104 registers, so that an output CTA fits on the SM too (384 x 104 + 256 x 96 registers; the output kernel's
