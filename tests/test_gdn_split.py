@@ -125,13 +125,9 @@ def test_split_backward_chain_gives_the_chain_kernels_gradients(K, V, lengths, m
         assert rel_rms(split[key], chain[key]) < 3e-3, (key, rel_rms(split[key], chain[key]))
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("K, V, lengths", [(128, 128, [300, 0, 65, 1]), (64, 192, [200, 64]), (256, 64, [130, 7])])
-@pytest.mark.parametrize("narrow", ["16", "32"])
-def test_split_chains_narrow_value_blocks_are_bitwise_equal(K, V, lengths, narrow, monkeypatch):
-    """MOM_OPS_GDN_CHAIN_BV=16 / 32 (the split chains' V-blocks for few sequences) against 64: each element of the state
-    and of its gradient sums the same products in the same order either way, so outputs and gradients are bitwise
-    equal (at K = 256 the backward's split chain takes 32 columns for 64)."""
+def _split_outputs_and_gradients(K, V, lengths, monkeypatch):
+    """run(**env) -> [o, ht, the inputs' gradients] of the split forward and backward (2 heads, GVA to 4, strong decay,
+    h0 and dht given) with the environment variables env set; the same inputs on every call."""
     need_kernel("chunk_gated_delta_rule_bwd", "cuda")
     n = len(lengths)
     inp = gdn_inputs(1, sum(lengths), 2, K, V, HV=4, dtype=torch.bfloat16, decay="strong", h0=True, n_seqs=n)
@@ -140,14 +136,26 @@ def test_split_chains_narrow_value_blocks_are_bitwise_equal(K, V, lengths, narro
     monkeypatch.setenv("MOM_OPS_GDN_SPLIT", "1")
     monkeypatch.setenv("MOM_OPS_GDN_BWD_SPLIT", "1")
 
-    def run(chain_bv):
-        monkeypatch.setenv("MOM_OPS_GDN_CHAIN_BV", chain_bv)
+    def run(**env):
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
         leaves = {key: t.cuda().detach().requires_grad_(True) for key, t in inp.items()}
         o, ht = _run(mom_ops.chunk_gated_delta_rule, leaves, lengths, False)
         torch.autograd.backward((o, ht), (do, dht))
         return [o, ht] + [leaves[key].grad for key in sorted(leaves)]
 
-    for got, want in zip(run(narrow), run("64")):
+    return run
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("K, V, lengths", [(128, 128, [300, 0, 65, 1]), (64, 192, [200, 64]), (256, 64, [130, 7])])
+@pytest.mark.parametrize("narrow", ["16", "32"])
+def test_split_chains_narrow_value_blocks_are_bitwise_equal(K, V, lengths, narrow, monkeypatch):
+    """MOM_OPS_GDN_CHAIN_BV=16 / 32 (the split chains' V-blocks for few sequences) against 64: each element of the state
+    and of its gradient sums the same products in the same order either way, so outputs and gradients are bitwise
+    equal (at K = 256 the backward's split chain takes 32 columns for 64)."""
+    run = _split_outputs_and_gradients(K, V, lengths, monkeypatch)
+    for got, want in zip(run(MOM_OPS_GDN_CHAIN_BV=narrow), run(MOM_OPS_GDN_CHAIN_BV="64")):
         assert torch.equal(got, want)
 
 
@@ -158,23 +166,9 @@ def test_split_chain_on_wgmma_is_bitwise_the_mma_sync_chain(K, V, lengths, chain
     """The split forward's chain on wgmma (MOM_OPS_GDN_CHAIN_WGMMA, the default at K = 128 / 256 with 32- or 64-column
     V-blocks) against the mma.sync chain: the same 16-bit operands and the same k-step order, so o, ht and the saved
     tensors (hence the split backward's gradients) are bitwise equal."""
-    need_kernel("chunk_gated_delta_rule_bwd", "cuda")
-    n = len(lengths)
-    inp = gdn_inputs(1, sum(lengths), 2, K, V, HV=4, dtype=torch.bfloat16, decay="strong", h0=True, n_seqs=n)
-    do = torch.randn(1, sum(lengths), 4, V, device="cuda", dtype=torch.bfloat16)
-    dht = torch.randn(n, 4, K, V, device="cuda")
-    monkeypatch.setenv("MOM_OPS_GDN_SPLIT", "1")
-    monkeypatch.setenv("MOM_OPS_GDN_BWD_SPLIT", "1")
+    run = _split_outputs_and_gradients(K, V, lengths, monkeypatch)
     monkeypatch.setenv("MOM_OPS_GDN_CHAIN_BV", chain_bv)
-
-    def run(wgmma):
-        monkeypatch.setenv("MOM_OPS_GDN_CHAIN_WGMMA", wgmma)
-        leaves = {key: t.cuda().detach().requires_grad_(True) for key, t in inp.items()}
-        o, ht = _run(mom_ops.chunk_gated_delta_rule, leaves, lengths, False)
-        torch.autograd.backward((o, ht), (do, dht))
-        return [o, ht] + [leaves[key].grad for key in sorted(leaves)]
-
-    for got, want in zip(run("1"), run("0")):
+    for got, want in zip(run(MOM_OPS_GDN_CHAIN_WGMMA="1"), run(MOM_OPS_GDN_CHAIN_WGMMA="0")):
         assert torch.equal(got, want), (got.float() - want.float()).abs().max().item()
 
 

@@ -28,7 +28,21 @@ struct WgStateTile {
   using ColumnRows = WgColumnRows<kBV, kRows>;
   static constexpr int kSwizzle = kBV == 64 ? 128 : 64;
 
-  // fn(element, k, v) for each of this thread's elements of s.
+  // fn(x, y, k, v) for each of this thread's pairs of elements (x, y) = s at (k, v), (k, v + 1).
+  template <typename Fn>
+  __device__ __forceinline__ static void for_each_pair(float (&s)[kTiles][kNT][4], int warp, int lane, Fn&& fn) {
+    const int g8 = lane / 4, t4 = lane % 4;
+#pragma unroll
+    for (int t = 0; t < kTiles; ++t)
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; e += 2)
+          fn(s[t][nt][e], s[t][nt][e + 1], row0(warp, t) + g8 + (e >= 2 ? 8 : 0), nt * 8 + 2 * t4);
+  }
+
+  // fn(element, k, v) for each of this thread's elements of s. (Its own loop: through for_each_pair, ptxas spilled 176 B
+  // in the K = 256, 64-column chain.)
   template <typename Fn>
   __device__ __forceinline__ static void for_each(float (&s)[kTiles][kNT][4], int warp, int lane, Fn&& fn) {
     const int g8 = lane / 4, t4 = lane % 4;
@@ -43,17 +57,10 @@ struct WgStateTile {
 
   // s in 16 bits to sS (ColumnRows<kK>), as (v, v + 1) pairs: 8 rows x 4 words per store, in distinct banks.
   template <typename T>
-  __device__ __forceinline__ static void store(T* sS, const float (&s)[kTiles][kNT][4], int warp, int lane) {
-    const int g8 = lane / 4, t4 = lane % 4;
-#pragma unroll
-    for (int t = 0; t < kTiles; ++t)
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; e += 2) {
-          const int kk = row0(warp, t) + g8 + (e >= 2 ? 8 : 0), vv = nt * 8 + 2 * t4;
-          store2<T>(sS + ColumnRows<kK>::at(kk, vv), s[t][nt][e], s[t][nt][e + 1]);
-        }
+  __device__ __forceinline__ static void store(T* sS, float (&s)[kTiles][kNT][4], int warp, int lane) {
+    for_each_pair(s, warp, lane, [&](float& x, float& y, int kk, int vv) {
+      store2<T>(sS + ColumnRows<kK>::at(kk, vv), x, y);
+    });
   }
 
   // s = decay s + K^T V_d over the chunk's 64 rows c: K [64 c][kK] in Sw128Slabs<64> (the chain's stage; MN-major A,
