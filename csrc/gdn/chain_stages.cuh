@@ -34,7 +34,8 @@ struct ChainStages {
   // The load warps: load(stage, i) issues chunk i's copies (this thread's share), for i = 0 .. num_chunks - 1. Chunk
   // i - kLag is handed over once chunk i's copies are issued: issuing chunk i waits for chunk i - kStages to free its
   // stage, and with kLag = kStages - 2 that chunk is done before the compute warps need chunk i - kLag.
-  // kAsyncReaders: the stages are read by wgmma (the async proxy), so the landed copies are fenced before the hand-over.
+  // kAsyncReaders: the stages are read by wgmma (the async proxy), so the landed copies are fenced before the
+  // hand-over.
   template <int kStages, bool kAsyncReaders = false, typename Load>
   __device__ __forceinline__ static void produce(int64_t num_chunks, Load&& load) {
     static_assert(kStages >= 2 && kStages <= kMaxStages, "2 to 4 stages");

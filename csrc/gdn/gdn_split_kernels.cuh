@@ -339,7 +339,8 @@ __device__ __forceinline__ void gdn_chain(const GdnSplitParams& p) {
     signalled = to;
   };
 
-  if (ChainStages::is_load_warp(kWgmma ? 32 * warp : tid)) {  // chunk i -> stage s: W, K, U (zero rows past the sequence), G and rk
+  // The load warps: chunk i -> stage s: W, K, U (zero rows past the sequence), G and rk.
+  if (ChainStages::is_load_warp(kWgmma ? 32 * warp : tid)) {
     const int ltid = tid - ChainStages::kComputeThreads;
     const int64_t w_ld = int64_t(p.heads_v) * kK, k_ld = int64_t(p.heads_qk) * kK, u_ld = int64_t(p.heads_v) * p.dim_v;
     const T* w = static_cast<const T*>(p.save_w) + hv * kK;
@@ -452,6 +453,8 @@ template <typename T, int kK, int kBV>
 __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_chain_wgmma_kernel(GdnSplitParams p) {
   gdn_chain<T, kK, kBV, kSmemPerCta, true>(p);
 }
+
+// Where the wgmma chain exists, and whether it runs (MOM_OPS_GDN_CHAIN_WGMMA=0: the mma.sync one; bitwise the same).
 template <int kK, int kBV>
 constexpr bool chain_on_wgmma_fits() { return (kK == 128 || kK == 256) && (kBV == 32 || kBV == 64); }
 inline bool gdn_chain_on_wgmma() { return !env_is("MOM_OPS_GDN_CHAIN_WGMMA", "0"); }

@@ -41,8 +41,8 @@ struct WgStateTile {
           fn(s[t][nt][e], s[t][nt][e + 1], row0(warp, t) + g8 + (e >= 2 ? 8 : 0), nt * 8 + 2 * t4);
   }
 
-  // fn(element, k, v) for each of this thread's elements of s. (Its own loop: through for_each_pair, ptxas spilled 176 B
-  // in the K = 256, 64-column chain.)
+  // fn(element, k, v) for each of this thread's elements of s. (Its own loop: through for_each_pair, ptxas spilled
+  // 176 B in the K = 256, 64-column chain.)
   template <typename Fn>
   __device__ __forceinline__ static void for_each(float (&s)[kTiles][kNT][4], int warp, int lane, Fn&& fn) {
     const int g8 = lane / 4, t4 = lane % 4;
