@@ -2,7 +2,8 @@
 
 The source list is csrc/**/*.cpp (always) and csrc/**/*.cu (CUDA builds); CMakeLists.txt globs the same
 patterns, so there is one list. Knobs (environment variables):
-  MOM_OPS_CUDA_ARCHS   ';'-separated archs for nvcc, default "9.0a" (e.g. "9.0a;8.0")
+  MOM_OPS_CUDA_ARCHS   ';'-separated archs for nvcc, default "9.0a" (the only one the wgmma / TMA kernels compile
+                       for; other GPUs run the ops' Triton fallbacks, mom_ops/_other_gpus.py)
   MOM_OPS_SKIP_CUDA    1 = CPU-only build even when torch and nvcc support CUDA
   MOM_OPS_DEBUG        1 = -O0 -g host code, -G device code
   MAX_JOBS             parallel compile jobs (read by torch's ninja build)

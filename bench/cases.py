@@ -46,7 +46,11 @@ def nbytes(*tensors) -> int:
 
 
 def has_cuda_kernel(op: str) -> bool:
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"mom_ops::{op}", "CUDA")
+    """Whether op runs mom_ops' own CUDA kernel here (not a Triton fallback: mom_ops/_other_gpus.py)."""
+    from mom_ops._other_gpus import kernels_run_on
+
+    return (torch.cuda.is_available() and kernels_run_on(torch.device("cuda"))
+            and torch._C._dispatch_has_kernel_for_dispatch_key(f"mom_ops::{op}", "CUDA"))
 
 
 def has_module(name: str) -> bool:
@@ -298,9 +302,8 @@ def _gdn_case(T, H, D, n, decay_scale=1.0):
         inp, cu = _gdn_inputs(T, H, D, n, decay_scale)
         if provider == "mom_ops" and has_cuda_kernel("chunk_gated_delta_rule_fwd"):
             fn = mom_ops.chunk_gated_delta_rule
-            if mode == "fwdbwd" and (not has_cuda_kernel("chunk_gated_delta_rule_bwd")
-                                     or mom_ops._interim_cuda_backward.INTERIM_TRITON_BACKWARD):
-                return None  # #5's timings are the CUDA backward's, not the interim Triton one
+            if mode == "fwdbwd" and not has_cuda_kernel("chunk_gated_delta_rule_bwd"):
+                return None
         elif provider == "triton_ref" and mode == "fwd" and (fn := triton_ref_fn("gdn", "chunk_gated_delta_rule")):
             pass  # forward only
         elif provider == "fla" and has_module("fla"):
@@ -407,8 +410,6 @@ def _layer_case(batch, seqlen, hidden, heads, head_dim, memories, topk, name):
         if provider == "mom_ops":
             if not (has_cuda_kernel("chunk_gated_delta_rule_fwd") and has_cuda_kernel("chunk_gated_delta_rule_bwd")):
                 return None
-            if mode == "fwdbwd" and mom_ops._interim_cuda_backward.INTERIM_TRITON_BACKWARD:
-                return None  # not timed while the scan backward is the interim Triton one
             from mom_ops.nn import MoMAttention
 
             layer = MoMAttention(hidden, heads, head_dim, num_memories=memories, topk=topk, shared_memory=True)

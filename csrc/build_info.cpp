@@ -5,6 +5,8 @@
 
 #ifdef MOM_OPS_WITH_CUDA
 #include <cuda_runtime_api.h>
+
+#include "common/other_gpus.h"
 #endif
 
 #define MOM_OPS_STR_(...) #__VA_ARGS__
@@ -38,6 +40,12 @@ void add_build_info(PyObject* module) {
         return info;
       },
       "Compile-time facts about this build of mom_ops._C (torch and CUDA versions, GPU archs).");
+#ifdef MOM_OPS_WITH_CUDA
+  m.def(
+      "cuda_kernels_run_on",
+      [](int device) { return cuda_kernels_run_on(c10::Device(c10::DeviceType::CUDA, c10::DeviceIndex(device))); },
+      "Whether this build's CUDA kernels run on CUDA device `device` (else its ops take their Triton fallbacks).");
+#endif
 }
 
 }  // namespace mom_ops

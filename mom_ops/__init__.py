@@ -15,7 +15,7 @@ except ImportError as e:  # pragma: no cover - only hit on a broken install
     ) from e
 
 from mom_ops import _fake  # noqa: F401,E402  (fake kernels for torch.compile / meta tensors)
-from mom_ops import _interim_cuda_backward  # noqa: F401,E402  (Triton scan backward on CUDA until #5)
+from mom_ops import _other_gpus  # noqa: F401,E402  (Triton fallbacks on GPUs the CUDA kernels do not run on)
 from mom_ops.conv import segment_conv, segment_conv_columns  # noqa: E402
 from mom_ops.decode import fused_recurrent_gated_delta_rule, mom_decode_step  # noqa: E402
 from mom_ops.gating import gdn_gating  # noqa: E402
@@ -27,16 +27,19 @@ __version__ = "0.1.0"
 
 
 def build_info() -> dict:
-    """What this build contains: torch/CUDA versions, GPU archs, and which ops have CPU/CUDA kernels."""
+    """What this build contains: torch/CUDA versions, GPU archs, which ops have CPU/CUDA kernels, and which have a
+    Triton fallback for other GPUs."""
     info = dict(_C.build_info())
     kernels = {}
-    for qualname in sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("mom_ops::")):
+    names = torch._C._dispatch_get_all_op_names()
+    for qualname in sorted(n for n in names if n.startswith("mom_ops::") and not n.endswith("_triton")):
         kernels[qualname.split("::")[1]] = [
-            key for key in ("CPU", "CUDA") if torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key)
+            key if key == "CPU" or info["cuda"] else "CUDA (Triton fallback)"  # (a build without CUDA kernels)
+            for key in ("CPU", "CUDA") if torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key)
         ]
     info["kernels"] = kernels
-    if _interim_cuda_backward.INTERIM_TRITON_BACKWARD:
-        info["interim"] = {"chunk_gated_delta_rule_bwd": "CUDA key served by the Triton reference (issue #5)"}
+    # ops that run on GPUs this build's kernels do not (their Triton references; mom_ops/_other_gpus.py)
+    info["triton_fallbacks"] = _other_gpus.TRITON_FALLBACKS
     return info
 
 

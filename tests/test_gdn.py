@@ -182,7 +182,7 @@ def test_gpu_forward_state_layouts_agree(D):
 @pytest.mark.gpu
 @pytest.mark.parametrize("D, lengths, h0", [(64, [70, 0, 129, 1], True), (128, None, False)])
 def test_gpu_backward_matches_cpu(D, lengths, h0):
-    """The CUDA backward (today the interim Triton one) against the CPU backward in fp32 on the same inputs."""
+    """The CUDA backward against the CPU backward in fp32 on the same inputs."""
     need_kernel("chunk_gated_delta_rule_bwd", "cuda")
     B = 2 if lengths is None else 1
     T = 150 if lengths is None else sum(lengths)

@@ -3,9 +3,7 @@ per-token recurrence computed on the CPU.
 
 Inputs are bf16 (every regime) or fp16 (one regime) on the GPU; the reference gets the same rounded values cast
 to fp32, and the gradients of loss = (o * do).sum() + (ht * dht).sum() (do rounded to the input dtype as well).
-Bars (DESIGN.md §3): relative RMS < 8e-3 for dq, dk, dv, dh0 and < 2e-2 for dg, dbeta. The tests run against
-whatever CUDA kernel is registered for mom_ops::chunk_gated_delta_rule_bwd (the interim Triton one until #5's
-kernel lands).
+Bars (DESIGN.md §3): relative RMS < 8e-3 for dq, dk, dv, dh0 and < 2e-2 for dg, dbeta.
 """
 
 from __future__ import annotations

@@ -135,8 +135,12 @@ def _gdn_fwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, o_ptr, h0_ptr, ht_ptr,
 
 
 def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
-                           use_qk_l2norm_in_kernel=False, state_v_first=False, cu_seqlens=None):
+                           use_qk_l2norm_in_kernel=False, state_v_first=False, cu_seqlens=None, precision="ieee"):
     """Forward of mom_ops.chunk_gated_delta_rule (no autograd).
+
+    precision: the dots' input_precision. "ieee" (fp32 products: the reference) compiles to FMA loops, minutes per
+    configuration on a GPU; "tf32" compiles in seconds and its ~5e-4 product error is still below the 16-bit
+    operands' of the CUDA kernels and fla (mom_ops/_other_gpus.py's fallback takes it).
 
     q, k: [B, T, H, K]; v: [B, T, HV, V] (HV a multiple of H); g, beta: [B, T, HV]; initial_state: fp32
     [N, HV, K, V] ([N, HV, V, K] with state_v_first); cu_seqlens: [N+1] int32/int64 (then B == 1; rows past
@@ -171,7 +175,7 @@ def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, out
             cu_seqlens if cu_seqlens is not None else o, float(scale), T, stride_sk, stride_sv,
             H=H, HV=HV, K=K, V=V, C=CHUNK, BK=BK, BV=BV,
             IS_VARLEN=cu_seqlens is not None, HAS_H0=h0 is not None, STORE_HT=ht is not None,
-            USE_L2NORM=use_qk_l2norm_in_kernel, PRECISION="ieee",
+            USE_L2NORM=use_qk_l2norm_in_kernel, PRECISION=precision,
             num_warps=4 if BK <= 64 else 8, num_stages=1)
     return o, ht
 

@@ -104,20 +104,25 @@ class _MemoryMix(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         o_routed, weights, shared, norm_weight, gate = ctx.saved_tensors
-        plan = ctx.plan
-        grid, H, V, (sh, nw, gt), flags = _launch_args(o_routed, plan, weights, shared, norm_weight, gate)
-        N, K = plan.num_tokens, plan.topk
-        d_o = torch.zeros_like(o_routed)  # rows holding no pair stay 0
-        d_w = torch.empty(N, K, H, device=dy.device, dtype=torch.float32)
-        d_shared = torch.empty_like(shared) if shared is not None else None
-        d_nw = torch.empty(N, H, V, device=dy.device, dtype=torch.float32) if norm_weight is not None else None
-        d_gate = torch.empty_like(gate) if gate is not None else None
-        if N > 0:
-            _mix_bwd_kernel[grid](dy.contiguous(), o_routed, plan.dst_row, weights, sh, nw, gt, ctx.eps, H, V,
-                                  d_o, d_w, d_shared if d_shared is not None else d_o,
-                                  d_nw if d_nw is not None else d_o, d_gate if d_gate is not None else d_o, **flags)
-        d_norm = d_nw.sum((0, 1)).to(norm_weight.dtype) if norm_weight is not None else None
-        return d_o, d_w.sum(-1), d_shared, d_norm, d_gate, None, None
+        return *memory_mix_backward(dy, o_routed, weights, shared, norm_weight, gate, ctx.plan, ctx.eps), None, None
+
+
+def memory_mix_backward(dy, o_routed, weights, shared, norm_weight, gate, plan, eps):
+    """Gradients (o_routed, weights [N, k] fp32, shared, norm_weight, gate; None for absent inputs) of memory_mix,
+    from contiguous inputs."""
+    grid, H, V, (sh, nw, gt), flags = _launch_args(o_routed, plan, weights, shared, norm_weight, gate)
+    N, K = plan.num_tokens, plan.topk
+    d_o = torch.zeros_like(o_routed)  # rows holding no pair stay 0
+    d_w = torch.empty(N, K, H, device=dy.device, dtype=torch.float32)
+    d_shared = torch.empty_like(shared) if shared is not None else None
+    d_nw = torch.empty(N, H, V, device=dy.device, dtype=torch.float32) if norm_weight is not None else None
+    d_gate = torch.empty_like(gate) if gate is not None else None
+    if N > 0:
+        _mix_bwd_kernel[grid](dy.contiguous(), o_routed, plan.dst_row, weights, sh, nw, gt, eps, H, V,
+                              d_o, d_w, d_shared if d_shared is not None else d_o,
+                              d_nw if d_nw is not None else d_o, d_gate if d_gate is not None else d_o, **flags)
+    d_norm = d_nw.sum((0, 1)).to(norm_weight.dtype) if norm_weight is not None else None
+    return d_o, d_w.sum(-1), d_shared, d_norm, d_gate
 
 
 def memory_mix(o_routed: torch.Tensor, plan: RoutingPlan, weights: torch.Tensor | None = None,

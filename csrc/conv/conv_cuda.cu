@@ -12,6 +12,7 @@
 
 #include "common/column_sum.cuh"
 #include "common/env_flag.h"
+#include "common/other_gpus.h"
 #include "common/static_switch.h"
 #include "common/strided_rows.h"
 #include "conv/conv_checks.h"
@@ -126,6 +127,10 @@ at::Tensor segment_conv_fwd_cuda(const at::Tensor& x_in, const at::Tensor& weigh
                                  const std::optional<at::Tensor>& history, bool activation,
                                  const std::optional<at::Tensor>& dst_row, const std::optional<at::Tensor>& src_pair) {
   const ConvDims d = check_segment_conv_args(x_in, weight, cu_seqlens, history, dst_row, src_pair);
+  if (!cuda_kernels_run_on(x_in.device())) {
+    return call_other_gpu_fallback<decltype(segment_conv_fwd_cuda)>(
+        "segment_conv_fwd", x_in.device(), x_in, weight, cu_seqlens, history, activation, dst_row, src_pair);
+  }
   c10::cuda::CUDAGuard guard(x_in.device());
   const ConvInputs in = prepare(x_in, weight, cu_seqlens, history, d);
   const at::Tensor x = dense_last_dim(x_in);
@@ -143,6 +148,11 @@ at::Tensor segment_conv_fwd_cuda(const at::Tensor& x_in, const at::Tensor& weigh
   return y;
 }
 
+void check_grad_y(const at::Tensor& grad_y, const at::Tensor& x, const ConvDims& d) {
+  CHECK_SHAPE(grad_y, d.rows, d.channels);
+  CHECK_DEVICE(grad_y, x);
+}
+
 // The bwd into a given grad_x [R, C] (dense channels, any row stride, x's dtype); returns grad_weight, grad_history.
 std::tuple<at::Tensor, at::Tensor> conv_bwd(const at::Tensor& grad_y_in, const at::Tensor& x_in,
                                             const at::Tensor& weight, const at::Tensor& cu_seqlens,
@@ -150,8 +160,6 @@ std::tuple<at::Tensor, at::Tensor> conv_bwd(const at::Tensor& grad_y_in, const a
                                             const at::Tensor& grad_x, const ConvDims& d,
                                             const std::optional<at::Tensor>& dst_row = std::nullopt,
                                             const std::optional<at::Tensor>& src_pair = std::nullopt) {
-  CHECK_SHAPE(grad_y_in, d.rows, d.channels);
-  CHECK_DEVICE(grad_y_in, x_in);
   c10::cuda::CUDAGuard guard(x_in.device());
   const ConvInputs in = prepare(x_in, weight, cu_seqlens, history, d);
   const at::Tensor x = dense_last_dim(x_in), grad_y = dense_last_dim(grad_y_in.to(x_in.scalar_type()));
@@ -192,6 +200,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_conv_bwd_cuda(const at::T
                                                                     const std::optional<at::Tensor>& dst_row,
                                                                     const std::optional<at::Tensor>& src_pair) {
   const ConvDims d = check_segment_conv_args(x, weight, cu_seqlens, history, dst_row, src_pair);
+  check_grad_y(grad_y, x, d);
+  if (!cuda_kernels_run_on(x.device())) {
+    return call_other_gpu_fallback<decltype(segment_conv_bwd_cuda)>(
+        "segment_conv_bwd", x.device(), grad_y, x, weight, cu_seqlens, history, activation, dst_row, src_pair);
+  }
   at::Tensor grad_x = at::empty({d.rows, d.channels}, x.options());  // the conv's input rows (the stream's R)
   auto [grad_w, grad_history] =
       conv_bwd(grad_y, x, weight, cu_seqlens, history, activation, grad_x, d, dst_row, src_pair);
@@ -204,6 +217,11 @@ std::tuple<at::Tensor, at::Tensor> segment_conv_bwd_into_cuda(const at::Tensor& 
                                                              bool activation, at::Tensor& grad_x) {
   const ConvDims d = check_segment_conv_args(x, weight, cu_seqlens, history);
   check_conv_grad_x_out(grad_x, x, grad_y, d);
+  check_grad_y(grad_y, x, d);
+  if (!cuda_kernels_run_on(x.device())) {
+    return call_other_gpu_fallback<decltype(segment_conv_bwd_into_cuda)>(
+        "segment_conv_bwd_into", x.device(), grad_y, x, weight, cu_seqlens, history, activation, grad_x);
+  }
   return conv_bwd(grad_y, x, weight, cu_seqlens, history, activation, grad_x, d);
 }
 

@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include "common/env_flag.h"
+#include "common/other_gpus.h"
 #include "common/static_switch.h"
 #include "decode/decode_checks.h"
 #include "decode/decode_kernels.cuh"
@@ -52,6 +53,11 @@ at::Tensor mom_decode_step_cuda(const at::Tensor& q, const at::Tensor& k, const 
                                 at::Tensor& state_pool, double scale, bool use_qk_l2norm, bool state_v_first) {
   const DecodeDims d = check_decode_args(q, k, v, g, beta, weights, slots, state_pool, state_v_first);
   check_cuda_dims(d.dim_k, d.dim_v, q);
+  if (!cuda_kernels_run_on(q.device())) {
+    return call_other_gpu_fallback<decltype(mom_decode_step_cuda)>(
+        "mom_decode_step", q.device(), q, k, v, g, beta, weights, slots, state_pool, scale, use_qk_l2norm,
+        state_v_first);
+  }
   c10::cuda::CUDAGuard guard(q.device());
   const at::Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
   const at::Tensor gf = g.to(at::kFloat).contiguous(), bf = beta.to(at::kFloat).contiguous();
@@ -100,6 +106,11 @@ std::tuple<at::Tensor, at::Tensor> fused_recurrent_fwd_cuda(const at::Tensor& q,
   check_cuda_dims(d.dim_k, d.dim_v, q);
   TORCH_CHECK_VALUE(d.num_seqs < 65536, "fused_recurrent on CUDA supports fewer than 65536 sequences, got ",
                     d.num_seqs);
+  if (!cuda_kernels_run_on(q.device())) {
+    return call_other_gpu_fallback<decltype(fused_recurrent_fwd_cuda)>(
+        "fused_recurrent_gated_delta_rule_fwd", q.device(), q, k, v, g, beta, scale, initial_state,
+        output_final_state, use_qk_l2norm, state_v_first, cu_seqlens);
+  }
   c10::cuda::CUDAGuard guard(q.device());
   ScanIO io = prepare_scan_io(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm, state_v_first,
                               cu_seqlens, d);

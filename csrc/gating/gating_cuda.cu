@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include "common/column_sum.cuh"
+#include "common/other_gpus.h"
 #include "common/static_switch.h"
 #include "common/strided_rows.h"
 #include "gating/gating_checks.h"
@@ -47,6 +48,9 @@ std::tuple<at::Tensor, at::Tensor> gdn_gating_fwd_cuda(const at::Tensor& a, cons
                                                        const at::Tensor& A_log, const at::Tensor& dt_bias) {
   check_gdn_gating_args(a, b, A_log, dt_bias);
   check_cuda_args(a, A_log);
+  if (!cuda_kernels_run_on(a.device())) {
+    return call_other_gpu_fallback<decltype(gdn_gating_fwd_cuda)>("gdn_gating_fwd", a.device(), a, b, A_log, dt_bias);
+  }
   c10::cuda::CUDAGuard guard(a.device());
   at::Tensor g = at::empty(a.sizes(), a.options().dtype(at::kFloat));
   at::Tensor beta = at::empty(a.sizes(), a.options());
@@ -70,6 +74,10 @@ at::Tensor gdn_gating_bwd_cuda(const at::Tensor& grad_g, const at::Tensor& grad_
   check_gdn_gating_args(a, b, A_log, dt_bias);
   check_cuda_args(a, A_log);
   check_gdn_gating_grads(grad_g, grad_beta, a, b, grad_a, grad_b, at::kFloat);
+  if (!cuda_kernels_run_on(a.device())) {
+    return call_other_gpu_fallback<decltype(gdn_gating_bwd_cuda)>(
+        "gdn_gating_bwd", a.device(), grad_g, grad_beta, a, b, A_log, dt_bias, grad_a, grad_b);
+  }
   c10::cuda::CUDAGuard guard(a.device());
   const int64_t H = a.size(1);
   GatingParams p = make_params(a, b, A_log, dt_bias);

@@ -20,6 +20,7 @@
 
 #include "common/aligned.h"
 #include "common/env_flag.h"
+#include "common/other_gpus.h"
 #include "gdn/gdn_bwd_launch.h"
 #include "gdn/gdn_checks.h"
 #include "gdn/gdn_fwd_launch.h"
@@ -137,6 +138,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const bool have_saved = chunk_states.has_value() && chunk_states->numel() > 0;
   TORCH_CHECK_VALUE(!have_saved || (saved_w.has_value() && saved_v_new.has_value() && saved_t.has_value()),
                     "chunk_states, w, v_new and t come together (from chunk_gated_delta_rule_fwd_train)");
+  if (!cuda_kernels_run_on(q.device())) {
+    return call_other_gpu_fallback<decltype(gdn_bwd_cuda)>(
+        "chunk_gated_delta_rule_bwd", q.device(), q, k, v, g, beta, scale, initial_state, grad_o, grad_final_state,
+        use_qk_l2norm, state_v_first, cu_seqlens, chunk_indices, chunk_states, saved_w, saved_v_new, saved_t);
+  }
   c10::cuda::CUDAGuard guard(q.device());
   ScanIO io = prepare_scan_io(q, k, v, g, beta, scale, initial_state, /*output_final_state=*/false, use_qk_l2norm,
                               state_v_first, cu_seqlens, d, /*need_o=*/false);

@@ -8,6 +8,7 @@
 #include <cstdlib>
 
 #include "common/env_flag.h"
+#include "common/other_gpus.h"
 #include "common/static_switch.h"
 #include "gdn/gdn_checks.h"
 #include "gdn/gdn_fwd_kernel.cuh"
@@ -148,12 +149,11 @@ struct GdnSaved {
   }
 };
 
-std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                               const at::Tensor& g, const at::Tensor& beta, double scale,
-                                               const std::optional<at::Tensor>& initial_state,
-                                               bool output_final_state, bool use_qk_l2norm, bool state_v_first,
-                                               const std::optional<at::Tensor>& cu_seqlens,
-                                               const std::optional<at::Tensor>& chunk_indices, GdnSaved* saved) {
+// The forward's argument checks (also where the Triton fallback runs, so that every GPU takes the same inputs).
+GdnDims check_forward_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
+                           const at::Tensor& beta, const std::optional<at::Tensor>& initial_state, bool state_v_first,
+                           const std::optional<at::Tensor>& cu_seqlens,
+                           const std::optional<at::Tensor>& chunk_indices) {
   const GdnDims d = check_gdn_args(q, k, v, g, beta, initial_state, state_v_first, cu_seqlens, chunk_indices);
   TORCH_CHECK_VALUE(q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf,
                     "the CUDA scan takes bfloat16 or float16 q, k, v, got ", q.scalar_type());
@@ -163,6 +163,17 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Te
   TORCH_CHECK_VALUE(d.dim_v % bv == 0, "the CUDA scan needs V a multiple of ", bv, " for K = ", d.dim_k, ", got ",
                     d.dim_v);
   TORCH_CHECK_VALUE(d.num_seqs * d.heads_v * (d.dim_v / bv) < (int64_t(1) << 31), "too many sequences x heads");
+  return d;
+}
+
+std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                               const at::Tensor& g, const at::Tensor& beta, double scale,
+                                               const std::optional<at::Tensor>& initial_state,
+                                               bool output_final_state, bool use_qk_l2norm, bool state_v_first,
+                                               const std::optional<at::Tensor>& cu_seqlens,
+                                               const std::optional<at::Tensor>& chunk_indices, GdnSaved* saved) {
+  const GdnDims d = check_forward_args(q, k, v, g, beta, initial_state, state_v_first, cu_seqlens, chunk_indices);
+  const int bv = gdn_value_block(d.dim_k, d.dim_v, d.num_seqs, d.heads_v);
   c10::cuda::CUDAGuard guard(q.device());
   ScanIO io = prepare_scan_io(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm, state_v_first,
                               cu_seqlens, d);
@@ -241,6 +252,12 @@ std::tuple<at::Tensor, at::Tensor> gdn_fwd_cuda(const at::Tensor& q, const at::T
                                                 bool output_final_state, bool use_qk_l2norm, bool state_v_first,
                                                 const std::optional<at::Tensor>& cu_seqlens,
                                                 const std::optional<at::Tensor>& chunk_indices) {
+  if (!cuda_kernels_run_on(q.device())) {
+    check_forward_args(q, k, v, g, beta, initial_state, state_v_first, cu_seqlens, chunk_indices);
+    return call_other_gpu_fallback<decltype(gdn_fwd_cuda)>(
+        "chunk_gated_delta_rule_fwd", q.device(), q, k, v, g, beta, scale, initial_state, output_final_state,
+        use_qk_l2norm, state_v_first, cu_seqlens, chunk_indices);
+  }
   return run_forward(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm, state_v_first,
                      cu_seqlens, chunk_indices, nullptr);
 }
@@ -251,6 +268,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g, const at::Tensor& beta,
     double scale, const std::optional<at::Tensor>& initial_state, bool output_final_state, bool use_qk_l2norm,
     bool state_v_first, const std::optional<at::Tensor>& cu_seqlens, const std::optional<at::Tensor>& chunk_indices) {
+  if (!cuda_kernels_run_on(q.device())) {  // (the fallback saves nothing: its backward recomputes)
+    check_forward_args(q, k, v, g, beta, initial_state, state_v_first, cu_seqlens, chunk_indices);
+    return call_other_gpu_fallback<decltype(gdn_fwd_train_cuda)>(
+        "chunk_gated_delta_rule_fwd_train", q.device(), q, k, v, g, beta, scale, initial_state, output_final_state,
+        use_qk_l2norm, state_v_first, cu_seqlens, chunk_indices);
+  }
   GdnSaved saved;
   auto [o, ht] = run_forward(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm,
                              state_v_first, cu_seqlens, chunk_indices, &saved);

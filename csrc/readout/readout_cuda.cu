@@ -9,6 +9,7 @@
 
 #include "common/aligned.h"
 #include "common/column_sum.cuh"
+#include "common/other_gpus.h"
 #include "common/static_switch.h"
 #include "readout/readout_checks.h"
 #include "readout/readout_kernels.cuh"
@@ -115,6 +116,10 @@ at::Tensor memory_mix_fwd_cuda(const at::Tensor& o_routed, const at::Tensor& dst
                                const std::optional<at::Tensor>& norm_weight, const std::optional<at::Tensor>& gate,
                                double eps) {
   const MixInputs in = prepare(o_routed, dst_row, src_pair, weights, shared, norm_weight, gate, eps);
+  if (!cuda_kernels_run_on(o_routed.device())) {
+    return call_other_gpu_fallback<decltype(memory_mix_fwd_cuda)>(
+        "memory_mix_fwd", o_routed.device(), o_routed, dst_row, src_pair, weights, shared, norm_weight, gate, eps);
+  }
   c10::cuda::CUDAGuard guard(o_routed.device());
   at::Tensor out = at::empty({dst_row.size(0), o_routed.size(1), o_routed.size(2)}, o_routed.options());
   MixParams p = make_params(in, dst_row, src_pair, eps);
@@ -137,6 +142,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_mi
   CHECK_SHAPE(grad_out, dst_row.size(0), o_routed.size(1), o_routed.size(2));
   CHECK_SAME_DTYPE(grad_out, o_routed);
   CHECK_DEVICE(grad_out, o_routed);
+  if (!cuda_kernels_run_on(o_routed.device())) {
+    return call_other_gpu_fallback<decltype(memory_mix_bwd_cuda)>(
+        "memory_mix_bwd", o_routed.device(), grad_out, o_routed, dst_row, src_pair, weights, shared, norm_weight, gate,
+        eps);
+  }
   c10::cuda::CUDAGuard guard(o_routed.device());
   const at::Tensor dy = contiguous_aligned16(grad_out);
   const auto f32 = o_routed.options().dtype(at::kFloat);

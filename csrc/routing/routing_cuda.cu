@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "common/other_gpus.h"
 #include "common/static_switch.h"
 #include "common/strided_rows.h"
 #include "routing/routing_checks.h"
@@ -23,6 +24,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const int64_t N = router_logits.size(0), M = router_logits.size(1);
   TORCH_CHECK_VALUE(M <= 64, "the CUDA router supports at most 64 memories, router_logits has ", M);
   TORCH_CHECK_VALUE(M * batch_size < (int64_t(1) << 31), "num_memories * batch_size must fit in int32");
+  if (!cuda_kernels_run_on(router_logits.device())) {
+    return call_other_gpu_fallback<decltype(route_cuda)>(
+        "route", router_logits.device(), router_logits, topk, batch_size, cu_seqlens, token_mask, chunk_size);
+  }
   c10::cuda::CUDAGuard guard(router_logits.device());
   const at::Tensor logits = router_logits.contiguous();
   const int64_t R = N * topk, S = M * batch_size, max_chunks_ = max_chunks(R, S, chunk_size);
@@ -124,6 +129,9 @@ at::Tensor permute_cuda(const at::Tensor& x, const at::Tensor& dst_row, const at
   CHECK_DIM(x, 2);
   CHECK_CUDA_FLOATING(x);
   check_plan_tokens(x, dst_row, src_pair);
+  if (!cuda_kernels_run_on(x.device())) {
+    return call_other_gpu_fallback<decltype(permute_cuda)>("permute", x.device(), x, dst_row, src_pair);
+  }
   c10::cuda::CUDAGuard guard(x.device());
   // Rows with dense columns are read in place at their stride (a column slice of a wider projection, say; rows are
   // only read, so any stride(0) will do, 0 included).
@@ -145,6 +153,9 @@ at::Tensor unpermute_cuda(const at::Tensor& y, const at::Tensor& dst_row, const 
   TORCH_CHECK_VALUE(y.size(0) == dst_row.numel(), "y must have dst_row.numel() = ", dst_row.numel(),
                     " rows (tokens * topk), got ", y.size(0));
   if (weights.has_value()) check_weights(*weights, dst_row, y);
+  if (!cuda_kernels_run_on(y.device())) {
+    return call_other_gpu_fallback<decltype(unpermute_cuda)>("unpermute", y.device(), y, dst_row, src_pair, weights);
+  }
   c10::cuda::CUDAGuard guard(y.device());
   const at::Tensor yc = y.contiguous();
   const at::Tensor w = weights.has_value() ? weights->contiguous() : at::Tensor();
@@ -170,6 +181,10 @@ std::tuple<at::Tensor, at::Tensor> unpermute_backward_cuda(const at::Tensor& gra
   TORCH_CHECK_VALUE(y.size(0) == dst_row.numel(), "y must have dst_row.numel() = ", dst_row.numel(),
                     " rows (tokens * topk), got ", y.size(0));
   if (weights.has_value()) check_weights(*weights, dst_row, y);
+  if (!cuda_kernels_run_on(y.device())) {
+    return call_other_gpu_fallback<decltype(unpermute_backward_cuda)>(
+        "unpermute_backward", y.device(), grad_x, y, dst_row, src_pair, weights, need_grad_weights);
+  }
   c10::cuda::CUDAGuard guard(y.device());
   const at::Tensor gx = grad_x.contiguous(), yc = y.contiguous();
   const at::Tensor w = weights.has_value() ? weights->contiguous() : at::Tensor();
@@ -193,6 +208,10 @@ at::Tensor route_backward_cuda(const at::Tensor& grad_weights, const at::Tensor&
   CHECK_DTYPE(weights, at::kFloat);
   TORCH_CHECK_VALUE(dtype != at::kDouble, "dtype must be float32, float16 or bfloat16 on CUDA, got ", dtype);
   TORCH_CHECK_VALUE(num_memories < (int64_t(1) << 31), "num_memories must fit in int32, got ", num_memories);
+  if (!cuda_kernels_run_on(weights.device())) {
+    return call_other_gpu_fallback<decltype(route_backward_cuda)>(
+        "route_backward", weights.device(), grad_weights, weights, memory_ids, num_memories, dtype);
+  }
   c10::cuda::CUDAGuard guard(weights.device());
   const int64_t N = weights.size(0);
   at::Tensor grad = at::empty({N, num_memories}, weights.options().dtype(dtype));
