@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.library import register_fake
 
-from mom_ops._other_gpus import kernels_run_on
+from mom_ops._other_gpus import scan_kernels_take
 
 
 def _empty(*shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -69,8 +69,8 @@ def _gdn_fwd_train_fake(q, k, v, g, beta, scale, initial_state, output_final_sta
                         cu_seqlens, chunk_indices):
     o, final_state = _gdn_fwd_fake(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm,
                                    state_v_first, cu_seqlens, chunk_indices)
-    # the CPU backward and the Triton fallback of other GPUs save nothing
-    if q.device.type != "cuda" or not kernels_run_on(q.device):
+    # the CPU backward and the Triton fallback (other GPUs and inputs the CUDA kernels do not take) save nothing
+    if not scan_kernels_take(q, v):
         return o, final_state, _empty(0, like=q), _empty(0, like=q), _empty(0, like=q), _empty(0, like=q)
     rows, n = q.shape[0] * q.shape[1], (q.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1)
     hv, dk, dv = v.shape[2], q.shape[3], v.shape[3]

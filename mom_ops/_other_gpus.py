@@ -3,7 +3,9 @@
 The CUDA kernels are built for sm_90a (H100, H200, GH200) only: wgmma, TMA and setmaxnreg have no other target. On
 any other GPU (an A100, a B200) an op's CUDA entry checks its arguments as usual, then calls `mom_ops::<op>_triton`,
 an op with the same schema defined here, whose CUDA kernel (registered when Triton is installed) runs the op's
-Triton reference from triton_ref/ (torch ops for unpermute's backward). In a build without CUDA kernels (a CUDA torch
+Triton reference from triton_ref/ (torch ops for unpermute's backward). The scan and decode ops do the same, with a
+warning once, for inputs their kernels do not take (float32 q, k, v, head dims other than 64 / 128 / 256: fla's op
+takes them). In a build without CUDA kernels (a CUDA torch
 but no nvcc) the same functions serve the ops' own CUDA key. MOM_OPS_TRITON_FALLBACK=1 sends every GPU here, so that
 the H100 tests them too.
 
@@ -39,6 +41,14 @@ def kernels_run_on(device: torch.device) -> bool:
     if not _CUDA_BUILD:
         return False
     return _C.cuda_kernels_run_on(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def scan_kernels_take(q: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether the scan's CUDA kernels (not its fallback) run on these inputs: csrc/gdn/gdn_cuda.cu's
+    scan_kernels_take, for the fake kernels (only the CUDA kernels' training forward saves tensors)."""
+    K, V = q.shape[-1], v.shape[-1]
+    return (q.device.type == "cuda" and kernels_run_on(q.device) and q.dtype in (torch.bfloat16, torch.float16)
+            and K in (64, 128, 256) and V % (32 if K == 256 else 64) == 0)
 
 
 def _no_tensor(like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:

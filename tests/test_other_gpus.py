@@ -173,6 +173,26 @@ def test_gpu_scan_through_the_fallback_matches_the_kernels(monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype, K, V", [(torch.float32, 128, 128), (torch.bfloat16, 96, 64), (torch.float16, 64, 48)])
+def test_gpu_scan_inputs_the_kernels_do_not_take_run_on_the_fallback(dtype, K, V):
+    """fp32 inputs and head dims the kernels do not take (fla's op takes them) run on the fallback, forward and
+    backward, against the CPU op on the same (rounded) inputs in fp32."""
+    inp = gdn_inputs(1, 200, 2, K, V, dtype=dtype, h0=True, n_seqs=2)
+    cu = cu_from_lengths([80, 120])
+
+    def run(device):
+        x = {n: (t.to(device) if t.dtype != dtype else t.to(device, dtype if device == "cuda" else torch.float32))
+             .requires_grad_(True) for n, t in inp.items()}
+        o, ht = mom_ops.chunk_gated_delta_rule(**x, cu_seqlens=cu.to(device), output_final_state=True,
+                                               use_qk_l2norm_in_kernel=True)
+        (o.float().square().sum() + ht.square().sum()).backward()
+        return [o, ht] + [x[n].grad for n in ("q", "k", "v", "g", "beta", "initial_state")]
+
+    for i, (x, r) in enumerate(zip(run("cuda"), run("cpu"))):
+        assert rel_rms(x, r) < (2e-3 if dtype == torch.float32 else 1e-2), (i, rel_rms(x, r))
+
+
+@pytest.mark.gpu
 def test_gpu_layer_through_the_fallbacks_matches_the_kernels(monkeypatch):
     from mom_ops.nn import MoMAttention
 

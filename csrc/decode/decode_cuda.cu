@@ -18,12 +18,16 @@
 namespace mom_ops {
 namespace {
 
-void check_cuda_dims(int64_t dim_k, int64_t dim_v, const at::Tensor& q) {
+// Whether the decode kernels take these dims on q's GPU (common/other_gpus.h): K in {64, 128, 256}, V a multiple of
+// kDecodeBV up to 1024. Where not, the op runs on its Triton fallback (a warning, once, for dims they do not take).
+bool decode_kernels_take(int64_t dim_k, int64_t dim_v, const at::Tensor& q, const char* op) {
   CHECK_CUDA_FLOATING(q);
-  TORCH_CHECK_VALUE(dim_k == 64 || dim_k == 128 || dim_k == 256, "the CUDA kernel needs K in {64, 128, 256}, got ",
-                    dim_k);
-  TORCH_CHECK_VALUE(dim_v % kDecodeBV == 0 && dim_v <= 1024, "the CUDA kernel needs V a multiple of ", kDecodeBV,
-                    " up to 1024, got ", dim_v);
+  if (!cuda_kernels_run_on(q.device())) return false;
+  if ((dim_k == 64 || dim_k == 128 || dim_k == 256) && dim_v % kDecodeBV == 0 && dim_v <= 1024) return true;
+  TORCH_WARN_ONCE("mom_ops: ", op, "'s CUDA kernel takes K in {64, 128, 256} and V a multiple of ", kDecodeBV,
+                  " up to 1024; K = ", dim_k, ", V = ", dim_v, " runs on the Triton fallback, correct but slower "
+                  "(mom_ops/_other_gpus.py).");
+  return false;
 }
 
 // V-tile width: 128 columns where K <= 128 and V % 128 == 0 (twice the state bytes per CTA for the same fixed
@@ -52,8 +56,7 @@ at::Tensor mom_decode_step_cuda(const at::Tensor& q, const at::Tensor& k, const 
                                 const at::Tensor& beta, const at::Tensor& weights, const at::Tensor& slots,
                                 at::Tensor& state_pool, double scale, bool use_qk_l2norm, bool state_v_first) {
   const DecodeDims d = check_decode_args(q, k, v, g, beta, weights, slots, state_pool, state_v_first);
-  check_cuda_dims(d.dim_k, d.dim_v, q);
-  if (!cuda_kernels_run_on(q.device())) {
+  if (!decode_kernels_take(d.dim_k, d.dim_v, q, "mom_decode_step")) {
     return call_other_gpu_fallback<decltype(mom_decode_step_cuda)>(
         "mom_decode_step", q.device(), q, k, v, g, beta, weights, slots, state_pool, scale, use_qk_l2norm,
         state_v_first);
@@ -103,10 +106,9 @@ std::tuple<at::Tensor, at::Tensor> fused_recurrent_fwd_cuda(const at::Tensor& q,
                                                             bool state_v_first,
                                                             const std::optional<at::Tensor>& cu_seqlens) {
   const GdnDims d = check_gdn_args(q, k, v, g, beta, initial_state, state_v_first, cu_seqlens, std::nullopt);
-  check_cuda_dims(d.dim_k, d.dim_v, q);
   TORCH_CHECK_VALUE(d.num_seqs < 65536, "fused_recurrent on CUDA supports fewer than 65536 sequences, got ",
                     d.num_seqs);
-  if (!cuda_kernels_run_on(q.device())) {
+  if (!decode_kernels_take(d.dim_k, d.dim_v, q, "fused_recurrent_gated_delta_rule")) {
     return call_other_gpu_fallback<decltype(fused_recurrent_fwd_cuda)>(
         "fused_recurrent_gated_delta_rule_fwd", q.device(), q, k, v, g, beta, scale, initial_state,
         output_final_state, use_qk_l2norm, state_v_first, cu_seqlens);

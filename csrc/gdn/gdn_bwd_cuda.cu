@@ -117,14 +117,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const std::optional<at::Tensor>& chunk_states, const std::optional<at::Tensor>& saved_w,
     const std::optional<at::Tensor>& saved_v_new, const std::optional<at::Tensor>& saved_t) {
   const GdnDims d = check_gdn_args(q, k, v, g, beta, initial_state, state_v_first, cu_seqlens, chunk_indices);
-  TORCH_CHECK_VALUE(q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf,
-                    "the CUDA scan takes bfloat16 or float16 q, k, v, got ", q.scalar_type());
-  TORCH_CHECK_VALUE(d.dim_k == 64 || d.dim_k == 128 || d.dim_k == 256,
-                    "the CUDA scan needs K in {64, 128, 256}, got ", d.dim_k);
-  const int bwd_bv = gdn_bwd_value_block(d.dim_k);
-  const int fwd_bv = gdn_value_block(d.dim_k, d.dim_v, d.num_seqs, d.heads_v);
-  TORCH_CHECK_VALUE(d.dim_v % bwd_bv == 0 && d.dim_v % fwd_bv == 0, "the CUDA scan backward needs V a multiple of ",
-                    bwd_bv, " for K = ", d.dim_k, ", got ", d.dim_v);
   TORCH_CHECK_VALUE(grad_o.sizes() == v.sizes(), "grad_o must have the shape of v ", v.sizes(), ", got ",
                     grad_o.sizes());
   TORCH_CHECK_VALUE(grad_o.device() == q.device(), "grad_o must be on ", q.device(), ", got ", grad_o.device());
@@ -138,11 +130,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const bool have_saved = chunk_states.has_value() && chunk_states->numel() > 0;
   TORCH_CHECK_VALUE(!have_saved || (saved_w.has_value() && saved_v_new.has_value() && saved_t.has_value()),
                     "chunk_states, w, v_new and t come together (from chunk_gated_delta_rule_fwd_train)");
-  if (!cuda_kernels_run_on(q.device())) {
+  if (!scan_kernels_take(q, d)) {
     return call_other_gpu_fallback<decltype(gdn_bwd_cuda)>(
         "chunk_gated_delta_rule_bwd", q.device(), q, k, v, g, beta, scale, initial_state, grad_o, grad_final_state,
         use_qk_l2norm, state_v_first, cu_seqlens, chunk_indices, chunk_states, saved_w, saved_v_new, saved_t);
   }
+  const int bwd_bv = gdn_bwd_value_block(d.dim_k);
+  const int fwd_bv = gdn_value_block(d.dim_k, d.dim_v, d.num_seqs, d.heads_v);
+  TORCH_INTERNAL_ASSERT(d.dim_v % bwd_bv == 0 && d.dim_v % fwd_bv == 0);  // (scan_kernels_take)
   c10::cuda::CUDAGuard guard(q.device());
   ScanIO io = prepare_scan_io(q, k, v, g, beta, scale, initial_state, /*output_final_state=*/false, use_qk_l2norm,
                               state_v_first, cu_seqlens, d, /*need_o=*/false);

@@ -38,6 +38,18 @@ int gdn_value_block(int64_t dim_k, int64_t dim_v, int64_t num_seqs, int64_t head
 
 bool gdn_value_block_forced() { return env_is("MOM_OPS_GDN_BV", "wide") || env_is("MOM_OPS_GDN_BV", "narrow"); }
 
+bool scan_kernels_take(const at::Tensor& q, const GdnDims& d) {
+  TORCH_CHECK_VALUE(q.scalar_type() != at::kDouble, "float64 q, k, v run on the CPU only");
+  if (!cuda_kernels_run_on(q.device())) return false;
+  const bool dtype = q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf;
+  const bool dims = (d.dim_k == 64 || d.dim_k == 128 || d.dim_k == 256) && d.dim_v % (d.dim_k == 256 ? 32 : 64) == 0;
+  if (dtype && dims) return true;
+  TORCH_WARN_ONCE("mom_ops: the scan's CUDA kernels take bfloat16 / float16 q, k, v with K in {64, 128, 256} and V a "
+                  "multiple of 64 (of 32 at K = 256); ", q.scalar_type(), " with K = ", d.dim_k, ", V = ", d.dim_v,
+                  " runs on the Triton fallback, correct but far slower (mom_ops/_other_gpus.py).");
+  return false;
+}
+
 namespace {
 
 // The most chunks the split chain signals at a time to the outputs beside it (GdnSplitParams::chunks_per_signal):
@@ -149,31 +161,14 @@ struct GdnSaved {
   }
 };
 
-// The forward's argument checks (also where the Triton fallback runs, so that every GPU takes the same inputs).
-GdnDims check_forward_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g,
-                           const at::Tensor& beta, const std::optional<at::Tensor>& initial_state, bool state_v_first,
-                           const std::optional<at::Tensor>& cu_seqlens,
-                           const std::optional<at::Tensor>& chunk_indices) {
-  const GdnDims d = check_gdn_args(q, k, v, g, beta, initial_state, state_v_first, cu_seqlens, chunk_indices);
-  TORCH_CHECK_VALUE(q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf,
-                    "the CUDA scan takes bfloat16 or float16 q, k, v, got ", q.scalar_type());
-  TORCH_CHECK_VALUE(d.dim_k == 64 || d.dim_k == 128 || d.dim_k == 256, "the CUDA scan needs K in {64, 128, 256}, got ",
-                    d.dim_k);
-  const int bv = gdn_value_block(d.dim_k, d.dim_v, d.num_seqs, d.heads_v);
-  TORCH_CHECK_VALUE(d.dim_v % bv == 0, "the CUDA scan needs V a multiple of ", bv, " for K = ", d.dim_k, ", got ",
-                    d.dim_v);
-  TORCH_CHECK_VALUE(d.num_seqs * d.heads_v * (d.dim_v / bv) < (int64_t(1) << 31), "too many sequences x heads");
-  return d;
-}
-
-std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                               const at::Tensor& g, const at::Tensor& beta, double scale,
-                                               const std::optional<at::Tensor>& initial_state,
+// The forward on the CUDA kernels (d: check_gdn_args's, where scan_kernels_take(q, d)).
+std::tuple<at::Tensor, at::Tensor> run_forward(const GdnDims& d, const at::Tensor& q, const at::Tensor& k,
+                                               const at::Tensor& v, const at::Tensor& g, const at::Tensor& beta,
+                                               double scale, const std::optional<at::Tensor>& initial_state,
                                                bool output_final_state, bool use_qk_l2norm, bool state_v_first,
-                                               const std::optional<at::Tensor>& cu_seqlens,
-                                               const std::optional<at::Tensor>& chunk_indices, GdnSaved* saved) {
-  const GdnDims d = check_forward_args(q, k, v, g, beta, initial_state, state_v_first, cu_seqlens, chunk_indices);
+                                               const std::optional<at::Tensor>& cu_seqlens, GdnSaved* saved) {
   const int bv = gdn_value_block(d.dim_k, d.dim_v, d.num_seqs, d.heads_v);
+  TORCH_CHECK_VALUE(d.num_seqs * d.heads_v * (d.dim_v / bv) < (int64_t(1) << 31), "too many sequences x heads");
   c10::cuda::CUDAGuard guard(q.device());
   ScanIO io = prepare_scan_io(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm, state_v_first,
                               cu_seqlens, d);
@@ -252,14 +247,14 @@ std::tuple<at::Tensor, at::Tensor> gdn_fwd_cuda(const at::Tensor& q, const at::T
                                                 bool output_final_state, bool use_qk_l2norm, bool state_v_first,
                                                 const std::optional<at::Tensor>& cu_seqlens,
                                                 const std::optional<at::Tensor>& chunk_indices) {
-  if (!cuda_kernels_run_on(q.device())) {
-    check_forward_args(q, k, v, g, beta, initial_state, state_v_first, cu_seqlens, chunk_indices);
+  const GdnDims d = check_gdn_args(q, k, v, g, beta, initial_state, state_v_first, cu_seqlens, chunk_indices);
+  if (!scan_kernels_take(q, d)) {
     return call_other_gpu_fallback<decltype(gdn_fwd_cuda)>(
         "chunk_gated_delta_rule_fwd", q.device(), q, k, v, g, beta, scale, initial_state, output_final_state,
         use_qk_l2norm, state_v_first, cu_seqlens, chunk_indices);
   }
-  return run_forward(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm, state_v_first,
-                     cu_seqlens, chunk_indices, nullptr);
+  return run_forward(d, q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm, state_v_first,
+                     cu_seqlens, nullptr);
 }
 
 }  // namespace
@@ -268,15 +263,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& g, const at::Tensor& beta,
     double scale, const std::optional<at::Tensor>& initial_state, bool output_final_state, bool use_qk_l2norm,
     bool state_v_first, const std::optional<at::Tensor>& cu_seqlens, const std::optional<at::Tensor>& chunk_indices) {
-  if (!cuda_kernels_run_on(q.device())) {  // (the fallback saves nothing: its backward recomputes)
-    check_forward_args(q, k, v, g, beta, initial_state, state_v_first, cu_seqlens, chunk_indices);
+  const GdnDims d = check_gdn_args(q, k, v, g, beta, initial_state, state_v_first, cu_seqlens, chunk_indices);
+  if (!scan_kernels_take(q, d)) {  // (the fallback saves nothing: its backward recomputes)
     return call_other_gpu_fallback<decltype(gdn_fwd_train_cuda)>(
         "chunk_gated_delta_rule_fwd_train", q.device(), q, k, v, g, beta, scale, initial_state, output_final_state,
         use_qk_l2norm, state_v_first, cu_seqlens, chunk_indices);
   }
   GdnSaved saved;
-  auto [o, ht] = run_forward(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm,
-                             state_v_first, cu_seqlens, chunk_indices, &saved);
+  auto [o, ht] = run_forward(d, q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm,
+                             state_v_first, cu_seqlens, &saved);
   return {o, ht, saved.chunk_states, saved.w, saved.v_new, saved.t};
 }
 

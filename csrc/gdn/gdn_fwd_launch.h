@@ -9,6 +9,7 @@
 #include <optional>
 #include <tuple>
 
+#include "gdn/gdn_checks.h"
 #include "gdn/gdn_fwd_kernel.cuh"
 #include "gdn/gdn_split_kernels.cuh"
 
@@ -19,6 +20,11 @@ int gdn_value_block(int64_t dim_k, int64_t dim_v, int64_t num_seqs, int64_t head
 
 // Whether MOM_OPS_GDN_BV forces gdn_value_block's width (narrow or wide; other values are not read).
 bool gdn_value_block_forced();
+
+// Whether the scan's CUDA kernels take these inputs (d: check_gdn_args's) on q's GPU: bf16 / fp16, K in
+// {64, 128, 256}, V a multiple of 64 (of 32 at K = 256), and a GPU they run on (common/other_gpus.h). Where not, the
+// op runs on its Triton fallback (a warning, once, for inputs the kernels do not take); float64 is an error.
+bool scan_kernels_take(const at::Tensor& q, const GdnDims& d);
 
 // Launches gdn_fwd_kernel<bf16 ? bf16 : fp16, dim_k, bv> on p.num_seqs x p.heads_v x p.num_vblocks CTAs.
 void run_gdn_fwd(const GdnFwdParams& p, bool bf16, int dim_k, int bv, cudaStream_t stream);
