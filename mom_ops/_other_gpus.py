@@ -17,6 +17,7 @@ its backward is the recurrent one), and the forward's dots take "tf32" (fp32 ope
 from __future__ import annotations
 
 import importlib.util
+import os
 import types
 
 import torch
@@ -38,8 +39,10 @@ def _fallback(op: str):
 
 def kernels_run_on(device: torch.device) -> bool:
     """Whether this build's CUDA kernels run on `device` (a CUDA device); False in a build without them."""
-    if not _CUDA_BUILD:
+    if not _CUDA_BUILD or os.environ.get("MOM_OPS_TRITON_FALLBACK") == "1":
         return False
+    if not torch.cuda.is_available():  # (fake CUDA tensors traced without a GPU: for the GPU the build targets)
+        return True
     return _C.cuda_kernels_run_on(device.index if device.index is not None else torch.cuda.current_device())
 
 

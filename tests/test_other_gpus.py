@@ -74,7 +74,13 @@ def test_routing_fallbacks(varlen):
             _check("unpermute_backward", (torch.randn(N, D, generator=gen), y, dst, src, weights, need))
 
 
-def test_scan_fallbacks():
+@pytest.mark.parametrize("scratch_bytes", [None, 1])
+def test_scan_fallbacks(scratch_bytes, monkeypatch):
+    """(scratch_bytes=1: the recurrent backward one launch per sequence)"""
+    if scratch_bytes is not None:
+        import triton_ref.gdn
+
+        monkeypatch.setattr(triton_ref.gdn, "SCRATCH_BYTES", scratch_bytes)
     lengths, HV, K, V = [1, 15, 0, 63, 65], 2, 32, 16
     inp = gdn_inputs(1, 150, 1, K, V, HV=HV, decay="strong", h0=True, n_seqs=len(lengths))
     q, k, v, g, beta, h0 = (inp[n] for n in ("q", "k", "v", "g", "beta", "initial_state"))
@@ -89,6 +95,19 @@ def test_scan_fallbacks():
         grad_o, grad_ht = torch.randn_like(v), torch.randn_like(state)
         _check("chunk_gated_delta_rule_bwd", (*args[:7], grad_o, grad_ht, True, v_first, cu, None), tol=1e-4)
         _check("fused_recurrent_gated_delta_rule_fwd", args[:11], tol=1e-4)
+
+
+def test_scan_fallbacks_on_strided_inputs():
+    """A dense but permuted v (the CUDA entries return o contiguous) and a strided cu_seqlens."""
+    inp = gdn_inputs(1, 100, 1, 16, 16, HV=2, h0=True, n_seqs=3)
+    q, k, v, g, beta, h0 = (inp[n] for n in ("q", "k", "v", "g", "beta", "initial_state"))
+    v = v.transpose(1, 2).contiguous().transpose(1, 2)
+    cu = torch.stack([cu_from_lengths([30, 0, 60]), torch.full((4,), 99, dtype=torch.int32)], 1).reshape(-1)[::2]
+    args = (q, k, v, g, beta, 0.25, h0, True, True, False, cu)
+    _check("chunk_gated_delta_rule_fwd", (*args, None), tol=2e-3)
+    _check("fused_recurrent_gated_delta_rule_fwd", args, tol=1e-4)
+    _check("chunk_gated_delta_rule_bwd", (*args[:7], torch.randn_like(v), torch.randn_like(h0), True, False, cu, None),
+           tol=1e-4)
 
 
 def test_decode_fallback():
@@ -147,6 +166,19 @@ def test_conv_fallbacks(history):
     _check("segment_conv_fwd", (xt, weight, plan.cu_seqlens, hist, True, *maps))
     grad_y = torch.randn(plan.src_pair.shape[0], C, generator=gen)
     _check("segment_conv_bwd", (grad_y, xt, weight, plan.cu_seqlens, hist, True, *maps))
+    # no rows at all (the history's gradient is zeros)
+    empty = cu_from_lengths([0, 0])
+    hist = torch.randn(2, W - 1, C, generator=gen) if history else None
+    _check("segment_conv_fwd", (x[:0], weight, empty, hist, True))
+    _check("segment_conv_bwd", (x[:0], x[:0], weight, empty, hist, True))
+
+
+def test_readout_fallbacks_without_value_columns():
+    logits, mask, plan, gen = _routing()
+    N, k = logits.shape[0], plan.topk
+    args = (torch.randn(N * k, 2, 0), plan.dst_row, plan.src_pair, plan.weights, None, None, None, 1e-6)
+    _check("memory_mix_fwd", args)
+    _check("memory_mix_bwd", (torch.randn(N, 2, 0), *args))
 
 
 # ---- on the GPU: the CUDA entries hand over to the fallbacks

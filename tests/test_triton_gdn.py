@@ -15,6 +15,7 @@ CASES = [
     (1, 64, 2, 2, 32, 32, [64], "zero", (0.0, 0.02), False, False, True),  # g = 0, beta near 0
     (3, 70, 2, 4, 16, 16, None, "normal", (0.98, 1.0), True, False, True),  # GVA, beta near 1, h0
     (1, 80, 1, 1, 16, 16, [30, 50], "normal", (0, 1), True, False, False),  # no in-kernel l2norm
+    (1, 90, 1, 2, 96, 16, [20, 70], "normal", (0, 1), True, True, True),  # K in two blocks, the second partial
 ]
 
 

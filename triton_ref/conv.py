@@ -123,7 +123,7 @@ def segment_conv(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor
     W = weight.shape[1]
     cu, seg, start, S = _row_tables(cu_seqlens, R, x.device)
     x, w = x.contiguous(), weight.contiguous()
-    hist = history.to(x.dtype).contiguous() if history is not None and W > 1 else x
+    hist = history.contiguous() if history is not None and W > 1 else x  # (read in its dtype, as fp32)
     y = torch.empty_like(x)
     grid = (triton.cdiv(R, BLOCK_R), triton.cdiv(C, BLOCK_C))
     if R > 0 and S > 0:
@@ -142,7 +142,7 @@ def segment_conv_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.T
     cu, seg, start, S = _row_tables(cu_seqlens, R, x.device)
     x, w, dy = x.contiguous(), weight.contiguous(), grad_y.contiguous()
     has_hist = history is not None and W > 1
-    hist = history.to(x.dtype).contiguous() if has_hist else x
+    hist = history.contiguous() if has_hist else x
     grid = (triton.cdiv(R, BLOCK_R), triton.cdiv(C, BLOCK_C))
     dpre = torch.zeros(R, C, device=x.device, dtype=torch.float32)
     dx = torch.zeros_like(x)
@@ -156,7 +156,7 @@ def segment_conv_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.T
     if history is not None:
         # history row h of segment s (source start - (W-1) + h) feeds row start + j through tap j + W-1-h
         grad_history = torch.zeros(S, W - 1, C, device=x.device, dtype=torch.float32)
-        for h in range(W - 1):
+        for h in range(W - 1 if R > 0 else 0):
             for j in range(h + 1):
                 row = cu[:-1] + j
                 valid = (row < cu[1:]).unsqueeze(1)

@@ -117,14 +117,15 @@ def fused_recurrent_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state
     B, T, H, K = q.shape
     HV, V = v.shape[2], v.shape[3]
     N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
-    o = torch.zeros_like(v)
+    o = torch.zeros(v.shape, device=v.device, dtype=v.dtype)  # (contiguous, whatever v's strides)
     shape = (N, HV, V, K) if state_v_first else (N, HV, K, V)
     ht = torch.empty(shape, device=q.device, dtype=torch.float32) if output_final_state else None
     if N > 0:
         _recurrent_kernel[(triton.cdiv(V, BV), HV, N)](
             q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), beta.contiguous(),
             initial_state.contiguous() if initial_state is not None else o, ht if ht is not None else o, o,
-            cu_seqlens if cu_seqlens is not None else o, T, H, HV, K, V, K**-0.5 if scale is None else scale,
+            cu_seqlens.contiguous() if cu_seqlens is not None else o, T, H, HV, K, V,
+            K**-0.5 if scale is None else scale,
             BK=triton.next_power_of_2(K), BV=BV, L2NORM=use_qk_l2norm_in_kernel, V_FIRST=state_v_first,
             HAS_H0=initial_state is not None, STORE_HT=output_final_state, VARLEN=cu_seqlens is not None)
     return o, ht

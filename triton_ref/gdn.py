@@ -9,8 +9,9 @@ inside the chunk):
     O     = scale * (exp(G) * (Q S) + [tril(Q K^T) * exp(G_i - G_j)] V_new)     (tril with the diagonal)
     S    <- exp(G_last) S + K^T (exp(G_last - G) * V_new)
 
-One program per (sequence, value head, block of BV value columns) holds S[:, block] in registers and walks its
-sequence chunk by chunk; the sequence bounds come from cu_seqlens inside the kernel (no host synchronisation).
+One program per (sequence, value head, block of BV value columns) walks its sequence chunk by chunk, S[:, block] in
+an fp32 workspace (the final state's tensor), K in blocks of at most 64; the sequence bounds come from cu_seqlens
+inside the kernel (no host synchronisation).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import triton
 import triton.language as tl
 
 CHUNK = 64
+SCRATCH_BYTES = 256 << 20  # the recurrent backward's block scratch per launch (chunk_gated_delta_rule_bwd)
 
 
 @triton.jit
@@ -63,29 +65,36 @@ def _unit_lower_inverse(A, C: tl.constexpr, PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _gdn_fwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, o_ptr, h0_ptr, ht_ptr, cu_ptr, scale, T,
+def _gdn_fwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, o_ptr, h0_ptr, st_ptr, cu_ptr, scale, T,
                     stride_sk, stride_sv,
                     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                    IS_VARLEN: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
-                    USE_L2NORM: tl.constexpr, PRECISION: tl.constexpr):
+                    C: tl.constexpr, BK: tl.constexpr, NK: tl.constexpr, BV: tl.constexpr,
+                    IS_VARLEN: tl.constexpr, HAS_H0: tl.constexpr, USE_L2NORM: tl.constexpr,
+                    PRECISION: tl.constexpr):
     """Grid (N, HV, cdiv(V, BV)). q, k: [rows, H, K]; v, o: [rows, HV, V]; g, beta: [rows, HV] (rows = B * T);
-    h0, ht: [N, HV, *, *] fp32, element (k, v) of one state at k * stride_sk + v * stride_sv."""
+    h0, st: [N, HV, *, *] fp32, element (k, v) of one state at k * stride_sk + v * stride_sv. st holds the state
+    between chunks (the final state at the end), read and written in NK blocks of BK rows: every product over K
+    is a sum over the blocks, so no operand is wider than BK (at K = 256 whole-K tiles took 131-295 KB of shared
+    memory, more than any GPU but a B200 has)."""
     i_n, i_hv, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_h = i_hv // (HV // H)  # the q/k head of this value head's group
     bos, eos = _sequence_bounds(cu_ptr, i_n, T, IS_VARLEN)
 
     r = tl.arange(0, C)  # row inside a chunk
-    ck = tl.arange(0, BK)  # key column
     cv = i_v * BV + tl.arange(0, BV)  # value column
-    mk, mv = ck < K, cv < V
+    mv = cv < V
+    st_head = (i_n.to(tl.int64) * HV + i_hv) * K * V
 
-    # State S [BK, BV] in fp32.
-    s_off = (i_n.to(tl.int64) * HV + i_hv) * K * V + ck[:, None] * stride_sk + cv[None, :] * stride_sv
-    s_mask = mk[:, None] & mv[None, :]
-    S = tl.zeros([BK, BV], dtype=tl.float32)
-    if HAS_H0:
-        S = tl.load(h0_ptr + s_off, mask=s_mask, other=0.0).to(tl.float32)
+    # st <- h0 (or 0), block by block.
+    for b in tl.static_range(NK):
+        ck = b * BK + tl.arange(0, BK)
+        s_off = st_head + ck[:, None] * stride_sk + cv[None, :] * stride_sv
+        s_mask = (ck < K)[:, None] & mv[None, :]
+        S = tl.zeros([BK, BV], dtype=tl.float32)
+        if HAS_H0:
+            S = tl.load(h0_ptr + s_off, mask=s_mask, other=0.0).to(tl.float32)
+        tl.store(st_ptr + s_off, S, mask=s_mask)
+    tl.debug_barrier()  # st: stored above, read below by other threads of this program
 
     causal_strict = r[:, None] > r[None, :]  # [C, C]
     causal_incl = r[:, None] >= r[None, :]
@@ -93,45 +102,72 @@ def _gdn_fwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, o_ptr, h0_ptr, ht_ptr,
         rows = bos + c * C + r  # [C] int64 row indices; padding rows are masked off
         mr = rows < eos
         # Chunk inputs in fp32 (padding rows and columns read 0, so g = 0 and beta = 0 there).
-        qk_off = rows[:, None] * (H * K) + i_h * K + ck[None, :]
-        m_qk = mr[:, None] & mk[None, :]
-        q = tl.load(q_ptr + qk_off, mask=m_qk, other=0.0).to(tl.float32)  # [C, BK]
-        k = tl.load(k_ptr + qk_off, mask=m_qk, other=0.0).to(tl.float32)  # [C, BK]
         vo_off = rows[:, None] * (HV * V) + i_hv * V + cv[None, :]
         m_vo = mr[:, None] & mv[None, :]
         v = tl.load(v_ptr + vo_off, mask=m_vo, other=0.0).to(tl.float32)  # [C, BV]
         g = tl.load(g_ptr + rows * HV + i_hv, mask=mr, other=0.0).to(tl.float32)  # [C]
         beta = tl.load(beta_ptr + rows * HV + i_hv, mask=mr, other=0.0).to(tl.float32)  # [C]
+        qk_row = rows[:, None] * (H * K) + i_h * K
+        rq = tl.full([C], 1.0, tl.float32)  # the rows' l2norm scales
+        rk = tl.full([C], 1.0, tl.float32)
         if USE_L2NORM:
-            q = _l2norm_rows(q, 1e-6)
-            k = _l2norm_rows(k, 1e-6)
+            sq = tl.zeros([C], dtype=tl.float32)
+            sk = tl.zeros([C], dtype=tl.float32)
+            for b in tl.static_range(NK):
+                ck = b * BK + tl.arange(0, BK)
+                m_qk = mr[:, None] & (ck < K)[None, :]
+                qb = tl.load(q_ptr + qk_row + ck[None, :], mask=m_qk, other=0.0).to(tl.float32)
+                kb = tl.load(k_ptr + qk_row + ck[None, :], mask=m_qk, other=0.0).to(tl.float32)
+                sq += tl.sum(qb * qb, axis=1)
+                sk += tl.sum(kb * kb, axis=1)
+            rq = tl.rsqrt(sq + 1e-6)
+            rk = tl.rsqrt(sk + 1e-6)
 
         G = tl.cumsum(g, axis=0)  # [C]; constant over the padding rows (g = 0 there), so G[C-1] = G_last
         G_last = tl.sum(tl.where(r == C - 1, G, 0.0), axis=0)  # scalar
         valid = mr[:, None] & mr[None, :]  # [C, C]
 
-        # A [C, C] and T = (I + A)^-1.
-        kk = tl.dot(k, tl.trans(k), input_precision=PRECISION)  # [C, C]
+        # Sums over K's blocks: K K^T, K S, Q S, Q K^T.
+        kk = tl.zeros([C, C], dtype=tl.float32)
+        qk = tl.zeros([C, C], dtype=tl.float32)
+        KS = tl.zeros([C, BV], dtype=tl.float32)
+        QS = tl.zeros([C, BV], dtype=tl.float32)
+        for b in tl.static_range(NK):
+            ck = b * BK + tl.arange(0, BK)
+            m_qk = mr[:, None] & (ck < K)[None, :]
+            qb = tl.load(q_ptr + qk_row + ck[None, :], mask=m_qk, other=0.0).to(tl.float32) * rq[:, None]
+            kb = tl.load(k_ptr + qk_row + ck[None, :], mask=m_qk, other=0.0).to(tl.float32) * rk[:, None]
+            s_off = st_head + ck[:, None] * stride_sk + cv[None, :] * stride_sv
+            Sb = tl.load(st_ptr + s_off, mask=(ck < K)[:, None] & mv[None, :], other=0.0)  # [BK, BV]
+            kk += tl.dot(kb, tl.trans(kb), input_precision=PRECISION)
+            qk += tl.dot(qb, tl.trans(kb), input_precision=PRECISION)
+            KS += tl.dot(kb, Sb, input_precision=PRECISION)
+            QS += tl.dot(qb, Sb, input_precision=PRECISION)
+
+        # T = (I + A)^-1; W S = T (beta e^G K) S = T (beta e^G (K S)), U = T (beta V), V_new = U - W S.
         A = beta[:, None] * kk * _masked_decay(G, causal_strict & valid)
         Tinv = _unit_lower_inverse(A, C, PRECISION)
-
-        # W [C, BK], U [C, BV], V_new [C, BV].
-        W = tl.dot(Tinv, (beta * tl.exp(G))[:, None] * k, input_precision=PRECISION)
+        WS = tl.dot(Tinv, (beta * tl.exp(G))[:, None] * KS, input_precision=PRECISION)
         U = tl.dot(Tinv, beta[:, None] * v, input_precision=PRECISION)
-        V_new = U - tl.dot(W, S, input_precision=PRECISION)
+        V_new = U - WS
 
         # Output O [C, BV]: inter-chunk part from S, intra-chunk part from V_new.
-        qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * _masked_decay(G, causal_incl & valid)  # [C, C]
-        O = tl.exp(G)[:, None] * tl.dot(q, S, input_precision=PRECISION)
-        O += tl.dot(qk, V_new, input_precision=PRECISION)
+        O = tl.exp(G)[:, None] * QS
+        O += tl.dot(qk * _masked_decay(G, causal_incl & valid), V_new, input_precision=PRECISION)
         tl.store(o_ptr + vo_off, (scale * O).to(o_ptr.dtype.element_ty), mask=m_vo)
 
-        # State update: S = exp(G_last) S + K^T (exp(G_last - G) * V_new).
+        # State update, block by block: S = exp(G_last) S + K^T (exp(G_last - G) * V_new).
         v_dec = tl.exp(tl.where(mr, G_last - G, float("-inf")))[:, None] * V_new  # [C, BV]
-        S = tl.exp(G_last) * S + tl.dot(tl.trans(k), v_dec, input_precision=PRECISION)
-
-    if STORE_HT:
-        tl.store(ht_ptr + s_off, S, mask=s_mask)
+        for b in tl.static_range(NK):
+            ck = b * BK + tl.arange(0, BK)
+            m_qk = mr[:, None] & (ck < K)[None, :]
+            kb = tl.load(k_ptr + qk_row + ck[None, :], mask=m_qk, other=0.0).to(tl.float32) * rk[:, None]
+            s_off = st_head + ck[:, None] * stride_sk + cv[None, :] * stride_sv
+            s_mask = (ck < K)[:, None] & mv[None, :]
+            Sb = tl.load(st_ptr + s_off, mask=s_mask, other=0.0)
+            Sb = tl.exp(G_last) * Sb + tl.dot(tl.trans(kb), v_dec, input_precision=PRECISION)
+            tl.store(st_ptr + s_off, Sb, mask=s_mask)
+        tl.debug_barrier()  # st: the next chunk reads it in other threads
 
 
 def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
@@ -164,20 +200,22 @@ def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, out
         if tuple(initial_state.shape) != state_shape:
             raise ValueError(f"initial_state must have shape {state_shape}, got {tuple(initial_state.shape)}")
         h0 = initial_state.float().contiguous()
-    ht = torch.empty(state_shape, device=q.device, dtype=torch.float32) if output_final_state else None
+    # the state between chunks: the final state itself when asked for, else a workspace
+    st = torch.empty(state_shape, device=q.device, dtype=torch.float32)
 
-    BK = max(16, triton.next_power_of_2(K))
+    BK = min(64, max(16, triton.next_power_of_2(K)))  # K in NK blocks of BK rows
     BV = max(16, min(32, triton.next_power_of_2(V)))
-    if N > 0 and HV > 0:
+    if N > 0 and HV > 0 and V > 0:
         grid = (N, HV, triton.cdiv(V, BV))
         _gdn_fwd_kernel[grid](
-            q, k, v, g, beta, o, h0 if h0 is not None else o, ht if ht is not None else o,
-            cu_seqlens if cu_seqlens is not None else o, float(scale), T, stride_sk, stride_sv,
-            H=H, HV=HV, K=K, V=V, C=CHUNK, BK=BK, BV=BV,
-            IS_VARLEN=cu_seqlens is not None, HAS_H0=h0 is not None, STORE_HT=ht is not None,
-            USE_L2NORM=use_qk_l2norm_in_kernel, PRECISION=precision,
-            num_warps=4 if BK <= 64 else 8, num_stages=1)
-    return o, ht
+            q, k, v, g, beta, o, h0 if h0 is not None else o, st,
+            cu_seqlens.contiguous() if cu_seqlens is not None else o, float(scale), T, stride_sk, stride_sv,
+            H=H, HV=HV, K=K, V=V, C=CHUNK, BK=BK, NK=triton.cdiv(K, BK), BV=BV,
+            IS_VARLEN=cu_seqlens is not None, HAS_H0=h0 is not None, USE_L2NORM=use_qk_l2norm_in_kernel,
+            PRECISION=precision, num_warps=4, num_stages=1)
+    elif h0 is not None:
+        st.copy_(h0)
+    return o, st if output_final_state else None
 
 
 # ---------------------------------------------------------------- backward (recurrent form)
@@ -191,16 +229,16 @@ def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, out
 
 @triton.jit
 def _gdn_bwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, do_ptr, h0_ptr, dht_ptr, cu_ptr, ckpt_ptr, scratch_ptr,
-                    dq_ptr, dk_ptr, dv_ptr, dg_ptr, db_ptr, dh0_ptr, scale, T, ROWS, NB, stride_sk, stride_sv,
+                    dq_ptr, dk_ptr, dv_ptr, dg_ptr, db_ptr, dh0_ptr, scale, T, ROWS, NB, N0, stride_sk, stride_sv,
                     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                     BK: tl.constexpr, BV: tl.constexpr, BLOCK: tl.constexpr,
                     IS_VARLEN: tl.constexpr, HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr):
-    """Grid (N, HV, NV). q, k: [rows, H, K] (already l2-normalised if asked); v, do: [rows, HV, V];
+    """Grid (sequences N0.., HV, NV). q, k: [rows, H, K] (already l2-normalised if asked); v, do: [rows, HV, V];
     dq, dk: [NV, rows, HV, K] partials; dv: [rows, HV, V]; dg, dbeta: [NV, rows, HV] partials;
     ckpt: [HV * NV, NB, BK, BV] with NB = rows // BLOCK + N slots: sequence i's blocks start at slot
-    bos // BLOCK + i (no overlap, no host sync to size it); scratch: [programs, BLOCK + 1, BK, BV]."""
-    i_n, i_hv, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    prog = (i_n * HV + i_hv) * tl.num_programs(2) + i_v
+    bos // BLOCK + i (no overlap, no host sync to size it); scratch: [programs of this launch, BLOCK + 1, BK, BV]."""
+    i_n, i_hv, i_v = N0 + tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    prog = (tl.program_id(0) * HV + i_hv) * tl.num_programs(2) + i_v
     i_h = i_hv // (HV // H)
     bos, eos = _sequence_bounds(cu_ptr, i_n, T, IS_VARLEN)
     ck = tl.arange(0, BK)
@@ -305,9 +343,11 @@ def chunk_gated_delta_rule_bwd(q, k, v, g, beta, scale, initial_state, do, dht, 
     NV = triton.cdiv(V, BV)
     NB = rows // CHUNK + N  # checkpoint slots per (value head, V-block), see the kernel
     dev, f32 = q.device, torch.float32
-    programs = N * HV * NV
+    # a launch per SCRATCH_BYTES of block scratch (~1 MB per program at K = 128: 512 sequences x 16 heads took 35 GB)
+    per_sequence = HV * NV * (CHUNK + 1) * BK * BV
+    seqs_per_launch = max(1, min(N, SCRATCH_BYTES // (4 * max(per_sequence, 1))))
     ckpt = torch.empty(HV * NV * NB * BK * BV, device=dev, dtype=f32)
-    scratch = torch.empty(max(programs, 1) * (CHUNK + 1) * BK * BV, device=dev, dtype=f32)
+    scratch = torch.empty(seqs_per_launch * per_sequence, device=dev, dtype=f32)
     dq_part = torch.zeros(NV, rows, HV, K, device=dev, dtype=f32)
     dk_part = torch.zeros(NV, rows, HV, K, device=dev, dtype=f32)
     dg_part = torch.zeros(NV, rows, HV, device=dev, dtype=f32)
@@ -316,14 +356,15 @@ def chunk_gated_delta_rule_bwd(q, k, v, g, beta, scale, initial_state, do, dht, 
     stride_sk, stride_sv = (1, K) if state_v_first else (V, 1)
     h0 = initial_state.float().contiguous() if initial_state is not None else None
     dh0 = torch.empty_like(h0) if h0 is not None else None
-    if programs > 0:
-        _gdn_bwd_kernel[(N, HV, NV)](
-            qn.contiguous(), kn.contiguous(), v.contiguous(), g.contiguous(), beta.contiguous(), do.contiguous(),
-            h0 if h0 is not None else dv, dht.float().contiguous() if dht is not None else dv,
-            cu_seqlens if cu_seqlens is not None else dv, ckpt, scratch, dq_part, dk_part, dv, dg_part, db_part,
-            dh0 if dh0 is not None else dv, float(scale), T, rows, NB, stride_sk, stride_sv,
-            H=H, HV=HV, K=K, V=V, BK=BK, BV=BV, BLOCK=CHUNK, IS_VARLEN=cu_seqlens is not None,
-            HAS_H0=h0 is not None, HAS_DHT=dht is not None, num_warps=4, num_stages=1)
+    inputs = (qn.contiguous(), kn.contiguous(), v.contiguous(), g.contiguous(), beta.contiguous(), do.contiguous(),
+              h0 if h0 is not None else dv, dht.float().contiguous() if dht is not None else dv,
+              cu_seqlens.contiguous() if cu_seqlens is not None else dv)
+    for n0 in range(0, N if HV > 0 else 0, seqs_per_launch):  # (in stream order: the launches share scratch)
+        _gdn_bwd_kernel[(min(seqs_per_launch, N - n0), HV, NV)](
+            *inputs, ckpt, scratch, dq_part, dk_part, dv, dg_part, db_part, dh0 if dh0 is not None else dv,
+            float(scale), T, rows, NB, n0, stride_sk, stride_sv, H=H, HV=HV, K=K, V=V, BK=BK, BV=BV, BLOCK=CHUNK,
+            IS_VARLEN=cu_seqlens is not None, HAS_H0=h0 is not None, HAS_DHT=dht is not None, num_warps=4,
+            num_stages=1)
     # Sum the V-block partials and the value heads of each q/k head's group; then the l2norm backward.
     dq = dq_part.sum(0).view(rows, H, HV // H, K).sum(2)
     dk = dk_part.sum(0).view(rows, H, HV // H, K).sum(2)

@@ -95,7 +95,7 @@ class _MemoryMix(torch.autograd.Function):
         o_routed = o_routed.contiguous()
         grid, H, V, (sh, nw, gt), flags = _launch_args(o_routed, plan, weights, shared, norm_weight, gate)
         out = torch.empty(plan.num_tokens, H, V, device=o_routed.device, dtype=o_routed.dtype)
-        if plan.num_tokens > 0:
+        if plan.num_tokens > 0 and V > 0:
             _mix_fwd_kernel[grid](o_routed, plan.dst_row, weights, sh, nw, gt, out, H, V, eps, **flags)
         ctx.save_for_backward(o_routed, weights, shared, norm_weight, gate)
         ctx.plan, ctx.eps = plan, eps
@@ -113,11 +113,11 @@ def memory_mix_backward(dy, o_routed, weights, shared, norm_weight, gate, plan, 
     grid, H, V, (sh, nw, gt), flags = _launch_args(o_routed, plan, weights, shared, norm_weight, gate)
     N, K = plan.num_tokens, plan.topk
     d_o = torch.zeros_like(o_routed)  # rows holding no pair stay 0
-    d_w = torch.empty(N, K, H, device=dy.device, dtype=torch.float32)
+    d_w = torch.zeros(N, K, H, device=dy.device, dtype=torch.float32)
     d_shared = torch.empty_like(shared) if shared is not None else None
     d_nw = torch.empty(N, H, V, device=dy.device, dtype=torch.float32) if norm_weight is not None else None
     d_gate = torch.empty_like(gate) if gate is not None else None
-    if N > 0:
+    if N > 0 and V > 0:
         _mix_bwd_kernel[grid](dy.contiguous(), o_routed, plan.dst_row, weights, sh, nw, gt, eps, H, V,
                               d_o, d_w, d_shared if d_shared is not None else d_o,
                               d_nw if d_nw is not None else d_o, d_gate if d_gate is not None else d_o, **flags)

@@ -12,6 +12,7 @@
 
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/Device.h>
+#include <c10/cuda/CUDAGuard.h>
 
 #include <utility>
 
@@ -23,10 +24,13 @@ bool cuda_kernels_run_on(const c10::Device& device);
 // The op's Triton fallback, or a RuntimeError naming the device, the build's archs and whether Triton is missing.
 c10::OperatorHandle other_gpu_fallback(const char* op, const c10::Device& device);
 
-// Calls the fallback with the CUDA entry's own arguments: Fn is the entry's function type (the op's schema).
+// Calls the fallback with the CUDA entry's own arguments (Fn: the entry's function type, the op's schema) on the
+// arguments' device: Triton launches on the current device's current stream.
 template <class Fn, class... Args>
 decltype(auto) call_other_gpu_fallback(const char* op, const c10::Device& device, Args&&... args) {
-  return other_gpu_fallback(op, device).typed<Fn>().call(std::forward<Args>(args)...);
+  const c10::OperatorHandle fallback = other_gpu_fallback(op, device);
+  c10::cuda::CUDAGuard guard(device);
+  return fallback.typed<Fn>().call(std::forward<Args>(args)...);
 }
 
 }  // namespace mom_ops
