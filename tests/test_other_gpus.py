@@ -185,8 +185,9 @@ def test_readout_fallbacks_without_value_columns():
 
 
 @pytest.mark.gpu
-def test_gpu_scan_through_the_fallback_matches_the_kernels(monkeypatch):
-    inp = gdn_inputs(1, 300, 2, 128, 128, HV=4, dtype=torch.bfloat16, device="cuda", h0=True, n_seqs=3)
+@pytest.mark.parametrize("K", [128, 256])
+def test_gpu_scan_through_the_fallback_matches_the_kernels(K, monkeypatch):
+    inp = gdn_inputs(1, 300, 2, K, 128, HV=4, dtype=torch.bfloat16, device="cuda", h0=True, n_seqs=3)
     cu = cu_from_lengths([100, 0, 190]).cuda()  # (10 rows past the end)
     leaves = {n: t.clone().requires_grad_(True) for n, t in inp.items()}
 
@@ -205,7 +206,8 @@ def test_gpu_scan_through_the_fallback_matches_the_kernels(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype, K, V", [(torch.float32, 128, 128), (torch.bfloat16, 96, 64), (torch.float16, 64, 48)])
+@pytest.mark.parametrize("dtype, K, V", [(torch.float32, 128, 128), (torch.float32, 256, 64), (torch.bfloat16, 96, 64),
+                                          (torch.float16, 64, 48)])
 def test_gpu_scan_inputs_the_kernels_do_not_take_run_on_the_fallback(dtype, K, V):
     """fp32 inputs and head dims the kernels do not take (fla's op takes them) run on the fallback, forward and
     backward, against the CPU op on the same (rounded) inputs in fp32."""
