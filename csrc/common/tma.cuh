@@ -4,7 +4,8 @@
 // the layout wgmma reads. Elements outside the tensor land as zeros.
 // Order: one thread mbarrier_init(bar, 1), fence_mbarrier_init(), __syncthreads(); per phase one thread
 // mbarrier_expect_tx(bar, bytes of all its loads) and issues them; every reader mbarrier_wait(bar, phase % 2).
-// Status: no kernel uses these yet; scripts/tma_probe checks them on a GPU.
+// Status: no kernel uses these yet; scripts/tma_probe checks them on a GPU (mbarrier_arrive: compiled, not yet run
+// there), scripts/gdn_emulate/run_tma.sh their emulator shim on the CPU.
 #pragma once
 
 #include <cuda.h>
@@ -28,6 +29,11 @@ __device__ __forceinline__ void fence_mbarrier_init() {
 __device__ __forceinline__ void mbarrier_expect_tx(uint64_t* bar, uint32_t bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(bytes)
                : "memory");
+}
+
+// One arrival (a consumer handing a buffer back to the thread that refills it).
+__device__ __forceinline__ void mbarrier_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
 }
 
 // Waits until the barrier's phase with the given parity (0, 1, 0, ...) has completed.

@@ -34,6 +34,7 @@ void launch(void (*kernel)(P), const P& p, int64_t blocks, int smem_bytes, int t
     for (auto& w : emu::g_warps) w.bar = emu::Bar{32};
     emu::g_cta_bar = emu::Bar{threads};
     for (auto& nb : emu::g_named) nb = emu::Bar{0};
+    emu::g_mbarriers.clear();
     g_call = [&] { kernel(p); };
     for (int t = 0; t < threads; ++t) {
       auto& f = g_fibers[t];
@@ -73,6 +74,8 @@ void launch(void (*kernel)(P), const P& p, int64_t blocks, int smem_bytes, int t
       if (emu::g_named[id].arrived != 0) EMU_FAIL("block %lld ended with %d arrivals at named barrier %d", (long long)b, emu::g_named[id].arrived, id);
     for (int t = 0; t < threads; ++t)
       if (!g_fibers[t].open.empty() || !g_fibers[t].groups.empty()) EMU_FAIL("block %lld: thread %d ended with cp.async pending", (long long)b, t);
+    for (auto& [bar, m] : emu::g_mbarriers)
+      if (!m.landings.empty() || m.tx != 0) EMU_FAIL("block %lld ended with TMA loads pending on mbarrier %p", (long long)b, bar);
   }
   mprotect(mom_ops::smem, kSmemMax, PROT_READ | PROT_WRITE);
 }

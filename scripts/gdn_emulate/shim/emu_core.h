@@ -115,6 +115,17 @@ inline void do_copy(const Copy& c) {
 }
 template <class T> inline float bits_to_f(uint16_t u) { T t; std::memcpy(&t, &u, 2); return static_cast<float>(t); }
 
+// mbarriers of common/tma.cuh (its shim), by shared-memory address: TMA loads wait in `landings` until a thread
+// waits on the barrier. Reset per block by the launcher.
+struct TmaLanding { void* dst; std::vector<unsigned char> bytes; };
+struct MBarrier {
+  uint32_t count = 0, pending = 0;
+  int64_t tx = 0;       // bytes expected and not yet landed
+  uint64_t phases = 0;  // completed phases
+  std::vector<TmaLanding> landings;
+};
+inline std::map<const void*, MBarrier> g_mbarriers;
+
 // Named barriers of common/named_barrier.cuh (ids 1-15; 0 is __syncthreads), counted per thread, as bar.sync (wait)
 // and bar.arrive do. Every arrival yields (bar_arrive), so an arrive issued before the thread's cp.async copies have
 // landed is caught: the copies land at its wait_group.
