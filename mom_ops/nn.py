@@ -240,12 +240,17 @@ class MoMAttention(nn.Module):
         then replaced by the segments' final states and histories."""
         H, W, K, V = self.num_heads, self.conv_size, self.head_dim, self.head_v_dim
         hist = (None, None, None) if cache is None else (cache.conv_q[rows], cache.conv_k[rows], cache.conv_v[rows])
+        h0 = None if cache is None else cache.states[rows]
+        if cache is not None and torch.is_grad_enabled():
+            # autograd saves the starting states and histories for the backward, and their cache rows are
+            # overwritten below: copies, so that a backward through a prefill from a cache sees the old values
+            hist, h0 = tuple(t.clone() for t in hist), h0.clone()
         qc = segment_causal_conv(q, self.q_conv, cu_seqlens, hist[0], plan=q_plan).view(1, -1, H, K)
         kc, vc, g, beta = scan_inputs(proj, cu_seqlens, self.k_conv, self.v_conv, self.A_log, self.dt_bias, *hist[1:])
         o, ht = mom_ops.chunk_gated_delta_rule(
             qc, kc.view(1, -1, H, K), vc.view(1, -1, H, V), g.unsqueeze(0), beta.unsqueeze(0), cu_seqlens=cu_seqlens,
             use_qk_l2norm_in_kernel=True,
-            initial_state=None if cache is None else cache.states[rows], output_final_state=cache is not None)
+            initial_state=h0, output_final_state=cache is not None)
         if cache is not None:
             cache.states[rows] = ht.detach()  # a cache carries no gradient
             raw = (q, proj[:, :H * K], proj[:, H * K:H * (K + V)])
@@ -312,11 +317,18 @@ class MoMAttention(nn.Module):
         out = self.o_proj(self._gated_norm(o, xf).reshape(B, -1))[:, None]
         return out, self._aux_loss(logits, plan, None)
 
+    def _needs_graph(self, x: torch.Tensor) -> bool:
+        """Whether autograd records this call: then a one-token call with a cache takes the prefill path (the decode
+        step is inference only)."""
+        return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
+
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 cu_seqlens: torch.Tensor | None = None, cache: MoMCache | None = None, use_cache: bool = False):
         """Returns (out, aux_loss), or (out, aux_loss, cache) with use_cache. Given a cache, a [B, 1, D] input
-        without mask or cu_seqlens takes the one-launch decode step; anything else is a prefill that starts
-        from the cache's states (chunked prefill) and leaves the final ones in it."""
+        without mask or cu_seqlens takes the one-launch decode step where autograd does not record the call (under
+        torch.no_grad / inference_mode, or with nothing requiring a gradient); anything else is a prefill that starts
+        from the cache's states (chunked prefill) and leaves the final ones in it. The cache carries no gradient:
+        a backward through a call with a cache treats its starting states as constants."""
         if x.dim() != 3 or x.shape[-1] != self.hidden_size:
             raise ValueError(f"x must be [B, T, {self.hidden_size}], got {tuple(x.shape)}")
         if cu_seqlens is not None and (x.shape[0] != 1 or attention_mask is not None):
@@ -332,7 +344,8 @@ class MoMAttention(nn.Module):
             cache.check_fits(self, B)
         if use_cache and cache is None:
             cache = MoMCache.empty(self, B, x.device, x.dtype)
-        if cache is not None and x.shape[1] == 1 and attention_mask is None and cu_seqlens is None:
+        if (cache is not None and x.shape[1] == 1 and attention_mask is None and cu_seqlens is None
+                and not self._needs_graph(x)):
             out, aux_loss = self._decode_step(x, cache)
             return (out, aux_loss, cache) if use_cache else (out, aux_loss)
 
