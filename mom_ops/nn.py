@@ -79,6 +79,9 @@ class MoMCache:
 
     @staticmethod
     def empty(layer: "MoMAttention", batch_size: int, device, dtype=torch.float32) -> "MoMCache":
+        """Zero states and histories for batch_size sequences; dtype: the conv histories' (a floating-point type)."""
+        if not dtype.is_floating_point:
+            raise ValueError(f"dtype (the conv histories') must be a floating-point type, got {dtype}")
         P = (layer.num_memories + int(layer.shared_memory)) * batch_size
         W, H = layer.conv_size, layer.num_heads
         zeros = lambda *shape, dt=dtype: torch.zeros(*shape, device=device, dtype=dt)  # noqa: E731
@@ -86,8 +89,9 @@ class MoMCache:
                         zeros(P, W - 1, H * layer.head_dim), zeros(P, W - 1, H * layer.head_dim),
                         zeros(P, W - 1, H * layer.head_v_dim), zeros(batch_size, dt=torch.int64))
 
-    def check_fits(self, layer: "MoMAttention", batch_size: int) -> None:
-        """ValueError unless this cache was made for `layer`'s sizes and batch_size sequences."""
+    def check_fits(self, layer: "MoMAttention", batch_size: int, device: torch.device) -> None:
+        """ValueError unless this cache was made for `layer`'s sizes, batch_size sequences and input on device (the
+        ops would name their own arguments, not the cache's fields)."""
         P = (layer.num_memories + int(layer.shared_memory)) * batch_size
         W, H, K, V = layer.conv_size, layer.num_heads, layer.head_dim, layer.head_v_dim
         expected = dict(states=(P, H, K, V), conv_q=(P, W - 1, H * K), conv_k=(P, W - 1, H * K),
@@ -97,6 +101,18 @@ class MoMCache:
             if got != shape:
                 raise ValueError(f"cache.{name} has shape {got}, but this layer with {batch_size} sequences needs "
                                  f"{shape}: was the cache made by MoMCache.empty for another layer or batch?")
+            t = getattr(self, name)
+            if t.device != device:
+                raise ValueError(f"cache.{name} is on {t.device}, the input on {device}")
+            if not t.is_contiguous():
+                raise ValueError(f"cache.{name} must be contiguous (the ops update it in place)")
+        for name, ok, want in (("states", self.states.dtype == torch.float32, "float32"),
+                               ("conv_q", self.conv_q.is_floating_point(), "floating-point"),
+                               ("conv_k", self.conv_k.is_floating_point(), "floating-point"),
+                               ("conv_v", self.conv_v.is_floating_point(), "floating-point"),
+                               ("seen_tokens", self.seen_tokens.dtype == torch.int64, "int64")):
+            if not ok:
+                raise ValueError(f"cache.{name} must be {want}, got {getattr(self, name).dtype}")
 
 
 # Routed projections: on GPUs where torch._grouped_mm runs bf16 (sm90+), one grouped GEMM over the permuted rows
@@ -341,7 +357,7 @@ class MoMAttention(nn.Module):
         if cache is not None and cache.seen_tokens.shape[0] != B:
             raise ValueError(f"cache holds {cache.seen_tokens.shape[0]} sequences, the input has {B}")
         if cache is not None:
-            cache.check_fits(self, B)
+            cache.check_fits(self, B, x.device)
         if use_cache and cache is None:
             cache = MoMCache.empty(self, B, x.device, x.dtype)
         if (cache is not None and x.shape[1] == 1 and attention_mask is None and cu_seqlens is None
@@ -351,6 +367,8 @@ class MoMAttention(nn.Module):
 
         xf = x.reshape(-1, self.hidden_size)  # [N, D]
         mask = None if attention_mask is None else attention_mask.reshape(-1).bool()
+        if mask is not None:  # padding may hold anything (NaN): zeros, so that its output is 0 and adds no gradient
+            xf = xf.masked_fill(~mask[:, None], 0)
         H = self.num_heads
         q_tok, gate, logits, x_stream = self._project_tokens(xf)
         plan = mom_ops.route(logits, self.topk, batch_size=B, cu_seqlens=cu_seqlens, mask=mask)
