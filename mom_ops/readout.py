@@ -21,8 +21,8 @@ def memory_mix(
 
     o_routed: [R, H, V] packed memory-major rows (the scan output); weights: fp32 [N, k] (default
     plan.weights); shared: [N, H, V]; norm_weight: [V]; gate: [N, H, V].
-    out[n, h] = o * rsqrt(mean(o^2) + eps) * norm_weight * silu(gate[n, h])   (norm only with norm_weight)
-    with o = sum_j weights[n, j] * o_routed[dst_row[n, j], h] + shared[n, h].  Returns [N, H, V].
+    out[n, h] = o * rsqrt(mean(o^2) + eps) * norm_weight * silu(gate[n, h])   (norm only with norm_weight; gate
+    needs norm_weight) with o = sum_j weights[n, j] * o_routed[dst_row[n, j], h] + shared[n, h].  Returns [N, H, V].
     All tensor inputs are differentiable.
     """
     if o_routed.dim() != 3:

@@ -19,7 +19,7 @@ class RoutingPlan:
     of the logits and have static shapes (no host sync to build or use them).
 
     N tokens, M memories, k = topk, B sequences, R = N * k packed rows, S = M * B segments (s = m * B + b).
-      weights        [N, k] fp32   renormalised top-k router weights (0 for masked tokens)
+      weights        [N, k] fp32   renormalised top-k router weights (0 for masked tokens; fp64 for fp64 logits)
       memory_ids     [N, k] int32  chosen memories, by decreasing weight (-1 for masked tokens)
       dst_row        [N, k] int32  packed row of each pair (-1 for masked tokens)
       src_pair       [R]    int32  pair n * k + j of each packed row (-1 for rows past the last segment)
@@ -69,7 +69,8 @@ def route(
     """Route tokens to their top-k memories and build the packed memory-major plan.
 
     router_logits: [B, T, M] (padded batch), [1, N, M] or [N, M] (packed, with cu_seqlens [B+1]).
-    mask: optional bool [B, T] / [N]; False tokens route nowhere (attention padding).
+    mask: optional bool of router_logits' shape without M ([B, T], [1, N] or [N]); False tokens route nowhere
+    (attention padding).
     Memories are the k largest logits (ties to the lower index), by decreasing logit; weights are the softmax
     renormalised over them (= softmax of the kept logits), computed in fp64 and rounded once to fp32 (within
     1 ulp of the exact value); differentiable w.r.t. the logits (fp64 weights for fp64 logits on CPU). NaN
