@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mom_ops._autograd import function_of
+from mom_ops._autograd import function_of, once_differentiable
 from mom_ops.routing import RoutingPlan
 
 
@@ -38,6 +38,7 @@ def _setup(ctx, inputs, output):
     ctx.save_for_backward(o_routed, dst_row, src_pair, weights, shared, norm_weight, gate)
 
 
+@once_differentiable
 def _backward(ctx, grad_out):
     o_routed, dst_row, src_pair, weights, shared, norm_weight, gate = ctx.saved_tensors
     d_routed, d_w, d_shared, d_norm, d_gate = torch.ops.mom_ops.memory_mix_bwd(

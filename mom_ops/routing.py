@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mom_ops._autograd import below_autograd, function_of
+from mom_ops._autograd import below_autograd, function_of, once_differentiable
 
 CHUNK_SIZE = 64
 
@@ -138,6 +138,7 @@ def _route_setup(ctx, inputs, output):
     ctx.save_for_backward(output[0], output[1])
 
 
+@once_differentiable
 def _route_backward(ctx, grad_weights, *_):
     # w = softmax over the kept logits, so dl_i = w_i (dw_i - sum_j w_j dw_j) for kept i, 0 elsewhere: one launch
     weights, memory_ids = ctx.saved_tensors
@@ -162,6 +163,7 @@ def _unpermute_setup(ctx, inputs, output):
     ctx.save_for_backward(y, dst_row, src_pair, weights)
 
 
+@once_differentiable
 def _unpermute_backward(ctx, grad_x):
     y, dst_row, src_pair, weights = ctx.saved_tensors
     need_w = weights is not None and ctx.needs_input_grad[3]
