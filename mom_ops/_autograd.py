@@ -49,10 +49,12 @@ def once_differentiable(backward: Callable) -> Callable:
 
     @functools.wraps(backward)
     def checked(ctx, *grads):
+        if not torch.is_grad_enabled():  # the usual backward (no create_graph): as it is, no host time added
+            return backward(ctx, *grads)
         with torch.no_grad():
             results = backward(ctx, *grads)
         links = [g for g in grads if isinstance(g, torch.Tensor) and g.requires_grad]
-        if not torch.is_grad_enabled() or not links:
+        if not links:
             return results
         single = not isinstance(results, tuple)
         # the links as inputs: the graph from the results back to what the gradients depend on passes through the node
