@@ -100,7 +100,7 @@ def test_scan_rejects_zero_heads_or_head_dim():
                                        beta)
     with pytest.raises(ValueError, match="H >= 1 heads of dim K >= 1"):
         mom_ops.fused_recurrent_gated_delta_rule(torch.randn(1, 5, 0, 4), torch.randn(1, 5, 0, 4),
-                                                 torch.randn(1, 5, 2, 4), g, beta)
+                                                 torch.randn(1, 5, 2, 4), g, beta=beta)
 
 
 def test_scalar_states_and_weights_name_their_argument():
@@ -125,7 +125,7 @@ def test_scalar_states_and_weights_name_their_argument():
 def test_inference_ops_refuse_gradients():
     q, k, v = (torch.randn(1, 3, 1, 4, requires_grad=True) for _ in range(3))
     g, beta = torch.zeros(1, 3, 1), torch.full((1, 3, 1), 0.5)
-    o, _ = mom_ops.fused_recurrent_gated_delta_rule(q, k, v, g, beta)
+    o, _ = mom_ops.fused_recurrent_gated_delta_rule(q, k, v, g, beta=beta)
     with pytest.raises(RuntimeError, match="no backward"):
         o.sum().backward()
     pool = torch.zeros(2, 1, 4, 4, requires_grad=True)
