@@ -212,11 +212,14 @@ def test_layer_ignores_what_padding_holds():
 # ---- autograd: no double backward through the ops' backward kernels
 
 
-def _double_backward(fn, *inputs):
-    """grad of (grad of sum(fn(inputs)^2))^2, through create_graph."""
+def _double_backward(fn, *inputs, linear=False):
+    """grad of (grad of a loss of fn(inputs))^2, through create_graph; the loss sum(out^2), or with linear
+    sum(out * c), whose incoming gradient c carries no graph (the second derivative then runs through the saved
+    tensors alone)."""
     out = fn(*inputs)
     out = out[0] if isinstance(out, tuple) else out
-    grads = torch.autograd.grad((out.float() ** 2).sum(), inputs, create_graph=True)
+    loss = (out.float() * torch.randn(out.shape, dtype=torch.float64)).sum() if linear else (out.float() ** 2).sum()
+    grads = torch.autograd.grad(loss, inputs, create_graph=True)
     return torch.autograd.grad(sum((g ** 2).sum() for g in grads), inputs)
 
 
@@ -241,7 +244,8 @@ def test_double_backward_is_an_error_not_a_wrong_value():
                        torch.randn(12, 1, 3, dtype=d)),
     }
     for fn, inp in cases.values():
-        with pytest.raises(RuntimeError, match="double backward .* is not supported"):
-            _double_backward(fn, inp.clone().requires_grad_(True))
+        for linear in (False, True):
+            with pytest.raises(RuntimeError, match="double backward .* is not supported"):
+                _double_backward(fn, inp.clone().requires_grad_(True), linear=linear)
     y = torch.randn(6, 3, dtype=d, requires_grad=True)
     assert torch.autograd.gradgradcheck(lambda t: mom_ops.permute(t, plan), (y,))
