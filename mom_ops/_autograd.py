@@ -26,8 +26,9 @@ def below_autograd(op: Callable, *args):
 
 
 class _NoDoubleBackward(torch.autograd.Function):
-    """The identity on a backward's results, linked to the incoming gradients that carry a graph, whose own backward
-    raises: the error of a double backward through a backward computed by kernels without a derivative."""
+    """The identity on a backward's results, linked to what they depend on (the incoming gradients and saved tensors
+    that carry a graph), whose own backward raises: the error of a double backward through a backward computed by
+    kernels without a derivative."""
 
     @staticmethod
     def forward(ctx, where, num_links, *links_and_results):
@@ -42,8 +43,8 @@ class _NoDoubleBackward(torch.autograd.Function):
 
 
 def once_differentiable(backward: Callable) -> Callable:
-    """backward, run without recording a graph; where its incoming gradients carry one (create_graph), its results
-    lead to an error instead. The ops' backward kernels (*_bwd) have no autograd, so a double backward through them got
+    """backward, run without recording a graph; where its incoming gradients or saved tensors carry one (a backward
+    with create_graph), its results lead to an error instead. The ops' backward kernels (*_bwd) have no autograd, so a double backward through them got
     zeros or made-up values from autograd's fallback. (torch's once_differentiable hangs the error on fresh leaves,
     which torch.autograd.grad with inputs never reaches: "not used in the graph", or None with allow_unused.)"""
 
