@@ -204,7 +204,7 @@ class MoMAttention(nn.Module):
         strides."""
         mods = (self.q_proj, self.g_proj, self.gate)  # the gate last: q and g start at 16-byte aligned columns
         w = torch.cat([m.weight for m in mods] + [self._token_pad_rows]).to(xf.dtype)  # one launch, no pad
-        return token_projection(xf, w, [m.weight.shape[0] for m in mods])
+        return token_projection(xf, w, [m.weight.shape[0] for m in mods], alias_grad_in_place=True)
 
     def _stream_plan(self, logits: torch.Tensor, plan: RoutingPlan, cu_seqlens, mask) -> RoutingPlan:
         """The plan of the scanned stream: the routed plan, or with shared_memory one more memory (index M) that
