@@ -133,7 +133,8 @@ class _GroupedLinear(torch.autograd.Function):
         return dx, dw, None, None
 
 
-def _check_args(x: torch.Tensor, weight_shape, cu_seqlens: torch.Tensor, batch_size: int, weights=()) -> None:
+def _check_args(x: torch.Tensor, weight_shape, cu_seqlens: torch.Tensor, batch_size: int, weights=(),
+                check_rows: bool = True) -> None:
     """x [R, D] floating, weight [M, out, D] (the tensors `weights` on x's device), cu_seqlens [M * batch_size + 1]
     int32 / int64 on x's device with cu_seqlens[-1] <= R, or an error naming what disagrees. The last check runs on
     the device where cu_seqlens is (an asynchronous assert: no host sync)."""
@@ -150,6 +151,8 @@ def _check_args(x: torch.Tensor, weight_shape, cu_seqlens: torch.Tensor, batch_s
     if cu_seqlens.shape[0] != weight_shape[0] * batch_size + 1:
         raise ValueError(f"cu_seqlens must have M * batch_size + 1 = {weight_shape[0] * batch_size + 1} entries, "
                          f"got {cu_seqlens.shape[0]}")
+    if not check_rows:
+        return
     if cu_seqlens.is_cuda or torch.compiler.is_compiling():
         torch._assert_async(cu_seqlens[-1] <= x.shape[0], "cu_seqlens[-1] must not pass x's rows")
     elif int(cu_seqlens[-1]) > x.shape[0]:
@@ -300,18 +303,21 @@ class _GroupedMM(torch.autograd.Function):
         return dx, dw_t, None
 
 
-def grouped_mm_linear(x: torch.Tensor, weight, cu_seqlens: torch.Tensor, batch_size: int) -> torch.Tensor:
+def grouped_mm_linear(x: torch.Tensor, weight, cu_seqlens: torch.Tensor, batch_size: int,
+                      check_rows: bool = True) -> torch.Tensor:
     """grouped_linear's contract on torch._grouped_mm: x [R, D] bf16, weight [M, out, D], cu_seqlens [M * B + 1]
     -> y [R, out] (rows past cu_seqlens[-1] are 0 where x's rows there are finite: they meet a zero weight, so a NaN
     there stays NaN; MoMAttention's permute writes zeros there). out and D are padded to multiples of 8 (16-byte rows).
     weight may also be given as blocks of pieces (a list of lists): each block's pieces ([g, out_i, D] or [out_i, D])
     side by side along out, the blocks' groups one after another (MoMAttention's routed memories, then the shared
-    one); the GEMM's weight is then written once from them, with no concatenation in the forward or the backward."""
+    one); the GEMM's weight is then written once from them, with no concatenation in the forward or the backward.
+    check_rows=False skips the check of cu_seqlens[-1] <= R (three small launches on the device), for a caller whose
+    rows come from the plan itself (MoMAttention's permute)."""
     if isinstance(weight, torch.Tensor) and weight.dim() != 3:
         _check_args(x, weight.shape, cu_seqlens, batch_size)  # the shape error, before the layout's
     blocks = [[weight]] if isinstance(weight, torch.Tensor) else weight
     layout, (M, n_out, D) = _weight_layout(blocks)
-    _check_args(x, (M, n_out, D), cu_seqlens, batch_size, [p for block in blocks for p in block])
+    _check_args(x, (M, n_out, D), cu_seqlens, batch_size, [p for block in blocks for p in block], check_rows)
     pad_in = -D % 8
     # [M + 1, out', D']: the extra memory is all zeros (rows past the last segment); padding columns are zeros too.
     w = _GroupWeights.apply(x.dtype, layout, (M, n_out, D), *[p for block in blocks for p in block])

@@ -237,7 +237,8 @@ class MoMAttention(nn.Module):
         for each packed row (M' / k' times the flops); or the Triton grouped GEMM (USE_TRITON_GROUPED_LINEAR)."""
         M, B, k, N = plan.num_memories, plan.batch_size, plan.topk, xf.shape[0]
         if grouped_mm_supported(xf) and not USE_TRITON_GROUPED_LINEAR:  # the GEMM's weight written once, in place
-            return grouped_mm_linear(mom_ops.permute(xf, plan), self._stream_weight_blocks(), plan.cu_seqlens, B)
+            return grouped_mm_linear(mom_ops.permute(xf, plan), self._stream_weight_blocks(), plan.cu_seqlens, B,
+                                     check_rows=False)  # the permuted rows are the plan's
         w_all = self._stream_weights().to(xf.dtype)  # [M', C, D]
         if USE_TRITON_GROUPED_LINEAR and xf.is_cuda:
             return grouped_linear(mom_ops.permute(xf, plan), w_all, plan.cu_seqlens, B)
