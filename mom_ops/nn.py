@@ -406,7 +406,10 @@ class MoMAttention(nn.Module):
 
         Differences to fla, by design: the short convs restart in every (sequence, memory) segment in training
         too (fla's training path lets them run across segments), the aux loss is returned by the layer, and
-        routing ties go to the lower memory index."""
+        routing ties go to the lower memory index. The aux loss's f_m is memory m's share of the N * topk routed
+        pairs (DESIGN.md §1), where fla's model-level load_balancing_loss_func counts f_m = pairs_m / N: at the
+        same scale ours is 1 / topk of fla's, so set aux_loss_scale = topk * fla's aux_loss_scale for the same
+        balancing pressure."""
         for flag, supported in (("use_output_gate", True), ("use_short_conv", True), ("single_kv_proj", False)):
             if getattr(fla_layer, flag, supported) != supported:
                 raise ValueError(f"from_fla: fla MomAttention with {flag}={not supported} is not supported")
