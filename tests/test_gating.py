@@ -88,8 +88,9 @@ def test_triton_softplus_keeps_tiny_values():
     zeros = torch.zeros(4, device=a.device)
     g, _ = tg.gdn_gating(a, torch.zeros_like(a), zeros, zeros)
     want = -torch.nn.functional.softplus(a.double().cpu())
-    assert rel_rms(g.cpu().double(), want) < 1e-6
-    assert (g.cpu().double() / want - 1).abs().max() < 1e-6
+    # (fp32: the GPU's exp / log1p are a few ulps off, 1.2e-6 relative at a = -30 on the H200; 0 would be 1.0)
+    assert rel_rms(g.cpu().double(), want) < 1e-5
+    assert (g.cpu().double() / want - 1).abs().max() < 1e-5
 
 
 def test_gdn_gating_gradcheck():

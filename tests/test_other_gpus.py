@@ -9,7 +9,7 @@ import torch
 
 import mom_ops
 from mom_ops._other_gpus import FALLBACKS, TRITON_FALLBACKS
-from tests.helpers import cu_from_lengths, gdn_inputs, rel_rms
+from tests.helpers import cu_from_lengths, gdn_inputs, rel_rms, triton_device
 
 ops = torch.ops.mom_ops
 pytestmark = pytest.mark.skipif(not TRITON_FALLBACKS, reason="Triton is not installed")
@@ -39,14 +39,26 @@ def _same(out, ref, tol):
             assert torch.equal(x, r), i
 
 
+# The scan's Triton dots are tf32 on a GPU (fp32 products only in the interpreter): ~1e-3 per product.
+_TF32_TOL = 2e-2 if triton_device() == "cuda" else 0.0
+
+
+def _run_fallback(op, args):
+    """FALLBACKS[op] on args moved to where Triton runs (the GPU, else the interpreter), outputs back on the CPU."""
+    moved = [a.to(triton_device()) if isinstance(a, torch.Tensor) else a for a in args]
+    out = FALLBACKS[op](*moved)
+    cpu = lambda t: t.cpu() if isinstance(t, torch.Tensor) else t  # noqa: E731
+    return (tuple(map(cpu, out)) if isinstance(out, (tuple, list)) else cpu(out)), [cpu(a) for a in moved]
+
+
 def _check(op, args, tol=1e-5, mutated=()):
     """The fallback against the CPU kernel on copies of args; `mutated`: indices of in-place arguments."""
-    copies = [[a.clone() if isinstance(a, torch.Tensor) else a for a in args] for _ in range(2)]
-    ref = getattr(ops, op)(*copies[0])
-    out = FALLBACKS[op](*copies[1])
+    copies = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
+    ref = getattr(ops, op)(*copies)
+    out, moved = _run_fallback(op, args)
     _same(out, ref, tol)
     for i in mutated:
-        _same(copies[1][i], copies[0][i], tol)
+        _same(moved[i], copies[i], tol)
 
 
 def _routing(N=40, M=4, k=2, B=2, masked=(3, 17)):
@@ -88,12 +100,13 @@ def test_scan_fallbacks(scratch_bytes, monkeypatch):
     for v_first in (False, True):
         state = h0.transpose(-1, -2).contiguous() if v_first else h0
         args = (q, k, v, g, beta, K**-0.5, state, True, True, v_first, cu, None)
-        _check("chunk_gated_delta_rule_fwd", args, tol=2e-3)  # (tf32 dots)
-        out = FALLBACKS["chunk_gated_delta_rule_fwd_train"](*args)
-        _same(out[:2], ops.chunk_gated_delta_rule_fwd(*args), tol=2e-3)
+        _check("chunk_gated_delta_rule_fwd", args, tol=max(2e-3, _TF32_TOL))  # (tf32 dots)
+        out, _ = _run_fallback("chunk_gated_delta_rule_fwd_train", args)
+        _same(out[:2], ops.chunk_gated_delta_rule_fwd(*args), tol=max(2e-3, _TF32_TOL))
         assert all(t.numel() == 0 for t in out[2:])  # saves nothing: its backward recomputes
         grad_o, grad_ht = torch.randn_like(v), torch.randn_like(state)
-        _check("chunk_gated_delta_rule_bwd", (*args[:7], grad_o, grad_ht, True, v_first, cu, None), tol=1e-4)
+        _check("chunk_gated_delta_rule_bwd", (*args[:7], grad_o, grad_ht, True, v_first, cu, None),
+               tol=max(1e-4, _TF32_TOL))
         _check("fused_recurrent_gated_delta_rule_fwd", args[:11], tol=1e-4)
 
 
@@ -104,10 +117,10 @@ def test_scan_fallbacks_on_strided_inputs():
     v = v.transpose(1, 2).contiguous().transpose(1, 2)
     cu = torch.stack([cu_from_lengths([30, 0, 60]), torch.full((4,), 99, dtype=torch.int32)], 1).reshape(-1)[::2]
     args = (q, k, v, g, beta, 0.25, h0, True, True, False, cu)
-    _check("chunk_gated_delta_rule_fwd", (*args, None), tol=2e-3)
+    _check("chunk_gated_delta_rule_fwd", (*args, None), tol=max(2e-3, _TF32_TOL))
     _check("fused_recurrent_gated_delta_rule_fwd", args, tol=1e-4)
     _check("chunk_gated_delta_rule_bwd", (*args[:7], torch.randn_like(v), torch.randn_like(h0), True, False, cu, None),
-           tol=1e-4)
+           tol=max(1e-4, _TF32_TOL))
 
 
 def test_decode_fallback():
@@ -210,7 +223,9 @@ def test_gpu_scan_through_the_fallback_matches_the_kernels(K, monkeypatch):
                                           (torch.float16, 64, 48)])
 def test_gpu_scan_inputs_the_kernels_do_not_take_run_on_the_fallback(dtype, K, V):
     """fp32 inputs and head dims the kernels do not take (fla's op takes them) run on the fallback, forward and
-    backward, against the CPU op on the same (rounded) inputs in fp32."""
+    backward, against the CPU op on the same (rounded) inputs in fp32. The fallback's dots are tf32 for fp32 inputs
+    (as fla's): o and ht within 2e-3, the gradients, whose chunk products compound, within 1e-2 (H200: dk 8.9e-3 at
+    K = V = 128, 3.8e-3 at K = 256)."""
     inp = gdn_inputs(1, 200, 2, K, V, dtype=dtype, h0=True, n_seqs=2)
     cu = cu_from_lengths([80, 120])
 
@@ -223,7 +238,7 @@ def test_gpu_scan_inputs_the_kernels_do_not_take_run_on_the_fallback(dtype, K, V
         return [o, ht] + [x[n].grad for n in ("q", "k", "v", "g", "beta", "initial_state")]
 
     for i, (x, r) in enumerate(zip(run("cuda"), run("cpu"))):
-        assert rel_rms(x, r) < (2e-3 if dtype == torch.float32 else 1e-2), (i, rel_rms(x, r))
+        assert rel_rms(x, r) < (2e-3 if dtype == torch.float32 and i < 2 else 1e-2), (i, rel_rms(x, r))
 
 
 @pytest.mark.gpu
