@@ -22,6 +22,7 @@
 #include "common/cp_async.cuh"
 #include "common/mma.cuh"
 #include "common/tile_layout.h"
+#include "common/tma.cuh"
 #include "gdn/chain_stages.cuh"
 #include "gdn/chunk_prologue.cuh"
 #include "gdn/gdn_bwd_params.h"
@@ -136,28 +137,31 @@ struct GdnBwdChainSplitSmem {
   static constexpr int kStageDoq = kStageW + kTileK;
   static constexpr int kStagePdo = kStageDoq + bytes16(C, kLdV);
   static constexpr int kStageG = kStagePdo + C * kLdU * 4;
-  static constexpr int kStage = kStageG + 2 * C * 4;
+  static constexpr int kStage = (kStageG + 2 * C * 4 + 1023) / 1024 * 1024;  // (the TMA boxes' 1 KB alignment)
   static constexpr int kQBytes = kQInStage ? 0 : kTileK;
-  static constexpr int kOther = bytes16(kK, kLdV) + bytes16(C, kLdV) + kQBytes;  // sS, sDvn (and sQ)
+  static constexpr int kMbarBytes = 8 * ChainStages::kMaxStages;  // the stages' TMA mbarriers
+  static constexpr int kOther = kQBytes + bytes16(kK, kLdV) + bytes16(C, kLdV) + kMbarBytes;  // sQ, sS, sDvn, bars
   static constexpr int kStages = chain_stage_count(kStage, kOther);
-  static constexpr int kS = kStages * kStage;             // dS [kK][kLdV] in 16 bits: K dS's B operand and ds1
+  static constexpr int kQ = kStages * kStage;             // q (KRows) where not in the stages (K = 256; 1 KB aligned)
+  static constexpr int kS = kQ + kQBytes;                 // dS [kK][kLdV] in 16 bits: K dS's B operand and ds1
   static constexpr int kDvn = kS + bytes16(kK, kLdV);     // -dVn [64][kLdV]
-  static constexpr int kQ = kDvn + bytes16(C, kLdV);      // q (KRows) where not in the stages (K = 256)
-  static constexpr int kBytes = kQ + kQBytes;
+  static constexpr int kMbar = kDvn + bytes16(C, kLdV);   // uint64_t [kStages]
+  static constexpr int kBytes = kMbar + kMbarBytes;
 };
 
 // Per chunk (in reverse), as the forward's split chain: (1) = full (ChainStages): this chunk's stage has landed and
 // dS is in sS. (2) = compute_sync: -dVn is in sDvn and ds1 has been copied out; then the dS update, after which the
 // stage goes back to the load warps. kBV: 64, or 32 or 16 for few chains (split_chain_value_block).
 template <typename T, int kK, int kBV>
-__global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_kernel(GdnBwdSplitParams p) {
+__global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_kernel(
+    const __grid_constant__ GdnBwdSplitParams p) {  // (param space: the TMA reads the maps there)
   using L = GdnBwdChainSplitSmem<T, kK, kBV>;
   static_assert(L::kBytes <= kSmemPerCta, "two stages (and q) fit in shared memory");
   constexpr int C = kGdnChunk, BV = kBV, kLdV = L::kLdV, kLdU = L::kLdU;
   using KRows = typename L::KRows;
   using ST = StateTile<kK, BV>;  // dS's register tiles
   constexpr int kMT = ST::kMT, kNT = ST::kNT, kNTo = BV / 2 / 8;
-  extern __shared__ __align__(16) unsigned char smem[];
+  extern __shared__ __align__(1024) unsigned char smem[];
   T* sS = reinterpret_cast<T*>(smem + L::kS);
   T* sDvn = reinterpret_cast<T*>(smem + L::kDvn);
   T* sQ_own = reinterpret_cast<T*>(smem + L::kQ);  // used where q is not in the stages
@@ -181,6 +185,45 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_
     const T* w = static_cast<const T*>(p.w) + hv * kK;
     const T* doq = static_cast<const T*>(p.doq) + (hv * p.dim_v + v0);
     const float* pdo = p.pdo + (hv * p.dim_v + v0);
+    if (p.chain_tma) {  // (q,) k and W as 64 x 64 boxes on the stage's mbarrier; the rest by cp.async as below
+      uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::kMbar);
+      if (ltid == 0) {
+        for (int s = 0; s < L::kStages; ++s) mbarrier_init(bars + s, 1);
+        fence_mbarrier_init();
+      }
+      named_bar_sync(ChainStages::kLoads, ChainStages::kLoadThreads);
+      constexpr int kTiles = L::kQInStage ? 3 : 2;
+      constexpr uint32_t kTileBytes = kTiles * C * kK * 2;  // whole boxes (rows past the tensor count too)
+      ChainStages::produce<L::kStages>(
+          num_chunks,
+          [&](int s, int64_t i) {
+            const int64_t c = num_chunks - 1 - i, c0 = bos + c * C;
+            if (ltid == 0) {
+              mbarrier_expect_tx(bars + s, kTileBytes);
+#pragma unroll
+              for (int col = 0; col < kK; col += 64) {
+                const int at = KRows::at(0, col);
+                if constexpr (L::kQInStage) tma_load_3d(stage16(s, L::kStageQ) + at, &p.q_map, col, h, int(c0), bars + s);
+                tma_load_3d(stage16(s, L::kStageK) + at, &p.k_map, col, h, int(c0), bars + s);
+                tma_load_3d(stage16(s, L::kStageW) + at, &p.w_map, col, hv, int(c0), bars + s);
+              }
+            }
+            const int len = int(min(int64_t(C), eos - c0));
+            load_rows<BV * sizeof(T)>(stage16(s, L::kStageDoq), kLdV, doq + c0 * v_ld, v_ld, len, ltid);
+            load_rows<BV * 4>(stage_pdo(s), kLdU, pdo + c0 * v_ld, v_ld, len, ltid);
+            const float* g_rk = p.g_rk + ((slot0 + c) * p.heads_v + hv) * 2 * C;
+            if (ltid < 2 * C / 4) cp_async16(stage_g(s) + 4 * ltid, g_rk + 4 * ltid, true);  // 2 C floats
+          },
+          [&](int s, int64_t j) {  // chunk j's boxes have landed; rows past the sequence (the next one's) -> 0
+            mbarrier_wait(bars + s, uint32_t(j / L::kStages) % 2);
+            const int len = int(min(int64_t(C), eos - (bos + (num_chunks - 1 - j) * C)));
+            if (len < C) {
+              zero_stage_rows<kK>(stage16(s, L::kStageK), stage16(s, L::kStageW), len, ltid);
+              if constexpr (L::kQInStage) zero_stage_rows<kK>(stage16(s, L::kStageQ), stage16(s, L::kStageQ), len, ltid);
+            }
+          });
+      return;
+    }
     ChainStages::produce<L::kStages>(num_chunks, [&](int s, int64_t i) {
       const int64_t c = num_chunks - 1 - i, c0 = bos + c * C;
       const int len = int(min(int64_t(C), eos - c0));
