@@ -454,11 +454,6 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_chain_wgmma_kern
   gdn_chain<T, kK, kBV, kSmemPerCta, true>(p);
 }
 
-// Where the wgmma chain exists, and whether it runs (MOM_OPS_GDN_CHAIN_WGMMA=0: the mma.sync one; bitwise the same).
-template <int kK, int kBV>
-constexpr bool chain_on_wgmma_fits() { return (kK == 128 || kK == 256) && (kBV == 32 || kBV == 64); }
-inline bool gdn_chain_on_wgmma() { return !env_is("MOM_OPS_GDN_CHAIN_WGMMA", "0"); }
-
 // With the outputs beside the chain (gdn_split_overlap) at 16-column V-blocks: kBudget bytes of shared memory and at
 // most 104 registers, so that an output CTA fits on the SM too (384 x 104 + 256 x 96 registers; the output kernel's
 // 89 registers are allocated as 96: if it grows past 96 the two no longer share an SM). __maxnreg__ in place of
