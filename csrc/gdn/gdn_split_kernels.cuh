@@ -340,7 +340,7 @@ __device__ __forceinline__ void gdn_chain(const GdnSplitParams& p) {
   };
 
   // The load warps: chunk i -> stage s: W, K, U (zero rows past the sequence), G and rk.
-  if (ChainStages::is_load_warp(kWgmma ? 32 * warp : tid)) {
+  if (ChainStages::is_load_warp(32 * warp)) {
     const int ltid = tid - ChainStages::kComputeThreads;
     const int64_t w_ld = int64_t(p.heads_v) * kK, k_ld = int64_t(p.heads_qk) * kK, u_ld = int64_t(p.heads_v) * p.dim_v;
     const T* w = static_cast<const T*>(p.save_w) + hv * kK;

@@ -61,7 +61,8 @@ for seed in 11 22; do  # the chain's narrow V-blocks (for few sequences)
   run emu_256_64_1 1 1 64 1 0 1 3 0 0 130 0 64 7 1
   run emu_256_32_0 1 2 64 0 0 0 1 1 0 150 1
 done
-# The chain on mma.sync (MOM_OPS_GDN_CHAIN_WGMMA=0; the cases above run it on wgmma at K = 128 / 256, V-blocks of 32 / 64)
+# The chain on mma.sync (MOM_OPS_GDN_CHAIN_WGMMA=0; the cases above run it on wgmma at K = 128 / 256 with V-blocks
+# of 32 / 64 columns)
 export MOM_OPS_GDN_CHAIN_WGMMA=0 EMU_SEED=44
 run emu_128_64_0 1 2 128 1 0 0 3 1 3 200 64
 run emu_256_64_1 1 1 128 1 0 1 3 1 0 130 0 64 7 1
