@@ -163,9 +163,9 @@ def test_split_chains_narrow_value_blocks_are_bitwise_equal(K, V, lengths, narro
 @pytest.mark.parametrize("K, V, lengths", [(128, 128, [300, 0, 65, 1]), (256, 64, [130, 7]), (256, 256, [700, 1])])
 @pytest.mark.parametrize("chain_bv", ["32", "64"])
 def test_split_chain_on_wgmma_is_bitwise_the_mma_sync_chain(K, V, lengths, chain_bv, monkeypatch):
-    """The split forward's chain on wgmma (MOM_OPS_GDN_CHAIN_WGMMA, the default at K = 128 / 256 with 32- or 64-column
-    V-blocks) against the mma.sync chain: the same 16-bit operands and the same k-step order, so o, ht and the saved
-    tensors (hence the split backward's gradients) are bitwise equal."""
+    """The split chains on wgmma (MOM_OPS_GDN_CHAIN_WGMMA, the default at K = 128 / 256 with 32- or 64-column
+    V-blocks; the backward's takes 32 for 64 at K = 256) against the mma.sync chains: the same 16-bit operands and the
+    same k-step order, so outputs and gradients are bitwise equal."""
     run = _split_outputs_and_gradients(K, V, lengths, monkeypatch)
     monkeypatch.setenv("MOM_OPS_GDN_CHAIN_BV", chain_bv)
     for got, want in zip(run(MOM_OPS_GDN_CHAIN_WGMMA="1"), run(MOM_OPS_GDN_CHAIN_WGMMA="0")):

@@ -515,11 +515,8 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_chain_wgmma_kern
   gdn_chain<T, kK, kBV, kSmemPerCta, true>(p);
 }
 
-// Where the wgmma chain exists, and whether it runs (MOM_OPS_GDN_CHAIN_WGMMA=0: the mma.sync one; bitwise the same).
-template <int kK, int kBV>
-constexpr bool chain_on_wgmma_fits() { return (kK == 128 || kK == 256) && (kBV == 32 || kBV == 64); }
-inline bool gdn_chain_on_wgmma() { return !env_is("MOM_OPS_GDN_CHAIN_WGMMA", "0"); }
-// Whether the wgmma chain takes W and K by TMA (GdnSplitParams::chain_tma); MOM_OPS_GDN_CHAIN_TMA=0: by cp.async.
+// Whether the split chains take their stage tiles by TMA (the forward W, K; the backward q, k, W: GdnSplitParams and
+// GdnBwdSplitParams::chain_tma); MOM_OPS_GDN_CHAIN_TMA=0: by cp.async.
 inline bool gdn_chain_tma() { return !env_is("MOM_OPS_GDN_CHAIN_TMA", "0"); }
 
 // With the outputs beside the chain (gdn_split_overlap) at 16-column V-blocks: kBudget bytes of shared memory and at

@@ -222,6 +222,14 @@ int main(int argc, char** argv) {
       launch(gdn_bwd_prep_kernel<T, kK>, sb, slots * HV, GdnBwdPrepSmem<T, kK>::kBytes);
       auto chain = [&](auto bv) {
         constexpr int kChainBV = decltype(bv)::value;
+        if constexpr (chain_on_wgmma_fits<kK, kChainBV>()) {  // as gdn_bwd_chain.cu
+          if (gdn_chain_on_wgmma()) {
+            std::printf("  backward split chain on wgmma, %d-column V-blocks\n", kChainBV);
+            launch(gdn_bwd_chain_split_wgmma_kernel<T, kK, kChainBV>, sb, int64_t(N) * HV * (V / kChainBV),
+                   GdnBwdChainSplitSmem<T, kK, kChainBV, true>::kBytes, ChainStages::kThreads);
+            return;
+          }
+        }
         launch(gdn_bwd_chain_split_kernel<T, kK, kChainBV>, sb, int64_t(N) * HV * (V / kChainBV),
                GdnBwdChainSplitSmem<T, kK, kChainBV>::kBytes, ChainStages::kThreads);
       };
