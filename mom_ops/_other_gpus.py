@@ -5,9 +5,8 @@ any other GPU (an A100, a B200) an op's CUDA entry checks its arguments as usual
 an op with the same schema defined here, whose CUDA kernel (registered when Triton is installed) runs the op's
 Triton reference from triton_ref/ (torch ops for unpermute's backward). The scan and decode ops do the same, with a
 warning once, for inputs their kernels do not take (float32 q, k, v, head dims other than 64 / 128 / 256: fla's op
-takes them). In a build without CUDA kernels (a CUDA torch
-but no nvcc) the same functions serve the ops' own CUDA key. MOM_OPS_TRITON_FALLBACK=1 sends every GPU here, so that
-the H100 tests them too.
+takes them). In a build without CUDA kernels (a CUDA torch but no nvcc) the same functions serve the ops' own CUDA
+key. MOM_OPS_TRITON_FALLBACK=1 sends every GPU here, so that the H100 tests them too.
 
 Correct rather than fast: the scan is the Triton reference's (one program per sequence, head and 32 value columns;
 its backward is the recurrent one), and the forward's dots take "tf32" (fp32 operands rounded to 10-bit mantissas:

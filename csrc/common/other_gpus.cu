@@ -23,6 +23,10 @@ __global__ void kernel_image_probe() {}
 // Per device: 0 not asked yet, 1 the kernels run there, 2 they don't.
 std::array<std::atomic<int>, C10_COMPILE_TIME_MAX_GPUS> device_state{};
 
+c10::DeviceIndex index_of(const c10::Device& device) {
+  return device.has_index() ? device.index() : c10::cuda::current_device();
+}
+
 bool probe(c10::DeviceIndex index) {
   c10::cuda::CUDAGuard guard(index);
   cudaFuncAttributes attributes;
@@ -36,7 +40,7 @@ bool probe(c10::DeviceIndex index) {
 bool cuda_kernels_run_on(const c10::Device& device) {
   TORCH_INTERNAL_ASSERT(device.is_cuda());
   if (env_is("MOM_OPS_TRITON_FALLBACK", "1")) return false;
-  const c10::DeviceIndex index = device.has_index() ? device.index() : c10::cuda::current_device();
+  const c10::DeviceIndex index = index_of(device);
   std::atomic<int>& state = device_state.at(index);
   if (state.load(std::memory_order_relaxed) == 0) state.store(probe(index) ? 1 : 2, std::memory_order_relaxed);
   return state.load(std::memory_order_relaxed) == 1;
@@ -46,7 +50,7 @@ c10::OperatorHandle other_gpu_fallback(const char* op, const c10::Device& device
   const std::string name = std::string("mom_ops::") + op + "_triton";
   const auto handle = c10::Dispatcher::singleton().findOp({name, ""});
   if (handle.has_value() && handle->hasKernelForDispatchKey(c10::DispatchKey::CUDA)) return *handle;
-  const c10::DeviceIndex index = device.has_index() ? device.index() : c10::cuda::current_device();
+  const c10::DeviceIndex index = index_of(device);
   const cudaDeviceProp* prop = at::cuda::getDeviceProperties(index);
   const bool forced = env_is("MOM_OPS_TRITON_FALLBACK", "1");
   TORCH_CHECK(false, "mom_ops::", op, ": this build's CUDA kernels are for ",

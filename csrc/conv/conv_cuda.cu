@@ -27,9 +27,11 @@ struct ConvInputs {
   at::Tensor weight, history, cu;
 };
 
+// x's dtype on CUDA (every entry, before the hand-over to another GPU's fallback too).
+void check_cuda_x(const at::Tensor& x) { CHECK_CUDA_FLOATING(x); }
+
 ConvInputs prepare(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& cu_seqlens,
                    const std::optional<at::Tensor>& history, const ConvDims& d) {
-  CHECK_CUDA_FLOATING(x);
   TORCH_CHECK_VALUE(d.channels < (int64_t(1) << 31) / kConvMaxWidth, "x has too many channels for CUDA: ", d.channels);
   TORCH_CHECK_VALUE(d.segments < (int64_t(1) << 31) - 1, "cu_seqlens has too many segments for CUDA: ", d.segments);
   ConvInputs in;
@@ -127,7 +129,7 @@ at::Tensor segment_conv_fwd_cuda(const at::Tensor& x_in, const at::Tensor& weigh
                                  const std::optional<at::Tensor>& history, bool activation,
                                  const std::optional<at::Tensor>& dst_row, const std::optional<at::Tensor>& src_pair) {
   const ConvDims d = check_segment_conv_args(x_in, weight, cu_seqlens, history, dst_row, src_pair);
-  CHECK_CUDA_FLOATING(x_in);  // (prepare's check, before the fallback too)
+  check_cuda_x(x_in);
   if (!cuda_kernels_run_on(x_in.device())) {
     return call_other_gpu_fallback<decltype(segment_conv_fwd_cuda)>(
         "segment_conv_fwd", x_in.device(), x_in, weight, cu_seqlens, history, activation, dst_row, src_pair);
@@ -202,7 +204,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_conv_bwd_cuda(const at::T
                                                                     const std::optional<at::Tensor>& src_pair) {
   const ConvDims d = check_segment_conv_args(x, weight, cu_seqlens, history, dst_row, src_pair);
   check_grad_y(grad_y, x, d);
-  CHECK_CUDA_FLOATING(x);  // (prepare's check, before the fallback too)
+  check_cuda_x(x);
   if (!cuda_kernels_run_on(x.device())) {
     return call_other_gpu_fallback<decltype(segment_conv_bwd_cuda)>(
         "segment_conv_bwd", x.device(), grad_y, x, weight, cu_seqlens, history, activation, dst_row, src_pair);
@@ -220,7 +222,7 @@ std::tuple<at::Tensor, at::Tensor> segment_conv_bwd_into_cuda(const at::Tensor& 
   const ConvDims d = check_segment_conv_args(x, weight, cu_seqlens, history);
   check_conv_grad_x_out(grad_x, x, grad_y, d);
   check_grad_y(grad_y, x, d);
-  CHECK_CUDA_FLOATING(x);  // (prepare's check, before the fallback too)
+  check_cuda_x(x);
   if (!cuda_kernels_run_on(x.device())) {
     return call_other_gpu_fallback<decltype(segment_conv_bwd_into_cuda)>(
         "segment_conv_bwd_into", x.device(), grad_y, x, weight, cu_seqlens, history, activation, grad_x);

@@ -11,8 +11,11 @@
 #include "common/mma.cuh"
 #include "common/tma_host.h"
 namespace emu {
-inline MBarrier& mbarrier_at(const void* bar) {
+inline void check_mbarrier_address(const void* bar) {
   if (reinterpret_cast<uintptr_t>(bar) % 8 != 0 || !in_smem(bar, 8)) EMU_FAIL("mbarrier %p not 8B in smem", bar);
+}
+inline MBarrier& mbarrier_at(const void* bar) {
+  check_mbarrier_address(bar);
   auto it = g_mbarriers.find(bar);
   if (it == g_mbarriers.end() || it->second.count == 0) EMU_FAIL("mbarrier %p used before mbarrier_init", bar);
   return it->second;
@@ -39,7 +42,7 @@ inline bool tma_eager() {
 namespace mom_ops {
 inline void mbarrier_init(uint64_t* bar, uint32_t count) {
   if (count == 0) EMU_FAIL("mbarrier_init with count 0");
-  if (reinterpret_cast<uintptr_t>(bar) % 8 != 0 || !emu::in_smem(bar, 8)) EMU_FAIL("mbarrier %p not 8B in smem", bar);
+  emu::check_mbarrier_address(bar);
   emu::g_mbarriers[bar] = emu::MBarrier{count, count};
 }
 inline void fence_mbarrier_init() {}
