@@ -2,10 +2,38 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+import itertools
+
 import torch
-from torch.library import register_fake
+from torch.library import register_fake as _register_fake
 
 from mom_ops._other_gpus import scan_kernels_take
+
+
+def register_fake(op_name: str):
+    """torch.library.register_fake with one check first: every tensor argument on one device, as the real kernels
+    check. A meta tensor among real ones dispatches to the fake kernel instead of those checks, and its outputs (empty
+    tensors on the first argument's device) would pass for results."""
+    def register(fn):
+        names = list(inspect.signature(fn).parameters)
+
+        @functools.wraps(fn)
+        def checked(*args, **kwargs):
+            first = None
+            for name, value in itertools.chain(zip(names, args), kwargs.items()):
+                if isinstance(value, torch.Tensor):
+                    if first is None:
+                        first = (name, value.device)
+                    elif value.device != first[1]:
+                        raise ValueError(f"{name} is on {value.device} and {first[0]} on {first[1]}: the tensors "
+                                         f"must be on one device")
+            return fn(*args, **kwargs)
+
+        return _register_fake(op_name)(checked)
+
+    return register
 
 
 def _empty(*shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:

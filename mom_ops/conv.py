@@ -123,6 +123,10 @@ def segment_conv_columns(x: torch.Tensor, weights: list[torch.Tensor], cu_seqlen
     histories = list(histories) if histories is not None else [None] * len(weights)
     if len(histories) != len(weights):
         raise ValueError(f"histories must have one entry per weight ({len(weights)}), got {len(histories)}")
+    for i, w in enumerate(weights):
+        if not isinstance(w, torch.Tensor) or w.dim() != 2:
+            raise ValueError(f"weights[{i}] must be a [C, W] tensor, got "
+                             f"{tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__}")
     width = sum(w.shape[0] for w in weights)
     if width > x.shape[1]:
         raise ValueError(f"the weights' channels ({width}) exceed x's columns ({x.shape[1]})")

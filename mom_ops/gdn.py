@@ -38,6 +38,9 @@ def check_scan_args(q, k, v, initial_state, cu_seqlens, kwargs, allow_chunk_size
         raise ValueError(
             f"For GVA, num_v_heads (HV={HV}) must be evenly divisible by num_heads (H={H}), but got HV % H = {HV % H}"
         )
+    if initial_state is not None and initial_state.dim() != 4:
+        raise ValueError(f"initial_state must be [N, HV, K, V] (or [N, HV, V, K]), got shape "
+                         f"{tuple(initial_state.shape)}")
     if cu_seqlens is not None:
         if q.shape[0] != 1:
             raise ValueError(

@@ -79,6 +79,9 @@ class MoMCache:
 
     @staticmethod
     def empty(layer: "MoMAttention", batch_size: int, device, dtype=torch.float32) -> "MoMCache":
+        """Zero states and histories for batch_size sequences; dtype: the conv histories' (a floating-point type)."""
+        if not dtype.is_floating_point:
+            raise ValueError(f"dtype (the conv histories') must be a floating-point type, got {dtype}")
         P = (layer.num_memories + int(layer.shared_memory)) * batch_size
         W, H = layer.conv_size, layer.num_heads
         zeros = lambda *shape, dt=dtype: torch.zeros(*shape, device=device, dtype=dt)  # noqa: E731
@@ -86,8 +89,9 @@ class MoMCache:
                         zeros(P, W - 1, H * layer.head_dim), zeros(P, W - 1, H * layer.head_dim),
                         zeros(P, W - 1, H * layer.head_v_dim), zeros(batch_size, dt=torch.int64))
 
-    def check_fits(self, layer: "MoMAttention", batch_size: int) -> None:
-        """ValueError unless this cache was made for `layer`'s sizes and batch_size sequences."""
+    def check_fits(self, layer: "MoMAttention", batch_size: int, device: torch.device) -> None:
+        """ValueError unless this cache was made for `layer`'s sizes, batch_size sequences and input on device (the
+        ops would name their own arguments, not the cache's fields)."""
         P = (layer.num_memories + int(layer.shared_memory)) * batch_size
         W, H, K, V = layer.conv_size, layer.num_heads, layer.head_dim, layer.head_v_dim
         expected = dict(states=(P, H, K, V), conv_q=(P, W - 1, H * K), conv_k=(P, W - 1, H * K),
@@ -97,6 +101,18 @@ class MoMCache:
             if got != shape:
                 raise ValueError(f"cache.{name} has shape {got}, but this layer with {batch_size} sequences needs "
                                  f"{shape}: was the cache made by MoMCache.empty for another layer or batch?")
+            t = getattr(self, name)
+            if t.device != device:
+                raise ValueError(f"cache.{name} is on {t.device}, the input on {device}")
+            if not t.is_contiguous():
+                raise ValueError(f"cache.{name} must be contiguous (the ops update it in place)")
+        for name, ok, want in (("states", self.states.dtype == torch.float32, "float32"),
+                               ("conv_q", self.conv_q.is_floating_point(), "floating-point"),
+                               ("conv_k", self.conv_k.is_floating_point(), "floating-point"),
+                               ("conv_v", self.conv_v.is_floating_point(), "floating-point"),
+                               ("seen_tokens", self.seen_tokens.dtype == torch.int64, "int64")):
+            if not ok:
+                raise ValueError(f"cache.{name} must be {want}, got {getattr(self, name).dtype}")
 
 
 # Routed projections: on GPUs where torch._grouped_mm runs bf16 (sm90+), one grouped GEMM over the permuted rows
@@ -240,12 +256,17 @@ class MoMAttention(nn.Module):
         then replaced by the segments' final states and histories."""
         H, W, K, V = self.num_heads, self.conv_size, self.head_dim, self.head_v_dim
         hist = (None, None, None) if cache is None else (cache.conv_q[rows], cache.conv_k[rows], cache.conv_v[rows])
+        h0 = None if cache is None else cache.states[rows]
+        if cache is not None and torch.is_grad_enabled():
+            # autograd saves the starting states and histories for the backward, and their cache rows are
+            # overwritten below: copies, so that a backward through a prefill from a cache sees the old values
+            hist, h0 = tuple(t.clone() for t in hist), h0.clone()
         qc = segment_causal_conv(q, self.q_conv, cu_seqlens, hist[0], plan=q_plan).view(1, -1, H, K)
         kc, vc, g, beta = scan_inputs(proj, cu_seqlens, self.k_conv, self.v_conv, self.A_log, self.dt_bias, *hist[1:])
         o, ht = mom_ops.chunk_gated_delta_rule(
             qc, kc.view(1, -1, H, K), vc.view(1, -1, H, V), g.unsqueeze(0), beta.unsqueeze(0), cu_seqlens=cu_seqlens,
             use_qk_l2norm_in_kernel=True,
-            initial_state=None if cache is None else cache.states[rows], output_final_state=cache is not None)
+            initial_state=h0, output_final_state=cache is not None)
         if cache is not None:
             cache.states[rows] = ht.detach()  # a cache carries no gradient
             raw = (q, proj[:, :H * K], proj[:, H * K:H * (K + V)])
@@ -312,11 +333,18 @@ class MoMAttention(nn.Module):
         out = self.o_proj(self._gated_norm(o, xf).reshape(B, -1))[:, None]
         return out, self._aux_loss(logits, plan, None)
 
+    def _needs_graph(self, x: torch.Tensor) -> bool:
+        """Whether autograd records this call: then a one-token call with a cache takes the prefill path (the decode
+        step is inference only)."""
+        return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
+
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 cu_seqlens: torch.Tensor | None = None, cache: MoMCache | None = None, use_cache: bool = False):
         """Returns (out, aux_loss), or (out, aux_loss, cache) with use_cache. Given a cache, a [B, 1, D] input
-        without mask or cu_seqlens takes the one-launch decode step; anything else is a prefill that starts
-        from the cache's states (chunked prefill) and leaves the final ones in it."""
+        without mask or cu_seqlens takes the one-launch decode step where autograd does not record the call (under
+        torch.no_grad / inference_mode, or with nothing requiring a gradient); anything else is a prefill that starts
+        from the cache's states (chunked prefill) and leaves the final ones in it. The cache carries no gradient:
+        a backward through a call with a cache treats its starting states as constants."""
         if x.dim() != 3 or x.shape[-1] != self.hidden_size:
             raise ValueError(f"x must be [B, T, {self.hidden_size}], got {tuple(x.shape)}")
         if cu_seqlens is not None and (x.shape[0] != 1 or attention_mask is not None):
@@ -329,15 +357,18 @@ class MoMAttention(nn.Module):
         if cache is not None and cache.seen_tokens.shape[0] != B:
             raise ValueError(f"cache holds {cache.seen_tokens.shape[0]} sequences, the input has {B}")
         if cache is not None:
-            cache.check_fits(self, B)
+            cache.check_fits(self, B, x.device)
         if use_cache and cache is None:
             cache = MoMCache.empty(self, B, x.device, x.dtype)
-        if cache is not None and x.shape[1] == 1 and attention_mask is None and cu_seqlens is None:
+        if (cache is not None and x.shape[1] == 1 and attention_mask is None and cu_seqlens is None
+                and not self._needs_graph(x)):
             out, aux_loss = self._decode_step(x, cache)
             return (out, aux_loss, cache) if use_cache else (out, aux_loss)
 
         xf = x.reshape(-1, self.hidden_size)  # [N, D]
         mask = None if attention_mask is None else attention_mask.reshape(-1).bool()
+        if mask is not None:  # padding may hold anything (NaN): zeros, so that its output is 0 and adds no gradient
+            xf = xf.masked_fill(~mask[:, None], 0)
         H = self.num_heads
         q_tok, gate, logits, x_stream = self._project_tokens(xf)
         plan = mom_ops.route(logits, self.topk, batch_size=B, cu_seqlens=cu_seqlens, mask=mask)

@@ -51,6 +51,8 @@ class RoutingPlan:
 
 def check_cu_seqlens_shape(cu_seqlens: torch.Tensor) -> None:
     """cu_seqlens must be [B+1] with B >= 1 (its values are checked by the ops)."""
+    if not isinstance(cu_seqlens, torch.Tensor):
+        raise ValueError(f"cu_seqlens must be a torch.Tensor, got {type(cu_seqlens).__name__}")
     if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 2:
         raise ValueError(f"cu_seqlens must be 1-D [B+1] with B >= 1, got shape {tuple(cu_seqlens.shape)}")
 
@@ -71,11 +73,12 @@ def route(
     Memories are the k largest logits (ties to the lower index), by decreasing logit; weights are the softmax
     renormalised over them (= softmax of the kept logits), computed in fp64 and rounded once to fp32 (within
     1 ulp of the exact value); differentiable w.r.t. the logits (fp64 weights for fp64 logits on CPU). NaN
-    logits raise ValueError on CPU; on CUDA they give NaN weights (a sync-free check is impossible), or a
-    ValueError when MOM_OPS_CHECK_NAN=1.
+    logits of routed tokens raise ValueError on CPU; on CUDA they give NaN weights (a sync-free check is
+    impossible), or a ValueError when MOM_OPS_CHECK_NAN=1. Masked tokens' logits are not read.
     """
-    if router_logits.dim() not in (2, 3):
-        raise ValueError(f"router_logits must be [B, T, M] or [N, M], got shape {tuple(router_logits.shape)}")
+    if router_logits.dim() not in (2, 3) or router_logits.shape[-1] == 0:
+        raise ValueError(f"router_logits must be [B, T, M] or [N, M] with M >= 1, got shape "
+                         f"{tuple(router_logits.shape)}")
     if mask is not None and mask.dtype != torch.bool:
         raise ValueError(f"mask must be torch.bool (True = token), got {mask.dtype}")
     if mask is not None and mask.shape != router_logits.shape[:-1]:
@@ -99,8 +102,10 @@ def route(
     logits = router_logits.reshape(-1, router_logits.shape[-1])
     if mask is not None:
         mask = mask.reshape(-1)
-    if logits.is_cuda and os.environ.get("MOM_OPS_CHECK_NAN") == "1" and torch.isnan(logits).any():
-        raise ValueError("router_logits contains NaN")
+    if logits.is_cuda and os.environ.get("MOM_OPS_CHECK_NAN") == "1":
+        nan_rows = torch.isnan(logits).any(-1)  # (padding tokens route nowhere: their logits may be anything)
+        if (nan_rows if mask is None else nan_rows & mask).any():
+            raise ValueError("router_logits contains NaN")
     outs = _ROUTE.apply(logits, topk, batch_size, cu_seqlens, mask, chunk_size)
     return RoutingPlan(*outs, num_memories=logits.shape[-1], batch_size=batch_size)
 

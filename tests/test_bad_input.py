@@ -46,11 +46,40 @@ def test_permute_ops_reject_out_of_range_maps(which):
         (torch.randn(8, 4), dict(cu_seqlens=torch.tensor([[0, 3, 8]], dtype=torch.int32)), "cu_seqlens must be 1-D"),
         (torch.randn(8, 4), dict(cu_seqlens=torch.tensor([0], dtype=torch.int32)), "cu_seqlens must be 1-D"),
         (torch.randn(8, 4), dict(cu_seqlens=torch.tensor(0, dtype=torch.int32)), "cu_seqlens must be 1-D"),
+        (torch.randn(8, 4), dict(cu_seqlens=[0, 3, 8]), "cu_seqlens must be a torch.Tensor"),
+        (torch.randn(8, 0), dict(batch_size=2), "router_logits must be .* with M >= 1"),
+        (torch.empty(0, 4), dict(batch_size=2**62), r"batch_size \(\d+\) x num_memories \(4\) segments must fit"),
     ],
 )
 def test_route_rejects_inconsistent_arguments(logits, kwargs, match):
     with pytest.raises(ValueError, match=match):
         mom_ops.route(logits, 2, **kwargs)
+
+
+def test_route_reads_no_logits_of_masked_tokens():
+    """Padding tokens route nowhere: NaN in their logits (a padded x holding garbage) is not an error, NaN in a
+    routed token's is."""
+    logits, mask = torch.randn(2, 5, 4), torch.ones(2, 5, dtype=torch.bool)
+    logits[1, 0], mask[1, 0] = float("nan"), False
+    plan = mom_ops.route(logits, 2, mask=mask)
+    assert torch.isfinite(plan.weights).all()
+    with pytest.raises(ValueError, match="router_logits contains NaN"):
+        mom_ops.route(logits, 2)
+
+
+def test_a_meta_tensor_among_real_ones_is_an_error():
+    """The dispatcher sends a call with any meta tensor to the fake kernels, past the real kernels' device checks:
+    they check it themselves (their outputs would be uninitialised memory on the first tensor's device)."""
+    x = torch.randn(1, 10, 2, 4)
+    with pytest.raises(ValueError, match="cu_seqlens is on meta and q on cpu"):
+        mom_ops.chunk_gated_delta_rule(x, x, x, -torch.rand(1, 10, 2), torch.rand(1, 10, 2),
+                                       cu_seqlens=torch.tensor([0, 4, 10], device="meta"))
+    with pytest.raises(ValueError, match="cu_seqlens is on meta and router_logits on cpu"):
+        mom_ops.route(torch.randn(8, 4), 2, cu_seqlens=torch.tensor([0, 3, 8], device="meta"))
+    m = x.to("meta")  # all on meta: shapes only, as torch.compile's tracing uses them
+    o, _ = mom_ops.chunk_gated_delta_rule(m, m, m, -torch.rand(1, 10, 2, device="meta"),
+                                          torch.rand(1, 10, 2, device="meta"))
+    assert o.device.type == "meta" and o.shape == x.shape
 
 
 def test_permute_of_zero_tokens():
@@ -72,6 +101,25 @@ def test_scan_rejects_zero_heads_or_head_dim():
     with pytest.raises(ValueError, match="H >= 1 heads of dim K >= 1"):
         mom_ops.fused_recurrent_gated_delta_rule(torch.randn(1, 5, 0, 4), torch.randn(1, 5, 0, 4),
                                                  torch.randn(1, 5, 2, 4), g, beta)
+
+
+def test_scalar_states_and_weights_name_their_argument():
+    x = torch.randn(1, 10, 2, 4)
+    with pytest.raises(ValueError, match=r"initial_state must be \[N, HV, K, V\]"):
+        mom_ops.chunk_gated_delta_rule(x, x, x, -torch.rand(1, 10, 2), torch.rand(1, 10, 2),
+                                       initial_state=torch.tensor(0.0), cu_seqlens=torch.tensor([0, 4, 10]))
+    args = [torch.randn(2, 2, 4), torch.randn(2, 3, 2, 4), torch.randn(2, 3, 2, 4), -torch.rand(2, 3, 2),
+            torch.rand(2, 3, 2), torch.rand(2, 3), torch.zeros(2, 3, dtype=torch.int32), torch.tensor(0.0)]
+    with torch.no_grad(), pytest.raises(ValueError, match="state_pool must have 4 dims"):
+        mom_ops.mom_decode_step(*args)
+    with torch.no_grad(), pytest.raises(ValueError, match=r"q must be \[N, H, K\] or \[N, J, H, K\]"):
+        mom_ops.mom_decode_step(torch.randn(2, 3, 2, 4, 1), *args[1:7], torch.zeros(6, 2, 4, 4))
+    with pytest.raises(ValueError, match=r"weights\[0\] must be a \[C, W\] tensor"):
+        mom_ops.segment_conv_columns(torch.randn(10, 6), [torch.tensor(1.0)], torch.tensor([0, 10]))
+    a = torch.randn(4, 2)
+    with pytest.raises(ValueError, match=r"grad_a must have shape \[4, 2\]"):
+        ops.gdn_gating_bwd(torch.randn(4, 2), torch.randn(4, 2), a, a.clone(), torch.randn(2), torch.randn(2),
+                           torch.tensor(0.0), torch.empty(4, 2))
 
 
 def test_inference_ops_refuse_gradients():
@@ -124,3 +172,38 @@ def test_layer_of_zero_tokens():
     layer = MoMAttention(16, num_heads=2, head_dim=8)
     out, aux = layer(torch.randn(2, 0, 16))
     assert out.shape == (2, 0, 16) and torch.isfinite(aux)
+
+
+def test_layer_names_the_cache_field():
+    """A cache of the right shapes but the wrong dtype, layout or device: the error names the cache's field (the ops
+    would name their own arguments); an integer conv history would truncate the inputs in decoding."""
+    layer = MoMAttention(16, num_heads=2, head_dim=8)
+    x = torch.randn(2, 1, 16)
+    with pytest.raises(ValueError, match="dtype .* must be a floating-point type"):
+        MoMCache.empty(layer, 2, "cpu", dtype=torch.int32)
+    for field, bad, match in (("conv_k", lambda t: t.int(), "cache.conv_k must be floating-point"),
+                              ("states", lambda t: t.double(), "cache.states must be float32"),
+                              ("states", lambda t: t.transpose(2, 3).contiguous().transpose(2, 3),
+                               "cache.states must be contiguous"),
+                              ("conv_v", lambda t: t.to("meta"), "cache.conv_v is on meta")):
+        cache = MoMCache.empty(layer, 2, "cpu")
+        setattr(cache, field, bad(getattr(cache, field)))
+        with torch.no_grad(), pytest.raises(ValueError, match=match):
+            layer(x, cache=cache)
+
+
+def test_layer_ignores_what_padding_holds():
+    """NaN in padded positions of x: the padding's output is 0 and every gradient finite, as with zero padding."""
+    layer = MoMAttention(16, num_heads=2, head_dim=8)
+    x, mask = torch.randn(2, 6, 16), torch.ones(2, 6, dtype=torch.bool)
+    mask[1, :2] = False
+    results = []
+    for fill in (0.0, float("nan")):
+        layer.zero_grad(set_to_none=True)
+        xg = x.masked_fill(~mask[..., None], fill).requires_grad_(True)
+        out, aux = layer(xg, attention_mask=mask)
+        (out.sum() + aux).backward()
+        results.append([out, xg.grad] + [p.grad for p in layer.parameters()])
+    assert (results[1][0][~mask] == 0).all()
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want)

@@ -158,6 +158,32 @@ def test_chunked_prefill_matches_one_prefill(shared):
     assert torch.equal(cache.seen_tokens, cache_full.seen_tokens)
 
 
+@pytest.mark.parametrize("steps", [5, 1])
+def test_backward_through_a_call_with_a_cache(steps):
+    """Training from a cache (chunked prefill, truncated BPTT): the cache's states and conv histories are constants
+    (autograd saved views of the cache rows that the call then overwrote: the backward failed), the gradients those of
+    the reference started from the same cache; a one-token call takes the differentiable path while autograd records
+    it (the decode step ran under no_grad: the output had no graph)."""
+    layer, cfg = _layer(seed=6)
+    x = torch.randn(2, 7 + steps, 32)
+    dy = torch.randn(2, steps, 32)
+    with torch.no_grad():
+        _, _, cache = layer(x[:, :7], use_cache=True)
+        _, _, caches_ref = mom_layer_ref(layer.reference_params(), cfg, x[:, :7])
+    x2 = x[:, 7:].clone().requires_grad_(True)
+    out, aux, cache = layer(x2, cache=cache, use_cache=True)
+    ((out * dy).sum() + aux).backward()
+    params = {name: t.detach().clone().requires_grad_(True) for name, t in layer.reference_params().items()}
+    x2_ref = x2.detach().clone().requires_grad_(True)
+    ref, aux_ref, _ = mom_layer_ref(params, cfg, x2_ref, caches=caches_ref)
+    ((ref * dy).sum() + aux_ref).backward()
+    assert rel_rms(out, ref) < 1e-4
+    assert rel_rms(x2.grad, x2_ref.grad) < 1e-4
+    for name, t in layer.reference_params().items():
+        assert rel_rms(t.grad, params[name].grad) < 1e-4, name
+    assert cache.seen_tokens.tolist() == [7 + steps] * 2
+
+
 # ---- GPU: the layer on the CUDA kernels (bf16) against the same layer on the CPU kernels (fp32) ----
 # bf16 router logits can swap two nearly equal memories for a few tokens, so these compare per token: the
 # median error must be small and all but a few percent of the tokens close.

@@ -17,6 +17,8 @@ inline DecodeDims check_decode_args(const at::Tensor& q, const at::Tensor& k, co
                                     const at::Tensor& state_pool, bool state_v_first) {
   CHECK_DIM(k, 4);
   CHECK_DIM(v, 4);
+  CHECK_DIM(state_pool, 4);
+  TORCH_CHECK_VALUE(q.dim() == 3 || q.dim() == 4, "q must be [N, H, K] or [N, J, H, K], got ", q.dim(), " dims");
   CHECK_FLOATING(q);
   CHECK_SAME_DTYPE(k, q);
   CHECK_SAME_DTYPE(v, q);
@@ -38,7 +40,6 @@ inline DecodeDims check_decode_args(const at::Tensor& q, const at::Tensor& k, co
   CHECK_DTYPE(weights, at::kFloat);
   CHECK_SHAPE(slots, d.tokens, d.slots);
   CHECK_INDEX(slots);
-  CHECK_DIM(state_pool, 4);
   CHECK_DTYPE(state_pool, at::kFloat);
   CHECK_CONTIGUOUS(state_pool);
   if (state_v_first) {

@@ -46,11 +46,6 @@ inline void check_gdn_gating_grads(const at::Tensor& grad_g, const at::Tensor& g
   CHECK_SHAPE(grad_beta, R, H);
   CHECK_SAME_DTYPE(grad_beta, b);
   CHECK_DEVICE(grad_beta, a);
-  for (const auto& [t, name] : {std::pair{&grad_g, "grad_g"}, std::pair{&grad_beta, "grad_beta"},
-                                std::pair{&grad_a, "grad_a"}, std::pair{&grad_b, "grad_b"}}) {
-    TORCH_CHECK_VALUE(H <= 1 || t->stride(1) == 1, name, " must have dense heads (stride(1) == 1), got strides ",
-                      t->strides());
-  }
   for (const auto& [out, out_name] : {std::pair{&grad_a, "grad_a"}, std::pair{&grad_b, "grad_b"}}) {
     TORCH_CHECK_VALUE(out->dim() == 2 && out->size(0) == R && out->size(1) == H, out_name, " must have shape [", R,
                       ", ", H, "], got ", out->sizes());
@@ -66,6 +61,11 @@ inline void check_gdn_gating_grads(const at::Tensor& grad_g, const at::Tensor& g
       TORCH_CHECK_VALUE(overlap != at::MemOverlapStatus::Full && overlap != at::MemOverlapStatus::Partial, out_name,
                         " must not share memory with ", in_name);
     }
+  }
+  for (const auto& [t, name] : {std::pair{&grad_g, "grad_g"}, std::pair{&grad_beta, "grad_beta"},
+                                std::pair{&grad_a, "grad_a"}, std::pair{&grad_b, "grad_b"}}) {
+    TORCH_CHECK_VALUE(H <= 1 || t->stride(1) == 1, name, " must have dense heads (stride(1) == 1), got strides ",
+                      t->strides());
   }
   const at::MemOverlapStatus overlap = at::get_overlap_status(grad_a, grad_b);
   TORCH_CHECK_VALUE(overlap != at::MemOverlapStatus::Full && overlap != at::MemOverlapStatus::Partial,

@@ -18,6 +18,8 @@ inline void check_route_args(const at::Tensor& router_logits, int64_t topk, int6
   TORCH_CHECK_VALUE(topk >= 1 && topk <= num_memories, "topk must be in [1, num_memories=", num_memories,
                     "], got ", topk);
   TORCH_CHECK_VALUE(batch_size >= 1, "batch_size must be >= 1, got ", batch_size);
+  TORCH_CHECK_VALUE(batch_size < ((int64_t(1) << 31) - 1) / num_memories, "batch_size (", batch_size,
+                    ") x num_memories (", num_memories, ") segments must fit in int32");
   TORCH_CHECK_VALUE(chunk_size >= 1, "chunk_size must be >= 1, got ", chunk_size);
   TORCH_CHECK_VALUE(num_tokens * topk < (int64_t(1) << 31), "router_logits has too many tokens (", num_tokens,
                     " x topk ", topk, " rows must fit in int32)");

@@ -35,7 +35,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const int64_t num_tokens = router_logits.size(0), num_memories = router_logits.size(1);
   // fp32 softmax (fp64 for fp64 logits: gradcheck); weights come out in that precision.
   const at::Tensor logits = router_logits.to(cpu_math_type(router_logits)).contiguous();
-  TORCH_CHECK_VALUE(!logits.isnan().any().item<bool>(), "router_logits contains NaN");
+  at::Tensor nan_rows = logits.isnan().any(1);  // (masked tokens route nowhere: their logits may be anything)
+  if (token_mask.has_value()) nan_rows = nan_rows.logical_and(token_mask->reshape({-1}));
+  TORCH_CHECK_VALUE(!nan_rows.any().item<bool>(), "router_logits contains NaN");
 
   // Sequence of each token.
   std::vector<int64_t> seq_of(num_tokens);
