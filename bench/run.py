@@ -125,18 +125,29 @@ def plot(records: list[dict], folder: str) -> None:
         plt.close(fig)
 
 
+def results_name(gpu_name: str) -> str:
+    """The results file of a GPU kind: h100.json on any H100 (the issue bars' GPU), h200.json on an H200, else the
+    name in lower case letters, digits and underscores (as scripts/gpu_check.sh names it)."""
+    for kind in ("H200", "H100"):
+        if kind in gpu_name:
+            return kind.lower() + ".json"
+    return "".join(c for c in gpu_name.lower().replace(" ", "_") if c.isalnum() or c == "_") + ".json"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="", help="comma-separated case-name fragments or op names")
     parser.add_argument("--providers", default="", help="comma-separated providers (default: all)")
     parser.add_argument("--modes", default="", help="comma-separated modes (default: all of each case)")
     parser.add_argument("--merge", action="store_true", help="keep the records of --out that this run does not redo")
-    parser.add_argument("--out", default="bench/results/h100.json")
+    parser.add_argument("--out", default="", help="results file (default: bench/results/<this GPU>.json, e.g. "
+                        "h100.json on an H100, h200.json on an H200)")
     parser.add_argument("--plots", default="bench/results/plots")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("bench.run: no CUDA device here, nothing to time (the benchmarks need a GPU).")
         return
+    args.out = args.out or os.path.join("bench", "results", results_name(torch.cuda.get_device_name()))
     copy_tbps, tflops = clock_health()
     healthy = copy_tbps >= MIN_COPY_TBPS and tflops >= MIN_MATMUL_TFLOPS
     print(f"clock health: copy {copy_tbps:.2f} TB/s, bf16 matmul {tflops:.0f} TFLOP/s -> "

@@ -7,6 +7,7 @@ op's own registered autograd where it would only redispatch (inside these Functi
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -22,6 +23,45 @@ def below_autograd(op: Callable, *args):
         return op(*args)
     with torch._C._AutoDispatchBelowAutograd():
         return op(*args)
+
+
+class _NoDoubleBackward(torch.autograd.Function):
+    """The identity on a backward's results, linked to the incoming gradients that carry a graph, whose own backward
+    raises: the error of a double backward through a backward computed by kernels without a derivative."""
+
+    @staticmethod
+    def forward(ctx, where, num_links, *links_and_results):
+        ctx.where = where
+        results = links_and_results[num_links:]
+        return tuple(r.view_as(r) if isinstance(r, torch.Tensor) else r for r in results)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(f"{ctx.where}: double backward (a gradient of a gradient) is not supported: the backward "
+                           "kernels have no derivative of their own")
+
+
+def once_differentiable(backward: Callable) -> Callable:
+    """backward, run without recording a graph; where its incoming gradients carry one (create_graph), its results
+    lead to an error instead. The ops' backward kernels (*_bwd) have no autograd, so a double backward through them got
+    zeros or made-up values from autograd's fallback. (torch's once_differentiable hangs the error on fresh leaves,
+    which torch.autograd.grad with inputs never reaches: "not used in the graph", or None with allow_unused.)"""
+
+    @functools.wraps(backward)
+    def checked(ctx, *grads):
+        if not torch.is_grad_enabled():  # the usual backward (no create_graph): as it is, no host time added
+            return backward(ctx, *grads)
+        with torch.no_grad():
+            results = backward(ctx, *grads)
+        links = [g for g in grads if isinstance(g, torch.Tensor) and g.requires_grad]
+        if not links:
+            return results
+        single = not isinstance(results, tuple)
+        # the links as inputs: the graph from the results back to what the gradients depend on passes through the node
+        linked = _NoDoubleBackward.apply(backward.__module__, len(links), *links, *((results,) if single else results))
+        return linked[0] if single else linked
+
+    return checked
 
 
 def function_of(op: Callable, setup_context: Callable, backward: Callable) -> type[torch.autograd.Function]:

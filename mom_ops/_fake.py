@@ -37,7 +37,13 @@ def register_fake(op_name: str):
 
 
 def _empty(*shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A contiguous tensor on like's device (the kernels' outputs are contiguous, whatever their inputs' strides)."""
     return like.new_empty(shape, dtype=dtype if dtype is not None else like.dtype)
+
+
+def _math(t: torch.Tensor) -> torch.dtype:
+    """The kernels' fp32 math and state dtype: fp64 for fp64 inputs (CPU only)."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 @register_fake("mom_ops::route")
@@ -67,8 +73,8 @@ def _unpermute_fake(y, dst_row, src_pair, weights):
 
 @register_fake("mom_ops::unpermute_backward")
 def _unpermute_backward_fake(grad_x, y, dst_row, src_pair, weights, need_grad_weights):
-    grad_w = _empty(*(dst_row.shape if need_grad_weights else (0,)), like=y, dtype=torch.float32)
-    return torch.empty_like(y), grad_w
+    grad_w = _empty(*(dst_row.shape if need_grad_weights else (0,)), like=y, dtype=_math(y))
+    return _empty(*y.shape, like=y), grad_w
 
 
 def _state_shape(q, v, initial_state, state_v_first, cu_seqlens):
@@ -82,7 +88,7 @@ def _gdn_fwd_fake(q, k, v, g, beta, scale, initial_state, output_final_state, us
                   cu_seqlens, chunk_indices):
     o = _empty(*v.shape, like=q)
     shape = _state_shape(q, v, initial_state, state_v_first, cu_seqlens) if output_final_state else (0,)
-    return o, _empty(*shape, like=q, dtype=torch.float32)
+    return o, _empty(*shape, like=q, dtype=_math(q))
 
 
 @register_fake("mom_ops::fused_recurrent_gated_delta_rule_fwd")
@@ -109,9 +115,9 @@ def _gdn_fwd_train_fake(q, k, v, g, beta, scale, initial_state, output_final_sta
 @register_fake("mom_ops::chunk_gated_delta_rule_bwd")
 def _gdn_bwd_fake(q, k, v, g, beta, scale, initial_state, grad_o, grad_final_state, use_qk_l2norm, state_v_first,
                   cu_seqlens, chunk_indices, chunk_states=None, w=None, v_new=None, t=None):
-    dh0 = torch.empty_like(initial_state) if initial_state is not None else _empty(0, like=q, dtype=torch.float32)
-    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(g),
-            torch.empty_like(beta), dh0)
+    dh0 = _empty(*(initial_state.shape if initial_state is not None else (0,)), like=q, dtype=_math(q))
+    return (_empty(*q.shape, like=q), _empty(*k.shape, like=k), _empty(*v.shape, like=v), _empty(*g.shape, like=g),
+            _empty(*beta.shape, like=beta), dh0)
 
 
 @register_fake("mom_ops::memory_mix_fwd")
@@ -123,11 +129,11 @@ def _memory_mix_fwd_fake(o_routed, dst_row, src_pair, weights, shared, norm_weig
 def _memory_mix_bwd_fake(grad_out, o_routed, dst_row, src_pair, weights, shared, norm_weight, gate, eps):
     none = _empty(0, like=o_routed, dtype=torch.float32)
     return (
-        torch.empty_like(o_routed),
-        torch.empty_like(weights),
-        torch.empty_like(shared) if shared is not None else none,
-        torch.empty_like(norm_weight) if norm_weight is not None else none,
-        _empty(*gate.shape, like=gate) if gate is not None else none,  # contiguous, whatever gate's strides
+        _empty(*o_routed.shape, like=o_routed),
+        _empty(*weights.shape, like=weights),
+        _empty(*shared.shape, like=shared) if shared is not None else none,
+        _empty(*norm_weight.shape, like=norm_weight) if norm_weight is not None else none,
+        _empty(*gate.shape, like=gate) if gate is not None else none,
     )
 
 
@@ -140,14 +146,14 @@ def _segment_conv_fwd_fake(x, weight, cu_seqlens, history, activation, dst_row=N
 @register_fake("mom_ops::segment_conv_bwd")
 def _segment_conv_bwd_fake(grad_y, x, weight, cu_seqlens, history, activation, dst_row=None, src_pair=None):
     rows = x.shape[0] if src_pair is None else src_pair.shape[0]
-    return (_empty(rows, x.shape[1], like=x), torch.empty_like(weight),
-            torch.empty_like(history) if history is not None else _empty(0, like=x, dtype=torch.float32))
+    return (_empty(rows, x.shape[1], like=x), _empty(*weight.shape, like=weight),
+            _empty(*history.shape, like=history) if history is not None else _empty(0, like=x, dtype=torch.float32))
 
 
 @register_fake("mom_ops::segment_conv_bwd_into")
 def _segment_conv_bwd_into_fake(grad_y, x, weight, cu_seqlens, history, activation, grad_x):
-    return (torch.empty_like(weight),
-            torch.empty_like(history) if history is not None else _empty(0, like=x, dtype=torch.float32))
+    return (_empty(*weight.shape, like=weight),
+            _empty(*history.shape, like=history) if history is not None else _empty(0, like=x, dtype=torch.float32))
 
 
 @register_fake("mom_ops::mom_decode_step")

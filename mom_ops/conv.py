@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from mom_ops._autograd import below_autograd, function_of
+from mom_ops._autograd import below_autograd, function_of, once_differentiable
 
 if TYPE_CHECKING:
     from mom_ops.routing import RoutingPlan
@@ -38,6 +38,7 @@ def _setup(ctx, inputs, output):
     ctx.save_for_backward(x, weight, cu_seqlens, history, dst_row, src_pair)
 
 
+@once_differentiable
 def _backward(ctx, grad_y):
     x, weight, cu_seqlens, history, dst_row, src_pair = ctx.saved_tensors
     need = ctx.needs_input_grad
@@ -90,6 +91,7 @@ class _SegmentConvColumns(torch.autograd.Function):
         return (*conv_columns_fwd(x, cu_seqlens, weights, histories), x[:, ctx.width:].clone())
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, *grads):
         x, cu_seqlens, *weights_and_histories = ctx.saved_tensors
         n = ctx.n

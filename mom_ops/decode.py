@@ -21,7 +21,8 @@ def fused_recurrent_gated_delta_rule(
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Recurrent (token-by-token) gated delta rule for short inputs; forward only. Shapes as
-    `mom_ops.chunk_gated_delta_rule`. Returns o [B, T, HV, V] in v's dtype and the fp32 final state."""
+    `mom_ops.chunk_gated_delta_rule`. Returns o [B, T, HV, V] in v's dtype and the fp32 final state (None unless
+    output_final_state)."""
     state_v_first = check_scan_args(q, k, v, initial_state, cu_seqlens, kwargs, allow_chunk_size=False)
     if scale is None:
         scale = k.shape[-1] ** -0.5

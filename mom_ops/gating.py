@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from mom_ops._autograd import function_of
+from mom_ops._autograd import function_of, once_differentiable
 
 
 def gdn_gating(a: torch.Tensor, b: torch.Tensor, A_log: torch.Tensor,
@@ -42,6 +42,7 @@ def _setup(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
 
 
+@once_differentiable
 def _backward(ctx, grad_g, grad_beta):
     a, b, A_log, dt_bias = ctx.saved_tensors
     grad_a, grad_b = (torch.empty(a.shape, dtype=a.dtype, device=a.device) for _ in range(2))

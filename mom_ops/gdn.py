@@ -6,7 +6,7 @@ import warnings
 
 import torch
 
-from mom_ops._autograd import below_autograd, function_of
+from mom_ops._autograd import below_autograd, function_of, once_differentiable
 
 
 def check_scan_args(q, k, v, initial_state, cu_seqlens, kwargs, allow_chunk_size: bool) -> bool:
@@ -105,6 +105,7 @@ def _setup(ctx, inputs, output):
     ctx.save_for_backward(q, k, v, g, beta, h0, cu_seqlens, chunk_indices, *saved_forward)
 
 
+@once_differentiable
 def _backward(ctx, grad_o, grad_final_state, *_grad_saved):
     q, k, v, g, beta, h0, cu_seqlens, chunk_indices, *saved = ctx.saved_tensors
     if grad_final_state is not None and grad_final_state.numel() == 0:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mom_ops._autograd import function_of
+from mom_ops._autograd import function_of, once_differentiable
 from mom_ops.routing import RoutingPlan
 
 
@@ -21,8 +21,8 @@ def memory_mix(
 
     o_routed: [R, H, V] packed memory-major rows (the scan output); weights: fp32 [N, k] (default
     plan.weights); shared: [N, H, V]; norm_weight: [V]; gate: [N, H, V].
-    out[n, h] = o * rsqrt(mean(o^2) + eps) * norm_weight * silu(gate[n, h])   (norm only with norm_weight)
-    with o = sum_j weights[n, j] * o_routed[dst_row[n, j], h] + shared[n, h].  Returns [N, H, V].
+    out[n, h] = o * rsqrt(mean(o^2) + eps) * norm_weight * silu(gate[n, h])   (norm only with norm_weight; gate
+    needs norm_weight) with o = sum_j weights[n, j] * o_routed[dst_row[n, j], h] + shared[n, h].  Returns [N, H, V].
     All tensor inputs are differentiable.
     """
     if o_routed.dim() != 3:
@@ -38,6 +38,7 @@ def _setup(ctx, inputs, output):
     ctx.save_for_backward(o_routed, dst_row, src_pair, weights, shared, norm_weight, gate)
 
 
+@once_differentiable
 def _backward(ctx, grad_out):
     o_routed, dst_row, src_pair, weights, shared, norm_weight, gate = ctx.saved_tensors
     d_routed, d_w, d_shared, d_norm, d_gate = torch.ops.mom_ops.memory_mix_bwd(

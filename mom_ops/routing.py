@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mom_ops._autograd import below_autograd, function_of
+from mom_ops._autograd import below_autograd, function_of, once_differentiable
 
 CHUNK_SIZE = 64
 
@@ -19,7 +19,7 @@ class RoutingPlan:
     of the logits and have static shapes (no host sync to build or use them).
 
     N tokens, M memories, k = topk, B sequences, R = N * k packed rows, S = M * B segments (s = m * B + b).
-      weights        [N, k] fp32   renormalised top-k router weights (0 for masked tokens)
+      weights        [N, k] fp32   renormalised top-k router weights (0 for masked tokens; fp64 for fp64 logits)
       memory_ids     [N, k] int32  chosen memories, by decreasing weight (-1 for masked tokens)
       dst_row        [N, k] int32  packed row of each pair (-1 for masked tokens)
       src_pair       [R]    int32  pair n * k + j of each packed row (-1 for rows past the last segment)
@@ -69,7 +69,8 @@ def route(
     """Route tokens to their top-k memories and build the packed memory-major plan.
 
     router_logits: [B, T, M] (padded batch), [1, N, M] or [N, M] (packed, with cu_seqlens [B+1]).
-    mask: optional bool [B, T] / [N]; False tokens route nowhere (attention padding).
+    mask: optional bool of router_logits' shape without M ([B, T], [1, N] or [N]); False tokens route nowhere
+    (attention padding).
     Memories are the k largest logits (ties to the lower index), by decreasing logit; weights are the softmax
     renormalised over them (= softmax of the kept logits), computed in fp64 and rounded once to fp32 (within
     1 ulp of the exact value); differentiable w.r.t. the logits (fp64 weights for fp64 logits on CPU). NaN
@@ -137,6 +138,7 @@ def _route_setup(ctx, inputs, output):
     ctx.save_for_backward(output[0], output[1])
 
 
+@once_differentiable
 def _route_backward(ctx, grad_weights, *_):
     # w = softmax over the kept logits, so dl_i = w_i (dw_i - sum_j w_j dw_j) for kept i, 0 elsewhere: one launch
     weights, memory_ids = ctx.saved_tensors
@@ -161,6 +163,7 @@ def _unpermute_setup(ctx, inputs, output):
     ctx.save_for_backward(y, dst_row, src_pair, weights)
 
 
+@once_differentiable
 def _unpermute_backward(ctx, grad_x):
     y, dst_row, src_pair, weights = ctx.saved_tensors
     need_w = weights is not None and ctx.needs_input_grad[3]

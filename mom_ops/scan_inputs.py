@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from mom_ops._autograd import below_autograd
+from mom_ops._autograd import below_autograd, once_differentiable
 from mom_ops.conv import conv_columns_bwd_into, conv_columns_fwd
 from mom_ops.gating import gdn_gating_backward
 
@@ -23,6 +23,7 @@ class _ScanInputs(torch.autograd.Function):
         return k, v, g, beta
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_k, grad_v, grad_g, grad_beta):
         proj, cu_seqlens, k_conv, v_conv, A_log, dt_bias, k_history, v_history = ctx.saved_tensors
         grad_proj = torch.empty(proj.shape, dtype=proj.dtype, device=proj.device)  # every column written below

@@ -207,3 +207,41 @@ def test_layer_ignores_what_padding_holds():
     assert (results[1][0][~mask] == 0).all()
     for got, want in zip(*results):
         torch.testing.assert_close(got, want)
+
+
+# ---- autograd: no double backward through the ops' backward kernels
+
+
+def _double_backward(fn, *inputs):
+    """grad of (grad of sum(fn(inputs)^2))^2, through create_graph."""
+    out = fn(*inputs)
+    out = out[0] if isinstance(out, tuple) else out
+    grads = torch.autograd.grad((out.float() ** 2).sum(), inputs, create_graph=True)
+    return torch.autograd.grad(sum((g ** 2).sum() for g in grads), inputs)
+
+
+def test_double_backward_is_an_error_not_a_wrong_value():
+    """The *_bwd kernels have no autograd: a double backward through them got zeros (route) or wrong values (the scan)
+    from autograd's fallback. Their backwards are once-differentiable now, so it raises; permute's, which is an op
+    with its own backward (unpermute), still differentiates."""
+    d = torch.float64
+    x = torch.randn(1, 6, 1, 3, dtype=d)
+    g, beta = -torch.rand(1, 6, 1, dtype=d), torch.rand(1, 6, 1, dtype=d)
+    plan = mom_ops.route(torch.randn(6, 4, dtype=d), 2, batch_size=1)
+    a = torch.randn(6, 2, dtype=d)
+    cases = {
+        "chunk_gated_delta_rule": (lambda q: mom_ops.chunk_gated_delta_rule(q, x, x, g, beta), x.clone()),
+        "route": (lambda lg: mom_ops.route(lg, 2, batch_size=1).weights, torch.randn(6, 4, dtype=d)),
+        "unpermute (weights)": (lambda w: mom_ops.unpermute(torch.randn(12, 3, dtype=d), plan, w),
+                                plan.weights.clone()),
+        "segment_conv": (lambda w: mom_ops.segment_conv(torch.randn(6, 3, dtype=d), w, torch.tensor([0, 6])),
+                         torch.randn(3, 4, dtype=d)),
+        "gdn_gating": (lambda a_: mom_ops.gdn_gating(a_, a, torch.zeros(2, dtype=d), torch.zeros(2, dtype=d)), a),
+        "memory_mix": (lambda o: mom_ops.memory_mix(o, plan, norm_weight=torch.ones(3, dtype=d)),
+                       torch.randn(12, 1, 3, dtype=d)),
+    }
+    for fn, inp in cases.values():
+        with pytest.raises(RuntimeError, match="double backward .* is not supported"):
+            _double_backward(fn, inp.clone().requires_grad_(True))
+    y = torch.randn(6, 3, dtype=d, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda t: mom_ops.permute(t, plan), (y,))

@@ -46,6 +46,47 @@ def test_gdn_gating_matches_reference(device, R, H, dtype, param_dtype):
         assert ours.grad.dtype == ours.dtype and rel_rms(ours.grad, ref.grad) < tol
 
 
+@pytest.mark.parametrize("device", device_param() + ["triton"])
+def test_gdn_gating_strided_parameters(device):
+    """A_log and dt_bias as strided views (columns of one [H, 2] tensor): the CUDA kernels and the Triton reference
+    read them densely once (wrong g and parameter gradients); now the same as contiguous copies."""
+    from tests.helpers import triton_device
+    from triton_ref import gating as tg
+
+    run_on = triton_device() if device == "triton" else device
+    if device != "triton":
+        need_kernel("gdn_gating_fwd", device)
+    a, b, A_log, dt_bias = _inputs(50, 6, torch.float32, run_on, wide=1)
+    stacked = torch.stack([A_log, dt_bias], 1)  # [H, 2]: each column a view with stride 2
+    dg, dbeta = torch.randn(50, 6, device=run_on), torch.randn(50, 6, device=run_on)
+    results = []
+    for params in ((stacked[:, 0], stacked[:, 1]), (A_log, dt_bias)):
+        if device == "triton":
+            g, beta = tg.gdn_gating(a, b, *params)
+            grads = tg.gdn_gating_backward(dg, dbeta, a, b, *params)
+        else:
+            leaves = [t.detach().clone().requires_grad_(True) for t in (a, b, *params)]
+            g, beta = mom_ops.gdn_gating(*leaves)
+            torch.autograd.backward([g, beta], [dg, dbeta])
+            grads = [t.grad for t in leaves]
+        results.append([g, beta, *grads])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_triton_softplus_keeps_tiny_values():
+    """softplus(a + dt_bias) far below 1 (a = -30: 9.4e-14) as torch and the CUDA kernel's log1p give it, not 0."""
+    from tests.helpers import triton_device
+    from triton_ref import gating as tg
+
+    a = torch.tensor([[-30.0, -10.0, 0.0, 25.0]], device=triton_device())
+    zeros = torch.zeros(4, device=a.device)
+    g, _ = tg.gdn_gating(a, torch.zeros_like(a), zeros, zeros)
+    want = -torch.nn.functional.softplus(a.double().cpu())
+    assert rel_rms(g.cpu().double(), want) < 1e-6
+    assert (g.cpu().double() / want - 1).abs().max() < 1e-6
+
+
 def test_gdn_gating_gradcheck():
     a, b, A_log, dt_bias = _inputs(12, 3, torch.float64, "cpu", torch.float64)
     args = tuple(t.detach().clone().requires_grad_(True) for t in (a, b, A_log, dt_bias))

@@ -197,20 +197,26 @@ def test_gpu_memory_mix_rejects_unaligned_v():
 
 @pytest.mark.parametrize("variant", ["plain", "gated"])
 def test_triton_memory_mix_matches_reference(variant):
+    """Gated: shared and gate as column slices of one tensor (as in the layer) and norm_weight as a strided view,
+    which the kernels once read densely."""
     from triton_ref import readout as tr
 
     device = triton_device()
     plan, o_routed, shared, norm_w, gate = _setup(n=24, k=2, H=2, V=12, device=device, seed=3)
-    kw = dict(shared=shared, norm_weight=norm_w, gate=gate) if variant == "gated" else {}
-    args = [o_routed, plan.weights] + [kw.get(name) for name in ("shared", "norm_weight", "gate")]
-    ours = [None if a is None else a.detach().clone().requires_grad_(True) for a in args]
-    refs = [None if a is None else a.detach().cpu().clone().requires_grad_(True) for a in args]
+    o_leaf, w_leaf = (t.detach().clone().requires_grad_(True) for t in (o_routed, plan.weights))
+    proj = torch.cat([shared, gate], -1).detach().requires_grad_(True)  # [n, H, 2V]
+    norm_pair = torch.stack([norm_w, norm_w], 1).detach().requires_grad_(True)  # [V, 2]
+    args = [o_routed, plan.weights, shared, norm_w, gate] if variant == "gated" else [o_routed, plan.weights]
+    refs = [a.detach().cpu().clone().requires_grad_(True) for a in args] + [None] * (5 - len(args))
+    ours = [o_leaf, w_leaf] + ([proj[..., :12], norm_pair[:, 0], proj[..., 12:]] if variant == "gated" else [None] * 3)
     out = tr.memory_mix(ours[0], plan, *ours[1:])
     ref = memory_mix_ref(refs[0], plan.dst_row.cpu(), *refs[1:])
     assert rel_rms(out, ref) < 1e-5
     dy = torch.randn(ref.shape)
     out.backward(dy.to(device))
     ref.backward(dy)
-    for a, b in zip(ours, refs):
-        if a is not None:
-            assert rel_rms(a.grad, b.grad) < 1e-5
+    got = [o_leaf.grad, w_leaf.grad]
+    if variant == "gated":
+        got += [proj.grad[..., :12], norm_pair.grad[:, 0], proj.grad[..., 12:]]
+    for a, b in zip(got, refs):
+        assert rel_rms(a, b.grad) < 1e-5

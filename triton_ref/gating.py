@@ -27,7 +27,12 @@ def _tile(a_ptr, A_log_ptr, dt_bias_ptr, R, H, stride_a, BR: tl.constexpr, BH: t
 
 @triton.jit
 def _softplus(x, THRESHOLD: tl.constexpr):
-    return tl.where(x > THRESHOLD, x, tl.log(1.0 + tl.exp(tl.minimum(x, THRESHOLD))))
+    # log1p(e^x) as log(u) e^x / (u - 1), u = 1 + e^x (Kahan): log(1 + e^x) alone loses e^x where it is below fp32's
+    # epsilon (softplus(-30) = 9.4e-14 came out 0; the CUDA kernel and torch use log1p)
+    y = tl.exp(tl.minimum(x, THRESHOLD))
+    u = 1.0 + y
+    d = tl.where(u == 1.0, 1.0, u - 1.0)
+    return tl.where(x > THRESHOLD, x, tl.where(u == 1.0, y, tl.log(u) * (y / d)))
 
 
 @triton.jit
@@ -69,7 +74,7 @@ def gdn_gating(a: torch.Tensor, b: torch.Tensor, A_log: torch.Tensor, dt_bias: t
     beta = torch.empty(R, H, device=a.device, dtype=b.dtype)
     if R > 0 and H > 0:
         grid = (triton.cdiv(R, BLOCK_R), triton.cdiv(H, BLOCK_H))
-        _fwd_kernel[grid](a, b, A_log, dt_bias, g, beta, R, H, _row_stride(a), _row_stride(b),
+        _fwd_kernel[grid](a, b, A_log.contiguous(), dt_bias.contiguous(), g, beta, R, H, _row_stride(a), _row_stride(b),
                           THRESHOLD=SOFTPLUS_THRESHOLD, BR=BLOCK_R, BH=BLOCK_H)
     return g, beta
 
@@ -84,7 +89,7 @@ def gdn_gating_backward(grad_g: torch.Tensor, grad_beta: torch.Tensor, a: torch.
     part = torch.zeros(programs, 2, H, device=a.device, dtype=torch.float32)
     if R > 0 and H > 0:
         grid = (programs, triton.cdiv(H, BLOCK_H))
-        _bwd_kernel[grid](a, b, A_log, dt_bias, grad_g.contiguous(), grad_beta.contiguous(), grad_a, grad_b, part, R,
+        _bwd_kernel[grid](a, b, A_log.contiguous(), dt_bias.contiguous(), grad_g.contiguous(), grad_beta.contiguous(), grad_a, grad_b, part, R,
                           H, _row_stride(a), _row_stride(b), THRESHOLD=SOFTPLUS_THRESHOLD, BR=BLOCK_R, BH=BLOCK_H)
     sums = part.sum(0)
     return grad_a, grad_b, sums[0].to(A_log.dtype), sums[1].to(dt_bias.dtype)

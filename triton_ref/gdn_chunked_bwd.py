@@ -190,7 +190,7 @@ def chunk_gated_delta_rule_bwd(q, k, v, g, beta, scale, initial_state, do, dht, 
         _gdn_chunked_bwd_kernel[(N, HV)](
             qn, kn, v.contiguous(), g.contiguous(), beta.contiguous(), do.contiguous(),
             h0 if h0 is not None else dv, dht.float().contiguous() if dht is not None else dv,
-            cu_seqlens if cu_seqlens is not None else dv, ckpt, dq, dk, dv, dg, db,
+            cu_seqlens.contiguous() if cu_seqlens is not None else dv, ckpt, dq, dk, dv, dg, db,
             dh0 if dh0 is not None else dv, float(scale), T, NB, stride_sk, stride_sv,
             HV=HV, K=K, V=V, C=CHUNK, BK=BK, BV=BV, IS_VARLEN=cu_seqlens is not None, HAS_H0=h0 is not None,
             HAS_DHT=dht is not None, PRECISION="ieee", num_warps=8, num_stages=1)

@@ -92,7 +92,9 @@ def _launch_args(o_routed, plan, weights, shared, norm_weight, gate):
 class _MemoryMix(torch.autograd.Function):
     @staticmethod
     def forward(ctx, o_routed, weights, shared, norm_weight, gate, plan, eps):
-        o_routed = o_routed.contiguous()
+        # the kernels index every tensor densely (shared and gate may come as column slices of one projection)
+        o_routed, weights, shared, norm_weight, gate = (
+            t.contiguous() if t is not None else None for t in (o_routed, weights, shared, norm_weight, gate))
         grid, H, V, (sh, nw, gt), flags = _launch_args(o_routed, plan, weights, shared, norm_weight, gate)
         out = torch.empty(plan.num_tokens, H, V, device=o_routed.device, dtype=o_routed.dtype)
         if plan.num_tokens > 0 and V > 0:

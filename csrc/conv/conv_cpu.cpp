@@ -144,8 +144,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_conv_bwd_cpu(const at::Te
   AT_DISPATCH_FLOATING_TYPES(c.x.scalar_type(), "segment_conv_bwd_cpu",
                              [&] { conv_bwd_loop<scalar_t>(c, dy, activation, dx, dw, dh); });
   const at::Tensor none = at::empty({0}, x.options().dtype(at::kFloat));
-  return {dx.to(x.scalar_type()), dw.to(weight.scalar_type()),
-          history.has_value() ? dh.to(history->scalar_type()) : none};
+  return {dx.to(x.scalar_type()), dw.to(weight.scalar_type()).contiguous(),  // (as the CUDA kernels: contiguous)
+          history.has_value() ? dh.to(history->scalar_type()).contiguous() : none};
 }
 
 std::tuple<at::Tensor, at::Tensor> segment_conv_bwd_into_cpu(const at::Tensor& grad_y, const at::Tensor& x,

@@ -23,6 +23,8 @@ GatingParams make_params(const at::Tensor& a, const at::Tensor& b, const at::Ten
   p.b = b.data_ptr();
   p.A_log = A_log.data_ptr();
   p.dt_bias = dt_bias.data_ptr();
+  p.A_log_stride = A_log.stride(0);  // (parameters may be strided views, e.g. a column of a stacked [H, 2])
+  p.dt_bias_stride = dt_bias.stride(0);
   p.rows = a.size(0);
   p.heads = a.size(1);
   p.a_row_stride = row_stride(a);

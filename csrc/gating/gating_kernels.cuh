@@ -19,7 +19,7 @@ constexpr float kGatingSoftplusThreshold = 20.f;  // torch.nn.functional.softplu
 
 struct GatingParams {
   const void *a, *b;              // [R, H], rows a_row_stride / b_row_stride elements apart
-  const void *A_log, *dt_bias;    // [H]
+  const void *A_log, *dt_bias;    // [H], A_log_stride / dt_bias_stride elements apart
   float* g;                       // fwd: [R, H] contiguous
   void* beta;                     // fwd: [R, H] contiguous, b's dtype
   const float* grad_g;            // bwd: [R, H], rows grad_g_row_stride apart
@@ -28,6 +28,7 @@ struct GatingParams {
   float* partial;                 // bwd: [gridDim.x, 2, H] per-CTA sums (grad_A_log, grad_dt_bias)
   int64_t rows, heads;
   int64_t a_row_stride, b_row_stride, grad_g_row_stride, grad_beta_row_stride, grad_a_row_stride, grad_b_row_stride;
+  int64_t A_log_stride, dt_bias_stride;
   int cols;                       // heads per column tile: min(H, kGatingThreads)
 };
 
@@ -64,8 +65,8 @@ template <typename T, typename P>
 __global__ void __launch_bounds__(kGatingThreads) gdn_gating_fwd_kernel(GatingParams p) {
   const GatingSlot s = gating_slot(p);
   if (s.h < 0) return;
-  const float decay = -expf(to_float(static_cast<const P*>(p.A_log)[s.h]));
-  const float bias = to_float(static_cast<const P*>(p.dt_bias)[s.h]);
+  const float decay = -expf(to_float(static_cast<const P*>(p.A_log)[s.h * p.A_log_stride]));
+  const float bias = to_float(static_cast<const P*>(p.dt_bias)[s.h * p.dt_bias_stride]);
   const T* a = static_cast<const T*>(p.a);
   const T* b = static_cast<const T*>(p.b);
   T* beta = static_cast<T*>(p.beta);
@@ -94,8 +95,8 @@ __global__ void __launch_bounds__(kGatingThreads) gdn_gating_bwd_kernel(GatingPa
   const GatingSlot s = gating_slot(p);
   float sum_A_log = 0.f, sum_dt_bias = 0.f;
   if (s.h >= 0) {
-    const float decay = -expf(to_float(static_cast<const P*>(p.A_log)[s.h]));
-    const float bias = to_float(static_cast<const P*>(p.dt_bias)[s.h]);
+    const float decay = -expf(to_float(static_cast<const P*>(p.A_log)[s.h * p.A_log_stride]));
+    const float bias = to_float(static_cast<const P*>(p.dt_bias)[s.h * p.dt_bias_stride]);
     const T* a = static_cast<const T*>(p.a);
     const T* b = static_cast<const T*>(p.b);
     const T* grad_beta = static_cast<const T*>(p.grad_beta);

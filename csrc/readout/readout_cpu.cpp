@@ -48,7 +48,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_mi
   CHECK_SHAPE(grad_out, d.tokens, d.heads, d.dim_v);
   const auto [gathered, o] = gather_and_mix(o_routed, dst_row, weights, shared);
   const at::Tensor dy = grad_out.to(o.scalar_type());
-  const at::Tensor empty = at::empty({0}, o.options());
+  const at::Tensor empty = at::empty({0}, o.options().dtype(at::kFloat));  // (as the CUDA op's)
   at::Tensor do_ = dy, grad_norm_weight = empty, grad_gate = empty;
   if (norm_weight.has_value()) {
     const at::Tensor rstd = at::rsqrt(o.square().mean(-1, true) + eps);
@@ -71,7 +71,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_mi
   const at::Tensor grad_o_routed = do_.index_select(0, token) * row_scale.view({-1, 1, 1});
   const at::Tensor grad_weights = (gathered * do_.unsqueeze(1)).sum(at::IntArrayRef{2, 3}).to(weights.scalar_type());
   const at::Tensor grad_shared = shared.has_value() ? do_.to(shared->scalar_type()) : empty;
-  return {grad_o_routed.to(o_routed.scalar_type()), grad_weights, grad_shared, grad_norm_weight, grad_gate};
+  // contiguous, as the CUDA op's (the elementwise results above follow their inputs' strides)
+  return {grad_o_routed.to(o_routed.scalar_type()).contiguous(), grad_weights.contiguous(), grad_shared.contiguous(),
+          grad_norm_weight.contiguous(), grad_gate.contiguous()};
 }
 
 }  // namespace
