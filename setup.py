@@ -7,7 +7,8 @@ patterns, so there is one list. Knobs (environment variables):
   MOM_OPS_SKIP_CUDA    1 = CPU-only build even when torch and nvcc support CUDA
   MOM_OPS_DEBUG        1 = -O0 -g host code, -G device code
   MAX_JOBS             parallel compile jobs (read by torch's ninja build)
-  CUTLASS_PATH         CUTLASS checkout; else the nvidia-cutlass wheel's headers are used
+  CUTLASS_PATH         CUTLASS checkout (else the nvidia-cutlass wheel's headers), read only where a .cu includes
+                       cute/ or cutlass/: no present source does (the kernels use csrc/common's PTX wrappers)
 """
 
 import glob

@@ -53,7 +53,10 @@ def once_differentiable(backward: Callable) -> Callable:
             return backward(ctx, *grads)
         with torch.no_grad():
             results = backward(ctx, *grads)
-        links = [g for g in grads if isinstance(g, torch.Tensor) and g.requires_grad]
+        # what the results depend on: the incoming gradients and the saved tensors (with a linear loss the gradients
+        # are constants, but the results still depend on the saved inputs / outputs)
+        saved = [t for t in ctx.saved_tensors if t is not None]
+        links = [t for t in (*grads, *saved) if isinstance(t, torch.Tensor) and t.requires_grad]
         if not links:
             return results
         single = not isinstance(results, tuple)

@@ -4,26 +4,45 @@ from __future__ import annotations
 
 import torch
 
-from mom_ops.gdn import check_scan_args
+from mom_ops.gdn import check_scan_args, check_unsupported, fla_activations
 
 
 def fused_recurrent_gated_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    g: torch.Tensor,
-    beta: torch.Tensor,
+    g: torch.Tensor | None = None,
+    gk: torch.Tensor | None = None,
+    gv: torch.Tensor | None = None,
+    beta: torch.Tensor | None = None,
     scale: float | None = None,
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     use_qk_l2norm_in_kernel: bool = False,
+    use_gate_in_kernel: bool = False,
+    A_log: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    use_beta_sigmoid_in_kernel: bool = False,
+    allow_neg_eigval: bool = False,
+    state_v_first: bool = False,
     cu_seqlens: torch.Tensor | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Recurrent (token-by-token) gated delta rule for short inputs; forward only. Shapes as
-    `mom_ops.chunk_gated_delta_rule`. Returns o [B, T, HV, V] in v's dtype and the fp32 final state (None unless
+    `mom_ops.chunk_gated_delta_rule`; fla 0.6.0's signature, in its order: g None means no decay (g = 0), beta None
+    means beta = 1, the gate / beta activations as in chunk_gated_delta_rule (fla_activations); per-key / per-value
+    decays (gk, gv) are not supported. Returns o [B, T, HV, V] in v's dtype and the fp32 final state (None unless
     output_final_state)."""
-    state_v_first = check_scan_args(q, k, v, initial_state, cu_seqlens, kwargs, allow_chunk_size=False)
+    check_unsupported(gk=gk, gv=gv)
+    state_v_first = check_scan_args(q, k, v, initial_state, cu_seqlens, state_v_first, kwargs, allow_chunk_size=False)
+    if beta is None:
+        beta = torch.ones(v.shape[:3], dtype=torch.float32, device=v.device)
+    g, beta = fla_activations(g, beta, use_gate_in_kernel, A_log, dt_bias, use_beta_sigmoid_in_kernel,
+                              allow_neg_eigval)
+    if g is None:
+        g = torch.zeros(v.shape[:3], dtype=torch.float32, device=v.device)
+    if initial_state is not None and initial_state.dtype in (torch.float16, torch.bfloat16):
+        initial_state = initial_state.float()
     if scale is None:
         scale = k.shape[-1] ** -0.5
     o, final_state = torch.ops.mom_ops.fused_recurrent_gated_delta_rule_fwd(
@@ -34,8 +53,8 @@ def fused_recurrent_gated_delta_rule(
 
 
 def _no_backward(name: str, use: str):
-    def backward(ctx, *grads):
-        raise RuntimeError(f"mom_ops.{name} has no backward (it is an inference op): {use}")
+    def backward(ctx, *grads):  # (NotImplementedError, as fla's fused_recurrent; a RuntimeError too)
+        raise NotImplementedError(f"mom_ops.{name} has no backward (it is an inference op): {use}")
 
     return backward
 

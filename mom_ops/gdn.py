@@ -9,9 +9,8 @@ import torch
 from mom_ops._autograd import below_autograd, function_of, once_differentiable
 
 
-def check_scan_args(q, k, v, initial_state, cu_seqlens, kwargs, allow_chunk_size: bool) -> bool:
+def check_scan_args(q, k, v, initial_state, cu_seqlens, state_v_first, kwargs, allow_chunk_size: bool) -> bool:
     """fla's argument checks, with fla's messages; returns state_v_first after the deprecated alias."""
-    state_v_first = kwargs.pop("state_v_first", False)
     if "transpose_state_layout" in kwargs:
         if state_v_first:
             raise ValueError("Cannot pass both `state_v_first` and the deprecated `transpose_state_layout`.")
@@ -19,10 +18,10 @@ def check_scan_args(q, k, v, initial_state, cu_seqlens, kwargs, allow_chunk_size
         state_v_first = kwargs.pop("transpose_state_layout")
     if "head_first" in kwargs:
         raise DeprecationWarning("head_first has been removed. Inputs must be in `[B, T, H, ...]` format.")
-    if allow_chunk_size:
+    if allow_chunk_size:  # (the result does not depend on it: mom_ops' kernels use 64 whatever is asked)
         chunk_size = kwargs.pop("chunk_size", 64)
-        if chunk_size != 64:
-            raise ValueError(f"`chunk_size` must be 64 for mom_ops' Gated Delta Rule, got {chunk_size}.")
+        if chunk_size not in (16, 32, 64):
+            raise ValueError(f"`chunk_size` must be 16, 32, or 64 for Gated Delta Rule, got {chunk_size}.")
     if kwargs:
         raise TypeError(f"unexpected keyword arguments: {sorted(kwargs)}")
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
@@ -55,6 +54,32 @@ def check_scan_args(q, k, v, initial_state, cu_seqlens, kwargs, allow_chunk_size
     return state_v_first
 
 
+def fla_activations(g, beta, use_gate_in_kernel=False, A_log=None, dt_bias=None, use_beta_sigmoid_in_kernel=False,
+                    allow_neg_eigval=False):
+    """fla 0.6.0's in-kernel activations as torch expressions before the scan (fp32, differentiable): with
+    use_gate_in_kernel, g is the raw gate and becomes -exp(A_log) softplus(g + dt_bias); with
+    use_beta_sigmoid_in_kernel, beta is a logit and becomes sigmoid(beta) (2 sigmoid(beta) with allow_neg_eigval)."""
+    if allow_neg_eigval and not use_beta_sigmoid_in_kernel:
+        raise ValueError("`allow_neg_eigval=True` requires `use_beta_sigmoid_in_kernel=True`.")
+    if use_gate_in_kernel:
+        if A_log is None:
+            raise ValueError("`A_log` must be provided when `use_gate_in_kernel=True`.")
+        if g is None:
+            raise ValueError("`g` (raw pre-activation) must be provided when `use_gate_in_kernel=True`.")
+        x = g.float() if dt_bias is None else g.float() + dt_bias.float()
+        g = -A_log.float().exp() * torch.nn.functional.softplus(x)
+    if use_beta_sigmoid_in_kernel:
+        beta = torch.sigmoid(beta.float()) * (2.0 if allow_neg_eigval else 1.0)
+    return g, beta
+
+
+def check_unsupported(**named) -> None:
+    """fla arguments mom_ops takes only at their defaults (None / False): an error naming the others."""
+    for name, value in named.items():
+        if value is not None and value is not False:
+            raise NotImplementedError(f"mom_ops does not support `{name}` (fla's); pass it as None / False")
+
+
 def chunk_gated_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -65,8 +90,13 @@ def chunk_gated_delta_rule(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     use_qk_l2norm_in_kernel: bool = False,
+    use_beta_sigmoid_in_kernel: bool = False,
+    allow_neg_eigval: bool = False,
+    state_v_first: bool = False,
     cu_seqlens: torch.Tensor | None = None,
+    cu_seqlens_cpu: torch.Tensor | None = None,
     chunk_indices: torch.Tensor | None = None,
+    cp_context=None,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gated delta rule over [B, T] (or varlen with cu_seqlens), chunked form.
@@ -74,12 +104,21 @@ def chunk_gated_delta_rule(
     q, k: [B, T, H, K]; v: [B, T, HV, V] (HV a multiple of H: grouped value heads); g: [B, T, HV] per-step log
     decay (<= 0); beta: [B, T, HV]; initial_state: fp32 [N, HV, K, V] ([N, HV, V, K] with state_v_first=True);
     cu_seqlens: [N+1] (then B == 1); rows past cu_seqlens[-1] belong to no sequence: their o and gradients are 0
-    (MoM's packed stream ends in such rows). chunk_indices: accepted for fla's signature; the kernels derive the
-    chunks from cu_seqlens and do not read it. scale defaults to K ** -0.5.
+    (MoM's packed stream ends in such rows). chunk_indices, cu_seqlens_cpu, chunk_size (16 / 32 / 64): accepted for
+    fla's signature; the kernels derive the chunks from cu_seqlens on the device, in chunks of 64. scale defaults to
+    K ** -0.5. fla 0.6.0's signature, in its order: use_beta_sigmoid_in_kernel / allow_neg_eigval and, as keywords,
+    use_gate_in_kernel / A_log / dt_bias apply fla's activations to beta and g first (fla_activations); cp_context
+    (context parallelism) is not supported. Unknown keywords are an error (fla ignores them).
     Returns o [B, T, HV, V] in q's dtype and the fp32 final state (None unless output_final_state).
-    Differentiable w.r.t. q, k, v, g, beta and initial_state.
+    Differentiable w.r.t. q, k, v, g, beta and initial_state (a 16-bit initial_state is used in fp32, as fla does).
     """
-    state_v_first = check_scan_args(q, k, v, initial_state, cu_seqlens, kwargs, allow_chunk_size=True)
+    check_unsupported(cp_context=cp_context)
+    gate = {name: kwargs.pop(name) for name in ("use_gate_in_kernel", "A_log", "dt_bias") if name in kwargs}
+    state_v_first = check_scan_args(q, k, v, initial_state, cu_seqlens, state_v_first, kwargs, allow_chunk_size=True)
+    g, beta = fla_activations(g, beta, **gate, use_beta_sigmoid_in_kernel=use_beta_sigmoid_in_kernel,
+                              allow_neg_eigval=allow_neg_eigval)
+    if initial_state is not None and initial_state.dtype in (torch.float16, torch.bfloat16):
+        initial_state = initial_state.float()
     if scale is None:
         scale = k.shape[-1] ** -0.5
     args = (q, k, v, g, beta, float(scale), initial_state, output_final_state, use_qk_l2norm_in_kernel,

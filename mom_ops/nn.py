@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -248,16 +249,17 @@ class MoMAttention(nn.Module):
         return table[(pair // k) * M + plan.memory_ids.reshape(-1).long().clamp_min(0)[pair]]  # [R, C]
 
     def _memory(self, q, proj, cu_seqlens, cache: MoMCache | None = None, rows: slice | None = None,
-                q_plan: RoutingPlan | None = None):
+                q_plan: RoutingPlan | None = None, copy_cache_rows: bool = False):
         """Conv, gates and the scan of one packed stream: q [R, H*K] (or q_plan's [N, H*K] token rows, read through
         it) and proj [R, H*K + H*V + 2H] (k | v | b | a) -> o [R, H, V]. k, v, g and beta come from proj's columns in
         place (scan_inputs: the convs and gdn_gating in one node, one gradient for proj, no copy or concatenation in
         the backward). With a cache, the segments start from cache rows `rows` (states and conv histories), which are
-        then replaced by the segments' final states and histories."""
+        then replaced by the segments' final states and histories (copied first where autograd records the call,
+        copy_cache_rows: it saves them for the backward)."""
         H, W, K, V = self.num_heads, self.conv_size, self.head_dim, self.head_v_dim
         hist = (None, None, None) if cache is None else (cache.conv_q[rows], cache.conv_k[rows], cache.conv_v[rows])
         h0 = None if cache is None else cache.states[rows]
-        if cache is not None and torch.is_grad_enabled():
+        if cache is not None and copy_cache_rows:
             # autograd saves the starting states and histories for the backward, and their cache rows are
             # overwritten below: copies, so that a backward through a prefill from a cache sees the old values
             hist, h0 = tuple(t.clone() for t in hist), h0.clone()
@@ -360,15 +362,20 @@ class MoMAttention(nn.Module):
             cache.check_fits(self, B, x.device)
         if use_cache and cache is None:
             cache = MoMCache.empty(self, B, x.device, x.dtype)
-        if (cache is not None and x.shape[1] == 1 and attention_mask is None and cu_seqlens is None
-                and not self._needs_graph(x)):
-            out, aux_loss = self._decode_step(x, cache)
-            return (out, aux_loss, cache) if use_cache else (out, aux_loss)
+        needs_graph = cache is not None and self._needs_graph(x)
+        if cache is not None and x.shape[1] == 1 and attention_mask is None and cu_seqlens is None:
+            if not needs_graph:
+                out, aux_loss = self._decode_step(x, cache)
+                return (out, aux_loss, cache) if use_cache else (out, aux_loss)
+            if not x.requires_grad:
+                warnings.warn("MoMAttention: a one-token call with a cache while autograd records runs as a one-token "
+                              "prefill with gradients, not the one-launch decode step: decode under torch.no_grad() "
+                              "or torch.inference_mode()", stacklevel=2)  # (shown once per call site)
 
         xf = x.reshape(-1, self.hidden_size)  # [N, D]
         mask = None if attention_mask is None else attention_mask.reshape(-1).bool()
         if mask is not None:  # padding may hold anything (NaN): zeros, so that its output is 0 and adds no gradient
-            xf = xf.masked_fill(~mask[:, None], 0)
+            xf = torch.where(mask[:, None], xf, 0)
         H = self.num_heads
         q_tok, gate, logits, x_stream = self._project_tokens(xf)
         plan = mom_ops.route(logits, self.topk, batch_size=B, cu_seqlens=cu_seqlens, mask=mask)
@@ -378,7 +385,8 @@ class MoMAttention(nn.Module):
         fuse_q = FUSE_Q_PERMUTE and cache is None  # (the cache's conv tail reads the permuted q)
         q_in = q_tok if fuse_q else mom_ops.permute(q_tok, stream)
         o_stream = self._memory(q_in, self._project_stream(x_stream, stream), stream.cu_seqlens, cache,
-                                slice(0, stream.num_memories * B), q_plan=stream if fuse_q else None)
+                                slice(0, stream.num_memories * B), q_plan=stream if fuse_q else None,
+                                copy_cache_rows=needs_graph)
         weights = plan.weights
         if self.shared_memory:  # the stream's pair 0 is the shared memory, with weight 1
             weights = torch.cat([torch.ones_like(weights[:, :1]), weights], 1)

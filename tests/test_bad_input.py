@@ -100,7 +100,7 @@ def test_scan_rejects_zero_heads_or_head_dim():
                                        beta)
     with pytest.raises(ValueError, match="H >= 1 heads of dim K >= 1"):
         mom_ops.fused_recurrent_gated_delta_rule(torch.randn(1, 5, 0, 4), torch.randn(1, 5, 0, 4),
-                                                 torch.randn(1, 5, 2, 4), g, beta)
+                                                 torch.randn(1, 5, 2, 4), g, beta=beta)
 
 
 def test_scalar_states_and_weights_name_their_argument():
@@ -125,7 +125,7 @@ def test_scalar_states_and_weights_name_their_argument():
 def test_inference_ops_refuse_gradients():
     q, k, v = (torch.randn(1, 3, 1, 4, requires_grad=True) for _ in range(3))
     g, beta = torch.zeros(1, 3, 1), torch.full((1, 3, 1), 0.5)
-    o, _ = mom_ops.fused_recurrent_gated_delta_rule(q, k, v, g, beta)
+    o, _ = mom_ops.fused_recurrent_gated_delta_rule(q, k, v, g, beta=beta)
     with pytest.raises(RuntimeError, match="no backward"):
         o.sum().backward()
     pool = torch.zeros(2, 1, 4, 4, requires_grad=True)
@@ -212,11 +212,14 @@ def test_layer_ignores_what_padding_holds():
 # ---- autograd: no double backward through the ops' backward kernels
 
 
-def _double_backward(fn, *inputs):
-    """grad of (grad of sum(fn(inputs)^2))^2, through create_graph."""
+def _double_backward(fn, *inputs, linear=False):
+    """grad of (grad of a loss of fn(inputs))^2, through create_graph; the loss sum(out^2), or with linear
+    sum(out * c), whose incoming gradient c carries no graph (the second derivative then runs through the saved
+    tensors alone)."""
     out = fn(*inputs)
     out = out[0] if isinstance(out, tuple) else out
-    grads = torch.autograd.grad((out.float() ** 2).sum(), inputs, create_graph=True)
+    loss = (out.float() * torch.randn(out.shape, dtype=torch.float64)).sum() if linear else (out.float() ** 2).sum()
+    grads = torch.autograd.grad(loss, inputs, create_graph=True)
     return torch.autograd.grad(sum((g ** 2).sum() for g in grads), inputs)
 
 
@@ -241,7 +244,8 @@ def test_double_backward_is_an_error_not_a_wrong_value():
                        torch.randn(12, 1, 3, dtype=d)),
     }
     for fn, inp in cases.values():
-        with pytest.raises(RuntimeError, match="double backward .* is not supported"):
-            _double_backward(fn, inp.clone().requires_grad_(True))
+        for linear in (False, True):
+            with pytest.raises(RuntimeError, match="double backward .* is not supported"):
+                _double_backward(fn, inp.clone().requires_grad_(True), linear=linear)
     y = torch.randn(6, 3, dtype=d, requires_grad=True)
     assert torch.autograd.gradgradcheck(lambda t: mom_ops.permute(t, plan), (y,))

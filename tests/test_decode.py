@@ -140,6 +140,50 @@ def test_gpu_fused_recurrent_matches_recurrence(state_v_first, K, V, tile, monke
 
 
 @pytest.mark.gpu
+def test_gpu_decode_layouts_off_16_bytes():
+    """A state at a storage offset off 16 bytes (read with float4 loads): the recurrent scan's initial_state is
+    copied (it crashed with a misaligned address), a decode pool (updated in place) is a clear error."""
+    need_kernel("mom_decode_step", "cuda")
+    from tests.helpers import cu_from_lengths
+
+    lengths = [3, 9]
+    inp = {k: t.cuda() for k, t in gdn_inputs(1, 12, 2, 64, 64, HV=2, dtype=torch.bfloat16, h0=True, n_seqs=2).items()}
+    h0 = inp.pop("initial_state")
+    shifted = torch.empty(h0.numel() + 1, device="cuda")[1:].view(h0.shape)  # 4 bytes past a 16-byte boundary
+    shifted.copy_(h0)
+    kw = dict(cu_seqlens=cu_from_lengths(lengths).cuda(), output_final_state=True, use_qk_l2norm_in_kernel=True)
+    o, ht = mom_ops.fused_recurrent_gated_delta_rule(**inp, initial_state=shifted, **kw)
+    o_ref, ht_ref = mom_ops.fused_recurrent_gated_delta_rule(**inp, initial_state=h0, **kw)
+    assert torch.equal(o, o_ref) and torch.equal(ht, ht_ref)
+    step = {key: t.cuda() for key, t in _step_inputs(K=64, V=64).items()}
+    pool = step.pop("state_pool")
+    off = torch.empty(pool.numel() + 1, device="cuda")[1:].view(pool.shape)
+    with torch.no_grad(), pytest.raises(ValueError, match="state_pool must start on a 16-byte boundary"):
+        mom_ops.mom_decode_step(**step, state_pool=off)
+
+
+@pytest.mark.gpu
+def test_gpu_decode_step_of_more_tokens_than_a_grid_holds():
+    """70000 tokens in one step: launches of at most 65535 tokens (grid.z; one launch failed with "invalid
+    configuration argument")."""
+    need_kernel("mom_decode_step", "cuda")
+    N, K = 70000, 64
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(N, *shape, device="cuda").bfloat16() for shape in ((1, K), (1, 1, K), (1, 1, K)))
+    g, beta = -torch.rand(N, 1, 1, device="cuda"), torch.rand(N, 1, 1, device="cuda")
+    weights, slots = torch.rand(N, 1, device="cuda"), torch.arange(N, dtype=torch.int32, device="cuda").view(N, 1)
+    pool = torch.zeros(N, 1, K, K, device="cuda")
+    pool[-5:] = torch.randn(5, 1, K, K, device="cuda")  # the last tokens' states: past the first launch
+    pool_ref = pool[-5:].cpu().clone()
+    with torch.no_grad():
+        out = mom_ops.mom_decode_step(q, k, v, g, beta, weights, slots, pool, use_qk_l2norm_in_kernel=True)
+    last = lambda t: t[-5:].float().cpu()  # noqa: E731
+    out_ref = mom_decode_step_ref(last(q), last(k), last(v), last(g), last(beta), last(weights),
+                                  torch.arange(5, dtype=torch.int32)[:, None], pool_ref, use_qk_l2norm_in_kernel=True)
+    assert rel_rms(out[-5:], out_ref) < 5e-3 and rel_rms(pool[-5:], pool_ref) < 1e-5
+
+
+@pytest.mark.gpu
 def test_gpu_decode_steps_equal_the_scan_and_replay_in_a_graph():
     """Step 3 memories + a shared one through 40 tokens with routing that changes every step (top-2 of 3), inside
     a CUDA graph replayed with new inputs and slots; each memory must equal the scan over its tokens."""

@@ -57,18 +57,23 @@ def test_gdn_gating_strided_parameters(device):
     if device != "triton":
         need_kernel("gdn_gating_fwd", device)
     a, b, A_log, dt_bias = _inputs(50, 6, torch.float32, run_on, wide=1)
-    stacked = torch.stack([A_log, dt_bias], 1)  # [H, 2]: each column a view with stride 2
     dg, dbeta = torch.randn(50, 6, device=run_on), torch.randn(50, 6, device=run_on)
     results = []
-    for params in ((stacked[:, 0], stacked[:, 1]), (A_log, dt_bias)):
+    for strided in (True, False):
+        # the parameters as the columns of one [H, 2] leaf (views with stride 2), or as leaves of their own
+        stacked = torch.stack([A_log, dt_bias], 1).requires_grad_(device != "triton")
+        own = [t.detach().clone().requires_grad_(device != "triton") for t in (A_log, dt_bias)]
+        params = (stacked[:, 0], stacked[:, 1]) if strided else tuple(own)
+        assert params[0].stride() == ((2,) if strided else (1,))
         if device == "triton":
             g, beta = tg.gdn_gating(a, b, *params)
-            grads = tg.gdn_gating_backward(dg, dbeta, a, b, *params)
+            grads = list(tg.gdn_gating_backward(dg, dbeta, a, b, *params))
         else:
-            leaves = [t.detach().clone().requires_grad_(True) for t in (a, b, *params)]
-            g, beta = mom_ops.gdn_gating(*leaves)
+            ab = [t.detach().clone().requires_grad_(True) for t in (a, b)]
+            g, beta = mom_ops.gdn_gating(*ab, *params)
             torch.autograd.backward([g, beta], [dg, dbeta])
-            grads = [t.grad for t in leaves]
+            grads = [ab[0].grad, ab[1].grad] + ([stacked.grad[:, 0], stacked.grad[:, 1]] if strided
+                                                else [own[0].grad, own[1].grad])
         results.append([g, beta, *grads])
     for got, want in zip(*results):
         torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -123,11 +123,15 @@ def _bad(**override):
         (dict(g=torch.randn(1, 8, 3)), ValueError, "g must have shape"),
         (dict(beta=torch.rand(1, 7, 2)), ValueError, "beta must have shape"),
         (dict(v=torch.randn(1, 8, 2, 4, dtype=torch.float16)), ValueError, "v must have the dtype of q"),
-        (dict(initial_state=torch.zeros(1, 2, 4, 4, dtype=torch.float16)), ValueError, "initial_state must be float32"),
+        (dict(initial_state=torch.zeros(1, 2, 4, 4, dtype=torch.int32)), ValueError, "initial_state must be float32"),
         (dict(initial_state=torch.zeros(1, 2, 4, 5)), ValueError, "initial_state must have shape"),
         (dict(q=torch.randint(0, 2, (1, 8, 2, 4))), ValueError, "q must be a floating-point"),
         (dict(head_first=False), DeprecationWarning, "head_first has been removed"),
-        (dict(chunk_size=32), ValueError, "chunk_size"),
+        (dict(chunk_size=48), ValueError, "`chunk_size` must be 16, 32, or 64"),
+        (dict(cp_context=object()), NotImplementedError, "does not support `cp_context`"),
+        (dict(allow_neg_eigval=True), ValueError, "requires `use_beta_sigmoid_in_kernel=True`"),
+        (dict(use_gate_in_kernel=True), ValueError, "`A_log` must be provided"),
+        (dict(gk=None), TypeError, r"unexpected keyword arguments: \['gk'\]"),
     ],
 )
 def test_bad_input(override, error, match):
@@ -235,3 +239,57 @@ def test_gpu_forward_more_than_65535_ctas():
     o_ref = torch.cat([p[0] for p in parts], 1)
     ht_ref = torch.cat([p[1] for p in parts], 0)
     assert rel_rms(o, o_ref) < 5e-3 and rel_rms(ht, ht_ref) < 5e-3
+
+
+# ---- fla 0.6.0's signatures and options
+
+
+FLA_CHUNK_PARAMS = ["q", "k", "v", "g", "beta", "scale", "initial_state", "output_final_state",
+                    "use_qk_l2norm_in_kernel", "use_beta_sigmoid_in_kernel", "allow_neg_eigval", "state_v_first",
+                    "cu_seqlens", "cu_seqlens_cpu", "chunk_indices", "cp_context", "kwargs"]
+FLA_RECURRENT_PARAMS = ["q", "k", "v", "g", "gk", "gv", "beta", "scale", "initial_state", "output_final_state",
+                        "use_qk_l2norm_in_kernel", "use_gate_in_kernel", "A_log", "dt_bias",
+                        "use_beta_sigmoid_in_kernel", "allow_neg_eigval", "state_v_first", "cu_seqlens", "kwargs"]
+
+
+def test_signatures_are_fla_060s():
+    """The parameters in fla 0.6.0's order (fla/ops/gated_delta_rule/chunk.py and fused_recurrent.py), so that
+    positional calls mean the same."""
+    import inspect
+
+    assert list(inspect.signature(mom_ops.chunk_gated_delta_rule).parameters) == FLA_CHUNK_PARAMS
+    assert list(inspect.signature(mom_ops.fused_recurrent_gated_delta_rule).parameters) == FLA_RECURRENT_PARAMS
+
+
+@pytest.mark.parametrize("fn", ["chunk", "recurrent"])
+def test_fla_options_are_their_expressions(fn):
+    """use_gate_in_kernel (A_log, dt_bias), use_beta_sigmoid_in_kernel, allow_neg_eigval, chunk_size, a 16-bit
+    initial_state: the same as passing the activated g / beta (and an fp32 state) in the first place."""
+    scan = mom_ops.chunk_gated_delta_rule if fn == "chunk" else mom_ops.fused_recurrent_gated_delta_rule
+    inp = gdn_inputs(1, 20, 2, 8, 8, h0=True)
+    raw_g, raw_beta = torch.randn(1, 20, 2), torch.randn(1, 20, 2)
+    A_log, dt_bias = torch.rand(2), torch.randn(2)
+    g = -A_log.exp() * torch.nn.functional.softplus(raw_g + dt_bias)
+    h0 = inp["initial_state"].half()
+    base = dict(q=inp["q"], k=inp["k"], v=inp["v"], output_final_state=True)
+    extra = {"chunk_size": 32} if fn == "chunk" else {}
+    got = scan(**base, g=raw_g, beta=raw_beta, initial_state=h0, use_gate_in_kernel=True, A_log=A_log,
+               dt_bias=dt_bias, use_beta_sigmoid_in_kernel=True, allow_neg_eigval=True, **extra)
+    want = scan(**base, g=g, beta=2 * torch.sigmoid(raw_beta), initial_state=h0.float())
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
+def test_fused_recurrent_defaults_and_unsupported():
+    """fla's fused_recurrent: g None is no decay, beta None is 1, beta in its 7th place; gk / gv are refused."""
+    inp = gdn_inputs(1, 12, 2, 8, 8)
+    q, k, v = inp["q"], inp["k"], inp["v"]
+    zeros, ones = torch.zeros(1, 12, 2), torch.ones(1, 12, 2)
+    got = mom_ops.fused_recurrent_gated_delta_rule(q, k, v, None, None, None, None)
+    want = mom_ops.fused_recurrent_gated_delta_rule(q, k, v, zeros, beta=ones)
+    torch.testing.assert_close(got[0], want[0])
+    positional = mom_ops.fused_recurrent_gated_delta_rule(q, k, v, inp["g"], None, None, inp["beta"])
+    torch.testing.assert_close(positional[0], mom_ops.fused_recurrent_gated_delta_rule(q, k, v, inp["g"],
+                                                                                       beta=inp["beta"])[0])
+    with pytest.raises(NotImplementedError, match="`gk`"):
+        mom_ops.fused_recurrent_gated_delta_rule(q, k, v, gk=torch.zeros(1, 12, 2, 8), beta=inp["beta"])

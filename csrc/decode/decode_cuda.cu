@@ -61,6 +61,10 @@ at::Tensor mom_decode_step_cuda(const at::Tensor& q, const at::Tensor& k, const 
         "mom_decode_step", q.device(), q, k, v, g, beta, weights, slots, state_pool, scale, use_qk_l2norm,
         state_v_first);
   }
+  // The pool is read and written in place as float4: a view starting off a 16-byte boundary cannot be copied
+  TORCH_CHECK_VALUE(reinterpret_cast<uintptr_t>(state_pool.data_ptr()) % 16 == 0,
+                    "state_pool must start on a 16-byte boundary on CUDA (it is updated in place with 16-byte "
+                    "accesses), got a view at storage offset ", state_pool.storage_offset());
   c10::cuda::CUDAGuard guard(q.device());
   const at::Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
   const at::Tensor gf = g.to(at::kFloat).contiguous(), bf = beta.to(at::kFloat).contiguous();
@@ -89,11 +93,14 @@ at::Tensor mom_decode_step_cuda(const at::Tensor& q, const at::Tensor& k, const 
   p.l2norm = use_qk_l2norm;
   p.q_per_slot = d.q_per_slot;
   const int tile = decode_tile_width(d.dim_k, d.dim_v);
-  const dim3 grid(unsigned(d.dim_v / tile), unsigned(d.heads_v), unsigned(d.tokens));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  dispatch_recurrent(qc, d.dim_k, tile, state_v_first, [&]<typename T, int kK, int kBV, bool kVFirst>() {
-    mom_decode_step_kernel<T, kK, kBV, kVFirst><<<grid, kDecodeThreads, 0, stream>>>(p);
-  });
+  constexpr int64_t kMaxGridZ = 65535;
+  for (p.token0 = 0; p.token0 < d.tokens; p.token0 += kMaxGridZ) {  // (one launch below 65536 tokens)
+    const dim3 grid(unsigned(d.dim_v / tile), unsigned(d.heads_v), unsigned(std::min(d.tokens - p.token0, kMaxGridZ)));
+    dispatch_recurrent(qc, d.dim_k, tile, state_v_first, [&]<typename T, int kK, int kBV, bool kVFirst>() {
+      mom_decode_step_kernel<T, kK, kBV, kVFirst><<<grid, kDecodeThreads, 0, stream>>>(p);
+    });
+  }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }

@@ -34,6 +34,7 @@ struct DecodeParams {
   float* pool;            // [P, HV, K, V] or [P, HV, V, K]
   void* out;              // [N, HV, V]
   int64_t num_tokens, pool_rows;
+  int64_t token0;         // the launch's first token (grid.z holds at most 65535: launches of that many)
   int num_slots, heads_qk, heads_v, dim_v;
   float scale;
   bool l2norm, q_per_slot;
@@ -185,12 +186,13 @@ __device__ __forceinline__ void store_tile(float* base, int row_stride,
         make_float4(S[i][0], S[i][1], S[i][2], S[i][3]);
 }
 
-// grid: (V / kBV, HV, N). CTA (vt, hv, n) steps the J pool states of token n for head hv, V-tile vt.
+// grid: (V / kBV, HV, tokens of this launch). CTA (vt, hv, z) steps the J pool states of token n = token0 + z for
+// head hv, V-tile vt.
 template <typename T, int kK, int kBV, bool kVFirst>
 __global__ void __launch_bounds__(kDecodeThreads) mom_decode_step_kernel(DecodeParams p) {
   __shared__ DecodeSmem<kK, kBV, kVFirst> s;
   const int vt = blockIdx.x, hv = blockIdx.y, tid = threadIdx.x;
-  const int64_t n = blockIdx.z;
+  const int64_t n = p.token0 + blockIdx.z;
   const int h = hv / (p.heads_v / p.heads_qk), v0 = vt * kBV;
   if (tid < kBV) s.o[tid] = 0.f;
   if (!p.q_per_slot)

@@ -30,7 +30,7 @@ inline ScanIO prepare_scan_io(const at::Tensor& q, const at::Tensor& k, const at
   io.v = contiguous_aligned16(v);
   io.g = g.to(at::kFloat).contiguous();
   io.beta = beta.to(at::kFloat).contiguous();
-  if (initial_state.has_value()) io.h0 = initial_state->contiguous();
+  if (initial_state.has_value()) io.h0 = contiguous_aligned16(*initial_state);  // (the recurrent kernel: float4)
   if (cu_seqlens.has_value()) io.cu = cu_seqlens->contiguous();
   // Rows past the last sequence end must read 0: the caller zeroes them (zero_rows_past_end_kernel).
   if (need_o) io.o = at::empty(v.sizes(), v.options());  // (the backward needs no o)
