@@ -353,7 +353,8 @@ def _decode_case(N, H, D):
             from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule as fn
 
             # N sequences of one token: [B=N, T=1, H, D]
-            return Bench(lambda: fn(q[:, None], k, v, g, beta, initial_state=pool, output_final_state=True,
+            # (beta by name: fla 0.6.0's fifth parameter is gk, which beta filled before, read out of its bounds)
+            return Bench(lambda: fn(q[:, None], k, v, g, beta=beta, initial_state=pool, output_final_state=True,
                                     use_qk_l2norm_in_kernel=True), state_bytes)
         return None
 

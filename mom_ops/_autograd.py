@@ -26,8 +26,9 @@ def below_autograd(op: Callable, *args):
 
 
 class _NoDoubleBackward(torch.autograd.Function):
-    """The identity on a backward's results, linked to the incoming gradients that carry a graph, whose own backward
-    raises: the error of a double backward through a backward computed by kernels without a derivative."""
+    """The identity on a backward's results, linked to what they depend on (the incoming gradients and saved tensors
+    that carry a graph), whose own backward raises: the error of a double backward through a backward computed by
+    kernels without a derivative."""
 
     @staticmethod
     def forward(ctx, where, num_links, *links_and_results):
@@ -41,16 +42,28 @@ class _NoDoubleBackward(torch.autograd.Function):
                            "kernels have no derivative of their own")
 
 
+class _SavedOnce:
+    """ctx with its saved tensors unpacked once, for the backward and the links both: saved-tensor hooks may allow a
+    single unpack (non-reentrant checkpointing raised at a second one) or copy per unpack (save_on_cpu)."""
+
+    def __init__(self, ctx):
+        self._ctx, self.saved_tensors = ctx, ctx.saved_tensors
+
+    def __getattr__(self, name):
+        return getattr(self._ctx, name)
+
+
 def once_differentiable(backward: Callable) -> Callable:
-    """backward, run without recording a graph; where its incoming gradients carry one (create_graph), its results
-    lead to an error instead. The ops' backward kernels (*_bwd) have no autograd, so a double backward through them got
-    zeros or made-up values from autograd's fallback. (torch's once_differentiable hangs the error on fresh leaves,
+    """backward, run without recording a graph; where its incoming gradients or saved tensors carry one (a backward
+    with create_graph), its results lead to an error instead. The ops' backward kernels (*_bwd) have no autograd, so a
+    double backward through them got zeros or made-up values from autograd's fallback. (torch's once_differentiable hangs the error on fresh leaves,
     which torch.autograd.grad with inputs never reaches: "not used in the graph", or None with allow_unused.)"""
 
     @functools.wraps(backward)
     def checked(ctx, *grads):
         if not torch.is_grad_enabled():  # the usual backward (no create_graph): as it is, no host time added
             return backward(ctx, *grads)
+        ctx = _SavedOnce(ctx)
         with torch.no_grad():
             results = backward(ctx, *grads)
         # what the results depend on: the incoming gradients and the saved tensors (with a linear loss the gradients

@@ -56,7 +56,8 @@ def check_scan_args(q, k, v, initial_state, cu_seqlens, state_v_first, kwargs, a
 
 def fla_activations(g, beta, use_gate_in_kernel=False, A_log=None, dt_bias=None, use_beta_sigmoid_in_kernel=False,
                     allow_neg_eigval=False):
-    """fla 0.6.0's in-kernel activations as torch expressions before the scan (fp32, differentiable): with
+    """fla 0.6.0's in-kernel activations as torch expressions before the scan (fp32, fp64 for fp64; differentiable):
+    with
     use_gate_in_kernel, g is the raw gate and becomes -exp(A_log) softplus(g + dt_bias); with
     use_beta_sigmoid_in_kernel, beta is a logit and becomes sigmoid(beta) (2 sigmoid(beta) with allow_neg_eigval)."""
     if allow_neg_eigval and not use_beta_sigmoid_in_kernel:
@@ -66,10 +67,12 @@ def fla_activations(g, beta, use_gate_in_kernel=False, A_log=None, dt_bias=None,
             raise ValueError("`A_log` must be provided when `use_gate_in_kernel=True`.")
         if g is None:
             raise ValueError("`g` (raw pre-activation) must be provided when `use_gate_in_kernel=True`.")
-        x = g.float() if dt_bias is None else g.float() + dt_bias.float()
-        g = -A_log.float().exp() * torch.nn.functional.softplus(x)
+        math = torch.promote_types(g.dtype, torch.float32)  # (fp64 stays fp64: gradcheck)
+        x = g.to(math) if dt_bias is None else g.to(math) + dt_bias.to(math)
+        g = -A_log.to(math).exp() * torch.nn.functional.softplus(x)
     if use_beta_sigmoid_in_kernel:
-        beta = torch.sigmoid(beta.float()) * (2.0 if allow_neg_eigval else 1.0)
+        math = torch.promote_types(beta.dtype, torch.float32)
+        beta = torch.sigmoid(beta.to(math)) * (2.0 if allow_neg_eigval else 1.0)
     return g, beta
 
 

@@ -370,7 +370,7 @@ class MoMAttention(nn.Module):
             if not x.requires_grad:
                 warnings.warn("MoMAttention: a one-token call with a cache while autograd records runs as a one-token "
                               "prefill with gradients, not the one-launch decode step: decode under torch.no_grad() "
-                              "or torch.inference_mode()", stacklevel=2)  # (shown once per call site)
+                              "or torch.inference_mode()", stacklevel=2)  # (Python shows it once)
 
         xf = x.reshape(-1, self.hidden_size)  # [N, D]
         mask = None if attention_mask is None else attention_mask.reshape(-1).bool()

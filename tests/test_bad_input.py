@@ -249,3 +249,16 @@ def test_double_backward_is_an_error_not_a_wrong_value():
                 _double_backward(fn, inp.clone().requires_grad_(True), linear=linear)
     y = torch.randn(6, 3, dtype=d, requires_grad=True)
     assert torch.autograd.gradgradcheck(lambda t: mom_ops.permute(t, plan), (y,))
+
+
+def test_checkpointed_scan_with_create_graph():
+    """A first derivative with create_graph through non-reentrant checkpointing (saved-tensor hooks that allow one
+    unpack): the double-backward guard unpacks the saved tensors once."""
+    x = torch.randn(1, 6, 1, 3, dtype=torch.float64)
+    g, beta = -torch.rand(1, 6, 1, dtype=torch.float64), torch.rand(1, 6, 1, dtype=torch.float64)
+    q = x.clone().requires_grad_(True)
+    scan = lambda q_: mom_ops.chunk_gated_delta_rule(q_, x, x, g, beta)[0]  # noqa: E731
+    o = torch.utils.checkpoint.checkpoint(scan, q, use_reentrant=False)
+    (dq,) = torch.autograd.grad((o * x).sum(), q, create_graph=True)
+    (want,) = torch.autograd.grad((scan(q) * x).sum(), q)
+    torch.testing.assert_close(dq.detach(), want)

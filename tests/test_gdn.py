@@ -293,3 +293,15 @@ def test_fused_recurrent_defaults_and_unsupported():
                                                                                        beta=inp["beta"])[0])
     with pytest.raises(NotImplementedError, match="`gk`"):
         mom_ops.fused_recurrent_gated_delta_rule(q, k, v, gk=torch.zeros(1, 12, 2, 8), beta=inp["beta"])
+
+
+def test_fla_activations_gradcheck():
+    """The activations in fp64 for fp64 inputs: gradients w.r.t. the raw gate, beta logits, A_log and dt_bias."""
+    from mom_ops.gdn import fla_activations
+
+    d = torch.float64
+    args = tuple(t.requires_grad_(True) for t in (torch.randn(1, 5, 2, dtype=d), torch.randn(1, 5, 2, dtype=d),
+                                                    torch.rand(2, dtype=d), torch.randn(2, dtype=d)))
+    fn = lambda g, b, A, dt: fla_activations(g, b, True, A, dt, True, True)  # noqa: E731
+    assert all(t.dtype == d for t in fn(*args))
+    assert torch.autograd.gradcheck(fn, args)

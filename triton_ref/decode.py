@@ -113,7 +113,8 @@ def _recurrent_kernel(q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, h0_ptr, ht_ptr, o_pt
 
 def fused_recurrent_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
                                      use_qk_l2norm_in_kernel=False, state_v_first=False, cu_seqlens=None):
-    """Same contract as mom_ops.fused_recurrent_gated_delta_rule (forward only)."""
+    """mom_ops.fused_recurrent_gated_delta_rule's computation (forward only), in this module's own argument order
+    (q, k, v, g, beta, scale, ...: not fla's, whose fifth parameter is gk)."""
     B, T, H, K = q.shape
     HV, V = v.shape[2], v.shape[3]
     N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
