@@ -282,6 +282,13 @@ def test_triton_permute_unpermute():
     assert torch.equal(y.cpu(), permute_ref(x.cpu(), plan.src_pair.cpu(), 2))
     back = tr.unpermute(y, plan, plan.weights)
     assert rel_rms(back, unpermute_ref(y.cpu(), plan.dst_row.cpu(), plan.weights.cpu())) < 1e-6
+    # no tokens (a [B, 0, D] layer input on the fallbacks: the reshape once failed to infer the width of 0 rows)
+    empty = mom_ops.route(torch.randn(0, 4), 2, batch_size=1)
+    empty = type(empty)(*(getattr(empty, f).to(device) for f in
+                          ("weights", "memory_ids", "dst_row", "src_pair", "cu_seqlens", "chunk_indices")),
+                        empty.num_memories, empty.batch_size)
+    assert tr.permute(torch.randn(0, 3, 5, device=device), empty).shape == (0, 3, 5)
+    assert tr.unpermute(torch.randn(0, 3, 5, device=device), empty, empty.weights).shape == (0, 3, 5)
 
 
 # ---- GPU only: large shapes, no host sync, CUDA graphs ----

@@ -39,7 +39,7 @@ def _step(S, q, k, v, g, beta):
 def _decode_kernel(q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, w_ptr, slots_ptr, pool_ptr, out_ptr, P, J, H, HV, K, V,
                    scale, BK: tl.constexpr, BV: tl.constexpr, L2NORM: tl.constexpr, V_FIRST: tl.constexpr,
                    Q_PER_SLOT: tl.constexpr):
-    vb, hv, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    vb, hv, n = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)  # (64-bit offsets below)
     h = hv // (HV // H)
     rk = tl.arange(0, BK)
     cv = vb * BV + tl.arange(0, BV)

@@ -4,6 +4,8 @@ Runs under TRITON_INTERPRET=1 on the CPU (fp32/fp16 only there: bf16 is wrong in
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -100,7 +102,7 @@ def _permute_kernel(x_ptr, src_pair_ptr, y_ptr, R, D, K: tl.constexpr, BLOCK_R: 
 
 
 def permute(x: torch.Tensor, plan: RoutingPlan) -> torch.Tensor:
-    x2 = x.reshape(x.shape[0], -1).contiguous()
+    x2 = x.reshape(x.shape[0], math.prod(x.shape[1:])).contiguous()  # (-1 cannot be inferred for 0 rows)
     R, D = plan.num_rows, x2.shape[1]
     y = torch.empty(R, D, device=x.device, dtype=x.dtype)
     grid = (triton.cdiv(max(R, 1), 16), triton.cdiv(D, 256))
@@ -125,7 +127,7 @@ def _unpermute_kernel(y_ptr, dst_row_ptr, w_ptr, x_ptr, N, D, K: tl.constexpr, H
 
 
 def unpermute(y: torch.Tensor, plan: RoutingPlan, weights: torch.Tensor | None = None) -> torch.Tensor:
-    y2 = y.reshape(y.shape[0], -1).contiguous()
+    y2 = y.reshape(y.shape[0], math.prod(y.shape[1:])).contiguous()
     N, D = plan.num_tokens, y2.shape[1]
     x = torch.empty(N, D, device=y.device, dtype=y.dtype)
     grid = (triton.cdiv(max(N, 1), 16), triton.cdiv(D, 256))

@@ -1,5 +1,6 @@
 // common/other_gpus.h: whether the kernels run on a device, and the Triton fallback (or the error) where they don't.
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/util/Exception.h>
 #include <cuda_runtime.h>
@@ -31,8 +32,13 @@ bool probe(c10::DeviceIndex index) {
   c10::cuda::CUDAGuard guard(index);
   cudaFuncAttributes attributes;
   const cudaError_t err = cudaFuncGetAttributes(&attributes, kernel_image_probe);
-  if (err != cudaSuccess) (void)cudaGetLastError();  // (no image: cudaErrorInvalidDeviceFunction; not sticky)
-  return err == cudaSuccess;
+  if (err == cudaSuccess) return true;
+  (void)cudaGetLastError();
+  // No image for this device: the fallbacks. Anything else (a driver too old, a lost device) is the real error, not
+  // a reason to fall back silently for the rest of the process.
+  if (err == cudaErrorInvalidDeviceFunction || err == cudaErrorNoKernelImageForDevice) return false;
+  C10_CUDA_CHECK(err);
+  return false;
 }
 
 }  // namespace
