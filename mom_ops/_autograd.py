@@ -56,8 +56,9 @@ class _SavedOnce:
 def once_differentiable(backward: Callable) -> Callable:
     """backward, run without recording a graph; where its incoming gradients or saved tensors carry one (a backward
     with create_graph), its results lead to an error instead. The ops' backward kernels (*_bwd) have no autograd, so a
-    double backward through them got zeros or made-up values from autograd's fallback. (torch's once_differentiable hangs the error on fresh leaves,
-    which torch.autograd.grad with inputs never reaches: "not used in the graph", or None with allow_unused.)"""
+    double backward through them got zeros or made-up values from autograd's fallback. (torch's once_differentiable
+    hangs the error on fresh leaves, which torch.autograd.grad with inputs never reaches: "not used in the graph", or
+    None with allow_unused.)"""
 
     @functools.wraps(backward)
     def checked(ctx, *grads):

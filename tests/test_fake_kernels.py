@@ -59,8 +59,9 @@ def _calls(dtype, transposed):
         ("segment_conv_bwd_into", ops.segment_conv_bwd_into, (t(10, 6), xc, w, cu_c, hist, True,
                                                               torch.empty(10, 6, dtype=dtype))),
         ("gdn_gating_fwd", ops.gdn_gating_fwd, (a, b, A_log, dt_bias)),
-        ("gdn_gating_bwd", ops.gdn_gating_bwd, (torch.randn(7, 3, dtype=gate_grad_dtype), torch.randn(7, 3, dtype=dtype), a, b, A_log,
-                                                dt_bias, torch.empty(7, 3, dtype=dtype), torch.empty(7, 3, dtype=dtype))),
+        ("gdn_gating_bwd", ops.gdn_gating_bwd, (torch.randn(7, 3, dtype=gate_grad_dtype), torch.randn(7, 3, dtype=dtype),
+                                                a, b, A_log, dt_bias, torch.empty(7, 3, dtype=dtype),
+                                                torch.empty(7, 3, dtype=dtype))),
     ]
 
 

@@ -89,7 +89,8 @@ def gdn_gating_backward(grad_g: torch.Tensor, grad_beta: torch.Tensor, a: torch.
     part = torch.zeros(programs, 2, H, device=a.device, dtype=torch.float32)
     if R > 0 and H > 0:
         grid = (programs, triton.cdiv(H, BLOCK_H))
-        _bwd_kernel[grid](a, b, A_log.contiguous(), dt_bias.contiguous(), grad_g.contiguous(), grad_beta.contiguous(), grad_a, grad_b, part, R,
-                          H, _row_stride(a), _row_stride(b), THRESHOLD=SOFTPLUS_THRESHOLD, BR=BLOCK_R, BH=BLOCK_H)
+        _bwd_kernel[grid](a, b, A_log.contiguous(), dt_bias.contiguous(), grad_g.contiguous(), grad_beta.contiguous(),
+                          grad_a, grad_b, part, R, H, _row_stride(a), _row_stride(b), THRESHOLD=SOFTPLUS_THRESHOLD,
+                          BR=BLOCK_R, BH=BLOCK_H)
     sums = part.sum(0)
     return grad_a, grad_b, sums[0].to(A_log.dtype), sums[1].to(dt_bias.dtype)
