@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mom_ops.gdn import check_scan_args, check_unsupported, fla_activations
+from mom_ops.gdn import check_scan_args, check_unsupported, fla_activations, state_in_fp32
 
 
 def fused_recurrent_gated_delta_rule(
@@ -41,8 +41,7 @@ def fused_recurrent_gated_delta_rule(
                               allow_neg_eigval)
     if g is None:
         g = torch.zeros(v.shape[:3], dtype=torch.float32, device=v.device)
-    if initial_state is not None and initial_state.dtype in (torch.float16, torch.bfloat16):
-        initial_state = initial_state.float()
+    initial_state = state_in_fp32(initial_state)
     if scale is None:
         scale = k.shape[-1] ** -0.5
     o, final_state = torch.ops.mom_ops.fused_recurrent_gated_delta_rule_fwd(

@@ -57,8 +57,7 @@ def check_scan_args(q, k, v, initial_state, cu_seqlens, state_v_first, kwargs, a
 def fla_activations(g, beta, use_gate_in_kernel=False, A_log=None, dt_bias=None, use_beta_sigmoid_in_kernel=False,
                     allow_neg_eigval=False):
     """fla 0.6.0's in-kernel activations as torch expressions before the scan (fp32, fp64 for fp64; differentiable):
-    with
-    use_gate_in_kernel, g is the raw gate and becomes -exp(A_log) softplus(g + dt_bias); with
+    with use_gate_in_kernel, g is the raw gate and becomes -exp(A_log) softplus(g + dt_bias); with
     use_beta_sigmoid_in_kernel, beta is a logit and becomes sigmoid(beta) (2 sigmoid(beta) with allow_neg_eigval)."""
     if allow_neg_eigval and not use_beta_sigmoid_in_kernel:
         raise ValueError("`allow_neg_eigval=True` requires `use_beta_sigmoid_in_kernel=True`.")
@@ -74,6 +73,13 @@ def fla_activations(g, beta, use_gate_in_kernel=False, A_log=None, dt_bias=None,
         math = torch.promote_types(beta.dtype, torch.float32)
         beta = torch.sigmoid(beta.to(math)) * (2.0 if allow_neg_eigval else 1.0)
     return g, beta
+
+
+def state_in_fp32(initial_state: torch.Tensor | None) -> torch.Tensor | None:
+    """A 16-bit initial state as fp32, as fla casts it (differentiable); any other as it is (the ops check it)."""
+    if initial_state is not None and initial_state.dtype in (torch.float16, torch.bfloat16):
+        return initial_state.float()
+    return initial_state
 
 
 def check_unsupported(**named) -> None:
@@ -120,8 +126,7 @@ def chunk_gated_delta_rule(
     state_v_first = check_scan_args(q, k, v, initial_state, cu_seqlens, state_v_first, kwargs, allow_chunk_size=True)
     g, beta = fla_activations(g, beta, **gate, use_beta_sigmoid_in_kernel=use_beta_sigmoid_in_kernel,
                               allow_neg_eigval=allow_neg_eigval)
-    if initial_state is not None and initial_state.dtype in (torch.float16, torch.bfloat16):
-        initial_state = initial_state.float()
+    initial_state = state_in_fp32(initial_state)
     if scale is None:
         scale = k.shape[-1] ** -0.5
     args = (q, k, v, g, beta, float(scale), initial_state, output_final_state, use_qk_l2norm_in_kernel,

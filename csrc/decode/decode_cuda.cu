@@ -6,6 +6,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "common/aligned.h"
 #include "common/env_flag.h"
 #include "common/other_gpus.h"
 #include "common/static_switch.h"
@@ -62,7 +63,7 @@ at::Tensor mom_decode_step_cuda(const at::Tensor& q, const at::Tensor& k, const 
         state_v_first);
   }
   // The pool is read and written in place as float4: a view starting off a 16-byte boundary cannot be copied
-  TORCH_CHECK_VALUE(reinterpret_cast<uintptr_t>(state_pool.data_ptr()) % 16 == 0,
+  TORCH_CHECK_VALUE(aligned16(state_pool.data_ptr()),
                     "state_pool must start on a 16-byte boundary on CUDA (it is updated in place with 16-byte "
                     "accesses), got a view at storage offset ", state_pool.storage_offset());
   c10::cuda::CUDAGuard guard(q.device());

@@ -43,7 +43,7 @@ MixInputs prepare(const at::Tensor& o_routed, const at::Tensor& dst_row, const a
     const at::Tensor& z = *gate;
     const bool in_place = z.stride(2) == 1 && (z.size(1) == 1 || z.stride(1) == d.dim_v) &&
                           (z.size(0) == 1 || z.stride(0) % vec == 0) &&
-                          reinterpret_cast<uintptr_t>(z.data_ptr()) % 16 == 0;
+                          aligned16(z.data_ptr());
     in.gate = in_place ? z : contiguous_aligned16(z);
   }
   return in;

@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "common/aligned.h"
 #include "common/other_gpus.h"
 #include "common/static_switch.h"
 #include "common/strided_rows.h"
@@ -85,8 +86,7 @@ void launch_rows(const at::Tensor& data, int64_t rows, PermuteParams& p) {
   FLOAT_SWITCH(data.scalar_type(), elem_t, [&] {
     constexpr int kVec = 16 / sizeof(elem_t);
     const bool aligned = p.dim % kVec == 0 && p.in_row_stride % kVec == 0 &&
-                         reinterpret_cast<uintptr_t>(p.in) % 16 == 0 && reinterpret_cast<uintptr_t>(p.out) % 16 == 0 &&
-                         (p.other == nullptr || reinterpret_cast<uintptr_t>(p.other) % 16 == 0);
+                         aligned16(p.in) && aligned16(p.out) && (p.other == nullptr || aligned16(p.other));
     BOOL_SWITCH(aligned, kAligned, [&] {
       Launch<elem_t, kAligned ? kVec : 1>::run(blocks, kThreads, stream, p);
     });
