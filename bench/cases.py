@@ -142,6 +142,11 @@ def _conv_case(rows, channels, width, segments):
             if mode == "fwd":
                 return Bench(lambda: torch.ops.mom_ops.segment_conv_fwd(x, w, cu, None, True), moved, graph=True)
             return Bench(lambda: torch.ops.mom_ops.segment_conv_bwd(dy, x, w, cu, None, True), moved, graph=True)
+        if provider == "triton_ref" and (fwd := triton_ref_fn("conv", "segment_conv")) is not None:
+            if mode == "fwd":
+                return Bench(lambda: fwd(x, w, cu), moved, graph=True)
+            bwd = triton_ref_fn("conv", "segment_conv_backward")
+            return Bench(lambda: bwd(dy, x, w, cu), moved, graph=True)
         if provider == "naive":
             if mode == "fwd":
                 return Bench(lambda: segment_conv_torch(x, w, cu), moved)
@@ -214,9 +219,9 @@ def _gating_case(rows, heads, row_width):
                          moved, graph=True)
         if provider == "triton_ref" and (fn := triton_ref_fn("gating", "gdn_gating")) is not None:
             if mode == "fwd":
-                return Bench(lambda: fn(a, b, A_log, dt_bias), moved)
+                return Bench(lambda: fn(a, b, A_log, dt_bias), moved, graph=True)
             bwd = triton_ref_fn("gating", "gdn_gating_backward")
-            return Bench(lambda: bwd(dg, dbeta, a, b, A_log, dt_bias), moved)
+            return Bench(lambda: bwd(dg, dbeta, a, b, A_log, dt_bias), moved, graph=True)
         if provider == "naive":  # the torch expression the layer used before the op (autograd for bwd)
             def naive(a, b, A_log, dt_bias):
                 g = -A_log.float().exp() * F.softplus(a.float() + dt_bias.float())
@@ -274,7 +279,13 @@ def _memory_mix_case(tokens, heads, dim_v, topk, with_shared=True):
                     None if shared is None else shared.detach(), norm_w.detach(), gate.detach(), 1e-6)
             return Bench(lambda: torch.ops.mom_ops.memory_mix_bwd(*args), bwd_bytes, graph=True)
         if provider == "triton_ref" and (fn := triton_ref_fn("readout", "memory_mix")) is not None:
-            return runner(fn)
+            if mode == "fwd":  # replayed like mom_ops' (the same launch overhead on both sides: none)
+                return runner(fn, graph=True)
+            bwd = triton_ref_fn("readout", "memory_mix_backward")
+            dy = torch.randn(tokens, heads, dim_v, **bf)
+            args = (dy, o_routed.detach(), weights.detach(), None if shared is None else shared.detach(),
+                    norm_w.detach(), gate.detach(), plan, 1e-6)
+            return Bench(lambda: bwd(*args), bwd_bytes, graph=True)
         if provider == "naive":
             def naive(o_routed, plan, weights, shared, norm_w, gate):
                 rows = plan.dst_row.long()
@@ -432,10 +443,11 @@ def _layer_case(batch, seqlen, hidden, heads, head_dim, memories, topk, name):
 
             return Bench(fwd, None)
         dy = torch.randn(batch, seqlen, hidden, device="cuda", dtype=torch.bfloat16)
+        leaves = [x, *(p for p in layer.parameters() if p.requires_grad)]
 
-        def fwdbwd():
+        def fwdbwd():  # fresh gradients each call (a training step after zero_grad(set_to_none=True)): no accumulation
             out = layer(x)[0]
-            out.backward(dy)
+            return torch.autograd.grad(out, leaves, dy)
 
         return Bench(fwdbwd, None)
 

@@ -3,11 +3,15 @@
     python -m bench.run [--only gdn,route] [--providers mom_ops,fla] [--merge] [--out bench/results/h100.json]
                         [--plots bench/results/plots]
 
-Every record names the commit it was measured at. With --merge the records of this run replace those of the
-same (case, provider, mode) in --out and the others are kept (each with its own commit); the file's top-level
-commit, date and clocks are this run's.
+Every record names the commit it was measured at and its run's clock health. With --merge the records of this run
+replace those of the same (case, provider, mode) in --out and the others are kept (each with its own commit and
+clocks); the file's top-level commit, date and clocks are this run's, its `healthy` that of every record.
 Clock health comes first: a device copy and a bf16 matmul. Runs below 2.8 TB/s or 650 TFLOP/s are flagged
-(`healthy: false` in the file) and should be discarded.
+(`healthy: false`) and should be discarded.
+Timing: `timing: graph` records are CUDA-graph replays (launch-bound ops; every provider of such a case that can be
+captured is timed so), `launch` ones plain launches (triton.testing.do_bench medians). `peak_gb` is the peak
+allocation over one call after a warm-up call. Layer fwdbwd calls take fresh gradients (torch.autograd.grad: no
+accumulation into .grad across calls).
 """
 
 from __future__ import annotations
@@ -63,10 +67,22 @@ def git_commit() -> str:
         return "unknown"
 
 
+def peak_gb(fn) -> float:
+    """Peak GB allocated over one call of fn after a first (warm-up) call: not the timer's L2-flush buffer, not the
+    warm-up's one-time allocations."""
+    fn()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 1e9
+
+
 def run(only: list[str] | None, providers: list[str] | None, on_record=None,
-        modes: list[str] | None = None) -> list[dict]:
+        modes: list[str] | None = None, stamp: dict | None = None) -> list[dict]:
     """Times the selected (case, mode, provider) triples; on_record(records) after each one (the caller saves, so
-    a run cut short keeps what it measured)."""
+    a run cut short keeps what it measured). `stamp`: fields every record carries (the run's clock health)."""
+    stamp = stamp or {}
     records, commit = [], git_commit()
     for case in CASES:
         if only and not any(key in case.name or key == case.op for key in only):
@@ -81,16 +97,15 @@ def run(only: list[str] | None, providers: list[str] | None, on_record=None,
                     bench = case.build(provider, mode)
                     if bench is None:
                         continue
-                    torch.cuda.reset_peak_memory_stats()
+                    peak = peak_gb(bench.fn)
                     ms = time_graph_ms(bench.fn) if bench.graph else time_ms(bench.fn)
-                    peak = torch.cuda.max_memory_allocated() / 1e9
                 except Exception as e:  # a provider failing must not stop the others
                     print(f"  {case.name} {mode} {provider}: FAILED {type(e).__name__}: {e}", file=sys.stderr)
                     continue
                 gbps = bench.nbytes / (ms * 1e-3) / 1e9 if bench.nbytes else None
                 records.append(dict(op=case.op, case=case.name, provider=provider, mode=mode, ms=round(ms, 5),
                                     gbps=None if gbps is None else round(gbps, 1), peak_gb=round(peak, 3),
-                                    timing="graph" if bench.graph else "launch", commit=commit))
+                                    timing="graph" if bench.graph else "launch", commit=commit, **stamp))
                 print(f"  {case.name:34s} {mode:7s} {provider:10s} {ms:9.4f} ms"
                       + (f" {gbps:8.1f} GB/s" if gbps else ""), flush=True)
                 if on_record is not None:
@@ -159,13 +174,16 @@ def main() -> None:
             redone = {(r["case"], r["provider"], r["mode"]) for r in new_records}
             with open(args.out) as f:
                 old = json.load(f)
-            kept = [dict(r, commit=r.get("commit", old.get("commit"))) for r in old["records"]
-                    if (r["case"], r["provider"], r["mode"]) not in redone]
+            # a kept record keeps its own run's clock health (older files had it at the top level only)
+            kept = [dict(r, commit=r.get("commit", old.get("commit")),
+                         **{k: r.get(k, old.get(k)) for k in ("healthy", "copy_tbps", "matmul_tflops")})
+                    for r in old["records"] if (r["case"], r["provider"], r["mode"]) not in redone]
             records = kept + new_records
             note = old.get("note")  # written by hand: a merge keeps it
         result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, commit=git_commit(),
                       date=datetime.date.today().isoformat(), copy_tbps=round(copy_tbps, 3),
-                      matmul_tflops=round(tflops, 1), healthy=healthy, records=records)
+                      matmul_tflops=round(tflops, 1), healthy=all(r.get("healthy", healthy) for r in records),
+                      records=records)
         if note is not None:
             result["note"] = note
         os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
@@ -173,8 +191,9 @@ def main() -> None:
             json.dump(result, f, indent=1)
         return records
 
+    stamp = dict(healthy=healthy, copy_tbps=round(copy_tbps, 3), matmul_tflops=round(tflops, 1))
     records = save(run([s for s in args.only.split(",") if s], [s for s in args.providers.split(",") if s], save,
-                       [s for s in args.modes.split(",") if s]))
+                       [s for s in args.modes.split(",") if s], stamp))
     if args.plots and records:
         plot(records, args.plots)
     print(f"\n{'case':34s} {'mode':7s} {'provider':10s} {'ms':>9s} {'GB/s':>8s}")

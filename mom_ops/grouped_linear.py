@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from mom_ops._autograd import once_differentiable
+
 BM, BN, BK = 64, 64, 32  # row tile, output-column tile, reduction tile
 
 
@@ -37,13 +39,14 @@ def _memory_of_tile(cu_ptr, t, B: tl.constexpr, M: tl.constexpr, BLOCK_M: tl.con
 
 
 @triton.jit
-def _grouped_rows_kernel(x_ptr, w_ptr, y_ptr, cu_ptr, N_IN, N_OUT, stride_wm, stride_wo, stride_wi,
+def _grouped_rows_kernel(x_ptr, w_ptr, y_ptr, cu_ptr, R, N_IN, N_OUT, stride_wm, stride_wo, stride_wi,
                          B: tl.constexpr, M: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                          BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
     """y [R, N_OUT] = x [R, N_IN] @ w[m]^T per row tile; w[m][o][i] at m * stride_wm + o * stride_wo + i * stride_wi
     (so dx = dy @ w[m] is the same kernel with the two weight strides swapped)."""
     t, n = tl.program_id(0), tl.program_id(1)
     mem, row0, row_end = _memory_of_tile(cu_ptr, t, B, M, BLOCK_M)
+    row_end = tl.minimum(row_end, R)  # a cu_seqlens past x's rows (refused on the host) reads and writes nothing more
     if mem < M:
         rows = row0 + tl.arange(0, BLOCK_M)
         cols = n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -53,7 +56,7 @@ def _grouped_rows_kernel(x_ptr, w_ptr, y_ptr, cu_ptr, N_IN, N_OUT, stride_wm, st
             ks = k0 + tl.arange(0, BLOCK_K)
             mk = ks < N_IN
             a = tl.load(x_ptr + rows[:, None] * N_IN + ks[None, :], mask=mr[:, None] & mk[None, :], other=0.0)
-            w = tl.load(w_ptr + mem * stride_wm + cols[None, :] * stride_wo + ks[:, None] * stride_wi,
+            w = tl.load(w_ptr + mem.to(tl.int64) * stride_wm + cols[None, :] * stride_wo + ks[:, None] * stride_wi,
                         mask=mk[:, None] & mc[None, :], other=0.0)  # [BLOCK_K, BLOCK_N] = w[m]^T tile
             acc += tl.dot(a, w, input_precision=PRECISION)
         tl.store(y_ptr + rows[:, None] * N_OUT + cols[None, :], acc.to(y_ptr.dtype.element_ty),
@@ -61,13 +64,13 @@ def _grouped_rows_kernel(x_ptr, w_ptr, y_ptr, cu_ptr, N_IN, N_OUT, stride_wm, st
 
 
 @triton.jit
-def _grouped_weight_grad_kernel(x_ptr, dy_ptr, dw_ptr, cu_ptr, N_IN, N_OUT, B: tl.constexpr,
+def _grouped_weight_grad_kernel(x_ptr, dy_ptr, dw_ptr, cu_ptr, R, N_IN, N_OUT, B: tl.constexpr,
                                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                                 PRECISION: tl.constexpr):
     """dw[m] [N_OUT, N_IN] = dy_m^T x_m over memory m's rows, in row order. Grid (M, out tiles, in tiles)."""
     m, n, kb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     start = tl.load(cu_ptr + m * B).to(tl.int64)
-    end = tl.load(cu_ptr + (m + 1) * B).to(tl.int64)
+    end = tl.minimum(tl.load(cu_ptr + (m + 1) * B).to(tl.int64), R)
     cols = n * BLOCK_N + tl.arange(0, BLOCK_N)
     ks = kb * BLOCK_K + tl.arange(0, BLOCK_K)
     mc, mk = cols < N_OUT, ks < N_IN
@@ -78,7 +81,7 @@ def _grouped_weight_grad_kernel(x_ptr, dy_ptr, dw_ptr, cu_ptr, N_IN, N_OUT, B: t
         dy = tl.load(dy_ptr + rows[:, None] * N_OUT + cols[None, :], mask=mr[:, None] & mc[None, :], other=0.0)
         x = tl.load(x_ptr + rows[:, None] * N_IN + ks[None, :], mask=mr[:, None] & mk[None, :], other=0.0)
         acc += tl.dot(tl.trans(dy), x, input_precision=PRECISION)
-    tl.store(dw_ptr + m * N_OUT * N_IN + cols[:, None] * N_IN + ks[None, :], acc.to(dw_ptr.dtype.element_ty),
+    tl.store(dw_ptr + m.to(tl.int64) * N_OUT * N_IN + cols[:, None] * N_IN + ks[None, :], acc.to(dw_ptr.dtype.element_ty),
              mask=mc[:, None] & mk[None, :])
 
 
@@ -99,7 +102,7 @@ def _rows(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor, batch
     tiles = triton.cdiv(R, BM) + M  # an upper bound of the tiles of all memories
     if R > 0 and n_out > 0:
         _grouped_rows_kernel[(tiles, triton.cdiv(n_out, BN))](
-            x.contiguous(), weight, y, cu_seqlens, n_in, n_out, *strides,
+            x.contiguous(), weight, y, cu_seqlens, R, n_in, n_out, *strides,
             B=batch_size, M=M, BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, PRECISION=_precision(x))
     return y
 
@@ -114,6 +117,7 @@ class _GroupedLinear(torch.autograd.Function):
         return _rows(x, weight, cu_seqlens, batch_size, transpose_w=False)
 
     @staticmethod
+    @once_differentiable  # Triton kernels: no derivative of their own
     def backward(ctx, dy):
         x, weight, cu_seqlens = ctx.saved_tensors
         dy = dy.contiguous()
@@ -123,25 +127,42 @@ class _GroupedLinear(torch.autograd.Function):
             M, n_out, n_in = weight.shape
             dw = torch.empty(M, n_out, n_in, device=x.device, dtype=torch.float32)
             _grouped_weight_grad_kernel[(M, triton.cdiv(n_out, BN), triton.cdiv(n_in, BK))](
-                x.contiguous(), dy, dw, cu_seqlens, n_in, n_out, B=ctx.batch_size, BLOCK_M=BM, BLOCK_N=BN,
+                x.contiguous(), dy, dw, cu_seqlens, x.shape[0], n_in, n_out, B=ctx.batch_size, BLOCK_M=BM, BLOCK_N=BN,
                 BLOCK_K=BK, PRECISION=_precision(x))
             dw = dw.to(ctx.weight_dtype)
         return dx, dw, None, None
 
 
-def _check_args(x: torch.Tensor, weight_shape, cu_seqlens: torch.Tensor, batch_size: int) -> None:
-    """x [R, D], weight [M, out, D], cu_seqlens [M * batch_size + 1], or a ValueError naming what disagrees."""
+def _check_args(x: torch.Tensor, weight_shape, cu_seqlens: torch.Tensor, batch_size: int, weights=(),
+                check_rows: bool = True) -> None:
+    """x [R, D] floating, weight [M, out, D] (the tensors `weights` on x's device), cu_seqlens [M * batch_size + 1]
+    int32 / int64 on x's device with cu_seqlens[-1] <= R, or an error naming what disagrees. The last check runs on
+    the device where cu_seqlens is (an asynchronous assert: no host sync)."""
     if len(weight_shape) != 3 or x.dim() != 2 or x.shape[1] != weight_shape[2]:
         raise ValueError(f"x must be [R, D] and weight [M, out, D], got {tuple(x.shape)}, {tuple(weight_shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be floating point, got {x.dtype}")
+    for w in weights:
+        if w.device != x.device or not w.is_floating_point():
+            raise ValueError(f"weight must be floating point on x's device {x.device}, got {w.dtype} on {w.device}")
+    if cu_seqlens.dtype not in (torch.int32, torch.int64) or cu_seqlens.device != x.device or cu_seqlens.dim() != 1:
+        raise ValueError(f"cu_seqlens must be a 1-D int32 / int64 tensor on x's device {x.device}, got "
+                         f"{cu_seqlens.dtype} {tuple(cu_seqlens.shape)} on {cu_seqlens.device}")
     if cu_seqlens.shape[0] != weight_shape[0] * batch_size + 1:
         raise ValueError(f"cu_seqlens must have M * batch_size + 1 = {weight_shape[0] * batch_size + 1} entries, "
                          f"got {cu_seqlens.shape[0]}")
+    if not check_rows:
+        return
+    if cu_seqlens.is_cuda or torch.compiler.is_compiling():
+        torch._assert_async(cu_seqlens[-1] <= x.shape[0], "cu_seqlens[-1] must not pass x's rows")
+    elif int(cu_seqlens[-1]) > x.shape[0]:
+        raise ValueError(f"cu_seqlens[-1] = {int(cu_seqlens[-1])} passes x's {x.shape[0]} rows")
 
 
 def grouped_linear(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor, batch_size: int) -> torch.Tensor:
     """x [R, D] in memory-major order, weight [M, out, D], cu_seqlens [M * batch_size + 1] (the plan's) ->
     y [R, out] with y[r] = x[r] @ weight[m]^T for the memory m of row r. Differentiable in x and weight."""
-    _check_args(x, weight.shape, cu_seqlens, batch_size)
+    _check_args(x, weight.shape, cu_seqlens, batch_size, (weight,))
     return _GroupedLinear.apply(x, weight, cu_seqlens, batch_size)
 
 
@@ -149,10 +170,12 @@ def grouped_linear(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tens
 
 
 def grouped_mm_supported(x: torch.Tensor) -> bool:
-    """torch._grouped_mm exists and runs x's dtype on x's device (bf16 on sm90 and later). (get_device_properties,
-    not get_device_capability: torch.compile folds the former to a constant.)"""
+    """torch._grouped_mm exists and runs x's dtype on x's device: bf16 on sm90. Not sm100 and later: torch's path there
+    asserts non-empty groups, and empty ones are routine here (a memory no token chose; the rows-past-the-end group
+    when there are none), and no such GPU has run it, so MoMAttention takes its other path there. (get_device_properties, not
+    get_device_capability: torch.compile folds the former to a constant.)"""
     return (x.is_cuda and x.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm")
-            and torch.cuda.get_device_properties(x.device).major >= 9)
+            and torch.cuda.get_device_properties(x.device).major == 9)
 
 
 def _group_ends(cu_seqlens: torch.Tensor, batch_size: int, rows: int) -> torch.Tensor:
@@ -264,6 +287,7 @@ class _GroupedMM(torch.autograd.Function):
         return torch._grouped_mm(x, w_t, offs=ends)
 
     @staticmethod
+    @once_differentiable  # the empty groups' zeroing is a Triton kernel; _grouped_mm's own double backward failed
     def backward(ctx, dy):
         x, w_t, ends = ctx.saved_tensors
         dy = dy.contiguous()
@@ -279,17 +303,21 @@ class _GroupedMM(torch.autograd.Function):
         return dx, dw_t, None
 
 
-def grouped_mm_linear(x: torch.Tensor, weight, cu_seqlens: torch.Tensor, batch_size: int) -> torch.Tensor:
+def grouped_mm_linear(x: torch.Tensor, weight, cu_seqlens: torch.Tensor, batch_size: int,
+                      check_rows: bool = True) -> torch.Tensor:
     """grouped_linear's contract on torch._grouped_mm: x [R, D] bf16, weight [M, out, D], cu_seqlens [M * B + 1]
-    -> y [R, out] (rows past cu_seqlens[-1] are 0). out and D are padded to multiples of 8 (16-byte rows).
+    -> y [R, out] (rows past cu_seqlens[-1] are 0 where x's rows there are finite: they meet a zero weight, so a NaN
+    there stays NaN; MoMAttention's permute writes zeros there). out and D are padded to multiples of 8 (16-byte rows).
     weight may also be given as blocks of pieces (a list of lists): each block's pieces ([g, out_i, D] or [out_i, D])
     side by side along out, the blocks' groups one after another (MoMAttention's routed memories, then the shared
-    one); the GEMM's weight is then written once from them, with no concatenation in the forward or the backward."""
-    if isinstance(weight, torch.Tensor):
-        _check_args(x, weight.shape, cu_seqlens, batch_size)
+    one); the GEMM's weight is then written once from them, with no concatenation in the forward or the backward.
+    check_rows=False skips the check of cu_seqlens[-1] <= R (three small launches on the device), for a caller whose
+    rows come from the plan itself (MoMAttention's permute)."""
+    if isinstance(weight, torch.Tensor) and weight.dim() != 3:
+        _check_args(x, weight.shape, cu_seqlens, batch_size)  # the shape error, before the layout's
     blocks = [[weight]] if isinstance(weight, torch.Tensor) else weight
     layout, (M, n_out, D) = _weight_layout(blocks)
-    _check_args(x, (M, n_out, D), cu_seqlens, batch_size)
+    _check_args(x, (M, n_out, D), cu_seqlens, batch_size, [p for block in blocks for p in block], check_rows)
     pad_in = -D % 8
     # [M + 1, out', D']: the extra memory is all zeros (rows past the last segment); padding columns are zeros too.
     w = _GroupWeights.apply(x.dtype, layout, (M, n_out, D), *[p for block in blocks for p in block])

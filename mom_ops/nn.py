@@ -204,7 +204,7 @@ class MoMAttention(nn.Module):
         strides."""
         mods = (self.q_proj, self.g_proj, self.gate)  # the gate last: q and g start at 16-byte aligned columns
         w = torch.cat([m.weight for m in mods] + [self._token_pad_rows]).to(xf.dtype)  # one launch, no pad
-        return token_projection(xf, w, [m.weight.shape[0] for m in mods])
+        return token_projection(xf, w, [m.weight.shape[0] for m in mods], alias_grad_in_place=True)
 
     def _stream_plan(self, logits: torch.Tensor, plan: RoutingPlan, cu_seqlens, mask) -> RoutingPlan:
         """The plan of the scanned stream: the routed plan, or with shared_memory one more memory (index M) that
@@ -237,7 +237,8 @@ class MoMAttention(nn.Module):
         for each packed row (M' / k' times the flops); or the Triton grouped GEMM (USE_TRITON_GROUPED_LINEAR)."""
         M, B, k, N = plan.num_memories, plan.batch_size, plan.topk, xf.shape[0]
         if grouped_mm_supported(xf) and not USE_TRITON_GROUPED_LINEAR:  # the GEMM's weight written once, in place
-            return grouped_mm_linear(mom_ops.permute(xf, plan), self._stream_weight_blocks(), plan.cu_seqlens, B)
+            return grouped_mm_linear(mom_ops.permute(xf, plan), self._stream_weight_blocks(), plan.cu_seqlens, B,
+                                     check_rows=False)  # the permuted rows are the plan's
         w_all = self._stream_weights().to(xf.dtype)  # [M', C, D]
         if USE_TRITON_GROUPED_LINEAR and xf.is_cuda:
             return grouped_linear(mom_ops.permute(xf, plan), w_all, plan.cu_seqlens, B)
@@ -405,7 +406,10 @@ class MoMAttention(nn.Module):
 
         Differences to fla, by design: the short convs restart in every (sequence, memory) segment in training
         too (fla's training path lets them run across segments), the aux loss is returned by the layer, and
-        routing ties go to the lower memory index."""
+        routing ties go to the lower memory index. The aux loss's f_m is memory m's share of the N * topk routed
+        pairs (DESIGN.md §1), where fla's model-level load_balancing_loss_func counts f_m = pairs_m / N: at the
+        same scale ours is 1 / topk of fla's, so set aux_loss_scale = topk * fla's aux_loss_scale for the same
+        balancing pressure."""
         for flag, supported in (("use_output_gate", True), ("use_short_conv", True), ("single_kv_proj", False)):
             if getattr(fla_layer, flag, supported) != supported:
                 raise ValueError(f"from_fla: fla MomAttention with {flag}={not supported} is not supported")

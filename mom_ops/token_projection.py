@@ -15,12 +15,13 @@ import torch
 
 class _TokenProjection(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, sizes):
+    def forward(ctx, x, weight, sizes, alias_grad_in_place):
         # x [N, D], weight [C, D] in x's dtype: row blocks of `sizes`, then zero rows (padding) -> the blocks' columns
         # of x @ weight^T (views of one [N, C] product) and x_alias (a view of x)
         y = x @ weight.t()
         ctx.save_for_backward(x, weight)
         ctx.sizes = tuple(sizes)
+        ctx.alias_grad_in_place = alias_grad_in_place
         ctx.set_materialize_grads(False)  # an unused block's gradient stays None: no zeros to multiply
         blocks = y.split(list(sizes) + [weight.shape[0] - sum(sizes)], 1)[:len(sizes)]
         return (*blocks, x.view_as(x))
@@ -57,10 +58,14 @@ class _TokenProjection(torch.autograd.Function):
                 used = n
             w_rows = weight[r0:r0 + used]
             if ctx.needs_input_grad[0]:
-                if dx is None:  # in place on grad_alias (token_projection's contract): torch.addmm would copy it
-                    dx = gg @ w_rows if grad_alias is None else grad_alias.addmm_(gg, w_rows)
-                else:
+                if dx is not None:
                     dx.addmm_(gg, w_rows)
+                elif grad_alias is None:
+                    dx = gg @ w_rows
+                elif ctx.alias_grad_in_place and _owns_its_memory(grad_alias):
+                    dx = grad_alias.addmm_(gg, w_rows)  # no copy of the alias's gradient (the caller's promise)
+                else:
+                    dx = torch.addmm(grad_alias, gg, w_rows)
             if ctx.needs_input_grad[1]:
                 d = gg.t() @ x
                 dws.append(d if used == n else torch.cat([d, x.new_zeros(n - used, x.shape[1])]))
@@ -68,19 +73,28 @@ class _TokenProjection(torch.autograd.Function):
             dx = grad_alias
         if ctx.needs_input_grad[1] and any(g is not None for g in block_grads):
             dw = torch.cat(dws)
-        return dx, dw, None
+        return dx, dw, None, None
+
+
+def _owns_its_memory(t: torch.Tensor) -> bool:
+    """t's elements are distinct memory (no stride-0 expansion, as sum's backward hands out): addmm_ can write it."""
+    return t.is_contiguous()
 
 
 _NARROW = 64  # blocks narrower than this (columns) share a GEMM with the block before them
 
 
-def token_projection(x: torch.Tensor, weight: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, ...]:
+def token_projection(x: torch.Tensor, weight: torch.Tensor, sizes: list[int],
+                     alias_grad_in_place: bool = False) -> tuple[torch.Tensor, ...]:
     """x [N, D], weight [C, D] (x's dtype; row blocks of `sizes`, then any zero padding rows) -> (one [N, size_i]
     column view of x @ weight^T per block, ..., x_alias). Give x's other consumer x_alias instead of x: its gradient
-    then becomes dx in this node's backward, summed into in place (one gradient tensor for x, no add, no copy). So
-    x_alias must have one consumer whose backward hands it a gradient of its own (a fresh tensor, as permute's and a
-    matmul's do), and no hooks or retain_grad."""
-    if x.dim() != 2 or weight.dim() != 2 or weight.shape[1] != x.shape[1] or sum(sizes) > weight.shape[0]:
+    then becomes dx in this node's backward (one gradient tensor for x, no separate add).
+    alias_grad_in_place=True sums into x_alias's gradient in place (no copy of it): only for a caller whose x_alias
+    has one consumer whose backward hands it a gradient of its own (a fresh tensor, as permute's and a matmul's do;
+    not an add's, which hands the same tensor to both operands, nor a gradient the user passed), and no hooks or
+    retain_grad. MoMAttention's stream permute is such a consumer."""
+    if (x.dim() != 2 or weight.dim() != 2 or weight.shape[1] != x.shape[1] or sum(sizes) > weight.shape[0]
+            or min(sizes, default=0) < 0):
         raise ValueError(f"token_projection: x must be [N, D] and weight [C >= sum(sizes), D], got {tuple(x.shape)}, "
                          f"{tuple(weight.shape)}, sizes {list(sizes)}")
-    return _TokenProjection.apply(x, weight, tuple(sizes))
+    return _TokenProjection.apply(x, weight, tuple(sizes), alias_grad_in_place)

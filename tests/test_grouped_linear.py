@@ -41,6 +41,27 @@ def test_grouped_linear_bad_input():
         grouped_linear(torch.randn(4, 3), torch.randn(2, 5, 4), torch.tensor([0, 2, 4]), 1)
     with pytest.raises(ValueError, match="cu_seqlens must have"):
         grouped_linear(torch.randn(4, 3), torch.randn(2, 5, 3), torch.tensor([0, 4]), 1)
+    with pytest.raises(ValueError, match="passes x's 4 rows"):  # the kernels would read and write past x and y
+        grouped_linear(torch.randn(4, 3), torch.randn(2, 5, 3), torch.tensor([0, 2, 4096]), 1)
+    with pytest.raises(ValueError, match="int32 / int64"):
+        grouped_linear(torch.randn(4, 3), torch.randn(2, 5, 3), torch.tensor([0.0, 2, 4]), 1)
+    with pytest.raises(TypeError, match="floating point"):
+        grouped_linear(torch.ones(4, 3, dtype=torch.int32), torch.randn(2, 5, 3), torch.tensor([0, 2, 4]), 1)
+    with pytest.raises(ValueError, match="passes x's 4 rows"):
+        grouped_mm_linear(torch.randn(4, 8).bfloat16(), torch.randn(2, 8, 8), torch.tensor([0, 2, 9]), 1)
+
+
+def test_grouped_linear_double_backward_raises():
+    """The backward's Triton kernels have no derivative: a gradient of a gradient is an error, not a constant."""
+    device = triton_device()
+    cu = torch.tensor([0, 3, 5, 9], device=device)
+    x = torch.randn(9, 16, device=device, requires_grad=True)
+    w = torch.randn(3, 16, 16, device=device, requires_grad=True)
+    for f in (grouped_linear, grouped_mm_linear):
+        xi = x.bfloat16() if f is grouped_mm_linear else x
+        gx, = torch.autograd.grad(f(xi, w, cu, 1).float().square().sum(), x, create_graph=True)
+        with pytest.raises(RuntimeError, match="double backward"):
+            gx.sum().backward()
 
 
 @pytest.mark.gpu

@@ -60,3 +60,43 @@ def test_rejects_mismatched_shapes():
         token_projection(x, weight[:, :-1], sizes)
     with pytest.raises(ValueError, match="token_projection"):
         token_projection(x, weight[:20], sizes)
+    with pytest.raises(ValueError, match="token_projection"):
+        token_projection(x, weight, [70, -3])
+
+
+def test_alias_gradient_shared_or_expanded_is_not_written():
+    """By default x_alias's incoming gradient is read, never written: an add hands the same tensor to both operands,
+    sum's backward an expanded one, and a gradient the user passes is theirs."""
+    x, weight, sizes = _inputs(torch.float64)
+    x = x.requires_grad_(True)
+    p = torch.randn(x.shape, dtype=x.dtype, requires_grad=True)
+    c = p * 1.0
+    *blocks, x_alias = token_projection(x, weight, sizes)
+    r = torch.randn(x.shape, dtype=x.dtype)
+    (((x_alias + c) * r).sum() + blocks[0].sum()).backward()
+    torch.testing.assert_close(p.grad, r)  # the add's gradient, untouched by x's
+    torch.testing.assert_close(x.grad, r + torch.ones(37, sizes[0], dtype=x.dtype) @ weight[:sizes[0]])
+
+    x.grad = None
+    *blocks, x_alias = token_projection(x, weight, sizes)
+    (blocks[0].sum() + x_alias.sum()).backward()  # sum's backward: an expanded (stride 0) gradient
+    torch.testing.assert_close(x.grad, 1 + torch.ones(37, sizes[0], dtype=x.dtype) @ weight[:sizes[0]])
+
+    *blocks, x_alias = token_projection(x, weight, sizes, alias_grad_in_place=True)
+    mine = torch.ones(1, x.shape[1], dtype=x.dtype)
+    x.grad = None
+    torch.autograd.backward([blocks[0], x_alias], [torch.ones(37, sizes[0], dtype=x.dtype), mine.expand(x.shape)])
+    assert torch.equal(mine, torch.ones_like(mine))  # expanded: copied even where in place is allowed
+    torch.testing.assert_close(x.grad, 1 + torch.ones(37, sizes[0], dtype=x.dtype) @ weight[:sizes[0]])
+
+
+def test_alias_gradient_in_place_matches():
+    """alias_grad_in_place=True (MoMAttention's stream permute, a fresh gradient) gives the same gradients."""
+    x, weight, sizes = _inputs(torch.float64)
+    grads = []
+    for in_place in (False, True):
+        xi = x.clone().requires_grad_(True)
+        *blocks, x_alias = token_projection(xi, weight, sizes, alias_grad_in_place=in_place)
+        (blocks[1].square().sum() + (x_alias * 3).square().sum()).backward()
+        grads.append(xi.grad)
+    torch.testing.assert_close(grads[0], grads[1])
