@@ -163,12 +163,27 @@ def test_split_chains_narrow_value_blocks_are_bitwise_equal(K, V, lengths, narro
 @pytest.mark.parametrize("K, V, lengths", [(128, 128, [300, 0, 65, 1]), (256, 64, [130, 7]), (256, 256, [700, 1])])
 @pytest.mark.parametrize("chain_bv", ["32", "64"])
 def test_split_chain_on_wgmma_is_bitwise_the_mma_sync_chain(K, V, lengths, chain_bv, monkeypatch):
-    """The split forward's chain on wgmma (MOM_OPS_GDN_CHAIN_WGMMA, the default at K = 128 / 256 with 32- or 64-column
-    V-blocks) against the mma.sync chain: the same 16-bit operands and the same k-step order, so o, ht and the saved
-    tensors (hence the split backward's gradients) are bitwise equal."""
+    """The split chains on wgmma (MOM_OPS_GDN_CHAIN_WGMMA, the default at K = 128 / 256 with 32- or 64-column
+    V-blocks; the backward's takes 32 for 64 at K = 256) against the mma.sync chains: the same 16-bit operands and the
+    same k-step order, so outputs and gradients are bitwise equal."""
     run = _split_outputs_and_gradients(K, V, lengths, monkeypatch)
     monkeypatch.setenv("MOM_OPS_GDN_CHAIN_BV", chain_bv)
     for got, want in zip(run(MOM_OPS_GDN_CHAIN_WGMMA="1"), run(MOM_OPS_GDN_CHAIN_WGMMA="0")):
+        assert torch.equal(got, want), (got.float() - want.float()).abs().max().item()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("K, V, lengths", [(128, 128, [300, 0, 65, 1]), (256, 64, [130, 7]), (256, 256, [700, 1])])
+@pytest.mark.parametrize("chain_bv", ["32", "64"])
+@pytest.mark.parametrize("wgmma", ["0", "1"])
+def test_split_chain_tma_loads_are_bitwise_the_cp_async_ones(K, V, lengths, chain_bv, wgmma, monkeypatch):
+    """The chains' stage tiles by TMA (MOM_OPS_GDN_CHAIN_TMA, the default: the forward wgmma chain's W and K, the
+    backward split chain's q, k and W, on wgmma or mma.sync) against cp.async: the same tiles (the rows past a sequence
+    zeroed either way), so everything downstream is bitwise equal."""
+    run = _split_outputs_and_gradients(K, V, lengths, monkeypatch)
+    monkeypatch.setenv("MOM_OPS_GDN_CHAIN_BV", chain_bv)
+    monkeypatch.setenv("MOM_OPS_GDN_CHAIN_WGMMA", wgmma)
+    for got, want in zip(run(MOM_OPS_GDN_CHAIN_TMA="1"), run(MOM_OPS_GDN_CHAIN_TMA="0")):
         assert torch.equal(got, want), (got.float() - want.float()).abs().max().item()
 
 

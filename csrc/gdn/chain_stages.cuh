@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "common/cp_async.cuh"
 #include "common/named_barrier.cuh"
@@ -28,6 +29,7 @@ struct ChainStages {
   static constexpr int kThreads = kComputeThreads + kLoadThreads;
   static constexpr int kMaxStages = 4;
   static constexpr int kFull = 1, kEmpty = kFull + kMaxStages, kCompute = kEmpty + kMaxStages;  // barrier ids 1-9
+  static constexpr int kLoads = kCompute + 1;  // 10: the 4 load warps among themselves
 
   __device__ __forceinline__ static bool is_load_warp(int tid) { return tid >= kComputeThreads; }
 
@@ -35,11 +37,17 @@ struct ChainStages {
   // i - kLag is handed over once chunk i's copies are issued: issuing chunk i waits for chunk i - kStages to free its
   // stage, and with kLag = kStages - 2 that chunk is done before the compute warps need chunk i - kLag.
   // kAsyncReaders: the stages are read by wgmma (the async proxy), so the landed copies are fenced before the
-  // hand-over.
-  template <int kStages, bool kAsyncReaders = false, typename Load>
-  __device__ __forceinline__ static void produce(int64_t num_chunks, Load&& load) {
+  // hand-over. landed(s, j), where given, runs in every load thread once its cp.async copies of chunk j have landed
+  // and before the hand-over (the TMA loads' wait, gdn_split_kernels.cuh).
+  template <int kStages, bool kAsyncReaders = false, typename Load, typename Landed = decltype(nullptr)>
+  __device__ __forceinline__ static void produce(int64_t num_chunks, Load&& load, Landed&& landed = nullptr) {
     static_assert(kStages >= 2 && kStages <= kMaxStages, "2 to 4 stages");
     constexpr int kLag = kStages - 2;
+    auto hand_over = [&](int64_t j) {
+      if constexpr (!std::is_same_v<std::decay_t<Landed>, decltype(nullptr)>) landed(int(j % kStages), j);
+      if constexpr (kAsyncReaders) fence_async_smem();
+      named_bar_arrive(kFull + int(j % kStages), kThreads);
+    };
     for (int64_t i = 0; i < num_chunks; ++i) {
       const int s = int(i % kStages);
       if (i >= kStages) named_bar_sync(kEmpty + s, kThreads);  // chunk i - kStages is done with stage s
@@ -47,15 +55,11 @@ struct ChainStages {
       cp_async_commit();
       if (i >= kLag) {
         cp_async_wait<kLag>();  // chunk i - kLag's copies have landed
-        if constexpr (kAsyncReaders) fence_async_smem();
-        named_bar_arrive(kFull + int((i - kLag) % kStages), kThreads);
+        hand_over(i - kLag);
       }
     }
     cp_async_wait<0>();
-    if constexpr (kAsyncReaders) fence_async_smem();
-    for (int64_t i = num_chunks > kLag ? num_chunks - kLag : 0; i < num_chunks; ++i) {
-      named_bar_arrive(kFull + int(i % kStages), kThreads);
-    }
+    for (int64_t i = num_chunks > kLag ? num_chunks - kLag : 0; i < num_chunks; ++i) hand_over(i);
   }
   // The compute warps, chunk i: wait until its stage has landed (also a barrier among the compute warps: what they
   // wrote to shared memory before it is visible to all of them after it) ...

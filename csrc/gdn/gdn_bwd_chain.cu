@@ -22,6 +22,16 @@ void launch_chain(const GdnBwdParams& p, cudaStream_t stream) {
 
 template <typename T, int kK, int kBV>
 void launch_chain_split_kernel(const GdnBwdSplitParams& p, cudaStream_t stream) {
+  if constexpr (chain_on_wgmma_fits<kK, kBV>()) {
+    if (gdn_chain_on_wgmma()) {
+      using Chain = GdnBwdChainSplitSmem<T, kK, kBV, true>;
+      static_assert(Chain::kBytes <= kSmemPerCta, "shared memory of the split backward chain on wgmma");
+      launch_scan_kernel(gdn_bwd_chain_split_wgmma_kernel<T, kK, kBV>, p,
+                         int64_t(p.num_seqs) * p.heads_v * (p.dim_v / kBV), ChainStages::kThreads, Chain::kBytes,
+                         stream, "(sequence, head, V-block)");
+      return;
+    }
+  }
   using Chain = GdnBwdChainSplitSmem<T, kK, kBV>;
   static_assert(Chain::kBytes <= kSmemPerCta, "shared memory of the split backward chain");
   launch_scan_kernel(gdn_bwd_chain_split_kernel<T, kK, kBV>, p, int64_t(p.num_seqs) * p.heads_v * (p.dim_v / kBV),

@@ -26,6 +26,7 @@
 #include "common/cp_async.cuh"
 #include "common/mma.cuh"
 #include "common/named_barrier.cuh"
+#include "common/opaque.cuh"
 #include "common/setmaxnreg.cuh"
 #include "common/tile_layout.h"
 #include "common/wgmma.cuh"
@@ -82,14 +83,6 @@ __device__ __forceinline__ void copy_chunk_tile_async(T* dst, const T* src, int6
 #pragma unroll
   for (int piece = 0; piece < kCols / 128; ++piece)
     copy_rows_async<kGdnChunk, 128, Sw, kThreads>(dst + Sw::at(0, 128 * piece), src + 128 * piece, stride, len, tid);
-}
-
-// x as a value the compiler cannot see through: addresses derived from it are formed where it is taken (per chunk)
-// instead of hoisted out of the chunk loop, where at K = 256 they outlived aux's registers and were spilled (their
-// reloads came from L2 on aux's critical path).
-__device__ __forceinline__ int opaque(int x) {
-  asm volatile("" : "+r"(x));
-  return x;
 }
 
 // Qs = diag(scale rq e^G) Q in place, one thread's share: kChunks 16-byte chunks of row i from column c0 of a

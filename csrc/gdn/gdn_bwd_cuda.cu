@@ -21,6 +21,7 @@
 #include "common/aligned.h"
 #include "common/env_flag.h"
 #include "common/other_gpus.h"
+#include "common/tma_host.h"
 #include "gdn/gdn_bwd_launch.h"
 #include "gdn/gdn_checks.h"
 #include "gdn/gdn_fwd_launch.h"
@@ -204,6 +205,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       sbp.pdo = pdo.data_ptr<float>();
       sbp.doq = doq.data_ptr();
       sbp.g_rk = g_rk.data_ptr<float>();
+      // (q,) k and W by TMA (the maps' row coordinate is 32-bit); where a map is refused, by cp.async
+      const int64_t hd = d.heads_qk * d.dim_k, vd = d.heads_v * d.dim_k;
+      sbp.chain_tma = gdn_chain_tma() && rows + kGdnChunk < (int64_t(1) << 31) &&
+                      tensor_map_3d(&sbp.q_map, sbp.q, bf16, d.dim_k, d.heads_qk, rows, d.dim_k, hd, 64, 64) &&
+                      tensor_map_3d(&sbp.k_map, sbp.k, bf16, d.dim_k, d.heads_qk, rows, d.dim_k, hd, 64, 64) &&
+                      tensor_map_3d(&sbp.w_map, sbp.w, bf16, d.dim_k, d.heads_v, rows, d.dim_k, vd, 64, 64);
       PiecePlan piece_plan;  // (its workspace lives until the kernels are issued)
       if (use_backward_pieces(d, use_qk_l2norm)) {
         piece_plan = launch_piece_plan(io.params, d, rows, /*backward=*/true, opts, stream);

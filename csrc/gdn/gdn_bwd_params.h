@@ -3,6 +3,8 @@
 // dtype: chunk-start states S0 by slot, W, V_new and T by row) and the gradient outputs.
 #pragma once
 
+#include <cuda.h>
+
 #include "gdn/scan_params.h"
 #include "gdn/scan_pieces.cuh"
 
@@ -42,6 +44,10 @@ struct GdnBwdSplitParams : GdnBwdParams {
   float* pdo;   // [rows, HV, V] fp32 workspace: P^T dO
   void* doq;    // [rows, HV, V] 16-bit workspace: diag(scale rq e^G) dO
   float* g_rk;  // [slots, HV, 2, 64] fp32 workspace: each chunk's G = cumsum(g), then rk
+  // The chain's q (where in the stages), k and W tiles by TMA, as the forward's wgmma chain takes W and K
+  // (GdnSplitParams::chain_tma): maps of q, k [rows, H, K] and w [rows, HV, K], 64 x 64 boxes, 128-byte swizzle.
+  bool chain_tma;
+  CUtensorMap q_map, k_map, w_map;
 };
 
 }  // namespace mom_ops

@@ -17,15 +17,19 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "common/copy_rows.cuh"
 #include "common/cp_async.cuh"
 #include "common/mma.cuh"
+#include "common/opaque.cuh"
 #include "common/tile_layout.h"
+#include "common/tma.cuh"
 #include "gdn/chain_stages.cuh"
 #include "gdn/chunk_prologue.cuh"
 #include "gdn/gdn_bwd_params.h"
 #include "gdn/gdn_fwd_kernel.cuh"
+#include "gdn/wg_state_tile.cuh"
 #include "gdn/gdn_split_kernels.cuh"
 #include "gdn/state_tile.cuh"
 
@@ -120,11 +124,16 @@ __global__ void __launch_bounds__(kGdnThreads) gdn_bwd_prep_kernel(GdnBwdSplitPa
 
 // ---------------------------------------------------------------- 2. the state-gradient chain
 
-template <typename T, int kK, int kBV>
+// kWgmma: the layout of the wgmma chain (WgStateTile): sS, sDvn and the stages' doq unpadded in wgmma's swizzle,
+// every tile on a 1 KB boundary.
+template <typename T, int kK, int kBV, bool kWgmma = false>
 struct GdnBwdChainSplitSmem {
   static constexpr int C = kGdnChunk;
-  static constexpr int kLdV = kBV + 8, kLdU = kBV + 4;
+  static constexpr int kLdV = kWgmma ? kBV : kBV + 8, kLdU = kBV + 4;
   static constexpr int bytes16(int rows, int ld) { return rows * ld * 2; }
+  // sS [kK][kLdV], sDvn and doq [64][kLdV]: padded rows (ldmatrix), or wgmma's layout.
+  using SRows = std::conditional_t<kWgmma, WgColumnRows<kBV, kK>, PaddedRows<kLdV>>;
+  using VRows = std::conditional_t<kWgmma, WgColumnRows<kBV, C>, PaddedRows<kLdV>>;
   // q in the stages at K <= 128; at K = 256 (two stages of q, k, W and the rest would need 252 KB) in a buffer of
   // its own, as only the dS update reads it: chunk c's q loads while chunk c's dVn is formed.
   static constexpr bool kQInStage = kK <= 128;
@@ -136,28 +145,34 @@ struct GdnBwdChainSplitSmem {
   static constexpr int kStageDoq = kStageW + kTileK;
   static constexpr int kStagePdo = kStageDoq + bytes16(C, kLdV);
   static constexpr int kStageG = kStagePdo + C * kLdU * 4;
-  static constexpr int kStage = kStageG + 2 * C * 4;
+  static constexpr int kStage = (kStageG + 2 * C * 4 + 1023) / 1024 * 1024;  // (the TMA boxes' 1 KB alignment)
   static constexpr int kQBytes = kQInStage ? 0 : kTileK;
-  static constexpr int kOther = bytes16(kK, kLdV) + bytes16(C, kLdV) + kQBytes;  // sS, sDvn (and sQ)
+  static constexpr int kMbarBytes = 8 * ChainStages::kMaxStages;  // the stages' TMA mbarriers
+  static constexpr int kOther = kQBytes + bytes16(kK, kLdV) + bytes16(C, kLdV) + kMbarBytes;  // sQ, sS, sDvn, bars
   static constexpr int kStages = chain_stage_count(kStage, kOther);
-  static constexpr int kS = kStages * kStage;             // dS [kK][kLdV] in 16 bits: K dS's B operand and ds1
+  static constexpr int kQ = kStages * kStage;             // q (KRows) where not in the stages (K = 256; 1 KB aligned)
+  static constexpr int kS = kQ + kQBytes;                 // dS [kK][kLdV] in 16 bits: K dS's B operand and ds1
   static constexpr int kDvn = kS + bytes16(kK, kLdV);     // -dVn [64][kLdV]
-  static constexpr int kQ = kDvn + bytes16(C, kLdV);      // q (KRows) where not in the stages (K = 256)
-  static constexpr int kBytes = kQ + kQBytes;
+  static constexpr int kMbar = kDvn + bytes16(C, kLdV);   // uint64_t [kStages]
+  static constexpr int kBytes = kMbar + kMbarBytes;
 };
 
 // Per chunk (in reverse), as the forward's split chain: (1) = full (ChainStages): this chunk's stage has landed and
 // dS is in sS. (2) = compute_sync: -dVn is in sDvn and ds1 has been copied out; then the dS update, after which the
-// stage goes back to the load warps. kBV: 64, or 32 or 16 for few chains (split_chain_value_block).
-template <typename T, int kK, int kBV>
-__global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_kernel(GdnBwdSplitParams p) {
-  using L = GdnBwdChainSplitSmem<T, kK, kBV>;
+// stage goes back to the load warps. kBV: 64, or 32 or 16 for few chains (split_chain_value_block). kWgmma: both
+// products on wgmma, dS in WgStateTile's accumulators (as the forward's chain, gdn_split_kernels.cuh).
+// Kernels: gdn_bwd_chain_split_kernel and gdn_bwd_chain_split_wgmma_kernel below.
+template <typename T, int kK, int kBV, bool kWgmma>
+__device__ __forceinline__ void gdn_bwd_chain_split(const GdnBwdSplitParams& p) {
+  using L = GdnBwdChainSplitSmem<T, kK, kBV, kWgmma>;
   static_assert(L::kBytes <= kSmemPerCta, "two stages (and q) fit in shared memory");
   constexpr int C = kGdnChunk, BV = kBV, kLdV = L::kLdV, kLdU = L::kLdU;
   using KRows = typename L::KRows;
-  using ST = StateTile<kK, BV>;  // dS's register tiles
+  using SRows = typename L::SRows;
+  using VRows = typename L::VRows;
+  using ST = std::conditional_t<kWgmma, WgStateTile<kK, BV>, StateTile<kK, BV>>;  // dS's register tiles
   constexpr int kMT = ST::kMT, kNT = ST::kNT, kNTo = BV / 2 / 8;
-  extern __shared__ __align__(16) unsigned char smem[];
+  extern __shared__ __align__(1024) unsigned char smem[];
   T* sS = reinterpret_cast<T*>(smem + L::kS);
   T* sDvn = reinterpret_cast<T*>(smem + L::kDvn);
   T* sQ_own = reinterpret_cast<T*>(smem + L::kQ);  // used where q is not in the stages
@@ -165,7 +180,9 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_
   auto stage_pdo = [&](int s) { return reinterpret_cast<float*>(smem + s * L::kStage + L::kStagePdo); };
   auto stage_g = [&](int s) { return reinterpret_cast<float*>(smem + s * L::kStage + L::kStageG); };  // G, rk
 
-  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g8 = lane / 4, t4 = lane % 4;
+  // On wgmma, warp through a shuffle (warp-uniform to the compiler; else ptxas serialises the wgmma, C7520).
+  const int tid = threadIdx.x, lane = tid % 32, warp = kWgmma ? __shfl_sync(0xffffffffu, tid / 32, 0) : tid / 32;
+  const int g8 = lane / 4, t4 = lane % 4;
   const ChainCta cta = chain_cta(p, p.seq_order, p.dim_v / BV, BV, kK);
   const int seq = cta.seq, hv = cta.hv, h = cta.h, v0 = cta.v0;
   if (piece_is_cut(p.pieces, seq, hv, p.heads_v)) return;  // the ws chain's, in pieces
@@ -173,7 +190,7 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_
   const int64_t num_chunks = (eos - bos + C - 1) / C;
 
   // Step i walks chunk c = num_chunks - 1 - i (the last one first).
-  if (ChainStages::is_load_warp(tid)) {  // q, k, W, doq, pdo (zero rows past the sequence), G and rk
+  if (ChainStages::is_load_warp(kWgmma ? 32 * warp : tid)) {  // q, k, W, doq, pdo (zero rows past the end), G, rk
     const int ltid = tid - ChainStages::kComputeThreads;
     const int64_t qk_ld = int64_t(p.heads_qk) * kK, w_ld = int64_t(p.heads_v) * kK, v_ld = int64_t(p.heads_v) * p.dim_v;
     const T* q = static_cast<const T*>(p.q) + h * kK;
@@ -181,7 +198,54 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_
     const T* w = static_cast<const T*>(p.w) + hv * kK;
     const T* doq = static_cast<const T*>(p.doq) + (hv * p.dim_v + v0);
     const float* pdo = p.pdo + (hv * p.dim_v + v0);
-    ChainStages::produce<L::kStages>(num_chunks, [&](int s, int64_t i) {
+    // chunk c's doq, pdo, G and rk (rows from c0, len of them) into stage s by cp.async, whichever way the rest comes
+    auto load_rest = [&](int s, int64_t c, int64_t c0, int len) {
+      if constexpr (kWgmma) {
+        copy_rows_async<C, BV, VRows, ChainStages::kLoadThreads>(stage16(s, L::kStageDoq), doq + c0 * v_ld, v_ld, len,
+                                                                 ltid);
+      } else {
+        load_rows<BV * sizeof(T)>(stage16(s, L::kStageDoq), kLdV, doq + c0 * v_ld, v_ld, len, ltid);
+      }
+      load_rows<BV * 4>(stage_pdo(s), kLdU, pdo + c0 * v_ld, v_ld, len, ltid);
+      const float* g_rk = p.g_rk + ((slot0 + c) * p.heads_v + hv) * 2 * C;
+      if (ltid < 2 * C / 4) cp_async16(stage_g(s) + 4 * ltid, g_rk + 4 * ltid, true);  // 2 C floats
+    };
+    if (p.chain_tma) {  // (q,) k and W as 64 x 64 boxes on the stage's mbarrier; the rest by cp.async as below
+      uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::kMbar);
+      if (ltid == 0) {
+        for (int s = 0; s < L::kStages; ++s) mbarrier_init(bars + s, 1);
+        fence_mbarrier_init();
+      }
+      named_bar_sync(ChainStages::kLoads, ChainStages::kLoadThreads);
+      constexpr int kTiles = L::kQInStage ? 3 : 2;
+      constexpr uint32_t kTileBytes = kTiles * C * kK * 2;  // whole boxes (rows past the tensor count too)
+      ChainStages::produce<L::kStages, kWgmma>(
+          num_chunks,
+          [&](int s, int64_t i) {
+            const int64_t c = num_chunks - 1 - i, c0 = bos + c * C;
+            if (ltid == 0) {
+              mbarrier_expect_tx(bars + s, kTileBytes);
+#pragma unroll
+              for (int col = 0; col < kK; col += 64) {
+                const int at = KRows::at(0, col);
+                if constexpr (L::kQInStage) tma_load_3d(stage16(s, L::kStageQ) + at, &p.q_map, col, h, int(c0), bars + s);
+                tma_load_3d(stage16(s, L::kStageK) + at, &p.k_map, col, h, int(c0), bars + s);
+                tma_load_3d(stage16(s, L::kStageW) + at, &p.w_map, col, hv, int(c0), bars + s);
+              }
+            }
+            load_rest(s, c, c0, int(min(int64_t(C), eos - c0)));
+          },
+          [&](int s, int64_t j) {  // chunk j's boxes have landed; rows past the sequence (the next one's) -> 0
+            mbarrier_wait(bars + s, uint32_t(j / L::kStages) % 2);
+            const int len = int(min(int64_t(C), eos - (bos + (num_chunks - 1 - j) * C)));
+            if (len < C) {
+              zero_stage_rows<kK>(stage16(s, L::kStageK), stage16(s, L::kStageW), len, ltid);
+              if constexpr (L::kQInStage) zero_stage_rows<kK>(stage16(s, L::kStageQ), stage16(s, L::kStageQ), len, ltid);
+            }
+          });
+      return;
+    }
+    ChainStages::produce<L::kStages, kWgmma>(num_chunks, [&](int s, int64_t i) {
       const int64_t c = num_chunks - 1 - i, c0 = bos + c * C;
       const int len = int(min(int64_t(C), eos - c0));
       constexpr int kCols = kK < 128 ? kK : 128, kThreads = ChainStages::kLoadThreads;
@@ -195,10 +259,7 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_
         copy_rows_async<C, kCols, KRows, kThreads>(stage16(s, L::kStageK) + at, k + c0 * qk_ld + col, qk_ld, len, ltid);
         copy_rows_async<C, kCols, KRows, kThreads>(stage16(s, L::kStageW) + at, w + c0 * w_ld + col, w_ld, len, ltid);
       }
-      load_rows<BV * sizeof(T)>(stage16(s, L::kStageDoq), kLdV, doq + c0 * v_ld, v_ld, len, ltid);
-      load_rows<BV * 4>(stage_pdo(s), kLdU, pdo + c0 * v_ld, v_ld, len, ltid);
-      const float* g_rk = p.g_rk + ((slot0 + c) * p.heads_v + hv) * 2 * C;
-      if (ltid < 2 * C / 4) cp_async16(stage_g(s) + 4 * ltid, g_rk + 4 * ltid, true);  // 2 C floats
+      load_rest(s, c, c0, len);
     });
     return;
   }
@@ -217,7 +278,12 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_
   for (int64_t i = 0; i < num_chunks; ++i) {
     const int64_t c = num_chunks - 1 - i;
     const int stage = int(i % L::kStages);
-    ST::store(sS, kLdV, dS, warp, lane);  // dS at this chunk's end in 16 bits (ds1's rounding)
+    if constexpr (kWgmma) {
+      ST::store(sS, dS, warp, lane);  // dS at this chunk's end in 16 bits (ds1's rounding)
+      fence_async_smem();             // (read by wgmma after (1))
+    } else {
+      ST::store(sS, kLdV, dS, warp, lane);
+    }
     ChainStages::wait_full<L::kStages>(i);  // (1)
     const T *sK = stage16(stage, L::kStageK), *sW = stage16(stage, L::kStageW);
     const T* sQ = L::kQInStage ? stage16(stage, L::kStageQ) : sQ_own;
@@ -237,26 +303,60 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_
     {
       const int vc0 = ch * (BV / 2);
       float acc[kNTo][4] = {};
-      mma_rows_sw128<T, kK / 16, kNTo, C>(acc, sK, r0, sS + vc0, kLdV, lane);  // B[kk][v] = dS[kk][v]
+      if constexpr (kWgmma) {  // this warpgroup's m64 x (BV / 2) of K dS; ds1's copy-out under it
+        wgmma_fence();
+        // (sS through opaque: formed per chunk. Hoisted out of the loop, the 16 k-steps' descriptors held 32
+        // registers at K = 256, and the kernel spilled 56 B with 14 reloads per chunk.)
+        const T* sS_now = sS + opaque(0);
+        wgmma_k_steps<T, BV / 2, false, true, kK / 16, 128, ST::kSwizzle>(
+            acc, kmajor_steps<KRows>(sK, 0), mnmajor_steps<SRows>(sS_now, vc0), false);
+        wgmma_commit();
+        store_state_tile<kK, BV, SRows>(ds1 + c * slot_stride, p.dim_v, sS, tid);  // dS at this chunk's end -> ds1
+        wgmma_wait<0>();
+        wgmma_fence_acc(acc);
+      } else {
+        mma_rows_sw128<T, kK / 16, kNTo, C>(acc, sK, r0, sS + vc0, kLdV, lane);  // B[kk][v] = dS[kk][v]
+      }
       const float d0 = sRk[i0] * __expf(G_last - sG[i0]), d1 = sRk[i1] * __expf(G_last - sG[i1]);
 #pragma unroll
       for (int nt = 0; nt < kNTo; ++nt) {
         const int col = vc0 + nt * 8 + 2 * t4;
         const float2 x0 = *reinterpret_cast<const float2*>(sPdo + i0 * kLdU + col);
         const float2 x1 = *reinterpret_cast<const float2*>(sPdo + i1 * kLdU + col);
-        store2<T>(sDvn + i0 * kLdV + col, -(d0 * acc[nt][0] + x0.x), -(d0 * acc[nt][1] + x0.y));
-        store2<T>(sDvn + i1 * kLdV + col, -(d1 * acc[nt][2] + x1.x), -(d1 * acc[nt][3] + x1.y));
+        store2<T>(sDvn + VRows::at(i0, col), -(d0 * acc[nt][0] + x0.x), -(d0 * acc[nt][1] + x0.y));
+        store2<T>(sDvn + VRows::at(i1, col), -(d1 * acc[nt][2] + x1.x), -(d1 * acc[nt][3] + x1.y));
       }
     }
-    store_state_tile<kK, BV, PaddedRows<kLdV>>(ds1 + c * slot_stride, p.dim_v, sS, tid);  // dS at this chunk's end -> ds1
+    if constexpr (!kWgmma) {
+      store_state_tile<kK, BV, SRows>(ds1 + c * slot_stride, p.dim_v, sS, tid);  // dS at this chunk's end -> ds1
+    }
     if constexpr (!L::kQInStage) cp_async_wait<0>();  // this thread's share of q (the barrier shows all of it)
+    if constexpr (kWgmma) fence_async_smem();         // sDvn (and q), read by wgmma after (2)
     ChainStages::compute_sync();  // (2)
 
     // dS = e^{G_L} dS + Q^T doq + W^T (-dVn) on this warp's tiles; then the stage is free.
-    ST::decay_add_atb2_sw128(dS, decay, sQ, sW, sDoq, sDvn, kLdV, warp, lane);
+    if constexpr (kWgmma) {
+      ST::template decay_add_atb<T, 2>(dS, decay, {sQ, sW}, {sDoq, sDvn}, warp);
+    } else {
+      ST::decay_add_atb2_sw128(dS, decay, sQ, sW, sDoq, sDvn, kLdV, warp, lane);
+    }
     ChainStages::release<L::kStages>(i, num_chunks);
   }
   if (p.dh0 != nullptr) ST::for_each(dS, warp, lane, [&](float& x, int kk, int vv) { p.dh0[state_index(kk, vv)] = x; });
+}
+
+template <typename T, int kK, int kBV>
+__global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_kernel(
+    const __grid_constant__ GdnBwdSplitParams p) {  // (param space: the TMA reads the maps there)
+  gdn_bwd_chain_split<T, kK, kBV, false>(p);
+}
+
+// The same on wgmma (K = 128 / 256, 32- or 64-column V-blocks): gdn_bwd_chain.cu picks it unless
+// MOM_OPS_GDN_CHAIN_WGMMA=0.
+template <typename T, int kK, int kBV>
+__global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_bwd_chain_split_wgmma_kernel(
+    const __grid_constant__ GdnBwdSplitParams p) {
+  gdn_bwd_chain_split<T, kK, kBV, true>(p);
 }
 
 }  // namespace mom_ops

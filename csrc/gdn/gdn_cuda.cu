@@ -10,6 +10,7 @@
 #include "common/env_flag.h"
 #include "common/other_gpus.h"
 #include "common/static_switch.h"
+#include "common/tma_host.h"
 #include "gdn/gdn_checks.h"
 #include "gdn/gdn_fwd_kernel.cuh"
 #include "gdn/gdn_fwd_launch.h"
@@ -223,6 +224,13 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const GdnDims& d, const at::Tenso
     sp.save_t = work.t.defined() ? work.t.data_ptr() : nullptr;
     sp.u = u.data_ptr<float>();
     sp.g_rk = g_rk.data_ptr<float>();
+    // The wgmma chain's W and K by TMA (the maps' row coordinate is 32-bit); where a map is refused, by cp.async.
+    const bool bf16 = q.scalar_type() == at::kBFloat16;
+    sp.chain_tma = gdn_chain_tma() && rows + kGdnChunk < (int64_t(1) << 31) &&
+                   tensor_map_3d(&sp.w_map, sp.save_w, bf16, d.dim_k, d.heads_v, rows, d.dim_k, d.heads_v * d.dim_k,
+                                 64, 64) &&
+                   tensor_map_3d(&sp.k_map, sp.k, bf16, d.dim_k, d.heads_qk, rows, d.dim_k, d.heads_qk * d.dim_k, 64,
+                                 64);
     const int64_t slots = chunk_slots(rows, d.num_seqs);
     at::Tensor counters;  // the outputs beside the chain: [slots, HV] chunk counters, then the chains' (prep zeroes)
     if (overlap) {

@@ -16,6 +16,7 @@
 // fused kernel's (16-bit T diag(..), W, S, QK, V_new operands), U kept in fp32. Status: csrc/gdn/NOTES.md.
 #pragma once
 
+#include <cuda.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -27,6 +28,7 @@
 #include "common/grid_dependency.cuh"
 #include "common/mma.cuh"
 #include "common/tile_layout.h"
+#include "common/tma.cuh"
 #include "gdn/chain_stages.cuh"
 #include "gdn/chunk_prologue.cuh"
 #include "gdn/gdn_fwd_kernel.cuh"
@@ -52,6 +54,11 @@ struct GdnSplitParams : GdnFwdParams {
   // kernel's simulation picks one: scan_prologue.cuh's ChainWidthChoice; not with chunk_ready); nullptr: always
   const int* chain_width;
   int chain_width_id;
+  // The wgmma chain's W and K tiles by TMA (gdn_chain_tma): one load thread issues a box per 64 columns on the
+  // stage's mbarrier instead of every load thread's cp.async per 16 bytes. Maps of save_w [rows, HV, K] and k
+  // [rows, H, K] with 64 x 64 boxes in the 128-byte swizzle (the stage's Sw128Slabs).
+  bool chain_tma;
+  CUtensorMap w_map, k_map;
 };
 
 // The output kernel starts while the chain runs (programmatic dependent launch) and takes each chunk once the chain
@@ -257,6 +264,21 @@ __global__ void __launch_bounds__(kGdnThreads, GdnPrepSmem<T, kK>::kCtasPerSm) g
 
 // ---------------------------------------------------------------- 2. the state chain
 
+// Rows [len, 64) of the chain stage's W and K tiles (Sw128Slabs<64>: each row one 128-byte line per 64-column slab)
+// -> zeros, by the load threads: a TMA box runs on into the next sequence's rows, which cp.async zero-filled (and
+// 0 x NaN would reach the state through the products).
+template <int kK, typename T>
+__device__ __forceinline__ void zero_stage_rows(T* w, T* k, int len, int ltid) {
+  constexpr int kSlabs = kK / 64;
+  const int lines = (kGdnChunk - len) * kSlabs * 8;  // 16-byte chunks per tile
+  for (int idx = ltid; idx < 2 * lines; idx += ChainStages::kLoadThreads) {
+    const int tile = idx / lines, rest = idx % lines;
+    const int slab = rest / ((kGdnChunk - len) * 8), row = len + rest % ((kGdnChunk - len) * 8) / 8, q = rest % 8;
+    T* base = (tile == 0 ? w : k) + slab * kGdnChunk * 64 + row * 64 + q * 8;
+    *reinterpret_cast<uint4*>(base) = make_uint4(0, 0, 0, 0);
+  }
+}
+
 // kBudget: the shared memory the chain may take (less than a CTA's most where an output CTA should fit beside it).
 // kWgmma: the layout of the wgmma chain (WgStateTile): sS and sVd unpadded in wgmma's swizzle, every tile on a 1 KB
 // boundary (the swizzle is applied to address bits).
@@ -276,11 +298,14 @@ struct GdnChainFwdSmem {
   static constexpr int kStageW = 0, kStageK = bytes16(C, kK), kStageU = 2 * bytes16(C, kK);
   static constexpr int kStageG = kStageU + C * kLdU * 4;
   static constexpr int kStage = align(kStageG + 2 * C * 4);
-  static constexpr int kOther = bytes16(kK, kLdV) + bytes16(C, kLdV);  // sS and sVd (1 KB multiples when kWgmma)
+  static constexpr int kMbarBytes = kWgmma ? 8 * ChainStages::kMaxStages : 0;  // the stages' TMA mbarriers
+  static constexpr int kOther = bytes16(kK, kLdV) + bytes16(C, kLdV) + kMbarBytes;  // sS, sVd (1 KB multiples
+                                                                                     // when kWgmma), mbarriers
   static constexpr int kStages = chain_stage_count(kStage, kOther, kBudget);
   static constexpr int kS = kStages * kStage;                 // S [kK][kLdV] in 16 bits: W S's B operand and s0
   static constexpr int kVd = kS + bytes16(kK, kLdV);          // rk e^{G_last - G} V_new [64][kLdV]
-  static constexpr int kBytes = kVd + bytes16(C, kLdV);
+  static constexpr int kMbar = kVd + bytes16(C, kLdV);        // uint64_t [kStages] (kWgmma)
+  static constexpr int kBytes = kMbar + kMbarBytes;
 };
 
 // The chain's V-block width kBV: 64, or 32 or 16 where 64-column chains would leave most SMs idle (one long
@@ -346,6 +371,41 @@ __device__ __forceinline__ void gdn_chain(const GdnSplitParams& p) {
     const T* w = static_cast<const T*>(p.save_w) + hv * kK;
     const T* k = static_cast<const T*>(p.k) + h * kK;
     const float* u = p.u + (hv * p.dim_v + v0);
+    if constexpr (kWgmma) {
+      if (p.chain_tma) {  // W and K as 64 x 64 boxes on the stage's mbarrier; U, G and rk by cp.async as below
+        uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::kMbar);
+        if (ltid == 0) {
+          for (int s = 0; s < L::kStages; ++s) mbarrier_init(bars + s, 1);
+          fence_mbarrier_init();
+        }
+        named_bar_sync(ChainStages::kLoads, ChainStages::kLoadThreads);
+        constexpr uint32_t kTileBytes = 2 * C * kK * 2;  // W and K, whole boxes (rows past the tensor count too)
+        ChainStages::produce<L::kStages, true>(
+            num_chunks,
+            [&](int s, int64_t i) {
+              const int64_t c0 = bos + i * C;
+              if (ltid == 0) {
+                mbarrier_expect_tx(bars + s, kTileBytes);
+#pragma unroll
+                for (int col = 0; col < kK; col += 64) {
+                  const int at = StageRows::at(0, col);
+                  tma_load_3d(stage_w(s) + at, &p.w_map, col, hv, int(c0), bars + s);
+                  tma_load_3d(stage_k(s) + at, &p.k_map, col, h, int(c0), bars + s);
+                }
+              }
+              const int len = int(min(int64_t(C), eos - c0));
+              load_rows<BV * 4>(stage_u(s), kLdU, u + c0 * u_ld, u_ld, len, ltid);
+              const float* g_rk = p.g_rk + ((slot0 + i) * p.heads_v + hv) * 2 * C;
+              if (ltid < 2 * C / 4) cp_async16(stage_g(s) + 4 * ltid, g_rk + 4 * ltid, true);  // 2 C floats
+            },
+            [&](int s, int64_t j) {  // chunk j's boxes have landed; rows past the sequence (the next one's) -> 0
+              mbarrier_wait(bars + s, uint32_t(j / L::kStages) % 2);
+              const int len = int(min(int64_t(C), eos - (bos + j * C)));
+              if (len < C) zero_stage_rows<kK>(stage_w(s), stage_k(s), len, ltid);
+            });
+        return;
+      }
+    }
     ChainStages::produce<L::kStages, kWgmma>(num_chunks, [&](int s, int64_t i) {
       const int64_t c0 = bos + i * C;
       const int len = int(min(int64_t(C), eos - c0));
@@ -450,14 +510,14 @@ __global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_chain_kernel(Gdn
 // The same on wgmma (K = 128 / 256, 32- or 64-column V-blocks): gdn_split.cu's launch_chain picks it unless
 // MOM_OPS_GDN_CHAIN_WGMMA=0.
 template <typename T, int kK, int kBV>
-__global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_chain_wgmma_kernel(GdnSplitParams p) {
+__global__ void __launch_bounds__(ChainStages::kThreads, 1) gdn_chain_wgmma_kernel(
+    const __grid_constant__ GdnSplitParams p) {  // (param space: the TMA reads the maps there)
   gdn_chain<T, kK, kBV, kSmemPerCta, true>(p);
 }
 
-// Where the wgmma chain exists, and whether it runs (MOM_OPS_GDN_CHAIN_WGMMA=0: the mma.sync one; bitwise the same).
-template <int kK, int kBV>
-constexpr bool chain_on_wgmma_fits() { return (kK == 128 || kK == 256) && (kBV == 32 || kBV == 64); }
-inline bool gdn_chain_on_wgmma() { return !env_is("MOM_OPS_GDN_CHAIN_WGMMA", "0"); }
+// Whether the split chains take their stage tiles by TMA (the forward W, K; the backward q, k, W: GdnSplitParams and
+// GdnBwdSplitParams::chain_tma); MOM_OPS_GDN_CHAIN_TMA=0: by cp.async.
+inline bool gdn_chain_tma() { return !env_is("MOM_OPS_GDN_CHAIN_TMA", "0"); }
 
 // With the outputs beside the chain (gdn_split_overlap) at 16-column V-blocks: kBudget bytes of shared memory and at
 // most 104 registers, so that an output CTA fits on the SM too (384 x 104 + 256 x 96 registers; the output kernel's

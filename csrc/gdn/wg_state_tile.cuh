@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "common/env_flag.h"
 #include "common/mma.cuh"
 #include "common/tile_layout.h"
 #include "common/wgmma_steps.cuh"
@@ -18,6 +19,12 @@ namespace mom_ops {
 // A 16-bit tile of kBV columns and kRows rows as wgmma reads it (MN-major B: S for W S, V_d for K^T V_d).
 template <int kBV, int kRows>
 using WgColumnRows = std::conditional_t<kBV == 64, Sw128Slabs<kRows>, Sw64Rows>;
+
+// Where the split chains (forward and backward) have a wgmma instance, and whether it runs (MOM_OPS_GDN_CHAIN_WGMMA=0:
+// the mma.sync one; bitwise the same results either way).
+template <int kK, int kBV>
+constexpr bool chain_on_wgmma_fits() { return (kK == 128 || kK == 256) && (kBV == 32 || kBV == 64); }
+inline bool gdn_chain_on_wgmma() { return !env_is("MOM_OPS_GDN_CHAIN_WGMMA", "0"); }
 
 template <int kK, int kBV>
 struct WgStateTile {
@@ -68,6 +75,16 @@ struct WgStateTile {
   template <typename T>
   __device__ __forceinline__ static void decay_add_ktv(float (&s)[kTiles][kNT][4], float decay, const T* sK,
                                                        const T* sVd, int warp) {
+    decay_add_atb<T, 1>(s, decay, {sK}, {sVd}, warp);
+  }
+
+  // s = decay s + sum over products i of a_i^T b_i (a_i [64 c][kK] as K above, b_i [64 c][kBV] as V_d), the products'
+  // k-steps interleaved (k-step 0 of each, then k-step 1, ...) as StateTile::decay_add_atb2 sums them, so that the
+  // results are bitwise those of the mma.sync chain: the backward's dS update Q^T doq + W^T (-dVn).
+  template <typename T, int kProducts>
+  __device__ __forceinline__ static void decay_add_atb(float (&s)[kTiles][kNT][4], float decay,
+                                                       const T* const (&a)[kProducts], const T* const (&b)[kProducts],
+                                                       int warp) {
 #pragma unroll
     for (int t = 0; t < kTiles; ++t)
 #pragma unroll
@@ -76,10 +93,18 @@ struct WgStateTile {
         for (int e = 0; e < 4; ++e) s[t][nt][e] *= decay;
     wgmma_fence();
 #pragma unroll
-    for (int t = 0; t < kTiles; ++t)
-      wgmma_k_steps<T, kBV, true, true, kGdnChunkSteps, 128, kSwizzle>(
-          s[t], mnmajor_steps<Sw128Slabs<64>>(sK, 64 * (warp / 4 * kTiles + t)),
-          mnmajor_steps<ColumnRows<64>>(sVd, 0), true);
+    for (int t = 0; t < kTiles; ++t) {
+      const int m0 = 64 * (warp / 4 * kTiles + t);  // this tile's first row of s: column m0 of every a_i
+#pragma unroll
+      for (int step = 0; step < kChunkSteps; ++step)
+#pragma unroll
+        for (int i = 0; i < kProducts; ++i) {
+          const auto a_at = mnmajor_steps<Sw128Slabs<64>>(a[i], m0);
+          const auto b_at = mnmajor_steps<ColumnRows<64>>(b[i], 0);
+          wgmma_m64k16<T, kBV, true, true>(s[t], step_desc(swizzled_desc<128>(a_at(0)), a_at(step), a_at(0)),
+                                           step_desc(swizzled_desc<kSwizzle>(b_at(0)), b_at(step), b_at(0)), true);
+        }
+    }
     wgmma_commit();
     wgmma_wait<0>();
 #pragma unroll
@@ -90,7 +115,7 @@ struct WgStateTile {
   __device__ __forceinline__ static int row0(int warp, int t) { return 64 * (warp / 4 * kTiles + t) + 16 * (warp % 4); }
 
  private:
-  static constexpr int kGdnChunkSteps = 4;  // the chunk's 64 rows as k16 steps
+  static constexpr int kChunkSteps = 4;  // the chunk's 64 rows as k16 steps
 };
 
 }  // namespace mom_ops

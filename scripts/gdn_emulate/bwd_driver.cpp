@@ -17,6 +17,7 @@
 #include "gdn/gdn_bwd_grads_kernel.cuh"
 #include "gdn/gdn_bwd_split_kernels.cuh"
 #include "gdn/gdn_piece_plan.cuh"
+#include "common/tma_host.h"
 #include <algorithm>
 #include <string>
 
@@ -204,6 +205,11 @@ int main(int argc, char** argv) {
       GdnBwdSplitParams sb{};
       static_cast<GdnBwdParams&>(sb) = bp;
       sb.pdo = pdo.as<float>(), sb.doq = doq.data, sb.g_rk = g_rk.as<float>();
+      // (q,) k and W by TMA, as gdn_bwd_cuda.cu sets it (EMU_CHAIN_TMA=0: by cp.async)
+      sb.chain_tma = !(std::getenv("EMU_CHAIN_TMA") && std::atoi(std::getenv("EMU_CHAIN_TMA")) == 0) &&
+                     tensor_map_3d(&sb.q_map, sb.q, BF16, kK, H, rows, kK, H * kK, 64, 64) &&
+                     tensor_map_3d(&sb.k_map, sb.k, BF16, kK, H, rows, kK, H * kK, 64, 64) &&
+                     tensor_map_3d(&sb.w_map, sb.w, BF16, kK, HV, rows, kK, HV * kK, 64, 64);
 #if KK == 128
       if (piece_chunks > 0) {
         sb.pieces = ScanPieces{plan_start, plan_missing, piece_chunks, plan_counters};
@@ -216,6 +222,14 @@ int main(int argc, char** argv) {
       launch(gdn_bwd_prep_kernel<T, kK>, sb, slots * HV, GdnBwdPrepSmem<T, kK>::kBytes);
       auto chain = [&](auto bv) {
         constexpr int kChainBV = decltype(bv)::value;
+        if constexpr (chain_on_wgmma_fits<kK, kChainBV>()) {  // as gdn_bwd_chain.cu
+          if (gdn_chain_on_wgmma()) {
+            std::printf("  backward split chain on wgmma, %d-column V-blocks\n", kChainBV);
+            launch(gdn_bwd_chain_split_wgmma_kernel<T, kK, kChainBV>, sb, int64_t(N) * HV * (V / kChainBV),
+                   GdnBwdChainSplitSmem<T, kK, kChainBV, true>::kBytes, ChainStages::kThreads);
+            return;
+          }
+        }
         launch(gdn_bwd_chain_split_kernel<T, kK, kChainBV>, sb, int64_t(N) * HV * (V / kChainBV),
                GdnBwdChainSplitSmem<T, kK, kChainBV>::kBytes, ChainStages::kThreads);
       };

@@ -8,6 +8,7 @@
 #include "gdn/gdn_fwd_kernel.cuh"
 #include "gdn/gdn_split_kernels.cuh"
 #include "gdn/gdn_output_wgmma_kernel.cuh"
+#include "common/tma_host.h"
 #if KK == 128 && KBV == 128
 #include "gdn/gdn_fwd_ws_kernel.cuh"
 #include "gdn/gdn_piece_plan.cuh"
@@ -89,6 +90,10 @@ int main(int argc, char** argv) {
   // gdn_cuda.cu would take it (not with pieces).
   auto run_split = [&](GdnSplitParams sp, bool overlap) {
     sp.u = u.as<float>(), sp.g_rk = g_rk.as<float>();
+    // the wgmma chain's W and K by TMA, as gdn_cuda.cu sets it (EMU_CHAIN_TMA=0: by cp.async)
+    sp.chain_tma = !(std::getenv("EMU_CHAIN_TMA") && std::atoi(std::getenv("EMU_CHAIN_TMA")) == 0) &&
+                   tensor_map_3d(&sp.w_map, sp.save_w, BF16, kK, HV, rows, kK, HV * kK, 64, 64) &&
+                   tensor_map_3d(&sp.k_map, sp.k, BF16, kK, H, rows, kK, H * kK, 64, 64);
     const int64_t vb = V / kSplitBV;
     Buf counters;  // the chain's counters (prep zeroes them), waited on by the output kernel, as gdn_cuda.cu decides
     if (overlap && gdn_split_overlap(kK, emu_chain_bv())) {

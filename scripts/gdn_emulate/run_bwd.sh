@@ -93,6 +93,11 @@ export EMU_CHAIN_BV=16
 run emu_bwd_128_128_1 2 2 128 1 1 0 3 1 7 1 1 150 0 1 65
 run emu_bwd_128_64_0  1 2 128 1 0 0 1 0 3 1 1 200 0 1 64
 run emu_bwd_256_64_1  1 2 128 1 1 1 3 1 0 1 1 130 0 64 1
+# ... on mma.sync (MOM_OPS_GDN_CHAIN_WGMMA=0; the cases above run it on wgmma at K = 128 / 256, V-blocks of 32 / 64)
+export MOM_OPS_GDN_CHAIN_WGMMA=0
+run emu_bwd_128_64_1  2 2 192 1 0 1 3 0 0 1 1 1 0 129
+run emu_bwd_256_32_1  1 2 64  1 0 0 3 1 3 1 1 130 0 64 1
+unset MOM_OPS_GDN_CHAIN_WGMMA
 # ... with the chain in pieces of 3 chunks (EMU_BWD_PIECES; gdn_bwd_cuda.cu's pieces are 16): the ws chain takes the
 # cut heads, odd heads forced onto the split chain, the plan checked against the host
 unset EMU_CHAIN_BV

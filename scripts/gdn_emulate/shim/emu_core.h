@@ -68,15 +68,18 @@ inline void yield() { swapcontext(&g_cur->ctx, &g_sched); }
 struct Bar { int count; int arrived = 0; uint64_t gen = 0; };
 // One arrival at b: the arrival that completes a generation releases the waiting threads; the others wait for that
 // (wait) or go on after a yield (bar.arrive: the released threads may run before the arriving thread's next step).
+// Every arrival and every release counts as progress for the launcher's deadlock check: with random warp speeds a
+// full round can consist of threads leaving a generation completed rounds ago and arriving at the next barrier.
 inline void bar_arrive(Bar& b, bool wait) {
   const uint64_t g = b.gen;
+  ++g_progress;
   if (++b.arrived == b.count) {
     b.arrived = 0;
     ++b.gen;
-    ++g_progress;
     yield();
   } else if (wait) {
     while (b.gen == g) yield();
+    ++g_progress;
   } else {
     yield();
   }

@@ -50,14 +50,14 @@ inline void mbarrier_expect_tx(uint64_t* bar, uint32_t bytes) {
   auto& m = emu::mbarrier_at(bar);
   m.tx += bytes;
   if (m.pending == 0) EMU_FAIL("mbarrier %p: more arrivals than its count", static_cast<void*>(bar));
-  --m.pending;
+  --m.pending, ++emu::g_progress;  // (an arrival is progress for the launcher's deadlock check)
   emu::mbarrier_settle(m);
   emu::yield();
 }
 inline void mbarrier_arrive(uint64_t* bar) {
   auto& m = emu::mbarrier_at(bar);
   if (m.pending == 0) EMU_FAIL("mbarrier %p: more arrivals than its count", static_cast<void*>(bar));
-  --m.pending;
+  --m.pending, ++emu::g_progress;  // (an arrival is progress for the launcher's deadlock check)
   emu::mbarrier_settle(m);
   emu::yield();
 }
@@ -96,6 +96,7 @@ inline void tma_load_3d(void* dst, const CUtensorMap* map, int c0, int c1, int c
   }
   auto& m = emu::mbarrier_at(bar);
   m.landings.push_back({dst, std::move(box)});
+  ++emu::g_progress;
   if (emu::tma_eager()) emu::tma_land(m);
 }
 }  // namespace mom_ops
