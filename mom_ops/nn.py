@@ -423,6 +423,11 @@ class MoMAttention(nn.Module):
                     shared_memory=fla_layer.shared_mem, conv_size=fla_layer.conv_size, norm_eps=fla_layer.o_norm.eps)
         weight = fla_layer.q_proj.weight
         layer.to(device=weight.device, dtype=weight.dtype)
+        # the decay parameters keep their own dtype (a 16-bit model may hold A_log / dt_bias in fp32; the gating op
+        # takes them in any floating dtype, the two alike)
+        decay_dtype = torch.promote_types(fla_layer.A_log.dtype, fla_layer.dt_bias.dtype)
+        layer.A_log.data = layer.A_log.data.to(decay_dtype)
+        layer.dt_bias.data = layer.dt_bias.data.to(decay_dtype)
         stack = lambda mods: torch.stack([m.weight for m in mods])  # noqa: E731
         with torch.no_grad():
             for ours, theirs in [

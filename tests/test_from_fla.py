@@ -32,6 +32,14 @@ def test_from_fla_copies_every_weight():
     assert ours.norm_eps == fla_layer.o_norm.eps
 
 
+def test_from_fla_keeps_fp32_decay_parameters_of_a_16_bit_layer():
+    fla_layer = _fla_layer().to(torch.bfloat16)
+    fla_layer.A_log.data, fla_layer.dt_bias.data = fla_layer.A_log.data.float() + 1e-3, fla_layer.dt_bias.data.float()
+    ours = MoMAttention.from_fla(fla_layer)
+    assert ours.q_proj.weight.dtype == torch.bfloat16 and ours.A_log.dtype == ours.dt_bias.dtype == torch.float32
+    assert torch.equal(ours.A_log, fla_layer.A_log)
+
+
 def test_from_fla_rejects_unsupported_configs():
     with pytest.raises(ValueError, match="single_kv_proj"):
         MoMAttention.from_fla(_fla_layer(single_kv_proj=True))
