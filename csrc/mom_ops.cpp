@@ -9,6 +9,7 @@
 //   An optional output that was not asked for is returned as an empty tensor.
 
 #include <Python.h>
+#include <torch/csrc/autograd/VariableTypeUtils.h>
 #include <torch/library.h>
 
 namespace mom_ops {
@@ -130,4 +131,32 @@ TORCH_LIBRARY(mom_ops, m) {
   m.def(
       "mom_decode_step(Tensor q, Tensor k, Tensor v, Tensor g, Tensor beta, Tensor weights, Tensor slots, "
       "Tensor(a!) state_pool, float scale, bool use_qk_l2norm, bool state_v_first) -> Tensor");
+}
+
+// The ops that write an argument in place (Tensor(a!)) bump its version counter, as torch's in-place ops do: a
+// tensor autograd saved before the write then raises at backward instead of giving gradients of the new values.
+// (torch's autogradNotImplementedInplaceOrViewFallback bumps written returns only; ours return fresh tensors.)
+namespace mom_ops {
+void bump_written_arguments(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torch::jit::Stack* stack) {
+  const auto& arguments = op.schema().arguments();
+  const size_t first = stack->size() - arguments.size();
+  std::vector<at::Tensor> written;
+  for (size_t i = 0; i < arguments.size(); ++i) {
+    const at::AliasInfo* alias = arguments[i].alias_info();
+    if (alias != nullptr && alias->isWrite() && (*stack)[first + i].isTensor()) {
+      written.push_back((*stack)[first + i].toTensor());
+    }
+  }
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    op.redispatchBoxed(keys & c10::after_ADInplaceOrView_keyset, stack);
+  }
+  for (const at::Tensor& t : written) torch::autograd::increment_version(t);
+}
+}  // namespace mom_ops
+
+TORCH_LIBRARY_IMPL(mom_ops, ADInplaceOrView, m) {
+  for (const char* op : {"gdn_gating_bwd", "segment_conv_bwd_into", "mom_decode_step"}) {
+    m.impl(op, torch::CppFunction::makeFromBoxedFunction<&mom_ops::bump_written_arguments>());
+  }
 }

@@ -72,6 +72,21 @@ def test_decode_opcheck():
     torch.library.opcheck(torch.ops.mom_ops.mom_decode_step.default, args, test_utils=("test_schema", "test_faketensor"))
 
 
+def test_decode_step_bumps_the_pool_version():
+    """The pool is written in place: like torch's in-place ops, the step bumps its version counter, so a view of it
+    that autograd saved earlier raises at backward instead of giving gradients of the new values."""
+    inp = _step_inputs()
+    pool = inp["state_pool"]
+    x = torch.randn(pool[0].shape, requires_grad=True)
+    y = (x * pool[0]).sum()  # saves the view pool[0]
+    before = pool._version
+    with torch.no_grad():
+        mom_ops.mom_decode_step(*[inp[n] for n in ("q", "k", "v", "g", "beta", "weights", "slots")], pool)
+    assert pool._version > before
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()
+
+
 def test_decode_bad_input():
     inp = _step_inputs()
     bad = dict(inp, slots=inp["slots"].clone())
