@@ -93,6 +93,16 @@ def test_triton_softplus_keeps_tiny_values():
     assert (g.cpu().double() / want - 1).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("device", device_param())
+def test_gdn_gating_no_rows_with_expanded_gradients(device):
+    """Zero rows and sum's backward: the incoming [0, H] gradients are expanded (strides 0), which is fine."""
+    a = torch.zeros(0, 3, device=device, requires_grad=True)
+    g, beta = mom_ops.gdn_gating(a, torch.zeros(0, 3, device=device), torch.zeros(3, device=device),
+                                 torch.zeros(3, device=device))
+    (g.sum() + beta.float().sum()).backward()
+    assert a.grad.shape == (0, 3)
+
+
 def test_gdn_gating_gradcheck():
     a, b, A_log, dt_bias = _inputs(12, 3, torch.float64, "cpu", torch.float64)
     args = tuple(t.detach().clone().requires_grad_(True) for t in (a, b, A_log, dt_bias))

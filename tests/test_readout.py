@@ -59,6 +59,23 @@ def test_memory_mix_zero_routing_weights(device):
     assert torch.all(ours[0].grad[rows[rows >= 0]] == 0)
 
 
+@pytest.mark.parametrize("device", device_param())
+def test_memory_mix_masked_tokens_read_nothing(device):
+    """A token routed nowhere gets 0 (plus its shared row) even when row 0 of o_routed holds an inf (it used to be
+    gathered from row 0 and multiplied by 0 on the CPU: NaN), and the rows no pair uses get a 0 gradient."""
+    need_kernel("memory_mix_bwd", device)
+    plan, o_routed, shared, norm_w, gate = _setup(n=40, device=device)
+    masked = (plan.dst_row < 0).all(1)
+    assert masked.any()
+    o_routed = o_routed.clone()
+    o_routed[0] = float("inf")
+    out = mom_ops.memory_mix(o_routed, plan, shared=shared)
+    torch.testing.assert_close(out[masked], shared[masked])
+    grads = torch.ops.mom_ops.memory_mix_bwd(torch.full_like(shared, float("nan")), o_routed, plan.dst_row,
+                                             plan.src_pair, plan.weights, shared, None, None, 1e-6)
+    assert torch.all(grads[0][plan.src_pair < 0] == 0)
+
+
 def test_memory_mix_gradcheck():
     plan, o_routed, shared, norm_w, gate = _setup(n=12, H=2, V=4, dtype=torch.float64)
     args = [o_routed, plan.weights.double(), shared, norm_w.double(), gate]

@@ -27,8 +27,9 @@ inline int64_t check_gdn_gating_args(const at::Tensor& a, const at::Tensor& b, c
   CHECK_SAME_DTYPE(dt_bias, A_log);
   CHECK_DEVICE(dt_bias, a);
   for (const auto& [t, name] : {std::pair{&a, "a"}, std::pair{&b, "b"}}) {
-    TORCH_CHECK_VALUE(H <= 1 || t->stride(1) == 1, name, " must have dense heads (stride(1) == 1), got strides ",
-                      t->strides());
+    // (no rows: any strides, e.g. sum's expanded [0, H] gradient)
+    TORCH_CHECK_VALUE(t->size(0) == 0 || H <= 1 || t->stride(1) == 1, name,
+                      " must have dense heads (stride(1) == 1), got strides ", t->strides());
   }
   return H;
 }
@@ -64,8 +65,9 @@ inline void check_gdn_gating_grads(const at::Tensor& grad_g, const at::Tensor& g
   }
   for (const auto& [t, name] : {std::pair{&grad_g, "grad_g"}, std::pair{&grad_beta, "grad_beta"},
                                 std::pair{&grad_a, "grad_a"}, std::pair{&grad_b, "grad_b"}}) {
-    TORCH_CHECK_VALUE(H <= 1 || t->stride(1) == 1, name, " must have dense heads (stride(1) == 1), got strides ",
-                      t->strides());
+    // (no rows: any strides, e.g. sum's expanded [0, H] gradient)
+    TORCH_CHECK_VALUE(t->size(0) == 0 || H <= 1 || t->stride(1) == 1, name,
+                      " must have dense heads (stride(1) == 1), got strides ", t->strides());
   }
   const at::MemOverlapStatus overlap = at::get_overlap_status(grad_a, grad_b);
   TORCH_CHECK_VALUE(overlap != at::MemOverlapStatus::Full && overlap != at::MemOverlapStatus::Partial,

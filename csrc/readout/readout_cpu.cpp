@@ -19,7 +19,9 @@ std::pair<at::Tensor, at::Tensor> gather_and_mix(const at::Tensor& o_routed, con
   const at::Tensor rows = at::where(valid, dst_row, at::zeros_like(dst_row)).to(at::kLong);
   at::Tensor gathered = o_routed.to(math).index_select(0, rows.flatten());
   gathered = gathered.view({dst_row.size(0), dst_row.size(1), o_routed.size(1), o_routed.size(2)});
-  gathered = gathered * valid.to(math).view({dst_row.size(0), dst_row.size(1), 1, 1});
+  // where, not a product: a pair routed nowhere reads nothing (an inf / NaN in row 0 times 0 was NaN; CUDA skips it)
+  const at::Tensor zero = at::zeros({}, gathered.options());
+  gathered = at::where(valid.view({dst_row.size(0), dst_row.size(1), 1, 1}), gathered, zero);
   at::Tensor o = (gathered * weights.to(math).unsqueeze(-1).unsqueeze(-1)).sum(1);
   if (shared.has_value()) o = o + shared->to(math);
   return {gathered, o};
@@ -67,8 +69,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_mi
   const at::Tensor valid = src_pair.ge(0);
   const at::Tensor pairs = at::where(valid, src_pair, at::zeros_like(src_pair)).to(at::kLong);
   const at::Tensor token = at::floor_divide(pairs, d.topk);
-  const at::Tensor row_scale = weights.to(o.scalar_type()).flatten().index_select(0, pairs) * valid.to(o.scalar_type());
-  const at::Tensor grad_o_routed = do_.index_select(0, token) * row_scale.view({-1, 1, 1});
+  const at::Tensor row_scale = weights.to(o.scalar_type()).flatten().index_select(0, pairs);
+  // unused rows get 0, not 0 * (a NaN in token 0's gradient)
+  const at::Tensor scaled = do_.index_select(0, token) * row_scale.view({-1, 1, 1});
+  const at::Tensor grad_o_routed = at::where(valid.view({-1, 1, 1}), scaled, at::zeros({}, do_.options()));
   const at::Tensor grad_weights = (gathered * do_.unsqueeze(1)).sum(at::IntArrayRef{2, 3}).to(weights.scalar_type());
   const at::Tensor grad_shared = shared.has_value() ? do_.to(shared->scalar_type()) : empty;
   // contiguous, as the CUDA op's (the elementwise results above follow their inputs' strides)
