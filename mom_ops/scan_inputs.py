@@ -51,6 +51,18 @@ def scan_inputs(proj: torch.Tensor, cu_seqlens: torch.Tensor, k_conv: torch.Tens
     beta [R, H]: gdn_gating of the a and b columns). Differentiable in everything but cu_seqlens."""
     if proj.dim() != 2:
         raise ValueError(f"proj must be [R, C], got shape {tuple(proj.shape)}")
+    if not proj.is_floating_point():
+        raise ValueError(f"proj must be a floating-point tensor, got {proj.dtype}")
+    for name, w in (("k_conv", k_conv), ("v_conv", v_conv)):
+        if w.dim() != 2 or w.shape[1] != k_conv.shape[-1]:
+            raise ValueError(f"{name} must be [channels, W] (k_conv's W), got shape {tuple(w.shape)} (fla's [C, 1, W] "
+                             "conv weight: pass weight[:, 0])")
+    S, W = cu_seqlens.shape[0] - 1, k_conv.shape[1]
+    for name, hist, w in (("k_history", k_history, k_conv), ("v_history", v_history, v_conv)):
+        if hist is not None and tuple(hist.shape) != (S, W - 1, w.shape[0]):
+            raise ValueError(f"{name} must be [S, W - 1, channels] = {(S, W - 1, w.shape[0])}, got "
+                             f"{tuple(hist.shape)}")
+    proj = proj if proj.stride(-1) == 1 else proj.contiguous()  # the gates' columns must be dense
     width, heads = k_conv.shape[0] + v_conv.shape[0], A_log.shape[0] if A_log.dim() == 1 else -1
     if proj.shape[1] != width + 2 * heads:
         raise ValueError(f"proj must have k_conv's + v_conv's channels + 2 * heads = {width} + 2 * {heads} columns "

@@ -123,6 +123,8 @@ def test_memory_mix_bad_input():
         mom_ops.memory_mix(o_routed, plan, weights=plan.weights.half())
     with pytest.raises(ValueError, match="shared must have the dtype of o_routed"):
         mom_ops.memory_mix(o_routed, plan, shared=shared.half())
+    with pytest.raises(ValueError, match="gate must have the dtype of o_routed"):  # (as on CUDA)
+        mom_ops.memory_mix(o_routed, plan, norm_weight=norm_w, gate=gate.half())
 
 
 @pytest.mark.gpu

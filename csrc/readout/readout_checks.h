@@ -38,7 +38,7 @@ inline MixDims check_memory_mix_args(const at::Tensor& o_routed, const at::Tenso
   if (gate.has_value()) {
     TORCH_CHECK_VALUE(norm_weight.has_value(), "gate needs norm_weight (the gate belongs to the gated RMSNorm)");
     CHECK_SHAPE(*gate, d.tokens, d.heads, d.dim_v);
-    CHECK_FLOATING(*gate);
+    CHECK_SAME_DTYPE(*gate, o_routed);  // (on every device: the CUDA kernel reads both as one type)
     CHECK_DEVICE(*gate, o_routed);
   }
   return d;

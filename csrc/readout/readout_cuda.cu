@@ -31,7 +31,6 @@ MixInputs prepare(const at::Tensor& o_routed, const at::Tensor& dst_row, const a
   TORCH_CHECK_VALUE(d.dim_v % vec == 0 && d.dim_v <= 128 * vec, "memory_mix on CUDA needs V a multiple of ", vec,
                     " and at most ", 128 * vec, " for ", o_routed.scalar_type(), ", got V = ", d.dim_v);
   TORCH_CHECK_VALUE(d.heads >= 1 && d.heads <= 32, "memory_mix on CUDA supports 1 to 32 heads, got ", d.heads);
-  if (gate.has_value()) CHECK_SAME_DTYPE(*gate, o_routed);
   MixInputs in;
   in.o_routed = contiguous_aligned16(o_routed);
   in.weights = weights.contiguous();
