@@ -66,6 +66,10 @@ def fla_activations(g, beta, use_gate_in_kernel=False, A_log=None, dt_bias=None,
             raise ValueError("`A_log` must be provided when `use_gate_in_kernel=True`.")
         if g is None:
             raise ValueError("`g` (raw pre-activation) must be provided when `use_gate_in_kernel=True`.")
+        heads = g.shape[-1] if g.dim() > 0 else 0
+        for name, t in (("A_log", A_log), ("dt_bias", dt_bias)):
+            if t is not None and tuple(t.shape) != (heads,):
+                raise ValueError(f"`{name}` must have shape ({heads},) (g's heads), got {tuple(t.shape)}")
         math = torch.promote_types(g.dtype, torch.float32)  # (fp64 stays fp64: gradcheck)
         x = g.to(math) if dt_bias is None else g.to(math) + dt_bias.to(math)
         g = -A_log.to(math).exp() * torch.nn.functional.softplus(x)

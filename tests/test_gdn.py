@@ -131,6 +131,7 @@ def _bad(**override):
         (dict(cp_context=object()), NotImplementedError, "does not support `cp_context`"),
         (dict(allow_neg_eigval=True), ValueError, "requires `use_beta_sigmoid_in_kernel=True`"),
         (dict(use_gate_in_kernel=True), ValueError, "`A_log` must be provided"),
+        (dict(use_gate_in_kernel=True, A_log=torch.zeros(3)), ValueError, r"`A_log` must have shape \(2,\)"),
         (dict(gk=None), TypeError, r"unexpected keyword arguments: \['gk'\]"),
     ],
 )

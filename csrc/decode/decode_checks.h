@@ -47,10 +47,13 @@ inline DecodeDims check_decode_args(const at::Tensor& q, const at::Tensor& k, co
   } else {
     CHECK_SHAPE(state_pool, d.pool, d.heads_v, d.dim_k, d.dim_v);
   }
-  for (const at::Tensor* t : {&k, &v, &g, &beta, &weights, &slots, &state_pool}) {
-    TORCH_CHECK_VALUE(t->device() == q.device(), "all mom_decode_step tensors must be on ", q.device(), ", got ",
-                      t->device());
-  }
+  CHECK_DEVICE(k, q);
+  CHECK_DEVICE(v, q);
+  CHECK_DEVICE(g, q);
+  CHECK_DEVICE(beta, q);
+  CHECK_DEVICE(weights, q);
+  CHECK_DEVICE(slots, q);
+  CHECK_DEVICE(state_pool, q);
   return d;
 }
 

@@ -34,10 +34,10 @@ inline GdnDims check_gdn_args(const at::Tensor& q, const at::Tensor& k, const at
                     ") must be a multiple of the number of q/k heads (", d.heads_qk, ")");
   CHECK_SHAPE(g, d.batch, d.seqlen, d.heads_v);
   CHECK_SHAPE(beta, d.batch, d.seqlen, d.heads_v);
-  for (const at::Tensor* t : {&k, &v, &g, &beta}) {
-    TORCH_CHECK_VALUE(t->device() == q.device(), "q, k, v, g and beta must be on one device, got ", q.device(),
-                      " and ", t->device());
-  }
+  CHECK_DEVICE(k, q);
+  CHECK_DEVICE(v, q);
+  CHECK_DEVICE(g, q);
+  CHECK_DEVICE(beta, q);
   if (cu_seqlens.has_value()) {
     TORCH_CHECK_VALUE(d.batch == 1, "The batch size is expected to be 1 rather than ", d.batch,
                       " when using `cu_seqlens`. Please flatten variable-length inputs before processing.");
