@@ -174,9 +174,9 @@ def main() -> None:
             redone = {(r["case"], r["provider"], r["mode"]) for r in new_records}
             with open(args.out) as f:
                 old = json.load(f)
-            # a kept record keeps its own run's clock health (older files had it at the top level only)
-            kept = [dict(r, commit=r.get("commit", old.get("commit")),
-                         **{k: r.get(k, old.get(k)) for k in ("healthy", "copy_tbps", "matmul_tflops")})
+            # a kept record keeps its own run's clock health (older files flagged the whole file at the top level;
+            # their clock figures were the last run's, so they are not copied onto older records)
+            kept = [dict(r, commit=r.get("commit", old.get("commit")), healthy=r.get("healthy", old.get("healthy")))
                     for r in old["records"] if (r["case"], r["provider"], r["mode"]) not in redone]
             records = kept + new_records
             note = old.get("note")  # written by hand: a merge keeps it
