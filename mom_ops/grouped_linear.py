@@ -81,8 +81,8 @@ def _grouped_weight_grad_kernel(x_ptr, dy_ptr, dw_ptr, cu_ptr, R, N_IN, N_OUT, B
         dy = tl.load(dy_ptr + rows[:, None] * N_OUT + cols[None, :], mask=mr[:, None] & mc[None, :], other=0.0)
         x = tl.load(x_ptr + rows[:, None] * N_IN + ks[None, :], mask=mr[:, None] & mk[None, :], other=0.0)
         acc += tl.dot(tl.trans(dy), x, input_precision=PRECISION)
-    tl.store(dw_ptr + m.to(tl.int64) * N_OUT * N_IN + cols[:, None] * N_IN + ks[None, :], acc.to(dw_ptr.dtype.element_ty),
-             mask=mc[:, None] & mk[None, :])
+    dw_m = dw_ptr + m.to(tl.int64) * N_OUT * N_IN
+    tl.store(dw_m + cols[:, None] * N_IN + ks[None, :], acc.to(dw_ptr.dtype.element_ty), mask=mc[:, None] & mk[None, :])
 
 
 def _precision(x: torch.Tensor) -> str:
@@ -170,10 +170,10 @@ def grouped_linear(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tens
 
 
 def grouped_mm_supported(x: torch.Tensor) -> bool:
-    """torch._grouped_mm exists and runs x's dtype on x's device: bf16 on sm90. Not sm100 and later: torch's path there
-    asserts non-empty groups, and empty ones are routine here (a memory no token chose; the rows-past-the-end group
-    when there are none), and no such GPU has run it, so MoMAttention takes its other path there. (get_device_properties, not
-    get_device_capability: torch.compile folds the former to a constant.)"""
+    """torch._grouped_mm exists and runs x's dtype on x's device: bf16 on sm90. Not sm100 and later: torch's path
+    there asserts non-empty groups, and empty ones are routine here (a memory no token chose; the rows-past-the-end
+    group when there are none), and no such GPU has run it, so MoMAttention takes its other path there.
+    (get_device_properties, not get_device_capability: torch.compile folds the former to a constant.)"""
     return (x.is_cuda and x.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm")
             and torch.cuda.get_device_properties(x.device).major == 9)
 
