@@ -33,6 +33,8 @@ def check_scan_args(q, k, v, initial_state, cu_seqlens, state_v_first, kwargs, a
     H, HV = q.shape[2], v.shape[2]
     if H == 0 or q.shape[3] == 0:
         raise ValueError(f"q, k must have H >= 1 heads of dim K >= 1, got shape {tuple(q.shape)}")
+    if v.shape[3] == 0:
+        raise ValueError(f"v must have a value dim V >= 1, got shape {tuple(v.shape)}")
     if HV % H != 0:
         raise ValueError(
             f"For GVA, num_v_heads (HV={HV}) must be evenly divisible by num_heads (H={H}), but got HV % H = {HV % H}"

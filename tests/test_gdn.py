@@ -121,6 +121,7 @@ def _bad(**override):
         (dict(cu_seqlens=torch.tensor([0, 9], dtype=torch.int32)), ValueError, r"cu_seqlens\[-1\] must be <="),
         (dict(cu_seqlens=torch.tensor([0, 5, 3, 8], dtype=torch.int32)), ValueError, "non-decreasing"),
         (dict(g=torch.randn(1, 8, 3)), ValueError, "g must have shape"),
+        (dict(v=torch.randn(1, 8, 2, 0)), ValueError, "v must have a value dim V >= 1"),
         (dict(beta=torch.rand(1, 7, 2)), ValueError, "beta must have shape"),
         (dict(v=torch.randn(1, 8, 2, 4, dtype=torch.float16)), ValueError, "v must have the dtype of q"),
         (dict(initial_state=torch.zeros(1, 2, 4, 4, dtype=torch.int32)), ValueError, "initial_state must be float32"),
@@ -138,6 +139,30 @@ def _bad(**override):
 def test_bad_input(override, error, match):
     with pytest.raises(error, match=match):
         mom_ops.chunk_gated_delta_rule(**_bad(**override))
+
+
+@pytest.mark.parametrize("device", device_param())
+@pytest.mark.parametrize("H", [1, 2])  # 1: GVA (HV = 2), whose l2norm backward runs after the head sum
+def test_rows_past_the_end_get_zero_gradients_whatever_they_hold(device, H):
+    """Rows past cu_seqlens[-1] holding NaN / inf q and k (never read by any sequence) get o = 0 and gradients 0
+    with use_qk_l2norm_in_kernel: the l2norm backward over all rows made their dq / dk NaN (0 * NaN)."""
+    need_kernel("chunk_gated_delta_rule_bwd", device)
+    gen = torch.Generator().manual_seed(0)
+    T, HV, K, V, end = 80, 2, 64, 64, 70
+    q, k = torch.randn(1, T, H, K, generator=gen), torch.randn(1, T, H, K, generator=gen)
+    q[:, end:], k[:, end:] = float("nan"), float("inf")
+    v = torch.randn(1, T, HV, V, generator=gen)
+    g, beta = -torch.rand(1, T, HV, generator=gen), torch.rand(1, T, HV, generator=gen)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    leaves = [t.to(device, dtype).requires_grad_(True) for t in (q, k, v)] + [
+        t.to(device).requires_grad_(True) for t in (g, beta)]
+    cu = torch.tensor([0, 30, end], dtype=torch.int32, device=device)
+    o, _ = mom_ops.chunk_gated_delta_rule(*leaves, cu_seqlens=cu, use_qk_l2norm_in_kernel=True)
+    assert torch.equal(o[0, end:].float().cpu(), torch.zeros(T - end, HV, V))
+    o[:, :end].float().square().sum().backward()
+    for name, t in zip("q k v g beta".split(), leaves):
+        assert torch.equal(t.grad[0, end:].float().cpu(), torch.zeros_like(t.grad[0, end:].float().cpu())), name
+        assert t.grad[0, :end].isfinite().all(), name
 
 
 # ---- GPU: the CUDA kernels of #4 / #5 against the fp32 recurrence ----

@@ -327,7 +327,8 @@ def l2norm_backward_(x: torch.Tensor, d: torch.Tensor) -> None:
     x = x.float().reshape(d.shape)
     r = torch.rsqrt(x.square().sum(-1, keepdim=True) + 1e-6)
     y = x * r
-    d.copy_(r * (d - y * (y * d).sum(-1, keepdim=True)))
+    # a row whose d is 0 gets 0 (dx is linear in dy), also where x is not finite: the rows past cu_seqlens[-1]
+    d.copy_(torch.where((d != 0).any(-1, keepdim=True), r * (d - y * (y * d).sum(-1, keepdim=True)), 0.0))
 
 
 def chunk_gated_delta_rule_bwd(q, k, v, g, beta, scale, initial_state, do, dht, use_qk_l2norm_in_kernel=False,

@@ -36,7 +36,9 @@ namespace {
 at::Tensor l2norm_backward(const at::Tensor& x, const at::Tensor& dy) {
   const at::Tensor r = x.square().sum(-1, true).add(1e-6).rsqrt();
   const at::Tensor y = x.mul(r);
-  return r.mul(dy.sub(y.mul(y.mul(dy).sum(-1, true))));
+  // a row whose dy is 0 gets dx = 0 (dx is linear in dy), also where x is not finite: the rows past cu_seqlens[-1]
+  const at::Tensor dx = r.mul(dy.sub(y.mul(y.mul(dy).sum(-1, true))));
+  return dx.masked_fill(dy.eq(0).all(-1, true), 0);
 }
 
 // A tensor saved by the training forward: the expected shape, q's dtype and device, contiguous.
@@ -136,10 +138,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
         "chunk_gated_delta_rule_bwd", q.device(), q, k, v, g, beta, scale, initial_state, grad_o, grad_final_state,
         use_qk_l2norm, state_v_first, cu_seqlens, chunk_indices, chunk_states, saved_w, saved_v_new, saved_t);
   }
+  c10::cuda::CUDAGuard guard(q.device());  // first: the V-block choice reads this device's SM count
   const int bwd_bv = gdn_bwd_value_block(d.dim_k);
   const int fwd_bv = gdn_value_block(d.dim_k, d.dim_v, d.num_seqs, d.heads_v);
   TORCH_INTERNAL_ASSERT(d.dim_v % bwd_bv == 0 && d.dim_v % fwd_bv == 0);  // (scan_kernels_take)
-  c10::cuda::CUDAGuard guard(q.device());
   ScanIO io = prepare_scan_io(q, k, v, g, beta, scale, initial_state, /*output_final_state=*/false, use_qk_l2norm,
                               state_v_first, cu_seqlens, d, /*need_o=*/false);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();

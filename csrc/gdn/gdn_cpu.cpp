@@ -136,7 +136,8 @@ std::tuple<at::Tensor, at::Tensor> gdn_fwd_cpu(const at::Tensor& q, const at::Te
 at::Tensor l2norm_backward(const at::Tensor& x, const at::Tensor& dy) {
   const at::Tensor r = at::rsqrt(x.square().sum(-1, true) + kL2NormEps);
   const at::Tensor y = x * r;
-  return r * (dy - y * (y * dy).sum(-1, true));
+  // a row whose dy is 0 gets dx = 0 (dx is linear in dy), also where x is not finite: the rows past cu_seqlens[-1]
+  return (r * (dy - y * (y * dy).sum(-1, true))).masked_fill(dy.eq(0).all(-1, true), 0);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gdn_bwd_cpu(

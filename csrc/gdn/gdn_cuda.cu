@@ -168,9 +168,9 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const GdnDims& d, const at::Tenso
                                                double scale, const std::optional<at::Tensor>& initial_state,
                                                bool output_final_state, bool use_qk_l2norm, bool state_v_first,
                                                const std::optional<at::Tensor>& cu_seqlens, GdnSaved* saved) {
+  c10::cuda::CUDAGuard guard(q.device());  // first: the V-block choice reads this device's SM count
   const int bv = gdn_value_block(d.dim_k, d.dim_v, d.num_seqs, d.heads_v);
   TORCH_CHECK_VALUE(d.num_seqs * d.heads_v * (d.dim_v / bv) < (int64_t(1) << 31), "too many sequences x heads");
-  c10::cuda::CUDAGuard guard(q.device());
   ScanIO io = prepare_scan_io(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm, state_v_first,
                               cu_seqlens, d);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
