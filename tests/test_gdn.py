@@ -165,6 +165,24 @@ def test_rows_past_the_end_get_zero_gradients_whatever_they_hold(device, H):
         assert t.grad[0, :end].isfinite().all(), name
 
 
+@pytest.mark.gpu
+def test_gpu_rows_before_the_first_sequence_are_zero():
+    """cu_seqlens[0] > 0 (invalid: the CPU refuses it; CUDA cannot check it without a host sync): the rows before
+    it come out 0 in o and every gradient, not uninitialised memory."""
+    need_kernel("chunk_gated_delta_rule_bwd", "cuda")
+    gen = torch.Generator().manual_seed(0)
+    T, H, K, V, first = 64, 2, 64, 64, 5
+    leaves = [torch.randn(1, T, H, D, generator=gen).cuda().bfloat16().requires_grad_(True) for D in (K, K, V)] + [
+        (-torch.rand(1, T, H, generator=gen)).cuda().requires_grad_(True),
+        torch.rand(1, T, H, generator=gen).cuda().requires_grad_(True)]
+    cu = torch.tensor([first, 30, T], dtype=torch.int32, device="cuda")
+    o, _ = mom_ops.chunk_gated_delta_rule(*leaves, cu_seqlens=cu, use_qk_l2norm_in_kernel=True)
+    assert torch.equal(o[0, :first].float().cpu(), torch.zeros(first, H, V))
+    o.float().square().sum().backward()
+    for name, t in zip("q k v g beta".split(), leaves):
+        assert torch.equal(t.grad[0, :first].float().cpu(), torch.zeros_like(t.grad[0, :first].float().cpu())), name
+
+
 # ---- GPU: the CUDA kernels of #4 / #5 against the fp32 recurrence ----
 
 GPU_CASES = [

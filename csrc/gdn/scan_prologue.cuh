@@ -110,15 +110,17 @@ struct RowsPastEnd {
   int64_t row_bytes[kRowsPastEndTensors];
 };
 
-// Grid-stride over the bytes of tensor blockIdx.y past row cu_seqlens[-1] (rarely any).
+// Grid-stride over the bytes of tensor blockIdx.y past row cu_seqlens[-1] (rarely any), and before row
+// cu_seqlens[0] (none for a valid cu_seqlens; the CPU refuses cu_seqlens[0] != 0, CUDA cannot without a sync).
 static __global__ void zero_rows_past_end_kernel(ScanParams p, RowsPastEnd t) {
-  int64_t bos, end;
+  int64_t first, first_end, bos, end;
+  sequence_bounds(p, 0, first, first_end);
   sequence_bounds(p, p.num_seqs - 1, bos, end);
   unsigned char* data = t.data[blockIdx.y];
   const int64_t row_bytes = t.row_bytes[blockIdx.y], total = p.total_rows * row_bytes;
-  for (int64_t i = end * row_bytes + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
-       i += int64_t(gridDim.x) * blockDim.x)
-    data[i] = 0;
+  const int64_t head = first * row_bytes, tail = end * row_bytes, count = head + (total - tail);
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count; i += int64_t(gridDim.x) * blockDim.x)
+    data[i < head ? i : tail + (i - head)] = 0;
 }
 
 // Each of `tensors` ([total_rows, ...], allocated empty) = 0 on the rows no sequence covers, in one launch.
