@@ -170,6 +170,9 @@ def main() -> None:
     def save(new_records: list[dict]) -> list[dict]:
         """Writes args.out: the new records (plus, with --merge, the old ones they do not redo); returns them all."""
         records, note = new_records, None
+        if not new_records:  # nothing measured (every provider failed or none applies): keep what the file holds
+            print(f"bench.run: no records; {args.out} left as it was", file=sys.stderr)
+            return records
         if args.merge and os.path.exists(args.out):
             redone = {(r["case"], r["provider"], r["mode"]) for r in new_records}
             with open(args.out) as f:
