@@ -295,6 +295,25 @@ def test_triton_permute_unpermute():
 
 
 @pytest.mark.gpu
+def test_gpu_route_without_tokens_and_with_a_bad_cu_seqlens_writes_the_whole_plan(poisoned_allocations):
+    """No tokens (N = 0, B = 2): the plan's cu_seqlens is all zeros and its chunk table empty, as on the CPU (the
+    CUDA kernels left them unwritten). A cu_seqlens out of order (CUDA cannot refuse it without a sync): every
+    entry of the plan's cu_seqlens and chunk table is written, within [0, rows] and monotone chunk offsets."""
+    need_kernel("route", "cuda")
+    plan = mom_ops.route(torch.randn(0, 4, device="cuda"), 2, batch_size=2)
+    ref = mom_ops.route(torch.randn(0, 4), 2, batch_size=2)
+    assert torch.equal(plan.cu_seqlens.cpu(), ref.cu_seqlens) and torch.equal(plan.chunk_indices.cpu(),
+                                                                               ref.chunk_indices)
+    logits = torch.randn(10, 4, device="cuda")
+    bad = torch.tensor([0, 5, 3, 10], dtype=torch.int32, device="cuda")
+    plan = mom_ops.route(logits, 2, batch_size=3, cu_seqlens=bad)
+    cu = plan.cu_seqlens.cpu()
+    assert cu.min() >= 0 and cu.max() <= 20
+    seg, idx = plan.chunk_indices.cpu().unbind(1)
+    assert torch.all((seg == -1) == (idx == -1)) and seg.max() < 12 and idx.min() >= -1
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("n, m, k, b, varlen", [(16384, 4, 2, 8, False), (5000, 64, 8, 7, True), (1025, 3, 3, 1, False)])
 def test_gpu_route_large_matches_reference(n, m, k, b, varlen):
     need_kernel("route", "cuda")

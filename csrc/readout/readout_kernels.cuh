@@ -171,7 +171,7 @@ __device__ __forceinline__ SlotRefs<kMixSlots<kTopk>> load_slot_refs(const MixPa
     const bool ok = r[j] >= 0 && r[j] < p.num_rows;
     s.row[j] = ok ? r[j] : -1;
     s.w[j] = ok ? w[j] : 0.f;
-    s.empty[j] = src[j] < 0;
+    s.empty[j] = src[j] < 0 || src[j] >= p.num_rows;  // (out of range: no pair, as routing reads it)
   }
   return s;
 }
@@ -496,7 +496,8 @@ __global__ void __launch_bounds__(kMixWarps * 32, kMixBwdMinCtas<kVecsPerLane>) 
       if (cur.refs.empty[j]) zero_row(n * topk + j);
     }
     for (int j = kS; j < topk; ++j) {
-      if (p.src_pair[n * topk + j] < 0) zero_row(n * topk + j);
+      const int src_j = p.src_pair[n * topk + j];
+      if (src_j < 0 || src_j >= p.num_rows) zero_row(n * topk + j);
     }
   }
   if (norm) {

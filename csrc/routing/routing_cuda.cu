@@ -32,11 +32,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   c10::cuda::CUDAGuard guard(router_logits.device());
   const at::Tensor logits = router_logits.contiguous();
   const int64_t R = N * topk, S = M * batch_size, max_chunks_ = max_chunks(R, S, chunk_size);
+  TORCH_CHECK_VALUE(2 * max_chunks_ < (int64_t(1) << 31), "route on CUDA: the chunk table of ", R, " rows in chunks "
+                    "of ", chunk_size, " has more than 2^30 entries (the kernels index it in 32 bits)");
   const int num_tiles = int(std::max<int64_t>((N + kRouteTile - 1) / kRouteTile, 1));
   const auto i32 = logits.options().dtype(at::kInt);
   at::Tensor weights = at::empty({N, topk}, logits.options().dtype(at::kFloat));
   at::Tensor memory_ids = at::empty({N, topk}, i32), dst_row = at::empty({N, topk}, i32);
-  at::Tensor src_pair = at::empty({R}, i32), seg_cu = at::empty({S + 1}, i32);
+  at::Tensor src_pair = at::empty({R}, i32), seg_cu = at::empty({S + 1}, i32);  // (zeroed by router_kernel)
   at::Tensor chunk_indices = at::empty({max_chunks_, 2}, i32);
   at::Tensor workspace = at::empty({int64_t(num_tiles) * M + S + 1}, i32);
   const at::Tensor mask = token_mask.has_value() ? token_mask->contiguous() : at::Tensor();

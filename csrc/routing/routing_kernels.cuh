@@ -40,7 +40,9 @@ __device__ __forceinline__ int64_t load_index(const void* p, bool is_int64, int6
 
 // First sequence b whose start is >= n (sequence starts: cu_in[b], or b * seqlen).
 __device__ __forceinline__ int first_sequence_at_or_after(const RouteParams& p, int64_t n) {
-  if (p.cu_in == nullptr) return p.seqlen > 0 ? int((n + p.seqlen - 1) / p.seqlen) : p.batch;
+  if (p.cu_in == nullptr) {  // (no tokens: every sequence starts, and ends, at 0)
+    return p.seqlen > 0 ? int((n + p.seqlen - 1) / p.seqlen) : (n <= 0 ? 0 : p.batch);
+  }
   int lo = 0, hi = p.batch;  // search cu_in[0, B)
   while (lo < hi) {
     const int mid = (lo + hi) / 2;
@@ -62,6 +64,10 @@ __global__ void __launch_bounds__(kRouteTile) router_kernel(RouteParams p) {
   __shared__ int s_count[64];
   const int tid = threadIdx.x;
   if (tid < p.num_memories) s_count[tid] = 0;
+  // seg_cu = 0 before plan_kernel writes it: a cu_seqlens out of order or not from 0 (which CUDA cannot refuse
+  // without a sync) leaves some entries unwritten there, and they must not be uninitialised memory
+  if (blockIdx.x == 0)
+    for (int s = tid; s <= p.num_memories * p.batch; s += kRouteTile) p.seg_cu[s] = 0;
   __syncthreads();
   const int64_t n = int64_t(blockIdx.x) * kRouteTile + tid;
   const int M = p.num_memories, K = p.topk;
@@ -184,7 +190,8 @@ __global__ void __launch_bounds__(kThreads) chunk_table_kernel(RouteParams p) {
   // chunk_offsets[s] = chunks of segments before s (block-wide inclusive scan, kThreads segments at a time).
   for (int base = 0; base < S; base += kThreads) {
     const int s = base + tid;
-    const int chunks = s < S ? (p.seg_cu[s + 1] - p.seg_cu[s] + C - 1) / C : 0;
+    // (max 0: a cu_seqlens out of order, which CUDA cannot refuse without a sync, gives decreasing entries)
+    const int chunks = s < S ? max(0, (p.seg_cu[s + 1] - p.seg_cu[s] + C - 1) / C) : 0;
     s_scan[tid] = chunks;
     __syncthreads();
     for (int off = 1; off < kThreads; off *= 2) {
