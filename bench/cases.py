@@ -261,6 +261,10 @@ def _memory_mix_case(tokens, heads, dim_v, topk, with_shared=True):
         fwd_bytes = nbytes(*inputs) + nbytes(gate)
         bwd_bytes = nbytes(*inputs) + nbytes(gate) + nbytes(*inputs[:-1]) + nbytes(plan.src_pair)
 
+        def kernel_args():  # dy and the inputs without their graph: the backward kernels' own arguments
+            return torch.randn(tokens, heads, dim_v, **bf), *(None if t is None else t.detach()
+                                                              for t in (o_routed, weights, shared, norm_w, gate))
+
         def runner(fn, graph=False):
             if mode == "fwd":
                 return Bench(lambda: fn(o_routed, plan, weights, shared, norm_w, gate), fwd_bytes, graph=graph)
@@ -274,17 +278,15 @@ def _memory_mix_case(tokens, heads, dim_v, topk, with_shared=True):
             # autograd, the bwd's CPU path outran its kernels (142-229 us between machines on the same code).
             if mode == "fwd":
                 return runner(mom_ops.memory_mix, graph=True)
-            dy = torch.randn(tokens, heads, dim_v, **bf)
-            args = (dy, o_routed.detach(), plan.dst_row, plan.src_pair, weights.detach(),
-                    None if shared is None else shared.detach(), norm_w.detach(), gate.detach(), 1e-6)
+            dy, o, w, sh, nw, gt = kernel_args()
+            args = (dy, o, plan.dst_row, plan.src_pair, w, sh, nw, gt, 1e-6)
             return Bench(lambda: torch.ops.mom_ops.memory_mix_bwd(*args), bwd_bytes, graph=True)
         if provider == "triton_ref" and (fn := triton_ref_fn("readout", "memory_mix")) is not None:
             if mode == "fwd":  # replayed like mom_ops' (the same launch overhead on both sides: none)
                 return runner(fn, graph=True)
             bwd = triton_ref_fn("readout", "memory_mix_backward")
-            dy = torch.randn(tokens, heads, dim_v, **bf)
-            args = (dy, o_routed.detach(), weights.detach(), None if shared is None else shared.detach(),
-                    norm_w.detach(), gate.detach(), plan, 1e-6)
+            dy, o, w, sh, nw, gt = kernel_args()
+            args = (dy, o, w, sh, nw, gt, plan, 1e-6)
             return Bench(lambda: bwd(*args), bwd_bytes, graph=True)
         if provider == "naive":
             def naive(o_routed, plan, weights, shared, norm_w, gate):

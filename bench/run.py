@@ -36,14 +36,19 @@ def time_ms(fn) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
-def time_graph_ms(fn) -> float:
-    """Median ms of a CUDA-graph replay of fn (no launch overhead: for ops used inside captured graphs)."""
+def graph_replay(fn):
+    """fn captured in a CUDA graph after one plain call (lazy initialisation stays out of the capture): its replay."""
     fn()
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
-    return time_ms(graph.replay)
+    return graph.replay
+
+
+def time_graph_ms(fn) -> float:
+    """Median ms of a CUDA-graph replay of fn (no launch overhead: for ops used inside captured graphs)."""
+    return time_ms(graph_replay(fn))
 
 
 def clock_health() -> tuple[float, float]:

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from bench.cases import CASES, PROVIDERS
+from bench.run import graph_replay
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="benchmarks need a CUDA device")
 
@@ -15,14 +16,7 @@ def test_bench(benchmark, case, mode, provider):
     if bench is None:
         pytest.skip(f"{provider} cannot run {case.name} {mode} here")
 
-    fn = bench.fn
-    if bench.graph:  # replayed, as bench.run times it
-        fn()
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            bench.fn()
-        fn = graph.replay
+    fn = graph_replay(bench.fn) if bench.graph else bench.fn  # replayed, as bench.run times it
 
     def run():
         fn()

@@ -25,21 +25,13 @@
 #include "gdn/gdn_bwd_launch.h"
 #include "gdn/gdn_checks.h"
 #include "gdn/gdn_fwd_launch.h"
+#include "gdn/l2norm_backward.h"
 #include "gdn/piece_plan_launch.h"
 #include "gdn/scan_io.h"
 #include "gdn/scan_prologue.cuh"
 
 namespace mom_ops {
 namespace {
-
-// dx of y = x / sqrt(|x|^2 + 1e-6) (rows of the last dim), fp32.
-at::Tensor l2norm_backward(const at::Tensor& x, const at::Tensor& dy) {
-  const at::Tensor r = x.square().sum(-1, true).add(1e-6).rsqrt();
-  const at::Tensor y = x.mul(r);
-  // a row whose dy is 0 gets dx = 0 (dx is linear in dy), also where x is not finite: the rows past cu_seqlens[-1]
-  const at::Tensor dx = r.mul(dy.sub(y.mul(y.mul(dy).sum(-1, true))));
-  return dx.masked_fill(dy.eq(0).all(-1, true), 0);
-}
 
 // A tensor saved by the training forward: the expected shape, q's dtype and device, contiguous.
 at::Tensor checked_saved(const at::Tensor& t, const char* name, const std::vector<int64_t>& shape,

@@ -13,11 +13,11 @@
 #include <vector>
 
 #include "gdn/gdn_checks.h"
+#include "gdn/l2norm_backward.h"
 
 namespace mom_ops {
 namespace {
 
-constexpr double kL2NormEps = 1e-6;
 constexpr int64_t kCheckpointEvery = 64;
 
 // Token rows [begin, end) of every sequence on the flattened [B * T] axis.
@@ -130,14 +130,6 @@ std::tuple<at::Tensor, at::Tensor> gdn_fwd_cpu(const at::Tensor& q, const at::Te
     });
   });
   return {o.reshape({d.batch, d.seqlen, d.heads_v, dv}).to(q.scalar_type()), ht};
-}
-
-// d/dx of y = x * rsqrt(|x|^2 + eps), given y: dx = r (dy - y <y, dy>).
-at::Tensor l2norm_backward(const at::Tensor& x, const at::Tensor& dy) {
-  const at::Tensor r = at::rsqrt(x.square().sum(-1, true) + kL2NormEps);
-  const at::Tensor y = x * r;
-  // a row whose dy is 0 gets dx = 0 (dx is linear in dy), also where x is not finite: the rows past cu_seqlens[-1]
-  return (r * (dy - y * (y * dy).sum(-1, true))).masked_fill(dy.eq(0).all(-1, true), 0);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gdn_bwd_cpu(

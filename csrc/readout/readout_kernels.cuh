@@ -152,6 +152,9 @@ __device__ __forceinline__ int64_t routed_row(const MixParams& p, int64_t n, int
   return r >= 0 && r < p.num_rows ? r : -1;
 }
 
+// Whether packed row src_pair value `src` holds no pair (negative, or past the rows: as routing reads it).
+__device__ __forceinline__ bool holds_no_pair(const MixParams& p, int src) { return src < 0 || src >= p.num_rows; }
+
 template <bool kBackward, int kTopk>
 __device__ __forceinline__ SlotRefs<kMixSlots<kTopk>> load_slot_refs(const MixParams& p, int64_t n) {
   constexpr int kS = kMixSlots<kTopk>;
@@ -171,7 +174,7 @@ __device__ __forceinline__ SlotRefs<kMixSlots<kTopk>> load_slot_refs(const MixPa
     const bool ok = r[j] >= 0 && r[j] < p.num_rows;
     s.row[j] = ok ? r[j] : -1;
     s.w[j] = ok ? w[j] : 0.f;
-    s.empty[j] = src[j] < 0 || src[j] >= p.num_rows;  // (out of range: no pair, as routing reads it)
+    s.empty[j] = holds_no_pair(p, src[j]);
   }
   return s;
 }
@@ -496,8 +499,7 @@ __global__ void __launch_bounds__(kMixWarps * 32, kMixBwdMinCtas<kVecsPerLane>) 
       if (cur.refs.empty[j]) zero_row(n * topk + j);
     }
     for (int j = kS; j < topk; ++j) {
-      const int src_j = p.src_pair[n * topk + j];
-      if (src_j < 0 || src_j >= p.num_rows) zero_row(n * topk + j);
+      if (holds_no_pair(p, p.src_pair[n * topk + j])) zero_row(n * topk + j);
     }
   }
   if (norm) {

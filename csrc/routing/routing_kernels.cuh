@@ -40,9 +40,7 @@ __device__ __forceinline__ int64_t load_index(const void* p, bool is_int64, int6
 
 // First sequence b whose start is >= n (sequence starts: cu_in[b], or b * seqlen).
 __device__ __forceinline__ int first_sequence_at_or_after(const RouteParams& p, int64_t n) {
-  if (p.cu_in == nullptr) {  // (no tokens: every sequence starts, and ends, at 0)
-    return p.seqlen > 0 ? int((n + p.seqlen - 1) / p.seqlen) : (n <= 0 ? 0 : p.batch);
-  }
+  if (p.cu_in == nullptr) return p.seqlen > 0 ? int((n + p.seqlen - 1) / p.seqlen) : p.batch;
   int lo = 0, hi = p.batch;  // search cu_in[0, B)
   while (lo < hi) {
     const int mid = (lo + hi) / 2;
@@ -64,8 +62,8 @@ __global__ void __launch_bounds__(kRouteTile) router_kernel(RouteParams p) {
   __shared__ int s_count[64];
   const int tid = threadIdx.x;
   if (tid < p.num_memories) s_count[tid] = 0;
-  // seg_cu = 0 before plan_kernel writes it: a cu_seqlens out of order or not from 0 (which CUDA cannot refuse
-  // without a sync) leaves some entries unwritten there, and they must not be uninitialised memory
+  // seg_cu = 0 before plan_kernel writes it: with no tokens, or a cu_seqlens out of order or not from 0 (which CUDA
+  // cannot refuse without a sync), some entries are not written there, and they must not be uninitialised memory
   if (blockIdx.x == 0)
     for (int s = tid; s <= p.num_memories * p.batch; s += kRouteTile) p.seg_cu[s] = 0;
   __syncthreads();
