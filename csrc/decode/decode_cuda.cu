@@ -95,9 +95,10 @@ at::Tensor mom_decode_step_cuda(const at::Tensor& q, const at::Tensor& k, const 
   p.q_per_slot = d.q_per_slot;
   const int tile = decode_tile_width(d.dim_k, d.dim_v);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  constexpr int64_t kMaxGridZ = 65535;
+  constexpr int kMaxGridZ = 65535;
   for (p.token0 = 0; p.token0 < d.tokens; p.token0 += kMaxGridZ) {  // (one launch below 65536 tokens)
-    const dim3 grid(unsigned(d.dim_v / tile), unsigned(d.heads_v), unsigned(std::min(d.tokens - p.token0, kMaxGridZ)));
+    const dim3 grid(unsigned(d.dim_v / tile), unsigned(d.heads_v),
+                    unsigned(std::min<int64_t>(d.tokens - p.token0, kMaxGridZ)));
     dispatch_recurrent(qc, d.dim_k, tile, state_v_first, [&]<typename T, int kK, int kBV, bool kVFirst>() {
       mom_decode_step_kernel<T, kK, kBV, kVFirst><<<grid, kDecodeThreads, 0, stream>>>(p);
     });
