@@ -409,7 +409,9 @@ class MoMAttention(nn.Module):
         routing ties go to the lower memory index. The aux loss's f_m is memory m's share of the N * topk routed
         pairs (DESIGN.md §1), where fla's model-level load_balancing_loss_func counts f_m = pairs_m / N: at the
         same scale ours is 1 / topk of fla's, so set aux_loss_scale = topk * fla's aux_loss_scale for the same
-        balancing pressure."""
+        balancing pressure. fla's own bug: it orders each memory's tokens with an unstable argsort, so on the CPU
+        (and for small inputs on CUDA) its scan and convs see them out of time order; with that sort made stable,
+        fla's layer and ours agree to fp32 rounding in outputs and every gradient (tests/test_from_fla.py)."""
         for flag, supported in (("use_output_gate", True), ("use_short_conv", True), ("single_kv_proj", False)):
             if getattr(fla_layer, flag, supported) != supported:
                 raise ValueError(f"from_fla: fla MomAttention with {flag}={not supported} is not supported")
