@@ -70,29 +70,40 @@ class MoMCache:
     (routed memory m of sequence b) and M * B + b (the shared memory of sequence b).
 
     states [P, H, K, V] fp32; conv_q/conv_k/conv_v [P, W-1, C]: the last W-1 raw conv inputs of each pool row
-    (oldest first); seen_tokens [B] int64: tokens each sequence has consumed."""
+    (oldest first); seen_tokens [B] int64: tokens each sequence has consumed. num_memories / shared_memory: the
+    layout of the pool rows, recorded by empty() (None in a cache built by hand: not checked), since M + 1 memories
+    without a shared one give the same shapes as M with it."""
 
     states: torch.Tensor
     conv_q: torch.Tensor
     conv_k: torch.Tensor
     conv_v: torch.Tensor
     seen_tokens: torch.Tensor
+    num_memories: int | None = None
+    shared_memory: bool | None = None
 
     @staticmethod
     def empty(layer: "MoMAttention", batch_size: int, device, dtype=torch.float32) -> "MoMCache":
         """Zero states and histories for batch_size sequences; dtype: the conv histories' (a floating-point type)."""
         if not dtype.is_floating_point:
             raise ValueError(f"dtype (the conv histories') must be a floating-point type, got {dtype}")
+        if batch_size < 0:
+            raise ValueError(f"batch_size must be >= 0, got {batch_size}")
         P = (layer.num_memories + int(layer.shared_memory)) * batch_size
         W, H = layer.conv_size, layer.num_heads
         zeros = lambda *shape, dt=dtype: torch.zeros(*shape, device=device, dtype=dt)  # noqa: E731
         return MoMCache(zeros(P, H, layer.head_dim, layer.head_v_dim, dt=torch.float32),
                         zeros(P, W - 1, H * layer.head_dim), zeros(P, W - 1, H * layer.head_dim),
-                        zeros(P, W - 1, H * layer.head_v_dim), zeros(batch_size, dt=torch.int64))
+                        zeros(P, W - 1, H * layer.head_v_dim), zeros(batch_size, dt=torch.int64),
+                        num_memories=layer.num_memories, shared_memory=layer.shared_memory)
 
     def check_fits(self, layer: "MoMAttention", batch_size: int, device: torch.device) -> None:
         """ValueError unless this cache was made for `layer`'s sizes, batch_size sequences and input on device (the
         ops would name their own arguments, not the cache's fields)."""
+        for name, mine, theirs in (("num_memories", self.num_memories, layer.num_memories),
+                                   ("shared_memory", self.shared_memory, layer.shared_memory)):
+            if mine is not None and mine != theirs:
+                raise ValueError(f"cache.{name} is {mine}, this layer's {theirs}: the cache was made for another layer")
         P = (layer.num_memories + int(layer.shared_memory)) * batch_size
         W, H, K, V = layer.conv_size, layer.num_heads, layer.head_dim, layer.head_v_dim
         expected = dict(states=(P, H, K, V), conv_q=(P, W - 1, H * K), conv_k=(P, W - 1, H * K),
@@ -213,8 +224,12 @@ class MoMAttention(nn.Module):
         Its segments m * B + b are the cache's pool rows, the shared ones last; its weights are not used."""
         if not self.shared_memory:
             return plan
-        # +inf beats every logit (route gives a lone +inf the whole weight): one pad instead of a cast, max, add, cat
-        lf = F.pad(logits.detach(), (0, 1), value=float("inf"))
+        # +inf beats every logit (route gives a lone +inf the whole weight): one pad instead of a cast, max, add, cat.
+        # A logit of +inf itself (an overflowed gate) is clamped to the largest finite value first: the pad stays
+        # the one +inf, so the shared memory stays pair 0 and the routed pairs keep the plan's order (ties to the
+        # lower index); NaN stays NaN for route to refuse.
+        lf = logits.detach().clamp(max=torch.finfo(logits.dtype).max)
+        lf = F.pad(lf, (0, 1), value=float("inf"))
         return mom_ops.route(lf, self.topk + 1, batch_size=plan.batch_size, cu_seqlens=cu_seqlens, mask=mask)
 
     def _stream_weight_blocks(self) -> list[list[torch.Tensor]]:
@@ -350,6 +365,11 @@ class MoMAttention(nn.Module):
         a backward through a call with a cache treats its starting states as constants."""
         if x.dim() != 3 or x.shape[-1] != self.hidden_size:
             raise ValueError(f"x must be [B, T, {self.hidden_size}], got {tuple(x.shape)}")
+        if x.dtype != self.q_proj.weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise ValueError(f"x is {x.dtype}, the layer's weights {self.q_proj.weight.dtype}: cast one to the other "
+                             "or run under torch.autocast")
+        if cache is not None and not isinstance(cache, MoMCache):
+            raise TypeError(f"cache must be a MoMCache (MoMCache.empty or a use_cache=True call), got {type(cache)}")
         if cu_seqlens is not None and (x.shape[0] != 1 or attention_mask is not None):
             raise ValueError("packed input (cu_seqlens) must be [1, N, hidden] without attention_mask")
         if attention_mask is not None and attention_mask.shape != x.shape[:2]:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import mom_ops.nn
-from mom_ops.nn import MoMAttention, segment_causal_conv
+from mom_ops.nn import MoMAttention, MoMCache, segment_causal_conv
 from mom_ops.reference import MoMConfig, mom_layer_ref
 from tests.helpers import cu_from_lengths, device_param, need_kernel, rel_rms
 
@@ -111,6 +111,38 @@ def test_layer_bad_input():
         layer(torch.randn(2, 5, 32), cu_seqlens=cu_from_lengths([5, 5]))
     with pytest.raises(ValueError, match="topk must be"):
         MoMAttention(hidden_size=32, num_heads=2, head_dim=8, num_memories=2, topk=3)
+    with pytest.raises(ValueError, match="x is torch.bfloat16"):  # (a matmul's dtype error before)
+        layer(torch.randn(2, 5, 32, dtype=torch.bfloat16))
+    with pytest.raises(TypeError, match="cache must be a MoMCache"):
+        layer(torch.randn(2, 1, 32), cache=(None,))
+    with pytest.raises(ValueError, match="batch_size must be"):
+        MoMCache.empty(layer, -1, "cpu")
+
+
+def test_cache_of_another_layer_with_the_same_shapes_is_refused():
+    """M = 5 memories without a shared one have as many pool rows as M = 4 with it: the shapes cannot tell."""
+    x = torch.randn(2, 6, 32)
+    five = MoMAttention(hidden_size=32, num_heads=2, head_dim=8, num_memories=5, topk=2, shared_memory=False)
+    four, _ = _layer()
+    with torch.no_grad():
+        _, _, cache = five(x, use_cache=True)
+        with pytest.raises(ValueError, match="cache.num_memories is 5"):
+            four(x[:, :1], cache=cache)
+
+
+def test_overflowed_router_logits_keep_the_shared_memory_and_the_routed_weights():
+    """+inf router logits (an overflowed gate) tie with the +inf the shared memory's column is routed by: the
+    stream plan clamps them, so prefill still puts the shared memory first with weight 1, as the decode step and the
+    reference do (prefill read 0.30 relative error here before)."""
+    layer, cfg = _layer(seed=11)
+    with torch.no_grad():
+        layer.gate.weight[:3] = 1e38  # memories 0, 1, 2 get +inf logits
+    x = torch.rand(1, 1, 32) + 0.1
+    ref, _, _ = mom_layer_ref(layer.reference_params(), cfg, x)
+    with torch.no_grad():
+        prefill, _ = layer(x)
+        decode, _ = layer(x, cache=MoMCache.empty(layer, 1, "cpu"))
+    assert rel_rms(prefill, ref) < 1e-5 and rel_rms(decode, ref) < 1e-5
 
 
 @pytest.mark.parametrize("fuse_q", [False, True])
