@@ -21,7 +21,8 @@ def _router_kernel(logits_ptr, mask_ptr, weights_ptr, ids_ptr, N, M: tl.constexp
     cols = tl.arange(0, BLOCK_M)
     in_row = rows < N
     valid = in_row[:, None] & (cols[None, :] < M)
-    x = tl.load(logits_ptr + rows[:, None] * M + cols[None, :], mask=valid, other=0.0).to(tl.float64)
+    # int64 row offsets: route allows N * topk < 2^31 rows, so N * M (M > topk) may pass 2^31
+    x = tl.load(logits_ptr + rows.to(tl.int64)[:, None] * M + cols[None, :], mask=valid, other=0.0).to(tl.float64)
     NEG = -1.0e300  # below any logit, -inf included (a finite stand-in keeps argmax well defined)
     x = tl.where(valid, tl.where(x == float("-inf"), -1.0e299, x), NEG)
     keep = in_row
@@ -153,7 +154,8 @@ def _route_backward_kernel(gw_ptr, w_ptr, ids_ptr, out_ptr, N, M: tl.constexpr, 
         g = tl.load(gw_ptr + rows * K + j, mask=in_row, other=0.0)
         m = tl.load(ids_ptr + rows * K + j, mask=in_row, other=-1)
         out = tl.where(cols[None, :] == m[:, None], (w * (g - dot))[:, None], out)
-    tl.store(out_ptr + rows[:, None] * M + cols[None, :], out.to(out_ptr.dtype.element_ty),
+    # int64 row offsets (N * M may pass 2^31, as in _router_kernel)
+    tl.store(out_ptr + rows.to(tl.int64)[:, None] * M + cols[None, :], out.to(out_ptr.dtype.element_ty),
              mask=in_row[:, None] & (cols[None, :] < M))
 
 
