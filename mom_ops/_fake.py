@@ -127,13 +127,13 @@ def _memory_mix_fwd_fake(o_routed, dst_row, src_pair, weights, shared, norm_weig
 
 @register_fake("mom_ops::memory_mix_bwd")
 def _memory_mix_bwd_fake(grad_out, o_routed, dst_row, src_pair, weights, shared, norm_weight, gate, eps):
-    none = _empty(0, like=o_routed, dtype=torch.float32)
+    none = lambda: _empty(0, like=o_routed, dtype=torch.float32)  # noqa: E731 (one each: outputs must not alias)
     return (
         _empty(*o_routed.shape, like=o_routed),
         _empty(*weights.shape, like=weights),
-        _empty(*shared.shape, like=shared) if shared is not None else none,
-        _empty(*norm_weight.shape, like=norm_weight) if norm_weight is not None else none,
-        _empty(*gate.shape, like=gate) if gate is not None else none,
+        _empty(*shared.shape, like=shared) if shared is not None else none(),
+        _empty(*norm_weight.shape, like=norm_weight) if norm_weight is not None else none(),
+        _empty(*gate.shape, like=gate) if gate is not None else none(),
     )
 
 

@@ -212,9 +212,9 @@ def _mix_bwd(grad_out, o_routed, dst_row, src_pair, weights, shared, norm_weight
 
     inputs = _mix_inputs(o_routed, weights, shared, norm_weight, gate)
     d_o, d_w, d_shared, d_norm, d_gate = memory_mix_backward(grad_out, *inputs, _plan(dst_row, src_pair), eps)
-    none = _no_tensor(o_routed, torch.float32)
-    return (d_o, d_w, d_shared if d_shared is not None else none, d_norm if d_norm is not None else none,
-            d_gate if d_gate is not None else none)
+    none = lambda: _no_tensor(o_routed, torch.float32)  # noqa: E731 (one each: outputs must not alias)
+    return (d_o, d_w, d_shared if d_shared is not None else none(), d_norm if d_norm is not None else none(),
+            d_gate if d_gate is not None else none())
 
 
 # ---- conv

@@ -50,8 +50,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_mi
   CHECK_SHAPE(grad_out, d.tokens, d.heads, d.dim_v);
   const auto [gathered, o] = gather_and_mix(o_routed, dst_row, weights, shared);
   const at::Tensor dy = grad_out.to(o.scalar_type());
-  const at::Tensor empty = at::empty({0}, o.options().dtype(at::kFloat));  // (as the CUDA op's)
-  at::Tensor do_ = dy, grad_norm_weight = empty, grad_gate = empty;
+  // an output not asked for: an empty tensor of its own, as the CUDA op's (aliased outputs break the schema)
+  const auto empty = [&] { return at::empty({0}, o.options().dtype(at::kFloat)); };
+  at::Tensor do_ = dy, grad_norm_weight = empty(), grad_gate = empty();
   if (norm_weight.has_value()) {
     const at::Tensor rstd = at::rsqrt(o.square().mean(-1, true) + eps);
     const at::Tensor xhat = o * rstd, w = norm_weight->to(o.scalar_type());
@@ -74,7 +75,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_mi
   const at::Tensor scaled = do_.index_select(0, token) * row_scale.view({-1, 1, 1});
   const at::Tensor grad_o_routed = at::where(valid.view({-1, 1, 1}), scaled, at::zeros({}, do_.options()));
   const at::Tensor grad_weights = (gathered * do_.unsqueeze(1)).sum(at::IntArrayRef{2, 3}).to(weights.scalar_type());
-  const at::Tensor grad_shared = shared.has_value() ? do_.to(shared->scalar_type()) : empty;
+  const at::Tensor grad_shared = shared.has_value() ? do_.to(shared->scalar_type()) : empty();
   // contiguous, as the CUDA op's (the elementwise results above follow their inputs' strides)
   return {grad_o_routed.to(o_routed.scalar_type()).contiguous(), grad_weights.contiguous(), grad_shared.contiguous(),
           grad_norm_weight.contiguous(), grad_gate.contiguous()};

@@ -149,19 +149,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_mi
   c10::cuda::CUDAGuard guard(o_routed.device());
   const at::Tensor dy = contiguous_aligned16(grad_out);
   const auto f32 = o_routed.options().dtype(at::kFloat);
-  const at::Tensor none = at::empty({0}, f32);
+  // an output not asked for: an empty tensor of its own (outputs that alias break the schema: opcheck, functionalization)
+  const auto none = [&] { return at::empty({0}, f32); };
   MixParams p = make_params(in, dst_row, src_pair, eps);
   at::Tensor grad_o_routed = at::empty_like(in.o_routed);
   at::Tensor grad_weights = at::empty({dst_row.size(0), dst_row.size(1)}, f32);
-  at::Tensor grad_shared = shared.has_value() ? at::empty_like(in.shared) : none;
+  at::Tensor grad_shared = shared.has_value() ? at::empty_like(in.shared) : none();
   // [N, H, V] contiguous whatever the gate's row stride
-  at::Tensor grad_gate = gate.has_value() ? at::empty({p.num_tokens, p.heads, p.dim_v}, in.o_routed.options()) : none;
+  at::Tensor grad_gate = gate.has_value() ? at::empty({p.num_tokens, p.heads, p.dim_v}, in.o_routed.options()) : none();
   p.grad_out = dy.data_ptr();
   p.grad_o_routed = grad_o_routed.data_ptr();
   p.grad_weights = grad_weights.data_ptr<float>();
   p.grad_shared = shared.has_value() ? grad_shared.data_ptr() : nullptr;
   p.grad_gate = gate.has_value() ? grad_gate.data_ptr() : nullptr;
-  at::Tensor norm_partial = none, grad_norm_weight = none;
+  at::Tensor norm_partial, grad_norm_weight = none();
   if (p.num_tokens > 0) {
     const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
     dispatch_mix(in.o_routed, p.dim_v, p.topk, [&]<typename T, int kVec, int kVecsPerLane, bool kPrefetch, int kTopk>() {
