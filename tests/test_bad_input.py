@@ -161,11 +161,16 @@ def test_layer_rejects_a_transposed_mask_and_a_foreign_cache():
     with pytest.raises(ValueError, match=r"attention_mask must be \[B, T\]"):
         layer(x, attention_mask=torch.ones(5, 2))
     other = MoMAttention(16, num_heads=2, head_dim=8, num_memories=5, topk=2)
-    with pytest.raises(ValueError, match=r"cache.states has shape"):
+    with pytest.raises(ValueError, match=r"cache.num_memories is 5, this layer's 4"):
         layer(x, cache=MoMCache.empty(other, 2, "cpu"))
     no_shared = MoMAttention(16, num_heads=2, head_dim=8, shared_memory=False)
-    with pytest.raises(ValueError, match=r"cache.states has shape"):
+    with pytest.raises(ValueError, match=r"cache.shared_memory is False, this layer's True"):
         layer(x[:, :1], cache=MoMCache.empty(no_shared, 2, "cpu"))
+    # a cache built by hand records no layout: its shapes are checked
+    hand_made = MoMCache(*(getattr(MoMCache.empty(other, 2, "cpu"), f) for f in
+                           ("states", "conv_q", "conv_k", "conv_v", "seen_tokens")))
+    with pytest.raises(ValueError, match=r"cache.states has shape"):
+        layer(x, cache=hand_made)
 
 
 def test_layer_of_zero_tokens():
