@@ -88,3 +88,14 @@ def test_opcheck_every_op(transposed):
     empty tensor for all of its outputs not asked for (aliased outputs: the schema's test failed)."""
     for name, op, args in _calls(torch.float32, transposed):
         torch.library.opcheck(op.default, args)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_no_cpu_output_is_a_view(dtype):
+    """An output that is a view of the op's buffer (the CPU scan reshaped its o on return) cannot be edited in place
+    under autograd ("Output 0 of _OpFunction is a view and is being modified inplace"), unlike fla's op's."""
+    for transposed in (False, True):
+        for name, op, args in _calls(dtype, transposed):
+            out = op(*args)
+            for i, o in enumerate(out if isinstance(out, (tuple, list)) else (out,)):
+                assert not o._is_view(), f"{name} output {i}"

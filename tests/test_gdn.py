@@ -77,6 +77,19 @@ def test_gradcheck_fp64():
     assert torch.autograd.gradcheck(f, tuple(inp.values()))
 
 
+def test_outputs_can_be_edited_in_place_under_autograd():
+    """As with fla's op: o *= 2 after the forward, and the gradients follow (the CPU op's o was a view of its buffer:
+    autograd refused the edit)."""
+    inp = {key: t.requires_grad_(True) for key, t in gdn_inputs(1, 10, 1, 4, 3, h0=True).items()}
+    o, ht = mom_ops.chunk_gated_delta_rule(**inp, output_final_state=True)
+    o.mul_(2)
+    ht.add_(1)
+    dv_twice, = torch.autograd.grad((o * o.detach()).sum(), inp["v"])
+    o_ref, _ = mom_ops.chunk_gated_delta_rule(**inp, output_final_state=True)
+    dv_ref, = torch.autograd.grad((2 * o_ref * o.detach()).sum(), inp["v"])
+    torch.testing.assert_close(dv_twice, dv_ref)
+
+
 def test_gdn_opcheck():
     inp = gdn_inputs(1, 20, 2, 8, 8, h0=True, n_seqs=2)
     cu = cu_from_lengths([5, 15])

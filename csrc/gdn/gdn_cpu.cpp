@@ -95,7 +95,9 @@ std::tuple<at::Tensor, at::Tensor> gdn_fwd_cpu(const at::Tensor& q, const at::Te
   const auto seqs = sequence_rows(d, cu_seqlens);
   const int64_t dk = d.dim_k, dv = d.dim_v, group = d.heads_v / d.heads_qk;
   const at::ScalarType math = cpu_math_type(q);
-  at::Tensor o = at::zeros({d.batch * d.seqlen, d.heads_v, dv}, q.options().dtype(math));
+  // [B, T, HV, V] from the start: a reshape on return would hand out a view, and autograd refuses in-place edits of
+  // an output that is a view (rows are read as (t * HV + hv) * V either way)
+  at::Tensor o = at::zeros({d.batch, d.seqlen, d.heads_v, dv}, q.options().dtype(math));
   std::vector<int64_t> state_shape = {d.num_seqs, d.heads_v, state_v_first ? dv : dk, state_v_first ? dk : dv};
   at::Tensor ht = output_final_state ? at::empty(state_shape, o.options()) : at::empty({0}, o.options());
   const at::Tensor h0 = initial_state.has_value() ? initial_state->to(math).contiguous() : at::Tensor();
@@ -129,7 +131,7 @@ std::tuple<at::Tensor, at::Tensor> gdn_fwd_cpu(const at::Tensor& q, const at::Te
       }
     });
   });
-  return {o.reshape({d.batch, d.seqlen, d.heads_v, dv}).to(q.scalar_type()), ht};
+  return {o.to(q.scalar_type()), ht};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gdn_bwd_cpu(
@@ -157,9 +159,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const at::Tensor dht = grad_final_state.has_value() ? grad_final_state->to(math).contiguous() : at::Tensor();
 
   const auto opts = q.options().dtype(math);
-  at::Tensor dq = at::zeros({rows, d.heads_qk, dk}, opts), dk_ = at::zeros({rows, d.heads_qk, dk}, opts);
-  at::Tensor dv_ = at::zeros({rows, d.heads_v, dv}, opts), dg = at::zeros({rows, d.heads_v}, opts);
-  at::Tensor db = at::zeros({rows, d.heads_v}, opts);
+  // in the inputs' shapes (the same row-major layout as [rows, heads, dim]): gradients that are not views
+  at::Tensor dq = at::zeros(q.sizes(), opts), dk_ = at::zeros(k.sizes(), opts);
+  at::Tensor dv_ = at::zeros(v.sizes(), opts), dg = at::zeros(g.sizes(), opts);
+  at::Tensor db = at::zeros(beta.sizes(), opts);
   at::Tensor dh0 = h0.defined() ? at::empty(state_shape, opts) : at::empty({0}, opts);
 
   AT_DISPATCH_FLOATING_TYPES(math, "gdn_bwd_cpu", [&] {
@@ -263,12 +266,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
   });
   if (use_qk_l2norm) {
-    dq = l2norm_backward(q.to(math).reshape({rows, d.heads_qk, dk}), dq);
-    dk_ = l2norm_backward(k.to(math).reshape({rows, d.heads_qk, dk}), dk_);
+    dq = l2norm_backward(q.to(math), dq);
+    dk_ = l2norm_backward(k.to(math), dk_);
   }
-  return {dq.reshape(q.sizes()).to(q.scalar_type()),     dk_.reshape(k.sizes()).to(k.scalar_type()),
-          dv_.reshape(v.sizes()).to(v.scalar_type()),    dg.reshape(g.sizes()).to(g.scalar_type()),
-          db.reshape(beta.sizes()).to(beta.scalar_type()), dh0};
+  return {dq.to(q.scalar_type()), dk_.to(k.scalar_type()), dv_.to(v.scalar_type()), dg.to(g.scalar_type()),
+          db.to(beta.scalar_type()), dh0};
 }
 
 std::tuple<at::Tensor, at::Tensor> fused_recurrent_fwd_cpu(const at::Tensor& q, const at::Tensor& k,
