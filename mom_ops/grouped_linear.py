@@ -41,7 +41,7 @@ def _memory_of_tile(cu_ptr, t, B: tl.constexpr, M: tl.constexpr, BLOCK_M: tl.con
 @triton.jit
 def _grouped_rows_kernel(x_ptr, w_ptr, y_ptr, cu_ptr, R, N_IN, N_OUT, stride_wm, stride_wo, stride_wi,
                          B: tl.constexpr, M: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                         BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+                         BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr):
     """y [R, N_OUT] = x [R, N_IN] @ w[m]^T per row tile; w[m][o][i] at m * stride_wm + o * stride_wo + i * stride_wi
     (so dx = dy @ w[m] is the same kernel with the two weight strides swapped)."""
     t, n = tl.program_id(0), tl.program_id(1)
@@ -51,7 +51,7 @@ def _grouped_rows_kernel(x_ptr, w_ptr, y_ptr, cu_ptr, R, N_IN, N_OUT, stride_wm,
         rows = row0 + tl.arange(0, BLOCK_M)
         cols = n * BLOCK_N + tl.arange(0, BLOCK_N)
         mr, mc = rows < row_end, cols < N_OUT
-        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=ACC)
         for k0 in range(0, N_IN, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
             mk = ks < N_IN
@@ -66,7 +66,7 @@ def _grouped_rows_kernel(x_ptr, w_ptr, y_ptr, cu_ptr, R, N_IN, N_OUT, stride_wm,
 @triton.jit
 def _grouped_weight_grad_kernel(x_ptr, dy_ptr, dw_ptr, cu_ptr, R, N_IN, N_OUT, B: tl.constexpr,
                                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                                PRECISION: tl.constexpr):
+                                PRECISION: tl.constexpr, ACC: tl.constexpr):
     """dw[m] [N_OUT, N_IN] = dy_m^T x_m over memory m's rows, in row order. Grid (M, out tiles, in tiles)."""
     m, n, kb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     start = tl.load(cu_ptr + m * B).to(tl.int64)
@@ -74,7 +74,7 @@ def _grouped_weight_grad_kernel(x_ptr, dy_ptr, dw_ptr, cu_ptr, R, N_IN, N_OUT, B
     cols = n * BLOCK_N + tl.arange(0, BLOCK_N)
     ks = kb * BLOCK_K + tl.arange(0, BLOCK_K)
     mc, mk = cols < N_OUT, ks < N_IN
-    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=ACC)
     for r0 in range(start, end, BLOCK_M):
         rows = r0 + tl.arange(0, BLOCK_M)
         mr = rows < end
@@ -86,8 +86,14 @@ def _grouped_weight_grad_kernel(x_ptr, dy_ptr, dw_ptr, cu_ptr, R, N_IN, N_OUT, B
 
 
 def _precision(x: torch.Tensor) -> str:
-    """fp32 inputs get fp32 products (torch's default for fp32 matmuls); tl.dot would use TF32 on the GPU."""
-    return "ieee" if x.dtype == torch.float32 else "tf32"
+    """fp32 and fp64 inputs get products in their own precision (torch's default for fp32 matmuls; tl.dot would use
+    TF32 on the GPU); 16-bit inputs go to the tensor cores as they are (the setting does not apply to them)."""
+    return "ieee" if x.dtype in (torch.float32, torch.float64) else "tf32"
+
+
+def _accumulator(x: torch.Tensor):
+    """fp64 inputs accumulate in fp64 (their weight gradient came back fp32-rounded), the rest in fp32."""
+    return tl.float64 if x.dtype == torch.float64 else tl.float32
 
 
 def _rows(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor, batch_size: int, transpose_w: bool):
@@ -103,7 +109,7 @@ def _rows(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor, batch
     if R > 0 and n_out > 0:
         _grouped_rows_kernel[(tiles, triton.cdiv(n_out, BN))](
             x.contiguous(), weight, y, cu_seqlens, R, n_in, n_out, *strides,
-            B=batch_size, M=M, BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, PRECISION=_precision(x))
+            B=batch_size, M=M, BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, PRECISION=_precision(x), ACC=_accumulator(x))
     return y
 
 
@@ -125,10 +131,10 @@ class _GroupedLinear(torch.autograd.Function):
         dw = None
         if ctx.needs_input_grad[1]:
             M, n_out, n_in = weight.shape
-            dw = torch.empty(M, n_out, n_in, device=x.device, dtype=torch.float32)
+            dw = torch.empty(M, n_out, n_in, device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
             _grouped_weight_grad_kernel[(M, triton.cdiv(n_out, BN), triton.cdiv(n_in, BK))](
                 x.contiguous(), dy, dw, cu_seqlens, x.shape[0], n_in, n_out, B=ctx.batch_size, BLOCK_M=BM, BLOCK_N=BN,
-                BLOCK_K=BK, PRECISION=_precision(x))
+                BLOCK_K=BK, PRECISION=_precision(x), ACC=_accumulator(x))
             dw = dw.to(ctx.weight_dtype)
         return dx, dw, None, None
 
