@@ -114,6 +114,25 @@ def test_from_fla_matches_fla_gradients_on_the_cpu(monkeypatch, fla_sorts_stably
         assert rel_rms(p.grad, grads_fla[name]) < 1e-5, name
 
 
+def test_from_fla_prefill_then_decode_matches_fla_with_its_cache_on_the_cpu(fla_sorts_stably, fla_in_the_interpreter):
+    """A 20-token prefill into a cache, then one-token decode steps (routing changes every token): ours against fla's
+    layer with its own cache (fla's fused_recurrent kernels, interpreted), fp32."""
+    from fla.models.cache_utils import Cache
+
+    fla_layer = _fla_layer(layer_idx=0)
+    ours = MoMAttention.from_fla(fla_layer).eval()
+    x = torch.randn(2, 24, 64)
+    fla_cache = Cache()
+    with torch.no_grad():
+        out_fla = fla_layer(x[:, :20], past_key_values=fla_cache, use_cache=True)[0]
+        out, _, cache = ours(x[:, :20], use_cache=True)
+        assert rel_rms(out, out_fla) < 1e-5
+        for t in range(20, 24):
+            step_fla = fla_layer(x[:, t:t + 1], past_key_values=fla_cache, use_cache=True)[0]
+            step, _, cache = ours(x[:, t:t + 1], cache=cache, use_cache=True)
+            assert rel_rms(step, step_fla) < 1e-5, t
+
+
 @pytest.mark.gpu
 def test_gpu_from_fla_matches_fla_forward(fla_sorts_stably):
     """Outputs only (fla's forward runs on Hopper without tilelang): both layers in bf16, the reference our layer in
