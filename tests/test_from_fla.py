@@ -76,7 +76,7 @@ def test_from_fla_rejects_unsupported_configs():
 @pytest.mark.parametrize("cfg", [dict(num_memories=4, topk=2, shared_mem=True),
                                  dict(num_memories=2, topk=1, shared_mem=False)])
 def test_from_fla_matches_fla_forward_on_the_cpu(cfg, fla_sorts_stably, fla_in_the_interpreter):
-    """Eval mode without gradients at T <= 64: fla's own fused_recurrent kernel (interpreted) against our layer, fp32."""
+    """Eval mode, no gradients, T <= 64: fla's own fused_recurrent kernel (interpreted) against our layer, fp32."""
     fla_layer = _fla_layer(**cfg)
     ours = MoMAttention.from_fla(fla_layer).eval()
     x = torch.randn(2, 40, 64)

@@ -149,7 +149,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_mi
   c10::cuda::CUDAGuard guard(o_routed.device());
   const at::Tensor dy = contiguous_aligned16(grad_out);
   const auto f32 = o_routed.options().dtype(at::kFloat);
-  // an output not asked for: an empty tensor of its own (outputs that alias break the schema: opcheck, functionalization)
+  // an output not asked for: an empty tensor of its own (aliased outputs break the schema: opcheck, functionalization)
   const auto none = [&] { return at::empty({0}, f32); };
   MixParams p = make_params(in, dst_row, src_pair, eps);
   at::Tensor grad_o_routed = at::empty_like(in.o_routed);
