@@ -154,6 +154,23 @@ def test_bad_input(override, error, match):
         mom_ops.chunk_gated_delta_rule(**_bad(**override))
 
 
+@pytest.mark.parametrize("HV, V", [(0, 4), (2, 0)])
+def test_the_ops_refuse_an_empty_value_head_or_dim(HV, V):
+    """torch.ops.mom_ops called directly (the Python entry refuses V = 0 itself): the shared checks refuse it, so no
+    CUDA kernel gets an empty grid (a launch error)."""
+    q, k = torch.randn(1, 8, 2, 4), torch.randn(1, 8, 2, 4)
+    v, g, beta = torch.randn(1, 8, HV, V), -torch.rand(1, 8, HV), torch.rand(1, 8, HV)
+    match = "at least one value head and a value dim"
+    with pytest.raises(ValueError, match=match):
+        torch.ops.mom_ops.chunk_gated_delta_rule_fwd(q, k, v, g, beta, 0.5, None, False, False, False, None, None)
+    with pytest.raises(ValueError, match=match):
+        torch.ops.mom_ops.fused_recurrent_gated_delta_rule_fwd(q, k, v, g, beta, 0.5, None, False, False, False, None)
+    with pytest.raises(ValueError, match=match):
+        torch.ops.mom_ops.mom_decode_step(q[0], k[0, :, None], v[0, :, None], g[0, :, None], beta[0, :, None],
+                                          torch.ones(8, 1), torch.zeros(8, 1, dtype=torch.int32),
+                                          torch.zeros(1, HV, 4, V), 0.5, False, False)
+
+
 @pytest.mark.parametrize("device", device_param())
 @pytest.mark.parametrize("H", [1, 2])  # 1: GVA (HV = 2), whose l2norm backward runs after the head sum
 def test_rows_past_the_end_get_zero_gradients_whatever_they_hold(device, H):

@@ -295,6 +295,18 @@ def test_triton_permute_unpermute():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("chunk_size", [2**31 - 1, 2**31, 2**32])
+def test_gpu_route_with_a_chunk_longer_than_any_segment(chunk_size):
+    """One chunk per non-empty segment, as on the CPU: the kernel's int chunk size wrapped (length + C - 1 < 0: no
+    chunks; 2^32 became 0, a division by zero)."""
+    need_kernel("route", "cuda")
+    logits = torch.randn(100, 4)
+    cpu = mom_ops.route(logits, 2, batch_size=2, chunk_size=chunk_size)
+    gpu = mom_ops.route(logits.cuda(), 2, batch_size=2, chunk_size=chunk_size)
+    assert torch.equal(gpu.chunk_indices.cpu(), cpu.chunk_indices.to(gpu.chunk_indices.dtype))
+
+
+@pytest.mark.gpu
 def test_gpu_route_without_tokens_and_with_a_bad_cu_seqlens_writes_the_whole_plan(poisoned_allocations):
     """No tokens (N = 0, B = 2): the plan's cu_seqlens is all zeros and its chunk table empty, as on the CPU (the
     CUDA kernels left them unwritten). A cu_seqlens out of order (CUDA cannot refuse it without a sync): every

@@ -34,6 +34,9 @@ inline DecodeDims check_decode_args(const at::Tensor& q, const at::Tensor& k, co
                     ", HV, V), got ", v.sizes());
   TORCH_CHECK_VALUE(d.heads_qk > 0 && d.heads_v % d.heads_qk == 0, "the number of value heads (", d.heads_v,
                     ") must be a multiple of the number of q/k heads (", d.heads_qk, ")");
+  // (an empty value head or dim gave the CUDA kernel an empty grid: a launch error)
+  TORCH_CHECK_VALUE(d.heads_v > 0 && d.dim_v > 0, "v must have at least one value head and a value dim V >= 1, got "
+                    "shape ", v.sizes());
   CHECK_SHAPE(g, d.tokens, d.slots, d.heads_v);
   CHECK_SHAPE(beta, d.tokens, d.slots, d.heads_v);
   CHECK_SHAPE(weights, d.tokens, d.slots);

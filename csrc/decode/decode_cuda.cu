@@ -21,8 +21,9 @@ namespace {
 
 // Whether the decode kernels take these dims on q's GPU (common/other_gpus.h): K in {64, 128, 256}, V a multiple of
 // kDecodeBV up to 1024. Where not, the op runs on its Triton fallback (a warning, once, for dims they do not take).
-bool decode_kernels_take(int64_t dim_k, int64_t dim_v, const at::Tensor& q, const char* op) {
+bool decode_kernels_take(int64_t dim_k, int64_t dim_v, int64_t heads_v, const at::Tensor& q, const char* op) {
   CHECK_CUDA_FLOATING(q);
+  TORCH_CHECK_VALUE(heads_v <= 65535, op, " on CUDA takes at most 65535 value heads (grid.y), got ", heads_v);
   if (!cuda_kernels_run_on(q.device())) return false;
   if ((dim_k == 64 || dim_k == 128 || dim_k == 256) && dim_v % kDecodeBV == 0 && dim_v <= 1024) return true;
   TORCH_WARN_ONCE("mom_ops: ", op, "'s CUDA kernel takes K in {64, 128, 256} and V a multiple of ", kDecodeBV,
@@ -57,7 +58,7 @@ at::Tensor mom_decode_step_cuda(const at::Tensor& q, const at::Tensor& k, const 
                                 const at::Tensor& beta, const at::Tensor& weights, const at::Tensor& slots,
                                 at::Tensor& state_pool, double scale, bool use_qk_l2norm, bool state_v_first) {
   const DecodeDims d = check_decode_args(q, k, v, g, beta, weights, slots, state_pool, state_v_first);
-  if (!decode_kernels_take(d.dim_k, d.dim_v, q, "mom_decode_step")) {
+  if (!decode_kernels_take(d.dim_k, d.dim_v, d.heads_v, q, "mom_decode_step")) {
     return call_other_gpu_fallback<decltype(mom_decode_step_cuda)>(
         "mom_decode_step", q.device(), q, k, v, g, beta, weights, slots, state_pool, scale, use_qk_l2norm,
         state_v_first);
@@ -117,7 +118,7 @@ std::tuple<at::Tensor, at::Tensor> fused_recurrent_fwd_cuda(const at::Tensor& q,
   const GdnDims d = check_gdn_args(q, k, v, g, beta, initial_state, state_v_first, cu_seqlens, std::nullopt);
   TORCH_CHECK_VALUE(d.num_seqs < 65536, "fused_recurrent on CUDA supports fewer than 65536 sequences, got ",
                     d.num_seqs);
-  if (!decode_kernels_take(d.dim_k, d.dim_v, q, "fused_recurrent_gated_delta_rule")) {
+  if (!decode_kernels_take(d.dim_k, d.dim_v, d.heads_v, q, "fused_recurrent_gated_delta_rule")) {
     return call_other_gpu_fallback<decltype(fused_recurrent_fwd_cuda)>(
         "fused_recurrent_gated_delta_rule_fwd", q.device(), q, k, v, g, beta, scale, initial_state,
         output_final_state, use_qk_l2norm, state_v_first, cu_seqlens);

@@ -32,6 +32,9 @@ inline GdnDims check_gdn_args(const at::Tensor& q, const at::Tensor& k, const at
                     ", HV, V) like q, got ", v.sizes());
   TORCH_CHECK_VALUE(d.heads_qk > 0 && d.heads_v % d.heads_qk == 0, "the number of value heads (", d.heads_v,
                     ") must be a multiple of the number of q/k heads (", d.heads_qk, ")");
+  // (an empty value head or dim gave the CUDA kernels an empty grid: a launch error)
+  TORCH_CHECK_VALUE(d.heads_v > 0 && d.dim_v > 0, "v must have at least one value head and a value dim V >= 1, got "
+                    "shape ", v.sizes());
   CHECK_SHAPE(g, d.batch, d.seqlen, d.heads_v);
   CHECK_SHAPE(beta, d.batch, d.seqlen, d.heads_v);
   CHECK_DEVICE(k, q);

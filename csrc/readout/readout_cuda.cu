@@ -169,6 +169,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> memory_mi
       const auto kernel = memory_mix_bwd_kernel<T, kVec, kVecsPerLane, kPrefetch, kTopk>;
       const size_t smem = sizeof(float) * kMixWarps *
                           ((norm_weight.has_value() ? kMixNormSlotsPerWarp<kVec, kVecsPerLane> : 0) + p.topk);
+      // (past the 48 KB a launch takes without opting in: topk in the hundreds, a launch error otherwise)
+      TORCH_CHECK_VALUE(smem <= 48 * 1024, "memory_mix's backward on CUDA takes a topk up to a few hundred (",
+                        smem, " bytes of shared memory per CTA at topk = ", p.topk, ", V = ", p.dim_v, ")");
       const int grid = grid_size(kernel, smem, p.num_tokens, 1);  // a warp per token at a time
       if (norm_weight.has_value()) norm_partial = at::empty({grid, p.dim_v}, f32);
       p.grad_norm_partial = norm_weight.has_value() ? norm_partial.data_ptr<float>() : nullptr;

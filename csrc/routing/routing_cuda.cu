@@ -54,7 +54,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   p.topk = int(topk);
   p.batch = int(batch_size);
   p.seqlen = int(N / batch_size);
-  p.chunk_size = int(chunk_size);
+  // a chunk at least as long as every segment (all R rows) gives the same table: clamped, so that the kernel's
+  // int arithmetic (length + C - 1) cannot wrap for a chunk_size near or past 2^31
+  p.chunk_size = int(std::min<int64_t>(chunk_size, std::max<int64_t>(R, 1)));
   p.num_tiles = num_tiles;
   p.max_chunks = int(max_chunks_);
   p.weights = weights.data_ptr<float>();
