@@ -146,7 +146,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor dq = gva ? at::empty({rows, d.heads_v, d.dim_k}, f32) : at::empty(q.sizes(), opts);
   at::Tensor dk = gva ? at::empty({rows, d.heads_v, d.dim_k}, f32) : at::empty(k.sizes(), opts);
   at::Tensor dv = at::empty(v.sizes(), opts);
-  at::Tensor dg = at::empty({rows, d.heads_v}, f32), dbeta = at::empty({rows, d.heads_v}, f32);
+  // in g's / beta's shapes (the [rows, HV] layout): returned without a reshape, so not views, as the CPU op's
+  at::Tensor dg = at::empty(g.sizes(), f32), dbeta = at::empty(beta.sizes(), f32);
   at::Tensor dh0 = io.h0.defined() ? at::empty(state_shape, f32) : at::empty({0}, f32);
   zero_rows_past_end(io.params, {&dq, &dk, &dv, &dg, &dbeta}, stream);
 
@@ -244,10 +245,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       dq = l2norm_backward(io.q.view({rows, d.heads_qk, d.dim_k}).to(at::kFloat), dq);
       dk = l2norm_backward(io.k.view({rows, d.heads_qk, d.dim_k}).to(at::kFloat), dk);
     }
-    dq = dq.to(q.scalar_type()).view(q.sizes());
-    dk = dk.to(q.scalar_type()).view(k.sizes());
+    dq = dq.view(q.sizes()).to(q.scalar_type());  // (16-bit q: a new tensor, not a view)
+    dk = dk.view(k.sizes()).to(q.scalar_type());
   }
-  return {dq, dk, dv, dg.view(g.sizes()).to(g.scalar_type()), dbeta.view(beta.sizes()).to(beta.scalar_type()), dh0};
+  return {dq, dk, dv, dg.to(g.scalar_type()), dbeta.to(beta.scalar_type()), dh0};
 }
 
 }  // namespace
