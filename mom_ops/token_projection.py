@@ -94,7 +94,10 @@ def token_projection(x: torch.Tensor, weight: torch.Tensor, sizes: list[int],
     not an add's, which hands the same tensor to both operands, nor a gradient the user passed), and no hooks or
     retain_grad. MoMAttention's stream permute is such a consumer."""
     if (x.dim() != 2 or weight.dim() != 2 or weight.shape[1] != x.shape[1] or sum(sizes) > weight.shape[0]
-            or min(sizes, default=0) < 0):
-        raise ValueError(f"token_projection: x must be [N, D] and weight [C >= sum(sizes), D], got {tuple(x.shape)}, "
-                         f"{tuple(weight.shape)}, sizes {list(sizes)}")
+            or not sizes or min(sizes) < 0):
+        raise ValueError(f"token_projection: x must be [N, D] and weight [C >= sum(sizes), D] with at least one block, "
+                         f"got {tuple(x.shape)}, {tuple(weight.shape)}, sizes {list(sizes)}")
+    if weight.dtype != x.dtype or weight.device != x.device:
+        raise ValueError(f"token_projection: weight must have x's dtype and device ({x.dtype} on {x.device}), got "
+                         f"{weight.dtype} on {weight.device}")
     return _TokenProjection.apply(x, weight, tuple(sizes), alias_grad_in_place)

@@ -76,6 +76,15 @@ def test_memory_mix_masked_tokens_read_nothing(device):
     assert torch.all(grads[0][plan.src_pair < 0] == 0)
 
 
+def test_memory_mix_reference_with_every_token_masked():
+    """No pair at all: the reference read row 0 (unused, here NaN) times a zero weight and gave NaN; the op gives the
+    shared rows."""
+    plan = mom_ops.route(torch.randn(2, 3), 2, batch_size=1, mask=torch.tensor([False, False]))
+    o_routed, shared = torch.full((4, 1, 2), float("nan")), torch.ones(2, 1, 2)
+    torch.testing.assert_close(memory_mix_ref(o_routed, plan.dst_row, plan.weights, shared), shared)
+    torch.testing.assert_close(mom_ops.memory_mix(o_routed, plan, shared=shared), shared)
+
+
 def test_memory_mix_gradcheck():
     plan, o_routed, shared, norm_w, gate = _setup(n=12, H=2, V=4, dtype=torch.float64)
     args = [o_routed, plan.weights.double(), shared, norm_w.double(), gate]

@@ -62,6 +62,10 @@ def test_rejects_mismatched_shapes():
         token_projection(x, weight[:20], sizes)
     with pytest.raises(ValueError, match="token_projection"):
         token_projection(x, weight, [70, -3])
+    with pytest.raises(ValueError, match="at least one block"):  # (forward ran, backward raised an IndexError)
+        token_projection(x, weight, [])
+    with pytest.raises(ValueError, match="weight must have x's dtype"):  # (a matmul's dtype error before)
+        token_projection(x, weight.double(), sizes)
 
 
 def test_alias_gradient_shared_or_expanded_is_not_written():

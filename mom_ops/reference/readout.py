@@ -11,7 +11,9 @@ def memory_mix_ref(o_routed, dst_row, weights, shared=None, norm_weight=None, ga
     * silu(gate) per head when norm_weight is given. o_routed [R, H, V] -> [N, H, V] in o_routed's dtype."""
     rows = dst_row.long()
     w = torch.where(rows >= 0, weights.float(), torch.zeros_like(weights.float()))
-    o = (o_routed.float()[rows.clamp_min(0)] * w[..., None, None]).sum(1)
+    # rows < 0 read nothing (not 0 * a row that may hold NaN)
+    picked = torch.where((rows >= 0)[..., None, None], o_routed.float()[rows.clamp_min(0)], 0.0)
+    o = (picked * w[..., None, None]).sum(1)
     if shared is not None:
         o = o + shared.float()
     if norm_weight is not None:
