@@ -36,8 +36,10 @@ def _cuobjdump():
     return next((str(c) for c in candidates if c.is_file() and os.access(c, os.X_OK)), None)
 
 
-def _kernel_resources():
-    """{mangled kernel name: {"REG": n, "STACK": n, ...}} of every kernel in mom_ops._C's sm_90a cubins."""
+@pytest.fixture(scope="module")
+def kernel_resources():
+    """{mangled kernel name: {"REG": n, "STACK": n, ...}} of every kernel in mom_ops._C's sm_90a cubins (one
+    cuobjdump run for the module's tests)."""
     if not mom_ops.build_info().get("cuda"):
         pytest.skip("mom_ops was built without CUDA kernels")
     tool = _cuobjdump()
@@ -57,9 +59,9 @@ def _kernel_resources():
 
 
 @pytest.mark.parametrize("kernel", sorted(REGISTER_BUDGETS))
-def test_register_budget(kernel):
+def test_register_budget(kernel, kernel_resources):
     budget, why = REGISTER_BUDGETS[kernel]
-    instances = {name: r for name, r in _kernel_resources().items() if kernel in name}
+    instances = {name: r for name, r in kernel_resources.items() if kernel in name}
     assert instances, f"{kernel} is not in the built extension"
     over = {name: r["REG"] for name, r in instances.items() if r["REG"] > budget}
     assert not over, f"{kernel}: more than {budget} registers ({why}): {over}"

@@ -10,10 +10,9 @@ def memory_mix_ref(o_routed, dst_row, weights, shared=None, norm_weight=None, ga
     """o[n] = sum_j w[n, j] o_routed[dst_row[n, j]] + shared[n]; then o * rsqrt(mean(o^2) + eps) * norm_weight
     * silu(gate) per head when norm_weight is given. o_routed [R, H, V] -> [N, H, V] in o_routed's dtype."""
     rows = dst_row.long()
-    w = torch.where(rows >= 0, weights.float(), torch.zeros_like(weights.float()))
-    # rows < 0 read nothing (not 0 * a row that may hold NaN)
-    picked = torch.where((rows >= 0)[..., None, None], o_routed.float()[rows.clamp_min(0)], 0.0)
-    o = (picked * w[..., None, None]).sum(1)
+    # rows < 0 read nothing: not 0 * a weight or a row that may hold NaN
+    weighted = o_routed.float()[rows.clamp_min(0)] * weights.float()[..., None, None]
+    o = torch.where((rows >= 0)[..., None, None], weighted, 0.0).sum(1)
     if shared is not None:
         o = o + shared.float()
     if norm_weight is not None:
