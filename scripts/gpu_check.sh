@@ -13,7 +13,7 @@
 # CUDA-graph replay against the eager step -> graph.log), AB_FLAGS ("FLAG ...": scripts/layer_flag_ab.py, each
 # mom_ops.nn flag off / on in one process -> ab.log), PIECES_AB=1 (scripts/gdn_pieces_ab.py: the scan in pieces, forward
 # and forward + backward, each flag 0 / 1 at n1 D128 and several decays -> pieces_ab.log; PIECES_AB_FLAG=NAME: only
-# NAME=0 / 1). Test time: tests/test_gdn.py::test_gpu_forward takes 50-95 s
+# NAME=0 / 1), SAVE_TRITON_CACHE=1 (Triton's kernel cache -> triton-cache.tar.gz; see step 1b). Test time: tests/test_gdn.py::test_gpu_forward takes 50-95 s
 # per case (its fp32 Triton reference compiles per case; ~10 min for the eight) and fails only its documented Triton
 # clause, so routine runs pass -k "not (test_gpu_forward and case)". Time fla in a process of its own
 # (BENCH_PROVIDERS=fla, a second call): after fla's layer and its TileLang kernels had run, our layer's fwdbwd read
@@ -33,6 +33,19 @@ if ls .whl*/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl*/*.whl \
     >"$OUT/wheels.log" 2>&1 || { echo "wheel install failed (see wheels.log)"; status=1; }
   export PYTHONPATH="$site:${PYTHONPATH:-}"
+fi
+
+# 1b. Triton's kernel cache, carried between sessions: the fp32 ("ieee") Triton references compile for minutes on a
+# fresh machine (tests/test_triton_gdn.py's forward cases ~190 s of a 416 s test run; test_gpu_forward 50-95 s a
+# case). A run with SAVE_TRITON_CACHE=1 returns the cache as $OUT/triton-cache.tar.gz (when under 15 MiB); copy it
+# into .triton-cache/ (git-ignored) and carry ".triton-cache" to start the next machine with it. The cache's group
+# files name their kernels by absolute path, so it always lives at the same place; a kernel whose key differs (another
+# Triton, another source) misses and compiles as before.
+export TRITON_CACHE_DIR=/tmp/mom_ops_triton_cache
+mkdir -p "$TRITON_CACHE_DIR"
+if [ -f .triton-cache/triton-cache.tar.gz ]; then
+  tar -xzf .triton-cache/triton-cache.tar.gz -C "$TRITON_CACHE_DIR" && \
+    echo "triton cache: $(find "$TRITON_CACHE_DIR" -name '*.cubin' | wc -l) kernels carried"
 fi
 
 # The image's /opt/gcc wrapper links libstdc++ statically into extensions, and a C++ exception thrown from
@@ -111,6 +124,12 @@ fi
 if [ "${SANITIZE:-0}" = 1 ]; then
   timeout 300 bash scripts/gdn_bwd_sanitize.sh >"$OUT/sanitize.log" 2>&1 || status=1
   grep -E "SUMMARY|exit" "$OUT/sanitize.log"
+fi
+if [ "${SAVE_TRITON_CACHE:-0}" = 1 ]; then
+  tar -czf /tmp/triton-cache.tar.gz -C "$TRITON_CACHE_DIR" .
+  size=$(stat -c %s /tmp/triton-cache.tar.gz)
+  echo "triton cache: $(find "$TRITON_CACHE_DIR" -name '*.cubin' | wc -l) kernels, $((size / 1024)) KiB packed"
+  if [ "$size" -lt $((15 * 1024 * 1024)) ]; then mv /tmp/triton-cache.tar.gz "$OUT/"; else echo "  too large to return"; fi
 fi
 # The device tool returns at most 8 files: keep the main ones loose (tests.log, bench.log, the results file), pack the
 # rest (a failed build exits above and leaves build.log loose).
