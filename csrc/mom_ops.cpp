@@ -33,7 +33,7 @@ TORCH_LIBRARY(mom_ops, m) {
   // and the memory-major plan.
   // Tokens belong to sequence b: n // (N / batch_size), or by cu_seqlens [B+1] when given.
   m.def(
-      "route(Tensor router_logits, int topk, int batch_size, Tensor? cu_seqlens, Tensor? token_mask, "
+      "route(Tensor router_logits, int topk, SymInt batch_size, Tensor? cu_seqlens, Tensor? token_mask, "
       "int chunk_size) -> (Tensor weights, Tensor memory_ids, Tensor dst_row, Tensor src_pair, "
       "Tensor seg_cu_seqlens, Tensor chunk_indices)");
   // route's backward: w = softmax over the kept logits, so grad_logits[n, m] = w_j (grad_w_j - sum_i w_i grad_w_i)

@@ -140,6 +140,16 @@ USE_TRITON_GROUPED_LINEAR = False
 # Prefill with a cache keeps the copy (the conv tail reads it).
 FUSE_Q_PERMUTE = os.environ.get("MOM_OPS_FUSE_Q_PERMUTE", "1") == "1"
 
+_INIT_GAIN = 2**-2.5  # fla's xavier_uniform gain for every projection
+
+
+class _Linear(nn.Linear):
+    """nn.Linear (no bias) whose reset_parameters is the layer's init (xavier_uniform, gain 2^-2.5): materialisers
+    that call every module's own reset_parameters (FSDP1 on a meta module: parents first, then children) keep it."""
+
+    def reset_parameters(self) -> None:
+        nn.init.xavier_uniform_(self.weight, gain=_INIT_GAIN)
+
 
 class MoMAttention(nn.Module):
     """Mixture-of-Memories gated-delta attention.
@@ -167,25 +177,25 @@ class MoMAttention(nn.Module):
         self.conv_size, self.norm_eps, self.aux_loss_scale = conv_size, norm_eps, aux_loss_scale
         D, M, H = hidden_size, num_memories, num_heads
         key_dim, value_dim = H * head_dim, H * self.head_v_dim
-        self.gate = nn.Linear(D, M, bias=False)
-        self.q_proj = nn.Linear(D, key_dim, bias=False)
+        self.gate = _Linear(D, M, bias=False)
+        self.q_proj = _Linear(D, key_dim, bias=False)
         self.k_proj = nn.Parameter(torch.empty(M, key_dim, D))
         self.v_proj = nn.Parameter(torch.empty(M, value_dim, D))
         self.b_proj = nn.Parameter(torch.empty(M, H, D))
         self.a_proj = nn.Parameter(torch.empty(M, H, D))
         if shared_memory:
-            self.shared_k = nn.Linear(D, key_dim, bias=False)
-            self.shared_v = nn.Linear(D, value_dim, bias=False)
-            self.shared_b = nn.Linear(D, H, bias=False)
-            self.shared_a = nn.Linear(D, H, bias=False)
+            self.shared_k = _Linear(D, key_dim, bias=False)
+            self.shared_v = _Linear(D, value_dim, bias=False)
+            self.shared_b = _Linear(D, H, bias=False)
+            self.shared_a = _Linear(D, H, bias=False)
         self.q_conv = nn.Parameter(torch.empty(key_dim, conv_size))
         self.k_conv = nn.Parameter(torch.empty(key_dim, conv_size))
         self.v_conv = nn.Parameter(torch.empty(value_dim, conv_size))
         self.A_log = nn.Parameter(torch.empty(H))
         self.dt_bias = nn.Parameter(torch.empty(H))
-        self.g_proj = nn.Linear(D, value_dim, bias=False)
+        self.g_proj = _Linear(D, value_dim, bias=False)
         self.o_norm = nn.Parameter(torch.ones(self.head_v_dim))
-        self.o_proj = nn.Linear(value_dim, D, bias=False)
+        self.o_proj = _Linear(value_dim, D, bias=False)
         # zero weight rows that pad the token projection's q | g | gate columns to a multiple of 8 (_project_tokens)
         self.register_buffer("_token_pad_rows", torch.zeros(-(key_dim + value_dim + M) % 8, D), persistent=False)
         self.reset_parameters()
@@ -193,19 +203,29 @@ class MoMAttention(nn.Module):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """fla's initialisation: xavier_uniform(gain 2^-2.5) projections, A ~ U(1, 16), dt ~ logU(1e-3, 0.1)."""
-        gain = 2**-2.5
-        for w in (self.gate.weight, self.q_proj.weight, self.g_proj.weight, self.o_proj.weight):
-            nn.init.xavier_uniform_(w, gain=gain)
+        gain = _INIT_GAIN
+        for lin in (self.gate, self.q_proj, self.g_proj, self.o_proj):
+            lin.reset_parameters()
         for stacked in (self.k_proj, self.v_proj, self.b_proj, self.a_proj):
             for m in range(self.num_memories):
                 nn.init.xavier_uniform_(stacked[m], gain=gain)
         if self.shared_memory:
             for lin in (self.shared_k, self.shared_v, self.shared_b, self.shared_a):
-                nn.init.xavier_uniform_(lin.weight, gain=gain)
+                lin.reset_parameters()
         for w in (self.q_conv, self.k_conv, self.v_conv):
             init_short_conv_(w)
         init_decay_(self.A_log, self.dt_bias)
         self.o_norm.fill_(1.0)
+        # a buffer too: after to_empty (meta-device init) it holds whatever the memory held, and its rows enter
+        # dx's GEMM in token_projection's backward (0 * NaN = NaN)
+        self._token_pad_rows.zero_()
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        # the pad rows are not in a state dict (non-persistent): a layer built on the meta device, to_empty'd and
+        # loaded from a checkpoint without reset_parameters would keep uninitialised memory there
+        with torch.no_grad():
+            self._token_pad_rows.zero_()
 
     def _project_tokens(self, xf: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The token-level projections from one GEMM: xf [N, D] -> q [N, H*K], output gate [N, H*V], router logits
@@ -295,7 +315,7 @@ class MoMAttention(nn.Module):
     def _aux_loss(self, logits: torch.Tensor, plan: RoutingPlan, mask: torch.Tensor | None) -> torch.Tensor:
         """Switch-style load balance over valid tokens: f_m = routed rows of m / all rows, P_m = mean probability."""
         B = plan.batch_size
-        probs = torch.softmax(logits, -1, dtype=torch.float32)
+        probs = torch.softmax(logits, -1, dtype=torch.promote_types(logits.dtype, torch.float32))
         rows_per_memory = plan.cu_seqlens[B::B] - plan.cu_seqlens[:-1:B]  # [M]
         if mask is None:  # every token is valid: their count is known here (fewer launches than a mask of ones)
             tokens = probs.shape[0]
@@ -304,8 +324,8 @@ class MoMAttention(nn.Module):
             # backward is one product (the counts need no gradient)
             c = self.aux_loss_scale * self.num_memories / (max(tokens * self.topk, 1) * max(tokens, 1))
             return torch.dot(probs.sum(0), (rows_per_memory * c).to(probs.dtype))
-        valid = mask.float()
-        f = rows_per_memory.float() / (valid.sum() * self.topk).clamp_min(1)
+        valid = mask.to(probs.dtype)
+        f = rows_per_memory.to(probs.dtype) / (valid.sum() * self.topk).clamp_min(1)
         P = (probs * valid[:, None]).sum(0) / valid.sum().clamp_min(1)
         return self.aux_loss_scale * self.num_memories * (f * P).sum()
 
@@ -381,6 +401,10 @@ class MoMAttention(nn.Module):
             raise ValueError(f"cache holds {cache.seen_tokens.shape[0]} sequences, the input has {B}")
         if cache is not None:
             cache.check_fits(self, B, x.device)
+            if not torch.compiler.is_compiling() and torch._C._current_graph_task_id() != -1:
+                raise RuntimeError("MoMAttention: called with a cache while a backward runs (activation checkpointing's "
+                                   "recompute): the first forward already advanced the cache, so the recompute would start "
+                                   "from its final states and advance it again. Do not checkpoint calls that take a cache.")
         if use_cache and cache is None:
             cache = MoMCache.empty(self, B, x.device, x.dtype)
         needs_graph = cache is not None and self._needs_graph(x)

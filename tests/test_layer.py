@@ -216,6 +216,101 @@ def test_backward_through_a_call_with_a_cache(steps):
     assert cache.seen_tokens.tolist() == [7 + steps] * 2
 
 
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_checkpointing_matches_and_refuses_a_cache(reentrant):
+    """Activation checkpointing without a cache gives the plain run's gradients; with a cache its recompute would start
+    from the states the first forward left there and advance them again (gradients off by up to 6x, seen_tokens
+    doubled, no error): refused by name."""
+    from torch.utils.checkpoint import checkpoint
+
+    layer, _ = _layer(seed=7)
+    x = torch.randn(2, 9, 32)
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[1, :2] = False
+    grads = []
+    for ckpt in (False, True):
+        layer.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_(True)
+        out, aux = checkpoint(layer, xi, mask, use_reentrant=reentrant) if ckpt else layer(xi, mask)
+        ((out * out).sum() + aux).backward()
+        grads.append([xi.grad] + [p.grad for p in layer.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    cache = MoMCache.empty(layer, 2, "cpu")
+    xi = x.clone().requires_grad_(True)
+    out, aux = checkpoint(lambda t: layer(t, cache=cache), xi, use_reentrant=reentrant)
+    with pytest.raises(RuntimeError, match="cache while a backward runs"):
+        out.sum().backward()
+
+
+def test_meta_device_init_then_reset_or_load():
+    """FSDP-style initialisation: built on the meta device, then to_empty. reset_parameters (the layer's, or each
+    child's own in FSDP1's order: the Linear children kept nn.Linear's kaiming init) gives fresh-layer statistics,
+    and the token projection's zero pad rows (a non-persistent buffer, garbage after to_empty: NaN input gradients)
+    are zeroed by reset_parameters and by load_state_dict."""
+    kw = dict(hidden_size=256, num_heads=2, head_dim=32, num_memories=4, topk=2)
+    torch.manual_seed(0)
+    fresh = MoMAttention(**kw)
+    with torch.device("meta"):
+        layer = MoMAttention(**kw)
+    layer.to_empty(device="cpu")
+    assert layer._token_pad_rows.numel() > 0  # the case needs pad rows (q | g | gate columns not a multiple of 8)
+    for module in layer.modules():  # FSDP1: every module's own reset_parameters
+        if module is not layer and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    for name in ("gate", "q_proj", "g_proj", "o_proj", "shared_k", "shared_v", "shared_b", "shared_a"):
+        got, want = getattr(layer, name).weight.std(), getattr(fresh, name).weight.std()
+        assert abs(got / want - 1) < 0.15, (name, got.item(), want.item())
+    for restore in ("reset", "load"):
+        layer._token_pad_rows.fill_(float("nan"))
+        if restore == "reset":
+            layer.reset_parameters()
+        else:
+            layer.load_state_dict(fresh.state_dict())
+        assert torch.all(layer._token_pad_rows == 0), restore
+        x = torch.randn(2, 5, 256, requires_grad=True)
+        out, aux = layer(x)
+        (out.sum() + aux).backward()
+        assert torch.isfinite(x.grad).all(), restore
+
+
+def test_compiled_layer_takes_any_batch_size_without_recompiling():
+    """route's batch_size is a SymInt in its schema: with an int, dynamo fixed B, recompiled for every batch size and
+    packed sequence count, and stopped (fullgraph) at its recompile limit."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    layer, _ = _layer(seed=8)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(layer, backend=counter, fullgraph=True, dynamic=True)
+    frames = []
+    with torch.no_grad():
+        for B in (2, 3, 5):
+            x = torch.randn(B, 6, 32)
+            torch.testing.assert_close(compiled(x)[0], layer(x)[0])
+            frames.append(counter.frame_count)
+        for S in (2, 3, 4):
+            x, cu = torch.randn(1, 12, 32), torch.linspace(0, 12, S + 1).long()
+            torch.testing.assert_close(compiled(x, cu_seqlens=cu)[0], layer(x, cu_seqlens=cu)[0])
+            frames.append(counter.frame_count)
+    assert frames[0] == frames[2] and frames[3] == frames[5], frames
+
+
+def test_double_layer_aux_loss_is_double():
+    """layer.double(): the aux loss was computed in fp32 (gradcheck failed on it); in the logits' dtype now (fp32 for
+    16-bit layers)."""
+    layer, _ = _layer(seed=9)
+    layer = layer.double()
+    x = torch.randn(2, 4, 32, dtype=torch.float64, requires_grad=True)
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    mask[0, 0] = False
+    for m in (None, mask):
+        out, aux = layer(x, attention_mask=m)
+        assert out.dtype == aux.dtype == torch.float64
+        assert torch.autograd.gradcheck(lambda t: layer(t, attention_mask=m)[1], (x,))
+    _, aux16 = _layer(seed=9)[0].bfloat16()(x.detach().bfloat16())
+    assert aux16.dtype == torch.float32
+
 # ---- GPU: the layer on the CUDA kernels (bf16) against the same layer on the CPU kernels (fp32) ----
 # bf16 router logits can swap two nearly equal memories for a few tokens, so these compare per token: the
 # median error must be small and all but a few percent of the tokens close.
