@@ -97,6 +97,23 @@ class MoMCache:
                         zeros(P, W - 1, H * layer.head_v_dim), zeros(batch_size, dt=torch.int64),
                         num_memories=layer.num_memories, shared_memory=layer.shared_memory)
 
+    def index_select(self, index: torch.Tensor) -> "MoMCache":
+        """A cache of the sequences index [B'] picks, in that order (repeats allowed): a beam search's reorder, or the
+        batch without its finished sequences. The pool rows m * B + b become m * B' + i for index[i] = b."""
+        B = self.seen_tokens.shape[0]
+        if not isinstance(index, torch.Tensor) or index.dim() != 1 or index.dtype not in (torch.int32, torch.int64):
+            raise ValueError("index must be a 1-D int32 / int64 tensor of sequence indices")
+        index = index.to(self.seen_tokens.device)
+        if index.numel() and not (0 <= int(index.min()) and int(index.max()) < B):  # (a host sync: not in a graph)
+            raise ValueError(f"index holds values outside [0, {B}): the cache has {B} sequences")
+        if B == 0:  # (then index is empty too)
+            pick = lambda t: t[:0]  # noqa: E731
+        else:
+            pick = lambda t: t.unflatten(0, (-1, B)).index_select(1, index).flatten(0, 1)  # noqa: E731  [P, ...] by b
+        return MoMCache(pick(self.states), pick(self.conv_q), pick(self.conv_k), pick(self.conv_v),
+                        self.seen_tokens.index_select(0, index), num_memories=self.num_memories,
+                        shared_memory=self.shared_memory)
+
     def check_fits(self, layer: "MoMAttention", batch_size: int, device: torch.device) -> None:
         """ValueError unless this cache was made for `layer`'s sizes, batch_size sequences and input on device (the
         ops would name their own arguments, not the cache's fields)."""

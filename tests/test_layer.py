@@ -217,6 +217,28 @@ def test_backward_through_a_call_with_a_cache(steps):
 
 
 
+@pytest.mark.parametrize("shared", [True, False])
+def test_cache_index_select_reorders_sequences(shared):
+    """MoMCache.index_select (a beam search's reorder, dropping finished sequences): decoding from the picked cache
+    equals decoding from a prefill of the picked prompts."""
+    layer, _ = _layer(shared, seed=10)
+    x = torch.randn(3, 9, 32)
+    index = torch.tensor([2, 0, 0])
+    with torch.no_grad():
+        _, _, cache = layer(x[:, :7], use_cache=True)
+        _, _, expected = layer(x[index, :7], use_cache=True)
+        picked = cache.index_select(index)
+        for t in (7, 8):
+            got, _, picked = layer(x[index, t:t + 1], cache=picked, use_cache=True)
+            want, _, expected = layer(x[index, t:t + 1], cache=expected, use_cache=True)
+            torch.testing.assert_close(got, want)
+    assert picked.seen_tokens.tolist() == [9, 9, 9]
+    assert cache.index_select(torch.tensor([], dtype=torch.int64)).states.shape[0] == 0
+    with pytest.raises(ValueError, match="outside"):
+        cache.index_select(torch.tensor([3]))
+    with pytest.raises(ValueError, match="1-D int"):
+        cache.index_select(torch.tensor([0.0]))
+
 @pytest.mark.parametrize("reentrant", [False, True])
 def test_checkpointing_matches_and_refuses_a_cache(reentrant):
     """Activation checkpointing without a cache gives the plain run's gradients; with a cache its recompute would start
