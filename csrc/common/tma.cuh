@@ -4,8 +4,9 @@
 // the layout wgmma reads. Elements outside the tensor land as zeros.
 // Order: one thread mbarrier_init(bar, 1), fence_mbarrier_init(), __syncthreads(); per phase one thread
 // mbarrier_expect_tx(bar, bytes of all its loads) and issues them; every reader mbarrier_wait(bar, phase % 2).
-// Status: no kernel uses these yet; scripts/tma_probe checks them on a GPU (mbarrier_arrive: compiled, not yet run
-// there), scripts/gdn_emulate/run_tma.sh their emulator shim on the CPU.
+// Users: the split chains' q / k / W stages (gdn_split_kernels.cuh, gdn_bwd_split_kernels.cuh). scripts/tma_probe
+// checks these on a GPU (mbarrier_arrive: compiled, not yet run there), scripts/gdn_emulate/run_tma.sh their emulator
+// shim on the CPU.
 #pragma once
 
 #include <cuda.h>

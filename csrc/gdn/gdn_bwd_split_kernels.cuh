@@ -239,8 +239,11 @@ __device__ __forceinline__ void gdn_bwd_chain_split(const GdnBwdSplitParams& p) 
             mbarrier_wait(bars + s, uint32_t(j / L::kStages) % 2);
             const int len = int(min(int64_t(C), eos - (bos + (num_chunks - 1 - j) * C)));
             if (len < C) {
-              zero_stage_rows<kK>(stage16(s, L::kStageK), stage16(s, L::kStageW), len, ltid);
-              if constexpr (L::kQInStage) zero_stage_rows<kK>(stage16(s, L::kStageQ), stage16(s, L::kStageQ), len, ltid);
+              zero_stage_rows<kK, L::kQInStage ? 3 : 2>(stage16(s, L::kStageK), stage16(s, L::kStageW),
+                                                        stage16(s, L::kStageQ), len, ltid);
+              // these generic writes before the stage's next TMA refill (the async proxy) writes the same bytes; the
+              // wgmma chain's hand-over fences every chunk (its readers are async too)
+              if constexpr (!kWgmma) fence_async_smem();
             }
           });
       return;

@@ -264,17 +264,18 @@ __global__ void __launch_bounds__(kGdnThreads, GdnPrepSmem<T, kK>::kCtasPerSm) g
 
 // ---------------------------------------------------------------- 2. the state chain
 
-// Rows [len, 64) of the chain stage's W and K tiles (Sw128Slabs<64>: each row one 128-byte line per 64-column slab)
-// -> zeros, by the load threads: a TMA box runs on into the next sequence's rows, which cp.async zero-filled (and
-// 0 x NaN would reach the state through the products).
-template <int kK, typename T>
-__device__ __forceinline__ void zero_stage_rows(T* w, T* k, int len, int ltid) {
+// Rows [len, 64) of kTiles chain stage tiles t0, t1(, t2) (Sw128Slabs<64>: each row one 128-byte line per 64-column
+// slab) -> zeros, by the load threads, each 16 bytes by one thread: a TMA box runs on into the next sequence's rows,
+// which cp.async zero-filled (and 0 x NaN would reach the state through the products).
+template <int kK, int kTiles, typename T>
+__device__ __forceinline__ void zero_stage_rows(T* t0, T* t1, T* t2, int len, int ltid) {
+  static_assert(kTiles >= 1 && kTiles <= 3, "1 to 3 tiles");
   constexpr int kSlabs = kK / 64;
   const int lines = (kGdnChunk - len) * kSlabs * 8;  // 16-byte chunks per tile
-  for (int idx = ltid; idx < 2 * lines; idx += ChainStages::kLoadThreads) {
+  for (int idx = ltid; idx < kTiles * lines; idx += ChainStages::kLoadThreads) {
     const int tile = idx / lines, rest = idx % lines;
     const int slab = rest / ((kGdnChunk - len) * 8), row = len + rest % ((kGdnChunk - len) * 8) / 8, q = rest % 8;
-    T* base = (tile == 0 ? w : k) + slab * kGdnChunk * 64 + row * 64 + q * 8;
+    T* base = (tile == 0 ? t0 : tile == 1 ? t1 : t2) + slab * kGdnChunk * 64 + row * 64 + q * 8;
     *reinterpret_cast<uint4*>(base) = make_uint4(0, 0, 0, 0);
   }
 }
@@ -401,7 +402,7 @@ __device__ __forceinline__ void gdn_chain(const GdnSplitParams& p) {
             [&](int s, int64_t j) {  // chunk j's boxes have landed; rows past the sequence (the next one's) -> 0
               mbarrier_wait(bars + s, uint32_t(j / L::kStages) % 2);
               const int len = int(min(int64_t(C), eos - (bos + j * C)));
-              if (len < C) zero_stage_rows<kK>(stage_w(s), stage_k(s), len, ltid);
+              if (len < C) zero_stage_rows<kK, 2>(stage_w(s), stage_k(s), stage_k(s), len, ltid);
             });
         return;
       }
