@@ -353,17 +353,23 @@ class MoMAttention(nn.Module):
         return (o32 * F.silu(self.g_proj(x).float().view_as(o32))).to(o.dtype)
 
     @torch.no_grad()
-    def _decode_step(self, x: torch.Tensor, cache: MoMCache) -> tuple[torch.Tensor, torch.Tensor]:
-        """One token per sequence, x [B, 1, D]: every routed memory and the shared one in one mom_decode_step."""
+    def _decode_step(self, x: torch.Tensor, cache: MoMCache,
+                     mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token per sequence, x [B, 1, D]: every routed memory and the shared one in one mom_decode_step.
+        mask [B, 1] (0: no token for that sequence this step): its output is 0 and its cache rows stay as they are."""
         B, M, H, W = x.shape[0], self.num_memories, self.num_heads, self.conv_size
         xf = x[:, 0]
+        valid = None if mask is None else mask.reshape(B).bool()
+        if valid is not None:  # a masked token may hold anything (NaN): zeros, as in the prefill
+            xf = torch.where(valid[:, None], xf, 0)
         logits = self.gate(xf)
-        plan = mom_ops.route(logits, self.topk, batch_size=B)
-        ids, seq = plan.memory_ids.long(), torch.arange(B, device=x.device)
-        pick = lambda all_m: all_m.gather(1, ids[..., None].expand(-1, -1, all_m.shape[-1]))  # noqa: E731
+        plan = mom_ops.route(logits, self.topk, batch_size=B, mask=valid)
+        ids, seq = plan.memory_ids.long(), torch.arange(B, device=x.device)  # (ids -1 for masked tokens)
+        ids_or_0 = ids.clamp_min(0)
+        pick = lambda all_m: all_m.gather(1, ids_or_0[..., None].expand(-1, -1, all_m.shape[-1]))  # noqa: E731
         proj = lambda w: pick(torch.einsum("bd,mod->bmo", xf, w.to(xf.dtype)))  # noqa: E731  [B, k, out]
         k_raw, v_raw, b_raw, a_raw = proj(self.k_proj), proj(self.v_proj), proj(self.b_proj), proj(self.a_proj)
-        slots, weights = ids * B + seq[:, None], plan.weights
+        slots, weights = ids_or_0 * B + seq[:, None], plan.weights.float()  # (fp64 for a float64 layer's logits)
         if self.shared_memory:
             extra = lambda t, lin: torch.cat([t, lin(xf)[:, None]], 1)  # noqa: E731
             k_raw, v_raw = extra(k_raw, self.shared_k), extra(v_raw, self.shared_v)
@@ -374,19 +380,25 @@ class MoMAttention(nn.Module):
         q_raw = self.q_proj(xf)[:, None].expand(-1, J, -1)
 
         def conv_step(buf, raw, weight):  # [B, J, C]: one conv step per pool row, history updated in place
-            window = torch.cat([buf[slots], raw[:, :, None].to(buf.dtype)], 2)  # [B, J, W, C]
-            buf[slots] = window[:, :, 1:]
+            dt = torch.promote_types(buf.dtype, raw.dtype)  # the new input keeps its precision (prefill's conv too)
+            old = buf[slots]
+            window = torch.cat([old.to(dt), raw[:, :, None].to(dt)], 2)  # [B, J, W, C]
+            new = window[:, :, 1:].to(buf.dtype)
+            # a masked sequence's rows are written back as they were (its slots may repeat: the same values)
+            buf[slots] = new if valid is None else torch.where(valid[:, None, None, None], new, old)
             return F.silu((window.float() * weight.t().float()).sum(2)).to(raw.dtype)
 
         q = conv_step(cache.conv_q, q_raw, self.q_conv).view(B, J, H, self.head_dim)
         k = conv_step(cache.conv_k, k_raw, self.k_conv).view(B, J, H, self.head_dim)
         v = conv_step(cache.conv_v, v_raw, self.v_conv).view(B, J, H, self.head_v_dim)
         g, beta = mom_ops.gdn_gating(a_raw.reshape(-1, H), b_raw.reshape(-1, H), self.A_log, self.dt_bias)
+        if valid is not None:  # the step skips negative slots: no state update, nothing read
+            slots = torch.where(valid[:, None], slots, -1)
         o = mom_ops.mom_decode_step(q, k, v, g.view(B, J, H), beta.view(B, J, H), weights, slots.to(torch.int32),
                                     cache.states, use_qk_l2norm_in_kernel=True)
-        cache.seen_tokens += 1
-        out = self.o_proj(self._gated_norm(o, xf).reshape(B, -1))[:, None]
-        return out, self._aux_loss(logits, plan, None)
+        cache.seen_tokens += 1 if valid is None else valid.to(cache.seen_tokens.dtype)
+        out = self.o_proj(self._gated_norm(o, xf).reshape(B, -1))[:, None]  # (0 for a masked token: o and xf are 0)
+        return out, self._aux_loss(logits, plan, valid)
 
     def _needs_graph(self, x: torch.Tensor) -> bool:
         """Whether autograd records this call: then a one-token call with a cache takes the prefill path (the decode
@@ -409,6 +421,11 @@ class MoMAttention(nn.Module):
             raise TypeError(f"cache must be a MoMCache (MoMCache.empty or a use_cache=True call), got {type(cache)}")
         if cu_seqlens is not None and (x.shape[0] != 1 or attention_mask is not None):
             raise ValueError("packed input (cu_seqlens) must be [1, N, hidden] without attention_mask")
+        if (cache is not None and attention_mask is not None and attention_mask.dim() == 2
+                and attention_mask.shape[0] == x.shape[0] and attention_mask.shape[1] > x.shape[1]):
+            # HF generate passes the mask of the past and the new tokens: the new tokens' columns are the last T
+            # (fla's MomAttention: attention_mask[:, -q_len:])
+            attention_mask = attention_mask[:, attention_mask.shape[1] - x.shape[1]:]
         if attention_mask is not None and attention_mask.shape != x.shape[:2]:
             raise ValueError(f"attention_mask must be [B, T] = {tuple(x.shape[:2])}, got {tuple(attention_mask.shape)}")
         if cu_seqlens is not None:
@@ -424,10 +441,14 @@ class MoMAttention(nn.Module):
                                    "from its final states and advance it again. Do not checkpoint calls that take a cache.")
         if use_cache and cache is None:
             cache = MoMCache.empty(self, B, x.device, x.dtype)
+        if B == 0:  # no sequence (every one finished): route refuses batch_size 0
+            aux_loss = self.gate.weight.new_zeros((), dtype=torch.promote_types(self.gate.weight.dtype, torch.float32))
+            out = x * 0  # (x is [0, T, D]: packed input has B >= 1; keeps x's graph where x needs a gradient)
+            return (out, aux_loss, cache) if use_cache else (out, aux_loss)
         needs_graph = cache is not None and self._needs_graph(x)
-        if cache is not None and x.shape[1] == 1 and attention_mask is None and cu_seqlens is None:
+        if cache is not None and x.shape[1] == 1 and cu_seqlens is None:
             if not needs_graph:
-                out, aux_loss = self._decode_step(x, cache)
+                out, aux_loss = self._decode_step(x, cache, attention_mask)
                 return (out, aux_loss, cache) if use_cache else (out, aux_loss)
             if not x.requires_grad:
                 warnings.warn("MoMAttention: a one-token call with a cache while autograd records runs as a one-token "

@@ -239,6 +239,68 @@ def test_cache_index_select_reorders_sequences(shared):
     with pytest.raises(ValueError, match="1-D int"):
         cache.index_select(torch.tensor([0.0]))
 
+@pytest.mark.parametrize("shared", [True, False])
+def test_masked_decode_step_matches_the_prefill_path(shared):
+    """A one-token call with attention_mask takes the one-launch decode step (it took the multi-launch prefill path):
+    a masked sequence (0: no token this step; its x may hold NaN) gets output 0 and keeps its cache rows and
+    seen_tokens; the others equal the prefill path's (the same call while autograd records). A mask of the past and
+    the new tokens (HF generate's [B, past + 1]) is read by its last column, as fla's layer does."""
+    layer, _ = _layer(shared, seed=11)
+    x = torch.randn(3, 9, 32)
+    x[1, 7] = float("nan")
+    mask = torch.tensor([[1], [0], [1]])
+    with torch.no_grad():
+        _, _, cache = layer(x[:, :7], use_cache=True)
+    ref_cache = copy.deepcopy(cache)
+    calls = []
+    step = layer._decode_step
+    layer._decode_step = lambda *a: calls.append(1) or step(*a)
+    with torch.no_grad():
+        got, aux, cache = layer(x[:, 7:8], attention_mask=mask, cache=cache, use_cache=True)
+    del layer._decode_step
+    assert calls, "the masked one-token call did not take the decode step"
+    xr = x[:, 7:8].clone().requires_grad_(True)  # autograd records: the prefill path
+    want, aux_want, ref_cache = layer(xr, attention_mask=mask, cache=ref_cache, use_cache=True)
+    torch.testing.assert_close(got, want.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(aux, aux_want.detach(), rtol=1e-5, atol=1e-7)
+    assert torch.all(got[1] == 0)
+    for name in ("states", "conv_q", "conv_k", "conv_v", "seen_tokens"):
+        torch.testing.assert_close(getattr(cache, name), getattr(ref_cache, name), rtol=1e-5, atol=1e-6)
+    assert cache.seen_tokens.tolist() == [8, 7, 8]
+    with torch.no_grad():  # HF's full-length mask, then the next token
+        full_mask = torch.cat([torch.ones(3, 8, dtype=torch.long), torch.ones(3, 1, dtype=torch.long)], 1)
+        full_mask[1, 7] = 0
+        got2, _, cache = layer(x[:, 8:9], attention_mask=full_mask, cache=cache, use_cache=True)
+        want2, _, ref_cache = layer(x[:, 8:9], cache=ref_cache, use_cache=True)
+    torch.testing.assert_close(got2, want2)
+    assert cache.seen_tokens.tolist() == [9, 8, 9]
+
+
+def test_decode_step_edge_dtypes_and_empty_batches():
+    """A float64 layer's decode step (route's fp64 weights were refused by the step); a bf16 conv history rounds what
+    it stores, not the new token (the step rounded it, the prefill path did not); a batch of no sequences (every one
+    finished) returns an empty output instead of route's error."""
+    layer, _ = _layer(seed=12)
+    x = torch.randn(2, 4, 32)
+    with torch.no_grad():
+        layer64 = copy.deepcopy(layer).double()
+        _, _, cache = layer64(x[:, :3].double(), use_cache=True)
+        got, _, _ = layer64(x[:, 3:].double(), cache=cache, use_cache=True)
+        assert got.dtype == torch.float64 and torch.isfinite(got).all()
+        _, _, c16 = layer(x[:, :3], cache=MoMCache.empty(layer, 2, "cpu", torch.bfloat16), use_cache=True)
+        ref16 = copy.deepcopy(c16)
+        step, _, c16 = layer(x[:, 3:], cache=c16, use_cache=True)
+    prefill_path, _, ref16 = layer(x[:, 3:].clone().requires_grad_(True), cache=ref16, use_cache=True)
+    torch.testing.assert_close(step, prefill_path.detach(), rtol=1e-5, atol=1e-6)
+    for T in (1, 3):
+        empty = torch.randn(0, T, 32)
+        out, aux, cache0 = layer(empty, cache=MoMCache.empty(layer, 0, "cpu"), use_cache=True)
+        assert out.shape == (0, T, 32) and aux.item() == 0 and cache0.seen_tokens.numel() == 0
+    empty = torch.randn(0, 3, 32, requires_grad=True)
+    out, aux = layer(empty)
+    (out.sum() + aux).backward()
+    assert empty.grad.shape == empty.shape
+
 @pytest.mark.parametrize("reentrant", [False, True])
 def test_checkpointing_matches_and_refuses_a_cache(reentrant):
     """Activation checkpointing without a cache gives the plain run's gradients; with a cache its recompute would start
@@ -396,6 +458,28 @@ def test_gpu_prefill_then_decode_matches_full_forward():
             steps.append(step)
     _assert_tokens_close(torch.cat(steps, 1), full)
 
+
+@pytest.mark.gpu
+def test_gpu_masked_decode_step_matches_cpu():
+    """The decode step with a mask on the GPU (negative slots skipped by mom_decode_step) against the CPU layer."""
+    layer, layer_gpu = _gpu_layer_pair(seed=8)
+    x = torch.randn(4, 21, 128).bfloat16().float()
+    mask = torch.tensor([[1], [0], [1], [0]])
+    with torch.no_grad():
+        _, _, cache = layer(x[:, :20], use_cache=True)
+        _, _, cache_gpu = layer_gpu(x[:, :20].to("cuda", torch.bfloat16), use_cache=True)
+        seen = cache_gpu.seen_tokens.clone()
+        states = cache_gpu.states.clone()
+        step, _, cache = layer(x[:, 20:], attention_mask=mask, cache=cache, use_cache=True)
+        step_gpu, _, cache_gpu = layer_gpu(x[:, 20:].to("cuda", torch.bfloat16), attention_mask=mask.cuda(),
+                                           cache=cache_gpu, use_cache=True)
+    _assert_tokens_close(step_gpu[mask[:, 0] == 1], step[mask[:, 0] == 1])
+    assert torch.all(step_gpu[mask[:, 0] == 0] == 0)
+    assert (cache_gpu.seen_tokens - seen).tolist() == [1, 0, 1, 0]
+    B = 4
+    rows = torch.arange(cache_gpu.states.shape[0], device="cuda") % B
+    masked_rows = (rows == 1) | (rows == 3)
+    assert torch.equal(cache_gpu.states[masked_rows], states[masked_rows])
 
 @pytest.mark.gpu
 def test_gpu_layer_has_no_host_sync():
