@@ -69,6 +69,12 @@ run emu_256_64_1 1 1 128 1 0 1 3 1 0 130 0 64 7 1
 EMU_CHAIN_BV=32 run emu_256_32_1 1 2 64 0 0 0 3 1 0 150 1
 EMU_CHAIN_BV=32 run emu_128_128_0 2 2 128 1 1 0 3 0 0 300 0 65 1
 unset MOM_OPS_GDN_CHAIN_WGMMA EMU_SEED
+# The split chain's TMA boxes landing at issue (EMU_TMA_EAGER=1: a stage refilled while it is still read shows up)
+export EMU_TMA_EAGER=1 EMU_SEED=55
+run emu_128_64_1 1 2 128 1 0 0 3 1 3 200 64
+run emu_256_64_0 2 2 128 1 1 1 3 0 2 200 64
+EMU_CHAIN_BV=32 run emu_128_128_1 2 4 128 1 1 0 2 0 7 300 0 65 1
+unset EMU_TMA_EAGER EMU_SEED
 # MOM_OPS_GDN_OVERLAP=1: the output kernel beside the chain, through the chain's counters (a wait that would block
 # fails in the emulator, which runs the kernels one after another)
 export MOM_OPS_GDN_OVERLAP=1 EMU_SEED=33 EMU_CHAIN_BV=16

@@ -98,6 +98,14 @@ export MOM_OPS_GDN_CHAIN_WGMMA=0
 run emu_bwd_128_64_1  2 2 192 1 0 1 3 0 0 1 1 1 0 129
 run emu_bwd_256_32_1  1 2 64  1 0 0 3 1 3 1 1 130 0 64 1
 unset MOM_OPS_GDN_CHAIN_WGMMA
+# ... with the TMA boxes landing at issue (EMU_TMA_EAGER=1: a stage refilled while it is still read shows up), on
+# wgmma (K = 128 / 256, 32 / 64 columns) and mma.sync (K = 64; 16 columns), short last chunks
+export EMU_TMA_EAGER=1
+run emu_bwd_64_64_1   1 2 128 1 0 0 3 0 5 1 1 130 0 64 1
+run emu_bwd_128_64_1  2 2 192 1 0 1 2 0 0 1 1 1 0 129
+run emu_bwd_256_64_1  1 1 256 0 1 1 3 0 0 1 1 200 1 129
+EMU_CHAIN_BV=16 run emu_bwd_256_64_1 1 2 128 1 1 1 3 1 0 1 1 130 0 64 1
+unset EMU_TMA_EAGER
 # ... with the chain in pieces of 3 chunks (EMU_BWD_PIECES; gdn_bwd_cuda.cu's pieces are 16): the ws chain takes the
 # cut heads, odd heads forced onto the split chain, the plan checked against the host
 unset EMU_CHAIN_BV
