@@ -50,6 +50,27 @@ def gdn_inputs(B, T, H, K, V, HV=None, dtype=torch.float32, device="cpu", decay=
     return {name: t.to(device) for name, t in out.items()}
 
 
+def hard_gdn_inputs(kind: str, seed: int = 0, T: int = 100, H: int = 1, HV: int = 2, K: int = 32, V: int = 16) -> dict:
+    """Inputs the chunked forms got wrong (a helper's audit): "masked": g rows of -inf, finfo.min (masked_fill's
+    usual value; twice in one chunk) and -1e9 (exp(G_i - G_j) = exp(-inf + inf) = NaN, or the chunk's other g absorbed
+    into G); "correlated": SiLU keys sharing a component, slow decay, beta near 1 (the Triton T = (I + A)^-1 by
+    doubling formed N^32, ~1e8 before cancelling: o off by 3-130x). fp32, batch 1, T >= 72."""
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(1, T, H, K, generator=gen)
+    k = torch.randn(1, T, H, K, generator=gen)
+    v = torch.randn(1, T, HV, V, generator=gen)
+    g = F.logsigmoid(torch.randn(1, T, HV, generator=gen))
+    beta = torch.rand(1, T, HV, generator=gen)
+    if kind == "masked":
+        g[0, 11, 0], g[0, 40, 1], g[0, 41, 1], g[0, 70, 0] = float("-inf"), *[torch.finfo(torch.float32).min] * 2, -1e9
+    else:
+        k = F.silu(k + 2 * torch.randn(K, generator=gen))
+        q = F.silu(q)
+        g = -0.02 * torch.rand(1, T, HV, generator=gen)
+        beta = 0.9 + 0.1 * beta
+    return dict(q=q, k=k, v=v, g=g, beta=beta)
+
+
 def poison_(t: torch.Tensor) -> torch.Tensor:
     """Fill with NaN (floats) or a large sentinel (ints) to catch unwritten outputs."""
     return t.fill_(float("nan") if t.is_floating_point() else -(2**30))

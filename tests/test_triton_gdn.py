@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mom_ops.reference import recurrent_gated_delta_rule_ref
-from tests.helpers import cu_from_lengths, gdn_inputs, rel_rms, triton_device
+from tests.helpers import cu_from_lengths, gdn_inputs, hard_gdn_inputs, rel_rms, triton_device
 
 # (B, T, H, HV, K, V, lengths, decay, beta_range, h0, state_v_first, l2norm)
 CASES = [
@@ -110,3 +110,28 @@ def test_triton_gdn_backward_matches_autograd_of_recurrence(case, impl):
     for name, got in zip(("q", "k", "v", "g", "beta", "initial_state"), grads):
         if name in leaves:
             assert rel_rms(got, leaves[name].grad) < 1e-4, name
+
+
+@pytest.mark.parametrize("kind", ["masked", "correlated"])
+def test_triton_gdn_hard_inputs_match_recurrence(kind):
+    """The Triton forward (the scan's fallback on other GPUs) and its chunked backward on hard_gdn_inputs."""
+    from triton_ref import gdn as tg
+    from triton_ref import gdn_chunked_bwd as tcb
+
+    inp = hard_gdn_inputs(kind)
+    leaves = {name: t.double().requires_grad_(True) for name, t in inp.items()}
+    o_ref, ht_ref = recurrent_gated_delta_rule_ref(**leaves, output_final_state=True, use_qk_l2norm_in_kernel=True)
+    gen = torch.Generator().manual_seed(1)
+    do, dht = torch.randn(o_ref.shape, generator=gen).double(), torch.randn(ht_ref.shape, generator=gen).double()
+    torch.autograd.backward((o_ref, ht_ref), (do, dht))
+    device = triton_device()
+    dev = {name: t.to(device) for name, t in inp.items()}
+    o, ht = tg.chunk_gated_delta_rule(**dev, output_final_state=True, use_qk_l2norm_in_kernel=True)
+    assert rel_rms(o.double().cpu(), o_ref) < 1e-4 and rel_rms(ht.double().cpu(), ht_ref) < 1e-4
+    if device == "cuda":
+        return  # (the chunked Triton backward does not compile in reasonable time on the GPU)
+    grads = tcb.chunk_gated_delta_rule_bwd(dev["q"], dev["k"], dev["v"], dev["g"], dev["beta"], 32**-0.5, None,
+                                           do.float(), dht.float(), use_qk_l2norm_in_kernel=True)
+    for name, got in zip(("q", "k", "v", "g", "beta"), grads):
+        assert rel_rms(got.double(), leaves[name].grad) < 1e-4, name
+

@@ -14,8 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
-from triton_ref.gdn import (CHUNK, _masked_decay, _sequence_bounds, _unit_lower_inverse, l2norm_backward_,
-                            normalised_fp32)
+from triton_ref.gdn import (CHUNK, G_FLOOR, _masked_decay, _sequence_bounds, _unit_lower_inverse,
+                            l2norm_backward_, normalised_fp32)
 
 
 @triton.jit
@@ -59,6 +59,7 @@ def _gdn_chunked_bwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, do_ptr, h0_ptr
         k = tl.load(k_ptr + rows[:, None] * (HV * K) + i_hv * K + ck[None, :], mask=m_k, other=0.0)
         v = tl.load(v_ptr + rows[:, None] * (HV * V) + i_hv * V + cv[None, :], mask=m_v, other=0.0).to(tl.float32)
         g = tl.load(g_ptr + rows * HV + i_hv, mask=mr, other=0.0).to(tl.float32)
+        g = tl.where(g < G_FLOOR, G_FLOOR, g)  # (see triton_ref/gdn.py G_FLOOR)
         beta = tl.load(beta_ptr + rows * HV + i_hv, mask=mr, other=0.0).to(tl.float32)
         G = tl.cumsum(g, axis=0)
         G_last = tl.sum(tl.where(r == C - 1, G, 0.0), axis=0)
@@ -90,6 +91,7 @@ def _gdn_chunked_bwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, do_ptr, h0_ptr
         v = tl.load(v_ptr + v_off, mask=m_v, other=0.0).to(tl.float32)
         dO = scale * tl.load(do_ptr + v_off, mask=m_v, other=0.0).to(tl.float32)
         g = tl.load(g_ptr + rows * HV + i_hv, mask=mr, other=0.0).to(tl.float32)
+        g = tl.where(g < G_FLOOR, G_FLOOR, g)  # (see triton_ref/gdn.py G_FLOOR)
         beta = tl.load(beta_ptr + rows * HV + i_hv, mask=mr, other=0.0).to(tl.float32)
 
         # Recompute the chunk (padding rows have q = k = v = 0, g = beta = 0).

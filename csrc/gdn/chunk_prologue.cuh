@@ -10,6 +10,7 @@
 #include "common/cp_async.cuh"
 #include "common/mma.cuh"
 #include "common/tile_layout.h"
+#include "gdn/g_floor.cuh"
 
 namespace mom_ops {
 
@@ -55,7 +56,8 @@ __device__ __forceinline__ void chunk_norms_and_cumsum(const T* sQ, const T* sK,
       const float up = __shfl_up_sync(0xffffffffu, incl, off);
       if (lane >= off) incl += up;
     }
-    const float excl = incl - pair;
+    float excl = __shfl_up_sync(0xffffffffu, incl, 1);  // (not incl - pair: that loses the prefix to a large pair)
+    if (lane == 0) excl = 0.f;
     __syncwarp();
     sG[2 * lane] = excl + a;
     sG[2 * lane + 1] = excl + pair;

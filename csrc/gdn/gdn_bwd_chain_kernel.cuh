@@ -128,7 +128,7 @@ __global__ void __launch_bounds__(kGdnThreads, kChainCtasPerSm<T, kK, kBV>) gdn_
       cp_async_commit();
       if (ci > 0) load_w_do(ci - 1, b ^ 1);
     }
-    if (tid < C) sG[tid] = tid < len ? p.g[(c0 + tid) * p.heads_v + hv] : 0.f;
+    if (tid < C) sG[tid] = tid < len ? gdn_floor_g(p.g[(c0 + tid) * p.heads_v + hv]) : 0.f;
     ST::store(static_cast<T*>(p.ds1) + ((slot0 + ci) * p.heads_v + hv) * int64_t(kK) * p.dim_v + v0, p.dim_v, dS,
               warp, lane);
     if (kBuffers == 2 && ci > 0) {

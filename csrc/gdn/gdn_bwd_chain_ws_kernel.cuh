@@ -177,7 +177,7 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           const int r = 2 * lane + e;
-          g2[e] = r < rows.len ? p.g[(rows.c0 + r) * p.heads_v + hv] : 0.f;
+          g2[e] = r < rows.len ? gdn_floor_g(p.g[(rows.c0 + r) * p.heads_v + hv]) : 0.f;
         }
       }
     };
@@ -205,7 +205,8 @@ __global__ void __launch_bounds__(kBwdWsThreads, 1) gdn_bwd_chain_ws_kernel(GdnB
           const float up = __shfl_up_sync(0xffffffffu, incl, off);
           if (lane >= off) incl += up;
         }
-        sG[2 * lane] = incl - pair + g2[0];
+        const float excl = __shfl_up_sync(0xffffffffu, incl, 1);  // (not incl - pair: see chunk_prologue.cuh)
+        sG[2 * lane] = (lane == 0 ? 0.f : excl) + g2[0];
         sG[2 * lane + 1] = incl;
       }
       {  // l2norm factors, two threads per row: q rows, then k rows

@@ -280,7 +280,7 @@ __global__ void __launch_bounds__(GdnGradsSmem<T, kK, kBV>::kWarps * 32, 1) gdn_
     cp_async_commit();
     if (!prefetched) load_vblock(item, 0, 1);
     if (tid < C) {
-      sG[tid] = tid < len ? p.g[(c0 + tid) * p.heads_v + hv] : 0.f;
+      sG[tid] = tid < len ? gdn_floor_g(p.g[(c0 + tid) * p.heads_v + hv]) : 0.f;
       sBeta[tid] = tid < len ? p.beta[(c0 + tid) * p.heads_v + hv] : 0.f;
     }
     if (L::kPrefetchNext && warp == kWarps - 1) {  // (read after the barriers below; rewritten after the item's last)
@@ -632,8 +632,9 @@ __global__ void __launch_bounds__(GdnGradsSmem<T, kK, kBV>::kWarps * 32, 1) gdn_
         const float down = __shfl_down_sync(0xffffffffu, incl, off);
         if (lane + off < 32) incl += down;
       }
-      if (2 * lane < len) p.dg[(c0 + 2 * lane) * p.heads_v + hv] = incl;
-      if (2 * lane + 1 < len) p.dg[(c0 + 2 * lane + 1) * p.heads_v + hv] = incl - a;
+      const auto floored = [&](int r) { return p.g[(c0 + r) * p.heads_v + hv] < kGdnGFloor; };
+      if (2 * lane < len) p.dg[(c0 + 2 * lane) * p.heads_v + hv] = floored(2 * lane) ? 0.f : incl;
+      if (2 * lane + 1 < len) p.dg[(c0 + 2 * lane + 1) * p.heads_v + hv] = floored(2 * lane + 1) ? 0.f : incl - a;
     }
     // (the dQK terms went out with dA's products where kDqkEarly)
     wgmma_fence();

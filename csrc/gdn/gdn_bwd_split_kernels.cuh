@@ -84,7 +84,7 @@ __global__ void __launch_bounds__(kGdnThreads) gdn_bwd_prep_kernel(GdnBwdSplitPa
   load_chunk_qk<T, kK, PaddedRows<kLdK>, kGdnThreads>(sQ, sK, q, k, c0, len, p.heads_qk, h, tid);
   cp_async_commit();
   load_do(0);
-  if (tid < C) sG[tid] = tid < len ? p.g[(c0 + tid) * p.heads_v + hv] : 0.f;
+  if (tid < C) sG[tid] = tid < len ? gdn_floor_g(p.g[(c0 + tid) * p.heads_v + hv]) : 0.f;
   cp_async_wait<1>();  // q, k
   __syncthreads();
   chunk_norms_and_cumsum<T, kK, PaddedRows<kLdK>>(sQ, sK, sG, sRq, sRk, p.l2norm, tid);

@@ -291,7 +291,7 @@ __global__ void __launch_bounds__(kGdnThreads, kGdnCtasPerSm<T, kK, kBV>) gdn_fw
     }
     cp_async_commit();
     if (tid < C) {
-      g_row = tid < len ? p.g[(c0 + tid) * p.heads_v + hv] : 0.f;
+      g_row = tid < len ? gdn_floor_g(p.g[(c0 + tid) * p.heads_v + hv]) : 0.f;
       beta_row = tid < len ? p.beta[(c0 + tid) * p.heads_v + hv] : 0.f;
     }
   };

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "gdn/g_floor.cuh"
 #include "gdn/scan_params.h"
 #include "gdn/scan_pieces.cuh"
 
@@ -88,7 +89,10 @@ static __global__ void __launch_bounds__(kPiecePlanThreads, 1) gdn_piece_plan_ke
             b[r] = r0 + r < rows ? beta_col[int64_t(r0 + r) * p.heads_v] : 0.f;
           }
 #pragma unroll
-          for (int r = 0; r < 32; ++r) g_sum += g[r], beta_ok &= (b[r] >= 0.f) & (b[r] <= 2.f);  // (NaN: not ok)
+          for (int r = 0; r < 32; ++r) {  // (g as the kernels read it; a NaN beta: not ok)
+            g_sum += gdn_floor_g(g[r]);
+            beta_ok &= (b[r] >= 0.f) & (b[r] <= 2.f);
+          }
         }
         sh.g_sum[t] = g_sum;
         sh.beta_ok[t] = beta_ok;

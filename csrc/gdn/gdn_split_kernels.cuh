@@ -158,7 +158,7 @@ __global__ void __launch_bounds__(kGdnThreads, GdnPrepSmem<T, kK>::kCtasPerSm) g
   cp_async_commit();
   load_vblock(0);
   if (tid < C) {
-    sG[tid] = tid < len ? p.g[(c0 + tid) * p.heads_v + hv] : 0.f;
+    sG[tid] = tid < len ? gdn_floor_g(p.g[(c0 + tid) * p.heads_v + hv]) : 0.f;
     sBeta[tid] = tid < len ? p.beta[(c0 + tid) * p.heads_v + hv] : 0.f;
   }
   cp_async_wait<1>();  // k

@@ -93,6 +93,9 @@ def chunk_step(q, k, v, g, beta, S, scale):
     Returns o [L, HV, V] and the state after the chunk."""
     # per head: Q, K [HV, L, K]; Vc [HV, L, V]; G, bc [HV, L]
     Q, Kc, Vc = (x.transpose(0, 1) for x in (q, k, v))
+    # g below the floor decays as g = -inf does (exp(floor) == 0 in the dtype) but keeps G finite: -inf gave
+    # G_i - G_j = -inf + inf = NaN, and g ~ finfo.min absorbed the chunk's other g into G (decays of 1)
+    g = g.clamp_min(-110.0 if g.dtype == torch.float32 else -800.0)
     G, bc = g.t().cumsum(-1), beta.t()
     L = G.shape[-1]
     diff = G[:, :, None] - G[:, None, :]  # G_i - G_j
