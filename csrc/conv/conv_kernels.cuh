@@ -179,7 +179,7 @@ constexpr int64_t kConvNoEnd = INT64_MAX;
 __device__ __forceinline__ ConvSegment conv_find_segment(const ConvParams& p, int64_t r) {
   int lo = 0, hi = p.segments + 1;  // cu[lo] <= r (cu[0] = 0) and (hi == S + 1 or cu[hi] > r)
   while (hi - lo > 1) {
-    const int mid = (lo + hi) / 2;
+    const int mid = lo + (hi - lo) / 2;  // (lo + hi wraps past 2^30 segments)
     if (conv_cu(p, mid) <= r) {
       lo = mid;
     } else {

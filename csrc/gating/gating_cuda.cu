@@ -1,5 +1,7 @@
 // CUDA bindings of gdn_gating (fwd, bwd): one launch forward; the backward one launch plus the fixed-order sum of
 // its per-CTA head sums (common/column_sum.cuh). No host sync; a, b and the gradients may be column slices.
+#include <algorithm>
+
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
@@ -41,9 +43,11 @@ dim3 gating_grid(const GatingParams& p) {
 void check_cuda_args(const at::Tensor& a, const at::Tensor& A_log) {
   CHECK_CUDA_FLOATING(a);
   CHECK_CUDA_FLOATING(A_log);
-  // grid.y = ceil(H / 256) <= 65535; grid.x = ceil(R / rows per CTA) < 2^31 (a CTA covers at least 8 rows)
+  // grid.y = ceil(H / 256) <= 65535; grid.x = ceil(R / rows per CTA) < 2^31 (rows per CTA: gating_grid's)
   TORCH_CHECK_VALUE(a.size(1) <= int64_t(65535) * kGatingThreads, "a has too many heads for CUDA: ", a.size(1));
-  TORCH_CHECK_VALUE(a.size(0) < (int64_t(1) << 34), "a has too many rows for CUDA: ", a.size(0));
+  const int64_t rows_per_cta = gating_rows_per_cta(int(std::clamp<int64_t>(a.size(1), 1, kGatingThreads)));
+  TORCH_CHECK_VALUE((a.size(0) + rows_per_cta - 1) / rows_per_cta < (int64_t(1) << 31),
+                    "a has too many rows for CUDA: ", a.size(0));
 }
 
 std::tuple<at::Tensor, at::Tensor> gdn_gating_fwd_cuda(const at::Tensor& a, const at::Tensor& b,

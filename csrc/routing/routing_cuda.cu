@@ -54,8 +54,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   p.topk = int(topk);
   p.batch = int(batch_size);
   p.seqlen = int(N / batch_size);
-  // a chunk at least as long as every segment (all R rows) gives the same table: clamped, so that the kernel's
-  // int arithmetic (length + C - 1) cannot wrap for a chunk_size near or past 2^31
+  // a chunk at least as long as every segment (all R rows) gives the same table: clamped, so that it fits the
+  // kernel's int for a chunk_size near or past 2^31 (its chunk counts are formed in int64)
   p.chunk_size = int(std::min<int64_t>(chunk_size, std::max<int64_t>(R, 1)));
   p.num_tiles = num_tiles;
   p.max_chunks = int(max_chunks_);

@@ -189,7 +189,8 @@ __global__ void __launch_bounds__(kThreads) chunk_table_kernel(RouteParams p) {
   for (int base = 0; base < S; base += kThreads) {
     const int s = base + tid;
     // (max 0: a cu_seqlens out of order, which CUDA cannot refuse without a sync, gives decreasing entries)
-    const int chunks = s < S ? max(0, (p.seg_cu[s + 1] - p.seg_cu[s] + C - 1) / C) : 0;
+    const int64_t len = s < S ? int64_t(p.seg_cu[s + 1]) - p.seg_cu[s] : 0;  // (+ C - 1 in int wraps past 2^30 rows)
+    const int chunks = int(max(int64_t(0), (len + C - 1) / C));
     s_scan[tid] = chunks;
     __syncthreads();
     for (int off = 1; off < kThreads; off *= 2) {
