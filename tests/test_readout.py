@@ -212,6 +212,17 @@ def test_memory_mix_gate_column_slice(device, dtype, offset):
     assert results[1][2].is_contiguous()
 
 
+@pytest.mark.parametrize("device", device_param())
+def test_memory_mix_backward_with_no_value_columns(device):
+    """V = 0 (an empty sum per token): zero weight gradients, as on the CPU (CUDA's 1 / V gave a NaN rstd and NaN
+    weight gradients)."""
+    need_kernel("memory_mix_bwd", device)
+    plan, o_routed, shared, _, _ = _setup(n=20, V=0, device=device)
+    norm_w = torch.ones(0, device=device)
+    grads = torch.ops.mom_ops.memory_mix_bwd(torch.randn_like(shared), o_routed, plan.dst_row, plan.src_pair,
+                                             plan.weights, shared, norm_w, None, 1e-6)
+    assert torch.all(grads[1] == 0)
+
 @pytest.mark.gpu
 def test_gpu_memory_mix_rejects_unaligned_v():
     need_kernel("memory_mix_fwd", "cuda")

@@ -303,7 +303,7 @@ __device__ __forceinline__ void conv_load_weight(const ConvParams& p, int64_t c0
     }
 }
 
-// pre = sum_k w[k] in(r - (W-1) + k), oldest input first (the CPU kernel's order).
+// pre = sum_k w[k] in(r - (W-1) + k), oldest input first (the CPU kernel sums newest first: rounding only).
 template <int kVec, int kW>
 __device__ __forceinline__ float conv_pre(const float (&w)[kW][kVec], const float (&win)[kW > 1 ? kW - 1 : 1][kVec],
                                           float xr, int e) {

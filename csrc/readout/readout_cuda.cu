@@ -64,7 +64,7 @@ MixParams make_params(const MixInputs& in, const at::Tensor& dst_row, const at::
   p.heads = int(in.o_routed.size(1));
   p.dim_v = int(in.o_routed.size(2));
   p.eps = float(eps);
-  p.inv_dim_v = 1.f / float(p.dim_v);
+  p.inv_dim_v = p.dim_v > 0 ? 1.f / float(p.dim_v) : 0.f;  // (V = 0: 0 x inf gave NaN rstd, NaN grad_weights)
   return p;
 }
 
