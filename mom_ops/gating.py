@@ -32,7 +32,10 @@ def gdn_gating_backward(grad_g: torch.Tensor | None, grad_beta: torch.Tensor | N
         grad_g = a.new_zeros(a.shape, dtype=g_dtype)
     if grad_beta is None:
         grad_beta = torch.zeros(b.shape, dtype=b.dtype, device=b.device)
-    dense = lambda t: t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()  # noqa: E731
+    # dense rows (a column slice may stay as it is); under torch.compile a copy where needed (dynamo before torch 2.7
+    # cannot trace stride() in a backward)
+    dense = lambda t: (t.contiguous() if torch.compiler.is_compiling()  # noqa: E731
+                       else t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous())
     grad_params = torch.ops.mom_ops.gdn_gating_bwd(dense(grad_g), dense(grad_beta), a, b, A_log, dt_bias, grad_a,
                                                    grad_b)
     return grad_params[0], grad_params[1]

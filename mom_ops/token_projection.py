@@ -77,8 +77,10 @@ class _TokenProjection(torch.autograd.Function):
 
 
 def _owns_its_memory(t: torch.Tensor) -> bool:
-    """t's elements are distinct memory (no stride-0 expansion, as sum's backward hands out): addmm_ can write it."""
-    return t.is_contiguous()
+    """t's elements are distinct memory (no stride-0 expansion, as sum's backward hands out): addmm_ can write it.
+    Not under torch.compile (functionalised there anyway; dynamo before torch 2.7 cannot trace is_contiguous in a
+    backward: the layer did not compile)."""
+    return not torch.compiler.is_compiling() and t.is_contiguous()
 
 
 _NARROW = 64  # blocks narrower than this (columns) share a GEMM with the block before them

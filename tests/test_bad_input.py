@@ -4,6 +4,7 @@ are the cases an audit found unguarded."""
 
 import pytest
 import torch
+import torch.utils.checkpoint  # (older torch: not imported by torch itself)
 
 import mom_ops
 from mom_ops.nn import MoMAttention, MoMCache
