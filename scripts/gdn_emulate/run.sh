@@ -17,6 +17,8 @@ TORCH_INC=$("$PY" -c "import torch.utils.cpp_extension as c; print(' '.join('-I'
 BIN="${TMPDIR:-/tmp}/mom_ops_gdn_emulate"
 mkdir -p "$BIN"
 source build.sh
+quick=${EMU_QUICK:-0}  # 1: CI's subset (tests/test_gdn_emulator.py), one case per path, bf16 builds only
+[ "$quick" = 1 ] && export EMU_KB="128_64 128_128 256_64" EMU_BF=1
 build_drivers driver.cpp emu
 failed=0
 # Args: H HV V l2norm v_first cu_int64 order(0 forward, 1 reverse, 2 random, 3 random warp speeds) eager_copies
@@ -25,6 +27,13 @@ run() {
   local out
   if out=$("$BIN/$@" 2>&1) && [ "$(echo "$out" | tail -1)" = OK ]; then echo "ok: $*"; else echo "FAIL: $*"; echo "$out"; failed=1; fi
 }
+if [ "$quick" = 1 ]; then
+  run emu_128_64_1 1 2 128 1 0 0 3 1 3 200 64  # fused and split, GVA, random warp speeds, eager copies
+  run emu_128_128_1 1 1 128 1 0 0 3 0 0 5 0 64 7 1 129 260  # + the ws forward and the pieces
+  run emu_256_64_1 1 1 128 1 0 1 3 1 0 130 0 64 7 1  # K = 256, the wgmma output kernel
+  EMU_TMA_EAGER=1 EMU_CHAIN_BV=32 run emu_128_128_1 2 4 128 1 1 0 2 0 7 300 0 65 1  # TMA boxes landing at issue
+  exit $failed
+fi
 for bf in 1 0; do
   run emu_64_64_$bf 1 2 128 1 0 0 0 0 5 130 0 64 7 1
   run emu_64_64_$bf 2 2 256 0 1 1 1 1 0 300 0 65 1

@@ -16,6 +16,8 @@ BIN="${TMPDIR:-/tmp}/mom_ops_gdn_emulate"
 OUT="$BIN/bwd_out"
 mkdir -p "$BIN" "$OUT"
 source build.sh
+quick=${EMU_QUICK:-0}  # 1: CI's subset (tests/test_gdn_emulator.py), one case per path, bf16 builds only
+[ "$quick" = 1 ] && export EMU_KB="128_64 128_128 256_64" EMU_BF=1
 build_drivers bwd_driver.cpp emu_bwd
 failed=0
 # Args: H HV V l2norm v_first cu_int64 order(0 forward, 1 reverse, 2 random, 3 random warp speeds) eager_copies
@@ -33,6 +35,13 @@ run() {
     echo "FAIL: $bin $*"; echo "$out"; failed=1
   fi
 }
+if [ "$quick" = 1 ]; then
+  run emu_bwd_128_64_1  1 2 128 1 0 0 3 0 3 1 1 200 0 1 64  # chain + grads, varlen, h0 / dht, random warp speeds
+  EMU_BWD_WS=1 run emu_bwd_128_128_1 2 2 128 1 1 0 2 1 7 1 1 150 0 1 65  # the ws chain
+  EMU_BWD_SPLIT=1 EMU_TMA_EAGER=1 run emu_bwd_128_64_1 2 2 192 1 0 1 2 0 0 1 1 1 0 129  # split chain, TMA at issue
+  EMU_BWD_SPLIT=1 EMU_CHAIN_BV=16 run emu_bwd_256_64_1 1 2 128 1 1 1 3 1 0 1 1 130 0 64 1  # K = 256, mma.sync chain
+  exit $failed
+fi
 # varlen with an empty and a 1-row segment, h0 and dht; GVA (HV = 2H) and HV == H with l2norm
 run emu_bwd_64_64_1   1 2 128 1 0 0 0 0 5 1 1 130 0 64 1
 run emu_bwd_64_64_1   2 2 128 1 1 1 2 1 0 1 1 100 1 0 70
