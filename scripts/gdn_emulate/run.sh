@@ -17,7 +17,7 @@ TORCH_INC=$("$PY" -c "import torch.utils.cpp_extension as c; print(' '.join('-I'
 BIN="${TMPDIR:-/tmp}/mom_ops_gdn_emulate"
 mkdir -p "$BIN"
 source build.sh
-quick=${EMU_QUICK:-0}  # 1: CI's subset (tests/test_gdn_emulator.py), one case per path, bf16 builds only
+quick=${EMU_QUICK:-0}  # 1: CI's subset (tests/test_kernel_emulators.py), one case per path, bf16 builds only
 [ "$quick" = 1 ] && export EMU_KB="128_64 128_128 256_64" EMU_BF=1
 build_drivers driver.cpp emu
 failed=0

@@ -16,7 +16,7 @@ BIN="${TMPDIR:-/tmp}/mom_ops_gdn_emulate"
 OUT="$BIN/bwd_out"
 mkdir -p "$BIN" "$OUT"
 source build.sh
-quick=${EMU_QUICK:-0}  # 1: CI's subset (tests/test_gdn_emulator.py), one case per path, bf16 builds only
+quick=${EMU_QUICK:-0}  # 1: CI's subset (tests/test_kernel_emulators.py), one case per path, bf16 builds only
 [ "$quick" = 1 ] && export EMU_KB="128_64 128_128 256_64" EMU_BF=1
 build_drivers bwd_driver.cpp emu_bwd
 failed=0
