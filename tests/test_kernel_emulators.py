@@ -1,9 +1,9 @@
 """The gdn CUDA kernels run on the CPU through scripts/gdn_emulate's shim (one fiber per CUDA thread; ldmatrix,
-mma.sync, wgmma, cp.async and TMA emulated; named barriers and mbarriers checked), against fp64 references: EMU_QUICK's subset of
-run.sh (forward: fused, split, ws, pieces, K = 256) and run_bwd.sh (backward: chain + grads, ws chain, split chain),
-random warp speeds and TMA boxes landing at issue among them; and segment_conv's kernels (scripts/conv_emulate, its
-whole suite). No GPU is needed: this is what checks the kernels' logic in CI (~2.5 min on two cores); the full gdn
-suites are run.sh / run_bwd.sh without EMU_QUICK."""
+mma.sync, wgmma, cp.async and TMA emulated; named barriers and mbarriers checked), against fp64 references:
+EMU_QUICK's subset of run.sh (forward: fused, split, ws, pieces, K = 256) and run_bwd.sh (backward: chain + grads,
+ws chain, split chain), random warp speeds and TMA boxes landing at issue among them; and segment_conv's kernels
+(scripts/conv_emulate, its whole suite). No GPU is needed: this is what checks the kernels' logic in CI (~2.5 min on
+two cores); the full gdn suites are run.sh / run_bwd.sh without EMU_QUICK."""
 
 import os
 import shutil
