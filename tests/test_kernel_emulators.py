@@ -32,5 +32,7 @@ def test_gdn_kernels_in_the_cpu_emulator(suite, tmp_path):
 @pytest.mark.skipif(shutil.which("g++") is None, reason="the emulator is built with g++")
 def test_conv_kernels_in_the_cpu_emulator(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "conv_emulate" / "run.py")], capture_output=True,
-                         text=True, timeout=1200, env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)})
+                         text=True, timeout=1200, env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path),
+                                                      # (the build's ninja: the venv's where the system has none)
+                                                      "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
     assert out.returncode == 0 and " 0 failures" in out.stdout, out.stdout[-4000:] + out.stderr[-4000:]
