@@ -240,9 +240,14 @@ class MoMAttention(nn.Module):
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
         # the pad rows are not in a state dict (non-persistent): a layer built on the meta device, to_empty'd and
-        # loaded from a checkpoint without reset_parameters would keep uninitialised memory there
-        with torch.no_grad():
-            self._token_pad_rows.zero_()
+        # loaded from a checkpoint without reset_parameters would keep uninitialised memory there; loaded with
+        # assign=True (no to_empty) they would stay on the meta device (this layer's parameters are real by now)
+        pad = self._token_pad_rows
+        if pad.is_meta:
+            self._token_pad_rows = torch.zeros(pad.shape, dtype=self.k_proj.dtype, device=self.k_proj.device)
+        else:
+            with torch.no_grad():
+                pad.zero_()
 
     def _project_tokens(self, xf: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The token-level projections from one GEMM: xf [N, D] -> q [N, H*K], output gate [N, H*V], router logits
@@ -408,7 +413,8 @@ class MoMAttention(nn.Module):
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 cu_seqlens: torch.Tensor | None = None, cache: MoMCache | None = None, use_cache: bool = False):
         """Returns (out, aux_loss), or (out, aux_loss, cache) with use_cache. Given a cache, a [B, 1, D] input
-        without mask or cu_seqlens takes the one-launch decode step where autograd does not record the call (under
+        without cu_seqlens (with or without a mask) takes the one-launch decode step where autograd does not record
+        the call (under
         torch.no_grad / inference_mode, or with nothing requiring a gradient); anything else is a prefill that starts
         from the cache's states (chunked prefill) and leaves the final ones in it. The cache carries no gradient:
         a backward through a call with a cache treats its starting states as constants."""
@@ -436,14 +442,18 @@ class MoMAttention(nn.Module):
         if cache is not None:
             cache.check_fits(self, B, x.device)
             if not torch.compiler.is_compiling() and torch._C._current_graph_task_id() != -1:
-                raise RuntimeError("MoMAttention: called with a cache while a backward runs (activation checkpointing's "
-                                   "recompute): the first forward already advanced the cache, so the recompute would start "
-                                   "from its final states and advance it again. Do not checkpoint calls that take a cache.")
+                raise RuntimeError("MoMAttention: called with a cache while a backward runs (activation "
+                                   "checkpointing's recompute): the first forward already advanced the cache, so the "
+                                   "recompute would start from its final states and advance it again. Do not "
+                                   "checkpoint calls that take a cache.")
         if use_cache and cache is None:
             cache = MoMCache.empty(self, B, x.device, x.dtype)
         if B == 0:  # no sequence (every one finished): route refuses batch_size 0
+            # (x is [0, T, D]: packed input has B >= 1.) Tied to x and every parameter by a zero factor, so that a
+            # backward runs and gives zero gradients, as a batch of masked tokens does (DDP sees every parameter used)
             aux_loss = self.gate.weight.new_zeros((), dtype=torch.promote_types(self.gate.weight.dtype, torch.float32))
-            out = x * 0  # (x is [0, T, D]: packed input has B >= 1; keeps x's graph where x needs a gradient)
+            aux_loss = 0 * sum((p.sum() for p in self.parameters() if p.requires_grad), aux_loss)
+            out = x * 0 + aux_loss.to(x.dtype)
             return (out, aux_loss, cache) if use_cache else (out, aux_loss)
         needs_graph = cache is not None and self._needs_graph(x)
         if cache is not None and x.shape[1] == 1 and cu_seqlens is None:

@@ -64,11 +64,10 @@ def test_cpu_backward_matches_autograd_of_recurrence(case):
         assert rel_rms(grads["ours"][key], grads["ref"][key]) < 1e-4, key
 
 
-
 def _fwd_bwd(inp, dtype=None, device="cpu", seed=1):
     """o, ht and every input's gradient of mom_ops.chunk_gated_delta_rule (l2norm in the kernel) for random do, dht."""
-    leaves = {name: t.to(device, dtype if dtype is not None and name != "g" else t.dtype).requires_grad_(True)
-              for name, t in inp.items()}
+    leaves = {name: t.detach().to(device, dtype if dtype is not None and name != "g" else t.dtype).requires_grad_(True)
+              for name, t in inp.items()}  # (detached first: a leaf of its own, never the caller's tensor)
     o, ht = mom_ops.chunk_gated_delta_rule(**leaves, output_final_state=True, use_qk_l2norm_in_kernel=True)
     gen = torch.Generator().manual_seed(seed)
     do, dht = torch.randn(o.shape, generator=gen), torch.randn(ht.shape, generator=gen)
@@ -94,6 +93,7 @@ def test_cpu_op_and_chunk_reference_on_hard_inputs(kind):
     o_chunk, _ = chunk_gated_delta_rule_ref(**{name: t.double() for name, t in inp.items()},
                                             use_qk_l2norm_in_kernel=True)
     assert rel_rms(o_chunk, o_ref) < 1e-9
+
 
 def test_gradcheck_fp64():
     inp = gdn_inputs(1, 10, 1, 4, 3, HV=2, h0=True, n_seqs=3)
@@ -329,7 +329,6 @@ def test_gpu_forward_other_head_dims(K, V, H, HV, dtype, value_blocks, monkeypat
     assert rel_rms(o, o_ref) < 5e-3 and rel_rms(ht, ht_ref) < 5e-3
 
 
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("D, T, H", [(64, 300, 2), (128, 1100, 2), (128, 300, 8), (256, 600, 1)])
 def test_gpu_masked_decay_rows_match_cpu(D, T, H):
@@ -338,6 +337,7 @@ def test_gpu_masked_decay_rows_match_cpu(D, T, H):
     against the CPU op in fp32: finite, and within the bf16 bars."""
     need_kernel("chunk_gated_delta_rule_bwd", "cuda")
     inp = hard_gdn_inputs("masked", T=T, H=H, HV=2 * H, K=D, V=D)
+    inp = {name: t if name == "g" else t.bfloat16().float() for name, t in inp.items()}  # the GPU's inputs, in fp32
     o_ref, ht_ref, ref = _fwd_bwd(inp)
     o, ht, got = _fwd_bwd(inp, torch.bfloat16, "cuda")
     assert torch.isfinite(o).all() and torch.isfinite(ht).all()
@@ -345,6 +345,7 @@ def test_gpu_masked_decay_rows_match_cpu(D, T, H):
     for name in ref:
         assert torch.isfinite(got[name]).all(), name
         assert rel_rms(got[name], ref[name]) < 2e-2, name
+
 
 @pytest.mark.gpu
 def test_gpu_forward_more_than_65535_ctas():

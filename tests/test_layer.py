@@ -216,7 +216,6 @@ def test_backward_through_a_call_with_a_cache(steps):
     assert cache.seen_tokens.tolist() == [7 + steps] * 2
 
 
-
 @pytest.mark.parametrize("shared", [True, False])
 def test_cache_index_select_reorders_sequences(shared):
     """MoMCache.index_select (a beam search's reorder, dropping finished sequences): decoding from the picked cache
@@ -238,6 +237,7 @@ def test_cache_index_select_reorders_sequences(shared):
         cache.index_select(torch.tensor([3]))
     with pytest.raises(ValueError, match="1-D int"):
         cache.index_select(torch.tensor([0.0]))
+
 
 @pytest.mark.parametrize("shared", [True, False])
 def test_masked_decode_step_matches_the_prefill_path(shared):
@@ -300,6 +300,11 @@ def test_decode_step_edge_dtypes_and_empty_batches():
     out, aux = layer(empty)
     (out.sum() + aux).backward()
     assert empty.grad.shape == empty.shape
+    layer.zero_grad(set_to_none=True)  # x needing no gradient: the backward still runs, every parameter gets zeros
+    out, aux = layer(torch.randn(0, 3, 32))
+    (out.sum() + aux).backward()
+    assert all(p.grad is not None and torch.all(p.grad == 0) for p in layer.parameters())
+
 
 @pytest.mark.parametrize("reentrant", [False, True])
 def test_checkpointing_matches_and_refuses_a_cache(reentrant):
@@ -346,6 +351,11 @@ def test_meta_device_init_then_reset_or_load():
     for name in ("gate", "q_proj", "g_proj", "o_proj", "shared_k", "shared_v", "shared_b", "shared_a"):
         got, want = getattr(layer, name).weight.std(), getattr(fresh, name).weight.std()
         assert abs(got / want - 1) < 0.15, (name, got.item(), want.item())
+    with torch.device("meta"):  # load_state_dict(assign=True) straight from the meta device: the pad rows too
+        assigned = MoMAttention(**kw)
+    assigned.load_state_dict(fresh.state_dict(), assign=True)
+    assert not assigned._token_pad_rows.is_meta and torch.all(assigned._token_pad_rows == 0)
+    torch.testing.assert_close(assigned(torch.ones(1, 2, 256))[0], fresh(torch.ones(1, 2, 256))[0])
     for restore in ("reset", "load"):
         layer._token_pad_rows.fill_(float("nan"))
         if restore == "reset":
@@ -460,26 +470,27 @@ def test_gpu_prefill_then_decode_matches_full_forward():
 
 
 @pytest.mark.gpu
-def test_gpu_masked_decode_step_matches_cpu():
-    """The decode step with a mask on the GPU (negative slots skipped by mom_decode_step) against the CPU layer."""
-    layer, layer_gpu = _gpu_layer_pair(seed=8)
-    x = torch.randn(4, 21, 128).bfloat16().float()
-    mask = torch.tensor([[1], [0], [1], [0]])
+def test_gpu_masked_decode_step():
+    """The decode step with a mask on the GPU (negative slots skipped by mom_decode_step): valid sequences get what the
+    unmasked step gives them, masked ones output 0 and keep their cache rows (states, conv histories) and count."""
+    _, layer_gpu = _gpu_layer_pair(seed=8)
+    x = torch.randn(4, 21, 128, device="cuda", dtype=torch.bfloat16)
+    mask = torch.tensor([[1], [0], [1], [0]], device="cuda")
+    valid = mask[:, 0] == 1
     with torch.no_grad():
-        _, _, cache = layer(x[:, :20], use_cache=True)
-        _, _, cache_gpu = layer_gpu(x[:, :20].to("cuda", torch.bfloat16), use_cache=True)
-        seen = cache_gpu.seen_tokens.clone()
-        states = cache_gpu.states.clone()
-        step, _, cache = layer(x[:, 20:], attention_mask=mask, cache=cache, use_cache=True)
-        step_gpu, _, cache_gpu = layer_gpu(x[:, 20:].to("cuda", torch.bfloat16), attention_mask=mask.cuda(),
-                                           cache=cache_gpu, use_cache=True)
-    _assert_tokens_close(step_gpu[mask[:, 0] == 1], step[mask[:, 0] == 1])
-    assert torch.all(step_gpu[mask[:, 0] == 0] == 0)
-    assert (cache_gpu.seen_tokens - seen).tolist() == [1, 0, 1, 0]
-    B = 4
-    rows = torch.arange(cache_gpu.states.shape[0], device="cuda") % B
-    masked_rows = (rows == 1) | (rows == 3)
-    assert torch.equal(cache_gpu.states[masked_rows], states[masked_rows])
+        _, _, cache = layer_gpu(x[:, :20], use_cache=True)
+        before, plain = copy.deepcopy(cache), copy.deepcopy(cache)
+        step, _, cache = layer_gpu(x[:, 20:], attention_mask=mask, cache=cache, use_cache=True)
+        want, _, plain = layer_gpu(x[:, 20:], cache=plain, use_cache=True)
+    torch.testing.assert_close(step[valid], want[valid])
+    assert torch.all(step[~valid] == 0)
+    assert (cache.seen_tokens - before.seen_tokens).tolist() == [1, 0, 1, 0]
+    row_valid = valid[torch.arange(cache.states.shape[0], device="cuda") % 4]  # pool row p = m * B + b
+    for name in ("states", "conv_q", "conv_k", "conv_v"):
+        got, old, unmasked = (getattr(c, name) for c in (cache, before, plain))
+        assert torch.equal(got[~row_valid], old[~row_valid]), name
+        torch.testing.assert_close(got[row_valid], unmasked[row_valid], msg=name)
+
 
 @pytest.mark.gpu
 def test_gpu_layer_has_no_host_sync():
@@ -530,7 +541,8 @@ def test_gpu_decode_step_replays_in_a_cuda_graph():
 
 @pytest.mark.gpu
 def test_gpu_layer_compiles_fullgraph():
-    """The CUDA path (grouped GEMM, one scanned stream) traces without graph breaks and matches eager, with gradients."""
+    """The CUDA path (grouped GEMM, one scanned stream) traces without graph breaks and matches eager, with
+    gradients."""
     need_kernel("chunk_gated_delta_rule_bwd", "cuda")
     _, layer_gpu = _gpu_layer_pair(seed=9)
     x = torch.randn(2, 70, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)

@@ -223,6 +223,7 @@ def test_memory_mix_backward_with_no_value_columns(device):
                                              plan.weights, shared, norm_w, None, 1e-6)
     assert torch.all(grads[1] == 0)
 
+
 @pytest.mark.gpu
 def test_gpu_memory_mix_rejects_unaligned_v():
     need_kernel("memory_mix_fwd", "cuda")

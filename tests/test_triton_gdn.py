@@ -134,4 +134,3 @@ def test_triton_gdn_hard_inputs_match_recurrence(kind):
                                            do.float(), dht.float(), use_qk_l2norm_in_kernel=True)
     for name, got in zip(("q", "k", "v", "g", "beta"), grads):
         assert rel_rms(got.double(), leaves[name].grad) < 1e-4, name
-

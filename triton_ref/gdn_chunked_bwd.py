@@ -91,7 +91,8 @@ def _gdn_chunked_bwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, do_ptr, h0_ptr
         v = tl.load(v_ptr + v_off, mask=m_v, other=0.0).to(tl.float32)
         dO = scale * tl.load(do_ptr + v_off, mask=m_v, other=0.0).to(tl.float32)
         g = tl.load(g_ptr + rows * HV + i_hv, mask=mr, other=0.0).to(tl.float32)
-        g = tl.where(g < G_FLOOR, G_FLOOR, g)  # (see triton_ref/gdn.py G_FLOOR)
+        floored = g < G_FLOOR  # (see triton_ref/gdn.py G_FLOOR; dg is 0 there: the clamp's chain rule)
+        g = tl.where(floored, G_FLOOR, g)
         beta = tl.load(beta_ptr + rows * HV + i_hv, mask=mr, other=0.0).to(tl.float32)
 
         # Recompute the chunk (padding rows have q = k = v = 0, g = beta = 0).
@@ -155,6 +156,7 @@ def _gdn_chunked_bwd_kernel(q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, do_ptr, h0_ptr
         E2 = dA * A
         dG += tl.sum(E2, axis=1) - tl.sum(E2, axis=0)
         dg = tl.sum(dG, axis=0) - tl.cumsum(dG, axis=0) + dG  # sum over i >= t
+        dg = tl.where(floored, 0.0, dg)
 
         tl.store(dq_ptr + k_off, dq, mask=m_k)
         tl.store(dk_ptr + k_off, dk, mask=m_k)

@@ -87,15 +87,20 @@ def chunk_gated_delta_rule_ref(q, k, v, g, beta, scale=None, initial_state=None,
     return _finish(o, dtype, states, output_final_state, state_v_first)
 
 
+def g_floor(dtype: torch.dtype) -> float:
+    """The chunked forms read g clamped below at this: it decays as g = -inf does (e^floor is 0 in the dtype) but
+    keeps G = cumsum(g) finite (-inf gave G_i - G_j = -inf + inf = NaN, and g ~ finfo.min absorbed the chunk's other g
+    into G: decays of 1). The kernels: gdn_floor_g (csrc/gdn/g_floor.cuh); the recurrence needs none."""
+    return -800.0 if dtype == torch.float64 else -110.0
+
+
 def chunk_step(q, k, v, g, beta, S, scale):
     """One chunk of the chunked form: q, k [L, HV, K], v [L, HV, V], g, beta [L, HV] (fp32, q and k already
     normalised and repeated over the value heads), S [HV, K, V] the state before the chunk.
     Returns o [L, HV, V] and the state after the chunk."""
     # per head: Q, K [HV, L, K]; Vc [HV, L, V]; G, bc [HV, L]
     Q, Kc, Vc = (x.transpose(0, 1) for x in (q, k, v))
-    # g below the floor decays as g = -inf does (exp(floor) == 0 in the dtype) but keeps G finite: -inf gave
-    # G_i - G_j = -inf + inf = NaN, and g ~ finfo.min absorbed the chunk's other g into G (decays of 1)
-    g = g.clamp_min(-110.0 if g.dtype == torch.float32 else -800.0)
+    g = g.clamp_min(g_floor(g.dtype))
     G, bc = g.t().cumsum(-1), beta.t()
     L = G.shape[-1]
     diff = G[:, :, None] - G[:, None, :]  # G_i - G_j

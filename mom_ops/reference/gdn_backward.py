@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import torch
 
-from mom_ops.reference.gdn import l2norm
+from mom_ops.reference.gdn import g_floor, l2norm
 
 
 def _chunk_forward(Q, K, V, g, beta, S0):
     """The chunk's intermediates (every tensor per value head: Q, K [h, n, dk], V [h, n, dv], g, beta [h, n],
     S0 [h, dk, dv])."""
     n = g.shape[-1]
-    G = g.cumsum(-1)
+    G = g.clamp_min(g_floor(g.dtype)).cumsum(-1)
     diff = G[:, :, None] - G[:, None, :]
     strict = torch.ones(n, n, dtype=torch.bool, device=G.device).tril(-1)
     lower = strict | torch.eye(n, dtype=torch.bool, device=G.device)
@@ -95,6 +95,7 @@ def _chunk_backward(Q, K, V, g, beta, S0, scale, dO, dS1):
     dG += E2.sum(-1) - E2.sum(-2)
 
     dg = dG.flip(-1).cumsum(-1).flip(-1)  # G = cumsum(g): dg_t = sum_{i >= t} dG_i
+    dg = torch.where(g < g_floor(g.dtype), 0, dg)  # (the floor's chain rule)
     return dQ, dK, dV, dg, dbeta, dS0
 
 

@@ -97,6 +97,7 @@ int main(int argc, char** argv) {
   const float g_scale = std::getenv("EMU_G_SCALE") != nullptr ? float(std::atof(std::getenv("EMU_G_SCALE"))) : 1.f;
   for (int64_t i = 0; i < rows * HV; ++i)
     g.as<float>()[i] = g_scale * (-0.02f - 0.3f * ud(rng)), beta.as<float>()[i] = 0.05f + 0.9f * ud(rng);
+  emu_mask_g_rows(g.as<float>(), rows, HV);
   for (int64_t i = 0; i < state_elems; ++i) h0.as<float>()[i] = 0.3f * nd(rng);
   for (int64_t i = 0; i < rows * HV * V; ++i) dout.as<T>()[i] = T(nd(rng));
   for (int64_t i = 0; i < state_elems; ++i) dht.as<float>()[i] = 0.3f * nd(rng);

@@ -55,6 +55,7 @@ int main(int argc, char** argv) {
   const float g_scale = std::getenv("EMU_G_SCALE") != nullptr ? float(std::atof(std::getenv("EMU_G_SCALE"))) : 1.f;
   for (int64_t i = 0; i < rows * HV; ++i)
     g.as<float>()[i] = g_scale * (-0.02f - 0.3f * ud(rng)), beta.as<float>()[i] = 0.05f + 0.9f * ud(rng);
+  emu_mask_g_rows(g.as<float>(), rows, HV);
   const bool noh0 = getenv("EMU_NOH0") != nullptr;
   for (int64_t i = 0; i < int64_t(N) * HV * kK * V; ++i) h0.as<float>()[i] = noh0 ? 0.f : 0.3f * nd(rng);
   Buf cub = cu_buffer(seg, cu64);

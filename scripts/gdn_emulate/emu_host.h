@@ -4,6 +4,9 @@
 // drivers' segments (lengths, cu_seqlens, longest-first order).
 #pragma once
 #include <cuda_runtime.h>
+#include <cfloat>
+#include <cmath>
+#include <cstdlib>
 #include <string>
 #include <vector>
 // The kernels' `extern __shared__ smem[]` (declared in namespace mom_ops) resolves to this array.
@@ -84,6 +87,22 @@ void launch(void (*kernel)(P), const P& p, int64_t blocks, int smem_bytes, int t
 inline int emu_chain_bv() {
   const char* bv = std::getenv("EMU_CHAIN_BV");
   return bv == nullptr ? 64 : std::atoi(bv);
+}
+
+// EMU_G_MASKED_ROWS="r,r,...": g of those rows (every value head) -> -inf, -FLT_MAX, -1e9 in turn: masked decay
+// steps (a state reset), which the kernels read through gdn_floor_g (gdn/g_floor.cuh); the references take them as
+// they are.
+inline void emu_mask_g_rows(float* g, int64_t rows, int heads_v) {
+  const char* spec = std::getenv("EMU_G_MASKED_ROWS");
+  const float values[3] = {-INFINITY, -FLT_MAX, -1e9f};
+  for (int i = 0; spec != nullptr && *spec != '\0'; ++i) {
+    char* end;
+    const long long r = std::strtoll(spec, &end, 10);
+    if (end == spec) EMU_FAIL("EMU_G_MASKED_ROWS: rows separated by commas, got %s", spec);
+    if (r < 0 || r >= rows) EMU_FAIL("EMU_G_MASKED_ROWS: row %lld outside [0, %lld)", r, (long long)rows);
+    for (int hv = 0; hv < heads_v; ++hv) g[r * heads_v + hv] = values[i % 3];
+    spec = *end == ',' ? end + 1 : end;
+  }
 }
 
 // ---- guarded global buffers

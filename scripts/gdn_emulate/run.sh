@@ -32,6 +32,8 @@ if [ "$quick" = 1 ]; then
   run emu_128_128_1 1 1 128 1 0 0 3 0 0 5 0 64 7 1 129 260  # + the ws forward and the pieces
   run emu_256_64_1 1 1 128 1 0 1 3 1 0 130 0 64 7 1  # K = 256, the wgmma output kernel
   EMU_TMA_EAGER=1 EMU_CHAIN_BV=32 run emu_128_128_1 2 4 128 1 1 0 2 0 7 300 0 65 1  # TMA boxes landing at issue
+  # masked decay rows (g = -inf, -FLT_MAX, -1e9; two in one chunk): fused, split, ws, pieces
+  EMU_G_MASKED_ROWS=11,40,41,150 run emu_128_128_1 1 1 128 1 0 0 2 0 0 200
   exit $failed
 fi
 for bf in 1 0; do

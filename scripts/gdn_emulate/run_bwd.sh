@@ -40,6 +40,11 @@ if [ "$quick" = 1 ]; then
   EMU_BWD_WS=1 run emu_bwd_128_128_1 2 2 128 1 1 0 2 1 7 1 1 150 0 1 65  # the ws chain
   EMU_BWD_SPLIT=1 EMU_TMA_EAGER=1 run emu_bwd_128_64_1 2 2 192 1 0 1 2 0 0 1 1 1 0 129  # split chain, TMA at issue
   EMU_BWD_SPLIT=1 EMU_CHAIN_BV=16 run emu_bwd_256_64_1 1 2 128 1 1 1 3 1 0 1 1 130 0 64 1  # K = 256, mma.sync chain
+  # masked decay rows (g = -inf, -FLT_MAX, -1e9; two in one chunk): chain + grads, ws chain, split chain
+  export EMU_G_MASKED_ROWS=11,40,41,150
+  run emu_bwd_128_64_1 1 2 128 1 0 0 2 0 0 1 1 200
+  EMU_BWD_WS=1 run emu_bwd_128_128_1 1 2 128 1 0 0 2 0 0 1 1 200
+  EMU_BWD_SPLIT=1 run emu_bwd_128_64_1 1 2 128 1 0 0 2 0 0 1 1 200
   exit $failed
 fi
 # varlen with an empty and a 1-row segment, h0 and dht; GVA (HV = 2H) and HV == H with l2norm
