@@ -241,8 +241,8 @@ __device__ __forceinline__ void gdn_bwd_chain_split(const GdnBwdSplitParams& p) 
             if (len < C) {
               zero_stage_rows<kK, L::kQInStage ? 3 : 2>(stage16(s, L::kStageK), stage16(s, L::kStageW),
                                                         stage16(s, L::kStageQ), len, ltid);
-              // these generic writes before the stage's next TMA refill (the async proxy) writes the same bytes; the
-              // wgmma chain's hand-over fences every chunk (its readers are async too)
+              // ordered before the stage's next TMA refill, which writes the same bytes through the async proxy (the
+              // wgmma chain's hand-over fences every chunk anyway: its readers are async too)
               if constexpr (!kWgmma) fence_async_smem();
             }
           });
