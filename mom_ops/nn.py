@@ -415,8 +415,8 @@ class MoMAttention(nn.Module):
         """Returns (out, aux_loss), or (out, aux_loss, cache) with use_cache. Given a cache, a [B, 1, D] input
         without cu_seqlens (with or without a mask) takes the one-launch decode step where autograd does not record
         the call (under torch.no_grad / inference_mode, or with nothing requiring a gradient); anything else is a
-        prefill that starts from the cache's states (chunked prefill) and leaves the final ones in it. The cache carries no gradient:
-        a backward through a call with a cache treats its starting states as constants."""
+        prefill that starts from the cache's states (chunked prefill) and leaves the final ones in it. The cache
+        carries no gradient: a backward through a call with a cache treats its starting states as constants."""
         if x.dim() != 3 or x.shape[-1] != self.hidden_size:
             raise ValueError(f"x must be [B, T, {self.hidden_size}], got {tuple(x.shape)}")
         if x.dtype != self.q_proj.weight.dtype and not torch.is_autocast_enabled(x.device.type):

@@ -71,6 +71,19 @@ def hard_gdn_inputs(kind: str, seed: int = 0, T: int = 100, H: int = 1, HV: int 
     return dict(q=q, k=k, v=v, g=g, beta=beta)
 
 
+def recurrence_grads(inp: dict, seed: int = 1):
+    """The fp64 recurrence (l2norm in the kernel) on inp and its autograd for do, dht drawn from seed: o, ht, do, dht
+    and every input's gradient, the reference of the hard_gdn_inputs tests."""
+    from mom_ops.reference import recurrent_gated_delta_rule_ref
+
+    leaves = {name: t.detach().double().requires_grad_(True) for name, t in inp.items()}
+    o, ht = recurrent_gated_delta_rule_ref(**leaves, output_final_state=True, use_qk_l2norm_in_kernel=True)
+    gen = torch.Generator().manual_seed(seed)
+    do, dht = torch.randn(o.shape, generator=gen).double(), torch.randn(ht.shape, generator=gen).double()
+    torch.autograd.backward((o, ht), (do, dht))
+    return o.detach(), ht.detach(), do, dht, {name: t.grad for name, t in leaves.items()}
+
+
 def poison_(t: torch.Tensor) -> torch.Tensor:
     """Fill with NaN (floats) or a large sentinel (ints) to catch unwritten outputs."""
     return t.fill_(float("nan") if t.is_floating_point() else -(2**30))

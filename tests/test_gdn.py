@@ -5,7 +5,8 @@ import torch
 
 import mom_ops
 from mom_ops.reference import chunk_gated_delta_rule_ref, recurrent_gated_delta_rule_ref
-from tests.helpers import cu_from_lengths, device_param, gdn_inputs, hard_gdn_inputs, need_kernel, rel_rms
+from tests.helpers import (cu_from_lengths, device_param, gdn_inputs, hard_gdn_inputs, need_kernel,
+                           recurrence_grads, rel_rms)
 
 # (B, T, H, HV, K, V, lengths, decay, beta_range, h0, state_v_first)
 CPU_CASES = [
@@ -81,15 +82,11 @@ def test_cpu_op_and_chunk_reference_on_hard_inputs(kind):
     the CPU op against autograd of the fp64 recurrence, and the chunk-form reference (which gave NaN or 2.8 relative
     error on the masked rows before g was floored)."""
     inp = hard_gdn_inputs(kind)
-    leaves = {name: t.double().requires_grad_(True) for name, t in inp.items()}
-    o_ref, ht_ref = recurrent_gated_delta_rule_ref(**leaves, output_final_state=True, use_qk_l2norm_in_kernel=True)
-    gen = torch.Generator().manual_seed(1)
-    torch.autograd.backward((o_ref, ht_ref), (torch.randn(o_ref.shape, generator=gen).double(),
-                                              torch.randn(ht_ref.shape, generator=gen).double()))
+    o_ref, ht_ref, _, _, ref = recurrence_grads(inp)
     o, ht, grads = _fwd_bwd(inp)
     assert rel_rms(o, o_ref) < 1e-5 and rel_rms(ht, ht_ref) < 1e-5
     for name, got in grads.items():
-        assert rel_rms(got, leaves[name].grad) < 1e-5, name
+        assert rel_rms(got, ref[name]) < 1e-5, name
     o_chunk, _ = chunk_gated_delta_rule_ref(**{name: t.double() for name, t in inp.items()},
                                             use_qk_l2norm_in_kernel=True)
     assert rel_rms(o_chunk, o_ref) < 1e-9

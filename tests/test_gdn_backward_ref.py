@@ -6,7 +6,7 @@ import torch
 
 from mom_ops.reference import recurrent_gated_delta_rule_ref
 from mom_ops.reference.gdn_backward import chunk_gated_delta_rule_bwd_ref
-from tests.helpers import cu_from_lengths, gdn_inputs, hard_gdn_inputs, rel_rms
+from tests.helpers import cu_from_lengths, gdn_inputs, hard_gdn_inputs, recurrence_grads, rel_rms
 
 CASES = [
     # (B, T, H, HV, K, V, lengths, decay, h0, dht, l2norm, v_first, chunk)
@@ -43,22 +43,18 @@ def test_chunked_backward_matches_autograd_of_recurrence(case):
         assert rel_rms(value, leaves[name].grad) < 1e-9, name
 
 
-
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_chunked_backward_with_masked_decay_rows(dtype):
     """g rows of -inf / finfo.min / -1e9 (a state reset; tests.helpers.hard_gdn_inputs): every gradient was NaN before
     the formulas floored g (as the kernels do), and dg is 0 on the floored rows."""
     inp = {key: t.to(dtype) for key, t in hard_gdn_inputs("masked").items()}
-    leaves = {key: t.double().requires_grad_(True) for key, t in inp.items()}
-    o, ht = recurrent_gated_delta_rule_ref(**leaves, output_final_state=True, use_qk_l2norm_in_kernel=True)
-    gen = torch.Generator().manual_seed(2)
-    do, d_ht = torch.randn(o.shape, generator=gen).double(), torch.randn(ht.shape, generator=gen).double()
-    torch.autograd.backward((o, ht), (do, d_ht))
+    _, _, do, d_ht, ref = recurrence_grads(inp, seed=2)
     got = chunk_gated_delta_rule_bwd_ref(inp["q"], inp["k"], inp["v"], inp["g"], inp["beta"], 32**-0.5, None,
                                          do.to(dtype), d_ht.to(dtype), True, False, None)
     for name, value in zip(["q", "k", "v", "g", "beta"], got):
-        assert rel_rms(value.double(), leaves[name].grad) < (1e-9 if dtype == torch.float64 else 1e-5), name
+        assert rel_rms(value.double(), ref[name]) < (1e-9 if dtype == torch.float64 else 1e-5), name
     assert torch.all(got[3][inp["g"] < -110] == 0)
+
 
 def test_backward_splits_over_value_blocks():
     """The plan of #5's kernel (csrc/gdn/NOTES.md): the state's value columns evolve independently, so a CTA per

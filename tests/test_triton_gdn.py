@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mom_ops.reference import recurrent_gated_delta_rule_ref
-from tests.helpers import cu_from_lengths, gdn_inputs, hard_gdn_inputs, rel_rms, triton_device
+from tests.helpers import cu_from_lengths, gdn_inputs, hard_gdn_inputs, recurrence_grads, rel_rms, triton_device
 
 # (B, T, H, HV, K, V, lengths, decay, beta_range, h0, state_v_first, l2norm)
 CASES = [
@@ -119,11 +119,7 @@ def test_triton_gdn_hard_inputs_match_recurrence(kind):
     from triton_ref import gdn_chunked_bwd as tcb
 
     inp = hard_gdn_inputs(kind)
-    leaves = {name: t.double().requires_grad_(True) for name, t in inp.items()}
-    o_ref, ht_ref = recurrent_gated_delta_rule_ref(**leaves, output_final_state=True, use_qk_l2norm_in_kernel=True)
-    gen = torch.Generator().manual_seed(1)
-    do, dht = torch.randn(o_ref.shape, generator=gen).double(), torch.randn(ht_ref.shape, generator=gen).double()
-    torch.autograd.backward((o_ref, ht_ref), (do, dht))
+    o_ref, ht_ref, do, dht, ref = recurrence_grads(inp)
     device = triton_device()
     dev = {name: t.to(device) for name, t in inp.items()}
     o, ht = tg.chunk_gated_delta_rule(**dev, output_final_state=True, use_qk_l2norm_in_kernel=True)
@@ -133,4 +129,4 @@ def test_triton_gdn_hard_inputs_match_recurrence(kind):
     grads = tcb.chunk_gated_delta_rule_bwd(dev["q"], dev["k"], dev["v"], dev["g"], dev["beta"], 32**-0.5, None,
                                            do.float(), dht.float(), use_qk_l2norm_in_kernel=True)
     for name, got in zip(("q", "k", "v", "g", "beta"), grads):
-        assert rel_rms(got.double(), leaves[name].grad) < 1e-4, name
+        assert rel_rms(got.double(), ref[name]) < 1e-4, name
